@@ -1,0 +1,90 @@
+//! Reading the audit store back, for `gatehouse sessions`.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+
+use super::AuditError;
+
+/// One row of the sessions table.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub started_us: i64,
+    pub ended_us: Option<i64>,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub client: String,
+    pub backend: Option<String>,
+    pub orig_dst: Option<String>,
+    pub decision: String,
+    pub rule: Option<String>,
+    pub reason: String,
+    pub bytes_up: i64,
+    pub bytes_down: i64,
+    pub end_reason: Option<String>,
+}
+
+/// Filters for listing sessions.
+#[derive(Debug, Default, Clone)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub uid: Option<u32>,
+    pub backend: Option<String>,
+    pub decision: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// Opens the store read-only.
+pub fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|source| AuditError::Sql { path: path.to_owned(), source })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|source| AuditError::Sql { path: path.to_owned(), source })?;
+    Ok(conn)
+}
+
+/// Lists sessions, newest last.
+pub fn sessions(path: &Path, f: &SessionFilter) -> Result<Vec<SessionRow>, AuditError> {
+    let conn = open_read_only(path)?;
+    let sql_err = |source| AuditError::Sql { path: path.to_owned(), source };
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, started_us, ended_us, uid, user, pid, comm, client, backend, orig_dst,
+                    decision, rule, reason, bytes_up, bytes_down, end_reason
+             FROM sessions
+             WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR uid = ?2)
+               AND (?3 IS NULL OR backend = ?3) AND (?4 IS NULL OR decision = ?4)
+             ORDER BY started_us DESC, id DESC LIMIT ?5",
+        )
+        .map_err(sql_err)?;
+    let limit = f.limit.map_or(-1, i64::from);
+    let rows = stmt
+        .query_map(rusqlite::params![f.user, f.uid, f.backend, f.decision, limit], |r| {
+            Ok(SessionRow {
+                id: r.get(0)?,
+                started_us: r.get(1)?,
+                ended_us: r.get(2)?,
+                uid: r.get(3)?,
+                user: r.get(4)?,
+                pid: r.get(5)?,
+                comm: r.get(6)?,
+                client: r.get(7)?,
+                backend: r.get(8)?,
+                orig_dst: r.get(9)?,
+                decision: r.get(10)?,
+                rule: r.get(11)?,
+                reason: r.get(12)?,
+                bytes_up: r.get(13)?,
+                bytes_down: r.get(14)?,
+                end_reason: r.get(15)?,
+            })
+        })
+        .map_err(sql_err)?;
+    let mut out: Vec<SessionRow> = rows.collect::<Result<_, _>>().map_err(sql_err)?;
+    out.reverse();
+    Ok(out)
+}

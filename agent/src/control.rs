@@ -1,0 +1,167 @@
+//! The control socket: a Unix socket the CLI talks to, one JSON request and
+//! one JSON response per connection. The caller's uid comes from
+//! SO_PEERCRED; only root may ask.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::proxy::{Agent, AgentError, CountersView};
+use crate::redirect::{KernelStats, PinStatus};
+
+/// Requests the CLI may send.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+}
+
+/// Answers.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Status(Box<AgentStatus>),
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub name: String,
+    pub protocol: String,
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub version: String,
+    pub started_us: i64,
+    pub config: PathBuf,
+    pub listening: Vec<String>,
+    pub cgroup: PathBuf,
+    pub reused_pins: bool,
+    pub pins: serde_json::Value,
+    pub backends: Vec<BackendStatus>,
+    pub rules: usize,
+    pub sessions: serde_json::Value,
+    pub kernel: serde_json::Value,
+    pub audit_db: PathBuf,
+}
+
+fn status(agent: &Agent) -> AgentStatus {
+    let snap = agent.snapshot.load();
+    let backends = snap
+        .policy
+        .backends
+        .iter()
+        .map(|b| {
+            let mut addresses: Vec<String> =
+                snap.routes.iter().filter(|(_, n)| **n == b.name).map(|(a, _)| a.to_string()).collect();
+            addresses.sort();
+            BackendStatus { name: b.name.to_string(), protocol: format!("{:?}", b.protocol).to_lowercase(), addresses }
+        })
+        .collect();
+    let counters: CountersView = agent.counters.view();
+    let kernel: KernelStats = agent.redirect.stats();
+    AgentStatus {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_us: agent.started_us,
+        config: agent.config_path.clone(),
+        listening: agent.listening.iter().map(ToString::to_string).collect(),
+        cgroup: agent.redirect.cgroup.clone(),
+        reused_pins: agent.redirect.reused,
+        pins: serde_json::to_value(PinStatus::read(&agent.redirect.pin_dir)).unwrap_or_default(),
+        backends,
+        rules: snap.policy.rules.len(),
+        sessions: serde_json::to_value(counters).unwrap_or_default(),
+        kernel: serde_json::to_value(kernel).unwrap_or_default(),
+        audit_db: agent.settings.audit_db.clone(),
+    }
+}
+
+/// Binds the control socket (root-only, 0600) and serves it until `stop`.
+pub async fn serve(agent: Arc<Agent>, stop: CancellationToken) -> Result<JoinHandle<()>, AgentError> {
+    let path = agent.settings.control_socket.clone();
+    let err = |source| AgentError::Control { path: path.clone(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    info!(path = %path.display(), "control socket ready");
+    Ok(tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                c = listener.accept() => c,
+                () = stop.cancelled() => break,
+            };
+            match conn {
+                Ok((stream, _)) => {
+                    let agent = agent.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = answer(&agent, stream).await {
+                            warn!(error = %e, "control request failed");
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "control accept failed"),
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }))
+}
+
+async fn answer(agent: &Agent, stream: UnixStream) -> std::io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r.take(64 * 1024)).read_line(&mut line).await?;
+    let response = if cred.uid() != 0 {
+        Response::Error { message: "permission denied: the control socket answers root only".into() }
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Status) => Response::Status(Box::new(status(agent))),
+            Err(e) => Response::Error { message: format!("bad request: {e}") },
+        }
+    };
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no control socket at {path}: {source}")]
+    NotRunning { path: PathBuf, source: std::io::Error },
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("control socket {path}: unreadable answer: {source}")]
+    Decode { path: PathBuf, source: serde_json::Error },
+}
+
+/// Sends one request to a running agent.
+pub async fn request(path: &Path, req: &Request) -> Result<Response, ClientError> {
+    let stream =
+        UnixStream::connect(path).await.map_err(|source| ClientError::NotRunning { path: path.into(), source })?;
+    let io = |source| ClientError::Io { path: path.into(), source };
+    let (r, mut w) = stream.into_split();
+    let mut body = serde_json::to_vec(req).map_err(|source| ClientError::Decode { path: path.into(), source })?;
+    body.push(b'\n');
+    w.write_all(&body).await.map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await.map_err(io)?;
+    serde_json::from_str(&line).map_err(|source| ClientError::Decode { path: path.into(), source })
+}

@@ -1,0 +1,4 @@
+//! Protocol adapters: what happens between the client and the backend once a
+//! session is allowed. `tcp` relays opaque bytes.
+
+pub mod tcp;

@@ -1,0 +1,147 @@
+//! Opaque TCP relay: bytes both ways, byte-exact, with half-close passed on
+//! and totals counted, until both sides are done or the session is cut.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Per-direction buffer. Two per session; small enough for the memory target
+/// of an idle connection, large enough for bulk throughput.
+const BUF: usize = 16 * 1024;
+
+/// How a relay ended and what it carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayOutcome {
+    /// Client → backend bytes.
+    pub up: u64,
+    /// Backend → client bytes.
+    pub down: u64,
+    pub end: End,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Both sides closed their end.
+    Closed,
+    ClientError(String),
+    BackendError(String),
+    /// The agent cut the session (shutdown grace expired, policy reload…).
+    Cut(String),
+}
+
+impl End {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Closed => "closed".into(),
+            Self::ClientError(e) => format!("client error: {e}"),
+            Self::BackendError(e) => format!("backend error: {e}"),
+            Self::Cut(why) => format!("cut: {why}"),
+        }
+    }
+}
+
+enum Side {
+    Client,
+    Backend,
+}
+
+/// Relays until both directions finish, one fails, or `cut` fires (with the reason it gives).
+pub async fn relay(
+    client: TcpStream,
+    backend: TcpStream,
+    cut: CancellationToken,
+    cut_reason: impl Fn() -> String,
+) -> RelayOutcome {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut br, mut bw) = backend.into_split();
+    let (mut up, mut down) = (0u64, 0u64);
+    let end = {
+        let a = pipe(&mut cr, &mut bw, &mut up, Side::Client, Side::Backend);
+        let b = pipe(&mut br, &mut cw, &mut down, Side::Backend, Side::Client);
+        tokio::select! {
+            r = async { tokio::try_join!(a, b) } => match r {
+                Ok(_) => End::Closed,
+                Err((Side::Client, e)) => End::ClientError(e.to_string()),
+                Err((Side::Backend, e)) => End::BackendError(e.to_string()),
+            },
+            () = cut.cancelled() => End::Cut(cut_reason()),
+        }
+    };
+    RelayOutcome { up, down, end }
+}
+
+/// Copies `from` → `to` until EOF, then half-closes `to`.
+async fn pipe<R, W>(
+    from: &mut R,
+    to: &mut W,
+    count: &mut u64,
+    rside: Side,
+    wside: Side,
+) -> Result<(), (Side, io::Error)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => return Err((rside, e)),
+        };
+        if n == 0 {
+            // Half-close: the peer may still send the other way.
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        let chunk = buf.get(..n).unwrap_or_default();
+        if let Err(e) = to.write_all(chunk).await {
+            return Err((wside, e));
+        }
+        *count += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_with_half_close_and_counts() {
+        let (mut client, proxy_client_side) = pair().await;
+        let (proxy_backend_side, mut backend) = pair().await;
+        let task = tokio::spawn(relay(proxy_client_side, proxy_backend_side, CancellationToken::new(), String::new));
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+        // The other direction still works after the client's half-close.
+        backend.write_all(b"world!").await.unwrap();
+        backend.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"world!");
+        let out = task.await.unwrap();
+        assert_eq!(out, RelayOutcome { up: 5, down: 6, end: End::Closed });
+    }
+
+    #[tokio::test]
+    async fn cut_ends_the_relay_with_its_reason() {
+        let (_client, a) = pair().await;
+        let (b, _backend) = pair().await;
+        let cut = CancellationToken::new();
+        let task = tokio::spawn(relay(a, b, cut.clone(), || "shutdown".into()));
+        cut.cancel();
+        assert_eq!(task.await.unwrap().end, End::Cut("shutdown".into()));
+    }
+}

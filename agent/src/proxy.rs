@@ -1,0 +1,423 @@
+//! The proxy: loopback listeners the kernel sends protected connections to,
+//! and one task per session that identifies the client, asks the policy,
+//! records the session and hands it to a protocol adapter.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::audit::{self, Audit, SessionClose, SessionOpen};
+use crate::identity::{Peer, Resolver};
+use crate::policy::{Backend, Policy, Protocol, Target};
+use crate::protocol::tcp;
+use crate::redirect::{AttachOptions, Redirect, RedirectError};
+use crate::settings::Settings;
+use crate::types::{BackendName, ClientAddr, OrigDst, SessionId, key_addr};
+
+/// How long an upstream connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    #[error("control socket {path}: {source}")]
+    Control { path: PathBuf, source: std::io::Error },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// The policy in force and the addresses its backends resolved to.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub policy: Policy,
+    pub routes: HashMap<SocketAddr, BackendName>,
+}
+
+impl Snapshot {
+    /// Resolves every backend's addresses (names through DNS/NSS).
+    pub async fn resolve(policy: Policy) -> Self {
+        let mut routes = HashMap::new();
+        for b in &policy.backends {
+            for addr in resolve_backend(b).await {
+                routes.insert(addr, b.name.clone());
+            }
+        }
+        Self { policy, routes }
+    }
+
+    fn protected(&self) -> HashMap<SocketAddr, u32> {
+        let index: HashMap<&BackendName, u32> = self
+            .policy
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (&b.name, u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect();
+        self.routes.iter().map(|(a, n)| (*a, index.get(n).copied().unwrap_or(u32::MAX))).collect()
+    }
+}
+
+async fn resolve_backend(b: &Backend) -> Vec<SocketAddr> {
+    match &b.target {
+        Target::Addr(a) => vec![*a],
+        Target::Host { host, port } => match tokio::net::lookup_host((host.as_str(), *port)).await {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => {
+                warn!(backend = %b.name, host = %host, error = %e, "cannot resolve backend host; keeping it unprotected until it resolves");
+                vec![]
+            }
+        },
+    }
+}
+
+/// Session counters, for `gatehouse status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub active: AtomicU64,
+    pub total: AtomicU64,
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+    pub not_redirected: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CountersView {
+    pub active: u64,
+    pub total: u64,
+    pub allowed: u64,
+    pub denied: u64,
+    pub not_redirected: u64,
+}
+
+impl Counters {
+    pub fn view(&self) -> CountersView {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersView {
+            active: g(&self.active),
+            total: g(&self.total),
+            allowed: g(&self.allowed),
+            denied: g(&self.denied),
+            not_redirected: g(&self.not_redirected),
+        }
+    }
+}
+
+/// Everything a session task needs, shared.
+#[derive(Debug)]
+pub struct Agent {
+    pub settings: Settings,
+    pub config_path: PathBuf,
+    pub snapshot: ArcSwap<Snapshot>,
+    pub redirect: Redirect,
+    pub audit: Audit,
+    pub resolver: Resolver,
+    pub counters: Counters,
+    pub listening: Vec<SocketAddr>,
+    pub started_us: i64,
+    /// Cancelled when the shutdown grace period is over: open sessions are cut.
+    pub cut: CancellationToken,
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(settings: Settings, policy: Policy, config_path: PathBuf) -> Result<(), AgentError> {
+    // Files the agent creates (audit store, sockets) are private by default.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Two descriptors per session: lift the soft limit to the hard one.
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let (audit, writer) = audit::open(&settings.audit_db)?;
+
+    // Listen before attaching: the kernel must never send clients to a port
+    // nobody serves because binding failed after the attach.
+    let mut listeners = vec![bind(SocketAddr::new(IpAddr::V4(settings.listen_v4), settings.port))?];
+    if let Some(v6) = settings.listen_v6 {
+        listeners.push(bind(SocketAddr::new(IpAddr::V6(v6), settings.port))?);
+    }
+    let listening: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+
+    let redirect = Redirect::attach(&AttachOptions {
+        pin_dir: settings.pin_dir.clone(),
+        cgroup: settings.cgroup.clone(),
+        proxy_v4: settings.listen_v4,
+        proxy_v6: settings.listen_v6.unwrap_or(std::net::Ipv6Addr::LOCALHOST),
+        proxy_port: settings.port,
+        mark: settings.mark,
+    })?;
+    let snapshot = Snapshot::resolve(policy).await;
+    redirect.set_backends(&snapshot.protected())?;
+    info!(
+        cgroup = %redirect.cgroup.display(),
+        pin_dir = %redirect.pin_dir.display(),
+        reused_pins = redirect.reused,
+        listen = ?listening,
+        backends = snapshot.policy.backends.len(),
+        protected_addresses = snapshot.routes.len(),
+        rules = snapshot.policy.rules.len(),
+        "gatehouse agent running"
+    );
+
+    let agent = Arc::new(Agent {
+        resolver: Resolver::new(Duration::from_secs(30)),
+        snapshot: ArcSwap::from_pointee(snapshot),
+        config_path,
+        redirect,
+        audit,
+        counters: Counters::default(),
+        listening,
+        started_us: audit::now_us(),
+        cut: CancellationToken::new(),
+        settings,
+    });
+
+    let stop = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let control = crate::control::serve(agent.clone(), stop.clone()).await?;
+    let mut accepts = Vec::new();
+    for l in listeners {
+        accepts.push(tokio::spawn(accept_loop(agent.clone(), l, stop.clone(), sessions.clone())));
+    }
+    let resolver = tokio::spawn(re_resolve(agent.clone(), stop.clone()));
+
+    wait_for_signal().await?;
+    info!(grace = ?agent.settings.shutdown_grace, active = agent.counters.active.load(Ordering::Relaxed), "shutting down: no new sessions; open sessions may finish");
+    stop.cancel();
+    for a in accepts {
+        let _ = a.await;
+    }
+    sessions.close();
+    if tokio::time::timeout(agent.settings.shutdown_grace, sessions.wait()).await.is_err() {
+        warn!(active = agent.counters.active.load(Ordering::Relaxed), "grace period over: cutting open sessions");
+        agent.cut.cancel();
+        sessions.wait().await;
+    }
+    let _ = resolver.await;
+    let _ = control.await;
+    if let Err(e) = agent.audit.flush().await {
+        error!(error = %e, "final audit flush failed");
+    }
+    drop(agent);
+    writer.join();
+    info!("gatehouse agent stopped; pinned programs keep protected backends closed until it returns");
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    let err = |source| AgentError::Listen { addr, source };
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    sock.set_reuseaddr(true).map_err(err)?;
+    sock.bind(addr).map_err(err)?;
+    sock.listen(1024).map_err(err)
+}
+
+async fn wait_for_signal() -> Result<(), AgentError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+    Ok(())
+}
+
+async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, stop: CancellationToken, sessions: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let agent = agent.clone();
+                sessions.spawn(async move { session(agent, stream, ClientAddr(peer)).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Re-resolves `host = …` backends periodically and updates the kernel map.
+async fn re_resolve(agent: Arc<Agent>, stop: CancellationToken) {
+    let has_hosts =
+        |a: &Agent| a.snapshot.load().policy.backends.iter().any(|b| matches!(b.target, Target::Host { .. }));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(agent.settings.resolve_interval) => {}
+            () = stop.cancelled() => return,
+        }
+        if !has_hosts(&agent) {
+            continue;
+        }
+        let current = agent.snapshot.load_full();
+        let fresh = Snapshot::resolve(current.policy.clone()).await;
+        if fresh.routes != current.routes {
+            match agent.redirect.set_backends(&fresh.protected()) {
+                Ok(()) => {
+                    info!(addresses = fresh.routes.len(), "backend addresses changed; kernel map updated");
+                    agent.snapshot.store(Arc::new(fresh));
+                }
+                Err(e) => error!(error = %e, "updating the protected-backends map failed"),
+            }
+        }
+    }
+}
+
+async fn session(agent: Arc<Agent>, client: TcpStream, peer: ClientAddr) {
+    let id = SessionId::new();
+    agent.counters.total.fetch_add(1, Ordering::Relaxed);
+    agent.counters.active.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("session", id = %id, client = %peer);
+    session_inner(&agent, client, peer, id).instrument(span).await;
+    agent.counters.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn session_inner(agent: &Agent, client: TcpStream, peer: ClientAddr, id: SessionId) {
+    let started_us = audit::now_us();
+    let Some(handoff) = agent.redirect.take_handoff(peer.0) else {
+        agent.counters.not_redirected.fetch_add(1, Ordering::Relaxed);
+        warn!("connection not redirected by the kernel: refused (nobody may dial the proxy port directly)");
+        let rec = SessionOpen {
+            id,
+            started_us,
+            uid: None,
+            user: None,
+            gid: None,
+            pid: None,
+            comm: None,
+            cgroup_id: None,
+            client: peer.to_string(),
+            backend: None,
+            orig_dst: None,
+            protocol: None,
+            decision: "deny".into(),
+            rule: None,
+            reason: "not redirected by the kernel: direct connections to the proxy port are refused".into(),
+        };
+        refuse(agent, rec, client).await;
+        return;
+    };
+    let who = Peer::from(&handoff);
+    let orig = OrigDst(key_addr(&handoff.orig));
+    let principal = agent.resolver.principal(who.uid).await;
+    let snapshot = agent.snapshot.load_full();
+    let backend = snapshot.routes.get(&orig.0).and_then(|n| snapshot.policy.backend(n));
+    let (decision, backend_name, protocol) = match backend {
+        Some(b) => (snapshot.policy.decide_connect(&principal, &b.name), Some(b.name.clone()), Some(b.protocol)),
+        None => (
+            crate::policy::Decision {
+                allowed: false,
+                rule: None,
+                reason: format!("{orig} is no longer a protected backend in the current policy"),
+            },
+            None,
+            None,
+        ),
+    };
+    let rec = SessionOpen {
+        id,
+        started_us,
+        uid: Some(who.uid.0),
+        user: principal.user.as_ref().map(|u| u.to_string()),
+        gid: Some(who.gid),
+        pid: Some(who.pid),
+        comm: Some(who.comm.clone()),
+        cgroup_id: Some(who.cgroup_id),
+        client: peer.to_string(),
+        backend: backend_name.as_ref().map(ToString::to_string),
+        orig_dst: Some(orig.to_string()),
+        protocol: protocol.map(|p| format!("{p:?}").to_lowercase()),
+        decision: if decision.allowed { "allow" } else { "deny" }.into(),
+        rule: decision.rule.as_ref().map(ToString::to_string),
+        reason: decision.reason.clone(),
+    };
+    let (Some(backend_name), true) = (backend_name, decision.allowed) else {
+        agent.counters.denied.fetch_add(1, Ordering::Relaxed);
+        info!(user = %principal, uid = %who.uid, pid = who.pid, comm = %who.comm, dst = %orig, rule = decision.rule_label(), "refused: {}", decision.reason);
+        refuse(agent, rec, client).await;
+        return;
+    };
+    // Strict: the session is on record before a byte reaches the backend.
+    if let Err(e) = agent.audit.open_session(rec).await {
+        error!(error = %e, "cannot record the session: refused (fail closed)");
+        return;
+    }
+    agent.counters.allowed.fetch_add(1, Ordering::Relaxed);
+    info!(user = %principal, uid = %who.uid, pid = who.pid, comm = %who.comm, backend = %backend_name, dst = %orig, rule = decision.rule_label(), "allowed");
+
+    let close = |up, down, end: String| SessionClose {
+        id,
+        ended_us: audit::now_us(),
+        bytes_up: up,
+        bytes_down: down,
+        end_reason: end,
+    };
+    let upstream = match connect_upstream(orig.0, agent.settings.mark).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "backend unreachable");
+            let _ = agent.audit.close_session(close(0, 0, format!("backend unreachable: {e}")));
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let out = match protocol.unwrap_or(Protocol::Tcp) {
+        Protocol::Tcp => {
+            tcp::relay(client, upstream, agent.cut.clone(), || "agent shutdown grace period over".into()).await
+        }
+    };
+    let end = out.end.describe();
+    info!(bytes_up = out.up, bytes_down = out.down, end = %end, "session closed");
+    if let Err(e) = agent.audit.close_session(close(out.up, out.down, end)) {
+        error!(error = %e, "cannot record the end of the session");
+    }
+}
+
+/// Records a refused session and closes the client's connection.
+async fn refuse(agent: &Agent, rec: SessionOpen, client: TcpStream) {
+    let id = rec.id;
+    if let Err(e) = agent.audit.open_session(rec).await {
+        error!(error = %e, "cannot record the refusal");
+    }
+    let _ = agent.audit.close_session(SessionClose {
+        id,
+        ended_us: audit::now_us(),
+        bytes_up: 0,
+        bytes_down: 0,
+        end_reason: "refused".into(),
+    });
+    drop(client);
+}
+
+/// Connects to the real backend from a socket marked with SO_MARK, which
+/// the connect programs leave alone.
+async fn connect_upstream(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
+    let sock =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_mark(mark)?;
+    sock.set_nonblocking(true)?;
+    sock.set_tcp_nodelay(true)?;
+    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
+    tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))?
+}

@@ -1,0 +1,142 @@
+//! The agent's own settings: where it listens, pins, records and answers the
+//! CLI. Each has a safe default, may be set in an `[agent]` table of a policy
+//! file, and may be overridden by a command-line flag.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default proxy port. Below 1024 on purpose: while the agent is down the
+/// kernel still sends protected connections to this port, and only root may
+/// bind a privileged port, so no user can stand in for the proxy.
+pub const DEFAULT_PORT: u16 = 996;
+/// SO_MARK set on the proxy's own upstream sockets ("gate" in ASCII).
+pub const DEFAULT_MARK: u32 = 0x6761_7465;
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gatehouse";
+pub const DEFAULT_AUDIT_DB: &str = "/var/lib/gatehouse/audit.db";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/gatehouse/control.sock";
+pub const DEFAULT_CONFIG: &str = "/etc/gatehouse";
+
+/// The `[agent]` table as written in a policy file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRaw {
+    pub listen_port: Option<u16>,
+    pub listen_ipv6: Option<bool>,
+    pub pin_dir: Option<PathBuf>,
+    pub cgroup: Option<PathBuf>,
+    pub audit_db: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
+    pub mark: Option<u32>,
+    pub shutdown_grace: Option<String>,
+    pub resolve_interval: Option<String>,
+}
+
+/// Validated settings of a running agent.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen_v4: Ipv4Addr,
+    /// `::1`, unless IPv6 is switched off.
+    pub listen_v6: Option<Ipv6Addr>,
+    pub port: u16,
+    pub pin_dir: PathBuf,
+    /// The cgroup to attach to; `None` means the cgroup v2 root.
+    pub cgroup: Option<PathBuf>,
+    pub audit_db: PathBuf,
+    pub control_socket: PathBuf,
+    pub mark: u32,
+    pub shutdown_grace: Duration,
+    pub resolve_interval: Duration,
+}
+
+/// Command-line overrides; `None` keeps the file's value or the default.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub port: Option<u16>,
+    pub pin_dir: Option<PathBuf>,
+    pub cgroup: Option<PathBuf>,
+    pub audit_db: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("[agent] {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+impl Settings {
+    pub fn resolve(raw: &AgentRaw, cli: &Overrides) -> Result<Self, SettingsError> {
+        let port = cli.port.or(raw.listen_port).unwrap_or(DEFAULT_PORT);
+        if port == 0 {
+            return Err(SettingsError::Invalid { field: "listen_port", message: "must not be 0".into() });
+        }
+        let mark = raw.mark.unwrap_or(DEFAULT_MARK);
+        if mark == 0 {
+            return Err(SettingsError::Invalid { field: "mark", message: "must not be 0".into() });
+        }
+        let duration = |field, value: &Option<String>, default| match value {
+            None => Ok(default),
+            Some(s) => parse_duration(s).map_err(|message| SettingsError::Invalid { field, message }),
+        };
+        Ok(Self {
+            listen_v4: Ipv4Addr::LOCALHOST,
+            listen_v6: raw.listen_ipv6.unwrap_or(true).then_some(Ipv6Addr::LOCALHOST),
+            port,
+            pin_dir: pick(&cli.pin_dir, &raw.pin_dir, DEFAULT_PIN_DIR),
+            cgroup: cli.cgroup.clone().or_else(|| raw.cgroup.clone()),
+            audit_db: pick(&cli.audit_db, &raw.audit_db, DEFAULT_AUDIT_DB),
+            control_socket: pick(&cli.control_socket, &raw.control_socket, DEFAULT_CONTROL_SOCKET),
+            mark,
+            shutdown_grace: duration("shutdown_grace", &raw.shutdown_grace, Duration::from_secs(10))?,
+            resolve_interval: duration("resolve_interval", &raw.resolve_interval, Duration::from_secs(30))?,
+        })
+    }
+}
+
+fn pick(cli: &Option<PathBuf>, file: &Option<PathBuf>, default: &str) -> PathBuf {
+    cli.clone().or_else(|| file.clone()).unwrap_or_else(|| PathBuf::from(default))
+}
+
+/// Parses durations as operators write them: `500ms`, `30s`, `10m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. \"30s\", \"10m\", \"2h\""))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m, h or d")),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn cli_beats_file_beats_default() {
+        let raw = AgentRaw { listen_port: Some(1500), audit_db: Some("/a.db".into()), ..Default::default() };
+        let cli = Overrides { port: Some(1600), ..Default::default() };
+        let s = Settings::resolve(&raw, &cli).unwrap();
+        assert_eq!(s.port, 1600);
+        assert_eq!(s.audit_db, PathBuf::from("/a.db"));
+        assert_eq!(s.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+    }
+}

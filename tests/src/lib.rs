@@ -1,0 +1,401 @@
+//! Harness for Gatehouse's end-to-end tests: each test gets its own child
+//! cgroup, bpffs pin directory, users, groups, backends on 127.x addresses,
+//! and an agent attached to that cgroup only. Everything is removed on drop,
+//! also when the test fails.
+//!
+//! These tests need root (they attach eBPF programs). Without it they fail
+//! with a message saying so; they never pass silently.
+#![expect(clippy::expect_used, reason = "a test harness reports failures by panicking with context")]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn next() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Fails the test loudly unless it runs as root.
+pub fn require_root() {
+    // SAFETY-free: geteuid via libc would need unsafe; /proc tells us too.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid =
+        status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?");
+    assert!(
+        euid == "0",
+        "this end-to-end test attaches eBPF programs and needs root (euid is {euid}); \
+         run `cargo xtask test`, which uses sudo when it is not root"
+    );
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A binary built from this workspace: `$GATEHOUSE_<NAME>` or target/debug/<name>.
+pub fn built_binary(name: &str, env: &str) -> PathBuf {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+        target.join("debug").join(name)
+    });
+    assert!(p.exists(), "{} is missing: build it first (`cargo xtask test` does)", p.display());
+    p
+}
+
+pub fn gatehouse_bin() -> PathBuf {
+    built_binary("gatehouse", "GATEHOUSE_BIN")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A free TCP port on 127.0.0.1 (and, almost surely, ::1).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// A loopback address other than 127.0.0.1 for this process and test.
+pub fn loopback(host: u8) -> String {
+    let pid = std::process::id();
+    format!("127.10.{}.{host}", pid % 250 + 1)
+}
+
+/// One test's world. Dropping it removes everything it made.
+pub struct Env {
+    pub name: String,
+    pub dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+    pub port: u16,
+    pub probe: PathBuf,
+    pub agent: Option<Child>,
+    users: Vec<String>,
+    groups: Vec<String>,
+    netns: Vec<String>,
+}
+
+impl Env {
+    pub fn new(name: &str) -> Self {
+        require_root();
+        let id = format!("gh-e2e-{name}-{}-{}", std::process::id(), next());
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        set_mode(&dir, 0o755);
+        let cgroup = Path::new(CGROUP2_ROOT).join(&id);
+        std::fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("create cgroup {}: {e}", cgroup.display()));
+        let probe = dir.join("gatehouse-probe");
+        std::fs::copy(built_binary("gatehouse-probe", "GATEHOUSE_PROBE"), &probe).expect("copy probe");
+        set_mode(&probe, 0o755);
+        Self {
+            name: name.to_owned(),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&id),
+            dir,
+            cgroup,
+            port: free_port(),
+            probe,
+            agent: None,
+            users: vec![],
+            groups: vec![],
+            netns: vec![],
+        }
+    }
+
+    /// Creates a Unix group; returns its name.
+    pub fn group(&mut self, role: &str) -> String {
+        let name = format!("ghg{}{}{role}", std::process::id() % 100_000, next());
+        run(Command::new("groupadd").arg(&name));
+        self.groups.push(name.clone());
+        name
+    }
+
+    /// Creates an unprivileged user in `groups`; returns its name.
+    pub fn user(&mut self, role: &str, groups: &[&str]) -> String {
+        let name = format!("ghu{}{}{role}", std::process::id() % 100_000, next());
+        let mut cmd = Command::new("useradd");
+        cmd.args(["--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group"]);
+        if !groups.is_empty() {
+            cmd.arg("--groups").arg(groups.join(","));
+        }
+        run(cmd.arg(&name));
+        self.users.push(name.clone());
+        name
+    }
+
+    pub fn uid(&self, user: &str) -> u32 {
+        let out = run(Command::new("id").args(["-u", user]));
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("uid")
+    }
+
+    /// A network namespace with only `lo` up, no route anywhere.
+    pub fn netns(&mut self) -> String {
+        let name = format!("gh-e2e-{}-{}", std::process::id(), next());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        self.netns.push(name.clone());
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        name
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    pub fn write_policy(&self, file: &str, text: &str) -> PathBuf {
+        let p = self.path(file);
+        std::fs::write(&p, text).expect("write policy");
+        p
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path("audit.db")
+    }
+
+    pub fn control(&self) -> PathBuf {
+        self.path("control.sock")
+    }
+
+    /// The `gatehouse run` command line for this environment.
+    pub fn agent_args(&self, config: &Path) -> Vec<String> {
+        vec![
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--port".into(),
+            self.port.to_string(),
+            "--cgroup".into(),
+            self.cgroup.display().to_string(),
+            "--pin-dir".into(),
+            self.pin_dir.display().to_string(),
+            "--audit-db".into(),
+            self.db().display().to_string(),
+            "--control-socket".into(),
+            self.control().display().to_string(),
+        ]
+    }
+
+    /// Starts the agent inside the test cgroup (so its own upstream sockets
+    /// meet the connect programs and must be skipped by their SO_MARK) and
+    /// waits until it answers on its control socket.
+    pub fn start_agent(&mut self, config: &Path) {
+        assert!(self.agent.is_none(), "agent already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("agent.log")).expect("log");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+            .arg(&self.cgroup)
+            .arg(gatehouse_bin())
+            .args(self.agent_args(config))
+            .env("GATEHOUSE_LOG", "info,gatehouse=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        self.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.agent.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.agent = None;
+                panic!("agent exited early ({status}):\n{}", self.agent_log());
+            }
+            if self.try_status().is_some() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent not ready after 30s:\n{}", self.agent_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` to the agent and waits for it to exit.
+    pub fn signal_agent(&mut self, signal: &str) -> std::process::ExitStatus {
+        let mut child = self.agent.take().expect("agent not running");
+        run(Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()));
+        child.wait().expect("wait agent")
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+    }
+
+    pub fn gatehouse(&self, args: &[&str]) -> Output {
+        Command::new(gatehouse_bin()).args(args).output().expect("run gatehouse")
+    }
+
+    pub fn try_status(&self) -> Option<Value> {
+        let ctl = self.control().display().to_string();
+        let out = self.gatehouse(&["status", "--json", "--control-socket", &ctl]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status().unwrap_or_else(|| panic!("agent status unavailable:\n{}", self.agent_log()))
+    }
+
+    /// Every recorded session, oldest first.
+    pub fn sessions(&self) -> Vec<Value> {
+        let db = self.db().display().to_string();
+        let out = self.gatehouse(&["sessions", "--json", "--db", &db, "--limit", "10000"]);
+        assert!(out.status.success(), "gatehouse sessions: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("session json")).collect()
+    }
+
+    /// Waits until a session matching `pred` has been recorded and closed.
+    pub fn wait_session(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.sessions().into_iter().find(|s| pred(s) && !s["end_reason"].is_null()) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no closed session {what} recorded; sessions: {:#?}\nagent log:\n{}",
+                self.sessions(),
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs a command as `user` inside the test cgroup (and `netns`, if given).
+    pub fn run_as(&self, user: &str, netns: Option<&str>, program: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"").arg(&self.cgroup);
+        if let Some(ns) = netns {
+            cmd.args(["ip", "netns", "exec", ns]);
+        }
+        cmd.args(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--"])
+            .arg(program)
+            .args(args)
+            .current_dir(&self.dir);
+        cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    }
+
+    /// Runs the probe client as `user` in the cgroup; returns its JSON report.
+    pub fn probe(&self, user: &str, args: &[&str]) -> Value {
+        self.probe_in(user, None, args)
+    }
+
+    pub fn probe_in(&self, user: &str, netns: Option<&str>, args: &[&str]) -> Value {
+        let out = self.run_as(user, netns, &self.probe, args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "probe {args:?} as {user}: {e}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let pin = self.pin_dir.display().to_string();
+        let ctl = self.control().display().to_string();
+        let _ = Command::new(gatehouse_bin())
+            .args(["detach", "--force", "--pin-dir", &pin, "--control-socket", &ctl])
+            .output();
+        // Anything still in the cgroup (a stuck client) goes with it.
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for u in &self.users {
+            let _ = Command::new("userdel").arg(u).output();
+        }
+        for g in &self.groups {
+            let _ = Command::new("groupdel").arg(g).output();
+        }
+        for ns in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        if std::thread::panicking() {
+            eprintln!("test {} failed; its files stay in {} for a look", self.name, self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A TCP echo server on a real socket, run by the test (outside the test
+/// cgroup). Stops on drop.
+pub struct EchoServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl EchoServer {
+    pub fn start(bind: &str) -> Self {
+        let l = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind echo server {bind}: {e}"));
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("local_addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        std::thread::spawn(move || echo(s));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self { addr, stop }
+    }
+}
+
+fn echo(mut s: TcpStream) {
+    let _ = s.set_nonblocking(false);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(buf.get(..n).unwrap_or_default()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

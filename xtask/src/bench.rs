@@ -1,0 +1,407 @@
+//! `cargo xtask bench <workload>`: Gatehouse against baselines measured in
+//! the same run, on the same machine, printed as ratios:
+//! `ratio <workload> <system>/<baseline> = <x.xx>`.
+//! Benchmarks are measurements, never assertions.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{built, is_root, privileged, run, workspace_root};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub workload: Workload,
+    /// Skip setup and the release build (used when re-run through sudo).
+    #[arg(long, global = true, hide = true)]
+    pub no_build: bool,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Workload {
+    /// New connections per second and bulk throughput, direct vs through Gatehouse (opaque TCP).
+    Connect {
+        /// Seconds per connection-rate round.
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+        /// Bytes per bulk round.
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
+    },
+}
+
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    if !a.no_build {
+        crate::setup::setup()?;
+        run(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "gatehouse"]))?;
+    }
+    if !is_root() {
+        let me = std::env::current_exe().context("current_exe")?;
+        let mut cmd = privileged(me)?;
+        cmd.arg("bench").arg("--no-build").args(std::env::args().skip(2).filter(|x| x != "--no-build"));
+        return run(&mut cmd);
+    }
+    match a.workload.clone() {
+        Workload::Connect { secs, bytes } => connect(secs, bytes),
+    }
+}
+
+/// A child cgroup with the agent attached, torn down on drop.
+struct Rig {
+    dir: PathBuf,
+    cgroup: PathBuf,
+    pin_dir: PathBuf,
+    agent: Option<Child>,
+}
+
+impl Rig {
+    fn new(name: &str) -> Result<Self> {
+        let id = format!("gh-bench-{name}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        let cgroup = PathBuf::from("/sys/fs/cgroup/unified").join(&id);
+        std::fs::create_dir_all(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+        Ok(Self { dir, cgroup, pin_dir: PathBuf::from("/sys/fs/bpf").join(&id), agent: None })
+    }
+
+    fn start_agent(&mut self, policy: &str, port: u16) -> Result<()> {
+        let config = self.dir.join("policy.toml");
+        std::fs::write(&config, policy)?;
+        let log = std::fs::File::create(self.dir.join("agent.log"))?;
+        let child = Command::new(built("release", "gatehouse"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(["--port", &port.to_string()])
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--audit-db")
+            .arg(self.dir.join("audit.db"))
+            .arg("--control-socket")
+            .arg(self.dir.join("control.sock"))
+            .env("GATEHOUSE_LOG", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.dir.join("control.sock").exists() {
+            if Instant::now() > deadline {
+                bail!("agent not ready: {}", std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    /// Runs `xtask bench-client …` inside the cgroup; returns its stdout.
+    fn client(&self, args: &[String]) -> Result<String> {
+        let out = self.client_cmd(args)?.output()?;
+        if !out.status.success() {
+            bail!("bench client {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn client_cmd(&self, args: &[String]) -> Result<Command> {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+            .arg(&self.cgroup)
+            .arg(std::env::current_exe()?)
+            .arg("bench-client")
+            .args(args);
+        Ok(c)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = Command::new("kill").args(["-TERM", &a.id().to_string()]).status();
+            let _ = a.wait();
+        }
+        let _ = Command::new(built("release", "gatehouse"))
+            .args(["detach", "--force", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .stdout(Stdio::null())
+            .status();
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Test servers: a one-byte request/response server and a byte sink, each on
+/// two addresses (one protected, one not), run in this process.
+struct Servers {
+    rr: [SocketAddr; 2],
+    sink: [SocketAddr; 2],
+    stop: Arc<AtomicBool>,
+}
+
+impl Servers {
+    fn start() -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut rr = Vec::new();
+        let mut sink = Vec::new();
+        for host in ["127.10.200.1", "127.10.200.2"] {
+            rr.push(serve(host, stop.clone(), rr_conn)?);
+            sink.push(serve(host, stop.clone(), sink_conn)?);
+        }
+        Ok(Self { rr: [rr[0], rr[1]], sink: [sink[0], sink[1]], stop })
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(host: &str, stop: Arc<AtomicBool>, handler: fn(TcpStream)) -> Result<SocketAddr> {
+    let l = TcpListener::bind((host, 0))?;
+    l.set_nonblocking(true)?;
+    let addr = l.local_addr()?;
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    std::thread::spawn(move || handler(s));
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    });
+    Ok(addr)
+}
+
+fn rr_conn(mut s: TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut b = [0u8; 1];
+    while matches!(s.read(&mut b), Ok(1)) {
+        if s.write_all(&b).is_err() {
+            break;
+        }
+    }
+}
+
+fn sink_conn(mut s: TcpStream) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n: u64 = 0;
+    while let Ok(k) = s.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+    }
+    let _ = s.write_all(&n.to_le_bytes());
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn connect(secs: u64, bytes: u64) -> Result<()> {
+    let servers = Servers::start()?;
+    let mut rig = Rig::new("connect")?;
+    let port = crate::bench::free_port()?;
+    let policy = format!(
+        "[[backend]]\nname = \"rr\"\nprotocol = \"tcp\"\naddress = \"{}\"\n\n\
+         [[backend]]\nname = \"sink\"\nprotocol = \"tcp\"\naddress = \"{}\"\n\n\
+         [[rule]]\nname = \"bench\"\nwho = {{ users = [\"root\"] }}\nbackends = [\"*\"]\n",
+        servers.rr[0], servers.sink[0]
+    );
+    rig.start_agent(&policy, port)?;
+    let conc = "8".to_owned();
+    let mut rate = [Vec::new(), Vec::new()];
+    let mut lat = [Vec::new(), Vec::new()];
+    eprintln!("connection rate: {secs}s rounds, 8 concurrent clients, connect + 1-byte round trip + close");
+    for round in 0..3 {
+        for (i, target) in [servers.rr[1], servers.rr[0]].iter().enumerate() {
+            let out = rig.client(&["rate".into(), target.to_string(), secs.to_string(), conc.clone()])?;
+            let v: serde_json::Value = serde_json::from_str(out.trim())?;
+            let r = v["rate"].as_f64().unwrap_or(0.0);
+            eprintln!(
+                "  round {round} {:<9} {r:>9.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
+                ["direct", "gatehouse"][i],
+                v["p50_us"].as_f64().unwrap_or(0.0),
+                v["p99_us"].as_f64().unwrap_or(0.0)
+            );
+            rate[i].push(r);
+            lat[i].push(v["p50_us"].as_f64().unwrap_or(0.0));
+        }
+    }
+    eprintln!("bulk: {bytes} bytes one way, one connection");
+    let mut bulk = [Vec::new(), Vec::new()];
+    for round in 0..2 {
+        for (i, target) in [servers.sink[1], servers.sink[0]].iter().enumerate() {
+            let out = rig.client(&["bulk".into(), target.to_string(), bytes.to_string()])?;
+            let v: serde_json::Value = serde_json::from_str(out.trim())?;
+            let mbs = v["mb_per_s"].as_f64().unwrap_or(0.0);
+            eprintln!("  round {round} {:<9} {mbs:>9.0} MB/s", ["direct", "gatehouse"][i]);
+            bulk[i].push(mbs);
+        }
+    }
+    eprintln!("idle connections: agent RSS before and while 1000 idle sessions are open");
+    let pid = rig.agent_pid().context("agent pid")?;
+    let before = rss_kib(pid)?;
+    let mut idle =
+        rig.client_cmd(&["idle".into(), servers.rr[0].to_string(), "1000".into()])?.stdout(Stdio::piped()).spawn()?;
+    let mut line = String::new();
+    BufReader::new(idle.stdout.take().context("stdout")?).read_line(&mut line)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss_kib(pid)?;
+    let _ = idle.kill();
+    let _ = idle.wait();
+    let opened: f64 = line.trim().parse().unwrap_or(0.0);
+    let per_conn = if opened > 0.0 { (during.saturating_sub(before)) as f64 / opened } else { f64::NAN };
+
+    let (rd, rg) = (median(rate[0].clone()), median(rate[1].clone()));
+    let (ld, lg) = (median(lat[0].clone()), median(lat[1].clone()));
+    let (bd, bg) = (median(bulk[0].clone()), median(bulk[1].clone()));
+    println!();
+    println!("connect_rate      direct    {rd:>10.0} conn/s   p50 {ld:>6.0} µs");
+    println!("connect_rate      gatehouse {rg:>10.0} conn/s   p50 {lg:>6.0} µs");
+    println!("bulk              direct    {bd:>10.0} MB/s");
+    println!("bulk              gatehouse {bg:>10.0} MB/s");
+    println!("idle_rss          gatehouse {per_conn:>10.1} KiB per idle session ({opened} sessions; target ≤ 64)");
+    println!("ratio connect_rate gatehouse/direct = {:.2}", rg / rd);
+    println!("ratio bulk gatehouse/direct = {:.2}", bg / bd);
+    drop(servers);
+    Ok(())
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+// ---- the client side, run inside the benchmark cgroup ----
+
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// rate ADDR SECS CONC | bulk ADDR BYTES | idle ADDR N
+    #[arg(num_args = 1..)]
+    pub args: Vec<String>,
+}
+
+pub fn client(a: &ClientArgs) -> Result<()> {
+    raise_nofile();
+    let arg = |i: usize| a.args.get(i).cloned().context("missing argument");
+    match arg(0)?.as_str() {
+        "rate" => client_rate(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
+        "bulk" => client_bulk(arg(1)?.parse()?, arg(2)?.parse()?),
+        "idle" => client_idle(arg(1)?.parse()?, arg(2)?.parse()?),
+        other => bail!("unknown client mode {other}"),
+    }
+}
+
+/// The client opens many sockets: lift the soft descriptor limit to the hard one.
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn client_rate(addr: SocketAddr, secs: u64, conc: usize) -> Result<()> {
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..conc)
+        .map(|_| {
+            let lat = lat.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let Ok(mut s) = TcpStream::connect(addr) else { continue };
+                    let _ = s.set_nodelay(true);
+                    let mut b = [7u8];
+                    if s.write_all(&b).is_ok() && s.read_exact(&mut b).is_ok() {
+                        mine.push(t.elapsed().as_micros() as f64);
+                    }
+                }
+                lat.lock().map(|mut l| l.extend(mine)).ok();
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut l = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    l.sort_by(f64::total_cmp);
+    let pct = |p: f64| l.get(((l.len() as f64) * p) as usize).copied().unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({ "conns": l.len(), "rate": l.len() as f64 / elapsed, "p50_us": pct(0.5), "p99_us": pct(0.99) })
+    );
+    Ok(())
+}
+
+fn client_bulk(addr: SocketAddr, bytes: u64) -> Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    let buf = vec![0x5au8; 256 * 1024];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64))?;
+        s.write_all(buf.get(..n).unwrap_or_default())?;
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut got = [0u8; 8];
+    s.read_exact(&mut got)?;
+    let secs = start.elapsed().as_secs_f64();
+    if u64::from_le_bytes(got) != bytes {
+        bail!("sink received {} of {bytes} bytes", u64::from_le_bytes(got));
+    }
+    println!("{}", serde_json::json!({ "bytes": bytes, "secs": secs, "mb_per_s": bytes as f64 / secs / 1e6 }));
+    Ok(())
+}
+
+fn client_idle(addr: SocketAddr, n: usize) -> Result<()> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr)?;
+        // One round trip so the session is fully set up on the proxy.
+        let mut b = [1u8];
+        s.write_all(&b)?;
+        s.read_exact(&mut b)?;
+        conns.push(s);
+    }
+    println!("{}", conns.len());
+    std::io::stdout().flush()?;
+    std::thread::sleep(Duration::from_secs(60));
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Developer tasks for what cargo cannot do alone: `cargo xtask <task>`.
+#![expect(
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    reason = "a developer tool over its own data (JSON from cargo, its own measurements), not network input"
+)]
+
+mod bench;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Gatehouse developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
+    Setup,
+    /// Setup if needed, unit tests, policy test cases, then privileged end-to-end tests.
+    Test(test::TestArgs),
+    /// Run Gatehouse on embedded defaults: a throwaway backend, an allowed and a refused user.
+    Demo(demo::DemoArgs),
+    /// Benchmarks, printed as ratios against baselines measured in the same run.
+    Bench(bench::BenchArgs),
+    /// (internal) A benchmark client, run inside the benchmark's cgroup.
+    #[command(hide = true)]
+    BenchClient(bench::ClientArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Test(a) => test::test(&a),
+        Task::Demo(a) => demo::demo(&a),
+        Task::Bench(a) => bench::bench(&a),
+        Task::BenchClient(a) => bench::client(&a),
+    }
+}
