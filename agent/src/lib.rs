@@ -12,11 +12,13 @@ pub mod audit;
 pub mod cli;
 pub mod control;
 pub mod identity;
+pub mod mask;
 pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod redirect;
 pub mod settings;
+pub mod sql;
 mod sys;
 pub mod types;
 
