@@ -7,9 +7,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::audit::query::{SessionFilter, SessionRow, sessions};
 use crate::control::{self, Request, Response};
-use crate::policy::load::load_path;
+use crate::identity::Principal;
+use crate::policy::load::{LoadOptions, load_path, load_path_with};
+use crate::policy::testcases::verdict_name;
 use crate::redirect::{self, PinStatus};
 use crate::settings::{self, Overrides, Settings};
+use crate::types::BackendName;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,8 +47,8 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Remove every program, link and map Gatehouse attached or pinned.
     Detach(DetachArgs),
-    /// Check and test policy files.
-    #[command(subcommand)]
+    /// Check, test and explain policy files.
+    #[command(subcommand, long_about = POLICY_HELP)]
     Policy(PolicyCommand),
 }
 
@@ -115,6 +118,30 @@ pub struct DetachArgs {
     pub force: bool,
 }
 
+const POLICY_HELP: &str = "Check, test and explain policy files.
+
+How decisions are made:
+  - Default deny: nothing is reachable unless an allow rule says so.
+  - Any matching deny rule beats any allow rule. A deny rule without
+    `statements`/`tables` refuses the connection; with them, it refuses
+    only the statements they describe.
+  - Among matching allow rules the most specific wins: a rule naming the
+    user (users, uids, subjects, emails) beats one naming a group, which
+    beats users = [\"*\"]; a backend named exactly beats a glob. Ties go to
+    the rule written first. The winning rule decides the backend role
+    (as_role), the statements and tables allowed, masking and approvals.
+  - `statements = [\"*\"]` covers every kind except the opaque ones
+    (function_call, do, call, execute, set_role, copy_program, copy_file,
+    load): their effect cannot be read from the text, so a rule must name
+    them. Transaction control, show, set, discard, deallocate, explain and
+    prepare are allowed implicitly (their inner statement is checked).
+  - A rule with `when` applies only inside its days/hours (in its time
+    zone) and validity period.
+  - Every decision names the rule that made it and, when refused by
+    default, the closest rule that did not match and why.
+  - Until approvals are enforced, a statement that needs approval is
+    refused with a message saying so (fail closed).";
+
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Load and validate policy files; report every error as file:line:col.
@@ -122,12 +149,43 @@ pub enum PolicyCommand {
         /// Policy file or directory.
         path: PathBuf,
     },
-    /// Run the [[test]] cases written in the policy files.
+    /// Run the [[test]] cases written in the policy files; exit 1 on any failure.
     Test {
         path: PathBuf,
+        /// Time for cases without `at` (RFC 3339); default: now.
+        #[arg(long)]
+        at: Option<String>,
         #[arg(long)]
         json: bool,
     },
+    /// Show the decision for a user, a backend and optionally a statement, with every rule considered.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Policy file or directory.
+    #[arg(long, short, default_value = settings::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The Unix user (their groups come from NSS unless --group is given).
+    #[arg(long)]
+    pub user: String,
+    /// A group of the user (repeatable); replaces the NSS lookup.
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    #[arg(long)]
+    pub backend: String,
+    /// SQL to classify and decide (every statement of it).
+    #[arg(long, conflicts_with = "kind")]
+    pub sql: Option<String>,
+    /// A statement kind instead of SQL (select, drop, …).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// When (RFC 3339, e.g. 2026-12-01T18:00:00Z); default: now.
+    #[arg(long)]
+    pub at: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Entry point used by `main`.
@@ -162,7 +220,8 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Sessions(a) => list_sessions(&a),
         Command::Detach(a) => detach(a).await,
         Command::Policy(PolicyCommand::Check { path }) => policy_check(&path),
-        Command::Policy(PolicyCommand::Test { path, json }) => policy_test(&path, json),
+        Command::Policy(PolicyCommand::Test { path, at, json }) => policy_test(&path, at.as_deref(), json),
+        Command::Policy(PolicyCommand::Explain(a)) => policy_explain(&a),
     }
 }
 
@@ -190,7 +249,27 @@ async fn run(a: RunArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    match crate::proxy::run(settings, policy, a.config).await {
+    // Masking profiles' hash tokens are keyed by a secret of this host, kept
+    // beside the audit store; the policy is loaded again with it.
+    let load_options = match settings::mask_key(&settings.audit_db) {
+        Ok(mask_key) => LoadOptions { mask_key },
+        Err(e) => return fail(e),
+    };
+    let policy = match load_path_with(&a.config, &load_options) {
+        Ok(p) => p,
+        Err(d) => return fail(format_args!("policy {} does not load:\n{d}", a.config.display())),
+    };
+    let failed: Vec<_> = policy.run_tests(jiff::Timestamp::now()).into_iter().filter(|o| !o.passed).collect();
+    if !failed.is_empty() {
+        for o in &failed {
+            eprintln!("FAIL {} at {}: expected {}, got {}", o.name, o.location, o.expected, o.decision.reason());
+        }
+        return fail(format_args!(
+            "{} policy test case(s) fail; not starting with a policy that fails its own tests",
+            failed.len()
+        ));
+    }
+    match crate::proxy::run(settings, policy, a.config, load_options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -256,6 +335,17 @@ fn print_status(s: &control::AgentStatus) {
     }
     println!("audit:     {}", s.audit_db.display());
     println!("rules:     {}", s.rules);
+    let reloads = s.policy.get("reloads").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    println!(
+        "policy:    loaded {}, {reloads} reload(s)",
+        s.policy.get("loaded_us").and_then(serde_json::Value::as_i64).map(fmt_time).unwrap_or_default()
+    );
+    if let Some(err) = s.policy.get("last_error").and_then(serde_json::Value::as_str) {
+        println!("policy:    LAST RELOAD REFUSED (previous policy still in force):");
+        for line in err.lines() {
+            println!("             {line}");
+        }
+    }
     println!("backends:");
     for b in &s.backends {
         let addrs = if b.addresses.is_empty() { "(unresolved)".to_owned() } else { b.addresses.join(", ") };
@@ -426,7 +516,18 @@ fn policy_check(path: &Path) -> ExitCode {
     }
 }
 
-fn policy_test(path: &Path, json: bool) -> ExitCode {
+fn parse_at(at: Option<&str>) -> Result<jiff::Timestamp, String> {
+    match at {
+        None => Ok(jiff::Timestamp::now()),
+        Some(s) => s.parse().map_err(|e| format!("--at {s:?}: not an RFC 3339 time like 2026-12-01T18:00:00Z: {e}")),
+    }
+}
+
+fn policy_test(path: &Path, at: Option<&str>, json: bool) -> ExitCode {
+    let now = match parse_at(at) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
     let policy = match load_path(path) {
         Ok(p) => p,
         Err(d) => {
@@ -434,20 +535,122 @@ fn policy_test(path: &Path, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcomes = policy.run_tests();
+    let outcomes = policy.run_tests(now);
     if json {
         println!("{}", serde_json::to_string_pretty(&outcomes).unwrap_or_default());
     } else {
-        println!("{:<6} {:<44} {:<28} GOT", "RESULT", "TEST", "EXPECTED");
-        for o in &outcomes {
-            let got = format!("{} by {}", if o.decision.allowed { "allow" } else { "deny" }, o.decision.rule_label());
-            println!("{:<6} {:<44} {:<28} {got}", if o.passed { "pass" } else { "FAIL" }, o.name, o.expected);
-            if !o.passed {
-                println!("       at {}: {}", o.location, o.decision.reason);
-            }
+        let rows: Vec<[String; 4]> = outcomes
+            .iter()
+            .map(|o| {
+                let got = format!("{} by {}", verdict_name(o.decision.verdict), o.decision.rule_label());
+                [if o.passed { "pass" } else { "FAIL" }.to_owned(), o.name.clone(), o.expected.clone(), got]
+            })
+            .collect();
+        print_table(&["RESULT", "TEST", "EXPECTED", "GOT"], &rows);
+        for o in outcomes.iter().filter(|o| !o.passed) {
+            println!("FAIL {} at {}: {}", o.name, o.location, o.decision.reason());
         }
     }
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     println!("{} passed, {failed} failed", outcomes.len() - failed);
     if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn policy_explain(a: &ExplainArgs) -> ExitCode {
+    let now = match parse_at(a.at.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let policy = match load_path(&a.config) {
+        Ok(p) => p,
+        Err(d) => return fail(format_args!("policy {} does not load:\n{d}", a.config.display())),
+    };
+    let mut who = if a.groups.is_empty() {
+        nix::unistd::User::from_name(&a.user)
+            .ok()
+            .flatten()
+            .map(|u| crate::identity::lookup(crate::types::Uid(u.uid.as_raw())))
+            .unwrap_or_else(|| Principal::named(&a.user, &[]))
+    } else {
+        let g: Vec<&str> = a.groups.iter().map(String::as_str).collect();
+        Principal::named(&a.user, &g)
+    };
+    who.user = Some(crate::types::UserName::new(a.user.clone()));
+    let backend = BackendName::new(a.backend.clone());
+    let statements = match (&a.sql, &a.kind) {
+        (Some(sql), _) => match crate::sql::classify(sql) {
+            Ok(s) => s,
+            Err(e) => return fail(format_args!("--sql: {e} (Gatehouse refuses what does not parse)")),
+        },
+        (None, Some(k)) => match crate::sql::Kind::parse(k) {
+            Some(k) => vec![crate::policy::testcases::single_kind(k)],
+            None => return fail(format_args!("--kind {k}: unknown statement kind")),
+        },
+        (None, None) => vec![],
+    };
+    let mut traces = Vec::new();
+    if statements.is_empty() {
+        traces.push((
+            "(connection)".to_owned(),
+            policy.explain(&who, &crate::policy::Request { backend: &backend, statement: None, now }),
+        ));
+    }
+    for s in &statements {
+        traces.push((
+            s.text.clone(),
+            policy.explain(&who, &crate::policy::Request { backend: &backend, statement: Some(s), now }),
+        ));
+    }
+    if a.json {
+        let v: Vec<_> = traces
+            .iter()
+            .zip(statements.iter().map(Some).chain(std::iter::repeat(None)))
+            .map(|((text, t), s)| serde_json::json!({ "statement": text, "classified": s, "trace": t }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        let groups: Vec<&str> = who.groups.iter().map(|g| g.as_str()).collect();
+        println!(
+            "who:      {} (groups: {})",
+            a.user,
+            if groups.is_empty() { "none".into() } else { groups.join(", ") }
+        );
+        println!("backend:  {backend}");
+        println!("at:       {now}");
+        for (i, (text, t)) in traces.iter().enumerate() {
+            println!();
+            if let Some(s) = statements.get(i) {
+                let kinds: Vec<&str> = s.kinds.iter().map(|k| k.name()).collect();
+                let tables: Vec<String> = s.reads.iter().chain(&s.writes).map(ToString::to_string).collect();
+                println!("statement: {text}");
+                println!("  kinds:   {}", kinds.join(", "));
+                if !tables.is_empty() {
+                    println!("  tables:  {}", tables.join(", "));
+                }
+            }
+            let d = &t.decision;
+            println!("decision: {} by {}", verdict_name(d.verdict).to_uppercase(), d.rule_label());
+            println!("  reason: {}", d.reason());
+            if let Some(r) = &d.as_role {
+                println!("  as_role: {r}");
+            }
+            if let Some(m) = &d.mask {
+                println!("  mask:    {m}");
+            }
+            println!("rules considered:");
+            for e in &t.considered {
+                let state =
+                    if e.why_not.is_empty() { "applies".to_owned() } else { format!("no: {}", e.why_not.join("; ")) };
+                println!(
+                    "  {:<40} {:<5} {}  ({})",
+                    e.rule.as_str(),
+                    format!("{:?}", e.action).to_lowercase(),
+                    state,
+                    e.location
+                );
+            }
+        }
+    }
+    let all_allowed = traces.iter().all(|(_, t)| t.decision.allowed());
+    if all_allowed { ExitCode::SUCCESS } else { ExitCode::from(2) }
 }

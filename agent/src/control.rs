@@ -53,6 +53,7 @@ pub struct AgentStatus {
     pub sessions: serde_json::Value,
     pub kernel: serde_json::Value,
     pub audit_db: PathBuf,
+    pub policy: serde_json::Value,
 }
 
 fn status(agent: &Agent) -> AgentStatus {
@@ -84,6 +85,8 @@ fn status(agent: &Agent) -> AgentStatus {
         sessions: serde_json::to_value(counters).unwrap_or_default(),
         kernel: serde_json::to_value(kernel).unwrap_or_default(),
         audit_db: agent.settings.audit_db.clone(),
+        policy: serde_json::to_value(agent.policy_state.lock().map(|s| s.clone()).unwrap_or_default())
+            .unwrap_or_default(),
     }
 }
 

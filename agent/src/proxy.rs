@@ -17,7 +17,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::audit::{self, Audit, SessionClose, SessionOpen};
-use crate::identity::{Peer, Resolver};
+use crate::identity::{Peer, Principal, Resolver};
+use crate::policy::load::LoadOptions;
 use crate::policy::{Backend, Policy, Protocol, Target};
 use crate::protocol::tcp;
 use crate::redirect::{AttachOptions, Redirect, RedirectError};
@@ -117,6 +118,40 @@ impl Counters {
     }
 }
 
+/// An open session, as the agent tracks it: enough to re-check it after a
+/// policy reload and to cut it with a reason.
+#[derive(Debug)]
+pub struct LiveSession {
+    pub principal: Principal,
+    pub backend: BackendName,
+    pub protocol: Protocol,
+    pub cut: CancellationToken,
+    pub cut_reason: std::sync::OnceLock<String>,
+}
+
+impl LiveSession {
+    /// Cuts the session; the first reason given is the one recorded.
+    pub fn cut(&self, reason: impl Into<String>) {
+        let _ = self.cut_reason.set(reason.into());
+        self.cut.cancel();
+    }
+
+    pub fn reason(&self) -> String {
+        self.cut_reason.get().cloned().unwrap_or_else(|| "agent shutdown grace period over".into())
+    }
+}
+
+/// The state of the policy, for `gatehouse status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PolicyState {
+    pub loaded_us: i64,
+    pub files: Vec<PathBuf>,
+    pub reloads: u64,
+    /// The last reload that was refused, and why (the previous policy stayed).
+    pub last_error: Option<String>,
+    pub last_error_us: Option<i64>,
+}
+
 /// Everything a session task needs, shared.
 #[derive(Debug)]
 pub struct Agent {
@@ -131,10 +166,18 @@ pub struct Agent {
     pub started_us: i64,
     /// Cancelled when the shutdown grace period is over: open sessions are cut.
     pub cut: CancellationToken,
+    pub live: std::sync::Mutex<HashMap<SessionId, Arc<LiveSession>>>,
+    pub policy_state: std::sync::Mutex<PolicyState>,
+    pub load_options: LoadOptions,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(settings: Settings, policy: Policy, config_path: PathBuf) -> Result<(), AgentError> {
+pub async fn run(
+    settings: Settings,
+    policy: Policy,
+    config_path: PathBuf,
+    load_options: LoadOptions,
+) -> Result<(), AgentError> {
     // Files the agent creates (audit store, sockets) are private by default.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Two descriptors per session: lift the soft limit to the hard one.
@@ -175,13 +218,20 @@ pub async fn run(settings: Settings, policy: Policy, config_path: PathBuf) -> Re
     let agent = Arc::new(Agent {
         resolver: Resolver::new(Duration::from_secs(30)),
         snapshot: ArcSwap::from_pointee(snapshot),
-        config_path,
+        config_path: config_path.clone(),
         redirect,
         audit,
         counters: Counters::default(),
         listening,
         started_us: audit::now_us(),
         cut: CancellationToken::new(),
+        live: std::sync::Mutex::new(HashMap::new()),
+        policy_state: std::sync::Mutex::new(PolicyState {
+            loaded_us: audit::now_us(),
+            files: crate::policy::load::policy_files(&config_path).unwrap_or_default(),
+            ..PolicyState::default()
+        }),
+        load_options,
         settings,
     });
 
@@ -193,6 +243,7 @@ pub async fn run(settings: Settings, policy: Policy, config_path: PathBuf) -> Re
         accepts.push(tokio::spawn(accept_loop(agent.clone(), l, stop.clone(), sessions.clone())));
     }
     let resolver = tokio::spawn(re_resolve(agent.clone(), stop.clone()));
+    let reloader = tokio::spawn(reload_loop(agent.clone(), stop.clone()));
 
     wait_for_signal().await?;
     info!(grace = ?agent.settings.shutdown_grace, active = agent.counters.active.load(Ordering::Relaxed), "shutting down: no new sessions; open sessions may finish");
@@ -207,6 +258,7 @@ pub async fn run(settings: Settings, policy: Policy, config_path: PathBuf) -> Re
         sessions.wait().await;
     }
     let _ = resolver.await;
+    let _ = reloader.await;
     let _ = control.await;
     if let Err(e) = agent.audit.flush().await {
         error!(error = %e, "final audit flush failed");
@@ -322,13 +374,13 @@ async fn session_inner(agent: &Agent, client: TcpStream, peer: ClientAddr, id: S
     let snapshot = agent.snapshot.load_full();
     let backend = snapshot.routes.get(&orig.0).and_then(|n| snapshot.policy.backend(n));
     let (decision, backend_name, protocol) = match backend {
-        Some(b) => (snapshot.policy.decide_connect(&principal, &b.name), Some(b.name.clone()), Some(b.protocol)),
+        Some(b) => (
+            snapshot.policy.decide_connect(&principal, &b.name, jiff::Timestamp::now()),
+            Some(b.name.clone()),
+            Some(b.protocol),
+        ),
         None => (
-            crate::policy::Decision {
-                allowed: false,
-                rule: None,
-                reason: format!("{orig} is no longer a protected backend in the current policy"),
-            },
+            crate::policy::Decision::refuse(format!("{orig} is no longer a protected backend in the current policy")),
             None,
             None,
         ),
@@ -346,13 +398,13 @@ async fn session_inner(agent: &Agent, client: TcpStream, peer: ClientAddr, id: S
         backend: backend_name.as_ref().map(ToString::to_string),
         orig_dst: Some(orig.to_string()),
         protocol: protocol.map(|p| format!("{p:?}").to_lowercase()),
-        decision: if decision.allowed { "allow" } else { "deny" }.into(),
+        decision: if decision.allowed() { "allow" } else { "deny" }.into(),
         rule: decision.rule.as_ref().map(ToString::to_string),
-        reason: decision.reason.clone(),
+        reason: decision.reason().into_owned(),
     };
-    let (Some(backend_name), true) = (backend_name, decision.allowed) else {
+    let (Some(backend_name), true) = (backend_name, decision.allowed()) else {
         agent.counters.denied.fetch_add(1, Ordering::Relaxed);
-        info!(user = %principal, uid = %who.uid, pid = who.pid, comm = %who.comm, dst = %orig, rule = decision.rule_label(), "refused: {}", decision.reason);
+        info!(user = %principal, uid = %who.uid, pid = who.pid, comm = %who.comm, dst = %orig, rule = decision.rule_label(), "refused: {}", decision.reason());
         refuse(agent, rec, client).await;
         return;
     };
@@ -380,11 +432,33 @@ async fn session_inner(agent: &Agent, client: TcpStream, peer: ClientAddr, id: S
         }
     };
     let _ = client.set_nodelay(true);
-    let out = match protocol.unwrap_or(Protocol::Tcp) {
-        Protocol::Tcp => {
-            tcp::relay(client, upstream, agent.cut.clone(), || "agent shutdown grace period over".into()).await
+    let protocol = protocol.unwrap_or(Protocol::Tcp);
+    let live = Arc::new(LiveSession {
+        principal: principal.clone(),
+        backend: backend_name.clone(),
+        protocol,
+        cut: agent.cut.child_token(),
+        cut_reason: std::sync::OnceLock::new(),
+    });
+    lock(&agent.live).insert(id, live.clone());
+    let limit = decision.max_session.map(|max| {
+        let live = live.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(max).await;
+            live.cut(format!("max_session of {max:?} reached (rule {})", decision.rule_label()));
+        })
+    });
+    let out = match protocol {
+        Protocol::Tcp => tcp::relay(client, upstream, live.cut.clone(), || live.reason()).await,
+        // Statement-level policy needs the PostgreSQL adapter: never relay raw bytes instead.
+        Protocol::Postgres => {
+            tcp::RelayOutcome { up: 0, down: 0, end: tcp::End::Cut("postgres adapter not available".into()) }
         }
     };
+    lock(&agent.live).remove(&id);
+    if let Some(l) = limit {
+        l.abort();
+    }
     let end = out.end.describe();
     info!(bytes_up = out.up, bytes_down = out.down, end = %end, "session closed");
     if let Err(e) = agent.audit.close_session(close(out.up, out.down, end)) {
@@ -420,4 +494,132 @@ async fn connect_upstream(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStr
     tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))?
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What identifies the policy files' current contents, cheaply.
+fn fingerprint(path: &std::path::Path) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+    let files = crate::policy::load::policy_files(path).unwrap_or_default();
+    files
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let mtime = meta.as_ref().and_then(|m| m.modified().ok());
+            let len = meta.map_or(0, |m| m.len());
+            (f, mtime, len)
+        })
+        .collect()
+}
+
+/// Reloads the policy on SIGHUP and when a file of it changes (polled every
+/// two seconds), and re-checks open sessions every minute.
+async fn reload_loop(agent: Arc<Agent>, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "no SIGHUP handler: reload on file change only");
+            None
+        }
+    };
+    let mut seen = fingerprint(&agent.config_path);
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    let mut recheck = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        let why = tokio::select! {
+            () = stop.cancelled() => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = poll.tick() => {
+                let now = fingerprint(&agent.config_path);
+                if now == seen { continue; }
+                "policy files changed"
+            }
+            _ = recheck.tick() => {
+                recheck_sessions(&agent, "periodic re-check");
+                continue;
+            }
+        };
+        seen = fingerprint(&agent.config_path);
+        reload(&agent, why).await;
+    }
+}
+
+/// Loads the policy again; swaps it in only if it loads and its own test
+/// cases pass. Otherwise the running policy stays and the error is kept for
+/// `gatehouse status`.
+pub async fn reload(agent: &Agent, why: &str) {
+    let loaded = crate::policy::load::load_path_with(&agent.config_path, &agent.load_options);
+    let policy = match loaded {
+        Ok(p) => p,
+        Err(d) => return refuse_reload(agent, why, format!("policy does not load:\n{d}")),
+    };
+    let failed: Vec<String> = policy
+        .run_tests(jiff::Timestamp::now())
+        .into_iter()
+        .filter(|o| !o.passed)
+        .map(|o| {
+            format!(
+                "test {:?} at {}: expected {}, got {} ({})",
+                o.name,
+                o.location,
+                o.expected,
+                crate::policy::testcases::verdict_name(o.decision.verdict),
+                o.decision.reason()
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        return refuse_reload(agent, why, format!("policy test cases fail:\n{}", failed.join("\n")));
+    }
+    if settings_changed(&agent.snapshot.load().policy.agent, &policy.agent) {
+        warn!("the [agent] table changed; those settings apply at the next restart");
+    }
+    let fresh = Snapshot::resolve(policy).await;
+    if let Err(e) = agent.redirect.set_backends(&fresh.protected()) {
+        return refuse_reload(agent, why, format!("updating the kernel's backend map failed: {e}"));
+    }
+    info!(trigger = why, backends = fresh.policy.backends.len(), rules = fresh.policy.rules.len(), "policy reloaded");
+    agent.snapshot.store(Arc::new(fresh));
+    {
+        let mut st = lock(&agent.policy_state);
+        st.loaded_us = audit::now_us();
+        st.files = crate::policy::load::policy_files(&agent.config_path).unwrap_or_default();
+        st.reloads += 1;
+        st.last_error = None;
+        st.last_error_us = None;
+    }
+    recheck_sessions(agent, "policy reload");
+}
+
+fn refuse_reload(agent: &Agent, why: &str, error: String) {
+    error!(trigger = why, "policy reload refused; the previous policy stays in force: {error}");
+    let mut st = lock(&agent.policy_state);
+    st.last_error = Some(error);
+    st.last_error_us = Some(audit::now_us());
+}
+
+fn settings_changed(a: &crate::settings::AgentRaw, b: &crate::settings::AgentRaw) -> bool {
+    format!("{a:?}") != format!("{b:?}")
+}
+
+/// Re-decides every open session that has no statements of its own (opaque
+/// TCP) under the current policy and time, and cuts those no longer allowed.
+/// SQL sessions are re-checked on their next statement instead.
+fn recheck_sessions(agent: &Agent, why: &str) {
+    let snap = agent.snapshot.load();
+    let now = jiff::Timestamp::now();
+    let live: Vec<(SessionId, Arc<LiveSession>)> = lock(&agent.live).iter().map(|(k, v)| (*k, v.clone())).collect();
+    for (id, s) in live {
+        if s.protocol.is_sql() {
+            continue;
+        }
+        let d = snap.policy.decide_connect(&s.principal, &s.backend, now);
+        if !d.allowed() {
+            info!(session = %id, user = %s.principal, backend = %s.backend, trigger = why, "cutting session: {}", d.reason());
+            s.cut(format!("{why}: {}", d.reason()));
+        }
+    }
 }

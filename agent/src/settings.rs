@@ -100,6 +100,34 @@ fn pick(cli: &Option<PathBuf>, file: &Option<PathBuf>, default: &str) -> PathBuf
     cli.clone().or_else(|| file.clone()).unwrap_or_else(|| PathBuf::from(default))
 }
 
+/// The host's secret for masking hash tokens: 32 random bytes in `mask.key`
+/// beside the audit store (0600), made on first start.
+pub fn mask_key(audit_db: &std::path::Path) -> Result<[u8; 32], SettingsError> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = audit_db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let path = dir.join("mask.key");
+    let err =
+        |e: std::io::Error| SettingsError::Invalid { field: "mask key", message: format!("{}: {e}", path.display()) };
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    }
+    let mut key = [0u8; 32];
+    match std::fs::File::open(&path) {
+        Ok(mut f) => {
+            f.read_exact(&mut key).map_err(err)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::File::open("/dev/urandom").and_then(|mut r| r.read_exact(&mut key)).map_err(err)?;
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(err)?;
+            f.write_all(&key).map_err(err)?;
+        }
+        Err(e) => return Err(err(e)),
+    }
+    Ok(key)
+}
+
 /// Parses durations as operators write them: `500ms`, `30s`, `10m`, `2h`, `1d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

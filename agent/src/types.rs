@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 macro_rules! string_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        /// Backed by `Arc<str>`: decisions and sessions clone these on hot paths.
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
-            pub fn new(s: impl Into<String>) -> Self {
-                Self(s.into())
+            pub fn new(s: impl AsRef<str>) -> Self {
+                Self(std::sync::Arc::from(s.as_ref()))
             }
             pub fn as_str(&self) -> &str {
                 &self.0

@@ -35,9 +35,15 @@ pub enum Workload {
         #[arg(long, default_value_t = 1 << 30)]
         bytes: u64,
     },
+    /// Policy decision cost with 10, 100 and 1,000 rules (no root needed).
+    Policy,
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
+    if matches!(a.workload, Workload::Policy) {
+        // In-process and unprivileged: cargo runs it.
+        return run(Command::new("cargo").current_dir(workspace_root()).args(["bench", "-p", "gatehouse", "--bench", "policy"]));
+    }
     if !a.no_build {
         crate::setup::setup()?;
         run(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "gatehouse"]))?;
@@ -50,6 +56,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     match a.workload.clone() {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
+        Workload::Policy => Ok(()),
     }
 }
 

@@ -1,24 +1,41 @@
 //! Policy files → validated [`Policy`]. Every file is parsed on its own and
-//! every `[[backend]]`, `[[rule]]` and `[[test]]` entry is deserialized on its
-//! own, so one load reports every error, each as `file:line:col`.
+//! every entry (`[[backend]]`, `[[rule]]`, `[[mask]]`, `[[approvers]]`,
+//! `[[test]]`) is deserialized on its own, so one load reports every error,
+//! each as `file:line:col`, with a hint when a word is close to a known one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::diag::{Diagnostic, Diagnostics, Source, closest};
-use super::{Action, Backend, NamePattern, Policy, Protocol, Rule, Target, TestCase, TestExpect, Who};
-use crate::settings::AgentRaw;
-use crate::types::{BackendName, RuleName};
+use super::diag::{Diagnostic, Diagnostics, Location, Source, closest};
+use super::{
+    Action, Approval, Backend, Credentials, KindSet, NamePattern, Policy, Protocol, Rule, TablePattern, Target,
+    TestCase, TestExpect, TimeWindow, TlsMode, Who,
+};
+use crate::mask::{Detector, ProfileSpec, Style};
+use crate::settings::{AgentRaw, parse_duration};
+use crate::sql::Kind;
+use crate::types::{BackendName, DbRole, RuleName};
 
 /// The top-level keys a policy file may hold.
-const TOP_LEVEL: &[&str] = &["agent", "backend", "rule", "test"];
+const TOP_LEVEL: &[&str] = &["agent", "backend", "rule", "mask", "approvers", "test"];
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredRaw {
+    user: String,
+    password_file: Option<PathBuf>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +44,11 @@ struct BackendRaw {
     protocol: Spanned<String>,
     address: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
+    tls: Option<Spanned<String>>,
+    ca_file: Option<PathBuf>,
+    tls_server_name: Option<String>,
+    credentials: Option<CredRaw>,
+    roles: Option<BTreeMap<String, CredRaw>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +76,36 @@ struct WhoRaw {
     uids: Vec<u32>,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    subjects: Vec<String>,
+    #[serde(default)]
+    emails: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhenRaw {
+    days: Option<Vec<String>>,
+    hours: Option<String>,
+    tz: Option<String>,
+    from: Option<String>,
+    until: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ByRaw {
+    Name(String),
+    Who(WhoRaw),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalRaw {
+    #[serde(rename = "for")]
+    kinds: Vec<String>,
+    by: ByRaw,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +116,49 @@ struct RuleRaw {
     backend: Option<Spanned<OneOrMany>>,
     backends: Option<Spanned<OneOrMany>>,
     action: Option<Spanned<String>>,
+    as_role: Option<Spanned<String>>,
+    statements: Option<Spanned<Vec<String>>>,
+    deny_statements: Option<Spanned<Vec<String>>>,
+    tables: Option<Spanned<Vec<String>>>,
+    deny_tables: Option<Spanned<Vec<String>>>,
+    when: Option<Spanned<WhenRaw>>,
+    mask: Option<Spanned<String>>,
+    approval: Option<Spanned<ApprovalRaw>>,
+    max_session: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ColumnRaw {
+    column: String,
+    style: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegexRaw {
+    name: String,
+    pattern: String,
+    style: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaskRaw {
+    name: Spanned<String>,
+    #[serde(default)]
+    columns: Vec<Spanned<ColumnRaw>>,
+    detectors: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    regex: Vec<Spanned<RegexRaw>>,
+    hash_key_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproversRaw {
+    name: Spanned<String>,
+    who: Spanned<WhoRaw>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,13 +175,37 @@ struct TestRaw {
     name: Option<String>,
     who: TestWhoRaw,
     backend: Spanned<String>,
+    sql: Option<String>,
+    kind: Option<Spanned<String>>,
+    at: Option<Spanned<String>>,
     expect: Spanned<String>,
     rule: Option<Spanned<String>>,
+}
+
+/// What the loader needs from its caller.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Key for masking profiles' hash tokens when a profile names no `hash_key_file`.
+    pub mask_key: [u8; 32],
 }
 
 /// Reads the policy at `path`: one `.toml` file, or every `.toml` file of a
 /// directory (not recursive), in name order.
 pub fn read_sources(path: &Path) -> Result<Vec<Source>, Diagnostics> {
+    let files = policy_files(path)?;
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => sources.push(Source { path: file, text }),
+            Err(e) => errors.push(Diagnostic::file(&file, format!("cannot read: {e}"))),
+        }
+    }
+    if errors.is_empty() { Ok(sources) } else { Err(Diagnostics(errors)) }
+}
+
+/// The policy files under `path`, sorted.
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostics> {
     let meta =
         std::fs::metadata(path).map_err(|e| Diagnostics(vec![Diagnostic::file(path, format!("cannot read: {e}"))]))?;
     let mut files: Vec<PathBuf> = if meta.is_dir() {
@@ -103,20 +222,37 @@ pub fn read_sources(path: &Path) -> Result<Vec<Source>, Diagnostics> {
     if files.is_empty() {
         return Err(Diagnostics(vec![Diagnostic::file(path, "no .toml policy files here")]));
     }
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for file in files {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => sources.push(Source { path: file, text }),
-            Err(e) => errors.push(Diagnostic::file(&file, format!("cannot read: {e}"))),
-        }
-    }
-    if errors.is_empty() { Ok(sources) } else { Err(Diagnostics(errors)) }
+    Ok(files)
 }
 
 /// Loads and validates a policy from a file or directory.
 pub fn load_path(path: &Path) -> Result<Policy, Diagnostics> {
-    load(&read_sources(path)?)
+    load_path_with(path, &LoadOptions::default())
+}
+
+pub fn load_path_with(path: &Path, opts: &LoadOptions) -> Result<Policy, Diagnostics> {
+    load_with(&read_sources(path)?, opts)
+}
+
+/// Validates a policy given as source texts.
+pub fn load(sources: &[Source]) -> Result<Policy, Diagnostics> {
+    load_with(sources, &LoadOptions::default())
+}
+
+pub fn load_with(sources: &[Source], opts: &LoadOptions) -> Result<Policy, Diagnostics> {
+    let mut errors = Vec::new();
+    let mut c = Collected::default();
+    for src in sources {
+        collect(src, &mut c, &mut errors);
+    }
+    let mut policy = build(c, opts, &mut errors);
+    errors.sort_by(|a, b| (&a.at.file, a.at.line, a.at.col).cmp(&(&b.at.file, b.at.line, b.at.col)));
+    errors.dedup();
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors));
+    }
+    policy.index = super::decide::Index::build(&policy);
+    Ok(policy)
 }
 
 /// One parsed entry, still raw, with the file it came from.
@@ -126,24 +262,24 @@ struct Entry<'s, T> {
     raw: T,
 }
 
+impl<T> Entry<'_, T> {
+    fn at(&self) -> Location {
+        self.src.at(Some(self.span.clone()))
+    }
+
+    fn at_span(&self, span: Range<usize>) -> Location {
+        self.src.at(Some(span))
+    }
+}
+
 #[derive(Default)]
 struct Collected<'s> {
     agent: Option<Entry<'s, AgentRaw>>,
     backends: Vec<Entry<'s, BackendRaw>>,
     rules: Vec<Entry<'s, RuleRaw>>,
+    masks: Vec<Entry<'s, MaskRaw>>,
+    approvers: Vec<Entry<'s, ApproversRaw>>,
     tests: Vec<Entry<'s, TestRaw>>,
-}
-
-/// Validates a policy given as source texts.
-pub fn load(sources: &[Source]) -> Result<Policy, Diagnostics> {
-    let mut errors = Vec::new();
-    let mut c = Collected::default();
-    for src in sources {
-        collect(src, &mut c, &mut errors);
-    }
-    let policy = build(c, &mut errors);
-    errors.sort_by(|a, b| (&a.at.file, a.at.line, a.at.col).cmp(&(&b.at.file, b.at.line, b.at.col)));
-    if errors.is_empty() { Ok(policy) } else { Err(Diagnostics(errors)) }
 }
 
 fn collect<'s>(src: &'s Source, c: &mut Collected<'s>, errors: &mut Vec<Diagnostic>) {
@@ -159,10 +295,9 @@ fn collect<'s>(src: &'s Source, c: &mut Collected<'s>, errors: &mut Vec<Diagnost
             "agent" => {
                 if let Some(raw) = entry::<AgentRaw>(src, value, errors) {
                     if let Some(first) = &c.agent {
-                        let at = first.src.at(Some(first.span.clone()));
                         errors.push(Diagnostic::new(
                             src.at(Some(span)),
-                            format!("a second [agent] table; the first is at {at}"),
+                            format!("a second [agent] table; the first is at {}", first.at()),
                         ));
                     } else {
                         c.agent = Some(Entry { src, span, raw });
@@ -171,15 +306,18 @@ fn collect<'s>(src: &'s Source, c: &mut Collected<'s>, errors: &mut Vec<Diagnost
             }
             "backend" => c.backends.extend(entries(src, value, "backend", errors)),
             "rule" => c.rules.extend(entries(src, value, "rule", errors)),
+            "mask" => c.masks.extend(entries(src, value, "mask", errors)),
+            "approvers" => c.approvers.extend(entries(src, value, "approvers", errors)),
             "test" => c.tests.extend(entries(src, value, "test", errors)),
             other => {
-                let hint = closest(other, TOP_LEVEL.iter().copied()).map(|k| format!("did you mean `{k}`?"));
                 errors.push(
                     Diagnostic::new(
                         src.at(Some(key.span())),
-                        format!("unknown section `{other}`; expected one of: [agent], [[backend]], [[rule]], [[test]]"),
+                        format!(
+                            "unknown section `{other}`; expected [agent], [[backend]], [[rule]], [[mask]], [[approvers]] or [[test]]"
+                        ),
                     )
-                    .hint(hint),
+                    .hint(did_you_mean(other, TOP_LEVEL.iter().copied())),
                 );
             }
         }
@@ -231,209 +369,751 @@ fn typo_hint(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("unknown variant `"))?;
     let (word, expected) = rest.split_once('`')?;
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    did_you_mean(word, candidates)
+}
+
+fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     closest(word, candidates).map(|c| format!("did you mean `{c}`?"))
 }
 
-fn build(c: Collected<'_>, errors: &mut Vec<Diagnostic>) -> Policy {
-    let mut policy = Policy { agent: c.agent.map(|e| e.raw).unwrap_or_default(), ..Policy::default() };
+/// Accumulates the errors of one build.
+struct Errs<'e>(&'e mut Vec<Diagnostic>);
 
-    let mut names: HashMap<String, String> = HashMap::new();
+impl Errs<'_> {
+    fn push(&mut self, at: Location, message: impl Into<String>) {
+        self.0.push(Diagnostic::new(at, message));
+    }
+
+    fn hint(&mut self, at: Location, message: impl Into<String>, hint: Option<String>) {
+        self.0.push(Diagnostic::new(at, message).hint(hint));
+    }
+}
+
+fn build(c: Collected<'_>, opts: &LoadOptions, errors: &mut Vec<Diagnostic>) -> Policy {
+    let mut e = Errs(errors);
+    let mut policy = Policy { agent: c.agent.map(|e| e.raw).unwrap_or_default(), ..Policy::default() };
+    build_backends(c.backends, &mut policy, &mut e);
+    build_approvers(c.approvers, &mut policy, &mut e);
+    build_masks(c.masks, opts, &mut policy, &mut e);
+    build_rules(c.rules, &mut policy, &mut e);
+    build_tests(c.tests, &mut policy, &mut e);
+    policy
+}
+
+fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
+    let mut names: HashMap<String, Location> = HashMap::new();
     let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
-    for e in c.backends {
-        let at = e.src.at(Some(e.span.clone()));
-        let name = e.raw.name.get_ref().clone();
+    for b in raw {
+        let at = b.at();
+        let r = &b.raw;
+        let name = r.name.get_ref().clone();
         if let Err(m) = valid_name(&name) {
-            errors.push(Diagnostic::new(e.src.at(Some(e.raw.name.span())), m));
+            e.push(b.at_span(r.name.span()), m);
             continue;
         }
-        if let Some(first) = names.insert(name.clone(), at.to_string()) {
-            errors.push(Diagnostic::new(
-                e.src.at(Some(e.raw.name.span())),
-                format!("backend `{name}` is defined twice; the first is at {first}"),
-            ));
+        if let Some(first) = names.insert(name.clone(), at.clone()) {
+            e.push(b.at_span(r.name.span()), format!("backend `{name}` is defined twice; the first is at {first}"));
             continue;
         }
-        let protocol = match e.raw.protocol.get_ref().as_str() {
+        let protocol = match r.protocol.get_ref().as_str() {
             "tcp" => Protocol::Tcp,
+            "postgres" => Protocol::Postgres,
             other => {
-                let hint = closest(other, ["tcp"]).map(|k| format!("did you mean `{k}`?"));
-                errors.push(
-                    Diagnostic::new(
-                        e.src.at(Some(e.raw.protocol.span())),
-                        format!("unknown protocol `{other}`; supported: tcp"),
-                    )
-                    .hint(hint),
+                e.hint(
+                    b.at_span(r.protocol.span()),
+                    format!("unknown protocol `{other}`; supported: tcp, postgres"),
+                    did_you_mean(other, ["tcp", "postgres"]),
                 );
                 continue;
             }
         };
-        let target = match (&e.raw.address, &e.raw.host) {
+        let target = match (&r.address, &r.host) {
             (Some(a), None) => match parse_address(a.get_ref()) {
                 Ok(addr) => {
                     if let Some(other) = addrs.insert(addr, name.clone()) {
-                        errors.push(Diagnostic::new(
-                            e.src.at(Some(a.span())),
-                            format!("address {addr} is already backend `{other}`'s"),
-                        ));
+                        e.push(b.at_span(a.span()), format!("address {addr} is already backend `{other}`'s"));
                         continue;
                     }
                     Target::Addr(addr)
                 }
                 Err(m) => {
-                    errors.push(Diagnostic::new(e.src.at(Some(a.span())), m));
+                    e.push(b.at_span(a.span()), m);
                     continue;
                 }
             },
             (None, Some(h)) => match parse_host(h.get_ref()) {
                 Ok((host, port)) => Target::Host { host, port },
                 Err(m) => {
-                    errors.push(Diagnostic::new(e.src.at(Some(h.span())), m));
+                    e.push(b.at_span(h.span()), m);
                     continue;
                 }
             },
             (Some(_), Some(h)) => {
-                errors.push(Diagnostic::new(
-                    e.src.at(Some(h.span())),
-                    "give either `address` (ip:port) or `host` (name:port), not both",
-                ));
+                e.push(b.at_span(h.span()), "give either `address` (ip:port) or `host` (name:port), not both");
                 continue;
             }
             (None, None) => {
-                errors.push(
-                    Diagnostic::new(at, format!("backend `{name}` has neither `address` nor `host`"))
-                        .hint(Some("add address = \"ip:port\" or host = \"name:port\"".into())),
+                e.hint(
+                    at,
+                    format!("backend `{name}` has neither `address` nor `host`"),
+                    Some("add address = \"ip:port\" or host = \"name:port\"".into()),
                 );
                 continue;
             }
         };
-        policy.backends.push(Backend { name: BackendName::new(name), protocol, target, at });
+        let tls = match r.tls.as_ref().map(|t| t.get_ref().as_str()) {
+            None | Some("off") => TlsMode::Off,
+            Some("prefer") => TlsMode::Prefer,
+            Some("verify") => TlsMode::Verify,
+            Some(other) => {
+                let span = r.tls.as_ref().map(Spanned::span);
+                e.hint(
+                    b.src.at(span),
+                    format!("tls must be off, prefer or verify, not `{other}`"),
+                    did_you_mean(other, ["off", "prefer", "verify"]),
+                );
+                continue;
+            }
+        };
+        if protocol == Protocol::Tcp && (r.tls.is_some() || r.credentials.is_some() || r.roles.is_some()) {
+            e.push(at, format!("backend `{name}`: tls, credentials and roles apply to postgres backends, not tcp (bytes are relayed as they are)"));
+            continue;
+        }
+        if protocol == Protocol::Postgres && r.credentials.is_none() && r.roles.as_ref().is_none_or(BTreeMap::is_empty)
+        {
+            e.hint(
+                at,
+                format!("postgres backend `{name}` has no credentials: Gatehouse logs in for its users"),
+                Some("add credentials = { user = \"…\", password_file = \"/etc/gatehouse/secrets/…\" }".into()),
+            );
+            continue;
+        }
+        let cred = |c: &CredRaw| Credentials { user: c.user.clone(), password_file: c.password_file.clone() };
+        let b = Backend {
+            name: BackendName::new(name),
+            protocol,
+            target,
+            tls,
+            ca_file: r.ca_file.clone(),
+            tls_server_name: r.tls_server_name.clone(),
+            credentials: r.credentials.as_ref().map(cred),
+            roles: r.roles.iter().flatten().map(|(k, v)| (k.clone(), cred(v))).collect(),
+            at,
+        };
+        policy.backends.push(b);
     }
+}
 
+fn build_approvers(raw: Vec<Entry<'_, ApproversRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
+    for a in raw {
+        let name = a.raw.name.get_ref().clone();
+        if policy.approvers.contains_key(&name) {
+            e.push(a.at_span(a.raw.name.span()), format!("approver group `{name}` is defined twice"));
+            continue;
+        }
+        let who = who_from(a.raw.who.get_ref());
+        if who.is_empty() || who.any {
+            e.push(a.at_span(a.raw.who.span()), "approvers must name users or groups (not everyone)");
+            continue;
+        }
+        policy.approvers.insert(name, who);
+    }
+}
+
+fn parse_style(s: &str) -> Result<Style, String> {
+    match s {
+        "redact" => Ok(Style::Redact),
+        "partial" => Ok(Style::Partial),
+        "hash" => Ok(Style::Hash),
+        "null" => Ok(Style::Null),
+        other => Err(format!(
+            "unknown style `{other}`; use redact, partial, hash or null{}",
+            did_you_mean(other, ["redact", "partial", "hash", "null"]).map(|h| format!(" ({h})")).unwrap_or_default()
+        )),
+    }
+}
+
+const DETECTORS: &[(&str, Detector)] = &[
+    ("card", Detector::Card),
+    ("email", Detector::Email),
+    ("phone", Detector::Phone),
+    ("us_ssn", Detector::UsSsn),
+    ("iban", Detector::Iban),
+    ("jwt", Detector::Jwt),
+    ("aws_key", Detector::AwsKey),
+    ("github_token", Detector::GithubToken),
+    ("slack_token", Detector::SlackToken),
+];
+
+fn build_masks(raw: Vec<Entry<'_, MaskRaw>>, opts: &LoadOptions, policy: &mut Policy, e: &mut Errs<'_>) {
+    for m in raw {
+        let r = &m.raw;
+        let name = r.name.get_ref().clone();
+        if policy.masks.contains_key(&name) {
+            e.push(m.at_span(r.name.span()), format!("masking profile `{name}` is defined twice"));
+            continue;
+        }
+        let mut spec = ProfileSpec { name: name.clone(), hash_key: opts.mask_key, ..ProfileSpec::default() };
+        let mut ok = true;
+        for col in &r.columns {
+            match parse_style(&col.get_ref().style) {
+                Ok(s) => spec.columns.push((col.get_ref().column.clone(), s)),
+                Err(msg) => {
+                    e.push(m.at_span(col.span()), msg);
+                    ok = false;
+                }
+            }
+        }
+        let det_span = r.detectors.as_ref().map(Spanned::span).unwrap_or_else(|| m.span.clone());
+        for (det, style) in r.detectors.iter().flat_map(|d| d.get_ref()) {
+            let Some((_, d)) = DETECTORS.iter().find(|(n, _)| n == det) else {
+                e.hint(
+                    m.at_span(det_span.clone()),
+                    format!(
+                        "unknown detector `{det}`; known: {}",
+                        DETECTORS.iter().map(|d| d.0).collect::<Vec<_>>().join(", ")
+                    ),
+                    did_you_mean(det, DETECTORS.iter().map(|d| d.0)),
+                );
+                ok = false;
+                continue;
+            };
+            match parse_style(style) {
+                Ok(s) => spec.detectors.push((*d, s)),
+                Err(msg) => {
+                    e.push(m.at_span(det_span.clone()), msg);
+                    ok = false;
+                }
+            }
+        }
+        for rx in &r.regex {
+            match parse_style(&rx.get_ref().style) {
+                Ok(s) => spec.custom.push((rx.get_ref().name.clone(), rx.get_ref().pattern.clone(), s)),
+                Err(msg) => {
+                    e.push(m.at_span(rx.span()), msg);
+                    ok = false;
+                }
+            }
+        }
+        if spec.columns.is_empty() && spec.detectors.is_empty() && spec.custom.is_empty() {
+            e.push(m.at(), format!("masking profile `{name}` masks nothing: give columns, detectors or regex"));
+            continue;
+        }
+        if let Some(kf) = &r.hash_key_file {
+            match std::fs::read(kf.get_ref()) {
+                Ok(bytes) if bytes.len() >= 16 => {
+                    spec.hash_key = blake3::derive_key("gatehouse mask hash key v1", &bytes)
+                }
+                Ok(_) => {
+                    e.push(m.at_span(kf.span()), "hash_key_file holds fewer than 16 bytes");
+                    ok = false;
+                }
+                Err(err) => {
+                    e.push(m.at_span(kf.span()), format!("hash_key_file {}: {err}", kf.get_ref().display()));
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        match crate::mask::Profile::compile(&spec) {
+            Ok(p) => {
+                policy.masks.insert(name, Arc::new(p));
+            }
+            Err(err) => e.push(m.at(), err.to_string()),
+        }
+    }
+}
+
+fn parse_kinds(list: &Spanned<Vec<String>>, allow_star: bool, src: &Source, e: &mut Errs<'_>) -> Option<KindSet> {
+    let mut set = KindSet::default();
+    let mut ok = true;
+    for k in list.get_ref() {
+        let k = k.trim().to_ascii_lowercase();
+        if k == "*" && allow_star {
+            set.star = true;
+        } else if let Some(kind) = Kind::parse(&k) {
+            set.kinds.insert(kind);
+        } else {
+            e.hint(
+                src.at(Some(list.span())),
+                format!("unknown statement kind `{k}`"),
+                did_you_mean(&k, Kind::all().iter().map(|k| k.name())).or_else(|| {
+                    Some(format!("kinds: {}", Kind::all().iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")))
+                }),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(set)
+}
+
+fn parse_tables(list: &Spanned<Vec<String>>, src: &Source, e: &mut Errs<'_>) -> Option<Vec<TablePattern>> {
+    let mut out = Vec::new();
+    for t in list.get_ref() {
+        match TablePattern::parse(t) {
+            Ok(p) => out.push(p),
+            Err(m) => {
+                e.push(src.at(Some(list.span())), m);
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn parse_when(w: &Spanned<WhenRaw>, src: &Source, e: &mut Errs<'_>) -> Option<TimeWindow> {
+    let at = src.at(Some(w.span()));
+    let r = w.get_ref();
+    let mut text = Vec::new();
+    let days = match &r.days {
+        None => None,
+        Some(list) => {
+            let mut days = [false; 7];
+            for d in list {
+                let d = d.trim().to_ascii_lowercase();
+                let idx = |s: &str| DAYS.iter().position(|x| *x == s);
+                match d.split_once('-') {
+                    Some((a, b)) => match (idx(a), idx(b)) {
+                        (Some(a), Some(b)) if a <= b => days.iter_mut().take(b + 1).skip(a).for_each(|x| *x = true),
+                        _ => {
+                            e.push(at, format!("`{d}` is not a day range like mon-fri"));
+                            return None;
+                        }
+                    },
+                    None => match idx(&d) {
+                        Some(i) => {
+                            if let Some(x) = days.get_mut(i) {
+                                *x = true;
+                            }
+                        }
+                        None => {
+                            e.hint(at, format!("`{d}` is not a day"), did_you_mean(&d, DAYS));
+                            return None;
+                        }
+                    },
+                }
+            }
+            text.push(list.join(","));
+            Some(days)
+        }
+    };
+    let hours = match &r.hours {
+        None => None,
+        Some(h) => {
+            let parsed = h.split_once('-').and_then(|(a, b)| Some((hhmm(a)?, hhmm(b)?)));
+            match parsed {
+                Some((a, b)) if a != b => {
+                    text.push(h.clone());
+                    Some((a, b))
+                }
+                _ => {
+                    e.push(at, format!("hours `{h}` is not HH:MM-HH:MM"));
+                    return None;
+                }
+            }
+        }
+    };
+    let tz_name = r.tz.clone().unwrap_or_else(|| "UTC".into());
+    let tz = match jiff::tz::TimeZone::get(&tz_name) {
+        Ok(tz) => tz,
+        Err(err) => {
+            e.push(at, format!("time zone `{tz_name}`: {err}"));
+            return None;
+        }
+    };
+    let ts = |s: &Option<String>, e: &mut Errs<'_>| -> Result<Option<jiff::Timestamp>, ()> {
+        match s {
+            None => Ok(None),
+            Some(s) => s.parse::<jiff::Timestamp>().map(Some).map_err(|err| {
+                e.push(at.clone(), format!("`{s}` is not a timestamp like 2026-12-01T18:00:00Z: {err}"));
+            }),
+        }
+    };
+    let from = ts(&r.from, e).ok()?;
+    let until = ts(&r.until, e).ok()?;
+    if let (Some(f), Some(u)) = (from, until)
+        && f >= u
+    {
+        e.push(at, "`from` must be before `until`");
+        return None;
+    }
+    if let Some(f) = from {
+        text.push(format!("from {f}"));
+    }
+    if let Some(u) = until {
+        text.push(format!("until {u}"));
+    }
+    text.push(tz_name.clone());
+    Some(TimeWindow { days, hours, tz, tz_name, from, until, text: text.join(" ") })
+}
+
+fn hhmm(s: &str) -> Option<u16> {
+    let (h, m) = s.trim().split_once(':')?;
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (h <= 24 && m < 60 && (h < 24 || m == 0)).then_some(h * 60 + m)
+}
+
+fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
     let backend_names: Vec<String> = policy.backends.iter().map(|b| b.name.as_str().to_owned()).collect();
-    let mut rule_names: HashMap<String, String> = HashMap::new();
-    for e in c.rules {
-        let at = e.src.at(Some(e.span.clone()));
-        let r = e.raw;
+    let mut rule_names: HashMap<String, Location> = HashMap::new();
+    for entry in raw {
+        let at = entry.at();
+        let src = entry.src;
+        let r = entry.raw;
         let name = r.name.get_ref().trim().to_owned();
         if name.is_empty() {
-            errors.push(Diagnostic::new(e.src.at(Some(r.name.span())), "a rule needs a non-empty name"));
+            e.push(src.at(Some(r.name.span())), "a rule needs a non-empty name");
             continue;
         }
-        if let Some(first) = rule_names.insert(name.clone(), at.to_string()) {
-            errors.push(Diagnostic::new(
-                e.src.at(Some(r.name.span())),
+        if let Some(first) = rule_names.insert(name.clone(), at.clone()) {
+            e.push(
+                src.at(Some(r.name.span())),
                 format!("rule `{name}` is defined twice; the first is at {first}; rule names must be unique"),
-            ));
+            );
             continue;
         }
-        let who_span = r.who.span();
-        let who = who_from(r.who.into_inner());
+        let who = who_from(r.who.get_ref());
         if who.is_empty() {
-            errors.push(Diagnostic::new(
-                e.src.at(Some(who_span)),
-                "`who` matches nobody: give users, uids or groups (\"*\" in users for everyone)",
-            ));
+            e.push(
+                src.at(Some(r.who.span())),
+                "`who` matches nobody: give users, uids, groups, subjects or emails (users = [\"*\"] for everyone)",
+            );
             continue;
         }
-        let (patterns, span) = match (r.backend, r.backends) {
+        let (patterns, bspan) = match (r.backend, r.backends) {
             (Some(b), None) | (None, Some(b)) => {
                 let span = b.span();
                 (b.into_inner().into_vec(), span)
             }
             (Some(_), Some(b)) => {
-                errors.push(Diagnostic::new(e.src.at(Some(b.span())), "give `backend` or `backends`, not both"));
+                e.push(src.at(Some(b.span())), "give `backend` or `backends`, not both");
                 continue;
             }
             (None, None) => {
-                errors.push(Diagnostic::new(at, format!("rule `{name}` names no backend")));
+                e.push(at, format!("rule `{name}` names no backend"));
                 continue;
             }
         };
         let mut backends = Vec::new();
-        let mut bad = false;
+        let mut ok = true;
         for p in patterns {
             let pattern = NamePattern::new(&p);
             if !backend_names.iter().any(|n| pattern.matches(n)) {
-                let hint =
-                    closest(&p, backend_names.iter().map(String::as_str)).map(|k| format!("did you mean `{k}`?"));
-                errors.push(
-                    Diagnostic::new(e.src.at(Some(span.clone())), format!("no backend matches `{p}`")).hint(hint),
+                e.hint(
+                    src.at(Some(bspan.clone())),
+                    format!("no backend matches `{p}`"),
+                    did_you_mean(&p, backend_names.iter().map(String::as_str)),
                 );
-                bad = true;
+                ok = false;
             }
             backends.push(pattern);
-        }
-        if bad {
-            continue;
         }
         let action = match r.action.as_ref().map(|a| a.get_ref().as_str()) {
             None | Some("allow") => Action::Allow,
             Some("deny") => Action::Deny,
             Some(other) => {
-                let span = r.action.as_ref().map(Spanned::span);
-                let hint = closest(other, ["allow", "deny"]).map(|k| format!("did you mean `{k}`?"));
-                errors.push(
-                    Diagnostic::new(e.src.at(span), format!("action must be \"allow\" or \"deny\", not `{other}`"))
-                        .hint(hint),
+                e.hint(
+                    src.at(r.action.as_ref().map(Spanned::span)),
+                    format!("action must be \"allow\" or \"deny\", not `{other}`"),
+                    did_you_mean(other, ["allow", "deny"]),
                 );
                 continue;
             }
         };
-        let index = policy.rules.len();
-        policy.rules.push(Rule { name: RuleName::new(name), who, backends, action, at, index });
-    }
+        if !ok {
+            continue;
+        }
+        let matched: Vec<&Backend> =
+            policy.backends.iter().filter(|b| backends.iter().any(|p| p.matches(b.name.as_str()))).collect();
+        let sql = matched.iter().any(|b| b.protocol.is_sql());
 
-    let rule_set: HashSet<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
+        if action == Action::Deny {
+            let meaningless = [
+                ("as_role", r.as_role.as_ref().map(Spanned::span)),
+                ("deny_statements", r.deny_statements.as_ref().map(Spanned::span)),
+                ("deny_tables", r.deny_tables.as_ref().map(Spanned::span)),
+                ("mask", r.mask.as_ref().map(Spanned::span)),
+                ("approval", r.approval.as_ref().map(Spanned::span)),
+                ("max_session", r.max_session.as_ref().map(Spanned::span)),
+            ];
+            let mut bad = false;
+            for (field, span) in meaningless {
+                if let Some(span) = span {
+                    e.hint(
+                        src.at(Some(span)),
+                        format!("`{field}` has no meaning on a deny rule"),
+                        Some("a deny rule's `statements` and `tables` say what it denies".into()),
+                    );
+                    bad = true;
+                }
+            }
+            if bad {
+                continue;
+            }
+        }
+        // From here on every field is checked even when an earlier one failed,
+        // so one run of `policy check` reports all of a rule's errors.
+        let mut bad = false;
+        let statements = match &r.statements {
+            Some(list) => need(&mut bad, parse_kinds(list, true, src, e)).unwrap_or_default(),
+            None if action == Action::Allow => KindSet::all_ordinary(),
+            None => KindSet::default(),
+        };
+        let deny_statements = r
+            .deny_statements
+            .as_ref()
+            .and_then(|l| need(&mut bad, parse_kinds(l, false, src, e)))
+            .map(|k| k.kinds)
+            .unwrap_or_default();
+        let tables = r.tables.as_ref().and_then(|l| need(&mut bad, parse_tables(l, src, e))).unwrap_or_default();
+        let deny_tables =
+            r.deny_tables.as_ref().and_then(|l| need(&mut bad, parse_tables(l, src, e))).unwrap_or_default();
+        let when = r.when.as_ref().and_then(|w| need(&mut bad, parse_when(w, src, e)));
+        let statement_scope = [
+            ("statements", r.statements.as_ref().map(Spanned::span)),
+            ("deny_statements", r.deny_statements.as_ref().map(Spanned::span)),
+            ("tables", r.tables.as_ref().map(Spanned::span)),
+            ("deny_tables", r.deny_tables.as_ref().map(Spanned::span)),
+            ("mask", r.mask.as_ref().map(Spanned::span)),
+            ("approval", r.approval.as_ref().map(Spanned::span)),
+            ("as_role", r.as_role.as_ref().map(Spanned::span)),
+        ];
+        if !sql && let Some((field, Some(span))) = statement_scope.iter().find(|(_, s)| s.is_some()) {
+            e.push(
+                src.at(Some(span.clone())),
+                format!("`{field}` applies to postgres backends; rule `{name}` names only tcp backends"),
+            );
+            bad = true;
+        }
+        let as_role = r.as_role.as_ref().map(|a| DbRole::new(a.get_ref().clone()));
+        if action == Action::Allow {
+            let missing: Vec<&str> = matched
+                .iter()
+                .filter(|b| b.protocol.is_sql() && b.login(as_role.as_ref()).is_none())
+                .map(|b| b.name.as_str())
+                .collect();
+            if !missing.is_empty() {
+                let span = r.as_role.as_ref().map_or(bspan.clone(), Spanned::span);
+                let what = match &as_role {
+                    Some(role) => format!("no login for role `{role}` (add it under [backend.roles])"),
+                    None => "no default `credentials` (name a role with as_role, or add credentials)".to_owned(),
+                };
+                e.push(src.at(Some(span)), format!("backend(s) {} have {what}", missing.join(", ")));
+                bad = true;
+            }
+        }
+        if let Some(m) = &r.mask
+            && !policy.masks.contains_key(m.get_ref())
+        {
+            e.hint(
+                src.at(Some(m.span())),
+                format!("no masking profile named `{}`", m.get_ref()),
+                did_you_mean(m.get_ref(), policy.masks.keys().map(String::as_str)),
+            );
+            bad = true;
+        }
+        let approval = match &r.approval {
+            None => None,
+            Some(a) => {
+                let parsed = parse_approval(a, src, &policy.approvers, e);
+                if parsed.is_none() {
+                    bad = true;
+                }
+                parsed
+            }
+        };
+        let max_session = match &r.max_session {
+            None => None,
+            Some(m) => match parse_duration(m.get_ref()) {
+                Ok(d) => Some(d),
+                Err(msg) => {
+                    e.push(src.at(Some(m.span())), format!("max_session: {msg}"));
+                    bad = true;
+                    None
+                }
+            },
+        };
+        if bad {
+            continue;
+        }
+        let index = policy.rules.len();
+        policy.rules.push(Rule {
+            name: RuleName::new(name),
+            who,
+            backends,
+            action,
+            as_role,
+            statements,
+            deny_statements,
+            tables,
+            deny_tables,
+            when,
+            mask: r.mask.map(|m| std::sync::Arc::from(m.into_inner())),
+            approval,
+            max_session,
+            at,
+            index,
+        });
+    }
+}
+
+/// Passes `v` through, noting a failure in `bad`.
+fn need<T>(bad: &mut bool, v: Option<T>) -> Option<T> {
+    if v.is_none() {
+        *bad = true;
+    }
+    v
+}
+
+fn parse_approval(
+    a: &Spanned<ApprovalRaw>,
+    src: &Source,
+    approvers: &BTreeMap<String, Who>,
+    e: &mut Errs<'_>,
+) -> Option<Approval> {
+    let aspan = src.at(Some(a.span()));
+    let raw = a.get_ref();
+    let kinds_list = Spanned::new(a.span(), raw.kinds.clone());
+    let kinds = parse_kinds(&kinds_list, false, src, e)?;
+    if kinds.kinds.is_empty() {
+        e.push(aspan, "approval.for names no statement kinds");
+        return None;
+    }
+    let (by, by_name) = match &raw.by {
+        ByRaw::Name(n) => match approvers.get(n) {
+            Some(w) => (w.clone(), Some(n.clone())),
+            None => {
+                e.hint(
+                    aspan,
+                    format!("no [[approvers]] group named `{n}`"),
+                    did_you_mean(n, approvers.keys().map(String::as_str)),
+                );
+                return None;
+            }
+        },
+        ByRaw::Who(w) => {
+            let who = who_from(w);
+            if who.is_empty() || who.any {
+                e.push(aspan, "approval.by must name users or groups (not everyone)");
+                return None;
+            }
+            (who, None)
+        }
+    };
+    let timeout = match &raw.timeout {
+        None => DEFAULT_APPROVAL_TIMEOUT,
+        Some(t) => match parse_duration(t) {
+            Ok(d) => d,
+            Err(m) => {
+                e.push(aspan, format!("approval.timeout: {m}"));
+                return None;
+            }
+        },
+    };
+    Some(Approval { kinds: kinds.kinds, by, by_name, timeout })
+}
+
+fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
+    let backend_names: Vec<&str> = policy.backends.iter().map(|b| b.name.as_str()).collect();
+    let rule_names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
     let mut tests = Vec::new();
-    for e in c.tests {
-        let at = e.src.at(Some(e.span.clone()));
-        let t = e.raw;
-        if !backend_names.contains(t.backend.get_ref()) {
-            let hint = closest(t.backend.get_ref(), backend_names.iter().map(String::as_str))
-                .map(|k| format!("did you mean `{k}`?"));
-            errors.push(
-                Diagnostic::new(e.src.at(Some(t.backend.span())), format!("unknown backend `{}`", t.backend.get_ref()))
-                    .hint(hint),
+    for entry in raw {
+        let location = entry.at();
+        let src = entry.src;
+        let t = entry.raw;
+        if !backend_names.contains(&t.backend.get_ref().as_str()) {
+            e.hint(
+                src.at(Some(t.backend.span())),
+                format!("unknown backend `{}`", t.backend.get_ref()),
+                did_you_mean(t.backend.get_ref(), backend_names.iter().copied()),
             );
             continue;
         }
         let expect = match t.expect.get_ref().as_str() {
             "allow" => TestExpect::Allow,
             "deny" => TestExpect::Deny,
+            "approval" => TestExpect::Approval,
             other => {
-                errors.push(Diagnostic::new(
-                    e.src.at(Some(t.expect.span())),
-                    format!("expect must be \"allow\" or \"deny\", not `{other}`"),
-                ));
+                e.hint(
+                    src.at(Some(t.expect.span())),
+                    format!("expect must be \"allow\", \"deny\" or \"approval\", not `{other}`"),
+                    did_you_mean(other, ["allow", "deny", "approval"]),
+                );
                 continue;
             }
         };
         if let Some(rule) = &t.rule
-            && !rule_set.contains(rule.get_ref().as_str())
+            && !rule_names.contains(&rule.get_ref().as_str())
         {
-            let hint = closest(rule.get_ref(), rule_set.iter().copied()).map(|k| format!("did you mean `{k}`?"));
-            errors.push(
-                Diagnostic::new(e.src.at(Some(rule.span())), format!("unknown rule `{}`", rule.get_ref())).hint(hint),
+            e.hint(
+                src.at(Some(rule.span())),
+                format!("unknown rule `{}`", rule.get_ref()),
+                did_you_mean(rule.get_ref(), rule_names.iter().copied()),
             );
             continue;
         }
+        let kind = match &t.kind {
+            None => None,
+            Some(k) => match Kind::parse(k.get_ref()) {
+                Some(k) => Some(k),
+                None => {
+                    e.hint(
+                        src.at(Some(k.span())),
+                        format!("unknown statement kind `{}`", k.get_ref()),
+                        did_you_mean(k.get_ref(), Kind::all().iter().map(|k| k.name())),
+                    );
+                    continue;
+                }
+            },
+        };
+        if kind.is_some() && t.sql.is_some() {
+            e.push(location, "give `sql` or `kind`, not both");
+            continue;
+        }
+        let at = match &t.at {
+            None => None,
+            Some(a) => match a.get_ref().parse::<jiff::Timestamp>() {
+                Ok(ts) => Some(ts),
+                Err(err) => {
+                    e.push(
+                        src.at(Some(a.span())),
+                        format!("`{}` is not a timestamp like 2026-12-01T18:00:00Z: {err}", a.get_ref()),
+                    );
+                    continue;
+                }
+            },
+        };
+        let what = t.sql.clone().or_else(|| kind.map(|k| k.name().to_owned()));
         tests.push(TestCase {
-            name: t.name.unwrap_or_else(|| format!("{} → {}", t.who.user, t.backend.get_ref())),
+            name: t.name.unwrap_or_else(|| match &what {
+                Some(w) => format!("{} → {}: {w}", t.who.user, t.backend.get_ref()),
+                None => format!("{} → {}", t.who.user, t.backend.get_ref()),
+            }),
             user: t.who.user,
             groups: t.who.groups,
             backend: BackendName::new(t.backend.into_inner()),
+            sql: t.sql,
+            kind,
+            at,
             expect,
             rule: t.rule.map(|r| RuleName::new(r.into_inner())),
-            at,
+            location,
         });
     }
     policy.tests = tests;
-    policy
 }
 
-fn who_from(raw: WhoRaw) -> Who {
-    let any = raw.users.iter().any(|u| u == "*");
-    Who { any, users: raw.users.into_iter().filter(|u| u != "*").collect(), uids: raw.uids, groups: raw.groups }
+fn who_from(raw: &WhoRaw) -> Who {
+    Who {
+        any: raw.users.iter().any(|u| u == "*"),
+        users: raw.users.iter().filter(|u| *u != "*").cloned().collect(),
+        uids: raw.uids.clone(),
+        groups: raw.groups.clone(),
+        subjects: raw.subjects.clone(),
+        emails: raw.emails.clone(),
+    }
 }
 
 fn valid_name(name: &str) -> Result<(), String> {

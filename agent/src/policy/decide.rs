@@ -1,0 +1,430 @@
+//! Decisions: pure functions of the policy, the principal, the request and
+//! the time. An index built at load time keeps a decision well under a
+//! microsecond with a thousand rules: candidate rules are found by backend
+//! and then by user, uid, group, OIDC subject/e-mail, or "everyone".
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Action, Policy, Rule, WhoMatch};
+use crate::identity::Principal;
+use crate::sql::{Kind, Statement};
+use crate::types::{BackendName, DbRole, RuleName};
+
+/// What is being asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub backend: &'a BackendName,
+    /// `None`: opening a connection. `Some`: one classified statement.
+    pub statement: Option<&'a Statement>,
+    pub now: jiff::Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// Allowed once a member of the approver group approves.
+    NeedsApproval,
+}
+
+/// The closest rule that did not apply, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Miss {
+    pub rule: RuleName,
+    pub why: Vec<String>,
+}
+
+/// The outcome of a decision, naming the rule that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// `None` for the default deny.
+    pub rule: Option<RuleName>,
+    reason: String,
+    /// When refused by default: the closest rule that did not match.
+    pub closest: Option<Miss>,
+    /// For allowed connections: the backend role to log in as.
+    pub as_role: Option<DbRole>,
+    /// The masking profile results pass through.
+    pub mask: Option<std::sync::Arc<str>>,
+    pub max_session: Option<Duration>,
+    /// For `NeedsApproval`: who may approve, and how long to wait.
+    pub approvers: Option<String>,
+    pub approval_timeout: Option<Duration>,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.verdict == Verdict::Allow
+    }
+
+    pub fn rule_label(&self) -> &str {
+        self.rule.as_ref().map_or("(default deny)", RuleName::as_str)
+    }
+
+    /// Fills in the text of an allow's reason (for explanations and JSON).
+    #[must_use]
+    pub fn with_reason_text(mut self) -> Self {
+        if self.reason.is_empty() {
+            self.reason = self.reason().into_owned();
+        }
+        self
+    }
+
+    /// Why: the refusal's reason, or for an allow, the rule that allowed it.
+    pub fn reason(&self) -> std::borrow::Cow<'_, str> {
+        if self.reason.is_empty() && self.verdict == Verdict::Allow {
+            format!("allowed by rule {:?}", self.rule_label()).into()
+        } else {
+            self.reason.as_str().into()
+        }
+    }
+
+    fn new(verdict: Verdict, rule: Option<&Rule>, reason: String) -> Self {
+        Self {
+            verdict,
+            rule: rule.map(|r| r.name.clone()),
+            reason,
+            closest: None,
+            as_role: None,
+            mask: None,
+            max_session: None,
+            approvers: None,
+            approval_timeout: None,
+        }
+    }
+
+    /// A refusal that no rule made (unknown backend, parse failure…).
+    pub fn refuse(reason: impl Into<String>) -> Self {
+        Self::new(Verdict::Deny, None, reason.into())
+    }
+}
+
+/// One rule's part in a decision, for `gatehouse policy explain`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceEntry {
+    pub rule: RuleName,
+    pub action: Action,
+    pub location: String,
+    /// Empty when the rule applied.
+    pub why_not: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub decision: Decision,
+    pub considered: Vec<TraceEntry>,
+}
+
+/// FNV-1a: the index keys are short names, where SipHash's setup dominates.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// Per backend, the rules that name it, by who they name.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Index {
+    backends: FastMap<BackendName, WhoIndex>,
+}
+
+/// A rule naming a backend: its index, and whether it names the backend
+/// exactly (not by a glob).
+type Entry = (u32, bool);
+
+#[derive(Debug, Clone, Default)]
+struct WhoIndex {
+    users: FastMap<String, Vec<Entry>>,
+    uids: FastMap<u32, Vec<Entry>>,
+    groups: FastMap<String, Vec<Entry>>,
+    subjects: FastMap<String, Vec<Entry>>,
+    emails: FastMap<String, Vec<Entry>>,
+    everyone: Vec<Entry>,
+}
+
+/// A candidate rule: index, how `who` matched, whether the backend is named exactly.
+type Candidate = (u32, WhoMatch, bool);
+
+impl Index {
+    pub(crate) fn build(policy: &Policy) -> Self {
+        let mut backends: FastMap<BackendName, WhoIndex> = FastMap::default();
+        for b in &policy.backends {
+            let wi = backends.entry(b.name.clone()).or_default();
+            for r in &policy.rules {
+                if !r.backends.iter().any(|p| p.matches(b.name.as_str())) {
+                    continue;
+                }
+                let exact = r.backends.iter().any(|p| !p.is_glob() && p.matches(b.name.as_str()));
+                let i = (u32::try_from(r.index).unwrap_or(u32::MAX), exact);
+                let w = &r.who;
+                for u in &w.users {
+                    wi.users.entry(u.clone()).or_default().push(i);
+                }
+                for u in &w.uids {
+                    wi.uids.entry(*u).or_default().push(i);
+                }
+                for g in &w.groups {
+                    wi.groups.entry(g.clone()).or_default().push(i);
+                }
+                for s in &w.subjects {
+                    wi.subjects.entry(s.clone()).or_default().push(i);
+                }
+                for e in &w.emails {
+                    wi.emails.entry(e.clone()).or_default().push(i);
+                }
+                if w.any {
+                    wi.everyone.push(i);
+                }
+            }
+        }
+        Self { backends }
+    }
+
+    /// The rules naming `backend` whose `who` matches `p`, with how
+    /// specifically, in file order.
+    fn candidates(&self, backend: &BackendName, p: &Principal) -> Vec<Candidate> {
+        let Some(wi) = self.backends.get(backend) else { return vec![] };
+        let mut out: Vec<Candidate> = Vec::with_capacity(8);
+        let mut add = |v: Option<&Vec<Entry>>, m: WhoMatch| {
+            if let Some(v) = v {
+                out.extend(v.iter().map(|(i, exact)| (*i, m, *exact)));
+            }
+        };
+        if let Some(u) = &p.user {
+            add(wi.users.get(u.as_str()), WhoMatch::Person);
+        }
+        add(wi.uids.get(&p.uid.0), WhoMatch::Person);
+        for g in &p.groups {
+            add(wi.groups.get(g.as_str()), WhoMatch::Group);
+        }
+        if let Some(o) = &p.oidc {
+            add(wi.subjects.get(&o.subject), WhoMatch::Person);
+            if let Some(e) = &o.email {
+                add(wi.emails.get(e), WhoMatch::Person);
+            }
+            for g in &o.groups {
+                add(wi.groups.get(g.as_str()), WhoMatch::Group);
+            }
+        }
+        add(Some(&wi.everyone), WhoMatch::Everyone);
+        // File order; for a rule matched several ways keep the most specific.
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        out.dedup_by_key(|c| c.0);
+        out
+    }
+}
+
+/// Kinds every rule allows implicitly (they can still be denied): session
+/// housekeeping, and wrappers whose inner statement is checked on its own.
+fn implicit(k: Kind) -> bool {
+    k.is_session() || matches!(k, Kind::Explain | Kind::Prepare)
+}
+
+/// Flags that qualify another kind; they matter to deny lists and approvals only.
+fn flag(k: Kind) -> bool {
+    matches!(k, Kind::UpdateWithoutWhere | Kind::DeleteWithoutWhere)
+}
+
+impl Rule {
+    /// Whether a deny rule's scope covers this statement.
+    fn deny_scope_matches(&self, s: &Statement) -> bool {
+        let kinds_ok =
+            self.statements == super::KindSet::default() || s.kinds.iter().any(|k| self.statements.contains(*k));
+        let tables_ok = self.tables.is_empty()
+            || s.reads.iter().chain(&s.writes).any(|t| self.tables.iter().any(|p| p.matches(t, true)));
+        kinds_ok && tables_ok
+    }
+
+    /// Why this allow rule refuses `s`, if it does.
+    fn refuses(&self, s: &Statement) -> Option<String> {
+        if let Some(k) = s.kinds.iter().find(|k| self.deny_statements.contains(k)) {
+            return Some(format!("{} statements are denied by its deny_statements", k.name()));
+        }
+        if let Some(k) = s.kinds.iter().find(|k| !implicit(**k) && !flag(**k) && !self.statements.contains(**k)) {
+            let hint = if k.is_opaque() && self.statements.star {
+                " (\"*\" does not cover it: its effect cannot be read from the text; a rule must name it)"
+            } else {
+                ""
+            };
+            return Some(format!("{} is not in its statements {}{hint}", k.name(), self.statements.describe()));
+        }
+        let touched = || s.reads.iter().chain(&s.writes);
+        if let Some(t) = touched().find(|t| self.deny_tables.iter().any(|p| p.matches(t, true))) {
+            return Some(format!("table {t} is in its deny_tables"));
+        }
+        if !self.tables.is_empty()
+            && let Some(t) = touched().find(|t| !self.tables.iter().any(|p| p.matches(t, false)))
+        {
+            let list: Vec<String> = self.tables.iter().map(ToString::to_string).collect();
+            return Some(format!("table {t} is not in its tables [{}]", list.join(", ")));
+        }
+        None
+    }
+}
+
+/// Why `rule` does not apply to `p` on `req` (empty: it applies).
+fn mismatches(rule: &Rule, p: &Principal, req: &Request<'_>) -> Vec<String> {
+    let mut why = Vec::new();
+    if !rule.backends.iter().any(|b| b.matches(req.backend.as_str())) {
+        let list: Vec<&str> = rule.backends.iter().map(super::NamePattern::as_str).collect();
+        why.push(format!("backend {} is not in [{}]", req.backend, list.join(", ")));
+    }
+    if rule.who.matches(p).is_none() {
+        let groups: Vec<&str> = p.groups.iter().map(|g| g.as_str()).collect();
+        why.push(format!("{p} (groups [{}]) is not {}", groups.join(", "), rule.who.describe()));
+    }
+    if let Some(w) = &rule.when
+        && let Err(e) = w.check(req.now)
+    {
+        why.push(e);
+    }
+    why
+}
+
+impl Policy {
+    /// Decides `req` for `p`.
+    pub fn decide(&self, p: &Principal, req: &Request<'_>) -> Decision {
+        self.decide_inner(p, req, None)
+    }
+
+    /// May `p` open a connection to `backend` at `now`?
+    pub fn decide_connect(&self, p: &Principal, backend: &BackendName, now: jiff::Timestamp) -> Decision {
+        self.decide(p, &Request { backend, statement: None, now })
+    }
+
+    /// Decides and records every rule considered, for `explain`.
+    pub fn explain(&self, p: &Principal, req: &Request<'_>) -> Trace {
+        let mut considered = Vec::new();
+        let decision = self.decide_inner(p, req, Some(&mut considered)).with_reason_text();
+        Trace { decision, considered }
+    }
+
+    fn decide_inner(&self, p: &Principal, req: &Request<'_>, mut trace: Option<&mut Vec<TraceEntry>>) -> Decision {
+        if self.backend(req.backend).is_none() {
+            return Decision::refuse(format!("{} is not a backend of this policy", req.backend));
+        }
+        if let Some(t) = trace.as_mut() {
+            for r in &self.rules {
+                t.push(TraceEntry {
+                    rule: r.name.clone(),
+                    action: r.action,
+                    location: r.at.to_string(),
+                    why_not: mismatches(r, p, req),
+                });
+            }
+        }
+        let mut best: Option<(&Rule, (WhoMatch, u8))> = None;
+        for (i, who, exact) in self.index.candidates(req.backend, p) {
+            let Some(r) = self.rules.get(usize::try_from(i).unwrap_or(usize::MAX)) else { continue };
+            if r.when.as_ref().is_some_and(|w| w.check(req.now).is_err()) {
+                continue;
+            }
+            match r.action {
+                Action::Deny => {
+                    let applies = match req.statement {
+                        None => r.denies_connection(),
+                        Some(s) => r.denies_connection() || r.deny_scope_matches(s),
+                    };
+                    if applies {
+                        let what = req.statement.map_or_else(
+                            || format!("access to {}", req.backend),
+                            |s| format!("this statement ({})", kinds(s)),
+                        );
+                        return Decision::new(
+                            Verdict::Deny,
+                            Some(r),
+                            format!("rule {:?} denies {p} {what}", r.name.as_str()),
+                        );
+                    }
+                }
+                Action::Allow => {
+                    let score = (who, u8::from(exact));
+                    if best.is_none_or(|(_, s)| score > s) {
+                        best = Some((r, score));
+                    }
+                }
+            }
+        }
+        let Some((rule, _)) = best else {
+            let mut d = Decision::refuse(format!("no rule allows {p} to reach {} (default deny)", req.backend));
+            d.closest = self.closest_miss(p, req);
+            if let Some(m) = &d.closest {
+                d.reason.push_str(&format!("; closest rule {:?}: {}", m.rule.as_str(), m.why.join("; ")));
+            }
+            return d;
+        };
+        let mut d = Decision::new(Verdict::Allow, Some(rule), String::new());
+        d.as_role = rule.as_role.clone();
+        d.mask = rule.mask.clone();
+        d.max_session = rule.max_session;
+        // Allows carry no text: it is built on demand (see `Decision::reason`),
+        // keeping the common path free of allocation.
+        let Some(s) = req.statement else { return d };
+        if let Some(why) = rule.refuses(s) {
+            d.verdict = Verdict::Deny;
+            d.reason = format!("rule {:?} refuses this statement: {why}", rule.name.as_str());
+            return d;
+        }
+        if let Some(a) = &rule.approval
+            && let Some(k) = s.kinds.iter().find(|k| a.kinds.contains(k))
+        {
+            d.verdict = Verdict::NeedsApproval;
+            let by = a.by_name.clone().unwrap_or_else(|| a.by.describe());
+            d.reason = format!("rule {:?} requires approval by {by} for {} statements", rule.name.as_str(), k.name());
+            d.approvers = Some(by);
+            d.approval_timeout = Some(a.timeout);
+            return d;
+        }
+        d
+    }
+
+    /// The allow rule that came closest to applying: one naming this user and
+    /// backend but outside its time window beats one naming someone else;
+    /// then fewest reasons not to apply; ties to the rule written first.
+    ///
+    /// Scored without building any text (a refused connection must stay
+    /// cheap); only the winner's reasons are spelled out.
+    fn closest_miss(&self, p: &Principal, req: &Request<'_>) -> Option<Miss> {
+        let rule = self
+            .rules
+            .iter()
+            .filter(|r| r.action == Action::Allow)
+            .filter_map(|r| {
+                let who = r.who.matches(p).is_none();
+                let backend = !r.backends.iter().any(|b| b.matches(req.backend.as_str()));
+                let time = r.when.as_ref().is_some_and(|w| w.check(req.now).is_err());
+                let n = usize::from(who) + usize::from(backend) + usize::from(time);
+                (n > 0).then_some((r, usize::from(who) + usize::from(backend), n))
+            })
+            .min_by_key(|(r, ww, n)| (*ww, *n, r.index))?
+            .0;
+        Some(Miss { rule: rule.name.clone(), why: mismatches(rule, p, req) })
+    }
+}
+
+fn kinds(s: &Statement) -> String {
+    let v: Vec<&str> = s.kinds.iter().map(|k| k.name()).collect();
+    v.join("+")
+}

@@ -1,0 +1,415 @@
+use super::decide::{Request, Verdict};
+use super::diag::Source;
+use super::testcases::single_kind;
+use super::*;
+use crate::sql::{Statement, TableRef};
+
+fn policy(text: &str) -> Result<Policy, Diagnostics> {
+    load::load(&[Source { path: "t.toml".into(), text: text.into() }])
+}
+
+fn now() -> jiff::Timestamp {
+    // A Wednesday, 10:00 UTC.
+    "2026-12-02T10:00:00Z".parse().unwrap()
+}
+
+const BASE: &str = r#"
+[[backend]]
+name = "ssh"
+protocol = "tcp"
+address = "127.10.0.1:22"
+
+[[backend]]
+name = "db-a"
+protocol = "postgres"
+host = "localhost:5432"
+credentials = { user = "gh_app", password_file = "/dev/null" }
+roles = { readonly = { user = "gh_ro" }, dba = { user = "gh_dba" } }
+"#;
+
+fn stmt(kinds: &[Kind], tables: &[&str]) -> Statement {
+    let mut s = single_kind(kinds[0]);
+    s.kinds.extend(kinds.iter().copied());
+    s.reads = tables
+        .iter()
+        .map(|t| match t.split_once('.') {
+            Some((s, n)) => TableRef { schema: Some(s.into()), name: n.into() },
+            None => TableRef { schema: None, name: (*t).into() },
+        })
+        .collect();
+    s
+}
+
+fn ask(p: &Policy, who: &Principal, backend: &str, s: Option<&Statement>) -> Decision {
+    p.decide(who, &Request { backend: &BackendName::new(backend), statement: s, now: now() })
+}
+
+#[test]
+fn default_deny_and_deny_beats_allow() {
+    let p = policy(&format!(
+        r#"{BASE}
+[[rule]]
+name = "ops reach everything"
+who = {{ groups = ["ops"] }}
+backends = ["*"]
+as_role = "dba"
+
+[[rule]]
+name = "no contractors on ssh"
+who = {{ groups = ["contractors"] }}
+backend = "ssh"
+action = "deny"
+"#
+    ))
+    .unwrap();
+    let ops = Principal::named("ana", &["ops"]);
+    let d = ask(&p, &ops, "ssh", None);
+    assert!(d.allowed(), "{d:?}");
+    assert_eq!(d.rule_label(), "ops reach everything");
+    let both = Principal::named("bob", &["ops", "contractors"]);
+    let d = ask(&p, &both, "ssh", None);
+    assert!(!d.allowed());
+    assert_eq!(d.rule_label(), "no contractors on ssh");
+    let nobody = Principal::named("eve", &[]);
+    let d = ask(&p, &nobody, "db-a", None);
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.rule, None);
+    let miss = d.closest.expect("closest rule");
+    assert_eq!(miss.rule.as_str(), "ops reach everything");
+    assert!(miss.why[0].contains("eve (groups []) is not groups [ops]"), "{miss:?}");
+}
+
+#[test]
+fn most_specific_allow_wins_then_file_order() {
+    let p = policy(&format!(
+        r#"{BASE}
+[[rule]]
+name = "everyone reads"
+who = {{ users = ["*"] }}
+backend = "db-a"
+as_role = "readonly"
+statements = ["select"]
+
+[[rule]]
+name = "dba group"
+who = {{ groups = ["dba"] }}
+backends = ["db-*"]
+as_role = "dba"
+
+[[rule]]
+name = "dba group exact"
+who = {{ groups = ["dba"] }}
+backend = "db-a"
+as_role = "dba"
+
+[[rule]]
+name = "ana herself"
+who = {{ users = ["ana"] }}
+backend = "db-a"
+as_role = "readonly"
+statements = ["select", "insert"]
+"#
+    ))
+    .unwrap();
+    let dba = Principal::named("dan", &["dba"]);
+    let d = ask(&p, &dba, "db-a", None);
+    assert_eq!(d.rule_label(), "dba group exact", "exact backend beats glob");
+    assert_eq!(d.as_role.as_ref().map(DbRole::as_str), Some("dba"));
+    let ana = Principal::named("ana", &["dba"]);
+    let d = ask(&p, &ana, "db-a", Some(&stmt(&[Kind::Drop], &[])));
+    assert_eq!(d.rule_label(), "ana herself", "a rule naming the user beats a group rule");
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(
+        d.reason().contains("drop is not in its statements [insert, select]")
+            || d.reason().contains("drop is not in its statements"),
+        "{}",
+        d.reason()
+    );
+    let other = Principal::named("zed", &[]);
+    let d = ask(&p, &other, "db-a", Some(&stmt(&[Kind::Select], &["t"])));
+    assert_eq!(d.rule_label(), "everyone reads");
+    assert!(d.allowed());
+}
+
+#[test]
+fn statements_tables_and_opaque_kinds() {
+    let p = policy(&format!(
+        r#"{BASE}
+[[rule]]
+name = "analysts"
+who = {{ groups = ["analyst"] }}
+backend = "db-a"
+as_role = "readonly"
+statements = ["*"]
+deny_statements = ["drop", "truncate"]
+tables = ["public.orders", "reporting.*"]
+deny_tables = ["*.salaries"]
+"#
+    ))
+    .unwrap();
+    let a = Principal::named("ana", &["analyst"]);
+    let ok = |s: &Statement| ask(&p, &a, "db-a", Some(s));
+    assert!(ok(&stmt(&[Kind::Select], &["orders"])).allowed(), "unqualified = public for allow lists");
+    assert!(ok(&stmt(&[Kind::Select], &["reporting.daily"])).allowed());
+    assert!(!ok(&stmt(&[Kind::Select], &["private.orders"])).allowed());
+    assert!(!ok(&stmt(&[Kind::Select], &["reporting.salaries"])).allowed());
+    assert!(!ok(&stmt(&[Kind::Drop], &["orders"])).allowed());
+    // Opaque kinds are not covered by "*".
+    let d = ok(&stmt(&[Kind::Select, Kind::FunctionCall], &["orders"]));
+    assert!(!d.allowed());
+    assert!(d.reason().contains("does not cover it"), "{}", d.reason());
+    // Session housekeeping is implicit.
+    assert!(ok(&stmt(&[Kind::Transaction], &[])).allowed());
+    assert!(ok(&stmt(&[Kind::Show], &[])).allowed());
+    assert!(!ok(&stmt(&[Kind::SetRole], &[])).allowed());
+}
+
+#[test]
+fn statement_scoped_deny_rules_leave_the_connection_open() {
+    let p = policy(&format!(
+        r#"{BASE}
+[[rule]]
+name = "devs"
+who = {{ groups = ["dev"] }}
+backend = "db-a"
+
+[[rule]]
+name = "nobody drops"
+who = {{ users = ["*"] }}
+backend = "db-a"
+action = "deny"
+statements = ["drop", "truncate"]
+"#
+    ))
+    .unwrap();
+    let dev = Principal::named("dee", &["dev"]);
+    assert!(ask(&p, &dev, "db-a", None).allowed());
+    assert!(ask(&p, &dev, "db-a", Some(&stmt(&[Kind::Insert], &["t"]))).allowed());
+    let d = ask(&p, &dev, "db-a", Some(&stmt(&[Kind::Drop], &["t"])));
+    assert_eq!(d.rule_label(), "nobody drops");
+    assert!(!d.allowed());
+}
+
+#[test]
+fn approvals_and_time_windows() {
+    let p = policy(&format!(
+        r#"{BASE}
+[[approvers]]
+name = "sre-leads"
+who = {{ groups = ["sre-leads"] }}
+
+[[rule]]
+name = "dba"
+who = {{ groups = ["dba"] }}
+backend = "db-a"
+as_role = "dba"
+approval = {{ for = ["drop", "delete_without_where"], by = "sre-leads", timeout = "5m" }}
+when = {{ days = ["mon-fri"], hours = "08:00-18:00", tz = "Europe/Paris" }}
+
+[[rule]]
+name = "break glass"
+who = {{ users = ["oncall"] }}
+backend = "db-a"
+as_role = "dba"
+when = {{ until = "2026-12-02T12:00:00Z" }}
+"#
+    ))
+    .unwrap();
+    let dba = Principal::named("dan", &["dba"]);
+    let d = ask(&p, &dba, "db-a", Some(&stmt(&[Kind::Delete, Kind::DeleteWithoutWhere], &["t"])));
+    assert_eq!(d.verdict, Verdict::NeedsApproval);
+    assert_eq!(d.approvers.as_deref(), Some("sre-leads"));
+    assert_eq!(d.approval_timeout, Some(std::time::Duration::from_secs(300)));
+    assert!(ask(&p, &dba, "db-a", Some(&stmt(&[Kind::Delete], &["t"]))).allowed());
+    // Saturday: outside the window; the refusal says why.
+    let sat: jiff::Timestamp = "2026-12-05T10:00:00Z".parse().unwrap();
+    let d = p.decide(&dba, &Request { backend: &BackendName::new("db-a"), statement: None, now: sat });
+    assert!(!d.allowed());
+    assert!(d.reason().contains("Saturday is not one of its days"), "{}", d.reason());
+    // 19:30 in Paris is 18:30 UTC: outside 08:00-18:00 Paris time.
+    let late: jiff::Timestamp = "2026-12-02T18:30:00Z".parse().unwrap();
+    let d = p.decide(&dba, &Request { backend: &BackendName::new("db-a"), statement: None, now: late });
+    assert!(d.reason().contains("outside its hours"), "{}", d.reason());
+    let oncall = Principal::named("oncall", &[]);
+    assert!(ask(&p, &oncall, "db-a", None).allowed());
+    let later: jiff::Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+    let d = p.decide(&oncall, &Request { backend: &BackendName::new("db-a"), statement: None, now: later });
+    assert!(d.reason().contains("expired"), "{}", d.reason());
+}
+
+#[test]
+fn every_error_has_a_location_and_hint() {
+    let err = policy(
+        r#"
+[[backend]]
+nmae = "x"
+protocol = "tcp"
+
+[[backend]]
+name = "y"
+protocol = "tpc"
+address = "127.10.0.1:22"
+
+[[backend]]
+name = "z"
+protocol = "tcp"
+address = "not-an-address"
+
+[[rule]]
+name = "r"
+who = { groups = ["ops"] }
+backend = "yy"
+action = "alow"
+
+[rulez]
+"#,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("t.toml:3:1: unknown field `nmae`"), "{text}");
+    assert!(text.contains("did you mean `name`?"), "{text}");
+    assert!(text.contains("t.toml:8:12: unknown protocol `tpc`"), "{text}");
+    assert!(text.contains("t.toml:14:11: `not-an-address` is not ip:port"), "{text}");
+    assert!(text.contains("t.toml:22:2: unknown section `rulez`"), "{text}");
+    assert!(text.contains("did you mean `rule`?"), "{text}");
+    assert!(text.contains("no backend matches `yy`"), "{text}");
+}
+
+#[test]
+fn rule_references_are_checked() {
+    let err = policy(&format!(
+        r#"{BASE}
+[[rule]]
+name = "r1"
+who = {{ groups = ["a"] }}
+backend = "db-a"
+as_role = "readonli"
+mask = "pii"
+statements = ["selct"]
+
+[[rule]]
+name = "r2"
+who = {{ groups = ["a"] }}
+backend = "ssh"
+statements = ["select"]
+
+[[rule]]
+name = "r3"
+who = {{ groups = ["a"] }}
+backend = "db-a"
+action = "deny"
+mask = "pii"
+
+[[rule]]
+name = "r4"
+who = {{ groups = ["a"] }}
+backend = "db-a"
+as_role = "dba"
+approval = {{ for = ["drop"], by = "sre" }}
+when = {{ days = ["mon-fry"], tz = "Mars/Olympus" }}
+"#
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("unknown statement kind `selct`") && text.contains("did you mean `select`?"), "{text}");
+    assert!(text.contains("`statements` applies to postgres backends"), "{text}");
+    assert!(text.contains("`mask` has no meaning on a deny rule"), "{text}");
+    assert!(text.contains("no [[approvers]] group named `sre`"), "{text}");
+    let err = policy(&format!(
+        "{BASE}\n[[rule]]\nname = \"r\"\nwho = {{ groups = [\"a\"] }}\nbackend = \"db-a\"\nas_role = \"readonli\"\n"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("no login for role `readonli`"), "{err}");
+    let err = policy(&format!(
+        "{BASE}\n[[rule]]\nname = \"r\"\nwho = {{ groups = [\"a\"] }}\nbackend = \"db-a\"\nmask = \"pii\"\n"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("no masking profile named `pii`"), "{err}");
+    let err = policy(&format!(
+        "{BASE}\n[[rule]]\nname = \"r\"\nwho = {{ groups = [\"a\"] }}\nbackend = \"db-a\"\nwhen = {{ days = [\"mon-fry\"] }}\n"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("is not a day range"), "{err}");
+    let err = policy(&format!(
+        "{BASE}\n[[rule]]\nname = \"r\"\nwho = {{ groups = [\"a\"] }}\nbackend = \"db-a\"\nwhen = {{ tz = \"Mars/Olympus\" }}\n"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("time zone `Mars/Olympus`"), "{err}");
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let err = policy("[[backend]]\nname = \"x\nprotocol = \"tcp\"\n").unwrap_err();
+    assert!(err.to_string().starts_with("t.toml:2:"), "{err}");
+}
+
+#[test]
+fn duplicates_are_errors() {
+    let err =
+        policy(&format!("{BASE}\n[[backend]]\nname = \"ssh\"\nprotocol = \"tcp\"\naddress = \"127.10.0.1:22\"\n"))
+            .unwrap_err();
+    assert!(err.to_string().contains("backend `ssh` is defined twice"), "{err}");
+}
+
+#[test]
+fn globs() {
+    assert!(NamePattern::new("db-*").matches("db-a"));
+    assert!(NamePattern::new("*").matches(""));
+    assert!(NamePattern::new("d?-a").matches("db-a"));
+    assert!(!NamePattern::new("db-*").matches("ssh"));
+    assert!(NamePattern::new("*-a*").matches("db-a"));
+    assert!(!NamePattern::new("db").matches("db-a"));
+    assert!(NamePattern::new("DB-*").matches("db-a"));
+}
+
+#[test]
+fn test_cases_run_with_kinds_and_times() {
+    let p = policy(&format!(
+        r#"{BASE}
+[[rule]]
+name = "ops"
+who = {{ groups = ["ops"] }}
+backend = "ssh"
+
+[[rule]]
+name = "readers"
+who = {{ groups = ["ops"] }}
+backend = "db-a"
+as_role = "readonly"
+statements = ["select"]
+when = {{ days = ["mon-fri"] }}
+
+[[test]]
+who = {{ user = "ana", groups = ["ops"] }}
+backend = "ssh"
+expect = "allow"
+rule = "ops"
+
+[[test]]
+who = {{ user = "ana", groups = ["ops"] }}
+backend = "db-a"
+kind = "drop"
+at = "2026-12-02T10:00:00Z"
+expect = "deny"
+rule = "readers"
+
+[[test]]
+who = {{ user = "ana", groups = ["ops"] }}
+backend = "db-a"
+kind = "select"
+at = "2026-12-05T10:00:00Z"
+expect = "deny"
+
+[[test]]
+who = {{ user = "eve" }}
+backend = "ssh"
+expect = "allow"
+"#
+    ))
+    .unwrap();
+    let out = p.run_tests(now());
+    assert!(out[0].passed, "{:?}", out[0]);
+    assert!(out[1].passed, "{:?}", out[1]);
+    assert!(out[2].passed, "{:?}", out[2]);
+    assert!(!out[3].passed);
+}
