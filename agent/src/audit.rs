@@ -44,6 +44,23 @@ CREATE TABLE IF NOT EXISTS sessions (
     end_reason  TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_us);
+CREATE TABLE IF NOT EXISTS statements (
+    session_id  TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    started_us  INTEGER NOT NULL,
+    text        TEXT NOT NULL,
+    kinds       TEXT NOT NULL,
+    tables      TEXT NOT NULL,
+    decision    TEXT NOT NULL,
+    rule        TEXT,
+    reason      TEXT,
+    ended_us    INTEGER,
+    rows        INTEGER,
+    duration_us INTEGER,
+    error       TEXT,
+    masked      TEXT,
+    PRIMARY KEY (session_id, seq)
+);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +110,41 @@ pub struct SessionClose {
     pub end_reason: String,
 }
 
+/// A statement as decided: written when it is forwarded or refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementStart {
+    pub session: SessionId,
+    pub seq: u64,
+    pub started_us: i64,
+    pub text: String,
+    /// Kinds joined with "+", e.g. "select" or "delete+delete_without_where".
+    pub kinds: String,
+    /// Tables read or written, comma-separated.
+    pub tables: String,
+    /// allow, deny or approval.
+    pub decision: String,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// How a forwarded statement ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementEnd {
+    pub session: SessionId,
+    pub seq: u64,
+    pub ended_us: i64,
+    pub rows: Option<u64>,
+    pub duration_us: u64,
+    pub error: Option<String>,
+    /// Values masked, per detector or column rule, as JSON.
+    pub masked: Option<String>,
+}
+
 enum Command {
     Open(Box<SessionOpen>, Option<oneshot::Sender<Result<(), String>>>),
     Close(SessionClose),
+    StatementStart(Box<StatementStart>),
+    StatementEnd(Box<StatementEnd>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -175,7 +224,7 @@ fn writer(mut conn: Connection, rx: Receiver<Command>, path: &Path) {
                 Command::Flush(ack) => {
                     let _ = ack.send(());
                 }
-                Command::Open(_, None) | Command::Close(_) => {}
+                Command::Open(_, None) | Command::Close(_) | Command::StatementStart(_) | Command::StatementEnd(_) => {}
             }
         }
     }
@@ -222,6 +271,38 @@ fn write_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<()>
                     c.end_reason,
                 ])?;
             }
+            Command::StatementStart(s) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO statements (session_id, seq, started_us, text, kinds, tables, decision, rule, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    s.session.to_string(),
+                    i64::try_from(s.seq).unwrap_or(i64::MAX),
+                    s.started_us,
+                    s.text,
+                    s.kinds,
+                    s.tables,
+                    s.decision,
+                    s.rule,
+                    s.reason,
+                ])?;
+            }
+            Command::StatementEnd(e) => {
+                tx.prepare_cached(
+                    "UPDATE statements SET ended_us = ?3, rows = ?4, duration_us = ?5, error = ?6, masked = ?7
+                     WHERE session_id = ?1 AND seq = ?2",
+                )?
+                .execute(params![
+                    e.session.to_string(),
+                    i64::try_from(e.seq).unwrap_or(i64::MAX),
+                    e.ended_us,
+                    e.rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+                    i64::try_from(e.duration_us).unwrap_or(i64::MAX),
+                    e.error,
+                    e.masked,
+                ])?;
+            }
             Command::Flush(_) => {}
         }
     }
@@ -242,6 +323,16 @@ impl Audit {
     /// Records a session's end (not awaited: nothing waits on it).
     pub fn close_session(&self, rec: SessionClose) -> Result<(), AuditError> {
         self.send(Command::Close(rec))
+    }
+
+    /// Records a statement's decision (not awaited).
+    pub fn statement_start(&self, s: StatementStart) -> Result<(), AuditError> {
+        self.send(Command::StatementStart(Box::new(s)))
+    }
+
+    /// Records how a statement ended (not awaited).
+    pub fn statement_end(&self, e: StatementEnd) -> Result<(), AuditError> {
+        self.send(Command::StatementEnd(Box::new(e)))
     }
 
     /// Waits until everything queued so far is committed.

@@ -45,6 +45,8 @@ pub enum Command {
     Status(StatusArgs),
     /// List recorded sessions from the audit store.
     Sessions(SessionsArgs),
+    /// List recorded statements (PostgreSQL sessions): decision, rule, rows, duration, error.
+    Statements(StatementsArgs),
     /// Remove every program, link and map Gatehouse attached or pinned.
     Detach(DetachArgs),
     /// Check, test and explain policy files.
@@ -103,6 +105,19 @@ pub struct SessionsArgs {
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
     /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatementsArgs {
+    #[arg(long, default_value = settings::DEFAULT_AUDIT_DB)]
+    pub db: PathBuf,
+    /// Only this session's statements.
+    #[arg(long)]
+    pub session: Option<String>,
+    #[arg(long, default_value_t = 200)]
+    pub limit: u32,
     #[arg(long)]
     pub json: bool,
 }
@@ -218,6 +233,7 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Run(a) => run(a).await,
         Command::Status(a) => status(a).await,
         Command::Sessions(a) => list_sessions(&a),
+        Command::Statements(a) => list_statements(&a),
         Command::Detach(a) => detach(a).await,
         Command::Policy(PolicyCommand::Check { path }) => policy_check(&path),
         Command::Policy(PolicyCommand::Test { path, at, json }) => policy_test(&path, at.as_deref(), json),
@@ -398,6 +414,42 @@ fn list_sessions(a: &SessionsArgs) -> ExitCode {
     } else {
         print_sessions(&rows);
     }
+    ExitCode::SUCCESS
+}
+
+fn list_statements(a: &StatementsArgs) -> ExitCode {
+    let rows = match crate::audit::query::statements(&a.db, a.session.as_deref(), a.limit) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let table: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            let text: String = r.text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let text = if text.chars().count() > 60 {
+                format!("{}…", text.chars().take(59).collect::<String>())
+            } else {
+                text
+            };
+            [
+                fmt_time(r.started_us),
+                r.session_id.chars().take(13).collect(),
+                r.decision.clone(),
+                r.rule.clone().unwrap_or_else(|| "-".into()),
+                r.rows.map_or("-".into(), |n| n.to_string()),
+                r.duration_us.map_or("-".into(), |d| format!("{:.1}ms", d as f64 / 1000.0)),
+                text,
+                r.error.clone().or_else(|| r.reason.clone()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(&["STARTED", "SESSION", "DECISION", "RULE", "ROWS", "TIME", "STATEMENT", "ERROR/REASON"], &table);
     ExitCode::SUCCESS
 }
 

@@ -49,3 +49,35 @@ impl Profile {
         None
     }
 }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskOutput {
+    Unchanged,
+    Written,
+    Null,
+}
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    n: u64,
+}
+impl Counts {
+    pub fn merge(&mut self, o: &Counts) {
+        self.n += o.n
+    }
+    pub fn total(&self) -> u64 {
+        self.n
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        std::iter::once(("x", self.n))
+    }
+    pub fn column(&mut self) {
+        self.n += 1
+    }
+}
+impl Profile {
+    pub fn mask_value(&self, _s: Style, _v: &[u8], _o: &mut Vec<u8>) -> MaskOutput {
+        MaskOutput::Null
+    }
+    pub fn scan(&self, _v: &[u8], _o: &mut Vec<u8>, _c: &mut Counts) -> MaskOutput {
+        MaskOutput::Unchanged
+    }
+}

@@ -111,7 +111,17 @@ pub struct Backend {
     pub credentials: Option<Credentials>,
     /// Logins by role name, for rules with `as_role`.
     pub roles: BTreeMap<String, Credentials>,
+    /// Certificate and key to offer clients that ask for TLS (sslmode=require);
+    /// without it, Gatehouse answers SSLRequest with 'N' (the client leg is loopback).
+    pub client_tls: Option<ClientTls>,
     pub at: Location,
+}
+
+/// A certificate (chain) and private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Backend {

@@ -1,4 +1,5 @@
 //! Protocol adapters: what happens between the client and the backend once a
 //! session is allowed. `tcp` relays opaque bytes.
 
+pub mod postgres;
 pub mod tcp;

@@ -169,6 +169,23 @@ pub struct Agent {
     pub live: std::sync::Mutex<HashMap<SessionId, Arc<LiveSession>>>,
     pub policy_state: std::sync::Mutex<PolicyState>,
     pub load_options: LoadOptions,
+    pub cancel_keys: crate::protocol::postgres::CancelKeys,
+    tls_configs: std::sync::Mutex<HashMap<BackendName, Arc<rustls::ClientConfig>>>,
+}
+
+impl Agent {
+    /// The TLS client configuration for a backend, built once per policy.
+    pub fn tls_client_config(
+        &self,
+        b: &Backend,
+    ) -> Result<Arc<rustls::ClientConfig>, crate::protocol::postgres::tls::TlsError> {
+        if let Some(c) = lock(&self.tls_configs).get(&b.name) {
+            return Ok(c.clone());
+        }
+        let c = crate::protocol::postgres::tls::client_config(b)?;
+        lock(&self.tls_configs).insert(b.name.clone(), c.clone());
+        Ok(c)
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -232,6 +249,8 @@ pub async fn run(
             ..PolicyState::default()
         }),
         load_options,
+        cancel_keys: crate::protocol::postgres::CancelKeys::default(),
+        tls_configs: std::sync::Mutex::new(HashMap::new()),
         settings,
     });
 
@@ -343,7 +362,7 @@ async fn session(agent: Arc<Agent>, client: TcpStream, peer: ClientAddr) {
     agent.counters.active.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn session_inner(agent: &Agent, client: TcpStream, peer: ClientAddr, id: SessionId) {
+async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, id: SessionId) {
     let started_us = audit::now_us();
     let Some(handoff) = agent.redirect.take_handoff(peer.0) else {
         agent.counters.not_redirected.fetch_add(1, Ordering::Relaxed);
@@ -402,10 +421,18 @@ async fn session_inner(agent: &Agent, client: TcpStream, peer: ClientAddr, id: S
         rule: decision.rule.as_ref().map(ToString::to_string),
         reason: decision.reason().into_owned(),
     };
-    let (Some(backend_name), true) = (backend_name, decision.allowed()) else {
+    let (Some(backend_name), true) = (backend_name.clone(), decision.allowed()) else {
         agent.counters.denied.fetch_add(1, Ordering::Relaxed);
         info!(user = %principal, uid = %who.uid, pid = who.pid, comm = %who.comm, dst = %orig, rule = decision.rule_label(), "refused: {}", decision.reason());
-        refuse(agent, rec, client).await;
+        if protocol == Some(Protocol::Postgres) {
+            // Refuse in the client's protocol (FATAL 28000); a cancel request
+            // for the caller's own session is still honoured.
+            record_open(agent, rec).await;
+            let end = crate::protocol::postgres::reject(agent, client, who.uid, &decision.reason()).await;
+            close_record(agent, id, 0, 0, end);
+        } else {
+            refuse(agent, rec, client).await;
+        }
         return;
     };
     // Strict: the session is on record before a byte reaches the backend.
@@ -416,21 +443,6 @@ async fn session_inner(agent: &Agent, client: TcpStream, peer: ClientAddr, id: S
     agent.counters.allowed.fetch_add(1, Ordering::Relaxed);
     info!(user = %principal, uid = %who.uid, pid = who.pid, comm = %who.comm, backend = %backend_name, dst = %orig, rule = decision.rule_label(), "allowed");
 
-    let close = |up, down, end: String| SessionClose {
-        id,
-        ended_us: audit::now_us(),
-        bytes_up: up,
-        bytes_down: down,
-        end_reason: end,
-    };
-    let upstream = match connect_upstream(orig.0, agent.settings.mark).await {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "backend unreachable");
-            let _ = agent.audit.close_session(close(0, 0, format!("backend unreachable: {e}")));
-            return;
-        }
-    };
     let _ = client.set_nodelay(true);
     let protocol = protocol.unwrap_or(Protocol::Tcp);
     let live = Arc::new(LiveSession {
@@ -443,16 +455,41 @@ async fn session_inner(agent: &Agent, client: TcpStream, peer: ClientAddr, id: S
     lock(&agent.live).insert(id, live.clone());
     let limit = decision.max_session.map(|max| {
         let live = live.clone();
+        let rule = decision.rule_label().to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(max).await;
-            live.cut(format!("max_session of {max:?} reached (rule {})", decision.rule_label()));
+            live.cut(format!("max_session of {max:?} reached (rule {rule})"));
         })
     });
     let out = match protocol {
-        Protocol::Tcp => tcp::relay(client, upstream, live.cut.clone(), || live.reason()).await,
-        // Statement-level policy needs the PostgreSQL adapter: never relay raw bytes instead.
+        Protocol::Tcp => match connect_upstream(orig.0, agent.settings.mark).await {
+            Ok(upstream) => tcp::relay(client, upstream, live.cut.clone(), || live.reason()).await,
+            Err(e) => {
+                warn!(error = %e, "backend unreachable");
+                tcp::RelayOutcome { up: 0, down: 0, end: tcp::End::BackendError(format!("backend unreachable: {e}")) }
+            }
+        },
         Protocol::Postgres => {
-            tcp::RelayOutcome { up: 0, down: 0, end: tcp::End::Cut("postgres adapter not available".into()) }
+            let Some(backend) = snapshot.policy.backend(&backend_name).cloned() else { return };
+            let mask = decision.mask.as_deref().and_then(|m| snapshot.policy.mask(m).cloned());
+            if decision.mask.is_some() && mask.is_none() {
+                // A rule names a profile the policy lacks: never return unmasked results.
+                lock(&agent.live).remove(&id);
+                close_record(agent, id, 0, 0, "refused: masking profile unavailable (fail closed)".into());
+                return;
+            }
+            let ctx = crate::protocol::postgres::Ctx {
+                agent: agent.clone(),
+                id,
+                principal: principal.clone(),
+                uid: who.uid,
+                backend,
+                addr: orig.0,
+                as_role: decision.as_role.clone(),
+                mask,
+                live: live.clone(),
+            };
+            crate::protocol::postgres::serve(ctx, client).await
         }
     };
     lock(&agent.live).remove(&id);
@@ -461,7 +498,18 @@ async fn session_inner(agent: &Agent, client: TcpStream, peer: ClientAddr, id: S
     }
     let end = out.end.describe();
     info!(bytes_up = out.up, bytes_down = out.down, end = %end, "session closed");
-    if let Err(e) = agent.audit.close_session(close(out.up, out.down, end)) {
+    close_record(agent, id, out.up, out.down, end);
+}
+
+async fn record_open(agent: &Agent, rec: SessionOpen) {
+    if let Err(e) = agent.audit.open_session(rec).await {
+        error!(error = %e, "cannot record the session");
+    }
+}
+
+fn close_record(agent: &Agent, id: SessionId, up: u64, down: u64, end: String) {
+    let rec = SessionClose { id, ended_us: audit::now_us(), bytes_up: up, bytes_down: down, end_reason: end };
+    if let Err(e) = agent.audit.close_session(rec) {
         error!(error = %e, "cannot record the end of the session");
     }
 }
@@ -484,7 +532,7 @@ async fn refuse(agent: &Agent, rec: SessionOpen, client: TcpStream) {
 
 /// Connects to the real backend from a socket marked with SO_MARK, which
 /// the connect programs leave alone.
-async fn connect_upstream(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect_upstream(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
     let sock =
         socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     sock.set_mark(mark)?;
@@ -583,6 +631,7 @@ pub async fn reload(agent: &Agent, why: &str) {
     }
     info!(trigger = why, backends = fresh.policy.backends.len(), rules = fresh.policy.rules.len(), "policy reloaded");
     agent.snapshot.store(Arc::new(fresh));
+    lock(&agent.tls_configs).clear();
     {
         let mut st = lock(&agent.policy_state);
         st.loaded_us = audit::now_us();

@@ -7,6 +7,8 @@
 //! with a message saying so; they never pass silently.
 #![expect(clippy::expect_used, reason = "a test harness reports failures by panicking with context")]
 
+pub mod pg;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -259,6 +261,18 @@ impl Env {
         let out = self.gatehouse(&["sessions", "--json", "--db", &db, "--limit", "10000"]);
         assert!(out.status.success(), "gatehouse sessions: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("session json")).collect()
+    }
+
+    /// Every recorded statement (of one session, if given), oldest first.
+    pub fn statements(&self, session: Option<&str>) -> Vec<Value> {
+        let db = self.db().display().to_string();
+        let mut args = vec!["statements", "--json", "--db", &db, "--limit", "100000"];
+        if let Some(s) = session {
+            args.extend(["--session", s]);
+        }
+        let out = self.gatehouse(&args);
+        assert!(out.status.success(), "gatehouse statements: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("statement json")).collect()
     }
 
     /// Waits until a session matching `pred` has been recorded and closed.

@@ -42,7 +42,13 @@ pub enum Workload {
 pub fn bench(a: &BenchArgs) -> Result<()> {
     if matches!(a.workload, Workload::Policy) {
         // In-process and unprivileged: cargo runs it.
-        return run(Command::new("cargo").current_dir(workspace_root()).args(["bench", "-p", "gatehouse", "--bench", "policy"]));
+        return run(Command::new("cargo").current_dir(workspace_root()).args([
+            "bench",
+            "-p",
+            "gatehouse",
+            "--bench",
+            "policy",
+        ]));
     }
     if !a.no_build {
         crate::setup::setup()?;

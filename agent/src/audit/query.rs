@@ -88,3 +88,56 @@ pub fn sessions(path: &Path, f: &SessionFilter) -> Result<Vec<SessionRow>, Audit
     out.reverse();
     Ok(out)
 }
+
+/// One recorded statement.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementRow {
+    pub session_id: String,
+    pub seq: i64,
+    pub started_us: i64,
+    pub text: String,
+    pub kinds: String,
+    pub tables: String,
+    pub decision: String,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+    pub rows: Option<i64>,
+    pub duration_us: Option<i64>,
+    pub error: Option<String>,
+    pub masked: Option<String>,
+}
+
+/// Lists statements, of one session or all, oldest first (the newest `limit`).
+pub fn statements(path: &Path, session: Option<&str>, limit: u32) -> Result<Vec<StatementRow>, AuditError> {
+    let conn = open_read_only(path)?;
+    let sql_err = |source| AuditError::Sql { path: path.to_owned(), source };
+    let mut stmt = conn
+        .prepare(
+            "SELECT session_id, seq, started_us, text, kinds, tables, decision, rule, reason, rows, duration_us, error, masked
+             FROM statements WHERE (?1 IS NULL OR session_id = ?1)
+             ORDER BY started_us DESC, seq DESC LIMIT ?2",
+        )
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map(rusqlite::params![session, i64::from(limit)], |r| {
+            Ok(StatementRow {
+                session_id: r.get(0)?,
+                seq: r.get(1)?,
+                started_us: r.get(2)?,
+                text: r.get(3)?,
+                kinds: r.get(4)?,
+                tables: r.get(5)?,
+                decision: r.get(6)?,
+                rule: r.get(7)?,
+                reason: r.get(8)?,
+                rows: r.get(9)?,
+                duration_us: r.get(10)?,
+                error: r.get(11)?,
+                masked: r.get(12)?,
+            })
+        })
+        .map_err(sql_err)?;
+    let mut out: Vec<StatementRow> = rows.collect::<Result<_, _>>().map_err(sql_err)?;
+    out.reverse();
+    Ok(out)
+}

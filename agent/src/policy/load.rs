@@ -49,6 +49,14 @@ struct BackendRaw {
     tls_server_name: Option<String>,
     credentials: Option<CredRaw>,
     roles: Option<BTreeMap<String, CredRaw>>,
+    client_tls: Option<ClientTlsRaw>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientTlsRaw {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -475,7 +483,9 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                 continue;
             }
         };
-        if protocol == Protocol::Tcp && (r.tls.is_some() || r.credentials.is_some() || r.roles.is_some()) {
+        if protocol == Protocol::Tcp
+            && (r.tls.is_some() || r.credentials.is_some() || r.roles.is_some() || r.client_tls.is_some())
+        {
             e.push(at, format!("backend `{name}`: tls, credentials and roles apply to postgres backends, not tcp (bytes are relayed as they are)"));
             continue;
         }
@@ -498,6 +508,10 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
             tls_server_name: r.tls_server_name.clone(),
             credentials: r.credentials.as_ref().map(cred),
             roles: r.roles.iter().flatten().map(|(k, v)| (k.clone(), cred(v))).collect(),
+            client_tls: r
+                .client_tls
+                .as_ref()
+                .map(|c| super::ClientTls { cert_file: c.cert_file.clone(), key_file: c.key_file.clone() }),
             at,
         };
         policy.backends.push(b);

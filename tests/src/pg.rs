@@ -1,0 +1,162 @@
+//! A real PostgreSQL server started by a test, on a 127.x address, with its
+//! own data directory; stopped and removed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Roles every test server has, with their passwords and how they log in.
+pub const APP_ROLE: &str = "gh_app";
+pub const APP_PASSWORD: &str = "app-Secret-1";
+pub const MD5_ROLE: &str = "gh_md5";
+pub const CLEAR_ROLE: &str = "gh_clear";
+pub const RO_ROLE: &str = "gh_readonly";
+
+pub struct PgServer {
+    pub dir: PathBuf,
+    pub host: String,
+    pub port: u16,
+}
+
+fn as_postgres(program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups", "--"]).arg(program);
+    c
+}
+
+fn check(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl PgServer {
+    /// initdb + start on `host:port`; roles gh_app (SCRAM), gh_md5 (md5),
+    /// gh_clear (cleartext password), gh_readonly (SCRAM); database appdb.
+    pub fn start(parent: &Path, host: &str, port: u16, extra_conf: &str) -> Self {
+        let dir = parent.join(format!("pg-{port}"));
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        check(Command::new("chown").arg("postgres:postgres").arg(&dir).output().expect("chown"), "chown");
+        let data = dir.join("data");
+        check(
+            as_postgres(&format!("{BIN}/initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "--username=postgres",
+                    "--auth-local=trust",
+                    "--auth-host=reject",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ])
+                .output()
+                .expect("initdb"),
+            "initdb",
+        );
+        let conf = format!(
+            "listen_addresses = '{host}'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n\
+             password_encryption = 'scram-sha-256'\nmax_connections = 120\nlog_min_messages = warning\n{extra_conf}\n",
+            dir.display()
+        );
+        append(&data.join("postgresql.conf"), &conf);
+        let hba = format!(
+            "local all all trust\nhost all {MD5_ROLE} 127.0.0.0/8 md5\nhost all {CLEAR_ROLE} 127.0.0.0/8 password\n\
+             host all all 127.0.0.0/8 scram-sha-256\nhost all all ::1/128 scram-sha-256\n"
+        );
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("pg_hba");
+        check(
+            as_postgres(&format!("{BIN}/pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.join("server.log"))
+                .args(["-w", "-t", "30", "start"])
+                .output()
+                .expect("pg_ctl start"),
+            "pg_ctl start",
+        );
+        let s = Self { dir, host: host.to_owned(), port };
+        s.admin(&format!(
+            "SET password_encryption = 'scram-sha-256';
+             CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{APP_PASSWORD}';
+             CREATE ROLE {RO_ROLE} LOGIN PASSWORD '{APP_PASSWORD}';
+             CREATE ROLE {CLEAR_ROLE} LOGIN PASSWORD '{APP_PASSWORD}';
+             SET password_encryption = 'md5';
+             CREATE ROLE {MD5_ROLE} LOGIN PASSWORD '{APP_PASSWORD}';"
+        ));
+        s.admin(&format!("CREATE DATABASE appdb OWNER {APP_ROLE}"));
+        s
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Runs SQL as the superuser over the Unix socket (not through Gatehouse).
+    pub fn admin(&self, sql: &str) -> String {
+        self.admin_db("postgres", sql)
+    }
+
+    pub fn admin_db(&self, db: &str, sql: &str) -> String {
+        let out = as_postgres("/usr/bin/psql")
+            .arg("-h")
+            .arg(&self.dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql admin");
+        String::from_utf8_lossy(&check(out, &format!("admin SQL {sql:?}")).stdout).trim().to_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open conf");
+    f.write_all(text.as_bytes()).expect("write conf");
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = as_postgres(&format!("{BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Writes a password file Gatehouse reads (root-only, 0600).
+pub fn password_file(dir: &Path, name: &str, password: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{password}\n")).expect("write secret");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod secret");
+    p
+}

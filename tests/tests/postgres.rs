@@ -1,0 +1,404 @@
+//! The PostgreSQL adapter end to end: a real PostgreSQL 15 started by the
+//! test on a 127.x address, reached through the eBPF redirect, driven by real
+//! clients (psql, pgbench, psycopg 3, asyncpg) run as unprivileged users in
+//! the test cgroup. Needs root.
+#![expect(clippy::unwrap_used, reason = "test helpers panic with context on failure")]
+
+use std::path::Path;
+use std::process::Output;
+
+use gatehouse_e2e::pg::{self, PgServer};
+use gatehouse_e2e::{Env, free_port, loopback};
+use serde_json::Value;
+
+struct World {
+    env: Env,
+    pg: PgServer,
+    ana: String,
+    eve: String,
+    dan: String,
+}
+
+fn policy(pg: &PgServer, secret: &Path, analyst: &str, dba: &str) -> String {
+    let s = secret.display();
+    format!(
+        r#"
+[[backend]]
+name = "appdb"
+protocol = "postgres"
+address = "{addr}"
+credentials = {{ user = "{app}", password_file = "{s}" }}
+roles = {{ readonly = {{ user = "{ro}", password_file = "{s}" }}, md5 = {{ user = "{md5}", password_file = "{s}" }}, clear = {{ user = "{clear}", password_file = "{s}" }} }}
+
+[[rule]]
+name = "analysts read and write items"
+who = {{ groups = ["{analyst}"] }}
+backend = "appdb"
+statements = ["select", "insert", "update", "delete", "copy_to", "copy_from", "function_call"]
+
+[[rule]]
+name = "dbas do anything"
+who = {{ groups = ["{dba}"] }}
+backend = "appdb"
+statements = ["*", "function_call", "do", "call"]
+"#,
+        addr = pg.addr(),
+        app = pg::APP_ROLE,
+        ro = pg::RO_ROLE,
+        md5 = pg::MD5_ROLE,
+        clear = pg::CLEAR_ROLE,
+    )
+}
+
+fn world(name: &str) -> World {
+    world_with(name, policy)
+}
+
+fn world_with(name: &str, make: impl Fn(&PgServer, &Path, &str, &str) -> String) -> World {
+    let mut env = Env::new(name);
+    let analyst = env.group("analyst");
+    let dba = env.group("dba");
+    let ana = env.user("ana", &[&analyst]);
+    let eve = env.user("eve", &[]);
+    let dan = env.user("dan", &[&dba]);
+    let pg = PgServer::start(&env.dir, &loopback(40), free_port(), "");
+    pg.admin_db(
+        "appdb",
+        &format!(
+            "CREATE TABLE items (id int PRIMARY KEY, name text);
+             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 100) g;
+             CREATE TABLE victim (id int);
+             ALTER TABLE items OWNER TO {app}; ALTER TABLE victim OWNER TO {app};",
+            app = pg::APP_ROLE
+        ),
+    );
+    let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
+    let config = env.write_policy("policy.toml", &make(&pg, &secret, &analyst, &dba));
+    env.start_agent(&config);
+    World { env, pg, ana, eve, dan }
+}
+
+impl World {
+    fn psql(&self, user: &str, args: &[&str]) -> Output {
+        let port = self.pg.port.to_string();
+        let mut all = vec!["-h", &self.pg.host, "-p", &port, "-U", "whoever", "-d", "appdb", "-X", "-A", "-t"];
+        all.extend_from_slice(args);
+        self.env.run_as(user, None, Path::new("/usr/bin/psql"), &all)
+    }
+
+    fn python(&self, user: &str, script: &str) -> Output {
+        let path = self.env.path(&format!("script-{}.py", gatehouse_e2e::free_port()));
+        std::fs::write(&path, script).unwrap();
+        let port = self.pg.port.to_string();
+        self.env.run_as(user, None, Path::new("/usr/bin/python3"), &[path.to_str().unwrap(), &self.pg.host, &port])
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn psql_reads_writes_and_a_refused_drop_leaves_the_session_usable() {
+    let w = world("pgpsql");
+    // One psql session, statements from a script file (-f).
+    let script = w.env.path("script.sql");
+    std::fs::write(
+        &script,
+        "SELECT count(*) FROM items;\nINSERT INTO items VALUES (1000, 'new');\nDROP TABLE victim;\nSELECT name FROM items WHERE id = 1000;\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = w.psql(&w.ana, &["-f", script.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(t.contains("100\n"), "count: {t}\n{}", w.env.agent_log());
+    assert!(t.contains("Gatehouse refused this statement") && t.contains("drop is not in its statements"), "{t}");
+    assert!(t.contains("42501") || t.contains("ERROR"), "{t}");
+    assert!(t.contains("new"), "the session must stay usable after the refusal: {t}");
+    assert_eq!(
+        w.pg.admin_db("appdb", "SELECT count(*) FROM pg_tables WHERE tablename = 'victim'"),
+        "1",
+        "victim must survive"
+    );
+
+    // Interactive-style input on stdin, one session.
+    let port = w.pg.port.to_string();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+        .arg(&w.env.cgroup)
+        .args([
+            "setpriv",
+            "--reuid",
+            &w.ana,
+            "--regid",
+            &w.ana,
+            "--init-groups",
+            "--",
+            "/usr/bin/psql",
+            "-h",
+            &w.pg.host,
+            "-p",
+            &port,
+            "-d",
+            "appdb",
+            "-X",
+            "-A",
+            "-t",
+        ])
+        .current_dir(&w.env.dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"BEGIN;\nUPDATE items SET name = 'changed' WHERE id = 2;\nTRUNCATE victim;\nROLLBACK;\nSELECT name FROM items WHERE id = 2;\n\\q\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(t.contains("truncate is not in its statements"), "{t}");
+    assert!(t.contains("item 2"), "rolled back after the refusal aborted the transaction: {t}");
+
+    let sessions = w.env.sessions();
+    let s = sessions.iter().find(|s| s["user"] == w.ana.as_str()).expect("ana's session");
+    assert_eq!(s["decision"], "allow");
+    let st = w.env.statements(s["id"].as_str());
+    let drop = st.iter().find(|x| x["text"].as_str().unwrap_or("").contains("DROP")).expect("drop recorded");
+    assert_eq!(drop["decision"], "deny", "{drop}");
+    assert_eq!(drop["rule"], "analysts read and write items", "{drop}");
+    let count = st.iter().find(|x| x["text"] == "SELECT count(*) FROM items").expect("select recorded");
+    assert_eq!(count["rows"], 1, "{count}");
+    assert_eq!(count["decision"], "allow");
+}
+
+#[test]
+fn a_multi_statement_query_with_a_refused_part_is_refused_as_a_whole() {
+    let w = world("pgmulti");
+    let out = w.psql(&w.ana, &["-c", "SELECT 1; DROP TABLE victim"]);
+    let t = text(&out);
+    assert!(t.contains("Gatehouse refused this statement"), "{t}");
+    assert!(!t.contains("\n1\n") && !t.starts_with("1\n"), "no part of it may run: {t}");
+    assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM pg_tables WHERE tablename = 'victim'"), "1");
+    // The server never saw the DROP: its log shows only the stand-in.
+    assert!(!w.pg.log().contains("DROP TABLE victim"), "{}", w.pg.log());
+}
+
+#[test]
+fn users_without_a_rule_get_a_fatal_error_not_a_reset() {
+    let w = world("pgdeny");
+    let t = text(&w.psql(&w.eve, &["-c", "SELECT 1"]));
+    assert!(t.contains("FATAL") && t.contains("Gatehouse refused this connection"), "{t}");
+    assert!(t.contains("no rule allows"), "{t}");
+}
+
+#[test]
+fn backend_logins_with_scram_md5_and_cleartext() {
+    for role in ["readonly", "md5", "clear"] {
+        let w = world_with(&format!("pgauth{role}"), |pg, secret, analyst, dba| {
+            policy(pg, secret, analyst, dba).replace(
+                "name = \"analysts read and write items\"",
+                &format!("name = \"analysts read and write items\"\nas_role = \"{role}\""),
+            )
+        });
+        let t = text(&w.psql(&w.ana, &["-c", "SELECT current_user"]));
+        let expect = match role {
+            "readonly" => pg::RO_ROLE,
+            "md5" => pg::MD5_ROLE,
+            _ => pg::CLEAR_ROLE,
+        };
+        assert!(t.contains(expect), "{role}: {t}\n{}", w.env.agent_log());
+    }
+}
+
+#[test]
+fn copy_in_and_out() {
+    let w = world("pgcopy");
+    let data = w.env.path("rows.csv");
+    std::fs::write(&data, "5001,alpha\n5002,beta\n").unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let t = text(&w.psql(&w.ana, &["-c", &format!("\\copy items FROM '{}' WITH (FORMAT csv)", data.display())]));
+    assert!(t.contains("COPY 2"), "{t}\n{}", w.env.agent_log());
+    let t = text(&w.psql(
+        &w.ana,
+        &["-c", "COPY (SELECT id, name FROM items WHERE id > 5000 ORDER BY id) TO STDOUT WITH (FORMAT csv)"],
+    ));
+    assert_eq!(t.trim(), "5001,alpha\n5002,beta", "{t}");
+}
+
+#[test]
+fn pgbench_simple_extended_and_prepared() {
+    let w = world("pgbench");
+    w.pg.admin_db("appdb", "SELECT 1");
+    let init = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "postgres",
+            "--regid",
+            "postgres",
+            "--init-groups",
+            "--",
+            "/usr/lib/postgresql/15/bin/pgbench",
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "-h",
+        ])
+        .arg(&w.pg.dir)
+        .args(["-p", &w.pg.port.to_string(), "-U", "postgres", "appdb"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    w.pg.admin_db("appdb", &format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}", pg::APP_ROLE));
+    let port = w.pg.port.to_string();
+    for mode in ["simple", "extended", "prepared"] {
+        let out = w.env.run_as(
+            &w.dan,
+            None,
+            Path::new("/usr/lib/postgresql/15/bin/pgbench"),
+            &["-h", &w.pg.host, "-p", &port, "-M", mode, "-c", "2", "-j", "2", "-t", "50", "-n", "appdb"],
+        );
+        let t = text(&out);
+        assert!(out.status.success(), "pgbench -M {mode}: {t}\n{}", w.env.agent_log());
+        assert!(t.contains("number of transactions actually processed: 100/100"), "{mode}: {t}");
+        assert!(!t.contains("failed transactions: ") || t.contains("failed transactions: 0 "), "{mode}: {t}");
+    }
+}
+
+#[test]
+fn psycopg_extended_pipeline_stays_in_sync_after_a_refusal_and_server_side_cursors_work() {
+    let w = world("pgpsycopg");
+    let out = w.python(
+        &w.ana,
+        r#"
+import sys, psycopg
+conn = psycopg.connect(host=sys.argv[1], port=sys.argv[2], dbname="appdb", user="whoever")
+cur = conn.cursor()
+cur.execute("SELECT name FROM items WHERE id = %s", (3,))
+print("row", cur.fetchone()[0])
+# A pipeline: an allowed insert, a refused drop, a later select.
+try:
+    with conn.pipeline() as p:
+        conn.execute("INSERT INTO items VALUES (%s, %s)", (7001, "piped"))
+        conn.execute("DROP TABLE victim")
+        conn.execute("SELECT 1")
+except psycopg.Error as e:
+    print("pipeline error", type(e).__name__, e.sqlstate, str(e).splitlines()[0])
+conn.rollback()
+cur = conn.cursor()
+cur.execute("SELECT count(*) FROM items WHERE id = 7001")
+print("after", cur.fetchone()[0])
+# Server-side cursor, fetched in batches.
+with conn.cursor(name="big") as c:
+    c.itersize = 7
+    c.execute("SELECT id FROM items ORDER BY id")
+    print("cursor rows", sum(1 for _ in c))
+conn.commit()
+print("done")
+"#,
+    );
+    let t = text(&out);
+    assert!(t.contains("row item 3"), "{t}\n{}", w.env.agent_log());
+    assert!(t.contains("pipeline error") && t.contains("42501"), "{t}");
+    assert!(t.contains("after 0"), "the pipeline's insert is rolled back with the transaction: {t}");
+    assert!(t.contains("cursor rows 100"), "{t}");
+    assert!(t.contains("done"), "{t}");
+}
+
+#[test]
+fn asyncpg_prepared_statements_and_a_refusal() {
+    let w = world("pgasyncpg");
+    let out = w.python(
+        &w.ana,
+        r#"
+import sys, asyncio, asyncpg
+async def main():
+    c = await asyncpg.connect(host=sys.argv[1], port=int(sys.argv[2]), database="appdb", user="whoever", ssl=False)
+    rows = await c.fetch("SELECT id, name FROM items WHERE id <= $1 ORDER BY id", 3)
+    print("rows", [r["name"] for r in rows])
+    await c.executemany("INSERT INTO items VALUES ($1, $2)", [(9001, "a"), (9002, "b")])
+    print("count", await c.fetchval("SELECT count(*) FROM items WHERE id > 9000"))
+    try:
+        await c.execute("ALTER TABLE items ADD COLUMN x int")
+    except asyncpg.PostgresError as e:
+        print("refused", e.sqlstate)
+    print("still", await c.fetchval("SELECT 42"))
+    await c.close()
+asyncio.run(main())
+"#,
+    );
+    let t = text(&out);
+    assert!(t.contains("rows ['item 1', 'item 2', 'item 3']"), "{t}\n{}", w.env.agent_log());
+    assert!(t.contains("count 2"), "{t}");
+    assert!(t.contains("refused 42501"), "{t}");
+    assert!(t.contains("still 42"), "{t}");
+}
+
+#[test]
+fn cancel_of_a_long_pg_sleep_reaches_the_right_backend() {
+    let w = world("pgcancel");
+    let out = w.python(
+        &w.ana,
+        r#"
+import sys, time, threading, psycopg
+conn = psycopg.connect(host=sys.argv[1], port=sys.argv[2], dbname="appdb", user="whoever", autocommit=True)
+threading.Timer(1.0, conn.cancel).start()
+t = time.time()
+try:
+    conn.execute("SELECT pg_sleep(30)")
+    print("not cancelled")
+except psycopg.errors.QueryCanceled:
+    print("cancelled after %.1f s" % (time.time() - t))
+print("still", conn.execute("SELECT 7").fetchone()[0])
+"#,
+    );
+    let t = text(&out);
+    assert!(t.contains("cancelled after"), "{t}\n{}", w.env.agent_log());
+    assert!(t.contains("still 7"), "{t}");
+}
+
+#[test]
+fn malformed_startup_and_absurd_lengths_close_only_that_session() {
+    let w = world("pgmalformed");
+    let out = w.python(
+        &w.ana,
+        r#"
+import sys, socket, struct, psycopg
+host, port = sys.argv[1], int(sys.argv[2])
+good = psycopg.connect(host=host, port=port, dbname="appdb", user="whoever", autocommit=True)
+def attempt(payload):
+    s = socket.create_connection((host, port))
+    s.sendall(payload)
+    s.settimeout(5)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk: break
+            data += chunk
+    except Exception as e:
+        data += repr(e).encode()
+    return data
+# A startup packet claiming 2 GB.
+print("huge", attempt(struct.pack("!ii", 0x7ffffff0, 196608)))
+# A startup packet with a broken parameter list.
+print("broken", attempt(struct.pack("!ii", 16, 196608) + b"user\x00x"))
+# A valid startup, then a message with an absurd length.
+start = b"user\x00x\x00database\x00appdb\x00\x00"
+hello = struct.pack("!ii", 8 + len(start), 196608) + start
+print("absurd", attempt(hello + b"Q" + struct.pack("!i", 0x7ffffff0)))
+print("good", good.execute("SELECT 5").fetchone()[0])
+"#,
+    );
+    let t = text(&out);
+    assert!(t.contains("good 5"), "other sessions keep working: {t}\n{}", w.env.agent_log());
+    assert!(t.contains("absurd") && t.contains("08P01"), "a protocol-native error: {t}");
+    let sessions = w.env.sessions();
+    let broken: Vec<&Value> =
+        sessions.iter().filter(|s| s["end_reason"].as_str().is_some_and(|e| e.contains("client error"))).collect();
+    assert!(broken.len() >= 3, "each bad session is recorded: {sessions:#?}");
+    assert!(w.env.status()["pid"].is_number(), "the agent is still up");
+}
