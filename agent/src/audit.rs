@@ -1,27 +1,63 @@
 //! The audit store: one SQLite database (WAL, mode 0600) written by one
-//! dedicated thread fed through a bounded channel, with group commit. The
-//! data path never waits on disk except where it asks to (a session's opening
-//! record is acknowledged before any byte is relayed).
+//! dedicated thread fed through a bounded channel, with group commit.
+//!
+//! Every record (session opened/closed, statement decided/ended, a chunk of
+//! either byte stream, a truncation, a checkpoint) is appended to the
+//! `events` table, hash-chained to the previous one ([`chain`]); checkpoints
+//! sign the chain head with the host's Ed25519 key. The `sessions` and
+//! `statements` tables are indexes over the same records, written in the same
+//! transaction, for queries; `gatehouse verify` checks them against the chain.
+//!
+//! Strict mode (the default): the data path waits for a record's commit
+//! before it forwards what the record describes (a session's first byte, a
+//! statement). If the store cannot be written, the agent fails closed: new
+//! sessions are refused and open ones are ended, saying why.
 
+pub mod chain;
+pub mod keys;
 pub mod query;
+pub mod verify;
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::types::SessionId;
 
-/// How many commands one transaction takes at most.
-const GROUP_COMMIT_MAX: usize = 512;
-const QUEUE_DEPTH: usize = 8192;
+/// How many records one transaction takes at most.
+const GROUP_COMMIT_MAX: usize = 2048;
+const QUEUE_DEPTH: usize = 65_536;
 
-const SCHEMA: &str = "
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY,
+    time_us    INTEGER NOT NULL,
+    session    TEXT,
+    kind       TEXT NOT NULL,
+    body       BLOB NOT NULL,
+    data       BLOB,
+    prev_hash  BLOB NOT NULL,
+    hash       BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON events(session, seq);
+CREATE INDEX IF NOT EXISTS events_time ON events(time_us);
+CREATE TABLE IF NOT EXISTS anchors (
+    seq        INTEGER PRIMARY KEY,
+    hash       BLOB NOT NULL,
+    time_us    INTEGER NOT NULL,
+    signature  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS host_keys (
+    public_key BLOB PRIMARY KEY,
+    first_seen_us INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sessions (
     id          TEXT PRIMARY KEY,
     started_us  INTEGER NOT NULL,
@@ -69,6 +105,10 @@ pub enum AuditError {
     Open { path: PathBuf, source: std::io::Error },
     #[error("audit store {path}: {source}")]
     Sql { path: PathBuf, source: rusqlite::Error },
+    #[error("host key: {0}")]
+    Key(String),
+    #[error("the audit store failed: {0}")]
+    Failed(String),
     #[error("the audit writer has stopped")]
     WriterGone,
     #[error("the audit queue is full")]
@@ -80,8 +120,28 @@ pub fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
+/// How strictly the data path waits for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Statements and sessions are forwarded only once their record is committed.
+    Strict,
+    /// Records are queued and written as soon as possible; nothing waits.
+    BestEffort,
+}
+
+/// The store's knobs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    /// fsync every commit (power-loss durability); otherwise a commit survives a killed process.
+    pub fsync: bool,
+    pub checkpoint_every: Duration,
+    pub retention_days: Option<u32>,
+}
+
 /// A session's opening record: who, where, and the decision.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SessionOpen {
     pub id: SessionId,
     pub started_us: i64,
@@ -101,7 +161,7 @@ pub struct SessionOpen {
 }
 
 /// A session's closing record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SessionClose {
     pub id: SessionId,
     pub ended_us: i64,
@@ -111,7 +171,7 @@ pub struct SessionClose {
 }
 
 /// A statement as decided: written when it is forwarded or refused.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StatementStart {
     pub session: SessionId,
     pub seq: u64,
@@ -128,7 +188,7 @@ pub struct StatementStart {
 }
 
 /// How a forwarded statement ended.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StatementEnd {
     pub session: SessionId,
     pub seq: u64,
@@ -140,30 +200,134 @@ pub struct StatementEnd {
     pub masked: Option<String>,
 }
 
-enum Command {
-    Open(Box<SessionOpen>, Option<oneshot::Sender<Result<(), String>>>),
-    Close(SessionClose),
-    StatementStart(Box<StatementStart>),
+/// Which way a chunk of a session's byte stream went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Direction {
+    /// Client → backend.
+    #[serde(rename = "up")]
+    Up,
+    /// Backend → client (after masking).
+    #[serde(rename = "down")]
+    Down,
+}
+
+/// The header of a chunk record; the bytes are the record's data.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ChunkHeader {
+    pub dir: Direction,
+    /// Position of the chunk's first byte in its direction's stream.
+    pub offset: u64,
+}
+
+/// Recording of a stream stopped at a cap; never silent.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Truncation {
+    pub dir: Direction,
+    /// The statement whose result was capped, if any.
+    pub statement: Option<u64>,
+    pub cap: u64,
+    pub reason: String,
+}
+
+/// One record to append.
+#[derive(Debug, Clone)]
+pub enum Event {
+    SessionOpen(Box<SessionOpen>),
+    SessionClose(Box<SessionClose>),
+    Statement(Box<StatementStart>),
     StatementEnd(Box<StatementEnd>),
-    Flush(oneshot::Sender<()>),
+    Chunk {
+        session: SessionId,
+        header: ChunkHeader,
+        data: Vec<u8>,
+    },
+    Truncated {
+        session: SessionId,
+        truncation: Truncation,
+    },
+    /// The agent started or stopped (body says which), or another agent-level fact.
+    Agent {
+        what: String,
+    },
+}
+
+impl Event {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::SessionOpen(_) => "session_open",
+            Self::SessionClose(_) => "session_close",
+            Self::Statement(_) => "statement",
+            Self::StatementEnd(_) => "statement_end",
+            Self::Chunk { .. } => "chunk",
+            Self::Truncated { .. } => "truncated",
+            Self::Agent { .. } => "agent",
+        }
+    }
+
+    fn session(&self) -> Option<String> {
+        match self {
+            Self::SessionOpen(o) => Some(o.id.to_string()),
+            Self::SessionClose(c) => Some(c.id.to_string()),
+            Self::Statement(s) => Some(s.session.to_string()),
+            Self::StatementEnd(e) => Some(e.session.to_string()),
+            Self::Chunk { session, .. } | Self::Truncated { session, .. } => Some(session.to_string()),
+            Self::Agent { .. } => None,
+        }
+    }
+
+    /// The canonical body (JSON) and raw data.
+    fn encode(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        let json = |v: &dyn erased::Ser| v.to_json();
+        match self {
+            Self::SessionOpen(o) => (json(o.as_ref()), None),
+            Self::SessionClose(c) => (json(c.as_ref()), None),
+            Self::Statement(s) => (json(s.as_ref()), None),
+            Self::StatementEnd(e) => (json(e.as_ref()), None),
+            Self::Chunk { header, data, .. } => (json(header), Some(data.clone())),
+            Self::Truncated { truncation, .. } => (json(truncation), None),
+            Self::Agent { what } => (serde_json::json!({ "what": what }).to_string().into_bytes(), None),
+        }
+    }
+}
+
+mod erased {
+    /// Serialize to JSON bytes without naming the concrete type.
+    pub trait Ser {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
+    }
+}
+
+enum Command {
+    Append(Event, Option<oneshot::Sender<Result<(), String>>>),
+    Flush(oneshot::Sender<Result<(), String>>),
+    Stop,
 }
 
 /// Handle to the audit writer; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Audit {
     tx: SyncSender<Command>,
+    mode: Mode,
+    failure: watch::Receiver<Option<String>>,
+    public_key: [u8; 32],
 }
 
-/// Owns the writer thread; dropping every [`Audit`] and joining stops it.
+/// Owns the writer thread.
 #[derive(Debug)]
 pub struct AuditWriter {
     thread: Option<JoinHandle<()>>,
+    tx: SyncSender<Command>,
 }
 
 impl AuditWriter {
-    /// Waits for the writer to drain its queue and stop (after every
-    /// [`Audit`] handle is dropped).
-    pub fn join(mut self) {
+    /// Writes a final checkpoint, drains the queue and stops the writer.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Command::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -171,18 +335,40 @@ impl AuditWriter {
 }
 
 /// Opens (creating if needed, mode 0600) the store and starts its writer.
-pub fn open(path: &Path) -> Result<(Audit, AuditWriter), AuditError> {
-    let conn = open_conn(path)?;
+/// `key_path`: the host's Ed25519 key (made on first start, 0600).
+pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, AuditWriter), AuditError> {
+    let conn = open_conn(path, opts.fsync)?;
+    let key = keys::load_or_create(key_path).map_err(AuditError::Key)?;
+    let public_key = key.verifying_key().to_bytes();
+    conn.execute(
+        "INSERT OR IGNORE INTO host_keys (public_key, first_seen_us) VALUES (?1, ?2)",
+        params![public_key.to_vec(), now_us()],
+    )
+    .map_err(|source| AuditError::Sql { path: path.to_owned(), source })?;
+    let head = head(&conn).map_err(|source| AuditError::Sql { path: path.to_owned(), source })?;
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
-    let path = path.to_owned();
+    let (fail_tx, failure) = watch::channel(None);
+    let mut w = Writer {
+        conn,
+        path: path.to_owned(),
+        head,
+        key,
+        checkpoint_every: opts.checkpoint_every,
+        retention: opts.retention_days.map(|d| Duration::from_secs(u64::from(d) * 86_400)),
+        last_checkpoint: Instant::now(),
+        dirty: false,
+        failed: None,
+        fail_tx,
+    };
     let thread = std::thread::Builder::new()
         .name("audit-writer".into())
-        .spawn(move || writer(conn, rx, &path))
+        .spawn(move || w.run(&rx))
         .map_err(|source| AuditError::Open { path: PathBuf::new(), source })?;
-    Ok((Audit { tx }, AuditWriter { thread: Some(thread) }))
+    let audit = Audit { tx: tx.clone(), mode: opts.mode, failure, public_key };
+    Ok((audit, AuditWriter { thread: Some(thread), tx }))
 }
 
-fn open_conn(path: &Path) -> Result<Connection, AuditError> {
+fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
     let io_err = |source| AuditError::Open { path: path.to_owned(), source };
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -197,149 +383,391 @@ fn open_conn(path: &Path) -> Result<Connection, AuditError> {
     let sql_err = |source| AuditError::Sql { path: path.to_owned(), source };
     let conn = Connection::open(path).map_err(sql_err)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(sql_err)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql_err)?;
+    conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" }).map_err(sql_err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(sql_err)?;
     conn.execute_batch(SCHEMA).map_err(sql_err)?;
     Ok(conn)
 }
 
-fn writer(mut conn: Connection, rx: Receiver<Command>, path: &Path) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+/// The chain head: (seq, hash) of the last record, or the genesis.
+fn head(conn: &Connection) -> rusqlite::Result<(u64, [u8; 32])> {
+    let last: Option<(i64, Vec<u8>)> = conn
+        .query_row("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((seq, hash)) = last {
+        return Ok((u64::try_from(seq).unwrap_or(0), hash.try_into().unwrap_or(chain::GENESIS)));
+    }
+    // Everything pruned: the newest anchor is the head.
+    let anchor: Option<(i64, Vec<u8>)> = conn
+        .query_row("SELECT seq, hash FROM anchors ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(anchor
+        .map_or((0, chain::GENESIS), |(s, h)| (u64::try_from(s).unwrap_or(0), h.try_into().unwrap_or(chain::GENESIS))))
+}
+
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    head: (u64, [u8; 32]),
+    key: ed25519_dalek::SigningKey,
+    checkpoint_every: Duration,
+    retention: Option<Duration>,
+    last_checkpoint: Instant,
+    /// Records appended since the last checkpoint.
+    dirty: bool,
+    /// Once a write fails, the store stays failed: the chain's state on disk is uncertain.
+    failed: Option<String>,
+    fail_tx: watch::Sender<Option<String>>,
+}
+
+impl Writer {
+    fn run(&mut self, rx: &Receiver<Command>) {
+        let _ = self.append_batch(vec![Event::Agent { what: "start".into() }]);
+        let mut last_prune = Instant::now() - Duration::from_secs(3600);
+        loop {
+            let first = match rx.recv_timeout(self.checkpoint_every) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maybe_checkpoint(false);
+                    if last_prune.elapsed() > Duration::from_secs(3600) {
+                        self.prune();
+                        last_prune = Instant::now();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut cmds = vec![first];
+            while cmds.len() < GROUP_COMMIT_MAX {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            let stop = cmds.iter().any(|c| matches!(c, Command::Stop));
+            let mut events = Vec::with_capacity(cmds.len());
+            let mut acks = Vec::new();
+            for c in cmds {
+                match c {
+                    Command::Append(e, ack) => {
+                        events.push(e);
+                        if let Some(a) = ack {
+                            acks.push(a);
+                        }
+                    }
+                    Command::Flush(a) => acks.push(a),
+                    Command::Stop => {}
+                }
+            }
+            let result =
+                if events.is_empty() { self.failed.clone().map_or(Ok(()), Err) } else { self.append_batch(events) };
+            for a in acks {
+                let _ = a.send(result.clone());
+            }
+            if self.last_checkpoint.elapsed() >= self.checkpoint_every {
+                self.maybe_checkpoint(false);
+            }
+            if stop {
+                let _ = self.append_batch(vec![Event::Agent { what: "stop".into() }]);
+                self.maybe_checkpoint(true);
+                break;
             }
         }
-        let result = write_batch(&mut conn, &batch);
-        if let Err(e) = &result {
-            tracing::error!(db = %path.display(), error = %e, "audit write failed");
+    }
+
+    fn fail(&mut self, e: String) -> String {
+        tracing::error!(db = %self.path.display(), error = %e, "audit store write failed: failing closed");
+        self.failed = Some(e.clone());
+        let _ = self.fail_tx.send(Some(e.clone()));
+        e
+    }
+
+    /// Appends records in one transaction: chain, events table, indexes.
+    fn append_batch(&mut self, events: Vec<Event>) -> Result<(), String> {
+        if let Some(f) = &self.failed {
+            return Err(f.clone());
         }
-        for c in batch {
-            match c {
-                Command::Open(_, Some(ack)) => {
-                    let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                }
-                Command::Flush(ack) => {
-                    let _ = ack.send(());
-                }
-                Command::Open(_, None) | Command::Close(_) | Command::StatementStart(_) | Command::StatementEnd(_) => {}
+        let head = self.head;
+        match write(&mut self.conn, head, &events) {
+            Ok(new_head) => {
+                self.head = new_head;
+                self.dirty = true;
+                Ok(())
             }
+            Err(e) => Err(self.fail(e.to_string())),
+        }
+    }
+
+    /// Signs the chain head (at intervals when something was written, and at shutdown).
+    fn maybe_checkpoint(&mut self, always: bool) {
+        if self.failed.is_some() || (!self.dirty && !always) {
+            return;
+        }
+        let (seq, hash) = self.head;
+        let time = now_us();
+        let sig = chain::sign(&self.key, &chain::checkpoint_message(seq, &hash, time));
+        let body = serde_json::json!({
+            "head_seq": seq,
+            "head_hash": hex(&hash),
+            "time_us": time,
+            "public_key": hex(&self.key.verifying_key().to_bytes()),
+        });
+        let r =
+            write_raw(&mut self.conn, self.head, "checkpoint", None, body.to_string().into_bytes(), Some(sig.to_vec()));
+        match r {
+            Ok(h) => {
+                self.head = h;
+                self.dirty = false;
+                self.last_checkpoint = Instant::now();
+            }
+            Err(e) => {
+                let _ = self.fail(e.to_string());
+            }
+        }
+    }
+
+    /// Deletes records older than the retention period, leaving a signed
+    /// anchor so the rest still verifies.
+    fn prune(&mut self) {
+        let Some(keep) = self.retention else { return };
+        let cutoff = now_us() - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+        let r: rusqlite::Result<()> = (|| {
+            let last: Option<(i64, Vec<u8>)> = self
+                .conn
+                .query_row("SELECT seq, hash FROM events WHERE time_us < ?1 ORDER BY seq DESC LIMIT 1", [cutoff], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let Some((seq, hash)) = last else { return Ok(()) };
+            let h: [u8; 32] = hash.clone().try_into().unwrap_or(chain::GENESIS);
+            let time = now_us();
+            let sig = chain::sign(&self.key, &chain::checkpoint_message(u64::try_from(seq).unwrap_or(0), &h, time));
+            let tx = self.conn.transaction()?;
+            tx.execute(
+                "INSERT OR REPLACE INTO anchors (seq, hash, time_us, signature) VALUES (?1, ?2, ?3, ?4)",
+                params![seq, hash, time, sig.to_vec()],
+            )?;
+            let sessions: Vec<String> = {
+                let mut st =
+                    tx.prepare("SELECT DISTINCT session FROM events WHERE seq <= ?1 AND session IS NOT NULL")?;
+                st.query_map([seq], |r| r.get(0))?.collect::<Result<_, _>>()?
+            };
+            tx.execute("DELETE FROM events WHERE seq <= ?1", [seq])?;
+            for s in sessions {
+                let still: i64 = tx.query_row("SELECT count(*) FROM events WHERE session = ?1", [&s], |r| r.get(0))?;
+                if still == 0 {
+                    tx.execute("DELETE FROM sessions WHERE id = ?1", [&s])?;
+                    tx.execute("DELETE FROM statements WHERE session_id = ?1", [&s])?;
+                }
+            }
+            tx.commit()?;
+            tracing::info!(through_seq = seq, "pruned audit records older than the retention period; anchor kept");
+            Ok(())
+        })();
+        if let Err(e) = r {
+            tracing::error!(error = %e, "pruning the audit store failed");
         }
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<()> {
+pub fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+fn write_raw(
+    conn: &mut Connection,
+    head: (u64, [u8; 32]),
+    kind: &str,
+    session: Option<&str>,
+    body: Vec<u8>,
+    data: Option<Vec<u8>>,
+) -> rusqlite::Result<(u64, [u8; 32])> {
     let tx = conn.transaction()?;
-    for c in batch {
-        match c {
-            Command::Open(o, _) => {
-                tx.prepare_cached(
-                    "INSERT INTO sessions (id, started_us, uid, user, gid, pid, comm, cgroup_id, client,
-                         backend, orig_dst, protocol, decision, rule, reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                )?
-                .execute(params![
-                    o.id.to_string(),
-                    o.started_us,
-                    o.uid,
-                    o.user,
-                    o.gid,
-                    o.pid,
-                    o.comm,
-                    o.cgroup_id.map(|c| c.cast_signed()),
-                    o.client,
-                    o.backend,
-                    o.orig_dst,
-                    o.protocol,
-                    o.decision,
-                    o.rule,
-                    o.reason,
-                ])?;
-            }
-            Command::Close(c) => {
-                tx.prepare_cached(
-                    "UPDATE sessions SET ended_us = ?2, bytes_up = ?3, bytes_down = ?4, end_reason = ?5
-                     WHERE id = ?1",
-                )?
-                .execute(params![
-                    c.id.to_string(),
-                    c.ended_us,
-                    i64::try_from(c.bytes_up).unwrap_or(i64::MAX),
-                    i64::try_from(c.bytes_down).unwrap_or(i64::MAX),
-                    c.end_reason,
-                ])?;
-            }
-            Command::StatementStart(s) => {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO statements (session_id, seq, started_us, text, kinds, tables, decision, rule, reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?
-                .execute(params![
-                    s.session.to_string(),
-                    i64::try_from(s.seq).unwrap_or(i64::MAX),
-                    s.started_us,
-                    s.text,
-                    s.kinds,
-                    s.tables,
-                    s.decision,
-                    s.rule,
-                    s.reason,
-                ])?;
-            }
-            Command::StatementEnd(e) => {
-                tx.prepare_cached(
-                    "UPDATE statements SET ended_us = ?3, rows = ?4, duration_us = ?5, error = ?6, masked = ?7
-                     WHERE session_id = ?1 AND seq = ?2",
-                )?
-                .execute(params![
-                    e.session.to_string(),
-                    i64::try_from(e.seq).unwrap_or(i64::MAX),
-                    e.ended_us,
-                    e.rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
-                    i64::try_from(e.duration_us).unwrap_or(i64::MAX),
-                    e.error,
-                    e.masked,
-                ])?;
-            }
-            Command::Flush(_) => {}
-        }
+    let new = insert_event(&tx, head, now_us(), session, kind, &body, data.as_deref())?;
+    tx.commit()?;
+    Ok(new)
+}
+
+fn insert_event(
+    tx: &rusqlite::Transaction<'_>,
+    (seq, prev): (u64, [u8; 32]),
+    time_us: i64,
+    session: Option<&str>,
+    kind: &str,
+    body: &[u8],
+    data: Option<&[u8]>,
+) -> rusqlite::Result<(u64, [u8; 32])> {
+    let seq = seq + 1;
+    let hash = chain::hash(&prev, seq, time_us, session, kind, body, data);
+    tx.prepare_cached(
+        "INSERT INTO events (seq, time_us, session, kind, body, data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![i64::try_from(seq).unwrap_or(i64::MAX), time_us, session, kind, body, data, &prev[..], &hash[..]])?;
+    Ok((seq, hash))
+}
+
+fn write(conn: &mut Connection, mut head: (u64, [u8; 32]), events: &[Event]) -> rusqlite::Result<(u64, [u8; 32])> {
+    let tx = conn.transaction()?;
+    for e in events {
+        let (body, data) = e.encode();
+        let session = e.session();
+        head = insert_event(&tx, head, now_us(), session.as_deref(), e.kind(), &body, data.as_deref())?;
+        index(&tx, e)?;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(head)
+}
+
+/// Keeps the query tables in step with the chain (same transaction).
+pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Result<()> {
+    let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    match e {
+        Event::SessionOpen(o) => {
+            tx.prepare_cached(
+                "INSERT INTO sessions (id, started_us, uid, user, gid, pid, comm, cgroup_id, client,
+                     backend, orig_dst, protocol, decision, rule, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )?
+            .execute(params![
+                o.id.to_string(),
+                o.started_us,
+                o.uid,
+                o.user,
+                o.gid,
+                o.pid,
+                o.comm,
+                o.cgroup_id.map(|c| c.cast_signed()),
+                o.client,
+                o.backend,
+                o.orig_dst,
+                o.protocol,
+                o.decision,
+                o.rule,
+                o.reason,
+            ])?;
+        }
+        Event::SessionClose(c) => {
+            tx.prepare_cached(
+                "UPDATE sessions SET ended_us = ?2, bytes_up = ?3, bytes_down = ?4, end_reason = ?5 WHERE id = ?1",
+            )?
+            .execute(params![
+                c.id.to_string(),
+                c.ended_us,
+                big(c.bytes_up),
+                big(c.bytes_down),
+                c.end_reason
+            ])?;
+        }
+        Event::Statement(s) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO statements (session_id, seq, started_us, text, kinds, tables, decision, rule, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                s.session.to_string(),
+                big(s.seq),
+                s.started_us,
+                s.text,
+                s.kinds,
+                s.tables,
+                s.decision,
+                s.rule,
+                s.reason,
+            ])?;
+        }
+        Event::StatementEnd(x) => {
+            tx.prepare_cached(
+                "UPDATE statements SET ended_us = ?3, rows = ?4, duration_us = ?5, error = ?6, masked = ?7
+                 WHERE session_id = ?1 AND seq = ?2",
+            )?
+            .execute(params![
+                x.session.to_string(),
+                big(x.seq),
+                x.ended_us,
+                x.rows.map(big),
+                big(x.duration_us),
+                x.error,
+                x.masked,
+            ])?;
+        }
+        Event::Chunk { .. } | Event::Truncated { .. } | Event::Agent { .. } => {}
+    }
+    Ok(())
 }
 
 impl Audit {
-    /// Records a session's opening and waits until it is committed.
-    pub async fn open_session(&self, rec: SessionOpen) -> Result<(), AuditError> {
-        let (ack, done) = oneshot::channel();
-        self.send(Command::Open(Box::new(rec), Some(ack)))?;
-        match done.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(AuditError::WriterGone),
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The host's public key (hex), for verifying exports elsewhere.
+    pub fn public_key_hex(&self) -> String {
+        hex(&self.public_key)
+    }
+
+    /// Why the store failed, if it did (the agent then fails closed).
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Notified when the store fails.
+    pub fn failure_watch(&self) -> watch::Receiver<Option<String>> {
+        self.failure.clone()
+    }
+
+    /// Appends a record without waiting.
+    pub fn record(&self, e: Event) -> Result<(), AuditError> {
+        if let Some(f) = self.failure() {
+            return Err(AuditError::Failed(f));
         }
+        self.send(Command::Append(e, None))
+    }
+
+    /// Appends a record and, in strict mode, waits until it is committed.
+    /// In best-effort mode it returns at once (failures are logged by the writer).
+    pub fn record_strict(&self, e: Event) -> AckFuture {
+        if self.mode == Mode::BestEffort {
+            return AckFuture::Ready(self.record(e));
+        }
+        if let Some(f) = self.failure() {
+            return AckFuture::Ready(Err(AuditError::Failed(f)));
+        }
+        let (ack, done) = oneshot::channel();
+        match self.send(Command::Append(e, Some(ack))) {
+            Ok(()) => AckFuture::Waiting(done),
+            Err(e) => AckFuture::Ready(Err(e)),
+        }
+    }
+
+    /// Records a session's opening and waits until it is committed (in
+    /// best-effort mode, until it is queued).
+    pub async fn open_session(&self, rec: SessionOpen) -> Result<(), AuditError> {
+        self.record_strict(Event::SessionOpen(Box::new(rec))).wait().await
     }
 
     /// Records a session's end (not awaited: nothing waits on it).
     pub fn close_session(&self, rec: SessionClose) -> Result<(), AuditError> {
-        self.send(Command::Close(rec))
-    }
-
-    /// Records a statement's decision (not awaited).
-    pub fn statement_start(&self, s: StatementStart) -> Result<(), AuditError> {
-        self.send(Command::StatementStart(Box::new(s)))
+        self.record(Event::SessionClose(Box::new(rec)))
     }
 
     /// Records how a statement ended (not awaited).
     pub fn statement_end(&self, e: StatementEnd) -> Result<(), AuditError> {
-        self.send(Command::StatementEnd(Box::new(e)))
+        self.record(Event::StatementEnd(Box::new(e)))
     }
 
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
         self.send(Command::Flush(ack))?;
-        done.await.map_err(|_| AuditError::WriterGone)
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AuditError::Failed(e)),
+            Err(_) => Err(AuditError::WriterGone),
+        }
     }
 
     fn send(&self, c: Command) -> Result<(), AuditError> {
@@ -347,5 +775,56 @@ impl Audit {
             TrySendError::Full(_) => AuditError::QueueFull,
             TrySendError::Disconnected(_) => AuditError::WriterGone,
         })
+    }
+}
+
+/// A pending acknowledgement of a strict record.
+#[derive(Debug)]
+pub enum AckFuture {
+    Ready(Result<(), AuditError>),
+    Waiting(oneshot::Receiver<Result<(), String>>),
+}
+
+impl AckFuture {
+    pub async fn wait(self) -> Result<(), AuditError> {
+        match self {
+            Self::Ready(r) => r,
+            Self::Waiting(rx) => match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(AuditError::Failed(e)),
+                Err(_) => Err(AuditError::WriterGone),
+            },
+        }
+    }
+}
+
+/// Shared slot for a session's recording budget: how many result bytes may
+/// still be recorded for the current statement.
+#[derive(Debug)]
+pub struct Budget {
+    pub cap: u64,
+    used: Mutex<(u64, bool)>,
+}
+
+impl Budget {
+    pub fn new(cap: u64) -> Self {
+        Self { cap, used: Mutex::new((0, false)) }
+    }
+
+    /// A new statement starts: its results get a fresh budget.
+    pub fn reset(&self) {
+        *self.used.lock().unwrap_or_else(PoisonError::into_inner) = (0, false);
+    }
+
+    /// How many of `n` bytes may be recorded; `true` the first time the cap is hit.
+    pub fn take(&self, n: u64) -> (u64, bool) {
+        let mut g = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        let allowed = n.min(self.cap.saturating_sub(g.0));
+        g.0 += allowed;
+        let first_cut = allowed < n && !g.1;
+        if allowed < n {
+            g.1 = true;
+        }
+        (allowed, first_cut)
     }
 }

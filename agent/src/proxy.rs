@@ -201,7 +201,13 @@ pub async fn run(
     if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
-    let (audit, writer) = audit::open(&settings.audit_db)?;
+    let key_path = crate::settings::host_key_path(&settings.audit_db);
+    let (audit, writer) = audit::open(&settings.audit_db, &key_path, &settings.audit)?;
+    if settings.audit.mode == audit::Mode::BestEffort {
+        warn!(
+            "AUDIT MODE IS BEST-EFFORT: statements are forwarded before their record is committed; records may be lost if the agent dies or the disk fails"
+        );
+    }
 
     // Listen before attaching: the kernel must never send clients to a port
     // nobody serves because binding failed after the attach.
@@ -262,6 +268,7 @@ pub async fn run(
         accepts.push(tokio::spawn(accept_loop(agent.clone(), l, stop.clone(), sessions.clone())));
     }
     let resolver = tokio::spawn(re_resolve(agent.clone(), stop.clone()));
+    let watchdog = tokio::spawn(audit_watchdog(agent.clone(), stop.clone()));
     let reloader = tokio::spawn(reload_loop(agent.clone(), stop.clone()));
 
     wait_for_signal().await?;
@@ -277,13 +284,14 @@ pub async fn run(
         sessions.wait().await;
     }
     let _ = resolver.await;
+    let _ = watchdog.await;
     let _ = reloader.await;
     let _ = control.await;
     if let Err(e) = agent.audit.flush().await {
         error!(error = %e, "final audit flush failed");
     }
     drop(agent);
-    writer.join();
+    writer.stop();
     info!("gatehouse agent stopped; pinned programs keep protected backends closed until it returns");
     Ok(())
 }
@@ -404,6 +412,13 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             None,
         ),
     };
+    // Fail closed: nothing starts while the audit store cannot be written.
+    let decision = match agent.audit.failure() {
+        Some(why) if agent.audit.mode() == audit::Mode::Strict => {
+            crate::policy::Decision::refuse(format!("the audit store cannot be written ({why}); no session may start"))
+        }
+        _ => decision,
+    };
     let rec = SessionOpen {
         id,
         started_us,
@@ -463,7 +478,35 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     });
     let out = match protocol {
         Protocol::Tcp => match connect_upstream(orig.0, agent.settings.mark).await {
-            Ok(upstream) => tcp::relay(client, upstream, live.cut.clone(), || live.reason()).await,
+            Ok(upstream) => {
+                let cap = agent.settings.record_max_bytes;
+                let (up, down) = (audit::Budget::new(cap), audit::Budget::new(cap));
+                let record = |to_backend: bool, offset: u64, bytes: &[u8]| {
+                    let (dir, budget) =
+                        if to_backend { (audit::Direction::Up, &up) } else { (audit::Direction::Down, &down) };
+                    let (n, first_cut) = budget.take(bytes.len() as u64);
+                    if n > 0 {
+                        let data = bytes.get(..usize::try_from(n).unwrap_or(0)).unwrap_or_default().to_vec();
+                        let _ = agent.audit.record(audit::Event::Chunk {
+                            session: id,
+                            header: audit::ChunkHeader { dir, offset },
+                            data,
+                        });
+                    }
+                    if first_cut {
+                        let truncation = audit::Truncation {
+                            dir,
+                            statement: None,
+                            cap,
+                            reason: format!(
+                                "recording capped at {cap} bytes per session and direction (record_max_bytes)"
+                            ),
+                        };
+                        let _ = agent.audit.record(audit::Event::Truncated { session: id, truncation });
+                    }
+                };
+                tcp::relay(client, upstream, live.cut.clone(), || live.reason(), record).await
+            }
             Err(e) => {
                 warn!(error = %e, "backend unreachable");
                 tcp::RelayOutcome { up: 0, down: 0, end: tcp::End::BackendError(format!("backend unreachable: {e}")) }
@@ -542,6 +585,28 @@ pub(crate) async fn connect_upstream(addr: SocketAddr, mark: u32) -> std::io::Re
     tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))?
+}
+
+/// When the audit store fails, every open session is ended (fail closed);
+/// new ones are refused at accept time.
+async fn audit_watchdog(agent: Arc<Agent>, stop: CancellationToken) {
+    let mut w = agent.audit.failure_watch();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = w.changed() => if r.is_err() { return },
+        }
+        let Some(why) = w.borrow().clone() else { continue };
+        if agent.audit.mode() == audit::Mode::BestEffort {
+            error!("audit store failed ({why}); best-effort mode: sessions continue unrecorded");
+            continue;
+        }
+        let live: Vec<Arc<LiveSession>> = lock(&agent.live).values().cloned().collect();
+        error!(sessions = live.len(), "audit store failed ({why}): ending every open session");
+        for s in live {
+            s.cut(format!("the audit store cannot be written ({why})"));
+        }
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

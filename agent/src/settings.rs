@@ -32,6 +32,16 @@ pub struct AgentRaw {
     pub mark: Option<u32>,
     pub shutdown_grace: Option<String>,
     pub resolve_interval: Option<String>,
+    /// "strict" (default) or "best-effort".
+    pub audit_mode: Option<String>,
+    /// fsync every audit commit (power-loss durability).
+    pub audit_fsync: Option<bool>,
+    pub retention_days: Option<u32>,
+    /// Recorded bytes per statement result (PostgreSQL) or per session and direction (TCP).
+    pub record_max_bytes: Option<u64>,
+    pub checkpoint_interval: Option<String>,
+    /// Members of this Unix group may read every session's records (root always may).
+    pub auditor_group: Option<String>,
 }
 
 /// Validated settings of a running agent.
@@ -49,6 +59,9 @@ pub struct Settings {
     pub mark: u32,
     pub shutdown_grace: Duration,
     pub resolve_interval: Duration,
+    pub audit: crate::audit::Options,
+    pub record_max_bytes: u64,
+    pub auditor_group: Option<String>,
 }
 
 /// Command-line overrides; `None` keeps the file's value or the default.
@@ -92,12 +105,34 @@ impl Settings {
             mark,
             shutdown_grace: duration("shutdown_grace", &raw.shutdown_grace, Duration::from_secs(10))?,
             resolve_interval: duration("resolve_interval", &raw.resolve_interval, Duration::from_secs(30))?,
+            audit: crate::audit::Options {
+                mode: match raw.audit_mode.as_deref() {
+                    None | Some("strict") => crate::audit::Mode::Strict,
+                    Some("best-effort") => crate::audit::Mode::BestEffort,
+                    Some(other) => {
+                        return Err(SettingsError::Invalid {
+                            field: "audit_mode",
+                            message: format!("{other:?}: use \"strict\" or \"best-effort\""),
+                        });
+                    }
+                },
+                fsync: raw.audit_fsync.unwrap_or(false),
+                checkpoint_every: duration("checkpoint_interval", &raw.checkpoint_interval, Duration::from_secs(10))?,
+                retention_days: raw.retention_days,
+            },
+            record_max_bytes: raw.record_max_bytes.unwrap_or(1 << 20),
+            auditor_group: raw.auditor_group.clone(),
         })
     }
 }
 
 fn pick(cli: &Option<PathBuf>, file: &Option<PathBuf>, default: &str) -> PathBuf {
     cli.clone().or_else(|| file.clone()).unwrap_or_else(|| PathBuf::from(default))
+}
+
+/// The host's audit signing key, beside the audit store.
+pub fn host_key_path(audit_db: &std::path::Path) -> std::path::PathBuf {
+    audit_db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).join("host.key")
 }
 
 /// The host's secret for masking hash tokens: 32 random bytes in `mask.key`

@@ -918,7 +918,7 @@ mod tests {
     fn set_show_and_identity() {
         check(&[
             ("SET work_mem = '64MB'", &[Set]),
-            ("SET search_path TO public, pg_catalog", &[Set]),
+            ("SET search_path TO public, pg_catalog", &[Other]),
             ("SET LOCAL statement_timeout = 5", &[Set]),
             ("RESET work_mem", &[Set]),
             ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", &[Set]),
@@ -962,6 +962,9 @@ mod tests {
             ("SET client_encoding = 'utf-8'", &[Set]),
             ("SET NAMES 'unicode'", &[Set]),
             ("RESET client_encoding", &[Set]),
+            ("SET search_path = secret", &[Other]),
+            ("set SEARCH_PATH to public", &[Other]),
+            ("RESET search_path", &[Other]),
         ]);
     }
 

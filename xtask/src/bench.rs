@@ -37,6 +37,15 @@ pub enum Workload {
     },
     /// Policy decision cost with 10, 100 and 1,000 rules (no root needed).
     Policy,
+    /// pgbench through Gatehouse vs direct vs pgbouncer (session) vs haproxy (tcp).
+    Pg {
+        /// Seconds per pgbench run.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// pgbench scale factor.
+        #[arg(long, default_value_t = 10)]
+        scale: u32,
+    },
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
@@ -63,11 +72,12 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     match a.workload.clone() {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
         Workload::Policy => Ok(()),
+        Workload::Pg { secs, scale } => crate::bench_pg::pg(secs, scale),
     }
 }
 
 /// A child cgroup with the agent attached, torn down on drop.
-struct Rig {
+pub(crate) struct Rig {
     dir: PathBuf,
     cgroup: PathBuf,
     pin_dir: PathBuf,
@@ -75,7 +85,7 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(name: &str) -> Result<Self> {
+    pub(crate) fn new(name: &str) -> Result<Self> {
         let id = format!("gh-bench-{name}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir)?;
@@ -84,7 +94,7 @@ impl Rig {
         Ok(Self { dir, cgroup, pin_dir: PathBuf::from("/sys/fs/bpf").join(&id), agent: None })
     }
 
-    fn start_agent(&mut self, policy: &str, port: u16) -> Result<()> {
+    pub(crate) fn start_agent(&mut self, policy: &str, port: u16) -> Result<()> {
         let config = self.dir.join("policy.toml");
         std::fs::write(&config, policy)?;
         let log = std::fs::File::create(self.dir.join("agent.log"))?;
@@ -114,6 +124,17 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// A command that runs inside the benchmark cgroup.
+    pub(crate) fn in_cgroup(&self, program: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"").arg(&self.cgroup).arg(program);
+        c
     }
 
     fn agent_pid(&self) -> Option<u32> {
@@ -239,7 +260,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
@@ -314,7 +335,7 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-pub fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

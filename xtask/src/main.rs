@@ -6,6 +6,7 @@
 )]
 
 mod bench;
+mod bench_pg;
 mod demo;
 mod setup;
 mod test;

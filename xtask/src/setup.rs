@@ -20,6 +20,9 @@ pub const PACKAGES: &[&str] = &[
     "haproxy",
     "libclang-dev",
     "wrk",
+    "python3-psycopg",
+    "python3-asyncpg",
+    "openssl",
 ];
 
 pub fn setup() -> Result<()> {

@@ -47,19 +47,22 @@ enum Side {
     Backend,
 }
 
-/// Relays until both directions finish, one fails, or `cut` fires (with the reason it gives).
+/// Relays until both directions finish, one fails, or `cut` fires (with the
+/// reason it gives). `record` sees every chunk relayed: (client→backend?,
+/// offset in that direction, bytes).
 pub async fn relay(
     client: TcpStream,
     backend: TcpStream,
     cut: CancellationToken,
     cut_reason: impl Fn() -> String,
+    record: impl Fn(bool, u64, &[u8]),
 ) -> RelayOutcome {
     let (mut cr, mut cw) = client.into_split();
     let (mut br, mut bw) = backend.into_split();
     let (mut up, mut down) = (0u64, 0u64);
     let end = {
-        let a = pipe(&mut cr, &mut bw, &mut up, Side::Client, Side::Backend);
-        let b = pipe(&mut br, &mut cw, &mut down, Side::Backend, Side::Client);
+        let a = pipe(&mut cr, &mut bw, &mut up, Side::Client, Side::Backend, |o, b| record(true, o, b));
+        let b = pipe(&mut br, &mut cw, &mut down, Side::Backend, Side::Client, |o, b| record(false, o, b));
         tokio::select! {
             r = async { tokio::try_join!(a, b) } => match r {
                 Ok(_) => End::Closed,
@@ -79,6 +82,7 @@ async fn pipe<R, W>(
     count: &mut u64,
     rside: Side,
     wside: Side,
+    record: impl Fn(u64, &[u8]),
 ) -> Result<(), (Side, io::Error)>
 where
     R: AsyncRead + Unpin,
@@ -99,6 +103,7 @@ where
         if let Err(e) = to.write_all(chunk).await {
             return Err((wside, e));
         }
+        record(*count, chunk);
         *count += n as u64;
     }
 }
@@ -119,7 +124,13 @@ mod tests {
     async fn relays_both_ways_with_half_close_and_counts() {
         let (mut client, proxy_client_side) = pair().await;
         let (proxy_backend_side, mut backend) = pair().await;
-        let task = tokio::spawn(relay(proxy_client_side, proxy_backend_side, CancellationToken::new(), String::new));
+        let task = tokio::spawn(relay(
+            proxy_client_side,
+            proxy_backend_side,
+            CancellationToken::new(),
+            String::new,
+            |_, _, _| {},
+        ));
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -140,7 +151,7 @@ mod tests {
         let (_client, a) = pair().await;
         let (b, _backend) = pair().await;
         let cut = CancellationToken::new();
-        let task = tokio::spawn(relay(a, b, cut.clone(), || "shutdown".into()));
+        let task = tokio::spawn(relay(a, b, cut.clone(), || "shutdown".into(), |_, _, _| {}));
         cut.cancel();
         assert_eq!(task.await.unwrap().end, End::Cut("shutdown".into()));
     }

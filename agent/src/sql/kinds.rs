@@ -333,7 +333,8 @@ fn copy_kind(s: &pb::CopyStmt) -> Kind {
     }
 }
 
-/// `SET`/`RESET`. Changing who the session is (role, session authorization,
+/// `SET`/`RESET`. `search_path` is [`Kind::Other`] (it changes what table
+/// names mean). Changing who the session is (role, session authorization,
 /// or resetting everything, which resets those too) is [`Kind::SetRole`].
 /// Settings that change how the *server* tokenises later statements are
 /// [`Kind::Other`] unless set to the value this parser assumes: with
@@ -348,6 +349,9 @@ fn set_kind(s: &pb::VariableSetStmt) -> Kind {
         pb::VariableSetKind::Undefined => Kind::Other,
         pb::VariableSetKind::VarResetAll => Kind::SetRole,
         _ if name.eq_ignore_ascii_case("role") || name.eq_ignore_ascii_case("session_authorization") => Kind::SetRole,
+        // search_path decides which table an unqualified name is: a rule's
+        // `tables` list assumes `public`, so changing it is not housekeeping.
+        _ if name.eq_ignore_ascii_case("search_path") => Kind::Other,
         pb::VariableSetKind::VarSetValue if name.eq_ignore_ascii_case("standard_conforming_strings") => {
             if single_value(&s.args).is_some_and(|v| is_true_word(&v)) { Kind::Set } else { Kind::Other }
         }

@@ -23,7 +23,9 @@ use tracing::{debug, info, warn};
 use super::io::Stream;
 use super::wire::{self, Frame, PgError, Severity, WireError};
 use super::{CancelTarget, Ctx, MAX_BACKEND_MESSAGE, MAX_CLIENT_MESSAGE};
-use crate::audit::{StatementEnd, StatementStart, now_us};
+use crate::audit::{
+    AckFuture, Budget, ChunkHeader, Direction, Event, StatementEnd, StatementStart, Truncation, now_us,
+};
 use crate::mask::{Counts, MaskOutput, Profile, Style};
 use crate::policy::testcases::single_kind;
 use crate::policy::{Decision, Request, Verdict};
@@ -35,10 +37,20 @@ use crate::sql::{self, Kind, ParseOptions, Statement};
 #[derive(Debug)]
 struct InFlight {
     seq: u64,
+    /// Tables the statement touches (`schema.table` or `table`), for
+    /// table-qualified masking rules.
+    tables: Arc<[String]>,
     /// Which ReadyForQuery ends the exchange it belongs to.
     epoch: u64,
     started: Instant,
     masked: Counts,
+}
+
+impl InFlight {
+    fn new(seq: u64, epoch: u64, s: &Statement) -> Self {
+        let tables: Vec<String> = s.reads.iter().chain(&s.writes).map(ToString::to_string).collect();
+        Self { seq, tables: tables.into(), epoch, started: Instant::now(), masked: Counts::default() }
+    }
 }
 
 /// A refusal waiting for the server's error on its stand-in message.
@@ -66,6 +78,8 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 
 #[derive(Debug)]
 enum Fail {
+    /// A record could not be committed (strict mode): the session ends.
+    Audit(String),
     /// The client broke the protocol: FATAL to it, session closed.
     Client(PgError),
     ClientIo(std::io::Error),
@@ -92,9 +106,11 @@ pub(super) async fn run(
     let shared = Mutex::new(Shared { scs: true, txn: b'I', ..Shared::default() });
     let nonce = format!("gatehouse_refused_{}", uuid::Uuid::new_v4().simple());
     let (mut up, mut down) = (0u64, 0u64);
+    let cap = ctx.agent.settings.record_max_bytes;
+    let rec = Recorder { ctx, up: Budget::new(cap), down: Budget::new(cap) };
     let result = {
-        let c2b = client_to_backend(ctx, &mut cr, client_rest, &mut bw, &shared, &nonce, &mut up);
-        let b2c = backend_to_client(ctx, &mut br, backend_rest, &mut cw, &shared, &nonce, &mut down);
+        let c2b = client_to_backend(ctx, &mut cr, client_rest, &mut bw, &shared, &nonce, &mut up, &rec);
+        let b2c = backend_to_client(ctx, &mut br, backend_rest, &mut cw, &shared, &nonce, &mut down, &rec);
         tokio::select! {
             r = async { tokio::try_join!(c2b, b2c) } => r.map(|_| ()),
             () = ctx.live.cut.cancelled() => Err(Fail::Backend(String::new())),
@@ -116,6 +132,16 @@ pub(super) async fn run(
             End::ClientError(e.message)
         }
         Err(Fail::ClientIo(e)) => End::ClientError(e.to_string()),
+        Err(Fail::Audit(e)) => {
+            let pe = PgError::new(
+                Severity::Fatal,
+                "58030",
+                format!("Gatehouse ended this session: the audit store cannot be written ({e})"),
+            );
+            let _ = cw.write_all(&pe.encode()).await;
+            let _ = bw.write_all(&wire::terminate()).await;
+            End::Cut(format!("audit store failure: {e}"))
+        }
         Err(Fail::Backend(e)) => {
             let pe = PgError::new(Severity::Fatal, "08006", format!("Gatehouse lost the backend: {e}"));
             let _ = cw.write_all(&pe.encode()).await;
@@ -131,6 +157,44 @@ pub(super) async fn run(
         statement_end(ctx, f, None, Some(format!("session ended: {}", end.describe())));
     }
     RelayOutcome { up, down, end }
+}
+
+/// Records what each direction carried, within the per-statement budget.
+struct Recorder<'a> {
+    ctx: &'a Ctx,
+    up: Budget,
+    down: Budget,
+}
+
+impl Recorder<'_> {
+    /// A statement is forwarded: its exchange gets fresh budgets.
+    fn new_statement(&self) {
+        self.up.reset();
+        self.down.reset();
+    }
+
+    /// Records `bytes` (what was written to the other side) at `offset`.
+    fn chunk(&self, dir: Direction, offset: u64, bytes: &[u8], statement: u64) {
+        let budget = match dir {
+            Direction::Up => &self.up,
+            Direction::Down => &self.down,
+        };
+        let (n, first_cut) = budget.take(bytes.len() as u64);
+        let audit = &self.ctx.agent.audit;
+        if n > 0 {
+            let data = bytes.get(..usize::try_from(n).unwrap_or(0)).unwrap_or_default().to_vec();
+            let _ = audit.record(Event::Chunk { session: self.ctx.id, header: ChunkHeader { dir, offset }, data });
+        }
+        if first_cut {
+            let truncation = Truncation {
+                dir,
+                statement: Some(statement),
+                cap: budget.cap,
+                reason: format!("recording capped at {} bytes per statement (record_max_bytes)", budget.cap),
+            };
+            let _ = audit.record(Event::Truncated { session: self.ctx.id, truncation });
+        }
+    }
 }
 
 /// Reads into `buf` until it holds at least one whole message (reserving
@@ -151,6 +215,8 @@ async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::R
 /// What the client side knows about prepared statements and portals.
 #[derive(Default)]
 struct ClientState {
+    /// Commits to wait for before the batch is forwarded (strict mode).
+    acks: Vec<AckFuture>,
     /// Exchanges sent so far (a Query, FunctionCall or Sync ends one).
     epoch: u64,
     seq: u64,
@@ -165,6 +231,7 @@ struct Prepared {
     decided_under: Arc<Snapshot>,
 }
 
+#[expect(clippy::too_many_arguments, reason = "the direction's state, passed explicitly")]
 async fn client_to_backend<R, W>(
     ctx: &Ctx,
     cr: &mut R,
@@ -173,6 +240,7 @@ async fn client_to_backend<R, W>(
     shared: &Mutex<Shared>,
     nonce: &str,
     count: &mut u64,
+    rec: &Recorder<'_>,
 ) -> Result<(), Fail>
 where
     R: AsyncRead + Unpin,
@@ -180,17 +248,28 @@ where
 {
     let mut out: Vec<u8> = Vec::with_capacity(8192);
     let mut st = ClientState::default();
+    let mut written = 0u64;
     loop {
         let mut terminated = false;
         while let Some((frame, n)) = wire::decode(&buf, MAX_CLIENT_MESSAGE)? {
             *count += n as u64;
             terminated |= frame.tag == b'X';
+            let before = st.seq;
             on_client(ctx, frame, &mut out, shared, nonce, &mut st).await?;
+            if st.seq != before {
+                rec.new_statement();
+            }
             buf.advance(n);
+        }
+        // Strict: what is forwarded is on record first.
+        for ack in st.acks.drain(..) {
+            ack.wait().await.map_err(|e| Fail::Audit(e.to_string()))?;
         }
         if !out.is_empty() {
             bw.write_all(&out).await.map_err(|e| Fail::Backend(e.to_string()))?;
             bw.flush().await.map_err(|e| Fail::Backend(e.to_string()))?;
+            rec.chunk(Direction::Up, written, &out, st.seq);
+            written += out.len() as u64;
             out.clear();
         }
         if terminated {
@@ -232,12 +311,7 @@ async fn on_client(
                         let mut sh = lock(shared);
                         for (s, d) in statements.iter().zip(&decisions) {
                             let seq = record_allowed(ctx, st, s, d);
-                            sh.inflight.push_back(InFlight {
-                                seq,
-                                epoch,
-                                started: Instant::now(),
-                                masked: Counts::default(),
-                            });
+                            sh.inflight.push_back(InFlight::new(seq, epoch, s));
                         }
                         drop(sh);
                         let _ = snapshot;
@@ -308,13 +382,9 @@ async fn on_client(
                 .first()
                 .cloned()
                 .unwrap_or_else(|| Statement { text: text.clone(), ..single_kind(Kind::Other) });
-            let seq = record_allowed(ctx, st, &Statement { text, ..s }, &d);
-            lock(shared).inflight.push_back(InFlight {
-                seq,
-                epoch,
-                started: Instant::now(),
-                masked: Counts::default(),
-            });
+            let s = Statement { text, ..s };
+            let seq = record_allowed(ctx, st, &s, &d);
+            lock(shared).inflight.push_back(InFlight::new(seq, epoch, &s));
             out.extend_from_slice(f.raw);
         }
         b'C' => {
@@ -342,12 +412,7 @@ async fn on_client(
             let d = decide_one(ctx, &current, &s);
             if d.verdict == Verdict::Allow {
                 let seq = record_allowed(ctx, st, &s, &d);
-                lock(shared).inflight.push_back(InFlight {
-                    seq,
-                    epoch,
-                    started: Instant::now(),
-                    masked: Counts::default(),
-                });
+                lock(shared).inflight.push_back(InFlight::new(seq, epoch, &s));
                 out.extend_from_slice(f.raw);
             } else {
                 record_refusal(ctx, st, s.text.as_bytes(), Some(&s), &d);
@@ -469,9 +534,7 @@ fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) 
         rule: d.rule.as_ref().map(ToString::to_string),
         reason: None,
     };
-    if let Err(e) = ctx.agent.audit.statement_start(ev) {
-        warn!(error = %e, "cannot record a statement");
-    }
+    st.acks.push(ctx.agent.audit.record_strict(Event::Statement(Box::new(ev))));
     st.seq
 }
 
@@ -490,7 +553,7 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
         rule: d.rule.as_ref().map(ToString::to_string),
         reason: Some(d.reason().into_owned()),
     };
-    if let Err(e) = ctx.agent.audit.statement_start(ev) {
+    if let Err(e) = ctx.agent.audit.record(Event::Statement(Box::new(ev))) {
         warn!(error = %e, "cannot record a refused statement");
     }
 }
@@ -542,10 +605,18 @@ fn text_like(type_oid: u32, format: i16) -> Option<usize> {
     }
 }
 
-fn plan(profile: &Profile, cols: &[wire::Column]) -> Vec<ColMask> {
+/// The masking plan for a result. A column that comes from a table
+/// (`table_oid` set) is checked against the rules for each table the
+/// statement touches (any match masks: with joins this errs towards
+/// masking); computed columns only by name.
+fn plan(profile: &Profile, cols: &[wire::Column], tables: &[String]) -> Vec<ColMask> {
     cols.iter()
         .map(|c| {
-            let rule = profile.column_style(None, &c.name);
+            let rule = if c.table_oid == 0 || tables.is_empty() {
+                profile.column_style(None, &c.name)
+            } else {
+                tables.iter().find_map(|t| profile.column_style(Some(t), &c.name))
+            };
             match (text_like(c.type_oid, c.format), rule) {
                 (Some(_), Some(style)) => ColMask::Rule(style),
                 // A number or date the rules name cannot hold "****": it becomes NULL.
@@ -557,6 +628,7 @@ fn plan(profile: &Profile, cols: &[wire::Column]) -> Vec<ColMask> {
         .collect()
 }
 
+#[expect(clippy::too_many_arguments, reason = "the direction's state, passed explicitly")]
 async fn backend_to_client<R, W>(
     ctx: &Ctx,
     br: &mut R,
@@ -565,6 +637,7 @@ async fn backend_to_client<R, W>(
     shared: &Mutex<Shared>,
     nonce: &str,
     count: &mut u64,
+    rec: &Recorder<'_>,
 ) -> Result<(), Fail>
 where
     R: AsyncRead + Unpin,
@@ -574,6 +647,7 @@ where
     let mut columns: Option<Vec<ColMask>> = None;
     let mut scratch = Vec::new();
     let mut pending = Counts::default();
+    let mut written = 0u64;
     loop {
         while let Some((frame, n)) =
             wire::decode(&buf, MAX_BACKEND_MESSAGE).map_err(|e| Fail::Backend(e.to_string()))?
@@ -584,12 +658,16 @@ where
             // Stream large results: do not hold more than this before writing.
             if out.len() >= 64 * 1024 {
                 cw.write_all(&out).await.map_err(Fail::ClientIo)?;
+                rec.chunk(Direction::Down, written, &out, 0);
+                written += out.len() as u64;
                 out.clear();
             }
         }
         if !out.is_empty() {
             cw.write_all(&out).await.map_err(Fail::ClientIo)?;
             cw.flush().await.map_err(Fail::ClientIo)?;
+            rec.chunk(Direction::Down, written, &out, 0);
+            written += out.len() as u64;
             out.clear();
         }
         if !fill(br, &mut buf).await.map_err(|e| Fail::Backend(e.to_string()))? {
@@ -693,7 +771,14 @@ fn on_backend(
         }
         b'T' => {
             *columns = match &ctx.mask {
-                Some(p) => Some(plan(p, &wire::row_description(f.body).map_err(bad)?)),
+                Some(p) => {
+                    let tables = lock(shared)
+                        .inflight
+                        .front()
+                        .map(|f| f.tables.clone())
+                        .unwrap_or_else(|| Arc::from(Vec::new()));
+                    Some(plan(p, &wire::row_description(f.body).map_err(bad)?, &tables))
+                }
                 None => None,
             };
             out.extend_from_slice(f.raw);
@@ -720,13 +805,19 @@ fn on_backend(
         b'd' if ctx.mask.is_some() => {
             let Some(profile) = &ctx.mask else { return Ok(()) };
             scratch.clear();
-            match profile.scan(f.body, scratch, pending) {
-                MaskOutput::Written => {
+            let result = profile.scan(f.body, scratch, pending);
+            if result == MaskOutput::Null {
+                // A null-style hit inside a COPY row: the row is redacted whole (fail closed).
+                scratch.clear();
+                scratch.extend_from_slice(b"****\n");
+            }
+            match result {
+                MaskOutput::Written | MaskOutput::Null => {
                     out.push(b'd');
                     out.extend_from_slice(&u32::try_from(scratch.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
                     out.extend_from_slice(scratch);
                 }
-                _ => out.extend_from_slice(f.raw),
+                MaskOutput::Unchanged => out.extend_from_slice(f.raw),
             }
         }
         b'N' => mask_message(ctx, f, out),
@@ -762,8 +853,11 @@ fn mask_row(
         let result = match *c {
             ColMask::Pass => MaskOutput::Unchanged,
             ColMask::Rule(style) => {
-                counts.column();
-                profile.mask_value(style, v, scratch)
+                let r = profile.mask_value(style, v, scratch);
+                if r != MaskOutput::Unchanged {
+                    counts.add_columns(1);
+                }
+                r
             }
             ColMask::Scan { skip } => {
                 let (head, tail) = v.split_at(skip.min(v.len()));
@@ -820,13 +914,23 @@ fn mask_message(ctx: &Ctx, f: Frame<'_>, out: &mut Vec<u8>) {
     for (code, value) in fields {
         body.push(code);
         let start = body.len();
-        let masked = matches!(code, b'M' | b'D' | b'H' | b'W' | b'q')
-            && matches!(profile.scan(value, &mut body, &mut counts), MaskOutput::Written);
-        if masked {
-            changed = true;
+        let result = if matches!(code, b'M' | b'D' | b'H' | b'W' | b'q') {
+            profile.scan(value, &mut body, &mut counts)
         } else {
-            body.truncate(start);
-            body.extend_from_slice(value);
+            MaskOutput::Unchanged
+        };
+        match result {
+            MaskOutput::Written => changed = true,
+            // A null-style hit cannot be a NULL inside a message: redact the field.
+            MaskOutput::Null => {
+                changed = true;
+                body.truncate(start);
+                body.extend_from_slice(b"****");
+            }
+            MaskOutput::Unchanged => {
+                body.truncate(start);
+                body.extend_from_slice(value);
+            }
         }
         body.push(0);
     }

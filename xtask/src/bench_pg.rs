@@ -1,0 +1,276 @@
+//! `cargo xtask bench pg`: pgbench against one PostgreSQL 15, four ways in
+//! the same run: direct, through Gatehouse (policy and audit on), through
+//! pgbouncer (session pooling) and through haproxy (tcp mode).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::bench::{Rig, free_port};
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+const PASSWORD: &str = "bench-Secret-1";
+const PROTECTED: &str = "127.10.201.1";
+const DIRECT: &str = "127.10.201.2";
+const BOUNCER: &str = "127.10.201.3";
+const HAPROXY: &str = "127.10.201.4";
+
+fn as_postgres(program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups", "--"]).arg(program);
+    c
+}
+
+fn ok(c: &mut Command, what: &str) -> Result<String> {
+    let out = c.output().with_context(|| what.to_owned())?;
+    if !out.status.success() {
+        bail!("{what}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Everything started for the run; stopped on drop.
+struct Servers {
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = as_postgres(&format!("{BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_port(addr: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let a: std::net::SocketAddr = addr.parse()?;
+    while std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{addr} did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn start_servers(port: u16, scale: u32) -> Result<Servers> {
+    let dir = std::env::temp_dir().join(format!("gh-bench-pg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    ok(Command::new("chown").arg("postgres:postgres").arg(&dir), "chown")?;
+    let data = dir.join("data");
+    ok(
+        as_postgres(&format!("{BIN}/initdb")).arg("-D").arg(&data).args([
+            "--username=postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+            "--locale=C",
+        ]),
+        "initdb",
+    )?;
+    let conf = format!(
+        "listen_addresses = '{PROTECTED},{DIRECT}'\nport = {port}\nunix_socket_directories = '{}'\n\
+         max_connections = 200\nshared_buffers = 256MB\nsynchronous_commit = off\nfsync = off\n",
+        dir.display()
+    );
+    std::fs::write(data.join("postgresql.auto.conf"), conf)?;
+    let mut s = Servers { dir: dir.clone(), children: vec![] };
+    ok(
+        as_postgres(&format!("{BIN}/pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("pg.log"))
+            .args(["-w", "start"]),
+        "pg_ctl start",
+    )?;
+    let psql = |sql: &str| {
+        ok(
+            as_postgres("/usr/bin/psql").arg("-h").arg(&dir).args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-X",
+                "-q",
+                "-c",
+                sql,
+            ]),
+            "psql",
+        )
+    };
+    psql(&format!("CREATE ROLE bench LOGIN SUPERUSER PASSWORD '{PASSWORD}'"))?;
+    psql("CREATE DATABASE bench OWNER bench")?;
+    eprintln!("pgbench -i -s {scale}");
+    ok(
+        as_postgres(&format!("{BIN}/pgbench")).args(["-i", "-q", "-s", &scale.to_string(), "-h"]).arg(&dir).args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "bench",
+            "bench",
+        ]),
+        "pgbench -i",
+    )?;
+
+    // pgbouncer, session pooling, in front of the direct address.
+    std::fs::write(dir.join("userlist.txt"), format!("\"bench\" \"{PASSWORD}\"\n"))?;
+    std::fs::write(
+        dir.join("pgbouncer.ini"),
+        format!(
+            "[databases]\nbench = host={DIRECT} port={port} dbname=bench\n[pgbouncer]\nlisten_addr = {BOUNCER}\nlisten_port = {port}\n\
+             auth_type = scram-sha-256\nauth_file = {}/userlist.txt\npool_mode = session\nmax_client_conn = 500\n\
+             default_pool_size = 100\nunix_socket_dir =\nlogfile = {}/pgbouncer.log\n",
+            dir.display(),
+            dir.display()
+        ),
+    )?;
+    ok(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir), "chown")?;
+    s.children.push(as_postgres("/usr/sbin/pgbouncer").arg(dir.join("pgbouncer.ini")).stdout(Stdio::null()).spawn()?);
+    // haproxy, tcp mode.
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+             frontend f\n  bind {HAPROXY}:{port}\n  default_backend b\nbackend b\n  server pg {DIRECT}:{port}\n"
+        ),
+    )?;
+    s.children.push(
+        Command::new("/usr/sbin/haproxy")
+            .arg("-f")
+            .arg(dir.join("haproxy.cfg"))
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(&format!("{BOUNCER}:{port}"))?;
+    wait_port(&format!("{HAPROXY}:{port}"))?;
+    Ok(s)
+}
+
+/// One pgbench result.
+#[derive(Debug, Default, Clone)]
+struct Run {
+    tps: f64,
+    latency_ms: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn parse_pgbench(out: &str) -> Run {
+    let num = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|r| r.trim().trim_start_matches('=').split_whitespace().next().map(str::to_owned))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Run { tps: num("tps"), latency_ms: num("latency average"), ..Run::default() }
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64) * p) as usize;
+    v.get(i.min(v.len().saturating_sub(1))).copied().unwrap_or(0.0)
+}
+
+pub fn pg(secs: u64, scale: u32) -> Result<()> {
+    let port = free_port()?;
+    let servers = start_servers(port, scale)?;
+    let mut rig = Rig::new("pg")?;
+    let secret = rig.dir().join("bench.secret");
+    std::fs::write(&secret, format!("{PASSWORD}\n"))?;
+    let policy = format!(
+        "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\n\
+         credentials = {{ user = \"bench\", password_file = \"{}\" }}\n\n\
+         [[rule]]\nname = \"bench\"\nwho = {{ users = [\"root\"] }}\nbackend = \"bench\"\nstatements = [\"*\", \"function_call\"]\n",
+        secret.display()
+    );
+    rig.start_agent(&policy, free_port()?)?;
+    let systems: [(&str, &str, bool); 4] = [
+        ("direct", DIRECT, false),
+        ("gatehouse", PROTECTED, true),
+        ("pgbouncer", BOUNCER, false),
+        ("haproxy", HAPROXY, false),
+    ];
+    let pgbench = |host: &str, in_cg: bool, args: &[&str], log_dir: Option<&Path>| -> Result<String> {
+        let mut c =
+            if in_cg { rig.in_cgroup(&format!("{BIN}/pgbench")) } else { Command::new(format!("{BIN}/pgbench")) };
+        c.env("PGPASSWORD", PASSWORD).args(["-h", host, "-p", &port.to_string(), "-U", "bench", "-n"]).args(args);
+        if let Some(d) = log_dir {
+            c.current_dir(d).arg("-l");
+        }
+        c.arg("bench");
+        ok(&mut c, &format!("pgbench {args:?} via {host}"))
+    };
+    let t = secs.to_string();
+    let workloads: [(&str, Vec<&str>); 3] = [
+        ("select_only", vec!["-S", "-c", "8", "-j", "2", "-T", &t]),
+        ("tpcb_write_mix", vec!["-c", "8", "-j", "2", "-T", &t]),
+        ("new_connections", vec!["-S", "-C", "-c", "8", "-j", "2", "-T", &t]),
+    ];
+    let mut table: Vec<(String, String, Run)> = Vec::new();
+    for (name, args) in &workloads {
+        for (sys, host, cg) in systems {
+            let out = pgbench(host, cg, args, None)?;
+            let r = parse_pgbench(&out);
+            eprintln!("{name:<16} {sys:<10} {:>10.0} tps  {:>7.3} ms avg", r.tps, r.latency_ms);
+            table.push(((*name).to_owned(), sys.to_owned(), r));
+        }
+    }
+    // One client, per-transaction latencies from pgbench's log.
+    for (sys, host, cg) in systems {
+        let d = rig.dir().join(format!("lat-{sys}"));
+        std::fs::create_dir_all(&d)?;
+        let short = (secs / 2).max(3).to_string();
+        let out = pgbench(host, cg, &["-S", "-c", "1", "-T", &short], Some(&d))?;
+        let mut lat = Vec::new();
+        for e in std::fs::read_dir(&d)? {
+            let text = std::fs::read_to_string(e?.path())?;
+            lat.extend(text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok()));
+        }
+        let mut r = parse_pgbench(&out);
+        r.p50_us = percentile(lat.clone(), 0.5);
+        r.p99_us = percentile(lat, 0.99);
+        eprintln!(
+            "{:<16} {sys:<10} {:>10.0} tps  p50 {:>6.0} µs  p99 {:>6.0} µs",
+            "one_client", r.tps, r.p50_us, r.p99_us
+        );
+        table.push(("one_client".into(), sys.to_owned(), r));
+    }
+    println!();
+    println!("{:<16} {:<10} {:>10} {:>10} {:>9} {:>9}", "WORKLOAD", "SYSTEM", "TPS", "AVG_MS", "P50_US", "P99_US");
+    for (w, s, r) in &table {
+        println!("{w:<16} {s:<10} {:>10.0} {:>10.3} {:>9.0} {:>9.0}", r.tps, r.latency_ms, r.p50_us, r.p99_us);
+    }
+    let get = |w: &str, s: &str| {
+        table.iter().find(|(a, b, _)| a == w && b == s).map(|(_, _, r)| r.clone()).unwrap_or_default()
+    };
+    println!();
+    for w in ["select_only", "tpcb_write_mix", "new_connections", "one_client"] {
+        let d = get(w, "direct");
+        for s in ["gatehouse", "pgbouncer", "haproxy"] {
+            println!("ratio {w} {s}/direct = {:.2}", get(w, s).tps / d.tps);
+        }
+    }
+    let d = get("one_client", "direct");
+    for s in ["gatehouse", "pgbouncer", "haproxy"] {
+        let r = get("one_client", s);
+        println!("added_latency_p50 {s} = {:.0} µs (p99 {:.0} µs)", r.p50_us - d.p50_us, r.p99_us - d.p99_us);
+    }
+    drop(rig);
+    drop(servers);
+    Ok(())
+}
