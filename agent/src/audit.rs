@@ -15,7 +15,9 @@
 
 pub mod chain;
 pub mod keys;
+pub mod export;
 pub mod query;
+pub mod replay;
 pub mod verify;
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

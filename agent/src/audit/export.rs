@@ -1,0 +1,1 @@
+//! Forensic export (being written).
