@@ -14,8 +14,8 @@
 //! sessions are refused and open ones are ended, saying why.
 
 pub mod chain;
-pub mod keys;
 pub mod export;
+pub mod keys;
 pub mod query;
 pub mod replay;
 pub mod verify;
@@ -123,7 +123,7 @@ pub fn now_us() -> i64 {
 }
 
 /// How strictly the data path waits for the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Statements and sessions are forwarded only once their record is committed.

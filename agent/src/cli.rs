@@ -47,6 +47,8 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// List recorded statements (PostgreSQL sessions): decision, rule, rows, duration, error.
     Statements(StatementsArgs),
+    /// Check an audit database (or an export bundle) for changed, deleted, inserted or reordered records.
+    Verify(VerifyArgs),
     /// Remove every program, link and map Gatehouse attached or pinned.
     Detach(DetachArgs),
     /// Check, test and explain policy files.
@@ -89,8 +91,20 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct SessionsArgs {
-    #[arg(long, default_value = settings::DEFAULT_AUDIT_DB)]
-    pub db: PathBuf,
+    /// Read this audit database directly (root) instead of asking the running agent.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    #[arg(long, default_value = settings::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Sessions started at or after this time (RFC 3339, or a duration ago: 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Sessions started before this time (RFC 3339, or a duration ago).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Sessions with a statement whose text contains this (case-insensitive).
+    #[arg(long)]
+    pub text: Option<String>,
     /// Only this user's sessions.
     #[arg(long)]
     pub user: Option<String>,
@@ -111,13 +125,30 @@ pub struct SessionsArgs {
 
 #[derive(Debug, Args)]
 pub struct StatementsArgs {
-    #[arg(long, default_value = settings::DEFAULT_AUDIT_DB)]
-    pub db: PathBuf,
+    /// Read this audit database directly (root) instead of asking the running agent.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    #[arg(long, default_value = settings::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
     /// Only this session's statements.
     #[arg(long)]
     pub session: Option<String>,
     #[arg(long, default_value_t = 200)]
     pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// An audit database file or an export bundle directory (default: the agent's store).
+    pub path: Option<PathBuf>,
+    /// Same as PATH, for a database file.
+    #[arg(long, conflicts_with = "path")]
+    pub db: Option<PathBuf>,
+    /// The host public key to trust (hex, from `gatehouse status`); default: the keys the store lists.
+    #[arg(long)]
+    pub pubkey: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -232,8 +263,9 @@ async fn dispatch(cmd: Command) -> ExitCode {
     match cmd {
         Command::Run(a) => run(a).await,
         Command::Status(a) => status(a).await,
-        Command::Sessions(a) => list_sessions(&a),
-        Command::Statements(a) => list_statements(&a),
+        Command::Sessions(a) => list_sessions(&a).await,
+        Command::Statements(a) => list_statements(&a).await,
+        Command::Verify(a) => verify(&a),
         Command::Detach(a) => detach(a).await,
         Command::Policy(PolicyCommand::Check { path }) => policy_check(&path),
         Command::Policy(PolicyCommand::Test { path, at, json }) => policy_test(&path, at.as_deref(), json),
@@ -302,6 +334,7 @@ async fn status(a: StatusArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Response::Error { message }) => fail(message),
+        Ok(_) => fail("unexpected answer from the agent"),
         Err(e) => {
             let pins = PinStatus::read(&a.pin_dir);
             if a.json {
@@ -349,7 +382,11 @@ fn print_status(s: &control::AgentStatus) {
         }
         println!("pins:      {}", pins.get("pin_dir").and_then(|p| p.as_str()).unwrap_or("?"));
     }
-    println!("audit:     {}", s.audit_db.display());
+    println!("audit:     {} ({:?} mode)", s.audit_db.display(), s.audit_mode);
+    if let Some(f) = &s.audit_failure {
+        println!("audit:     FAILED, failing closed: {f}");
+    }
+    println!("host key:  {} (verifies audit checkpoints and exports)", s.public_key);
     println!("rules:     {}", s.rules);
     let reloads = s.policy.get("reloads").and_then(serde_json::Value::as_u64).unwrap_or(0);
     println!(
@@ -395,15 +432,70 @@ fn fmt_time(us: i64) -> String {
         .unwrap_or_else(|| us.to_string())
 }
 
-fn list_sessions(a: &SessionsArgs) -> ExitCode {
+/// A time as operators write it: RFC 3339, or a duration ago (`2h`, `7d`).
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t.as_microsecond());
+    }
+    let d =
+        settings::parse_duration(s).map_err(|_| format!("{s:?} is neither an RFC 3339 time nor a duration like 2h"))?;
+    Ok(crate::audit::now_us() - i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Asks the running agent (which authorises by uid); without one, root
+/// reads the store directly.
+async fn ask_or_read<T>(
+    socket: &Path,
+    db: Option<&Path>,
+    req: Request,
+    pick: impl FnOnce(Response) -> Option<Result<T, String>>,
+    direct: impl FnOnce(&Path) -> Result<T, crate::audit::AuditError>,
+) -> Result<T, String> {
+    if let Some(db) = db {
+        return direct(db).map_err(|e| e.to_string());
+    }
+    match control::request(socket, &req).await {
+        Ok(Response::Error { message }) => Err(message),
+        Ok(r) => pick(r).unwrap_or_else(|| Err("unexpected answer from the agent".into())),
+        Err(e) => {
+            if nix::unistd::geteuid().is_root() {
+                direct(Path::new(settings::DEFAULT_AUDIT_DB)).map_err(|e| e.to_string())
+            } else {
+                Err(format!("{e}; without a running agent only root can read the audit store"))
+            }
+        }
+    }
+}
+
+async fn list_sessions(a: &SessionsArgs) -> ExitCode {
+    let time = |s: &Option<String>| s.as_deref().map(parse_time).transpose();
+    let (since_us, until_us) = match (time(&a.since), time(&a.until)) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+    };
     let filter = SessionFilter {
         user: a.user.clone(),
         uid: a.uid,
         backend: a.backend.clone(),
         decision: a.decision.clone(),
+        since_us,
+        until_us,
+        text: a.text.clone(),
         limit: Some(a.limit),
     };
-    let rows = match sessions(&a.db, &filter) {
+    let direct_filter = filter.clone();
+    let rows = ask_or_read(
+        &a.control_socket,
+        a.db.as_deref(),
+        Request::Sessions { filter },
+        |r| match r {
+            Response::Sessions { rows } => Some(Ok(rows)),
+            _ => None,
+        },
+        |db| sessions(db, &direct_filter),
+    )
+    .await;
+    let rows = match rows {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -417,8 +509,20 @@ fn list_sessions(a: &SessionsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn list_statements(a: &StatementsArgs) -> ExitCode {
-    let rows = match crate::audit::query::statements(&a.db, a.session.as_deref(), a.limit) {
+async fn list_statements(a: &StatementsArgs) -> ExitCode {
+    let (session, limit) = (a.session.clone(), a.limit);
+    let rows = ask_or_read(
+        &a.control_socket,
+        a.db.as_deref(),
+        Request::Statements { session: session.clone(), limit },
+        |r| match r {
+            Response::Statements { rows } => Some(Ok(rows)),
+            _ => None,
+        },
+        |db| crate::audit::query::statements(db, session.as_deref(), limit),
+    )
+    .await;
+    let rows = match rows {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -451,6 +555,54 @@ fn list_statements(a: &StatementsArgs) -> ExitCode {
         .collect();
     print_table(&["STARTED", "SESSION", "DECISION", "RULE", "ROWS", "TIME", "STATEMENT", "ERROR/REASON"], &table);
     ExitCode::SUCCESS
+}
+
+fn verify(a: &VerifyArgs) -> ExitCode {
+    let key = match a.pubkey.as_deref().map(crate::audit::keys::parse_public).transpose() {
+        Ok(k) => k,
+        Err(e) => return fail(format_args!("--pubkey: {e}")),
+    };
+    let path = a.path.clone().or_else(|| a.db.clone()).unwrap_or_else(|| PathBuf::from(settings::DEFAULT_AUDIT_DB));
+    let report = if path.is_dir() {
+        Err::<crate::audit::verify::Report, String>("EXPORT-VERIFY-PENDING".into())
+    } else {
+        crate::audit::verify::verify_db(&path, key.as_ref())
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return fail(format_args!("{}: {e}", path.display())),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        let seq = |s: Option<u64>| s.map_or("-".into(), |s| s.to_string());
+        println!(
+            "{}: {} records ({}..{}), {} checkpoints ({} verified)",
+            path.display(),
+            report.records,
+            seq(report.first_seq),
+            seq(report.last_seq),
+            report.checkpoints,
+            report.checkpoints_verified
+        );
+        if key.is_none() {
+            println!(
+                "trusted keys (from the store itself; pass --pubkey to trust only yours): {}",
+                report.public_keys.join(", ")
+            );
+        }
+        for p in &report.problems {
+            if p.seq == u64::MAX {
+                println!("TAMPERED: {}", p.what);
+            } else {
+                println!("TAMPERED at record {}: {}", p.seq, p.what);
+            }
+        }
+        if report.ok() {
+            println!("ok: the chain is intact and every checkpoint is signed");
+        }
+    }
+    if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn print_sessions(rows: &[SessionRow]) {

@@ -21,6 +21,8 @@ use crate::redirect::{KernelStats, PinStatus};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    Sessions { filter: crate::audit::query::SessionFilter },
+    Statements { session: Option<String>, limit: u32 },
 }
 
 /// Answers.
@@ -28,6 +30,8 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<AgentStatus>),
+    Sessions { rows: Vec<crate::audit::query::SessionRow> },
+    Statements { rows: Vec<crate::audit::query::StatementRow> },
     Error { message: String },
 }
 
@@ -54,6 +58,11 @@ pub struct AgentStatus {
     pub kernel: serde_json::Value,
     pub audit_db: PathBuf,
     pub policy: serde_json::Value,
+    pub audit_mode: crate::audit::Mode,
+    /// Set when the audit store cannot be written (the agent then fails closed).
+    pub audit_failure: Option<String>,
+    /// The host's Ed25519 public key (hex): verifies checkpoints and exports elsewhere.
+    pub public_key: String,
 }
 
 fn status(agent: &Agent) -> AgentStatus {
@@ -87,6 +96,9 @@ fn status(agent: &Agent) -> AgentStatus {
         audit_db: agent.settings.audit_db.clone(),
         policy: serde_json::to_value(agent.policy_state.lock().map(|s| s.clone()).unwrap_or_default())
             .unwrap_or_default(),
+        audit_mode: agent.audit.mode(),
+        audit_failure: agent.audit.failure(),
+        public_key: agent.audit.public_key_hex(),
     }
 }
 
@@ -103,7 +115,9 @@ pub async fn serve(agent: Arc<Agent>, stop: CancellationToken) -> Result<JoinHan
         Err(e) => return Err(err(e)),
     }
     let listener = UnixListener::bind(&path).map_err(err)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    // Anyone may connect; every request is authorised by the caller's uid
+    // (SO_PEERCRED): root and the auditor group see everything, others their own sessions.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
     info!(path = %path.display(), "control socket ready");
     Ok(tokio::spawn(async move {
         loop {
@@ -132,17 +146,48 @@ async fn answer(agent: &Agent, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r.take(64 * 1024)).read_line(&mut line).await?;
-    let response = if cred.uid() != 0 {
-        Response::Error { message: "permission denied: the control socket answers root only".into() }
-    } else {
-        match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Status) => Response::Status(Box::new(status(agent))),
-            Err(e) => Response::Error { message: format!("bad request: {e}") },
+    let uid = cred.uid();
+    let all = sees_everything(agent, uid).await;
+    let db = agent.settings.audit_db.clone();
+    let denied =
+        || Response::Error { message: "permission denied: only root and the auditor group may do this".into() };
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Status) if all => Response::Status(Box::new(status(agent))),
+        Ok(Request::Status) => denied(),
+        Ok(Request::Sessions { mut filter }) => {
+            if !all {
+                filter.uid = Some(uid);
+            }
+            match tokio::task::spawn_blocking(move || crate::audit::query::sessions(&db, &filter)).await {
+                Ok(Ok(rows)) => Response::Sessions { rows },
+                Ok(Err(e)) => Response::Error { message: e.to_string() },
+                Err(e) => Response::Error { message: e.to_string() },
+            }
         }
+        Ok(Request::Statements { session, limit }) => {
+            let owner = (!all).then_some(uid);
+            let q = move || crate::audit::query::statements_of(&db, session.as_deref(), owner, limit);
+            match tokio::task::spawn_blocking(q).await {
+                Ok(Ok(rows)) => Response::Statements { rows },
+                Ok(Err(e)) => Response::Error { message: e.to_string() },
+                Err(e) => Response::Error { message: e.to_string() },
+            }
+        }
+        Err(e) => Response::Error { message: format!("bad request: {e}") },
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     w.write_all(&out).await
+}
+
+/// Root, and members of the configured auditor group, see every session.
+async fn sees_everything(agent: &Agent, uid: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let Some(group) = &agent.settings.auditor_group else { return false };
+    let p = agent.resolver.principal(crate::types::Uid(uid)).await;
+    p.groups.iter().any(|g| g.as_str() == group)
 }
 
 #[derive(Debug, thiserror::Error)]

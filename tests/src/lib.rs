@@ -91,9 +91,12 @@ pub struct Env {
     pub port: u16,
     pub probe: PathBuf,
     pub agent: Option<Child>,
+    /// Where the agent's audit store lives (default: `audit.db` in the test dir).
+    pub audit_db: PathBuf,
     users: Vec<String>,
     groups: Vec<String>,
     netns: Vec<String>,
+    mounts: Vec<PathBuf>,
 }
 
 impl Env {
@@ -111,14 +114,16 @@ impl Env {
         Self {
             name: name.to_owned(),
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&id),
-            dir,
+            dir: dir.clone(),
             cgroup,
             port: free_port(),
             probe,
             agent: None,
+            audit_db: dir.join("audit.db"),
             users: vec![],
             groups: vec![],
             netns: vec![],
+            mounts: vec![],
         }
     }
 
@@ -168,7 +173,16 @@ impl Env {
     }
 
     pub fn db(&self) -> PathBuf {
-        self.path("audit.db")
+        self.audit_db.clone()
+    }
+
+    /// A small tmpfs of `size` (e.g. "2m"), unmounted on drop.
+    pub fn tmpfs(&mut self, name: &str, size: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::create_dir_all(&p).expect("mkdir tmpfs");
+        run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(&p));
+        self.mounts.push(p.clone());
+        p
     }
 
     pub fn control(&self) -> PathBuf {
@@ -355,6 +369,9 @@ impl Drop for Env {
         }
         for ns in &self.netns {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        for m in &self.mounts {
+            let _ = Command::new("umount").arg("-l").arg(m).output();
         }
         if std::thread::panicking() {
             eprintln!("test {} failed; its files stay in {} for a look", self.name, self.dir.display());

@@ -37,6 +37,8 @@ pub enum Workload {
     },
     /// Policy decision cost with 10, 100 and 1,000 rules (no root needed).
     Policy,
+    /// Audit store records per second with the hash chain and group commit (no root needed).
+    Audit,
     /// pgbench through Gatehouse vs direct vs pgbouncer (session) vs haproxy (tcp).
     Pg {
         /// Seconds per pgbench run.
@@ -49,14 +51,19 @@ pub enum Workload {
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
-    if matches!(a.workload, Workload::Policy) {
-        // In-process and unprivileged: cargo runs it.
+    // In-process and unprivileged: cargo runs them.
+    let in_process = match a.workload {
+        Workload::Policy => Some("policy"),
+        Workload::Audit => Some("audit"),
+        _ => None,
+    };
+    if let Some(name) = in_process {
         return run(Command::new("cargo").current_dir(workspace_root()).args([
             "bench",
             "-p",
             "gatehouse",
             "--bench",
-            "policy",
+            name,
         ]));
     }
     if !a.no_build {
@@ -71,7 +78,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     match a.workload.clone() {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
-        Workload::Policy => Ok(()),
+        Workload::Policy | Workload::Audit => Ok(()),
         Workload::Pg { secs, scale } => crate::bench_pg::pg(secs, scale),
     }
 }
@@ -124,6 +131,15 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// Stops the agent (SIGTERM) and waits for it; pins stay.
+    pub(crate) fn stop_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = Command::new("kill").args(["-TERM", &a.id().to_string()]).status();
+            let _ = a.wait();
+        }
+        let _ = std::fs::remove_file(self.dir.join("control.sock"));
     }
 
     pub(crate) fn dir(&self) -> &std::path::Path {

@@ -137,7 +137,13 @@ fn start_servers(port: u16, scale: u32) -> Result<Servers> {
         ),
     )?;
     ok(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir), "chown")?;
-    s.children.push(as_postgres("/usr/sbin/pgbouncer").arg(dir.join("pgbouncer.ini")).stdout(Stdio::null()).spawn()?);
+    s.children.push(
+        as_postgres("/usr/sbin/pgbouncer")
+            .arg(dir.join("pgbouncer.ini"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     // haproxy, tcp mode.
     std::fs::write(
         dir.join("haproxy.cfg"),
@@ -205,7 +211,7 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
         ("pgbouncer", BOUNCER, false),
         ("haproxy", HAPROXY, false),
     ];
-    let pgbench = |host: &str, in_cg: bool, args: &[&str], log_dir: Option<&Path>| -> Result<String> {
+    let pgbench = |rig: &Rig, host: &str, in_cg: bool, args: &[&str], log_dir: Option<&Path>| -> Result<String> {
         let mut c =
             if in_cg { rig.in_cgroup(&format!("{BIN}/pgbench")) } else { Command::new(format!("{BIN}/pgbench")) };
         c.env("PGPASSWORD", PASSWORD).args(["-h", host, "-p", &port.to_string(), "-U", "bench", "-n"]).args(args);
@@ -224,7 +230,7 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
     let mut table: Vec<(String, String, Run)> = Vec::new();
     for (name, args) in &workloads {
         for (sys, host, cg) in systems {
-            let out = pgbench(host, cg, args, None)?;
+            let out = pgbench(&rig, host, cg, args, None)?;
             let r = parse_pgbench(&out);
             eprintln!("{name:<16} {sys:<10} {:>10.0} tps  {:>7.3} ms avg", r.tps, r.latency_ms);
             table.push(((*name).to_owned(), sys.to_owned(), r));
@@ -235,7 +241,7 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
         let d = rig.dir().join(format!("lat-{sys}"));
         std::fs::create_dir_all(&d)?;
         let short = (secs / 2).max(3).to_string();
-        let out = pgbench(host, cg, &["-S", "-c", "1", "-T", &short], Some(&d))?;
+        let out = pgbench(&rig, host, cg, &["-S", "-c", "1", "-T", &short], Some(&d))?;
         let mut lat = Vec::new();
         for e in std::fs::read_dir(&d)? {
             let text = std::fs::read_to_string(e?.path())?;
@@ -270,6 +276,14 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
         let r = get("one_client", s);
         println!("added_latency_p50 {s} = {:.0} µs (p99 {:.0} µs)", r.p50_us - d.p50_us, r.p99_us - d.p99_us);
     }
+    // Recording on (the default: strict, streams recorded) vs off (best-effort,
+    // no stream chunks): what the audit trail costs.
+    rig.stop_agent();
+    rig.start_agent(&format!("[agent]\naudit_mode = \"best-effort\"\nrecord_max_bytes = 0\n\n{policy}"), free_port()?)?;
+    let off = parse_pgbench(&pgbench(&rig, PROTECTED, true, &workloads[0].1, None)?);
+    let on = get("select_only", "gatehouse");
+    println!("select_only      gatehouse, recording off {:>10.0} tps", off.tps);
+    println!("ratio select_only gatehouse_recording_on/gatehouse_recording_off = {:.2}", on.tps / off.tps);
     drop(rig);
     drop(servers);
     Ok(())

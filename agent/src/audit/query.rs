@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::AuditError;
 
 /// One row of the sessions table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SessionRow {
     pub id: String,
     pub started_us: i64,
@@ -29,12 +29,18 @@ pub struct SessionRow {
 }
 
 /// Filters for listing sessions.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SessionFilter {
     pub user: Option<String>,
     pub uid: Option<u32>,
     pub backend: Option<String>,
     pub decision: Option<String>,
+    /// Sessions that started at or after this time (µs since the epoch).
+    pub since_us: Option<i64>,
+    /// Sessions that started before this time.
+    pub until_us: Option<i64>,
+    /// Sessions with a statement whose text contains this (case-insensitive).
+    pub text: Option<String>,
     pub limit: Option<u32>,
 }
 
@@ -58,31 +64,36 @@ pub fn sessions(path: &Path, f: &SessionFilter) -> Result<Vec<SessionRow>, Audit
              FROM sessions
              WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR uid = ?2)
                AND (?3 IS NULL OR backend = ?3) AND (?4 IS NULL OR decision = ?4)
+               AND (?6 IS NULL OR started_us >= ?6) AND (?7 IS NULL OR started_us < ?7)
+               AND (?8 IS NULL OR id IN (SELECT session_id FROM statements WHERE instr(lower(text), lower(?8)) > 0))
              ORDER BY started_us DESC, id DESC LIMIT ?5",
         )
         .map_err(sql_err)?;
     let limit = f.limit.map_or(-1, i64::from);
     let rows = stmt
-        .query_map(rusqlite::params![f.user, f.uid, f.backend, f.decision, limit], |r| {
-            Ok(SessionRow {
-                id: r.get(0)?,
-                started_us: r.get(1)?,
-                ended_us: r.get(2)?,
-                uid: r.get(3)?,
-                user: r.get(4)?,
-                pid: r.get(5)?,
-                comm: r.get(6)?,
-                client: r.get(7)?,
-                backend: r.get(8)?,
-                orig_dst: r.get(9)?,
-                decision: r.get(10)?,
-                rule: r.get(11)?,
-                reason: r.get(12)?,
-                bytes_up: r.get(13)?,
-                bytes_down: r.get(14)?,
-                end_reason: r.get(15)?,
-            })
-        })
+        .query_map(
+            rusqlite::params![f.user, f.uid, f.backend, f.decision, limit, f.since_us, f.until_us, f.text],
+            |r| {
+                Ok(SessionRow {
+                    id: r.get(0)?,
+                    started_us: r.get(1)?,
+                    ended_us: r.get(2)?,
+                    uid: r.get(3)?,
+                    user: r.get(4)?,
+                    pid: r.get(5)?,
+                    comm: r.get(6)?,
+                    client: r.get(7)?,
+                    backend: r.get(8)?,
+                    orig_dst: r.get(9)?,
+                    decision: r.get(10)?,
+                    rule: r.get(11)?,
+                    reason: r.get(12)?,
+                    bytes_up: r.get(13)?,
+                    bytes_down: r.get(14)?,
+                    end_reason: r.get(15)?,
+                })
+            },
+        )
         .map_err(sql_err)?;
     let mut out: Vec<SessionRow> = rows.collect::<Result<_, _>>().map_err(sql_err)?;
     out.reverse();
@@ -90,7 +101,7 @@ pub fn sessions(path: &Path, f: &SessionFilter) -> Result<Vec<SessionRow>, Audit
 }
 
 /// One recorded statement.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StatementRow {
     pub session_id: String,
     pub seq: i64,
@@ -109,17 +120,28 @@ pub struct StatementRow {
 
 /// Lists statements, of one session or all, oldest first (the newest `limit`).
 pub fn statements(path: &Path, session: Option<&str>, limit: u32) -> Result<Vec<StatementRow>, AuditError> {
+    statements_of(path, session, None, limit)
+}
+
+/// Like [`statements`], restricted to sessions of `owner` when given.
+pub fn statements_of(
+    path: &Path,
+    session: Option<&str>,
+    owner: Option<u32>,
+    limit: u32,
+) -> Result<Vec<StatementRow>, AuditError> {
     let conn = open_read_only(path)?;
     let sql_err = |source| AuditError::Sql { path: path.to_owned(), source };
     let mut stmt = conn
         .prepare(
             "SELECT session_id, seq, started_us, text, kinds, tables, decision, rule, reason, rows, duration_us, error, masked
              FROM statements WHERE (?1 IS NULL OR session_id = ?1)
+               AND (?3 IS NULL OR session_id IN (SELECT id FROM sessions WHERE uid = ?3))
              ORDER BY started_us DESC, seq DESC LIMIT ?2",
         )
         .map_err(sql_err)?;
     let rows = stmt
-        .query_map(rusqlite::params![session, i64::from(limit)], |r| {
+        .query_map(rusqlite::params![session, i64::from(limit), owner], |r| {
             Ok(StatementRow {
                 session_id: r.get(0)?,
                 seq: r.get(1)?,
@@ -140,4 +162,20 @@ pub fn statements(path: &Path, session: Option<&str>, limit: u32) -> Result<Vec<
     let mut out: Vec<StatementRow> = rows.collect::<Result<_, _>>().map_err(sql_err)?;
     out.reverse();
     Ok(out)
+}
+
+/// The owner (uid) of a session, if it exists.
+pub fn session_owner(path: &Path, session: &str) -> Result<Option<Option<u32>>, AuditError> {
+    use rusqlite::OptionalExtension;
+    let conn = open_read_only(path)?;
+    conn.query_row("SELECT uid FROM sessions WHERE id = ?1", [session], |r| r.get::<_, Option<u32>>(0))
+        .optional()
+        .map_err(|source| AuditError::Sql { path: path.to_owned(), source })
+}
+
+/// Every record of one session, in chain order.
+pub fn session_records(path: &Path, session: &str) -> Result<Vec<super::chain::Record>, AuditError> {
+    let conn = open_read_only(path)?;
+    super::verify::read_records_where(&conn, Some(session))
+        .map_err(|e| AuditError::Failed(format!("{}: {e}", path.display())))
 }

@@ -35,27 +35,48 @@ fn sql_err(e: rusqlite::Error) -> String {
     e.to_string()
 }
 
-/// Reads every record in order.
-pub fn read_records(conn: &Connection) -> Result<Vec<Record>, String> {
+/// Bytes of a column whatever its storage class: a tampered row may hold
+/// text or a number where a blob was written; the hash check then fails.
+pub(crate) fn bytes(v: rusqlite::types::ValueRef<'_>) -> Vec<u8> {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+        ValueRef::Integer(i) => i.to_string().into_bytes(),
+        ValueRef::Real(f) => f.to_string().into_bytes(),
+        ValueRef::Null => Vec::new(),
+    }
+}
+
+/// Reads records in order (all of them, or one session's).
+pub fn read_records_where(conn: &Connection, session: Option<&str>) -> Result<Vec<Record>, String> {
     let mut st = conn
-        .prepare("SELECT seq, time_us, session, kind, body, data, prev_hash, hash FROM events ORDER BY rowid")
+        .prepare(
+            "SELECT seq, time_us, session, kind, body, data, prev_hash, hash FROM events
+             WHERE (?1 IS NULL OR session = ?1) ORDER BY rowid",
+        )
         .map_err(sql_err)?;
     let rows = st
-        .query_map([], |r| {
+        .query_map([session], |r| {
             let hash32 = |v: Vec<u8>| <[u8; 32]>::try_from(v).unwrap_or([0xff; 32]);
+            let data = r.get_ref(5)?;
             Ok(Record {
                 seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
                 time_us: r.get(1)?,
-                session: r.get(2)?,
-                kind: r.get(3)?,
-                body: r.get(4)?,
-                data: r.get(5)?,
-                prev_hash: hash32(r.get(6)?),
-                hash: hash32(r.get(7)?),
+                session: r.get_ref(2)?.as_str_or_null().ok().flatten().map(str::to_owned),
+                kind: String::from_utf8_lossy(&bytes(r.get_ref(3)?)).into_owned(),
+                body: bytes(r.get_ref(4)?),
+                data: (data != rusqlite::types::ValueRef::Null).then(|| bytes(data)),
+                prev_hash: hash32(bytes(r.get_ref(6)?)),
+                hash: hash32(bytes(r.get_ref(7)?)),
             })
         })
         .map_err(sql_err)?;
     rows.collect::<Result<_, _>>().map_err(sql_err)
+}
+
+/// Reads every record in order.
+pub fn read_records(conn: &Connection) -> Result<Vec<Record>, String> {
+    read_records_where(conn, None)
 }
 
 /// Verifies a database file. `key`: the public key to trust; without it,

@@ -1,0 +1,81 @@
+//! Audit store throughput (`cargo xtask bench audit`): records per second
+//! sustained with the hash chain and group commit, from concurrent sessions,
+//! strict (each waits for its commit) and queued. A measurement, not a test.
+#![expect(clippy::expect_used, reason = "a benchmark harness")]
+
+use std::time::{Duration, Instant};
+
+use gatehouse::audit::{self, ChunkHeader, Direction, Event, Mode, Options, StatementStart};
+use gatehouse::types::SessionId;
+
+fn statement(session: SessionId, seq: u64) -> Event {
+    Event::Statement(Box::new(StatementStart {
+        session,
+        seq,
+        started_us: audit::now_us(),
+        text: format!("SELECT abalance FROM pgbench_accounts WHERE aid = {seq}"),
+        kinds: "select".into(),
+        tables: "pgbench_accounts".into(),
+        decision: "allow".into(),
+        rule: Some("bench".into()),
+        reason: None,
+    }))
+}
+
+fn run(mode: Mode, sessions: usize, per_session: u64) -> f64 {
+    let dir = std::env::temp_dir().join(format!("gh-bench-audit-{}-{mode:?}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let opts = Options { mode, fsync: false, checkpoint_every: Duration::from_secs(10), retention_days: None };
+    let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let start = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..sessions {
+            let a = audit.clone();
+            tasks.push(tokio::spawn(async move {
+                let s = SessionId::new();
+                for i in 0..per_session {
+                    // A statement (waited for in strict mode) and its result chunk.
+                    loop {
+                        match a.record_strict(statement(s, i)).wait().await {
+                            Err(audit::AuditError::QueueFull) => tokio::task::yield_now().await,
+                            r => {
+                                r.expect("record");
+                                break;
+                            }
+                        }
+                    }
+                    let chunk = Event::Chunk {
+                        session: s,
+                        header: ChunkHeader { dir: Direction::Down, offset: i * 200 },
+                        data: vec![b'x'; 200],
+                    };
+                    while let Err(audit::AuditError::QueueFull) = a.record(chunk.clone()) {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        audit.flush().await.expect("flush");
+    });
+    let secs = start.elapsed().as_secs_f64();
+    drop(audit);
+    writer.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    (sessions as f64 * per_session as f64 * 2.0) / secs
+}
+
+fn main() {
+    let strict = run(Mode::Strict, 32, 5_000);
+    let queued = run(Mode::BestEffort, 32, 5_000);
+    println!(
+        "audit records/s, 32 sessions, hash chain + group commit: strict {strict:>9.0}  best-effort {queued:>9.0}  (goal >= 50000)"
+    );
+    println!("ratio audit_records strict/best-effort = {:.2}", strict / queued);
+    println!("ratio audit_records strict/goal50k = {:.2}", strict / 50_000.0);
+}
