@@ -49,11 +49,18 @@ pub enum Command {
     Statements(StatementsArgs),
     /// Check an audit database (or an export bundle) for changed, deleted, inserted or reordered records.
     Verify(VerifyArgs),
+    /// Print a recorded session as it happened (psql-like for PostgreSQL, text/hex for TCP).
+    Replay(ReplayArgs),
+    /// Write a signed, verifiable bundle of recorded sessions (jsonl, OCSF or asciicast).
+    Export(ExportArgs),
     /// Remove every program, link and map Gatehouse attached or pinned.
     Detach(DetachArgs),
     /// Check, test and explain policy files.
     #[command(subcommand, long_about = POLICY_HELP)]
     Policy(PolicyCommand),
+    /// Try masking profiles.
+    #[command(subcommand)]
+    Mask(MaskCommand),
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +147,44 @@ pub struct StatementsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The session id (or a unique prefix of it).
+    pub session: String,
+    /// Play N times faster than real time.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Print everything at once.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Read this audit database directly (root) instead of asking the running agent.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    #[arg(long, default_value = settings::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Sessions opened at or after this time (RFC 3339, or a duration ago: 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Sessions opened before this time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this user's sessions (name, or uid).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// jsonl, ocsf or asciicast (records.jsonl, the verifiable copy, is always written).
+    #[arg(long, default_value = "jsonl")]
+    pub format: String,
+    /// The bundle directory to create (must not exist, or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = settings::DEFAULT_AUDIT_DB)]
+    pub db: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// An audit database file or an export bundle directory (default: the agent's store).
     pub path: Option<PathBuf>,
@@ -208,6 +253,22 @@ pub enum PolicyCommand {
     Explain(ExplainArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum MaskCommand {
+    /// Read text on stdin and print it masked by a profile (counts on stderr).
+    Test {
+        /// The masking profile's name.
+        #[arg(long)]
+        profile: String,
+        /// Policy file or directory holding the profile.
+        #[arg(long, short, default_value = settings::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Treat each line as a value of this column (applies the column rules too).
+        #[arg(long)]
+        column: Option<String>,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
     /// Policy file or directory.
@@ -266,10 +327,13 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Sessions(a) => list_sessions(&a).await,
         Command::Statements(a) => list_statements(&a).await,
         Command::Verify(a) => verify(&a),
+        Command::Replay(a) => replay(&a).await,
+        Command::Export(a) => export(&a),
         Command::Detach(a) => detach(a).await,
         Command::Policy(PolicyCommand::Check { path }) => policy_check(&path),
         Command::Policy(PolicyCommand::Test { path, at, json }) => policy_test(&path, at.as_deref(), json),
         Command::Policy(PolicyCommand::Explain(a)) => policy_explain(&a),
+        Command::Mask(MaskCommand::Test { profile, config, column }) => mask_test(&profile, &config, column.as_deref()),
     }
 }
 
@@ -557,6 +621,90 @@ async fn list_statements(a: &StatementsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+async fn replay(a: &ReplayArgs) -> ExitCode {
+    use crate::audit::replay::{self, Line, ReplayOptions};
+    let session = a.session.clone();
+    let lines: Result<Vec<Line>, String> = ask_or_read(
+        &a.control_socket,
+        a.db.as_deref(),
+        Request::Replay { session: session.clone() },
+        |r| match r {
+            Response::Replay { lines } => {
+                Some(Ok(lines.into_iter().map(|(at_us, text)| Line { at_us, text }).collect()))
+            }
+            _ => None,
+        },
+        |db| {
+            let conn = crate::audit::query::open_read_only(db)?;
+            let fail = |e: replay::ReplayError| crate::audit::AuditError::Failed(e.to_string());
+            let id = replay::resolve_session(&conn, &session).map_err(fail)?;
+            let records = replay::session_records(&conn, &id).map_err(fail)?;
+            replay::transcript(&records).map_err(fail)
+        },
+    )
+    .await;
+    let lines = match lines {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let opts = ReplayOptions { speed: a.speed, no_wait: a.no_wait, ..ReplayOptions::default() };
+    let stdout = std::io::stdout();
+    match replay::play(&lines, &opts, &mut stdout.lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn export(a: &ExportArgs) -> ExitCode {
+    use crate::audit::export::{ExportOptions, Format};
+    if !nix::unistd::geteuid().is_root() {
+        return fail("`gatehouse export` reads the audit store and signs with the host key: it needs root");
+    }
+    let time = |s: &Option<String>| s.as_deref().map(parse_time).transpose();
+    let (since_us, until_us) = match (time(&a.since), time(&a.until)) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+    };
+    let format: Format = match a.format.parse() {
+        Ok(f) => f,
+        Err(e) => return fail(format_args!("--format: {e}")),
+    };
+    let key = match crate::audit::keys::load_or_create(&settings::host_key_path(&a.db)) {
+        Ok(k) => k,
+        Err(e) => return fail(format_args!("host key: {e}")),
+    };
+    let opts = ExportOptions { since_us, until_us, user: a.user.clone(), format };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last = std::time::Instant::now();
+    let mut progress = |done: u64, total: u64| {
+        if tty && (done == total || last.elapsed() > std::time::Duration::from_millis(100)) {
+            last = std::time::Instant::now();
+            let width = 40u64;
+            let filled = done.saturating_mul(width).checked_div(total).unwrap_or(width);
+            let bar: String = (0..width).map(|i| if i < filled { '#' } else { '-' }).collect();
+            eprint!("\r[{bar}] {done}/{total} records");
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    match crate::audit::export::export(&a.db, &a.out, &opts, &key, &mut progress) {
+        Ok(m) => {
+            println!(
+                "wrote {} ({} records of {} sessions); verify anywhere with: gatehouse verify {} --pubkey {}",
+                a.out.display(),
+                m.records,
+                m.sessions,
+                a.out.display(),
+                crate::audit::hex(&key.verifying_key().to_bytes())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format_args!("export: {e}")),
+    }
+}
+
 fn verify(a: &VerifyArgs) -> ExitCode {
     let key = match a.pubkey.as_deref().map(crate::audit::keys::parse_public).transpose() {
         Ok(k) => k,
@@ -564,7 +712,7 @@ fn verify(a: &VerifyArgs) -> ExitCode {
     };
     let path = a.path.clone().or_else(|| a.db.clone()).unwrap_or_else(|| PathBuf::from(settings::DEFAULT_AUDIT_DB));
     let report = if path.is_dir() {
-        Err::<crate::audit::verify::Report, String>("EXPORT-VERIFY-PENDING".into())
+        crate::audit::export::verify_export(&path, key.as_ref())
     } else {
         crate::audit::verify::verify_db(&path, key.as_ref())
     };
@@ -760,6 +908,49 @@ fn policy_test(path: &Path, at: Option<&str>, json: bool) -> ExitCode {
     if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
+fn mask_test(name: &str, config: &Path, column: Option<&str>) -> ExitCode {
+    use std::io::{BufRead, Write};
+    let policy = match load_path(config) {
+        Ok(p) => p,
+        Err(d) => return fail(format_args!("policy {} does not load:\n{d}", config.display())),
+    };
+    let Some(profile) = policy.mask(name) else {
+        let known: Vec<&str> = policy.masks.keys().map(String::as_str).collect();
+        return fail(format_args!("no masking profile {name:?}; profiles: {}", known.join(", ")));
+    };
+    let rule = column.and_then(|c| match c.split_once('.') {
+        Some((t, col)) => profile.column_style(Some(t), col),
+        None => profile.column_style(None, c),
+    });
+    let mut counts = crate::mask::Counts::default();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut buf = Vec::new();
+    for line in std::io::stdin().lock().split(b'\n') {
+        let Ok(line) = line else { break };
+        buf.clear();
+        let result = match rule {
+            Some(style) => {
+                let r = profile.mask_value(style, &line, &mut buf);
+                if r != crate::mask::MaskOutput::Unchanged {
+                    counts.add_columns(1);
+                }
+                r
+            }
+            None => profile.scan(&line, &mut buf, &mut counts),
+        };
+        let _ = match result {
+            crate::mask::MaskOutput::Unchanged => out.write_all(&line),
+            crate::mask::MaskOutput::Written => out.write_all(&buf),
+            crate::mask::MaskOutput::Null => out.write_all(b"NULL"),
+        };
+        let _ = out.write_all(b"\n");
+    }
+    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    eprintln!("masked: {}", if summary.is_empty() { "nothing".into() } else { summary.join(" ") });
+    ExitCode::SUCCESS
+}
+
 fn policy_explain(a: &ExplainArgs) -> ExitCode {
     let now = match parse_at(a.at.as_deref()) {
         Ok(t) => t,
@@ -840,6 +1031,20 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
             }
             if let Some(m) = &d.mask {
                 println!("  mask:    {m}");
+                if let (Some(profile), Some(s)) = (policy.mask(m), statements.get(i)) {
+                    let tables: Vec<String> = s.reads.iter().chain(&s.writes).map(ToString::to_string).collect();
+                    let rules = profile.describe_columns(&tables);
+                    if rules.is_empty() {
+                        println!(
+                            "           no column rule names these tables' columns; detectors scan every text value"
+                        );
+                    } else {
+                        println!(
+                            "           column rules that apply: {}; detectors scan every other text value",
+                            rules.join(", ")
+                        );
+                    }
+                }
             }
             println!("rules considered:");
             for e in &t.considered {

@@ -23,6 +23,7 @@ pub enum Request {
     Status,
     Sessions { filter: crate::audit::query::SessionFilter },
     Statements { session: Option<String>, limit: u32 },
+    Replay { session: String },
 }
 
 /// Answers.
@@ -30,9 +31,19 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<AgentStatus>),
-    Sessions { rows: Vec<crate::audit::query::SessionRow> },
-    Statements { rows: Vec<crate::audit::query::StatementRow> },
-    Error { message: String },
+    Sessions {
+        rows: Vec<crate::audit::query::SessionRow>,
+    },
+    Statements {
+        rows: Vec<crate::audit::query::StatementRow>,
+    },
+    /// The transcript: (time µs, text) per line.
+    Replay {
+        lines: Vec<(i64, String)>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +181,25 @@ async fn answer(agent: &Agent, stream: UnixStream) -> std::io::Result<()> {
             match tokio::task::spawn_blocking(q).await {
                 Ok(Ok(rows)) => Response::Statements { rows },
                 Ok(Err(e)) => Response::Error { message: e.to_string() },
+                Err(e) => Response::Error { message: e.to_string() },
+            }
+        }
+        Ok(Request::Replay { session }) => {
+            let q = move || -> Result<Vec<(i64, String)>, String> {
+                use crate::audit::replay;
+                let conn = crate::audit::query::open_read_only(&db).map_err(|e| e.to_string())?;
+                let id = replay::resolve_session(&conn, &session).map_err(|e| e.to_string())?;
+                let owner = crate::audit::query::session_owner(&db, &id).map_err(|e| e.to_string())?.flatten();
+                if !all && owner != Some(uid) {
+                    return Err("permission denied: you may replay only your own sessions".into());
+                }
+                let records = replay::session_records(&conn, &id).map_err(|e| e.to_string())?;
+                let lines = replay::transcript(&records).map_err(|e| e.to_string())?;
+                Ok(lines.into_iter().map(|l| (l.at_us, l.text)).collect())
+            };
+            match tokio::task::spawn_blocking(q).await {
+                Ok(Ok(lines)) => Response::Replay { lines },
+                Ok(Err(message)) => Response::Error { message },
                 Err(e) => Response::Error { message: e.to_string() },
             }
         }

@@ -361,6 +361,16 @@ impl Profile {
     /// Which style a column gets from the column rules, if any (first
     /// matching rule wins). `table` is the source table name when known,
     /// bare or schema-qualified, else `None`.
+    /// The column rules that can apply to results from `tables` (for
+    /// `gatehouse policy explain`), as `pattern (style)`.
+    pub fn describe_columns(&self, tables: &[String]) -> Vec<String> {
+        self.columns
+            .iter()
+            .filter(|(p, _)| tables.is_empty() || tables.iter().any(|t| p.applies_to_table(Some(t))))
+            .map(|(p, s)| format!("{p} ({s:?})").to_lowercase())
+            .collect()
+    }
+
     pub fn column_style(&self, table: Option<&str>, column: &str) -> Option<Style> {
         self.columns.iter().find(|(p, _)| p.matches(table, column)).map(|&(_, style)| style)
     }

@@ -170,6 +170,8 @@ pub struct Agent {
     pub policy_state: std::sync::Mutex<PolicyState>,
     pub load_options: LoadOptions,
     pub cancel_keys: crate::protocol::postgres::CancelKeys,
+    /// Classifications of statement texts seen before.
+    pub sql_cache: crate::sql::Cache,
     tls_configs: std::sync::Mutex<HashMap<BackendName, Arc<rustls::ClientConfig>>>,
 }
 
@@ -256,6 +258,7 @@ pub async fn run(
         }),
         load_options,
         cancel_keys: crate::protocol::postgres::CancelKeys::default(),
+        sql_cache: crate::sql::Cache::default(),
         tls_configs: std::sync::Mutex::new(HashMap::new()),
         settings,
     });

@@ -198,3 +198,114 @@ fn a_killed_agent_leaves_a_verifiable_chain_with_every_executed_statement() {
         missing.iter().take(5).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn replay_export_and_per_user_access() {
+    let mut env = Env::new("replay");
+    let team = env.group("team");
+    let ana = env.user("ana", &[&team]);
+    let bob = env.user("bob", &[&team]);
+    let pg = PgServer::start(&env.dir, &loopback(73), free_port(), "");
+    pg.admin_db("appdb", &format!("CREATE TABLE fruit (id int, name text); INSERT INTO fruit VALUES (1, 'apple'), (2, 'pear'); ALTER TABLE fruit OWNER TO {};", pg::APP_ROLE));
+    let secret = pg::password_file(&env.dir, "s.secret", pg::APP_PASSWORD);
+    let policy = format!(
+        "[[backend]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"{}\"\ncredentials = {{ user = \"{}\", password_file = \"{}\" }}\n\n\
+         [[rule]]\nname = \"team reads\"\nwho = {{ groups = [\"{team}\"] }}\nbackend = \"db\"\nstatements = [\"select\"]\n",
+        pg.addr(),
+        pg::APP_ROLE,
+        secret.display()
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let port = pg.port.to_string();
+    for (user, sql) in
+        [(&ana, "SELECT id, name FROM fruit ORDER BY id; DELETE FROM fruit"), (&bob, "SELECT 42 AS answer")]
+    {
+        let args = ["-h", pg.host.as_str(), "-p", port.as_str(), "-d", "appdb", "-X", "-c", sql];
+        env.run_as(user, None, Path::new("/usr/bin/psql"), &args);
+        // psql sends the two statements of ana's -c as one query string: run them apart too.
+        if user == &ana {
+            env.run_as(
+                user,
+                None,
+                Path::new("/usr/bin/psql"),
+                &["-h", &pg.host, "-p", &port, "-d", "appdb", "-X", "-c", "SELECT id, name FROM fruit ORDER BY id"],
+            );
+            env.run_as(
+                user,
+                None,
+                Path::new("/usr/bin/psql"),
+                &["-h", &pg.host, "-p", &port, "-d", "appdb", "-X", "-c", "DELETE FROM fruit"],
+            );
+        }
+    }
+    let ana_sessions: Vec<String> = env
+        .sessions()
+        .iter()
+        .filter(|s| s["user"] == ana.as_str() && s["decision"] == "allow")
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ana_sessions.len(), 3, "{:#?}", env.sessions());
+
+    // Root replays a session: the statement, the rows as psql showed them.
+    let ctl = env.control().display().to_string();
+    let out = env.gatehouse(&["replay", &ana_sessions[1], "--no-wait", "--control-socket", &ctl]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{t}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        t.contains("SELECT id, name FROM fruit ORDER BY id")
+            && t.contains("apple")
+            && t.contains("pear")
+            && t.contains("(2 rows)"),
+        "{t}"
+    );
+    let out = env.gatehouse(&["replay", &ana_sessions[2], "--no-wait", "--control-socket", &ctl]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("refused by Gatehouse") && t.contains("delete"), "{t}");
+
+    // Users see their own sessions only, through the agent's socket.
+    let bin = env.path("gatehouse");
+    std::fs::copy(gatehouse_e2e::gatehouse_bin(), &bin).unwrap();
+    let as_bob = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid", &bob, "--regid", &bob, "--init-groups", "--"])
+            .arg(&bin)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, t) = as_bob(&["sessions", "--json", "--control-socket", &ctl]);
+    assert!(ok, "{t}");
+    assert!(t.contains(&bob) && !t.contains(&ana), "bob sees only his own sessions: {t}");
+    let (ok, t) = as_bob(&["replay", &ana_sessions[1], "--no-wait", "--control-socket", &ctl]);
+    assert!(!ok && t.contains("permission denied"), "{t}");
+    let (ok, t) = as_bob(&["status", "--control-socket", &ctl]);
+    assert!(!ok && t.contains("permission denied"), "{t}");
+
+    // Export, verify with the host key; tamper with the bundle; verify fails.
+    let pubkey = env.status()["public_key"].as_str().unwrap().to_owned();
+    assert!(env.signal_agent("TERM").success());
+    let bundle = env.path("bundle");
+    let db = env.db().display().to_string();
+    let out = env.gatehouse(&["export", "--db", &db, "--format", "ocsf", "--out", bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ocsf = std::fs::read_to_string(bundle.join("ocsf.jsonl")).unwrap();
+    assert!(
+        ocsf.contains("\"class_uid\":3002") && ocsf.contains("\"class_uid\":6005"),
+        "{}",
+        &ocsf[..ocsf.len().min(400)]
+    );
+    let (ok, t) = verify(&env, &bundle, &["--pubkey", &pubkey]);
+    assert!(ok, "{t}");
+    let records = bundle.join("records.jsonl");
+    let text = std::fs::read_to_string(&records).unwrap();
+    let forged = text.replacen("\"decision\":\"allow\"", "\"decision\":\"deny\"", 1);
+    assert_ne!(forged, text, "the tampering must change the bundle");
+    std::fs::write(&records, forged).unwrap();
+    let (ok, t) = verify(&env, &bundle, &["--pubkey", &pubkey]);
+    assert!(!ok && t.contains("TAMPERED"), "{t}");
+}

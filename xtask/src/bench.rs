@@ -39,6 +39,11 @@ pub enum Workload {
     Policy,
     /// Audit store records per second with the hash chain and group commit (no root needed).
     Audit,
+    /// Detector MB/s, and a 1M-row SELECT direct vs through Gatehouse unmasked vs masked.
+    Mask {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u32,
+    },
     /// pgbench through Gatehouse vs direct vs pgbouncer (session) vs haproxy (tcp).
     Pg {
         /// Seconds per pgbench run.
@@ -80,6 +85,16 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
         Workload::Policy | Workload::Audit => Ok(()),
         Workload::Pg { secs, scale } => crate::bench_pg::pg(secs, scale),
+        Workload::Mask { rows } => {
+            run(Command::new("cargo").current_dir(workspace_root()).args([
+                "bench",
+                "-p",
+                "gatehouse",
+                "--bench",
+                "mask",
+            ]))?;
+            crate::bench_pg::mask(rows)
+        }
     }
 }
 

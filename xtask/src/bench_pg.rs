@@ -64,7 +64,7 @@ fn wait_port(addr: &str) -> Result<()> {
     Ok(())
 }
 
-fn start_servers(port: u16, scale: u32) -> Result<Servers> {
+fn start_servers(port: u16, scale: Option<u32>) -> Result<Servers> {
     let dir = std::env::temp_dir().join(format!("gh-bench-pg-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     ok(Command::new("chown").arg("postgres:postgres").arg(&dir), "chown")?;
@@ -112,6 +112,7 @@ fn start_servers(port: u16, scale: u32) -> Result<Servers> {
     };
     psql(&format!("CREATE ROLE bench LOGIN SUPERUSER PASSWORD '{PASSWORD}'"))?;
     psql("CREATE DATABASE bench OWNER bench")?;
+    let Some(scale) = scale else { return Ok(s) };
     eprintln!("pgbench -i -s {scale}");
     ok(
         as_postgres(&format!("{BIN}/pgbench")).args(["-i", "-q", "-s", &scale.to_string(), "-h"]).arg(&dir).args([
@@ -194,7 +195,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 
 pub fn pg(secs: u64, scale: u32) -> Result<()> {
     let port = free_port()?;
-    let servers = start_servers(port, scale)?;
+    let servers = start_servers(port, Some(scale))?;
     let mut rig = Rig::new("pg")?;
     let secret = rig.dir().join("bench.secret");
     std::fs::write(&secret, format!("{PASSWORD}\n"))?;
@@ -284,6 +285,103 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
     let on = get("select_only", "gatehouse");
     println!("select_only      gatehouse, recording off {:>10.0} tps", off.tps);
     println!("ratio select_only gatehouse_recording_on/gatehouse_recording_off = {:.2}", on.tps / off.tps);
+    drop(rig);
+    drop(servers);
+    Ok(())
+}
+
+/// A 1M-row SELECT (3 masked columns) direct, through Gatehouse unmasked,
+/// and through Gatehouse masked; psql reads every row.
+pub fn mask(rows: u32) -> Result<()> {
+    let port = free_port()?;
+    let servers = start_servers(port, None)?;
+    let dir = servers.dir.clone();
+    let psql_admin = |sql: &str| {
+        ok(
+            as_postgres("/usr/bin/psql").arg("-h").arg(&dir).args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "bench",
+                "-X",
+                "-q",
+                "-c",
+                sql,
+            ]),
+            "psql",
+        )
+    };
+    eprintln!("creating {rows} rows");
+    psql_admin(&format!(
+        "CREATE TABLE people AS SELECT g AS id, 'user' || g || '@example.com' AS email,
+           '4111 1111 1111 1111' AS card, 'note ' || g || ' call +44 20 7946 0958 about order ' || g AS note, g * 1.5 AS balance
+         FROM generate_series(1, {rows}) g; ALTER TABLE people OWNER TO bench;"
+    ))?;
+    let mut rig = Rig::new("mask")?;
+    let secret = rig.dir().join("bench.secret");
+    std::fs::write(&secret, format!("{PASSWORD}\n"))?;
+    let backend = format!(
+        "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\n\
+         credentials = {{ user = \"bench\", password_file = \"{}\" }}\n\n",
+        secret.display()
+    );
+    let profile = "[[mask]]\nname = \"pii\"\ncolumns = [{ column = \"email\", style = \"partial\" }, { column = \"card\", style = \"partial\" }]\n\
+                   detectors = { card = \"partial\", email = \"partial\", phone = \"partial\" }\n\n";
+    let rule = |mask: &str| {
+        format!(
+            "[[rule]]\nname = \"bench\"\nwho = {{ users = [\"root\"] }}\nbackend = \"bench\"\nstatements = [\"select\"]\n{mask}\n"
+        )
+    };
+    let query = "SELECT id, email, card, note, balance FROM people";
+    let time = |rig: &Rig, host: &str, in_cg: bool| -> Result<f64> {
+        let mut c = if in_cg { rig.in_cgroup("/usr/bin/psql") } else { Command::new("/usr/bin/psql") };
+        c.env("PGPASSWORD", PASSWORD).args([
+            "-h",
+            host,
+            "-p",
+            &port.to_string(),
+            "-U",
+            "bench",
+            "-d",
+            "bench",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-o",
+            "/dev/null",
+            "-c",
+            query,
+        ]);
+        let t = Instant::now();
+        ok(&mut c, "psql SELECT")?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let best = |f: &dyn Fn() -> Result<f64>| -> Result<f64> {
+        let mut b = f64::MAX;
+        for _ in 0..3 {
+            b = b.min(f()?);
+        }
+        Ok(b)
+    };
+    let direct = best(&|| time(&rig, DIRECT, false))?;
+    rig.start_agent(&format!("{backend}{}", rule("")), free_port()?)?;
+    let unmasked = best(&|| time(&rig, PROTECTED, true))?;
+    rig.stop_agent();
+    rig.start_agent(&format!("{backend}{profile}{}", rule("mask = \"pii\"")), free_port()?)?;
+    let masked = best(&|| time(&rig, PROTECTED, true))?;
+    let rps = |s: f64| f64::from(rows) / s;
+    println!();
+    println!("select_{rows}_rows direct              {direct:>7.2} s  {:>10.0} rows/s", rps(direct));
+    println!("select_{rows}_rows gatehouse unmasked  {unmasked:>7.2} s  {:>10.0} rows/s", rps(unmasked));
+    println!(
+        "select_{rows}_rows gatehouse masked    {masked:>7.2} s  {:>10.0} rows/s  (3 masked columns)",
+        rps(masked)
+    );
+    println!("ratio select_1m_rows gatehouse_unmasked/direct = {:.2}", direct / unmasked);
+    println!("ratio select_1m_rows gatehouse_masked/direct = {:.2}", direct / masked);
     drop(rig);
     drop(servers);
     Ok(())

@@ -69,9 +69,11 @@ impl ColumnPattern {
     }
 
     pub fn matches(&self, table: Option<&str>, column: &str) -> bool {
-        if !glob(&self.column, column.as_bytes()) {
-            return false;
-        }
+        glob(&self.column, column.as_bytes()) && self.applies_to_table(table)
+    }
+
+    /// Whether the rule's table part admits `table` (any column).
+    pub fn applies_to_table(&self, table: Option<&str>) -> bool {
         let Some(tp) = &self.table else { return true };
         if tp.any {
             return true;
@@ -82,6 +84,15 @@ impl ColumnPattern {
             return glob(&tp.pat, table.as_bytes());
         }
         glob(bare(&tp.pat), bare(table.as_bytes()))
+    }
+}
+
+impl std::fmt::Display for ColumnPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(t) = &self.table {
+            write!(f, "{}.", String::from_utf8_lossy(&t.pat))?;
+        }
+        f.write_str(&String::from_utf8_lossy(&self.column))
     }
 }
 

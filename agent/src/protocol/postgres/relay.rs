@@ -453,7 +453,7 @@ async fn decide_text(
             .await
             .unwrap_or_else(|_| Err(sql::SqlError::Parse { message: "classifier failed".into(), position: None }))
     } else {
-        sql::classify_with(text, opts)
+        ctx.agent.sql_cache.classify(text, opts)
     };
     let statements = statements.map_err(|e| {
         PgError::new(Severity::Error, "42601", format!("Gatehouse refused this statement: {e}"))
@@ -785,7 +785,7 @@ fn on_backend(
         }
         b'D' => match (&ctx.mask, columns.as_ref()) {
             (Some(profile), Some(cols)) if cols.iter().any(|c| *c != ColMask::Pass) => {
-                mask_row(profile, cols, f, out, scratch, pending).map_err(bad)?;
+                mask_row(profile, cols, f, out, pending).map_err(bad)?;
             }
             (Some(_), None) => {
                 // A DataRow without its description (should not happen): fail closed.
@@ -826,34 +826,48 @@ fn on_backend(
     Ok(())
 }
 
-/// Masks one DataRow per the plan, rewriting lengths; forwards it untouched
-/// when nothing was masked.
+/// Masks one DataRow per the plan, rewriting lengths, in one pass straight
+/// into `out` with no allocation per row. A row nothing in was masked comes
+/// out byte-identical to the one received.
 fn mask_row(
     profile: &Profile,
     cols: &[ColMask],
     f: Frame<'_>,
     out: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
     counts: &mut Counts,
 ) -> Result<(), WireError> {
-    let values = wire::data_row_values(f.body)?;
-    if values.len() != cols.len() {
+    let malformed = || WireError::Malformed { what: "DataRow" };
+    let body = f.body;
+    let n = body.get(..2).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(i16::from_be_bytes).ok_or_else(malformed)?;
+    if usize::try_from(n).ok() != Some(cols.len()) {
         return Err(WireError::Malformed { what: "DataRow (column count differs from RowDescription)" });
     }
-    // Masked values are written into `scratch`; `spans` says where each is.
-    scratch.clear();
-    let mut spans: Vec<Option<Option<(usize, usize)>>> = Vec::with_capacity(values.len());
-    let mut changed = false;
-    for (v, c) in values.iter().zip(cols) {
-        let Some(v) = v else {
-            spans.push(None);
+    let row_start = out.len();
+    out.push(b'D');
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(body.get(..2).unwrap_or_default());
+    let mut at = 2usize;
+    for c in cols {
+        let len = body
+            .get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(i32::from_be_bytes)
+            .ok_or_else(malformed)?;
+        at += 4;
+        if len < 0 {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
             continue;
-        };
-        let start = scratch.len();
+        }
+        let end = at.checked_add(usize::try_from(len).map_err(|_| malformed())?).ok_or_else(malformed)?;
+        let v = body.get(at..end).ok_or_else(malformed)?;
+        at = end;
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let value_at = out.len();
         let result = match *c {
             ColMask::Pass => MaskOutput::Unchanged,
             ColMask::Rule(style) => {
-                let r = profile.mask_value(style, v, scratch);
+                let r = profile.mask_value(style, v, out);
                 if r != MaskOutput::Unchanged {
                     counts.add_columns(1);
                 }
@@ -861,39 +875,39 @@ fn mask_row(
             }
             ColMask::Scan { skip } => {
                 let (head, tail) = v.split_at(skip.min(v.len()));
-                scratch.extend_from_slice(head);
-                match profile.scan(tail, scratch, counts) {
+                out.extend_from_slice(head);
+                match profile.scan(tail, out, counts) {
                     MaskOutput::Unchanged => {
-                        scratch.truncate(start);
+                        out.truncate(value_at);
                         MaskOutput::Unchanged
                     }
                     other => other,
                 }
             }
         };
-        match result {
-            MaskOutput::Unchanged => spans.push(None),
-            MaskOutput::Written => {
-                changed = true;
-                spans.push(Some(Some((start, scratch.len()))));
+        let written = match result {
+            MaskOutput::Unchanged => {
+                out.extend_from_slice(v);
+                i32::try_from(v.len()).map_err(|_| malformed())?
             }
+            MaskOutput::Written => i32::try_from(out.len() - value_at).map_err(|_| malformed())?,
             MaskOutput::Null => {
-                changed = true;
-                scratch.truncate(start);
-                spans.push(Some(None));
+                out.truncate(value_at);
+                -1
             }
+        };
+        if let Some(slot) = out.get_mut(len_at..len_at + 4) {
+            slot.copy_from_slice(&written.to_be_bytes());
         }
     }
-    if !changed {
-        out.extend_from_slice(f.raw);
-        return Ok(());
+    if at != body.len() {
+        out.truncate(row_start);
+        return Err(malformed());
     }
-    let row = values.iter().zip(&spans).map(|(orig, span)| match span {
-        None => *orig,
-        Some(None) => None,
-        Some(Some((a, b))) => scratch.get(*a..*b),
-    });
-    out.extend_from_slice(&wire::data_row(row.collect::<Vec<_>>().into_iter()));
+    let total = u32::try_from(out.len() - row_start - 1).map_err(|_| malformed())?;
+    if let Some(slot) = out.get_mut(row_start + 1..row_start + 5) {
+        slot.copy_from_slice(&total.to_be_bytes());
+    }
     Ok(())
 }
 
