@@ -70,7 +70,37 @@ fn run(mode: Mode, sessions: usize, per_session: u64) -> f64 {
     (sessions as f64 * per_session as f64 * 2.0) / secs
 }
 
+/// One session, strict: how long a statement waits for its commit.
+fn latency() -> (f64, f64) {
+    let dir = std::env::temp_dir().join(format!("gh-bench-audit-lat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let opts = Options { mode: Mode::Strict, fsync: false, checkpoint_every: Duration::from_secs(10), retention_days: None };
+    let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let mut lat: Vec<f64> = rt.block_on(async {
+        let s = SessionId::new();
+        let mut lat = Vec::new();
+        for i in 0..5_000u64 {
+            let t = Instant::now();
+            audit.record_strict(statement(s, i)).wait().await.expect("record");
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+            let chunk = Event::Chunk { session: s, header: ChunkHeader { dir: Direction::Down, offset: i * 200 }, data: vec![b'x'; 200] };
+            let _ = audit.record(chunk);
+        }
+        lat
+    });
+    drop(audit);
+    writer.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    lat.sort_by(f64::total_cmp);
+    let p = |q: f64| lat.get((lat.len() as f64 * q) as usize).copied().unwrap_or(0.0);
+    (p(0.5), p(0.99))
+}
+
 fn main() {
+    let (p50, p99) = latency();
+    println!("audit strict commit wait, one session: p50 {p50:.0} µs, p99 {p99:.0} µs");
     let strict = run(Mode::Strict, 32, 5_000);
     let queued = run(Mode::BestEffort, 32, 5_000);
     println!(

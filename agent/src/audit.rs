@@ -49,7 +49,6 @@ CREATE TABLE IF NOT EXISTS events (
     hash       BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_session ON events(session, seq);
-CREATE INDEX IF NOT EXISTS events_time ON events(time_us);
 CREATE TABLE IF NOT EXISTS anchors (
     seq        INTEGER PRIMARY KEY,
     hash       BLOB NOT NULL,
@@ -319,10 +318,11 @@ pub struct Audit {
     public_key: [u8; 32],
 }
 
-/// Owns the writer thread.
+/// Owns the writer and checkpointer threads.
 #[derive(Debug)]
 pub struct AuditWriter {
     thread: Option<JoinHandle<()>>,
+    checkpointer: Option<(JoinHandle<()>, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
     tx: SyncSender<Command>,
 }
 
@@ -331,6 +331,10 @@ impl AuditWriter {
     pub fn stop(mut self) {
         let _ = self.tx.send(Command::Stop);
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some((t, stop)) = self.checkpointer.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = t.join();
         }
     }
@@ -366,8 +370,16 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
         .name("audit-writer".into())
         .spawn(move || w.run(&rx))
         .map_err(|source| AuditError::Open { path: PathBuf::new(), source })?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ck = {
+        let (path, stop) = (path.to_owned(), stop.clone());
+        std::thread::Builder::new()
+            .name("audit-checkpoint".into())
+            .spawn(move || checkpointer(path, stop))
+            .map_err(|source| AuditError::Open { path: PathBuf::new(), source })?
+    };
     let audit = Audit { tx: tx.clone(), mode: opts.mode, failure, public_key };
-    Ok((audit, AuditWriter { thread: Some(thread), tx }))
+    Ok((audit, AuditWriter { thread: Some(thread), checkpointer: Some((ck, stop)), tx }))
 }
 
 fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
@@ -387,8 +399,25 @@ fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
     conn.pragma_update(None, "journal_mode", "WAL").map_err(sql_err)?;
     conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" }).map_err(sql_err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sql_err)?;
+    // Checkpoints (copying the WAL into the database, with an fsync) run on
+    // their own thread so the writer's commits stay short (see `checkpointer`).
+    conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sql_err)?;
     conn.execute_batch(SCHEMA).map_err(sql_err)?;
     Ok(conn)
+}
+
+/// Copies the WAL into the database every second from its own connection
+/// (PASSIVE: it never blocks the writer), until `stop` is set.
+fn checkpointer(path: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let Ok(conn) = Connection::open(&path) else { return };
+    let _ = conn.busy_timeout(Duration::from_millis(100));
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "audit checkpoint skipped");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 /// The chain head: (seq, hash) of the last record, or the genesis.

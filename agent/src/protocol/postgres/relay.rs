@@ -302,7 +302,7 @@ async fn on_client(
             let epoch = st.epoch;
             st.epoch += 1;
             match decide_text(ctx, shared, text).await {
-                Ok((snapshot, statements, decisions)) => {
+                Ok((_, statements, decisions)) => {
                     if let Some(i) = decisions.iter().position(|d| d.verdict != Verdict::Allow) {
                         let d = decisions.get(i).cloned().unwrap_or_else(|| Decision::refuse("refused"));
                         record_refusal(ctx, st, text, statements.get(i), &d);
@@ -314,7 +314,6 @@ async fn on_client(
                             sh.inflight.push_back(InFlight::new(seq, epoch, s));
                         }
                         drop(sh);
-                        let _ = snapshot;
                         out.extend_from_slice(f.raw);
                     }
                 }
