@@ -136,6 +136,13 @@ fn masked_users_see_masked_values_and_others_see_real_ones() {
         assert!(memmem(bytes, b"zoe@example.com").is_none(), "the audit store must not hold the raw e-mail");
     }
 
+    // Errors that echo a value are masked by the detectors. (The statement
+    // text the user typed is recorded as typed; psql's "LINE 1:" echoes it
+    // from the client side.)
+    let err = w.psql(&w.sam, "SELECT 'zoe@example.com'::int");
+    let line = err.lines().find(|l| l.starts_with("ERROR:")).unwrap_or_default();
+    assert!(line.contains("invalid input syntax") && line.contains("****@example.com") && !line.contains("zoe@"), "{err}");
+
     // The unmasked analyst sees everything as stored.
     let plain = w.psql(&w.ana, q);
     assert!(
