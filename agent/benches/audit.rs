@@ -1,7 +1,7 @@
 //! Audit store throughput (`cargo xtask bench audit`): records per second
 //! sustained with the hash chain and group commit, from concurrent sessions,
 //! strict (each waits for its commit) and queued. A measurement, not a test.
-#![expect(clippy::expect_used, reason = "a benchmark harness")]
+#![expect(clippy::expect_used, clippy::cast_possible_truncation, reason = "a benchmark harness over its own numbers")]
 
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,8 @@ fn latency() -> (f64, f64) {
     let dir = std::env::temp_dir().join(format!("gh-bench-audit-lat-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let opts = Options { mode: Mode::Strict, fsync: false, checkpoint_every: Duration::from_secs(10), retention_days: None };
+    let opts =
+        Options { mode: Mode::Strict, fsync: false, checkpoint_every: Duration::from_secs(10), retention_days: None };
     let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut lat: Vec<f64> = rt.block_on(async {
@@ -85,7 +86,11 @@ fn latency() -> (f64, f64) {
             let t = Instant::now();
             audit.record_strict(statement(s, i)).wait().await.expect("record");
             lat.push(t.elapsed().as_secs_f64() * 1e6);
-            let chunk = Event::Chunk { session: s, header: ChunkHeader { dir: Direction::Down, offset: i * 200 }, data: vec![b'x'; 200] };
+            let chunk = Event::Chunk {
+                session: s,
+                header: ChunkHeader { dir: Direction::Down, offset: i * 200 },
+                data: vec![b'x'; 200],
+            };
             let _ = audit.record(chunk);
         }
         lat

@@ -141,7 +141,10 @@ fn masked_users_see_masked_values_and_others_see_real_ones() {
     // from the client side.)
     let err = w.psql(&w.sam, "SELECT 'zoe@example.com'::int");
     let line = err.lines().find(|l| l.starts_with("ERROR:")).unwrap_or_default();
-    assert!(line.contains("invalid input syntax") && line.contains("****@example.com") && !line.contains("zoe@"), "{err}");
+    assert!(
+        line.contains("invalid input syntax") && line.contains("****@example.com") && !line.contains("zoe@"),
+        "{err}"
+    );
 
     // The unmasked analyst sees everything as stored.
     let plain = w.psql(&w.ana, q);

@@ -1452,7 +1452,7 @@ mod tests {
             cgroup_id: Some(9),
             client: "127.0.0.1:51234".into(),
             backend: Some("appdb".into()),
-            orig_dst: Some("10.0.0.5:5432".into()),
+            orig_dst: Some("127.10.0.5:5432".into()),
             protocol: Some(protocol.into()),
             decision: "allow".into(),
             rule: Some("dba".into()),
