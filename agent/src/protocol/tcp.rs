@@ -7,9 +7,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// Per-direction buffer. Two per session; small enough for the memory target
-/// of an idle connection, large enough for bulk throughput.
-const BUF: usize = 16 * 1024;
+/// Per-direction buffer: it starts small, so an idle session costs little
+/// memory, and doubles up to `MAX_BUF` while reads fill it (bulk transfers).
+const MIN_BUF: usize = 4 * 1024;
+const MAX_BUF: usize = 128 * 1024;
 
 /// How a relay ended and what it carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,12 +89,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; MIN_BUF];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(n) => n,
             Err(e) => return Err((rside, e)),
         };
+        let full = n == buf.len();
         if n == 0 {
             // Half-close: the peer may still send the other way.
             let _ = to.shutdown().await;
@@ -105,6 +107,9 @@ where
         }
         record(*count, chunk);
         *count += n as u64;
+        if full && buf.len() < MAX_BUF {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
 }
 
