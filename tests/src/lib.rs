@@ -316,6 +316,8 @@ impl Env {
         cmd.args(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--"])
             .arg(program)
             .args(args)
+            // The test user has no home of its own; root's is not readable to it.
+            .env("HOME", &self.dir)
             .current_dir(&self.dir);
         cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
     }

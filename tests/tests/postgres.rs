@@ -402,3 +402,149 @@ print("good", good.execute("SELECT 5").fetchone()[0])
     assert!(broken.len() >= 3, "each bad session is recorded: {sessions:#?}");
     assert!(w.env.status()["pid"].is_number(), "the agent is still up");
 }
+
+/// A CA and a certificate for `ip`, made with openssl.
+fn certs(dir: &Path, ip: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName=IP:{ip}\n")).unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Gatehouse test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &format!("/CN={ip}"),
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"))
+}
+
+#[test]
+fn tls_to_the_backend_is_verified_and_clients_may_demand_tls() {
+    let mut env = Env::new("pgtls");
+    let analyst = env.group("analyst");
+    let ana = env.user("ana", &[&analyst]);
+    let host = loopback(45);
+    let tls_dir = env.path("tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let (ca, cert, key) = certs(&tls_dir, &host);
+    // The server's copies, readable by postgres only.
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(tls_dir.join(f), env.path(f)).unwrap();
+        assert!(
+            std::process::Command::new("chown").arg("postgres:postgres").arg(env.path(f)).status().unwrap().success()
+        );
+        std::fs::set_permissions(env.path(f), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let conf = format!(
+        "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+        env.path("server.crt").display(),
+        env.path("server.key").display()
+    );
+    let pg = PgServer::start(&env.dir, &host, free_port(), &conf);
+    let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
+    let policy = |ca_file: &Path| {
+        format!(
+            r#"
+[[backend]]
+name = "appdb"
+protocol = "postgres"
+address = "{addr}"
+tls = "verify"
+ca_file = "{ca}"
+credentials = {{ user = "{app}", password_file = "{s}" }}
+client_tls = {{ cert_file = "{cert}", key_file = "{key}" }}
+
+[[rule]]
+name = "analysts read"
+who = {{ groups = ["{analyst}"] }}
+backend = "appdb"
+statements = ["select", "function_call"]
+"#,
+            addr = pg.addr(),
+            ca = ca_file.display(),
+            app = pg::APP_ROLE,
+            s = secret.display(),
+            cert = cert.display(),
+            key = key.display(),
+        )
+    };
+    let config = env.write_policy("policy.toml", &policy(&ca));
+    env.start_agent(&config);
+    let port = pg.port.to_string();
+    let psql = |conninfo: String| {
+        let o = env.run_as(
+            &ana,
+            None,
+            Path::new("/usr/bin/psql"),
+            &[&conninfo, "-X", "-A", "-t", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+        );
+        text(&o)
+    };
+    // Gatehouse → PostgreSQL is TLS, verified against the CA.
+    let t = psql(format!("host={host} port={port} dbname=appdb sslmode=disable"));
+    assert_eq!(t.trim(), "t", "the backend leg must be TLS: {t}\n{}", env.agent_log());
+    // A client that demands TLS gets it from Gatehouse (client_tls)…
+    let t = psql(format!("host={host} port={port} dbname=appdb sslmode=require"));
+    assert_eq!(t.trim(), "t", "{t}\n{}", env.agent_log());
+    // …and one that verifies the certificate succeeds when it trusts the CA.
+    let ca_copy = env.path("client-ca.crt");
+    std::fs::copy(&ca, &ca_copy).unwrap();
+    std::fs::set_permissions(&ca_copy, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let t = psql(format!("host={host} port={port} dbname=appdb sslmode=verify-full sslrootcert={}", ca_copy.display()));
+    assert_eq!(t.trim(), "t", "{t}\n{}", env.agent_log());
+
+    // With the wrong CA, Gatehouse refuses to log in to an unverified server.
+    let other = env.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (other_ca, _, _) = certs(&other, &host);
+    std::fs::write(&config, policy(&other_ca)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let t = psql(format!("host={host} port={port} dbname=appdb sslmode=disable"));
+        if t.contains("could not log in") {
+            assert!(t.contains("FATAL"), "{t}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reload with the wrong CA never took effect: {t}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
