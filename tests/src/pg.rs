@@ -17,6 +17,9 @@ pub struct PgServer {
     pub dir: PathBuf,
     pub host: String,
     pub port: u16,
+    /// The postmaster's pid, so the server is stopped even if its data
+    /// directory is gone by the time this is dropped.
+    pid: Option<u32>,
 }
 
 fn as_postgres(program: &str) -> Command {
@@ -81,7 +84,10 @@ impl PgServer {
                 .expect("pg_ctl start"),
             "pg_ctl start",
         );
-        let s = Self { dir, host: host.to_owned(), port };
+        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()));
+        let s = Self { dir, host: host.to_owned(), port, pid };
         s.admin(&format!(
             "SET password_encryption = 'scram-sha-256';
              CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{APP_PASSWORD}';
@@ -141,11 +147,16 @@ fn append(path: &Path, text: &str) {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        let _ = as_postgres(&format!("{BIN}/pg_ctl"))
+        let stopped = as_postgres(&format!("{BIN}/pg_ctl"))
             .arg("-D")
             .arg(self.dir.join("data"))
             .args(["-m", "immediate", "stop"])
-            .output();
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if let (false, Some(pid)) = (stopped, self.pid) {
+            // SIGQUIT: PostgreSQL's immediate shutdown, sent to the server we started.
+            let _ = Command::new("kill").args(["-QUIT", &pid.to_string()]).output();
+        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

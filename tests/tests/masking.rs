@@ -7,9 +7,10 @@ use std::process::Output;
 use gatehouse_e2e::pg::{self, PgServer};
 use gatehouse_e2e::{Env, free_port, loopback};
 
+/// Fields drop in order: the server stops before the test directory goes.
 struct World {
-    env: Env,
     pg: PgServer,
+    env: Env,
     sam: String,
     ana: String,
 }

@@ -11,9 +11,10 @@ use gatehouse_e2e::pg::{self, PgServer};
 use gatehouse_e2e::{Env, free_port, loopback};
 use serde_json::Value;
 
+/// Fields drop in order: the server stops before the test directory goes.
 struct World {
-    env: Env,
     pg: PgServer,
+    env: Env,
     ana: String,
     eve: String,
     dan: String,
