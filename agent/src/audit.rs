@@ -276,29 +276,20 @@ impl Event {
         }
     }
 
-    /// The canonical body (JSON) and raw data.
-    fn encode(&self) -> (Vec<u8>, Option<Vec<u8>>) {
-        let json = |v: &dyn erased::Ser| v.to_json();
-        match self {
-            Self::SessionOpen(o) => (json(o.as_ref()), None),
-            Self::SessionClose(c) => (json(c.as_ref()), None),
-            Self::Statement(s) => (json(s.as_ref()), None),
-            Self::StatementEnd(e) => (json(e.as_ref()), None),
-            Self::Chunk { header, data, .. } => (json(header), Some(data.clone())),
-            Self::Truncated { truncation, .. } => (json(truncation), None),
-            Self::Agent { what } => (serde_json::json!({ "what": what }).to_string().into_bytes(), None),
+    /// The canonical body (JSON) and the raw data, borrowed (a chunk's bytes
+    /// are hashed and stored as they are, not copied again).
+    fn encode(&self) -> (Vec<u8>, Option<&[u8]>) {
+        fn json<T: Serialize>(v: &T) -> Vec<u8> {
+            serde_json::to_vec(v).unwrap_or_default()
         }
-    }
-}
-
-mod erased {
-    /// Serialize to JSON bytes without naming the concrete type.
-    pub trait Ser {
-        fn to_json(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec(self).unwrap_or_default()
+        match self {
+            Self::SessionOpen(o) => (json(o), None),
+            Self::SessionClose(c) => (json(c), None),
+            Self::Statement(s) => (json(s), None),
+            Self::StatementEnd(e) => (json(e), None),
+            Self::Chunk { header, data, .. } => (json(header), Some(data)),
+            Self::Truncated { truncation, .. } => (json(truncation), None),
+            Self::Agent { what } => (json(&serde_json::json!({ "what": what })), None),
         }
     }
 }
@@ -646,7 +637,7 @@ fn write(conn: &mut Connection, mut head: (u64, [u8; 32]), events: &[Event]) -> 
     for e in events {
         let (body, data) = e.encode();
         let session = e.session();
-        head = insert_event(&tx, head, now_us(), session.as_deref(), e.kind(), &body, data.as_deref())?;
+        head = insert_event(&tx, head, now_us(), session.as_deref(), e.kind(), &body, data)?;
         index(&tx, e)?;
     }
     tx.commit()?;
@@ -829,33 +820,77 @@ impl AckFuture {
     }
 }
 
-/// Shared slot for a session's recording budget: how many result bytes may
-/// still be recorded for the current statement.
+/// How much of one direction of a stream may still be recorded. The data
+/// path and a resetting task share it, hence the mutex (never held across I/O).
 #[derive(Debug)]
-pub struct Budget {
-    pub cap: u64,
+struct Budget {
+    cap: u64,
+    /// Bytes recorded so far, and whether the cut was already recorded.
     used: Mutex<(u64, bool)>,
 }
 
 impl Budget {
-    pub fn new(cap: u64) -> Self {
+    fn new(cap: u64) -> Self {
         Self { cap, used: Mutex::new((0, false)) }
     }
 
-    /// A new statement starts: its results get a fresh budget.
-    pub fn reset(&self) {
+    fn reset(&self) {
         *self.used.lock().unwrap_or_else(PoisonError::into_inner) = (0, false);
     }
 
     /// How many of `n` bytes may be recorded; `true` the first time the cap is hit.
-    pub fn take(&self, n: u64) -> (u64, bool) {
+    fn take(&self, n: u64) -> (u64, bool) {
         let mut g = self.used.lock().unwrap_or_else(PoisonError::into_inner);
         let allowed = n.min(self.cap.saturating_sub(g.0));
         g.0 += allowed;
         let first_cut = allowed < n && !g.1;
-        if allowed < n {
-            g.1 = true;
-        }
+        g.1 |= allowed < n;
         (allowed, first_cut)
+    }
+}
+
+/// Records a session's two byte streams as chunks, each direction within a
+/// cap (per statement for PostgreSQL, which resets it; per session for TCP).
+/// Reaching the cap is itself recorded, once per budget: never silent.
+#[derive(Debug)]
+pub struct StreamRecorder {
+    session: SessionId,
+    up: Budget,
+    down: Budget,
+    /// What the cap applies to, for the truncation record.
+    per: &'static str,
+}
+
+impl StreamRecorder {
+    pub fn new(session: SessionId, cap: u64, per: &'static str) -> Self {
+        Self { session, up: Budget::new(cap), down: Budget::new(cap), per }
+    }
+
+    /// A new statement starts: both directions get a fresh budget.
+    pub fn reset(&self) {
+        self.up.reset();
+        self.down.reset();
+    }
+
+    /// Records `bytes` (as written to the other side) at `offset` in direction `dir`.
+    pub fn chunk(&self, audit: &Audit, dir: Direction, offset: u64, bytes: &[u8], statement: Option<u64>) {
+        let budget = match dir {
+            Direction::Up => &self.up,
+            Direction::Down => &self.down,
+        };
+        let (n, first_cut) = budget.take(bytes.len() as u64);
+        if n > 0 {
+            let data = bytes.get(..usize::try_from(n).unwrap_or(0)).unwrap_or_default().to_vec();
+            let _ = audit.record(Event::Chunk { session: self.session, header: ChunkHeader { dir, offset }, data });
+        }
+        if first_cut {
+            let truncation = Truncation {
+                dir,
+                statement,
+                cap: budget.cap,
+                reason: format!("recording capped at {} bytes per {} (record_max_bytes)", budget.cap, self.per),
+            };
+            let _ = audit.record(Event::Truncated { session: self.session, truncation });
+        }
     }
 }

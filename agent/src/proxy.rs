@@ -482,31 +482,10 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     let out = match protocol {
         Protocol::Tcp => match connect_upstream(orig.0, agent.settings.mark).await {
             Ok(upstream) => {
-                let cap = agent.settings.record_max_bytes;
-                let (up, down) = (audit::Budget::new(cap), audit::Budget::new(cap));
+                let streams = audit::StreamRecorder::new(id, agent.settings.record_max_bytes, "session and direction");
                 let record = |to_backend: bool, offset: u64, bytes: &[u8]| {
-                    let (dir, budget) =
-                        if to_backend { (audit::Direction::Up, &up) } else { (audit::Direction::Down, &down) };
-                    let (n, first_cut) = budget.take(bytes.len() as u64);
-                    if n > 0 {
-                        let data = bytes.get(..usize::try_from(n).unwrap_or(0)).unwrap_or_default().to_vec();
-                        let _ = agent.audit.record(audit::Event::Chunk {
-                            session: id,
-                            header: audit::ChunkHeader { dir, offset },
-                            data,
-                        });
-                    }
-                    if first_cut {
-                        let truncation = audit::Truncation {
-                            dir,
-                            statement: None,
-                            cap,
-                            reason: format!(
-                                "recording capped at {cap} bytes per session and direction (record_max_bytes)"
-                            ),
-                        };
-                        let _ = agent.audit.record(audit::Event::Truncated { session: id, truncation });
-                    }
+                    let dir = if to_backend { audit::Direction::Up } else { audit::Direction::Down };
+                    streams.chunk(&agent.audit, dir, offset, bytes, None);
                 };
                 tcp::relay(client, upstream, live.cut.clone(), || live.reason(), record).await
             }
@@ -690,7 +669,7 @@ pub async fn reload(agent: &Agent, why: &str) {
     if !failed.is_empty() {
         return refuse_reload(agent, why, format!("policy test cases fail:\n{}", failed.join("\n")));
     }
-    if settings_changed(&agent.snapshot.load().policy.agent, &policy.agent) {
+    if agent.snapshot.load().policy.agent != policy.agent {
         warn!("the [agent] table changed; those settings apply at the next restart");
     }
     let fresh = Snapshot::resolve(policy).await;
@@ -716,10 +695,6 @@ fn refuse_reload(agent: &Agent, why: &str, error: String) {
     let mut st = lock(&agent.policy_state);
     st.last_error = Some(error);
     st.last_error_us = Some(audit::now_us());
-}
-
-fn settings_changed(a: &crate::settings::AgentRaw, b: &crate::settings::AgentRaw) -> bool {
-    format!("{a:?}") != format!("{b:?}")
 }
 
 /// Re-decides every open session that has no statements of its own (opaque

@@ -20,7 +20,7 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/gatehouse/control.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/gatehouse";
 
 /// The `[agent]` table as written in a policy file.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentRaw {
     pub listen_port: Option<u16>,

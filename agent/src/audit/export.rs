@@ -38,8 +38,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::chain::{self, Break, Record};
-use super::replay::{self, RECORD_COLUMNS, record_from_row};
+use super::replay;
 use super::verify::Report;
+use super::verify::{RECORD_COLUMNS, record_from_row};
 use super::{AuditError, SessionClose, SessionOpen, StatementEnd, StatementStart, hex, keys, now_us, query};
 
 /// What the bundle holds and its files' hashes; the signed bytes.
@@ -1531,7 +1532,7 @@ mod tests {
         ];
         for (at, e) in &events {
             let (body, data) = e.encode();
-            head = insert_event(&tx, head, *at, e.session().as_deref(), e.kind(), &body, data.as_deref()).unwrap();
+            head = insert_event(&tx, head, *at, e.session().as_deref(), e.kind(), &body, data).unwrap();
             index(&tx, e).unwrap();
         }
         checkpoint(&tx, &mut head, T0 + 6 * sec);
@@ -1542,7 +1543,7 @@ mod tests {
             (T0 + 22 * sec, Event::Agent { what: "stop".into() }),
         ] {
             let (body, data) = e.encode();
-            head = insert_event(&tx, head, at, e.session().as_deref(), e.kind(), &body, data.as_deref()).unwrap();
+            head = insert_event(&tx, head, at, e.session().as_deref(), e.kind(), &body, data).unwrap();
             index(&tx, &e).unwrap();
         }
         checkpoint(&tx, &mut head, T0 + 23 * sec);

@@ -172,10 +172,3 @@ pub fn session_owner(path: &Path, session: &str) -> Result<Option<Option<u32>>, 
         .optional()
         .map_err(|source| AuditError::Sql { path: path.to_owned(), source })
 }
-
-/// Every record of one session, in chain order.
-pub fn session_records(path: &Path, session: &str) -> Result<Vec<super::chain::Record>, AuditError> {
-    let conn = open_read_only(path)?;
-    super::verify::read_records_where(&conn, Some(session))
-        .map_err(|e| AuditError::Failed(format!("{}: {e}", path.display())))
-}

@@ -23,6 +23,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::chain::Record;
+use super::verify::{RECORD_COLUMNS, record_from_row};
 use super::{ChunkHeader, Direction, SessionClose, SessionOpen, StatementEnd, StatementStart, Truncation};
 use crate::protocol::postgres::{MAX_BACKEND_MESSAGE, MAX_CLIENT_MESSAGE, wire};
 
@@ -36,8 +37,6 @@ const MAX_SHOWN_BYTES: usize = 64 * 1024;
 const MAX_COPY_LINES: u64 = 1000;
 /// A pause longer than this is said in the transcript.
 const GAP_NOTE_US: i64 = 1_000_000;
-/// The columns of `events`, in the order [`record_from_row`] reads them.
-pub(super) const RECORD_COLUMNS: &str = "seq, time_us, session, kind, body, data, prev_hash, hash";
 
 /// Why a transcript cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -124,22 +123,6 @@ pub fn session_records(conn: &Connection, session: &str) -> Result<Vec<Record>, 
         .map_err(store_err)?;
     let rows = st.query_map([session], record_from_row).map_err(store_err)?;
     rows.collect::<Result<_, _>>().map_err(store_err)
-}
-
-/// One row of `SELECT {RECORD_COLUMNS} FROM events` as a record. A hash of
-/// the wrong length becomes all 0xff bytes, so the record fails its check.
-pub(super) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
-    let hash32 = |v: Vec<u8>| <[u8; 32]>::try_from(v).unwrap_or([0xff; 32]);
-    Ok(Record {
-        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-        time_us: r.get(1)?,
-        session: r.get(2)?,
-        kind: r.get(3)?,
-        body: r.get(4)?,
-        data: r.get(5)?,
-        prev_hash: hash32(r.get(6)?),
-        hash: hash32(r.get(7)?),
-    })
 }
 
 /// Builds the transcript of one session from its records (chain order).

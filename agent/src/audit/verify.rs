@@ -47,30 +47,32 @@ pub(crate) fn bytes(v: rusqlite::types::ValueRef<'_>) -> Vec<u8> {
     }
 }
 
+/// The columns of `events`, in the order [`record_from_row`] reads them.
+pub(crate) const RECORD_COLUMNS: &str = "seq, time_us, session, kind, body, data, prev_hash, hash";
+
+/// One row of `SELECT {RECORD_COLUMNS} FROM events` as a record, whatever
+/// the storage class of each column: a tampered row (text where a blob was
+/// written, a hash of the wrong length) is read, and then fails its check.
+pub(crate) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let hash32 = |v: Vec<u8>| <[u8; 32]>::try_from(v).unwrap_or([0xff; 32]);
+    let data = r.get_ref(5)?;
+    Ok(Record {
+        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+        time_us: r.get(1)?,
+        session: r.get_ref(2)?.as_str_or_null().ok().flatten().map(str::to_owned),
+        kind: String::from_utf8_lossy(&bytes(r.get_ref(3)?)).into_owned(),
+        body: bytes(r.get_ref(4)?),
+        data: (data != rusqlite::types::ValueRef::Null).then(|| bytes(data)),
+        prev_hash: hash32(bytes(r.get_ref(6)?)),
+        hash: hash32(bytes(r.get_ref(7)?)),
+    })
+}
+
 /// Reads records in order (all of them, or one session's).
 pub fn read_records_where(conn: &Connection, session: Option<&str>) -> Result<Vec<Record>, String> {
-    let mut st = conn
-        .prepare(
-            "SELECT seq, time_us, session, kind, body, data, prev_hash, hash FROM events
-             WHERE (?1 IS NULL OR session = ?1) ORDER BY rowid",
-        )
-        .map_err(sql_err)?;
-    let rows = st
-        .query_map([session], |r| {
-            let hash32 = |v: Vec<u8>| <[u8; 32]>::try_from(v).unwrap_or([0xff; 32]);
-            let data = r.get_ref(5)?;
-            Ok(Record {
-                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                time_us: r.get(1)?,
-                session: r.get_ref(2)?.as_str_or_null().ok().flatten().map(str::to_owned),
-                kind: String::from_utf8_lossy(&bytes(r.get_ref(3)?)).into_owned(),
-                body: bytes(r.get_ref(4)?),
-                data: (data != rusqlite::types::ValueRef::Null).then(|| bytes(data)),
-                prev_hash: hash32(bytes(r.get_ref(6)?)),
-                hash: hash32(bytes(r.get_ref(7)?)),
-            })
-        })
-        .map_err(sql_err)?;
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM events WHERE (?1 IS NULL OR session = ?1) ORDER BY rowid");
+    let mut st = conn.prepare(&sql).map_err(sql_err)?;
+    let rows = st.query_map([session], record_from_row).map_err(sql_err)?;
     rows.collect::<Result<_, _>>().map_err(sql_err)
 }
 

@@ -119,12 +119,7 @@ statements = ["select", "insert"]
     let d = ask(&p, &ana, "db-a", Some(&stmt(&[Kind::Drop], &[])));
     assert_eq!(d.rule_label(), "ana herself", "a rule naming the user beats a group rule");
     assert_eq!(d.verdict, Verdict::Deny);
-    assert!(
-        d.reason().contains("drop is not in its statements [insert, select]")
-            || d.reason().contains("drop is not in its statements"),
-        "{}",
-        d.reason()
-    );
+    assert!(d.reason().contains("drop is not in its statements [select, insert]"), "{}", d.reason());
     let other = Principal::named("zed", &[]);
     let d = ask(&p, &other, "db-a", Some(&stmt(&[Kind::Select], &["t"])));
     assert_eq!(d.rule_label(), "everyone reads");

@@ -23,9 +23,7 @@ use tracing::{debug, info, warn};
 use super::io::Stream;
 use super::wire::{self, Frame, PgError, Severity, WireError};
 use super::{CancelTarget, Ctx, MAX_BACKEND_MESSAGE, MAX_CLIENT_MESSAGE};
-use crate::audit::{
-    AckFuture, Budget, ChunkHeader, Direction, Event, StatementEnd, StatementStart, Truncation, now_us,
-};
+use crate::audit::{AckFuture, Direction, Event, StatementEnd, StatementStart, StreamRecorder, now_us};
 use crate::mask::{Counts, MaskOutput, Profile, Style};
 use crate::policy::testcases::single_kind;
 use crate::policy::{Decision, Request, Verdict};
@@ -69,7 +67,6 @@ struct Shared {
     epochs_done: u64,
     /// `standard_conforming_strings` as the server reports it.
     scs: bool,
-    txn: u8,
 }
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -103,11 +100,11 @@ pub(super) async fn run(
 ) -> RelayOutcome {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut br, mut bw) = tokio::io::split(backend);
-    let shared = Mutex::new(Shared { scs: true, txn: b'I', ..Shared::default() });
+    let shared = Mutex::new(Shared { scs: true, ..Shared::default() });
     let nonce = format!("gatehouse_refused_{}", uuid::Uuid::new_v4().simple());
     let (mut up, mut down) = (0u64, 0u64);
     let cap = ctx.agent.settings.record_max_bytes;
-    let rec = Recorder { ctx, up: Budget::new(cap), down: Budget::new(cap) };
+    let rec = StreamRecorder::new(ctx.id, cap, "statement");
     let result = {
         let c2b = client_to_backend(ctx, &mut cr, client_rest, &mut bw, &shared, &nonce, &mut up, &rec);
         let b2c = backend_to_client(ctx, &mut br, backend_rest, &mut cw, &shared, &nonce, &mut down, &rec);
@@ -159,44 +156,6 @@ pub(super) async fn run(
     RelayOutcome { up, down, end }
 }
 
-/// Records what each direction carried, within the per-statement budget.
-struct Recorder<'a> {
-    ctx: &'a Ctx,
-    up: Budget,
-    down: Budget,
-}
-
-impl Recorder<'_> {
-    /// A statement is forwarded: its exchange gets fresh budgets.
-    fn new_statement(&self) {
-        self.up.reset();
-        self.down.reset();
-    }
-
-    /// Records `bytes` (what was written to the other side) at `offset`.
-    fn chunk(&self, dir: Direction, offset: u64, bytes: &[u8], statement: u64) {
-        let budget = match dir {
-            Direction::Up => &self.up,
-            Direction::Down => &self.down,
-        };
-        let (n, first_cut) = budget.take(bytes.len() as u64);
-        let audit = &self.ctx.agent.audit;
-        if n > 0 {
-            let data = bytes.get(..usize::try_from(n).unwrap_or(0)).unwrap_or_default().to_vec();
-            let _ = audit.record(Event::Chunk { session: self.ctx.id, header: ChunkHeader { dir, offset }, data });
-        }
-        if first_cut {
-            let truncation = Truncation {
-                dir,
-                statement: Some(statement),
-                cap: budget.cap,
-                reason: format!("recording capped at {} bytes per statement (record_max_bytes)", budget.cap),
-            };
-            let _ = audit.record(Event::Truncated { session: self.ctx.id, truncation });
-        }
-    }
-}
-
 /// Reads into `buf` until it holds at least one whole message (reserving
 /// room for a large one); `Ok(false)` on a clean EOF.
 async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<bool> {
@@ -240,7 +199,7 @@ async fn client_to_backend<R, W>(
     shared: &Mutex<Shared>,
     nonce: &str,
     count: &mut u64,
-    rec: &Recorder<'_>,
+    rec: &StreamRecorder,
 ) -> Result<(), Fail>
 where
     R: AsyncRead + Unpin,
@@ -257,7 +216,7 @@ where
             let before = st.seq;
             on_client(ctx, frame, &mut out, shared, nonce, &mut st).await?;
             if st.seq != before {
-                rec.new_statement();
+                rec.reset();
             }
             buf.advance(n);
         }
@@ -268,7 +227,7 @@ where
         if !out.is_empty() {
             bw.write_all(&out).await.map_err(|e| Fail::Backend(e.to_string()))?;
             bw.flush().await.map_err(|e| Fail::Backend(e.to_string()))?;
-            rec.chunk(Direction::Up, written, &out, st.seq);
+            rec.chunk(&ctx.agent.audit, Direction::Up, written, &out, Some(st.seq));
             written += out.len() as u64;
             out.clear();
         }
@@ -636,7 +595,7 @@ async fn backend_to_client<R, W>(
     shared: &Mutex<Shared>,
     nonce: &str,
     count: &mut u64,
-    rec: &Recorder<'_>,
+    rec: &StreamRecorder,
 ) -> Result<(), Fail>
 where
     R: AsyncRead + Unpin,
@@ -657,7 +616,7 @@ where
             // Stream large results: do not hold more than this before writing.
             if out.len() >= 64 * 1024 {
                 cw.write_all(&out).await.map_err(Fail::ClientIo)?;
-                rec.chunk(Direction::Down, written, &out, 0);
+                rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None);
                 written += out.len() as u64;
                 out.clear();
             }
@@ -665,7 +624,7 @@ where
         if !out.is_empty() {
             cw.write_all(&out).await.map_err(Fail::ClientIo)?;
             cw.flush().await.map_err(Fail::ClientIo)?;
-            rec.chunk(Direction::Down, written, &out, 0);
+            rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None);
             written += out.len() as u64;
             out.clear();
         }
@@ -727,9 +686,7 @@ fn on_backend(
             out.extend_from_slice(f.raw);
         }
         b'Z' => {
-            let status = f.body.first().copied().unwrap_or(b'I');
             let mut sh = lock(shared);
-            sh.txn = status;
             sh.epochs_done += 1;
             let done = sh.epochs_done;
             // Refusals whose stand-in was skipped (an earlier error in the same
@@ -776,14 +733,16 @@ fn on_backend(
                         .front()
                         .map(|f| f.tables.clone())
                         .unwrap_or_else(|| Arc::from(Vec::new()));
-                    Some(plan(p, &wire::row_description(f.body).map_err(bad)?, &tables))
+                    let cols = plan(p, &wire::row_description(f.body).map_err(bad)?, &tables);
+                    // Nothing to mask in this result: an empty plan, checked once, not per row.
+                    Some(if cols.iter().all(|c| *c == ColMask::Pass) { Vec::new() } else { cols })
                 }
                 None => None,
             };
             out.extend_from_slice(f.raw);
         }
         b'D' => match (&ctx.mask, columns.as_ref()) {
-            (Some(profile), Some(cols)) if cols.iter().any(|c| *c != ColMask::Pass) => {
+            (Some(profile), Some(cols)) if !cols.is_empty() => {
                 mask_row(profile, cols, f, out, pending).map_err(bad)?;
             }
             (Some(_), None) => {
