@@ -61,6 +61,7 @@ fn main() {
         reads: vec![TableRef { schema: None, name: "orders".into() }],
         writes: vec![],
         functions: vec![],
+        ..Statement::default()
     };
     let backend = BackendName::new("db-5");
     let now = jiff::Timestamp::now();

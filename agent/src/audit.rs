@@ -199,6 +199,9 @@ pub struct StatementEnd {
     pub error: Option<String>,
     /// Values masked, per detector or column rule, as JSON.
     pub masked: Option<String>,
+    /// What the server reported it did (CommandComplete tags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<String>,
 }
 
 /// Which way a chunk of a session's byte stream went.

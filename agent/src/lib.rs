@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod audit;
+pub mod catalog;
 pub mod cli;
 pub mod control;
 pub mod identity;

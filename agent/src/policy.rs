@@ -263,6 +263,33 @@ pub(crate) fn glob(p: &[u8], s: &[u8]) -> bool {
     p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
 }
 
+/// Case-sensitive glob (`*`, `?`) for names PostgreSQL compares exactly.
+pub(crate) fn glob_exact(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&pc) if pc == b'?' || Some(&pc) == s.get(si) => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
+}
+
 /// A table pattern: `orders`, `public.orders`, `reporting.*`, `*.secrets`.
 ///
 /// A pattern without a schema matches the table name in any schema. A table
@@ -290,14 +317,18 @@ impl TablePattern {
     }
 
     /// Whether the pattern covers `t`, for an allow list (`deny = false`) or a deny list.
+    ///
+    /// Names compare case-sensitively, as PostgreSQL stores them: unquoted
+    /// names are folded to lower case, so `"PUBLIC".orders` (a quoted,
+    /// different schema) is not `public.orders`.
     pub fn matches(&self, t: &crate::sql::TableRef, deny: bool) -> bool {
-        if !self.name.matches(&t.name) {
+        if !glob_exact(self.name.as_str().as_bytes(), t.name.as_bytes()) {
             return false;
         }
         match (&self.schema, &t.schema) {
             (None, _) => true,
-            (Some(p), Some(s)) => p.matches(s),
-            (Some(p), None) => deny || p.matches("public"),
+            (Some(p), Some(s)) => glob_exact(p.as_str().as_bytes(), s.as_bytes()),
+            (Some(p), None) => deny || glob_exact(p.as_str().as_bytes(), b"public"),
         }
     }
 }
@@ -395,6 +426,87 @@ impl KindSet {
     }
 }
 
+/// Which catalog relations (`pg_catalog`, `information_schema`) a rule reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogAccess {
+    /// None: only the rule's own tables.
+    None,
+    /// Names, types and definitions: what psql's `\d`, drivers and GUI
+    /// clients read to work. Not statistics, activity, user mappings, role
+    /// secrets or configuration files.
+    #[default]
+    Metadata,
+    /// Every catalog relation the backend login may read.
+    All,
+}
+
+impl CatalogAccess {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Metadata => "metadata",
+            Self::All => "all",
+        }
+    }
+}
+
+/// Server-side guard rails Gatehouse sets at the backend login.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Guard {
+    /// `default_transaction_read_only = on`: the rule's kinds cannot write.
+    pub read_only: bool,
+    pub statement_timeout: Option<Duration>,
+    pub idle_in_transaction_timeout: Option<Duration>,
+}
+
+impl Guard {
+    /// The settings to send at startup, as (name, value).
+    pub fn startup_settings(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.read_only {
+            out.push(("default_transaction_read_only", "on".to_owned()));
+        }
+        if let Some(t) = self.statement_timeout {
+            out.push(("statement_timeout", t.as_millis().to_string()));
+        }
+        if let Some(t) = self.idle_in_transaction_timeout {
+            out.push(("idle_in_transaction_session_timeout", t.as_millis().to_string()));
+        }
+        out
+    }
+
+    /// Whether a session may change `setting` (lower case) itself.
+    pub fn protects(&self, setting: &str) -> bool {
+        match setting {
+            "default_transaction_read_only" | "transaction_read_only" => self.read_only,
+            "statement_timeout" => self.statement_timeout.is_some(),
+            "idle_in_transaction_session_timeout" => self.idle_in_transaction_timeout.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// Kinds that never write data: a rule allowing only these (and the
+/// implicit housekeeping) gets a read-only backend session.
+pub fn is_read_only_kind(k: Kind) -> bool {
+    matches!(
+        k,
+        Kind::Select
+            | Kind::CopyTo
+            | Kind::Show
+            | Kind::Explain
+            | Kind::Set
+            | Kind::Transaction
+            | Kind::Prepare
+            | Kind::Execute
+            | Kind::Deallocate
+            | Kind::Discard
+            | Kind::Listen
+            | Kind::Lock
+    )
+}
+
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: RuleName,
@@ -413,12 +525,27 @@ pub struct Rule {
     pub mask: Option<std::sync::Arc<str>>,
     pub approval: Option<Approval>,
     pub max_session: Option<Duration>,
+    /// Which catalog relations statements may read.
+    pub catalog: CatalogAccess,
+    pub statement_timeout: Option<Duration>,
+    pub idle_in_transaction_timeout: Option<Duration>,
     pub at: Location,
     /// Position in file order.
     pub index: usize,
 }
 
 impl Rule {
+    /// The guard rails this rule's sessions get at login.
+    pub fn guard(&self) -> Guard {
+        Guard {
+            read_only: self.action == Action::Allow
+                && !self.statements.star
+                && self.statements.kinds.iter().all(|k| is_read_only_kind(*k)),
+            statement_timeout: self.statement_timeout,
+            idle_in_transaction_timeout: self.idle_in_transaction_timeout,
+        }
+    }
+
     /// A deny rule that refuses whole connections (no statement or table scope).
     pub fn denies_connection(&self) -> bool {
         self.action == Action::Deny && self.statements == KindSet::default() && self.tables.is_empty()

@@ -172,6 +172,8 @@ pub struct Agent {
     pub cancel_keys: crate::protocol::postgres::CancelKeys,
     /// Classifications of statement texts seen before.
     pub sql_cache: crate::sql::Cache,
+    /// The backends' catalogs, per backend, login and database.
+    pub catalogs: crate::protocol::postgres::catalog::CatalogCache,
     tls_configs: std::sync::Mutex<HashMap<BackendName, Arc<rustls::ClientConfig>>>,
 }
 
@@ -259,6 +261,7 @@ pub async fn run(
         load_options,
         cancel_keys: crate::protocol::postgres::CancelKeys::default(),
         sql_cache: crate::sql::Cache::default(),
+        catalogs: crate::protocol::postgres::catalog::CatalogCache::default(),
         tls_configs: std::sync::Mutex::new(HashMap::new()),
         settings,
     });
@@ -512,6 +515,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 addr: orig.0,
                 as_role: decision.as_role.clone(),
                 mask,
+                guard: decision.guard.clone(),
                 live: live.clone(),
             };
             crate::protocol::postgres::serve(ctx, client).await

@@ -32,6 +32,8 @@ pub struct AgentRaw {
     pub mark: Option<u32>,
     pub shutdown_grace: Option<String>,
     pub resolve_interval: Option<String>,
+    /// How often each backend's catalog is read again (default 30 s).
+    pub catalog_refresh: Option<String>,
     /// "strict" (default) or "best-effort".
     pub audit_mode: Option<String>,
     /// fsync every audit commit (power-loss durability).
@@ -59,6 +61,7 @@ pub struct Settings {
     pub mark: u32,
     pub shutdown_grace: Duration,
     pub resolve_interval: Duration,
+    pub catalog_refresh: Duration,
     pub audit: crate::audit::Options,
     pub record_max_bytes: u64,
     pub auditor_group: Option<String>,
@@ -105,6 +108,7 @@ impl Settings {
             mark,
             shutdown_grace: duration("shutdown_grace", &raw.shutdown_grace, Duration::from_secs(10))?,
             resolve_interval: duration("resolve_interval", &raw.resolve_interval, Duration::from_secs(30))?,
+            catalog_refresh: duration("catalog_refresh", &raw.catalog_refresh, Duration::from_secs(30))?,
             audit: crate::audit::Options {
                 mode: match raw.audit_mode.as_deref() {
                     None | Some("strict") => crate::audit::Mode::Strict,

@@ -29,8 +29,10 @@
 
 mod cache;
 mod children;
+pub mod encoding;
 mod functions;
 mod kinds;
+mod restrict;
 
 pub use cache::Cache;
 
@@ -101,30 +103,44 @@ kinds! {
     Grant => "grant",
     /// `REVOKE`.
     Revoke => "revoke",
-    /// `SET`/`RESET` of an ordinary setting.
+    /// `SET`/`RESET` of an ordinary setting (including `search_path`, which
+    /// the session tracks), `RESET ALL`.
     Set => "set",
     /// Changes who the session is: `SET [LOCAL] ROLE`, `SET SESSION
-    /// AUTHORIZATION`, their `RESET`s, `RESET ALL`, `DISCARD ALL`.
+    /// AUTHORIZATION`, their `RESET`s; and settings stored for later sessions
+    /// (`ALTER ROLE|DATABASE … SET`, `ALTER SYSTEM`) beyond housekeeping.
     SetRole => "set_role",
     /// `SHOW`.
     Show => "show",
-    /// `BEGIN`, `COMMIT`, `ROLLBACK`, savepoints, two-phase commit, `SET CONSTRAINTS`.
+    /// `BEGIN`, `COMMIT`, `ROLLBACK`, savepoints, `SET CONSTRAINTS`.
     Transaction => "transaction",
+    /// `PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`: they act
+    /// on transactions that outlive their session (and can finish another's).
+    TwoPhase => "two_phase",
     /// `PREPARE name AS ...`.
     Prepare => "prepare",
     /// `EXECUTE name`: runs a statement prepared earlier.
     Execute => "execute",
-    /// `DEALLOCATE`, `CLOSE cursor`.
+    /// `DEALLOCATE`, `CLOSE cursor`, `UNLISTEN`: releases what the session holds.
     Deallocate => "deallocate",
     /// `CALL procedure(...)`.
     Call => "call",
     /// `DO $$ ... $$`: an anonymous code block.
     Do => "do",
-    /// A call to a function outside the side-effect-free allowlist.
+    /// Reaches code that is not built in (a function, operator, cast or
+    /// attribute-notation call the backend's catalog resolves to user code),
+    /// or a built-in with effects beyond the statement's rows (files,
+    /// settings, signals, locks, sequences, replication; see `sql/functions.rs`).
     FunctionCall => "function_call",
+    /// Defines code or attaches it to data: functions, procedures,
+    /// operators, casts, aggregates, triggers, rules, event triggers,
+    /// extensions, languages, base types; constraints, defaults, indexes,
+    /// views and policies whose expressions call user code; switching
+    /// triggers, rules or row security on or off.
+    DefineCode => "define_code",
     /// `EXPLAIN` (always together with the explained statement's kinds).
     Explain => "explain",
-    /// `LISTEN`, `UNLISTEN`.
+    /// `LISTEN`.
     Listen => "listen",
     /// `NOTIFY`.
     Notify => "notify",
@@ -140,9 +156,12 @@ kinds! {
     Comment => "comment",
     /// Anything not recognised, including settings that change how the server tokenises SQL.
     Other => "other",
-    /// An `UPDATE` with no `WHERE`, or one that is constantly true.
+    /// An `UPDATE` (or `MERGE … UPDATE`, `INSERT … ON CONFLICT DO UPDATE`,
+    /// `ALTER COLUMN … TYPE … USING`) whose condition does not depend on a
+    /// column of the target: it can touch every row.
     UpdateWithoutWhere => "update_without_where",
-    /// A `DELETE` with no `WHERE`, or one that is constantly true.
+    /// A `DELETE` (or `MERGE … DELETE`) whose condition does not depend on a
+    /// column of the target.
     DeleteWithoutWhere => "delete_without_where",
 }
 
@@ -170,6 +189,7 @@ impl Kind {
                 | Kind::CopyProgram
                 | Kind::CopyFile
                 | Kind::Load
+                | Kind::DefineCode
         )
     }
 
@@ -221,7 +241,7 @@ impl fmt::Display for TableRef {
 }
 
 /// One classified statement of a query string.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Statement {
     /// This statement's own source text, trimmed.
     pub text: String,
@@ -231,8 +251,107 @@ pub struct Statement {
     pub reads: Vec<TableRef>,
     /// Relations written or acted on (DML targets, `COPY ... FROM`, DDL targets).
     pub writes: Vec<TableRef>,
-    /// Functions called that are not on the side-effect-free allowlist, as written.
+    /// Calls that made this a [`Kind::FunctionCall`], as written.
     pub functions: Vec<String>,
+    /// Names the backend's catalog resolves (see `crate::catalog::resolve`).
+    pub refs: Refs,
+    /// What the statement does to the session, for the relay to track.
+    pub effects: Effects,
+    /// `UPDATE`/`DELETE` targets whose condition restricts only if these
+    /// unqualified columns are the target's: the catalog pass decides, and
+    /// adds the "without WHERE" flag when it cannot tell.
+    pub pending_where: Vec<PendingWhere>,
+    /// Tables read through views (from the catalog), checked against `deny_tables`.
+    pub via_views: Vec<TableRef>,
+    /// Catalog relations read that need `catalog = "all"` (statistics, activity, secrets).
+    pub sensitive: Vec<TableRef>,
+}
+
+/// A name as written: `name` or `schema.name` (as the parser folded it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct QualName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for QualName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// One reference to something that may be code.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Ref {
+    pub name: QualName,
+    /// Inside a definition that stores the expression (a view, a default, a
+    /// CHECK, an index, a policy, a rule): the code would be attached, not just called.
+    pub attached: bool,
+}
+
+/// Everything in a statement that PostgreSQL resolves against its catalog
+/// and that may reach code: the catalog pass decides which do.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Refs {
+    /// Functions called by name (aggregates, window functions, `TABLESAMPLE` methods too).
+    pub calls: Vec<Ref>,
+    /// Operators named explicitly, and those `LIKE`, `BETWEEN`, `IN`, `CASE x WHEN` stand for.
+    pub operators: Vec<Ref>,
+    /// Types named in casts and typed literals.
+    pub casts: Vec<Ref>,
+    /// The last name of column references with two or more names (`o.score`):
+    /// attribute notation calls a one-argument function of that name if no column has it.
+    pub attributes: Vec<String>,
+}
+
+/// What kind of code object a statement defines, for other sessions'
+/// classification until the catalog is read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Defined {
+    Function,
+    Operator,
+    Type,
+}
+
+/// What a statement does to the session that the relay tracks.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Effects {
+    /// `PREPARE name AS …` (its kinds are the prepared statement's, already in `kinds`).
+    pub prepare: Option<String>,
+    /// `EXECUTE name` (also inside `EXPLAIN` and `CREATE TABLE … AS`).
+    pub execute: Option<String>,
+    /// `DEALLOCATE name` (`Some(Some)`) or `DEALLOCATE ALL` (`Some(None)`).
+    pub deallocate: Option<Option<String>>,
+    /// `DISCARD ALL`: forgets prepared statements and resets settings to their login values.
+    pub discard_all: bool,
+    /// Settings set or reset in this session (lower case); `*` for `RESET ALL`.
+    pub settings: Vec<String>,
+    /// `search_path` as this statement sets it: `Some(None)` back to the login value.
+    pub search_path: Option<Option<Vec<String>>>,
+    /// Turns the session's read-only guard off (`SET TRANSACTION READ WRITE`,
+    /// `BEGIN READ WRITE`, `default_transaction_read_only = off`, …).
+    pub read_write: bool,
+    /// Sets (or stores for later sessions) a client encoding Gatehouse cannot read.
+    pub unsafe_encoding: Option<String>,
+    /// May change how the server reads the next message (`client_encoding`,
+    /// `standard_conforming_strings`, their resets, `ROLLBACK` of a
+    /// transaction that set them): the relay waits for the server's answer
+    /// before classifying what follows.
+    pub changes_reading: bool,
+    /// Code objects this statement defines or renames.
+    pub defines: Vec<(Defined, QualName)>,
+}
+
+/// An `UPDATE`/`DELETE` target whose condition depends on unqualified columns.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingWhere {
+    pub flag: Kind,
+    pub target: TableRef,
+    pub columns: Vec<String>,
 }
 
 /// Why a query string could not be classified. Both are the client's doing.
@@ -270,8 +389,24 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, SqlError> {
 }
 
 /// [`classify`] for a session whose tokenising settings are known to differ
-/// from the defaults.
+/// from the defaults. Names are resolved against the built-in catalog only
+/// (what `gatehouse policy test` and `explain` can know offline); the relay
+/// uses [`parse`] and resolves against the backend's own catalog.
 pub fn classify_with(sql: &str, options: ParseOptions) -> Result<Vec<Statement>, SqlError> {
+    let mut all = parse(sql, options)?;
+    let catalog = crate::catalog::Catalog::builtin();
+    let session = crate::catalog::SessionNames::default();
+    for s in &mut all {
+        crate::catalog::resolve(s, catalog, &session);
+    }
+    Ok(all)
+}
+
+/// Parses and classifies what the text alone tells: every kind except the
+/// ones that depend on the catalog (user functions, operators and casts;
+/// views; pending "without WHERE" decisions), which
+/// [`crate::catalog::resolve`] adds.
+pub fn parse(sql: &str, options: ParseOptions) -> Result<Vec<Statement>, SqlError> {
     if sql.len() > MAX_SQL_LEN {
         return Err(SqlError::TooLong { len: sql.len() });
     }
@@ -309,6 +444,16 @@ fn classify_one(sql: &str, raw: &pb::RawStmt) -> Result<Statement, SqlError> {
         reads: walker.reads.list,
         writes: walker.writes.list,
         functions: walker.functions.list,
+        refs: Refs {
+            calls: walker.calls.list,
+            operators: walker.operators.list,
+            casts: walker.casts.list,
+            attributes: walker.attributes.list,
+        },
+        effects: walker.effects,
+        pending_where: walker.pending_where,
+        via_views: Vec::new(),
+        sensitive: Vec::new(),
     })
 }
 
@@ -396,11 +541,23 @@ struct Walker<'t> {
     reads: Ordered<TableRef>,
     writes: Ordered<TableRef>,
     functions: Ordered<String>,
+    calls: Ordered<Ref>,
+    operators: Ordered<Ref>,
+    casts: Ordered<Ref>,
+    attributes: Ordered<String>,
+    effects: Effects,
+    pending_where: Vec<PendingWhere>,
     /// Names of the CTEs in scope at this point.
     ctes: CteScope<'t>,
-    /// Inside `ALTER SYSTEM`/`ALTER ROLE ... SET`/function options: a SET
-    /// there is stored for later sessions, not run in this one.
+    /// Inside `ALTER SYSTEM`/`ALTER ROLE ... SET`: a SET there is stored
+    /// for later sessions, not run in this one.
     stored_settings: bool,
+    /// Inside function options (`CREATE FUNCTION … SET x = y`): applies
+    /// while the function runs, which is `define_code` already.
+    function_settings: bool,
+    /// Inside an expression that is stored and run later (view, default,
+    /// CHECK, index, policy, rule, trigger condition).
+    attaching: bool,
 }
 
 impl<'t> Walker<'t> {
@@ -410,8 +567,22 @@ impl<'t> Walker<'t> {
         }
         let own = kinds::node_kinds(node);
         let role = if own.iter().any(|k| k.targets_relations()) { Role::Write } else { role };
-        if !(self.stored_settings && matches!(node, NodeRef::VariableSetStmt(_))) {
-            self.kinds.extend(own);
+        match node {
+            NodeRef::VariableSetStmt(s) if self.stored_settings => {
+                self.kinds.insert(kinds::stored_set_kind(s));
+                if s.name.eq_ignore_ascii_case("client_encoding")
+                    && let Some(v) = kinds::single_value(&s.args)
+                    && encoding::is_unsafe_client_encoding(&v)
+                {
+                    self.effects.unsafe_encoding = Some(v);
+                }
+            }
+            NodeRef::VariableSetStmt(_) if self.function_settings => {}
+            NodeRef::VariableSetStmt(s) => {
+                self.kinds.extend(own);
+                self.session_setting(s);
+            }
+            _ => self.kinds.extend(own),
         }
         match node {
             NodeRef::RangeVar(r) => {
@@ -419,22 +590,153 @@ impl<'t> Walker<'t> {
                 Ok(())
             }
             NodeRef::FuncCall(call) => {
-                if !functions::is_allowed(call) {
-                    self.kinds.insert(Kind::FunctionCall);
-                    self.functions.push(functions::call_name(call));
+                match functions::qual_name(&call.funcname) {
+                    Some(name) => {
+                        if functions::is_dangerous(&name) {
+                            self.kinds.insert(Kind::FunctionCall);
+                            self.functions.push(functions::call_name(call));
+                        }
+                        self.calls.push(Ref { name, attached: self.attaching });
+                    }
+                    None => {
+                        self.kinds.insert(Kind::FunctionCall);
+                        self.functions.push(functions::call_name(call));
+                    }
                 }
                 self.children(node, depth, |_| Some(Role::Read))
             }
+            NodeRef::AExpr(e) => {
+                let between = matches!(
+                    pb::AExprKind::try_from(e.kind),
+                    Ok(pb::AExprKind::AexprBetween
+                        | pb::AExprKind::AexprNotBetween
+                        | pb::AExprKind::AexprBetweenSym
+                        | pb::AExprKind::AexprNotBetweenSym)
+                );
+                if between {
+                    self.operator(QualName { schema: None, name: ">=".into() });
+                    self.operator(QualName { schema: None, name: "<=".into() });
+                } else {
+                    self.operator_names(&e.name);
+                }
+                self.children(node, depth, |field| (field != "name").then_some(Role::Read))
+            }
+            NodeRef::SubLink(l) => {
+                self.operator_names(&l.oper_name);
+                self.children(node, depth, |field| (field != "oper_name").then_some(Role::Read))
+            }
+            NodeRef::SortBy(b) => {
+                self.operator_names(&b.use_op);
+                self.children(node, depth, |field| (field != "use_op").then_some(Role::Read))
+            }
+            NodeRef::CaseExpr(c) => {
+                if c.arg.is_some() {
+                    self.operator(QualName { schema: None, name: "=".into() });
+                }
+                self.children(node, depth, |_| Some(Role::Read))
+            }
+            NodeRef::TypeCast(t) => {
+                if let Some(tn) = &t.type_name {
+                    self.cast_to(tn);
+                }
+                self.children(node, depth, |field| (field != "type_name").then_some(Role::Read))
+            }
+            NodeRef::ColumnRef(c) => {
+                let names: Vec<&str> = c
+                    .fields
+                    .iter()
+                    .filter_map(|f| match &f.node {
+                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                if let [_, .., last] = names.as_slice()
+                    && !c.fields.iter().any(|f| matches!(f.node, Some(NodeEnum::AStar(_))))
+                {
+                    self.attributes.push((*last).to_owned());
+                }
+                Ok(())
+            }
+            NodeRef::AIndirection(ind) => {
+                // `(row).f`: like attribute notation, may call `f(row)`.
+                for f in &ind.indirection {
+                    if let Some(NodeEnum::String(s)) = &f.node {
+                        self.attributes.push(s.sval.clone());
+                    }
+                }
+                self.children(node, depth, |_| Some(Role::Read))
+            }
+            NodeRef::RangeTableSample(t) => {
+                if let Some(name) = functions::qual_name(&t.method) {
+                    self.calls.push(Ref { name, attached: self.attaching });
+                }
+                self.children(node, depth, |field| (field != "method").then_some(Role::Read))
+            }
             NodeRef::SelectStmt(s) => self.query(node, s.with_clause.as_ref(), Role::Read, depth),
-            NodeRef::InsertStmt(s) => self.insert(node, s, depth),
-            NodeRef::UpdateStmt(s) => self.query(node, s.with_clause.as_ref(), Role::Write, depth),
-            NodeRef::DeleteStmt(s) => self.query(node, s.with_clause.as_ref(), Role::Write, depth),
-            NodeRef::MergeStmt(s) => self.query(node, s.with_clause.as_ref(), Role::Write, depth),
+            NodeRef::InsertStmt(s) => {
+                if let Some(c) = &s.on_conflict_clause
+                    && c.action == pb::OnConflictAction::OnconflictUpdate as i32
+                    && let Some(target) = restrict::Target::of(s.relation.as_ref(), false)
+                {
+                    self.where_flag(Kind::UpdateWithoutWhere, target, s.relation.as_ref(), c.where_clause.as_deref());
+                }
+                self.insert(node, s, depth)
+            }
+            NodeRef::UpdateStmt(s) => {
+                if let Some(target) = restrict::Target::of(s.relation.as_ref(), !s.from_clause.is_empty()) {
+                    self.where_flag(Kind::UpdateWithoutWhere, target, s.relation.as_ref(), s.where_clause.as_deref());
+                }
+                self.query(node, s.with_clause.as_ref(), Role::Write, depth)
+            }
+            NodeRef::DeleteStmt(s) => {
+                if let Some(target) = restrict::Target::of(s.relation.as_ref(), !s.using_clause.is_empty()) {
+                    self.where_flag(Kind::DeleteWithoutWhere, target, s.relation.as_ref(), s.where_clause.as_deref());
+                }
+                self.query(node, s.with_clause.as_ref(), Role::Write, depth)
+            }
+            NodeRef::MergeStmt(s) => {
+                self.merge_flags(s);
+                self.query(node, s.with_clause.as_ref(), Role::Write, depth)
+            }
             NodeRef::CopyStmt(s) => self.query(node, None, if s.is_from { Role::Write } else { Role::Read }, depth),
             // `FOR UPDATE OF a`: `a` names a FROM item (often an alias), not a table.
             NodeRef::LockingClause(_) => Ok(()),
-            // REFERENCES and LIKE name tables that are read, not altered.
-            NodeRef::Constraint(_) | NodeRef::TableLikeClause(_) => self.children(node, depth, |_| Some(Role::Read)),
+            // REFERENCES and LIKE name tables that are read, not altered;
+            // CHECK and DEFAULT expressions are stored.
+            NodeRef::Constraint(_) | NodeRef::TableLikeClause(_) => {
+                self.attached(|w| w.children(node, depth, |_| Some(Role::Read)))
+            }
+            NodeRef::ColumnDef(_)
+            | NodeRef::IndexStmt(_)
+            | NodeRef::CreateStatsStmt(_)
+            | NodeRef::CreatePolicyStmt(_)
+            | NodeRef::AlterPolicyStmt(_)
+            | NodeRef::CreateDomainStmt(_)
+            | NodeRef::AlterDomainStmt(_)
+            | NodeRef::RuleStmt(_)
+            | NodeRef::CreateTrigStmt(_)
+            | NodeRef::ViewStmt(_)
+            | NodeRef::PartitionSpec(_)
+            | NodeRef::PartitionBoundSpec(_) => {
+                self.defines_from(node);
+                self.attached(|w| w.children(node, depth, |_| Some(role)))
+            }
+            NodeRef::CreateTableAsStmt(s) => {
+                let matview = s.objtype == pb::ObjectType::ObjectMatview as i32;
+                if matview {
+                    self.attached(|w| w.children(node, depth, |_| Some(role)))
+                } else {
+                    self.children(node, depth, |_| Some(role))
+                }
+            }
+            NodeRef::AlterTableCmd(c) => {
+                // `ALTER COLUMN … TYPE … USING expr` runs once; the rest is stored.
+                if c.subtype == pb::AlterTableType::AtAlterColumnType as i32 {
+                    self.children(node, depth, |_| Some(role))
+                } else {
+                    self.attached(|w| w.children(node, depth, |_| Some(role)))
+                }
+            }
             NodeRef::CallStmt(s) => {
                 // The procedure itself is the CALL; its arguments may call functions.
                 self.children(node, depth, |field| (field != "funccall").then_some(Role::Read))?;
@@ -457,17 +759,254 @@ impl<'t> Walker<'t> {
                 self.object(s.objtype, s.object.as_ref().and_then(|o| o.node.as_ref()));
                 self.children(node, depth, |_| Some(role))
             }
-            NodeRef::AlterSystemStmt(_)
-            | NodeRef::AlterRoleSetStmt(_)
-            | NodeRef::AlterDatabaseSetStmt(_)
-            | NodeRef::CreateFunctionStmt(_)
-            | NodeRef::AlterFunctionStmt(_) => {
+            NodeRef::AlterSystemStmt(_) | NodeRef::AlterRoleSetStmt(_) | NodeRef::AlterDatabaseSetStmt(_) => {
                 let outer = std::mem::replace(&mut self.stored_settings, true);
                 let result = self.children(node, depth, |_| Some(role));
                 self.stored_settings = outer;
                 result
             }
+            NodeRef::CreateFunctionStmt(_) | NodeRef::AlterFunctionStmt(_) => {
+                self.defines_from(node);
+                let outer = std::mem::replace(&mut self.function_settings, true);
+                let result = self.attached(|w| w.children(node, depth, |_| Some(role)));
+                self.function_settings = outer;
+                result
+            }
+            NodeRef::DefineStmt(_)
+            | NodeRef::CreateCastStmt(_)
+            | NodeRef::RenameStmt(_)
+            | NodeRef::AlterObjectSchemaStmt(_) => {
+                self.defines_from(node);
+                self.children(node, depth, |_| Some(role))
+            }
+            NodeRef::TransactionStmt(t) => {
+                self.transaction(t);
+                self.children(node, depth, |_| Some(role))
+            }
+            NodeRef::PrepareStmt(p) => {
+                self.effects.prepare = Some(p.name.clone());
+                self.children(node, depth, |_| Some(role))
+            }
+            NodeRef::ExecuteStmt(e) => {
+                self.effects.execute = Some(e.name.clone());
+                self.children(node, depth, |_| Some(role))
+            }
+            NodeRef::DeallocateStmt(d) => {
+                self.effects.deallocate = Some((!d.isall && !d.name.is_empty()).then(|| d.name.clone()));
+                Ok(())
+            }
+            NodeRef::DiscardStmt(d) => {
+                if d.target == pb::DiscardMode::DiscardAll as i32 {
+                    self.effects.discard_all = true;
+                    self.effects.settings.push("*".into());
+                    self.effects.search_path = Some(None);
+                    self.effects.changes_reading = true;
+                    self.effects.deallocate = Some(None);
+                }
+                Ok(())
+            }
             _ => self.children(node, depth, |_| Some(role)),
+        }
+    }
+
+    /// Runs `body` with stored (attached) expressions in scope.
+    fn attached(&mut self, body: impl FnOnce(&mut Self) -> Result<(), SqlError>) -> Result<(), SqlError> {
+        let outer = std::mem::replace(&mut self.attaching, true);
+        let result = body(self);
+        self.attaching = outer;
+        result
+    }
+
+    fn operator(&mut self, name: QualName) {
+        self.operators.push(Ref { name, attached: self.attaching });
+    }
+
+    fn operator_names(&mut self, names: &[pg_query::Node]) {
+        if names.is_empty() {
+            return;
+        }
+        match functions::qual_name(names) {
+            Some(name) => self.operator(name),
+            None => {
+                self.kinds.insert(Kind::FunctionCall);
+                self.functions.push("(operator)".into());
+            }
+        }
+    }
+
+    fn cast_to(&mut self, tn: &pb::TypeName) {
+        match functions::qual_name(&tn.names) {
+            // `x::%TYPE` and friends name a column's type: not a cast to a named type.
+            Some(name) if tn.pct_type => drop(name),
+            Some(name) => self.casts.push(Ref { name, attached: self.attaching }),
+            None => {
+                self.kinds.insert(Kind::FunctionCall);
+                self.functions.push("(cast)".into());
+            }
+        }
+    }
+
+    /// A `SET`/`RESET` run in this session: what the relay must track.
+    fn session_setting(&mut self, s: &pb::VariableSetStmt) {
+        let Ok(kind) = pb::VariableSetKind::try_from(s.kind) else { return };
+        let name = s.name.to_ascii_lowercase();
+        match kind {
+            pb::VariableSetKind::VarResetAll => {
+                self.effects.settings.push("*".into());
+                self.effects.search_path = Some(None);
+                self.effects.changes_reading = true;
+            }
+            pb::VariableSetKind::VarSetMulti => {
+                // SET TRANSACTION / SET SESSION CHARACTERISTICS AS TRANSACTION.
+                if read_write_option(&s.args) {
+                    self.effects.read_write = true;
+                }
+                if name.contains("characteristics") {
+                    self.effects.settings.push("default_transaction_read_only".into());
+                }
+            }
+            pb::VariableSetKind::VarSetValue => {
+                let value = kinds::single_value(&s.args);
+                match name.as_str() {
+                    "search_path" => {
+                        self.effects.search_path = Some(kinds::all_values(&s.args));
+                    }
+                    "client_encoding" | "names" => match value.as_deref() {
+                        Some(v) if encoding::is_unsafe_client_encoding(v) => {
+                            self.effects.unsafe_encoding = Some(v.to_owned());
+                        }
+                        Some(v) if encoding::is_utf8(v) => {}
+                        _ => self.effects.changes_reading = true,
+                    },
+                    "standard_conforming_strings" if !value.as_deref().is_some_and(kinds::is_true_word) => {
+                        self.effects.changes_reading = true;
+                    }
+                    "default_transaction_read_only" | "transaction_read_only"
+                        if !value.as_deref().is_some_and(kinds::is_true_word) =>
+                    {
+                        self.effects.read_write = true;
+                    }
+                    _ => {}
+                }
+                self.effects.settings.push(name);
+            }
+            pb::VariableSetKind::VarSetDefault | pb::VariableSetKind::VarReset => {
+                if name == "search_path" {
+                    self.effects.search_path = Some(None);
+                }
+                if kinds::changes_reading(&name) {
+                    self.effects.changes_reading = true;
+                }
+                self.effects.settings.push(name);
+            }
+            pb::VariableSetKind::VarSetCurrent | pb::VariableSetKind::Undefined => {
+                self.effects.settings.push(name);
+            }
+        }
+    }
+
+    fn transaction(&mut self, t: &pb::TransactionStmt) {
+        match pb::TransactionStmtKind::try_from(t.kind) {
+            Ok(pb::TransactionStmtKind::TransStmtBegin | pb::TransactionStmtKind::TransStmtStart)
+                if read_write_option(&t.options) =>
+            {
+                self.effects.read_write = true;
+            }
+            // Settings made in the rolled-back part revert, perhaps to ones that read SQL differently.
+            Ok(pb::TransactionStmtKind::TransStmtRollback | pb::TransactionStmtKind::TransStmtRollbackTo) => {
+                self.effects.changes_reading = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// Records the "without WHERE" flag for a DML target, now or for the catalog pass.
+    fn where_flag(
+        &mut self,
+        flag: Kind,
+        target: restrict::Target<'_>,
+        relation: Option<&pb::RangeVar>,
+        clause: Option<&pg_query::Node>,
+    ) {
+        match restrict::restricts(target, clause) {
+            restrict::Restricts::Yes => {}
+            restrict::Restricts::No => {
+                self.kinds.insert(flag);
+            }
+            restrict::Restricts::Maybe(columns) => {
+                if let Some(r) = relation {
+                    self.pending_where.push(PendingWhere { flag, target: table_ref(r), columns });
+                } else {
+                    self.kinds.insert(flag);
+                }
+            }
+        }
+    }
+
+    /// `MERGE`: `WHEN MATCHED … UPDATE|DELETE` touches the rows its ON
+    /// condition (and the clause's own AND condition) select; `WHEN NOT
+    /// MATCHED BY SOURCE` those its AND condition selects.
+    fn merge_flags(&mut self, s: &pb::MergeStmt) {
+        let Some(target) = restrict::Target::of(s.relation.as_ref(), false) else { return };
+        for clause in &s.merge_when_clauses {
+            let Some(NodeEnum::MergeWhenClause(c)) = &clause.node else { continue };
+            let flag = match pb::CmdType::try_from(c.command_type) {
+                Ok(pb::CmdType::CmdUpdate) => Kind::UpdateWithoutWhere,
+                Ok(pb::CmdType::CmdDelete) => Kind::DeleteWithoutWhere,
+                _ => continue,
+            };
+            let own = restrict::restricts(target, c.condition.as_deref());
+            let on = if c.match_kind == pb::MergeMatchKind::MergeWhenMatched as i32 {
+                restrict::restricts(target, s.join_condition.as_deref())
+            } else {
+                restrict::Restricts::No
+            };
+            if own != restrict::Restricts::Yes && on != restrict::Restricts::Yes {
+                self.kinds.insert(flag);
+            }
+        }
+    }
+
+    /// Code objects a DDL statement defines, renames or moves.
+    fn defines_from(&mut self, node: NodeRef<'_>) {
+        let mut add = |what: Defined, names: &[pg_query::Node]| {
+            if let Some(n) = functions::qual_name(names) {
+                self.effects.defines.push((what, n));
+            }
+        };
+        match node {
+            NodeRef::CreateFunctionStmt(f) => add(Defined::Function, &f.funcname),
+            NodeRef::DefineStmt(d) => match pb::ObjectType::try_from(d.kind) {
+                Ok(pb::ObjectType::ObjectAggregate) => add(Defined::Function, &d.defnames),
+                Ok(pb::ObjectType::ObjectOperator) => add(Defined::Operator, &d.defnames),
+                Ok(pb::ObjectType::ObjectType) => add(Defined::Type, &d.defnames),
+                _ => {}
+            },
+            NodeRef::CreateDomainStmt(d) => add(Defined::Type, &d.domainname),
+            NodeRef::CreateCastStmt(c) => {
+                if let Some(t) = &c.targettype {
+                    add(Defined::Type, &t.names);
+                }
+            }
+            NodeRef::RenameStmt(r) if kinds::is_code_object(r.rename_type) => {
+                let what = match pb::ObjectType::try_from(r.rename_type) {
+                    Ok(pb::ObjectType::ObjectOperator) => Defined::Operator,
+                    Ok(pb::ObjectType::ObjectType | pb::ObjectType::ObjectDomain) => Defined::Type,
+                    _ => Defined::Function,
+                };
+                self.effects.defines.push((what, QualName { schema: None, name: r.newname.clone() }));
+            }
+            NodeRef::AlterObjectSchemaStmt(a) if kinds::is_code_object(a.object_type) => {
+                if let Some(name) = object_last_name(a.object.as_deref()) {
+                    let what = match pb::ObjectType::try_from(a.object_type) {
+                        Ok(pb::ObjectType::ObjectOperator) => Defined::Operator,
+                        Ok(pb::ObjectType::ObjectType | pb::ObjectType::ObjectDomain) => Defined::Type,
+                        _ => Defined::Function,
+                    };
+                    self.effects.defines.push((what, QualName { schema: Some(a.newschema.clone()), name }));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -607,6 +1146,32 @@ impl<'t> Walker<'t> {
     }
 }
 
+/// Whether transaction options ask for READ WRITE (or anything but an explicit read-only).
+fn read_write_option(options: &[pg_query::Node]) -> bool {
+    options.iter().any(|o| match &o.node {
+        Some(NodeEnum::DefElem(d)) if d.defname == "transaction_read_only" => {
+            let value = d.arg.as_deref().map(std::slice::from_ref).and_then(kinds::single_value);
+            !value.as_deref().is_some_and(kinds::is_true_word)
+        }
+        _ => false,
+    })
+}
+
+fn table_ref(r: &pb::RangeVar) -> TableRef {
+    TableRef { schema: (!r.schemaname.is_empty()).then(|| r.schemaname.clone()), name: r.relname.clone() }
+}
+
+/// The last name of an object reference (`ObjectWithArgs` or a name list).
+fn object_last_name(object: Option<&pg_query::Node>) -> Option<String> {
+    match object?.node.as_ref()? {
+        NodeEnum::ObjectWithArgs(o) => functions::qual_name(&o.objname).map(|q| q.name),
+        NodeEnum::List(l) => functions::qual_name(&l.items).map(|q| q.name),
+        NodeEnum::TypeName(t) => functions::qual_name(&t.names).map(|q| q.name),
+        NodeEnum::String(s) => Some(s.sval.clone()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Kind::*;
@@ -659,7 +1224,7 @@ mod tests {
 
     #[test]
     fn kind_names_round_trip() {
-        assert_eq!(Kind::all().len(), 36);
+        assert_eq!(Kind::all().len(), 38);
         for &k in Kind::all() {
             assert_eq!(Kind::parse(k.name()), Some(k));
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.name()));
@@ -674,7 +1239,7 @@ mod tests {
     #[test]
     fn opaque_and_session_kinds() {
         let opaque: Vec<Kind> = Kind::all().iter().copied().filter(|k| k.is_opaque()).collect();
-        assert_eq!(opaque, [CopyProgram, CopyFile, SetRole, Execute, Call, Do, FunctionCall, Load]);
+        assert_eq!(opaque, [CopyProgram, CopyFile, SetRole, Execute, Call, Do, FunctionCall, DefineCode, Load]);
         let session: Vec<Kind> = Kind::all().iter().copied().filter(|k| k.is_session()).collect();
         assert_eq!(session, [Set, Show, Transaction, Deallocate, Discard]);
     }
@@ -778,7 +1343,8 @@ mod tests {
             ("INSERT INTO t VALUES (f())", &[Insert, FunctionCall]),
             ("INSERT INTO t WITH x AS (SELECT 1) VALUES ((SELECT * FROM x))", &[Insert, Select]),
             ("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING", &[Insert]),
-            ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1", &[Insert, Update]),
+            ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1", &[Insert, Update, UpdateWithoutWhere]),
+            ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1 WHERE t.x < 5", &[Insert, Update]),
             ("UPDATE t SET x = 1 WHERE id = 1", &[Update]),
             ("UPDATE t SET x = 1", &[Update, UpdateWithoutWhere]),
             ("UPDATE t SET x = 1 WHERE 1=1", &[Update, UpdateWithoutWhere]),
@@ -790,8 +1356,18 @@ mod tests {
             (
                 "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE \
                  WHEN NOT MATCHED THEN INSERT VALUES (s.id)",
-                &[Merge],
+                &[Merge, Delete, Insert],
             ),
+            ("MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE", &[Merge, Delete, DeleteWithoutWhere]),
+            (
+                "MERGE INTO t USING s ON s.x = 1 WHEN MATCHED THEN UPDATE SET x = 1",
+                &[Merge, Update, UpdateWithoutWhere],
+            ),
+            (
+                "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE THEN DELETE",
+                &[Merge, Delete, DeleteWithoutWhere],
+            ),
+            ("MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE AND t.old THEN DELETE", &[Merge, Delete]),
         ]);
     }
 
@@ -816,23 +1392,22 @@ mod tests {
             "true IS TRUE",
             "NULL IS NOT TRUE",
             "(((1=1)))",
+            "NULL = NULL",
+            "'a' < 'b'",
+            "'true'",
+            "1 = 1.0",
+            "1 IN (1)",
+            "(SELECT true)",
+            "coalesce(true, false)",
+            "EXISTS (SELECT 1)",
+            "id = 1 OR (SELECT true)",
         ] {
             let sql = format!("DELETE FROM t WHERE {clause}");
-            assert_eq!(kinds_of(&sql), [Delete, DeleteWithoutWhere], "{sql}");
+            assert!(kinds_of(&sql).contains(&DeleteWithoutWhere), "{sql}");
         }
-        for clause in [
-            "false",
-            "id = 1",
-            "id = id",
-            "1 = 2",
-            "NULL",
-            "NULL = NULL",
-            "1=1 AND id = 2",
-            "false OR id = 2",
-            "'a' < 'b'",
-            "x",
-            "id IS NOT NULL",
-        ] {
+        for clause in
+            ["false", "id = 1", "id = id", "1 = 2", "NULL", "1=1 AND id = 2", "false OR id = 2", "x", "id IS NOT NULL"]
+        {
             let sql = format!("DELETE FROM t WHERE {clause}");
             assert_eq!(kinds_of(&sql), [Delete], "{sql}");
         }
@@ -875,28 +1450,46 @@ mod tests {
             ("CREATE SCHEMA s CREATE TABLE t (id int)", &[Create]),
             ("CREATE ROLE r LOGIN", &[Create]),
             ("CREATE DATABASE d", &[Create]),
-            ("CREATE EXTENSION dblink", &[Create]),
+            ("CREATE EXTENSION dblink", &[Create, DefineCode]),
             ("CREATE SEQUENCE s", &[Create]),
             ("CREATE TYPE mood AS ENUM ('a', 'b')", &[Create]),
-            ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ DELETE FROM t; SELECT 1 $$", &[Create]),
-            ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET role = 'x' AS 'select 1'", &[Create]),
+            ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ DELETE FROM t; SELECT 1 $$", &[Create, DefineCode]),
+            ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET role = 'x' AS 'select 1'", &[Create, DefineCode]),
             (
                 "CREATE FUNCTION f() RETURNS void LANGUAGE sql BEGIN ATOMIC DELETE FROM t; END",
-                &[Create, Delete, DeleteWithoutWhere],
+                &[Create, DefineCode, Delete, DeleteWithoutWhere],
             ),
-            ("CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", &[Create]),
-            ("CREATE RULE r AS ON INSERT TO t DO INSTEAD NOTHING", &[Create]),
-            ("CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM u", &[Create, Delete, DeleteWithoutWhere]),
+            ("CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", &[Create, DefineCode]),
+            ("CREATE RULE r AS ON INSERT TO t DO INSTEAD NOTHING", &[Create, DefineCode]),
+            (
+                "CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM u",
+                &[Create, DefineCode, Delete, DeleteWithoutWhere],
+            ),
             ("CREATE POLICY p ON t USING (owner = current_user)", &[Create]),
             ("IMPORT FOREIGN SCHEMA s FROM SERVER srv INTO public", &[Create]),
             ("ALTER TABLE t ADD COLUMN c int", &[Alter]),
             ("ALTER TABLE t RENAME TO u", &[Alter]),
             ("ALTER ROLE r PASSWORD 'x'", &[Alter]),
-            ("ALTER ROLE r SET role TO 'admin'", &[Alter]),
+            ("ALTER ROLE r SET role TO 'admin'", &[Alter, SetRole]),
             ("ALTER DATABASE d SET work_mem = '1GB'", &[Alter]),
+            ("ALTER TABLE t DROP COLUMN c", &[Alter, Drop]),
+            ("ALTER TABLE t DROP CONSTRAINT c", &[Alter, Drop]),
+            ("ALTER TABLE t ALTER COLUMN c TYPE int USING 0", &[Alter, UpdateWithoutWhere]),
+            ("ALTER TABLE t ALTER COLUMN c TYPE bigint", &[Alter]),
+            ("ALTER TABLE t DISABLE TRIGGER ALL", &[Alter, DefineCode]),
+            ("ALTER TABLE t DISABLE ROW LEVEL SECURITY", &[Alter, DefineCode]),
+            ("ALTER FUNCTION f(int) RENAME TO lower", &[Alter, DefineCode]),
+            ("ALTER FUNCTION f(int) SET SCHEMA pg_catalog", &[Alter, DefineCode]),
+            ("ALTER TABLE t RENAME TO u2", &[Alter]),
+            ("CREATE OPERATOR #@# (LEFTARG = int, RIGHTARG = int, FUNCTION = f)", &[Create, DefineCode]),
+            ("CREATE CAST (int AS text) WITH FUNCTION f(int)", &[Create, DefineCode]),
+            ("CREATE AGGREGATE a (int) (SFUNC = f, STYPE = int)", &[Create, DefineCode]),
+            ("CREATE DOMAIN d AS int CHECK (VALUE > 0)", &[Create]),
+            ("CREATE TYPE t2 AS (a int)", &[Create]),
+            ("CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()", &[Create, DefineCode]),
             ("ALTER SYSTEM SET work_mem = '1GB'", &[Alter]),
-            ("ALTER SYSTEM RESET ALL", &[Alter]),
-            ("ALTER FUNCTION f() SET search_path = public", &[Alter]),
+            ("ALTER SYSTEM RESET ALL", &[Alter, SetRole]),
+            ("ALTER FUNCTION f() SET search_path = public", &[Alter, DefineCode]),
             ("REASSIGN OWNED BY a TO b", &[Alter]),
             ("DROP TABLE t", &[Drop]),
             ("DROP TABLE IF EXISTS a, b CASCADE", &[Drop]),
@@ -921,7 +1514,9 @@ mod tests {
     fn set_show_and_identity() {
         check(&[
             ("SET work_mem = '64MB'", &[Set]),
-            ("SET search_path TO public, pg_catalog", &[Other]),
+            ("SET search_path TO public, pg_catalog", &[Set]),
+            ("SET app.tenant = '42'", &[Other]),
+            ("SET session_replication_role = replica", &[Other]),
             ("SET LOCAL statement_timeout = 5", &[Set]),
             ("RESET work_mem", &[Set]),
             ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", &[Set]),
@@ -937,13 +1532,13 @@ mod tests {
             ("SET SESSION AUTHORIZATION DEFAULT", &[SetRole]),
             ("RESET ROLE", &[SetRole]),
             ("RESET SESSION AUTHORIZATION", &[SetRole]),
-            ("RESET ALL", &[SetRole]),
+            ("RESET ALL", &[Set]),
             ("SET role = 'postgres'", &[SetRole]),
             ("SET \"ROLE\" TO postgres", &[SetRole]),
             ("SET session_authorization = 'x'", &[SetRole]),
             ("SET \"Session_Authorization\" = 'x'", &[SetRole]),
             ("RESET \"role\"", &[SetRole]),
-            ("DISCARD ALL", &[Discard, SetRole]),
+            ("DISCARD ALL", &[Discard]),
             ("DISCARD PLANS", &[Discard]),
             ("DISCARD TEMP", &[Discard]),
             ("DISCARD SEQUENCES", &[Discard]),
@@ -951,23 +1546,80 @@ mod tests {
     }
 
     #[test]
-    fn settings_that_change_tokenising_are_other() {
+    fn settings_that_change_how_sql_is_read_are_tracked() {
+        let eff = |sql: &str| one(sql).effects;
+        for sql in [
+            "SET standard_conforming_strings = off",
+            "SET standard_conforming_strings TO false",
+            "RESET standard_conforming_strings",
+            "SET client_encoding = 'LATIN1'",
+            "RESET client_encoding",
+            "SET client_encoding TO DEFAULT",
+            "RESET ALL",
+            "DISCARD ALL",
+            "ROLLBACK",
+            "ROLLBACK TO SAVEPOINT s",
+        ] {
+            assert!(eff(sql).changes_reading, "{sql}");
+            assert!(eff(sql).unsafe_encoding.is_none(), "{sql}");
+        }
+        for sql in
+            ["SET standard_conforming_strings = on", "SET client_encoding TO 'UTF8'", "SET NAMES 'unicode'", "COMMIT"]
+        {
+            assert!(!eff(sql).changes_reading, "{sql}");
+        }
+        for sql in [
+            "SET client_encoding = 'SJIS'",
+            "SET NAMES 'BIG5'",
+            "set client_encoding to 'Shift-JIS'",
+            "SET client_encoding = 'windows936'",
+            "ALTER ROLE gh SET client_encoding = 'sjis'",
+            "ALTER DATABASE d SET client_encoding TO 'GBK'",
+            "ALTER SYSTEM SET client_encoding = 'uhc'",
+        ] {
+            assert!(eff(sql).unsafe_encoding.is_some(), "{sql}");
+        }
+        assert_eq!(eff("SET search_path = hr, \"$user\"").search_path, Some(Some(vec!["hr".into(), "$user".into()])));
+        assert_eq!(eff("RESET search_path").search_path, Some(None));
+        assert_eq!(eff("SET search_path TO DEFAULT").search_path, Some(None));
+    }
+
+    #[test]
+    fn turning_the_read_only_guard_off_is_noticed() {
+        for sql in [
+            "SET default_transaction_read_only = off",
+            "SET SESSION default_transaction_read_only TO false",
+            "SET transaction_read_only = 0",
+            "SET TRANSACTION READ WRITE",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+            "BEGIN READ WRITE",
+            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+        ] {
+            assert!(one(sql).effects.read_write, "{sql}");
+        }
+        for sql in [
+            "SET default_transaction_read_only = on",
+            "BEGIN READ ONLY",
+            "BEGIN",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        ] {
+            assert!(!one(sql).effects.read_write, "{sql}");
+        }
+    }
+
+    #[test]
+    fn settings_stored_for_later_sessions() {
         check(&[
-            ("SET standard_conforming_strings = off", &[Other]),
-            ("SET standard_conforming_strings TO false", &[Other]),
-            ("SET standard_conforming_strings = 0", &[Other]),
-            ("SET standard_conforming_strings = on", &[Set]),
-            ("SET standard_conforming_strings TO true", &[Set]),
-            ("RESET standard_conforming_strings", &[Set]),
-            ("SET client_encoding = 'SJIS'", &[Other]),
-            ("SET NAMES 'BIG5'", &[Other]),
-            ("SET client_encoding TO 'UTF8'", &[Set]),
-            ("SET client_encoding = 'utf-8'", &[Set]),
-            ("SET NAMES 'unicode'", &[Set]),
-            ("RESET client_encoding", &[Set]),
-            ("SET search_path = secret", &[Other]),
-            ("set SEARCH_PATH to public", &[Other]),
-            ("RESET search_path", &[Other]),
+            ("ALTER ROLE gatehouse SET role = 'postgres'", &[Alter, SetRole]),
+            ("ALTER ROLE gatehouse SET session_authorization = 'postgres'", &[Alter, SetRole]),
+            ("ALTER ROLE gatehouse SET search_path = evil", &[Alter, SetRole]),
+            ("ALTER ROLE gatehouse SET default_transaction_read_only = off", &[Alter, SetRole]),
+            ("ALTER ROLE ALL SET standard_conforming_strings = off", &[Alter, SetRole]),
+            ("ALTER ROLE gatehouse RESET ALL", &[Alter, SetRole]),
+            ("ALTER DATABASE d SET app.secret = 'x'", &[Alter, SetRole]),
+            ("ALTER SYSTEM SET shared_preload_libraries = 'evil'", &[Alter, SetRole]),
+            ("ALTER ROLE gatehouse IN DATABASE d SET work_mem = '64MB'", &[Alter]),
+            ("ALTER DATABASE d SET timezone = 'UTC'", &[Alter]),
         ]);
     }
 
@@ -995,9 +1647,9 @@ mod tests {
             ("SAVEPOINT s", &[Transaction]),
             ("RELEASE SAVEPOINT s", &[Transaction]),
             ("ROLLBACK TO SAVEPOINT s", &[Transaction]),
-            ("PREPARE TRANSACTION 'x'", &[Transaction]),
-            ("COMMIT PREPARED 'x'", &[Transaction]),
-            ("ROLLBACK PREPARED 'x'", &[Transaction]),
+            ("PREPARE TRANSACTION 'x'", &[TwoPhase]),
+            ("COMMIT PREPARED 'x'", &[TwoPhase]),
+            ("ROLLBACK PREPARED 'x'", &[TwoPhase]),
             ("SET CONSTRAINTS ALL DEFERRED", &[Transaction]),
             ("PREPARE p AS SELECT 1", &[Prepare, Select]),
             ("PREPARE p (int) AS UPDATE t SET x = $1 WHERE id = 1", &[Prepare, Update]),
@@ -1016,7 +1668,7 @@ mod tests {
             ("DO $$ BEGIN PERFORM 1; END $$", &[Do]),
             ("DO LANGUAGE plpgsql 'BEGIN END'", &[Do]),
             ("LISTEN ch", &[Listen]),
-            ("UNLISTEN *", &[Listen]),
+            ("UNLISTEN *", &[Deallocate]),
             ("NOTIFY ch, 'payload'", &[Notify]),
             ("LOCK TABLE t", &[Lock]),
             ("LOCK t IN ACCESS SHARE MODE", &[Lock]),

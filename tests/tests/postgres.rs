@@ -498,7 +498,8 @@ client_tls = {{ cert_file = "{cert}", key_file = "{key}" }}
 name = "analysts read"
 who = {{ groups = ["{analyst}"] }}
 backend = "appdb"
-statements = ["select", "function_call"]
+statements = ["select"]
+catalog = "all"
 "#,
             addr = pg.addr(),
             ca = ca_file.display(),

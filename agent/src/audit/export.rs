@@ -1521,6 +1521,7 @@ mod tests {
                     duration_us: 2500,
                     error: None,
                     masked: Some(r#"{"email":1}"#.into()),
+                    tags: None,
                 })),
             ),
             (T0 + 2 * sec + 4, chunk(S_A, Direction::Down, 0, result.clone())),

@@ -1084,6 +1084,7 @@ mod tests {
                 duration_us: 1234,
                 error: None,
                 masked: masked.map(Into::into),
+                tags: None,
             };
             self.json(time_us, "statement_end", &e);
         }

@@ -55,6 +55,8 @@ pub struct Decision {
     /// For `NeedsApproval`: who may approve, and how long to wait.
     pub approvers: Option<String>,
     pub approval_timeout: Option<Duration>,
+    /// For allows: the server-side guard rails of the rule's sessions.
+    pub guard: super::Guard,
 }
 
 impl Decision {
@@ -95,6 +97,7 @@ impl Decision {
             max_session: None,
             approvers: None,
             approval_timeout: None,
+            guard: super::Guard::default(),
         }
     }
 
@@ -270,18 +273,40 @@ impl Rule {
             };
             return Some(format!("{} is not in its statements {}{hint}", k.name(), self.statements.describe()));
         }
-        let touched = || s.reads.iter().chain(&s.writes);
-        if let Some(t) = touched().find(|t| self.deny_tables.iter().any(|p| p.matches(t, true))) {
-            return Some(format!("table {t} is in its deny_tables"));
+        if self.catalog != super::CatalogAccess::All
+            && let Some(t) = s.sensitive.first()
+        {
+            return Some(format!(
+                "catalog relation {t} needs catalog = \"all\" (it holds statistics, activity, secrets or configuration); the rule has catalog = \"{}\"",
+                self.catalog.name()
+            ));
         }
+        if self.catalog == super::CatalogAccess::None
+            && let Some(t) = s.reads.iter().find(|t| is_catalog(t))
+        {
+            return Some(format!("catalog relation {t} is not readable under catalog = \"none\""));
+        }
+        // Tables read through views count for deny_tables: a view over a denied table is denied.
+        let touched = || s.reads.iter().chain(&s.writes).chain(&s.via_views);
+        if let Some(t) = touched().find(|t| self.deny_tables.iter().any(|p| p.matches(t, true))) {
+            let how = if s.via_views.contains(t) && !s.reads.contains(t) { " (read through a view)" } else { "" };
+            return Some(format!("table {t} is in its deny_tables{how}"));
+        }
+        // Catalog relations read are governed by `catalog`, not `tables`.
+        let listed = || s.reads.iter().filter(|t| !is_catalog(t)).chain(&s.writes);
         if !self.tables.is_empty()
-            && let Some(t) = touched().find(|t| !self.tables.iter().any(|p| p.matches(t, false)))
+            && let Some(t) = listed().find(|t| !self.tables.iter().any(|p| p.matches(t, false)))
         {
             let list: Vec<String> = self.tables.iter().map(ToString::to_string).collect();
             return Some(format!("table {t} is not in its tables [{}]", list.join(", ")));
         }
         None
     }
+}
+
+/// A relation of `pg_catalog` or `information_schema` (as resolved by the catalog pass).
+fn is_catalog(t: &crate::sql::TableRef) -> bool {
+    matches!(t.schema.as_deref(), Some("pg_catalog" | "information_schema"))
 }
 
 /// Why `rule` does not apply to `p` on `req` (empty: it applies).
@@ -379,6 +404,7 @@ impl Policy {
         d.as_role = rule.as_role.clone();
         d.mask = rule.mask.clone();
         d.max_session = rule.max_session;
+        d.guard = rule.guard();
         // Allows carry no text: it is built on demand (see `Decision::reason`),
         // keeping the common path free of allocation.
         let Some(s) = req.statement else { return d };

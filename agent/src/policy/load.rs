@@ -17,8 +17,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{Diagnostic, Diagnostics, Location, Source, closest};
 use super::{
-    Action, Approval, Backend, Credentials, KindSet, NamePattern, Policy, Protocol, Rule, TablePattern, Target,
-    TestCase, TestExpect, TimeWindow, TlsMode, Who,
+    Action, Approval, Backend, CatalogAccess, Credentials, KindSet, NamePattern, Policy, Protocol, Rule, TablePattern,
+    Target, TestCase, TestExpect, TimeWindow, TlsMode, Who,
 };
 use crate::mask::{Detector, ProfileSpec, Style};
 use crate::settings::{AgentRaw, parse_duration};
@@ -133,6 +133,9 @@ struct RuleRaw {
     mask: Option<Spanned<String>>,
     approval: Option<Spanned<ApprovalRaw>>,
     max_session: Option<Spanned<String>>,
+    catalog: Option<Spanned<String>>,
+    statement_timeout: Option<Spanned<String>>,
+    idle_in_transaction_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -851,6 +854,9 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
                 ("mask", r.mask.as_ref().map(Spanned::span)),
                 ("approval", r.approval.as_ref().map(Spanned::span)),
                 ("max_session", r.max_session.as_ref().map(Spanned::span)),
+                ("catalog", r.catalog.as_ref().map(Spanned::span)),
+                ("statement_timeout", r.statement_timeout.as_ref().map(Spanned::span)),
+                ("idle_in_transaction_timeout", r.idle_in_transaction_timeout.as_ref().map(Spanned::span)),
             ];
             let mut bad = false;
             for (field, span) in meaningless {
@@ -893,6 +899,9 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             ("mask", r.mask.as_ref().map(Spanned::span)),
             ("approval", r.approval.as_ref().map(Spanned::span)),
             ("as_role", r.as_role.as_ref().map(Spanned::span)),
+            ("catalog", r.catalog.as_ref().map(Spanned::span)),
+            ("statement_timeout", r.statement_timeout.as_ref().map(Spanned::span)),
+            ("idle_in_transaction_timeout", r.idle_in_transaction_timeout.as_ref().map(Spanned::span)),
         ];
         if !sql && let Some((field, Some(span))) = statement_scope.iter().find(|(_, s)| s.is_some()) {
             e.push(
@@ -938,16 +947,41 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
                 parsed
             }
         };
-        let max_session = match &r.max_session {
+        let mut duration = |field: &str, v: &Option<Spanned<String>>| match v {
             None => None,
             Some(m) => match parse_duration(m.get_ref()) {
+                Ok(d) if d.is_zero() && field != "max_session" => {
+                    e.push(
+                        src.at(Some(m.span())),
+                        format!("{field}: 0 would switch the timeout off; omit the key instead"),
+                    );
+                    bad = true;
+                    None
+                }
                 Ok(d) => Some(d),
                 Err(msg) => {
-                    e.push(src.at(Some(m.span())), format!("max_session: {msg}"));
+                    e.push(src.at(Some(m.span())), format!("{field}: {msg}"));
                     bad = true;
                     None
                 }
             },
+        };
+        let max_session = duration("max_session", &r.max_session);
+        let statement_timeout = duration("statement_timeout", &r.statement_timeout);
+        let idle_in_transaction_timeout = duration("idle_in_transaction_timeout", &r.idle_in_transaction_timeout);
+        let catalog = match r.catalog.as_ref().map(|c| c.get_ref().as_str()) {
+            None | Some("metadata") => CatalogAccess::Metadata,
+            Some("none") => CatalogAccess::None,
+            Some("all") => CatalogAccess::All,
+            Some(other) => {
+                e.hint(
+                    src.at(r.catalog.as_ref().map(Spanned::span)),
+                    format!("catalog must be \"none\", \"metadata\" or \"all\", not `{other}`"),
+                    did_you_mean(other, ["none", "metadata", "all"]),
+                );
+                bad = true;
+                CatalogAccess::Metadata
+            }
         };
         if bad {
             continue;
@@ -967,6 +1001,9 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             mask: r.mask.map(|m| std::sync::Arc::from(m.into_inner())),
             approval,
             max_session,
+            catalog,
+            statement_timeout,
+            idle_in_transaction_timeout,
             at,
             index,
         });

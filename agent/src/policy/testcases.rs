@@ -85,13 +85,7 @@ impl Policy {
 
 /// A statement of one kind touching no table, for tests and `explain --kind`.
 pub fn single_kind(kind: Kind) -> Statement {
-    Statement {
-        text: String::new(),
-        kinds: std::iter::once(kind).collect(),
-        reads: vec![],
-        writes: vec![],
-        functions: vec![],
-    }
+    Statement { kinds: std::iter::once(kind).collect(), ..Statement::default() }
 }
 
 pub fn verdict_name(v: Verdict) -> &'static str {

@@ -4,6 +4,7 @@
 //! names; then every statement is classified with PostgreSQL's own grammar
 //! and allowed or refused before it reaches the server (see `relay`).
 
+pub mod catalog;
 pub mod io;
 mod relay;
 pub mod tls;
@@ -56,11 +57,6 @@ const PASSED_PARAMS: &[&str] = &[
     "work_mem",
     "jit",
 ];
-
-/// Client encodings whose multi-byte characters may contain `\` or `'`
-/// bytes: the server would read a query's quoting differently from the
-/// classifier, so they are refused.
-const UNSAFE_ENCODINGS: &[&str] = &["sjis", "shift_jis_2004", "big5", "gbk", "gb18030", "uhc", "johab"];
 
 /// Where a cancel request must go: the backend's own key for one session.
 #[derive(Debug, Clone)]
@@ -118,7 +114,17 @@ pub struct Ctx {
     pub addr: SocketAddr,
     pub as_role: Option<DbRole>,
     pub mask: Option<Arc<Profile>>,
+    /// Server-side guard rails from the rule that allowed the session.
+    pub guard: crate::policy::Guard,
     pub live: Arc<LiveSession>,
+}
+
+/// The backend login and database a session uses, and their catalog.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionDb {
+    pub login: Credentials,
+    pub database: String,
+    pub catalog: Arc<catalog::Entry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,13 +267,19 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
             return done(End::Cut(what));
         }
     };
-    let backend_params = match check_params(&params) {
+    let mut backend_params = match check_params(&params) {
         Ok(p) => p,
         Err(e) => {
             send(&mut client, &e.encode()).await;
             return done(End::ClientError(e.message));
         }
     };
+    // The rule's guard rails go last, as plain startup parameters: the server
+    // applies those after `options`, and the client's own values for them are dropped.
+    let guard = ctx.guard.startup_settings();
+    backend_params.retain(|(k, _)| !guard.iter().any(|(g, _)| k.eq_ignore_ascii_case(g)));
+    backend_params.extend(guard.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    let database = backend_params.iter().find(|(k, _)| k == "database").map(|(_, v)| v.clone()).unwrap_or_default();
     let unsupported: Vec<String> =
         params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
     if minor > 0 || !unsupported.is_empty() {
@@ -290,9 +302,22 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
             return done(End::BackendError(msg));
         }
     };
-    info!(login = %login.user, database = params.iter().find(|(k, _)| k == "database").map_or("", |(_, v)| v.as_str()), "logged in to the backend");
+    info!(login = %login.user, database = %database, "logged in to the backend");
+    let entry = match catalog::for_session(&ctx, &login, &database).await {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "cannot read the backend catalog: session refused (fail closed)");
+            let msg = format!(
+                "Gatehouse could not read the catalog of backend {} (it is needed to check statements): {e}",
+                ctx.backend.name
+            );
+            send(&mut client, &PgError::new(Severity::Fatal, "08006", msg.clone()).encode()).await;
+            return done(End::BackendError(msg));
+        }
+    };
     send(&mut client, &wire::auth_ok()).await;
-    let out = relay::run(&ctx, client, client_rest, backend, backend_rest).await;
+    let db = SessionDb { login, database, catalog: entry };
+    let out = relay::run(&ctx, &db, client, client_rest, backend, backend_rest).await;
     ctx.agent.cancel_keys.remove_session(ctx.id);
     out
 }
@@ -318,10 +343,15 @@ fn check_params(params: &[(String, String)]) -> Result<Vec<(String, String)>, Pg
                 ));
             }
             "options" => {
-                for (name, _) in parse_options(v).map_err(refuse)? {
+                for (name, value) in parse_options(v).map_err(refuse)? {
                     if !PASSED_PARAMS.contains(&name.as_str()) {
                         return Err(refuse(format!(
                             "setting {name:?} in the startup options is not allowed through Gatehouse"
+                        )));
+                    }
+                    if name == "client_encoding" && crate::sql::encoding::is_unsafe_client_encoding(&value) {
+                        return Err(refuse(format!(
+                            "client_encoding {value} is not supported through Gatehouse; use UTF8"
                         )));
                     }
                 }
@@ -329,7 +359,7 @@ fn check_params(params: &[(String, String)]) -> Result<Vec<(String, String)>, Pg
                     out.push((k.clone(), v.clone()));
                 }
             }
-            "client_encoding" if UNSAFE_ENCODINGS.contains(&v.to_ascii_lowercase().as_str()) => {
+            "client_encoding" if crate::sql::encoding::is_unsafe_client_encoding(v) => {
                 return Err(refuse(format!("client_encoding {v} is not supported through Gatehouse; use UTF8")));
             }
             _ if key.starts_with("_pq_.") => {}
@@ -527,6 +557,10 @@ mod tests {
         assert!(check_params(&p(&[("user", "a"), ("options", "-c statement_timeout=5s")])).is_ok());
         assert!(check_params(&p(&[("user", "a"), ("replication", "database")])).is_err());
         assert!(check_params(&p(&[("user", "a"), ("client_encoding", "SJIS")])).is_err());
+        assert!(check_params(&p(&[("user", "a"), ("client_encoding", "Shift-JIS")])).is_err());
+        assert!(check_params(&p(&[("user", "a"), ("client_encoding", "windows936")])).is_err());
+        assert!(check_params(&p(&[("user", "a"), ("options", "-c client_encoding=WIN932")])).is_err());
+        assert!(check_params(&p(&[("user", "a"), ("options", "-c client_encoding=UTF8")])).is_ok());
         assert!(check_params(&p(&[("user", "a"), ("search_path", "secret")])).is_err());
     }
 

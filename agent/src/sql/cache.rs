@@ -1,6 +1,6 @@
 //! A cache of classifications by exact statement text.
 
-use super::{ParseOptions, SqlError, Statement, classify_with};
+use super::{ParseOptions, SqlError, Statement};
 
 /// A cache of classifications by exact text (and parse options): drivers
 /// send the same statement texts again and again (prepared statements,
@@ -27,7 +27,7 @@ impl Cache {
                 return Ok(hit.to_vec());
             }
         }
-        let fresh = classify_with(sql, options)?;
+        let fresh = super::parse(sql, options)?;
         if key_ok {
             let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if map.len() >= Self::MAX_ENTRIES {

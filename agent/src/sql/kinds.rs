@@ -22,35 +22,74 @@ pub(super) fn node_kinds(node: NodeRef<'_>) -> Vec<Kind> {
                 .is_some_and(|c| c.action == pb::OnConflictAction::OnconflictUpdate as i32);
             if upsert { vec![Kind::Insert, Kind::Update] } else { vec![Kind::Insert] }
         }
-        NodeRef::UpdateStmt(s) => {
-            if has_where(s.where_clause.as_deref()) {
-                vec![Kind::Update]
-            } else {
-                vec![Kind::Update, Kind::UpdateWithoutWhere]
+        // The "without WHERE" flags need the target's name: the walker adds them (`restrict.rs`).
+        NodeRef::UpdateStmt(_) => vec![Kind::Update],
+        NodeRef::DeleteStmt(_) => vec![Kind::Delete],
+        NodeRef::MergeStmt(s) => {
+            let mut kinds = vec![Kind::Merge];
+            for clause in &s.merge_when_clauses {
+                if let Some(NodeEnum::MergeWhenClause(c)) = &clause.node {
+                    match pb::CmdType::try_from(c.command_type) {
+                        Ok(pb::CmdType::CmdUpdate) => kinds.push(Kind::Update),
+                        Ok(pb::CmdType::CmdDelete) => kinds.push(Kind::Delete),
+                        Ok(pb::CmdType::CmdInsert) => kinds.push(Kind::Insert),
+                        Ok(pb::CmdType::CmdNothing) => {}
+                        _ => kinds.push(Kind::Other),
+                    }
+                }
             }
+            kinds
         }
-        NodeRef::DeleteStmt(s) => {
-            if has_where(s.where_clause.as_deref()) {
-                vec![Kind::Delete]
-            } else {
-                vec![Kind::Delete, Kind::DeleteWithoutWhere]
-            }
-        }
-        NodeRef::MergeStmt(_) => vec![Kind::Merge],
         NodeRef::CopyStmt(s) => vec![copy_kind(s)],
         NodeRef::VariableSetStmt(s) => vec![set_kind(s)],
         NodeRef::VariableShowStmt(_) => vec![Kind::Show],
-        NodeRef::DiscardStmt(s) => {
-            // DISCARD ALL includes SET SESSION AUTHORIZATION DEFAULT and RESET ALL.
-            if s.target == pb::DiscardMode::DiscardAll as i32 {
-                vec![Kind::Discard, Kind::SetRole]
-            } else {
-                vec![Kind::Discard]
-            }
-        }
+        // DISCARD ALL resets the session to what it was at login (Gatehouse's
+        // own login, settings and guard rails): housekeeping, not a change of identity.
+        NodeRef::DiscardStmt(_) => vec![Kind::Discard],
         NodeRef::GrantStmt(s) => vec![if s.is_grant { Kind::Grant } else { Kind::Revoke }],
         NodeRef::GrantRoleStmt(s) => vec![if s.is_grant { Kind::Grant } else { Kind::Revoke }],
         NodeRef::AlterDefaultPrivilegesStmt(_) => vec![Kind::Grant],
+
+        // Statements that define code or attach it to data: what they make
+        // runs later, inside other statements, where the text does not show it.
+        NodeRef::CreateFunctionStmt(_)
+        | NodeRef::CreateTrigStmt(_)
+        | NodeRef::RuleStmt(_)
+        | NodeRef::CreateEventTrigStmt(_)
+        | NodeRef::CreateCastStmt(_)
+        | NodeRef::CreateTransformStmt(_)
+        | NodeRef::CreatePlangStmt(_)
+        | NodeRef::CreateOpClassStmt(_)
+        | NodeRef::CreateOpFamilyStmt(_)
+        | NodeRef::CreateConversionStmt(_)
+        | NodeRef::CreateAmStmt(_)
+        | NodeRef::CreateFdwStmt(_)
+        | NodeRef::CreateExtensionStmt(_) => vec![Kind::Create, Kind::DefineCode],
+        NodeRef::AlterFunctionStmt(_)
+        | NodeRef::AlterEventTrigStmt(_)
+        | NodeRef::AlterOpFamilyStmt(_)
+        | NodeRef::AlterFdwStmt(_)
+        | NodeRef::AlterOperatorStmt(_)
+        | NodeRef::AlterTypeStmt(_)
+        | NodeRef::AlterExtensionStmt(_)
+        | NodeRef::AlterExtensionContentsStmt(_) => vec![Kind::Alter, Kind::DefineCode],
+        NodeRef::DefineStmt(s) => {
+            if defines_code(s) {
+                vec![Kind::Create, Kind::DefineCode]
+            } else {
+                vec![Kind::Create]
+            }
+        }
+        NodeRef::CreateRangeStmt(s) => {
+            let code = s.params.iter().any(|p| {
+                matches!(&p.node, Some(NodeEnum::DefElem(d)) if matches!(d.defname.as_str(), "subtype_diff" | "canonical" | "subtype_opclass"))
+            });
+            if code { vec![Kind::Create, Kind::DefineCode] } else { vec![Kind::Create] }
+        }
+        NodeRef::RenameStmt(s) if is_code_object(s.rename_type) => vec![Kind::Alter, Kind::DefineCode],
+        NodeRef::AlterObjectSchemaStmt(s) if is_code_object(s.object_type) => vec![Kind::Alter, Kind::DefineCode],
+        NodeRef::AlterOwnerStmt(s) if is_code_object(s.object_type) => vec![Kind::Alter, Kind::DefineCode],
+        NodeRef::AlterTableCmd(c) => alter_table_cmd_kinds(c),
 
         NodeRef::IntoClause(_)
         | NodeRef::CreateStmt(_)
@@ -58,32 +97,17 @@ pub(super) fn node_kinds(node: NodeRef<'_>) -> Vec<Kind> {
         | NodeRef::ViewStmt(_)
         | NodeRef::IndexStmt(_)
         | NodeRef::CreateSeqStmt(_)
-        | NodeRef::CreateFunctionStmt(_)
-        | NodeRef::CreateTrigStmt(_)
-        | NodeRef::RuleStmt(_)
         | NodeRef::CreateSchemaStmt(_)
         | NodeRef::CreatedbStmt(_)
         | NodeRef::CreateRoleStmt(_)
         | NodeRef::CreateDomainStmt(_)
         | NodeRef::CompositeTypeStmt(_)
         | NodeRef::CreateEnumStmt(_)
-        | NodeRef::CreateRangeStmt(_)
-        | NodeRef::DefineStmt(_)
-        | NodeRef::CreateExtensionStmt(_)
-        | NodeRef::CreateFdwStmt(_)
         | NodeRef::CreateForeignServerStmt(_)
         | NodeRef::CreateForeignTableStmt(_)
         | NodeRef::CreateUserMappingStmt(_)
         | NodeRef::CreateTableSpaceStmt(_)
-        | NodeRef::CreatePlangStmt(_)
-        | NodeRef::CreateConversionStmt(_)
-        | NodeRef::CreateCastStmt(_)
-        | NodeRef::CreateOpClassStmt(_)
-        | NodeRef::CreateOpFamilyStmt(_)
-        | NodeRef::CreateEventTrigStmt(_)
         | NodeRef::CreatePolicyStmt(_)
-        | NodeRef::CreateTransformStmt(_)
-        | NodeRef::CreateAmStmt(_)
         | NodeRef::CreatePublicationStmt(_)
         | NodeRef::CreateSubscriptionStmt(_)
         | NodeRef::CreateStatsStmt(_)
@@ -91,7 +115,6 @@ pub(super) fn node_kinds(node: NodeRef<'_>) -> Vec<Kind> {
 
         NodeRef::AlterTableStmt(_)
         | NodeRef::AlterDomainStmt(_)
-        | NodeRef::AlterFunctionStmt(_)
         | NodeRef::RenameStmt(_)
         | NodeRef::AlterSeqStmt(_)
         | NodeRef::AlterRoleStmt(_)
@@ -103,25 +126,18 @@ pub(super) fn node_kinds(node: NodeRef<'_>) -> Vec<Kind> {
         | NodeRef::AlterObjectDependsStmt(_)
         | NodeRef::AlterObjectSchemaStmt(_)
         | NodeRef::AlterOwnerStmt(_)
-        | NodeRef::AlterOperatorStmt(_)
-        | NodeRef::AlterTypeStmt(_)
         | NodeRef::AlterEnumStmt(_)
         | NodeRef::AlterTsdictionaryStmt(_)
         | NodeRef::AlterTsconfigurationStmt(_)
-        | NodeRef::AlterFdwStmt(_)
         | NodeRef::AlterForeignServerStmt(_)
         | NodeRef::AlterUserMappingStmt(_)
         | NodeRef::AlterTableSpaceOptionsStmt(_)
         | NodeRef::AlterTableMoveAllStmt(_)
-        | NodeRef::AlterExtensionStmt(_)
-        | NodeRef::AlterExtensionContentsStmt(_)
-        | NodeRef::AlterEventTrigStmt(_)
         | NodeRef::AlterPolicyStmt(_)
         | NodeRef::AlterPublicationStmt(_)
         | NodeRef::AlterSubscriptionStmt(_)
         | NodeRef::AlterCollationStmt(_)
         | NodeRef::AlterStatsStmt(_)
-        | NodeRef::AlterOpFamilyStmt(_)
         | NodeRef::ReplicaIdentityStmt(_)
         | NodeRef::ReassignOwnedStmt(_) => vec![Kind::Alter],
 
@@ -134,15 +150,28 @@ pub(super) fn node_kinds(node: NodeRef<'_>) -> Vec<Kind> {
         | NodeRef::DropOwnedStmt(_) => vec![Kind::Drop],
 
         NodeRef::TruncateStmt(_) => vec![Kind::Truncate],
-        NodeRef::TransactionStmt(_) | NodeRef::ConstraintsSetStmt(_) => vec![Kind::Transaction],
+        NodeRef::TransactionStmt(s) => match pb::TransactionStmtKind::try_from(s.kind) {
+            // Two-phase commit acts on transactions that outlive their session.
+            Ok(
+                pb::TransactionStmtKind::TransStmtPrepare
+                | pb::TransactionStmtKind::TransStmtCommitPrepared
+                | pb::TransactionStmtKind::TransStmtRollbackPrepared,
+            ) => vec![Kind::TwoPhase],
+            Ok(_) => vec![Kind::Transaction],
+            Err(_) => vec![Kind::Other],
+        },
+        NodeRef::ConstraintsSetStmt(_) => vec![Kind::Transaction],
         NodeRef::PrepareStmt(_) => vec![Kind::Prepare],
         NodeRef::ExecuteStmt(_) => vec![Kind::Execute],
         // CLOSE releases a named server-side object, like DEALLOCATE.
-        NodeRef::DeallocateStmt(_) | NodeRef::ClosePortalStmt(_) => vec![Kind::Deallocate],
+        // UNLISTEN, like DEALLOCATE and CLOSE, releases something the session holds.
+        NodeRef::DeallocateStmt(_) | NodeRef::ClosePortalStmt(_) | NodeRef::UnlistenStmt(_) => {
+            vec![Kind::Deallocate]
+        }
         NodeRef::CallStmt(_) => vec![Kind::Call],
         NodeRef::DoStmt(_) => vec![Kind::Do],
         NodeRef::ExplainStmt(_) => vec![Kind::Explain],
-        NodeRef::ListenStmt(_) | NodeRef::UnlistenStmt(_) => vec![Kind::Listen],
+        NodeRef::ListenStmt(_) => vec![Kind::Listen],
         NodeRef::NotifyStmt(_) => vec![Kind::Notify],
         NodeRef::LockStmt(_) | NodeRef::LockingClause(_) => vec![Kind::Lock],
         NodeRef::VacuumStmt(_)
@@ -241,7 +270,6 @@ pub(super) fn node_kinds(node: NodeRef<'_>) -> Vec<Kind> {
         | NodeRef::JsonAggConstructor(_)
         | NodeRef::JsonObjectAgg(_)
         | NodeRef::JsonArrayAgg(_)
-        | NodeRef::AlterTableCmd(_)
         | NodeRef::AtalterConstraint(_)
         | NodeRef::ObjectWithArgs(_)
         | NodeRef::AccessPriv(_)
@@ -333,43 +361,245 @@ fn copy_kind(s: &pb::CopyStmt) -> Kind {
     }
 }
 
-/// `SET`/`RESET`. `search_path` is [`Kind::Other`] (it changes what table
-/// names mean). Changing who the session is (role, session authorization,
-/// or resetting everything, which resets those too) is [`Kind::SetRole`].
-/// Settings that change how the *server* tokenises later statements are
-/// [`Kind::Other`] unless set to the value this parser assumes: with
-/// `standard_conforming_strings` off or a client encoding such as SJIS whose
-/// multibyte characters can end in a backslash, the server would read quotes
-/// where this parser saw string contents, and a statement classified as one
-/// harmless SELECT could run a second one.
+/// Settings a session may change as housekeeping: they shape output,
+/// planning and waiting, not who the session is, what it may touch or how
+/// its SQL is read. Anything else (`role`, `session_authorization`,
+/// `session_replication_role`, custom `app.*` settings that row security
+/// may read…) is not housekeeping.
+const ORDINARY_SETTINGS: &[&str] = &[
+    "application_name",
+    "datestyle",
+    "timezone",
+    "time zone",
+    "intervalstyle",
+    "extra_float_digits",
+    "bytea_output",
+    "xmlbinary",
+    "xmloption",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "client_min_messages",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "transaction_timeout",
+    "default_transaction_isolation",
+    "transaction_isolation",
+    "default_transaction_deferrable",
+    "transaction_deferrable",
+    "default_transaction_read_only",
+    "transaction_read_only",
+    "work_mem",
+    "maintenance_work_mem",
+    "hash_mem_multiplier",
+    "temp_buffers",
+    "effective_cache_size",
+    "effective_io_concurrency",
+    "random_page_cost",
+    "seq_page_cost",
+    "cpu_tuple_cost",
+    "cpu_index_tuple_cost",
+    "cpu_operator_cost",
+    "parallel_setup_cost",
+    "parallel_tuple_cost",
+    "min_parallel_table_scan_size",
+    "min_parallel_index_scan_size",
+    "max_parallel_workers_per_gather",
+    "max_parallel_maintenance_workers",
+    "from_collapse_limit",
+    "join_collapse_limit",
+    "constraint_exclusion",
+    "cursor_tuple_fraction",
+    "plan_cache_mode",
+    "geqo",
+    "geqo_threshold",
+    "geqo_effort",
+    "geqo_pool_size",
+    "geqo_generations",
+    "geqo_selection_bias",
+    "geqo_seed",
+    "jit",
+    "jit_above_cost",
+    "jit_inline_above_cost",
+    "jit_optimize_above_cost",
+    "default_statistics_target",
+    "default_text_search_config",
+    "gin_fuzzy_search_limit",
+    "array_nulls",
+    "quote_all_identifiers",
+    "escape_string_warning",
+    "synchronous_commit",
+    "commit_delay",
+    "commit_siblings",
+    "row_security",
+    "search_path",
+    "standard_conforming_strings",
+    "client_encoding",
+    "names",
+    "transform_null_equals",
+    "enable_async_append",
+    "enable_bitmapscan",
+    "enable_gathermerge",
+    "enable_hashagg",
+    "enable_hashjoin",
+    "enable_incremental_sort",
+    "enable_indexonlyscan",
+    "enable_indexscan",
+    "enable_material",
+    "enable_memoize",
+    "enable_mergejoin",
+    "enable_nestloop",
+    "enable_parallel_append",
+    "enable_parallel_hash",
+    "enable_partition_pruning",
+    "enable_partitionwise_join",
+    "enable_partitionwise_aggregate",
+    "enable_presorted_aggregate",
+    "enable_seqscan",
+    "enable_sort",
+    "enable_tidscan",
+];
+
+/// Settings that change how the server reads the SQL that follows.
+pub(super) fn changes_reading(name: &str) -> bool {
+    matches!(name, "standard_conforming_strings" | "client_encoding" | "names")
+}
+
+/// Whether `name` (lower-case) is housekeeping a session may change.
+pub(super) fn is_ordinary_setting(name: &str) -> bool {
+    ORDINARY_SETTINGS.contains(&name)
+}
+
+/// `SET`/`RESET` in this session. Ordinary settings (see
+/// [`ORDINARY_SETTINGS`]), `search_path` (tracked by the session for name
+/// resolution) and settings that change how SQL is read (tracked, and
+/// refused outright for unsafe client encodings by the caller) are
+/// [`Kind::Set`]; changing who the session is (`role`, `session
+/// authorization`) is [`Kind::SetRole`]; anything else is [`Kind::Other`].
+/// `RESET ALL` returns every setting to its login value, which is
+/// housekeeping.
 fn set_kind(s: &pb::VariableSetStmt) -> Kind {
     let Ok(kind) = pb::VariableSetKind::try_from(s.kind) else { return Kind::Other };
-    let name = s.name.as_str();
+    let name = s.name.to_ascii_lowercase();
     match kind {
         pb::VariableSetKind::Undefined => Kind::Other,
-        pb::VariableSetKind::VarResetAll => Kind::SetRole,
-        _ if name.eq_ignore_ascii_case("role") || name.eq_ignore_ascii_case("session_authorization") => Kind::SetRole,
-        // search_path decides which table an unqualified name is: a rule's
-        // `tables` list assumes `public`, so changing it is not housekeeping.
-        _ if name.eq_ignore_ascii_case("search_path") => Kind::Other,
-        pb::VariableSetKind::VarSetValue if name.eq_ignore_ascii_case("standard_conforming_strings") => {
-            if single_value(&s.args).is_some_and(|v| is_true_word(&v)) { Kind::Set } else { Kind::Other }
+        pb::VariableSetKind::VarResetAll => Kind::Set,
+        // SET TRANSACTION …, SET SESSION CHARACTERISTICS AS TRANSACTION …: the
+        // read-write case is caught by the session's guard, not here.
+        pb::VariableSetKind::VarSetMulti => Kind::Set,
+        _ if name == "role" || name == "session_authorization" => Kind::SetRole,
+        _ if is_ordinary_setting(&name) => Kind::Set,
+        _ => Kind::Other,
+    }
+}
+
+/// `SET`/`RESET` stored for later sessions (`ALTER ROLE|DATABASE … SET`,
+/// `ALTER SYSTEM`): changing identity, name resolution, how SQL is read,
+/// or anything beyond housekeeping there changes every later session of
+/// that login, so it counts as [`Kind::SetRole`].
+pub(super) fn stored_set_kind(s: &pb::VariableSetStmt) -> Kind {
+    let name = s.name.to_ascii_lowercase();
+    match pb::VariableSetKind::try_from(s.kind) {
+        Ok(pb::VariableSetKind::VarResetAll) => Kind::SetRole,
+        Ok(_) if name == "search_path" || changes_reading(&name) => Kind::SetRole,
+        Ok(_) if name == "default_transaction_read_only" || name.ends_with("_timeout") => Kind::SetRole,
+        Ok(_) if is_ordinary_setting(&name) => Kind::Alter,
+        _ => Kind::SetRole,
+    }
+}
+
+/// `CREATE AGGREGATE`, `CREATE OPERATOR`, a base `CREATE TYPE` with I/O
+/// functions, text-search parsers and templates name functions to run.
+fn defines_code(s: &pb::DefineStmt) -> bool {
+    match pb::ObjectType::try_from(s.kind) {
+        Ok(
+            pb::ObjectType::ObjectAggregate
+            | pb::ObjectType::ObjectOperator
+            | pb::ObjectType::ObjectTsparser
+            | pb::ObjectType::ObjectTstemplate,
+        ) => true,
+        Ok(pb::ObjectType::ObjectType) => !s.definition.is_empty(),
+        Ok(_) => false,
+        Err(_) => true,
+    }
+}
+
+/// Objects whose renaming, moving or re-owning changes which code a name reaches.
+pub(super) fn is_code_object(object_type: i32) -> bool {
+    matches!(
+        pb::ObjectType::try_from(object_type),
+        Ok(pb::ObjectType::ObjectFunction
+            | pb::ObjectType::ObjectProcedure
+            | pb::ObjectType::ObjectRoutine
+            | pb::ObjectType::ObjectAggregate
+            | pb::ObjectType::ObjectOperator
+            | pb::ObjectType::ObjectType
+            | pb::ObjectType::ObjectDomain
+            | pb::ObjectType::ObjectCast
+            | pb::ObjectType::ObjectTransform
+            | pb::ObjectType::ObjectLanguage
+            | pb::ObjectType::ObjectOpclass
+            | pb::ObjectType::ObjectOpfamily
+            | pb::ObjectType::ObjectConversion
+            | pb::ObjectType::ObjectAccessMethod
+            | pb::ObjectType::ObjectFdw
+            | pb::ObjectType::ObjectEventTrigger
+            | pb::ObjectType::ObjectTrigger
+            | pb::ObjectType::ObjectRule
+            | pb::ObjectType::ObjectExtension
+            | pb::ObjectType::ObjectTsparser
+            | pb::ObjectType::ObjectTstemplate)
+            | Err(_)
+    )
+}
+
+/// What one `ALTER TABLE` subcommand adds: dropping columns or constraints
+/// is [`Kind::Drop`]; `ALTER COLUMN … TYPE … USING` rewrites every row;
+/// switching triggers, rules or row security on or off changes what code
+/// and which policies run.
+fn alter_table_cmd_kinds(c: &pb::AlterTableCmd) -> Vec<Kind> {
+    use pb::AlterTableType as T;
+    match T::try_from(c.subtype) {
+        Ok(T::AtDropColumn | T::AtDropConstraint) => vec![Kind::Drop],
+        Ok(T::AtAlterColumnType) => {
+            let using = matches!(c.def.as_deref().and_then(|d| d.node.as_ref()),
+                Some(NodeEnum::ColumnDef(cd)) if cd.raw_default.is_some());
+            if using { vec![Kind::UpdateWithoutWhere] } else { Vec::new() }
         }
-        pb::VariableSetKind::VarSetValue if name.eq_ignore_ascii_case("client_encoding") => {
-            if single_value(&s.args).is_some_and(|v| is_utf8_name(&v)) { Kind::Set } else { Kind::Other }
-        }
-        _ => Kind::Set,
+        Ok(
+            T::AtEnableTrig
+            | T::AtEnableAlwaysTrig
+            | T::AtEnableReplicaTrig
+            | T::AtDisableTrig
+            | T::AtEnableTrigAll
+            | T::AtDisableTrigAll
+            | T::AtEnableTrigUser
+            | T::AtDisableTrigUser
+            | T::AtEnableRule
+            | T::AtEnableAlwaysRule
+            | T::AtEnableReplicaRule
+            | T::AtDisableRule
+            | T::AtEnableRowSecurity
+            | T::AtDisableRowSecurity
+            | T::AtForceRowSecurity
+            | T::AtNoForceRowSecurity,
+        ) => vec![Kind::DefineCode],
+        Ok(_) => Vec::new(),
+        Err(_) => vec![Kind::Other],
     }
 }
 
 /// The value of a `SET name = value` with exactly one constant value, as text.
-fn single_value(args: &[Node]) -> Option<String> {
+pub(super) fn single_value(args: &[Node]) -> Option<String> {
     match args {
         [arg] => match &arg.node {
             Some(NodeEnum::AConst(c)) => match &c.val {
                 Some(pb::a_const::Val::Sval(s)) => Some(s.sval.clone()),
                 Some(pb::a_const::Val::Ival(i)) => Some(i.ival.to_string()),
                 Some(pb::a_const::Val::Boolval(b)) => Some(b.boolval.to_string()),
+                Some(pb::a_const::Val::Fval(f)) => Some(f.fval.clone()),
                 _ => None,
             },
             _ => None,
@@ -378,23 +608,24 @@ fn single_value(args: &[Node]) -> Option<String> {
     }
 }
 
+/// Every constant value of a `SET name = a, b, …`, as text (`None` if one is not a constant).
+pub(super) fn all_values(args: &[Node]) -> Option<Vec<String>> {
+    args.iter().map(|a| single_value(std::slice::from_ref(a))).collect()
+}
+
 /// A boolean GUC spelling of "on" (a subset of what PostgreSQL accepts; the rest fail closed).
-fn is_true_word(v: &str) -> bool {
+pub(super) fn is_true_word(v: &str) -> bool {
     ["on", "true", "yes", "1"].iter().any(|w| v.trim().eq_ignore_ascii_case(w))
 }
 
-/// PostgreSQL's spellings of UTF-8 (it ignores case and punctuation in encoding names).
-fn is_utf8_name(v: &str) -> bool {
-    let norm: String = v.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
-    norm == "utf8" || norm == "unicode"
-}
-
-/// Whether an UPDATE/DELETE has a WHERE clause that can leave rows out.
-/// A clause this module can prove is constantly true (`WHERE true`,
-/// `WHERE 1=1`, `WHERE 'a'='a' OR x`) counts as absent. `WHERE CURRENT OF`
-/// counts as present.
-fn has_where(clause: Option<&Node>) -> bool {
-    clause.is_some_and(|c| !matches!(eval(c, 0), Some(Value::Bool(true))))
+/// Whether a condition is constantly true (`Some(true)`), constantly false
+/// or NULL (`Some(false)`: no row qualifies), or not known here (`None`).
+/// `WHERE CURRENT OF` is not constant.
+pub(super) fn constant_truth(clause: &Node) -> Option<bool> {
+    match eval(clause, 0)? {
+        Value::Null => Some(false),
+        v => as_bool(&v),
+    }
 }
 
 /// The value of a constant expression, as far as this small folder can tell.

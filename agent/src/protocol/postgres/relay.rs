@@ -12,27 +12,28 @@
 //! matched to their ErrorResponse by the nonce, so a real error that comes
 //! first is never mistaken for one.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tracing::warn;
+use tracing::{error, warn};
 
 use self::backend::backend_to_client;
 use self::client::{client_to_backend, statement_end};
 
 mod backend;
 mod client;
+mod tripwire;
 
-use super::Ctx;
 use super::io::Stream;
 use super::wire::{self, PgError, Severity, WireError};
+use super::{Ctx, SessionDb};
 use crate::audit::StreamRecorder;
 use crate::mask::Counts;
 use crate::protocol::tcp::{End, RelayOutcome};
-use crate::sql::Statement;
+use crate::sql::{Kind, Statement};
 
 /// A statement forwarded to the backend, waiting for its outcome.
 #[derive(Debug)]
@@ -41,16 +42,62 @@ struct InFlight {
     /// Tables the statement touches (`schema.table` or `table`), for
     /// table-qualified masking rules.
     tables: Arc<[String]>,
-    /// Which ReadyForQuery ends the exchange it belongs to.
+    /// What the decision allowed, for the tripwire on CommandComplete.
+    kinds: BTreeSet<Kind>,
+    /// Which exchange (ReadyForQuery) it belongs to.
     epoch: u64,
     started: Instant,
     masked: Counts,
+    /// An empty query: the server answers EmptyQueryResponse, not a record.
+    empty: bool,
+    /// `PREPARE name`: the prepared statement exists once this succeeds.
+    prepares: Option<(Vec<u8>, u64)>,
+    /// `SET search_path`: the session's path once this succeeds.
+    search_path: Option<Option<Vec<String>>>,
+    /// DDL: the catalog is read again once it succeeds.
+    ddl: bool,
+    /// CommandComplete tags seen (one per statement; more is a breach).
+    tags: Vec<String>,
 }
 
 impl InFlight {
     fn new(seq: u64, epoch: u64, s: &Statement) -> Self {
         let tables: Vec<String> = s.reads.iter().chain(&s.writes).map(ToString::to_string).collect();
-        Self { seq, tables: tables.into(), epoch, started: Instant::now(), masked: Counts::default() }
+        let ddl = s.kinds.iter().any(|k| {
+            matches!(
+                k,
+                Kind::Create | Kind::Alter | Kind::Drop | Kind::DefineCode | Kind::Grant | Kind::Revoke | Kind::Comment
+            )
+        });
+        Self {
+            seq,
+            tables: tables.into(),
+            kinds: s.kinds.clone(),
+            epoch,
+            started: Instant::now(),
+            masked: Counts::default(),
+            empty: false,
+            prepares: None,
+            search_path: s.effects.search_path.clone(),
+            ddl,
+            tags: Vec::new(),
+        }
+    }
+
+    fn empty(epoch: u64) -> Self {
+        Self {
+            seq: 0,
+            tables: Arc::from(Vec::new()),
+            kinds: BTreeSet::new(),
+            epoch,
+            started: Instant::now(),
+            masked: Counts::default(),
+            empty: true,
+            prepares: None,
+            search_path: None,
+            ddl: false,
+            tags: Vec::new(),
+        }
     }
 }
 
@@ -61,15 +108,60 @@ struct Refusal {
     error: PgError,
 }
 
+/// A prepared statement (protocol `Parse` or SQL `PREPARE`) as Gatehouse
+/// classified it. Every `Execute` decides it again.
+#[derive(Debug, Clone)]
+struct Prepared {
+    text: Arc<str>,
+    statements: Arc<[Statement]>,
+    /// Distinguishes re-preparations of one name.
+    generation: u64,
+    /// `Some(epoch)` until the server confirms it: usable only by messages
+    /// of that same exchange (if it failed, the server skips them).
+    pending: Option<u64>,
+}
+
+/// What the session's search path is known to be.
+#[derive(Debug, Default)]
+struct PathState {
+    /// Set by a `SET search_path` that completed (`Some(None)`: the login's default).
+    current: Option<Vec<String>>,
+    /// Not known: set by code Gatehouse cannot read, or a SET whose
+    /// transaction's outcome is not known yet.
+    unknown: bool,
+    /// A SET that completed in the exchange still open, and whether an error followed.
+    tentative: Option<Option<Vec<String>>>,
+    error_since: bool,
+    /// SETs forwarded but not yet settled.
+    in_flight: u32,
+}
+
 /// State both directions share (short critical sections, never across I/O).
 #[derive(Debug, Default)]
 struct Shared {
     inflight: VecDeque<InFlight>,
     refusals: VecDeque<Refusal>,
-    /// ReadyForQuery messages received from the backend so far.
+    /// Exchanges the backend has finished (ReadyForQuery after the login's own).
     epochs_done: u64,
+    /// The login's ReadyForQuery has passed (it ends no client exchange).
+    login_ready: bool,
+    /// The transaction status of the last ReadyForQuery (`I`, `T`, `E`).
+    txn: u8,
     /// `standard_conforming_strings` as the server reports it.
     scs: bool,
+    /// The highest statement seq whose outcome is known.
+    completed: u64,
+    /// Prepared statements and portals by name.
+    prepared: HashMap<Vec<u8>, Prepared>,
+    portals: HashMap<Vec<u8>, Prepared>,
+    /// Parses forwarded, awaiting ParseComplete: (name, generation, epoch).
+    parses: VecDeque<(Vec<u8>, u64, u64)>,
+    next_generation: u64,
+    path: PathState,
+    /// This session has defined code in the transaction still open.
+    defined_in_txn: bool,
+    /// DDL completed in the transaction still open: read the catalog again when it ends.
+    ddl_done: bool,
 }
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -84,6 +176,9 @@ enum Fail {
     Client(PgError),
     ClientIo(std::io::Error),
     Backend(String),
+    /// The server did something the decision did not allow, or changed how
+    /// it reads SQL to something Gatehouse cannot read: the session ends.
+    Breach(String),
 }
 
 impl From<WireError> for Fail {
@@ -96,6 +191,7 @@ impl From<WireError> for Fail {
 /// side sent before the relay started (after startup, after login).
 pub(super) async fn run(
     ctx: &Ctx,
+    db: &SessionDb,
     client: Stream,
     client_rest: BytesMut,
     backend: Stream,
@@ -103,14 +199,17 @@ pub(super) async fn run(
 ) -> RelayOutcome {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut br, mut bw) = tokio::io::split(backend);
-    let shared = Mutex::new(Shared { scs: true, ..Shared::default() });
+    let shared = Mutex::new(Shared { scs: true, txn: b'I', ..Shared::default() });
+    let (progress, watch) = tokio::sync::watch::channel(0u64);
     let nonce = format!("gatehouse_refused_{}", uuid::Uuid::new_v4().simple());
     let (mut up, mut down) = (0u64, 0u64);
     let cap = ctx.agent.settings.record_max_bytes;
     let rec = StreamRecorder::new(ctx.id, cap, "statement");
     let result = {
-        let c2b = client_to_backend(ctx, &mut cr, client_rest, &mut bw, &shared, &nonce, &mut up, &rec);
-        let b2c = backend_to_client(ctx, &mut br, backend_rest, &mut cw, &shared, &nonce, &mut down, &rec);
+        let io = client::Io { shared: &shared, nonce: &nonce, rec: &rec, progress: watch };
+        let c2b = client_to_backend(ctx, db, &mut cr, client_rest, &mut bw, io, &mut up);
+        let bio = backend::Io { shared: &shared, nonce: &nonce, rec: &rec, progress: &progress };
+        let b2c = backend_to_client(ctx, db, &mut br, backend_rest, &mut cw, bio, &mut down);
         tokio::select! {
             r = async { tokio::try_join!(c2b, b2c) } => r.map(|_| ()),
             () = ctx.live.cut.cancelled() => Err(Fail::Backend(String::new())),
@@ -147,14 +246,30 @@ pub(super) async fn run(
             let _ = cw.write_all(&pe.encode()).await;
             End::BackendError(e)
         }
+        Err(Fail::Breach(e)) => {
+            error!(breach = %e, "POLICY BREACH: the server did what the decision did not allow; session ended");
+            let pe = PgError::new(Severity::Fatal, "42501", format!("Gatehouse ended this session: {e}")).hint(
+                "the operators have been alerted; the audit trail records the statement and what the server reported",
+            );
+            let _ = cw.write_all(&pe.encode()).await;
+            let _ = bw.write_all(&wire::terminate()).await;
+            End::Cut(format!("policy breach: {e}"))
+        }
     };
     let _ = cw.flush().await;
     let _ = cw.shutdown().await;
     let _ = bw.shutdown().await;
     // Statements still waiting for an outcome ended with the session.
-    let pending: Vec<InFlight> = lock(&shared).inflight.drain(..).collect();
+    let (pending, defined) = {
+        let mut sh = lock(&shared);
+        (sh.inflight.drain(..).filter(|f| !f.empty).collect::<Vec<InFlight>>(), sh.defined_in_txn)
+    };
     for f in pending {
         statement_end(ctx, f, None, Some(format!("session ended: {}", end.describe())));
+    }
+    // An open transaction that defined code ended with the session.
+    if defined || db.catalog.settle(ctx.id) {
+        super::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
     }
     RelayOutcome { up, down, end }
 }

@@ -395,6 +395,17 @@ pub fn error_fields(body: &[u8]) -> Result<Vec<(u8, &[u8])>, WireError> {
 }
 
 /// Rows affected or returned, from a CommandComplete tag ("SELECT 5", "INSERT 0 3").
+/// A Flush message: the server sends what it has buffered.
+pub fn flush() -> Vec<u8> {
+    vec![b'H', 0, 0, 0, 4]
+}
+
+/// The tag of a CommandComplete message (`DELETE 5`, `ALTER ROLE`).
+pub fn command_tag(body: &[u8]) -> Result<String, WireError> {
+    let (tag, _) = cstr(body).ok_or_else(|| malformed("CommandComplete"))?;
+    Ok(String::from_utf8_lossy(tag).into_owned())
+}
+
 pub fn command_rows(body: &[u8]) -> Option<u64> {
     let (tag, _) = cstr(body)?;
     let tag = std::str::from_utf8(tag).ok()?;

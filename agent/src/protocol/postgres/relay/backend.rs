@@ -5,14 +5,24 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tracing::debug;
+use tokio::sync::watch;
+use tracing::{debug, error};
 
 use super::client::statement_end;
-use super::{Fail, Shared, fill, lock};
+use super::{Fail, InFlight, Shared, fill, lock, tripwire};
 use crate::audit::{Direction, StreamRecorder};
 use crate::mask::{Counts, MaskOutput, Profile, Style};
 use crate::protocol::postgres::wire::{self, Frame, WireError};
-use crate::protocol::postgres::{CancelTarget, Ctx, MAX_BACKEND_MESSAGE};
+use crate::protocol::postgres::{CancelTarget, Ctx, MAX_BACKEND_MESSAGE, SessionDb};
+
+/// Handles shared with the client direction.
+pub(in crate::protocol::postgres) struct Io<'a> {
+    pub shared: &'a Mutex<Shared>,
+    pub nonce: &'a str,
+    pub rec: &'a StreamRecorder,
+    /// Bumped after every batch of messages, for a client direction waiting on an outcome.
+    pub progress: &'a watch::Sender<u64>,
+}
 
 /// How each column of the current result is masked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +72,14 @@ fn plan(profile: &Profile, cols: &[wire::Column], tables: &[String]) -> Vec<ColM
         .collect()
 }
 
-#[expect(clippy::too_many_arguments, reason = "the direction's state, passed explicitly")]
 pub(super) async fn backend_to_client<R, W>(
     ctx: &Ctx,
+    db: &SessionDb,
     br: &mut R,
     mut buf: BytesMut,
     cw: &mut W,
-    shared: &Mutex<Shared>,
-    nonce: &str,
+    io: Io<'_>,
     count: &mut u64,
-    rec: &StreamRecorder,
 ) -> Result<(), Fail>
 where
     R: AsyncRead + Unpin,
@@ -87,20 +95,27 @@ where
             wire::decode(&buf, MAX_BACKEND_MESSAGE).map_err(|e| Fail::Backend(e.to_string()))?
         {
             *count += n as u64;
-            on_backend(ctx, frame, &mut out, shared, nonce, &mut columns, &mut scratch, &mut pending)?;
+            let outcome =
+                on_backend(ctx, db, frame, &mut out, io.shared, io.nonce, &mut columns, &mut scratch, &mut pending);
             buf.advance(n);
+            if let Err(e) = outcome {
+                // What the client was sent before the failure still reaches it.
+                let _ = cw.write_all(&out).await;
+                return Err(e);
+            }
             // Stream large results: do not hold more than this before writing.
             if out.len() >= 64 * 1024 {
                 cw.write_all(&out).await.map_err(Fail::ClientIo)?;
-                rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None);
+                io.rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None);
                 written += out.len() as u64;
                 out.clear();
             }
         }
+        io.progress.send_modify(|v| *v = v.wrapping_add(1));
         if !out.is_empty() {
             cw.write_all(&out).await.map_err(Fail::ClientIo)?;
             cw.flush().await.map_err(Fail::ClientIo)?;
-            rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None);
+            io.rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None);
             written += out.len() as u64;
             out.clear();
         }
@@ -113,6 +128,7 @@ where
 #[expect(clippy::too_many_arguments, reason = "the per-direction state, passed explicitly rather than bundled")]
 fn on_backend(
     ctx: &Ctx,
+    db: &SessionDb,
     f: Frame<'_>,
     out: &mut Vec<u8>,
     shared: &Mutex<Shared>,
@@ -129,6 +145,8 @@ fn on_backend(
             let mut sh = lock(shared);
             if mine {
                 let r = sh.refusals.pop_front();
+                let current = sh.epochs_done;
+                drop_parses(&mut sh, |e| e == current);
                 drop(sh);
                 match r {
                     Some(r) => out.extend_from_slice(&r.error.encode()),
@@ -140,7 +158,21 @@ fn on_backend(
                     .find(|(c, _)| *c == b'M')
                     .map(|(_, m)| String::from_utf8_lossy(m).into_owned())
                     .unwrap_or_default();
-                let front = sh.inflight.pop_front();
+                let current = sh.epochs_done;
+                // The error ends the exchange's statement that was running, if
+                // one was (an error at Parse or Bind ends none); the server
+                // skips the rest of the exchange, including pending Parses.
+                let front = if sh.inflight.front().is_some_and(|f| f.epoch == current) {
+                    sh.inflight.pop_front()
+                } else {
+                    None
+                };
+                if let Some(fl) = &front {
+                    sh.completed = sh.completed.max(fl.seq);
+                    forget(&mut sh, fl);
+                }
+                drop_parses(&mut sh, |e| e == current);
+                sh.path.error_since = true;
                 drop(sh);
                 if let Some(mut fl) = front {
                     fl.masked.merge(pending);
@@ -150,33 +182,125 @@ fn on_backend(
                 mask_message(ctx, f, out);
             }
         }
-        b'C' | b'I' | b's' | b'V' => {
-            let rows = if f.tag == b'C' { wire::command_rows(f.body) } else { None };
-            let front = lock(shared).inflight.pop_front();
+        b'1' => {
+            let mut sh = lock(shared);
+            if let Some((name, generation, _)) = sh.parses.pop_front()
+                && let Some(p) = sh.prepared.get_mut(&name)
+                && p.generation == generation
+            {
+                p.pending = None;
+            }
+            drop(sh);
+            out.extend_from_slice(f.raw);
+        }
+        b'C' => {
+            let tag = wire::command_tag(f.body).map_err(bad)?;
+            let rows = wire::command_rows(f.body);
+            let mut sh = lock(shared);
+            let current = sh.epochs_done;
+            let front = match sh.inflight.front() {
+                Some(fl) if fl.epoch == current && !fl.empty => sh.inflight.pop_front(),
+                _ => None,
+            };
+            let Some(mut fl) = front else {
+                drop(sh);
+                return Err(breach(
+                    ctx,
+                    None,
+                    format!("the server completed a command (`{tag}`) Gatehouse did not see in what it forwarded"),
+                ));
+            };
+            sh.completed = sh.completed.max(fl.seq);
+            fl.tags.push(tag.clone());
+            if let Err(why) = tripwire::check(&fl.kinds, &tag) {
+                drop(sh);
+                return Err(breach(ctx, Some(fl), why));
+            }
+            if let Some((name, generation)) = &fl.prepares
+                && let Some(p) = sh.prepared.get_mut(name)
+                && p.generation == *generation
+            {
+                p.pending = None;
+            }
+            if let Some(path) = fl.search_path.take() {
+                sh.path.tentative = Some(path);
+                sh.path.error_since = false;
+                sh.path.in_flight = sh.path.in_flight.saturating_sub(1);
+            }
+            if fl.ddl {
+                sh.ddl_done = true;
+            }
+            drop(sh);
+            fl.masked.merge(pending);
+            *pending = Counts::default();
+            statement_end(ctx, fl, rows, None);
+            *columns = None;
+            out.extend_from_slice(f.raw);
+        }
+        b'I' | b's' | b'V' => {
+            let mut sh = lock(shared);
+            let current = sh.epochs_done;
+            let front =
+                if sh.inflight.front().is_some_and(|fl| fl.epoch == current) { sh.inflight.pop_front() } else { None };
+            if let Some(fl) = &front {
+                sh.completed = sh.completed.max(fl.seq);
+                forget(&mut sh, fl);
+            }
+            drop(sh);
             if let Some(mut fl) = front {
                 fl.masked.merge(pending);
                 *pending = Counts::default();
-                statement_end(ctx, fl, rows, None);
+                statement_end(ctx, fl, None, None);
             }
             *columns = None;
             out.extend_from_slice(f.raw);
         }
         b'Z' => {
+            let status = f.body.first().copied().unwrap_or(b'I');
             let mut sh = lock(shared);
+            sh.txn = status;
+            if !sh.login_ready {
+                // The login's own ReadyForQuery ends no client exchange.
+                sh.login_ready = true;
+                drop(sh);
+                out.extend_from_slice(f.raw);
+                return Ok(());
+            }
             sh.epochs_done += 1;
             let done = sh.epochs_done;
             // Refusals whose stand-in was skipped (an earlier error in the same
             // exchange) and statements that never ran end with the exchange.
             sh.refusals.retain(|r| r.epoch >= done);
+            drop_parses(&mut sh, |e| e < done);
             let mut skipped = Vec::new();
             while sh.inflight.front().is_some_and(|f| f.epoch < done) {
                 if let Some(f) = sh.inflight.pop_front() {
+                    sh.completed = sh.completed.max(f.seq);
+                    forget(&mut sh, &f);
                     skipped.push(f);
                 }
+            }
+            let mut refresh = false;
+            if status == b'I' {
+                // Outside a transaction: what the last one did is settled.
+                if let Some(path) = sh.path.tentative.take() {
+                    if sh.path.error_since {
+                        sh.path.unknown = true;
+                    } else {
+                        sh.path.current = path;
+                        sh.path.unknown = false;
+                    }
+                }
+                sh.path.error_since = false;
+                refresh = std::mem::take(&mut sh.defined_in_txn) | std::mem::take(&mut sh.ddl_done);
             }
             drop(sh);
             for f in skipped {
                 statement_end(ctx, f, None, Some("not executed: an earlier statement of the exchange failed".into()));
+            }
+            if refresh {
+                db.catalog.settle(ctx.id);
+                crate::protocol::postgres::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
             }
             *columns = None;
             out.extend_from_slice(f.raw);
@@ -194,10 +318,19 @@ fn on_backend(
             out.extend_from_slice(&wire::backend_key_data(mine.0, mine.1));
         }
         b'S' => {
-            if let Ok((k, v)) = wire::parameter_status(f.body)
-                && k == b"standard_conforming_strings"
-            {
+            let (k, v) = wire::parameter_status(f.body).map_err(bad)?;
+            if k == b"standard_conforming_strings" {
                 lock(shared).scs = v == b"on";
+            }
+            if k == b"client_encoding" {
+                let enc = String::from_utf8_lossy(v);
+                if crate::sql::encoding::is_unsafe_client_encoding(&enc) {
+                    return Err(breach(
+                        ctx,
+                        None,
+                        format!("the server switched client_encoding to {enc}, which Gatehouse cannot read safely"),
+                    ));
+                }
             }
             out.extend_from_slice(f.raw);
         }
@@ -258,6 +391,39 @@ fn on_backend(
         _ => out.extend_from_slice(f.raw),
     }
     Ok(())
+}
+
+/// A statement that ended its exchange without running leaves nothing behind.
+fn forget(sh: &mut Shared, fl: &InFlight) {
+    if let Some((name, generation)) = &fl.prepares
+        && sh.prepared.get(name).is_some_and(|p| p.generation == *generation && p.pending.is_some())
+    {
+        sh.prepared.remove(name);
+    }
+    if fl.search_path.is_some() {
+        sh.path.in_flight = sh.path.in_flight.saturating_sub(1);
+    }
+}
+
+/// Drops the Parses of exchanges `which` selects: the server skipped them.
+fn drop_parses(sh: &mut Shared, which: impl Fn(u64) -> bool) {
+    let gone: Vec<(Vec<u8>, u64)> =
+        sh.parses.iter().filter(|(_, _, e)| which(*e)).map(|(n, g, _)| (n.clone(), *g)).collect();
+    sh.parses.retain(|(_, _, e)| !which(*e));
+    for (name, generation) in gone {
+        if sh.prepared.get(&name).is_some_and(|p| p.generation == generation && p.pending.is_some()) {
+            sh.prepared.remove(&name);
+        }
+    }
+}
+
+/// Records a policy breach on the statement (if known) and ends the session.
+fn breach(ctx: &Ctx, fl: Option<InFlight>, why: String) -> Fail {
+    error!(session = %ctx.id, breach = %why, "POLICY BREACH");
+    if let Some(fl) = fl {
+        statement_end(ctx, fl, None, Some(format!("POLICY BREACH: {why}")));
+    }
+    Fail::Breach(why)
 }
 
 /// Masks one DataRow per the plan, rewriting lengths, in one pass straight

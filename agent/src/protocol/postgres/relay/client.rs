@@ -1,24 +1,51 @@
-//! Client → backend: every Query, Parse, Execute and FunctionCall is
+//! Client → backend: every Query, Parse, Bind, Execute and FunctionCall is
 //! classified and decided before the server sees it; refused ones are
 //! replaced by a stand-in the server rejects.
+//!
+//! - Statements are parsed with PostgreSQL's grammar (cached by text), then
+//!   resolved against the backend's catalog with the session's search path
+//!   and the code definitions not yet read back (`crate::catalog`).
+//! - A prepared statement (protocol Parse or SQL PREPARE) is usable once the
+//!   server confirmed it; within the exchange that prepared it, pipelined
+//!   messages may use it (if preparing failed, the server skips them). Bind
+//!   of a name Gatehouse has not seen prepared is refused. Every Execute is
+//!   decided again, under the policy and the time of that moment, and
+//!   recorded. SQL `EXECUTE name` is decided on the text `PREPARE name` had.
+//! - After a statement that may change how the server reads SQL (client
+//!   encoding, standard_conforming_strings, their resets and rollbacks, or
+//!   code Gatehouse cannot read), the next SQL text is held until the
+//!   server has answered, so it is read with the settings it will run under.
+//! - The rule's guard rails hold: a read-only session cannot be made
+//!   read-write, and the rule's timeouts cannot be changed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{Fail, InFlight, Refusal, Shared, fill, lock};
+use super::{Fail, InFlight, Prepared, Refusal, Shared, fill, lock};
 use crate::audit::{AckFuture, Direction, Event, StatementEnd, StatementStart, StreamRecorder, now_us};
+use crate::catalog::{Catalog, SessionNames, resolve};
 use crate::policy::testcases::single_kind;
 use crate::policy::{Decision, Request, Verdict};
 use crate::protocol::postgres::wire::{self, Frame, PgError, Severity};
-use crate::protocol::postgres::{Ctx, MAX_CLIENT_MESSAGE};
+use crate::protocol::postgres::{Ctx, MAX_CLIENT_MESSAGE, SessionDb};
 use crate::proxy::Snapshot;
 use crate::sql::{self, Kind, ParseOptions, Statement};
 
-/// What the client side knows about prepared statements and portals.
+/// Handles shared with the backend direction.
+pub(in crate::protocol::postgres) struct Io<'a> {
+    pub shared: &'a Mutex<Shared>,
+    pub nonce: &'a str,
+    pub rec: &'a StreamRecorder,
+    /// Bumped by the backend direction whenever it has processed messages.
+    pub progress: watch::Receiver<u64>,
+}
+
+/// What the client direction knows.
 #[derive(Default)]
 struct ClientState {
     /// Commits to wait for before the batch is forwarded (strict mode).
@@ -26,58 +53,54 @@ struct ClientState {
     /// Exchanges sent so far (a Query, FunctionCall or Sync ends one).
     epoch: u64,
     seq: u64,
-    prepared: HashMap<Vec<u8>, Prepared>,
-    portals: HashMap<Vec<u8>, Vec<u8>>,
+    /// A forwarded statement whose outcome must be known before more SQL
+    /// text is read (it may change how the server reads it).
+    hold: Option<u64>,
+    /// Everything forwarded ended an exchange: the server answers without a Flush.
+    synced: bool,
+    written: u64,
 }
 
-struct Prepared {
-    text: String,
-    statements: Vec<Statement>,
-    /// The policy the statement was decided under.
-    decided_under: Arc<Snapshot>,
-}
-
-#[expect(clippy::too_many_arguments, reason = "the direction's state, passed explicitly")]
 pub(super) async fn client_to_backend<R, W>(
     ctx: &Ctx,
+    db: &SessionDb,
     cr: &mut R,
     mut buf: BytesMut,
     bw: &mut W,
-    shared: &Mutex<Shared>,
-    nonce: &str,
+    mut io: Io<'_>,
     count: &mut u64,
-    rec: &StreamRecorder,
 ) -> Result<(), Fail>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut out: Vec<u8> = Vec::with_capacity(8192);
-    let mut st = ClientState::default();
-    let mut written = 0u64;
+    let mut st = ClientState { synced: true, ..ClientState::default() };
     loop {
         let mut terminated = false;
         while let Some((frame, n)) = wire::decode(&buf, MAX_CLIENT_MESSAGE)? {
             *count += n as u64;
             terminated |= frame.tag == b'X';
+            if matches!(frame.tag, b'Q' | b'P')
+                && let Some(seq) = st.hold.take()
+            {
+                forward(ctx, &io, bw, &mut out, &mut st).await?;
+                wait_for(&mut io, bw, &mut st, |sh| sh.completed >= seq).await?;
+            }
+            if frame.tag == b'B'
+                && let Some(generation) = unconfirmed(&io, frame.body, st.epoch)?
+            {
+                forward(ctx, &io, bw, &mut out, &mut st).await?;
+                wait_for(&mut io, bw, &mut st, |sh| !sh.parses.iter().any(|(_, g, _)| *g == generation)).await?;
+            }
             let before = st.seq;
-            on_client(ctx, frame, &mut out, shared, nonce, &mut st).await?;
+            on_client(ctx, db, frame, &mut out, &io, &mut st).await?;
             if st.seq != before {
-                rec.reset();
+                io.rec.reset();
             }
             buf.advance(n);
         }
-        // Strict: what is forwarded is on record first.
-        for ack in st.acks.drain(..) {
-            ack.wait().await.map_err(|e| Fail::Audit(e.to_string()))?;
-        }
-        if !out.is_empty() {
-            bw.write_all(&out).await.map_err(|e| Fail::Backend(e.to_string()))?;
-            bw.flush().await.map_err(|e| Fail::Backend(e.to_string()))?;
-            rec.chunk(&ctx.agent.audit, Direction::Up, written, &out, Some(st.seq));
-            written += out.len() as u64;
-            out.clear();
-        }
+        forward(ctx, &io, bw, &mut out, &mut st).await?;
         if terminated {
             return Ok(());
         }
@@ -90,16 +113,75 @@ where
     }
 }
 
+/// Writes what has been decided to the backend, once it is on record (strict mode).
+async fn forward<W: AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    io: &Io<'_>,
+    bw: &mut W,
+    out: &mut Vec<u8>,
+    st: &mut ClientState,
+) -> Result<(), Fail> {
+    for ack in st.acks.drain(..) {
+        ack.wait().await.map_err(|e| Fail::Audit(e.to_string()))?;
+    }
+    if !out.is_empty() {
+        bw.write_all(out).await.map_err(|e| Fail::Backend(e.to_string()))?;
+        bw.flush().await.map_err(|e| Fail::Backend(e.to_string()))?;
+        io.rec.chunk(&ctx.agent.audit, Direction::Up, st.written, out, Some(st.seq));
+        st.written += out.len() as u64;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Waits until the backend direction's state satisfies `done`. If the
+/// client is in the middle of an extended-protocol exchange, a Flush makes
+/// the server send what it has.
+async fn wait_for<W: AsyncWrite + Unpin>(
+    io: &mut Io<'_>,
+    bw: &mut W,
+    st: &mut ClientState,
+    done: impl Fn(&Shared) -> bool,
+) -> Result<(), Fail> {
+    if done(&lock(io.shared)) {
+        return Ok(());
+    }
+    if !st.synced {
+        bw.write_all(&wire::flush()).await.map_err(|e| Fail::Backend(e.to_string()))?;
+        bw.flush().await.map_err(|e| Fail::Backend(e.to_string()))?;
+    }
+    loop {
+        io.progress.borrow_and_update();
+        if done(&lock(io.shared)) {
+            return Ok(());
+        }
+        if io.progress.changed().await.is_err() {
+            return Err(Fail::Backend("the backend direction ended".into()));
+        }
+    }
+}
+
+/// A Bind of a statement prepared in an earlier exchange that the server
+/// has not confirmed yet: its generation (the Bind must wait for the answer).
+fn unconfirmed(io: &Io<'_>, body: &[u8], epoch: u64) -> Result<Option<u64>, Fail> {
+    let (_, statement) = wire::bind_names(body)?;
+    let sh = lock(io.shared);
+    Ok(sh.prepared.get(statement).and_then(|p| match p.pending {
+        Some(e) if e < epoch => Some(p.generation),
+        _ => None,
+    }))
+}
+
 fn violation(msg: impl Into<String>) -> Fail {
     Fail::Client(PgError::new(Severity::Fatal, "08P01", msg))
 }
 
 async fn on_client(
     ctx: &Ctx,
+    db: &SessionDb,
     f: Frame<'_>,
     out: &mut Vec<u8>,
-    shared: &Mutex<Shared>,
-    nonce: &str,
+    io: &Io<'_>,
     st: &mut ClientState,
 ) -> Result<(), Fail> {
     match f.tag {
@@ -107,124 +189,169 @@ async fn on_client(
             let text = wire::query_text(f.body)?;
             let epoch = st.epoch;
             st.epoch += 1;
-            match decide_text(ctx, shared, text).await {
-                Ok((_, statements, decisions)) => {
-                    if let Some(i) = decisions.iter().position(|d| d.verdict != Verdict::Allow) {
-                        let d = decisions.get(i).cloned().unwrap_or_else(|| Decision::refuse("refused"));
-                        record_refusal(ctx, st, text, statements.get(i), &d);
-                        refuse(out, shared, epoch, refusal_error(ctx, &d), &wire::query(nonce));
-                    } else {
-                        let mut sh = lock(shared);
-                        for (s, d) in statements.iter().zip(&decisions) {
-                            let seq = record_allowed(ctx, st, s, d);
-                            sh.inflight.push_back(InFlight::new(seq, epoch, s));
-                        }
-                        drop(sh);
-                        out.extend_from_slice(f.raw);
+            st.synced = true;
+            match decide_text(ctx, db, io.shared, text, epoch).await {
+                Ok(batch) => {
+                    if let Some((i, refusal)) = batch.refused {
+                        record_refusal(ctx, st, text, batch.statements.get(i), &refusal);
+                        refuse(out, io.shared, epoch, refusal.error(ctx), &wire::query(io.nonce));
+                        return Ok(());
                     }
+                    if batch.statements.is_empty() {
+                        lock(io.shared).inflight.push_back(InFlight::empty(epoch));
+                    }
+                    for (s, d) in batch.statements.iter().zip(&batch.decisions) {
+                        let seq = record_allowed(ctx, st, s, d);
+                        let flight = effects_at_forward(ctx, db, io.shared, st, s, seq, epoch);
+                        lock(io.shared).inflight.push_back(flight);
+                    }
+                    out.extend_from_slice(f.raw);
                 }
                 Err(err) => {
-                    record_refusal(ctx, st, text, None, &Decision::refuse(err.message.clone()));
-                    refuse(out, shared, epoch, err, &wire::query(nonce));
+                    record_refusal(ctx, st, text, None, &Refused::Error(err.clone()));
+                    refuse(out, io.shared, epoch, err, &wire::query(io.nonce));
                 }
             }
         }
         b'P' => {
             let (name, text) = wire::parse_body(f.body)?;
             let epoch = st.epoch;
-            match decide_text(ctx, shared, text).await {
-                Ok((snapshot, statements, decisions)) => {
-                    if let Some(i) = decisions.iter().position(|d| d.verdict != Verdict::Allow) {
-                        let d = decisions.get(i).cloned().unwrap_or_else(|| Decision::refuse("refused"));
-                        record_refusal(ctx, st, text, statements.get(i), &d);
-                        st.prepared.remove(name);
-                        refuse(out, shared, epoch, refusal_error(ctx, &d), &wire::parse(nonce));
-                    } else {
-                        let text = String::from_utf8_lossy(text).into_owned();
-                        st.prepared.insert(name.to_vec(), Prepared { text, statements, decided_under: snapshot });
-                        out.extend_from_slice(f.raw);
+            st.synced = false;
+            // Whatever the outcome, the old statement of this name is gone
+            // (or the server refuses the re-use): never bind the old one.
+            lock(io.shared).prepared.remove(name);
+            match decide_text(ctx, db, io.shared, text, epoch).await {
+                Ok(batch) => {
+                    if let Some((i, refusal)) = batch.refused {
+                        record_refusal(ctx, st, text, batch.statements.get(i), &refusal);
+                        refuse(out, io.shared, epoch, refusal.error(ctx), &wire::parse(io.nonce));
+                        return Ok(());
                     }
+                    let mut sh = lock(io.shared);
+                    sh.next_generation += 1;
+                    let generation = sh.next_generation;
+                    let p = Prepared {
+                        text: Arc::from(String::from_utf8_lossy(text).as_ref()),
+                        statements: batch.statements.into(),
+                        generation,
+                        pending: Some(epoch),
+                    };
+                    sh.prepared.insert(name.to_vec(), p);
+                    sh.parses.push_back((name.to_vec(), generation, epoch));
+                    drop(sh);
+                    out.extend_from_slice(f.raw);
                 }
                 Err(err) => {
-                    record_refusal(ctx, st, text, None, &Decision::refuse(err.message.clone()));
-                    st.prepared.remove(name);
-                    refuse(out, shared, epoch, err, &wire::parse(nonce));
+                    record_refusal(ctx, st, text, None, &Refused::Error(err.clone()));
+                    refuse(out, io.shared, epoch, err, &wire::parse(io.nonce));
                 }
             }
         }
         b'B' => {
             let (portal, statement) = wire::bind_names(f.body)?;
-            st.portals.insert(portal.to_vec(), statement.to_vec());
-            out.extend_from_slice(f.raw);
+            let epoch = st.epoch;
+            st.synced = false;
+            let mut sh = lock(io.shared);
+            let usable = sh.prepared.get(statement).filter(|p| p.pending.is_none_or(|e| e == epoch)).cloned();
+            match usable {
+                Some(p) => {
+                    sh.portals.insert(portal.to_vec(), p);
+                    drop(sh);
+                    out.extend_from_slice(f.raw);
+                }
+                None => {
+                    sh.portals.remove(portal);
+                    drop(sh);
+                    let name = String::from_utf8_lossy(statement);
+                    let why = Refused::Error(
+                        PgError::new(
+                            Severity::Error,
+                            "26000",
+                            format!("Gatehouse refused this Bind: prepared statement \"{name}\" was not prepared through Gatehouse"),
+                        )
+                        .hint("prepare it (Parse or PREPARE) in this session first"),
+                    );
+                    record_refusal(ctx, st, format!("(Bind of prepared statement \"{name}\")").as_bytes(), None, &why);
+                    refuse(out, io.shared, epoch, why.error(ctx), &wire::parse(io.nonce));
+                }
+            }
         }
         b'E' => {
             let portal = wire::execute_portal(f.body)?;
             let epoch = st.epoch;
-            let stmt_name = st.portals.get(portal).cloned().unwrap_or_default();
-            let current = ctx.agent.snapshot.load_full();
-            let Some(p) = st.prepared.get(&stmt_name) else {
-                // Not prepared through us: the server will say it does not exist.
-                out.extend_from_slice(f.raw);
+            st.synced = false;
+            let p = lock(io.shared).portals.get(portal).cloned();
+            let Some(p) = p else {
+                let name = String::from_utf8_lossy(portal);
+                let why = Refused::Error(PgError::new(
+                    Severity::Error,
+                    "34000",
+                    format!("Gatehouse refused this Execute: portal \"{name}\" was not bound through Gatehouse"),
+                ));
+                record_refusal(ctx, st, format!("(Execute of portal \"{name}\")").as_bytes(), None, &why);
+                refuse(out, io.shared, epoch, why.error(ctx), &wire::parse(io.nonce));
                 return Ok(());
             };
-            // Prepared under an older policy: decide again (sessions are
-            // re-checked on their next statement after a reload).
-            let (decisions, text, statements) = if Arc::ptr_eq(&p.decided_under, &current) {
-                (None, p.text.clone(), p.statements.clone())
-            } else {
-                let ds: Vec<Decision> = p.statements.iter().map(|s| decide_one(ctx, &current, s)).collect();
-                (Some(ds), p.text.clone(), p.statements.clone())
-            };
-            if let Some(d) = decisions.as_ref().and_then(|ds| ds.iter().find(|d| d.verdict != Verdict::Allow)) {
-                record_refusal(ctx, st, text.as_bytes(), statements.first(), d);
-                refuse(out, shared, epoch, refusal_error(ctx, d), &wire::parse(nonce));
+            // Decided again now: the policy, the time and the catalog may have changed since Parse.
+            let batch = redecide(ctx, db, io.shared, &p.statements, epoch);
+            if let Some((i, refusal)) = batch.refused {
+                record_refusal(ctx, st, p.text.as_bytes(), batch.statements.get(i), &refusal);
+                refuse(out, io.shared, epoch, refusal.error(ctx), &wire::parse(io.nonce));
                 return Ok(());
             }
-            let d = decisions
-                .and_then(|mut v| v.pop())
-                .unwrap_or_else(|| decide_one(ctx, &current, statements.first().unwrap_or(&single_kind(Kind::Other))));
-            let s = statements
-                .first()
-                .cloned()
-                .unwrap_or_else(|| Statement { text: text.clone(), ..single_kind(Kind::Other) });
-            let s = Statement { text, ..s };
-            let seq = record_allowed(ctx, st, &s, &d);
-            lock(shared).inflight.push_back(InFlight::new(seq, epoch, &s));
+            if batch.statements.is_empty() {
+                lock(io.shared).inflight.push_back(InFlight::empty(epoch));
+            }
+            for (s, d) in batch.statements.iter().zip(&batch.decisions) {
+                let s = Statement { text: p.text.to_string(), ..s.clone() };
+                let seq = record_allowed(ctx, st, &s, d);
+                let flight = effects_at_forward(ctx, db, io.shared, st, &s, seq, epoch);
+                lock(io.shared).inflight.push_back(flight);
+            }
             out.extend_from_slice(f.raw);
         }
         b'C' => {
             let (kind, name) = wire::target_name(f.body, "Close")?;
+            let mut sh = lock(io.shared);
             if kind == b'S' {
-                st.prepared.remove(name);
+                sh.prepared.remove(name);
             } else {
-                st.portals.remove(name);
+                sh.portals.remove(name);
             }
+            drop(sh);
+            st.synced = false;
             out.extend_from_slice(f.raw);
         }
         b'D' => {
             wire::target_name(f.body, "Describe")?;
+            st.synced = false;
             out.extend_from_slice(f.raw);
         }
         b'S' => {
             st.epoch += 1;
+            st.synced = true;
             out.extend_from_slice(f.raw);
         }
         b'F' => {
             let epoch = st.epoch;
             st.epoch += 1;
+            st.synced = true;
             let current = ctx.agent.snapshot.load_full();
             let s = Statement { text: "(FunctionCall message)".into(), ..single_kind(Kind::FunctionCall) };
             let d = decide_one(ctx, &current, &s);
             if d.verdict == Verdict::Allow {
                 let seq = record_allowed(ctx, st, &s, &d);
-                lock(shared).inflight.push_back(InFlight::new(seq, epoch, &s));
+                let flight = effects_at_forward(ctx, db, io.shared, st, &s, seq, epoch);
+                lock(io.shared).inflight.push_back(flight);
                 out.extend_from_slice(f.raw);
             } else {
-                record_refusal(ctx, st, s.text.as_bytes(), Some(&s), &d);
-                refuse(out, shared, epoch, refusal_error(ctx, &d), &wire::query(nonce));
+                let why = Refused::Policy(d);
+                record_refusal(ctx, st, s.text.as_bytes(), Some(&s), &why);
+                refuse(out, io.shared, epoch, why.error(ctx), &wire::query(io.nonce));
             }
         }
-        b'H' | b'd' | b'c' | b'f' | b'X' => out.extend_from_slice(f.raw),
+        b'H' => out.extend_from_slice(f.raw),
+        b'd' | b'c' | b'f' | b'X' => out.extend_from_slice(f.raw),
         other => return Err(violation(format!("unexpected message type {:?} from the client", char::from(other)))),
     }
     Ok(())
@@ -236,12 +363,78 @@ fn refuse(out: &mut Vec<u8>, shared: &Mutex<Shared>, epoch: u64, error: PgError,
     out.extend_from_slice(stand_in);
 }
 
+/// Why a statement was refused.
+#[derive(Debug, Clone)]
+enum Refused {
+    /// The policy said no (or needs an approval).
+    Policy(Decision),
+    /// Gatehouse itself refuses, whatever the policy (unreadable text,
+    /// unsafe encoding, a guard rail, an unknown prepared statement).
+    Error(PgError),
+}
+
+impl Refused {
+    fn error(&self, ctx: &Ctx) -> PgError {
+        match self {
+            Self::Policy(d) => refusal_error(ctx, d),
+            Self::Error(e) => e.clone(),
+        }
+    }
+
+    fn rule(&self) -> Option<String> {
+        match self {
+            Self::Policy(d) => d.rule.as_ref().map(ToString::to_string),
+            Self::Error(_) => None,
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Self::Policy(d) => d.reason().into_owned(),
+            Self::Error(e) => e.message.clone(),
+        }
+    }
+
+    fn verdict(&self) -> &'static str {
+        match self {
+            Self::Policy(d) => verdict_text(d.verdict),
+            Self::Error(_) => "deny",
+        }
+    }
+}
+
+/// A query text classified and decided, statement by statement.
+struct Batch {
+    statements: Vec<Statement>,
+    decisions: Vec<Decision>,
+    /// The first statement refused, and why: the whole text is refused.
+    refused: Option<(usize, Refused)>,
+}
+
+/// What a session classifies with: the catalog and its names.
+fn session_view(db: &SessionDb, shared: &Mutex<Shared>, ctx: &Ctx) -> (Arc<Catalog>, SessionNames) {
+    let interval = ctx.agent.settings.catalog_refresh;
+    if db.catalog.is_stale(interval) {
+        crate::protocol::postgres::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
+    }
+    let (cat, pending) = db.catalog.snapshot().unwrap_or_else(|| (Arc::new(Catalog::default()), Vec::new()));
+    let sh = lock(shared);
+    let names = SessionNames {
+        search_path: sh.path.current.clone(),
+        path_unknown: sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some(),
+        pending,
+    };
+    (cat, names)
+}
+
 /// Classifies and decides a query text under the current policy.
 async fn decide_text(
     ctx: &Ctx,
+    db: &SessionDb,
     shared: &Mutex<Shared>,
     text: &[u8],
-) -> Result<(Arc<Snapshot>, Vec<Statement>, Vec<Decision>), PgError> {
+    epoch: u64,
+) -> Result<Batch, PgError> {
     let text = std::str::from_utf8(text).map_err(|_| {
         PgError::new(
             Severity::Error,
@@ -254,7 +447,7 @@ async fn decide_text(
     // Large statements are parsed off the async workers.
     let statements = if text.len() > 16 * 1024 {
         let owned = text.to_owned();
-        tokio::task::spawn_blocking(move || sql::classify_with(&owned, opts))
+        tokio::task::spawn_blocking(move || sql::parse(&owned, opts))
             .await
             .unwrap_or_else(|_| Err(sql::SqlError::Parse { message: "classifier failed".into(), position: None }))
     } else {
@@ -264,9 +457,205 @@ async fn decide_text(
         PgError::new(Severity::Error, "42601", format!("Gatehouse refused this statement: {e}"))
             .hint("Gatehouse parses every statement with PostgreSQL's grammar and refuses what does not parse")
     })?;
+    Ok(decide_statements(ctx, db, shared, statements, epoch, true))
+}
+
+/// Decides statements prepared earlier, again, for an Execute.
+fn redecide(ctx: &Ctx, db: &SessionDb, shared: &Mutex<Shared>, statements: &[Statement], epoch: u64) -> Batch {
+    decide_statements(ctx, db, shared, statements.to_vec(), epoch, false)
+}
+
+/// Resolves (`fresh`: parsed now) or re-resolves each statement against
+/// the catalog with the names the earlier statements of the same text set,
+/// then decides it.
+fn decide_statements(
+    ctx: &Ctx,
+    db: &SessionDb,
+    shared: &Mutex<Shared>,
+    mut statements: Vec<Statement>,
+    epoch: u64,
+    fresh: bool,
+) -> Batch {
+    let (cat, mut names) = session_view(db, shared, ctx);
     let snapshot = ctx.agent.snapshot.load_full();
-    let decisions = statements.iter().map(|s| decide_one(ctx, &snapshot, s)).collect();
-    Ok((snapshot, statements, decisions))
+    let mut local: HashMap<String, Statement> = HashMap::new();
+    let mut decisions = Vec::with_capacity(statements.len());
+    let mut refused = None;
+    for (i, s) in statements.iter_mut().enumerate() {
+        if fresh || !s.refs.calls.is_empty() || !s.refs.operators.is_empty() || !s.refs.casts.is_empty() {
+            resolve(s, &cat, &names);
+        }
+        if let Some(name) = s.effects.execute.clone() {
+            substitute_execute(s, &name, &local, shared, epoch);
+        }
+        if let Some(name) = &s.effects.prepare {
+            local.insert(name.clone(), prepared_part(s));
+        }
+        // What this statement changes, for the ones after it in the same text.
+        match &s.effects.search_path {
+            Some(path) => {
+                names.search_path = path.clone();
+                names.path_unknown = false;
+            }
+            None if opaque(s) => names.path_unknown = true,
+            None => {}
+        }
+        names.pending.extend(s.effects.defines.iter().cloned());
+        if refused.is_some() {
+            continue;
+        }
+        if let Some(e) = gatehouse_refusal(ctx, s) {
+            refused = Some((i, Refused::Error(e)));
+            continue;
+        }
+        let d = decide_one(ctx, &snapshot, s);
+        if d.verdict != Verdict::Allow {
+            refused = Some((i, Refused::Policy(d.clone())));
+        }
+        decisions.push(d);
+    }
+    Batch { statements, decisions, refused }
+}
+
+/// The statement `PREPARE name AS …` prepares: its kinds without `prepare`.
+fn prepared_part(s: &Statement) -> Statement {
+    let mut p = s.clone();
+    p.kinds.remove(&Kind::Prepare);
+    if p.kinds.is_empty() {
+        p.kinds.insert(Kind::Other);
+    }
+    p.effects = Default::default();
+    p
+}
+
+/// `EXECUTE name` of a statement whose text Gatehouse decided in this
+/// session is what that statement does (plus whatever the EXECUTE's own
+/// parameters do); of an unknown one, it stays the opaque `execute`.
+fn substitute_execute(
+    s: &mut Statement,
+    name: &str,
+    local: &HashMap<String, Statement>,
+    shared: &Mutex<Shared>,
+    epoch: u64,
+) {
+    let found = local.get(name).cloned().or_else(|| {
+        let sh = lock(shared);
+        let p = sh.prepared.get(name.as_bytes()).filter(|p| p.pending.is_none_or(|e| e == epoch))?;
+        match p.statements.as_ref() {
+            [one] => Some(one.clone()),
+            _ => None,
+        }
+    });
+    let Some(p) = found else { return };
+    s.kinds.remove(&Kind::Execute);
+    s.kinds.extend(p.kinds.iter().copied());
+    for (into, from) in [
+        (&mut s.reads, &p.reads),
+        (&mut s.writes, &p.writes),
+        (&mut s.via_views, &p.via_views),
+        (&mut s.sensitive, &p.sensitive),
+    ] {
+        for t in from {
+            if !into.contains(t) {
+                into.push(t.clone());
+            }
+        }
+    }
+    for f in &p.functions {
+        if !s.functions.contains(f) {
+            s.functions.push(f.clone());
+        }
+    }
+    s.effects.changes_reading |= p.effects.changes_reading;
+}
+
+/// Kinds whose effect on the session cannot be read from the text.
+fn opaque(s: &Statement) -> bool {
+    s.kinds.iter().any(|k| matches!(k, Kind::FunctionCall | Kind::Do | Kind::Call | Kind::Execute))
+}
+
+/// Refusals that no policy can lift.
+fn gatehouse_refusal(ctx: &Ctx, s: &Statement) -> Option<PgError> {
+    if let Some(enc) = &s.effects.unsafe_encoding {
+        return Some(
+            PgError::new(
+                Severity::Error,
+                "22023",
+                format!("Gatehouse refused this statement: client encoding {enc} cannot be read safely"),
+            )
+            .hint("its multi-byte characters can hide quotes and backslashes; use UTF8"),
+        );
+    }
+    if ctx.guard.read_only && s.effects.read_write {
+        return Some(
+            PgError::new(
+                Severity::Error,
+                "25006",
+                "Gatehouse refused this statement: this session is read-only (its rule allows no writes)",
+            )
+            .hint("the rule's statements cannot write, so Gatehouse logged in with default_transaction_read_only = on"),
+        );
+    }
+    if let Some(setting) = s.effects.settings.iter().find(|n| ctx.guard.protects(n)) {
+        return Some(PgError::new(
+            Severity::Error,
+            "42501",
+            format!("Gatehouse refused this statement: {setting} is set by the rule that allowed this session"),
+        ));
+    }
+    None
+}
+
+/// What a forwarded statement does to the session state.
+fn effects_at_forward(
+    ctx: &Ctx,
+    db: &SessionDb,
+    shared: &Mutex<Shared>,
+    st: &mut ClientState,
+    s: &Statement,
+    seq: u64,
+    epoch: u64,
+) -> InFlight {
+    let mut flight = InFlight::new(seq, epoch, s);
+    let mut sh = lock(shared);
+    if let Some(name) = &s.effects.prepare {
+        sh.next_generation += 1;
+        let generation = sh.next_generation;
+        let p = Prepared {
+            text: Arc::from(s.text.as_str()),
+            statements: Arc::from(vec![prepared_part(s)]),
+            generation,
+            pending: Some(epoch),
+        };
+        sh.prepared.insert(name.as_bytes().to_vec(), p);
+        flight.prepares = Some((name.as_bytes().to_vec(), generation));
+    }
+    match &s.effects.deallocate {
+        Some(Some(name)) => {
+            sh.prepared.remove(name.as_bytes());
+        }
+        Some(None) => sh.prepared.clear(),
+        None => {}
+    }
+    if s.effects.discard_all {
+        sh.portals.clear();
+    }
+    if s.effects.search_path.is_some() {
+        sh.path.in_flight += 1;
+    } else if opaque(s) {
+        sh.path.unknown = true;
+    }
+    if !s.effects.defines.is_empty() || s.kinds.contains(&Kind::DefineCode) {
+        sh.defined_in_txn = true;
+    }
+    drop(sh);
+    if !s.effects.defines.is_empty() {
+        db.catalog.add_pending(ctx.id, &s.effects.defines);
+    }
+    if s.effects.changes_reading || opaque(s) {
+        st.hold = Some(seq);
+    }
+    flight
 }
 
 /// Decides one statement for this session under `snapshot`.
@@ -287,6 +676,12 @@ fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
     if d.verdict == Verdict::Allow && d.mask.as_deref() != ctx.mask.as_ref().map(|m| m.name()) {
         return Decision::refuse(format!(
             "the policy changed the masking of this session (rule {:?}); reconnect",
+            d.rule_label()
+        ));
+    }
+    if d.verdict == Verdict::Allow && d.guard != ctx.guard {
+        return Decision::refuse(format!(
+            "the policy changed the guard rails of this session (rule {:?}); reconnect",
             d.rule_label()
         ));
     }
@@ -343,10 +738,15 @@ fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) 
     st.seq
 }
 
-fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&Statement>, d: &Decision) {
+fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&Statement>, why: &Refused) {
     st.seq += 1;
     let text = String::from_utf8_lossy(text).into_owned();
-    info!(rule = d.rule_label(), kinds = s.map(kinds_text).unwrap_or_default(), "statement refused: {}", d.reason());
+    let reason = why.reason();
+    info!(
+        rule = why.rule().as_deref().unwrap_or("(gatehouse)"),
+        kinds = s.map(kinds_text).unwrap_or_default(),
+        "statement refused: {reason}"
+    );
     let ev = StatementStart {
         session: ctx.id,
         seq: st.seq,
@@ -354,9 +754,9 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
         kinds: s.map(kinds_text).unwrap_or_default(),
         tables: s.map(tables_text).unwrap_or_default(),
         text,
-        decision: verdict_text(d.verdict).into(),
-        rule: d.rule.as_ref().map(ToString::to_string),
-        reason: Some(d.reason().into_owned()),
+        decision: why.verdict().into(),
+        rule: why.rule(),
+        reason: Some(reason),
     };
     if let Err(e) = ctx.agent.audit.record(Event::Statement(Box::new(ev))) {
         warn!(error = %e, "cannot record a refused statement");
@@ -364,6 +764,9 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
 }
 
 pub(super) fn statement_end(ctx: &Ctx, f: InFlight, rows: Option<u64>, error: Option<String>) {
+    if f.empty {
+        return;
+    }
     let masked = (f.masked.total() > 0).then(|| {
         let m: serde_json::Map<String, serde_json::Value> =
             f.masked.iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
@@ -377,6 +780,7 @@ pub(super) fn statement_end(ctx: &Ctx, f: InFlight, rows: Option<u64>, error: Op
         duration_us: u64::try_from(f.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         error,
         masked,
+        tags: (!f.tags.is_empty()).then(|| f.tags.join("; ")),
     };
     if let Err(e) = ctx.agent.audit.statement_end(ev) {
         warn!(error = %e, "cannot record the end of a statement");

@@ -1,0 +1,232 @@
+//! What the backend's catalog says about the names a statement uses.
+//!
+//! PostgreSQL resolves functions, operators, casts, attribute notation
+//! (`t.f` may call `f(t)`) and unqualified table names against its catalog;
+//! a policy that reads only the text is walked around by anyone who can
+//! create `public.lower(int)`. So Gatehouse keeps, per backend, login and
+//! database, what is *not* built in (OID ≥ 16384: everything created after
+//! `initdb`, extensions included) and classifies any reference that can
+//! resolve to such code as [`Kind::FunctionCall`]:
+//!
+//! - a function name with a user-defined overload anywhere (or unknown);
+//! - an operator name with a user-defined overload whose operand types can be
+//!   reached from built-in values (or unknown);
+//! - a cast to a type whose input, cast function or domain CHECK is user code
+//!   (or unknown);
+//! - `x.f` / `(x).f` where `f` is a user function of one argument.
+//!
+//! Code attached to data by someone allowed to attach it (triggers,
+//! defaults, CHECKs, type I/O functions of columns, view bodies) is trusted;
+//! attaching it is [`Kind::DefineCode`]. The catalog also resolves
+//! unqualified relation names as the session's search path does
+//! (`pg_catalog` first), expands views to the tables they read (for
+//! `deny_tables`), and marks the catalog relations that need `catalog =
+//! "all"`.
+//!
+//! Loading happens in `protocol::postgres::catalog` (a side connection with
+//! the session's own backend login); this module is pure.
+
+mod builtin;
+pub mod load;
+mod resolve;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+pub use builtin::is_sensitive_catalog_relation;
+pub use resolve::resolve;
+
+use crate::sql::{QualName, TableRef};
+
+/// A relation the backend has.
+#[derive(Debug, Clone)]
+pub struct Relation {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `r` table, `v` view, `m` materialized view, `f` foreign table, `p` partitioned table.
+    pub kind: u8,
+    /// Columns by position: (attnum, name, type OID). Empty for catalog relations.
+    pub columns: Vec<Column>,
+    /// For views: the tables (and views) they read, transitively.
+    pub reads: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub attnum: i16,
+    pub name: String,
+    pub type_oid: u32,
+}
+
+/// A user-defined function or operator, by where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UserObject {
+    schema: String,
+    /// Functions: number of arguments. Operators: unused.
+    nargs: u16,
+    /// Operators: every operand type can come from built-in values (not only
+    /// from a column or cast of an extension's base type).
+    reachable: bool,
+}
+
+/// The non-built-in part of one backend database's catalog, as one login sees it.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    builtin_functions: HashSet<String>,
+    builtin_operators: HashSet<String>,
+    builtin_types: HashSet<String>,
+    /// `pg_catalog` and `information_schema` relation names, by schema.
+    builtin_relations: HashSet<(String, String)>,
+    functions: HashMap<String, Vec<UserObject>>,
+    operators: HashMap<String, Vec<UserObject>>,
+    /// Non-built-in type names, and whether casting to them runs user code.
+    types: HashMap<String, bool>,
+    /// Built-in type names that a user-defined cast targets.
+    cast_targets: HashSet<String>,
+    relations: HashMap<(String, String), u32>,
+    by_oid: HashMap<u32, Relation>,
+    /// Relation names by name only, for resolution when the search path is unknown.
+    relation_schemas: HashMap<String, Vec<String>>,
+    /// The login's default search path (as `SHOW search_path` says).
+    pub default_search_path: Vec<String>,
+    /// The backend login (what `$user` means in the search path).
+    pub login: String,
+    pub database: String,
+    /// When this was read (µs since the epoch), for `status` and refresh.
+    pub loaded_us: i64,
+}
+
+impl Catalog {
+    /// The built-in catalog alone (PostgreSQL 15's, embedded): what offline
+    /// tools (`policy test`, `explain`) know. Names not in it are unknown,
+    /// which counts as user code.
+    pub fn builtin() -> &'static Catalog {
+        static BUILTIN: OnceLock<Catalog> = OnceLock::new();
+        BUILTIN.get_or_init(|| {
+            let mut c = Catalog { default_search_path: vec!["$user".into(), "public".into()], ..Catalog::default() };
+            builtin::fill(&mut c);
+            c
+        })
+    }
+
+    /// A relation by OID (for masking by column identity).
+    pub fn relation(&self, oid: u32) -> Option<&Relation> {
+        self.by_oid.get(&oid)
+    }
+
+    /// A relation by schema and name.
+    pub fn relation_named(&self, schema: &str, name: &str) -> Option<&Relation> {
+        self.relations.get(&(schema.to_owned(), name.to_owned())).and_then(|oid| self.by_oid.get(oid))
+    }
+
+    pub fn relation_count(&self) -> usize {
+        self.by_oid.len()
+    }
+
+    pub fn user_function_count(&self) -> usize {
+        self.functions.values().map(Vec::len).sum()
+    }
+
+    fn is_builtin_relation(&self, schema: &str, name: &str) -> bool {
+        self.builtin_relations.contains(&(schema.to_owned(), name.to_owned()))
+    }
+
+    /// Whether a call to `name` can reach a function that is not built in.
+    fn call_reaches_code(&self, name: &QualName) -> bool {
+        let user = self.functions.get(&name.name);
+        match name.schema.as_deref() {
+            // Only pg_catalog is searched: user functions placed there count.
+            Some("pg_catalog") => {
+                user.is_some_and(|v| v.iter().any(|f| f.schema == "pg_catalog"))
+                    || !self.builtin_functions.contains(&name.name)
+            }
+            Some(schema) => {
+                user.is_some_and(|v| v.iter().any(|f| f.schema == schema))
+                    || !(schema == "information_schema" && self.builtin_functions.contains(&name.name))
+            }
+            // Overload resolution looks at every schema on the path and prefers
+            // the best argument match, not pg_catalog: any user overload counts.
+            None => user.is_some() || !self.builtin_functions.contains(&name.name),
+        }
+    }
+
+    fn operator_reaches_code(&self, name: &QualName) -> bool {
+        let user = self.operators.get(&name.name);
+        let reachable = |o: &&UserObject| o.reachable;
+        match name.schema.as_deref() {
+            // Built-in operators live only in pg_catalog: any other schema is user code.
+            Some("pg_catalog") => {
+                user.is_some_and(|v| v.iter().filter(reachable).any(|o| o.schema == "pg_catalog"))
+                    || !self.builtin_operators.contains(&name.name)
+            }
+            Some(_) => true,
+            None => user.is_some_and(|v| v.iter().any(|o| o.reachable)) || !self.builtin_operators.contains(&name.name),
+        }
+    }
+
+    fn cast_reaches_code(&self, name: &QualName) -> bool {
+        if self.cast_targets.contains(&name.name) {
+            return true;
+        }
+        match self.types.get(&name.name) {
+            Some(code) => *code,
+            None => !self.builtin_types.contains(&name.name),
+        }
+    }
+
+    fn attribute_reaches_code(&self, name: &str) -> bool {
+        self.functions.get(name).is_some_and(|v| v.iter().any(|f| f.nargs == 1))
+    }
+
+    /// Schemas that hold a relation called `name` (user and catalog ones).
+    fn schemas_with(&self, name: &str) -> Vec<&str> {
+        let mut out: Vec<&str> =
+            self.relation_schemas.get(name).map(|v| v.iter().map(String::as_str).collect()).unwrap_or_default();
+        for schema in ["pg_catalog", "information_schema"] {
+            if self.is_builtin_relation(schema, name) && !out.contains(&schema) {
+                out.push(schema);
+            }
+        }
+        out
+    }
+
+    fn has_relation(&self, schema: &str, name: &str) -> bool {
+        self.relations.contains_key(&(schema.to_owned(), name.to_owned())) || self.is_builtin_relation(schema, name)
+    }
+
+    fn resolve_table(&self, t: &TableRef) -> Option<&Relation> {
+        let schema = t.schema.as_deref()?;
+        self.relation_named(schema, &t.name)
+    }
+}
+
+/// What a session knows about its own name resolution.
+#[derive(Debug, Clone, Default)]
+pub struct SessionNames {
+    /// The session's search path as set by a `SET search_path` Gatehouse
+    /// saw; `None` for the login's default.
+    pub search_path: Option<Vec<String>>,
+    /// The path is not known (set by code Gatehouse cannot read, or inside a
+    /// transaction whose outcome is not known yet).
+    pub path_unknown: bool,
+    /// Names being defined as code in transactions not yet committed or
+    /// not yet read back (this session's or others' on the same backend).
+    pub pending: Vec<(crate::sql::Defined, QualName)>,
+}
+
+/// Splits a `search_path` value (`"$user", public`) into schema names.
+pub fn parse_search_path(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\"\"", "\""),
+            None => s.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

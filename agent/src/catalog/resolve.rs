@@ -1,0 +1,156 @@
+//! The catalog pass: adds to a parsed statement what only the catalog can
+//! tell (see the module documentation of `crate::catalog`).
+
+use super::{Catalog, SessionNames, is_sensitive_catalog_relation};
+use crate::sql::{Defined, Kind, QualName, Statement, TableRef};
+
+/// Resolves `s`'s names against `cat` for a session with `session`'s
+/// search path and pending definitions. Idempotent per fresh parse; call it
+/// once per parsed statement.
+pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
+    let pending =
+        |what: Defined, name: &QualName| session.pending.iter().any(|(w, n)| *w == what && n.name == name.name);
+    let mut flagged: Vec<(String, bool)> = Vec::new();
+    for r in &s.refs.calls {
+        if pending(Defined::Function, &r.name) || cat.call_reaches_code(&r.name) {
+            flagged.push((r.name.to_string(), r.attached));
+        }
+    }
+    for r in &s.refs.operators {
+        if pending(Defined::Operator, &r.name) || cat.operator_reaches_code(&r.name) {
+            flagged.push((format!("operator {}", r.name), r.attached));
+        }
+    }
+    for r in &s.refs.casts {
+        if pending(Defined::Type, &r.name) || cat.cast_reaches_code(&r.name) {
+            flagged.push((format!("cast to {}", r.name), r.attached));
+        }
+    }
+    for a in &s.refs.attributes {
+        let q = QualName { schema: None, name: a.clone() };
+        if pending(Defined::Function, &q) || cat.attribute_reaches_code(a) {
+            flagged.push((format!("{a}(…) through attribute notation"), false));
+        }
+    }
+    for (name, attached) in flagged {
+        s.kinds.insert(Kind::FunctionCall);
+        if attached {
+            s.kinds.insert(Kind::DefineCode);
+        }
+        if !s.functions.contains(&name) {
+            s.functions.push(name);
+        }
+    }
+
+    let path = effective_path(cat, session);
+    s.reads = resolve_tables(std::mem::take(&mut s.reads), cat, path.as_deref());
+    s.writes = resolve_tables(std::mem::take(&mut s.writes), cat, path.as_deref());
+
+    for t in &s.reads {
+        let Some(schema) = t.schema.as_deref() else { continue };
+        if is_sensitive_catalog_relation(schema, &t.name) && !s.sensitive.contains(t) {
+            s.sensitive.push(t.clone());
+        }
+        if let Some(rel) = cat.relation_named(schema, &t.name) {
+            for oid in &rel.reads {
+                if let Some(base) = cat.relation(*oid) {
+                    let b = TableRef { schema: Some(base.schema.clone()), name: base.name.clone() };
+                    if !s.via_views.contains(&b) {
+                        s.via_views.push(b);
+                    }
+                }
+            }
+        }
+    }
+
+    for p in std::mem::take(&mut s.pending_where) {
+        if !restricts(&p.target, &p.columns, &s.reads, cat, path.as_deref()) {
+            s.kinds.insert(p.flag);
+        }
+    }
+}
+
+/// The schemas an unqualified relation name is looked up in, in order
+/// (`pg_catalog` first unless the path places it), or `None` when the
+/// session's path is not known.
+fn effective_path(cat: &Catalog, session: &SessionNames) -> Option<Vec<String>> {
+    if session.path_unknown {
+        return None;
+    }
+    let path = session.search_path.as_ref().unwrap_or(&cat.default_search_path);
+    let mut out: Vec<String> = Vec::with_capacity(path.len() + 1);
+    if !path.iter().any(|s| s == "pg_catalog") {
+        out.push("pg_catalog".into());
+    }
+    for s in path {
+        if s == "$user" {
+            if !cat.login.is_empty() {
+                out.push(cat.login.clone());
+            }
+        } else {
+            out.push(s.clone());
+        }
+    }
+    Some(out)
+}
+
+/// Qualifies unqualified relation names as the server will: the first
+/// schema on the path that has one. With the path unknown, every schema
+/// that has one is listed (the policy then needs all of them allowed, and
+/// refuses if any is denied). A name the catalog does not know stays
+/// unqualified (see `TablePattern::matches`).
+fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[String]>) -> Vec<TableRef> {
+    let mut out: Vec<TableRef> = Vec::with_capacity(tables.len());
+    let mut push = |t: TableRef| {
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    };
+    for t in tables {
+        if t.schema.is_some() {
+            push(t);
+            continue;
+        }
+        match path {
+            Some(path) => match path.iter().find(|s| cat.has_relation(s, &t.name)) {
+                Some(schema) => push(TableRef { schema: Some(schema.clone()), name: t.name }),
+                None => push(t),
+            },
+            None => {
+                let schemas = cat.schemas_with(&t.name);
+                if schemas.is_empty() {
+                    push(t);
+                } else {
+                    for schema in schemas {
+                        push(TableRef { schema: Some(schema.to_owned()), name: t.name.clone() });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether one of `columns` is certainly the target's: a column of the
+/// target and of no other table the statement reads.
+fn restricts(
+    target: &TableRef,
+    columns: &[String],
+    reads: &[TableRef],
+    cat: &Catalog,
+    path: Option<&[String]>,
+) -> bool {
+    let resolved = resolve_tables(vec![target.clone()], cat, path);
+    let [target] = resolved.as_slice() else { return false };
+    let Some(rel) = cat.resolve_table(target) else { return false };
+    let others: Vec<&super::Relation> =
+        reads.iter().filter(|t| *t != target).filter_map(|t| cat.resolve_table(t)).collect();
+    // An unknown other table might have any column: then nothing is certain.
+    if others.len() != reads.iter().filter(|t| *t != target).count() {
+        return false;
+    }
+    columns.iter().any(|c| {
+        rel.columns.iter().any(|col| &col.name == c)
+            && !others.iter().any(|o| o.columns.iter().any(|col| &col.name == c))
+    })
+}

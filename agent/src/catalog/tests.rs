@@ -1,0 +1,173 @@
+use super::load::{Results, Row, build};
+use super::*;
+use crate::sql::{Kind, ParseOptions, parse};
+
+fn row(v: &[&str]) -> Row {
+    v.iter().map(|s| if *s == "NULL" { None } else { Some((*s).to_owned()) }).collect()
+}
+
+/// A catalog with `public.lower(int)`, a one-argument `public.score`, an
+/// operator `#@#(int, int)`, a domain with a CHECK, an extension-like base
+/// type with its own `=`, tables `public.orders`, `public.customers`,
+/// `hr.salaries` and a view `public.pay` over `hr.salaries`.
+pub(crate) fn sample() -> Catalog {
+    let results: Results = vec![
+        vec![row(&["gh_app", "\"$user\", public", "appdb"])],
+        vec![],
+        vec![row(&["public", "lower", "1"]), row(&["public", "score", "1"]), row(&["public", "f", "0"])],
+        vec![row(&["public", "#@#", "t"]), row(&["public", "=", "f"])],
+        vec![
+            row(&["20000", "checked", "d", "23", "0", "t", "f"]),
+            row(&["20001", "plain", "d", "23", "0", "f", "f"]),
+            row(&["20002", "citext", "b", "0", "0", "f", "f"]),
+            row(&["20003", "mood", "e", "0", "0", "f", "f"]),
+        ],
+        vec![],
+        vec![
+            row(&["16400", "public", "orders", "r"]),
+            row(&["16401", "public", "customers", "r"]),
+            row(&["16402", "hr", "salaries", "r"]),
+            row(&["16403", "public", "pay", "v"]),
+            row(&["1259", "pg_catalog", "pg_class", "r"]),
+        ],
+        vec![
+            row(&["16400", "1", "id", "23"]),
+            row(&["16400", "2", "customer_id", "23"]),
+            row(&["16401", "1", "id", "23"]),
+            row(&["16401", "2", "email", "25"]),
+            row(&["16402", "1", "emp", "23"]),
+            row(&["16402", "2", "amount", "23"]),
+            row(&["16403", "1", "emp", "23"]),
+        ],
+        vec![row(&["16403", "16402"])],
+    ];
+    build(&results, 0).unwrap()
+}
+
+fn kinds(cat: &Catalog, session: &SessionNames, sql: &str) -> Vec<Kind> {
+    let mut all = parse(sql, ParseOptions::default()).unwrap();
+    assert_eq!(all.len(), 1);
+    let s = &mut all[0];
+    resolve(s, cat, session);
+    s.kinds.iter().copied().collect()
+}
+
+#[test]
+fn user_code_reached_without_a_call_to_a_new_name() {
+    let cat = sample();
+    let ses = SessionNames::default();
+    for sql in [
+        "SELECT lower(42)",
+        "SELECT lower('A')",
+        "SELECT 1 #@# 2",
+        "SELECT 1::checked",
+        "SELECT CAST(1 AS checked)",
+        "SELECT o.score FROM orders o",
+        "SELECT (o).score FROM orders o",
+        "SELECT f()",
+        "SELECT public.f()",
+        "SELECT unknown_function(1)",
+        "SELECT 1 OPERATOR(public.#@#) 2",
+        "SELECT 1 !@!@! 2",
+        "SELECT 'x'::citext",
+        "SELECT 'x'::no_such_type",
+        "SELECT * FROM orders TABLESAMPLE my_sampler (10)",
+    ] {
+        assert!(kinds(&cat, &ses, sql).contains(&Kind::FunctionCall), "{sql}");
+    }
+    for sql in [
+        "SELECT pg_catalog.lower('A')",
+        "SELECT upper(email), stddev(id), percentile_cont(0.5) WITHIN GROUP (ORDER BY id) FROM customers",
+        "SELECT 1 + 2, 'a' LIKE 'b' ESCAPE '!', 'a' SIMILAR TO 'b', 3 BETWEEN 1 AND 4",
+        "SELECT (DATE '2001-02-16', DATE '2001-12-21') OVERLAPS (DATE '2001-10-30', DATE '2002-10-30')",
+        "SELECT 1::plain, 'happy'::mood, id::text FROM orders",
+        "SELECT o.id, c.email FROM orders o JOIN customers c ON c.id = o.customer_id",
+        "SELECT lpad('a', 3), array_to_string(ARRAY[1], ','), to_json(1), current_schema, pg_backend_pid()",
+        "SELECT * FROM orders TABLESAMPLE SYSTEM (10)",
+    ] {
+        let k = kinds(&cat, &ses, sql);
+        assert!(!k.contains(&Kind::FunctionCall), "{sql}: {k:?}");
+    }
+}
+
+#[test]
+fn code_attached_by_ddl_is_define_code() {
+    let cat = sample();
+    let ses = SessionNames::default();
+    for sql in [
+        "ALTER TABLE orders ADD CONSTRAINT c CHECK (f() > 0)",
+        "ALTER TABLE orders ALTER COLUMN id SET DEFAULT f()",
+        "CREATE INDEX i ON orders ((lower(id)))",
+        "CREATE VIEW v AS SELECT f()",
+        "CREATE TABLE t (a int GENERATED ALWAYS AS (lower(1)) STORED)",
+        "CREATE POLICY p ON orders USING (f() > 0)",
+    ] {
+        let k = kinds(&cat, &ses, sql);
+        assert!(k.contains(&Kind::DefineCode), "{sql}: {k:?}");
+    }
+    // Calling user code once is not attaching it.
+    let k = kinds(&cat, &ses, "CREATE TABLE t AS SELECT f()");
+    assert!(k.contains(&Kind::FunctionCall) && !k.contains(&Kind::DefineCode), "{k:?}");
+}
+
+#[test]
+fn pending_definitions_count_before_the_catalog_is_read_again() {
+    let cat = sample();
+    let mut ses = SessionNames::default();
+    assert!(!kinds(&cat, &ses, "SELECT upper('a')").contains(&Kind::FunctionCall));
+    ses.pending.push((
+        crate::sql::Defined::Function,
+        crate::sql::QualName { schema: Some("public".into()), name: "upper".into() },
+    ));
+    assert!(kinds(&cat, &ses, "SELECT upper('a')").contains(&Kind::FunctionCall));
+}
+
+#[test]
+fn names_resolve_as_the_search_path_does() {
+    let cat = sample();
+    let ses = SessionNames::default();
+    let resolved = |ses: &SessionNames, sql: &str| {
+        let mut all = parse(sql, ParseOptions::default()).unwrap();
+        resolve(&mut all[0], &cat, ses);
+        all.remove(0)
+    };
+    let s = resolved(&ses, "SELECT * FROM pg_stats WHERE tablename = 'salaries'");
+    assert_eq!(s.reads[0].schema.as_deref(), Some("pg_catalog"));
+    assert_eq!(s.sensitive.len(), 1);
+    let s = resolved(&ses, "SELECT * FROM orders, pg_class");
+    assert_eq!(s.reads.iter().map(ToString::to_string).collect::<Vec<_>>(), ["public.orders", "pg_catalog.pg_class"]);
+    assert!(s.sensitive.is_empty());
+    // Set through SET search_path (tracked by the session).
+    let hr = SessionNames { search_path: Some(vec!["hr".into()]), ..SessionNames::default() };
+    assert_eq!(resolved(&hr, "SELECT * FROM salaries").reads[0].to_string(), "hr.salaries");
+    // Unknown path: every schema that has the name.
+    let unknown = SessionNames { path_unknown: true, ..SessionNames::default() };
+    assert_eq!(resolved(&unknown, "SELECT * FROM salaries").reads[0].to_string(), "hr.salaries");
+    // Views read their tables.
+    let s = resolved(&ses, "SELECT * FROM pay");
+    assert_eq!(s.via_views.iter().map(ToString::to_string).collect::<Vec<_>>(), ["hr.salaries"]);
+    // Quoted names are case-sensitive: "PUBLIC" is another schema.
+    let s = resolved(&ses, "SELECT * FROM \"PUBLIC\".orders");
+    assert_eq!(s.reads[0].schema.as_deref(), Some("PUBLIC"));
+}
+
+#[test]
+fn ambiguous_columns_are_settled_by_the_catalog() {
+    let cat = sample();
+    let ses = SessionNames::default();
+    // `customer_id` is only the target's column: restricting.
+    assert!(
+        !kinds(&cat, &ses, "DELETE FROM orders USING customers WHERE customer_id = customers.id")
+            .contains(&Kind::DeleteWithoutWhere)
+    );
+    // `email` belongs to the other table: every order is deleted.
+    assert!(
+        kinds(&cat, &ses, "DELETE FROM orders USING customers WHERE email = 'x'").contains(&Kind::DeleteWithoutWhere)
+    );
+    // Offline, nothing is known about the tables: ambiguous counts as touching every row.
+    let offline = Catalog::builtin();
+    assert!(
+        kinds(offline, &ses, "DELETE FROM orders USING customers WHERE customer_id = customers.id")
+            .contains(&Kind::DeleteWithoutWhere)
+    );
+}

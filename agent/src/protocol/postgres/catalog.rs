@@ -1,0 +1,281 @@
+//! Reading and caching the backend's catalog (see `crate::catalog`): one
+//! entry per backend, login and database, read over a side connection with
+//! the session's own held credentials, refreshed on an interval and after
+//! DDL that passes through Gatehouse. Names a session is defining in a
+//! transaction not yet read back are kept as *pending* and count as user
+//! code for every session on that entry until a later read sees them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+use super::io::Stream;
+use super::wire::{self, Frame};
+use super::{Ctx, connect_backend};
+use crate::catalog::Catalog;
+use crate::catalog::load::{QUERY, Results, Row, build};
+use crate::policy::Credentials;
+use crate::sql::{Defined, QualName};
+use crate::types::{BackendName, SessionId};
+
+/// How long a catalog read may take before the session is refused.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest answer accepted from the catalog query.
+const MAX_ANSWER: usize = 256 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    backend: BackendName,
+    login: String,
+    database: String,
+}
+
+/// A definition not yet read back from the catalog.
+#[derive(Debug, Clone)]
+struct Pending {
+    session: SessionId,
+    what: Defined,
+    name: QualName,
+    /// When the defining session's transaction ended (committed or not).
+    settled: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    catalog: Option<Arc<Catalog>>,
+    loaded: Option<Instant>,
+    pending: Vec<Pending>,
+    last_error: Option<String>,
+}
+
+/// A catalog and the definitions not yet read back into it.
+pub type Snapshot = (Arc<Catalog>, Vec<(Defined, QualName)>);
+
+/// One backend database's catalog as one login sees it.
+#[derive(Debug, Default)]
+pub struct Entry {
+    state: Mutex<State>,
+    /// One read at a time.
+    loading: tokio::sync::Mutex<()>,
+    refreshing: AtomicBool,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Entry {
+    /// The catalog and the pending definitions to classify with.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        let st = lock(&self.state);
+        let cat = st.catalog.clone()?;
+        Some((cat, st.pending.iter().map(|p| (p.what, p.name.clone())).collect()))
+    }
+
+    /// Whether the catalog is older than `interval`.
+    pub fn is_stale(&self, interval: Duration) -> bool {
+        lock(&self.state).loaded.is_none_or(|t| t.elapsed() >= interval)
+    }
+
+    /// Notes names `session` is defining (before the statement runs).
+    pub fn add_pending(&self, session: SessionId, defs: &[(Defined, QualName)]) {
+        let mut st = lock(&self.state);
+        for (what, name) in defs {
+            st.pending.push(Pending { session, what: *what, name: name.clone(), settled: None });
+        }
+    }
+
+    /// `session`'s transaction ended: its definitions are final (or gone)
+    /// and the next read settles them.
+    pub fn settle(&self, session: SessionId) -> bool {
+        let mut st = lock(&self.state);
+        let now = Instant::now();
+        let mut any = false;
+        for p in st.pending.iter_mut().filter(|p| p.session == session && p.settled.is_none()) {
+            p.settled = Some(now);
+            any = true;
+        }
+        any
+    }
+
+    fn install(&self, catalog: Catalog, started: Instant) {
+        let mut st = lock(&self.state);
+        st.catalog = Some(Arc::new(catalog));
+        st.loaded = Some(started);
+        st.last_error = None;
+        // What was settled before this read began is in it (or was rolled back).
+        st.pending.retain(|p| p.settled.is_none_or(|t| t >= started));
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.state).last_error.clone()
+    }
+}
+
+/// Every catalog entry the agent holds.
+#[derive(Debug, Default)]
+pub struct CatalogCache {
+    entries: Mutex<HashMap<Key, Arc<Entry>>>,
+}
+
+impl CatalogCache {
+    fn entry(&self, key: Key) -> Arc<Entry> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().clone()
+    }
+
+    /// How many catalogs are cached (for `status`).
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The catalog entry for a session, read now if it was never read (or the
+/// last read failed). An error means the session must not start: without
+/// the catalog, statements cannot be classified safely.
+pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Arc<Entry>, String> {
+    let key = Key { backend: ctx.backend.name.clone(), login: login.user.clone(), database: database.to_owned() };
+    let entry = ctx.agent.catalogs.entry(key);
+    if entry.snapshot().is_some() {
+        return Ok(entry);
+    }
+    let outcome = {
+        let _one = entry.loading.lock().await;
+        if entry.snapshot().is_some() {
+            Ok(())
+        } else {
+            let started = Instant::now();
+            match read(ctx, login, database).await {
+                Ok(c) => {
+                    info!(
+                        relations = c.relation_count(),
+                        user_functions = c.user_function_count(),
+                        ms = started.elapsed().as_millis(),
+                        "read the backend catalog"
+                    );
+                    entry.install(c, started);
+                    Ok(())
+                }
+                Err(e) => {
+                    lock(&entry.state).last_error = Some(e.clone());
+                    Err(e)
+                }
+            }
+        }
+    };
+    outcome.map(|()| entry)
+}
+
+/// Reads the catalog again in the background (at most one read at a time
+/// per entry; a request during a read is folded into it).
+pub(super) fn refresh(ctx: &Ctx, entry: &Arc<Entry>, login: &Credentials, database: &str) {
+    if entry.refreshing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (ctx, entry, login, database) = (ctx.clone(), entry.clone(), login.clone(), database.to_owned());
+    tokio::spawn(async move {
+        let _one = entry.loading.lock().await;
+        entry.refreshing.store(false, Ordering::Release);
+        let started = Instant::now();
+        match read(&ctx, &login, &database).await {
+            Ok(c) => entry.install(c, started),
+            Err(e) => {
+                warn!(error = %e, backend = %ctx.backend.name, "reading the backend catalog again failed; keeping the previous one");
+                lock(&entry.state).last_error = Some(e);
+            }
+        }
+    });
+}
+
+async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog, String> {
+    let params = vec![
+        ("database".to_owned(), database.to_owned()),
+        ("application_name".to_owned(), "gatehouse-catalog".to_owned()),
+    ];
+    let work = async {
+        let (mut stream, rest) = connect_backend(ctx, login, params).await.map_err(|e| e.to_string())?;
+        let results = simple_query(&mut stream, rest, QUERY).await;
+        let _ = stream.write_all(&wire::terminate()).await;
+        let _ = stream.flush().await;
+        build(&results?, crate::audit::now_us()).map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(LOAD_TIMEOUT, work)
+        .await
+        .map_err(|_| format!("reading the catalog took longer than {LOAD_TIMEOUT:?}"))?
+}
+
+/// Waits for the login's ReadyForQuery, runs one simple Query and collects
+/// every result set (text format).
+async fn simple_query(stream: &mut Stream, mut buf: BytesMut, sql: &str) -> Result<Results, String> {
+    // The login's own answer first: ParameterStatus, BackendKeyData, ReadyForQuery.
+    loop {
+        let ready = next_frame(stream, &mut buf, |f| f.tag == b'Z').await?;
+        if ready {
+            break;
+        }
+    }
+    stream.write_all(&wire::query(sql)).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut results: Results = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut error: Option<String> = None;
+    loop {
+        let mut done = false;
+        let mut failed: Option<String> = None;
+        next_frame(stream, &mut buf, |f| {
+            match f.tag {
+                b'Z' => done = true,
+                b'D' => match wire::data_row_values(f.body) {
+                    Ok(values) => rows
+                        .push(values.into_iter().map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned())).collect()),
+                    Err(e) => failed = Some(e.to_string()),
+                },
+                b'C' => results.push(std::mem::take(&mut rows)),
+                b'E' => {
+                    let msg = wire::error_fields(f.body).ok().and_then(|fields| {
+                        fields.iter().find(|(c, _)| *c == b'M').map(|(_, m)| String::from_utf8_lossy(m).into_owned())
+                    });
+                    error = Some(msg.unwrap_or_else(|| "error".into()));
+                }
+                _ => {}
+            }
+            false
+        })
+        .await?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if done {
+            return match error {
+                Some(e) => Err(format!("the catalog query failed: {e}")),
+                None => Ok(results),
+            };
+        }
+    }
+}
+
+/// Reads until one whole message is buffered, hands it to `f` and drops it.
+async fn next_frame(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    mut f: impl FnMut(Frame<'_>) -> bool,
+) -> Result<bool, String> {
+    loop {
+        if let Some((frame, n)) = wire::decode(buf, MAX_ANSWER).map_err(|e| e.to_string())? {
+            let out = f(frame);
+            let _ = buf.split_to(n);
+            return Ok(out);
+        }
+        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("the backend closed the catalog connection".into());
+        }
+    }
+}
