@@ -22,6 +22,8 @@ pub const PACKAGES: &[&str] = &[
     "wrk",
     "python3-psycopg",
     "python3-asyncpg",
+    "python3-psycopg2",
+    "python3-sqlalchemy",
     "openssl",
 ];
 

@@ -44,7 +44,6 @@ pub fn is_sensitive_catalog_relation(schema: &str, name: &str) -> bool {
                 | "pg_stats_ext"
                 | "pg_stats_ext_exprs"
                 | "pg_statistic"
-                | "pg_statistic_ext"
                 | "pg_statistic_ext_data"
                 | "pg_authid"
                 | "pg_shadow"

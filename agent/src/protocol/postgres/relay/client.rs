@@ -76,6 +76,9 @@ where
 {
     let mut out: Vec<u8> = Vec::with_capacity(8192);
     let mut st = ClientState { synced: true, ..ClientState::default() };
+    // Nothing is read before the login's own answer is: it tells which
+    // client encoding and string syntax the server will read SQL with.
+    wait_for(&mut io, bw, &mut st, |sh| sh.login_ready).await?;
     loop {
         let mut terminated = false;
         while let Some((frame, n)) = wire::decode(&buf, MAX_CLIENT_MESSAGE)? {
@@ -247,6 +250,11 @@ async fn on_client(
                 }
             }
         }
+        b'B' | b'E' if refused_in(io.shared, st.epoch) => {
+            // The server skips everything up to Sync after the stand-in's error.
+            st.synced = false;
+            out.extend_from_slice(f.raw);
+        }
         b'B' => {
             let (portal, statement) = wire::bind_names(f.body)?;
             let epoch = st.epoch;
@@ -355,6 +363,12 @@ async fn on_client(
         other => return Err(violation(format!("unexpected message type {:?} from the client", char::from(other)))),
     }
     Ok(())
+}
+
+/// Whether a message of exchange `epoch` was already refused: the server
+/// then skips the rest of the exchange.
+fn refused_in(shared: &Mutex<Shared>, epoch: u64) -> bool {
+    lock(shared).refusals.back().is_some_and(|r| r.epoch == epoch)
 }
 
 /// Replaces a refused message by `stand_in` and queues the error to show.

@@ -1,0 +1,556 @@
+//! The statement policy against a user who knows PostgreSQL: every attack
+//! class of the statement-policy issue, run through the real agent and a
+//! real PostgreSQL 15 as an unprivileged user, asserting on what the
+//! *server* did — rows unchanged, role settings unchanged, none of the
+//! attack's code run (every piece of planted code writes to `pwned` first),
+//! the refused text never in the server's statement log — not only on
+//! Gatehouse's verdict. Harmless client metadata queries must keep working.
+//! Needs root.
+#![expect(clippy::unwrap_used, reason = "test helpers panic with context on failure")]
+
+use std::path::Path;
+use std::process::Output;
+
+use gatehouse_e2e::pg::{self, PgServer};
+use gatehouse_e2e::{Env, free_port, loopback};
+
+/// Fields drop in order: the server stops before the test directory goes.
+struct World {
+    pg: PgServer,
+    env: Env,
+    /// `analysts`: select only, public tables, never salaries.
+    ana: String,
+    /// `developers`: every ordinary kind, but no drop, truncate or writes without WHERE.
+    dev: String,
+    /// `reporters`: select only, with timeouts.
+    rep: String,
+}
+
+/// Objects a user could reach: each piece of code writes to `pwned` before
+/// anything else, so the test can tell whether it ever ran.
+const FIXTURE: &str = "
+CREATE TABLE orders (id int PRIMARY KEY, customer_id int, amount int);
+INSERT INTO orders SELECT g, g % 10, g * 10 FROM generate_series(1, 100) g;
+CREATE TABLE customers (id int PRIMARY KEY, email text);
+INSERT INTO customers SELECT g, 'c' || g || '@example.com' FROM generate_series(1, 10) g;
+CREATE SCHEMA hr;
+CREATE TABLE hr.salaries (emp int, amount int);
+INSERT INTO hr.salaries VALUES (1, 123456), (2, 234567);
+ANALYZE hr.salaries;
+CREATE TABLE pwned (what text);
+CREATE FUNCTION public.lower(int) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO pwned VALUES ('lower(int)'); DELETE FROM orders; SELECT 'x' $$;
+CREATE FUNCTION evil_op(int, int) RETURNS bool LANGUAGE sql AS
+  $$ INSERT INTO pwned VALUES ('operator') RETURNING true $$;
+CREATE OPERATOR #@# (LEFTARG = int, RIGHTARG = int, FUNCTION = evil_op);
+CREATE FUNCTION evil_check(int) RETURNS bool LANGUAGE sql AS
+  $$ INSERT INTO pwned VALUES ('domain check') RETURNING true $$;
+CREATE DOMAIN checked AS int CHECK (evil_check(VALUE));
+CREATE FUNCTION score(orders) RETURNS int LANGUAGE sql AS
+  $$ INSERT INTO pwned VALUES ('attribute notation') RETURNING 1 $$;
+CREATE VIEW public.pay AS SELECT * FROM hr.salaries;
+CREATE SCHEMA \"PUBLIC\";
+CREATE TABLE \"PUBLIC\".orders AS SELECT * FROM hr.salaries;
+CREATE TABLE audit_log (at timestamptz);
+CREATE FUNCTION touch() RETURNS int LANGUAGE sql VOLATILE AS
+  $$ INSERT INTO audit_log VALUES (now()) RETURNING 1 $$;
+CREATE VIEW public.touching AS SELECT touch() AS t;
+";
+
+fn world(name: &str) -> World {
+    let mut env = Env::new(name);
+    let analysts = env.group("analyst");
+    let developers = env.group("dev");
+    let reporters = env.group("rep");
+    let ana = env.user("ana", &[&analysts]);
+    let dev = env.user("dev", &[&developers]);
+    let rep = env.user("rep", &[&reporters]);
+    let pg = PgServer::start(&env.dir, &loopback(60), free_port(), "log_statement = 'all'\nlog_min_messages = info\n");
+    pg.admin_db("appdb", FIXTURE);
+    // One shared login for everyone: the policy is the only difference.
+    pg.admin_db(
+        "appdb",
+        &format!(
+            "GRANT ALL ON ALL TABLES IN SCHEMA public, hr, \"PUBLIC\" TO {app};
+             GRANT USAGE ON SCHEMA hr, \"PUBLIC\" TO {app};
+             ALTER TABLE orders OWNER TO {app}; ALTER TABLE customers OWNER TO {app};",
+            app = pg::APP_ROLE
+        ),
+    );
+    let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
+    let policy = format!(
+        r#"
+[[backend]]
+name = "appdb"
+protocol = "postgres"
+address = "{addr}"
+credentials = {{ user = "{app}", password_file = "{s}" }}
+
+[[rule]]
+name = "analysts read"
+who = {{ groups = ["{analysts}"] }}
+backend = "appdb"
+statements = ["select"]
+tables = ["public.*"]
+deny_tables = ["*.salaries"]
+
+[[rule]]
+name = "developers"
+who = {{ groups = ["{developers}"] }}
+backend = "appdb"
+statements = ["*"]
+deny_statements = ["drop", "truncate", "update_without_where", "delete_without_where"]
+
+[[rule]]
+name = "reporters"
+who = {{ groups = ["{reporters}"] }}
+backend = "appdb"
+statements = ["select"]
+statement_timeout = "1s"
+idle_in_transaction_timeout = "5s"
+"#,
+        addr = pg.addr(),
+        app = pg::APP_ROLE,
+        s = secret.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    World { pg, env, ana, dev, rep }
+}
+
+impl World {
+    fn psql(&self, user: &str, extra: &[&str], sql: &str) -> Output {
+        let port = self.pg.port.to_string();
+        let mut all = vec!["-h", &self.pg.host, "-p", &port, "-U", "whoever", "-d", "appdb", "-X", "-A", "-t"];
+        all.extend_from_slice(extra);
+        all.extend_from_slice(&["-c", sql]);
+        self.env.run_as(user, None, Path::new("/usr/bin/psql"), &all)
+    }
+
+    fn python(&self, user: &str, script: &str) -> String {
+        let path = self.env.path(&format!("script-{}.py", free_port()));
+        std::fs::write(&path, script).unwrap();
+        let port = self.pg.port.to_string();
+        let o =
+            self.env.run_as(user, None, Path::new("/usr/bin/python3"), &[path.to_str().unwrap(), &self.pg.host, &port]);
+        text(&o)
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        self.pg.admin_db("appdb", sql).parse().unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The server did nothing an attack wanted.
+    fn assert_server_untouched(&self) {
+        assert_eq!(
+            self.count("SELECT count(*) FROM pwned"),
+            0,
+            "planted code ran: {}",
+            self.pg.admin_db("appdb", "SELECT string_agg(what, ', ') FROM pwned")
+        );
+        assert_eq!(self.count("SELECT count(*) FROM orders"), 100, "orders rows changed");
+        assert_eq!(self.count("SELECT sum(amount) FROM orders"), 50500, "orders amounts changed");
+        assert_eq!(self.count("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND table_schema = 'public'"), 3);
+        assert_eq!(
+            self.pg.admin("SELECT coalesce(string_agg(setconfig::text, ';'), '') FROM pg_db_role_setting"),
+            "",
+            "a setting was stored for later sessions"
+        );
+        assert_eq!(self.count("SELECT count(*) FROM pg_proc WHERE oid >= 16384"), 5, "a function was defined");
+        assert_eq!(self.count("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal"), 0, "a trigger was attached");
+    }
+
+    /// `sql` is refused by Gatehouse and never reaches the server.
+    fn refused(&self, user: &str, sql: &str, marker: &str) {
+        let o = self.psql(user, &[], sql);
+        let t = text(&o);
+        assert!(
+            !o.status.success() && t.contains("Gatehouse refused"),
+            "{sql:?} as {user} should be refused:\n{t}\n{}",
+            self.env.agent_log()
+        );
+        assert!(!self.pg.log().contains(marker), "{sql:?} reached the server:\n{}", self.pg.log());
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn code_reached_without_calling_it_by_a_new_name_is_refused() {
+    let w = world("bycode");
+    // Each statement carries a unique comment so the server log shows whether it arrived.
+    for (i, sql) in [
+        "SELECT lower(42)",
+        "SELECT lower(id) FROM orders",
+        "SELECT 1 #@# 2",
+        "SELECT 1::checked",
+        "SELECT CAST(7 AS checked)",
+        "SELECT o.score FROM orders o",
+        "SELECT (o).score FROM orders o",
+        "SELECT * FROM orders WHERE id #@# 1",
+        "SELECT 1 OPERATOR(public.#@#) 2",
+        "SELECT set_config('search_path', 'hr', false)",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT pg_sleep(1)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let marker = format!("attack_code_{i}");
+        for user in [&w.ana, &w.dev] {
+            w.refused(user, &format!("{sql} /* {marker} */"), &marker);
+        }
+    }
+    // Defining or attaching code is its own kind that "*" does not cover.
+    for (i, sql) in [
+        "CREATE FUNCTION public.upper(int) RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$",
+        "CREATE FUNCTION sneaky() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+        "CREATE TRIGGER t BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION evil_check()",
+        "ALTER TABLE orders ADD CONSTRAINT c CHECK (evil_check(id))",
+        "ALTER TABLE orders ALTER COLUMN amount SET DEFAULT lower(1)::int",
+        "CREATE INDEX i ON orders ((lower(id)))",
+        "CREATE OPERATOR ## (LEFTARG = int, RIGHTARG = int, FUNCTION = evil_op)",
+        "CREATE CAST (int AS checked) WITH FUNCTION evil_check(int)",
+        "ALTER FUNCTION score(orders) RENAME TO upper",
+        "ALTER TABLE orders DISABLE TRIGGER ALL",
+        "DO $$ BEGIN PERFORM 1; END $$",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let marker = format!("attack_ddl_{i}");
+        w.refused(&w.dev, &format!("{sql} /* {marker} */"), &marker);
+    }
+    // The same shapes with built-in code work.
+    let o = w.psql(&w.dev, &[], "SELECT upper('ABC'), trim(email), 1 + 2, 'a' LIKE 'a' FROM customers WHERE id = 1");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = w.psql(
+        &w.ana,
+        &[],
+        "SELECT count(*), stddev(amount), percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders",
+    );
+    assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
+    w.assert_server_untouched();
+}
+
+#[test]
+fn names_resolve_as_the_server_resolves_them() {
+    let w = world("bynames");
+    for (i, sql) in [
+        "SELECT * FROM pg_stats WHERE tablename = 'salaries'",
+        "SELECT * FROM pg_catalog.pg_stats",
+        "SELECT query FROM pg_stat_activity",
+        "SELECT * FROM pg_user_mappings",
+        "SELECT * FROM pay",
+        "SELECT * FROM \"PUBLIC\".orders",
+        "SELECT * FROM hr.salaries",
+        "SET search_path = hr; SELECT * FROM salaries",
+        "SET search_path = \"PUBLIC\"; SELECT * FROM orders",
+        "WITH x AS (SELECT * FROM pay) SELECT * FROM x",
+        "SELECT * FROM orders FOR UPDATE",
+        "PREPARE p AS DELETE FROM orders",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let marker = format!("attack_name_{i}");
+        w.refused(&w.ana, &format!("{sql} /* {marker} */"), &marker);
+    }
+    // Allowed: public tables, metadata, and search_path changes that stay within the rule.
+    for sql in [
+        "SELECT count(*) FROM orders",
+        "SET search_path = public; SELECT count(*) FROM orders",
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+        "SELECT relname FROM pg_class WHERE relname = 'orders'",
+    ] {
+        let o = w.psql(&w.ana, &[], sql);
+        assert!(o.status.success(), "{sql}: {}\n{}", text(&o), w.env.agent_log());
+    }
+    w.assert_server_untouched();
+}
+
+#[test]
+fn writes_that_touch_every_row_and_lasting_role_changes_are_refused() {
+    let w = world("bywrites");
+    for (i, sql) in [
+        "DELETE FROM orders WHERE 'true'",
+        "DELETE FROM orders WHERE 1 = 1.0",
+        "DELETE FROM orders WHERE 1 IN (1)",
+        "DELETE FROM orders WHERE 2 BETWEEN 1 AND 3",
+        "DELETE FROM orders WHERE 1 IS DISTINCT FROM 2",
+        "DELETE FROM orders WHERE (SELECT true)",
+        "DELETE FROM orders WHERE coalesce(true, false)",
+        "DELETE FROM orders WHERE EXISTS (SELECT 1)",
+        "DELETE FROM orders WHERE id = 1 OR (SELECT true)",
+        "DELETE FROM orders USING customers WHERE email IS NOT NULL",
+        "UPDATE orders SET amount = 0 WHERE 'true'",
+        "MERGE INTO orders o USING customers c ON true WHEN MATCHED THEN DELETE",
+        "MERGE INTO orders o USING customers c ON c.id = 1 WHEN MATCHED THEN UPDATE SET amount = 0",
+        "INSERT INTO orders SELECT * FROM orders ON CONFLICT (id) DO UPDATE SET amount = 0",
+        "ALTER TABLE orders DROP COLUMN amount",
+        "ALTER TABLE orders DROP CONSTRAINT orders_pkey",
+        "ALTER TABLE orders ALTER COLUMN amount TYPE int USING 0",
+        "PREPARE q AS DELETE FROM orders",
+        "ALTER ROLE gh_app SET role = 'postgres'",
+        "ALTER ROLE gh_app SET search_path = hr",
+        "ALTER ROLE gh_app SET default_transaction_read_only = off",
+        "ALTER DATABASE appdb SET client_encoding = 'SJIS'",
+        "ALTER ROLE gh_app RESET ALL",
+        "SET ROLE postgres",
+        "TRUNCATE orders",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let marker = format!("attack_write_{i}");
+        w.refused(&w.dev, &format!("{sql} /* {marker} */"), &marker);
+    }
+    // Restricted writes work, and so does a prepared statement decided on its text.
+    for sql in [
+        "DELETE FROM orders WHERE id = 1000",
+        "UPDATE orders SET amount = amount WHERE id = 1",
+        "DELETE FROM orders USING customers WHERE orders.customer_id = customers.id AND customers.id = 999",
+        "PREPARE r AS SELECT count(*) FROM orders; EXECUTE r",
+        "ALTER ROLE gh_app IN DATABASE appdb SET work_mem = '8MB'; ALTER ROLE gh_app IN DATABASE appdb RESET work_mem",
+    ] {
+        let o = w.psql(&w.dev, &[], sql);
+        assert!(o.status.success(), "{sql}: {}\n{}", text(&o), w.env.agent_log());
+    }
+    w.assert_server_untouched();
+}
+
+#[test]
+fn encodings_that_hide_quotes_are_refused_wherever_they_can_be_set() {
+    let w = world("byenc");
+    let port = w.pg.port.to_string();
+    for conninfo in [
+        format!("host={} port={port} dbname=appdb client_encoding=SJIS", w.pg.host),
+        format!("host={} port={port} dbname=appdb client_encoding=Shift-JIS", w.pg.host),
+        format!("host={} port={port} dbname=appdb options='-c client_encoding=WIN932'", w.pg.host),
+        format!("host={} port={port} dbname=appdb client_encoding=windows936", w.pg.host),
+    ] {
+        let o = w.env.run_as(&w.ana, None, Path::new("/usr/bin/psql"), &[&conninfo, "-X", "-c", "SELECT 1"]);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains("client_encoding"), "{conninfo}: {t}");
+    }
+    for (i, sql) in
+        ["SET client_encoding = 'SJIS'", "SET NAMES 'BIG5'", "SET client_encoding TO 'mskanji'"].iter().enumerate()
+    {
+        let marker = format!("attack_enc_{i}");
+        w.refused(&w.dev, &format!("{sql} /* {marker} */"), &marker);
+    }
+    // A role default the client does not override: the server reports it at
+    // login, and Gatehouse ends the session before any statement is read.
+    w.pg.admin(&format!("ALTER ROLE {} SET client_encoding = 'SJIS'", pg::APP_ROLE));
+    let out = w.python(
+        &w.dev,
+        r#"
+import sys, socket, struct
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+body = b"user\x00x\x00database\x00appdb\x00\x00"
+s.sendall(struct.pack("!ii", 8 + len(body), 196608) + body)
+# The smuggling payload: 0x95 0x5c is one SJIS character; UTF-8 readers see a backslash.
+q = b"SELECT E'\x95\\'; DELETE FROM orders; --'\x00"
+s.sendall(b"Q" + struct.pack("!i", 4 + len(q)) + q)
+s.settimeout(10)
+data = b""
+try:
+    while True:
+        c = s.recv(65536)
+        if not c: break
+        data += c
+except Exception as e:
+    data += repr(e).encode()
+print(data)
+"#,
+    );
+    assert!(out.contains("client_encoding") && out.contains("SJIS"), "{out}\n{}", w.env.agent_log());
+    w.pg.admin(&format!("ALTER ROLE {} RESET client_encoding", pg::APP_ROLE));
+    w.assert_server_untouched();
+}
+
+#[test]
+fn guard_rails_hold_on_the_server() {
+    let w = world("byguard");
+    let o = w.psql(&w.ana, &[], "SHOW default_transaction_read_only");
+    assert_eq!(text(&o).trim(), "on", "a select-only rule logs in read-only\n{}", w.env.agent_log());
+    for (i, sql) in [
+        "SET default_transaction_read_only = off",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        "BEGIN READ WRITE",
+        "START TRANSACTION READ WRITE",
+        "BEGIN; SET TRANSACTION READ WRITE",
+        "SET transaction_read_only = off",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let marker = format!("attack_guard_{i}");
+        w.refused(&w.ana, &format!("{sql} /* {marker} */"), &marker);
+    }
+    // Code attached by the DBA runs as part of an allowed read; its write is
+    // stopped by the server, not by Gatehouse's reading of the text.
+    let o = w.psql(&w.ana, &[], "SELECT * FROM touching");
+    assert!(text(&o).contains("read-only transaction"), "{}", text(&o));
+    assert_eq!(w.count("SELECT count(*) FROM audit_log"), 0);
+    // RESET ALL and DISCARD ALL return to the login's settings, guard included.
+    let o = w.psql(&w.ana, &["-c", "RESET ALL", "-c", "DISCARD ALL"], "SHOW default_transaction_read_only");
+    assert_eq!(text(&o).trim().lines().last(), Some("on"), "{}", text(&o));
+    // Timeouts set by the rule hold and cannot be lifted.
+    let o = w.psql(&w.rep, &[], "SHOW statement_timeout");
+    assert_eq!(text(&o).trim(), "1s", "{}", text(&o));
+    w.refused(&w.rep, "SET statement_timeout = 0 /* attack_timeout */", "attack_timeout");
+    let o = w.psql(&w.rep, &[], "SELECT count(*) FROM generate_series(1, 500000000)");
+    assert!(text(&o).contains("statement timeout"), "{}", text(&o));
+    let o = w.psql(&w.rep, &["-c", "SHOW idle_in_transaction_session_timeout"], "SELECT 1");
+    assert!(text(&o).contains("5s"), "{}", text(&o));
+    w.assert_server_untouched();
+}
+
+#[test]
+fn client_metadata_works_for_a_select_only_rule() {
+    let w = world("bymeta");
+    for meta in [
+        "\\d",
+        "\\d orders",
+        "\\dt",
+        "\\df",
+        "\\l",
+        "\\dn",
+        "\\du",
+        "\\dv",
+        "\\di",
+        "\\dT",
+        "\\d+ orders",
+        "\\conninfo",
+    ] {
+        let o = w.psql(&w.ana, &[], meta);
+        assert!(
+            o.status.success() && !text(&o).contains("refused"),
+            "psql {meta}: {}\n{}",
+            text(&o),
+            w.env.agent_log()
+        );
+    }
+    let out = w.python(
+        &w.ana,
+        r#"
+import sys, psycopg
+conn = psycopg.connect(host=sys.argv[1], port=sys.argv[2], dbname="appdb", user="whoever", autocommit=True)
+for q in [
+    "SELECT current_schema()", "SELECT current_database()", "SELECT pg_backend_pid() > 0", "SELECT pg_is_in_recovery()",
+    "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    "SELECT stddev(amount), percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders",
+    "SELECT lpad('a', 3, '-'), array_to_string(ARRAY[1, 2], ','), to_json(1), 'a_b' LIKE 'a!_b' ESCAPE '!'",
+    "SELECT 'abc' SIMILAR TO 'a%', (DATE '2001-02-16', DATE '2001-12-21') OVERLAPS (DATE '2001-10-30', DATE '2002-10-30')",
+    "SELECT current_setting('server_version_num')", "SHOW search_path",
+    "DISCARD ALL", "RESET ALL", "SET search_path = public", "BEGIN", "COMMIT",
+]:
+    cur = conn.execute(q)
+    if cur.description:
+        cur.fetchall()
+print("psycopg ok")
+"#,
+    );
+    assert!(out.contains("psycopg ok"), "{out}\n{}", w.env.agent_log());
+    let out = w.python(
+        &w.ana,
+        r#"
+import sys, asyncio, asyncpg
+async def main():
+    pool = await asyncpg.create_pool(host=sys.argv[1], port=int(sys.argv[2]), database="appdb", user="whoever", ssl=False, min_size=1, max_size=1)
+    for _ in range(3):
+        async with pool.acquire() as c:
+            print("rows", await c.fetchval("SELECT count(*) FROM orders WHERE id <= $1", 5))
+    await pool.close()
+    print("asyncpg pool ok")
+asyncio.run(main())
+"#,
+    );
+    assert!(out.contains("asyncpg pool ok") && out.contains("rows 5"), "{out}\n{}", w.env.agent_log());
+    let out = w.python(
+        &w.ana,
+        r#"
+import sys, sqlalchemy
+e = sqlalchemy.create_engine(f"postgresql+psycopg2://whoever@{sys.argv[1]}:{sys.argv[2]}/appdb")
+with e.connect() as c:
+    print("tables", sorted(sqlalchemy.inspect(c).get_table_names()))
+    print("count", c.execute(sqlalchemy.text("SELECT count(*) FROM orders")).scalar())
+print("sqlalchemy ok")
+"#,
+    );
+    assert!(out.contains("sqlalchemy ok") && out.contains("count 100"), "{out}\n{}", w.env.agent_log());
+}
+
+#[test]
+fn prepared_statements_and_pipelines_are_decided_every_time() {
+    let w = world("byprep");
+    // Protocol-level Bind of a name prepared with SQL PREPARE, and of a name
+    // never prepared through Gatehouse; pipelined refusals keep their 42501.
+    let out = w.python(
+        &w.dev,
+        r#"
+import sys, socket, struct
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def msg(t, body): return t + struct.pack("!i", 4 + len(body)) + body
+def cstr(x): return x.encode() + b"\x00"
+body = b"user\x00x\x00database\x00appdb\x00\x00"
+s.sendall(struct.pack("!ii", 8 + len(body), 196608) + body)
+s.settimeout(10)
+buf = b""
+def read_until_ready():
+    global buf
+    out = []
+    while True:
+        while len(buf) >= 5:
+            t = buf[0:1]; n = struct.unpack("!i", buf[1:5])[0]
+            if len(buf) < 1 + n: break
+            out.append((t, buf[5:1+n])); buf = buf[1+n:]
+            if t == b"Z": return out
+        c = s.recv(65536)
+        if not c: return out + [(b"EOF", b"")]
+        buf += c
+def codes(frames): return [f[1].split(b"\x00C")[1].split(b"\x00")[0].decode() if f[0] == b"E" else f[0].decode() for f in frames]
+read_until_ready()
+# SQL PREPARE, then a protocol Bind/Execute of it: decided on its text.
+s.sendall(msg(b"Q", cstr("PREPARE mine AS SELECT count(*) FROM orders")))
+print("prepare", codes(read_until_ready()))
+s.sendall(msg(b"B", cstr("") + cstr("mine") + struct.pack("!hhh", 0, 0, 0)) + msg(b"E", cstr("") + struct.pack("!i", 0)) + msg(b"S", b""))
+print("bind sql-prepared", codes(read_until_ready()))
+# A statement name never prepared through Gatehouse.
+s.sendall(msg(b"B", cstr("") + cstr("ghost") + struct.pack("!hhh", 0, 0, 0)) + msg(b"E", cstr("") + struct.pack("!i", 0)) + msg(b"S", b""))
+print("bind unknown", codes(read_until_ready()))
+# A pipeline of three exchanges, the second refused: each gets its own answer.
+p = b""
+for q in ["SELECT 1", "DELETE FROM orders /* attack_pipe */", "SELECT 3"]:
+    p += msg(b"P", cstr("") + cstr(q) + struct.pack("!h", 0)) + msg(b"B", cstr("") + cstr("") + struct.pack("!hhh", 0, 0, 0)) + msg(b"E", cstr("") + struct.pack("!i", 0)) + msg(b"S", b"")
+s.sendall(p)
+print("pipe1", codes(read_until_ready()))
+print("pipe2", codes(read_until_ready()))
+print("pipe3", codes(read_until_ready()))
+# SQL EXECUTE of a name prepared with a refused text never ran: unknown, opaque, refused.
+s.sendall(msg(b"Q", cstr("EXECUTE q")))
+print("execute unknown", codes(read_until_ready()))
+s.sendall(msg(b"X", b""))
+"#,
+    );
+    assert!(out.contains("prepare ['C', 'Z']"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains("bind sql-prepared ['2', 'D', 'C', 'Z']"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains("bind unknown ['26000', 'Z']"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains("pipe1 ['1', '2', 'D', 'C', 'Z']"), "{out}");
+    assert!(out.contains("pipe2 ['42501', 'Z']"), "{out}");
+    assert!(out.contains("pipe3 ['1', '2', 'D', 'C', 'Z']"), "{out}");
+    assert!(out.contains("execute unknown ['42501', 'Z']"), "{out}");
+    assert!(!w.pg.log().contains("attack_pipe"), "the refused statement reached the server");
+    // Every execution is a record; none of those that ran is marked "not executed".
+    let stmts = w.env.statements(None);
+    let ran: Vec<&serde_json::Value> = stmts.iter().filter(|s| s["decision"] == "allow").collect();
+    assert!(ran.len() >= 4, "{stmts:#?}");
+    assert!(
+        ran.iter().all(|s| !s["error"].as_str().is_some_and(|e| e.contains("not executed"))),
+        "statements that ran are recorded as such: {stmts:#?}"
+    );
+    w.assert_server_untouched();
+}
