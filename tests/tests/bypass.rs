@@ -368,6 +368,32 @@ print(data)
     );
     assert!(out.contains("client_encoding") && out.contains("SJIS"), "{out}\n{}", w.env.agent_log());
     w.pg.admin(&format!("ALTER ROLE {} RESET client_encoding", pg::APP_ROLE));
+    // A setting that changes how the server reads SQL, with the next
+    // message pipelined behind it in the same write: the second text is read
+    // with standard_conforming_strings off, as the server will read it.
+    let out = w.python(
+        &w.dev,
+        r#"
+import sys, socket, struct
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def q(text): t = text.encode() + b"\x00"; return b"Q" + struct.pack("!i", 4 + len(t)) + t
+body = b"user\x00x\x00database\x00appdb\x00\x00"
+s.sendall(struct.pack("!ii", 8 + len(body), 196608) + body)
+s.sendall(q("SET standard_conforming_strings = off") + q("SELECT 'a\\'' ; DELETE FROM orders; --' /* attack_scs */") + q("SELECT 42"))
+s.settimeout(10)
+data = b""
+try:
+    while data.count(b"Z\x00\x00\x00\x05") < 4:
+        c = s.recv(65536)
+        if not c: break
+        data += c
+except Exception as e:
+    data += repr(e).encode()
+print(data)
+"#,
+    );
+    assert!(out.contains("Gatehouse refused") && out.contains("delete_without_where"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains("42"), "the session goes on: {out}");
     w.assert_server_untouched();
 }
 
