@@ -162,6 +162,8 @@ struct Shared {
     defined_in_txn: bool,
     /// DDL completed in the transaction still open: read the catalog again when it ends.
     ddl_done: bool,
+    /// The backend direction has ended.
+    backend_closed: bool,
 }
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {

@@ -119,7 +119,13 @@ where
             written += out.len() as u64;
             out.clear();
         }
-        if !fill(br, &mut buf).await.map_err(|e| Fail::Backend(e.to_string()))? {
+        let more = fill(br, &mut buf).await;
+        if !matches!(more, Ok(true)) {
+            // A client direction waiting on the backend must not wait forever.
+            lock(io.shared).backend_closed = true;
+            io.progress.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        if !more.map_err(|e| Fail::Backend(e.to_string()))? {
             return Ok(());
         }
     }

@@ -155,8 +155,15 @@ async fn wait_for<W: AsyncWrite + Unpin>(
     }
     loop {
         io.progress.borrow_and_update();
-        if done(&lock(io.shared)) {
+        let (finished, closed) = {
+            let sh = lock(io.shared);
+            (done(&sh), sh.backend_closed)
+        };
+        if finished {
             return Ok(());
+        }
+        if closed {
+            return Err(Fail::Backend("the backend closed the connection".into()));
         }
         if io.progress.changed().await.is_err() {
             return Err(Fail::Backend("the backend direction ended".into()));
