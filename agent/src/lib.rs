@@ -8,6 +8,7 @@
 //! socket; [`settings`] holds the agent's own knobs.
 #![deny(unsafe_code)]
 
+pub mod approval;
 pub mod audit;
 pub mod catalog;
 pub mod cli;

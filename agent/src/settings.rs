@@ -167,6 +167,16 @@ pub fn mask_key(audit_db: &std::path::Path) -> Result<[u8; 32], SettingsError> {
     Ok(key)
 }
 
+/// A whole number of seconds as people write it: `90s`, `10m`, `2h`, `1d`.
+pub fn format_duration_s(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Parses durations as operators write them: `500ms`, `30s`, `10m`, `2h`, `1d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
