@@ -309,6 +309,22 @@ impl Registry {
         Some(Transition { request: entry.request.clone(), event, by })
     }
 
+    /// Withdraws what a session was waiting for (it ended, or its client cancelled).
+    pub fn withdraw_session(&self, session: &str, now_us: i64) -> Vec<Transition> {
+        let ids: Vec<RequestId> = self
+            .lock()
+            .requests
+            .values()
+            .filter(|e| e.request.state == State::Pending)
+            .filter(|e| match &e.request.subject {
+                Subject::Statement { session: s, .. } | Subject::Connect { session: s, .. } => s == session,
+                Subject::Grant { .. } => false,
+            })
+            .map(|e| e.request.id)
+            .collect();
+        ids.into_iter().filter_map(|id| self.withdraw(id, now_us)).collect()
+    }
+
     /// Takes an approved grant back (an approver of it, or root).
     pub fn revoke(&self, id: RequestId, caller: &Principal, now_us: i64) -> Result<Transition, ApprovalError> {
         let mut inner = self.lock();

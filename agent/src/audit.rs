@@ -253,6 +253,8 @@ pub enum Event {
     Agent {
         what: String,
     },
+    /// A step of a request that waits for a human (`crate::approval`).
+    Approval(Box<crate::approval::Transition>),
 }
 
 impl Event {
@@ -265,6 +267,7 @@ impl Event {
             Self::Chunk { .. } => "chunk",
             Self::Truncated { .. } => "truncated",
             Self::Agent { .. } => "agent",
+            Self::Approval(_) => "approval",
         }
     }
 
@@ -276,6 +279,11 @@ impl Event {
             Self::StatementEnd(e) => Some(e.session.to_string()),
             Self::Chunk { session, .. } | Self::Truncated { session, .. } => Some(session.to_string()),
             Self::Agent { .. } => None,
+            Self::Approval(t) => match &t.request.subject {
+                crate::approval::Subject::Statement { session, .. }
+                | crate::approval::Subject::Connect { session, .. } => Some(session.clone()),
+                crate::approval::Subject::Grant { .. } => None,
+            },
         }
     }
 
@@ -293,6 +301,7 @@ impl Event {
             Self::Chunk { header, data, .. } => (json(header), Some(data)),
             Self::Truncated { truncation, .. } => (json(truncation), None),
             Self::Agent { what } => (json(&serde_json::json!({ "what": what })), None),
+            Self::Approval(t) => (json(t), None),
         }
     }
 }
@@ -719,7 +728,7 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
                 x.masked,
             ])?;
         }
-        Event::Chunk { .. } | Event::Truncated { .. } | Event::Agent { .. } => {}
+        Event::Chunk { .. } | Event::Truncated { .. } | Event::Agent { .. } | Event::Approval(_) => {}
     }
     Ok(())
 }

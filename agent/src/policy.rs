@@ -397,6 +397,10 @@ pub struct Approval {
     /// The named approver group, when given by name.
     pub by_name: Option<String>,
     pub timeout: Duration,
+    /// How many different approvers must approve (default 1).
+    pub count: u32,
+    /// `for = ["connect", …]`: the login itself waits for an approval.
+    pub connect: bool,
 }
 
 /// The statement kinds a rule covers: `["*"]` is every kind except the

@@ -174,10 +174,27 @@ pub struct Agent {
     pub sql_cache: crate::sql::Cache,
     /// The backends' catalogs, per backend, login and database.
     pub catalogs: crate::protocol::postgres::catalog::CatalogCache,
+    /// Requests waiting for a human: held statements and logins, grants.
+    pub approvals: crate::approval::Registry,
     tls_configs: std::sync::Mutex<HashMap<BackendName, Arc<rustls::ClientConfig>>>,
 }
 
 impl Agent {
+    /// Records (and logs) a step of an approval request.
+    pub fn approval_transition(&self, t: &crate::approval::Transition) {
+        info!(
+            request = t.request.id,
+            event = t.event,
+            by = t.by.as_ref().map(crate::approval::Person::label).unwrap_or_default(),
+            requester = t.request.requester.label(),
+            "approval request: {}",
+            t.request.subject.describe()
+        );
+        if let Err(e) = self.audit.record(audit::Event::Approval(Box::new(t.clone()))) {
+            error!(error = %e, request = t.request.id, "cannot record an approval step");
+        }
+    }
+
     /// The TLS client configuration for a backend, built once per policy.
     pub fn tls_client_config(
         &self,
@@ -262,6 +279,7 @@ pub async fn run(
         cancel_keys: crate::protocol::postgres::CancelKeys::default(),
         sql_cache: crate::sql::Cache::default(),
         catalogs: crate::protocol::postgres::catalog::CatalogCache::default(),
+        approvals: crate::approval::Registry::default(),
         tls_configs: std::sync::Mutex::new(HashMap::new()),
         settings,
     });

@@ -114,6 +114,7 @@ struct ApprovalRaw {
     kinds: Vec<String>,
     by: ByRaw,
     timeout: Option<String>,
+    count: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1026,10 +1027,17 @@ fn parse_approval(
 ) -> Option<Approval> {
     let aspan = src.at(Some(a.span()));
     let raw = a.get_ref();
-    let kinds_list = Spanned::new(a.span(), raw.kinds.clone());
+    let connect = raw.kinds.iter().any(|k| k.eq_ignore_ascii_case("connect"));
+    let kinds_list =
+        Spanned::new(a.span(), raw.kinds.iter().filter(|k| !k.eq_ignore_ascii_case("connect")).cloned().collect());
     let kinds = parse_kinds(&kinds_list, false, src, e)?;
-    if kinds.kinds.is_empty() {
-        e.push(aspan, "approval.for names no statement kinds");
+    if kinds.kinds.is_empty() && !connect {
+        e.push(aspan, "approval.for names no statement kinds (or \"connect\")");
+        return None;
+    }
+    let count = raw.count.unwrap_or(1);
+    if count == 0 {
+        e.push(aspan, "approval.count must be at least 1");
         return None;
     }
     let (by, by_name) = match &raw.by {
@@ -1063,7 +1071,7 @@ fn parse_approval(
             }
         },
     };
-    Some(Approval { kinds: kinds.kinds, by, by_name, timeout })
+    Some(Approval { kinds: kinds.kinds, by, by_name, timeout, count, connect })
 }
 
 fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {

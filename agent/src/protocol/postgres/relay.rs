@@ -164,6 +164,8 @@ struct Shared {
     ddl_done: bool,
     /// The backend direction has ended.
     backend_closed: bool,
+    /// Notices for the client that the client direction queued (a held statement).
+    notices: Vec<Vec<u8>>,
 }
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -203,14 +205,15 @@ pub(super) async fn run(
     let (mut br, mut bw) = tokio::io::split(backend);
     let shared = Mutex::new(Shared { scs: true, txn: b'I', ..Shared::default() });
     let (progress, watch) = tokio::sync::watch::channel(0u64);
+    let wake = tokio::sync::Notify::new();
     let nonce = format!("gatehouse_refused_{}", uuid::Uuid::new_v4().simple());
     let (mut up, mut down) = (0u64, 0u64);
     let cap = ctx.agent.settings.record_max_bytes;
     let rec = StreamRecorder::new(ctx.id, cap, "statement");
     let result = {
-        let io = client::Io { shared: &shared, nonce: &nonce, rec: &rec, progress: watch };
+        let io = client::Io { shared: &shared, nonce: &nonce, rec: &rec, progress: watch, wake: &wake };
         let c2b = client_to_backend(ctx, db, &mut cr, client_rest, &mut bw, io, &mut up);
-        let bio = backend::Io { shared: &shared, nonce: &nonce, rec: &rec, progress: &progress };
+        let bio = backend::Io { shared: &shared, nonce: &nonce, rec: &rec, progress: &progress, wake: &wake };
         let b2c = backend_to_client(ctx, db, &mut br, backend_rest, &mut cw, bio, &mut down);
         tokio::select! {
             r = async { tokio::try_join!(c2b, b2c) } => r.map(|_| ()),
@@ -268,6 +271,10 @@ pub(super) async fn run(
     };
     for f in pending {
         statement_end(ctx, f, None, Some(format!("session ended: {}", end.describe())));
+    }
+    // A statement still held for approval is withdrawn with the session.
+    for t in ctx.agent.approvals.withdraw_session(&ctx.id.to_string(), crate::audit::now_us()) {
+        ctx.agent.approval_transition(&t);
     }
     // An open transaction that defined code ended with the session.
     if defined || db.catalog.settle(ctx.id) {

@@ -167,6 +167,8 @@ fn push_cstr(v: &mut Vec<u8>, s: &str) {
 /// Error and notice severities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// Sent as a NoticeResponse, not an error.
+    Notice,
     Error,
     Fatal,
 }
@@ -198,6 +200,7 @@ impl PgError {
 
     pub fn encode(&self) -> Vec<u8> {
         let sev = match self.severity {
+            Severity::Notice => "NOTICE",
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         };
@@ -217,7 +220,7 @@ impl PgError {
             push_cstr(&mut b, h);
         }
         b.push(0);
-        message(b'E', &b)
+        message(if self.severity == Severity::Notice { b'N' } else { b'E' }, &b)
     }
 }
 

@@ -22,6 +22,8 @@ pub(in crate::protocol::postgres) struct Io<'a> {
     pub rec: &'a StreamRecorder,
     /// Bumped after every batch of messages, for a client direction waiting on an outcome.
     pub progress: &'a watch::Sender<u64>,
+    /// Woken when the client direction queued notices for the client.
+    pub wake: &'a tokio::sync::Notify,
 }
 
 /// How each column of the current result is masked.
@@ -119,7 +121,17 @@ where
             written += out.len() as u64;
             out.clear();
         }
-        let more = fill(br, &mut buf).await;
+        let more = tokio::select! {
+            more = fill(br, &mut buf) => more,
+            () = io.wake.notified() => {
+                let notices = std::mem::take(&mut lock(io.shared).notices);
+                for n in notices {
+                    cw.write_all(&n).await.map_err(Fail::ClientIo)?;
+                }
+                cw.flush().await.map_err(Fail::ClientIo)?;
+                continue;
+            }
+        };
         if !matches!(more, Ok(true)) {
             // A client direction waiting on the backend must not wait forever.
             lock(io.shared).backend_closed = true;

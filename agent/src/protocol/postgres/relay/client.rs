@@ -43,6 +43,8 @@ pub(in crate::protocol::postgres) struct Io<'a> {
     pub rec: &'a StreamRecorder,
     /// Bumped by the backend direction whenever it has processed messages.
     pub progress: watch::Receiver<u64>,
+    /// Wakes the backend direction to send queued notices to the client.
+    pub wake: &'a tokio::sync::Notify,
 }
 
 /// What the client direction knows.
@@ -97,11 +99,14 @@ where
                 wait_for(&mut io, bw, &mut st, |sh| !sh.parses.iter().any(|(_, g, _)| *g == generation)).await?;
             }
             let before = st.seq;
-            on_client(ctx, db, frame, &mut out, &io, &mut st).await?;
+            let held = on_client(ctx, db, frame, &mut out, &io, &mut st).await?;
+            buf.advance(n);
+            if let Some(h) = held {
+                hold(ctx, db, &io, bw, &mut out, &mut st, h).await?;
+            }
             if st.seq != before {
                 io.rec.reset();
             }
-            buf.advance(n);
         }
         forward(ctx, &io, bw, &mut out, &mut st).await?;
         if terminated {
@@ -186,6 +191,18 @@ fn violation(msg: impl Into<String>) -> Fail {
     Fail::Client(PgError::new(Severity::Fatal, "08P01", msg))
 }
 
+/// A statement (or query text) that waits for an approval before it is
+/// forwarded or refused.
+struct Hold {
+    batch: Batch,
+    /// The message to forward once approved.
+    raw: Vec<u8>,
+    /// The stand-in to forward if not.
+    stand_in: Vec<u8>,
+    text: String,
+    epoch: u64,
+}
+
 async fn on_client(
     ctx: &Ctx,
     db: &SessionDb,
@@ -193,7 +210,7 @@ async fn on_client(
     out: &mut Vec<u8>,
     io: &Io<'_>,
     st: &mut ClientState,
-) -> Result<(), Fail> {
+) -> Result<Option<Hold>, Fail> {
     match f.tag {
         b'Q' => {
             let text = wire::query_text(f.body)?;
@@ -205,16 +222,22 @@ async fn on_client(
                     if let Some((i, refusal)) = batch.refused {
                         record_refusal(ctx, st, text, batch.statements.get(i), &refusal);
                         refuse(out, io.shared, epoch, refusal.error(ctx), &wire::query(io.nonce));
-                        return Ok(());
+                        return Ok(None);
+                    }
+                    if batch.held.is_some() {
+                        let text = String::from_utf8_lossy(text).into_owned();
+                        return Ok(Some(Hold {
+                            batch,
+                            raw: f.raw.to_vec(),
+                            stand_in: wire::query(io.nonce),
+                            text,
+                            epoch,
+                        }));
                     }
                     if batch.statements.is_empty() {
                         lock(io.shared).inflight.push_back(InFlight::empty(epoch));
                     }
-                    for (s, d) in batch.statements.iter().zip(&batch.decisions) {
-                        let seq = record_allowed(ctx, st, s, d);
-                        let flight = effects_at_forward(ctx, db, io.shared, st, s, seq, epoch);
-                        lock(io.shared).inflight.push_back(flight);
-                    }
+                    forward_batch(ctx, db, io.shared, st, &batch, epoch);
                     out.extend_from_slice(f.raw);
                 }
                 Err(err) => {
@@ -235,8 +258,9 @@ async fn on_client(
                     if let Some((i, refusal)) = batch.refused {
                         record_refusal(ctx, st, text, batch.statements.get(i), &refusal);
                         refuse(out, io.shared, epoch, refusal.error(ctx), &wire::parse(io.nonce));
-                        return Ok(());
+                        return Ok(None);
                     }
+                    // A statement that needs approval is held at Execute, not at Parse.
                     let mut sh = lock(io.shared);
                     sh.next_generation += 1;
                     let generation = sh.next_generation;
@@ -305,24 +329,31 @@ async fn on_client(
                 ));
                 record_refusal(ctx, st, format!("(Execute of portal \"{name}\")").as_bytes(), None, &why);
                 refuse(out, io.shared, epoch, why.error(ctx), &wire::parse(io.nonce));
-                return Ok(());
+                return Ok(None);
             };
             // Decided again now: the policy, the time and the catalog may have changed since Parse.
-            let batch = redecide(ctx, db, io.shared, &p.statements, epoch);
+            let mut batch = redecide(ctx, db, io.shared, &p.statements, epoch);
             if let Some((i, refusal)) = batch.refused {
                 record_refusal(ctx, st, p.text.as_bytes(), batch.statements.get(i), &refusal);
                 refuse(out, io.shared, epoch, refusal.error(ctx), &wire::parse(io.nonce));
-                return Ok(());
+                return Ok(None);
+            }
+            for s in &mut batch.statements {
+                s.text = p.text.to_string();
+            }
+            if batch.held.is_some() {
+                return Ok(Some(Hold {
+                    batch,
+                    raw: f.raw.to_vec(),
+                    stand_in: wire::parse(io.nonce),
+                    text: p.text.to_string(),
+                    epoch,
+                }));
             }
             if batch.statements.is_empty() {
                 lock(io.shared).inflight.push_back(InFlight::empty(epoch));
             }
-            for (s, d) in batch.statements.iter().zip(&batch.decisions) {
-                let s = Statement { text: p.text.to_string(), ..s.clone() };
-                let seq = record_allowed(ctx, st, &s, d);
-                let flight = effects_at_forward(ctx, db, io.shared, st, &s, seq, epoch);
-                lock(io.shared).inflight.push_back(flight);
-            }
+            forward_batch(ctx, db, io.shared, st, &batch, epoch);
             out.extend_from_slice(f.raw);
         }
         b'C' => {
@@ -368,6 +399,114 @@ async fn on_client(
         b'H' => out.extend_from_slice(f.raw),
         b'd' | b'c' | b'f' | b'X' => out.extend_from_slice(f.raw),
         other => return Err(violation(format!("unexpected message type {:?} from the client", char::from(other)))),
+    }
+    Ok(None)
+}
+
+/// Records and tracks every statement of an allowed batch.
+fn forward_batch(ctx: &Ctx, db: &SessionDb, shared: &Mutex<Shared>, st: &mut ClientState, batch: &Batch, epoch: u64) {
+    for (s, d) in batch.statements.iter().zip(&batch.decisions) {
+        let seq = record_allowed(ctx, st, s, d);
+        let flight = effects_at_forward(ctx, db, shared, st, s, seq, epoch);
+        lock(shared).inflight.push_back(flight);
+    }
+}
+
+/// Holds a statement for approval: what was decided before it goes to the
+/// server first; the client is told who must approve (a NoticeResponse);
+/// then it waits — the rest of a pipeline waits behind it — until an
+/// approver decides, the request times out, or the client cancels.
+async fn hold<W: AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    db: &SessionDb,
+    io: &Io<'_>,
+    bw: &mut W,
+    out: &mut Vec<u8>,
+    st: &mut ClientState,
+    h: Hold,
+) -> Result<(), Fail> {
+    forward(ctx, io, bw, out, st).await?;
+    let Some(i) = h.batch.held else { return Ok(()) };
+    let (Some(s), Some(d)) = (h.batch.statements.get(i), h.batch.decisions.get(i)) else { return Ok(()) };
+    let snapshot = ctx.agent.snapshot.load_full();
+    let approval =
+        snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref()).and_then(|r| r.approval.clone());
+    let Some(approval) = approval else {
+        let why = Refused::Policy(d.clone());
+        record_refusal(ctx, st, h.text.as_bytes(), Some(s), &why);
+        refuse(out, io.shared, h.epoch, why.error(ctx), &h.stand_in);
+        return Ok(());
+    };
+    let subject = crate::approval::Subject::Statement {
+        session: ctx.id.to_string(),
+        backend: ctx.backend.name.to_string(),
+        text: h.text.clone(),
+        kinds: kinds_text(s),
+        rule: d.rule_label().to_owned(),
+    };
+    let open = crate::approval::Open {
+        subject,
+        requester: ctx.principal.clone(),
+        reason: None,
+        approvers: approval.by.clone(),
+        approvers_label: d.approvers.clone().unwrap_or_else(|| approval.by.describe()),
+        needed: approval.count,
+        timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
+        duration_us: None,
+    };
+    let (opened, mut watch) = ctx.agent.approvals.open(open, now_us());
+    let id = opened.request.id;
+    ctx.agent.approval_transition(&opened);
+    let label = opened.request.approvers.clone();
+    info!(request = id, approvers = %label, "statement held for approval");
+    let notice = PgError::new(
+        Severity::Notice,
+        "01000",
+        format!("Gatehouse is holding this statement for approval by {label}: request {id} (an approver runs `gatehouse approve {id}`)"),
+    )
+    .hint(format!("it waits up to {}; cancelling the query withdraws the request", crate::settings::format_duration_s(approval.timeout.as_secs())));
+    lock(io.shared).notices.push(notice.encode());
+    io.wake.notify_one();
+    let deadline = tokio::time::Instant::now() + approval.timeout;
+    let state = loop {
+        let now = watch.borrow_and_update().clone();
+        if now != crate::approval::State::Pending {
+            break now;
+        }
+        tokio::select! {
+            changed = watch.changed() => if changed.is_err() { break crate::approval::State::Withdrawn { at_us: now_us() } },
+            () = tokio::time::sleep_until(deadline) => {
+                if let Some(t) = ctx.agent.approvals.time_out(id, now_us()) {
+                    ctx.agent.approval_transition(&t);
+                }
+            }
+        }
+    };
+    match state {
+        crate::approval::State::Approved { .. } => {
+            info!(request = id, "approved: the held statement runs");
+            forward_batch(ctx, db, io.shared, st, &h.batch, h.epoch);
+            out.extend_from_slice(&h.raw);
+        }
+        other => {
+            let (code, message) = match &other {
+                crate::approval::State::Denied { by, reason, .. } => (
+                    "42501",
+                    format!(
+                        "Gatehouse refused this statement: request {id} was denied by {}{}",
+                        by.label(),
+                        reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                    ),
+                ),
+                crate::approval::State::TimedOut { .. } => {
+                    ("42501", format!("Gatehouse refused this statement: request {id} was not approved in time"))
+                }
+                _ => ("57014", format!("canceling statement: request {id} was withdrawn")),
+            };
+            let why = Refused::Error(PgError::new(Severity::Error, code, message));
+            record_refusal(ctx, st, h.text.as_bytes(), Some(s), &why);
+            refuse(out, io.shared, h.epoch, why.error(ctx), &h.stand_in);
+        }
     }
     Ok(())
 }
@@ -430,6 +569,9 @@ struct Batch {
     decisions: Vec<Decision>,
     /// The first statement refused, and why: the whole text is refused.
     refused: Option<(usize, Refused)>,
+    /// Otherwise, the first statement that needs a human's approval: the
+    /// whole text waits for it.
+    held: Option<usize>,
 }
 
 /// What a session classifies with: the catalog and its names.
@@ -530,12 +672,14 @@ fn decide_statements(
             continue;
         }
         let d = decide_one(ctx, &snapshot, s);
-        if d.verdict != Verdict::Allow {
+        if d.verdict == Verdict::Deny {
             refused = Some((i, Refused::Policy(d.clone())));
         }
         decisions.push(d);
     }
-    Batch { statements, decisions, refused }
+    let held =
+        if refused.is_some() { None } else { decisions.iter().position(|d| d.verdict == Verdict::NeedsApproval) };
+    Batch { statements, decisions, refused, held }
 }
 
 /// The statement `PREPARE name AS …` prepares: its kinds without `prepare`.
