@@ -19,6 +19,7 @@ fn statement(session: SessionId, seq: u64) -> Event {
         decision: "allow".into(),
         rule: Some("bench".into()),
         reason: None,
+        redacted: 0,
     }))
 }
 
@@ -26,7 +27,7 @@ fn run(mode: Mode, sessions: usize, per_session: u64) -> f64 {
     let dir = std::env::temp_dir().join(format!("gh-bench-audit-{}-{mode:?}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let opts = Options { mode, fsync: false, checkpoint_every: Duration::from_secs(10), retention_days: None };
+    let opts = Options { mode, fsync: false, checkpoint_every: Duration::from_secs(10), retention_days: None, publish: Default::default() };
     let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let start = Instant::now();
@@ -76,7 +77,7 @@ fn latency() -> (f64, f64) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let opts =
-        Options { mode: Mode::Strict, fsync: false, checkpoint_every: Duration::from_secs(10), retention_days: None };
+        Options { mode: Mode::Strict, fsync: false, checkpoint_every: Duration::from_secs(10), retention_days: None, publish: Default::default() };
     let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut lat: Vec<f64> = rt.block_on(async {

@@ -13,6 +13,8 @@
 //! statement). If the store cannot be written, the agent fails closed: new
 //! sessions are refused and open ones are ended, saying why.
 
+mod admin;
+pub mod anchors;
 pub mod chain;
 pub mod export;
 pub mod keys;
@@ -20,7 +22,7 @@ pub mod query;
 pub mod replay;
 pub mod verify;
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Mutex, PoisonError};
@@ -38,15 +40,20 @@ const GROUP_COMMIT_MAX: usize = 2048;
 const QUEUE_DEPTH: usize = 65_536;
 
 pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
-    seq        INTEGER PRIMARY KEY,
-    time_us    INTEGER NOT NULL,
-    session    TEXT,
-    kind       TEXT NOT NULL,
-    body       BLOB NOT NULL,
-    data       BLOB,
-    prev_hash  BLOB NOT NULL,
-    hash       BLOB NOT NULL
+    seq          INTEGER PRIMARY KEY,
+    time_us      INTEGER NOT NULL,
+    session      TEXT,
+    kind         TEXT NOT NULL,
+    content_hash BLOB NOT NULL,
+    body         BLOB,
+    data         BLOB,
+    prev_hash    BLOB NOT NULL,
+    hash         BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_session ON events(session, seq);
 CREATE TABLE IF NOT EXISTS anchors (
@@ -78,7 +85,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     reason      TEXT NOT NULL,
     bytes_up    INTEGER NOT NULL DEFAULT 0,
     bytes_down  INTEGER NOT NULL DEFAULT 0,
-    end_reason  TEXT
+    end_reason  TEXT,
+    backend_tls TEXT,
+    backend_auth TEXT,
+    redacted    TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_us);
 CREATE TABLE IF NOT EXISTS statements (
@@ -96,6 +106,7 @@ CREATE TABLE IF NOT EXISTS statements (
     duration_us INTEGER,
     error       TEXT,
     masked      TEXT,
+    redacted    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (session_id, seq)
 );
 ";
@@ -139,6 +150,8 @@ pub struct Options {
     pub fsync: bool,
     pub checkpoint_every: Duration,
     pub retention_days: Option<u32>,
+    /// Where each signed checkpoint is published (see [`anchors`]).
+    pub publish: anchors::Publish,
 }
 
 /// A session's opening record: who, where, and the decision.
@@ -186,6 +199,81 @@ pub struct StatementStart {
     pub decision: String,
     pub rule: Option<String>,
     pub reason: Option<String>,
+    /// Secrets removed from `text` (and `reason`) before recording, each
+    /// shown as `'[redacted]'` (see `sql::redact`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redacted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// How Gatehouse reached and logged in to a session's backend: written once
+/// the login succeeded, before the session's first statement.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct BackendLogin {
+    pub id: SessionId,
+    /// The backend role Gatehouse logged in as.
+    pub user: String,
+    /// `verified` (certificate and name checked), `unverified` (encrypted,
+    /// server not authenticated) or `off` (plaintext).
+    pub tls: String,
+    pub tls_version: Option<String>,
+    pub tls_cipher: Option<String>,
+    /// SHA-256 of the server's certificate (DER), hex.
+    pub certificate_sha256: Option<String>,
+    /// The name the certificate was checked against.
+    pub server_name: Option<String>,
+    /// `SCRAM-SHA-256-PLUS`, `SCRAM-SHA-256`, `md5`, `password` or `none`.
+    pub auth: String,
+}
+
+impl BackendLogin {
+    /// One line for the sessions table: `verified TLSv1.3 TLS13_AES_256_GCM_SHA384`.
+    pub fn tls_summary(&self) -> String {
+        [Some(self.tls.as_str()), self.tls_version.as_deref(), self.tls_cipher.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The content of a session's records was removed (`gatehouse redact`):
+/// which records, why, by whom. Signed by the host key (the record's data).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Redaction {
+    pub session: String,
+    /// The records whose content was removed, as inclusive seq ranges.
+    pub records: Vec<(u64, u64)>,
+    pub reason: String,
+    /// Who asked (uid), when.
+    pub by_uid: u32,
+    pub time_us: i64,
+    /// The key that signed it (hex).
+    pub public_key: String,
+}
+
+impl Redaction {
+    /// Whether record `seq` is one this redaction removed.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.records.iter().any(|&(a, b)| (a..=b).contains(&seq))
+    }
+
+    /// How many records it removed.
+    pub fn count(&self) -> u64 {
+        self.records.iter().map(|&(a, b)| b.saturating_sub(a) + 1).sum()
+    }
+}
+
+/// The host key changed (`gatehouse keys rotate`): the old key signs the
+/// new one (the record's data), and later checkpoints are the new key's.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct KeyRotation {
+    pub old_public_key: String,
+    pub new_public_key: String,
+    pub time_us: i64,
 }
 
 /// How a forwarded statement ended.
@@ -249,6 +337,9 @@ pub enum Event {
         session: SessionId,
         truncation: Truncation,
     },
+    BackendLogin(Box<BackendLogin>),
+    /// Written by the writer itself (`gatehouse redact`); here for the query tables.
+    Redaction(Box<Redaction>),
     /// The agent started or stopped (body says which), or another agent-level fact.
     Agent {
         what: String,
@@ -266,6 +357,8 @@ impl Event {
             Self::StatementEnd(_) => "statement_end",
             Self::Chunk { .. } => "chunk",
             Self::Truncated { .. } => "truncated",
+            Self::BackendLogin(_) => "backend_login",
+            Self::Redaction(_) => "redaction",
             Self::Agent { .. } => "agent",
             Self::Approval(_) => "approval",
         }
@@ -278,6 +371,8 @@ impl Event {
             Self::Statement(s) => Some(s.session.to_string()),
             Self::StatementEnd(e) => Some(e.session.to_string()),
             Self::Chunk { session, .. } | Self::Truncated { session, .. } => Some(session.to_string()),
+            Self::BackendLogin(l) => Some(l.id.to_string()),
+            Self::Redaction(r) => Some(r.session.clone()),
             Self::Agent { .. } => None,
             Self::Approval(t) => match &t.request.subject {
                 crate::approval::Subject::Statement { session, .. }
@@ -300,6 +395,8 @@ impl Event {
             Self::StatementEnd(e) => (json(e), None),
             Self::Chunk { header, data, .. } => (json(header), Some(data)),
             Self::Truncated { truncation, .. } => (json(truncation), None),
+            Self::BackendLogin(l) => (json(l), None),
+            Self::Redaction(r) => (json(r), None),
             Self::Agent { what } => (json(&serde_json::json!({ "what": what })), None),
             Self::Approval(t) => (json(t), None),
         }
@@ -309,6 +406,8 @@ impl Event {
 enum Command {
     Append(Event, Option<oneshot::Sender<Result<(), String>>>),
     Flush(oneshot::Sender<Result<(), String>>),
+    Redact { session: String, reason: String, by_uid: u32, ack: oneshot::Sender<Result<Redaction, String>> },
+    RotateKey(oneshot::Sender<Result<KeyRotation, String>>),
     Stop,
 }
 
@@ -318,7 +417,7 @@ pub struct Audit {
     tx: SyncSender<Command>,
     mode: Mode,
     failure: watch::Receiver<Option<String>>,
-    public_key: [u8; 32],
+    public_key: std::sync::Arc<Mutex<[u8; 32]>>,
 }
 
 /// Owns the writer and checkpointer threads.
@@ -344,30 +443,53 @@ impl AuditWriter {
 }
 
 /// Opens (creating if needed, mode 0600) the store and starts its writer.
-/// `key_path`: the host's Ed25519 key (made on first start, 0600).
+/// `key_path`: the host's Ed25519 key (made on first start, 0600; its
+/// public half is written beside it as `host.pub`). The store's directory is
+/// made (or corrected to) 0700, and the store is locked against a second
+/// writer (an agent, or `gatehouse redact` run while the agent is down).
 pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, AuditWriter), AuditError> {
+    let sql_err = |source| AuditError::Sql { path: path.to_owned(), source };
+    match crate::secrets::state_dir(crate::secrets::dir_of(path)).map_err(|e| AuditError::Key(e.to_string()))? {
+        crate::secrets::StateDir::Corrected { was } => tracing::warn!(
+            dir = %crate::secrets::dir_of(path).display(),
+            "the audit store's directory had mode {was:04o}; narrowed to 0700"
+        ),
+        crate::secrets::StateDir::Created | crate::secrets::StateDir::Fine => {}
+    }
+    let lock = lock_store(path)?;
     let conn = open_conn(path, opts.fsync)?;
     let key = keys::load_or_create(key_path).map_err(AuditError::Key)?;
+    let key = finish_rotation(&conn, key_path, key).map_err(AuditError::Key)?;
     let public_key = key.verifying_key().to_bytes();
+    keys::write_public(&keys::public_path(key_path), &key.verifying_key()).map_err(AuditError::Key)?;
     conn.execute(
         "INSERT OR IGNORE INTO host_keys (public_key, first_seen_us) VALUES (?1, ?2)",
         params![public_key.to_vec(), now_us()],
     )
-    .map_err(|source| AuditError::Sql { path: path.to_owned(), source })?;
-    let head = head(&conn).map_err(|source| AuditError::Sql { path: path.to_owned(), source })?;
+    .map_err(sql_err)?;
+    let head = head(&conn).map_err(sql_err)?;
+    // A rotation whose record was never written (the agent died between the
+    // two) leaves its new key file behind: drop it.
+    let _ = std::fs::remove_file(keys::pending_path(key_path));
+    conn.pragma_update(None, "secure_delete", "OFF").map_err(sql_err)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
     let (fail_tx, failure) = watch::channel(None);
+    let public = std::sync::Arc::new(Mutex::new(public_key));
     let mut w = Writer {
         conn,
         path: path.to_owned(),
+        key_path: key_path.to_owned(),
         head,
         key,
+        public: public.clone(),
+        publisher: anchors::Publisher::new(opts.publish.clone()),
         checkpoint_every: opts.checkpoint_every,
         retention: opts.retention_days.map(|d| Duration::from_secs(u64::from(d) * 86_400)),
         last_checkpoint: Instant::now(),
         dirty: false,
         failed: None,
         fail_tx,
+        _lock: lock,
     };
     let thread = std::thread::Builder::new()
         .name("audit-writer".into())
@@ -381,22 +503,65 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
             .spawn(move || checkpointer(path, stop))
             .map_err(|source| AuditError::Open { path: PathBuf::new(), source })?
     };
-    let audit = Audit { tx: tx.clone(), mode: opts.mode, failure, public_key };
+    let audit = Audit { tx: tx.clone(), mode: opts.mode, failure, public_key: public };
     Ok((audit, AuditWriter { thread: Some(thread), checkpointer: Some((ck, stop)), tx }))
+}
+
+/// Takes the store's writer lock (`<store>.lock`, flock): one writer at a
+/// time, or two would each extend the chain from the head they know.
+fn lock_store(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, AuditError> {
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let io_err = |source| AuditError::Open { path: lock_path.clone(), source };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)
+        .map_err(io_err)?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        AuditError::Failed(format!(
+            "the audit store {} is in use by another writer (a running agent?): {e}",
+            path.display()
+        ))
+    })
+}
+
+/// A rotation interrupted after its record was committed but before the new
+/// key replaced the old file is finished here; otherwise the key as loaded.
+fn finish_rotation(
+    conn: &Connection,
+    key_path: &Path,
+    key: ed25519_dalek::SigningKey,
+) -> Result<ed25519_dalek::SigningKey, String> {
+    let pending = keys::pending_path(key_path);
+    if !pending.exists() {
+        return Ok(key);
+    }
+    let new = keys::load(&pending)?;
+    let last = admin::last_rotation(conn).map_err(|e| e.to_string())?;
+    if last.is_some_and(|r| r.new_public_key == hex(&new.verifying_key().to_bytes())) {
+        std::fs::rename(&pending, key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
+        tracing::warn!("finished a host key rotation that was interrupted");
+        return Ok(new);
+    }
+    Ok(key)
 }
 
 fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
     let io_err = |source| AuditError::Open { path: path.to_owned(), source };
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-        && !dir.exists()
-    {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err)?;
-    }
-    // Create the file 0600 before SQLite does; its -wal and -shm files
-    // inherit the database file's mode.
-    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    // Create the file 0600 before SQLite does (never through a symlink);
+    // its -wal and -shm files inherit the database file's mode.
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
     let sql_err = |source| AuditError::Sql { path: path.to_owned(), source };
     let conn = Connection::open(path).map_err(sql_err)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(sql_err)?;
@@ -405,8 +570,29 @@ fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
     // Checkpoints (copying the WAL into the database, with an fsync) run on
     // their own thread so the writer's commits stay short (see `checkpointer`).
     conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sql_err)?;
+    check_layout(&conn).map_err(|e| AuditError::Failed(format!("{}: {e}", path.display())))?;
     conn.execute_batch(SCHEMA).map_err(sql_err)?;
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('layout', ?1)",
+        [chain::LAYOUT.to_string()],
+    )
+    .map_err(sql_err)?;
     Ok(conn)
+}
+
+/// A store written by an older Gatehouse (chain layout 1) is refused, not
+/// rewritten: its chain is evidence as it is.
+fn check_layout(conn: &Connection) -> Result<(), String> {
+    let has = |table: &str, column: &str| -> bool {
+        conn.prepare(&format!("SELECT {column} FROM {table} LIMIT 0")).is_ok()
+    };
+    if has("events", "seq") && !has("events", "content_hash") {
+        return Err(format!(
+            "this store uses chain layout 1; this Gatehouse writes layout {}. Move it aside (verify and export it with the Gatehouse that wrote it) and start a new one",
+            chain::LAYOUT
+        ));
+    }
+    Ok(())
 }
 
 /// Copies the WAL into the database every second from its own connection
@@ -442,8 +628,12 @@ fn head(conn: &Connection) -> rusqlite::Result<(u64, [u8; 32])> {
 struct Writer {
     conn: Connection,
     path: PathBuf,
+    key_path: PathBuf,
     head: (u64, [u8; 32]),
     key: ed25519_dalek::SigningKey,
+    /// The current public key, as [`Audit::public_key_hex`] shows it.
+    public: std::sync::Arc<Mutex<[u8; 32]>>,
+    publisher: anchors::Publisher,
     checkpoint_every: Duration,
     retention: Option<Duration>,
     last_checkpoint: Instant,
@@ -452,6 +642,8 @@ struct Writer {
     /// Once a write fails, the store stays failed: the chain's state on disk is uncertain.
     failed: Option<String>,
     fail_tx: watch::Sender<Option<String>>,
+    /// Held while the writer runs: no second writer on this store.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Writer {
@@ -490,6 +682,17 @@ impl Writer {
                         }
                     }
                     Command::Flush(a) => acks.push(a),
+                    // Operator commands run after the records queued before them.
+                    Command::Redact { session, reason, by_uid, ack } => {
+                        let r = self.append_batch(std::mem::take(&mut events)).and_then(|()| {
+                            self.redact(&session, &reason, by_uid)
+                        });
+                        let _ = ack.send(r);
+                    }
+                    Command::RotateKey(ack) => {
+                        let r = self.append_batch(std::mem::take(&mut events)).and_then(|()| self.rotate_key());
+                        let _ = ack.send(r);
+                    }
                     Command::Stop => {}
                 }
             }
@@ -553,11 +756,65 @@ impl Writer {
                 self.head = h;
                 self.dirty = false;
                 self.last_checkpoint = Instant::now();
+                self.publisher.publish(&anchors::Anchor {
+                    gatehouse_checkpoint: 1,
+                    head_seq: seq,
+                    head_hash: hex(&hash),
+                    time_us: time,
+                    public_key: hex(&self.key.verifying_key().to_bytes()),
+                    signature: hex(&sig),
+                });
             }
             Err(e) => {
                 let _ = self.fail(e.to_string());
             }
         }
+    }
+
+    /// Removes a session's content (see [`admin::redact`]) and signs a checkpoint at once.
+    fn redact(&mut self, session: &str, reason: &str, by_uid: u32) -> Result<Redaction, String> {
+        if let Some(f) = &self.failed {
+            return Err(f.clone());
+        }
+        let (head, red) = admin::redact(&mut self.conn, self.head, &self.key, session, reason, by_uid)?;
+        self.head = head;
+        self.dirty = true;
+        tracing::warn!(session, records = red.count(), by_uid, reason, "audit content redacted");
+        self.maybe_checkpoint(true);
+        Ok(red)
+    }
+
+    /// Makes a new host key: written beside the old one first, the rotation
+    /// (signed by the old key) committed, then the new key put in place and
+    /// a checkpoint signed with it. An interruption leaves either the old key
+    /// and no record, or a record and the new key finished at the next start.
+    fn rotate_key(&mut self) -> Result<KeyRotation, String> {
+        if let Some(f) = &self.failed {
+            return Err(f.clone());
+        }
+        let new = keys::generate().map_err(|e| format!("making a key: {e}"))?;
+        let pending = keys::pending_path(&self.key_path);
+        keys::write_secret_key(&pending, &new)?;
+        let (head, rot) = match admin::rotate(&mut self.conn, self.head, &self.key, &new) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_file(&pending);
+                return Err(e);
+            }
+        };
+        self.head = head;
+        std::fs::rename(&pending, &self.key_path)
+            .map_err(|e| self.fail(format!("installing the new host key {}: {e}", self.key_path.display())))?;
+        if let Ok(d) = std::fs::File::open(crate::secrets::dir_of(&self.key_path)) {
+            let _ = d.sync_all();
+        }
+        keys::write_public(&keys::public_path(&self.key_path), &new.verifying_key())?;
+        *self.public.lock().unwrap_or_else(PoisonError::into_inner) = new.verifying_key().to_bytes();
+        self.key = new;
+        self.dirty = true;
+        tracing::warn!(old = %rot.old_public_key, new = %rot.new_public_key, "host key rotated; the old key signed the new one");
+        self.maybe_checkpoint(true);
+        Ok(rot)
     }
 
     /// Deletes records older than the retention period, leaving a signed
@@ -636,11 +893,23 @@ fn insert_event(
     data: Option<&[u8]>,
 ) -> rusqlite::Result<(u64, [u8; 32])> {
     let seq = seq + 1;
-    let hash = chain::hash(&prev, seq, time_us, session, kind, body, data);
+    let content = chain::content_hash(body, data);
+    let hash = chain::hash(&prev, seq, time_us, session, kind, &content);
     tx.prepare_cached(
-        "INSERT INTO events (seq, time_us, session, kind, body, data, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO events (seq, time_us, session, kind, content_hash, body, data, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
-    .execute(params![i64::try_from(seq).unwrap_or(i64::MAX), time_us, session, kind, body, data, &prev[..], &hash[..]])?;
+    .execute(params![
+        i64::try_from(seq).unwrap_or(i64::MAX),
+        time_us,
+        session,
+        kind,
+        &content[..],
+        body,
+        data,
+        &prev[..],
+        &hash[..]
+    ])?;
     Ok((seq, hash))
 }
 
@@ -698,8 +967,8 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
         }
         Event::Statement(s) => {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO statements (session_id, seq, started_us, text, kinds, tables, decision, rule, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO statements (session_id, seq, started_us, text, kinds, tables, decision, rule, reason, redacted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 s.session.to_string(),
@@ -711,6 +980,7 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
                 s.decision,
                 s.rule,
                 s.reason,
+                s.redacted,
             ])?;
         }
         Event::StatementEnd(x) => {
@@ -728,6 +998,16 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
                 x.masked,
             ])?;
         }
+        Event::BackendLogin(l) => {
+            tx.prepare_cached("UPDATE sessions SET backend_tls = ?2, backend_auth = ?3 WHERE id = ?1")?.execute(
+                params![l.id.to_string(), l.tls_summary(), l.auth],
+            )?;
+        }
+        Event::Redaction(r) => {
+            // The statements' records lost their content: so do their rows.
+            tx.prepare_cached("DELETE FROM statements WHERE session_id = ?1")?.execute([&r.session])?;
+            tx.prepare_cached("UPDATE sessions SET redacted = ?2 WHERE id = ?1")?.execute(params![r.session, r.reason])?;
+        }
         Event::Chunk { .. } | Event::Truncated { .. } | Event::Agent { .. } | Event::Approval(_) => {}
     }
     Ok(())
@@ -740,7 +1020,28 @@ impl Audit {
 
     /// The host's public key (hex), for verifying exports elsewhere.
     pub fn public_key_hex(&self) -> String {
-        hex(&self.public_key)
+        hex(&*self.public_key.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Removes the content of a session's records, leaving a signed
+    /// redaction record (see `admin::redact`).
+    pub async fn redact(&self, session: &str, reason: &str, by_uid: u32) -> Result<Redaction, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.send(Command::Redact { session: session.to_owned(), reason: reason.to_owned(), by_uid, ack })?;
+        match done.await {
+            Ok(r) => r.map_err(AuditError::Failed),
+            Err(_) => Err(AuditError::WriterGone),
+        }
+    }
+
+    /// Replaces the host key; the old key signs the new one in the chain.
+    pub async fn rotate_key(&self) -> Result<KeyRotation, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.send(Command::RotateKey(ack))?;
+        match done.await {
+            Ok(r) => r.map_err(AuditError::Failed),
+            Err(_) => Err(AuditError::WriterGone),
+        }
     }
 
     /// Why the store failed, if it did (the agent then fails closed).

@@ -1,5 +1,7 @@
 //! The `gatehouse` command line: the daemon (`run`) and the operator's tools.
 
+mod trust;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -53,6 +55,11 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Write a signed, verifiable bundle of recorded sessions (jsonl, OCSF or asciicast).
     Export(ExportArgs),
+    /// Remove a session's recorded content (a leaked secret, an erasure request), leaving a signed redaction record.
+    Redact(trust::RedactArgs),
+    /// The host's audit signing key: show it, rotate it.
+    #[command(subcommand)]
+    Keys(trust::KeysCommand),
     /// Remove every program, link and map Gatehouse attached or pinned.
     Detach(DetachArgs),
     /// Check, test and explain policy files.
@@ -191,9 +198,17 @@ pub struct VerifyArgs {
     /// Same as PATH, for a database file.
     #[arg(long, conflicts_with = "path")]
     pub db: Option<PathBuf>,
-    /// The host public key to trust (hex, from `gatehouse status`); default: the keys the store lists.
+    /// A host public key to trust (hex, as `gatehouse status` printed it when you recorded it; repeatable).
+    /// Default: the keys in /etc/gatehouse/audit.pub. Key rotations in the store are followed from it.
     #[arg(long)]
-    pub pubkey: Option<String>,
+    pub pubkey: Vec<String>,
+    /// A file of trusted public keys (hex, one per line) instead of /etc/gatehouse/audit.pub.
+    #[arg(long, conflicts_with = "pubkey")]
+    pub pubkey_file: Option<PathBuf>,
+    /// Checkpoints published off the host (the agent's anchors file as shipped, or syslog output):
+    /// the store must still reach the newest of them, or its end was cut off.
+    #[arg(long)]
+    pub anchors: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -235,10 +250,14 @@ How decisions are made:
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Load and validate policy files; report every error as file:line:col.
+    /// Load and validate policy files; report every error as file:line:col, and check the
+    /// password, key and CA files they name (root-owned, 0600 for secrets, no symlinks).
     Check {
         /// Policy file or directory.
         path: PathBuf,
+        /// Do not check the files the policy names (on a machine other than the bastion, in CI).
+        #[arg(long)]
+        skip_secret_files: bool,
     },
     /// Run the [[test]] cases written in the policy files; exit 1 on any failure.
     Test {
@@ -326,11 +345,13 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Status(a) => status(a).await,
         Command::Sessions(a) => list_sessions(&a).await,
         Command::Statements(a) => list_statements(&a).await,
-        Command::Verify(a) => verify(&a),
+        Command::Verify(a) => trust::verify(&a),
         Command::Replay(a) => replay(&a).await,
-        Command::Export(a) => export(&a),
+        Command::Export(a) => trust::export(&a),
+        Command::Redact(a) => trust::redact(&a).await,
+        Command::Keys(k) => trust::keys(k).await,
         Command::Detach(a) => detach(a).await,
-        Command::Policy(PolicyCommand::Check { path }) => policy_check(&path),
+        Command::Policy(PolicyCommand::Check { path, skip_secret_files }) => policy_check(&path, skip_secret_files),
         Command::Policy(PolicyCommand::Test { path, at, json }) => policy_test(&path, at.as_deref(), json),
         Command::Policy(PolicyCommand::Explain(a)) => policy_explain(&a),
         Command::Mask(MaskCommand::Test { profile, config, column }) => mask_test(&profile, &config, column.as_deref()),
@@ -371,6 +392,13 @@ async fn run(a: RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(d) => return fail(format_args!("policy {} does not load:\n{d}", a.config.display())),
     };
+    let files = match crate::policy::files::check(&policy, jiff::Timestamp::now().as_second()) {
+        Ok(f) => f,
+        Err(d) => return fail(format_args!("policy {} names files that may not be used:\n{d}", a.config.display())),
+    };
+    for w in &files.warnings {
+        tracing::warn!("{w}");
+    }
     let failed: Vec<_> = policy.run_tests(jiff::Timestamp::now()).into_iter().filter(|o| !o.passed).collect();
     if !failed.is_empty() {
         for o in &failed {
@@ -381,7 +409,7 @@ async fn run(a: RunArgs) -> ExitCode {
             failed.len()
         ));
     }
-    match crate::proxy::run(settings, policy, a.config, load_options).await {
+    match crate::proxy::run(settings, policy, files, a.config, load_options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -451,6 +479,12 @@ fn print_status(s: &control::AgentStatus) {
         println!("audit:     FAILED, failing closed: {f}");
     }
     println!("host key:  {} (verifies audit checkpoints and exports)", s.public_key);
+    if let Some(f) = &s.public_key_file {
+        println!(
+            "           also in {}; record it off this host (or in /etc/gatehouse/audit.pub by configuration management): `gatehouse verify` trusts only keys from outside the store",
+            f.display()
+        );
+    }
     println!("rules:     {}", s.rules);
     let reloads = s.policy.get("reloads").and_then(serde_json::Value::as_u64).unwrap_or(0);
     println!(
@@ -466,7 +500,28 @@ fn print_status(s: &control::AgentStatus) {
     println!("backends:");
     for b in &s.backends {
         let addrs = if b.addresses.is_empty() { "(unresolved)".to_owned() } else { b.addresses.join(", ") };
-        println!("  {:<20} {:<8} {addrs}", b.name, b.protocol);
+        let tls = b.tls.as_deref().map(|t| format!(" tls={t}")).unwrap_or_default();
+        println!("  {:<20} {:<8} {addrs}{tls}", b.name, b.protocol);
+        if let Some(l) = &b.last_login {
+            println!(
+                "  {:<20} last login: {} as {}, {}, auth {}{}",
+                "",
+                b.last_login_us.map(fmt_time).unwrap_or_default(),
+                l.user,
+                l.tls_summary(),
+                l.auth,
+                l.certificate_sha256.as_deref().map(|c| format!(", certificate sha256 {c}")).unwrap_or_default()
+            );
+        }
+        if let Some(t) = b.client_tls_expires {
+            println!("  {:<20} client_tls certificate valid until {}", "", fmt_time(t.saturating_mul(1_000_000)));
+        }
+        for w in &b.warnings {
+            println!("  {:<20} WARNING: {w}", "");
+        }
+    }
+    for w in &s.warnings {
+        println!("warning:   {w}");
     }
     println!("sessions:  {}", s.sessions);
     println!("kernel:    {}", s.kernel);
@@ -656,103 +711,6 @@ async fn replay(a: &ReplayArgs) -> ExitCode {
     }
 }
 
-fn export(a: &ExportArgs) -> ExitCode {
-    use crate::audit::export::{ExportOptions, Format};
-    if !nix::unistd::geteuid().is_root() {
-        return fail("`gatehouse export` reads the audit store and signs with the host key: it needs root");
-    }
-    let time = |s: &Option<String>| s.as_deref().map(parse_time).transpose();
-    let (since_us, until_us) = match (time(&a.since), time(&a.until)) {
-        (Ok(s), Ok(u)) => (s, u),
-        (Err(e), _) | (_, Err(e)) => return fail(e),
-    };
-    let format: Format = match a.format.parse() {
-        Ok(f) => f,
-        Err(e) => return fail(format_args!("--format: {e}")),
-    };
-    let key = match crate::audit::keys::load_or_create(&settings::host_key_path(&a.db)) {
-        Ok(k) => k,
-        Err(e) => return fail(format_args!("host key: {e}")),
-    };
-    let opts = ExportOptions { since_us, until_us, user: a.user.clone(), format };
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut last = std::time::Instant::now();
-    let mut progress = |done: u64, total: u64| {
-        if tty && (done == total || last.elapsed() > std::time::Duration::from_millis(100)) {
-            last = std::time::Instant::now();
-            let width = 40u64;
-            let filled = done.saturating_mul(width).checked_div(total).unwrap_or(width);
-            let bar: String = (0..width).map(|i| if i < filled { '#' } else { '-' }).collect();
-            eprint!("\r[{bar}] {done}/{total} records");
-            if done == total {
-                eprintln!();
-            }
-        }
-    };
-    match crate::audit::export::export(&a.db, &a.out, &opts, &key, &mut progress) {
-        Ok(m) => {
-            println!(
-                "wrote {} ({} records of {} sessions); verify anywhere with: gatehouse verify {} --pubkey {}",
-                a.out.display(),
-                m.records,
-                m.sessions,
-                a.out.display(),
-                crate::audit::hex(&key.verifying_key().to_bytes())
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(format_args!("export: {e}")),
-    }
-}
-
-fn verify(a: &VerifyArgs) -> ExitCode {
-    let key = match a.pubkey.as_deref().map(crate::audit::keys::parse_public).transpose() {
-        Ok(k) => k,
-        Err(e) => return fail(format_args!("--pubkey: {e}")),
-    };
-    let path = a.path.clone().or_else(|| a.db.clone()).unwrap_or_else(|| PathBuf::from(settings::DEFAULT_AUDIT_DB));
-    let report = if path.is_dir() {
-        crate::audit::export::verify_export(&path, key.as_ref())
-    } else {
-        crate::audit::verify::verify_db(&path, key.as_ref())
-    };
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => return fail(format_args!("{}: {e}", path.display())),
-    };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-    } else {
-        let seq = |s: Option<u64>| s.map_or("-".into(), |s| s.to_string());
-        println!(
-            "{}: {} records ({}..{}), {} checkpoints ({} verified)",
-            path.display(),
-            report.records,
-            seq(report.first_seq),
-            seq(report.last_seq),
-            report.checkpoints,
-            report.checkpoints_verified
-        );
-        if key.is_none() {
-            println!(
-                "trusted keys (from the store itself; pass --pubkey to trust only yours): {}",
-                report.public_keys.join(", ")
-            );
-        }
-        for p in &report.problems {
-            if p.seq == u64::MAX {
-                println!("TAMPERED: {}", p.what);
-            } else {
-                println!("TAMPERED at record {}: {}", p.seq, p.what);
-            }
-        }
-        if report.ok() {
-            println!("ok: the chain is intact and every checkpoint is signed");
-        }
-    }
-    if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-}
-
 fn print_sessions(rows: &[SessionRow]) {
     let header = [
         "STARTED",
@@ -848,9 +806,23 @@ async fn detach(a: DetachArgs) -> ExitCode {
     }
 }
 
-fn policy_check(path: &Path) -> ExitCode {
+fn policy_check(path: &Path, skip_secret_files: bool) -> ExitCode {
     match load_path(path) {
         Ok(p) => {
+            if !skip_secret_files {
+                match crate::policy::files::check(&p, jiff::Timestamp::now().as_second()) {
+                    Ok(report) => {
+                        for w in &report.warnings {
+                            println!("warning: {w}");
+                        }
+                    }
+                    Err(d) => {
+                        eprintln!("{d}");
+                        eprintln!("{} error(s) (files the policy names; --skip-secret-files to check only the policy)", d.0.len());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             println!(
                 "{}: ok ({} backends, {} rules, {} tests)",
                 path.display(),
@@ -918,10 +890,15 @@ fn mask_test(name: &str, config: &Path, column: Option<&str>) -> ExitCode {
         let known: Vec<&str> = policy.masks.keys().map(String::as_str).collect();
         return fail(format_args!("no masking profile {name:?}; profiles: {}", known.join(", ")));
     };
-    let rule = column.and_then(|c| match c.split_once('.') {
-        Some((t, col)) => profile.column_style(Some(t), col),
-        None => profile.column_style(None, c),
-    });
+    let (table, col) = match column.map(|c| c.split_once('.').map_or((None, c), |(t, c)| (Some(t), c))) {
+        Some((t, c)) => (t, Some(c)),
+        None => (None, None),
+    };
+    let rule = col.and_then(|c| profile.column_style(table, c));
+    let key = profile.token_key(crate::mask::TokenScope::Column { table, column: col.unwrap_or_default() });
+    eprintln!(
+        "note: hash tokens here use a throwaway key made for this run; the agent's tokens (keyed by its mask.key) differ"
+    );
     let mut counts = crate::mask::Counts::default();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -931,7 +908,7 @@ fn mask_test(name: &str, config: &Path, column: Option<&str>) -> ExitCode {
         buf.clear();
         let result = match rule {
             Some(style) => {
-                let r = profile.mask_value(style, &line, &mut buf);
+                let r = profile.mask_value(style, &key, &line, &mut buf);
                 if r != crate::mask::MaskOutput::Unchanged {
                     counts.add_columns(1);
                 }

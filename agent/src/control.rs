@@ -24,6 +24,10 @@ pub enum Request {
     Sessions { filter: crate::audit::query::SessionFilter },
     Statements { session: Option<String>, limit: u32 },
     Replay { session: String },
+    /// Remove a session's recorded content (root only).
+    Redact { session: String, reason: String },
+    /// Replace the host's signing key (root only).
+    RotateKey,
 }
 
 /// Answers.
@@ -41,6 +45,12 @@ pub enum Response {
     Replay {
         lines: Vec<(i64, String)>,
     },
+    Redacted {
+        redaction: crate::audit::Redaction,
+    },
+    Rotated {
+        rotation: crate::audit::KeyRotation,
+    },
     Error {
         message: String,
     },
@@ -51,6 +61,20 @@ pub struct BackendStatus {
     pub name: String,
     pub protocol: String,
     pub addresses: Vec<String>,
+    /// off | prefer | verify (postgres backends).
+    #[serde(default)]
+    pub tls: Option<String>,
+    /// How the newest session logged in to it: TLS, certificate, auth method.
+    #[serde(default)]
+    pub last_login: Option<crate::audit::BackendLogin>,
+    #[serde(default)]
+    pub last_login_us: Option<i64>,
+    /// When its `client_tls` certificate expires (seconds since the epoch).
+    #[serde(default)]
+    pub client_tls_expires: Option<i64>,
+    /// Why this backend is not reached with a verified certificate, or is weak otherwise.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,10 +98,18 @@ pub struct AgentStatus {
     pub audit_failure: Option<String>,
     /// The host's Ed25519 public key (hex): verifies checkpoints and exports elsewhere.
     pub public_key: String,
+    /// The same key, in a file beside the store (`host.pub`).
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// What the check of the policy's files found (expiring certificates, weak backends).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 fn status(agent: &Agent) -> AgentStatus {
     let snap = agent.snapshot.load();
+    let logins = agent.backend_logins.lock().map(|m| m.clone()).unwrap_or_default();
+    let files = agent.files.lock().map(|f| f.clone()).unwrap_or_default();
     let backends = snap
         .policy
         .backends
@@ -86,7 +118,19 @@ fn status(agent: &Agent) -> AgentStatus {
             let mut addresses: Vec<String> =
                 snap.routes.iter().filter(|(_, n)| **n == b.name).map(|(a, _)| a.to_string()).collect();
             addresses.sort();
-            BackendStatus { name: b.name.to_string(), protocol: format!("{:?}", b.protocol).to_lowercase(), addresses }
+            let login = logins.get(&b.name);
+            let client_tls_expires =
+                files.client_tls.iter().find(|(n, _)| *n == b.name).and_then(|(_, e)| e.as_ref().ok().copied());
+            BackendStatus {
+                name: b.name.to_string(),
+                protocol: format!("{:?}", b.protocol).to_lowercase(),
+                addresses,
+                tls: b.protocol.is_sql().then(|| format!("{:?}", b.tls).to_lowercase()),
+                warnings: backend_warnings(b, login.map(|(_, l)| l), client_tls_expires),
+                last_login_us: login.map(|(t, _)| *t),
+                last_login: login.map(|(_, l)| l.clone()),
+                client_tls_expires,
+            }
         })
         .collect();
     let counters: CountersView = agent.counters.view();
@@ -110,7 +154,40 @@ fn status(agent: &Agent) -> AgentStatus {
         audit_mode: agent.audit.mode(),
         audit_failure: agent.audit.failure(),
         public_key: agent.audit.public_key_hex(),
+        public_key_file: Some(crate::audit::keys::public_path(&crate::settings::host_key_path(&agent.settings.audit_db))),
+        warnings: files.warnings,
     }
+}
+
+/// What `gatehouse status` says is weak about a backend: reached without a
+/// verified certificate (by its setting, or as the newest login found), a
+/// method that reveals the password, an expired `client_tls` certificate.
+fn backend_warnings(
+    b: &crate::policy::Backend,
+    login: Option<&crate::audit::BackendLogin>,
+    client_tls_expires: Option<i64>,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    if !b.protocol.is_sql() {
+        return w;
+    }
+    match b.tls {
+        crate::policy::TlsMode::Verify => {}
+        crate::policy::TlsMode::Prefer => w.push("tls = prefer: the server's certificate is not verified".to_owned()),
+        crate::policy::TlsMode::Off => w.push("tls = off: plaintext, the server is not authenticated".to_owned()),
+    }
+    if let Some(l) = login {
+        if l.tls != "verified" {
+            w.push(format!("the newest login went over {} TLS", if l.tls == "off" { "no" } else { "unverified" }));
+        }
+        if l.auth == "md5" || l.auth == "password" {
+            w.push(format!("the newest login used {}, which hands the server the password or a replayable hash", l.auth));
+        }
+    }
+    if client_tls_expires.is_some_and(|t| t <= jiff::Timestamp::now().as_second()) {
+        w.push("the client_tls certificate has EXPIRED".to_owned());
+    }
+    w
 }
 
 /// Binds the control socket (root-only, 0600) and serves it until `stop`.
@@ -202,6 +279,19 @@ async fn answer(agent: &Agent, stream: UnixStream) -> std::io::Result<()> {
                 Ok(Err(message)) => Response::Error { message },
                 Err(e) => Response::Error { message: e.to_string() },
             }
+        }
+        Ok(Request::Redact { session, reason }) if uid == 0 => {
+            match agent.audit.redact(&session, &reason, uid).await {
+                Ok(redaction) => Response::Redacted { redaction },
+                Err(e) => Response::Error { message: e.to_string() },
+            }
+        }
+        Ok(Request::RotateKey) if uid == 0 => match agent.audit.rotate_key().await {
+            Ok(rotation) => Response::Rotated { rotation },
+            Err(e) => Response::Error { message: e.to_string() },
+        },
+        Ok(Request::Redact { .. } | Request::RotateKey) => {
+            Response::Error { message: "permission denied: only root may redact records or rotate the host key".into() }
         }
         Err(e) => Response::Error { message: format!("bad request: {e}") },
     };

@@ -19,6 +19,7 @@ pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod redirect;
+pub mod secrets;
 pub mod settings;
 pub mod sql;
 mod sys;

@@ -50,8 +50,10 @@ pub enum Style {
     /// IBANs, SSNs); for an email address, `****@domain`. Values with fewer
     /// than 8 alphanumerics are fully redacted.
     Partial,
-    /// `tok_` + 16 hex digits of a keyed BLAKE3 hash: the same value and key
-    /// always give the same token, so joins and grouping still work.
+    /// `tok_` + 32 hex digits (128 bits) of a keyed BLAKE3 hash, with a key
+    /// derived per profile and per column (or detector): the same value in
+    /// the same column always gives the same token, so joins and grouping on
+    /// that column still work; the same value elsewhere gives another.
     Hash,
     /// SQL NULL: the caller emits a NULL ([`MaskOutput::Null`]).
     Null,
@@ -96,6 +98,23 @@ pub enum Detector {
 }
 
 impl Detector {
+    /// The style a detector gets when a profile lists it without one:
+    /// partial for values whose last digits help support staff, redact for
+    /// identifiers and credentials. Never `hash`: a token for a value a
+    /// user can also type lets them build a dictionary.
+    pub fn default_style(self) -> Style {
+        match self {
+            Detector::Card | Detector::Email | Detector::Phone => Style::Partial,
+            Detector::UsSsn
+            | Detector::Iban
+            | Detector::Jwt
+            | Detector::AwsKey
+            | Detector::GithubToken
+            | Detector::SlackToken
+            | Detector::Custom => Style::Redact,
+        }
+    }
+
     /// Number of detectors.
     pub const COUNT: usize = 10;
     /// Every detector, in declaration order.
@@ -155,8 +174,71 @@ pub struct ProfileSpec {
     pub detectors: Vec<(Detector, Style)>,
     /// Operator regexes (detector Custom): (name, pattern, style).
     pub custom: Vec<(String, String, Style)>,
-    /// Key for Hash tokens (32 bytes; the loader derives it).
-    pub hash_key: [u8; 32],
+    /// The secret Hash tokens are keyed from (the host's `mask.key`, or the
+    /// profile's `hash_key_file`); per-profile and per-column keys derive from it.
+    pub hash_key: MaskKey,
+}
+
+/// A masking secret: wiped from memory when dropped, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MaskKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl MaskKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// A random key for one run (`gatehouse mask test`, policy checks):
+    /// its tokens match nothing the agent produces.
+    pub fn throwaway() -> Self {
+        let mut b = [0u8; 32];
+        // Without /dev/urandom the key is fixed per process id and time: still not the agent's.
+        match crate::secrets::random32() {
+            Ok(r) => b.copy_from_slice(r.as_ref()),
+            Err(_) => {
+                b = blake3::derive_key("gatehouse throwaway mask key", format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes());
+            }
+        }
+        Self::new(b)
+    }
+
+    fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl Default for MaskKey {
+    fn default() -> Self {
+        Self::throwaway()
+    }
+}
+
+impl fmt::Debug for MaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<mask key>")
+    }
+}
+
+/// What a Hash token is scoped to: one result column, or one detector's
+/// finds in free text. The column is named by its table and column names
+/// for now; when results are masked by column identity (table OID and
+/// column number), that identity goes here and nothing else changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScope<'a> {
+    Column { table: Option<&'a str>, column: &'a str },
+    Detector(Detector),
+    /// An operator regex, by its name.
+    Custom(&'a str),
+}
+
+/// The key Hash tokens of one scope are made with (see [`Profile::token_key`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<token key>")
+    }
 }
 
 impl fmt::Debug for ProfileSpec {
@@ -166,7 +248,7 @@ impl fmt::Debug for ProfileSpec {
             .field("columns", &self.columns)
             .field("detectors", &self.detectors)
             .field("custom", &self.custom)
-            .field("hash_key", &"<redacted>")
+            .field("hash_key", &self.hash_key)
             .finish()
     }
 }
@@ -270,6 +352,8 @@ const MAX_REGEX_NFA_ALL: usize = 8 << 20;
 struct CustomSet {
     regex: meta::Regex,
     styles: Vec<Style>,
+    /// Token key per pattern.
+    keys: Vec<TokenKey>,
 }
 
 /// A compiled profile: built once per profile at policy load, shared across
@@ -282,7 +366,10 @@ pub struct Profile {
     email: bool,
     tokens: Option<TokenFinder>,
     custom: Option<CustomSet>,
-    hash_key: [u8; 32],
+    /// Derived from the masking secret and the profile's name.
+    profile_key: zeroize::Zeroizing<[u8; 32]>,
+    /// Token key per detector, for finds in free text.
+    detector_keys: Vec<TokenKey>,
 }
 
 impl fmt::Debug for Profile {
@@ -303,6 +390,8 @@ struct Hit {
     end: usize,
     detector: Detector,
     style: Style,
+    /// The operator regex, for Custom hits.
+    pattern: Option<usize>,
 }
 
 impl Profile {
@@ -342,12 +431,36 @@ impl Profile {
         };
         let email = on(Detector::Email);
         let tokens = TokenFinder::new(on);
-        let custom = compile_custom(&spec.name, &spec.custom)?;
+        let mut material = spec.hash_key.bytes().to_vec();
+        material.extend_from_slice(spec.name.as_bytes());
+        let profile_key = zeroize::Zeroizing::new(blake3::derive_key("gatehouse mask profile key v2", &material));
+        zeroize::Zeroize::zeroize(&mut material);
+        let detector_keys = Detector::ALL.iter().map(|&d| token_key(&profile_key, TokenScope::Detector(d))).collect();
+        let mut custom = compile_custom(&spec.name, &spec.custom)?;
+        if let Some(c) = custom.as_mut() {
+            c.keys = spec.custom.iter().map(|(name, _, _)| token_key(&profile_key, TokenScope::Custom(name))).collect();
+        }
         if let (Some(slot), Some(_)) = (styles.get_mut(Detector::Custom.index()), &custom) {
             // Marks Custom as enabled; its real styles are per pattern.
             *slot = Some(Style::Redact);
         }
-        Ok(Self { name: spec.name.clone(), columns, digits, email, tokens, custom, styles, hash_key: spec.hash_key })
+        Ok(Self {
+            name: spec.name.clone(),
+            columns,
+            digits,
+            email,
+            tokens,
+            custom,
+            styles,
+            profile_key,
+            detector_keys,
+        })
+    }
+
+    /// The key for Hash tokens in `scope` (compute it once per result
+    /// column, not per value).
+    pub fn token_key(&self, scope: TokenScope<'_>) -> TokenKey {
+        token_key(&self.profile_key, scope)
     }
 
     pub fn name(&self) -> &str {
@@ -378,12 +491,13 @@ impl Profile {
     /// Masks a whole value with a style (used for column rules), appending
     /// the result to `out`. `value` is the value's text; any bytes are
     /// accepted. Partial keeps `@domain` when the whole value is an email
-    /// address, else the last 4 alphanumerics; Hash tokens the raw bytes.
-    pub fn mask_value(&self, style: Style, value: &[u8], out: &mut Vec<u8>) -> MaskOutput {
+    /// address, else the last 4 alphanumerics; Hash tokens the raw bytes
+    /// with the column's `key` ([`Profile::token_key`]).
+    pub fn mask_value(&self, style: Style, key: &TokenKey, value: &[u8], out: &mut Vec<u8>) -> MaskOutput {
         match style {
             Style::Null => return MaskOutput::Null,
             Style::Redact => out.extend_from_slice(REDACTED),
-            Style::Hash => render::push_token(&self.hash_key, value, Norm::Raw, out),
+            Style::Hash => render::push_token(&key.0, value, Norm::Raw, out),
             Style::Partial => {
                 let trimmed = value.trim_ascii();
                 let whole_email = memchr::memrchr(b'@', trimmed)
@@ -423,20 +537,22 @@ impl Profile {
         let mut hits: Vec<Hit> = Vec::with_capacity(raw.len() + 1);
         for h in &raw {
             if let Some(style) = self.style_of(h.detector) {
-                hits.push(Hit { start: h.start, end: h.end, detector: h.detector, style });
+                hits.push(Hit { start: h.start, end: h.end, detector: h.detector, style, pattern: None });
             }
         }
         if let Some((custom, first)) = first_custom {
             let rest = custom.regex.find_iter(regex_automata::Input::new(value).range(first.end()..));
             for m in std::iter::once(first).chain(rest) {
-                if let Some(&style) = custom.styles.get(m.pattern().as_usize()) {
-                    hits.push(Hit { start: m.start(), end: m.end(), detector: Detector::Custom, style });
+                let pattern = m.pattern().as_usize();
+                if let Some(&style) = custom.styles.get(pattern) {
+                    hits.push(Hit { start: m.start(), end: m.end(), detector: Detector::Custom, style, pattern: Some(pattern) });
                 }
             }
         }
         for h in &hits {
             counts.add(h.detector, 1);
         }
+        let custom_keys = self.custom.as_ref().map(|c| c.keys.as_slice()).unwrap_or_default();
         let merged = merge(hits);
         if merged.iter().any(|h| h.style == Style::Null) {
             return MaskOutput::Null;
@@ -448,7 +564,17 @@ impl Profile {
             let text = value.get(h.start..h.end).unwrap_or_default();
             match h.style {
                 Style::Redact | Style::Null => out.extend_from_slice(REDACTED),
-                Style::Hash => render::push_token(&self.hash_key, text, Norm::for_detector(h.detector), out),
+                Style::Hash => {
+                    let key = match h.pattern {
+                        Some(i) => custom_keys.get(i),
+                        None => self.detector_keys.get(h.detector.index()),
+                    };
+                    // Keys exist for every detector and pattern; without one, redact (fail closed).
+                    match key {
+                        Some(k) => render::push_token(&k.0, text, Norm::for_detector(h.detector), out),
+                        None => out.extend_from_slice(REDACTED),
+                    }
+                }
                 Style::Partial if h.detector == Detector::Email => render::push_partial_email(text, out),
                 Style::Partial => render::push_partial_tail(text, out),
             }
@@ -457,6 +583,33 @@ impl Profile {
         out.extend_from_slice(value.get(last..).unwrap_or_default());
         MaskOutput::Written
     }
+}
+
+/// A scope's token key: keyed BLAKE3 (the profile key) over the scope,
+/// length-prefixed, so no two scopes share a key.
+fn token_key(profile_key: &[u8; 32], scope: TokenScope<'_>) -> TokenKey {
+    let mut h = blake3::Hasher::new_keyed(profile_key);
+    h.update(b"gatehouse token scope v2\0");
+    let mut part = |b: &[u8]| {
+        h.update(&u64::try_from(b.len()).unwrap_or(u64::MAX).to_be_bytes());
+        h.update(b);
+    };
+    match scope {
+        TokenScope::Column { table, column } => {
+            part(b"column");
+            part(table.unwrap_or_default().to_ascii_lowercase().as_bytes());
+            part(column.to_ascii_lowercase().as_bytes());
+        }
+        TokenScope::Detector(d) => {
+            part(b"detector");
+            part(d.name().as_bytes());
+        }
+        TokenScope::Custom(name) => {
+            part(b"custom");
+            part(name.as_bytes());
+        }
+    }
+    TokenKey(zeroize::Zeroizing::new(*h.finalize().as_bytes()))
 }
 
 /// Sorts hits and merges overlapping ones (see the module doc).
@@ -514,14 +667,16 @@ fn compile_custom(profile: &str, custom: &[(String, String, Style)]) -> Result<O
         .configure(config(MAX_REGEX_NFA_ALL))
         .build_many_from_hir(&hirs)
         .map_err(|e| bad("(all custom patterns together)", e.to_string()))?;
-    Ok(Some(CustomSet { regex, styles: custom.iter().map(|(_, _, s)| *s).collect() }))
+    Ok(Some(CustomSet { regex, styles: custom.iter().map(|(_, _, s)| *s).collect(), keys: Vec::new() }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const KEY: [u8; 32] = [7; 32];
+    fn key(b: u8) -> MaskKey {
+        MaskKey::new([b; 32])
+    }
 
     fn all_detectors(style: Style) -> ProfileSpec {
         ProfileSpec {
@@ -529,8 +684,12 @@ mod tests {
             columns: vec![],
             detectors: Detector::ALL.iter().filter(|&&d| d != Detector::Custom).map(|&d| (d, style)).collect(),
             custom: vec![],
-            hash_key: KEY,
+            hash_key: key(7),
         }
+    }
+
+    fn col(p: &Profile, column: &str) -> TokenKey {
+        p.token_key(TokenScope::Column { table: None, column })
     }
 
     fn profile(spec: &ProfileSpec) -> Profile {
@@ -625,7 +784,7 @@ mod tests {
         let (a, _) = scan(&h, "card 4111 1111 1111 1111");
         let (b, _) = scan(&h, "paid with 4111-1111-1111-1111 yesterday");
         let tok = a.strip_prefix("card ").unwrap();
-        assert!(tok.starts_with("tok_") && tok.len() == 20, "{tok}");
+        assert!(tok.starts_with("tok_") && tok.len() == 4 + 32, "{tok}");
         assert_eq!(b, format!("paid with {tok} yesterday"));
 
         let n = profile(&all_detectors(Style::Null));
@@ -640,7 +799,7 @@ mod tests {
     fn hash_is_deterministic_and_keyed() {
         let p1 = profile(&all_detectors(Style::Hash));
         let p1b = profile(&all_detectors(Style::Hash));
-        let p2 = profile(&ProfileSpec { hash_key: [8; 32], ..all_detectors(Style::Hash) });
+        let p2 = profile(&ProfileSpec { hash_key: key(8), ..all_detectors(Style::Hash) });
         let v = "jane.doe@example.com";
         let t1 = scan(&p1, v).0;
         assert_eq!(t1, scan(&p1b, v).0);
@@ -651,21 +810,31 @@ mod tests {
         let mut a = Vec::new();
         let mut b = Vec::new();
         let mut c = Vec::new();
-        assert_eq!(p1.mask_value(Style::Hash, b"alice", &mut a), MaskOutput::Written);
-        p1b.mask_value(Style::Hash, b"alice", &mut b);
-        p2.mask_value(Style::Hash, b"alice", &mut c);
+        assert_eq!(p1.mask_value(Style::Hash, &col(&p1, "name"), b"alice", &mut a), MaskOutput::Written);
+        p1b.mask_value(Style::Hash, &col(&p1b, "name"), b"alice", &mut b);
+        p2.mask_value(Style::Hash, &col(&p2, "name"), b"alice", &mut c);
         assert_eq!(a, b);
         assert_ne!(a, c);
-        // A value hashed as a column and the same value found by a detector agree.
-        let mut col = Vec::new();
-        p1.mask_value(Style::Hash, b"4111111111111111", &mut col);
-        assert_eq!(scan(&p1, "4111 1111 1111 1111").0.as_bytes(), col.as_slice());
+        assert_eq!(a.len(), 4 + 32, "128-bit tokens");
+        // Keys are per column and per profile: the same value elsewhere is another token,
+        // so tokens from one column are no dictionary for another.
+        let mut other_col = Vec::new();
+        p1.mask_value(Style::Hash, &col(&p1, "nickname"), b"alice", &mut other_col);
+        assert_ne!(a, other_col);
+        let renamed = profile(&ProfileSpec { name: "other".into(), ..all_detectors(Style::Hash) });
+        let mut other_profile = Vec::new();
+        renamed.mask_value(Style::Hash, &col(&renamed, "name"), b"alice", &mut other_profile);
+        assert_ne!(a, other_profile);
+        // A column's token and a detector's token for the same value differ.
+        let mut card_col = Vec::new();
+        p1.mask_value(Style::Hash, &col(&p1, "card"), b"4111111111111111", &mut card_col);
+        assert_ne!(scan(&p1, "4111 1111 1111 1111").0.as_bytes(), card_col.as_slice());
     }
 
     fn mv(style: Style, value: &[u8]) -> (MaskOutput, Vec<u8>) {
         let p = profile(&all_detectors(Style::Redact));
         let mut out = b"prefix:".to_vec();
-        let r = p.mask_value(style, value, &mut out);
+        let r = p.mask_value(style, &col(&p, "c"), value, &mut out);
         (r, out)
     }
 
@@ -686,7 +855,7 @@ mod tests {
         assert_eq!(mv(Style::Null, b"x"), (MaskOutput::Null, b"prefix:".to_vec()));
         let (r, out) = mv(Style::Hash, b"x");
         assert_eq!(r, MaskOutput::Written);
-        assert_eq!(out.len(), "prefix:tok_".len() + 16);
+        assert_eq!(out.len(), "prefix:tok_".len() + 32);
     }
 
     #[test]
@@ -743,7 +912,7 @@ mod tests {
             }
             for style in [Style::Redact, Style::Partial, Style::Hash, Style::Null] {
                 out.clear();
-                p.mask_value(style, &v, &mut out);
+                p.mask_value(style, &col(&p, "c"), &v, &mut out);
                 if style != Style::Null {
                     assert!(std::str::from_utf8(&out).is_ok(), "{style:?} of {v:?}");
                 }
@@ -907,7 +1076,7 @@ mod tests {
     fn profile_is_shareable_and_secret_free_in_debug() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Profile>();
-        let spec = ProfileSpec { hash_key: [0xAB; 32], ..all_detectors(Style::Hash) };
+        let spec = ProfileSpec { hash_key: key(0xAB), ..all_detectors(Style::Hash) };
         assert!(!format!("{spec:?}").contains("171"));
         assert!(!format!("{:?}", profile(&spec)).contains("171"));
     }

@@ -16,6 +16,7 @@
 
 pub mod decide;
 pub mod diag;
+pub mod files;
 pub mod load;
 pub mod testcases;
 
@@ -90,6 +91,55 @@ pub enum TlsMode {
     Verify,
 }
 
+/// How the backend may make Gatehouse authenticate (`require_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AuthMethod {
+    /// SCRAM with channel binding to the TLS connection (tls-server-end-point).
+    #[serde(rename = "scram-sha-256-plus")]
+    ScramPlus,
+    #[serde(rename = "scram-sha-256")]
+    Scram,
+    /// md5: the server learns a hash that logs in as the role (replayable).
+    #[serde(rename = "md5")]
+    Md5,
+    /// Cleartext: the server learns the password.
+    #[serde(rename = "password")]
+    Password,
+    /// No authentication asked (trust): the server asks for nothing.
+    #[serde(rename = "none")]
+    None,
+}
+
+impl AuthMethod {
+    pub const NAMES: [&'static str; 5] = ["scram-sha-256-plus", "scram-sha-256", "md5", "password", "none"];
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scram-sha-256-plus" => Ok(Self::ScramPlus),
+            "scram-sha-256" => Ok(Self::Scram),
+            "md5" => Ok(Self::Md5),
+            "password" => Ok(Self::Password),
+            "none" => Ok(Self::None),
+            _ => Err(s.to_owned()),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ScramPlus => "SCRAM-SHA-256-PLUS",
+            Self::Scram => "SCRAM-SHA-256",
+            Self::Md5 => "md5",
+            Self::Password => "password",
+            Self::None => "none",
+        }
+    }
+
+    /// Methods that hand the server the password or a replayable equivalent.
+    pub fn reveals_secret(self) -> bool {
+        matches!(self, Self::Md5 | Self::Password)
+    }
+}
+
 /// A login Gatehouse holds for a backend. The secret stays in its file
 /// (root-only) and is read when a session needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,8 +155,13 @@ pub struct Backend {
     pub target: Target,
     pub tls: TlsMode,
     pub ca_file: Option<PathBuf>,
-    /// Server name for TLS verification, when `address` is an IP.
+    /// The name the server's certificate must carry (`tls = "verify"`):
+    /// by default the `host` name, or the IP address of `address`.
     pub tls_server_name: Option<String>,
+    /// Authentication methods the backend may ask for; `None`: SCRAM only
+    /// (and no authentication at all only when no password is held), plus
+    /// md5 and cleartext when the certificate is verified.
+    pub require_auth: Option<Vec<AuthMethod>>,
     /// The default login (rules without `as_role`).
     pub credentials: Option<Credentials>,
     /// Logins by role name, for rules with `as_role`.
@@ -125,6 +180,19 @@ pub struct ClientTls {
 }
 
 impl Backend {
+    /// Whether the backend may ask for `method`, given whether the TLS
+    /// connection was verified and whether a password is held.
+    pub fn allows_auth(&self, method: AuthMethod, verified: bool, has_password: bool) -> bool {
+        match &self.require_auth {
+            Some(list) => list.contains(&method),
+            None => match method {
+                AuthMethod::ScramPlus | AuthMethod::Scram => true,
+                AuthMethod::Md5 | AuthMethod::Password => verified,
+                AuthMethod::None => !has_password || verified,
+            },
+        }
+    }
+
     /// The login for a rule's `as_role` (or the default one).
     pub fn login(&self, role: Option<&DbRole>) -> Option<&Credentials> {
         match role {
@@ -527,6 +595,12 @@ pub struct Rule {
     pub deny_tables: Vec<TablePattern>,
     pub when: Option<TimeWindow>,
     pub mask: Option<std::sync::Arc<str>>,
+    /// Record Bind parameters, function-call arguments and COPY FROM data
+    /// (through `mask`, if any); by default they are not recorded.
+    pub record_parameters: bool,
+    /// Record statement literals as written even though `mask` is set (by
+    /// default a masked rule's statements are recorded with placeholders).
+    pub record_literals: bool,
     pub approval: Option<Approval>,
     pub max_session: Option<Duration>,
     /// Which catalog relations statements may read.
@@ -583,6 +657,15 @@ pub struct TestCase {
 }
 
 impl Policy {
+    /// How the sessions a rule allows are recorded (see `sql::redact`).
+    pub fn record_options(&self, rule: Option<&RuleName>) -> crate::sql::redact::RecordOptions {
+        let r = rule.and_then(|n| self.rules.iter().find(|r| &r.name == n));
+        crate::sql::redact::RecordOptions {
+            normalize: r.is_some_and(|r| r.mask.is_some() && !r.record_literals),
+            parameters: r.is_some_and(|r| r.record_parameters),
+        }
+    }
+
     pub fn backend(&self, name: &BackendName) -> Option<&Backend> {
         self.backends.iter().find(|b| &b.name == name)
     }

@@ -177,6 +177,10 @@ pub struct Agent {
     /// Requests waiting for a human: held statements and logins, grants.
     pub approvals: crate::approval::Registry,
     tls_configs: std::sync::Mutex<HashMap<BackendName, Arc<rustls::ClientConfig>>>,
+    /// The newest login to each backend: how TLS and authentication went (for `gatehouse status`).
+    pub backend_logins: std::sync::Mutex<HashMap<BackendName, (i64, audit::BackendLogin)>>,
+    /// What the check of the policy's files found (warnings, client_tls expiry).
+    pub files: std::sync::Mutex<crate::policy::files::FileReport>,
 }
 
 impl Agent {
@@ -207,17 +211,25 @@ impl Agent {
         lock(&self.tls_configs).insert(b.name.clone(), c.clone());
         Ok(c)
     }
+
+    /// Remembers how a backend was last logged in to.
+    pub fn note_backend_login(&self, backend: &BackendName, login: &audit::BackendLogin) {
+        lock(&self.backend_logins).insert(backend.clone(), (audit::now_us(), login.clone()));
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(
     settings: Settings,
     policy: Policy,
+    files: crate::policy::files::FileReport,
     config_path: PathBuf,
     load_options: LoadOptions,
 ) -> Result<(), AgentError> {
     // Files the agent creates (audit store, sockets) are private by default.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Keys and passwords live in this process's memory: no core dumps.
+    crate::secrets::no_core_dumps();
     // Two descriptors per session: lift the soft limit to the hard one.
     if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
@@ -281,6 +293,8 @@ pub async fn run(
         catalogs: crate::protocol::postgres::catalog::CatalogCache::default(),
         approvals: crate::approval::Registry::default(),
         tls_configs: std::sync::Mutex::new(HashMap::new()),
+        backend_logins: std::sync::Mutex::new(HashMap::new()),
+        files: std::sync::Mutex::new(files),
         settings,
     });
 
@@ -534,6 +548,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 as_role: decision.as_role.clone(),
                 mask,
                 guard: decision.guard.clone(),
+                record: snapshot.policy.record_options(decision.rule.as_ref()),
                 live: live.clone(),
             };
             crate::protocol::postgres::serve(ctx, client).await
@@ -673,6 +688,14 @@ pub async fn reload(agent: &Agent, why: &str) {
         Ok(p) => p,
         Err(d) => return refuse_reload(agent, why, format!("policy does not load:\n{d}")),
     };
+    // Password files, keys and CAs: checked before the policy is used.
+    let files = match crate::policy::files::check(&policy, jiff::Timestamp::now().as_second()) {
+        Ok(f) => f,
+        Err(d) => return refuse_reload(agent, why, format!("policy names files that may not be used:\n{d}")),
+    };
+    for w in &files.warnings {
+        warn!("{w}");
+    }
     let failed: Vec<String> = policy
         .run_tests(jiff::Timestamp::now())
         .into_iter()
@@ -701,6 +724,7 @@ pub async fn reload(agent: &Agent, why: &str) {
     info!(trigger = why, backends = fresh.policy.backends.len(), rules = fresh.policy.rules.len(), "policy reloaded");
     agent.snapshot.store(Arc::new(fresh));
     lock(&agent.tls_configs).clear();
+    *lock(&agent.files) = files;
     {
         let mut st = lock(&agent.policy_state);
         st.loaded_us = audit::now_us();

@@ -44,6 +44,17 @@ pub struct AgentRaw {
     pub checkpoint_interval: Option<String>,
     /// Members of this Unix group may read every session's records (root always may).
     pub auditor_group: Option<String>,
+    /// Where each signed audit checkpoint is appended, for shipping off the
+    /// host (default: `anchors.jsonl` beside the audit store).
+    pub anchors_file: Option<PathBuf>,
+    /// Also send each checkpoint to syslog (default true).
+    pub anchors_syslog: Option<bool>,
+    /// Setting-name patterns whose values are redacted from recorded
+    /// statements, in addition to the built-in list (`sql::redact`).
+    pub redact_settings: Option<Vec<String>>,
+    /// Function names whose arguments are redacted from recorded
+    /// statements, in addition to the built-in list.
+    pub redact_functions: Option<Vec<String>>,
 }
 
 /// Validated settings of a running agent.
@@ -65,6 +76,8 @@ pub struct Settings {
     pub audit: crate::audit::Options,
     pub record_max_bytes: u64,
     pub auditor_group: Option<String>,
+    /// What is removed from recorded statements (`sql::redact`).
+    pub redact: crate::sql::redact::Rules,
 }
 
 /// Command-line overrides; `None` keeps the file's value or the default.
@@ -110,6 +123,13 @@ impl Settings {
             resolve_interval: duration("resolve_interval", &raw.resolve_interval, Duration::from_secs(30))?,
             catalog_refresh: duration("catalog_refresh", &raw.catalog_refresh, Duration::from_secs(30))?,
             audit: crate::audit::Options {
+                publish: crate::audit::anchors::Publish {
+                    file: Some(raw.anchors_file.clone().unwrap_or_else(|| {
+                        crate::secrets::dir_of(&pick(&cli.audit_db, &raw.audit_db, DEFAULT_AUDIT_DB))
+                            .join("anchors.jsonl")
+                    })),
+                    syslog: raw.anchors_syslog.unwrap_or(true),
+                },
                 mode: match raw.audit_mode.as_deref() {
                     None | Some("strict") => crate::audit::Mode::Strict,
                     Some("best-effort") => crate::audit::Mode::BestEffort,
@@ -126,6 +146,10 @@ impl Settings {
             },
             record_max_bytes: raw.record_max_bytes.unwrap_or(1 << 20),
             auditor_group: raw.auditor_group.clone(),
+            redact: crate::sql::redact::Rules::new(
+                raw.redact_settings.as_deref().unwrap_or_default(),
+                raw.redact_functions.as_deref().unwrap_or_default(),
+            ),
         })
     }
 }
@@ -140,31 +164,29 @@ pub fn host_key_path(audit_db: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// The host's secret for masking hash tokens: 32 random bytes in `mask.key`
-/// beside the audit store (0600), made on first start.
-pub fn mask_key(audit_db: &std::path::Path) -> Result<[u8; 32], SettingsError> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = audit_db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+/// beside the audit store, made on first start (0600, written atomically,
+/// read without following a symlink, root-owned; see `secrets`).
+pub fn mask_key(audit_db: &std::path::Path) -> Result<crate::mask::MaskKey, SettingsError> {
+    let dir = crate::secrets::dir_of(audit_db);
     let path = dir.join("mask.key");
-    let err =
-        |e: std::io::Error| SettingsError::Invalid { field: "mask key", message: format!("{}: {e}", path.display()) };
-    if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
-    }
-    let mut key = [0u8; 32];
-    match std::fs::File::open(&path) {
-        Ok(mut f) => {
-            f.read_exact(&mut key).map_err(err)?;
+    let err = |message: String| SettingsError::Invalid { field: "mask key", message };
+    crate::secrets::state_dir(dir).map_err(|e| err(e.to_string()))?;
+    match crate::secrets::read_secret(&path, "masking key") {
+        Ok(s) => {
+            let bytes: [u8; 32] = s
+                .expose()
+                .try_into()
+                .map_err(|_| err(format!("{}: holds {} bytes, not 32", path.display(), s.len())))?;
+            Ok(crate::mask::MaskKey::new(bytes))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::File::open("/dev/urandom").and_then(|mut r| r.read_exact(&mut key)).map_err(err)?;
-            let mut f =
-                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(err)?;
-            f.write_all(&key).map_err(err)?;
+        Err(e) if matches!(e.problem, crate::secrets::FileProblem::Missing) => {
+            let key = crate::secrets::random32().map_err(|e| err(e.to_string()))?;
+            crate::secrets::write_atomic(&path, key.as_ref(), 0o600)
+                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+            Ok(crate::mask::MaskKey::new(*key))
         }
-        Err(e) => return Err(err(e)),
+        Err(e) => Err(err(e.to_string())),
     }
-    Ok(key)
 }
 
 /// A whole number of seconds as people write it: `90s`, `10m`, `2h`, `1d`.

@@ -33,6 +33,7 @@ pub mod encoding;
 mod functions;
 mod kinds;
 mod restrict;
+pub mod redact;
 
 pub use cache::Cache;
 

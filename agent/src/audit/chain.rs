@@ -1,12 +1,24 @@
-//! The hash chain: every record's hash covers its canonical encoding and the
-//! previous record's hash, so changing, deleting, inserting or reordering a
-//! record breaks the chain from that record on. Checkpoints sign the chain
-//! head with the host's Ed25519 key. Pure functions, no I/O.
+//! The hash chain: every record's hash covers the previous record's hash,
+//! the record's header (seq, time, session, kind) and the hash of its
+//! content (body and data), so changing, deleting, inserting or reordering a
+//! record breaks the chain from that record on. Content is kept beside its
+//! hash: removing it (a leaked secret, an erasure request) leaves the chain
+//! intact, and a signed `redaction` record later in the chain says which
+//! records lost their content and why. Checkpoints sign the chain head with
+//! the host's Ed25519 key. Pure functions, no I/O.
+//!
+//! Layout v2 (this one): `hash = blake3_derive("gatehouse audit record v2",
+//! prev ‖ seq ‖ time ‖ session? ‖ len‖kind ‖ content_hash)` and
+//! `content_hash = blake3_derive("gatehouse audit content v2", len‖body ‖ data?)`,
+//! integers big-endian, `?` a 0/1 presence byte, `len‖x` an 8-byte length
+//! then the bytes.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 /// The hash before the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
+/// The chain layout this code writes and reads.
+pub const LAYOUT: u32 = 2;
 
 /// One record of the chain, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,10 +27,14 @@ pub struct Record {
     pub time_us: i64,
     pub session: Option<String>,
     pub kind: String,
-    /// JSON, exactly as stored (and hashed).
+    /// JSON, exactly as stored (and hashed); empty when redacted.
     pub body: Vec<u8>,
-    /// Raw bytes (stream chunks, signatures), exactly as stored.
+    /// Raw bytes (stream chunks, signatures), exactly as stored; `None` when redacted.
     pub data: Option<Vec<u8>>,
+    /// The hash of body and data, kept when they are removed.
+    pub content_hash: [u8; 32],
+    /// The content was removed by a redaction (body and data are empty).
+    pub redacted: bool,
     pub prev_hash: [u8; 32],
     pub hash: [u8; 32],
 }
@@ -28,31 +44,9 @@ fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
     h.update(bytes);
 }
 
-/// The hash of a record: blake3 over the previous hash and each field,
-/// length-prefixed (so field boundaries cannot shift).
-pub fn hash(
-    prev: &[u8; 32],
-    seq: u64,
-    time_us: i64,
-    session: Option<&str>,
-    kind: &str,
-    body: &[u8],
-    data: Option<&[u8]>,
-) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("gatehouse audit record v1");
-    h.update(prev);
-    h.update(&seq.to_be_bytes());
-    h.update(&time_us.to_be_bytes());
-    match session {
-        Some(s) => {
-            h.update(&[1]);
-            field(&mut h, s.as_bytes());
-        }
-        None => {
-            h.update(&[0]);
-        }
-    }
-    field(&mut h, kind.as_bytes());
+/// The hash of a record's content: its body and its data, length-prefixed.
+pub fn content_hash(body: &[u8], data: Option<&[u8]>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("gatehouse audit content v2");
     field(&mut h, body);
     match data {
         Some(d) => {
@@ -66,17 +60,48 @@ pub fn hash(
     *h.finalize().as_bytes()
 }
 
+/// The hash of a record: blake3 over the previous hash, its header fields
+/// and its content hash (so field boundaries cannot shift).
+pub fn hash(
+    prev: &[u8; 32],
+    seq: u64,
+    time_us: i64,
+    session: Option<&str>,
+    kind: &str,
+    content: &[u8; 32],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("gatehouse audit record v2");
+    h.update(prev);
+    h.update(&seq.to_be_bytes());
+    h.update(&time_us.to_be_bytes());
+    match session {
+        Some(s) => {
+            h.update(&[1]);
+            field(&mut h, s.as_bytes());
+        }
+        None => {
+            h.update(&[0]);
+        }
+    }
+    field(&mut h, kind.as_bytes());
+    h.update(content);
+    *h.finalize().as_bytes()
+}
+
 impl Record {
+    /// The record's hash as its header and content hash say.
     pub fn computed_hash(&self) -> [u8; 32] {
-        hash(
-            &self.prev_hash,
-            self.seq,
-            self.time_us,
-            self.session.as_deref(),
-            &self.kind,
-            &self.body,
-            self.data.as_deref(),
-        )
+        hash(&self.prev_hash, self.seq, self.time_us, self.session.as_deref(), &self.kind, &self.content_hash)
+    }
+
+    /// Whether the content kept is the content hashed (a redacted record has none to check).
+    pub fn content_matches(&self) -> bool {
+        self.redacted || content_hash(&self.body, self.data.as_deref()) == self.content_hash
+    }
+
+    /// Both checks: the content is what was hashed, and the hash is the record's.
+    pub fn intact(&self) -> bool {
+        self.content_matches() && self.computed_hash() == self.hash
     }
 }
 
@@ -105,21 +130,57 @@ pub struct Break {
     pub what: String,
 }
 
-/// Walks records in order; returns the first break. `anchor`: the hash the
-/// first record must chain from (the genesis, or a pruning anchor).
-pub fn walk<'a>(
-    records: impl IntoIterator<Item = &'a Record>,
-    anchor: ([u8; 32], u64),
-) -> Result<([u8; 32], u64), Break> {
-    let (mut prev, mut last_seq) = anchor;
-    for r in records {
+/// What a key rotation record's signature (by the old key) covers: the
+/// new key, at a time.
+pub fn rotation_message(old: &[u8; 32], new: &[u8; 32], time_us: i64) -> Vec<u8> {
+    let mut m = b"gatehouse key rotation v1\0".to_vec();
+    m.extend_from_slice(old);
+    m.extend_from_slice(new);
+    m.extend_from_slice(&time_us.to_be_bytes());
+    m
+}
+
+/// What a redaction record's signature covers: its body (the session, the
+/// records whose content was removed, the reason, who and when).
+pub fn redaction_message(body: &[u8]) -> Vec<u8> {
+    let mut m = b"gatehouse redaction v1\0".to_vec();
+    m.extend_from_slice(body);
+    m
+}
+
+/// Checks records one at a time, in order, keeping only the previous link:
+/// constant memory whatever the length of the chain.
+#[derive(Debug, Clone)]
+pub struct Walker {
+    prev: [u8; 32],
+    last_seq: u64,
+}
+
+impl Walker {
+    /// `anchor`: the hash and seq the first record must chain from (the
+    /// genesis, or a pruning anchor).
+    pub fn new(anchor: ([u8; 32], u64)) -> Self {
+        Self { prev: anchor.0, last_seq: anchor.1 }
+    }
+
+    /// The head so far: (hash, seq).
+    pub fn head(&self) -> ([u8; 32], u64) {
+        (self.prev, self.last_seq)
+    }
+
+    /// Checks the next record; the walk goes on from it either way, so
+    /// every break after the first is reported too.
+    pub fn step(&mut self, r: &Record) -> Result<(), Break> {
+        let (prev, last_seq) = (self.prev, self.last_seq);
+        self.prev = r.hash;
+        self.last_seq = self.last_seq.max(r.seq);
         if r.seq <= last_seq {
             return Err(Break {
                 seq: r.seq,
                 what: format!("record {} is out of order (after {last_seq}): reordered or inserted", r.seq),
             });
         }
-        if r.computed_hash() != r.hash {
+        if !r.intact() {
             return Err(Break {
                 seq: r.seq,
                 what: format!("record {} was changed (its content does not match its hash)", r.seq),
@@ -148,10 +209,21 @@ pub fn walk<'a>(
                 ),
             });
         }
-        prev = r.hash;
-        last_seq = r.seq;
+        Ok(())
     }
-    Ok((prev, last_seq))
+}
+
+/// Walks records in order; returns the first break. `anchor`: the hash the
+/// first record must chain from (the genesis, or a pruning anchor).
+pub fn walk<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+    anchor: ([u8; 32], u64),
+) -> Result<([u8; 32], u64), Break> {
+    let mut w = Walker::new(anchor);
+    for r in records {
+        w.step(r)?;
+    }
+    Ok(w.head())
 }
 
 #[cfg(test)]
@@ -163,7 +235,8 @@ mod tests {
         (1..=n)
             .map(|seq| {
                 let body = format!("{{\"n\":{seq}}}").into_bytes();
-                let h = hash(&prev, seq, 1000 + i64::try_from(seq).unwrap(), Some("s"), "k", &body, None);
+                let content = content_hash(&body, None);
+                let h = hash(&prev, seq, 1000 + i64::try_from(seq).unwrap(), Some("s"), "k", &content);
                 let r = Record {
                     seq,
                     time_us: 1000 + i64::try_from(seq).unwrap(),
@@ -171,6 +244,8 @@ mod tests {
                     kind: "k".into(),
                     body,
                     data: None,
+                    content_hash: content,
+                    redacted: false,
                     prev_hash: prev,
                     hash: h,
                 };
@@ -204,6 +279,18 @@ mod tests {
         c.swap(1, 2);
         let b = walk(&c, (GENESIS, 0)).unwrap_err();
         assert_eq!(b.seq, 3);
+
+        // Content removed (redacted): the chain still walks; the redaction
+        // record that says so is checked by `verify`.
+        let mut c = chain(5);
+        c[2].body.clear();
+        c[2].redacted = true;
+        assert_eq!(walk(&c, (GENESIS, 0)).unwrap().1, 5);
+        // Content changed and the content hash recomputed: the record hash no longer matches.
+        let mut c = chain(5);
+        c[2].body = b"{\"n\":99}".to_vec();
+        c[2].content_hash = content_hash(&c[2].body, None);
+        assert_eq!(walk(&c, (GENESIS, 0)).unwrap_err().seq, 3);
 
         let mut c = chain(5);
         let mut fake = c[1].clone();

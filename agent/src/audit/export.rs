@@ -39,8 +39,7 @@ use serde_json::{Map, Value, json};
 
 use super::chain::{self, Break, Record};
 use super::replay;
-use super::verify::Report;
-use super::verify::{RECORD_COLUMNS, record_from_row};
+use super::verify::{self, RECORD_COLUMNS, Report, Trust, TrustSource, record_from_row};
 use super::{AuditError, SessionClose, SessionOpen, StatementEnd, StatementStart, hex, keys, now_us, query};
 
 /// What the bundle holds and its files' hashes; the signed bytes.
@@ -58,7 +57,7 @@ pub const OCSF: &str = "ocsf.jsonl";
 /// The OCSF schema version the `ocsf` format follows.
 pub const OCSF_VERSION: &str = "1.1.0";
 /// Layout version of a bundle.
-const BUNDLE_VERSION: u32 = 1;
+const BUNDLE_VERSION: u32 = 2;
 const DIGEST_CONTEXT: &str = "gatehouse export records v1";
 /// Longest `records.jsonl` line read back: a chunk as large as the largest
 /// backend message, hex-encoded, and its other fields.
@@ -215,6 +214,9 @@ pub enum ExportError {
         #[source]
         source: replay::ReplayError,
     },
+    /// The store does not verify: nothing is signed.
+    #[error("the audit store does not verify, so it is not exported and signed:\n{problems}")]
+    Unverified { problems: String },
     /// Internal: a value could not be encoded.
     #[error("encoding {what}: {source}")]
     Encode {
@@ -238,6 +240,8 @@ impl Selection {
             Self::Sessions { sessions, since, until } => {
                 session.is_some_and(|s| sessions.contains(s))
                     || (kind == "checkpoint" && (*since..*until).contains(&time_us))
+                    // Key rotations always: later checkpoints are signed by the new key.
+                    || kind == "key_rotation"
             }
         }
     }
@@ -306,6 +310,14 @@ pub fn export(
     key: &SigningKey,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Manifest, ExportError> {
+    // Sign only what verifies: the chain, its signatures (from this key,
+    // following rotations back), redactions and query tables.
+    let trust = Trust { keys: vec![key.verifying_key()], source: TrustSource::Given };
+    let report = verify::verify_db(db, &trust, None).map_err(|problems| ExportError::Unverified { problems })?;
+    if !report.ok() {
+        let problems = report.problems.iter().map(|p| format!("  record {}: {}", p.seq, p.what)).collect::<Vec<_>>();
+        return Err(ExportError::Unverified { problems: problems.join("\n") });
+    }
     let conn = query::open_read_only(db)?;
     let read_err = |source| ExportError::Read { path: db.to_owned(), source };
     // One read transaction: the bundle is one snapshot of the store.
@@ -491,6 +503,11 @@ struct RecordOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     body_hex: Option<String>,
     data_hex: Option<String>,
+    /// The hash of body and data, which the record hash covers.
+    content_hash: String,
+    /// The content was removed (`gatehouse redact`); a redaction record says why.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    redacted: bool,
     prev_hash: String,
     hash: String,
 }
@@ -507,12 +524,15 @@ struct RecordIn {
     body_text: Option<String>,
     body_hex: Option<String>,
     data_hex: Option<String>,
+    content_hash: String,
+    #[serde(default)]
+    redacted: bool,
     prev_hash: String,
     hash: String,
 }
 
 fn record_line(r: &Record) -> Result<Vec<u8>, ExportError> {
-    let text = std::str::from_utf8(&r.body).ok();
+    let text = if r.redacted { None } else { std::str::from_utf8(&r.body).ok() };
     let line = RecordOut {
         seq: r.seq,
         time_us: r.time_us,
@@ -520,15 +540,17 @@ fn record_line(r: &Record) -> Result<Vec<u8>, ExportError> {
         kind: &r.kind,
         body: serde_json::from_slice(&r.body).unwrap_or(Value::Null),
         body_text: text,
-        body_hex: text.is_none().then(|| hex(&r.body)),
+        body_hex: (text.is_none() && !r.redacted).then(|| hex(&r.body)),
         data_hex: r.data.as_deref().map(hex),
+        content_hash: hex(&r.content_hash),
+        redacted: r.redacted,
         prev_hash: hex(&r.prev_hash),
         hash: hex(&r.hash),
     };
     serde_json::to_vec(&line).map_err(encode_err("a record"))
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     let nibble = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
@@ -555,9 +577,11 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 /// not say what the hashed one does.
 fn parse_record(line: &[u8]) -> Result<(Record, bool), String> {
     let r: RecordIn = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    let body = match (&r.body_text, &r.body_hex) {
-        (Some(t), None) => t.as_bytes().to_vec(),
-        (None, Some(h)) => unhex(h).ok_or("body_hex is not hex")?,
+    let body = match (&r.body_text, &r.body_hex, r.redacted) {
+        (Some(t), None, false) => t.as_bytes().to_vec(),
+        (None, Some(h), false) => unhex(h).ok_or("body_hex is not hex")?,
+        (None, None, true) if r.data_hex.is_none() => Vec::new(),
+        (_, _, true) => return Err("a redacted record carries no body or data".into()),
         _ => return Err("a record needs exactly one of body_text and body_hex".into()),
     };
     let data = match &r.data_hex {
@@ -572,6 +596,8 @@ fn parse_record(line: &[u8]) -> Result<(Record, bool), String> {
         kind: r.kind,
         body,
         data,
+        content_hash: unhex32(&r.content_hash).ok_or("content_hash is not 32 bytes of hex")?,
+        redacted: r.redacted,
         prev_hash: unhex32(&r.prev_hash).ok_or("prev_hash is not 32 bytes of hex")?,
         hash: unhex32(&r.hash).ok_or("hash is not 32 bytes of hex")?,
     };
@@ -1132,30 +1158,23 @@ struct Checkpoint {
     signature: Vec<u8>,
 }
 
-/// Checks a bundle on any machine: the manifest's signature with `trusted`
-/// (or, if `None`, the bundle's own public key: then the report's only key
-/// is the one the bundle claims, which proves nothing about who made it),
-/// every file's hash, every exported record's own hash (recomputed from its
-/// fields), the ordered (seq, hash) list the manifest signs, the chain links
-/// between consecutive records (from the manifest's anchor when the export
-/// is complete), and the checkpoints' signatures. Reports the first record
-/// changed, deleted, inserted or reordered. Bundle-level problems carry seq 0.
-/// `Err` only when `dir` cannot be read as a directory.
-pub fn verify_export(dir: &Path, trusted: Option<&VerifyingKey>) -> Result<Report, String> {
+/// Checks a bundle on any machine: the manifest's signature with `trust`
+/// (or, if `None`, the bundle's own public key: then the report says its
+/// keys came from the bundle, which proves nothing about who made it),
+/// following the key rotations the bundle holds; every file's hash, every
+/// exported record's own hash (recomputed from its fields), the ordered
+/// (seq, hash) list the manifest signs, the chain links between consecutive
+/// records (from the manifest's anchor when the export is complete), the
+/// checkpoints' signatures and the redactions. Reports the first record
+/// changed, deleted, inserted or reordered. Bundle-level problems carry seq
+/// 0. `Err` only when `dir` cannot be read as a directory.
+pub fn verify_export(dir: &Path, trust: Option<&Trust>) -> Result<Report, String> {
     let meta = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if !meta.is_dir() {
         return Err(format!("{} is not a directory (an export bundle is one)", dir.display()));
     }
-    let mut report = Report {
-        records: 0,
-        first_seq: None,
-        last_seq: None,
-        checkpoints: 0,
-        checkpoints_verified: 0,
-        problems: vec![],
-        public_keys: vec![],
-    };
-    check_bundle(dir, trusted, &mut report);
+    let mut report = Report::new(trust.map_or(TrustSource::Bundle, |t| t.source.clone()));
+    check_bundle(dir, trust, &mut report);
     report.problems.sort_by_key(|b| b.seq);
     Ok(report)
 }
@@ -1164,20 +1183,59 @@ fn flag(report: &mut Report, seq: u64, what: String) {
     report.problems.push(Break { seq, what });
 }
 
-fn check_bundle(dir: &Path, trusted: Option<&VerifyingKey>, report: &mut Report) {
+/// What a first pass over `records.jsonl` collects: rotations, redactions,
+/// and each checkpoint's valid signer (for following rotations back).
+#[derive(Default)]
+struct Prepass {
+    rotations: Vec<verify::RotationRow>,
+    redactions: Vec<(u64, Vec<u8>, Vec<u8>)>,
+    checkpoints: Vec<(u64, Option<VerifyingKey>)>,
+}
+
+fn prepass(path: &Path) -> Prepass {
+    let mut p = Prepass::default();
+    let Ok(f) = File::open(path) else { return p };
+    let mut r = BufReader::new(f);
+    let mut line = Vec::new();
+    while let Ok(Some(())) = read_line(&mut r, MAX_RECORD_LINE, &mut line) {
+        let Ok((rec, _)) = parse_record(&line) else { continue };
+        if !rec.intact() || rec.redacted {
+            continue;
+        }
+        let sig = rec.data.clone().unwrap_or_default();
+        match rec.kind.as_str() {
+            "key_rotation" => p.rotations.push((rec.seq, rec.body, sig)),
+            "redaction" => p.redactions.push((rec.seq, rec.body, sig)),
+            "checkpoint" => p.checkpoints.push((rec.seq, verify::checkpoint_signer(&rec.body, &sig))),
+            _ => {}
+        }
+    }
+    p
+}
+
+fn check_bundle(dir: &Path, trust: Option<&Trust>, report: &mut Report) {
     let bundle_key = read_capped(&dir.join(PUBLIC_KEY), MAX_SMALL_FILE)
         .and_then(|b| String::from_utf8(b).map_err(|e| e.to_string()))
         .and_then(|s| keys::parse_public(&s));
-    let key = match (trusted, &bundle_key) {
-        (Some(k), _) => *k,
-        (None, Ok(k)) => *k,
+    let base = match (trust, &bundle_key) {
+        (Some(t), _) => t.clone(),
+        (None, Ok(k)) => Trust { keys: vec![*k], source: TrustSource::Bundle },
         (None, Err(e)) => {
             flag(report, 0, format!("no trusted key was given and the bundle's {PUBLIC_KEY} cannot be read: {e}"));
             return;
         }
     };
-    let key_hex = hex(&key.to_bytes());
-    report.public_keys = vec![key_hex.clone()];
+    let pre = prepass(&dir.join(RECORDS));
+    let next_signer = |seq: u64| -> Result<Option<VerifyingKey>, String> {
+        Ok(pre.checkpoints.iter().find(|(s, _)| *s > seq).and_then(|(_, k)| *k))
+    };
+    let Ok(keys) = verify::follow_rotations(&pre.rotations, &base, &next_signer, report) else { return };
+    let redactions: Vec<(u64, super::Redaction)> = pre
+        .redactions
+        .iter()
+        .filter_map(|(seq, body, sig)| verify::check_redaction(*seq, body, sig, &keys, report).map(|r| (*seq, r)))
+        .collect();
+    let key_hex = report.public_keys.join(" or ");
 
     // The manifest and its signature.
     let manifest_bytes = match read_capped(&dir.join(MANIFEST), MAX_MANIFEST) {
@@ -1191,9 +1249,12 @@ fn check_bundle(dir: &Path, trusted: Option<&VerifyingKey>, report: &mut Report)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| unhex(s.trim()));
-    if !signature.as_deref().is_some_and(|s| chain::verify_signature(&key, &manifest_bytes, s)) {
+    let signer = signature
+        .as_deref()
+        .and_then(|s| keys.trusted.iter().find(|k| chain::verify_signature(k, &manifest_bytes, s)).copied());
+    if signer.is_none() {
         let claimed = match &bundle_key {
-            Ok(b) if *b != key => format!(" (the bundle says it was signed by {})", hex(&b.to_bytes())),
+            Ok(b) if !keys.is_trusted(b) => format!(" (the bundle says it was signed by {})", hex(&b.to_bytes())),
             _ => String::new(),
         };
         flag(
@@ -1302,16 +1363,26 @@ fn check_bundle(dir: &Path, trusted: Option<&VerifyingKey>, report: &mut Report)
                         format!("record {}'s readable body does not say what its hashed body says (edited)", rec.seq),
                     );
                 }
-                if changed.is_none() && rec.computed_hash() != rec.hash {
+                if changed.is_none() && !rec.intact() {
                     changed = Some(Break {
                         seq: rec.seq,
                         what: format!("record {} was changed (its content does not match its hash)", rec.seq),
                     });
                 }
+                if rec.redacted && !verify::redaction_covers(&redactions, &rec) {
+                    flag(
+                        report,
+                        rec.seq,
+                        format!(
+                            "record {}'s content was removed, and no signed redaction record says so (deleted)",
+                            rec.seq
+                        ),
+                    );
+                }
                 if link.is_none() {
                     link = link_problem(actual.last(), &rec, anchor, manifest.complete);
                 }
-                if rec.kind == "checkpoint" {
+                if rec.kind == "checkpoint" && !rec.redacted {
                     checkpoints.push(Checkpoint {
                         seq: rec.seq,
                         body: rec.body.clone(),
@@ -1354,13 +1425,19 @@ fn check_bundle(dir: &Path, trusted: Option<&VerifyingKey>, report: &mut Report)
                 seq: c.seq,
                 what: format!("checkpoint {} names a head (record {head_seq}) other than the exported one", c.seq),
             });
-        } else if chain::verify_signature(&key, &chain::checkpoint_message(head_seq, &head_hash, time), &c.signature) {
-            report.checkpoints_verified += 1;
         } else {
-            report.problems.push(Break {
-                seq: c.seq,
-                what: format!("checkpoint {} has no valid signature by key {key_hex}", c.seq),
+            let signer = verify::checkpoint_signer(&c.body, &c.signature).or_else(|| {
+                let m = chain::checkpoint_message(head_seq, &head_hash, time);
+                keys.trusted.iter().find(|k| chain::verify_signature(k, &m, &c.signature)).copied()
             });
+            match signer.map(|k| keys.may_sign(&k, c.seq)) {
+                Some(Ok(())) => report.checkpoints_verified += 1,
+                Some(Err(e)) => report.problems.push(Break { seq: c.seq, what: format!("checkpoint {}: {e}", c.seq) }),
+                None => report.problems.push(Break {
+                    seq: c.seq,
+                    what: format!("checkpoint {} has no valid signature by key {key_hex}", c.seq),
+                }),
+            }
         }
     }
 }
@@ -1482,6 +1559,7 @@ mod tests {
             decision: decision.into(),
             rule: Some("dba".into()),
             reason: (decision != "allow").then(|| "deleting is not allowed".into()),
+            redacted: 0,
         }))
     }
 
@@ -1591,8 +1669,12 @@ mod tests {
         fs::write(dir.join(RECORDS), lines.join("\n") + "\n").unwrap();
     }
 
+    fn trust(k: VerifyingKey) -> Trust {
+        Trust { keys: vec![k], source: TrustSource::Given }
+    }
+
     fn verify_ok(dir: &Path) -> Report {
-        let r = verify_export(dir, Some(&key().verifying_key())).unwrap();
+        let r = verify_export(dir, Some(&trust(key().verifying_key()))).unwrap();
         assert!(r.ok(), "{:#?}", r.problems);
         r
     }
@@ -1625,9 +1707,9 @@ mod tests {
         assert_eq!(r.public_keys, vec![hex(&key().verifying_key().to_bytes())]);
 
         let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
-        let r = verify_export(&out, Some(&other)).unwrap();
+        let r = verify_export(&out, Some(&trust(other))).unwrap();
         assert_found(&r, 0, "signature is not valid");
-        assert_found(&r, 14, "no valid signature");
+        assert_found(&r, 14, "not a trusted key");
 
         // Without a trusted key, the bundle's own key is used, and named.
         let r = verify_export(&out, None).unwrap();
@@ -1649,7 +1731,7 @@ mod tests {
         export_to(&db, &clean, &all(Format::Jsonl));
         let work = dir.join("work");
         let original = lines(&clean);
-        let verify = |d: &Path| verify_export(d, Some(&key().verifying_key())).unwrap();
+        let verify = |d: &Path| verify_export(d, Some(&trust(key().verifying_key()))).unwrap();
 
         // A body edited (readable and hashed copies alike), hash left alone.
         copy_bundle(&clean, &work);
@@ -1676,6 +1758,7 @@ mod tests {
         copy_bundle(&clean, &work);
         let (mut rec, _) = parse_record(original[2].as_bytes()).unwrap();
         rec.body = String::from_utf8(rec.body).unwrap().replace("SELECT id", "SELECT 1").into_bytes();
+        rec.content_hash = chain::content_hash(&rec.body, rec.data.as_deref());
         rec.hash = rec.computed_hash();
         let mut l = original.clone();
         l[2] = String::from_utf8(record_line(&rec).unwrap()).unwrap();
@@ -1697,6 +1780,7 @@ mod tests {
         copy_bundle(&clean, &work);
         let (mut fake, _) = parse_record(original[5].as_bytes()).unwrap();
         fake.data = Some(b"rm -rf /\n".to_vec());
+        fake.content_hash = chain::content_hash(&fake.body, fake.data.as_deref());
         fake.hash = fake.computed_hash();
         let mut l = original.clone();
         l.insert(5, String::from_utf8(record_line(&fake).unwrap()).unwrap());
@@ -1890,6 +1974,7 @@ mod tests {
             fsync: false,
             checkpoint_every: std::time::Duration::from_secs(3600),
             retention_days: None,
+            publish: crate::audit::anchors::Publish::default(),
         };
         let (audit, writer) = crate::audit::open(&db, &key_path, &opts).unwrap();
         let at = now_us();
@@ -1901,11 +1986,11 @@ mod tests {
         let out = dir.join("bundle");
         let m = export(&db, &out, &all(Format::Asciicast), &key, &mut |_, _| {}).unwrap();
         assert_eq!(m.records, 6, "agent start, 3 session records, agent stop, checkpoint");
-        let r = verify_export(&out, Some(&key.verifying_key())).unwrap();
+        let r = verify_export(&out, Some(&trust(key.verifying_key()))).unwrap();
         assert!(r.ok(), "{:#?}", r.problems);
         assert_eq!(r.checkpoints_verified, 1);
         // The store itself verifies too: the export read it without changing it.
-        assert!(crate::audit::verify::verify_db(&db, Some(&key.verifying_key())).unwrap().ok());
+        assert!(crate::audit::verify::verify_db(&db, &trust(key.verifying_key()), None).unwrap().ok());
         let _ = fs::remove_dir_all(&dir);
     }
 

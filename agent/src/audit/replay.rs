@@ -1022,7 +1022,8 @@ mod tests {
         fn push(&mut self, time_us: i64, kind: &str, body: Vec<u8>, data: Option<Vec<u8>>) {
             let prev = self.records.last().map_or(chain::GENESIS, |r| r.hash);
             let seq = self.records.len() as u64 + 1;
-            let hash = chain::hash(&prev, seq, time_us, Some(SID), kind, &body, data.as_deref());
+            let content = chain::content_hash(&body, data.as_deref());
+            let hash = chain::hash(&prev, seq, time_us, Some(SID), kind, &content);
             self.records.push(Record {
                 seq,
                 time_us,
@@ -1030,6 +1031,8 @@ mod tests {
                 kind: kind.into(),
                 body,
                 data,
+                content_hash: content,
+                redacted: false,
                 prev_hash: prev,
                 hash,
             });
@@ -1071,6 +1074,7 @@ mod tests {
                 decision: decision.into(),
                 rule: Some("r1".into()),
                 reason: reason.map(Into::into),
+                redacted: 0,
             };
             self.json(time_us, "statement", &s);
         }

@@ -55,8 +55,14 @@ fn hex_digit(n: u8) -> u8 {
     if n < 10 { b'0' + n } else { b'a' + (n - 10) }
 }
 
-/// Appends `tok_` and 16 hex digits of the keyed BLAKE3 hash of `text`
-/// (normalised by `norm`): deterministic per key, unlinkable across keys.
+/// Hex digits of a token: 128 bits, so a token space cannot be enumerated
+/// even for values from a small set once the key is known to be one of few.
+const TOKEN_BYTES: usize = 16;
+
+/// Appends `tok_` and 32 hex digits (128 bits) of the keyed BLAKE3 hash of
+/// `text` (normalised by `norm`) under a scope's key (per profile and
+/// column or detector, see `Profile::token_key`): deterministic per key,
+/// unlinkable across keys.
 pub(crate) fn push_token(key: &[u8; 32], text: &[u8], norm: Norm, out: &mut Vec<u8>) {
     let mut hasher = blake3::Hasher::new_keyed(key);
     if norm == Norm::Raw {
@@ -77,7 +83,7 @@ pub(crate) fn push_token(key: &[u8; 32], text: &[u8], norm: Norm, out: &mut Vec<
         hasher.update(buf.get(..n).unwrap_or_default());
     }
     out.extend_from_slice(b"tok_");
-    for &b in hasher.finalize().as_bytes().iter().take(8) {
+    for &b in hasher.finalize().as_bytes().iter().take(TOKEN_BYTES) {
         out.push(hex_digit(b >> 4));
         out.push(hex_digit(b & 0x0f));
     }
@@ -174,7 +180,7 @@ mod tests {
             String::from_utf8(out).unwrap()
         };
         let a = tok(&k1, b"4111 1111 1111 1111", Norm::Digits);
-        assert!(a.starts_with("tok_") && a.len() == 20, "{a}");
+        assert!(a.starts_with("tok_") && a.len() == 4 + 32, "{a}");
         assert!(a[4..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_eq!(a, tok(&k1, b"4111-1111-1111-1111", Norm::Digits));
         assert_eq!(a, tok(&k1, b"4111111111111111", Norm::Raw));

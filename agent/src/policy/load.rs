@@ -17,8 +17,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{Diagnostic, Diagnostics, Location, Source, closest};
 use super::{
-    Action, Approval, Backend, CatalogAccess, Credentials, KindSet, NamePattern, Policy, Protocol, Rule, TablePattern,
-    Target, TestCase, TestExpect, TimeWindow, TlsMode, Who,
+    Action, Approval, AuthMethod, Backend, CatalogAccess, Credentials, KindSet, NamePattern, Policy, Protocol, Rule,
+    TablePattern, Target, TestCase, TestExpect, TimeWindow, TlsMode, Who,
 };
 use crate::mask::{Detector, ProfileSpec, Style};
 use crate::settings::{AgentRaw, parse_duration};
@@ -45,8 +45,9 @@ struct BackendRaw {
     address: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
     tls: Option<Spanned<String>>,
-    ca_file: Option<PathBuf>,
+    ca_file: Option<Spanned<PathBuf>>,
     tls_server_name: Option<String>,
+    require_auth: Option<Spanned<Vec<String>>>,
     credentials: Option<CredRaw>,
     roles: Option<BTreeMap<String, CredRaw>>,
     client_tls: Option<ClientTlsRaw>,
@@ -132,6 +133,8 @@ struct RuleRaw {
     deny_tables: Option<Spanned<Vec<String>>>,
     when: Option<Spanned<WhenRaw>>,
     mask: Option<Spanned<String>>,
+    record_parameters: Option<bool>,
+    record_literals: Option<bool>,
     approval: Option<Spanned<ApprovalRaw>>,
     max_session: Option<Spanned<String>>,
     catalog: Option<Spanned<String>>,
@@ -160,10 +163,19 @@ struct MaskRaw {
     name: Spanned<String>,
     #[serde(default)]
     columns: Vec<Spanned<ColumnRaw>>,
-    detectors: Option<Spanned<BTreeMap<String, String>>>,
+    detectors: Option<Spanned<DetectorsRaw>>,
     #[serde(default)]
     regex: Vec<Spanned<RegexRaw>>,
     hash_key_file: Option<Spanned<PathBuf>>,
+}
+
+/// `detectors = { card = "partial", … }`, or a list taking each detector's
+/// default style (`detectors = ["card", "email"]`; never `hash`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DetectorsRaw {
+    Styles(BTreeMap<String, String>),
+    Defaults(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,8 +209,9 @@ struct TestRaw {
 /// What the loader needs from its caller.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Key for masking profiles' hash tokens when a profile names no `hash_key_file`.
-    pub mask_key: [u8; 32],
+    /// Key for masking profiles' hash tokens when a profile names no
+    /// `hash_key_file` (the agent's `mask.key`; by default a throwaway one).
+    pub mask_key: crate::mask::MaskKey,
 }
 
 /// Reads the policy at `path`: one `.toml` file, or every `.toml` file of a
@@ -473,10 +486,13 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                 continue;
             }
         };
+        // Safe by default: a backend that does not say otherwise is reached
+        // over TLS with its certificate checked.
         let tls = match r.tls.as_ref().map(|t| t.get_ref().as_str()) {
-            None | Some("off") => TlsMode::Off,
+            None if protocol == Protocol::Tcp => TlsMode::Off,
+            None | Some("verify") => TlsMode::Verify,
+            Some("off") => TlsMode::Off,
             Some("prefer") => TlsMode::Prefer,
-            Some("verify") => TlsMode::Verify,
             Some(other) => {
                 let span = r.tls.as_ref().map(Spanned::span);
                 e.hint(
@@ -502,14 +518,44 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
             );
             continue;
         }
+        if let Some(ca) = &r.ca_file
+            && tls != TlsMode::Verify
+        {
+            e.hint(
+                b.at_span(ca.span()),
+                format!("backend `{name}`: ca_file is used only with tls = \"verify\" (tls = \"prefer\" checks no certificate)"),
+                Some("write tls = \"verify\" to have the server's certificate checked against this CA".into()),
+            );
+            continue;
+        }
+        let require_auth = match &r.require_auth {
+            None => None,
+            Some(list) => match list.get_ref().iter().map(|m| AuthMethod::parse(m)).collect::<Result<Vec<_>, _>>() {
+                Ok(v) if !v.is_empty() => Some(v),
+                Ok(_) => {
+                    e.push(b.at_span(list.span()), "require_auth lists no method");
+                    continue;
+                }
+                Err(bad) => {
+                    e.hint(
+                        b.at_span(list.span()),
+                        format!("unknown authentication method `{bad}` in require_auth"),
+                        did_you_mean(&bad, AuthMethod::NAMES.iter().copied())
+                            .or_else(|| Some(format!("methods: {}", AuthMethod::NAMES.join(", ")))),
+                    );
+                    continue;
+                }
+            },
+        };
         let cred = |c: &CredRaw| Credentials { user: c.user.clone(), password_file: c.password_file.clone() };
         let b = Backend {
             name: BackendName::new(name),
             protocol,
             target,
             tls,
-            ca_file: r.ca_file.clone(),
+            ca_file: r.ca_file.as_ref().map(|c| c.get_ref().clone()),
             tls_server_name: r.tls_server_name.clone(),
+            require_auth,
             credentials: r.credentials.as_ref().map(cred),
             roles: r.roles.iter().flatten().map(|(k, v)| (k.clone(), cred(v))).collect(),
             client_tls: r
@@ -571,7 +617,7 @@ fn build_masks(raw: Vec<Entry<'_, MaskRaw>>, opts: &LoadOptions, policy: &mut Po
             e.push(m.at_span(r.name.span()), format!("masking profile `{name}` is defined twice"));
             continue;
         }
-        let mut spec = ProfileSpec { name: name.clone(), hash_key: opts.mask_key, ..ProfileSpec::default() };
+        let mut spec = ProfileSpec { name: name.clone(), hash_key: opts.mask_key.clone(), ..ProfileSpec::default() };
         let mut ok = true;
         for col in &r.columns {
             match parse_style(&col.get_ref().style) {
@@ -583,7 +629,12 @@ fn build_masks(raw: Vec<Entry<'_, MaskRaw>>, opts: &LoadOptions, policy: &mut Po
             }
         }
         let det_span = r.detectors.as_ref().map(Spanned::span).unwrap_or_else(|| m.span.clone());
-        for (det, style) in r.detectors.iter().flat_map(|d| d.get_ref()) {
+        let detectors: Vec<(String, Option<String>)> = match r.detectors.as_ref().map(Spanned::get_ref) {
+            None => vec![],
+            Some(DetectorsRaw::Styles(map)) => map.iter().map(|(d, s)| (d.clone(), Some(s.clone()))).collect(),
+            Some(DetectorsRaw::Defaults(list)) => list.iter().map(|d| (d.clone(), None)).collect(),
+        };
+        for (det, style) in &detectors {
             let Some((_, d)) = DETECTORS.iter().find(|(n, _)| n == det) else {
                 e.hint(
                     m.at_span(det_span.clone()),
@@ -596,7 +647,7 @@ fn build_masks(raw: Vec<Entry<'_, MaskRaw>>, opts: &LoadOptions, policy: &mut Po
                 ok = false;
                 continue;
             };
-            match parse_style(style) {
+            match style.as_deref().map_or(Ok(d.default_style()), parse_style) {
                 Ok(s) => spec.detectors.push((*d, s)),
                 Err(msg) => {
                     e.push(m.at_span(det_span.clone()), msg);
@@ -618,16 +669,17 @@ fn build_masks(raw: Vec<Entry<'_, MaskRaw>>, opts: &LoadOptions, policy: &mut Po
             continue;
         }
         if let Some(kf) = &r.hash_key_file {
-            match std::fs::read(kf.get_ref()) {
+            match crate::secrets::read_secret(kf.get_ref(), "hash_key_file") {
                 Ok(bytes) if bytes.len() >= 16 => {
-                    spec.hash_key = blake3::derive_key("gatehouse mask hash key v1", &bytes)
+                    spec.hash_key =
+                        crate::mask::MaskKey::new(blake3::derive_key("gatehouse mask hash key v1", bytes.expose()))
                 }
                 Ok(_) => {
                     e.push(m.at_span(kf.span()), "hash_key_file holds fewer than 16 bytes");
                     ok = false;
                 }
                 Err(err) => {
-                    e.push(m.at_span(kf.span()), format!("hash_key_file {}: {err}", kf.get_ref().display()));
+                    e.push(m.at_span(kf.span()), err.to_string());
                     ok = false;
                 }
             }
@@ -1000,6 +1052,8 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             deny_tables,
             when,
             mask: r.mask.map(|m| std::sync::Arc::from(m.into_inner())),
+            record_parameters: r.record_parameters.unwrap_or(false),
+            record_literals: r.record_literals.unwrap_or(false),
             approval,
             max_session,
             catalog,

@@ -25,7 +25,7 @@ use self::wire::{PgError, Severity, Startup, WireError};
 use super::tcp::{End, RelayOutcome};
 use crate::identity::Principal;
 use crate::mask::Profile;
-use crate::policy::{Backend, Credentials};
+use crate::policy::{AuthMethod, Backend, Credentials, TlsMode};
 use crate::proxy::{Agent, LiveSession};
 use crate::types::{DbRole, SessionId, Uid};
 
@@ -116,6 +116,8 @@ pub struct Ctx {
     pub mask: Option<Arc<Profile>>,
     /// Server-side guard rails from the rule that allowed the session.
     pub guard: crate::policy::Guard,
+    /// How statements and parameters are recorded (from the rule).
+    pub record: crate::sql::redact::RecordOptions,
     pub live: Arc<LiveSession>,
 }
 
@@ -293,16 +295,22 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
             return done(End::Cut("no login for the backend role".into()));
         }
     };
-    let (backend, backend_rest) = match connect_backend(&ctx, &login, backend_params).await {
+    let (backend, backend_rest, how) = match connect_backend(&ctx, &login, backend_params).await {
         Ok(b) => b,
         Err(e) => {
-            warn!(error = %e, "backend login failed");
-            let msg = format!("Gatehouse could not log in to backend {} as role {}: {e}", ctx.backend.name, login.user);
+            warn!(error = %e, backend = %ctx.backend.name, login = %login.user, "backend login failed");
+            let msg = format!(
+                "Gatehouse could not log in to backend {} as role {}: {}",
+                ctx.backend.name,
+                login.user,
+                e.public()
+            );
             send(&mut client, &PgError::new(Severity::Fatal, "08006", msg.clone()).encode()).await;
             return done(End::BackendError(msg));
         }
     };
-    info!(login = %login.user, database = %database, "logged in to the backend");
+    record_login(&ctx, &login, &how);
+    info!(login = %login.user, database = %database, tls = how.tls, auth = how.auth.name(), "logged in to the backend");
     let entry = match catalog::for_session(&ctx, &login, &database).await {
         Ok(e) => e,
         Err(e) => {
@@ -320,6 +328,29 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     let out = relay::run(&ctx, &db, client, client_rest, backend, backend_rest).await;
     ctx.agent.cancel_keys.remove_session(ctx.id);
     out
+}
+
+/// Records how the session's backend was reached (TLS, certificate, auth
+/// method) and keeps it for `gatehouse status`.
+fn record_login(ctx: &Ctx, login: &Credentials, how: &LoginInfo) {
+    let n = how.negotiated.clone().unwrap_or_default();
+    let rec = crate::audit::BackendLogin {
+        id: ctx.id,
+        user: login.user.clone(),
+        tls: how.tls.into(),
+        tls_version: n.version,
+        tls_cipher: n.cipher,
+        certificate_sha256: n.certificate_sha256,
+        server_name: how.server_name.clone(),
+        auth: how.auth.name().into(),
+    };
+    if how.tls != "verified" || how.auth.reveals_secret() {
+        warn!(backend = %ctx.backend.name, tls = how.tls, auth = how.auth.name(), "backend reached without a verified TLS certificate, or with a method that reveals the password");
+    }
+    ctx.agent.note_backend_login(&ctx.backend.name, &rec);
+    if let Err(e) = ctx.agent.audit.record(crate::audit::Event::BackendLogin(Box::new(rec))) {
+        warn!(error = %e, "cannot record the backend login");
+    }
 }
 
 /// Validates the client's startup parameters; returns those to pass on.
@@ -396,6 +427,9 @@ fn parse_options(s: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// Why logging in to a backend failed. The detail goes to the agent's log;
+/// a client (and the session's record, which its user may read) gets
+/// [`BackendError::public`], which names no file and no secret.
 #[derive(Debug, thiserror::Error)]
 enum BackendError {
     #[error("{0}")]
@@ -406,67 +440,110 @@ enum BackendError {
     Tls(#[from] tls::TlsError),
     #[error("the server does not accept TLS, and tls = \"verify\" requires it")]
     TlsRefused,
-    #[error("reading the password file {path}: {source}")]
-    Secret { path: String, source: std::io::Error },
+    #[error("the server answered the TLS request with {0:?}, not S or N")]
+    TlsAnswer(u8),
+    #[error("{0}")]
+    Secret(#[from] crate::secrets::FileError),
     #[error("the server refused the login: {0}")]
     Refused(String),
+    #[error("the server asked for {method} authentication, which this backend does not allow over {over} ({why})")]
+    NotAllowed { method: &'static str, over: &'static str, why: &'static str },
     #[error("unsupported authentication request {0}")]
     Unsupported(String),
     #[error("authentication exchange failed: {0}")]
     Sasl(String),
+    #[error("the server said the login succeeded before it proved it knows the password (SCRAM not finished): an impostor")]
+    PrematureOk,
     #[error("the server closed the connection during login")]
     Closed,
 }
 
+impl BackendError {
+    /// What a client may be told.
+    fn public(&self) -> String {
+        match self {
+            Self::Secret(_) => "the agent cannot use this login's secret (see the agent's log)".into(),
+            Self::Tls(tls::TlsError::File { .. }) => "the agent's TLS files for this backend are unusable (see the agent's log)".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// How the login went, for the session's `backend_login` record.
+#[derive(Debug, Clone)]
+struct LoginInfo {
+    /// verified | unverified | off.
+    tls: &'static str,
+    negotiated: Option<tls::Negotiated>,
+    server_name: Option<String>,
+    auth: AuthMethod,
+}
+
+/// What `authenticate` needs to know about the connection.
+struct AuthCtx<'a> {
+    backend: &'a Backend,
+    user: &'a str,
+    password: Option<&'a [u8]>,
+    tls_on: bool,
+    verified: bool,
+    end_point: Option<&'a [u8]>,
+}
+
 /// Connects to the backend (SO_MARK), negotiates TLS as configured, sends
-/// the startup and authenticates with the held credentials.
-/// Returns the stream and whatever the backend sent after AuthenticationOk.
+/// the startup and authenticates with the held credentials. Returns the
+/// stream, whatever the backend sent after AuthenticationOk, and how it went.
 async fn connect_backend(
     ctx: &Ctx,
     login: &Credentials,
     mut params: Vec<(String, String)>,
-) -> Result<(Stream, BytesMut), BackendError> {
+) -> Result<(Stream, BytesMut, LoginInfo), BackendError> {
     let tcp = crate::proxy::connect_upstream(ctx.addr, ctx.agent.settings.mark).await?;
+    let mut info = LoginInfo { tls: "off", negotiated: None, server_name: None, auth: AuthMethod::None };
     let mut stream = match ctx.backend.tls {
-        crate::policy::TlsMode::Off => Stream::Plain(tcp),
+        TlsMode::Off => Stream::Plain(tcp),
         mode => {
             let mut tcp = tcp;
             tcp.write_all(&wire::ssl_request()).await?;
+            // One byte only: anything the server sends after it must come inside TLS (CVE-2021-23222).
             let mut answer = [0u8; 1];
             tcp.read_exact(&mut answer).await?;
             match (answer[0], mode) {
                 (b'S', _) => {
                     let cfg = ctx.agent.tls_client_config(&ctx.backend)?;
                     let name = tls::server_name(&ctx.backend, ctx.addr)?;
-                    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+                    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name.clone(), tcp).await?;
+                    info.tls = if mode == TlsMode::Verify { "verified" } else { "unverified" };
+                    info.negotiated = Some(tls::negotiated(tls.get_ref().1));
+                    info.server_name = (mode == TlsMode::Verify).then(|| name.to_str().into_owned());
                     Stream::ClientTls(Box::new(tls))
                 }
-                (_, crate::policy::TlsMode::Verify) => return Err(BackendError::TlsRefused),
-                _ => Stream::Plain(tcp),
+                (b'N', TlsMode::Verify) => return Err(BackendError::TlsRefused),
+                (b'N', _) => {
+                    warn!(backend = %ctx.backend.name, "the backend refused TLS; logging in over plaintext (tls = \"prefer\"): only SCRAM is allowed");
+                    Stream::Plain(tcp)
+                }
+                (other, _) => return Err(BackendError::TlsAnswer(other)),
             }
         }
     };
     let password = match &login.password_file {
-        Some(p) => Some(read_secret(p)?),
+        Some(p) => Some(crate::secrets::read_secret(p, "password file")?.first_line()),
         None => None,
     };
     params.insert(0, ("user".into(), login.user.clone()));
     stream.write_all(&wire::startup_message(&params)).await?;
-    let rest = authenticate(&mut stream, login, password.as_deref()).await?;
-    Ok((stream, rest))
-}
-
-/// Reads a password file (first line). Warns when others may read it.
-fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, BackendError> {
-    use std::os::unix::fs::PermissionsExt;
-    let err = |source| BackendError::Secret { path: path.display().to_string(), source };
-    let meta = std::fs::metadata(path).map_err(err)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        warn!(path = %path.display(), "password file is readable by group or others; make it 0600, owned by root");
-    }
-    let bytes = std::fs::read(path).map_err(err)?;
-    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
-    Ok(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+    let end_point = info.negotiated.as_ref().and_then(|n| n.end_point.clone());
+    let auth = AuthCtx {
+        backend: &ctx.backend,
+        user: &login.user,
+        password: password.as_ref().map(crate::secrets::Secret::expose),
+        tls_on: info.tls != "off",
+        verified: info.tls == "verified",
+        end_point: end_point.as_deref(),
+    };
+    let (rest, method) = authenticate(&mut stream, &auth).await?;
+    info.auth = method;
+    Ok((stream, rest, info))
 }
 
 async fn read_frame(stream: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> Result<BytesMut, BackendError> {
@@ -480,18 +557,44 @@ async fn read_frame(stream: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -
     }
 }
 
+/// Checks that the backend may ask for `method` on this connection.
+fn allowed(a: &AuthCtx<'_>, method: AuthMethod) -> Result<(), BackendError> {
+    if a.backend.allows_auth(method, a.verified, a.password.is_some()) {
+        return Ok(());
+    }
+    let over = if a.verified {
+        "this connection"
+    } else if a.tls_on {
+        "TLS whose certificate is not verified"
+    } else {
+        "plaintext"
+    };
+    let why = match (method, &a.backend.require_auth) {
+        (_, Some(_)) => "require_auth does not list it",
+        (AuthMethod::None, None) => "a password is held, so a server that asks for none may be an impostor",
+        _ => "it would hand the password (or a replayable hash of it) to whoever answers; verify TLS or list it in require_auth",
+    };
+    Err(BackendError::NotAllowed { method: method.name(), over, why })
+}
+
+/// SCRAM's progress: AuthenticationOk is accepted only once the server's
+/// final message (its proof that it knows the password) was verified.
+enum Scram {
+    NotStarted,
+    Started(Box<postgres_protocol::authentication::sasl::ScramSha256>, AuthMethod),
+    Verified(AuthMethod),
+}
+
 /// Answers the backend's authentication requests until AuthenticationOk;
-/// returns the bytes already read past it (ParameterStatus, BackendKeyData…).
-async fn authenticate(
-    stream: &mut Stream,
-    login: &Credentials,
-    password: Option<&[u8]>,
-) -> Result<BytesMut, BackendError> {
-    use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+/// returns the bytes already read past it (ParameterStatus, BackendKeyData…)
+/// and the method used.
+async fn authenticate(stream: &mut Stream, a: &AuthCtx<'_>) -> Result<(BytesMut, AuthMethod), BackendError> {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256};
     let mut buf = BytesMut::with_capacity(1024);
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram = Scram::NotStarted;
+    let mut sent_password: Option<AuthMethod> = None;
     let need = || {
-        password.ok_or_else(|| BackendError::Refused("the server asks for a password and none is configured".into()))
+        a.password.ok_or_else(|| BackendError::Refused("the server asks for a password and none is configured".into()))
     };
     loop {
         let raw = read_frame(stream, &mut buf).await?;
@@ -499,28 +602,72 @@ async fn authenticate(
         match frame.tag {
             b'R' => match wire::auth(frame.body)? {
                 // Whatever follows (ParameterStatus, BackendKeyData…) is the relay's.
-                wire::Auth::Ok => return Ok(buf),
-                wire::Auth::Cleartext => stream.write_all(&wire::password_message(need()?)).await?,
+                wire::Auth::Ok => {
+                    let method = match (&scram, sent_password) {
+                        (Scram::Started(..), _) => return Err(BackendError::PrematureOk),
+                        (Scram::Verified(m), _) => *m,
+                        (Scram::NotStarted, Some(m)) => m,
+                        (Scram::NotStarted, None) => {
+                            allowed(a, AuthMethod::None)?;
+                            AuthMethod::None
+                        }
+                    };
+                    return Ok((buf, method));
+                }
+                wire::Auth::Cleartext => {
+                    allowed(a, AuthMethod::Password)?;
+                    stream.write_all(&wire::password_message(need()?)).await?;
+                    sent_password = Some(AuthMethod::Password);
+                }
                 wire::Auth::Md5 { salt } => {
-                    let hash = postgres_protocol::authentication::md5_hash(login.user.as_bytes(), need()?, salt);
+                    allowed(a, AuthMethod::Md5)?;
+                    let hash = zeroize::Zeroizing::new(postgres_protocol::authentication::md5_hash(
+                        a.user.as_bytes(),
+                        need()?,
+                        salt,
+                    ));
                     stream.write_all(&wire::password_message(hash.as_bytes())).await?;
+                    sent_password = Some(AuthMethod::Md5);
                 }
                 wire::Auth::Sasl { mechanisms } => {
-                    if !mechanisms.iter().any(|m| *m == SCRAM_SHA_256.as_bytes()) {
-                        return Err(BackendError::Unsupported("SASL without SCRAM-SHA-256".into()));
+                    if !matches!(scram, Scram::NotStarted) {
+                        return Err(BackendError::Sasl("a second SASL exchange".into()));
                     }
-                    let s = ScramSha256::new(need()?, ChannelBinding::unsupported());
-                    stream.write_all(&wire::sasl_initial_response(SCRAM_SHA_256, s.message())).await?;
-                    scram = Some(s);
+                    let offers = |m: &str| mechanisms.iter().any(|x| *x == m.as_bytes());
+                    let plus = a.tls_on && offers(SCRAM_SHA_256_PLUS) && a.end_point.is_some();
+                    let (mechanism, binding, method) = if plus && allowed(a, AuthMethod::ScramPlus).is_ok() {
+                        let ep = a.end_point.map(<[u8]>::to_vec).unwrap_or_default();
+                        (SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(ep), AuthMethod::ScramPlus)
+                    } else if offers(SCRAM_SHA_256) {
+                        allowed(a, AuthMethod::Scram)?;
+                        // "y": we could bind but the server did not offer it (a
+                        // real server then refuses, if a middleman stripped it).
+                        let binding = if a.tls_on && !offers(SCRAM_SHA_256_PLUS) {
+                            ChannelBinding::unrequested()
+                        } else {
+                            ChannelBinding::unsupported()
+                        };
+                        (SCRAM_SHA_256, binding, AuthMethod::Scram)
+                    } else {
+                        return Err(BackendError::Unsupported("SASL without a SCRAM-SHA-256 mechanism Gatehouse may use".into()));
+                    };
+                    let s = ScramSha256::new(need()?, binding);
+                    stream.write_all(&wire::sasl_initial_response(mechanism, s.message())).await?;
+                    scram = Scram::Started(Box::new(s), method);
                 }
                 wire::Auth::SaslContinue(data) => {
-                    let s = scram.as_mut().ok_or_else(|| BackendError::Sasl("continue before start".into()))?;
+                    let Scram::Started(s, _) = &mut scram else {
+                        return Err(BackendError::Sasl("SASL continue before start".into()));
+                    };
                     s.update(data).map_err(|e| BackendError::Sasl(e.to_string()))?;
                     stream.write_all(&wire::sasl_response(s.message())).await?;
                 }
                 wire::Auth::SaslFinal(data) => {
-                    let s = scram.as_mut().ok_or_else(|| BackendError::Sasl("final before start".into()))?;
+                    let Scram::Started(s, method) = &mut scram else {
+                        return Err(BackendError::Sasl("SASL final before start".into()));
+                    };
                     s.finish(data).map_err(|e| BackendError::Sasl(format!("server signature: {e}")))?;
+                    scram = Scram::Verified(*method);
                 }
                 wire::Auth::Other(code) => return Err(BackendError::Unsupported(format!("code {code}"))),
             },

@@ -201,7 +201,11 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
         ("application_name".to_owned(), "gatehouse-catalog".to_owned()),
     ];
     let work = async {
-        let (mut stream, rest) = connect_backend(ctx, login, params).await.map_err(|e| e.to_string())?;
+        // The detail (which may name a file) goes to the log; the error, which a client sees, does not carry it.
+        let (mut stream, rest, _) = connect_backend(ctx, login, params).await.map_err(|e| {
+            tracing::warn!(error = %e, "backend login for the catalog failed");
+            e.public()
+        })?;
         let results = simple_query(&mut stream, rest, QUERY).await;
         let _ = stream.write_all(&wire::terminate()).await;
         let _ = stream.flush().await;

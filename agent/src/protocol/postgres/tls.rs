@@ -1,6 +1,14 @@
 //! TLS for the PostgreSQL adapter, with rustls: to backends (per the
 //! backend's `tls` setting) and, when `client_tls` is configured, towards
 //! clients that demand it.
+//!
+//! `tls = "verify"` checks the server's certificate against `ca_file` (a
+//! root-owned file others cannot write) or, without one, the system's
+//! trust store as `rustls-native-certs` finds it (`SSL_CERT_FILE`,
+//! `SSL_CERT_DIR`, then the platform's usual places), and its name against
+//! `tls_server_name` (default: the `host` name, or the IP of `address`).
+
+mod der;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,9 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::policy::{Backend, ClientTls, Target, TlsMode};
-
-/// Debian's bundle of trusted roots, used when a `verify` backend names no `ca_file`.
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+use crate::secrets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -23,6 +29,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("no server name to verify the certificate against: {0}")]
     ServerName(String),
+    #[error("the system trust store has no usable certificate ({0}); give the backend a ca_file")]
+    NoRoots(String),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -39,10 +47,24 @@ pub fn client_config(b: &Backend) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let config = match b.tls {
         TlsMode::Verify => {
-            let path = b.ca_file.as_deref().unwrap_or(Path::new(SYSTEM_ROOTS));
             let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| file_err(path, e))? {
-                roots.add(cert.map_err(|e| file_err(path, e))?)?;
+            match b.ca_file.as_deref() {
+                Some(path) => {
+                    // Whoever can write the CA file can impersonate the backend: root's only.
+                    let pem = secrets::read_checked(path, "ca_file", secrets::Kind::Trusted)
+                        .map_err(|e| file_err(path, e))?;
+                    for cert in CertificateDer::pem_slice_iter(pem.expose()) {
+                        roots.add(cert.map_err(|e| file_err(path, e))?)?;
+                    }
+                }
+                None => {
+                    let found = rustls_native_certs::load_native_certs();
+                    let (added, _) = roots.add_parsable_certificates(found.certs);
+                    if added == 0 {
+                        let why = found.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                        return Err(TlsError::NoRoots(why));
+                    }
+                }
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -69,12 +91,49 @@ pub fn server_config(c: &ClientTls) -> Result<Arc<ServerConfig>, TlsError> {
         .map_err(|e| file_err(&c.cert_file, e))?
         .collect::<Result<_, _>>()
         .map_err(|e| file_err(&c.cert_file, e))?;
-    let key = PrivateKeyDer::from_pem_file(&c.key_file).map_err(|e| file_err(&c.key_file, e))?;
+    let pem = secrets::read_secret(&c.key_file, "client_tls key_file").map_err(|e| file_err(&c.key_file, e))?;
+    let key = PrivateKeyDer::from_pem_slice(pem.expose()).map_err(|e| file_err(&c.key_file, e))?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
+}
+
+/// What was negotiated with a backend, for the session's record.
+#[derive(Debug, Clone, Default)]
+pub struct Negotiated {
+    pub version: Option<String>,
+    pub cipher: Option<String>,
+    /// SHA-256 of the server's certificate (DER), hex.
+    pub certificate_sha256: Option<String>,
+    /// tls-server-end-point channel binding data (RFC 5929), when the
+    /// certificate's signature says which hash to use.
+    pub end_point: Option<Vec<u8>>,
+}
+
+/// Reads what a finished client handshake negotiated.
+pub fn negotiated(conn: &rustls::ClientConnection) -> Negotiated {
+    let cert = conn.peer_certificates().and_then(|c| c.first());
+    Negotiated {
+        version: conn.protocol_version().and_then(|v| v.as_str()).map(|v| v.replace('_', ".")),
+        cipher: conn.negotiated_cipher_suite().and_then(|c| c.suite().as_str()).map(str::to_owned),
+        certificate_sha256: cert.map(|c| crate::audit::hex(ring::digest::digest(&ring::digest::SHA256, c).as_ref())),
+        end_point: cert.and_then(|c| {
+            der::end_point_hash(c).map(|alg| ring::digest::digest(alg, c).as_ref().to_vec())
+        }),
+    }
+}
+
+/// When a `client_tls` certificate stops being valid (seconds since the
+/// epoch), from the first certificate of its PEM file.
+pub fn certificate_expiry(path: &Path) -> Result<i64, TlsError> {
+    let first = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .next()
+        .ok_or_else(|| file_err(path, "no certificate in it"))?
+        .map_err(|e| file_err(path, e))?;
+    der::not_after(&first).ok_or_else(|| file_err(path, "its validity period cannot be read"))
 }
 
 /// Accepts any certificate: `tls = "prefer"` encrypts without authenticating

@@ -11,7 +11,7 @@ use tracing::{debug, error};
 use super::client::statement_end;
 use super::{Fail, InFlight, Shared, fill, lock, tripwire};
 use crate::audit::{Direction, StreamRecorder};
-use crate::mask::{Counts, MaskOutput, Profile, Style};
+use crate::mask::{Counts, MaskOutput, Profile, Style, TokenKey, TokenScope};
 use crate::protocol::postgres::wire::{self, Frame, WireError};
 use crate::protocol::postgres::{CancelTarget, Ctx, MAX_BACKEND_MESSAGE, SessionDb};
 
@@ -27,12 +27,12 @@ pub(in crate::protocol::postgres) struct Io<'a> {
 }
 
 /// How each column of the current result is masked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum ColMask {
     /// Not text (numbers, dates…): passed as is.
     Pass,
-    /// A column rule: the whole value gets this style.
-    Rule(Style),
+    /// A column rule: the whole value gets this style (Hash tokens with the column's key).
+    Rule(Style, TokenKey),
     /// Text: the detectors look inside. `skip` bytes of binary header first (jsonb).
     Scan { skip: usize },
 }
@@ -59,14 +59,15 @@ fn plan(profile: &Profile, cols: &[wire::Column], tables: &[String]) -> Vec<ColM
     cols.iter()
         .map(|c| {
             let rule = if c.table_oid == 0 || tables.is_empty() {
-                profile.column_style(None, &c.name)
+                profile.column_style(None, &c.name).map(|s| (s, None))
             } else {
-                tables.iter().find_map(|t| profile.column_style(Some(t), &c.name))
+                tables.iter().find_map(|t| profile.column_style(Some(t), &c.name).map(|s| (s, Some(t.as_str()))))
             };
+            let key = |table: Option<&str>| profile.token_key(TokenScope::Column { table, column: &c.name });
             match (text_like(c.type_oid, c.format), rule) {
-                (Some(_), Some(style)) => ColMask::Rule(style),
+                (Some(_), Some((style, table))) => ColMask::Rule(style, key(table)),
                 // A number or date the rules name cannot hold "****": it becomes NULL.
-                (None, Some(_)) => ColMask::Rule(Style::Null),
+                (None, Some((_, table))) => ColMask::Rule(Style::Null, key(table)),
                 (Some(skip), None) => ColMask::Scan { skip },
                 (None, None) => ColMask::Pass,
             }
@@ -195,7 +196,9 @@ fn on_backend(
                 if let Some(mut fl) = front {
                     fl.masked.merge(pending);
                     *pending = Counts::default();
-                    statement_end(ctx, fl, None, Some(message));
+                    // Recorded as the client sees it: after masking.
+                    let recorded = crate::sql::redact::message(ctx.mask.as_deref(), &message);
+                    statement_end(ctx, fl, None, Some(recorded));
                 }
                 mask_message(ctx, f, out);
             }
@@ -482,17 +485,17 @@ fn mask_row(
         let len_at = out.len();
         out.extend_from_slice(&[0; 4]);
         let value_at = out.len();
-        let result = match *c {
+        let result = match c {
             ColMask::Pass => MaskOutput::Unchanged,
-            ColMask::Rule(style) => {
-                let r = profile.mask_value(style, v, out);
+            ColMask::Rule(style, key) => {
+                let r = profile.mask_value(*style, key, v, out);
                 if r != MaskOutput::Unchanged {
                     counts.add_columns(1);
                 }
                 r
             }
             ColMask::Scan { skip } => {
-                let (head, tail) = v.split_at(skip.min(v.len()));
+                let (head, tail) = v.split_at((*skip).min(v.len()));
                 out.extend_from_slice(head);
                 match profile.scan(tail, out, counts) {
                     MaskOutput::Unchanged => {

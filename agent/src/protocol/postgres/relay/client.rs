@@ -60,7 +60,10 @@ struct ClientState {
     hold: Option<u64>,
     /// Everything forwarded ended an exchange: the server answers without a Flush.
     synced: bool,
+    /// Offset in the recorded stream (which redaction makes differ from the real one).
     written: u64,
+    /// `standard_conforming_strings` as the statements being recorded are read.
+    scs: bool,
 }
 
 pub(super) async fn client_to_backend<R, W>(
@@ -77,7 +80,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut out: Vec<u8> = Vec::with_capacity(8192);
-    let mut st = ClientState { synced: true, ..ClientState::default() };
+    let mut st = ClientState { synced: true, scs: true, ..ClientState::default() };
     // Nothing is read before the login's own answer is: it tells which
     // client encoding and string syntax the server will read SQL with.
     wait_for(&mut io, bw, &mut st, |sh| sh.login_ready).await?;
@@ -135,8 +138,16 @@ async fn forward<W: AsyncWrite + Unpin>(
     if !out.is_empty() {
         bw.write_all(out).await.map_err(|e| Fail::Backend(e.to_string()))?;
         bw.flush().await.map_err(|e| Fail::Backend(e.to_string()))?;
-        io.rec.chunk(&ctx.agent.audit, Direction::Up, st.written, out, Some(st.seq));
-        st.written += out.len() as u64;
+        // Recorded without secrets, parameters or COPY data (see `sql::redact`).
+        let view = sql::redact::StreamView {
+            rules: &ctx.agent.settings.redact,
+            opts: ctx.record,
+            profile: ctx.mask.as_deref(),
+            scs: lock(io.shared).scs,
+        };
+        let recorded = sql::redact::client_bytes(out, &view);
+        io.rec.chunk(&ctx.agent.audit, Direction::Up, st.written, &recorded, Some(st.seq));
+        st.written += recorded.len() as u64;
         out.clear();
     }
     Ok(())
@@ -211,6 +222,7 @@ async fn on_client(
     io: &Io<'_>,
     st: &mut ClientState,
 ) -> Result<Option<Hold>, Fail> {
+    st.scs = lock(io.shared).scs;
     match f.tag {
         b'Q' => {
             let text = wire::query_text(f.body)?;
@@ -437,10 +449,12 @@ async fn hold<W: AsyncWrite + Unpin>(
         refuse(out, io.shared, h.epoch, why.error(ctx), &h.stand_in);
         return Ok(());
     };
+    // Approvers see the statement (its literals, which they decide on) but not its secrets; so does the record.
+    let secrets_only = sql::redact::RecordOptions::default();
     let subject = crate::approval::Subject::Statement {
         session: ctx.id.to_string(),
         backend: ctx.backend.name.to_string(),
-        text: h.text.clone(),
+        text: sql::redact::redact(&h.text, &ctx.agent.settings.redact, secrets_only, st.scs).text,
         kinds: kinds_text(s),
         rule: d.rule_label().to_owned(),
     };
@@ -886,13 +900,21 @@ fn tables_text(s: &Statement) -> String {
     s.reads.iter().chain(&s.writes).map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// A statement's text as recorded: secrets removed, literals replaced on
+/// masked sessions, read with the session's `standard_conforming_strings`.
+fn recorded_text(ctx: &Ctx, st: &ClientState, text: &str) -> sql::redact::Redacted {
+    sql::redact::redact(text, &ctx.agent.settings.redact, ctx.record, st.scs)
+}
+
 fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) -> u64 {
     st.seq += 1;
+    let text = recorded_text(ctx, st, &s.text);
     let ev = StatementStart {
         session: ctx.id,
         seq: st.seq,
         started_us: now_us(),
-        text: s.text.clone(),
+        text: text.text,
+        redacted: text.secrets,
         kinds: kinds_text(s),
         tables: tables_text(s),
         decision: verdict_text(d.verdict).into(),
@@ -905,8 +927,9 @@ fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) 
 
 fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&Statement>, why: &Refused) {
     st.seq += 1;
-    let text = String::from_utf8_lossy(text).into_owned();
-    let reason = why.reason();
+    // Refused statements keep no secret either, and a parse error never echoes the text.
+    let text = recorded_text(ctx, st, &String::from_utf8_lossy(text));
+    let reason = sql::redact::reason(&why.reason());
     info!(
         rule = why.rule().as_deref().unwrap_or("(gatehouse)"),
         kinds = s.map(kinds_text).unwrap_or_default(),
@@ -918,7 +941,8 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
         started_us: now_us(),
         kinds: s.map(kinds_text).unwrap_or_default(),
         tables: s.map(tables_text).unwrap_or_default(),
-        text,
+        text: text.text,
+        redacted: text.secrets,
         decision: why.verdict().into(),
         rule: why.rule(),
         reason: Some(reason),

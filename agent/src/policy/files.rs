@@ -1,0 +1,101 @@
+//! The files a policy names, checked before an agent uses the policy (at
+//! start and at every reload) and by `gatehouse policy check`: password
+//! files and TLS private keys must be secrets (regular files, root-owned,
+//! 0600, not reached through a symlink, in a directory others cannot
+//! write); CA files and certificates must be root's to change. A problem is
+//! an error: the agent does not start (or keeps its previous policy).
+//!
+//! The same pass warns about what is allowed but weak: backends reached
+//! without a verified certificate, authentication methods that hand the
+//! server the password, and `client_tls` certificates that are expired or
+//! about to be.
+
+use crate::policy::{Backend, Diagnostic, Diagnostics, Policy, TlsMode};
+use crate::protocol::postgres::tls;
+use crate::secrets::{self, Kind};
+use crate::types::BackendName;
+
+/// A `client_tls` certificate that expires within this many days is warned about.
+const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// What a check found besides errors.
+#[derive(Debug, Clone, Default)]
+pub struct FileReport {
+    pub warnings: Vec<String>,
+    /// Each `client_tls` certificate's end of validity (seconds since the epoch), or why it is unknown.
+    pub client_tls: Vec<(BackendName, Result<i64, String>)>,
+}
+
+/// Checks every file the policy names; `now` in seconds since the epoch.
+pub fn check(policy: &Policy, now: i64) -> Result<FileReport, Diagnostics> {
+    let mut errors = Vec::new();
+    let mut report = FileReport::default();
+    for b in &policy.backends {
+        check_backend(b, now, &mut errors, &mut report);
+    }
+    if errors.is_empty() { Ok(report) } else { Err(Diagnostics(errors)) }
+}
+
+fn check_backend(b: &Backend, now: i64, errors: &mut Vec<Diagnostic>, report: &mut FileReport) {
+    let mut file = |path: &std::path::Path, what: &'static str, kind: Kind| {
+        if let Err(e) = secrets::open_checked(path, what, kind) {
+            errors.push(Diagnostic::new(b.at.clone(), format!("backend `{}`: {e}", b.name)));
+        }
+    };
+    for login in b.credentials.iter().chain(b.roles.values()) {
+        if let Some(p) = &login.password_file {
+            file(p, "password file", Kind::Secret);
+        }
+    }
+    if let Some(ca) = &b.ca_file {
+        file(ca, "ca_file", Kind::Trusted);
+    }
+    if let Some(c) = &b.client_tls {
+        file(&c.key_file, "client_tls key_file", Kind::Secret);
+        file(&c.cert_file, "client_tls cert_file", Kind::Trusted);
+        let expiry = tls::certificate_expiry(&c.cert_file).map_err(|e| e.to_string());
+        match &expiry {
+            Ok(t) if *t <= now => report.warnings.push(format!(
+                "backend `{}`: the client_tls certificate {} EXPIRED at {}; clients that verify it will refuse to connect",
+                b.name,
+                c.cert_file.display(),
+                when(*t)
+            )),
+            Ok(t) if *t - now < EXPIRY_WARNING_DAYS * 86_400 => report.warnings.push(format!(
+                "backend `{}`: the client_tls certificate {} expires at {}",
+                b.name,
+                c.cert_file.display(),
+                when(*t)
+            )),
+            Ok(_) => {}
+            Err(e) => report.warnings.push(format!("backend `{}`: client_tls certificate: {e}", b.name)),
+        }
+        report.client_tls.push((b.name.clone(), expiry));
+    }
+    if b.protocol.is_sql() {
+        match b.tls {
+            TlsMode::Verify => {}
+            TlsMode::Prefer => report.warnings.push(format!(
+                "backend `{}`: tls = \"prefer\" encrypts without checking the server's certificate: an impostor is not detected (only SCRAM logins are allowed to it)",
+                b.name
+            )),
+            TlsMode::Off => report.warnings.push(format!(
+                "backend `{}`: tls = \"off\": statements, results and the login travel in plaintext and the server is not authenticated",
+                b.name
+            )),
+        }
+        if b.tls != TlsMode::Verify
+            && let Some(weak) = b.require_auth.iter().flatten().find(|m| m.reveals_secret())
+        {
+            report.warnings.push(format!(
+                "backend `{}`: require_auth allows {} without a verified certificate: whoever answers at its address gets the password (or a replayable hash)",
+                b.name,
+                weak.name()
+            ));
+        }
+    }
+}
+
+fn when(t: i64) -> String {
+    jiff::Timestamp::from_second(t).map(|t| t.to_string()).unwrap_or_else(|_| t.to_string())
+}
