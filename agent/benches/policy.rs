@@ -18,7 +18,7 @@ fn policy(n: usize) -> Policy {
     let mut text = String::new();
     for b in 0..10 {
         text.push_str(&format!(
-            "[[backend]]\nname = \"db-{b}\"\nprotocol = \"postgres\"\naddress = \"127.10.50.{b}:5432\"\n\
+            "[[backend]]\nname = \"db-{b}\"\nprotocol = \"postgres\"\naddress = \"127.10.50.{b}:5432\"\ntls = \"off\"\n\
              credentials = {{ user = \"gh\" }}\nroles = {{ ro = {{ user = \"ro\" }} }}\n\n"
         ));
     }

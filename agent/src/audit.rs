@@ -1207,3 +1207,6 @@ impl StreamRecorder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,6 +7,7 @@
 //! with a message saying so; they never pass silently.
 #![expect(clippy::expect_used, reason = "a test harness reports failures by panicking with context")]
 
+pub mod hostile;
 pub mod pg;
 
 use std::io::{Read, Write};
@@ -91,7 +92,8 @@ pub struct Env {
     pub port: u16,
     pub probe: PathBuf,
     pub agent: Option<Child>,
-    /// Where the agent's audit store lives (default: `audit.db` in the test dir).
+    /// Where the agent's audit store lives (default: `state/audit.db` in the
+    /// test dir: the agent makes the store's directory 0700, root's).
     pub audit_db: PathBuf,
     users: Vec<String>,
     groups: Vec<String>,
@@ -119,7 +121,7 @@ impl Env {
             port: free_port(),
             probe,
             agent: None,
-            audit_db: dir.join("audit.db"),
+            audit_db: dir.join("state").join("audit.db"),
             users: vec![],
             groups: vec![],
             netns: vec![],

@@ -171,3 +171,23 @@ pub fn password_file(dir: &Path, name: &str, password: &str) -> PathBuf {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod secret");
     p
 }
+
+/// A CA (`ca.crt`, `ca.key`) and a certificate for `ip` signed by it
+/// (`server.crt`, `server.key`, valid `days`, which may be -1 for one
+/// already expired), made with openssl in `dir`. Returns (ca, cert, key).
+pub fn certs(dir: &Path, ip: &str, days: i32) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::create_dir_all(dir).expect("cert dir");
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName=IP:{ip}\n")).expect("san");
+    let days = days.to_string();
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Gatehouse test CA", "-keyout", "ca.key", "-out", "ca.crt"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={ip}"), "-keyout", "server.key", "-out", "server.csr"]);
+    run(&[
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", &days,
+        "-extfile", "san.ext", "-out", "server.crt",
+    ]);
+    (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"))
+}

@@ -70,7 +70,7 @@ fn verify_finds_every_kind_of_tampering() {
         ("delete", "DELETE FROM events WHERE seq = (SELECT min(seq) FROM events WHERE kind = 'chunk');", "deleted"),
         (
             "insert",
-            "UPDATE events SET seq = seq + 100000 WHERE seq >= 5; UPDATE events SET seq = seq - 99999 WHERE seq >= 100000; INSERT INTO events SELECT 5, time_us, session, kind, body, data, prev_hash, hash FROM events WHERE seq = 3;",
+            "UPDATE events SET seq = seq + 100000 WHERE seq >= 5; UPDATE events SET seq = seq - 99999 WHERE seq >= 100000; INSERT INTO events SELECT 5, time_us, session, kind, content_hash, body, data, prev_hash, hash FROM events WHERE seq = 3;",
             "record 5",
         ),
         (
@@ -143,7 +143,7 @@ fn a_killed_agent_leaves_a_verifiable_chain_with_every_executed_statement() {
     pg.admin_db("appdb", &format!("CREATE TABLE t (n int); ALTER TABLE t OWNER TO {};", pg::APP_ROLE));
     let secret = pg::password_file(&env.dir, "s.secret", pg::APP_PASSWORD);
     let policy = format!(
-        "[[backend]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"{}\"\ncredentials = {{ user = \"{}\", password_file = \"{}\" }}\n\n\
+        "[[backend]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"{}\"\ntls = \"off\"\ncredentials = {{ user = \"{}\", password_file = \"{}\" }}\n\n\
          [[rule]]\nname = \"team writes\"\nwho = {{ groups = [\"{team}\"] }}\nbackend = \"db\"\nstatements = [\"insert\", \"select\"]\n",
         pg.addr(),
         pg::APP_ROLE,
@@ -209,7 +209,7 @@ fn replay_export_and_per_user_access() {
     pg.admin_db("appdb", &format!("CREATE TABLE fruit (id int, name text); INSERT INTO fruit VALUES (1, 'apple'), (2, 'pear'); ALTER TABLE fruit OWNER TO {};", pg::APP_ROLE));
     let secret = pg::password_file(&env.dir, "s.secret", pg::APP_PASSWORD);
     let policy = format!(
-        "[[backend]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"{}\"\ncredentials = {{ user = \"{}\", password_file = \"{}\" }}\n\n\
+        "[[backend]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"{}\"\ntls = \"off\"\ncredentials = {{ user = \"{}\", password_file = \"{}\" }}\n\n\
          [[rule]]\nname = \"team reads\"\nwho = {{ groups = [\"{team}\"] }}\nbackend = \"db\"\nstatements = [\"select\"]\n",
         pg.addr(),
         pg::APP_ROLE,

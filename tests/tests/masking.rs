@@ -46,6 +46,7 @@ fn world(name: &str) -> World {
 name = "appdb"
 protocol = "postgres"
 address = "{addr}"
+tls = "off"
 credentials = {{ user = "{app}", password_file = "{s}" }}
 
 [[mask]]

@@ -200,7 +200,7 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
     let secret = rig.dir().join("bench.secret");
     std::fs::write(&secret, format!("{PASSWORD}\n"))?;
     let policy = format!(
-        "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\n\
+        "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\ntls = \"off\"\n\
          credentials = {{ user = \"bench\", password_file = \"{}\" }}\n\n\
          [[rule]]\nname = \"bench\"\nwho = {{ users = [\"root\"] }}\nbackend = \"bench\"\nstatements = [\"*\", \"function_call\"]\n",
         secret.display()
@@ -323,7 +323,7 @@ pub fn mask(rows: u32) -> Result<()> {
     let secret = rig.dir().join("bench.secret");
     std::fs::write(&secret, format!("{PASSWORD}\n"))?;
     let backend = format!(
-        "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\n\
+        "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\ntls = \"off\"\n\
          credentials = {{ user = \"bench\", password_file = \"{}\" }}\n\n",
         secret.display()
     );

@@ -668,6 +668,8 @@ struct OcsfMapper {
     sessions: HashMap<String, SessionOpen>,
     /// Allowed statements waiting for their end record.
     pending: HashMap<(String, u64), Pending>,
+    /// How each session's backend was logged in to (shown on its logoff).
+    logins: HashMap<String, super::BackendLogin>,
 }
 
 #[derive(Debug)]
@@ -848,6 +850,7 @@ impl OcsfMapper {
                     let mut out: Vec<Value> = open.iter().map(|p| self.statement(&session, p, None)).collect();
                     out.push(self.logoff(r, &c));
                     self.sessions.remove(&session);
+                    self.logins.remove(&session);
                     out
                 }
                 Err(_) => vec![],
@@ -864,6 +867,12 @@ impl OcsfMapper {
                 }
                 Err(_) => vec![],
             },
+            "backend_login" => {
+                if let Ok(l) = serde_json::from_slice::<super::BackendLogin>(&r.body) {
+                    self.logins.insert(session, l);
+                }
+                vec![]
+            }
             "statement_end" => match serde_json::from_slice::<StatementEnd>(&r.body) {
                 Ok(end) => match self.pending.remove(&(session.clone(), end.seq)) {
                     Some(p) => vec![self.statement(&session, &p, Some((&end, r)))],
@@ -971,7 +980,18 @@ impl OcsfMapper {
         }
         e.insert("end_time".into(), ms(c.ended_us).into());
         e.insert("session".into(), json!({ "uid": session }));
-        e.insert("unmapped".into(), json!({ "bytes_up": c.bytes_up, "bytes_down": c.bytes_down, "record_seq": r.seq }));
+        let login = self.logins.get(session);
+        e.insert(
+            "unmapped".into(),
+            json!({
+                "bytes_up": c.bytes_up,
+                "bytes_down": c.bytes_down,
+                "record_seq": r.seq,
+                "backend_tls": login.map(super::BackendLogin::tls_summary),
+                "backend_auth": login.map(|l| l.auth.clone()),
+                "backend_certificate_sha256": login.and_then(|l| l.certificate_sha256.clone()),
+            }),
+        );
         Value::Object(e)
     }
 

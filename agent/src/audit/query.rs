@@ -26,6 +26,15 @@ pub struct SessionRow {
     pub bytes_up: i64,
     pub bytes_down: i64,
     pub end_reason: Option<String>,
+    /// How the backend was reached: `verified TLSv1.3 …`, `unverified …` or `off`.
+    #[serde(default)]
+    pub backend_tls: Option<String>,
+    /// How Gatehouse authenticated to it (`SCRAM-SHA-256-PLUS`, …).
+    #[serde(default)]
+    pub backend_auth: Option<String>,
+    /// Why the session's content was removed, if it was (`gatehouse redact`).
+    #[serde(default)]
+    pub redacted: Option<String>,
 }
 
 /// Filters for listing sessions.
@@ -60,7 +69,7 @@ pub fn sessions(path: &Path, f: &SessionFilter) -> Result<Vec<SessionRow>, Audit
     let mut stmt = conn
         .prepare(
             "SELECT id, started_us, ended_us, uid, user, pid, comm, client, backend, orig_dst,
-                    decision, rule, reason, bytes_up, bytes_down, end_reason
+                    decision, rule, reason, bytes_up, bytes_down, end_reason, backend_tls, backend_auth, redacted
              FROM sessions
              WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR uid = ?2)
                AND (?3 IS NULL OR backend = ?3) AND (?4 IS NULL OR decision = ?4)
@@ -91,6 +100,9 @@ pub fn sessions(path: &Path, f: &SessionFilter) -> Result<Vec<SessionRow>, Audit
                     bytes_up: r.get(13)?,
                     bytes_down: r.get(14)?,
                     end_reason: r.get(15)?,
+                    backend_tls: r.get(16)?,
+                    backend_auth: r.get(17)?,
+                    redacted: r.get(18)?,
                 })
             },
         )
@@ -116,6 +128,9 @@ pub struct StatementRow {
     pub duration_us: Option<i64>,
     pub error: Option<String>,
     pub masked: Option<String>,
+    /// Secrets removed from `text` before it was recorded.
+    #[serde(default)]
+    pub redacted: i64,
 }
 
 /// Lists statements, of one session or all, oldest first (the newest `limit`).
@@ -134,7 +149,7 @@ pub fn statements_of(
     let sql_err = |source| AuditError::Sql { path: path.to_owned(), source };
     let mut stmt = conn
         .prepare(
-            "SELECT session_id, seq, started_us, text, kinds, tables, decision, rule, reason, rows, duration_us, error, masked
+            "SELECT session_id, seq, started_us, text, kinds, tables, decision, rule, reason, rows, duration_us, error, masked, redacted
              FROM statements WHERE (?1 IS NULL OR session_id = ?1)
                AND (?3 IS NULL OR session_id IN (SELECT id FROM sessions WHERE uid = ?3))
              ORDER BY started_us DESC, seq DESC LIMIT ?2",
@@ -156,6 +171,7 @@ pub fn statements_of(
                 duration_us: r.get(10)?,
                 error: r.get(11)?,
                 masked: r.get(12)?,
+                redacted: r.get(13)?,
             })
         })
         .map_err(sql_err)?;

@@ -620,7 +620,37 @@ impl Renderer {
         let unreadable = |e: serde_json::Error| {
             format!("-- record {} ({}) is unreadable: {}", r.seq, escape_all(&r.kind), escape_all(&e.to_string()))
         };
+        if r.redacted {
+            if self.lines.last().is_none_or(|l| !l.text.starts_with("-- [redacted]")) {
+                self.push(at, "-- [redacted] the recorded content from here was removed (gatehouse redact)");
+            }
+            return;
+        }
         match r.kind.as_str() {
+            "redaction" => match serde_json::from_slice::<super::Redaction>(&r.body) {
+                Ok(x) => self.push(
+                    at,
+                    format!(
+                        "-- redaction: the content of {} records of this session was removed by uid {}: {}",
+                        x.count(),
+                        x.by_uid,
+                        escape_all(&x.reason)
+                    ),
+                ),
+                Err(e) => self.push(at, unreadable(e)),
+            },
+            "backend_login" => match serde_json::from_slice::<super::BackendLogin>(&r.body) {
+                Ok(l) => self.push(
+                    at,
+                    format!(
+                        "-- logged in to the backend as {} (TLS: {}; auth: {})",
+                        escape_all(&l.user),
+                        escape_all(&l.tls_summary()),
+                        escape_all(&l.auth)
+                    ),
+                ),
+                Err(e) => self.push(at, unreadable(e)),
+            },
             "session_open" => match serde_json::from_slice::<SessionOpen>(&r.body) {
                 Ok(o) => self.open(at, &o),
                 Err(e) => self.push(at, unreadable(e)),

@@ -1,0 +1,277 @@
+//! The store as the writer keeps it: redactions, key rotations, published
+//! checkpoints and what `verify` makes of them (and of forgeries).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+
+use super::anchors::{self, Publish};
+use super::verify::{Trust, TrustSource, verify_db};
+use super::*;
+use crate::settings;
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gatehouse-audit-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    d
+}
+
+fn opts(anchors: Option<PathBuf>) -> Options {
+    Options {
+        mode: Mode::Strict,
+        fsync: false,
+        checkpoint_every: Duration::from_secs(3600),
+        retention_days: None,
+        publish: Publish { file: anchors, syslog: false },
+    }
+}
+
+fn trust(k: &SigningKey) -> Trust {
+    Trust { keys: vec![k.verifying_key()], source: TrustSource::Given }
+}
+
+fn sid(n: u8) -> SessionId {
+    SessionId(uuid::Uuid::from_bytes([n; 16]))
+}
+
+fn session(audit: &Audit, id: SessionId, secret: &str) {
+    audit
+        .record(Event::SessionOpen(Box::new(SessionOpen {
+            id,
+            started_us: now_us(),
+            uid: Some(1000),
+            user: Some("ana".into()),
+            gid: None,
+            pid: None,
+            comm: None,
+            cgroup_id: None,
+            client: "127.0.0.1:1".into(),
+            backend: Some("db".into()),
+            orig_dst: None,
+            protocol: Some("postgres".into()),
+            decision: "allow".into(),
+            rule: Some("r".into()),
+            reason: "allowed".into(),
+        })))
+        .unwrap();
+    audit
+        .record(Event::Statement(Box::new(StatementStart {
+            session: id,
+            seq: 1,
+            started_us: now_us(),
+            text: format!("SELECT '{secret}'"),
+            kinds: "select".into(),
+            tables: String::new(),
+            decision: "allow".into(),
+            rule: Some("r".into()),
+            reason: None,
+            redacted: 0,
+        })))
+        .unwrap();
+    audit
+        .record(Event::Chunk {
+            session: id,
+            header: ChunkHeader { dir: Direction::Up, offset: 0 },
+            data: format!("Q{secret}").into_bytes(),
+        })
+        .unwrap();
+    audit
+        .record(Event::SessionClose(Box::new(SessionClose {
+            id,
+            ended_us: now_us(),
+            bytes_up: 1,
+            bytes_down: 1,
+            end_reason: "closed".into(),
+        })))
+        .unwrap();
+}
+
+fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    ["", "-wal"].iter().any(|s| {
+        std::fs::read(format!("{}{s}", path.display()))
+            .is_ok_and(|b| memchr::memmem::find(&b, needle).is_some())
+    })
+}
+
+#[test]
+fn a_redacted_session_still_verifies_shows_the_redaction_and_its_bytes_are_gone() {
+    let dir = temp("redact");
+    let db = dir.join("state/audit.db");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
+    session(&audit, sid(1), "hunter2-leaked");
+    session(&audit, sid(2), "kept-value");
+    run(audit.flush()).unwrap();
+    // A second writer is refused while the first holds the store.
+    assert!(open(&db, &key_path, &opts(None)).unwrap_err().to_string().contains("in use"));
+    let red = run(audit.redact(&sid(1).to_string(), "leaked password, ticket 42", 0)).unwrap();
+    assert_eq!(red.count(), 2, "the statement and the chunk");
+    assert!(run(audit.redact(&sid(1).to_string(), "again", 0)).is_err(), "nothing left to redact");
+    assert!(run(audit.redact(&sid(2).to_string(), " ", 0)).is_err(), "a reason is required");
+    drop(audit);
+    writer.stop();
+
+    let key = keys::load(&key_path).unwrap();
+    let r = verify_db(&db, &trust(&key), None).unwrap();
+    assert!(r.ok(), "{:#?}", r.problems);
+    assert!(r.proven());
+    assert_eq!(r.redactions.len(), 1);
+    assert_eq!(r.redactions[0].reason, "leaked password, ticket 42");
+    assert!(!file_contains(&db, b"hunter2-leaked"), "the redacted bytes are overwritten on disk");
+    assert!(file_contains(&db, b"kept-value"));
+    // The query tables follow: the session is marked, its statements gone.
+    let rows = query::statements(&db, Some(&sid(1).to_string()), 10).unwrap();
+    assert!(rows.is_empty());
+
+    // Content removed without a redaction record is a deletion.
+    let copy = dir.join("state/copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    let c = rusqlite::Connection::open(&copy).unwrap();
+    c.execute("UPDATE events SET body = NULL, data = NULL WHERE session = ?1 AND kind = 'chunk'", [sid(2).to_string()])
+        .unwrap();
+    drop(c);
+    let r = verify_db(&copy, &trust(&key), None).unwrap();
+    assert!(r.problems.iter().any(|p| p.what.contains("no signed redaction record")), "{:#?}", r.problems);
+    // A forged redaction record (signed by another key) is not accepted.
+    let other = SigningKey::from_bytes(&[9; 32]);
+    let r = verify_db(&db, &trust(&other), None).unwrap();
+    assert!(!r.ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn verify_follows_key_rotations_and_refuses_retired_or_foreign_keys() {
+    let dir = temp("rotate");
+    let db = dir.join("state/audit.db");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
+    session(&audit, sid(1), "a");
+    run(audit.flush()).unwrap();
+    let old = keys::load(&key_path).unwrap();
+    let rot = run(audit.rotate_key()).unwrap();
+    assert_eq!(rot.old_public_key, hex(&old.verifying_key().to_bytes()));
+    assert_eq!(audit.public_key_hex(), rot.new_public_key);
+    session(&audit, sid(2), "b");
+    drop(audit);
+    writer.stop();
+    let new = keys::load(&key_path).unwrap();
+    assert_eq!(hex(&new.verifying_key().to_bytes()), rot.new_public_key);
+    assert_eq!(
+        std::fs::read_to_string(keys::public_path(&key_path)).unwrap().trim(),
+        rot.new_public_key,
+        "host.pub follows"
+    );
+    assert!(!keys::pending_path(&key_path).exists());
+
+    // Trusting the old key: the rotation is followed forward.
+    let r = verify_db(&db, &trust(&old), None).unwrap();
+    assert!(r.ok(), "{:#?}", r.problems);
+    assert_eq!(r.rotations.len(), 1);
+    assert!(r.checkpoints_verified >= 2);
+    // Trusting the new key: the old one is trusted back, through the checkpoint the new key signed.
+    let r = verify_db(&db, &trust(&new), None).unwrap();
+    assert!(r.ok(), "{:#?}", r.problems);
+
+    // A checkpoint signed after the rotation by the retired key is refused.
+    let copy = dir.join("state/retired.db");
+    std::fs::copy(&db, &copy).unwrap();
+    {
+        let mut c = rusqlite::Connection::open(&copy).unwrap();
+        let h = head(&c).unwrap();
+        let time = now_us();
+        let sig = chain::sign(&old, &chain::checkpoint_message(h.0, &h.1, time));
+        let body = serde_json::json!({ "head_seq": h.0, "head_hash": hex(&h.1), "time_us": time, "public_key": hex(&old.verifying_key().to_bytes()) });
+        write_raw(&mut c, h, "checkpoint", None, body.to_string().into_bytes(), Some(sig.to_vec())).unwrap();
+    }
+    let r = verify_db(&copy, &trust(&old), None).unwrap();
+    assert!(r.problems.iter().any(|p| p.what.contains("retired")), "{:#?}", r.problems);
+
+    // A whole store rewritten and signed by another key: not proven, whichever way it is asked.
+    let forged = dir.join("state/forged.db");
+    let forged_key = dir.join("state/forged.key");
+    let (a, w) = open(&forged, &forged_key, &opts(None)).unwrap();
+    session(&a, sid(3), "c");
+    drop(a);
+    w.stop();
+    let r = verify_db(&forged, &trust(&old), None).unwrap();
+    assert!(!r.ok(), "another key's store does not verify against the host key");
+    let r = verify::default_trust(&forged, &dir.join("no-operator-key")).and_then(|t| verify_db(&forged, &t, None)).unwrap();
+    assert!(r.ok() && !r.proven(), "keys from beside the store prove nothing: {:?}", r.trust);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_cut_off_tail_is_found_with_the_published_checkpoints() {
+    let dir = temp("anchors");
+    let db = dir.join("state/audit.db");
+    let shipped = dir.join("anchors.jsonl");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &opts(Some(shipped.clone()))).unwrap();
+    session(&audit, sid(1), "a");
+    session(&audit, sid(2), "b");
+    drop(audit);
+    writer.stop();
+    let key = keys::load(&key_path).unwrap();
+    let published = anchors::read(&shipped).unwrap();
+    assert!(!published.is_empty());
+    let r = verify_db(&db, &trust(&key), Some(&published)).unwrap();
+    assert!(r.ok(), "{:#?}", r.problems);
+    assert!(r.anchor_seq.is_some());
+
+    // Delete the newest session with the final checkpoint (and fix up the query tables):
+    // the chain alone still verifies…
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let cut: i64 = c
+        .query_row("SELECT min(seq) FROM events WHERE session = ?1", [sid(2).to_string()], |r| r.get(0))
+        .unwrap();
+    c.execute("DELETE FROM events WHERE seq >= ?1", [cut]).unwrap();
+    c.execute("DELETE FROM sessions WHERE id = ?1", [sid(2).to_string()]).unwrap();
+    c.execute("DELETE FROM statements WHERE session_id = ?1", [sid(2).to_string()]).unwrap();
+    drop(c);
+    let r = verify_db(&db, &trust(&key), None).unwrap();
+    assert!(r.ok(), "without anchors a clean cut is invisible: {:#?}", r.problems);
+    // …but not against what was published off the host.
+    let r = verify_db(&db, &trust(&key), Some(&published)).unwrap();
+    assert!(
+        r.problems.iter().any(|p| p.what.contains("deleted from the end")),
+        "{:#?}",
+        r.problems
+    );
+    // A forged anchor (another key) is ignored and said to be.
+    let mut forged = published.clone();
+    if let Some(a) = forged.last_mut() {
+        a.public_key = hex(&SigningKey::from_bytes(&[3; 32]).verifying_key().to_bytes());
+    }
+    let r = verify_db(&db, &trust(&key), Some(&forged)).unwrap();
+    assert!(r.problems.iter().any(|p| p.what.contains("not signed by a trusted key")), "{:#?}", r.problems);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_state_directory_is_narrowed_and_keys_are_not_read_through_links() {
+    let dir = temp("state");
+    let state = dir.join("state");
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let db = state.join("audit.db");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
+    drop(audit);
+    writer.stop();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(std::fs::metadata(&key_path).unwrap().mode() & 0o7777, 0o600);
+    assert_eq!(std::fs::metadata(&db).unwrap().mode() & 0o7777, 0o600);
+    // host.key replaced by a symlink to another key: refused.
+    let elsewhere = dir.join("elsewhere.key");
+    std::fs::rename(&key_path, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &key_path).unwrap();
+    let e = open(&db, &key_path, &opts(None)).unwrap_err().to_string();
+    assert!(e.contains("symbolic link"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
