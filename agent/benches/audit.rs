@@ -27,7 +27,13 @@ fn run(mode: Mode, sessions: usize, per_session: u64) -> f64 {
     let dir = std::env::temp_dir().join(format!("gh-bench-audit-{}-{mode:?}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let opts = Options { mode, fsync: false, checkpoint_every: Duration::from_secs(10), retention_days: None, publish: Default::default() };
+    let opts = Options {
+        mode,
+        fsync: false,
+        checkpoint_every: Duration::from_secs(10),
+        retention_days: None,
+        publish: Default::default(),
+    };
     let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let start = Instant::now();
@@ -76,8 +82,13 @@ fn latency() -> (f64, f64) {
     let dir = std::env::temp_dir().join(format!("gh-bench-audit-lat-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let opts =
-        Options { mode: Mode::Strict, fsync: false, checkpoint_every: Duration::from_secs(10), retention_days: None, publish: Default::default() };
+    let opts = Options {
+        mode: Mode::Strict,
+        fsync: false,
+        checkpoint_every: Duration::from_secs(10),
+        retention_days: None,
+        publish: Default::default(),
+    };
     let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut lat: Vec<f64> = rt.block_on(async {
@@ -104,7 +115,84 @@ fn latency() -> (f64, f64) {
     (p(0.5), p(0.99))
 }
 
+/// Writes a store of about `mb` MiB (1 MiB chunks and a statement each),
+/// then runs `gatehouse verify` on it and returns its peak RSS in KiB.
+fn verify_rss(mb: u64) -> (u64, f64) {
+    let dir = std::env::temp_dir().join(format!("gh-bench-verify-{}-{mb}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = dir.join("audit.db");
+    let key = dir.join("host.key");
+    let opts = Options {
+        mode: Mode::Strict,
+        fsync: false,
+        checkpoint_every: Duration::from_secs(1),
+        retention_days: None,
+        publish: Default::default(),
+    };
+    let (audit, writer) = audit::open(&db, &key, &opts).expect("open");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let s = SessionId::new();
+        let mut data = vec![0u8; 1 << 20];
+        for i in 0..mb {
+            for (j, b) in data.iter_mut().enumerate() {
+                *b = (i as usize).wrapping_mul(31).wrapping_add(j) as u8;
+            }
+            audit.record_strict(statement(s, i)).wait().await.expect("record");
+            let chunk = Event::Chunk {
+                session: s,
+                header: ChunkHeader { dir: Direction::Down, offset: i << 20 },
+                data: data.clone(),
+            };
+            audit.record_strict(chunk).wait().await.expect("record");
+        }
+    });
+    let public = audit.public_key_hex();
+    drop(audit);
+    writer.stop();
+    let start = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["verify", db.to_str().expect("path"), "--pubkey", &public])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("gatehouse verify");
+    let mut peak = 0u64;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(hwm);
+        }
+        if let Some(st) = child.try_wait().expect("wait") {
+            assert!(st.success(), "verify failed on the bench store");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    (peak, secs)
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "verify") || std::env::var_os("GATEHOUSE_BENCH_VERIFY").is_some() {
+        let big: u64 = std::env::var("GATEHOUSE_BENCH_VERIFY_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
+        let (small_rss, small_s) = verify_rss(128);
+        let (big_rss, big_s) = verify_rss(big);
+        println!(
+            "gatehouse verify peak RSS: {:.1} MiB on a 128 MiB store ({small_s:.1} s), {:.1} MiB on a {big} MiB store ({big_s:.1} s)",
+            small_rss as f64 / 1024.0,
+            big_rss as f64 / 1024.0
+        );
+        println!("ratio verify_rss {big}mb/128mb = {:.2}", big_rss as f64 / small_rss.max(1) as f64);
+        println!("ratio verify_rss {big}mb/goal64mb = {:.2}", big_rss as f64 / (64.0 * 1024.0));
+        return;
+    }
     let (p50, p99) = latency();
     println!("audit strict commit wait, one session: p50 {p50:.0} µs, p99 {p99:.0} µs");
     let strict = run(Mode::Strict, 32, 5_000);

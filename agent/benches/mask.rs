@@ -10,7 +10,12 @@ use gatehouse::mask::{Detector, Profile, ProfileSpec, Style, bench_corpus, measu
 fn profile(custom: bool) -> Profile {
     let detectors =
         Detector::ALL.iter().copied().filter(|d| *d != Detector::Custom).map(|d| (d, Style::Partial)).collect();
-    let mut spec = ProfileSpec { name: "bench".into(), detectors, hash_key: gatehouse::mask::MaskKey::new([7; 32]), ..ProfileSpec::default() };
+    let mut spec = ProfileSpec {
+        name: "bench".into(),
+        detectors,
+        hash_key: gatehouse::mask::MaskKey::new([7; 32]),
+        ..ProfileSpec::default()
+    };
     if custom {
         spec.custom.push(("employee-id".into(), "EMP-[0-9]{6}".into(), Style::Hash));
     }

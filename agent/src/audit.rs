@@ -572,20 +572,16 @@ fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
     conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sql_err)?;
     check_layout(&conn).map_err(|e| AuditError::Failed(format!("{}: {e}", path.display())))?;
     conn.execute_batch(SCHEMA).map_err(sql_err)?;
-    conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('layout', ?1)",
-        [chain::LAYOUT.to_string()],
-    )
-    .map_err(sql_err)?;
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('layout', ?1)", [chain::LAYOUT.to_string()])
+        .map_err(sql_err)?;
     Ok(conn)
 }
 
 /// A store written by an older Gatehouse (chain layout 1) is refused, not
 /// rewritten: its chain is evidence as it is.
 fn check_layout(conn: &Connection) -> Result<(), String> {
-    let has = |table: &str, column: &str| -> bool {
-        conn.prepare(&format!("SELECT {column} FROM {table} LIMIT 0")).is_ok()
-    };
+    let has =
+        |table: &str, column: &str| -> bool { conn.prepare(&format!("SELECT {column} FROM {table} LIMIT 0")).is_ok() };
     if has("events", "seq") && !has("events", "content_hash") {
         return Err(format!(
             "this store uses chain layout 1; this Gatehouse writes layout {}. Move it aside (verify and export it with the Gatehouse that wrote it) and start a new one",
@@ -684,9 +680,9 @@ impl Writer {
                     Command::Flush(a) => acks.push(a),
                     // Operator commands run after the records queued before them.
                     Command::Redact { session, reason, by_uid, ack } => {
-                        let r = self.append_batch(std::mem::take(&mut events)).and_then(|()| {
-                            self.redact(&session, &reason, by_uid)
-                        });
+                        let r = self
+                            .append_batch(std::mem::take(&mut events))
+                            .and_then(|()| self.redact(&session, &reason, by_uid));
                         let _ = ack.send(r);
                     }
                     Command::RotateKey(ack) => {
@@ -999,14 +995,14 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
             ])?;
         }
         Event::BackendLogin(l) => {
-            tx.prepare_cached("UPDATE sessions SET backend_tls = ?2, backend_auth = ?3 WHERE id = ?1")?.execute(
-                params![l.id.to_string(), l.tls_summary(), l.auth],
-            )?;
+            tx.prepare_cached("UPDATE sessions SET backend_tls = ?2, backend_auth = ?3 WHERE id = ?1")?
+                .execute(params![l.id.to_string(), l.tls_summary(), l.auth])?;
         }
         Event::Redaction(r) => {
             // The statements' records lost their content: so do their rows.
             tx.prepare_cached("DELETE FROM statements WHERE session_id = ?1")?.execute([&r.session])?;
-            tx.prepare_cached("UPDATE sessions SET redacted = ?2 WHERE id = ?1")?.execute(params![r.session, r.reason])?;
+            tx.prepare_cached("UPDATE sessions SET redacted = ?2 WHERE id = ?1")?
+                .execute(params![r.session, r.reason])?;
         }
         Event::Chunk { .. } | Event::Truncated { .. } | Event::Agent { .. } | Event::Approval(_) => {}
     }

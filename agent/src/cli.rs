@@ -818,7 +818,10 @@ fn policy_check(path: &Path, skip_secret_files: bool) -> ExitCode {
                     }
                     Err(d) => {
                         eprintln!("{d}");
-                        eprintln!("{} error(s) (files the policy names; --skip-secret-files to check only the policy)", d.0.len());
+                        eprintln!(
+                            "{} error(s) (files the policy names; --skip-secret-files to check only the policy)",
+                            d.0.len()
+                        );
                         return ExitCode::FAILURE;
                     }
                 }

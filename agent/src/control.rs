@@ -21,11 +21,21 @@ use crate::redirect::{KernelStats, PinStatus};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    Sessions { filter: crate::audit::query::SessionFilter },
-    Statements { session: Option<String>, limit: u32 },
-    Replay { session: String },
+    Sessions {
+        filter: crate::audit::query::SessionFilter,
+    },
+    Statements {
+        session: Option<String>,
+        limit: u32,
+    },
+    Replay {
+        session: String,
+    },
     /// Remove a session's recorded content (root only).
-    Redact { session: String, reason: String },
+    Redact {
+        session: String,
+        reason: String,
+    },
     /// Replace the host's signing key (root only).
     RotateKey,
 }
@@ -154,7 +164,9 @@ fn status(agent: &Agent) -> AgentStatus {
         audit_mode: agent.audit.mode(),
         audit_failure: agent.audit.failure(),
         public_key: agent.audit.public_key_hex(),
-        public_key_file: Some(crate::audit::keys::public_path(&crate::settings::host_key_path(&agent.settings.audit_db))),
+        public_key_file: Some(crate::audit::keys::public_path(&crate::settings::host_key_path(
+            &agent.settings.audit_db,
+        ))),
         warnings: files.warnings,
     }
 }
@@ -181,7 +193,10 @@ fn backend_warnings(
             w.push(format!("the newest login went over {} TLS", if l.tls == "off" { "no" } else { "unverified" }));
         }
         if l.auth == "md5" || l.auth == "password" {
-            w.push(format!("the newest login used {}, which hands the server the password or a replayable hash", l.auth));
+            w.push(format!(
+                "the newest login used {}, which hands the server the password or a replayable hash",
+                l.auth
+            ));
         }
     }
     if client_tls_expires.is_some_and(|t| t <= jiff::Timestamp::now().as_second()) {
@@ -280,12 +295,10 @@ async fn answer(agent: &Agent, stream: UnixStream) -> std::io::Result<()> {
                 Err(e) => Response::Error { message: e.to_string() },
             }
         }
-        Ok(Request::Redact { session, reason }) if uid == 0 => {
-            match agent.audit.redact(&session, &reason, uid).await {
-                Ok(redaction) => Response::Redacted { redaction },
-                Err(e) => Response::Error { message: e.to_string() },
-            }
-        }
+        Ok(Request::Redact { session, reason }) if uid == 0 => match agent.audit.redact(&session, &reason, uid).await {
+            Ok(redaction) => Response::Redacted { redaction },
+            Err(e) => Response::Error { message: e.to_string() },
+        },
         Ok(Request::RotateKey) if uid == 0 => match agent.audit.rotate_key().await {
             Ok(rotation) => Response::Rotated { rotation },
             Err(e) => Response::Error { message: e.to_string() },

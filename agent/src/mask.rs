@@ -196,7 +196,10 @@ impl MaskKey {
         match crate::secrets::random32() {
             Ok(r) => b.copy_from_slice(r.as_ref()),
             Err(_) => {
-                b = blake3::derive_key("gatehouse throwaway mask key", format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes());
+                b = blake3::derive_key(
+                    "gatehouse throwaway mask key",
+                    format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes(),
+                );
             }
         }
         Self::new(b)
@@ -225,7 +228,10 @@ impl fmt::Debug for MaskKey {
 /// column number), that identity goes here and nothing else changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenScope<'a> {
-    Column { table: Option<&'a str>, column: &'a str },
+    Column {
+        table: Option<&'a str>,
+        column: &'a str,
+    },
     Detector(Detector),
     /// An operator regex, by its name.
     Custom(&'a str),
@@ -444,17 +450,7 @@ impl Profile {
             // Marks Custom as enabled; its real styles are per pattern.
             *slot = Some(Style::Redact);
         }
-        Ok(Self {
-            name: spec.name.clone(),
-            columns,
-            digits,
-            email,
-            tokens,
-            custom,
-            styles,
-            profile_key,
-            detector_keys,
-        })
+        Ok(Self { name: spec.name.clone(), columns, digits, email, tokens, custom, styles, profile_key, detector_keys })
     }
 
     /// The key for Hash tokens in `scope` (compute it once per result
@@ -545,7 +541,13 @@ impl Profile {
             for m in std::iter::once(first).chain(rest) {
                 let pattern = m.pattern().as_usize();
                 if let Some(&style) = custom.styles.get(pattern) {
-                    hits.push(Hit { start: m.start(), end: m.end(), detector: Detector::Custom, style, pattern: Some(pattern) });
+                    hits.push(Hit {
+                        start: m.start(),
+                        end: m.end(),
+                        detector: Detector::Custom,
+                        style,
+                        pattern: Some(pattern),
+                    });
                 }
             }
         }

@@ -216,7 +216,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 pub enum StateDir {
     Created,
     /// It existed with a wider mode, which was narrowed to 0700.
-    Corrected { was: u32 },
+    Corrected {
+        was: u32,
+    },
     Fine,
 }
 
@@ -305,7 +307,10 @@ mod tests {
         assert!(matches!(e.problem, FileProblem::Readable { mode: 0o644 }), "{e}");
         assert!(read_checked(&p, "CA file", Kind::Trusted).is_ok());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
-        assert!(matches!(read_checked(&p, "CA file", Kind::Trusted).unwrap_err().problem, FileProblem::Writable { .. }));
+        assert!(matches!(
+            read_checked(&p, "CA file", Kind::Trusted).unwrap_err().problem,
+            FileProblem::Writable { .. }
+        ));
         if root() {
             nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -183,11 +183,49 @@ pub fn certs(dir: &Path, ip: &str, days: i32) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).expect("cert dir");
     std::fs::write(dir.join("san.ext"), format!("subjectAltName=IP:{ip}\n")).expect("san");
     let days = days.to_string();
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Gatehouse test CA", "-keyout", "ca.key", "-out", "ca.crt"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={ip}"), "-keyout", "server.key", "-out", "server.csr"]);
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", &days,
-        "-extfile", "san.ext", "-out", "server.crt",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Gatehouse test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &format!("/CN={ip}"),
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        &days,
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
     ]);
     (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"))
 }

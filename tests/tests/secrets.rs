@@ -198,7 +198,8 @@ fn the_audit_trail_keeps_no_secrets() {
          print('len', c.execute('SELECT length(%s::text)', ('Secret-Bind-8',)).fetchone()[0])\n",
     );
     let port = w.pg.port.to_string();
-    let out = text(&w.env.run_as(&w.dan, None, Path::new("/usr/bin/python3"), &[py.to_str().unwrap(), &w.pg.host, &port]));
+    let out =
+        text(&w.env.run_as(&w.dan, None, Path::new("/usr/bin/python3"), &[py.to_str().unwrap(), &w.pg.host, &port]));
     assert!(out.contains("len 13"), "{out}\n{}", w.env.agent_log());
 
     // A refused statement with a key in it.

@@ -155,7 +155,11 @@ fn an_impostor_backend_gets_no_password() {
         let out = psql(&env, &ana, &s.addr.ip().to_string(), s.addr.port(), "SELECT 1");
         assert!(out.contains("FATAL") && out.contains("could not log in"), "{}: {out}\n{}", c.name, env.agent_log());
         assert!(out.contains(c.expect), "{}: the client is told why ({:?}): {out}", c.name, c.expect);
-        assert!(!out.contains(&secret.display().to_string()), "{}: the client never sees the password file: {out}", c.name);
+        assert!(
+            !out.contains(&secret.display().to_string()),
+            "{}: the client never sees the password file: {out}",
+            c.name
+        );
         let seen = s.seen();
         assert!(seen.connections >= 1, "{}: the agent did dial the impostor: {seen:?}", c.name);
         assert!(!seen.received(pg::APP_PASSWORD), "{}: the impostor got the password: {seen:?}", c.name);
@@ -182,7 +186,10 @@ fn an_impostor_backend_gets_no_password() {
     let sessions = env.sessions();
     for c in &cases {
         let backend = format!("imp-{}", c.name);
-        let s = sessions.iter().find(|s| s["backend"] == backend.as_str()).unwrap_or_else(|| panic!("{backend}: {sessions:#?}"));
+        let s = sessions
+            .iter()
+            .find(|s| s["backend"] == backend.as_str())
+            .unwrap_or_else(|| panic!("{backend}: {sessions:#?}"));
         assert!(s["end_reason"].as_str().unwrap_or("").contains("could not log in"), "{s:#}");
     }
     // `gatehouse status` says which backends are reached without a verified certificate.
@@ -198,7 +205,8 @@ fn an_impostor_backend_gets_no_password() {
 
 /// The SHA-256 fingerprint of a PEM certificate, as lowercase hex.
 fn fingerprint(cert: &Path) -> String {
-    let o = Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(cert).output().unwrap();
+    let o =
+        Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(cert).output().unwrap();
     text(&o).split('=').nth(1).unwrap_or_default().trim().replace(':', "").to_lowercase()
 }
 
@@ -349,7 +357,8 @@ fn verify_trusts_outside_keys_follows_rotation_and_finds_a_cut_tail() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("UNPROVEN") && out.contains("beside the store"), "{out}");
     // Another key: no.
-    let (code, out) = gh(&env, &["verify", &db, "--pubkey", "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"]);
+    let (code, out) =
+        gh(&env, &["verify", &db, "--pubkey", "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"]);
     assert_eq!(code, 1, "{out}");
 
     // The newest session and the newest checkpoints deleted: the chain alone cannot tell…

@@ -39,6 +39,12 @@ pub enum Workload {
     Policy,
     /// Audit store records per second with the hash chain and group commit (no root needed).
     Audit,
+    /// `gatehouse verify` peak memory on a small and a large store (no root needed).
+    Verify {
+        /// Size of the large store, MiB.
+        #[arg(long, default_value_t = 2048)]
+        mb: u64,
+    },
     /// Detector MB/s, and a 1M-row SELECT direct vs through Gatehouse unmasked vs masked.
     Mask {
         #[arg(long, default_value_t = 1_000_000)]
@@ -62,6 +68,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         Workload::Audit => Some("audit"),
         _ => None,
     };
+    if let Workload::Verify { mb } = a.workload {
+        return run(Command::new("cargo")
+            .current_dir(workspace_root())
+            .env("GATEHOUSE_BENCH_VERIFY", "1")
+            .env("GATEHOUSE_BENCH_VERIFY_MB", mb.to_string())
+            .args(["bench", "-p", "gatehouse", "--bench", "audit"]));
+    }
     if let Some(name) = in_process {
         return run(Command::new("cargo").current_dir(workspace_root()).args([
             "bench",
@@ -83,7 +96,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     match a.workload.clone() {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
-        Workload::Policy | Workload::Audit => Ok(()),
+        Workload::Policy | Workload::Audit | Workload::Verify { .. } => Ok(()),
         Workload::Pg { secs, scale } => crate::bench_pg::pg(secs, scale),
         Workload::Mask { rows } => {
             run(Command::new("cargo").current_dir(workspace_root()).args([

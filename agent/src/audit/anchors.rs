@@ -82,7 +82,9 @@ impl Publisher {
     fn complain(&mut self, what: &str) {
         if self.last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
             self.last_complaint = Some(Instant::now());
-            tracing::warn!("cannot publish the audit checkpoint to {what}; tail truncation of the store is then detectable only from the anchors published elsewhere");
+            tracing::warn!(
+                "cannot publish the audit checkpoint to {what}; tail truncation of the store is then detectable only from the anchors published elsewhere"
+            );
         }
     }
 }

@@ -94,8 +94,7 @@ fn run<T>(f: impl std::future::Future<Output = T>) -> T {
 
 fn file_contains(path: &Path, needle: &[u8]) -> bool {
     ["", "-wal"].iter().any(|s| {
-        std::fs::read(format!("{}{s}", path.display()))
-            .is_ok_and(|b| memchr::memmem::find(&b, needle).is_some())
+        std::fs::read(format!("{}{s}", path.display())).is_ok_and(|b| memchr::memmem::find(&b, needle).is_some())
     })
 }
 
@@ -201,7 +200,9 @@ fn verify_follows_key_rotations_and_refuses_retired_or_foreign_keys() {
     w.stop();
     let r = verify_db(&forged, &trust(&old), None).unwrap();
     assert!(!r.ok(), "another key's store does not verify against the host key");
-    let r = verify::default_trust(&forged, &dir.join("no-operator-key")).and_then(|t| verify_db(&forged, &t, None)).unwrap();
+    let r = verify::default_trust(&forged, &dir.join("no-operator-key"))
+        .and_then(|t| verify_db(&forged, &t, None))
+        .unwrap();
     assert!(r.ok() && !r.proven(), "keys from beside the store prove nothing: {:?}", r.trust);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -227,9 +228,8 @@ fn a_cut_off_tail_is_found_with_the_published_checkpoints() {
     // Delete the newest session with the final checkpoint (and fix up the query tables):
     // the chain alone still verifies…
     let c = rusqlite::Connection::open(&db).unwrap();
-    let cut: i64 = c
-        .query_row("SELECT min(seq) FROM events WHERE session = ?1", [sid(2).to_string()], |r| r.get(0))
-        .unwrap();
+    let cut: i64 =
+        c.query_row("SELECT min(seq) FROM events WHERE session = ?1", [sid(2).to_string()], |r| r.get(0)).unwrap();
     c.execute("DELETE FROM events WHERE seq >= ?1", [cut]).unwrap();
     c.execute("DELETE FROM sessions WHERE id = ?1", [sid(2).to_string()]).unwrap();
     c.execute("DELETE FROM statements WHERE session_id = ?1", [sid(2).to_string()]).unwrap();
@@ -238,11 +238,7 @@ fn a_cut_off_tail_is_found_with_the_published_checkpoints() {
     assert!(r.ok(), "without anchors a clean cut is invisible: {:#?}", r.problems);
     // …but not against what was published off the host.
     let r = verify_db(&db, &trust(&key), Some(&published)).unwrap();
-    assert!(
-        r.problems.iter().any(|p| p.what.contains("deleted from the end")),
-        "{:#?}",
-        r.problems
-    );
+    assert!(r.problems.iter().any(|p| p.what.contains("deleted from the end")), "{:#?}", r.problems);
     // A forged anchor (another key) is ignored and said to be.
     let mut forged = published.clone();
     if let Some(a) = forged.last_mut() {

@@ -198,7 +198,10 @@ pub fn read_records(conn: &Connection) -> Result<Vec<Record>, String> {
 /// own list (neither of which proves anything: the report says so).
 pub fn default_trust(db: &Path, key_file: &Path) -> Result<Trust, String> {
     if key_file.exists() {
-        return Ok(Trust { keys: keys::read_public_file(key_file)?, source: TrustSource::KeyFile(key_file.to_owned()) });
+        return Ok(Trust {
+            keys: keys::read_public_file(key_file)?,
+            source: TrustSource::KeyFile(key_file.to_owned()),
+        });
     }
     let beside = keys::public_path(&crate::settings::host_key_path(db));
     if let Ok(k) = keys::read_public_file(&beside) {
@@ -292,7 +295,9 @@ pub(crate) fn follow_rotations(
         let msg = chain::rotation_message(&old.to_bytes(), &new.to_bytes(), rot.time_us);
         let signed = chain::verify_signature(&old, &msg, sig);
         if !signed {
-            report.problems.push(Break { seq, what: format!("key rotation {seq} is not signed by the key it retires") });
+            report
+                .problems
+                .push(Break { seq, what: format!("key rotation {seq} is not signed by the key it retires") });
         }
         rotations.push((seq, rot, old, new, signed));
     }
@@ -493,10 +498,9 @@ pub fn verify_db(path: &Path, trust: &Trust, published: Option<&[Anchor]>) -> Re
             let hash = <[u8; 32]>::try_from(hash).unwrap_or([0xff; 32]);
             let m = chain::checkpoint_message(seq, &hash, time);
             if !keys.trusted.iter().any(|k| chain::verify_signature(k, &m, &sig)) {
-                report.problems.push(Break {
-                    seq,
-                    what: format!("the pruning anchor at {seq} is not signed by a trusted key"),
-                });
+                report
+                    .problems
+                    .push(Break { seq, what: format!("the pruning anchor at {seq} is not signed by a trusted key") });
             }
             (hash, seq)
         }
@@ -597,7 +601,8 @@ fn newest_valid_anchor(list: &[Anchor], keys: &Keys, report: &mut Report) -> Opt
         let key = parse_key(&a.public_key);
         let valid = match (hash, sig, key) {
             (Some(h), Some(s), Some(k)) => {
-                keys.is_trusted(&k) && chain::verify_signature(&k, &chain::checkpoint_message(a.head_seq, &h, a.time_us), &s)
+                keys.is_trusted(&k)
+                    && chain::verify_signature(&k, &chain::checkpoint_message(a.head_seq, &h, a.time_us), &s)
             }
             _ => false,
         };
@@ -636,7 +641,10 @@ fn check_checkpoint(conn: &Connection, r: &Record, prev: Option<(u64, [u8; 32])>
             .and_then(|h| <[u8; 32]>::try_from(h).ok()),
     };
     if stored != Some(head_hash) {
-        return Err(format!("checkpoint {} names a head (record {head_seq}) that is not in the chain as signed", r.seq));
+        return Err(format!(
+            "checkpoint {} names a head (record {head_seq}) that is not in the chain as signed",
+            r.seq
+        ));
     }
     let m = chain::checkpoint_message(head_seq, &head_hash, time);
     let sig = r.data.as_deref().unwrap_or_default();

@@ -57,10 +57,10 @@ async fn with_store<T>(
     db: &Path,
     f: impl AsyncFnOnce(&audit::Audit) -> Result<T, audit::AuditError>,
 ) -> Result<T, String> {
-    let opts = settings::Settings::resolve(&settings::AgentRaw::default(), &settings::Overrides {
-        audit_db: Some(db.to_owned()),
-        ..settings::Overrides::default()
-    })
+    let opts = settings::Settings::resolve(
+        &settings::AgentRaw::default(),
+        &settings::Overrides { audit_db: Some(db.to_owned()), ..settings::Overrides::default() },
+    )
     .map_err(|e| e.to_string())?
     .audit;
     let (a, writer) =

@@ -452,7 +452,9 @@ enum BackendError {
     Unsupported(String),
     #[error("authentication exchange failed: {0}")]
     Sasl(String),
-    #[error("the server said the login succeeded before it proved it knows the password (SCRAM not finished): an impostor")]
+    #[error(
+        "the server said the login succeeded before it proved it knows the password (SCRAM not finished): an impostor"
+    )]
     PrematureOk,
     #[error("the server closed the connection during login")]
     Closed,
@@ -463,7 +465,9 @@ impl BackendError {
     fn public(&self) -> String {
         match self {
             Self::Secret(_) => "the agent cannot use this login's secret (see the agent's log)".into(),
-            Self::Tls(tls::TlsError::File { .. }) => "the agent's TLS files for this backend are unusable (see the agent's log)".into(),
+            Self::Tls(tls::TlsError::File { .. }) => {
+                "the agent's TLS files for this backend are unusable (see the agent's log)".into()
+            }
             other => other.to_string(),
         }
     }
@@ -572,7 +576,9 @@ fn allowed(a: &AuthCtx<'_>, method: AuthMethod) -> Result<(), BackendError> {
     let why = match (method, &a.backend.require_auth) {
         (_, Some(_)) => "require_auth does not list it",
         (AuthMethod::None, None) => "a password is held, so a server that asks for none may be an impostor",
-        _ => "it would hand the password (or a replayable hash of it) to whoever answers; verify TLS or list it in require_auth",
+        _ => {
+            "it would hand the password (or a replayable hash of it) to whoever answers; verify TLS or list it in require_auth"
+        }
     };
     Err(BackendError::NotAllowed { method: method.name(), over, why })
 }
@@ -649,7 +655,9 @@ async fn authenticate(stream: &mut Stream, a: &AuthCtx<'_>) -> Result<(BytesMut,
                         };
                         (SCRAM_SHA_256, binding, AuthMethod::Scram)
                     } else {
-                        return Err(BackendError::Unsupported("SASL without a SCRAM-SHA-256 mechanism Gatehouse may use".into()));
+                        return Err(BackendError::Unsupported(
+                            "SASL without a SCRAM-SHA-256 mechanism Gatehouse may use".into(),
+                        ));
                     };
                     let s = ScramSha256::new(need()?, binding);
                     stream.write_all(&wire::sasl_initial_response(mechanism, s.message())).await?;

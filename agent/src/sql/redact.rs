@@ -180,7 +180,15 @@ pub fn redact(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Reda
             spans.push((start, end, Why::Secret));
             continue;
         };
-        let mut w = Walk { text, rules, scs, stmt_end: end, spans: &mut spans, max_param: &mut max_param, normalize: opts.normalize };
+        let mut w = Walk {
+            text,
+            rules,
+            scs,
+            stmt_end: end,
+            spans: &mut spans,
+            max_param: &mut max_param,
+            normalize: opts.normalize,
+        };
         w.node(&tree, false);
     }
     apply(text, spans, max_param)
@@ -198,7 +206,9 @@ fn unparsed(text: &str, scs: bool) -> Redacted {
         let c = b.get(i).copied().unwrap_or(0);
         let string_start = match c {
             b'\'' | b'$' => true,
-            b'E' | b'e' | b'B' | b'b' | b'X' | b'x' | b'N' | b'n' => b.get(i + 1) == Some(&b'\'') && !ident_byte_before(b, i),
+            b'E' | b'e' | b'B' | b'b' | b'X' | b'x' | b'N' | b'n' => {
+                b.get(i + 1) == Some(&b'\'') && !ident_byte_before(b, i)
+            }
             b'U' | b'u' => b.get(i + 1) == Some(&b'&') && b.get(i + 2) == Some(&b'\'') && !ident_byte_before(b, i),
             _ => false,
         };
@@ -824,17 +834,9 @@ mod tests {
             "subpw",
             "CREATE SUBSCRIPTION s CONNECTION '[redacted]' PUBLICATION p",
         );
-        hides(
-            "DO $$BEGIN PERFORM pgp_sym_encrypt('x', 'dokey'); END$$",
-            "dokey",
-            "DO '[redacted]'",
-        );
+        hides("DO $$BEGIN PERFORM pgp_sym_encrypt('x', 'dokey'); END$$", "dokey", "DO '[redacted]'");
         // Several statements, multi-byte text before the secret.
-        hides(
-            "SELECT 'héllo'; ALTER ROLE r PASSWORD 'p2'",
-            "p2",
-            "SELECT 'héllo'; ALTER ROLE r PASSWORD '[redacted]'",
-        );
+        hides("SELECT 'héllo'; ALTER ROLE r PASSWORD 'p2'", "p2", "SELECT 'héllo'; ALTER ROLE r PASSWORD '[redacted]'");
         // String continuation across lines is one constant.
         hides("ALTER ROLE r PASSWORD 'ab'\n  'cd'", "cd", "ALTER ROLE r PASSWORD '[redacted]'");
     }
@@ -954,6 +956,9 @@ mod tests {
         };
         let rec = client_bytes(&stream, &view);
         let text = String::from_utf8_lossy(&rec);
-        assert!(text.contains("pw3!") && text.contains("card ****1111") && !text.contains("4111111111111111"), "{text:?}");
+        assert!(
+            text.contains("pw3!") && text.contains("card ****1111") && !text.contains("4111111111111111"),
+            "{text:?}"
+        );
     }
 }

@@ -119,9 +119,7 @@ pub fn negotiated(conn: &rustls::ClientConnection) -> Negotiated {
         version: conn.protocol_version().and_then(|v| v.as_str()).map(|v| v.replace('_', ".")),
         cipher: conn.negotiated_cipher_suite().and_then(|c| c.suite().as_str()).map(str::to_owned),
         certificate_sha256: cert.map(|c| crate::audit::hex(ring::digest::digest(&ring::digest::SHA256, c).as_ref())),
-        end_point: cert.and_then(|c| {
-            der::end_point_hash(c).map(|alg| ring::digest::digest(alg, c).as_ref().to_vec())
-        }),
+        end_point: cert.and_then(|c| der::end_point_hash(c).map(|alg| ring::digest::digest(alg, c).as_ref().to_vec())),
     }
 }
 
