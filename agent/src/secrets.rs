@@ -157,7 +157,7 @@ fn check_directory(path: &Path) -> Result<(), FileProblem> {
     let mode = meta.mode() & 0o7777;
     let sticky = mode & 0o1000 != 0;
     let writable_by_others = mode & 0o022 != 0;
-    if (writable_by_others && !sticky) || (!trusted_owner(meta.uid()) && !sticky) {
+    if !sticky && (writable_by_others || !trusted_owner(meta.uid())) {
         return Err(FileProblem::Directory { dir: dir.to_owned(), mode, uid: meta.uid() });
     }
     Ok(())

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use gatehouse::mask::{Counts, Detector, MaskOutput, Profile, ProfileSpec, Style};
+use gatehouse::mask::{Counts, Detector, MaskKey, MaskOutput, Profile, ProfileSpec, Style, TokenScope};
 use libfuzzer_sys::fuzz_target;
 
 fn profile(style: Style) -> Profile {
@@ -15,7 +15,7 @@ fn profile(style: Style) -> Profile {
         columns: vec![("*.ssn".into(), Style::Redact)],
         detectors: Detector::ALL.iter().filter(|&&d| d != Detector::Custom).map(|&d| (d, style)).collect(),
         custom: vec![("employee".into(), r"\bEMP-\d{4,8}\b".into(), style)],
-        hash_key: [0x5a; 32],
+        hash_key: MaskKey::new([0x5a; 32]),
     };
     Profile::compile(&spec).unwrap_or_else(|e| panic!("fuzz profile does not compile: {e}"))
 }
@@ -36,9 +36,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!utf8_in || std::str::from_utf8(&out).is_ok(), "scan broke UTF-8");
             }
         }
+        let key = p.token_key(TokenScope::Column { table: Some("t"), column: "c" });
         for style in [Style::Redact, Style::Partial, Style::Hash, Style::Null] {
             out.clear();
-            match p.mask_value(style, data, &mut out) {
+            match p.mask_value(style, &key, data, &mut out) {
                 MaskOutput::Null => assert!(out.is_empty()),
                 MaskOutput::Written => assert!(std::str::from_utf8(&out).is_ok(), "mask_value output is not UTF-8"),
                 MaskOutput::Unchanged => panic!("mask_value never leaves a value unchanged"),

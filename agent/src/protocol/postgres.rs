@@ -639,7 +639,7 @@ async fn authenticate(stream: &mut Stream, a: &AuthCtx<'_>) -> Result<(BytesMut,
                     if !matches!(scram, Scram::NotStarted) {
                         return Err(BackendError::Sasl("a second SASL exchange".into()));
                     }
-                    let offers = |m: &str| mechanisms.iter().any(|x| *x == m.as_bytes());
+                    let offers = |m: &str| mechanisms.contains(&m.as_bytes());
                     let plus = a.tls_on && offers(SCRAM_SHA_256_PLUS) && a.end_point.is_some();
                     let (mechanism, binding, method) = if plus && allowed(a, AuthMethod::ScramPlus).is_ok() {
                         let ep = a.end_point.map(<[u8]>::to_vec).unwrap_or_default();

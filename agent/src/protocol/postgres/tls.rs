@@ -8,7 +8,7 @@
 //! `SSL_CERT_DIR`, then the platform's usual places), and its name against
 //! `tls_server_name` (default: the `host` name, or the IP of `address`).
 
-mod der;
+pub mod der;
 
 use std::path::Path;
 use std::sync::Arc;
