@@ -32,8 +32,8 @@ mod children;
 pub mod encoding;
 mod functions;
 mod kinds;
-mod restrict;
 pub mod redact;
+mod restrict;
 
 pub use cache::Cache;
 

@@ -84,6 +84,7 @@ fn world(name: &str) -> World {
 name = "appdb"
 protocol = "postgres"
 address = "{addr}"
+tls = "off"
 credentials = {{ user = "{app}", password_file = "{s}" }}
 
 [[rule]]
