@@ -250,6 +250,7 @@ name = "team reads"
 who = {{ groups = ["{team}"] }}
 backend = "appdb"
 statements = ["select", "function_call"]
+catalog = "all"
 "#,
         addr = pg.addr(),
         ca = ca.display(),

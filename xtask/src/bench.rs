@@ -143,7 +143,7 @@ impl Rig {
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--audit-db")
-            .arg(self.dir.join("audit.db"))
+            .arg(self.dir.join("state").join("audit.db"))
             .arg("--control-socket")
             .arg(self.dir.join("control.sock"))
             .env("GATEHOUSE_LOG", "warn")

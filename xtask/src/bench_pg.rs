@@ -199,6 +199,8 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
     let mut rig = Rig::new("pg")?;
     let secret = rig.dir().join("bench.secret");
     std::fs::write(&secret, format!("{PASSWORD}\n"))?;
+    // Password files must be root's alone: the agent refuses others.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let policy = format!(
         "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\ntls = \"off\"\n\
          credentials = {{ user = \"bench\", password_file = \"{}\" }}\n\n\
@@ -322,6 +324,8 @@ pub fn mask(rows: u32) -> Result<()> {
     let mut rig = Rig::new("mask")?;
     let secret = rig.dir().join("bench.secret");
     std::fs::write(&secret, format!("{PASSWORD}\n"))?;
+    // Password files must be root's alone: the agent refuses others.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let backend = format!(
         "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\ntls = \"off\"\n\
          credentials = {{ user = \"bench\", password_file = \"{}\" }}\n\n",

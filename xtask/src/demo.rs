@@ -110,7 +110,8 @@ impl World {
                 .current_dir(workspace_root())
                 .args(["run", "--config", "policies/demo.toml", "--pin-dir", PIN_DIR])
                 .arg("--audit-db")
-                .arg(dir.join("audit.db"))
+                // Its own directory: the agent keeps the store's directory 0700.
+                .arg(dir.join("state").join("audit.db"))
                 .arg("--control-socket")
                 .arg(dir.join("control.sock"))
                 .stderr(log.try_clone()?)
@@ -143,7 +144,7 @@ impl World {
         let _ = gatehouse().arg("status").arg("--control-socket").arg(dir.join("control.sock")).status();
 
         step("gatehouse sessions");
-        run(gatehouse().arg("sessions").arg("--db").arg(dir.join("audit.db")))?;
+        run(gatehouse().arg("sessions").arg("--db").arg(dir.join("state").join("audit.db")))?;
         println!("\nThe agent log is in {}/agent.log until clean-up, which follows now.", dir.display());
         Ok(())
     }
