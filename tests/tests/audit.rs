@@ -59,7 +59,7 @@ fn verify_finds_every_kind_of_tampering() {
     assert!(out.contains("checkpoints") && !out.contains("(0 verified)"), "{out}");
     let other_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
     let (ok, out) = verify(&env, &env.db(), &["--pubkey", other_key]);
-    assert!(!ok && out.contains("no valid signature"), "a different key must not verify: {out}");
+    assert!(!ok && out.contains("not a trusted key"), "a different key must not verify: {out}");
 
     let cases: [(&str, &str, &str); 6] = [
         (
@@ -102,6 +102,8 @@ fn strict_mode_refuses_new_sessions_when_the_disk_is_full_and_loses_nothing_ackn
     env.audit_db = small.join("audit.db");
     let config = env.write_policy("policy.toml", &tcp_policy(&addr, &team, "record_max_bytes = 4194304"));
     env.start_agent(&config);
+    // `verify` proves only against a key recorded outside the store.
+    let pubkey = env.status()["public_key"].as_str().unwrap_or_default().to_owned();
     // Fill the store with recorded traffic until it fails.
     let mut allowed = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -130,7 +132,7 @@ fn strict_mode_refuses_new_sessions_when_the_disk_is_full_and_loses_nothing_ackn
     env.audit_db = copy;
     let recorded = env.sessions().iter().filter(|s| s["decision"] == "allow").count();
     assert!(recorded >= allowed, "{allowed} sessions went through but only {recorded} are recorded");
-    let (ok, out) = verify(&env, &env.db(), &[]);
+    let (ok, out) = verify(&env, &env.db(), &["--pubkey", &pubkey]);
     assert!(ok, "what was written still verifies: {out}");
 }
 
@@ -151,6 +153,7 @@ fn a_killed_agent_leaves_a_verifiable_chain_with_every_executed_statement() {
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
+    let pubkey = env.status()["public_key"].as_str().unwrap_or_default().to_owned();
     let script = env.path("load.py");
     std::fs::write(
         &script,
@@ -181,7 +184,7 @@ fn a_killed_agent_leaves_a_verifiable_chain_with_every_executed_statement() {
     let executed: Vec<i64> =
         pg.admin_db("appdb", "SELECT n FROM t ORDER BY n").lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert!(executed.len() > 100, "the load ran: {} rows", executed.len());
-    let (ok, out) = verify(&env, &env.db(), &[]);
+    let (ok, out) = verify(&env, &env.db(), &["--pubkey", &pubkey]);
     assert!(ok, "the chain verifies after SIGKILL: {out}");
     let recorded: std::collections::HashSet<i64> = env
         .statements(None)
