@@ -15,6 +15,8 @@ pub mod map_names {
     pub const ORIG_DST: &str = "GH_ORIG_DST";
     pub const CONFIG: &str = "GH_CONFIG";
     pub const STATS: &str = "GH_STATS";
+    pub const LOCAL_PORTS: &str = "GH_LOCAL_PORTS";
+    pub const LOCAL_ADDRS: &str = "GH_LOCAL_ADDRS";
 }
 
 /// Names of the eBPF programs (function names in `agent-ebpf`).
@@ -30,6 +32,10 @@ pub mod prog_names {
 /// connections that never completed age out instead of filling the map.
 pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_INFLIGHT: u32 = 65536;
+/// Ports of protected backends that live on this host, and this host's own
+/// interface addresses (see [`Handoff`] and `GH_LOCAL_PORTS`).
+pub const MAX_LOCAL_PORTS: u32 = 4096;
+pub const MAX_LOCAL_ADDRS: u32 = 1024;
 
 /// An (address, port) pair: a protected backend, or a client's local end.
 #[repr(C)]
@@ -64,10 +70,21 @@ impl SockKey {
 /// connection. Recorded by socket cookie at connect time and re-keyed by the
 /// client's local (address, port) once the connection is established, where
 /// the proxy finds it from `accept()`'s peer address.
+///
+/// The address is only a hint: the proxy trusts a record only for the socket
+/// it was made for, by comparing `cookie` with the cookie the kernel reports
+/// (sock_diag) for the client end of the connection it accepted, and only
+/// while it is fresh (`established_ns`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Handoff {
     pub cgroup_id: u64,
+    /// The client socket's cookie (`bpf_get_socket_cookie`), unique per boot.
+    pub cookie: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at connect().
+    pub connect_ns: u64,
+    /// `bpf_ktime_get_ns` when the connection was established (0 before).
+    pub established_ns: u64,
     /// The destination the client dialed.
     pub orig: SockKey,
     pub uid: u32,
@@ -76,7 +93,7 @@ pub struct Handoff {
     /// The process name (`comm`), NUL padded.
     pub comm: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<Handoff>() == 56);
+const _: () = assert!(core::mem::size_of::<Handoff>() == 80);
 
 /// Settings the userspace agent gives the eBPF programs (array map, index 0).
 #[repr(C)]
@@ -110,6 +127,9 @@ pub mod stat {
     pub const SKIPPED_NETNS: u32 = 2;
     pub const ESTABLISHED: u32 = 3;
     pub const PEERNAME_RESTORED: u32 = 4;
+    /// Connects to another local address (unspecified, 127/8, ::1, this host's
+    /// interface addresses) on the port of a protected backend of this host.
+    pub const ALIAS_REDIRECTED: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 

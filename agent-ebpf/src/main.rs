@@ -2,6 +2,9 @@
 //!
 //! * `cgroup/connect4|6`: a TCP connect to a protected backend is rewritten to
 //!   the proxy's loopback listener; who made it is recorded by socket cookie.
+//!   A backend on this host is reachable through every local address, so a
+//!   connect to any local address (unspecified, 127/8, `::1`, this host's
+//!   interface addresses) on the port of a local backend is redirected too.
 //! * `sock_ops` (active established): that record is re-keyed by the client's
 //!   local (address, port), which the proxy sees as the peer of `accept()`.
 //! * `cgroup/getpeername4|6`: the client still sees the backend as its peer.
@@ -15,12 +18,12 @@
     reason = "the kernel ABI packs u16 ports in u32 fields and uid/gid in one u64"
 )]
 
-use agent_common::{Config, Handoff, MAX_BACKENDS, MAX_INFLIGHT, SockKey, stat};
+use agent_common::{Config, Handoff, MAX_BACKENDS, MAX_INFLIGHT, MAX_LOCAL_ADDRS, MAX_LOCAL_PORTS, SockKey, stat};
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt},
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt, bpf_ktime_get_ns},
     },
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -48,6 +51,16 @@ static ORIG_DST: LruHashMap<u64, SockKey> = LruHashMap::pinned(MAX_INFLIGHT, 0);
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map(name = "GH_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+/// Ports (host order) of protected backends whose address is on this host.
+#[map(name = "GH_LOCAL_PORTS")]
+static LOCAL_PORTS: HashMap<u32, u32> = HashMap::pinned(MAX_LOCAL_PORTS, 0);
+/// This host's interface addresses other than loopback (port 0), kept
+/// current by the agent.
+#[map(name = "GH_LOCAL_ADDRS")]
+static LOCAL_ADDRS: HashMap<SockKey, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
+
+/// Network-order word of `::1`'s last four bytes.
+const V6_LOOPBACK_WORD: u32 = 1_u32.to_be();
 
 #[inline(always)]
 fn count(index: u32) {
@@ -99,6 +112,9 @@ fn record(ctx: &SockAddrContext, orig: SockKey) {
     let handoff = Handoff {
         // SAFETY: helper without arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cookie: 0,
+        connect_ns: 0,
+        established_ns: 0,
         orig,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
@@ -107,11 +123,56 @@ fn record(ctx: &SockAddrContext, orig: SockKey) {
     };
     // SAFETY: the helper takes the program's own context pointer.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let handoff = Handoff {
+        cookie,
+        // SAFETY: helper without arguments.
+        connect_ns: unsafe { bpf_ktime_get_ns() },
+        established_ns: 0,
+        ..handoff
+    };
     // A full LRU map evicts the oldest record; an insert failure leaves the
     // connection redirected without a record, which the proxy refuses.
     let _ = CONNECTING.insert(cookie, handoff, 0);
     let _ = ORIG_DST.insert(cookie, orig, 0);
     count(stat::REDIRECTED);
+}
+
+/// Whether a connect to `dst` must be redirected: `Some(false)` for a
+/// protected backend's own address, `Some(true)` for another local address
+/// on the port of a backend of this host (the kernel would deliver it to the
+/// same listener when that listens on a wildcard or the same address),
+/// `None` otherwise.
+#[inline(always)]
+fn protected(dst: SockKey) -> Option<bool> {
+    // SAFETY: read-only lookups of plain values.
+    unsafe {
+        if BACKENDS.get(dst).is_some() {
+            return Some(false);
+        }
+        if LOCAL_PORTS.get(u32::from(dst.port)).is_none() {
+            return None;
+        }
+    }
+    is_local(&dst).then_some(true)
+}
+
+/// Whether `dst` (port ignored) is an address of this host: the unspecified
+/// address (the kernel connects it to loopback or to the socket's own bound
+/// address), 127/8, `::1`, or one of the interface addresses the agent keeps
+/// in `GH_LOCAL_ADDRS`. IPv4-mapped addresses count as their IPv4 address.
+#[inline(always)]
+fn is_local(dst: &SockKey) -> bool {
+    let [w0, w1, w2, w3] = dst.addr;
+    if dst.is_v4_mapped() {
+        if w3 == 0 || u32::from_be(w3) >> 24 == 127 {
+            return true;
+        }
+    } else if w0 == 0 && w1 == 0 && w2 == 0 && (w3 == 0 || w3 == V6_LOOPBACK_WORD) {
+        return true;
+    }
+    let key = SockKey { addr: dst.addr, port: 0, _pad: 0 };
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { LOCAL_ADDRS.get(key) }.is_some()
 }
 
 #[inline(always)]
@@ -129,15 +190,15 @@ pub fn gh_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: user_ip4 and user_port are readable fields of a connect4 context.
     let (ip, port) = unsafe { (read_volatile(addr_of!((*sa).user_ip4)), read_volatile(addr_of!((*sa).user_port))) };
     let orig = SockKey::v4(ip, u16::from_be(port as u16));
-    // SAFETY: read-only lookup of a plain value.
-    if unsafe { BACKENDS.get(orig) }.is_none() {
-        return PROCEED;
-    }
+    let Some(alias) = protected(orig) else { return PROCEED };
     let Some(cfg) = config() else { return PROCEED };
     if exempt(&ctx, cfg) {
         return PROCEED;
     }
     record(&ctx, orig);
+    if alias {
+        count(stat::ALIAS_REDIRECTED);
+    }
     // SAFETY: user_ip4 and user_port are writable in connect4.
     unsafe {
         write_volatile(addr_of_mut!((*sa).user_ip4), cfg.proxy_ip4);
@@ -164,15 +225,15 @@ pub fn gh_connect6(ctx: SockAddrContext) -> i32 {
         )
     };
     let orig = SockKey { addr: [w0, w1, w2, w3], port: u16::from_be(port as u16), _pad: 0 };
-    // SAFETY: read-only lookup of a plain value.
-    if unsafe { BACKENDS.get(orig) }.is_none() {
-        return PROCEED;
-    }
+    let Some(alias) = protected(orig) else { return PROCEED };
     let Some(cfg) = config() else { return PROCEED };
     if exempt(&ctx, cfg) {
         return PROCEED;
     }
     record(&ctx, orig);
+    if alias {
+        count(stat::ALIAS_REDIRECTED);
+    }
     let target = if orig.is_v4_mapped() { SockKey::v4(cfg.proxy_ip4, cfg.proxy_port).addr } else { cfg.proxy_ip6 };
     // SAFETY: user_ip6 (word by word) and user_port are writable in connect6.
     unsafe {
@@ -238,9 +299,11 @@ pub fn gh_sock_ops(ctx: SockOpsContext) -> u32 {
     // SAFETY: the helper takes the program's own context pointer.
     let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
     // SAFETY: read-only lookup of a plain value, copied out at once.
-    let Some(handoff) = (unsafe { CONNECTING.get(cookie) }).copied() else {
+    let Some(mut handoff) = (unsafe { CONNECTING.get(cookie) }).copied() else {
         return 1;
     };
+    // SAFETY: helper without arguments.
+    handoff.established_ns = unsafe { bpf_ktime_get_ns() };
     // Read every field before branching: choosing between two context fields
     // in a branch compiles into a load at a computed offset, which the verifier
     // rejects ("dereference of modified ctx ptr").

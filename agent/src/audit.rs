@@ -1058,6 +1058,18 @@ impl Audit {
         self.send(Command::Append(e, None))
     }
 
+    /// Offers a record to the writer without waiting; a full queue hands it back.
+    pub fn offer(&self, e: Event) -> Result<(), Offer> {
+        if let Some(f) = self.failure() {
+            return Err(Offer::Failed(AuditError::Failed(f)));
+        }
+        self.tx.try_send(Command::Append(e, None)).map_err(|e| match e {
+            TrySendError::Full(Command::Append(e, _)) => Offer::Full(e),
+            TrySendError::Full(_) => Offer::Failed(AuditError::QueueFull),
+            TrySendError::Disconnected(_) => Offer::Failed(AuditError::WriterGone),
+        })
+    }
+
     /// Appends a record and, in strict mode, waits until it is committed.
     /// In best-effort mode it returns at once (failures are logged by the writer).
     pub fn record_strict(&self, e: Event) -> AckFuture {
@@ -1107,6 +1119,14 @@ impl Audit {
             TrySendError::Disconnected(_) => AuditError::WriterGone,
         })
     }
+}
+
+/// Why [`Audit::offer`] did not take a record.
+#[derive(Debug)]
+pub enum Offer {
+    /// The queue is full: here is the record back.
+    Full(Event),
+    Failed(AuditError),
 }
 
 /// A pending acknowledgement of a strict record.
@@ -1161,6 +1181,11 @@ impl Budget {
 /// Records a session's two byte streams as chunks, each direction within a
 /// cap (per statement for PostgreSQL, which resets it; per session for TCP).
 /// Reaching the cap is itself recorded, once per budget: never silent.
+///
+/// When the writer's queue is full, strict mode waits for room (the relay
+/// reads nothing more meanwhile: backpressure); best-effort mode drops the
+/// chunk and records the loss (bytes and chunks, per direction) as soon as
+/// the queue takes records again, or when the session ends ([`Self::finish`]).
 #[derive(Debug)]
 pub struct StreamRecorder {
     session: SessionId,
@@ -1168,11 +1193,16 @@ pub struct StreamRecorder {
     down: Budget,
     /// What the cap applies to, for the truncation record.
     per: &'static str,
+    /// Bytes and chunks dropped (queue full) and not yet on record: [up, down].
+    lost: Mutex<[(u64, u64); 2]>,
 }
+
+/// How long strict mode waits between offers while the queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
 
 impl StreamRecorder {
     pub fn new(session: SessionId, cap: u64, per: &'static str) -> Self {
-        Self { session, up: Budget::new(cap), down: Budget::new(cap), per }
+        Self { session, up: Budget::new(cap), down: Budget::new(cap), per, lost: Mutex::new([(0, 0); 2]) }
     }
 
     /// A new statement starts: both directions get a fresh budget.
@@ -1182,15 +1212,35 @@ impl StreamRecorder {
     }
 
     /// Records `bytes` (as written to the other side) at `offset` in direction `dir`.
-    pub fn chunk(&self, audit: &Audit, dir: Direction, offset: u64, bytes: &[u8], statement: Option<u64>) {
+    pub async fn chunk(&self, audit: &Audit, dir: Direction, offset: u64, bytes: &[u8], statement: Option<u64>) {
         let budget = match dir {
             Direction::Up => &self.up,
             Direction::Down => &self.down,
         };
         let (n, first_cut) = budget.take(bytes.len() as u64);
         if n > 0 {
+            self.report_loss(audit);
             let data = bytes.get(..usize::try_from(n).unwrap_or(0)).unwrap_or_default().to_vec();
-            let _ = audit.record(Event::Chunk { session: self.session, header: ChunkHeader { dir, offset }, data });
+            let mut e = Event::Chunk { session: self.session, header: ChunkHeader { dir, offset }, data };
+            loop {
+                match audit.offer(e) {
+                    Ok(()) => break,
+                    Err(Offer::Full(back)) if audit.mode() == Mode::Strict => {
+                        e = back;
+                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                    }
+                    Err(Offer::Full(_)) => {
+                        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+                        if let Some(slot) = lost.get_mut(usize::from(dir == Direction::Down)) {
+                            slot.0 += n;
+                            slot.1 += 1;
+                        }
+                        break;
+                    }
+                    // A failed store ends the session (audit watchdog); nothing to add.
+                    Err(Offer::Failed(_)) => break,
+                }
+            }
         }
         if first_cut {
             let truncation = Truncation {
@@ -1200,6 +1250,38 @@ impl StreamRecorder {
                 reason: format!("recording capped at {} bytes per {} (record_max_bytes)", budget.cap, self.per),
             };
             let _ = audit.record(Event::Truncated { session: self.session, truncation });
+        }
+    }
+
+    /// Puts any loss not yet on record on record (call when the session ends).
+    pub fn finish(&self, audit: &Audit) {
+        self.report_loss(audit);
+    }
+
+    /// Bytes and chunks lost so far and not yet on record, per direction [up, down].
+    pub fn pending_loss(&self) -> [(u64, u64); 2] {
+        *self.lost.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn report_loss(&self, audit: &Audit) {
+        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        for (i, dir) in [Direction::Up, Direction::Down].into_iter().enumerate() {
+            let Some(slot) = lost.get_mut(i) else { continue };
+            let (bytes, chunks) = *slot;
+            if bytes == 0 {
+                continue;
+            }
+            let truncation = Truncation {
+                dir,
+                statement: None,
+                cap: 0,
+                reason: format!(
+                    "{bytes} bytes in {chunks} chunk(s) not recorded: the audit queue was full (best-effort mode)"
+                ),
+            };
+            if audit.offer(Event::Truncated { session: self.session, truncation }).is_ok() {
+                *slot = (0, 0);
+            }
         }
     }
 }

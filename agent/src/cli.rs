@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Proxy port on 127.0.0.1 and ::1 (default 996; below 1024 so only root can stand in for it).
     #[arg(long)]
     pub port: Option<u16>,
+    /// Accept a proxy port at or above net.ipv4.ip_unprivileged_port_start. While the agent
+    /// is down any local user could bind it and collect other users' connections: for tests only.
+    #[arg(long)]
+    pub allow_unprivileged_port: bool,
     /// Cgroup (v2) to attach to; default: the cgroup v2 root, i.e. the whole host.
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
@@ -377,6 +381,7 @@ async fn run(a: RunArgs) -> ExitCode {
         cgroup: a.cgroup,
         audit_db: a.audit_db,
         control_socket: a.control_socket,
+        allow_unprivileged_port: a.allow_unprivileged_port,
     };
     let settings = match Settings::resolve(&policy.agent, &overrides) {
         Ok(s) => s,
@@ -692,7 +697,7 @@ async fn replay(a: &ReplayArgs) -> ExitCode {
         |db| {
             let conn = crate::audit::query::open_read_only(db)?;
             let fail = |e: replay::ReplayError| crate::audit::AuditError::Failed(e.to_string());
-            let id = replay::resolve_session(&conn, &session).map_err(fail)?;
+            let id = replay::resolve_session(&conn, &session, None).map_err(fail)?;
             let records = replay::session_records(&conn, &id).map_err(fail)?;
             replay::transcript(&records).map_err(fail)
         },

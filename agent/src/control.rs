@@ -1,10 +1,19 @@
 //! The control socket: a Unix socket the CLI talks to, one JSON request and
 //! one JSON response per connection. The caller's uid comes from
-//! SO_PEERCRED; only root may ask.
+//! SO_PEERCRED; root and the auditor group see everything, others their own.
+//!
+//! The socket is open to every local user, so nobody may starve it: each uid
+//! other than root has at most [`PER_UID`] connections open and all of them
+//! together [`TOTAL`] (root has its own [`ROOT`] slots, so `gatehouse status`
+//! is answered during a flood); a request must arrive whole within
+//! [`REQUEST_TIMEOUT`] and within [`MAX_REQUEST`] bytes; accept errors back
+//! off and log at most one line per ten seconds.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -13,8 +22,66 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::proxy::limits::{Backoff, RateLimited, log_accept_error};
 use crate::proxy::{Agent, AgentError, CountersView};
 use crate::redirect::{KernelStats, PinStatus};
+
+/// Open control connections per uid (other than root).
+pub const PER_UID: usize = 8;
+/// Open control connections of all uids other than root together.
+pub const TOTAL: usize = 64;
+/// Open control connections of root.
+pub const ROOT: usize = 16;
+/// A request must arrive whole within this time.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The answer must be taken within this time.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request accepted.
+pub const MAX_REQUEST: u64 = 64 * 1024;
+
+/// Counts open control connections per uid; a slot is given back on drop.
+#[derive(Debug, Default)]
+struct Slots {
+    open: Mutex<(usize, HashMap<u32, usize>)>,
+}
+
+struct Slot<'a> {
+    slots: &'a Slots,
+    uid: u32,
+}
+
+impl Slots {
+    fn take(&self, uid: u32) -> Option<Slot<'_>> {
+        let mut g = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, per) = &mut *g;
+        let mine = per.get(&uid).copied().unwrap_or(0);
+        let allowed = if uid == 0 { mine < ROOT } else { mine < PER_UID && *total < TOTAL };
+        if !allowed {
+            return None;
+        }
+        per.insert(uid, mine + 1);
+        if uid != 0 {
+            *total += 1;
+        }
+        Some(Slot { slots: self, uid })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut g = self.slots.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, per) = &mut *g;
+        if let Some(n) = per.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&self.uid);
+            }
+        }
+        if self.uid != 0 {
+            *total = total.saturating_sub(1);
+        }
+    }
+}
 
 /// Requests the CLI may send.
 #[derive(Debug, Serialize, Deserialize)]
@@ -114,6 +181,18 @@ pub struct AgentStatus {
     /// What the check of the policy's files found (expiring certificates, weak backends).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Pins removed under the running agent and restored, links detached.
+    #[serde(default)]
+    pub pin_health: serde_json::Value,
+    /// Refusals aggregated or left unrecorded (disk reserve).
+    #[serde(default)]
+    pub refusals: serde_json::Value,
+    /// The descriptor limit in force.
+    #[serde(default)]
+    pub nofile: u64,
+    /// Control connections refused because a uid or all uids had too many open.
+    #[serde(default)]
+    pub control_refused: u64,
 }
 
 fn status(agent: &Agent) -> AgentStatus {
@@ -168,8 +247,14 @@ fn status(agent: &Agent) -> AgentStatus {
             &agent.settings.audit_db,
         ))),
         warnings: files.warnings,
+        pin_health: serde_json::to_value(agent.redirect.pin_health()).unwrap_or_default(),
+        refusals: serde_json::to_value(agent.refusals.stats()).unwrap_or_default(),
+        nofile: agent.nofile,
+        control_refused: CONTROL_REFUSED.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
+
+static CONTROL_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What `gatehouse status` says is weak about a backend: reached without a
 /// verified certificate (by its setting, or as the newest login found), a
@@ -223,33 +308,81 @@ pub async fn serve(agent: Arc<Agent>, stop: CancellationToken) -> Result<JoinHan
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
     info!(path = %path.display(), "control socket ready");
     Ok(tokio::spawn(async move {
+        let slots = Arc::new(Slots::default());
+        let accept_log = RateLimited::new(Duration::from_secs(10));
+        let busy_log = Arc::new(RateLimited::new(Duration::from_secs(10)));
+        let fail_log = Arc::new(RateLimited::new(Duration::from_secs(10)));
+        let mut backoff = Backoff::default();
         loop {
             let conn = tokio::select! {
                 c = listener.accept() => c,
                 () = stop.cancelled() => break,
             };
-            match conn {
+            let stream = match conn {
                 Ok((stream, _)) => {
-                    let agent = agent.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = answer(&agent, stream).await {
-                            warn!(error = %e, "control request failed");
-                        }
-                    });
+                    backoff.reset();
+                    stream
                 }
-                Err(e) => warn!(error = %e, "control accept failed"),
-            }
+                Err(e) => {
+                    log_accept_error(&accept_log, "control", &e);
+                    if crate::proxy::limits::out_of_descriptors(&e) {
+                        agent.spare_fd.release();
+                        if let Ok(Ok((s, _))) = tokio::time::timeout(Duration::from_millis(1), listener.accept()).await
+                        {
+                            drop(s);
+                        }
+                        agent.spare_fd.restore();
+                    }
+                    tokio::time::sleep(backoff.delay()).await;
+                    continue;
+                }
+            };
+            let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else { continue };
+            let (agent, slots, busy_log, fail_log) = (agent.clone(), slots.clone(), busy_log.clone(), fail_log.clone());
+            tokio::spawn(async move {
+                let Some(_slot) = slots.take(uid) else {
+                    CONTROL_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(held) = busy_log.admit() {
+                        warn!(uid, held_back = held, "control connection refused: too many open");
+                    }
+                    let busy = Response::Error { message: "busy: too many open control connections".into() };
+                    if let Ok(mut out) = serde_json::to_vec(&busy) {
+                        out.push(b'\n');
+                        let _ = stream.try_write(&out);
+                    }
+                    return;
+                };
+                if let Err(e) = answer(&agent, stream, uid).await
+                    && let Some(held) = fail_log.admit()
+                {
+                    warn!(uid, error = %e, held_back = held, "control request failed");
+                }
+            });
         }
         let _ = std::fs::remove_file(&path);
     }))
 }
 
-async fn answer(agent: &Agent, stream: UnixStream) -> std::io::Result<()> {
-    let cred = stream.peer_cred()?;
+async fn answer(agent: &Agent, stream: UnixStream, uid: u32) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(r.take(64 * 1024)).read_line(&mut line).await?;
-    let uid = cred.uid();
+    let mut reader = BufReader::new(r.take(MAX_REQUEST));
+    let read = reader.read_line(&mut line);
+    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(r) => {
+            r?;
+        }
+        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no whole request in time")),
+    }
+    if !line.ends_with('\n') {
+        let too_big = u64::try_from(line.len()).unwrap_or(u64::MAX) >= MAX_REQUEST;
+        let message = if too_big { "request too large" } else { "incomplete request" };
+        let mut out =
+            serde_json::to_vec(&Response::Error { message: message.into() }).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        let _ = tokio::time::timeout(RESPONSE_TIMEOUT, w.write_all(&out)).await;
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+    }
     let all = sees_everything(agent, uid).await;
     let db = agent.settings.audit_db.clone();
     let denied =
@@ -280,11 +413,10 @@ async fn answer(agent: &Agent, stream: UnixStream) -> std::io::Result<()> {
             let q = move || -> Result<Vec<(i64, String)>, String> {
                 use crate::audit::replay;
                 let conn = crate::audit::query::open_read_only(&db).map_err(|e| e.to_string())?;
-                let id = replay::resolve_session(&conn, &session).map_err(|e| e.to_string())?;
-                let owner = crate::audit::query::session_owner(&db, &id).map_err(|e| e.to_string())?.flatten();
-                if !all && owner != Some(uid) {
-                    return Err("permission denied: you may replay only your own sessions".into());
-                }
+                // Only sessions the caller may see are matched: an id of
+                // someone else's answers exactly like one that does not exist.
+                let visible = (!all).then_some(uid);
+                let id = replay::resolve_session(&conn, &session, visible).map_err(|e| e.to_string())?;
                 let records = replay::session_records(&conn, &id).map_err(|e| e.to_string())?;
                 let lines = replay::transcript(&records).map_err(|e| e.to_string())?;
                 Ok(lines.into_iter().map(|l| (l.at_us, l.text)).collect())
@@ -310,7 +442,9 @@ async fn answer(agent: &Agent, stream: UnixStream) -> std::io::Result<()> {
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
-    w.write_all(&out).await
+    tokio::time::timeout(RESPONSE_TIMEOUT, w.write_all(&out))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the answer was not taken in time"))?
 }
 
 /// Root, and members of the configured auditor group, see every session.

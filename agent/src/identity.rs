@@ -155,6 +155,9 @@ mod tests {
         comm[..4].copy_from_slice(b"psql");
         let h = Handoff {
             cgroup_id: 1,
+            cookie: 7,
+            connect_ns: 1,
+            established_ns: 2,
             orig: agent_common::SockKey { addr: [0; 4], port: 0, _pad: 0 },
             uid: 1000,
             gid: 1000,

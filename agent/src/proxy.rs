@@ -2,7 +2,13 @@
 //! and one task per session that identifies the client, asks the policy,
 //! records the session and hands it to a protocol adapter.
 
-use std::collections::HashMap;
+pub mod limits;
+pub mod refusals;
+mod reload;
+
+pub use reload::reload;
+
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,12 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use self::refusals::{Admit, DiskReserve, RefusalKey, RefusalKind, Refusals};
 use crate::audit::{self, Audit, SessionClose, SessionOpen};
 use crate::identity::{Peer, Principal, Resolver};
 use crate::policy::load::LoadOptions;
 use crate::policy::{Backend, Policy, Protocol, Target};
 use crate::protocol::tcp;
-use crate::redirect::{AttachOptions, Redirect, RedirectError};
+use crate::redirect::{AttachOptions, Claim, Redirect, RedirectError};
 use crate::settings::Settings;
 use crate::types::{BackendName, ClientAddr, OrigDst, SessionId, key_addr};
 
@@ -30,6 +37,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error(
+        "port {port} is not privileged (ip_unprivileged_port_start is {start}): while the agent is down any user could bind it and stand in for the proxy, collecting other users' connections; use a port below {start}, or pass --allow-unprivileged-port if you accept that (tests do)"
+    )]
+    UnprivilegedPort { port: u16, start: u32 },
     #[error("listening on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -61,6 +72,31 @@ impl Snapshot {
         Self { policy, routes }
     }
 
+    /// Which backend a redirected connection to `orig` is for, and where the
+    /// proxy connects upstream. A connection to another local address
+    /// (unspecified, loopback, this host's interfaces) on the port of a local
+    /// backend is an alias of it, when exactly one backend is local on that
+    /// port; see `redirect::local`.
+    pub fn route(&self, orig: SocketAddr, interfaces: &BTreeSet<IpAddr>) -> Route<'_> {
+        use crate::redirect::local::is_local;
+        if let Some((addr, name)) = self.routes.get_key_value(&orig) {
+            return Route::Backend { name, upstream: *addr };
+        }
+        if !is_local(orig.ip(), interfaces) {
+            return Route::Unknown;
+        }
+        let mut local: Vec<(&SocketAddr, &BackendName)> =
+            self.routes.iter().filter(|(a, _)| a.port() == orig.port() && is_local(a.ip(), interfaces)).collect();
+        local.sort();
+        let mut names: Vec<&BackendName> = local.iter().map(|(_, n)| *n).collect();
+        names.dedup();
+        match (names.as_slice(), local.first()) {
+            ([one], Some((addr, _))) => Route::Backend { name: one, upstream: **addr },
+            ([], _) | (_, None) => Route::Unknown,
+            (many, _) => Route::Ambiguous(many.to_vec()),
+        }
+    }
+
     fn protected(&self) -> HashMap<SocketAddr, u32> {
         let index: HashMap<&BackendName, u32> = self
             .policy
@@ -71,6 +107,18 @@ impl Snapshot {
             .collect();
         self.routes.iter().map(|(a, n)| (*a, index.get(n).copied().unwrap_or(u32::MAX))).collect()
     }
+}
+
+/// Where a redirected connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    Backend {
+        name: &'a BackendName,
+        upstream: SocketAddr,
+    },
+    /// A local alias of several local backends on one port: refused.
+    Ambiguous(Vec<&'a BackendName>),
+    Unknown,
 }
 
 async fn resolve_backend(b: &Backend) -> Vec<SocketAddr> {
@@ -94,6 +142,8 @@ pub struct Counters {
     pub allowed: AtomicU64,
     pub denied: AtomicU64,
     pub not_redirected: AtomicU64,
+    /// Connections whose kernel record did not belong to them (borrowed, stale).
+    pub unverified: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +153,7 @@ pub struct CountersView {
     pub allowed: u64,
     pub denied: u64,
     pub not_redirected: u64,
+    pub unverified: u64,
 }
 
 impl Counters {
@@ -114,6 +165,7 @@ impl Counters {
             allowed: g(&self.allowed),
             denied: g(&self.denied),
             not_redirected: g(&self.not_redirected),
+            unverified: g(&self.unverified),
         }
     }
 }
@@ -176,6 +228,13 @@ pub struct Agent {
     pub catalogs: crate::protocol::postgres::catalog::CatalogCache,
     /// Requests waiting for a human: held statements and logins, grants.
     pub approvals: crate::approval::Registry,
+    /// Refusals: aggregated per uid, kind and window; dropped past the disk reserve.
+    pub refusals: Refusals,
+    /// A spare descriptor for accepting (and closing) under EMFILE.
+    pub spare_fd: limits::Spare,
+    pub accept_log: limits::RateLimited,
+    /// The descriptor limit in force.
+    pub nofile: u64,
     tls_configs: std::sync::Mutex<HashMap<BackendName, Arc<rustls::ClientConfig>>>,
     /// The newest login to each backend: how TLS and authentication went (for `gatehouse status`).
     pub backend_logins: std::sync::Mutex<HashMap<BackendName, (i64, audit::BackendLogin)>>,
@@ -226,14 +285,17 @@ pub async fn run(
     config_path: PathBuf,
     load_options: LoadOptions,
 ) -> Result<(), AgentError> {
+    check_port(&settings)?;
     // Files the agent creates (audit store, sockets) are private by default.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Keys and passwords live in this process's memory: no core dumps.
     crate::secrets::no_core_dumps();
-    // Two descriptors per session: lift the soft limit to the hard one.
-    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
-    }
+    // Two descriptors per session: lift the limit as far as the system allows.
+    let nofile = limits::raise_nofile();
+    limits::log_nofile(nofile);
+    // Kernel records made before this moment belong to connections no running
+    // proxy will accept (see `Redirect::attach`).
+    let started_ns = crate::redirect::monotonic_ns();
     let key_path = crate::settings::host_key_path(&settings.audit_db);
     let (audit, writer) = audit::open(&settings.audit_db, &key_path, &settings.audit)?;
     if settings.audit.mode == audit::Mode::BestEffort {
@@ -257,13 +319,16 @@ pub async fn run(
         proxy_v6: settings.listen_v6.unwrap_or(std::net::Ipv6Addr::LOCALHOST),
         proxy_port: settings.port,
         mark: settings.mark,
+        started_ns,
     })?;
+    redirect.refresh_interfaces()?;
     let snapshot = Snapshot::resolve(policy).await;
     redirect.set_backends(&snapshot.protected())?;
     info!(
         cgroup = %redirect.cgroup.display(),
         pin_dir = %redirect.pin_dir.display(),
         reused_pins = redirect.reused,
+        stale_records_cleared = redirect.cleared_at_start,
         listen = ?listening,
         backends = snapshot.policy.backends.len(),
         protected_addresses = snapshot.routes.len(),
@@ -292,6 +357,13 @@ pub async fn run(
         sql_cache: crate::sql::Cache::default(),
         catalogs: crate::protocol::postgres::catalog::CatalogCache::default(),
         approvals: crate::approval::Registry::default(),
+        refusals: Refusals::new(
+            settings.refusal_window,
+            DiskReserve::new(&settings.audit_db, settings.audit_disk_reserve),
+        ),
+        spare_fd: limits::Spare::new(),
+        accept_log: limits::RateLimited::new(Duration::from_secs(10)),
+        nofile,
         tls_configs: std::sync::Mutex::new(HashMap::new()),
         backend_logins: std::sync::Mutex::new(HashMap::new()),
         files: std::sync::Mutex::new(files),
@@ -307,7 +379,8 @@ pub async fn run(
     }
     let resolver = tokio::spawn(re_resolve(agent.clone(), stop.clone()));
     let watchdog = tokio::spawn(audit_watchdog(agent.clone(), stop.clone()));
-    let reloader = tokio::spawn(reload_loop(agent.clone(), stop.clone()));
+    let reloader = tokio::spawn(reload::reload_loop(agent.clone(), stop.clone()));
+    let keeper = tokio::spawn(housekeeping(agent.clone(), stop.clone()));
 
     wait_for_signal().await?;
     info!(grace = ?agent.settings.shutdown_grace, active = agent.counters.active.load(Ordering::Relaxed), "shutting down: no new sessions; open sessions may finish");
@@ -324,7 +397,9 @@ pub async fn run(
     let _ = resolver.await;
     let _ = watchdog.await;
     let _ = reloader.await;
+    let _ = keeper.await;
     let _ = control.await;
+    write_aggregates(&agent, agent.refusals.due(audit::now_us(), true));
     if let Err(e) = agent.audit.flush().await {
         error!(error = %e, "final audit flush failed");
     }
@@ -332,6 +407,70 @@ pub async fn run(
     writer.stop();
     info!("gatehouse agent stopped; pinned programs keep protected backends closed until it returns");
     Ok(())
+}
+
+/// Refuses a proxy port that an unprivileged user could bind while the agent
+/// is down (and so stand in for it), unless explicitly allowed.
+fn check_port(settings: &Settings) -> Result<(), AgentError> {
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(1024);
+    if u32::from(settings.port) < start {
+        return Ok(());
+    }
+    if settings.allow_unprivileged_port {
+        warn!(
+            port = settings.port,
+            ip_unprivileged_port_start = start,
+            "PROXY PORT IS NOT PRIVILEGED (--allow-unprivileged-port): while the agent is down, any local user can bind it and receive other users' redirected connections, passwords included"
+        );
+        return Ok(());
+    }
+    Err(AgentError::UnprivilegedPort { port: settings.port, start })
+}
+
+/// Periodic chores: free disk space (every second), aggregate refusal
+/// records whose window ended, pins and interface addresses (every 2 s).
+async fn housekeeping(agent: Arc<Agent>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let a = agent.clone();
+        let pins = n.is_multiple_of(2);
+        let changed = tokio::task::spawn_blocking(move || {
+            a.refusals.disk.refresh();
+            if !pins {
+                return false;
+            }
+            a.redirect.check_pins();
+            match a.redirect.refresh_interfaces() {
+                Ok(changed) => changed,
+                Err(e) => {
+                    error!(error = %e, "updating this host's interface addresses in the kernel failed");
+                    false
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if changed {
+            info!("interface addresses changed; local backend ports re-guarded");
+        }
+        write_aggregates(&agent, agent.refusals.due(audit::now_us(), false));
+    }
+}
+
+fn write_aggregates(agent: &Agent, records: Vec<(SessionOpen, SessionClose)>) {
+    for (open, close) in records {
+        let _ = agent.audit.record(audit::Event::SessionOpen(Box::new(open)));
+        let _ = agent.audit.close_session(close);
+    }
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
@@ -354,6 +493,7 @@ async fn wait_for_signal() -> Result<(), AgentError> {
 }
 
 async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, stop: CancellationToken, sessions: TaskTracker) {
+    let mut backoff = limits::Backoff::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -361,13 +501,23 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, stop: Cancellatio
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff.reset();
                 let agent = agent.clone();
                 sessions.spawn(async move { session(agent, stream, ClientAddr(peer)).await });
             }
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                limits::log_accept_error(&agent.accept_log, "proxy", &e);
+                if limits::out_of_descriptors(&e) {
+                    // Take the waiting connection off the queue with the
+                    // spare descriptor and close it, rather than leave it to
+                    // time out while the loop spins.
+                    agent.spare_fd.release();
+                    if let Ok(Ok((s, _))) = tokio::time::timeout(Duration::from_millis(1), listener.accept()).await {
+                        drop(s);
+                    }
+                    agent.spare_fd.restore();
+                }
+                tokio::time::sleep(backoff.delay()).await;
             }
         }
     }
@@ -410,34 +560,68 @@ async fn session(agent: Arc<Agent>, client: TcpStream, peer: ClientAddr) {
 
 async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, id: SessionId) {
     let started_us = audit::now_us();
-    let Some(handoff) = agent.redirect.take_handoff(peer.0) else {
-        agent.counters.not_redirected.fetch_add(1, Ordering::Relaxed);
-        warn!("connection not redirected by the kernel: refused (nobody may dial the proxy port directly)");
-        let rec = SessionOpen {
-            id,
-            started_us,
-            uid: None,
-            user: None,
-            gid: None,
-            pid: None,
-            comm: None,
-            cgroup_id: None,
-            client: peer.to_string(),
-            backend: None,
-            orig_dst: None,
-            protocol: None,
-            decision: "deny".into(),
-            rule: None,
-            reason: "not redirected by the kernel: direct connections to the proxy port are refused".into(),
-        };
-        refuse(agent, rec, client).await;
-        return;
+    let local = match client.local_addr() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "accepted connection has no local address; dropped");
+            return;
+        }
+    };
+    let bare = |uid: Option<u32>, reason: String| SessionOpen {
+        id,
+        started_us,
+        uid,
+        user: None,
+        gid: None,
+        pid: None,
+        comm: None,
+        cgroup_id: None,
+        client: peer.to_string(),
+        backend: None,
+        orig_dst: None,
+        protocol: None,
+        decision: "deny".into(),
+        rule: None,
+        reason,
+    };
+    let handoff = match agent.redirect.claim(peer.0, local) {
+        Claim::Verified(h) => h,
+        Claim::NotRedirected { owner } => {
+            agent.counters.not_redirected.fetch_add(1, Ordering::Relaxed);
+            let uid = owner.map(|o| o.uid);
+            if let Some(held) = agent.accept_log.admit() {
+                warn!(uid = ?uid, held_back = held, "connection not redirected by the kernel: refused (nobody may dial the proxy port directly)");
+            }
+            let rec =
+                bare(uid, "not redirected by the kernel: direct connections to the proxy port are refused".into());
+            let key = RefusalKey { uid, kind: RefusalKind::NotRedirected, backend: None };
+            refuse(agent, key, rec, client).await;
+            return;
+        }
+        Claim::Mismatch { owner, recorded_uid, why } => {
+            agent.counters.unverified.fetch_add(1, Ordering::Relaxed);
+            let uid = owner.map(|o| o.uid);
+            warn!(uid = ?uid, recorded_uid, "kernel record not confirmed for this connection: refused ({why})");
+            let rec = bare(
+                uid,
+                format!(
+                    "kernel record not confirmed for this connection: {why}; the record named uid {recorded_uid} and is not trusted for another socket"
+                ),
+            );
+            let key = RefusalKey { uid, kind: RefusalKind::Unverified, backend: None };
+            refuse(agent, key, rec, client).await;
+            return;
+        }
     };
     let who = Peer::from(&handoff);
     let orig = OrigDst(key_addr(&handoff.orig));
     let principal = agent.resolver.principal(who.uid).await;
     let snapshot = agent.snapshot.load_full();
-    let backend = snapshot.routes.get(&orig.0).and_then(|n| snapshot.policy.backend(n));
+    let interfaces = agent.redirect.interfaces();
+    let (backend, upstream) = match snapshot.route(orig.0, &interfaces) {
+        Route::Backend { name, upstream } => (snapshot.policy.backend(name), Some(upstream)),
+        Route::Ambiguous(_) | Route::Unknown => (None, None),
+    };
     let (decision, backend_name, protocol) = match backend {
         Some(b) => (
             snapshot.policy.decide_connect(&principal, &b.name, jiff::Timestamp::now()),
@@ -445,7 +629,14 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             Some(b.protocol),
         ),
         None => (
-            crate::policy::Decision::refuse(format!("{orig} is no longer a protected backend in the current policy")),
+            crate::policy::Decision::refuse(match snapshot.route(orig.0, &interfaces) {
+                Route::Ambiguous(names) => format!(
+                    "{orig} is a local address of several protected backends on port {} ({}): refused, dial the backend's own address",
+                    orig.0.port(),
+                    names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ),
+                _ => format!("{orig} is no longer a protected backend in the current policy"),
+            }),
             None,
             None,
         ),
@@ -474,17 +665,28 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         rule: decision.rule.as_ref().map(ToString::to_string),
         reason: decision.reason().into_owned(),
     };
-    let (Some(backend_name), true) = (backend_name.clone(), decision.allowed()) else {
+    let (Some(backend_name), Some(upstream), true) = (backend_name.clone(), upstream, decision.allowed()) else {
         agent.counters.denied.fetch_add(1, Ordering::Relaxed);
         info!(user = %principal, uid = %who.uid, pid = who.pid, comm = %who.comm, dst = %orig, rule = decision.rule_label(), "refused: {}", decision.reason());
+        let key = RefusalKey { uid: Some(who.uid.0), kind: RefusalKind::Denied, backend: rec.backend.clone() };
+        let (admit, closed) = agent.refusals.admit(key, &rec);
+        write_aggregates(agent, closed);
         if protocol == Some(Protocol::Postgres) {
             // Refuse in the client's protocol (FATAL 28000); a cancel request
             // for the caller's own session is still honoured.
-            record_open(agent, rec).await;
+            let recorded = admit == Admit::Record;
+            if recorded {
+                record_open(agent, rec).await;
+            }
             let end = crate::protocol::postgres::reject(agent, client, who.uid, &decision.reason()).await;
-            close_record(agent, id, 0, 0, end);
+            if recorded {
+                close_record(agent, id, 0, 0, end);
+            }
         } else {
-            refuse(agent, rec, client).await;
+            if admit == Admit::Record {
+                record_refusal(agent, rec).await;
+            }
+            drop(client);
         }
         return;
     };
@@ -515,14 +717,10 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         })
     });
     let out = match protocol {
-        Protocol::Tcp => match connect_upstream(orig.0, agent.settings.mark).await {
+        Protocol::Tcp => match connect_upstream(upstream, agent.settings.mark).await {
             Ok(upstream) => {
                 let streams = audit::StreamRecorder::new(id, agent.settings.record_max_bytes, "session and direction");
-                let record = |to_backend: bool, offset: u64, bytes: &[u8]| {
-                    let dir = if to_backend { audit::Direction::Up } else { audit::Direction::Down };
-                    streams.chunk(&agent.audit, dir, offset, bytes, None);
-                };
-                tcp::relay(client, upstream, live.cut.clone(), || live.reason(), record).await
+                tcp::relay(client, upstream, live.cut.clone(), || live.reason(), Some((&streams, &agent.audit))).await
             }
             Err(e) => {
                 warn!(error = %e, "backend unreachable");
@@ -544,7 +742,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 principal: principal.clone(),
                 uid: who.uid,
                 backend,
-                addr: orig.0,
+                addr: upstream,
                 as_role: decision.as_role.clone(),
                 mask,
                 guard: decision.guard.clone(),
@@ -576,8 +774,18 @@ fn close_record(agent: &Agent, id: SessionId, up: u64, down: u64, end: String) {
     }
 }
 
-/// Records a refused session and closes the client's connection.
-async fn refuse(agent: &Agent, rec: SessionOpen, client: TcpStream) {
+/// Records a refusal (aggregated per uid, kind and window; not at all past
+/// the disk reserve) and closes the client's connection.
+async fn refuse(agent: &Agent, key: RefusalKey, rec: SessionOpen, client: TcpStream) {
+    let (admit, closed) = agent.refusals.admit(key, &rec);
+    write_aggregates(agent, closed);
+    if admit == Admit::Record {
+        record_refusal(agent, rec).await;
+    }
+    drop(client);
+}
+
+async fn record_refusal(agent: &Agent, rec: SessionOpen) {
     let id = rec.id;
     if let Err(e) = agent.audit.open_session(rec).await {
         error!(error = %e, "cannot record the refusal");
@@ -589,7 +797,6 @@ async fn refuse(agent: &Agent, rec: SessionOpen, client: TcpStream) {
         bytes_down: 0,
         end_reason: "refused".into(),
     });
-    drop(client);
 }
 
 /// Connects to the real backend from a socket marked with SO_MARK, which
@@ -630,134 +837,4 @@ async fn audit_watchdog(agent: Arc<Agent>, stop: CancellationToken) {
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// What identifies the policy files' current contents, cheaply.
-fn fingerprint(path: &std::path::Path) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
-    let files = crate::policy::load::policy_files(path).unwrap_or_default();
-    files
-        .into_iter()
-        .map(|f| {
-            let meta = std::fs::metadata(&f).ok();
-            let mtime = meta.as_ref().and_then(|m| m.modified().ok());
-            let len = meta.map_or(0, |m| m.len());
-            (f, mtime, len)
-        })
-        .collect()
-}
-
-/// Reloads the policy on SIGHUP and when a file of it changes (polled every
-/// two seconds), and re-checks open sessions every minute.
-async fn reload_loop(agent: Arc<Agent>, stop: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(error = %e, "no SIGHUP handler: reload on file change only");
-            None
-        }
-    };
-    let mut seen = fingerprint(&agent.config_path);
-    let mut poll = tokio::time::interval(Duration::from_secs(2));
-    let mut recheck = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        let why = tokio::select! {
-            () = stop.cancelled() => return,
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
-            _ = poll.tick() => {
-                let now = fingerprint(&agent.config_path);
-                if now == seen { continue; }
-                "policy files changed"
-            }
-            _ = recheck.tick() => {
-                recheck_sessions(&agent, "periodic re-check");
-                continue;
-            }
-        };
-        seen = fingerprint(&agent.config_path);
-        reload(&agent, why).await;
-    }
-}
-
-/// Loads the policy again; swaps it in only if it loads and its own test
-/// cases pass. Otherwise the running policy stays and the error is kept for
-/// `gatehouse status`.
-pub async fn reload(agent: &Agent, why: &str) {
-    let loaded = crate::policy::load::load_path_with(&agent.config_path, &agent.load_options);
-    let policy = match loaded {
-        Ok(p) => p,
-        Err(d) => return refuse_reload(agent, why, format!("policy does not load:\n{d}")),
-    };
-    // Password files, keys and CAs: checked before the policy is used.
-    let files = match crate::policy::files::check(&policy, jiff::Timestamp::now().as_second()) {
-        Ok(f) => f,
-        Err(d) => return refuse_reload(agent, why, format!("policy names files that may not be used:\n{d}")),
-    };
-    for w in &files.warnings {
-        warn!("{w}");
-    }
-    let failed: Vec<String> = policy
-        .run_tests(jiff::Timestamp::now())
-        .into_iter()
-        .filter(|o| !o.passed)
-        .map(|o| {
-            format!(
-                "test {:?} at {}: expected {}, got {} ({})",
-                o.name,
-                o.location,
-                o.expected,
-                crate::policy::testcases::verdict_name(o.decision.verdict),
-                o.decision.reason()
-            )
-        })
-        .collect();
-    if !failed.is_empty() {
-        return refuse_reload(agent, why, format!("policy test cases fail:\n{}", failed.join("\n")));
-    }
-    if agent.snapshot.load().policy.agent != policy.agent {
-        warn!("the [agent] table changed; those settings apply at the next restart");
-    }
-    let fresh = Snapshot::resolve(policy).await;
-    if let Err(e) = agent.redirect.set_backends(&fresh.protected()) {
-        return refuse_reload(agent, why, format!("updating the kernel's backend map failed: {e}"));
-    }
-    info!(trigger = why, backends = fresh.policy.backends.len(), rules = fresh.policy.rules.len(), "policy reloaded");
-    agent.snapshot.store(Arc::new(fresh));
-    lock(&agent.tls_configs).clear();
-    *lock(&agent.files) = files;
-    {
-        let mut st = lock(&agent.policy_state);
-        st.loaded_us = audit::now_us();
-        st.files = crate::policy::load::policy_files(&agent.config_path).unwrap_or_default();
-        st.reloads += 1;
-        st.last_error = None;
-        st.last_error_us = None;
-    }
-    recheck_sessions(agent, "policy reload");
-}
-
-fn refuse_reload(agent: &Agent, why: &str, error: String) {
-    error!(trigger = why, "policy reload refused; the previous policy stays in force: {error}");
-    let mut st = lock(&agent.policy_state);
-    st.last_error = Some(error);
-    st.last_error_us = Some(audit::now_us());
-}
-
-/// Re-decides every open session that has no statements of its own (opaque
-/// TCP) under the current policy and time, and cuts those no longer allowed.
-/// SQL sessions are re-checked on their next statement instead.
-fn recheck_sessions(agent: &Agent, why: &str) {
-    let snap = agent.snapshot.load();
-    let now = jiff::Timestamp::now();
-    let live: Vec<(SessionId, Arc<LiveSession>)> = lock(&agent.live).iter().map(|(k, v)| (*k, v.clone())).collect();
-    for (id, s) in live {
-        if s.protocol.is_sql() {
-            continue;
-        }
-        let d = snap.policy.decide_connect(&s.principal, &s.backend, now);
-        if !d.allowed() {
-            info!(session = %id, user = %s.principal, backend = %s.backend, trigger = why, "cutting session: {}", d.reason());
-            s.cut(format!("{why}: {}", d.reason()));
-        }
-    }
 }

@@ -55,6 +55,12 @@ pub struct AgentRaw {
     /// Function names whose arguments are redacted from recorded
     /// statements, in addition to the built-in list.
     pub redact_functions: Option<Vec<String>>,
+    /// Refusals of one kind from one uid to one backend are recorded once per
+    /// window, the rest counted into one aggregate record (default "60s").
+    pub refusal_window: Option<String>,
+    /// Free bytes the audit store's filesystem keeps for allowed sessions:
+    /// below it, refusals are no longer recorded (default 64 MiB).
+    pub audit_disk_reserve: Option<u64>,
 }
 
 /// Validated settings of a running agent.
@@ -78,6 +84,10 @@ pub struct Settings {
     pub auditor_group: Option<String>,
     /// What is removed from recorded statements (`sql::redact`).
     pub redact: crate::sql::redact::Rules,
+    /// The operator accepts a proxy port any user may bind while the agent is down.
+    pub allow_unprivileged_port: bool,
+    pub refusal_window: Duration,
+    pub audit_disk_reserve: u64,
 }
 
 /// Command-line overrides; `None` keeps the file's value or the default.
@@ -88,6 +98,8 @@ pub struct Overrides {
     pub cgroup: Option<PathBuf>,
     pub audit_db: Option<PathBuf>,
     pub control_socket: Option<PathBuf>,
+    /// `--allow-unprivileged-port`: only on the command line, never in a file.
+    pub allow_unprivileged_port: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +162,9 @@ impl Settings {
                 raw.redact_settings.as_deref().unwrap_or_default(),
                 raw.redact_functions.as_deref().unwrap_or_default(),
             ),
+            allow_unprivileged_port: cli.allow_unprivileged_port,
+            refusal_window: duration("refusal_window", &raw.refusal_window, Duration::from_secs(60))?,
+            audit_disk_reserve: raw.audit_disk_reserve.unwrap_or(64 << 20),
         })
     }
 }

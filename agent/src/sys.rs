@@ -1,12 +1,26 @@
-//! The few socket options that neither `nix` nor `socket2` wraps. The only
-//! module of the agent allowed to use `unsafe`.
-#![expect(unsafe_code, reason = "getsockopt(SO_NETNS_COOKIE) has no safe wrapper")]
+//! The few system calls that neither `nix`, `socket2` nor `aya` wraps. The
+//! only module of the agent allowed to use `unsafe`.
+//!
+//! * `SO_NETNS_COOKIE`: which network namespace a socket lives in.
+//! * `bpf(BPF_LINK_GET_FD_BY_ID)`, `bpf(BPF_OBJ_PIN)`, `bpf(BPF_LINK_DETACH)`:
+//!   aya hands out a link's descriptor only by value and pins by consuming
+//!   it, so a failed re-pin would lose the link. The agent keeps its own
+//!   descriptor of every link it attached (a removed pin then cannot detach a
+//!   running agent), re-pins from it, and `gatehouse detach --force` detaches
+//!   links in the kernel even while another process holds them.
+#![expect(unsafe_code, reason = "getsockopt(SO_NETNS_COOKIE) and three bpf(2) commands have no safe wrapper")]
 
+use std::ffi::CStr;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// `SO_NETNS_COOKIE` from <asm-generic/socket.h> (Linux 5.14+).
 const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// Commands of `enum bpf_cmd` in <linux/bpf.h>.
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// The cookie of the network namespace `sock` lives in: the same value
 /// `bpf_get_netns_cookie` returns in the kernel.
@@ -22,4 +36,62 @@ pub fn netns_cookie(sock: &impl AsRawFd) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// `bpf_attr` for BPF_OBJ_PIN (the `pathname`, `bpf_fd`, `file_flags` members).
+#[repr(C)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `bpf_attr` for BPF_LINK_GET_FD_BY_ID (`link_id`, `next_id`, `open_flags`).
+#[repr(C)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// `bpf_attr` for BPF_LINK_DETACH.
+#[repr(C)]
+struct LinkDetachAttr {
+    link_fd: u32,
+}
+
+/// Calls bpf(2) with `attr`, which must be the `bpf_attr` member `cmd` reads.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, properly initialised #[repr(C)] struct laid out
+    // as the member of `union bpf_attr` this command reads, and its size is
+    // passed along; the kernel zero-extends a shorter attr and writes nothing
+    // back for these commands. The call has no other memory effects.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr).cast::<libc::c_void>(), size_of::<T>()) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// A new descriptor of the BPF link with this id (needs CAP_SYS_ADMIN).
+pub fn bpf_link_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = GetFdByIdAttr { id, next_id: 0, open_flags: 0 };
+    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("bpf returned an out-of-range descriptor"))?;
+    // SAFETY: on success BPF_LINK_GET_FD_BY_ID returns a new descriptor that
+    // nothing else owns; OwnedFd closes it exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pins the BPF object `fd` refers to at `path` (on a bpffs).
+pub fn bpf_obj_pin(fd: BorrowedFd<'_>, path: &CStr) -> io::Result<()> {
+    let bpf_fd = u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("negative descriptor"))?;
+    let mut attr = ObjPinAttr { pathname: path.as_ptr() as u64, bpf_fd, file_flags: 0 };
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// Detaches the link `fd` refers to from its hook, whoever else holds it
+/// or pins it (Linux 5.9+). The link object lives on, attached to nothing.
+pub fn bpf_link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let link_fd = u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("negative descriptor"))?;
+    let mut attr = LinkDetachAttr { link_fd };
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
 }

@@ -91,21 +91,40 @@ pub struct Line {
     pub text: String,
 }
 
-/// Finds the one session whose id is `prefix` or starts with it.
-pub fn resolve_session(conn: &Connection, prefix: &str) -> Result<String, ReplayError> {
+/// Finds the one session whose id is `prefix` or starts with it, among the
+/// sessions of `visible_to` (a uid) or, with `None`, all of them. Someone
+/// else's session answers exactly like one that does not exist, and an
+/// ambiguous prefix lists only the caller's own candidates.
+pub fn resolve_session(conn: &Connection, prefix: &str, visible_to: Option<u32>) -> Result<String, ReplayError> {
     let unknown = || ReplayError::UnknownSession { prefix: prefix.to_owned() };
     if prefix.is_empty() {
         return Err(unknown());
     }
-    let mut st = conn
-        .prepare(
-            "SELECT DISTINCT session FROM events
-             WHERE session IS NOT NULL AND substr(session, 1, length(?1)) = ?1
-             ORDER BY session LIMIT 6",
-        )
-        .map_err(store_err)?;
-    let found: Vec<String> =
-        st.query_map([prefix], |r| r.get(0)).map_err(store_err)?.collect::<Result<_, _>>().map_err(store_err)?;
+    let found: Vec<String> = match visible_to {
+        None => {
+            let mut st = conn
+                .prepare(
+                    "SELECT DISTINCT session FROM events
+                     WHERE session IS NOT NULL AND substr(session, 1, length(?1)) = ?1
+                     ORDER BY session LIMIT 6",
+                )
+                .map_err(store_err)?;
+            st.query_map([prefix], |r| r.get(0)).map_err(store_err)?.collect::<Result<_, _>>().map_err(store_err)?
+        }
+        Some(uid) => {
+            let mut st = conn
+                .prepare(
+                    "SELECT id FROM sessions
+                     WHERE uid = ?2 AND substr(id, 1, length(?1)) = ?1
+                     ORDER BY id LIMIT 6",
+                )
+                .map_err(store_err)?;
+            st.query_map(rusqlite::params![prefix, uid], |r| r.get(0))
+                .map_err(store_err)?
+                .collect::<Result<_, _>>()
+                .map_err(store_err)?
+        }
+    };
     if found.iter().any(|s| s == prefix) {
         return Ok(prefix.to_owned());
     }

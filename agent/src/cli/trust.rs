@@ -112,7 +112,7 @@ pub async fn redact(a: &RedactArgs) -> ExitCode {
 /// A session id from a unique prefix, among the store's sessions.
 fn resolve(db: &Path, prefix: &str) -> Result<String, String> {
     let conn = audit::query::open_read_only(db).map_err(|e| e.to_string())?;
-    audit::replay::resolve_session(&conn, prefix).map_err(|e| e.to_string())
+    audit::replay::resolve_session(&conn, prefix, None).map_err(|e| e.to_string())
 }
 
 pub async fn keys(k: KeysCommand) -> ExitCode {

@@ -3,12 +3,16 @@
 
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::sync::CancellationToken;
 
-/// Per-direction buffer: it starts small, so an idle session costs little
-/// memory, and doubles up to `MAX_BUF` while reads fill it (bulk transfers).
+use crate::audit::{Audit, Direction, StreamRecorder};
+
+/// Per-direction buffer: none while the direction is idle (an idle session
+/// holds no buffer at all), 4 KiB when bytes are waiting, doubling up to
+/// `MAX_BUF` while reads fill it (bulk transfers).
 const MIN_BUF: usize = 4 * 1024;
 const MAX_BUF: usize = 128 * 1024;
 
@@ -49,21 +53,20 @@ enum Side {
 }
 
 /// Relays until both directions finish, one fails, or `cut` fires (with the
-/// reason it gives). `record` sees every chunk relayed: (client→backend?,
-/// offset in that direction, bytes).
+/// reason it gives). `record`, if given, records every chunk relayed.
 pub async fn relay(
     client: TcpStream,
     backend: TcpStream,
     cut: CancellationToken,
     cut_reason: impl Fn() -> String,
-    record: impl Fn(bool, u64, &[u8]),
+    record: Option<(&StreamRecorder, &Audit)>,
 ) -> RelayOutcome {
     let (mut cr, mut cw) = client.into_split();
     let (mut br, mut bw) = backend.into_split();
     let (mut up, mut down) = (0u64, 0u64);
     let end = {
-        let a = pipe(&mut cr, &mut bw, &mut up, Side::Client, Side::Backend, |o, b| record(true, o, b));
-        let b = pipe(&mut br, &mut cw, &mut down, Side::Backend, Side::Client, |o, b| record(false, o, b));
+        let a = pipe(&mut cr, &mut bw, &mut up, Side::Client, Side::Backend, record, Direction::Up);
+        let b = pipe(&mut br, &mut cw, &mut down, Side::Backend, Side::Client, record, Direction::Down);
         tokio::select! {
             r = async { tokio::try_join!(a, b) } => match r {
                 Ok(_) => End::Closed,
@@ -73,26 +76,41 @@ pub async fn relay(
             () = cut.cancelled() => End::Cut(cut_reason()),
         }
     };
+    if let Some((rec, audit)) = record {
+        rec.finish(audit);
+    }
     RelayOutcome { up, down, end }
 }
 
 /// Copies `from` → `to` until EOF, then half-closes `to`.
-async fn pipe<R, W>(
-    from: &mut R,
+async fn pipe<W>(
+    from: &mut OwnedReadHalf,
     to: &mut W,
     count: &mut u64,
     rside: Side,
     wside: Side,
-    record: impl Fn(u64, &[u8]),
+    record: Option<(&StreamRecorder, &Audit)>,
+    dir: Direction,
 ) -> Result<(), (Side, io::Error)>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; MIN_BUF];
+    let mut buf: Vec<u8> = Vec::new();
+    let mut size = MIN_BUF;
     loop {
-        let n = match from.read(&mut buf).await {
+        if let Err(e) = from.readable().await {
+            return Err((rside, e));
+        }
+        if buf.len() < size {
+            buf.resize(size, 0);
+        }
+        let n = match from.try_read(&mut buf) {
             Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Nothing waiting: hold no buffer while idle.
+                buf = Vec::new();
+                continue;
+            }
             Err(e) => return Err((rside, e)),
         };
         let full = n == buf.len();
@@ -105,10 +123,12 @@ where
         if let Err(e) = to.write_all(chunk).await {
             return Err((wside, e));
         }
-        record(*count, chunk);
+        if let Some((rec, audit)) = record {
+            rec.chunk(audit, dir, *count, chunk, None).await;
+        }
         *count += n as u64;
-        if full && buf.len() < MAX_BUF {
-            buf.resize(buf.len() * 2, 0);
+        if full && size < MAX_BUF {
+            size *= 2;
         }
     }
 }
@@ -116,6 +136,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     async fn pair() -> (TcpStream, TcpStream) {
@@ -129,13 +150,8 @@ mod tests {
     async fn relays_both_ways_with_half_close_and_counts() {
         let (mut client, proxy_client_side) = pair().await;
         let (proxy_backend_side, mut backend) = pair().await;
-        let task = tokio::spawn(relay(
-            proxy_client_side,
-            proxy_backend_side,
-            CancellationToken::new(),
-            String::new,
-            |_, _, _| {},
-        ));
+        let task =
+            tokio::spawn(relay(proxy_client_side, proxy_backend_side, CancellationToken::new(), String::new, None));
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -156,7 +172,7 @@ mod tests {
         let (_client, a) = pair().await;
         let (b, _backend) = pair().await;
         let cut = CancellationToken::new();
-        let task = tokio::spawn(relay(a, b, cut.clone(), || "shutdown".into(), |_, _, _| {}));
+        let task = tokio::spawn(relay(a, b, cut.clone(), || "shutdown".into(), None));
         cut.cancel();
         assert_eq!(task.await.unwrap().end, End::Cut("shutdown".into()));
     }

@@ -264,6 +264,7 @@ pub(super) async fn run(
     let _ = cw.flush().await;
     let _ = cw.shutdown().await;
     let _ = bw.shutdown().await;
+    rec.finish(&ctx.agent.audit);
     // Statements still waiting for an outcome ended with the session.
     let (pending, defined) = {
         let mut sh = lock(&shared);
@@ -283,15 +284,58 @@ pub(super) async fn run(
     RelayOutcome { up, down, end }
 }
 
-/// Reads into `buf` until it holds at least one whole message (reserving
-/// room for a large one); `Ok(false)` on a clean EOF.
+/// Reads more bytes into `buf`; `Ok(false)` on a clean EOF. The buffer grows
+/// with the bytes that actually arrive (at most doubling per read), never by
+/// what a message header claims: a 5-byte header announcing a 1 GB message
+/// costs a few kilobytes until the peer really sends that much.
 async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<bool> {
-    if let Some(need) = wire::pending_len(buf)
-        && need > buf.len()
-    {
-        buf.reserve(need - buf.len());
-    } else if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(8192);
+    let spare = buf.capacity() - buf.len();
+    let want = match wire::pending_len(buf) {
+        Some(need) if need > buf.len() => (need - buf.len()).min(buf.len().max(READ_CHUNK)),
+        _ => READ_CHUNK,
+    };
+    if spare < want.min(READ_CHUNK) {
+        buf.reserve(want);
     }
     Ok(r.read_buf(buf).await? > 0)
+}
+
+/// The least a read asks room for.
+const READ_CHUNK: usize = 8192;
+
+#[cfg(test)]
+mod fill_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_header_claiming_a_huge_message_does_not_reserve_it() {
+        let (mut tx, mut rx) = tokio::io::duplex(1 << 16);
+        // 'Q' with a length of 1 GiB, then nothing more for now.
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &[b'Q', 0x40, 0, 0, 0]).await.unwrap();
+        let mut buf = BytesMut::new();
+        assert!(fill(&mut rx, &mut buf).await.unwrap());
+        assert!(fill_ready(&mut rx, &mut buf).await.is_none(), "no more bytes have arrived");
+        assert!(buf.capacity() < 64 * 1024, "capacity {} for a 5-byte header", buf.capacity());
+        // As bytes arrive, the buffer grows with them (at most doubling).
+        let chunk = vec![b'x'; 1 << 16];
+        let mut sent = 5usize;
+        for _ in 0..16 {
+            tokio::io::AsyncWriteExt::write_all(&mut tx, &chunk).await.unwrap();
+            sent += chunk.len();
+            while buf.len() < sent {
+                assert!(fill(&mut rx, &mut buf).await.unwrap());
+            }
+            assert!(
+                buf.capacity() <= 4 * buf.len().max(READ_CHUNK),
+                "capacity {} for {} bytes",
+                buf.capacity(),
+                buf.len()
+            );
+        }
+    }
+
+    /// `fill`, unless it would wait.
+    async fn fill_ready(r: &mut tokio::io::DuplexStream, buf: &mut BytesMut) -> Option<bool> {
+        tokio::time::timeout(std::time::Duration::from_millis(20), fill(r, buf)).await.ok().and_then(Result::ok)
+    }
 }

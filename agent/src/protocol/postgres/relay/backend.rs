@@ -109,7 +109,7 @@ where
             // Stream large results: do not hold more than this before writing.
             if out.len() >= 64 * 1024 {
                 cw.write_all(&out).await.map_err(Fail::ClientIo)?;
-                io.rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None);
+                io.rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None).await;
                 written += out.len() as u64;
                 out.clear();
             }
@@ -118,7 +118,7 @@ where
         if !out.is_empty() {
             cw.write_all(&out).await.map_err(Fail::ClientIo)?;
             cw.flush().await.map_err(Fail::ClientIo)?;
-            io.rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None);
+            io.rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None).await;
             written += out.len() as u64;
             out.clear();
         }

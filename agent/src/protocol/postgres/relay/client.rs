@@ -146,7 +146,7 @@ async fn forward<W: AsyncWrite + Unpin>(
             scs: lock(io.shared).scs,
         };
         let recorded = sql::redact::client_bytes(out, &view);
-        io.rec.chunk(&ctx.agent.audit, Direction::Up, st.written, &recorded, Some(st.seq));
+        io.rec.chunk(&ctx.agent.audit, Direction::Up, st.written, &recorded, Some(st.seq)).await;
         st.written += recorded.len() as u64;
         out.clear();
     }
