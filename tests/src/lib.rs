@@ -95,6 +95,8 @@ pub struct Env {
     /// Where the agent's audit store lives (default: `state/audit.db` in the
     /// test dir: the agent makes the store's directory 0700, root's).
     pub audit_db: PathBuf,
+    /// Run the agent inside this network namespace (made by [`Env::netns`]).
+    pub agent_netns: Option<String>,
     users: Vec<String>,
     groups: Vec<String>,
     netns: Vec<String>,
@@ -122,6 +124,7 @@ impl Env {
             probe,
             agent: None,
             audit_db: dir.join("state").join("audit.db"),
+            agent_netns: None,
             users: vec![],
             groups: vec![],
             netns: vec![],
@@ -207,6 +210,8 @@ impl Env {
             self.db().display().to_string(),
             "--control-socket".into(),
             self.control().display().to_string(),
+            // Tests use free high ports; the default port is privileged.
+            "--allow-unprivileged-port".into(),
         ]
     }
 
@@ -216,10 +221,14 @@ impl Env {
     pub fn start_agent(&mut self, config: &Path) {
         assert!(self.agent.is_none(), "agent already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("agent.log")).expect("log");
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
-            .arg(&self.cgroup)
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"").arg(&self.cgroup);
+        if let Some(ns) = &self.agent_netns {
+            // nsenter changes only the network namespace (`ip netns exec`
+            // would also remount /sys, hiding bpffs and the cgroup).
+            cmd.arg("nsenter").arg(format!("--net=/run/netns/{ns}")).arg("--");
+        }
+        let child = cmd
             .arg(gatehouse_bin())
             .args(self.agent_args(config))
             .env("GATEHOUSE_LOG", "info,gatehouse=debug")
@@ -324,6 +333,35 @@ impl Env {
         cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
     }
 
+    /// Starts a command as `user` inside the test cgroup (and `netns`), with
+    /// stdin and stdout piped, for tests that talk to it while it runs.
+    pub fn spawn_as(&self, user: &str, netns: Option<&str>, program: &Path, args: &[&str]) -> Child {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"").arg(&self.cgroup);
+        if let Some(ns) = netns {
+            cmd.args(["ip", "netns", "exec", ns]);
+        }
+        cmd.args(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--"])
+            .arg(program)
+            .args(args)
+            .env("HOME", &self.dir)
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
+    }
+
+    /// The agent's pinned map `name`, opened from its pin (root).
+    pub fn pinned_map(&self, name: &str) -> aya::maps::MapData {
+        aya::maps::MapData::from_pin(self.pin_dir.join(name)).unwrap_or_else(|e| panic!("open pinned {name}: {e}"))
+    }
+
+    /// The agent's in-flight records by client address (GH_HANDOFF).
+    pub fn handoff_map(&self) -> aya::maps::HashMap<aya::maps::MapData, agent_common::SockKey, agent_common::Handoff> {
+        let m = self.pinned_map(agent_common::map_names::HANDOFF);
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(m)).expect("GH_HANDOFF is a hash map")
+    }
+
     /// Runs the probe client as `user` in the cgroup; returns its JSON report.
     pub fn probe(&self, user: &str, args: &[&str]) -> Value {
         self.probe_in(user, None, args)
@@ -339,6 +377,41 @@ impl Env {
             )
         })
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel records.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock_gettime");
+    u64::try_from(t.tv_sec()).expect("seconds") * 1_000_000_000 + u64::try_from(t.tv_nsec()).expect("nanoseconds")
+}
+
+/// The kernel map key of a socket address (IPv4 as `::ffff:a.b.c.d`, words in network order).
+pub fn sock_key(addr: SocketAddr) -> agent_common::SockKey {
+    let v6 = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    let mut words = [0u32; 4];
+    for (w, chunk) in words.iter_mut().zip(v6.octets().chunks_exact(4)) {
+        *w = u32::from_ne_bytes(chunk.try_into().expect("four bytes"));
+    }
+    agent_common::SockKey { addr: words, port: addr.port(), _pad: 0 }
+}
+
+/// Reads one JSON line from a spawned probe's stdout.
+pub fn read_json_line(child: &mut Child) -> Value {
+    let out = child.stdout.as_mut().expect("piped stdout");
+    let mut line = String::new();
+    // One byte at a time: a BufReader would swallow later lines.
+    let mut b = [0u8; 1];
+    while out.read(&mut b).map(|n| n == 1).unwrap_or(false) {
+        let [c] = b;
+        if c == b'\n' {
+            break;
+        }
+        line.push(char::from(c));
+    }
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("probe line {line:?}: {e}"))
 }
 
 fn set_mode(p: &Path, mode: u32) {
