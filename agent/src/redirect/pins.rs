@@ -175,6 +175,17 @@ impl Watcher {
         let mut h = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut missing = Vec::new();
         let mut detached = Vec::new();
+        if !self.links.is_empty() && self.links.iter().all(|l| !l.attached()) {
+            // Detached on purpose (`gatehouse detach --force`): pin nothing again.
+            if h.detached.len() != self.links.len() {
+                error!(
+                    "EVERY LINK WAS DETACHED in the kernel (gatehouse detach --force?): protected connections are no longer redirected"
+                );
+                self.event(&mut h, "every link detached in the kernel; nothing re-pinned".into());
+            }
+            h.detached = self.links.iter().map(|l| l.pin.to_owned()).collect();
+            return;
+        }
         if let Err(e) = ensure_pin_dir(&self.pin_dir) {
             error!(error = %e, "the pin directory is gone or no longer trusted; redirection holds while the agent runs, but would not survive it");
             missing.push(self.pin_dir.display().to_string());
