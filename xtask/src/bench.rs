@@ -137,7 +137,7 @@ impl Rig {
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .args(["--port", &port.to_string()])
+            .args(["--port", &port.to_string(), "--allow-unprivileged-port"])
             .arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--pin-dir")
@@ -313,11 +313,19 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
     let servers = Servers::start()?;
     let mut rig = Rig::new("connect")?;
     let port = crate::bench::free_port()?;
+    // A PostgreSQL backend nobody serves: slow startups never get that far.
+    let secret = rig.dir().join("slow.secret");
+    std::fs::write(&secret, "unused")?;
+    let slow_addr = "127.10.200.3:5432";
     let policy = format!(
         "[[backend]]\nname = \"rr\"\nprotocol = \"tcp\"\naddress = \"{}\"\n\n\
          [[backend]]\nname = \"sink\"\nprotocol = \"tcp\"\naddress = \"{}\"\n\n\
-         [[rule]]\nname = \"bench\"\nwho = {{ users = [\"root\"] }}\nbackends = [\"*\"]\n",
-        servers.rr[0], servers.sink[0]
+         [[backend]]\nname = \"slow\"\nprotocol = \"postgres\"\naddress = \"{slow_addr}\"\n\
+         credentials = {{ user = \"nobody\", password_file = \"{}\" }}\n\n\
+         [[rule]]\nname = \"bench\"\nwho = {{ users = [\"root\"] }}\nbackends = [\"*\"]\nstatements = [\"select\"]\n",
+        servers.rr[0],
+        servers.sink[0],
+        secret.display()
     );
     rig.start_agent(&policy, port)?;
     let conc = "8".to_owned();
@@ -350,19 +358,19 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
             bulk[i].push(mbs);
         }
     }
-    eprintln!("idle connections: agent RSS before and while 1000 idle sessions are open");
     let pid = rig.agent_pid().context("agent pid")?;
-    let before = rss_kib(pid)?;
-    let mut idle =
-        rig.client_cmd(&["idle".into(), servers.rr[0].to_string(), "1000".into()])?.stdout(Stdio::piped()).spawn()?;
-    let mut line = String::new();
-    BufReader::new(idle.stdout.take().context("stdout")?).read_line(&mut line)?;
-    std::thread::sleep(Duration::from_millis(500));
-    let during = rss_kib(pid)?;
-    let _ = idle.kill();
-    let _ = idle.wait();
-    let opened: f64 = line.trim().parse().unwrap_or(0.0);
-    let per_conn = if opened > 0.0 { (during.saturating_sub(before)) as f64 / opened } else { f64::NAN };
+    // Slowloris: connections that sent one byte of a PostgreSQL startup and
+    // then nothing, held open by the agent until its startup timeout.
+    let slow_n = 10_000usize;
+    eprintln!("idle connections: agent RSS before and while {slow_n} half-sent PostgreSQL startups are open");
+    let (slow_open, slow_kib) = idle_rss(&rig, pid, "slow", slow_addr, slow_n)?;
+    // Established opaque TCP sessions, idle: two descriptors each in the
+    // agent, so as many as its descriptor limit allows, up to 10,000.
+    let tcp_n = (nofile_limit().saturating_sub(512) / 2).min(10_000);
+    eprintln!("idle connections: agent RSS before and while {tcp_n} idle TCP sessions are open");
+    let (tcp_open, tcp_kib) = idle_rss(&rig, pid, "idle", &servers.rr[0].to_string(), tcp_n)?;
+    let per_slow = if slow_open > 0.0 { slow_kib / slow_open } else { f64::NAN };
+    let per_tcp = if tcp_open > 0.0 { tcp_kib / tcp_open } else { f64::NAN };
 
     let (rd, rg) = (median(rate[0].clone()), median(rate[1].clone()));
     let (ld, lg) = (median(lat[0].clone()), median(lat[1].clone()));
@@ -372,11 +380,43 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
     println!("connect_rate      gatehouse {rg:>10.0} conn/s   p50 {lg:>6.0} µs");
     println!("bulk              direct    {bd:>10.0} MB/s");
     println!("bulk              gatehouse {bg:>10.0} MB/s");
-    println!("idle_rss          gatehouse {per_conn:>10.1} KiB per idle session ({opened} sessions; target ≤ 64)");
+    println!(
+        "idle_rss          gatehouse {per_slow:>10.1} KiB per idle connection, {:.1} MiB with {slow_open} half-sent startups (goal ≤ 64 KiB each)",
+        slow_kib / 1024.0
+    );
+    println!(
+        "idle_rss_tcp      gatehouse {per_tcp:>10.1} KiB per idle TCP session, {:.1} MiB with {tcp_open} sessions",
+        tcp_kib / 1024.0
+    );
     println!("ratio connect_rate gatehouse/direct = {:.2}", rg / rd);
     println!("ratio bulk gatehouse/direct = {:.2}", bg / bd);
+    println!("ratio idle_rss gatehouse/goal64k = {:.2}", per_slow / 64.0);
+    println!("ratio idle_rss_tcp gatehouse/goal64k = {:.2}", per_tcp / 64.0);
     drop(servers);
     Ok(())
+}
+
+/// The agent's RSS growth (KiB) while the bench client holds `n` connections
+/// of `mode` (idle | slow) to `addr`; returns (connections open, KiB).
+fn idle_rss(rig: &Rig, pid: u32, mode: &str, addr: &str, n: usize) -> Result<(f64, f64)> {
+    let before = rss_kib(pid)?;
+    let mut idle = rig.client_cmd(&[mode.into(), addr.into(), n.to_string()])?.stdout(Stdio::piped()).spawn()?;
+    let mut line = String::new();
+    BufReader::new(idle.stdout.take().context("stdout")?).read_line(&mut line)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss_kib(pid)?;
+    let _ = idle.kill();
+    let _ = idle.wait();
+    let opened: f64 = line.trim().parse().unwrap_or(0.0);
+    eprintln!("  {opened} open; agent RSS {before} KiB before, {during} KiB during");
+    // Let the agent close them before the next measurement.
+    std::thread::sleep(Duration::from_secs(2));
+    Ok((opened, during.saturating_sub(before) as f64))
+}
+
+fn nofile_limit() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(_, hard)| usize::try_from(hard).unwrap_or(usize::MAX))
 }
 
 pub(crate) fn free_port() -> Result<u16> {
@@ -387,7 +427,7 @@ pub(crate) fn free_port() -> Result<u16> {
 
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// rate ADDR SECS CONC | bulk ADDR BYTES | idle ADDR N
+    /// rate ADDR SECS CONC | bulk ADDR BYTES | idle ADDR N | slow ADDR N
     #[arg(num_args = 1..)]
     pub args: Vec<String>,
 }
@@ -399,6 +439,7 @@ pub fn client(a: &ClientArgs) -> Result<()> {
         "rate" => client_rate(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
         "bulk" => client_bulk(arg(1)?.parse()?, arg(2)?.parse()?),
         "idle" => client_idle(arg(1)?.parse()?, arg(2)?.parse()?),
+        "slow" => client_slow(arg(1)?.parse()?, arg(2)?.parse()?),
         other => bail!("unknown client mode {other}"),
     }
 }
@@ -476,6 +517,21 @@ fn client_idle(addr: SocketAddr, n: usize) -> Result<()> {
         let mut b = [1u8];
         s.write_all(&b)?;
         s.read_exact(&mut b)?;
+        conns.push(s);
+    }
+    println!("{}", conns.len());
+    std::io::stdout().flush()?;
+    std::thread::sleep(Duration::from_secs(60));
+    Ok(())
+}
+
+/// Opens `n` connections that each send one byte (of a PostgreSQL startup
+/// packet's length) and then nothing; prints how many are open and holds them.
+fn client_slow(addr: SocketAddr, n: usize) -> Result<()> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr)?;
+        s.write_all(&[0])?;
         conns.push(s);
     }
     println!("{}", conns.len());
