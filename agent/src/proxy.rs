@@ -838,3 +838,54 @@ async fn audit_watchdog(agent: Arc<Agent>, stop: CancellationToken) {
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::diag::Source;
+
+    fn snapshot(backends: &[(&str, &str)]) -> Snapshot {
+        let text: String = backends
+            .iter()
+            .map(|(n, a)| format!("[[backend]]\nname = \"{n}\"\nprotocol = \"tcp\"\naddress = \"{a}\"\n\n"))
+            .collect();
+        let policy = crate::policy::load::load(&[Source { path: "t.toml".into(), text }]).unwrap();
+        let routes = backends.iter().map(|(n, a)| (a.parse().unwrap(), BackendName::new(*n))).collect();
+        Snapshot { policy, routes }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn local_aliases_route_to_the_one_local_backend_on_their_port() {
+        let snap = snapshot(&[("pg", "127.10.0.1:5432"), ("web", "198.51.100.7:80")]);
+        let ifs: BTreeSet<IpAddr> = ["192.0.2.1".parse().unwrap()].into();
+        let pg = BackendName::new("pg");
+        for alias in ["127.10.0.1:5432", "0.0.0.0:5432", "[::]:5432", "127.0.0.9:5432", "[::1]:5432", "192.0.2.1:5432"]
+        {
+            assert_eq!(
+                snap.route(addr(alias), &ifs),
+                Route::Backend { name: &pg, upstream: addr("127.10.0.1:5432") },
+                "{alias}"
+            );
+        }
+        // A remote backend's port is not reserved on local addresses, nor the reverse.
+        assert_eq!(snap.route(addr("127.0.0.1:80"), &ifs), Route::Unknown);
+        assert_eq!(snap.route(addr("198.51.100.8:5432"), &ifs), Route::Unknown);
+    }
+
+    #[test]
+    fn an_alias_of_several_local_backends_is_ambiguous() {
+        let snap = snapshot(&[("a", "127.10.0.1:5432"), ("b", "127.10.0.2:5432")]);
+        let ifs = BTreeSet::new();
+        assert!(matches!(snap.route(addr("0.0.0.0:5432"), &ifs), Route::Ambiguous(n) if n.len() == 2));
+        // Each backend's own address still routes to it.
+        let b = BackendName::new("b");
+        assert_eq!(
+            snap.route(addr("127.10.0.2:5432"), &ifs),
+            Route::Backend { name: &b, upstream: addr("127.10.0.2:5432") }
+        );
+    }
+}

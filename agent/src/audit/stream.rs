@@ -1,0 +1,208 @@
+//! Recording a session's two byte streams: chunks within a cap, the cap
+//! and any loss themselves on record.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use super::{Audit, ChunkHeader, Direction, Event, Mode, Offer, Truncation};
+use crate::types::SessionId;
+
+/// How much of one direction of a stream may still be recorded. The data
+/// path and a resetting task share it, hence the mutex (never held across I/O).
+#[derive(Debug)]
+struct Budget {
+    cap: u64,
+    /// Bytes recorded so far, and whether the cut was already recorded.
+    used: Mutex<(u64, bool)>,
+}
+
+impl Budget {
+    fn new(cap: u64) -> Self {
+        Self { cap, used: Mutex::new((0, false)) }
+    }
+
+    fn reset(&self) {
+        *self.used.lock().unwrap_or_else(PoisonError::into_inner) = (0, false);
+    }
+
+    /// How many of `n` bytes may be recorded; `true` the first time the cap is hit.
+    fn take(&self, n: u64) -> (u64, bool) {
+        let mut g = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        let allowed = n.min(self.cap.saturating_sub(g.0));
+        g.0 += allowed;
+        let first_cut = allowed < n && !g.1;
+        g.1 |= allowed < n;
+        (allowed, first_cut)
+    }
+}
+
+/// Records a session's two byte streams as chunks, each direction within a
+/// cap (per statement for PostgreSQL, which resets it; per session for TCP).
+/// Reaching the cap is itself recorded, once per budget: never silent.
+///
+/// When the writer's queue is full, strict mode waits for room (the relay
+/// reads nothing more meanwhile: backpressure); best-effort mode drops the
+/// chunk and records the loss (bytes and chunks, per direction) as soon as
+/// the queue takes records again, or when the session ends ([`Self::finish`]).
+#[derive(Debug)]
+pub struct StreamRecorder {
+    session: SessionId,
+    up: Budget,
+    down: Budget,
+    /// What the cap applies to, for the truncation record.
+    per: &'static str,
+    /// Bytes and chunks dropped (queue full) and not yet on record: [up, down].
+    lost: Mutex<[(u64, u64); 2]>,
+}
+
+/// How long strict mode waits between offers while the queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
+
+impl StreamRecorder {
+    pub fn new(session: SessionId, cap: u64, per: &'static str) -> Self {
+        Self { session, up: Budget::new(cap), down: Budget::new(cap), per, lost: Mutex::new([(0, 0); 2]) }
+    }
+
+    /// A new statement starts: both directions get a fresh budget.
+    pub fn reset(&self) {
+        self.up.reset();
+        self.down.reset();
+    }
+
+    /// Records `bytes` (as written to the other side) at `offset` in direction `dir`.
+    pub async fn chunk(&self, audit: &Audit, dir: Direction, offset: u64, bytes: &[u8], statement: Option<u64>) {
+        let budget = match dir {
+            Direction::Up => &self.up,
+            Direction::Down => &self.down,
+        };
+        let (n, first_cut) = budget.take(bytes.len() as u64);
+        if n > 0 {
+            self.report_loss(audit);
+            let data = bytes.get(..usize::try_from(n).unwrap_or(0)).unwrap_or_default().to_vec();
+            let mut e = Event::Chunk { session: self.session, header: ChunkHeader { dir, offset }, data };
+            loop {
+                match audit.offer(e) {
+                    Ok(()) => break,
+                    Err(Offer::Full(back)) if audit.mode() == Mode::Strict => {
+                        e = back;
+                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                    }
+                    Err(Offer::Full(_)) => {
+                        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+                        if let Some(slot) = lost.get_mut(usize::from(dir == Direction::Down)) {
+                            slot.0 += n;
+                            slot.1 += 1;
+                        }
+                        break;
+                    }
+                    // A failed store ends the session (audit watchdog); nothing to add.
+                    Err(Offer::Failed(_)) => break,
+                }
+            }
+        }
+        if first_cut {
+            let truncation = Truncation {
+                dir,
+                statement,
+                cap: budget.cap,
+                reason: format!("recording capped at {} bytes per {} (record_max_bytes)", budget.cap, self.per),
+            };
+            let _ = audit.record(Event::Truncated { session: self.session, truncation });
+        }
+    }
+
+    /// Puts any loss not yet on record on record (call when the session ends).
+    pub fn finish(&self, audit: &Audit) {
+        self.report_loss(audit);
+    }
+
+    /// Bytes and chunks lost so far and not yet on record, per direction [up, down].
+    pub fn pending_loss(&self) -> [(u64, u64); 2] {
+        *self.lost.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn report_loss(&self, audit: &Audit) {
+        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        for (i, dir) in [Direction::Up, Direction::Down].into_iter().enumerate() {
+            let Some(slot) = lost.get_mut(i) else { continue };
+            let (bytes, chunks) = *slot;
+            if bytes == 0 {
+                continue;
+            }
+            let truncation = Truncation {
+                dir,
+                statement: None,
+                cap: 0,
+                reason: format!(
+                    "{bytes} bytes in {chunks} chunk(s) not recorded: the audit queue was full (best-effort mode)"
+                ),
+            };
+            if audit.offer(Event::Truncated { session: self.session, truncation }).is_ok() {
+                *slot = (0, 0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{Receiver, sync_channel};
+
+    /// An `Audit` whose queue holds one record and is drained by the test.
+    fn audit(mode: Mode) -> (Audit, Receiver<super::super::Command>) {
+        let (tx, rx) = sync_channel(1);
+        let (_fail_tx, failure) = tokio::sync::watch::channel(None);
+        (Audit { tx, mode, failure, public_key: std::sync::Arc::new(std::sync::Mutex::new([0; 32])) }, rx)
+    }
+
+    fn event(c: super::super::Command) -> Event {
+        match c {
+            super::super::Command::Append(e, _) => e,
+            _ => panic!("not an append"),
+        }
+    }
+
+    #[tokio::test]
+    async fn best_effort_records_what_a_full_queue_dropped() {
+        let (audit, rx) = audit(Mode::BestEffort);
+        let rec = StreamRecorder::new(SessionId::new(), 1 << 20, "session and direction");
+        rec.chunk(&audit, Direction::Up, 0, b"first", None).await;
+        rec.chunk(&audit, Direction::Up, 5, b"dropped!", None).await;
+        rec.chunk(&audit, Direction::Down, 0, b"also dropped", None).await;
+        assert_eq!(rec.pending_loss(), [(8, 1), (12, 1)]);
+        assert!(matches!(event(rx.recv().unwrap()), Event::Chunk { .. }));
+        rec.finish(&audit);
+        let Event::Truncated { truncation: t, .. } = event(rx.recv().unwrap()) else { panic!("a loss record") };
+        assert_eq!(t.dir, Direction::Up);
+        assert!(t.reason.starts_with("8 bytes in 1 chunk(s) not recorded"), "{}", t.reason);
+        // The queue was full again: the other direction's loss waits, still counted.
+        assert_eq!(rec.pending_loss(), [(0, 0), (12, 1)]);
+        rec.finish(&audit);
+        let Event::Truncated { truncation: t, .. } = event(rx.recv().unwrap()) else { panic!("a loss record") };
+        assert_eq!(t.dir, Direction::Down);
+        assert_eq!(rec.pending_loss(), [(0, 0), (0, 0)]);
+    }
+
+    #[tokio::test]
+    async fn strict_waits_for_room_instead_of_dropping() {
+        let (audit, rx) = audit(Mode::Strict);
+        let rec = StreamRecorder::new(SessionId::new(), 1 << 20, "session and direction");
+        rec.chunk(&audit, Direction::Up, 0, b"first", None).await;
+        let drained = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = drained.clone();
+        let drain = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            let a = event(rx.recv().unwrap());
+            let b = event(rx.recv().unwrap());
+            (a, b)
+        });
+        rec.chunk(&audit, Direction::Up, 5, b"second", None).await;
+        assert!(drained.load(std::sync::atomic::Ordering::SeqCst), "the second chunk must wait for room");
+        let (_, second) = drain.join().unwrap();
+        let Event::Chunk { data, header, .. } = second else { panic!("the second chunk") };
+        assert_eq!((data.as_slice(), header.offset), (&b"second"[..], 5));
+        assert_eq!(rec.pending_loss(), [(0, 0), (0, 0)]);
+    }
+}
