@@ -5,6 +5,9 @@
 pub mod limits;
 pub mod refusals;
 mod reload;
+mod session;
+
+pub(crate) use session::connect_upstream;
 
 pub use reload::reload;
 
@@ -17,23 +20,19 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{error, info, warn};
 
-use self::refusals::{Admit, DiskReserve, RefusalKey, RefusalKind, Refusals};
+use self::refusals::{DiskReserve, Refusals};
 use crate::audit::{self, Audit, SessionClose, SessionOpen};
-use crate::identity::{Peer, Principal, Resolver};
+use crate::identity::{Principal, Resolver};
 use crate::policy::load::LoadOptions;
 use crate::policy::{Backend, Policy, Protocol, Target};
-use crate::protocol::tcp;
-use crate::redirect::{AttachOptions, Claim, Redirect, RedirectError};
+use crate::redirect::{AttachOptions, Redirect, RedirectError};
 use crate::settings::Settings;
-use crate::types::{BackendName, ClientAddr, OrigDst, SessionId, key_addr};
-
-/// How long an upstream connect may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::types::{BackendName, ClientAddr, SessionId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -503,7 +502,7 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, stop: Cancellatio
             Ok((stream, peer)) => {
                 backoff.reset();
                 let agent = agent.clone();
-                sessions.spawn(async move { session(agent, stream, ClientAddr(peer)).await });
+                sessions.spawn(async move { session::session(agent, stream, ClientAddr(peer)).await });
             }
             Err(e) => {
                 limits::log_accept_error(&agent.accept_log, "proxy", &e);
@@ -547,270 +546,6 @@ async fn re_resolve(agent: Arc<Agent>, stop: CancellationToken) {
             }
         }
     }
-}
-
-async fn session(agent: Arc<Agent>, client: TcpStream, peer: ClientAddr) {
-    let id = SessionId::new();
-    agent.counters.total.fetch_add(1, Ordering::Relaxed);
-    agent.counters.active.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("session", id = %id, client = %peer);
-    session_inner(&agent, client, peer, id).instrument(span).await;
-    agent.counters.active.fetch_sub(1, Ordering::Relaxed);
-}
-
-async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, id: SessionId) {
-    let started_us = audit::now_us();
-    let local = match client.local_addr() {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(error = %e, "accepted connection has no local address; dropped");
-            return;
-        }
-    };
-    let bare = |uid: Option<u32>, reason: String| SessionOpen {
-        id,
-        started_us,
-        uid,
-        user: None,
-        gid: None,
-        pid: None,
-        comm: None,
-        cgroup_id: None,
-        client: peer.to_string(),
-        backend: None,
-        orig_dst: None,
-        protocol: None,
-        decision: "deny".into(),
-        rule: None,
-        reason,
-    };
-    let handoff = match agent.redirect.claim(peer.0, local) {
-        Claim::Verified(h) => h,
-        Claim::NotRedirected { owner } => {
-            agent.counters.not_redirected.fetch_add(1, Ordering::Relaxed);
-            let uid = owner.map(|o| o.uid);
-            if let Some(held) = agent.accept_log.admit() {
-                warn!(uid = ?uid, held_back = held, "connection not redirected by the kernel: refused (nobody may dial the proxy port directly)");
-            }
-            let rec =
-                bare(uid, "not redirected by the kernel: direct connections to the proxy port are refused".into());
-            let key = RefusalKey { uid, kind: RefusalKind::NotRedirected, backend: None };
-            refuse(agent, key, rec, client).await;
-            return;
-        }
-        Claim::Mismatch { owner, recorded_uid, why } => {
-            agent.counters.unverified.fetch_add(1, Ordering::Relaxed);
-            let uid = owner.map(|o| o.uid);
-            warn!(uid = ?uid, recorded_uid, "kernel record not confirmed for this connection: refused ({why})");
-            let rec = bare(
-                uid,
-                format!(
-                    "kernel record not confirmed for this connection: {why}; the record named uid {recorded_uid} and is not trusted for another socket"
-                ),
-            );
-            let key = RefusalKey { uid, kind: RefusalKind::Unverified, backend: None };
-            refuse(agent, key, rec, client).await;
-            return;
-        }
-    };
-    let who = Peer::from(&handoff);
-    let orig = OrigDst(key_addr(&handoff.orig));
-    let principal = agent.resolver.principal(who.uid).await;
-    let snapshot = agent.snapshot.load_full();
-    let interfaces = agent.redirect.interfaces();
-    let (backend, upstream) = match snapshot.route(orig.0, &interfaces) {
-        Route::Backend { name, upstream } => (snapshot.policy.backend(name), Some(upstream)),
-        Route::Ambiguous(_) | Route::Unknown => (None, None),
-    };
-    let (decision, backend_name, protocol) = match backend {
-        Some(b) => (
-            snapshot.policy.decide_connect(&principal, &b.name, jiff::Timestamp::now()),
-            Some(b.name.clone()),
-            Some(b.protocol),
-        ),
-        None => (
-            crate::policy::Decision::refuse(match snapshot.route(orig.0, &interfaces) {
-                Route::Ambiguous(names) => format!(
-                    "{orig} is a local address of several protected backends on port {} ({}): refused, dial the backend's own address",
-                    orig.0.port(),
-                    names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                ),
-                _ => format!("{orig} is no longer a protected backend in the current policy"),
-            }),
-            None,
-            None,
-        ),
-    };
-    // Fail closed: nothing starts while the audit store cannot be written.
-    let decision = match agent.audit.failure() {
-        Some(why) if agent.audit.mode() == audit::Mode::Strict => {
-            crate::policy::Decision::refuse(format!("the audit store cannot be written ({why}); no session may start"))
-        }
-        _ => decision,
-    };
-    let rec = SessionOpen {
-        id,
-        started_us,
-        uid: Some(who.uid.0),
-        user: principal.user.as_ref().map(|u| u.to_string()),
-        gid: Some(who.gid),
-        pid: Some(who.pid),
-        comm: Some(who.comm.clone()),
-        cgroup_id: Some(who.cgroup_id),
-        client: peer.to_string(),
-        backend: backend_name.as_ref().map(ToString::to_string),
-        orig_dst: Some(orig.to_string()),
-        protocol: protocol.map(|p| format!("{p:?}").to_lowercase()),
-        decision: if decision.allowed() { "allow" } else { "deny" }.into(),
-        rule: decision.rule.as_ref().map(ToString::to_string),
-        reason: decision.reason().into_owned(),
-    };
-    let (Some(backend_name), Some(upstream), true) = (backend_name.clone(), upstream, decision.allowed()) else {
-        agent.counters.denied.fetch_add(1, Ordering::Relaxed);
-        info!(user = %principal, uid = %who.uid, pid = who.pid, comm = %who.comm, dst = %orig, rule = decision.rule_label(), "refused: {}", decision.reason());
-        let key = RefusalKey { uid: Some(who.uid.0), kind: RefusalKind::Denied, backend: rec.backend.clone() };
-        let (admit, closed) = agent.refusals.admit(key, &rec);
-        write_aggregates(agent, closed);
-        if protocol == Some(Protocol::Postgres) {
-            // Refuse in the client's protocol (FATAL 28000); a cancel request
-            // for the caller's own session is still honoured.
-            let recorded = admit == Admit::Record;
-            if recorded {
-                record_open(agent, rec).await;
-            }
-            let end = crate::protocol::postgres::reject(agent, client, who.uid, &decision.reason()).await;
-            if recorded {
-                close_record(agent, id, 0, 0, end);
-            }
-        } else {
-            if admit == Admit::Record {
-                record_refusal(agent, rec).await;
-            }
-            drop(client);
-        }
-        return;
-    };
-    // Strict: the session is on record before a byte reaches the backend.
-    if let Err(e) = agent.audit.open_session(rec).await {
-        error!(error = %e, "cannot record the session: refused (fail closed)");
-        return;
-    }
-    agent.counters.allowed.fetch_add(1, Ordering::Relaxed);
-    info!(user = %principal, uid = %who.uid, pid = who.pid, comm = %who.comm, backend = %backend_name, dst = %orig, rule = decision.rule_label(), "allowed");
-
-    let _ = client.set_nodelay(true);
-    let protocol = protocol.unwrap_or(Protocol::Tcp);
-    let live = Arc::new(LiveSession {
-        principal: principal.clone(),
-        backend: backend_name.clone(),
-        protocol,
-        cut: agent.cut.child_token(),
-        cut_reason: std::sync::OnceLock::new(),
-    });
-    lock(&agent.live).insert(id, live.clone());
-    let limit = decision.max_session.map(|max| {
-        let live = live.clone();
-        let rule = decision.rule_label().to_owned();
-        tokio::spawn(async move {
-            tokio::time::sleep(max).await;
-            live.cut(format!("max_session of {max:?} reached (rule {rule})"));
-        })
-    });
-    let out = match protocol {
-        Protocol::Tcp => match connect_upstream(upstream, agent.settings.mark).await {
-            Ok(upstream) => {
-                let streams = audit::StreamRecorder::new(id, agent.settings.record_max_bytes, "session and direction");
-                tcp::relay(client, upstream, live.cut.clone(), || live.reason(), Some((&streams, &agent.audit))).await
-            }
-            Err(e) => {
-                warn!(error = %e, "backend unreachable");
-                tcp::RelayOutcome { up: 0, down: 0, end: tcp::End::BackendError(format!("backend unreachable: {e}")) }
-            }
-        },
-        Protocol::Postgres => {
-            let Some(backend) = snapshot.policy.backend(&backend_name).cloned() else { return };
-            let mask = decision.mask.as_deref().and_then(|m| snapshot.policy.mask(m).cloned());
-            if decision.mask.is_some() && mask.is_none() {
-                // A rule names a profile the policy lacks: never return unmasked results.
-                lock(&agent.live).remove(&id);
-                close_record(agent, id, 0, 0, "refused: masking profile unavailable (fail closed)".into());
-                return;
-            }
-            let ctx = crate::protocol::postgres::Ctx {
-                agent: agent.clone(),
-                id,
-                principal: principal.clone(),
-                uid: who.uid,
-                backend,
-                addr: upstream,
-                as_role: decision.as_role.clone(),
-                mask,
-                guard: decision.guard.clone(),
-                record: snapshot.policy.record_options(decision.rule.as_ref()),
-                live: live.clone(),
-            };
-            crate::protocol::postgres::serve(ctx, client).await
-        }
-    };
-    lock(&agent.live).remove(&id);
-    if let Some(l) = limit {
-        l.abort();
-    }
-    let end = out.end.describe();
-    info!(bytes_up = out.up, bytes_down = out.down, end = %end, "session closed");
-    close_record(agent, id, out.up, out.down, end);
-}
-
-async fn record_open(agent: &Agent, rec: SessionOpen) {
-    if let Err(e) = agent.audit.open_session(rec).await {
-        error!(error = %e, "cannot record the session");
-    }
-}
-
-fn close_record(agent: &Agent, id: SessionId, up: u64, down: u64, end: String) {
-    let rec = SessionClose { id, ended_us: audit::now_us(), bytes_up: up, bytes_down: down, end_reason: end };
-    if let Err(e) = agent.audit.close_session(rec) {
-        error!(error = %e, "cannot record the end of the session");
-    }
-}
-
-/// Records a refusal (aggregated per uid, kind and window; not at all past
-/// the disk reserve) and closes the client's connection.
-async fn refuse(agent: &Agent, key: RefusalKey, rec: SessionOpen, client: TcpStream) {
-    let (admit, closed) = agent.refusals.admit(key, &rec);
-    write_aggregates(agent, closed);
-    if admit == Admit::Record {
-        record_refusal(agent, rec).await;
-    }
-    drop(client);
-}
-
-async fn record_refusal(agent: &Agent, rec: SessionOpen) {
-    let id = rec.id;
-    if let Err(e) = agent.audit.open_session(rec).await {
-        error!(error = %e, "cannot record the refusal");
-    }
-    let _ = agent.audit.close_session(SessionClose {
-        id,
-        ended_us: audit::now_us(),
-        bytes_up: 0,
-        bytes_down: 0,
-        end_reason: "refused".into(),
-    });
-}
-
-/// Connects to the real backend from a socket marked with SO_MARK, which
-/// the connect programs leave alone.
-pub(crate) async fn connect_upstream(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
-    let sock =
-        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    sock.set_mark(mark)?;
-    sock.set_nonblocking(true)?;
-    sock.set_tcp_nodelay(true)?;
-    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
-    tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))?
 }
 
 /// When the audit store fails, every open session is ended (fail closed);
