@@ -479,6 +479,21 @@ fn print_status(s: &control::AgentStatus) {
         }
         println!("pins:      {}", pins.get("pin_dir").and_then(|p| p.as_str()).unwrap_or("?"));
     }
+    let health = &s.pin_health;
+    let repinned = health.get("repinned").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    if let Some(event) = health.get("last_event").and_then(serde_json::Value::as_str) {
+        println!("pins:      {repinned} restored after removal; last: {event}");
+    }
+    for (what, key) in [("DETACHED", "detached"), ("MISSING", "missing")] {
+        if let Some(list) = health.get(key).and_then(serde_json::Value::as_array).filter(|l| !l.is_empty()) {
+            println!(
+                "pins:      {what}: {}",
+                list.iter().filter_map(serde_json::Value::as_str).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    println!("refusals:  {}", s.refusals);
+    println!("limits:    {} descriptors; {} control connections refused (too many open)", s.nofile, s.control_refused);
     println!("audit:     {} ({:?} mode)", s.audit_db.display(), s.audit_mode);
     if let Some(f) = &s.audit_failure {
         println!("audit:     FAILED, failing closed: {f}");
