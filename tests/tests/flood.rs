@@ -3,7 +3,6 @@
 //! holding thousands of half-open startups must not take the agent from
 //! anyone else. Each test checks that a legitimate session and `gatehouse
 //! status` are still served, and what the store holds. Needs root.
-#![expect(clippy::unwrap_used, reason = "test code panics with context on failure")]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

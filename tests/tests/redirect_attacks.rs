@@ -3,7 +3,6 @@
 //! removed under a running agent, a stand-in proxy port, and a kernel record
 //! borrowed by another socket. Each test asserts what the user got and what
 //! the audit store and `gatehouse status` say. Needs root.
-#![expect(clippy::unwrap_used, reason = "test code panics with context on failure")]
 
 use std::io::Write;
 use std::process::Command;
