@@ -284,8 +284,13 @@ fn replay_export_and_per_user_access() {
     let (ok, t) = as_bob(&["sessions", "--json", "--control-socket", &ctl]);
     assert!(ok, "{t}");
     assert!(t.contains(&bob) && !t.contains(&ana), "bob sees only his own sessions: {t}");
+    // Someone else's session answers exactly like one that does not exist.
     let (ok, t) = as_bob(&["replay", &ana_sessions[1], "--no-wait", "--control-socket", &ctl]);
-    assert!(!ok && t.contains("permission denied"), "{t}");
+    assert!(!ok && t.contains("no recorded session matches"), "{t}");
+    let nobody = "01000000-0000-7000-8000-000000000000";
+    let (ok, unknown) = as_bob(&["replay", nobody, "--no-wait", "--control-socket", &ctl]);
+    assert!(!ok);
+    assert_eq!(t.replace(ana_sessions[1].as_str(), "ID"), unknown.replace(nobody, "ID"));
     let (ok, t) = as_bob(&["status", "--control-socket", &ctl]);
     assert!(!ok && t.contains("permission denied"), "{t}");
 
