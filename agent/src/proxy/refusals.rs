@@ -205,14 +205,16 @@ impl Refusals {
             .map(|(k, _)| k.clone())
             .collect();
         let mut out = Vec::new();
+        let mut held = 0;
         for k in ended {
             if let Some(v) = b.remove(&k) {
+                held += v.held;
                 out.extend(aggregate(&k, v));
             }
         }
         if self.disk.low() {
-            let lost: u64 = out.iter().map(|_| 1).sum();
-            self.unrecorded.fetch_add(lost, Ordering::Relaxed);
+            // The refusals these records would count go unrecorded after all.
+            self.unrecorded.fetch_add(held, Ordering::Relaxed);
             return Vec::new();
         }
         out
