@@ -293,9 +293,9 @@ impl Redirect {
         Ok(true)
     }
 
-    /// This host's interface addresses, as the kernel programs know them.
-    pub fn interfaces(&self) -> BTreeSet<IpAddr> {
-        lock(&self.interfaces).clone()
+    /// Calls `f` with this host's interface addresses, as the kernel programs know them.
+    pub fn with_interfaces<T>(&self, f: impl FnOnce(&BTreeSet<IpAddr>) -> T) -> T {
+        f(&lock(&self.interfaces))
     }
 
     /// Finds and checks the kernel's record of the connection accepted from

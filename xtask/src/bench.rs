@@ -358,16 +358,23 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
             bulk[i].push(mbs);
         }
     }
-    let pid = rig.agent_pid().context("agent pid")?;
     // Slowloris: connections that sent one byte of a PostgreSQL startup and
     // then nothing, held open by the agent until its startup timeout.
     let slow_n = 10_000usize;
     eprintln!("idle connections: agent RSS before and while {slow_n} half-sent PostgreSQL startups are open");
+    // Each idle round starts from a fresh agent, so its baseline holds no
+    // memory freed by earlier rounds (which the allocator would hand out again).
+    rig.stop_agent();
+    rig.start_agent(&policy, port)?;
+    let pid = rig.agent_pid().context("agent pid")?;
     let (slow_open, slow_kib) = idle_rss(&rig, pid, "slow", slow_addr, slow_n)?;
     // Established opaque TCP sessions, idle: two descriptors each in the
     // agent, so as many as its descriptor limit allows, up to 10,000.
     let tcp_n = (nofile_limit().saturating_sub(512) / 2).min(10_000);
     eprintln!("idle connections: agent RSS before and while {tcp_n} idle TCP sessions are open");
+    rig.stop_agent();
+    rig.start_agent(&policy, port)?;
+    let pid = rig.agent_pid().context("agent pid")?;
     let (tcp_open, tcp_kib) = idle_rss(&rig, pid, "idle", &servers.rr[0].to_string(), tcp_n)?;
     let per_slow = if slow_open > 0.0 { slow_kib / slow_open } else { f64::NAN };
     let per_tcp = if tcp_open > 0.0 { tcp_kib / tcp_open } else { f64::NAN };

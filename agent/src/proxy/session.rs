@@ -89,9 +89,9 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     let orig = OrigDst(key_addr(&handoff.orig));
     let principal = agent.resolver.principal(who.uid).await;
     let snapshot = agent.snapshot.load_full();
-    let interfaces = agent.redirect.interfaces();
-    let (backend, upstream) = match snapshot.route(orig.0, &interfaces) {
-        Route::Backend { name, upstream } => (snapshot.policy.backend(name), Some(upstream)),
+    let route = agent.redirect.with_interfaces(|ifs| snapshot.route(orig.0, ifs));
+    let (backend, upstream) = match &route {
+        Route::Backend { name, upstream } => (snapshot.policy.backend(name), Some(*upstream)),
         Route::Ambiguous(_) | Route::Unknown => (None, None),
     };
     let (decision, backend_name, protocol) = match backend {
@@ -101,7 +101,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             Some(b.protocol),
         ),
         None => (
-            crate::policy::Decision::refuse(match snapshot.route(orig.0, &interfaces) {
+            crate::policy::Decision::refuse(match &route {
                 Route::Ambiguous(names) => format!(
                     "{orig} is a local address of several protected backends on port {} ({}): refused, dial the backend's own address",
                     orig.0.port(),
