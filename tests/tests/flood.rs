@@ -60,6 +60,7 @@ fn a_control_socket_flood_leaves_status_and_sessions_served() {
 name = "appdb"
 protocol = "postgres"
 address = "{addr}"
+tls = "off"
 credentials = {{ user = "{app}", password_file = "{s}" }}
 
 [[rule]]
