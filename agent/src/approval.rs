@@ -413,6 +413,53 @@ impl Registry {
     }
 }
 
+/// A request being waited for: its id, its state, when to give up, and
+/// who decides (for the message to the waiting client).
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub id: RequestId,
+    pub state: watch::Receiver<State>,
+    pub timeout: std::time::Duration,
+    pub approvers: String,
+}
+
+impl Waiting {
+    /// Waits until the request is decided, or times it out at its deadline.
+    pub async fn outcome(mut self, registry: &Registry, on_timeout: impl Fn(&Transition)) -> State {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let now = self.state.borrow_and_update().clone();
+            if now != State::Pending {
+                return now;
+            }
+            tokio::select! {
+                changed = self.state.changed() => if changed.is_err() {
+                    return State::Withdrawn { at_us: crate::audit::now_us() };
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    if let Some(t) = registry.time_out(self.id, crate::audit::now_us()) {
+                        on_timeout(&t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// What to tell someone whose request ended in `state`.
+    pub fn refusal(&self, state: &State) -> String {
+        let id = self.id;
+        match state {
+            State::Denied { by, reason, .. } => format!(
+                "request {id} was denied by {}{}",
+                by.label(),
+                reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            ),
+            State::TimedOut { .. } => format!("request {id} was not approved in time"),
+            _ => format!("request {id} was withdrawn"),
+        }
+    }
+}
+
 fn decided_at(s: &State) -> i64 {
     match s {
         State::Pending => i64::MAX,

@@ -1,5 +1,6 @@
 //! The `gatehouse` command line: the daemon (`run`) and the operator's tools.
 
+mod approvals;
 mod trust;
 
 use std::path::{Path, PathBuf};
@@ -68,6 +69,16 @@ pub enum Command {
     /// Try masking profiles.
     #[command(subcommand)]
     Mask(MaskCommand),
+    /// Requests waiting for a human that you may see: held statements and logins, grants.
+    Requests(approvals::RequestsArgs),
+    /// Approve a request (you must be one of its approvers, and not its requester).
+    Approve(approvals::DecideArgs),
+    /// Deny a request (`--reason` is shown to the requester).
+    Deny(approvals::DecideArgs),
+    /// Ask for a just-in-time grant (a `[[grant]]` of the policy) on a backend.
+    Request(approvals::GrantRequestArgs),
+    /// Take back an approved grant: its open sessions are cut.
+    Revoke(approvals::RevokeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +370,11 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Policy(PolicyCommand::Test { path, at, json }) => policy_test(&path, at.as_deref(), json),
         Command::Policy(PolicyCommand::Explain(a)) => policy_explain(&a),
         Command::Mask(MaskCommand::Test { profile, config, column }) => mask_test(&profile, &config, column.as_deref()),
+        Command::Requests(a) => approvals::list(&a).await,
+        Command::Approve(a) => approvals::approve(&a).await,
+        Command::Deny(a) => approvals::deny(&a).await,
+        Command::Request(a) => approvals::request_grant(&a).await,
+        Command::Revoke(a) => approvals::revoke(&a).await,
     }
 }
 

@@ -22,6 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod approvals;
+
 use crate::proxy::limits::{Backoff, RateLimited, log_accept_error};
 use crate::proxy::{Agent, AgentError, CountersView};
 use crate::redirect::{KernelStats, PinStatus};
@@ -105,6 +107,27 @@ pub enum Request {
     },
     /// Replace the host's signing key (root only).
     RotateKey,
+    /// Requests waiting for a human that the caller may see (`mine`: only their own).
+    Requests {
+        mine: bool,
+    },
+    /// Approve (`approve`) or deny a pending request, as the caller.
+    Decide {
+        id: crate::approval::RequestId,
+        approve: bool,
+        reason: Option<String>,
+    },
+    /// Ask for a grant (a `[[grant]]` of the policy) on a backend, for a while.
+    RequestGrant {
+        grant: String,
+        backend: String,
+        duration_s: u64,
+        reason: String,
+    },
+    /// Take back an approved grant (an approver of it, or root).
+    Revoke {
+        id: crate::approval::RequestId,
+    },
 }
 
 /// Answers.
@@ -127,6 +150,14 @@ pub enum Response {
     },
     Rotated {
         rotation: crate::audit::KeyRotation,
+    },
+    Requests {
+        requests: Vec<crate::approval::Request>,
+    },
+    Request {
+        request: crate::approval::Request,
+        /// What happened: `requested`, `approval`, `approved`, `denied`, `revoked`.
+        event: String,
     },
     Error {
         message: String,
@@ -438,6 +469,12 @@ async fn answer(agent: &Agent, stream: UnixStream, uid: u32) -> std::io::Result<
         Ok(Request::Redact { .. } | Request::RotateKey) => {
             Response::Error { message: "permission denied: only root may redact records or rotate the host key".into() }
         }
+        Ok(Request::Requests { mine }) => approvals::list(agent, uid, mine).await,
+        Ok(Request::Decide { id, approve, reason }) => approvals::decide(agent, uid, id, approve, reason).await,
+        Ok(Request::RequestGrant { grant, backend, duration_s, reason }) => {
+            approvals::request_grant(agent, uid, &grant, &backend, duration_s, reason).await
+        }
+        Ok(Request::Revoke { id }) => approvals::revoke(agent, uid, id).await,
         Err(e) => Response::Error { message: format!("bad request: {e}") },
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;

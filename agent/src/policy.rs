@@ -44,6 +44,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub masks: BTreeMap<String, Arc<crate::mask::Profile>>,
     pub approvers: BTreeMap<String, Who>,
+    /// Access that may be requested for a while (`[[grant]]`).
+    pub grants: Vec<Grant>,
     pub tests: Vec<TestCase>,
     pub(crate) index: decide::Index,
 }
@@ -627,6 +629,51 @@ impl Rule {
     /// A deny rule that refuses whole connections (no statement or table scope).
     pub fn denies_connection(&self) -> bool {
         self.action == Action::Deny && self.statements == KindSet::default() && self.tables.is_empty()
+    }
+}
+
+/// A just-in-time grant that may be requested (`[[grant]]`): what it
+/// allows (a rule template), who may ask, for how long at most, and who
+/// must approve it.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub name: String,
+    /// Who may request it.
+    pub who: Who,
+    pub backends: Vec<NamePattern>,
+    /// What it allows once approved (its `who` and `backends` are replaced
+    /// by the requester and the backend asked for).
+    pub template: Rule,
+    /// The longest duration one may ask for.
+    pub max: Duration,
+    pub by: Who,
+    pub by_name: Option<String>,
+    /// How many different approvers must approve.
+    pub count: u32,
+    /// How long a request waits for its approvers.
+    pub timeout: Duration,
+    pub at: Location,
+}
+
+impl Grant {
+    /// The rule an approved request of this grant acts as, until `until`.
+    pub fn rule_for(&self, id: u64, requester_uid: u32, backend: &str, until: jiff::Timestamp) -> Rule {
+        let mut r = self.template.clone();
+        r.name = RuleName::new(format!("grant {id} ({})", self.name));
+        r.who = Who { uids: vec![requester_uid], ..Who::default() };
+        r.backends = vec![NamePattern::new(backend)];
+        r.action = Action::Allow;
+        r.when = Some(TimeWindow {
+            days: None,
+            hours: None,
+            tz: jiff::tz::TimeZone::UTC,
+            tz_name: "UTC".into(),
+            from: None,
+            until: Some(until),
+            text: format!("until {until}"),
+        });
+        r.index = usize::MAX;
+        r
     }
 }
 

@@ -176,6 +176,8 @@ pub struct LiveSession {
     pub principal: Principal,
     pub backend: BackendName,
     pub protocol: Protocol,
+    /// The rule that allowed it (a grant's rule when a grant did).
+    pub rule: Option<String>,
     pub cut: CancellationToken,
     pub cut_reason: std::sync::OnceLock<String>,
 }
@@ -227,6 +229,8 @@ pub struct Agent {
     pub catalogs: crate::protocol::postgres::catalog::CatalogCache,
     /// Requests waiting for a human: held statements and logins, grants.
     pub approvals: crate::approval::Registry,
+    /// The rules approved grants act as, rebuilt when grants or the policy change.
+    pub grant_rules: ArcSwap<Vec<crate::policy::Rule>>,
     /// Refusals: aggregated per uid, kind and window; dropped past the disk reserve.
     pub refusals: Refusals,
     /// A spare descriptor for accepting (and closing) under EMFILE.
@@ -242,6 +246,32 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Rebuilds the rules of the approved grants in force (after a grant
+    /// changes or the policy is reloaded) and cuts sessions allowed by a
+    /// grant that is no longer in force.
+    pub fn refresh_grants(&self) {
+        let snapshot = self.snapshot.load();
+        let now = audit::now_us();
+        let mut rules = Vec::new();
+        for r in self.approvals.active_grants(now) {
+            let crate::approval::Subject::Grant { grant, backend, .. } = &r.subject else { continue };
+            let (Some(g), Some(until)) = (snapshot.policy.grants.iter().find(|g| &g.name == grant), r.until_us) else {
+                continue;
+            };
+            let Ok(until) = jiff::Timestamp::from_microsecond(until) else { continue };
+            rules.push(g.rule_for(r.id, r.requester.uid, backend, until));
+        }
+        let names: std::collections::HashSet<String> = rules.iter().map(|r| r.name.to_string()).collect();
+        self.grant_rules.store(Arc::new(rules));
+        for s in lock(&self.live).values() {
+            if let Some(rule) = s.rule.as_deref().filter(|r| r.starts_with("grant ")) {
+                if !names.contains(rule) {
+                    s.cut(format!("the {rule} that allowed this session is no longer in force"));
+                }
+            }
+        }
+    }
+
     /// Records (and logs) a step of an approval request.
     pub fn approval_transition(&self, t: &crate::approval::Transition) {
         info!(
@@ -254,6 +284,9 @@ impl Agent {
         );
         if let Err(e) = self.audit.record(audit::Event::Approval(Box::new(t.clone()))) {
             error!(error = %e, request = t.request.id, "cannot record an approval step");
+        }
+        if matches!(t.request.subject, crate::approval::Subject::Grant { .. }) && t.event != "requested" {
+            self.refresh_grants();
         }
     }
 
@@ -356,6 +389,7 @@ pub async fn run(
         sql_cache: crate::sql::Cache::default(),
         catalogs: crate::protocol::postgres::catalog::CatalogCache::default(),
         approvals: crate::approval::Registry::default(),
+        grant_rules: ArcSwap::from_pointee(Vec::new()),
         refusals: Refusals::new(
             settings.refusal_window,
             DiskReserve::new(&settings.audit_db, settings.audit_disk_reserve),
@@ -380,6 +414,7 @@ pub async fn run(
     let watchdog = tokio::spawn(audit_watchdog(agent.clone(), stop.clone()));
     let reloader = tokio::spawn(reload::reload_loop(agent.clone(), stop.clone()));
     let keeper = tokio::spawn(housekeeping(agent.clone(), stop.clone()));
+    let approvals = tokio::spawn(approval_clock(agent.clone(), stop.clone()));
 
     wait_for_signal().await?;
     info!(grace = ?agent.settings.shutdown_grace, active = agent.counters.active.load(Ordering::Relaxed), "shutting down: no new sessions; open sessions may finish");
@@ -397,6 +432,7 @@ pub async fn run(
     let _ = watchdog.await;
     let _ = reloader.await;
     let _ = keeper.await;
+    let _ = approvals.await;
     let _ = control.await;
     write_aggregates(&agent, agent.refusals.due(audit::now_us(), true));
     if let Err(e) = agent.audit.flush().await {
@@ -523,6 +559,19 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, stop: Cancellatio
 }
 
 /// Re-resolves `host = …` backends periodically and updates the kernel map.
+/// Times out requests nobody decided and ends grants whose time is up.
+async fn approval_clock(agent: Arc<Agent>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+        for t in agent.approvals.tick(audit::now_us()) {
+            agent.approval_transition(&t);
+        }
+    }
+}
+
 async fn re_resolve(agent: Arc<Agent>, stop: CancellationToken) {
     let has_hosts =
         |a: &Agent| a.snapshot.load().policy.backends.iter().any(|b| matches!(b.target, Target::Host { .. }));

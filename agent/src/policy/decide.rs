@@ -331,7 +331,15 @@ fn mismatches(rule: &Rule, p: &Principal, req: &Request<'_>) -> Vec<String> {
 impl Policy {
     /// Decides `req` for `p`.
     pub fn decide(&self, p: &Principal, req: &Request<'_>) -> Decision {
-        self.decide_inner(p, req, None)
+        self.decide_inner(p, req, &[], None)
+    }
+
+    /// Decides `req` for `p` with `grants` (rules made from approved
+    /// just-in-time grants) in force besides the policy's own rules. A
+    /// grant wins over an allow rule as specific as it; any deny rule still
+    /// beats it.
+    pub fn decide_with(&self, p: &Principal, req: &Request<'_>, grants: &[Rule]) -> Decision {
+        self.decide_inner(p, req, grants, None)
     }
 
     /// May `p` open a connection to `backend` at `now`?
@@ -339,14 +347,31 @@ impl Policy {
         self.decide(p, &Request { backend, statement: None, now })
     }
 
+    /// [`Self::decide_connect`] with grants in force.
+    pub fn decide_connect_with(
+        &self,
+        p: &Principal,
+        backend: &BackendName,
+        now: jiff::Timestamp,
+        grants: &[Rule],
+    ) -> Decision {
+        self.decide_with(p, &Request { backend, statement: None, now }, grants)
+    }
+
     /// Decides and records every rule considered, for `explain`.
     pub fn explain(&self, p: &Principal, req: &Request<'_>) -> Trace {
         let mut considered = Vec::new();
-        let decision = self.decide_inner(p, req, Some(&mut considered)).with_reason_text();
+        let decision = self.decide_inner(p, req, &[], Some(&mut considered)).with_reason_text();
         Trace { decision, considered }
     }
 
-    fn decide_inner(&self, p: &Principal, req: &Request<'_>, mut trace: Option<&mut Vec<TraceEntry>>) -> Decision {
+    fn decide_inner(
+        &self,
+        p: &Principal,
+        req: &Request<'_>,
+        grants: &[Rule],
+        mut trace: Option<&mut Vec<TraceEntry>>,
+    ) -> Decision {
         if self.backend(req.backend).is_none() {
             return Decision::refuse(format!("{} is not a backend of this policy", req.backend));
         }
@@ -392,6 +417,19 @@ impl Policy {
                 }
             }
         }
+        for r in grants {
+            let (Some(who), true) = (r.who.matches(p), r.backends.iter().any(|b| b.matches(req.backend.as_str())))
+            else {
+                continue;
+            };
+            if r.action != Action::Allow || r.when.as_ref().is_some_and(|w| w.check(req.now).is_err()) {
+                continue;
+            }
+            let score = (who, 1);
+            if best.is_none_or(|(_, s)| score >= s) {
+                best = Some((r, score));
+            }
+        }
         let Some((rule, _)) = best else {
             let mut d = Decision::refuse(format!("no rule allows {p} to reach {} (default deny)", req.backend));
             d.closest = self.closest_miss(p, req);
@@ -407,7 +445,16 @@ impl Policy {
         d.guard = rule.guard();
         // Allows carry no text: it is built on demand (see `Decision::reason`),
         // keeping the common path free of allocation.
-        let Some(s) = req.statement else { return d };
+        let Some(s) = req.statement else {
+            if let Some(a) = rule.approval.as_ref().filter(|a| a.connect) {
+                d.verdict = Verdict::NeedsApproval;
+                let by = a.by_name.clone().unwrap_or_else(|| a.by.describe());
+                d.reason = format!("rule {:?} requires approval by {by} to connect", rule.name.as_str());
+                d.approvers = Some(by);
+                d.approval_timeout = Some(a.timeout);
+            }
+            return d;
+        };
         if let Some(why) = rule.refuses(s) {
             d.verdict = Verdict::Deny;
             d.reason = format!("rule {:?} refuses this statement: {why}", rule.name.as_str());

@@ -17,8 +17,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{Diagnostic, Diagnostics, Location, Source, closest};
 use super::{
-    Action, Approval, AuthMethod, Backend, CatalogAccess, Credentials, KindSet, NamePattern, Policy, Protocol, Rule,
-    TablePattern, Target, TestCase, TestExpect, TimeWindow, TlsMode, Who,
+    Action, Approval, AuthMethod, Backend, CatalogAccess, Credentials, Grant, KindSet, NamePattern, Policy, Protocol,
+    Rule, TablePattern, Target, TestCase, TestExpect, TimeWindow, TlsMode, Who,
 };
 use crate::mask::{Detector, ProfileSpec, Style};
 use crate::settings::{AgentRaw, parse_duration};
@@ -26,7 +26,7 @@ use crate::sql::Kind;
 use crate::types::{BackendName, DbRole, RuleName};
 
 /// The top-level keys a policy file may hold.
-const TOP_LEVEL: &[&str] = &["agent", "backend", "rule", "mask", "approvers", "test"];
+const TOP_LEVEL: &[&str] = &["agent", "backend", "rule", "mask", "approvers", "grant", "test"];
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -140,6 +140,34 @@ struct RuleRaw {
     catalog: Option<Spanned<String>>,
     statement_timeout: Option<Spanned<String>>,
     idle_in_transaction_timeout: Option<Spanned<String>>,
+}
+
+/// A `[[grant]]`: what a rule allows, plus who may ask for it and for how long.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantRaw {
+    name: Spanned<String>,
+    who: Spanned<WhoRaw>,
+    backend: Option<Spanned<OneOrMany>>,
+    backends: Option<Spanned<OneOrMany>>,
+    as_role: Option<Spanned<String>>,
+    statements: Option<Spanned<Vec<String>>>,
+    deny_statements: Option<Spanned<Vec<String>>>,
+    tables: Option<Spanned<Vec<String>>>,
+    deny_tables: Option<Spanned<Vec<String>>>,
+    mask: Option<Spanned<String>>,
+    record_parameters: Option<bool>,
+    record_literals: Option<bool>,
+    catalog: Option<Spanned<String>>,
+    statement_timeout: Option<Spanned<String>>,
+    idle_in_transaction_timeout: Option<Spanned<String>>,
+    /// The longest duration one may ask for.
+    max: Spanned<String>,
+    /// Who approves: an `[[approvers]]` name or a `who` table.
+    by: Spanned<ByRaw>,
+    count: Option<u32>,
+    /// How long a request waits for approvers (default 10 minutes).
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +332,7 @@ struct Collected<'s> {
     rules: Vec<Entry<'s, RuleRaw>>,
     masks: Vec<Entry<'s, MaskRaw>>,
     approvers: Vec<Entry<'s, ApproversRaw>>,
+    grants: Vec<Entry<'s, GrantRaw>>,
     tests: Vec<Entry<'s, TestRaw>>,
 }
 
@@ -333,13 +362,14 @@ fn collect<'s>(src: &'s Source, c: &mut Collected<'s>, errors: &mut Vec<Diagnost
             "rule" => c.rules.extend(entries(src, value, "rule", errors)),
             "mask" => c.masks.extend(entries(src, value, "mask", errors)),
             "approvers" => c.approvers.extend(entries(src, value, "approvers", errors)),
+            "grant" => c.grants.extend(entries(src, value, "grant", errors)),
             "test" => c.tests.extend(entries(src, value, "test", errors)),
             other => {
                 errors.push(
                     Diagnostic::new(
                         src.at(Some(key.span())),
                         format!(
-                            "unknown section `{other}`; expected [agent], [[backend]], [[rule]], [[mask]], [[approvers]] or [[test]]"
+                            "unknown section `{other}`; expected [agent], [[backend]], [[rule]], [[mask]], [[approvers]], [[grant]] or [[test]]"
                         ),
                     )
                     .hint(did_you_mean(other, TOP_LEVEL.iter().copied())),
@@ -421,6 +451,7 @@ fn build(c: Collected<'_>, opts: &LoadOptions, errors: &mut Vec<Diagnostic>) -> 
     build_approvers(c.approvers, &mut policy, &mut e);
     build_masks(c.masks, opts, &mut policy, &mut e);
     build_rules(c.rules, &mut policy, &mut e);
+    build_grants(c.grants, &mut policy, &mut e);
     build_tests(c.tests, &mut policy, &mut e);
     policy
 }
@@ -581,6 +612,112 @@ fn build_approvers(raw: Vec<Entry<'_, ApproversRaw>>, policy: &mut Policy, e: &m
             continue;
         }
         policy.approvers.insert(name, who);
+    }
+}
+
+/// `[[grant]]` entries: the rule part is checked exactly as a `[[rule]]`.
+fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
+    let mut names: HashMap<String, Location> = HashMap::new();
+    for entry in raw {
+        let at = entry.at();
+        let src = entry.src;
+        let g = entry.raw;
+        let name = g.name.get_ref().trim().to_owned();
+        if let Some(first) = names.insert(name.clone(), at.clone()) {
+            e.push(src.at(Some(g.name.span())), format!("grant `{name}` is defined twice; the first is at {first}"));
+            continue;
+        }
+        let max = match parse_duration(g.max.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                e.push(src.at(Some(g.max.span())), "max must be longer than 0");
+                continue;
+            }
+            Err(m) => {
+                e.push(src.at(Some(g.max.span())), format!("max: {m}"));
+                continue;
+            }
+        };
+        let timeout = match &g.timeout {
+            None => DEFAULT_APPROVAL_TIMEOUT,
+            Some(t) => match parse_duration(t.get_ref()) {
+                Ok(d) => d,
+                Err(m) => {
+                    e.push(src.at(Some(t.span())), format!("timeout: {m}"));
+                    continue;
+                }
+            },
+        };
+        let (by, by_name) = match g.by.get_ref() {
+            ByRaw::Name(n) => match policy.approvers.get(n) {
+                Some(w) => (w.clone(), Some(n.clone())),
+                None => {
+                    e.hint(
+                        src.at(Some(g.by.span())),
+                        format!("no [[approvers]] group named `{n}`"),
+                        did_you_mean(n, policy.approvers.keys().map(String::as_str)),
+                    );
+                    continue;
+                }
+            },
+            ByRaw::Who(w) => {
+                let who = who_from(w);
+                if who.is_empty() || who.any {
+                    e.push(src.at(Some(g.by.span())), "by must name users or groups (not everyone)");
+                    continue;
+                }
+                (who, None)
+            }
+        };
+        let count = g.count.unwrap_or(1);
+        if count == 0 {
+            e.push(at.clone(), "count must be at least 1");
+            continue;
+        }
+        let who = who_from(g.who.get_ref());
+        // The rule part: built by the same code as a [[rule]], on the side.
+        let rule_raw = RuleRaw {
+            name: g.name,
+            who: g.who,
+            backend: g.backend,
+            backends: g.backends,
+            action: None,
+            as_role: g.as_role,
+            statements: g.statements,
+            deny_statements: g.deny_statements,
+            tables: g.tables,
+            deny_tables: g.deny_tables,
+            when: None,
+            mask: g.mask,
+            record_parameters: g.record_parameters,
+            record_literals: g.record_literals,
+            approval: None,
+            max_session: None,
+            catalog: g.catalog,
+            statement_timeout: g.statement_timeout,
+            idle_in_transaction_timeout: g.idle_in_transaction_timeout,
+        };
+        let mut scratch = Policy {
+            backends: policy.backends.clone(),
+            masks: policy.masks.clone(),
+            approvers: policy.approvers.clone(),
+            ..Policy::default()
+        };
+        let before = e.0.len();
+        build_rules(vec![Entry { src, span: entry.span, raw: rule_raw }], &mut scratch, e);
+        let Some(template) = scratch.rules.pop().filter(|_| e.0.len() == before) else { continue };
+        policy.grants.push(Grant {
+            name,
+            who,
+            backends: template.backends.clone(),
+            template,
+            max,
+            by,
+            by_name,
+            count,
+            timeout,
+            at,
+        });
     }
 }
 

@@ -119,6 +119,8 @@ pub struct Ctx {
     /// How statements and parameters are recorded (from the rule).
     pub record: crate::sql::redact::RecordOptions,
     pub live: Arc<LiveSession>,
+    /// The login waits for this approval (`approval = { for = ["connect"] }`).
+    pub connect_approval: Option<crate::approval::Waiting>,
 }
 
 /// The backend login and database a session uses, and their catalog.
@@ -245,6 +247,14 @@ async fn cancel(agent: &Agent, uid: Uid, pid: u32, secret: u32) -> String {
         warn!(pid, session = %t.session, requester = %uid, owner = %t.uid, "cancel request for another user's session: ignored");
         return format!("cancel request for session {} of another user: ignored", t.session);
     }
+    // A statement held for approval is withdrawn: nothing runs on the server yet.
+    let withdrawn = agent.approvals.withdraw_session(&t.session.to_string(), crate::audit::now_us());
+    for w in &withdrawn {
+        agent.approval_transition(w);
+    }
+    if !withdrawn.is_empty() {
+        return format!("cancel request withdrew the held statement of session {}", t.session);
+    }
     match crate::proxy::connect_upstream(t.addr, agent.settings.mark).await {
         Ok(mut s) => {
             send(&mut s, &wire::cancel_request(t.backend_pid, t.backend_secret)).await;
@@ -282,6 +292,30 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     backend_params.retain(|(k, _)| !guard.iter().any(|(g, _)| k.eq_ignore_ascii_case(g)));
     backend_params.extend(guard.into_iter().map(|(k, v)| (k.to_owned(), v)));
     let database = backend_params.iter().find(|(k, _)| k == "database").map(|(_, v)| v.clone()).unwrap_or_default();
+    // A login that waits for an approval: the client is told who decides, then waits.
+    let held_login = ctx.connect_approval.is_some();
+    if let Some(w) = ctx.connect_approval.clone() {
+        // libpq reads only authentication messages before AuthenticationOk:
+        // the client is let in first, then told to wait (its first query waits too).
+        send(&mut client, &wire::auth_ok()).await;
+        let notice = PgError::new(
+            Severity::Notice,
+            "01000",
+            format!(
+                "Gatehouse is holding this login for approval by {}: request {} (an approver runs `gatehouse approve {}`)",
+                w.approvers, w.id, w.id
+            ),
+        );
+        send(&mut client, &notice.encode()).await;
+        let agent = ctx.agent.clone();
+        let state = w.clone().outcome(&ctx.agent.approvals, |t| agent.approval_transition(t)).await;
+        if !matches!(state, crate::approval::State::Approved { .. }) {
+            let why = w.refusal(&state);
+            let e = PgError::new(Severity::Fatal, "28000", format!("Gatehouse refused this connection: {why}"));
+            send(&mut client, &e.encode()).await;
+            return done(End::Cut(format!("login not approved: {why}")));
+        }
+    }
     let unsupported: Vec<String> =
         params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
     if minor > 0 || !unsupported.is_empty() {
@@ -323,7 +357,9 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
             return done(End::BackendError(msg));
         }
     };
-    send(&mut client, &wire::auth_ok()).await;
+    if !held_login {
+        send(&mut client, &wire::auth_ok()).await;
+    }
     let db = SessionDb { login, database, catalog: entry };
     let out = relay::run(&ctx, &db, client, client_rest, backend, backend_rest).await;
     ctx.agent.cancel_keys.remove_session(ctx.id);

@@ -103,6 +103,7 @@ pub async fn reload(agent: &Agent, why: &str) {
     }
     info!(trigger = why, backends = fresh.policy.backends.len(), rules = fresh.policy.rules.len(), "policy reloaded");
     agent.snapshot.store(Arc::new(fresh));
+    agent.refresh_grants();
     lock(&agent.tls_configs).clear();
     *lock(&agent.files) = files;
     {

@@ -96,7 +96,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     };
     let (decision, backend_name, protocol) = match backend {
         Some(b) => (
-            snapshot.policy.decide_connect(&principal, &b.name, jiff::Timestamp::now()),
+            snapshot.policy.decide_connect_with(&principal, &b.name, jiff::Timestamp::now(), &agent.grant_rules.load()),
             Some(b.name.clone()),
             Some(b.protocol),
         ),
@@ -133,11 +133,13 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         backend: backend_name.as_ref().map(ToString::to_string),
         orig_dst: Some(orig.to_string()),
         protocol: protocol.map(|p| format!("{p:?}").to_lowercase()),
-        decision: if decision.allowed() { "allow" } else { "deny" }.into(),
+        decision: crate::policy::testcases::verdict_name(decision.verdict).into(),
         rule: decision.rule.as_ref().map(ToString::to_string),
         reason: decision.reason().into_owned(),
     };
-    let (Some(backend_name), Some(upstream), true) = (backend_name.clone(), upstream, decision.allowed()) else {
+    let held = decision.verdict == crate::policy::Verdict::NeedsApproval;
+    let (Some(backend_name), Some(upstream), true) = (backend_name.clone(), upstream, decision.allowed() || held)
+    else {
         agent.counters.denied.fetch_add(1, Ordering::Relaxed);
         info!(user = %principal, uid = %who.uid, pid = who.pid, comm = %who.comm, dst = %orig, rule = decision.rule_label(), "refused: {}", decision.reason());
         let key = RefusalKey { uid: Some(who.uid.0), kind: RefusalKind::Denied, backend: rec.backend.clone() };
@@ -176,10 +178,23 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         principal: principal.clone(),
         backend: backend_name.clone(),
         protocol,
+        rule: decision.rule.as_ref().map(ToString::to_string),
         cut: agent.cut.child_token(),
         cut_reason: std::sync::OnceLock::new(),
     });
     lock(&agent.live).insert(id, live.clone());
+    // A login that needs an approval waits for it (PostgreSQL tells the client first).
+    let connect_approval =
+        held.then(|| open_connect_request(agent, &snapshot, &decision, &principal, id, &backend_name));
+    let connect_approval = match connect_approval {
+        Some(Some(w)) => Some(w),
+        Some(None) => {
+            lock(&agent.live).remove(&id);
+            close_record(agent, id, 0, 0, "refused: the approval rule is gone from the policy".into());
+            return;
+        }
+        None => None,
+    };
     let limit = decision.max_session.map(|max| {
         let live = live.clone();
         let rule = decision.rule_label().to_owned();
@@ -188,6 +203,16 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             live.cut(format!("max_session of {max:?} reached (rule {rule})"));
         })
     });
+    if protocol == Protocol::Tcp
+        && let Some(w) = connect_approval.clone()
+    {
+        let state = w.clone().outcome(&agent.approvals, |t| agent.approval_transition(t)).await;
+        if !matches!(state, crate::approval::State::Approved { .. }) {
+            lock(&agent.live).remove(&id);
+            close_record(agent, id, 0, 0, format!("login not approved: {}", w.refusal(&state)));
+            return;
+        }
+    }
     let out = match protocol {
         Protocol::Tcp => match connect_upstream(upstream, agent.settings.mark).await {
             Ok(upstream) => {
@@ -220,6 +245,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 guard: decision.guard.clone(),
                 record: snapshot.policy.record_options(decision.rule.as_ref()),
                 live: live.clone(),
+                connect_approval,
             };
             crate::protocol::postgres::serve(ctx, client).await
         }
@@ -231,6 +257,41 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     let end = out.end.describe();
     info!(bytes_up = out.up, bytes_down = out.down, end = %end, "session closed");
     close_record(agent, id, out.up, out.down, end);
+}
+
+/// Opens the request a held login waits for.
+fn open_connect_request(
+    agent: &Agent,
+    snapshot: &crate::proxy::Snapshot,
+    decision: &crate::policy::Decision,
+    principal: &crate::identity::Principal,
+    id: SessionId,
+    backend: &crate::types::BackendName,
+) -> Option<crate::approval::Waiting> {
+    let rule = snapshot.policy.rules.iter().find(|r| Some(&r.name) == decision.rule.as_ref())?;
+    let approval = rule.approval.as_ref()?;
+    let open = crate::approval::Open {
+        subject: crate::approval::Subject::Connect {
+            session: id.to_string(),
+            backend: backend.to_string(),
+            rule: rule.name.to_string(),
+        },
+        requester: principal.clone(),
+        reason: None,
+        approvers: approval.by.clone(),
+        approvers_label: approval.by_name.clone().unwrap_or_else(|| approval.by.describe()),
+        needed: approval.count,
+        timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
+        duration_us: None,
+    };
+    let (t, state) = agent.approvals.open(open, audit::now_us());
+    agent.approval_transition(&t);
+    Some(crate::approval::Waiting {
+        id: t.request.id,
+        state,
+        timeout: approval.timeout,
+        approvers: t.request.approvers,
+    })
 }
 
 async fn record_open(agent: &Agent, rec: SessionOpen) {

@@ -94,6 +94,8 @@ where
     let mut pending = Counts::default();
     let mut written = 0u64;
     loop {
+        // Notices the client direction queued come before what the server sent after them.
+        out.extend(std::mem::take(&mut lock(io.shared).notices).into_iter().flatten());
         while let Some((frame, n)) =
             wire::decode(&buf, MAX_BACKEND_MESSAGE).map_err(|e| Fail::Backend(e.to_string()))?
         {
@@ -123,7 +125,7 @@ where
             out.clear();
         }
         let more = tokio::select! {
-            more = fill(br, &mut buf) => more,
+            biased;
             () = io.wake.notified() => {
                 let notices = std::mem::take(&mut lock(io.shared).notices);
                 for n in notices {
@@ -132,6 +134,7 @@ where
                 cw.flush().await.map_err(Fail::ClientIo)?;
                 continue;
             }
+            more = fill(br, &mut buf) => more,
         };
         if !matches!(more, Ok(true)) {
             // A client direction waiting on the backend must not wait forever.

@@ -468,59 +468,41 @@ async fn hold<W: AsyncWrite + Unpin>(
         timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
         duration_us: None,
     };
-    let (opened, mut watch) = ctx.agent.approvals.open(open, now_us());
+    let (opened, state) = ctx.agent.approvals.open(open, now_us());
     let id = opened.request.id;
     ctx.agent.approval_transition(&opened);
-    let label = opened.request.approvers.clone();
-    info!(request = id, approvers = %label, "statement held for approval");
+    let waiting =
+        crate::approval::Waiting { id, state, timeout: approval.timeout, approvers: opened.request.approvers.clone() };
+    info!(request = id, approvers = %waiting.approvers, "statement held for approval");
     let notice = PgError::new(
         Severity::Notice,
         "01000",
-        format!("Gatehouse is holding this statement for approval by {label}: request {id} (an approver runs `gatehouse approve {id}`)"),
+        format!(
+            "Gatehouse is holding this statement for approval by {}: request {id} (an approver runs `gatehouse approve {id}`)",
+            waiting.approvers
+        ),
     )
-    .hint(format!("it waits up to {}; cancelling the query withdraws the request", crate::settings::format_duration_s(approval.timeout.as_secs())));
+    .hint(format!(
+        "it waits up to {}; cancelling the query withdraws the request",
+        crate::settings::format_duration_s(approval.timeout.as_secs())
+    ));
     lock(io.shared).notices.push(notice.encode());
     io.wake.notify_one();
-    let deadline = tokio::time::Instant::now() + approval.timeout;
-    let state = loop {
-        let now = watch.borrow_and_update().clone();
-        if now != crate::approval::State::Pending {
-            break now;
-        }
-        tokio::select! {
-            changed = watch.changed() => if changed.is_err() { break crate::approval::State::Withdrawn { at_us: now_us() } },
-            () = tokio::time::sleep_until(deadline) => {
-                if let Some(t) = ctx.agent.approvals.time_out(id, now_us()) {
-                    ctx.agent.approval_transition(&t);
-                }
-            }
-        }
-    };
-    match state {
-        crate::approval::State::Approved { .. } => {
-            info!(request = id, "approved: the held statement runs");
-            forward_batch(ctx, db, io.shared, st, &h.batch, h.epoch);
-            out.extend_from_slice(&h.raw);
-        }
-        other => {
-            let (code, message) = match &other {
-                crate::approval::State::Denied { by, reason, .. } => (
-                    "42501",
-                    format!(
-                        "Gatehouse refused this statement: request {id} was denied by {}{}",
-                        by.label(),
-                        reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
-                    ),
-                ),
-                crate::approval::State::TimedOut { .. } => {
-                    ("42501", format!("Gatehouse refused this statement: request {id} was not approved in time"))
-                }
-                _ => ("57014", format!("canceling statement: request {id} was withdrawn")),
-            };
-            let why = Refused::Error(PgError::new(Severity::Error, code, message));
-            record_refusal(ctx, st, h.text.as_bytes(), Some(s), &why);
-            refuse(out, io.shared, h.epoch, why.error(ctx), &h.stand_in);
-        }
+    let agent = ctx.agent.clone();
+    let state = waiting.clone().outcome(&ctx.agent.approvals, |t| agent.approval_transition(t)).await;
+    if matches!(state, crate::approval::State::Approved { .. }) {
+        info!(request = id, "approved: the held statement runs");
+        forward_batch(ctx, db, io.shared, st, &h.batch, h.epoch);
+        out.extend_from_slice(&h.raw);
+    } else {
+        let code = if matches!(state, crate::approval::State::Withdrawn { .. }) { "57014" } else { "42501" };
+        let why = Refused::Error(PgError::new(
+            Severity::Error,
+            code,
+            format!("Gatehouse refused this statement: {}", waiting.refusal(&state)),
+        ));
+        record_refusal(ctx, st, h.text.as_bytes(), Some(s), &why);
+        refuse(out, io.shared, h.epoch, why.error(ctx), &h.stand_in);
     }
     Ok(())
 }
@@ -839,9 +821,10 @@ fn effects_at_forward(
 
 /// Decides one statement for this session under `snapshot`.
 fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
-    let d = snapshot.policy.decide(
+    let d = snapshot.policy.decide_with(
         &ctx.principal,
         &Request { backend: &ctx.backend.name, statement: Some(s), now: jiff::Timestamp::now() },
+        &ctx.agent.grant_rules.load(),
     );
     // The login cannot change mid-session: a policy that now maps this user
     // to another backend role refuses until they reconnect.

@@ -1,0 +1,357 @@
+//! Conditional access end to end: statements held for a human approval
+//! (approved, denied, timed out, cancelled), logins held at connect, and
+//! just-in-time grants (requested, approved, revoked), through the real
+//! agent, a real PostgreSQL 15, psql and psycopg, with approvers running
+//! `gatehouse approve` as other Unix users. Every assertion on outcome is
+//! checked on the server (the table is there or not) and in the audit trail.
+//! Needs root.
+#![expect(clippy::unwrap_used, reason = "test helpers panic with context on failure")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
+
+use gatehouse_e2e::pg::{self, PgServer};
+use gatehouse_e2e::{Env, free_port, loopback};
+use serde_json::Value;
+
+struct World {
+    pg: PgServer,
+    env: Env,
+    gatehouse: PathBuf,
+    /// A DBA: anything, but DROP and TRUNCATE wait for an SRE lead.
+    dan: String,
+    /// Two SRE leads (approvers).
+    lea: String,
+    sam: String,
+    /// A developer with no rule: may request the "orders admin" grant.
+    dev: String,
+    /// A contractor whose logins wait for an approval.
+    con: String,
+    /// Nobody in particular.
+    eve: String,
+}
+
+fn world(name: &str, statement_timeout: &str) -> World {
+    let mut env = Env::new(name);
+    let dba = env.group("dba");
+    let leads = env.group("leads");
+    let devs = env.group("devs");
+    let contractors = env.group("contr");
+    let dan = env.user("dan", &[&dba]);
+    let lea = env.user("lea", &[&leads]);
+    let sam = env.user("sam", &[&leads]);
+    let dev = env.user("dev", &[&devs]);
+    let con = env.user("con", &[&contractors]);
+    let eve = env.user("eve", &[]);
+    let pg = PgServer::start(&env.dir, &loopback(70), free_port(), "log_statement = 'all'\n");
+    pg.admin_db(
+        "appdb",
+        &format!(
+            "CREATE TABLE victim (id int); CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2);
+             ALTER TABLE victim OWNER TO {app}; ALTER TABLE orders OWNER TO {app};",
+            app = pg::APP_ROLE
+        ),
+    );
+    let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
+    let policy = format!(
+        r#"
+[[backend]]
+name = "appdb"
+protocol = "postgres"
+address = "{addr}"
+tls = "off"
+credentials = {{ user = "{app}", password_file = "{s}" }}
+
+[[approvers]]
+name = "sre-leads"
+who = {{ groups = ["{leads}"] }}
+
+[[rule]]
+name = "dbas, with a second pair of eyes"
+who = {{ groups = ["{dba}"] }}
+backend = "appdb"
+statements = ["*"]
+approval = {{ for = ["drop", "truncate"], by = "sre-leads", timeout = "{statement_timeout}" }}
+
+[[rule]]
+name = "contractors, when someone lets them in"
+who = {{ groups = ["{contractors}"] }}
+backend = "appdb"
+statements = ["select"]
+approval = {{ for = ["connect"], by = "sre-leads", timeout = "30s" }}
+
+[[grant]]
+name = "orders admin"
+who = {{ groups = ["{devs}"] }}
+backends = ["appdb"]
+statements = ["select", "insert", "update", "delete"]
+max = "2h"
+by = "sre-leads"
+"#,
+        addr = pg.addr(),
+        app = pg::APP_ROLE,
+        s = secret.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    // Approvers run the CLI as themselves: a copy they can execute.
+    let gatehouse = env.path("gatehouse-cli");
+    std::fs::copy(gatehouse_e2e::gatehouse_bin(), &gatehouse).unwrap();
+    std::fs::set_permissions(&gatehouse, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    World { pg, env, gatehouse, dan, lea, sam, dev, con, eve }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+impl World {
+    fn psql_args(&self, sql: &str) -> Vec<String> {
+        let port = self.pg.port.to_string();
+        ["-h", &self.pg.host, "-p", &port, "-U", "whoever", "-d", "appdb", "-X", "-A", "-t", "-c", sql]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    }
+
+    fn psql(&self, user: &str, sql: &str) -> Output {
+        let args = self.psql_args(sql);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.env.run_as(user, None, Path::new("/usr/bin/psql"), &refs)
+    }
+
+    /// psql in the background, stdout and stderr captured (notices and errors go to stderr).
+    fn psql_spawn(&self, user: &str, sql: &str) -> Child {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+            .arg(&self.env.cgroup)
+            .args(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", "/usr/bin/psql"])
+            .args(self.psql_args(sql))
+            .env("HOME", &self.env.dir)
+            .current_dir(&self.env.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    }
+
+    fn cli(&self, user: &str, args: &[&str]) -> Output {
+        let ctl = self.env.control().display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--control-socket", &ctl]);
+        self.env.run_as(user, None, &self.gatehouse, &all)
+    }
+
+    /// The requests `user` may see, as JSON.
+    fn requests(&self, user: &str) -> Vec<Value> {
+        let o = self.cli(user, &["requests", "--json"]);
+        assert!(o.status.success(), "gatehouse requests as {user}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Waits for a pending request whose description contains `what`; returns its id.
+    fn pending(&self, approver: &str, what: &str) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(r) = self
+                .requests(approver)
+                .into_iter()
+                .find(|r| r["state"]["state"] == "pending" && r["subject"].to_string().contains(what))
+            {
+                return r["id"].as_u64().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no pending request for {what:?}:\n{}", self.env.agent_log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn table_exists(&self, table: &str) -> bool {
+        self.pg.admin_db("appdb", &format!("SELECT to_regclass('public.{table}') IS NOT NULL")) == "t"
+    }
+
+    fn approval_events(&self) -> Vec<Value> {
+        let conn = rusqlite::Connection::open(self.env.db()).unwrap();
+        let mut st = conn.prepare("SELECT body FROM events WHERE kind = 'approval' ORDER BY seq").unwrap();
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+        rows.filter_map(Result::ok).filter_map(|b| serde_json::from_slice(&b).ok()).collect()
+    }
+}
+
+fn wait_output(child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    let mut child = child;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        assert!(start.elapsed() < limit, "the client is still waiting after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn held_statements_run_when_approved_and_are_refused_when_denied() {
+    let w = world("aphold", "60s");
+    // Approved by another person: it runs, and the session goes on.
+    let held = w.psql_spawn(&w.dan, "DROP TABLE victim");
+    let id = w.pending(&w.lea, "DROP TABLE victim");
+    assert!(w.table_exists("victim"), "nothing runs before the approval");
+    // Someone outside the approvers sees nothing and cannot approve.
+    assert!(w.requests(&w.eve).is_empty(), "{:?}", w.requests(&w.eve));
+    let o = w.cli(&w.eve, &["approve", &id.to_string()]);
+    assert!(!o.status.success() && text(&o).contains("no pending request"), "{}", text(&o));
+    // The requester cannot approve their own request (they do not even see it as decidable).
+    let o = w.cli(&w.dan, &["approve", &id.to_string()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let o = w.cli(&w.lea, &["approve", &id.to_string(), "--reason", "planned cleanup"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = wait_output(held, Duration::from_secs(20));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("holding this statement for approval"), "the client was told: {}", text(&out));
+    assert!(!w.table_exists("victim"), "the approved DROP ran");
+
+    // Denied: ERROR 42501 with the reason; nothing changes on the server.
+    w.pg.admin_db("appdb", &format!("CREATE TABLE victim (id int); ALTER TABLE victim OWNER TO {}", pg::APP_ROLE));
+    let held = w.psql_spawn(&w.dan, "TRUNCATE orders");
+    let id = w.pending(&w.sam, "TRUNCATE orders");
+    let o = w.cli(&w.sam, &["deny", &id.to_string(), "--reason", "not during business hours"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = wait_output(held, Duration::from_secs(20));
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("denied by") && t.contains("not during business hours"), "{t}");
+    assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM orders"), "2");
+
+    // Ordinary statements of the same rule run at once.
+    let o = w.psql(&w.dan, "SELECT count(*) FROM orders");
+    assert!(o.status.success() && text(&o).contains('2'), "{}", text(&o));
+
+    // The audit trail has every step, with who decided.
+    let events = w.approval_events();
+    let steps: Vec<String> = events.iter().map(|e| e["event"].as_str().unwrap_or_default().to_owned()).collect();
+    assert!(steps.iter().filter(|s| *s == "requested").count() >= 2, "{steps:?}");
+    assert!(steps.contains(&"approved".to_owned()) && steps.contains(&"denied".to_owned()), "{steps:?}");
+    let approved = events.iter().find(|e| e["event"] == "approved").unwrap();
+    assert!(approved["by"]["user"].as_str().unwrap().contains("lea"), "{approved}");
+    assert!(w.pg.log().contains("DROP TABLE victim"), "the approved statement reached the server");
+    assert!(!w.pg.log().contains("TRUNCATE orders"), "the denied one did not");
+}
+
+#[test]
+fn held_statements_time_out_and_a_cancel_withdraws_them() {
+    let w = world("aptimeout", "3s");
+    let held = w.psql_spawn(&w.dan, "DROP TABLE victim");
+    let out = wait_output(held, Duration::from_secs(20));
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("not approved in time"), "{t}\n{}", w.env.agent_log());
+    assert!(w.table_exists("victim"));
+    // A client cancel while held withdraws the request; the session stays usable.
+    let port = w.pg.port.to_string();
+    let script = w.env.path("cancel.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, time, threading, psycopg
+conn = psycopg.connect(host=sys.argv[1], port=sys.argv[2], dbname="appdb", user="whoever", autocommit=True)
+conn.add_notice_handler(lambda d: print("notice:", d.message_primary, flush=True))
+threading.Timer(1.5, conn.cancel).start()
+try:
+    conn.execute("DROP TABLE victim")
+    print("ran")
+except psycopg.Error as e:
+    print("refused", e.sqlstate, str(e).splitlines()[0])
+print("still", conn.execute("SELECT 7").fetchone()[0])
+"#,
+    )
+    .unwrap();
+    let o = w.env.run_as(&w.dan, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &w.pg.host, &port]);
+    let t = text(&o);
+    assert!(t.contains("notice: Gatehouse is holding"), "{t}");
+    assert!(t.contains("refused 57014") && t.contains("withdrawn"), "{t}\n{}", w.env.agent_log());
+    assert!(t.contains("still 7"), "{t}");
+    assert!(w.table_exists("victim"));
+    let events = w.approval_events();
+    assert!(events.iter().any(|e| e["event"] == "timed_out"), "{events:?}");
+    assert!(events.iter().any(|e| e["event"] == "withdrawn"), "{events:?}");
+}
+
+#[test]
+fn held_logins_and_just_in_time_grants() {
+    let w = world("apgrant", "60s");
+    // A login that waits for an approval.
+    let held = w.psql_spawn(&w.con, "SELECT count(*) FROM orders");
+    let id = w.pending(&w.lea, "connect");
+    let o = w.cli(&w.lea, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = wait_output(held, Duration::from_secs(20));
+    assert!(out.status.success() && text(&out).contains('2'), "{}\n{}", text(&out), w.env.agent_log());
+
+    // No rule for the developer: refused.
+    let o = w.psql(&w.dev, "SELECT count(*) FROM orders");
+    assert!(!o.status.success() && text(&o).contains("no rule allows"), "{}", text(&o));
+    // A grant request needs a reason and stays within the grant's maximum.
+    let o = w.cli(
+        &w.dev,
+        &["request", "--backend", "appdb", "--grant", "orders admin", "--for", "3h", "--reason", "INC-4711"],
+    );
+    assert!(!o.status.success() && text(&o).contains("at most"), "{}", text(&o));
+    let o = w.cli(
+        &w.dev,
+        &["request", "--backend", "appdb", "--grant", "orders admin", "--for", "30m", "--reason", "INC-4711"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let id = w.pending(&w.lea, "orders admin");
+    // The requester sees their own request.
+    assert!(w.requests(&w.dev).iter().any(|r| r["id"] == id), "{:?}", w.requests(&w.dev));
+    let o = w.cli(&w.sam, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = w.psql(&w.dev, "INSERT INTO orders VALUES (3)");
+    assert!(o.status.success(), "the grant allows writes: {}\n{}", text(&o), w.env.agent_log());
+    assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM orders"), "3");
+    // The grant covers only its kinds.
+    let o = w.psql(&w.dev, "DROP TABLE orders");
+    assert!(!o.status.success() && text(&o).contains("Gatehouse refused"), "{}", text(&o));
+    // Revocation cuts an open session and refuses new ones.
+    let long = w.psql_spawn(&w.dev, "SELECT pg_sleep(30)");
+    let _ = long;
+    let script = w.env.path("long.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, time, psycopg
+conn = psycopg.connect(host=sys.argv[1], port=sys.argv[2], dbname="appdb", user="whoever", autocommit=True)
+print("open", conn.execute("SELECT count(*) FROM orders").fetchone()[0], flush=True)
+time.sleep(4)
+try:
+    conn.execute("SELECT 1")
+    print("still open")
+except psycopg.Error as e:
+    print("cut", str(e).splitlines()[0])
+"#,
+    )
+    .unwrap();
+    let port = w.pg.port.to_string();
+    let session =
+        w.env.spawn_as(&w.dev, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &w.pg.host, &port]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = w.cli(&w.lea, &["revoke", &id.to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = wait_output(session, Duration::from_secs(20));
+    let t = text(&out);
+    assert!(
+        t.contains("open 3") && t.contains("cut") && t.contains("no longer in force"),
+        "{t}\n{}",
+        w.env.agent_log()
+    );
+    let o = w.psql(&w.dev, "SELECT 1");
+    assert!(!o.status.success(), "after revocation: {}", text(&o));
+    let events = w.approval_events();
+    for step in ["requested", "approved", "revoked"] {
+        assert!(
+            events.iter().any(|e| e["event"] == step && e["request"]["subject"]["type"] == "grant"),
+            "{step}: {events:?}"
+        );
+    }
+    let _ = (&w.eve, &w.dan);
+}
