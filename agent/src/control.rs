@@ -155,7 +155,7 @@ pub enum Response {
         requests: Vec<crate::approval::Request>,
     },
     Request {
-        request: crate::approval::Request,
+        request: Box<crate::approval::Request>,
         /// What happened: `requested`, `approval`, `approved`, `denied`, `revoked`.
         event: String,
     },

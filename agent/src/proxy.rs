@@ -264,10 +264,8 @@ impl Agent {
         let names: std::collections::HashSet<String> = rules.iter().map(|r| r.name.to_string()).collect();
         self.grant_rules.store(Arc::new(rules));
         for s in lock(&self.live).values() {
-            if let Some(rule) = s.rule.as_deref().filter(|r| r.starts_with("grant ")) {
-                if !names.contains(rule) {
-                    s.cut(format!("the {rule} that allowed this session is no longer in force"));
-                }
+            if let Some(rule) = s.rule.as_deref().filter(|r| r.starts_with("grant ") && !names.contains(*r)) {
+                s.cut(format!("the {rule} that allowed this session is no longer in force"));
             }
         }
     }

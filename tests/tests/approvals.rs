@@ -6,6 +6,7 @@
 //! checked on the server (the table is there or not) and in the audit trail.
 //! Needs root.
 #![expect(clippy::unwrap_used, reason = "test helpers panic with context on failure")]
+#![expect(clippy::indexing_slicing, reason = "indexing serde_json values by key returns Null, it cannot panic")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output};

@@ -24,7 +24,7 @@ pub(super) async fn decide(agent: &Agent, uid: u32, id: RequestId, approve: bool
     match agent.approvals.decide(id, &caller, approve, reason, now_us()) {
         Ok(t) => {
             agent.approval_transition(&t);
-            Response::Request { event: t.event.to_owned(), request: t.request }
+            Response::Request { event: t.event.to_owned(), request: Box::new(t.request) }
         }
         Err(e) => error(e.to_string()),
     }
@@ -35,7 +35,7 @@ pub(super) async fn revoke(agent: &Agent, uid: u32, id: RequestId) -> Response {
     match agent.approvals.revoke(id, &caller, now_us()) {
         Ok(t) => {
             agent.approval_transition(&t);
-            Response::Request { event: t.event.to_owned(), request: t.request }
+            Response::Request { event: t.event.to_owned(), request: Box::new(t.request) }
         }
         Err(e) => error(e.to_string()),
     }
@@ -80,5 +80,5 @@ pub(super) async fn request_grant(
     };
     let (t, _) = agent.approvals.open(open, now_us());
     agent.approval_transition(&t);
-    Response::Request { event: t.event.to_owned(), request: t.request }
+    Response::Request { event: t.event.to_owned(), request: Box::new(t.request) }
 }
