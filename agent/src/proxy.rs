@@ -401,6 +401,8 @@ pub async fn run(
         settings,
     });
 
+    restore_requests(&agent).await;
+
     let stop = CancellationToken::new();
     let sessions = TaskTracker::new();
     let control = crate::control::serve(agent.clone(), stop.clone()).await?;
@@ -557,6 +559,40 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, stop: Cancellatio
 }
 
 /// Re-resolves `host = …` backends periodically and updates the kernel map.
+/// Carries on after a restart: request numbers continue, grants approved
+/// (and still in force) or still waiting for approvers come back. Held
+/// statements and logins ended with their sessions.
+async fn restore_requests(agent: &Arc<Agent>) {
+    let db = agent.settings.audit_db.clone();
+    let found = tokio::task::spawn_blocking(move || crate::audit::query::approval_requests(&db)).await;
+    let requests = match found {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return warn!(error = %e, "cannot read earlier requests from the audit store"),
+        Err(e) => return warn!(error = %e, "cannot read earlier requests from the audit store"),
+    };
+    let snapshot = agent.snapshot.load();
+    let now = audit::now_us();
+    let mut restored = 0;
+    for r in requests {
+        agent.approvals.start_after(r.id);
+        let crate::approval::Subject::Grant { grant, .. } = &r.subject else { continue };
+        let live = match &r.state {
+            crate::approval::State::Approved { .. } => r.until_us.is_some_and(|u| u > now),
+            crate::approval::State::Pending => r.deadline_us > now,
+            _ => false,
+        };
+        let Some(g) = snapshot.policy.grants.iter().find(|g| &g.name == grant) else { continue };
+        if live {
+            agent.approvals.restore(r, g.by.clone());
+            restored += 1;
+        }
+    }
+    if restored > 0 {
+        info!(grants = restored, "restored grant requests from the audit store");
+    }
+    agent.refresh_grants();
+}
+
 /// Times out requests nobody decided and ends grants whose time is up.
 async fn approval_clock(agent: Arc<Agent>, stop: CancellationToken) {
     loop {

@@ -354,5 +354,34 @@ except psycopg.Error as e:
             "{step}: {events:?}"
         );
     }
+    // An approved grant outlives an agent restart; numbering carries on.
+    let o = w.cli(
+        &w.dev,
+        &["request", "--backend", "appdb", "--grant", "orders admin", "--for", "30m", "--reason", "INC-4712"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let id2 = w.pending(&w.lea, "orders admin");
+    assert!(id2 > id, "request numbers only grow: {id2} after {id}");
+    assert!(w.cli(&w.lea, &["approve", &id2.to_string()]).status.success());
+    let mut w = w;
+    let status = w.env.signal_agent("TERM");
+    assert!(status.success(), "{status}");
+    let config = w.env.path("policy.toml");
+    w.env.start_agent(&config);
+    let o = w.psql(&w.dev, "SELECT count(*) FROM orders");
+    assert!(
+        o.status.success() && text(&o).contains('3'),
+        "the grant survived the restart: {}\n{}",
+        text(&o),
+        w.env.agent_log()
+    );
+    let mine = w.requests(&w.dev);
+    assert!(mine.iter().any(|r| r["id"] == id2 && r["state"]["state"] == "approved"), "{mine:?}");
+    let o = w.cli(
+        &w.dev,
+        &["request", "--backend", "appdb", "--grant", "orders admin", "--for", "10m", "--reason", "INC-4713"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(w.pending(&w.lea, "orders admin") > id2, "numbering continues after the restart");
     let _ = (&w.eve, &w.dan);
 }

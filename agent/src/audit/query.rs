@@ -188,3 +188,25 @@ pub fn session_owner(path: &Path, session: &str) -> Result<Option<Option<u32>>, 
         .optional()
         .map_err(|source| AuditError::Sql { path: path.to_owned(), source })
 }
+
+/// Every recorded request that waits for a human, in its latest recorded
+/// state (from the `approval` records), for a restarted agent to carry on
+/// grants and numbering. Records whose content was redacted are skipped.
+pub fn approval_requests(path: &Path) -> Result<Vec<crate::approval::Request>, AuditError> {
+    let conn = open_read_only(path)?;
+    let err = |source| AuditError::Sql { path: path.to_owned(), source };
+    let mut st = conn.prepare("SELECT body FROM events WHERE kind = 'approval' ORDER BY seq").map_err(err)?;
+    let rows = st.query_map([], |r| r.get::<_, Option<Vec<u8>>>(0)).map_err(err)?;
+    let mut latest: std::collections::BTreeMap<u64, crate::approval::Request> = std::collections::BTreeMap::new();
+    for body in rows {
+        let Some(body) = body.map_err(err)? else { continue };
+        #[derive(serde::Deserialize)]
+        struct Step {
+            request: crate::approval::Request,
+        }
+        if let Ok(step) = serde_json::from_slice::<Step>(&body) {
+            latest.insert(step.request.id, step.request);
+        }
+    }
+    Ok(latest.into_values().collect())
+}
