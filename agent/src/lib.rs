@@ -15,6 +15,7 @@ pub mod cli;
 pub mod control;
 pub mod identity;
 pub mod mask;
+pub mod notify;
 pub mod policy;
 pub mod protocol;
 pub mod proxy;

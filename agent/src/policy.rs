@@ -46,6 +46,8 @@ pub struct Policy {
     pub approvers: BTreeMap<String, Who>,
     /// Access that may be requested for a while (`[[grant]]`).
     pub grants: Vec<Grant>,
+    /// Who is told about requests (`[[notify]]`).
+    pub notify: Vec<crate::notify::Target>,
     pub tests: Vec<TestCase>,
     pub(crate) index: decide::Index,
 }

@@ -286,6 +286,7 @@ impl Agent {
         if matches!(t.request.subject, crate::approval::Subject::Grant { .. }) && t.event != "requested" {
             self.refresh_grants();
         }
+        crate::notify::announce(&self.snapshot.load().policy.notify, t);
     }
 
     /// The TLS client configuration for a backend, built once per policy.

@@ -17,6 +17,8 @@ use gatehouse_e2e::{Env, free_port, loopback};
 use serde_json::Value;
 
 struct World {
+    /// The webhook receiver (stopped by PID on drop, before the test directory goes).
+    hook: Receiver,
     pg: PgServer,
     env: Env,
     gatehouse: PathBuf,
@@ -31,6 +33,61 @@ struct World {
     con: String,
     /// Nobody in particular.
     eve: String,
+}
+
+/// A local HTTP receiver for webhooks: every POST is a JSON line in
+/// `hooks.jsonl` (path, event header, body, and whether the HMAC signature
+/// checks out with the shared secret).
+struct Receiver {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const RECEIVER: &str = r#"
+import sys, json, hmac, hashlib, http.server
+host, port, secret_path, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+key = open(secret_path, "rb").read().splitlines()[0]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        want = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+        rec = {"path": self.path, "event": self.headers.get("X-Gatehouse-Event"),
+               "signed": hmac.compare_digest(want, self.headers.get("X-Gatehouse-Signature", "")),
+               "body": json.loads(body)}
+        with open(log, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer((host, port), H).serve_forever()
+"#;
+
+fn receiver(env: &Env) -> (Receiver, PathBuf) {
+    let secret = pg::password_file(&env.dir, "hook.secret", "hook-Secret-9");
+    let script = env.path("receiver.py");
+    std::fs::write(&script, RECEIVER).unwrap();
+    let host = loopback(71);
+    let port = free_port();
+    let log = env.path("hooks.jsonl");
+    let child = std::process::Command::new("/usr/bin/python3")
+        .args([script.to_str().unwrap(), &host, &port.to_string(), secret.to_str().unwrap(), log.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let addr = format!("{host}:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "webhook receiver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Receiver { child, addr, log }, secret)
 }
 
 fn world(name: &str, statement_timeout: &str) -> World {
@@ -55,6 +112,20 @@ fn world(name: &str, statement_timeout: &str) -> World {
         ),
     );
     let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
+    let (hook, hook_secret) = receiver(&env);
+    // A local command told of every step (root's, like the agent), and a webhook that never answers.
+    let notify_sh = env.path("notify.sh");
+    std::fs::write(
+        &notify_sh,
+        format!(
+            "#!/bin/sh\ncat >> {}\necho >> {}\n",
+            env.path("command.jsonl").display(),
+            env.path("command.jsonl").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&notify_sh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dead = format!("{}:{}", loopback(72), free_port());
     let policy = format!(
         r#"
 [[backend]]
@@ -82,6 +153,20 @@ backend = "appdb"
 statements = ["select"]
 approval = {{ for = ["connect"], by = "sre-leads", timeout = "30s" }}
 
+[[notify]]
+name = "chat"
+url = "http://{hook}/hooks/gatehouse"
+secret_file = "{hook_secret}"
+
+[[notify]]
+name = "nobody home"
+url = "http://{dead}/hook"
+
+[[notify]]
+name = "local log"
+command = ["{notify_sh}"]
+events = ["requested", "approved", "denied"]
+
 [[grant]]
 name = "orders admin"
 who = {{ groups = ["{devs}"] }}
@@ -93,6 +178,9 @@ by = "sre-leads"
         addr = pg.addr(),
         app = pg::APP_ROLE,
         s = secret.display(),
+        hook = hook.addr,
+        hook_secret = hook_secret.display(),
+        notify_sh = notify_sh.display(),
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
@@ -100,7 +188,7 @@ by = "sre-leads"
     let gatehouse = env.path("gatehouse-cli");
     std::fs::copy(gatehouse_e2e::gatehouse_bin(), &gatehouse).unwrap();
     std::fs::set_permissions(&gatehouse, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    World { pg, env, gatehouse, dan, lea, sam, dev, con, eve }
+    World { hook, pg, env, gatehouse, dan, lea, sam, dev, con, eve }
 }
 
 fn text(o: &Output) -> String {
@@ -237,6 +325,29 @@ fn held_statements_run_when_approved_and_are_refused_when_denied() {
     assert!(approved["by"]["user"].as_str().unwrap().contains("lea"), "{approved}");
     assert!(w.pg.log().contains("DROP TABLE victim"), "the approved statement reached the server");
     assert!(!w.pg.log().contains("TRUNCATE orders"), "the denied one did not");
+    // The webhook heard every step, signed; the dead one did not hold anything up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hooks = loop {
+        let hooks: Vec<Value> = std::fs::read_to_string(&w.hook.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if hooks.iter().any(|h| h["event"] == "denied") || Instant::now() > deadline {
+            break hooks;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for step in ["requested", "approved", "denied"] {
+        let h = hooks.iter().find(|h| h["event"] == step).unwrap_or_else(|| panic!("no {step} webhook: {hooks:?}"));
+        assert_eq!(h["signed"], true, "{h}");
+        assert_eq!(h["path"], "/hooks/gatehouse");
+        assert!(h["body"]["text"].as_str().unwrap().contains("Gatehouse request"), "{h}");
+    }
+    assert!(hooks.iter().any(|h| h["body"]["text"].as_str().unwrap().contains("gatehouse approve")), "{hooks:?}");
+    let local = std::fs::read_to_string(w.env.path("command.jsonl")).unwrap_or_default();
+    assert!(local.contains("\"event\":\"requested\"") && local.contains("\"event\":\"approved\""), "{local}");
+    assert!(w.env.agent_log().contains("notification failed"), "the dead webhook was tried and logged");
 }
 
 #[test]

@@ -33,6 +33,19 @@ pub fn check(policy: &Policy, now: i64) -> Result<FileReport, Diagnostics> {
     for b in &policy.backends {
         check_backend(b, now, &mut errors, &mut report);
     }
+    // A notification's secret is a secret; its command runs as root, so only root may change it.
+    for n in &policy.notify {
+        if let Some(p) = &n.secret_file
+            && let Err(e) = secrets::open_checked(p, "notify secret_file", Kind::Secret)
+        {
+            errors.push(Diagnostic::new(n.at.clone(), format!("notify `{}`: {e}", n.name)));
+        }
+        if let Some(program) = n.command.as_ref().and_then(|c| c.first())
+            && let Err(e) = secrets::open_checked(std::path::Path::new(program), "notify command", Kind::Trusted)
+        {
+            errors.push(Diagnostic::new(n.at.clone(), format!("notify `{}`: {e}", n.name)));
+        }
+    }
     if errors.is_empty() { Ok(report) } else { Err(Diagnostics(errors)) }
 }
 

@@ -26,7 +26,7 @@ use crate::sql::Kind;
 use crate::types::{BackendName, DbRole, RuleName};
 
 /// The top-level keys a policy file may hold.
-const TOP_LEVEL: &[&str] = &["agent", "backend", "rule", "mask", "approvers", "grant", "test"];
+const TOP_LEVEL: &[&str] = &["agent", "backend", "rule", "mask", "approvers", "grant", "notify", "test"];
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -140,6 +140,17 @@ struct RuleRaw {
     catalog: Option<Spanned<String>>,
     statement_timeout: Option<Spanned<String>>,
     idle_in_transaction_timeout: Option<Spanned<String>>,
+}
+
+/// A `[[notify]]`: who is told about requests, and how.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyRaw {
+    name: Spanned<String>,
+    url: Option<Spanned<String>>,
+    secret_file: Option<Spanned<PathBuf>>,
+    command: Option<Spanned<Vec<String>>>,
+    events: Option<Spanned<Vec<String>>>,
 }
 
 /// A `[[grant]]`: what a rule allows, plus who may ask for it and for how long.
@@ -333,6 +344,7 @@ struct Collected<'s> {
     masks: Vec<Entry<'s, MaskRaw>>,
     approvers: Vec<Entry<'s, ApproversRaw>>,
     grants: Vec<Entry<'s, GrantRaw>>,
+    notify: Vec<Entry<'s, NotifyRaw>>,
     tests: Vec<Entry<'s, TestRaw>>,
 }
 
@@ -363,13 +375,14 @@ fn collect<'s>(src: &'s Source, c: &mut Collected<'s>, errors: &mut Vec<Diagnost
             "mask" => c.masks.extend(entries(src, value, "mask", errors)),
             "approvers" => c.approvers.extend(entries(src, value, "approvers", errors)),
             "grant" => c.grants.extend(entries(src, value, "grant", errors)),
+            "notify" => c.notify.extend(entries(src, value, "notify", errors)),
             "test" => c.tests.extend(entries(src, value, "test", errors)),
             other => {
                 errors.push(
                     Diagnostic::new(
                         src.at(Some(key.span())),
                         format!(
-                            "unknown section `{other}`; expected [agent], [[backend]], [[rule]], [[mask]], [[approvers]], [[grant]] or [[test]]"
+                            "unknown section `{other}`; expected [agent], [[backend]], [[rule]], [[mask]], [[approvers]], [[grant]], [[notify]] or [[test]]"
                         ),
                     )
                     .hint(did_you_mean(other, TOP_LEVEL.iter().copied())),
@@ -452,6 +465,7 @@ fn build(c: Collected<'_>, opts: &LoadOptions, errors: &mut Vec<Diagnostic>) -> 
     build_masks(c.masks, opts, &mut policy, &mut e);
     build_rules(c.rules, &mut policy, &mut e);
     build_grants(c.grants, &mut policy, &mut e);
+    build_notify(c.notify, &mut policy, &mut e);
     build_tests(c.tests, &mut policy, &mut e);
     policy
 }
@@ -612,6 +626,56 @@ fn build_approvers(raw: Vec<Entry<'_, ApproversRaw>>, policy: &mut Policy, e: &m
             continue;
         }
         policy.approvers.insert(name, who);
+    }
+}
+
+/// The steps a `[[notify]]` may ask for.
+const NOTIFY_EVENTS: &[&str] =
+    &["requested", "approval", "approved", "denied", "timed_out", "withdrawn", "revoked", "expired"];
+
+fn build_notify(raw: Vec<Entry<'_, NotifyRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
+    for entry in raw {
+        let n = &entry.raw;
+        let name = n.name.get_ref().clone();
+        let url = match &n.url {
+            None => None,
+            Some(u) => match crate::notify::Endpoint::parse(u.get_ref()) {
+                Ok(ep) => Some(ep),
+                Err(m) => {
+                    e.push(entry.at_span(u.span()), m);
+                    continue;
+                }
+            },
+        };
+        let command = n.command.as_ref().map(|c| c.get_ref().clone());
+        if let Some(c) = &n.command
+            && !c.get_ref().first().is_some_and(|p| p.starts_with('/'))
+        {
+            e.push(entry.at_span(c.span()), "command must be a list whose first item is an absolute path (no shell)");
+            continue;
+        }
+        if url.is_none() && command.is_none() {
+            e.push(entry.at(), format!("notify `{name}` has neither url nor command"));
+            continue;
+        }
+        let events = n.events.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default();
+        if let Some(bad) = events.iter().find(|x| !NOTIFY_EVENTS.contains(&x.as_str())) {
+            let span = n.events.as_ref().map_or(entry.span.clone(), Spanned::span);
+            e.hint(
+                entry.at_span(span),
+                format!("unknown event `{bad}`; events are {}", NOTIFY_EVENTS.join(", ")),
+                did_you_mean(bad, NOTIFY_EVENTS.iter().copied()),
+            );
+            continue;
+        }
+        policy.notify.push(crate::notify::Target {
+            at: entry.at(),
+            name,
+            url,
+            secret_file: n.secret_file.as_ref().map(|p| p.get_ref().clone()),
+            command,
+            events,
+        });
     }
 }
 
