@@ -150,6 +150,61 @@ impl AuthMethod {
 pub struct Credentials {
     pub user: String,
     pub password_file: Option<PathBuf>,
+    /// Instead of one shared login: a login role made per session.
+    pub dynamic: Option<Dynamic>,
+    /// The password of a role Gatehouse made for one session (never from a file).
+    pub issued: Option<Issued>,
+}
+
+/// `credentials = { dynamic = { … } }`: Gatehouse logs in as `admin`,
+/// creates a login role per session (`CREATE ROLE … LOGIN PASSWORD …
+/// VALID UNTIL … IN ROLE template`, a random password it never shows,
+/// sent to the server as a SCRAM verifier), uses it, and drops it when the
+/// session ends or its time is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dynamic {
+    pub admin_user: String,
+    pub admin_password_file: PathBuf,
+    /// The database the admin login connects to (default `postgres`).
+    pub admin_database: String,
+    /// The role whose privileges the made roles get (membership).
+    pub template_role: String,
+    /// How long a made role lives at most (its VALID UNTIL; the session is cut then).
+    pub ttl: Duration,
+}
+
+/// A password Gatehouse generated and holds in memory only.
+#[derive(Clone)]
+pub struct Issued(pub Arc<crate::secrets::Secret>);
+
+impl PartialEq for Issued {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Issued {}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Issued([held in memory])")
+    }
+}
+
+impl Credentials {
+    /// What sessions sharing this login's privileges are cached under (the
+    /// template role for per-session roles).
+    pub fn cache_key(&self) -> String {
+        match &self.dynamic {
+            Some(d) => format!("dynamic:{}", d.template_role),
+            None => self.user.clone(),
+        }
+    }
+
+    /// A login from a password file.
+    pub fn from_file(user: impl Into<String>, password_file: Option<PathBuf>) -> Self {
+        Self { user: user.into(), password_file, dynamic: None, issued: None }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -231,6 +231,8 @@ pub struct Agent {
     pub approvals: crate::approval::Registry,
     /// The rules approved grants act as, rebuilt when grants or the policy change.
     pub grant_rules: ArcSwap<Vec<crate::policy::Rule>>,
+    /// Per-session backend roles this agent made and sessions still use.
+    pub made_roles: crate::protocol::postgres::dynamic::MadeRoles,
     /// Refusals: aggregated per uid, kind and window; dropped past the disk reserve.
     pub refusals: Refusals,
     /// A spare descriptor for accepting (and closing) under EMFILE.
@@ -389,6 +391,7 @@ pub async fn run(
         catalogs: crate::protocol::postgres::catalog::CatalogCache::default(),
         approvals: crate::approval::Registry::default(),
         grant_rules: ArcSwap::from_pointee(Vec::new()),
+        made_roles: crate::protocol::postgres::dynamic::MadeRoles::default(),
         refusals: Refusals::new(
             settings.refusal_window,
             DiskReserve::new(&settings.audit_db, settings.audit_disk_reserve),
@@ -416,6 +419,7 @@ pub async fn run(
     let reloader = tokio::spawn(reload::reload_loop(agent.clone(), stop.clone()));
     let keeper = tokio::spawn(housekeeping(agent.clone(), stop.clone()));
     let approvals = tokio::spawn(approval_clock(agent.clone(), stop.clone()));
+    let reaper = tokio::spawn(role_reaper(agent.clone(), stop.clone()));
 
     wait_for_signal().await?;
     info!(grace = ?agent.settings.shutdown_grace, active = agent.counters.active.load(Ordering::Relaxed), "shutting down: no new sessions; open sessions may finish");
@@ -434,6 +438,7 @@ pub async fn run(
     let _ = reloader.await;
     let _ = keeper.await;
     let _ = approvals.await;
+    let _ = reaper.await;
     let _ = control.await;
     write_aggregates(&agent, agent.refusals.due(audit::now_us(), true));
     if let Err(e) = agent.audit.flush().await {
@@ -592,6 +597,18 @@ async fn restore_requests(agent: &Arc<Agent>) {
         info!(grants = restored, "restored grant requests from the audit store");
     }
     agent.refresh_grants();
+}
+
+/// Drops per-session backend roles left over (a crash, a restart) or expired:
+/// at start, then every minute.
+async fn role_reaper(agent: Arc<Agent>, stop: CancellationToken) {
+    loop {
+        crate::protocol::postgres::dynamic::reap(&agent).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Times out requests nobody decided and ends grants whose time is up.

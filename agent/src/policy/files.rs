@@ -59,6 +59,9 @@ fn check_backend(b: &Backend, now: i64, errors: &mut Vec<Diagnostic>, report: &m
         if let Some(p) = &login.password_file {
             file(p, "password file", Kind::Secret);
         }
+        if let Some(d) = &login.dynamic {
+            file(&d.admin_password_file, "dynamic admin_password_file", Kind::Secret);
+        }
     }
     if let Some(ca) = &b.ca_file {
         file(ca, "ca_file", Kind::Trusted);

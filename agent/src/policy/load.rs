@@ -33,8 +33,19 @@ const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CredRaw {
-    user: String,
+    user: Option<String>,
     password_file: Option<PathBuf>,
+    dynamic: Option<DynamicRaw>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DynamicRaw {
+    admin_user: String,
+    admin_password_file: PathBuf,
+    admin_database: Option<String>,
+    template_role: String,
+    ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -592,7 +603,51 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                 }
             },
         };
-        let cred = |c: &CredRaw| Credentials { user: c.user.clone(), password_file: c.password_file.clone() };
+        let mut cred_problem = None;
+        let mut cred = |c: &CredRaw| match (&c.user, &c.dynamic) {
+            (Some(user), None) => Credentials::from_file(user.clone(), c.password_file.clone()),
+            (None, Some(d)) if c.password_file.is_none() => {
+                let ttl = match d.ttl.as_deref().map(parse_duration) {
+                    None => Duration::from_secs(3600),
+                    Some(Ok(t)) if !t.is_zero() => t,
+                    Some(Ok(_)) => {
+                        cred_problem = Some("dynamic.ttl must be longer than 0".to_owned());
+                        Duration::from_secs(3600)
+                    }
+                    Some(Err(m)) => {
+                        cred_problem = Some(format!("dynamic.ttl: {m}"));
+                        Duration::from_secs(3600)
+                    }
+                };
+                if let Err(m) = valid_role_name(&d.template_role).and(valid_role_name(&d.admin_user)) {
+                    cred_problem = Some(m);
+                }
+                Credentials {
+                    user: format!("dynamic:{}", d.template_role),
+                    password_file: None,
+                    dynamic: Some(super::Dynamic {
+                        admin_user: d.admin_user.clone(),
+                        admin_password_file: d.admin_password_file.clone(),
+                        admin_database: d.admin_database.clone().unwrap_or_else(|| "postgres".into()),
+                        template_role: d.template_role.clone(),
+                        ttl,
+                    }),
+                    issued: None,
+                }
+            }
+            _ => {
+                cred_problem =
+                    Some("credentials need either user (and password_file) or dynamic = { … }, not both".into());
+                Credentials::from_file(String::new(), None)
+            }
+        };
+        let credentials = r.credentials.as_ref().map(&mut cred);
+        let roles: BTreeMap<String, Credentials> =
+            r.roles.iter().flatten().map(|(k, v)| (k.clone(), cred(v))).collect();
+        if let Some(m) = cred_problem {
+            e.push(at.clone(), format!("backend `{name}`: {m}"));
+            continue;
+        }
         let b = Backend {
             name: BackendName::new(name),
             protocol,
@@ -601,8 +656,8 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
             ca_file: r.ca_file.as_ref().map(|c| c.get_ref().clone()),
             tls_server_name: r.tls_server_name.clone(),
             require_auth,
-            credentials: r.credentials.as_ref().map(cred),
-            roles: r.roles.iter().flatten().map(|(k, v)| (k.clone(), cred(v))).collect(),
+            credentials,
+            roles,
             client_tls: r
                 .client_tls
                 .as_ref()
@@ -783,6 +838,15 @@ fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs
             at,
         });
     }
+}
+
+/// A role name Gatehouse puts in SQL it writes itself: plain identifiers only.
+fn valid_role_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok { Ok(()) } else { Err(format!("role name `{name}`: use letters, digits and _ (at most 63)")) }
 }
 
 fn parse_style(s: &str) -> Result<Style, String> {

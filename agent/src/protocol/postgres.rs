@@ -5,6 +5,7 @@
 //! and allowed or refused before it reaches the server (see `relay`).
 
 pub mod catalog;
+pub mod dynamic;
 pub mod io;
 mod relay;
 pub mod tls;
@@ -329,6 +330,76 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
             return done(End::Cut("no login for the backend role".into()));
         }
     };
+    // A per-session role when the backend's login is dynamic.
+    let made = match &login.dynamic {
+        Some(d) => {
+            let user = ctx.principal.user.as_ref().map_or_else(|| ctx.uid.to_string(), ToString::to_string);
+            match dynamic::make(&ctx.agent, &ctx.backend, ctx.addr, d, &user, &ctx.id.to_string()).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn!(error = %e, backend = %ctx.backend.name, "cannot make a login role for this session");
+                    let e = PgError::new(
+                        Severity::Fatal,
+                        "08006",
+                        format!(
+                            "Gatehouse could not make a login role on backend {} for this session",
+                            ctx.backend.name
+                        ),
+                    );
+                    send(&mut client, &e.encode()).await;
+                    return done(End::BackendError("dynamic login role not made".into()));
+                }
+            }
+        }
+        None => None,
+    };
+    let login = made.as_ref().map_or(login, |m| m.login.clone());
+    let out = serve_as(ctx.clone(), client, client_rest, backend_params, login, database, held_login).await;
+    if let Some(m) = &made {
+        dynamic::retire(&ctx.agent, &ctx.backend, ctx.addr, m).await;
+    }
+    out
+}
+
+/// The rest of a session once the login to use is known.
+async fn serve_as(
+    ctx: Ctx,
+    client: Stream,
+    client_rest: BytesMut,
+    backend_params: Vec<(String, String)>,
+    login: Credentials,
+    database: String,
+    held_login: bool,
+) -> RelayOutcome {
+    // A per-session role lives no longer than its validity: the session is cut then.
+    let ttl_cut = login.issued.as_ref().and(login.dynamic.as_ref()).map(|d| {
+        let live = ctx.live.clone();
+        let ttl = d.ttl;
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            live.cut(format!(
+                "the session's login role expired after {}",
+                crate::settings::format_duration_s(ttl.as_secs())
+            ));
+        })
+    });
+    let out = serve_relay(ctx, client, client_rest, backend_params, login, database, held_login).await;
+    if let Some(t) = ttl_cut {
+        t.abort();
+    }
+    out
+}
+
+async fn serve_relay(
+    ctx: Ctx,
+    mut client: Stream,
+    client_rest: BytesMut,
+    backend_params: Vec<(String, String)>,
+    login: Credentials,
+    database: String,
+    held_login: bool,
+) -> RelayOutcome {
+    let done = |end: End| RelayOutcome { up: 0, down: 0, end };
     let (backend, backend_rest, how) = match connect_backend(&ctx, &login, backend_params).await {
         Ok(b) => b,
         Err(e) => {
@@ -535,11 +606,23 @@ struct AuthCtx<'a> {
 async fn connect_backend(
     ctx: &Ctx,
     login: &Credentials,
+    params: Vec<(String, String)>,
+) -> Result<(Stream, BytesMut, LoginInfo), BackendError> {
+    login_to(&ctx.agent, &ctx.backend, ctx.addr, login, params).await
+}
+
+/// Connects to `backend` at `addr` (SO_MARK), negotiates TLS as configured,
+/// sends the startup and authenticates as `login`.
+async fn login_to(
+    agent: &Agent,
+    backend: &Backend,
+    addr: SocketAddr,
+    login: &Credentials,
     mut params: Vec<(String, String)>,
 ) -> Result<(Stream, BytesMut, LoginInfo), BackendError> {
-    let tcp = crate::proxy::connect_upstream(ctx.addr, ctx.agent.settings.mark).await?;
+    let tcp = crate::proxy::connect_upstream(addr, agent.settings.mark).await?;
     let mut info = LoginInfo { tls: "off", negotiated: None, server_name: None, auth: AuthMethod::None };
-    let mut stream = match ctx.backend.tls {
+    let mut stream = match backend.tls {
         TlsMode::Off => Stream::Plain(tcp),
         mode => {
             let mut tcp = tcp;
@@ -549,8 +632,8 @@ async fn connect_backend(
             tcp.read_exact(&mut answer).await?;
             match (answer[0], mode) {
                 (b'S', _) => {
-                    let cfg = ctx.agent.tls_client_config(&ctx.backend)?;
-                    let name = tls::server_name(&ctx.backend, ctx.addr)?;
+                    let cfg = agent.tls_client_config(backend)?;
+                    let name = tls::server_name(backend, addr)?;
                     let tls = tokio_rustls::TlsConnector::from(cfg).connect(name.clone(), tcp).await?;
                     info.tls = if mode == TlsMode::Verify { "verified" } else { "unverified" };
                     info.negotiated = Some(tls::negotiated(tls.get_ref().1));
@@ -559,22 +642,23 @@ async fn connect_backend(
                 }
                 (b'N', TlsMode::Verify) => return Err(BackendError::TlsRefused),
                 (b'N', _) => {
-                    warn!(backend = %ctx.backend.name, "the backend refused TLS; logging in over plaintext (tls = \"prefer\"): only SCRAM is allowed");
+                    warn!(backend = %backend.name, "the backend refused TLS; logging in over plaintext (tls = \"prefer\"): only SCRAM is allowed");
                     Stream::Plain(tcp)
                 }
                 (other, _) => return Err(BackendError::TlsAnswer(other)),
             }
         }
     };
-    let password = match &login.password_file {
-        Some(p) => Some(crate::secrets::read_secret(p, "password file")?.first_line()),
-        None => None,
+    let password = match (&login.issued, &login.password_file) {
+        (Some(issued), _) => Some(crate::secrets::Secret::new(issued.0.expose().to_vec())),
+        (None, Some(p)) => Some(crate::secrets::read_secret(p, "password file")?.first_line()),
+        (None, None) => None,
     };
     params.insert(0, ("user".into(), login.user.clone()));
     stream.write_all(&wire::startup_message(&params)).await?;
     let end_point = info.negotiated.as_ref().and_then(|n| n.end_point.clone());
     let auth = AuthCtx {
-        backend: &ctx.backend,
+        backend,
         user: &login.user,
         password: password.as_ref().map(crate::secrets::Secret::expose),
         tls_on: info.tls != "off",

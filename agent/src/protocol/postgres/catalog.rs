@@ -142,7 +142,7 @@ impl CatalogCache {
 /// last read failed). An error means the session must not start: without
 /// the catalog, statements cannot be classified safely.
 pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Arc<Entry>, String> {
-    let key = Key { backend: ctx.backend.name.clone(), login: login.user.clone(), database: database.to_owned() };
+    let key = Key { backend: ctx.backend.name.clone(), login: login.cache_key(), database: database.to_owned() };
     let entry = ctx.agent.catalogs.entry(key);
     if entry.snapshot().is_some() {
         return Ok(entry);
@@ -218,7 +218,7 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
 
 /// Waits for the login's ReadyForQuery, runs one simple Query and collects
 /// every result set (text format).
-async fn simple_query(stream: &mut Stream, mut buf: BytesMut, sql: &str) -> Result<Results, String> {
+pub(super) async fn simple_query(stream: &mut Stream, mut buf: BytesMut, sql: &str) -> Result<Results, String> {
     // The login's own answer first: ParameterStatus, BackendKeyData, ReadyForQuery.
     loop {
         let ready = next_frame(stream, &mut buf, |f| f.tag == b'Z').await?;
