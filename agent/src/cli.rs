@@ -1076,6 +1076,29 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
             }
         }
     }
+    if !a.json {
+        let mut grants = policy
+            .grants
+            .iter()
+            .filter(|g| g.who.matches(&who).is_some() && g.backends.iter().any(|b| b.matches(backend.as_str())))
+            .peekable();
+        if grants.peek().is_some() {
+            println!(
+                "grants {who} may request here (`gatehouse request --grant NAME --backend {backend} --for D --reason R`):"
+            );
+            for g in grants {
+                println!(
+                    "  {:<40} {} for at most {}, approved by {}{}  ({})",
+                    g.name,
+                    g.template.statements.describe(),
+                    settings::format_duration_s(g.max.as_secs()),
+                    g.by_name.clone().unwrap_or_else(|| g.by.describe()),
+                    if g.count > 1 { format!(" ({} of them)", g.count) } else { String::new() },
+                    g.at
+                );
+            }
+        }
+    }
     let all_allowed = traces.iter().all(|(_, t)| t.decision.allowed());
     if all_allowed { ExitCode::SUCCESS } else { ExitCode::from(2) }
 }
