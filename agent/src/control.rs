@@ -153,6 +153,10 @@ pub enum Response {
     },
     Requests {
         requests: Vec<crate::approval::Request>,
+        /// For held statements the caller may decide: the session's latest
+        /// statements before it (decision and text), newest last.
+        #[serde(default)]
+        context: std::collections::BTreeMap<crate::approval::RequestId, Vec<String>>,
     },
     Request {
         request: Box<crate::approval::Request>,

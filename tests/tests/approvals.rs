@@ -294,6 +294,9 @@ fn held_statements_run_when_approved_and_are_refused_when_denied() {
     // The requester cannot approve their own request (they do not even see it as decidable).
     let o = w.cli(&w.dan, &["approve", &id.to_string()]);
     assert!(!o.status.success(), "{}", text(&o));
+    // The approver sees what the session did before (psql's own queries, at least the held one's neighbours).
+    let o = w.cli(&w.lea, &["requests"]);
+    assert!(text(&o).contains("DROP TABLE victim") && text(&o).contains("approvers: sre-leads"), "{}", text(&o));
     let o = w.cli(&w.lea, &["approve", &id.to_string(), "--reason", "planned cleanup"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = wait_output(held, Duration::from_secs(20));

@@ -111,7 +111,7 @@ fn describe(r: &Req) -> String {
 
 pub async fn list(a: &RequestsArgs) -> ExitCode {
     match ask(&a.control_socket, Request::Requests { mine: a.mine }).await {
-        Ok(Response::Requests { requests }) => {
+        Ok(Response::Requests { requests, context }) => {
             if a.json {
                 for r in &requests {
                     println!("{}", serde_json::to_string(r).unwrap_or_default());
@@ -121,6 +121,12 @@ pub async fn list(a: &RequestsArgs) -> ExitCode {
             } else {
                 for r in &requests {
                     println!("{}", describe(r));
+                    if let Some(before) = context.get(&r.id).filter(|c| !c.is_empty()) {
+                        println!("    the session's latest statements:");
+                        for line in before {
+                            println!("      {line}");
+                        }
+                    }
                 }
             }
             ExitCode::SUCCESS

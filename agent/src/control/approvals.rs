@@ -16,7 +16,27 @@ fn error(message: impl Into<String>) -> Response {
 
 pub(super) async fn list(agent: &Agent, uid: u32, mine: bool) -> Response {
     let caller = agent.resolver.principal(Uid(uid)).await;
-    Response::Requests { requests: agent.approvals.list(&caller, mine) }
+    let requests = agent.approvals.list(&caller, mine);
+    // What the session did before the held statement, for those who decide it.
+    let mut context = std::collections::BTreeMap::new();
+    for r in requests.iter().filter(|r| r.requester.uid != uid && r.state == crate::approval::State::Pending) {
+        let Subject::Statement { session, .. } = &r.subject else { continue };
+        let (db, session) = (agent.settings.audit_db.clone(), session.clone());
+        let rows =
+            tokio::task::spawn_blocking(move || crate::audit::query::statements_of(&db, Some(&session), None, 5))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+        // Newest first from the store: shown newest last.
+        let recent: Vec<String> = rows
+            .iter()
+            .rev()
+            .map(|s| format!("{} {}", s.decision, s.text.chars().take(200).collect::<String>()))
+            .collect();
+        context.insert(r.id, recent);
+    }
+    Response::Requests { requests, context }
 }
 
 pub(super) async fn decide(agent: &Agent, uid: u32, id: RequestId, approve: bool, reason: Option<String>) -> Response {
