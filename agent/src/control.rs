@@ -156,7 +156,7 @@ pub enum Response {
         /// For held statements the caller may decide: the session's latest
         /// statements before it (decision and text), newest last.
         #[serde(default)]
-        context: std::collections::BTreeMap<crate::approval::RequestId, Vec<String>>,
+        context: Vec<(crate::approval::RequestId, Vec<String>)>,
     },
     Request {
         request: Box<crate::approval::Request>,

@@ -121,7 +121,7 @@ pub async fn list(a: &RequestsArgs) -> ExitCode {
             } else {
                 for r in &requests {
                     println!("{}", describe(r));
-                    if let Some(before) = context.get(&r.id).filter(|c| !c.is_empty()) {
+                    if let Some((_, before)) = context.iter().find(|(id, c)| *id == r.id && !c.is_empty()) {
                         println!("    the session's latest statements:");
                         for line in before {
                             println!("      {line}");

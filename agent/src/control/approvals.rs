@@ -18,7 +18,7 @@ pub(super) async fn list(agent: &Agent, uid: u32, mine: bool) -> Response {
     let caller = agent.resolver.principal(Uid(uid)).await;
     let requests = agent.approvals.list(&caller, mine);
     // What the session did before the held statement, for those who decide it.
-    let mut context = std::collections::BTreeMap::new();
+    let mut context = Vec::new();
     for r in requests.iter().filter(|r| r.requester.uid != uid && r.state == crate::approval::State::Pending) {
         let Subject::Statement { session, .. } = &r.subject else { continue };
         let (db, session) = (agent.settings.audit_db.clone(), session.clone());
@@ -34,7 +34,7 @@ pub(super) async fn list(agent: &Agent, uid: u32, mine: bool) -> Response {
             .rev()
             .map(|s| format!("{} {}", s.decision, s.text.chars().take(200).collect::<String>()))
             .collect();
-        context.insert(r.id, recent);
+        context.push((r.id, recent));
     }
     Response::Requests { requests, context }
 }
