@@ -32,6 +32,7 @@ mod children;
 pub mod encoding;
 mod functions;
 mod kinds;
+pub mod lineage;
 pub mod redact;
 mod restrict;
 
@@ -266,6 +267,9 @@ pub struct Statement {
     pub via_views: Vec<TableRef>,
     /// Catalog relations read that need `catalog = "all"` (statistics, activity, secrets).
     pub sensitive: Vec<TableRef>,
+    /// Where its result columns come from, for masking (`None`: no rows it can trace).
+    #[serde(skip)]
+    pub lineage: Option<std::sync::Arc<lineage::Lineage>>,
 }
 
 /// A name as written: `name` or `schema.name` (as the parser folded it).
@@ -432,8 +436,10 @@ fn parse_error(e: pg_query::Error) -> SqlError {
 
 fn classify_one(sql: &str, raw: &pb::RawStmt) -> Result<Statement, SqlError> {
     let mut walker = Walker::default();
+    let mut traced = None;
     if let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
         walker.visit(node.to_ref(), Role::Read, 0)?;
+        traced = lineage::of(node.to_ref()).map(std::sync::Arc::new);
     }
     let mut kinds = walker.kinds;
     if kinds.is_empty() {
@@ -455,6 +461,7 @@ fn classify_one(sql: &str, raw: &pb::RawStmt) -> Result<Statement, SqlError> {
         pending_where: walker.pending_where,
         via_views: Vec::new(),
         sensitive: Vec::new(),
+        lineage: traced,
     })
 }
 

@@ -363,6 +363,44 @@ pub fn bind_names(body: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
     Ok((portal, statement))
 }
 
+/// A Bind message's result-column format codes (none: all text; one: all
+/// columns; else one per column).
+pub fn bind_result_formats(body: &[u8]) -> Result<Vec<i16>, WireError> {
+    let bad = || malformed("Bind");
+    let (_, rest) = cstr(body).ok_or_else(bad)?;
+    let (_, rest) = cstr(rest).ok_or_else(bad)?;
+    let n = usize::try_from(be_i16(rest, 0).ok_or_else(bad)?).map_err(|_| bad())?;
+    let mut at = 2usize.checked_add(n.checked_mul(2).ok_or_else(bad)?).ok_or_else(bad)?;
+    let params = usize::try_from(be_i16(rest, at).ok_or_else(bad)?).map_err(|_| bad())?;
+    at += 2;
+    for _ in 0..params {
+        let len = be_i32(rest, at).ok_or_else(bad)?;
+        at += 4;
+        if len > 0 {
+            at = at.checked_add(usize::try_from(len).map_err(|_| bad())?).ok_or_else(bad)?;
+        }
+    }
+    let n = usize::try_from(be_i16(rest, at).ok_or_else(bad)?).map_err(|_| bad())?;
+    at += 2;
+    let formats = (0..n).map(|i| be_i16(rest, at + 2 * i).ok_or_else(bad)).collect::<Result<Vec<_>, _>>()?;
+    if rest.len() != at + 2 * n {
+        return Err(bad());
+    }
+    Ok(formats)
+}
+
+/// The pid, channel and payload of a NotificationResponse.
+pub fn notification(body: &[u8]) -> Result<(u32, &[u8], &[u8]), WireError> {
+    let bad = || malformed("NotificationResponse");
+    let pid = be_u32(body, 0).ok_or_else(bad)?;
+    let (channel, rest) = cstr(body.get(4..).unwrap_or_default()).ok_or_else(bad)?;
+    let (payload, rest) = cstr(rest).ok_or_else(bad)?;
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    Ok((pid, channel, payload))
+}
+
 /// An Execute message's portal name.
 pub fn execute_portal(body: &[u8]) -> Result<&[u8], WireError> {
     let (portal, rest) = cstr(body).ok_or_else(|| malformed("Execute"))?;
@@ -475,7 +513,10 @@ pub fn backend_key(body: &[u8]) -> Result<(u32, u32), WireError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
+    /// The table the column comes from as is (0: computed).
     pub table_oid: u32,
+    /// Its column number there (0: computed, or the whole row when `table_oid` is set).
+    pub attnum: i16,
     pub type_oid: u32,
     /// 0 text, 1 binary.
     pub format: i16,
@@ -492,6 +533,7 @@ pub fn row_description(body: &[u8]) -> Result<Vec<Column>, WireError> {
         cols.push(Column {
             name: String::from_utf8_lossy(name).into_owned(),
             table_oid: be_u32(fixed, 0).ok_or_else(|| malformed("RowDescription"))?,
+            attnum: be_i16(fixed, 4).ok_or_else(|| malformed("RowDescription"))?,
             type_oid: be_u32(fixed, 6).ok_or_else(|| malformed("RowDescription"))?,
             format: be_i16(fixed, 16).ok_or_else(|| malformed("RowDescription"))?,
         });
@@ -530,6 +572,31 @@ pub fn data_row_values(body: &[u8]) -> Result<Vec<Option<&[u8]>>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_result_formats_and_notifications() {
+        // portal "p", statement "s", 1 param format (binary), 2 params (one NULL), 3 result formats.
+        let mut b = b"p\0s\0".to_vec();
+        b.extend_from_slice(&[0, 1, 0, 1, 0, 2]);
+        b.extend_from_slice(&3i32.to_be_bytes());
+        b.extend_from_slice(b"abc");
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.extend_from_slice(&[0, 3, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(bind_result_formats(&b).unwrap(), vec![0, 1, 0]);
+        assert!(bind_result_formats(&b[..b.len() - 1]).is_err());
+        let mut extra = b.clone();
+        extra.push(0);
+        assert!(bind_result_formats(&extra).is_err());
+        let mut huge = b"\0\0".to_vec();
+        huge.extend_from_slice(&[0, 0, 0, 1]);
+        huge.extend_from_slice(&0x7fff_ffffi32.to_be_bytes());
+        assert!(bind_result_formats(&huge).is_err());
+
+        let mut n = 7u32.to_be_bytes().to_vec();
+        n.extend_from_slice(b"chan\0pay load\0");
+        assert_eq!(notification(&n).unwrap(), (7, &b"chan"[..], &b"pay load"[..]));
+        assert!(notification(&n[..n.len() - 1]).is_err());
+    }
 
     #[test]
     fn startup_round_trip() {

@@ -1,0 +1,773 @@
+//! Lineage: where each result column of a statement takes its value from,
+//! read from the parse tree, so masking follows the data and not the
+//! column's output name.
+//!
+//! The result is catalog-free (names as written); `crate::catalog` binds it
+//! to relation OIDs and column numbers when a result is described. It errs
+//! towards masking: a column reference counts for every relation in the
+//! statement that has a column of that name (qualifiers narrow it when they
+//! name an alias), every column a result expression reads counts, whatever
+//! the expression does with it (`replace`, `substr`, casts, `||`, `CASE`,
+//! aggregates, JSON and array constructors), except the argument of
+//! `count(…)`, whose value does not reach the result.
+//!
+//! What it records:
+//! - per top-level result column, the references its value is computed from
+//!   (`outputs`), and whether those positions line up with the server's
+//!   RowDescription (`exact`: no `*` among them);
+//! - the result columns of every nested query (subqueries, CTEs, set-operation
+//!   branches), by name, so a column read through one is followed;
+//! - the FROM items (relations with their aliases, and subqueries);
+//! - every reference used to filter, join, sort, group or partition
+//!   (`predicates`), for the profile option that refuses inference through
+//!   predicates;
+//! - `COPY … TO` options, and the cursor a statement declares or fetches from.
+
+use pg_query::protobuf as pb;
+use pg_query::{NodeEnum, NodeRef};
+
+use super::TableRef;
+use super::children::children;
+
+/// How deep the lineage walk follows the tree (pg_query's decoder limits
+/// trees to about 45 levels; this bounds the walk whatever the input).
+const MAX_DEPTH: usize = 200;
+
+/// A reference an expression reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Ref {
+    /// `name`, `q.name`, `s.q.name` (qualifier: the last name before the column).
+    Column { qualifier: Option<String>, name: String },
+    /// A whole row: `q.*` inside an expression (`ROW(c.*)`, `row_to_json(c.*)`).
+    /// A bare `c` naming a FROM item is a [`Ref::Column`] the binder recognises.
+    Whole(String),
+}
+
+/// One result column: its name (as PostgreSQL names it) and what it reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    pub name: String,
+    pub refs: Vec<Ref>,
+    /// A `*` or `q.*` target: stands for several result columns.
+    pub star: Option<Option<String>>,
+}
+
+/// What a FROM item is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    Relation(TableRef),
+    /// A subquery, CTE, VALUES list or function: its result columns.
+    Query(Vec<Output>),
+}
+
+/// A FROM item (anywhere in the statement) and the name it is referred to by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub alias: String,
+    pub kind: SourceKind,
+}
+
+/// `COPY … TO` text layout, for masking its rows by column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyFormat {
+    pub csv: bool,
+    pub binary: bool,
+    pub delimiter: u8,
+    pub header: bool,
+    /// Options Gatehouse does not rewrite rows under (QUOTE, ESCAPE, NULL, FORCE_QUOTE, ENCODING…).
+    pub unusual: bool,
+}
+
+/// Where a statement's result columns come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lineage {
+    pub outputs: Vec<Output>,
+    /// The outputs line up one to one with the result's columns.
+    pub exact: bool,
+    /// Result columns of every nested query, for references by name.
+    pub inner: Vec<Output>,
+    pub sources: Vec<Source>,
+    pub predicates: Vec<Ref>,
+    pub copy: Option<CopyFormat>,
+    /// `DECLARE name CURSOR FOR …` (the outputs are the cursor's).
+    pub declares: Option<String>,
+    /// `FETCH … FROM name`: the result is the cursor's.
+    pub fetches: Option<String>,
+}
+
+/// The lineage of one statement of a parse tree; `None` for statements that
+/// return no rows Gatehouse can trace (utility statements other than those
+/// below, SQL `EXECUTE`).
+pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
+    let mut w = Walker::default();
+    let outputs = match node {
+        NodeRef::SelectStmt(_) | NodeRef::InsertStmt(_) | NodeRef::UpdateStmt(_) | NodeRef::DeleteStmt(_) => {
+            w.query(node, 0)
+        }
+        NodeRef::MergeStmt(_) => w.query(node, 0),
+        NodeRef::ExplainStmt(e) => {
+            // EXPLAIN ANALYZE runs the query: its predicates count; its result is the plan.
+            if let Some(q) = e.query.as_deref().and_then(|n| n.node.as_ref()) {
+                w.query(q.to_ref(), 1);
+            }
+            Vec::new()
+        }
+        NodeRef::CopyStmt(c) if !c.is_from => {
+            let outputs = match (&c.relation, c.query.as_deref().and_then(|n| n.node.as_ref())) {
+                (_, Some(q)) => w.query(q.to_ref(), 1),
+                (Some(r), None) => {
+                    let alias = w.relation(r);
+                    if c.attlist.is_empty() {
+                        vec![Output { name: "*".into(), refs: Vec::new(), star: Some(Some(alias)) }]
+                    } else {
+                        c.attlist
+                            .iter()
+                            .filter_map(|n| match &n.node {
+                                Some(NodeEnum::String(s)) => Some(Output {
+                                    name: s.sval.clone(),
+                                    refs: vec![Ref::Column { qualifier: Some(alias.clone()), name: s.sval.clone() }],
+                                    star: None,
+                                }),
+                                _ => None,
+                            })
+                            .collect()
+                    }
+                }
+                (None, None) => Vec::new(),
+            };
+            if let Some(wh) = c.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
+                w.predicate(wh.to_ref(), &[], 1);
+            }
+            w.copy = Some(copy_format(&c.options));
+            outputs
+        }
+        NodeRef::PrepareStmt(p) => match p.query.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(q) => w.query(q.to_ref(), 1),
+            None => return None,
+        },
+        NodeRef::DeclareCursorStmt(d) => {
+            w.declares = Some(d.portalname.clone());
+            match d.query.as_deref().and_then(|n| n.node.as_ref()) {
+                Some(q) => w.query(q.to_ref(), 1),
+                None => return None,
+            }
+        }
+        NodeRef::FetchStmt(f) if !f.ismove => {
+            return Some(Lineage { fetches: Some(f.portalname.clone()), exact: true, ..Lineage::default() });
+        }
+        NodeRef::CreateTableAsStmt(c) => {
+            if let Some(q) = c.query.as_deref().and_then(|n| n.node.as_ref()) {
+                w.query(q.to_ref(), 1);
+            }
+            Vec::new()
+        }
+        _ => return None,
+    };
+    let exact = outputs.iter().all(|o| o.star.is_none());
+    Some(Lineage {
+        outputs,
+        exact,
+        inner: w.inner,
+        sources: w.sources,
+        predicates: w.predicates,
+        copy: w.copy,
+        declares: w.declares,
+        fetches: None,
+    })
+}
+
+#[derive(Debug, Default)]
+struct Walker {
+    inner: Vec<Output>,
+    sources: Vec<Source>,
+    predicates: Vec<Ref>,
+    copy: Option<CopyFormat>,
+    declares: Option<String>,
+}
+
+fn names_of(list: &[pg_query::Node]) -> Vec<String> {
+    list.iter()
+        .filter_map(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Renames outputs by an alias's column list (`AS s(a, b)`, a CTE's `(a, b)`).
+fn renamed(mut outputs: Vec<Output>, names: &[pg_query::Node]) -> Vec<Output> {
+    for (o, n) in outputs.iter_mut().zip(names_of(names)) {
+        o.name = n;
+    }
+    outputs
+}
+
+impl Walker {
+    /// A query (SELECT, VALUES, set operation, DML with RETURNING): its
+    /// result columns. Registers its FROM items and predicates.
+    fn query(&mut self, node: NodeRef<'_>, depth: usize) -> Vec<Output> {
+        if depth > MAX_DEPTH {
+            return Vec::new();
+        }
+        let outputs = match node {
+            NodeRef::SelectStmt(s) => self.select(s, depth),
+            NodeRef::InsertStmt(s) => {
+                self.with(s.with_clause.as_ref(), depth);
+                if let Some(r) = &s.relation {
+                    self.relation(r);
+                }
+                if let Some(q) = s.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
+                    self.query(q.to_ref(), depth + 1);
+                }
+                if let Some(c) = &s.on_conflict_clause
+                    && let Some(wh) = c.where_clause.as_deref().and_then(|n| n.node.as_ref())
+                {
+                    self.predicate(wh.to_ref(), &[], depth + 1);
+                }
+                self.returning(s.returning_clause.as_ref(), depth)
+            }
+            NodeRef::UpdateStmt(s) => {
+                self.with(s.with_clause.as_ref(), depth);
+                if let Some(r) = &s.relation {
+                    self.relation(r);
+                }
+                for f in &s.from_clause {
+                    self.from_item(f, depth + 1);
+                }
+                if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
+                    self.predicate(wh.to_ref(), &[], depth + 1);
+                }
+                self.returning(s.returning_clause.as_ref(), depth)
+            }
+            NodeRef::DeleteStmt(s) => {
+                self.with(s.with_clause.as_ref(), depth);
+                if let Some(r) = &s.relation {
+                    self.relation(r);
+                }
+                for f in &s.using_clause {
+                    self.from_item(f, depth + 1);
+                }
+                if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
+                    self.predicate(wh.to_ref(), &[], depth + 1);
+                }
+                self.returning(s.returning_clause.as_ref(), depth)
+            }
+            NodeRef::MergeStmt(s) => {
+                self.with(s.with_clause.as_ref(), depth);
+                if let Some(r) = &s.relation {
+                    self.relation(r);
+                }
+                if let Some(src) = &s.source_relation {
+                    self.from_item(src, depth + 1);
+                }
+                if let Some(on) = s.join_condition.as_deref().and_then(|n| n.node.as_ref()) {
+                    self.predicate(on.to_ref(), &[], depth + 1);
+                }
+                for c in &s.merge_when_clauses {
+                    if let Some(NodeEnum::MergeWhenClause(m)) = &c.node
+                        && let Some(cond) = m.condition.as_deref().and_then(|n| n.node.as_ref())
+                    {
+                        self.predicate(cond.to_ref(), &[], depth + 1);
+                    }
+                }
+                self.returning(s.returning_clause.as_ref(), depth)
+            }
+            other => {
+                // Anything else that holds queries: walk them for their FROM items and predicates.
+                for (_, child) in children(other) {
+                    self.query(child, depth + 1);
+                }
+                Vec::new()
+            }
+        };
+        self.inner.extend(outputs.iter().cloned());
+        outputs
+    }
+
+    fn returning(&mut self, r: Option<&pb::ReturningClause>, depth: usize) -> Vec<Output> {
+        r.map(|r| self.targets(&r.exprs, depth)).unwrap_or_default()
+    }
+
+    fn with(&mut self, with: Option<&pb::WithClause>, depth: usize) {
+        let Some(with) = with else { return };
+        for cte in &with.ctes {
+            let Some(NodeEnum::CommonTableExpr(c)) = &cte.node else { continue };
+            let outputs = match c.ctequery.as_deref().and_then(|n| n.node.as_ref()) {
+                Some(q) => self.query(q.to_ref(), depth + 1),
+                None => Vec::new(),
+            };
+            let outputs = renamed(outputs, &c.aliascolnames);
+            self.inner.extend(outputs.iter().cloned());
+            self.sources.push(Source { alias: c.ctename.clone(), kind: SourceKind::Query(outputs) });
+        }
+    }
+
+    fn select(&mut self, s: &pb::SelectStmt, depth: usize) -> Vec<Output> {
+        self.with(s.with_clause.as_ref(), depth);
+        if s.op != pb::SetOperation::SetopNone as i32 && s.op != pb::SetOperation::Undefined as i32 {
+            let left = s.larg.as_deref().map(|l| self.select(l, depth + 1)).unwrap_or_default();
+            let right = s.rarg.as_deref().map(|r| self.select(r, depth + 1)).unwrap_or_default();
+            let mut out = left;
+            for (o, r) in out.iter_mut().zip(right) {
+                o.refs.extend(r.refs);
+            }
+            self.order(&s.sort_clause, &out, depth);
+            return out;
+        }
+        if !s.values_lists.is_empty() {
+            let mut out: Vec<Output> = Vec::new();
+            for row in &s.values_lists {
+                let Some(NodeEnum::List(items)) = &row.node else { continue };
+                for (i, item) in items.items.iter().enumerate() {
+                    if out.len() <= i {
+                        out.push(Output { name: format!("column{}", i + 1), ..Output::default() });
+                    }
+                    let mut refs = Vec::new();
+                    if let Some(n) = &item.node {
+                        self.expr(n.to_ref(), &mut refs, depth + 1);
+                    }
+                    if let Some(o) = out.get_mut(i) {
+                        o.refs.extend(refs);
+                    }
+                }
+            }
+            return out;
+        }
+        for f in &s.from_clause {
+            self.from_item(f, depth + 1);
+        }
+        let out = self.targets(&s.target_list, depth);
+        if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
+            self.predicate(wh.to_ref(), &out, depth + 1);
+        }
+        if let Some(h) = s.having_clause.as_deref().and_then(|n| n.node.as_ref()) {
+            self.predicate(h.to_ref(), &out, depth + 1);
+        }
+        for list in [&s.group_clause, &s.distinct_clause, &s.window_clause] {
+            for n in list.iter().filter_map(|n| n.node.as_ref()) {
+                self.predicate(n.to_ref(), &out, depth + 1);
+            }
+        }
+        self.order(&s.sort_clause, &out, depth);
+        out
+    }
+
+    fn order(&mut self, sort: &[pg_query::Node], out: &[Output], depth: usize) {
+        for n in sort.iter().filter_map(|n| n.node.as_ref()) {
+            self.predicate(n.to_ref(), out, depth + 1);
+        }
+    }
+
+    fn targets(&mut self, list: &[pg_query::Node], depth: usize) -> Vec<Output> {
+        let mut out = Vec::with_capacity(list.len());
+        for t in list {
+            let Some(NodeEnum::ResTarget(rt)) = &t.node else { continue };
+            let Some(val) = rt.val.as_deref().and_then(|n| n.node.as_ref()) else { continue };
+            if let NodeEnum::ColumnRef(c) = val
+                && c.fields.last().is_some_and(|f| matches!(f.node, Some(NodeEnum::AStar(_))))
+            {
+                let names = names_of(&c.fields);
+                out.push(Output { name: "*".into(), refs: Vec::new(), star: Some(names.last().cloned()) });
+                continue;
+            }
+            let mut refs = Vec::new();
+            self.expr(val.to_ref(), &mut refs, depth + 1);
+            let name = if rt.name.is_empty() { figure_name(val.to_ref()) } else { rt.name.clone() };
+            out.push(Output { name, refs, star: None });
+        }
+        out
+    }
+
+    /// A FROM item: registers it (and walks what it holds).
+    fn from_item(&mut self, node: &pg_query::Node, depth: usize) {
+        let Some(n) = &node.node else { return };
+        if depth > MAX_DEPTH {
+            return;
+        }
+        match n {
+            NodeEnum::RangeVar(r) => {
+                self.relation(r);
+            }
+            NodeEnum::RangeSubselect(r) => {
+                let outputs = match r.subquery.as_deref().and_then(|n| n.node.as_ref()) {
+                    Some(q) => self.query(q.to_ref(), depth + 1),
+                    None => Vec::new(),
+                };
+                let (alias, cols) = r.alias.as_ref().map_or((String::new(), &[][..]), |a| (a.aliasname.clone(), &a.colnames[..]));
+                let outputs = renamed(outputs, cols);
+                self.inner.extend(outputs.iter().cloned());
+                self.sources.push(Source { alias, kind: SourceKind::Query(outputs) });
+            }
+            NodeEnum::JoinExpr(j) => {
+                if let Some(l) = &j.larg {
+                    self.from_item(l, depth + 1);
+                }
+                if let Some(r) = &j.rarg {
+                    self.from_item(r, depth + 1);
+                }
+                if let Some(q) = j.quals.as_deref().and_then(|n| n.node.as_ref()) {
+                    self.predicate(q.to_ref(), &[], depth + 1);
+                }
+                for name in names_of(&j.using_clause) {
+                    self.predicates.push(Ref::Column { qualifier: None, name });
+                }
+                if j.is_natural {
+                    // The join columns are not named: every column of both sides may be one.
+                    let sides: Vec<String> = [&j.larg, &j.rarg]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|n| match &n.node {
+                            Some(NodeEnum::RangeVar(r)) => {
+                                Some(r.alias.as_ref().map_or_else(|| r.relname.clone(), |a| a.aliasname.clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    self.predicates.extend(sides.into_iter().map(Ref::Whole));
+                }
+            }
+            NodeEnum::RangeFunction(f) => {
+                let mut refs = Vec::new();
+                for item in &f.functions {
+                    if let Some(n) = &item.node {
+                        self.expr(n.to_ref(), &mut refs, depth + 1);
+                    }
+                }
+                let alias = f.alias.as_ref().map(|a| a.aliasname.clone()).unwrap_or_default();
+                let mut outputs = vec![Output { name: alias.clone(), refs: refs.clone(), star: None }];
+                if let Some(a) = &f.alias {
+                    for c in names_of(&a.colnames) {
+                        outputs.push(Output { name: c, refs: refs.clone(), star: None });
+                    }
+                }
+                self.inner.extend(outputs.iter().cloned());
+                self.sources.push(Source { alias, kind: SourceKind::Query(outputs) });
+            }
+            NodeEnum::RangeTableSample(t) => {
+                if let Some(r) = &t.relation {
+                    self.from_item(r, depth + 1);
+                }
+            }
+            other => {
+                // Table functions (XMLTABLE, JSON_TABLE) and anything else: what they read.
+                let mut refs = Vec::new();
+                self.expr(other.to_ref(), &mut refs, depth + 1);
+                let outputs = vec![Output { name: String::new(), refs, star: None }];
+                self.inner.extend(outputs.iter().cloned());
+                self.sources.push(Source { alias: String::new(), kind: SourceKind::Query(outputs) });
+            }
+        }
+    }
+
+    /// Registers a relation (or a reference to a CTE) under its alias; returns the alias.
+    fn relation(&mut self, r: &pb::RangeVar) -> String {
+        let alias = r.alias.as_ref().map_or_else(|| r.relname.clone(), |a| a.aliasname.clone());
+        let unqualified = r.schemaname.is_empty() && r.catalogname.is_empty();
+        let cte = unqualified
+            .then(|| {
+                self.sources.iter().rev().find_map(|s| match &s.kind {
+                    SourceKind::Query(o) if s.alias == r.relname => Some(o.clone()),
+                    _ => None,
+                })
+            })
+            .flatten();
+        let kind = match cte {
+            Some(outputs) => {
+                let cols = r.alias.as_ref().map_or(&[][..], |a| &a.colnames[..]);
+                SourceKind::Query(renamed(outputs, cols))
+            }
+            None => SourceKind::Relation(TableRef {
+                schema: (!r.schemaname.is_empty()).then(|| r.schemaname.clone()),
+                name: r.relname.clone(),
+            }),
+        };
+        self.sources.push(Source { alias: alias.clone(), kind });
+        alias
+    }
+
+    /// References in a filtering, joining, sorting or grouping expression.
+    /// A bare name or position in ORDER BY / GROUP BY may name a result column.
+    fn predicate(&mut self, node: NodeRef<'_>, outputs: &[Output], depth: usize) {
+        let inner = match node {
+            NodeRef::SortBy(s) => s.node.as_deref().and_then(|n| n.node.as_ref()).map(NodeEnum::to_ref),
+            other => Some(other),
+        };
+        let Some(inner) = inner else { return };
+        match inner {
+            NodeRef::AConst(c) => {
+                if let Some(pb::a_const::Val::Ival(i)) = &c.val
+                    && let Some(o) = usize::try_from(i.ival).ok().and_then(|k| k.checked_sub(1)).and_then(|k| outputs.get(k))
+                {
+                    self.predicates.extend(o.refs.iter().cloned());
+                }
+            }
+            NodeRef::ColumnRef(c) if c.fields.len() == 1 => {
+                let names = names_of(&c.fields);
+                if let Some(o) = names.first().and_then(|n| outputs.iter().find(|o| &o.name == n)) {
+                    self.predicates.extend(o.refs.iter().cloned());
+                }
+                let mut refs = Vec::new();
+                self.expr(inner, &mut refs, depth);
+                self.predicates.extend(refs);
+            }
+            other => {
+                let mut refs = Vec::new();
+                self.expr(other, &mut refs, depth);
+                self.predicates.extend(refs);
+            }
+        }
+    }
+
+    /// Every reference an expression's value is computed from.
+    fn expr(&mut self, node: NodeRef<'_>, refs: &mut Vec<Ref>, depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        match node {
+            NodeRef::ColumnRef(c) => {
+                let names = names_of(&c.fields);
+                let star = c.fields.last().is_some_and(|f| matches!(f.node, Some(NodeEnum::AStar(_))));
+                match (star, names.as_slice()) {
+                    (true, [.., q]) => refs.push(Ref::Whole(q.clone())),
+                    // A bare `*` inside an expression (`count(*)` is not a ColumnRef): every FROM item.
+                    (true, []) => refs.push(Ref::Whole(String::new())),
+                    (false, [name]) => refs.push(Ref::Column { qualifier: None, name: name.clone() }),
+                    (false, [.., q, name]) => {
+                        refs.push(Ref::Column { qualifier: Some(q.clone()), name: name.clone() });
+                    }
+                    (false, []) => {}
+                }
+            }
+            NodeRef::AIndirection(ind) => {
+                // `(c).email`: the field of a row.
+                let fields = names_of(&ind.indirection);
+                match (ind.arg.as_deref().and_then(|n| n.node.as_ref()), fields.first()) {
+                    (Some(NodeEnum::ColumnRef(c)), Some(field)) if c.fields.len() == 1 => {
+                        let q = names_of(&c.fields).pop();
+                        refs.push(Ref::Column { qualifier: q, name: field.clone() });
+                        for (_, child) in children(node).into_iter().filter(|(f, _)| *f != "arg") {
+                            self.expr(child, refs, depth + 1);
+                        }
+                    }
+                    _ => {
+                        for (_, child) in children(node) {
+                            self.expr(child, refs, depth + 1);
+                        }
+                    }
+                }
+            }
+            NodeRef::FuncCall(f) => {
+                let counts = matches!(super::functions::qual_name(&f.funcname), Some(q) if q.name == "count" && q.schema.as_deref().is_none_or(|s| s == "pg_catalog"));
+                if !counts {
+                    for a in f.args.iter().filter_map(|n| n.node.as_ref()) {
+                        self.expr(a.to_ref(), refs, depth + 1);
+                    }
+                }
+                // FILTER, ORDER BY inside the aggregate and OVER (…) choose and order rows.
+                if let Some(filter) = f.agg_filter.as_deref().and_then(|n| n.node.as_ref()) {
+                    self.predicate(filter.to_ref(), &[], depth + 1);
+                }
+                for o in f.agg_order.iter().filter_map(|n| n.node.as_ref()) {
+                    self.predicate(o.to_ref(), &[], depth + 1);
+                }
+                if let Some(over) = &f.over {
+                    for n in over.partition_clause.iter().chain(&over.order_clause).filter_map(|n| n.node.as_ref()) {
+                        self.predicate(n.to_ref(), &[], depth + 1);
+                    }
+                }
+            }
+            NodeRef::SubLink(s) => {
+                if let Some(t) = s.testexpr.as_deref().and_then(|n| n.node.as_ref()) {
+                    self.expr(t.to_ref(), refs, depth + 1);
+                }
+                if let Some(q) = s.subselect.as_deref().and_then(|n| n.node.as_ref()) {
+                    let outputs = self.query(q.to_ref(), depth + 1);
+                    refs.extend(outputs.into_iter().flat_map(|o| {
+                        let star = o.star.clone();
+                        o.refs.into_iter().chain(star.map(|q| Ref::Whole(q.unwrap_or_default())))
+                    }));
+                }
+            }
+            NodeRef::SelectStmt(_) => {
+                let outputs = self.query(node, depth + 1);
+                refs.extend(outputs.into_iter().flat_map(|o| o.refs));
+            }
+            other => {
+                for (_, child) in children(other) {
+                    self.expr(child, refs, depth + 1);
+                }
+            }
+        }
+    }
+}
+
+/// The name PostgreSQL gives a result column without an alias (a subset of
+/// `FigureColname`; anything else is `?column?`).
+fn figure_name(node: NodeRef<'_>) -> String {
+    match node {
+        NodeRef::ColumnRef(c) => names_of(&c.fields).pop().unwrap_or_else(|| "?column?".into()),
+        NodeRef::AIndirection(i) => match names_of(&i.indirection).pop() {
+            Some(n) => n,
+            None => i.arg.as_deref().and_then(|n| n.node.as_ref()).map_or_else(|| "?column?".into(), |n| figure_name(n.to_ref())),
+        },
+        NodeRef::FuncCall(f) => super::functions::qual_name(&f.funcname).map_or_else(|| "?column?".into(), |q| q.name),
+        NodeRef::TypeCast(t) => {
+            let inner = t.arg.as_deref().and_then(|n| n.node.as_ref()).map(|n| figure_name(n.to_ref()));
+            match inner {
+                Some(n) if n != "?column?" => n,
+                _ => t
+                    .type_name
+                    .as_ref()
+                    .and_then(|tn| super::functions::qual_name(&tn.names))
+                    .map_or_else(|| "?column?".into(), |q| q.name),
+            }
+        }
+        NodeRef::CaseExpr(_) => "case".into(),
+        NodeRef::CoalesceExpr(_) => "coalesce".into(),
+        NodeRef::AArrayExpr(_) => "array".into(),
+        NodeRef::RowExpr(_) => "row".into(),
+        NodeRef::MinMaxExpr(m) => {
+            if m.op == pb::MinMaxOp::IsGreatest as i32 { "greatest".into() } else { "least".into() }
+        }
+        NodeRef::NullIfExpr(_) => "nullif".into(),
+        NodeRef::SubLink(s) => match pb::SubLinkType::try_from(s.sub_link_type) {
+            Ok(pb::SubLinkType::ExistsSublink) => "exists".into(),
+            Ok(pb::SubLinkType::ArraySublink) => "array".into(),
+            Ok(pb::SubLinkType::ExprSublink) => match s.subselect.as_deref().and_then(|n| n.node.as_ref()) {
+                Some(NodeEnum::SelectStmt(q)) => q
+                    .target_list
+                    .first()
+                    .and_then(|t| match &t.node {
+                        Some(NodeEnum::ResTarget(rt)) if !rt.name.is_empty() => Some(rt.name.clone()),
+                        Some(NodeEnum::ResTarget(rt)) => {
+                            rt.val.as_deref().and_then(|n| n.node.as_ref()).map(|n| figure_name(n.to_ref()))
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "?column?".into()),
+                _ => "?column?".into(),
+            },
+            _ => "?column?".into(),
+        },
+        _ => "?column?".into(),
+    }
+}
+
+/// The layout options of `COPY … TO`.
+fn copy_format(options: &[pg_query::Node]) -> CopyFormat {
+    let mut f = CopyFormat { csv: false, binary: false, delimiter: b'\t', header: false, unusual: false };
+    let mut delimiter = None;
+    for o in options {
+        let Some(NodeEnum::DefElem(d)) = &o.node else { continue };
+        let value = d.arg.as_deref().and_then(|n| n.node.as_ref()).and_then(|n| match n {
+            NodeEnum::String(s) => Some(s.sval.clone()),
+            NodeEnum::Boolean(b) => Some(if b.boolval { "true".into() } else { "false".into() }),
+            NodeEnum::Integer(i) => Some(i.ival.to_string()),
+            _ => None,
+        });
+        match d.defname.as_str() {
+            "format" => match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                Some("csv") => f.csv = true,
+                Some("binary") => f.binary = true,
+                Some("text") => {}
+                _ => f.unusual = true,
+            },
+            "delimiter" => delimiter = value,
+            "header" => {
+                f.header = !matches!(value.as_deref().map(str::to_ascii_lowercase).as_deref(), Some("false" | "off" | "0"))
+            }
+            "freeze" => {}
+            _ => f.unusual = true,
+        }
+    }
+    if f.csv {
+        f.delimiter = b',';
+    }
+    match delimiter.as_deref().map(str::as_bytes) {
+        Some([b]) if !b.is_ascii_alphanumeric() && !matches!(b, b'\\' | b'"' | b'\r' | b'\n' | b'.') => f.delimiter = *b,
+        Some(_) => f.unusual = true,
+        None => {}
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lineage(sql: &str) -> Lineage {
+        let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).unwrap();
+        let raw = parsed.protobuf.stmts.first().unwrap();
+        of(raw.stmt.as_ref().unwrap().node.as_ref().unwrap().to_ref()).unwrap()
+    }
+
+    fn col(q: Option<&str>, name: &str) -> Ref {
+        Ref::Column { qualifier: q.map(str::to_owned), name: name.into() }
+    }
+
+    #[test]
+    fn outputs_read_what_their_expressions_read() {
+        let l = lineage(
+            "SELECT id, replace(email, '@', ' at ') AS x, c.ssn::bytea, upper(c.name) || phone, count(ssn), \
+             to_json(c), row_to_json(c.*) FROM customers c",
+        );
+        assert!(l.exact);
+        let names: Vec<&str> = l.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["id", "x", "ssn", "?column?", "count", "to_json", "row_to_json"]);
+        assert_eq!(l.outputs[1].refs, [col(None, "email")]);
+        assert_eq!(l.outputs[2].refs, [col(Some("c"), "ssn")]);
+        assert_eq!(l.outputs[3].refs, [col(Some("c"), "name"), col(None, "phone")]);
+        assert!(l.outputs[4].refs.is_empty(), "count's argument does not reach its value");
+        assert_eq!(l.outputs[5].refs, [col(None, "c")]);
+        assert_eq!(l.outputs[6].refs, [Ref::Whole("c".into())]);
+        assert_eq!(
+            l.sources,
+            [Source { alias: "c".into(), kind: SourceKind::Relation(TableRef { schema: None, name: "customers".into() }) }]
+        );
+    }
+
+    #[test]
+    fn subqueries_ctes_and_set_operations() {
+        let l = lineage(
+            "WITH t(e) AS (SELECT email FROM customers) SELECT s.x, (SELECT e FROM t LIMIT 1), y \
+             FROM (SELECT lower(ssn) AS x FROM customers) s, LATERAL (SELECT s.x || '' AS y) z",
+        );
+        assert_eq!(l.outputs[0].refs, [col(Some("s"), "x")]);
+        assert_eq!(l.outputs[1].refs, [col(None, "e")]);
+        assert!(l.inner.iter().any(|o| o.name == "e" && o.refs == [col(None, "email")]));
+        assert!(l.inner.iter().any(|o| o.name == "x" && o.refs == [col(None, "ssn")]));
+        assert!(l.sources.iter().any(|s| s.alias == "t" && matches!(s.kind, SourceKind::Query(_))));
+        let u = lineage("SELECT name FROM customers UNION ALL SELECT ssn FROM customers");
+        assert_eq!(u.outputs[0].refs, [col(None, "name"), col(None, "ssn")]);
+        let v = lineage("SELECT x AS ssn FROM (VALUES ('123-45-6789')) v(x)");
+        assert_eq!(v.outputs[0].refs, [col(None, "x")]);
+        assert!(v.inner.iter().any(|o| o.name == "x" && o.refs.is_empty()), "{v:?}");
+    }
+
+    #[test]
+    fn stars_predicates_and_copy() {
+        let l = lineage(
+            "SELECT *, c.* FROM customers c JOIN orders o USING (email) WHERE ssn LIKE '123%' \
+             GROUP BY 1 ORDER BY x, string_agg(name, ',' ORDER BY phone)",
+        );
+        assert!(!l.exact);
+        assert_eq!(l.outputs[1].star, Some(Some("c".into())));
+        for r in [col(None, "email"), col(None, "ssn"), col(None, "x"), col(None, "phone")] {
+            assert!(l.predicates.contains(&r), "{r:?} in {:?}", l.predicates);
+        }
+        let c = lineage("COPY customers (email, name) TO STDOUT WITH (FORMAT csv, HEADER)");
+        assert_eq!(c.outputs[1].refs, [col(Some("customers"), "name")]);
+        let f = c.copy.unwrap();
+        assert!(f.csv && f.header && !f.unusual && f.delimiter == b',');
+        let q = lineage("COPY (SELECT upper(email) FROM customers) TO STDOUT (DELIMITER '|')");
+        assert_eq!(q.outputs[0].refs, [col(None, "email")]);
+        assert_eq!(q.copy.unwrap().delimiter, b'|');
+        let r = lineage("UPDATE customers SET name = 'x' WHERE ssn = '1' RETURNING email");
+        assert_eq!(r.outputs[0].refs, [col(None, "email")]);
+        assert!(r.predicates.contains(&col(None, "ssn")));
+        let d = lineage("DECLARE cur CURSOR FOR SELECT md5(ssn) FROM customers");
+        assert_eq!(d.declares.as_deref(), Some("cur"));
+        assert_eq!(d.outputs[0].refs, [col(None, "ssn")]);
+        assert_eq!(lineage("FETCH 5 FROM cur").fetches.as_deref(), Some("cur"));
+    }
+}
