@@ -28,12 +28,14 @@
 
 mod builtin;
 pub mod load;
+mod origins;
 mod resolve;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 pub use builtin::is_sensitive_catalog_relation;
+pub use origins::{Bound, Origin};
 pub use resolve::resolve;
 
 use crate::sql::{QualName, TableRef};
@@ -88,6 +90,10 @@ pub struct Catalog {
     by_oid: HashMap<u32, Relation>,
     /// Relation names by name only, for resolution when the search path is unknown.
     relation_schemas: HashMap<String, Vec<String>>,
+    /// Non-built-in types by OID: (`typcategory`, base type of a domain or 0), for masking.
+    type_info: HashMap<u32, (u8, u32)>,
+    /// Views' (and materialized views') lineage, parsed from their definitions.
+    view_lineage: HashMap<u32, std::sync::Arc<crate::sql::lineage::Lineage>>,
     /// The login's default search path (as `SHOW search_path` says).
     pub default_search_path: Vec<String>,
     /// The backend login (what `$user` means in the search path).
@@ -113,6 +119,25 @@ impl Catalog {
     /// A relation by OID (for masking by column identity).
     pub fn relation(&self, oid: u32) -> Option<&Relation> {
         self.by_oid.get(&oid)
+    }
+
+    /// Whether values of a type are plain text a masking style can stand in
+    /// for: the built-in string types, and user types in the string category
+    /// (citext) or domains over one.
+    pub fn is_text_type(&self, oid: u32) -> bool {
+        let mut oid = oid;
+        for _ in 0..8 {
+            match oid {
+                25 | 1043 | 1042 | 19 | 18 | 705 => return true,
+                o if o < 16384 => return false,
+                o => match self.type_info.get(&o) {
+                    Some((_, base)) if *base != 0 => oid = *base,
+                    Some((category, _)) => return *category == b'S',
+                    None => return false,
+                },
+            }
+        }
+        false
     }
 
     /// A relation by schema and name.

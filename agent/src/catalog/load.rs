@@ -27,7 +27,8 @@ SELECT n.nspname, o.oprname, NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type t
  FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE o.oid >= 16384;
 SELECT t.oid, t.typname, t.typtype, t.typbasetype, t.typelem,
  EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.contypid = t.oid),
- EXISTS (SELECT 1 FROM pg_catalog.pg_cast c WHERE c.casttarget = t.oid AND c.oid >= 16384)
+ EXISTS (SELECT 1 FROM pg_catalog.pg_cast c WHERE c.casttarget = t.oid AND c.oid >= 16384),
+ t.typcategory
  FROM pg_catalog.pg_type t WHERE t.oid >= 16384;
 SELECT DISTINCT t.typname FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_type t ON t.oid = c.casttarget
  WHERE c.oid >= 16384 AND t.oid < 16384;
@@ -42,10 +43,12 @@ SELECT DISTINCT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r
  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
  WHERE d.refobjid <> r.ev_class AND r.ev_class >= 16384;
+SELECT c.oid, pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c
+ WHERE c.relkind IN ('v', 'm') AND c.oid >= 16384;
 ";
 
 /// The number of result sets [`QUERY`] answers with.
-pub const RESULT_SETS: usize = 9;
+pub const RESULT_SETS: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -73,7 +76,8 @@ fn flag(row: &Row, i: usize, what: &'static str) -> Result<bool, LoadError> {
 
 /// Builds the catalog from the answer to [`QUERY`].
 pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
-    let [session, names, functions, operators, types, cast_targets, relations, columns, view_deps] = results.as_slice()
+    let [session, names, functions, operators, types, cast_targets, relations, columns, view_deps, view_defs] =
+        results.as_slice()
     else {
         return Err(LoadError::Shape { got: results.len() });
     };
@@ -147,6 +151,14 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
             rel.reads = reads;
         }
     }
+    for row in view_defs {
+        let oid: u32 = number(row, 0, "view oid")?;
+        // A definition that does not parse has no lineage: its columns count
+        // as derived from every table the view reads (see `Catalog::column_origins`).
+        if let Some(l) = row.get(1).and_then(|v| v.as_deref()).and_then(crate::sql::lineage::of_sql) {
+            c.view_lineage.insert(oid, std::sync::Arc::new(l));
+        }
+    }
     Ok(c)
 }
 
@@ -162,6 +174,7 @@ fn build_types(c: &mut Catalog, rows: &[Row]) -> Result<(), LoadError> {
         elem: u32,
         constrained: bool,
         cast: bool,
+        category: u8,
     }
     let mut by_oid: HashMap<u32, T> = HashMap::new();
     for row in rows {
@@ -172,6 +185,7 @@ fn build_types(c: &mut Catalog, rows: &[Row]) -> Result<(), LoadError> {
             elem: number(row, 4, "typelem")?,
             constrained: flag(row, 5, "domain constraint")?,
             cast: flag(row, 6, "user cast")?,
+            category: text(row, 7, "typcategory")?.bytes().next().unwrap_or(b'U'),
         };
         by_oid.insert(number(row, 0, "type oid")?, t);
     }
@@ -185,6 +199,9 @@ fn build_types(c: &mut Catalog, rows: &[Row]) -> Result<(), LoadError> {
             || matches!(t.kind, b'r' | b'm')
             || (t.kind == b'd' && (t.constrained || code(t.base, all, depth + 1)))
             || (t.elem != 0 && code(t.elem, all, depth + 1))
+    }
+    for (oid, t) in &by_oid {
+        c.type_info.insert(*oid, (t.category, if t.kind == b'd' { t.base } else { 0 }));
     }
     let names: Vec<(String, bool)> = by_oid.iter().map(|(oid, t)| (t.name.clone(), code(*oid, &by_oid, 0))).collect();
     for (name, is_code) in names {

@@ -17,10 +17,11 @@ pub(crate) fn sample() -> Catalog {
         vec![row(&["public", "lower", "1"]), row(&["public", "score", "1"]), row(&["public", "f", "0"])],
         vec![row(&["public", "#@#", "t"]), row(&["public", "=", "f"])],
         vec![
-            row(&["20000", "checked", "d", "23", "0", "t", "f"]),
-            row(&["20001", "plain", "d", "23", "0", "f", "f"]),
-            row(&["20002", "citext", "b", "0", "0", "f", "f"]),
-            row(&["20003", "mood", "e", "0", "0", "f", "f"]),
+            row(&["20000", "checked", "d", "23", "0", "t", "f", "N"]),
+            row(&["20001", "plain", "d", "23", "0", "f", "f", "N"]),
+            row(&["20002", "citext", "b", "0", "0", "f", "f", "S"]),
+            row(&["20003", "mood", "e", "0", "0", "f", "f", "E"]),
+            row(&["20004", "email_t", "d", "20002", "0", "f", "f", "S"]),
         ],
         vec![],
         vec![
@@ -40,6 +41,7 @@ pub(crate) fn sample() -> Catalog {
             row(&["16403", "1", "emp", "23"]),
         ],
         vec![row(&["16403", "16402"])],
+        vec![row(&["16403", " SELECT salaries.emp FROM hr.salaries;"])],
     ];
     build(&results, 0).unwrap()
 }

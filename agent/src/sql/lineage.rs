@@ -176,6 +176,15 @@ pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
     })
 }
 
+/// The lineage of a single query text (a view's definition).
+pub fn of_sql(sql: &str) -> Option<Lineage> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    match parsed.protobuf.stmts.as_slice() {
+        [one] => of(one.stmt.as_ref()?.node.as_ref()?.to_ref()),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Default)]
 struct Walker {
     inner: Vec<Output>,
