@@ -254,4 +254,4 @@ pub fn parse_search_path(value: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

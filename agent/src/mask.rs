@@ -28,6 +28,7 @@
 mod bench;
 mod column;
 mod detect;
+mod plan;
 mod render;
 
 use std::fmt;
@@ -36,6 +37,7 @@ use regex_automata::meta;
 use regex_automata::util::syntax;
 
 pub use bench::{bench_corpus, measure_throughput};
+pub use plan::{ColumnMask, ResultColumn};
 use column::ColumnPattern;
 use detect::{DigitSet, RawHit, TokenFinder};
 use render::{Norm, REDACTED};
@@ -177,6 +179,9 @@ pub struct ProfileSpec {
     /// The secret Hash tokens are keyed from (the host's `mask.key`, or the
     /// profile's `hash_key_file`); per-profile and per-column keys derive from it.
     pub hash_key: MaskKey,
+    /// Refuse statements that filter, join, sort or group on a masked
+    /// column (the policy file's `masked_predicates = "refuse"`, its default).
+    pub refuse_predicates: bool,
 }
 
 /// A masking secret: wiped from memory when dropped, never printed.
@@ -255,6 +260,7 @@ impl fmt::Debug for ProfileSpec {
             .field("detectors", &self.detectors)
             .field("custom", &self.custom)
             .field("hash_key", &self.hash_key)
+            .field("refuse_predicates", &self.refuse_predicates)
             .finish()
     }
 }
@@ -376,6 +382,7 @@ pub struct Profile {
     profile_key: zeroize::Zeroizing<[u8; 32]>,
     /// Token key per detector, for finds in free text.
     detector_keys: Vec<TokenKey>,
+    refuse_predicates: bool,
 }
 
 impl fmt::Debug for Profile {
@@ -450,7 +457,18 @@ impl Profile {
             // Marks Custom as enabled; its real styles are per pattern.
             *slot = Some(Style::Redact);
         }
-        Ok(Self { name: spec.name.clone(), columns, digits, email, tokens, custom, styles, profile_key, detector_keys })
+        Ok(Self {
+            name: spec.name.clone(),
+            columns,
+            digits,
+            email,
+            tokens,
+            custom,
+            styles,
+            profile_key,
+            detector_keys,
+            refuse_predicates: spec.refuse_predicates,
+        })
     }
 
     /// The key for Hash tokens in `scope` (compute it once per result
@@ -461,6 +479,11 @@ impl Profile {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether statements that filter, join, sort or group on a masked column are refused.
+    pub fn refuses_predicates(&self) -> bool {
+        self.refuse_predicates
     }
 
     fn style_of(&self, d: Detector) -> Option<Style> {
@@ -687,6 +710,7 @@ mod tests {
             detectors: Detector::ALL.iter().filter(|&&d| d != Detector::Custom).map(|&d| (d, style)).collect(),
             custom: vec![],
             hash_key: key(7),
+            refuse_predicates: false,
         }
     }
 

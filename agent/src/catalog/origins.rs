@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::Catalog;
 use crate::sql::TableRef;
-use crate::sql::lineage::{Lineage, Output, Ref, SourceKind};
+use crate::sql::lineage::{Lineage, Output, Ref, SourceKind, Star};
 
 /// A table column a value comes from. `attnum` 0 is the whole row.
 /// `relation` 0 stands for "could not be followed": treat it as masked.
@@ -31,9 +31,11 @@ impl Origin {
 /// A statement's lineage bound to the catalog.
 #[derive(Debug, Default, Clone)]
 pub struct Bound {
-    /// Per result column, when `exact`.
+    /// Per target (a `*` counts once), lining up with the result when `exact`.
     pub outputs: Vec<BTreeSet<Origin>>,
     pub exact: bool,
+    /// Per result column with every `*` expanded from the catalog.
+    pub expanded: Vec<BTreeSet<Origin>>,
     /// Origins of result columns of any query in the statement, by name.
     by_name: HashMap<String, BTreeSet<Origin>>,
     /// Everything the top-level result columns read (`*` included).
@@ -51,6 +53,11 @@ impl Bound {
             if let Some(o) = self.outputs.get(index) {
                 return o;
             }
+        }
+        if self.expanded.len() == width
+            && let Some(o) = self.expanded.get(index)
+        {
+            return o;
         }
         self.by_name.get(name).unwrap_or(&self.all)
     }
@@ -82,7 +89,11 @@ impl Catalog {
             let mut set = BTreeSet::new();
             b.output(o, &mut set);
             bound.all.extend(set.iter().copied());
-            bound.outputs.push(set);
+            bound.outputs.push(set.clone());
+            match &o.star {
+                Some(star) => b.expand(star, &mut bound.expanded),
+                None => bound.expanded.push(set),
+            }
         }
         for o in lineage.inner.iter().chain(&lineage.outputs) {
             if o.star.is_some() {
@@ -171,29 +182,37 @@ impl Binder<'_> {
         for r in &o.refs {
             self.reference(r, out);
         }
-        if let Some(q) = &o.star {
-            self.star(q.as_deref(), out);
+        if let Some(star) = &o.star {
+            let mut each = Vec::new();
+            self.expand(star, &mut each);
+            out.extend(each.into_iter().flatten());
         }
         self.visiting.remove(&key);
     }
 
-    /// Every column of the FROM items a `*` / `q.*` stands for.
-    fn star(&mut self, qualifier: Option<&str>, out: &mut BTreeSet<Origin>) {
+    /// The result columns a `*` / `q.*` stands for, in order: every column
+    /// of the FROM items of its query level.
+    fn expand(&mut self, star: &Star, out: &mut Vec<BTreeSet<Origin>>) {
         let lineage = self.lineage;
-        for s in lineage.sources.iter().filter(|s| qualifier.is_none_or(|q| s.alias == q)) {
+        for s in star.level.iter().filter_map(|&i| lineage.sources.get(i)) {
+            if star.qualifier.as_deref().is_some_and(|q| s.alias != q) {
+                continue;
+            }
             match &s.kind {
                 SourceKind::Relation(t) => {
-                    for oid in self.cat.relations_for(t, self.tables) {
+                    for oid in self.cat.relations_for(t, self.tables).into_iter().take(1) {
                         if let Some(rel) = self.cat.relation(oid) {
                             for c in &rel.columns {
-                                out.extend(self.cat.column_origins_at(oid, c.attnum, self.depth + 1));
+                                out.push(self.cat.column_origins_at(oid, c.attnum, self.depth + 1));
                             }
                         }
                     }
                 }
                 SourceKind::Query(outputs) => {
                     for o in outputs {
-                        self.output(o, out);
+                        let mut set = BTreeSet::new();
+                        self.output(o, &mut set);
+                        out.push(set);
                     }
                 }
             }
@@ -293,6 +312,9 @@ mod tests {
         let s = origins("SELECT * FROM (SELECT upper(email) AS u FROM customers) s");
         assert!(!s.exact);
         assert_eq!(s.column(0, "u", 1), &BTreeSet::from([EMAIL]));
+        let t = origins("SELECT *, 1 FROM customers");
+        assert_eq!(t.expanded, [BTreeSet::from([ID]), BTreeSet::from([EMAIL]), BTreeSet::new()]);
+        assert_eq!(t.column(1, "email", 3), &BTreeSet::from([EMAIL]));
         let r = origins("WITH RECURSIVE t(n, e) AS (SELECT 1, email FROM customers UNION ALL SELECT n + 1, e FROM t) SELECT n, e FROM t");
         assert_eq!(r.outputs[1], [EMAIL].into());
         let v = origins("SELECT x AS email FROM (VALUES ('a@b.co')) v(x)");

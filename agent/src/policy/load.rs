@@ -217,6 +217,8 @@ struct MaskRaw {
     #[serde(default)]
     regex: Vec<Spanned<RegexRaw>>,
     hash_key_file: Option<Spanned<PathBuf>>,
+    /// `refuse` (default) or `allow` statements that filter, join, sort or group on a masked column.
+    masked_predicates: Option<Spanned<String>>,
 }
 
 /// `detectors = { card = "partial", … }`, or a list taking each detector's
@@ -882,8 +884,23 @@ fn build_masks(raw: Vec<Entry<'_, MaskRaw>>, opts: &LoadOptions, policy: &mut Po
             e.push(m.at_span(r.name.span()), format!("masking profile `{name}` is defined twice"));
             continue;
         }
-        let mut spec = ProfileSpec { name: name.clone(), hash_key: opts.mask_key.clone(), ..ProfileSpec::default() };
+        let mut spec = ProfileSpec {
+            name: name.clone(),
+            hash_key: opts.mask_key.clone(),
+            refuse_predicates: true,
+            ..ProfileSpec::default()
+        };
         let mut ok = true;
+        if let Some(mp) = &r.masked_predicates {
+            match mp.get_ref().as_str() {
+                "refuse" => spec.refuse_predicates = true,
+                "allow" => spec.refuse_predicates = false,
+                other => {
+                    e.push(m.at_span(mp.span()), format!("masked_predicates is `refuse` or `allow`, not `{other}`"));
+                    ok = false;
+                }
+            }
+        }
         for col in &r.columns {
             match parse_style(&col.get_ref().style) {
                 Ok(s) => spec.columns.push((col.get_ref().column.clone(), s)),

@@ -49,7 +49,15 @@ pub struct Output {
     pub name: String,
     pub refs: Vec<Ref>,
     /// A `*` or `q.*` target: stands for several result columns.
-    pub star: Option<Option<String>>,
+    pub star: Option<Star>,
+}
+
+/// A `*` (or `q.*`) target and the FROM items of its own query level, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Star {
+    pub qualifier: Option<String>,
+    /// Indices into [`Lineage::sources`].
+    pub level: Vec<usize>,
 }
 
 /// What a FROM item is.
@@ -118,7 +126,8 @@ pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
                 (Some(r), None) => {
                     let alias = w.relation(r);
                     if c.attlist.is_empty() {
-                        vec![Output { name: "*".into(), refs: Vec::new(), star: Some(Some(alias)) }]
+                        let level = vec![w.sources.len() - 1];
+                        vec![Output { name: "*".into(), refs: Vec::new(), star: Some(Star { qualifier: None, level }) }]
                     } else {
                         c.attlist
                             .iter()
@@ -222,8 +231,10 @@ impl Walker {
             NodeRef::SelectStmt(s) => self.select(s, depth),
             NodeRef::InsertStmt(s) => {
                 self.with(s.with_clause.as_ref(), depth);
+                let mut level = Vec::new();
                 if let Some(r) = &s.relation {
                     self.relation(r);
+                    level.push(self.sources.len() - 1);
                 }
                 if let Some(q) = s.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
                     self.query(q.to_ref(), depth + 1);
@@ -233,41 +244,47 @@ impl Walker {
                 {
                     self.predicate(wh.to_ref(), &[], depth + 1);
                 }
-                self.returning(s.returning_clause.as_ref(), depth)
+                self.returning(s.returning_clause.as_ref(), &level, depth)
             }
             NodeRef::UpdateStmt(s) => {
                 self.with(s.with_clause.as_ref(), depth);
+                let mut level = Vec::new();
                 if let Some(r) = &s.relation {
                     self.relation(r);
+                    level.push(self.sources.len() - 1);
                 }
                 for f in &s.from_clause {
-                    self.from_item(f, depth + 1);
+                    self.from_item(f, depth + 1, &mut level);
                 }
                 if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
                     self.predicate(wh.to_ref(), &[], depth + 1);
                 }
-                self.returning(s.returning_clause.as_ref(), depth)
+                self.returning(s.returning_clause.as_ref(), &level, depth)
             }
             NodeRef::DeleteStmt(s) => {
                 self.with(s.with_clause.as_ref(), depth);
+                let mut level = Vec::new();
                 if let Some(r) = &s.relation {
                     self.relation(r);
+                    level.push(self.sources.len() - 1);
                 }
                 for f in &s.using_clause {
-                    self.from_item(f, depth + 1);
+                    self.from_item(f, depth + 1, &mut level);
                 }
                 if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
                     self.predicate(wh.to_ref(), &[], depth + 1);
                 }
-                self.returning(s.returning_clause.as_ref(), depth)
+                self.returning(s.returning_clause.as_ref(), &level, depth)
             }
             NodeRef::MergeStmt(s) => {
                 self.with(s.with_clause.as_ref(), depth);
+                let mut level = Vec::new();
                 if let Some(r) = &s.relation {
                     self.relation(r);
+                    level.push(self.sources.len() - 1);
                 }
                 if let Some(src) = &s.source_relation {
-                    self.from_item(src, depth + 1);
+                    self.from_item(src, depth + 1, &mut level);
                 }
                 if let Some(on) = s.join_condition.as_deref().and_then(|n| n.node.as_ref()) {
                     self.predicate(on.to_ref(), &[], depth + 1);
@@ -279,7 +296,7 @@ impl Walker {
                         self.predicate(cond.to_ref(), &[], depth + 1);
                     }
                 }
-                self.returning(s.returning_clause.as_ref(), depth)
+                self.returning(s.returning_clause.as_ref(), &level, depth)
             }
             other => {
                 // Anything else that holds queries: walk them for their FROM items and predicates.
@@ -293,8 +310,8 @@ impl Walker {
         outputs
     }
 
-    fn returning(&mut self, r: Option<&pb::ReturningClause>, depth: usize) -> Vec<Output> {
-        r.map(|r| self.targets(&r.exprs, depth)).unwrap_or_default()
+    fn returning(&mut self, r: Option<&pb::ReturningClause>, level: &[usize], depth: usize) -> Vec<Output> {
+        r.map(|r| self.targets(&r.exprs, level, depth)).unwrap_or_default()
     }
 
     fn with(&mut self, with: Option<&pb::WithClause>, depth: usize) {
@@ -342,10 +359,11 @@ impl Walker {
             }
             return out;
         }
+        let mut level = Vec::new();
         for f in &s.from_clause {
-            self.from_item(f, depth + 1);
+            self.from_item(f, depth + 1, &mut level);
         }
-        let out = self.targets(&s.target_list, depth);
+        let out = self.targets(&s.target_list, &level, depth);
         if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
             self.predicate(wh.to_ref(), &out, depth + 1);
         }
@@ -367,7 +385,7 @@ impl Walker {
         }
     }
 
-    fn targets(&mut self, list: &[pg_query::Node], depth: usize) -> Vec<Output> {
+    fn targets(&mut self, list: &[pg_query::Node], level: &[usize], depth: usize) -> Vec<Output> {
         let mut out = Vec::with_capacity(list.len());
         for t in list {
             let Some(NodeEnum::ResTarget(rt)) = &t.node else { continue };
@@ -376,7 +394,8 @@ impl Walker {
                 && c.fields.last().is_some_and(|f| matches!(f.node, Some(NodeEnum::AStar(_))))
             {
                 let names = names_of(&c.fields);
-                out.push(Output { name: "*".into(), refs: Vec::new(), star: Some(names.last().cloned()) });
+                let star = Star { qualifier: names.last().cloned(), level: level.to_vec() };
+                out.push(Output { name: "*".into(), refs: Vec::new(), star: Some(star) });
                 continue;
             }
             let mut refs = Vec::new();
@@ -388,7 +407,7 @@ impl Walker {
     }
 
     /// A FROM item: registers it (and walks what it holds).
-    fn from_item(&mut self, node: &pg_query::Node, depth: usize) {
+    fn from_item(&mut self, node: &pg_query::Node, depth: usize, level: &mut Vec<usize>) {
         let Some(n) = &node.node else { return };
         if depth > MAX_DEPTH {
             return;
@@ -396,6 +415,7 @@ impl Walker {
         match n {
             NodeEnum::RangeVar(r) => {
                 self.relation(r);
+                level.push(self.sources.len() - 1);
             }
             NodeEnum::RangeSubselect(r) => {
                 let outputs = match r.subquery.as_deref().and_then(|n| n.node.as_ref()) {
@@ -406,13 +426,14 @@ impl Walker {
                 let outputs = renamed(outputs, cols);
                 self.inner.extend(outputs.iter().cloned());
                 self.sources.push(Source { alias, kind: SourceKind::Query(outputs) });
+                level.push(self.sources.len() - 1);
             }
             NodeEnum::JoinExpr(j) => {
                 if let Some(l) = &j.larg {
-                    self.from_item(l, depth + 1);
+                    self.from_item(l, depth + 1, level);
                 }
                 if let Some(r) = &j.rarg {
-                    self.from_item(r, depth + 1);
+                    self.from_item(r, depth + 1, level);
                 }
                 if let Some(q) = j.quals.as_deref().and_then(|n| n.node.as_ref()) {
                     self.predicate(q.to_ref(), &[], depth + 1);
@@ -451,10 +472,11 @@ impl Walker {
                 }
                 self.inner.extend(outputs.iter().cloned());
                 self.sources.push(Source { alias, kind: SourceKind::Query(outputs) });
+                level.push(self.sources.len() - 1);
             }
             NodeEnum::RangeTableSample(t) => {
                 if let Some(r) = &t.relation {
-                    self.from_item(r, depth + 1);
+                    self.from_item(r, depth + 1, level);
                 }
             }
             other => {
@@ -464,6 +486,7 @@ impl Walker {
                 let outputs = vec![Output { name: String::new(), refs, star: None }];
                 self.inner.extend(outputs.iter().cloned());
                 self.sources.push(Source { alias: String::new(), kind: SourceKind::Query(outputs) });
+                level.push(self.sources.len() - 1);
             }
         }
     }
@@ -593,7 +616,7 @@ impl Walker {
                     let outputs = self.query(q.to_ref(), depth + 1);
                     refs.extend(outputs.into_iter().flat_map(|o| {
                         let star = o.star.clone();
-                        o.refs.into_iter().chain(star.map(|q| Ref::Whole(q.unwrap_or_default())))
+                        o.refs.into_iter().chain(star.map(|s| Ref::Whole(s.qualifier.unwrap_or_default())))
                     }));
                 }
             }
@@ -760,7 +783,7 @@ mod tests {
              GROUP BY 1 ORDER BY x, string_agg(name, ',' ORDER BY phone)",
         );
         assert!(!l.exact);
-        assert_eq!(l.outputs[1].star, Some(Some("c".into())));
+        assert_eq!(l.outputs[1].star, Some(Star { qualifier: Some("c".into()), level: vec![0, 1] }));
         for r in [col(None, "email"), col(None, "ssn"), col(None, "x"), col(None, "phone")] {
             assert!(l.predicates.contains(&r), "{r:?} in {:?}", l.predicates);
         }

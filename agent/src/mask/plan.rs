@@ -1,0 +1,233 @@
+//! The masking plan of a result: how each column's values are masked,
+//! decided from what the column *is* — the table column it shows
+//! (RowDescription's table OID and column number, resolved in the catalog,
+//! through views), or the table columns its expression reads (lineage) —
+//! and never from its output name.
+//!
+//! - A column showing or computed from a masked column gets that column's
+//!   style on the whole value (the most concealing one when it reads
+//!   several), if its type is text; any other type (numbers, dates, arrays,
+//!   JSON, composites, bytea) cannot hold a masked stand-in and is NULL.
+//! - A whole row of a table with masked columns counts as all of them.
+//! - Every other text column goes through the detectors; other types pass.
+
+use std::collections::BTreeSet;
+
+use super::{Profile, Style};
+use crate::catalog::{Bound, Catalog, Origin};
+
+/// How one result column is masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnMask {
+    /// Not text, nothing masked: passed as is.
+    Pass,
+    /// Shows or derives from a masked column: the whole value gets this style.
+    Rule(Style),
+    /// Text: the detectors look inside, after `skip` bytes of binary header (jsonb).
+    Scan { skip: usize },
+}
+
+/// A result column as the server described it.
+#[derive(Debug, Clone, Copy)]
+pub struct ResultColumn<'a> {
+    pub name: &'a str,
+    pub table_oid: u32,
+    pub attnum: i16,
+    pub type_oid: u32,
+    pub binary: bool,
+}
+
+/// Type OIDs whose values carry text the detectors can read: the bytes to
+/// skip first, or `None`.
+fn scannable(cat: &Catalog, type_oid: u32, binary: bool) -> Option<usize> {
+    match (type_oid, binary) {
+        (25 | 1043 | 1042 | 19 | 18 | 114 | 142 | 705, _) => Some(0),
+        // jsonb: a version byte first in binary.
+        (3802, false) => Some(0),
+        (3802, true) => Some(1),
+        // Arrays and records in text format are text too.
+        (1009 | 1015 | 1014 | 199 | 3807 | 2249, false) => Some(0),
+        (oid, _) if cat.is_text_type(oid) => Some(0),
+        _ => None,
+    }
+}
+
+/// The more concealing of two styles.
+fn stricter(a: Option<Style>, b: Option<Style>) -> Option<Style> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if y.concealment() > x.concealment() { y } else { x }),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+impl Profile {
+    /// The column rules' style for a table column (by its real schema, table
+    /// and column names); for a whole row, the most concealing of its
+    /// columns'; for an origin that could not be followed, the most
+    /// concealing style any rule has.
+    pub fn origin_style(&self, cat: &Catalog, o: Origin) -> Option<Style> {
+        if o == Origin::UNKNOWN {
+            return self.columns.iter().map(|(_, s)| *s).fold(None, |a, s| stricter(a, Some(s)));
+        }
+        let rel = cat.relation(o.relation)?;
+        let table = format!("{}.{}", rel.schema, rel.name);
+        if o.attnum == 0 {
+            let own = rel.columns.iter().fold(None, |a, c| stricter(a, self.column_style(Some(&table), &c.name)));
+            if matches!(rel.kind, b'v' | b'm') {
+                return cat.column_origins(o.relation, 0).into_iter().fold(own, |a, b| stricter(a, self.origin_style(cat, b)));
+            }
+            return own;
+        }
+        let col = rel.columns.iter().find(|c| c.attnum == o.attnum)?;
+        self.column_style(Some(&table), &col.name)
+    }
+
+    fn origins_style(&self, cat: &Catalog, origins: &BTreeSet<Origin>) -> Option<Style> {
+        origins.iter().fold(None, |a, o| stricter(a, self.origin_style(cat, *o)))
+    }
+
+    /// The plan for a result: per column, from its identity when the server
+    /// names the table column it shows, else from the statement's lineage
+    /// (`bound`; `None` when the statement's rows cannot be traced, e.g. a
+    /// function's result, in which case only identities and detectors apply).
+    pub fn plan(&self, cat: &Catalog, bound: Option<&Bound>, cols: &[ResultColumn<'_>]) -> Vec<ColumnMask> {
+        let empty = BTreeSet::new();
+        cols.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let style = if c.table_oid != 0 {
+                    let mut origins = cat.column_origins(c.table_oid, c.attnum);
+                    origins.insert(Origin { relation: c.table_oid, attnum: c.attnum });
+                    let known = cat.relation(c.table_oid).is_some();
+                    // A table the catalog has not read yet: its rules by column name alone.
+                    let by_name = if known { None } else { self.column_style(None, c.name) };
+                    stricter(self.origins_style(cat, &origins), by_name)
+                } else {
+                    let origins = bound.map_or(&empty, |b| b.column(i, c.name, cols.len()));
+                    self.origins_style(cat, origins)
+                };
+                match (style, cat.is_text_type(c.type_oid)) {
+                    (Some(s), true) => ColumnMask::Rule(s),
+                    (Some(_), false) => ColumnMask::Rule(Style::Null),
+                    (None, _) => match scannable(cat, c.type_oid, c.binary) {
+                        Some(skip) => ColumnMask::Scan { skip },
+                        None => ColumnMask::Pass,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// The style per column of a `COPY … TO` of `width` columns (text or
+    /// CSV: every value is text, so a style always fits).
+    pub fn copy_plan(&self, cat: &Catalog, bound: &Bound, width: usize) -> Vec<Option<Style>> {
+        (0..width)
+            .map(|i| {
+                let origins = if bound.expanded.len() == width {
+                    bound.expanded.get(i)
+                } else if bound.exact && bound.outputs.len() == width {
+                    bound.outputs.get(i)
+                } else {
+                    Some(&bound.all)
+                };
+                origins.and_then(|o| self.origins_style(cat, o))
+            })
+            .collect()
+    }
+
+    /// Why this profile refuses a statement, if it does: a result that is a
+    /// whole row of a table with masked columns (`SELECT c FROM customers
+    /// c`, `to_json(c)`: Gatehouse cannot mask inside composites or JSON
+    /// built from rows), or, when the profile refuses predicates, filtering,
+    /// joining, sorting or grouping on a masked column.
+    pub fn refusal(&self, cat: &Catalog, bound: &Bound) -> Option<String> {
+        let name = |o: &Origin| {
+            cat.relation(o.relation).map_or_else(
+                || "a column Gatehouse cannot follow".to_owned(),
+                |r| match r.columns.iter().find(|c| c.attnum == o.attnum) {
+                    Some(c) => format!("{}.{}.{}", r.schema, r.name, c.name),
+                    None => format!("{}.{}", r.schema, r.name),
+                },
+            )
+        };
+        if let Some(o) = bound.all.iter().find(|o| o.attnum == 0 && self.origin_style(cat, **o).is_some()) {
+            return Some(format!(
+                "it returns whole rows of {}, which has masked columns (masking profile {}); select the columns you need",
+                name(o),
+                self.name
+            ));
+        }
+        if self.refuse_predicates
+            && let Some(o) = bound.predicates.iter().find(|o| self.origin_style(cat, **o).is_some())
+        {
+            return Some(format!(
+                "it filters, joins, sorts or groups on the masked column {} (masking profile {} refuses this: such a condition reveals the value a little at a time)",
+                name(o),
+                self.name
+            ));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::sample;
+    use crate::mask::ProfileSpec;
+    use crate::sql::TableRef;
+    use crate::sql::lineage::of_sql;
+
+    fn profile(refuse_predicates: bool) -> Profile {
+        Profile::compile(&ProfileSpec {
+            name: "pii".into(),
+            columns: vec![("customers.email".into(), Style::Partial), ("hr.salaries.emp".into(), Style::Hash)],
+            refuse_predicates,
+            ..ProfileSpec::default()
+        })
+        .unwrap()
+    }
+
+    fn col(name: &str, table_oid: u32, attnum: i16, type_oid: u32) -> ResultColumn<'_> {
+        ResultColumn { name, table_oid, attnum, type_oid, binary: false }
+    }
+
+    fn bound(sql: &str) -> Bound {
+        let cat = sample();
+        cat.bind(&of_sql(sql).unwrap(), &[TableRef { schema: Some("public".into()), name: "customers".into() }])
+    }
+
+    #[test]
+    fn identity_lineage_and_types() {
+        let cat = sample();
+        let p = profile(false);
+        // By identity: the output name does not matter.
+        let plan = p.plan(&cat, None, &[col("x", 16401, 2, 25), col("email", 16401, 1, 23), col("id", 16401, 1, 23)]);
+        assert_eq!(plan, [ColumnMask::Rule(Style::Partial), ColumnMask::Pass, ColumnMask::Pass]);
+        // A view column shows its table's column.
+        assert_eq!(p.plan(&cat, None, &[col("emp", 16403, 1, 25)]), [ColumnMask::Rule(Style::Hash)]);
+        // By lineage: computed text gets the style, anything else is NULL, unrelated text is scanned.
+        let b = bound("SELECT replace(email, '@', ''), length(email), array_agg(email), 'x' AS email FROM customers");
+        let cols = [col("replace", 0, 0, 25), col("length", 0, 0, 23), col("array_agg", 0, 0, 1009), col("email", 0, 0, 25)];
+        assert_eq!(
+            p.plan(&cat, Some(&b), &cols),
+            [ColumnMask::Rule(Style::Partial), ColumnMask::Rule(Style::Null), ColumnMask::Rule(Style::Null), ColumnMask::Scan { skip: 0 }]
+        );
+        // A domain over citext counts as text.
+        assert_eq!(p.plan(&cat, None, &[col("e", 16401, 2, 20004)]), [ColumnMask::Rule(Style::Partial)]);
+    }
+
+    #[test]
+    fn refusals() {
+        let cat = sample();
+        let p = profile(true);
+        assert!(p.refusal(&cat, &bound("SELECT c FROM customers c")).unwrap().contains("whole rows of public.customers"));
+        assert!(p.refusal(&cat, &bound("SELECT row_to_json(c.*) FROM customers c")).is_some());
+        assert!(p.refusal(&cat, &bound("SELECT count(c) FROM customers c")).is_none());
+        assert!(p.refusal(&cat, &bound("SELECT id FROM customers WHERE email LIKE 'a%'")).unwrap().contains("public.customers.email"));
+        assert!(p.refusal(&cat, &bound("SELECT id FROM customers ORDER BY email")).is_some());
+        assert!(p.refusal(&cat, &bound("SELECT email FROM customers WHERE id = 1 ORDER BY id")).is_none());
+        assert!(profile(false).refusal(&cat, &bound("SELECT id FROM customers WHERE email LIKE 'a%'")).is_none());
+    }
+}
