@@ -13,7 +13,7 @@
 //! first is never mistaken for one.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -25,6 +25,7 @@ use self::client::{client_to_backend, statement_end};
 
 mod backend;
 mod client;
+mod masking;
 mod tripwire;
 
 use super::io::Stream;
@@ -33,15 +34,19 @@ use super::{Ctx, SessionDb};
 use crate::audit::StreamRecorder;
 use crate::mask::Counts;
 use crate::protocol::tcp::{End, RelayOutcome};
-use crate::sql::{Kind, Statement};
+use crate::sql::lineage::Lineage;
+use crate::sql::{Kind, Statement, TableRef};
 
 /// A statement forwarded to the backend, waiting for its outcome.
 #[derive(Debug)]
 struct InFlight {
     seq: u64,
-    /// Tables the statement touches (`schema.table` or `table`), for
-    /// table-qualified masking rules.
-    tables: Arc<[String]>,
+    /// Relations the statement touches, resolved, and where its result
+    /// columns come from: for masking by column identity and lineage.
+    relations: Arc<[TableRef]>,
+    lineage: Option<Arc<Lineage>>,
+    /// The portal an Execute runs: its rows come without a RowDescription.
+    portal: Option<Prepared>,
     /// What the decision allowed, for the tripwire on CommandComplete.
     kinds: BTreeSet<Kind>,
     /// Which exchange (ReadyForQuery) it belongs to.
@@ -62,7 +67,7 @@ struct InFlight {
 
 impl InFlight {
     fn new(seq: u64, epoch: u64, s: &Statement) -> Self {
-        let tables: Vec<String> = s.reads.iter().chain(&s.writes).map(ToString::to_string).collect();
+        let relations: Vec<TableRef> = s.reads.iter().chain(&s.writes).cloned().collect();
         let ddl = s.kinds.iter().any(|k| {
             matches!(
                 k,
@@ -71,7 +76,9 @@ impl InFlight {
         });
         Self {
             seq,
-            tables: tables.into(),
+            relations: relations.into(),
+            lineage: s.lineage.clone(),
+            portal: None,
             kinds: s.kinds.clone(),
             epoch,
             started: Instant::now(),
@@ -87,7 +94,9 @@ impl InFlight {
     fn empty(epoch: u64) -> Self {
         Self {
             seq: 0,
-            tables: Arc::from(Vec::new()),
+            relations: Arc::from(Vec::new()),
+            lineage: None,
+            portal: None,
             kinds: BTreeSet::new(),
             epoch,
             started: Instant::now(),
@@ -108,8 +117,34 @@ struct Refusal {
     error: PgError,
 }
 
+/// A result's columns as the server described them (`None`: NoData).
+type Shape = Option<Arc<[wire::Column]>>;
+
+/// The server's answer to a Describe, once it has come: shared by a
+/// prepared statement and the portals bound from it, kept as long as they are.
+#[derive(Debug, Clone, Default)]
+struct Described(Arc<OnceLock<Shape>>);
+
+impl Described {
+    fn get(&self) -> Option<&Shape> {
+        self.0.get()
+    }
+
+    fn set(&self, shape: Shape) {
+        let _ = self.0.set(shape);
+    }
+}
+
+/// What a portal adds to its statement: the result formats its Bind asked
+/// for, and its own Describe answer.
+#[derive(Debug, Clone)]
+struct PortalRows {
+    formats: Arc<[i16]>,
+    described: Described,
+}
+
 /// A prepared statement (protocol `Parse` or SQL `PREPARE`) as Gatehouse
-/// classified it. Every `Execute` decides it again.
+/// classified it, or a portal bound from one. Every `Execute` decides it again.
 #[derive(Debug, Clone)]
 struct Prepared {
     text: Arc<str>,
@@ -119,6 +154,52 @@ struct Prepared {
     /// `Some(epoch)` until the server confirms it: usable only by messages
     /// of that same exchange (if it failed, the server skips them).
     pending: Option<u64>,
+    /// The statement's result columns, once a Describe of it was answered.
+    described: Described,
+    /// Set on portals.
+    portal: Option<PortalRows>,
+}
+
+impl Prepared {
+    fn new(text: Arc<str>, statements: Arc<[Statement]>, generation: u64, pending: Option<u64>) -> Self {
+        Self { text, statements, generation, pending, described: Described::default(), portal: None }
+    }
+
+    /// The portal a Bind with these result formats makes of this statement.
+    fn bind(&self, formats: Vec<i16>) -> Self {
+        Self { portal: Some(PortalRows { formats: formats.into(), described: Described::default() }), ..self.clone() }
+    }
+
+    /// Where the answer to a Describe of this statement or portal goes.
+    fn describe_target(&self) -> Described {
+        self.portal.as_ref().map_or_else(|| self.described.clone(), |p| p.described.clone())
+    }
+
+    /// The result columns an Execute of this portal sends rows for, with the
+    /// formats its Bind asked for; `None` when no Describe was answered.
+    fn shape(&self) -> Option<Shape> {
+        let portal = self.portal.as_ref()?;
+        if let Some(shape) = portal.described.get() {
+            return Some(shape.clone());
+        }
+        let shape = self.described.get()?.as_ref().map(|cols| {
+            let formats = &portal.formats;
+            let cols: Vec<wire::Column> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let format = match formats.len() {
+                        0 => 0,
+                        1 => formats.first().copied().unwrap_or(0),
+                        _ => formats.get(i).copied().unwrap_or(0),
+                    };
+                    wire::Column { format, ..c.clone() }
+                })
+                .collect();
+            Arc::<[wire::Column]>::from(cols)
+        });
+        Some(shape)
+    }
 }
 
 /// What the session's search path is known to be.
@@ -156,6 +237,10 @@ struct Shared {
     portals: HashMap<Vec<u8>, Prepared>,
     /// Parses forwarded, awaiting ParseComplete: (name, generation, epoch).
     parses: VecDeque<(Vec<u8>, u64, u64)>,
+    /// Describes forwarded, awaiting RowDescription or NoData: (epoch, where the answer goes).
+    describes: VecDeque<(u64, Described)>,
+    /// Cursors declared in this session (SQL `DECLARE`), for the rows `FETCH` returns.
+    cursors: HashMap<String, (Arc<Lineage>, Arc<[TableRef]>)>,
     next_generation: u64,
     path: PathState,
     /// This session has defined code in the transaction still open.

@@ -9,9 +9,10 @@ use tokio::sync::watch;
 use tracing::{debug, error};
 
 use super::client::statement_end;
+use super::masking::{self, CopyPlan, Trace, mask_message};
 use super::{Fail, InFlight, Shared, fill, lock, tripwire};
 use crate::audit::{Direction, StreamRecorder};
-use crate::mask::{Counts, MaskOutput, Profile, Style, TokenKey, TokenScope};
+use crate::mask::{ColumnMask, Counts};
 use crate::protocol::postgres::wire::{self, Frame, WireError};
 use crate::protocol::postgres::{CancelTarget, Ctx, MAX_BACKEND_MESSAGE, SessionDb};
 
@@ -24,55 +25,6 @@ pub(in crate::protocol::postgres) struct Io<'a> {
     pub progress: &'a watch::Sender<u64>,
     /// Woken when the client direction queued notices for the client.
     pub wake: &'a tokio::sync::Notify,
-}
-
-/// How each column of the current result is masked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ColMask {
-    /// Not text (numbers, dates…): passed as is.
-    Pass,
-    /// A column rule: the whole value gets this style (Hash tokens with the column's key).
-    Rule(Style, TokenKey),
-    /// Text: the detectors look inside. `skip` bytes of binary header first (jsonb).
-    Scan { skip: usize },
-}
-
-/// Type OIDs whose values carry text (text or binary format).
-fn text_like(type_oid: u32, format: i16) -> Option<usize> {
-    match (type_oid, format) {
-        // text, varchar, bpchar, name, char, json, xml, unknown, citext-like domains arrive as their base type.
-        (25 | 1043 | 1042 | 19 | 18 | 114 | 142 | 705, _) => Some(0),
-        // jsonb: text in text format; a version byte first in binary.
-        (3802, 0) => Some(0),
-        (3802, 1) => Some(1),
-        // Arrays and records in text format are text too.
-        (1009 | 1015 | 1014 | 199 | 3807 | 2249, 0) => Some(0),
-        _ => None,
-    }
-}
-
-/// The masking plan for a result. A column that comes from a table
-/// (`table_oid` set) is checked against the rules for each table the
-/// statement touches (any match masks: with joins this errs towards
-/// masking); computed columns only by name.
-fn plan(profile: &Profile, cols: &[wire::Column], tables: &[String]) -> Vec<ColMask> {
-    cols.iter()
-        .map(|c| {
-            let rule = if c.table_oid == 0 || tables.is_empty() {
-                profile.column_style(None, &c.name).map(|s| (s, None))
-            } else {
-                tables.iter().find_map(|t| profile.column_style(Some(t), &c.name).map(|s| (s, Some(t.as_str()))))
-            };
-            let key = |table: Option<&str>| profile.token_key(TokenScope::Column { table, column: &c.name });
-            match (text_like(c.type_oid, c.format), rule) {
-                (Some(_), Some((style, table))) => ColMask::Rule(style, key(table)),
-                // A number or date the rules name cannot hold "****": it becomes NULL.
-                (None, Some((_, table))) => ColMask::Rule(Style::Null, key(table)),
-                (Some(skip), None) => ColMask::Scan { skip },
-                (None, None) => ColMask::Pass,
-            }
-        })
-        .collect()
 }
 
 pub(super) async fn backend_to_client<R, W>(
@@ -89,7 +41,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut columns: Option<Vec<ColMask>> = None;
+    let mut rows = Rows::default();
     let mut scratch = Vec::new();
     let mut pending = Counts::default();
     let mut written = 0u64;
@@ -101,7 +53,7 @@ where
         {
             *count += n as u64;
             let outcome =
-                on_backend(ctx, db, frame, &mut out, io.shared, io.nonce, &mut columns, &mut scratch, &mut pending);
+                on_backend(ctx, db, frame, &mut out, io.shared, io.nonce, &mut rows, &mut scratch, &mut pending);
             buf.advance(n);
             if let Err(e) = outcome {
                 // What the client was sent before the failure still reaches it.
@@ -147,6 +99,40 @@ where
     }
 }
 
+/// How the rows of the statement running now are masked.
+#[derive(Debug, Default)]
+struct Rows {
+    /// The plan for its DataRows (empty: nothing to mask), once known.
+    columns: Option<Vec<ColumnMask>>,
+    /// The plan for its COPY rows, if any column is masked.
+    copy: Option<CopyPlan>,
+}
+
+impl Rows {
+    fn end(&mut self) {
+        self.columns = None;
+        self.copy = None;
+    }
+}
+
+/// What the statement at the front of the queue reads its rows from: its
+/// own lineage, or, for `FETCH`, the cursor's.
+fn trace(sh: &Shared) -> Trace {
+    let front = sh.inflight.front();
+    let lineage = front.and_then(|f| f.lineage.clone());
+    let relations = front.map_or_else(|| Arc::from(Vec::new()), |f| f.relations.clone());
+    match lineage.as_ref().and_then(|l| l.fetches.as_ref()).and_then(|c| sh.cursors.get(c)) {
+        Some((l, r)) => Trace { lineage: Some(l.clone()), relations: r.clone() },
+        None => Trace { lineage, relations },
+    }
+}
+
+/// The row description of an Execute's rows (they come without one): the
+/// portal's, or its statement's with the portal's formats.
+fn execute_shape(sh: &Shared) -> Option<Arc<[wire::Column]>> {
+    sh.inflight.front()?.portal.as_ref()?.shape()?
+}
+
 #[expect(clippy::too_many_arguments, reason = "the per-direction state, passed explicitly rather than bundled")]
 fn on_backend(
     ctx: &Ctx,
@@ -155,7 +141,7 @@ fn on_backend(
     out: &mut Vec<u8>,
     shared: &Mutex<Shared>,
     nonce: &str,
-    columns: &mut Option<Vec<ColMask>>,
+    rows: &mut Rows,
     scratch: &mut Vec<u8>,
     pending: &mut Counts,
 ) -> Result<(), Fail> {
@@ -194,8 +180,10 @@ fn on_backend(
                     forget(&mut sh, fl);
                 }
                 drop_parses(&mut sh, |e| e == current);
+                sh.describes.retain(|(e, _)| *e != current);
                 sh.path.error_since = true;
                 drop(sh);
+                rows.end();
                 if let Some(mut fl) = front {
                     fl.masked.merge(pending);
                     *pending = Counts::default();
@@ -219,7 +207,7 @@ fn on_backend(
         }
         b'C' => {
             let tag = wire::command_tag(f.body).map_err(bad)?;
-            let rows = wire::command_rows(f.body);
+            let count = wire::command_rows(f.body);
             let mut sh = lock(shared);
             let current = sh.epochs_done;
             let front = match sh.inflight.front() {
@@ -254,14 +242,25 @@ fn on_backend(
             if fl.ddl {
                 sh.ddl_done = true;
             }
+            if tag == "DECLARE CURSOR"
+                && let Some(l) = &fl.lineage
+                && let Some(name) = &l.declares
+            {
+                sh.cursors.insert(name.clone(), (l.clone(), fl.relations.clone()));
+            }
             drop(sh);
             fl.masked.merge(pending);
             *pending = Counts::default();
-            statement_end(ctx, fl, rows, None);
-            *columns = None;
+            statement_end(ctx, fl, count, None);
+            rows.end();
             out.extend_from_slice(f.raw);
         }
         b'I' | b's' | b'V' => {
+            // A function call's result is masked before its statement is closed, so it counts.
+            let mut rewritten = Vec::new();
+            if let (b'V', Some(profile)) = (f.tag, &ctx.mask) {
+                masking::mask_function_result(profile, f, &mut rewritten, pending).map_err(bad)?;
+            }
             let mut sh = lock(shared);
             let current = sh.epochs_done;
             let front =
@@ -276,8 +275,8 @@ fn on_backend(
                 *pending = Counts::default();
                 statement_end(ctx, fl, None, None);
             }
-            *columns = None;
-            out.extend_from_slice(f.raw);
+            rows.end();
+            out.extend_from_slice(if rewritten.is_empty() { f.raw } else { &rewritten });
         }
         b'Z' => {
             let status = f.body.first().copied().unwrap_or(b'I');
@@ -296,6 +295,7 @@ fn on_backend(
             // exchange) and statements that never ran end with the exchange.
             sh.refusals.retain(|r| r.epoch >= done);
             drop_parses(&mut sh, |e| e < done);
+            sh.describes.retain(|(e, _)| *e >= done);
             let mut skipped = Vec::new();
             while sh.inflight.front().is_some_and(|f| f.epoch < done) {
                 if let Some(f) = sh.inflight.pop_front() {
@@ -326,7 +326,7 @@ fn on_backend(
                 db.catalog.settle(ctx.id);
                 crate::protocol::postgres::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
             }
-            *columns = None;
+            rows.end();
             out.extend_from_slice(f.raw);
         }
         b'K' => {
@@ -358,60 +358,72 @@ fn on_backend(
             }
             out.extend_from_slice(f.raw);
         }
-        b'T' => {
-            *columns = match &ctx.mask {
-                Some(p) => {
-                    let tables = lock(shared)
-                        .inflight
-                        .front()
-                        .map(|f| f.tables.clone())
-                        .unwrap_or_else(|| Arc::from(Vec::new()));
-                    let cols = plan(p, &wire::row_description(f.body).map_err(bad)?, &tables);
-                    // Nothing to mask in this result: an empty plan, checked once, not per row.
-                    Some(if cols.iter().all(|c| *c == ColMask::Pass) { Vec::new() } else { cols })
-                }
-                None => None,
+        b'T' | b'n' => {
+            let shape = match f.tag {
+                b'T' => Some(Arc::<[wire::Column]>::from(wire::row_description(f.body).map_err(bad)?)),
+                _ => None,
             };
+            let mut sh = lock(shared);
+            let current = sh.epochs_done;
+            if sh.describes.front().is_some_and(|(e, _)| *e == current) {
+                // The answer to a Describe: kept with its statement or portal.
+                if let Some((_, target)) = sh.describes.pop_front() {
+                    target.set(shape);
+                }
+            } else if let (Some(profile), Some(cols)) = (&ctx.mask, &shape) {
+                // A simple query's result (or FETCH, EXECUTE): its plan now.
+                let trace = trace(&sh);
+                drop(sh);
+                rows.columns = Some(masking::result_plan(profile, db, &trace, cols));
+            }
             out.extend_from_slice(f.raw);
         }
-        b'D' => match (&ctx.mask, columns.as_ref()) {
-            (Some(profile), Some(cols)) if !cols.is_empty() => {
-                mask_row(profile, cols, f, out, pending).map_err(bad)?;
+        b'D' => match &ctx.mask {
+            None => out.extend_from_slice(f.raw),
+            Some(profile) => {
+                if rows.columns.is_none() {
+                    // An Execute's rows: described by its portal or statement earlier.
+                    let sh = lock(shared);
+                    let (shape, trace) = (execute_shape(&sh), trace(&sh));
+                    drop(sh);
+                    let Some(cols) = shape else {
+                        // Rows nobody described cannot be masked: fail closed.
+                        return Err(Fail::Backend(
+                            "a data row arrived for a statement whose result was never described; a masked session cannot pass it".into(),
+                        ));
+                    };
+                    rows.columns = Some(masking::result_plan(profile, db, &trace, &cols));
+                }
+                match rows.columns.as_deref() {
+                    Some(cols) if !cols.is_empty() => masking::mask_row(profile, cols, f, out, pending).map_err(bad)?,
+                    _ => out.extend_from_slice(f.raw),
+                }
             }
-            (Some(_), None) => {
-                // A DataRow without its description (should not happen): fail closed.
-                return Err(Fail::Backend("a data row arrived without a row description on a masked session".into()));
-            }
-            _ => out.extend_from_slice(f.raw),
         },
         b'H' => {
             // CopyOutResponse: binary COPY cannot be masked: refuse it on masked sessions.
-            if ctx.mask.is_some() && f.body.first() == Some(&1) {
-                return Err(Fail::Backend(
-                    "binary COPY TO cannot be masked; the session is closed (fail closed)".into(),
-                ));
+            if let Some(profile) = &ctx.mask {
+                if f.body.first() == Some(&1) {
+                    return Err(Fail::Backend(
+                        "binary COPY TO cannot be masked; the session is closed (fail closed)".into(),
+                    ));
+                }
+                let width = f.body.get(1..3).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(i16::from_be_bytes);
+                let width = width.and_then(|w| usize::try_from(w).ok()).ok_or_else(|| bad(WireError::Malformed { what: "CopyOutResponse" }))?;
+                let trace = trace(&lock(shared));
+                rows.copy = masking::copy_plan(profile, db, &trace, width);
             }
             out.extend_from_slice(f.raw);
         }
-        b'd' if ctx.mask.is_some() => {
-            let Some(profile) = &ctx.mask else { return Ok(()) };
-            scratch.clear();
-            let result = profile.scan(f.body, scratch, pending);
-            if result == MaskOutput::Null {
-                // A null-style hit inside a COPY row: the row is redacted whole (fail closed).
-                scratch.clear();
-                scratch.extend_from_slice(b"****\n");
-            }
-            match result {
-                MaskOutput::Written | MaskOutput::Null => {
-                    out.push(b'd');
-                    out.extend_from_slice(&u32::try_from(scratch.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
-                    out.extend_from_slice(scratch);
-                }
-                MaskOutput::Unchanged => out.extend_from_slice(f.raw),
-            }
-        }
+        b'd' => match &ctx.mask {
+            Some(profile) => masking::mask_copy_data(profile, rows.copy.as_mut(), f, out, scratch, pending),
+            None => out.extend_from_slice(f.raw),
+        },
         b'N' => mask_message(ctx, f, out),
+        b'A' => match &ctx.mask {
+            Some(profile) => masking::mask_notification(profile, f, out, pending).map_err(bad)?,
+            None => out.extend_from_slice(f.raw),
+        },
         _ => out.extend_from_slice(f.raw),
     }
     Ok(())
@@ -448,136 +460,4 @@ fn breach(ctx: &Ctx, fl: Option<InFlight>, why: String) -> Fail {
         statement_end(ctx, fl, None, Some(format!("POLICY BREACH: {why}")));
     }
     Fail::Breach(why)
-}
-
-/// Masks one DataRow per the plan, rewriting lengths, in one pass straight
-/// into `out` with no allocation per row. A row nothing in was masked comes
-/// out byte-identical to the one received.
-fn mask_row(
-    profile: &Profile,
-    cols: &[ColMask],
-    f: Frame<'_>,
-    out: &mut Vec<u8>,
-    counts: &mut Counts,
-) -> Result<(), WireError> {
-    let malformed = || WireError::Malformed { what: "DataRow" };
-    let body = f.body;
-    let n = body.get(..2).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(i16::from_be_bytes).ok_or_else(malformed)?;
-    if usize::try_from(n).ok() != Some(cols.len()) {
-        return Err(WireError::Malformed { what: "DataRow (column count differs from RowDescription)" });
-    }
-    let row_start = out.len();
-    out.push(b'D');
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(body.get(..2).unwrap_or_default());
-    let mut at = 2usize;
-    for c in cols {
-        let len = body
-            .get(at..at + 4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(i32::from_be_bytes)
-            .ok_or_else(malformed)?;
-        at += 4;
-        if len < 0 {
-            out.extend_from_slice(&(-1i32).to_be_bytes());
-            continue;
-        }
-        let end = at.checked_add(usize::try_from(len).map_err(|_| malformed())?).ok_or_else(malformed)?;
-        let v = body.get(at..end).ok_or_else(malformed)?;
-        at = end;
-        let len_at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        let value_at = out.len();
-        let result = match c {
-            ColMask::Pass => MaskOutput::Unchanged,
-            ColMask::Rule(style, key) => {
-                let r = profile.mask_value(*style, key, v, out);
-                if r != MaskOutput::Unchanged {
-                    counts.add_columns(1);
-                }
-                r
-            }
-            ColMask::Scan { skip } => {
-                let (head, tail) = v.split_at((*skip).min(v.len()));
-                out.extend_from_slice(head);
-                match profile.scan(tail, out, counts) {
-                    MaskOutput::Unchanged => {
-                        out.truncate(value_at);
-                        MaskOutput::Unchanged
-                    }
-                    other => other,
-                }
-            }
-        };
-        let written = match result {
-            MaskOutput::Unchanged => {
-                out.extend_from_slice(v);
-                i32::try_from(v.len()).map_err(|_| malformed())?
-            }
-            MaskOutput::Written => i32::try_from(out.len() - value_at).map_err(|_| malformed())?,
-            MaskOutput::Null => {
-                out.truncate(value_at);
-                -1
-            }
-        };
-        if let Some(slot) = out.get_mut(len_at..len_at + 4) {
-            slot.copy_from_slice(&written.to_be_bytes());
-        }
-    }
-    if at != body.len() {
-        out.truncate(row_start);
-        return Err(malformed());
-    }
-    let total = u32::try_from(out.len() - row_start - 1).map_err(|_| malformed())?;
-    if let Some(slot) = out.get_mut(row_start + 1..row_start + 5) {
-        slot.copy_from_slice(&total.to_be_bytes());
-    }
-    Ok(())
-}
-
-/// Errors and notices can echo values ("Key (email)=(…) already exists"):
-/// on masked sessions their text fields go through the detectors.
-fn mask_message(ctx: &Ctx, f: Frame<'_>, out: &mut Vec<u8>) {
-    let Some(profile) = &ctx.mask else {
-        out.extend_from_slice(f.raw);
-        return;
-    };
-    let Ok(fields) = wire::error_fields(f.body) else {
-        out.extend_from_slice(f.raw);
-        return;
-    };
-    let mut counts = Counts::default();
-    let mut body = Vec::with_capacity(f.body.len());
-    let mut changed = false;
-    for (code, value) in fields {
-        body.push(code);
-        let start = body.len();
-        let result = if matches!(code, b'M' | b'D' | b'H' | b'W' | b'q') {
-            profile.scan(value, &mut body, &mut counts)
-        } else {
-            MaskOutput::Unchanged
-        };
-        match result {
-            MaskOutput::Written => changed = true,
-            // A null-style hit cannot be a NULL inside a message: redact the field.
-            MaskOutput::Null => {
-                changed = true;
-                body.truncate(start);
-                body.extend_from_slice(b"****");
-            }
-            MaskOutput::Unchanged => {
-                body.truncate(start);
-                body.extend_from_slice(value);
-            }
-        }
-        body.push(0);
-    }
-    body.push(0);
-    if !changed {
-        out.extend_from_slice(f.raw);
-        return;
-    }
-    out.push(f.tag);
-    out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(&body);
 }

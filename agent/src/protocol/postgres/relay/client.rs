@@ -212,6 +212,8 @@ struct Hold {
     stand_in: Vec<u8>,
     text: String,
     epoch: u64,
+    /// For an Execute: its portal.
+    portal: Option<Prepared>,
 }
 
 async fn on_client(
@@ -244,12 +246,13 @@ async fn on_client(
                             stand_in: wire::query(io.nonce),
                             text,
                             epoch,
+                            portal: None,
                         }));
                     }
                     if batch.statements.is_empty() {
                         lock(io.shared).inflight.push_back(InFlight::empty(epoch));
                     }
-                    forward_batch(ctx, db, io.shared, st, &batch, epoch);
+                    forward_batch(ctx, db, io.shared, st, &batch, epoch, None);
                     out.extend_from_slice(f.raw);
                 }
                 Err(err) => {
@@ -276,12 +279,8 @@ async fn on_client(
                     let mut sh = lock(io.shared);
                     sh.next_generation += 1;
                     let generation = sh.next_generation;
-                    let p = Prepared {
-                        text: Arc::from(String::from_utf8_lossy(text).as_ref()),
-                        statements: batch.statements.into(),
-                        generation,
-                        pending: Some(epoch),
-                    };
+                    let text = Arc::from(String::from_utf8_lossy(text).as_ref());
+                    let p = Prepared::new(text, batch.statements.into(), generation, Some(epoch));
                     sh.prepared.insert(name.to_vec(), p);
                     sh.parses.push_back((name.to_vec(), generation, epoch));
                     drop(sh);
@@ -300,13 +299,14 @@ async fn on_client(
         }
         b'B' => {
             let (portal, statement) = wire::bind_names(f.body)?;
+            let formats = wire::bind_result_formats(f.body)?;
             let epoch = st.epoch;
             st.synced = false;
             let mut sh = lock(io.shared);
             let usable = sh.prepared.get(statement).filter(|p| p.pending.is_none_or(|e| e == epoch)).cloned();
             match usable {
                 Some(p) => {
-                    sh.portals.insert(portal.to_vec(), p);
+                    sh.portals.insert(portal.to_vec(), p.bind(formats));
                     drop(sh);
                     out.extend_from_slice(f.raw);
                 }
@@ -360,12 +360,14 @@ async fn on_client(
                     stand_in: wire::parse(io.nonce),
                     text: p.text.to_string(),
                     epoch,
+                    portal: Some(p.clone()),
                 }));
             }
             if batch.statements.is_empty() {
                 lock(io.shared).inflight.push_back(InFlight::empty(epoch));
             }
-            forward_batch(ctx, db, io.shared, st, &batch, epoch);
+            // Its rows come without a RowDescription: the portal's describes them.
+            forward_batch(ctx, db, io.shared, st, &batch, epoch, Some(&p));
             out.extend_from_slice(f.raw);
         }
         b'C' => {
@@ -381,7 +383,13 @@ async fn on_client(
             out.extend_from_slice(f.raw);
         }
         b'D' => {
-            wire::target_name(f.body, "Describe")?;
+            let (kind, name) = wire::target_name(f.body, "Describe")?;
+            let mut sh = lock(io.shared);
+            let found = if kind == b'S' { sh.prepared.get(name) } else { sh.portals.get(name) };
+            // Unknown names get an answer slot too, so answers stay in order.
+            let target = found.map(Prepared::describe_target).unwrap_or_default();
+            sh.describes.push_back((st.epoch, target));
+            drop(sh);
             st.synced = false;
             out.extend_from_slice(f.raw);
         }
@@ -416,10 +424,21 @@ async fn on_client(
 }
 
 /// Records and tracks every statement of an allowed batch.
-fn forward_batch(ctx: &Ctx, db: &SessionDb, shared: &Mutex<Shared>, st: &mut ClientState, batch: &Batch, epoch: u64) {
+/// Records and queues the statements of a batch. `portal`: the portal an
+/// Execute runs (its rows are described by it, not by a RowDescription).
+fn forward_batch(
+    ctx: &Ctx,
+    db: &SessionDb,
+    shared: &Mutex<Shared>,
+    st: &mut ClientState,
+    batch: &Batch,
+    epoch: u64,
+    portal: Option<&Prepared>,
+) {
     for (s, d) in batch.statements.iter().zip(&batch.decisions) {
         let seq = record_allowed(ctx, st, s, d);
-        let flight = effects_at_forward(ctx, db, shared, st, s, seq, epoch);
+        let mut flight = effects_at_forward(ctx, db, shared, st, s, seq, epoch);
+        flight.portal = portal.cloned();
         lock(shared).inflight.push_back(flight);
     }
 }
@@ -492,7 +511,7 @@ async fn hold<W: AsyncWrite + Unpin>(
     let state = waiting.clone().outcome(&ctx.agent.approvals, |t| agent.approval_transition(t)).await;
     if matches!(state, crate::approval::State::Approved { .. }) {
         info!(request = id, "approved: the held statement runs");
-        forward_batch(ctx, db, io.shared, st, &h.batch, h.epoch);
+        forward_batch(ctx, db, io.shared, st, &h.batch, h.epoch, h.portal.as_ref());
         out.extend_from_slice(&h.raw);
     } else {
         let code = if matches!(state, crate::approval::State::Withdrawn { .. }) { "57014" } else { "42501" };
@@ -663,7 +682,7 @@ fn decide_statements(
         if refused.is_some() {
             continue;
         }
-        if let Some(e) = gatehouse_refusal(ctx, s) {
+        if let Some(e) = gatehouse_refusal(ctx, s).or_else(|| super::masking::refusal(ctx, &cat, s)) {
             refused = Some((i, Refused::Error(e)));
             continue;
         }
@@ -728,6 +747,7 @@ fn substitute_execute(
         }
     }
     s.effects.changes_reading |= p.effects.changes_reading;
+    s.lineage = p.lineage.clone();
 }
 
 /// Kinds whose effect on the session cannot be read from the text.
@@ -782,12 +802,7 @@ fn effects_at_forward(
     if let Some(name) = &s.effects.prepare {
         sh.next_generation += 1;
         let generation = sh.next_generation;
-        let p = Prepared {
-            text: Arc::from(s.text.as_str()),
-            statements: Arc::from(vec![prepared_part(s)]),
-            generation,
-            pending: Some(epoch),
-        };
+        let p = Prepared::new(Arc::from(s.text.as_str()), Arc::from(vec![prepared_part(s)]), generation, Some(epoch));
         sh.prepared.insert(name.as_bytes().to_vec(), p);
         flight.prepares = Some((name.as_bytes().to_vec(), generation));
     }
