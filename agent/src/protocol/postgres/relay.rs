@@ -170,9 +170,15 @@ impl Prepared {
         Self { portal: Some(PortalRows { formats: formats.into(), described: Described::default() }), ..self.clone() }
     }
 
-    /// Where the answer to a Describe of this statement or portal goes.
-    fn describe_target(&self) -> Described {
-        self.portal.as_ref().map_or_else(|| self.described.clone(), |p| p.described.clone())
+    /// Where the answer to a Describe of this statement or portal goes. A
+    /// portal's answer also describes its statement, if nothing did yet:
+    /// drivers (pgJDBC) describe a portal once, then Bind and Execute the
+    /// statement again without a Describe.
+    fn describe_target(&self) -> Vec<Described> {
+        match &self.portal {
+            Some(p) => vec![p.described.clone(), self.described.clone()],
+            None => vec![self.described.clone()],
+        }
     }
 
     /// The result columns an Execute of this portal sends rows for, with the
@@ -238,7 +244,7 @@ struct Shared {
     /// Parses forwarded, awaiting ParseComplete: (name, generation, epoch).
     parses: VecDeque<(Vec<u8>, u64, u64)>,
     /// Describes forwarded, awaiting RowDescription or NoData: (epoch, where the answer goes).
-    describes: VecDeque<(u64, Described)>,
+    describes: VecDeque<(u64, Vec<Described>)>,
     /// Cursors declared in this session (SQL `DECLARE`), for the rows `FETCH` returns.
     cursors: HashMap<String, (Arc<Lineage>, Arc<[TableRef]>)>,
     next_generation: u64,

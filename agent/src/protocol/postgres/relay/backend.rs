@@ -367,8 +367,10 @@ fn on_backend(
             let current = sh.epochs_done;
             if sh.describes.front().is_some_and(|(e, _)| *e == current) {
                 // The answer to a Describe: kept with its statement or portal.
-                if let Some((_, target)) = sh.describes.pop_front() {
-                    target.set(shape);
+                if let Some((_, targets)) = sh.describes.pop_front() {
+                    for t in targets {
+                        t.set(shape.clone());
+                    }
                 }
             } else if let (Some(profile), Some(cols)) = (&ctx.mask, &shape) {
                 // A simple query's result (or FETCH, EXECUTE): its plan now.
