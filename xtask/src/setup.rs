@@ -25,10 +25,21 @@ pub const PACKAGES: &[&str] = &[
     "python3-psycopg2",
     "python3-sqlalchemy",
     "openssl",
+    // The masking driver matrix: pgJDBC and a JDK to run it (Node.js below).
+    "default-jdk-headless",
+    "libpostgresql-jdbc-java",
 ];
+
+/// Where the end-to-end tests find the Node.js drivers (world-readable:
+/// the tests run them as unprivileged users).
+pub const NODE_DIR: &str = "/usr/local/lib/gatehouse-e2e/node";
+
+/// The Node.js drivers the masking driver matrix runs, pinned by major version.
+const NODE_PACKAGES: &[(&str, &str)] = &[("pg", "8"), ("postgres", "3")];
 
 pub fn setup() -> Result<()> {
     apt_packages()?;
+    node_packages()?;
     nightly()?;
     bpf_linker()?;
     eprintln!("setup: everything is in place");
@@ -51,6 +62,39 @@ fn apt_packages() -> Result<()> {
     run(privileged("apt-get")?
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))
+}
+
+/// Node.js (Debian's, unless a `node` is already installed) and the npm
+/// drivers, into [`NODE_DIR`].
+fn node_packages() -> Result<()> {
+    let have = |cmd: &str| output(Command::new("sh").args(["-c", &format!("command -v {cmd}")])).is_some();
+    if !have("node") || !have("npm") {
+        eprintln!("setup: installing Node.js and npm from Debian");
+        run(privileged("apt-get")?
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends", "nodejs", "npm"]))?;
+    }
+    let modules = Path::new(NODE_DIR).join("node_modules");
+    let missing: Vec<String> = NODE_PACKAGES
+        .iter()
+        .filter(|(name, major)| {
+            let manifest = modules.join(name).join("package.json");
+            let version = std::fs::read_to_string(manifest).ok().and_then(|t| {
+                serde_json::from_str::<serde_json::Value>(&t).ok()?["version"].as_str().map(str::to_owned)
+            });
+            !version.is_some_and(|v| v.split('.').next() == Some(*major))
+        })
+        .map(|(name, major)| format!("{name}@{major}"))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("setup: Node.js drivers present in {NODE_DIR}");
+        return Ok(());
+    }
+    eprintln!("setup: installing Node.js drivers into {NODE_DIR}: {}", missing.join(" "));
+    run(privileged("mkdir")?.args(["-p", NODE_DIR]))?;
+    run(privileged("npm")?
+        .args(["install", "--prefix", NODE_DIR, "--no-audit", "--no-fund", "--omit=dev", "--no-save"])
         .args(&missing))
 }
 
