@@ -37,9 +37,9 @@ use regex_automata::meta;
 use regex_automata::util::syntax;
 
 pub use bench::{bench_corpus, measure_throughput};
-pub use plan::{ColumnMask, ResultColumn};
 use column::ColumnPattern;
 use detect::{DigitSet, RawHit, TokenFinder};
+pub use plan::{ColumnMask, ResultColumn};
 use render::{Norm, REDACTED};
 
 /// How a masked value is shown.

@@ -35,7 +35,9 @@ fn world(name: &str) -> World {
                (1, 'Zoë Ünal', 'zoe@example.com', '+44 20 7946 0958', '{VALID_CARD}', '123-45-6789', '{VALID_IBAN}', 'called from ana@corp.example about card {VALID_CARD}; ssn 078-05-1120', 10.5),
                (2, 'Bob', NULL, NULL, '{BAD_CARD}', NULL, '{BAD_IBAN}', 'order 4111111111111112 and ref {BAD_IBAN}', NULL),
                (3, '日本語の名前', 'long@example.org', NULL, NULL, NULL, NULL, repeat('x', 200000) || ' tail bob@example.net', 0);
-             ALTER TABLE customers OWNER TO {app};",
+             ALTER TABLE customers OWNER TO {app};
+             CREATE VIEW contacts AS SELECT id, upper(email) AS contact, ssn AS tax_id FROM customers;
+             ALTER VIEW contacts OWNER TO {app};",
             app = pg::APP_ROLE
         ),
     );
@@ -58,7 +60,7 @@ detectors = {{ card = "partial", email = "partial", us_ssn = "redact", iban = "r
 name = "support masked"
 who = {{ groups = ["{support}"] }}
 backend = "appdb"
-statements = ["select", "copy_to"]
+statements = ["select", "copy_to", "listen", "notify"]
 mask = "pii"
 
 [[rule]]
@@ -185,6 +187,123 @@ for binary in (False, True):
     assert!(out.contains("Decimal"), "numeric types untouched: {out}");
     assert!(!out.contains("zoe@example.com") && !out.contains(VALID_CARD), "{out}");
     assert_eq!(out.matches("****@example.com").count(), 2, "{out}");
+}
+
+impl World {
+    /// psql as `user`, NULL shown as `NULL`, errors included.
+    fn sql(&self, user: &str, sql: &str) -> String {
+        let port = self.pg.port.to_string();
+        let args = [
+            "-h",
+            &self.pg.host,
+            "-p",
+            &port,
+            "-d",
+            "appdb",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-F",
+            "|",
+            "-P",
+            "null=NULL",
+            "-c",
+            sql,
+        ];
+        text(&self.env.run_as(user, None, Path::new("/usr/bin/psql"), &args)).trim().to_owned()
+    }
+}
+
+/// Every way of reading a masked column other than selecting it as is, as
+/// the issue lists them, through the real agent: the value the user sees is
+/// masked whole (text), NULL (other types), or the statement is refused
+/// (whole rows, predicates on masked columns).
+#[test]
+fn masking_follows_the_data_not_the_names() {
+    let w = world("lineage");
+    let log = || w.env.agent_log();
+    let sees = |sql: &str, want: &str| {
+        let got = w.sql(&w.sam, sql);
+        assert_eq!(got, want, "{sql}\n{}", log());
+    };
+    // Transformations the detectors cannot recognise: masked by lineage.
+    sees(
+        "SELECT replace(email, '@', ' at ') AS x, replace(ssn, '-', '') AS y FROM customers WHERE id = 1",
+        "****ecom|****",
+    );
+    sees(
+        "SELECT substr(ssn, 1, 3), concat(ssn, ''), left(email, 3), upper(email) FROM customers WHERE id = 1",
+        "****|****|****|****@EXAMPLE.COM",
+    );
+    sees("SELECT string_agg(ssn, ',') FROM customers", "****");
+    sees("SELECT json_build_object('s', ssn)->>'s' FROM customers WHERE id = 1", "****");
+    // Types that cannot hold a masked stand-in: NULL.
+    sees(
+        "SELECT ssn::bytea, to_json(ssn), length(ssn), json_build_object('s', ssn) FROM customers WHERE id = 1",
+        "NULL|NULL|NULL|NULL",
+    );
+    sees("SELECT array_agg(ssn) FROM customers", "NULL");
+    // Through views, subqueries (with *), CTEs, set operations and cursors.
+    sees("SELECT contact, tax_id FROM contacts WHERE id = 1", "****@EXAMPLE.COM|****");
+    sees("SELECT * FROM (SELECT id, lower(ssn) AS s FROM customers) t WHERE id = 1", "1|****");
+    sees("WITH t AS (SELECT ssn AS a FROM customers WHERE id = 1) SELECT a || '' FROM t", "****");
+    sees("SELECT name FROM customers WHERE id = 1 UNION ALL SELECT ssn FROM customers WHERE id = 1", "****\n****");
+    sees(
+        "BEGIN; DECLARE cur CURSOR FOR SELECT replace(ssn, '-', '') FROM customers WHERE id = 1; FETCH ALL FROM cur; COMMIT",
+        "****",
+    );
+    // A literal under a masked column's name is not a masked column: no rule, no token.
+    sees("SELECT x AS ssn, x AS email FROM (VALUES ('ALPHA')) v(x)", "ALPHA|ALPHA");
+    // COPY TO gets the column rules.
+    sees(
+        "COPY customers (id, ssn, email, name) TO STDOUT WITH (FORMAT csv)",
+        "1,\"****\",\"****@example.com\",Zoë Ünal\n2,,,Bob\n3,,\"****@example.org\",日本語の名前",
+    );
+    sees("COPY (SELECT id, replace(ssn, '-', '') FROM customers WHERE id = 1) TO STDOUT", "1\t****");
+    // Notifications are scanned.
+    let n = w.sql(&w.sam, "LISTEN ch; NOTIFY ch, 'ssn 078-05-1120 mail zoe@example.com'");
+    assert!(n.contains("payload \"ssn **** mail ****@example.com\""), "{n}");
+    // Whole rows of a table with masked columns, and predicates on masked columns: refused.
+    for sql in [
+        "SELECT c FROM customers c",
+        "SELECT to_json(c) FROM customers c",
+        "SELECT row_to_json(c.*) FROM customers c",
+        "SELECT c::text FROM customers c",
+    ] {
+        let out = w.sql(&w.sam, sql);
+        assert!(out.contains("ERROR:") && out.contains("whole rows of public.customers"), "{sql}: {out}");
+    }
+    for sql in [
+        "SELECT id FROM customers WHERE ssn LIKE '123-45-%'",
+        "SELECT id FROM customers ORDER BY email",
+        "SELECT count(*) FROM customers GROUP BY ssn",
+        "SELECT id FROM customers c JOIN contacts v USING (id) WHERE v.tax_id > '1'",
+        "SELECT id FROM customers WHERE id IN (SELECT id FROM customers WHERE ssn = '123-45-6789')",
+    ] {
+        let out = w.sql(&w.sam, sql);
+        assert!(
+            out.contains("ERROR:") && out.contains("filters, joins, sorts or groups on the masked column"),
+            "{sql}: {out}"
+        );
+    }
+    // Nothing raw reached the user above, nor the audit store's recorded results.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let db = std::fs::read(w.env.db()).unwrap();
+    let wal = std::fs::read(format!("{}-wal", w.env.db().display())).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        for raw in [&b"123456789"[..], b"zoe at example", b"ZOE@EXAMPLE"] {
+            assert!(memmem(bytes, raw).is_none(), "the audit store holds {}", String::from_utf8_lossy(raw));
+        }
+    }
+    // The refusals are recorded as denied statements, with the reason.
+    let st = w.env.statements(None);
+    assert!(
+        st.iter().any(|s| s["decision"] == "deny" && s["reason"].as_str().is_some_and(|r| r.contains("whole rows"))),
+        "{st:#?}"
+    );
+    // The unmasked analyst still reads everything, predicates included.
+    assert_eq!(w.sql(&w.ana, "SELECT replace(ssn, '-', '') FROM customers WHERE ssn LIKE '123-45-%'"), "123456789");
 }
 
 fn memmem(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -71,9 +71,14 @@ fn node_packages() -> Result<()> {
     let have = |cmd: &str| output(Command::new("sh").args(["-c", &format!("command -v {cmd}")])).is_some();
     if !have("node") || !have("npm") {
         eprintln!("setup: installing Node.js and npm from Debian");
-        run(privileged("apt-get")?
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "--no-install-recommends", "nodejs", "npm"]))?;
+        run(privileged("apt-get")?.env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "nodejs",
+            "npm",
+        ]))?;
     }
     let modules = Path::new(NODE_DIR).join("node_modules");
     let missing: Vec<String> = NODE_PACKAGES

@@ -304,7 +304,9 @@ mod tests {
 
     #[test]
     fn expressions_subqueries_and_whole_rows() {
-        let b = origins("SELECT id, replace(email, '@', '') AS x, to_json(c), (SELECT max(email) FROM customers) FROM customers c");
+        let b = origins(
+            "SELECT id, replace(email, '@', '') AS x, to_json(c), (SELECT max(email) FROM customers) FROM customers c",
+        );
         assert_eq!(b.outputs[0], [ID].into());
         assert_eq!(b.outputs[1], [EMAIL].into());
         assert_eq!(b.outputs[2], [Origin { relation: 16401, attnum: 0 }].into());
@@ -315,7 +317,9 @@ mod tests {
         let t = origins("SELECT *, 1 FROM customers");
         assert_eq!(t.expanded, [BTreeSet::from([ID]), BTreeSet::from([EMAIL]), BTreeSet::new()]);
         assert_eq!(t.column(1, "email", 3), &BTreeSet::from([EMAIL]));
-        let r = origins("WITH RECURSIVE t(n, e) AS (SELECT 1, email FROM customers UNION ALL SELECT n + 1, e FROM t) SELECT n, e FROM t");
+        let r = origins(
+            "WITH RECURSIVE t(n, e) AS (SELECT 1, email FROM customers UNION ALL SELECT n + 1, e FROM t) SELECT n, e FROM t",
+        );
         assert_eq!(r.outputs[1], [EMAIL].into());
         let v = origins("SELECT x AS email FROM (VALUES ('a@b.co')) v(x)");
         assert!(v.outputs[0].is_empty(), "a literal is no column: {v:?}");

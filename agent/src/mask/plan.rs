@@ -75,7 +75,10 @@ impl Profile {
         if o.attnum == 0 {
             let own = rel.columns.iter().fold(None, |a, c| stricter(a, self.column_style(Some(&table), &c.name)));
             if matches!(rel.kind, b'v' | b'm') {
-                return cat.column_origins(o.relation, 0).into_iter().fold(own, |a, b| stricter(a, self.origin_style(cat, b)));
+                return cat
+                    .column_origins(o.relation, 0)
+                    .into_iter()
+                    .fold(own, |a, b| stricter(a, self.origin_style(cat, b)));
             }
             return own;
         }
@@ -209,10 +212,16 @@ mod tests {
         assert_eq!(p.plan(&cat, None, &[col("emp", 16403, 1, 25)]), [ColumnMask::Rule(Style::Hash)]);
         // By lineage: computed text gets the style, anything else is NULL, unrelated text is scanned.
         let b = bound("SELECT replace(email, '@', ''), length(email), array_agg(email), 'x' AS email FROM customers");
-        let cols = [col("replace", 0, 0, 25), col("length", 0, 0, 23), col("array_agg", 0, 0, 1009), col("email", 0, 0, 25)];
+        let cols =
+            [col("replace", 0, 0, 25), col("length", 0, 0, 23), col("array_agg", 0, 0, 1009), col("email", 0, 0, 25)];
         assert_eq!(
             p.plan(&cat, Some(&b), &cols),
-            [ColumnMask::Rule(Style::Partial), ColumnMask::Rule(Style::Null), ColumnMask::Rule(Style::Null), ColumnMask::Scan { skip: 0 }]
+            [
+                ColumnMask::Rule(Style::Partial),
+                ColumnMask::Rule(Style::Null),
+                ColumnMask::Rule(Style::Null),
+                ColumnMask::Scan { skip: 0 }
+            ]
         );
         // A domain over citext counts as text.
         assert_eq!(p.plan(&cat, None, &[col("e", 16401, 2, 20004)]), [ColumnMask::Rule(Style::Partial)]);
@@ -222,10 +231,16 @@ mod tests {
     fn refusals() {
         let cat = sample();
         let p = profile(true);
-        assert!(p.refusal(&cat, &bound("SELECT c FROM customers c")).unwrap().contains("whole rows of public.customers"));
+        assert!(
+            p.refusal(&cat, &bound("SELECT c FROM customers c")).unwrap().contains("whole rows of public.customers")
+        );
         assert!(p.refusal(&cat, &bound("SELECT row_to_json(c.*) FROM customers c")).is_some());
         assert!(p.refusal(&cat, &bound("SELECT count(c) FROM customers c")).is_none());
-        assert!(p.refusal(&cat, &bound("SELECT id FROM customers WHERE email LIKE 'a%'")).unwrap().contains("public.customers.email"));
+        assert!(
+            p.refusal(&cat, &bound("SELECT id FROM customers WHERE email LIKE 'a%'"))
+                .unwrap()
+                .contains("public.customers.email")
+        );
         assert!(p.refusal(&cat, &bound("SELECT id FROM customers ORDER BY email")).is_some());
         assert!(p.refusal(&cat, &bound("SELECT email FROM customers WHERE id = 1 ORDER BY id")).is_none());
         assert!(profile(false).refusal(&cat, &bound("SELECT id FROM customers WHERE email LIKE 'a%'")).is_none());

@@ -422,7 +422,8 @@ impl Walker {
                     Some(q) => self.query(q.to_ref(), depth + 1),
                     None => Vec::new(),
                 };
-                let (alias, cols) = r.alias.as_ref().map_or((String::new(), &[][..]), |a| (a.aliasname.clone(), &a.colnames[..]));
+                let (alias, cols) =
+                    r.alias.as_ref().map_or((String::new(), &[][..]), |a| (a.aliasname.clone(), &a.colnames[..]));
                 let outputs = renamed(outputs, cols);
                 self.inner.extend(outputs.iter().cloned());
                 self.sources.push(Source { alias, kind: SourceKind::Query(outputs) });
@@ -528,7 +529,8 @@ impl Walker {
         match inner {
             NodeRef::AConst(c) => {
                 if let Some(pb::a_const::Val::Ival(i)) = &c.val
-                    && let Some(o) = usize::try_from(i.ival).ok().and_then(|k| k.checked_sub(1)).and_then(|k| outputs.get(k))
+                    && let Some(o) =
+                        usize::try_from(i.ival).ok().and_then(|k| k.checked_sub(1)).and_then(|k| outputs.get(k))
                 {
                     self.predicates.extend(o.refs.iter().cloned());
                 }
@@ -640,7 +642,11 @@ fn figure_name(node: NodeRef<'_>) -> String {
         NodeRef::ColumnRef(c) => names_of(&c.fields).pop().unwrap_or_else(|| "?column?".into()),
         NodeRef::AIndirection(i) => match names_of(&i.indirection).pop() {
             Some(n) => n,
-            None => i.arg.as_deref().and_then(|n| n.node.as_ref()).map_or_else(|| "?column?".into(), |n| figure_name(n.to_ref())),
+            None => i
+                .arg
+                .as_deref()
+                .and_then(|n| n.node.as_ref())
+                .map_or_else(|| "?column?".into(), |n| figure_name(n.to_ref())),
         },
         NodeRef::FuncCall(f) => super::functions::qual_name(&f.funcname).map_or_else(|| "?column?".into(), |q| q.name),
         NodeRef::TypeCast(t) => {
@@ -659,7 +665,11 @@ fn figure_name(node: NodeRef<'_>) -> String {
         NodeRef::AArrayExpr(_) => "array".into(),
         NodeRef::RowExpr(_) => "row".into(),
         NodeRef::MinMaxExpr(m) => {
-            if m.op == pb::MinMaxOp::IsGreatest as i32 { "greatest".into() } else { "least".into() }
+            if m.op == pb::MinMaxOp::IsGreatest as i32 {
+                "greatest".into()
+            } else {
+                "least".into()
+            }
         }
         NodeRef::NullIfExpr(_) => "nullif".into(),
         NodeRef::SubLink(s) => match pb::SubLinkType::try_from(s.sub_link_type) {
@@ -706,7 +716,8 @@ fn copy_format(options: &[pg_query::Node]) -> CopyFormat {
             },
             "delimiter" => delimiter = value,
             "header" => {
-                f.header = !matches!(value.as_deref().map(str::to_ascii_lowercase).as_deref(), Some("false" | "off" | "0"))
+                f.header =
+                    !matches!(value.as_deref().map(str::to_ascii_lowercase).as_deref(), Some("false" | "off" | "0"))
             }
             "freeze" => {}
             _ => f.unusual = true,
@@ -716,7 +727,9 @@ fn copy_format(options: &[pg_query::Node]) -> CopyFormat {
         f.delimiter = b',';
     }
     match delimiter.as_deref().map(str::as_bytes) {
-        Some([b]) if !b.is_ascii_alphanumeric() && !matches!(b, b'\\' | b'"' | b'\r' | b'\n' | b'.') => f.delimiter = *b,
+        Some([b]) if !b.is_ascii_alphanumeric() && !matches!(b, b'\\' | b'"' | b'\r' | b'\n' | b'.') => {
+            f.delimiter = *b
+        }
         Some(_) => f.unusual = true,
         None => {}
     }
@@ -754,7 +767,10 @@ mod tests {
         assert_eq!(l.outputs[6].refs, [Ref::Whole("c".into())]);
         assert_eq!(
             l.sources,
-            [Source { alias: "c".into(), kind: SourceKind::Relation(TableRef { schema: None, name: "customers".into() }) }]
+            [Source {
+                alias: "c".into(),
+                kind: SourceKind::Relation(TableRef { schema: None, name: "customers".into() })
+            }]
         );
     }
 

@@ -359,8 +359,11 @@ fn on_backend(
             out.extend_from_slice(f.raw);
         }
         b'T' | b'n' => {
+            // Only masked sessions need the columns (unmasked ones keep the answer slots in order).
             let shape = match f.tag {
-                b'T' => Some(Arc::<[wire::Column]>::from(wire::row_description(f.body).map_err(bad)?)),
+                b'T' if ctx.mask.is_some() => {
+                    Some(Arc::<[wire::Column]>::from(wire::row_description(f.body).map_err(bad)?))
+                }
                 _ => None,
             };
             let mut sh = lock(shared);
@@ -411,7 +414,9 @@ fn on_backend(
                     ));
                 }
                 let width = f.body.get(1..3).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(i16::from_be_bytes);
-                let width = width.and_then(|w| usize::try_from(w).ok()).ok_or_else(|| bad(WireError::Malformed { what: "CopyOutResponse" }))?;
+                let width = width
+                    .and_then(|w| usize::try_from(w).ok())
+                    .ok_or_else(|| bad(WireError::Malformed { what: "CopyOutResponse" }))?;
                 let trace = trace(&lock(shared));
                 rows.copy = masking::copy_plan(profile, db, &trace, width);
             }

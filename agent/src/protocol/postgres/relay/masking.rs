@@ -135,7 +135,13 @@ fn copy_fields(row: &[u8], delimiter: u8, csv: bool) -> Vec<(usize, usize, bool)
 
 /// Masks one COPY row by column, then runs the detectors over the rest.
 /// A row that does not split into the expected columns is redacted whole.
-pub(super) fn mask_copy_row(profile: &Profile, plan: &mut CopyPlan, data: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
+pub(super) fn mask_copy_row(
+    profile: &Profile,
+    plan: &mut CopyPlan,
+    data: &[u8],
+    out: &mut Vec<u8>,
+    counts: &mut Counts,
+) {
     if std::mem::take(&mut plan.header) {
         scan_into(profile, data, out, counts);
         return;
@@ -166,7 +172,8 @@ pub(super) fn mask_copy_row(profile: &Profile, plan: &mut CopyPlan, data: &[u8],
                 if plan.csv {
                     masked.push(b'"');
                 }
-                let raw = if plan.csv { v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v) } else { v };
+                let raw =
+                    if plan.csv { v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v) } else { v };
                 if profile.mask_value(*style, raw, &mut masked) == MaskOutput::Null {
                     masked.truncate(at);
                     masked.extend_from_slice(if plan.csv { b"" } else { b"\\N" });
@@ -223,7 +230,12 @@ pub(super) fn mask_copy_data(
 }
 
 /// A NotificationResponse: the detectors over its payload.
-pub(super) fn mask_notification(profile: &Profile, f: Frame<'_>, out: &mut Vec<u8>, counts: &mut Counts) -> Result<(), WireError> {
+pub(super) fn mask_notification(
+    profile: &Profile,
+    f: Frame<'_>,
+    out: &mut Vec<u8>,
+    counts: &mut Counts,
+) -> Result<(), WireError> {
     let (pid, channel, payload) = wire::notification(f.body)?;
     let mut masked = Vec::new();
     match profile.scan(payload, &mut masked, counts) {
@@ -244,9 +256,15 @@ pub(super) fn mask_notification(profile: &Profile, f: Frame<'_>, out: &mut Vec<u
 }
 
 /// A FunctionCallResponse: the detectors over its value.
-pub(super) fn mask_function_result(profile: &Profile, f: Frame<'_>, out: &mut Vec<u8>, counts: &mut Counts) -> Result<(), WireError> {
+pub(super) fn mask_function_result(
+    profile: &Profile,
+    f: Frame<'_>,
+    out: &mut Vec<u8>,
+    counts: &mut Counts,
+) -> Result<(), WireError> {
     let malformed = || WireError::Malformed { what: "FunctionCallResponse" };
-    let len = f.body.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(i32::from_be_bytes).ok_or_else(malformed)?;
+    let len =
+        f.body.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(i32::from_be_bytes).ok_or_else(malformed)?;
     let value = f.body.get(4..).unwrap_or_default();
     if len < 0 || usize::try_from(len).ok() != Some(value.len()) {
         if len < 0 && value.is_empty() {
@@ -420,7 +438,12 @@ mod tests {
     fn copy_rows_are_masked_by_column() {
         let p = profile();
         let mut counts = Counts::default();
-        let mut plan = CopyPlan { styles: vec![None, Some(Style::Partial), Some(Style::Null)], delimiter: b'\t', csv: false, header: false };
+        let mut plan = CopyPlan {
+            styles: vec![None, Some(Style::Partial), Some(Style::Null)],
+            delimiter: b'\t',
+            csv: false,
+            header: false,
+        };
         let mut out = Vec::new();
         mask_copy_row(&p, &mut plan, b"1\tzoe@example.com\tx\\ty\n", &mut out, &mut counts);
         assert_eq!(out, b"1\t****@example.com\t\\N\n");
