@@ -228,7 +228,7 @@ impl World {
 
     fn script(&self, file: &str, text: &str) -> String {
         let p = self.env.path(file);
-        std::fs::write(&p, text).unwrap();
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         p.display().to_string()
     }
 

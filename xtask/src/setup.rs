@@ -88,7 +88,7 @@ fn node_packages() -> Result<()> {
             let version = std::fs::read_to_string(manifest).ok().and_then(|t| {
                 serde_json::from_str::<serde_json::Value>(&t).ok()?["version"].as_str().map(str::to_owned)
             });
-            !version.is_some_and(|v| v.split('.').next() == Some(*major))
+            version.is_none_or(|v| v.split('.').next() != Some(*major))
         })
         .map(|(name, major)| format!("{name}@{major}"))
         .collect();

@@ -49,10 +49,11 @@ impl Bound {
     /// the statement's targets line up with the result, else by name, else
     /// everything the result reads.
     pub fn column(&self, index: usize, name: &str, width: usize) -> &BTreeSet<Origin> {
-        if self.exact && self.outputs.len() == width {
-            if let Some(o) = self.outputs.get(index) {
-                return o;
-            }
+        if self.exact
+            && self.outputs.len() == width
+            && let Some(o) = self.outputs.get(index)
+        {
+            return o;
         }
         if self.expanded.len() == width
             && let Some(o) = self.expanded.get(index)

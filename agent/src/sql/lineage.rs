@@ -254,7 +254,7 @@ impl Walker {
                     level.push(self.sources.len() - 1);
                 }
                 for f in &s.from_clause {
-                    self.from_item(f, depth + 1, &mut level);
+                    self.range_item(f, depth + 1, &mut level);
                 }
                 if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
                     self.predicate(wh.to_ref(), &[], depth + 1);
@@ -269,7 +269,7 @@ impl Walker {
                     level.push(self.sources.len() - 1);
                 }
                 for f in &s.using_clause {
-                    self.from_item(f, depth + 1, &mut level);
+                    self.range_item(f, depth + 1, &mut level);
                 }
                 if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
                     self.predicate(wh.to_ref(), &[], depth + 1);
@@ -284,7 +284,7 @@ impl Walker {
                     level.push(self.sources.len() - 1);
                 }
                 if let Some(src) = &s.source_relation {
-                    self.from_item(src, depth + 1, &mut level);
+                    self.range_item(src, depth + 1, &mut level);
                 }
                 if let Some(on) = s.join_condition.as_deref().and_then(|n| n.node.as_ref()) {
                     self.predicate(on.to_ref(), &[], depth + 1);
@@ -361,7 +361,7 @@ impl Walker {
         }
         let mut level = Vec::new();
         for f in &s.from_clause {
-            self.from_item(f, depth + 1, &mut level);
+            self.range_item(f, depth + 1, &mut level);
         }
         let out = self.targets(&s.target_list, &level, depth);
         if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
@@ -407,7 +407,7 @@ impl Walker {
     }
 
     /// A FROM item: registers it (and walks what it holds).
-    fn from_item(&mut self, node: &pg_query::Node, depth: usize, level: &mut Vec<usize>) {
+    fn range_item(&mut self, node: &pg_query::Node, depth: usize, level: &mut Vec<usize>) {
         let Some(n) = &node.node else { return };
         if depth > MAX_DEPTH {
             return;
@@ -431,10 +431,10 @@ impl Walker {
             }
             NodeEnum::JoinExpr(j) => {
                 if let Some(l) = &j.larg {
-                    self.from_item(l, depth + 1, level);
+                    self.range_item(l, depth + 1, level);
                 }
                 if let Some(r) = &j.rarg {
-                    self.from_item(r, depth + 1, level);
+                    self.range_item(r, depth + 1, level);
                 }
                 if let Some(q) = j.quals.as_deref().and_then(|n| n.node.as_ref()) {
                     self.predicate(q.to_ref(), &[], depth + 1);
@@ -477,7 +477,7 @@ impl Walker {
             }
             NodeEnum::RangeTableSample(t) => {
                 if let Some(r) = &t.relation {
-                    self.from_item(r, depth + 1, level);
+                    self.range_item(r, depth + 1, level);
                 }
             }
             other => {

@@ -94,12 +94,10 @@ pub(super) fn copy_plan(
     let cat = catalog(db);
     let bound = cat.bind(lineage, &trace.relations);
     let styles = profile.copy_plan(&cat, &bound, width);
-    styles.iter().any(Option::is_some).then(|| CopyPlan {
-        styles,
-        delimiter: format.delimiter,
-        csv: format.csv,
-        header: format.header,
-    })
+    if !styles.iter().any(Option::is_some) {
+        return None;
+    }
+    Some(CopyPlan { styles, delimiter: format.delimiter, csv: format.csv, header: format.header })
 }
 
 /// Splits one COPY text/CSV row (without its line end) into fields: byte
