@@ -250,6 +250,15 @@ fn masking_follows_the_data_not_the_names() {
     sees("WITH t AS (SELECT ssn AS a FROM customers WHERE id = 1) SELECT a || '' FROM t", "****");
     sees("SELECT name FROM customers WHERE id = 1 UNION ALL SELECT ssn FROM customers WHERE id = 1", "****\n****");
     sees(
+        "SELECT x FROM (SELECT name AS x FROM customers WHERE id = 1 UNION ALL SELECT ssn FROM customers WHERE id = 1) s",
+        "****\n****",
+    );
+    // A row expansion shifts positions: every computed column then counts as reading everything.
+    sees("SELECT (ROW(1, 2)).*, upper(ssn) FROM customers WHERE id = 1", "NULL|NULL|****");
+    // An error quoting a value computed from a masked column: redacted.
+    let err = w.sql(&w.sam, "SELECT (replace(ssn, '-', '') || 'x')::int FROM customers WHERE id = 1");
+    assert!(err.contains("ERROR:") && err.contains("\"****\"") && !err.contains("123456789"), "{err}");
+    sees(
         "BEGIN; DECLARE cur CURSOR FOR SELECT replace(ssn, '-', '') FROM customers WHERE id = 1; FETCH ALL FROM cur; COMMIT",
         "****",
     );

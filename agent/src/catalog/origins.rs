@@ -9,7 +9,7 @@
 //! whose definition cannot be read counts as every column of every table it
 //! reads.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use super::Catalog;
 use crate::sql::TableRef;
@@ -36,8 +36,6 @@ pub struct Bound {
     pub exact: bool,
     /// Per result column with every `*` expanded from the catalog.
     pub expanded: Vec<BTreeSet<Origin>>,
-    /// Origins of result columns of any query in the statement, by name.
-    by_name: HashMap<String, BTreeSet<Origin>>,
     /// Everything the top-level result columns read (`*` included).
     pub all: BTreeSet<Origin>,
     /// Columns used to filter, join, sort, group or partition.
@@ -45,22 +43,23 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// The origins of result column `index` named `name`: by position when
-    /// the statement's targets line up with the result, else by name, else
-    /// everything the result reads.
-    pub fn column(&self, index: usize, name: &str, width: usize) -> &BTreeSet<Origin> {
-        if self.exact
-            && self.outputs.len() == width
-            && let Some(o) = self.outputs.get(index)
-        {
-            return o;
+    /// The origins of result column `index` (of `width`): by position when
+    /// the statement's targets line up with the result (`*` expanded from
+    /// the catalog), else everything the result reads. (`name` is not used
+    /// to line columns up: output names are the user's to choose.)
+    pub fn column(&self, index: usize, _name: &str, width: usize) -> &BTreeSet<Origin> {
+        self.aligned(index, width).unwrap_or(&self.all)
+    }
+
+    /// The origins of result column `index` when the positions line up.
+    pub fn aligned(&self, index: usize, width: usize) -> Option<&BTreeSet<Origin>> {
+        if self.exact && self.outputs.len() == width {
+            return self.outputs.get(index);
         }
-        if self.expanded.len() == width
-            && let Some(o) = self.expanded.get(index)
-        {
-            return o;
+        if self.expanded.len() == width {
+            return self.expanded.get(index);
         }
-        self.by_name.get(name).unwrap_or(&self.all)
+        None
     }
 }
 
@@ -96,13 +95,9 @@ impl Catalog {
                 None => bound.expanded.push(set),
             }
         }
-        for o in lineage.inner.iter().chain(&lineage.outputs) {
-            if o.star.is_some() {
-                continue;
-            }
-            let mut set = BTreeSet::new();
-            b.output(o, &mut set);
-            bound.by_name.entry(o.name.clone()).or_default().extend(set);
+        // A row expansion of unknown width: positions after it are unknown.
+        if lineage.outputs.iter().any(|o| o.star.as_ref().is_some_and(|s| s.level.is_empty())) {
+            bound.expanded.clear();
         }
         for r in &lineage.predicates {
             let mut set = BTreeSet::new();
@@ -315,6 +310,9 @@ mod tests {
         let s = origins("SELECT * FROM (SELECT upper(email) AS u FROM customers) s");
         assert!(!s.exact);
         assert_eq!(s.column(0, "u", 1), &BTreeSet::from([EMAIL]));
+        // Positions that do not line up: everything the result reads, whatever the names.
+        let m = origins("SELECT id AS email, (ROW()).*, upper(email) AS id FROM customers");
+        assert_eq!(m.column(0, "email", 2), &BTreeSet::from([ID, EMAIL]));
         let t = origins("SELECT *, 1 FROM customers");
         assert_eq!(t.expanded, [BTreeSet::from([ID]), BTreeSet::from([EMAIL]), BTreeSet::new()]);
         assert_eq!(t.column(1, "email", 3), &BTreeSet::from([EMAIL]));

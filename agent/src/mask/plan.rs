@@ -105,7 +105,10 @@ impl Profile {
                     let known = cat.relation(c.table_oid).is_some();
                     // A table the catalog has not read yet: its rules by column name alone.
                     let by_name = if known { None } else { self.column_style(None, c.name) };
-                    stricter(self.origins_style(cat, &origins), by_name)
+                    // The statement's own account too, where it lines up: the
+                    // server's identity must never make a column less masked.
+                    let traced = bound.and_then(|b| b.aligned(i, cols.len())).and_then(|o| self.origins_style(cat, o));
+                    stricter(stricter(self.origins_style(cat, &origins), by_name), traced)
                 } else {
                     let origins = bound.map_or(&empty, |b| b.column(i, c.name, cols.len()));
                     self.origins_style(cat, origins)

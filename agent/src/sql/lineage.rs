@@ -401,7 +401,17 @@ impl Walker {
             let mut refs = Vec::new();
             self.expr(val.to_ref(), &mut refs, depth + 1);
             let name = if rt.name.is_empty() { figure_name(val.to_ref()) } else { rt.name.clone() };
-            out.push(Output { name, refs, star: None });
+            // `(row).*` stands for as many columns as the row has (none, or
+            // several): the positions after it no longer line up.
+            let star = match val {
+                NodeEnum::AIndirection(i)
+                    if i.indirection.iter().any(|f| matches!(f.node, Some(NodeEnum::AStar(_)))) =>
+                {
+                    Some(Star { qualifier: None, level: Vec::new() })
+                }
+                _ => None,
+            };
+            out.push(Output { name, refs, star });
         }
         out
     }
@@ -803,6 +813,8 @@ mod tests {
         for r in [col(None, "email"), col(None, "ssn"), col(None, "x"), col(None, "phone")] {
             assert!(l.predicates.contains(&r), "{r:?} in {:?}", l.predicates);
         }
+        let r = lineage("SELECT (ROW()).*, upper(ssn), (ROW('a', 'b')).* FROM customers");
+        assert!(!r.exact, "a row expansion breaks positions: {r:?}");
         let c = lineage("COPY customers (email, name) TO STDOUT WITH (FORMAT csv, HEADER)");
         assert_eq!(c.outputs[1].refs, [col(Some("customers"), "name")]);
         let f = c.copy.unwrap();

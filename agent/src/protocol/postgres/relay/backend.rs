@@ -161,11 +161,6 @@ fn on_backend(
                     None => out.extend_from_slice(f.raw),
                 }
             } else {
-                let message = fields
-                    .iter()
-                    .find(|(c, _)| *c == b'M')
-                    .map(|(_, m)| String::from_utf8_lossy(m).into_owned())
-                    .unwrap_or_default();
                 let current = sh.epochs_done;
                 // The error ends the exchange's statement that was running, if
                 // one was (an error at Parse or Bind ends none); the server
@@ -184,6 +179,19 @@ fn on_backend(
                 sh.path.error_since = true;
                 drop(sh);
                 rows.end();
+                // An error of a statement that reads masked columns may quote
+                // a value computed from them: its quoted parts are redacted.
+                let strict = front.as_ref().is_some_and(|fl| masking::reads_masked(ctx, db, fl));
+                let at = out.len();
+                mask_message(ctx, f, out, strict);
+                // What is recorded is what the client was sent.
+                let message = out
+                    .get(at + 5..)
+                    .and_then(|body| wire::error_fields(body).ok())
+                    .and_then(|fields| {
+                        fields.iter().find(|(c, _)| *c == b'M').map(|(_, m)| String::from_utf8_lossy(m).into_owned())
+                    })
+                    .unwrap_or_default();
                 if let Some(mut fl) = front {
                     fl.masked.merge(pending);
                     *pending = Counts::default();
@@ -191,7 +199,6 @@ fn on_backend(
                     let recorded = crate::sql::redact::message(ctx.mask.as_deref(), &message);
                     statement_end(ctx, fl, None, Some(recorded));
                 }
-                mask_message(ctx, f, out);
             }
         }
         b'1' => {
@@ -426,7 +433,7 @@ fn on_backend(
             Some(profile) => masking::mask_copy_data(profile, rows.copy.as_mut(), f, out, scratch, pending),
             None => out.extend_from_slice(f.raw),
         },
-        b'N' => mask_message(ctx, f, out),
+        b'N' => mask_message(ctx, f, out, false),
         b'A' => match &ctx.mask {
             Some(profile) => masking::mask_notification(profile, f, out, pending).map_err(bad)?,
             None => out.extend_from_slice(f.raw),

@@ -373,9 +373,48 @@ pub(super) fn mask_row(
     Ok(())
 }
 
+/// Whether a statement reads (or filters on) a masked column.
+pub(super) fn reads_masked(ctx: &Ctx, db: &crate::protocol::postgres::SessionDb, fl: &super::InFlight) -> bool {
+    let (Some(profile), Some(lineage)) = (&ctx.mask, &fl.lineage) else { return false };
+    let cat = catalog(db);
+    let b = cat.bind(lineage, &fl.relations);
+    b.all
+        .iter()
+        .chain(b.expanded.iter().flatten())
+        .chain(&b.predicates)
+        .any(|o| profile.origin_style(&cat, *o).is_some())
+}
+
+/// Replaces what a message quotes — `"…"` and `(…)` — by `****`.
+fn redact_quoted(value: &[u8], out: &mut Vec<u8>) -> bool {
+    let mut changed = false;
+    let mut i = 0usize;
+    while let Some(&b) = value.get(i) {
+        let close = match b {
+            b'"' => Some(b'"'),
+            b'(' => Some(b')'),
+            _ => None,
+        };
+        if let Some(close) = close
+            && let Some(end) = value.get(i + 1..).and_then(|rest| memchr::memchr(close, rest))
+        {
+            out.push(b);
+            out.extend_from_slice(b"****");
+            out.push(close);
+            i += end + 2;
+            changed = true;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    changed
+}
+
 /// Errors and notices can echo values ("Key (email)=(…) already exists"):
-/// on masked sessions their text fields go through the detectors.
-pub(super) fn mask_message(ctx: &Ctx, f: Frame<'_>, out: &mut Vec<u8>) {
+/// on masked sessions their text fields go through the detectors, and with
+/// `strict` (the statement read masked columns) what they quote is redacted.
+pub(super) fn mask_message(ctx: &Ctx, f: Frame<'_>, out: &mut Vec<u8>, strict: bool) {
     let Some(profile) = &ctx.mask else {
         out.extend_from_slice(f.raw);
         return;
@@ -390,6 +429,13 @@ pub(super) fn mask_message(ctx: &Ctx, f: Frame<'_>, out: &mut Vec<u8>) {
     for (code, value) in fields {
         body.push(code);
         let start = body.len();
+        let mut redacted = Vec::new();
+        let value = if strict && matches!(code, b'M' | b'D' | b'W') && redact_quoted(value, &mut redacted) {
+            changed = true;
+            &redacted[..]
+        } else {
+            value
+        };
         let result = if matches!(code, b'M' | b'D' | b'H' | b'W' | b'q') {
             profile.scan(value, &mut body, &mut counts)
         } else {
@@ -461,6 +507,18 @@ mod tests {
         out.clear();
         mask_copy_row(&p, &mut csv, b"2,123-45-6789\n", &mut out, &mut counts);
         assert_eq!(out, b"2,\"****\"\n");
+    }
+
+    #[test]
+    fn quoted_parts_are_redacted() {
+        let mut out = Vec::new();
+        assert!(redact_quoted(b"invalid input syntax for type integer: \"123456789x\"", &mut out));
+        assert_eq!(out, b"invalid input syntax for type integer: \"****\"");
+        out.clear();
+        assert!(redact_quoted(b"Key (email)=(zoe@example.com) exists, \"unterminated", &mut out));
+        assert_eq!(out, b"Key (****)=(****) exists, \"unterminated");
+        out.clear();
+        assert!(!redact_quoted(b"division by zero", &mut out));
     }
 
     #[test]
