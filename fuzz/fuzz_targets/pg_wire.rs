@@ -11,6 +11,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = wire::query_text(frame.body);
         let _ = wire::parse_body(frame.body);
         let _ = wire::bind_names(frame.body);
+        let _ = wire::bind_result_formats(frame.body);
+        let _ = wire::notification(frame.body);
         let _ = wire::execute_portal(frame.body);
         let _ = wire::target_name(frame.body, "fuzz");
         let _ = wire::error_fields(frame.body);
