@@ -423,9 +423,8 @@ async fn on_client(
     Ok(None)
 }
 
-/// Records and tracks every statement of an allowed batch.
-/// Records and queues the statements of a batch. `portal`: the portal an
-/// Execute runs (its rows are described by it, not by a RowDescription).
+/// Records and tracks every statement of an allowed batch. `portal`: the
+/// portal an Execute runs (its rows are described by it, not by a RowDescription).
 fn forward_batch(
     ctx: &Ctx,
     db: &SessionDb,

@@ -1,0 +1,82 @@
+use super::*;
+
+fn lineage(sql: &str) -> Lineage {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).unwrap();
+    let raw = parsed.protobuf.stmts.first().unwrap();
+    of(raw.stmt.as_ref().unwrap().node.as_ref().unwrap().to_ref()).unwrap()
+}
+
+fn col(q: Option<&str>, name: &str) -> Ref {
+    Ref::Column { qualifier: q.map(str::to_owned), name: name.into() }
+}
+
+#[test]
+fn outputs_read_what_their_expressions_read() {
+    let l = lineage(
+        "SELECT id, replace(email, '@', ' at ') AS x, c.ssn::bytea, upper(c.name) || phone, count(ssn), \
+         to_json(c), row_to_json(c.*) FROM customers c",
+    );
+    assert!(l.exact);
+    let names: Vec<&str> = l.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["id", "x", "ssn", "?column?", "count", "to_json", "row_to_json"]);
+    assert_eq!(l.outputs[1].refs, [col(None, "email")]);
+    assert_eq!(l.outputs[2].refs, [col(Some("c"), "ssn")]);
+    assert_eq!(l.outputs[3].refs, [col(Some("c"), "name"), col(None, "phone")]);
+    assert!(l.outputs[4].refs.is_empty(), "count's argument does not reach its value");
+    assert_eq!(l.outputs[5].refs, [col(None, "c")]);
+    assert_eq!(l.outputs[6].refs, [Ref::Whole("c".into())]);
+    assert_eq!(
+        l.sources,
+        [Source {
+            alias: "c".into(),
+            kind: SourceKind::Relation(TableRef { schema: None, name: "customers".into() })
+        }]
+    );
+}
+
+#[test]
+fn subqueries_ctes_and_set_operations() {
+    let l = lineage(
+        "WITH t(e) AS (SELECT email FROM customers) SELECT s.x, (SELECT e FROM t LIMIT 1), y \
+         FROM (SELECT lower(ssn) AS x FROM customers) s, LATERAL (SELECT s.x || '' AS y) z",
+    );
+    assert_eq!(l.outputs[0].refs, [col(Some("s"), "x")]);
+    assert_eq!(l.outputs[1].refs, [col(None, "e")]);
+    assert!(l.inner.iter().any(|o| o.name == "e" && o.refs == [col(None, "email")]));
+    assert!(l.inner.iter().any(|o| o.name == "x" && o.refs == [col(None, "ssn")]));
+    assert!(l.sources.iter().any(|s| s.alias == "t" && matches!(s.kind, SourceKind::Query(_))));
+    let u = lineage("SELECT name FROM customers UNION ALL SELECT ssn FROM customers");
+    assert_eq!(u.outputs[0].refs, [col(None, "name"), col(None, "ssn")]);
+    let v = lineage("SELECT x AS ssn FROM (VALUES ('123-45-6789')) v(x)");
+    assert_eq!(v.outputs[0].refs, [col(None, "x")]);
+    assert!(v.inner.iter().any(|o| o.name == "x" && o.refs.is_empty()), "{v:?}");
+}
+
+#[test]
+fn stars_predicates_and_copy() {
+    let l = lineage(
+        "SELECT *, c.* FROM customers c JOIN orders o USING (email) WHERE ssn LIKE '123%' \
+         GROUP BY 1 ORDER BY x, string_agg(name, ',' ORDER BY phone)",
+    );
+    assert!(!l.exact);
+    assert_eq!(l.outputs[1].star, Some(Star { qualifier: Some("c".into()), level: vec![0, 1] }));
+    for r in [col(None, "email"), col(None, "ssn"), col(None, "x"), col(None, "phone")] {
+        assert!(l.predicates.contains(&r), "{r:?} in {:?}", l.predicates);
+    }
+    let r = lineage("SELECT (ROW()).*, upper(ssn), (ROW('a', 'b')).* FROM customers");
+    assert!(!r.exact, "a row expansion breaks positions: {r:?}");
+    let c = lineage("COPY customers (email, name) TO STDOUT WITH (FORMAT csv, HEADER)");
+    assert_eq!(c.outputs[1].refs, [col(Some("customers"), "name")]);
+    let f = c.copy.unwrap();
+    assert!(f.csv && f.header && !f.unusual && f.delimiter == b',');
+    let q = lineage("COPY (SELECT upper(email) FROM customers) TO STDOUT (DELIMITER '|')");
+    assert_eq!(q.outputs[0].refs, [col(None, "email")]);
+    assert_eq!(q.copy.unwrap().delimiter, b'|');
+    let r = lineage("UPDATE customers SET name = 'x' WHERE ssn = '1' RETURNING email");
+    assert_eq!(r.outputs[0].refs, [col(None, "email")]);
+    assert!(r.predicates.contains(&col(None, "ssn")));
+    let d = lineage("DECLARE cur CURSOR FOR SELECT md5(ssn) FROM customers");
+    assert_eq!(d.declares.as_deref(), Some("cur"));
+    assert_eq!(d.outputs[0].refs, [col(None, "ssn")]);
+    assert_eq!(lineage("FETCH 5 FROM cur").fetches.as_deref(), Some("cur"));
+}
