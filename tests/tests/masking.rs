@@ -253,6 +253,11 @@ fn masking_follows_the_data_not_the_names() {
         "SELECT x FROM (SELECT name AS x FROM customers WHERE id = 1 UNION ALL SELECT ssn FROM customers WHERE id = 1) s",
         "****\n****",
     );
+    // A * on one side of a set operation: every column counts as reading both sides.
+    sees(
+        "SELECT id, name FROM customers WHERE id = 2 UNION ALL SELECT * FROM (SELECT id, ssn FROM customers WHERE id = 1) s",
+        "NULL|****\nNULL|****",
+    );
     // A row expansion shifts positions: every computed column then counts as reading everything.
     sees("SELECT (ROW(1, 2)).*, upper(ssn) FROM customers WHERE id = 1", "NULL|NULL|****");
     // An error quoting a value computed from a masked column: redacted.
@@ -289,6 +294,7 @@ fn masking_follows_the_data_not_the_names() {
         "SELECT count(*) FROM customers GROUP BY ssn",
         "SELECT id FROM customers c JOIN contacts v USING (id) WHERE v.tax_id > '1'",
         "SELECT id FROM customers WHERE id IN (SELECT id FROM customers WHERE ssn = '123-45-6789')",
+        "SELECT id FROM customers LIMIT (SELECT count(*) FROM customers WHERE ssn LIKE '1%')",
     ] {
         let out = w.sql(&w.sam, sql);
         assert!(

@@ -191,9 +191,6 @@ impl Binder<'_> {
     fn expand(&mut self, star: &Star, out: &mut Vec<BTreeSet<Origin>>) {
         let lineage = self.lineage;
         for s in star.level.iter().filter_map(|&i| lineage.sources.get(i)) {
-            if star.qualifier.as_deref().is_some_and(|q| s.alias != q) {
-                continue;
-            }
             match &s.kind {
                 SourceKind::Relation(t) => {
                     for oid in self.cat.relations_for(t, self.tables).into_iter().take(1) {

@@ -52,7 +52,8 @@ pub struct Output {
     pub star: Option<Star>,
 }
 
-/// A `*` (or `q.*`) target and the FROM items of its own query level, in order.
+/// A `*` (or `q.*`) target and the FROM items it stands for, in order (for
+/// `q.*`, those named `q`; after a set operation, both sides').
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Star {
     pub qualifier: Option<String>,
@@ -336,6 +337,12 @@ impl Walker {
             let mut out = left;
             for (o, r) in out.iter_mut().zip(right) {
                 o.refs.extend(r.refs);
+                // A `*` on either side: the column is every column either side's `*` stands for.
+                if o.star.is_some() || r.star.is_some() {
+                    let mut level = o.star.take().map(|s| s.level).unwrap_or_default();
+                    level.extend(r.star.map(|s| s.level).unwrap_or_default());
+                    o.star = Some(Star { qualifier: None, level });
+                }
             }
             self.order(&s.sort_clause, &out, depth);
             return out;
@@ -370,6 +377,10 @@ impl Walker {
         if let Some(h) = s.having_clause.as_deref().and_then(|n| n.node.as_ref()) {
             self.predicate(h.to_ref(), &out, depth + 1);
         }
+        // LIMIT and OFFSET choose rows too (a subquery there can count masked values).
+        for n in [&s.limit_count, &s.limit_offset].into_iter().flatten().filter_map(|n| n.node.as_ref()) {
+            self.predicate(n.to_ref(), &out, depth + 1);
+        }
         for list in [&s.group_clause, &s.distinct_clause, &s.window_clause] {
             for n in list.iter().filter_map(|n| n.node.as_ref()) {
                 self.predicate(n.to_ref(), &out, depth + 1);
@@ -394,7 +405,17 @@ impl Walker {
                 && c.fields.last().is_some_and(|f| matches!(f.node, Some(NodeEnum::AStar(_))))
             {
                 let names = names_of(&c.fields);
-                let star = Star { qualifier: names.last().cloned(), level: level.to_vec() };
+                let qualifier = names.last().cloned();
+                let level = match &qualifier {
+                    None => level.to_vec(),
+                    Some(q) => {
+                        let alias = |i: &usize| self.sources.get(*i).is_some_and(|s| &s.alias == q);
+                        let own: Vec<usize> = level.iter().copied().filter(alias).collect();
+                        // `q` from an enclosing query (LATERAL): wherever it is.
+                        if own.is_empty() { (0..self.sources.len()).filter(alias).collect() } else { own }
+                    }
+                };
+                let star = Star { qualifier, level };
                 out.push(Output { name: "*".into(), refs: Vec::new(), star: Some(star) });
                 continue;
             }

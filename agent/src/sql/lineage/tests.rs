@@ -27,10 +27,7 @@ fn outputs_read_what_their_expressions_read() {
     assert_eq!(l.outputs[6].refs, [Ref::Whole("c".into())]);
     assert_eq!(
         l.sources,
-        [Source {
-            alias: "c".into(),
-            kind: SourceKind::Relation(TableRef { schema: None, name: "customers".into() })
-        }]
+        [Source { alias: "c".into(), kind: SourceKind::Relation(TableRef { schema: None, name: "customers".into() }) }]
     );
 }
 
@@ -59,12 +56,17 @@ fn stars_predicates_and_copy() {
          GROUP BY 1 ORDER BY x, string_agg(name, ',' ORDER BY phone)",
     );
     assert!(!l.exact);
-    assert_eq!(l.outputs[1].star, Some(Star { qualifier: Some("c".into()), level: vec![0, 1] }));
+    assert_eq!(l.outputs[1].star, Some(Star { qualifier: Some("c".into()), level: vec![0] }));
+    assert_eq!(l.outputs[0].star, Some(Star { qualifier: None, level: vec![0, 1] }));
+    let u = lineage("SELECT * FROM orders UNION ALL SELECT * FROM customers");
+    assert_eq!(u.outputs[0].star, Some(Star { qualifier: None, level: vec![0, 1] }), "both sides' stars: {u:?}");
     for r in [col(None, "email"), col(None, "ssn"), col(None, "x"), col(None, "phone")] {
         assert!(l.predicates.contains(&r), "{r:?} in {:?}", l.predicates);
     }
     let r = lineage("SELECT (ROW()).*, upper(ssn), (ROW('a', 'b')).* FROM customers");
     assert!(!r.exact, "a row expansion breaks positions: {r:?}");
+    let lim = lineage("SELECT id FROM customers LIMIT (SELECT count(*) FROM customers WHERE ssn LIKE '1%')");
+    assert!(lim.predicates.contains(&col(None, "ssn")), "{lim:?}");
     let c = lineage("COPY customers (email, name) TO STDOUT WITH (FORMAT csv, HEADER)");
     assert_eq!(c.outputs[1].refs, [col(Some("customers"), "name")]);
     let f = c.copy.unwrap();
