@@ -47,6 +47,7 @@ fn world(name: &str) -> World {
 name = "appdb"
 protocol = "postgres"
 address = "{addr}"
+tls = "off"
 credentials = {{ user = "{app}", password_file = "{s}" }}
 
 [[mask]]
@@ -300,7 +301,8 @@ fn check(driver: &str, out: &str, log: &str) -> String {
         .map(|l| {
             l.split('|')
                 .map(|c| {
-                    if c.starts_with("tok_") && c.len() == 20 && c[4..].bytes().all(|b| b.is_ascii_hexdigit()) {
+                    // `tok_` and 128 bits in hex.
+                    if c.starts_with("tok_") && c.len() == 36 && c[4..].bytes().all(|b| b.is_ascii_hexdigit()) {
                         tokens.push(c);
                         "TOK"
                     } else {

@@ -13,16 +13,17 @@
 
 use std::collections::BTreeSet;
 
-use super::{Profile, Style};
+use super::{Profile, Style, TokenKey, TokenScope};
 use crate::catalog::{Bound, Catalog, Origin};
 
 /// How one result column is masked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColumnMask {
     /// Not text, nothing masked: passed as is.
     Pass,
-    /// Shows or derives from a masked column: the whole value gets this style.
-    Rule(Style),
+    /// Shows or derives from a masked column: the whole value gets this
+    /// style; Hash tokens with the key of that table column.
+    Rule(Style, TokenKey),
     /// Text: the detectors look inside, after `skip` bytes of binary header (jsonb).
     Scan { skip: usize },
 }
@@ -86,8 +87,30 @@ impl Profile {
         self.column_style(Some(&table), &col.name)
     }
 
-    fn origins_style(&self, cat: &Catalog, origins: &BTreeSet<Origin>) -> Option<Style> {
-        origins.iter().fold(None, |a, o| stricter(a, self.origin_style(cat, *o)))
+    /// The most concealing style among `origins`, and the origin it comes from.
+    fn strongest(&self, cat: &Catalog, origins: &BTreeSet<Origin>) -> Option<(Style, Origin)> {
+        let mut best: Option<(Style, Origin)> = None;
+        for o in origins {
+            if let Some(s) = self.origin_style(cat, *o)
+                && best.is_none_or(|(b, _)| s.concealment() > b.concealment())
+            {
+                best = Some((s, *o));
+            }
+        }
+        best
+    }
+
+    /// The Hash token key of a table column (its real names): a value shown
+    /// as is and one computed from it share it; another column's do not.
+    fn origin_key(&self, cat: &Catalog, o: Origin, name: &str) -> TokenKey {
+        match cat.relation(o.relation) {
+            Some(rel) => {
+                let table = format!("{}.{}", rel.schema, rel.name);
+                let column = rel.columns.iter().find(|c| c.attnum == o.attnum).map_or("", |c| c.name.as_str());
+                self.token_key(TokenScope::Column { table: Some(&table), column })
+            }
+            None => self.token_key(TokenScope::Column { table: None, column: name }),
+        }
     }
 
     /// The plan for a result: per column, from its identity when the server
@@ -99,23 +122,31 @@ impl Profile {
         cols.iter()
             .enumerate()
             .map(|(i, c)| {
-                let style = if c.table_oid != 0 {
+                let found = if c.table_oid != 0 {
+                    let own = Origin { relation: c.table_oid, attnum: c.attnum };
                     let mut origins = cat.column_origins(c.table_oid, c.attnum);
-                    origins.insert(Origin { relation: c.table_oid, attnum: c.attnum });
+                    origins.insert(own);
                     let known = cat.relation(c.table_oid).is_some();
                     // A table the catalog has not read yet: its rules by column name alone.
-                    let by_name = if known { None } else { self.column_style(None, c.name) };
+                    let by_name = if known { None } else { self.column_style(None, c.name).map(|s| (s, own)) };
                     // The statement's own account too, where it lines up: the
                     // server's identity must never make a column less masked.
-                    let traced = bound.and_then(|b| b.aligned(i, cols.len())).and_then(|o| self.origins_style(cat, o));
-                    stricter(stricter(self.origins_style(cat, &origins), by_name), traced)
+                    let traced = bound.and_then(|b| b.aligned(i, cols.len())).and_then(|o| self.strongest(cat, o));
+                    [self.strongest(cat, &origins), by_name, traced].into_iter().flatten().fold(
+                        None,
+                        |a: Option<(Style, Origin)>, b| match a {
+                            Some(x) if x.0.concealment() >= b.0.concealment() => Some(x),
+                            _ => Some(b),
+                        },
+                    )
                 } else {
                     let origins = bound.map_or(&empty, |b| b.column(i, c.name, cols.len()));
-                    self.origins_style(cat, origins)
+                    self.strongest(cat, origins)
                 };
-                match (style, cat.is_text_type(c.type_oid)) {
-                    (Some(s), true) => ColumnMask::Rule(s),
-                    (Some(_), false) => ColumnMask::Rule(Style::Null),
+                let found = found.map(|(s, o)| (s, self.origin_key(cat, o, c.name)));
+                match (found, cat.is_text_type(c.type_oid)) {
+                    (Some((s, key)), true) => ColumnMask::Rule(s, key),
+                    (Some((_, key)), false) => ColumnMask::Rule(Style::Null, key),
                     (None, _) => match scannable(cat, c.type_oid, c.binary) {
                         Some(skip) => ColumnMask::Scan { skip },
                         None => ColumnMask::Pass,
@@ -127,7 +158,7 @@ impl Profile {
 
     /// The style per column of a `COPY … TO` of `width` columns (text or
     /// CSV: every value is text, so a style always fits).
-    pub fn copy_plan(&self, cat: &Catalog, bound: &Bound, width: usize) -> Vec<Option<Style>> {
+    pub fn copy_plan(&self, cat: &Catalog, bound: &Bound, width: usize) -> Vec<Option<(Style, TokenKey)>> {
         (0..width)
             .map(|i| {
                 let origins = if bound.expanded.len() == width {
@@ -137,7 +168,7 @@ impl Profile {
                 } else {
                     Some(&bound.all)
                 };
-                origins.and_then(|o| self.origins_style(cat, o))
+                origins.and_then(|o| self.strongest(cat, o)).map(|(s, o)| (s, self.origin_key(cat, o, "")))
             })
             .collect()
     }
@@ -199,6 +230,17 @@ mod tests {
         ResultColumn { name, table_oid, attnum, type_oid, binary: false }
     }
 
+    /// A plan as (style or "scan"/"pass") per column, keys left out.
+    fn show(plan: &[ColumnMask]) -> Vec<String> {
+        plan.iter()
+            .map(|c| match c {
+                ColumnMask::Rule(s, _) => format!("{s:?}"),
+                ColumnMask::Scan { skip } => format!("scan {skip}"),
+                ColumnMask::Pass => "pass".into(),
+            })
+            .collect()
+    }
+
     fn bound(sql: &str) -> Bound {
         let cat = sample();
         cat.bind(&of_sql(sql).unwrap(), &[TableRef { schema: Some("public".into()), name: "customers".into() }])
@@ -210,24 +252,30 @@ mod tests {
         let p = profile(false);
         // By identity: the output name does not matter.
         let plan = p.plan(&cat, None, &[col("x", 16401, 2, 25), col("email", 16401, 1, 23), col("id", 16401, 1, 23)]);
-        assert_eq!(plan, [ColumnMask::Rule(Style::Partial), ColumnMask::Pass, ColumnMask::Pass]);
+        assert_eq!(show(&plan), ["Partial", "pass", "pass"]);
         // A view column shows its table's column.
-        assert_eq!(p.plan(&cat, None, &[col("emp", 16403, 1, 25)]), [ColumnMask::Rule(Style::Hash)]);
+        let via_view = p.plan(&cat, None, &[col("emp", 16403, 1, 25)]);
+        assert_eq!(show(&via_view), ["Hash"]);
+        // The view's column and its table's column share one token key.
+        let direct = p.plan(&cat, None, &[col("emp", 16402, 1, 25)]);
+        assert_eq!(via_view, direct);
+        assert_ne!(
+            via_view,
+            p.plan(&cat, None, &[col("email", 16401, 2, 25)])
+                .into_iter()
+                .map(|c| match c {
+                    ColumnMask::Rule(_, k) => ColumnMask::Rule(Style::Hash, k),
+                    other => other,
+                })
+                .collect::<Vec<_>>()
+        );
         // By lineage: computed text gets the style, anything else is NULL, unrelated text is scanned.
         let b = bound("SELECT replace(email, '@', ''), length(email), array_agg(email), 'x' AS email FROM customers");
         let cols =
             [col("replace", 0, 0, 25), col("length", 0, 0, 23), col("array_agg", 0, 0, 1009), col("email", 0, 0, 25)];
-        assert_eq!(
-            p.plan(&cat, Some(&b), &cols),
-            [
-                ColumnMask::Rule(Style::Partial),
-                ColumnMask::Rule(Style::Null),
-                ColumnMask::Rule(Style::Null),
-                ColumnMask::Scan { skip: 0 }
-            ]
-        );
+        assert_eq!(show(&p.plan(&cat, Some(&b), &cols)), ["Partial", "Null", "Null", "scan 0"]);
         // A domain over citext counts as text.
-        assert_eq!(p.plan(&cat, None, &[col("e", 16401, 2, 20004)]), [ColumnMask::Rule(Style::Partial)]);
+        assert_eq!(show(&p.plan(&cat, None, &[col("e", 16401, 2, 20004)])), ["Partial"]);
     }
 
     #[test]

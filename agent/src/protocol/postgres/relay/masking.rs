@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::catalog::{Bound, Catalog};
-use crate::mask::{ColumnMask, Counts, MaskOutput, Profile, ResultColumn, Style};
+use crate::mask::{ColumnMask, Counts, MaskOutput, Profile, ResultColumn, Style, TokenKey};
 use crate::protocol::postgres::Ctx;
 use crate::protocol::postgres::wire::{self, Frame, PgError, Severity, WireError};
 use crate::sql::lineage::Lineage;
@@ -69,13 +69,13 @@ pub(super) fn result_plan(
         })
         .collect();
     let plan = profile.plan(&cat, bound.as_ref(), &cols);
-    if plan.iter().all(|c| *c == ColumnMask::Pass) { Vec::new() } else { plan }
+    if plan.iter().all(|c| matches!(c, ColumnMask::Pass)) { Vec::new() } else { plan }
 }
 
 /// How the rows of a `COPY … TO` in text or CSV format are masked.
 #[derive(Debug)]
 pub(super) struct CopyPlan {
-    styles: Vec<Option<Style>>,
+    styles: Vec<Option<(Style, TokenKey)>>,
     delimiter: u8,
     csv: bool,
     /// The next row is the header line.
@@ -164,7 +164,7 @@ pub(super) fn mask_copy_row(
         }
         let v = row.get(*s..*e).unwrap_or_default();
         match style {
-            Some(style) if !null => {
+            Some((style, key)) if !null => {
                 counts.add_columns(1);
                 let at = masked.len();
                 if plan.csv {
@@ -172,7 +172,7 @@ pub(super) fn mask_copy_row(
                 }
                 let raw =
                     if plan.csv { v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v) } else { v };
-                if profile.mask_value(*style, raw, &mut masked) == MaskOutput::Null {
+                if profile.mask_value(*style, key, raw, &mut masked) == MaskOutput::Null {
                     masked.truncate(at);
                     masked.extend_from_slice(if plan.csv { b"" } else { b"\\N" });
                 } else if plan.csv {
@@ -326,17 +326,17 @@ pub(super) fn mask_row(
         let len_at = out.len();
         out.extend_from_slice(&[0; 4]);
         let value_at = out.len();
-        let result = match *c {
+        let result = match c {
             ColumnMask::Pass => MaskOutput::Unchanged,
-            ColumnMask::Rule(style) => {
-                let r = profile.mask_value(style, v, out);
+            ColumnMask::Rule(style, key) => {
+                let r = profile.mask_value(*style, key, v, out);
                 if r != MaskOutput::Unchanged {
                     counts.add_columns(1);
                 }
                 r
             }
             ColumnMask::Scan { skip } => {
-                let (head, tail) = v.split_at(skip.min(v.len()));
+                let (head, tail) = v.split_at((*skip).min(v.len()));
                 out.extend_from_slice(head);
                 match profile.scan(tail, out, counts) {
                     MaskOutput::Unchanged => {
@@ -482,8 +482,9 @@ mod tests {
     fn copy_rows_are_masked_by_column() {
         let p = profile();
         let mut counts = Counts::default();
+        let k = || p.token_key(crate::mask::TokenScope::Column { table: None, column: "c" });
         let mut plan = CopyPlan {
-            styles: vec![None, Some(Style::Partial), Some(Style::Null)],
+            styles: vec![None, Some((Style::Partial, k())), Some((Style::Null, k()))],
             delimiter: b'\t',
             csv: false,
             header: false,
@@ -497,7 +498,8 @@ mod tests {
         out.clear();
         mask_copy_row(&p, &mut plan, b"3\tonly two\n", &mut out, &mut counts);
         assert_eq!(out, b"****\n", "a row that does not split is redacted whole");
-        let mut csv = CopyPlan { styles: vec![None, Some(Style::Redact)], delimiter: b',', csv: true, header: true };
+        let mut csv =
+            CopyPlan { styles: vec![None, Some((Style::Redact, k()))], delimiter: b',', csv: true, header: true };
         out.clear();
         mask_copy_row(&p, &mut csv, b"id,email\n", &mut out, &mut counts);
         assert_eq!(out, b"id,email\n");
