@@ -91,7 +91,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     end_reason  TEXT,
     backend_tls TEXT,
     backend_auth TEXT,
-    redacted    TEXT
+    redacted    TEXT,
+    oidc_subject TEXT,
+    oidc_email  TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_us);
 CREATE TABLE IF NOT EXISTS statements (
@@ -175,6 +177,9 @@ pub struct SessionOpen {
     pub decision: String,
     pub rule: Option<String>,
     pub reason: String,
+    /// The identity `gatehouse login` bound to the uid, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<crate::identity::OidcIdentity>,
 }
 
 /// A session's closing record.
@@ -575,9 +580,21 @@ fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
     conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sql_err)?;
     check_layout(&conn).map_err(|e| AuditError::Failed(format!("{}: {e}", path.display())))?;
     conn.execute_batch(SCHEMA).map_err(sql_err)?;
+    add_columns(&conn).map_err(sql_err)?;
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('layout', ?1)", [chain::LAYOUT.to_string()])
         .map_err(sql_err)?;
     Ok(conn)
+}
+
+/// Query-table columns added since a store was made (at the end, in the
+/// order [`SCHEMA`] has them, so `verify`'s rebuilt tables compare).
+fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column) in [("sessions", "oidc_subject"), ("sessions", "oidc_email")] {
+        if conn.prepare(&format!("SELECT {column} FROM {table} LIMIT 0")).is_err() {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
+        }
+    }
+    Ok(())
 }
 
 /// A store written by an older Gatehouse (chain layout 1) is refused, not
@@ -931,8 +948,8 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
         Event::SessionOpen(o) => {
             tx.prepare_cached(
                 "INSERT INTO sessions (id, started_us, uid, user, gid, pid, comm, cgroup_id, client,
-                     backend, orig_dst, protocol, decision, rule, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                     backend, orig_dst, protocol, decision, rule, reason, oidc_subject, oidc_email)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )?
             .execute(params![
                 o.id.to_string(),
@@ -950,6 +967,8 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
                 o.decision,
                 o.rule,
                 o.reason,
+                o.oidc.as_ref().map(|i| i.subject.as_str()),
+                o.oidc.as_ref().and_then(|i| i.verified_email()),
             ])?;
         }
         Event::SessionClose(c) => {

@@ -8,6 +8,9 @@
 //! is answered during a flood); a request must arrive whole within
 //! [`REQUEST_TIMEOUT`] and within [`MAX_REQUEST`] bytes; accept errors back
 //! off and log at most one line per ten seconds.
+//!
+//! Any user may log in (`login_start`, `login`), ask who they are
+//! (`who_am_i`) and log out: each acts on the caller's own uid only.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -128,6 +131,18 @@ pub enum Request {
     Revoke {
         id: crate::approval::RequestId,
     },
+    /// Start `gatehouse login`: the IdP's parameters and a fresh nonce for the caller's uid.
+    LoginStart,
+    /// Bind the identity of this ID token (verified by the agent) to the caller's uid.
+    Login {
+        id_token: String,
+        #[serde(default)]
+        refresh_token: Option<String>,
+    },
+    /// The caller's uid, user, groups and bound identity.
+    WhoAmI,
+    /// End the caller's binding.
+    Logout,
 }
 
 /// Answers.
@@ -162,6 +177,21 @@ pub enum Response {
         request: Box<crate::approval::Request>,
         /// What happened: `requested`, `approval`, `approved`, `denied`, `revoked`.
         event: String,
+    },
+    LoginParams(crate::identity::oidc::LoginParams),
+    LoggedIn {
+        binding: crate::identity::oidc::BindingView,
+    },
+    WhoAmI {
+        uid: u32,
+        user: Option<String>,
+        groups: Vec<String>,
+        /// Whether the policy has an `[identity]` (whether anyone can log in).
+        identity_configured: bool,
+        binding: Option<crate::identity::oidc::BindingView>,
+    },
+    LoggedOut {
+        was_logged_in: bool,
     },
     Error {
         message: String,
@@ -479,6 +509,28 @@ async fn answer(agent: &Agent, stream: UnixStream, uid: u32) -> std::io::Result<
             approvals::request_grant(agent, uid, &grant, &backend, duration_s, reason).await
         }
         Ok(Request::Revoke { id }) => approvals::revoke(agent, uid, id).await,
+        Ok(Request::LoginStart) => login_start(agent, uid),
+        Ok(Request::Login { id_token, refresh_token }) => login(agent, uid, &id_token, refresh_token).await,
+        Ok(Request::WhoAmI) => {
+            let p = agent.resolver.principal(crate::types::Uid(uid)).await;
+            let snap = agent.snapshot.load();
+            let identity = snap.policy.identity.as_ref();
+            Response::WhoAmI {
+                uid,
+                user: p.user.map(|u| u.to_string()),
+                groups: p.groups.iter().map(ToString::to_string).collect(),
+                identity_configured: identity.is_some(),
+                binding: agent.resolver.logins.view(crate::types::Uid(uid), identity, jiff::Timestamp::now()),
+            }
+        }
+        Ok(Request::Logout) => {
+            let was_logged_in = agent.resolver.logins.logout(crate::types::Uid(uid));
+            if was_logged_in {
+                info!(uid, "logout: identity unbound from uid");
+                record_login_event(agent, format!("logout uid={uid}"));
+            }
+            Response::LoggedOut { was_logged_in }
+        }
         Err(e) => Response::Error { message: format!("bad request: {e}") },
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
@@ -486,6 +538,62 @@ async fn answer(agent: &Agent, stream: UnixStream, uid: u32) -> std::io::Result<
     tokio::time::timeout(RESPONSE_TIMEOUT, w.write_all(&out))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the answer was not taken in time"))?
+}
+
+fn login_start(agent: &Agent, uid: u32) -> Response {
+    let snap = agent.snapshot.load();
+    let Some(cfg) = snap.policy.identity.as_ref() else {
+        return Response::Error { message: crate::identity::oidc::OidcError::NotConfigured.to_string() };
+    };
+    match agent.resolver.logins.start(crate::types::Uid(uid), cfg) {
+        Ok(p) => Response::LoginParams(p),
+        Err(e) => {
+            warn!(uid, error = %e, "login cannot start");
+            Response::Error { message: e.to_string() }
+        }
+    }
+}
+
+async fn login(agent: &Agent, uid: u32, id_token: &str, refresh_token: Option<String>) -> Response {
+    let cfg = agent.snapshot.load().policy.identity.clone();
+    let Some(cfg) = cfg else {
+        return Response::Error { message: crate::identity::oidc::OidcError::NotConfigured.to_string() };
+    };
+    match agent.resolver.logins.login(crate::types::Uid(uid), &cfg, id_token, refresh_token).await {
+        Ok(binding) => {
+            let i = &binding.identity;
+            let groups: Vec<&str> = i.groups.iter().map(|g| g.as_str()).collect();
+            record_login_event(
+                agent,
+                format!(
+                    "login uid={uid} issuer={} subject={} email={} groups=[{}] acr={} until={}",
+                    i.issuer,
+                    i.subject,
+                    i.verified_email().unwrap_or("-"),
+                    groups.join(","),
+                    i.acr.as_deref().unwrap_or("-"),
+                    i.expires
+                ),
+            );
+            Response::LoggedIn { binding }
+        }
+        Err(e) => {
+            // Any user can make refusals: on record at most one per second, with a count of the rest.
+            static REFUSALS: RateLimited = RateLimited::new(Duration::from_secs(1));
+            if let Some(held) = REFUSALS.admit() {
+                warn!(uid, error = %e, held_back = held, "login refused");
+                record_login_event(agent, format!("login refused uid={uid} ({held} refusals held back before it): {e}"));
+            }
+            Response::Error { message: e.to_string() }
+        }
+    }
+}
+
+/// Logins, refusals and logouts go on record (agent-level records).
+fn record_login_event(agent: &Agent, what: String) {
+    if let Err(e) = agent.audit.record(crate::audit::Event::Agent { what }) {
+        warn!(error = %e, "cannot record a login event");
+    }
 }
 
 /// Root, and members of the configured auditor group, see every session.

@@ -1,10 +1,13 @@
 //! Who opened a connection: the kernel's record (uid, gid, pid, comm,
-//! cgroup) turned into a [`Principal`] (user name and groups through NSS).
+//! cgroup) turned into a [`Principal`] (user name and groups through NSS),
+//! with the identity `gatehouse login` bound to the uid, if any ([`oidc`]).
+
+pub mod oidc;
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_common::Handoff;
@@ -37,12 +40,39 @@ impl From<&Handoff> for Peer {
     }
 }
 
-/// An identity established by `gatehouse login` (filled once OIDC exists).
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+/// An identity established by `gatehouse login`: the claims of an ID token
+/// the agent verified itself, bound to the uid that handed it in.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct OidcIdentity {
+    pub issuer: String,
     pub subject: String,
     pub email: Option<String>,
+    /// Whether the IdP says it verified the e-mail address; only a verified
+    /// address matches a rule's `emails`.
+    #[serde(default)]
+    pub email_verified: bool,
+    /// From the policy's `groups_claim`.
+    #[serde(default)]
     pub groups: Vec<GroupName>,
+    /// When the IdP authenticated the user (seconds since the epoch; the
+    /// token's issue time when the IdP sends no `auth_time`).
+    #[serde(default)]
+    pub auth_time: i64,
+    #[serde(default)]
+    pub acr: Option<String>,
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// When the binding ends (seconds since the epoch): the token's expiry,
+    /// moved on by refreshes, never past the policy's `max_binding`.
+    #[serde(default)]
+    pub expires: i64,
+}
+
+impl OidcIdentity {
+    /// The e-mail address, if the IdP verified it.
+    pub fn verified_email(&self) -> Option<&str> {
+        self.email.as_deref().filter(|_| self.email_verified)
+    }
 }
 
 /// The subject of policy decisions.
@@ -71,23 +101,39 @@ impl Principal {
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.user {
-            Some(u) => write!(f, "{u}"),
-            None => write!(f, "uid:{}", self.uid),
+            Some(u) => write!(f, "{u}")?,
+            None => write!(f, "uid:{}", self.uid)?,
+        }
+        match &self.oidc {
+            Some(o) => write!(f, " (login {})", o.subject),
+            None => Ok(()),
         }
     }
 }
 
 /// Resolves uids to principals through NSS, with a short cache so a burst of
-/// connections does not hit NSS (possibly LDAP) each time.
+/// connections does not hit NSS (possibly LDAP) each time, and holds the
+/// logins bound to uids.
 #[derive(Debug)]
 pub struct Resolver {
     ttl: Duration,
     cache: Mutex<HashMap<Uid, (Instant, Principal)>>,
+    /// Identities bound by `gatehouse login`; not cached, so a logout or an
+    /// expiry counts from the next connection on.
+    pub logins: Arc<oidc::Logins>,
 }
 
 impl Resolver {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, cache: Mutex::new(HashMap::new()) }
+        Self { ttl, cache: Mutex::new(HashMap::new()), logins: Arc::new(oidc::Logins::default()) }
+    }
+
+    /// The principal with the identity bound to the uid under the policy's
+    /// `[identity]` (none without one).
+    pub async fn principal_for(&self, uid: Uid, identity: Option<&crate::policy::IdentityConfig>) -> Principal {
+        let mut p = self.principal(uid).await;
+        p.oidc = self.logins.current(uid, identity, jiff::Timestamp::now());
+        p
     }
 
     pub async fn principal(&self, uid: Uid) -> Principal {

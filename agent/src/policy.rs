@@ -18,6 +18,7 @@ pub mod decide;
 pub mod diag;
 pub mod files;
 pub mod load;
+pub mod login;
 pub mod testcases;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +35,7 @@ use crate::sql::Kind;
 use crate::types::{BackendName, DbRole, RuleName};
 pub use decide::{Decision, Request, Trace, TraceEntry, Verdict};
 pub use diag::{Diagnostic, Diagnostics, Location};
+pub use login::{IdentityConfig, Require, TestLogin};
 pub use testcases::TestOutcome;
 
 /// A validated policy.
@@ -48,6 +50,8 @@ pub struct Policy {
     pub grants: Vec<Grant>,
     /// Who is told about requests (`[[notify]]`).
     pub notify: Vec<crate::notify::Target>,
+    /// `[identity]`: the IdP `gatehouse login` uses; without it nobody can log in.
+    pub identity: Option<IdentityConfig>,
     pub tests: Vec<TestCase>,
     pub(crate) index: decide::Index,
 }
@@ -275,11 +279,14 @@ pub struct Who {
     pub any: bool,
     pub users: Vec<String>,
     pub uids: Vec<u32>,
-    /// Unix groups, or OIDC groups after `gatehouse login`.
+    /// Unix groups (NSS). Never the IdP's groups: a group name in the IdP
+    /// (where users may be able to create groups) grants no Unix group's rules.
     pub groups: Vec<String>,
+    /// The IdP's groups (the policy's `groups_claim`), after `gatehouse login`.
+    pub oidc_groups: Vec<String>,
     /// OIDC subjects (after `gatehouse login`).
     pub subjects: Vec<String>,
-    /// OIDC e-mail addresses (after `gatehouse login`).
+    /// OIDC e-mail addresses the IdP verified (after `gatehouse login`).
     pub emails: Vec<String>,
 }
 
@@ -297,6 +304,7 @@ impl Who {
             && self.users.is_empty()
             && self.uids.is_empty()
             && self.groups.is_empty()
+            && self.oidc_groups.is_empty()
             && self.subjects.is_empty()
             && self.emails.is_empty()
     }
@@ -305,16 +313,27 @@ impl Who {
     pub fn matches(&self, p: &Principal) -> Option<WhoMatch> {
         let user = p.user.as_ref().is_some_and(|u| self.users.iter().any(|x| x == u.as_str()));
         let oidc = p.oidc.as_ref().is_some_and(|o| {
-            self.subjects.contains(&o.subject) || o.email.as_ref().is_some_and(|e| self.emails.contains(e))
+            self.subjects.contains(&o.subject) || o.verified_email().is_some_and(|e| self.emails.iter().any(|x| x == e))
         });
         if user || oidc || self.uids.contains(&p.uid.0) {
             return Some(WhoMatch::Person);
         }
-        let oidc_groups = p.oidc.iter().flat_map(|o| o.groups.iter());
-        if p.groups.iter().chain(oidc_groups).any(|g| self.groups.iter().any(|x| x == g.as_str())) {
+        let unix = p.groups.iter().any(|g| self.groups.iter().any(|x| x == g.as_str()));
+        let idp = p.oidc.iter().flat_map(|o| o.groups.iter()).any(|g| self.oidc_groups.iter().any(|x| x == g.as_str()));
+        if unix || idp {
             return Some(WhoMatch::Group);
         }
         self.any.then_some(WhoMatch::Everyone)
+    }
+
+    /// Whether only an identity from `gatehouse login` can match (OIDC
+    /// groups, subjects, e-mails and nothing else).
+    pub fn needs_login(&self) -> bool {
+        !self.any
+            && self.users.is_empty()
+            && self.uids.is_empty()
+            && self.groups.is_empty()
+            && !(self.oidc_groups.is_empty() && self.subjects.is_empty() && self.emails.is_empty())
     }
 
     /// A short description, for explanations: `users [ana] or groups [dba]`.
@@ -330,6 +349,7 @@ impl Who {
         };
         list("users", &self.users);
         list("groups", &self.groups);
+        list("oidc_groups", &self.oidc_groups);
         list("subjects", &self.subjects);
         list("emails", &self.emails);
         if !self.uids.is_empty() {
@@ -661,6 +681,8 @@ pub struct Rule {
     /// default a masked rule's statements are recorded with placeholders).
     pub record_literals: bool,
     pub approval: Option<Approval>,
+    /// What the login behind the connection must be (`gatehouse login`).
+    pub require: Option<Require>,
     pub max_session: Option<Duration>,
     /// Which catalog relations statements may read.
     pub catalog: CatalogAccess,
@@ -754,6 +776,8 @@ pub struct TestCase {
     pub sql: Option<String>,
     pub kind: Option<Kind>,
     pub at: Option<jiff::Timestamp>,
+    /// The identity the user is taken to have logged in with, if any.
+    pub login: Option<TestLogin>,
     pub expect: TestExpect,
     /// The rule expected to make the decision, if given.
     pub rule: Option<RuleName>,

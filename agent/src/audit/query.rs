@@ -35,11 +35,18 @@ pub struct SessionRow {
     /// Why the session's content was removed, if it was (`gatehouse redact`).
     #[serde(default)]
     pub redacted: Option<String>,
+    /// The subject of the identity `gatehouse login` bound to the uid.
+    #[serde(default)]
+    pub oidc_subject: Option<String>,
+    /// Its e-mail address, when the IdP verified it.
+    #[serde(default)]
+    pub oidc_email: Option<String>,
 }
 
 /// Filters for listing sessions.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SessionFilter {
+    /// A Unix user name, or the subject or (verified) e-mail of a login.
     pub user: Option<String>,
     pub uid: Option<u32>,
     pub backend: Option<String>,
@@ -69,9 +76,10 @@ pub fn sessions(path: &Path, f: &SessionFilter) -> Result<Vec<SessionRow>, Audit
     let mut stmt = conn
         .prepare(
             "SELECT id, started_us, ended_us, uid, user, pid, comm, client, backend, orig_dst,
-                    decision, rule, reason, bytes_up, bytes_down, end_reason, backend_tls, backend_auth, redacted
+                    decision, rule, reason, bytes_up, bytes_down, end_reason, backend_tls, backend_auth, redacted,
+                    oidc_subject, oidc_email
              FROM sessions
-             WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR uid = ?2)
+             WHERE (?1 IS NULL OR user = ?1 OR oidc_subject = ?1 OR oidc_email = ?1) AND (?2 IS NULL OR uid = ?2)
                AND (?3 IS NULL OR backend = ?3) AND (?4 IS NULL OR decision = ?4)
                AND (?6 IS NULL OR started_us >= ?6) AND (?7 IS NULL OR started_us < ?7)
                AND (?8 IS NULL OR id IN (SELECT session_id FROM statements WHERE instr(lower(text), lower(?8)) > 0))
@@ -103,6 +111,8 @@ pub fn sessions(path: &Path, f: &SessionFilter) -> Result<Vec<SessionRow>, Audit
                     backend_tls: r.get(16)?,
                     backend_auth: r.get(17)?,
                     redacted: r.get(18)?,
+                    oidc_subject: r.get(19)?,
+                    oidc_email: r.get(20)?,
                 })
             },
         )

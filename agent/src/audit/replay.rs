@@ -1108,6 +1108,7 @@ mod tests {
                 decision: "allow".into(),
                 rule: Some("dba-read".into()),
                 reason: "allowed by rule dba-read".into(),
+                oidc: None,
             };
             self.json(time_us, "session_open", &o);
         }

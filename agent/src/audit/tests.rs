@@ -54,6 +54,7 @@ fn session(audit: &Audit, id: SessionId, secret: &str) {
             decision: "allow".into(),
             rule: Some("r".into()),
             reason: "allowed".into(),
+            oidc: None,
         })))
         .unwrap();
     audit

@@ -1,7 +1,12 @@
 //! Decisions: pure functions of the policy, the principal, the request and
 //! the time. An index built at load time keeps a decision well under a
 //! microsecond with a thousand rules: candidate rules are found by backend
-//! and then by user, uid, group, OIDC subject/e-mail, or "everyone".
+//! and then by user, uid, group, OIDC group/subject/e-mail, or "everyone".
+//!
+//! A rule's `require` (a login to the IdP, its age, its acr) works like its
+//! time window: a rule whose requirement the principal does not meet does
+//! not apply, and when nothing else allows, the refusal says what to do
+//! (`run gatehouse login`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -113,6 +118,9 @@ pub struct TraceEntry {
     pub rule: RuleName,
     pub action: Action,
     pub location: String,
+    /// What the rule requires of the login, if anything (`login, max_age 8h`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require: Option<String>,
     /// Empty when the rule applied.
     pub why_not: Vec<String>,
 }
@@ -162,6 +170,7 @@ struct WhoIndex {
     users: FastMap<String, Vec<Entry>>,
     uids: FastMap<u32, Vec<Entry>>,
     groups: FastMap<String, Vec<Entry>>,
+    oidc_groups: FastMap<String, Vec<Entry>>,
     subjects: FastMap<String, Vec<Entry>>,
     emails: FastMap<String, Vec<Entry>>,
     everyone: Vec<Entry>,
@@ -190,6 +199,9 @@ impl Index {
                 }
                 for g in &w.groups {
                     wi.groups.entry(g.clone()).or_default().push(i);
+                }
+                for g in &w.oidc_groups {
+                    wi.oidc_groups.entry(g.clone()).or_default().push(i);
                 }
                 for s in &w.subjects {
                     wi.subjects.entry(s.clone()).or_default().push(i);
@@ -224,11 +236,11 @@ impl Index {
         }
         if let Some(o) = &p.oidc {
             add(wi.subjects.get(&o.subject), WhoMatch::Person);
-            if let Some(e) = &o.email {
+            if let Some(e) = o.verified_email() {
                 add(wi.emails.get(e), WhoMatch::Person);
             }
             for g in &o.groups {
-                add(wi.groups.get(g.as_str()), WhoMatch::Group);
+                add(wi.oidc_groups.get(g.as_str()), WhoMatch::Group);
             }
         }
         add(Some(&wi.everyone), WhoMatch::Everyone);
@@ -318,10 +330,25 @@ fn mismatches(rule: &Rule, p: &Principal, req: &Request<'_>) -> Vec<String> {
     }
     if rule.who.matches(p).is_none() {
         let groups: Vec<&str> = p.groups.iter().map(|g| g.as_str()).collect();
-        why.push(format!("{p} (groups [{}]) is not {}", groups.join(", "), rule.who.describe()));
+        let login = match &p.oidc {
+            None if rule.who.needs_login() => {
+                " (it names identities from the IdP: run `gatehouse login`)".to_owned()
+            }
+            None => String::new(),
+            Some(o) => {
+                let g: Vec<&str> = o.groups.iter().map(|g| g.as_str()).collect();
+                format!(", logged in as {} (oidc_groups [{}]),", o.subject, g.join(", "))
+            }
+        };
+        why.push(format!("{p} (groups [{}]){login} is not {}", groups.join(", "), rule.who.describe()));
     }
     if let Some(w) = &rule.when
         && let Err(e) = w.check(req.now)
+    {
+        why.push(e);
+    }
+    if let Some(q) = &rule.require
+        && let Some(e) = q.unmet(p, req.now)
     {
         why.push(e);
     }
@@ -381,6 +408,7 @@ impl Policy {
                     rule: r.name.clone(),
                     action: r.action,
                     location: r.at.to_string(),
+                    require: r.require.as_ref().map(super::Require::describe),
                     why_not: mismatches(r, p, req),
                 });
             }
@@ -389,6 +417,9 @@ impl Policy {
         for (i, who, exact) in self.index.candidates(req.backend, p) {
             let Some(r) = self.rules.get(usize::try_from(i).unwrap_or(usize::MAX)) else { continue };
             if r.when.as_ref().is_some_and(|w| w.check(req.now).is_err()) {
+                continue;
+            }
+            if r.require.as_ref().is_some_and(|q| q.unmet(p, req.now).is_some()) {
                 continue;
             }
             match r.action {
@@ -488,7 +519,8 @@ impl Policy {
                 let who = r.who.matches(p).is_none();
                 let backend = !r.backends.iter().any(|b| b.matches(req.backend.as_str()));
                 let time = r.when.as_ref().is_some_and(|w| w.check(req.now).is_err());
-                let n = usize::from(who) + usize::from(backend) + usize::from(time);
+                let login = r.require.as_ref().is_some_and(|q| q.unmet(p, req.now).is_some());
+                let n = usize::from(who) + usize::from(backend) + usize::from(time) + usize::from(login);
                 (n > 0).then_some((r, usize::from(who) + usize::from(backend), n))
             })
             .min_by_key(|(r, ww, n)| (*ww, *n, r.index))?

@@ -46,6 +46,19 @@ pub fn check(policy: &Policy, now: i64) -> Result<FileReport, Diagnostics> {
             errors.push(Diagnostic::new(n.at.clone(), format!("notify `{}`: {e}", n.name)));
         }
     }
+    if let Some(i) = &policy.identity {
+        let mut file = |path: &std::path::Path, what: &'static str, kind: Kind| {
+            if let Err(e) = secrets::open_checked(path, what, kind) {
+                errors.push(Diagnostic::new(i.at.clone(), format!("[identity]: {e}")));
+            }
+        };
+        if let Some(p) = &i.client_secret_file {
+            file(p, "client_secret_file", Kind::Secret);
+        }
+        if let Some(p) = &i.ca_file {
+            file(p, "ca_file", Kind::Trusted);
+        }
+    }
     if errors.is_empty() { Ok(report) } else { Err(Diagnostics(errors)) }
 }
 

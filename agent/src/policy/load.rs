@@ -1,6 +1,6 @@
 //! Policy files → validated [`Policy`]. Every file is parsed on its own and
 //! every entry (`[[backend]]`, `[[rule]]`, `[[mask]]`, `[[approvers]]`,
-//! `[[test]]`) is deserialized on its own, so one load reports every error,
+//! `[identity]`, `[[test]]`) is deserialized on its own, so one load reports every error,
 //! each as `file:line:col`, with a hint when a word is close to a known one.
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +16,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{Diagnostic, Diagnostics, Location, Source, closest};
+use super::login::{IdentityRaw, RequireRaw, TestLoginRaw, build_identity, build_require, build_test_login};
 use super::{
     Action, Approval, AuthMethod, Backend, CatalogAccess, Credentials, Grant, KindSet, NamePattern, Policy, Protocol,
     Rule, TablePattern, Target, TestCase, TestExpect, TimeWindow, TlsMode, Who,
@@ -26,7 +27,7 @@ use crate::sql::Kind;
 use crate::types::{BackendName, DbRole, RuleName};
 
 /// The top-level keys a policy file may hold.
-const TOP_LEVEL: &[&str] = &["agent", "backend", "rule", "mask", "approvers", "grant", "notify", "test"];
+const TOP_LEVEL: &[&str] = &["agent", "backend", "rule", "mask", "approvers", "grant", "notify", "identity", "test"];
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -97,6 +98,8 @@ struct WhoRaw {
     #[serde(default)]
     groups: Vec<String>,
     #[serde(default)]
+    oidc_groups: Vec<String>,
+    #[serde(default)]
     subjects: Vec<String>,
     #[serde(default)]
     emails: Vec<String>,
@@ -147,6 +150,7 @@ struct RuleRaw {
     record_parameters: Option<bool>,
     record_literals: Option<bool>,
     approval: Option<Spanned<ApprovalRaw>>,
+    require: Option<Spanned<RequireRaw>>,
     max_session: Option<Spanned<String>>,
     catalog: Option<Spanned<String>>,
     statement_timeout: Option<Spanned<String>>,
@@ -254,6 +258,7 @@ struct TestRaw {
     sql: Option<String>,
     kind: Option<Spanned<String>>,
     at: Option<Spanned<String>>,
+    login: Option<Spanned<TestLoginRaw>>,
     expect: Spanned<String>,
     rule: Option<Spanned<String>>,
 }
@@ -358,6 +363,7 @@ struct Collected<'s> {
     approvers: Vec<Entry<'s, ApproversRaw>>,
     grants: Vec<Entry<'s, GrantRaw>>,
     notify: Vec<Entry<'s, NotifyRaw>>,
+    identity: Option<Entry<'s, IdentityRaw>>,
     tests: Vec<Entry<'s, TestRaw>>,
 }
 
@@ -383,6 +389,18 @@ fn collect<'s>(src: &'s Source, c: &mut Collected<'s>, errors: &mut Vec<Diagnost
                     }
                 }
             }
+            "identity" => {
+                if let Some(raw) = entry::<IdentityRaw>(src, value, errors) {
+                    if let Some(first) = &c.identity {
+                        errors.push(Diagnostic::new(
+                            src.at(Some(span)),
+                            format!("a second [identity] table; the first is at {}", first.at()),
+                        ));
+                    } else {
+                        c.identity = Some(Entry { src, span, raw });
+                    }
+                }
+            }
             "backend" => c.backends.extend(entries(src, value, "backend", errors)),
             "rule" => c.rules.extend(entries(src, value, "rule", errors)),
             "mask" => c.masks.extend(entries(src, value, "mask", errors)),
@@ -395,7 +413,7 @@ fn collect<'s>(src: &'s Source, c: &mut Collected<'s>, errors: &mut Vec<Diagnost
                     Diagnostic::new(
                         src.at(Some(key.span())),
                         format!(
-                            "unknown section `{other}`; expected [agent], [[backend]], [[rule]], [[mask]], [[approvers]], [[grant]], [[notify]] or [[test]]"
+                            "unknown section `{other}`; expected [agent], [[backend]], [[rule]], [[mask]], [[approvers]], [[grant]], [[notify]], [identity] or [[test]]"
                         ),
                     )
                     .hint(did_you_mean(other, TOP_LEVEL.iter().copied())),
@@ -473,6 +491,16 @@ impl Errs<'_> {
 fn build(c: Collected<'_>, opts: &LoadOptions, errors: &mut Vec<Diagnostic>) -> Policy {
     let mut e = Errs(errors);
     let mut policy = Policy { agent: c.agent.map(|e| e.raw).unwrap_or_default(), ..Policy::default() };
+    if let Some(i) = c.identity {
+        match build_identity(&i.raw, i.src, i.at()) {
+            Ok(cfg) => policy.identity = Some(cfg),
+            Err(list) => {
+                for (at, msg) in list {
+                    e.push(at, msg);
+                }
+            }
+        }
+    }
     build_backends(c.backends, &mut policy, &mut e);
     build_approvers(c.approvers, &mut policy, &mut e);
     build_masks(c.masks, opts, &mut policy, &mut e);
@@ -813,6 +841,7 @@ fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs
             record_parameters: g.record_parameters,
             record_literals: g.record_literals,
             approval: None,
+            require: None,
             max_session: None,
             catalog: g.catalog,
             statement_timeout: g.statement_timeout,
@@ -822,6 +851,7 @@ fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs
             backends: policy.backends.clone(),
             masks: policy.masks.clone(),
             approvers: policy.approvers.clone(),
+            identity: policy.identity.clone(),
             ..Policy::default()
         };
         let before = e.0.len();
@@ -1130,7 +1160,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
         if who.is_empty() {
             e.push(
                 src.at(Some(r.who.span())),
-                "`who` matches nobody: give users, uids, groups, subjects or emails (users = [\"*\"] for everyone)",
+                "`who` matches nobody: give users, uids, groups, oidc_groups, subjects or emails (users = [\"*\"] for everyone)",
             );
             continue;
         }
@@ -1188,6 +1218,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
                 ("deny_tables", r.deny_tables.as_ref().map(Spanned::span)),
                 ("mask", r.mask.as_ref().map(Spanned::span)),
                 ("approval", r.approval.as_ref().map(Spanned::span)),
+                ("require", r.require.as_ref().map(Spanned::span)),
                 ("max_session", r.max_session.as_ref().map(Spanned::span)),
                 ("catalog", r.catalog.as_ref().map(Spanned::span)),
                 ("statement_timeout", r.statement_timeout.as_ref().map(Spanned::span)),
@@ -1304,6 +1335,27 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
         let max_session = duration("max_session", &r.max_session);
         let statement_timeout = duration("statement_timeout", &r.statement_timeout);
         let idle_in_transaction_timeout = duration("idle_in_transaction_timeout", &r.idle_in_transaction_timeout);
+        let require = match &r.require {
+            None => None,
+            Some(q) => match build_require(q.get_ref()) {
+                Ok(q) => Some(q),
+                Err(msg) => {
+                    e.push(src.at(Some(q.span())), msg);
+                    bad = true;
+                    None
+                }
+            },
+        };
+        let names_login = require.is_some() || who.oidc_groups.len() + who.subjects.len() + who.emails.len() > 0;
+        if names_login && policy.identity.is_none() {
+            let span = r.require.as_ref().map_or_else(|| r.who.span(), Spanned::span);
+            e.hint(
+                src.at(Some(span)),
+                format!("rule `{name}` needs a login (OIDC groups, subjects, emails or `require`), but the policy has no [identity] table"),
+                Some("add [identity] with the issuer and client_id `gatehouse login` uses".into()),
+            );
+            bad = true;
+        }
         let catalog = match r.catalog.as_ref().map(|c| c.get_ref().as_str()) {
             None | Some("metadata") => CatalogAccess::Metadata,
             Some("none") => CatalogAccess::None,
@@ -1337,6 +1389,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             record_parameters: r.record_parameters.unwrap_or(false),
             record_literals: r.record_literals.unwrap_or(false),
             approval,
+            require,
             max_session,
             catalog,
             statement_timeout,
@@ -1480,6 +1533,16 @@ fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'
                 }
             },
         };
+        let login = match &t.login {
+            None => None,
+            Some(l) => match build_test_login(l.get_ref()) {
+                Ok(l) => Some(l),
+                Err(msg) => {
+                    e.push(src.at(Some(l.span())), msg);
+                    continue;
+                }
+            },
+        };
         let what = t.sql.clone().or_else(|| kind.map(|k| k.name().to_owned()));
         tests.push(TestCase {
             name: t.name.unwrap_or_else(|| match &what {
@@ -1492,6 +1555,7 @@ fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'
             sql: t.sql,
             kind,
             at,
+            login,
             expect,
             rule: t.rule.map(|r| RuleName::new(r.into_inner())),
             location,
@@ -1506,6 +1570,7 @@ fn who_from(raw: &WhoRaw) -> Who {
         users: raw.users.iter().filter(|u| *u != "*").cloned().collect(),
         uids: raw.uids.clone(),
         groups: raw.groups.clone(),
+        oidc_groups: raw.oidc_groups.clone(),
         subjects: raw.subjects.clone(),
         emails: raw.emails.clone(),
     }

@@ -51,8 +51,9 @@ impl Policy {
             .iter()
             .map(|t| {
                 let groups: Vec<&str> = t.groups.iter().map(String::as_str).collect();
-                let who = Principal::named(&t.user, &groups);
+                let mut who = Principal::named(&t.user, &groups);
                 let now = t.at.unwrap_or(now);
+                who.oidc = t.login.as_ref().map(|l| l.identity(now));
                 let decision = match (&t.sql, t.kind) {
                     (Some(text), _) => self.decide_sql(&who, &t.backend, text, now).0,
                     (None, Some(kind)) => {

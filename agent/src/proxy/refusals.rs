@@ -283,6 +283,7 @@ mod tests {
             decision: "deny".into(),
             rule: None,
             reason: "not redirected".into(),
+            oidc: None,
         }
     }
 

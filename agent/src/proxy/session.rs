@@ -55,6 +55,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         decision: "deny".into(),
         rule: None,
         reason,
+        oidc: None,
     };
     let handoff = match agent.redirect.claim(peer.0, local) {
         Claim::Verified(h) => h,
@@ -87,8 +88,8 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     };
     let who = Peer::from(&handoff);
     let orig = OrigDst(key_addr(&handoff.orig));
-    let principal = agent.resolver.principal(who.uid).await;
     let snapshot = agent.snapshot.load_full();
+    let principal = agent.resolver.principal_for(who.uid, snapshot.policy.identity.as_ref()).await;
     let route = agent.redirect.with_interfaces(|ifs| snapshot.route(orig.0, ifs));
     let (backend, upstream) = match &route {
         Route::Backend { name, upstream } => (snapshot.policy.backend(name), Some(*upstream)),
@@ -136,6 +137,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         decision: crate::policy::testcases::verdict_name(decision.verdict).into(),
         rule: decision.rule.as_ref().map(ToString::to_string),
         reason: decision.reason().into_owned(),
+        oidc: principal.oidc.clone(),
     };
     let held = decision.verdict == crate::policy::Verdict::NeedsApproval;
     let (Some(backend_name), Some(upstream), true) = (backend_name.clone(), upstream, decision.allowed() || held)

@@ -47,6 +47,7 @@ fn open(s: &str, user: &str, protocol: &str, at: i64) -> Event {
         decision: "allow".into(),
         rule: Some("dba".into()),
         reason: "allowed by rule dba".into(),
+        oidc: None,
     }))
 }
 
