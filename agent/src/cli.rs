@@ -1,6 +1,7 @@
 //! The `gatehouse` command line: the daemon (`run`) and the operator's tools.
 
 mod approvals;
+mod login;
 mod trust;
 
 use std::path::{Path, PathBuf};
@@ -79,6 +80,12 @@ pub enum Command {
     Request(approvals::GrantRequestArgs),
     /// Take back an approved grant: its open sessions are cut.
     Revoke(approvals::RevokeArgs),
+    /// Log in to the organisation's identity provider (device flow) and bind the identity to your uid.
+    Login(login::LoginArgs),
+    /// Show your uid, groups and the identity bound to it.
+    Whoami(login::WhoamiArgs),
+    /// End the binding of your identity to your uid.
+    Logout(login::WhoamiArgs),
 }
 
 #[derive(Debug, Args)]
@@ -134,7 +141,7 @@ pub struct SessionsArgs {
     /// Sessions with a statement whose text contains this (case-insensitive).
     #[arg(long)]
     pub text: Option<String>,
-    /// Only this user's sessions.
+    /// Only this user's sessions: a Unix user name, or the subject or e-mail of a `gatehouse login`.
     #[arg(long)]
     pub user: Option<String>,
     #[arg(long)]
@@ -314,6 +321,21 @@ pub struct ExplainArgs {
     /// A group of the user (repeatable); replaces the NSS lookup.
     #[arg(long = "group")]
     pub groups: Vec<String>,
+    /// Decide as if the user had run `gatehouse login` as this subject.
+    #[arg(long)]
+    pub login_subject: Option<String>,
+    /// The login's (verified) e-mail address.
+    #[arg(long, requires = "login_subject")]
+    pub login_email: Option<String>,
+    /// A group from the IdP (repeatable).
+    #[arg(long = "login-group", requires = "login_subject")]
+    pub login_groups: Vec<String>,
+    /// The login's acr.
+    #[arg(long, requires = "login_subject")]
+    pub login_acr: Option<String>,
+    /// How long ago the IdP authenticated the user (default: just now).
+    #[arg(long, requires = "login_subject")]
+    pub login_age: Option<String>,
     #[arg(long)]
     pub backend: String,
     /// SQL to classify and decide (every statement of it).
@@ -375,6 +397,9 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Deny(a) => approvals::deny(&a).await,
         Command::Request(a) => approvals::request_grant(&a).await,
         Command::Revoke(a) => approvals::revoke(&a).await,
+        Command::Login(a) => login::login(&a).await,
+        Command::Whoami(a) => login::whoami(&a).await,
+        Command::Logout(a) => login::logout(&a).await,
     }
 }
 
@@ -751,6 +776,7 @@ fn print_sessions(rows: &[SessionRow]) {
     let header = [
         "STARTED",
         "USER",
+        "LOGIN",
         "UID",
         "PID",
         "COMM",
@@ -762,12 +788,13 @@ fn print_sessions(rows: &[SessionRow]) {
         "BYTES_DOWN",
         "END",
     ];
-    let table: Vec<[String; 12]> = rows
+    let table: Vec<[String; 13]> = rows
         .iter()
         .map(|r| {
             [
                 fmt_time(r.started_us),
                 r.user.clone().unwrap_or_else(|| "-".into()),
+                r.oidc_email.clone().or_else(|| r.oidc_subject.clone()).unwrap_or_else(|| "-".into()),
                 r.uid.map_or("-".into(), |u| u.to_string()),
                 r.pid.map_or("-".into(), |p| p.to_string()),
                 r.comm.clone().unwrap_or_else(|| "-".into()),
@@ -987,6 +1014,20 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
         Principal::named(&a.user, &g)
     };
     who.user = Some(crate::types::UserName::new(a.user.clone()));
+    if let Some(subject) = &a.login_subject {
+        let age = match a.login_age.as_deref().map(crate::settings::parse_duration).transpose() {
+            Ok(a) => a.unwrap_or_default(),
+            Err(e) => return fail(format_args!("--login-age: {e}")),
+        };
+        let login = crate::policy::TestLogin {
+            subject: subject.clone(),
+            email: a.login_email.clone(),
+            groups: a.login_groups.clone(),
+            acr: a.login_acr.clone(),
+            age,
+        };
+        who.oidc = Some(login.identity(now));
+    }
     let backend = BackendName::new(a.backend.clone());
     let statements = match (&a.sql, &a.kind) {
         (Some(sql), _) => match crate::sql::classify(sql) {
@@ -1026,6 +1067,13 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
             a.user,
             if groups.is_empty() { "none".into() } else { groups.join(", ") }
         );
+        match &who.oidc {
+            Some(o) => {
+                let g: Vec<&str> = o.groups.iter().map(|g| g.as_str()).collect();
+                println!("login:    {} (oidc_groups: {})", o.subject, if g.is_empty() { "none".into() } else { g.join(", ") });
+            }
+            None => println!("login:    none (--login-subject decides as after `gatehouse login`)"),
+        }
         println!("backend:  {backend}");
         println!("at:       {now}");
         for (i, (text, t)) in traces.iter().enumerate() {
@@ -1064,8 +1112,11 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
             }
             println!("rules considered:");
             for e in &t.considered {
-                let state =
+                let mut state =
                     if e.why_not.is_empty() { "applies".to_owned() } else { format!("no: {}", e.why_not.join("; ")) };
+                if let Some(r) = &e.require {
+                    state.push_str(&format!(" [requires {r}]"));
+                }
                 println!(
                     "  {:<40} {:<5} {}  ({})",
                     e.rule.as_str(),

@@ -408,3 +408,207 @@ expect = "allow"
     assert!(out[2].passed, "{:?}", out[2]);
     assert!(!out[3].passed);
 }
+
+const IDENTITY: &str = r#"
+[identity]
+issuer = "https://idp.example.test"
+client_id = "gatehouse"
+scopes = ["groups", "offline_access"]
+max_binding = "8h"
+"#;
+
+fn logged_in(user: &str, groups: &[&str], login: TestLogin) -> Principal {
+    let mut p = Principal::named(user, groups);
+    p.oidc = Some(login.identity(now()));
+    p
+}
+
+fn login(subject: &str, groups: &[&str]) -> TestLogin {
+    TestLogin {
+        subject: subject.into(),
+        email: Some(format!("{subject}@example.test")),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        acr: None,
+        age: std::time::Duration::from_secs(60),
+    }
+}
+
+#[test]
+fn oidc_groups_and_require_decide_after_login() {
+    let p = policy(&format!(
+        r#"{BASE}{IDENTITY}
+[[rule]]
+name = "idp dbas"
+who = {{ oidc_groups = ["db-admins"] }}
+backend = "db-a"
+as_role = "dba"
+require = {{ login = true, max_age = "8h" }}
+
+[[rule]]
+name = "staff read with a fresh strong login"
+who = {{ groups = ["staff"] }}
+backend = "db-a"
+as_role = "readonly"
+statements = ["select"]
+require = {{ max_age = "1h", acr = "mfa" }}
+"#
+    ))
+    .unwrap();
+    assert_eq!(p.identity.as_ref().map(|i| i.scopes.clone()).unwrap(), ["openid", "groups", "offline_access"]);
+    // No login: refused, and told what to do.
+    let ana = Principal::named("ana", &["staff"]);
+    let d = ask(&p, &ana, "db-a", None);
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(d.reason().contains("run `gatehouse login`"), "{}", d.reason());
+    // A Unix group named like the IdP's grants nothing, nor the reverse.
+    let unix_dba = Principal::named("eve", &["db-admins"]);
+    assert!(!ask(&p, &unix_dba, "db-a", None).allowed());
+    let idp_staff = logged_in("eve", &[], TestLogin { acr: Some("mfa".into()), ..login("eve", &["staff"]) });
+    assert!(!ask(&p, &idp_staff, "db-a", None).allowed());
+    // Logged in with the IdP group.
+    let dba = logged_in("bob", &[], login("bob", &["db-admins"]));
+    let d = ask(&p, &dba, "db-a", None);
+    assert!(d.allowed(), "{}", d.reason());
+    assert_eq!(d.rule.as_ref().map(RuleName::as_str), Some("idp dbas"));
+    assert_eq!(d.as_role.as_ref().map(DbRole::as_str), Some("dba"));
+    // Staff: the login must be strong (acr) and recent (max_age).
+    let weak = logged_in("ana", &["staff"], login("ana", &[]));
+    let d = ask(&p, &weak, "db-a", None);
+    assert!(!d.allowed() && d.reason().contains("acr [mfa]"), "{}", d.reason());
+    let old = logged_in(
+        "ana",
+        &["staff"],
+        TestLogin { acr: Some("mfa".into()), age: std::time::Duration::from_secs(7200), ..login("ana", &[]) },
+    );
+    let d = ask(&p, &old, "db-a", None);
+    assert!(!d.allowed() && d.reason().contains("max_age"), "{}", d.reason());
+    let fresh = logged_in("ana", &["staff"], TestLogin { acr: Some("mfa".into()), ..login("ana", &[]) });
+    assert!(ask(&p, &fresh, "db-a", Some(&stmt(&[Kind::Select], &["t"]))).allowed());
+    assert!(!ask(&p, &fresh, "db-a", Some(&stmt(&[Kind::Delete], &["t"]))).allowed());
+    // explain names the requirement of every rule.
+    let t = p.explain(&ana, &Request { backend: &BackendName::new("db-a"), statement: None, now: now() });
+    assert_eq!(t.considered[0].require.as_deref(), Some("login, max_age 8h"));
+    assert_eq!(t.considered[1].require.as_deref(), Some("login, max_age 1h, acr [mfa]"));
+}
+
+#[test]
+fn emails_match_only_when_verified() {
+    let p = policy(&format!(
+        r#"{BASE}{IDENTITY}
+[[rule]]
+name = "by email"
+who = {{ emails = ["bob@example.test"] }}
+backend = "db-a"
+"#
+    ))
+    .unwrap();
+    let mut bob = logged_in("mallory", &[], login("bob", &[]));
+    assert!(ask(&p, &bob, "db-a", None).allowed());
+    if let Some(o) = bob.oidc.as_mut() {
+        o.email_verified = false;
+    }
+    assert!(!ask(&p, &bob, "db-a", None).allowed());
+}
+
+#[test]
+fn identity_and_require_are_validated() {
+    let errs = |extra: &str| match policy(&format!("{BASE}{extra}")) {
+        Ok(_) => String::new(),
+        Err(d) => d.to_string(),
+    };
+    let e = errs(
+        r#"
+[[rule]]
+name = "needs idp"
+who = { oidc_groups = ["x"] }
+backend = "db-a"
+"#,
+    );
+    assert!(e.contains("no [identity] table"), "{e}");
+    let e = errs(&format!(
+        r#"{IDENTITY}
+[[rule]]
+name = "r"
+who = {{ users = ["ana"] }}
+backend = "db-a"
+require = {{ login = true, max_age = "soon" }}
+"#
+    ));
+    assert!(e.contains("t.toml:") && e.contains("require.max_age"), "{e}");
+    let e = errs(
+        r#"
+[identity]
+issuer = "http://idp.example.test"
+client_id = "gatehouse"
+client_secret = "inline"
+"#,
+    );
+    assert!(e.contains("unknown field `client_secret`"), "{e}");
+    let e = errs(
+        r#"
+[identity]
+issuer = "http://idp.example.test"
+client_id = "gatehouse"
+"#,
+    );
+    assert!(e.contains("must be an https:// URL"), "{e}");
+    let e = errs(&format!(
+        r#"{IDENTITY}
+[[rule]]
+name = "deny"
+who = {{ users = ["ana"] }}
+backend = "db-a"
+action = "deny"
+require = {{ login = true }}
+"#
+    ));
+    assert!(e.contains("`require` has no meaning on a deny rule"), "{e}");
+}
+
+#[test]
+fn test_cases_may_state_a_login() {
+    let p = policy(&format!(
+        r#"{BASE}{IDENTITY}
+[[rule]]
+name = "idp dbas"
+who = {{ oidc_groups = ["db-admins"] }}
+backend = "db-a"
+require = {{ login = true, max_age = "8h" }}
+
+[[test]]
+who = {{ user = "bob" }}
+backend = "db-a"
+expect = "deny"
+
+[[test]]
+who = {{ user = "bob" }}
+login = {{ subject = "bob-1", groups = ["db-admins"] }}
+backend = "db-a"
+expect = "allow"
+rule = "idp dbas"
+
+[[test]]
+who = {{ user = "bob" }}
+login = {{ subject = "bob-1", groups = ["db-admins"], age = "9h" }}
+backend = "db-a"
+expect = "deny"
+"#
+    ))
+    .unwrap();
+    let out = p.run_tests(now());
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|o| o.passed), "{out:#?}");
+    let e = match policy(&format!(
+        r#"{BASE}{IDENTITY}
+[[test]]
+who = {{ user = "bob" }}
+login = {{ subject = "bob-1", group = ["x"] }}
+backend = "db-a"
+expect = "deny"
+"#
+    )) {
+        Ok(_) => String::new(),
+        Err(d) => d.to_string(),
+    };
+    assert!(e.contains("unknown field `group`"), "{e}");
+}
