@@ -42,6 +42,7 @@ pub fn setup() -> Result<()> {
     node_packages()?;
     nightly()?;
     bpf_linker()?;
+    test_idp()?;
     eprintln!("setup: everything is in place");
     Ok(())
 }
@@ -188,4 +189,29 @@ fn bpf_linker() -> Result<()> {
         bail!("bpf-linker was built but does not load {}; is ~/.cargo/bin on PATH?", llvm.lib.display());
     }
     Ok(())
+}
+
+/// The OpenID provider the end-to-end tests start (`tests/oidc`): Node.js and
+/// npm (Debian's, unless a `node` and `npm` are already on PATH), then the
+/// npm package `oidc-provider` at the version `package-lock.json` pins,
+/// installed with `npm ci` into `tests/oidc/node_modules`.
+fn test_idp() -> Result<()> {
+    let have = |cmd: &str| output(Command::new("sh").args(["-c", &format!("command -v {cmd}")])).is_some();
+    if !have("node") || !have("npm") {
+        eprintln!("setup: installing Node.js and npm (for the test identity provider)");
+        run(privileged("apt-get")?.arg("update").arg("-q"))?;
+        run(privileged("apt-get")?
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends", "nodejs", "npm"]))?;
+    }
+    let dir = crate::util::workspace_root().join("tests").join("oidc");
+    let lock = std::fs::read_to_string(dir.join("package-lock.json")).context("tests/oidc/package-lock.json")?;
+    let stamp = dir.join("node_modules").join(".gatehouse-lock");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) {
+        eprintln!("setup: test identity provider (oidc-provider) present");
+        return Ok(());
+    }
+    eprintln!("setup: installing the test identity provider (npm ci in {})", dir.display());
+    run(Command::new("npm").current_dir(&dir).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+    std::fs::write(&stamp, lock).with_context(|| format!("writing {}", stamp.display()))
 }

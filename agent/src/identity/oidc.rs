@@ -376,7 +376,8 @@ impl Logins {
                 _ => return Err(OidcError::NoPending),
             }
         };
-        let v = self.verify_fresh(cfg, id_token, NonceRule::Exactly(&nonce)).await?;
+        let rule = if cfg.require_nonce { NonceRule::Exactly(&nonce) } else { NonceRule::AbsentOr(&nonce) };
+        let v = self.verify_fresh(cfg, id_token, rule).await?;
         let now = jiff::Timestamp::now().as_second();
         let hard_end = now.saturating_add(i64::try_from(cfg.max_binding.as_secs()).unwrap_or(i64::MAX));
         let mut identity = v.identity;

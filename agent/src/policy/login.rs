@@ -46,6 +46,11 @@ pub struct IdentityConfig {
     /// A login binds its identity to the uid until the token expires,
     /// refreshed if the IdP gave a refresh token, never longer than this after the login.
     pub max_binding: Duration,
+    /// The ID token must carry the nonce the agent issued for this login
+    /// (default). IdPs that drop the nonce in the device flow need `false`:
+    /// then a token without one is accepted (one with another is not), and a
+    /// token copied from another user's login could be handed in.
+    pub require_nonce: bool,
     pub at: Location,
 }
 
@@ -60,6 +65,7 @@ pub(super) struct IdentityRaw {
     scopes: Option<Spanned<Vec<String>>>,
     ca_file: Option<Spanned<PathBuf>>,
     max_binding: Option<Spanned<String>>,
+    require_nonce: Option<bool>,
 }
 
 /// Checks `[identity]`; errors as (location, message).
@@ -129,6 +135,7 @@ pub(super) fn build_identity(
         scopes,
         ca_file: raw.ca_file.as_ref().map(|p| p.get_ref().clone()),
         max_binding,
+        require_nonce: raw.require_nonce.unwrap_or(true),
         at,
     })
 }

@@ -62,6 +62,7 @@ fn cfg() -> IdentityConfig {
         scopes: vec!["openid".into()],
         ca_file: None,
         max_binding: Duration::from_secs(3600),
+        require_nonce: true,
         at: crate::policy::Location { file: "test.toml".into(), line: 1, col: 1 },
     }
 }
