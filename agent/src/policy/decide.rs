@@ -330,17 +330,21 @@ fn mismatches(rule: &Rule, p: &Principal, req: &Request<'_>) -> Vec<String> {
     }
     if rule.who.matches(p).is_none() {
         let groups: Vec<&str> = p.groups.iter().map(|g| g.as_str()).collect();
-        let login = match &p.oidc {
+        match &p.oidc {
             None if rule.who.needs_login() => {
-                " (it names identities from the IdP: run `gatehouse login`)".to_owned()
+                why.push(format!("{p} has no login to the identity provider, and the rule names {}", rule.who.describe()));
             }
-            None => String::new(),
+            None => why.push(format!("{p} (groups [{}]) is not {}", groups.join(", "), rule.who.describe())),
             Some(o) => {
                 let g: Vec<&str> = o.groups.iter().map(|g| g.as_str()).collect();
-                format!(", logged in as {} (oidc_groups [{}]),", o.subject, g.join(", "))
+                why.push(format!(
+                    "{p} (groups [{}], oidc_groups [{}]) is not {}",
+                    groups.join(", "),
+                    g.join(", "),
+                    rule.who.describe()
+                ));
             }
-        };
-        why.push(format!("{p} (groups [{}]){login} is not {}", groups.join(", "), rule.who.describe()));
+        }
     }
     if let Some(w) = &rule.when
         && let Err(e) = w.check(req.now)
@@ -419,7 +423,7 @@ impl Policy {
             if r.when.as_ref().is_some_and(|w| w.check(req.now).is_err()) {
                 continue;
             }
-            if r.require.as_ref().is_some_and(|q| q.unmet(p, req.now).is_some()) {
+            if r.require.as_ref().is_some_and(|q| !q.is_met(p, req.now)) {
                 continue;
             }
             match r.action {
@@ -467,6 +471,11 @@ impl Policy {
             if let Some(m) = &d.closest {
                 d.reason.push_str(&format!("; closest rule {:?}: {}", m.rule.as_str(), m.why.join("; ")));
             }
+            if self.login_would_help(p, req) && !d.reason.contains("gatehouse login") {
+                d.reason.push_str(
+                    "; rules for this backend apply only after a login to the identity provider: run `gatehouse login`",
+                );
+            }
             return d;
         };
         let mut d = Decision::new(Verdict::Allow, Some(rule), String::new());
@@ -504,6 +513,18 @@ impl Policy {
         d
     }
 
+    /// Whether `p` has no (fresh enough) login while an allow rule for this
+    /// backend could apply only after one: then the refusal says to log in.
+    fn login_would_help(&self, p: &Principal, req: &Request<'_>) -> bool {
+        self.identity.is_some()
+            && self.rules.iter().any(|r| {
+                r.action == Action::Allow
+                    && r.backends.iter().any(|b| b.matches(req.backend.as_str()))
+                    && ((p.oidc.is_none() && r.who.needs_login())
+                        || r.require.as_ref().is_some_and(|q| !q.is_met(p, req.now)))
+            })
+    }
+
     /// The allow rule that came closest to applying: one naming this user and
     /// backend but outside its time window beats one naming someone else;
     /// then fewest reasons not to apply; ties to the rule written first.
@@ -519,7 +540,7 @@ impl Policy {
                 let who = r.who.matches(p).is_none();
                 let backend = !r.backends.iter().any(|b| b.matches(req.backend.as_str()));
                 let time = r.when.as_ref().is_some_and(|w| w.check(req.now).is_err());
-                let login = r.require.as_ref().is_some_and(|q| q.unmet(p, req.now).is_some());
+                let login = r.require.as_ref().is_some_and(|q| !q.is_met(p, req.now));
                 let n = usize::from(who) + usize::from(backend) + usize::from(time) + usize::from(login);
                 (n > 0).then_some((r, usize::from(who) + usize::from(backend), n))
             })

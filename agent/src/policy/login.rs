@@ -208,6 +208,15 @@ pub(super) fn build_require(raw: &RequireRaw) -> Result<Require, String> {
 }
 
 impl Require {
+    /// Whether `p` meets this requirement at `now` (no text built: the decision path).
+    pub fn is_met(&self, p: &Principal, now: jiff::Timestamp) -> bool {
+        let Some(o) = &p.oidc else { return false };
+        let age = u64::try_from(now.as_second().saturating_sub(o.auth_time)).unwrap_or(0);
+        o.expires > now.as_second()
+            && self.max_age.is_none_or(|max| age <= max.as_secs())
+            && (self.acr.is_empty() || o.acr.as_ref().is_some_and(|a| self.acr.contains(a)))
+    }
+
     /// Why `p` does not meet this requirement at `now`, if it does not. Every
     /// reason ends by saying what to do, since it reaches the user as is.
     pub fn unmet(&self, p: &Principal, now: jiff::Timestamp) -> Option<String> {
@@ -347,6 +356,7 @@ mod tests {
         let login = TestLogin { age: Duration::from_secs(60), ..login };
         p.oidc = Some(login.identity(now));
         assert_eq!(r.unmet(&p, now), None);
+        assert!(r.is_met(&p, now));
         // A binding past its end counts as no login.
         if let Some(o) = p.oidc.as_mut() {
             o.expires = now.as_second();

@@ -460,6 +460,9 @@ require = {{ max_age = "1h", acr = "mfa" }}
     let d = ask(&p, &ana, "db-a", None);
     assert_eq!(d.verdict, Verdict::Deny);
     assert!(d.reason().contains("run `gatehouse login`"), "{}", d.reason());
+    // Someone no Unix rule names is told to log in too: IdP rules might name them.
+    let d = ask(&p, &Principal::named("zed", &[]), "db-a", None);
+    assert!(d.reason().contains("run `gatehouse login`"), "{}", d.reason());
     // A Unix group named like the IdP's grants nothing, nor the reverse.
     let unix_dba = Principal::named("eve", &["db-admins"]);
     assert!(!ask(&p, &unix_dba, "db-a", None).allowed());
