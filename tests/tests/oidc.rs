@@ -286,7 +286,10 @@ fn psql_is_refused_before_gatehouse_login_and_allowed_after() {
     assert_eq!(s["oidc_email"], "alice.idp@example.test", "{s}");
     let id = s["id"].as_str().unwrap();
     let statements = w.env.statements(Some(id));
-    assert!(statements.iter().any(|st| st["text"].as_str().unwrap().contains("current_user")), "{statements:?}");
+    assert!(
+        statements.iter().any(|st| st["text"].as_str().unwrap().contains("current_user") && st["oidc_subject"] == "alice.idp"),
+        "{statements:?}"
+    );
     // Auditors find it by the IdP's subject or e-mail.
     for who in ["alice.idp", "alice.idp@example.test"] {
         let found = w.sessions_of(who);

@@ -141,6 +141,9 @@ pub struct StatementRow {
     /// Secrets removed from `text` before it was recorded.
     #[serde(default)]
     pub redacted: i64,
+    /// The login (OIDC subject) of the session the statement ran in.
+    #[serde(default)]
+    pub oidc_subject: Option<String>,
 }
 
 /// Lists statements, of one session or all, oldest first (the newest `limit`).
@@ -159,7 +162,8 @@ pub fn statements_of(
     let sql_err = |source| AuditError::Sql { path: path.to_owned(), source };
     let mut stmt = conn
         .prepare(
-            "SELECT session_id, seq, started_us, text, kinds, tables, decision, rule, reason, rows, duration_us, error, masked, redacted
+            "SELECT session_id, seq, started_us, text, kinds, tables, decision, rule, reason, rows, duration_us, error, masked, redacted,
+                    (SELECT oidc_subject FROM sessions WHERE sessions.id = statements.session_id)
              FROM statements WHERE (?1 IS NULL OR session_id = ?1)
                AND (?3 IS NULL OR session_id IN (SELECT id FROM sessions WHERE uid = ?3))
              ORDER BY started_us DESC, seq DESC LIMIT ?2",
@@ -182,6 +186,7 @@ pub fn statements_of(
                 error: r.get(11)?,
                 masked: r.get(12)?,
                 redacted: r.get(13)?,
+                oidc_subject: r.get(14)?,
             })
         })
         .map_err(sql_err)?;
