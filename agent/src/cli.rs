@@ -265,6 +265,10 @@ How decisions are made:
     prepare are allowed implicitly (their inner statement is checked).
   - A rule with `when` applies only inside its days/hours (in its time
     zone) and validity period.
+  - A rule with `require = { login, max_age, acr }` applies only to a
+    connection whose user ran `gatehouse login` (recently enough, strongly
+    enough); `oidc_groups`, `subjects` and `emails` match only after it.
+    `groups` are Unix groups only.
   - Every decision names the rule that made it and, when refused by
     default, the closest rule that did not match and why.
   - Until approvals are enforced, a statement that needs approval is
@@ -291,7 +295,7 @@ pub enum PolicyCommand {
         json: bool,
     },
     /// Show the decision for a user, a backend and optionally a statement, with every rule considered.
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -1070,7 +1074,11 @@ fn policy_explain(a: &ExplainArgs) -> ExitCode {
         match &who.oidc {
             Some(o) => {
                 let g: Vec<&str> = o.groups.iter().map(|g| g.as_str()).collect();
-                println!("login:    {} (oidc_groups: {})", o.subject, if g.is_empty() { "none".into() } else { g.join(", ") });
+                println!(
+                    "login:    {} (oidc_groups: {})",
+                    o.subject,
+                    if g.is_empty() { "none".into() } else { g.join(", ") }
+                );
             }
             None => println!("login:    none (--login-subject decides as after `gatehouse login`)"),
         }

@@ -582,7 +582,10 @@ async fn login(agent: &Agent, uid: u32, id_token: &str, refresh_token: Option<St
             static REFUSALS: RateLimited = RateLimited::new(Duration::from_secs(1));
             if let Some(held) = REFUSALS.admit() {
                 warn!(uid, error = %e, held_back = held, "login refused");
-                record_login_event(agent, format!("login refused uid={uid} ({held} refusals held back before it): {e}"));
+                record_login_event(
+                    agent,
+                    format!("login refused uid={uid} ({held} refusals held back before it): {e}"),
+                );
             }
             Response::Error { message: e.to_string() }
         }

@@ -44,7 +44,11 @@ fn openssl(dir: &Path, args: &[&str]) {
 impl Idp {
     fn start(env: &Env, host: &str, accounts: &Value, id_token_ttl: u32) -> Self {
         let modules = idp_dir().join("node_modules").join("oidc-provider");
-        assert!(modules.exists(), "{} is missing: run `cargo xtask setup` (it installs the test IdP with npm)", modules.display());
+        assert!(
+            modules.exists(),
+            "{} is missing: run `cargo xtask setup` (it installs the test IdP with npm)",
+            modules.display()
+        );
         let dir = env.path("idp");
         let (ca, cert, key) = pg::certs(&dir, host, 2);
         openssl(&dir, &["genrsa", "-out", "signing.pem", "2048"]);
@@ -67,7 +71,12 @@ impl Idp {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "the provider did not start:\n{}", std::fs::read_to_string(env.path("idp.log")).unwrap_or_default());
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the provider did not start:\n{}",
+            std::fs::read_to_string(env.path("idp.log")).unwrap_or_default()
+        );
         Self { child, issuer, ca, signing_key: dir.join("signing.pem") }
     }
 
@@ -99,7 +108,12 @@ fn world(name: &str, id_token_ttl: u32) -> World {
     let mut env = Env::new(name);
     let alice = env.user("alice", &[]);
     let bob = env.user("bob", &[]);
-    let idp = Idp::start(&env, &loopback(61), &json!({ "alice.idp": ["db-admins", "staff"], "bob.idp": ["staff"] }), id_token_ttl);
+    let idp = Idp::start(
+        &env,
+        &loopback(61),
+        &json!({ "alice.idp": ["db-admins", "staff"], "bob.idp": ["staff"] }),
+        id_token_ttl,
+    );
     let pg = PgServer::start(&env.dir, &loopback(60), free_port(), "");
     let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
     let policy = format!(
@@ -179,7 +193,10 @@ impl World {
             let mut line = String::new();
             if out.read_line(&mut line).unwrap() == 0 {
                 let status = child.wait().unwrap();
-                panic!("gatehouse login ended ({status}) before showing a code:\n{seen}\nagent:\n{}", self.env.agent_log());
+                panic!(
+                    "gatehouse login ended ({status}) before showing a code:\n{seen}\nagent:\n{}",
+                    self.env.agent_log()
+                );
             }
             seen.push_str(&line);
             if let Some(u) = line.trim().strip_prefix("To log in, open ") {
@@ -287,13 +304,18 @@ fn psql_is_refused_before_gatehouse_login_and_allowed_after() {
     let id = s["id"].as_str().unwrap();
     let statements = w.env.statements(Some(id));
     assert!(
-        statements.iter().any(|st| st["text"].as_str().unwrap().contains("current_user") && st["oidc_subject"] == "alice.idp"),
+        statements
+            .iter()
+            .any(|st| st["text"].as_str().unwrap().contains("current_user") && st["oidc_subject"] == "alice.idp"),
         "{statements:?}"
     );
     // Auditors find it by the IdP's subject or e-mail.
     for who in ["alice.idp", "alice.idp@example.test"] {
         let found = w.sessions_of(who);
-        assert!(found.iter().any(|f| f["id"] == id) && found.iter().all(|f| f["oidc_subject"] == "alice.idp"), "{who}: {found:?}");
+        assert!(
+            found.iter().any(|f| f["id"] == id) && found.iter().all(|f| f["oidc_subject"] == "alice.idp"),
+            "{who}: {found:?}"
+        );
     }
 
     // Another user is not logged in by alice's login.
@@ -334,10 +356,15 @@ fn forged_expired_and_foreign_tokens_bind_nothing() {
     let r = w.hand_in(&w.bob, &w.idp.forge(&w.idp.signing_key, &claims("x")));
     assert!(r["message"].as_str().unwrap_or_default().contains("no login was started"), "{r}");
     let t = now();
-    let cases: [(&str, Box<dyn Fn(&str) -> (Value, PathBuf)>, &str); 5] = [
+    type Make<'a> = Box<dyn Fn(&str) -> (Value, PathBuf) + 'a>;
+    let cases: [(&str, Make<'_>, &str); 5] = [
         ("expired", Box::new(|n| (with(n, "exp", json!(t - 60)), w.idp.signing_key.clone())), "expired"),
         ("wrong audience", Box::new(|n| (with(n, "aud", json!("another-app")), w.idp.signing_key.clone())), "audience"),
-        ("wrong issuer", Box::new(|n| (with(n, "iss", json!("https://127.10.0.250:1")), w.idp.signing_key.clone())), "issuer"),
+        (
+            "wrong issuer",
+            Box::new(|n| (with(n, "iss", json!("https://127.10.0.250:1")), w.idp.signing_key.clone())),
+            "issuer",
+        ),
         ("badly signed", Box::new(|n| (claims(n), other_key.clone())), "signature"),
         // A valid token of the provider, but made for another login (another user's nonce).
         ("foreign", Box::new(|_| (claims("the-nonce-of-alices-login"), w.idp.signing_key.clone())), "nonce"),

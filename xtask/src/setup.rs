@@ -200,9 +200,14 @@ fn test_idp() -> Result<()> {
     if !have("node") || !have("npm") {
         eprintln!("setup: installing Node.js and npm (for the test identity provider)");
         run(privileged("apt-get")?.arg("update").arg("-q"))?;
-        run(privileged("apt-get")?
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "--no-install-recommends", "nodejs", "npm"]))?;
+        run(privileged("apt-get")?.env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "nodejs",
+            "npm",
+        ]))?;
     }
     let dir = crate::util::workspace_root().join("tests").join("oidc");
     let lock = std::fs::read_to_string(dir.join("package-lock.json")).context("tests/oidc/package-lock.json")?;

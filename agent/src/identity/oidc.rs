@@ -94,7 +94,8 @@ pub struct ExtraClaims(pub serde_json::Map<String, serde_json::Value>);
 
 impl AdditionalClaims for ExtraClaims {}
 
-type IdToken = openidconnect::IdToken<ExtraClaims, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
+type IdToken =
+    openidconnect::IdToken<ExtraClaims, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
 
 /// Why a token was refused, and whether fetching the keys again could help.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,15 +394,8 @@ impl Logins {
                 let cfg = cfg.clone();
                 tokio::spawn(async move { refresh_loop(logins, uid, cfg, generation).await }).abort_handle()
             });
-            let binding = Binding {
-                identity,
-                client_id: cfg.client_id.clone(),
-                nonce,
-                hard_end,
-                refresh,
-                task,
-                generation,
-            };
+            let binding =
+                Binding { identity, client_id: cfg.client_id.clone(), nonce, hard_end, refresh, task, generation };
             st.bound.insert(uid, binding);
             generation
         };
@@ -438,7 +432,12 @@ impl Logins {
 
     /// Verifies with the cached keys; a token signed with a key we do not
     /// know yet (the IdP rotated) gets one more try with keys fetched again.
-    async fn verify_fresh(&self, cfg: &IdentityConfig, token: &str, nonce: NonceRule<'_>) -> Result<Verified, OidcError> {
+    async fn verify_fresh(
+        &self,
+        cfg: &IdentityConfig,
+        token: &str,
+        nonce: NonceRule<'_>,
+    ) -> Result<Verified, OidcError> {
         let p = self.provider(cfg, false).await?;
         match verify(token, cfg, p.metadata.jwks(), nonce, jiff::Timestamp::now()) {
             Ok(v) => Ok(v),

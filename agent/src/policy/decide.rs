@@ -332,7 +332,10 @@ fn mismatches(rule: &Rule, p: &Principal, req: &Request<'_>) -> Vec<String> {
         let groups: Vec<&str> = p.groups.iter().map(|g| g.as_str()).collect();
         match &p.oidc {
             None if rule.who.needs_login() => {
-                why.push(format!("{p} has no login to the identity provider, and the rule names {}", rule.who.describe()));
+                why.push(format!(
+                    "{p} has no login to the identity provider, and the rule names {}",
+                    rule.who.describe()
+                ));
             }
             None => why.push(format!("{p} (groups [{}]) is not {}", groups.join(", "), rule.who.describe())),
             Some(o) => {

@@ -22,8 +22,7 @@ const MAX_MAX_BINDING: Duration = Duration::from_secs(7 * 86_400);
 /// Signature algorithms accepted for ID tokens. Never HMAC (`HS*`): its key
 /// is the client secret, which every local user running `gatehouse login`
 /// holds, so anyone could sign a token; never `none`.
-pub const ID_TOKEN_ALGS: &[&str] =
-    &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+pub const ID_TOKEN_ALGS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
 
 /// The IdP that `gatehouse login` uses, from the policy's `[identity]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,9 +142,9 @@ pub(super) fn build_identity(
 /// An issuer must be an `https` URL without query or fragment: tokens name it
 /// exactly, and the provider's keys are fetched from it.
 fn check_issuer(issuer: &str) -> Result<(), String> {
-    let rest = issuer
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("issuer `{issuer}` must be an https:// URL (the provider's keys are fetched from it)"))?;
+    let rest = issuer.strip_prefix("https://").ok_or_else(|| {
+        format!("issuer `{issuer}` must be an https:// URL (the provider's keys are fetched from it)")
+    })?;
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() || rest.contains(['?', '#', ' ']) || host.contains('@') {
         return Err(format!("issuer `{issuer}` must be https://host[:port][/path], without user, query or fragment"));
