@@ -191,24 +191,11 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
-/// The OpenID provider the end-to-end tests start (`tests/oidc`): Node.js and
-/// npm (Debian's, unless a `node` and `npm` are already on PATH), then the
-/// npm package `oidc-provider` at the version `package-lock.json` pins,
-/// installed with `npm ci` into `tests/oidc/node_modules`.
+/// The OpenID provider the end-to-end tests start (`tests/oidc`): the npm
+/// package `oidc-provider` at the version `package-lock.json` pins, installed
+/// with `npm ci` into `tests/oidc/node_modules` (Node.js and npm come from
+/// [`node_packages`], which runs first).
 fn test_idp() -> Result<()> {
-    let have = |cmd: &str| output(Command::new("sh").args(["-c", &format!("command -v {cmd}")])).is_some();
-    if !have("node") || !have("npm") {
-        eprintln!("setup: installing Node.js and npm (for the test identity provider)");
-        run(privileged("apt-get")?.arg("update").arg("-q"))?;
-        run(privileged("apt-get")?.env("DEBIAN_FRONTEND", "noninteractive").args([
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "nodejs",
-            "npm",
-        ]))?;
-    }
     let dir = crate::util::workspace_root().join("tests").join("oidc");
     let lock = std::fs::read_to_string(dir.join("package-lock.json")).context("tests/oidc/package-lock.json")?;
     let stamp = dir.join("node_modules").join(".gatehouse-lock");
