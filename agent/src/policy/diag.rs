@@ -92,42 +92,54 @@ impl fmt::Display for Diagnostics {
     }
 }
 
-/// The closest of `candidates` to `word`, if close enough to be a likely typo.
+/// Longest word (in characters) a "did you mean" hint is looked for: the
+/// comparison costs a table of one word's length times the other's, and
+/// nothing that long is a typo of a key or a name.
+pub const MAX_HINT_WORD: usize = 128;
+
+/// The closest of `candidates` to `word`, if close enough to be a likely
+/// typo. Words or candidates over [`MAX_HINT_WORD`] characters get no hint,
+/// and candidates whose length alone puts them too far are not compared.
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).max(1);
+    let len = word.chars().count();
+    if len > MAX_HINT_WORD {
+        return None;
+    }
+    let limit = (len / 3).max(1);
     candidates
         .into_iter()
+        .filter(|c| c.len() <= 4 * MAX_HINT_WORD && c.chars().count().abs_diff(len) <= limit)
         .map(|c| (edit_distance(word, c), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
 
-/// Edit distance counting a swap of two neighbours as one edit (typos like `nmae`).
-#[expect(clippy::indexing_slicing, reason = "indices are bounded by the loop ranges over a (len+1)*(len+1) table")]
+/// Edit distance counting a swap of two neighbours as one edit (typos like
+/// `nmae`); three rows of the table at a time.
+#[expect(clippy::indexing_slicing, reason = "indices are bounded by the loop ranges over rows of len(b)+1")]
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     let w = b.len() + 1;
-    let mut d = vec![0usize; (a.len() + 1) * w];
-    let at = |i: usize, j: usize| i * w + j;
-    for i in 0..=a.len() {
-        d[at(i, 0)] = i;
-    }
-    for j in 0..=b.len() {
-        d[at(0, j)] = j;
-    }
+    // Rows i-2, i-1 and i of the (len(a)+1) x (len(b)+1) table.
+    let mut older = vec![0usize; w];
+    let mut prev: Vec<usize> = (0..w).collect();
+    let mut row = vec![0usize; w];
     for i in 1..=a.len() {
+        row[0] = i;
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[at(i - 1, j)] + 1).min(d[at(i, j - 1)] + 1).min(d[at(i - 1, j - 1)] + cost);
+            let mut v = (prev[j] + 1).min(row[j - 1] + 1).min(prev[j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[at(i - 2, j - 2)] + 1);
+                v = v.min(older[j - 2] + 1);
             }
-            d[at(i, j)] = v;
+            row[j] = v;
         }
+        std::mem::swap(&mut older, &mut prev);
+        std::mem::swap(&mut prev, &mut row);
     }
-    d[at(a.len(), b.len())]
+    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -148,5 +160,21 @@ mod tests {
         assert_eq!(closest("protocl", ["name", "protocol", "address"]), Some("protocol"));
         assert_eq!(closest("zzz", ["name", "protocol"]), None);
         assert_eq!(closest("nmae", ["name", "who"]), Some("name"));
+        assert_eq!(closest("analysts read ordres", ["analysts read orders", "dbas"]), Some("analysts read orders"));
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+    }
+
+    #[test]
+    fn hints_for_huge_words_cost_nothing() {
+        // The issue's case: a 40,000-character name allocated a 12.8 GB table.
+        let huge = "r".repeat(40_000);
+        let near = format!("{huge}x");
+        assert_eq!(closest(&near, [huge.as_str()]), None);
+        assert_eq!(closest("name", [huge.as_str(), "nmae"]), Some("nmae"));
+        let at_limit = "a".repeat(MAX_HINT_WORD);
+        let typo = format!("{}b", "a".repeat(MAX_HINT_WORD - 1));
+        assert_eq!(closest(&typo, [at_limit.as_str()]), Some(at_limit.as_str()));
     }
 }
