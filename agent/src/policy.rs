@@ -688,6 +688,8 @@ pub struct Rule {
     pub catalog: CatalogAccess,
     pub statement_timeout: Option<Duration>,
     pub idle_in_transaction_timeout: Option<Duration>,
+    /// What one Query or Parse message may cost to classify (`query_limits`).
+    pub query_limits: crate::sql::QueryLimits,
     pub at: Location,
     /// Position in file order.
     pub index: usize,

@@ -223,8 +223,8 @@ pub struct Agent {
     pub policy_state: std::sync::Mutex<PolicyState>,
     pub load_options: LoadOptions,
     pub cancel_keys: crate::protocol::postgres::CancelKeys,
-    /// Classifications of statement texts seen before.
-    pub sql_cache: crate::sql::Cache,
+    /// Statement classification within each rule's budget, with its cache.
+    pub classifier: crate::sql::Classifier,
     /// The backends' catalogs, per backend, login and database.
     pub catalogs: crate::protocol::postgres::catalog::CatalogCache,
     /// Requests waiting for a human: held statements and logins, grants.
@@ -387,7 +387,7 @@ pub async fn run(
         }),
         load_options,
         cancel_keys: crate::protocol::postgres::CancelKeys::default(),
-        sql_cache: crate::sql::Cache::default(),
+        classifier: crate::sql::Classifier::default(),
         catalogs: crate::protocol::postgres::catalog::CatalogCache::default(),
         approvals: crate::approval::Registry::default(),
         grant_rules: ArcSwap::from_pointee(Vec::new()),

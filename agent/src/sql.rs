@@ -27,6 +27,7 @@
 //! do not parse: pg_query decodes the tree under prost's recursion limit.
 //! That fails closed.
 
+pub mod budget;
 mod cache;
 mod children;
 pub mod encoding;
@@ -35,7 +36,9 @@ mod kinds;
 pub mod lineage;
 pub mod redact;
 mod restrict;
+pub mod shape;
 
+pub use budget::{Classifier, QueryLimits};
 pub use cache::Cache;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -179,19 +179,20 @@ fn ambiguous_columns_are_settled_by_the_catalog() {
 fn resolve_cost_probe() {
     let cat = sample();
     let ses = SessionNames::default();
-    let cache = crate::sql::Cache::default();
+    let cache = crate::sql::Classifier::default();
+    let limits = crate::sql::QueryLimits::default();
     let sql = "SELECT o.id, c.email FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = 42";
     let n = 200_000;
     let t = std::time::Instant::now();
     for _ in 0..n {
-        let mut v = cache.classify(sql, ParseOptions::default()).unwrap();
+        let mut v = cache.classify_blocking(sql, ParseOptions::default(), &limits).unwrap();
         for s in &mut v {
             resolve(s, &cat, &ses);
         }
         std::hint::black_box(v);
     }
     eprintln!("cache hit + resolve: {:.0} ns", t.elapsed().as_nanos() as f64 / f64::from(n));
-    let mut v = cache.classify(sql, ParseOptions::default()).unwrap();
+    let mut v = cache.classify_blocking(sql, ParseOptions::default(), &limits).unwrap();
     let t = std::time::Instant::now();
     for _ in 0..n {
         let mut s = v[0].clone();

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::{Action, Policy, Rule, WhoMatch};
 use crate::identity::Principal;
-use crate::sql::{Kind, Statement};
+use crate::sql::{Kind, QueryLimits, Statement};
 use crate::types::{BackendName, DbRole, RuleName};
 
 /// What is being asked.
@@ -57,6 +57,8 @@ pub struct Decision {
     /// The masking profile results pass through.
     pub mask: Option<std::sync::Arc<str>>,
     pub max_session: Option<Duration>,
+    /// The winning allow rule's `query_limits` (the defaults otherwise).
+    pub query_limits: QueryLimits,
     /// For `NeedsApproval`: who may approve, and how long to wait.
     pub approvers: Option<String>,
     pub approval_timeout: Option<Duration>,
@@ -100,6 +102,7 @@ impl Decision {
             as_role: None,
             mask: None,
             max_session: None,
+            query_limits: QueryLimits::default(),
             approvers: None,
             approval_timeout: None,
             guard: super::Guard::default(),
@@ -486,6 +489,7 @@ impl Policy {
         d.mask = rule.mask.clone();
         d.max_session = rule.max_session;
         d.guard = rule.guard();
+        d.query_limits = rule.query_limits;
         // Allows carry no text: it is built on demand (see `Decision::reason`),
         // keeping the common path free of allocation.
         let Some(s) = req.statement else {

@@ -24,11 +24,14 @@ use super::{
 use crate::mask::{Detector, ProfileSpec, Style};
 use crate::settings::{AgentRaw, parse_duration};
 use crate::sql::Kind;
+use crate::sql::budget::{QueryLimits, QueryLimitsRaw};
 use crate::types::{BackendName, DbRole, RuleName};
 
 /// The top-level keys a policy file may hold.
 const TOP_LEVEL: &[&str] = &["agent", "backend", "rule", "mask", "approvers", "grant", "notify", "identity", "test"];
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+/// Rule names are in every decision and audit record.
+const MAX_RULE_NAME: usize = 128;
 const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +158,7 @@ struct RuleRaw {
     catalog: Option<Spanned<String>>,
     statement_timeout: Option<Spanned<String>>,
     idle_in_transaction_timeout: Option<Spanned<String>>,
+    query_limits: Option<Spanned<QueryLimitsRaw>>,
 }
 
 /// A `[[notify]]`: who is told about requests, and how.
@@ -846,6 +850,8 @@ fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs
             catalog: g.catalog,
             statement_timeout: g.statement_timeout,
             idle_in_transaction_timeout: g.idle_in_transaction_timeout,
+            // A grant's sessions are held to the default query_limits.
+            query_limits: None,
         };
         let mut scratch = Policy {
             backends: policy.backends.clone(),
@@ -1149,6 +1155,10 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             e.push(src.at(Some(r.name.span())), "a rule needs a non-empty name");
             continue;
         }
+        if name.chars().count() > MAX_RULE_NAME {
+            e.push(src.at(Some(r.name.span())), format!("a rule name has at most {MAX_RULE_NAME} characters"));
+            continue;
+        }
         if let Some(first) = rule_names.insert(name.clone(), at.clone()) {
             e.push(
                 src.at(Some(r.name.span())),
@@ -1223,6 +1233,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
                 ("catalog", r.catalog.as_ref().map(Spanned::span)),
                 ("statement_timeout", r.statement_timeout.as_ref().map(Spanned::span)),
                 ("idle_in_transaction_timeout", r.idle_in_transaction_timeout.as_ref().map(Spanned::span)),
+                ("query_limits", r.query_limits.as_ref().map(Spanned::span)),
             ];
             let mut bad = false;
             for (field, span) in meaningless {
@@ -1268,6 +1279,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             ("catalog", r.catalog.as_ref().map(Spanned::span)),
             ("statement_timeout", r.statement_timeout.as_ref().map(Spanned::span)),
             ("idle_in_transaction_timeout", r.idle_in_transaction_timeout.as_ref().map(Spanned::span)),
+            ("query_limits", r.query_limits.as_ref().map(Spanned::span)),
         ];
         if !sql && let Some((field, Some(span))) = statement_scope.iter().find(|(_, s)| s.is_some()) {
             e.push(
@@ -1370,6 +1382,14 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
                 CatalogAccess::Metadata
             }
         };
+        let query_limits = match &r.query_limits {
+            None => QueryLimits::default(),
+            Some(q) => QueryLimits::from_raw(q.get_ref()).unwrap_or_else(|msg| {
+                e.push(src.at(Some(q.span())), msg);
+                bad = true;
+                QueryLimits::default()
+            }),
+        };
         if bad {
             continue;
         }
@@ -1394,6 +1414,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             catalog,
             statement_timeout,
             idle_in_transaction_timeout,
+            query_limits,
             at,
             index,
         });

@@ -621,18 +621,12 @@ async fn decide_text(
         .hint("connect with client_encoding UTF8")
     })?;
     let opts = ParseOptions { standard_conforming_strings: lock(shared).scs };
-    // Large statements are parsed off the async workers.
-    let statements = if text.len() > 16 * 1024 {
-        let owned = text.to_owned();
-        tokio::task::spawn_blocking(move || sql::parse(&owned, opts))
-            .await
-            .unwrap_or_else(|_| Err(sql::SqlError::Parse { message: "classifier failed".into(), position: None }))
-    } else {
-        ctx.agent.sql_cache.classify(text, opts)
-    };
-    let statements = statements.map_err(|e| {
-        PgError::new(Severity::Error, "42601", format!("Gatehouse refused this statement: {e}"))
-            .hint("Gatehouse parses every statement with PostgreSQL's grammar and refuses what does not parse")
+    // What the text may cost is the rule's to say, before it is parsed (sql/budget.rs).
+    let snapshot = ctx.agent.snapshot.load_full();
+    let admitted = snapshot.policy.decide_connect(&ctx.principal, &ctx.backend.name, jiff::Timestamp::now());
+    let statements = ctx.agent.classifier.classify(text, opts, &admitted.query_limits).await.map_err(|e| {
+        let rule = admitted.rule.as_ref().map(|r| format!(" (rule {:?})", r.as_str())).unwrap_or_default();
+        PgError::new(Severity::Error, e.sqlstate(), format!("Gatehouse refused this statement: {e}{rule}")).hint(e.hint())
     })?;
     Ok(decide_statements(ctx, db, shared, statements, epoch, true))
 }
