@@ -8,7 +8,11 @@
 //!   descriptor of every link it attached (a removed pin then cannot detach a
 //!   running agent), re-pins from it, and `gatehouse detach --force` detaches
 //!   links in the kernel even while another process holds them.
-#![expect(unsafe_code, reason = "getsockopt(SO_NETNS_COOKIE) and three bpf(2) commands have no safe wrapper")]
+//! * glibc's `malloc_trim`: a large parse's freed tree goes back to the kernel.
+#![expect(
+    unsafe_code,
+    reason = "getsockopt(SO_NETNS_COOKIE), three bpf(2) commands and malloc_trim have no safe wrapper"
+)]
 
 use std::ffi::CStr;
 use std::io;
@@ -94,4 +98,15 @@ pub fn bpf_link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
     let link_fd = u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("negative descriptor"))?;
     let mut attr = LinkDetachAttr { link_fd };
     bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// Returns the allocator's free memory to the kernel. A large parse frees
+/// a tree of up to ~100 MB in many small chunks, which glibc would keep in
+/// its thread's arena (the process's RSS staying at its peak).
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own
+    // arenas under their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -148,6 +148,28 @@ impl QueryLimits {
     }
 }
 
+/// Longest refused text kept whole in its audit record.
+pub const RECORDED_REFUSAL: usize = 64 * 1024;
+
+/// A refused text as its audit record keeps it: whole up to
+/// [`RECORDED_REFUSAL`] bytes, else that much of its start with its length
+/// and blake3 hash (of the text as recorded, i.e. already redacted).
+/// Refusals come as fast as a client sends texts, so each must cost the
+/// audit queue a bounded amount.
+pub fn recorded_refusal(text: String) -> String {
+    if text.len() <= RECORDED_REFUSAL {
+        return text;
+    }
+    let mut cut = RECORDED_REFUSAL;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = blake3::hash(text.as_bytes()).to_hex();
+    let mut kept = text.get(..cut).unwrap_or_default().to_owned();
+    kept.push_str(&format!("… [{} bytes in all; blake3 {hash}]", text.len()));
+    kept
+}
+
 fn within(field: &str, n: u64, max: usize) -> Result<usize, String> {
     match usize::try_from(n) {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
@@ -341,7 +363,8 @@ fn parse_thread(jobs: &Mutex<mpsc::Receiver<Job>>) {
             std::panic::catch_unwind(|| parse(&job.sql, job.options)).unwrap_or_else(|_| Err(failed()));
         drop(job.sql);
         let _ = job.reply.send(result);
-        // The permit is released here, after the tree is freed.
+        crate::sys::release_free_memory();
+        // The permit is released here, after the tree is freed and returned.
     }
 }
 
@@ -465,6 +488,17 @@ mod tests {
             few.admit(&one_hundred_thousand, opts()).unwrap_err(),
             OverBudget::Statements { count: 100_000, limit: DEFAULT_MAX_STATEMENTS }
         );
+    }
+
+    #[test]
+    fn refused_texts_are_recorded_whole_or_cut_with_their_length_and_hash() {
+        assert_eq!(recorded_refusal("SELECT 1".into()), "SELECT 1");
+        let big = format!("SELECT 'é{}'", "x".repeat(RECORDED_REFUSAL));
+        let r = recorded_refusal(big.clone());
+        assert!(r.len() < RECORDED_REFUSAL + 200, "{}", r.len());
+        assert!(r.starts_with("SELECT 'é"));
+        let hash = blake3::hash(big.as_bytes()).to_hex();
+        assert!(r.ends_with(&format!("[{} bytes in all; blake3 {hash}]", big.len())), "{r}");
     }
 
     #[test]

@@ -919,7 +919,9 @@ fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) 
 fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&Statement>, why: &Refused) {
     st.seq += 1;
     // Refused statements keep no secret either, and a parse error never echoes the text.
-    let text = recorded_text(ctx, st, &String::from_utf8_lossy(text));
+    let mut text = recorded_text(ctx, st, &String::from_utf8_lossy(text));
+    // And a refused text of any length costs the audit queue at most 64 KiB.
+    text.text = sql::budget::recorded_refusal(text.text);
     let reason = sql::redact::reason(&why.reason());
     info!(
         rule = why.rule().as_deref().unwrap_or("(gatehouse)"),
