@@ -1,7 +1,12 @@
-//! Decision cost with 10, 100 and 1,000 rules (`cargo xtask bench policy`).
-//! A measurement, not a test: it prints nanoseconds per decision and the
-//! scaling ratios against the 10-rule policy measured in the same run.
+//! Decision cost with 10, 100 and 1,000 rules (`cargo xtask bench policy`),
+//! then what classifying statement texts costs per KiB of SQL and what the
+//! per-query budget saves (`policy/parse.rs`). A measurement, not a test:
+//! it prints nanoseconds per decision and the scaling ratios against the
+//! 10-rule policy measured in the same run.
 #![expect(clippy::expect_used, clippy::indexing_slicing, reason = "a benchmark harness over its own data")]
+
+#[path = "policy/parse.rs"]
+mod parse;
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -51,6 +56,9 @@ fn time(iters: u32, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    if parse::is_child() {
+        return;
+    }
     let who = Principal::named(
         "user5",
         &["group5", "team5", "group13", "staff", "wheel", "adm", "users", "ops", "dev", "qa"],
@@ -89,4 +97,5 @@ fn main() {
         println!("ratio decide_statement rules{n}/rules10 = {:.2}", s / s10);
         println!("ratio decide_default_deny rules{n}/rules10 = {:.2}", d / d10);
     }
+    parse::run();
 }

@@ -36,14 +36,14 @@ use super::{Cache, MAX_SQL_LEN, ParseOptions, SqlError, Statement, parse};
 /// Default `query_limits.bytes`: well below what a 1 MiB text would cost.
 pub const DEFAULT_MAX_BYTES: usize = 256 * 1024;
 /// Default `query_limits.tokens`: at most about 100 MB of parse tree; an
-/// `IN` list of 20,000 values or a 2,000-row multi-row INSERT fit.
+/// `IN` list of 20,000 values or a 2,000-row INSERT of ten columns fit.
 pub const DEFAULT_MAX_TOKENS: usize = 50_000;
 /// Default `query_limits.statements` per Query message.
 pub const DEFAULT_MAX_STATEMENTS: usize = 1_000;
 /// The most `query_limits.tokens` may be raised to.
 pub const MAX_TOKENS: usize = 1_000_000;
 /// Texts with more tokens than this are parsed on the parse threads.
-pub const LARGE_TOKENS: usize = 4_096;
+pub const LARGE_TOKENS: usize = 1_024;
 /// Texts longer than this are parsed on the parse threads.
 pub const LARGE_BYTES: usize = 16 * 1024;
 /// Threads that parse large texts, i.e. large parses at once.
@@ -269,6 +269,11 @@ impl Classifier {
             Prepared::Known(statements) => Ok(statements),
             Prepared::Parse(shape) => self.parse_here(sql, options, shape),
         }
+    }
+
+    /// The cache's accounted bytes and entries.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache.usage()
     }
 
     fn prepare(&self, sql: &str, options: ParseOptions, limits: &QueryLimits) -> Result<Prepared, OverBudget> {
