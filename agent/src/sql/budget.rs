@@ -236,8 +236,8 @@ pub struct Classifier {
     pool: ParsePool,
 }
 
-/// What [`Classifier::prepare`] found.
-enum Prepared {
+/// What [`Classifier::prepare`] found: a cached answer, or a text to parse.
+enum Lookup {
     Known(Vec<Statement>),
     Parse(Shape),
 }
@@ -251,9 +251,9 @@ impl Classifier {
         limits: &QueryLimits,
     ) -> Result<Vec<Statement>, Refused> {
         match self.prepare(sql, options, limits)? {
-            Prepared::Known(statements) => Ok(statements),
-            Prepared::Parse(shape) if is_large(sql, shape) => Ok(self.pool.classify(sql, options).await?),
-            Prepared::Parse(shape) => self.parse_here(sql, options, shape),
+            Lookup::Known(statements) => Ok(statements),
+            Lookup::Parse(shape) if is_large(sql, shape) => Ok(self.pool.classify(sql, options).await?),
+            Lookup::Parse(shape) => self.parse_here(sql, options, shape),
         }
     }
 
@@ -266,8 +266,8 @@ impl Classifier {
         limits: &QueryLimits,
     ) -> Result<Vec<Statement>, Refused> {
         match self.prepare(sql, options, limits)? {
-            Prepared::Known(statements) => Ok(statements),
-            Prepared::Parse(shape) => self.parse_here(sql, options, shape),
+            Lookup::Known(statements) => Ok(statements),
+            Lookup::Parse(shape) => self.parse_here(sql, options, shape),
         }
     }
 
@@ -276,13 +276,13 @@ impl Classifier {
         self.cache.usage()
     }
 
-    fn prepare(&self, sql: &str, options: ParseOptions, limits: &QueryLimits) -> Result<Prepared, OverBudget> {
+    fn prepare(&self, sql: &str, options: ParseOptions, limits: &QueryLimits) -> Result<Lookup, OverBudget> {
         limits.check_len(sql)?;
         if let Some((statements, shape)) = self.cache.get(sql, options) {
             limits.check_shape(shape)?;
-            return Ok(Prepared::Known(statements.to_vec()));
+            return Ok(Lookup::Known(statements.to_vec()));
         }
-        Ok(Prepared::Parse(limits.admit(sql, options)?))
+        Ok(Lookup::Parse(limits.admit(sql, options)?))
     }
 
     fn parse_here(&self, sql: &str, options: ParseOptions, shape: Shape) -> Result<Vec<Statement>, Refused> {

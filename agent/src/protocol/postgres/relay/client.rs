@@ -940,9 +940,9 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
         rule: why.rule(),
         reason: Some(reason),
     };
-    if let Err(e) = ctx.agent.audit.record(Event::Statement(Box::new(ev))) {
-        warn!(error = %e, "cannot record a refused statement");
-    }
+    // Waited for like an allowed statement's record: a client whose texts are
+    // refused as fast as it sends them must not outrun the audit store.
+    st.acks.push(ctx.agent.audit.record_strict(Event::Statement(Box::new(ev))));
 }
 
 pub(super) fn statement_end(ctx: &Ctx, f: InFlight, rows: Option<u64>, error: Option<String>) {
