@@ -8,6 +8,7 @@
 mod bench;
 mod bench_pg;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -29,6 +30,8 @@ enum Task {
     Test(test::TestArgs),
     /// Run Gatehouse on embedded defaults: a throwaway backend, an allowed and a refused user.
     Demo(demo::DemoArgs),
+    /// Every fuzz target for --secs seconds from its committed seeds and dictionary (installs cargo-fuzz).
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks, printed as ratios against baselines measured in the same run.
     Bench(bench::BenchArgs),
     /// (internal) A benchmark client, run inside the benchmark's cgroup.
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::setup(),
         Task::Test(a) => test::test(&a),
         Task::Demo(a) => demo::demo(&a),
+        Task::Fuzz(a) => fuzz::fuzz(&a),
         Task::Bench(a) => bench::bench(&a),
         Task::BenchClient(a) => bench::client(&a),
     }
