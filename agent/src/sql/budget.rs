@@ -364,8 +364,7 @@ fn parse_thread(jobs: &Mutex<mpsc::Receiver<Job>>) {
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(job) = job else { return };
-        let result =
-            std::panic::catch_unwind(|| parse(&job.sql, job.options)).unwrap_or_else(|_| Err(failed()));
+        let result = std::panic::catch_unwind(|| parse(&job.sql, job.options)).unwrap_or_else(|_| Err(failed()));
         drop(job.sql);
         let _ = job.reply.send(result);
         crate::sys::release_free_memory();

@@ -626,7 +626,8 @@ async fn decide_text(
     let admitted = snapshot.policy.decide_connect(&ctx.principal, &ctx.backend.name, jiff::Timestamp::now());
     let statements = ctx.agent.classifier.classify(text, opts, &admitted.query_limits).await.map_err(|e| {
         let rule = admitted.rule.as_ref().map(|r| format!(" (rule {:?})", r.as_str())).unwrap_or_default();
-        PgError::new(Severity::Error, e.sqlstate(), format!("Gatehouse refused this statement: {e}{rule}")).hint(e.hint())
+        PgError::new(Severity::Error, e.sqlstate(), format!("Gatehouse refused this statement: {e}{rule}"))
+            .hint(e.hint())
     })?;
     Ok(decide_statements(ctx, db, shared, statements, epoch, true))
 }
