@@ -505,6 +505,22 @@ mod tests {
         assert!(r.ends_with(&format!("[{} bytes in all; blake3 {hash}]", big.len())), "{r}");
     }
 
+    /// The audit redactor parses what it records; a text over the inline
+    /// bound (a refused 1 MiB one, say) is redacted lexically instead:
+    /// every literal and comment goes, nothing is parsed.
+    #[test]
+    fn the_redactor_does_not_parse_large_texts() {
+        use crate::sql::redact::{RecordOptions, Rules, redact};
+        let small = "ALTER ROLE app PASSWORD 'hunter2' -- note";
+        let r = redact(small, &Rules::default(), RecordOptions::default(), true);
+        assert!(!r.text.contains("hunter2") && r.text.contains("-- note"), "parsed: only the secret goes: {}", r.text);
+        let big = format!("SELECT 'x'{} FROM t -- password", ",a".repeat(1 << 19));
+        let r = redact(&big, &Rules::default(), RecordOptions::default(), true);
+        assert!(r.text.ends_with("-- [redacted]") && !r.text.contains("'x'"), "{}", r.text.get(..80).unwrap_or(""));
+        let lexical = big.replace("'x'", crate::sql::redact::REDACTED).replace("-- password", "-- [redacted]");
+        assert!(r.text == lexical, "not the lexical redaction");
+    }
+
     #[test]
     fn cached_texts_are_held_to_the_same_limits() {
         let c = Classifier::default();

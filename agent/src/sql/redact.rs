@@ -162,6 +162,13 @@ pub fn redact(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Reda
     if !opts.normalize && !rules.might_hold_secret(text) {
         return unchanged();
     }
+    // Parsing (and the JSON view of the tree below) costs up to ~5 KB per
+    // token, here on the session's task: a text over the inline parse bound
+    // (or one refused for its size, which was never parsed) is redacted
+    // lexically instead, every literal and comment (sql/budget.rs).
+    if super::shape::measure(text, scs).tokens > super::budget::LARGE_TOKENS {
+        return unparsed(text, scs);
+    }
     let mut parser_options = pg_query::ParserOptions::DEFAULT;
     if !scs {
         parser_options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
