@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::mem::size_of;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::lineage::{Lineage, Output, Ref as LineageRef, SourceKind};
 use super::shape::Shape;
-use super::{ParseOptions, Statement, TableRef};
+use super::{Effects, ParseOptions, QualName, Ref, Statement, TableRef};
 
 /// Classifications by exact text (and parse options): drivers send the same
 /// statement texts again and again (prepared statements, ORMs). Only an
@@ -130,12 +131,96 @@ fn statement_bytes(s: &Statement) -> usize {
         + s.kinds.len().div_ceil(11) * (KIND_NODE + ALLOC)
         + tables_bytes(&s.reads)
         + tables_bytes(&s.writes)
-        + vec_bytes(&s.functions)
-        + s.functions.iter().map(string_bytes).sum::<usize>()
+        + strings_bytes(&s.functions)
+        + refs_bytes(&s.refs.calls)
+        + refs_bytes(&s.refs.operators)
+        + refs_bytes(&s.refs.casts)
+        + strings_bytes(&s.refs.attributes)
+        + effects_bytes(&s.effects)
+        + vec_bytes(&s.pending_where)
+        + s.pending_where.iter().map(|p| table_bytes(&p.target) + strings_bytes(&p.columns)).sum::<usize>()
+        + tables_bytes(&s.via_views)
+        + tables_bytes(&s.sensitive)
+        + s.lineage.as_deref().map_or(0, lineage_bytes)
+}
+
+fn effects_bytes(e: &Effects) -> usize {
+    let name = |n: &Option<String>| n.as_ref().map_or(0, string_bytes);
+    name(&e.prepare)
+        + name(&e.execute)
+        + e.deallocate.as_ref().map_or(0, name)
+        + strings_bytes(&e.settings)
+        + e.search_path.as_ref().and_then(Option::as_ref).map_or(0, strings_bytes)
+        + name(&e.unsafe_encoding)
+        + vec_bytes(&e.defines)
+        + e.defines.iter().map(|(_, q)| qual_bytes(q)).sum::<usize>()
+}
+
+/// Where result columns come from (masking): per output column a name and
+/// its references, per nested query its outputs again, so a text of column
+/// references holds several times their count in entries.
+fn lineage_bytes(l: &Lineage) -> usize {
+    // Behind an Arc: the counts and the allocation.
+    2 * size_of::<usize>()
+        + size_of::<Lineage>()
+        + ALLOC
+        + outputs_bytes(&l.outputs)
+        + outputs_bytes(&l.inner)
+        + vec_bytes(&l.sources)
+        + l.sources
+            .iter()
+            .map(|s| {
+                string_bytes(&s.alias)
+                    + match &s.kind {
+                        SourceKind::Relation(t) => table_bytes(t),
+                        SourceKind::Query(o) => outputs_bytes(o),
+                    }
+            })
+            .sum::<usize>()
+        + lineage_refs_bytes(&l.predicates)
+        + l.declares.as_ref().map_or(0, string_bytes)
+        + l.fetches.as_ref().map_or(0, string_bytes)
+}
+
+fn outputs_bytes(o: &Vec<Output>) -> usize {
+    vec_bytes(o)
+        + o.iter()
+            .map(|o| {
+                string_bytes(&o.name)
+                    + lineage_refs_bytes(&o.refs)
+                    + o.star.as_ref().map_or(0, |s| s.qualifier.as_ref().map_or(0, string_bytes) + vec_bytes(&s.level))
+            })
+            .sum::<usize>()
+}
+
+fn lineage_refs_bytes(r: &Vec<LineageRef>) -> usize {
+    vec_bytes(r)
+        + r.iter()
+            .map(|r| match r {
+                LineageRef::Column { qualifier, name } => qualifier.as_ref().map_or(0, string_bytes) + string_bytes(name),
+                LineageRef::Whole(q) => string_bytes(q),
+            })
+            .sum::<usize>()
+}
+
+fn refs_bytes(r: &Vec<Ref>) -> usize {
+    vec_bytes(r) + r.iter().map(|r| qual_bytes(&r.name)).sum::<usize>()
+}
+
+fn qual_bytes(q: &QualName) -> usize {
+    string_bytes(&q.name) + q.schema.as_ref().map_or(0, string_bytes)
 }
 
 fn tables_bytes(t: &Vec<TableRef>) -> usize {
-    vec_bytes(t) + t.iter().map(|t| string_bytes(&t.name) + t.schema.as_ref().map_or(0, string_bytes)).sum::<usize>()
+    vec_bytes(t) + t.iter().map(table_bytes).sum::<usize>()
+}
+
+fn table_bytes(t: &TableRef) -> usize {
+    string_bytes(&t.name) + t.schema.as_ref().map_or(0, string_bytes)
+}
+
+fn strings_bytes(v: &Vec<String>) -> usize {
+    vec_bytes(v) + v.iter().map(string_bytes).sum::<usize>()
 }
 
 fn vec_bytes<T>(v: &Vec<T>) -> usize {
@@ -209,6 +294,25 @@ mod tests {
             through(&cache, &sql, opts);
             if i % 1000 == 0 {
                 assert!(cache.get(hot, opts).is_some(), "the hot text was dropped after {i} others");
+            }
+        }
+    }
+
+    #[test]
+    fn what_masking_and_the_catalog_pass_keep_is_accounted() {
+        // 4 KB of column references: ~2,000 result columns, each with its
+        // name and reference in the lineage; of calls: as many refs.
+        let opts = ParseOptions::default();
+        for (sql, least) in [
+            (format!("SELECT a{} FROM t", ",a".repeat(2_000)), 2_000 * (size_of::<Output>() + size_of::<LineageRef>())),
+            (format!("SELECT 1{}", (0..500).map(|i| format!(",f{i}()")).collect::<String>()), 500 * size_of::<Ref>()),
+        ] {
+            let statements = parse(&sql, opts).unwrap();
+            let lineage = statements.iter().filter_map(|s| s.lineage.as_deref()).map(lineage_bytes).sum::<usize>();
+            let bytes = entry_bytes(&sql, &statements);
+            assert!(bytes > sql.len() + least, "{} accounted for {} bytes of text", bytes, sql.len());
+            if sql.contains(",a") {
+                assert!(lineage > least, "lineage accounted {lineage}");
             }
         }
     }
