@@ -623,7 +623,12 @@ async fn decide_text(
     let opts = ParseOptions { standard_conforming_strings: lock(shared).scs };
     // What the text may cost is the rule's to say, before it is parsed (sql/budget.rs).
     let snapshot = ctx.agent.snapshot.load_full();
-    let admitted = snapshot.policy.decide_connect(&ctx.principal, &ctx.backend.name, jiff::Timestamp::now());
+    let admitted = snapshot.policy.decide_connect_with(
+        &ctx.principal,
+        &ctx.backend.name,
+        jiff::Timestamp::now(),
+        &ctx.agent.grant_rules.load(),
+    );
     let statements = ctx.agent.classifier.classify(text, opts, &admitted.query_limits).await.map_err(|e| {
         let rule = admitted.rule.as_ref().map(|r| format!(" (rule {:?})", r.as_str())).unwrap_or_default();
         PgError::new(Severity::Error, e.sqlstate(), format!("Gatehouse refused this statement: {e}{rule}"))
