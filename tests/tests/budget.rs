@@ -35,7 +35,8 @@ fn world(name: &str) -> World {
     let ana = env.user("ana", &[&staff]);
     let bob = env.user("bob", &[&staff]);
     let cat = env.user("cat", &[]);
-    let pg = PgServer::start(&env.dir, &loopback(41), free_port(), "");
+    // Every statement the server receives is in its log: the refused ones must not be.
+    let pg = PgServer::start(&env.dir, &loopback(41), free_port(), "log_statement = 'all'");
     pg.admin_db(
         "appdb",
         &format!(
@@ -311,7 +312,11 @@ print(json.dumps(report))
     // What the server did: none of the refused texts reached it.
     assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM victim"), "0");
     let server_log = w.pg.log();
-    assert!(!server_log.contains("SELECT a,a,a") && !server_log.contains("VALUES (1),(1)"), "{server_log}");
+    assert!(server_log.contains("statement: SELECT count(*) FROM items WHERE name LIKE"), "the server logs statements");
+    assert!(server_log.contains("SELECT count(*) FROM items WHERE id IN (1,2,3,"), "texts within the limits ran");
+    for refused in ["SELECT a,a,a", "SELECT f(),f()", "VALUES (1),(1)", "SELECT 1;SELECT 1;SELECT 1", "INSERT INTO victim"] {
+        assert!(!server_log.contains(refused), "the server received {refused:?}");
+    }
 
     // Bob worked throughout, and was answered while ana's texts arrived.
     let (start, end) = (r["start"].as_f64().unwrap(), r["end"].as_f64().unwrap());
