@@ -314,7 +314,9 @@ print(json.dumps(report))
     let server_log = w.pg.log();
     assert!(server_log.contains("statement: SELECT count(*) FROM items WHERE name LIKE"), "the server logs statements");
     assert!(server_log.contains("SELECT count(*) FROM items WHERE id IN (1,2,3,"), "texts within the limits ran");
-    for refused in ["SELECT a,a,a", "SELECT f(),f()", "VALUES (1),(1)", "SELECT 1;SELECT 1;SELECT 1", "INSERT INTO victim"] {
+    for refused in
+        ["SELECT a,a,a", "SELECT f(),f()", "VALUES (1),(1)", "SELECT 1;SELECT 1;SELECT 1", "INSERT INTO victim"]
+    {
         assert!(!server_log.contains(refused), "the server received {refused:?}");
     }
 

@@ -197,7 +197,9 @@ fn lineage_refs_bytes(r: &Vec<LineageRef>) -> usize {
     vec_bytes(r)
         + r.iter()
             .map(|r| match r {
-                LineageRef::Column { qualifier, name } => qualifier.as_ref().map_or(0, string_bytes) + string_bytes(name),
+                LineageRef::Column { qualifier, name } => {
+                    qualifier.as_ref().map_or(0, string_bytes) + string_bytes(name)
+                }
                 LineageRef::Whole(q) => string_bytes(q),
             })
             .sum::<usize>()
