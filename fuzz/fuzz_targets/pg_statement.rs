@@ -110,7 +110,12 @@ fn check_text(w: &World, who: usize, text: &[u8], options: ParseOptions) {
         resolve(s, Catalog::builtin(), &names);
     }
     let shape = measure(text, options.standard_conforming_strings);
-    assert!(shape.statements >= statements.len(), "{text:?}: counted {} < parsed {}", shape.statements, statements.len());
+    assert!(
+        shape.statements >= statements.len(),
+        "{text:?}: counted {} < parsed {}",
+        shape.statements,
+        statements.len()
+    );
     assert!(shape.tokens <= admitted.query_limits.tokens, "{text:?}: admitted over the token limit");
     for s in &statements {
         assert!(!s.kinds.is_empty(), "{text:?}: a statement without a kind");
@@ -128,7 +133,10 @@ fn check_text(w: &World, who: usize, text: &[u8], options: ParseOptions) {
             1 => {
                 let bad = s.kinds.iter().find(|k| {
                     k.is_opaque()
-                        || matches!(k, Kind::Drop | Kind::Truncate | Kind::DeleteWithoutWhere | Kind::UpdateWithoutWhere)
+                        || matches!(
+                            k,
+                            Kind::Drop | Kind::Truncate | Kind::DeleteWithoutWhere | Kind::UpdateWithoutWhere
+                        )
                 });
                 assert!(bad.is_none(), "{text:?}: the developers' rule allowed {bad:?} in {s:?}");
             }
