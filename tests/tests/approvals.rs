@@ -437,7 +437,7 @@ fn held_logins_and_just_in_time_grants() {
 import sys, time, psycopg
 conn = psycopg.connect(host=sys.argv[1], port=sys.argv[2], dbname="appdb", user="whoever", autocommit=True)
 print("open", conn.execute("SELECT count(*) FROM orders").fetchone()[0], flush=True)
-time.sleep(4)
+sys.stdin.readline()
 try:
     conn.execute("SELECT 1")
     print("still open")
@@ -447,13 +447,30 @@ except psycopg.Error as e:
     )
     .unwrap();
     let port = w.pg.port.to_string();
-    let session =
+    let mut session =
         w.env.spawn_as(&w.dev, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &w.pg.host, &port]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Revoke once the session is open (however slow the machine), then let
+    // the client try its next statement.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = session.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    assert!(first.contains("open 3"), "the session did not open: {first:?}\n{}", w.env.agent_log());
     let o = w.cli(&w.lea, &["revoke", &id.to_string()]);
     assert!(o.status.success(), "{}", text(&o));
-    let out = wait_output(session, Duration::from_secs(20));
-    let t = text(&out);
+    std::io::Write::write_all(session.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let out = wait_output(session, Duration::from_secs(30));
+    let mut rest = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        rest.push(line);
+    }
+    let t = format!("{first}\n{}\n{}", rest.join("\n"), text(&out));
     assert!(
         t.contains("open 3") && t.contains("cut") && t.contains("no longer in force"),
         "{t}\n{}",

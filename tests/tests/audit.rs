@@ -175,7 +175,16 @@ fn a_killed_agent_leaves_a_verifiable_chain_with_every_executed_statement() {
         let load = s.spawn(|| {
             env_ref.run_as(&ana, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &pg.host, &port])
         });
-        std::thread::sleep(Duration::from_secs(3));
+        // Kill under load: once the server has executed a few hundred
+        // statements (however slowly the clients started), not after a fixed time.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(90) {
+            let n: u64 = pg.admin_db("appdb", "SELECT count(*) FROM t").trim().parse().unwrap_or(0);
+            if n >= 300 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let pid = env_ref.agent.as_ref().map(std::process::Child::id).unwrap_or_default();
         assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
         let _ = load.join();
