@@ -76,6 +76,16 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             .args(["bench", "-p", "gatehouse", "--bench", "audit"]));
     }
     if let Some(name) = in_process {
+        if name == "policy" {
+            // What catalog awareness adds per statement, beside the decision cost.
+            run(Command::new("cargo").current_dir(workspace_root()).args([
+                "bench",
+                "-p",
+                "gatehouse",
+                "--bench",
+                "catalog",
+            ]))?;
+        }
         return run(Command::new("cargo").current_dir(workspace_root()).args([
             "bench",
             "-p",
