@@ -25,6 +25,11 @@ impl Budget {
         *self.used.lock().unwrap_or_else(PoisonError::into_inner) = (0, false);
     }
 
+    /// The cap was reached and that is on record: nothing more is recorded.
+    fn spent(&self) -> bool {
+        self.used.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+
     /// How many of `n` bytes may be recorded; `true` the first time the cap is hit.
     fn take(&self, n: u64) -> (u64, bool) {
         let mut g = self.used.lock().unwrap_or_else(PoisonError::into_inner);
@@ -61,6 +66,15 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
 impl StreamRecorder {
     pub fn new(session: SessionId, cap: u64, per: &'static str) -> Self {
         Self { session, up: Budget::new(cap), down: Budget::new(cap), per, lost: Mutex::new([(0, 0); 2]) }
+    }
+
+    /// Whether direction `dir` has spent its budget (and its truncation
+    /// record is written): until a reset, nothing more of it is recorded.
+    pub fn spent(&self, dir: Direction) -> bool {
+        match dir {
+            Direction::Up => self.up.spent(),
+            Direction::Down => self.down.spent(),
+        }
     }
 
     /// A new statement starts: both directions get a fresh budget.
