@@ -181,6 +181,11 @@ fn encode(buf: &mut Vec<u8>, e: &Entry) {
     buf.extend_from_slice(sum.as_bytes().get(..CHECKSUM).unwrap_or_default());
 }
 
+#[cfg(test)]
+pub(super) fn encode_for_test(buf: &mut Vec<u8>, e: &Entry) {
+    encode(buf, e);
+}
+
 /// A replayed entry.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Replayed {
