@@ -418,7 +418,12 @@ enum Command {
     /// Records already in the journal (acknowledged), in journal order.
     Journaled(Vec<journal::Entry>),
     Flush(oneshot::Sender<Result<(), String>>),
-    Redact { session: String, reason: String, by_uid: u32, ack: oneshot::Sender<Result<Redaction, String>> },
+    Redact {
+        session: String,
+        reason: String,
+        by_uid: u32,
+        ack: oneshot::Sender<Result<Redaction, String>>,
+    },
     RotateKey(oneshot::Sender<Result<KeyRotation, String>>),
     Stop,
 }
@@ -1152,8 +1157,23 @@ impl Audit {
     /// Records a batch of strict records (the statements a session is about
     /// to forward) and, in strict mode, returns once they are durable: in the
     /// journal with one write, and with `audit_fsync` after a shared
-    /// `fdatasync`. Best-effort mode queues them.
-    pub fn commit(&self, events: Vec<Event>) -> AckFuture {
+    /// `fdatasync`. While the writer's queue is three quarters full, it
+    /// first waits for room: the data path goes no faster than the chain is
+    /// written, and the records that follow a statement (its end, its
+    /// bytes) keep room in the queue. Best-effort mode queues them.
+    pub async fn commit(&self, events: Vec<Event>) -> Result<(), AuditError> {
+        if self.journal.is_some() {
+            while self.queued.load(Ordering::Relaxed) >= self.depth / 4 * 3 {
+                if let Some(f) = self.failure() {
+                    return Err(AuditError::Failed(f));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        self.commit_now(events).wait().await
+    }
+
+    fn commit_now(&self, events: Vec<Event>) -> AckFuture {
         if events.is_empty() {
             return AckFuture::Ready(Ok(()));
         }

@@ -426,10 +426,7 @@ pub(crate) fn constant_read() {
 
 /// Parses like [`parse`], and says whether the classification read the
 /// value of any constant.
-pub(crate) fn parse_noting_constants(
-    sql: &str,
-    options: ParseOptions,
-) -> (Result<Vec<Statement>, SqlError>, bool) {
+pub(crate) fn parse_noting_constants(sql: &str, options: ParseOptions) -> (Result<Vec<Statement>, SqlError>, bool) {
     CONSTANT_READ.with(|c| c.set(false));
     let r = parse(sql, options);
     (r, CONSTANT_READ.with(std::cell::Cell::get))

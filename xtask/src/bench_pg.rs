@@ -65,7 +65,7 @@ fn wait_port(addr: &str) -> Result<()> {
 }
 
 fn start_servers(port: u16, scale: Option<u32>) -> Result<Servers> {
-    let dir = std::env::temp_dir().join(format!("gh-bench-pg-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("gh-bench-pgdata-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     ok(Command::new("chown").arg("postgres:postgres").arg(&dir), "chown")?;
     let data = dir.join("data");

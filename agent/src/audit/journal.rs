@@ -353,8 +353,7 @@ impl Journal {
         inner.buf.clear();
         for e in events {
             let (body, _) = e.encode();
-            let entry =
-                Entry { jseq: inner.next, time_us, kind: e.kind(), session: e.session(), body, event: Some(e) };
+            let entry = Entry { jseq: inner.next, time_us, kind: e.kind(), session: e.session(), body, event: Some(e) };
             inner.next += 1;
             encode(&mut inner.buf, &entry);
             entries.push(entry);

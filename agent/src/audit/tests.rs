@@ -328,7 +328,7 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
         oidc: None,
     }))
     .unwrap();
-    run(audit.commit(vec![statement_event(id, 1, "SELECT 1"), statement_event(id, 2, "SELECT 2")]).wait()).unwrap();
+    run(audit.commit(vec![statement_event(id, 1, "SELECT 1"), statement_event(id, 2, "SELECT 2")])).unwrap();
     run(audit.flush()).unwrap();
     writer.stop();
     assert_eq!(journal_files(&db), 0, "a clean stop leaves no journal");
@@ -376,7 +376,7 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
     assert!(report.ok(), "{report:?}");
     // And an agent starting on it goes on from there.
     let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
-    run(audit.commit(vec![statement_event(id, 7, "SELECT 5")]).wait()).unwrap();
+    run(audit.commit(vec![statement_event(id, 7, "SELECT 5")])).unwrap();
     run(audit.flush()).unwrap();
     writer.stop();
     assert_eq!(statement_texts(&db), ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 4", "SELECT 5"]);

@@ -464,13 +464,9 @@ fn indexed_event(r: &Record) -> Option<Event> {
 pub(crate) fn event_for_index(kind: &str, body: &[u8]) -> Option<Event> {
     match kind {
         "session_open" => serde_json::from_slice::<SessionOpen>(body).ok().map(|x| Event::SessionOpen(Box::new(x))),
-        "session_close" => {
-            serde_json::from_slice::<SessionClose>(body).ok().map(|x| Event::SessionClose(Box::new(x)))
-        }
+        "session_close" => serde_json::from_slice::<SessionClose>(body).ok().map(|x| Event::SessionClose(Box::new(x))),
         "statement" => serde_json::from_slice::<StatementStart>(body).ok().map(|x| Event::Statement(Box::new(x))),
-        "statement_end" => {
-            serde_json::from_slice::<StatementEnd>(body).ok().map(|x| Event::StatementEnd(Box::new(x)))
-        }
+        "statement_end" => serde_json::from_slice::<StatementEnd>(body).ok().map(|x| Event::StatementEnd(Box::new(x))),
         "backend_login" => {
             serde_json::from_slice::<super::BackendLogin>(body).ok().map(|x| Event::BackendLogin(Box::new(x)))
         }

@@ -135,7 +135,7 @@ async fn forward<W: AsyncWrite + Unpin>(
 ) -> Result<(), Fail> {
     if !st.records.is_empty() {
         let records = std::mem::take(&mut st.records);
-        ctx.agent.audit.commit(records).wait().await.map_err(|e| Fail::Audit(e.to_string()))?;
+        ctx.agent.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
     }
     if !out.is_empty() {
         bw.write_all(out).await.map_err(|e| Fail::Backend(e.to_string()))?;
