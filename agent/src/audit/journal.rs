@@ -227,6 +227,9 @@ fn decode(b: &[u8]) -> Option<(Replayed, usize)> {
     Some((Replayed { jseq, time_us, kind, session, body, data }, 4 + len + CHECKSUM))
 }
 
+/// The chain's head: (seq, hash) of its last record.
+type Head = (u64, [u8; 32]);
+
 /// The journal position the store has ingested.
 pub(super) fn ingested(conn: &Connection) -> rusqlite::Result<u64> {
     let v: Option<String> =
@@ -243,11 +246,7 @@ pub(super) fn set_ingested(tx: &rusqlite::Transaction<'_>, jseq: u64) -> rusqlit
 /// Appends to the chain whatever the journal of `db` holds beyond what the
 /// store has ingested, then removes the journal. Returns the new head, the
 /// next jseq to use, and how many records were replayed.
-pub(super) fn replay(
-    conn: &mut Connection,
-    db: &Path,
-    mut head: (u64, [u8; 32]),
-) -> Result<((u64, [u8; 32]), u64, usize), String> {
+pub(super) fn replay(conn: &mut Connection, db: &Path, mut head: Head) -> Result<(Head, u64, usize), String> {
     let err = |e: rusqlite::Error| format!("replaying the audit journal: {e}");
     let done = ingested(conn).map_err(err)?;
     let mut last = done;
