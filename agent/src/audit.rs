@@ -17,6 +17,7 @@ mod admin;
 pub mod anchors;
 pub mod chain;
 pub mod export;
+pub mod journal;
 pub mod keys;
 pub mod query;
 pub mod replay;
@@ -27,8 +28,9 @@ pub use stream::StreamRecorder;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -372,7 +374,7 @@ impl Event {
         }
     }
 
-    fn session(&self) -> Option<String> {
+    pub(crate) fn session(&self) -> Option<String> {
         match self {
             Self::SessionOpen(o) => Some(o.id.to_string()),
             Self::SessionClose(c) => Some(c.id.to_string()),
@@ -413,8 +415,15 @@ impl Event {
 
 enum Command {
     Append(Event, Option<oneshot::Sender<Result<(), String>>>),
+    /// Records already in the journal (acknowledged), in journal order.
+    Journaled(Vec<journal::Entry>),
     Flush(oneshot::Sender<Result<(), String>>),
-    Redact { session: String, reason: String, by_uid: u32, ack: oneshot::Sender<Result<Redaction, String>> },
+    Redact {
+        session: String,
+        reason: String,
+        by_uid: u32,
+        ack: oneshot::Sender<Result<Redaction, String>>,
+    },
     RotateKey(oneshot::Sender<Result<KeyRotation, String>>),
     Stop,
 }
@@ -422,10 +431,16 @@ enum Command {
 /// Handle to the audit writer; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Audit {
-    tx: SyncSender<Command>,
+    tx: Sender<Command>,
+    /// Commands queued and not yet taken by the writer, bounded by `depth`.
+    queued: Arc<AtomicUsize>,
+    depth: usize,
     mode: Mode,
     failure: watch::Receiver<Option<String>>,
+    fail_tx: Arc<watch::Sender<Option<String>>>,
     public_key: std::sync::Arc<Mutex<[u8; 32]>>,
+    /// Strict mode's durability point (see [`journal`]).
+    journal: Option<Arc<journal::Journal>>,
 }
 
 /// Owns the writer and checkpointer threads.
@@ -433,7 +448,8 @@ pub struct Audit {
 pub struct AuditWriter {
     thread: Option<JoinHandle<()>>,
     checkpointer: Option<(JoinHandle<()>, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
-    tx: SyncSender<Command>,
+    tx: Sender<Command>,
+    journal: Option<Arc<journal::Journal>>,
 }
 
 impl AuditWriter {
@@ -442,6 +458,9 @@ impl AuditWriter {
         let _ = self.tx.send(Command::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some(j) = &self.journal {
+            j.close();
         }
         if let Some((t, stop)) = self.checkpointer.take() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -480,10 +499,24 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
     // two) leaves its new key file behind: drop it.
     let _ = std::fs::remove_file(keys::pending_path(key_path));
     conn.pragma_update(None, "secure_delete", "OFF").map_err(sql_err)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
+    let mut conn = conn;
+    // What a crashed agent acknowledged from its journal joins the chain before anything new.
+    let (head, next_jseq, _) = journal::replay(&mut conn, path, head).map_err(AuditError::Failed)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let journal = match opts.mode {
+        Mode::Strict => Some(Arc::new(
+            journal::Journal::create(path, next_jseq, opts.fsync, tx.clone(), queued.clone())
+                .map_err(AuditError::Failed)?,
+        )),
+        Mode::BestEffort => None,
+    };
     let (fail_tx, failure) = watch::channel(None);
+    let fail_tx = Arc::new(fail_tx);
     let public = std::sync::Arc::new(Mutex::new(public_key));
     let mut w = Writer {
+        queued: queued.clone(),
+        ingested: journal.as_ref().map(|j| j.ingested.clone()),
         conn,
         path: path.to_owned(),
         key_path: key_path.to_owned(),
@@ -496,7 +529,7 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
         last_checkpoint: Instant::now(),
         dirty: false,
         failed: None,
-        fail_tx,
+        fail_tx: fail_tx.clone(),
         _lock: lock,
     };
     let thread = std::thread::Builder::new()
@@ -511,8 +544,17 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
             .spawn(move || checkpointer(path, stop))
             .map_err(|source| AuditError::Open { path: PathBuf::new(), source })?
     };
-    let audit = Audit { tx: tx.clone(), mode: opts.mode, failure, public_key: public };
-    Ok((audit, AuditWriter { thread: Some(thread), checkpointer: Some((ck, stop)), tx }))
+    let audit = Audit {
+        tx: tx.clone(),
+        queued,
+        depth: QUEUE_DEPTH,
+        mode: opts.mode,
+        failure,
+        fail_tx,
+        public_key: public,
+        journal: journal.clone(),
+    };
+    Ok((audit, AuditWriter { thread: Some(thread), checkpointer: Some((ck, stop)), tx, journal }))
 }
 
 /// Takes the store's writer lock (`<store>.lock`, flock): one writer at a
@@ -643,6 +685,10 @@ fn head(conn: &Connection) -> rusqlite::Result<(u64, [u8; 32])> {
 
 struct Writer {
     conn: Connection,
+    /// The queue's length, shared with the senders.
+    queued: Arc<AtomicUsize>,
+    /// The journal position committed so far (strict mode).
+    ingested: Option<Arc<AtomicU64>>,
     path: PathBuf,
     key_path: PathBuf,
     head: (u64, [u8; 32]),
@@ -657,14 +703,14 @@ struct Writer {
     dirty: bool,
     /// Once a write fails, the store stays failed: the chain's state on disk is uncertain.
     failed: Option<String>,
-    fail_tx: watch::Sender<Option<String>>,
+    fail_tx: Arc<watch::Sender<Option<String>>>,
     /// Held while the writer runs: no second writer on this store.
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Writer {
     fn run(&mut self, rx: &Receiver<Command>) {
-        let _ = self.append_batch(vec![Event::Agent { what: "start".into() }]);
+        let _ = self.append_batch(vec![journal::Entry::now(Event::Agent { what: "start".into() })]);
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
         loop {
             let first = match rx.recv_timeout(self.checkpoint_every) {
@@ -686,17 +732,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.queued.fetch_sub(cmds.len(), Ordering::Relaxed);
             let stop = cmds.iter().any(|c| matches!(c, Command::Stop));
             let mut events = Vec::with_capacity(cmds.len());
             let mut acks = Vec::new();
             for c in cmds {
                 match c {
                     Command::Append(e, ack) => {
-                        events.push(e);
+                        events.push(journal::Entry::now(e));
                         if let Some(a) = ack {
                             acks.push(a);
                         }
                     }
+                    Command::Journaled(entries) => events.extend(entries),
                     Command::Flush(a) => acks.push(a),
                     // Operator commands run after the records queued before them.
                     Command::Redact { session, reason, by_uid, ack } => {
@@ -721,7 +769,7 @@ impl Writer {
                 self.maybe_checkpoint(false);
             }
             if stop {
-                let _ = self.append_batch(vec![Event::Agent { what: "stop".into() }]);
+                let _ = self.append_batch(vec![journal::Entry::now(Event::Agent { what: "stop".into() })]);
                 self.maybe_checkpoint(true);
                 break;
             }
@@ -735,16 +783,23 @@ impl Writer {
         e
     }
 
-    /// Appends records in one transaction: chain, events table, indexes.
-    fn append_batch(&mut self, events: Vec<Event>) -> Result<(), String> {
+    /// Appends records in one transaction: chain, events table, indexes,
+    /// and the journal position they reach.
+    fn append_batch(&mut self, events: Vec<journal::Entry>) -> Result<(), String> {
         if let Some(f) = &self.failed {
             return Err(f.clone());
         }
         let head = self.head;
-        match write(&mut self.conn, head, &events) {
+        let jseq = events.iter().map(|e| e.jseq).max().unwrap_or(0);
+        match write(&mut self.conn, head, &events, jseq) {
             Ok(new_head) => {
                 self.head = new_head;
                 self.dirty = true;
+                if jseq > 0
+                    && let Some(i) = &self.ingested
+                {
+                    i.fetch_max(jseq, Ordering::AcqRel);
+                }
                 Ok(())
             }
             Err(e) => Err(self.fail(e.to_string())),
@@ -899,7 +954,7 @@ fn write_raw(
     Ok(new)
 }
 
-fn insert_event(
+pub(crate) fn insert_event(
     tx: &rusqlite::Transaction<'_>,
     (seq, prev): (u64, [u8; 32]),
     time_us: i64,
@@ -929,13 +984,21 @@ fn insert_event(
     Ok((seq, hash))
 }
 
-fn write(conn: &mut Connection, mut head: (u64, [u8; 32]), events: &[Event]) -> rusqlite::Result<(u64, [u8; 32])> {
+fn write(
+    conn: &mut Connection,
+    mut head: (u64, [u8; 32]),
+    entries: &[journal::Entry],
+    jseq: u64,
+) -> rusqlite::Result<(u64, [u8; 32])> {
     let tx = conn.transaction()?;
-    for e in events {
-        let (body, data) = e.encode();
-        let session = e.session();
-        head = insert_event(&tx, head, now_us(), session.as_deref(), e.kind(), &body, data)?;
-        index(&tx, e)?;
+    for e in entries {
+        head = insert_event(&tx, head, e.time_us, e.session.as_deref(), e.kind, &e.body, e.data())?;
+        if let Some(ev) = &e.event {
+            index(&tx, ev)?;
+        }
+    }
+    if jseq > 0 {
+        journal::set_ingested(&tx, jseq)?;
     }
     tx.commit()?;
     Ok(head)
@@ -1085,11 +1148,62 @@ impl Audit {
         if let Some(f) = self.failure() {
             return Err(Offer::Failed(AuditError::Failed(f)));
         }
-        self.tx.try_send(Command::Append(e, None)).map_err(|e| match e {
-            TrySendError::Full(Command::Append(e, _)) => Offer::Full(e),
-            TrySendError::Full(_) => Offer::Failed(AuditError::QueueFull),
-            TrySendError::Disconnected(_) => Offer::Failed(AuditError::WriterGone),
-        })
+        if self.queued.load(Ordering::Relaxed) >= self.depth {
+            return Err(Offer::Full(e));
+        }
+        self.send(Command::Append(e, None)).map_err(Offer::Failed)
+    }
+
+    /// Records a batch of strict records (the statements a session is about
+    /// to forward) and, in strict mode, returns once they are durable: in the
+    /// journal with one write, and with `audit_fsync` after a shared
+    /// `fdatasync`. While the writer's queue is three quarters full, it
+    /// first waits for room: the data path goes no faster than the chain is
+    /// written, and the records that follow a statement (its end, its
+    /// bytes) keep room in the queue. Best-effort mode queues them.
+    pub async fn commit(&self, events: Vec<Event>) -> Result<(), AuditError> {
+        if self.journal.is_some() {
+            while self.queued.load(Ordering::Relaxed) >= self.depth / 4 * 3 {
+                if let Some(f) = self.failure() {
+                    return Err(AuditError::Failed(f));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        self.commit_now(events).wait().await
+    }
+
+    fn commit_now(&self, events: Vec<Event>) -> AckFuture {
+        if events.is_empty() {
+            return AckFuture::Ready(Ok(()));
+        }
+        let Some(journal) = &self.journal else {
+            for e in events {
+                if let Err(e) = self.record(e) {
+                    return AckFuture::Ready(Err(e));
+                }
+            }
+            return AckFuture::Ready(Ok(()));
+        };
+        if let Some(f) = self.failure() {
+            return AckFuture::Ready(Err(AuditError::Failed(f)));
+        }
+        match journal.append(events, self.depth) {
+            Ok(jseq) => AckFuture::Journal(journal.clone(), jseq),
+            Err(journal::AppendError::QueueFull) => AckFuture::Ready(Err(AuditError::QueueFull)),
+            Err(journal::AppendError::Failed(why)) => {
+                tracing::error!(error = %why, "audit journal write failed: failing closed");
+                self.fail_tx.send_if_modified(|f| {
+                    if f.is_none() {
+                        *f = Some(why.clone());
+                        true
+                    } else {
+                        false
+                    }
+                });
+                AckFuture::Ready(Err(AuditError::Failed(why)))
+            }
+        }
     }
 
     /// Appends a record and, in strict mode, waits until it is committed.
@@ -1136,10 +1250,11 @@ impl Audit {
     }
 
     fn send(&self, c: Command) -> Result<(), AuditError> {
-        self.tx.try_send(c).map_err(|e| match e {
-            TrySendError::Full(_) => AuditError::QueueFull,
-            TrySendError::Disconnected(_) => AuditError::WriterGone,
-        })
+        if self.queued.load(Ordering::Relaxed) >= self.depth {
+            return Err(AuditError::QueueFull);
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(c).map_err(|_| AuditError::WriterGone)
     }
 }
 
@@ -1156,6 +1271,8 @@ pub enum Offer {
 pub enum AckFuture {
     Ready(Result<(), AuditError>),
     Waiting(oneshot::Receiver<Result<(), String>>),
+    /// In the journal; durable once synced (with `audit_fsync`).
+    Journal(Arc<journal::Journal>, u64),
 }
 
 impl AckFuture {
@@ -1167,6 +1284,7 @@ impl AckFuture {
                 Ok(Err(e)) => Err(AuditError::Failed(e)),
                 Err(_) => Err(AuditError::WriterGone),
             },
+            Self::Journal(j, jseq) => j.sync(jseq).await.map_err(AuditError::Failed),
         }
     }
 }

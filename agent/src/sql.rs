@@ -37,6 +37,7 @@ pub mod lineage;
 pub mod redact;
 mod restrict;
 pub mod shape;
+mod template;
 
 pub use budget::{Classifier, QueryLimits};
 pub use cache::Cache;
@@ -408,6 +409,27 @@ pub fn classify_with(sql: &str, options: ParseOptions) -> Result<Vec<Statement>,
         crate::catalog::resolve(s, catalog, &session);
     }
     Ok(all)
+}
+
+// Set when the classifier read the value of a constant (a `SET` value, a
+// folded `1 = 1`, an `ORDER BY 2`, a COPY option): such a classification
+// depends on the literals and is never shared between texts that differ
+// only in them (see `cache`).
+thread_local! {
+    static CONSTANT_READ: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Notes that the classification being made depends on a constant's value.
+pub(crate) fn constant_read() {
+    CONSTANT_READ.with(|c| c.set(true));
+}
+
+/// Parses like [`parse`], and says whether the classification read the
+/// value of any constant.
+pub(crate) fn parse_noting_constants(sql: &str, options: ParseOptions) -> (Result<Vec<Statement>, SqlError>, bool) {
+    CONSTANT_READ.with(|c| c.set(false));
+    let r = parse(sql, options);
+    (r, CONSTANT_READ.with(std::cell::Cell::get))
 }
 
 /// Parses and classifies what the text alone tells: every kind except the

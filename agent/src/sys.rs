@@ -9,9 +9,13 @@
 //!   running agent), re-pins from it, and `gatehouse detach --force` detaches
 //!   links in the kernel even while another process holds them.
 //! * glibc's `malloc_trim`: a large parse's freed tree goes back to the kernel.
+//! * `splice(2)` without blocking (nix has it only behind a feature this
+//!   crate does not build): the opaque TCP relay moves bytes it no longer
+//!   records from socket to socket through a pipe, without copying them
+//!   through user space.
 #![expect(
     unsafe_code,
-    reason = "getsockopt(SO_NETNS_COOKIE), three bpf(2) commands and malloc_trim have no safe wrapper"
+    reason = "getsockopt(SO_NETNS_COOKIE), splice(2), three bpf(2) commands and malloc_trim have no safe wrapper"
 )]
 
 use std::ffi::CStr;
@@ -40,6 +44,25 @@ pub fn netns_cookie(sock: &impl AsRawFd) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// Moves up to `len` bytes from `from` to `to` (one of them a pipe) in the
+/// kernel, without blocking: `WouldBlock` when `from` has nothing or `to`
+/// has no room; `Ok(0)` at the end of `from`.
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are borrowed from live objects for the call;
+    // null offsets mean "the file position" (required for pipes and sockets).
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// `bpf_attr` for BPF_OBJ_PIN (the `pathname`, `bpf_fd`, `file_flags` members).

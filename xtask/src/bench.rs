@@ -326,6 +326,8 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
     // A PostgreSQL backend nobody serves: slow startups never get that far.
     let secret = rig.dir().join("slow.secret");
     std::fs::write(&secret, "unused")?;
+    // Password files must be root's alone: the agent refuses others.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let slow_addr = "127.10.200.3:5432";
     let policy = format!(
         "[[backend]]\nname = \"rr\"\nprotocol = \"tcp\"\naddress = \"{}\"\n\n\

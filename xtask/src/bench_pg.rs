@@ -65,7 +65,7 @@ fn wait_port(addr: &str) -> Result<()> {
 }
 
 fn start_servers(port: u16, scale: Option<u32>) -> Result<Servers> {
-    let dir = std::env::temp_dir().join(format!("gh-bench-pg-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("gh-bench-pgdata-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     ok(Command::new("chown").arg("postgres:postgres").arg(&dir), "chown")?;
     let data = dir.join("data");
@@ -187,6 +187,13 @@ fn parse_pgbench(out: &str) -> Run {
     Run { tps: num("tps"), latency_ms: num("latency average"), ..Run::default() }
 }
 
+/// The machine's load averages (the machine is shared: say how busy it was).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() as f64) * p) as usize;
@@ -231,8 +238,10 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
         ("new_connections", vec!["-S", "-C", "-c", "8", "-j", "2", "-T", &t]),
     ];
     let mut table: Vec<(String, String, Run)> = Vec::new();
+    eprintln!("load before the runs: {}", load());
     for (name, args) in &workloads {
         for (sys, host, cg) in systems {
+            eprintln!("{name:<16} {sys:<10} running {t} s …");
             let out = pgbench(&rig, host, cg, args, None)?;
             let r = parse_pgbench(&out);
             eprintln!("{name:<16} {sys:<10} {:>10.0} tps  {:>7.3} ms avg", r.tps, r.latency_ms);
@@ -267,26 +276,48 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
     let get = |w: &str, s: &str| {
         table.iter().find(|(a, b, _)| a == w && b == s).map(|(_, _, r)| r.clone()).unwrap_or_default()
     };
+    // Recording on (the default: strict, streams recorded) vs off (best-effort,
+    // no stream chunks): what the audit trail costs.
+    rig.stop_agent();
+    rig.start_agent(&format!("[agent]\naudit_mode = \"best-effort\"\nrecord_max_bytes = 0\n\n{policy}"), free_port()?)?;
+    eprintln!("select_only      gatehouse, recording off, running {t} s …");
+    let off = parse_pgbench(&pgbench(&rig, PROTECTED, true, &workloads[0].1, None)?);
+    eprintln!("select_only      gatehouse, recording off {:>10.0} tps", off.tps);
+    // Masking on (a masked column in every result row, the detectors on the
+    // rest), recording strict: the masked rule's cost.
+    rig.stop_agent();
+    let masked_policy = format!(
+        "[[mask]]\nname = \"bench\"\ncolumns = [{{ column = \"abalance\", style = \"partial\" }}]\n\
+         detectors = {{ email = \"partial\", card = \"partial\" }}\n\n{}mask = \"bench\"\n",
+        policy.replace("statements = [\"*\", \"function_call\"]", "statements = [\"select\"]")
+    );
+    rig.start_agent(&masked_policy, free_port()?)?;
+    eprintln!("select_only      gatehouse, masked, running {t} s …");
+    let masked = parse_pgbench(&pgbench(&rig, PROTECTED, true, &workloads[0].1, None)?);
+    eprintln!("select_only      gatehouse, masked {:>10.0} tps", masked.tps);
+    println!("select_only      gatehouse, recording off {:>10.0} tps", off.tps);
+    println!("select_only      gatehouse, masked        {:>10.0} tps", masked.tps);
     println!();
+    println!("load after the runs: {}", load());
     for w in ["select_only", "tpcb_write_mix", "new_connections", "one_client"] {
         let d = get(w, "direct");
         for s in ["gatehouse", "pgbouncer", "haproxy"] {
             println!("ratio {w} {s}/direct = {:.2}", get(w, s).tps / d.tps);
         }
+        for s in ["pgbouncer", "haproxy"] {
+            println!("ratio {w} gatehouse/{s} = {:.2}", get(w, "gatehouse").tps / get(w, s).tps);
+        }
     }
+    let on = get("select_only", "gatehouse");
+    println!("ratio select_only gatehouse_recording_on/gatehouse_recording_off = {:.2}", on.tps / off.tps);
+    println!("ratio select_only_masked gatehouse_masked/direct = {:.2}", masked.tps / get("select_only", "direct").tps);
+    println!("ratio select_only_masked gatehouse_masked/gatehouse = {:.2}", masked.tps / on.tps);
     let d = get("one_client", "direct");
     for s in ["gatehouse", "pgbouncer", "haproxy"] {
         let r = get("one_client", s);
-        println!("added_latency_p50 {s} = {:.0} µs (p99 {:.0} µs)", r.p50_us - d.p50_us, r.p99_us - d.p99_us);
+        println!("added_latency_p50 {s} = {:.0} µs", r.p50_us - d.p50_us);
+        println!("added_latency_p99 {s} = {:.0} µs", r.p99_us - d.p99_us);
     }
-    // Recording on (the default: strict, streams recorded) vs off (best-effort,
-    // no stream chunks): what the audit trail costs.
-    rig.stop_agent();
-    rig.start_agent(&format!("[agent]\naudit_mode = \"best-effort\"\nrecord_max_bytes = 0\n\n{policy}"), free_port()?)?;
-    let off = parse_pgbench(&pgbench(&rig, PROTECTED, true, &workloads[0].1, None)?);
-    let on = get("select_only", "gatehouse");
-    println!("select_only      gatehouse, recording off {:>10.0} tps", off.tps);
-    println!("ratio select_only gatehouse_recording_on/gatehouse_recording_off = {:.2}", on.tps / off.tps);
     drop(rig);
     drop(servers);
     Ok(())

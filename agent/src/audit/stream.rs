@@ -25,6 +25,11 @@ impl Budget {
         *self.used.lock().unwrap_or_else(PoisonError::into_inner) = (0, false);
     }
 
+    /// The cap was reached and that is on record: nothing more is recorded.
+    fn spent(&self) -> bool {
+        self.used.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+
     /// How many of `n` bytes may be recorded; `true` the first time the cap is hit.
     fn take(&self, n: u64) -> (u64, bool) {
         let mut g = self.used.lock().unwrap_or_else(PoisonError::into_inner);
@@ -61,6 +66,15 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
 impl StreamRecorder {
     pub fn new(session: SessionId, cap: u64, per: &'static str) -> Self {
         Self { session, up: Budget::new(cap), down: Budget::new(cap), per, lost: Mutex::new([(0, 0); 2]) }
+    }
+
+    /// Whether direction `dir` has spent its budget (and its truncation
+    /// record is written): until a reset, nothing more of it is recorded.
+    pub fn spent(&self, dir: Direction) -> bool {
+        match dir {
+            Direction::Up => self.up.spent(),
+            Direction::Down => self.down.spent(),
+        }
     }
 
     /// A new statement starts: both directions get a fresh budget.
@@ -147,13 +161,33 @@ impl StreamRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc::{Receiver, sync_channel};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc::{Receiver, channel};
 
     /// An `Audit` whose queue holds one record and is drained by the test.
-    fn audit(mode: Mode) -> (Audit, Receiver<super::super::Command>) {
-        let (tx, rx) = sync_channel(1);
-        let (_fail_tx, failure) = tokio::sync::watch::channel(None);
-        (Audit { tx, mode, failure, public_key: std::sync::Arc::new(std::sync::Mutex::new([0; 32])) }, rx)
+    fn audit(mode: Mode) -> (Audit, Receiver<super::super::Command>, Arc<AtomicUsize>) {
+        let (tx, rx) = channel();
+        let (fail_tx, failure) = tokio::sync::watch::channel(None);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let audit = Audit {
+            tx,
+            queued: queued.clone(),
+            depth: 1,
+            mode,
+            failure,
+            fail_tx: Arc::new(fail_tx),
+            public_key: Arc::new(std::sync::Mutex::new([0; 32])),
+            journal: None,
+        };
+        (audit, rx, queued)
+    }
+
+    /// Takes a command off the queue, as the writer does.
+    fn take(rx: &Receiver<super::super::Command>, queued: &AtomicUsize) -> super::super::Command {
+        let c = rx.recv().unwrap();
+        queued.fetch_sub(1, Ordering::Relaxed);
+        c
     }
 
     fn event(c: super::super::Command) -> Event {
@@ -165,28 +199,28 @@ mod tests {
 
     #[tokio::test]
     async fn best_effort_records_what_a_full_queue_dropped() {
-        let (audit, rx) = audit(Mode::BestEffort);
+        let (audit, rx, queued) = audit(Mode::BestEffort);
         let rec = StreamRecorder::new(SessionId::new(), 1 << 20, "session and direction");
         rec.chunk(&audit, Direction::Up, 0, b"first", None).await;
         rec.chunk(&audit, Direction::Up, 5, b"dropped!", None).await;
         rec.chunk(&audit, Direction::Down, 0, b"also dropped", None).await;
         assert_eq!(rec.pending_loss(), [(8, 1), (12, 1)]);
-        assert!(matches!(event(rx.recv().unwrap()), Event::Chunk { .. }));
+        assert!(matches!(event(take(&rx, &queued)), Event::Chunk { .. }));
         rec.finish(&audit);
-        let Event::Truncated { truncation: t, .. } = event(rx.recv().unwrap()) else { panic!("a loss record") };
+        let Event::Truncated { truncation: t, .. } = event(take(&rx, &queued)) else { panic!("a loss record") };
         assert_eq!(t.dir, Direction::Up);
         assert!(t.reason.starts_with("8 bytes in 1 chunk(s) not recorded"), "{}", t.reason);
         // The queue was full again: the other direction's loss waits, still counted.
         assert_eq!(rec.pending_loss(), [(0, 0), (12, 1)]);
         rec.finish(&audit);
-        let Event::Truncated { truncation: t, .. } = event(rx.recv().unwrap()) else { panic!("a loss record") };
+        let Event::Truncated { truncation: t, .. } = event(take(&rx, &queued)) else { panic!("a loss record") };
         assert_eq!(t.dir, Direction::Down);
         assert_eq!(rec.pending_loss(), [(0, 0), (0, 0)]);
     }
 
     #[tokio::test]
     async fn strict_waits_for_room_instead_of_dropping() {
-        let (audit, rx) = audit(Mode::Strict);
+        let (audit, rx, queued) = audit(Mode::Strict);
         let rec = StreamRecorder::new(SessionId::new(), 1 << 20, "session and direction");
         rec.chunk(&audit, Direction::Up, 0, b"first", None).await;
         let drained = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -194,8 +228,8 @@ mod tests {
         let drain = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            let a = event(rx.recv().unwrap());
-            let b = event(rx.recv().unwrap());
+            let a = event(take(&rx, &queued));
+            let b = event(take(&rx, &queued));
             (a, b)
         });
         rec.chunk(&audit, Direction::Up, 5, b"second", None).await;

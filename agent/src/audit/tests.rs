@@ -272,3 +272,114 @@ fn the_state_directory_is_narrowed_and_keys_are_not_read_through_links() {
     assert!(e.contains("symbolic link"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn statement_event(id: SessionId, seq: u64, text: &str) -> Event {
+    Event::Statement(Box::new(StatementStart {
+        session: id,
+        seq,
+        started_us: now_us(),
+        text: text.into(),
+        kinds: "select".into(),
+        tables: String::new(),
+        decision: "allow".into(),
+        rule: Some("r".into()),
+        reason: None,
+        redacted: 0,
+    }))
+}
+
+fn statement_texts(db: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c.prepare("SELECT text FROM statements ORDER BY seq").unwrap();
+    st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+fn journal_files(db: &Path) -> usize {
+    let name = format!("{}.journal.", db.file_name().unwrap().to_str().unwrap());
+    std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with(&name))
+        .count()
+}
+
+#[test]
+fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count() {
+    let dir = temp("journal");
+    let db = dir.join("state/audit.db");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
+    let id = sid(9);
+    run(audit.open_session(SessionOpen {
+        id,
+        started_us: now_us(),
+        uid: Some(1000),
+        user: Some("ana".into()),
+        gid: None,
+        pid: None,
+        comm: None,
+        cgroup_id: None,
+        client: "127.0.0.1:1".into(),
+        backend: Some("db".into()),
+        orig_dst: None,
+        protocol: Some("postgres".into()),
+        decision: "allow".into(),
+        rule: Some("r".into()),
+        reason: "ok".into(),
+        oidc: None,
+    }))
+    .unwrap();
+    run(audit.commit(vec![statement_event(id, 1, "SELECT 1"), statement_event(id, 2, "SELECT 2")])).unwrap();
+    run(audit.flush()).unwrap();
+    writer.stop();
+    assert_eq!(journal_files(&db), 0, "a clean stop leaves no journal");
+    assert_eq!(statement_texts(&db), ["SELECT 1", "SELECT 2"]);
+
+    // A crash: entries acknowledged from the journal, not yet in SQLite, and
+    // a last entry torn by the crash (never acknowledged).
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let done = journal::ingested(&conn).unwrap();
+    drop(conn);
+    let mut bytes = Vec::new();
+    for (i, text) in [(done, "SELECT stale"), (done + 1, "SELECT 3"), (done + 2, "SELECT 4")] {
+        let Event::Statement(s) = statement_event(id, i + 2, text) else { unreachable!() };
+        let e = journal::Entry {
+            jseq: i,
+            time_us: now_us(),
+            kind: "statement",
+            session: Some(id.to_string()),
+            body: serde_json::to_vec(&s).unwrap(),
+            event: None,
+        };
+        journal::encode_for_test(&mut bytes, &e);
+    }
+    let whole = bytes.len();
+    let Event::Statement(s) = statement_event(id, 9, "SELECT torn") else { unreachable!() };
+    journal::encode_for_test(
+        &mut bytes,
+        &journal::Entry {
+            jseq: done + 3,
+            time_us: now_us(),
+            kind: "statement",
+            session: Some(id.to_string()),
+            body: serde_json::to_vec(&s).unwrap(),
+            event: None,
+        },
+    );
+    bytes.truncate(whole + 20);
+    std::fs::write(format!("{}.journal.{:020}", db.display(), done), &bytes).unwrap();
+
+    // The CLI's view of a store no agent holds replays it first.
+    let _ = query::open_read_only(&db).unwrap();
+    assert_eq!(statement_texts(&db), ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 4"]);
+    assert_eq!(journal_files(&db), 0);
+    let report = verify_db(&db, &trust(&keys::load(&key_path).unwrap()), None).unwrap();
+    assert!(report.ok(), "{report:?}");
+    // And an agent starting on it goes on from there.
+    let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
+    run(audit.commit(vec![statement_event(id, 7, "SELECT 5")])).unwrap();
+    run(audit.flush()).unwrap();
+    writer.stop();
+    assert_eq!(statement_texts(&db), ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 4", "SELECT 5"]);
+    let report = verify_db(&db, &trust(&keys::load(&key_path).unwrap()), None).unwrap();
+    assert!(report.ok(), "{report:?}");
+}

@@ -456,19 +456,21 @@ fn indexed_event(r: &Record) -> Option<Event> {
     if r.redacted {
         return None;
     }
-    match r.kind.as_str() {
-        "session_open" => serde_json::from_slice::<SessionOpen>(&r.body).ok().map(|x| Event::SessionOpen(Box::new(x))),
-        "session_close" => {
-            serde_json::from_slice::<SessionClose>(&r.body).ok().map(|x| Event::SessionClose(Box::new(x)))
-        }
-        "statement" => serde_json::from_slice::<StatementStart>(&r.body).ok().map(|x| Event::Statement(Box::new(x))),
-        "statement_end" => {
-            serde_json::from_slice::<StatementEnd>(&r.body).ok().map(|x| Event::StatementEnd(Box::new(x)))
-        }
+    event_for_index(&r.kind, &r.body)
+}
+
+/// The event a record of `kind` with `body` stands for, for the query
+/// tables (the kinds that have rows there).
+pub(crate) fn event_for_index(kind: &str, body: &[u8]) -> Option<Event> {
+    match kind {
+        "session_open" => serde_json::from_slice::<SessionOpen>(body).ok().map(|x| Event::SessionOpen(Box::new(x))),
+        "session_close" => serde_json::from_slice::<SessionClose>(body).ok().map(|x| Event::SessionClose(Box::new(x))),
+        "statement" => serde_json::from_slice::<StatementStart>(body).ok().map(|x| Event::Statement(Box::new(x))),
+        "statement_end" => serde_json::from_slice::<StatementEnd>(body).ok().map(|x| Event::StatementEnd(Box::new(x))),
         "backend_login" => {
-            serde_json::from_slice::<super::BackendLogin>(&r.body).ok().map(|x| Event::BackendLogin(Box::new(x)))
+            serde_json::from_slice::<super::BackendLogin>(body).ok().map(|x| Event::BackendLogin(Box::new(x)))
         }
-        "redaction" => serde_json::from_slice::<Redaction>(&r.body).ok().map(|x| Event::Redaction(Box::new(x))),
+        "redaction" => serde_json::from_slice::<Redaction>(body).ok().map(|x| Event::Redaction(Box::new(x))),
         _ => None,
     }
 }
@@ -476,6 +478,8 @@ fn indexed_event(r: &Record) -> Option<Event> {
 /// Verifies a database file against `trust`; with `published`, also that
 /// the store reaches the newest validly signed published checkpoint.
 pub fn verify_db(path: &Path, trust: &Trust, published: Option<&[Anchor]>) -> Result<Report, String> {
+    // A crashed agent's journal is part of its record: appended first (when no agent holds the store).
+    super::journal::recover(path)?;
     let conn = open(path)?;
     let mut report = Report::new(trust.source.clone());
     let keys = store_keys(&conn, trust, &mut report)?;

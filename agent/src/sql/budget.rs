@@ -282,12 +282,18 @@ impl Classifier {
             limits.check_shape(shape)?;
             return Ok(Lookup::Known(statements.to_vec()));
         }
+        if let Some((statement, shape)) = self.cache.get_template(sql, options) {
+            limits.check_shape(shape)?;
+            return Ok(Lookup::Known(vec![statement]));
+        }
         Ok(Lookup::Parse(limits.admit(sql, options)?))
     }
 
     fn parse_here(&self, sql: &str, options: ParseOptions, shape: Shape) -> Result<Vec<Statement>, Refused> {
-        let statements = parse(sql, options)?;
+        let (statements, constants_read) = super::parse_noting_constants(sql, options);
+        let statements = statements?;
         self.cache.put(sql, options, &statements, shape);
+        self.cache.put_template(sql, options, &statements, shape, constants_read);
         Ok(statements)
     }
 }

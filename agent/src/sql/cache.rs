@@ -1,5 +1,6 @@
 //! A cache of classifications by exact statement text, bounded in entries
-//! and in bytes.
+//! and in bytes, and of one-statement classifications by template (the
+//! text with its numeric constants taken out, see `template`).
 
 use std::collections::HashMap;
 use std::mem::size_of;
@@ -23,6 +24,19 @@ use super::{Effects, ParseOptions, QualName, Ref, Statement, TableRef};
 #[derive(Debug, Default)]
 pub struct Cache {
     inner: Mutex<Generations>,
+    /// By template: a text of a cached template whose classification read
+    /// no constant gets the same answer a fresh parse would (see `template`).
+    templates: Mutex<HashMap<(bool, Box<str>), Templated>>,
+}
+
+/// A one-statement classification shared by the texts of a template, and
+/// where the statement's text lies: from `start` to `tail` bytes before the end.
+#[derive(Debug)]
+struct Templated {
+    statement: Statement,
+    shape: Shape,
+    start: usize,
+    tail: usize,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +106,52 @@ impl Cache {
         let entry = Entry { statements: statements.into(), shape, bytes };
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         g.insert(sql.into(), options, entry);
+    }
+
+    /// The classification of `sql` from a text of the same template, with
+    /// its own statement text, and its shape (the same for every text of a
+    /// template: the same tokens).
+    pub fn get_template(&self, sql: &str, options: ParseOptions) -> Option<(Statement, Shape)> {
+        let t = super::template::of(sql)?;
+        let map = self.templates.lock().unwrap_or_else(PoisonError::into_inner);
+        let hit = map.get(&(options.standard_conforming_strings, Box::from(t.key.as_str())))?;
+        let text = sql.get(hit.start..sql.len().checked_sub(hit.tail)?)?;
+        let mut s = hit.statement.clone();
+        text.trim().clone_into(&mut s.text);
+        Some((s, hit.shape))
+    }
+
+    /// Remembers a fresh classification of `sql` for its template, when it
+    /// is one statement and making it read no constant (`constants_read`).
+    pub fn put_template(
+        &self,
+        sql: &str,
+        options: ParseOptions,
+        statements: &[Statement],
+        shape: Shape,
+        constants_read: bool,
+    ) {
+        let [one] = statements else { return };
+        if constants_read {
+            return;
+        }
+        let Some(t) = super::template::of(sql) else { return };
+        let Some(start) = sql.find(one.text.as_str()) else { return };
+        if sql.rfind(one.text.as_str()) != Some(start) {
+            return;
+        }
+        let tail = sql.len() - start - one.text.len();
+        if start > t.head || tail > t.tail {
+            return;
+        }
+        let mut map = self.templates.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= Self::MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(
+            (options.standard_conforming_strings, t.key.into()),
+            Templated { statement: one.clone(), shape, start, tail },
+        );
     }
 
     /// Accounted bytes and entries held, both generations.
@@ -249,6 +309,52 @@ mod tests {
             }
         };
         statements.iter().map(|s| s.kinds.iter().copied().collect()).collect()
+    }
+
+    /// As the classifier uses the cache: exact text, then template, then a parse.
+    fn classify(cache: &Cache, sql: &str, opts: ParseOptions) -> Vec<Statement> {
+        if let Some((s, _)) = cache.get(sql, opts) {
+            return s.to_vec();
+        }
+        if let Some((s, _)) = cache.get_template(sql, opts) {
+            return vec![s];
+        }
+        let (s, read) = crate::sql::parse_noting_constants(sql, opts);
+        let s = s.unwrap();
+        let shape = measure(sql, opts.standard_conforming_strings);
+        cache.put(sql, opts, &s, shape);
+        cache.put_template(sql, opts, &s, shape, read);
+        s
+    }
+
+    #[test]
+    fn a_template_hit_answers_what_a_fresh_parse_does() {
+        let cache = Cache::default();
+        let opts = ParseOptions::default();
+        // Pairs of texts of one template: the second is answered from the
+        // first's classification only where that is the same answer.
+        let pairs = [
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 99;",
+            ),
+            ("UPDATE t SET a = a + -5 WHERE id = 3", "UPDATE t SET a = a + -7 WHERE id = 4"),
+            ("  /* c */ SELECT 1.5 FROM t  ", "  /* c */ SELECT 2.5 FROM t  "),
+            // The classification reads these constants: never shared.
+            ("DELETE FROM t WHERE 1 = 1", "DELETE FROM t WHERE 1 = 2"),
+            ("SELECT a, b FROM t ORDER BY 1", "SELECT a, b FROM t ORDER BY 2"),
+            ("SET search_path = 1", "SET search_path = 2"),
+            ("SET statement_timeout = 1", "SET statement_timeout = 0"),
+            ("SELECT 1; SELECT 2 FROM t", "SELECT 3; SELECT 4 FROM t"),
+        ];
+        for (first, second) in pairs {
+            let _ = classify(&cache, first, opts);
+            let cached = classify(&cache, second, opts);
+            let fresh = parse(second, opts).unwrap();
+            assert_eq!(format!("{cached:?}"), format!("{fresh:?}"), "{second}");
+        }
+        let templates = cache.templates.lock().unwrap().len();
+        assert_eq!(templates, 3, "only the texts whose constants do not matter");
     }
 
     #[test]

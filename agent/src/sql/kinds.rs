@@ -593,6 +593,7 @@ fn alter_table_cmd_kinds(c: &pb::AlterTableCmd) -> Vec<Kind> {
 
 /// The value of a `SET name = value` with exactly one constant value, as text.
 pub(super) fn single_value(args: &[Node]) -> Option<String> {
+    super::constant_read();
     match args {
         [arg] => match &arg.node {
             Some(NodeEnum::AConst(c)) => match &c.val {
@@ -647,7 +648,7 @@ fn eval(node: &Node, depth: usize) -> Option<Value> {
     }
     match node.node.as_ref()? {
         NodeEnum::AConst(c) if c.isnull => Some(Value::Null),
-        NodeEnum::AConst(c) => match c.val.as_ref()? {
+        NodeEnum::AConst(c) => match c.val.as_ref().inspect(|_| super::constant_read())? {
             pb::a_const::Val::Ival(i) => Some(Value::Int(i64::from(i.ival))),
             pb::a_const::Val::Fval(f) => Some(Value::Text(f.fval.clone())),
             pb::a_const::Val::Boolval(b) => Some(Value::Bool(b.boolval)),

@@ -559,6 +559,7 @@ impl Walker {
         let Some(inner) = inner else { return };
         match inner {
             NodeRef::AConst(c) => {
+                super::constant_read();
                 if let Some(pb::a_const::Val::Ival(i)) = &c.val
                     && let Some(o) =
                         usize::try_from(i.ival).ok().and_then(|k| k.checked_sub(1)).and_then(|k| outputs.get(k))
@@ -735,7 +736,10 @@ fn copy_format(options: &[pg_query::Node]) -> CopyFormat {
         let value = d.arg.as_deref().and_then(|n| n.node.as_ref()).and_then(|n| match n {
             NodeEnum::String(s) => Some(s.sval.clone()),
             NodeEnum::Boolean(b) => Some(if b.boolval { "true".into() } else { "false".into() }),
-            NodeEnum::Integer(i) => Some(i.ival.to_string()),
+            NodeEnum::Integer(i) => {
+                super::constant_read();
+                Some(i.ival.to_string())
+            }
             _ => None,
         });
         match d.defname.as_str() {

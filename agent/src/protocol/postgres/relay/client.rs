@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Fail, InFlight, Prepared, Refusal, Shared, fill, lock};
-use crate::audit::{AckFuture, Direction, Event, StatementEnd, StatementStart, StreamRecorder, now_us};
+use crate::audit::{Direction, Event, StatementEnd, StatementStart, StreamRecorder, now_us};
 use crate::catalog::{Catalog, SessionNames, resolve};
 use crate::policy::testcases::single_kind;
 use crate::policy::{Decision, Request, Verdict};
@@ -50,8 +50,9 @@ pub(in crate::protocol::postgres) struct Io<'a> {
 /// What the client direction knows.
 #[derive(Default)]
 struct ClientState {
-    /// Commits to wait for before the batch is forwarded (strict mode).
-    acks: Vec<AckFuture>,
+    /// Statement records to make durable before the batch is forwarded
+    /// (strict mode: one journal write for the batch).
+    records: Vec<Event>,
     /// Exchanges sent so far (a Query, FunctionCall or Sync ends one).
     epoch: u64,
     seq: u64,
@@ -132,8 +133,9 @@ async fn forward<W: AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     st: &mut ClientState,
 ) -> Result<(), Fail> {
-    for ack in st.acks.drain(..) {
-        ack.wait().await.map_err(|e| Fail::Audit(e.to_string()))?;
+    if !st.records.is_empty() {
+        let records = std::mem::take(&mut st.records);
+        ctx.agent.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
     }
     if !out.is_empty() {
         bw.write_all(out).await.map_err(|e| Fail::Backend(e.to_string()))?;
@@ -918,7 +920,7 @@ fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) 
         rule: d.rule.as_ref().map(ToString::to_string),
         reason: None,
     };
-    st.acks.push(ctx.agent.audit.record_strict(Event::Statement(Box::new(ev))));
+    st.records.push(Event::Statement(Box::new(ev)));
     st.seq
 }
 
@@ -946,9 +948,10 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
         rule: why.rule(),
         reason: Some(reason),
     };
-    // Waited for like an allowed statement's record: a client whose texts are
-    // refused as fast as it sends them must not outrun the audit store.
-    st.acks.push(ctx.agent.audit.record_strict(Event::Statement(Box::new(ev))));
+    // Waited for like an allowed statement's record (a client whose texts are
+    // refused as fast as it sends them must not outrun the audit store), and
+    // in order with them: made durable with the batch that carries the refusal.
+    st.records.push(Event::Statement(Box::new(ev)));
 }
 
 pub(super) fn statement_end(ctx: &Ctx, f: InFlight, rows: Option<u64>, error: Option<String>) {

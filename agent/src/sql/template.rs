@@ -1,0 +1,94 @@
+//! A statement's template: its text with the numeric constants taken out,
+//! as PostgreSQL's own scanner (pg_query) finds them. Scripts, ORMs and
+//! pgbench send the same statement again and again with other numbers in
+//! it; the classification cache keys such texts by their template.
+//!
+//! Sharing a classification between two texts is sound only when it cannot
+//! depend on what differs between them. Two texts with one template lex
+//! into the same tokens, equal except for the values of integer and
+//! floating-point constants (the kind of each is kept), so their parse
+//! trees differ only in those values (and in byte offsets, which the
+//! classification does not keep). The cache therefore shares a
+//! classification only when making it read no constant's value
+//! (`sql::constant_read`: `SET` values, folded `1 = 1` tautologies,
+//! `ORDER BY 2` positions, COPY options), for a text of one statement.
+//! String constants stay in the template: their values name things
+//! (`'t'::regclass`, `set_config('search_path', …)`).
+//!
+//! Texts with a backslash are not templated: how `'…\'…'` lexes depends on
+//! `standard_conforming_strings`, and the scanner reads with its own
+//! setting, not the session's. Without a backslash both settings lex alike.
+
+use pg_query::protobuf::Token;
+
+/// Longest text templated, in bytes.
+const MAX_TEXT: usize = 4096;
+
+/// A text's template and where its constants start and end.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Template {
+    /// The text with each numeric constant replaced by `\0i` or `\0f`
+    /// (a query text holds no NUL byte, so no text reads like a template).
+    pub key: String,
+    /// Bytes before the first constant, and after the last one: the same
+    /// in every text of this template.
+    pub head: usize,
+    pub tail: usize,
+}
+
+/// The template of `sql`, if it has numeric constants and can have one.
+pub(crate) fn of(sql: &str) -> Option<Template> {
+    if sql.len() > MAX_TEXT || sql.as_bytes().contains(&b'\\') || !sql.bytes().any(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let scanned = pg_query::scan(sql).ok()?;
+    let mut key = String::with_capacity(sql.len());
+    let mut at = 0usize;
+    let mut head = None;
+    for t in &scanned.tokens {
+        let mark = match Token::try_from(t.token) {
+            Ok(Token::Iconst) => "\0i",
+            Ok(Token::Fconst) => "\0f",
+            _ => continue,
+        };
+        let start = usize::try_from(t.start).ok()?;
+        let end = usize::try_from(t.end).ok()?;
+        if start < at || end <= start {
+            return None;
+        }
+        key.push_str(sql.get(at..start)?);
+        key.push_str(mark);
+        head.get_or_insert(start);
+        at = end;
+    }
+    let head = head?;
+    key.push_str(sql.get(at..)?);
+    Some(Template { key, head, tail: sql.len() - at })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_taken_out_and_everything_else_stays() {
+        let a = of("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;").unwrap();
+        let b = of("SELECT abalance FROM pgbench_accounts WHERE aid = 7;").unwrap();
+        assert_eq!(a.key, b.key);
+        assert_eq!(a.key, "SELECT abalance FROM pgbench_accounts WHERE aid = \0i;");
+        assert_eq!((a.head, a.tail), (50, 1));
+        // The kind of constant is kept: 1 is an integer, 1.5 and 3000000000 are numeric.
+        assert_ne!(of("SELECT 1").unwrap().key, of("SELECT 1.5").unwrap().key);
+        assert_ne!(of("SELECT 1").unwrap().key, of("SELECT 3000000000").unwrap().key);
+        // Strings, identifiers, comments and spacing stay.
+        assert_ne!(of("SELECT 1, 'a'").unwrap().key, of("SELECT 1, 'b'").unwrap().key);
+        assert_ne!(of("SELECT 1 FROM t1").unwrap().key, of("SELECT 1 FROM t2").unwrap().key);
+        assert_ne!(of("SELECT 1 /* 2 */").unwrap().key, of("SELECT 1 /* 3 */").unwrap().key);
+        assert_ne!(of("SELECT  1").unwrap().key, of("SELECT 1").unwrap().key);
+        // Digits inside strings, quoted names and dollar quotes are not constants.
+        assert_eq!(of("SELECT 'x1', \"c2\", $$3$$"), None);
+        // Nothing to take out, or a backslash: no template.
+        assert_eq!(of("SELECT a FROM t"), None);
+        assert_eq!(of("SELECT 1, E'\\\\'"), None);
+    }
+}
