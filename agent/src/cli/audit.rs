@@ -53,7 +53,7 @@ pub struct StatementsArgs {
     pub db: Option<PathBuf>,
     #[arg(long, default_value = settings::DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,
-    /// Only this session's statements.
+    /// Only this session's statements: its id, or a unique prefix as `gatehouse sessions` shows it.
     #[arg(long)]
     pub session: Option<String>,
     #[arg(long, default_value_t = 200)]
@@ -212,6 +212,7 @@ pub(super) async fn list_statements(a: &StatementsArgs) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    let ids: Vec<&str> = rows.iter().map(|r| r.session_id.as_str()).collect();
     let table: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
@@ -223,7 +224,7 @@ pub(super) async fn list_statements(a: &StatementsArgs) -> ExitCode {
             };
             [
                 fmt_time(r.started_us),
-                r.session_id.chars().take(13).collect(),
+                short_id(&r.session_id, &ids),
                 r.decision.clone(),
                 r.rule.clone().unwrap_or_else(|| "-".into()),
                 r.rows.map_or("-".into(), |n| n.to_string()),
@@ -274,6 +275,7 @@ pub(super) async fn replay(a: &ReplayArgs) -> ExitCode {
 
 fn print_sessions(rows: &[SessionRow]) {
     let header = [
+        "SESSION",
         "STARTED",
         "USER",
         "LOGIN",
@@ -288,10 +290,12 @@ fn print_sessions(rows: &[SessionRow]) {
         "BYTES_DOWN",
         "END",
     ];
-    let table: Vec<[String; 13]> = rows
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let table: Vec<[String; 14]> = rows
         .iter()
         .map(|r| {
             [
+                short_id(&r.id, &ids),
                 fmt_time(r.started_us),
                 r.user.clone().unwrap_or_else(|| "-".into()),
                 r.oidc_email.clone().or_else(|| r.oidc_subject.clone()).unwrap_or_else(|| "-".into()),
@@ -309,4 +313,46 @@ fn print_sessions(rows: &[SessionRow]) {
         })
         .collect();
     print_table(&header, &table);
+}
+
+/// The shortest prefix of `id` (at least [`SHORT_ID`] characters) that no
+/// other id in `ids` starts with: what `replay` and `statements --session`
+/// accept. Ids are UUIDv7, whose first 13 characters are the millisecond,
+/// so the prefix reaches into the random part.
+fn short_id(id: &str, ids: &[&str]) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    let mut n = SHORT_ID.min(chars.len());
+    while n < chars.len() {
+        let prefix: String = chars.iter().take(n).collect();
+        if !ids.iter().any(|other| *other != id && other.starts_with(&prefix)) {
+            break;
+        }
+        n += 1;
+    }
+    chars.iter().take(n).collect()
+}
+
+/// Characters of a session id shown by default: the millisecond and the
+/// version and first random digits of the UUIDv7.
+const SHORT_ID: usize = 18;
+
+#[cfg(test)]
+mod tests {
+    use super::short_id;
+
+    #[test]
+    fn short_ids_are_unique_prefixes() {
+        let a = "019ad9f0-1c2b-7a11-8000-000000000001";
+        let b = "019ad9f0-1c2b-7a11-8000-000000000002";
+        let c = "019ad9f0-1c2c-7b00-8000-000000000003";
+        let ids = [a, b, c];
+        assert_eq!(short_id(c, &ids), "019ad9f0-1c2c-7b00");
+        assert_eq!(short_id(a, &ids), a);
+        assert_eq!(short_id(b, &ids), b);
+        for id in ids {
+            let p = short_id(id, &ids);
+            assert_eq!(ids.iter().filter(|o| o.starts_with(&p)).count(), 1, "{p} is not unique");
+        }
+        assert_eq!(short_id("abc", &["abc"]), "abc");
+    }
 }
