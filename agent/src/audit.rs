@@ -686,6 +686,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            crate::metrics::dequeued(cmds.len());
             let stop = cmds.iter().any(|c| matches!(c, Command::Stop));
             let mut events = Vec::with_capacity(cmds.len());
             let mut acks = Vec::new();
@@ -741,10 +742,12 @@ impl Writer {
             return Err(f.clone());
         }
         let head = self.head;
+        let started = Instant::now();
         match write(&mut self.conn, head, &events) {
             Ok(new_head) => {
                 self.head = new_head;
                 self.dirty = true;
+                crate::metrics::committed(&events, started.elapsed());
                 Ok(())
             }
             Err(e) => Err(self.fail(e.to_string())),
@@ -1085,7 +1088,7 @@ impl Audit {
         if let Some(f) = self.failure() {
             return Err(Offer::Failed(AuditError::Failed(f)));
         }
-        self.tx.try_send(Command::Append(e, None)).map_err(|e| match e {
+        self.tx.try_send(Command::Append(e, None)).map(|()| crate::metrics::queued()).map_err(|e| match e {
             TrySendError::Full(Command::Append(e, _)) => Offer::Full(e),
             TrySendError::Full(_) => Offer::Failed(AuditError::QueueFull),
             TrySendError::Disconnected(_) => Offer::Failed(AuditError::WriterGone),
@@ -1136,7 +1139,7 @@ impl Audit {
     }
 
     fn send(&self, c: Command) -> Result<(), AuditError> {
-        self.tx.try_send(c).map_err(|e| match e {
+        self.tx.try_send(c).map(|()| crate::metrics::queued()).map_err(|e| match e {
             TrySendError::Full(_) => AuditError::QueueFull,
             TrySendError::Disconnected(_) => AuditError::WriterGone,
         })

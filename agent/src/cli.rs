@@ -85,6 +85,12 @@ pub enum Command {
     Whoami(login::WhoamiArgs),
     /// End the binding of your identity to your uid.
     Logout(login::WhoamiArgs),
+    /// (packaging) Write the man pages and shell completions into a directory.
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `man/*.1` and `completions/{gatehouse.bash,_gatehouse,gatehouse.fish}` into.
+        out: std::path::PathBuf,
+    },
 }
 
 /// Entry point used by `main`.
@@ -104,6 +110,17 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd, human-format logs go to the journal with their fields
+    // (SESSION, USER, BACKEND, … as journal fields, `journalctl -o verbose`).
+    if matches!(format, LogFormat::Human) && crate::service::stderr_is_journal() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        if let Ok(journal) = tracing_journald::layer() {
+            let journal = journal.with_syslog_identifier("gatehouse".to_owned()).with_field_prefix(None);
+            tracing_subscriber::registry().with(filter).with(journal).init();
+            return;
+        }
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
@@ -138,6 +155,10 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Login(a) => login::login(&a).await,
         Command::Whoami(a) => login::whoami(&a).await,
         Command::Logout(a) => login::logout(&a).await,
+        Command::GenerateDocs { out } => match generate_docs(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format_args!("writing docs into {}: {e}", out.display())),
+        },
     }
 }
 
@@ -198,4 +219,22 @@ pub(crate) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
+}
+
+/// Man pages (one per command, from the same clap definitions as `--help`)
+/// and shell completions, for the Debian package.
+fn generate_docs(out: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let cmd = Cli::command();
+    let man = out.join("man");
+    std::fs::create_dir_all(&man)?;
+    clap_mangen::generate_to(cmd.clone(), &man)?;
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&completions)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        let mut cmd = cmd.clone();
+        clap_complete::generate_to(shell, &mut cmd, "gatehouse", &completions)?;
+    }
+    Ok(())
 }
