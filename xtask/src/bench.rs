@@ -41,7 +41,10 @@ fn release_build(force: bool) -> Result<()> {
                 eprintln!("bench: {} changed since the release build; rebuilding", path.display());
             }
             _ => {
-                eprintln!("bench: reusing {} (no source changed since it was built; --rebuild to force)", bin.display());
+                eprintln!(
+                    "bench: reusing {} (no source changed since it was built; --rebuild to force)",
+                    bin.display()
+                );
                 return Ok(());
             }
         }
@@ -151,7 +154,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     if !is_root() {
         let me = std::env::current_exe().context("current_exe")?;
         let mut cmd = privileged(me)?;
-        cmd.arg("bench").arg("--no-build").args(std::env::args().skip(2).filter(|x| x != "--no-build" && x != "--rebuild"));
+        cmd.arg("bench")
+            .arg("--no-build")
+            .args(std::env::args().skip(2).filter(|x| x != "--no-build" && x != "--rebuild"));
         return run(&mut cmd);
     }
     match a.workload.clone() {
