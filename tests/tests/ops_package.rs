@@ -120,8 +120,8 @@ fn sample(m: &Value, name: &str, labels: &[(&str, &str)]) -> f64 {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|s| labels.iter().all(|(k, v)| s[0][*k] == *v))
-        .map(|s| s[1].as_f64().unwrap_or(0.0))
+        .filter(|s| labels.iter().all(|(k, v)| s.get(0).and_then(|l| l.get(*k)).and_then(Value::as_str) == Some(*v)))
+        .map(|s| s.get(1).and_then(Value::as_f64).unwrap_or(0.0))
         .sum()
 }
 
@@ -249,6 +249,8 @@ statements = ["select"]
             .expect("status --json");
     assert_eq!(status["cgroup"], env.cgroup.display().to_string(), "attached to the test cgroup only: {status:#}");
     assert_eq!(status["audit_db"], format!("{STATE}/audit.db"), "{status:#}");
+    assert_eq!(status["health"], "ok", "{status:#}");
+    assert_eq!(status["metrics"], format!("http://127.0.0.1:{metrics_port}/metrics"), "{status:#}");
 
     // 5. psql through it, as a user of the policy.
     let port_s = pg.port.to_string();

@@ -68,10 +68,10 @@ fn newest(paths: impl Iterator<Item = PathBuf>) -> Option<(std::time::SystemTime
                     stack.push(e.path());
                 }
             }
-        } else if let Ok(m) = meta.modified() {
-            if best.as_ref().is_none_or(|(t, _)| m > *t) {
-                best = Some((m, p));
-            }
+        } else if let Ok(m) = meta.modified()
+            && best.as_ref().is_none_or(|(t, _)| m > *t)
+        {
+            best = Some((m, p));
         }
     }
     best

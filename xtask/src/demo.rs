@@ -214,7 +214,10 @@ impl World {
         println!("\x1b[2m(second terminal, lea:)\x1b[0m gatehouse approve {id} --reason 'planned cleanup'");
         show(&mut as_user(
             PEOPLE[3].0,
-            gatehouse().args(["approve", &id.to_string(), "--reason", "planned cleanup"]).arg("--control-socket").arg(&ctl),
+            gatehouse()
+                .args(["approve", &id.to_string(), "--reason", "planned cleanup"])
+                .arg("--control-socket")
+                .arg(&ctl),
         ))?;
         let out = held.wait_with_output()?;
         println!("\x1b[2m(dan's psql:)\x1b[0m");

@@ -235,6 +235,10 @@ fn print_status(s: &control::AgentStatus) {
     for w in &s.warnings {
         println!("warning:   {w}");
     }
+    println!("health:    {}", s.health);
+    if let Some(m) = &s.metrics {
+        println!("metrics:   {m}");
+    }
     println!("sessions:  {}", s.sessions);
     println!("kernel:    {}", s.kernel);
 }
