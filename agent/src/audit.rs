@@ -20,6 +20,7 @@ pub mod export;
 pub mod keys;
 pub mod query;
 pub mod replay;
+pub mod ship;
 mod stream;
 pub mod verify;
 

@@ -135,6 +135,7 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Status(a) => agent::status(a).await,
         Command::Sessions(a) => audit::list_sessions(&a).await,
         Command::Statements(a) => audit::list_statements(&a).await,
+        Command::Verify(a) if a.central.is_some() => audit::verify_central(&a).await,
         Command::Verify(a) => trust::verify(&a),
         Command::Replay(a) => audit::replay(&a).await,
         Command::Export(a) => trust::export(&a),

@@ -115,6 +115,7 @@ pub struct Metrics {
     bytes: Family<DirectionLabels, Counter>,
     commit: Histogram,
     committed: Counter,
+    shipped: Counter,
     queued: AtomicI64,
 }
 
@@ -133,6 +134,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     // 50 µs … ~1.6 s, doubling.
     commit: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16)),
     committed: Counter::default(),
+    shipped: Counter::default(),
     queued: AtomicI64::new(0),
 });
 
@@ -144,6 +146,11 @@ pub fn queued() {
 /// The audit writer took `n` commands off its queue.
 pub fn dequeued(n: usize) {
     METRICS.queued.fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+}
+
+/// `n` records reached the central store (`[agent.ship]`).
+pub fn shipped(n: usize) {
+    METRICS.shipped.inc_by(n as u64);
 }
 
 /// A batch of records was committed to the audit store in `took`.
@@ -213,6 +220,7 @@ pub fn render(agent: &Agent) -> String {
     r.register("relayed_bytes", "Bytes relayed, by direction, counted when sessions close", m.bytes.clone());
     r.register("audit_commit_seconds", "Time to commit one batch of audit records", m.commit.clone());
     r.register("audit_records", "Audit records committed", m.committed.clone());
+    r.register("audit_shipped_records", "Audit records copied to the central store", m.shipped.clone());
     r.register("audit_queue_depth", "Records waiting for the audit writer", gauge(m.queued.load(Ordering::Relaxed)));
 
     let open: Family<BackendLabels, Gauge> = Family::default();

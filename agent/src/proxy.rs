@@ -424,6 +424,10 @@ pub async fn run(
     let keeper = tokio::spawn(housekeeping(agent.clone(), stop.clone()));
     let approvals = tokio::spawn(approval_clock(agent.clone(), stop.clone()));
     let reaper = tokio::spawn(role_reaper(agent.clone(), stop.clone()));
+    let shipper = agent.settings.ship.clone().map(|ship| {
+        let key = agent.audit.public_key_hex();
+        tokio::spawn(crate::audit::ship::run(agent.settings.audit_db.clone(), ship, key, stop.clone()))
+    });
     if let Some(listen) = agent.settings.metrics.clone() {
         crate::metrics::serve(agent.clone(), listen, stop.clone()).await.map_err(AgentError::Metrics)?;
     }
@@ -448,6 +452,9 @@ pub async fn run(
     let _ = keeper.await;
     let _ = approvals.await;
     let _ = reaper.await;
+    if let Some(s) = shipper {
+        let _ = s.await;
+    }
     let _ = control.await;
     write_aggregates(&agent, agent.refusals.due(audit::now_us(), true));
     if let Err(e) = agent.audit.flush().await {

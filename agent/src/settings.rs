@@ -64,6 +64,8 @@ pub struct AgentRaw {
     /// Prometheus metrics and `/healthz`: `"127.0.0.1:9187"` (loopback
     /// only) or `"unix:/run/gatehouse/metrics.sock"`. Off when absent.
     pub metrics: Option<String>,
+    /// `[agent.ship]`: copy committed audit records to a central PostgreSQL.
+    pub ship: Option<crate::audit::ship::ShipRaw>,
 }
 
 /// Validated settings of a running agent.
@@ -93,6 +95,8 @@ pub struct Settings {
     pub audit_disk_reserve: u64,
     /// Where `/metrics` and `/healthz` are served; `None`: not at all.
     pub metrics: Option<crate::metrics::Listen>,
+    /// Where committed audit records are shipped, if anywhere.
+    pub ship: Option<crate::audit::ship::Ship>,
 }
 
 /// Command-line overrides; `None` keeps the file's value or the default.
@@ -176,6 +180,12 @@ impl Settings {
                 .map(str::parse)
                 .transpose()
                 .map_err(|message| SettingsError::Invalid { field: "metrics", message })?,
+            ship: raw
+                .ship
+                .as_ref()
+                .map(crate::audit::ship::Ship::try_from)
+                .transpose()
+                .map_err(|e| SettingsError::Invalid { field: "ship", message: e.to_string() })?,
         })
     }
 }

@@ -44,6 +44,9 @@ pub struct SessionsArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Search every host's sessions in the central store (`[agent.ship]`): postgres://…
+    #[arg(long)]
+    pub central: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -100,7 +103,7 @@ pub struct ExportArgs {
     pub db: PathBuf,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
     /// An audit database file or an export bundle directory (default: the agent's store).
     pub path: Option<PathBuf>,
@@ -111,6 +114,12 @@ pub struct VerifyArgs {
     /// Default: the keys in /etc/gatehouse/audit.pub. Key rotations in the store are followed from it.
     #[arg(long)]
     pub pubkey: Vec<String>,
+    /// Verify a host's records in the central store (`[agent.ship]`): postgres://… (needs --host).
+    #[arg(long, requires = "host", conflicts_with_all = ["path", "db"])]
+    pub central: Option<String>,
+    /// The host whose records to verify in the central store.
+    #[arg(long, requires = "central")]
+    pub host: Option<String>,
     /// A file of trusted public keys (hex, one per line) instead of /etc/gatehouse/audit.pub.
     #[arg(long, conflicts_with = "pubkey")]
     pub pubkey_file: Option<PathBuf>,
@@ -148,6 +157,9 @@ async fn ask_or_read<T>(
 }
 
 pub(super) async fn list_sessions(a: &SessionsArgs) -> ExitCode {
+    if let Some(url) = &a.central {
+        return central_sessions(url, a).await;
+    }
     let time = |s: &Option<String>| s.as_deref().map(parse_time).transpose();
     let (since_us, until_us) = match (time(&a.since), time(&a.until)) {
         (Ok(s), Ok(u)) => (s, u),
@@ -335,6 +347,67 @@ fn short_id(id: &str, ids: &[&str]) -> String {
 /// Characters of a session id shown by default: the millisecond and the
 /// version and first random digits of the UUIDv7.
 const SHORT_ID: usize = 18;
+
+/// `sessions --central`: the newest sessions of every host in the central store.
+async fn central_sessions(url: &str, a: &SessionsArgs) -> ExitCode {
+    use crate::audit::ship;
+    let rows = match ship::sessions(url, a.user.as_deref(), a.limit).await {
+        Ok(r) => r,
+        Err(e) => return fail(format_args!("{}: {e}", ship::redact_url(url))),
+    };
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let field = |r: &ship::CentralSession, k: &str| r.open.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+    let table: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.host.clone(),
+                r.session.clone(),
+                fmt_time(r.time_us),
+                field(r, "user"),
+                field(r, "backend"),
+                field(r, "decision"),
+                field(r, "rule"),
+            ]
+        })
+        .collect();
+    print_table(&["HOST", "SESSION", "STARTED", "USER", "BACKEND", "DECISION", "RULE"], &table);
+    ExitCode::SUCCESS
+}
+
+/// `verify --central URL --host H`: the host's records copied from the
+/// central store into a temporary store, verified like a local one.
+pub(super) async fn verify_central(a: &VerifyArgs) -> ExitCode {
+    use crate::audit::ship;
+    let (Some(url), Some(host)) = (a.central.as_deref(), a.host.as_deref()) else {
+        return fail("--central needs --host");
+    };
+    let dir = std::env::temp_dir().join(format!("gatehouse-verify-central-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return fail(format_args!("{}: {e}", dir.display()));
+    }
+    let copy = dir.join(format!("{host}.db"));
+    let _ = std::fs::remove_file(&copy);
+    let code = match ship::materialize(url, host, &copy).await {
+        Ok(0) => fail(format_args!("the central store {} holds no records of host {host:?}", ship::redact_url(url))),
+        Ok(n) => {
+            println!("central store {}: {n} records of host {host}", ship::redact_url(url));
+            let mut local = a.clone();
+            local.central = None;
+            local.host = None;
+            local.db = Some(copy.clone());
+            super::trust::verify(&local)
+        }
+        Err(e) => fail(format_args!("{}: {e}", ship::redact_url(url))),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    code
+}
 
 #[cfg(test)]
 mod tests {
