@@ -192,8 +192,9 @@ fn observe(m: &Metrics, e: &Event) {
             m.bytes.get_or_create(&DirectionLabels { direction: "up".into() }).inc_by(c.bytes_up);
             m.bytes.get_or_create(&DirectionLabels { direction: "down".into() }).inc_by(c.bytes_down);
         }
-        Event::Approval(t) if t.event == "denied" => {
-            m.refusals.get_or_create(&ReasonLabels { reason: "approval_denied".into() }).inc();
+        Event::Approval(t) if t.event == "denied" || t.event == "timed_out" => {
+            let reason = if t.event == "denied" { "approval_denied" } else { "approval_timed_out" };
+            m.refusals.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
         }
         _ => {}
     }
