@@ -136,6 +136,9 @@ fn verify_rss(mb: u64) -> (u64, f64) {
         let s = SessionId::new();
         let mut data = vec![0u8; 1 << 20];
         for i in 0..mb {
+            if mb >= 512 && i % (mb / 10) == 0 && i > 0 {
+                eprintln!("  {i}/{mb} MiB written");
+            }
             for (j, b) in data.iter_mut().enumerate() {
                 *b = (i as usize).wrapping_mul(31).wrapping_add(j) as u8;
             }
@@ -182,7 +185,9 @@ fn verify_rss(mb: u64) -> (u64, f64) {
 fn main() {
     if std::env::args().any(|a| a == "verify") || std::env::var_os("GATEHOUSE_BENCH_VERIFY").is_some() {
         let big: u64 = std::env::var("GATEHOUSE_BENCH_VERIFY_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
+        eprintln!("bench verify: writing a 128 MiB store, then verifying it");
         let (small_rss, small_s) = verify_rss(128);
+        eprintln!("bench verify: writing a {big} MiB store, then verifying it (progress every 10%)");
         let (big_rss, big_s) = verify_rss(big);
         println!(
             "gatehouse verify peak RSS: {:.1} MiB on a 128 MiB store ({small_s:.1} s), {:.1} MiB on a {big} MiB store ({big_s:.1} s)",
@@ -193,9 +198,12 @@ fn main() {
         println!("ratio verify_rss {big}mb/goal64mb = {:.2}", big_rss as f64 / (64.0 * 1024.0));
         return;
     }
+    eprintln!("bench audit: 1/3 strict commit latency, one session");
     let (p50, p99) = latency();
     println!("audit strict commit wait, one session: p50 {p50:.0} µs, p99 {p99:.0} µs");
+    eprintln!("bench audit: 2/3 strict records/s, 32 sessions x 5,000 records");
     let strict = run(Mode::Strict, 32, 5_000);
+    eprintln!("bench audit: 3/3 best-effort records/s, 32 sessions x 5,000 records");
     let queued = run(Mode::BestEffort, 32, 5_000);
     println!(
         "audit records/s, 32 sessions, hash chain + group commit: strict {strict:>9.0}  best-effort {queued:>9.0}  (goal >= 50000)"

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod keys;
 pub mod query;
 pub mod replay;
+pub mod ship;
 mod stream;
 pub mod verify;
 
@@ -733,6 +734,7 @@ impl Writer {
                 }
             }
             self.queued.fetch_sub(cmds.len(), Ordering::Relaxed);
+            crate::metrics::dequeued(cmds.len());
             let stop = cmds.iter().any(|c| matches!(c, Command::Stop));
             let mut events = Vec::with_capacity(cmds.len());
             let mut acks = Vec::new();
@@ -791,10 +793,12 @@ impl Writer {
         }
         let head = self.head;
         let jseq = events.iter().map(|e| e.jseq).max().unwrap_or(0);
+        let started = Instant::now();
         match write(&mut self.conn, head, &events, jseq) {
             Ok(new_head) => {
                 self.head = new_head;
                 self.dirty = true;
+                crate::metrics::committed(&events, started.elapsed());
                 if jseq > 0
                     && let Some(i) = &self.ingested
                 {
@@ -1254,6 +1258,7 @@ impl Audit {
             return Err(AuditError::QueueFull);
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::queued();
         self.tx.send(c).map_err(|_| AuditError::WriterGone)
     }
 }

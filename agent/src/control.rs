@@ -258,6 +258,12 @@ pub struct AgentStatus {
     /// Control connections refused because a uid or all uids had too many open.
     #[serde(default)]
     pub control_refused: u64,
+    /// What `/healthz` answers: `ok`, or why not.
+    #[serde(default)]
+    pub health: String,
+    /// Where `/metrics` is served, if anywhere.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 fn status(agent: &Agent) -> AgentStatus {
@@ -316,6 +322,8 @@ fn status(agent: &Agent) -> AgentStatus {
         refusals: serde_json::to_value(agent.refusals.stats()).unwrap_or_default(),
         nofile: agent.nofile,
         control_refused: CONTROL_REFUSED.load(std::sync::atomic::Ordering::Relaxed),
+        health: crate::metrics::healthy(agent).err().unwrap_or_else(|| "ok".into()),
+        metrics: agent.settings.metrics.as_ref().map(ToString::to_string),
     }
 }
 

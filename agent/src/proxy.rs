@@ -48,6 +48,8 @@ pub enum AgentError {
     Audit(#[from] audit::AuditError),
     #[error("control socket {path}: {source}")]
     Control { path: PathBuf, source: std::io::Error },
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[source] std::io::Error),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -200,6 +202,8 @@ pub struct PolicyState {
     pub loaded_us: i64,
     pub files: Vec<PathBuf>,
     pub reloads: u64,
+    /// Reloads refused (the previous policy stayed).
+    pub failures: u64,
     /// The last reload that was refused, and why (the previous policy stayed).
     pub last_error: Option<String>,
     pub last_error_us: Option<i64>,
@@ -420,8 +424,17 @@ pub async fn run(
     let keeper = tokio::spawn(housekeeping(agent.clone(), stop.clone()));
     let approvals = tokio::spawn(approval_clock(agent.clone(), stop.clone()));
     let reaper = tokio::spawn(role_reaper(agent.clone(), stop.clone()));
+    let shipper = agent.settings.ship.clone().map(|ship| {
+        let key = agent.audit.public_key_hex();
+        tokio::spawn(crate::audit::ship::run(agent.settings.audit_db.clone(), ship, key, stop.clone()))
+    });
+    if let Some(listen) = agent.settings.metrics.clone() {
+        crate::metrics::serve(agent.clone(), listen, stop.clone()).await.map_err(AgentError::Metrics)?;
+    }
+    crate::service::tell(crate::service::State::Ready { status: &format!("serving on {:?}", agent.listening) });
 
     wait_for_signal().await?;
+    crate::service::tell(crate::service::State::Stopping);
     info!(grace = ?agent.settings.shutdown_grace, active = agent.counters.active.load(Ordering::Relaxed), "shutting down: no new sessions; open sessions may finish");
     stop.cancel();
     for a in accepts {
@@ -439,6 +452,9 @@ pub async fn run(
     let _ = keeper.await;
     let _ = approvals.await;
     let _ = reaper.await;
+    if let Some(s) = shipper {
+        let _ = s.await;
+    }
     let _ = control.await;
     write_aggregates(&agent, agent.refusals.due(audit::now_us(), true));
     if let Err(e) = agent.audit.flush().await {

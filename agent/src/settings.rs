@@ -61,6 +61,11 @@ pub struct AgentRaw {
     /// Free bytes the audit store's filesystem keeps for allowed sessions:
     /// below it, refusals are no longer recorded (default 64 MiB).
     pub audit_disk_reserve: Option<u64>,
+    /// Prometheus metrics and `/healthz`: `"127.0.0.1:9187"` (loopback
+    /// only) or `"unix:/run/gatehouse/metrics.sock"`. Off when absent.
+    pub metrics: Option<String>,
+    /// `[agent.ship]`: copy committed audit records to a central PostgreSQL.
+    pub ship: Option<crate::audit::ship::ShipRaw>,
 }
 
 /// Validated settings of a running agent.
@@ -88,6 +93,10 @@ pub struct Settings {
     pub allow_unprivileged_port: bool,
     pub refusal_window: Duration,
     pub audit_disk_reserve: u64,
+    /// Where `/metrics` and `/healthz` are served; `None`: not at all.
+    pub metrics: Option<crate::metrics::Listen>,
+    /// Where committed audit records are shipped, if anywhere.
+    pub ship: Option<crate::audit::ship::Ship>,
 }
 
 /// Command-line overrides; `None` keeps the file's value or the default.
@@ -165,6 +174,18 @@ impl Settings {
             allow_unprivileged_port: cli.allow_unprivileged_port,
             refusal_window: duration("refusal_window", &raw.refusal_window, Duration::from_secs(60))?,
             audit_disk_reserve: raw.audit_disk_reserve.unwrap_or(64 << 20),
+            metrics: raw
+                .metrics
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|message| SettingsError::Invalid { field: "metrics", message })?,
+            ship: raw
+                .ship
+                .as_ref()
+                .map(crate::audit::ship::Ship::try_from)
+                .transpose()
+                .map_err(|e| SettingsError::Invalid { field: "ship", message: e.to_string() })?,
         })
     }
 }

@@ -134,6 +134,34 @@ impl PgServer {
         String::from_utf8_lossy(&check(out, &format!("admin SQL {sql:?}")).stdout).trim().to_owned()
     }
 
+    /// Stops the server (fast shutdown), as an outage would; [`Self::resume`] starts it again.
+    pub fn stop(&self) {
+        check(
+            as_postgres(&format!("{BIN}/pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "fast", "-w", "stop"])
+                .output()
+                .expect("pg_ctl stop"),
+            "pg_ctl stop",
+        );
+    }
+
+    /// Starts a server [`Self::stop`] stopped.
+    pub fn resume(&self) {
+        check(
+            as_postgres(&format!("{BIN}/pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("server.log"))
+                .args(["-w", "-t", "30", "start"])
+                .output()
+                .expect("pg_ctl start"),
+            "pg_ctl start",
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }

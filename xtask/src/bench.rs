@@ -19,9 +19,62 @@ use crate::util::{built, is_root, privileged, run, workspace_root};
 pub struct BenchArgs {
     #[command(subcommand)]
     pub workload: Workload,
-    /// Skip setup and the release build (used when re-run through sudo).
-    #[arg(long, global = true, hide = true)]
+    /// Skip setup and the release build: use target/release/gatehouse as it is.
+    #[arg(long, global = true)]
     pub no_build: bool,
+    /// Run `cargo build --release` even when target/release/gatehouse is newer than every source.
+    #[arg(long, global = true, conflicts_with = "no_build")]
+    pub rebuild: bool,
+}
+
+/// Builds target/release/gatehouse unless it is newer than every file it is
+/// built from (cargo's own check would rerun the eBPF build script and the
+/// thin-LTO link on a shared machine; an unchanged tree needs neither).
+fn release_build(force: bool) -> Result<()> {
+    let bin = built("release", "gatehouse");
+    let root = workspace_root();
+    let built_at = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if let (false, Some(built_at)) = (force, built_at) {
+        let sources = ["agent", "agent-common", "agent-ebpf", "Cargo.toml", "Cargo.lock", "rust-toolchain.toml"];
+        match newest(sources.iter().map(|s| root.join(s))) {
+            Some((newest_at, path)) if newest_at > built_at => {
+                eprintln!("bench: {} changed since the release build; rebuilding", path.display());
+            }
+            _ => {
+                eprintln!(
+                    "bench: reusing {} (no source changed since it was built; --rebuild to force)",
+                    bin.display()
+                );
+                return Ok(());
+            }
+        }
+    }
+    eprintln!("bench: building the release binary (thin LTO: minutes on a busy machine)");
+    run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "gatehouse"]))
+}
+
+/// The newest modification time under `paths` (files, or directories walked;
+/// `target` and hidden entries skipped), with the file that has it.
+fn newest(paths: impl Iterator<Item = PathBuf>) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack: Vec<PathBuf> = paths.collect();
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        if meta.is_dir() {
+            let Ok(entries) = std::fs::read_dir(&p) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if name != "target" && !name.to_string_lossy().starts_with('.') {
+                    stack.push(e.path());
+                }
+            }
+        } else if let Ok(m) = meta.modified()
+            && best.as_ref().is_none_or(|(t, _)| m > *t)
+        {
+            best = Some((m, p));
+        }
+    }
+    best
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -96,12 +149,14 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     if !a.no_build {
         crate::setup::setup()?;
-        run(Command::new("cargo").current_dir(workspace_root()).args(["build", "--release", "-p", "gatehouse"]))?;
+        release_build(a.rebuild)?;
     }
     if !is_root() {
         let me = std::env::current_exe().context("current_exe")?;
         let mut cmd = privileged(me)?;
-        cmd.arg("bench").arg("--no-build").args(std::env::args().skip(2).filter(|x| x != "--no-build"));
+        cmd.arg("bench")
+            .arg("--no-build")
+            .args(std::env::args().skip(2).filter(|x| x != "--no-build" && x != "--rebuild"));
         return run(&mut cmd);
     }
     match a.workload.clone() {

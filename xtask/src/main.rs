@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_pg;
+mod deb;
 mod demo;
 mod fuzz;
 mod setup;
@@ -34,6 +35,8 @@ enum Task {
     Fuzz(fuzz::FuzzArgs),
     /// Benchmarks, printed as ratios against baselines measured in the same run.
     Bench(bench::BenchArgs),
+    /// Build the Debian package (dpkg-deb): binary, systemd unit, starter policy, man pages, completions.
+    Deb(deb::DebArgs),
     /// (internal) A benchmark client, run inside the benchmark's cgroup.
     #[command(hide = true)]
     BenchClient(bench::ClientArgs),
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(a) => demo::demo(&a),
         Task::Fuzz(a) => fuzz::fuzz(&a),
         Task::Bench(a) => bench::bench(&a),
+        Task::Deb(a) => deb::deb(&a),
         Task::BenchClient(a) => bench::client(&a),
     }
 }

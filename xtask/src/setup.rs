@@ -25,6 +25,8 @@ pub const PACKAGES: &[&str] = &[
     "python3-psycopg2",
     "python3-sqlalchemy",
     "openssl",
+    // The metrics test parses scrapes with the Prometheus text parser.
+    "python3-prometheus-client",
     // The masking driver matrix: pgJDBC and a JDK to run it (Node.js below).
     "default-jdk-headless",
     "libpostgresql-jdbc-java",

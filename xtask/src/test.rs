@@ -44,6 +44,8 @@ pub fn test(a: &TestArgs) -> Result<()> {
     if a.unit_only {
         return Ok(());
     }
+    // The package test (tests/ops_package.rs) installs a .deb of this build.
+    let deb = crate::deb::build(&built("debug", "gatehouse"), &crate::util::target_dir().join("debian-test"), true)?;
     let binaries = e2e_binaries()?;
     eprintln!("end-to-end tests: real eBPF attached to per-test child cgroups (needs root)");
     for bin in binaries {
@@ -51,6 +53,7 @@ pub fn test(a: &TestArgs) -> Result<()> {
         cmd.current_dir(&root)
             .env("GATEHOUSE_BIN", built("debug", "gatehouse"))
             .env("GATEHOUSE_PROBE", built("debug", "gatehouse-probe"))
+            .env("GATEHOUSE_DEB", &deb)
             .env("RUST_BACKTRACE", "1")
             .args(&a.e2e_args);
         run(&mut cmd)?;

@@ -56,7 +56,8 @@ pub fn privileged(program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
     }
     eprintln!("note: not root; running the privileged step through sudo");
     let mut c = Command::new("sudo");
-    c.arg("--preserve-env=PATH,CARGO_TARGET_DIR,GATEHOUSE_BIN,GATEHOUSE_PROBE,RUST_BACKTRACE").arg(program);
+    c.arg("--preserve-env=PATH,CARGO_TARGET_DIR,GATEHOUSE_BIN,GATEHOUSE_PROBE,GATEHOUSE_DEB,RUST_BACKTRACE")
+        .arg(program);
     Ok(c)
 }
 

@@ -369,6 +369,7 @@ impl Journal {
         }
         self.written.store(last, Ordering::Release);
         self.queued.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::queued();
         if self.tx.send(Command::Journaled(entries)).is_err() {
             return Err(AppendError::Failed("the audit writer has stopped".into()));
         }

@@ -162,6 +162,10 @@ pub fn statements_of(
 ) -> Result<Vec<StatementRow>, AuditError> {
     let conn = open_read_only(path)?;
     let sql_err = |source| AuditError::Sql { path: path.to_owned(), source };
+    // A session is named as `sessions` shows it: its id or a unique prefix.
+    let session = session
+        .map(|s| super::replay::resolve_session(&conn, s, owner).map_err(|e| AuditError::Failed(e.to_string())))
+        .transpose()?;
     let mut stmt = conn
         .prepare(
             "SELECT session_id, seq, started_us, text, kinds, tables, decision, rule, reason, rows, duration_us, error, masked, redacted,

@@ -452,7 +452,7 @@ pub(crate) fn redaction_covers(redactions: &[(u64, Redaction)], r: &Record) -> b
 }
 
 /// The record a parsed body stands for, for the query tables.
-fn indexed_event(r: &Record) -> Option<Event> {
+pub(crate) fn indexed_event(r: &Record) -> Option<Event> {
     if r.redacted {
         return None;
     }

@@ -55,7 +55,9 @@ pub(super) async fn reload_loop(agent: Arc<Agent>, stop: CancellationToken) {
             }
         };
         seen = fingerprint(&agent.config_path);
+        crate::service::tell(crate::service::State::Reloading);
         reload(&agent, why).await;
+        crate::service::tell(crate::service::State::Ready { status: why });
     }
 }
 
@@ -120,6 +122,7 @@ pub async fn reload(agent: &Agent, why: &str) {
 fn refuse_reload(agent: &Agent, why: &str, error: String) {
     error!(trigger = why, "policy reload refused; the previous policy stays in force: {error}");
     let mut st = lock(&agent.policy_state);
+    st.failures += 1;
     st.last_error = Some(error);
     st.last_error_us = Some(audit::now_us());
 }

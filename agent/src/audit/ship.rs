@@ -1,0 +1,349 @@
+//! Shipping committed audit records to a central PostgreSQL
+//! (`[agent.ship] url = "postgres://…"`), for fleets of bastions.
+//!
+//! The local store stays the source of truth and the write-ahead point: the
+//! shipper reads records the writer has already committed (its own
+//! read-only SQLite connection, on the blocking pool) and copies them with
+//! their chain hashes, unchanged, into `gatehouse_events`, keyed by (host,
+//! seq). It resumes from the highest sequence the central store holds for
+//! this host, so an outage costs nothing but time: rows are inserted with
+//! `ON CONFLICT DO NOTHING`, none is lost or duplicated. It never touches
+//! the data path: a slow or absent central server only delays shipping.
+//!
+//! The central store vouches for nothing: `gatehouse verify --central URL
+//! --host H --pubkey K` copies a host's records into a temporary store and
+//! runs the same verifier, against the host key given from outside.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// `[agent.ship]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipRaw {
+    /// `postgres://user@host:port/db` (the password from `password_file`, or the URL).
+    pub url: String,
+    /// How this host is named in the central store (default: its host name).
+    pub host: Option<String>,
+    /// `off` only, for now: put the central server on a trusted network
+    /// path or a local TLS tunnel. `verify` is refused until it is built.
+    pub tls: Option<String>,
+    /// Records per central transaction (default 500).
+    pub batch: Option<usize>,
+}
+
+/// Validated shipping settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ship {
+    pub url: String,
+    pub host: String,
+    pub batch: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("[agent.ship] {0}")]
+    Config(String),
+    #[error("central store: {0}")]
+    Central(#[from] tokio_postgres::Error),
+    #[error("local store {path}: {message}")]
+    Local { path: PathBuf, message: String },
+}
+
+impl TryFrom<&ShipRaw> for Ship {
+    type Error = ShipError;
+
+    fn try_from(raw: &ShipRaw) -> Result<Self, ShipError> {
+        if !(raw.url.starts_with("postgres://") || raw.url.starts_with("postgresql://")) {
+            return Err(ShipError::Config(format!("url {:?} is not a postgres:// URL", redact_url(&raw.url))));
+        }
+        match raw.tls.as_deref() {
+            None | Some("off") => {}
+            Some(other) => {
+                return Err(ShipError::Config(format!(
+                    "tls = {other:?} is not supported yet (only \"off\"): reach the central server over a trusted path"
+                )));
+            }
+        }
+        let host = match &raw.host {
+            Some(h) if !h.is_empty() && h.len() <= 253 => h.clone(),
+            Some(h) => return Err(ShipError::Config(format!("host {h:?} must be 1 to 253 characters"))),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| ShipError::Config("no host name: set host".into()))?,
+        };
+        let batch = raw.batch.unwrap_or(500);
+        if batch == 0 || batch > 10_000 {
+            return Err(ShipError::Config("batch must be between 1 and 10000".into()));
+        }
+        Ok(Self { url: raw.url.clone(), host, batch })
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = url.get(s + 3..at).unwrap_or_default();
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", url.get(..s + 3).unwrap_or_default(), url.get(at..).unwrap_or_default())
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The central schema, by version. A new version is appended, never edited.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE gatehouse_hosts (
+         host        text PRIMARY KEY,
+         public_key  text NOT NULL,
+         first_seen  timestamptz NOT NULL DEFAULT now(),
+         last_seen   timestamptz NOT NULL DEFAULT now()
+     );
+     CREATE TABLE gatehouse_events (
+         host         text   NOT NULL,
+         seq          bigint NOT NULL,
+         time_us      bigint NOT NULL,
+         session      text,
+         kind         text   NOT NULL,
+         content_hash bytea  NOT NULL,
+         body         bytea,
+         data         bytea,
+         prev_hash    bytea  NOT NULL,
+         hash         bytea  NOT NULL,
+         PRIMARY KEY (host, seq)
+     );
+     CREATE INDEX gatehouse_events_session ON gatehouse_events (session);
+     CREATE INDEX gatehouse_events_kind_time ON gatehouse_events (kind, time_us);",
+)];
+
+/// Brings the central schema to the newest version (one transaction per
+/// version; concurrent agents serialise on an advisory lock).
+pub async fn migrate(client: &mut Client) -> Result<i32, ShipError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(7226115);
+         CREATE TABLE IF NOT EXISTS gatehouse_schema (version int PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let have: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM gatehouse_schema", &[]).await?.get(0);
+    let mut now = have;
+    for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > have) {
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO gatehouse_schema (version) VALUES ($1)", &[v]).await?;
+        now = *v;
+    }
+    tx.commit().await?;
+    Ok(now)
+}
+
+async fn connect(url: &str) -> Result<Client, ShipError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "central store connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// One record as stored (columns of `events`).
+type Row = (i64, i64, Option<String>, String, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>, Vec<u8>);
+
+/// Committed records after `after`, at most `n`, from the local store.
+fn read_after(db: &Path, after: i64, n: usize) -> Result<Vec<Row>, ShipError> {
+    let local = |e: rusqlite::Error| ShipError::Local { path: db.to_owned(), message: e.to_string() };
+    let conn = super::query::open_read_only(db)
+        .map_err(|e| ShipError::Local { path: db.to_owned(), message: e.to_string() })?;
+    let mut st = conn
+        .prepare(
+            "SELECT seq, time_us, session, kind, content_hash, body, data, prev_hash, hash
+             FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .map_err(local)?;
+    let rows = st
+        .query_map(rusqlite::params![after, i64::try_from(n).unwrap_or(500)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+        })
+        .map_err(local)?;
+    rows.collect::<Result<_, _>>().map_err(local)
+}
+
+/// Ships until `stop`, reconnecting with back-off after any failure.
+pub async fn run(db: PathBuf, ship: Ship, public_key: String, stop: CancellationToken) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match ship_once(&db, &ship, &public_key, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(central = %redact_url(&ship.url), error = %e, retry_in = ?backoff, "audit shipping paused");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn ship_once(db: &Path, ship: &Ship, public_key: &str, stop: &CancellationToken) -> Result<(), ShipError> {
+    let mut client = connect(&ship.url).await?;
+    let version = migrate(&mut client).await?;
+    client
+        .execute(
+            "INSERT INTO gatehouse_hosts (host, public_key) VALUES ($1, $2)
+             ON CONFLICT (host) DO UPDATE SET public_key = EXCLUDED.public_key, last_seen = now()",
+            &[&ship.host, &public_key],
+        )
+        .await?;
+    let mut acked: i64 = client
+        .query_one("SELECT coalesce(max(seq), 0) FROM gatehouse_events WHERE host = $1", &[&ship.host])
+        .await?
+        .get(0);
+    tracing::info!(central = %redact_url(&ship.url), host = %ship.host, schema = version, from_seq = acked + 1, "audit shipping");
+    loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        let (path, n) = (db.to_owned(), ship.batch);
+        let rows = tokio::task::spawn_blocking(move || read_after(&path, acked, n))
+            .await
+            .map_err(|e| ShipError::Local { path: db.to_owned(), message: e.to_string() })??;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            }
+        };
+        let tx = client.transaction().await?;
+        let insert = tx
+            .prepare(
+                "INSERT INTO gatehouse_events (host, seq, time_us, session, kind, content_hash, body, data, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (host, seq) DO NOTHING",
+            )
+            .await?;
+        for (seq, time_us, session, kind, content_hash, body, data, prev_hash, hash) in &rows {
+            tx.execute(&insert, &[&ship.host, seq, time_us, session, kind, content_hash, body, data, prev_hash, hash])
+                .await?;
+        }
+        tx.commit().await?;
+        crate::metrics::shipped(rows.len());
+        acked = last;
+    }
+}
+
+/// Copies `host`'s records from the central store into a new local store
+/// at `dest` (the same layout, query tables rebuilt from the records), for
+/// the verifier.
+pub async fn materialize(url: &str, host: &str, dest: &Path) -> Result<u64, ShipError> {
+    let client = connect(url).await?;
+    let rows = client
+        .query(
+            "SELECT seq, time_us, session, kind, content_hash, body, data, prev_hash, hash
+             FROM gatehouse_events WHERE host = $1 ORDER BY seq",
+            &[&host],
+        )
+        .await?;
+    let local = |e: rusqlite::Error| ShipError::Local { path: dest.to_owned(), message: e.to_string() };
+    let mut conn = rusqlite::Connection::open(dest).map_err(local)?;
+    conn.execute_batch(super::SCHEMA).map_err(local)?;
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('layout', ?1)", [super::chain::LAYOUT.to_string()])
+        .map_err(local)?;
+    let tx = conn.transaction().map_err(local)?;
+    let mut n = 0u64;
+    {
+        let mut st = tx
+            .prepare(
+                "INSERT INTO events (seq, time_us, session, kind, content_hash, body, data, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(local)?;
+        for r in &rows {
+            let (seq, time_us, session, kind): (i64, i64, Option<String>, String) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            let (content_hash, body, data): (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>) =
+                (r.try_get(4)?, r.try_get(5)?, r.try_get(6)?);
+            let (prev_hash, hash): (Vec<u8>, Vec<u8>) = (r.try_get(7)?, r.try_get(8)?);
+            st.execute(rusqlite::params![seq, time_us, session, kind, content_hash, body, data, prev_hash, hash])
+                .map_err(local)?;
+            n += 1;
+        }
+    }
+    // The query tables, as the writer would have built them from these records.
+    let records =
+        super::verify::read_records(&tx).map_err(|message| ShipError::Local { path: dest.to_owned(), message })?;
+    for r in &records {
+        if let Some(e) = super::verify::indexed_event(r) {
+            super::index(&tx, &e).map_err(local)?;
+        }
+    }
+    tx.commit().map_err(local)?;
+    Ok(n)
+}
+
+/// One session opened anywhere in the fleet.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CentralSession {
+    pub host: String,
+    pub session: String,
+    pub time_us: i64,
+    pub open: serde_json::Value,
+}
+
+/// The newest sessions across hosts (optionally one user's: a Unix user name).
+pub async fn sessions(url: &str, user: Option<&str>, limit: u32) -> Result<Vec<CentralSession>, ShipError> {
+    let client = connect(url).await?;
+    let rows = client
+        .query(
+            "SELECT host, session, time_us, body FROM gatehouse_events
+             WHERE kind = 'session_open' AND body IS NOT NULL
+               AND ($1::text IS NULL OR convert_from(body, 'UTF8')::jsonb ->> 'user' = $1)
+             ORDER BY time_us DESC LIMIT $2",
+            &[&user, &i64::from(limit)],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let body: Vec<u8> = r.try_get(3)?;
+        out.push(CentralSession {
+            host: r.try_get(0)?,
+            session: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+            time_us: r.try_get(2)?,
+            open: serde_json::from_slice(&body).unwrap_or_default(),
+        });
+    }
+    out.reverse();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_password_in_messages() {
+        assert_eq!(
+            redact_url("postgres://gh:s3cret@db.internal:5432/audit"),
+            "postgres://gh:***@db.internal:5432/audit"
+        );
+        assert_eq!(redact_url("postgres://db.internal/audit"), "postgres://db.internal/audit");
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let raw = ShipRaw { url: "postgres://a@b/c".into(), host: Some("bastion-1".into()), ..ShipRaw::default() };
+        assert_eq!(Ship::try_from(&raw).map(|s| s.batch).ok(), Some(500));
+        let tls = ShipRaw { tls: Some("verify".into()), ..raw.clone() };
+        assert!(Ship::try_from(&tls).is_err());
+        let bad = ShipRaw { url: "mysql://x".into(), ..raw };
+        assert!(Ship::try_from(&bad).is_err());
+    }
+}
