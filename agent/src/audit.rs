@@ -384,6 +384,9 @@ pub struct WsFrame {
     /// `text`, `binary`, `close`, `ping`, `pong`, `continuation`.
     pub opcode: String,
     pub fin: bool,
+    /// RSV1: the payload is compressed (permessage-deflate) and recorded as sent.
+    #[serde(default)]
+    pub compressed: bool,
     pub len: u64,
 }
 

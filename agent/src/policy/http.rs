@@ -210,6 +210,7 @@ pub(crate) fn build_scope(
     r: &HttpRuleRaw<'_>,
     action: super::Action,
     http_backends: bool,
+    passthrough: bool,
 ) -> Result<HttpScope, (Option<Range<usize>>, String)> {
     let given = [
         ("methods", r.methods.map(Spanned::span)),
@@ -221,6 +222,12 @@ pub(crate) fn build_scope(
     ];
     if !http_backends && let Some((field, span)) = given.iter().find(|(_, s)| s.is_some()) {
         return Err((span.clone(), format!("`{field}` applies to http backends; the rule names none")));
+    }
+    if passthrough && let Some((field, span)) = given.iter().find(|(_, s)| s.is_some()) {
+        return Err((
+            span.clone(),
+            format!("`{field}` cannot be enforced on a tls = \"passthrough\" backend: its requests are opaque bytes (use tls = \"terminate\")"),
+        ));
     }
     if action == super::Action::Deny
         && let Some((field, span)) = given.iter().skip(4).find(|(_, s)| s.is_some())

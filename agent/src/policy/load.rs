@@ -1306,6 +1306,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             policy.backends.iter().filter(|b| backends.iter().any(|p| p.matches(b.name.as_str()))).collect();
         let sql = matched.iter().any(|b| b.protocol.is_sql());
         let http_backends = matched.iter().any(|b| b.protocol == Protocol::Http);
+        let passthrough = matched.iter().filter_map(|b| b.http.as_ref()).any(|h| h.tls == super::http::HttpTls::Passthrough);
 
         if action == Action::Deny {
             let meaningless = [
@@ -1489,7 +1490,14 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             max_body: r.max_body.as_ref(),
             pass_client_auth: r.pass_client_auth.as_ref(),
         };
-        let http = match super::http::build_scope(&http_raw, action, http_backends) {
+        if passthrough && let Some(m) = &r.mask {
+            e.push(
+                src.at(Some(m.span())),
+                "`mask` cannot apply to a tls = \"passthrough\" backend: its bodies are opaque bytes (use tls = \"terminate\")",
+            );
+            continue;
+        }
+        let http = match super::http::build_scope(&http_raw, action, http_backends, passthrough) {
             Ok(h) => h,
             Err((span, msg)) => {
                 e.push(src.at(span.or(Some(bspan.clone()))), msg);

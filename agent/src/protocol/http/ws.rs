@@ -18,6 +18,8 @@ use crate::types::SessionId;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1 (permessage-deflate).
+    pub compressed: bool,
     pub opcode: u8,
     pub len: u64,
     /// The payload's first bytes (unmasked), up to the cap.
@@ -94,7 +96,7 @@ fn parse_header(h: &[u8]) -> Option<(Frame, u64, Option<[u8; 4]>)> {
     if h.len() < need {
         return None;
     }
-    Some((Frame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0f, len, payload: Vec::new() }, len, key))
+    Some((Frame { fin: b0 & 0x80 != 0, compressed: b0 & 0x40 != 0, opcode: b0 & 0x0f, len, payload: Vec::new() }, len, key))
 }
 
 fn opcode_name(op: u8) -> &'static str {
@@ -122,7 +124,15 @@ pub(super) fn relay(audit: Audit, session: SessionId, exchange: u64, cap: usize,
         let (mut cr, mut cw) = tokio::io::split(TokioIo::new(client));
         let (mut sr, mut sw) = tokio::io::split(TokioIo::new(server));
         let record = |dir: Direction, f: Frame| {
-            let rec = WsFrame { session, exchange, dir, opcode: opcode_name(f.opcode).into(), fin: f.fin, len: f.len };
+            let rec = WsFrame {
+                session,
+                exchange,
+                dir,
+                opcode: opcode_name(f.opcode).into(),
+                fin: f.fin,
+                compressed: f.compressed,
+                len: f.len,
+            };
             let _ = audit.record(Event::WsFrame(Box::new(rec), f.payload));
         };
         let up = async {
