@@ -1,6 +1,7 @@
 //! The `gatehouse` command line: the daemon (`run`) and the operator's tools.
 
 mod approvals;
+mod ca;
 mod login;
 mod trust;
 
@@ -62,6 +63,9 @@ pub enum Command {
     /// The host's audit signing key: show it, rotate it.
     #[command(subcommand)]
     Keys(trust::KeysCommand),
+    /// The agent's certificate authorities: `init` and `export` the CA for HTTPS backends (tls = "terminate").
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Remove every program, link and map Gatehouse attached or pinned.
     Detach(DetachArgs),
     /// Check, test and explain policy files.
@@ -391,6 +395,7 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Export(a) => trust::export(&a),
         Command::Redact(a) => trust::redact(&a).await,
         Command::Keys(k) => trust::keys(k).await,
+        Command::Ca(c) => ca::ca(c),
         Command::Detach(a) => detach(a).await,
         Command::Policy(PolicyCommand::Check { path, skip_secret_files }) => policy_check(&path, skip_secret_files),
         Command::Policy(PolicyCommand::Test { path, at, json }) => policy_test(&path, at.as_deref(), json),

@@ -21,15 +21,20 @@ pub struct PyServer {
 impl PyServer {
     /// The HTTP backend on `host`, logging requests under `dir`.
     pub fn http(dir: &Path, host: &str) -> Self {
-        Self::start(dir, host, "backend.py", BACKEND_PY)
+        Self::start(dir, host, "backend.py", BACKEND_PY, &[])
+    }
+
+    /// The HTTP backend speaking HTTPS with `cert` and `key`.
+    pub fn https(dir: &Path, host: &str, cert: &Path, key: &Path) -> Self {
+        Self::start(dir, host, "backend.py", BACKEND_PY, &[cert, key])
     }
 
     /// The WebSocket echo server on `host`.
     pub fn ws_echo(dir: &Path, host: &str) -> Self {
-        Self::start(dir, host, "ws_echo.py", WS_ECHO_PY)
+        Self::start(dir, host, "ws_echo.py", WS_ECHO_PY, &[])
     }
 
-    fn start(dir: &Path, host: &str, name: &str, code: &str) -> Self {
+    fn start(dir: &Path, host: &str, name: &str, code: &str, tls: &[&Path]) -> Self {
         let script = dir.join(name);
         std::fs::write(&script, code).expect("write server script");
         let log = dir.join(format!("{name}.log"));
@@ -37,6 +42,7 @@ impl PyServer {
             .arg(&script)
             .arg(host)
             .arg(&log)
+            .args(tls)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

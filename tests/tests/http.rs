@@ -324,3 +324,78 @@ backends = ["vault"]
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("passthrough"), "{text}");
 }
+
+#[test]
+fn https_is_terminated_with_the_agent_ca_and_refused_without_it() {
+    let mut env = Env::new("http-tls");
+    let ana = env.user("ana", &[]);
+    let ip = loopback(3);
+    let (backend_ca, cert, key) = gatehouse_e2e::pg::certs(&env.dir.join("backend-tls"), &ip, 2);
+    let api = PyServer::https(&env.dir, &ip, &cert, &key);
+    let token = gatehouse_e2e::pg::password_file(&env.dir, "api.token", HELD_TOKEN);
+    let db = env.db().display().to_string();
+    let init = env.gatehouse(&["ca", "init", "--db", &db]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let export = env.gatehouse(&["ca", "export", "--db", &db]);
+    assert!(export.status.success());
+    let agent_ca = env.path("agent-ca.crt");
+    std::fs::write(&agent_ca, &export.stdout).expect("write agent CA");
+    let policy = format!(
+        r#"
+[[backend]]
+name = "secure-api"
+protocol = "http"
+address = "{addr}"
+tls = "terminate"
+ca_file = "{ca}"
+credentials = {{ bearer_file = "{token}" }}
+
+[[mask]]
+name = "cards"
+detectors = ["card"]
+
+[[rule]]
+name = "ana reads"
+who = {{ users = ["{ana}"] }}
+backends = ["secure-api"]
+methods = ["GET"]
+mask = "cards"
+"#,
+        addr = api.addr,
+        ca = backend_ca.display(),
+        token = token.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let url = format!("https://{}/api/v1/orders/7", api.addr);
+    let curl = |args: &[&str]| env.run_as(&ana, None, Path::new("/usr/bin/curl"), args);
+
+    // Trusting the agent CA: HTTPS works, the request is decided, masked, and carries the held token.
+    let o = curl(&["-sS", "--cacert", agent_ca.to_str().unwrap(), "-w", "\n%{http_version}", &url]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let (body, version) = out.rsplit_once('\n').unwrap_or_else(|| panic!("{out} {}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(json(body)["customer"]["card"], "****1111", "{body}");
+    assert_eq!(version, "2", "ALPN offers h2 to clients");
+    let got = api.requests();
+    assert_eq!(got.last().unwrap()["headers"]["authorization"], format!("Bearer {HELD_TOKEN}"));
+    // A DELETE over HTTPS is refused like any other.
+    let o = curl(&["-s", "--cacert", agent_ca.to_str().unwrap(), "-X", "DELETE", &url]);
+    assert_eq!(json(&String::from_utf8_lossy(&o.stdout))["status"], 403);
+    assert!(api.requests().iter().all(|r| r["method"] != "DELETE"));
+
+    // Not trusting it (the system store, which does not hold it): curl refuses the certificate.
+    let o = curl(&["-sS", &url]);
+    assert_eq!(o.status.code(), Some(60), "curl must refuse an untrusted certificate: {}", String::from_utf8_lossy(&o.stderr));
+    // A name the backend does not serve gets no certificate.
+    let resolve = format!("evil.example:{}:{ip}", api.addr.rsplit(':').next().unwrap());
+    let o = curl(&[
+        "-sS",
+        "--cacert",
+        agent_ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        &format!("https://evil.example:{}/api/v1/orders/7", api.addr.rsplit(':').next().unwrap()),
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(api.requests().len(), got.len(), "no request reached the server without a served name");
+}

@@ -21,6 +21,7 @@
 //!    and its frames recorded (`ws`).
 
 pub mod body;
+pub mod tls;
 mod upstream;
 mod ws;
 
@@ -126,9 +127,25 @@ pub async fn serve(ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome {
     let down = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Shared { ctx, pool, seq: AtomicU64::new(0), held: tokio::sync::OnceCell::new() });
     let io = Counted { inner: client, up: up.clone(), down: down.clone() };
-    let end = serve_io(shared, io, cut, http.tls == HttpTls::Terminate).await;
+    let end = if http.tls == HttpTls::Terminate {
+        let (db, backend, addr) = (shared.ctx.agent.settings.audit_db.clone(), shared.ctx.backend.clone(), shared.ctx.addr);
+        let config = tokio::task::spawn_blocking(move || tls::server_config(&db, &backend, addr)).await;
+        match config {
+            Ok(Ok(config)) => match tokio_rustls::TlsAcceptor::from(config).accept(io).await {
+                Ok(tls) => serve_io(shared, tls, cut).await,
+                Err(e) => End::ClientError(format!("TLS handshake: {e}")),
+            },
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot terminate TLS");
+                End::Cut(format!("cannot terminate TLS: {e}"))
+            }
+            Err(e) => End::Cut(format!("cannot terminate TLS: {e}")),
+        }
+    } else {
+        serve_io(shared, io, cut).await
+    };
     let end = match end {
-        End::Cut(_) => End::Cut(live.reason()),
+        End::Cut(why) if why.is_empty() => End::Cut(live.reason()),
         other => other,
     };
     RelayOutcome { up: up.load(Ordering::Relaxed), down: down.load(Ordering::Relaxed), end }
@@ -139,7 +156,7 @@ fn failed(why: String) -> RelayOutcome {
     RelayOutcome { up: 0, down: 0, end: End::BackendError(why) }
 }
 
-async fn serve_io<I>(shared: Arc<Shared>, io: I, cut: tokio_util::sync::CancellationToken, _terminate: bool) -> End
+async fn serve_io<I>(shared: Arc<Shared>, io: I, cut: tokio_util::sync::CancellationToken) -> End
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -1,7 +1,8 @@
 # A real HTTP backend for the end-to-end tests: Python's http.server
 # (HTTP/1.1, keep-alive), logging every request it receives as one JSON line
 # (method, path, headers, body) to the file named in argv[2], so tests can
-# assert on what the server got. Prints its port on the first line.
+# assert on what the server got. Prints its port on the first line. With a
+# certificate and key (argv[3], argv[4]) it speaks HTTPS.
 import gzip
 import http.server
 import json
@@ -76,5 +77,10 @@ class H(http.server.BaseHTTPRequestHandler):
 
 
 srv = http.server.ThreadingHTTPServer((host, 0), H)
+if len(sys.argv) > 4:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
