@@ -135,15 +135,7 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let (out, err) = curl(
         &w,
         &w.ana,
-        &[
-            "-sv",
-            "-X",
-            "DELETE",
-            &format!("{base}/api/v1/orders/7"),
-            "--next",
-            "-s",
-            &format!("{base}/headers"),
-        ],
+        &["-sv", "-X", "DELETE", &format!("{base}/api/v1/orders/7"), "--next", "-s", &format!("{base}/headers")],
     );
     assert!(err.contains("403"), "{err}");
     assert!(err.contains("Re-using existing connection") || err.contains("Reusing existing connection"), "{err}");
@@ -160,7 +152,11 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let (out, _) = curl(&w, &w.eve, &["-s", &format!("{base}/admin/users")]);
     assert_eq!(json(&out)["rule"], "no admin", "{out}");
     for sneaky in ["/api/../admin/users", "/api/%2e%2e/admin/users", "/api//..%2fadmin/users", "/ADMIN/users"] {
-        let (out, _) = curl(&w, &w.eve, &["-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}{sneaky}")]);
+        let (out, _) = curl(
+            &w,
+            &w.eve,
+            &["-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}{sneaky}")],
+        );
         assert!(out == "400" || out == "403", "{sneaky}: {out}");
     }
     assert!(w.api.requests().iter().all(|r| !r["path"].as_str().unwrap().to_lowercase().contains("admin")));
@@ -170,7 +166,8 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     assert!(out.starts_with("ok GET"), "{out}");
     assert_eq!(w.api.requests().last().unwrap()["headers"]["authorization"], "Bearer eves-own");
     let big = "x".repeat(4096);
-    let (out, _) = curl(&w, &w.eve, &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-d", &big, &format!("{base}/api/post")]);
+    let (out, _) =
+        curl(&w, &w.eve, &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-d", &big, &format!("{base}/api/post")]);
     assert_eq!(out, "403", "a declared body over max_body");
     let chunked = w.env.run_as(
         &w.eve,
@@ -207,6 +204,24 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     assert!(text.contains("authorization: [redacted]"), "{text}");
     assert!(text.contains("bearer token injected"), "{text}");
     assert!(!text.contains(CARD), "{text}");
+
+    // Exported as OCSF HTTP Activity (4002); the bundle verifies.
+    let mut w = w;
+    assert!(w.env.signal_agent("TERM").success());
+    let bundle = w.env.path("bundle");
+    let out = w.env.gatehouse(&["export", "--db", &db, "--format", "ocsf", "--out", bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ocsf = std::fs::read_to_string(bundle.join("ocsf.jsonl")).unwrap();
+    let events: Vec<Value> = ocsf.lines().map(json).filter(|e| e["class_uid"] == 4002).collect();
+    let delete = events.iter().find(|e| e["http_request"]["http_method"] == "DELETE").expect("the DELETE in OCSF");
+    assert_eq!(delete["activity_name"], "Delete");
+    assert_eq!(delete["unmapped"]["rule"], "support reads orders");
+    assert!(
+        events.iter().any(|e| e["http_response"]["code"] == 200 && e["unmapped"]["masked"]["card"].as_u64() > Some(0))
+    );
+    let verify = w.env.gatehouse(&["verify", bundle.to_str().unwrap()]);
+    let vt = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+    assert!(!vt.contains("TAMPERED"), "{vt}");
 }
 
 #[test]
@@ -242,8 +257,11 @@ print(json.dumps({'status':r.status_code,'enc':r.headers.get('content-encoding')
     assert_eq!(json(&out)["status"], 502, "{out}");
 
     // HTTP/2 (prior knowledge, h2c) from curl.
-    let (out, err) =
-        curl(&w, &w.ana, &["-s", "--http2-prior-knowledge", "-w", "\n%{http_version}", &format!("{base}/api/v1/orders/7")]);
+    let (out, err) = curl(
+        &w,
+        &w.ana,
+        &["-s", "--http2-prior-knowledge", "-w", "\n%{http_version}", &format!("{base}/api/v1/orders/7")],
+    );
     let (body, version) = out.rsplit_once('\n').unwrap_or_else(|| panic!("{out} {err}"));
     assert_eq!(version, "2", "{err}");
     assert_eq!(json(body)["customer"]["card"], "****1111");
@@ -273,7 +291,12 @@ async def m():
 asyncio.run(m())
 "#;
     let o = w.env.run_as(&w.ana, None, Path::new("/usr/bin/python3"), &["-c", script, &format!("ws://{}/", w.ws.addr)]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "hello through gatehouse", "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "hello through gatehouse",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // eve has no rule for the echo server: refused at the connection.
     let o = w.env.run_as(&w.eve, None, Path::new("/usr/bin/python3"), &["-c", script, &format!("ws://{}/", w.ws.addr)]);
     assert!(!o.status.success());
@@ -281,9 +304,11 @@ asyncio.run(m())
     loop {
         let recs = http_records(&w.env.db());
         let frames: Vec<&(String, Value, Vec<u8>)> = recs.iter().filter(|(k, _, _)| k == "ws_frame").collect();
-        let up = frames.iter().any(|(_, b, d)| b["dir"] == "up" && b["opcode"] == "text" && d == b"hello through gatehouse");
-        let down =
-            frames.iter().any(|(_, b, d)| b["dir"] == "down" && b["opcode"] == "text" && d == b"hello through gatehouse");
+        let up =
+            frames.iter().any(|(_, b, d)| b["dir"] == "up" && b["opcode"] == "text" && d == b"hello through gatehouse");
+        let down = frames
+            .iter()
+            .any(|(_, b, d)| b["dir"] == "down" && b["opcode"] == "text" && d == b"hello through gatehouse");
         if up && down {
             assert!(recs.iter().any(|(k, b, _)| k == "http" && b["status"] == 101));
             break;
@@ -373,7 +398,8 @@ mask = "cards"
     // Trusting the agent CA: HTTPS works, the request is decided, masked, and carries the held token.
     let o = curl(&["-sS", "--cacert", agent_ca.to_str().unwrap(), "-w", "\n%{http_version}", &url]);
     let out = String::from_utf8_lossy(&o.stdout);
-    let (body, version) = out.rsplit_once('\n').unwrap_or_else(|| panic!("{out} {}", String::from_utf8_lossy(&o.stderr)));
+    let (body, version) =
+        out.rsplit_once('\n').unwrap_or_else(|| panic!("{out} {}", String::from_utf8_lossy(&o.stderr)));
     assert_eq!(json(body)["customer"]["card"], "****1111", "{body}");
     assert_eq!(version, "2", "ALPN offers h2 to clients");
     let got = api.requests();
@@ -385,7 +411,12 @@ mask = "cards"
 
     // Not trusting it (the system store, which does not hold it): curl refuses the certificate.
     let o = curl(&["-sS", &url]);
-    assert_eq!(o.status.code(), Some(60), "curl must refuse an untrusted certificate: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(60),
+        "curl must refuse an untrusted certificate: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // A name the backend does not serve gets no certificate.
     let resolve = format!("evil.example:{}:{ip}", api.addr.rsplit(':').next().unwrap());
     let o = curl(&[

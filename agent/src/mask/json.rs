@@ -139,15 +139,24 @@ enum Step {
 #[derive(Debug)]
 enum Frame {
     /// `key`: the current member's name once read.
-    Object { key: Option<String>, want_key: bool },
-    Array { index: u64, empty: bool },
+    Object {
+        key: Option<String>,
+        want_key: bool,
+    },
+    Array {
+        index: u64,
+        empty: bool,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Lex {
     Between,
     /// Inside a string; `escape`: the previous byte was a backslash.
-    Str { key: bool, escape: bool },
+    Str {
+        key: bool,
+        escape: bool,
+    },
     /// A number or literal.
     Scalar,
 }
@@ -493,12 +502,14 @@ mod tests {
     use crate::mask::{Detector, ProfileSpec};
 
     fn profile() -> Arc<Profile> {
-        Arc::new(Profile::compile(&ProfileSpec {
-            name: "t".into(),
-            detectors: vec![(Detector::Card, Style::Partial), (Detector::Email, Style::Partial)],
-            ..ProfileSpec::default()
-        })
-        .unwrap())
+        Arc::new(
+            Profile::compile(&ProfileSpec {
+                name: "t".into(),
+                detectors: vec![(Detector::Card, Style::Partial), (Detector::Email, Style::Partial)],
+                ..ProfileSpec::default()
+            })
+            .unwrap(),
+        )
     }
 
     fn run(p: &Arc<Profile>, f: Option<&FieldRules>, input: &[u8], chunk: usize) -> Result<String, JsonError> {

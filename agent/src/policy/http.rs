@@ -136,7 +136,8 @@ impl HttpScope {
     pub fn deny_matches(&self, r: &HttpRequest<'_>) -> bool {
         let method = self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(r.method));
         let path = self.paths.is_empty() || self.paths.iter().any(|p| glob(p.as_bytes(), r.path.as_bytes()));
-        let query = self.query.iter().all(|c| r.query_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
+        let query =
+            self.query.iter().all(|c| r.query_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
         let headers =
             self.headers.iter().all(|c| r.header_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
         method && path && query && headers
@@ -226,7 +227,9 @@ pub(crate) fn build_scope(
     if passthrough && let Some((field, span)) = given.iter().find(|(_, s)| s.is_some()) {
         return Err((
             span.clone(),
-            format!("`{field}` cannot be enforced on a tls = \"passthrough\" backend: its requests are opaque bytes (use tls = \"terminate\")"),
+            format!(
+                "`{field}` cannot be enforced on a tls = \"passthrough\" backend: its requests are opaque bytes (use tls = \"terminate\")"
+            ),
         ));
     }
     if action == super::Action::Deny
@@ -255,7 +258,9 @@ pub(crate) fn build_scope(
             scope.paths.push(path.clone());
         }
     }
-    let conds = |m: Option<&Spanned<BTreeMap<String, String>>>, lower: bool| -> Result<Vec<ValueCond>, (Option<Range<usize>>, String)> {
+    let conds = |m: Option<&Spanned<BTreeMap<String, String>>>,
+                 lower: bool|
+     -> Result<Vec<ValueCond>, (Option<Range<usize>>, String)> {
         let Some(m) = m else { return Ok(vec![]) };
         m.get_ref()
             .iter()

@@ -1306,7 +1306,8 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             policy.backends.iter().filter(|b| backends.iter().any(|p| p.matches(b.name.as_str()))).collect();
         let sql = matched.iter().any(|b| b.protocol.is_sql());
         let http_backends = matched.iter().any(|b| b.protocol == Protocol::Http);
-        let passthrough = matched.iter().filter_map(|b| b.http.as_ref()).any(|h| h.tls == super::http::HttpTls::Passthrough);
+        let passthrough =
+            matched.iter().filter_map(|b| b.http.as_ref()).any(|h| h.tls == super::http::HttpTls::Passthrough);
 
         if action == Action::Deny {
             let meaningless = [
@@ -1369,10 +1370,8 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             ("query_limits", r.query_limits.as_ref().map(Spanned::span)),
         ];
         let http_only = http_backends && !sql;
-        let statement_scope: Vec<_> = statement_scope
-            .into_iter()
-            .filter(|(f, _)| !(http_only && matches!(*f, "mask" | "approval")))
-            .collect();
+        let statement_scope: Vec<_> =
+            statement_scope.into_iter().filter(|(f, _)| !(http_only && matches!(*f, "mask" | "approval"))).collect();
         if !sql && let Some((field, Some(span))) = statement_scope.iter().find(|(_, s)| s.is_some()) {
             e.push(
                 src.at(Some(span.clone())),
@@ -1541,9 +1540,8 @@ fn http_backend(r: &BackendRaw) -> Result<(TlsMode, super::http::HttpBackend), S
     use super::http::{HttpBackend, HttpCredentials, HttpTls};
     let tls = match r.tls.as_ref().map(|t| t.get_ref().as_str()) {
         None => HttpTls::Off,
-        Some(t) => HttpTls::parse(t).ok_or_else(|| {
-            format!("tls of an http backend is {}, not `{t}`", HttpTls::NAMES.join(", "))
-        })?,
+        Some(t) => HttpTls::parse(t)
+            .ok_or_else(|| format!("tls of an http backend is {}, not `{t}`", HttpTls::NAMES.join(", ")))?,
     };
     if r.require_auth.is_some() || r.roles.is_some() || r.client_tls.is_some() {
         return Err("require_auth, roles and client_tls apply to postgres backends".into());

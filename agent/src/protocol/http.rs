@@ -128,7 +128,8 @@ pub async fn serve(ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome {
     let shared = Arc::new(Shared { ctx, pool, seq: AtomicU64::new(0), held: tokio::sync::OnceCell::new() });
     let io = Counted { inner: client, up: up.clone(), down: down.clone() };
     let end = if http.tls == HttpTls::Terminate {
-        let (db, backend, addr) = (shared.ctx.agent.settings.audit_db.clone(), shared.ctx.backend.clone(), shared.ctx.addr);
+        let (db, backend, addr) =
+            (shared.ctx.agent.settings.audit_db.clone(), shared.ctx.backend.clone(), shared.ctx.addr);
         let config = tokio::task::spawn_blocking(move || tls::server_config(&db, &backend, addr)).await;
         match config {
             Ok(Ok(config)) => match tokio_rustls::TlsAcceptor::from(config).accept(io).await {
@@ -274,13 +275,8 @@ impl Shared {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let snapshot = agent.snapshot.load_full();
         let grants = agent.grant_rules.load();
-        let ask = HttpRequest {
-            method: req.method().as_str(),
-            path: &path,
-            query: &query,
-            headers: req.headers(),
-            body_len,
-        };
+        let ask =
+            HttpRequest { method: req.method().as_str(), path: &path, query: &query, headers: req.headers(), body_len };
         let decision = snapshot.policy.decide_http_with(
             &self.ctx.principal,
             &crate::policy::Request { backend: &self.ctx.backend.name, statement: None, now: jiff::Timestamp::now() },
@@ -478,7 +474,8 @@ fn read_held(c: &HttpCredentials) -> Result<Held, String> {
         crate::secrets::read_secret(path, what).map(|s| s.first_line()).map_err(|e| e.to_string())
     };
     let value = |bytes: &[u8]| -> Result<HeaderValue, String> {
-        let mut v = HeaderValue::from_bytes(bytes).map_err(|_| "the credential is not a valid header value".to_owned())?;
+        let mut v =
+            HeaderValue::from_bytes(bytes).map_err(|_| "the credential is not a valid header value".to_owned())?;
         v.set_sensitive(true);
         Ok(v)
     };
@@ -615,7 +612,8 @@ fn recorded_headers(h: &HeaderMap, backend: Option<&crate::policy::http::HttpBac
             let secret = matches!(name, "authorization" | "cookie" | "proxy-authorization" | "x-api-key")
                 || injected.as_deref() == Some(name)
                 || v.is_sensitive();
-            let value = if secret { "[redacted]".to_owned() } else { String::from_utf8_lossy(v.as_bytes()).into_owned() };
+            let value =
+                if secret { "[redacted]".to_owned() } else { String::from_utf8_lossy(v.as_bytes()).into_owned() };
             (name.to_owned(), value)
         })
         .collect()

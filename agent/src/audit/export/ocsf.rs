@@ -374,7 +374,8 @@ impl OcsfMapper {
         } else {
             format!("{} {} → {}", h.method, h.target, h.status.map_or_else(|| "no response".into(), |s| s.to_string()))
         };
-        let mut e = ocsf_base((4002, "HTTP Activity"), activity, h.started_us, r.into(), Outcome { ok, refused }, message);
+        let mut e =
+            ocsf_base((4002, "HTTP Activity"), activity, h.started_us, r.into(), Outcome { ok, refused }, message);
         if let Some(why) = h.reason.clone().or_else(|| h.error.clone()) {
             e.insert("status_detail".into(), why.into());
         }

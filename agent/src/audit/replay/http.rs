@@ -12,20 +12,15 @@ use crate::audit::{HttpExchange, WsFrame};
 pub(super) fn exchange(h: &HttpExchange, data: &[u8]) -> String {
     let mut t = String::new();
     let rule = h.rule.as_deref().map(|r| format!(" (rule \"{}\")", escape_all(r))).unwrap_or_default();
-    let _ = write!(
-        t,
-        "* #{} {}{rule}, {} ms",
-        h.seq,
-        escape_all(&h.decision),
-        h.duration_us / 1000
-    );
+    let _ = write!(t, "* #{} {}{rule}, {} ms", h.seq, escape_all(&h.decision), h.duration_us / 1000);
     if let Some(r) = &h.reason {
         let _ = write!(t, ": {}", escape_all(r));
     }
     if let Some(c) = &h.credentials {
         let _ = write!(t, "\n* credentials: {}", escape_all(c));
     }
-    let _ = write!(t, "\n> {} {} {}", escape_all(&h.method), escape_all(&h.target), escape_all(&http_version(&h.version)));
+    let _ =
+        write!(t, "\n> {} {} {}", escape_all(&h.method), escape_all(&h.target), escape_all(&http_version(&h.version)));
     for (k, v) in &h.request_headers {
         let _ = write!(t, "\n> {}: {}", escape_all(k), escape_all(v));
     }

@@ -188,12 +188,20 @@ impl Transform {
         match deflate {
             Deflate::Gzip(g) => {
                 g.write_all(plain).map_err(err)?;
-                if last { g.try_finish().map_err(err)? } else { g.flush().map_err(err)? }
+                if last {
+                    g.try_finish().map_err(err)?
+                } else {
+                    g.flush().map_err(err)?
+                }
                 Ok(std::mem::take(g.get_mut()))
             }
             Deflate::Deflate(z) => {
                 z.write_all(plain).map_err(err)?;
-                if last { z.try_finish().map_err(err)? } else { z.flush().map_err(err)? }
+                if last {
+                    z.try_finish().map_err(err)?
+                } else {
+                    z.flush().map_err(err)?
+                }
                 Ok(std::mem::take(z.get_mut()))
             }
         }
@@ -355,7 +363,14 @@ pub struct Piped<B> {
 
 impl<B> Piped<B> {
     /// `client_side`: the body comes from the client (errors are the client's).
-    pub fn new(inner: B, transform: Option<Transform>, max: Option<u64>, cap: usize, client_side: bool, sink: Sink) -> Self {
+    pub fn new(
+        inner: B,
+        transform: Option<Transform>,
+        max: Option<u64>,
+        cap: usize,
+        client_side: bool,
+        sink: Sink,
+    ) -> Self {
         Self { inner, transform, max, cap, summary: Summary::default(), sink: Some(sink), done: false, client_side }
     }
 

@@ -92,9 +92,8 @@ impl Ca {
         let key = crate::secrets::read_secret(&key_path, "agent CA key").map_err(|e| missing(&key_path, &e))?;
         let key = KeyPair::from_pem(std::str::from_utf8(key.expose()).unwrap_or_default())?;
         let cert = std::fs::read(&cert_path).map_err(|e| missing(&cert_path, &e))?;
-        let der = rustls::pki_types::CertificateDer::from_pem_slice(&cert)
-            .map_err(|e| missing(&cert_path, &e))?
-            .into_owned();
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(&cert).map_err(|e| missing(&cert_path, &e))?.into_owned();
         Ok(Self { issuer: Issuer::new(ca_params()?, key), chain_tail: der, leaves: Mutex::new(HashMap::new()) })
     }
 

@@ -38,7 +38,11 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, mark: u32, tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>) -> Arc<Self> {
+    pub fn new(
+        addr: SocketAddr,
+        mark: u32,
+        tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    ) -> Arc<Self> {
         Arc::new(Self { addr, mark, tls, idle: std::sync::Mutex::new(Vec::new()) })
     }
 
@@ -88,10 +92,8 @@ async fn handshake<I>(io: I) -> Result<SendRequest<UpBody>, UpstreamError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(UpstreamError::Http)?;
+    let (sender, conn) =
+        hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(UpstreamError::Http)?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             debug!(error = %e, "backend connection ended");

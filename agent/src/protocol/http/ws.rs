@@ -50,10 +50,10 @@ impl FrameReader {
                 *pos += n as u64;
                 *left -= n as u64;
                 input = rest;
-                if *left == 0 {
-                    if let Some((f, ..)) = self.current.take() {
-                        done.push(f);
-                    }
+                if *left == 0
+                    && let Some((f, ..)) = self.current.take()
+                {
+                    done.push(f);
                 }
                 continue;
             }
@@ -96,7 +96,11 @@ fn parse_header(h: &[u8]) -> Option<(Frame, u64, Option<[u8; 4]>)> {
     if h.len() < need {
         return None;
     }
-    Some((Frame { fin: b0 & 0x80 != 0, compressed: b0 & 0x40 != 0, opcode: b0 & 0x0f, len, payload: Vec::new() }, len, key))
+    Some((
+        Frame { fin: b0 & 0x80 != 0, compressed: b0 & 0x40 != 0, opcode: b0 & 0x0f, len, payload: Vec::new() },
+        len,
+        key,
+    ))
 }
 
 fn opcode_name(op: u8) -> &'static str {
