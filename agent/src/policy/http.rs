@@ -476,6 +476,72 @@ mod tests {
         assert!(s.refuses(&req("GET", "/", &[], &h)).is_some());
     }
 
+    fn load(text: &str) -> Result<crate::policy::Policy, crate::policy::Diagnostics> {
+        crate::policy::load::load(&[crate::policy::diag::Source { path: "t.toml".into(), text: text.into() }])
+    }
+
+    const HTTP: &str = r#"
+[[backend]]
+name = "api"
+protocol = "http"
+address = "127.10.0.9:8080"
+
+[[approvers]]
+name = "leads"
+who = { users = ["lead"] }
+
+[[rule]]
+name = "read"
+who = { users = ["ana"] }
+backend = "api"
+methods = ["GET"]
+paths = ["/api/*"]
+
+[[rule]]
+name = "no admin"
+who = { users = ["*"] }
+backend = "api"
+action = "deny"
+paths = ["/api/admin/*"]
+"#;
+
+    #[test]
+    fn requests_are_decided_by_rule_scope_deny_first() {
+        let p = load(HTTP).unwrap();
+        let ana = crate::identity::Principal::named("ana", &[]);
+        let h = http::HeaderMap::new();
+        let backend = crate::types::BackendName::new("api");
+        let ask = |m: &str, path: &str| {
+            let r = crate::policy::Request { backend: &backend, statement: None, now: jiff::Timestamp::now() };
+            p.decide_http_with(&ana, &r, &req(m, path, &[], &h), &[])
+        };
+        assert!(ask("GET", "/api/orders").allowed());
+        let d = ask("DELETE", "/api/orders");
+        assert!(!d.allowed() && d.rule_label() == "read", "{d:?}");
+        let d = ask("GET", "/api/admin/x");
+        assert!(!d.allowed() && d.rule_label() == "no admin", "{d:?}");
+        // The connection itself is allowed: the deny rule has a request scope.
+        assert!(p.decide_connect(&ana, &backend, jiff::Timestamp::now()).allowed());
+    }
+
+    #[test]
+    fn what_cannot_be_enforced_does_not_load() {
+        let held = HTTP
+            .replace("paths = [\"/api/*\"]", "paths = [\"/api/*\"]\napproval = { for = [\"delete\"], by = \"leads\" }");
+        assert!(load(&held).unwrap_err().to_string().contains("held requests are not supported"));
+        let connect = HTTP.replace(
+            "paths = [\"/api/*\"]",
+            "paths = [\"/api/*\"]\napproval = { for = [\"connect\"], by = \"leads\" }",
+        );
+        assert!(load(&connect).is_ok());
+        let pass = HTTP.replace("address = \"127.10.0.9:8080\"", "address = \"127.10.0.9:443\"\ntls = \"passthrough\"");
+        assert!(load(&pass).unwrap_err().to_string().contains("passthrough"));
+        let sql_field = HTTP.replace("methods = [\"GET\"]", "statements = [\"select\"]");
+        assert!(load(&sql_field).is_err());
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert!(parse_size("1 parsec").is_err());
+    }
+
     #[test]
     fn query_decoding() {
         assert_eq!(parse_query("a=b+c&d=%41").unwrap(), vec![("a".into(), "b c".into()), ("d".into(), "A".into())]);

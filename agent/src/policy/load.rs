@@ -1413,6 +1413,15 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
                 if parsed.is_none() {
                     bad = true;
                 }
+                // Held HTTP requests are not implemented: an approval that would
+                // never hold anything must not load as if it did.
+                if http_only && parsed.as_ref().is_some_and(|p| !p.kinds.is_empty()) {
+                    e.push(
+                        src.at(Some(a.span())),
+                        "approval on http backends holds only the connection (for = [\"connect\"]); held requests are not supported yet",
+                    );
+                    bad = true;
+                }
                 parsed
             }
         };

@@ -98,6 +98,8 @@ struct Shared {
     pool: Arc<Pool>,
     seq: AtomicU64,
     held: tokio::sync::OnceCell<Result<Option<Held>, String>>,
+    /// Upgraded connections (WebSocket): the session lasts until they end.
+    upgraded: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Serves one client connection until it closes or the session is cut.
@@ -125,7 +127,14 @@ pub async fn serve(ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome {
     let live = ctx.live.clone();
     let up = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicU64::new(0));
-    let shared = Arc::new(Shared { ctx, pool, seq: AtomicU64::new(0), held: tokio::sync::OnceCell::new() });
+    let shared = Arc::new(Shared {
+        ctx,
+        pool,
+        seq: AtomicU64::new(0),
+        held: tokio::sync::OnceCell::new(),
+        upgraded: std::sync::Mutex::new(Vec::new()),
+    });
+    let tasks = shared.clone();
     let io = Counted { inner: client, up: up.clone(), down: down.clone() };
     let end = if http.tls == HttpTls::Terminate {
         let (db, backend, addr) =
@@ -145,6 +154,11 @@ pub async fn serve(ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome {
     } else {
         serve_io(shared, io, cut).await
     };
+    // An upgraded connection outlives hyper's: wait for it (it ends with the session's cut too).
+    let upgraded: Vec<_> = std::mem::take(&mut *crate::proxy::lock(&tasks.upgraded));
+    for t in upgraded {
+        let _ = t.await;
+    }
     let end = match end {
         End::Cut(why) if why.is_empty() => End::Cut(live.reason()),
         other => other,
@@ -383,7 +397,15 @@ impl Shared {
             let server_upgrade = hyper::upgrade::on(&mut resp);
             pending.record(&agent.audit, Some(101), header_list(&headers), take_req(), Summary::default(), None);
             if let Some(client_upgrade) = client_upgrade {
-                ws::relay(agent.audit.clone(), self.ctx.id, seq, cap, client_upgrade, server_upgrade);
+                let task = ws::relay(
+                    agent.audit.clone(),
+                    self.ctx.id,
+                    seq,
+                    cap,
+                    (client_upgrade, server_upgrade),
+                    self.ctx.live.cut.clone(),
+                );
+                crate::proxy::lock(&self.upgraded).push(task);
             }
             let mut out = Response::new(empty());
             *out.status_mut() = status;

@@ -115,8 +115,16 @@ fn opcode_name(op: u8) -> &'static str {
     }
 }
 
-/// Relays the upgraded connection in its own task until either side closes.
-pub(super) fn relay(audit: Audit, session: SessionId, exchange: u64, cap: usize, client: OnUpgrade, server: OnUpgrade) {
+/// Relays the upgraded connection in its own task until either side
+/// closes or the session is cut (`cut`: max_session, a revoked grant, shutdown).
+pub(super) fn relay(
+    audit: Audit,
+    session: SessionId,
+    exchange: u64,
+    cap: usize,
+    (client, server): (OnUpgrade, OnUpgrade),
+    cut: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let (client, server) = match tokio::try_join!(client, server) {
             Ok(pair) => pair,
@@ -171,10 +179,13 @@ pub(super) fn relay(audit: Audit, session: SessionId, exchange: u64, cap: usize,
                 }
             }
         };
-        if let Err(e) = tokio::try_join!(up, down) {
-            debug!(error = %e, "websocket relay ended");
+        tokio::select! {
+            r = async { tokio::try_join!(up, down) } => if let Err(e) = r {
+                debug!(error = %e, "websocket relay ended");
+            },
+            () = cut.cancelled() => debug!("websocket cut with its session"),
         }
-    });
+    })
 }
 
 #[cfg(test)]
