@@ -332,6 +332,67 @@ pub struct Truncation {
     pub reason: String,
 }
 
+/// One HTTP request and its response (`protocol = "http"`), written when
+/// the response body ended (or the request was refused). The record's data
+/// holds the recorded request body, then the response body (after
+/// masking), `request_body_recorded` bytes first; each is cut at
+/// `record_max_bytes`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct HttpExchange {
+    pub session: SessionId,
+    pub seq: u64,
+    pub started_us: i64,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
+    pub method: String,
+    /// Path and query, with the values of secret-looking query parameters removed.
+    pub target: String,
+    pub host: Option<String>,
+    /// Request headers as received; credentials' values shown as `[redacted]`.
+    pub request_headers: Vec<(String, String)>,
+    /// `None` when no response came (refused before the backend, or it failed).
+    pub status: Option<u16>,
+    pub response_headers: Vec<(String, String)>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_us: u64,
+    /// allow, deny or approval.
+    pub decision: String,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+    /// Values masked in the response body, per detector or field rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked: Option<std::collections::BTreeMap<String, u64>>,
+    pub request_body_recorded: u64,
+    pub response_body_recorded: u64,
+    /// A body was longer than what was recorded of it.
+    #[serde(default)]
+    pub truncated: bool,
+    /// Why the exchange did not complete, if it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether the client's own Authorization/Cookie was stripped, and which credential was injected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+}
+
+/// One WebSocket frame of an upgraded HTTP exchange; the data is its
+/// payload (unmasked from the client's XOR key), cut at `record_max_bytes`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct WsFrame {
+    pub session: SessionId,
+    /// The exchange that was upgraded.
+    pub exchange: u64,
+    pub dir: Direction,
+    /// `text`, `binary`, `close`, `ping`, `pong`, `continuation`.
+    pub opcode: String,
+    pub fin: bool,
+    /// RSV1: the payload is compressed (permessage-deflate) and recorded as sent.
+    #[serde(default)]
+    pub compressed: bool,
+    pub len: u64,
+}
+
 /// One record to append.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -357,6 +418,10 @@ pub enum Event {
     },
     /// A step of a request that waits for a human (`crate::approval`).
     Approval(Box<crate::approval::Transition>),
+    /// An HTTP request and its response; the data holds the bodies recorded.
+    Http(Box<HttpExchange>, Vec<u8>),
+    /// A WebSocket frame; the data is its payload.
+    WsFrame(Box<WsFrame>, Vec<u8>),
 }
 
 impl Event {
@@ -372,6 +437,8 @@ impl Event {
             Self::Redaction(_) => "redaction",
             Self::Agent { .. } => "agent",
             Self::Approval(_) => "approval",
+            Self::Http(..) => "http",
+            Self::WsFrame(..) => "ws_frame",
         }
     }
 
@@ -385,6 +452,8 @@ impl Event {
             Self::BackendLogin(l) => Some(l.id.to_string()),
             Self::Redaction(r) => Some(r.session.clone()),
             Self::Agent { .. } => None,
+            Self::Http(h, _) => Some(h.session.to_string()),
+            Self::WsFrame(f, _) => Some(f.session.to_string()),
             Self::Approval(t) => match &t.request.subject {
                 crate::approval::Subject::Statement { session, .. }
                 | crate::approval::Subject::Connect { session, .. } => Some(session.clone()),
@@ -410,6 +479,8 @@ impl Event {
             Self::Redaction(r) => (json(r), None),
             Self::Agent { what } => (json(&serde_json::json!({ "what": what })), None),
             Self::Approval(t) => (json(t), None),
+            Self::Http(h, data) => (json(h), Some(data)),
+            Self::WsFrame(f, data) => (json(f), Some(data)),
         }
     }
 }
@@ -798,7 +869,11 @@ impl Writer {
             Ok(new_head) => {
                 self.head = new_head;
                 self.dirty = true;
-                crate::metrics::committed(&events, started.elapsed());
+                crate::metrics::committed(
+                    events.len(),
+                    events.iter().filter_map(|e| e.event.as_ref()),
+                    started.elapsed(),
+                );
                 if jseq > 0
                     && let Some(i) = &self.ingested
                 {
@@ -1093,7 +1168,12 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
             tx.prepare_cached("UPDATE sessions SET redacted = ?2 WHERE id = ?1")?
                 .execute(params![r.session, r.reason])?;
         }
-        Event::Chunk { .. } | Event::Truncated { .. } | Event::Agent { .. } | Event::Approval(_) => {}
+        Event::Chunk { .. }
+        | Event::Truncated { .. }
+        | Event::Agent { .. }
+        | Event::Approval(_)
+        | Event::Http(..)
+        | Event::WsFrame(..) => {}
     }
     Ok(())
 }

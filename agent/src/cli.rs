@@ -3,6 +3,7 @@
 mod agent;
 mod approvals;
 mod audit;
+mod ca;
 mod login;
 mod policy;
 mod trust;
@@ -61,6 +62,9 @@ pub enum Command {
     /// The host's audit signing key: show it, rotate it.
     #[command(subcommand)]
     Keys(trust::KeysCommand),
+    /// The agent's certificate authorities: `init` and `export` the CA for HTTPS backends (tls = "terminate").
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Remove every program, link and map Gatehouse attached or pinned.
     Detach(DetachArgs),
     /// Check, test and explain policy files.
@@ -141,6 +145,7 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Export(a) => trust::export(&a),
         Command::Redact(a) => trust::redact(&a).await,
         Command::Keys(k) => trust::keys(k).await,
+        Command::Ca(c) => ca::ca(c),
         Command::Detach(a) => agent::detach(a).await,
         Command::Policy(PolicyCommand::Check { path, skip_secret_files }) => policy::check(&path, skip_secret_files),
         Command::Policy(PolicyCommand::Test { path, at, json }) => policy::test(&path, at.as_deref(), json),

@@ -28,6 +28,7 @@
 mod bench;
 mod column;
 mod detect;
+pub mod json;
 mod plan;
 mod render;
 

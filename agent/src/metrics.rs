@@ -153,11 +153,13 @@ pub fn shipped(n: usize) {
     METRICS.shipped.inc_by(n as u64);
 }
 
-/// A batch of records was committed to the audit store in `took`.
-pub fn committed(events: &[Event], took: Duration) {
+/// A batch of `count` records was committed to the audit store in `took`;
+/// `events` are those of them whose event is at hand (not the ones replayed
+/// from the journal at start).
+pub fn committed<'a>(count: usize, events: impl Iterator<Item = &'a Event>, took: Duration) {
     let m = &*METRICS;
     m.commit.observe(took.as_secs_f64());
-    m.committed.inc_by(events.len() as u64);
+    m.committed.inc_by(count as u64);
     for e in events {
         observe(m, e);
     }

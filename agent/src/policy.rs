@@ -17,6 +17,7 @@
 pub mod decide;
 pub mod diag;
 pub mod files;
+pub mod http;
 pub mod load;
 pub mod login;
 pub mod testcases;
@@ -45,6 +46,8 @@ pub struct Policy {
     pub backends: Vec<Backend>,
     pub rules: Vec<Rule>,
     pub masks: BTreeMap<String, Arc<crate::mask::Profile>>,
+    /// JSON field rules of masking profiles that have `fields` (HTTP bodies).
+    pub mask_fields: BTreeMap<String, Arc<crate::mask::json::FieldRules>>,
     pub approvers: BTreeMap<String, Who>,
     /// Access that may be requested for a while (`[[grant]]`).
     pub grants: Vec<Grant>,
@@ -61,6 +64,8 @@ pub struct Policy {
 pub enum Protocol {
     Tcp,
     Postgres,
+    /// HTTP/1.1 and HTTP/2, decided per request (`policy::http`, `protocol::http`).
+    Http,
 }
 
 impl Protocol {
@@ -68,6 +73,7 @@ impl Protocol {
         match self {
             Self::Tcp => "tcp",
             Self::Postgres => "postgres",
+            Self::Http => "http",
         }
     }
 
@@ -232,6 +238,8 @@ pub struct Backend {
     /// Certificate and key to offer clients that ask for TLS (sslmode=require);
     /// without it, Gatehouse answers SSLRequest with 'N' (the client leg is loopback).
     pub client_tls: Option<ClientTls>,
+    /// `protocol = "http"`: TLS mode, injected credentials, SNI names.
+    pub http: Option<http::HttpBackend>,
     pub at: Location,
 }
 
@@ -690,6 +698,8 @@ pub struct Rule {
     pub idle_in_transaction_timeout: Option<Duration>,
     /// What one Query or Parse message may cost to classify (`query_limits`).
     pub query_limits: crate::sql::QueryLimits,
+    /// HTTP backends: which requests the rule covers (allow) or denies (deny).
+    pub http: http::HttpScope,
     pub at: Location,
     /// Position in file order.
     pub index: usize,
@@ -709,7 +719,10 @@ impl Rule {
 
     /// A deny rule that refuses whole connections (no statement or table scope).
     pub fn denies_connection(&self) -> bool {
-        self.action == Action::Deny && self.statements == KindSet::default() && self.tables.is_empty()
+        self.action == Action::Deny
+            && self.statements == KindSet::default()
+            && self.tables.is_empty()
+            && self.http.is_unscoped()
     }
 }
 

@@ -8,6 +8,7 @@
 #![expect(clippy::expect_used, reason = "a test harness reports failures by panicking with context")]
 
 pub mod hostile;
+pub mod http;
 pub mod pg;
 
 use std::io::{Read, Write};

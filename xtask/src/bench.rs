@@ -103,6 +103,13 @@ pub enum Workload {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u32,
     },
+    /// wrk keep-alive GETs direct vs through Gatehouse (HTTP policy + recording) vs haproxy (HTTP
+    /// mode), and a masked 10 MB JSON body.
+    Http {
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
     /// pgbench through Gatehouse vs direct vs pgbouncer (session) vs haproxy (tcp).
     Pg {
         /// Seconds per pgbench run.
@@ -163,6 +170,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
         Workload::Policy | Workload::Audit | Workload::Verify { .. } => Ok(()),
         Workload::Pg { secs, scale } => crate::bench_pg::pg(secs, scale),
+        Workload::Http { secs } => crate::bench_http::http(secs),
         Workload::Mask { rows } => {
             run(Command::new("cargo").current_dir(workspace_root()).args([
                 "bench",

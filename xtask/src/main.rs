@@ -6,6 +6,7 @@
 )]
 
 mod bench;
+mod bench_http;
 mod bench_pg;
 mod deb;
 mod demo;

@@ -24,6 +24,10 @@ pub const PACKAGES: &[&str] = &[
     "python3-asyncpg",
     "python3-psycopg2",
     "python3-sqlalchemy",
+    // HTTP backends: real clients and a WebSocket echo server.
+    "python3-requests",
+    "python3-httpx",
+    "python3-websockets",
     "openssl",
     // The metrics test parses scrapes with the Prometheus text parser.
     "python3-prometheus-client",

@@ -16,6 +16,8 @@
 //! characters from recorded data are escaped, so a replay can neither drive
 //! the auditor's terminal nor hide text from them.
 
+mod http;
+
 use std::fmt::Write as _;
 use std::io;
 use std::time::Duration;
@@ -688,6 +690,20 @@ impl Renderer {
             },
             "chunk" => match serde_json::from_slice::<ChunkHeader>(&r.body) {
                 Ok(h) => self.chunk(at, &h, r.data.as_deref().unwrap_or_default()),
+                Err(e) => self.push(at, unreadable(e)),
+            },
+            "http" => match serde_json::from_slice::<super::HttpExchange>(&r.body) {
+                Ok(h) => {
+                    let text = http::exchange(&h, r.data.as_deref().unwrap_or_default());
+                    self.push(at, text);
+                }
+                Err(e) => self.push(at, unreadable(e)),
+            },
+            "ws_frame" => match serde_json::from_slice::<super::WsFrame>(&r.body) {
+                Ok(f) => {
+                    let text = http::frame(&f, r.data.as_deref().unwrap_or_default());
+                    self.push(at, text);
+                }
                 Err(e) => self.push(at, unreadable(e)),
             },
             "truncated" => match serde_json::from_slice::<Truncation>(&r.body) {

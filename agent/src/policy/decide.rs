@@ -368,7 +368,19 @@ fn mismatches(rule: &Rule, p: &Principal, req: &Request<'_>) -> Vec<String> {
 impl Policy {
     /// Decides `req` for `p`.
     pub fn decide(&self, p: &Principal, req: &Request<'_>) -> Decision {
-        self.decide_inner(p, req, &[], None)
+        self.decide_inner(p, req, None, &[], None)
+    }
+
+    /// Decides one HTTP request on `req.backend` (whose `statement` is
+    /// `None`) for `p`, with `grants` in force.
+    pub fn decide_http_with(
+        &self,
+        p: &Principal,
+        req: &Request<'_>,
+        http: &super::http::HttpRequest<'_>,
+        grants: &[Rule],
+    ) -> Decision {
+        self.decide_inner(p, req, Some(http), grants, None)
     }
 
     /// Decides `req` for `p` with `grants` (rules made from approved
@@ -376,7 +388,7 @@ impl Policy {
     /// grant wins over an allow rule as specific as it; any deny rule still
     /// beats it.
     pub fn decide_with(&self, p: &Principal, req: &Request<'_>, grants: &[Rule]) -> Decision {
-        self.decide_inner(p, req, grants, None)
+        self.decide_inner(p, req, None, grants, None)
     }
 
     /// May `p` open a connection to `backend` at `now`?
@@ -398,7 +410,7 @@ impl Policy {
     /// Decides and records every rule considered, for `explain`.
     pub fn explain(&self, p: &Principal, req: &Request<'_>) -> Trace {
         let mut considered = Vec::new();
-        let decision = self.decide_inner(p, req, &[], Some(&mut considered)).with_reason_text();
+        let decision = self.decide_inner(p, req, None, &[], Some(&mut considered)).with_reason_text();
         Trace { decision, considered }
     }
 
@@ -406,6 +418,7 @@ impl Policy {
         &self,
         p: &Principal,
         req: &Request<'_>,
+        http: Option<&super::http::HttpRequest<'_>>,
         grants: &[Rule],
         mut trace: Option<&mut Vec<TraceEntry>>,
     ) -> Decision {
@@ -434,15 +447,17 @@ impl Policy {
             }
             match r.action {
                 Action::Deny => {
-                    let applies = match req.statement {
-                        None => r.denies_connection(),
-                        Some(s) => r.denies_connection() || r.deny_scope_matches(s),
+                    let applies = match (req.statement, http) {
+                        (Some(s), _) => r.denies_connection() || r.deny_scope_matches(s),
+                        (None, Some(h)) => r.denies_connection() || (!r.http.is_unscoped() && r.http.deny_matches(h)),
+                        (None, None) => r.denies_connection(),
                     };
                     if applies {
-                        let what = req.statement.map_or_else(
-                            || format!("access to {}", req.backend),
-                            |s| format!("this statement ({})", kinds(s)),
-                        );
+                        let what = match (req.statement, http) {
+                            (Some(s), _) => format!("this statement ({})", kinds(s)),
+                            (None, Some(h)) => format!("this request ({})", h.line()),
+                            (None, None) => format!("access to {}", req.backend),
+                        };
                         return Decision::new(
                             Verdict::Deny,
                             Some(r),
@@ -492,6 +507,13 @@ impl Policy {
         d.query_limits = rule.query_limits;
         // Allows carry no text: it is built on demand (see `Decision::reason`),
         // keeping the common path free of allocation.
+        if let Some(h) = http {
+            if let Some(why) = rule.http.refuses(h) {
+                d.verdict = Verdict::Deny;
+                d.reason = format!("rule {:?} refuses this request: {why}", rule.name.as_str());
+            }
+            return d;
+        }
         let Some(s) = req.statement else {
             if let Some(a) = rule.approval.as_ref().filter(|a| a.connect) {
                 d.verdict = Verdict::NeedsApproval;

@@ -101,6 +101,12 @@ fn check_backend(b: &Backend, now: i64, errors: &mut Vec<Diagnostic>, report: &m
         }
         report.client_tls.push((b.name.clone(), expiry));
     }
+    if let Some(h) = &b.http {
+        for f in h.credentials.iter().flat_map(|c| c.files()) {
+            file(f, "http credential file", Kind::Secret);
+        }
+        http_warnings(b, h, &mut report.warnings);
+    }
     if b.protocol.is_sql() {
         match b.tls {
             TlsMode::Verify => {}
@@ -122,6 +128,30 @@ fn check_backend(b: &Backend, now: i64, errors: &mut Vec<Diagnostic>, report: &m
                 weak.name()
             ));
         }
+    }
+}
+
+/// What an HTTP backend's TLS mode leaves out.
+fn http_warnings(b: &Backend, h: &crate::policy::http::HttpBackend, warnings: &mut Vec<String>) {
+    use crate::policy::http::HttpTls;
+    match h.tls {
+        HttpTls::Passthrough => warnings.push(format!(
+            "backend `{}`: tls = \"passthrough\": HTTPS is relayed as opaque TCP: only the connection is decided and only byte counts are recorded (no request policy, credentials, masking or request records); write tls = \"terminate\" for those",
+            b.name
+        )),
+        HttpTls::Off => {
+            let port = match &b.target {
+                crate::policy::Target::Addr(a) => a.port(),
+                crate::policy::Target::Host { port, .. } => *port,
+            };
+            if port == 443 {
+                warnings.push(format!(
+                    "backend `{}`: tls = \"off\" on port 443: if clients speak HTTPS there, their requests cannot be read; write tls = \"terminate\" (or \"passthrough\" to relay them opaquely)",
+                    b.name
+                ));
+            }
+        }
+        HttpTls::Upstream | HttpTls::Terminate => {}
     }
 }
 

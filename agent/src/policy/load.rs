@@ -40,6 +40,11 @@ struct CredRaw {
     user: Option<String>,
     password_file: Option<PathBuf>,
     dynamic: Option<DynamicRaw>,
+    /// HTTP backends: `Authorization: Bearer` from this file.
+    bearer_file: Option<PathBuf>,
+    /// HTTP backends: an API-key header, its value from `value_file`.
+    header: Option<String>,
+    value_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +71,8 @@ struct BackendRaw {
     credentials: Option<CredRaw>,
     roles: Option<BTreeMap<String, CredRaw>>,
     client_tls: Option<ClientTlsRaw>,
+    /// HTTP backends with `tls = "terminate"`: the names clients may ask for (SNI).
+    server_names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +166,13 @@ struct RuleRaw {
     statement_timeout: Option<Spanned<String>>,
     idle_in_transaction_timeout: Option<Spanned<String>>,
     query_limits: Option<Spanned<QueryLimitsRaw>>,
+    /// HTTP backends: methods, path globs, query and header conditions, body cap.
+    methods: Option<Spanned<Vec<String>>>,
+    paths: Option<Spanned<Vec<String>>>,
+    query: Option<Spanned<BTreeMap<String, String>>>,
+    headers: Option<Spanned<BTreeMap<String, String>>>,
+    max_body: Option<Spanned<String>>,
+    pass_client_auth: Option<Spanned<bool>>,
 }
 
 /// A `[[notify]]`: who is told about requests, and how.
@@ -227,6 +241,16 @@ struct MaskRaw {
     hash_key_file: Option<Spanned<PathBuf>>,
     /// `refuse` (default) or `allow` statements that filter, join, sort or group on a masked column.
     masked_predicates: Option<Spanned<String>>,
+    /// JSON field rules for HTTP bodies: `"$.a.b"` (redacted) or `{ path, style }`.
+    #[serde(default)]
+    fields: Vec<Spanned<FieldRaw>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FieldRaw {
+    Path(String),
+    Styled { path: String, style: String },
 }
 
 /// `detectors = { card = "partial", … }`, or a list taking each detector's
@@ -533,11 +557,12 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
         let protocol = match r.protocol.get_ref().as_str() {
             "tcp" => Protocol::Tcp,
             "postgres" => Protocol::Postgres,
+            "http" => Protocol::Http,
             other => {
                 e.hint(
                     b.at_span(r.protocol.span()),
-                    format!("unknown protocol `{other}`; supported: tcp, postgres"),
-                    did_you_mean(other, ["tcp", "postgres"]),
+                    format!("unknown protocol `{other}`; supported: tcp, postgres, http"),
+                    did_you_mean(other, ["tcp", "postgres", "http"]),
                 );
                 continue;
             }
@@ -576,6 +601,30 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                 continue;
             }
         };
+        if protocol == Protocol::Http {
+            match http_backend(r) {
+                Ok((tls, http)) => policy.backends.push(Backend {
+                    name: BackendName::new(name),
+                    protocol,
+                    target,
+                    tls,
+                    ca_file: r.ca_file.as_ref().map(|c| c.get_ref().clone()),
+                    tls_server_name: r.tls_server_name.clone(),
+                    require_auth: None,
+                    credentials: None,
+                    roles: BTreeMap::new(),
+                    client_tls: None,
+                    http: Some(http),
+                    at,
+                }),
+                Err(m) => e.push(at, format!("backend `{name}`: {m}")),
+            }
+            continue;
+        }
+        if r.server_names.is_some() {
+            e.push(at, format!("backend `{name}`: server_names applies to http backends with tls = \"terminate\""));
+            continue;
+        }
         // Safe by default: a backend that does not say otherwise is reached
         // over TLS with its certificate checked.
         let tls = match r.tls.as_ref().map(|t| t.get_ref().as_str()) {
@@ -639,6 +688,10 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
         };
         let mut cred_problem = None;
         let mut cred = |c: &CredRaw| match (&c.user, &c.dynamic) {
+            _ if c.bearer_file.is_some() || c.header.is_some() || c.value_file.is_some() => {
+                cred_problem = Some("bearer_file, header and value_file apply to http backends".into());
+                Credentials::from_file(String::new(), None)
+            }
             (Some(user), None) => Credentials::from_file(user.clone(), c.password_file.clone()),
             (None, Some(d)) if c.password_file.is_none() => {
                 let ttl = match d.ttl.as_deref().map(parse_duration) {
@@ -696,6 +749,7 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                 .client_tls
                 .as_ref()
                 .map(|c| super::ClientTls { cert_file: c.cert_file.clone(), key_file: c.key_file.clone() }),
+            http: None,
             at,
         };
         policy.backends.push(b);
@@ -852,6 +906,12 @@ fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs
             idle_in_transaction_timeout: g.idle_in_transaction_timeout,
             // A grant's sessions are held to the default query_limits.
             query_limits: None,
+            methods: None,
+            paths: None,
+            query: None,
+            headers: None,
+            max_body: None,
+            pass_client_auth: None,
         };
         let mut scratch = Policy {
             backends: policy.backends.clone(),
@@ -982,8 +1042,22 @@ fn build_masks(raw: Vec<Entry<'_, MaskRaw>>, opts: &LoadOptions, policy: &mut Po
                 }
             }
         }
-        if spec.columns.is_empty() && spec.detectors.is_empty() && spec.custom.is_empty() {
-            e.push(m.at(), format!("masking profile `{name}` masks nothing: give columns, detectors or regex"));
+        let mut fields = Vec::new();
+        for f in &r.fields {
+            let (path, style) = match f.get_ref() {
+                FieldRaw::Path(p) => (p.clone(), Ok(Style::Redact)),
+                FieldRaw::Styled { path, style } => (path.clone(), parse_style(style)),
+            };
+            match style.and_then(|s| crate::mask::json::FieldPattern::parse(&path).map(|_| s)) {
+                Ok(s) => fields.push((path, s)),
+                Err(msg) => {
+                    e.push(m.at_span(f.span()), msg);
+                    ok = false;
+                }
+            }
+        }
+        if spec.columns.is_empty() && spec.detectors.is_empty() && spec.custom.is_empty() && fields.is_empty() {
+            e.push(m.at(), format!("masking profile `{name}` masks nothing: give columns, detectors, regex or fields"));
             continue;
         }
         if let Some(kf) = &r.hash_key_file {
@@ -1007,6 +1081,17 @@ fn build_masks(raw: Vec<Entry<'_, MaskRaw>>, opts: &LoadOptions, policy: &mut Po
         }
         match crate::mask::Profile::compile(&spec) {
             Ok(p) => {
+                if !fields.is_empty() {
+                    match crate::mask::json::FieldRules::compile(&p, &fields) {
+                        Ok(f) => {
+                            policy.mask_fields.insert(name.clone(), Arc::new(f));
+                        }
+                        Err(msg) => {
+                            e.push(m.at(), msg);
+                            continue;
+                        }
+                    }
+                }
                 policy.masks.insert(name, Arc::new(p));
             }
             Err(err) => e.push(m.at(), err.to_string()),
@@ -1220,6 +1305,9 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
         let matched: Vec<&Backend> =
             policy.backends.iter().filter(|b| backends.iter().any(|p| p.matches(b.name.as_str()))).collect();
         let sql = matched.iter().any(|b| b.protocol.is_sql());
+        let http_backends = matched.iter().any(|b| b.protocol == Protocol::Http);
+        let passthrough =
+            matched.iter().filter_map(|b| b.http.as_ref()).any(|h| h.tls == super::http::HttpTls::Passthrough);
 
         if action == Action::Deny {
             let meaningless = [
@@ -1281,6 +1369,9 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             ("idle_in_transaction_timeout", r.idle_in_transaction_timeout.as_ref().map(Spanned::span)),
             ("query_limits", r.query_limits.as_ref().map(Spanned::span)),
         ];
+        let http_only = http_backends && !sql;
+        let statement_scope: Vec<_> =
+            statement_scope.into_iter().filter(|(f, _)| !(http_only && matches!(*f, "mask" | "approval"))).collect();
         if !sql && let Some((field, Some(span))) = statement_scope.iter().find(|(_, s)| s.is_some()) {
             e.push(
                 src.at(Some(span.clone())),
@@ -1320,6 +1411,15 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             Some(a) => {
                 let parsed = parse_approval(a, src, &policy.approvers, e);
                 if parsed.is_none() {
+                    bad = true;
+                }
+                // Held HTTP requests are not implemented: an approval that would
+                // never hold anything must not load as if it did.
+                if http_only && parsed.as_ref().is_some_and(|p| !p.kinds.is_empty()) {
+                    e.push(
+                        src.at(Some(a.span())),
+                        "approval on http backends holds only the connection (for = [\"connect\"]); held requests are not supported yet",
+                    );
                     bad = true;
                 }
                 parsed
@@ -1390,6 +1490,28 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
                 QueryLimits::default()
             }),
         };
+        let http_raw = super::http::HttpRuleRaw {
+            methods: r.methods.as_ref(),
+            paths: r.paths.as_ref(),
+            query: r.query.as_ref(),
+            headers: r.headers.as_ref(),
+            max_body: r.max_body.as_ref(),
+            pass_client_auth: r.pass_client_auth.as_ref(),
+        };
+        if passthrough && let Some(m) = &r.mask {
+            e.push(
+                src.at(Some(m.span())),
+                "`mask` cannot apply to a tls = \"passthrough\" backend: its bodies are opaque bytes (use tls = \"terminate\")",
+            );
+            continue;
+        }
+        let http = match super::http::build_scope(&http_raw, action, http_backends, passthrough) {
+            Ok(h) => h,
+            Err((span, msg)) => {
+                e.push(src.at(span.or(Some(bspan.clone()))), msg);
+                continue;
+            }
+        };
         if bad {
             continue;
         }
@@ -1415,10 +1537,57 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             statement_timeout,
             idle_in_transaction_timeout,
             query_limits,
+            http,
             at,
             index,
         });
     }
+}
+
+/// An HTTP backend's TLS mode and credentials.
+fn http_backend(r: &BackendRaw) -> Result<(TlsMode, super::http::HttpBackend), String> {
+    use super::http::{HttpBackend, HttpCredentials, HttpTls};
+    let tls = match r.tls.as_ref().map(|t| t.get_ref().as_str()) {
+        None => HttpTls::Off,
+        Some(t) => HttpTls::parse(t)
+            .ok_or_else(|| format!("tls of an http backend is {}, not `{t}`", HttpTls::NAMES.join(", ")))?,
+    };
+    if r.require_auth.is_some() || r.roles.is_some() || r.client_tls.is_some() {
+        return Err("require_auth, roles and client_tls apply to postgres backends".into());
+    }
+    if r.ca_file.is_some() && !tls.upstream_tls() {
+        return Err("ca_file is used only with tls = \"upstream\" or \"terminate\"".into());
+    }
+    if r.server_names.is_some() && tls != HttpTls::Terminate {
+        return Err("server_names applies only with tls = \"terminate\"".into());
+    }
+    let credentials = match &r.credentials {
+        None => None,
+        Some(c) if c.dynamic.is_some() => return Err("dynamic credentials apply to postgres backends".into()),
+        Some(c) => Some(match (&c.bearer_file, &c.user, &c.password_file, &c.header, &c.value_file) {
+            (Some(f), None, None, None, None) => HttpCredentials::Bearer { token_file: f.clone() },
+            (None, Some(u), Some(f), None, None) => {
+                if u.contains(':') {
+                    return Err("a basic-auth user name cannot hold `:`".into());
+                }
+                HttpCredentials::Basic { user: u.clone(), password_file: f.clone() }
+            }
+            (None, None, None, Some(h), Some(f)) => {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return Err(format!("`{h}` is not a valid header name"));
+                }
+                HttpCredentials::Header { name: h.clone(), value_file: f.clone() }
+            }
+            _ => {
+                return Err("http credentials are one of { bearer_file }, { user, password_file } (basic) or { header, value_file }".into());
+            }
+        }),
+    };
+    if tls == HttpTls::Passthrough && credentials.is_some() {
+        return Err("credentials cannot be injected into tls = \"passthrough\" (the bytes are opaque)".into());
+    }
+    let mode = if tls.upstream_tls() { TlsMode::Verify } else { TlsMode::Off };
+    Ok((mode, HttpBackend { tls, credentials, server_names: r.server_names.clone().unwrap_or_default() }))
 }
 
 /// Passes `v` through, noting a failure in `bad`.

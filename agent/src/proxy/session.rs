@@ -205,7 +205,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             live.cut(format!("max_session of {max:?} reached (rule {rule})"));
         })
     });
-    if protocol == Protocol::Tcp
+    if protocol != Protocol::Postgres
         && let Some(w) = connect_approval.clone()
     {
         let state = w.clone().outcome(&agent.approvals, |t| agent.approval_transition(t)).await;
@@ -215,8 +215,27 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             return;
         }
     }
+    // HTTPS that Gatehouse does not terminate is opaque bytes.
+    let passthrough = protocol == Protocol::Http
+        && snapshot
+            .policy
+            .backend(&backend_name)
+            .and_then(|b| b.http.as_ref())
+            .is_some_and(|h| h.tls == crate::policy::http::HttpTls::Passthrough);
     let out = match protocol {
-        Protocol::Tcp => match connect_upstream(upstream, agent.settings.mark).await {
+        Protocol::Http if !passthrough => {
+            let Some(backend) = snapshot.policy.backend(&backend_name).cloned() else { return };
+            let ctx = crate::protocol::http::Ctx {
+                agent: agent.clone(),
+                id,
+                principal: principal.clone(),
+                backend,
+                addr: upstream,
+                live: live.clone(),
+            };
+            crate::protocol::http::serve(ctx, client).await
+        }
+        Protocol::Tcp | Protocol::Http => match connect_upstream(upstream, agent.settings.mark).await {
             Ok(upstream) => {
                 let streams = audit::StreamRecorder::new(id, agent.settings.record_max_bytes, "session and direction");
                 tcp::relay(client, upstream, live.cut.clone(), || live.reason(), Some((&streams, &agent.audit))).await

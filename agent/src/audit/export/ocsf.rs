@@ -232,6 +232,10 @@ impl OcsfMapper {
                 },
                 Err(_) => vec![],
             },
+            "http" => match serde_json::from_slice::<crate::audit::HttpExchange>(&r.body) {
+                Ok(h) => vec![self.http(r, &session, &h)],
+                Err(_) => vec![],
+            },
             "agent" => {
                 let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
                 let activity = match v.get("what").and_then(Value::as_str) {
@@ -348,6 +352,71 @@ impl OcsfMapper {
     }
 
     /// A statement, with its end when known.
+    /// An HTTP exchange as OCSF HTTP Activity (4002), activity by method.
+    fn http(&self, r: &Record, session: &str, h: &crate::audit::HttpExchange) -> Value {
+        let o = self.sessions.get(session);
+        let refused = h.decision != "allow";
+        let activity = match h.method.as_str() {
+            "CONNECT" => (1, "Connect"),
+            "DELETE" => (2, "Delete"),
+            "GET" => (3, "Get"),
+            "HEAD" => (4, "Head"),
+            "OPTIONS" => (5, "Options"),
+            "POST" => (6, "Post"),
+            "PUT" => (7, "Put"),
+            "TRACE" => (8, "Trace"),
+            "PATCH" => (9, "Patch"),
+            _ => (99, "Other"),
+        };
+        let ok = h.status.map(|s| s < 400 && h.error.is_none());
+        let message = if refused {
+            format!("HTTP request refused by Gatehouse: {}", h.reason.as_deref().unwrap_or("no reason recorded"))
+        } else {
+            format!("{} {} → {}", h.method, h.target, h.status.map_or_else(|| "no response".into(), |s| s.to_string()))
+        };
+        let mut e =
+            ocsf_base((4002, "HTTP Activity"), activity, h.started_us, r.into(), Outcome { ok, refused }, message);
+        if let Some(why) = h.reason.clone().or_else(|| h.error.clone()) {
+            e.insert("status_detail".into(), why.into());
+        }
+        e.insert("actor".into(), ocsf_actor(o, session));
+        e.insert("src_endpoint".into(), o.map_or_else(|| json!({}), |o| endpoint(&o.client)));
+        if let Some(d) = o.and_then(|o| o.orig_dst.as_deref()) {
+            e.insert("dst_endpoint".into(), endpoint(d));
+        }
+        let (path, query) = h.target.split_once('?').unwrap_or((h.target.as_str(), ""));
+        let header = |k: &str| h.request_headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        e.insert(
+            "http_request".into(),
+            json!({
+                "http_method": h.method,
+                "version": h.version,
+                "url": { "path": path, "query_string": query, "hostname": h.host },
+                "user_agent": header("user-agent"),
+                "length": h.request_bytes,
+                "uid": format!("{session}/{}", h.seq),
+            }),
+        );
+        if let Some(status) = h.status {
+            e.insert("http_response".into(), json!({ "code": status, "length": h.response_bytes }));
+        }
+        e.insert("start_time".into(), ms(h.started_us).into());
+        e.insert("duration".into(), (h.duration_us / 1000).into());
+        e.insert(
+            "unmapped".into(),
+            json!({
+                "decision": h.decision,
+                "rule": h.rule,
+                "reason": h.reason,
+                "masked": h.masked,
+                "credentials": h.credentials,
+                "exchange_seq": h.seq,
+                "record_seq": r.seq,
+            }),
+        );
+        Value::Object(e)
+    }
+
     fn statement(&self, session: &str, p: &Pending, end: Option<(&StatementEnd, &Record)>) -> Value {
         let s = &p.start;
         let o = self.sessions.get(session);

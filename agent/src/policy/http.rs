@@ -1,0 +1,550 @@
+//! HTTP in the policy: what an HTTP backend holds (TLS mode, injected
+//! credentials) and what a rule says about requests (methods, path globs,
+//! query and header conditions, body size, whether the client's own
+//! `Authorization`/`Cookie` pass). Matching is pure: [`HttpRequest`] is a
+//! view of a request line and headers, already normalised by [`normalize_path`].
+//!
+//! Paths are matched after percent-decoding, and a path whose decoded form
+//! is ambiguous (dot segments, `//`, encoded `/` or `\`, NUL, invalid UTF-8)
+//! is refused before any rule is consulted: a backend could read it as
+//! another path than the one the rule saw. Allow rules compare paths
+//! case-sensitively and deny rules case-insensitively, so either way a
+//! difference in case errs on the side of refusing.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use toml::Spanned;
+
+use super::{glob, glob_exact};
+
+/// How the client and the backend speak TLS on an HTTP backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpTls {
+    /// Plain HTTP on both legs.
+    Off,
+    /// Clients speak plain HTTP to Gatehouse; Gatehouse speaks HTTPS to the
+    /// backend, its certificate checked against `ca_file` or the system roots.
+    Upstream,
+    /// Clients speak HTTPS to Gatehouse, which presents a certificate from
+    /// the agent's CA for the name they asked for (SNI), and HTTPS
+    /// (verified) to the backend.
+    Terminate,
+    /// HTTPS relayed as opaque TCP: connection policy and byte counts only.
+    Passthrough,
+}
+
+impl HttpTls {
+    pub const NAMES: [&'static str; 4] = ["off", "upstream", "terminate", "passthrough"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "off" => Self::Off,
+            "upstream" => Self::Upstream,
+            "terminate" => Self::Terminate,
+            "passthrough" => Self::Passthrough,
+            _ => return None,
+        })
+    }
+
+    /// Whether Gatehouse speaks TLS to the backend.
+    pub fn upstream_tls(self) -> bool {
+        matches!(self, Self::Upstream | Self::Terminate)
+    }
+}
+
+/// A credential Gatehouse holds for an HTTP backend and injects into every
+/// request; the secret stays in its root-only file until a request needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpCredentials {
+    /// `Authorization: Bearer <file contents>`.
+    Bearer { token_file: PathBuf },
+    /// `Authorization: Basic base64(user:<file contents>)`.
+    Basic { user: String, password_file: PathBuf },
+    /// `<name>: <file contents>` (an API-key header).
+    Header { name: String, value_file: PathBuf },
+}
+
+impl HttpCredentials {
+    /// The files the credential is read from (checked at policy load).
+    pub fn files(&self) -> Vec<&PathBuf> {
+        match self {
+            Self::Bearer { token_file } => vec![token_file],
+            Self::Basic { password_file, .. } => vec![password_file],
+            Self::Header { value_file, .. } => vec![value_file],
+        }
+    }
+
+    /// The header the credential is sent in (lower case).
+    pub fn header_name(&self) -> String {
+        match self {
+            Self::Bearer { .. } | Self::Basic { .. } => "authorization".into(),
+            Self::Header { name, .. } => name.to_ascii_lowercase(),
+        }
+    }
+}
+
+/// What an HTTP backend adds to the common backend fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpBackend {
+    pub tls: HttpTls,
+    pub credentials: Option<HttpCredentials>,
+    /// Names clients may ask for in SNI (`tls = "terminate"`); the first is
+    /// the default certificate's. Empty: the `host` name, or `tls_server_name`.
+    pub server_names: Vec<String>,
+}
+
+/// A condition on a query parameter or a header: the name, and a glob its
+/// value must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueCond {
+    /// Lower case for headers, as written for query parameters.
+    pub name: String,
+    pub pattern: String,
+}
+
+/// What a rule says about HTTP requests. Empty lists mean "any".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpScope {
+    /// Upper-case method names.
+    pub methods: Vec<String>,
+    /// Globs over the decoded path (`*` any run, `/` included).
+    pub paths: Vec<String>,
+    pub query: Vec<ValueCond>,
+    pub headers: Vec<ValueCond>,
+    /// Allow rules: the largest request body accepted.
+    pub max_body: Option<u64>,
+    /// Allow rules: forward the client's own `Authorization` and `Cookie`
+    /// (by default they are stripped; held credentials are injected).
+    pub pass_client_auth: bool,
+}
+
+/// Methods an allow rule without `methods` still does not cover: they turn
+/// the connection into a tunnel or echo the request back.
+const UNNAMED_ONLY: [&str; 2] = ["CONNECT", "TRACE"];
+
+impl HttpScope {
+    /// Whether the rule says nothing about which requests it covers.
+    pub fn is_unscoped(&self) -> bool {
+        self.methods.is_empty() && self.paths.is_empty() && self.query.is_empty() && self.headers.is_empty()
+    }
+
+    /// Deny rules: whether this request is in what the rule denies (every
+    /// condition given matches; paths and values compared case-insensitively).
+    pub fn deny_matches(&self, r: &HttpRequest<'_>) -> bool {
+        let method = self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(r.method));
+        let path = self.paths.is_empty() || self.paths.iter().any(|p| glob(p.as_bytes(), r.path.as_bytes()));
+        let query =
+            self.query.iter().all(|c| r.query_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
+        let headers =
+            self.headers.iter().all(|c| r.header_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
+        method && path && query && headers
+    }
+
+    /// Allow rules: why this rule does not allow the request, if it does not.
+    /// A query or header condition needs the name present, and every value
+    /// sent under it to match (a second `?status=` cannot slip past).
+    pub fn refuses(&self, r: &HttpRequest<'_>) -> Option<String> {
+        if self.methods.is_empty() {
+            if let Some(m) = UNNAMED_ONLY.iter().find(|m| m.eq_ignore_ascii_case(r.method)) {
+                return Some(format!("method {m} must be named in its methods"));
+            }
+        } else if !self.methods.iter().any(|m| m == r.method) {
+            return Some(format!("method {} is not in its methods [{}]", r.method, self.methods.join(", ")));
+        }
+        if !self.paths.is_empty() && !self.paths.iter().any(|p| glob_exact(p.as_bytes(), r.path.as_bytes())) {
+            return Some(format!("path {} is not in its paths [{}]", r.path, self.paths.join(", ")));
+        }
+        for c in &self.query {
+            let mut values = r.query_values(&c.name).peekable();
+            if values.peek().is_none() {
+                return Some(format!("query parameter {} is missing (it must match {:?})", c.name, c.pattern));
+            }
+            if let Some(v) = values.find(|v| !glob_exact(c.pattern.as_bytes(), v.as_bytes())) {
+                return Some(format!("query parameter {}={v:?} does not match {:?}", c.name, c.pattern));
+            }
+        }
+        for c in &self.headers {
+            let mut values = r.header_values(&c.name).peekable();
+            if values.peek().is_none() {
+                return Some(format!("header {} is missing (it must match {:?})", c.name, c.pattern));
+            }
+            if values.any(|v| !glob_exact(c.pattern.as_bytes(), v.as_bytes())) {
+                return Some(format!("header {} does not match {:?}", c.name, c.pattern));
+            }
+        }
+        if let (Some(max), Some(len)) = (self.max_body, r.body_len)
+            && len > max
+        {
+            return Some(format!("the body of {len} bytes is over its max_body of {max}"));
+        }
+        None
+    }
+
+    /// One line for explanations: `GET, HEAD /api/*`.
+    pub fn describe(&self) -> String {
+        let m = if self.methods.is_empty() { "any method".to_owned() } else { self.methods.join(", ") };
+        let p = if self.paths.is_empty() { "any path".to_owned() } else { self.paths.join(", ") };
+        format!("{m} on {p}")
+    }
+}
+
+/// A rule's HTTP keys as written (borrowed from the rule's raw entry).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpRuleRaw<'r> {
+    pub methods: Option<&'r Spanned<Vec<String>>>,
+    pub paths: Option<&'r Spanned<Vec<String>>>,
+    pub query: Option<&'r Spanned<BTreeMap<String, String>>>,
+    pub headers: Option<&'r Spanned<BTreeMap<String, String>>>,
+    pub max_body: Option<&'r Spanned<String>>,
+    pub pass_client_auth: Option<&'r Spanned<bool>>,
+}
+
+/// Methods a rule may name.
+const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"];
+
+/// Validates a rule's HTTP keys: only on rules naming an HTTP backend;
+/// `max_body` and `pass_client_auth` only on allow rules.
+pub(crate) fn build_scope(
+    r: &HttpRuleRaw<'_>,
+    action: super::Action,
+    http_backends: bool,
+    passthrough: bool,
+) -> Result<HttpScope, (Option<Range<usize>>, String)> {
+    let given = [
+        ("methods", r.methods.map(Spanned::span)),
+        ("paths", r.paths.map(Spanned::span)),
+        ("query", r.query.map(Spanned::span)),
+        ("headers", r.headers.map(Spanned::span)),
+        ("max_body", r.max_body.map(Spanned::span)),
+        ("pass_client_auth", r.pass_client_auth.map(Spanned::span)),
+    ];
+    if !http_backends && let Some((field, span)) = given.iter().find(|(_, s)| s.is_some()) {
+        return Err((span.clone(), format!("`{field}` applies to http backends; the rule names none")));
+    }
+    if passthrough && let Some((field, span)) = given.iter().find(|(_, s)| s.is_some()) {
+        return Err((
+            span.clone(),
+            format!(
+                "`{field}` cannot be enforced on a tls = \"passthrough\" backend: its requests are opaque bytes (use tls = \"terminate\")"
+            ),
+        ));
+    }
+    if action == super::Action::Deny
+        && let Some((field, span)) = given.iter().skip(4).find(|(_, s)| s.is_some())
+    {
+        return Err((span.clone(), format!("`{field}` has no meaning on a deny rule")));
+    }
+    let mut scope = HttpScope::default();
+    if let Some(m) = r.methods {
+        for name in m.get_ref() {
+            let up = name.to_ascii_uppercase();
+            if !METHODS.contains(&up.as_str()) {
+                return Err((Some(m.span()), format!("unknown method `{name}`; methods: {}", METHODS.join(", "))));
+            }
+            scope.methods.push(up);
+        }
+        if scope.methods.is_empty() {
+            return Err((Some(m.span()), "methods lists no method (omit the key for any method)".into()));
+        }
+    }
+    if let Some(p) = r.paths {
+        for path in p.get_ref() {
+            if !path.starts_with('/') && path != "*" {
+                return Err((Some(p.span()), format!("path glob `{path}` must start with `/`")));
+            }
+            scope.paths.push(path.clone());
+        }
+    }
+    let conds = |m: Option<&Spanned<BTreeMap<String, String>>>,
+                 lower: bool|
+     -> Result<Vec<ValueCond>, (Option<Range<usize>>, String)> {
+        let Some(m) = m else { return Ok(vec![]) };
+        m.get_ref()
+            .iter()
+            .map(|(k, v)| {
+                if lower && http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                    return Err((Some(m.span()), format!("`{k}` is not a valid header name")));
+                }
+                Ok(ValueCond { name: if lower { k.to_ascii_lowercase() } else { k.clone() }, pattern: v.clone() })
+            })
+            .collect()
+    };
+    scope.query = conds(r.query, false)?;
+    scope.headers = conds(r.headers, true)?;
+    if let Some(mb) = r.max_body {
+        scope.max_body = Some(parse_size(mb.get_ref()).map_err(|m| (Some(mb.span()), format!("max_body: {m}")))?);
+    }
+    scope.pass_client_auth = r.pass_client_auth.is_some_and(|p| *p.get_ref());
+    Ok(scope)
+}
+
+/// `"64KiB"`, `"10MB"`, `"1024"` → bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (like 1048576, 64KiB or 10MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1024,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}` (B, KiB, MiB, GiB, kB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// A request as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    /// Percent-decoded and checked by [`normalize_path`].
+    pub path: &'a str,
+    /// Decoded query parameters, in order.
+    pub query: &'a [(String, String)],
+    pub headers: &'a http::HeaderMap,
+    /// The declared body size (`Content-Length`), if any; a chunked body is
+    /// counted as it streams and cut at the rule's `max_body`.
+    pub body_len: Option<u64>,
+}
+
+impl<'a> HttpRequest<'a> {
+    fn query_values(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.query.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn header_values(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        // A value that is not visible ASCII matches no glob (and fails an allow's condition).
+        self.headers.get_all(name).iter().map(|v| v.to_str().unwrap_or("\u{0}"))
+    }
+
+    /// `GET /path` for records and messages.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// Why a request target cannot be decided on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the request path is not in origin form (it must start with `/`)")]
+    NotOrigin,
+    #[error("the request path has a malformed percent escape")]
+    BadEscape,
+    #[error("the request path is ambiguous ({0}): a backend could read it as another path")]
+    Ambiguous(&'static str),
+}
+
+/// Decodes a request path and refuses the forms a backend could read
+/// differently from the policy: dot segments, empty segments, encoded `/`
+/// or `\`, NUL and control characters, invalid UTF-8.
+pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotOrigin);
+    }
+    let bytes = percent_decode(raw.as_bytes(), false).ok_or(PathError::BadEscape)?;
+    // An encoded slash or backslash makes a segment boundary the policy cannot see.
+    let lower = raw.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || raw.contains('\\') {
+        return Err(PathError::Ambiguous("an encoded or backslash separator"));
+    }
+    let s = String::from_utf8(bytes).map_err(|_| PathError::Ambiguous("not UTF-8"))?;
+    if s.chars().any(char::is_control) {
+        return Err(PathError::Ambiguous("a control character"));
+    }
+    for seg in s.split('/').skip(1) {
+        if seg == "." || seg == ".." {
+            return Err(PathError::Ambiguous("a dot segment"));
+        }
+    }
+    if s.contains("//") {
+        return Err(PathError::Ambiguous("an empty segment"));
+    }
+    if s.contains(';') {
+        // Matrix parameters (`/admin;x=1`) are stripped by some servers before routing.
+        return Err(PathError::Ambiguous("a `;` parameter"));
+    }
+    Ok(s)
+}
+
+/// Decodes a query string into (name, value) pairs, form-style (`+` is a space).
+pub fn parse_query(q: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = String::from_utf8(percent_decode(k.as_bytes(), true)?).ok()?;
+        let v = String::from_utf8(percent_decode(v.as_bytes(), true)?).ok()?;
+        out.push((k, v));
+    }
+    Some(out)
+}
+
+/// `%XX` decoding; `None` for a malformed escape.
+pub fn percent_decode(s: &[u8], plus_is_space: bool) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        match b {
+            b'%' => {
+                let hi = s.get(i + 1).and_then(|c| (*c as char).to_digit(16))?;
+                let lo = s.get(i + 2).and_then(|c| (*c as char).to_digit(16))?;
+                out.push(u8::try_from(hi * 16 + lo).ok()?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a>(method: &'a str, path: &'a str, q: &'a [(String, String)], h: &'a http::HeaderMap) -> HttpRequest<'a> {
+        HttpRequest { method, path, query: q, headers: h, body_len: None }
+    }
+
+    #[test]
+    fn paths_that_a_backend_could_read_otherwise_are_refused() {
+        assert_eq!(normalize_path("/api/v1/orders/7").unwrap(), "/api/v1/orders/7");
+        assert_eq!(normalize_path("/api/%761/x").unwrap(), "/api/v1/x");
+        for bad in ["/api/../admin", "/api/%2e%2e/admin", "/api//admin", "/api%2fadmin", "/a\\b", "/a%00", "/admin;x"] {
+            assert!(normalize_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(normalize_path("*"), Err(PathError::NotOrigin));
+        assert_eq!(normalize_path("/%zz"), Err(PathError::BadEscape));
+    }
+
+    #[test]
+    fn allow_scope_methods_paths_and_conditions() {
+        let s = HttpScope {
+            methods: vec!["GET".into()],
+            paths: vec!["/api/v1/orders/*".into()],
+            query: vec![ValueCond { name: "status".into(), pattern: "open".into() }],
+            ..HttpScope::default()
+        };
+        let h = http::HeaderMap::new();
+        let q = parse_query("status=open").unwrap();
+        assert_eq!(s.refuses(&req("GET", "/api/v1/orders/7", &q, &h)), None);
+        assert!(s.refuses(&req("DELETE", "/api/v1/orders/7", &q, &h)).unwrap().contains("method DELETE"));
+        assert!(s.refuses(&req("GET", "/API/v1/orders/7", &q, &h)).unwrap().contains("path"));
+        let two = parse_query("status=open&status=closed").unwrap();
+        assert!(s.refuses(&req("GET", "/api/v1/orders/7", &two, &h)).unwrap().contains("closed"));
+        assert!(s.refuses(&req("GET", "/api/v1/orders/7", &[], &h)).unwrap().contains("missing"));
+    }
+
+    #[test]
+    fn unscoped_allow_still_refuses_connect_and_trace() {
+        let s = HttpScope::default();
+        let h = http::HeaderMap::new();
+        assert!(s.refuses(&req("TRACE", "/", &[], &h)).is_some());
+        assert!(s.refuses(&req("PATCH", "/", &[], &h)).is_none());
+    }
+
+    #[test]
+    fn deny_scope_is_case_insensitive() {
+        let s = HttpScope { paths: vec!["/admin/*".into()], ..HttpScope::default() };
+        let h = http::HeaderMap::new();
+        assert!(s.deny_matches(&req("GET", "/ADMIN/users", &[], &h)));
+        assert!(!s.deny_matches(&req("GET", "/api", &[], &h)));
+    }
+
+    #[test]
+    fn header_conditions_need_every_value_to_match() {
+        let s = HttpScope {
+            headers: vec![ValueCond { name: "x-tenant".into(), pattern: "acme".into() }],
+            ..HttpScope::default()
+        };
+        let mut h = http::HeaderMap::new();
+        h.append("x-tenant", http::HeaderValue::from_static("acme"));
+        assert!(s.refuses(&req("GET", "/", &[], &h)).is_none());
+        h.append("x-tenant", http::HeaderValue::from_static("other"));
+        assert!(s.refuses(&req("GET", "/", &[], &h)).is_some());
+    }
+
+    fn load(text: &str) -> Result<crate::policy::Policy, crate::policy::Diagnostics> {
+        crate::policy::load::load(&[crate::policy::diag::Source { path: "t.toml".into(), text: text.into() }])
+    }
+
+    const HTTP: &str = r#"
+[[backend]]
+name = "api"
+protocol = "http"
+address = "127.10.0.9:8080"
+
+[[approvers]]
+name = "leads"
+who = { users = ["lead"] }
+
+[[rule]]
+name = "read"
+who = { users = ["ana"] }
+backend = "api"
+methods = ["GET"]
+paths = ["/api/*"]
+
+[[rule]]
+name = "no admin"
+who = { users = ["*"] }
+backend = "api"
+action = "deny"
+paths = ["/api/admin/*"]
+"#;
+
+    #[test]
+    fn requests_are_decided_by_rule_scope_deny_first() {
+        let p = load(HTTP).unwrap();
+        let ana = crate::identity::Principal::named("ana", &[]);
+        let h = http::HeaderMap::new();
+        let backend = crate::types::BackendName::new("api");
+        let ask = |m: &str, path: &str| {
+            let r = crate::policy::Request { backend: &backend, statement: None, now: jiff::Timestamp::now() };
+            p.decide_http_with(&ana, &r, &req(m, path, &[], &h), &[])
+        };
+        assert!(ask("GET", "/api/orders").allowed());
+        let d = ask("DELETE", "/api/orders");
+        assert!(!d.allowed() && d.rule_label() == "read", "{d:?}");
+        let d = ask("GET", "/api/admin/x");
+        assert!(!d.allowed() && d.rule_label() == "no admin", "{d:?}");
+        // The connection itself is allowed: the deny rule has a request scope.
+        assert!(p.decide_connect(&ana, &backend, jiff::Timestamp::now()).allowed());
+    }
+
+    #[test]
+    fn what_cannot_be_enforced_does_not_load() {
+        let held = HTTP
+            .replace("paths = [\"/api/*\"]", "paths = [\"/api/*\"]\napproval = { for = [\"delete\"], by = \"leads\" }");
+        assert!(load(&held).unwrap_err().to_string().contains("held requests are not supported"));
+        let connect = HTTP.replace(
+            "paths = [\"/api/*\"]",
+            "paths = [\"/api/*\"]\napproval = { for = [\"connect\"], by = \"leads\" }",
+        );
+        assert!(load(&connect).is_ok());
+        let pass = HTTP.replace("address = \"127.10.0.9:8080\"", "address = \"127.10.0.9:443\"\ntls = \"passthrough\"");
+        assert!(load(&pass).unwrap_err().to_string().contains("passthrough"));
+        let sql_field = HTTP.replace("methods = [\"GET\"]", "statements = [\"select\"]");
+        assert!(load(&sql_field).is_err());
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert!(parse_size("1 parsec").is_err());
+    }
+
+    #[test]
+    fn query_decoding() {
+        assert_eq!(parse_query("a=b+c&d=%41").unwrap(), vec![("a".into(), "b c".into()), ("d".into(), "A".into())]);
+        assert!(parse_query("a=%4").is_none());
+    }
+}

@@ -1,0 +1,752 @@
+//! HTTP backends (`protocol = "http"`): hyper serves the client's
+//! connection (HTTP/1.1 with keep-alive, pipelining, chunked bodies and
+//! `Expect: 100-continue`; HTTP/2 when the client speaks it), and every
+//! request is decided on its own:
+//!
+//! 1. the path is decoded and checked (`policy::http::normalize_path`), the
+//!    query parsed; a request the policy cannot read is answered `400`;
+//! 2. the policy decides (method, path, query, headers, declared size); a
+//!    refusal is a `403` with a JSON body naming the rule, and the
+//!    connection stays open for the next request;
+//! 3. hop-by-hop headers go; the client's `Authorization` and `Cookie` go
+//!    unless the rule passes them; the backend's held credential is added;
+//! 4. the request goes to the backend over a pooled HTTP/1.1 connection
+//!    (`upstream`), its body capped at the rule's `max_body`;
+//! 5. the response streams back, through the masking profile when the
+//!    rule has one (`body`: JSON field rules and detectors, text, forms;
+//!    gzip and deflate undone and redone; other codings and unreadable
+//!    types refused with a `502`);
+//! 6. one `http` audit record per exchange, with the bodies up to
+//!    `record_max_bytes` (after masking). A WebSocket upgrade is relayed
+//!    and its frames recorded (`ws`).
+
+pub mod body;
+pub mod tls;
+mod upstream;
+mod ws;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::{info, warn};
+
+use self::body::{BoxError, Coding, Kind, Piped, Summary, Transform};
+use self::upstream::{Pool, UpBody};
+use crate::audit::{self, Event, HttpExchange};
+use crate::identity::Principal;
+use crate::policy::http::{HttpCredentials, HttpRequest, HttpTls, normalize_path, parse_query};
+use crate::policy::{Backend, Decision, Verdict};
+use crate::protocol::tcp::{End, RelayOutcome};
+use crate::proxy::{Agent, LiveSession};
+use crate::secrets::Secret;
+use crate::types::SessionId;
+
+type Out = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
+/// the proxy credentials and `Expect` (hyper answered it on our side).
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "expect",
+];
+
+/// Query parameters whose values are not recorded.
+const SECRET_PARAMS: [&str; 10] =
+    ["token", "access_token", "api_key", "apikey", "key", "secret", "password", "passwd", "sig", "signature"];
+
+/// What the session task hands the adapter.
+pub struct Ctx {
+    pub agent: Arc<Agent>,
+    pub id: SessionId,
+    pub principal: Principal,
+    pub backend: Backend,
+    pub addr: SocketAddr,
+    pub live: Arc<LiveSession>,
+}
+
+/// A credential read from its file, as the header it is sent in.
+#[derive(Clone)]
+struct Held {
+    name: HeaderName,
+    value: HeaderValue,
+    label: &'static str,
+}
+
+struct Shared {
+    ctx: Ctx,
+    pool: Arc<Pool>,
+    seq: AtomicU64,
+    held: tokio::sync::OnceCell<Result<Option<Held>, String>>,
+    /// Upgraded connections (WebSocket): the session lasts until they end.
+    upgraded: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Serves one client connection until it closes or the session is cut.
+pub async fn serve(ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome {
+    let http = ctx.backend.http.clone().unwrap_or(crate::policy::http::HttpBackend {
+        tls: HttpTls::Off,
+        credentials: None,
+        server_names: vec![],
+    });
+    let tls = if http.tls.upstream_tls() {
+        let config = match ctx.agent.tls_client_config(&ctx.backend) {
+            Ok(c) => c,
+            Err(e) => return failed(format!("backend TLS configuration: {e}")),
+        };
+        let name = match crate::protocol::postgres::tls::server_name(&ctx.backend, ctx.addr) {
+            Ok(n) => n,
+            Err(e) => return failed(format!("backend TLS: {e}")),
+        };
+        Some((config, name))
+    } else {
+        None
+    };
+    let pool = Pool::new(ctx.addr, ctx.agent.settings.mark, tls);
+    let cut = ctx.live.cut.clone();
+    let live = ctx.live.clone();
+    let up = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicU64::new(0));
+    let shared = Arc::new(Shared {
+        ctx,
+        pool,
+        seq: AtomicU64::new(0),
+        held: tokio::sync::OnceCell::new(),
+        upgraded: std::sync::Mutex::new(Vec::new()),
+    });
+    let tasks = shared.clone();
+    let io = Counted { inner: client, up: up.clone(), down: down.clone() };
+    let end = if http.tls == HttpTls::Terminate {
+        let (db, backend, addr) =
+            (shared.ctx.agent.settings.audit_db.clone(), shared.ctx.backend.clone(), shared.ctx.addr);
+        let config = tokio::task::spawn_blocking(move || tls::server_config(&db, &backend, addr)).await;
+        match config {
+            Ok(Ok(config)) => match tokio_rustls::TlsAcceptor::from(config).accept(io).await {
+                Ok(tls) => serve_io(shared, tls, cut).await,
+                Err(e) => End::ClientError(format!("TLS handshake: {e}")),
+            },
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot terminate TLS");
+                End::Cut(format!("cannot terminate TLS: {e}"))
+            }
+            Err(e) => End::Cut(format!("cannot terminate TLS: {e}")),
+        }
+    } else {
+        serve_io(shared, io, cut).await
+    };
+    // An upgraded connection outlives hyper's: wait for it (it ends with the session's cut too).
+    let upgraded: Vec<_> = std::mem::take(&mut *crate::proxy::lock(&tasks.upgraded));
+    for t in upgraded {
+        let _ = t.await;
+    }
+    let end = match end {
+        End::Cut(why) if why.is_empty() => End::Cut(live.reason()),
+        other => other,
+    };
+    RelayOutcome { up: up.load(Ordering::Relaxed), down: down.load(Ordering::Relaxed), end }
+}
+
+fn failed(why: String) -> RelayOutcome {
+    warn!("{why}");
+    RelayOutcome { up: 0, down: 0, end: End::BackendError(why) }
+}
+
+async fn serve_io<I>(shared: Arc<Shared>, io: I, cut: tokio_util::sync::CancellationToken) -> End
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let s = shared.clone();
+        async move { Ok::<_, Infallible>(s.handle(req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => match r {
+            Ok(()) => End::Closed,
+            Err(e) => End::ClientError(e.to_string()),
+        },
+        () = cut.cancelled() => End::Cut(String::new()),
+    }
+}
+
+/// What is known of a request before its response, for its record.
+#[derive(Clone)]
+struct Pending {
+    session: SessionId,
+    seq: u64,
+    started_us: i64,
+    started: Instant,
+    version: String,
+    method: String,
+    target: String,
+    host: Option<String>,
+    request_headers: Vec<(String, String)>,
+    decision: String,
+    rule: Option<String>,
+    reason: Option<String>,
+    credentials: Option<String>,
+}
+
+impl Pending {
+    fn record(
+        &self,
+        audit: &audit::Audit,
+        status: Option<u16>,
+        response_headers: Vec<(String, String)>,
+        req: Summary,
+        resp: Summary,
+        error: Option<String>,
+    ) {
+        let masked = (resp.masked.total() > 0)
+            .then(|| resp.masked.iter().map(|(k, v)| (k.to_owned(), v)).collect::<std::collections::BTreeMap<_, _>>());
+        let mut data = req.captured;
+        let request_body_recorded = data.len() as u64;
+        data.extend_from_slice(&resp.captured);
+        let rec = HttpExchange {
+            session: self.session,
+            seq: self.seq,
+            started_us: self.started_us,
+            version: self.version.clone(),
+            method: self.method.clone(),
+            target: self.target.clone(),
+            host: self.host.clone(),
+            request_headers: self.request_headers.clone(),
+            status,
+            response_headers,
+            request_bytes: req.bytes,
+            response_bytes: resp.bytes,
+            duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            decision: self.decision.clone(),
+            rule: self.rule.clone(),
+            reason: self.reason.clone(),
+            masked,
+            request_body_recorded,
+            response_body_recorded: resp.captured.len() as u64,
+            truncated: req.truncated || resp.truncated,
+            error: error.or(req.error).or(resp.error),
+            credentials: self.credentials.clone(),
+        };
+        info!(seq = rec.seq, method = %rec.method, target = %rec.target, status = ?rec.status, decision = %rec.decision, "http request");
+        if let Err(e) = audit.record(Event::Http(Box::new(rec), data)) {
+            warn!(error = %e, "cannot record an HTTP exchange");
+        }
+    }
+}
+
+impl Shared {
+    async fn handle(self: &Arc<Self>, mut req: Request<Incoming>) -> Response<Out> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let agent = &self.ctx.agent;
+        let cap = usize::try_from(agent.settings.record_max_bytes).unwrap_or(usize::MAX);
+        let mut pending = Pending {
+            session: self.ctx.id,
+            seq,
+            started_us: audit::now_us(),
+            started: Instant::now(),
+            version: format!("{:?}", req.version()),
+            method: req.method().as_str().to_owned(),
+            target: recorded_target(req.uri()),
+            host: host_of(&req),
+            request_headers: recorded_headers(req.headers(), self.ctx.backend.http.as_ref()),
+            decision: "deny".into(),
+            rule: None,
+            reason: None,
+            credentials: None,
+        };
+        let path = match normalize_path(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(&pending, StatusCode::BAD_REQUEST, None, &e.to_string()),
+        };
+        let Some(query) = parse_query(req.uri().query().unwrap_or("")) else {
+            return self.refuse(&pending, StatusCode::BAD_REQUEST, None, "the query string does not decode");
+        };
+        let body_len = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let snapshot = agent.snapshot.load_full();
+        let grants = agent.grant_rules.load();
+        let ask =
+            HttpRequest { method: req.method().as_str(), path: &path, query: &query, headers: req.headers(), body_len };
+        let decision = snapshot.policy.decide_http_with(
+            &self.ctx.principal,
+            &crate::policy::Request { backend: &self.ctx.backend.name, statement: None, now: jiff::Timestamp::now() },
+            &ask,
+            &grants,
+        );
+        pending.rule = decision.rule.as_ref().map(ToString::to_string);
+        if decision.verdict != Verdict::Allow {
+            let why = decision.reason().into_owned();
+            return self.refuse(&pending, StatusCode::FORBIDDEN, Some(&decision), &why);
+        }
+        pending.decision = "allow".into();
+        let rule = decision
+            .rule
+            .as_ref()
+            .and_then(|n| snapshot.policy.rules.iter().chain(grants.iter()).find(|r| &r.name == n))
+            .cloned();
+        let Some(rule) = rule else {
+            return self.refuse(&pending, StatusCode::FORBIDDEN, Some(&decision), "the allowing rule is gone");
+        };
+        // Masking: the profile must exist (fail closed), and the backend is
+        // asked only for codings the pipeline can undo.
+        let mask = match decision.mask.as_deref() {
+            None => None,
+            Some(name) => match snapshot.policy.mask(name) {
+                Some(p) => Some((p.clone(), snapshot.policy.mask_fields.get(name).cloned())),
+                None => {
+                    return self.bad_gateway(&pending, "the rule's masking profile is unavailable (fail closed)");
+                }
+            },
+        };
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        let mut cred_note = Vec::new();
+        if !rule.http.pass_client_auth {
+            for h in [header::AUTHORIZATION, header::COOKIE] {
+                if parts.headers.remove(&h).is_some() {
+                    cred_note.push(format!("client {h} stripped"));
+                }
+            }
+        }
+        match self.held().await {
+            Ok(None) => {}
+            Ok(Some(held)) => {
+                let client_sent = parts.headers.contains_key(&held.name);
+                if !(rule.http.pass_client_auth && client_sent) {
+                    parts.headers.insert(held.name.clone(), held.value.clone());
+                    cred_note.push(format!("{} injected", held.label));
+                }
+            }
+            Err(e) => {
+                pending.credentials = Some("held credential unavailable".into());
+                return self.bad_gateway(&pending, &format!("the backend's held credential is unavailable: {e}"));
+            }
+        }
+        pending.credentials = (!cred_note.is_empty()).then(|| cred_note.join("; "));
+        if mask.is_some() {
+            restrict_accept_encoding(&mut parts.headers);
+        }
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(h) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, h);
+        }
+        let origin = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        parts.uri = match origin.parse() {
+            Ok(u) => u,
+            Err(_) => return self.refuse(&pending, StatusCode::BAD_REQUEST, None, "the request target does not parse"),
+        };
+        parts.version = Version::HTTP_11;
+        let is_head = parts.method == Method::HEAD;
+        let req_summary: Arc<std::sync::Mutex<Option<Summary>>> = Arc::default();
+        let slot = req_summary.clone();
+        let req_body = Piped::new(
+            body,
+            None,
+            rule.http.max_body,
+            cap,
+            true,
+            Box::new(move |s| *crate::proxy::lock(&slot) = Some(s)),
+        );
+        let up_req = Request::from_parts(parts, UpBody::new(req_body));
+        let resp = self.pool.send(up_req).await;
+        let take_req = || crate::proxy::lock(&req_summary).take().unwrap_or_default();
+        let mut resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                let req = take_req();
+                if req.error.as_deref().is_some_and(|e| e.contains("max_body")) {
+                    pending.decision = "deny".into();
+                    pending.reason = req.error.clone();
+                    let msg = req.error.clone().unwrap_or_default();
+                    pending.record(&agent.audit, Some(413), vec![], req, Summary::default(), None);
+                    return json_error(StatusCode::PAYLOAD_TOO_LARGE, pending.rule.as_deref(), &msg, self.ctx.id);
+                }
+                return self.bad_gateway(&pending, &e.to_string());
+            }
+        };
+        let status = resp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let headers = resp.headers().clone();
+            let server_upgrade = hyper::upgrade::on(&mut resp);
+            pending.record(&agent.audit, Some(101), header_list(&headers), take_req(), Summary::default(), None);
+            if let Some(client_upgrade) = client_upgrade {
+                let task = ws::relay(
+                    agent.audit.clone(),
+                    self.ctx.id,
+                    seq,
+                    cap,
+                    (client_upgrade, server_upgrade),
+                    self.ctx.live.cut.clone(),
+                );
+                crate::proxy::lock(&self.upgraded).push(task);
+            }
+            let mut out = Response::new(empty());
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            return out;
+        }
+        strip_hop_by_hop(resp.headers_mut(), false);
+        let transform = match &mask {
+            None => None,
+            Some((profile, fields)) => {
+                let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                let Some(kind) = Kind::of(ct) else {
+                    let why = format!(
+                        "the response's content type {} cannot be masked (rule {}); refused",
+                        ct.unwrap_or("(none)"),
+                        rule.name
+                    );
+                    return self.bad_gateway(&pending, &why);
+                };
+                let ce = resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+                let coding = match Coding::of(ce) {
+                    Ok(c) => c,
+                    Err(name) => {
+                        let why = format!("the response's content encoding {name} cannot be masked; refused");
+                        return self.bad_gateway(&pending, &why);
+                    }
+                };
+                if !is_head {
+                    resp.headers_mut().remove(header::CONTENT_LENGTH);
+                }
+                Some(Transform::new(kind, coding, profile.clone(), fields.clone()))
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let audit = agent.audit.clone();
+        let headers = header_list(&parts.headers);
+        let code = parts.status.as_u16();
+        let sink = Box::new(move |s: Summary| {
+            let req = crate::proxy::lock(&req_summary).take().unwrap_or_default();
+            pending.record(&audit, Some(code), headers, req, s, None);
+        });
+        let piped = Piped::new(body, transform, None, cap, false, sink);
+        Response::from_parts(parts, Out::new(piped))
+    }
+
+    /// The backend's held credential, read once per session.
+    async fn held(&self) -> Result<Option<Held>, String> {
+        self.held
+            .get_or_init(|| async {
+                let Some(c) = self.ctx.backend.http.as_ref().and_then(|h| h.credentials.clone()) else {
+                    return Ok(None);
+                };
+                tokio::task::spawn_blocking(move || read_held(&c))
+                    .await
+                    .map_err(|e| format!("reading the credential: {e}"))?
+                    .map(Some)
+            })
+            .await
+            .clone()
+    }
+
+    fn refuse(&self, p: &Pending, status: StatusCode, d: Option<&Decision>, why: &str) -> Response<Out> {
+        let mut p = p.clone();
+        p.decision = "deny".into();
+        p.reason = Some(why.to_owned());
+        p.record(&self.ctx.agent.audit, Some(status.as_u16()), vec![], Summary::default(), Summary::default(), None);
+        let rule = d.and_then(|d| d.rule.as_ref()).map(|r| r.as_str());
+        json_error(status, rule, why, self.ctx.id)
+    }
+
+    fn bad_gateway(&self, p: &Pending, why: &str) -> Response<Out> {
+        warn!(seq = p.seq, "{why}");
+        p.record(
+            &self.ctx.agent.audit,
+            Some(502),
+            vec![],
+            Summary::default(),
+            Summary::default(),
+            Some(why.to_owned()),
+        );
+        json_error(StatusCode::BAD_GATEWAY, p.rule.as_deref(), why, self.ctx.id)
+    }
+}
+
+/// Reads a held credential's file (root-only, checked) into the header it is sent in.
+fn read_held(c: &HttpCredentials) -> Result<Held, String> {
+    let read = |path: &std::path::Path, what: &'static str| -> Result<Secret, String> {
+        crate::secrets::read_secret(path, what).map(|s| s.first_line()).map_err(|e| e.to_string())
+    };
+    let value = |bytes: &[u8]| -> Result<HeaderValue, String> {
+        let mut v =
+            HeaderValue::from_bytes(bytes).map_err(|_| "the credential is not a valid header value".to_owned())?;
+        v.set_sensitive(true);
+        Ok(v)
+    };
+    match c {
+        HttpCredentials::Bearer { token_file } => {
+            let t = read(token_file, "bearer_file")?;
+            let mut v = b"Bearer ".to_vec();
+            v.extend_from_slice(t.expose());
+            let out = Held { name: header::AUTHORIZATION, value: value(&v)?, label: "bearer token" };
+            zeroize::Zeroize::zeroize(&mut v);
+            Ok(out)
+        }
+        HttpCredentials::Basic { user, password_file } => {
+            use base64::Engine as _;
+            let pw = read(password_file, "password_file")?;
+            let mut plain = format!("{user}:").into_bytes();
+            plain.extend_from_slice(pw.expose());
+            let mut v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(&plain)).into_bytes();
+            zeroize::Zeroize::zeroize(&mut plain);
+            let out = Held { name: header::AUTHORIZATION, value: value(&v)?, label: "basic auth" };
+            zeroize::Zeroize::zeroize(&mut v);
+            Ok(out)
+        }
+        HttpCredentials::Header { name, value_file } => {
+            let t = read(value_file, "value_file")?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            Ok(Held { name, value: value(t.expose())?, label: "header credential" })
+        }
+    }
+}
+
+fn empty() -> Out {
+    Out::new(http_body_util::Empty::new().map_err(|never| match never {}))
+}
+
+/// A refusal or failure in the client's protocol: a JSON body naming the rule.
+fn json_error(status: StatusCode, rule: Option<&str>, why: &str, session: SessionId) -> Response<Out> {
+    let body = serde_json::json!({
+        "error": status.canonical_reason().unwrap_or("error").to_lowercase(),
+        "status": status.as_u16(),
+        "rule": rule,
+        "reason": why,
+        "session": session.to_string(),
+        "by": "gatehouse",
+    });
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut r = Response::new(Out::new(Full::new(Bytes::from(bytes)).map_err(|never| match never {})));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.get(header::UPGRADE).is_some()
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Removes hop-by-hop headers and those `Connection` names. An upgrade
+/// keeps `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "upgrade")
+        .collect();
+    let upgrade_to = h.get(header::UPGRADE).cloned();
+    for name in HOP_BY_HOP.iter().map(|s| (*s).to_owned()).chain(named) {
+        h.remove(name.as_str());
+    }
+    if upgrade && let Some(u) = upgrade_to {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u);
+    }
+}
+
+/// On masked rules the backend may answer only in codings the pipeline can undo.
+fn restrict_accept_encoding(h: &mut HeaderMap) {
+    let wanted: Vec<String> = h
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| {
+            let name = t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            matches!(name.as_str(), "gzip" | "x-gzip" | "deflate" | "identity")
+        })
+        .collect();
+    let v = if wanted.is_empty() { "identity".to_owned() } else { wanted.join(", ") };
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert(header::ACCEPT_ENCODING, v);
+    }
+}
+
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(ToOwned::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+}
+
+/// Path and query for the record, secret-looking parameter values removed.
+fn recorded_target(uri: &http::Uri) -> String {
+    let path = uri.path();
+    let Some(q) = uri.query() else { return path.to_owned() };
+    let parts: Vec<String> = q
+        .split('&')
+        .map(|pair| {
+            let (k, _) = pair.split_once('=').unwrap_or((pair, ""));
+            let lower = k.to_ascii_lowercase();
+            if SECRET_PARAMS.iter().any(|s| lower == *s || lower.ends_with(&format!("_{s}"))) {
+                format!("{k}=[redacted]")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    format!("{path}?{}", parts.join("&"))
+}
+
+/// Request headers for the record: credentials' values hidden.
+fn recorded_headers(h: &HeaderMap, backend: Option<&crate::policy::http::HttpBackend>) -> Vec<(String, String)> {
+    let injected = backend.and_then(|b| b.credentials.as_ref()).map(HttpCredentials::header_name);
+    h.iter()
+        .map(|(k, v)| {
+            let name = k.as_str();
+            let secret = matches!(name, "authorization" | "cookie" | "proxy-authorization" | "x-api-key")
+                || injected.as_deref() == Some(name)
+                || v.is_sensitive();
+            let value =
+                if secret { "[redacted]".to_owned() } else { String::from_utf8_lossy(v.as_bytes()).into_owned() };
+            (name.to_owned(), value)
+        })
+        .collect()
+}
+
+/// Response headers for the record (`Set-Cookie` values hidden).
+fn header_list(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| {
+            let value = if k == header::SET_COOKIE {
+                "[redacted]".to_owned()
+            } else {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            };
+            (k.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+/// The client's stream, counting bytes each way.
+struct Counted<I> {
+    inner: I,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        self.up.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.down.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.down.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn upgrade_keeps_its_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn secret_query_values_are_not_recorded() {
+        let u: http::Uri = "/x?access_token=abc&page=2&my_password=p".parse().unwrap();
+        assert_eq!(recorded_target(&u), "/x?access_token=[redacted]&page=2&my_password=[redacted]");
+    }
+
+    #[test]
+    fn accept_encoding_is_limited_to_what_masking_reads() {
+        let mut h = HeaderMap::new();
+        h.insert("accept-encoding", HeaderValue::from_static("br, gzip;q=0.8, zstd"));
+        restrict_accept_encoding(&mut h);
+        assert_eq!(h.get("accept-encoding").unwrap(), "gzip;q=0.8");
+        h.insert("accept-encoding", HeaderValue::from_static("br"));
+        restrict_accept_encoding(&mut h);
+        assert_eq!(h.get("accept-encoding").unwrap(), "identity");
+    }
+}

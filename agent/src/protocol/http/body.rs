@@ -1,0 +1,549 @@
+//! Bodies on their way through: masked (JSON, text, form), decoded and
+//! re-encoded (gzip, deflate), capped (`max_body`), counted and captured
+//! for the record, all while they stream.
+//!
+//! [`Transform`] is sans-IO (bytes in, bytes out); [`Piped`] wraps a hyper
+//! body with one, and reports what went through when the body ends (or is
+//! dropped half-way) to a [`Sink`].
+
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::mask::json::{FieldRules, JsonMasker};
+use crate::mask::{Counts, MaskOutput, Profile};
+
+/// Boxed error for bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The text held back while waiting for a line end (a value the detectors
+/// look for does not span lines).
+const TEXT_CARRY: usize = 64 * 1024;
+/// A form body is decoded whole, up to this size.
+pub const MAX_FORM: usize = 1 << 20;
+/// Compressed input is inflated this much at a time.
+const INFLATE_STEP: usize = 1024;
+
+/// Why a body could not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("backend: {0}")]
+    Backend(#[source] hyper::Error),
+    #[error("client: {0}")]
+    Client(#[source] hyper::Error),
+    #[error("masking: {0}")]
+    Json(#[from] crate::mask::json::JsonError),
+    #[error("masking: a form body over {MAX_FORM} bytes")]
+    FormTooLarge,
+    #[error("masking: a form body that does not decode")]
+    BadForm,
+    #[error("the {encoding} body does not decode: {message}")]
+    Encoding { encoding: &'static str, message: String },
+    #[error("the request body is over the rule's max_body of {max} bytes")]
+    TooLarge { max: u64 },
+}
+
+/// What kind of body a masked rule lets through, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Json,
+    Text,
+    Form,
+}
+
+impl Kind {
+    /// `None`: a type masking cannot read (the response is refused on a masked rule).
+    pub fn of(content_type: Option<&str>) -> Option<Self> {
+        let ct = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if ct == "application/json" || ct.ends_with("+json") || ct == "application/x-ndjson" {
+            Some(Self::Json)
+        } else if ct == "application/x-www-form-urlencoded" {
+            Some(Self::Form)
+        } else if ct.starts_with("text/")
+            || ct.is_empty()
+            || matches!(ct.as_str(), "application/xml" | "application/javascript" | "application/problem+xml")
+            || ct.ends_with("+xml")
+        {
+            Some(Self::Text)
+        } else {
+            None
+        }
+    }
+}
+
+/// A content coding the pipeline can undo and redo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Gzip,
+    Deflate,
+}
+
+impl Coding {
+    /// `Ok(None)`: identity; `Err(name)`: a coding masking cannot read.
+    pub fn of(content_encoding: Option<&str>) -> Result<Option<Self>, String> {
+        match content_encoding.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("" | "identity") => Ok(None),
+            Some("gzip" | "x-gzip") => Ok(Some(Self::Gzip)),
+            Some("deflate") => Ok(Some(Self::Deflate)),
+            Some(other) => Err(other.to_owned()),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Deflate => "deflate",
+        }
+    }
+}
+
+enum Inflate {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+}
+
+enum Deflate {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibEncoder<Vec<u8>>),
+}
+
+enum Masker {
+    Json(Box<JsonMasker>),
+    Text { profile: Arc<Profile>, carry: Vec<u8>, counts: Counts },
+    Form { profile: Arc<Profile>, buf: Vec<u8>, counts: Counts },
+}
+
+/// Undo coding → mask → redo coding, chunk by chunk.
+pub struct Transform {
+    coding: Option<(Coding, Inflate, Deflate)>,
+    masker: Masker,
+}
+
+impl Transform {
+    pub fn new(kind: Kind, coding: Option<Coding>, profile: Arc<Profile>, fields: Option<Arc<FieldRules>>) -> Self {
+        let level = flate2::Compression::fast();
+        let coding = coding.map(|c| match c {
+            Coding::Gzip => (
+                c,
+                Inflate::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+                Deflate::Gzip(flate2::write::GzEncoder::new(Vec::new(), level)),
+            ),
+            Coding::Deflate => (
+                c,
+                Inflate::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
+                Deflate::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), level)),
+            ),
+        });
+        let masker = match kind {
+            Kind::Json => Masker::Json(Box::new(JsonMasker::new(profile, fields))),
+            Kind::Text => Masker::Text { profile, carry: Vec::new(), counts: Counts::default() },
+            Kind::Form => Masker::Form { profile, buf: Vec::new(), counts: Counts::default() },
+        };
+        Self { coding, masker }
+    }
+
+    /// Values masked so far.
+    pub fn counts(&self) -> Counts {
+        match &self.masker {
+            Masker::Json(j) => j.counts.clone(),
+            Masker::Text { counts, .. } | Masker::Form { counts, .. } => counts.clone(),
+        }
+    }
+
+    /// One chunk of the body as it arrived; returns what may be sent.
+    pub fn push(&mut self, input: &[u8]) -> Result<Vec<u8>, BodyError> {
+        let mut plain = Vec::new();
+        match &mut self.coding {
+            None => self.masker.push(input, &mut plain)?,
+            Some((c, inflate, _)) => {
+                let name = c.name();
+                for step in input.chunks(INFLATE_STEP) {
+                    let decoded = inflate.write(step, name)?;
+                    self.masker.push(&decoded, &mut plain)?;
+                }
+            }
+        }
+        self.encode(&plain, false)
+    }
+
+    /// The body ended: what is left to send.
+    pub fn finish(&mut self) -> Result<Vec<u8>, BodyError> {
+        let mut plain = Vec::new();
+        if let Some((c, inflate, _)) = &mut self.coding {
+            let name = c.name();
+            let rest = inflate.finish(name)?;
+            self.masker.push(&rest, &mut plain)?;
+        }
+        self.masker.finish(&mut plain)?;
+        self.encode(&plain, true)
+    }
+
+    fn encode(&mut self, plain: &[u8], last: bool) -> Result<Vec<u8>, BodyError> {
+        let Some((c, _, deflate)) = &mut self.coding else { return Ok(plain.to_vec()) };
+        let err = |e: std::io::Error| BodyError::Encoding { encoding: c.name(), message: e.to_string() };
+        match deflate {
+            Deflate::Gzip(g) => {
+                g.write_all(plain).map_err(err)?;
+                if last {
+                    g.try_finish().map_err(err)?
+                } else {
+                    g.flush().map_err(err)?
+                }
+                Ok(std::mem::take(g.get_mut()))
+            }
+            Deflate::Deflate(z) => {
+                z.write_all(plain).map_err(err)?;
+                if last {
+                    z.try_finish().map_err(err)?
+                } else {
+                    z.flush().map_err(err)?
+                }
+                Ok(std::mem::take(z.get_mut()))
+            }
+        }
+    }
+}
+
+impl Inflate {
+    fn write(&mut self, input: &[u8], name: &'static str) -> Result<Vec<u8>, BodyError> {
+        let err = |e: std::io::Error| BodyError::Encoding { encoding: name, message: e.to_string() };
+        match self {
+            Self::Gzip(d) => {
+                d.write_all(input).map_err(err)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Self::Deflate(d) => {
+                d.write_all(input).map_err(err)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+
+    fn finish(&mut self, name: &'static str) -> Result<Vec<u8>, BodyError> {
+        let err = |e: std::io::Error| BodyError::Encoding { encoding: name, message: e.to_string() };
+        match self {
+            Self::Gzip(d) => {
+                d.try_finish().map_err(err)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Self::Deflate(d) => {
+                d.try_finish().map_err(err)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+}
+
+impl Masker {
+    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError> {
+        match self {
+            Self::Json(j) => j.feed(input, out)?,
+            Self::Text { profile, carry, counts } => {
+                carry.extend_from_slice(input);
+                // Scan up to the last line end (values the detectors find
+                // do not span lines; a card's groups do span spaces); past
+                // the carry bound, up to a space with no digit beside it.
+                let cut = match memchr::memrchr(b'\n', carry) {
+                    Some(i) => i + 1,
+                    None if carry.len() > TEXT_CARRY => carry
+                        .windows(3)
+                        .rposition(|w| {
+                            matches!(w, [a, s, b] if s.is_ascii_whitespace() && !a.is_ascii_digit() && !b.is_ascii_digit())
+                        })
+                        .map_or(carry.len(), |i| i + 2),
+                    None => 0,
+                };
+                if cut > 0 {
+                    let rest = carry.split_off(cut);
+                    scan_into(profile, carry, out, counts);
+                    *carry = rest;
+                }
+            }
+            Self::Form { buf, .. } => {
+                if buf.len() + input.len() > MAX_FORM {
+                    return Err(BodyError::FormTooLarge);
+                }
+                buf.extend_from_slice(input);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        match self {
+            Self::Json(j) => j.finish(out)?,
+            Self::Text { profile, carry, counts } => {
+                let rest = std::mem::take(carry);
+                scan_into(profile, &rest, out, counts);
+            }
+            Self::Form { profile, buf, counts } => {
+                let text = std::str::from_utf8(buf).map_err(|_| BodyError::BadForm)?;
+                let mut first = true;
+                for pair in text.split('&') {
+                    if !first {
+                        out.push(b'&');
+                    }
+                    first = false;
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    out.extend_from_slice(k.as_bytes());
+                    if !pair.contains('=') {
+                        continue;
+                    }
+                    out.push(b'=');
+                    let value = crate::policy::http::percent_decode(v.as_bytes(), true).ok_or(BodyError::BadForm)?;
+                    let mut masked = Vec::new();
+                    match profile.scan(&value, &mut masked, counts) {
+                        MaskOutput::Unchanged => out.extend_from_slice(v.as_bytes()),
+                        MaskOutput::Written => form_encode(&masked, out),
+                        MaskOutput::Null => out.extend_from_slice(b"****"),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn scan_into(profile: &Profile, text: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
+    match profile.scan(text, out, counts) {
+        MaskOutput::Unchanged => out.extend_from_slice(text),
+        MaskOutput::Written => {}
+        // Text cannot be NULL: the whole piece is redacted.
+        MaskOutput::Null => out.extend_from_slice(b"****"),
+    }
+}
+
+fn form_encode(v: &[u8], out: &mut Vec<u8>) {
+    for &b in v {
+        if b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_') {
+            out.push(b);
+        } else if b == b' ' {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+}
+
+/// What went through a body, reported once when it ends or is dropped.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Bytes sent on (after masking).
+    pub bytes: u64,
+    /// The first bytes sent on, up to the capture cap.
+    pub captured: Vec<u8>,
+    /// Whether more was sent than captured.
+    pub truncated: bool,
+    pub masked: Counts,
+    /// Why the body was cut, if it was.
+    pub error: Option<String>,
+    /// The body ended (false: dropped half-way).
+    pub complete: bool,
+}
+
+/// Receives a body's [`Summary`].
+pub type Sink = Box<dyn FnOnce(Summary) + Send>;
+
+/// A body passed through a transform (or not), capped, counted and captured.
+pub struct Piped<B> {
+    inner: B,
+    transform: Option<Transform>,
+    /// Request bodies: the rule's `max_body`.
+    max: Option<u64>,
+    cap: usize,
+    summary: Summary,
+    sink: Option<Sink>,
+    done: bool,
+    client_side: bool,
+}
+
+impl<B> Piped<B> {
+    /// `client_side`: the body comes from the client (errors are the client's).
+    pub fn new(
+        inner: B,
+        transform: Option<Transform>,
+        max: Option<u64>,
+        cap: usize,
+        client_side: bool,
+        sink: Sink,
+    ) -> Self {
+        Self { inner, transform, max, cap, summary: Summary::default(), sink: Some(sink), done: false, client_side }
+    }
+
+    fn capture(&mut self, data: &[u8]) {
+        self.summary.bytes += data.len() as u64;
+        let room = self.cap.saturating_sub(self.summary.captured.len());
+        let take = room.min(data.len());
+        self.summary.captured.extend_from_slice(data.get(..take).unwrap_or_default());
+        if take < data.len() {
+            self.summary.truncated = true;
+        }
+    }
+
+    fn report(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            if let Some(t) = &self.transform {
+                self.summary.masked = t.counts();
+            }
+            sink(std::mem::take(&mut self.summary));
+        }
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.summary.error = Some(e.to_string());
+        self.done = true;
+        self.report();
+        Poll::Ready(Some(Err(Box::new(e))))
+    }
+}
+
+impl<B> Drop for Piped<B> {
+    fn drop(&mut self) {
+        if self.sink.is_some() && self.summary.error.is_none() && !self.summary.complete {
+            self.summary.error = Some("the body was not read to its end".into());
+        }
+        self.report();
+    }
+}
+
+impl<B> Body for Piped<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    let e = if this.client_side { BodyError::Client(e) } else { BodyError::Backend(e) };
+                    return this.fail(e);
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let frame = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(other) => return Poll::Ready(Some(Ok(other))),
+                    };
+                    if let Some(max) = this.max
+                        && this.summary.bytes + frame.len() as u64 > max
+                    {
+                        return this.fail(BodyError::TooLarge { max });
+                    }
+                    let out = match &mut this.transform {
+                        None => frame,
+                        Some(t) => match t.push(&frame) {
+                            Ok(v) => Bytes::from(v),
+                            Err(e) => return this.fail(e),
+                        },
+                    };
+                    if out.is_empty() {
+                        continue;
+                    }
+                    this.capture(&out);
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let rest = match &mut this.transform {
+                        None => Vec::new(),
+                        Some(t) => match t.finish() {
+                            Ok(v) => v,
+                            Err(e) => return this.fail(e),
+                        },
+                    };
+                    this.capture(&rest);
+                    this.summary.complete = true;
+                    this.report();
+                    return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(Bytes::from(rest)))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.transform.is_some() { SizeHint::default() } else { self.inner.size_hint() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::{Detector, ProfileSpec, Style};
+    use std::io::Read as _;
+
+    fn profile() -> Arc<Profile> {
+        Arc::new(
+            Profile::compile(&ProfileSpec {
+                name: "t".into(),
+                detectors: vec![(Detector::Card, Style::Partial), (Detector::Email, Style::Partial)],
+                ..ProfileSpec::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    fn run(t: &mut Transform, input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in input.chunks(chunk) {
+            out.extend(t.push(c).unwrap());
+        }
+        out.extend(t.finish().unwrap());
+        out
+    }
+
+    #[test]
+    fn gzip_json_is_inflated_masked_and_deflated_again() {
+        let json = format!("[{}]", vec![r#"{"card":"4111 1111 1111 1111","name":"Ann"}"#; 50].join(","));
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(json.as_bytes()).unwrap();
+        let gz = enc.finish().unwrap();
+        let mut t = Transform::new(Kind::Json, Some(Coding::Gzip), profile(), None);
+        let out = run(&mut t, &gz, 17);
+        let mut plain = String::new();
+        flate2::read::GzDecoder::new(out.as_slice()).read_to_string(&mut plain).unwrap();
+        assert!(!plain.contains("4111 1111 1111 1111"));
+        assert_eq!(plain.matches("****1111").count(), 50, "{plain}");
+        assert_eq!(t.counts().get(Detector::Card), 50);
+    }
+
+    #[test]
+    fn text_hits_across_chunk_boundaries_are_found() {
+        let text = b"pay with 4111 1111 1111 1111 or mail ann@example.com today\n";
+        let mut t = Transform::new(Kind::Text, None, profile(), None);
+        let out = String::from_utf8(run(&mut t, text, 5)).unwrap();
+        assert!(!out.contains("4111 1111 1111 1111"), "{out}");
+        assert!(!out.contains("ann@example.com"), "{out}");
+        assert!(out.starts_with("pay with ") && out.ends_with("today\n"), "{out}");
+    }
+
+    #[test]
+    fn form_values_are_decoded_before_scanning() {
+        let mut t = Transform::new(Kind::Form, None, profile(), None);
+        let out = String::from_utf8(run(&mut t, b"email=ann%40example.com&x=1", 4)).unwrap();
+        assert!(!out.contains("ann"), "{out}");
+        assert!(out.ends_with("&x=1"), "{out}");
+    }
+
+    #[test]
+    fn kinds_and_codings() {
+        assert_eq!(Kind::of(Some("application/json; charset=utf-8")), Some(Kind::Json));
+        assert_eq!(Kind::of(Some("application/vnd.api+json")), Some(Kind::Json));
+        assert_eq!(Kind::of(Some("image/png")), None);
+        assert_eq!(Coding::of(Some("br")), Err("br".into()));
+        assert_eq!(Coding::of(Some("gzip")), Ok(Some(Coding::Gzip)));
+    }
+}

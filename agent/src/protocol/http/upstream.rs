@@ -1,0 +1,103 @@
+//! Connections to an HTTP backend: HTTP/1.1 over TCP (SO_MARKed, so the
+//! redirect leaves them alone), or over TLS verified like a PostgreSQL
+//! backend's. Kept per session and reused while they stay open; a request
+//! takes an idle one or opens another, so HTTP/2 clients' concurrent
+//! streams are not serialised behind one upstream connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tracing::debug;
+
+use super::body::BoxError;
+
+pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why the backend could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("backend unreachable: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("backend TLS: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("backend HTTP: {0}")]
+    Http(#[source] hyper::Error),
+}
+
+/// Per session: where the backend is, how to reach it, idle connections.
+pub struct Pool {
+    addr: SocketAddr,
+    mark: u32,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    idle: std::sync::Mutex<Vec<SendRequest<UpBody>>>,
+}
+
+impl Pool {
+    pub fn new(
+        addr: SocketAddr,
+        mark: u32,
+        tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    ) -> Arc<Self> {
+        Arc::new(Self { addr, mark, tls, idle: std::sync::Mutex::new(Vec::new()) })
+    }
+
+    /// Sends one request; the connection goes back to the pool once it can
+    /// take another.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: http::Request<UpBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        let mut sender = loop {
+            let next = crate::proxy::lock(&self.idle).pop();
+            match next {
+                Some(s) if s.is_ready() => break s,
+                Some(_) => continue,
+                None => break self.connect().await?,
+            }
+        };
+        let resp = sender.send_request(req).await.map_err(UpstreamError::Http)?;
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // Ready again once this response's body has been read.
+            if sender.ready().await.is_ok()
+                && let Some(pool) = pool.upgrade()
+            {
+                crate::proxy::lock(&pool.idle).push(sender);
+            }
+        });
+        Ok(resp)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpBody>, UpstreamError> {
+        let tcp = crate::proxy::connect_upstream(self.addr, self.mark).await.map_err(UpstreamError::Connect)?;
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some((config, name)) => {
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(UpstreamError::Tls)?;
+                handshake(tls).await
+            }
+        }
+    }
+}
+
+async fn handshake<I>(io: I) -> Result<SendRequest<UpBody>, UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(UpstreamError::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "backend connection ended");
+        }
+    });
+    Ok(sender)
+}

@@ -1,0 +1,224 @@
+//! A WebSocket upgrade: bytes relayed both ways as they are, and every
+//! frame recorded (`ws_frame` records: direction, opcode, length, and the
+//! payload, unmasked from the client's XOR key, up to `record_max_bytes`).
+//!
+//! [`FrameReader`] is sans-IO: it follows the frames in a byte stream
+//! without holding more than one frame header and the recorded part of a
+//! payload.
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::debug;
+
+use crate::audit::{Audit, Direction, Event, WsFrame};
+use crate::types::SessionId;
+
+/// One frame, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    /// RSV1 (permessage-deflate).
+    pub compressed: bool,
+    pub opcode: u8,
+    pub len: u64,
+    /// The payload's first bytes (unmasked), up to the cap.
+    pub payload: Vec<u8>,
+}
+
+/// Follows frames through a stream.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    header: Vec<u8>,
+    /// The frame whose payload is being read: (frame, bytes of payload left, key, position).
+    current: Option<(Frame, u64, Option<[u8; 4]>, u64)>,
+}
+
+impl FrameReader {
+    /// Feeds bytes; returns the frames that ended in them.
+    pub fn feed(&mut self, mut input: &[u8], cap: usize) -> Vec<Frame> {
+        let mut done = Vec::new();
+        while !input.is_empty() {
+            if let Some((frame, left, key, pos)) = &mut self.current {
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(input.len());
+                let (part, rest) = input.split_at(n);
+                let room = cap.saturating_sub(frame.payload.len()).min(part.len());
+                for (i, b) in part.iter().take(room).enumerate() {
+                    let k = key.map_or(0, |k| k.get(((*pos + i as u64) % 4) as usize).copied().unwrap_or(0));
+                    frame.payload.push(b ^ k);
+                }
+                *pos += n as u64;
+                *left -= n as u64;
+                input = rest;
+                if *left == 0
+                    && let Some((f, ..)) = self.current.take()
+                {
+                    done.push(f);
+                }
+                continue;
+            }
+            let (&b, rest) = input.split_first().unwrap_or((&0, &[]));
+            self.header.push(b);
+            input = rest;
+            if let Some((frame, len, key)) = parse_header(&self.header) {
+                self.header.clear();
+                if len == 0 {
+                    done.push(frame);
+                } else {
+                    self.current = Some((frame, len, key, 0));
+                }
+            }
+        }
+        done
+    }
+}
+
+/// A complete frame header: the frame (without payload), payload length, mask key.
+fn parse_header(h: &[u8]) -> Option<(Frame, u64, Option<[u8; 4]>)> {
+    let b0 = *h.first()?;
+    let b1 = *h.get(1)?;
+    let masked = b1 & 0x80 != 0;
+    let (len, at) = match b1 & 0x7f {
+        126 => (u64::from(u16::from_be_bytes([*h.get(2)?, *h.get(3)?])), 4),
+        127 => {
+            let b: [u8; 8] = h.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(b), 10)
+        }
+        n => (u64::from(n), 2),
+    };
+    let key = if masked {
+        let k: [u8; 4] = h.get(at..at + 4)?.try_into().ok()?;
+        Some(k)
+    } else {
+        None
+    };
+    let need = at + if masked { 4 } else { 0 };
+    if h.len() < need {
+        return None;
+    }
+    Some((
+        Frame { fin: b0 & 0x80 != 0, compressed: b0 & 0x40 != 0, opcode: b0 & 0x0f, len, payload: Vec::new() },
+        len,
+        key,
+    ))
+}
+
+fn opcode_name(op: u8) -> &'static str {
+    match op {
+        0 => "continuation",
+        1 => "text",
+        2 => "binary",
+        8 => "close",
+        9 => "ping",
+        10 => "pong",
+        _ => "reserved",
+    }
+}
+
+/// Relays the upgraded connection in its own task until either side
+/// closes or the session is cut (`cut`: max_session, a revoked grant, shutdown).
+pub(super) fn relay(
+    audit: Audit,
+    session: SessionId,
+    exchange: u64,
+    cap: usize,
+    (client, server): (OnUpgrade, OnUpgrade),
+    cut: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (client, server) = match tokio::try_join!(client, server) {
+            Ok(pair) => pair,
+            Err(e) => {
+                debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let (mut cr, mut cw) = tokio::io::split(TokioIo::new(client));
+        let (mut sr, mut sw) = tokio::io::split(TokioIo::new(server));
+        let record = |dir: Direction, f: Frame| {
+            let rec = WsFrame {
+                session,
+                exchange,
+                dir,
+                opcode: opcode_name(f.opcode).into(),
+                fin: f.fin,
+                compressed: f.compressed,
+                len: f.len,
+            };
+            let _ = audit.record(Event::WsFrame(Box::new(rec), f.payload));
+        };
+        let up = async {
+            let mut reader = FrameReader::default();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = cr.read(&mut buf).await?;
+                if n == 0 {
+                    let _ = sw.shutdown().await;
+                    return Ok::<_, std::io::Error>(());
+                }
+                let chunk = buf.get(..n).unwrap_or_default();
+                sw.write_all(chunk).await?;
+                for f in reader.feed(chunk, cap) {
+                    record(Direction::Up, f);
+                }
+            }
+        };
+        let down = async {
+            let mut reader = FrameReader::default();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = sr.read(&mut buf).await?;
+                if n == 0 {
+                    let _ = cw.shutdown().await;
+                    return Ok::<_, std::io::Error>(());
+                }
+                let chunk = buf.get(..n).unwrap_or_default();
+                cw.write_all(chunk).await?;
+                for f in reader.feed(chunk, cap) {
+                    record(Direction::Down, f);
+                }
+            }
+        };
+        tokio::select! {
+            r = async { tokio::try_join!(up, down) } => if let Err(e) = r {
+                debug!(error = %e, "websocket relay ended");
+            },
+            () = cut.cancelled() => debug!("websocket cut with its session"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masked_client_frames_are_read_across_chunks() {
+        let key = [1u8, 2, 3, 4];
+        let payload = b"hello";
+        let mut bytes = vec![0x81, 0x80 | 5];
+        bytes.extend_from_slice(&key);
+        bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        bytes.extend_from_slice(&[0x88, 0x00]);
+        let mut r = FrameReader::default();
+        let mut frames = Vec::new();
+        for c in bytes.chunks(3) {
+            frames.extend(r.feed(c, 1024));
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].payload, b"hello");
+        assert_eq!(frames[0].opcode, 1);
+        assert_eq!(frames[1].opcode, 8);
+    }
+
+    #[test]
+    fn long_payloads_are_capped() {
+        let mut bytes = vec![0x82, 126, 0x01, 0x00];
+        bytes.extend(std::iter::repeat_n(7u8, 256));
+        let mut r = FrameReader::default();
+        let f = r.feed(&bytes, 10);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].len, 256);
+        assert_eq!(f[0].payload.len(), 10);
+    }
+}

@@ -1,0 +1,86 @@
+# A real HTTP backend for the end-to-end tests: Python's http.server
+# (HTTP/1.1, keep-alive), logging every request it receives as one JSON line
+# (method, path, headers, body) to the file named in argv[2], so tests can
+# assert on what the server got. Prints its port on the first line. With a
+# certificate and key (argv[3], argv[4]) it speaks HTTPS.
+import gzip
+import http.server
+import json
+import sys
+
+host, log_path = sys.argv[1], sys.argv[2]
+log = open(log_path, "a")
+
+
+def order(i):
+    return {
+        "id": i,
+        "customer": {"name": "Ann Smith", "card": "4111 1111 1111 1111", "email": "ann@example.com", "ssn": "123-45-6789"},
+        "note": "call 4111111111111111 if needed",
+        "total": 12.5,
+        "paid": True,
+    }
+
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def body(self):
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def reply(self, status, payload, ctype, encoding=None):
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        if encoding:
+            self.send_header("content-encoding", encoding)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def any(self):
+        body = self.body()
+        rec = {"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+               "body": body.decode("latin1")}
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        path = self.path.split("?")[0]
+        if path.startswith("/api/v1/orders"):
+            n = 20000 if "big=1" in self.path else 1
+            doc = order(7) if n == 1 else [order(i) for i in range(n)]
+            payload = json.dumps(doc).encode()
+            if "gz=1" in self.path and "gzip" in self.headers.get("accept-encoding", ""):
+                return self.reply(200, gzip.compress(payload), "application/json", "gzip")
+            if "br=1" in self.path:
+                return self.reply(200, payload, "application/json", "br")
+            return self.reply(200, payload, "application/json")
+        if path == "/headers":
+            return self.reply(200, json.dumps(rec["headers"]).encode(), "application/json")
+        if path == "/image":
+            return self.reply(200, b"\x89PNG....", "image/png")
+        return self.reply(200, ("ok " + self.command + " " + self.path).encode(), "text/plain")
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = any
+
+
+srv = http.server.ThreadingHTTPServer((host, 0), H)
+if len(sys.argv) > 4:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()

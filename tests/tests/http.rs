@@ -1,0 +1,432 @@
+//! HTTP backends end to end: a real Python http.server and WebSocket echo
+//! server on loopback addresses, real clients (curl, Python requests and
+//! websockets, Node's fetch) run as unprivileged users through the real
+//! eBPF redirect. Assertions are on what the server received and what the
+//! client got, and on the audit store. Needs root.
+
+use std::path::Path;
+
+use gatehouse_e2e::http::{PyServer, http_records};
+use gatehouse_e2e::{Env, loopback};
+use serde_json::Value;
+
+const HELD_TOKEN: &str = "held-token-8f3a";
+const CARD: &str = "4111 1111 1111 1111";
+
+struct World {
+    env: Env,
+    api: PyServer,
+    ws: PyServer,
+    ana: String,
+    eve: String,
+}
+
+fn world(name: &str) -> World {
+    let mut env = Env::new(name);
+    let ana = env.user("ana", &[]);
+    let eve = env.user("eve", &[]);
+    let api = PyServer::http(&env.dir, &loopback(1));
+    let ws = PyServer::ws_echo(&env.dir, &loopback(2));
+    let token = gatehouse_e2e::pg::password_file(&env.dir, "api.token", HELD_TOKEN);
+    let policy = format!(
+        r#"
+[agent]
+shutdown_grace = "1s"
+
+[[backend]]
+name = "orders-api"
+protocol = "http"
+address = "{api}"
+credentials = {{ bearer_file = "{token}" }}
+
+[[backend]]
+name = "ws-echo"
+protocol = "http"
+address = "{ws}"
+
+[[mask]]
+name = "cards"
+detectors = ["card", "email"]
+fields = ["*.ssn", {{ path = "$.customer.name", style = "partial" }}]
+
+[[rule]]
+name = "support reads orders"
+who = {{ users = ["{ana}"] }}
+backends = ["orders-api"]
+methods = ["GET", "HEAD"]
+paths = ["/api/v1/orders/*", "/headers", "/image"]
+mask = "cards"
+
+[[rule]]
+name = "eve posts without masking"
+who = {{ users = ["{eve}"] }}
+backends = ["orders-api"]
+methods = ["POST", "GET"]
+paths = ["/api/*", "/admin/*"]
+max_body = "1KiB"
+pass_client_auth = true
+
+[[rule]]
+name = "no admin"
+who = {{ users = ["*"] }}
+backends = ["orders-api"]
+action = "deny"
+paths = ["/admin/*"]
+
+[[rule]]
+name = "ana echoes"
+who = {{ users = ["{ana}"] }}
+backends = ["ws-echo"]
+"#,
+        api = api.addr,
+        ws = ws.addr,
+        token = token.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    World { env, api, ws, ana, eve }
+}
+
+fn curl(w: &World, user: &str, args: &[&str]) -> (String, String) {
+    let o = w.env.run_as(user, None, Path::new("/usr/bin/curl"), args);
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn requests_are_decided_credentials_held_and_bodies_masked() {
+    let w = world("http-policy");
+    let base = format!("http://{}", w.api.addr);
+
+    // Allowed GET: the server gets the held token, never the client's own token or cookie.
+    let (out, err) = curl(
+        &w,
+        &w.ana,
+        &[
+            "-sS",
+            "-H",
+            "Authorization: Bearer client-own-token",
+            "-H",
+            "Cookie: sid=client-cookie",
+            &format!("{base}/api/v1/orders/7"),
+        ],
+    );
+    let body = json(&out);
+    assert!(err.is_empty(), "curl: {err}");
+    let got = w.api.requests();
+    let first = got.last().expect("the server got the request");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["headers"]["authorization"], format!("Bearer {HELD_TOKEN}"));
+    assert!(first["headers"].get("cookie").is_none(), "the client's cookie reached the server: {first}");
+    assert!(!first.to_string().contains("client-own-token"));
+    // What the client saw: cards and e-mails by the detectors, the field rules' values.
+    assert_eq!(body["id"], 7);
+    assert_eq!(body["customer"]["card"], "****1111", "{body}");
+    assert_eq!(body["customer"]["email"], "****@example.com", "{body}");
+    assert_eq!(body["customer"]["ssn"], "****", "{body}");
+    assert_ne!(body["customer"]["name"], "Ann Smith", "{body}");
+    assert!(!out.contains(CARD) && !out.contains("4111111111111111"), "{out}");
+    assert_eq!(body["total"], 12.5);
+
+    // DELETE is refused with a 403 naming the rule; the same connection then serves a GET.
+    let (out, err) = curl(
+        &w,
+        &w.ana,
+        &["-sv", "-X", "DELETE", &format!("{base}/api/v1/orders/7"), "--next", "-s", &format!("{base}/headers")],
+    );
+    assert!(err.contains("403"), "{err}");
+    assert!(err.contains("Re-using existing connection") || err.contains("Reusing existing connection"), "{err}");
+    let refusal_end = out.find('}').expect("a JSON refusal") + 1;
+    let refusal = json(&out[..refusal_end]);
+    assert_eq!(refusal["status"], 403);
+    assert_eq!(refusal["rule"], "support reads orders");
+    assert!(refusal["reason"].as_str().unwrap().contains("method DELETE"), "{refusal}");
+    let headers = json(&out[refusal_end..]);
+    assert_eq!(headers["authorization"], format!("Bearer {HELD_TOKEN}"));
+    assert!(w.api.requests().iter().all(|r| r["method"] != "DELETE"), "DELETE reached the server");
+
+    // A deny rule's path, and paths that could be read as another path, never reach the server.
+    let (out, _) = curl(&w, &w.eve, &["-s", &format!("{base}/admin/users")]);
+    assert_eq!(json(&out)["rule"], "no admin", "{out}");
+    for sneaky in ["/api/../admin/users", "/api/%2e%2e/admin/users", "/api//..%2fadmin/users", "/ADMIN/users"] {
+        let (out, _) = curl(
+            &w,
+            &w.eve,
+            &["-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}{sneaky}")],
+        );
+        assert!(out == "400" || out == "403", "{sneaky}: {out}");
+    }
+    assert!(w.api.requests().iter().all(|r| !r["path"].as_str().unwrap().to_lowercase().contains("admin")));
+
+    // pass_client_auth: eve's own Authorization reaches the server; max_body caps what she sends.
+    let (out, _) = curl(&w, &w.eve, &["-s", "-H", "Authorization: Bearer eves-own", &format!("{base}/api/echo")]);
+    assert!(out.starts_with("ok GET"), "{out}");
+    assert_eq!(w.api.requests().last().unwrap()["headers"]["authorization"], "Bearer eves-own");
+    let big = "x".repeat(4096);
+    let (out, _) =
+        curl(&w, &w.eve, &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-d", &big, &format!("{base}/api/post")]);
+    assert_eq!(out, "403", "a declared body over max_body");
+    let chunked = w.env.run_as(
+        &w.eve,
+        None,
+        Path::new("/usr/bin/python3"),
+        &[
+            "-c",
+            "import requests,sys; r=requests.post(sys.argv[1], data=iter([b'y'*800, b'y'*800])); print(r.status_code)",
+            &format!("{base}/api/chunked"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&chunked.stdout).trim(), "413", "{}", String::from_utf8_lossy(&chunked.stderr));
+    assert!(w.api.requests().iter().all(|r| r["body"].as_str().unwrap().len() <= 1024));
+
+    // The audit store has every exchange; replay reads like curl -v.
+    let recs = http_records(&w.env.db());
+    let refused: Vec<&Value> = recs.iter().map(|(_, b, _)| b).filter(|b| b["decision"] == "deny").collect();
+    assert!(refused.iter().any(|b| b["method"] == "DELETE" && b["status"] == 403));
+    let get = recs
+        .iter()
+        .find(|(_, b, _)| b["target"] == "/api/v1/orders/7" && b["method"] == "GET")
+        .expect("the GET on record");
+    assert_eq!(get.1["status"], 200);
+    assert!(get.1["masked"]["card"].as_u64().unwrap() >= 2, "{}", get.1);
+    let recorded = String::from_utf8_lossy(&get.2);
+    assert!(recorded.contains("****1111") && !recorded.contains(CARD), "{recorded}");
+    assert!(!get.1.to_string().contains("client-own-token") && !get.1.to_string().contains(HELD_TOKEN));
+    let session = w.env.wait_session("ana's first", |s| s["backend"] == "orders-api").get("id").cloned().unwrap();
+    let db = w.env.db().display().to_string();
+    let replay = w.env.gatehouse(&["replay", session.as_str().unwrap(), "--no-wait", "--db", &db]);
+    let text = String::from_utf8_lossy(&replay.stdout);
+    assert!(text.contains("> GET /api/v1/orders/7 HTTP/1.1"), "{text}");
+    assert!(text.contains("< HTTP/1.1 200"), "{text}");
+    assert!(text.contains("authorization: [redacted]"), "{text}");
+    assert!(text.contains("bearer token injected"), "{text}");
+    assert!(!text.contains(CARD), "{text}");
+
+    // Exported as OCSF HTTP Activity (4002); the bundle verifies.
+    let mut w = w;
+    assert!(w.env.signal_agent("TERM").success());
+    let bundle = w.env.path("bundle");
+    let out = w.env.gatehouse(&["export", "--db", &db, "--format", "ocsf", "--out", bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ocsf = std::fs::read_to_string(bundle.join("ocsf.jsonl")).unwrap();
+    let events: Vec<Value> = ocsf.lines().map(json).filter(|e| e["class_uid"] == 4002).collect();
+    let delete = events.iter().find(|e| e["http_request"]["http_method"] == "DELETE").expect("the DELETE in OCSF");
+    assert_eq!(delete["activity_name"], "Delete");
+    assert_eq!(delete["unmapped"]["rule"], "support reads orders");
+    assert!(
+        events.iter().any(|e| e["http_response"]["code"] == 200 && e["unmapped"]["masked"]["card"].as_u64() > Some(0))
+    );
+    let verify = w.env.gatehouse(&["verify", bundle.to_str().unwrap()]);
+    let vt = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+    assert!(!vt.contains("TAMPERED"), "{vt}");
+}
+
+#[test]
+fn gzip_is_masked_while_streaming_http2_and_node_fetch() {
+    let w = world("http-enc");
+    let base = format!("http://{}", w.api.addr);
+    // Python requests: 20,000 orders, gzip, masked and re-compressed.
+    let script = "import requests,sys,json\n\
+r=requests.get(sys.argv[1], headers={'Accept-Encoding':'gzip, br'})\n\
+d=r.json()\n\
+print(json.dumps({'status':r.status_code,'enc':r.headers.get('content-encoding'),'n':len(d),'raw':sys.argv[2] in r.text,'card':d[0]['customer']['card']}))";
+    let o = w.env.run_as(
+        &w.ana,
+        None,
+        Path::new("/usr/bin/python3"),
+        &["-c", script, &format!("{base}/api/v1/orders/?big=1&gz=1"), CARD],
+    );
+    let v = json(String::from_utf8_lossy(&o.stdout).trim());
+    assert_eq!(v["status"], 200, "{v} {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(v["enc"], "gzip");
+    assert_eq!(v["n"], 20000);
+    assert_eq!(v["raw"], false);
+    assert_eq!(v["card"], "****1111");
+    // The backend was asked only for codings masking can undo.
+    let asked = w.api.requests().last().unwrap()["headers"]["accept-encoding"].as_str().unwrap().to_owned();
+    assert!(asked.contains("gzip") && !asked.contains("br"), "{asked}");
+
+    // A coding masking cannot read, or a body type it cannot read: 502, nothing unmasked.
+    let (out, _) = curl(&w, &w.ana, &["-s", &format!("{base}/api/v1/orders/7?br=1")]);
+    assert_eq!(json(&out)["status"], 502, "{out}");
+    assert!(!out.contains(CARD));
+    let (out, _) = curl(&w, &w.ana, &["-s", &format!("{base}/image")]);
+    assert_eq!(json(&out)["status"], 502, "{out}");
+
+    // HTTP/2 (prior knowledge, h2c) from curl.
+    let (out, err) = curl(
+        &w,
+        &w.ana,
+        &["-s", "--http2-prior-knowledge", "-w", "\n%{http_version}", &format!("{base}/api/v1/orders/7")],
+    );
+    let (body, version) = out.rsplit_once('\n').unwrap_or_else(|| panic!("{out} {err}"));
+    assert_eq!(version, "2", "{err}");
+    assert_eq!(json(body)["customer"]["card"], "****1111");
+    let h2 = http_records(&w.env.db())
+        .into_iter()
+        .find(|(_, b, _)| b["version"] == "HTTP/2.0")
+        .expect("an HTTP/2 exchange on record");
+    assert_eq!(h2.1["status"], 200);
+
+    // Node's fetch.
+    let js = "fetch(process.argv[1]).then(r => r.json()).then(j => console.log(JSON.stringify(j.customer)))";
+    let o = w.env.run_as(&w.ana, None, Path::new("/usr/bin/node"), &["-e", js, &format!("{base}/api/v1/orders/7")]);
+    let c = json(String::from_utf8_lossy(&o.stdout).trim());
+    assert_eq!(c["card"], "****1111", "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(w.api.requests().last().unwrap()["headers"]["authorization"], format!("Bearer {HELD_TOKEN}"));
+}
+
+#[test]
+fn websocket_echo_is_relayed_and_recorded_frame_by_frame() {
+    let w = world("http-ws");
+    let script = r#"
+import asyncio, sys, websockets
+async def m():
+    async with websockets.connect(sys.argv[1], compression=None) as ws:
+        await ws.send('hello through gatehouse')
+        print(await ws.recv())
+asyncio.run(m())
+"#;
+    let o = w.env.run_as(&w.ana, None, Path::new("/usr/bin/python3"), &["-c", script, &format!("ws://{}/", w.ws.addr)]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "hello through gatehouse",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // eve has no rule for the echo server: refused at the connection.
+    let o = w.env.run_as(&w.eve, None, Path::new("/usr/bin/python3"), &["-c", script, &format!("ws://{}/", w.ws.addr)]);
+    assert!(!o.status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let recs = http_records(&w.env.db());
+        let frames: Vec<&(String, Value, Vec<u8>)> = recs.iter().filter(|(k, _, _)| k == "ws_frame").collect();
+        let up =
+            frames.iter().any(|(_, b, d)| b["dir"] == "up" && b["opcode"] == "text" && d == b"hello through gatehouse");
+        let down = frames
+            .iter()
+            .any(|(_, b, d)| b["dir"] == "down" && b["opcode"] == "text" && d == b"hello through gatehouse");
+        if up && down {
+            assert!(recs.iter().any(|(k, b, _)| k == "http" && b["status"] == 101));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "frames not recorded: {frames:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn policy_check_says_passthrough_https_is_opaque() {
+    let env = Env::new("http-check");
+    let policy = format!(
+        r#"
+[[backend]]
+name = "vault"
+protocol = "http"
+address = "{}:443"
+tls = "passthrough"
+
+[[rule]]
+name = "ops"
+who = {{ users = ["root"] }}
+backends = ["vault"]
+"#,
+        loopback(9)
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    let out = env.gatehouse(&["policy", "check", &config.display().to_string()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("opaque TCP"), "{text}");
+    // Request conditions on a passthrough backend cannot be enforced: the rule says so at load.
+    let bad = policy.replace("backends = [\"vault\"]", "backends = [\"vault\"]\nmethods = [\"GET\"]");
+    let config = env.write_policy("bad.toml", &bad);
+    let out = env.gatehouse(&["policy", "check", &config.display().to_string()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("passthrough"), "{text}");
+}
+
+#[test]
+fn https_is_terminated_with_the_agent_ca_and_refused_without_it() {
+    let mut env = Env::new("http-tls");
+    let ana = env.user("ana", &[]);
+    let ip = loopback(3);
+    let (backend_ca, cert, key) = gatehouse_e2e::pg::certs(&env.dir.join("backend-tls"), &ip, 2);
+    let api = PyServer::https(&env.dir, &ip, &cert, &key);
+    let token = gatehouse_e2e::pg::password_file(&env.dir, "api.token", HELD_TOKEN);
+    let db = env.db().display().to_string();
+    let init = env.gatehouse(&["ca", "init", "--db", &db]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let export = env.gatehouse(&["ca", "export", "--db", &db]);
+    assert!(export.status.success());
+    let agent_ca = env.path("agent-ca.crt");
+    std::fs::write(&agent_ca, &export.stdout).expect("write agent CA");
+    let policy = format!(
+        r#"
+[[backend]]
+name = "secure-api"
+protocol = "http"
+address = "{addr}"
+tls = "terminate"
+ca_file = "{ca}"
+credentials = {{ bearer_file = "{token}" }}
+
+[[mask]]
+name = "cards"
+detectors = ["card"]
+
+[[rule]]
+name = "ana reads"
+who = {{ users = ["{ana}"] }}
+backends = ["secure-api"]
+methods = ["GET"]
+mask = "cards"
+"#,
+        addr = api.addr,
+        ca = backend_ca.display(),
+        token = token.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let url = format!("https://{}/api/v1/orders/7", api.addr);
+    let curl = |args: &[&str]| env.run_as(&ana, None, Path::new("/usr/bin/curl"), args);
+
+    // Trusting the agent CA: HTTPS works, the request is decided, masked, and carries the held token.
+    let o = curl(&["-sS", "--cacert", agent_ca.to_str().unwrap(), "-w", "\n%{http_version}", &url]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let (body, version) =
+        out.rsplit_once('\n').unwrap_or_else(|| panic!("{out} {}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(json(body)["customer"]["card"], "****1111", "{body}");
+    assert_eq!(version, "2", "ALPN offers h2 to clients");
+    let got = api.requests();
+    assert_eq!(got.last().unwrap()["headers"]["authorization"], format!("Bearer {HELD_TOKEN}"));
+    // A DELETE over HTTPS is refused like any other.
+    let o = curl(&["-s", "--cacert", agent_ca.to_str().unwrap(), "-X", "DELETE", &url]);
+    assert_eq!(json(&String::from_utf8_lossy(&o.stdout))["status"], 403);
+    assert!(api.requests().iter().all(|r| r["method"] != "DELETE"));
+
+    // Not trusting it (the system store, which does not hold it): curl refuses the certificate.
+    let o = curl(&["-sS", &url]);
+    assert_eq!(
+        o.status.code(),
+        Some(60),
+        "curl must refuse an untrusted certificate: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A name the backend does not serve gets no certificate.
+    let resolve = format!("evil.example:{}:{ip}", api.addr.rsplit(':').next().unwrap());
+    let o = curl(&[
+        "-sS",
+        "--cacert",
+        agent_ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        &format!("https://evil.example:{}/api/v1/orders/7", api.addr.rsplit(':').next().unwrap()),
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(api.requests().len(), got.len(), "no request reached the server without a served name");
+}
