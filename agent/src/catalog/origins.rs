@@ -108,6 +108,8 @@ struct Binder<'a, 'm> {
     /// (recursive CTEs and ambiguous names make cycles; several paths to
     /// one output would otherwise make the work exponential).
     seen: HashSet<*const Output>,
+    /// Outputs whose every origin is known (bound as a value of their own).
+    complete: HashMap<*const Output, BTreeSet<Origin>>,
     memo: &'m mut Memo,
 }
 
@@ -119,12 +121,13 @@ impl Catalog {
     }
 
     fn bind_at(&self, lineage: &Lineage, tables: &[TableRef], depth: usize, memo: &mut Memo) -> Bound {
-        let mut b = Binder { cat: self, lineage, tables, depth, seen: HashSet::new(), memo };
+        let mut b = Binder { cat: self, lineage, tables, depth, seen: HashSet::new(), complete: HashMap::new(), memo };
         let mut bound = Bound { exact: lineage.exact, ..Bound::default() };
         for o in &lineage.outputs {
             let mut set = BTreeSet::new();
             b.seen.clear();
             b.output(o, &mut set);
+            b.complete.insert(o, set.clone());
             bound.all.extend(set.iter().copied());
             bound.outputs.push(set.clone());
             match &o.star {
@@ -227,6 +230,10 @@ impl Catalog {
 impl Binder<'_, '_> {
     fn output(&mut self, o: &Output, out: &mut BTreeSet<Origin>) {
         let key: *const Output = o;
+        if let Some(known) = self.complete.get(&key) {
+            out.extend(known.iter().copied());
+            return;
+        }
         if !self.seen.insert(key) {
             // Already in (or on its way into) the value being bound.
             return;
@@ -268,6 +275,9 @@ impl Binder<'_, '_> {
                             self.seen.clear();
                         }
                         self.output(o, &mut set);
+                        if each {
+                            self.complete.insert(o, set.clone());
+                        }
                         out.push(set);
                     }
                 }

@@ -378,8 +378,12 @@ impl Walker {
             self.predicate(h.to_ref(), &out, depth + 1);
         }
         // LIMIT and OFFSET choose rows too (a subquery there can count masked values).
+        // Their constants are row counts, not output positions (`LIMIT 3` is
+        // not `ORDER BY 3`).
         for n in [&s.limit_count, &s.limit_offset].into_iter().flatten().filter_map(|n| n.node.as_ref()) {
-            self.predicate(n.to_ref(), &out, depth + 1);
+            let mut refs = Vec::new();
+            self.expr(n.to_ref(), &mut refs, depth + 1);
+            self.predicates.extend(refs);
         }
         for list in [&s.group_clause, &s.distinct_clause, &s.window_clause] {
             for n in list.iter().filter_map(|n| n.node.as_ref()) {

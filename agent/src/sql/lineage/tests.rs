@@ -67,6 +67,9 @@ fn stars_predicates_and_copy() {
     assert!(!r.exact, "a row expansion breaks positions: {r:?}");
     let lim = lineage("SELECT id FROM customers LIMIT (SELECT count(*) FROM customers WHERE ssn LIKE '1%')");
     assert!(lim.predicates.contains(&col(None, "ssn")), "{lim:?}");
+    // A LIMIT/OFFSET constant is a count, not an output position.
+    let n = lineage("SELECT name, email, card_number FROM customers ORDER BY id LIMIT 3 OFFSET 2");
+    assert_eq!(n.predicates, [col(None, "id")], "{n:?}");
     let c = lineage("COPY customers (email, name) TO STDOUT WITH (FORMAT csv, HEADER)");
     assert_eq!(c.outputs[1].refs, [col(Some("customers"), "name")]);
     let f = c.copy.unwrap();
