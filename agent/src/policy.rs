@@ -95,7 +95,7 @@ pub enum Target {
 }
 
 /// TLS from Gatehouse to the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     Off,

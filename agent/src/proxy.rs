@@ -244,7 +244,7 @@ pub struct Agent {
     pub accept_log: limits::RateLimited,
     /// The descriptor limit in force.
     pub nofile: u64,
-    tls_configs: std::sync::Mutex<HashMap<BackendName, Arc<rustls::ClientConfig>>>,
+    tls_configs: std::sync::Mutex<TlsConfigs>,
     /// The newest login to each backend: how TLS and authentication went (for `gatehouse status`).
     pub backend_logins: std::sync::Mutex<HashMap<BackendName, (i64, audit::BackendLogin)>>,
     /// What the check of the policy's files found (warnings, client_tls expiry).
@@ -296,15 +296,20 @@ impl Agent {
     }
 
     /// The TLS client configuration for a backend, built once per policy.
+    /// Keyed by what it is built from, not only the backend's name: a session
+    /// admitted under the previous policy may build its configuration after a
+    /// reload cleared the cache, and must not leave the old CA in force for
+    /// the sessions that follow.
     pub fn tls_client_config(
         &self,
         b: &Backend,
     ) -> Result<Arc<rustls::ClientConfig>, crate::protocol::postgres::tls::TlsError> {
-        if let Some(c) = lock(&self.tls_configs).get(&b.name) {
+        let key = (b.name.clone(), b.tls, b.ca_file.clone());
+        if let Some(c) = lock(&self.tls_configs).get(&key) {
             return Ok(c.clone());
         }
         let c = crate::protocol::postgres::tls::client_config(b)?;
-        lock(&self.tls_configs).insert(b.name.clone(), c.clone());
+        lock(&self.tls_configs).insert(key, c.clone());
         Ok(c)
     }
 
@@ -313,6 +318,9 @@ impl Agent {
         lock(&self.backend_logins).insert(backend.clone(), (audit::now_us(), login.clone()));
     }
 }
+
+/// TLS client configurations by backend, mode and CA file.
+type TlsConfigs = HashMap<(BackendName, crate::policy::TlsMode, Option<PathBuf>), Arc<rustls::ClientConfig>>;
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(

@@ -31,6 +31,8 @@ pub const PACKAGES: &[&str] = &[
     "openssl",
     // The metrics test parses scrapes with the Prometheus text parser.
     "python3-prometheus-client",
+    // The package test checks the unit with `systemd-analyze verify`.
+    "systemd",
     // The masking driver matrix: pgJDBC and a JDK to run it (Node.js below).
     "default-jdk-headless",
     "libpostgresql-jdbc-java",
