@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -33,18 +33,6 @@ impl Drop for Servers {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn wait_port(addr: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let a: std::net::SocketAddr = addr.parse()?;
-    while std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
-        if Instant::now() > deadline {
-            bail!("{addr} did not come up");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 const BIG_PY: &str = r#"
@@ -104,7 +92,7 @@ fn start(port: u16) -> Result<(Servers, u64)> {
     s.children.push(big);
     let size: u64 = line.trim().parse().context("big body size")?;
     for a in [PROTECTED, DIRECT, HAPROXY, BIG] {
-        wait_port(&format!("{a}:{port}"))?;
+        crate::util::wait_port(&format!("{a}:{port}"))?;
     }
     Ok((s, size))
 }

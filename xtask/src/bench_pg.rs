@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -50,18 +50,6 @@ impl Drop for Servers {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn wait_port(addr: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let a: std::net::SocketAddr = addr.parse()?;
-    while std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
-        if Instant::now() > deadline {
-            bail!("{addr} did not come up");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 fn start_servers(port: u16, scale: Option<u32>) -> Result<Servers> {
@@ -162,8 +150,8 @@ fn start_servers(port: u16, scale: Option<u32>) -> Result<Servers> {
             .stderr(Stdio::null())
             .spawn()?,
     );
-    wait_port(&format!("{BOUNCER}:{port}"))?;
-    wait_port(&format!("{HAPROXY}:{port}"))?;
+    crate::util::wait_port(&format!("{BOUNCER}:{port}"))?;
+    crate::util::wait_port(&format!("{HAPROXY}:{port}"))?;
     Ok(s)
 }
 

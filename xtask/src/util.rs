@@ -65,3 +65,16 @@ pub fn privileged(program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
 pub fn built(profile: &str, name: &str) -> PathBuf {
     target_dir().join(profile).join(name)
 }
+
+/// Waits up to 15 s for something to listen on `addr` (a loopback address).
+pub fn wait_port(addr: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let a: std::net::SocketAddr = addr.parse()?;
+    while std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_millis(200)).is_err() {
+        if std::time::Instant::now() > deadline {
+            bail!("{addr} did not come up");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
