@@ -23,7 +23,25 @@ fn statement(session: SessionId, seq: u64) -> Event {
     }))
 }
 
+/// Records in the central store (`None` when it cannot be asked).
+async fn central_count(url: &str) -> Option<i64> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.ok()?;
+    tokio::spawn(conn);
+    client.query_one("SELECT count(*) FROM gatehouse_events WHERE host = 'bench'", &[]).await.ok().map(|r| r.get(0))
+}
+
+/// Strict records/s as in [`run`], with `ship` a central PostgreSQL the
+/// records are shipped to while they are written (`[agent.ship]`), and the
+/// seconds the shipper needed after the writers finished to catch up.
+fn run_shipping(sessions: usize, per_session: u64, url: &str) -> (f64, f64) {
+    run_with(Mode::Strict, sessions, per_session, Some(url))
+}
+
 fn run(mode: Mode, sessions: usize, per_session: u64) -> f64 {
+    run_with(mode, sessions, per_session, None).0
+}
+
+fn run_with(mode: Mode, sessions: usize, per_session: u64, ship: Option<&str>) -> (f64, f64) {
     let dir = std::env::temp_dir().join(format!("gh-bench-audit-{}-{mode:?}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -36,6 +54,12 @@ fn run(mode: Mode, sessions: usize, per_session: u64) -> f64 {
     };
     let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shipper = ship.map(|url| {
+        let ship =
+            audit::ship::Ship { url: url.to_owned(), host: "bench".into(), batch: 500, tls: audit::ship::ShipTls::Off };
+        rt.spawn(audit::ship::run(dir.join("audit.db"), ship, audit.public_key_hex(), stop.clone()))
+    });
     let start = Instant::now();
     rt.block_on(async {
         let mut tasks = Vec::new();
@@ -71,10 +95,35 @@ fn run(mode: Mode, sessions: usize, per_session: u64) -> f64 {
         audit.flush().await.expect("flush");
     });
     let secs = start.elapsed().as_secs_f64();
+    let total = sessions as f64 * per_session as f64 * 2.0;
+    // How long the shipper needs to catch up once the writers are done.
+    let catch_up = match (ship, shipper) {
+        (Some(url), Some(task)) => rt.block_on(async {
+            let done = Instant::now();
+            let db = dir.join("audit.db");
+            loop {
+                let local: i64 = rusqlite::Connection::open(&db)
+                    .and_then(|c| c.query_row("SELECT count(*) FROM events", [], |r| r.get(0)))
+                    .unwrap_or(i64::MAX);
+                if local as f64 >= total && central_count(url).await.unwrap_or(0) >= local {
+                    break;
+                }
+                if done.elapsed() > Duration::from_secs(300) {
+                    eprintln!("bench audit: the shipper did not catch up in 300 s");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            stop.cancel();
+            let _ = task.await;
+            done.elapsed().as_secs_f64()
+        }),
+        _ => 0.0,
+    };
     drop(audit);
     writer.stop();
     let _ = std::fs::remove_dir_all(&dir);
-    (sessions as f64 * per_session as f64 * 2.0) / secs
+    (total / secs, catch_up)
 }
 
 /// One session, strict: how long a statement waits for its commit.
@@ -209,5 +258,18 @@ fn main() {
         "audit records/s, 32 sessions, hash chain + group commit: strict {strict:>9.0}  best-effort {queued:>9.0}  (goal >= 50000)"
     );
     println!("ratio audit_records strict/best-effort = {:.2}", strict / queued);
+    match std::env::var("GATEHOUSE_BENCH_SHIP_URL") {
+        Ok(url) => {
+            eprintln!("bench audit: 4/4 strict records/s while shipping to a central PostgreSQL");
+            let (shipping, catch_up) = run_shipping(32, 5_000, &url);
+            println!(
+                "audit records/s, 32 sessions, strict, shipping to PostgreSQL: {shipping:>9.0} (shipper caught up {catch_up:.1} s after the writers)"
+            );
+            println!("ratio audit_records strict_shipping/strict = {:.2}", shipping / strict);
+        }
+        Err(_) => eprintln!(
+            "bench audit: GATEHOUSE_BENCH_SHIP_URL unset (run as root through `cargo xtask bench audit`): no shipping run"
+        ),
+    }
     println!("ratio audit_records strict/goal50k = {:.2}", strict / 50_000.0);
 }

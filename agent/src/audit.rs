@@ -22,6 +22,7 @@ pub mod keys;
 pub mod query;
 pub mod replay;
 pub mod ship;
+pub mod sink;
 mod stream;
 pub mod verify;
 

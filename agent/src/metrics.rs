@@ -86,6 +86,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DetectorLabels {
     detector: String,
 }
@@ -116,6 +121,7 @@ pub struct Metrics {
     commit: Histogram,
     committed: Counter,
     shipped: Counter,
+    sunk: Family<SinkLabels, Counter>,
     queued: AtomicI64,
 }
 
@@ -135,6 +141,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     commit: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16)),
     committed: Counter::default(),
     shipped: Counter::default(),
+    sunk: Family::default(),
     queued: AtomicI64::new(0),
 });
 
@@ -151,6 +158,11 @@ pub fn dequeued(n: usize) {
 /// `n` records reached the central store (`[agent.ship]`).
 pub fn shipped(n: usize) {
     METRICS.shipped.inc_by(n as u64);
+}
+
+/// `n` records were delivered to the sink `name` (a file or a syslog collector).
+pub fn sunk(name: &str, n: usize) {
+    METRICS.sunk.get_or_create(&SinkLabels { sink: name.to_owned() }).inc_by(n as u64);
 }
 
 /// A batch of `count` records was committed to the audit store in `took`;
@@ -224,6 +236,7 @@ pub fn render(agent: &Agent) -> String {
     r.register("audit_commit_seconds", "Time to commit one batch of audit records", m.commit.clone());
     r.register("audit_records", "Audit records committed", m.committed.clone());
     r.register("audit_shipped_records", "Audit records copied to the central store", m.shipped.clone());
+    r.register("audit_sink_records", "Audit records delivered to each sink (file, syslog)", m.sunk.clone());
     r.register("audit_queue_depth", "Records waiting for the audit writer", gauge(m.queued.load(Ordering::Relaxed)));
 
     let open: Family<BackendLabels, Gauge> = Family::default();

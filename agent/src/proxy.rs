@@ -436,6 +436,24 @@ pub async fn run(
         let key = agent.audit.public_key_hex();
         tokio::spawn(crate::audit::ship::run(agent.settings.audit_db.clone(), ship, key, stop.clone()))
     });
+    let sink_ctx = crate::audit::sink::Context {
+        auditor_gid: agent.settings.auditor_group.as_deref().and_then(|g| match nix::unistd::Group::from_name(g) {
+            Ok(Some(group)) => Some(group.gid.as_raw()),
+            _ => {
+                warn!(group = g, "auditor group not found: file sinks are created 0600");
+                None
+            }
+        }),
+        mark: agent.settings.mark,
+    };
+    let sinks: Vec<_> = agent
+        .settings
+        .sinks
+        .iter()
+        .map(|sink| {
+            tokio::spawn(crate::audit::sink::run(agent.settings.audit_db.clone(), sink.clone(), sink_ctx, stop.clone()))
+        })
+        .collect();
     if let Some(listen) = agent.settings.metrics.clone() {
         crate::metrics::serve(agent.clone(), listen, stop.clone()).await.map_err(AgentError::Metrics)?;
     }
@@ -461,6 +479,9 @@ pub async fn run(
     let _ = approvals.await;
     let _ = reaper.await;
     if let Some(s) = shipper {
+        let _ = s.await;
+    }
+    for s in sinks {
         let _ = s.await;
     }
     let _ = control.await;

@@ -66,6 +66,8 @@ pub struct AgentRaw {
     pub metrics: Option<String>,
     /// `[agent.ship]`: copy committed audit records to a central PostgreSQL.
     pub ship: Option<crate::audit::ship::ShipRaw>,
+    /// `[[agent.sink]]`: append committed records to a file or send them to syslog.
+    pub sink: Option<Vec<crate::audit::sink::SinkRaw>>,
 }
 
 /// Validated settings of a running agent.
@@ -97,6 +99,8 @@ pub struct Settings {
     pub metrics: Option<crate::metrics::Listen>,
     /// Where committed audit records are shipped, if anywhere.
     pub ship: Option<crate::audit::ship::Ship>,
+    /// Files and syslog collectors committed records are delivered to.
+    pub sinks: Vec<crate::audit::sink::Sink>,
 }
 
 /// Command-line overrides; `None` keeps the file's value or the default.
@@ -186,6 +190,8 @@ impl Settings {
                 .map(crate::audit::ship::Ship::try_from)
                 .transpose()
                 .map_err(|e| SettingsError::Invalid { field: "ship", message: e.to_string() })?,
+            sinks: crate::audit::sink::validate(raw.sink.as_deref().unwrap_or_default())
+                .map_err(|e| SettingsError::Invalid { field: "sink", message: e.to_string() })?,
         })
     }
 }

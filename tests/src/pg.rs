@@ -257,3 +257,22 @@ pub fn certs(dir: &Path, ip: &str, days: i32) -> (PathBuf, PathBuf, PathBuf) {
     ]);
     (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"))
 }
+
+/// `postgresql.conf` lines serving TLS with `cert` and `key`, copied into
+/// `dir` for the postgres user (who must own a key it reads).
+pub fn ssl_conf(dir: &Path, cert: &Path, key: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = |from: &Path, name: &str| {
+        let to = dir.join(name);
+        std::fs::copy(from, &to).expect("copy for postgres");
+        let ok = Command::new("chown").arg("postgres:postgres").arg(&to).status().expect("chown");
+        assert!(ok.success(), "chown postgres {}", to.display());
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        to
+    };
+    format!(
+        "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+        copy(cert, "pg.crt").display(),
+        copy(key, "pg.key").display()
+    )
+}

@@ -55,14 +55,16 @@ fn records_reach_the_central_store_once_each_across_an_outage_and_verify_there()
     let analyst = env.group("analyst");
     let ana = env.user("ana", &[&analyst]);
     let app = PgServer::start(&env.dir, &loopback(42), free_port(), "");
-    let centre = PgServer::start(&env.dir, &loopback(43), free_port(), "");
+    // The central server speaks TLS only to certificates of its own CA's, and the shipper verifies it.
+    let (ca, cert, key) = pg::certs(&env.path("central-tls"), &loopback(43), 2);
+    let centre = PgServer::start(&env.dir, &loopback(43), free_port(), &pg::ssl_conf(&env.dir, &cert, &key));
     let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
     let url = format!("postgres://{}:{}@{}/appdb", pg::APP_ROLE, pg::APP_PASSWORD, centre.addr());
     let config = env.write_policy(
         "policy.toml",
         &format!(
             r#"[agent]
-ship = {{ url = "{url}", host = "bastion-e2e", batch = 7 }}
+ship = {{ url = "{url}", host = "bastion-e2e", batch = 7, ca_file = "{ca}" }}
 checkpoint_interval = "1s"
 
 [[backend]]
@@ -79,6 +81,7 @@ backend = "appdb"
 statements = ["select"]
 "#,
             addr = app.addr(),
+            ca = ca.display(),
             role = pg::APP_ROLE,
             secret = secret.display(),
         ),
@@ -122,15 +125,19 @@ statements = ["select"]
     // Verified there, against the host key from outside the central store.
     let key = env.status()["public_key"].as_str().unwrap().to_owned();
     let gh = |args: &[&str]| std::process::Command::new(gatehouse_bin()).args(args).output().unwrap();
-    let out = gh(&["verify", "--central", &url, "--host", "bastion-e2e", "--pubkey", &key]);
+    let ca_arg = ca.to_str().unwrap();
+    let out = gh(&["verify", "--central", &url, "--central-ca", ca_arg, "--host", "bastion-e2e", "--pubkey", &key]);
     assert!(out.status.success(), "verify --central: {}", text(&out));
     assert!(text(&out).contains("ok: the chain is intact"), "{}", text(&out));
     assert!(!text(&out).contains(pg::APP_PASSWORD), "the password is not printed: {}", text(&out));
 
-    let out = gh(&["sessions", "--central", &url, "--json", "--limit", "1000"]);
+    let out = gh(&["sessions", "--central", &url, "--central-ca", ca_arg, "--json", "--limit", "1000"]);
     assert!(out.status.success(), "sessions --central: {}", text(&out));
     let rows: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Without the central CA the same server is not trusted: TLS is verified, not merely used.
+    let out = gh(&["sessions", "--central", &url, "--json"]);
+    assert!(!out.status.success() && text(&out).contains("certificate"), "unverified central store: {}", text(&out));
     let ana_rows = rows.iter().filter(|r| r["host"] == "bastion-e2e" && r["open"]["user"] == ana.as_str()).count();
     assert_eq!(ana_rows, 10, "{rows:?}");
 
@@ -140,6 +147,6 @@ statements = ["select"]
         "UPDATE gatehouse_events SET body = convert_to(replace(convert_from(body, 'UTF8'), 'SELECT 3', 'SELECT 4'), 'UTF8')
          WHERE kind = 'statement' AND convert_from(body, 'UTF8') LIKE '%SELECT 3 AS round%'",
     );
-    let out = gh(&["verify", "--central", &url, "--host", "bastion-e2e", "--pubkey", &key]);
+    let out = gh(&["verify", "--central", &url, "--central-ca", ca_arg, "--host", "bastion-e2e", "--pubkey", &key]);
     assert!(!out.status.success() && text(&out).contains("TAMPERED"), "{}", text(&out));
 }

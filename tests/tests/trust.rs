@@ -210,14 +210,6 @@ fn fingerprint(cert: &Path) -> String {
     text(&o).split('=').nth(1).unwrap_or_default().trim().replace(':', "").to_lowercase()
 }
 
-fn copy_for_postgres(env: &Env, from: &Path, name: &str) -> PathBuf {
-    let to = env.path(name);
-    std::fs::copy(from, &to).unwrap();
-    assert!(Command::new("chown").arg("postgres:postgres").arg(&to).status().unwrap().success());
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
-    to
-}
-
 #[test]
 fn scram_plus_over_verified_tls_is_used_and_recorded() {
     let mut env = Env::new("scramplus");
@@ -225,11 +217,7 @@ fn scram_plus_over_verified_tls_is_used_and_recorded() {
     let ana = env.user("ana", &[&team]);
     let host = loopback(46);
     let (ca, cert, key) = pg::certs(&env.path("tls"), &host, 2);
-    let conf = format!(
-        "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
-        copy_for_postgres(&env, &cert, "pg.crt").display(),
-        copy_for_postgres(&env, &key, "pg.key").display()
-    );
+    let conf = pg::ssl_conf(&env.dir, &cert, &key);
     let pg = PgServer::start(&env.dir, &host, free_port(), &conf);
     let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
     // A certificate for clients that demand TLS, expired since yesterday: status and log say so.

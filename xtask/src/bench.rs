@@ -146,13 +146,25 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 "catalog",
             ]))?;
         }
-        return run(Command::new("cargo").current_dir(workspace_root()).args([
-            "bench",
-            "-p",
-            "gatehouse",
-            "--bench",
-            name,
-        ]));
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(workspace_root()).args(["bench", "-p", "gatehouse", "--bench", name]);
+        // With shipping on: a real PostgreSQL as the central store (root starts it).
+        let _central = if name == "audit" && is_root() {
+            let port = free_port()?;
+            eprintln!("bench audit: starting a PostgreSQL as the central store for the shipping run");
+            let servers = crate::bench_pg::start_servers(port, None)?;
+            cmd.env(
+                "GATEHOUSE_BENCH_SHIP_URL",
+                format!("postgres://bench:{}@{}:{port}/bench", crate::bench_pg::PASSWORD, crate::bench_pg::DIRECT),
+            );
+            Some(servers)
+        } else {
+            if name == "audit" {
+                eprintln!("bench audit: not root, so no PostgreSQL for the shipping comparison");
+            }
+            None
+        };
+        return run(&mut cmd);
     }
     if !a.no_build {
         crate::setup::setup()?;

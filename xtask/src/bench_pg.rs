@@ -11,9 +11,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::bench::{Rig, free_port};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
-const PASSWORD: &str = "bench-Secret-1";
+pub(crate) const PASSWORD: &str = "bench-Secret-1";
 const PROTECTED: &str = "127.10.201.1";
-const DIRECT: &str = "127.10.201.2";
+pub(crate) const DIRECT: &str = "127.10.201.2";
 const BOUNCER: &str = "127.10.201.3";
 const HAPROXY: &str = "127.10.201.4";
 
@@ -32,7 +32,7 @@ fn ok(c: &mut Command, what: &str) -> Result<String> {
 }
 
 /// Everything started for the run; stopped on drop.
-struct Servers {
+pub(crate) struct Servers {
     dir: PathBuf,
     children: Vec<Child>,
 }
@@ -52,7 +52,7 @@ impl Drop for Servers {
     }
 }
 
-fn start_servers(port: u16, scale: Option<u32>) -> Result<Servers> {
+pub(crate) fn start_servers(port: u16, scale: Option<u32>) -> Result<Servers> {
     let dir = std::env::temp_dir().join(format!("gh-bench-pgdata-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     ok(Command::new("chown").arg("postgres:postgres").arg(&dir), "chown")?;

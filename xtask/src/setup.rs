@@ -33,6 +33,9 @@ pub const PACKAGES: &[&str] = &[
     "python3-prometheus-client",
     // The package test checks the unit with `systemd-analyze verify`.
     "systemd",
+    // The audit sink test sends to a real syslog collector over TLS (RFC 5425).
+    "rsyslog",
+    "rsyslog-gnutls",
     // The masking driver matrix: pgJDBC and a JDK to run it (Node.js below).
     "default-jdk-headless",
     "libpostgresql-jdbc-java",

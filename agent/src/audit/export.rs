@@ -40,7 +40,7 @@ mod check;
 mod ocsf;
 
 pub use check::verify_export;
-use ocsf::OcsfMapper;
+pub(crate) use ocsf::OcsfMapper;
 
 use super::chain::{self, Record};
 use super::replay;
@@ -536,7 +536,7 @@ struct RecordIn {
     hash: String,
 }
 
-fn record_line(r: &Record) -> Result<Vec<u8>, ExportError> {
+pub(crate) fn record_line(r: &Record) -> Result<Vec<u8>, ExportError> {
     let text = if r.redacted { None } else { std::str::from_utf8(&r.body).ok() };
     let line = RecordOut {
         seq: r.seq,

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 /// `[agent.ship]` as written.
@@ -29,11 +31,23 @@ pub struct ShipRaw {
     pub url: String,
     /// How this host is named in the central store (default: its host name).
     pub host: Option<String>,
-    /// `off` only, for now: put the central server on a trusted network
-    /// path or a local TLS tunnel. `verify` is refused until it is built.
+    /// `verify` (default): TLS required, the server's certificate checked
+    /// against `ca_file` or the system's trust store and its name against the
+    /// URL's host. `off`: plain TCP, only on a trusted network path.
     pub tls: Option<String>,
+    /// The CA the central server's certificate must chain to (root-owned).
+    pub ca_file: Option<PathBuf>,
     /// Records per central transaction (default 500).
     pub batch: Option<usize>,
+}
+
+/// How the shipper reaches the central server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShipTls {
+    /// Plain TCP (`tls = "off"`).
+    Off,
+    /// TLS required and verified (`tls = "verify"`, the default).
+    Verify { ca_file: Option<PathBuf> },
 }
 
 /// Validated shipping settings.
@@ -42,13 +56,14 @@ pub struct Ship {
     pub url: String,
     pub host: String,
     pub batch: usize,
+    pub tls: ShipTls,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
     #[error("[agent.ship] {0}")]
     Config(String),
-    #[error("central store: {0}")]
+    #[error("central store: {}", with_causes(.0))]
     Central(#[from] tokio_postgres::Error),
     #[error("local store {path}: {message}")]
     Local { path: PathBuf, message: String },
@@ -61,13 +76,17 @@ impl TryFrom<&ShipRaw> for Ship {
         if !(raw.url.starts_with("postgres://") || raw.url.starts_with("postgresql://")) {
             return Err(ShipError::Config(format!("url {:?} is not a postgres:// URL", redact_url(&raw.url))));
         }
-        match raw.tls.as_deref() {
-            None | Some("off") => {}
-            Some(other) => {
-                return Err(ShipError::Config(format!(
-                    "tls = {other:?} is not supported yet (only \"off\"): reach the central server over a trusted path"
-                )));
+        let tls = match (raw.tls.as_deref(), &raw.ca_file) {
+            (None | Some("verify"), ca_file) => ShipTls::Verify { ca_file: ca_file.clone() },
+            (Some("off"), None) => ShipTls::Off,
+            (Some("off"), Some(_)) => return Err(ShipError::Config("ca_file is set but tls = \"off\"".into())),
+            (Some(other), _) => {
+                return Err(ShipError::Config(format!("tls = {other:?}: \"verify\" (the default) or \"off\"")));
             }
+        };
+        if let ShipTls::Verify { ca_file: Some(path) } = &tls {
+            crate::secrets::read_checked(path, "[agent.ship] ca_file", crate::secrets::Kind::Trusted)
+                .map_err(|e| ShipError::Config(format!("ca_file: {e}")))?;
         }
         let host = match &raw.host {
             Some(h) if !h.is_empty() && h.len() <= 253 => h.clone(),
@@ -82,8 +101,24 @@ impl TryFrom<&ShipRaw> for Ship {
         if batch == 0 || batch > 10_000 {
             return Err(ShipError::Config("batch must be between 1 and 10000".into()));
         }
-        Ok(Self { url: raw.url.clone(), host, batch })
+        Ok(Self { url: raw.url.clone(), host, batch, tls })
     }
+}
+
+/// An error and its causes ("error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer"): tokio-postgres shows only the first.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !out.ends_with(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// The URL without its password, for messages.
@@ -144,14 +179,34 @@ pub async fn migrate(client: &mut Client) -> Result<i32, ShipError> {
     Ok(now)
 }
 
-async fn connect(url: &str) -> Result<Client, ShipError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "central store connection ended");
+/// Connects to the central store: TLS required and verified, or plain TCP
+/// when the operator said `tls = "off"`. An `sslmode` in the URL cannot
+/// weaken this: the mode is set here, after the URL is read.
+pub async fn connect(url: &str, tls: &ShipTls) -> Result<Client, ShipError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    let client = match tls {
+        ShipTls::Off => {
+            config.ssl_mode(SslMode::Disable);
+            let (client, conn) = config.connect(NoTls).await?;
+            tokio::spawn(log_end(conn));
+            client
         }
-    });
+        ShipTls::Verify { ca_file } => {
+            let rustls = crate::protocol::postgres::tls::verifying_config(ca_file.as_deref())
+                .map_err(|e| ShipError::Config(format!("TLS: {e}")))?;
+            config.ssl_mode(SslMode::Require);
+            let (client, conn) = config.connect(MakeRustlsConnect::new(rustls)).await?;
+            tokio::spawn(log_end(conn));
+            client
+        }
+    };
     Ok(client)
+}
+
+async fn log_end<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(conn: F) {
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "central store connection ended");
+    }
 }
 
 /// One record as stored (columns of `events`).
@@ -195,7 +250,7 @@ pub async fn run(db: PathBuf, ship: Ship, public_key: String, stop: Cancellation
 }
 
 async fn ship_once(db: &Path, ship: &Ship, public_key: &str, stop: &CancellationToken) -> Result<(), ShipError> {
-    let mut client = connect(&ship.url).await?;
+    let mut client = connect(&ship.url, &ship.tls).await?;
     let version = migrate(&mut client).await?;
     client
         .execute(
@@ -243,8 +298,8 @@ async fn ship_once(db: &Path, ship: &Ship, public_key: &str, stop: &Cancellation
 /// Copies `host`'s records from the central store into a new local store
 /// at `dest` (the same layout, query tables rebuilt from the records), for
 /// the verifier.
-pub async fn materialize(url: &str, host: &str, dest: &Path) -> Result<u64, ShipError> {
-    let client = connect(url).await?;
+pub async fn materialize(url: &str, tls: &ShipTls, host: &str, dest: &Path) -> Result<u64, ShipError> {
+    let client = connect(url, tls).await?;
     let rows = client
         .query(
             "SELECT seq, time_us, session, kind, content_hash, body, data, prev_hash, hash
@@ -299,8 +354,13 @@ pub struct CentralSession {
 }
 
 /// The newest sessions across hosts (optionally one user's: a Unix user name).
-pub async fn sessions(url: &str, user: Option<&str>, limit: u32) -> Result<Vec<CentralSession>, ShipError> {
-    let client = connect(url).await?;
+pub async fn sessions(
+    url: &str,
+    tls: &ShipTls,
+    user: Option<&str>,
+    limit: u32,
+) -> Result<Vec<CentralSession>, ShipError> {
+    let client = connect(url, tls).await?;
     let rows = client
         .query(
             "SELECT host, session, time_us, body FROM gatehouse_events
@@ -341,8 +401,13 @@ mod tests {
     fn settings_are_checked() {
         let raw = ShipRaw { url: "postgres://a@b/c".into(), host: Some("bastion-1".into()), ..ShipRaw::default() };
         assert_eq!(Ship::try_from(&raw).map(|s| s.batch).ok(), Some(500));
-        let tls = ShipRaw { tls: Some("verify".into()), ..raw.clone() };
-        assert!(Ship::try_from(&tls).is_err());
+        assert_eq!(Ship::try_from(&raw).map(|s| s.tls).ok(), Some(ShipTls::Verify { ca_file: None }));
+        let off = ShipRaw { tls: Some("off".into()), ..raw.clone() };
+        assert_eq!(Ship::try_from(&off).map(|s| s.tls).ok(), Some(ShipTls::Off));
+        let odd = ShipRaw { tls: Some("prefer".into()), ..raw.clone() };
+        assert!(Ship::try_from(&odd).is_err(), "no mode that falls back to plain text");
+        let contradictory = ShipRaw { tls: Some("off".into()), ca_file: Some("/etc/ssl/ca.pem".into()), ..raw.clone() };
+        assert!(Ship::try_from(&contradictory).is_err());
         let bad = ShipRaw { url: "mysql://x".into(), ..raw };
         assert!(Ship::try_from(&bad).is_err());
     }

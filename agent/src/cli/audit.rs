@@ -47,6 +47,30 @@ pub struct SessionsArgs {
     /// Search every host's sessions in the central store (`[agent.ship]`): postgres://…
     #[arg(long)]
     pub central: Option<String>,
+    #[command(flatten)]
+    pub central_tls: CentralTls,
+}
+
+/// How the CLI reaches the central store: as the shipper does.
+#[derive(Debug, Clone, Args)]
+pub struct CentralTls {
+    /// TLS to the central store: `verify` (the server's certificate checked) or `off` (plain TCP).
+    #[arg(long, value_parser = ["verify", "off"], default_value = "verify", requires = "central")]
+    pub central_tls: String,
+    /// The CA the central server's certificate must chain to (default: the system's trust store).
+    #[arg(long, requires = "central")]
+    pub central_ca: Option<PathBuf>,
+}
+
+impl CentralTls {
+    fn mode(&self) -> Result<crate::audit::ship::ShipTls, String> {
+        use crate::audit::ship::ShipTls;
+        match (self.central_tls.as_str(), &self.central_ca) {
+            ("off", None) => Ok(ShipTls::Off),
+            ("off", Some(_)) => Err("--central-ca needs --central-tls verify".into()),
+            (_, ca) => Ok(ShipTls::Verify { ca_file: ca.clone() }),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +144,8 @@ pub struct VerifyArgs {
     /// The host whose records to verify in the central store.
     #[arg(long, requires = "central")]
     pub host: Option<String>,
+    #[command(flatten)]
+    pub central_tls: CentralTls,
     /// A file of trusted public keys (hex, one per line) instead of /etc/gatehouse/audit.pub.
     #[arg(long, conflicts_with = "pubkey")]
     pub pubkey_file: Option<PathBuf>,
@@ -351,7 +377,11 @@ const SHORT_ID: usize = 18;
 /// `sessions --central`: the newest sessions of every host in the central store.
 async fn central_sessions(url: &str, a: &SessionsArgs) -> ExitCode {
     use crate::audit::ship;
-    let rows = match ship::sessions(url, a.user.as_deref(), a.limit).await {
+    let tls = match a.central_tls.mode() {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let rows = match ship::sessions(url, &tls, a.user.as_deref(), a.limit).await {
         Ok(r) => r,
         Err(e) => return fail(format_args!("{}: {e}", ship::redact_url(url))),
     };
@@ -387,13 +417,19 @@ pub(super) async fn verify_central(a: &VerifyArgs) -> ExitCode {
     let (Some(url), Some(host)) = (a.central.as_deref(), a.host.as_deref()) else {
         return fail("--central needs --host");
     };
+    let tls = match a.central_tls.mode() {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
     let dir = std::env::temp_dir().join(format!("gatehouse-verify-central-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&dir) {
+    // A fresh directory only this user can enter: /tmp is shared, and a
+    // directory someone else made there first could swap the copy verified.
+    if let Err(e) = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir) {
         return fail(format_args!("{}: {e}", dir.display()));
     }
     let copy = dir.join(format!("{host}.db"));
     let _ = std::fs::remove_file(&copy);
-    let code = match ship::materialize(url, host, &copy).await {
+    let code = match ship::materialize(url, &tls, host, &copy).await {
         Ok(0) => fail(format_args!("the central store {} holds no records of host {host:?}", ship::redact_url(url))),
         Ok(n) => {
             println!("central store {}: {n} records of host {host}", ship::redact_url(url));

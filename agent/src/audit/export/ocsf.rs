@@ -15,7 +15,7 @@ use crate::audit::{SessionClose, SessionOpen, StatementEnd, StatementStart, hex}
 /// (6002). Chunks, truncations and checkpoints have no OCSF event; they are
 /// in `records.jsonl`.
 #[derive(Debug, Default)]
-pub(super) struct OcsfMapper {
+pub(crate) struct OcsfMapper {
     /// Sessions open so far: who and where, for the events that follow.
     sessions: HashMap<String, SessionOpen>,
     /// Allowed statements waiting for their end record.
@@ -181,7 +181,7 @@ fn datastore_activity(kinds: &str) -> (u32, &'static str) {
 }
 
 impl OcsfMapper {
-    pub(super) fn record(&mut self, r: &Record) -> Vec<Value> {
+    pub(crate) fn record(&mut self, r: &Record) -> Vec<Value> {
         let session = r.session.clone().unwrap_or_default();
         match r.kind.as_str() {
             "session_open" => match serde_json::from_slice::<SessionOpen>(&r.body) {

@@ -41,33 +41,45 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
     TlsError::File { path: path.display().to_string(), message: e.to_string() }
 }
 
+/// The certificates a verified peer must chain to: those of `ca_file` (a
+/// root-owned file others cannot write: whoever can write it can
+/// impersonate the peer) or, without one, the system's trust store.
+pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = secrets::read_checked(path, "ca_file", secrets::Kind::Trusted).map_err(|e| file_err(path, e))?;
+            for cert in CertificateDer::pem_slice_iter(pem.expose()) {
+                roots.add(cert.map_err(|e| file_err(path, e))?)?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                return Err(TlsError::NoRoots(why));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// A client configuration that verifies the server against [`roots`], for
+/// the agent's own outbound connections (central store, syslog).
+pub fn verifying_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca_file)?)
+        .with_no_client_auth())
+}
+
 /// The client configuration for a backend: certificate checked (`verify`)
 /// or not (`prefer`, like libpq's sslmode=prefer).
 pub fn client_config(b: &Backend) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let config = match b.tls {
-        TlsMode::Verify => {
-            let mut roots = RootCertStore::empty();
-            match b.ca_file.as_deref() {
-                Some(path) => {
-                    // Whoever can write the CA file can impersonate the backend: root's only.
-                    let pem = secrets::read_checked(path, "ca_file", secrets::Kind::Trusted)
-                        .map_err(|e| file_err(path, e))?;
-                    for cert in CertificateDer::pem_slice_iter(pem.expose()) {
-                        roots.add(cert.map_err(|e| file_err(path, e))?)?;
-                    }
-                }
-                None => {
-                    let found = rustls_native_certs::load_native_certs();
-                    let (added, _) = roots.add_parsable_certificates(found.certs);
-                    if added == 0 {
-                        let why = found.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-                        return Err(TlsError::NoRoots(why));
-                    }
-                }
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+        TlsMode::Verify => builder.with_root_certificates(roots(b.ca_file.as_deref())?).with_no_client_auth(),
         TlsMode::Prefer | TlsMode::Off => {
             builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify)).with_no_client_auth()
         }
