@@ -212,6 +212,20 @@ async fn log_end<F: std::future::Future<Output = Result<(), tokio_postgres::Erro
 /// One record as stored (columns of `events`).
 type Row = (i64, i64, Option<String>, String, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>, Vec<u8>);
 
+/// A batch of rows, column by column, for one `unnest` insert.
+#[derive(Default)]
+struct Columns {
+    seq: Vec<i64>,
+    time_us: Vec<i64>,
+    session: Vec<Option<String>>,
+    kind: Vec<String>,
+    content_hash: Vec<Vec<u8>>,
+    body: Vec<Option<Vec<u8>>>,
+    data: Vec<Option<Vec<u8>>>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
 /// Committed records after `after`, at most `n`, from the local store.
 fn read_after(db: &Path, after: i64, n: usize) -> Result<Vec<Row>, ShipError> {
     let local = |e: rusqlite::Error| ShipError::Local { path: db.to_owned(), message: e.to_string() };
@@ -278,17 +292,41 @@ async fn ship_once(db: &Path, ship: &Ship, public_key: &str, stop: &Cancellation
                 () = tokio::time::sleep(Duration::from_millis(500)) => continue,
             }
         };
-        let tx = client.transaction().await?;
-        let insert = tx
-            .prepare(
-                "INSERT INTO gatehouse_events (host, seq, time_us, session, kind, content_hash, body, data, prev_hash, hash)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (host, seq) DO NOTHING",
-            )
-            .await?;
-        for (seq, time_us, session, kind, content_hash, body, data, prev_hash, hash) in &rows {
-            tx.execute(&insert, &[&ship.host, seq, time_us, session, kind, content_hash, body, data, prev_hash, hash])
-                .await?;
+        // One statement per batch: the columns as arrays, unnested by the
+        // server (a round trip per record would cap shipping far below
+        // what the local store takes).
+        let mut cols = Columns::default();
+        for (seq, time_us, session, kind, content_hash, body, data, prev_hash, hash) in rows.iter().cloned() {
+            cols.seq.push(seq);
+            cols.time_us.push(time_us);
+            cols.session.push(session);
+            cols.kind.push(kind);
+            cols.content_hash.push(content_hash);
+            cols.body.push(body);
+            cols.data.push(data);
+            cols.prev_hash.push(prev_hash);
+            cols.hash.push(hash);
         }
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO gatehouse_events (host, seq, time_us, session, kind, content_hash, body, data, prev_hash, hash)
+             SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bytea[], $7::bytea[],
+                                      $8::bytea[], $9::bytea[], $10::bytea[])
+             ON CONFLICT (host, seq) DO NOTHING",
+            &[
+                &ship.host,
+                &cols.seq,
+                &cols.time_us,
+                &cols.session,
+                &cols.kind,
+                &cols.content_hash,
+                &cols.body,
+                &cols.data,
+                &cols.prev_hash,
+                &cols.hash,
+            ],
+        )
+        .await?;
         tx.commit().await?;
         crate::metrics::shipped(rows.len());
         acked = last;
