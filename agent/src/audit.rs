@@ -118,6 +118,26 @@ CREATE TABLE IF NOT EXISTS statements (
     redacted    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (session_id, seq)
 );
+CREATE TABLE IF NOT EXISTS trail (
+    seq         INTEGER PRIMARY KEY,
+    session_id  TEXT NOT NULL,
+    stmt        INTEGER NOT NULL,
+    time_us     INTEGER NOT NULL,
+    tbl         TEXT NOT NULL,
+    key_column  TEXT,
+    rows        INTEGER NOT NULL,
+    keys        INTEGER NOT NULL,
+    hashed      INTEGER NOT NULL,
+    masked      INTEGER NOT NULL,
+    keyless     TEXT
+);
+CREATE INDEX IF NOT EXISTS trail_table_time ON trail(tbl, time_us);
+CREATE TABLE IF NOT EXISTS trail_buckets (
+    tbl    TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (tbl, bucket, seq)
+) WITHOUT ROWID;
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -423,6 +443,10 @@ pub enum Event {
     Http(Box<HttpExchange>, Vec<u8>),
     /// A WebSocket frame; the data is its payload.
     WsFrame(Box<WsFrame>, Vec<u8>),
+    /// The rows of a trailed table a statement returned (`crate::trail`); the data is the key set.
+    Trail(Box<crate::trail::TrailRecord>, Vec<u8>),
+    /// An `[[alert]]` rule fired.
+    TrailAlert(Box<crate::trail::AlertRecord>),
 }
 
 impl Event {
@@ -440,6 +464,8 @@ impl Event {
             Self::Approval(_) => "approval",
             Self::Http(..) => "http",
             Self::WsFrame(..) => "ws_frame",
+            Self::Trail(..) => "trail",
+            Self::TrailAlert(_) => "trail_alert",
         }
     }
 
@@ -455,6 +481,8 @@ impl Event {
             Self::Agent { .. } => None,
             Self::Http(h, _) => Some(h.session.to_string()),
             Self::WsFrame(f, _) => Some(f.session.to_string()),
+            Self::Trail(t, _) => Some(t.session.to_string()),
+            Self::TrailAlert(a) => Some(a.session.to_string()),
             Self::Approval(t) => match &t.request.subject {
                 crate::approval::Subject::Statement { session, .. }
                 | crate::approval::Subject::Connect { session, .. } => Some(session.clone()),
@@ -482,6 +510,8 @@ impl Event {
             Self::Approval(t) => (json(t), None),
             Self::Http(h, data) => (json(h), Some(data)),
             Self::WsFrame(f, data) => (json(f), Some(data)),
+            Self::Trail(t, data) => (json(t), Some(data)),
+            Self::TrailAlert(a) => (json(a), None),
         }
     }
 }
@@ -514,6 +544,8 @@ pub struct Audit {
     public_key: std::sync::Arc<Mutex<[u8; 32]>>,
     /// Strict mode's durability point (see [`journal`]).
     journal: Option<Arc<journal::Journal>>,
+    /// The store's key for hashed trail keys (`crate::trail::keys`).
+    trail_key: crate::trail::HashKey,
 }
 
 /// Owns the writer and checkpointer threads.
@@ -568,6 +600,7 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
     )
     .map_err(sql_err)?;
     let head = head(&conn).map_err(sql_err)?;
+    let trail_key = crate::trail::store::hash_key(&conn).map_err(sql_err)?;
     // A rotation whose record was never written (the agent died between the
     // two) leaves its new key file behind: drop it.
     let _ = std::fs::remove_file(keys::pending_path(key_path));
@@ -626,6 +659,7 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
         fail_tx,
         public_key: public,
         journal: journal.clone(),
+        trail_key,
     };
     Ok((audit, AuditWriter { thread: Some(thread), checkpointer: Some((ck, stop)), tx, journal }))
 }
@@ -995,6 +1029,7 @@ impl Writer {
                 st.query_map([seq], |r| r.get(0))?.collect::<Result<_, _>>()?
             };
             tx.execute("DELETE FROM events WHERE seq <= ?1", [seq])?;
+            crate::trail::store::prune(&tx, seq)?;
             for s in sessions {
                 let still: i64 = tx.query_row("SELECT count(*) FROM events WHERE session = ?1", [&s], |r| r.get(0))?;
                 if still == 0 {
@@ -1168,13 +1203,19 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
             tx.prepare_cached("DELETE FROM statements WHERE session_id = ?1")?.execute([&r.session])?;
             tx.prepare_cached("UPDATE sessions SET redacted = ?2 WHERE id = ?1")?
                 .execute(params![r.session, r.reason])?;
+            crate::trail::store::redact(tx, &r.session)?;
+        }
+        // Indexed right after its insert_event on the same transaction: its seq is the last rowid.
+        Event::Trail(t, data) => {
+            crate::trail::store::index(tx, tx.last_insert_rowid().unsigned_abs(), t, data)?;
         }
         Event::Chunk { .. }
         | Event::Truncated { .. }
         | Event::Agent { .. }
         | Event::Approval(_)
         | Event::Http(..)
-        | Event::WsFrame(..) => {}
+        | Event::WsFrame(..)
+        | Event::TrailAlert(_) => {}
     }
     Ok(())
 }
@@ -1218,6 +1259,11 @@ impl Audit {
     /// Notified when the store fails.
     pub fn failure_watch(&self) -> watch::Receiver<Option<String>> {
         self.failure.clone()
+    }
+
+    /// The store's key for hashed trail keys.
+    pub fn trail_key(&self) -> crate::trail::HashKey {
+        self.trail_key
     }
 
     /// Appends a record without waiting.

@@ -52,6 +52,9 @@ pub struct Relation {
     pub columns: Vec<Column>,
     /// For views: the tables (and views) they read, transitively.
     pub reads: Vec<u32>,
+    /// The primary key's columns (attnums, in key order); empty without one.
+    /// An expression column of an index is attnum 0.
+    pub primary_key: Vec<i16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

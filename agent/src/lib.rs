@@ -26,6 +26,7 @@ pub mod service;
 pub mod settings;
 pub mod sql;
 mod sys;
+pub mod trail;
 pub mod types;
 
 /// The compiled eBPF object (built from `agent-ebpf` by build.rs).

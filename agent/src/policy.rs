@@ -55,6 +55,8 @@ pub struct Policy {
     pub notify: Vec<crate::notify::Target>,
     /// `[identity]`: the IdP `gatehouse login` uses; without it nobody can log in.
     pub identity: Option<IdentityConfig>,
+    /// `[[trail]]` and `[[alert]]`: the row-level access trail (`crate::trail`).
+    pub trail: Arc<crate::trail::Config>,
     pub tests: Vec<TestCase>,
     pub(crate) index: decide::Index,
 }

@@ -249,6 +249,8 @@ pub struct Agent {
     pub backend_logins: std::sync::Mutex<HashMap<BackendName, (i64, audit::BackendLogin)>>,
     /// What the check of the policy's files found (warnings, client_tls expiry).
     pub files: std::sync::Mutex<crate::policy::files::FileReport>,
+    /// `[[alert]]` windows over the row-level trail, per rule and user.
+    pub trail_alerts: crate::trail::alerts::Alerts,
 }
 
 impl Agent {
@@ -413,6 +415,7 @@ pub async fn run(
         nofile,
         tls_configs: std::sync::Mutex::new(HashMap::new()),
         backend_logins: std::sync::Mutex::new(HashMap::new()),
+        trail_alerts: crate::trail::alerts::Alerts::default(),
         files: std::sync::Mutex::new(files),
         settings,
     });

@@ -179,6 +179,7 @@ mod tests {
             fail_tx: Arc::new(fail_tx),
             public_key: Arc::new(std::sync::Mutex::new([0; 32])),
             journal: None,
+            trail_key: crate::trail::HashKey([0; 32]),
         };
         (audit, rx, queued)
     }

@@ -574,6 +574,12 @@ pub fn verify_db(path: &Path, trust: &Trust, published: Option<&[Anchor]>) -> Re
             if let Some(e) = indexed_event(&r) {
                 super::index(&tx, &e).map_err(sql_err)?;
             }
+            if r.kind == "trail"
+                && !r.redacted
+                && let Ok(t) = serde_json::from_slice::<crate::trail::TrailRecord>(&r.body)
+            {
+                crate::trail::store::index(&tx, r.seq, &t, r.data.as_deref().unwrap_or_default()).map_err(sql_err)?;
+            }
             prev = Some((r.seq, r.hash));
         }
     }
@@ -664,7 +670,12 @@ fn check_checkpoint(conn: &Connection, r: &Record, prev: Option<(u64, [u8; 32])>
 /// The query tables must say what the chain says: compared row by row,
 /// both in key order, without holding either in memory.
 fn compare_tables(rebuilt: &Connection, store: &Connection, report: &mut Report) -> Result<(), String> {
-    for (table, key) in [("sessions", "id"), ("statements", "session_id, seq")] {
+    for (table, key) in [
+        ("sessions", "id"),
+        ("statements", "session_id, seq"),
+        ("trail", "seq"),
+        ("trail_buckets", "tbl, bucket, seq"),
+    ] {
         let q = format!("SELECT * FROM {table} ORDER BY {key}");
         let (mut want_st, mut have_st) = (rebuilt.prepare(&q).map_err(sql_err)?, store.prepare(&q).map_err(sql_err)?);
         let n = want_st.column_count();

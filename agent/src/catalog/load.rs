@@ -45,10 +45,12 @@ SELECT DISTINCT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r
  WHERE d.refobjid <> r.ev_class AND r.ev_class >= 16384;
 SELECT c.oid, pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c
  WHERE c.relkind IN ('v', 'm') AND c.oid >= 16384;
+SELECT i.indrelid, i.indkey::pg_catalog.text FROM pg_catalog.pg_index i
+ WHERE i.indisprimary AND i.indrelid >= 16384;
 ";
 
 /// The number of result sets [`QUERY`] answers with.
-pub const RESULT_SETS: usize = 10;
+pub const RESULT_SETS: usize = 11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -76,7 +78,7 @@ fn flag(row: &Row, i: usize, what: &'static str) -> Result<bool, LoadError> {
 
 /// Builds the catalog from the answer to [`QUERY`].
 pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
-    let [session, names, functions, operators, types, cast_targets, relations, columns, view_deps, view_defs] =
+    let [session, names, functions, operators, types, cast_targets, relations, columns, view_deps, view_defs, keys] =
         results.as_slice()
     else {
         return Err(LoadError::Shape { got: results.len() });
@@ -128,7 +130,7 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
         }
         c.relations.insert((schema.clone(), name.clone()), oid);
         c.relation_schemas.entry(name.clone()).or_default().push(schema.clone());
-        c.by_oid.insert(oid, Relation { oid, schema, name, kind, columns: Vec::new(), reads: Vec::new() });
+        c.by_oid.insert(oid, Relation { oid, schema, name, kind, columns: Vec::new(), reads: Vec::new(), primary_key: Vec::new() });
     }
     for row in columns {
         let oid: u32 = number(row, 0, "attrelid")?;
@@ -157,6 +159,16 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
         // as derived from every table the view reads (see `Catalog::column_origins`).
         if let Some(l) = row.get(1).and_then(|v| v.as_deref()).and_then(crate::sql::lineage::of_sql) {
             c.view_lineage.insert(oid, std::sync::Arc::new(l));
+        }
+    }
+    for row in keys {
+        let oid: u32 = number(row, 0, "indrelid")?;
+        let cols = text(row, 1, "indkey")?
+            .split_ascii_whitespace()
+            .map(|n| n.parse::<i16>().map_err(|_| LoadError::Value { what: "indkey" }))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(rel) = c.by_oid.get_mut(&oid) {
+            rel.primary_key = cols;
         }
     }
     Ok(c)

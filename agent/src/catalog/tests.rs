@@ -42,6 +42,7 @@ pub(crate) fn sample() -> Catalog {
         ],
         vec![row(&["16403", "16402"])],
         vec![row(&["16403", " SELECT salaries.emp FROM hr.salaries;"])],
+        vec![row(&["16401", "1"]), row(&["16402", "1 2"])],
     ];
     build(&results, 0).unwrap()
 }
@@ -201,4 +202,12 @@ fn resolve_cost_probe() {
     }
     eprintln!("clone + resolve: {:.0} ns", t.elapsed().as_nanos() as f64 / f64::from(n));
     v.clear();
+}
+
+#[test]
+fn primary_keys_are_read() {
+    let c = sample();
+    assert_eq!(c.relation_named("public", "customers").unwrap().primary_key, vec![1]);
+    assert_eq!(c.relation_named("hr", "salaries").unwrap().primary_key, vec![1, 2], "composite keys keep every column");
+    assert!(c.relation_named("public", "orders").unwrap().primary_key.is_empty());
 }

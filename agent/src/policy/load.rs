@@ -28,7 +28,8 @@ use crate::sql::budget::{QueryLimits, QueryLimitsRaw};
 use crate::types::{BackendName, DbRole, RuleName};
 
 /// The top-level keys a policy file may hold.
-const TOP_LEVEL: &[&str] = &["agent", "backend", "rule", "mask", "approvers", "grant", "notify", "identity", "test"];
+const TOP_LEVEL: &[&str] =
+    &["agent", "backend", "rule", "mask", "approvers", "grant", "notify", "identity", "trail", "alert", "test"];
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 /// Rule names are in every decision and audit record.
 const MAX_RULE_NAME: usize = 128;
@@ -184,6 +185,26 @@ struct NotifyRaw {
     secret_file: Option<Spanned<PathBuf>>,
     command: Option<Spanned<Vec<String>>>,
     events: Option<Spanned<Vec<String>>>,
+}
+
+/// A `[[trail]]`: a table whose rows' readers are recorded.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrailRaw {
+    table: Spanned<String>,
+    key: Option<Spanned<String>>,
+}
+
+/// An `[[alert]]` over the trail.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertRaw {
+    name: Spanned<String>,
+    table: Spanned<String>,
+    window: Option<Spanned<String>>,
+    threshold: Option<Spanned<u64>>,
+    keys: Option<Spanned<Vec<String>>>,
+    action: Option<Spanned<crate::trail::AlertAction>>,
 }
 
 /// A `[[grant]]`: what a rule allows, plus who may ask for it and for how long.
@@ -391,6 +412,8 @@ struct Collected<'s> {
     approvers: Vec<Entry<'s, ApproversRaw>>,
     grants: Vec<Entry<'s, GrantRaw>>,
     notify: Vec<Entry<'s, NotifyRaw>>,
+    trails: Vec<Entry<'s, TrailRaw>>,
+    alerts: Vec<Entry<'s, AlertRaw>>,
     identity: Option<Entry<'s, IdentityRaw>>,
     tests: Vec<Entry<'s, TestRaw>>,
 }
@@ -435,13 +458,15 @@ fn collect<'s>(src: &'s Source, c: &mut Collected<'s>, errors: &mut Vec<Diagnost
             "approvers" => c.approvers.extend(entries(src, value, "approvers", errors)),
             "grant" => c.grants.extend(entries(src, value, "grant", errors)),
             "notify" => c.notify.extend(entries(src, value, "notify", errors)),
+            "trail" => c.trails.extend(entries(src, value, "trail", errors)),
+            "alert" => c.alerts.extend(entries(src, value, "alert", errors)),
             "test" => c.tests.extend(entries(src, value, "test", errors)),
             other => {
                 errors.push(
                     Diagnostic::new(
                         src.at(Some(key.span())),
                         format!(
-                            "unknown section `{other}`; expected [agent], [[backend]], [[rule]], [[mask]], [[approvers]], [[grant]], [[notify]], [identity] or [[test]]"
+                            "unknown section `{other}`; expected [agent], [[backend]], [[rule]], [[mask]], [[approvers]], [[grant]], [[notify]], [[trail]], [[alert]], [identity] or [[test]]"
                         ),
                     )
                     .hint(did_you_mean(other, TOP_LEVEL.iter().copied())),
@@ -535,6 +560,7 @@ fn build(c: Collected<'_>, opts: &LoadOptions, errors: &mut Vec<Diagnostic>) -> 
     build_rules(c.rules, &mut policy, &mut e);
     build_grants(c.grants, &mut policy, &mut e);
     build_notify(c.notify, &mut policy, &mut e);
+    build_trail(c.trails, c.alerts, &mut policy, &mut e);
     build_tests(c.tests, &mut policy, &mut e);
     policy
 }
@@ -820,6 +846,100 @@ fn build_notify(raw: Vec<Entry<'_, NotifyRaw>>, policy: &mut Policy, e: &mut Err
             events,
         });
     }
+}
+
+/// `schema.name` (or `name`, in `public`) as a trail names a table.
+fn trail_table(name: &str) -> Result<(String, String), String> {
+    let (schema, table) = name.split_once('.').unwrap_or(("public", name));
+    let ok = |s: &str| !s.is_empty() && !s.contains(['.', '"', ' ']);
+    if ok(schema) && ok(table) {
+        Ok((schema.to_owned(), table.to_owned()))
+    } else {
+        Err(format!("{name:?} is not a table name; write \"schema.table\" (unquoted, as the catalog spells it)"))
+    }
+}
+
+/// `[[trail]]` and `[[alert]]` entries.
+fn build_trail(trails: Vec<Entry<'_, TrailRaw>>, alerts: Vec<Entry<'_, AlertRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
+    let mut cfg = crate::trail::Config::default();
+    let mut seen: HashMap<String, Location> = HashMap::new();
+    for entry in trails {
+        let r = &entry.raw;
+        let (schema, name) = match trail_table(r.table.get_ref()) {
+            Ok(t) => t,
+            Err(m) => {
+                e.push(entry.at_span(r.table.span()), m);
+                continue;
+            }
+        };
+        let t = crate::trail::TrailTable { schema, name, key: r.key.as_ref().map(|k| k.get_ref().clone()) };
+        if let Some(first) = seen.insert(t.qualified(), entry.at()) {
+            e.push(entry.at_span(r.table.span()), format!("table {} is trailed twice; the first is at {first}", t.qualified()));
+            continue;
+        }
+        cfg.tables.push(t);
+    }
+    let mut names: HashMap<String, Location> = HashMap::new();
+    for entry in alerts {
+        let r = &entry.raw;
+        let name = r.name.get_ref().clone();
+        if let Err(m) = valid_name(&name) {
+            e.push(entry.at_span(r.name.span()), m);
+            continue;
+        }
+        if let Some(first) = names.insert(name.clone(), entry.at()) {
+            e.push(entry.at_span(r.name.span()), format!("alert `{name}` is defined twice; the first is at {first}"));
+            continue;
+        }
+        let table = match trail_table(r.table.get_ref()) {
+            Ok((s, t)) => format!("{s}.{t}"),
+            Err(m) => {
+                e.push(entry.at_span(r.table.span()), m);
+                continue;
+            }
+        };
+        if !seen.contains_key(&table) {
+            e.hint(
+                entry.at_span(r.table.span()),
+                format!("alert `{name}` watches {table}, which no [[trail]] records"),
+                Some(format!("add [[trail]] table = \"{table}\"")),
+            );
+            continue;
+        }
+        let keys = r.keys.as_ref().map(|k| k.get_ref().clone()).unwrap_or_default();
+        let threshold = r.threshold.as_ref().map(|t| *t.get_ref());
+        if threshold.is_none() == keys.is_empty() {
+            e.push(entry.at(), format!("alert `{name}` needs exactly one of threshold (distinct rows) and keys (a list)"));
+            continue;
+        }
+        let window = match &r.window {
+            Some(w) => match parse_duration(w.get_ref()) {
+                Ok(d) if d.as_secs() > 0 => d,
+                Ok(_) => {
+                    e.push(entry.at_span(w.span()), "the window must be at least a second");
+                    continue;
+                }
+                Err(m) => {
+                    e.push(entry.at_span(w.span()), m);
+                    continue;
+                }
+            },
+            None if threshold.is_some() => {
+                e.push(entry.at(), format!("alert `{name}` has a threshold but no window (e.g. window = \"30d\")"));
+                continue;
+            }
+            None => Duration::from_secs(3600),
+        };
+        cfg.alerts.push(crate::trail::AlertRule {
+            name,
+            table,
+            window,
+            threshold,
+            keys,
+            action: r.action.as_ref().map_or(crate::trail::AlertAction::Log, |a| *a.get_ref()),
+        });
+    }
+    policy.trail = Arc::new(cfg);
 }
 
 /// `[[grant]]` entries: the rule part is checked exactly as a `[[rule]]`.

@@ -85,6 +85,8 @@ pub struct CopyFormat {
     pub header: bool,
     /// Options Gatehouse does not rewrite rows under (QUOTE, ESCAPE, NULL, FORCE_QUOTE, ENCODING…).
     pub unusual: bool,
+    /// `COPY table [(columns)] TO`: each field is the column as stored (not a query's expression).
+    pub relation: bool,
 }
 
 /// Where a statement's result columns come from.
@@ -148,7 +150,7 @@ pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
             if let Some(wh) = c.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
                 w.predicate(wh.to_ref(), &[], 1);
             }
-            w.copy = Some(copy_format(&c.options));
+            w.copy = Some(CopyFormat { relation: c.query.is_none(), ..copy_format(&c.options) });
             outputs
         }
         NodeRef::PrepareStmt(p) => match p.query.as_deref().and_then(|n| n.node.as_ref()) {
@@ -733,7 +735,8 @@ fn figure_name(node: NodeRef<'_>) -> String {
 
 /// The layout options of `COPY … TO`.
 fn copy_format(options: &[pg_query::Node]) -> CopyFormat {
-    let mut f = CopyFormat { csv: false, binary: false, delimiter: b'\t', header: false, unusual: false };
+    let mut f =
+        CopyFormat { csv: false, binary: false, delimiter: b'\t', header: false, unusual: false, relation: false };
     let mut delimiter = None;
     for o in options {
         let Some(NodeEnum::DefElem(d)) = &o.node else { continue };

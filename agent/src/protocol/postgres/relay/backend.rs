@@ -106,12 +106,37 @@ struct Rows {
     columns: Option<Vec<ColumnMask>>,
     /// The plan for its COPY rows, if any column is masked.
     copy: Option<CopyPlan>,
+    /// The keys of trailed tables its rows return (`crate::trail`), once planned.
+    trail: Option<crate::trail::Capture>,
+    trail_planned: bool,
 }
 
 impl Rows {
     fn end(&mut self) {
         self.columns = None;
         self.copy = None;
+        self.trail = None;
+        self.trail_planned = false;
+    }
+}
+
+/// Whether the policy trails any table (results are then described on unmasked sessions too).
+fn trailing(ctx: &Ctx) -> bool {
+    !ctx.agent.snapshot.load().policy.trail.is_empty()
+}
+
+/// Records what the statement returned of trailed tables and runs the
+/// alert rules; an alert whose action is `cut` ends the session.
+fn trail_end(ctx: &Ctx, rows: &mut Rows, fl: &InFlight) {
+    let Some(cap) = rows.trail.take() else { return };
+    let rules = ctx.agent.snapshot.load().policy.trail.alerts.clone();
+    let who = crate::trail::alerts::Reader {
+        uid: ctx.uid.0,
+        user: ctx.principal.user.as_ref().map_or_else(|| format!("#{}", ctx.uid.0), ToString::to_string),
+    };
+    let fired = crate::trail::finish_statement(&ctx.agent.audit, &ctx.agent.trail_alerts, &rules, &who, cap, ctx.id, fl.seq);
+    if let Some(a) = fired.iter().find(|a| a.action == crate::trail::AlertAction::Cut) {
+        ctx.live.cut(a.describe());
     }
 }
 
@@ -178,6 +203,9 @@ fn on_backend(
                 sh.describes.retain(|(e, _)| *e != current);
                 sh.path.error_since = true;
                 drop(sh);
+                if let Some(fl) = &front {
+                    trail_end(ctx, rows, fl);
+                }
                 rows.end();
                 // An error of a statement that reads masked columns may quote
                 // a value computed from them: its quoted parts are redacted.
@@ -256,6 +284,7 @@ fn on_backend(
                 sh.cursors.insert(name.clone(), (l.clone(), fl.relations.clone()));
             }
             drop(sh);
+            trail_end(ctx, rows, &fl);
             fl.masked.merge(pending);
             *pending = Counts::default();
             statement_end(ctx, fl, count, None);
@@ -278,6 +307,7 @@ fn on_backend(
             }
             drop(sh);
             if let Some(mut fl) = front {
+                trail_end(ctx, rows, &fl);
                 fl.masked.merge(pending);
                 *pending = Counts::default();
                 statement_end(ctx, fl, None, None);
@@ -366,9 +396,9 @@ fn on_backend(
             out.extend_from_slice(f.raw);
         }
         b'T' | b'n' => {
-            // Only masked sessions need the columns (unmasked ones keep the answer slots in order).
+            // Only masked or trailed sessions need the columns (others keep the answer slots in order).
             let shape = match f.tag {
-                b'T' if ctx.mask.is_some() => {
+                b'T' if ctx.mask.is_some() || trailing(ctx) => {
                     Some(Arc::<[wire::Column]>::from(wire::row_description(f.body).map_err(bad)?))
                 }
                 _ => None,
@@ -382,17 +412,98 @@ fn on_backend(
                         t.set(shape.clone());
                     }
                 }
-            } else if let (Some(profile), Some(cols)) = (&ctx.mask, &shape) {
+            } else if let Some(cols) = &shape {
                 // A simple query's result (or FETCH, EXECUTE): its plan now.
                 let trace = trace(&sh);
                 drop(sh);
-                rows.columns = Some(masking::result_plan(profile, db, &trace, cols));
+                if let Some(profile) = &ctx.mask {
+                    rows.columns = Some(masking::result_plan(profile, db, &trace, cols));
+                }
+                rows.trail = masking::trail_capture(ctx, db, &trace, cols, rows.columns.as_deref().unwrap_or_default());
+                rows.trail_planned = true;
             }
             out.extend_from_slice(f.raw);
         }
-        b'D' => match &ctx.mask {
+        b'D' => {
+            if !rows.trail_planned && trailing(ctx) {
+                // An Execute's rows: described by its portal or statement earlier.
+                rows.trail_planned = true;
+                let sh = lock(shared);
+                let (shape, trace) = (execute_shape(&sh), trace(&sh));
+                drop(sh);
+                if let Some(cols) = shape {
+                    let plan = match &ctx.mask {
+                        Some(profile) => {
+                            rows.columns.get_or_insert_with(|| masking::result_plan(profile, db, &trace, &cols)).clone()
+                        }
+                        None => Vec::new(),
+                    };
+                    rows.trail = masking::trail_capture(ctx, db, &trace, &cols, &plan);
+                }
+            }
+            on_data_row(ctx, db, f, out, shared, rows, pending)?;
+            if let Some(t) = &mut rows.trail {
+                t.row(f.body);
+            }
+        }
+        b'H' => {
+            // CopyOutResponse: binary COPY cannot be masked: refuse it on masked sessions.
+            if let Some(profile) = &ctx.mask {
+                if f.body.first() == Some(&1) {
+                    return Err(Fail::Backend(
+                        "binary COPY TO cannot be masked; the session is closed (fail closed)".into(),
+                    ));
+                }
+                let width = f.body.get(1..3).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(i16::from_be_bytes);
+                let width = width
+                    .and_then(|w| usize::try_from(w).ok())
+                    .ok_or_else(|| bad(WireError::Malformed { what: "CopyOutResponse" }))?;
+                let trace = trace(&lock(shared));
+                rows.copy = masking::copy_plan(profile, db, &trace, width);
+            }
+            if trailing(ctx) {
+                let width = f.body.get(1..3).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(i16::from_be_bytes);
+                if let Some(width) = width.and_then(|w| usize::try_from(w).ok()) {
+                    let trace = trace(&lock(shared));
+                    rows.trail = masking::trail_copy_capture(ctx, db, &trace, width, rows.copy.as_ref());
+                    rows.trail_planned = true;
+                }
+            }
+            out.extend_from_slice(f.raw);
+        }
+        b'd' => {
+            match &ctx.mask {
+                Some(profile) => masking::mask_copy_data(profile, rows.copy.as_mut(), f, out, scratch, pending),
+                None => out.extend_from_slice(f.raw),
+            }
+            if let Some(t) = &mut rows.trail {
+                t.copy_row(f.body);
+            }
+        }
+        b'N' => mask_message(ctx, f, out, false),
+        b'A' => match &ctx.mask {
+            Some(profile) => masking::mask_notification(profile, f, out, pending).map_err(bad)?,
             None => out.extend_from_slice(f.raw),
-            Some(profile) => {
+        },
+        _ => out.extend_from_slice(f.raw),
+    }
+    Ok(())
+}
+
+/// A DataRow: masked per the result's plan on masked sessions, else forwarded as it came.
+fn on_data_row(
+    ctx: &Ctx,
+    db: &SessionDb,
+    f: Frame<'_>,
+    out: &mut Vec<u8>,
+    shared: &Mutex<Shared>,
+    rows: &mut Rows,
+    pending: &mut Counts,
+) -> Result<(), Fail> {
+    let bad = |e: WireError| Fail::Backend(format!("malformed message from the backend: {e}"));
+    match &ctx.mask {
+        None => out.extend_from_slice(f.raw),
+        Some(profile) => {
                 if rows.columns.is_none() {
                     // An Execute's rows: described by its portal or statement earlier.
                     let sh = lock(shared);
@@ -411,35 +522,7 @@ fn on_backend(
                     _ => out.extend_from_slice(f.raw),
                 }
             }
-        },
-        b'H' => {
-            // CopyOutResponse: binary COPY cannot be masked: refuse it on masked sessions.
-            if let Some(profile) = &ctx.mask {
-                if f.body.first() == Some(&1) {
-                    return Err(Fail::Backend(
-                        "binary COPY TO cannot be masked; the session is closed (fail closed)".into(),
-                    ));
-                }
-                let width = f.body.get(1..3).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(i16::from_be_bytes);
-                let width = width
-                    .and_then(|w| usize::try_from(w).ok())
-                    .ok_or_else(|| bad(WireError::Malformed { what: "CopyOutResponse" }))?;
-                let trace = trace(&lock(shared));
-                rows.copy = masking::copy_plan(profile, db, &trace, width);
-            }
-            out.extend_from_slice(f.raw);
         }
-        b'd' => match &ctx.mask {
-            Some(profile) => masking::mask_copy_data(profile, rows.copy.as_mut(), f, out, scratch, pending),
-            None => out.extend_from_slice(f.raw),
-        },
-        b'N' => mask_message(ctx, f, out, false),
-        b'A' => match &ctx.mask {
-            Some(profile) => masking::mask_notification(profile, f, out, pending).map_err(bad)?,
-            None => out.extend_from_slice(f.raw),
-        },
-        _ => out.extend_from_slice(f.raw),
-    }
     Ok(())
 }
 

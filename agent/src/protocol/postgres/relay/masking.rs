@@ -100,6 +100,70 @@ pub(super) fn copy_plan(
     Some(CopyPlan { styles, delimiter: format.delimiter, csv: format.csv, header: format.header })
 }
 
+/// The trail's key capture for a result described by `cols` (`plan`: its
+/// masking plan, empty when nothing is masked), when the policy trails a
+/// table the result touches.
+pub(super) fn trail_capture(
+    ctx: &Ctx,
+    db: &crate::protocol::postgres::SessionDb,
+    trace: &Trace,
+    cols: &[wire::Column],
+    plan: &[ColumnMask],
+) -> Option<crate::trail::Capture> {
+    let cfg = ctx.agent.snapshot.load().policy.trail.clone();
+    if cfg.is_empty() {
+        return None;
+    }
+    let cat = catalog(db);
+    let bound = bound(&cat, trace);
+    let relations = crate::trail::relation_oids(&cat, &trace.relations);
+    let cols: Vec<crate::trail::ResultCol> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| crate::trail::ResultCol {
+            table_oid: c.table_oid,
+            attnum: c.attnum,
+            type_oid: c.type_oid,
+            binary: c.format == 1,
+            masked: matches!(plan.get(i), Some(ColumnMask::Rule(..))),
+        })
+        .collect();
+    crate::trail::Capture::for_result(&cfg, ctx.agent.audit.trail_key(), &cat, bound.as_ref(), &relations, &cols)
+}
+
+/// The trail's key capture for a `COPY … TO` of `width` columns.
+pub(super) fn trail_copy_capture(
+    ctx: &Ctx,
+    db: &crate::protocol::postgres::SessionDb,
+    trace: &Trace,
+    width: usize,
+    plan: Option<&CopyPlan>,
+) -> Option<crate::trail::Capture> {
+    let cfg = ctx.agent.snapshot.load().policy.trail.clone();
+    if cfg.is_empty() {
+        return None;
+    }
+    let lineage = trace.lineage.as_ref()?;
+    let format = lineage.copy.as_ref()?;
+    let cat = catalog(db);
+    let bound = cat.bind(lineage, &trace.relations);
+    let relations = crate::trail::relation_oids(&cat, &trace.relations);
+    let masked: Vec<bool> = match plan {
+        Some(p) => p.styles.iter().map(Option::is_some).collect(),
+        None => vec![false; width],
+    };
+    crate::trail::Capture::for_copy(
+        &cfg,
+        ctx.agent.audit.trail_key(),
+        &cat,
+        &bound,
+        &relations,
+        width,
+        format,
+        &masked,
+    )
+}
+
 /// Splits one COPY text/CSV row (without its line end) into fields: byte
 /// ranges, and whether each is NULL.
 fn copy_fields(row: &[u8], delimiter: u8, csv: bool) -> Vec<(usize, usize, bool)> {
