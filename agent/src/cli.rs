@@ -6,6 +6,7 @@ mod audit;
 mod ca;
 mod login;
 mod policy;
+mod trail;
 mod trust;
 
 use std::process::ExitCode;
@@ -51,6 +52,10 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// List recorded statements (PostgreSQL sessions): decision, rule, rows, duration, error.
     Statements(StatementsArgs),
+    /// Which sessions and statements returned a row of a trailed table (`[[trail]]`): user, identity, time, process.
+    WhoSaw(trail::WhoSawArgs),
+    /// Distinct rows of a trailed table read per user (and day).
+    AccessReport(trail::AccessReportArgs),
     /// Check an audit database (or an export bundle) for changed, deleted, inserted or reordered records.
     Verify(VerifyArgs),
     /// Print a recorded session as it happened (psql-like for PostgreSQL, text/hex for TCP).
@@ -139,6 +144,8 @@ async fn dispatch(cmd: Command) -> ExitCode {
         Command::Status(a) => agent::status(a).await,
         Command::Sessions(a) => audit::list_sessions(&a).await,
         Command::Statements(a) => audit::list_statements(&a).await,
+        Command::WhoSaw(a) => trail::who_saw(&a).await,
+        Command::AccessReport(a) => trail::access_report(&a).await,
         Command::Verify(a) if a.central.is_some() => audit::verify_central(&a).await,
         Command::Verify(a) => trust::verify(&a),
         Command::Replay(a) => audit::replay(&a).await,

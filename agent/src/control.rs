@@ -103,6 +103,18 @@ pub enum Request {
     Replay {
         session: String,
     },
+    /// The statements that returned a row of a trailed table (root and the auditor group).
+    WhoSaw {
+        table: String,
+        key: String,
+        since_us: Option<i64>,
+    },
+    /// Distinct rows of a trailed table read per user (root and the auditor group).
+    AccessReport {
+        table: String,
+        by: crate::trail::store::ReportBy,
+        since_us: Option<i64>,
+    },
     /// Remove a session's recorded content (root only).
     Redact {
         session: String,
@@ -155,6 +167,10 @@ pub enum Response {
     },
     Statements {
         rows: Vec<crate::audit::query::StatementRow>,
+    },
+    WhoSaw(Box<crate::trail::store::WhoSaw>),
+    AccessReport {
+        rows: Vec<crate::trail::store::ReportRow>,
     },
     /// The transcript: (time µs, text) per line.
     Replay {
@@ -478,6 +494,22 @@ async fn answer(agent: &Agent, stream: UnixStream, uid: u32) -> std::io::Result<
             let q = move || crate::audit::query::statements_of(&db, session.as_deref(), owner, limit);
             match tokio::task::spawn_blocking(q).await {
                 Ok(Ok(rows)) => Response::Statements { rows },
+                Ok(Err(e)) => Response::Error { message: e.to_string() },
+                Err(e) => Response::Error { message: e.to_string() },
+            }
+        }
+        Ok(Request::WhoSaw { .. } | Request::AccessReport { .. }) if !all => denied(),
+        Ok(Request::WhoSaw { table, key, since_us }) => {
+            match tokio::task::spawn_blocking(move || crate::trail::store::who_saw(&db, &table, &key, since_us)).await {
+                Ok(Ok(w)) => Response::WhoSaw(Box::new(w)),
+                Ok(Err(e)) => Response::Error { message: e.to_string() },
+                Err(e) => Response::Error { message: e.to_string() },
+            }
+        }
+        Ok(Request::AccessReport { table, by, since_us }) => {
+            let q = move || crate::trail::store::access_report(&db, &table, by, since_us);
+            match tokio::task::spawn_blocking(q).await {
+                Ok(Ok(rows)) => Response::AccessReport { rows },
                 Ok(Err(e)) => Response::Error { message: e.to_string() },
                 Err(e) => Response::Error { message: e.to_string() },
             }

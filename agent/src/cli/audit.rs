@@ -159,7 +159,7 @@ pub struct VerifyArgs {
 
 /// Asks the running agent (which authorises by uid); without one, root
 /// reads the store directly.
-async fn ask_or_read<T>(
+pub(super) async fn ask_or_read<T>(
     socket: &Path,
     db: Option<&Path>,
     req: Request,

@@ -930,13 +930,23 @@ fn build_trail(trails: Vec<Entry<'_, TrailRaw>>, alerts: Vec<Entry<'_, AlertRaw>
             }
             None => Duration::from_secs(3600),
         };
+        let action = r.action.as_ref().map_or(crate::trail::AlertAction::Log, |a| *a.get_ref());
+        if action == crate::trail::AlertAction::Hold {
+            let span = r.action.as_ref().map_or(entry.span.clone(), Spanned::span);
+            e.hint(
+                entry.at_span(span),
+                format!("alert `{name}`: action = \"hold\" is not available yet"),
+                Some("use \"log\" or \"cut\"".into()),
+            );
+            continue;
+        }
         cfg.alerts.push(crate::trail::AlertRule {
             name,
             table,
             window,
             threshold,
             keys,
-            action: r.action.as_ref().map_or(crate::trail::AlertAction::Log, |a| *a.get_ref()),
+            action,
         });
     }
     policy.trail = Arc::new(cfg);

@@ -109,6 +109,8 @@ struct Rows {
     /// The keys of trailed tables its rows return (`crate::trail`), once planned.
     trail: Option<crate::trail::Capture>,
     trail_planned: bool,
+    /// An alert said `cut`: the session ends once the client has this exchange's answer.
+    cut: Option<String>,
 }
 
 impl Rows {
@@ -136,7 +138,7 @@ fn trail_end(ctx: &Ctx, rows: &mut Rows, fl: &InFlight) {
     };
     let fired = crate::trail::finish_statement(&ctx.agent.audit, &ctx.agent.trail_alerts, &rules, &who, cap, ctx.id, fl.seq);
     if let Some(a) = fired.iter().find(|a| a.action == crate::trail::AlertAction::Cut) {
-        ctx.live.cut(a.describe());
+        rows.cut.get_or_insert_with(|| a.describe());
     }
 }
 
@@ -365,6 +367,9 @@ fn on_backend(
             }
             rows.end();
             out.extend_from_slice(f.raw);
+            if let Some(why) = rows.cut.take() {
+                ctx.live.cut(why);
+            }
         }
         b'K' => {
             let (pid, secret) = wire::backend_key(f.body).map_err(bad)?;
