@@ -106,6 +106,12 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    rule: String,
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CounterLabels {
     counter: String,
 }
@@ -118,6 +124,7 @@ pub struct Metrics {
     refusals: Family<ReasonLabels, Counter>,
     masked: Family<DetectorLabels, Counter>,
     bytes: Family<DirectionLabels, Counter>,
+    trail_alerts: Family<AlertLabels, Counter>,
     commit: Histogram,
     committed: Counter,
     shipped: Counter,
@@ -137,6 +144,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     refusals: Family::default(),
     masked: Family::default(),
     bytes: Family::default(),
+    trail_alerts: Family::default(),
     // 50 µs … ~1.6 s, doubling.
     commit: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16)),
     committed: Counter::default(),
@@ -206,6 +214,10 @@ fn observe(m: &Metrics, e: &Event) {
             m.bytes.get_or_create(&DirectionLabels { direction: "up".into() }).inc_by(c.bytes_up);
             m.bytes.get_or_create(&DirectionLabels { direction: "down".into() }).inc_by(c.bytes_down);
         }
+        Event::TrailAlert(a) => {
+            let action = format!("{:?}", a.action).to_lowercase();
+            m.trail_alerts.get_or_create(&AlertLabels { rule: a.rule.clone(), action }).inc();
+        }
         Event::Approval(t) if t.event == "denied" || t.event == "timed_out" => {
             let reason = if t.event == "denied" { "approval_denied" } else { "approval_timed_out" };
             m.refusals.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
@@ -232,6 +244,7 @@ pub fn render(agent: &Agent) -> String {
         .store(counters.unverified, Ordering::Relaxed);
     r.register("refusals", "Refusals by reason", refusals);
     r.register("masked_values", "Values masked in results, by detector or column rule", m.masked.clone());
+    r.register("trail_alerts", "Row-level trail alerts ([[alert]]) fired, by rule and action", m.trail_alerts.clone());
     r.register("relayed_bytes", "Bytes relayed, by direction, counted when sessions close", m.bytes.clone());
     r.register("audit_commit_seconds", "Time to commit one batch of audit records", m.commit.clone());
     r.register("audit_records", "Audit records committed", m.committed.clone());

@@ -124,25 +124,38 @@ pub fn announce(targets: &[Target], t: &Transition) {
         }
         let body = Body { text: summary(t), event: t.event, request: &t.request, by: t.by.as_ref() };
         let Ok(json) = serde_json::to_vec(&body) else { continue };
-        let target = Arc::new(target.clone());
-        let id = t.request.id;
-        let event = t.event;
-        tokio::spawn(async move {
-            for (attempt, pause) in [0u64, 1, 2, 4, 8].into_iter().enumerate() {
-                tokio::time::sleep(Duration::from_secs(pause)).await;
-                match send(&target, &json, event).await {
-                    Ok(()) => {
-                        info!(notify = %target.name, request = id, event, "notification sent");
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(notify = %target.name, request = id, event, attempt = attempt + 1, error = %e, "notification failed")
-                    }
+        deliver(target, json, t.event, t.request.id.to_string());
+    }
+}
+
+/// Announces a row-level trail alert (event `trail_alert`) to every target that wants it.
+pub fn announce_alert(targets: &[Target], a: &crate::trail::AlertRecord) {
+    const EVENT: &str = "trail_alert";
+    for target in targets.iter().filter(|t| t.events.is_empty() || t.events.iter().any(|e| e == EVENT)) {
+        let body = serde_json::json!({ "text": format!("Gatehouse {}", a.describe()), "event": EVENT, "alert": a });
+        let Ok(json) = serde_json::to_vec(&body) else { continue };
+        deliver(target, json, EVENT, a.rule.clone());
+    }
+}
+
+/// Sends in the background, retrying with backoff.
+fn deliver(target: &Target, json: Vec<u8>, event: &'static str, id: String) {
+    let target = Arc::new(target.clone());
+    tokio::spawn(async move {
+        for (attempt, pause) in [0u64, 1, 2, 4, 8].into_iter().enumerate() {
+            tokio::time::sleep(Duration::from_secs(pause)).await;
+            match send(&target, &json, event).await {
+                Ok(()) => {
+                    info!(notify = %target.name, request = %id, event, "notification sent");
+                    return;
+                }
+                Err(e) => {
+                    warn!(notify = %target.name, request = %id, event, attempt = attempt + 1, error = %e, "notification failed")
                 }
             }
-            warn!(notify = %target.name, request = id, event, "notification given up after 5 attempts");
-        });
-    }
+        }
+        warn!(notify = %target.name, request = %id, event, "notification given up after 5 attempts");
+    });
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);

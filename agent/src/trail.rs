@@ -163,8 +163,10 @@ fn resolve(cfg: &Config, cat: &Catalog) -> Vec<Resolved> {
                         .map(|c| (c.attnum, c.name.clone(), c.type_oid))
                         .ok_or_else(|| "its primary key is an expression".to_owned()),
                     [] => Err("the table has no primary key; name one with `key`".to_owned()),
-                    _ => Err("its primary key has several columns (composite keys are not trailed); name one with `key`"
-                        .to_owned()),
+                    _ => {
+                        Err("its primary key has several columns (composite keys are not trailed); name one with `key`"
+                            .to_owned())
+                    }
                 },
             };
             Some(Resolved { oid: rel.oid, table: t.qualified(), key })
@@ -315,7 +317,12 @@ impl Capture {
                             Some(decode) => {
                                 read.key = Some(name.clone());
                                 read.key_masked |= c.masked;
-                                cap.cols.push(KeyCol { index, table: ti, decode, int: is_int(c.type_oid) && !c.masked });
+                                cap.cols.push(KeyCol {
+                                    index,
+                                    table: ti,
+                                    decode,
+                                    int: is_int(c.type_oid) && !c.masked,
+                                });
                             }
                             None => undecodable = Some(c.type_oid),
                         }
@@ -387,7 +394,12 @@ impl Capture {
                             let m = masked.get(index).copied().unwrap_or(false);
                             read.key = Some(name.clone());
                             read.key_masked |= m;
-                            cap.cols.push(KeyCol { index, table: ti, decode: Decode::Text, int: is_int(*type_oid) && !m });
+                            cap.cols.push(KeyCol {
+                                index,
+                                table: ti,
+                                decode: Decode::Text,
+                                int: is_int(*type_oid) && !m,
+                            });
                         }
                     }
                     if read.key.is_none() {
@@ -658,7 +670,13 @@ impl AlertRecord {
                 self.window_s,
                 self.threshold.unwrap_or(0)
             ),
-            None => format!("alert `{}`: {} read listed rows of {}: {}", self.rule, self.user, self.table, self.listed_keys.join(", ")),
+            None => format!(
+                "alert `{}`: {} read listed rows of {}: {}",
+                self.rule,
+                self.user,
+                self.table,
+                self.listed_keys.join(", ")
+            ),
         }
     }
 }

@@ -52,6 +52,13 @@ fn world() -> (World, BTreeMap<&'static str, String>) {
         ),
     );
     let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
+    // Alerts are announced to a local command (root's, like the agent).
+    let hook = env.path("alert.sh");
+    let heard = env.path("alerts.jsonl");
+    std::fs::write(&hook, format!("#!/bin/sh\ncat >> {h}\necho >> {h}\n", h = heard.display()))
+        .unwrap_or_else(|e| panic!("write {}: {e}", hook.display()));
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", hook.display()));
     let policy = format!(
         r#"
 [agent]
@@ -81,6 +88,11 @@ backend = "appdb"
 statements = ["select"]
 mask = "pii"
 
+[[notify]]
+name = "alerts"
+command = ["{hook}"]
+events = ["trail_alert"]
+
 [[trail]]
 table = "public.customers"
 
@@ -99,6 +111,7 @@ action = "cut"
         addr = pg.addr(),
         app = pg::APP_ROLE,
         s = secret.display(),
+        hook = hook.display(),
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
@@ -114,14 +127,22 @@ impl World {
             args.extend(["-c", c]);
         }
         let out = self.env.run_as(user, None, Path::new("/usr/bin/psql"), &args);
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
     }
 
     fn python(&self, user: &str, file: &str, script: &str) -> String {
         let p = self.env.path(file);
-        std::fs::write(&p, script).unwrap();
+        std::fs::write(&p, script).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         let port = self.pg.port.to_string();
-        let out = self.env.run_as(user, None, Path::new("/usr/bin/python3"), &[&p.display().to_string(), &self.pg.host, &port]);
+        let out = self.env.run_as(
+            user,
+            None,
+            Path::new("/usr/bin/python3"),
+            &[&p.display().to_string(), &self.pg.host, &port],
+        );
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{file}: {text}\n{}", self.env.agent_log());
         text
@@ -129,18 +150,25 @@ impl World {
 
     fn gh(&self, user: Option<&str>, args: &[&str]) -> (bool, String) {
         let out = match user {
-            None => Command::new(gatehouse_bin()).args(args).output().unwrap(),
+            None => gh_root_output(args),
             Some(u) => self.env.run_as(u, None, &gatehouse_bin(), args),
         };
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
     }
 
     fn who_saw(&self, key: i64) -> Vec<Value> {
         let ctl = self.env.control().display().to_string();
         let key = key.to_string();
-        let (ok, out) = self.gh(None, &["who-saw", "--table", "customers", "--key", &key, "--json", "--control-socket", &ctl]);
+        let (ok, out) =
+            self.gh(None, &["who-saw", "--table", "customers", "--key", &key, "--json", "--control-socket", &ctl]);
         assert!(ok, "who-saw: {out}");
-        out.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+        out.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("who-saw line {l}: {e}")))
+            .collect()
     }
 }
 
@@ -191,7 +219,8 @@ fn who_saw_lists_exactly_the_statements_that_returned_the_row() {
     // label → ids the client received.
     let mut got: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
 
-    let (ok, out) = w.psql(&users["ann"], &["SELECT id, name AS q_ann_range FROM customers WHERE id BETWEEN 100 AND 199"]);
+    let (ok, out) =
+        w.psql(&users["ann"], &["SELECT id, name AS q_ann_range FROM customers WHERE id BETWEEN 100 AND 199"]);
     assert!(ok, "{out}\n{}", log());
     got.insert("ann_range".into(), ids(&out, 0));
     assert_eq!(got["ann_range"].len(), 100);
@@ -204,7 +233,8 @@ fn who_saw_lists_exactly_the_statements_that_returned_the_row() {
 
     let out = w.python(&users["bob"], "bob.py", PSYCOPG);
     for label in ["bob_any", "bob_join"] {
-        let mine: String = out.lines().filter(|l| l.starts_with(&format!("{label}|"))).map(|l| format!("{l}\n")).collect();
+        let mine: String =
+            out.lines().filter(|l| l.starts_with(&format!("{label}|"))).map(|l| format!("{l}\n")).collect();
         got.insert(label.into(), ids(&mine, 1));
     }
     assert_eq!(got["bob_any"], BTreeSet::from([42, 150, 1000]), "{out}");
@@ -290,19 +320,29 @@ fn who_saw_lists_exactly_the_statements_that_returned_the_row() {
         .unwrap()
         .map(|b| serde_json::from_slice(&b.unwrap()).unwrap())
         .collect();
-    let mut bulk: Vec<String> = alerts
-        .iter()
-        .filter(|a| a["rule"] == "bulk-readers")
-        .map(|a| a["user"].as_str().unwrap().to_owned())
-        .collect();
+    let mut bulk: Vec<String> =
+        alerts.iter().filter(|a| a["rule"] == "bulk-readers").map(|a| a["user"].as_str().unwrap().to_owned()).collect();
     bulk.sort();
     assert_eq!(bulk, want_bulk, "{alerts:#?}");
     let sid = alerts.iter().find(|a| a["rule"] == "bulk-readers" && a["user"] == users["sid"].as_str()).unwrap();
     assert_eq!(sid["distinct"], 300, "sid crossed at the third session: {sid:#}");
-    let vip: Vec<&str> =
-        alerts.iter().filter(|a| a["rule"] == "vip").map(|a| a["user"].as_str().unwrap()).collect();
+    let vip: Vec<&str> = alerts.iter().filter(|a| a["rule"] == "vip").map(|a| a["user"].as_str().unwrap()).collect();
     assert_eq!(vip.len(), got.values().filter(|v| v.contains(&VIP)).count(), "{alerts:#?}");
     assert!(log().contains("TRAIL ALERT"), "alerts are logged");
+    // …and announced, once each.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let heard = loop {
+        let text = std::fs::read_to_string(w.env.path("alerts.jsonl")).unwrap_or_default();
+        // One write per announcement; two running at once may share a line.
+        let heard: Vec<Value> =
+            serde_json::Deserializer::from_str(&text).into_iter::<Value>().map(|v| v.unwrap()).collect();
+        if heard.len() >= alerts.len() || std::time::Instant::now() > deadline {
+            break heard;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(heard.len(), alerts.len(), "{heard:#?}");
+    assert!(heard.iter().all(|h| h["event"] == "trail_alert" && h["text"].as_str().unwrap().contains("alert `")));
 
     // access-report: distinct rows per user.
     let ctl = w.env.control().display().to_string();
@@ -320,10 +360,13 @@ fn who_saw_lists_exactly_the_statements_that_returned_the_row() {
     assert_eq!(report[&users["bob"]]["keyless_reads"], 1);
 
     // Only root and the auditor group may ask.
-    let (ok, out) = w.gh(Some(&users["bob"]), &["who-saw", "--table", "customers", "--key", "42", "--control-socket", &ctl]);
-    assert!(!ok && out.contains("permission denied"), "{out}");
     let (ok, out) =
-        w.gh(Some(&users["aud"]), &["who-saw", "--table", "customers", "--key", "42", "--json", "--control-socket", &ctl]);
+        w.gh(Some(&users["bob"]), &["who-saw", "--table", "customers", "--key", "42", "--control-socket", &ctl]);
+    assert!(!ok && out.contains("permission denied"), "{out}");
+    let (ok, out) = w.gh(
+        Some(&users["aud"]),
+        &["who-saw", "--table", "customers", "--key", "42", "--json", "--control-socket", &ctl],
+    );
     assert!(ok && out.lines().filter(|l| l.starts_with('{')).count() == 3, "an auditor may: {out}");
 
     // verify: the store as written verifies; a tampered trail record or index does not.
@@ -346,7 +389,10 @@ fn who_saw_lists_exactly_the_statements_that_returned_the_row() {
         let copy = env.path(&format!("tampered-{name}.db"));
         std::fs::copy(env.db(), &copy).unwrap();
         let out = Command::new("python3")
-            .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"])
+            .args([
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+            ])
             .arg(&copy)
             .arg(sql)
             .output()
@@ -355,10 +401,32 @@ fn who_saw_lists_exactly_the_statements_that_returned_the_row() {
         let (ok, out) = gh_root(&["verify", &copy.display().to_string(), "--pubkey", &pubkey]);
         assert!(!ok && out.contains(expect), "{name}: {out}");
     }
+
+    // Export: trail records and alerts are in the bundle (JSONL with the key sets, OCSF); it verifies until edited.
+    let bundle = env.path("bundle");
+    let (ok, out) = gh_root(&["export", "--db", &db, "--format", "ocsf", "--out", bundle.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let records = std::fs::read_to_string(bundle.join("records.jsonl")).unwrap();
+    let trail_records = records.lines().filter(|l| l.contains("\"kind\":\"trail\"")).count();
+    let ocsf = std::fs::read_to_string(bundle.join("ocsf.jsonl")).unwrap();
+    assert!(trail_records >= 12, "{trail_records} trail records exported");
+    assert_eq!(ocsf.lines().filter(|l| l.contains("\"gatehouse_trail\"")).count(), trail_records);
+    assert_eq!(ocsf.lines().filter(|l| l.contains("\"class_uid\":2004")).count(), alerts.len());
+    let (ok, out) = gh_root(&["verify", bundle.to_str().unwrap(), "--pubkey", &pubkey]);
+    assert!(ok, "{out}");
+    let forged = records.replacen("\"keys\":3,", "\"keys\":2,", 1);
+    assert_ne!(forged, records, "bob's ANY(…) read is in the export");
+    std::fs::write(bundle.join("records.jsonl"), forged).unwrap();
+    let (ok, out) = gh_root(&["verify", bundle.to_str().unwrap(), "--pubkey", &pubkey]);
+    assert!(!ok && out.contains("TAMPERED"), "{out}");
     drop(w.pg);
 }
 
+fn gh_root_output(args: &[&str]) -> std::process::Output {
+    Command::new(gatehouse_bin()).args(args).output().unwrap_or_else(|e| panic!("gatehouse {args:?}: {e}"))
+}
+
 fn gh_root(args: &[&str]) -> (bool, String) {
-    let out = Command::new(gatehouse_bin()).args(args).output().unwrap();
+    let out = gh_root_output(args);
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }

@@ -103,6 +103,12 @@ pub enum Workload {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u32,
     },
+    /// Row-level trail: a 1M-row SELECT with the key trailed vs not, trail bytes per million rows,
+    /// and who-saw / access-report latency on a store of 100M trailed rows.
+    Trail {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u32,
+    },
     /// wrk keep-alive GETs direct vs through Gatehouse (HTTP policy + recording) vs haproxy (HTTP
     /// mode), and a masked 10 MB JSON body.
     Http {
@@ -183,6 +189,16 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         Workload::Policy | Workload::Audit | Workload::Verify { .. } => Ok(()),
         Workload::Pg { secs, scale } => crate::bench_pg::pg(secs, scale),
         Workload::Http { secs } => crate::bench_http::http(secs),
+        Workload::Trail { rows } => {
+            run(Command::new("cargo").current_dir(workspace_root()).args([
+                "bench",
+                "-p",
+                "gatehouse",
+                "--bench",
+                "trail",
+            ]))?;
+            crate::bench_trail::trail(rows)
+        }
         Workload::Mask { rows } => {
             run(Command::new("cargo").current_dir(workspace_root()).args([
                 "bench",

@@ -12,18 +12,18 @@ use crate::bench::{Rig, free_port};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 pub(crate) const PASSWORD: &str = "bench-Secret-1";
-const PROTECTED: &str = "127.10.201.1";
+pub(crate) const PROTECTED: &str = "127.10.201.1";
 pub(crate) const DIRECT: &str = "127.10.201.2";
 const BOUNCER: &str = "127.10.201.3";
 const HAPROXY: &str = "127.10.201.4";
 
-fn as_postgres(program: &str) -> Command {
+pub(crate) fn as_postgres(program: &str) -> Command {
     let mut c = Command::new("setpriv");
     c.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups", "--"]).arg(program);
     c
 }
 
-fn ok(c: &mut Command, what: &str) -> Result<String> {
+pub(crate) fn ok(c: &mut Command, what: &str) -> Result<String> {
     let out = c.output().with_context(|| what.to_owned())?;
     if !out.status.success() {
         bail!("{what}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -33,7 +33,7 @@ fn ok(c: &mut Command, what: &str) -> Result<String> {
 
 /// Everything started for the run; stopped on drop.
 pub(crate) struct Servers {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     children: Vec<Child>,
 }
 

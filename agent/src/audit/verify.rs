@@ -670,12 +670,9 @@ fn check_checkpoint(conn: &Connection, r: &Record, prev: Option<(u64, [u8; 32])>
 /// The query tables must say what the chain says: compared row by row,
 /// both in key order, without holding either in memory.
 fn compare_tables(rebuilt: &Connection, store: &Connection, report: &mut Report) -> Result<(), String> {
-    for (table, key) in [
-        ("sessions", "id"),
-        ("statements", "session_id, seq"),
-        ("trail", "seq"),
-        ("trail_buckets", "tbl, bucket, seq"),
-    ] {
+    for (table, key) in
+        [("sessions", "id"), ("statements", "session_id, seq"), ("trail", "seq"), ("trail_buckets", "tbl, bucket, seq")]
+    {
         let q = format!("SELECT * FROM {table} ORDER BY {key}");
         let (mut want_st, mut have_st) = (rebuilt.prepare(&q).map_err(sql_err)?, store.prepare(&q).map_err(sql_err)?);
         let n = want_st.column_count();

@@ -130,7 +130,10 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
         }
         c.relations.insert((schema.clone(), name.clone()), oid);
         c.relation_schemas.entry(name.clone()).or_default().push(schema.clone());
-        c.by_oid.insert(oid, Relation { oid, schema, name, kind, columns: Vec::new(), reads: Vec::new(), primary_key: Vec::new() });
+        c.by_oid.insert(
+            oid,
+            Relation { oid, schema, name, kind, columns: Vec::new(), reads: Vec::new(), primary_key: Vec::new() },
+        );
     }
     for row in columns {
         let oid: u32 = number(row, 0, "attrelid")?;

@@ -95,12 +95,19 @@ pub(super) async fn who_saw(a: &WhoSawArgs) -> ExitCode {
                     (None, _) => r.uid.map_or_else(|| "?".into(), |u| format!("#{u}")),
                 };
                 let text: String = r.text.as_deref().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
-                let text =
-                    if text.chars().count() > 60 { format!("{}…", text.chars().take(59).collect::<String>()) } else { text };
+                let text = if text.chars().count() > 60 {
+                    format!("{}…", text.chars().take(59).collect::<String>())
+                } else {
+                    text
+                };
                 [
                     fmt_time(r.time_us),
                     who,
-                    format!("{} {}", r.pid.map(|p| p.to_string()).unwrap_or_default(), r.comm.clone().unwrap_or_default()),
+                    format!(
+                        "{} {}",
+                        r.pid.map(|p| p.to_string()).unwrap_or_default(),
+                        r.comm.clone().unwrap_or_default()
+                    ),
                     r.session.chars().take(13).collect(),
                     r.statement.to_string(),
                     if r.masked { "masked".into() } else { "clear".into() },
@@ -167,6 +174,9 @@ pub(super) async fn access_report(a: &AccessReportArgs) -> ExitCode {
             ]
         })
         .collect();
-    print_table(&["TABLE", "USER", "DAY", "DISTINCT ROWS", "STATEMENTS", "SESSIONS", "KEYLESS READS", "PERIOD"], &cells);
+    print_table(
+        &["TABLE", "USER", "DAY", "DISTINCT ROWS", "STATEMENTS", "SESSIONS", "KEYLESS READS", "PERIOD"],
+        &cells,
+    );
     ExitCode::SUCCESS
 }

@@ -800,7 +800,7 @@ fn build_approvers(raw: Vec<Entry<'_, ApproversRaw>>, policy: &mut Policy, e: &m
 
 /// The steps a `[[notify]]` may ask for.
 const NOTIFY_EVENTS: &[&str] =
-    &["requested", "approval", "approved", "denied", "timed_out", "withdrawn", "revoked", "expired"];
+    &["requested", "approval", "approved", "denied", "timed_out", "withdrawn", "revoked", "expired", "trail_alert"];
 
 fn build_notify(raw: Vec<Entry<'_, NotifyRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
     for entry in raw {
@@ -860,7 +860,12 @@ fn trail_table(name: &str) -> Result<(String, String), String> {
 }
 
 /// `[[trail]]` and `[[alert]]` entries.
-fn build_trail(trails: Vec<Entry<'_, TrailRaw>>, alerts: Vec<Entry<'_, AlertRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
+fn build_trail(
+    trails: Vec<Entry<'_, TrailRaw>>,
+    alerts: Vec<Entry<'_, AlertRaw>>,
+    policy: &mut Policy,
+    e: &mut Errs<'_>,
+) {
     let mut cfg = crate::trail::Config::default();
     let mut seen: HashMap<String, Location> = HashMap::new();
     for entry in trails {
@@ -874,7 +879,10 @@ fn build_trail(trails: Vec<Entry<'_, TrailRaw>>, alerts: Vec<Entry<'_, AlertRaw>
         };
         let t = crate::trail::TrailTable { schema, name, key: r.key.as_ref().map(|k| k.get_ref().clone()) };
         if let Some(first) = seen.insert(t.qualified(), entry.at()) {
-            e.push(entry.at_span(r.table.span()), format!("table {} is trailed twice; the first is at {first}", t.qualified()));
+            e.push(
+                entry.at_span(r.table.span()),
+                format!("table {} is trailed twice; the first is at {first}", t.qualified()),
+            );
             continue;
         }
         cfg.tables.push(t);
@@ -909,7 +917,10 @@ fn build_trail(trails: Vec<Entry<'_, TrailRaw>>, alerts: Vec<Entry<'_, AlertRaw>
         let keys = r.keys.as_ref().map(|k| k.get_ref().clone()).unwrap_or_default();
         let threshold = r.threshold.as_ref().map(|t| *t.get_ref());
         if threshold.is_none() == keys.is_empty() {
-            e.push(entry.at(), format!("alert `{name}` needs exactly one of threshold (distinct rows) and keys (a list)"));
+            e.push(
+                entry.at(),
+                format!("alert `{name}` needs exactly one of threshold (distinct rows) and keys (a list)"),
+            );
             continue;
         }
         let window = match &r.window {
@@ -940,14 +951,7 @@ fn build_trail(trails: Vec<Entry<'_, TrailRaw>>, alerts: Vec<Entry<'_, AlertRaw>
             );
             continue;
         }
-        cfg.alerts.push(crate::trail::AlertRule {
-            name,
-            table,
-            window,
-            threshold,
-            keys,
-            action,
-        });
+        cfg.alerts.push(crate::trail::AlertRule { name, table, window, threshold, keys, action });
     }
     policy.trail = Arc::new(cfg);
 }

@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn a_threshold_fires_once_per_crossing_and_a_listed_key_each_time() {
         let k = HashKey([1; 32]);
-        let rules = vec![
+        let rules = [
             AlertRule {
                 name: "bulk".into(),
                 table: "public.customers".into(),

@@ -92,7 +92,11 @@ impl KeySet {
         if version != 1 {
             return Err(bad("unknown version"));
         }
-        let len = rest.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes).ok_or_else(|| bad("length"))?;
+        let len = rest
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(|| bad("length"))?;
         let len = usize::try_from(len).map_err(|_| bad("length"))?;
         let bitmap = rest.get(4..4 + len).ok_or_else(|| bad("bitmap cut short"))?;
         let ints = RoaringTreemap::deserialize_from(bitmap).map_err(|_| bad("bitmap"))?;
@@ -100,10 +104,8 @@ impl KeySet {
         if tail.len() % 8 != 0 {
             return Err(bad("hashes cut short"));
         }
-        let hashes = tail
-            .chunks_exact(8)
-            .map(|c| <[u8; 8]>::try_from(c).map(u64::from_le_bytes).unwrap_or_default())
-            .collect();
+        let hashes =
+            tail.chunks_exact(8).map(|c| <[u8; 8]>::try_from(c).map(u64::from_le_bytes).unwrap_or_default()).collect();
         Ok(Self { ints, hashes })
     }
 

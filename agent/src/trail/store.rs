@@ -16,8 +16,8 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
-use super::keys::{HashKey, KeySet, hash_bucket, int_bucket, parse_query_key};
 use super::TrailRecord;
+use super::keys::{HashKey, KeySet, hash_bucket, int_bucket, parse_query_key};
 use crate::audit::AuditError;
 
 /// The store's hashing key for trail keys: made once, kept in `meta`.
@@ -30,10 +30,7 @@ pub fn hash_key(conn: &Connection) -> rusqlite::Result<HashKey> {
     let mut k = [0u8; 32];
     k[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
     k[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    conn.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('trail_hash_key', ?1)",
-        [crate::audit::hex(&k)],
-    )?;
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('trail_hash_key', ?1)", [crate::audit::hex(&k)])?;
     Ok(HashKey(k))
 }
 
@@ -194,12 +191,13 @@ pub fn who_saw_in(conn: &Connection, table: &str, key: &str, since_us: Option<i6
                 });
             }
         }
-        out.keyless_reads += conn.query_row(
-            "SELECT count(*) FROM trail WHERE tbl = ?1 AND key_column IS NULL AND time_us >= ?2",
-            params![tbl, since],
-            |r| r.get::<_, i64>(0),
-        )?
-        .unsigned_abs();
+        out.keyless_reads += conn
+            .query_row(
+                "SELECT count(*) FROM trail WHERE tbl = ?1 AND key_column IS NULL AND time_us >= ?2",
+                params![tbl, since],
+                |r| r.get::<_, i64>(0),
+            )?
+            .unsigned_abs();
     }
     out.rows.sort_by(|a, b| (a.time_us, &a.session, a.statement).cmp(&(b.time_us, &b.session, b.statement)));
     out.rows.dedup_by(|a, b| a.session == b.session && a.statement == b.statement && a.table == b.table);
@@ -241,7 +239,12 @@ pub struct ReportRow {
     pub last_us: i64,
 }
 
-pub fn access_report(path: &Path, table: &str, by: ReportBy, since_us: Option<i64>) -> Result<Vec<ReportRow>, AuditError> {
+pub fn access_report(
+    path: &Path,
+    table: &str,
+    by: ReportBy,
+    since_us: Option<i64>,
+) -> Result<Vec<ReportRow>, AuditError> {
     let conn = crate::audit::query::open_read_only(path)?;
     access_report_in(&conn, table, by, since_us).map_err(sql(path))
 }

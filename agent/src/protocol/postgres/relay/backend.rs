@@ -136,7 +136,14 @@ fn trail_end(ctx: &Ctx, rows: &mut Rows, fl: &InFlight) {
         uid: ctx.uid.0,
         user: ctx.principal.user.as_ref().map_or_else(|| format!("#{}", ctx.uid.0), ToString::to_string),
     };
-    let fired = crate::trail::finish_statement(&ctx.agent.audit, &ctx.agent.trail_alerts, &rules, &who, cap, ctx.id, fl.seq);
+    let fired =
+        crate::trail::finish_statement(&ctx.agent.audit, &ctx.agent.trail_alerts, &rules, &who, cap, ctx.id, fl.seq);
+    if !fired.is_empty() {
+        let snapshot = ctx.agent.snapshot.load();
+        for a in &fired {
+            crate::notify::announce_alert(&snapshot.policy.notify, a);
+        }
+    }
     if let Some(a) = fired.iter().find(|a| a.action == crate::trail::AlertAction::Cut) {
         rows.cut.get_or_insert_with(|| a.describe());
     }
@@ -430,9 +437,8 @@ fn on_backend(
             out.extend_from_slice(f.raw);
         }
         b'D' => {
-            if !rows.trail_planned && trailing(ctx) {
-                // An Execute's rows: described by its portal or statement earlier.
-                rows.trail_planned = true;
+            // Once per result: an Execute's rows were described by its portal or statement earlier.
+            if !std::mem::replace(&mut rows.trail_planned, true) && trailing(ctx) {
                 let sh = lock(shared);
                 let (shape, trace) = (execute_shape(&sh), trace(&sh));
                 drop(sh);
@@ -509,25 +515,25 @@ fn on_data_row(
     match &ctx.mask {
         None => out.extend_from_slice(f.raw),
         Some(profile) => {
-                if rows.columns.is_none() {
-                    // An Execute's rows: described by its portal or statement earlier.
-                    let sh = lock(shared);
-                    let (shape, trace) = (execute_shape(&sh), trace(&sh));
-                    drop(sh);
-                    let Some(cols) = shape else {
-                        // Rows nobody described cannot be masked: fail closed.
-                        return Err(Fail::Backend(
+            if rows.columns.is_none() {
+                // An Execute's rows: described by its portal or statement earlier.
+                let sh = lock(shared);
+                let (shape, trace) = (execute_shape(&sh), trace(&sh));
+                drop(sh);
+                let Some(cols) = shape else {
+                    // Rows nobody described cannot be masked: fail closed.
+                    return Err(Fail::Backend(
                             "a data row arrived for a statement whose result was never described; a masked session cannot pass it".into(),
                         ));
-                    };
-                    rows.columns = Some(masking::result_plan(profile, db, &trace, &cols));
-                }
-                match rows.columns.as_deref() {
-                    Some(cols) if !cols.is_empty() => masking::mask_row(profile, cols, f, out, pending).map_err(bad)?,
-                    _ => out.extend_from_slice(f.raw),
-                }
+                };
+                rows.columns = Some(masking::result_plan(profile, db, &trace, &cols));
+            }
+            match rows.columns.as_deref() {
+                Some(cols) if !cols.is_empty() => masking::mask_row(profile, cols, f, out, pending).map_err(bad)?,
+                _ => out.extend_from_slice(f.raw),
             }
         }
+    }
     Ok(())
 }
 

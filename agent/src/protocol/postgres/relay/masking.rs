@@ -152,16 +152,7 @@ pub(super) fn trail_copy_capture(
         Some(p) => p.styles.iter().map(Option::is_some).collect(),
         None => vec![false; width],
     };
-    crate::trail::Capture::for_copy(
-        &cfg,
-        ctx.agent.audit.trail_key(),
-        &cat,
-        &bound,
-        &relations,
-        width,
-        format,
-        &masked,
-    )
+    crate::trail::Capture::for_copy(&cfg, ctx.agent.audit.trail_key(), &cat, &bound, &relations, width, format, &masked)
 }
 
 /// Splits one COPY text/CSV row (without its line end) into fields: byte
