@@ -120,3 +120,105 @@ fn copy_rows_of_a_table() {
     let (rec, _) = cap.finish(crate::types::SessionId::new(), 1, 0).remove(0);
     assert!(rec.key.is_none() && rec.keyless.unwrap().contains("query"));
 }
+
+fn load(text: &str) -> Result<crate::policy::Policy, String> {
+    crate::policy::load::load(&[crate::policy::diag::Source { path: "t.toml".into(), text: text.into() }])
+        .map_err(|d| d.to_string())
+}
+
+#[test]
+fn policy_trail_and_alert_sections() {
+    let ok = load(
+        r#"
+[[trail]]
+table = "public.customers"
+
+[[trail]]
+table = "billing.invoices"
+key = "number"
+
+[[alert]]
+name = "bulk"
+table = "customers"
+window = "30d"
+threshold = 5000
+
+[[alert]]
+name = "vip"
+table = "public.customers"
+keys = ["42"]
+action = "cut"
+"#,
+    )
+    .unwrap();
+    assert_eq!(ok.trail.tables.len(), 2);
+    assert_eq!(ok.trail.tables[1].key.as_deref(), Some("number"));
+    assert_eq!(ok.trail.alerts[0].window, Duration::from_secs(30 * 86_400));
+    assert_eq!((ok.trail.alerts[1].action, ok.trail.alerts[1].table.as_str()), (AlertAction::Cut, "public.customers"));
+    for (text, says) in [
+        ("[[alert]]\nname = \"a\"\ntable = \"x\"\nthreshold = 1\nwindow = \"1d\"\n", "no [[trail]]"),
+        ("[[trail]]\ntable = \"x\"\n[[alert]]\nname = \"a\"\ntable = \"x\"\nthreshold = 1\n", "no window"),
+        (
+            "[[trail]]\ntable = \"x\"\n[[alert]]\nname = \"a\"\ntable = \"x\"\nthreshold = 1\nkeys = [\"1\"]\nwindow = \"1d\"\n",
+            "exactly one",
+        ),
+        (
+            "[[trail]]\ntable = \"x\"\n[[alert]]\nname = \"a\"\ntable = \"x\"\nkeys = [\"1\"]\naction = \"hold\"\n",
+            "not available yet",
+        ),
+        (
+            "[[trail]]\ntable = \"x\"\n[[alert]]\nname = \"a\"\ntable = \"x\"\nkeys = [\"1\"]\naction = \"page\"\n",
+            "unknown variant",
+        ),
+        ("[[trail]]\ntable = \"x\"\n[[trail]]\ntable = \"public.x\"\n", "trailed twice"),
+        ("[[trail]]\ntable = \"a.b.c\"\n", "not a table name"),
+        ("[[trail]]\ntable = \"x\"\nkeys = \"id\"\n", "unknown field"),
+    ] {
+        let e = load(text).unwrap_err();
+        assert!(e.contains(says) && e.contains("t.toml:"), "{text}: {e}");
+    }
+}
+
+#[test]
+fn the_store_answers_and_prunes() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    conn.execute_batch(crate::audit::SCHEMA).unwrap();
+    let key = store::hash_key(&conn).unwrap();
+    assert_eq!(store::hash_key(&conn).unwrap(), key, "made once");
+    let session = crate::types::SessionId::new();
+    let cat = sample();
+    let tx = conn.transaction().unwrap();
+    for (seq, (lo, hi)) in [(1u64, (40u64, 45u64)), (2, (100_000, 100_010)), (3, (44, 50))] {
+        let mut cap = Capture::for_result(&cfg(), key, &cat, None, &[], &[col(16401, 1, 23)]).unwrap();
+        for k in lo..hi {
+            cap.row(&row(&[Some(k.to_string().as_bytes())]));
+        }
+        let (rec, set) = cap.finish(session, seq, i64::try_from(seq).unwrap() * 1000).remove(0);
+        let data = set.encode();
+        tx.execute(
+            "INSERT INTO events (seq, time_us, session, kind, content_hash, body, data, prev_hash, hash)
+             VALUES (?1, 0, ?2, 'trail', x'', x'', ?3, x'', x'')",
+            rusqlite::params![i64::try_from(seq).unwrap(), session.to_string(), data],
+        )
+        .unwrap();
+        store::index(&tx, seq, &rec, &data).unwrap();
+    }
+    tx.commit().unwrap();
+    let saw = |conn: &rusqlite::Connection, k: &str, since| {
+        store::who_saw_in(conn, "customers", k, since).unwrap().rows.iter().map(|r| r.statement).collect::<Vec<_>>()
+    };
+    assert_eq!(saw(&conn, "44", None), vec![1, 3]);
+    assert_eq!(saw(&conn, "100005", None), vec![2]);
+    assert_eq!(saw(&conn, "45", None), vec![3]);
+    assert_eq!(saw(&conn, "44", Some(2500)), vec![3], "--since");
+    assert!(saw(&conn, "zoe", None).is_empty());
+    let report = store::access_report_in(&conn, "public.customers", store::ReportBy::User, None).unwrap();
+    assert_eq!(report.len(), 1);
+    assert_eq!((report[0].distinct_rows, report[0].statements), (5 + 10 + 6 - 1, 3));
+    // Retention: records pruned at or below seq 2 leave the index too.
+    let tx = conn.transaction().unwrap();
+    store::prune(&tx, 2).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(saw(&conn, "44", None), vec![3]);
+    assert!(saw(&conn, "100005", None).is_empty());
+}
