@@ -442,14 +442,19 @@ fn on_backend(
                 let sh = lock(shared);
                 let (shape, trace) = (execute_shape(&sh), trace(&sh));
                 drop(sh);
-                if let Some(cols) = shape {
-                    let plan = match &ctx.mask {
-                        Some(profile) => {
-                            rows.columns.get_or_insert_with(|| masking::result_plan(profile, db, &trace, &cols)).clone()
-                        }
-                        None => Vec::new(),
-                    };
-                    rows.trail = masking::trail_capture(ctx, db, &trace, &cols, &plan);
+                match shape {
+                    Some(cols) => {
+                        let plan = match &ctx.mask {
+                            Some(profile) => rows
+                                .columns
+                                .get_or_insert_with(|| masking::result_plan(profile, db, &trace, &cols))
+                                .clone(),
+                            None => Vec::new(),
+                        };
+                        rows.trail = masking::trail_capture(ctx, db, &trace, &cols, &plan);
+                    }
+                    // Described before the policy trailed anything: what it reads is a keyless read.
+                    None => rows.trail = masking::trail_capture(ctx, db, &trace, &[], &[]),
                 }
             }
             on_data_row(ctx, db, f, out, shared, rows, pending)?;
