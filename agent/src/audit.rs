@@ -338,6 +338,62 @@ pub struct Truncation {
 /// holds the recorded request body, then the response body (after
 /// masking), `request_body_recorded` bytes first; each is cut at
 /// `record_max_bytes`.
+/// One event of an SSH channel (`protocol = "ssh"`); the record's data
+/// holds the bytes of `io` events (terminal or exec output, input).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SshEvent {
+    pub session: SessionId,
+    /// The client's channel number.
+    pub channel: u32,
+    #[serde(flatten)]
+    pub what: SshWhat,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SshWhat {
+    /// A channel request and its decision: `shell`, `exec`, `sftp`,
+    /// `subsystem`, `direct-tcpip`, `agent`, `x11`, `tcpip-forward`.
+    Request {
+        request: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        decision: String,
+        rule: Option<String>,
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval: Option<u64>,
+    },
+    /// A pseudo-terminal: its type and size.
+    Pty { term: String, cols: u32, rows: u32 },
+    /// The window changed size.
+    Resize { cols: u32, rows: u32 },
+    /// Bytes: `o` output (stdout and stderr, after masking), `i` input.
+    Io { stream: String, offset: u64 },
+    /// A channel's command or shell ended.
+    Exit {
+        status: Option<u32>,
+        signal: Option<String>,
+        output_bytes: u64,
+        input_bytes: u64,
+        /// Output past `record_max_bytes` was not recorded.
+        truncated: bool,
+    },
+    /// One sftp operation.
+    Sftp {
+        op: String,
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        decision: String,
+        reason: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct HttpExchange {
     pub session: SessionId,
@@ -423,6 +479,8 @@ pub enum Event {
     Http(Box<HttpExchange>, Vec<u8>),
     /// A WebSocket frame; the data is its payload.
     WsFrame(Box<WsFrame>, Vec<u8>),
+    /// An SSH channel event; the data holds the bytes of `io` events.
+    Ssh(Box<SshEvent>, Vec<u8>),
 }
 
 impl Event {
@@ -440,6 +498,7 @@ impl Event {
             Self::Approval(_) => "approval",
             Self::Http(..) => "http",
             Self::WsFrame(..) => "ws_frame",
+            Self::Ssh(..) => "ssh",
         }
     }
 
@@ -455,9 +514,11 @@ impl Event {
             Self::Agent { .. } => None,
             Self::Http(h, _) => Some(h.session.to_string()),
             Self::WsFrame(f, _) => Some(f.session.to_string()),
+            Self::Ssh(s, _) => Some(s.session.to_string()),
             Self::Approval(t) => match &t.request.subject {
                 crate::approval::Subject::Statement { session, .. }
-                | crate::approval::Subject::Connect { session, .. } => Some(session.clone()),
+                | crate::approval::Subject::Connect { session, .. }
+                | crate::approval::Subject::Ssh { session, .. } => Some(session.clone()),
                 crate::approval::Subject::Grant { .. } => None,
             },
         }
@@ -482,6 +543,7 @@ impl Event {
             Self::Approval(t) => (json(t), None),
             Self::Http(h, data) => (json(h), Some(data)),
             Self::WsFrame(f, data) => (json(f), Some(data)),
+            Self::Ssh(s, data) => (json(s), Some(data)),
         }
     }
 }
@@ -1174,7 +1236,8 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
         | Event::Agent { .. }
         | Event::Approval(_)
         | Event::Http(..)
-        | Event::WsFrame(..) => {}
+        | Event::WsFrame(..)
+        | Event::Ssh(..) => {}
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 pub mod limits;
 pub mod refusals;
 mod reload;
-mod session;
+pub(crate) mod session;
 
 pub(crate) use session::connect_upstream;
 
@@ -249,6 +249,8 @@ pub struct Agent {
     pub backend_logins: std::sync::Mutex<HashMap<BackendName, (i64, audit::BackendLogin)>>,
     /// What the check of the policy's files found (warnings, client_tls expiry).
     pub files: std::sync::Mutex<crate::policy::files::FileReport>,
+    /// SSH host certificates presented for SSH backends' names.
+    pub ssh_host_certs: crate::protocol::ssh::keys::HostCerts,
 }
 
 impl Agent {
@@ -414,6 +416,7 @@ pub async fn run(
         tls_configs: std::sync::Mutex::new(HashMap::new()),
         backend_logins: std::sync::Mutex::new(HashMap::new()),
         files: std::sync::Mutex::new(files),
+        ssh_host_certs: crate::protocol::ssh::keys::HostCerts::default(),
         settings,
     });
 
