@@ -316,11 +316,15 @@ impl Chan {
             }
         };
         let mut refusal = None;
-        // realpath only resolves a name: the sftp access is enough.
-        let checks: Vec<&str> =
-            if resolve_only { vec!["/"] } else { std::iter::once(path).chain(target).collect::<Vec<_>>() };
+        // realpath only resolves a name: the sftp access (decided at the
+        // subsystem's start) is enough. A write through a handle is decided
+        // as a write of the root: only an unrestricted read-write rule allows it.
+        let checks: Vec<&str> = match op {
+            _ if resolve_only => vec![],
+            Op::HandleWrite { .. } => vec!["/"],
+            _ => std::iter::once(path).chain(target).collect(),
+        };
         for p in checks {
-            let p = if op_is_handle(op) { "/" } else { p };
             let d = self.s.decide(&SshRequest::Sftp { path: p, write });
             if d.verdict != Verdict::Allow {
                 refusal = Some(d.reason().into_owned());
@@ -377,10 +381,6 @@ impl Chan {
             Some(e) => self.client.extended_data_bytes(e, data).await.is_ok(),
         }
     }
-}
-
-fn op_is_handle(op: &Op<'_>) -> bool {
-    matches!(op, Op::HandleWrite { .. })
 }
 
 fn sftp_rec(
