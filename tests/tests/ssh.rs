@@ -366,3 +366,104 @@ fn held_exec_runs_only_once_approved() {
     let o = w.ssh(&w.eve, &["-tt", &host]);
     assert!(!o.status.success() && text(&o).contains("does not allow a shell"), "{}", text(&o));
 }
+
+/// A tmux server on the test's own socket, killed (through that socket) on drop.
+struct Tmux {
+    sock: PathBuf,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux").arg("-S").arg(&self.sock).args(args).output().unwrap()
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "gh"]).stdout).into_owned()
+    }
+
+    fn wait_for(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "tmux never showed {what:?}; screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn an_interactive_shell_is_recorded_and_replays_as_tmux_showed_it() {
+    let w = world("ssh-tmux");
+    assert!(Path::new("/usr/bin/tmux").exists(), "tmux is not installed (cargo xtask setup)");
+    let mut ssh = client_opts(&w.known_hosts);
+    ssh.extend(["-p".into(), w.sshd.port.to_string(), w.sshd.ip.clone()]);
+    // The pane's process joins the test cgroup, then becomes ana running ssh (a pty: no command).
+    let inner = format!(
+        "echo $$ > {cg}/cgroup.procs && exec setpriv --reuid {u} --regid {u} --init-groups -- env HOME={home} /usr/bin/ssh {args}",
+        cg = w.env.cgroup.display(),
+        u = w.ana,
+        home = w.env.dir.display(),
+        args = ssh.join(" "),
+    );
+    let tmux = Tmux { sock: w.env.path("tmux.sock") };
+    let o = tmux.run(&["new-session", "-d", "-s", "gh", "-x", "100", "-y", "30", "sh", "-c", &inner]);
+    assert!(o.status.success(), "{}", text(&o));
+    tmux.wait_for("$");
+    tmux.run(&["send-keys", "-t", "gh", "echo hello-$((6*7))", "Enter"]);
+    tmux.wait_for("hello-42");
+    tmux.run(&["resize-window", "-t", "gh", "-x", "120", "-y", "40"]);
+    tmux.run(&["send-keys", "-t", "gh", "stty size", "Enter"]);
+    tmux.wait_for("40 120");
+    tmux.run(&["send-keys", "-t", "gh", "echo card 4111 1111 1111 1111", "Enter"]);
+    let shown = tmux.wait_for("card ****");
+    tmux.run(&["send-keys", "-t", "gh", "exit", "Enter"]);
+    let session = w.env.wait_session("ssh shell", |s| s["backend"] == "db-admin");
+    let id = session["id"].as_str().unwrap().to_owned();
+
+    // The replay shows, in order, every line tmux showed.
+    let db = w.env.db().display().to_string();
+    let replay = w.env.gatehouse(&["replay", &id, "--no-wait", "--db", &db]);
+    assert!(replay.status.success(), "{}", text(&replay));
+    let replayed = String::from_utf8_lossy(&replay.stdout).into_owned();
+    let mut from = 0;
+    for line in shown.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        let at = replayed.get(from..).and_then(|r| r.find(line)).unwrap_or_else(|| {
+            panic!("tmux showed {line:?}, the replay does not (after byte {from}):\n{replayed}\n--- tmux:\n{shown}")
+        });
+        from += at + line.len();
+    }
+    assert!(replayed.contains("-- ssh shell: allow (rule \"ana operates\")"), "{replayed}");
+    assert!(replayed.contains("-- window resized to 120x40"), "{replayed}");
+    assert!(!replayed.contains("4111 1111 1111 1111") && !replayed.contains('\u{1b}'), "{replayed}");
+
+    // asciicast: the pty's size, output with timing, input marked apart, the resize.
+    let out = w.env.path("export");
+    let o = w.env.gatehouse(&["export", "--format", "asciicast", "--out", &out.display().to_string(), "--db", &db]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cast = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&id))
+        .unwrap_or_else(|| panic!("no cast for {id} in {}", out.display()));
+    let cast = std::fs::read_to_string(cast).unwrap();
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!((header["version"].as_u64(), header["width"].as_u64(), header["height"].as_u64()), (Some(2), Some(100), Some(30)));
+    let events: Vec<Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let has = |kind: &str, needle: &str| events.iter().any(|e| e[1] == kind && e[2].as_str().unwrap().contains(needle));
+    assert!(has("o", "hello-42") && has("i", "e") && has("r", "120x40"), "{cast}");
+    let times: Vec<f64> = events.iter().map(|e| e[0].as_f64().unwrap()).collect();
+    assert!(times.windows(2).all(|p| p[0] <= p[1]) && times.last() > times.first(), "timed: {times:?}");
+    // Typed input is recorded through the rule's masking too.
+    assert!(!cast.contains("4111 1111 1111 1111"), "{cast}");
+}

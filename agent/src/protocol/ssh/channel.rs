@@ -165,7 +165,19 @@ impl Chan {
             self.truncated = true;
         }
         self.recorded += n as u64;
-        let kept = data.get(..n).unwrap_or_default().to_vec();
+        let mut kept = data.get(..n).unwrap_or_default().to_vec();
+        // Output was masked before it got here; typed input is masked for the record only.
+        if stream == "i"
+            && let Some(profile) = &self.s.ctx.mask
+        {
+            let mut out = Vec::with_capacity(kept.len());
+            let mut counts = crate::mask::Counts::default();
+            match profile.scan(&kept, &mut out, &mut counts) {
+                crate::mask::MaskOutput::Written => kept = out,
+                crate::mask::MaskOutput::Null => kept = b"****".to_vec(),
+                crate::mask::MaskOutput::Unchanged => {}
+            }
+        }
         self.s.record(self.id, SshWhat::Io { stream: stream.into(), offset: at }, kept);
     }
 
