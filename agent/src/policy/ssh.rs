@@ -391,6 +391,65 @@ mod tests {
         assert!(!d.deny_matches(&SshRequest::Exec("ls -l")));
     }
 
+    fn load(text: &str) -> Result<crate::policy::Policy, String> {
+        let src = crate::policy::diag::Source { path: "t.toml".into(), text: text.into() };
+        crate::policy::load::load(&[src]).map_err(|d| d.to_string())
+    }
+
+    const BACKEND: &str = r#"
+[[backend]]
+name = "host"
+protocol = "ssh"
+address = "127.10.0.9:22"
+ssh = { user = "deploy", host_key_file = "/k.pub", user_ca_key_file = "/ca" }
+
+[[approvers]]
+name = "leads"
+who = { users = ["lea"] }
+"#;
+
+    #[test]
+    fn the_loader_checks_ssh_backends_and_rules() {
+        use crate::identity::Principal;
+        use crate::policy::decide::{Request, Verdict};
+        let p = load(&format!(
+            "{BACKEND}\n[[rule]]\nname = \"ops\"\nwho = {{ users = [\"ana\"] }}\nbackend = \"host\"\n\
+             exec = [\"ls *\"]\napproval = {{ for = [\"exec\"], by = \"leads\" }}\nas_role = \"root\"\n"
+        ))
+        .expect("loads");
+        let ana = Principal::named("ana", &[]);
+        let name = crate::types::BackendName::new("host");
+        let req = Request { backend: &name, statement: None, now: jiff::Timestamp::now() };
+        let d = p.decide_ssh_with(&ana, &req, &SshRequest::Exec("ls -l"), &[]);
+        assert_eq!(d.verdict, Verdict::NeedsApproval, "{d:?}");
+        assert_eq!(d.as_role.as_ref().map(ToString::to_string).as_deref(), Some("root"));
+        let d = p.decide_ssh_with(&ana, &req, &SshRequest::Shell, &[]);
+        assert_eq!(d.verdict, Verdict::Deny, "{d:?}");
+        let d = p.decide_ssh_with(&ana, &req, &SshRequest::Forward(Forward::DirectTcpip), &[]);
+        assert_eq!(d.verdict, Verdict::Deny, "{d:?}");
+        let bad = [
+            ("ssh = { user = \"d\", host_key_file = \"/k\" }", "needs one of user_ca_key_file"),
+            ("ssh = { user = \"d\", host_key_file = \"/k\", key_file = \"/a\", cert_validity = \"1m\" }", "cert_validity applies"),
+            ("ssh = { user = \"d\", host_key_file = \"/k\", user_ca_key_file = \"/a\", cert_validity = \"2d\" }", "between 1s and 24h"),
+        ];
+        for (table, want) in bad {
+            let e = load(&format!("[[backend]]\nname = \"h\"\nprotocol = \"ssh\"\naddress = \"127.10.0.9:22\"\n{table}\n"))
+                .expect_err(table);
+            assert!(e.contains(want), "{table}: {e}");
+        }
+        for (rule, want) in [
+            ("forward = [\"agent\"]", "not relayed"),
+            ("sftp = \"rw\"", "read-only"),
+            ("exec_regex = [\"(\"]", "exec_regex"),
+            ("sftp_paths = [\"srv/*\"]", "absolute"),
+            ("statements = [\"select\"]", "applies to postgres"),
+        ] {
+            let e = load(&format!("{BACKEND}\n[[rule]]\nname = \"r\"\nwho = {{ users = [\"ana\"] }}\nbackend = \"host\"\n{rule}\n"))
+                .expect_err(rule);
+            assert!(e.contains(want), "{rule}: {e}");
+        }
+    }
+
     #[test]
     fn sftp_access_and_paths() {
         let s = SshScope {
