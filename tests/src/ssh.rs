@@ -61,14 +61,7 @@ impl Sshd {
             .stderr(out)
             .spawn()
             .expect("spawn sshd");
-        let mut me = Self {
-            child,
-            ip: ip.to_owned(),
-            port,
-            log,
-            host_pub: dir.join("host_ed25519.pub"),
-            user_ca,
-        };
+        let mut me = Self { child, ip: ip.to_owned(), port, log, host_pub: dir.join("host_ed25519.pub"), user_ca };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect((ip, port)).is_err() {
             if let Ok(Some(status)) = me.child.try_wait() {

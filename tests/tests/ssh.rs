@@ -6,7 +6,6 @@
 //! host did (files made or not, sshd's log naming the person), what the
 //! user saw, and the audit store. Needs root.
 #![expect(clippy::unwrap_used, reason = "test helpers panic with context on failure")]
-#![expect(clippy::indexing_slicing, reason = "indexing serde_json values by key returns Null, it cannot panic")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -253,7 +252,8 @@ fn ssh_is_terminated_decided_and_logged_in_with_a_short_certificate() {
     assert!(!w.out.join("host.txt").exists(), "a read outside sftp_paths got through");
     assert!(text(&o).contains("Permission denied"), "{}", text(&o));
     // scp (SFTP underneath): download allowed, upload refused.
-    let scp = |from: String, to: String| w.tool(&w.ana, "/usr/bin/scp", &["-P".into(), w.sshd.port.to_string(), from, to]);
+    let scp =
+        |from: String, to: String| w.tool(&w.ana, "/usr/bin/scp", &["-P".into(), w.sshd.port.to_string(), from, to]);
     let o = scp(format!("{host}:{}/report.txt", w.share.display()), format!("{}/scp.txt", w.out.display()));
     assert!(o.status.success(), "{}", text(&o));
     assert!(w.out.join("scp.txt").exists());
@@ -263,9 +263,8 @@ fn ssh_is_terminated_decided_and_logged_in_with_a_short_certificate() {
 
     // The audit store: each decision, exec output and exit status, sftp operations.
     let ev = w.ssh_events();
-    let req = |r: &str, d: &str| {
-        ev.iter().any(|(v, _)| v["event"] == "request" && v["request"] == r && v["decision"] == d)
-    };
+    let req =
+        |r: &str, d: &str| ev.iter().any(|(v, _)| v["event"] == "request" && v["request"] == r && v["decision"] == d);
     assert!(req("exec", "allow") && req("exec", "deny") && req("direct-tcpip", "deny") && req("sftp", "allow"));
     assert!(ev.iter().any(|(v, _)| v["event"] == "request"
         && v["detail"].as_str().is_some_and(|d| d.starts_with("rm -rf"))
@@ -458,7 +457,10 @@ fn an_interactive_shell_is_recorded_and_replays_as_tmux_showed_it() {
     let cast = std::fs::read_to_string(cast).unwrap();
     let mut lines = cast.lines();
     let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
-    assert_eq!((header["version"].as_u64(), header["width"].as_u64(), header["height"].as_u64()), (Some(2), Some(100), Some(30)));
+    assert_eq!(
+        (header["version"].as_u64(), header["width"].as_u64(), header["height"].as_u64()),
+        (Some(2), Some(100), Some(30))
+    );
     let events: Vec<Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
     let has = |kind: &str, needle: &str| events.iter().any(|e| e[1] == kind && e[2].as_str().unwrap().contains(needle));
     assert!(has("o", "hello-42") && has("i", "e") && has("r", "120x40"), "{cast}");

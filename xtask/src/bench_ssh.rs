@@ -30,7 +30,8 @@ impl Drop for Sshd {
 }
 
 fn keygen(path: &Path, comment: &str) -> Result<()> {
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"]).arg(path).status()?;
+    let st =
+        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"]).arg(path).status()?;
     if !st.success() {
         bail!("ssh-keygen {}", path.display());
     }
@@ -144,7 +145,13 @@ pub fn ssh(runs: usize) -> Result<()> {
 
     let file = dir.join("payload.bin");
     let st = Command::new("dd")
-        .args(["if=/dev/urandom", &format!("of={}", file.display()), "bs=1M", &format!("count={FILE_MB}"), "status=none"])
+        .args([
+            "if=/dev/urandom",
+            &format!("of={}", file.display()),
+            "bs=1M",
+            &format!("count={FILE_MB}"),
+            "status=none",
+        ])
         .status()?;
     if !st.success() {
         bail!("dd");
@@ -186,7 +193,10 @@ pub fn ssh(runs: usize) -> Result<()> {
     let _ = std::fs::remove_file(&file);
     println!();
     println!("ssh_connect direct     {:>8.1} ms  (median of {runs}, `ssh host true`, certificate login)", direct * 1e3);
-    println!("ssh_connect gatehouse  {:>8.1} ms  (terminated, decided, recorded, per-session certificate)", gatehouse * 1e3);
+    println!(
+        "ssh_connect gatehouse  {:>8.1} ms  (terminated, decided, recorded, per-session certificate)",
+        gatehouse * 1e3
+    );
     println!("scp_{FILE_MB}mb direct        {scp_direct:>8.3} s  {:>7.1} MB/s", FILE_MB as f64 / scp_direct);
     println!("scp_{FILE_MB}mb gatehouse     {scp_gatehouse:>8.3} s  {:>7.1} MB/s", FILE_MB as f64 / scp_gatehouse);
     println!();

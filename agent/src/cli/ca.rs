@@ -133,8 +133,7 @@ fn ssh_host(db: &std::path::Path, force: bool, hosts: &str) -> ExitCode {
         }
         eprintln!("SSH host CA written: {} (key, 0600) and {}", key_path.display(), pub_path.display());
     }
-    let public = match keys::read_private(&key_path, "SSH host CA key")
-        .and_then(|k| keys::public_line(k.public_key()))
+    let public = match keys::read_private(&key_path, "SSH host CA key").and_then(|k| keys::public_line(k.public_key()))
     {
         Ok(p) => p,
         Err(e) => return fail(&e),

@@ -614,7 +614,10 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
         if protocol == Protocol::Ssh || r.ssh.is_some() {
             let built = match (&r.ssh, protocol) {
                 (Some(raw), Protocol::Ssh) => super::ssh::build_backend(raw),
-                (None, _) => Err("an ssh backend needs ssh = { user = \"…\", host_key_file = \"…\", user_ca_key_file = \"…\" }".into()),
+                (None, _) => {
+                    Err("an ssh backend needs ssh = { user = \"…\", host_key_file = \"…\", user_ca_key_file = \"…\" }"
+                        .into())
+                }
                 (Some(_), _) => Err("`ssh` applies to backends with protocol = \"ssh\"".into()),
             };
             let extra = r.tls.is_some()

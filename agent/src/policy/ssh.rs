@@ -103,7 +103,10 @@ pub enum SshRequest<'a> {
     /// `exec` with this command line.
     Exec(&'a str),
     /// One sftp (or scp) operation on `path`.
-    Sftp { path: &'a str, write: bool },
+    Sftp {
+        path: &'a str,
+        write: bool,
+    },
     /// A subsystem other than sftp.
     Subsystem(&'a str),
     Forward(Forward),
@@ -167,7 +170,9 @@ impl SshScope {
             return true;
         }
         let meta = has_meta(cmd);
-        self.exec.iter().any(|p| if meta { !is_pattern(p) && p == cmd } else { glob_exact(p.as_bytes(), cmd.as_bytes()) })
+        self.exec
+            .iter()
+            .any(|p| if meta { !is_pattern(p) && p == cmd } else { glob_exact(p.as_bytes(), cmd.as_bytes()) })
             || self.exec_regex.iter().any(|(_, r)| r.is_match(cmd))
     }
 
@@ -429,12 +434,19 @@ who = { users = ["lea"] }
         assert_eq!(d.verdict, Verdict::Deny, "{d:?}");
         let bad = [
             ("ssh = { user = \"d\", host_key_file = \"/k\" }", "needs one of user_ca_key_file"),
-            ("ssh = { user = \"d\", host_key_file = \"/k\", key_file = \"/a\", cert_validity = \"1m\" }", "cert_validity applies"),
-            ("ssh = { user = \"d\", host_key_file = \"/k\", user_ca_key_file = \"/a\", cert_validity = \"2d\" }", "between 1s and 24h"),
+            (
+                "ssh = { user = \"d\", host_key_file = \"/k\", key_file = \"/a\", cert_validity = \"1m\" }",
+                "cert_validity applies",
+            ),
+            (
+                "ssh = { user = \"d\", host_key_file = \"/k\", user_ca_key_file = \"/a\", cert_validity = \"2d\" }",
+                "between 1s and 24h",
+            ),
         ];
         for (table, want) in bad {
-            let e = load(&format!("[[backend]]\nname = \"h\"\nprotocol = \"ssh\"\naddress = \"127.10.0.9:22\"\n{table}\n"))
-                .expect_err(table);
+            let e =
+                load(&format!("[[backend]]\nname = \"h\"\nprotocol = \"ssh\"\naddress = \"127.10.0.9:22\"\n{table}\n"))
+                    .expect_err(table);
             assert!(e.contains(want), "{table}: {e}");
         }
         for (rule, want) in [
@@ -444,8 +456,10 @@ who = { users = ["lea"] }
             ("sftp_paths = [\"srv/*\"]", "absolute"),
             ("statements = [\"select\"]", "applies to postgres"),
         ] {
-            let e = load(&format!("{BACKEND}\n[[rule]]\nname = \"r\"\nwho = {{ users = [\"ana\"] }}\nbackend = \"host\"\n{rule}\n"))
-                .expect_err(rule);
+            let e = load(&format!(
+                "{BACKEND}\n[[rule]]\nname = \"r\"\nwho = {{ users = [\"ana\"] }}\nbackend = \"host\"\n{rule}\n"
+            ))
+            .expect_err(rule);
             assert!(e.contains(want), "{rule}: {e}");
         }
     }

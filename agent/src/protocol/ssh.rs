@@ -371,7 +371,7 @@ impl Front {
         let (label, detail) = match req {
             SshRequest::Shell => ("shell", None),
             SshRequest::Exec(c) => ("exec", Some(c.to_owned())),
-            SshRequest::Subsystem(s) if s == "sftp" => ("sftp", None),
+            SshRequest::Subsystem("sftp") => ("sftp", None),
             SshRequest::Subsystem(_) => ("subsystem", None),
             SshRequest::Sftp { path, .. } => ("scp", Some(path.to_owned())),
             SshRequest::Forward(f) => (f.name(), None),
@@ -379,7 +379,9 @@ impl Front {
         let held = if d.verdict == Verdict::NeedsApproval { self.s.hold(&d, &req) } else { None };
         let on_record = self.s.decided(channel.number(), label, detail, &d, held.as_ref().map(|w| w.id)).await;
         match d.verdict {
-            _ if !on_record => self.refuse(channel, "Gatehouse: the audit store cannot record this".into(), session).await,
+            _ if !on_record => {
+                self.refuse(channel, "Gatehouse: the audit store cannot record this".into(), session).await
+            }
             Verdict::Allow => {
                 info!(channel = channel.number(), request = %req.describe(), rule = d.rule_label(), "ssh request allowed");
                 let _ = session.channel_success(channel);
@@ -592,7 +594,12 @@ impl russh::server::Handler for Front {
         Ok(())
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let Ok(cmd) = std::str::from_utf8(data) else {
             let d = Decision::refuse("the command line is not UTF-8");
             self.s.decided(channel.number(), "exec", Some(String::from_utf8_lossy(data).into_owned()), &d, None).await;
@@ -609,7 +616,12 @@ impl russh::server::Handler for Front {
         Ok(())
     }
 
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let start = if name == "sftp" { Start::Sftp } else { Start::Subsystem(name.to_owned()) };
         self.start(channel, SshRequest::Subsystem(name), start, session).await;
         Ok(())

@@ -22,7 +22,7 @@ use crate::audit::{SshEvent, SshWhat};
 const MAX_LINE: usize = 4096;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Esc {
+enum Escape {
     #[default]
     None,
     /// After ESC.
@@ -30,8 +30,9 @@ enum Esc {
     /// In a CSI sequence (`ESC [`).
     Csi,
     /// In a string (OSC, DCS…), until BEL or ESC \.
-    Str,
-    StrEsc,
+    Text,
+    /// ESC inside a string.
+    TextThenEsc,
 }
 
 /// One pty channel's current line.
@@ -39,7 +40,7 @@ enum Esc {
 struct Term {
     line: Vec<char>,
     cursor: usize,
-    esc: Esc,
+    esc: Escape,
     csi: String,
     /// Bytes of a UTF-8 character cut between two records.
     pending: Vec<u8>,
@@ -68,42 +69,42 @@ impl Term {
 
     fn char(&mut self, c: char, out: &mut Vec<String>) {
         match self.esc {
-            Esc::Start => {
+            Escape::Start => {
                 self.esc = match c {
                     '[' => {
                         self.csi.clear();
-                        Esc::Csi
+                        Escape::Csi
                     }
-                    ']' | 'P' | '_' | '^' | 'X' => Esc::Str,
-                    _ => Esc::None,
+                    ']' | 'P' | '_' | '^' | 'X' => Escape::Text,
+                    _ => Escape::None,
                 };
                 return;
             }
-            Esc::Csi => {
+            Escape::Csi => {
                 if ('\u{40}'..='\u{7e}').contains(&c) {
-                    self.esc = Esc::None;
+                    self.esc = Escape::None;
                     self.csi_end(c);
                 } else if self.csi.len() < 64 {
                     self.csi.push(c);
                 }
                 return;
             }
-            Esc::Str => {
+            Escape::Text => {
                 self.esc = match c {
-                    '\u{7}' => Esc::None,
-                    '\u{1b}' => Esc::StrEsc,
-                    _ => Esc::Str,
+                    '\u{7}' => Escape::None,
+                    '\u{1b}' => Escape::TextThenEsc,
+                    _ => Escape::Text,
                 };
                 return;
             }
-            Esc::StrEsc => {
-                self.esc = if c == '\\' { Esc::None } else { Esc::Str };
+            Escape::TextThenEsc => {
+                self.esc = if c == '\\' { Escape::None } else { Escape::Text };
                 return;
             }
-            Esc::None => {}
+            Escape::None => {}
         }
         match c {
-            '\u{1b}' => self.esc = Esc::Start,
+            '\u{1b}' => self.esc = Escape::Start,
             '\n' => out.push(self.take()),
             '\r' => self.cursor = 0,
             '\u{8}' => self.cursor = self.cursor.saturating_sub(1),
@@ -170,7 +171,12 @@ impl Screen {
         self.last_us = at;
         let e = match serde_json::from_slice::<SshEvent>(&r.body) {
             Ok(e) => e,
-            Err(err) => return vec![(at, format!("-- record {} (ssh) is unreadable: {}", r.seq, escape_all(&err.to_string())))],
+            Err(err) => {
+                return vec![(
+                    at,
+                    format!("-- record {} (ssh) is unreadable: {}", r.seq, escape_all(&err.to_string())),
+                )];
+            }
         };
         let data = r.data.as_deref().unwrap_or_default();
         let ch = e.channel;
@@ -204,7 +210,10 @@ impl Screen {
                 Some(t) => t.feed(data).into_iter().map(|l| (at, escape_all(&l))).collect(),
                 None => {
                     let text = String::from_utf8_lossy(data);
-                    text.trim_end_matches('\n').split('\n').map(|l| (at, escape_all(l.trim_end_matches('\r')))).collect()
+                    text.trim_end_matches('\n')
+                        .split('\n')
+                        .map(|l| (at, escape_all(l.trim_end_matches('\r'))))
+                        .collect()
                 }
             },
             SshWhat::Io { .. } => vec![],

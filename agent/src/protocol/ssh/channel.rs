@@ -20,14 +20,26 @@ use crate::policy::ssh::SshRequest;
 
 /// What the client asked of a channel, in the order it asked.
 pub enum Cmd {
-    Pty { term: String, cols: u32, rows: u32, pw: u32, ph: u32, modes: Vec<(Pty, u32)> },
+    Pty {
+        term: String,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+        modes: Vec<(Pty, u32)>,
+    },
     Env(String, String),
     /// Start it; with a request to wait for when the start is held.
     Start(Start, Option<crate::approval::Waiting>),
     Data(Bytes),
     Eof,
     Close,
-    Resize { cols: u32, rows: u32, pw: u32, ph: u32 },
+    Resize {
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+    },
     Signal(Sig),
     /// A refused start: said on stderr, then exit status 126.
     Refuse(String),
@@ -124,7 +136,7 @@ impl Chan {
                     None => false,
                 },
                 msg = self.up_read.wait() => match msg {
-                    Some(m) => self.from_backend(m).await,
+                    Some(m) => self.backend_msg(m).await,
                     None => false,
                 },
             };
@@ -351,7 +363,7 @@ impl Chan {
         }
     }
 
-    async fn from_backend(&mut self, m: ChannelMsg) -> bool {
+    async fn backend_msg(&mut self, m: ChannelMsg) -> bool {
         match m {
             ChannelMsg::Data { data } => self.output(None, data).await,
             ChannelMsg::ExtendedData { data, ext } => self.output(Some(ext), data).await,

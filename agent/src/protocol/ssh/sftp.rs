@@ -33,7 +33,7 @@ impl Framer {
 
     /// The next whole packet, if one is buffered.
     pub fn next_packet(&mut self) -> Result<Option<Vec<u8>>, SftpError> {
-        let Some(len) = self.buf.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])) else {
+        let Some(len) = self.buf.first_chunk::<4>().map(|b| u32::from_be_bytes(*b)) else {
             return Ok(None);
         };
         let len = usize::try_from(len).unwrap_or(usize::MAX);
@@ -78,9 +78,9 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, SftpError> {
-        let (head, rest) = self.b.split_at_checked(4).ok_or(SftpError::Malformed { kind: self.kind })?;
+        let (head, rest) = self.b.split_first_chunk::<4>().ok_or(SftpError::Malformed { kind: self.kind })?;
         self.b = rest;
-        Ok(u32::from_be_bytes([head[0], head[1], head[2], head[3]]))
+        Ok(u32::from_be_bytes(*head))
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], SftpError> {
@@ -172,7 +172,15 @@ pub fn classify(packet: &[u8]) -> Result<Op<'_>, SftpError> {
         18 | 20 => {
             let (a, b) = (r.path()?, r.path()?);
             let name = if kind == 18 { "rename" } else { "symlink" };
-            Op::Path { id, name: Cow::Borrowed(name), path: a, target: Some(b), write: true, mode: None, resolve_only: false }
+            Op::Path {
+                id,
+                name: Cow::Borrowed(name),
+                path: a,
+                target: Some(b),
+                write: true,
+                mode: None,
+                resolve_only: false,
+            }
         }
         19 => path("readlink", r.path()?, false, None),
         200 => extended(id, &mut r)?,
@@ -185,7 +193,15 @@ fn extended<'a>(id: u32, r: &mut Reader<'a>) -> Result<Op<'a>, SftpError> {
     let name = String::from_utf8_lossy(name).into_owned();
     let two = |r: &mut Reader<'a>, label: &'static str| -> Result<Op<'a>, SftpError> {
         let (a, b) = (r.path()?, r.path()?);
-        Ok(Op::Path { id, name: Cow::Borrowed(label), path: a, target: Some(b), write: true, mode: None, resolve_only: false })
+        Ok(Op::Path {
+            id,
+            name: Cow::Borrowed(label),
+            path: a,
+            target: Some(b),
+            write: true,
+            mode: None,
+            resolve_only: false,
+        })
     };
     Ok(match name.as_str() {
         "posix-rename@openssh.com" => two(r, "rename")?,
@@ -202,7 +218,15 @@ fn extended<'a>(id: u32, r: &mut Reader<'a>) -> Result<Op<'a>, SftpError> {
         "lsetstat@openssh.com" => {
             let p = r.path()?;
             let mode = r.attrs_mode()?;
-            Op::Path { id, name: Cow::Borrowed("lsetstat"), path: p, target: None, write: true, mode, resolve_only: false }
+            Op::Path {
+                id,
+                name: Cow::Borrowed("lsetstat"),
+                path: p,
+                target: None,
+                write: true,
+                mode,
+                resolve_only: false,
+            }
         }
         "expand-path@openssh.com" => Op::Path {
             id,
