@@ -27,6 +27,8 @@ pub enum Subject {
     Statement { session: String, backend: String, text: String, kinds: String, rule: String },
     /// A login held until someone approves it.
     Connect { session: String, backend: String, rule: String },
+    /// An SSH exec command, or the start of a shell, held until someone approves it.
+    Ssh { session: String, backend: String, request: String, rule: String },
     /// Access for a while, as a `[[grant]]` describes it.
     Grant { grant: String, backend: String, duration_s: u64 },
 }
@@ -36,6 +38,7 @@ impl Subject {
         match self {
             Self::Statement { backend, text, .. } => format!("run on {backend}: {text}"),
             Self::Connect { backend, .. } => format!("connect to {backend}"),
+            Self::Ssh { backend, request, .. } => format!("run on {backend} over SSH: {request}"),
             Self::Grant { grant, backend, duration_s } => {
                 format!("grant \"{grant}\" on {backend} for {}", crate::settings::format_duration_s(*duration_s))
             }
@@ -317,7 +320,9 @@ impl Registry {
             .values()
             .filter(|e| e.request.state == State::Pending)
             .filter(|e| match &e.request.subject {
-                Subject::Statement { session: s, .. } | Subject::Connect { session: s, .. } => s == session,
+                Subject::Statement { session: s, .. }
+                | Subject::Connect { session: s, .. }
+                | Subject::Ssh { session: s, .. } => s == session,
                 Subject::Grant { .. } => false,
             })
             .map(|e| e.request.id)

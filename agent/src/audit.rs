@@ -358,6 +358,62 @@ pub struct Truncation {
 /// holds the recorded request body, then the response body (after
 /// masking), `request_body_recorded` bytes first; each is cut at
 /// `record_max_bytes`.
+/// One event of an SSH channel (`protocol = "ssh"`); the record's data
+/// holds the bytes of `io` events (terminal or exec output, input).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SshEvent {
+    pub session: SessionId,
+    /// The client's channel number.
+    pub channel: u32,
+    #[serde(flatten)]
+    pub what: SshWhat,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SshWhat {
+    /// A channel request and its decision: `shell`, `exec`, `sftp`,
+    /// `subsystem`, `direct-tcpip`, `agent`, `x11`, `tcpip-forward`.
+    Request {
+        request: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        decision: String,
+        rule: Option<String>,
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval: Option<u64>,
+    },
+    /// A pseudo-terminal: its type and size.
+    Pty { term: String, cols: u32, rows: u32 },
+    /// The window changed size.
+    Resize { cols: u32, rows: u32 },
+    /// Bytes: `o` output (stdout and stderr, after masking), `i` input.
+    Io { stream: String, offset: u64 },
+    /// A channel's command or shell ended.
+    Exit {
+        status: Option<u32>,
+        signal: Option<String>,
+        output_bytes: u64,
+        input_bytes: u64,
+        /// Output past `record_max_bytes` was not recorded.
+        truncated: bool,
+    },
+    /// One sftp operation.
+    Sftp {
+        op: String,
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        decision: String,
+        reason: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct HttpExchange {
     pub session: SessionId,
@@ -447,6 +503,8 @@ pub enum Event {
     Trail(Box<crate::trail::TrailRecord>, Vec<u8>),
     /// An `[[alert]]` rule fired.
     TrailAlert(Box<crate::trail::AlertRecord>),
+    /// An SSH channel event; the data holds the bytes of `io` events.
+    Ssh(Box<SshEvent>, Vec<u8>),
 }
 
 impl Event {
@@ -466,6 +524,7 @@ impl Event {
             Self::WsFrame(..) => "ws_frame",
             Self::Trail(..) => "trail",
             Self::TrailAlert(_) => "trail_alert",
+            Self::Ssh(..) => "ssh",
         }
     }
 
@@ -483,9 +542,11 @@ impl Event {
             Self::WsFrame(f, _) => Some(f.session.to_string()),
             Self::Trail(t, _) => Some(t.session.to_string()),
             Self::TrailAlert(a) => Some(a.session.to_string()),
+            Self::Ssh(s, _) => Some(s.session.to_string()),
             Self::Approval(t) => match &t.request.subject {
                 crate::approval::Subject::Statement { session, .. }
-                | crate::approval::Subject::Connect { session, .. } => Some(session.clone()),
+                | crate::approval::Subject::Connect { session, .. }
+                | crate::approval::Subject::Ssh { session, .. } => Some(session.clone()),
                 crate::approval::Subject::Grant { .. } => None,
             },
         }
@@ -512,6 +573,7 @@ impl Event {
             Self::WsFrame(f, data) => (json(f), Some(data)),
             Self::Trail(t, data) => (json(t), Some(data)),
             Self::TrailAlert(a) => (json(a), None),
+            Self::Ssh(s, data) => (json(s), Some(data)),
         }
     }
 }
@@ -1215,7 +1277,8 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
         | Event::Approval(_)
         | Event::Http(..)
         | Event::WsFrame(..)
-        | Event::TrailAlert(_) => {}
+        | Event::TrailAlert(_)
+        | Event::Ssh(..) => {}
     }
     Ok(())
 }

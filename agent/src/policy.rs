@@ -20,6 +20,7 @@ pub mod files;
 pub mod http;
 pub mod load;
 pub mod login;
+pub mod ssh;
 pub mod testcases;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +69,8 @@ pub enum Protocol {
     Postgres,
     /// HTTP/1.1 and HTTP/2, decided per request (`policy::http`, `protocol::http`).
     Http,
+    /// SSH, terminated and decided per channel (`policy::ssh`, `protocol::ssh`).
+    Ssh,
 }
 
 impl Protocol {
@@ -76,6 +79,7 @@ impl Protocol {
             Self::Tcp => "tcp",
             Self::Postgres => "postgres",
             Self::Http => "http",
+            Self::Ssh => "ssh",
         }
     }
 
@@ -242,6 +246,8 @@ pub struct Backend {
     pub client_tls: Option<ClientTls>,
     /// `protocol = "http"`: TLS mode, injected credentials, SNI names.
     pub http: Option<http::HttpBackend>,
+    /// SSH backends: the login user, host key and upstream credentials.
+    pub ssh: Option<ssh::SshBackend>,
     pub at: Location,
 }
 
@@ -558,6 +564,10 @@ pub struct Approval {
     pub count: u32,
     /// `for = ["connect", …]`: the login itself waits for an approval.
     pub connect: bool,
+    /// SSH backends, `for = ["exec"]` / `["shell"]`: a command, or the start
+    /// of a shell, waits for an approval.
+    pub ssh_exec: bool,
+    pub ssh_shell: bool,
 }
 
 /// The statement kinds a rule covers: `["*"]` is every kind except the
@@ -702,6 +712,8 @@ pub struct Rule {
     pub query_limits: crate::sql::QueryLimits,
     /// HTTP backends: which requests the rule covers (allow) or denies (deny).
     pub http: http::HttpScope,
+    /// SSH backends: which channels the rule allows (allow) or denies (deny).
+    pub ssh: ssh::SshScope,
     pub at: Location,
     /// Position in file order.
     pub index: usize,
@@ -725,6 +737,7 @@ impl Rule {
             && self.statements == KindSet::default()
             && self.tables.is_empty()
             && self.http.is_unscoped()
+            && self.ssh.is_unscoped()
     }
 }
 

@@ -3,4 +3,5 @@
 
 pub mod http;
 pub mod postgres;
+pub mod ssh;
 pub mod tcp;

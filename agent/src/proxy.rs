@@ -5,7 +5,7 @@
 pub mod limits;
 pub mod refusals;
 mod reload;
-mod session;
+pub(crate) mod session;
 
 pub(crate) use session::connect_upstream;
 
@@ -251,6 +251,8 @@ pub struct Agent {
     pub files: std::sync::Mutex<crate::policy::files::FileReport>,
     /// `[[alert]]` windows over the row-level trail, per rule and user.
     pub trail_alerts: crate::trail::alerts::Alerts,
+    /// SSH host certificates presented for SSH backends' names.
+    pub ssh_host_certs: crate::protocol::ssh::keys::HostCerts,
 }
 
 impl Agent {
@@ -417,6 +419,7 @@ pub async fn run(
         backend_logins: std::sync::Mutex::new(HashMap::new()),
         trail_alerts: crate::trail::alerts::Alerts::default(),
         files: std::sync::Mutex::new(files),
+        ssh_host_certs: crate::protocol::ssh::keys::HostCerts::default(),
         settings,
     });
 

@@ -10,6 +10,7 @@
 pub mod hostile;
 pub mod http;
 pub mod pg;
+pub mod ssh;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

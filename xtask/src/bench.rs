@@ -116,6 +116,12 @@ pub enum Workload {
         #[arg(long, default_value_t = 10)]
         secs: u64,
     },
+    /// `ssh host true` (new connections) and an scp of 100 MB, direct vs through Gatehouse.
+    Ssh {
+        /// Connections timed per path (the median is reported).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// pgbench through Gatehouse vs direct vs pgbouncer (session) vs haproxy (tcp).
     Pg {
         /// Seconds per pgbench run.
@@ -199,6 +205,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             ]))?;
             crate::bench_trail::trail(rows)
         }
+        Workload::Ssh { runs } => crate::bench_ssh::ssh(runs),
         Workload::Mask { rows } => {
             run(Command::new("cargo").current_dir(workspace_root()).args([
                 "bench",

@@ -8,6 +8,7 @@
 mod bench;
 mod bench_http;
 mod bench_pg;
+mod bench_ssh;
 mod bench_trail;
 mod deb;
 mod demo;

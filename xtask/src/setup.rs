@@ -24,6 +24,10 @@ pub const PACKAGES: &[&str] = &[
     "python3-asyncpg",
     "python3-psycopg2",
     "python3-sqlalchemy",
+    // SSH backends: a real sshd per test, real ssh/scp/sftp, tmux for interactive sessions.
+    "openssh-server",
+    "openssh-client",
+    "tmux",
     // HTTP backends: real clients and a WebSocket echo server.
     "python3-requests",
     "python3-httpx",

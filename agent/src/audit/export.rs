@@ -632,6 +632,8 @@ fn write_cast(file: &mut BundleFile, session: &str, records: &[Record]) -> Resul
         .find(|r| r.kind == "session_open")
         .and_then(|r| serde_json::from_slice::<SessionOpen>(&r.body).ok());
     let start = records.first().map_or(0, |r| r.time_us);
+    // An SSH session with a pty: its terminal as it was (output, input, resizes).
+    let terminal = replay::ssh::cast(records);
     let title = match &open {
         Some(o) => format!(
             "Gatehouse session {}: {}@{}",
@@ -643,6 +645,22 @@ fn write_cast(file: &mut BundleFile, session: &str, records: &[Record]) -> Resul
         ),
         None => format!("Gatehouse session {}", replay::escape_all(session)),
     };
+    if let Some(c) = terminal {
+        let header = json!({
+            "version": 2,
+            "width": c.width,
+            "height": c.height,
+            "timestamp": start.div_euclid(1_000_000),
+            "title": title,
+            "env": { "TERM": c.term },
+        });
+        file.line(&serde_json::to_vec(&header).map_err(encode_err("a cast header"))?)?;
+        for (at, kind, data) in c.events {
+            let t = at.saturating_sub(start).max(0) as f64 / 1e6;
+            file.line(&serde_json::to_vec(&(t, kind, data)).map_err(encode_err("a cast event"))?)?;
+        }
+        return Ok(());
+    }
     let header = json!({
         "version": 2,
         "width": 120,

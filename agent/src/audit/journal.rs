@@ -64,7 +64,11 @@ impl Entry {
     pub(super) fn data(&self) -> Option<&[u8]> {
         match &self.event {
             Some(
-                Event::Chunk { data, .. } | Event::Http(_, data) | Event::WsFrame(_, data) | Event::Trail(_, data),
+                Event::Chunk { data, .. }
+                | Event::Http(_, data)
+                | Event::WsFrame(_, data)
+                | Event::Trail(_, data)
+                | Event::Ssh(_, data),
             ) => Some(data),
             _ => None,
         }

@@ -17,6 +17,7 @@
 //! the auditor's terminal nor hide text from them.
 
 mod http;
+pub mod ssh;
 
 use std::fmt::Write as _;
 use std::io;
@@ -183,8 +184,18 @@ pub fn transcript(records: &[Record]) -> Result<Vec<Line>, ReplayError> {
             format!("-- session {}: its opening record is not here (pruned, or not exported)", escape_all(session)),
         );
     }
+    let mut screen = ssh::Screen::default();
     for rec in ours {
-        r.record(rec);
+        if rec.kind == "ssh" && !rec.redacted {
+            for (at, text) in screen.record(rec) {
+                r.push(at, text);
+            }
+        } else {
+            r.record(rec);
+        }
+    }
+    for (at, text) in screen.finish() {
+        r.push(at, text);
     }
     r.finish();
     Ok(with_gaps(r.lines))

@@ -2,7 +2,9 @@
 //! the CA that issues certificates for HTTP backends with `tls =
 //! "terminate"` (`ca.key` 0600 and `ca.crt` beside the host key);
 //! `export` prints its certificate for the bastion's trust store.
-//! An enum, so other CAs (SSH host certificates) join as subcommands.
+//! `ssh-host` makes (once) the SSH host CA that signs the host certificates
+//! Gatehouse presents for SSH backends, and prints the `@cert-authority`
+//! line for the bastion's `/etc/ssh/ssh_known_hosts`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,11 +30,23 @@ pub enum CaCommand {
         #[arg(long, default_value = settings::DEFAULT_AUDIT_DB)]
         db: PathBuf,
     },
+    /// Make the SSH host CA if there is none, and print the known_hosts line that trusts it.
+    SshHost {
+        #[arg(long, default_value = settings::DEFAULT_AUDIT_DB)]
+        db: PathBuf,
+        /// Replace an existing SSH host CA (clients must then trust the new line).
+        #[arg(long)]
+        force: bool,
+        /// Host patterns of the known_hosts line (default `*`: narrow it to the backends' names).
+        #[arg(long, default_value = "*")]
+        hosts: String,
+    },
 }
 
 pub fn ca(c: CaCommand) -> ExitCode {
     match c {
         CaCommand::Init { db, force } => init(&db, force),
+        CaCommand::SshHost { db, force, hosts } => ssh_host(&db, force, &hosts),
         CaCommand::Export { db } => {
             let (_, cert) = tls::ca_paths(&db);
             match std::fs::read_to_string(&cert) {
@@ -83,5 +97,48 @@ fn init(db: &std::path::Path, force: bool) -> ExitCode {
     println!("agent CA written: {} (key, 0600) and {}", key_path.display(), cert_path.display());
     println!("trust it on this host:");
     println!("  gatehouse ca export > /usr/local/share/ca-certificates/gatehouse-agent.crt && update-ca-certificates");
+    ExitCode::SUCCESS
+}
+
+fn ssh_host(db: &std::path::Path, force: bool, hosts: &str) -> ExitCode {
+    use crate::protocol::ssh::keys;
+    let (key_path, pub_path) = keys::host_ca_paths(db);
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("gatehouse: {e}");
+        ExitCode::FAILURE
+    };
+    if !key_path.exists() || force {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("gatehouse: `gatehouse ca ssh-host` writes a root-only key: it needs root");
+            return ExitCode::FAILURE;
+        }
+        if let Some(dir) = key_path.parent()
+            && let Err(e) = crate::secrets::state_dir(dir)
+        {
+            return fail(&e);
+        }
+        let made = keys::new_ed25519("gatehouse-ssh-host-ca").and_then(|k| {
+            let private = keys::to_openssh(&k)?;
+            let public = keys::public_line(k.public_key())?;
+            Ok((private, public))
+        });
+        let (private, public) = match made {
+            Ok(p) => p,
+            Err(e) => return fail(&e),
+        };
+        if let Err(e) = crate::secrets::write_atomic(&key_path, private.as_bytes(), 0o600)
+            .and_then(|()| crate::secrets::write_atomic(&pub_path, format!("{public}\n").as_bytes(), 0o644))
+        {
+            return fail(&format!("writing the SSH host CA: {e}"));
+        }
+        eprintln!("SSH host CA written: {} (key, 0600) and {}", key_path.display(), pub_path.display());
+    }
+    let public = match keys::read_private(&key_path, "SSH host CA key").and_then(|k| keys::public_line(k.public_key()))
+    {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    eprintln!("add this line to /etc/ssh/ssh_known_hosts on the bastion:");
+    println!("@cert-authority {hosts} {public}");
     ExitCode::SUCCESS
 }

@@ -368,7 +368,7 @@ fn mismatches(rule: &Rule, p: &Principal, req: &Request<'_>) -> Vec<String> {
 impl Policy {
     /// Decides `req` for `p`.
     pub fn decide(&self, p: &Principal, req: &Request<'_>) -> Decision {
-        self.decide_inner(p, req, None, &[], None)
+        self.decide_inner(p, req, None, None, &[], None)
     }
 
     /// Decides one HTTP request on `req.backend` (whose `statement` is
@@ -380,7 +380,19 @@ impl Policy {
         http: &super::http::HttpRequest<'_>,
         grants: &[Rule],
     ) -> Decision {
-        self.decide_inner(p, req, Some(http), grants, None)
+        self.decide_inner(p, req, Some(http), None, grants, None)
+    }
+
+    /// Decides one SSH channel request on `req.backend` (whose `statement`
+    /// is `None`) for `p`, with `grants` in force.
+    pub fn decide_ssh_with(
+        &self,
+        p: &Principal,
+        req: &Request<'_>,
+        ssh: &super::ssh::SshRequest<'_>,
+        grants: &[Rule],
+    ) -> Decision {
+        self.decide_inner(p, req, None, Some(ssh), grants, None)
     }
 
     /// Decides `req` for `p` with `grants` (rules made from approved
@@ -388,7 +400,7 @@ impl Policy {
     /// grant wins over an allow rule as specific as it; any deny rule still
     /// beats it.
     pub fn decide_with(&self, p: &Principal, req: &Request<'_>, grants: &[Rule]) -> Decision {
-        self.decide_inner(p, req, None, grants, None)
+        self.decide_inner(p, req, None, None, grants, None)
     }
 
     /// May `p` open a connection to `backend` at `now`?
@@ -410,7 +422,7 @@ impl Policy {
     /// Decides and records every rule considered, for `explain`.
     pub fn explain(&self, p: &Principal, req: &Request<'_>) -> Trace {
         let mut considered = Vec::new();
-        let decision = self.decide_inner(p, req, None, &[], Some(&mut considered)).with_reason_text();
+        let decision = self.decide_inner(p, req, None, None, &[], Some(&mut considered)).with_reason_text();
         Trace { decision, considered }
     }
 
@@ -419,6 +431,7 @@ impl Policy {
         p: &Principal,
         req: &Request<'_>,
         http: Option<&super::http::HttpRequest<'_>>,
+        ssh: Option<&super::ssh::SshRequest<'_>>,
         grants: &[Rule],
         mut trace: Option<&mut Vec<TraceEntry>>,
     ) -> Decision {
@@ -447,16 +460,20 @@ impl Policy {
             }
             match r.action {
                 Action::Deny => {
-                    let applies = match (req.statement, http) {
-                        (Some(s), _) => r.denies_connection() || r.deny_scope_matches(s),
-                        (None, Some(h)) => r.denies_connection() || (!r.http.is_unscoped() && r.http.deny_matches(h)),
-                        (None, None) => r.denies_connection(),
+                    let applies = match (req.statement, http, ssh) {
+                        (_, _, Some(x)) => r.denies_connection() || (!r.ssh.is_unscoped() && r.ssh.deny_matches(x)),
+                        (Some(s), _, None) => r.denies_connection() || r.deny_scope_matches(s),
+                        (None, Some(h), None) => {
+                            r.denies_connection() || (!r.http.is_unscoped() && r.http.deny_matches(h))
+                        }
+                        (None, None, None) => r.denies_connection(),
                     };
                     if applies {
-                        let what = match (req.statement, http) {
-                            (Some(s), _) => format!("this statement ({})", kinds(s)),
-                            (None, Some(h)) => format!("this request ({})", h.line()),
-                            (None, None) => format!("access to {}", req.backend),
+                        let what = match (req.statement, http, ssh) {
+                            (_, _, Some(x)) => x.describe(),
+                            (Some(s), _, None) => format!("this statement ({})", kinds(s)),
+                            (None, Some(h), None) => format!("this request ({})", h.line()),
+                            (None, None, None) => format!("access to {}", req.backend),
                         };
                         return Decision::new(
                             Verdict::Deny,
@@ -507,6 +524,26 @@ impl Policy {
         d.query_limits = rule.query_limits;
         // Allows carry no text: it is built on demand (see `Decision::reason`),
         // keeping the common path free of allocation.
+        if let Some(x) = ssh {
+            if let Some(why) = rule.ssh.refuses(x) {
+                d.verdict = Verdict::Deny;
+                d.reason = format!("rule {:?} refuses {}: {why}", rule.name.as_str(), x.describe());
+                return d;
+            }
+            let held = rule.approval.as_ref().filter(|a| match x {
+                super::ssh::SshRequest::Exec(_) => a.ssh_exec,
+                super::ssh::SshRequest::Shell => a.ssh_shell,
+                _ => false,
+            });
+            if let Some(a) = held {
+                d.verdict = Verdict::NeedsApproval;
+                let by = a.by_name.clone().unwrap_or_else(|| a.by.describe());
+                d.reason = format!("rule {:?} requires approval by {by} for {}", rule.name.as_str(), x.describe());
+                d.approvers = Some(by);
+                d.approval_timeout = Some(a.timeout);
+            }
+            return d;
+        }
         if let Some(h) = http {
             if let Some(why) = rule.http.refuses(h) {
                 d.verdict = Verdict::Deny;

@@ -74,6 +74,8 @@ struct BackendRaw {
     client_tls: Option<ClientTlsRaw>,
     /// HTTP backends with `tls = "terminate"`: the names clients may ask for (SNI).
     server_names: Option<Vec<String>>,
+    /// SSH backends: login user, host key, user CA or held key.
+    ssh: Option<super::ssh::SshBackendRaw>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +176,13 @@ struct RuleRaw {
     headers: Option<Spanned<BTreeMap<String, String>>>,
     max_body: Option<Spanned<String>>,
     pass_client_auth: Option<Spanned<bool>>,
+    /// SSH backends: shell, exec globs/regexes, sftp access and paths, forwarding.
+    shell: Option<Spanned<bool>>,
+    exec: Option<Spanned<Vec<String>>>,
+    exec_regex: Option<Spanned<Vec<String>>>,
+    sftp: Option<Spanned<String>>,
+    sftp_paths: Option<Spanned<Vec<String>>>,
+    forward: Option<Spanned<Vec<String>>>,
 }
 
 /// A `[[notify]]`: who is told about requests, and how.
@@ -584,11 +593,12 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
             "tcp" => Protocol::Tcp,
             "postgres" => Protocol::Postgres,
             "http" => Protocol::Http,
+            "ssh" => Protocol::Ssh,
             other => {
                 e.hint(
                     b.at_span(r.protocol.span()),
-                    format!("unknown protocol `{other}`; supported: tcp, postgres, http"),
-                    did_you_mean(other, ["tcp", "postgres", "http"]),
+                    format!("unknown protocol `{other}`; supported: tcp, postgres, http, ssh"),
+                    did_you_mean(other, ["tcp", "postgres", "http", "ssh"]),
                 );
                 continue;
             }
@@ -627,6 +637,43 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                 continue;
             }
         };
+        if protocol == Protocol::Ssh || r.ssh.is_some() {
+            let built = match (&r.ssh, protocol) {
+                (Some(raw), Protocol::Ssh) => super::ssh::build_backend(raw),
+                (None, _) => {
+                    Err("an ssh backend needs ssh = { user = \"…\", host_key_file = \"…\", user_ca_key_file = \"…\" }"
+                        .into())
+                }
+                (Some(_), _) => Err("`ssh` applies to backends with protocol = \"ssh\"".into()),
+            };
+            let extra = r.tls.is_some()
+                || r.credentials.is_some()
+                || r.roles.is_some()
+                || r.client_tls.is_some()
+                || r.server_names.is_some()
+                || r.require_auth.is_some()
+                || r.ca_file.is_some();
+            match built {
+                Ok(_) if extra => e.push(at, format!("backend `{name}`: tls, credentials, roles and server_names do not apply to ssh backends (use ssh = {{ … }})")),
+                Ok(ssh) => policy.backends.push(Backend {
+                    name: BackendName::new(name),
+                    protocol,
+                    target,
+                    tls: TlsMode::Off,
+                    ca_file: None,
+                    tls_server_name: None,
+                    require_auth: None,
+                    credentials: None,
+                    roles: BTreeMap::new(),
+                    client_tls: None,
+                    http: None,
+                    ssh: Some(ssh),
+                    at,
+                }),
+                Err(m) => e.push(at, format!("backend `{name}`: {m}")),
+            }
+            continue;
+        }
         if protocol == Protocol::Http {
             match http_backend(r) {
                 Ok((tls, http)) => policy.backends.push(Backend {
@@ -641,6 +688,7 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                     roles: BTreeMap::new(),
                     client_tls: None,
                     http: Some(http),
+                    ssh: None,
                     at,
                 }),
                 Err(m) => e.push(at, format!("backend `{name}`: {m}")),
@@ -776,6 +824,7 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                 .as_ref()
                 .map(|c| super::ClientTls { cert_file: c.cert_file.clone(), key_file: c.key_file.clone() }),
             http: None,
+            ssh: None,
             at,
         };
         policy.backends.push(b);
@@ -1046,6 +1095,12 @@ fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs
             headers: None,
             max_body: None,
             pass_client_auth: None,
+            shell: None,
+            exec: None,
+            exec_regex: None,
+            sftp: None,
+            sftp_paths: None,
+            forward: None,
         };
         let mut scratch = Policy {
             backends: policy.backends.clone(),
@@ -1440,6 +1495,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             policy.backends.iter().filter(|b| backends.iter().any(|p| p.matches(b.name.as_str()))).collect();
         let sql = matched.iter().any(|b| b.protocol.is_sql());
         let http_backends = matched.iter().any(|b| b.protocol == Protocol::Http);
+        let ssh_backends = matched.iter().any(|b| b.protocol == Protocol::Ssh);
         let passthrough =
             matched.iter().filter_map(|b| b.http.as_ref()).any(|h| h.tls == super::http::HttpTls::Passthrough);
 
@@ -1504,8 +1560,12 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             ("query_limits", r.query_limits.as_ref().map(Spanned::span)),
         ];
         let http_only = http_backends && !sql;
-        let statement_scope: Vec<_> =
-            statement_scope.into_iter().filter(|(f, _)| !(http_only && matches!(*f, "mask" | "approval"))).collect();
+        let ssh_only = ssh_backends && !sql && !http_backends;
+        let statement_scope: Vec<_> = statement_scope
+            .into_iter()
+            .filter(|(f, _)| !(http_only && matches!(*f, "mask" | "approval")))
+            .filter(|(f, _)| !(ssh_only && matches!(*f, "mask" | "approval" | "as_role")))
+            .collect();
         if !sql && let Some((field, Some(span))) = statement_scope.iter().find(|(_, s)| s.is_some()) {
             e.push(
                 src.at(Some(span.clone())),
@@ -1554,6 +1614,17 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
                         src.at(Some(a.span())),
                         "approval on http backends holds only the connection (for = [\"connect\"]); held requests are not supported yet",
                     );
+                    bad = true;
+                }
+                if ssh_only && parsed.as_ref().is_some_and(|p| !p.kinds.is_empty()) {
+                    e.push(
+                        src.at(Some(a.span())),
+                        "approval on ssh backends holds \"exec\", \"shell\" or \"connect\", not statement kinds",
+                    );
+                    bad = true;
+                }
+                if !ssh_backends && parsed.as_ref().is_some_and(|p| p.ssh_exec || p.ssh_shell) {
+                    e.push(src.at(Some(a.span())), "approval for \"exec\"/\"shell\" applies to ssh backends");
                     bad = true;
                 }
                 parsed
@@ -1646,6 +1717,21 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
                 continue;
             }
         };
+        let ssh_raw = super::ssh::SshRuleRaw {
+            shell: r.shell.as_ref(),
+            exec: r.exec.as_ref(),
+            exec_regex: r.exec_regex.as_ref(),
+            sftp: r.sftp.as_ref(),
+            sftp_paths: r.sftp_paths.as_ref(),
+            forward: r.forward.as_ref(),
+        };
+        let ssh = match super::ssh::build_scope(&ssh_raw, ssh_backends) {
+            Ok(s) => s,
+            Err((span, msg)) => {
+                e.push(src.at(span.or(Some(bspan.clone()))), msg);
+                continue;
+            }
+        };
         if bad {
             continue;
         }
@@ -1672,6 +1758,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             idle_in_transaction_timeout,
             query_limits,
             http,
+            ssh,
             at,
             index,
         });
@@ -1741,10 +1828,12 @@ fn parse_approval(
     let aspan = src.at(Some(a.span()));
     let raw = a.get_ref();
     let connect = raw.kinds.iter().any(|k| k.eq_ignore_ascii_case("connect"));
-    let kinds_list =
-        Spanned::new(a.span(), raw.kinds.iter().filter(|k| !k.eq_ignore_ascii_case("connect")).cloned().collect());
+    let ssh_exec = raw.kinds.iter().any(|k| k.eq_ignore_ascii_case("exec"));
+    let ssh_shell = raw.kinds.iter().any(|k| k.eq_ignore_ascii_case("shell"));
+    let plain = |k: &String| !["connect", "exec", "shell"].iter().any(|w| k.eq_ignore_ascii_case(w));
+    let kinds_list = Spanned::new(a.span(), raw.kinds.iter().filter(|k| plain(k)).cloned().collect());
     let kinds = parse_kinds(&kinds_list, false, src, e)?;
-    if kinds.kinds.is_empty() && !connect {
+    if kinds.kinds.is_empty() && !connect && !ssh_exec && !ssh_shell {
         e.push(aspan, "approval.for names no statement kinds (or \"connect\")");
         return None;
     }
@@ -1784,7 +1873,7 @@ fn parse_approval(
             }
         },
     };
-    Some(Approval { kinds: kinds.kinds, by, by_name, timeout, count, connect })
+    Some(Approval { kinds: kinds.kinds, by, by_name, timeout, count, connect, ssh_exec, ssh_shell })
 }
 
 fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {

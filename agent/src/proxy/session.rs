@@ -235,6 +235,26 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             };
             crate::protocol::http::serve(ctx, client).await
         }
+        Protocol::Ssh => {
+            let Some(backend) = snapshot.policy.backend(&backend_name).cloned() else { return };
+            let mask = decision.mask.as_deref().and_then(|m| snapshot.policy.mask(m).cloned());
+            if decision.mask.is_some() && mask.is_none() {
+                lock(&agent.live).remove(&id);
+                close_record(agent, id, 0, 0, "refused: masking profile unavailable (fail closed)".into());
+                return;
+            }
+            let ctx = crate::protocol::ssh::Ctx {
+                agent: agent.clone(),
+                id,
+                principal: principal.clone(),
+                backend,
+                addr: upstream,
+                live: live.clone(),
+                as_user: decision.as_role.as_ref().map(ToString::to_string),
+                mask,
+            };
+            crate::protocol::ssh::serve(ctx, client).await
+        }
         Protocol::Tcp | Protocol::Http => match connect_upstream(upstream, agent.settings.mark).await {
             Ok(upstream) => {
                 let streams = audit::StreamRecorder::new(id, agent.settings.record_max_bytes, "session and direction");

@@ -1,0 +1,482 @@
+//! SSH in the policy: what an SSH backend holds (the login user, the
+//! backend's host key, the user CA or held key Gatehouse logs in with) and
+//! what a rule says about channels: shell (pty), exec command lines by glob
+//! or regex, sftp read-only or read-write with path globs, and forwarding
+//! (`direct-tcpip`, agent, X11), refused unless a rule names it.
+//!
+//! Matching is pure: [`SshRequest`] is one channel request.
+//!
+//! Exec command lines are run by the host's shell, so `ls *` must not allow
+//! `ls; rm -rf /`: a command holding a shell metacharacter (`; & | $ \` < > ( ) { } \ ` or
+//! a line break) is allowed only by a glob without `*`/`?` that equals it,
+//! or by a regex. Deny patterns are matched against the whole line and
+//! against each of its pieces between those characters.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use regex_automata::meta;
+use toml::Spanned;
+
+use super::glob_exact;
+
+/// Shell metacharacters that join or substitute commands.
+const META: &[u8] = b";&|$`<>(){}\\\n\r";
+
+/// How Gatehouse logs in to an SSH backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshAuth {
+    /// A short-lived certificate per session, signed with this user CA
+    /// (the host's sshd trusts it with `TrustedUserCAKeys`).
+    UserCa { key_file: PathBuf },
+    /// A held private key (the host's `authorized_keys` lists it).
+    Key { key_file: PathBuf },
+}
+
+impl SshAuth {
+    pub fn key_file(&self) -> &PathBuf {
+        match self {
+            Self::UserCa { key_file } | Self::Key { key_file } => key_file,
+        }
+    }
+}
+
+/// What an SSH backend holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshBackend {
+    /// The account Gatehouse logs in as (a rule's `as_role` overrides it).
+    pub user: String,
+    /// The names clients dial the backend by: the principals of the host
+    /// certificate Gatehouse presents.
+    pub host_names: Vec<String>,
+    /// The backend's own host public key (OpenSSH format), checked on
+    /// every upstream connection.
+    pub host_key_file: PathBuf,
+    pub auth: SshAuth,
+    /// How long a per-session user certificate is valid.
+    pub cert_validity: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forward {
+    DirectTcpip,
+    Agent,
+    X11,
+}
+
+impl Forward {
+    pub const NAMES: [&'static str; 3] = ["direct-tcpip", "agent", "x11"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DirectTcpip => "direct-tcpip",
+            Self::Agent => "agent",
+            Self::X11 => "x11",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "direct-tcpip" => Self::DirectTcpip,
+            "agent" => Self::Agent,
+            "x11" => Self::X11,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SftpAccess {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// One SSH channel request, as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum SshRequest<'a> {
+    /// A shell (with or without a pty).
+    Shell,
+    /// `exec` with this command line.
+    Exec(&'a str),
+    /// One sftp (or scp) operation on `path`.
+    Sftp {
+        path: &'a str,
+        write: bool,
+    },
+    /// A subsystem other than sftp.
+    Subsystem(&'a str),
+    Forward(Forward),
+}
+
+impl SshRequest<'_> {
+    /// For refusals and records: `exec "ls -l"`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Shell => "a shell".into(),
+            Self::Exec(c) => format!("exec {c:?}"),
+            Self::Sftp { path, write: true } => format!("sftp write of {path:?}"),
+            Self::Sftp { path, write: false } => format!("sftp read of {path:?}"),
+            Self::Subsystem(s) => format!("subsystem {s:?}"),
+            Self::Forward(f) => format!("{} forwarding", f.name()),
+        }
+    }
+}
+
+/// A rule's SSH keys.
+#[derive(Debug, Clone, Default)]
+pub struct SshScope {
+    pub shell: Option<bool>,
+    pub exec: Vec<String>,
+    pub exec_regex: Vec<(String, meta::Regex)>,
+    pub sftp: Option<SftpAccess>,
+    pub sftp_paths: Vec<String>,
+    pub forward: BTreeSet<Forward>,
+}
+
+fn has_meta(s: &str) -> bool {
+    s.bytes().any(|b| META.contains(&b))
+}
+
+fn is_pattern(p: &str) -> bool {
+    p.contains(['*', '?'])
+}
+
+/// The pieces of a command line between metacharacters, trimmed.
+fn pieces(cmd: &str) -> impl Iterator<Item = &str> {
+    cmd.split(|c: char| c.is_ascii() && META.contains(&(c as u8))).map(str::trim).filter(|p| !p.is_empty())
+}
+
+impl SshScope {
+    /// No SSH key given: a deny rule without them denies the connection.
+    pub fn is_unscoped(&self) -> bool {
+        self.shell.is_none()
+            && self.exec.is_empty()
+            && self.exec_regex.is_empty()
+            && self.sftp.is_none()
+            && self.sftp_paths.is_empty()
+            && self.forward.is_empty()
+    }
+
+    fn exec_given(&self) -> bool {
+        self.shell.is_some() || !self.exec.is_empty() || !self.exec_regex.is_empty()
+    }
+
+    fn exec_allows(&self, cmd: &str) -> bool {
+        if !self.exec_given() {
+            return true;
+        }
+        let meta = has_meta(cmd);
+        self.exec
+            .iter()
+            .any(|p| if meta { !is_pattern(p) && p == cmd } else { glob_exact(p.as_bytes(), cmd.as_bytes()) })
+            || self.exec_regex.iter().any(|(_, r)| r.is_match(cmd))
+    }
+
+    /// With `sftp_paths`, only absolute paths without `.`/`..` segments
+    /// match: `/srv/share/../../etc/shadow` is not under `/srv/share/`.
+    fn path_allowed(&self, path: &str) -> bool {
+        self.sftp_paths.is_empty()
+            || (path.starts_with('/')
+                && !path.split('/').skip(1).any(|seg| seg == ".." || seg == "." || seg.is_empty())
+                && self.sftp_paths.iter().any(|p| glob_exact(p.as_bytes(), path.as_bytes())))
+    }
+
+    /// Why this allow rule refuses `r`, if it does.
+    pub fn refuses(&self, r: &SshRequest<'_>) -> Option<String> {
+        match r {
+            SshRequest::Shell => {
+                let shell = self.shell.unwrap_or(!self.exec_given());
+                (!shell).then(|| "it does not allow a shell (shell = true)".into())
+            }
+            SshRequest::Exec(cmd) => (!self.exec_allows(cmd)).then(|| {
+                let hint = if has_meta(cmd) {
+                    " (the command holds shell metacharacters: only a pattern equal to it, or a regex, allows it)"
+                } else {
+                    ""
+                };
+                format!("the command is not in its exec {:?}{hint}", self.exec)
+            }),
+            SshRequest::Sftp { path, write } => match self.sftp {
+                None => Some("it does not allow sftp/scp (sftp = \"read-only\" or \"read-write\")".into()),
+                Some(SftpAccess::ReadOnly) if *write => Some("its sftp access is read-only".into()),
+                Some(_) if !self.path_allowed(path) => {
+                    Some(format!("{path:?} is not in its sftp_paths {:?}", self.sftp_paths))
+                }
+                Some(_) => None,
+            },
+            SshRequest::Subsystem("sftp") if self.sftp.is_some() => None,
+            SshRequest::Subsystem("sftp") => {
+                Some("it does not allow sftp/scp (sftp = \"read-only\" or \"read-write\")".into())
+            }
+            SshRequest::Subsystem(s) => Some(format!("subsystem {s:?} is not supported (only sftp)")),
+            SshRequest::Forward(f) => (!self.forward.contains(f))
+                .then(|| format!("{} forwarding is refused unless its forward lists it", f.name())),
+        }
+    }
+
+    /// Whether this deny rule's SSH scope covers `r`.
+    pub fn deny_matches(&self, r: &SshRequest<'_>) -> bool {
+        match r {
+            SshRequest::Shell => self.shell == Some(true),
+            SshRequest::Exec(cmd) => {
+                let hit = |s: &str| {
+                    self.exec.iter().any(|p| glob_exact(p.as_bytes(), s.as_bytes()))
+                        || self.exec_regex.iter().any(|(_, r)| r.is_match(s))
+                };
+                hit(cmd) || pieces(cmd).any(hit)
+            }
+            SshRequest::Sftp { path, write } => {
+                let access = match self.sftp {
+                    None => !self.sftp_paths.is_empty(),
+                    Some(SftpAccess::ReadWrite) => true,
+                    Some(SftpAccess::ReadOnly) => !write,
+                };
+                access && self.path_allowed(path)
+            }
+            SshRequest::Subsystem(s) => *s == "sftp" && self.sftp.is_some() && self.sftp_paths.is_empty(),
+            SshRequest::Forward(f) => self.forward.contains(f),
+        }
+    }
+}
+
+/// `ssh = { … }` on a backend, as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SshBackendRaw {
+    user: String,
+    host_names: Option<Vec<String>>,
+    host_key_file: PathBuf,
+    user_ca_key_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    cert_validity: Option<String>,
+}
+
+/// Validates an SSH backend's `ssh` table.
+pub(crate) fn build_backend(r: &SshBackendRaw) -> Result<SshBackend, String> {
+    if r.user.is_empty() || r.user.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(format!("ssh.user `{}` is not a login name", r.user));
+    }
+    let auth = match (&r.user_ca_key_file, &r.key_file) {
+        (Some(f), None) => SshAuth::UserCa { key_file: f.clone() },
+        (None, Some(f)) => SshAuth::Key { key_file: f.clone() },
+        _ => {
+            return Err(
+                "ssh needs one of user_ca_key_file (a per-session certificate, preferred) or key_file (a held key)"
+                    .into(),
+            );
+        }
+    };
+    let cert_validity = match r.cert_validity.as_deref().map(crate::settings::parse_duration) {
+        None => Duration::from_secs(300),
+        Some(Ok(d)) if d >= Duration::from_secs(1) && d <= Duration::from_secs(24 * 3600) => d,
+        Some(Ok(_)) => return Err("ssh.cert_validity must be between 1s and 24h".into()),
+        Some(Err(m)) => return Err(format!("ssh.cert_validity: {m}")),
+    };
+    if r.cert_validity.is_some() && matches!(auth, SshAuth::Key { .. }) {
+        return Err("ssh.cert_validity applies with user_ca_key_file".into());
+    }
+    let host_names = r.host_names.clone().unwrap_or_default();
+    if let Some(h) = host_names.iter().find(|h| h.is_empty() || h.contains([' ', ',', '*', '?'])) {
+        return Err(format!("ssh.host_names: `{h}` is not a host name"));
+    }
+    Ok(SshBackend { user: r.user.clone(), host_names, host_key_file: r.host_key_file.clone(), auth, cert_validity })
+}
+
+/// A rule's SSH keys as written.
+pub(crate) struct SshRuleRaw<'r> {
+    pub shell: Option<&'r Spanned<bool>>,
+    pub exec: Option<&'r Spanned<Vec<String>>>,
+    pub exec_regex: Option<&'r Spanned<Vec<String>>>,
+    pub sftp: Option<&'r Spanned<String>>,
+    pub sftp_paths: Option<&'r Spanned<Vec<String>>>,
+    pub forward: Option<&'r Spanned<Vec<String>>>,
+}
+
+type Bad = (Option<Range<usize>>, String);
+
+/// Validates a rule's SSH keys: only on rules naming an SSH backend.
+pub(crate) fn build_scope(r: &SshRuleRaw<'_>, ssh_backends: bool) -> Result<SshScope, Bad> {
+    let given = [
+        ("shell", r.shell.map(Spanned::span)),
+        ("exec", r.exec.map(Spanned::span)),
+        ("exec_regex", r.exec_regex.map(Spanned::span)),
+        ("sftp", r.sftp.map(Spanned::span)),
+        ("sftp_paths", r.sftp_paths.map(Spanned::span)),
+        ("forward", r.forward.map(Spanned::span)),
+    ];
+    if !ssh_backends && let Some((field, span)) = given.iter().find(|(_, s)| s.is_some()) {
+        return Err((span.clone(), format!("`{field}` applies to ssh backends; this rule names none")));
+    }
+    let mut s = SshScope { shell: r.shell.map(|b| *b.get_ref()), ..SshScope::default() };
+    if let Some(list) = r.exec {
+        if list.get_ref().iter().any(String::is_empty) {
+            return Err((Some(list.span()), "exec lists an empty pattern".into()));
+        }
+        s.exec = list.get_ref().clone();
+    }
+    if let Some(list) = r.exec_regex {
+        for p in list.get_ref() {
+            // Whole command lines: anchored at both ends.
+            let re = meta::Regex::new(&format!("^(?:{p})$"))
+                .map_err(|e| (Some(list.span()), format!("exec_regex {p:?}: {e}")))?;
+            s.exec_regex.push((p.clone(), re));
+        }
+    }
+    if let Some(a) = r.sftp {
+        s.sftp = Some(match a.get_ref().as_str() {
+            "read-only" => SftpAccess::ReadOnly,
+            "read-write" => SftpAccess::ReadWrite,
+            other => {
+                return Err((Some(a.span()), format!("sftp must be \"read-only\" or \"read-write\", not `{other}`")));
+            }
+        });
+    }
+    if let Some(list) = r.sftp_paths {
+        if let Some(p) = list.get_ref().iter().find(|p| !p.starts_with('/')) {
+            return Err((Some(list.span()), format!("sftp_paths are absolute path globs, not `{p}`")));
+        }
+        s.sftp_paths = list.get_ref().clone();
+    }
+    if let Some(list) = r.forward {
+        for f in list.get_ref() {
+            let Some(k) = Forward::parse(f) else {
+                return Err((
+                    Some(list.span()),
+                    format!("unknown forwarding kind `{f}`; kinds: {}", Forward::NAMES.join(", ")),
+                ));
+            };
+            if k != Forward::DirectTcpip {
+                return Err((
+                    Some(list.span()),
+                    format!("forwarding `{f}` is not relayed by Gatehouse (only direct-tcpip can be allowed)"),
+                ));
+            }
+            s.forward.insert(k);
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(exec: &[&str]) -> SshScope {
+        SshScope { exec: exec.iter().map(|s| (*s).to_owned()).collect(), ..SshScope::default() }
+    }
+
+    #[test]
+    fn exec_globs_do_not_stretch_over_shell_metacharacters() {
+        let s = scope(&["ls *", "uptime"]);
+        assert!(s.refuses(&SshRequest::Exec("ls -l /srv")).is_none());
+        assert!(s.refuses(&SshRequest::Exec("uptime")).is_none());
+        for evil in ["ls ; rm -rf /", "ls $(rm -rf /)", "ls `id`", "ls && reboot", "ls | sh", "ls\nreboot"] {
+            assert!(s.refuses(&SshRequest::Exec(evil)).is_some(), "{evil:?} must be refused");
+        }
+        // Only exec given: no shell.
+        assert!(s.refuses(&SshRequest::Shell).is_some());
+        // Nothing given: shell and any command.
+        let open = SshScope::default();
+        assert!(open.refuses(&SshRequest::Shell).is_none());
+        assert!(open.refuses(&SshRequest::Exec("ls; id")).is_none());
+        assert!(open.refuses(&SshRequest::Forward(Forward::DirectTcpip)).is_some());
+    }
+
+    #[test]
+    fn deny_patterns_see_every_piece_of_a_command_line() {
+        let d = scope(&["rm *", "reboot"]);
+        assert!(d.deny_matches(&SshRequest::Exec("rm -rf /")));
+        assert!(d.deny_matches(&SshRequest::Exec("ls; rm -rf /")));
+        assert!(d.deny_matches(&SshRequest::Exec("true && reboot")));
+        assert!(d.deny_matches(&SshRequest::Exec("echo $(reboot)")));
+        assert!(!d.deny_matches(&SshRequest::Exec("ls -l")));
+    }
+
+    fn load(text: &str) -> Result<crate::policy::Policy, String> {
+        let src = crate::policy::diag::Source { path: "t.toml".into(), text: text.into() };
+        crate::policy::load::load(&[src]).map_err(|d| d.to_string())
+    }
+
+    const BACKEND: &str = r#"
+[[backend]]
+name = "host"
+protocol = "ssh"
+address = "127.10.0.9:22"
+ssh = { user = "deploy", host_key_file = "/k.pub", user_ca_key_file = "/ca" }
+
+[[approvers]]
+name = "leads"
+who = { users = ["lea"] }
+"#;
+
+    #[test]
+    fn the_loader_checks_ssh_backends_and_rules() {
+        use crate::identity::Principal;
+        use crate::policy::decide::{Request, Verdict};
+        let p = load(&format!(
+            "{BACKEND}\n[[rule]]\nname = \"ops\"\nwho = {{ users = [\"ana\"] }}\nbackend = \"host\"\n\
+             exec = [\"ls *\"]\napproval = {{ for = [\"exec\"], by = \"leads\" }}\nas_role = \"root\"\n"
+        ))
+        .expect("loads");
+        let ana = Principal::named("ana", &[]);
+        let name = crate::types::BackendName::new("host");
+        let req = Request { backend: &name, statement: None, now: jiff::Timestamp::now() };
+        let d = p.decide_ssh_with(&ana, &req, &SshRequest::Exec("ls -l"), &[]);
+        assert_eq!(d.verdict, Verdict::NeedsApproval, "{d:?}");
+        assert_eq!(d.as_role.as_ref().map(ToString::to_string).as_deref(), Some("root"));
+        let d = p.decide_ssh_with(&ana, &req, &SshRequest::Shell, &[]);
+        assert_eq!(d.verdict, Verdict::Deny, "{d:?}");
+        let d = p.decide_ssh_with(&ana, &req, &SshRequest::Forward(Forward::DirectTcpip), &[]);
+        assert_eq!(d.verdict, Verdict::Deny, "{d:?}");
+        let bad = [
+            ("ssh = { user = \"d\", host_key_file = \"/k\" }", "needs one of user_ca_key_file"),
+            (
+                "ssh = { user = \"d\", host_key_file = \"/k\", key_file = \"/a\", cert_validity = \"1m\" }",
+                "cert_validity applies",
+            ),
+            (
+                "ssh = { user = \"d\", host_key_file = \"/k\", user_ca_key_file = \"/a\", cert_validity = \"2d\" }",
+                "between 1s and 24h",
+            ),
+        ];
+        for (table, want) in bad {
+            let e =
+                load(&format!("[[backend]]\nname = \"h\"\nprotocol = \"ssh\"\naddress = \"127.10.0.9:22\"\n{table}\n"))
+                    .expect_err(table);
+            assert!(e.contains(want), "{table}: {e}");
+        }
+        for (rule, want) in [
+            ("forward = [\"agent\"]", "not relayed"),
+            ("sftp = \"rw\"", "read-only"),
+            ("exec_regex = [\"(\"]", "exec_regex"),
+            ("sftp_paths = [\"srv/*\"]", "absolute"),
+            ("statements = [\"select\"]", "applies to postgres"),
+        ] {
+            let e = load(&format!(
+                "{BACKEND}\n[[rule]]\nname = \"r\"\nwho = {{ users = [\"ana\"] }}\nbackend = \"host\"\n{rule}\n"
+            ))
+            .expect_err(rule);
+            assert!(e.contains(want), "{rule}: {e}");
+        }
+    }
+
+    #[test]
+    fn sftp_access_and_paths() {
+        let s = SshScope {
+            sftp: Some(SftpAccess::ReadOnly),
+            sftp_paths: vec!["/srv/share/*".into()],
+            ..SshScope::default()
+        };
+        assert!(s.refuses(&SshRequest::Sftp { path: "/srv/share/a.txt", write: false }).is_none());
+        assert!(s.refuses(&SshRequest::Sftp { path: "/srv/share/a.txt", write: true }).is_some());
+        assert!(s.refuses(&SshRequest::Sftp { path: "/etc/shadow", write: false }).is_some());
+        for sneaky in ["/srv/share/../../etc/shadow", "srv/share/a", "/srv/share/./a", "/srv/share//a"] {
+            assert!(s.refuses(&SshRequest::Sftp { path: sneaky, write: false }).is_some(), "{sneaky}");
+        }
+        assert!(SshScope::default().refuses(&SshRequest::Sftp { path: "/x", write: false }).is_some());
+    }
+}

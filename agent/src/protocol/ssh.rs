@@ -1,0 +1,664 @@
+//! SSH backends, terminated (russh on both legs): Gatehouse is the SSH
+//! server the client reaches and an SSH client of the backend.
+//!
+//! - The client leg presents a host certificate for the backend's names,
+//!   signed by the agent's SSH host CA (`gatehouse ca ssh-host`; one
+//!   `@cert-authority` line in the bastion's known_hosts). It accepts the
+//!   `none` method or any offered key: who the user is comes from the kernel
+//!   (and their OIDC login), never from the client's key.
+//! - The backend leg checks the backend's host key (`host_key_file`) and
+//!   logs in with a certificate signed per session with the operator's user
+//!   CA (principal: the login user; key id naming the person; minutes of
+//!   validity; `source-address`), or with a held key.
+//! - Every channel request is decided by the policy (shell, exec command
+//!   line, sftp operation, forwarding) and recorded; `approval` holds an exec
+//!   or the start of a shell until an approver decides.
+//!
+//! The per-channel relay lives in `channel`; SFTP framing in `sftp`.
+
+pub mod channel;
+pub mod keys;
+pub mod sftp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use russh::keys::PublicKey;
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::audit::{self, BackendLogin, Event, SshEvent, SshWhat};
+use crate::identity::Principal;
+use crate::policy::decide::{Decision, Request, Verdict};
+use crate::policy::ssh::{Forward, SshAuth, SshRequest};
+use crate::policy::{Backend, testcases::verdict_name};
+use crate::protocol::tcp::{End, RelayOutcome};
+use crate::proxy::{Agent, LiveSession};
+use crate::types::SessionId;
+
+use channel::{Cmd, Start};
+
+/// Commands queued to one channel before the client must wait.
+const CHANNEL_QUEUE: usize = 64;
+/// Channels one client may have open at once.
+const MAX_CHANNELS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("backend: {0}")]
+    Backend(String),
+    #[error("client: {0}")]
+    Client(String),
+    #[error("credentials: {0}")]
+    Keys(#[from] keys::KeyError),
+    #[error("ssh: {0}")]
+    Ssh(#[from] russh::Error),
+}
+
+/// What an allowed session needs.
+pub struct Ctx {
+    pub agent: Arc<Agent>,
+    pub id: SessionId,
+    pub principal: Principal,
+    pub backend: Backend,
+    pub addr: SocketAddr,
+    pub live: Arc<LiveSession>,
+    /// The rule's `as_role`: the account to log in as instead of the backend's user.
+    pub as_user: Option<String>,
+    /// The masking profile terminal and exec output passes through.
+    pub mask: Option<Arc<crate::mask::Profile>>,
+}
+
+/// What the channels of one session share.
+pub struct Shared {
+    pub ctx: Ctx,
+    pub up_bytes: AtomicU64,
+    pub down_bytes: AtomicU64,
+}
+
+impl Shared {
+    /// Decides one channel request with the policy in force now.
+    pub fn decide(&self, req: &SshRequest<'_>) -> Decision {
+        let snapshot = self.ctx.agent.snapshot.load();
+        let r = Request { backend: &self.ctx.backend.name, statement: None, now: jiff::Timestamp::now() };
+        snapshot.policy.decide_ssh_with(&self.ctx.principal, &r, req, &self.ctx.agent.grant_rules.load())
+    }
+
+    /// Records an SSH event (best effort: a full queue drops output records,
+    /// never a decision — decisions go through [`Self::record_strict`]).
+    pub fn record(&self, channel: u32, what: SshWhat, data: Vec<u8>) {
+        let e = SshEvent { session: self.ctx.id, channel, what };
+        if let Err(err) = self.ctx.agent.audit.record(Event::Ssh(Box::new(e), data)) {
+            warn!(error = %err, "cannot record an ssh event");
+        }
+    }
+
+    /// Records a decision and, in strict mode, waits until it is on record.
+    pub async fn record_strict(&self, channel: u32, what: SshWhat) -> Result<(), audit::AuditError> {
+        let e = SshEvent { session: self.ctx.id, channel, what };
+        self.ctx.agent.audit.record_strict(Event::Ssh(Box::new(e), Vec::new())).wait().await
+    }
+
+    /// Records a request's decision (strict) and says whether to go on.
+    pub async fn decided(
+        &self,
+        channel: u32,
+        request: &str,
+        detail: Option<String>,
+        d: &Decision,
+        approval: Option<u64>,
+    ) -> bool {
+        let what = SshWhat::Request {
+            request: request.into(),
+            detail,
+            decision: verdict_name(d.verdict).into(),
+            rule: d.rule.as_ref().map(ToString::to_string),
+            reason: Some(d.reason().into_owned()),
+            approval,
+        };
+        match self.record_strict(channel, what).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "cannot record an ssh request: refused (fail closed)");
+                false
+            }
+        }
+    }
+
+    /// Opens the approval request a held exec or shell waits for.
+    pub fn hold(&self, d: &Decision, what: &SshRequest<'_>) -> Option<crate::approval::Waiting> {
+        let agent = &self.ctx.agent;
+        let snapshot = agent.snapshot.load();
+        let rule = snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref())?;
+        let approval = rule.approval.as_ref()?;
+        let open = crate::approval::Open {
+            subject: crate::approval::Subject::Ssh {
+                session: self.ctx.id.to_string(),
+                backend: self.ctx.backend.name.to_string(),
+                request: what.describe(),
+                rule: rule.name.to_string(),
+            },
+            requester: self.ctx.principal.clone(),
+            reason: None,
+            approvers: approval.by.clone(),
+            approvers_label: approval.by_name.clone().unwrap_or_else(|| approval.by.describe()),
+            needed: approval.count,
+            timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
+            duration_us: None,
+        };
+        let (t, state) = agent.approvals.open(open, audit::now_us());
+        agent.approval_transition(&t);
+        Some(crate::approval::Waiting {
+            id: t.request.id,
+            state,
+            timeout: approval.timeout,
+            approvers: t.request.approvers,
+        })
+    }
+
+    pub fn record_max(&self) -> u64 {
+        self.ctx.agent.settings.record_max_bytes
+    }
+}
+
+/// Serves one allowed SSH session until both legs are done or it is cut.
+pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
+    let done = |end: End| RelayOutcome { up: 0, down: 0, end };
+    let Some(ssh) = ctx.backend.ssh.clone() else {
+        return done(End::Cut("the backend has no ssh settings".into()));
+    };
+    // The names the client may have dialled: the backend's names and its address.
+    let mut names = ssh.host_names.clone();
+    names.push(ctx.addr.ip().to_string());
+    let (host_key, host_cert) = match ctx.agent.ssh_host_certs.for_names(&ctx.agent.settings.audit_db, &names) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(error = %e, "no SSH host certificate: the session is refused");
+            return done(End::Cut(format!("no SSH host certificate: {e}")));
+        }
+    };
+    let login = ctx.as_user.clone().unwrap_or_else(|| ssh.user.clone());
+    let upstream = connect_upstream(&ctx, &ssh, &login).await;
+    let banner = match &upstream {
+        Ok(_) => None,
+        Err(e) => {
+            warn!(error = %e, "cannot log in to the ssh backend");
+            Some(format!("Gatehouse: cannot reach {} for you: {e}\r\n", ctx.backend.name))
+        }
+    };
+    let config = Arc::new(russh::server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-Gatehouse".into()),
+        methods: MethodSet::from(&[MethodKind::None, MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(100),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        certificates: vec![host_cert],
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let cut = ctx.live.cut.clone();
+    let reason = ctx.live.clone();
+    let shared = Arc::new(Shared { ctx, up_bytes: AtomicU64::new(0), down_bytes: AtomicU64::new(0) });
+    let (up, end_up) = match upstream {
+        Ok((h, login_rec)) => {
+            let _ = shared.ctx.agent.audit.record(Event::BackendLogin(Box::new(login_rec)));
+            (Some(Arc::new(h)), None)
+        }
+        Err(e) => (None, Some(End::BackendError(e.to_string()))),
+    };
+    let front = Front { s: shared.clone(), up: up.clone(), banner, chans: HashMap::new() };
+    let end = match russh::server::run_stream(config, client, front).await {
+        Ok(running) => {
+            let handle = running.handle();
+            tokio::select! {
+                r = running => match r {
+                    Ok(()) => End::Closed,
+                    Err(e) => End::ClientError(e.to_string()),
+                },
+                () = cut.cancelled() => {
+                    let why = reason.reason();
+                    let _ = handle
+                        .disconnect(russh::Disconnect::ByApplication, format!("Gatehouse: session cut: {why}"), "en".into())
+                        .await;
+                    End::Cut(why)
+                }
+            }
+        }
+        Err(e) => End::ClientError(e.to_string()),
+    };
+    if let Some(h) = up {
+        let _ = h.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    }
+    for t in shared.ctx.agent.approvals.withdraw_session(&shared.ctx.id.to_string(), audit::now_us()) {
+        shared.ctx.agent.approval_transition(&t);
+    }
+    RelayOutcome {
+        up: shared.up_bytes.load(Ordering::Relaxed),
+        down: shared.down_bytes.load(Ordering::Relaxed),
+        end: end_up.filter(|_| matches!(end, End::Closed)).unwrap_or(end),
+    }
+}
+
+/// Checks the backend's host key against `host_key_file`.
+struct Up {
+    expected: PublicKey,
+}
+
+impl russh::client::Handler for Up {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(match key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data() == self.expected.key_data(),
+            russh::keys::PublicKeyOrCertificate::Certificate(c) => c.public_key() == self.expected.key_data(),
+        })
+    }
+}
+
+type UpHandle = russh::client::Handle<Up>;
+
+/// Connects to the backend (marked, so the redirect leaves it alone),
+/// checks its host key and logs in.
+async fn connect_upstream(
+    ctx: &Ctx,
+    ssh: &crate::policy::ssh::SshBackend,
+    login: &str,
+) -> Result<(UpHandle, BackendLogin), SshError> {
+    let expected = keys::read_public(&ssh.host_key_file, "ssh host_key_file")?;
+    let tcp = crate::proxy::session::connect_upstream(ctx.addr, ctx.agent.settings.mark)
+        .await
+        .map_err(|e| SshError::Backend(format!("{}: {e}", ctx.addr)))?;
+    let source = tcp.local_addr().ok().map(|a| a.ip());
+    let config = Arc::new(russh::client::Config {
+        inactivity_timeout: None,
+        nodelay: true,
+        client_id: russh::SshId::Standard("SSH-2.0-Gatehouse".into()),
+        ..Default::default()
+    });
+    let mut h = russh::client::connect_stream(config, tcp, Up { expected }).await.map_err(|e| match e {
+        russh::Error::UnknownKey => {
+            SshError::Backend(format!("{}: its host key is not the one in host_key_file", ctx.addr))
+        }
+        other => SshError::Ssh(other),
+    })?;
+    let person = person_label(&ctx.principal);
+    let (auth, result) = match &ssh.auth {
+        SshAuth::UserCa { key_file } => {
+            let ca = keys::read_private(key_file, "ssh user_ca_key_file")?;
+            let serial = u64::try_from(audit::now_us()).unwrap_or(0);
+            let spec = keys::UserCert {
+                principal: login,
+                key_id: format!("gatehouse:{person}:session={}", ctx.id),
+                validity: ssh.cert_validity,
+                source_address: source,
+                force_command: None,
+                serial,
+            };
+            let (key, cert) = keys::user_cert(&ca, &spec, SystemTime::now())?;
+            let text = cert.to_openssh().unwrap_or_default();
+            let auth = format!(
+                "ssh-cert key_id={:?} principal={login} valid_before={} serial={serial} cert={text}",
+                cert.key_id(),
+                cert.valid_before()
+            );
+            (auth, h.authenticate_openssh_cert(login, Arc::new(key), cert).await?)
+        }
+        SshAuth::Key { key_file } => {
+            let key = keys::read_private(key_file, "ssh key_file")?;
+            let hash = h.best_supported_rsa_hash().await?.flatten();
+            let key = russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+            ("ssh-key (held)".to_owned(), h.authenticate_publickey(login, key).await?)
+        }
+    };
+    if !result.success() {
+        return Err(SshError::Backend(format!("{} refused the login as {login} ({auth})", ctx.addr)));
+    }
+    let rec = BackendLogin {
+        id: ctx.id,
+        user: login.to_owned(),
+        tls: "ssh".into(),
+        server_name: Some(ctx.addr.to_string()),
+        auth,
+        ..BackendLogin::default()
+    };
+    Ok((h, rec))
+}
+
+/// The person, for the certificate's key id: the OIDC login's e-mail or
+/// subject when there is one, else the Unix user.
+fn person_label(p: &Principal) -> String {
+    let unix = p.user.as_ref().map_or_else(|| format!("uid{}", p.uid), ToString::to_string);
+    match &p.oidc {
+        Some(o) => format!("{unix}({})", o.verified_email().unwrap_or(&o.subject)),
+        None => unix,
+    }
+}
+
+/// The client leg of one session.
+struct Front {
+    s: Arc<Shared>,
+    up: Option<Arc<UpHandle>>,
+    /// Said before authentication when the backend cannot be reached.
+    banner: Option<String>,
+    chans: HashMap<ChannelId, mpsc::Sender<Cmd>>,
+}
+
+impl Front {
+    async fn send(&mut self, channel: ChannelId, cmd: Cmd) {
+        if let Some(tx) = self.chans.get(&channel)
+            && tx.send(cmd).await.is_err()
+        {
+            self.chans.remove(&channel);
+        }
+    }
+
+    /// A refused request on a session channel: said on stderr, exit 126.
+    async fn refuse(&mut self, channel: ChannelId, why: String, session: &mut Session) {
+        let _ = session.channel_success(channel);
+        self.send(channel, Cmd::Refuse(why)).await;
+    }
+
+    /// Decides and records a start (shell, exec, sftp); queues it if allowed or held.
+    async fn start(&mut self, channel: ChannelId, req: SshRequest<'_>, start: Start, session: &mut Session) {
+        let d = self.s.decide(&req);
+        let (label, detail) = match req {
+            SshRequest::Shell => ("shell", None),
+            SshRequest::Exec(c) => ("exec", Some(c.to_owned())),
+            SshRequest::Subsystem("sftp") => ("sftp", None),
+            SshRequest::Subsystem(_) => ("subsystem", None),
+            SshRequest::Sftp { path, .. } => ("scp", Some(path.to_owned())),
+            SshRequest::Forward(f) => (f.name(), None),
+        };
+        let held = if d.verdict == Verdict::NeedsApproval { self.s.hold(&d, &req) } else { None };
+        let on_record = self.s.decided(channel.number(), label, detail, &d, held.as_ref().map(|w| w.id)).await;
+        match d.verdict {
+            _ if !on_record => {
+                self.refuse(channel, "Gatehouse: the audit store cannot record this".into(), session).await
+            }
+            Verdict::Allow => {
+                info!(channel = channel.number(), request = %req.describe(), rule = d.rule_label(), "ssh request allowed");
+                let _ = session.channel_success(channel);
+                self.send(channel, Cmd::Start(start, None)).await;
+            }
+            Verdict::NeedsApproval if held.is_some() => {
+                info!(channel = channel.number(), request = %req.describe(), "ssh request held for approval");
+                let _ = session.channel_success(channel);
+                self.send(channel, Cmd::Start(start, held)).await;
+            }
+            Verdict::NeedsApproval | Verdict::Deny => {
+                info!(channel = channel.number(), request = %req.describe(), rule = d.rule_label(), "ssh request refused: {}", d.reason());
+                self.refuse(channel, format!("Gatehouse: refused: {}", d.reason()), session).await;
+            }
+        }
+    }
+
+    /// Decides a forwarding request; records it either way.
+    async fn forward(&mut self, channel: ChannelId, kind: Forward, detail: Option<String>) -> bool {
+        let d = self.s.decide(&SshRequest::Forward(kind));
+        let ok = self.s.decided(channel.number(), kind.name(), detail, &d, None).await;
+        if !(ok && d.allowed()) {
+            info!(kind = kind.name(), "ssh forwarding refused: {}", d.reason());
+        }
+        ok && d.allowed()
+    }
+}
+
+impl russh::server::Handler for Front {
+    type Error = russh::Error;
+
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        Ok(self.banner.clone())
+    }
+
+    /// The kernel said who this is; the client's account name and keys are not identity.
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(if self.up.is_some() { Auth::Accept } else { Auth::reject() })
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        _offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.up.is_some() { Auth::Accept } else { Auth::reject() })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.up.is_some() { Auth::Accept } else { Auth::reject() })
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(up) = self.up.clone() else {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        if self.chans.len() >= MAX_CHANNELS {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        let upstream = match up.channel_open_session().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "the backend refused a session channel");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        let id = channel.id();
+        let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
+        self.chans.insert(id, tx);
+        reply.accept().await;
+        tokio::spawn(channel::Chan::new(self.s.clone(), channel, upstream, rx).run());
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        orig_addr: &str,
+        orig_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let detail = format!("{host}:{port}");
+        if !self.forward(channel.id(), Forward::DirectTcpip, Some(detail)).await {
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 1,
+                    reason: "Gatehouse: port forwarding is refused by the policy".into(),
+                })
+                .await;
+            return Ok(());
+        }
+        let Some(up) = self.up.clone() else { return Ok(()) };
+        match up.channel_open_direct_tcpip(host, port, orig_addr, orig_port).await {
+            Ok(upstream) => {
+                reply.accept().await;
+                tokio::spawn(channel::tunnel(self.s.clone(), channel, upstream));
+            }
+            Err(e) => {
+                warn!(error = %e, "the backend refused a direct-tcpip channel");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        channel: Channel<Msg>,
+        _addr: &str,
+        _port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.forward(channel.id(), Forward::X11, None).await;
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        channel: Channel<Msg>,
+        path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let d = Decision::refuse("forwarding to Unix sockets is not supported");
+        self.s.decided(channel.id().number(), "direct-streamlocal", Some(path.to_owned()), &d, None).await;
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(&mut self, address: &str, port: &mut u32, _s: &mut Session) -> Result<bool, Self::Error> {
+        let d = Decision::refuse("remote port forwarding (-R) is not supported");
+        self.s.decided(u32::MAX, "tcpip-forward", Some(format!("{address}:{port}")), &d, None).await;
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(&mut self, path: &str, _s: &mut Session) -> Result<bool, Self::Error> {
+        let d = Decision::refuse("remote forwarding of Unix sockets is not supported");
+        self.s.decided(u32::MAX, "streamlocal-forward", Some(path.to_owned()), &d, None).await;
+        Ok(false)
+    }
+
+    async fn agent_request(&mut self, channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+        // Agent forwarding is never relayed (the policy refuses `forward = ["agent"]`).
+        self.forward(channel, Forward::Agent, None).await;
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _proto: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.forward(channel, Forward::X11, None).await;
+        let _ = session.channel_failure(channel);
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let _ = session.channel_success(channel);
+        self.send(channel, Cmd::Pty { term: term.to_owned(), cols, rows, pw, ph, modes: modes.to_vec() }).await;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The host's sshd decides which it takes (AcceptEnv).
+        let _ = session.channel_success(channel);
+        self.send(channel, Cmd::Env(name.to_owned(), value.to_owned())).await;
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        self.start(channel, SshRequest::Shell, Start::Shell, session).await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Ok(cmd) = std::str::from_utf8(data) else {
+            let d = Decision::refuse("the command line is not UTF-8");
+            self.s.decided(channel.number(), "exec", Some(String::from_utf8_lossy(data).into_owned()), &d, None).await;
+            self.refuse(channel, "Gatehouse: refused: the command line is not UTF-8".into(), session).await;
+            return Ok(());
+        };
+        // Legacy scp (`scp -O`): decided as an sftp read or write of its path.
+        if let Some((path, write)) = channel::legacy_scp(cmd) {
+            let start = Start::Exec(cmd.to_owned());
+            self.start(channel, SshRequest::Sftp { path: &path, write }, start, session).await;
+            return Ok(());
+        }
+        self.start(channel, SshRequest::Exec(cmd), Start::Exec(cmd.to_owned()), session).await;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let start = if name == "sftp" { Start::Sftp } else { Start::Subsystem(name.to_owned()) };
+        self.start(channel, SshRequest::Subsystem(name), start, session).await;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.send(channel, Cmd::Resize { cols, rows, pw, ph }).await;
+        Ok(())
+    }
+
+    async fn signal(&mut self, channel: ChannelId, signal: Sig, _session: &mut Session) -> Result<(), Self::Error> {
+        self.send(channel, Cmd::Signal(signal)).await;
+        Ok(())
+    }
+
+    async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut Session) -> Result<(), Self::Error> {
+        self.s.up_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.send(channel, Cmd::Data(bytes::Bytes::copy_from_slice(data))).await;
+        Ok(())
+    }
+
+    async fn channel_eof(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        self.send(channel, Cmd::Eof).await;
+        Ok(())
+    }
+
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        self.send(channel, Cmd::Close).await;
+        self.chans.remove(&channel);
+        Ok(())
+    }
+}

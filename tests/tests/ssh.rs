@@ -1,0 +1,471 @@
+//! SSH backends end to end: a real OpenSSH sshd started by the test (its
+//! own config, host key and TrustedUserCAKeys) on a loopback address; the
+//! real ssh, scp and sftp clients, run as unprivileged users with only the
+//! `@cert-authority` line `gatehouse ca ssh-host` prints in their
+//! known_hosts, through the real eBPF redirect. Assertions are on what the
+//! host did (files made or not, sshd's log naming the person), what the
+//! user saw, and the audit store. Needs root.
+#![expect(clippy::unwrap_used, reason = "test helpers panic with context on failure")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use gatehouse_e2e::ssh::{Sshd, client_opts, login_account};
+use gatehouse_e2e::{Env, loopback};
+use serde_json::Value;
+
+struct World {
+    sshd: Sshd,
+    env: Env,
+    /// The account Gatehouse logs in as on the host.
+    deploy: String,
+    /// Operates the host: a shell, some commands, sftp read-only under share/.
+    ana: String,
+    /// May only touch files, and only once an approver agrees.
+    eve: String,
+    /// Approves eve's commands.
+    lea: String,
+    known_hosts: PathBuf,
+    /// Files on the host the rules talk about.
+    share: PathBuf,
+    /// Where the clients may write locally.
+    out: PathBuf,
+    gatehouse: PathBuf,
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn world(name: &str) -> World {
+    let mut env = Env::new(name);
+    let ana = env.user("ana", &[]);
+    let eve = env.user("eve", &[]);
+    let lea = env.user("lea", &[]);
+    let deploy = env.user("deploy", &[]);
+    let home = login_account(&env, &deploy);
+    let sshd = Sshd::start(&env, &loopback(3));
+    let share = env.path("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("report.txt"), "quarterly numbers\n").unwrap();
+    let out = env.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let all = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+    std::fs::set_permissions(&out, all).unwrap();
+    let _ = home;
+    let st = Command::new("chown").arg("-R").arg(format!("{deploy}:{deploy}")).arg(&share).status().unwrap();
+    assert!(st.success());
+
+    // The host CA: made once, its line in the clients' known_hosts (and nothing else).
+    let db = env.db().display().to_string();
+    let ca = Command::new(gatehouse_e2e::gatehouse_bin()).args(["ca", "ssh-host", "--db", &db]).output().unwrap();
+    assert!(ca.status.success(), "gatehouse ca ssh-host: {}", text(&ca));
+    let line = String::from_utf8_lossy(&ca.stdout).trim().to_owned();
+    assert!(line.starts_with("@cert-authority * ssh-ed25519 "), "{line}");
+    let known_hosts = env.path("known_hosts");
+    std::fs::write(&known_hosts, format!("{line}\n")).unwrap();
+
+    let policy = format!(
+        r#"
+[agent]
+shutdown_grace = "1s"
+
+[[backend]]
+name = "db-admin"
+protocol = "ssh"
+address = "{addr}"
+ssh = {{ user = "{deploy}", host_names = ["db-admin"], host_key_file = "{host_pub}", user_ca_key_file = "{ca}", cert_validity = "2m" }}
+
+[[approvers]]
+name = "leads"
+who = {{ users = ["{lea}"] }}
+
+[[rule]]
+name = "ana operates"
+who = {{ users = ["{ana}"] }}
+backends = ["db-admin"]
+shell = true
+exec = ["id *", "echo *", "cat *", "rm *"]
+exec_regex = ["uptime( -p)?"]
+sftp = "read-only"
+sftp_paths = ["{share}/*", "{share}"]
+mask = "cards"
+
+[[rule]]
+name = "eve touches with approval"
+who = {{ users = ["{eve}"] }}
+backends = ["db-admin"]
+exec = ["touch {share}/*"]
+approval = {{ for = ["exec"], by = "leads", timeout = "1m" }}
+
+[[rule]]
+name = "nobody removes"
+who = {{ users = ["*"] }}
+backends = ["db-admin"]
+action = "deny"
+exec = ["rm *"]
+
+[[mask]]
+name = "cards"
+detectors = ["card"]
+"#,
+        addr = sshd.addr(),
+        host_pub = sshd.host_pub.display(),
+        ca = sshd.user_ca.display(),
+        share = share.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let gatehouse = env.path("gatehouse-cli");
+    std::fs::copy(gatehouse_e2e::gatehouse_bin(), &gatehouse).unwrap();
+    std::fs::set_permissions(&gatehouse, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    World { sshd, env, deploy, ana, eve, lea, known_hosts, share, out, gatehouse }
+}
+
+impl World {
+    fn ssh(&self, user: &str, args: &[&str]) -> Output {
+        let mut all = client_opts(&self.known_hosts);
+        all.extend(["-p".into(), self.sshd.port.to_string()]);
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.env.run_as(user, None, Path::new("/usr/bin/ssh"), &refs)
+    }
+
+    fn spawn_ssh(&self, user: &str, args: &[&str]) -> std::process::Child {
+        let mut all = client_opts(&self.known_hosts);
+        all.extend(["-p".into(), self.sshd.port.to_string()]);
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        // As `Env::spawn_as`, with stderr piped too (Gatehouse talks there).
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"").arg(&self.env.cgroup);
+        cmd.args(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--", "/usr/bin/ssh"])
+            .args(&all)
+            .env("HOME", &self.env.dir)
+            .current_dir(&self.env.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    }
+
+    fn tool(&self, user: &str, program: &str, args: &[String]) -> Output {
+        let mut all = client_opts(&self.known_hosts);
+        all.extend(args.iter().cloned());
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.env.run_as(user, None, Path::new(program), &refs)
+    }
+
+    fn cli(&self, user: &str, args: &[&str]) -> Output {
+        let ctl = self.env.control().display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--control-socket", &ctl]);
+        self.env.run_as(user, None, &self.gatehouse, &all)
+    }
+
+    /// Every `ssh` record of the store, as JSON bodies with their data.
+    fn ssh_events(&self) -> Vec<(Value, Vec<u8>)> {
+        let conn = rusqlite::Connection::open(self.env.db()).unwrap();
+        let mut st = conn.prepare("SELECT body, data FROM events WHERE kind = 'ssh' ORDER BY seq").unwrap();
+        st.query_map([], |r| {
+            let body: Vec<u8> = r.get(0)?;
+            let data: Option<Vec<u8>> = r.get(1)?;
+            Ok((serde_json::from_slice(&body).unwrap(), data.unwrap_or_default()))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((v, _)) = self.ssh_events().into_iter().find(|(v, _)| pred(v)) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no ssh record {what}: {:#?}", self.ssh_events());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn ssh_is_terminated_decided_and_logged_in_with_a_short_certificate() {
+    let w = world("ssh-policy");
+    let host = w.sshd.ip.clone();
+
+    // An allowed exec: the host ran it as the login account; no client key, no prompt.
+    let o = w.ssh(&w.ana, &[&host, "id -un"]);
+    assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), w.deploy);
+    // A regex-allowed command; masked output (a card number on the host).
+    let o = w.ssh(&w.ana, &[&host, "uptime"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = w.ssh(&w.ana, &[&host, "echo card 4111 1111 1111 1111 end"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let seen = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(seen.starts_with("card ") && !seen.contains("4111 1111 1111 1111"), "masked: {seen}");
+
+    // The host's sshd logged the certificate naming the person.
+    let log = w.sshd.log_text();
+    assert!(
+        log.contains(&format!("Accepted certificate ID \"gatehouse:{}:session=", w.ana)),
+        "sshd log names the person:\n{log}"
+    );
+
+    // Refused: a command no rule allows; a glob stretched over `;`; a denied rm.
+    let pwned = w.share.join("pwned");
+    for cmd in [
+        format!("touch {}", pwned.display()),
+        format!("echo hi; touch {}", pwned.display()),
+        format!("echo $(touch {})", pwned.display()),
+        format!("rm -rf {}", w.share.display()),
+    ] {
+        let o = w.ssh(&w.ana, &[&host, &cmd]);
+        assert_eq!(o.status.code(), Some(126), "{cmd}: {}", text(&o));
+        assert!(text(&o).contains("Gatehouse: refused"), "{cmd}: {}", text(&o));
+    }
+    assert!(!pwned.exists(), "a refused command ran on the host");
+    assert!(w.share.join("report.txt").exists(), "the denied rm ran on the host");
+
+    // Port forwarding (-W opens a direct-tcpip channel) is refused; so is -L's channel.
+    let o = w.ssh(&w.ana, &["-W", &w.sshd.addr(), &host]);
+    assert!(!o.status.success() && text(&o).contains("stdio forwarding failed"), "{}", text(&o));
+
+    // sftp read-only under share/: a read works, a write and a read elsewhere do not.
+    let batch = w.env.path("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "get {share}/report.txt {out}/got.txt\n-put {batch} {share}/up.txt\n-get /etc/hostname {out}/host.txt\n",
+            share = w.share.display(),
+            out = w.out.display(),
+            batch = batch.display()
+        ),
+    )
+    .unwrap();
+    let args = vec!["-P".into(), w.sshd.port.to_string(), "-b".into(), batch.display().to_string(), host.clone()];
+    let o = w.tool(&w.ana, "/usr/bin/sftp", &args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(w.out.join("got.txt")).unwrap(), "quarterly numbers\n");
+    assert!(!w.share.join("up.txt").exists(), "a read-only rule let a write through");
+    assert!(!w.out.join("host.txt").exists(), "a read outside sftp_paths got through");
+    assert!(text(&o).contains("Permission denied"), "{}", text(&o));
+    // scp (SFTP underneath): download allowed, upload refused.
+    let scp =
+        |from: String, to: String| w.tool(&w.ana, "/usr/bin/scp", &["-P".into(), w.sshd.port.to_string(), from, to]);
+    let o = scp(format!("{host}:{}/report.txt", w.share.display()), format!("{}/scp.txt", w.out.display()));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(w.out.join("scp.txt").exists());
+    let o = scp(batch.display().to_string(), format!("{host}:{}/scp-up.txt", w.share.display()));
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!w.share.join("scp-up.txt").exists());
+
+    // The audit store: each decision, exec output and exit status, sftp operations.
+    let ev = w.ssh_events();
+    let req =
+        |r: &str, d: &str| ev.iter().any(|(v, _)| v["event"] == "request" && v["request"] == r && v["decision"] == d);
+    assert!(req("exec", "allow") && req("exec", "deny") && req("direct-tcpip", "deny") && req("sftp", "allow"));
+    assert!(ev.iter().any(|(v, _)| v["event"] == "request"
+        && v["detail"].as_str().is_some_and(|d| d.starts_with("rm -rf"))
+        && v["rule"] == "nobody removes"));
+    assert!(ev.iter().any(|(v, d)| v["event"] == "io" && v["stream"] == "o" && d.starts_with(w.deploy.as_bytes())));
+    assert!(ev.iter().any(|(v, _)| v["event"] == "exit" && v["status"] == 0));
+    assert!(ev.iter().any(|(v, _)| v["event"] == "sftp"
+        && v["op"] == "open-write"
+        && v["decision"] == "deny"
+        && v["path"].as_str().is_some_and(|p| p.ends_with("up.txt"))));
+    assert!(ev.iter().any(|(v, _)| v["event"] == "sftp" && v["op"] == "open-read" && v["decision"] == "allow"));
+    assert!(!ev.iter().any(|(_, d)| d.windows(19).any(|x| x == b"4111 1111 1111 1111")), "card recorded unmasked");
+
+    // The upstream certificate: one principal, the person's key id, minutes of validity.
+    let conn = rusqlite::Connection::open(w.env.db()).unwrap();
+    let auth: String = conn
+        .query_row("SELECT json_extract(body, '$.auth') FROM events WHERE kind = 'backend_login' LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let cert = auth.split(" cert=").nth(1).unwrap();
+    let cert_file = w.env.path("session-cert.pub");
+    std::fs::write(&cert_file, format!("{cert}\n")).unwrap();
+    let o = Command::new("ssh-keygen").arg("-L").arg("-f").arg(&cert_file).output().unwrap();
+    let shown = text(&o);
+    assert!(o.status.success(), "{shown}");
+    assert!(shown.contains(&format!("Key ID: \"gatehouse:{}:session=", w.ana)), "{shown}");
+    assert!(shown.contains(&format!("Principals: \n                {}\n", w.deploy)), "{shown}");
+    assert!(shown.contains("source-address"), "{shown}");
+    // Valid for 2 minutes (after a minute's allowance for clock skew): checked to expire.
+    let valid = shown.lines().find(|l| l.trim_start().starts_with("Valid:")).unwrap();
+    let times: Vec<&str> = valid.split_whitespace().filter(|t| t.contains('T')).collect();
+    let parse = |t: &str| {
+        let o = Command::new("date").args(["-d", t, "+%s"]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().parse::<i64>().unwrap()
+    };
+    assert_eq!(times.len(), 2, "{valid}");
+    assert_eq!(parse(times[1]) - parse(times[0]), 180, "{valid}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(parse(times[1]) <= now + 120, "the certificate outlives its validity: {valid}");
+}
+
+#[test]
+fn held_exec_runs_only_once_approved() {
+    let w = world("ssh-approval");
+    let host = w.sshd.ip.clone();
+    let file = w.share.join("approved");
+    let cmd = format!("touch {}", file.display());
+    let held = w.spawn_ssh(&w.eve, &[&host, &cmd]);
+    // The approver sees it, and nothing ran yet.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let id = loop {
+        let o = w.cli(&w.lea, &["requests", "--json"]);
+        let found = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["state"]["state"] == "pending" && r["subject"]["type"] == "ssh");
+        if let Some(r) = found {
+            assert!(r["subject"]["request"].as_str().unwrap().contains(&cmd), "{r}");
+            break r["id"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no pending ssh request: {}\n{}", text(&o), w.env.agent_log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!file.exists(), "a held command ran before its approval");
+    let o = w.cli(&w.lea, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = held.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), w.env.agent_log());
+    assert!(text(&out).contains("waiting for approval"), "{}", text(&out));
+    assert!(file.exists(), "the approved command did not run");
+    w.wait_event("held exec", |v| v["event"] == "request" && v["decision"] == "approval" && v["approval"] == id);
+
+    // Denied: the command never runs.
+    let file2 = w.share.join("denied");
+    let held = w.spawn_ssh(&w.eve, &[&host, &format!("touch {}", file2.display())]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let id = loop {
+        let o = w.cli(&w.lea, &["requests", "--json"]);
+        if let Some(r) = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["state"]["state"] == "pending" && r["subject"]["type"] == "ssh")
+        {
+            break r["id"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no pending ssh request");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let o = w.cli(&w.lea, &["deny", &id.to_string(), "--reason", "not now"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = held.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(text(&out).contains("not now"), "{}", text(&out));
+    assert!(!file2.exists());
+    // Eve has no shell.
+    let o = w.ssh(&w.eve, &["-tt", &host]);
+    assert!(!o.status.success() && text(&o).contains("does not allow a shell"), "{}", text(&o));
+}
+
+/// A tmux server on the test's own socket, killed (through that socket) on drop.
+struct Tmux {
+    sock: PathBuf,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux").arg("-S").arg(&self.sock).args(args).output().unwrap()
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "gh"]).stdout).into_owned()
+    }
+
+    fn wait_for(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "tmux never showed {what:?}; screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn an_interactive_shell_is_recorded_and_replays_as_tmux_showed_it() {
+    let w = world("ssh-tmux");
+    assert!(Path::new("/usr/bin/tmux").exists(), "tmux is not installed (cargo xtask setup)");
+    let mut ssh = client_opts(&w.known_hosts);
+    ssh.extend(["-p".into(), w.sshd.port.to_string(), w.sshd.ip.clone()]);
+    // The pane's process joins the test cgroup, then becomes ana running ssh (a pty: no command).
+    let inner = format!(
+        "echo $$ > {cg}/cgroup.procs && exec setpriv --reuid {u} --regid {u} --init-groups -- env HOME={home} /usr/bin/ssh {args}",
+        cg = w.env.cgroup.display(),
+        u = w.ana,
+        home = w.env.dir.display(),
+        args = ssh.join(" "),
+    );
+    let tmux = Tmux { sock: w.env.path("tmux.sock") };
+    let o = tmux.run(&["new-session", "-d", "-s", "gh", "-x", "100", "-y", "30", "sh", "-c", &inner]);
+    assert!(o.status.success(), "{}", text(&o));
+    tmux.wait_for("$");
+    tmux.run(&["send-keys", "-t", "gh", "echo hello-$((6*7))", "Enter"]);
+    tmux.wait_for("hello-42");
+    tmux.run(&["resize-window", "-t", "gh", "-x", "120", "-y", "40"]);
+    tmux.run(&["send-keys", "-t", "gh", "stty size", "Enter"]);
+    tmux.wait_for("40 120");
+    tmux.run(&["send-keys", "-t", "gh", "echo card 4111 1111 1111 1111", "Enter"]);
+    let shown = tmux.wait_for("card ****");
+    tmux.run(&["send-keys", "-t", "gh", "exit", "Enter"]);
+    let session = w.env.wait_session("ssh shell", |s| s["backend"] == "db-admin");
+    let id = session["id"].as_str().unwrap().to_owned();
+
+    // The replay shows, in order, every line tmux showed.
+    let db = w.env.db().display().to_string();
+    let replay = w.env.gatehouse(&["replay", &id, "--no-wait", "--db", &db]);
+    assert!(replay.status.success(), "{}", text(&replay));
+    let replayed = String::from_utf8_lossy(&replay.stdout).into_owned();
+    let mut from = 0;
+    for line in shown.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        let at = replayed.get(from..).and_then(|r| r.find(line)).unwrap_or_else(|| {
+            panic!("tmux showed {line:?}, the replay does not (after byte {from}):\n{replayed}\n--- tmux:\n{shown}")
+        });
+        from += at + line.len();
+    }
+    assert!(replayed.contains("-- ssh shell: allow (rule \"ana operates\")"), "{replayed}");
+    assert!(replayed.contains("-- window resized to 120x40"), "{replayed}");
+    assert!(!replayed.contains("4111 1111 1111 1111") && !replayed.contains('\u{1b}'), "{replayed}");
+
+    // asciicast: the pty's size, output with timing, input marked apart, the resize.
+    let out = w.env.path("export");
+    let o = w.env.gatehouse(&["export", "--format", "asciicast", "--out", &out.display().to_string(), "--db", &db]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cast = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&id))
+        .unwrap_or_else(|| panic!("no cast for {id} in {}", out.display()));
+    let cast = std::fs::read_to_string(cast).unwrap();
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(
+        (header["version"].as_u64(), header["width"].as_u64(), header["height"].as_u64()),
+        (Some(2), Some(100), Some(30))
+    );
+    let events: Vec<Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let has = |kind: &str, needle: &str| events.iter().any(|e| e[1] == kind && e[2].as_str().unwrap().contains(needle));
+    assert!(has("o", "hello-42") && has("i", "e") && has("r", "120x40"), "{cast}");
+    let times: Vec<f64> = events.iter().map(|e| e[0].as_f64().unwrap()).collect();
+    assert!(times.windows(2).all(|p| p[0] <= p[1]) && times.last() > times.first(), "timed: {times:?}");
+    // Typed input is recorded through the rule's masking too.
+    assert!(!cast.contains("4111 1111 1111 1111"), "{cast}");
+}
