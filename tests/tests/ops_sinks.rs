@@ -83,7 +83,10 @@ template(name="raw" type="string" string="%rawmsg%\n")
     /// (seq, hash, priority, message JSON) of each message received.
     fn messages(&self) -> Vec<(u64, String, String, serde_json::Value)> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        text.lines()
+        // Only whole lines: rsyslogd may be writing the last one.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
+            .lines()
             .filter(|l| !l.is_empty())
             .map(|l| {
                 let pri = l.split('>').next().unwrap().trim_start_matches('<').to_owned();
