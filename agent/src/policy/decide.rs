@@ -548,6 +548,14 @@ impl Policy {
             if let Some(why) = rule.http.refuses(h) {
                 d.verdict = Verdict::Deny;
                 d.reason = format!("rule {:?} refuses this request: {why}", rule.name.as_str());
+            } else if let Some(a) = &rule.approval
+                && a.methods.iter().any(|m| m == "*" || m.eq_ignore_ascii_case(h.method))
+            {
+                d.verdict = Verdict::NeedsApproval;
+                let by = a.by_name.clone().unwrap_or_else(|| a.by.describe());
+                d.reason = format!("rule {:?} requires approval by {by} for {} requests", rule.name.as_str(), h.method);
+                d.approvers = Some(by);
+                d.approval_timeout = Some(a.timeout);
             }
             return d;
         }

@@ -281,6 +281,50 @@ pub(crate) fn build_scope(
     Ok(scope)
 }
 
+/// An http rule's `approval.for` (besides `"connect"`): HTTP methods whose
+/// requests wait for an approver, or `"*"` for every request the rule
+/// allows. Methods, not a rule-wide switch: the rule's `paths` already say
+/// which requests it covers, and the method is what says a request changes
+/// something, as a statement kind does for SQL (`for = ["DELETE"]` reads
+/// like `for = ["drop"]`); holding only some paths is a second rule.
+pub fn approval_methods(list: &[String]) -> Result<std::collections::BTreeSet<String>, String> {
+    list.iter()
+        .map(|m| {
+            let up = m.to_ascii_uppercase();
+            if up == "*" || METHODS.contains(&up.as_str()) {
+                Ok(up)
+            } else {
+                Err(format!(
+                    "approval.for on a rule for http backends names HTTP methods ({}), \"*\" for every request, or \"connect\"; `{m}` is none of them",
+                    METHODS.join(", ")
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Why a rule's approval could not hold what it names, if so: a rule for
+/// both SQL and HTTP backends (its `for` would hold statements but not
+/// requests), or held requests on opaque `tls = "passthrough"` HTTPS.
+pub(crate) fn approval_unenforceable(
+    a: &super::Approval,
+    sql: bool,
+    http_backends: bool,
+    passthrough: bool,
+) -> Option<String> {
+    if sql && http_backends && !a.kinds.is_empty() {
+        return Some(
+            "approval.for on a rule naming both postgres and http backends would hold statements but not HTTP requests; write one rule per protocol".into(),
+        );
+    }
+    if passthrough && !a.methods.is_empty() {
+        return Some(
+            "held requests cannot be enforced on a tls = \"passthrough\" backend: its requests are opaque bytes (use tls = \"terminate\")".into(),
+        );
+    }
+    None
+}
+
 /// `"64KiB"`, `"10MB"`, `"1024"` → bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -526,9 +570,9 @@ paths = ["/api/admin/*"]
 
     #[test]
     fn what_cannot_be_enforced_does_not_load() {
-        let held = HTTP
-            .replace("paths = [\"/api/*\"]", "paths = [\"/api/*\"]\napproval = { for = [\"delete\"], by = \"leads\" }");
-        assert!(load(&held).unwrap_err().to_string().contains("held requests are not supported"));
+        let drop = HTTP
+            .replace("paths = [\"/api/*\"]", "paths = [\"/api/*\"]\napproval = { for = [\"drop\"], by = \"leads\" }");
+        assert!(load(&drop).unwrap_err().to_string().contains("names HTTP methods"));
         let connect = HTTP.replace(
             "paths = [\"/api/*\"]",
             "paths = [\"/api/*\"]\napproval = { for = [\"connect\"], by = \"leads\" }",
@@ -540,6 +584,44 @@ paths = ["/api/admin/*"]
         assert!(load(&sql_field).is_err());
         assert_eq!(parse_size("64KiB").unwrap(), 65536);
         assert!(parse_size("1 parsec").is_err());
+    }
+
+    #[test]
+    fn approval_holds_the_methods_it_names() {
+        let held = HTTP.replace(
+            "methods = [\"GET\"]",
+            "methods = [\"GET\", \"DELETE\"]\napproval = { for = [\"delete\"], by = \"leads\", timeout = \"1m\" }",
+        );
+        let p = load(&held).unwrap();
+        let ana = crate::identity::Principal::named("ana", &[]);
+        let h = http::HeaderMap::new();
+        let backend = crate::types::BackendName::new("api");
+        let ask = |m: &str, path: &str| {
+            let r = crate::policy::Request { backend: &backend, statement: None, now: jiff::Timestamp::now() };
+            p.decide_http_with(&ana, &r, &req(m, path, &[], &h), &[])
+        };
+        assert!(ask("GET", "/api/orders").allowed());
+        let d = ask("DELETE", "/api/orders/7");
+        assert_eq!(d.verdict, crate::policy::Verdict::NeedsApproval, "{d:?}");
+        assert_eq!(d.approvers.as_deref(), Some("leads"));
+        assert_eq!(d.approval_timeout, Some(std::time::Duration::from_secs(60)));
+        // Deny rules and the rule's own scope still refuse first: nothing to approve.
+        assert!(!ask("DELETE", "/api/admin/x").allowed());
+        assert_eq!(ask("DELETE", "/api/admin/x").verdict, crate::policy::Verdict::Deny);
+        assert_eq!(ask("DELETE", "/other").verdict, crate::policy::Verdict::Deny);
+        // A connection is not held by a request approval.
+        assert!(p.decide_connect(&ana, &backend, jiff::Timestamp::now()).allowed());
+        // "*": every request the rule allows waits.
+        let every = held.replace("for = [\"delete\"]", "for = [\"*\"]");
+        let p = load(&every).unwrap();
+        let r = crate::policy::Request { backend: &backend, statement: None, now: jiff::Timestamp::now() };
+        let d = p.decide_http_with(&ana, &r, &req("GET", "/api/x", &[], &h), &[]);
+        assert_eq!(d.verdict, crate::policy::Verdict::NeedsApproval);
+        // Passthrough HTTPS cannot hold requests.
+        let pass = held.replace("address = \"127.10.0.9:8080\"", "address = \"127.10.0.9:443\"\ntls = \"passthrough\"");
+        let pass = pass.replace("methods = [\"GET\", \"DELETE\"]\n", "").replace("paths = [\"/api/*\"]\n", "");
+        let pass = pass.replace("action = \"deny\"\npaths = [\"/api/admin/*\"]", "action = \"deny\"");
+        assert!(load(&pass).unwrap_err().to_string().contains("held requests cannot be enforced"), "{pass}");
     }
 
     #[test]

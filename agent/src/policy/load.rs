@@ -1603,17 +1603,15 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
         let approval = match &r.approval {
             None => None,
             Some(a) => {
-                let parsed = parse_approval(a, src, &policy.approvers, e);
+                let parsed = parse_approval(a, src, &policy.approvers, http_only, e);
                 if parsed.is_none() {
                     bad = true;
                 }
-                // Held HTTP requests are not implemented: an approval that would
-                // never hold anything must not load as if it did.
-                if http_only && parsed.as_ref().is_some_and(|p| !p.kinds.is_empty()) {
-                    e.push(
-                        src.at(Some(a.span())),
-                        "approval on http backends holds only the connection (for = [\"connect\"]); held requests are not supported yet",
-                    );
+                if let Some(why) = parsed
+                    .as_ref()
+                    .and_then(|p| super::http::approval_unenforceable(p, sql, http_backends, passthrough))
+                {
+                    e.push(src.at(Some(a.span())), why);
                     bad = true;
                 }
                 if ssh_only && parsed.as_ref().is_some_and(|p| !p.kinds.is_empty()) {
@@ -1819,10 +1817,13 @@ fn need<T>(bad: &mut bool, v: Option<T>) -> Option<T> {
     v
 }
 
+/// `http_only`: the rule names only http backends, so `for` names HTTP
+/// methods (see `policy::http::approval_methods`), not statement kinds.
 fn parse_approval(
     a: &Spanned<ApprovalRaw>,
     src: &Source,
     approvers: &BTreeMap<String, Who>,
+    http_only: bool,
     e: &mut Errs<'_>,
 ) -> Option<Approval> {
     let aspan = src.at(Some(a.span()));
@@ -1830,11 +1831,23 @@ fn parse_approval(
     let connect = raw.kinds.iter().any(|k| k.eq_ignore_ascii_case("connect"));
     let ssh_exec = raw.kinds.iter().any(|k| k.eq_ignore_ascii_case("exec"));
     let ssh_shell = raw.kinds.iter().any(|k| k.eq_ignore_ascii_case("shell"));
-    let plain = |k: &String| !["connect", "exec", "shell"].iter().any(|w| k.eq_ignore_ascii_case(w));
-    let kinds_list = Spanned::new(a.span(), raw.kinds.iter().filter(|k| plain(k)).cloned().collect());
-    let kinds = parse_kinds(&kinds_list, false, src, e)?;
-    if kinds.kinds.is_empty() && !connect && !ssh_exec && !ssh_shell {
-        e.push(aspan, "approval.for names no statement kinds (or \"connect\")");
+    let plain = |k: &&String| !["connect", "exec", "shell"].iter().any(|w| k.eq_ignore_ascii_case(w));
+    let rest: Vec<String> = raw.kinds.iter().filter(plain).cloned().collect();
+    let (kinds, methods) = if http_only {
+        match super::http::approval_methods(&rest) {
+            Ok(m) => (Default::default(), m),
+            Err(why) => {
+                e.push(aspan, why);
+                return None;
+            }
+        }
+    } else {
+        (parse_kinds(&Spanned::new(a.span(), rest), false, src, e)?.kinds, Default::default())
+    };
+    if kinds.is_empty() && methods.is_empty() && !connect && !ssh_exec && !ssh_shell {
+        let what =
+            if http_only { "HTTP methods (or \"*\", or \"connect\")" } else { "statement kinds (or \"connect\")" };
+        e.push(aspan, format!("approval.for names no {what}"));
         return None;
     }
     let count = raw.count.unwrap_or(1);
@@ -1873,7 +1886,7 @@ fn parse_approval(
             }
         },
     };
-    Some(Approval { kinds: kinds.kinds, by, by_name, timeout, count, connect, ssh_exec, ssh_shell })
+    Some(Approval { kinds, by, by_name, timeout, count, connect, ssh_exec, ssh_shell, methods })
 }
 
 fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
