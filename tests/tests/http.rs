@@ -430,3 +430,192 @@ mask = "cards"
     assert!(!o.status.success());
     assert_eq!(api.requests().len(), got.len(), "no request reached the server without a served name");
 }
+
+/// Runs the `gatehouse` CLI as `user` against the test agent (a copy of
+/// the binary the test users may execute).
+fn cli(env: &Env, bin: &Path, user: &str, args: &[&str]) -> std::process::Output {
+    let ctl = env.control().display().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--control-socket", &ctl]);
+    env.run_as(user, None, bin, &all)
+}
+
+/// Waits for a pending approval request whose subject contains `what`; its id.
+fn pending(env: &Env, bin: &Path, approver: &str, what: &str) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let o = cli(env, bin, approver, &["requests", "--json"]);
+        assert!(o.status.success(), "gatehouse requests: {}", String::from_utf8_lossy(&o.stderr));
+        let found = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(json)
+            .find(|r| r["state"]["state"] == "pending" && r["subject"].to_string().contains(what));
+        if let Some(r) = found {
+            assert_eq!(r["subject"]["type"], "http_request", "{r}");
+            return r["id"].as_u64().expect("request id");
+        }
+        assert!(std::time::Instant::now() < deadline, "no pending request for {what:?}:\n{}", env.agent_log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// HTTP/2 from Node's built-in client: a DELETE and a GET on one
+/// connection; a JSON line per response as it completes.
+const H2_HELD: &str = r#"
+const http2 = require('http2');
+setTimeout(() => process.exit(3), 40000).unref();
+const c = http2.connect(process.argv[2]);
+const send = (method, path) => new Promise((resolve, reject) => {
+  const s = c.request({':method': method, ':path': path});
+  let body = '', status = 0;
+  s.on('response', h => { status = h[':status']; });
+  s.setEncoding('utf8');
+  s.on('data', d => { body += d; });
+  s.on('end', () => resolve({method, status, body}));
+  s.on('error', reject);
+  s.end();
+});
+const del = send('DELETE', '/api/v1/orders/9');
+send('GET', '/api/v1/orders/7')
+  .then(g => { console.log(JSON.stringify(g)); return del; })
+  .then(d => { console.log(JSON.stringify(d)); c.close(); })
+  .catch(e => { console.log(JSON.stringify({error: String(e)})); process.exit(2); });
+"#;
+
+#[test]
+fn held_requests_reach_the_server_only_once_approved() {
+    let mut env = Env::new("http-held");
+    let dan = env.user("dan", &[]);
+    let lea = env.user("lea", &[]);
+    let api = PyServer::http(&env.dir, &loopback(4));
+    let token = gatehouse_e2e::pg::password_file(&env.dir, "api.token", HELD_TOKEN);
+    let policy = format!(
+        r#"
+[agent]
+shutdown_grace = "1s"
+
+[[backend]]
+name = "orders-api"
+protocol = "http"
+address = "{api}"
+credentials = {{ bearer_file = "{token}" }}
+
+[[approvers]]
+name = "leads"
+who = {{ users = ["{lea}"] }}
+
+[[rule]]
+name = "dan deletes with a lead"
+who = {{ users = ["{dan}"] }}
+backends = ["orders-api"]
+methods = ["GET", "DELETE"]
+paths = ["/api/v1/orders/*"]
+approval = {{ for = ["DELETE"], by = "leads", timeout = "30s" }}
+
+[[rule]]
+name = "dan puts, quickly approved or not at all"
+who = {{ users = ["{dan}"] }}
+backends = ["orders-api"]
+methods = ["PUT"]
+paths = ["/api/v1/slow/*"]
+approval = {{ for = ["*"], by = "leads", timeout = "1s" }}
+"#,
+        api = api.addr,
+        token = token.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let bin = env.path("gatehouse-cli");
+    std::fs::copy(gatehouse_e2e::gatehouse_bin(), &bin).expect("copy the CLI");
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let base = format!("http://{}", api.addr);
+    let deletes = |path: &str| api.requests().iter().filter(|r| r["method"] == "DELETE" && r["path"] == path).count();
+
+    // HTTP/2: the DELETE waits; a GET on the same connection is answered meanwhile.
+    let script = env.path("h2_held.js");
+    std::fs::write(&script, H2_HELD).expect("write the node script");
+    let mut node = env.spawn_as(&dan, None, Path::new("/usr/bin/node"), &[script.to_str().unwrap(), &base]);
+    let get = gatehouse_e2e::read_json_line(&mut node);
+    assert_eq!(get["method"], "GET", "{get}");
+    assert_eq!(get["status"], 200, "{get}");
+    let id = pending(&env, &bin, &lea, "/api/v1/orders/9");
+    assert_eq!(deletes("/api/v1/orders/9"), 0, "the held DELETE reached the server before approval");
+    // The requester may not approve it.
+    let o = cli(&env, &bin, &dan, &["approve", &id.to_string()]);
+    assert!(!o.status.success(), "the requester approved their own request");
+    assert_eq!(deletes("/api/v1/orders/9"), 0);
+    let o = cli(&env, &bin, &lea, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "approve: {}", String::from_utf8_lossy(&o.stderr));
+    let del = gatehouse_e2e::read_json_line(&mut node);
+    assert_eq!(del["method"], "DELETE", "{del}");
+    assert_eq!(del["status"], 200, "{del}");
+    assert_eq!(deletes("/api/v1/orders/9"), 1, "the approved DELETE reached the server once");
+    let _ = node.wait();
+    let seen = api.requests();
+    let d = seen.iter().find(|r| r["method"] == "DELETE").expect("the approved DELETE reached the server");
+    assert_eq!(d["headers"]["authorization"], format!("Bearer {HELD_TOKEN}"), "the held token is injected");
+
+    // HTTP/1.1 (curl): denied, with the approver's reason; the server never sees it.
+    let child = env.spawn_as(
+        &dan,
+        None,
+        Path::new("/usr/bin/curl"),
+        &["-s", "-X", "DELETE", &format!("{base}/api/v1/orders/10")],
+    );
+    let id = pending(&env, &bin, &lea, "/api/v1/orders/10");
+    let o = cli(&env, &bin, &lea, &["deny", &id.to_string(), "--reason", "not during the freeze"]);
+    assert!(o.status.success(), "deny: {}", String::from_utf8_lossy(&o.stderr));
+    let out = child.wait_with_output().expect("curl");
+    let refused = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(refused["status"], 403, "{refused}");
+    assert_eq!(refused["rule"], "dan deletes with a lead", "{refused}");
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("denied by") && reason.contains("not during the freeze"), "{refused}");
+    assert_eq!(deletes("/api/v1/orders/10"), 0, "a denied request reached the server");
+
+    // Nobody decides in time: refused after the rule's timeout.
+    let (out, _) = {
+        let o = env.run_as(
+            &dan,
+            None,
+            Path::new("/usr/bin/curl"),
+            &["-s", "-X", "PUT", "-d", "x", &format!("{base}/api/v1/slow/1")],
+        );
+        (String::from_utf8_lossy(&o.stdout).into_owned(), ())
+    };
+    let timed_out = json(&out);
+    assert_eq!(timed_out["status"], 403, "{timed_out}");
+    assert!(timed_out["reason"].as_str().unwrap_or_default().contains("not approved in time"), "{timed_out}");
+    assert!(api.requests().iter().all(|r| r["method"] != "PUT"), "a timed-out request reached the server");
+
+    // On record: every step of each request, and each exchange with its outcome.
+    let conn = rusqlite::Connection::open_with_flags(env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut st = conn.prepare("SELECT body FROM events WHERE kind = 'approval' ORDER BY seq").unwrap();
+    let steps: Vec<Value> = st
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    let events: Vec<&str> = steps.iter().filter_map(|s| s["event"].as_str()).collect();
+    for e in ["requested", "approved", "denied", "timed_out"] {
+        assert!(events.contains(&e), "no {e} step on record: {events:?}");
+    }
+    assert!(steps.iter().all(|s| s["request"]["subject"]["type"] == "http_request"), "{steps:?}");
+    let records = http_records(&env.db());
+    let exchange = |method: &str, target: &str| {
+        records
+            .iter()
+            .find(|(k, b, _)| k == "http" && b["method"] == method && b["target"] == target)
+            .unwrap_or_else(|| panic!("no record of {method} {target}"))
+            .1
+            .clone()
+    };
+    let approved = exchange("DELETE", "/api/v1/orders/9");
+    assert_eq!(approved["decision"], "allow", "{approved}");
+    assert_eq!(approved["status"], 200, "{approved}");
+    assert!(approved["reason"].as_str().unwrap_or_default().contains("approved"), "{approved}");
+    let denied = exchange("DELETE", "/api/v1/orders/10");
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    assert_eq!(denied["status"], 403, "{denied}");
+}

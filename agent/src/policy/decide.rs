@@ -484,7 +484,11 @@ impl Policy {
                 }
                 Action::Allow => {
                     let score = (who, u8::from(exact));
-                    if best.is_none_or(|(_, s)| score > s) {
+                    // Between HTTP rules as specific as each other, one whose
+                    // request scope admits the request beats one that refuses it.
+                    let admits_instead =
+                        |b: &Rule| http.is_some_and(|h| b.http.refuses(h).is_some() && r.http.refuses(h).is_none());
+                    if best.is_none_or(|(b, s)| score > s || (score == s && admits_instead(b))) {
                         best = Some((r, score));
                     }
                 }

@@ -611,6 +611,22 @@ paths = ["/api/admin/*"]
         assert_eq!(ask("DELETE", "/other").verdict, crate::policy::Verdict::Deny);
         // A connection is not held by a request approval.
         assert!(p.decide_connect(&ana, &backend, jiff::Timestamp::now()).allowed());
+        // A second rule as specific holds other requests: each request goes to the rule that admits it.
+        let two = format!(
+            "{held}\n[[rule]]\nname = \"slow puts\"\nwho = {{ users = [\"ana\"] }}\nbackend = \"api\"\nmethods = [\"PUT\"]\npaths = [\"/slow/*\"]\napproval = {{ for = [\"*\"], by = \"leads\" }}\n"
+        );
+        let p2 = load(&two).unwrap();
+        let r = crate::policy::Request { backend: &backend, statement: None, now: jiff::Timestamp::now() };
+        let d = p2.decide_http_with(&ana, &r, &req("PUT", "/slow/1", &[], &h), &[]);
+        assert_eq!((d.verdict, d.rule_label()), (crate::policy::Verdict::NeedsApproval, "slow puts"), "{d:?}");
+        let d = p2.decide_http_with(&ana, &r, &req("GET", "/api/x", &[], &h), &[]);
+        assert_eq!((d.verdict, d.rule_label()), (crate::policy::Verdict::Allow, "read"), "{d:?}");
+        let d = p2.decide_http_with(&ana, &r, &req("PUT", "/api/x", &[], &h), &[]);
+        assert_eq!(
+            (d.verdict, d.rule_label()),
+            (crate::policy::Verdict::Deny, "read"),
+            "the first rule names the refusal"
+        );
         // "*": every request the rule allows waits.
         let every = held.replace("for = [\"delete\"]", "for = [\"*\"]");
         let p = load(&every).unwrap();
