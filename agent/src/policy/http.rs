@@ -96,6 +96,37 @@ pub struct HttpBackend {
     pub server_names: Vec<String>,
 }
 
+/// Whether backends `a` and `b` may share an address: only HTTPS that
+/// Gatehouse terminates, each listing its own `server_names`, so the name a
+/// client asks for (SNI) picks one (`protocol::http::sni`).
+pub fn may_share_address(a: &super::Backend, b: &super::Backend) -> Result<(), String> {
+    fn names(x: &super::Backend) -> Option<&Vec<String>> {
+        x.http.as_ref().filter(|h| h.tls == HttpTls::Terminate && !h.server_names.is_empty()).map(|h| &h.server_names)
+    }
+    let (Some(na), Some(nb)) = (names(a), names(b)) else {
+        return Err(
+            "backends share an address only as http backends with tls = \"terminate\" and their own server_names (the TLS server name picks one)"
+                .into(),
+        );
+    };
+    if let Some(n) = na.iter().find(|n| nb.iter().any(|m| m.eq_ignore_ascii_case(n))) {
+        return Err(format!("both list server name {n:?}: SNI could not tell them apart"));
+    }
+    Ok(())
+}
+
+/// The backends sharing `b`'s address, SNI telling them apart (more than
+/// one only for `tls = "terminate"` HTTP backends with their own
+/// `server_names`, as policy load checks).
+pub fn sharing<'p>(policy: &'p super::Policy, b: &super::Backend) -> Vec<&'p super::Backend> {
+    let terminate = |b: &super::Backend| b.http.as_ref().is_some_and(|h| h.tls == HttpTls::Terminate);
+    let super::Target::Addr(addr) = b.target else { return vec![] };
+    if !terminate(b) {
+        return vec![];
+    }
+    policy.backends.iter().filter(|o| o.target == super::Target::Addr(addr) && terminate(o)).collect()
+}
+
 /// A condition on a query parameter or a header: the name, and a glob its
 /// value must match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -638,6 +669,31 @@ paths = ["/api/admin/*"]
         let pass = pass.replace("methods = [\"GET\", \"DELETE\"]\n", "").replace("paths = [\"/api/*\"]\n", "");
         let pass = pass.replace("action = \"deny\"\npaths = [\"/api/admin/*\"]", "action = \"deny\"");
         assert!(load(&pass).unwrap_err().to_string().contains("held requests cannot be enforced"), "{pass}");
+    }
+
+    #[test]
+    fn backends_share_an_address_only_when_sni_tells_them_apart() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "[[backend]]\nname = \"orders\"\nprotocol = \"http\"\naddress = \"127.10.0.9:443\"\n{a}\n\n[[backend]]\nname = \"billing\"\nprotocol = \"http\"\naddress = \"127.10.0.9:443\"\n{b}\n"
+            )
+        };
+        let ok = two(
+            "tls = \"terminate\"\nserver_names = [\"orders.test\"]",
+            "tls = \"terminate\"\nserver_names = [\"billing.test\", \"bills.test\"]",
+        );
+        let p = load(&ok).unwrap();
+        let orders = p.backend(&crate::types::BackendName::new("orders")).unwrap();
+        assert_eq!(sharing(&p, orders).len(), 2);
+        let same = two(
+            "tls = \"terminate\"\nserver_names = [\"orders.test\"]",
+            "tls = \"terminate\"\nserver_names = [\"Orders.test\"]",
+        );
+        assert!(load(&same).unwrap_err().to_string().contains("SNI could not tell them apart"));
+        let unnamed = two("tls = \"terminate\"\nserver_names = [\"orders.test\"]", "tls = \"terminate\"");
+        assert!(load(&unnamed).unwrap_err().to_string().contains("already backend `orders`'s"));
+        let plain = two("", "");
+        assert!(load(&plain).unwrap_err().to_string().contains("already backend `orders`'s"));
     }
 
     #[test]

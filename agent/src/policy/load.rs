@@ -577,6 +577,7 @@ fn build(c: Collected<'_>, opts: &LoadOptions, errors: &mut Vec<Diagnostic>) -> 
 fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
     let mut names: HashMap<String, Location> = HashMap::new();
     let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+    let mut shared = Vec::new();
     for b in raw {
         let at = b.at();
         let r = &b.raw;
@@ -606,9 +607,11 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
         let target = match (&r.address, &r.host) {
             (Some(a), None) => match parse_address(a.get_ref()) {
                 Ok(addr) => {
-                    if let Some(other) = addrs.insert(addr, name.clone()) {
-                        e.push(b.at_span(a.span()), format!("address {addr} is already backend `{other}`'s"));
-                        continue;
+                    if addrs.contains_key(&addr) {
+                        // Told apart by SNI, or refused below once every backend is built.
+                        shared.push((addr, name.clone(), b.at_span(a.span())));
+                    } else {
+                        addrs.insert(addr, name.clone());
                     }
                     Target::Addr(addr)
                 }
@@ -828,6 +831,19 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
             at,
         };
         policy.backends.push(b);
+    }
+    for (addr, name, at) in shared {
+        let Some(b) = policy.backends.iter().find(|x| x.name.as_str() == name) else { continue };
+        let clash = policy
+            .backends
+            .iter()
+            .take_while(|x| x.name.as_str() != name)
+            .filter(|x| x.target == Target::Addr(addr))
+            .find_map(|a| super::http::may_share_address(a, b).err().map(|m| (a.name.to_string(), m)));
+        if let Some((first, m)) = clash {
+            e.push(at, format!("address {addr} is already backend `{first}`'s: {m}"));
+            policy.backends.retain(|x| x.name.as_str() != name);
+        }
     }
 }
 

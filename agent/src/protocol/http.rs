@@ -23,6 +23,7 @@
 pub mod body;
 mod headers;
 mod hold;
+pub mod sni;
 pub mod tls;
 mod upstream;
 mod ws;
