@@ -619,3 +619,271 @@ approval = {{ for = ["*"], by = "leads", timeout = "1s" }}
     assert_eq!(denied["decision"], "deny", "{denied}");
     assert_eq!(denied["status"], 403, "{denied}");
 }
+
+/// An HTTPS "ingress": one address, a virtual host per TLS server name
+/// (its own certificate and request log), as a shared load balancer serves
+/// several services. Arguments: host, then name, cert, key, log per vhost.
+const INGRESS_PY: &str = r#"
+import sys, json, ssl, http.server
+host, rest = sys.argv[1], sys.argv[2:]
+vhosts = {}
+for i in range(0, len(rest), 4):
+    name, cert, key, log = rest[i:i + 4]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    vhosts[name] = (ctx, open(log, "a"))
+front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+front.load_cert_chain(rest[1], rest[2])
+def pick(sock, name, _ctx):
+    if name not in vhosts:
+        return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+    sock.context = vhosts[name][0]
+    sock.vhost = name
+front.sni_callback = pick
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def any(self):
+        n = int(self.headers.get("content-length") or 0)
+        if n:
+            self.rfile.read(n)
+        name = getattr(self.connection, "vhost", None)
+        rec = {"vhost": name, "method": self.command, "path": self.path,
+               "headers": {k.lower(): v for k, v in self.headers.items()}}
+        if name in vhosts:
+            vhosts[name][1].write(json.dumps(rec) + "\n")
+            vhosts[name][1].flush()
+        body = json.dumps({"vhost": name}).encode()
+        self.send_response(200 if name in vhosts else 421)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_DELETE = any
+srv = http.server.ThreadingHTTPServer((host, 0), H)
+srv.socket = front.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+/// A test CA and a certificate for each DNS name: (CA file, [(cert, key)]).
+fn dns_certs(dir: &Path, names: &[&str]) -> (std::path::PathBuf, Vec<(std::path::PathBuf, std::path::PathBuf)>) {
+    std::fs::create_dir_all(dir).expect("cert dir");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ingress test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    let mut out = Vec::new();
+    for n in names {
+        std::fs::write(dir.join(format!("{n}.ext")), format!("subjectAltName=DNS:{n}\nbasicConstraints=CA:FALSE\n"))
+            .expect("ext");
+        let (key, csr, crt) = (format!("{n}.key"), format!("{n}.csr"), format!("{n}.crt"));
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={n}"), "-keyout", &key, "-out", &csr]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{n}.ext"),
+            "-out",
+            &crt,
+        ]);
+        out.push((dir.join(crt), dir.join(key)));
+    }
+    (dir.join("ca.crt"), out)
+}
+
+#[test]
+fn sni_picks_the_backend_among_https_backends_on_one_address() {
+    let mut env = Env::new("http-sni");
+    let ana = env.user("ana", &[]);
+    let bob = env.user("bob", &[]);
+    let ip = loopback(5);
+    let (ingress_ca, certs) = dns_certs(&env.dir.join("ingress-tls"), &["orders.test", "billing.test"]);
+    let script = env.path("ingress.py");
+    std::fs::write(&script, INGRESS_PY).expect("write ingress");
+    let logs = [env.path("orders.log"), env.path("billing.log")];
+    let mut args: Vec<String> = vec![script.display().to_string(), ip.clone()];
+    for ((name, (cert, key)), log) in ["orders.test", "billing.test"].iter().zip(&certs).zip(&logs) {
+        args.extend([
+            name.to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            log.display().to_string(),
+        ]);
+    }
+    let mut ingress = std::process::Command::new("/usr/bin/python3")
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the ingress");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(ingress.stdout.take().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("ingress port: {line:?}"));
+    // Stopped by PID when the test ends, whatever happens.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _ingress = Kill(ingress);
+    let addr = format!("{ip}:{port}");
+    let orders_token = gatehouse_e2e::pg::password_file(&env.dir, "orders.token", "orders-token-1a");
+    let billing_token = gatehouse_e2e::pg::password_file(&env.dir, "billing.token", "billing-token-2b");
+    let db = env.db().display().to_string();
+    assert!(env.gatehouse(&["ca", "init", "--db", &db]).status.success());
+    let agent_ca = env.path("agent-ca.crt");
+    std::fs::write(&agent_ca, env.gatehouse(&["ca", "export", "--db", &db]).stdout).expect("agent CA");
+    let policy = format!(
+        r#"
+[[backend]]
+name = "orders-api"
+protocol = "http"
+address = "{addr}"
+tls = "terminate"
+server_names = ["orders.test"]
+tls_server_name = "orders.test"
+ca_file = "{ca}"
+credentials = {{ bearer_file = "{orders}" }}
+
+[[backend]]
+name = "billing-api"
+protocol = "http"
+address = "{addr}"
+tls = "terminate"
+server_names = ["billing.test"]
+tls_server_name = "billing.test"
+ca_file = "{ca}"
+credentials = {{ bearer_file = "{billing}" }}
+
+[[rule]]
+name = "ana reads orders"
+who = {{ users = ["{ana}"] }}
+backends = ["orders-api"]
+methods = ["GET"]
+
+[[rule]]
+name = "bob reads both"
+who = {{ users = ["{bob}"] }}
+backends = ["orders-api", "billing-api"]
+methods = ["GET"]
+"#,
+        ca = ingress_ca.display(),
+        orders = orders_token.display(),
+        billing = billing_token.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    let check = env.gatehouse(&["policy", "check", &config.display().to_string()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("backends share {addr}"))
+            && text.contains("orders.test → `orders-api`")
+            && text.contains("billing.test → `billing-api`"),
+        "policy check explains the shared address: {text}"
+    );
+    env.start_agent(&config);
+    let curl = |user: &str, name: &str, path: &str| {
+        let url = format!("https://{name}:{port}{path}");
+        let resolve = format!("{name}:{port}:{ip}");
+        let args = [
+            "-sS",
+            "--cacert",
+            agent_ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-H",
+            "Authorization: Bearer own",
+            &url,
+        ];
+        let o = env.run_as(user, None, Path::new("/usr/bin/curl"), &args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let seen =
+        |i: usize| -> Vec<Value> { std::fs::read_to_string(&logs[i]).unwrap_or_default().lines().map(json).collect() };
+
+    // Each name reaches its own virtual host with its own held token.
+    let (code, out, err) = curl(&bob, "orders.test", "/o/1");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["vhost"], "orders.test");
+    let (code, out, err) = curl(&bob, "billing.test", "/b/1");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["vhost"], "billing.test");
+    let (o, b) = (seen(0), seen(1));
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(o[0]["headers"]["authorization"], "Bearer orders-token-1a");
+    assert_eq!(b[0]["headers"]["authorization"], "Bearer billing-token-2b");
+    assert_eq!(o[0]["path"], "/o/1");
+
+    // Domain fronting: orders' name in TLS, billing's in Host: refused, nothing upstream.
+    let url = format!("https://orders.test:{port}/b/fronted");
+    let resolve = format!("orders.test:{port}:{ip}");
+    let o = env.run_as(
+        &bob,
+        None,
+        Path::new("/usr/bin/curl"),
+        &["-sS", "--cacert", agent_ca.to_str().unwrap(), "--resolve", &resolve, "-H", "Host: billing.test", &url],
+    );
+    let refused = json(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(refused["status"], 421, "{refused}");
+    assert_eq!((seen(0).len(), seen(1).len()), (1, 1), "a fronted request went upstream");
+
+    // The name picks the rules too: ana may reach orders, not billing.
+    let (code, _, err) = curl(&ana, "orders.test", "/o/2");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, _) = curl(&ana, "billing.test", "/b/2");
+    assert_ne!(code, Some(0), "ana reached billing through the shared address");
+    assert_eq!(seen(1).len(), 1, "billing got ana's request");
+
+    // A name no backend serves: a TLS alert, nothing upstream, and a refusal on record.
+    let (code, _, err) = curl(&bob, "evil.test", "/x");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("unrecognized name"), "curl: {err}");
+    assert_eq!((seen(0).len(), seen(1).len()), (2, 1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sessions = env.sessions();
+        if let Some(s) = sessions.iter().find(|s| s.to_string().contains("evil.test")) {
+            assert_eq!(s["decision"], "deny", "{s}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal of evil.test on record: {sessions:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The sessions of bob are recorded under the backend the name picked.
+    let sessions = env.sessions();
+    for backend in ["orders-api", "billing-api"] {
+        assert!(sessions.iter().any(|s| s["backend"] == backend && s["decision"] == "allow"), "{sessions:#?}");
+    }
+}

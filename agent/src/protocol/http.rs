@@ -266,6 +266,9 @@ impl Shared {
             reason: None,
             credentials: None,
         };
+        if let Some(why) = misdirected(&self.ctx.backend, pending.host.as_deref()) {
+            return self.refuse(&pending, StatusCode::MISDIRECTED_REQUEST, None, &why);
+        }
         let path = match normalize_path(req.uri().path()) {
             Ok(p) => p,
             Err(e) => return self.refuse(&pending, StatusCode::BAD_REQUEST, None, &e.to_string()),
@@ -531,6 +534,25 @@ fn read_held(c: &HttpCredentials) -> Result<Held, String> {
             Ok(Held { name, value: value(t.expose())?, label: "header credential" })
         }
     }
+}
+
+/// On a backend that names its `server_names` (told apart by SNI), a
+/// request for another host is refused: the TLS name chose this backend's
+/// rules and credentials, and an upstream routing on `Host` must not send
+/// them to another service (domain fronting). The backend's own address is
+/// accepted too (a client that dialed it sends no name, and on a shared
+/// address was refused at the handshake).
+fn misdirected(b: &Backend, host: Option<&str>) -> Option<String> {
+    let names =
+        b.http.as_ref().filter(|h| h.tls == HttpTls::Terminate && !h.server_names.is_empty())?.server_names.as_slice();
+    let host = host.unwrap_or("");
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    let own_ip = matches!(&b.target, crate::policy::Target::Addr(a) if a.ip().to_string() == name);
+    (!own_ip && !names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        .then(|| format!("the request is for host {host:?}, which this backend does not serve ({})", names.join(", ")))
 }
 
 fn empty() -> Out {
