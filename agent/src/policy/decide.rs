@@ -553,11 +553,17 @@ impl Policy {
                 d.verdict = Verdict::Deny;
                 d.reason = format!("rule {:?} refuses this request: {why}", rule.name.as_str());
             } else if let Some(a) = &rule.approval
-                && a.methods.iter().any(|m| m == "*" || m.eq_ignore_ascii_case(h.method))
+                && let Some(held) = a.methods.iter().find(|m| {
+                    *m == "*"
+                        || m.eq_ignore_ascii_case(h.method)
+                        || (m.contains('/')
+                            && super::http::k8s::parse(h.method, h.path, h.query).is_some_and(|k| k.resource == **m))
+                })
             {
                 d.verdict = Verdict::NeedsApproval;
                 let by = a.by_name.clone().unwrap_or_else(|| a.by.describe());
-                d.reason = format!("rule {:?} requires approval by {by} for {} requests", rule.name.as_str(), h.method);
+                let what = if held.contains('/') { held.as_str() } else { h.method };
+                d.reason = format!("rule {:?} requires approval by {by} for {what} requests", rule.name.as_str());
                 d.approvers = Some(by);
                 d.approval_timeout = Some(a.timeout);
             }

@@ -174,6 +174,7 @@ struct RuleRaw {
     paths: Option<Spanned<Vec<String>>>,
     query: Option<Spanned<BTreeMap<String, String>>>,
     headers: Option<Spanned<BTreeMap<String, String>>>,
+    k8s: Option<Spanned<super::http::K8sRaw>>,
     max_body: Option<Spanned<String>>,
     pass_client_auth: Option<Spanned<bool>>,
     /// SSH backends: shell, exec globs/regexes, sftp access and paths, forwarding.
@@ -1109,6 +1110,7 @@ fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs
             paths: None,
             query: None,
             headers: None,
+            k8s: None,
             max_body: None,
             pass_client_auth: None,
             shell: None,
@@ -1714,6 +1716,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             paths: r.paths.as_ref(),
             query: r.query.as_ref(),
             headers: r.headers.as_ref(),
+            k8s: r.k8s.as_ref(),
             max_body: r.max_body.as_ref(),
             pass_client_auth: r.pass_client_auth.as_ref(),
         };
