@@ -573,6 +573,33 @@ approval = {{ for = ["*"], by = "leads", timeout = "1s" }}
     assert!(reason.contains("denied by") && reason.contains("not during the freeze"), "{refused}");
     assert_eq!(deletes("/api/v1/orders/10"), 0, "a denied request reached the server");
 
+    // A client that gives up withdraws its request: nobody can approve it into running later.
+    let mut gone = env.spawn_as(
+        &dan,
+        None,
+        Path::new("/usr/bin/curl"),
+        &["-s", "-X", "DELETE", &format!("{base}/api/v1/orders/11")],
+    );
+    let id = pending(&env, &bin, &lea, "/api/v1/orders/11");
+    gone.kill().expect("stop curl");
+    let _ = gone.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let o = cli(&env, &bin, &lea, &["requests", "--json"]);
+        let state = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(json)
+            .find(|r| r["id"] == id)
+            .map(|r| r["state"]["state"].clone());
+        if state == Some(Value::from("withdrawn")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "request {id} is still {state:?} after its client left");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!cli(&env, &bin, &lea, &["approve", &id.to_string()]).status.success());
+    assert_eq!(deletes("/api/v1/orders/11"), 0);
+
     // Nobody decides in time: refused after the rule's timeout.
     let (out, _) = {
         let o = env.run_as(
@@ -588,19 +615,26 @@ approval = {{ for = ["*"], by = "leads", timeout = "1s" }}
     assert!(timed_out["reason"].as_str().unwrap_or_default().contains("not approved in time"), "{timed_out}");
     assert!(api.requests().iter().all(|r| r["method"] != "PUT"), "a timed-out request reached the server");
 
-    // On record: every step of each request, and each exchange with its outcome.
-    let conn = rusqlite::Connection::open_with_flags(env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let mut st = conn.prepare("SELECT body FROM events WHERE kind = 'approval' ORDER BY seq").unwrap();
-    let steps: Vec<Value> = st
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|b| serde_json::from_slice(&b).ok())
-        .collect();
-    let events: Vec<&str> = steps.iter().filter_map(|s| s["event"].as_str()).collect();
-    for e in ["requested", "approved", "denied", "timed_out"] {
-        assert!(events.contains(&e), "no {e} step on record: {events:?}");
-    }
+    // On record (the writer thread may be a moment behind): every step of each request, and each exchange.
+    let approval_steps = || -> Vec<Value> {
+        let conn = rusqlite::Connection::open_with_flags(env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut st = conn.prepare("SELECT body FROM events WHERE kind = 'approval' ORDER BY seq").unwrap();
+        st.query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let steps = loop {
+        let steps = approval_steps();
+        let events: Vec<&str> = steps.iter().filter_map(|s| s["event"].as_str()).collect();
+        if ["requested", "approved", "denied", "withdrawn", "timed_out"].iter().all(|e| events.contains(e)) {
+            break steps;
+        }
+        assert!(std::time::Instant::now() < deadline, "approval steps missing on record: {events:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert!(steps.iter().all(|s| s["request"]["subject"]["type"] == "http_request"), "{steps:?}");
     let records = http_records(&env.db());
     let exchange = |method: &str, target: &str| {
@@ -886,4 +920,93 @@ methods = ["GET"]
     for backend in ["orders-api", "billing-api"] {
         assert!(sessions.iter().any(|s| s["backend"] == backend && s["decision"] == "allow"), "{sessions:#?}");
     }
+}
+
+/// No Kubernetes API server can run here (no kube-apiserver, k3s or kind
+/// on this machine), so the backend is the test HTTP server answering
+/// Kubernetes-shaped paths; the client is the real kubectl (`get --raw`)
+/// and curl.
+#[test]
+fn kubernetes_paths_are_decided_and_exec_is_held() {
+    let mut env = Env::new("http-k8s");
+    let ana = env.user("ana", &[]);
+    let lea = env.user("lea", &[]);
+    let api = PyServer::http(&env.dir, &loopback(6));
+    let policy = format!(
+        r#"
+[[backend]]
+name = "cluster"
+protocol = "http"
+address = "{api}"
+
+[[approvers]]
+name = "leads"
+who = {{ users = ["{lea}"] }}
+
+[[rule]]
+name = "ana reads prod pods"
+who = {{ users = ["{ana}"] }}
+backends = ["cluster"]
+k8s = {{ verbs = ["get", "list", "create"], resources = ["pods", "pods/log", "pods/exec"], namespaces = ["prod"] }}
+approval = {{ for = ["pods/exec"], by = "leads", timeout = "30s" }}
+
+[[rule]]
+name = "no secrets"
+who = {{ users = ["*"] }}
+backends = ["cluster"]
+action = "deny"
+k8s = {{ resources = ["secrets"] }}
+"#,
+        api = api.addr,
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let bin = env.path("gatehouse-cli");
+    std::fs::copy(gatehouse_e2e::gatehouse_bin(), &bin).expect("copy the CLI");
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let server = format!("http://{}", api.addr);
+    let paths = || {
+        api.requests()
+            .iter()
+            .map(|r| format!("{} {}", r["method"].as_str().unwrap(), r["path"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+
+    // kubectl reads pods in prod.
+    let o = env.run_as(
+        &ana,
+        None,
+        Path::new("/usr/bin/kubectl"),
+        &["--server", &server, "--kubeconfig", "/dev/null", "get", "--raw", "/api/v1/namespaces/prod/pods"],
+    );
+    assert!(o.status.success(), "kubectl: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(paths().contains(&"GET /api/v1/namespaces/prod/pods".to_owned()), "{:?}", paths());
+
+    // Out of scope: another namespace, a verb not named, secrets (denied by rule), a trailing slash.
+    for (method, path, rule) in [
+        ("GET", "/api/v1/namespaces/dev/pods", "ana reads prod pods"),
+        ("DELETE", "/api/v1/namespaces/prod/pods/web", "ana reads prod pods"),
+        ("GET", "/api/v1/namespaces/prod/secrets/db", "no secrets"),
+        ("GET", "/api/v1/namespaces/prod/secrets/", "no secrets"),
+    ] {
+        let o = env.run_as(&ana, None, Path::new("/usr/bin/curl"), &["-s", "-X", method, &format!("{server}{path}")]);
+        let v = json(&String::from_utf8_lossy(&o.stdout));
+        assert_eq!((v["status"].as_u64(), v["rule"].as_str()), (Some(403), Some(rule)), "{method} {path}: {v}");
+    }
+    assert!(
+        paths().iter().all(|p| !p.contains("/dev/") && !p.contains("secrets") && !p.starts_with("DELETE")),
+        "{:?}",
+        paths()
+    );
+
+    // exec waits for a lead; the server sees it only once approved.
+    let exec = format!("{server}/api/v1/namespaces/prod/pods/web/exec?command=ls");
+    let child = env.spawn_as(&ana, None, Path::new("/usr/bin/curl"), &["-s", "-X", "POST", &exec]);
+    let id = pending(&env, &bin, &lea, "/pods/web/exec");
+    assert!(paths().iter().all(|p| !p.contains("/exec")), "exec reached the server before approval");
+    let o = cli(&env, &bin, &lea, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "approve: {}", String::from_utf8_lossy(&o.stderr));
+    let out = child.wait_with_output().expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok POST /api/v1/namespaces/prod/pods/web/exec?command=ls");
+    assert!(paths().contains(&"POST /api/v1/namespaces/prod/pods/web/exec?command=ls".to_owned()));
 }
