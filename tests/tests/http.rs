@@ -4,6 +4,9 @@
 //! eBPF redirect. Assertions are on what the server received and what the
 //! client got, and on the audit store. Needs root.
 
+#![expect(clippy::expect_used, reason = "test helpers panic with context on failure")]
+#![expect(clippy::indexing_slicing, reason = "indexing serde_json values by key returns Null, it cannot panic")]
+
 use std::path::Path;
 
 use gatehouse_e2e::http::{PyServer, http_records};

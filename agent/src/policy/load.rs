@@ -608,11 +608,14 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
         let target = match (&r.address, &r.host) {
             (Some(a), None) => match parse_address(a.get_ref()) {
                 Ok(addr) => {
-                    if addrs.contains_key(&addr) {
+                    match addrs.entry(addr) {
                         // Told apart by SNI, or refused below once every backend is built.
-                        shared.push((addr, name.clone(), b.at_span(a.span())));
-                    } else {
-                        addrs.insert(addr, name.clone());
+                        std::collections::hash_map::Entry::Occupied(_) => {
+                            shared.push((addr, name.clone(), b.at_span(a.span())));
+                        }
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(name.clone());
+                        }
                     }
                     Target::Addr(addr)
                 }

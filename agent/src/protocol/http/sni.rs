@@ -28,16 +28,16 @@ pub enum SniError {
 /// while more bytes are needed, `Ok(Some(None))` for a ClientHello without
 /// a host name.
 pub fn server_name(buf: &[u8]) -> Result<Option<Option<String>>, SniError> {
-    let Some(header) = buf.get(..5) else {
+    let Some(&[kind, _, _, hi, lo]) = buf.get(..5) else {
         return match buf.first() {
             Some(&b) if b != 0x16 => Err(SniError::NotTls),
             _ => Ok(None),
         };
     };
-    if header.first() != Some(&0x16) {
+    if kind != 0x16 {
         return Err(SniError::NotTls);
     }
-    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
     if len > MAX_RECORD {
         return Err(SniError::Malformed("record too long"));
     }
@@ -89,10 +89,7 @@ struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SniError> {
-        if n > self.0.len() {
-            return Err(SniError::Malformed(what));
-        }
-        let (head, rest) = self.0.split_at(n);
+        let (head, rest) = self.0.split_at_checked(n).ok_or(SniError::Malformed(what))?;
         self.0 = rest;
         Ok(head)
     }
@@ -102,13 +99,13 @@ impl<'a> Reader<'a> {
     }
 
     fn u16(&mut self, what: &'static str) -> Result<usize, SniError> {
-        let b = self.take(2, what)?;
-        Ok(usize::from(u16::from_be_bytes([b[0], b[1]])))
+        let &[a, b] = self.take(2, what)? else { return Err(SniError::Malformed(what)) };
+        Ok(usize::from(u16::from_be_bytes([a, b])))
     }
 
     fn u24(&mut self, what: &'static str) -> Result<usize, SniError> {
-        let b = self.take(3, what)?;
-        Ok((usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]))
+        let &[a, b, c] = self.take(3, what)? else { return Err(SniError::Malformed(what)) };
+        Ok((usize::from(a) << 16) | (usize::from(b) << 8) | usize::from(c))
     }
 }
 
