@@ -411,6 +411,7 @@ impl Shared {
                     cap,
                     (client_upgrade, server_upgrade),
                     self.ctx.live.cut.clone(),
+                    headers.get(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")),
                 );
                 crate::proxy::lock(&self.upgraded).push(task);
             }
