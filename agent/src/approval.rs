@@ -31,6 +31,9 @@ pub enum Subject {
     Ssh { session: String, backend: String, request: String, rule: String },
     /// Access for a while, as a `[[grant]]` describes it.
     Grant { grant: String, backend: String, duration_s: u64 },
+    /// An HTTP request held until someone approves it (`target`: path and
+    /// query, secret-looking parameter values redacted).
+    HttpRequest { session: String, backend: String, method: String, target: String, rule: String },
 }
 
 impl Subject {
@@ -39,6 +42,7 @@ impl Subject {
             Self::Statement { backend, text, .. } => format!("run on {backend}: {text}"),
             Self::Connect { backend, .. } => format!("connect to {backend}"),
             Self::Ssh { backend, request, .. } => format!("run on {backend} over SSH: {request}"),
+            Self::HttpRequest { backend, method, target, .. } => format!("send {method} {target} to {backend}"),
             Self::Grant { grant, backend, duration_s } => {
                 format!("grant \"{grant}\" on {backend} for {}", crate::settings::format_duration_s(*duration_s))
             }
@@ -322,7 +326,8 @@ impl Registry {
             .filter(|e| match &e.request.subject {
                 Subject::Statement { session: s, .. }
                 | Subject::Connect { session: s, .. }
-                | Subject::Ssh { session: s, .. } => s == session,
+                | Subject::Ssh { session: s, .. }
+                | Subject::HttpRequest { session: s, .. } => s == session,
                 Subject::Grant { .. } => false,
             })
             .map(|e| e.request.id)

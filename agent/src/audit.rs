@@ -546,7 +546,8 @@ impl Event {
             Self::Approval(t) => match &t.request.subject {
                 crate::approval::Subject::Statement { session, .. }
                 | crate::approval::Subject::Connect { session, .. }
-                | crate::approval::Subject::Ssh { session, .. } => Some(session.clone()),
+                | crate::approval::Subject::Ssh { session, .. }
+                | crate::approval::Subject::HttpRequest { session, .. } => Some(session.clone()),
                 crate::approval::Subject::Grant { .. } => None,
             },
         }

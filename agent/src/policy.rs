@@ -568,6 +568,8 @@ pub struct Approval {
     /// of a shell, waits for an approval.
     pub ssh_exec: bool,
     pub ssh_shell: bool,
+    /// HTTP rules: the methods whose requests wait (upper case; `*` any).
+    pub methods: std::collections::BTreeSet<String>,
 }
 
 /// The statement kinds a rule covers: `["*"]` is every kind except the

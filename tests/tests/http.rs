@@ -4,6 +4,9 @@
 //! eBPF redirect. Assertions are on what the server received and what the
 //! client got, and on the audit store. Needs root.
 
+#![expect(clippy::expect_used, reason = "test helpers panic with context on failure")]
+#![expect(clippy::indexing_slicing, reason = "indexing serde_json values by key returns Null, it cannot panic")]
+
 use std::path::Path;
 
 use gatehouse_e2e::http::{PyServer, http_records};
@@ -429,4 +432,584 @@ mask = "cards"
     ]);
     assert!(!o.status.success());
     assert_eq!(api.requests().len(), got.len(), "no request reached the server without a served name");
+}
+
+/// Runs the `gatehouse` CLI as `user` against the test agent (a copy of
+/// the binary the test users may execute).
+fn cli(env: &Env, bin: &Path, user: &str, args: &[&str]) -> std::process::Output {
+    let ctl = env.control().display().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--control-socket", &ctl]);
+    env.run_as(user, None, bin, &all)
+}
+
+/// Waits for a pending approval request whose subject contains `what`; its id.
+fn pending(env: &Env, bin: &Path, approver: &str, what: &str) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let o = cli(env, bin, approver, &["requests", "--json"]);
+        assert!(o.status.success(), "gatehouse requests: {}", String::from_utf8_lossy(&o.stderr));
+        let found = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(json)
+            .find(|r| r["state"]["state"] == "pending" && r["subject"].to_string().contains(what));
+        if let Some(r) = found {
+            assert_eq!(r["subject"]["type"], "http_request", "{r}");
+            return r["id"].as_u64().expect("request id");
+        }
+        assert!(std::time::Instant::now() < deadline, "no pending request for {what:?}:\n{}", env.agent_log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// HTTP/2 from Node's built-in client: a DELETE and a GET on one
+/// connection; a JSON line per response as it completes.
+const H2_HELD: &str = r#"
+const http2 = require('http2');
+setTimeout(() => process.exit(3), 40000).unref();
+const c = http2.connect(process.argv[2]);
+const send = (method, path) => new Promise((resolve, reject) => {
+  const s = c.request({':method': method, ':path': path});
+  let body = '', status = 0;
+  s.on('response', h => { status = h[':status']; });
+  s.setEncoding('utf8');
+  s.on('data', d => { body += d; });
+  s.on('end', () => resolve({method, status, body}));
+  s.on('error', reject);
+  s.end();
+});
+const del = send('DELETE', '/api/v1/orders/9');
+send('GET', '/api/v1/orders/7')
+  .then(g => { console.log(JSON.stringify(g)); return del; })
+  .then(d => { console.log(JSON.stringify(d)); c.close(); })
+  .catch(e => { console.log(JSON.stringify({error: String(e)})); process.exit(2); });
+"#;
+
+#[test]
+fn held_requests_reach_the_server_only_once_approved() {
+    let mut env = Env::new("http-held");
+    let dan = env.user("dan", &[]);
+    let lea = env.user("lea", &[]);
+    let api = PyServer::http(&env.dir, &loopback(4));
+    let token = gatehouse_e2e::pg::password_file(&env.dir, "api.token", HELD_TOKEN);
+    let policy = format!(
+        r#"
+[agent]
+shutdown_grace = "1s"
+
+[[backend]]
+name = "orders-api"
+protocol = "http"
+address = "{api}"
+credentials = {{ bearer_file = "{token}" }}
+
+[[approvers]]
+name = "leads"
+who = {{ users = ["{lea}"] }}
+
+[[rule]]
+name = "dan deletes with a lead"
+who = {{ users = ["{dan}"] }}
+backends = ["orders-api"]
+methods = ["GET", "DELETE"]
+paths = ["/api/v1/orders/*"]
+approval = {{ for = ["DELETE"], by = "leads", timeout = "30s" }}
+
+[[rule]]
+name = "dan puts, quickly approved or not at all"
+who = {{ users = ["{dan}"] }}
+backends = ["orders-api"]
+methods = ["PUT"]
+paths = ["/api/v1/slow/*"]
+approval = {{ for = ["*"], by = "leads", timeout = "1s" }}
+"#,
+        api = api.addr,
+        token = token.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let bin = env.path("gatehouse-cli");
+    std::fs::copy(gatehouse_e2e::gatehouse_bin(), &bin).expect("copy the CLI");
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let base = format!("http://{}", api.addr);
+    let deletes = |path: &str| api.requests().iter().filter(|r| r["method"] == "DELETE" && r["path"] == path).count();
+
+    // HTTP/2: the DELETE waits; a GET on the same connection is answered meanwhile.
+    let script = env.path("h2_held.js");
+    std::fs::write(&script, H2_HELD).expect("write the node script");
+    let mut node = env.spawn_as(&dan, None, Path::new("/usr/bin/node"), &[script.to_str().unwrap(), &base]);
+    let get = gatehouse_e2e::read_json_line(&mut node);
+    assert_eq!(get["method"], "GET", "{get}");
+    assert_eq!(get["status"], 200, "{get}");
+    let id = pending(&env, &bin, &lea, "/api/v1/orders/9");
+    assert_eq!(deletes("/api/v1/orders/9"), 0, "the held DELETE reached the server before approval");
+    // The requester may not approve it.
+    let o = cli(&env, &bin, &dan, &["approve", &id.to_string()]);
+    assert!(!o.status.success(), "the requester approved their own request");
+    assert_eq!(deletes("/api/v1/orders/9"), 0);
+    let o = cli(&env, &bin, &lea, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "approve: {}", String::from_utf8_lossy(&o.stderr));
+    let del = gatehouse_e2e::read_json_line(&mut node);
+    assert_eq!(del["method"], "DELETE", "{del}");
+    assert_eq!(del["status"], 200, "{del}");
+    assert_eq!(deletes("/api/v1/orders/9"), 1, "the approved DELETE reached the server once");
+    let _ = node.wait();
+    let seen = api.requests();
+    let d = seen.iter().find(|r| r["method"] == "DELETE").expect("the approved DELETE reached the server");
+    assert_eq!(d["headers"]["authorization"], format!("Bearer {HELD_TOKEN}"), "the held token is injected");
+
+    // HTTP/1.1 (curl): denied, with the approver's reason; the server never sees it.
+    let child = env.spawn_as(
+        &dan,
+        None,
+        Path::new("/usr/bin/curl"),
+        &["-s", "-X", "DELETE", &format!("{base}/api/v1/orders/10")],
+    );
+    let id = pending(&env, &bin, &lea, "/api/v1/orders/10");
+    let o = cli(&env, &bin, &lea, &["deny", &id.to_string(), "--reason", "not during the freeze"]);
+    assert!(o.status.success(), "deny: {}", String::from_utf8_lossy(&o.stderr));
+    let out = child.wait_with_output().expect("curl");
+    let refused = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(refused["status"], 403, "{refused}");
+    assert_eq!(refused["rule"], "dan deletes with a lead", "{refused}");
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("denied by") && reason.contains("not during the freeze"), "{refused}");
+    assert_eq!(deletes("/api/v1/orders/10"), 0, "a denied request reached the server");
+
+    // A client that gives up withdraws its request: nobody can approve it into running later.
+    let mut gone = env.spawn_as(
+        &dan,
+        None,
+        Path::new("/usr/bin/curl"),
+        &["-s", "-X", "DELETE", &format!("{base}/api/v1/orders/11")],
+    );
+    let id = pending(&env, &bin, &lea, "/api/v1/orders/11");
+    gone.kill().expect("stop curl");
+    let _ = gone.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let o = cli(&env, &bin, &lea, &["requests", "--json"]);
+        let state = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(json)
+            .find(|r| r["id"] == id)
+            .map(|r| r["state"]["state"].clone());
+        if state == Some(Value::from("withdrawn")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "request {id} is still {state:?} after its client left");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!cli(&env, &bin, &lea, &["approve", &id.to_string()]).status.success());
+    assert_eq!(deletes("/api/v1/orders/11"), 0);
+
+    // Nobody decides in time: refused after the rule's timeout.
+    let (out, _) = {
+        let o = env.run_as(
+            &dan,
+            None,
+            Path::new("/usr/bin/curl"),
+            &["-s", "-X", "PUT", "-d", "x", &format!("{base}/api/v1/slow/1")],
+        );
+        (String::from_utf8_lossy(&o.stdout).into_owned(), ())
+    };
+    let timed_out = json(&out);
+    assert_eq!(timed_out["status"], 403, "{timed_out}");
+    assert!(timed_out["reason"].as_str().unwrap_or_default().contains("not approved in time"), "{timed_out}");
+    assert!(api.requests().iter().all(|r| r["method"] != "PUT"), "a timed-out request reached the server");
+
+    // On record (the writer thread may be a moment behind): every step of each request, and each exchange.
+    let approval_steps = || -> Vec<Value> {
+        let conn = rusqlite::Connection::open_with_flags(env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut st = conn.prepare("SELECT body FROM events WHERE kind = 'approval' ORDER BY seq").unwrap();
+        st.query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let steps = loop {
+        let steps = approval_steps();
+        let events: Vec<&str> = steps.iter().filter_map(|s| s["event"].as_str()).collect();
+        if ["requested", "approved", "denied", "withdrawn", "timed_out"].iter().all(|e| events.contains(e)) {
+            break steps;
+        }
+        assert!(std::time::Instant::now() < deadline, "approval steps missing on record: {events:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(steps.iter().all(|s| s["request"]["subject"]["type"] == "http_request"), "{steps:?}");
+    let records = http_records(&env.db());
+    let exchange = |method: &str, target: &str| {
+        records
+            .iter()
+            .find(|(k, b, _)| k == "http" && b["method"] == method && b["target"] == target)
+            .unwrap_or_else(|| panic!("no record of {method} {target}"))
+            .1
+            .clone()
+    };
+    let approved = exchange("DELETE", "/api/v1/orders/9");
+    assert_eq!(approved["decision"], "allow", "{approved}");
+    assert_eq!(approved["status"], 200, "{approved}");
+    assert!(approved["reason"].as_str().unwrap_or_default().contains("approved"), "{approved}");
+    let denied = exchange("DELETE", "/api/v1/orders/10");
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    assert_eq!(denied["status"], 403, "{denied}");
+}
+
+/// An HTTPS "ingress": one address, a virtual host per TLS server name
+/// (its own certificate and request log), as a shared load balancer serves
+/// several services. Arguments: host, then name, cert, key, log per vhost.
+const INGRESS_PY: &str = r#"
+import sys, json, ssl, http.server
+host, rest = sys.argv[1], sys.argv[2:]
+vhosts = {}
+for i in range(0, len(rest), 4):
+    name, cert, key, log = rest[i:i + 4]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    vhosts[name] = (ctx, open(log, "a"))
+front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+front.load_cert_chain(rest[1], rest[2])
+def pick(sock, name, _ctx):
+    if name not in vhosts:
+        return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+    sock.context = vhosts[name][0]
+    sock.vhost = name
+front.sni_callback = pick
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def any(self):
+        n = int(self.headers.get("content-length") or 0)
+        if n:
+            self.rfile.read(n)
+        name = getattr(self.connection, "vhost", None)
+        rec = {"vhost": name, "method": self.command, "path": self.path,
+               "headers": {k.lower(): v for k, v in self.headers.items()}}
+        if name in vhosts:
+            vhosts[name][1].write(json.dumps(rec) + "\n")
+            vhosts[name][1].flush()
+        body = json.dumps({"vhost": name}).encode()
+        self.send_response(200 if name in vhosts else 421)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_DELETE = any
+srv = http.server.ThreadingHTTPServer((host, 0), H)
+srv.socket = front.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+/// A test CA and a certificate for each DNS name: (CA file, [(cert, key)]).
+fn dns_certs(dir: &Path, names: &[&str]) -> (std::path::PathBuf, Vec<(std::path::PathBuf, std::path::PathBuf)>) {
+    std::fs::create_dir_all(dir).expect("cert dir");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ingress test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    let mut out = Vec::new();
+    for n in names {
+        std::fs::write(dir.join(format!("{n}.ext")), format!("subjectAltName=DNS:{n}\nbasicConstraints=CA:FALSE\n"))
+            .expect("ext");
+        let (key, csr, crt) = (format!("{n}.key"), format!("{n}.csr"), format!("{n}.crt"));
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={n}"), "-keyout", &key, "-out", &csr]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{n}.ext"),
+            "-out",
+            &crt,
+        ]);
+        out.push((dir.join(crt), dir.join(key)));
+    }
+    (dir.join("ca.crt"), out)
+}
+
+#[test]
+fn sni_picks_the_backend_among_https_backends_on_one_address() {
+    let mut env = Env::new("http-sni");
+    let ana = env.user("ana", &[]);
+    let bob = env.user("bob", &[]);
+    let ip = loopback(5);
+    let (ingress_ca, certs) = dns_certs(&env.dir.join("ingress-tls"), &["orders.test", "billing.test"]);
+    let script = env.path("ingress.py");
+    std::fs::write(&script, INGRESS_PY).expect("write ingress");
+    let logs = [env.path("orders.log"), env.path("billing.log")];
+    let mut args: Vec<String> = vec![script.display().to_string(), ip.clone()];
+    for ((name, (cert, key)), log) in ["orders.test", "billing.test"].iter().zip(&certs).zip(&logs) {
+        args.extend([
+            name.to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            log.display().to_string(),
+        ]);
+    }
+    let mut ingress = std::process::Command::new("/usr/bin/python3")
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the ingress");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(ingress.stdout.take().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("ingress port: {line:?}"));
+    // Stopped by PID when the test ends, whatever happens.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _ingress = Kill(ingress);
+    let addr = format!("{ip}:{port}");
+    let orders_token = gatehouse_e2e::pg::password_file(&env.dir, "orders.token", "orders-token-1a");
+    let billing_token = gatehouse_e2e::pg::password_file(&env.dir, "billing.token", "billing-token-2b");
+    let db = env.db().display().to_string();
+    assert!(env.gatehouse(&["ca", "init", "--db", &db]).status.success());
+    let agent_ca = env.path("agent-ca.crt");
+    std::fs::write(&agent_ca, env.gatehouse(&["ca", "export", "--db", &db]).stdout).expect("agent CA");
+    let policy = format!(
+        r#"
+[[backend]]
+name = "orders-api"
+protocol = "http"
+address = "{addr}"
+tls = "terminate"
+server_names = ["orders.test"]
+tls_server_name = "orders.test"
+ca_file = "{ca}"
+credentials = {{ bearer_file = "{orders}" }}
+
+[[backend]]
+name = "billing-api"
+protocol = "http"
+address = "{addr}"
+tls = "terminate"
+server_names = ["billing.test"]
+tls_server_name = "billing.test"
+ca_file = "{ca}"
+credentials = {{ bearer_file = "{billing}" }}
+
+[[rule]]
+name = "ana reads orders"
+who = {{ users = ["{ana}"] }}
+backends = ["orders-api"]
+methods = ["GET"]
+
+[[rule]]
+name = "bob reads both"
+who = {{ users = ["{bob}"] }}
+backends = ["orders-api", "billing-api"]
+methods = ["GET"]
+"#,
+        ca = ingress_ca.display(),
+        orders = orders_token.display(),
+        billing = billing_token.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    let check = env.gatehouse(&["policy", "check", &config.display().to_string()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("backends share {addr}"))
+            && text.contains("orders.test → `orders-api`")
+            && text.contains("billing.test → `billing-api`"),
+        "policy check explains the shared address: {text}"
+    );
+    env.start_agent(&config);
+    let curl = |user: &str, name: &str, path: &str| {
+        let url = format!("https://{name}:{port}{path}");
+        let resolve = format!("{name}:{port}:{ip}");
+        let args = [
+            "-sS",
+            "--cacert",
+            agent_ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-H",
+            "Authorization: Bearer own",
+            &url,
+        ];
+        let o = env.run_as(user, None, Path::new("/usr/bin/curl"), &args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let seen =
+        |i: usize| -> Vec<Value> { std::fs::read_to_string(&logs[i]).unwrap_or_default().lines().map(json).collect() };
+
+    // Each name reaches its own virtual host with its own held token.
+    let (code, out, err) = curl(&bob, "orders.test", "/o/1");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["vhost"], "orders.test");
+    let (code, out, err) = curl(&bob, "billing.test", "/b/1");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["vhost"], "billing.test");
+    let (o, b) = (seen(0), seen(1));
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(o[0]["headers"]["authorization"], "Bearer orders-token-1a");
+    assert_eq!(b[0]["headers"]["authorization"], "Bearer billing-token-2b");
+    assert_eq!(o[0]["path"], "/o/1");
+
+    // Domain fronting: orders' name in TLS, billing's in Host: refused, nothing upstream.
+    let url = format!("https://orders.test:{port}/b/fronted");
+    let resolve = format!("orders.test:{port}:{ip}");
+    let o = env.run_as(
+        &bob,
+        None,
+        Path::new("/usr/bin/curl"),
+        &["-sS", "--cacert", agent_ca.to_str().unwrap(), "--resolve", &resolve, "-H", "Host: billing.test", &url],
+    );
+    let refused = json(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(refused["status"], 421, "{refused}");
+    assert_eq!((seen(0).len(), seen(1).len()), (1, 1), "a fronted request went upstream");
+
+    // The name picks the rules too: ana may reach orders, not billing.
+    let (code, _, err) = curl(&ana, "orders.test", "/o/2");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, _) = curl(&ana, "billing.test", "/b/2");
+    assert_ne!(code, Some(0), "ana reached billing through the shared address");
+    assert_eq!(seen(1).len(), 1, "billing got ana's request");
+
+    // A name no backend serves: a TLS alert, nothing upstream, and a refusal on record.
+    let (code, _, err) = curl(&bob, "evil.test", "/x");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("unrecognized name"), "curl: {err}");
+    assert_eq!((seen(0).len(), seen(1).len()), (2, 1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sessions = env.sessions();
+        if let Some(s) = sessions.iter().find(|s| s.to_string().contains("evil.test")) {
+            assert_eq!(s["decision"], "deny", "{s}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal of evil.test on record: {sessions:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The sessions of bob are recorded under the backend the name picked.
+    let sessions = env.sessions();
+    for backend in ["orders-api", "billing-api"] {
+        assert!(sessions.iter().any(|s| s["backend"] == backend && s["decision"] == "allow"), "{sessions:#?}");
+    }
+}
+
+/// No Kubernetes API server can run here (no kube-apiserver, k3s or kind
+/// on this machine), so the backend is the test HTTP server answering
+/// Kubernetes-shaped paths; the client is the real kubectl (`get --raw`)
+/// and curl.
+#[test]
+fn kubernetes_paths_are_decided_and_exec_is_held() {
+    let mut env = Env::new("http-k8s");
+    let ana = env.user("ana", &[]);
+    let lea = env.user("lea", &[]);
+    let api = PyServer::http(&env.dir, &loopback(6));
+    let policy = format!(
+        r#"
+[[backend]]
+name = "cluster"
+protocol = "http"
+address = "{api}"
+
+[[approvers]]
+name = "leads"
+who = {{ users = ["{lea}"] }}
+
+[[rule]]
+name = "ana reads prod pods"
+who = {{ users = ["{ana}"] }}
+backends = ["cluster"]
+k8s = {{ verbs = ["get", "list", "create"], resources = ["pods", "pods/log", "pods/exec"], namespaces = ["prod"] }}
+approval = {{ for = ["pods/exec"], by = "leads", timeout = "30s" }}
+
+[[rule]]
+name = "no secrets"
+who = {{ users = ["*"] }}
+backends = ["cluster"]
+action = "deny"
+k8s = {{ resources = ["secrets"] }}
+"#,
+        api = api.addr,
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let bin = env.path("gatehouse-cli");
+    std::fs::copy(gatehouse_e2e::gatehouse_bin(), &bin).expect("copy the CLI");
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let server = format!("http://{}", api.addr);
+    let paths = || {
+        api.requests()
+            .iter()
+            .map(|r| format!("{} {}", r["method"].as_str().unwrap(), r["path"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+
+    // kubectl reads pods in prod.
+    let o = env.run_as(
+        &ana,
+        None,
+        Path::new("/usr/bin/kubectl"),
+        &["--server", &server, "--kubeconfig", "/dev/null", "get", "--raw", "/api/v1/namespaces/prod/pods"],
+    );
+    assert!(o.status.success(), "kubectl: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(paths().contains(&"GET /api/v1/namespaces/prod/pods".to_owned()), "{:?}", paths());
+
+    // Out of scope: another namespace, a verb not named, secrets (denied by rule), a trailing slash.
+    for (method, path, rule) in [
+        ("GET", "/api/v1/namespaces/dev/pods", "ana reads prod pods"),
+        ("DELETE", "/api/v1/namespaces/prod/pods/web", "ana reads prod pods"),
+        ("GET", "/api/v1/namespaces/prod/secrets/db", "no secrets"),
+        ("GET", "/api/v1/namespaces/prod/secrets/", "no secrets"),
+    ] {
+        let o = env.run_as(&ana, None, Path::new("/usr/bin/curl"), &["-s", "-X", method, &format!("{server}{path}")]);
+        let v = json(&String::from_utf8_lossy(&o.stdout));
+        assert_eq!((v["status"].as_u64(), v["rule"].as_str()), (Some(403), Some(rule)), "{method} {path}: {v}");
+    }
+    assert!(
+        paths().iter().all(|p| !p.contains("/dev/") && !p.contains("secrets") && !p.starts_with("DELETE")),
+        "{:?}",
+        paths()
+    );
+
+    // exec waits for a lead; the server sees it only once approved.
+    let exec = format!("{server}/api/v1/namespaces/prod/pods/web/exec?command=ls");
+    let child = env.spawn_as(&ana, None, Path::new("/usr/bin/curl"), &["-s", "-X", "POST", &exec]);
+    let id = pending(&env, &bin, &lea, "/pods/web/exec");
+    assert!(paths().iter().all(|p| !p.contains("/exec")), "exec reached the server before approval");
+    let o = cli(&env, &bin, &lea, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "approve: {}", String::from_utf8_lossy(&o.stderr));
+    let out = child.wait_with_output().expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok POST /api/v1/namespaces/prod/pods/web/exec?command=ls");
+    assert!(paths().contains(&"POST /api/v1/namespaces/prod/pods/web/exec?command=ls".to_owned()));
 }

@@ -484,7 +484,11 @@ impl Policy {
                 }
                 Action::Allow => {
                     let score = (who, u8::from(exact));
-                    if best.is_none_or(|(_, s)| score > s) {
+                    // Between HTTP rules as specific as each other, one whose
+                    // request scope admits the request beats one that refuses it.
+                    let admits_instead =
+                        |b: &Rule| http.is_some_and(|h| b.http.refuses(h).is_some() && r.http.refuses(h).is_none());
+                    if best.is_none_or(|(b, s)| score > s || (score == s && admits_instead(b))) {
                         best = Some((r, score));
                     }
                 }
@@ -548,6 +552,20 @@ impl Policy {
             if let Some(why) = rule.http.refuses(h) {
                 d.verdict = Verdict::Deny;
                 d.reason = format!("rule {:?} refuses this request: {why}", rule.name.as_str());
+            } else if let Some(a) = &rule.approval
+                && let Some(held) = a.methods.iter().find(|m| {
+                    *m == "*"
+                        || m.eq_ignore_ascii_case(h.method)
+                        || (m.contains('/')
+                            && super::http::k8s::parse(h.method, h.path, h.query).is_some_and(|k| k.resource == **m))
+                })
+            {
+                d.verdict = Verdict::NeedsApproval;
+                let by = a.by_name.clone().unwrap_or_else(|| a.by.describe());
+                let what = if held.contains('/') { held.as_str() } else { h.method };
+                d.reason = format!("rule {:?} requires approval by {by} for {what} requests", rule.name.as_str());
+                d.approvers = Some(by);
+                d.approval_timeout = Some(a.timeout);
             }
             return d;
         }

@@ -33,6 +33,7 @@ pub fn check(policy: &Policy, now: i64) -> Result<FileReport, Diagnostics> {
     for b in &policy.backends {
         check_backend(b, now, &mut errors, &mut report);
     }
+    sni_notes(policy, &mut report.warnings);
     // A notification's secret is a secret; its command runs as root, so only root may change it.
     for n in &policy.notify {
         if let Some(p) = &n.secret_file
@@ -160,6 +161,29 @@ fn http_warnings(b: &Backend, h: &crate::policy::http::HttpBackend, warnings: &m
             }
         }
         HttpTls::Upstream | HttpTls::Terminate => {}
+    }
+}
+
+/// Backends sharing an address: which TLS server name reaches which.
+fn sni_notes(policy: &crate::policy::Policy, warnings: &mut Vec<String>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for b in &policy.backends {
+        let group = crate::policy::http::sharing(policy, b);
+        let crate::policy::Target::Addr(addr) = b.target else { continue };
+        if group.len() < 2 || !seen.insert(addr) {
+            continue;
+        }
+        let each: Vec<String> = group
+            .iter()
+            .map(|g| {
+                let names = g.http.as_ref().map(|h| h.server_names.join(", ")).unwrap_or_default();
+                format!("{names} → `{}`", g.name)
+            })
+            .collect();
+        warnings.push(format!(
+            "backends share {addr}: the TLS server name (SNI) a client asks for picks the backend, its rules, credentials and certificate ({}); any other name, or none, is refused with a TLS alert",
+            each.join("; ")
+        ));
     }
 }
 

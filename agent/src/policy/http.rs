@@ -19,6 +19,8 @@ use toml::Spanned;
 
 use super::{glob, glob_exact};
 
+pub mod k8s;
+
 /// How the client and the backend speak TLS on an HTTP backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +98,37 @@ pub struct HttpBackend {
     pub server_names: Vec<String>,
 }
 
+/// Whether backends `a` and `b` may share an address: only HTTPS that
+/// Gatehouse terminates, each listing its own `server_names`, so the name a
+/// client asks for (SNI) picks one (`protocol::http::sni`).
+pub fn may_share_address(a: &super::Backend, b: &super::Backend) -> Result<(), String> {
+    fn names(x: &super::Backend) -> Option<&Vec<String>> {
+        x.http.as_ref().filter(|h| h.tls == HttpTls::Terminate && !h.server_names.is_empty()).map(|h| &h.server_names)
+    }
+    let (Some(na), Some(nb)) = (names(a), names(b)) else {
+        return Err(
+            "backends share an address only as http backends with tls = \"terminate\" and their own server_names (the TLS server name picks one)"
+                .into(),
+        );
+    };
+    if let Some(n) = na.iter().find(|n| nb.iter().any(|m| m.eq_ignore_ascii_case(n))) {
+        return Err(format!("both list server name {n:?}: SNI could not tell them apart"));
+    }
+    Ok(())
+}
+
+/// The backends sharing `b`'s address, SNI telling them apart (more than
+/// one only for `tls = "terminate"` HTTP backends with their own
+/// `server_names`, as policy load checks).
+pub fn sharing<'p>(policy: &'p super::Policy, b: &super::Backend) -> Vec<&'p super::Backend> {
+    let terminate = |b: &super::Backend| b.http.as_ref().is_some_and(|h| h.tls == HttpTls::Terminate);
+    let super::Target::Addr(addr) = b.target else { return vec![] };
+    if !terminate(b) {
+        return vec![];
+    }
+    policy.backends.iter().filter(|o| o.target == super::Target::Addr(addr) && terminate(o)).collect()
+}
+
 /// A condition on a query parameter or a header: the name, and a glob its
 /// value must match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +147,8 @@ pub struct HttpScope {
     pub paths: Vec<String>,
     pub query: Vec<ValueCond>,
     pub headers: Vec<ValueCond>,
+    /// Kubernetes API conditions (verb, resource, namespace from the path).
+    pub k8s: Option<k8s::K8sScope>,
     /// Allow rules: the largest request body accepted.
     pub max_body: Option<u64>,
     /// Allow rules: forward the client's own `Authorization` and `Cookie`
@@ -128,7 +163,11 @@ const UNNAMED_ONLY: [&str; 2] = ["CONNECT", "TRACE"];
 impl HttpScope {
     /// Whether the rule says nothing about which requests it covers.
     pub fn is_unscoped(&self) -> bool {
-        self.methods.is_empty() && self.paths.is_empty() && self.query.is_empty() && self.headers.is_empty()
+        self.methods.is_empty()
+            && self.paths.is_empty()
+            && self.query.is_empty()
+            && self.headers.is_empty()
+            && self.k8s.is_none()
     }
 
     /// Deny rules: whether this request is in what the rule denies (every
@@ -140,7 +179,8 @@ impl HttpScope {
             self.query.iter().all(|c| r.query_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
         let headers =
             self.headers.iter().all(|c| r.header_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
-        method && path && query && headers
+        let k8s = self.k8s.as_ref().is_none_or(|k| k.deny_matches(r.method, r.path, r.query));
+        method && path && query && headers && k8s
     }
 
     /// Allow rules: why this rule does not allow the request, if it does not.
@@ -175,6 +215,9 @@ impl HttpScope {
                 return Some(format!("header {} does not match {:?}", c.name, c.pattern));
             }
         }
+        if let Some(why) = self.k8s.as_ref().and_then(|k| k.refuses(r.method, r.path, r.query)) {
+            return Some(why);
+        }
         if let (Some(max), Some(len)) = (self.max_body, r.body_len)
             && len > max
         {
@@ -187,7 +230,10 @@ impl HttpScope {
     pub fn describe(&self) -> String {
         let m = if self.methods.is_empty() { "any method".to_owned() } else { self.methods.join(", ") };
         let p = if self.paths.is_empty() { "any path".to_owned() } else { self.paths.join(", ") };
-        format!("{m} on {p}")
+        match &self.k8s {
+            Some(k) => format!("{m} on {p}, {}", k.describe()),
+            None => format!("{m} on {p}"),
+        }
     }
 }
 
@@ -198,8 +244,21 @@ pub(crate) struct HttpRuleRaw<'r> {
     pub paths: Option<&'r Spanned<Vec<String>>>,
     pub query: Option<&'r Spanned<BTreeMap<String, String>>>,
     pub headers: Option<&'r Spanned<BTreeMap<String, String>>>,
+    pub k8s: Option<&'r Spanned<K8sRaw>>,
     pub max_body: Option<&'r Spanned<String>>,
     pub pass_client_auth: Option<&'r Spanned<bool>>,
+}
+
+/// A rule's `k8s = { verbs, resources, namespaces }` as written.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sRaw {
+    #[serde(default)]
+    pub verbs: Vec<String>,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
 }
 
 /// Methods a rule may name.
@@ -218,6 +277,7 @@ pub(crate) fn build_scope(
         ("paths", r.paths.map(Spanned::span)),
         ("query", r.query.map(Spanned::span)),
         ("headers", r.headers.map(Spanned::span)),
+        ("k8s", r.k8s.map(Spanned::span)),
         ("max_body", r.max_body.map(Spanned::span)),
         ("pass_client_auth", r.pass_client_auth.map(Spanned::span)),
     ];
@@ -233,7 +293,7 @@ pub(crate) fn build_scope(
         ));
     }
     if action == super::Action::Deny
-        && let Some((field, span)) = given.iter().skip(4).find(|(_, s)| s.is_some())
+        && let Some((field, span)) = given.iter().skip(5).find(|(_, s)| s.is_some())
     {
         return Err((span.clone(), format!("`{field}` has no meaning on a deny rule")));
     }
@@ -277,8 +337,76 @@ pub(crate) fn build_scope(
     if let Some(mb) = r.max_body {
         scope.max_body = Some(parse_size(mb.get_ref()).map_err(|m| (Some(mb.span()), format!("max_body: {m}")))?);
     }
+    if let Some(k) = r.k8s {
+        let raw = k.get_ref();
+        if let Some(v) = raw.verbs.iter().find(|v| !k8s::VERBS.contains(&v.as_str())) {
+            return Err((Some(k.span()), format!("k8s: unknown verb `{v}`; verbs: {}", k8s::VERBS.join(", "))));
+        }
+        if raw.verbs.is_empty() && raw.resources.is_empty() && raw.namespaces.is_empty() {
+            return Err((Some(k.span()), "k8s names no verbs, resources or namespaces (omit it)".into()));
+        }
+        scope.k8s = Some(k8s::K8sScope {
+            verbs: raw.verbs.clone(),
+            resources: raw.resources.clone(),
+            namespaces: raw.namespaces.clone(),
+        });
+    }
     scope.pass_client_auth = r.pass_client_auth.is_some_and(|p| *p.get_ref());
     Ok(scope)
+}
+
+/// An http rule's `approval.for` (besides `"connect"`): HTTP methods whose
+/// requests wait for an approver, or `"*"` for every request the rule
+/// allows. Methods, not a rule-wide switch: the rule's `paths` already say
+/// which requests it covers, and the method is what says a request changes
+/// something, as a statement kind does for SQL (`for = ["DELETE"]` reads
+/// like `for = ["drop"]`); holding only some paths is a second rule.
+/// On Kubernetes API servers a resource with its subresource
+/// (`"pods/exec"`, `"pods/attach"`) holds those requests, upgrades included.
+pub fn approval_methods(list: &[String]) -> Result<std::collections::BTreeSet<String>, String> {
+    list.iter()
+        .map(|m| {
+            let up = m.to_ascii_uppercase();
+            let k8s_sub = m.split_once('/').is_some_and(|(r, s)| {
+                !r.is_empty()
+                    && !s.is_empty()
+                    && !s.contains('/')
+                    && m.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/.-".contains(&b))
+            });
+            if k8s_sub {
+                Ok(m.clone())
+            } else if up == "*" || METHODS.contains(&up.as_str()) {
+                Ok(up)
+            } else {
+                Err(format!(
+                    "approval.for on a rule for http backends names HTTP methods ({}), \"*\" for every request, Kubernetes subresources (\"pods/exec\"), or \"connect\"; `{m}` is none of them",
+                    METHODS.join(", ")
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Why a rule's approval could not hold what it names, if so: a rule for
+/// both SQL and HTTP backends (its `for` would hold statements but not
+/// requests), or held requests on opaque `tls = "passthrough"` HTTPS.
+pub(crate) fn approval_unenforceable(
+    a: &super::Approval,
+    sql: bool,
+    http_backends: bool,
+    passthrough: bool,
+) -> Option<String> {
+    if sql && http_backends && !a.kinds.is_empty() {
+        return Some(
+            "approval.for on a rule naming both postgres and http backends would hold statements but not HTTP requests; write one rule per protocol".into(),
+        );
+    }
+    if passthrough && !a.methods.is_empty() {
+        return Some(
+            "held requests cannot be enforced on a tls = \"passthrough\" backend: its requests are opaque bytes (use tls = \"terminate\")".into(),
+        );
+    }
+    None
 }
 
 /// `"64KiB"`, `"10MB"`, `"1024"` → bytes.
@@ -526,9 +654,9 @@ paths = ["/api/admin/*"]
 
     #[test]
     fn what_cannot_be_enforced_does_not_load() {
-        let held = HTTP
-            .replace("paths = [\"/api/*\"]", "paths = [\"/api/*\"]\napproval = { for = [\"delete\"], by = \"leads\" }");
-        assert!(load(&held).unwrap_err().to_string().contains("held requests are not supported"));
+        let drop = HTTP
+            .replace("paths = [\"/api/*\"]", "paths = [\"/api/*\"]\napproval = { for = [\"drop\"], by = \"leads\" }");
+        assert!(load(&drop).unwrap_err().to_string().contains("names HTTP methods"));
         let connect = HTTP.replace(
             "paths = [\"/api/*\"]",
             "paths = [\"/api/*\"]\napproval = { for = [\"connect\"], by = \"leads\" }",
@@ -540,6 +668,105 @@ paths = ["/api/admin/*"]
         assert!(load(&sql_field).is_err());
         assert_eq!(parse_size("64KiB").unwrap(), 65536);
         assert!(parse_size("1 parsec").is_err());
+    }
+
+    #[test]
+    fn approval_holds_the_methods_it_names() {
+        let held = HTTP.replace(
+            "methods = [\"GET\"]",
+            "methods = [\"GET\", \"DELETE\"]\napproval = { for = [\"delete\"], by = \"leads\", timeout = \"1m\" }",
+        );
+        let p = load(&held).unwrap();
+        let ana = crate::identity::Principal::named("ana", &[]);
+        let h = http::HeaderMap::new();
+        let backend = crate::types::BackendName::new("api");
+        let ask = |m: &str, path: &str| {
+            let r = crate::policy::Request { backend: &backend, statement: None, now: jiff::Timestamp::now() };
+            p.decide_http_with(&ana, &r, &req(m, path, &[], &h), &[])
+        };
+        assert!(ask("GET", "/api/orders").allowed());
+        let d = ask("DELETE", "/api/orders/7");
+        assert_eq!(d.verdict, crate::policy::Verdict::NeedsApproval, "{d:?}");
+        assert_eq!(d.approvers.as_deref(), Some("leads"));
+        assert_eq!(d.approval_timeout, Some(std::time::Duration::from_secs(60)));
+        // Deny rules and the rule's own scope still refuse first: nothing to approve.
+        assert!(!ask("DELETE", "/api/admin/x").allowed());
+        assert_eq!(ask("DELETE", "/api/admin/x").verdict, crate::policy::Verdict::Deny);
+        assert_eq!(ask("DELETE", "/other").verdict, crate::policy::Verdict::Deny);
+        // A connection is not held by a request approval.
+        assert!(p.decide_connect(&ana, &backend, jiff::Timestamp::now()).allowed());
+        // Kubernetes: rules read verb, resource and namespace; exec is held.
+        let k8s = HTTP.replace(
+            "methods = [\"GET\"]\npaths = [\"/api/*\"]",
+            "k8s = { verbs = [\"get\", \"list\", \"create\"], resources = [\"pods\", \"pods/exec\"], namespaces = [\"prod\"] }\napproval = { for = [\"pods/exec\"], by = \"leads\" }",
+        );
+        let pk = load(&k8s).unwrap();
+        let r = crate::policy::Request { backend: &backend, statement: None, now: jiff::Timestamp::now() };
+        let ask = |m: &str, path: &str| pk.decide_http_with(&ana, &r, &req(m, path, &[], &h), &[]);
+        assert!(ask("GET", "/api/v1/namespaces/prod/pods").allowed());
+        assert!(ask("GET", "/apis").allowed(), "discovery");
+        let d = ask("POST", "/api/v1/namespaces/prod/pods/web/exec");
+        assert_eq!(d.verdict, crate::policy::Verdict::NeedsApproval, "{d:?}");
+        assert!(d.reason().contains("pods/exec"), "{d:?}");
+        let d = ask("GET", "/api/v1/namespaces/prod/pods/web/exec");
+        assert_eq!(d.verdict, crate::policy::Verdict::NeedsApproval, "an exec upgrade over GET too: {d:?}");
+        assert!(!ask("GET", "/api/v1/namespaces/dev/pods").allowed());
+        assert!(!ask("DELETE", "/api/v1/namespaces/prod/pods/web").allowed());
+        assert!(!ask("GET", "/api/v1/namespaces/prod/secrets").allowed());
+        let bad = HTTP.replace("methods = [\"GET\"]", "k8s = { verbs = [\"frobnicate\"] }");
+        assert!(load(&bad).unwrap_err().to_string().contains("unknown verb"));
+        // A second rule as specific holds other requests: each request goes to the rule that admits it.
+        let two = format!(
+            "{held}\n[[rule]]\nname = \"slow puts\"\nwho = {{ users = [\"ana\"] }}\nbackend = \"api\"\nmethods = [\"PUT\"]\npaths = [\"/slow/*\"]\napproval = {{ for = [\"*\"], by = \"leads\" }}\n"
+        );
+        let p2 = load(&two).unwrap();
+        let r = crate::policy::Request { backend: &backend, statement: None, now: jiff::Timestamp::now() };
+        let d = p2.decide_http_with(&ana, &r, &req("PUT", "/slow/1", &[], &h), &[]);
+        assert_eq!((d.verdict, d.rule_label()), (crate::policy::Verdict::NeedsApproval, "slow puts"), "{d:?}");
+        let d = p2.decide_http_with(&ana, &r, &req("GET", "/api/x", &[], &h), &[]);
+        assert_eq!((d.verdict, d.rule_label()), (crate::policy::Verdict::Allow, "read"), "{d:?}");
+        let d = p2.decide_http_with(&ana, &r, &req("PUT", "/api/x", &[], &h), &[]);
+        assert_eq!(
+            (d.verdict, d.rule_label()),
+            (crate::policy::Verdict::Deny, "read"),
+            "the first rule names the refusal"
+        );
+        // "*": every request the rule allows waits.
+        let every = held.replace("for = [\"delete\"]", "for = [\"*\"]");
+        let p = load(&every).unwrap();
+        let r = crate::policy::Request { backend: &backend, statement: None, now: jiff::Timestamp::now() };
+        let d = p.decide_http_with(&ana, &r, &req("GET", "/api/x", &[], &h), &[]);
+        assert_eq!(d.verdict, crate::policy::Verdict::NeedsApproval);
+        // Passthrough HTTPS cannot hold requests.
+        let pass = held.replace("address = \"127.10.0.9:8080\"", "address = \"127.10.0.9:443\"\ntls = \"passthrough\"");
+        let pass = pass.replace("methods = [\"GET\", \"DELETE\"]\n", "").replace("paths = [\"/api/*\"]\n", "");
+        let pass = pass.replace("action = \"deny\"\npaths = [\"/api/admin/*\"]", "action = \"deny\"");
+        assert!(load(&pass).unwrap_err().to_string().contains("held requests cannot be enforced"), "{pass}");
+    }
+
+    #[test]
+    fn backends_share_an_address_only_when_sni_tells_them_apart() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "[[backend]]\nname = \"orders\"\nprotocol = \"http\"\naddress = \"127.10.0.9:443\"\n{a}\n\n[[backend]]\nname = \"billing\"\nprotocol = \"http\"\naddress = \"127.10.0.9:443\"\n{b}\n"
+            )
+        };
+        let ok = two(
+            "tls = \"terminate\"\nserver_names = [\"orders.test\"]",
+            "tls = \"terminate\"\nserver_names = [\"billing.test\", \"bills.test\"]",
+        );
+        let p = load(&ok).unwrap();
+        let orders = p.backend(&crate::types::BackendName::new("orders")).unwrap();
+        assert_eq!(sharing(&p, orders).len(), 2);
+        let same = two(
+            "tls = \"terminate\"\nserver_names = [\"orders.test\"]",
+            "tls = \"terminate\"\nserver_names = [\"Orders.test\"]",
+        );
+        assert!(load(&same).unwrap_err().to_string().contains("SNI could not tell them apart"));
+        let unnamed = two("tls = \"terminate\"\nserver_names = [\"orders.test\"]", "tls = \"terminate\"");
+        assert!(load(&unnamed).unwrap_err().to_string().contains("already backend `orders`'s"));
+        let plain = two("", "");
+        assert!(load(&plain).unwrap_err().to_string().contains("already backend `orders`'s"));
     }
 
     #[test]

@@ -174,6 +174,7 @@ struct RuleRaw {
     paths: Option<Spanned<Vec<String>>>,
     query: Option<Spanned<BTreeMap<String, String>>>,
     headers: Option<Spanned<BTreeMap<String, String>>>,
+    k8s: Option<Spanned<super::http::K8sRaw>>,
     max_body: Option<Spanned<String>>,
     pass_client_auth: Option<Spanned<bool>>,
     /// SSH backends: shell, exec globs/regexes, sftp access and paths, forwarding.
@@ -577,6 +578,7 @@ fn build(c: Collected<'_>, opts: &LoadOptions, errors: &mut Vec<Diagnostic>) -> 
 fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
     let mut names: HashMap<String, Location> = HashMap::new();
     let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+    let mut shared = Vec::new();
     for b in raw {
         let at = b.at();
         let r = &b.raw;
@@ -606,9 +608,14 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
         let target = match (&r.address, &r.host) {
             (Some(a), None) => match parse_address(a.get_ref()) {
                 Ok(addr) => {
-                    if let Some(other) = addrs.insert(addr, name.clone()) {
-                        e.push(b.at_span(a.span()), format!("address {addr} is already backend `{other}`'s"));
-                        continue;
+                    match addrs.entry(addr) {
+                        // Told apart by SNI, or refused below once every backend is built.
+                        std::collections::hash_map::Entry::Occupied(_) => {
+                            shared.push((addr, name.clone(), b.at_span(a.span())));
+                        }
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(name.clone());
+                        }
                     }
                     Target::Addr(addr)
                 }
@@ -828,6 +835,19 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
             at,
         };
         policy.backends.push(b);
+    }
+    for (addr, name, at) in shared {
+        let Some(b) = policy.backends.iter().find(|x| x.name.as_str() == name) else { continue };
+        let clash = policy
+            .backends
+            .iter()
+            .take_while(|x| x.name.as_str() != name)
+            .filter(|x| x.target == Target::Addr(addr))
+            .find_map(|a| super::http::may_share_address(a, b).err().map(|m| (a.name.to_string(), m)));
+        if let Some((first, m)) = clash {
+            e.push(at, format!("address {addr} is already backend `{first}`'s: {m}"));
+            policy.backends.retain(|x| x.name.as_str() != name);
+        }
     }
 }
 
@@ -1093,6 +1113,7 @@ fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs
             paths: None,
             query: None,
             headers: None,
+            k8s: None,
             max_body: None,
             pass_client_auth: None,
             shell: None,
@@ -1603,17 +1624,15 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
         let approval = match &r.approval {
             None => None,
             Some(a) => {
-                let parsed = parse_approval(a, src, &policy.approvers, e);
+                let parsed = parse_approval(a, src, &policy.approvers, http_only, e);
                 if parsed.is_none() {
                     bad = true;
                 }
-                // Held HTTP requests are not implemented: an approval that would
-                // never hold anything must not load as if it did.
-                if http_only && parsed.as_ref().is_some_and(|p| !p.kinds.is_empty()) {
-                    e.push(
-                        src.at(Some(a.span())),
-                        "approval on http backends holds only the connection (for = [\"connect\"]); held requests are not supported yet",
-                    );
+                if let Some(why) = parsed
+                    .as_ref()
+                    .and_then(|p| super::http::approval_unenforceable(p, sql, http_backends, passthrough))
+                {
+                    e.push(src.at(Some(a.span())), why);
                     bad = true;
                 }
                 if ssh_only && parsed.as_ref().is_some_and(|p| !p.kinds.is_empty()) {
@@ -1700,6 +1719,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             paths: r.paths.as_ref(),
             query: r.query.as_ref(),
             headers: r.headers.as_ref(),
+            k8s: r.k8s.as_ref(),
             max_body: r.max_body.as_ref(),
             pass_client_auth: r.pass_client_auth.as_ref(),
         };
@@ -1819,10 +1839,13 @@ fn need<T>(bad: &mut bool, v: Option<T>) -> Option<T> {
     v
 }
 
+/// `http_only`: the rule names only http backends, so `for` names HTTP
+/// methods (see `policy::http::approval_methods`), not statement kinds.
 fn parse_approval(
     a: &Spanned<ApprovalRaw>,
     src: &Source,
     approvers: &BTreeMap<String, Who>,
+    http_only: bool,
     e: &mut Errs<'_>,
 ) -> Option<Approval> {
     let aspan = src.at(Some(a.span()));
@@ -1830,11 +1853,23 @@ fn parse_approval(
     let connect = raw.kinds.iter().any(|k| k.eq_ignore_ascii_case("connect"));
     let ssh_exec = raw.kinds.iter().any(|k| k.eq_ignore_ascii_case("exec"));
     let ssh_shell = raw.kinds.iter().any(|k| k.eq_ignore_ascii_case("shell"));
-    let plain = |k: &String| !["connect", "exec", "shell"].iter().any(|w| k.eq_ignore_ascii_case(w));
-    let kinds_list = Spanned::new(a.span(), raw.kinds.iter().filter(|k| plain(k)).cloned().collect());
-    let kinds = parse_kinds(&kinds_list, false, src, e)?;
-    if kinds.kinds.is_empty() && !connect && !ssh_exec && !ssh_shell {
-        e.push(aspan, "approval.for names no statement kinds (or \"connect\")");
+    let plain = |k: &&String| !["connect", "exec", "shell"].iter().any(|w| k.eq_ignore_ascii_case(w));
+    let rest: Vec<String> = raw.kinds.iter().filter(plain).cloned().collect();
+    let (kinds, methods) = if http_only {
+        match super::http::approval_methods(&rest) {
+            Ok(m) => (Default::default(), m),
+            Err(why) => {
+                e.push(aspan, why);
+                return None;
+            }
+        }
+    } else {
+        (parse_kinds(&Spanned::new(a.span(), rest), false, src, e)?.kinds, Default::default())
+    };
+    if kinds.is_empty() && methods.is_empty() && !connect && !ssh_exec && !ssh_shell {
+        let what =
+            if http_only { "HTTP methods (or \"*\", or \"connect\")" } else { "statement kinds (or \"connect\")" };
+        e.push(aspan, format!("approval.for names no {what}"));
         return None;
     }
     let count = raw.count.unwrap_or(1);
@@ -1873,7 +1908,7 @@ fn parse_approval(
             }
         },
     };
-    Some(Approval { kinds: kinds.kinds, by, by_name, timeout, count, connect, ssh_exec, ssh_shell })
+    Some(Approval { kinds, by, by_name, timeout, count, connect, ssh_exec, ssh_shell, methods })
 }
 
 fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {

@@ -21,6 +21,9 @@
 //!    and its frames recorded (`ws`).
 
 pub mod body;
+mod headers;
+mod hold;
+pub mod sni;
 pub mod tls;
 mod upstream;
 mod ws;
@@ -34,7 +37,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -44,6 +47,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{info, warn};
 
 use self::body::{BoxError, Coding, Kind, Piped, Summary, Transform};
+use self::headers::{
+    header_list, host_of, is_upgrade, recorded_headers, recorded_target, restrict_accept_encoding, strip_hop_by_hop,
+};
 use self::upstream::{Pool, UpBody};
 use crate::audit::{self, Event, HttpExchange};
 use crate::identity::Principal;
@@ -55,25 +61,6 @@ use crate::secrets::Secret;
 use crate::types::SessionId;
 
 type Out = UnsyncBoxBody<Bytes, BoxError>;
-
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
-/// the proxy credentials and `Expect` (hyper answered it on our side).
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "expect",
-];
-
-/// Query parameters whose values are not recorded.
-const SECRET_PARAMS: [&str; 10] =
-    ["token", "access_token", "api_key", "apikey", "key", "secret", "password", "passwd", "sig", "signature"];
 
 /// What the session task hands the adapter.
 pub struct Ctx {
@@ -158,6 +145,10 @@ pub async fn serve(ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome {
     let upgraded: Vec<_> = std::mem::take(&mut *crate::proxy::lock(&tasks.upgraded));
     for t in upgraded {
         let _ = t.await;
+    }
+    // Requests still held (streams whose tasks outlive the connection) are withdrawn.
+    for t in tasks.ctx.agent.approvals.withdraw_session(&tasks.ctx.id.to_string(), audit::now_us()) {
+        tasks.ctx.agent.approval_transition(&t);
     }
     let end = match end {
         End::Cut(why) if why.is_empty() => End::Cut(live.reason()),
@@ -275,6 +266,9 @@ impl Shared {
             reason: None,
             credentials: None,
         };
+        if let Some(why) = misdirected(&self.ctx.backend, pending.host.as_deref()) {
+            return self.refuse(&pending, StatusCode::MISDIRECTED_REQUEST, None, &why);
+        }
         let path = match normalize_path(req.uri().path()) {
             Ok(p) => p,
             Err(e) => return self.refuse(&pending, StatusCode::BAD_REQUEST, None, &e.to_string()),
@@ -298,11 +292,11 @@ impl Shared {
             &grants,
         );
         pending.rule = decision.rule.as_ref().map(ToString::to_string);
-        if decision.verdict != Verdict::Allow {
+        let held = decision.verdict == Verdict::NeedsApproval;
+        if decision.verdict != Verdict::Allow && !held {
             let why = decision.reason().into_owned();
             return self.refuse(&pending, StatusCode::FORBIDDEN, Some(&decision), &why);
         }
-        pending.decision = "allow".into();
         let rule = decision
             .rule
             .as_ref()
@@ -311,6 +305,19 @@ impl Shared {
         let Some(rule) = rule else {
             return self.refuse(&pending, StatusCode::FORBIDDEN, Some(&decision), "the allowing rule is gone");
         };
+        if held {
+            let Some(approval) = rule.approval.as_ref() else {
+                return self.refuse(&pending, StatusCode::FORBIDDEN, Some(&decision), "the approval rule is gone");
+            };
+            match hold::hold(&self.ctx, approval, &decision, &pending.method, &pending.target).await {
+                Ok(note) => pending.reason = Some(note),
+                Err(why) => {
+                    let why = format!("this request was held for approval and {why}");
+                    return self.refuse(&pending, StatusCode::FORBIDDEN, Some(&decision), &why);
+                }
+            }
+        }
+        pending.decision = "allow".into();
         // Masking: the profile must exist (fail closed), and the backend is
         // asked only for codings the pipeline can undo.
         let mask = match decision.mask.as_deref() {
@@ -404,6 +411,7 @@ impl Shared {
                     cap,
                     (client_upgrade, server_upgrade),
                     self.ctx.live.cut.clone(),
+                    headers.get(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")),
                 );
                 crate::proxy::lock(&self.upgraded).push(task);
             }
@@ -529,6 +537,25 @@ fn read_held(c: &HttpCredentials) -> Result<Held, String> {
     }
 }
 
+/// On a backend that names its `server_names` (told apart by SNI), a
+/// request for another host is refused: the TLS name chose this backend's
+/// rules and credentials, and an upstream routing on `Host` must not send
+/// them to another service (domain fronting). The backend's own address is
+/// accepted too (a client that dialed it sends no name, and on a shared
+/// address was refused at the handshake).
+fn misdirected(b: &Backend, host: Option<&str>) -> Option<String> {
+    let names =
+        b.http.as_ref().filter(|h| h.tls == HttpTls::Terminate && !h.server_names.is_empty())?.server_names.as_slice();
+    let host = host.unwrap_or("");
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    let own_ip = matches!(&b.target, crate::policy::Target::Addr(a) if a.ip().to_string() == name);
+    (!own_ip && !names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        .then(|| format!("the request is for host {host:?}, which this backend does not serve ({})", names.join(", ")))
+}
+
 fn empty() -> Out {
     Out::new(http_body_util::Empty::new().map_err(|never| match never {}))
 }
@@ -548,111 +575,6 @@ fn json_error(status: StatusCode, rule: Option<&str>, why: &str, session: Sessio
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
-}
-
-fn is_upgrade(h: &HeaderMap) -> bool {
-    h.get(header::UPGRADE).is_some()
-        && h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-}
-
-/// Removes hop-by-hop headers and those `Connection` names. An upgrade
-/// keeps `Connection: upgrade` and `Upgrade`.
-fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<String> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "upgrade")
-        .collect();
-    let upgrade_to = h.get(header::UPGRADE).cloned();
-    for name in HOP_BY_HOP.iter().map(|s| (*s).to_owned()).chain(named) {
-        h.remove(name.as_str());
-    }
-    if upgrade && let Some(u) = upgrade_to {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert(header::UPGRADE, u);
-    }
-}
-
-/// On masked rules the backend may answer only in codings the pipeline can undo.
-fn restrict_accept_encoding(h: &mut HeaderMap) {
-    let wanted: Vec<String> = h
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_owned())
-        .filter(|t| {
-            let name = t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            matches!(name.as_str(), "gzip" | "x-gzip" | "deflate" | "identity")
-        })
-        .collect();
-    let v = if wanted.is_empty() { "identity".to_owned() } else { wanted.join(", ") };
-    if let Ok(v) = HeaderValue::from_str(&v) {
-        h.insert(header::ACCEPT_ENCODING, v);
-    }
-}
-
-fn host_of(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(ToOwned::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-}
-
-/// Path and query for the record, secret-looking parameter values removed.
-fn recorded_target(uri: &http::Uri) -> String {
-    let path = uri.path();
-    let Some(q) = uri.query() else { return path.to_owned() };
-    let parts: Vec<String> = q
-        .split('&')
-        .map(|pair| {
-            let (k, _) = pair.split_once('=').unwrap_or((pair, ""));
-            let lower = k.to_ascii_lowercase();
-            if SECRET_PARAMS.iter().any(|s| lower == *s || lower.ends_with(&format!("_{s}"))) {
-                format!("{k}=[redacted]")
-            } else {
-                pair.to_owned()
-            }
-        })
-        .collect();
-    format!("{path}?{}", parts.join("&"))
-}
-
-/// Request headers for the record: credentials' values hidden.
-fn recorded_headers(h: &HeaderMap, backend: Option<&crate::policy::http::HttpBackend>) -> Vec<(String, String)> {
-    let injected = backend.and_then(|b| b.credentials.as_ref()).map(HttpCredentials::header_name);
-    h.iter()
-        .map(|(k, v)| {
-            let name = k.as_str();
-            let secret = matches!(name, "authorization" | "cookie" | "proxy-authorization" | "x-api-key")
-                || injected.as_deref() == Some(name)
-                || v.is_sensitive();
-            let value =
-                if secret { "[redacted]".to_owned() } else { String::from_utf8_lossy(v.as_bytes()).into_owned() };
-            (name.to_owned(), value)
-        })
-        .collect()
-}
-
-/// Response headers for the record (`Set-Cookie` values hidden).
-fn header_list(h: &HeaderMap) -> Vec<(String, String)> {
-    h.iter()
-        .map(|(k, v)| {
-            let value = if k == header::SET_COOKIE {
-                "[redacted]".to_owned()
-            } else {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            };
-            (k.as_str().to_owned(), value)
-        })
-        .collect()
 }
 
 /// The client's stream, counting bytes each way.
@@ -703,50 +625,5 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_are_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("accept", HeaderValue::from_static("*/*"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("accept"));
-    }
-
-    #[test]
-    fn upgrade_keeps_its_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("Upgrade"));
-        h.insert("upgrade", HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get("upgrade").unwrap(), "websocket");
-        assert_eq!(h.get("connection").unwrap(), "upgrade");
-    }
-
-    #[test]
-    fn secret_query_values_are_not_recorded() {
-        let u: http::Uri = "/x?access_token=abc&page=2&my_password=p".parse().unwrap();
-        assert_eq!(recorded_target(&u), "/x?access_token=[redacted]&page=2&my_password=[redacted]");
-    }
-
-    #[test]
-    fn accept_encoding_is_limited_to_what_masking_reads() {
-        let mut h = HeaderMap::new();
-        h.insert("accept-encoding", HeaderValue::from_static("br, gzip;q=0.8, zstd"));
-        restrict_accept_encoding(&mut h);
-        assert_eq!(h.get("accept-encoding").unwrap(), "gzip;q=0.8");
-        h.insert("accept-encoding", HeaderValue::from_static("br"));
-        restrict_accept_encoding(&mut h);
-        assert_eq!(h.get("accept-encoding").unwrap(), "identity");
     }
 }

@@ -95,6 +95,14 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         Route::Backend { name, upstream } => (snapshot.policy.backend(name), Some(*upstream)),
         Route::Ambiguous(_) | Route::Unknown => (None, None),
     };
+    // Several HTTPS backends on one address: the TLS server name picks one.
+    let (backend, sni_refused) = match backend {
+        Some(b) => match crate::protocol::http::sni::pick(&snapshot.policy, b, &client).await {
+            Ok(b) => (Some(b), None),
+            Err(why) => (None, Some(why)),
+        },
+        None => (None, None),
+    };
     let (decision, backend_name, protocol) = match backend {
         Some(b) => (
             snapshot.policy.decide_connect_with(&principal, &b.name, jiff::Timestamp::now(), &agent.grant_rules.load()),
@@ -103,6 +111,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         ),
         None => (
             crate::policy::Decision::refuse(match &route {
+                _ if sni_refused.is_some() => sni_refused.clone().unwrap_or_default(),
                 Route::Ambiguous(names) => format!(
                     "{orig} is a local address of several protected backends on port {} ({}): refused, dial the backend's own address",
                     orig.0.port(),

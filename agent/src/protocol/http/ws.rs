@@ -117,6 +117,8 @@ fn opcode_name(op: u8) -> &'static str {
 
 /// Relays the upgraded connection in its own task until either side
 /// closes or the session is cut (`cut`: max_session, a revoked grant, shutdown).
+/// `frames`: the upgrade is to WebSocket, whose frames are recorded; any
+/// other protocol (SPDY, as older kubectl speaks for exec) is relayed unread.
 pub(super) fn relay(
     audit: Audit,
     session: SessionId,
@@ -124,6 +126,7 @@ pub(super) fn relay(
     cap: usize,
     (client, server): (OnUpgrade, OnUpgrade),
     cut: tokio_util::sync::CancellationToken,
+    frames: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let (client, server) = match tokio::try_join!(client, server) {
@@ -158,7 +161,7 @@ pub(super) fn relay(
                 }
                 let chunk = buf.get(..n).unwrap_or_default();
                 sw.write_all(chunk).await?;
-                for f in reader.feed(chunk, cap) {
+                for f in reader.feed(if frames { chunk } else { &[] }, cap) {
                     record(Direction::Up, f);
                 }
             }
@@ -174,7 +177,7 @@ pub(super) fn relay(
                 }
                 let chunk = buf.get(..n).unwrap_or_default();
                 cw.write_all(chunk).await?;
-                for f in reader.feed(chunk, cap) {
+                for f in reader.feed(if frames { chunk } else { &[] }, cap) {
                     record(Direction::Down, f);
                 }
             }

@@ -1,0 +1,181 @@
+//! Headers: what is stripped at each hop, what the backend may answer in
+//! on masked rules, and what a record keeps of a request's target and
+//! headers (secrets hidden).
+
+use http::Request;
+use http::header::{self, HeaderMap, HeaderValue};
+use hyper::body::Incoming;
+
+use crate::policy::http::HttpCredentials;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
+/// the proxy credentials and `Expect` (hyper answered it on our side).
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "expect",
+];
+
+/// Query parameters whose values are not recorded.
+const SECRET_PARAMS: [&str; 10] =
+    ["token", "access_token", "api_key", "apikey", "key", "secret", "password", "passwd", "sig", "signature"];
+
+pub(super) fn is_upgrade(h: &HeaderMap) -> bool {
+    h.get(header::UPGRADE).is_some()
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Removes hop-by-hop headers and those `Connection` names. An upgrade
+/// keeps `Connection: upgrade` and `Upgrade`.
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "upgrade")
+        .collect();
+    let upgrade_to = h.get(header::UPGRADE).cloned();
+    for name in HOP_BY_HOP.iter().map(|s| (*s).to_owned()).chain(named) {
+        h.remove(name.as_str());
+    }
+    if upgrade && let Some(u) = upgrade_to {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u);
+    }
+}
+
+/// On masked rules the backend may answer only in codings the pipeline can undo.
+pub(super) fn restrict_accept_encoding(h: &mut HeaderMap) {
+    let wanted: Vec<String> = h
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| {
+            let name = t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            matches!(name.as_str(), "gzip" | "x-gzip" | "deflate" | "identity")
+        })
+        .collect();
+    let v = if wanted.is_empty() { "identity".to_owned() } else { wanted.join(", ") };
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert(header::ACCEPT_ENCODING, v);
+    }
+}
+
+pub(super) fn host_of(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(ToOwned::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+}
+
+/// Path and query for the record, secret-looking parameter values removed.
+pub(super) fn recorded_target(uri: &http::Uri) -> String {
+    let path = uri.path();
+    let Some(q) = uri.query() else { return path.to_owned() };
+    let parts: Vec<String> = q
+        .split('&')
+        .map(|pair| {
+            let (k, _) = pair.split_once('=').unwrap_or((pair, ""));
+            let lower = k.to_ascii_lowercase();
+            if SECRET_PARAMS.iter().any(|s| lower == *s || lower.ends_with(&format!("_{s}"))) {
+                format!("{k}=[redacted]")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    format!("{path}?{}", parts.join("&"))
+}
+
+/// Request headers for the record: credentials' values hidden.
+pub(super) fn recorded_headers(
+    h: &HeaderMap,
+    backend: Option<&crate::policy::http::HttpBackend>,
+) -> Vec<(String, String)> {
+    let injected = backend.and_then(|b| b.credentials.as_ref()).map(HttpCredentials::header_name);
+    h.iter()
+        .map(|(k, v)| {
+            let name = k.as_str();
+            let secret = matches!(name, "authorization" | "cookie" | "proxy-authorization" | "x-api-key")
+                || injected.as_deref() == Some(name)
+                || v.is_sensitive();
+            let value =
+                if secret { "[redacted]".to_owned() } else { String::from_utf8_lossy(v.as_bytes()).into_owned() };
+            (name.to_owned(), value)
+        })
+        .collect()
+}
+
+/// Response headers for the record (`Set-Cookie` values hidden).
+pub(super) fn header_list(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| {
+            let value = if k == header::SET_COOKIE {
+                "[redacted]".to_owned()
+            } else {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            };
+            (k.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn upgrade_keeps_its_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn secret_query_values_are_not_recorded() {
+        let u: http::Uri = "/x?access_token=abc&page=2&my_password=p".parse().unwrap();
+        assert_eq!(recorded_target(&u), "/x?access_token=[redacted]&page=2&my_password=[redacted]");
+    }
+
+    #[test]
+    fn accept_encoding_is_limited_to_what_masking_reads() {
+        let mut h = HeaderMap::new();
+        h.insert("accept-encoding", HeaderValue::from_static("br, gzip;q=0.8, zstd"));
+        restrict_accept_encoding(&mut h);
+        assert_eq!(h.get("accept-encoding").unwrap(), "gzip;q=0.8");
+        h.insert("accept-encoding", HeaderValue::from_static("br"));
+        restrict_accept_encoding(&mut h);
+        assert_eq!(h.get("accept-encoding").unwrap(), "identity");
+    }
+}
