@@ -84,7 +84,7 @@ template(name="raw" type="string" string="%rawmsg%\n")
     fn messages(&self) -> Vec<(u64, String, String, serde_json::Value)> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         // Only whole lines: rsyslogd may be writing the last one.
-        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        let whole = text.rfind('\n').and_then(|end| text.get(..end)).unwrap_or_default();
         whole
             .lines()
             .filter(|l| !l.is_empty())
