@@ -20,6 +20,8 @@ fn statement(session: SessionId, seq: u64) -> Event {
         rule: Some("bench".into()),
         reason: None,
         redacted: 0,
+        up_offset: None,
+        up: Vec::new(),
     }))
 }
 

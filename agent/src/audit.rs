@@ -235,6 +235,14 @@ pub struct StatementStart {
     /// shown as `'[redacted]'` (see `sql::redact`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub redacted: u32,
+    /// The client's recorded bytes that carried the statement, folded into
+    /// this record (its data) instead of a chunk record of their own: where
+    /// they start in the client → backend stream. `None`: no bytes folded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_offset: Option<u64>,
+    /// The folded bytes (the record's data, not its body).
+    #[serde(skip)]
+    pub up: Vec<u8>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -322,6 +330,14 @@ pub struct StatementEnd {
     /// What the server reported it did (CommandComplete tags).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<String>,
+    /// The backend → client bytes (after masking) sent with the statement's
+    /// outcome, folded into this record (its data) instead of a chunk record
+    /// of their own: where they start in that stream. `None`: none folded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_offset: Option<u64>,
+    /// The folded bytes (the record's data, not its body).
+    #[serde(skip)]
+    pub down: Vec<u8>,
 }
 
 /// Which way a chunk of a session's byte stream went.
@@ -559,22 +575,38 @@ impl Event {
         fn json<T: Serialize>(v: &T) -> Vec<u8> {
             serde_json::to_vec(v).unwrap_or_default()
         }
+        let body = match self {
+            Self::SessionOpen(o) => json(o),
+            Self::SessionClose(c) => json(c),
+            Self::Statement(s) => json(s),
+            Self::StatementEnd(e) => json(e),
+            Self::Chunk { header, .. } => json(header),
+            Self::Truncated { truncation, .. } => json(truncation),
+            Self::BackendLogin(l) => json(l),
+            Self::Redaction(r) => json(r),
+            Self::Agent { what } => json(&serde_json::json!({ "what": what })),
+            Self::Approval(t) => json(t),
+            Self::Http(h, _) => json(h),
+            Self::WsFrame(f, _) => json(f),
+            Self::Trail(t, _) => json(t),
+            Self::TrailAlert(a) => json(a),
+            Self::Ssh(s, _) => json(s),
+        };
+        (body, self.data())
+    }
+
+    /// The record's data: a chunk's bytes, an exchange's bodies, a frame's
+    /// payload, or the stream bytes folded into a statement's records.
+    pub(crate) fn data(&self) -> Option<&[u8]> {
         match self {
-            Self::SessionOpen(o) => (json(o), None),
-            Self::SessionClose(c) => (json(c), None),
-            Self::Statement(s) => (json(s), None),
-            Self::StatementEnd(e) => (json(e), None),
-            Self::Chunk { header, data, .. } => (json(header), Some(data)),
-            Self::Truncated { truncation, .. } => (json(truncation), None),
-            Self::BackendLogin(l) => (json(l), None),
-            Self::Redaction(r) => (json(r), None),
-            Self::Agent { what } => (json(&serde_json::json!({ "what": what })), None),
-            Self::Approval(t) => (json(t), None),
-            Self::Http(h, data) => (json(h), Some(data)),
-            Self::WsFrame(f, data) => (json(f), Some(data)),
-            Self::Trail(t, data) => (json(t), Some(data)),
-            Self::TrailAlert(a) => (json(a), None),
-            Self::Ssh(s, data) => (json(s), Some(data)),
+            Self::Chunk { data, .. }
+            | Self::Http(_, data)
+            | Self::WsFrame(_, data)
+            | Self::Trail(_, data)
+            | Self::Ssh(_, data) => Some(data),
+            Self::Statement(s) => s.up_offset.map(|_| s.up.as_slice()),
+            Self::StatementEnd(e) => e.down_offset.map(|_| e.down.as_slice()),
+            _ => None,
         }
     }
 }
@@ -1417,10 +1449,11 @@ impl Audit {
         }
     }
 
-    /// Records a session's opening and waits until it is committed (in
-    /// best-effort mode, until it is queued).
+    /// Records a session's opening and waits until it is durable: in strict
+    /// mode in the journal (one write, shared `fdatasync` with
+    /// `audit_fsync`), like a statement; in best-effort mode, until it is queued.
     pub async fn open_session(&self, rec: SessionOpen) -> Result<(), AuditError> {
-        self.record_strict(Event::SessionOpen(Box::new(rec))).wait().await
+        self.commit(vec![Event::SessionOpen(Box::new(rec))]).await
     }
 
     /// Records a session's end (not awaited: nothing waits on it).

@@ -62,16 +62,7 @@ impl Entry {
     }
 
     pub(super) fn data(&self) -> Option<&[u8]> {
-        match &self.event {
-            Some(
-                Event::Chunk { data, .. }
-                | Event::Http(_, data)
-                | Event::WsFrame(_, data)
-                | Event::Trail(_, data)
-                | Event::Ssh(_, data),
-            ) => Some(data),
-            _ => None,
-        }
+        self.event.as_ref().and_then(Event::data)
     }
 }
 
@@ -305,6 +296,36 @@ pub fn recover(db: &Path) -> Result<(), String> {
     let mut conn = super::open_conn(db, true).map_err(|e| e.to_string())?;
     let head = super::head(&conn).map_err(|e| e.to_string())?;
     replay(&mut conn, db, head).map(|_| ())
+}
+
+/// Waits (up to two seconds) until the agent holding the store at `db` has
+/// ingested everything its journal holds so far: a reader then sees every
+/// record the agent acknowledged before the read began (a session's opening
+/// and its statements are acknowledged from the journal, not from SQLite).
+pub fn settle(db: &Path) {
+    let Some(last) = last_written(db) else { return };
+    let Ok(conn) = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { return };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if ingested(&conn).is_ok_and(|done| done >= last) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The last jseq the journal of `db` holds (whole entries only), if any.
+fn last_written(db: &Path) -> Option<u64> {
+    segments(db).iter().rev().find_map(|(_, path)| {
+        let bytes = std::fs::read(path).ok()?;
+        let mut at = 0usize;
+        let mut last = None;
+        while let Some((r, n)) = bytes.get(at..).and_then(decode) {
+            at += n;
+            last = Some(r.jseq);
+        }
+        last
+    })
 }
 
 impl Journal {

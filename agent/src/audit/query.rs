@@ -61,9 +61,11 @@ pub struct SessionFilter {
 }
 
 /// Opens the store read-only (first appending what the journal of a
-/// crashed agent holds, when no agent holds the store).
+/// crashed agent holds, when no agent holds the store; when one does,
+/// waiting for it to ingest what its journal acknowledged).
 pub fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
     super::journal::recover(path).map_err(AuditError::Failed)?;
+    super::journal::settle(path);
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|source| AuditError::Sql { path: path.to_owned(), source })?;
     conn.busy_timeout(std::time::Duration::from_secs(5))

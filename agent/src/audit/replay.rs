@@ -691,12 +691,30 @@ impl Renderer {
                 Ok(c) => self.close(at, &c),
                 Err(e) => self.push(at, unreadable(e)),
             },
+            // A statement's records may carry the stream bytes sent with them
+            // (folded instead of chunk records): shown as chunks, after.
             "statement" => match serde_json::from_slice::<StatementStart>(&r.body) {
-                Ok(s) => self.statement(at, &s),
+                Ok(s) => {
+                    self.statement(at, &s);
+                    if let Some(offset) = s.up_offset {
+                        self.chunk(
+                            at,
+                            &ChunkHeader { dir: Direction::Up, offset },
+                            r.data.as_deref().unwrap_or_default(),
+                        );
+                    }
+                }
                 Err(e) => self.push(at, unreadable(e)),
             },
             "statement_end" => match serde_json::from_slice::<StatementEnd>(&r.body) {
-                Ok(end) => self.footers.push(Footer { end, error_shown: false, truncated: self.down_cut }),
+                Ok(end) => {
+                    let folded = end.down_offset;
+                    self.footers.push(Footer { end, error_shown: false, truncated: self.down_cut });
+                    if let Some(offset) = folded {
+                        let h = ChunkHeader { dir: Direction::Down, offset };
+                        self.chunk(at, &h, r.data.as_deref().unwrap_or_default());
+                    }
+                }
                 Err(e) => self.push(at, unreadable(e)),
             },
             "chunk" => match serde_json::from_slice::<ChunkHeader>(&r.body) {
@@ -1152,6 +1170,8 @@ mod tests {
                 rule: Some("r1".into()),
                 reason: reason.map(Into::into),
                 redacted: 0,
+                up_offset: None,
+                up: Vec::new(),
             };
             self.json(time_us, "statement", &s);
         }
@@ -1166,6 +1186,8 @@ mod tests {
                 error: None,
                 masked: masked.map(Into::into),
                 tags: None,
+                down_offset: None,
+                down: Vec::new(),
             };
             self.json(time_us, "statement_end", &e);
         }
@@ -1428,5 +1450,62 @@ mod tests {
         let mut out = Vec::new();
         play(&lines, &ReplayOptions { no_wait: true, ..opts }, &mut out).unwrap();
         assert_eq!(out, b"a\nb\nc\nd\n");
+    }
+
+    #[test]
+    fn stream_bytes_folded_into_a_statements_records_replay_like_chunks() {
+        let up = wire::query("SELECT id FROM users");
+        let down =
+            [row_description(&[("id", 23, 0)]), row(&[Some(b"7")]), complete("SELECT 1"), wire::ready_for_query(b'I')]
+                .concat();
+        let mut chunked = Builder::default();
+        chunked.open(T0, "postgres");
+        chunked.statement(T0 + 100, 1, "SELECT id FROM users", "allow", None);
+        chunked.chunk(T0 + 150, Direction::Up, up.clone());
+        chunked.end(T0 + 200, 1, Some(1), Some(r#"{"email":1}"#));
+        chunked.chunk(T0 + 250, Direction::Down, down.clone());
+        chunked.close(T0 + 300);
+
+        let mut folded = Builder::default();
+        folded.open(T0, "postgres");
+        let s = StatementStart {
+            session: sid(),
+            seq: 1,
+            started_us: T0 + 100,
+            text: "SELECT id FROM users".into(),
+            kinds: "select".into(),
+            tables: "users".into(),
+            decision: "allow".into(),
+            rule: Some("r1".into()),
+            reason: None,
+            redacted: 0,
+            up_offset: Some(0),
+            up: Vec::new(),
+        };
+        folded.push(T0 + 100, "statement", serde_json::to_vec(&s).unwrap(), Some(up.clone()));
+        folded.up += up.len() as u64;
+        let e = StatementEnd {
+            session: sid(),
+            seq: 1,
+            ended_us: T0 + 200,
+            rows: Some(1),
+            duration_us: 1234,
+            error: None,
+            masked: Some(r#"{"email":1}"#.into()),
+            tags: None,
+            down_offset: Some(0),
+            down: Vec::new(),
+        };
+        folded.push(T0 + 200, "statement_end", serde_json::to_vec(&e).unwrap(), Some(down.clone()));
+        folded.down += down.len() as u64;
+        folded.close(T0 + 300);
+
+        let want = text(&transcript(&chunked.records).unwrap());
+        let got = text(&transcript(&folded.records).unwrap());
+        assert!(want.contains("(1 row)") && want.contains("SELECT id FROM users"), "{want}");
+        assert!(want.contains("-- values masked by Gatehouse: email 1"), "{want}");
+        // The only difference a reader may see is none: the same lines.
+        let strip = |t: &str| t.lines().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(strip(&got), strip(&want));
     }
 }

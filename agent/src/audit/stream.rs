@@ -85,44 +85,70 @@ impl StreamRecorder {
 
     /// Records `bytes` (as written to the other side) at `offset` in direction `dir`.
     pub async fn chunk(&self, audit: &Audit, dir: Direction, offset: u64, bytes: &[u8], statement: Option<u64>) {
-        let budget = match dir {
-            Direction::Up => &self.up,
-            Direction::Down => &self.down,
-        };
-        let (n, first_cut) = budget.take(bytes.len() as u64);
+        let (data, cut) = self.fold(dir, bytes, statement);
+        if !data.is_empty() {
+            self.deliver(audit, dir, Event::Chunk { session: self.session, header: ChunkHeader { dir, offset }, data })
+                .await;
+        }
+        if let Some(cut) = cut {
+            let _ = audit.record(cut);
+        }
+    }
+
+    /// Queues a record that carries bytes of direction `dir` (a chunk, or a
+    /// statement's end with the result bytes folded in). When the queue is
+    /// full, strict mode waits for room; best-effort mode drops it and
+    /// counts the bytes lost, to be put on record.
+    pub async fn deliver(&self, audit: &Audit, dir: Direction, mut e: Event) {
+        let n = e.data().map_or(0, |d| d.len() as u64);
         if n > 0 {
             self.report_loss(audit);
-            let data = bytes.get(..usize::try_from(n).unwrap_or(0)).unwrap_or_default().to_vec();
-            let mut e = Event::Chunk { session: self.session, header: ChunkHeader { dir, offset }, data };
-            loop {
-                match audit.offer(e) {
-                    Ok(()) => break,
-                    Err(Offer::Full(back)) if audit.mode() == Mode::Strict => {
-                        e = back;
-                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                    }
-                    Err(Offer::Full(_)) => {
+        }
+        loop {
+            match audit.offer(e) {
+                Ok(()) => break,
+                Err(Offer::Full(back)) if audit.mode() == Mode::Strict => {
+                    e = back;
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+                Err(Offer::Full(_)) => {
+                    if n > 0 {
                         let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
                         if let Some(slot) = lost.get_mut(usize::from(dir == Direction::Down)) {
                             slot.0 += n;
                             slot.1 += 1;
                         }
-                        break;
                     }
-                    // A failed store ends the session (audit watchdog); nothing to add.
-                    Err(Offer::Failed(_)) => break,
+                    break;
                 }
+                // A failed store ends the session (audit watchdog); nothing to add.
+                Err(Offer::Failed(_)) => break,
             }
         }
-        if first_cut {
-            let truncation = Truncation {
+    }
+
+    /// Takes what the budget of direction `dir` allows of `bytes`, for a
+    /// record that carries them itself (a statement's, folding the bytes sent
+    /// with it instead of a chunk record of their own). Returns the bytes to
+    /// carry and, the first time the cap is hit, the truncation record to
+    /// write after that record.
+    pub fn fold(&self, dir: Direction, bytes: &[u8], statement: Option<u64>) -> (Vec<u8>, Option<Event>) {
+        let budget = match dir {
+            Direction::Up => &self.up,
+            Direction::Down => &self.down,
+        };
+        let (n, first_cut) = budget.take(bytes.len() as u64);
+        let data = bytes.get(..usize::try_from(n).unwrap_or(0)).unwrap_or_default().to_vec();
+        let cut = first_cut.then(|| Event::Truncated {
+            session: self.session,
+            truncation: Truncation {
                 dir,
                 statement,
                 cap: budget.cap,
                 reason: format!("recording capped at {} bytes per {} (record_max_bytes)", budget.cap, self.per),
-            };
-            let _ = audit.record(Event::Truncated { session: self.session, truncation });
-        }
+            },
+        });
+        (data, cut)
     }
 
     /// Puts any loss not yet on record on record (call when the session ends).

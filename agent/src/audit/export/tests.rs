@@ -73,6 +73,8 @@ fn statement(seq: u64, text: &str, kinds: &str, decision: &str, at: i64) -> Even
         rule: Some("dba".into()),
         reason: (decision != "allow").then(|| "deleting is not allowed".into()),
         redacted: 0,
+        up_offset: None,
+        up: Vec::new(),
     }))
 }
 
@@ -113,6 +115,8 @@ fn build_store(dir: &Path) -> PathBuf {
                 error: None,
                 masked: Some(r#"{"email":1}"#.into()),
                 tags: None,
+                down_offset: None,
+                down: Vec::new(),
             })),
         ),
         (T0 + 2 * sec + 4, chunk(S_A, Direction::Down, 0, result.clone())),

@@ -8,10 +8,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, error};
 
-use super::client::statement_end;
+use super::client::end_record;
 use super::masking::{self, CopyPlan, Trace, mask_message};
 use super::{Fail, InFlight, Shared, fill, lock, tripwire};
-use crate::audit::{Direction, StreamRecorder};
+use crate::audit::{Direction, Event, StatementEnd, StreamRecorder};
 use crate::mask::{ColumnMask, Counts};
 use crate::protocol::postgres::wire::{self, Frame, WireError};
 use crate::protocol::postgres::{CancelTarget, Ctx, MAX_BACKEND_MESSAGE, SessionDb};
@@ -45,6 +45,9 @@ where
     let mut scratch = Vec::new();
     let mut pending = Counts::default();
     let mut written = 0u64;
+    // Statement ends seen since the last write, recorded with the bytes of
+    // that write folded into the last of them (see `record_batch`).
+    let mut ends: Vec<StatementEnd> = Vec::new();
     loop {
         // Notices the client direction queued come before what the server sent after them.
         out.extend(std::mem::take(&mut lock(io.shared).notices).into_iter().flatten());
@@ -52,28 +55,31 @@ where
             wire::decode(&buf, MAX_BACKEND_MESSAGE).map_err(|e| Fail::Backend(e.to_string()))?
         {
             *count += n as u64;
-            let outcome =
-                on_backend(ctx, db, frame, &mut out, io.shared, io.nonce, &mut rows, &mut scratch, &mut pending);
+            let mut sink = Sink { rows: &mut rows, scratch: &mut scratch, pending: &mut pending, ends: &mut ends };
+            let outcome = on_backend(ctx, db, frame, &mut out, io.shared, io.nonce, &mut sink);
             buf.advance(n);
             if let Err(e) = outcome {
+                record_batch(ctx, io.rec, &mut ends, &out, &mut written).await;
                 // What the client was sent before the failure still reaches it.
                 let _ = cw.write_all(&out).await;
                 return Err(e);
             }
             // Stream large results: do not hold more than this before writing.
             if out.len() >= 64 * 1024 {
+                record_batch(ctx, io.rec, &mut ends, &out, &mut written).await;
                 cw.write_all(&out).await.map_err(Fail::ClientIo)?;
-                io.rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None).await;
-                written += out.len() as u64;
                 out.clear();
             }
         }
         io.progress.send_modify(|v| *v = v.wrapping_add(1));
+        if !out.is_empty() || !ends.is_empty() {
+            // On record before the client can answer it: a statement's end
+            // and its result precede, in the chain, the next statement.
+            record_batch(ctx, io.rec, &mut ends, &out, &mut written).await;
+        }
         if !out.is_empty() {
             cw.write_all(&out).await.map_err(Fail::ClientIo)?;
             cw.flush().await.map_err(Fail::ClientIo)?;
-            io.rec.chunk(&ctx.agent.audit, Direction::Down, written, &out, None).await;
-            written += out.len() as u64;
             out.clear();
         }
         let more = tokio::select! {
@@ -96,6 +102,52 @@ where
         if !more.map_err(|e| Fail::Backend(e.to_string()))? {
             return Ok(());
         }
+    }
+}
+
+/// Records the statement ends of a batch and the bytes about to be written
+/// to the client: in the common case one record, the last end with the
+/// bytes folded in (its data); a chunk record only for bytes that end no
+/// statement (a large result's earlier parts, COPY, notices).
+async fn record_batch(ctx: &Ctx, rec: &StreamRecorder, ends: &mut Vec<StatementEnd>, out: &[u8], written: &mut u64) {
+    let audit = &ctx.agent.audit;
+    let Some(mut last) = ends.pop() else {
+        if !out.is_empty() {
+            rec.chunk(audit, Direction::Down, *written, out, None).await;
+            *written += out.len() as u64;
+        }
+        return;
+    };
+    for e in ends.drain(..) {
+        rec.deliver(audit, Direction::Down, Event::StatementEnd(Box::new(e))).await;
+    }
+    let mut cut = None;
+    if !out.is_empty() {
+        let (data, c) = rec.fold(Direction::Down, out, None);
+        last.down_offset = Some(*written);
+        last.down = data;
+        *written += out.len() as u64;
+        cut = c;
+    }
+    rec.deliver(audit, Direction::Down, Event::StatementEnd(Box::new(last))).await;
+    if let Some(cut) = cut {
+        let _ = audit.record(cut);
+    }
+}
+
+/// The backend direction's per-message state, passed to [`on_backend`].
+struct Sink<'a> {
+    rows: &'a mut Rows,
+    scratch: &'a mut Vec<u8>,
+    /// Values masked since the last statement ended.
+    pending: &'a mut Counts,
+    /// Statement ends not yet recorded (see [`record_batch`]).
+    ends: &'a mut Vec<StatementEnd>,
+}
+
+impl Sink<'_> {
+    fn end(&mut self, ctx: &Ctx, fl: InFlight, rows: Option<u64>, error: Option<String>) {
+        self.ends.extend(end_record(ctx, fl, rows, error));
     }
 }
 
@@ -167,7 +219,6 @@ fn execute_shape(sh: &Shared) -> Option<Arc<[wire::Column]>> {
     sh.inflight.front()?.portal.as_ref()?.shape()?
 }
 
-#[expect(clippy::too_many_arguments, reason = "the per-direction state, passed explicitly rather than bundled")]
 fn on_backend(
     ctx: &Ctx,
     db: &SessionDb,
@@ -175,9 +226,7 @@ fn on_backend(
     out: &mut Vec<u8>,
     shared: &Mutex<Shared>,
     nonce: &str,
-    rows: &mut Rows,
-    scratch: &mut Vec<u8>,
-    pending: &mut Counts,
+    sink: &mut Sink<'_>,
 ) -> Result<(), Fail> {
     let bad = |e: WireError| Fail::Backend(format!("malformed message from the backend: {e}"));
     match f.tag {
@@ -198,7 +247,7 @@ fn on_backend(
                 let current = sh.epochs_done;
                 // The error ends the exchange's statement that was running, if
                 // one was (an error at Parse or Bind ends none); the server
-                // skips the rest of the exchange, including pending Parses.
+                // skips the rest of the exchange, including sink.pending Parses.
                 let front = if sh.inflight.front().is_some_and(|f| f.epoch == current) {
                     sh.inflight.pop_front()
                 } else {
@@ -213,9 +262,9 @@ fn on_backend(
                 sh.path.error_since = true;
                 drop(sh);
                 if let Some(fl) = &front {
-                    trail_end(ctx, rows, fl);
+                    trail_end(ctx, sink.rows, fl);
                 }
-                rows.end();
+                sink.rows.end();
                 // An error of a statement that reads masked columns may quote
                 // a value computed from them: its quoted parts are redacted.
                 let strict = front.as_ref().is_some_and(|fl| masking::reads_masked(ctx, db, fl));
@@ -230,11 +279,11 @@ fn on_backend(
                     })
                     .unwrap_or_default();
                 if let Some(mut fl) = front {
-                    fl.masked.merge(pending);
-                    *pending = Counts::default();
+                    fl.masked.merge(sink.pending);
+                    *sink.pending = Counts::default();
                     // Recorded as the client sees it: after masking.
                     let recorded = crate::sql::redact::message(ctx.mask.as_deref(), &message);
-                    statement_end(ctx, fl, None, Some(recorded));
+                    sink.end(ctx, fl, None, Some(recorded));
                 }
             }
         }
@@ -262,6 +311,7 @@ fn on_backend(
                 drop(sh);
                 return Err(breach(
                     ctx,
+                    sink.ends,
                     None,
                     format!("the server completed a command (`{tag}`) Gatehouse did not see in what it forwarded"),
                 ));
@@ -270,7 +320,7 @@ fn on_backend(
             fl.tags.push(tag.clone());
             if let Err(why) = tripwire::check(&fl.kinds, &tag) {
                 drop(sh);
-                return Err(breach(ctx, Some(fl), why));
+                return Err(breach(ctx, sink.ends, Some(fl), why));
             }
             if let Some((name, generation)) = &fl.prepares
                 && let Some(p) = sh.prepared.get_mut(name)
@@ -293,18 +343,18 @@ fn on_backend(
                 sh.cursors.insert(name.clone(), (l.clone(), fl.relations.clone()));
             }
             drop(sh);
-            trail_end(ctx, rows, &fl);
-            fl.masked.merge(pending);
-            *pending = Counts::default();
-            statement_end(ctx, fl, count, None);
-            rows.end();
+            trail_end(ctx, sink.rows, &fl);
+            fl.masked.merge(sink.pending);
+            *sink.pending = Counts::default();
+            sink.end(ctx, fl, count, None);
+            sink.rows.end();
             out.extend_from_slice(f.raw);
         }
         b'I' | b's' | b'V' => {
             // A function call's result is masked before its statement is closed, so it counts.
             let mut rewritten = Vec::new();
             if let (b'V', Some(profile)) = (f.tag, &ctx.mask) {
-                masking::mask_function_result(profile, f, &mut rewritten, pending).map_err(bad)?;
+                masking::mask_function_result(profile, f, &mut rewritten, sink.pending).map_err(bad)?;
             }
             let mut sh = lock(shared);
             let current = sh.epochs_done;
@@ -316,12 +366,12 @@ fn on_backend(
             }
             drop(sh);
             if let Some(mut fl) = front {
-                trail_end(ctx, rows, &fl);
-                fl.masked.merge(pending);
-                *pending = Counts::default();
-                statement_end(ctx, fl, None, None);
+                trail_end(ctx, sink.rows, &fl);
+                fl.masked.merge(sink.pending);
+                *sink.pending = Counts::default();
+                sink.end(ctx, fl, None, None);
             }
-            rows.end();
+            sink.rows.end();
             out.extend_from_slice(if rewritten.is_empty() { f.raw } else { &rewritten });
         }
         b'Z' => {
@@ -366,15 +416,15 @@ fn on_backend(
             }
             drop(sh);
             for f in skipped {
-                statement_end(ctx, f, None, Some("not executed: an earlier statement of the exchange failed".into()));
+                sink.end(ctx, f, None, Some("not executed: an earlier statement of the exchange failed".into()));
             }
             if refresh {
                 db.catalog.settle(ctx.id);
                 crate::protocol::postgres::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
             }
-            rows.end();
+            sink.rows.end();
             out.extend_from_slice(f.raw);
-            if let Some(why) = rows.cut.take() {
+            if let Some(why) = sink.rows.cut.take() {
                 ctx.live.cut(why);
             }
         }
@@ -400,6 +450,7 @@ fn on_backend(
                 if crate::sql::encoding::is_unsafe_client_encoding(&enc) {
                     return Err(breach(
                         ctx,
+                        sink.ends,
                         None,
                         format!("the server switched client_encoding to {enc}, which Gatehouse cannot read safely"),
                     ));
@@ -429,36 +480,38 @@ fn on_backend(
                 let trace = trace(&sh);
                 drop(sh);
                 if let Some(profile) = &ctx.mask {
-                    rows.columns = Some(masking::result_plan(profile, db, &trace, cols));
+                    sink.rows.columns = Some(masking::result_plan(profile, db, &trace, cols));
                 }
-                rows.trail = masking::trail_capture(ctx, db, &trace, cols, rows.columns.as_deref().unwrap_or_default());
-                rows.trail_planned = true;
+                sink.rows.trail =
+                    masking::trail_capture(ctx, db, &trace, cols, sink.rows.columns.as_deref().unwrap_or_default());
+                sink.rows.trail_planned = true;
             }
             out.extend_from_slice(f.raw);
         }
         b'D' => {
             // Once per result: an Execute's rows were described by its portal or statement earlier.
-            if !std::mem::replace(&mut rows.trail_planned, true) && trailing(ctx) {
+            if !std::mem::replace(&mut sink.rows.trail_planned, true) && trailing(ctx) {
                 let sh = lock(shared);
                 let (shape, trace) = (execute_shape(&sh), trace(&sh));
                 drop(sh);
                 match shape {
                     Some(cols) => {
                         let plan = match &ctx.mask {
-                            Some(profile) => rows
+                            Some(profile) => sink
+                                .rows
                                 .columns
                                 .get_or_insert_with(|| masking::result_plan(profile, db, &trace, &cols))
                                 .clone(),
                             None => Vec::new(),
                         };
-                        rows.trail = masking::trail_capture(ctx, db, &trace, &cols, &plan);
+                        sink.rows.trail = masking::trail_capture(ctx, db, &trace, &cols, &plan);
                     }
                     // Described before the policy trailed anything: what it reads is a keyless read.
-                    None => rows.trail = masking::trail_capture(ctx, db, &trace, &[], &[]),
+                    None => sink.rows.trail = masking::trail_capture(ctx, db, &trace, &[], &[]),
                 }
             }
-            on_data_row(ctx, db, f, out, shared, rows, pending)?;
-            if let Some(t) = &mut rows.trail {
+            on_data_row(ctx, db, f, out, shared, sink.rows, sink.pending)?;
+            if let Some(t) = &mut sink.rows.trail {
                 t.row(f.body);
             }
         }
@@ -475,30 +528,32 @@ fn on_backend(
                     .and_then(|w| usize::try_from(w).ok())
                     .ok_or_else(|| bad(WireError::Malformed { what: "CopyOutResponse" }))?;
                 let trace = trace(&lock(shared));
-                rows.copy = masking::copy_plan(profile, db, &trace, width);
+                sink.rows.copy = masking::copy_plan(profile, db, &trace, width);
             }
             if trailing(ctx) {
                 let width = f.body.get(1..3).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(i16::from_be_bytes);
                 if let Some(width) = width.and_then(|w| usize::try_from(w).ok()) {
                     let trace = trace(&lock(shared));
-                    rows.trail = masking::trail_copy_capture(ctx, db, &trace, width, rows.copy.as_ref());
-                    rows.trail_planned = true;
+                    sink.rows.trail = masking::trail_copy_capture(ctx, db, &trace, width, sink.rows.copy.as_ref());
+                    sink.rows.trail_planned = true;
                 }
             }
             out.extend_from_slice(f.raw);
         }
         b'd' => {
             match &ctx.mask {
-                Some(profile) => masking::mask_copy_data(profile, rows.copy.as_mut(), f, out, scratch, pending),
+                Some(profile) => {
+                    masking::mask_copy_data(profile, sink.rows.copy.as_mut(), f, out, sink.scratch, sink.pending)
+                }
                 None => out.extend_from_slice(f.raw),
             }
-            if let Some(t) = &mut rows.trail {
+            if let Some(t) = &mut sink.rows.trail {
                 t.copy_row(f.body);
             }
         }
         b'N' => mask_message(ctx, f, out, false),
         b'A' => match &ctx.mask {
-            Some(profile) => masking::mask_notification(profile, f, out, pending).map_err(bad)?,
+            Some(profile) => masking::mask_notification(profile, f, out, sink.pending).map_err(bad)?,
             None => out.extend_from_slice(f.raw),
         },
         _ => out.extend_from_slice(f.raw),
@@ -567,10 +622,10 @@ fn drop_parses(sh: &mut Shared, which: impl Fn(u64) -> bool) {
 }
 
 /// Records a policy breach on the statement (if known) and ends the session.
-fn breach(ctx: &Ctx, fl: Option<InFlight>, why: String) -> Fail {
+fn breach(ctx: &Ctx, ends: &mut Vec<StatementEnd>, fl: Option<InFlight>, why: String) -> Fail {
     error!(session = %ctx.id, breach = %why, "POLICY BREACH");
     if let Some(fl) = fl {
-        statement_end(ctx, fl, None, Some(format!("POLICY BREACH: {why}")));
+        ends.extend(end_record(ctx, fl, None, Some(format!("POLICY BREACH: {why}"))));
     }
     Fail::Breach(why)
 }

@@ -133,23 +133,39 @@ async fn forward<W: AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     st: &mut ClientState,
 ) -> Result<(), Fail> {
-    if !st.records.is_empty() {
-        let records = std::mem::take(&mut st.records);
-        ctx.agent.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
-    }
-    if !out.is_empty() {
-        bw.write_all(out).await.map_err(|e| Fail::Backend(e.to_string()))?;
-        bw.flush().await.map_err(|e| Fail::Backend(e.to_string()))?;
-        // Recorded without secrets, parameters or COPY data (see `sql::redact`).
+    // Recorded without secrets, parameters or COPY data (see `sql::redact`).
+    let mut recorded = (!out.is_empty()).then(|| {
         let view = sql::redact::StreamView {
             rules: &ctx.agent.settings.redact,
             opts: ctx.record,
             profile: ctx.mask.as_deref(),
             scs: lock(io.shared).scs,
         };
-        let recorded = sql::redact::client_bytes(out, &view);
-        io.rec.chunk(&ctx.agent.audit, Direction::Up, st.written, &recorded, Some(st.seq)).await;
-        st.written += recorded.len() as u64;
+        sql::redact::client_bytes(out, &view)
+    });
+    if !st.records.is_empty() {
+        let mut records = std::mem::take(&mut st.records);
+        // The common case: the bytes that carry the batch's statements ride on
+        // its last statement record (one record, made durable with it),
+        // rather than in a chunk record of their own.
+        if let Some(Event::Statement(s)) = records.last_mut()
+            && let Some(bytes) = recorded.take()
+        {
+            let (data, cut) = io.rec.fold(Direction::Up, &bytes, Some(st.seq));
+            s.up_offset = Some(st.written);
+            s.up = data;
+            st.written += bytes.len() as u64;
+            records.extend(cut);
+        }
+        ctx.agent.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
+    }
+    if !out.is_empty() {
+        bw.write_all(out).await.map_err(|e| Fail::Backend(e.to_string()))?;
+        bw.flush().await.map_err(|e| Fail::Backend(e.to_string()))?;
+        if let Some(recorded) = recorded {
+            io.rec.chunk(&ctx.agent.audit, Direction::Up, st.written, &recorded, Some(st.seq)).await;
+            st.written += recorded.len() as u64;
+        }
         out.clear();
     }
     Ok(())
@@ -919,6 +935,8 @@ fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) 
         decision: verdict_text(d.verdict).into(),
         rule: d.rule.as_ref().map(ToString::to_string),
         reason: None,
+        up_offset: None,
+        up: Vec::new(),
     };
     st.records.push(Event::Statement(Box::new(ev)));
     st.seq
@@ -947,6 +965,8 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
         decision: why.verdict().into(),
         rule: why.rule(),
         reason: Some(reason),
+        up_offset: None,
+        up: Vec::new(),
     };
     // Waited for like an allowed statement's record (a client whose texts are
     // refused as fast as it sends them must not outrun the audit store), and
@@ -955,15 +975,24 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
 }
 
 pub(super) fn statement_end(ctx: &Ctx, f: InFlight, rows: Option<u64>, error: Option<String>) {
+    if let Some(ev) = end_record(ctx, f, rows, error)
+        && let Err(e) = ctx.agent.audit.statement_end(ev)
+    {
+        warn!(error = %e, "cannot record the end of a statement");
+    }
+}
+
+/// The record of how a statement ended (`None` for an empty query, which has none).
+pub(super) fn end_record(ctx: &Ctx, f: InFlight, rows: Option<u64>, error: Option<String>) -> Option<StatementEnd> {
     if f.empty {
-        return;
+        return None;
     }
     let masked = (f.masked.total() > 0).then(|| {
         let m: serde_json::Map<String, serde_json::Value> =
             f.masked.iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
         serde_json::Value::Object(m).to_string()
     });
-    let ev = StatementEnd {
+    Some(StatementEnd {
         session: ctx.id,
         seq: f.seq,
         ended_us: now_us(),
@@ -972,8 +1001,7 @@ pub(super) fn statement_end(ctx: &Ctx, f: InFlight, rows: Option<u64>, error: Op
         error,
         masked,
         tags: (!f.tags.is_empty()).then(|| f.tags.join("; ")),
-    };
-    if let Err(e) = ctx.agent.audit.statement_end(ev) {
-        warn!(error = %e, "cannot record the end of a statement");
-    }
+        down_offset: None,
+        down: Vec::new(),
+    })
 }
