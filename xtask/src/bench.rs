@@ -53,6 +53,13 @@ fn release_build(force: bool) -> Result<()> {
     run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "gatehouse"]))
 }
 
+/// The agent binary a benchmark runs: `target/release/gatehouse`, or the
+/// one `GATEHOUSE_BENCH_BIN` names (with `--no-build`: to measure a build
+/// kept aside, e.g. the one before a change, while the tree builds another).
+fn agent_bin() -> PathBuf {
+    std::env::var_os("GATEHOUSE_BENCH_BIN").map_or_else(|| built("release", "gatehouse"), PathBuf::from)
+}
+
 /// The newest modification time under `paths` (files, or directories walked;
 /// `target` and hidden entries skipped), with the file that has it.
 fn newest(paths: impl Iterator<Item = PathBuf>) -> Option<(std::time::SystemTime, PathBuf)> {
@@ -241,7 +248,7 @@ impl Rig {
         let config = self.dir.join("policy.toml");
         std::fs::write(&config, policy)?;
         let log = std::fs::File::create(self.dir.join("agent.log"))?;
-        let child = Command::new(built("release", "gatehouse"))
+        let child = Command::new(agent_bin())
             .arg("run")
             .arg("--config")
             .arg(&config)
@@ -320,7 +327,7 @@ impl Drop for Rig {
             let _ = Command::new("kill").args(["-TERM", &a.id().to_string()]).status();
             let _ = a.wait();
         }
-        let _ = Command::new(built("release", "gatehouse"))
+        let _ = Command::new(agent_bin())
             .args(["detach", "--force", "--pin-dir"])
             .arg(&self.pin_dir)
             .stdout(Stdio::null())
