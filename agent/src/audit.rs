@@ -976,13 +976,15 @@ impl Writer {
                     Command::Stop => {}
                 }
             }
-            let result =
-                if events.is_empty() { self.failed.clone().map_or(Ok(()), Err) } else { self.append_batch(events) };
+            let wrote = !events.is_empty();
+            let result = if wrote { self.append_batch(events) } else { self.failed.clone().map_or(Ok(()), Err) };
             last_commit = Instant::now();
             for a in acks {
                 let _ = a.send(result.clone());
             }
-            if self.last_checkpoint.elapsed() >= self.checkpoint_every {
+            // A batch that appended nothing (a flush) calls for no checkpoint
+            // of its own: the idle timeout, or the next records, sign the head.
+            if wrote && self.last_checkpoint.elapsed() >= self.checkpoint_every {
                 self.maybe_checkpoint(false);
             }
             if stop {
