@@ -1472,9 +1472,16 @@ impl Audit {
         self.commit(vec![Event::SessionOpen(Box::new(rec))]).await
     }
 
-    /// Records a session's end (not awaited: nothing waits on it).
+    /// Records a session's end (not awaited: nothing waits on it). In
+    /// strict mode it goes through the journal like the session's opening,
+    /// so a reader of the store that waits for the journal to be ingested
+    /// (see [`journal::settle`]) finds the session closed once its client
+    /// has seen the end.
     pub fn close_session(&self, rec: SessionClose) -> Result<(), AuditError> {
-        self.record(Event::SessionClose(Box::new(rec)))
+        match self.commit_now(vec![Event::SessionClose(Box::new(rec))]) {
+            AckFuture::Ready(r) => r,
+            AckFuture::Waiting(_) | AckFuture::Journal(..) => Ok(()),
+        }
     }
 
     /// Records how a statement ended (not awaited).
