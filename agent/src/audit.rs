@@ -1465,11 +1465,12 @@ impl Audit {
         }
     }
 
-    /// Records a session's opening and waits until it is durable: in strict
-    /// mode in the journal (one write, shared `fdatasync` with
-    /// `audit_fsync`), like a statement; in best-effort mode, until it is queued.
+    /// Records a session's opening and waits until it is committed (in
+    /// best-effort mode, until it is queued). Not acknowledged from the
+    /// journal: a copy of the store's SQLite files alone (the disk-full
+    /// test's) must hold every session that went through.
     pub async fn open_session(&self, rec: SessionOpen) -> Result<(), AuditError> {
-        self.commit(vec![Event::SessionOpen(Box::new(rec))]).await
+        self.record_strict(Event::SessionOpen(Box::new(rec))).wait().await
     }
 
     /// Records a session's end (not awaited: nothing waits on it). In
