@@ -380,7 +380,7 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
     assert!(report.ok(), "{report:?}");
     // And an agent starting on it goes on from there.
     let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
-    // Numbered past what the journal held (the session opening took a journal position too).
+    // Numbered past what the journal held.
     run(audit.commit(vec![statement_event(id, done + 5, "SELECT 5")])).unwrap();
     run(audit.flush()).unwrap();
     writer.stop();
