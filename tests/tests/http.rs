@@ -207,6 +207,15 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     assert!(text.contains("authorization: [redacted]"), "{text}");
     assert!(text.contains("bearer token injected"), "{text}");
     assert!(!text.contains(CARD), "{text}");
+    // `gatehouse statements` lists requests beside statements: method and target, decision, rule, masked count.
+    let listed = w.env.statements(session.as_str());
+    let row = listed.iter().find(|r| r["text"] == "GET /api/v1/orders/7").unwrap_or_else(|| panic!("{listed:?}"));
+    assert_eq!((row["kinds"].as_str(), row["decision"].as_str()), (Some("http"), Some("allow")), "{row}");
+    let masked: Value = serde_json::from_str(row["masked"].as_str().unwrap_or("null")).unwrap();
+    assert!(masked["card"].as_u64() >= Some(2), "{row}");
+    let all = w.env.statements(None);
+    let refused = all.iter().find(|r| r["text"].as_str().is_some_and(|t| t.starts_with("DELETE "))).expect("the DELETE");
+    assert_eq!((refused["decision"].as_str(), refused["error"].as_str()), (Some("deny"), Some("HTTP 403")), "{refused}");
 
     // Exported as OCSF HTTP Activity (4002); the bundle verifies.
     let mut w = w;

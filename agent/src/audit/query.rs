@@ -174,7 +174,18 @@ pub fn statements_of(
                     (SELECT oidc_subject FROM sessions WHERE sessions.id = statements.session_id)
              FROM statements WHERE (?1 IS NULL OR session_id = ?1)
                AND (?3 IS NULL OR session_id IN (SELECT id FROM sessions WHERE uid = ?3))
-             ORDER BY started_us DESC, seq DESC LIMIT ?2",
+             UNION ALL
+             -- HTTP exchanges are requests, shown beside statements: \"GET /path\", kind http.
+             SELECT session, j ->> '$.seq', j ->> '$.started_us', (j ->> '$.method') || ' ' || (j ->> '$.target'),
+                    'http', coalesce(j ->> '$.host', ''), j ->> '$.decision', j ->> '$.rule', j ->> '$.reason',
+                    NULL, j ->> '$.duration_us',
+                    coalesce(j ->> '$.error', CASE WHEN (j ->> '$.status') >= 400 THEN 'HTTP ' || (j ->> '$.status') END),
+                    j -> '$.masked', 0,
+                    (SELECT oidc_subject FROM sessions WHERE sessions.id = h.session)
+             FROM (SELECT session, CAST(body AS TEXT) AS j FROM events
+                   WHERE kind = 'http' AND length(body) > 0 AND (?1 IS NULL OR session = ?1)
+                     AND (?3 IS NULL OR session IN (SELECT id FROM sessions WHERE uid = ?3))) AS h
+             ORDER BY 3 DESC, 2 DESC LIMIT ?2",
         )
         .map_err(sql_err)?;
     let rows = stmt
