@@ -36,15 +36,21 @@ async fn central_count(url: &str) -> Option<i64> {
 /// records are shipped to while they are written (`[agent.ship]`), and the
 /// seconds the shipper needed after the writers finished to catch up.
 fn run_shipping(sessions: usize, per_session: u64, url: &str) -> (f64, f64) {
-    run_with(Mode::Strict, sessions, per_session, Some(url))
+    run_with(Mode::Strict, sessions, per_session, Some(url), false)
 }
 
 fn run(mode: Mode, sessions: usize, per_session: u64) -> f64 {
-    run_with(mode, sessions, per_session, None).0
+    run_with(mode, sessions, per_session, None, false).0
 }
 
-fn run_with(mode: Mode, sessions: usize, per_session: u64, ship: Option<&str>) -> (f64, f64) {
-    let dir = std::env::temp_dir().join(format!("gh-bench-audit-{}-{mode:?}", std::process::id()));
+/// Strict, the way the data path records a statement: acknowledged once it
+/// is in the journal (`Audit::commit`), chained into SQLite afterwards.
+fn run_journal(sessions: usize, per_session: u64) -> f64 {
+    run_with(Mode::Strict, sessions, per_session, None, true).0
+}
+
+fn run_with(mode: Mode, sessions: usize, per_session: u64, ship: Option<&str>, journal: bool) -> (f64, f64) {
+    let dir = std::env::temp_dir().join(format!("gh-bench-audit-{}-{mode:?}-{journal}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let opts = Options {
@@ -58,8 +64,12 @@ fn run_with(mode: Mode, sessions: usize, per_session: u64, ship: Option<&str>) -
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let stop = tokio_util::sync::CancellationToken::new();
     let shipper = ship.map(|url| {
-        let ship =
-            audit::ship::Ship { url: url.to_owned(), host: "bench".into(), batch: 500, tls: audit::ship::ShipTls::Off };
+        let ship = audit::ship::Ship {
+            url: url.to_owned(),
+            host: "bench".into(),
+            batch: audit::ship::DEFAULT_BATCH,
+            tls: audit::ship::ShipTls::Off,
+        };
         rt.spawn(audit::ship::run(dir.join("audit.db"), ship, audit.public_key_hex(), stop.clone()))
     });
     let start = Instant::now();
@@ -72,7 +82,12 @@ fn run_with(mode: Mode, sessions: usize, per_session: u64, ship: Option<&str>) -
                 for i in 0..per_session {
                     // A statement (waited for in strict mode) and its result chunk.
                     loop {
-                        match a.record_strict(statement(s, i)).wait().await {
+                        let r = if journal {
+                            a.commit(vec![statement(s, i)]).await
+                        } else {
+                            a.record_strict(statement(s, i)).wait().await
+                        };
+                        match r {
                             Err(audit::AuditError::QueueFull) => tokio::task::yield_now().await,
                             r => {
                                 r.expect("record");
@@ -129,8 +144,8 @@ fn run_with(mode: Mode, sessions: usize, per_session: u64, ship: Option<&str>) -
 }
 
 /// One session, strict: how long a statement waits for its commit.
-fn latency() -> (f64, f64) {
-    let dir = std::env::temp_dir().join(format!("gh-bench-audit-lat-{}", std::process::id()));
+fn latency(journal: bool) -> (f64, f64) {
+    let dir = std::env::temp_dir().join(format!("gh-bench-audit-lat-{}-{journal}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let opts = Options {
@@ -147,7 +162,11 @@ fn latency() -> (f64, f64) {
         let mut lat = Vec::new();
         for i in 0..5_000u64 {
             let t = Instant::now();
-            audit.record_strict(statement(s, i)).wait().await.expect("record");
+            if journal {
+                audit.commit(vec![statement(s, i)]).await.expect("record");
+            } else {
+                audit.record_strict(statement(s, i)).wait().await.expect("record");
+            }
             lat.push(t.elapsed().as_secs_f64() * 1e6);
             let chunk = Event::Chunk {
                 session: s,
@@ -249,20 +268,25 @@ fn main() {
         println!("ratio verify_rss {big}mb/goal64mb = {:.2}", big_rss as f64 / (64.0 * 1024.0));
         return;
     }
-    eprintln!("bench audit: 1/3 strict commit latency, one session");
-    let (p50, p99) = latency();
-    println!("audit strict commit wait, one session: p50 {p50:.0} µs, p99 {p99:.0} µs");
-    eprintln!("bench audit: 2/3 strict records/s, 32 sessions x 5,000 records");
+    eprintln!("bench audit: 1/5 strict commit latency, one session");
+    let (p50, p99) = latency(false);
+    println!("audit strict commit wait (SQLite), one session: p50 {p50:.0} µs, p99 {p99:.0} µs");
+    let (p50, p99) = latency(true);
+    println!("audit strict commit wait (journal, the data path), one session: p50 {p50:.0} µs, p99 {p99:.0} µs");
+    eprintln!("bench audit: 2/5 strict records/s through the journal, 32 sessions x 5,000 records");
+    let journaled = run_journal(32, 5_000);
+    eprintln!("bench audit: 3/5 strict records/s (SQLite commit), 32 sessions x 5,000 records");
     let strict = run(Mode::Strict, 32, 5_000);
-    eprintln!("bench audit: 3/3 best-effort records/s, 32 sessions x 5,000 records");
+    eprintln!("bench audit: 4/5 best-effort records/s, 32 sessions x 5,000 records");
     let queued = run(Mode::BestEffort, 32, 5_000);
     println!(
-        "audit records/s, 32 sessions, hash chain + group commit: strict {strict:>9.0}  best-effort {queued:>9.0}  (goal >= 50000)"
+        "audit records/s, 32 sessions, hash chain + group commit: strict {strict:>9.0}  strict via journal {journaled:>9.0}  best-effort {queued:>9.0}  (goal >= 50000)"
     );
+    println!("ratio audit_records strict_journal/best-effort = {:.2}", journaled / queued);
     println!("ratio audit_records strict/best-effort = {:.2}", strict / queued);
     match std::env::var("GATEHOUSE_BENCH_SHIP_URL") {
         Ok(url) => {
-            eprintln!("bench audit: 4/4 strict records/s while shipping to a central PostgreSQL");
+            eprintln!("bench audit: 5/5 strict records/s while shipping to a central PostgreSQL");
             let (shipping, catch_up) = run_shipping(32, 5_000, &url);
             println!(
                 "audit records/s, 32 sessions, strict, shipping to PostgreSQL: {shipping:>9.0} (shipper caught up {catch_up:.1} s after the writers)"
@@ -274,4 +298,5 @@ fn main() {
         ),
     }
     println!("ratio audit_records strict/goal50k = {:.2}", strict / 50_000.0);
+    println!("ratio audit_records strict_journal/goal50k = {:.2}", journaled / 50_000.0);
 }

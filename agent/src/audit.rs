@@ -30,7 +30,7 @@ pub use stream::StreamRecorder;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -631,6 +631,33 @@ enum Command {
     Stop,
 }
 
+impl Command {
+    /// Someone waits for this command's commit (a session's opening, a
+    /// flush): the writer does not hold it back to gather a batch.
+    fn waited(&self) -> bool {
+        !matches!(self, Command::Append(_, None) | Command::Journaled(_))
+    }
+}
+
+/// How a waited command cuts the writer's gathering window short: the flag
+/// says one is queued, the unpark ends the writer's sleep. Records nobody
+/// waits for (the journal's, best-effort ones) neither set it nor wake the
+/// writer, so they cost no wake-up each.
+#[derive(Debug, Default)]
+struct Wake {
+    urgent: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Wake {
+    fn raise(&self) {
+        self.urgent.store(true, Ordering::Release);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+}
+
 /// Handle to the audit writer; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Audit {
@@ -646,6 +673,7 @@ pub struct Audit {
     journal: Option<Arc<journal::Journal>>,
     /// The store's key for hashed trail keys (`crate::trail::keys`).
     trail_key: crate::trail::HashKey,
+    wake: Arc<Wake>,
 }
 
 /// Owns the writer and checkpointer threads.
@@ -720,7 +748,9 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
     let (fail_tx, failure) = watch::channel(None);
     let fail_tx = Arc::new(fail_tx);
     let public = std::sync::Arc::new(Mutex::new(public_key));
+    let wake = Arc::new(Wake::default());
     let mut w = Writer {
+        wake: wake.clone(),
         queued: queued.clone(),
         ingested: journal.as_ref().map(|j| j.ingested.clone()),
         conn,
@@ -742,6 +772,7 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
         .name("audit-writer".into())
         .spawn(move || w.run(&rx))
         .map_err(|source| AuditError::Open { path: PathBuf::new(), source })?;
+    let _ = wake.thread.set(thread.thread().clone());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ck = {
         let (path, stop) = (path.to_owned(), stop.clone());
@@ -760,6 +791,7 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
         public_key: public,
         journal: journal.clone(),
         trail_key,
+        wake,
     };
     Ok((audit, AuditWriter { thread: Some(thread), checkpointer: Some((ck, stop)), tx, journal }))
 }
@@ -915,6 +947,7 @@ struct Writer {
     fail_tx: Arc<watch::Sender<Option<String>>>,
     /// Held while the writer runs: no second writer on this store.
     _lock: nix::fcntl::Flock<std::fs::File>,
+    wake: Arc<Wake>,
 }
 
 impl Writer {
@@ -937,8 +970,22 @@ impl Writer {
             };
             // A sleeping writer is not woken by each send: sessions do not
             // pay a wake-up per record, and the transaction takes them all.
-            if let Some(rest) = GROUP_COMMIT_WINDOW.checked_sub(last_commit.elapsed()) {
-                std::thread::sleep(rest);
+            // Unless someone waits for this very commit (a session's opening,
+            // a flush): then it commits at once, with whatever else is queued.
+            // A command sent while the writer sleeps wakes it early the same
+            // way (see [`Wake`]).
+            if !first.waited() {
+                let deadline = last_commit + GROUP_COMMIT_WINDOW;
+                loop {
+                    if self.wake.urgent.swap(false, Ordering::AcqRel) {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
             }
             let mut cmds = vec![first];
             while cmds.len() < GROUP_COMMIT_MAX {
@@ -1507,7 +1554,12 @@ impl Audit {
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
         crate::metrics::queued();
-        self.tx.send(c).map_err(|_| AuditError::WriterGone)
+        let waited = c.waited();
+        self.tx.send(c).map_err(|_| AuditError::WriterGone)?;
+        if waited {
+            self.wake.raise();
+        }
+        Ok(())
     }
 }
 

@@ -214,8 +214,13 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let masked: Value = serde_json::from_str(row["masked"].as_str().unwrap_or("null")).unwrap();
     assert!(masked["card"].as_u64() >= Some(2), "{row}");
     let all = w.env.statements(None);
-    let refused = all.iter().find(|r| r["text"].as_str().is_some_and(|t| t.starts_with("DELETE "))).expect("the DELETE");
-    assert_eq!((refused["decision"].as_str(), refused["error"].as_str()), (Some("deny"), Some("HTTP 403")), "{refused}");
+    let refused =
+        all.iter().find(|r| r["text"].as_str().is_some_and(|t| t.starts_with("DELETE "))).expect("the DELETE");
+    assert_eq!(
+        (refused["decision"].as_str(), refused["error"].as_str()),
+        (Some("deny"), Some("HTTP 403")),
+        "{refused}"
+    );
 
     // Exported as OCSF HTTP Activity (4002); the bundle verifies.
     let mut w = w;

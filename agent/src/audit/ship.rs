@@ -23,6 +23,11 @@ use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
+/// Records per central transaction unless `batch` says otherwise: few
+/// enough commits that the central store's per-transaction cost stays small
+/// beside the rows themselves.
+pub const DEFAULT_BATCH: usize = 2000;
+
 /// `[agent.ship]` as written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +102,7 @@ impl TryFrom<&ShipRaw> for Ship {
                 .filter(|h| !h.is_empty())
                 .ok_or_else(|| ShipError::Config("no host name: set host".into()))?,
         };
-        let batch = raw.batch.unwrap_or(500);
+        let batch = raw.batch.unwrap_or(DEFAULT_BATCH);
         if batch == 0 || batch > 10_000 {
             return Err(ShipError::Config("batch must be between 1 and 10000".into()));
         }
@@ -227,18 +232,16 @@ struct Columns {
 }
 
 /// Committed records after `after`, at most `n`, from the local store.
-fn read_after(db: &Path, after: i64, n: usize) -> Result<Vec<Row>, ShipError> {
+fn read_after(conn: &rusqlite::Connection, db: &Path, after: i64, n: usize) -> Result<Vec<Row>, ShipError> {
     let local = |e: rusqlite::Error| ShipError::Local { path: db.to_owned(), message: e.to_string() };
-    let conn = super::query::open_read_only(db)
-        .map_err(|e| ShipError::Local { path: db.to_owned(), message: e.to_string() })?;
     let mut st = conn
-        .prepare(
+        .prepare_cached(
             "SELECT seq, time_us, session, kind, content_hash, body, data, prev_hash, hash
              FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )
         .map_err(local)?;
     let rows = st
-        .query_map(rusqlite::params![after, i64::try_from(n).unwrap_or(500)], |r| {
+        .query_map(rusqlite::params![after, i64::try_from(n).unwrap_or(i64::MAX)], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
         })
         .map_err(local)?;
@@ -278,14 +281,26 @@ async fn ship_once(db: &Path, ship: &Ship, public_key: &str, stop: &Cancellation
         .await?
         .get(0);
     tracing::info!(central = %redact_url(&ship.url), host = %ship.host, schema = version, from_seq = acked + 1, "audit shipping");
+    // One read-only connection for the whole run (its statement cached),
+    // handed to the blocking pool for each read and back.
+    let mut conn = Some(
+        super::query::open_read_only(db)
+            .map_err(|e| ShipError::Local { path: db.to_owned(), message: e.to_string() })?,
+    );
     loop {
         if stop.is_cancelled() {
             return Ok(());
         }
         let (path, n) = (db.to_owned(), ship.batch);
-        let rows = tokio::task::spawn_blocking(move || read_after(&path, acked, n))
-            .await
-            .map_err(|e| ShipError::Local { path: db.to_owned(), message: e.to_string() })??;
+        let Some(c) = conn.take() else { return Ok(()) };
+        let (c, rows) = tokio::task::spawn_blocking(move || {
+            let rows = read_after(&c, &path, acked, n);
+            (c, rows)
+        })
+        .await
+        .map_err(|e| ShipError::Local { path: db.to_owned(), message: e.to_string() })?;
+        conn = Some(c);
+        let rows = rows?;
         let Some(last) = rows.last().map(|r| r.0) else {
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
@@ -438,7 +453,7 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         let raw = ShipRaw { url: "postgres://a@b/c".into(), host: Some("bastion-1".into()), ..ShipRaw::default() };
-        assert_eq!(Ship::try_from(&raw).map(|s| s.batch).ok(), Some(500));
+        assert_eq!(Ship::try_from(&raw).map(|s| s.batch).ok(), Some(DEFAULT_BATCH));
         assert_eq!(Ship::try_from(&raw).map(|s| s.tls).ok(), Some(ShipTls::Verify { ca_file: None }));
         let off = ShipRaw { tls: Some("off".into()), ..raw.clone() };
         assert_eq!(Ship::try_from(&off).map(|s| s.tls).ok(), Some(ShipTls::Off));

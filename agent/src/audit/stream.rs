@@ -206,6 +206,7 @@ mod tests {
             public_key: Arc::new(std::sync::Mutex::new([0; 32])),
             journal: None,
             trail_key: crate::trail::HashKey([0; 32]),
+            wake: Arc::default(),
         };
         (audit, rx, queued)
     }
