@@ -46,6 +46,27 @@ enum Task {
 }
 
 fn main() -> anyhow::Result<()> {
+    // `cargo xtask` runs this through `cargo run`, which sets the package
+    // variables of xtask itself; the cargo builds started from here would
+    // inherit them, and build scripts that watch one (ring watches
+    // CARGO_MANIFEST_DIR) would rebuild, so a release build made with plain
+    // `cargo build --release` would not be reused. Nothing else runs yet.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k == "CARGO_MANIFEST_DIR"
+            || k == "CARGO_MANIFEST_PATH"
+            || k.starts_with("CARGO_PKG_")
+            || k == "CARGO_CRATE_NAME"
+            || k == "CARGO_BIN_NAME"
+            || k == "CARGO_PRIMARY_PACKAGE"
+        {
+            #[expect(unsafe_code, reason = "single-threaded at this point: no thread reads the environment")]
+            // SAFETY: called before any thread is spawned.
+            unsafe {
+                std::env::remove_var(&k);
+            }
+        }
+    }
     match Cli::parse().task {
         Task::Setup => setup::setup(),
         Task::Test(a) => test::test(&a),
