@@ -52,7 +52,10 @@ fn world(name: &str) -> World {
             "CREATE TABLE customers (id int PRIMARY KEY, name text);
              INSERT INTO customers SELECT g, 'name ' || g FROM generate_series(1, 1000) g;
              CREATE TABLE notes (id int, who text);
-             ALTER TABLE customers OWNER TO {app}; ALTER TABLE notes OWNER TO {app};",
+             CREATE TABLE line_items (order_id int, line_no int, what text, PRIMARY KEY (order_id, line_no));
+             INSERT INTO line_items VALUES (7, 1, 'a'), (7, 2, 'b'), (8, 1, 'c');
+             ALTER TABLE customers OWNER TO {app}; ALTER TABLE notes OWNER TO {app};
+             ALTER TABLE line_items OWNER TO {app};",
             app = pg::APP_ROLE
         ),
     );
@@ -85,6 +88,9 @@ statements = ["select", "insert"]
 
 [[trail]]
 table = "public.customers"
+
+[[trail]]
+table = "public.line_items"
 
 [[alert]]
 name = "vip-hold"
@@ -280,6 +286,18 @@ fn a_hold_alert_makes_the_next_statement_wait_for_an_approval() {
 #[test]
 fn alert_windows_survive_a_restart_and_trail_records_survive_a_kill() {
     let mut w = world("trwin");
+
+    // A composite primary key: each row's (order_id, line_no) is one key, asked for as "7,2".
+    let o = w.psql(&w.sid, &["SELECT line_no, order_id, what FROM line_items WHERE order_id = 7"]);
+    assert!(o.status.success() && text(&o).contains("2|7|b"), "{}", text(&o));
+    let ctl = w.env.control().display().to_string();
+    for (key, want) in [("7,2", 1), ("7,1", 1), ("8,1", 0), ("7", 0)] {
+        let o =
+            w.env.gatehouse(&["who-saw", "--table", "line_items", "--key", key, "--json", "--control-socket", &ctl]);
+        assert!(o.status.success(), "{}", text(&o));
+        let rows = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with('{')).count();
+        assert_eq!(rows, want, "who-saw --key {key}: {}", text(&o));
+    }
 
     // sid reads 140 distinct rows over two sessions: under the threshold (150).
     for q in [
