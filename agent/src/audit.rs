@@ -1463,6 +1463,43 @@ impl Audit {
         self.commit_now(events).wait().await
     }
 
+    /// Records a batch that must not be lost: in strict mode like
+    /// [`Self::commit`] (durable in the journal when it returns), and a full
+    /// queue is waited out instead of dropping the batch (the journal takes
+    /// a batch whole or not at all, so a retry duplicates nothing). The
+    /// trail's records go this way, so they are as durable as the statements
+    /// whose rows they list. Best-effort mode queues them (a full queue drops
+    /// them: the error says so).
+    pub async fn commit_all(&self, events: Vec<Event>) -> Result<(), AuditError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if self.mode == Mode::BestEffort {
+            return self.commit(events).await;
+        }
+        let mut events = events;
+        loop {
+            if let Some(f) = self.failure() {
+                return Err(AuditError::Failed(f));
+            }
+            if self.queued.load(Ordering::Relaxed) < self.depth {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        loop {
+            // Kept for a retry only when the queue filled meanwhile (rare: the wait above left room).
+            let again = events.clone();
+            match self.commit(events).await {
+                Err(AuditError::QueueFull) => {
+                    events = again;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     fn commit_now(&self, events: Vec<Event>) -> AckFuture {
         if events.is_empty() {
             return AckFuture::Ready(Ok(()));

@@ -251,6 +251,8 @@ pub struct Agent {
     pub files: std::sync::Mutex<crate::policy::files::FileReport>,
     /// `[[alert]]` windows over the row-level trail, per rule and user.
     pub trail_alerts: crate::trail::alerts::Alerts,
+    /// `[[alert]]`s with `action = "hold"` standing, per user and backend.
+    pub trail_holds: crate::trail::alerts::Holds,
     /// SSH host certificates presented for SSH backends' names.
     pub ssh_host_certs: crate::protocol::ssh::keys::HostCerts,
 }
@@ -418,12 +420,14 @@ pub async fn run(
         tls_configs: std::sync::Mutex::new(HashMap::new()),
         backend_logins: std::sync::Mutex::new(HashMap::new()),
         trail_alerts: crate::trail::alerts::Alerts::default(),
+        trail_holds: crate::trail::alerts::Holds::default(),
         files: std::sync::Mutex::new(files),
         ssh_host_certs: crate::protocol::ssh::keys::HostCerts::default(),
         settings,
     });
 
     restore_requests(&agent).await;
+    rebuild_alert_windows(&agent).await;
 
     let stop = CancellationToken::new();
     let sessions = TaskTracker::new();
@@ -648,6 +652,48 @@ async fn restore_requests(agent: &Arc<Agent>) {
         info!(grants = restored, "restored grant requests from the audit store");
     }
     agent.refresh_grants();
+}
+
+/// Fills the `[[alert]]` windows from the trail records in the store (within
+/// each threshold rule's window), before the agent serves: a restart does
+/// not reset a slow reader's count. Costs one indexed scan of the trail
+/// records of the window and memory for their distinct keys, bounded by
+/// `trail::alerts::REBUILD_MAX_KEYS` (the newest kept).
+async fn rebuild_alert_windows(agent: &Arc<Agent>) {
+    let rules = agent.snapshot.load().policy.trail.alerts.clone();
+    if !rules.iter().any(|r| r.threshold.is_some()) {
+        return;
+    }
+    let agent2 = agent.clone();
+    let db = agent.settings.audit_db.clone();
+    let started = std::time::Instant::now();
+    let done = tokio::task::spawn_blocking(move || {
+        let conn = crate::audit::query::open_read_only(&db).map_err(|e| e.to_string())?;
+        agent2
+            .trail_alerts
+            .rebuild(&conn, &rules, audit::now_us(), crate::trail::alerts::REBUILD_MAX_KEYS)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match done {
+        Ok(Ok(r)) => {
+            if r.capped {
+                warn!(
+                    keys = r.keys,
+                    "alert windows rebuilt only in part: too many keys read within the windows; the older reads are left out"
+                );
+            }
+            info!(
+                records = r.records,
+                windows = r.windows,
+                keys = r.keys,
+                ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "alert windows rebuilt from the audit store"
+            );
+        }
+        Ok(Err(e)) => warn!(error = %e, "cannot rebuild the alert windows from the audit store; they start empty"),
+        Err(e) => warn!(error = %e, "cannot rebuild the alert windows from the audit store; they start empty"),
+    }
 }
 
 /// Drops per-session backend roles left over (a crash, a restart) or expired:

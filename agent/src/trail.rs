@@ -139,8 +139,9 @@ pub struct AlertRecord {
 struct Resolved {
     oid: u32,
     table: String,
-    /// (attnum, name, type OID) of the key column; `None` with the reason.
-    key: Result<(i16, String, u32), String>,
+    /// (attnum, name, type OID) of the key column, or of each column of a
+    /// composite primary key in key order; `Err` with the reason.
+    key: Result<Vec<(i16, String, u32)>, String>,
 }
 
 fn resolve(cfg: &Config, cat: &Catalog) -> Vec<Resolved> {
@@ -153,21 +154,23 @@ fn resolve(cfg: &Config, cat: &Catalog) -> Vec<Resolved> {
                     .columns
                     .iter()
                     .find(|c| &c.name == k)
-                    .map(|c| (c.attnum, c.name.clone(), c.type_oid))
+                    .map(|c| vec![(c.attnum, c.name.clone(), c.type_oid)])
                     .ok_or_else(|| format!("the table has no column {k:?}")),
-                None => match rel.primary_key.as_slice() {
-                    [one] => rel
-                        .columns
-                        .iter()
-                        .find(|c| c.attnum == *one)
-                        .map(|c| (c.attnum, c.name.clone(), c.type_oid))
-                        .ok_or_else(|| "its primary key is an expression".to_owned()),
-                    [] => Err("the table has no primary key; name one with `key`".to_owned()),
-                    _ => {
-                        Err("its primary key has several columns (composite keys are not trailed); name one with `key`"
-                            .to_owned())
-                    }
-                },
+                None if rel.primary_key.is_empty() => {
+                    Err("the table has no primary key; name one with `key`".to_owned())
+                }
+                // One column, or a composite key: its columns in key order (the tuple is hashed as one key).
+                None => rel
+                    .primary_key
+                    .iter()
+                    .map(|a| {
+                        rel.columns
+                            .iter()
+                            .find(|c| c.attnum == *a)
+                            .map(|c| (c.attnum, c.name.clone(), c.type_oid))
+                            .ok_or_else(|| "its primary key is an expression".to_owned())
+                    })
+                    .collect(),
             };
             Some(Resolved { oid: rel.oid, table: t.qualified(), key })
         })
@@ -214,6 +217,8 @@ struct KeyCol {
     decode: Decode,
     /// Integers go to the bitmap; otherwise (or masked) hashed.
     int: bool,
+    /// Its place in a composite key's tuple (0 for a single-column key).
+    part: usize,
 }
 
 /// What one statement read of one trailed table.
@@ -226,6 +231,43 @@ struct TableRead {
     key_masked: bool,
     rows: u64,
     set: KeySet,
+    /// A composite key: the current row's values (as PostgreSQL prints
+    /// them), one slot per key column; empty for a single-column key.
+    tuple: Vec<Option<Vec<u8>>>,
+}
+
+impl TableRead {
+    fn new(t: &Resolved) -> Self {
+        TableRead {
+            oid: t.oid,
+            table: t.table.clone(),
+            key: None,
+            keyless: None,
+            key_masked: false,
+            rows: 0,
+            set: KeySet::default(),
+            tuple: Vec::new(),
+        }
+    }
+}
+
+/// The text a composite key's tuple is hashed as: its values as PostgreSQL
+/// prints them, in key order, separated by `,`, with `,` and `\` inside a
+/// value escaped by a `\` (so `who-saw --key '7,42'` finds (7, 42)).
+pub fn tuple_text(values: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        for &b in *v {
+            if b == b',' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+    }
+    out
 }
 
 /// The shape of a COPY's rows.
@@ -296,18 +338,43 @@ impl Capture {
         };
         for t in trailed.iter().filter(|t| touched.contains(&t.oid)) {
             let ti = cap.tables.len();
-            let mut read = TableRead {
-                oid: t.oid,
-                table: t.table.clone(),
-                key: None,
-                keyless: None,
-                key_masked: false,
-                rows: 0,
-                set: KeySet::default(),
-            };
+            let mut read = TableRead::new(t);
             match &t.key {
                 Err(why) => read.keyless = Some(why.clone()),
-                Ok((attnum, name, _)) => {
+                Ok(parts) if parts.len() > 1 => {
+                    // A composite key: each of its columns, once, or the read is keyless.
+                    let mut found = Vec::with_capacity(parts.len());
+                    let mut why = None;
+                    for (part, (attnum, _, _)) in parts.iter().enumerate() {
+                        let col = cols.iter().enumerate().find(|(_, c)| c.table_oid == t.oid && c.attnum == *attnum);
+                        match col.map(|(index, c)| (index, c, decode_for(c.type_oid, c.binary))) {
+                            Some((index, c, Some(decode))) => found.push((index, c.masked, decode, part)),
+                            Some((_, c, None)) => {
+                                why = Some(format!(
+                                    "a key column came in binary format of type {}, which is not decoded",
+                                    c.type_oid
+                                ));
+                            }
+                            None if why.is_none() => {
+                                why = Some("the result does not return every column of the key as stored".to_owned());
+                            }
+                            None => {}
+                        }
+                    }
+                    match why {
+                        Some(w) => read.keyless = Some(w),
+                        None => {
+                            read.key = Some(key_name(parts));
+                            read.tuple = vec![None; parts.len()];
+                            for (index, masked, decode, part) in found {
+                                read.key_masked |= masked;
+                                cap.cols.push(KeyCol { index, table: ti, decode, int: false, part });
+                            }
+                        }
+                    }
+                }
+                Ok(parts) => {
+                    let Some((attnum, name, _)) = parts.first() else { continue };
                     let mut undecodable = None;
                     for (index, c) in cols.iter().enumerate() {
                         if c.table_oid != t.oid || c.attnum != *attnum {
@@ -322,6 +389,7 @@ impl Capture {
                                     table: ti,
                                     decode,
                                     int: is_int(c.type_oid) && !c.masked,
+                                    part: 0,
                                 });
                             }
                             None => undecodable = Some(c.type_oid),
@@ -371,39 +439,45 @@ impl Capture {
         };
         for t in trailed.iter().filter(|t| touched.contains(&t.oid)) {
             let ti = cap.tables.len();
-            let mut read = TableRead {
-                oid: t.oid,
-                table: t.table.clone(),
-                key: None,
-                keyless: None,
-                key_masked: false,
-                rows: 0,
-                set: KeySet::default(),
-            };
+            let mut read = TableRead::new(t);
             match &t.key {
                 Err(why) => read.keyless = Some(why.clone()),
                 Ok(_) if !format.relation => {
                     read.keyless = Some("COPY of a query: its fields are expressions, not stored columns".into());
                 }
                 Ok(_) if format.binary => read.keyless = Some("binary COPY is not decoded".into()),
-                Ok((attnum, name, type_oid)) => {
-                    let key = Origin { relation: t.oid, attnum: *attnum };
-                    for index in 0..width {
-                        let is_key = bound.aligned(index, width).is_some_and(|o| o.len() == 1 && o.contains(&key));
-                        if is_key {
-                            let m = masked.get(index).copied().unwrap_or(false);
-                            read.key = Some(name.clone());
-                            read.key_masked |= m;
-                            cap.cols.push(KeyCol {
-                                index,
-                                table: ti,
-                                decode: Decode::Text,
-                                int: is_int(*type_oid) && !m,
-                            });
+                Ok(parts) => {
+                    let composite = parts.len() > 1;
+                    let mut found = Vec::new();
+                    for (part, (attnum, _, type_oid)) in parts.iter().enumerate() {
+                        let key = Origin { relation: t.oid, attnum: *attnum };
+                        let is_key = |index: &usize| {
+                            bound.aligned(*index, width).is_some_and(|o| o.len() == 1 && o.contains(&key))
+                        };
+                        if composite {
+                            // Each column of a composite key once (the first field that is it).
+                            found.extend((0..width).find(is_key).map(|index| (index, part, false)));
+                        } else {
+                            found.extend((0..width).filter(is_key).map(|index| (index, part, is_int(*type_oid))));
                         }
                     }
-                    if read.key.is_none() {
-                        read.keyless = Some("the COPY does not include the key column".into());
+                    let complete = if composite { found.len() == parts.len() } else { !found.is_empty() };
+                    if complete {
+                        read.key = Some(key_name(parts));
+                        if composite {
+                            read.tuple = vec![None; parts.len()];
+                        }
+                        for (index, part, int) in found {
+                            let m = masked.get(index).copied().unwrap_or(false);
+                            read.key_masked |= m;
+                            cap.cols.push(KeyCol { index, table: ti, decode: Decode::Text, int: int && !m, part });
+                        }
+                    } else {
+                        read.keyless = Some(if composite {
+                            "the COPY does not include every column of the key".into()
+                        } else {
+                            "the COPY does not include the key column".into()
+                        });
                     }
                 }
             }
@@ -419,8 +493,15 @@ impl Capture {
 
     fn add_key(&mut self, col: usize, v: &[u8]) {
         let Some(c) = self.cols.get(col) else { return };
-        let (decode, int, table) = (c.decode, c.int, c.table);
+        let (decode, int, table, part) = (c.decode, c.int, c.table, c.part);
         let Some(t) = self.tables.get_mut(table) else { return };
+        if !t.tuple.is_empty() {
+            // A composite key's column: kept (as PostgreSQL prints it) until the row ends.
+            if let Some(slot) = t.tuple.get_mut(part) {
+                *slot = Some(printed(decode, v));
+            }
+            return;
+        }
         match decode {
             Decode::Text if int => match parse_uint(v) {
                 Some(n) => {
@@ -460,6 +541,21 @@ impl Capture {
         }
     }
 
+    /// A row ended: each composite key whose columns were all there (none
+    /// NULL) is hashed as one key.
+    fn end_row(&mut self) {
+        for t in &mut self.tables {
+            if t.tuple.is_empty() {
+                continue;
+            }
+            let values: Option<Vec<&[u8]>> = t.tuple.iter().map(|v| v.as_deref()).collect();
+            if let Some(values) = values {
+                t.set.hashes.push(self.hash_key.hash(&tuple_text(&values)));
+            }
+            t.tuple.iter_mut().for_each(|v| *v = None);
+        }
+    }
+
     /// A DataRow's body (as the backend sent it) that was sent to the client.
     pub fn row(&mut self, body: &[u8]) {
         self.count_row();
@@ -471,7 +567,7 @@ impl Capture {
         for index in 0..=self.last {
             let Some(len) = body.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(i32::from_be_bytes)
             else {
-                return;
+                break;
             };
             at += 4;
             let len = usize::try_from(len).ok();
@@ -487,6 +583,7 @@ impl Capture {
                 next += 1;
             }
         }
+        self.end_row();
     }
 
     /// A CopyData row (text or CSV, as the backend sent it) that was sent to the client.
@@ -522,6 +619,7 @@ impl Capture {
                 break;
             }
         }
+        self.end_row();
     }
 
     /// The records of the statement: one per trailed table it read.
@@ -549,6 +647,29 @@ impl Capture {
             })
             .collect()
     }
+}
+
+/// A key value as PostgreSQL prints it in text format.
+fn printed(decode: Decode, v: &[u8]) -> Vec<u8> {
+    match decode {
+        Decode::Text | Decode::BinaryText => v.to_vec(),
+        Decode::BinaryInt => {
+            let n = match v.len() {
+                2 => <[u8; 2]>::try_from(v).ok().map(|b| i64::from(i16::from_be_bytes(b))),
+                4 => <[u8; 4]>::try_from(v).ok().map(|b| i64::from(i32::from_be_bytes(b))),
+                8 => <[u8; 8]>::try_from(v).ok().map(i64::from_be_bytes),
+                _ => None,
+            };
+            n.map_or_else(|| v.to_vec(), |n| n.to_string().into_bytes())
+        }
+        Decode::BinaryUuid => <[u8; 16]>::try_from(v)
+            .map_or_else(|_| v.to_vec(), |b| uuid::Uuid::from_bytes(b).hyphenated().to_string().into_bytes()),
+    }
+}
+
+/// How a record names its key: the column, or a composite key's columns joined by `,`.
+fn key_name(parts: &[(i16, String, u32)]) -> String {
+    parts.iter().map(|(_, n, _)| n.as_str()).collect::<Vec<_>>().join(",")
 }
 
 fn parse_uint(v: &[u8]) -> Option<u64> {
@@ -616,29 +737,30 @@ pub fn relation_oids(cat: &Catalog, relations: &[crate::sql::TableRef]) -> Vec<u
     out
 }
 
-/// Records what a statement returned of trailed tables (one `trail` record
-/// per table) and runs the `[[alert]]` rules over it; each alert fired is
-/// recorded (`trail_alert`) and logged, and returned for its action.
+/// What a statement returned of trailed tables, as records to write (one
+/// `trail` record per table, then one `trail_alert` per alert fired), and
+/// the alerts the `[[alert]]` rules raised over it (logged here), for their
+/// actions. The caller writes the records before the statement's completion
+/// reaches the client (strict mode: through the journal, as durable as the
+/// statement's own record; see `relay/backend.rs`).
 pub fn finish_statement(
-    audit: &crate::audit::Audit,
     alerts: &alerts::Alerts,
     rules: &[AlertRule],
     who: &alerts::Reader,
     cap: Capture,
     session: SessionId,
     statement: u64,
-) -> Vec<AlertRecord> {
+) -> (Vec<crate::audit::Event>, Vec<AlertRecord>) {
     let now = crate::audit::now_us();
     let hash_key = cap.hash_key;
     let mut fired = Vec::new();
+    let mut records = Vec::new();
     for (rec, set) in cap.finish(session, statement, now) {
         if !rules.is_empty() && rec.key.is_some() {
             fired.extend(alerts.observe(rules, hash_key, who, &rec, &set, now));
         }
         let data = set.encode();
-        if let Err(e) = audit.record(crate::audit::Event::Trail(Box::new(rec), data)) {
-            tracing::warn!(error = %e, "cannot record the rows a statement returned (trail)");
-        }
+        records.push(crate::audit::Event::Trail(Box::new(rec), data));
     }
     for a in &fired {
         tracing::warn!(
@@ -651,11 +773,9 @@ pub fn finish_statement(
             action = ?a.action,
             "TRAIL ALERT"
         );
-        if let Err(e) = audit.record(crate::audit::Event::TrailAlert(Box::new(a.clone()))) {
-            tracing::warn!(error = %e, "cannot record a trail alert");
-        }
+        records.push(crate::audit::Event::TrailAlert(Box::new(a.clone())));
     }
-    fired
+    (records, fired)
 }
 
 impl AlertRecord {

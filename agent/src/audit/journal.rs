@@ -270,6 +270,12 @@ pub(super) fn replay(conn: &mut Connection, db: &Path, mut head: Head) -> Result
                 .map_err(err)?;
             if let Some(e) = super::verify::event_for_index(&r.kind, &r.body) {
                 super::index(&tx, &e).map_err(err)?;
+            } else if r.kind == "trail"
+                && let Ok(t) = serde_json::from_slice::<crate::trail::TrailRecord>(&r.body)
+            {
+                // Its index needs the key set (the data), which the other kinds' do not.
+                let seq = tx.last_insert_rowid().unsigned_abs();
+                crate::trail::store::index(&tx, seq, &t, r.data.as_deref().unwrap_or_default()).map_err(err)?;
             }
             last = r.jseq;
             count += 1;

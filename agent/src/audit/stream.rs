@@ -246,6 +246,49 @@ mod tests {
         assert_eq!(rec.pending_loss(), [(0, 0), (0, 0)]);
     }
 
+    fn trail_record() -> Event {
+        let rec = crate::trail::TrailRecord {
+            session: SessionId::new(),
+            statement: 1,
+            time_us: 0,
+            table: "public.customers".into(),
+            table_oid: 1,
+            key: Some("id".into()),
+            rows: 3,
+            keys: 3,
+            hashed: false,
+            key_masked: false,
+            masked: false,
+            keyless: None,
+        };
+        Event::Trail(Box::new(rec), vec![1, 2, 3])
+    }
+
+    #[tokio::test]
+    async fn trail_records_wait_for_room_in_strict_mode_and_are_dropped_only_in_best_effort() {
+        // Best effort: a full queue drops the trail record, and says so.
+        let (best, rx, queued) = audit(Mode::BestEffort);
+        best.commit_all(vec![trail_record()]).await.unwrap();
+        assert!(matches!(best.commit_all(vec![trail_record()]).await, Err(super::super::AuditError::QueueFull)));
+        assert!(matches!(event(take(&rx, &queued)), Event::Trail(..)));
+        assert!(rx.try_recv().is_err(), "the second was dropped");
+
+        // Strict: it waits until the writer takes the one before it.
+        let (strict, rx, queued) = audit(Mode::Strict);
+        strict.commit_all(vec![trail_record()]).await.unwrap();
+        let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = drained.clone();
+        let drain = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            flag.store(true, Ordering::SeqCst);
+            (event(take(&rx, &queued)), event(take(&rx, &queued)))
+        });
+        strict.commit_all(vec![trail_record()]).await.unwrap();
+        assert!(drained.load(Ordering::SeqCst), "the second trail record waited for room");
+        let (a, b) = drain.join().unwrap();
+        assert!(matches!((a, b), (Event::Trail(..), Event::Trail(..))), "both reached the writer");
+    }
+
     #[tokio::test]
     async fn strict_waits_for_room_instead_of_dropping() {
         let (audit, rx, queued) = audit(Mode::Strict);

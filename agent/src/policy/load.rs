@@ -1010,16 +1010,9 @@ fn build_trail(
             }
             None => Duration::from_secs(3600),
         };
+        // `hold`: the approvers are those of the rule that allows the held
+        // statement (its `approval`); a rule without them refuses instead.
         let action = r.action.as_ref().map_or(crate::trail::AlertAction::Log, |a| *a.get_ref());
-        if action == crate::trail::AlertAction::Hold {
-            let span = r.action.as_ref().map_or(entry.span.clone(), Spanned::span);
-            e.hint(
-                entry.at_span(span),
-                format!("alert `{name}`: action = \"hold\" is not available yet"),
-                Some("use \"log\" or \"cut\"".into()),
-            );
-            continue;
-        }
         cfg.alerts.push(crate::trail::AlertRule { name, table, window, threshold, keys, action });
     }
     policy.trail = Arc::new(cfg);

@@ -134,6 +134,39 @@ fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
     move |source| AuditError::Sql { path: path.to_owned(), source }
 }
 
+/// The keyed reads of `table` recorded since `since_us`, newest first:
+/// (reader as the alert windows name them, time, key set). Stops once
+/// `max_keys` keys were handed out (the newest reads are the ones kept);
+/// returns whether it stopped there.
+pub fn recent_reads(
+    conn: &Connection,
+    table: &str,
+    since_us: i64,
+    max_keys: u64,
+    mut f: impl FnMut(String, i64, KeySet),
+) -> rusqlite::Result<bool> {
+    let mut st = conn.prepare(
+        "SELECT t.time_us, COALESCE(s.user, '#' || s.uid), e.data
+         FROM trail t JOIN events e ON e.seq = t.seq LEFT JOIN sessions s ON s.id = t.session_id
+         WHERE t.tbl = ?1 AND t.time_us >= ?2 AND t.key_column IS NOT NULL AND t.keys > 0
+         ORDER BY t.time_us DESC",
+    )?;
+    let mut rows = st.query(params![table, since_us])?;
+    let mut handed = 0u64;
+    while let Some(r) = rows.next()? {
+        if handed >= max_keys {
+            return Ok(true);
+        }
+        let (time_us, user, data): (i64, Option<String>, Option<Vec<u8>>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        // A record without its session's row (pruned apart) or its data (redacted) counts for nobody.
+        let (Some(user), Some(data)) = (user, data) else { continue };
+        let Ok(set) = KeySet::decode(&data) else { continue };
+        handed += set.len();
+        f(user, time_us, set);
+    }
+    Ok(false)
+}
+
 /// Every statement since `since_us` that returned the row of `table` whose key is `key`.
 pub fn who_saw(path: &Path, table: &str, key: &str, since_us: Option<i64>) -> Result<WhoSaw, AuditError> {
     let conn = crate::audit::query::open_read_only(path)?;

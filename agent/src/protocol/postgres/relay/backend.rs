@@ -48,6 +48,8 @@ where
     // Statement ends seen since the last write, recorded with the bytes of
     // that write folded into the last of them (see `record_batch`).
     let mut ends: Vec<StatementEnd> = Vec::new();
+    // Trail records (and alerts) of statements that ended since the last write.
+    let mut trail: Vec<Event> = Vec::new();
     loop {
         // Notices the client direction queued come before what the server sent after them.
         out.extend(std::mem::take(&mut lock(io.shared).notices).into_iter().flatten());
@@ -55,27 +57,33 @@ where
             wire::decode(&buf, MAX_BACKEND_MESSAGE).map_err(|e| Fail::Backend(e.to_string()))?
         {
             *count += n as u64;
-            let mut sink = Sink { rows: &mut rows, scratch: &mut scratch, pending: &mut pending, ends: &mut ends };
+            let mut sink = Sink {
+                rows: &mut rows,
+                scratch: &mut scratch,
+                pending: &mut pending,
+                ends: &mut ends,
+                trail: &mut trail,
+            };
             let outcome = on_backend(ctx, db, frame, &mut out, io.shared, io.nonce, &mut sink);
             buf.advance(n);
             if let Err(e) = outcome {
-                record_batch(ctx, io.rec, &mut ends, &out, &mut written).await;
+                record_batch(ctx, io.rec, &mut trail, &mut ends, &out, &mut written).await;
                 // What the client was sent before the failure still reaches it.
                 let _ = cw.write_all(&out).await;
                 return Err(e);
             }
             // Stream large results: do not hold more than this before writing.
             if out.len() >= 64 * 1024 {
-                record_batch(ctx, io.rec, &mut ends, &out, &mut written).await;
+                record_batch(ctx, io.rec, &mut trail, &mut ends, &out, &mut written).await;
                 cw.write_all(&out).await.map_err(Fail::ClientIo)?;
                 out.clear();
             }
         }
         io.progress.send_modify(|v| *v = v.wrapping_add(1));
-        if !out.is_empty() || !ends.is_empty() {
+        if !out.is_empty() || !ends.is_empty() || !trail.is_empty() {
             // On record before the client can answer it: a statement's end
             // and its result precede, in the chain, the next statement.
-            record_batch(ctx, io.rec, &mut ends, &out, &mut written).await;
+            record_batch(ctx, io.rec, &mut trail, &mut ends, &out, &mut written).await;
         }
         if !out.is_empty() {
             cw.write_all(&out).await.map_err(Fail::ClientIo)?;
@@ -108,9 +116,23 @@ where
 /// Records the statement ends of a batch and the bytes about to be written
 /// to the client: in the common case one record, the last end with the
 /// bytes folded in (its data); a chunk record only for bytes that end no
-/// statement (a large result's earlier parts, COPY, notices).
-async fn record_batch(ctx: &Ctx, rec: &StreamRecorder, ends: &mut Vec<StatementEnd>, out: &[u8], written: &mut u64) {
+/// statement (a large result's earlier parts, COPY, notices). The trail
+/// records of those statements come first: in strict mode through the
+/// journal (like the statements' own records: durable before the client
+/// has the completion, never dropped for a full queue; see
+/// [`crate::audit::Audit::commit_all`]).
+async fn record_batch(
+    ctx: &Ctx,
+    rec: &StreamRecorder,
+    trail: &mut Vec<Event>,
+    ends: &mut Vec<StatementEnd>,
+    out: &[u8],
+    written: &mut u64,
+) {
     let audit = &ctx.agent.audit;
+    if let Err(e) = audit.commit_all(std::mem::take(trail)).await {
+        tracing::warn!(error = %e, "cannot record the rows a statement returned (trail)");
+    }
     let Some(mut last) = ends.pop() else {
         if !out.is_empty() {
             rec.chunk(audit, Direction::Down, *written, out, None).await;
@@ -143,6 +165,8 @@ struct Sink<'a> {
     pending: &'a mut Counts,
     /// Statement ends not yet recorded (see [`record_batch`]).
     ends: &'a mut Vec<StatementEnd>,
+    /// Trail records not yet recorded (written before the ends).
+    trail: &'a mut Vec<Event>,
 }
 
 impl Sink<'_> {
@@ -179,22 +203,33 @@ fn trailing(ctx: &Ctx) -> bool {
     !ctx.agent.snapshot.load().policy.trail.is_empty()
 }
 
-/// Records what the statement returned of trailed tables and runs the
-/// alert rules; an alert whose action is `cut` ends the session.
-fn trail_end(ctx: &Ctx, rows: &mut Rows, fl: &InFlight) {
-    let Some(cap) = rows.trail.take() else { return };
-    let rules = ctx.agent.snapshot.load().policy.trail.alerts.clone();
-    let who = crate::trail::alerts::Reader {
+/// Who reads through this session, as the alert windows and holds know them.
+pub(super) fn reader(ctx: &Ctx) -> crate::trail::alerts::Reader {
+    crate::trail::alerts::Reader {
         uid: ctx.uid.0,
         user: ctx.principal.user.as_ref().map_or_else(|| format!("#{}", ctx.uid.0), ToString::to_string),
-    };
-    let fired =
-        crate::trail::finish_statement(&ctx.agent.audit, &ctx.agent.trail_alerts, &rules, &who, cap, ctx.id, fl.seq);
+    }
+}
+
+/// Records what the statement returned of trailed tables and runs the
+/// alert rules; an alert whose action is `cut` ends the session.
+fn trail_end(ctx: &Ctx, sink: &mut Sink<'_>, fl: &InFlight) {
+    let rows = &mut *sink.rows;
+    let Some(cap) = rows.trail.take() else { return };
+    let rules = ctx.agent.snapshot.load().policy.trail.alerts.clone();
+    let who = reader(ctx);
+    let (records, fired) = crate::trail::finish_statement(&ctx.agent.trail_alerts, &rules, &who, cap, ctx.id, fl.seq);
+    sink.trail.extend(records);
     if !fired.is_empty() {
         let snapshot = ctx.agent.snapshot.load();
         for a in &fired {
             crate::notify::announce_alert(&snapshot.policy.notify, a);
         }
+    }
+    for a in fired.iter().filter(|a| a.action == crate::trail::AlertAction::Hold) {
+        // The user's next statement on this backend (this session or another) waits for an approval.
+        let window = rules.iter().find(|r| r.name == a.rule).map_or(std::time::Duration::from_secs(3600), |r| r.window);
+        ctx.agent.trail_holds.set(&who.user, ctx.backend.name.as_str(), a, window);
     }
     if let Some(a) = fired.iter().find(|a| a.action == crate::trail::AlertAction::Cut) {
         rows.cut.get_or_insert_with(|| a.describe());
@@ -262,7 +297,7 @@ fn on_backend(
                 sh.path.error_since = true;
                 drop(sh);
                 if let Some(fl) = &front {
-                    trail_end(ctx, sink.rows, fl);
+                    trail_end(ctx, sink, fl);
                 }
                 sink.rows.end();
                 // An error of a statement that reads masked columns may quote
@@ -343,7 +378,7 @@ fn on_backend(
                 sh.cursors.insert(name.clone(), (l.clone(), fl.relations.clone()));
             }
             drop(sh);
-            trail_end(ctx, sink.rows, &fl);
+            trail_end(ctx, sink, &fl);
             fl.masked.merge(sink.pending);
             *sink.pending = Counts::default();
             sink.end(ctx, fl, count, None);
@@ -366,7 +401,7 @@ fn on_backend(
             }
             drop(sh);
             if let Some(mut fl) = front {
-                trail_end(ctx, sink.rows, &fl);
+                trail_end(ctx, sink, &fl);
                 fl.masked.merge(sink.pending);
                 *sink.pending = Counts::default();
                 sink.end(ctx, fl, None, None);

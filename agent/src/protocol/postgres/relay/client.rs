@@ -423,7 +423,16 @@ async fn on_client(
             let current = ctx.agent.snapshot.load_full();
             let s = Statement { text: "(FunctionCall message)".into(), ..single_kind(Kind::FunctionCall) };
             let d = decide_one(ctx, &current, &s);
-            if d.verdict == Verdict::Allow {
+            if let Some(a) = standing_hold(ctx, &current) {
+                // A FunctionCall message is not held (it has no text to show an approver): refused.
+                let why = Refused::Error(PgError::new(
+                    Severity::Error,
+                    "42501",
+                    format!("Gatehouse refused this function call: {}; your statements wait for approval", a.reason),
+                ));
+                record_refusal(ctx, st, s.text.as_bytes(), Some(&s), &why);
+                refuse(out, io.shared, epoch, why.error(ctx), &wire::query(io.nonce));
+            } else if d.verdict == Verdict::Allow {
                 let seq = record_allowed(ctx, st, &s, &d);
                 let flight = effects_at_forward(ctx, db, io.shared, st, &s, seq, epoch);
                 lock(io.shared).inflight.push_back(flight);
@@ -479,8 +488,24 @@ async fn hold<W: AsyncWrite + Unpin>(
     let snapshot = ctx.agent.snapshot.load_full();
     let approval =
         snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref()).and_then(|r| r.approval.clone());
+    let alert = h.batch.alert.clone();
     let Some(approval) = approval else {
-        let why = Refused::Policy(d.clone());
+        let why = match &alert {
+            // Nobody to ask: refused (the hold stands, so is every statement after it, until it lapses).
+            Some(a) => Refused::Error(
+                PgError::new(
+                    Severity::Error,
+                    "42501",
+                    format!(
+                        "Gatehouse refused this statement: {}; its action holds your statements for approval, and rule {:?} names no approvers",
+                        a.reason,
+                        d.rule_label()
+                    ),
+                )
+                .hint("the operators give the rule an approval (approval = { …, by = \"…\" }), or the hold lapses at the end of the alert's window"),
+            ),
+            None => Refused::Policy(d.clone()),
+        };
         record_refusal(ctx, st, h.text.as_bytes(), Some(s), &why);
         refuse(out, io.shared, h.epoch, why.error(ctx), &h.stand_in);
         return Ok(());
@@ -497,9 +522,13 @@ async fn hold<W: AsyncWrite + Unpin>(
     let open = crate::approval::Open {
         subject,
         requester: ctx.principal.clone(),
-        reason: None,
+        reason: alert.as_ref().map(|a| a.reason.clone()),
         approvers: approval.by.clone(),
-        approvers_label: d.approvers.clone().unwrap_or_else(|| approval.by.describe()),
+        approvers_label: d
+            .approvers
+            .clone()
+            .or_else(|| approval.by_name.clone())
+            .unwrap_or_else(|| approval.by.describe()),
         needed: approval.count,
         timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
         duration_us: None,
@@ -509,12 +538,13 @@ async fn hold<W: AsyncWrite + Unpin>(
     ctx.agent.approval_transition(&opened);
     let waiting =
         crate::approval::Waiting { id, state, timeout: approval.timeout, approvers: opened.request.approvers.clone() };
-    info!(request = id, approvers = %waiting.approvers, "statement held for approval");
+    info!(request = id, approvers = %waiting.approvers, alert = ?alert.as_ref().map(|a| a.rule.as_str()), "statement held for approval");
+    let because = alert.as_ref().map(|a| format!(" ({})", a.reason)).unwrap_or_default();
     let notice = PgError::new(
         Severity::Notice,
         "01000",
         format!(
-            "Gatehouse is holding this statement for approval by {}: request {id} (an approver runs `gatehouse approve {id}`)",
+            "Gatehouse is holding this statement for approval by {}{because}: request {id} (an approver runs `gatehouse approve {id}`)",
             waiting.approvers
         ),
     )
@@ -528,6 +558,10 @@ async fn hold<W: AsyncWrite + Unpin>(
     let state = waiting.clone().outcome(&ctx.agent.approvals, |t| agent.approval_transition(t)).await;
     if matches!(state, crate::approval::State::Approved { .. }) {
         info!(request = id, "approved: the held statement runs");
+        if let Some(a) = &alert {
+            let who = super::backend::reader(ctx);
+            ctx.agent.trail_holds.lift(&who.user, ctx.backend.name.as_str(), a.since_us);
+        }
         forward_batch(ctx, db, io.shared, st, &h.batch, h.epoch, h.portal.as_ref());
         out.extend_from_slice(&h.raw);
     } else {
@@ -604,6 +638,9 @@ struct Batch {
     /// Otherwise, the first statement that needs a human's approval: the
     /// whole text waits for it.
     held: Option<usize>,
+    /// A trail alert's hold that stands for the user (then `held` is set):
+    /// the request names it, and approving it lifts the hold.
+    alert: Option<crate::trail::alerts::Standing>,
 }
 
 /// What a session classifies with: the catalog and its names.
@@ -709,9 +746,25 @@ fn decide_statements(
         }
         decisions.push(d);
     }
-    let held =
+    let mut held =
         if refused.is_some() { None } else { decisions.iter().position(|d| d.verdict == Verdict::NeedsApproval) };
-    Batch { statements, decisions, refused, held }
+    // An `[[alert]]` with `action = "hold"` stands for this user on this
+    // backend: the text waits for an approval naming it.
+    let alert = if refused.is_none() && !decisions.is_empty() { standing_hold(ctx, &snapshot) } else { None };
+    if alert.is_some() {
+        held = held.or(Some(0));
+    }
+    Batch { statements, decisions, refused, held, alert }
+}
+
+/// The trail alert hold standing for this session's user on its backend, if any.
+fn standing_hold(ctx: &Ctx, snapshot: &Snapshot) -> Option<crate::trail::alerts::Standing> {
+    let rules = &snapshot.policy.trail.alerts;
+    if !rules.iter().any(|r| r.action == crate::trail::AlertAction::Hold) {
+        return None;
+    }
+    let who = super::backend::reader(ctx);
+    ctx.agent.trail_holds.standing(&who.user, ctx.backend.name.as_str(), rules, now_us())
 }
 
 /// The statement `PREPARE name AS …` prepares: its kinds without `prepare`.
