@@ -197,6 +197,20 @@ impl World {
         let rows = st.query_map([kind], |r| r.get::<_, Vec<u8>>(0)).unwrap();
         rows.map(|b| serde_json::from_slice(&b.unwrap()).unwrap()).collect()
     }
+
+    /// The records of `kind` once at least `n` are in the store. Strict
+    /// records are acknowledged from the journal and reach SQLite (which this
+    /// reads) a little later, so a client can be done before they are there.
+    fn events_at_least(&self, kind: &str, n: usize) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let v = self.events(kind);
+            if v.len() >= n || start.elapsed() > Duration::from_secs(10) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn wait_output(child: Child, limit: Duration) -> Output {
@@ -275,9 +289,17 @@ fn a_hold_alert_makes_the_next_statement_wait_for_an_approval() {
     assert_eq!(w.notes(), "1,2,4", "tom's INSERT did not run");
 
     // On record: the alerts (one per read of key 42), the approval steps with the alert as reason.
-    let alerts = w.events("trail_alert");
+    let alerts = w.events_at_least("trail_alert", 3);
     assert_eq!(alerts.iter().filter(|a| a["rule"] == "vip-hold" && a["action"] == "hold").count(), 3, "{alerts:#?}");
-    let steps = w.events("approval");
+    let start = Instant::now();
+    let steps = loop {
+        let steps = w.events("approval");
+        if steps.iter().filter(|s| s["event"] == "requested").count() >= 3 || start.elapsed() > Duration::from_secs(10)
+        {
+            break steps;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let requested: Vec<&Value> = steps.iter().filter(|s| s["event"] == "requested").collect();
     assert_eq!(requested.len(), 3, "{steps:#?}");
     assert!(requested.iter().all(|s| s["request"]["reason"].as_str().unwrap_or_default().contains("vip-hold")));
@@ -321,7 +343,7 @@ fn alert_windows_survive_a_restart_and_trail_records_survive_a_kill() {
     );
     let o = w.psql(&w.sid, &["SELECT id FROM customers WHERE id BETWEEN 241 AND 260"]);
     assert!(o.status.success(), "{}", text(&o));
-    let alerts = w.events("trail_alert");
+    let alerts = w.events_at_least("trail_alert", 1);
     let slow: Vec<&Value> = alerts.iter().filter(|a| a["rule"] == "slow").collect();
     assert_eq!(slow.len(), 1, "sid crossed the threshold across the restart: {alerts:#?}\n{}", w.env.agent_log());
     assert_eq!(slow[0]["distinct"], 160);
