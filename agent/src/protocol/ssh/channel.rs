@@ -58,6 +58,9 @@ pub fn legacy_scp(cmd: &str) -> Option<(String, bool)> {
     Some((path?, write?))
 }
 
+/// How long a channel the client closed waits for the host's last words.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One session channel: two halves, so that neither direction waits on
 /// the other (the client's input may wait for the host's window while the
 /// host's output waits for the client's).
@@ -113,6 +116,8 @@ struct Output {
     replies: sftp::Replies,
     exit: Option<u32>,
     signal: Option<String>,
+    /// The host sent EOF; not yet passed on.
+    eof: bool,
 }
 
 impl Chan {
@@ -150,6 +155,7 @@ impl Chan {
                 replies: sftp::Replies::default(),
                 exit: None,
                 signal: None,
+                eof: false,
             },
         }
     }
@@ -242,7 +248,11 @@ impl Input {
                     Some(cmd) => {
                         c.q.bytes.fetch_sub(cmd.cost(), Ordering::SeqCst);
                         c.q.drained.notify_one();
-                        self.apply(c, cmd).await
+                        // A write to a host channel that is gone may wait for ever: the output half's end stops it.
+                        tokio::select! {
+                            go = self.apply(c, cmd) => go,
+                            () = c.done.cancelled() => false,
+                        }
                     }
                     None => false,
                 },
@@ -266,28 +276,47 @@ impl Input {
         c.done.cancel();
     }
 
+    /// Applies one client command; `false` ends the channel. A write the
+    /// host's channel refuses (it has closed) does not: the output half
+    /// still has the host's last words (exit status, close) to pass on, and
+    /// ends the channel when they are through.
     async fn apply(&mut self, c: &Common, cmd: Cmd) -> bool {
         match cmd {
             Cmd::Pty { term, cols, rows, pw, ph, modes } => {
                 c.pty.store(true, Ordering::Relaxed);
                 c.s.record(c.id, SshWhat::Pty { term: term.clone(), cols, rows }, Vec::new());
-                self.up.request_pty(false, &term, cols, rows, pw, ph, &modes).await.is_ok()
+                let _ = self.up.request_pty(false, &term, cols, rows, pw, ph, &modes).await;
             }
-            Cmd::Env(k, v) => self.up.set_env(false, k, v).await.is_ok(),
-            Cmd::Start(start, held) => self.start(c, start, held).await,
-            Cmd::Data(d) => self.client_data(c, d).await,
-            Cmd::Eof => self.up.eof().await.is_ok(),
-            Cmd::Close => false,
+            Cmd::Env(k, v) => {
+                let _ = self.up.set_env(false, k, v).await;
+            }
+            Cmd::Start(start, held) => return self.start(c, start, held).await,
+            Cmd::Data(d) => return self.client_data(c, d).await,
+            Cmd::Eof => {
+                let _ = self.up.eof().await;
+            }
+            Cmd::Close => {
+                // The client may close once both sides sent EOF, before the
+                // host's exit status (which follows its EOF) is through: close
+                // the host's channel and let the output half pass on what the
+                // host still says, until the host closes (or 2 s pass).
+                let _ = self.up.close().await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+                return false;
+            }
             Cmd::Resize { cols, rows, pw, ph } => {
                 c.s.record(c.id, SshWhat::Resize { cols, rows }, Vec::new());
-                self.up.window_change(cols, rows, pw, ph).await.is_ok()
+                let _ = self.up.window_change(cols, rows, pw, ph).await;
             }
-            Cmd::Signal(sig) => self.up.signal(sig).await.is_ok(),
+            Cmd::Signal(sig) => {
+                let _ = self.up.signal(sig).await;
+            }
             Cmd::Refuse(why) => {
                 c.refuse(&why).await;
-                false
+                return false;
             }
         }
+        true
     }
 
     async fn start(&mut self, c: &Common, start: Start, held: Option<crate::approval::Waiting>) -> bool {
@@ -339,7 +368,10 @@ impl Input {
             }
             Start::Subsystem(name) => self.up.request_subsystem(false, name).await,
         };
-        r.is_ok()
+        if let Err(e) = r {
+            warn!(channel = c.id, error = %e, "the host's channel refused the start");
+        }
+        true
     }
 
     async fn client_data(&mut self, c: &Common, d: Bytes) -> bool {
@@ -351,7 +383,8 @@ impl Input {
             return self.sftp_data(c, &d).await;
         }
         c.record_io("i", &d);
-        self.up.data_bytes(d).await.is_ok()
+        let _ = self.up.data_bytes(d).await;
+        true
     }
 
     /// Frames client SFTP packets; forwards allowed ones, answers refused ones.
@@ -379,9 +412,7 @@ impl Input {
             };
             match verdict {
                 Ok(()) => {
-                    if self.up.data_bytes(Bytes::from(packet)).await.is_err() {
-                        return false;
-                    }
+                    let _ = self.up.data_bytes(Bytes::from(packet)).await;
                 }
                 Err((id, why)) => {
                     let reply = sftp::denied(id, &format!("Gatehouse: {why}"));
@@ -491,14 +522,26 @@ impl Output {
         match m {
             ChannelMsg::Data { data } => self.output(c, None, data).await,
             ChannelMsg::ExtendedData { data, ext } => self.output(c, Some(ext), data).await,
-            ChannelMsg::Eof => self.flush_masked(c).await && c.client.eof().await.is_ok(),
+            // The host's EOF is passed on with its exit status (or its close):
+            // a client that has sent its own EOF closes the channel on ours,
+            // and an exit status sent after that would be lost.
+            ChannelMsg::Eof if self.exit.is_some() => self.flush_masked(c).await && c.client.eof().await.is_ok(),
+            ChannelMsg::Eof => {
+                self.eof = true;
+                self.flush_masked(c).await
+            }
             ChannelMsg::Close => {
                 self.flush_masked(c).await;
+                if self.eof {
+                    let _ = c.client.eof().await;
+                }
                 false
             }
             ChannelMsg::ExitStatus { exit_status } => {
                 self.exit = Some(exit_status);
-                self.flush_masked(c).await && c.client.exit_status(exit_status).await.is_ok()
+                self.flush_masked(c).await
+                    && c.client.exit_status(exit_status).await.is_ok()
+                    && (!std::mem::take(&mut self.eof) || c.client.eof().await.is_ok())
             }
             ChannelMsg::ExitSignal { signal_name, .. } => {
                 self.signal = Some(format!("{signal_name:?}"));
