@@ -432,6 +432,11 @@ pub enum SshWhat {
         mode: Option<u32>,
         decision: String,
         reason: Option<String>,
+        /// On `close`: bytes read from and written to the file through its handle.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        read_bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        written_bytes: Option<u64>,
     },
 }
 

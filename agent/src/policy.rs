@@ -807,6 +807,8 @@ pub struct TestCase {
     /// SQL to classify and decide, or a single statement kind.
     pub sql: Option<String>,
     pub kind: Option<Kind>,
+    /// Or an SSH channel request.
+    pub ssh: Option<TestSsh>,
     pub at: Option<jiff::Timestamp>,
     /// The identity the user is taken to have logged in with, if any.
     pub login: Option<TestLogin>,
@@ -814,6 +816,31 @@ pub struct TestCase {
     /// The rule expected to make the decision, if given.
     pub rule: Option<RuleName>,
     pub location: Location,
+}
+
+/// An SSH request in a `[[test]]` case (`exec`, `shell`, `sftp_read`,
+/// `sftp_write`, `forward`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestSsh {
+    Shell,
+    Exec(String),
+    Sftp { path: String, write: bool },
+    Forward(ssh::Forward),
+}
+
+impl TestSsh {
+    pub fn request(&self) -> ssh::SshRequest<'_> {
+        match self {
+            Self::Shell => ssh::SshRequest::Shell,
+            Self::Exec(c) => ssh::SshRequest::Exec(c),
+            Self::Sftp { path, write } => ssh::SshRequest::Sftp { path, write: *write },
+            Self::Forward(f) => ssh::SshRequest::Forward(*f),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        self.request().describe()
+    }
 }
 
 impl Policy {

@@ -1,7 +1,9 @@
 //! A real OpenSSH `sshd` for a test: its own config, host key and
 //! `TrustedUserCAKeys`, on a 127.10.x.y address and a free high port, run in
 //! the foreground (`-D -e`) as root and killed by PID on drop. The account
-//! Gatehouse logs in as is a test user given a shell and a home.
+//! Gatehouse logs in as is a test user given a shell and a home; an account
+//! Gatehouse logs in to with a held key lists it in `~/.ssh/authorized_keys`
+//! ([`authorize_key`]).
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -44,7 +46,7 @@ impl Sshd {
         let config = dir.join("sshd_config");
         let text = format!(
             "Port {port}\nListenAddress {ip}\nHostKey {host}\nPidFile none\nTrustedUserCAKeys {ca}.pub\n\
-             AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             AuthorizedKeysFile .ssh/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
              StrictModes no\nLogLevel VERBOSE\nPermitRootLogin no\nX11Forwarding no\nAllowAgentForwarding yes\n\
              AllowTcpForwarding yes\nSubsystem sftp internal-sftp\nAcceptEnv LANG\nPrintMotd no\nPrintLastLog no\n",
             host = host.display(),
@@ -97,6 +99,17 @@ pub fn login_account(env: &Env, user: &str) -> PathBuf {
     ok(Command::new("usermod").args(["-s", "/bin/sh", "-p", "*", "-d"]).arg(&home).arg(user));
     ok(Command::new("chown").arg(format!("{user}:{user}")).arg(&home));
     home
+}
+
+/// Makes a key pair at `key` (private 0600, root's) and lets it log in as
+/// `user`, whose home is `home`.
+pub fn authorize_key(user: &str, home: &Path, key: &Path) {
+    ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "held key", "-f"]).arg(key));
+    let dir = home.join(".ssh");
+    std::fs::create_dir_all(&dir).expect(".ssh");
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    std::fs::write(dir.join("authorized_keys"), public).expect("authorized_keys");
+    ok(Command::new("chown").arg("-R").arg(format!("{user}:{user}")).arg(&dir));
 }
 
 /// The `ssh` options every test client uses: no config, the test's

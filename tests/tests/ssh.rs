@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use gatehouse_e2e::ssh::{Sshd, client_opts, login_account};
+use gatehouse_e2e::ssh::{Sshd, authorize_key, client_opts, login_account};
 use gatehouse_e2e::{Env, loopback};
 use serde_json::Value;
 
@@ -26,6 +26,12 @@ struct World {
     eve: String,
     /// Approves eve's commands.
     lea: String,
+    /// Whatever fay asks, the host runs the rule's force_command.
+    fay: String,
+    /// Logs in as `backup`, with the held key the backend keeps for that account.
+    hal: String,
+    /// An account on the host Gatehouse reaches with a held key, not a certificate.
+    backup: String,
     known_hosts: PathBuf,
     /// Files on the host the rules talk about.
     share: PathBuf,
@@ -43,8 +49,14 @@ fn world(name: &str) -> World {
     let ana = env.user("ana", &[]);
     let eve = env.user("eve", &[]);
     let lea = env.user("lea", &[]);
+    let fay = env.user("fay", &[]);
+    let hal = env.user("hal", &[]);
     let deploy = env.user("deploy", &[]);
     let home = login_account(&env, &deploy);
+    let backup = env.user("backup", &[]);
+    let backup_home = login_account(&env, &backup);
+    let backup_key = env.path("backup_key");
+    authorize_key(&backup, &backup_home, &backup_key);
     let sshd = Sshd::start(&env, &loopback(3));
     let share = env.path("share");
     std::fs::create_dir_all(&share).unwrap();
@@ -75,7 +87,7 @@ shutdown_grace = "1s"
 name = "db-admin"
 protocol = "ssh"
 address = "{addr}"
-ssh = {{ user = "{deploy}", host_names = ["db-admin"], host_key_file = "{host_pub}", user_ca_key_file = "{ca}", cert_validity = "2m" }}
+ssh = {{ user = "{deploy}", host_names = ["db-admin"], host_key_file = "{host_pub}", user_ca_key_file = "{ca}", cert_validity = "2m", keys = {{ "{backup}" = "{backup_key}" }} }}
 
 [[approvers]]
 name = "leads"
@@ -96,8 +108,21 @@ mask = "cards"
 name = "eve touches with approval"
 who = {{ users = ["{eve}"] }}
 backends = ["db-admin"]
-exec = ["touch {share}/*"]
+exec = ["touch {share}/*", "dd of={share}/* status=none"]
 approval = {{ for = ["exec"], by = "leads", timeout = "1m" }}
+
+[[rule]]
+name = "fay runs the menu"
+who = {{ users = ["{fay}"] }}
+backends = ["db-admin"]
+force_command = "echo forced:$SSH_ORIGINAL_COMMAND"
+
+[[rule]]
+name = "hal backs up"
+who = {{ users = ["{hal}"] }}
+backends = ["db-admin"]
+as_role = "{backup}"
+exec = ["id *"]
 
 [[rule]]
 name = "nobody removes"
@@ -114,13 +139,14 @@ detectors = ["card"]
         host_pub = sshd.host_pub.display(),
         ca = sshd.user_ca.display(),
         share = share.display(),
+        backup_key = backup_key.display(),
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
     let gatehouse = env.path("gatehouse-cli");
     std::fs::copy(gatehouse_e2e::gatehouse_bin(), &gatehouse).unwrap();
     std::fs::set_permissions(&gatehouse, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    World { sshd, env, deploy, ana, eve, lea, known_hosts, share, out, gatehouse }
+    World { sshd, env, deploy, ana, eve, lea, fay, hal, backup, known_hosts, share, out, gatehouse }
 }
 
 impl World {
@@ -133,6 +159,11 @@ impl World {
     }
 
     fn spawn_ssh(&self, user: &str, args: &[&str]) -> std::process::Child {
+        self.spawn_ssh_fed(user, args, std::process::Stdio::null())
+    }
+
+    /// [`Self::spawn_ssh`] with its standard input from `stdin`.
+    fn spawn_ssh_fed(&self, user: &str, args: &[&str], stdin: std::process::Stdio) -> std::process::Child {
         let mut all = client_opts(&self.known_hosts);
         all.extend(["-p".into(), self.sshd.port.to_string()]);
         all.extend(args.iter().map(|s| (*s).to_owned()));
@@ -143,7 +174,7 @@ impl World {
             .args(&all)
             .env("HOME", &self.env.dir)
             .current_dir(&self.env.dir)
-            .stdin(std::process::Stdio::null())
+            .stdin(stdin)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         cmd.spawn().unwrap()
@@ -175,6 +206,32 @@ impl World {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
+    }
+
+    /// Waits for a pending ssh approval request whose command holds `needle`; returns its id.
+    fn pending(&self, needle: &str) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let o = self.cli(&self.lea, &["requests", "--json"]);
+            if let Some(r) = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|r| {
+                    r.pointer("/state/state").and_then(Value::as_str) == Some("pending")
+                        && r.pointer("/subject/type").and_then(Value::as_str) == Some("ssh")
+                        && r.pointer("/subject/request").and_then(Value::as_str).is_some_and(|q| q.contains(needle))
+                })
+            {
+                return r.get("id").and_then(Value::as_u64).unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no pending ssh request for {needle:?}: {}\n{}",
+                text(&o),
+                self.env.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -276,6 +333,29 @@ fn ssh_is_terminated_decided_and_logged_in_with_a_short_certificate() {
         && v["decision"] == "deny"
         && v["path"].as_str().is_some_and(|p| p.ends_with("up.txt"))));
     assert!(ev.iter().any(|(v, _)| v["event"] == "sftp" && v["op"] == "open-read" && v["decision"] == "allow"));
+    // The file read through sftp: its close says how many bytes went each way.
+    assert!(
+        ev.iter().any(|(v, _)| v["event"] == "sftp"
+            && v["op"] == "close"
+            && v["path"].as_str().is_some_and(|p| p.ends_with("/report.txt"))
+            && v["read_bytes"] == 18
+            && v["written_bytes"] == 0),
+        "no close record with sizes: {:#?}",
+        ev.iter().filter(|(v, _)| v["event"] == "sftp").map(|(v, _)| v).collect::<Vec<_>>()
+    );
+    // `gatehouse statements` lists channel requests and sftp operations beside statements.
+    let listed = w.env.statements(None);
+    assert!(
+        listed.iter().any(|r| r["kinds"] == "sftp"
+            && r["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("close ") && t.contains("report.txt: read 18, wrote 0 bytes"))),
+        "{listed:#?}"
+    );
+    assert!(
+        listed.iter().any(|r| r["kinds"] == "ssh" && r["text"] == "exec id -un" && r["decision"] == "allow"),
+        "{listed:#?}"
+    );
     assert!(!ev.iter().any(|(_, d)| d.windows(19).any(|x| x == b"4111 1111 1111 1111")), "card recorded unmasked");
 
     // The upstream certificate: one principal, the person's key id, minutes of validity.
@@ -364,6 +444,133 @@ fn held_exec_runs_only_once_approved() {
     // Eve has no shell.
     let o = w.ssh(&w.eve, &["-tt", &host]);
     assert!(!o.status.success() && text(&o).contains("does not allow a shell"), "{}", text(&o));
+}
+
+/// A held exec's input waits with it (all of it, in order) while the
+/// connection goes on serving its other channels; past the bound the held
+/// request is withdrawn and the client told, and nothing runs.
+#[test]
+fn a_held_exec_keeps_its_input_and_the_connection_goes_on() {
+    let w = world("ssh-held-input");
+    let host = w.sshd.ip.clone();
+    // 6 MiB: far more than the 64 messages (2 MiB) that used to stall the whole connection.
+    let input = w.env.path("held-input");
+    let data: Vec<u8> = (0..6u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0]).collect();
+    std::fs::write(&input, &data).unwrap();
+    // One connection (a ControlMaster), several channels.
+    let ctl = w.out.join("ctl");
+    let ctl_s = ctl.display().to_string();
+    let mut master = w.spawn_ssh(&w.eve, &["-M", "-S", &ctl_s, "-o", "ControlPersist=no", "-N", &host]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ctl.exists() {
+        assert!(Instant::now() < deadline, "the control master never came up: {}", w.env.agent_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held_file = w.share.join("held.bin");
+    let held_cmd = format!("dd of={} status=none", held_file.display());
+    let held = w.spawn_ssh_fed(
+        &w.eve,
+        &["-S", &ctl_s, &host, &held_cmd],
+        std::process::Stdio::from(std::fs::File::open(&input).unwrap()),
+    );
+    let first = w.pending("held.bin");
+    // Let the client push its input into the held channel.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!held_file.exists(), "a held command ran before its approval");
+    // Another channel of the same connection is served meanwhile: its request
+    // reaches the approvers, and once approved it runs and ends.
+    let second_file = w.share.join("second");
+    let second = w.spawn_ssh(&w.eve, &["-S", &ctl_s, &host, &format!("touch {}", second_file.display())]);
+    let id2 = w.pending("second");
+    let o = w.cli(&w.lea, &["approve", &id2.to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = second.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), w.env.agent_log());
+    assert!(second_file.exists(), "the second channel's command did not run");
+    assert!(!held_file.exists(), "the held command ran before its approval");
+    // Approved: every byte reaches the host's command, in order.
+    let o = w.cli(&w.lea, &["approve", &first.to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = held.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), w.env.agent_log());
+    let got = std::fs::read(&held_file).unwrap();
+    assert_eq!(got.len(), data.len(), "bytes the host's command received");
+    assert!(got == data, "the held input reached the host altered");
+    let _ = Command::new("ssh").args(["-S", &ctl_s, "-O", "exit", &host]).output();
+    let _ = master.kill();
+    let _ = master.wait();
+
+    // Past the bound (16 MiB) a held exec is refused: withdrawn, told, never run.
+    let big = w.env.path("too-much");
+    std::fs::write(&big, vec![7u8; 24 << 20]).unwrap();
+    let lost = w.share.join("too-much.bin");
+    let over = w.spawn_ssh_fed(
+        &w.eve,
+        &[&host, &format!("dd of={} status=none", lost.display())],
+        std::process::Stdio::from(std::fs::File::open(&big).unwrap()),
+    );
+    let out = over.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}\n{}", text(&out), w.env.agent_log());
+    assert!(text(&out).contains("waiting for approval") && text(&out).contains("withdrawn"), "{}", text(&out));
+    assert!(!lost.exists(), "a withdrawn command ran");
+    // Its request was opened, and withdrawn.
+    let o = w.cli(&w.lea, &["requests", "--json"]);
+    let state = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["subject"]["request"].as_str().is_some_and(|q| q.contains("too-much.bin")))
+        .map(|r| r["state"]["state"].clone());
+    assert_eq!(state, Some(Value::from("withdrawn")), "{}", text(&o));
+    let _ = std::fs::remove_file(&big);
+    let _ = std::fs::remove_file(&input);
+}
+
+/// force_command on a rule: the upstream certificate carries it and the
+/// host runs it whatever the client asks. A held key per account: the rule's
+/// as_role picks the account, and so the key the host's authorized_keys lists.
+#[test]
+fn forced_commands_and_held_keys_per_account() {
+    let w = world("ssh-force");
+    let host = w.sshd.ip.clone();
+    let o = w.ssh(&w.fay, &[&host, "id -un"]);
+    assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "forced:id -un", "{}", text(&o));
+    let o = w.ssh(&w.fay, &[&host, "touch /tmp/nope"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "forced:touch /tmp/nope", "{}", text(&o));
+    // The certificate sshd accepted says so.
+    let conn = rusqlite::Connection::open(w.env.db()).unwrap();
+    let auths: Vec<String> = conn
+        .prepare("SELECT json_extract(body, '$.auth') FROM events WHERE kind = 'backend_login'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let cert = auths
+        .iter()
+        .filter(|a| a.contains(" force_command="))
+        .find_map(|a| a.split(" cert=").nth(1))
+        .unwrap_or_else(|| panic!("no certificate login with a force_command: {auths:?}"));
+    let cert_file = w.env.path("forced-cert.pub");
+    std::fs::write(&cert_file, format!("{cert}\n")).unwrap();
+    let shown = Command::new("ssh-keygen").arg("-L").arg("-f").arg(&cert_file).output().unwrap();
+    assert!(text(&shown).contains("force-command echo forced:$SSH_ORIGINAL_COMMAND"), "{}", text(&shown));
+    assert!(w.sshd.log_text().contains(&format!("Accepted certificate ID \"gatehouse:{}:session=", w.fay)));
+
+    // hal: as_role = backup, whose held key the backend keeps in ssh.keys.
+    let o = w.ssh(&w.hal, &[&host, "id -un"]);
+    assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), w.backup);
+    let log = w.sshd.log_text();
+    assert!(log.contains(&format!("Accepted publickey for {}", w.backup)), "sshd log:\n{log}");
+    let auths: Vec<String> = conn
+        .prepare("SELECT json_extract(body, '$.auth') FROM events WHERE kind = 'backend_login'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(auths.iter().any(|a| a.starts_with(&format!("ssh-key (held) account={} ", w.backup))), "{auths:?}");
 }
 
 /// A tmux server on the test's own socket, killed (through that socket) on drop.

@@ -185,6 +185,23 @@ pub fn statements_of(
              FROM (SELECT session, CAST(body AS TEXT) AS j FROM events
                    WHERE kind = 'http' AND length(body) > 0 AND (?1 IS NULL OR session = ?1)
                      AND (?3 IS NULL OR session IN (SELECT id FROM sessions WHERE uid = ?3))) AS h
+             UNION ALL
+             -- SSH channel requests (\"exec uptime\", kind ssh) and sftp operations
+             -- (\"close /srv/a.bin: read 0, wrote 1048576 bytes, mode 640\", kind sftp).
+             SELECT session, seq, time_us,
+                    CASE j ->> '$.event'
+                      WHEN 'sftp' THEN (j ->> '$.op') || ' ' || (j ->> '$.path')
+                           || coalesce(' -> ' || (j ->> '$.target'), '')
+                           || coalesce(': read ' || (j ->> '$.read_bytes') || ', wrote ' || (j ->> '$.written_bytes') || ' bytes', '')
+                           || coalesce(', mode ' || printf('%o', j ->> '$.mode'), '')
+                      ELSE (j ->> '$.request') || coalesce(' ' || (j ->> '$.detail'), '') END,
+                    CASE j ->> '$.event' WHEN 'sftp' THEN 'sftp' ELSE 'ssh' END, '',
+                    j ->> '$.decision', j ->> '$.rule', j ->> '$.reason', NULL, NULL, NULL, NULL, 0,
+                    (SELECT oidc_subject FROM sessions WHERE sessions.id = x.session)
+             FROM (SELECT session, seq, time_us, CAST(body AS TEXT) AS j FROM events
+                   WHERE kind = 'ssh' AND length(body) > 0 AND (?1 IS NULL OR session = ?1)
+                     AND (?3 IS NULL OR session IN (SELECT id FROM sessions WHERE uid = ?3))) AS x
+             WHERE j ->> '$.event' IN ('request', 'sftp')
              ORDER BY 3 DESC, 2 DESC LIMIT ?2",
         )
         .map_err(sql_err)?;

@@ -103,11 +103,9 @@ fn check_backend(b: &Backend, now: i64, errors: &mut Vec<Diagnostic>, report: &m
         report.client_tls.push((b.name.clone(), expiry));
     }
     if let Some(s) = &b.ssh {
-        let what = match s.auth {
-            crate::policy::ssh::SshAuth::UserCa { .. } => "ssh user_ca_key_file",
-            crate::policy::ssh::SshAuth::Key { .. } => "ssh key_file",
-        };
-        file(s.auth.key_file(), what, Kind::Secret);
+        for (f, what) in s.key_files() {
+            file(f, what, Kind::Secret);
+        }
         file(&s.host_key_file, "ssh host_key_file", Kind::Trusted);
     }
     if let Some(h) = &b.http {

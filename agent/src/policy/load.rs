@@ -184,6 +184,7 @@ struct RuleRaw {
     sftp: Option<Spanned<String>>,
     sftp_paths: Option<Spanned<Vec<String>>>,
     forward: Option<Spanned<Vec<String>>>,
+    force_command: Option<Spanned<String>>,
 }
 
 /// A `[[notify]]`: who is told about requests, and how.
@@ -316,6 +317,12 @@ struct TestRaw {
     backend: Spanned<String>,
     sql: Option<String>,
     kind: Option<Spanned<String>>,
+    /// SSH cases: one of these.
+    exec: Option<String>,
+    shell: Option<bool>,
+    sftp_read: Option<String>,
+    sftp_write: Option<String>,
+    forward: Option<Spanned<String>>,
     at: Option<Spanned<String>>,
     login: Option<Spanned<TestLoginRaw>>,
     expect: Spanned<String>,
@@ -1115,6 +1122,7 @@ fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs
             sftp: None,
             sftp_paths: None,
             forward: None,
+            force_command: None,
         };
         let mut scratch = Policy {
             backends: policy.backends.clone(),
@@ -1737,6 +1745,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             sftp: r.sftp.as_ref(),
             sftp_paths: r.sftp_paths.as_ref(),
             forward: r.forward.as_ref(),
+            force_command: r.force_command.as_ref(),
         };
         let ssh = match super::ssh::build_scope(&ssh_raw, ssh_backends) {
             Ok(s) => s,
@@ -1904,6 +1913,40 @@ fn parse_approval(
     Some(Approval { kinds, by, by_name, timeout, count, connect, ssh_exec, ssh_shell, methods })
 }
 
+/// A test case's SSH request, if it gives one (at most one).
+fn build_test_ssh(t: &TestRaw) -> Result<Option<super::TestSsh>, (Option<std::ops::Range<usize>>, String)> {
+    use super::TestSsh;
+    let mut found = Vec::new();
+    if let Some(c) = &t.exec {
+        found.push(TestSsh::Exec(c.clone()));
+    }
+    match t.shell {
+        Some(true) => found.push(TestSsh::Shell),
+        Some(false) => return Err((None, "shell = false asks nothing; give shell = true or leave it out".into())),
+        None => {}
+    }
+    if let Some(p) = &t.sftp_read {
+        found.push(TestSsh::Sftp { path: p.clone(), write: false });
+    }
+    if let Some(p) = &t.sftp_write {
+        found.push(TestSsh::Sftp { path: p.clone(), write: true });
+    }
+    if let Some(f) = &t.forward {
+        let kind = super::ssh::Forward::parse(f.get_ref()).ok_or_else(|| {
+            (
+                Some(f.span()),
+                format!("unknown forwarding kind `{}`; kinds: {}", f.get_ref(), super::ssh::Forward::NAMES.join(", ")),
+            )
+        })?;
+        found.push(TestSsh::Forward(kind));
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err((None, "a test case asks one ssh request: one of exec, shell, sftp_read, sftp_write, forward".into())),
+    }
+}
+
 fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'_>) {
     let backend_names: Vec<&str> = policy.backends.iter().map(|b| b.name.as_str()).collect();
     let rule_names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
@@ -1957,8 +2000,27 @@ fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'
                 }
             },
         };
-        if kind.is_some() && t.sql.is_some() {
-            e.push(location, "give `sql` or `kind`, not both");
+        let ssh = match build_test_ssh(&t) {
+            Ok(s) => s,
+            Err((span, msg)) => {
+                e.push(span.map_or_else(|| location.clone(), |sp| src.at(Some(sp))), msg);
+                continue;
+            }
+        };
+        let given = usize::from(kind.is_some()) + usize::from(t.sql.is_some()) + usize::from(ssh.is_some());
+        if given > 1 {
+            e.push(
+                location,
+                "give one of `sql`, `kind` or an ssh request (`exec`, `shell`, `sftp_read`, `sftp_write`, `forward`)",
+            );
+            continue;
+        }
+        let is_ssh_backend = policy
+            .backends
+            .iter()
+            .any(|b| b.name.as_str() == t.backend.get_ref() && b.protocol == super::Protocol::Ssh);
+        if ssh.is_some() && !is_ssh_backend {
+            e.push(src.at(Some(t.backend.span())), format!("backend `{}` is not an ssh backend", t.backend.get_ref()));
             continue;
         }
         let at = match &t.at {
@@ -1984,7 +2046,8 @@ fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'
                 }
             },
         };
-        let what = t.sql.clone().or_else(|| kind.map(|k| k.name().to_owned()));
+        let what =
+            t.sql.clone().or_else(|| kind.map(|k| k.name().to_owned())).or_else(|| ssh.as_ref().map(|s| s.describe()));
         tests.push(TestCase {
             name: t.name.unwrap_or_else(|| match &what {
                 Some(w) => format!("{} → {}: {w}", t.who.user, t.backend.get_ref()),
@@ -1995,6 +2058,7 @@ fn build_tests(raw: Vec<Entry<'_, TestRaw>>, policy: &mut Policy, e: &mut Errs<'
             backend: BackendName::new(t.backend.into_inner()),
             sql: t.sql,
             kind,
+            ssh,
             at,
             login,
             expect,

@@ -12,7 +12,7 @@
 //! or by a regex. Deny patterns are matched against the whole line and
 //! against each of its pieces between those characters.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,14 +35,6 @@ pub enum SshAuth {
     Key { key_file: PathBuf },
 }
 
-impl SshAuth {
-    pub fn key_file(&self) -> &PathBuf {
-        match self {
-            Self::UserCa { key_file } | Self::Key { key_file } => key_file,
-        }
-    }
-}
-
 /// What an SSH backend holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshBackend {
@@ -54,9 +46,34 @@ pub struct SshBackend {
     /// The backend's own host public key (OpenSSH format), checked on
     /// every upstream connection.
     pub host_key_file: PathBuf,
-    pub auth: SshAuth,
+    /// How Gatehouse logs in when `keys` holds no key for the account.
+    pub auth: Option<SshAuth>,
+    /// Held private keys by login account (`keys = { root = "/…" }`): the
+    /// rule that allowed the session picks the account (`as_role`), and so the key.
+    pub keys: BTreeMap<String, PathBuf>,
     /// How long a per-session user certificate is valid.
     pub cert_validity: Duration,
+    /// `force-command` for the backend's user certificates, unless the rule gives one.
+    pub force_command: Option<String>,
+}
+
+impl SshBackend {
+    /// How Gatehouse logs in as `login`: its own held key, else the backend's way.
+    pub fn auth_for(&self, login: &str) -> Option<SshAuth> {
+        match self.keys.get(login) {
+            Some(k) => Some(SshAuth::Key { key_file: k.clone() }),
+            None => self.auth.clone(),
+        }
+    }
+
+    /// Every key file the backend names, with what it is.
+    pub fn key_files(&self) -> impl Iterator<Item = (&PathBuf, &'static str)> {
+        let main = self.auth.as_ref().map(|a| match a {
+            SshAuth::UserCa { key_file } => (key_file, "ssh user_ca_key_file"),
+            SshAuth::Key { key_file } => (key_file, "ssh key_file"),
+        });
+        main.into_iter().chain(self.keys.values().map(|k| (k, "ssh keys")))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -78,7 +95,7 @@ impl Forward {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "direct-tcpip" => Self::DirectTcpip,
             "agent" => Self::Agent,
@@ -135,6 +152,8 @@ pub struct SshScope {
     pub sftp: Option<SftpAccess>,
     pub sftp_paths: Vec<String>,
     pub forward: BTreeSet<Forward>,
+    /// `force_command`: the only command the host runs for these sessions.
+    pub force_command: Option<String>,
 }
 
 fn has_meta(s: &str) -> bool {
@@ -159,6 +178,29 @@ impl SshScope {
             && self.sftp.is_none()
             && self.sftp_paths.is_empty()
             && self.forward.is_empty()
+            && self.force_command.is_none()
+    }
+
+    /// The `force-command` a session this rule allows gets in its upstream
+    /// certificate: the rule's `force_command`, or, when the rule allows
+    /// exactly one command line (one `exec` without wildcards, no regex,
+    /// no shell, no sftp, no forwarding), that command.
+    pub fn forced_command(&self) -> Option<&str> {
+        if let Some(c) = &self.force_command {
+            return Some(c);
+        }
+        match self.exec.as_slice() {
+            [only]
+                if !is_pattern(only)
+                    && self.exec_regex.is_empty()
+                    && self.shell != Some(true)
+                    && self.sftp.is_none()
+                    && self.forward.is_empty() =>
+            {
+                Some(only)
+            }
+            _ => None,
+        }
     }
 
     fn exec_given(&self) -> bool {
@@ -252,38 +294,65 @@ pub(crate) struct SshBackendRaw {
     host_key_file: PathBuf,
     user_ca_key_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
+    keys: Option<BTreeMap<String, PathBuf>>,
     cert_validity: Option<String>,
+    force_command: Option<String>,
+}
+
+/// A login name sshd would take.
+fn login_name(s: &str) -> bool {
+    !s.is_empty() && !s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
 }
 
 /// Validates an SSH backend's `ssh` table.
 pub(crate) fn build_backend(r: &SshBackendRaw) -> Result<SshBackend, String> {
-    if r.user.is_empty() || r.user.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if !login_name(&r.user) {
         return Err(format!("ssh.user `{}` is not a login name", r.user));
     }
+    let keys = r.keys.clone().unwrap_or_default();
+    if let Some(k) = keys.keys().find(|k| !login_name(k)) {
+        return Err(format!("ssh.keys: `{k}` is not a login name"));
+    }
     let auth = match (&r.user_ca_key_file, &r.key_file) {
-        (Some(f), None) => SshAuth::UserCa { key_file: f.clone() },
-        (None, Some(f)) => SshAuth::Key { key_file: f.clone() },
+        (Some(f), None) => Some(SshAuth::UserCa { key_file: f.clone() }),
+        (None, Some(f)) => Some(SshAuth::Key { key_file: f.clone() }),
+        (None, None) if !keys.is_empty() => None,
         _ => {
             return Err(
-                "ssh needs one of user_ca_key_file (a per-session certificate, preferred) or key_file (a held key)"
+                "ssh needs one of user_ca_key_file (a per-session certificate, preferred) or key_file (a held key), \
+                 or keys (held keys by account)"
                     .into(),
             );
         }
     };
+    if r.force_command.is_some() && !matches!(auth, Some(SshAuth::UserCa { .. })) {
+        return Err("ssh.force_command applies with user_ca_key_file (it is a certificate option)".into());
+    }
+    if r.force_command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        return Err("ssh.force_command is empty".into());
+    }
     let cert_validity = match r.cert_validity.as_deref().map(crate::settings::parse_duration) {
         None => Duration::from_secs(300),
         Some(Ok(d)) if d >= Duration::from_secs(1) && d <= Duration::from_secs(24 * 3600) => d,
         Some(Ok(_)) => return Err("ssh.cert_validity must be between 1s and 24h".into()),
         Some(Err(m)) => return Err(format!("ssh.cert_validity: {m}")),
     };
-    if r.cert_validity.is_some() && matches!(auth, SshAuth::Key { .. }) {
+    if r.cert_validity.is_some() && !matches!(auth, Some(SshAuth::UserCa { .. })) {
         return Err("ssh.cert_validity applies with user_ca_key_file".into());
     }
     let host_names = r.host_names.clone().unwrap_or_default();
     if let Some(h) = host_names.iter().find(|h| h.is_empty() || h.contains([' ', ',', '*', '?'])) {
         return Err(format!("ssh.host_names: `{h}` is not a host name"));
     }
-    Ok(SshBackend { user: r.user.clone(), host_names, host_key_file: r.host_key_file.clone(), auth, cert_validity })
+    Ok(SshBackend {
+        user: r.user.clone(),
+        host_names,
+        host_key_file: r.host_key_file.clone(),
+        auth,
+        keys,
+        cert_validity,
+        force_command: r.force_command.clone(),
+    })
 }
 
 /// A rule's SSH keys as written.
@@ -294,6 +363,7 @@ pub(crate) struct SshRuleRaw<'r> {
     pub sftp: Option<&'r Spanned<String>>,
     pub sftp_paths: Option<&'r Spanned<Vec<String>>>,
     pub forward: Option<&'r Spanned<Vec<String>>>,
+    pub force_command: Option<&'r Spanned<String>>,
 }
 
 type Bad = (Option<Range<usize>>, String);
@@ -307,11 +377,18 @@ pub(crate) fn build_scope(r: &SshRuleRaw<'_>, ssh_backends: bool) -> Result<SshS
         ("sftp", r.sftp.map(Spanned::span)),
         ("sftp_paths", r.sftp_paths.map(Spanned::span)),
         ("forward", r.forward.map(Spanned::span)),
+        ("force_command", r.force_command.map(Spanned::span)),
     ];
     if !ssh_backends && let Some((field, span)) = given.iter().find(|(_, s)| s.is_some()) {
         return Err((span.clone(), format!("`{field}` applies to ssh backends; this rule names none")));
     }
     let mut s = SshScope { shell: r.shell.map(|b| *b.get_ref()), ..SshScope::default() };
+    if let Some(c) = r.force_command {
+        if c.get_ref().trim().is_empty() || c.get_ref().contains(['\n', '\r', '\0']) {
+            return Err((Some(c.span()), "force_command must be one non-empty command line".into()));
+        }
+        s.force_command = Some(c.get_ref().clone());
+    }
     if let Some(list) = r.exec {
         if list.get_ref().iter().any(String::is_empty) {
             return Err((Some(list.span()), "exec lists an empty pattern".into()));
@@ -462,6 +539,128 @@ who = { users = ["lea"] }
             .expect_err(rule);
             assert!(e.contains(want), "{rule}: {e}");
         }
+    }
+
+    #[test]
+    fn force_command_keys_by_account_and_ssh_test_cases() {
+        let p = load(
+            r#"
+[[backend]]
+name = "host"
+protocol = "ssh"
+address = "127.10.0.9:22"
+ssh = { user = "deploy", host_key_file = "/k.pub", user_ca_key_file = "/ca", keys = { backup = "/keys/backup" } }
+
+[[rule]]
+name = "backups"
+who = { users = ["ana"] }
+backend = "host"
+as_role = "backup"
+exec = ["/usr/local/bin/backup"]
+
+[[rule]]
+name = "menu"
+who = { users = ["bob"] }
+backend = "host"
+force_command = "/usr/local/bin/menu"
+
+[[rule]]
+name = "lists"
+who = { users = ["lea"] }
+backend = "host"
+exec = ["ls *"]
+
+[[test]]
+who = { user = "ana" }
+backend = "host"
+exec = "/usr/local/bin/backup"
+expect = "allow"
+rule = "backups"
+
+[[test]]
+who = { user = "ana" }
+backend = "host"
+exec = "/usr/local/bin/backup; rm -rf /"
+expect = "deny"
+
+[[test]]
+who = { user = "ana" }
+backend = "host"
+shell = true
+expect = "deny"
+
+[[test]]
+who = { user = "bob" }
+backend = "host"
+shell = true
+expect = "allow"
+
+[[test]]
+who = { user = "bob" }
+backend = "host"
+forward = "direct-tcpip"
+expect = "deny"
+
+[[test]]
+who = { user = "lea" }
+backend = "host"
+sftp_read = "/etc/passwd"
+expect = "deny"
+"#,
+        )
+        .expect("loads");
+        let out = p.run_tests(jiff::Timestamp::now());
+        assert_eq!(out.len(), 6);
+        for o in &out {
+            assert!(o.passed, "{o:?}");
+        }
+        let ssh = p.backends[0].ssh.as_ref().expect("ssh");
+        assert_eq!(ssh.auth_for("backup"), Some(SshAuth::Key { key_file: "/keys/backup".into() }));
+        assert_eq!(ssh.auth_for("deploy"), Some(SshAuth::UserCa { key_file: "/ca".into() }));
+        let forced: Vec<Option<&str>> = p.rules.iter().map(|r| r.ssh.forced_command()).collect();
+        assert_eq!(forced, [Some("/usr/local/bin/backup"), Some("/usr/local/bin/menu"), None]);
+
+        // A test case that fails says so; bad ssh test cases and keys are load errors.
+        let failing = load(&format!(
+            "{BACKEND}\n[[rule]]\nname = \"r\"\nwho = {{ users = [\"ana\"] }}\nbackend = \"host\"\nexec = [\"ls *\"]\n\
+             [[test]]\nwho = {{ user = \"ana\" }}\nbackend = \"host\"\nexec = \"reboot\"\nexpect = \"allow\"\n"
+        ))
+        .expect("loads");
+        assert!(!failing.run_tests(jiff::Timestamp::now())[0].passed);
+        for (extra, want) in [
+            (
+                "[[test]]\nwho = { user = \"ana\" }\nbackend = \"host\"\nforward = \"agentx\"\nexpect = \"deny\"\n",
+                "unknown forwarding kind",
+            ),
+            (
+                "[[test]]\nwho = { user = \"ana\" }\nbackend = \"host\"\nexec = \"ls\"\nshell = true\nexpect = \"deny\"\n",
+                "one ssh request",
+            ),
+            (
+                "[[rule]]\nname = \"f\"\nwho = { users = [\"ana\"] }\nbackend = \"host\"\nforce_command = \"\"\n",
+                "force_command",
+            ),
+        ] {
+            let e = load(&format!("{BACKEND}\n{extra}")).expect_err(extra);
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        for (table, want) in [
+            (
+                "ssh = { user = \"d\", host_key_file = \"/k\", key_file = \"/a\", force_command = \"x\" }",
+                "force_command applies",
+            ),
+            ("ssh = { user = \"d\", host_key_file = \"/k\", keys = { \"a b\" = \"/k2\" } }", "not a login name"),
+        ] {
+            let e =
+                load(&format!("[[backend]]\nname = \"h\"\nprotocol = \"ssh\"\naddress = \"127.10.0.9:22\"\n{table}\n"))
+                    .expect_err(table);
+            assert!(e.contains(want), "{table}: {e}");
+        }
+        // Keys only: accounts without a key cannot log in.
+        let p = load("[[backend]]\nname = \"h\"\nprotocol = \"ssh\"\naddress = \"127.10.0.9:22\"\nssh = { user = \"d\", host_key_file = \"/k\", keys = { d = \"/kd\" } }\n")
+            .expect("keys only");
+        let ssh = p.backends[0].ssh.as_ref().expect("ssh");
+        assert!(ssh.auth_for("d").is_some() && ssh.auth_for("root").is_none());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The policy's own `[[test]]` cases, and deciding a whole SQL string.
+//! The policy's own `[[test]]` cases (SQL, statement kinds, SSH channel
+//! requests, connections), and deciding a whole SQL string.
 
 use serde::Serialize;
 
@@ -54,13 +55,17 @@ impl Policy {
                 let mut who = Principal::named(&t.user, &groups);
                 let now = t.at.unwrap_or(now);
                 who.oidc = t.login.as_ref().map(|l| l.identity(now));
-                let decision = match (&t.sql, t.kind) {
-                    (Some(text), _) => self.decide_sql(&who, &t.backend, text, now).0,
-                    (None, Some(kind)) => {
+                let decision = match (&t.sql, t.kind, &t.ssh) {
+                    (_, _, Some(x)) => {
+                        let r = Request { backend: &t.backend, statement: None, now };
+                        self.decide_ssh_with(&who, &r, &x.request(), &[])
+                    }
+                    (Some(text), _, None) => self.decide_sql(&who, &t.backend, text, now).0,
+                    (None, Some(kind), None) => {
                         let s = single_kind(kind);
                         self.decide(&who, &Request { backend: &t.backend, statement: Some(&s), now })
                     }
-                    (None, None) => self.decide_connect(&who, &t.backend, now),
+                    (None, None, None) => self.decide_connect(&who, &t.backend, now),
                 };
                 let want = match t.expect {
                     TestExpect::Allow => Verdict::Allow,

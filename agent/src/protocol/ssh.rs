@@ -9,15 +9,20 @@
 //! - The backend leg checks the backend's host key (`host_key_file`) and
 //!   logs in with a certificate signed per session with the operator's user
 //!   CA (principal: the login user; key id naming the person; minutes of
-//!   validity; `source-address`), or with a held key.
+//!   validity; `source-address`; `force-command` when the allowing rule or
+//!   the backend sets one), or with a held key (per account: `ssh.keys`).
 //! - Every channel request is decided by the policy (shell, exec command
 //!   line, sftp operation, forwarding) and recorded; `approval` holds an exec
 //!   or the start of a shell until an approver decides.
 //!
-//! The per-channel relay lives in `channel`; SFTP framing in `sftp`.
+//! The per-channel relay lives in `channel`, the connection's queue to each
+//! channel in `inbox`, streaming output masking in `masking`, SFTP framing
+//! and byte counts in `sftp`.
 
 pub mod channel;
+pub mod inbox;
 pub mod keys;
+pub mod masking;
 pub mod sftp;
 
 use std::collections::HashMap;
@@ -30,7 +35,6 @@ use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::audit::{self, BackendLogin, Event, SshEvent, SshWhat};
@@ -43,9 +47,8 @@ use crate::proxy::{Agent, LiveSession};
 use crate::types::SessionId;
 
 use channel::{Cmd, Start};
+use inbox::{Inbox, Sent};
 
-/// Commands queued to one channel before the client must wait.
-const CHANNEL_QUEUE: usize = 64;
 /// Channels one client may have open at once.
 const MAX_CHANNELS: usize = 32;
 
@@ -73,6 +76,9 @@ pub struct Ctx {
     pub as_user: Option<String>,
     /// The masking profile terminal and exec output passes through.
     pub mask: Option<Arc<crate::mask::Profile>>,
+    /// The rule that allowed the session: its `force_command` goes into the
+    /// upstream certificate.
+    pub rule: Option<crate::types::RuleName>,
 }
 
 /// What the channels of one session share.
@@ -289,32 +295,39 @@ async fn connect_upstream(
         other => SshError::Ssh(other),
     })?;
     let person = person_label(&ctx.principal);
-    let (auth, result) = match &ssh.auth {
-        SshAuth::UserCa { key_file } => {
-            let ca = keys::read_private(key_file, "ssh user_ca_key_file")?;
+    let forced = forced_command(ctx, ssh);
+    let (auth, result) = match ssh.auth_for(login) {
+        None => return Err(SshError::Backend(format!("no key for the account {login} (ssh.keys)"))),
+        Some(SshAuth::UserCa { key_file }) => {
+            let ca = keys::read_private(&key_file, "ssh user_ca_key_file")?;
             let serial = u64::try_from(audit::now_us()).unwrap_or(0);
             let spec = keys::UserCert {
                 principal: login,
                 key_id: format!("gatehouse:{person}:session={}", ctx.id),
                 validity: ssh.cert_validity,
                 source_address: source,
-                force_command: None,
+                force_command: forced.as_deref(),
                 serial,
             };
             let (key, cert) = keys::user_cert(&ca, &spec, SystemTime::now())?;
             let text = cert.to_openssh().unwrap_or_default();
+            let force = forced.as_deref().map(|c| format!(" force_command={c:?}")).unwrap_or_default();
             let auth = format!(
-                "ssh-cert key_id={:?} principal={login} valid_before={} serial={serial} cert={text}",
+                "ssh-cert key_id={:?} principal={login} valid_before={} serial={serial}{force} cert={text}",
                 cert.key_id(),
                 cert.valid_before()
             );
             (auth, h.authenticate_openssh_cert(login, Arc::new(key), cert).await?)
         }
-        SshAuth::Key { key_file } => {
-            let key = keys::read_private(key_file, "ssh key_file")?;
+        Some(SshAuth::Key { key_file }) => {
+            let key = keys::read_private(&key_file, "ssh key_file")?;
+            let fingerprint = key.public_key().fingerprint(Default::default());
             let hash = h.best_supported_rsa_hash().await?.flatten();
             let key = russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-            ("ssh-key (held)".to_owned(), h.authenticate_publickey(login, key).await?)
+            // force-command is a certificate option: a held key's is the host's authorized_keys `command=`.
+            let force = if forced.is_some() { " force_command=not-applied(held key)" } else { "" };
+            let auth = format!("ssh-key (held) account={login} fingerprint={fingerprint}{force}");
+            (auth, h.authenticate_publickey(login, key).await?)
         }
     };
     if !result.success() {
@@ -329,6 +342,14 @@ async fn connect_upstream(
         ..BackendLogin::default()
     };
     Ok((h, rec))
+}
+
+/// The `force-command` of this session's certificate: the allowing rule's
+/// (its own `force_command`, or its one exact command), else the backend's.
+fn forced_command(ctx: &Ctx, ssh: &crate::policy::ssh::SshBackend) -> Option<String> {
+    let snapshot = ctx.agent.snapshot.load();
+    let rule = ctx.rule.as_ref().and_then(|n| snapshot.policy.rules.iter().find(|r| &r.name == n));
+    rule.and_then(|r| r.ssh.forced_command()).or(ssh.force_command.as_deref()).map(str::to_owned)
 }
 
 /// The person, for the certificate's key id: the OIDC login's e-mail or
@@ -347,13 +368,14 @@ struct Front {
     up: Option<Arc<UpHandle>>,
     /// Said before authentication when the backend cannot be reached.
     banner: Option<String>,
-    chans: HashMap<ChannelId, mpsc::Sender<Cmd>>,
+    chans: HashMap<ChannelId, Inbox>,
 }
 
 impl Front {
+    /// Queues a command to a channel (see [`Inbox::send`] for when this waits).
     async fn send(&mut self, channel: ChannelId, cmd: Cmd) {
-        if let Some(tx) = self.chans.get(&channel)
-            && tx.send(cmd).await.is_err()
+        if let Some(inbox) = self.chans.get(&channel)
+            && inbox.send(cmd).await == Sent::Gone
         {
             self.chans.remove(&channel);
         }
@@ -390,6 +412,9 @@ impl Front {
             Verdict::NeedsApproval if held.is_some() => {
                 info!(channel = channel.number(), request = %req.describe(), "ssh request held for approval");
                 let _ = session.channel_success(channel);
+                if let Some(inbox) = self.chans.get(&channel) {
+                    inbox.hold();
+                }
                 self.send(channel, Cmd::Start(start, held)).await;
             }
             Verdict::NeedsApproval | Verdict::Deny => {
@@ -461,10 +486,10 @@ impl russh::server::Handler for Front {
             }
         };
         let id = channel.id();
-        let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
-        self.chans.insert(id, tx);
+        let (inbox, rx, q) = Inbox::channel();
+        self.chans.insert(id, inbox);
         reply.accept().await;
-        tokio::spawn(channel::Chan::new(self.s.clone(), channel, upstream, rx).run());
+        tokio::spawn(channel::Chan::new(self.s.clone(), channel, upstream, rx, q).run());
         Ok(())
     }
 
@@ -657,6 +682,9 @@ impl russh::server::Handler for Front {
     }
 
     async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(inbox) = self.chans.get(&channel) {
+            inbox.closed();
+        }
         self.send(channel, Cmd::Close).await;
         self.chans.remove(&channel);
         Ok(())

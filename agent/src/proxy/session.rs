@@ -261,6 +261,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 live: live.clone(),
                 as_user: decision.as_role.as_ref().map(ToString::to_string),
                 mask,
+                rule: decision.rule.clone(),
             };
             crate::protocol::ssh::serve(ctx, client).await
         }

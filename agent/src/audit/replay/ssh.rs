@@ -228,13 +228,19 @@ impl Screen {
                 lines.push((at, format!("-- {how} ({output_bytes} bytes of output{cut})")));
                 lines
             }
-            SshWhat::Sftp { op, path, target, mode, decision, reason, .. } => {
+            SshWhat::Sftp { op, path, target, mode, decision, reason, read_bytes, written_bytes, .. } => {
                 let mut t = format!("-- sftp {} {:?}", escape_all(&op), escape_all(&path));
                 if let Some(x) = target {
                     let _ = write!(t, " -> {:?}", escape_all(&x));
                 }
                 if let Some(m) = mode {
                     let _ = write!(t, " mode {m:o}");
+                }
+                if let Some(n) = read_bytes {
+                    let _ = write!(t, " read {n} bytes");
+                }
+                if let Some(n) = written_bytes {
+                    let _ = write!(t, " wrote {n} bytes");
                 }
                 let _ = write!(t, ": {}", escape_all(&decision));
                 if let Some(why) = reason {

@@ -6,8 +6,12 @@
 //!
 //! Sans-IO: [`Framer`] takes bytes and yields whole packets; [`classify`]
 //! reads one packet. Lengths are bounded before anything is allocated.
+//! [`Replies`] follows the server's answers (without holding them) and
+//! [`Files`] adds up what was read and written through each open file, so
+//! a file's `close` record says how many bytes went each way.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// OpenSSH's sftp-server accepts packets up to 256 KiB; a little more here.
 pub const MAX_PACKET: usize = 256 * 1024 + 1024;
@@ -67,6 +71,9 @@ pub enum Op<'a> {
     },
     /// A write through a handle (`fsetstat`): allowed only read-write.
     HandleWrite { id: u32, name: &'static str },
+    /// `read`, `write` or `close` of an open handle (allowed: the open was
+    /// decided); `len` is the bytes asked for (read) or given (write).
+    OnHandle { id: u32, name: &'static str, handle: &'a [u8], len: u64 },
     /// An extension Gatehouse does not know: refused.
     Unknown { id: u32, name: String },
 }
@@ -138,10 +145,18 @@ pub fn classify(packet: &[u8]) -> Result<Op<'_>, SftpError> {
             let write = pflags & WRITE_FLAGS != 0;
             path(if write { "open-write" } else { "open-read" }, p, write, mode)
         }
-        4 => Op::Pass { id: Some(id), name: "close" },
-        5 => Op::Pass { id: Some(id), name: "read" },
+        4 => Op::OnHandle { id, name: "close", handle: r.bytes()?, len: 0 },
+        5 => {
+            let handle = r.bytes()?;
+            let _offset = (r.u32()?, r.u32()?);
+            Op::OnHandle { id, name: "read", handle, len: u64::from(r.u32()?) }
+        }
         // A handle is opened for writing only after its open was allowed as a write.
-        6 => Op::Pass { id: Some(id), name: "write" },
+        6 => {
+            let handle = r.bytes()?;
+            let _offset = (r.u32()?, r.u32()?);
+            Op::OnHandle { id, name: "write", handle, len: r.bytes()?.len() as u64 }
+        }
         7 => path("lstat", r.path()?, false, None),
         8 => Op::Pass { id: Some(id), name: "fstat" },
         9 => {
@@ -247,6 +262,152 @@ fn extended<'a>(id: u32, r: &mut Reader<'a>) -> Result<Op<'a>, SftpError> {
     })
 }
 
+/// A server answer [`Replies`] noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `SSH_FXP_HANDLE`: request `id` opened `handle`.
+    Handle { id: u32, handle: Vec<u8> },
+    /// `SSH_FXP_DATA`: `len` bytes read for request `id`.
+    Data { id: u32, len: u64 },
+    /// Any other answer (`STATUS`, …) to request `id`.
+    Other { id: u32 },
+}
+
+/// Follows the server's packets as they stream by: reads each one's head
+/// (a `HANDLE` whole: it is small) and skips the rest, holding no data.
+#[derive(Debug, Default)]
+pub struct Replies {
+    head: Vec<u8>,
+    skip: usize,
+}
+
+/// The longest `HANDLE` answer read whole (OpenSSH's handles are a few bytes).
+const MAX_HANDLE_PACKET: usize = 1024;
+
+impl Replies {
+    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Reply>) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = data.get(n..).unwrap_or_default();
+                continue;
+            }
+            // Length, type and id; a HANDLE packet whole.
+            let want = match (self.head.first_chunk::<4>(), self.head.get(4)) {
+                (Some(len), Some(102)) => {
+                    let len = u32::from_be_bytes(*len) as usize;
+                    if len <= MAX_HANDLE_PACKET { 4 + len } else { 9 }
+                }
+                _ => 9,
+            };
+            let n = want.saturating_sub(self.head.len()).min(data.len());
+            self.head.extend_from_slice(data.get(..n).unwrap_or_default());
+            data = data.get(n..).unwrap_or_default();
+            if self.head.len() < want || (want == 9 && self.head.get(4) == Some(&102) && self.needs_more()) {
+                continue;
+            }
+            let len = self.head.first_chunk::<4>().map_or(0, |b| u32::from_be_bytes(*b) as usize);
+            let id = self.head.get(5..9).and_then(|b| b.first_chunk::<4>()).map(|b| u32::from_be_bytes(*b));
+            match (self.head.get(4), id) {
+                (Some(102), Some(id)) => {
+                    let mut r = Reader { b: self.head.get(9..).unwrap_or_default(), kind: 102 };
+                    if let Ok(h) = r.bytes() {
+                        out.push(Reply::Handle { id, handle: h.to_vec() });
+                    }
+                }
+                (Some(103), Some(id)) => out.push(Reply::Data { id, len: len.saturating_sub(9) as u64 }),
+                // The version answer (type 2) carries no request id.
+                (Some(2) | None, _) | (_, None) => {}
+                (Some(_), Some(id)) => out.push(Reply::Other { id }),
+            }
+            self.skip = (4 + len).saturating_sub(self.head.len());
+            self.head.clear();
+        }
+    }
+
+    /// A HANDLE packet whose whole length is not in yet.
+    fn needs_more(&self) -> bool {
+        self.head.first_chunk::<4>().is_some_and(|b| {
+            let len = u32::from_be_bytes(*b) as usize;
+            len <= MAX_HANDLE_PACKET && self.head.len() < 4 + len
+        })
+    }
+}
+
+/// One file opened through an SFTP channel, and what went through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileUse {
+    pub path: String,
+    pub mode: Option<u32>,
+    pub write: bool,
+    pub read: u64,
+    pub written: u64,
+}
+
+/// Requests in flight and open handles of one SFTP channel (bounded: past
+/// [`MAX_TRACKED`] entries, new ones go uncounted rather than grow memory).
+#[derive(Debug, Default)]
+pub struct Files {
+    opening: HashMap<u32, FileUse>,
+    reading: HashMap<u32, Vec<u8>>,
+    open: HashMap<Vec<u8>, FileUse>,
+}
+
+const MAX_TRACKED: usize = 4096;
+
+impl Files {
+    /// An allowed `open` (request `id`) of `path`.
+    pub fn opening(&mut self, id: u32, path: &str, mode: Option<u32>, write: bool) {
+        if self.opening.len() < MAX_TRACKED {
+            self.opening.insert(id, FileUse { path: path.to_owned(), mode, write, read: 0, written: 0 });
+        }
+    }
+
+    /// A `read` (request `id`) of `handle`.
+    pub fn reading(&mut self, id: u32, handle: &[u8]) {
+        if self.open.contains_key(handle) && self.reading.len() < MAX_TRACKED {
+            self.reading.insert(id, handle.to_vec());
+        }
+    }
+
+    /// A `write` of `len` bytes through `handle`.
+    pub fn wrote(&mut self, handle: &[u8], len: u64) {
+        if let Some(f) = self.open.get_mut(handle) {
+            f.written += len;
+        }
+    }
+
+    /// `close` of `handle`: the file and what went through it, if it was followed.
+    pub fn closed(&mut self, handle: &[u8]) -> Option<FileUse> {
+        self.open.remove(handle)
+    }
+
+    /// A server answer.
+    pub fn reply(&mut self, r: Reply) {
+        match r {
+            Reply::Handle { id, handle } => {
+                if let Some(f) = self.opening.remove(&id)
+                    && self.open.len() < MAX_TRACKED
+                {
+                    self.open.insert(handle, f);
+                }
+            }
+            Reply::Data { id, len } => {
+                if let Some(h) = self.reading.remove(&id)
+                    && let Some(f) = self.open.get_mut(&h)
+                {
+                    f.read += len;
+                }
+            }
+            Reply::Other { id } => {
+                self.opening.remove(&id);
+                self.reading.remove(&id);
+            }
+        }
+    }
+}
+
 /// `SSH_FXP_STATUS` with `SSH_FX_PERMISSION_DENIED` (3) for request `id`.
 pub fn denied(id: u32, message: &str) -> Vec<u8> {
     let msg = message.as_bytes();
@@ -305,6 +466,65 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(f.next_packet(), Ok(None));
+    }
+
+    /// A server packet: length, type, id, then `rest`.
+    fn reply(kind: u8, id: u32, rest: &[u8]) -> Vec<u8> {
+        packet(kind, id, &[rest])
+    }
+
+    #[test]
+    fn bytes_read_and_written_are_counted_per_file() {
+        let mut files = Files::default();
+        let mut replies = Replies::default();
+        let mut seen = Vec::new();
+        // Upload: open for writing (id 1) → handle "h1"; two writes; close.
+        let open =
+            packet(3, 1, &[&s("/srv/up.bin"), &0x1au32.to_be_bytes(), &4u32.to_be_bytes(), &0o640u32.to_be_bytes()]);
+        let Op::Path { id, path, mode, write, .. } = classify(&open).expect("open") else { panic!() };
+        files.opening(id, &path, mode, write);
+        // The server's answers, cut at awkward places: version, handle, status.
+        let mut stream = vec![0, 0, 0, 5, 2, 0, 0, 0, 3];
+        stream.extend(reply(102, 1, &s("h1")));
+        stream.extend(reply(101, 2, &[0; 12]));
+        for piece in stream.chunks(3) {
+            replies.push(piece, &mut seen);
+        }
+        assert_eq!(seen, [Reply::Handle { id: 1, handle: b"h1".to_vec() }, Reply::Other { id: 2 }]);
+        for r in seen.drain(..) {
+            files.reply(r);
+        }
+        for (id, n) in [(3u32, 1000usize), (4, 24)] {
+            let w = packet(6, id, &[&s("h1"), &[0; 8], &s(&"x".repeat(n))]);
+            match classify(&w).expect("write") {
+                Op::OnHandle { name: "write", handle, len, .. } => files.wrote(handle, len),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Download through another handle: a read answered by 300 bytes of DATA, split.
+        files.opening(5, "/srv/down.txt", None, false);
+        files.reply(Reply::Handle { id: 5, handle: b"h2".to_vec() });
+        let read = packet(5, 6, &[&s("h2"), &[0; 8], &32768u32.to_be_bytes()]);
+        match classify(&read).expect("read") {
+            Op::OnHandle { id, name: "read", handle, len: 32768 } => files.reading(id, handle),
+            other => panic!("{other:?}"),
+        }
+        let data = reply(103, 6, &s(&"y".repeat(300)));
+        replies.push(&data[..7], &mut seen);
+        replies.push(&data[7..200], &mut seen);
+        replies.push(&data[200..], &mut seen);
+        assert_eq!(seen, [Reply::Data { id: 6, len: 300 }]);
+        for r in seen.drain(..) {
+            files.reply(r);
+        }
+        let up = files.closed(b"h1").expect("h1");
+        assert_eq!(
+            (up.path.as_str(), up.written, up.read, up.mode, up.write),
+            ("/srv/up.bin", 1024, 0, Some(0o640), true)
+        );
+        let down = files.closed(b"h2").expect("h2");
+        assert_eq!((down.read, down.written), (300, 0));
+        assert!(files.closed(b"h1").is_none());
     }
 
     #[test]
