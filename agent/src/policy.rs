@@ -67,6 +67,8 @@ pub struct Policy {
 pub enum Protocol {
     Tcp,
     Postgres,
+    /// MySQL and MariaDB, decided per statement (`protocol::mysql`, `sql::mysql`).
+    Mysql,
     /// HTTP/1.1 and HTTP/2, decided per request (`policy::http`, `protocol::http`).
     Http,
     /// SSH, terminated and decided per channel (`policy::ssh`, `protocol::ssh`).
@@ -78,6 +80,7 @@ impl Protocol {
         match self {
             Self::Tcp => "tcp",
             Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
             Self::Http => "http",
             Self::Ssh => "ssh",
         }
@@ -85,7 +88,7 @@ impl Protocol {
 
     /// Whether statements are parsed (and `statements`/`tables` apply).
     pub fn is_sql(self) -> bool {
-        matches!(self, Self::Postgres)
+        matches!(self, Self::Postgres | Self::Mysql)
     }
 }
 

@@ -1,7 +1,9 @@
 //! Protocol adapters: what happens between the client and the backend once a
-//! session is allowed. `tcp` relays opaque bytes.
+//! session is allowed. `tcp` relays opaque bytes; `postgres` and `mysql`
+//! decide statements; `http` requests; `ssh` channels.
 
 pub mod http;
+pub mod mysql;
 pub mod postgres;
 pub mod ssh;
 pub mod tcp;

@@ -34,6 +34,7 @@ pub mod encoding;
 mod functions;
 mod kinds;
 pub mod lineage;
+pub mod mysql;
 pub mod redact;
 mod restrict;
 pub mod shape;

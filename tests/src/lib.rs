@@ -9,6 +9,7 @@
 
 pub mod hostile;
 pub mod http;
+pub mod mysql;
 pub mod pg;
 pub mod ssh;
 

@@ -24,6 +24,10 @@ pub const PACKAGES: &[&str] = &[
     "python3-asyncpg",
     "python3-psycopg2",
     "python3-sqlalchemy",
+    // MySQL backends: a real MariaDB per test, the mariadb client and PyMySQL.
+    "mariadb-server",
+    "mariadb-client",
+    "python3-pymysql",
     // SSH backends: a real sshd per test, real ssh/scp/sftp, tmux for interactive sessions.
     "openssh-server",
     "openssh-client",

@@ -283,6 +283,12 @@ pub(super) fn explain(a: &ExplainArgs) -> ExitCode {
     }
     let backend = BackendName::new(a.backend.clone());
     let statements = match (&a.sql, &a.kind) {
+        (Some(sql), _) if policy.backend(&backend).is_some_and(|b| b.protocol == crate::policy::Protocol::Mysql) => {
+            match crate::sql::mysql::classify(sql.as_bytes(), &crate::sql::mysql::Names::default()) {
+                Ok(c) => vec![c.statement],
+                Err(e) => return fail(format_args!("--sql: {e} (Gatehouse refuses it on MySQL backends)")),
+            }
+        }
         (Some(sql), _) => match crate::sql::classify(sql) {
             Ok(s) => s,
             Err(e) => return fail(format_args!("--sql: {e} (Gatehouse refuses what does not parse)")),

@@ -601,13 +601,14 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
         let protocol = match r.protocol.get_ref().as_str() {
             "tcp" => Protocol::Tcp,
             "postgres" => Protocol::Postgres,
+            "mysql" => Protocol::Mysql,
             "http" => Protocol::Http,
             "ssh" => Protocol::Ssh,
             other => {
                 e.hint(
                     b.at_span(r.protocol.span()),
-                    format!("unknown protocol `{other}`; supported: tcp, postgres, http, ssh"),
-                    did_you_mean(other, ["tcp", "postgres", "http", "ssh"]),
+                    format!("unknown protocol `{other}`; supported: tcp, postgres, mysql, http, ssh"),
+                    did_you_mean(other, ["tcp", "postgres", "mysql", "http", "ssh"]),
                 );
                 continue;
             }
@@ -736,11 +737,30 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
             e.push(at, format!("backend `{name}`: tls, credentials and roles apply to postgres backends, not tcp (bytes are relayed as they are)"));
             continue;
         }
-        if protocol == Protocol::Postgres && r.credentials.is_none() && r.roles.as_ref().is_none_or(BTreeMap::is_empty)
-        {
+        // What the MySQL adapter does not do yet is refused here, not skipped at run time.
+        if protocol == Protocol::Mysql {
+            let problem = if tls != TlsMode::Off {
+                Some(
+                    "upstream TLS is not supported for mysql backends yet: write tls = \"off\" (and keep the backend on a trusted network)",
+                )
+            } else if r.client_tls.is_some() {
+                Some("client_tls is not supported for mysql backends yet")
+            } else if r.require_auth.is_some() {
+                Some("require_auth applies to postgres backends")
+            } else if r.credentials.iter().chain(r.roles.iter().flat_map(|m| m.values())).any(|c| c.dynamic.is_some()) {
+                Some("dynamic credentials are not supported for mysql backends yet")
+            } else {
+                None
+            };
+            if let Some(m) = problem {
+                e.push(at, format!("backend `{name}`: {m}"));
+                continue;
+            }
+        }
+        if protocol.is_sql() && r.credentials.is_none() && r.roles.as_ref().is_none_or(BTreeMap::is_empty) {
             e.hint(
                 at,
-                format!("postgres backend `{name}` has no credentials: Gatehouse logs in for its users"),
+                format!("{} backend `{name}` has no credentials: Gatehouse logs in for its users", protocol.name()),
                 Some("add credentials = { user = \"…\", password_file = \"/etc/gatehouse/secrets/…\" }".into()),
             );
             continue;

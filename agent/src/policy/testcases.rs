@@ -30,7 +30,16 @@ impl Policy {
         text: &str,
         now: jiff::Timestamp,
     ) -> (Decision, Vec<Statement>) {
-        let statements = match sql::classify(text) {
+        // A MySQL backend's statements are read with the MySQL grammar (no current database).
+        let mysql = self.backend(backend).is_some_and(|b| b.protocol == super::Protocol::Mysql);
+        let classified = if mysql {
+            sql::mysql::classify(text.as_bytes(), &sql::mysql::Names::default())
+                .map(|c| vec![c.statement])
+                .map_err(|e| e.to_string())
+        } else {
+            sql::classify(text).map_err(|e| e.to_string())
+        };
+        let statements = match classified {
             Ok(s) => s,
             Err(e) => return (Decision::refuse(format!("refused (fail closed): {e}")), vec![]),
         };

@@ -171,7 +171,11 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             if admit == Admit::Record {
                 record_refusal(agent, rec).await;
             }
-            drop(client);
+            if protocol == Some(Protocol::Mysql) {
+                crate::protocol::mysql::reject(client, &decision.reason()).await;
+            } else {
+                drop(client);
+            }
         }
         return;
     };
@@ -275,6 +279,35 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 tcp::RelayOutcome { up: 0, down: 0, end: tcp::End::BackendError(format!("backend unreachable: {e}")) }
             }
         },
+        Protocol::Mysql => {
+            let Some(backend) = snapshot.policy.backend(&backend_name).cloned() else { return };
+            if decision.mask.is_some() {
+                // Masking of MySQL results is not implemented: never return them unmasked.
+                lock(&agent.live).remove(&id);
+                close_record(
+                    agent,
+                    id,
+                    0,
+                    0,
+                    "refused: masking is not supported on mysql backends yet (fail closed)".into(),
+                );
+                crate::protocol::mysql::reject(client, "masking is not supported on mysql backends yet").await;
+                return;
+            }
+            let ctx = crate::protocol::mysql::Ctx {
+                agent: agent.clone(),
+                id,
+                principal: principal.clone(),
+                uid: who.uid,
+                backend,
+                addr: upstream,
+                as_role: decision.as_role.clone(),
+                guard: decision.guard.clone(),
+                record: snapshot.policy.record_options(decision.rule.as_ref()),
+                live: live.clone(),
+            };
+            crate::protocol::mysql::serve(ctx, client).await
+        }
         Protocol::Postgres => {
             let Some(backend) = snapshot.policy.backend(&backend_name).cloned() else { return };
             let mask = decision.mask.as_deref().and_then(|m| snapshot.policy.mask(m).cloned());

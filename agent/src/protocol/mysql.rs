@@ -1,0 +1,815 @@
+//! The MySQL/MariaDB adapter (first slice). Gatehouse answers the client's
+//! handshake itself (no password is checked: identity comes from the
+//! kernel), logs in to the backend with the credentials the policy holds
+//! (`mysql_native_password`, `caching_sha2_password` fast path), then relays
+//! command by command, in lockstep: each command is decided before the
+//! server sees it, and the server's whole answer is forwarded, byte for
+//! byte, before the next command is read.
+//!
+//! - `COM_QUERY`: classified by `sql::mysql` (MySQL grammar, one statement
+//!   per text) and decided by the policy; refused ones get an ERR packet
+//!   (1227, SQLSTATE 42000, naming the rule) and the session goes on.
+//! - `COM_INIT_DB` is decided as `USE db`; `COM_PING`, `COM_QUIT`,
+//!   `COM_RESET_CONNECTION` pass; `COM_STMT_CLOSE`/`SEND_LONG_DATA` (no
+//!   answer expected) are dropped; every other command is refused.
+//! - Never passed to the backend: TLS (the client's SSLRequest is refused),
+//!   compression, `CLIENT_LOCAL_FILES`, `CLIENT_MULTI_STATEMENTS`.
+//! - A packet of 16 MiB or more from the client (a continued packet) ends
+//!   the session with an ERR; the server's continued packets are relayed.
+
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use super::tcp::{End, RelayOutcome};
+use crate::audit::{Event, StatementEnd, StatementStart, now_us};
+use crate::identity::Principal;
+use crate::policy::{Backend, Credentials, Decision, Request, Verdict};
+use crate::proxy::{Agent, LiveSession, Snapshot};
+use crate::sql::Statement;
+use crate::sql::mysql::{self as classify, Names, Refusal};
+use crate::types::{DbRole, SessionId, Uid};
+
+/// How long the client may take to answer the greeting.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bytes buffered for the client before a write.
+const FLUSH_AT: usize = 64 << 10;
+/// ER_SPECIFIC_ACCESS_DENIED_ERROR: the code of every refusal.
+const ER_REFUSED: u16 = 1227;
+/// Columns a result set may have (MySQL's own limit).
+const MAX_COLUMNS: u64 = 4096;
+/// ER_ACCESS_DENIED_ERROR: the login could not be made.
+const ER_LOGIN: u16 = 1045;
+
+/// What a MySQL session needs to know about itself.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub agent: Arc<Agent>,
+    pub id: SessionId,
+    pub principal: Principal,
+    pub uid: Uid,
+    pub backend: Backend,
+    pub addr: SocketAddr,
+    pub as_role: Option<DbRole>,
+    pub guard: crate::policy::Guard,
+    pub record: crate::sql::redact::RecordOptions,
+    pub live: Arc<LiveSession>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Fail {
+    #[error("client: {0}")]
+    Client(String),
+    #[error("backend: {0}")]
+    Backend(String),
+    #[error("audit store: {0}")]
+    Audit(String),
+    #[error("{0}")]
+    Breach(String),
+}
+
+/// One side's packets, read whole (header included) from a buffered stream.
+struct Conn {
+    s: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    fn new(s: TcpStream) -> Self {
+        Self { s, buf: BytesMut::with_capacity(16 << 10) }
+    }
+
+    /// The next physical packet (header included), `None` at a clean EOF.
+    async fn read(&mut self) -> std::io::Result<Option<BytesMut>> {
+        loop {
+            if let Some((_, n)) = wire::decode(&self.buf) {
+                return Ok(Some(self.buf.split_to(n)));
+            }
+            // Grow with what arrives, not with what a header claims.
+            let want = wire::pending_len(&self.buf).map_or(8192, |n| (n - self.buf.len()).min(1 << 20));
+            self.buf.reserve(want.max(4096));
+            if self.s.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed mid-packet"))
+                };
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(bytes).await?;
+        self.s.flush().await
+    }
+}
+
+/// A packet's sequence id (packets from [`Conn::read`] always have their header).
+fn seq_of(p: &[u8]) -> u8 {
+    p.get(3).copied().unwrap_or(0)
+}
+
+/// A packet's payload.
+fn payload_of(p: &[u8]) -> &[u8] {
+    p.get(4..).unwrap_or_default()
+}
+
+fn err_packet(seq: u8, code: u16, state: &str, msg: &str) -> Vec<u8> {
+    wire::frame(seq, &wire::err_payload(code, state, msg))
+}
+
+/// Refuses a connection in the client's protocol: an ERR packet in place
+/// of the server's greeting (what a server does for a host it refuses).
+pub async fn reject(client: TcpStream, reason: &str) {
+    let mut c = Conn::new(client);
+    let msg = format!("Gatehouse refused this connection: {reason}");
+    let _ = tokio::time::timeout(LOGIN_TIMEOUT, c.send(&err_packet(0, ER_LOGIN, "28000", &msg))).await;
+    let _ = c.s.shutdown().await;
+}
+
+/// Serves an allowed MySQL session to its end.
+pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
+    let mut client = Conn::new(client);
+    let mut up = 0u64;
+    let mut down = 0u64;
+    let end = match start(&ctx, &mut client).await {
+        Ok(mut s) => {
+            let end = relay(&ctx, &mut s, &mut client, &mut up, &mut down).await;
+            let _ = s.backend.s.shutdown().await;
+            end
+        }
+        Err(end) => end,
+    };
+    let _ = client.s.shutdown().await;
+    RelayOutcome { up, down, end }
+}
+
+/// A session logged in on both sides.
+struct Session {
+    backend: Conn,
+    deprecate_eof: bool,
+    database: Option<String>,
+    fold_case: bool,
+    mariadb: bool,
+    seq: u64,
+}
+
+/// The handshake with the client and the login to the backend.
+async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
+    let refuse_greeting = async |client: &mut Conn, msg: String| {
+        let _ = client.send(&err_packet(0, ER_LOGIN, "28000", &msg)).await;
+        End::Cut(msg)
+    };
+    let login = match ctx.backend.login(ctx.as_role.as_ref()) {
+        Some(l) if l.dynamic.is_none() => l.clone(),
+        Some(_) => {
+            return Err(refuse_greeting(
+                client,
+                "Gatehouse: dynamic logins are not supported for MySQL backends".into(),
+            )
+            .await);
+        }
+        None => return Err(refuse_greeting(client, "Gatehouse holds no login for this backend role".into()).await),
+    };
+    let tcp = match crate::proxy::connect_upstream(ctx.addr, ctx.agent.settings.mark).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "backend unreachable");
+            let _ = client
+                .send(&err_packet(0, 2003, "HY000", &format!("Gatehouse cannot reach backend {}", ctx.backend.name)))
+                .await;
+            return Err(End::BackendError(format!("backend unreachable: {e}")));
+        }
+    };
+    let mut backend = Conn::new(tcp);
+    let greeting = match backend.read().await {
+        Ok(Some(p)) => wire::parse_greeting(payload_of(&p)).map_err(|e| e.to_string()),
+        Ok(None) => Err("closed before its greeting".into()),
+        Err(e) => Err(e.to_string()),
+    };
+    let greeting = match greeting {
+        Ok(g) => g,
+        Err(e) => {
+            let msg = format!("Gatehouse could not read the greeting of backend {}: {e}", ctx.backend.name);
+            let _ = client.send(&err_packet(0, 2013, "HY000", &msg)).await;
+            return Err(End::BackendError(msg));
+        }
+    };
+    // Our own greeting: the server's version, our capabilities and nonce.
+    let offered = wire::OFFERED & (greeting.capabilities | wire::CLIENT_LONG_PASSWORD);
+    let mut nonce = [0u8; 20];
+    let r = [uuid::Uuid::new_v4().into_bytes(), uuid::Uuid::new_v4().into_bytes()].concat();
+    for (n, b) in nonce.iter_mut().zip(r) {
+        *n = (b & 0x7f).max(1);
+    }
+    if let Err(e) = client.send(&wire::frame(0, &wire::greeting_payload(&greeting, offered, &nonce))).await {
+        return Err(End::ClientError(e.to_string()));
+    }
+    let reply = match tokio::time::timeout(LOGIN_TIMEOUT, client.read()).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return Err(End::ClientError("closed before logging in".into())),
+        Ok(Err(e)) => return Err(End::ClientError(e.to_string())),
+        Err(_) => return Err(End::ClientError(format!("no login within {LOGIN_TIMEOUT:?}"))),
+    };
+    let seq = seq_of(&reply).wrapping_add(1);
+    let refuse_login = async |client: &mut Conn, code: u16, msg: String| {
+        let _ = client.send(&err_packet(seq, code, "28000", &msg)).await;
+        End::Cut(msg)
+    };
+    let hello = match wire::parse_login(payload_of(&reply)) {
+        Ok(l) => l,
+        Err(e) => return Err(refuse_login(client, ER_LOGIN, format!("Gatehouse could not read the login: {e}")).await),
+    };
+    if hello.ssl {
+        let msg = "Gatehouse does not offer TLS to MySQL clients yet (the connection to it stays on this host): connect with --ssl=0 / ssl-mode=DISABLED";
+        return Err(refuse_login(client, ER_LOGIN, msg.into()).await);
+    }
+    if !wire::safe_collation(hello.charset) {
+        let msg = format!(
+            "Gatehouse refused client character set #{}: its multi-byte characters can hide quotes and backslashes; use utf8mb4",
+            hello.charset
+        );
+        return Err(refuse_login(client, 1115, msg).await);
+    }
+    let caps = hello.capabilities & offered;
+    let password = match &login.password_file {
+        Some(p) => {
+            let p = p.clone();
+            match tokio::task::spawn_blocking(move || crate::secrets::read_secret(&p, "password file")).await {
+                Ok(Ok(s)) => Some(s.first_line()),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot read the backend password");
+                    return Err(refuse_login(
+                        client,
+                        ER_LOGIN,
+                        "Gatehouse cannot read the password of this backend login".into(),
+                    )
+                    .await);
+                }
+                Err(e) => return Err(refuse_login(client, ER_LOGIN, format!("internal error: {e}")).await),
+            }
+        }
+        None => None,
+    };
+    let pw = password.as_ref().map_or(&[][..], crate::secrets::Secret::expose);
+    let auth = match log_in(&mut backend, &greeting, caps, hello.charset, &login, pw, hello.database.as_deref()).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, backend = %ctx.backend.name, login = %login.user, "backend login failed");
+            let msg = format!("Gatehouse could not log in to backend {} as {}: {e}", ctx.backend.name, login.user);
+            return Err(refuse_login(client, ER_LOGIN, msg).await);
+        }
+    };
+    record_login(ctx, &login, auth);
+    let mut s = Session {
+        backend,
+        deprecate_eof: caps & wire::CLIENT_DEPRECATE_EOF != 0,
+        database: hello.database.clone(),
+        fold_case: true,
+        mariadb: greeting.version.contains("MariaDB"),
+        seq: 0,
+    };
+    if let Err(e) = prepare(ctx, &mut s).await {
+        warn!(error = %e, "session refused (fail closed)");
+        let msg = format!("Gatehouse refused this session on backend {}: {e}", ctx.backend.name);
+        return Err(refuse_login(client, ER_REFUSED, msg).await);
+    }
+    if let Err(e) = client.send(&wire::frame(seq, &wire::ok_payload(wire::SERVER_STATUS_AUTOCOMMIT))).await {
+        return Err(End::ClientError(e.to_string()));
+    }
+    info!(login = %login.user, auth, "logged in to the backend");
+    Ok(s)
+}
+
+/// Logs in to the backend; returns the authentication plugin that succeeded.
+async fn log_in(
+    backend: &mut Conn,
+    g: &wire::Greeting,
+    caps: u32,
+    charset: u8,
+    login: &Credentials,
+    password: &[u8],
+    database: Option<&str>,
+) -> Result<&'static str, String> {
+    let known = |p: &str| match p {
+        "mysql_native_password" => Some("mysql_native_password"),
+        "caching_sha2_password" => Some("caching_sha2_password"),
+        _ => None,
+    };
+    let mut plugin = known(&g.plugin).unwrap_or("mysql_native_password");
+    let auth = wire::scramble(plugin, &g.nonce, password).map_err(|e| e.to_string())?;
+    let hello = wire::login_payload(caps, charset, &login.user, &auth, database, plugin);
+    backend.send(&wire::frame(1, &hello)).await.map_err(|e| e.to_string())?;
+    for _ in 0..4 {
+        let p = backend.read().await.map_err(|e| e.to_string())?.ok_or("the backend closed the connection")?;
+        let (seq, payload) = (seq_of(&p), payload_of(&p));
+        match payload.first() {
+            Some(0x00) => return Ok(plugin),
+            Some(0xff) => {
+                let e = wire::parse_err(payload).map_or_else(|| "refused".to_owned(), |e| e.message);
+                return Err(format!("the server said: {e}"));
+            }
+            Some(0xfe) => {
+                let (name, nonce) = wire::parse_auth_switch(payload).map_err(|e| e.to_string())?;
+                plugin = known(&name)
+                    .ok_or_else(|| format!("the server asks for plugin {name}, which Gatehouse does not speak"))?;
+                let auth = wire::scramble(plugin, &nonce, password).map_err(|e| e.to_string())?;
+                backend.send(&wire::frame(seq.wrapping_add(1), &auth)).await.map_err(|e| e.to_string())?;
+            }
+            // caching_sha2_password: 3 = fast path accepted (OK follows), 4 = full path.
+            Some(0x01) if payload.get(1) == Some(&3) => {}
+            Some(0x01) if payload.get(1) == Some(&4) => {
+                return Err("caching_sha2_password asks for its full path (the password is not cached on the server), which needs TLS or RSA; Gatehouse does not do that yet: use mysql_native_password for this login, or log in once directly to fill the server's cache".into());
+            }
+            _ => return Err("unexpected answer during authentication".into()),
+        }
+    }
+    Err("authentication did not finish".into())
+}
+
+/// Reads how the server reads SQL, and applies the rule's guard rails.
+async fn prepare(ctx: &Ctx, s: &mut Session) -> Result<(), String> {
+    let rows = simple_query(s, "SELECT @@SESSION.sql_mode, @@lower_case_table_names").await?;
+    let row = rows.first().ok_or("no answer to the sql_mode query")?;
+    let mode = row.first().cloned().flatten().unwrap_or_default().to_ascii_uppercase();
+    for bad in ["ANSI_QUOTES", "NO_BACKSLASH_ESCAPES"] {
+        if mode.split(',').any(|m| m == bad) {
+            return Err(format!(
+                "the server's sql_mode has {bad}, which changes how SQL is read; Gatehouse reads it without"
+            ));
+        }
+    }
+    s.fold_case = row.get(1).cloned().flatten().as_deref() != Some("0");
+    apply_guard(ctx, s).await
+}
+
+async fn apply_guard(ctx: &Ctx, s: &mut Session) -> Result<(), String> {
+    if ctx.guard.idle_in_transaction_timeout.is_some() {
+        return Err("the rule sets idle_in_transaction_timeout, which is not enforced on MySQL backends yet".into());
+    }
+    if ctx.guard.read_only {
+        simple_query(s, "SET SESSION TRANSACTION READ ONLY").await?;
+    }
+    if let Some(t) = ctx.guard.statement_timeout {
+        if !s.mariadb {
+            return Err(
+                "the rule sets statement_timeout, which is enforced on MariaDB backends only (max_statement_time)"
+                    .into(),
+            );
+        }
+        simple_query(s, &format!("SET SESSION max_statement_time = {:.3}", t.as_secs_f64())).await?;
+    }
+    Ok(())
+}
+
+/// Runs a query of Gatehouse's own; returns its text rows (none for an OK).
+async fn simple_query(s: &mut Session, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    let mut q = vec![wire::COM_QUERY];
+    q.extend_from_slice(sql.as_bytes());
+    s.backend.send(&wire::frame(0, &q)).await.map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    let deprecate = s.deprecate_eof;
+    let mut next = async || -> Result<BytesMut, String> {
+        let p = s.backend.read().await.map_err(|e| e.to_string())?.ok_or("the backend closed the connection")?;
+        if p.len() - 4 >= wire::MAX_PAYLOAD {
+            return Err("oversized answer".into());
+        }
+        Ok(p)
+    };
+    let first = next().await?;
+    match first.get(4) {
+        Some(0x00) => return Ok(rows),
+        Some(0xff) => {
+            return Err(wire::parse_err(payload_of(&first))
+                .map_or_else(|| "error".into(), |e| format!("the server said: {}", e.message)));
+        }
+        _ => {}
+    }
+    let (cols, _) = wire::lenenc_int(payload_of(&first)).ok_or("malformed result")?;
+    for _ in 0..cols {
+        next().await?;
+    }
+    if !deprecate {
+        next().await?;
+    }
+    loop {
+        let p = next().await?;
+        let payload = payload_of(&p);
+        match payload.first() {
+            Some(0xfe) if payload.len() < 9 || deprecate => return Ok(rows),
+            Some(0xff) => return Err("error in result".into()),
+            _ => {
+                let mut row = Vec::new();
+                let mut at = 0;
+                while at < payload.len() {
+                    let (v, n) = wire::lenenc_str(payload.get(at..).unwrap_or_default()).ok_or("malformed row")?;
+                    row.push(v.map(|b| String::from_utf8_lossy(b).into_owned()));
+                    at += n;
+                }
+                rows.push(row);
+            }
+        }
+    }
+}
+
+fn record_login(ctx: &Ctx, login: &Credentials, auth: &str) {
+    let rec = crate::audit::BackendLogin {
+        id: ctx.id,
+        user: login.user.clone(),
+        tls: "off".into(),
+        tls_version: None,
+        tls_cipher: None,
+        certificate_sha256: None,
+        server_name: None,
+        auth: auth.into(),
+    };
+    warn!(backend = %ctx.backend.name, auth, "MySQL backend reached without TLS (not supported yet for MySQL)");
+    ctx.agent.note_backend_login(&ctx.backend.name, &rec);
+    if let Err(e) = ctx.agent.audit.record(Event::BackendLogin(Box::new(rec))) {
+        warn!(error = %e, "cannot record the backend login");
+    }
+}
+
+/// The command loop.
+async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down: &mut u64) -> End {
+    let r = async {
+        loop {
+            let pkt = tokio::select! {
+                r = client.read() => r.map_err(|e| Fail::Client(e.to_string()))?,
+                () = ctx.live.cut.cancelled() => return Err(Fail::Breach(String::new())),
+            };
+            let Some(pkt) = pkt else { return Ok(()) };
+            let seq = seq_of(&pkt).wrapping_add(1);
+            if pkt.len() - 4 >= wire::MAX_PAYLOAD {
+                let msg = "Gatehouse refused a command of 16 MiB or more (continued packets are not supported yet)";
+                let _ = client.send(&err_packet(seq, 1153, "08S01", msg)).await;
+                return Err(Fail::Client(msg.into()));
+            }
+            let payload = payload_of(&pkt);
+            match payload.first().copied() {
+                Some(wire::COM_QUIT) => {
+                    *up += pkt.len() as u64;
+                    let _ = s.backend.send(&pkt).await;
+                    return Ok(());
+                }
+                Some(wire::COM_QUERY) => {
+                    let text = payload.get(1..).unwrap_or_default().to_vec();
+                    statement(ctx, s, client, &pkt, &text, false, up, down).await?;
+                }
+                Some(wire::COM_INIT_DB) => {
+                    let db = String::from_utf8_lossy(payload.get(1..).unwrap_or_default()).replace('`', "``");
+                    let text = format!("USE `{db}`").into_bytes();
+                    statement(ctx, s, client, &pkt, &text, true, up, down).await?;
+                }
+                Some(wire::COM_PING) => {
+                    forward(s, client, &pkt, up, down).await?;
+                }
+                Some(wire::COM_RESET_CONNECTION) => {
+                    let r = forward(s, client, &pkt, up, down).await?;
+                    if r.error.is_none() {
+                        // The server forgot the session's settings: the guard rails go back on.
+                        apply_guard(ctx, s).await.map_err(|e| {
+                            Fail::Breach(format!("cannot restore the guard rails after COM_RESET_CONNECTION: {e}"))
+                        })?;
+                    }
+                }
+                // No answer is expected, and no statement was ever prepared.
+                Some(wire::COM_STMT_CLOSE | wire::COM_STMT_SEND_LONG_DATA) => {}
+                other => {
+                    let name = command_name(other);
+                    let reason = format!("{name} is not supported through Gatehouse yet");
+                    let why = Decision::refuse(reason.clone());
+                    s.seq += 1;
+                    let ev = start_record(ctx, s.seq, format!("({name})"), None, &why);
+                    ctx.agent
+                        .audit
+                        .commit(vec![Event::Statement(Box::new(ev))])
+                        .await
+                        .map_err(|e| Fail::Audit(e.to_string()))?;
+                    let msg = format!("Gatehouse refused this command: {reason}");
+                    let err = err_packet(seq, ER_REFUSED, "42000", &msg);
+                    *down += err.len() as u64;
+                    client.send(&err).await.map_err(|e| Fail::Client(e.to_string()))?;
+                }
+            }
+        }
+    };
+    match r.await {
+        Ok(()) => End::Closed,
+        Err(_) if ctx.live.cut.is_cancelled() => End::Cut(ctx.live.reason()),
+        Err(Fail::Client(e)) => End::ClientError(e),
+        Err(Fail::Backend(e)) => End::BackendError(e),
+        Err(Fail::Audit(e)) => {
+            let msg = format!("Gatehouse ended this session: the audit store cannot be written ({e})");
+            let _ = client.send(&err_packet(0, 1180, "HY000", &msg)).await;
+            End::Cut(format!("audit store failure: {e}"))
+        }
+        Err(Fail::Breach(e)) => {
+            warn!(breach = %e, "session ended");
+            End::Cut(e)
+        }
+    }
+}
+
+fn command_name(c: Option<u8>) -> String {
+    match c {
+        Some(0x04) => "COM_FIELD_LIST".into(),
+        Some(0x11) => "COM_CHANGE_USER".into(),
+        Some(0x12) => "COM_BINLOG_DUMP".into(),
+        Some(0x16) => "COM_STMT_PREPARE (prepared statements)".into(),
+        Some(0x17) => "COM_STMT_EXECUTE (prepared statements)".into(),
+        Some(0x1b) => "COM_SET_OPTION".into(),
+        Some(c) => format!("command 0x{c:02x}"),
+        None => "an empty command".into(),
+    }
+}
+
+/// How a forwarded command ended.
+#[derive(Debug, Default)]
+struct Outcome {
+    rows: Option<u64>,
+    error: Option<String>,
+}
+
+/// Classifies, decides, records and (if allowed) forwards one statement.
+#[expect(clippy::too_many_arguments, reason = "the relay's handles, passed down as they are")]
+async fn statement(
+    ctx: &Ctx,
+    s: &mut Session,
+    client: &mut Conn,
+    pkt: &[u8],
+    text: &[u8],
+    init_db: bool,
+    up: &mut u64,
+    down: &mut u64,
+) -> Result<(), Fail> {
+    let seq = seq_of(pkt).wrapping_add(1);
+    let names = Names { database: s.database.clone(), fold_case: s.fold_case };
+    // A large text is parsed off the runtime's threads.
+    let classified = if text.len() > 64 << 10 {
+        let t = text.to_vec();
+        tokio::task::spawn_blocking(move || classify::classify(&t, &names))
+            .await
+            .map_err(|e| Fail::Client(format!("internal error: {e}")))?
+    } else {
+        classify::classify(text, &names)
+    };
+    let shown = String::from_utf8_lossy(text).into_owned();
+    s.seq += 1;
+    let c = match classified {
+        Ok(c) => c,
+        Err(r) => {
+            let why = Decision::refuse(refusal_reason(&r));
+            return refuse(ctx, s, client, seq, &shown, None, &why).await;
+        }
+    };
+    let snapshot = ctx.agent.snapshot.load_full();
+    let d = decide_one(ctx, &snapshot, &c.statement);
+    if d.verdict != Verdict::Allow {
+        return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &d).await;
+    }
+    let ev = start_record(ctx, s.seq, shown, Some(&c.statement), &d);
+    ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))?;
+    let started = Instant::now();
+    let out = forward(s, client, pkt, up, down).await;
+    let (rows, error) = match &out {
+        Ok(o) => (o.rows, o.error.clone()),
+        Err(e) => (None, Some(format!("session ended: {e}"))),
+    };
+    if let Ok(o) = &out
+        && o.error.is_none()
+    {
+        if let Some(db) = c.uses {
+            s.database = Some(db);
+        } else if init_db {
+            s.database = Some(String::from_utf8_lossy(pkt.get(5..).unwrap_or_default()).into_owned());
+        }
+    }
+    let end = StatementEnd {
+        session: ctx.id,
+        seq: s.seq,
+        ended_us: now_us(),
+        rows,
+        duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        error,
+        masked: None,
+        tags: None,
+        down_offset: None,
+        down: Vec::new(),
+    };
+    if let Err(e) = ctx.agent.audit.statement_end(end) {
+        warn!(error = %e, "cannot record the end of a statement");
+    }
+    out.map(|_| ())
+}
+
+fn refusal_reason(r: &Refusal) -> String {
+    crate::sql::redact::reason(&r.to_string())
+}
+
+async fn refuse(
+    ctx: &Ctx,
+    s: &mut Session,
+    client: &mut Conn,
+    seq: u8,
+    text: &str,
+    st: Option<&Statement>,
+    d: &Decision,
+) -> Result<(), Fail> {
+    let ev = start_record(ctx, s.seq, text.to_owned(), st, d);
+    info!(rule = d.rule_label(), kinds = ev.kinds, "statement refused: {}", d.reason());
+    ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))?;
+    let msg = match d.verdict {
+        Verdict::NeedsApproval => format!(
+            "Gatehouse refused this statement: it needs approval by {} (rule {:?}), and approvals are not supported on MySQL backends yet",
+            d.approvers.as_deref().unwrap_or("an approver"),
+            d.rule_label()
+        ),
+        _ => format!("Gatehouse refused this statement: {}", d.reason()),
+    };
+    client.send(&err_packet(seq, ER_REFUSED, "42000", &msg)).await.map_err(|e| Fail::Client(e.to_string()))
+}
+
+/// Decides one statement for this session under `snapshot` (as the
+/// PostgreSQL relay does: a policy that now changes the session's login,
+/// masking or guard rails refuses until the user reconnects).
+fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
+    let d = snapshot.policy.decide_with(
+        &ctx.principal,
+        &Request { backend: &ctx.backend.name, statement: Some(s), now: jiff::Timestamp::now() },
+        &ctx.agent.grant_rules.load(),
+    );
+    if d.verdict == Verdict::Allow && d.as_role != ctx.as_role {
+        return Decision::refuse(format!(
+            "the policy changed: rule {:?} now maps you to another backend login; reconnect",
+            d.rule_label()
+        ));
+    }
+    if d.verdict == Verdict::Allow && d.mask.is_some() {
+        return Decision::refuse(format!(
+            "rule {:?} masks results, which MySQL backends do not support yet",
+            d.rule_label()
+        ));
+    }
+    if d.verdict == Verdict::Allow && d.guard != ctx.guard {
+        return Decision::refuse(format!(
+            "the policy changed the guard rails of this session (rule {:?}); reconnect",
+            d.rule_label()
+        ));
+    }
+    d
+}
+
+/// A statement's text as recorded: string literals replaced when it may
+/// hold a secret (or when the rule normalizes literals).
+fn recorded_text(ctx: &Ctx, text: &str) -> (String, u32) {
+    let lower = text.to_ascii_lowercase();
+    let secret = ctx.agent.settings.redact.might_hold_secret(text)
+        || ["identified", "password", "aes_", "des_", "encode(", "decode("].iter().any(|k| lower.contains(k));
+    if !secret && !ctx.record.normalize {
+        return (crate::sql::budget::recorded_refusal(text.to_owned()), 0);
+    }
+    classify::redact_literals(text, ctx.record.normalize)
+}
+
+fn start_record(ctx: &Ctx, seq: u64, text: String, s: Option<&Statement>, d: &Decision) -> StatementStart {
+    let (text, redacted) = recorded_text(ctx, &text);
+    StatementStart {
+        session: ctx.id,
+        seq,
+        started_us: now_us(),
+        text,
+        redacted,
+        kinds: s.map(|s| s.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+")).unwrap_or_default(),
+        tables: s
+            .map(|s| s.reads.iter().chain(&s.writes).map(ToString::to_string).collect::<Vec<_>>().join(","))
+            .unwrap_or_default(),
+        decision: crate::policy::testcases::verdict_name(d.verdict).into(),
+        rule: d.rule.as_ref().map(ToString::to_string),
+        reason: (d.verdict != Verdict::Allow).then(|| crate::sql::redact::reason(&d.reason())),
+        up_offset: None,
+        up: Vec::new(),
+    }
+}
+
+/// Forwards one command and relays the server's whole answer to the client.
+async fn forward(
+    s: &mut Session,
+    client: &mut Conn,
+    pkt: &[u8],
+    up: &mut u64,
+    down: &mut u64,
+) -> Result<Outcome, Fail> {
+    s.backend.send(pkt).await.map_err(|e| Fail::Backend(e.to_string()))?;
+    *up += pkt.len() as u64;
+    let mut out: Vec<u8> = Vec::new();
+    let r = answer(s, client, &mut out, down).await;
+    if !out.is_empty() {
+        *down += out.len() as u64;
+        client.send(&out).await.map_err(|e| Fail::Client(e.to_string()))?;
+    }
+    r
+}
+
+/// Reads one logical packet from the backend into `out` (continuations
+/// included); returns its first physical packet.
+async fn next_packet(s: &mut Session, client: &mut Conn, out: &mut Vec<u8>, down: &mut u64) -> Result<BytesMut, Fail> {
+    let read = async |s: &mut Session| {
+        s.backend
+            .read()
+            .await
+            .map_err(|e| Fail::Backend(e.to_string()))?
+            .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))
+    };
+    let first = read(s).await?;
+    out.extend_from_slice(&first);
+    let mut last_len = first.len() - 4;
+    while last_len == wire::MAX_PAYLOAD {
+        let more = read(s).await?;
+        last_len = more.len() - 4;
+        out.extend_from_slice(&more);
+        if out.len() >= FLUSH_AT {
+            *down += out.len() as u64;
+            client.send(out).await.map_err(|e| Fail::Client(e.to_string()))?;
+            out.clear();
+        }
+    }
+    if out.len() >= FLUSH_AT {
+        *down += out.len() as u64;
+        client.send(out).await.map_err(|e| Fail::Client(e.to_string()))?;
+        out.clear();
+    }
+    Ok(first)
+}
+
+/// Relays a command's answer: OK, ERR, or result sets (more while the
+/// server says SERVER_MORE_RESULTS_EXISTS).
+async fn answer(s: &mut Session, client: &mut Conn, out: &mut Vec<u8>, down: &mut u64) -> Result<Outcome, Fail> {
+    let mut total = 0u64;
+    loop {
+        let first = next_packet(s, client, out, down).await?;
+        let p = payload_of(&first);
+        match p.first() {
+            Some(0x00) if p.len() < wire::MAX_PAYLOAD => {
+                let (affected, status) =
+                    wire::parse_ok(p).ok_or_else(|| Fail::Backend("malformed OK packet".into()))?;
+                total += affected;
+                if status & wire::SERVER_MORE_RESULTS_EXISTS == 0 {
+                    return Ok(Outcome { rows: Some(total), error: None });
+                }
+            }
+            Some(0xff) => {
+                let e = wire::parse_err(p)
+                    .map_or_else(|| "error".into(), |e| format!("{} ({}): {}", e.code, e.state, e.message));
+                return Ok(Outcome { rows: None, error: Some(e) });
+            }
+            Some(0xfb) => {
+                // LOCAL INFILE was never negotiated: a server asking for a client file is not followed.
+                return Err(Fail::Breach(
+                    "the server asked the client for a local file (LOAD DATA LOCAL), which was never allowed".into(),
+                ));
+            }
+            Some(0xfe) => return Err(Fail::Backend("unexpected 0xfe packet as an answer".into())),
+            _ => {
+                let cols = match wire::lenenc_int(p) {
+                    Some((n, _)) if (1..=MAX_COLUMNS).contains(&n) => n,
+                    _ => return Err(Fail::Backend("malformed result set header".into())),
+                };
+                for _ in 0..cols {
+                    next_packet(s, client, out, down).await?;
+                }
+                if !s.deprecate_eof {
+                    next_packet(s, client, out, down).await?;
+                }
+                let mut rows = 0u64;
+                let status = loop {
+                    let pk = next_packet(s, client, out, down).await?;
+                    let p = payload_of(&pk);
+                    match p.first() {
+                        Some(0xfe) if !s.deprecate_eof && p.len() < 9 => break wire::parse_eof(p).unwrap_or(0),
+                        Some(0xfe) if s.deprecate_eof && p.len() < wire::MAX_PAYLOAD => {
+                            break wire::parse_ok(p).map_or(0, |(_, st)| st);
+                        }
+                        Some(0xff) => {
+                            let e = wire::parse_err(p)
+                                .map_or_else(|| "error".into(), |e| format!("{} ({}): {}", e.code, e.state, e.message));
+                            return Ok(Outcome { rows: Some(total + rows), error: Some(e) });
+                        }
+                        _ => rows += 1,
+                    }
+                };
+                total += rows;
+                if status & wire::SERVER_MORE_RESULTS_EXISTS == 0 {
+                    return Ok(Outcome { rows: Some(total), error: None });
+                }
+            }
+        }
+    }
+}
