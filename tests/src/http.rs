@@ -73,6 +73,7 @@ impl Drop for PyServer {
 
 /// The `http` and `ws_frame` records of the audit store at `db`, as (kind, body JSON, data).
 pub fn http_records(db: &Path) -> Vec<(String, Value, Vec<u8>)> {
+    crate::settle(db);
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open audit store");
     let mut stmt = conn

@@ -510,3 +510,53 @@ impl Drop for EchoServer {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// Waits (up to five seconds) until the agent holding the audit store at
+/// `db` has ingested into SQLite everything its journal holds: strict
+/// records are acknowledged once they are in the journal (`<db>.journal.N`),
+/// so a client can be done before its records are in the tables a test
+/// reads directly. Entries are `u32 len ‖ payload ‖ 16-byte checksum`, the
+/// payload starting with the `u64` journal sequence; the store notes what it
+/// ingested in `meta.journal_ingested`.
+pub fn settle(db: &Path) {
+    let Some(dir) = db.parent() else { return };
+    let Some(name) = db.file_name().and_then(|n| n.to_str()) else { return };
+    let prefix = format!("{name}.journal.");
+    let mut last = None;
+    let mut segs: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.strip_prefix(&prefix)?.parse().ok()?, e.path())))
+        .collect();
+    segs.sort();
+    for (_, path) in &segs {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        let mut at = 0usize;
+        while let Some(len) = bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes) {
+            let len = len as usize;
+            let Some(jseq) = bytes.get(at + 4..at + 12).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) else {
+                break;
+            };
+            if bytes.len() < at + 4 + len + 16 {
+                break;
+            }
+            last = Some(jseq);
+            at += 4 + len + 16;
+        }
+    }
+    let Some(last) = last else { return };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let done = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| {
+                c.query_row("SELECT value FROM meta WHERE key = 'journal_ingested'", [], |r| r.get::<_, String>(0))
+            })
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        if done.is_some_and(|d| d >= last) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -261,6 +261,7 @@ impl World {
     }
 
     fn approval_events(&self) -> Vec<Value> {
+        gatehouse_e2e::settle(&self.env.db());
         let conn = rusqlite::Connection::open(self.env.db()).unwrap();
         let mut st = conn.prepare("SELECT body FROM events WHERE kind = 'approval' ORDER BY seq").unwrap();
         let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();

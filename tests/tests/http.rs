@@ -634,6 +634,7 @@ approval = {{ for = ["*"], by = "leads", timeout = "1s" }}
 
     // On record (the writer thread may be a moment behind): every step of each request, and each exchange.
     let approval_steps = || -> Vec<Value> {
+        gatehouse_e2e::settle(&env.db());
         let conn = rusqlite::Connection::open_with_flags(env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         let mut st = conn.prepare("SELECT body FROM events WHERE kind = 'approval' ORDER BY seq").unwrap();
         st.query_map([], |r| r.get::<_, Vec<u8>>(0))

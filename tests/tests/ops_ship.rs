@@ -20,6 +20,7 @@ fn text(o: &Output) -> String {
 }
 
 fn local_max_seq(env: &Env) -> i64 {
+    gatehouse_e2e::settle(&env.db());
     let conn = rusqlite::Connection::open_with_flags(env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0)).unwrap()
 }

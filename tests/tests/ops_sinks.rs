@@ -108,6 +108,7 @@ impl Drop for Collector {
 
 /// (seq, hash hex) of every record in the local store.
 fn local_records(env: &Env) -> Vec<(u64, String)> {
+    gatehouse_e2e::settle(&env.db());
     let conn = rusqlite::Connection::open_with_flags(env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut st = conn.prepare("SELECT seq, hash FROM events ORDER BY seq").unwrap();
     st.query_map([], |r| {

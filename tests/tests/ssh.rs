@@ -196,6 +196,7 @@ impl World {
 
     /// Every `ssh` record of the store, as JSON bodies with their data.
     fn ssh_events(&self) -> Vec<(Value, Vec<u8>)> {
+        gatehouse_e2e::settle(&self.env.db());
         let conn = rusqlite::Connection::open(self.env.db()).unwrap();
         let mut st = conn.prepare("SELECT body, data FROM events WHERE kind = 'ssh' ORDER BY seq").unwrap();
         st.query_map([], |r| {
@@ -359,6 +360,7 @@ fn ssh_is_terminated_decided_and_logged_in_with_a_short_certificate() {
     assert!(!ev.iter().any(|(_, d)| d.windows(19).any(|x| x == b"4111 1111 1111 1111")), "card recorded unmasked");
 
     // The upstream certificate: one principal, the person's key id, minutes of validity.
+    gatehouse_e2e::settle(&w.env.db());
     let conn = rusqlite::Connection::open(w.env.db()).unwrap();
     let auth: String = conn
         .query_row("SELECT json_extract(body, '$.auth') FROM events WHERE kind = 'backend_login' LIMIT 1", [], |r| {
@@ -538,6 +540,7 @@ fn forced_commands_and_held_keys_per_account() {
     let o = w.ssh(&w.fay, &[&host, "touch /tmp/nope"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "forced:touch /tmp/nope", "{}", text(&o));
     // The certificate sshd accepted says so.
+    gatehouse_e2e::settle(&w.env.db());
     let conn = rusqlite::Connection::open(w.env.db()).unwrap();
     let auths: Vec<String> = conn
         .prepare("SELECT json_extract(body, '$.auth') FROM events WHERE kind = 'backend_login'")

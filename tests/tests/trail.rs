@@ -288,6 +288,7 @@ fn who_saw_lists_exactly_the_statements_that_returned_the_row() {
     }
 
     // Keyless reads are on record: the aggregate, bob's filter, cat's cast of the key.
+    gatehouse_e2e::settle(&w.env.db());
     let conn = rusqlite::Connection::open_with_flags(w.env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let keyless: Vec<(String, i64)> = conn
         .prepare("SELECT st.text, t.rows FROM trail t JOIN statements st ON st.session_id = t.session_id AND st.seq = t.stmt WHERE t.key_column IS NULL")

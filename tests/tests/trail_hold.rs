@@ -191,6 +191,7 @@ impl World {
     }
 
     fn events(&self, kind: &str) -> Vec<Value> {
+        gatehouse_e2e::settle(&self.env.db());
         let conn =
             rusqlite::Connection::open_with_flags(self.env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         let mut st = conn.prepare("SELECT body FROM events WHERE kind = ?1 ORDER BY seq").unwrap();
@@ -356,6 +357,7 @@ fn alert_windows_survive_a_restart_and_trail_records_survive_a_kill() {
     assert!(o.status.success(), "{}", text(&o));
     w.env.signal_agent("KILL");
     w.env.start_agent(&config);
+    gatehouse_e2e::settle(&w.env.db());
     let conn = rusqlite::Connection::open_with_flags(w.env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let (records, indexed): (i64, i64) = conn
         .query_row(
