@@ -1455,15 +1455,15 @@ impl Audit {
     /// `fdatasync`. While the writer's queue is three quarters full, it
     /// first waits for room: the data path goes no faster than the chain is
     /// written, and the records that follow a statement (its end, its
-    /// bytes) keep room in the queue. Best-effort mode queues them.
+    /// bytes) keep room in the queue. Best-effort mode queues them, after
+    /// the same wait: a writer starved of CPU by the traffic it records
+    /// slows the sessions rather than losing their statements or ending them.
     pub async fn commit(&self, events: Vec<Event>) -> Result<(), AuditError> {
-        if self.journal.is_some() {
-            while self.queued.load(Ordering::Relaxed) >= self.depth / 4 * 3 {
-                if let Some(f) = self.failure() {
-                    return Err(AuditError::Failed(f));
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+        while self.queued.load(Ordering::Relaxed) >= (self.depth / 4 * 3).max(1) {
+            if let Some(f) = self.failure() {
+                return Err(AuditError::Failed(f));
             }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         self.commit_now(events).wait().await
     }
@@ -1480,7 +1480,7 @@ impl Audit {
             return Ok(());
         }
         if self.mode == Mode::BestEffort {
-            return self.commit(events).await;
+            return self.commit_now(events).wait().await;
         }
         let mut events = events;
         loop {
