@@ -219,7 +219,7 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
         }
         Err(e) => (None, Some(End::BackendError(e.to_string()))),
     };
-    let front = Front { s: shared.clone(), up: up.clone(), banner, chans: HashMap::new() };
+    let front = Front { s: shared.clone(), up: up.clone(), banner, chans: HashMap::new(), queued: Arc::default() };
     let end = match russh::server::run_stream(config, client, front).await {
         Ok(running) => {
             let handle = running.handle();
@@ -369,6 +369,8 @@ struct Front {
     /// Said before authentication when the backend cannot be reached.
     banner: Option<String>,
     chans: HashMap<ChannelId, Inbox>,
+    /// Bytes queued to all of this connection's channels (see [`inbox::CONNECTION_BUFFER`]).
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Front {
@@ -486,7 +488,7 @@ impl russh::server::Handler for Front {
             }
         };
         let id = channel.id();
-        let (inbox, rx, q) = Inbox::channel();
+        let (inbox, rx, q) = Inbox::channel(self.queued.clone());
         self.chans.insert(id, inbox);
         reply.accept().await;
         tokio::spawn(channel::Chan::new(self.s.clone(), channel, upstream, rx, q).run());

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::Shared;
 pub use super::inbox::Cmd;
-use super::inbox::{HELD_BUFFER, Queue};
+use super::inbox::{CONNECTION_BUFFER, HELD_BUFFER, Queue};
 use super::masking::{HOLD, OutputMasker};
 use super::sftp::{self, Framer, Op};
 use crate::audit::SshWhat;
@@ -246,8 +246,7 @@ impl Input {
             let go_on = tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
-                        c.q.bytes.fetch_sub(cmd.cost(), Ordering::SeqCst);
-                        c.q.drained.notify_one();
+                        c.q.took(cmd.cost());
                         // A write to a host channel that is gone may wait for ever: the output half's end stops it.
                         tokio::select! {
                             go = self.apply(c, cmd) => go,
@@ -260,8 +259,10 @@ impl Input {
                     if c.q.overflowed.load(Ordering::SeqCst) {
                         warn!(channel = c.id, "ssh channel closed: its client sent more than the host could take");
                         c.say(&format!(
-                            "Gatehouse: channel closed: more than {} MiB sent that the host could not take yet",
-                            HELD_BUFFER >> 20
+                            "Gatehouse: channel closed: more than {} MiB sent that the host could not take yet \
+                             (or {} MiB over all channels of this connection)",
+                            HELD_BUFFER >> 20,
+                            CONNECTION_BUFFER >> 20
                         ))
                         .await;
                     }
@@ -336,8 +337,10 @@ impl Input {
                     }
                     if c.q.overflowed.load(Ordering::SeqCst) {
                         let why = format!(
-                            "more than {} MiB sent to a command waiting for approval: request {} withdrawn",
+                            "more than {} MiB sent to a command waiting for approval (or {} MiB over all \
+                             channels of this connection): request {} withdrawn",
                             HELD_BUFFER >> 20,
+                            CONNECTION_BUFFER >> 20,
                             w.id
                         );
                         info!(channel = c.id, "held ssh request abandoned: {why}");

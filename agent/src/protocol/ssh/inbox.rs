@@ -66,9 +66,14 @@ pub const CHANNEL_BUFFER: usize = 4 << 20;
 /// Queued bytes a held channel (or one that cannot write to its client) may
 /// take before it is refused and closed.
 pub const HELD_BUFFER: usize = 16 << 20;
+/// Queued bytes all the channels of one connection may hold while they do
+/// not drain (held, or waiting on the client): a channel whose send would
+/// pass it is refused and closed like one past [`HELD_BUFFER`], so many held
+/// channels on one connection cannot take more than this between them.
+pub const CONNECTION_BUFFER: usize = 32 << 20;
 
 /// What the connection and one channel's task share about its queue.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Queue {
     /// Bytes queued and not yet taken by the channel (see [`Cmd::cost`]).
     pub(super) bytes: AtomicUsize,
@@ -83,6 +88,24 @@ pub struct Queue {
     pub(super) abandon: CancellationToken,
     /// Why it was abandoned, for the client.
     pub(super) overflowed: AtomicBool,
+    /// Bytes queued to every channel of the connection (shared by its queues).
+    pub(super) conn: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    /// The channel took a command off its queue.
+    pub(super) fn took(&self, cost: usize) {
+        self.bytes.fetch_sub(cost, Ordering::SeqCst);
+        self.conn.fetch_sub(cost, Ordering::SeqCst);
+        self.drained.notify_one();
+    }
+}
+
+impl Drop for Queue {
+    /// What was queued and never taken no longer counts for the connection.
+    fn drop(&mut self) {
+        self.conn.fetch_sub(*self.bytes.get_mut(), Ordering::SeqCst);
+    }
 }
 
 /// The connection's end of one channel's queue.
@@ -100,9 +123,18 @@ pub enum Sent {
 }
 
 impl Inbox {
-    pub fn channel() -> (Self, mpsc::UnboundedReceiver<Cmd>, Arc<Queue>) {
+    /// A channel's queue, counted in its connection's total `conn`.
+    pub fn channel(conn: Arc<AtomicUsize>) -> (Self, mpsc::UnboundedReceiver<Cmd>, Arc<Queue>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let q = Arc::new(Queue::default());
+        let q = Arc::new(Queue {
+            bytes: AtomicUsize::new(0),
+            drained: Notify::new(),
+            held: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
+            abandon: CancellationToken::new(),
+            overflowed: AtomicBool::new(false),
+            conn,
+        });
         (Self { tx, q: q.clone() }, rx, q)
     }
 
@@ -130,21 +162,23 @@ impl Inbox {
                 return Sent::Gone;
             }
             let queued = self.q.bytes.load(Ordering::SeqCst);
-            if queued + cost <= CHANNEL_BUFFER {
-                break;
-            }
             let held = self.q.held.load(Ordering::SeqCst);
             if held || self.q.writing.load(Ordering::SeqCst) {
-                if queued + cost <= HELD_BUFFER {
+                // Not draining: bounded by its own limit and the connection's, never waited on.
+                if queued + cost <= HELD_BUFFER && self.q.conn.load(Ordering::SeqCst) + cost <= CONNECTION_BUFFER {
                     break;
                 }
                 self.q.overflowed.store(true, Ordering::SeqCst);
                 self.q.abandon.cancel();
                 return Sent::Gone;
             }
+            if queued + cost <= CHANNEL_BUFFER {
+                break;
+            }
             drained.await;
         }
         self.q.bytes.fetch_add(cost, Ordering::SeqCst);
+        self.q.conn.fetch_add(cost, Ordering::SeqCst);
         if self.tx.send(cmd).is_err() { Sent::Gone } else { Sent::Queued }
     }
 }
@@ -159,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_channel_never_holds_up_the_connection() {
-        let (inbox, mut rx, q) = Inbox::channel();
+        let (inbox, mut rx, q) = Inbox::channel(Arc::default());
         inbox.hold();
         // Up to HELD_BUFFER queued at once, nobody taking: no send waits.
         let chunk = 1 << 20;
@@ -181,7 +215,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_running_channel_over_its_buffer_makes_the_connection_wait() {
-        let (inbox, mut rx, q) = Inbox::channel();
+        let (inbox, mut rx, q) = Inbox::channel(Arc::default());
         let chunk = 1 << 20;
         for _ in 0..CHANNEL_BUFFER / chunk {
             assert_eq!(inbox.send(data(chunk)).await, Sent::Queued);
@@ -190,8 +224,7 @@ mod tests {
         assert!(waiting.is_err(), "a send past the buffer did not wait");
         // The channel takes one: the send goes through.
         let taken = rx.recv().await.expect("queued");
-        q.bytes.fetch_sub(taken.cost(), Ordering::SeqCst);
-        q.drained.notify_one();
+        q.took(taken.cost());
         assert_eq!(inbox.send(data(chunk)).await, Sent::Queued);
         // While the channel waits to write to its client, the connection must not wait on it.
         q.writing.store(true, Ordering::SeqCst);
@@ -200,5 +233,31 @@ mod tests {
         // A closed channel is gone.
         drop(rx);
         assert_eq!(inbox.send(data(1)).await, Sent::Gone);
+    }
+
+    #[tokio::test]
+    async fn held_channels_of_one_connection_share_one_bound() {
+        let conn = Arc::new(AtomicUsize::new(0));
+        let chunk = 1 << 20;
+        let mut kept = Vec::new();
+        // Two held channels fill the connection's bound between them (each under its own).
+        for _ in 0..2 {
+            let (inbox, rx, q) = Inbox::channel(conn.clone());
+            inbox.hold();
+            for _ in 0..CONNECTION_BUFFER / 2 / chunk {
+                assert_eq!(inbox.send(data(chunk)).await, Sent::Queued);
+            }
+            kept.push((inbox, rx, q));
+        }
+        assert_eq!(conn.load(Ordering::SeqCst), CONNECTION_BUFFER);
+        // A third held channel cannot queue past it: refused, closed.
+        let (inbox, _rx, q) = Inbox::channel(conn.clone());
+        inbox.hold();
+        assert_eq!(inbox.send(data(chunk)).await, Sent::Gone);
+        assert!(q.overflowed.load(Ordering::SeqCst));
+        // Channels that go away give their share back.
+        drop((inbox, _rx, q));
+        kept.clear();
+        assert_eq!(conn.load(Ordering::SeqCst), 0);
     }
 }
