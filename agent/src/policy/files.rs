@@ -34,6 +34,7 @@ pub fn check(policy: &Policy, now: i64) -> Result<FileReport, Diagnostics> {
         check_backend(b, now, &mut errors, &mut report);
     }
     sni_notes(policy, &mut report.warnings);
+    hold_alert_notes(policy, &mut report.warnings);
     // A notification's secret is a secret; its command runs as root, so only root may change it.
     for n in &policy.notify {
         if let Some(p) = &n.secret_file
@@ -181,6 +182,20 @@ fn sni_notes(policy: &crate::policy::Policy, warnings: &mut Vec<String>) {
         warnings.push(format!(
             "backends share {addr}: the TLS server name (SNI) a client asks for picks the backend, its rules, credentials and certificate ({}); any other name, or none, is refused with a TLS alert",
             each.join("; ")
+        ));
+    }
+}
+
+/// A `hold` alert needs an approver to ask: without any rule that names
+/// one, every statement after the alert fires is refused.
+fn hold_alert_notes(policy: &crate::policy::Policy, warnings: &mut Vec<String>) {
+    if policy.rules.iter().any(|r| r.approval.is_some()) {
+        return;
+    }
+    for a in policy.trail.alerts.iter().filter(|a| a.action == crate::trail::AlertAction::Hold) {
+        warnings.push(format!(
+            "alert `{}` holds the reader's next statement for approval, but no rule names approvers: once it fires, that statement is refused instead",
+            a.name
         ));
     }
 }

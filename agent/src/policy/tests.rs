@@ -670,3 +670,51 @@ expect = "deny"
         assert!(format!("{e:?}").contains(why), "{extra}: {e:?}");
     }
 }
+
+#[test]
+fn a_hold_alert_without_any_approver_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("gh-hold-warn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("s");
+    std::fs::write(&secret, "pw").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let base = format!(
+        r#"
+[[backend]]
+name = "appdb"
+protocol = "postgres"
+address = "127.10.0.9:5432"
+credentials = {{ user = "app", password_file = "{}" }}
+
+[[rule]]
+name = "r"
+who = {{ users = ["root"] }}
+backend = "appdb"
+statements = ["select"]
+"#,
+        secret.display()
+    );
+    let alert = r#"
+[[trail]]
+table = "public.customers"
+
+[[alert]]
+name = "vip-hold"
+table = "public.customers"
+keys = ["42"]
+action = "hold"
+"#;
+    let warned = |text: &str| {
+        let p = policy(text).unwrap();
+        crate::policy::files::check(&p, 0).unwrap().warnings.iter().any(|w| w.contains("alert `vip-hold`"))
+    };
+    assert!(warned(&format!("{base}{alert}")));
+    let with_approver = base.replace(
+        "statements = [\"select\"]",
+        "statements = [\"select\", \"drop\"]\napproval = { for = [\"drop\"], by = \"leads\" }",
+    ) + "\n[[approvers]]\nname = \"leads\"\nwho = { users = [\"root\"] }\n";
+    assert!(!warned(&format!("{with_approver}{alert}")));
+    assert!(!warned(&base));
+    let _ = std::fs::remove_dir_all(&dir);
+}
