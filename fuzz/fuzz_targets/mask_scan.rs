@@ -16,6 +16,7 @@ fn profile(style: Style) -> Profile {
         detectors: Detector::ALL.iter().filter(|&&d| d != Detector::Custom).map(|&d| (d, style)).collect(),
         custom: vec![("employee".into(), r"\bEMP-\d{4,8}\b".into(), style)],
         hash_key: MaskKey::new([0x5a; 32]),
+        refuse_predicates: false,
     };
     Profile::compile(&spec).unwrap_or_else(|e| panic!("fuzz profile does not compile: {e}"))
 }
