@@ -287,7 +287,7 @@ fn masked_rule_masks_result_sets_for_the_cli_and_pymysql() {
     let out = w.mariadb_script(
         &w.sam,
         &["appdb"],
-        &format!("{q};\nSELECT CONCAT(card, '-') AS c, COUNT(*) FROM customers GROUP BY card ORDER BY card;\nSELECT 'ssn 123-45-6789' AS x;\n"),
+        &format!("{q};\nSELECT CONCAT(card, '-') AS c, COUNT(*) FROM customers GROUP BY card ORDER BY card;\nSELECT 'ssn 123-45-6789' AS x;\nSELECT 1 FROM zoe_secret;\nSELECT 'after';\n"),
     );
     let t = text(&out);
     assert!(!t.contains("4111111111111111") && !t.contains("411111111111"), "card leaked: {t}\n{}", w.env.agent_log());
@@ -301,6 +301,13 @@ fn masked_rule_masks_result_sets_for_the_cli_and_pymysql() {
     assert!(cells[2].ends_with("1111") && cells[2].len() >= 4, "card is partial: {t}");
     assert_eq!(cells[3], "ssn ****", "{t}");
     assert!(t.contains("2\tNULL\tNULL\tplain"), "NULL stays NULL, plain text passes: {t}");
+    // Errors lose what they quote (they can echo values); the session goes on.
+    assert!(t.contains("ERROR 1146") && t.contains("Table '****'"), "{t}");
+    let err = t.lines().find(|l| l.starts_with("ERROR 1146")).unwrap_or_default();
+    assert!(
+        !err.contains("zoe_secret") && t.contains("after"),
+        "the client echoes the query, not the server's message: {t}"
+    );
     // The server did run them: it returned the real values to Gatehouse.
     let log = w.db.general_log();
     assert!(log.contains("SELECT CONCAT(card, '-')"), "{log}");

@@ -798,7 +798,10 @@ async fn answer(
 ) -> Result<Outcome, Fail> {
     let mut total = 0u64;
     loop {
-        let first = next_packet(s, client, out, down).await?;
+        let first = match masking.as_deref_mut() {
+            Some(m) => masked_first(s, out, m).await?,
+            None => next_packet(s, client, out, down).await?,
+        };
         let p = payload_of(&first);
         match p.first() {
             Some(0x00) if p.len() < wire::MAX_PAYLOAD => {
@@ -903,7 +906,9 @@ async fn masked_packet(
         Some(0xff) => true,
         _ => false,
     };
-    if end {
+    if p.first() == Some(&0xff) {
+        masking::mask_err(m.profile, &pk, out, m.counts);
+    } else if end {
         out.extend_from_slice(&pk);
     } else {
         let at = out.len();
@@ -926,6 +931,27 @@ async fn masked_packet(
         *down += out.len() as u64;
         client.send(out).await.map_err(|e| Fail::Client(e.to_string()))?;
         out.clear();
+    }
+    Ok(pk)
+}
+
+/// The first packet of an answer on a masked session: an ERR has what it
+/// quotes redacted; a continued packet (16 MiB or more) is refused.
+async fn masked_first(s: &mut Session, out: &mut Vec<u8>, m: &mut MaskCtx<'_>) -> Result<BytesMut, Fail> {
+    let pk = s
+        .backend
+        .read()
+        .await
+        .map_err(|e| Fail::Backend(e.to_string()))?
+        .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))?;
+    let p = payload_of(&pk);
+    if p.len() >= wire::MAX_PAYLOAD {
+        return Err(Fail::Breach("a packet of 16 MiB or more on a masked session (cannot be masked)".into()));
+    }
+    if p.first() == Some(&0xff) {
+        masking::mask_err(m.profile, &pk, out, m.counts);
+    } else {
+        out.extend_from_slice(&pk);
     }
     Ok(pk)
 }

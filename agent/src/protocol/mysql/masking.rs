@@ -143,6 +143,51 @@ pub fn mask_row(
     (at == row.len()).then_some(())
 }
 
+/// An ERR packet (whole, header included) on a masked session: what its
+/// message quotes ('…', "…") is redacted — errors echo values ("Duplicate
+/// entry '…'", "Truncated incorrect … value: '…'") — and the detectors run
+/// over the rest. Same sequence id.
+pub fn mask_err(profile: &Profile, pkt: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
+    let seq = pkt.get(3).copied().unwrap_or(0);
+    let p = pkt.get(4..).unwrap_or_default();
+    let Some(e) = wire::parse_err(p) else {
+        out.extend_from_slice(&wire::frame(
+            seq,
+            &wire::err_payload(1227, "42000", "Gatehouse: an error was withheld (masked session)"),
+        ));
+        return;
+    };
+    let mut quoted = Vec::new();
+    let mut q: Option<u8> = None;
+    for &b in e.message.as_bytes() {
+        match q {
+            Some(c) if b == c => {
+                quoted.extend_from_slice(b"****");
+                quoted.push(b);
+                q = None;
+            }
+            Some(_) => {}
+            None => {
+                quoted.push(b);
+                if b == b'\'' || b == b'"' {
+                    q = Some(b);
+                }
+            }
+        }
+    }
+    if q.is_some() {
+        quoted.extend_from_slice(b"****");
+    }
+    let mut scanned = Vec::new();
+    let msg = match profile.scan(&quoted, &mut scanned, counts) {
+        MaskOutput::Unchanged => quoted,
+        MaskOutput::Written => scanned,
+        MaskOutput::Null => b"****".to_vec(),
+    };
+    let state = if e.state.is_empty() { "HY000" } else { e.state.as_str() };
+    out.extend_from_slice(&wire::frame(seq, &wire::err_payload(e.code, state, &String::from_utf8_lossy(&msg))));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +225,22 @@ mod tests {
 
     fn reads() -> Vec<TableRef> {
         vec![TableRef { schema: None, name: "customers".into() }]
+    }
+
+    #[test]
+    fn errors_lose_what_they_quote() {
+        let p = profile();
+        let pkt =
+            wire::frame(1, &wire::err_payload(1062, "23000", "Duplicate entry 'zoe@example.com' for key 'PRIMARY'"));
+        let mut out = Vec::new();
+        mask_err(&p, &pkt, &mut out, &mut Counts::default());
+        let e = wire::parse_err(out.get(4..).unwrap()).unwrap();
+        assert_eq!((e.code, e.message.as_str()), (1062, "Duplicate entry '****' for key '****'"));
+        assert_eq!(out[3], 1, "the sequence id is kept");
+        let pkt = wire::frame(2, &wire::err_payload(1292, "22007", "bad value 123-45-6789 'unterminated"));
+        out.clear();
+        mask_err(&p, &pkt, &mut out, &mut Counts::default());
+        assert_eq!(wire::parse_err(out.get(4..).unwrap()).unwrap().message, "bad value **** '****");
     }
 
     #[test]
