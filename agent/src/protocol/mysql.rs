@@ -16,6 +16,9 @@
 //!   compression, `CLIENT_LOCAL_FILES`, `CLIENT_MULTI_STATEMENTS`.
 //! - A packet of 16 MiB or more from the client (a continued packet) ends
 //!   the session with an ERR; the server's continued packets are relayed.
+//! - On a session whose rule masks, result sets are rewritten row by row
+//!   (`masking`), ERR messages lose what they quote, and what cannot be
+//!   read ends the session with an ERR instead of being relayed.
 
 pub mod masking;
 pub mod wire;
