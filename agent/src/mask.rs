@@ -64,7 +64,7 @@ pub enum Style {
 
 impl Style {
     /// How much a style hides, for merging overlapping hits.
-    fn concealment(self) -> u8 {
+    pub(crate) fn concealment(self) -> u8 {
         match self {
             Style::Partial => 0,
             Style::Hash => 1,

@@ -18,6 +18,8 @@ struct World {
     env: Env,
     ana: String,
     eve: String,
+    /// In a group whose rule masks results (profile `pii`).
+    sam: String,
 }
 
 fn world(name: &str) -> World {
@@ -25,13 +27,17 @@ fn world(name: &str) -> World {
     let analyst = env.group("analyst");
     let ana = env.user("ana", &[&analyst]);
     let eve = env.user("eve", &[]);
+    let support = env.group("support");
+    let sam = env.user("sam", &[&support]);
     let db = MariaServer::start(&env.dir, &loopback(41), free_port());
     db.admin(
         "USE appdb;
          CREATE TABLE appdb.items (id int PRIMARY KEY, name varchar(40));
          INSERT INTO appdb.items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_100;
          CREATE TABLE appdb.victim (id int);
-         INSERT INTO appdb.victim VALUES (1);",
+         INSERT INTO appdb.victim VALUES (1);
+         CREATE TABLE appdb.customers (id int PRIMARY KEY, email varchar(80), card varchar(20), note text);
+         INSERT INTO appdb.customers VALUES (1, 'zoe@example.com', '4111111111111111', 'ssn 123-45-6789'), (2, NULL, NULL, 'plain');",
     );
     let secret = gatehouse_e2e::pg::password_file(&env.dir, "appdb.secret", mysql::APP_PASSWORD);
     let policy = format!(
@@ -48,6 +54,21 @@ name = "analysts read and write items"
 who = {{ groups = ["{analyst}"] }}
 backend = "shop"
 statements = ["select", "insert", "update", "delete"]
+
+[[mask]]
+name = "pii"
+columns = [
+  {{ column = "customers.card", style = "partial" }},
+  {{ column = "appdb.customers.email", style = "redact" }},
+]
+detectors = {{ us_ssn = "redact" }}
+
+[[rule]]
+name = "support reads masked"
+who = {{ groups = ["{support}"] }}
+backend = "shop"
+statements = ["select"]
+mask = "pii"
 "#,
         addr = db.addr(),
         user = mysql::APP_USER,
@@ -55,7 +76,7 @@ statements = ["select", "insert", "update", "delete"]
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    World { db, env, ana, eve }
+    World { db, env, ana, eve, sam }
 }
 
 impl World {
@@ -252,4 +273,74 @@ run("SELECT name FROM items WHERE id = 3")
     let st = w.statements_of(&w.ana);
     let multi = st.iter().find(|x| x["text"] == "SELECT 1; DROP TABLE victim").expect("multi recorded");
     assert_eq!(multi["decision"], "deny", "{multi}");
+}
+
+#[test]
+fn masked_rule_masks_result_sets_for_the_cli_and_pymysql() {
+    let w = world("mysqlmask");
+    let q = "SELECT id, email, card, note FROM customers ORDER BY id";
+    // The unmasked user sees what the server really returned.
+    let real = text(&w.mariadb(&w.ana, &["appdb", "-e", q]));
+    assert!(real.contains("zoe@example.com") && real.contains("4111111111111111"), "{real}\n{}", w.env.agent_log());
+    assert!(real.contains("123-45-6789"), "{real}");
+
+    let out = w.mariadb_script(
+        &w.sam,
+        &["appdb"],
+        &format!("{q};\nSELECT CONCAT(card, '-') AS c, COUNT(*) FROM customers GROUP BY card ORDER BY card;\nSELECT 'ssn 123-45-6789' AS x;\nSELECT 1 FROM zoe_secret;\nSELECT 'after';\n"),
+    );
+    let t = text(&out);
+    assert!(!t.contains("4111111111111111") && !t.contains("411111111111"), "card leaked: {t}\n{}", w.env.agent_log());
+    assert!(!t.contains("zoe@example.com"), "email leaked: {t}");
+    assert!(!t.contains("123-45-6789"), "the detector must mask the ssn: {t}");
+    let first = t.lines().next().unwrap_or_default();
+    let cells: Vec<&str> = first.split('\t').collect();
+    assert_eq!(cells.len(), 4, "{t}");
+    assert_eq!(cells[0], "1", "{t}");
+    assert_eq!(cells[1], "****", "email is redacted: {t}");
+    assert!(cells[2].ends_with("1111") && cells[2].len() >= 4, "card is partial: {t}");
+    assert_eq!(cells[3], "ssn ****", "{t}");
+    assert!(t.contains("2\tNULL\tNULL\tplain"), "NULL stays NULL, plain text passes: {t}");
+    // Errors lose what they quote (they can echo values); the session goes on.
+    assert!(t.contains("ERROR 1146") && t.contains("Table '****'"), "{t}");
+    let err = t.lines().find(|l| l.starts_with("ERROR 1146")).unwrap_or_default();
+    assert!(
+        !err.contains("zoe_secret") && t.contains("after"),
+        "the client echoes the query, not the server's message: {t}"
+    );
+    // The server did run them: it returned the real values to Gatehouse.
+    let log = w.db.general_log();
+    assert!(log.contains("SELECT CONCAT(card, '-')"), "{log}");
+
+    let py = w.python(
+        &w.sam,
+        r#"
+import json, sys
+import pymysql
+c = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="whoever", password="", database="appdb", autocommit=True)
+cur = c.cursor()
+cur.execute("SELECT id, email, card FROM customers ORDER BY id")
+print(json.dumps([list(r) for r in cur.fetchall()]))
+cur.execute("SELECT UPPER(email), id + 0 FROM customers WHERE id = 1")
+print(json.dumps([list(r) for r in cur.fetchall()]))
+"#,
+    );
+    let pt = text(&py);
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&py.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(lines.len(), 2, "{pt}\n{}", w.env.agent_log());
+    assert_eq!(lines[0][0][0], 1, "{pt}");
+    assert_eq!(lines[0][0][1], "****", "{pt}");
+    let card = lines[0][0][2].as_str().unwrap();
+    assert!(card.ends_with("1111") && !card.contains("41111111"), "{pt}");
+    assert_eq!(lines[0][1], serde_json::json!([2, null, null]), "{pt}");
+    // Expressions over a table with masked columns cannot be traced: masked (fail closed).
+    assert!(!pt.contains("ZOE@EXAMPLE.COM"), "{pt}");
+    assert_eq!(lines[1][0][1], Value::Null, "a computed number over a masked table is NULL: {pt}");
+
+    let st = w.statements_of(&w.sam);
+    let sel = st.iter().find(|x| x["text"] == q).expect("select recorded");
+    assert_eq!(sel["decision"], "allow", "{sel}");
+    assert_eq!(sel["rows"], 2, "{sel}");
+    assert!(sel["masked"].as_str().unwrap_or("").contains("columns"), "{sel}");
 }

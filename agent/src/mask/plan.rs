@@ -156,6 +156,17 @@ impl Profile {
             .collect()
     }
 
+    /// The most concealing style of the column rules that could apply to
+    /// some column of `table` (a rule with no table part applies to every
+    /// table): what a value computed from that table's columns gets when the
+    /// adapter cannot tell which columns it reads (MySQL).
+    pub fn table_style(&self, table: &str) -> Option<Style> {
+        self.columns
+            .iter()
+            .filter(|(p, _)| p.applies_to_table(Some(table)))
+            .fold(None, |a, (_, s)| stricter(a, Some(*s)))
+    }
+
     /// The style per column of a `COPY … TO` of `width` columns (text or
     /// CSV: every value is text, so a style always fits).
     pub fn copy_plan(&self, cat: &Catalog, bound: &Bound, width: usize) -> Vec<Option<(Style, TokenKey)>> {

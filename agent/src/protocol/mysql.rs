@@ -16,7 +16,11 @@
 //!   compression, `CLIENT_LOCAL_FILES`, `CLIENT_MULTI_STATEMENTS`.
 //! - A packet of 16 MiB or more from the client (a continued packet) ends
 //!   the session with an ERR; the server's continued packets are relayed.
+//! - On a session whose rule masks, result sets are rewritten row by row
+//!   (`masking`), ERR messages lose what they quote, and what cannot be
+//!   read ends the session with an ERR instead of being relayed.
 
+pub mod masking;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -58,6 +62,8 @@ pub struct Ctx {
     pub backend: Backend,
     pub addr: SocketAddr,
     pub as_role: Option<DbRole>,
+    /// The masking profile of the session's rule: result sets are masked.
+    pub mask: Option<Arc<crate::mask::Profile>>,
     pub guard: crate::policy::Guard,
     pub record: crate::sql::redact::RecordOptions,
     pub live: Arc<LiveSession>,
@@ -578,7 +584,9 @@ async fn statement(
     let ev = start_record(ctx, s.seq, shown, Some(&c.statement), &d);
     ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))?;
     let started = Instant::now();
-    let out = forward(s, client, pkt, up, down).await;
+    let mut counts = crate::mask::Counts::default();
+    let masking = ctx.mask.as_deref().map(|p| MaskCtx { profile: p, reads: &c.statement.reads, counts: &mut counts });
+    let out = forward_masked(s, client, pkt, up, down, masking).await;
     let (rows, error) = match &out {
         Ok(o) => (o.rows, o.error.clone()),
         Err(e) => (None, Some(format!("session ended: {e}"))),
@@ -599,7 +607,11 @@ async fn statement(
         rows,
         duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         error,
-        masked: None,
+        masked: (counts.total() > 0).then(|| {
+            let m: serde_json::Map<String, serde_json::Value> =
+                counts.iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+            serde_json::Value::Object(m).to_string()
+        }),
         tags: None,
         down_offset: None,
         down: Vec::new(),
@@ -652,9 +664,9 @@ fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
             d.rule_label()
         ));
     }
-    if d.verdict == Verdict::Allow && d.mask.is_some() {
+    if d.verdict == Verdict::Allow && d.mask.as_deref() != ctx.mask.as_ref().map(|m| m.name()) {
         return Decision::refuse(format!(
-            "rule {:?} masks results, which MySQL backends do not support yet",
+            "the policy changed the masking of this session (rule {:?}); reconnect",
             d.rule_label()
         ));
     }
@@ -699,6 +711,13 @@ fn start_record(ctx: &Ctx, seq: u64, text: String, s: Option<&Statement>, d: &De
     }
 }
 
+/// What masks a statement's result sets.
+struct MaskCtx<'a> {
+    profile: &'a crate::mask::Profile,
+    reads: &'a [crate::sql::TableRef],
+    counts: &'a mut crate::mask::Counts,
+}
+
 /// Forwards one command and relays the server's whole answer to the client.
 async fn forward(
     s: &mut Session,
@@ -707,10 +726,32 @@ async fn forward(
     up: &mut u64,
     down: &mut u64,
 ) -> Result<Outcome, Fail> {
+    forward_masked(s, client, pkt, up, down, None).await
+}
+
+/// [`forward`], masking result sets when `masking` is given.
+async fn forward_masked(
+    s: &mut Session,
+    client: &mut Conn,
+    pkt: &[u8],
+    up: &mut u64,
+    down: &mut u64,
+    masking: Option<MaskCtx<'_>>,
+) -> Result<Outcome, Fail> {
     s.backend.send(pkt).await.map_err(|e| Fail::Backend(e.to_string()))?;
     *up += pkt.len() as u64;
     let mut out: Vec<u8> = Vec::new();
-    let r = answer(s, client, &mut out, down).await;
+    let mut masking = masking;
+    let r = answer(s, client, &mut out, down, masking.as_mut()).await;
+    if let Err(Fail::Breach(e)) = &r
+        && masking.is_some()
+    {
+        // Nothing unmasked was sent: end with an ERR in place of the rest.
+        out.clear();
+        let msg = format!("Gatehouse ended this session: {e}");
+        let _ = client.send(&err_packet(0, ER_REFUSED, "42000", &msg)).await;
+        return r;
+    }
     if !out.is_empty() {
         *down += out.len() as u64;
         client.send(&out).await.map_err(|e| Fail::Client(e.to_string()))?;
@@ -751,10 +792,19 @@ async fn next_packet(s: &mut Session, client: &mut Conn, out: &mut Vec<u8>, down
 
 /// Relays a command's answer: OK, ERR, or result sets (more while the
 /// server says SERVER_MORE_RESULTS_EXISTS).
-async fn answer(s: &mut Session, client: &mut Conn, out: &mut Vec<u8>, down: &mut u64) -> Result<Outcome, Fail> {
+async fn answer(
+    s: &mut Session,
+    client: &mut Conn,
+    out: &mut Vec<u8>,
+    down: &mut u64,
+    mut masking: Option<&mut MaskCtx<'_>>,
+) -> Result<Outcome, Fail> {
     let mut total = 0u64;
     loop {
-        let first = next_packet(s, client, out, down).await?;
+        let first = match masking.as_deref_mut() {
+            Some(m) => masked_first(s, out, m).await?,
+            None => next_packet(s, client, out, down).await?,
+        };
         let p = payload_of(&first);
         match p.first() {
             Some(0x00) if p.len() < wire::MAX_PAYLOAD => {
@@ -782,15 +832,33 @@ async fn answer(s: &mut Session, client: &mut Conn, out: &mut Vec<u8>, down: &mu
                     Some((n, _)) if (1..=MAX_COLUMNS).contains(&n) => n,
                     _ => return Err(Fail::Backend("malformed result set header".into())),
                 };
+                let mut defs = Vec::new();
                 for _ in 0..cols {
-                    next_packet(s, client, out, down).await?;
+                    let pk = next_packet(s, client, out, down).await?;
+                    if masking.is_some() {
+                        let d = (pk.len() - 4 < wire::MAX_PAYLOAD)
+                            .then(|| masking::parse_column_def(payload_of(&pk)))
+                            .flatten()
+                            .ok_or_else(|| {
+                                Fail::Breach("a column definition Gatehouse cannot read on a masked session".into())
+                            })?;
+                        defs.push(d);
+                    }
                 }
                 if !s.deprecate_eof {
                     next_packet(s, client, out, down).await?;
                 }
+                let plan = match masking.as_deref() {
+                    Some(m) => masking::plan(m.profile, m.reads, s.database.as_deref(), &defs),
+                    None => Vec::new(),
+                };
                 let mut rows = 0u64;
                 let status = loop {
-                    let pk = next_packet(s, client, out, down).await?;
+                    let pk = if plan.is_empty() {
+                        next_packet(s, client, out, down).await?
+                    } else {
+                        masked_packet(s, client, out, down, &plan, masking.as_deref_mut()).await?
+                    };
                     let p = payload_of(&pk);
                     match p.first() {
                         Some(0xfe) if !s.deprecate_eof && p.len() < 9 => break wire::parse_eof(p).unwrap_or(0),
@@ -812,4 +880,81 @@ async fn answer(s: &mut Session, client: &mut Conn, out: &mut Vec<u8>, down: &mu
             }
         }
     }
+}
+
+/// Reads one packet of a masked result set's rows: a row is rewritten
+/// into `out` with its values masked (same sequence id, new length); an
+/// EOF/OK/ERR is appended as is. Returns the packet as received.
+async fn masked_packet(
+    s: &mut Session,
+    client: &mut Conn,
+    out: &mut Vec<u8>,
+    down: &mut u64,
+    plan: &[crate::mask::ColumnMask],
+    masking: Option<&mut MaskCtx<'_>>,
+) -> Result<BytesMut, Fail> {
+    let m = masking.ok_or_else(|| Fail::Breach("internal error: a masking plan with no profile".into()))?;
+    let pk = s
+        .backend
+        .read()
+        .await
+        .map_err(|e| Fail::Backend(e.to_string()))?
+        .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))?;
+    let p = payload_of(&pk);
+    if p.len() >= wire::MAX_PAYLOAD {
+        return Err(Fail::Breach("a row of 16 MiB or more on a masked session (cannot be masked)".into()));
+    }
+    let end = match p.first() {
+        Some(0xfe) => p.len() < 9 || s.deprecate_eof,
+        Some(0xff) => true,
+        _ => false,
+    };
+    if p.first() == Some(&0xff) {
+        masking::mask_err(m.profile, &pk, out, m.counts);
+    } else if end {
+        out.extend_from_slice(&pk);
+    } else {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        if masking::mask_row(m.profile, plan, p, out, m.counts).is_none() {
+            out.truncate(at);
+            return Err(Fail::Breach("a row Gatehouse cannot read on a masked session".into()));
+        }
+        let len = out.len() - at - 4;
+        if len >= wire::MAX_PAYLOAD {
+            out.truncate(at);
+            return Err(Fail::Breach("a masked row of 16 MiB or more".into()));
+        }
+        let l = u32::try_from(len).unwrap_or(0).to_le_bytes();
+        if let Some(h) = out.get_mut(at..at + 4) {
+            h.copy_from_slice(&[l[0], l[1], l[2], seq_of(&pk)]);
+        }
+    }
+    if out.len() >= FLUSH_AT {
+        *down += out.len() as u64;
+        client.send(out).await.map_err(|e| Fail::Client(e.to_string()))?;
+        out.clear();
+    }
+    Ok(pk)
+}
+
+/// The first packet of an answer on a masked session: an ERR has what it
+/// quotes redacted; a continued packet (16 MiB or more) is refused.
+async fn masked_first(s: &mut Session, out: &mut Vec<u8>, m: &mut MaskCtx<'_>) -> Result<BytesMut, Fail> {
+    let pk = s
+        .backend
+        .read()
+        .await
+        .map_err(|e| Fail::Backend(e.to_string()))?
+        .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))?;
+    let p = payload_of(&pk);
+    if p.len() >= wire::MAX_PAYLOAD {
+        return Err(Fail::Breach("a packet of 16 MiB or more on a masked session (cannot be masked)".into()));
+    }
+    if p.first() == Some(&0xff) {
+        masking::mask_err(m.profile, &pk, out, m.counts);
+    } else {
+        out.extend_from_slice(&pk);
+    }
+    Ok(pk)
 }

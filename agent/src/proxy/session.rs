@@ -281,17 +281,12 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         },
         Protocol::Mysql => {
             let Some(backend) = snapshot.policy.backend(&backend_name).cloned() else { return };
-            if decision.mask.is_some() {
-                // Masking of MySQL results is not implemented: never return them unmasked.
+            let mask = decision.mask.as_deref().and_then(|m| snapshot.policy.mask(m).cloned());
+            if decision.mask.is_some() && mask.is_none() {
+                // A rule names a profile the policy lacks: never return unmasked results.
                 lock(&agent.live).remove(&id);
-                close_record(
-                    agent,
-                    id,
-                    0,
-                    0,
-                    "refused: masking is not supported on mysql backends yet (fail closed)".into(),
-                );
-                crate::protocol::mysql::reject(client, "masking is not supported on mysql backends yet").await;
+                close_record(agent, id, 0, 0, "refused: masking profile unavailable (fail closed)".into());
+                crate::protocol::mysql::reject(client, "masking profile unavailable").await;
                 return;
             }
             let ctx = crate::protocol::mysql::Ctx {
@@ -302,6 +297,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 backend,
                 addr: upstream,
                 as_role: decision.as_role.clone(),
+                mask,
                 guard: decision.guard.clone(),
                 record: snapshot.policy.record_options(decision.rule.as_ref()),
                 live: live.clone(),

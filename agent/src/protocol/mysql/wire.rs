@@ -159,7 +159,7 @@ pub fn lenenc_int(p: &[u8]) -> Option<(u64, usize)> {
     }
 }
 
-fn put_lenenc(out: &mut Vec<u8>, n: usize) {
+pub fn put_lenenc(out: &mut Vec<u8>, n: usize) {
     let b = (n as u64).to_le_bytes();
     match n {
         0..=0xfa => out.push(b[0]),

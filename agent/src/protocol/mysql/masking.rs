@@ -1,0 +1,324 @@
+//! Masking of MySQL text-protocol result sets: the plan of a result from
+//! its column definitions (schema + `org_table` + `org_name` name the table
+//! column a value shows), and row packets rewritten with masked values.
+//!
+//! - A column showing a table column the statement reads gets that
+//!   column's rule (by `schema.org_table` and `org_name`).
+//! - A column with no `org_table` (an expression), or one whose
+//!   `org_table` is not a table the statement names (a derived table),
+//!   cannot be traced: when the statement reads a table some column rule
+//!   could apply to, it gets the most concealing of those rules' styles
+//!   (fail closed: `COUNT(*)` over such a table is masked too); otherwise
+//!   the detectors look inside it.
+//! - A masked column that is not a string type becomes NULL (a stand-in
+//!   like `****` is no number or date); other string columns go through
+//!   the detectors; other types pass.
+
+use crate::mask::{ColumnMask, Counts, MaskOutput, Profile, Style, TokenScope};
+use crate::sql::TableRef;
+
+use super::wire;
+
+/// What a column definition packet says about a result column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColDef {
+    pub schema: String,
+    pub org_table: String,
+    pub name: String,
+    pub org_name: String,
+    pub kind: u8,
+}
+
+/// Parses a ColumnDefinition41 payload.
+pub fn parse_column_def(p: &[u8]) -> Option<ColDef> {
+    let mut at = 0usize;
+    let mut field = || -> Option<String> {
+        let (v, n) = wire::lenenc_str(p.get(at..)?)?;
+        at += n;
+        Some(String::from_utf8_lossy(v?).into_owned())
+    };
+    let _catalog = field()?;
+    let schema = field()?;
+    let _table = field()?;
+    let org_table = field()?;
+    let name = field()?;
+    let org_name = field()?;
+    // Fixed-length fields: 0x0c, charset (2), length (4), then the type.
+    let (fixed, n) = wire::lenenc_int(p.get(at..)?)?;
+    if fixed < 7 {
+        return None;
+    }
+    let kind = *p.get(at + n + 6)?;
+    Some(ColDef { schema, org_table, name, org_name, kind })
+}
+
+/// Whether a MySQL column type carries its value as a string (a masked
+/// stand-in fits, and the detectors can read it).
+fn stringy(kind: u8) -> bool {
+    matches!(kind, 0x0f | 0xf5 | 0xf7 | 0xf8 | 0xf9 | 0xfa | 0xfb | 0xfc | 0xfd | 0xfe)
+}
+
+fn stricter(a: Option<Style>, b: Option<Style>) -> Option<Style> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if y.concealment() > x.concealment() { y } else { x }),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// The plan for a result whose columns are `cols`, for a statement that
+/// reads `reads` with `database` the session's current database. An empty
+/// plan means nothing in it is masked.
+pub fn plan(profile: &Profile, reads: &[TableRef], database: Option<&str>, cols: &[ColDef]) -> Vec<ColumnMask> {
+    let qualified = |t: &TableRef| {
+        format!("{}.{}", t.schema.as_deref().or(database).unwrap_or_default(), t.name).to_ascii_lowercase()
+    };
+    let read_names: Vec<String> = reads.iter().map(qualified).collect();
+    let untraced = read_names.iter().fold(None, |a, t| stricter(a, profile.table_style(t)));
+    let plan: Vec<ColumnMask> = cols
+        .iter()
+        .map(|c| {
+            let table = format!("{}.{}", c.schema, c.org_table).to_ascii_lowercase();
+            let known = !c.org_table.is_empty() && read_names.contains(&table);
+            let found = if known {
+                let column = c.org_name.to_ascii_lowercase();
+                profile
+                    .column_style(Some(&table), &column)
+                    .map(|s| (s, profile.token_key(TokenScope::Column { table: Some(&table), column: &column })))
+            } else {
+                untraced.map(|s| (s, profile.token_key(TokenScope::Column { table: None, column: &c.name })))
+            };
+            match found {
+                Some((s, key)) if stringy(c.kind) => ColumnMask::Rule(s, key),
+                Some((_, key)) => ColumnMask::Rule(Style::Null, key),
+                None if stringy(c.kind) => ColumnMask::Scan { skip: 0 },
+                None => ColumnMask::Pass,
+            }
+        })
+        .collect();
+    if plan.iter().all(|c| matches!(c, ColumnMask::Pass)) { Vec::new() } else { plan }
+}
+
+/// Rewrites one text-protocol row payload per `plan` into `out` (appended).
+/// `None` when the row does not parse as `plan.len()` values (the caller
+/// fails closed).
+pub fn mask_row(
+    profile: &Profile,
+    plan: &[ColumnMask],
+    row: &[u8],
+    out: &mut Vec<u8>,
+    counts: &mut Counts,
+) -> Option<()> {
+    let mut at = 0usize;
+    let mut value = Vec::new();
+    for c in plan {
+        let (v, n) = wire::lenenc_str(row.get(at..)?)?;
+        let raw = row.get(at..at + n)?;
+        at += n;
+        let Some(v) = v else {
+            out.push(0xfb);
+            continue;
+        };
+        value.clear();
+        let result = match c {
+            ColumnMask::Pass => MaskOutput::Unchanged,
+            ColumnMask::Rule(style, key) => {
+                let r = profile.mask_value(*style, key, v, &mut value);
+                if r != MaskOutput::Unchanged {
+                    counts.add_columns(1);
+                }
+                r
+            }
+            ColumnMask::Scan { .. } => profile.scan(v, &mut value, counts),
+        };
+        match result {
+            MaskOutput::Unchanged => out.extend_from_slice(raw),
+            MaskOutput::Written => {
+                wire::put_lenenc(out, value.len());
+                out.extend_from_slice(&value);
+            }
+            MaskOutput::Null => out.push(0xfb),
+        }
+    }
+    (at == row.len()).then_some(())
+}
+
+/// An ERR packet (whole, header included) on a masked session: what its
+/// message quotes ('…', "…") is redacted — errors echo values ("Duplicate
+/// entry '…'", "Truncated incorrect … value: '…'") — and the detectors run
+/// over the rest. Same sequence id.
+pub fn mask_err(profile: &Profile, pkt: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
+    let seq = pkt.get(3).copied().unwrap_or(0);
+    let p = pkt.get(4..).unwrap_or_default();
+    let Some(e) = wire::parse_err(p) else {
+        out.extend_from_slice(&wire::frame(
+            seq,
+            &wire::err_payload(1227, "42000", "Gatehouse: an error was withheld (masked session)"),
+        ));
+        return;
+    };
+    let mut quoted = Vec::new();
+    let mut q: Option<u8> = None;
+    for &b in e.message.as_bytes() {
+        match q {
+            Some(c) if b == c => {
+                quoted.extend_from_slice(b"****");
+                quoted.push(b);
+                q = None;
+            }
+            Some(_) => {}
+            None => {
+                quoted.push(b);
+                if b == b'\'' || b == b'"' {
+                    q = Some(b);
+                }
+            }
+        }
+    }
+    if q.is_some() {
+        quoted.extend_from_slice(b"****");
+    }
+    let mut scanned = Vec::new();
+    let msg = match profile.scan(&quoted, &mut scanned, counts) {
+        MaskOutput::Unchanged => quoted,
+        MaskOutput::Written => scanned,
+        MaskOutput::Null => b"****".to_vec(),
+    };
+    let state = if e.state.is_empty() { "HY000" } else { e.state.as_str() };
+    out.extend_from_slice(&wire::frame(seq, &wire::err_payload(e.code, state, &String::from_utf8_lossy(&msg))));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::{Detector, ProfileSpec};
+
+    fn profile() -> Profile {
+        Profile::compile(&ProfileSpec {
+            name: "p".into(),
+            columns: vec![("shop.customers.card".into(), Style::Partial), ("email".into(), Style::Redact)],
+            detectors: vec![(Detector::UsSsn, Style::Redact)],
+            ..ProfileSpec::default()
+        })
+        .unwrap()
+    }
+
+    fn lenenc(s: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        wire::put_lenenc(&mut v, s.len());
+        v.extend_from_slice(s);
+        v
+    }
+
+    fn coldef(schema: &str, org_table: &str, name: &str, org_name: &str, kind: u8) -> Vec<u8> {
+        let mut p = Vec::new();
+        for f in ["def", schema, "c", org_table, name, org_name] {
+            p.extend(lenenc(f.as_bytes()));
+        }
+        p.push(0x0c);
+        p.extend_from_slice(&45u16.to_le_bytes());
+        p.extend_from_slice(&100u32.to_le_bytes());
+        p.push(kind);
+        p.extend_from_slice(&[0, 0, 0, 0, 0]);
+        p
+    }
+
+    fn reads() -> Vec<TableRef> {
+        vec![TableRef { schema: None, name: "customers".into() }]
+    }
+
+    #[test]
+    fn errors_lose_what_they_quote() {
+        let p = profile();
+        let pkt =
+            wire::frame(1, &wire::err_payload(1062, "23000", "Duplicate entry 'zoe@example.com' for key 'PRIMARY'"));
+        let mut out = Vec::new();
+        mask_err(&p, &pkt, &mut out, &mut Counts::default());
+        let e = wire::parse_err(out.get(4..).unwrap()).unwrap();
+        assert_eq!((e.code, e.message.as_str()), (1062, "Duplicate entry '****' for key '****'"));
+        assert_eq!(out[3], 1, "the sequence id is kept");
+        let pkt = wire::frame(2, &wire::err_payload(1292, "22007", "bad value 123-45-6789 'unterminated"));
+        out.clear();
+        mask_err(&p, &pkt, &mut out, &mut Counts::default());
+        assert_eq!(wire::parse_err(out.get(4..).unwrap()).unwrap().message, "bad value **** '****");
+    }
+
+    #[test]
+    fn column_definitions_parse() {
+        let d = parse_column_def(&coldef("shop", "customers", "c", "card", 0xfd)).unwrap();
+        assert_eq!(
+            d,
+            ColDef {
+                schema: "shop".into(),
+                org_table: "customers".into(),
+                name: "c".into(),
+                org_name: "card".into(),
+                kind: 0xfd
+            }
+        );
+        assert!(parse_column_def(&coldef("shop", "customers", "c", "card", 0xfd)[..20]).is_none());
+    }
+
+    #[test]
+    fn rows_are_rewritten_by_column() {
+        let p = profile();
+        let cols: Vec<ColDef> = [
+            coldef("shop", "customers", "id", "id", 0x03),
+            coldef("shop", "customers", "c", "card", 0xfd),
+            coldef("shop", "customers", "email", "email", 0xfd),
+            coldef("shop", "customers", "note", "note", 0xfc),
+        ]
+        .iter()
+        .map(|c| parse_column_def(c).unwrap())
+        .collect();
+        let plan = plan(&p, &reads(), Some("shop"), &cols);
+        assert!(matches!(plan[0], ColumnMask::Pass));
+        assert!(matches!(plan[1], ColumnMask::Rule(Style::Partial, _)));
+        assert!(matches!(plan[2], ColumnMask::Rule(Style::Redact, _)));
+        assert!(matches!(plan[3], ColumnMask::Scan { .. }));
+        let row = [lenenc(b"7"), lenenc(b"4111111111111111"), lenenc(b"zoe@example.com"), lenenc(b"ssn 123-45-6789")]
+            .concat();
+        let mut out = Vec::new();
+        let mut counts = Counts::default();
+        mask_row(&p, &plan, &row, &mut out, &mut counts).unwrap();
+        let mut at = 0;
+        let mut got = Vec::new();
+        while at < out.len() {
+            let (v, n) = wire::lenenc_str(&out[at..]).unwrap();
+            got.push(v.map(|v| String::from_utf8_lossy(v).into_owned()));
+            at += n;
+        }
+        assert_eq!(got[0].as_deref(), Some("7"));
+        assert!(!got[1].as_deref().unwrap().contains("411111111111"), "{got:?}");
+        assert!(got[1].as_deref().unwrap().ends_with("1111"), "{got:?}");
+        assert_eq!(got[2].as_deref(), Some("****"));
+        assert_eq!(got[3].as_deref(), Some("ssn ****"));
+        assert!(counts.columns() >= 2);
+        // NULL stays NULL.
+        let row = [lenenc(b"8"), vec![0xfb], vec![0xfb], lenenc(b"x")].concat();
+        out.clear();
+        mask_row(&p, &plan, &row, &mut out, &mut counts).unwrap();
+        assert_eq!(out, row);
+        // A row that does not parse as the plan's columns fails.
+        out.clear();
+        assert!(mask_row(&p, &plan, &row[..row.len() - 1], &mut out, &mut counts).is_none());
+        assert!(mask_row(&p, &plan, &[row.clone(), lenenc(b"extra")].concat(), &mut out, &mut counts).is_none());
+    }
+
+    #[test]
+    fn untraced_columns_are_masked_when_the_statement_reads_a_masked_table() {
+        let p = profile();
+        let computed = parse_column_def(&coldef("", "", "concat(card,'')", "", 0xfd)).unwrap();
+        let count = parse_column_def(&coldef("", "", "count(*)", "", 0x08)).unwrap();
+        let plan = plan(&p, &reads(), Some("shop"), &[computed.clone(), count.clone()]);
+        assert!(matches!(plan[0], ColumnMask::Rule(Style::Redact, _)), "{plan:?}");
+        assert!(matches!(plan[1], ColumnMask::Rule(Style::Null, _)), "{plan:?}");
+        // A derived table's column is not traced either.
+        let derived = parse_column_def(&coldef("shop", "d", "card", "card", 0xfd)).unwrap();
+        assert!(matches!(super::plan(&p, &reads(), Some("shop"), &[derived])[0], ColumnMask::Rule(..)));
+        // No table read: the detectors only.
+        let plan = super::plan(&p, &[], Some("shop"), &[computed, count]);
+        assert!(matches!(plan[0], ColumnMask::Scan { .. }));
+        assert!(matches!(plan[1], ColumnMask::Pass));
+    }
+}
