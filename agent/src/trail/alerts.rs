@@ -258,7 +258,7 @@ mod tests {
     use crate::trail::AlertAction;
     use crate::types::SessionId;
 
-    fn rec() -> TrailRecord {
+    pub(super) fn rec() -> TrailRecord {
         TrailRecord {
             session: SessionId::new(),
             statement: 1,
@@ -275,7 +275,7 @@ mod tests {
         }
     }
 
-    fn set(range: std::ops::Range<u64>) -> KeySet {
+    pub(super) fn set(range: std::ops::Range<u64>) -> KeySet {
         let mut s = KeySet::default();
         for v in range {
             s.ints.insert(v);
@@ -333,6 +333,7 @@ mod tests {
 mod rebuild_tests {
     use std::time::Duration;
 
+    use super::tests::{rec, set};
     use super::*;
     use crate::trail::{AlertAction, store};
     use crate::types::SessionId;
@@ -394,31 +395,6 @@ mod rebuild_tests {
         }
         tx.commit().unwrap();
         conn
-    }
-
-    fn rec() -> TrailRecord {
-        TrailRecord {
-            session: SessionId::new(),
-            statement: 1,
-            time_us: 0,
-            table: "public.customers".into(),
-            table_oid: 1,
-            key: Some("id".into()),
-            rows: 0,
-            keys: 0,
-            hashed: false,
-            key_masked: false,
-            masked: false,
-            keyless: None,
-        }
-    }
-
-    fn set(range: std::ops::Range<u64>) -> KeySet {
-        let mut s = KeySet::default();
-        for v in range {
-            s.ints.insert(v);
-        }
-        s
     }
 
     #[test]
