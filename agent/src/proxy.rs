@@ -282,6 +282,29 @@ impl Agent {
         }
     }
 
+    /// Opens a request to the approvers a rule's `approval` names, records
+    /// its opening, and returns what the held session waits on.
+    pub fn request_approval(
+        &self,
+        subject: crate::approval::Subject,
+        requester: crate::identity::Principal,
+        approval: &crate::policy::Approval,
+    ) -> crate::approval::Waiting {
+        let open = crate::approval::Open {
+            subject,
+            requester,
+            reason: None,
+            approvers: approval.by.clone(),
+            approvers_label: approval.by_name.clone().unwrap_or_else(|| approval.by.describe()),
+            needed: approval.count,
+            timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
+            duration_us: None,
+        };
+        let (t, state) = self.approvals.open(open, crate::audit::now_us());
+        self.approval_transition(&t);
+        crate::approval::Waiting { id: t.request.id, state, timeout: approval.timeout, approvers: t.request.approvers }
+    }
+
     /// Records (and logs) a step of an approval request.
     pub fn approval_transition(&self, t: &crate::approval::Transition) {
         info!(

@@ -143,29 +143,16 @@ impl Shared {
         let snapshot = agent.snapshot.load();
         let rule = snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref())?;
         let approval = rule.approval.as_ref()?;
-        let open = crate::approval::Open {
-            subject: crate::approval::Subject::Ssh {
+        Some(agent.request_approval(
+            crate::approval::Subject::Ssh {
                 session: self.ctx.id.to_string(),
                 backend: self.ctx.backend.name.to_string(),
                 request: what.describe(),
                 rule: rule.name.to_string(),
             },
-            requester: self.ctx.principal.clone(),
-            reason: None,
-            approvers: approval.by.clone(),
-            approvers_label: approval.by_name.clone().unwrap_or_else(|| approval.by.describe()),
-            needed: approval.count,
-            timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
-            duration_us: None,
-        };
-        let (t, state) = agent.approvals.open(open, audit::now_us());
-        agent.approval_transition(&t);
-        Some(crate::approval::Waiting {
-            id: t.request.id,
-            state,
-            timeout: approval.timeout,
-            approvers: t.request.approvers,
-        })
+            self.ctx.principal.clone(),
+            approval,
+        ))
     }
 
     pub fn record_max(&self) -> u64 {

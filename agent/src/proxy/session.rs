@@ -350,28 +350,15 @@ fn open_connect_request(
 ) -> Option<crate::approval::Waiting> {
     let rule = snapshot.policy.rules.iter().find(|r| Some(&r.name) == decision.rule.as_ref())?;
     let approval = rule.approval.as_ref()?;
-    let open = crate::approval::Open {
-        subject: crate::approval::Subject::Connect {
+    Some(agent.request_approval(
+        crate::approval::Subject::Connect {
             session: id.to_string(),
             backend: backend.to_string(),
             rule: rule.name.to_string(),
         },
-        requester: principal.clone(),
-        reason: None,
-        approvers: approval.by.clone(),
-        approvers_label: approval.by_name.clone().unwrap_or_else(|| approval.by.describe()),
-        needed: approval.count,
-        timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
-        duration_us: None,
-    };
-    let (t, state) = agent.approvals.open(open, audit::now_us());
-    agent.approval_transition(&t);
-    Some(crate::approval::Waiting {
-        id: t.request.id,
-        state,
-        timeout: approval.timeout,
-        approvers: t.request.approvers,
-    })
+        principal.clone(),
+        approval,
+    ))
 }
 
 async fn record_open(agent: &Agent, rec: SessionOpen) {
