@@ -33,12 +33,18 @@ impl MariaServer {
     pub fn start(parent: &Path, host: &str, port: u16) -> Self {
         let dir = parent.join(format!("mariadb-{port}"));
         std::fs::create_dir_all(&dir).expect("mariadb dir");
-        check(Command::new("chown").arg("mysql:mysql").arg(&dir).output().expect("chown"), "chown");
+        // Each server its own temporary directory: the bootstrap's temporary
+        // tables otherwise share /tmp with every other server the suite runs
+        // at the same time (CI saw one vanish mid-install).
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("mariadb tmp dir");
+        check(Command::new("chown").arg("-R").arg("mysql:mysql").arg(&dir).output().expect("chown"), "chown");
         let data = dir.join("data");
         check(
             Command::new("/usr/bin/mariadb-install-db")
                 .args(["--no-defaults", "--user=mysql", "--skip-test-db", "--skip-name-resolve"])
                 .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .output()
                 .expect("mariadb-install-db"),
             "mariadb-install-db",
@@ -46,6 +52,7 @@ impl MariaServer {
         let child = Command::new("/usr/sbin/mariadbd")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
             .arg(format!("--pid-file={}", dir.join("pid").display()))
             .arg(format!("--log-error={}", dir.join("error.log").display()))
