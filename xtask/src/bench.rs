@@ -296,7 +296,7 @@ impl Rig {
         c
     }
 
-    fn agent_pid(&self) -> Option<u32> {
+    pub(crate) fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(Child::id)
     }
 

@@ -37,6 +37,61 @@ pub(crate) struct Servers {
     children: Vec<Child>,
 }
 
+impl Servers {
+    /// pgbouncer's pid (started first), for its CPU time.
+    fn pgbouncer_pid(&self) -> Option<u32> {
+        self.children.first().map(Child::id)
+    }
+
+    /// haproxy's pid (started second).
+    fn haproxy_pid(&self) -> Option<u32> {
+        self.children.get(1).map(Child::id)
+    }
+}
+
+/// CPU seconds per thread name (user + system) a process has used so far.
+fn thread_cpu(pid: Option<u32>) -> std::collections::BTreeMap<String, f64> {
+    let mut by = std::collections::BTreeMap::new();
+    let Some(pid) = pid else { return by };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let name = head.split_once('(').map_or("?", |(_, n)| n).to_owned();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<f64>().ok()).sum();
+        *by.entry(name).or_insert(0.0) += ticks / 100.0;
+    }
+    by
+}
+
+/// Where a run's CPU went, per thread name, in µs per transaction.
+fn thread_split(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    txns: f64,
+) -> String {
+    after
+        .iter()
+        .map(|(k, v)| (k, (v - before.get(k).copied().unwrap_or(0.0)) * 1e6 / txns.max(1.0)))
+        .filter(|(_, us)| *us >= 0.5)
+        .map(|(k, us)| format!("{k} {us:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// CPU seconds (user + system, all threads) a process has used so far.
+fn cpu_secs(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<f64>().ok()).sum();
+    ticks / 100.0
+}
+
 impl Drop for Servers {
     fn drop(&mut self) {
         for c in &mut self.children {
@@ -162,6 +217,9 @@ struct Run {
     latency_ms: f64,
     p50_us: f64,
     p99_us: f64,
+    /// CPU the proxy in between used per transaction (µs; 0 for direct).
+    cpu_us: f64,
+    transactions: f64,
 }
 
 fn parse_pgbench(out: &str) -> Run {
@@ -172,7 +230,12 @@ fn parse_pgbench(out: &str) -> Run {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    Run { tps: num("tps"), latency_ms: num("latency average"), ..Run::default() }
+    Run {
+        tps: num("tps"),
+        latency_ms: num("latency average"),
+        transactions: num("number of transactions actually processed:"),
+        ..Run::default()
+    }
 }
 
 /// The machine's load averages (the machine is shared: say how busy it was).
@@ -226,13 +289,30 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
         ("new_connections", vec!["-S", "-C", "-c", "8", "-j", "2", "-T", &t]),
     ];
     let mut table: Vec<(String, String, Run)> = Vec::new();
+    // The process in between, whose CPU per transaction is what it costs the machine.
+    let proxy_pid = |rig: &Rig, sys: &str| match sys {
+        "gatehouse" => rig.agent_pid(),
+        "pgbouncer" => servers.pgbouncer_pid(),
+        "haproxy" => servers.haproxy_pid(),
+        _ => None,
+    };
     eprintln!("load before the runs: {}", load());
     for (name, args) in &workloads {
         for (sys, host, cg) in systems {
             eprintln!("{name:<16} {sys:<10} running {t} s …");
+            let cpu0 = cpu_secs(proxy_pid(&rig, sys));
+            let threads0 = thread_cpu(proxy_pid(&rig, sys));
             let out = pgbench(&rig, host, cg, args, None)?;
-            let r = parse_pgbench(&out);
-            eprintln!("{name:<16} {sys:<10} {:>10.0} tps  {:>7.3} ms avg", r.tps, r.latency_ms);
+            let mut r = parse_pgbench(&out);
+            r.cpu_us = (cpu_secs(proxy_pid(&rig, sys)) - cpu0) * 1e6 / r.transactions.max(1.0);
+            if sys == "gatehouse" {
+                let split = thread_split(&threads0, &thread_cpu(proxy_pid(&rig, sys)), r.transactions);
+                eprintln!("{name:<16} {sys:<10} cpu µs/txn by thread: {split}");
+            }
+            eprintln!(
+                "{name:<16} {sys:<10} {:>10.0} tps  {:>7.3} ms avg  {:>6.1} µs cpu/txn",
+                r.tps, r.latency_ms, r.cpu_us
+            );
             table.push(((*name).to_owned(), sys.to_owned(), r));
         }
     }
@@ -257,9 +337,15 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
         table.push(("one_client".into(), sys.to_owned(), r));
     }
     println!();
-    println!("{:<16} {:<10} {:>10} {:>10} {:>9} {:>9}", "WORKLOAD", "SYSTEM", "TPS", "AVG_MS", "P50_US", "P99_US");
+    println!(
+        "{:<16} {:<10} {:>10} {:>10} {:>9} {:>9} {:>12}",
+        "WORKLOAD", "SYSTEM", "TPS", "AVG_MS", "P50_US", "P99_US", "CPU_US/TXN"
+    );
     for (w, s, r) in &table {
-        println!("{w:<16} {s:<10} {:>10.0} {:>10.3} {:>9.0} {:>9.0}", r.tps, r.latency_ms, r.p50_us, r.p99_us);
+        println!(
+            "{w:<16} {s:<10} {:>10.0} {:>10.3} {:>9.0} {:>9.0} {:>12.1}",
+            r.tps, r.latency_ms, r.p50_us, r.p99_us, r.cpu_us
+        );
     }
     let get = |w: &str, s: &str| {
         table.iter().find(|(a, b, _)| a == w && b == s).map(|(_, _, r)| r.clone()).unwrap_or_default()
@@ -269,7 +355,9 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
     rig.stop_agent();
     rig.start_agent(&format!("[agent]\naudit_mode = \"best-effort\"\nrecord_max_bytes = 0\n\n{policy}"), free_port()?)?;
     eprintln!("select_only      gatehouse, recording off, running {t} s …");
-    let off = parse_pgbench(&pgbench(&rig, PROTECTED, true, &workloads[0].1, None)?);
+    let cpu0 = cpu_secs(rig.agent_pid());
+    let mut off = parse_pgbench(&pgbench(&rig, PROTECTED, true, &workloads[0].1, None)?);
+    off.cpu_us = (cpu_secs(rig.agent_pid()) - cpu0) * 1e6 / off.transactions.max(1.0);
     eprintln!("select_only      gatehouse, recording off {:>10.0} tps", off.tps);
     // Masking on (a masked column in every result row, the detectors on the
     // rest), recording strict: the masked rule's cost.
@@ -281,10 +369,12 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
     );
     rig.start_agent(&masked_policy, free_port()?)?;
     eprintln!("select_only      gatehouse, masked, running {t} s …");
-    let masked = parse_pgbench(&pgbench(&rig, PROTECTED, true, &workloads[0].1, None)?);
+    let cpu0 = cpu_secs(rig.agent_pid());
+    let mut masked = parse_pgbench(&pgbench(&rig, PROTECTED, true, &workloads[0].1, None)?);
+    masked.cpu_us = (cpu_secs(rig.agent_pid()) - cpu0) * 1e6 / masked.transactions.max(1.0);
     eprintln!("select_only      gatehouse, masked {:>10.0} tps", masked.tps);
-    println!("select_only      gatehouse, recording off {:>10.0} tps", off.tps);
-    println!("select_only      gatehouse, masked        {:>10.0} tps", masked.tps);
+    println!("select_only      gatehouse, recording off {:>10.0} tps {:>8.1} µs cpu/txn", off.tps, off.cpu_us);
+    println!("select_only      gatehouse, masked        {:>10.0} tps {:>8.1} µs cpu/txn", masked.tps, masked.cpu_us);
     println!();
     println!("load after the runs: {}", load());
     for w in ["select_only", "tpcb_write_mix", "new_connections", "one_client"] {
