@@ -54,7 +54,7 @@ pub const PACKAGES: &[&str] = &[
 pub const NODE_DIR: &str = "/usr/local/lib/gatehouse-e2e/node";
 
 /// The Node.js drivers the masking driver matrix runs, pinned by major version.
-const NODE_PACKAGES: &[(&str, &str)] = &[("pg", "8"), ("postgres", "3")];
+const NODE_PACKAGES: &[(&str, &str)] = &[("pg", "8"), ("postgres", "3"), ("mysql2", "3")];
 
 pub fn setup() -> Result<()> {
     apt_packages()?;
