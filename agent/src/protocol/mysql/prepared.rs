@@ -143,16 +143,24 @@ pub(super) async fn forward_prepare(
     s.backend.send(pkt).await.map_err(|e| Fail::Backend(e.to_string()))?;
     *up += pkt.len() as u64;
     let mut out = Vec::new();
-    let first = next_packet(s, client, &mut out, down).await?;
+    // Read alone (not with its continuations): nothing of an oversized answer is relayed.
+    let first = s
+        .backend
+        .read()
+        .await
+        .map_err(|e| Fail::Backend(e.to_string()))?
+        .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))?;
     let p = payload_of(&first);
     if p.len() >= wire::MAX_PAYLOAD {
         return Err(Fail::Backend("an oversized answer to COM_STMT_PREPARE".into()));
     }
     let outcome = match p.first() {
         Some(0xff) => {
-            if let Some(profile) = profile {
-                out.clear();
-                super::masking::mask_err(profile, &first, &mut out, &mut crate::mask::Counts::default());
+            match profile {
+                Some(profile) => {
+                    super::masking::mask_err(profile, &first, &mut out, &mut crate::mask::Counts::default());
+                }
+                None => out.extend_from_slice(&first),
             }
             let e = wire::parse_err(p)
                 .map_or_else(|| "error".into(), |e| format!("{} ({}): {}", e.code, e.state, e.message));
@@ -160,6 +168,7 @@ pub(super) async fn forward_prepare(
         }
         Some(0x00) => {
             let ok = parse_prepare_ok(p).ok_or_else(|| Fail::Backend("malformed COM_STMT_PREPARE_OK".into()))?;
+            out.extend_from_slice(&first);
             for n in [ok.params, ok.columns] {
                 for _ in 0..n {
                     next_packet(s, client, &mut out, down).await?;
