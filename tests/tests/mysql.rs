@@ -564,3 +564,90 @@ fn mysqlslap_reads_through_gatehouse_and_its_writes_are_refused_on_a_read_only_r
     assert_eq!(w.db.admin("SELECT count(*) FROM appdb.items WHERE id = 5000"), "0", "no row may be written");
     assert!(!w.db.general_log().contains("INSERT INTO items VALUES (5000"), "{}", w.db.general_log());
 }
+
+#[test]
+fn a_prepared_statement_is_decided_again_at_each_execute() {
+    use std::io::{BufRead, Write};
+    let w = world("mysqlredecide");
+    let script = w.env.path("redecide.js");
+    std::fs::write(
+        &script,
+        r#"
+const mysql = require('mysql2/promise');
+const lines = require('readline').createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+(async () => {
+  const [host, port] = process.argv.slice(2);
+  const c = await mysql.createConnection({ host, port: Number(port), user: 'whoever', password: '', database: 'appdb' });
+  const run = async (sql, params) => {
+    try {
+      const [rows] = await c.execute(sql, params);
+      console.log(JSON.stringify({ sql, rows: Array.isArray(rows) ? rows.map((r) => Object.values(r)) : rows.affectedRows }));
+    } catch (e) {
+      console.log(JSON.stringify({ sql, error: e.errno, message: e.message }));
+    }
+  };
+  await run('SELECT name FROM items WHERE id = ?', [1]);
+  console.log('READY');
+  await lines.next();
+  await run('SELECT name FROM items WHERE id = ?', [2]);
+  await run('INSERT INTO items VALUES (?, ?)', [3000, 'after reload']);
+  await c.end();
+  process.exit(0);
+})().catch((e) => { console.error(e); process.exit(1); });
+"#,
+    )
+    .unwrap();
+    let port = w.db.port.to_string();
+    let node_path = "NODE_PATH=/usr/local/lib/gatehouse-e2e/node/node_modules";
+    let mut child = w.env.spawn_as(
+        &w.ana,
+        None,
+        Path::new("/usr/bin/env"),
+        &[node_path, "node", script.to_str().unwrap(), &w.db.host, &port],
+    );
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut before = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "node ended early: {before}\n{}", w.env.agent_log());
+        if line.trim() == "READY" {
+            break;
+        }
+        before.push_str(&line);
+    }
+    assert!(before.contains(r#""rows":[["item 1"]]"#), "{before}");
+    // The rule no longer allows reads; the session (and its prepared statement) stays.
+    let config = w.env.path("policy.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let changed = text.replace(
+        r#"statements = ["select", "insert", "update", "delete"]"#,
+        r#"statements = ["insert", "update", "delete"]"#,
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&config, changed).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while w.env.status()["policy"]["reloads"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "no reload: {:#}", w.env.status());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let mut after = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut after).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{after}\n{}", w.env.agent_log());
+    let lines: Vec<Value> = after.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(lines.len(), 2, "{after}");
+    assert_eq!(lines[0]["error"], 1227, "the execute is decided under the new policy: {after}");
+    assert!(lines[0]["message"].as_str().unwrap().contains("select is not in its statements"), "{after}");
+    assert_eq!(lines[1]["rows"], 1, "the session goes on: {after}");
+    // The server executed the first, never the second.
+    let log = w.db.general_log();
+    assert!(log.contains("Execute\tSELECT name FROM items WHERE id = 1"), "{log}");
+    assert!(!log.contains("SELECT name FROM items WHERE id = 2"), "{log}");
+    assert_eq!(w.db.admin("SELECT name FROM appdb.items WHERE id = 3000"), "after reload");
+    let st = w.statements_of(&w.ana);
+    let refused: Vec<&Value> =
+        st.iter().filter(|x| x["text"] == "SELECT name FROM items WHERE id = ?" && x["decision"] == "deny").collect();
+    assert_eq!(refused.len(), 1, "{st:#?}");
+    assert_eq!(refused[0]["rule"], "analysts read and write items", "{st:#?}");
+}
