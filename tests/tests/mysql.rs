@@ -20,6 +20,8 @@ struct World {
     eve: String,
     /// In a group whose rule masks results (profile `pii`).
     sam: String,
+    /// In a group whose rule only reads (`select`).
+    rita: String,
 }
 
 fn world(name: &str) -> World {
@@ -29,6 +31,8 @@ fn world(name: &str) -> World {
     let eve = env.user("eve", &[]);
     let support = env.group("support");
     let sam = env.user("sam", &[&support]);
+    let reader = env.group("reader");
+    let rita = env.user("rita", &[&reader]);
     let db = MariaServer::start(&env.dir, &loopback(41), free_port());
     db.admin(
         "USE appdb;
@@ -69,6 +73,12 @@ who = {{ groups = ["{support}"] }}
 backend = "shop"
 statements = ["select"]
 mask = "pii"
+
+[[rule]]
+name = "readers only read"
+who = {{ groups = ["{reader}"] }}
+backend = "shop"
+statements = ["select"]
 "#,
         addr = db.addr(),
         user = mysql::APP_USER,
@@ -76,7 +86,7 @@ mask = "pii"
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    World { db, env, ana, eve, sam }
+    World { db, env, ana, eve, sam, rita }
 }
 
 impl World {
@@ -130,6 +140,41 @@ impl World {
         std::fs::write(&path, script).unwrap();
         let port = self.db.port.to_string();
         self.env.run_as(user, None, Path::new("/usr/bin/python3"), &[path.to_str().unwrap(), &self.db.host, &port])
+    }
+
+    /// A Node.js script run with the mysql2 driver (`cargo xtask setup` installs it).
+    fn node(&self, user: &str, script: &str) -> Output {
+        let modules = "/usr/local/lib/gatehouse-e2e/node/node_modules";
+        assert!(
+            Path::new(modules).join("mysql2").exists(),
+            "node mysql2 is missing from {modules}: run `cargo xtask setup`"
+        );
+        let path = self.env.path(&format!("script-{}.js", free_port()));
+        std::fs::write(&path, script).unwrap();
+        let port = self.db.port.to_string();
+        let node_path = format!("NODE_PATH={modules}");
+        let args = [node_path.as_str(), "node", path.to_str().unwrap(), &self.db.host, &port];
+        self.env.run_as(user, None, Path::new("/usr/bin/env"), &args)
+    }
+
+    /// `mysqlslap` (from mariadb-client) as `user` against the backend's own address.
+    fn mysqlslap(&self, user: &str, args: &[&str]) -> Output {
+        let port = self.db.port.to_string();
+        let mut all = vec![
+            "--no-defaults",
+            "--protocol=TCP",
+            "-h",
+            &self.db.host,
+            "-P",
+            &port,
+            "-u",
+            "whoever",
+            "--skip-ssl",
+            "--create-schema=appdb",
+            "--no-drop",
+        ];
+        all.extend_from_slice(args);
+        self.env.run_as(user, None, Path::new("/usr/bin/mysqlslap"), &all)
     }
 
     fn victim_present(&self) -> bool {
@@ -343,4 +388,266 @@ print(json.dumps([list(r) for r in cur.fetchall()]))
     assert_eq!(sel["decision"], "allow", "{sel}");
     assert_eq!(sel["rows"], 2, "{sel}");
     assert!(sel["masked"].as_str().unwrap_or("").contains("columns"), "{sel}");
+}
+
+/// Node mysql2 prints one JSON line per statement it ran with `execute()`.
+const NODE_EXECUTE: &str = r#"
+const mysql = require('mysql2/promise');
+(async () => {
+  const [host, port] = process.argv.slice(2);
+  const c = await mysql.createConnection({ host, port: Number(port), user: 'whoever', password: '', database: 'appdb' });
+  const run = async (sql, params) => {
+    try {
+      const [rows] = await c.execute(sql, params);
+      console.log(JSON.stringify({ sql, rows: Array.isArray(rows) ? rows.map((r) => Object.values(r)) : rows.affectedRows }));
+    } catch (e) {
+      console.log(JSON.stringify({ sql, error: e.errno, message: e.message }));
+    }
+  };
+  for (const [sql, params] of JSON.parse(process.env.QUERIES || '[]')) await run(sql, params);
+  await c.end();
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+fn node_lines(o: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// The Node script with its statements baked in (env does not pass through setpriv's sh).
+fn node_script(queries: &Value) -> String {
+    NODE_EXECUTE.replace("process.env.QUERIES || '[]'", &serde_json::to_string(&queries.to_string()).unwrap())
+}
+
+#[test]
+fn node_mysql2_prepared_statements_are_decided_masked_and_recorded() {
+    let w = world("mysqlprep");
+    let queries = serde_json::json!([
+        ["SELECT name FROM items WHERE id = ?", [42]],
+        ["DROP TABLE victim", []],
+        ["SELECT count(*) FROM victim WHERE id >= ?", [0]],
+        ["INSERT INTO items VALUES (?, ?)", [2000, "prepared"]],
+        ["SELECT name FROM items WHERE id = ?", [2000]],
+    ]);
+    let out = w.node(&w.ana, &node_script(&queries));
+    let t = text(&out);
+    let lines = node_lines(&out);
+    assert_eq!(lines.len(), 5, "{t}\n{}", w.env.agent_log());
+    assert_eq!(lines[0]["rows"], serde_json::json!([["item 42"]]), "{t}");
+    assert_eq!(lines[1]["error"], 1227, "{t}");
+    assert!(lines[1]["message"].as_str().unwrap().contains("analysts read and write items"), "names the rule: {t}");
+    assert_eq!(lines[2]["rows"], serde_json::json!([[1]]), "the session stays usable: {t}");
+    assert_eq!(lines[3]["rows"], 1, "{t}");
+    assert_eq!(lines[4]["rows"], serde_json::json!([["prepared"]]), "{t}");
+    // What the server did: it prepared and executed the allowed ones, never saw the DROP.
+    let log = w.db.general_log();
+    assert!(log.contains("Prepare\tSELECT name FROM items WHERE id = ?"), "{log}");
+    assert!(log.contains("Execute\tSELECT name FROM items WHERE id = 42"), "{log}");
+    assert!(!log.contains("DROP TABLE victim"), "a refused prepare never reaches the server: {log}");
+    assert!(w.victim_present(), "victim must survive");
+    assert_eq!(w.db.admin("SELECT name FROM appdb.items WHERE id = 2000"), "prepared");
+
+    let st = w.statements_of(&w.ana);
+    let drop = st.iter().find(|x| x["text"] == "DROP TABLE victim").expect("the refused prepare is recorded");
+    assert_eq!((drop["decision"].as_str(), drop["kinds"].as_str()), (Some("deny"), Some("drop")), "{drop}");
+    // mysql2 prepares a text once and executes it each time: one record of
+    // the prepare (no rows), one per EXECUTE (its rows), all with the text.
+    let same: Vec<&Value> = st.iter().filter(|x| x["text"] == "SELECT name FROM items WHERE id = ?").collect();
+    assert_eq!(same.len(), 3, "{st:#?}");
+    assert!(same.iter().all(|x| x["decision"] == "allow" && x["tables"] == "appdb.items"), "{same:#?}");
+    assert_eq!(same.iter().filter(|x| x["rows"] == 1).count(), 2, "each EXECUTE is a statement: {same:#?}");
+    assert!(!st.iter().any(|x| x.to_string().contains("2000")), "parameter values are not recorded: {st:#?}");
+
+    // Masked rule: binary rows are masked like text rows.
+    let queries = serde_json::json!([
+        ["SELECT id, email, card, note FROM customers WHERE id >= ? ORDER BY id", [0]],
+        ["SELECT id + 0, UPPER(email) FROM customers WHERE id = ?", [1]],
+    ]);
+    let out = w.node(&w.sam, &node_script(&queries));
+    let t = text(&out);
+    let lines = node_lines(&out);
+    assert_eq!(lines.len(), 2, "{t}\n{}", w.env.agent_log());
+    assert!(!t.contains("zoe@example.com") && !t.contains("ZOE@EXAMPLE.COM") && !t.contains("41111111"), "{t}");
+    let first = &lines[0]["rows"][0];
+    assert_eq!(first[0], 1, "{t}");
+    assert_eq!(first[1], "****", "{t}");
+    assert!(first[2].as_str().unwrap().ends_with("1111"), "{t}");
+    assert_eq!(first[3], "ssn ****", "{t}");
+    assert_eq!(lines[0]["rows"][1], serde_json::json!([2, null, null, "plain"]), "{t}");
+    assert_eq!(lines[1]["rows"][0][0], Value::Null, "a computed number over a masked table is NULL: {t}");
+    // The server returned the real values to Gatehouse.
+    assert!(w.db.general_log().contains("Execute\tSELECT id, email, card, note FROM customers WHERE id >= 0"));
+}
+
+#[test]
+fn statement_ids_not_prepared_through_gatehouse_are_refused() {
+    let w = world("mysqlstmtid");
+    // PyMySQL's raw command path: commands a driver would send for a
+    // statement it never prepared (or one Gatehouse refused).
+    let out = w.python(
+        &w.ana,
+        r#"
+import json, struct, sys
+import pymysql
+c = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="whoever", password="", database="appdb", autocommit=True)
+def raw(command, body, answer=True):
+    c._execute_command(command, body)
+    if not answer:
+        return "sent"
+    try:
+        p = c._read_packet()
+        return "ok" if p.is_ok_packet() else "other"
+    except pymysql.MySQLError as e:
+        return e.args[0]
+print(json.dumps({
+    "execute": raw(0x17, struct.pack("<IBI", 1, 0, 1)),
+    "last": raw(0x17, struct.pack("<IBI", 0xffffffff, 0, 1)),
+    "reset": raw(0x1a, struct.pack("<I", 1)),
+    "close": raw(0x19, struct.pack("<I", 1), answer=False),
+    "long": raw(0x18, struct.pack("<IH", 1, 0) + b"x", answer=False),
+    "prepare_drop": raw(0x16, b"DROP TABLE victim"),
+    "fetch": raw(0x1c, struct.pack("<II", 1, 1)),
+}))
+cur = c.cursor()
+cur.execute("SELECT count(*) FROM victim")
+print(json.dumps(cur.fetchall()))
+"#,
+    );
+    let t = text(&out);
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(lines.len(), 2, "{t}\n{}", w.env.agent_log());
+    let r = &lines[0];
+    for k in ["execute", "last", "reset", "prepare_drop", "fetch"] {
+        assert_eq!(r[k], 1227, "{k}: {t}");
+    }
+    assert_eq!(lines[1], serde_json::json!([[1]]), "the session goes on: {t}");
+    let log = w.db.general_log();
+    for word in ["Execute", "Prepare", "Reset stmt", "Close stmt", "Long Data", "DROP"] {
+        assert!(!log.contains(word), "{word} reached the server: {log}");
+    }
+    assert!(w.victim_present());
+    let st = w.statements_of(&w.ana);
+    for text in [
+        "(COM_STMT_EXECUTE of statement id 1)",
+        "(COM_STMT_CLOSE of statement id 1)",
+        "(COM_STMT_SEND_LONG_DATA of statement id 1)",
+    ] {
+        let x = st.iter().find(|x| x["text"] == text).unwrap_or_else(|| panic!("{text} recorded: {st:#?}"));
+        assert_eq!(x["decision"], "deny", "{x}");
+    }
+}
+
+#[test]
+fn mysqlslap_reads_through_gatehouse_and_its_writes_are_refused_on_a_read_only_rule() {
+    let w = world("mysqlslap");
+    let out = w.mysqlslap(
+        &w.rita,
+        &[
+            "--concurrency=4",
+            "--iterations=2",
+            "--number-of-queries=200",
+            "--query=SELECT name FROM items WHERE id = 7",
+        ],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}\n{}", w.env.agent_log());
+    assert!(t.contains("Average number of seconds to run all queries"), "{t}");
+    let log = w.db.general_log();
+    let ran = log.matches("SELECT name FROM items WHERE id = 7").count();
+    assert!(ran >= 200, "the server ran the reads ({ran}): {t}");
+
+    let out =
+        w.mysqlslap(&w.rita, &["--concurrency=2", "--iterations=1", "--query=INSERT INTO items VALUES (5000, 'slap')"]);
+    let t = text(&out);
+    // mysqlslap exits 0 when its queries fail; it prints the server's message, not its code.
+    assert!(t.contains("Gatehouse refused this statement") && t.contains("readers only read"), "{t}");
+    assert_eq!(w.db.admin("SELECT count(*) FROM appdb.items WHERE id = 5000"), "0", "no row may be written");
+    assert!(!w.db.general_log().contains("INSERT INTO items VALUES (5000"), "{}", w.db.general_log());
+}
+
+#[test]
+fn a_prepared_statement_is_decided_again_at_each_execute() {
+    use std::io::{BufRead, Write};
+    let w = world("mysqlredecide");
+    let script = w.env.path("redecide.js");
+    std::fs::write(
+        &script,
+        r#"
+const mysql = require('mysql2/promise');
+const lines = require('readline').createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+(async () => {
+  const [host, port] = process.argv.slice(2);
+  const c = await mysql.createConnection({ host, port: Number(port), user: 'whoever', password: '', database: 'appdb' });
+  const run = async (sql, params) => {
+    try {
+      const [rows] = await c.execute(sql, params);
+      console.log(JSON.stringify({ sql, rows: Array.isArray(rows) ? rows.map((r) => Object.values(r)) : rows.affectedRows }));
+    } catch (e) {
+      console.log(JSON.stringify({ sql, error: e.errno, message: e.message }));
+    }
+  };
+  await run('SELECT name FROM items WHERE id = ?', [1]);
+  console.log('READY');
+  await lines.next();
+  await run('SELECT name FROM items WHERE id = ?', [2]);
+  await run('INSERT INTO items VALUES (?, ?)', [3000, 'after reload']);
+  await c.end();
+  process.exit(0);
+})().catch((e) => { console.error(e); process.exit(1); });
+"#,
+    )
+    .unwrap();
+    let port = w.db.port.to_string();
+    let node_path = "NODE_PATH=/usr/local/lib/gatehouse-e2e/node/node_modules";
+    let mut child = w.env.spawn_as(
+        &w.ana,
+        None,
+        Path::new("/usr/bin/env"),
+        &[node_path, "node", script.to_str().unwrap(), &w.db.host, &port],
+    );
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut before = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "node ended early: {before}\n{}", w.env.agent_log());
+        if line.trim() == "READY" {
+            break;
+        }
+        before.push_str(&line);
+    }
+    assert!(before.contains(r#""rows":[["item 1"]]"#), "{before}");
+    // The rule no longer allows reads; the session (and its prepared statement) stays.
+    let config = w.env.path("policy.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let changed = text.replace(
+        r#"statements = ["select", "insert", "update", "delete"]"#,
+        r#"statements = ["insert", "update", "delete"]"#,
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&config, changed).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while w.env.status()["policy"]["reloads"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "no reload: {:#}", w.env.status());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let mut after = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut after).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{after}\n{}", w.env.agent_log());
+    let lines: Vec<Value> = after.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(lines.len(), 2, "{after}");
+    assert_eq!(lines[0]["error"], 1227, "the execute is decided under the new policy: {after}");
+    assert!(lines[0]["message"].as_str().unwrap().contains("select is not in its statements"), "{after}");
+    assert_eq!(lines[1]["rows"], 1, "the session goes on: {after}");
+    // The server executed the first, never the second.
+    let log = w.db.general_log();
+    assert!(log.contains("Execute\tSELECT name FROM items WHERE id = 1"), "{log}");
+    assert!(!log.contains("SELECT name FROM items WHERE id = 2"), "{log}");
+    assert_eq!(w.db.admin("SELECT name FROM appdb.items WHERE id = 3000"), "after reload");
+    let st = w.statements_of(&w.ana);
+    let refused: Vec<&Value> =
+        st.iter().filter(|x| x["text"] == "SELECT name FROM items WHERE id = ?" && x["decision"] == "deny").collect();
+    assert_eq!(refused.len(), 1, "{st:#?}");
+    assert_eq!(refused[0]["rule"], "analysts read and write items", "{st:#?}");
 }

@@ -129,6 +129,15 @@ pub enum Workload {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// mysqlslap read-only workloads through Gatehouse vs direct vs haproxy (tcp), on MariaDB.
+    Mysql {
+        /// Queries per mysqlslap iteration of the point-select workload (the others scale from it).
+        #[arg(long, default_value_t = 40_000)]
+        queries: u32,
+        /// mysqlslap iterations per run (it reports their average).
+        #[arg(long, default_value_t = 3)]
+        iterations: u32,
+    },
     /// pgbench through Gatehouse vs direct vs pgbouncer (session) vs haproxy (tcp).
     Pg {
         /// Seconds per pgbench run.
@@ -201,6 +210,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
         Workload::Policy | Workload::Audit | Workload::Verify { .. } => Ok(()),
         Workload::Pg { secs, scale } => crate::bench_pg::pg(secs, scale),
+        Workload::Mysql { queries, iterations } => crate::bench_mysql::mysql(queries, iterations),
         Workload::Http { secs } => crate::bench_http::http(secs),
         Workload::Trail { rows } => {
             run(Command::new("cargo").current_dir(workspace_root()).args([

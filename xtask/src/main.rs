@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_http;
+mod bench_mysql;
 mod bench_pg;
 mod bench_ssh;
 mod bench_trail;

@@ -54,7 +54,7 @@ pub const PACKAGES: &[&str] = &[
 pub const NODE_DIR: &str = "/usr/local/lib/gatehouse-e2e/node";
 
 /// The Node.js drivers the masking driver matrix runs, pinned by major version.
-const NODE_PACKAGES: &[(&str, &str)] = &[("pg", "8"), ("postgres", "3")];
+const NODE_PACKAGES: &[(&str, &str)] = &[("pg", "8"), ("postgres", "3"), ("mysql2", "3")];
 
 pub fn setup() -> Result<()> {
     apt_packages()?;
@@ -118,9 +118,12 @@ fn node_packages() -> Result<()> {
     }
     eprintln!("setup: installing Node.js drivers into {NODE_DIR}: {}", missing.join(" "));
     run(privileged("mkdir")?.args(["-p", NODE_DIR]))?;
+    // The whole list, not only what is missing: without a package.json,
+    // `npm install --no-save` prunes every package it was not given.
+    let all: Vec<String> = NODE_PACKAGES.iter().map(|(name, major)| format!("{name}@{major}")).collect();
     run(privileged("npm")?
         .args(["install", "--prefix", NODE_DIR, "--no-audit", "--no-fund", "--omit=dev", "--no-save"])
-        .args(&missing))
+        .args(&all))
 }
 
 fn nightly() -> Result<()> {

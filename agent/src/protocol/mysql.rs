@@ -10,17 +10,22 @@
 //!   per text) and decided by the policy; refused ones get an ERR packet
 //!   (1227, SQLSTATE 42000, naming the rule) and the session goes on.
 //! - `COM_INIT_DB` is decided as `USE db`; `COM_PING`, `COM_QUIT`,
-//!   `COM_RESET_CONNECTION` pass; `COM_STMT_CLOSE`/`SEND_LONG_DATA` (no
-//!   answer expected) are dropped; every other command is refused.
+//!   `COM_RESET_CONNECTION` pass; prepared statements (`COM_STMT_*`) are
+//!   decided as `COM_QUERY` at prepare and again at each execute, for the
+//!   ids this session prepared only (`prepared`); cursors (`COM_STMT_FETCH`)
+//!   and every other command are refused.
 //! - Never passed to the backend: TLS (the client's SSLRequest is refused),
 //!   compression, `CLIENT_LOCAL_FILES`, `CLIENT_MULTI_STATEMENTS`.
 //! - A packet of 16 MiB or more from the client (a continued packet) ends
 //!   the session with an ERR; the server's continued packets are relayed.
 //! - On a session whose rule masks, result sets are rewritten row by row
-//!   (`masking`), ERR messages lose what they quote, and what cannot be
+//!   (`masking` for text rows, `binary` for the rows of prepared
+//!   statements), ERR messages lose what they quote, and what cannot be
 //!   read ends the session with an ERR instead of being relayed.
 
+pub mod binary;
 pub mod masking;
+mod prepared;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -165,6 +170,8 @@ struct Session {
     fold_case: bool,
     mariadb: bool,
     seq: u64,
+    /// Statements prepared through Gatehouse, by the server's ids.
+    prepared: prepared::Registry,
 }
 
 /// The handshake with the client and the login to the backend.
@@ -281,6 +288,7 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
         fold_case: true,
         mariadb: greeting.version.contains("MariaDB"),
         seq: 0,
+        prepared: prepared::Registry::default(),
     };
     if let Err(e) = prepare(ctx, &mut s).await {
         warn!(error = %e, "session refused (fail closed)");
@@ -467,12 +475,20 @@ async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down
                 }
                 Some(wire::COM_QUERY) => {
                     let text = payload.get(1..).unwrap_or_default().to_vec();
-                    statement(ctx, s, client, &pkt, &text, false, up, down).await?;
+                    statement(ctx, s, client, &pkt, &text, Command::Query, up, down).await?;
                 }
                 Some(wire::COM_INIT_DB) => {
                     let db = String::from_utf8_lossy(payload.get(1..).unwrap_or_default()).replace('`', "``");
                     let text = format!("USE `{db}`").into_bytes();
-                    statement(ctx, s, client, &pkt, &text, true, up, down).await?;
+                    statement(ctx, s, client, &pkt, &text, Command::InitDb, up, down).await?;
+                }
+                Some(wire::COM_STMT_PREPARE) => {
+                    let text = payload.get(1..).unwrap_or_default().to_vec();
+                    statement(ctx, s, client, &pkt, &text, Command::Prepare, up, down).await?;
+                }
+                Some(wire::COM_STMT_EXECUTE) => prepared::execute(ctx, s, client, &pkt, up, down).await?,
+                Some(wire::COM_STMT_SEND_LONG_DATA | wire::COM_STMT_RESET | wire::COM_STMT_CLOSE) => {
+                    prepared::by_id(ctx, s, client, &pkt, up, down).await?;
                 }
                 Some(wire::COM_PING) => {
                     forward(s, client, &pkt, up, down).await?;
@@ -480,14 +496,14 @@ async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down
                 Some(wire::COM_RESET_CONNECTION) => {
                     let r = forward(s, client, &pkt, up, down).await?;
                     if r.error.is_none() {
+                        // The server forgot the session's prepared statements too.
+                        s.prepared.clear();
                         // The server forgot the session's settings: the guard rails go back on.
                         apply_guard(ctx, s).await.map_err(|e| {
                             Fail::Breach(format!("cannot restore the guard rails after COM_RESET_CONNECTION: {e}"))
                         })?;
                     }
                 }
-                // No answer is expected, and no statement was ever prepared.
-                Some(wire::COM_STMT_CLOSE | wire::COM_STMT_SEND_LONG_DATA) => {}
                 other => {
                     let name = command_name(other);
                     let reason = format!("{name} is not supported through Gatehouse yet");
@@ -529,8 +545,8 @@ fn command_name(c: Option<u8>) -> String {
         Some(0x04) => "COM_FIELD_LIST".into(),
         Some(0x11) => "COM_CHANGE_USER".into(),
         Some(0x12) => "COM_BINLOG_DUMP".into(),
-        Some(0x16) => "COM_STMT_PREPARE (prepared statements)".into(),
-        Some(0x17) => "COM_STMT_EXECUTE (prepared statements)".into(),
+        Some(wire::COM_STMT_FETCH) => "COM_STMT_FETCH (cursors)".into(),
+        Some(0xfa) => "COM_STMT_BULK_EXECUTE".into(),
         Some(0x1b) => "COM_SET_OPTION".into(),
         Some(c) => format!("command 0x{c:02x}"),
         None => "an empty command".into(),
@@ -542,6 +558,18 @@ fn command_name(c: Option<u8>) -> String {
 struct Outcome {
     rows: Option<u64>,
     error: Option<String>,
+    /// What the server's COM_STMT_PREPARE_OK said.
+    prepared: Option<prepared::PrepareOk>,
+}
+
+/// The commands that carry a statement's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Query,
+    /// `COM_INIT_DB`, decided as `USE db`.
+    InitDb,
+    /// `COM_STMT_PREPARE`: decided as the text, which is run later by execute.
+    Prepare,
 }
 
 /// Classifies, decides, records and (if allowed) forwards one statement.
@@ -552,11 +580,15 @@ async fn statement(
     client: &mut Conn,
     pkt: &[u8],
     text: &[u8],
-    init_db: bool,
+    command: Command,
     up: &mut u64,
     down: &mut u64,
 ) -> Result<(), Fail> {
     let seq = seq_of(pkt).wrapping_add(1);
+    if command == Command::Prepare {
+        // Until the server says otherwise, "the statement prepared last" is none.
+        s.prepared.forget_last();
+    }
     let names = Names { database: s.database.clone(), fold_case: s.fold_case };
     // A large text is parsed off the runtime's threads.
     let classified = if text.len() > 64 << 10 {
@@ -581,25 +613,63 @@ async fn statement(
     if d.verdict != Verdict::Allow {
         return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &d).await;
     }
-    let ev = start_record(ctx, s.seq, shown, Some(&c.statement), &d);
+    if command == Command::Prepare {
+        // A prepared USE would change the database behind Gatehouse's back (servers refuse it anyway).
+        let why = if c.uses.is_some() {
+            Some(Decision::refuse("USE cannot be prepared through Gatehouse"))
+        } else {
+            s.prepared.is_full().then(prepared::too_many)
+        };
+        if let Some(why) = why {
+            return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &why).await;
+        }
+    }
+    let ev = start_record(ctx, s.seq, shown.clone(), Some(&c.statement), &d);
     ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))?;
     let started = Instant::now();
     let mut counts = crate::mask::Counts::default();
-    let masking = ctx.mask.as_deref().map(|p| MaskCtx { profile: p, reads: &c.statement.reads, counts: &mut counts });
-    let out = forward_masked(s, client, pkt, up, down, masking).await;
-    let (rows, error) = match &out {
-        Ok(o) => (o.rows, o.error.clone()),
-        Err(e) => (None, Some(format!("session ended: {e}"))),
+    let out = if command == Command::Prepare {
+        prepared::forward_prepare(s, client, pkt, up, down, ctx.mask.as_deref()).await
+    } else {
+        let masking = ctx.mask.as_deref().map(|p| MaskCtx {
+            profile: p,
+            reads: &c.statement.reads,
+            counts: &mut counts,
+            binary: false,
+        });
+        forward_masked(s, client, pkt, up, down, masking).await
     };
+    let mut tags = None;
     if let Ok(o) = &out
         && o.error.is_none()
     {
-        if let Some(db) = c.uses {
+        if let Some(ok) = o.prepared {
+            tags = Some(format!("PREPARE statement {} ({} parameters, {} columns)", ok.id, ok.params, ok.columns));
+            let p = prepared::Prepared { text: shown, statement: c.statement, params: ok.params, columns: ok.columns };
+            s.prepared.insert(ok.id, p);
+        } else if let Some(db) = c.uses {
             s.database = Some(db);
-        } else if init_db {
+        } else if command == Command::InitDb {
             s.database = Some(String::from_utf8_lossy(pkt.get(5..).unwrap_or_default()).into_owned());
         }
     }
+    finish(ctx, s, started, &out, &counts, tags);
+    out.map(|_| ())
+}
+
+/// Records the end of a forwarded statement.
+fn finish(
+    ctx: &Ctx,
+    s: &Session,
+    started: Instant,
+    out: &Result<Outcome, Fail>,
+    counts: &crate::mask::Counts,
+    tags: Option<String>,
+) {
+    let (rows, error) = match out {
+        Ok(o) => (o.rows, o.error.clone()),
+        Err(e) => (None, Some(format!("session ended: {e}"))),
+    };
     let end = StatementEnd {
         session: ctx.id,
         seq: s.seq,
@@ -612,14 +682,13 @@ async fn statement(
                 counts.iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
             serde_json::Value::Object(m).to_string()
         }),
-        tags: None,
+        tags,
         down_offset: None,
         down: Vec::new(),
     };
     if let Err(e) = ctx.agent.audit.statement_end(end) {
         warn!(error = %e, "cannot record the end of a statement");
     }
-    out.map(|_| ())
 }
 
 fn refusal_reason(r: &Refusal) -> String {
@@ -635,9 +704,7 @@ async fn refuse(
     st: Option<&Statement>,
     d: &Decision,
 ) -> Result<(), Fail> {
-    let ev = start_record(ctx, s.seq, text.to_owned(), st, d);
-    info!(rule = d.rule_label(), kinds = ev.kinds, "statement refused: {}", d.reason());
-    ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))?;
+    record_refusal(ctx, s, text, st, d).await?;
     let msg = match d.verdict {
         Verdict::NeedsApproval => format!(
             "Gatehouse refused this statement: it needs approval by {} (rule {:?}), and approvals are not supported on MySQL backends yet",
@@ -647,6 +714,13 @@ async fn refuse(
         _ => format!("Gatehouse refused this statement: {}", d.reason()),
     };
     client.send(&err_packet(seq, ER_REFUSED, "42000", &msg)).await.map_err(|e| Fail::Client(e.to_string()))
+}
+
+/// Records a refused statement (before the client hears of it).
+async fn record_refusal(ctx: &Ctx, s: &Session, text: &str, st: Option<&Statement>, d: &Decision) -> Result<(), Fail> {
+    let ev = start_record(ctx, s.seq, text.to_owned(), st, d);
+    info!(rule = d.rule_label(), kinds = ev.kinds, "statement refused: {}", d.reason());
+    ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))
 }
 
 /// Decides one statement for this session under `snapshot` (as the
@@ -716,6 +790,8 @@ struct MaskCtx<'a> {
     profile: &'a crate::mask::Profile,
     reads: &'a [crate::sql::TableRef],
     counts: &'a mut crate::mask::Counts,
+    /// Rows are binary rows (answers to COM_STMT_EXECUTE).
+    binary: bool,
 }
 
 /// Forwards one command and relays the server's whole answer to the client.
@@ -812,13 +888,13 @@ async fn answer(
                     wire::parse_ok(p).ok_or_else(|| Fail::Backend("malformed OK packet".into()))?;
                 total += affected;
                 if status & wire::SERVER_MORE_RESULTS_EXISTS == 0 {
-                    return Ok(Outcome { rows: Some(total), error: None });
+                    return Ok(Outcome { rows: Some(total), error: None, prepared: None });
                 }
             }
             Some(0xff) => {
                 let e = wire::parse_err(p)
                     .map_or_else(|| "error".into(), |e| format!("{} ({}): {}", e.code, e.state, e.message));
-                return Ok(Outcome { rows: None, error: Some(e) });
+                return Ok(Outcome { rows: None, error: Some(e), prepared: None });
             }
             Some(0xfb) => {
                 // LOCAL INFILE was never negotiated: a server asking for a client file is not followed.
@@ -852,12 +928,13 @@ async fn answer(
                     Some(m) => masking::plan(m.profile, m.reads, s.database.as_deref(), &defs),
                     None => Vec::new(),
                 };
+                let kinds: Vec<u8> = defs.iter().map(|d| d.kind).collect();
                 let mut rows = 0u64;
                 let status = loop {
                     let pk = if plan.is_empty() {
                         next_packet(s, client, out, down).await?
                     } else {
-                        masked_packet(s, client, out, down, &plan, masking.as_deref_mut()).await?
+                        masked_packet(s, client, out, down, (&plan, &kinds), masking.as_deref_mut()).await?
                     };
                     let p = payload_of(&pk);
                     match p.first() {
@@ -868,14 +945,14 @@ async fn answer(
                         Some(0xff) => {
                             let e = wire::parse_err(p)
                                 .map_or_else(|| "error".into(), |e| format!("{} ({}): {}", e.code, e.state, e.message));
-                            return Ok(Outcome { rows: Some(total + rows), error: Some(e) });
+                            return Ok(Outcome { rows: Some(total + rows), error: Some(e), prepared: None });
                         }
                         _ => rows += 1,
                     }
                 };
                 total += rows;
                 if status & wire::SERVER_MORE_RESULTS_EXISTS == 0 {
-                    return Ok(Outcome { rows: Some(total), error: None });
+                    return Ok(Outcome { rows: Some(total), error: None, prepared: None });
                 }
             }
         }
@@ -890,7 +967,7 @@ async fn masked_packet(
     client: &mut Conn,
     out: &mut Vec<u8>,
     down: &mut u64,
-    plan: &[crate::mask::ColumnMask],
+    (plan, kinds): (&[crate::mask::ColumnMask], &[u8]),
     masking: Option<&mut MaskCtx<'_>>,
 ) -> Result<BytesMut, Fail> {
     let m = masking.ok_or_else(|| Fail::Breach("internal error: a masking plan with no profile".into()))?;
@@ -916,7 +993,12 @@ async fn masked_packet(
     } else {
         let at = out.len();
         out.extend_from_slice(&[0; 4]);
-        if masking::mask_row(m.profile, plan, p, out, m.counts).is_none() {
+        let masked = if m.binary {
+            binary::mask_row(m.profile, plan, kinds, p, out, m.counts)
+        } else {
+            masking::mask_row(m.profile, plan, p, out, m.counts)
+        };
+        if masked.is_none() {
             out.truncate(at);
             return Err(Fail::Breach("a row Gatehouse cannot read on a masked session".into()));
         }

@@ -54,7 +54,7 @@ pub fn parse_column_def(p: &[u8]) -> Option<ColDef> {
 
 /// Whether a MySQL column type carries its value as a string (a masked
 /// stand-in fits, and the detectors can read it).
-fn stringy(kind: u8) -> bool {
+pub(super) fn stringy(kind: u8) -> bool {
     matches!(kind, 0x0f | 0xf5 | 0xf7 | 0xf8 | 0xf9 | 0xfa | 0xfb | 0xfc | 0xfd | 0xfe)
 }
 

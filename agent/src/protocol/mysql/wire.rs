@@ -55,8 +55,12 @@ pub const COM_QUIT: u8 = 0x01;
 pub const COM_INIT_DB: u8 = 0x02;
 pub const COM_QUERY: u8 = 0x03;
 pub const COM_PING: u8 = 0x0e;
+pub const COM_STMT_PREPARE: u8 = 0x16;
+pub const COM_STMT_EXECUTE: u8 = 0x17;
 pub const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
 pub const COM_STMT_CLOSE: u8 = 0x19;
+pub const COM_STMT_RESET: u8 = 0x1a;
+pub const COM_STMT_FETCH: u8 = 0x1c;
 pub const COM_RESET_CONNECTION: u8 = 0x1f;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
