@@ -10,6 +10,17 @@ pub const APP_USER: &str = "gh_app";
 pub const APP_PASSWORD: &str = "app-Secret-1";
 pub const DATABASE: &str = "appdb";
 
+/// TLS for a test server: its certificate, key and CA (PEM files, e.g. from
+/// `pg::certs`), and whether plaintext logins are refused.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `--require-secure-transport=ON`: a login without TLS cannot succeed.
+    pub require_secure_transport: bool,
+}
+
 pub struct MariaServer {
     pub dir: PathBuf,
     pub host: String,
@@ -31,8 +42,27 @@ impl MariaServer {
     /// mariadb-install-db + mariadbd on `host:port` (run as the `mysql`
     /// user), with the general query log on; login `gh_app` and database `appdb`.
     pub fn start(parent: &Path, host: &str, port: u16) -> Self {
+        Self::start_with(parent, host, port, None)
+    }
+
+    /// [`MariaServer::start`], serving TLS with `tls` (`--ssl-cert`,
+    /// `--ssl-key`, `--ssl-ca`; the files are copied for the `mysql` user).
+    pub fn start_with(parent: &Path, host: &str, port: u16, tls: Option<&ServerTls>) -> Self {
         let dir = parent.join(format!("mariadb-{port}"));
         std::fs::create_dir_all(&dir).expect("mariadb dir");
+        let mut tls_args = Vec::new();
+        if let Some(t) = tls {
+            for (from, name, opt) in
+                [(&t.ca, "ca.pem", "ssl-ca"), (&t.cert, "cert.pem", "ssl-cert"), (&t.key, "key.pem", "ssl-key")]
+            {
+                let to = dir.join(name);
+                std::fs::copy(from, &to).expect("copy TLS file for mariadbd");
+                tls_args.push(format!("--{opt}={}", to.display()));
+            }
+            if t.require_secure_transport {
+                tls_args.push("--require-secure-transport=ON".into());
+            }
+        }
         // Each server its own temporary directory: the bootstrap's temporary
         // tables otherwise share /tmp with every other server the suite runs
         // at the same time (CI saw one vanish mid-install).
@@ -61,6 +91,7 @@ impl MariaServer {
             .arg(format!("--port={port}"))
             .args(["--user=mysql", "--general-log=1", "--skip-name-resolve", "--skip-log-bin"])
             .args(["--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M", "--max-connections=60"])
+            .args(&tls_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -119,8 +119,13 @@ fn check_backend(b: &Backend, now: i64, errors: &mut Vec<Diagnostic>, report: &m
         match b.tls {
             TlsMode::Verify => {}
             TlsMode::Prefer => report.warnings.push(format!(
-                "backend `{}`: tls = \"prefer\" encrypts without checking the server's certificate: an impostor is not detected (only SCRAM logins are allowed to it)",
-                b.name
+                "backend `{}`: tls = \"prefer\" encrypts without checking the server's certificate: an impostor is not detected ({})",
+                b.name,
+                if b.protocol == crate::policy::Protocol::Mysql {
+                    "and gets the login's password scramble, which it can attack offline"
+                } else {
+                    "only SCRAM logins are allowed to it"
+                }
             )),
             TlsMode::Off => report.warnings.push(format!(
                 "backend `{}`: tls = \"off\": statements, results and the login travel in plaintext and the server is not authenticated",

@@ -734,18 +734,12 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
         if protocol == Protocol::Tcp
             && (r.tls.is_some() || r.credentials.is_some() || r.roles.is_some() || r.client_tls.is_some())
         {
-            e.push(at, format!("backend `{name}`: tls, credentials and roles apply to postgres backends, not tcp (bytes are relayed as they are)"));
+            e.push(at, format!("backend `{name}`: tls, credentials and roles apply to postgres and mysql backends, not tcp (bytes are relayed as they are)"));
             continue;
         }
         // What the MySQL adapter does not do yet is refused here, not skipped at run time.
         if protocol == Protocol::Mysql {
-            let problem = if tls != TlsMode::Off {
-                Some(
-                    "upstream TLS is not supported for mysql backends yet: write tls = \"off\" (and keep the backend on a trusted network)",
-                )
-            } else if r.client_tls.is_some() {
-                Some("client_tls is not supported for mysql backends yet")
-            } else if r.require_auth.is_some() {
+            let problem = if r.require_auth.is_some() {
                 Some("require_auth applies to postgres backends")
             } else if r.credentials.iter().chain(r.roles.iter().flat_map(|m| m.values())).any(|c| c.dynamic.is_some()) {
                 Some("dynamic credentials are not supported for mysql backends yet")

@@ -657,17 +657,30 @@ expect = "deny"
     for o in p.run_tests(now()) {
         assert!(o.passed, "{o:?}");
     }
-    // What the adapter does not do yet is refused at load, not skipped at run time.
-    for (extra, why) in [
-        ("", "upstream TLS is not supported"),
-        ("tls = \"verify\"\n", "upstream TLS is not supported"),
-        ("tls = \"off\"\nclient_tls = { cert_file = \"/x\", key_file = \"/y\" }\n", "client_tls"),
-    ] {
-        let text = format!(
+    let text = |extra: &str| {
+        format!(
             "[[backend]]\nname = \"shop\"\nprotocol = \"mysql\"\naddress = \"127.10.0.9:3306\"\n{extra}credentials = {{ user = \"u\", password_file = \"/dev/null\" }}\n"
-        );
-        let e = policy(&text).expect_err("refused");
-        assert!(format!("{e:?}").contains(why), "{extra}: {e:?}");
+        )
+    };
+    // TLS on both legs, with PostgreSQL's settings: verified by default.
+    for (extra, mode, client_tls) in [
+        ("", TlsMode::Verify, false),
+        ("tls = \"verify\"\nca_file = \"/etc/gatehouse/shop-ca.pem\"\n", TlsMode::Verify, false),
+        ("tls = \"prefer\"\n", TlsMode::Prefer, false),
+        ("tls = \"off\"\nclient_tls = { cert_file = \"/x\", key_file = \"/y\" }\n", TlsMode::Off, true),
+    ] {
+        let p = policy(&text(extra)).unwrap_or_else(|e| panic!("{extra}: {e:?}"));
+        let b = p.backend(&BackendName::new("shop")).expect("backend");
+        assert_eq!((b.tls, b.client_tls.is_some()), (mode, client_tls), "{extra}");
+    }
+    // What does not apply (or is not done yet) is refused at load, not skipped at run time.
+    for (extra, why) in [
+        ("tls = \"prefer\"\nca_file = \"/x\"\n", "ca_file is used only with tls = \"verify\""),
+        ("require_auth = [\"scram-sha-256\"]\n", "require_auth applies to postgres backends"),
+        ("tls = \"maybe\"\n", "tls must be off, prefer or verify"),
+    ] {
+        let e = policy(&text(extra)).expect_err("refused").to_string();
+        assert!(e.contains(why), "{extra}: {e}");
     }
 }
 

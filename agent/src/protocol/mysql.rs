@@ -14,8 +14,14 @@
 //!   decided as `COM_QUERY` at prepare and again at each execute, for the
 //!   ids this session prepared only (`prepared`); cursors (`COM_STMT_FETCH`)
 //!   and every other command are refused.
-//! - Never passed to the backend: TLS (the client's SSLRequest is refused),
-//!   compression, `CLIENT_LOCAL_FILES`, `CLIENT_MULTI_STATEMENTS`.
+//! - TLS on both legs, with the PostgreSQL adapter's rustls helpers and
+//!   settings: upstream per the backend's `tls` (SSLRequest after the
+//!   server's greeting, then the login inside TLS; `verify` fails closed on
+//!   a server without CLIENT_SSL); towards the client only with `client_tls`
+//!   (CLIENT_SSL advertised, the client's SSLRequest answered with TLS),
+//!   otherwise an SSLRequest is refused.
+//! - Never passed to the backend: compression, `CLIENT_LOCAL_FILES`,
+//!   `CLIENT_MULTI_STATEMENTS`.
 //! - A packet of 16 MiB or more from the client (a continued packet) ends
 //!   the session with an ERR; the server's continued packets are relayed.
 //! - On a session whose rule masks, result sets are rewritten row by row
@@ -37,10 +43,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
+use super::postgres::io::Stream;
+use super::postgres::tls;
 use super::tcp::{End, RelayOutcome};
 use crate::audit::{Event, StatementEnd, StatementStart, now_us};
 use crate::identity::Principal;
-use crate::policy::{Backend, Credentials, Decision, Request, Verdict};
+use crate::policy::{Backend, Credentials, Decision, Request, TlsMode, Verdict};
 use crate::proxy::{Agent, LiveSession, Snapshot};
 use crate::sql::Statement;
 use crate::sql::mysql::{self as classify, Names, Refusal};
@@ -56,6 +64,10 @@ const ER_REFUSED: u16 = 1227;
 const MAX_COLUMNS: u64 = 4096;
 /// ER_ACCESS_DENIED_ERROR: the login could not be made.
 const ER_LOGIN: u16 = 1045;
+/// ER_UNKNOWN_ERROR: the backend cannot be reached or read. (Not the
+/// client-side codes 2003/2013: clients read an ERR packet with a code of
+/// 2000 and up as a malformed packet and show no message.)
+const ER_UNKNOWN: u16 = 1105;
 
 /// What a MySQL session needs to know about itself.
 #[derive(Debug, Clone)]
@@ -88,13 +100,75 @@ enum Fail {
 
 /// One side's packets, read whole (header included) from a buffered stream.
 struct Conn {
-    s: TcpStream,
+    /// Plain TCP or TLS over it; `None` only if a TLS handshake failed
+    /// (the connection is then gone).
+    s: Option<Stream>,
     buf: BytesMut,
+}
+
+fn lost() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "the connection was lost in its TLS handshake")
 }
 
 impl Conn {
     fn new(s: TcpStream) -> Self {
-        Self { s, buf: BytesMut::with_capacity(16 << 10) }
+        Self { s: Some(Stream::Plain(s)), buf: BytesMut::with_capacity(16 << 10) }
+    }
+
+    /// The plain TCP stream, to be wrapped in TLS.
+    fn take_plain(&mut self) -> std::io::Result<TcpStream> {
+        match self.s.take() {
+            Some(Stream::Plain(tcp)) => Ok(tcp),
+            other => {
+                self.s = other;
+                Err(std::io::Error::other("TLS asked for twice"))
+            }
+        }
+    }
+
+    fn io(&mut self) -> std::io::Result<&mut Stream> {
+        self.s.as_mut().ok_or_else(lost)
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(s) = self.s.as_mut() {
+            let _ = s.shutdown().await;
+        }
+    }
+
+    /// Answers the client's SSLRequest with TLS (`client_tls`). The client
+    /// sends its ClientHello right after the SSLRequest without waiting:
+    /// what is already buffered is handed to rustls before reading on.
+    async fn accept_tls(&mut self, cfg: Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+        let tcp = self.take_plain()?;
+        let early = self.buf.split();
+        let mut fed = Ok(());
+        let accept = tokio_rustls::TlsAcceptor::from(cfg).accept_with(tcp, |conn| {
+            fed = feed(conn, &early);
+        });
+        fed?;
+        let tls = accept.await?;
+        self.s = Some(Stream::ServerTls(Box::new(tls)));
+        Ok(())
+    }
+
+    /// Starts TLS with the backend after Gatehouse's SSLRequest; returns
+    /// what was negotiated.
+    async fn connect_tls(
+        &mut self,
+        cfg: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> std::io::Result<tls::Negotiated> {
+        // The server speaks only after our ClientHello: bytes already here
+        // did not come through TLS.
+        if !self.buf.is_empty() {
+            return Err(std::io::Error::other("the server sent data before the TLS handshake"));
+        }
+        let tcp = self.take_plain()?;
+        let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+        let n = tls::negotiated(tls.get_ref().1);
+        self.s = Some(Stream::ClientTls(Box::new(tls)));
+        Ok(n)
     }
 
     /// The next physical packet (header included), `None` at a clean EOF.
@@ -106,7 +180,8 @@ impl Conn {
             // Grow with what arrives, not with what a header claims.
             let want = wire::pending_len(&self.buf).map_or(8192, |n| (n - self.buf.len()).min(1 << 20));
             self.buf.reserve(want.max(4096));
-            if self.s.read_buf(&mut self.buf).await? == 0 {
+            let (s, buf) = (&mut self.s, &mut self.buf);
+            if s.as_mut().ok_or_else(lost)?.read_buf(buf).await? == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -117,9 +192,21 @@ impl Conn {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.s.write_all(bytes).await?;
-        self.s.flush().await
+        let s = self.io()?;
+        s.write_all(bytes).await?;
+        s.flush().await
     }
+}
+
+/// Hands TLS records that arrived with the SSLRequest to rustls.
+fn feed(conn: &mut rustls::ServerConnection, mut early: &[u8]) -> std::io::Result<()> {
+    while !early.is_empty() {
+        if conn.read_tls(&mut early)? == 0 {
+            break;
+        }
+        conn.process_new_packets().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    }
+    Ok(())
 }
 
 /// A packet's sequence id (packets from [`Conn::read`] always have their header).
@@ -142,7 +229,7 @@ pub async fn reject(client: TcpStream, reason: &str) {
     let mut c = Conn::new(client);
     let msg = format!("Gatehouse refused this connection: {reason}");
     let _ = tokio::time::timeout(LOGIN_TIMEOUT, c.send(&err_packet(0, ER_LOGIN, "28000", &msg))).await;
-    let _ = c.s.shutdown().await;
+    c.shutdown().await;
 }
 
 /// Serves an allowed MySQL session to its end.
@@ -153,12 +240,12 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     let end = match start(&ctx, &mut client).await {
         Ok(mut s) => {
             let end = relay(&ctx, &mut s, &mut client, &mut up, &mut down).await;
-            let _ = s.backend.s.shutdown().await;
+            s.backend.shutdown().await;
             end
         }
         Err(end) => end,
     };
-    let _ = client.s.shutdown().await;
+    client.shutdown().await;
     RelayOutcome { up, down, end }
 }
 
@@ -196,7 +283,12 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
         Err(e) => {
             warn!(error = %e, "backend unreachable");
             let _ = client
-                .send(&err_packet(0, 2003, "HY000", &format!("Gatehouse cannot reach backend {}", ctx.backend.name)))
+                .send(&err_packet(
+                    0,
+                    ER_UNKNOWN,
+                    "HY000",
+                    &format!("Gatehouse cannot reach backend {}", ctx.backend.name),
+                ))
                 .await;
             return Err(End::BackendError(format!("backend unreachable: {e}")));
         }
@@ -211,12 +303,17 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
         Ok(g) => g,
         Err(e) => {
             let msg = format!("Gatehouse could not read the greeting of backend {}: {e}", ctx.backend.name);
-            let _ = client.send(&err_packet(0, 2013, "HY000", &msg)).await;
+            let _ = client.send(&err_packet(0, ER_UNKNOWN, "HY000", &msg)).await;
             return Err(End::BackendError(msg));
         }
     };
-    // Our own greeting: the server's version, our capabilities and nonce.
-    let offered = wire::OFFERED & (greeting.capabilities | wire::CLIENT_LONG_PASSWORD);
+    // Our own greeting: the server's version, our capabilities and nonce;
+    // CLIENT_SSL when the backend has a usable `client_tls`.
+    let client_tls = client_tls_config(ctx).await;
+    let mut offered = wire::OFFERED & (greeting.capabilities | wire::CLIENT_LONG_PASSWORD);
+    if client_tls.is_some() {
+        offered |= wire::CLIENT_SSL;
+    }
     let mut nonce = [0u8; 20];
     let r = [uuid::Uuid::new_v4().into_bytes(), uuid::Uuid::new_v4().into_bytes()].concat();
     for (n, b) in nonce.iter_mut().zip(r) {
@@ -225,12 +322,20 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
     if let Err(e) = client.send(&wire::frame(0, &wire::greeting_payload(&greeting, offered, &nonce))).await {
         return Err(End::ClientError(e.to_string()));
     }
-    let reply = match tokio::time::timeout(LOGIN_TIMEOUT, client.read()).await {
-        Ok(Ok(Some(p))) => p,
-        Ok(Ok(None)) => return Err(End::ClientError("closed before logging in".into())),
-        Ok(Err(e)) => return Err(End::ClientError(e.to_string())),
-        Err(_) => return Err(End::ClientError(format!("no login within {LOGIN_TIMEOUT:?}"))),
-    };
+    let mut reply = read_login(client).await?;
+    // SSLRequest (client_tls): TLS, then the login inside it with the next sequence id.
+    let mut client_on_tls = false;
+    if let Some(cfg) = client_tls
+        && wire::parse_login(payload_of(&reply)).is_ok_and(|l| l.ssl)
+    {
+        match tokio::time::timeout(LOGIN_TIMEOUT, client.accept_tls(cfg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(End::ClientError(format!("TLS handshake: {e}"))),
+            Err(_) => return Err(End::ClientError(format!("no TLS handshake within {LOGIN_TIMEOUT:?}"))),
+        }
+        client_on_tls = true;
+        reply = read_login(client).await?;
+    }
     let seq = seq_of(&reply).wrapping_add(1);
     let refuse_login = async |client: &mut Conn, code: u16, msg: String| {
         let _ = client.send(&err_packet(seq, code, "28000", &msg)).await;
@@ -241,7 +346,11 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
         Err(e) => return Err(refuse_login(client, ER_LOGIN, format!("Gatehouse could not read the login: {e}")).await),
     };
     if hello.ssl {
-        let msg = "Gatehouse does not offer TLS to MySQL clients yet (the connection to it stays on this host): connect with --ssl=0 / ssl-mode=DISABLED";
+        let msg = if client_on_tls {
+            "Gatehouse refused a second TLS request inside TLS"
+        } else {
+            "Gatehouse does not offer TLS to clients of this backend (it has no client_tls; the connection to it stays on this host): connect with --skip-ssl / ssl-mode=DISABLED"
+        };
         return Err(refuse_login(client, ER_LOGIN, msg.into()).await);
     }
     if !wire::safe_collation(hello.charset) {
@@ -271,6 +380,14 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
         }
         None => None,
     };
+    let link = match secure(ctx, &mut backend, &greeting, caps, hello.charset, hello.database.as_deref()).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e.detail, backend = %ctx.backend.name, "backend TLS failed (session refused)");
+            let msg = format!("Gatehouse could not reach backend {} over TLS: {}", ctx.backend.name, e.public);
+            return Err(refuse_login(client, ER_LOGIN, msg).await);
+        }
+    };
     let pw = password.as_ref().map_or(&[][..], crate::secrets::Secret::expose);
     let auth = match log_in(&mut backend, &greeting, caps, hello.charset, &login, pw, hello.database.as_deref()).await {
         Ok(a) => a,
@@ -280,7 +397,7 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
             return Err(refuse_login(client, ER_LOGIN, msg).await);
         }
     };
-    record_login(ctx, &login, auth);
+    record_login(ctx, &login, auth, &link);
     let mut s = Session {
         backend,
         deprecate_eof: caps & wire::CLIENT_DEPRECATE_EOF != 0,
@@ -298,8 +415,113 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
     if let Err(e) = client.send(&wire::frame(seq, &wire::ok_payload(wire::SERVER_STATUS_AUTOCOMMIT))).await {
         return Err(End::ClientError(e.to_string()));
     }
-    info!(login = %login.user, auth, "logged in to the backend");
+    info!(login = %login.user, auth, tls = link.tls, client_tls = client_on_tls, "logged in to the backend");
     Ok(s)
+}
+
+/// The client's next login packet (its SSLRequest or HandshakeResponse).
+async fn read_login(client: &mut Conn) -> Result<BytesMut, End> {
+    match tokio::time::timeout(LOGIN_TIMEOUT, client.read()).await {
+        Ok(Ok(Some(p))) => Ok(p),
+        Ok(Ok(None)) => Err(End::ClientError("closed before logging in".into())),
+        Ok(Err(e)) => Err(End::ClientError(e.to_string())),
+        Err(_) => Err(End::ClientError(format!("no login within {LOGIN_TIMEOUT:?}"))),
+    }
+}
+
+/// The TLS configuration offered to clients, when the backend has a usable
+/// `client_tls` (read off the runtime threads; an unusable one is logged
+/// and TLS is not offered, as for PostgreSQL).
+async fn client_tls_config(ctx: &Ctx) -> Option<Arc<rustls::ServerConfig>> {
+    let c = ctx.backend.client_tls.clone()?;
+    match tokio::task::spawn_blocking(move || tls::server_config(&c)).await {
+        Ok(Ok(cfg)) => Some(cfg),
+        Ok(Err(e)) => {
+            warn!(error = %e, "client_tls is configured but unusable; TLS is not offered to the client");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "client_tls: internal error; TLS is not offered to the client");
+            None
+        }
+    }
+}
+
+/// How the backend was reached, for the session's `backend_login` record.
+struct Link {
+    /// verified | unverified | off (as for PostgreSQL).
+    tls: &'static str,
+    negotiated: Option<tls::Negotiated>,
+    server_name: Option<String>,
+}
+
+/// Why TLS to the backend failed: what the client is told, what the log says.
+struct TlsFailure {
+    public: String,
+    detail: String,
+}
+
+impl From<String> for TlsFailure {
+    fn from(m: String) -> Self {
+        Self { public: m.clone(), detail: m }
+    }
+}
+
+/// Starts TLS with the backend as its `tls` setting says: after the
+/// server's greeting, an SSLRequest (the login's first 32 bytes with
+/// CLIENT_SSL, sequence id 1), then the TLS handshake; the login follows
+/// inside TLS with sequence id 2. `verify` fails closed on a server that
+/// does not offer TLS; `prefer` goes on in plaintext.
+async fn secure(
+    ctx: &Ctx,
+    backend: &mut Conn,
+    g: &wire::Greeting,
+    caps: u32,
+    charset: u8,
+    database: Option<&str>,
+) -> Result<Link, TlsFailure> {
+    let off = Link { tls: "off", negotiated: None, server_name: None };
+    let mode = ctx.backend.tls;
+    if mode == TlsMode::Off {
+        return Ok(off);
+    }
+    if g.capabilities & wire::CLIENT_SSL == 0 {
+        if mode == TlsMode::Verify {
+            return Err(
+                "the server does not offer TLS (no CLIENT_SSL in its greeting), and tls = \"verify\" requires it"
+                    .to_owned()
+                    .into(),
+            );
+        }
+        warn!(backend = %ctx.backend.name, "the backend does not offer TLS; logging in over plaintext (tls = \"prefer\")");
+        return Ok(off);
+    }
+    let (agent, b) = (ctx.agent.clone(), ctx.backend.clone());
+    let cfg = match tokio::task::spawn_blocking(move || agent.tls_client_config(&b)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e @ tls::TlsError::File { .. })) => {
+            return Err(TlsFailure {
+                public: "the agent's TLS files for this backend are unusable (see the agent's log)".into(),
+                detail: e.to_string(),
+            });
+        }
+        Ok(Err(e)) => return Err(e.to_string().into()),
+        Err(e) => return Err(format!("internal error: {e}").into()),
+    };
+    let name = tls::server_name(&ctx.backend, ctx.addr).map_err(|e| e.to_string())?;
+    let request = wire::frame(1, &wire::ssl_request_payload(caps, charset, database));
+    backend.send(&request).await.map_err(|e| e.to_string())?;
+    let n = match tokio::time::timeout(LOGIN_TIMEOUT, backend.connect_tls(cfg, name.clone())).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Err(format!("TLS handshake: {e}").into()),
+        Err(_) => return Err(format!("no TLS handshake within {LOGIN_TIMEOUT:?}").into()),
+    };
+    let verified = mode == TlsMode::Verify;
+    Ok(Link {
+        tls: if verified { "verified" } else { "unverified" },
+        negotiated: Some(n),
+        server_name: verified.then(|| name.to_str().into_owned()),
+    })
 }
 
 /// Logs in to the backend; returns the authentication plugin that succeeded.
@@ -320,7 +542,10 @@ async fn log_in(
     let mut plugin = known(&g.plugin).unwrap_or("mysql_native_password");
     let auth = wire::scramble(plugin, &g.nonce, password).map_err(|e| e.to_string())?;
     let hello = wire::login_payload(caps, charset, &login.user, &auth, database, plugin);
-    backend.send(&wire::frame(1, &hello)).await.map_err(|e| e.to_string())?;
+    // Inside TLS the login carries CLIENT_SSL and follows the SSLRequest (sequence id 1).
+    let (hello, seq) =
+        if matches!(backend.s, Some(Stream::ClientTls(_))) { (wire::with_ssl(hello), 2) } else { (hello, 1) };
+    backend.send(&wire::frame(seq, &hello)).await.map_err(|e| e.to_string())?;
     for _ in 0..4 {
         let p = backend.read().await.map_err(|e| e.to_string())?.ok_or("the backend closed the connection")?;
         let (seq, payload) = (seq_of(&p), payload_of(&p));
@@ -433,18 +658,21 @@ async fn simple_query(s: &mut Session, sql: &str) -> Result<Vec<Vec<Option<Strin
     }
 }
 
-fn record_login(ctx: &Ctx, login: &Credentials, auth: &str) {
+fn record_login(ctx: &Ctx, login: &Credentials, auth: &str, link: &Link) {
+    let n = link.negotiated.clone().unwrap_or_default();
     let rec = crate::audit::BackendLogin {
         id: ctx.id,
         user: login.user.clone(),
-        tls: "off".into(),
-        tls_version: None,
-        tls_cipher: None,
-        certificate_sha256: None,
-        server_name: None,
+        tls: link.tls.into(),
+        tls_version: n.version,
+        tls_cipher: n.cipher,
+        certificate_sha256: n.certificate_sha256,
+        server_name: link.server_name.clone(),
         auth: auth.into(),
     };
-    warn!(backend = %ctx.backend.name, auth, "MySQL backend reached without TLS (not supported yet for MySQL)");
+    if link.tls != "verified" {
+        warn!(backend = %ctx.backend.name, tls = link.tls, auth, "MySQL backend reached without a verified TLS certificate");
+    }
     ctx.agent.note_backend_login(&ctx.backend.name, &rec);
     if let Err(e) = ctx.agent.audit.record(Event::BackendLogin(Box::new(rec))) {
         warn!(error = %e, "cannot record the backend login");

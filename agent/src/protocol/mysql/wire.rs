@@ -32,8 +32,9 @@ pub const CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA: u32 = 1 << 21;
 pub const CLIENT_DEPRECATE_EOF: u32 = 1 << 24;
 
 /// What Gatehouse offers a client (and so, at most, asks of the backend).
-/// Never: compression, LOAD DATA LOCAL, multi-statements, TLS (not yet),
-/// session tracking, query attributes, MariaDB's extended capabilities.
+/// CLIENT_SSL is added to the greeting only when the backend has `client_tls`.
+/// Never: compression, LOAD DATA LOCAL, multi-statements, session tracking,
+/// query attributes, MariaDB's extended capabilities.
 pub const OFFERED: u32 = CLIENT_LONG_PASSWORD
     | CLIENT_FOUND_ROWS
     | CLIENT_LONG_FLAG
@@ -382,6 +383,24 @@ pub fn login_payload(
     p
 }
 
+/// The SSLRequest Gatehouse sends the backend before TLS: the first 32
+/// bytes of the HandshakeResponse41 that follows inside TLS (same
+/// capabilities, plus CLIENT_SSL), as the protocol requires.
+pub fn ssl_request_payload(capabilities: u32, charset: u8, database: Option<&str>) -> Vec<u8> {
+    let mut p = login_payload(capabilities, charset, "", &[], database, "");
+    p.truncate(32);
+    with_ssl(p)
+}
+
+/// A HandshakeResponse41 (or its prefix) with CLIENT_SSL set: what a client
+/// sends inside TLS after its SSLRequest.
+pub fn with_ssl(mut payload: Vec<u8>) -> Vec<u8> {
+    if let Some(b) = payload.get_mut(1) {
+        *b |= CLIENT_SSL.to_le_bytes()[1];
+    }
+    payload
+}
+
 /// What an authentication plugin answers to `nonce` with `password`.
 pub fn scramble(plugin: &str, nonce: &[u8], password: &[u8]) -> Result<Vec<u8>, WireError> {
     if password.is_empty() {
@@ -489,6 +508,15 @@ mod tests {
         let mut ssl = l[..32].to_vec();
         ssl[1] |= CLIENT_SSL.to_le_bytes()[1];
         assert!(parse_login(&ssl).expect("ssl request").ssl);
+        // Gatehouse's own SSLRequest is the prefix of the login that follows it in TLS.
+        let req = ssl_request_payload(OFFERED, 45, Some("shop"));
+        assert_eq!(req, ssl);
+        let inside = with_ssl(l.clone());
+        assert_eq!(inside.get(..32), Some(&req[..]));
+        let parsed = parse_login(&inside).expect("login inside TLS");
+        assert!(!parsed.ssl, "a whole login is not an SSLRequest");
+        assert_eq!(parsed.user, "app");
+        assert_ne!(parsed.capabilities & CLIENT_SSL, 0);
     }
 
     #[test]
