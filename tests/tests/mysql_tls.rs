@@ -292,7 +292,7 @@ fn client_tls_answers_the_clients_ssl_request() {
     let (agent_ca, agent_cert, agent_key) = pg::certs(&env.path("agent"), &h1, 2);
     std::fs::set_permissions(env.path("agent"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&agent_ca, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    // A backend without client_tls.
+    // A backend without client_tls, and without TLS itself (reached with tls = "prefer").
     let h2 = loopback(49);
     let s2 = MariaServer::start(&env.dir, &h2, free_port());
     let s = secret(&env);
@@ -311,7 +311,7 @@ credentials = {{ user = "{user}", password_file = "{s}" }}
 name = "plain"
 protocol = "mysql"
 address = "{a2}"
-tls = "off"
+tls = "prefer"
 credentials = {{ user = "{user}", password_file = "{s}" }}
 
 [[rule]]
@@ -383,4 +383,11 @@ print(cur.fetchall()[0][0])
     // …and without asking for TLS it works as before.
     let out = mariadb(&env, &ana, &s2, &["--skip-ssl", "-e", "SELECT 'reached'"]);
     assert!(text(&out).contains("reached"), "{}", text(&out));
+    // tls = "prefer" went on in plaintext with a server that offers no TLS, and says so.
+    let b = backend_status(&env, "plain");
+    assert_eq!(b["last_login"]["tls"], "off", "{b:#}");
+    let warnings = b["warnings"].to_string();
+    assert!(warnings.contains("tls = prefer") && warnings.contains("no TLS"), "{b:#}");
+    let b = backend_status(&env, "shop");
+    assert_eq!(b["last_login"]["tls"], "verified", "{b:#}");
 }
