@@ -456,6 +456,19 @@ fn node_mysql2_prepared_statements_are_decided_masked_and_recorded() {
     assert!(same.iter().all(|x| x["decision"] == "allow" && x["tables"] == "appdb.items"), "{same:#?}");
     assert_eq!(same.iter().filter(|x| x["rows"] == 1).count(), 2, "each EXECUTE is a statement: {same:#?}");
     assert!(!st.iter().any(|x| x.to_string().contains("2000")), "parameter values are not recorded: {st:#?}");
+    // The replay decodes the binary rows of each EXECUTE by column type.
+    let sessions = w.env.sessions();
+    let ana = sessions.iter().find(|s| s["user"] == w.ana.as_str() && s["decision"] == "allow").unwrap();
+    let ctl = w.env.control().display().to_string();
+    let out = w.env.gatehouse(&["replay", ana["id"].as_str().unwrap(), "--no-wait", "--control-socket", &ctl]);
+    let r = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        r.contains("> SELECT name FROM items WHERE id = ?;") && r.contains("prepared (1 parameters, 1 columns)"),
+        "{r}"
+    );
+    assert!(r.contains("| item 42 |") && r.contains("| prepared |"), "binary rows decoded: {r}");
+    assert!(r.contains("Query OK, 1 row affected"), "the INSERT's EXECUTE: {r}");
+    assert!(r.contains("ERROR 1227 (42000)"), "the refused prepare: {r}");
 
     // Masked rule: binary rows are masked like text rows.
     let queries = serde_json::json!([
