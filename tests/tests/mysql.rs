@@ -791,3 +791,57 @@ fn a_login_held_for_mariadbs_ed25519_plugin_logs_in_and_a_wrong_password_fails_c
     assert!(t.contains("Gatehouse could not log in to backend shop as gh_ed") && t.contains("Access denied"), "{t}");
     assert!(db.general_log().contains("gh_ed"), "the server saw the login");
 }
+
+#[test]
+fn the_recording_is_capped_per_statement_and_the_replay_says_where() {
+    let mut env = Env::new("mysqlcap");
+    let team = env.group("team");
+    let ana = env.user("ana", &[&team]);
+    let db = MariaServer::start(&env.dir, &loopback(43), free_port());
+    db.admin(
+        "USE appdb;
+         CREATE TABLE appdb.items (id int PRIMARY KEY, name varchar(40));
+         INSERT INTO appdb.items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_100;",
+    );
+    let secret = gatehouse_e2e::pg::password_file(&env.dir, "app.secret", mysql::APP_PASSWORD);
+    let policy = format!(
+        "[agent]\nrecord_max_bytes = 1500\n\n[[backend]]\nname = \"shop\"\nprotocol = \"mysql\"\naddress = \"{}\"\ntls = \"off\"\n\
+         credentials = {{ user = \"{}\", password_file = \"{}\" }}\n\n\
+         [[rule]]\nname = \"team reads\"\nwho = {{ groups = [\"{team}\"] }}\nbackend = \"shop\"\nstatements = [\"select\"]\n",
+        db.addr(),
+        mysql::APP_USER,
+        secret.display()
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let port = db.port.to_string();
+    let args: Vec<&str> = vec![
+        "--no-defaults",
+        "--protocol=TCP",
+        "-h",
+        &db.host,
+        "-P",
+        &port,
+        "-u",
+        "whoever",
+        "--skip-ssl",
+        "-N",
+        "-B",
+        "appdb",
+        "-e",
+        "SELECT id, name FROM items ORDER BY id; SELECT 'after' AS x",
+    ];
+    let out = env.run_as(&ana, None, Path::new("/usr/bin/mariadb"), &args);
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("100\titem 100") && t.contains("after"), "the client got it all: {t}");
+    let session = env.wait_session("ana's session", |s| s["user"] == ana.as_str());
+    let ctl = env.control().display().to_string();
+    let out = env.gatehouse(&["replay", session["id"].as_str().unwrap(), "--no-wait", "--control-socket", &ctl]);
+    let r = String::from_utf8_lossy(&out.stdout);
+    assert!(r.contains("|  1 | item 1  |"), "the start of the result is on record: {r}");
+    assert!(!r.contains("item 100"), "not past the cap: {r}");
+    assert!(r.contains("recording capped at 1500 bytes per statement (record_max_bytes)"), "{r}");
+    assert!(r.contains("the backend returned 100 rows in all"), "{r}");
+    // The next statement has a budget of its own.
+    assert!(r.contains("| after |") && r.contains("1 row in set"), "{r}");
+}
