@@ -1489,6 +1489,44 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_mysql_packets_never_panic() {
+        use crate::protocol::mysql::wire as my;
+        let mut x: u32 = 0x9e37_79b9;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let mut b = Builder::default();
+        b.open(T0, "mysql");
+        for i in 0..400i64 {
+            let mut data = Vec::new();
+            for _ in 0..(next() % 6) {
+                // Payloads that start like real ones (OK, ERR, EOF, column counts, lengths) more often than not.
+                let len = usize::try_from(next() % 48).unwrap();
+                let mut p: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();
+                if let Some(first) = p.first_mut() {
+                    *first = [0x00, 0xff, 0xfe, 0x01, 0x02, 0xfb, 0xfc, 0x03][usize::try_from(next() % 8).unwrap()];
+                }
+                data.extend_from_slice(&my::frame(u8::try_from(next() % 4).unwrap(), &p));
+            }
+            // Cut anywhere, sometimes.
+            if next() % 4 == 0 {
+                data.truncate(usize::try_from(next()).unwrap() % (data.len() + 1));
+            }
+            match i % 5 {
+                0 => b.statement(T0 + i, u64::try_from(i).unwrap(), "SELECT 1", "allow", None),
+                1 => b.chunk(T0 + i, Direction::Up, data),
+                4 => b.end(T0 + i, u64::try_from(i).unwrap(), Some(1), None),
+                _ => b.chunk(T0 + i, Direction::Down, data),
+            }
+        }
+        let out = text(&transcript(&b.records).unwrap());
+        assert!(out.contains("MariaDB [appdb]> SELECT 1;"), "{out}");
+    }
+
+    #[test]
     fn play_paces_lines() {
         let lines = vec![
             Line { at_us: 0, text: "a".into() },
