@@ -456,6 +456,19 @@ fn node_mysql2_prepared_statements_are_decided_masked_and_recorded() {
     assert!(same.iter().all(|x| x["decision"] == "allow" && x["tables"] == "appdb.items"), "{same:#?}");
     assert_eq!(same.iter().filter(|x| x["rows"] == 1).count(), 2, "each EXECUTE is a statement: {same:#?}");
     assert!(!st.iter().any(|x| x.to_string().contains("2000")), "parameter values are not recorded: {st:#?}");
+    // The replay decodes the binary rows of each EXECUTE by column type.
+    let sessions = w.env.sessions();
+    let ana = sessions.iter().find(|s| s["user"] == w.ana.as_str() && s["decision"] == "allow").unwrap();
+    let ctl = w.env.control().display().to_string();
+    let out = w.env.gatehouse(&["replay", ana["id"].as_str().unwrap(), "--no-wait", "--control-socket", &ctl]);
+    let r = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        r.contains("> SELECT name FROM items WHERE id = ?;") && r.contains("prepared (1 parameters, 1 columns)"),
+        "{r}"
+    );
+    assert!(r.contains("| item 42 |") && r.contains("| prepared |"), "binary rows decoded: {r}");
+    assert!(r.contains("Query OK, 1 row affected"), "the INSERT's EXECUTE: {r}");
+    assert!(r.contains("ERROR 1227 (42000)"), "the refused prepare: {r}");
 
     // Masked rule: binary rows are masked like text rows.
     let queries = serde_json::json!([
@@ -650,4 +663,185 @@ const lines = require('readline').createInterface({ input: process.stdin })[Symb
         st.iter().filter(|x| x["text"] == "SELECT name FROM items WHERE id = ?" && x["decision"] == "deny").collect();
     assert_eq!(refused.len(), 1, "{st:#?}");
     assert_eq!(refused[0]["rule"], "analysts read and write items", "{st:#?}");
+}
+
+#[test]
+fn replay_shows_a_mariadb_session_masked_with_its_refusal_and_the_records_verify_and_export() {
+    let mut w = world("mysqlrec");
+    let out = w.mariadb_script(
+        &w.sam,
+        &["appdb"],
+        "SELECT id, email, card FROM customers ORDER BY id;\nDROP TABLE victim;\nSELECT count(*) FROM items WHERE name <> 'hunter2-secret';\nSELECT name FROM items WHERE id = 1;\n",
+    );
+    let t = text(&out);
+    assert!(t.contains("ERROR 1227 (42000)") && t.contains("item 1"), "{t}\n{}", w.env.agent_log());
+    assert!(w.victim_present(), "the refused DROP never reached the server");
+    let session = w.env.wait_session("sam's session", |s| s["user"] == w.sam.as_str());
+    let id = session["id"].as_str().unwrap().to_owned();
+
+    // The replay: as the mariadb client shows it, from the masked bytes.
+    let ctl = w.env.control().display().to_string();
+    let out = w.env.gatehouse(&["replay", &id, "--no-wait", "--control-socket", &ctl]);
+    let r = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{r}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(r.contains("MariaDB ["), "a mariadb prompt: {r}");
+    assert!(r.contains("> SELECT id, email, card FROM customers ORDER BY id;"), "{r}");
+    assert!(r.contains("| id | email"), "the result as a box: {r}");
+    assert!(r.contains("+----+"), "{r}");
+    assert!(r.contains("2 rows in set"), "{r}");
+    assert!(r.contains("****"), "the masked email as the client saw it: {r}");
+    assert!(!r.contains("zoe@example.com") && !r.contains("4111111111111111"), "never the real values: {r}");
+    assert!(r.contains("> DROP TABLE victim;"), "{r}");
+    assert!(
+        r.contains("ERROR 1227 (42000): Gatehouse refused this statement"),
+        "the refusal as the client saw it: {r}"
+    );
+    assert!(r.contains("item 1 |"), "the last result: {r}");
+    assert!(r.contains("1 row in set"), "{r}");
+
+    // The streams are on record (both directions), and the export carries them.
+    let pubkey = w.env.status()["public_key"].as_str().unwrap().to_owned();
+    assert!(w.env.signal_agent("TERM").success());
+    let db = w.env.db().display().to_string();
+    let (ok, vt) = {
+        let o = w.env.gatehouse(&["verify", &db, "--pubkey", &pubkey]);
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    assert!(ok && !vt.contains("TAMPERED"), "{vt}");
+    let bundle = w.env.path("bundle");
+    let out = w.env.gatehouse(&["export", "--db", &db, "--out", bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records = std::fs::read_to_string(bundle.join("records.jsonl")).unwrap();
+    let ours: Vec<Value> = records
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["session"] == id.as_str())
+        .collect();
+    let kinds: Vec<&str> = ours.iter().filter_map(|v| v["kind"].as_str()).collect();
+    assert!(kinds.contains(&"statement") && kinds.contains(&"statement_end"), "{kinds:?}");
+    assert!(kinds.contains(&"chunk"), "the refusal's ERR is a chunk: {kinds:?}");
+    let carries =
+        |kind: &str| ours.iter().any(|v| v["kind"] == kind && v["data_hex"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(carries("statement") && carries("statement_end"), "both streams folded on the statement records");
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    for secret in ["zoe@example.com", "4111111111111111"] {
+        assert!(!records.contains(secret) && !records.contains(&hex(secret)), "{secret} never recorded");
+    }
+    assert!(
+        records.contains(&hex("DROP TABLE victim")) || records.contains("DROP TABLE victim"),
+        "the DROP is on record"
+    );
+    let (ok, vt) = {
+        let o = w.env.gatehouse(&["verify", bundle.to_str().unwrap(), "--pubkey", &pubkey]);
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    assert!(ok, "{vt}");
+}
+
+#[test]
+fn a_login_held_for_mariadbs_ed25519_plugin_logs_in_and_a_wrong_password_fails_clearly() {
+    let mut env = Env::new("mysqled");
+    let team = env.group("team");
+    let ana = env.user("ana", &[&team]);
+    let db = MariaServer::start(&env.dir, &loopback(42), free_port());
+    db.admin(
+        "INSTALL SONAME 'auth_ed25519';
+         CREATE USER 'gh_ed'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('ed-Secret-1');
+         GRANT SELECT ON appdb.* TO 'gh_ed'@'%';",
+    );
+    let secret = gatehouse_e2e::pg::password_file(&env.dir, "ed.secret", "ed-Secret-1");
+    let policy = format!(
+        "[[backend]]\nname = \"shop\"\nprotocol = \"mysql\"\naddress = \"{}\"\ntls = \"off\"\n\
+         credentials = {{ user = \"gh_ed\", password_file = \"{}\" }}\n\n\
+         [[rule]]\nname = \"team reads\"\nwho = {{ groups = [\"{team}\"] }}\nbackend = \"shop\"\nstatements = [\"select\"]\n",
+        db.addr(),
+        secret.display()
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let port = db.port.to_string();
+    let mariadb = |q: &str| {
+        let args: Vec<&str> = vec![
+            "--no-defaults",
+            "--protocol=TCP",
+            "-h",
+            &db.host,
+            "-P",
+            &port,
+            "-u",
+            "whoever",
+            "--skip-ssl",
+            "-N",
+            "-B",
+            "appdb",
+            "-e",
+            q,
+        ];
+        env.run_as(&ana, None, Path::new("/usr/bin/mariadb"), &args)
+    };
+    let out = mariadb("SELECT CURRENT_USER()");
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("gh_ed@%"), "{t}\n{}", env.agent_log());
+
+    // The server checks the signature: a wrong password is refused, and the client is told why.
+    gatehouse_e2e::pg::password_file(&env.dir, "ed.secret", "not-the-password");
+    let out = mariadb("SELECT CURRENT_USER()");
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("Gatehouse could not log in to backend shop as gh_ed") && t.contains("Access denied"), "{t}");
+    assert!(db.general_log().contains("gh_ed"), "the server saw the login");
+}
+
+#[test]
+fn the_recording_is_capped_per_statement_and_the_replay_says_where() {
+    let mut env = Env::new("mysqlcap");
+    let team = env.group("team");
+    let ana = env.user("ana", &[&team]);
+    let db = MariaServer::start(&env.dir, &loopback(43), free_port());
+    db.admin(
+        "USE appdb;
+         CREATE TABLE appdb.items (id int PRIMARY KEY, name varchar(40));
+         INSERT INTO appdb.items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_100;",
+    );
+    let secret = gatehouse_e2e::pg::password_file(&env.dir, "app.secret", mysql::APP_PASSWORD);
+    let policy = format!(
+        "[agent]\nrecord_max_bytes = 1500\n\n[[backend]]\nname = \"shop\"\nprotocol = \"mysql\"\naddress = \"{}\"\ntls = \"off\"\n\
+         credentials = {{ user = \"{}\", password_file = \"{}\" }}\n\n\
+         [[rule]]\nname = \"team reads\"\nwho = {{ groups = [\"{team}\"] }}\nbackend = \"shop\"\nstatements = [\"select\"]\n",
+        db.addr(),
+        mysql::APP_USER,
+        secret.display()
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let port = db.port.to_string();
+    let args: Vec<&str> = vec![
+        "--no-defaults",
+        "--protocol=TCP",
+        "-h",
+        &db.host,
+        "-P",
+        &port,
+        "-u",
+        "whoever",
+        "--skip-ssl",
+        "-N",
+        "-B",
+        "appdb",
+        "-e",
+        "SELECT id, name FROM items ORDER BY id; SELECT 'after' AS x",
+    ];
+    let out = env.run_as(&ana, None, Path::new("/usr/bin/mariadb"), &args);
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("100\titem 100") && t.contains("after"), "the client got it all: {t}");
+    let session = env.wait_session("ana's session", |s| s["user"] == ana.as_str());
+    let ctl = env.control().display().to_string();
+    let out = env.gatehouse(&["replay", session["id"].as_str().unwrap(), "--no-wait", "--control-socket", &ctl]);
+    let r = String::from_utf8_lossy(&out.stdout);
+    assert!(r.contains("|  1 | item 1  |"), "the start of the result is on record: {r}");
+    assert!(!r.contains("item 100"), "not past the cap: {r}");
+    assert!(r.contains("recording capped at 1500 bytes per statement (record_max_bytes)"), "{r}");
+    assert!(r.contains("the backend returned 100 rows in all"), "{r}");
+    // The next statement has a budget of its own.
+    assert!(r.contains("| after |") && r.contains("1 row in set"), "{r}");
 }

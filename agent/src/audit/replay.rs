@@ -17,6 +17,7 @@
 //! the auditor's terminal nor hide text from them.
 
 mod http;
+mod mysql;
 pub mod ssh;
 
 use std::fmt::Write as _;
@@ -177,7 +178,11 @@ pub fn transcript(records: &[Record]) -> Result<Vec<Line>, ReplayError> {
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| "db".to_owned());
     let start_us = ours.first().map_or(0, |r| r.time_us);
+    let is_mysql = open.as_ref().and_then(|o| o.protocol.as_deref()) == Some("mysql");
     let mut r = Renderer::new(start_us, postgres, db);
+    if is_mysql {
+        r.mysql = Some(mysql::Screen::new(r.db.clone()));
+    }
     if !ours.iter().any(|r| r.kind == "session_open") {
         r.push(
             start_us,
@@ -623,6 +628,8 @@ struct Renderer {
     /// The backend→client recording was cut since the last statement.
     down_cut: bool,
     closed: bool,
+    /// A MySQL session: statements and answers as the `mariadb` client shows them.
+    mysql: Option<mysql::Screen>,
 }
 
 impl Renderer {
@@ -640,6 +647,7 @@ impl Renderer {
             footers: Vec::new(),
             down_cut: false,
             closed: false,
+            mysql: None,
         }
     }
 
@@ -695,6 +703,7 @@ impl Renderer {
             // (folded instead of chunk records): shown as chunks, after.
             "statement" => match serde_json::from_slice::<StatementStart>(&r.body) {
                 Ok(s) => {
+                    self.mysql_flush(at, None);
                     self.statement(at, &s);
                     if let Some(offset) = s.up_offset {
                         self.chunk(
@@ -707,6 +716,13 @@ impl Renderer {
                 Err(e) => self.push(at, unreadable(e)),
             },
             "statement_end" => match serde_json::from_slice::<StatementEnd>(&r.body) {
+                Ok(end) if self.mysql.is_some() => {
+                    if let Some(offset) = end.down_offset {
+                        let h = ChunkHeader { dir: Direction::Down, offset };
+                        self.chunk(at, &h, r.data.as_deref().unwrap_or_default());
+                    }
+                    self.mysql_flush(at, Some(&end));
+                }
                 Ok(end) => {
                     let folded = end.down_offset;
                     self.footers.push(Footer { end, error_shown: false, truncated: self.down_cut });
@@ -786,6 +802,7 @@ impl Renderer {
     }
 
     fn close(&mut self, at: i64, c: &SessionClose) {
+        self.mysql_flush(at, None);
         self.end_table(at, Some("(result incomplete: the session ended)"));
         self.end_copy(at);
         self.flush_footers(at);
@@ -803,6 +820,7 @@ impl Renderer {
 
     fn finish(&mut self) {
         let at = self.lines.last().map_or(self.start_us, |l| l.at_us);
+        self.mysql_flush(at, None);
         self.end_table(at, Some("(result incomplete: the recording ends here)"));
         self.end_copy(at);
         self.flush_footers(at);
@@ -820,19 +838,32 @@ impl Renderer {
         format!("{}{}{state}>", self.db, if continued { "-" } else { "=" })
     }
 
+    /// Shows the MySQL answer gathered so far (it is complete).
+    fn mysql_flush(&mut self, at: i64, end: Option<&StatementEnd>) {
+        if let Some(text) = self.mysql.as_mut().and_then(|m| m.flush(end)) {
+            self.push(at, text);
+        }
+    }
+
     fn statement(&mut self, at: i64, s: &StatementStart) {
         self.down_cut = false;
-        let text = escape_block(s.text.trim_end());
-        let mut block = String::new();
-        for (i, line) in text.split('\n').enumerate() {
-            if i > 0 {
-                block.push('\n');
+        let mut block = match self.mysql.as_mut() {
+            Some(m) => m.statement(&s.text),
+            None => {
+                let text = escape_block(s.text.trim_end());
+                let mut block = String::new();
+                for (i, line) in text.split('\n').enumerate() {
+                    if i > 0 {
+                        block.push('\n');
+                    }
+                    let _ = write!(block, "{} {line}", self.prompt(i > 0));
+                }
+                if !text.ends_with(';') {
+                    block.push(';');
+                }
+                block
             }
-            let _ = write!(block, "{} {line}", self.prompt(i > 0));
-        }
-        if !text.ends_with(';') {
-            block.push(';');
-        }
+        };
         if s.decision != "allow" {
             let rule = s.rule.as_deref().map(|r| format!(" (rule \"{}\")", escape_all(r))).unwrap_or_default();
             let reason = s.reason.as_deref().map_or_else(|| "no reason recorded".to_owned(), escape_all);
@@ -847,6 +878,12 @@ impl Renderer {
     }
 
     fn truncated(&mut self, at: i64, t: &Truncation) {
+        if let Some(m) = self.mysql.as_mut() {
+            match t.dir {
+                Direction::Down => m.cut(),
+                Direction::Up => m.lost_up(),
+            }
+        }
         let stream = self.stream(t.dir);
         stream.cut = true;
         stream.buf.clear();
@@ -875,8 +912,25 @@ impl Renderer {
                 self.end_table(at, Some("(result incomplete: bytes are missing)"));
             }
             self.push(at, note);
+            if let Some(m) = self.mysql.as_mut() {
+                match h.dir {
+                    Direction::Down => m.cut(),
+                    Direction::Up => m.lost_up(),
+                }
+            }
         }
-        if self.postgres {
+        if let Some(m) = self.mysql.as_mut() {
+            match h.dir {
+                Direction::Up => {
+                    // A new command: the answer before it is complete.
+                    self.mysql_flush(at, None);
+                    if let Some(m) = self.mysql.as_mut() {
+                        m.up(data);
+                    }
+                }
+                Direction::Down => m.down(data),
+            }
+        } else if self.postgres {
             self.decode(at, h.dir, data);
         } else {
             self.raw_chunk(at, h, data);
@@ -1435,6 +1489,44 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_mysql_packets_never_panic() {
+        use crate::protocol::mysql::wire as my;
+        let mut x: u32 = 0x9e37_79b9;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let mut b = Builder::default();
+        b.open(T0, "mysql");
+        for i in 0..400i64 {
+            let mut data = Vec::new();
+            for _ in 0..(next() % 6) {
+                // Payloads that start like real ones (OK, ERR, EOF, column counts, lengths) more often than not.
+                let len = usize::try_from(next() % 48).unwrap();
+                let mut p: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();
+                if let Some(first) = p.first_mut() {
+                    *first = [0x00, 0xff, 0xfe, 0x01, 0x02, 0xfb, 0xfc, 0x03][usize::try_from(next() % 8).unwrap()];
+                }
+                data.extend_from_slice(&my::frame(u8::try_from(next() % 4).unwrap(), &p));
+            }
+            // Cut anywhere, sometimes.
+            if next() % 4 == 0 {
+                data.truncate(usize::try_from(next()).unwrap() % (data.len() + 1));
+            }
+            match i % 5 {
+                0 => b.statement(T0 + i, u64::try_from(i).unwrap(), "SELECT 1", "allow", None),
+                1 => b.chunk(T0 + i, Direction::Up, data),
+                4 => b.end(T0 + i, u64::try_from(i).unwrap(), Some(1), None),
+                _ => b.chunk(T0 + i, Direction::Down, data),
+            }
+        }
+        let out = text(&transcript(&b.records).unwrap());
+        assert!(out.contains("MariaDB [appdb]> SELECT 1;"), "{out}");
+    }
+
+    #[test]
     fn play_paces_lines() {
         let lines = vec![
             Line { at_us: 0, text: "a".into() },
@@ -1507,5 +1599,67 @@ mod tests {
         // The only difference a reader may see is none: the same lines.
         let strip = |t: &str| t.lines().map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(strip(&got), strip(&want));
+    }
+
+    /// A MySQL session: the query and its masked rows in a box, a refusal's ERR, a USE in the prompt.
+    #[test]
+    fn a_mysql_session_reads_like_the_mariadb_client() {
+        use crate::protocol::mysql::wire as my;
+        let put = |b: &mut Vec<u8>, s: u8, p: &[u8]| b.extend_from_slice(&my::frame(s, p));
+        let lenenc = |p: &mut Vec<u8>, v: &[u8]| {
+            my::put_lenenc(p, v.len());
+            p.extend_from_slice(v);
+        };
+        let col = |name: &str, kind: u8| {
+            let mut p = Vec::new();
+            for f in ["def", "shop", "customers", "customers", name, name] {
+                lenenc(&mut p, f.as_bytes());
+            }
+            p.extend_from_slice(&[0x0c, 45, 0, 0, 1, 0, 0, kind, 0, 0, 0, 0, 0]);
+            p
+        };
+        let mut b = Builder::default();
+        b.open(T0, "mysql");
+        b.statement(T0 + 10, 1, "SELECT id, email FROM customers", "allow", None);
+        b.chunk(T0 + 10, Direction::Up, my::frame(0, b"\x03SELECT id, email FROM customers"));
+        let mut ans = Vec::new();
+        put(&mut ans, 1, &[2]);
+        put(&mut ans, 2, &col("id", 0x03));
+        put(&mut ans, 3, &col("email", 0xfd));
+        let mut row = Vec::new();
+        lenenc(&mut row, b"1");
+        lenenc(&mut row, b"****");
+        put(&mut ans, 4, &row);
+        put(&mut ans, 5, &[0xfe, 0, 0, 2, 0, 0, 0]);
+        b.chunk(T0 + 20, Direction::Down, ans);
+        b.end(T0 + 20, 1, Some(1), Some(r#"{"columns":1}"#));
+        b.statement(T0 + 30, 2, "DROP TABLE victim", "deny", Some("drop is not allowed"));
+        let err =
+            my::frame(1, &my::err_payload(1227, "42000", "Gatehouse refused this statement: drop is not allowed"));
+        b.chunk(T0 + 30, Direction::Down, err);
+        b.statement(T0 + 40, 3, "USE shop", "allow", None);
+        b.chunk(T0 + 40, Direction::Up, my::frame(0, b"\x03USE shop"));
+        b.chunk(T0 + 40, Direction::Down, my::frame(1, &[0, 0, 0, 2, 0, 0, 0]));
+        b.end(T0 + 40, 3, Some(0), None);
+        b.statement(T0 + 50, 4, "SELECT 1", "allow", None);
+        b.close(T0 + 60);
+        let text: Vec<String> = transcript(&b.records).unwrap().into_iter().map(|l| l.text).collect();
+        let all = text.join("\n");
+        assert!(all.contains("MariaDB [appdb]> SELECT id, email FROM customers;"), "{all}");
+        assert!(
+            all.contains(
+                "+----+-------+\n| id | email |\n+----+-------+\n|  1 | ****  |\n+----+-------+\n1 row in set (0.001 sec)\n-- values masked by Gatehouse: columns 1"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "MariaDB [appdb]> DROP TABLE victim;\n-- refused by Gatehouse (rule \"r1\"): drop is not allowed"
+            ),
+            "{all}"
+        );
+        assert!(all.contains("ERROR 1227 (42000): Gatehouse refused this statement: drop is not allowed"), "{all}");
+        assert!(all.contains("Query OK, 0 rows affected (0.001 sec)"), "{all}");
+        assert!(all.contains("MariaDB [shop]> SELECT 1;"), "the prompt follows USE: {all}");
     }
 }

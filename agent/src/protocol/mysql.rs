@@ -30,8 +30,10 @@
 //!   read ends the session with an ERR instead of being relayed.
 
 pub mod binary;
+pub mod ed25519;
 pub mod masking;
 mod prepared;
+mod record;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -259,6 +261,8 @@ struct Session {
     seq: u64,
     /// Statements prepared through Gatehouse, by the server's ids.
     prepared: prepared::Registry,
+    /// The recording of both packet streams (`record`).
+    rec: record::Recording,
 }
 
 /// The handshake with the client and the login to the backend.
@@ -406,6 +410,7 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
         mariadb: greeting.version.contains("MariaDB"),
         seq: 0,
         prepared: prepared::Registry::default(),
+        rec: record::Recording::new(ctx),
     };
     if let Err(e) = prepare(ctx, &mut s).await {
         warn!(error = %e, "session refused (fail closed)");
@@ -537,9 +542,10 @@ async fn log_in(
     let known = |p: &str| match p {
         "mysql_native_password" => Some("mysql_native_password"),
         "caching_sha2_password" => Some("caching_sha2_password"),
+        ed25519::PLUGIN => Some(ed25519::PLUGIN),
         _ => None,
     };
-    let mut plugin = known(&g.plugin).unwrap_or("mysql_native_password");
+    let mut plugin = known(&g.plugin).filter(|p| *p != ed25519::PLUGIN).unwrap_or("mysql_native_password");
     let auth = wire::scramble(plugin, &g.nonce, password).map_err(|e| e.to_string())?;
     let hello = wire::login_payload(caps, charset, &login.user, &auth, database, plugin);
     // Inside TLS the login carries CLIENT_SSL and follows the SSLRequest (sequence id 1).
@@ -559,7 +565,13 @@ async fn log_in(
                 let (name, nonce) = wire::parse_auth_switch(payload).map_err(|e| e.to_string())?;
                 plugin = known(&name)
                     .ok_or_else(|| format!("the server asks for plugin {name}, which Gatehouse does not speak"))?;
-                let auth = wire::scramble(plugin, &nonce, password).map_err(|e| e.to_string())?;
+                let auth = if plugin == ed25519::PLUGIN {
+                    // MariaDB's auth_ed25519: sign the server's 32-byte nonce.
+                    let nonce = ed25519::nonce(payload).ok_or("a client_ed25519 request without a 32-byte nonce")?;
+                    ed25519::sign(password, &nonce).to_vec()
+                } else {
+                    wire::scramble(plugin, &nonce, password).map_err(|e| e.to_string())?
+                };
                 backend.send(&wire::frame(seq.wrapping_add(1), &auth)).await.map_err(|e| e.to_string())?;
             }
             // caching_sha2_password: 3 = fast path accepted (OK follows), 4 = full path.
@@ -697,6 +709,7 @@ async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down
             let payload = payload_of(&pkt);
             match payload.first().copied() {
                 Some(wire::COM_QUIT) => {
+                    s.rec.up_chunk(&pkt, None).await;
                     *up += pkt.len() as u64;
                     let _ = s.backend.send(&pkt).await;
                     return Ok(());
@@ -737,6 +750,7 @@ async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down
                     let reason = format!("{name} is not supported through Gatehouse yet");
                     let why = Decision::refuse(reason.clone());
                     s.seq += 1;
+                    s.rec.reset();
                     let ev = start_record(ctx, s.seq, format!("({name})"), None, &why);
                     ctx.agent
                         .audit
@@ -745,13 +759,14 @@ async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down
                         .map_err(|e| Fail::Audit(e.to_string()))?;
                     let msg = format!("Gatehouse refused this command: {reason}");
                     let err = err_packet(seq, ER_REFUSED, "42000", &msg);
-                    *down += err.len() as u64;
-                    client.send(&err).await.map_err(|e| Fail::Client(e.to_string()))?;
+                    send_down(s, client, &err, down).await?;
                 }
             }
         }
     };
-    match r.await {
+    let r = r.await;
+    s.rec.finish();
+    match r {
         Ok(()) => End::Closed,
         Err(_) if ctx.live.cut.is_cancelled() => End::Cut(ctx.live.reason()),
         Err(Fail::Client(e)) => End::ClientError(e),
@@ -788,6 +803,8 @@ struct Outcome {
     error: Option<String>,
     /// What the server's COM_STMT_PREPARE_OK said.
     prepared: Option<prepared::PrepareOk>,
+    /// The answer's last bytes, not yet recorded nor written to the client.
+    tail: Vec<u8>,
 }
 
 /// The commands that carry a statement's text.
@@ -829,6 +846,7 @@ async fn statement(
     };
     let shown = String::from_utf8_lossy(text).into_owned();
     s.seq += 1;
+    s.rec.reset();
     let c = match classified {
         Ok(c) => c,
         Err(r) => {
@@ -852,8 +870,12 @@ async fn statement(
             return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &why).await;
         }
     }
-    let ev = start_record(ctx, s.seq, shown.clone(), Some(&c.statement), &d);
-    ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))?;
+    let mut ev = start_record(ctx, s.seq, shown.clone(), Some(&c.statement), &d);
+    let recorded = record::client_packet(ctx, pkt);
+    let cut = s.rec.fold_up(&mut ev, &recorded);
+    let mut records = vec![Event::Statement(Box::new(ev))];
+    records.extend(cut);
+    ctx.agent.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
     let started = Instant::now();
     let mut counts = crate::mask::Counts::default();
     let out = if command == Command::Prepare {
@@ -881,20 +903,21 @@ async fn statement(
             s.database = Some(String::from_utf8_lossy(pkt.get(5..).unwrap_or_default()).into_owned());
         }
     }
-    finish(ctx, s, started, &out, &counts, tags);
-    out.map(|_| ())
+    finish(ctx, s, client, down, (started, out), &counts, tags).await
 }
 
-/// Records the end of a forwarded statement.
-fn finish(
+/// Records the end of a forwarded statement, with the rest of its answer
+/// folded in, then writes that rest to the client.
+async fn finish(
     ctx: &Ctx,
-    s: &Session,
-    started: Instant,
-    out: &Result<Outcome, Fail>,
+    s: &mut Session,
+    client: &mut Conn,
+    down: &mut u64,
+    (started, out): (Instant, Result<Outcome, Fail>),
     counts: &crate::mask::Counts,
     tags: Option<String>,
-) {
-    let (rows, error) = match out {
+) -> Result<(), Fail> {
+    let (rows, error) = match &out {
         Ok(o) => (o.rows, o.error.clone()),
         Err(e) => (None, Some(format!("session ended: {e}"))),
     };
@@ -914,9 +937,21 @@ fn finish(
         down_offset: None,
         down: Vec::new(),
     };
-    if let Err(e) = ctx.agent.audit.statement_end(end) {
-        warn!(error = %e, "cannot record the end of a statement");
+    let tail = out.as_ref().map(|o| o.tail.as_slice()).unwrap_or_default();
+    s.rec.end(end, tail).await;
+    let o = out?;
+    if !o.tail.is_empty() {
+        *down += o.tail.len() as u64;
+        client.send(&o.tail).await.map_err(|e| Fail::Client(e.to_string()))?;
     }
+    Ok(())
+}
+
+/// Records bytes that end no statement, then writes them to the client.
+async fn send_down(s: &mut Session, client: &mut Conn, bytes: &[u8], down: &mut u64) -> Result<(), Fail> {
+    s.rec.down_chunk(bytes).await;
+    *down += bytes.len() as u64;
+    client.send(bytes).await.map_err(|e| Fail::Client(e.to_string()))
 }
 
 fn refusal_reason(r: &Refusal) -> String {
@@ -941,7 +976,9 @@ async fn refuse(
         ),
         _ => format!("Gatehouse refused this statement: {}", d.reason()),
     };
-    client.send(&err_packet(seq, ER_REFUSED, "42000", &msg)).await.map_err(|e| Fail::Client(e.to_string()))
+    let err = err_packet(seq, ER_REFUSED, "42000", &msg);
+    s.rec.down_chunk(&err).await;
+    client.send(&err).await.map_err(|e| Fail::Client(e.to_string()))
 }
 
 /// Records a refused statement (before the client hears of it).
@@ -1030,10 +1067,18 @@ async fn forward(
     up: &mut u64,
     down: &mut u64,
 ) -> Result<Outcome, Fail> {
-    forward_masked(s, client, pkt, up, down, None).await
+    s.rec.up_chunk(pkt, None).await;
+    let mut o = forward_masked(s, client, pkt, up, down, None).await?;
+    let tail = std::mem::take(&mut o.tail);
+    if !tail.is_empty() {
+        send_down(s, client, &tail, down).await?;
+    }
+    Ok(o)
 }
 
-/// [`forward`], masking result sets when `masking` is given.
+/// [`forward`], masking result sets when `masking` is given; the last
+/// bytes of the answer are left in [`Outcome::tail`] for the caller to
+/// record and write (the command itself is recorded by the caller).
 async fn forward_masked(
     s: &mut Session,
     client: &mut Conn,
@@ -1053,14 +1098,21 @@ async fn forward_masked(
         // Nothing unmasked was sent: end with an ERR in place of the rest.
         out.clear();
         let msg = format!("Gatehouse ended this session: {e}");
-        let _ = client.send(&err_packet(0, ER_REFUSED, "42000", &msg)).await;
+        let _ = send_down(s, client, &err_packet(0, ER_REFUSED, "42000", &msg), down).await;
         return r;
     }
-    if !out.is_empty() {
-        *down += out.len() as u64;
-        client.send(&out).await.map_err(|e| Fail::Client(e.to_string()))?;
+    match r {
+        Ok(mut o) => {
+            o.tail = out;
+            Ok(o)
+        }
+        Err(e) => {
+            if !out.is_empty() {
+                send_down(s, client, &out, down).await?;
+            }
+            Err(e)
+        }
     }
-    r
 }
 
 /// Reads one logical packet from the backend into `out` (continuations
@@ -1081,14 +1133,12 @@ async fn next_packet(s: &mut Session, client: &mut Conn, out: &mut Vec<u8>, down
         last_len = more.len() - 4;
         out.extend_from_slice(&more);
         if out.len() >= FLUSH_AT {
-            *down += out.len() as u64;
-            client.send(out).await.map_err(|e| Fail::Client(e.to_string()))?;
+            send_down(s, client, out, down).await?;
             out.clear();
         }
     }
     if out.len() >= FLUSH_AT {
-        *down += out.len() as u64;
-        client.send(out).await.map_err(|e| Fail::Client(e.to_string()))?;
+        send_down(s, client, out, down).await?;
         out.clear();
     }
     Ok(first)
@@ -1116,13 +1166,13 @@ async fn answer(
                     wire::parse_ok(p).ok_or_else(|| Fail::Backend("malformed OK packet".into()))?;
                 total += affected;
                 if status & wire::SERVER_MORE_RESULTS_EXISTS == 0 {
-                    return Ok(Outcome { rows: Some(total), error: None, prepared: None });
+                    return Ok(Outcome { rows: Some(total), error: None, prepared: None, tail: Vec::new() });
                 }
             }
             Some(0xff) => {
                 let e = wire::parse_err(p)
                     .map_or_else(|| "error".into(), |e| format!("{} ({}): {}", e.code, e.state, e.message));
-                return Ok(Outcome { rows: None, error: Some(e), prepared: None });
+                return Ok(Outcome { rows: None, error: Some(e), prepared: None, tail: Vec::new() });
             }
             Some(0xfb) => {
                 // LOCAL INFILE was never negotiated: a server asking for a client file is not followed.
@@ -1173,14 +1223,19 @@ async fn answer(
                         Some(0xff) => {
                             let e = wire::parse_err(p)
                                 .map_or_else(|| "error".into(), |e| format!("{} ({}): {}", e.code, e.state, e.message));
-                            return Ok(Outcome { rows: Some(total + rows), error: Some(e), prepared: None });
+                            return Ok(Outcome {
+                                rows: Some(total + rows),
+                                error: Some(e),
+                                prepared: None,
+                                tail: Vec::new(),
+                            });
                         }
                         _ => rows += 1,
                     }
                 };
                 total += rows;
                 if status & wire::SERVER_MORE_RESULTS_EXISTS == 0 {
-                    return Ok(Outcome { rows: Some(total), error: None, prepared: None });
+                    return Ok(Outcome { rows: Some(total), error: None, prepared: None, tail: Vec::new() });
                 }
             }
         }
@@ -1241,8 +1296,7 @@ async fn masked_packet(
         }
     }
     if out.len() >= FLUSH_AT {
-        *down += out.len() as u64;
-        client.send(out).await.map_err(|e| Fail::Client(e.to_string()))?;
+        send_down(s, client, out, down).await?;
         out.clear();
     }
     Ok(pk)

@@ -154,7 +154,7 @@ pub(super) async fn forward_prepare(
     if p.len() >= wire::MAX_PAYLOAD {
         return Err(Fail::Backend("an oversized answer to COM_STMT_PREPARE".into()));
     }
-    let outcome = match p.first() {
+    let mut outcome = match p.first() {
         Some(0xff) => {
             match profile {
                 Some(profile) => {
@@ -164,7 +164,7 @@ pub(super) async fn forward_prepare(
             }
             let e = wire::parse_err(p)
                 .map_or_else(|| "error".into(), |e| format!("{} ({}): {}", e.code, e.state, e.message));
-            Outcome { rows: None, error: Some(e), prepared: None }
+            Outcome { rows: None, error: Some(e), prepared: None, tail: Vec::new() }
         }
         Some(0x00) => {
             let ok = parse_prepare_ok(p).ok_or_else(|| Fail::Backend("malformed COM_STMT_PREPARE_OK".into()))?;
@@ -177,12 +177,12 @@ pub(super) async fn forward_prepare(
                     next_packet(s, client, &mut out, down).await?;
                 }
             }
-            Outcome { rows: None, error: None, prepared: Some(ok) }
+            Outcome { rows: None, error: None, prepared: Some(ok), tail: Vec::new() }
         }
         _ => return Err(Fail::Backend("unexpected answer to COM_STMT_PREPARE".into())),
     };
-    *down += out.len() as u64;
-    client.send(&out).await.map_err(|e| Fail::Client(e.to_string()))?;
+    // Recorded and written by the caller, with the statement's end.
+    outcome.tail = out;
     Ok(outcome)
 }
 
@@ -207,6 +207,7 @@ pub(super) async fn execute(
     let payload = payload_of(pkt);
     let asked = stmt_id(payload);
     s.seq += 1;
+    s.rec.reset();
     let Some((id, p)) = asked.and_then(|i| s.prepared.get(i)) else {
         let (text, why) = unknown("COM_STMT_EXECUTE", asked);
         return refuse(ctx, s, client, seq, &text, None, &why).await;
@@ -221,8 +222,13 @@ pub(super) async fn execute(
     if d.verdict != Verdict::Allow {
         return refuse(ctx, s, client, seq, &p.text, Some(&p.statement), &d).await;
     }
-    let ev = start_record(ctx, s.seq, p.text.clone(), Some(&p.statement), &d);
-    ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))?;
+    let pkt = if asked == Some(id) { pkt.to_vec() } else { with_id(pkt, id) };
+    let mut ev = start_record(ctx, s.seq, p.text.clone(), Some(&p.statement), &d);
+    let recorded = super::record::client_packet(ctx, &pkt);
+    let cut = s.rec.fold_up(&mut ev, &recorded);
+    let mut records = vec![Event::Statement(Box::new(ev))];
+    records.extend(cut);
+    ctx.agent.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
     let started = Instant::now();
     let mut counts = crate::mask::Counts::default();
     let masking = ctx.mask.as_deref().map(|profile| MaskCtx {
@@ -231,11 +237,9 @@ pub(super) async fn execute(
         counts: &mut counts,
         binary: true,
     });
-    let pkt = if asked == Some(id) { pkt.to_vec() } else { with_id(pkt, id) };
     let out = forward_masked(s, client, &pkt, up, down, masking).await;
     let tags = format!("EXECUTE statement {id} ({} parameters, {} columns)", p.params, p.columns);
-    finish(ctx, s, started, &out, &counts, Some(tags));
-    out.map(|_| ())
+    finish(ctx, s, client, down, (started, out), &counts, Some(tags)).await
 }
 
 /// `COM_STMT_SEND_LONG_DATA`, `COM_STMT_RESET`, `COM_STMT_CLOSE`: passed
@@ -259,6 +263,7 @@ pub(super) async fn by_id(
     let asked = stmt_id(payload);
     let Some((id, _)) = asked.and_then(|i| s.prepared.get(i)) else {
         s.seq += 1;
+        s.rec.reset();
         let (text, why) = unknown(name, asked);
         if command == wire::COM_STMT_RESET {
             return refuse(ctx, s, client, seq_of(pkt).wrapping_add(1), &text, None, &why).await;
@@ -273,6 +278,8 @@ pub(super) async fn by_id(
         }
         _ => {
             // No answer comes.
+            let recorded = super::record::client_packet(ctx, &pkt);
+            s.rec.up_chunk(&recorded, None).await;
             s.backend.send(&pkt).await.map_err(|e| Fail::Backend(e.to_string()))?;
             *up += pkt.len() as u64;
             if command == wire::COM_STMT_CLOSE {
