@@ -92,23 +92,7 @@ statements = ["select"]
 impl World {
     /// The `mariadb` client as `user`, over TCP to the backend's own address.
     fn mariadb(&self, user: &str, args: &[&str]) -> Output {
-        let port = self.db.port.to_string();
-        let mut all = vec![
-            "--no-defaults",
-            "--protocol=TCP",
-            "-h",
-            &self.db.host,
-            "-P",
-            &port,
-            "-u",
-            "whoever",
-            "--skip-ssl",
-            "-N",
-            "-B",
-            "-A",
-        ];
-        all.extend_from_slice(args);
-        self.env.run_as(user, None, Path::new("/usr/bin/mariadb"), &all)
+        mariadb_as(&self.env, &self.db, user, args)
     }
 
     /// The `mariadb` client reading `script` on its standard input (one
@@ -193,6 +177,28 @@ impl World {
             .flat_map(|s| self.env.statements(s["id"].as_str()))
             .collect()
     }
+}
+
+/// The `mariadb` client as `user` in the test's cgroup, over TCP to `db`'s own
+/// address (so through the redirect), plaintext, batch output, no auto-rehash.
+fn mariadb_as(env: &Env, db: &MariaServer, user: &str, args: &[&str]) -> Output {
+    let port = db.port.to_string();
+    let mut all = vec![
+        "--no-defaults",
+        "--protocol=TCP",
+        "-h",
+        &db.host,
+        "-P",
+        &port,
+        "-u",
+        "whoever",
+        "--skip-ssl",
+        "-N",
+        "-B",
+        "-A",
+    ];
+    all.extend_from_slice(args);
+    env.run_as(user, None, Path::new("/usr/bin/mariadb"), &all)
 }
 
 fn text(o: &Output) -> String {
@@ -759,26 +765,7 @@ fn a_login_held_for_mariadbs_ed25519_plugin_logs_in_and_a_wrong_password_fails_c
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    let port = db.port.to_string();
-    let mariadb = |q: &str| {
-        let args: Vec<&str> = vec![
-            "--no-defaults",
-            "--protocol=TCP",
-            "-h",
-            &db.host,
-            "-P",
-            &port,
-            "-u",
-            "whoever",
-            "--skip-ssl",
-            "-N",
-            "-B",
-            "appdb",
-            "-e",
-            q,
-        ];
-        env.run_as(&ana, None, Path::new("/usr/bin/mariadb"), &args)
-    };
+    let mariadb = |q: &str| mariadb_as(&env, &db, &ana, &["appdb", "-e", q]);
     let out = mariadb("SELECT CURRENT_USER()");
     let t = text(&out);
     assert!(out.status.success() && t.contains("gh_ed@%"), "{t}\n{}", env.agent_log());
@@ -814,24 +801,8 @@ fn the_recording_is_capped_per_statement_and_the_replay_says_where() {
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    let port = db.port.to_string();
-    let args: Vec<&str> = vec![
-        "--no-defaults",
-        "--protocol=TCP",
-        "-h",
-        &db.host,
-        "-P",
-        &port,
-        "-u",
-        "whoever",
-        "--skip-ssl",
-        "-N",
-        "-B",
-        "appdb",
-        "-e",
-        "SELECT id, name FROM items ORDER BY id; SELECT 'after' AS x",
-    ];
-    let out = env.run_as(&ana, None, Path::new("/usr/bin/mariadb"), &args);
+    let out =
+        mariadb_as(&env, &db, &ana, &["appdb", "-e", "SELECT id, name FROM items ORDER BY id; SELECT 'after' AS x"]);
     let t = text(&out);
     assert!(out.status.success() && t.contains("100\titem 100") && t.contains("after"), "the client got it all: {t}");
     let session = env.wait_session("ana's session", |s| s["user"] == ana.as_str());
