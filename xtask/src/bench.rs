@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -551,6 +551,28 @@ fn idle_rss(rig: &Rig, pid: u32, mode: &str, addr: &str, n: usize) -> Result<(f6
 fn nofile_limit() -> usize {
     use nix::sys::resource::{Resource, getrlimit};
     getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(_, hard)| usize::try_from(hard).unwrap_or(usize::MAX))
+}
+
+/// haproxy started with `config` (written to `dir/haproxy.cfg`), in the foreground (`-db`).
+pub(crate) fn haproxy(dir: &Path, config: &str) -> Result<Child> {
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(&cfg, config)?;
+    Command::new("/usr/sbin/haproxy")
+        .arg("-f")
+        .arg(&cfg)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("haproxy")
+}
+
+/// A tcp-mode haproxy configuration: `bind` (host:port) relayed to `server` (host:port).
+pub(crate) fn haproxy_tcp(bind: &str, server: &str) -> String {
+    format!(
+        "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+         frontend f\n  bind {bind}\n  default_backend b\nbackend b\n  server s {server}\n"
+    )
 }
 
 pub(crate) fn free_port() -> Result<u16> {

@@ -59,26 +59,13 @@ fn start(port: u16) -> Result<(Servers, u64)> {
     let mut s = Servers { dir: dir.clone(), children: vec![] };
     // The origin (on the protected and the direct address) and the haproxy HTTP proxy in front of it.
     let body = r#"{"id":7,"status":"open","total":12.5}"#;
-    std::fs::write(
-        dir.join("haproxy.cfg"),
-        format!(
+    s.children.push(crate::bench::haproxy(&dir, &format!(
             "global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1m\n  timeout server 1m\n\
              frontend origin\n  bind {PROTECTED}:{port}\n  bind {DIRECT}:{port}\n  \
              http-request return status 200 content-type application/json string '{body}'\n\
              frontend proxy\n  bind {HAPROXY}:{port}\n  option http-keep-alive\n  default_backend o\n\
              backend o\n  http-reuse always\n  server s {DIRECT}:{port}\n"
-        ),
-    )?;
-    s.children.push(
-        Command::new("/usr/sbin/haproxy")
-            .arg("-f")
-            .arg(dir.join("haproxy.cfg"))
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("haproxy")?,
-    );
+        ))?);
     let script = dir.join("big.py");
     std::fs::write(&script, BIG_PY)?;
     let mut big = Command::new("/usr/bin/python3")

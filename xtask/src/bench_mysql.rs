@@ -107,23 +107,10 @@ fn start_servers(port: u16) -> Result<Servers> {
          CREATE TABLE bench.items (id int PRIMARY KEY, name varchar(40), email varchar(80));
          INSERT INTO bench.items SELECT seq, CONCAT('item ', seq), CONCAT('user', seq, '@example.com') FROM seq_1_to_{ROWS};"
     ))?;
-    std::fs::write(
-        dir.join("haproxy.cfg"),
-        format!(
-            "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
-             frontend f\n  bind {HAPROXY}:{port}\n  default_backend b\nbackend b\n  server m {DIRECT}:{port}\n"
-        ),
-    )?;
-    s.children.push(
-        Command::new("/usr/sbin/haproxy")
-            .arg("-f")
-            .arg(dir.join("haproxy.cfg"))
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("haproxy")?,
-    );
+    s.children.push(crate::bench::haproxy(
+        &dir,
+        &crate::bench::haproxy_tcp(&format!("{HAPROXY}:{port}"), &format!("{DIRECT}:{port}")),
+    )?);
     crate::util::wait_port(&format!("{HAPROXY}:{port}"))?;
     Ok(s)
 }

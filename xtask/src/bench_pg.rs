@@ -189,22 +189,10 @@ pub(crate) fn start_servers(port: u16, scale: Option<u32>) -> Result<Servers> {
             .spawn()?,
     );
     // haproxy, tcp mode.
-    std::fs::write(
-        dir.join("haproxy.cfg"),
-        format!(
-            "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
-             frontend f\n  bind {HAPROXY}:{port}\n  default_backend b\nbackend b\n  server pg {DIRECT}:{port}\n"
-        ),
-    )?;
-    s.children.push(
-        Command::new("/usr/sbin/haproxy")
-            .arg("-f")
-            .arg(dir.join("haproxy.cfg"))
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    s.children.push(crate::bench::haproxy(
+        &dir,
+        &crate::bench::haproxy_tcp(&format!("{HAPROXY}:{port}"), &format!("{DIRECT}:{port}")),
+    )?);
     crate::util::wait_port(&format!("{BOUNCER}:{port}"))?;
     crate::util::wait_port(&format!("{HAPROXY}:{port}"))?;
     Ok(s)

@@ -1117,19 +1117,21 @@ async fn forward_masked(
 
 /// Reads one logical packet from the backend into `out` (continuations
 /// included); returns its first physical packet.
+/// The backend's next packet; its end of the connection is an error here.
+async fn read_backend(s: &mut Session) -> Result<BytesMut, Fail> {
+    s.backend
+        .read()
+        .await
+        .map_err(|e| Fail::Backend(e.to_string()))?
+        .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))
+}
+
 async fn next_packet(s: &mut Session, client: &mut Conn, out: &mut Vec<u8>, down: &mut u64) -> Result<BytesMut, Fail> {
-    let read = async |s: &mut Session| {
-        s.backend
-            .read()
-            .await
-            .map_err(|e| Fail::Backend(e.to_string()))?
-            .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))
-    };
-    let first = read(s).await?;
+    let first = read_backend(s).await?;
     out.extend_from_slice(&first);
     let mut last_len = first.len() - 4;
     while last_len == wire::MAX_PAYLOAD {
-        let more = read(s).await?;
+        let more = read_backend(s).await?;
         last_len = more.len() - 4;
         out.extend_from_slice(&more);
         if out.len() >= FLUSH_AT {
@@ -1254,12 +1256,7 @@ async fn masked_packet(
     masking: Option<&mut MaskCtx<'_>>,
 ) -> Result<BytesMut, Fail> {
     let m = masking.ok_or_else(|| Fail::Breach("internal error: a masking plan with no profile".into()))?;
-    let pk = s
-        .backend
-        .read()
-        .await
-        .map_err(|e| Fail::Backend(e.to_string()))?
-        .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))?;
+    let pk = read_backend(s).await?;
     let p = payload_of(&pk);
     if p.len() >= wire::MAX_PAYLOAD {
         return Err(Fail::Breach("a row of 16 MiB or more on a masked session (cannot be masked)".into()));
@@ -1305,12 +1302,7 @@ async fn masked_packet(
 /// The first packet of an answer on a masked session: an ERR has what it
 /// quotes redacted; a continued packet (16 MiB or more) is refused.
 async fn masked_first(s: &mut Session, out: &mut Vec<u8>, m: &mut MaskCtx<'_>) -> Result<BytesMut, Fail> {
-    let pk = s
-        .backend
-        .read()
-        .await
-        .map_err(|e| Fail::Backend(e.to_string()))?
-        .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))?;
+    let pk = read_backend(s).await?;
     let p = payload_of(&pk);
     if p.len() >= wire::MAX_PAYLOAD {
         return Err(Fail::Breach("a packet of 16 MiB or more on a masked session (cannot be masked)".into()));

@@ -144,12 +144,7 @@ pub(super) async fn forward_prepare(
     *up += pkt.len() as u64;
     let mut out = Vec::new();
     // Read alone (not with its continuations): nothing of an oversized answer is relayed.
-    let first = s
-        .backend
-        .read()
-        .await
-        .map_err(|e| Fail::Backend(e.to_string()))?
-        .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))?;
+    let first = super::read_backend(s).await?;
     let p = payload_of(&first);
     if p.len() >= wire::MAX_PAYLOAD {
         return Err(Fail::Backend("an oversized answer to COM_STMT_PREPARE".into()));
