@@ -22,6 +22,9 @@ struct World {
     sam: String,
     /// In a group whose rule only reads (`select`).
     rita: String,
+    /// In a group whose DELETEs wait for an approval by `lea`'s group.
+    dan: String,
+    lea: String,
 }
 
 fn world(name: &str) -> World {
@@ -33,12 +36,18 @@ fn world(name: &str) -> World {
     let sam = env.user("sam", &[&support]);
     let reader = env.group("reader");
     let rita = env.user("rita", &[&reader]);
+    let dba = env.group("dba");
+    let dan = env.user("dan", &[&dba]);
+    let leads = env.group("leads");
+    let lea = env.user("lea", &[&leads]);
     let db = MariaServer::start(&env.dir, &loopback(41), free_port());
     db.admin(
         "USE appdb;
          CREATE TABLE appdb.items (id int PRIMARY KEY, name varchar(40));
          INSERT INTO appdb.items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_100;
          CREATE TABLE appdb.victim (id int);
+         CREATE TABLE appdb.held (id int);
+         INSERT INTO appdb.held VALUES (1), (2);
          INSERT INTO appdb.victim VALUES (1);
          CREATE TABLE appdb.customers (id int PRIMARY KEY, email varchar(80), card varchar(20), note text);
          INSERT INTO appdb.customers VALUES (1, 'zoe@example.com', '4111111111111111', 'ssn 123-45-6789'), (2, NULL, NULL, 'plain');",
@@ -79,6 +88,17 @@ name = "readers only read"
 who = {{ groups = ["{reader}"] }}
 backend = "shop"
 statements = ["select"]
+
+[[approvers]]
+name = "leads"
+who = {{ groups = ["{leads}"] }}
+
+[[rule]]
+name = "dbas delete with a second pair of eyes"
+who = {{ groups = ["{dba}"] }}
+backend = "shop"
+statements = ["select", "delete", "show"]
+approval = {{ for = ["delete"], by = "leads", timeout = "60s" }}
 "#,
         addr = db.addr(),
         user = mysql::APP_USER,
@@ -86,7 +106,7 @@ statements = ["select"]
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    World { db, env, ana, eve, sam, rita }
+    World { db, env, ana, eve, sam, rita, dan, lea }
 }
 
 impl World {
@@ -159,6 +179,40 @@ impl World {
         ];
         all.extend_from_slice(args);
         self.env.run_as(user, None, Path::new("/usr/bin/mysqlslap"), &all)
+    }
+
+    /// The `gatehouse` CLI as `user` (an approver), through the agent's control socket.
+    fn cli(&self, user: &str, args: &[&str]) -> Output {
+        let bin = self.env.path("gatehouse-cli");
+        if !bin.exists() {
+            std::fs::copy(gatehouse_e2e::gatehouse_bin(), &bin).unwrap();
+            std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        let ctl = self.env.control().display().to_string();
+        let mut all = args.to_vec();
+        all.extend(["--control-socket", &ctl]);
+        self.env.run_as(user, None, &bin, &all)
+    }
+
+    /// Waits for a pending request `approver` may decide whose subject contains `what`; returns its id.
+    fn pending(&self, approver: &str, what: &str) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let o = self.cli(approver, &["requests", "--json"]);
+            assert!(o.status.success(), "gatehouse requests: {}", text(&o));
+            let found = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|r| {
+                    r.pointer("/state/state").is_some_and(|s| s == "pending")
+                        && r.get("subject").is_some_and(|s| s.to_string().contains(what))
+                });
+            if let Some(id) = found.and_then(|r| r.get("id").and_then(Value::as_u64)) {
+                return id;
+            }
+            assert!(std::time::Instant::now() < deadline, "no pending request for {what:?}:\n{}", self.env.agent_log());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     fn victim_present(&self) -> bool {
@@ -254,6 +308,97 @@ fn mariadb_cli_reads_writes_and_a_refused_drop_leaves_the_session_usable() {
         session["bytes_up"].as_u64().unwrap_or(0) > 0 && session["bytes_down"].as_u64().unwrap_or(0) > 0,
         "{session}"
     );
+}
+
+#[test]
+fn a_held_delete_runs_once_approved_and_a_denied_one_gets_err_1227() {
+    let w = world("mysqlhold");
+    let script = w.env.path("held.py");
+    std::fs::write(
+        &script,
+        r#"
+import json, sys
+import pymysql
+c = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="whoever", password="", database="appdb",
+                    autocommit=True)
+cur = c.cursor()
+def run(sql):
+    try:
+        cur.execute(sql)
+        print(json.dumps({"sql": sql, "affected": cur.rowcount, "rows": [list(r) for r in cur.fetchall()]}), flush=True)
+    except pymysql.MySQLError as e:
+        print(json.dumps({"sql": sql, "error": e.args[0], "message": e.args[1]}), flush=True)
+run("DELETE FROM held WHERE id = 1")
+run("DELETE FROM held WHERE id = 2")
+run("SELECT id FROM held")
+"#,
+    )
+    .unwrap();
+    let port = w.db.port.to_string();
+    let args = [script.to_str().unwrap(), w.db.host.as_str(), port.as_str()];
+    let mut py = w.env.spawn_as(&w.dan, None, Path::new("/usr/bin/python3"), &args);
+    // Held: nothing reached the server before the approval.
+    let id = w.pending(&w.lea, "DELETE FROM held WHERE id = 1");
+    assert_eq!(w.db.admin("SELECT count(*) FROM appdb.held"), "2");
+    assert!(!w.db.general_log().contains("DELETE FROM held"), "{}", w.db.general_log());
+    // The requester cannot approve their own request.
+    let o = w.cli(&w.dan, &["approve", &id.to_string()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let o = w.cli(&w.lea, &["approve", &id.to_string(), "--reason", "ticket 7"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = gatehouse_e2e::read_json_line(&mut py);
+    assert_eq!(first["affected"], 1, "{first}\n{}", w.env.agent_log());
+    assert_eq!(w.db.admin("SELECT id FROM appdb.held"), "2", "the approved DELETE ran on the server");
+    assert!(w.db.general_log().contains("DELETE FROM held WHERE id = 1"), "{}", w.db.general_log());
+
+    // The second is denied: ERR 1227 naming the rule and the outcome; the row stays.
+    let id = w.pending(&w.lea, "DELETE FROM held WHERE id = 2");
+    let o = w.cli(&w.lea, &["deny", &id.to_string(), "--reason", "not today"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let second = gatehouse_e2e::read_json_line(&mut py);
+    assert_eq!(second["error"], 1227, "{second}");
+    let msg = second["message"].as_str().unwrap();
+    assert!(
+        msg.contains("dbas delete with a second pair of eyes")
+            && msg.contains("denied by")
+            && msg.contains("not today"),
+        "{msg}"
+    );
+    // The session goes on.
+    let third = gatehouse_e2e::read_json_line(&mut py);
+    assert_eq!(third["rows"], serde_json::json!([[2]]), "{third}");
+    assert!(py.wait().unwrap().success());
+    assert!(!w.db.general_log().contains("DELETE FROM held WHERE id = 2"), "{}", w.db.general_log());
+
+    // The audit trail: the approved DELETE as `approval`, the denied one as `deny`, and every step of both requests.
+    let st = w.statements_of(&w.dan);
+    let ran = st.iter().find(|x| x["text"] == "DELETE FROM held WHERE id = 1").expect("approved recorded");
+    assert_eq!(ran["decision"], "approval", "{ran}");
+    assert_eq!(ran["rows"], 1, "{ran}");
+    let denied = st.iter().find(|x| x["text"] == "DELETE FROM held WHERE id = 2").expect("denied recorded");
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    assert_eq!(denied["rule"], "dbas delete with a second pair of eyes", "{denied}");
+    gatehouse_e2e::settle(&w.env.db());
+    let conn = rusqlite::Connection::open(w.env.db()).unwrap();
+    let steps: Vec<String> = conn
+        .prepare("SELECT body FROM events WHERE kind = 'approval' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(steps, ["requested", "approved", "requested", "denied"], "{steps:?}");
+    let session = w.env.sessions().into_iter().find(|s| s["user"] == w.dan.as_str()).unwrap();
+    let ctl = w.env.control().display().to_string();
+    let replay =
+        text(&w.env.gatehouse(&["replay", session["id"].as_str().unwrap(), "--no-wait", "--control-socket", &ctl]));
+    assert!(
+        replay.contains("DELETE FROM held WHERE id = 1;\n-- held for approval (rule \"dbas delete with a second pair of eyes\"), and approved"),
+        "{replay}"
+    );
+    assert!(replay.contains("ERROR 1227 (42000)") && replay.contains("not today"), "{replay}");
 }
 
 #[test]

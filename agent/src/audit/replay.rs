@@ -864,14 +864,14 @@ impl Renderer {
                 block
             }
         };
-        if s.decision != "allow" {
+        if s.decision == "approval" && s.reason.is_none() {
+            // Held, then approved: it ran (the `approval` records say by whom).
+            let rule = s.rule.as_deref().map(|r| format!(" (rule \"{}\")", escape_all(r))).unwrap_or_default();
+            let _ = write!(block, "\n-- held for approval{rule}, and approved");
+        } else if s.decision != "allow" {
             let rule = s.rule.as_deref().map(|r| format!(" (rule \"{}\")", escape_all(r))).unwrap_or_default();
             let reason = s.reason.as_deref().map_or_else(|| "no reason recorded".to_owned(), escape_all);
-            let what = if s.decision == "approval" {
-                "refused by Gatehouse: it needs approval"
-            } else {
-                "refused by Gatehouse"
-            };
+            let what = if s.decision == "approval" { "held for approval" } else { "refused by Gatehouse" };
             let _ = write!(block, "\n-- {what}{rule}: {reason}");
         }
         self.push(at, block);

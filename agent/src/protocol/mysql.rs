@@ -9,6 +9,8 @@
 //! - `COM_QUERY`: classified by `sql::mysql` (MySQL grammar, one statement
 //!   per text) and decided by the policy; refused ones get an ERR packet
 //!   (1227, SQLSTATE 42000, naming the rule) and the session goes on.
+//!   One that needs approval waits for it before the server sees it
+//!   (`hold`; at each execute for prepared statements, not at the prepare).
 //! - `COM_INIT_DB` is decided as `USE db`; `COM_PING`, `COM_QUIT`,
 //!   `COM_RESET_CONNECTION` pass; prepared statements (`COM_STMT_*`) are
 //!   decided as `COM_QUERY` at prepare and again at each execute, for the
@@ -31,6 +33,7 @@
 
 pub mod binary;
 pub mod ed25519;
+mod hold;
 pub mod masking;
 mod prepared;
 mod record;
@@ -193,6 +196,18 @@ impl Conn {
         }
     }
 
+    /// Reads what arrives into the buffer, kept for [`Conn::read`], while
+    /// nothing is expected (a held statement): `Ok(false)` once the peer
+    /// closed. Past `limit` buffered bytes it stops reading (waits forever).
+    async fn fill(&mut self, limit: usize) -> std::io::Result<bool> {
+        if self.buf.len() >= limit {
+            return std::future::pending().await;
+        }
+        self.buf.reserve(4096);
+        let (s, buf) = (&mut self.s, &mut self.buf);
+        Ok(s.as_mut().ok_or_else(lost)?.read_buf(buf).await? != 0)
+    }
+
     async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let s = self.io()?;
         s.write_all(bytes).await?;
@@ -247,6 +262,10 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
         }
         Err(end) => end,
     };
+    // A statement still held for approval is withdrawn with the session.
+    for t in ctx.agent.approvals.withdraw_session(&ctx.id.to_string(), now_us()) {
+        ctx.agent.approval_transition(&t);
+    }
     client.shutdown().await;
     RelayOutcome { up, down, end }
 }
@@ -856,7 +875,13 @@ async fn statement(
     };
     let snapshot = ctx.agent.snapshot.load_full();
     let d = decide_one(ctx, &snapshot, &c.statement);
-    if d.verdict != Verdict::Allow {
+    // Held for approval at each execute, not at the prepare (as PostgreSQL holds at Execute).
+    let held = d.verdict == Verdict::NeedsApproval && command != Command::Prepare;
+    if held {
+        if let Err(why) = hold::hold(ctx, client, &d, &shown, &c.statement).await? {
+            return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &why).await;
+        }
+    } else if d.verdict == Verdict::Deny {
         return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &d).await;
     }
     if command == Command::Prepare {
@@ -872,6 +897,12 @@ async fn statement(
     }
     let mut ev = start_record(ctx, s.seq, shown.clone(), Some(&c.statement), &d);
     let recorded = record::client_packet(ctx, pkt);
+    if held {
+        // Approved (the approval's records say by whom), as PostgreSQL records it.
+        ev.reason = None;
+    } else if d.verdict == Verdict::NeedsApproval {
+        ev.reason = Some(format!("{}: prepared; each execute is held for approval", ev.reason.unwrap_or_default()));
+    }
     let cut = s.rec.fold_up(&mut ev, &recorded);
     let mut records = vec![Event::Statement(Box::new(ev))];
     records.extend(cut);
@@ -968,14 +999,7 @@ async fn refuse(
     d: &Decision,
 ) -> Result<(), Fail> {
     record_refusal(ctx, s, text, st, d).await?;
-    let msg = match d.verdict {
-        Verdict::NeedsApproval => format!(
-            "Gatehouse refused this statement: it needs approval by {} (rule {:?}), and approvals are not supported on MySQL backends yet",
-            d.approvers.as_deref().unwrap_or("an approver"),
-            d.rule_label()
-        ),
-        _ => format!("Gatehouse refused this statement: {}", d.reason()),
-    };
+    let msg = format!("Gatehouse refused this statement: {}", d.reason());
     let err = err_packet(seq, ER_REFUSED, "42000", &msg);
     s.rec.down_chunk(&err).await;
     client.send(&err).await.map_err(|e| Fail::Client(e.to_string()))
@@ -997,19 +1021,21 @@ fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
         &Request { backend: &ctx.backend.name, statement: Some(s), now: jiff::Timestamp::now() },
         &ctx.agent.grant_rules.load(),
     );
-    if d.verdict == Verdict::Allow && d.as_role != ctx.as_role {
+    // What an approval would let run must fit the session too.
+    let runs = d.verdict != Verdict::Deny;
+    if runs && d.as_role != ctx.as_role {
         return Decision::refuse(format!(
             "the policy changed: rule {:?} now maps you to another backend login; reconnect",
             d.rule_label()
         ));
     }
-    if d.verdict == Verdict::Allow && d.mask.as_deref() != ctx.mask.as_ref().map(|m| m.name()) {
+    if runs && d.mask.as_deref() != ctx.mask.as_ref().map(|m| m.name()) {
         return Decision::refuse(format!(
             "the policy changed the masking of this session (rule {:?}); reconnect",
             d.rule_label()
         ));
     }
-    if d.verdict == Verdict::Allow && d.guard != ctx.guard {
+    if runs && d.guard != ctx.guard {
         return Decision::refuse(format!(
             "the policy changed the guard rails of this session (rule {:?}); reconnect",
             d.rule_label()
@@ -1021,13 +1047,19 @@ fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
 /// A statement's text as recorded: string literals replaced when it may
 /// hold a secret (or when the rule normalizes literals).
 fn recorded_text(ctx: &Ctx, text: &str) -> (String, u32) {
+    redacted_text(ctx, text, ctx.record.normalize)
+}
+
+/// A statement's text without its secrets (and with every literal
+/// replaced when `normalize`): what records and approvers see.
+fn redacted_text(ctx: &Ctx, text: &str, normalize: bool) -> (String, u32) {
     let lower = text.to_ascii_lowercase();
     let secret = ctx.agent.settings.redact.might_hold_secret(text)
         || ["identified", "password", "aes_", "des_", "encode(", "decode("].iter().any(|k| lower.contains(k));
-    if !secret && !ctx.record.normalize {
+    if !secret && !normalize {
         return (crate::sql::budget::recorded_refusal(text.to_owned()), 0);
     }
-    classify::redact_literals(text, ctx.record.normalize)
+    classify::redact_literals(text, normalize)
 }
 
 fn start_record(ctx: &Ctx, seq: u64, text: String, s: Option<&Statement>, d: &Decision) -> StatementStart {

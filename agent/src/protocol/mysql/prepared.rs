@@ -7,7 +7,8 @@
 //!   classified, its parameter and column counts.
 //! - `COM_STMT_EXECUTE` of one of those ids is decided again (the policy and
 //!   the time may have changed since the prepare, as for PostgreSQL's
-//!   Execute) and recorded as a statement: the prepared text and its
+//!   Execute; a statement that needs approval is held here, not at the
+//!   prepare: `hold`) and recorded as a statement: the prepared text and its
 //!   parameter count, never the parameter values (PostgreSQL does not
 //!   record Bind parameters either, without `record_parameters`). Its rows
 //!   are binary rows, masked by `binary` on a masked session.
@@ -214,12 +215,21 @@ pub(super) async fn execute(
     // Decided again now: the policy and the time may have changed since the prepare.
     let snapshot = ctx.agent.snapshot.load_full();
     let d = decide_one(ctx, &snapshot, &p.statement);
-    if d.verdict != Verdict::Allow {
+    let held = d.verdict == Verdict::NeedsApproval;
+    if held {
+        if let Err(why) = super::hold::hold(ctx, client, &d, &p.text, &p.statement).await? {
+            return refuse(ctx, s, client, seq, &p.text, Some(&p.statement), &why).await;
+        }
+    } else if d.verdict != Verdict::Allow {
         return refuse(ctx, s, client, seq, &p.text, Some(&p.statement), &d).await;
     }
     let pkt = if asked == Some(id) { pkt.to_vec() } else { with_id(pkt, id) };
     let mut ev = start_record(ctx, s.seq, p.text.clone(), Some(&p.statement), &d);
     let recorded = super::record::client_packet(ctx, &pkt);
+    if held {
+        // Approved (the approval's records say by whom), as PostgreSQL records it.
+        ev.reason = None;
+    }
     let cut = s.rec.fold_up(&mut ev, &recorded);
     let mut records = vec![Event::Statement(Box::new(ev))];
     records.extend(cut);

@@ -1,0 +1,127 @@
+//! Statements held for approval on MySQL (`approval = { for = [...], by = ... }`
+//! on the session's rule), as the PostgreSQL relay holds them: the command
+//! (`COM_QUERY`, `COM_INIT_DB`, or `COM_STMT_EXECUTE` — a prepare is not
+//! held, each execute is) waits before it reaches the server while an
+//! approval request is open (the same `Subject::Statement`, audit records,
+//! notifications and `gatehouse approve|deny`). Approved: forwarded as
+//! decided (not decided again, as for PostgreSQL) and its answer relayed.
+//! Denied, timed out, or a rule with no approval left: ERR 1227 naming the
+//! rule and the outcome, and the session goes on.
+//!
+//! MySQL has no asynchronous notice: the client hears nothing while its
+//! command waits (the request id is in `gatehouse requests`, and in the
+//! agent's log). A client that closes its connection (or a session cut)
+//! withdraws the request; anything a client sends meanwhile is kept for
+//! after the answer, as the lockstep protocol wants.
+
+use tracing::info;
+
+use super::{Conn, Ctx, Fail, redacted_text};
+use crate::approval::{Open, RequestId, State, Subject, Waiting};
+use crate::audit::now_us;
+use crate::policy::Decision;
+use crate::sql::Statement;
+
+/// Bytes a waiting client may send before Gatehouse stops reading it.
+const MAX_EARLY: usize = 64 << 10;
+
+/// Why a held statement does not run: the refusal to record and send.
+pub(super) fn refusal(d: &Decision, why: &str) -> Decision {
+    let mut r = Decision::refuse(format!("{}; {why}", d.reason()));
+    r.rule.clone_from(&d.rule);
+    r
+}
+
+/// Holds a statement whose decision `d` needs approval until an approver
+/// decides: `Ok(Ok(id))` once approved, `Ok(Err(refusal))` otherwise;
+/// `Err` when the client left or the session was cut (the request is
+/// withdrawn).
+pub(super) async fn hold(
+    ctx: &Ctx,
+    client: &mut Conn,
+    d: &Decision,
+    text: &str,
+    st: &Statement,
+) -> Result<Result<RequestId, Decision>, Fail> {
+    let snapshot = ctx.agent.snapshot.load_full();
+    let grants = ctx.agent.grant_rules.load();
+    let approval = snapshot
+        .policy
+        .rules
+        .iter()
+        .chain(grants.iter())
+        .find(|r| Some(&r.name) == d.rule.as_ref())
+        .and_then(|r| r.approval.clone());
+    let Some(approval) = approval else {
+        return Ok(Err(refusal(d, "the rule names no approvers now")));
+    };
+    // Approvers see the statement (its literals, which they decide on) but not its secrets.
+    let subject = Subject::Statement {
+        session: ctx.id.to_string(),
+        backend: ctx.backend.name.to_string(),
+        text: redacted_text(ctx, text, false).0,
+        kinds: st.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"),
+        rule: d.rule_label().to_owned(),
+    };
+    let open = Open {
+        subject,
+        requester: ctx.principal.clone(),
+        reason: None,
+        approvers: approval.by.clone(),
+        approvers_label: d
+            .approvers
+            .clone()
+            .or_else(|| approval.by_name.clone())
+            .unwrap_or_else(|| approval.by.describe()),
+        needed: approval.count,
+        timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
+        duration_us: None,
+    };
+    let (opened, state) = ctx.agent.approvals.open(open, now_us());
+    let id = opened.request.id;
+    ctx.agent.approval_transition(&opened);
+    let waiting = Waiting { id, state, timeout: approval.timeout, approvers: opened.request.approvers.clone() };
+    info!(request = id, approvers = %waiting.approvers, "statement held for approval");
+    let agent = ctx.agent.clone();
+    let outcome = waiting.clone().outcome(&ctx.agent.approvals, move |t| agent.approval_transition(t));
+    tokio::pin!(outcome);
+    let gone = loop {
+        tokio::select! {
+            state = &mut outcome => {
+                return Ok(match state {
+                    State::Approved { .. } => {
+                        info!(request = id, "approved: the held statement runs");
+                        Ok(id)
+                    }
+                    other => Err(refusal(d, &format!("it was held for approval and {}", waiting.refusal(&other)))),
+                });
+            }
+            r = client.fill(MAX_EARLY) => match r {
+                Ok(true) => {}
+                Ok(false) => break Fail::Client("the client closed its connection while its statement was held".into()),
+                Err(e) => break Fail::Client(e.to_string()),
+            },
+            () = ctx.live.cut.cancelled() => break Fail::Breach(String::new()),
+        }
+    };
+    if let Some(t) = ctx.agent.approvals.withdraw(id, now_us()) {
+        ctx.agent.approval_transition(&t);
+    }
+    Err(gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_keeps_the_rule_and_says_why() {
+        let d = Decision::refuse("rule \"r\" requires approval by leads for delete");
+        let r = refusal(&d, "it was held for approval and request 3 was denied by lea");
+        assert_eq!(r.verdict, crate::policy::Verdict::Deny);
+        assert_eq!(
+            r.reason(),
+            "rule \"r\" requires approval by leads for delete; it was held for approval and request 3 was denied by lea"
+        );
+    }
+}
