@@ -401,6 +401,65 @@ run("SELECT id FROM held")
     assert!(replay.contains("ERROR 1227 (42000)") && replay.contains("not today"), "{replay}");
 }
 
+/// The `mariadb` client at a terminal (a pty: only then does it read the
+/// tables' columns for name completion, without `-A`), typing `lines`.
+const MARIADB_AT_A_TTY: &str = r#"
+import os, pty, select, sys, time
+host, port, lines = sys.argv[1], sys.argv[2], sys.argv[3:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("/usr/bin/mariadb", ["mariadb", "--no-defaults", "--protocol=TCP", "-h", host, "-P", port,
+                                  "-u", "whoever", "--skip-ssl", "appdb"])
+out = b""
+def until(marker, limit=20):
+    global out
+    end = time.time() + limit
+    while marker not in out and time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.5)
+        if r:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            out += chunk
+for line in lines:
+    until(b"]> ")
+    out = out.replace(b"]> ", b"]>  ", 1)
+    os.write(fd, line.encode() + b"\n")
+until(b"Bye")
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn the_mariadb_cli_without_a_reads_column_definitions_through_com_field_list() {
+    let w = world("mysqlfields");
+    let script = w.env.path("at_a_terminal.py");
+    std::fs::write(&script, MARIADB_AT_A_TTY).unwrap();
+    let port = w.db.port.to_string();
+    let args = [script.to_str().unwrap(), w.db.host.as_str(), port.as_str(), "SELECT count(*) FROM items;", "quit"];
+    let o = w.env.run_as(&w.dan, None, Path::new("/usr/bin/python3"), &args);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}\n{}", w.env.agent_log());
+    assert!(t.contains("Reading table information for completion"), "not at a terminal? {t}");
+    assert!(t.contains("| count(*) |") && t.contains("|      100 |"), "{t}");
+    assert!(!t.contains("ERROR"), "{t}");
+    // The server answered the client's COM_FIELD_LIST for each table.
+    let log = w.db.general_log();
+    let listed = |t: &str| log.lines().any(|l| l.contains("Field List") && l.contains(t));
+    assert!(listed("items") && listed("customers"), "{log}");
+    // Recorded as what it is.
+    let st = w.statements_of(&w.dan);
+    let fl = st.iter().find(|x| x["text"] == "SHOW COLUMNS FROM `appdb`.`items`").expect("field list recorded");
+    assert_eq!(fl["decision"], "allow", "{fl}");
+    assert_eq!(fl["kinds"], "show", "{fl}");
+    assert_eq!(fl["tables"], "appdb.items", "{fl}");
+    assert_eq!(fl["rows"], 2, "the columns listed: {fl}");
+}
+
 #[test]
 fn executable_comments_and_load_data_local_are_refused() {
     let w = world("mysqlexec");

@@ -11,7 +11,8 @@
 //!   (1227, SQLSTATE 42000, naming the rule) and the session goes on.
 //!   One that needs approval waits for it before the server sees it
 //!   (`hold`; at each execute for prepared statements, not at the prepare).
-//! - `COM_INIT_DB` is decided as `USE db`; `COM_PING`, `COM_QUIT`,
+//! - `COM_INIT_DB` is decided as `USE db`, `COM_FIELD_LIST` as `SHOW
+//!   COLUMNS FROM db.table` (`field_list`); `COM_PING`, `COM_QUIT`,
 //!   `COM_RESET_CONNECTION` pass; prepared statements (`COM_STMT_*`) are
 //!   decided as `COM_QUERY` at prepare and again at each execute, for the
 //!   ids this session prepared only (`prepared`); cursors (`COM_STMT_FETCH`)
@@ -33,6 +34,7 @@
 
 pub mod binary;
 pub mod ed25519;
+mod field_list;
 mod hold;
 pub mod masking;
 mod prepared;
@@ -746,6 +748,17 @@ async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down
                     let text = payload.get(1..).unwrap_or_default().to_vec();
                     statement(ctx, s, client, &pkt, &text, Command::Prepare, up, down).await?;
                 }
+                Some(wire::COM_FIELD_LIST) => match field_list::parse(payload) {
+                    Ok(f) => {
+                        let text = field_list::as_statement(f.table, s.database.as_deref()).into_bytes();
+                        statement(ctx, s, client, &pkt, &text, Command::FieldList, up, down).await?;
+                    }
+                    Err(why) => {
+                        s.seq += 1;
+                        s.rec.reset();
+                        refuse(ctx, s, client, seq, "(COM_FIELD_LIST)", None, &Decision::refuse(why)).await?;
+                    }
+                },
                 Some(wire::COM_STMT_EXECUTE) => prepared::execute(ctx, s, client, &pkt, up, down).await?,
                 Some(wire::COM_STMT_SEND_LONG_DATA | wire::COM_STMT_RESET | wire::COM_STMT_CLOSE) => {
                     prepared::by_id(ctx, s, client, &pkt, up, down).await?;
@@ -804,7 +817,6 @@ async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down
 
 fn command_name(c: Option<u8>) -> String {
     match c {
-        Some(0x04) => "COM_FIELD_LIST".into(),
         Some(0x11) => "COM_CHANGE_USER".into(),
         Some(0x12) => "COM_BINLOG_DUMP".into(),
         Some(wire::COM_STMT_FETCH) => "COM_STMT_FETCH (cursors)".into(),
@@ -834,6 +846,8 @@ enum Command {
     InitDb,
     /// `COM_STMT_PREPARE`: decided as the text, which is run later by execute.
     Prepare,
+    /// `COM_FIELD_LIST`, decided as ``SHOW COLUMNS FROM `db`.`table` ``.
+    FieldList,
 }
 
 /// Classifies, decides, records and (if allowed) forwards one statement.
@@ -911,6 +925,8 @@ async fn statement(
     let mut counts = crate::mask::Counts::default();
     let out = if command == Command::Prepare {
         prepared::forward_prepare(s, client, pkt, up, down, ctx.mask.as_deref()).await
+    } else if command == Command::FieldList {
+        field_list::forward(s, client, pkt, (up, down), ctx.mask.as_deref()).await
     } else {
         let masking = ctx.mask.as_deref().map(|p| MaskCtx {
             profile: p,
@@ -920,7 +936,7 @@ async fn statement(
         });
         forward_masked(s, client, pkt, up, down, masking).await
     };
-    let mut tags = None;
+    let mut tags = (command == Command::FieldList).then(|| "COM_FIELD_LIST".to_owned());
     if let Ok(o) = &out
         && o.error.is_none()
     {

@@ -362,6 +362,9 @@ fn err_line(p: &[u8]) -> String {
 /// statement's end record.
 pub(super) fn answer(command: Option<u8>, bytes: &[u8], duration_us: Option<u64>) -> Answer {
     let (pk, tail_note) = packets(bytes);
+    if command == Some(wire::COM_FIELD_LIST) {
+        return field_list(&pk, tail_note);
+    }
     let mut a = Answer::default();
     let mut out = String::new();
     let time = seconds(duration_us);
@@ -515,6 +518,40 @@ pub(super) fn answer(command: Option<u8>, bytes: &[u8], duration_us: Option<u64>
     a
 }
 
+/// The answer to `COM_FIELD_LIST` (the client's name completion): column
+/// definitions then EOF, or an ERR; shown as the list of names.
+fn field_list(pk: &[Vec<u8>], tail_note: Option<String>) -> Answer {
+    let mut a = Answer::default();
+    let mut names = Vec::new();
+    let mut ended = false;
+    for p in pk {
+        match p.first() {
+            Some(0xff) => {
+                a.text = err_line(p);
+                a.error_shown = true;
+                ended = true;
+                break;
+            }
+            Some(0xfe) => {
+                a.ok = true;
+                ended = true;
+                break;
+            }
+            _ => names.push(column(p).map_or_else(|| "?".to_owned(), |c| c.name)),
+        }
+    }
+    if !a.error_shown {
+        let what = if ended { "" } else { " (incomplete: the rest is not on record)" };
+        a.text = format!("-- columns listed (COM_FIELD_LIST): {}{what}", names.join(", "));
+    }
+    if let Some(n) = tail_note {
+        a.text.push('\n');
+        a.text.push_str(&n);
+    }
+    a.text.push('\n');
+    a
+}
+
 /// A text-protocol row: one length-encoded string (or 0xfb NULL) per column.
 fn text_row(row: &[u8], columns: usize) -> Option<Vec<String>> {
     let mut at = 0usize;
@@ -601,6 +638,25 @@ mod tests {
             let empty = answer(Some(wire::COM_QUERY), &result(deprecate, &[]), Some(0));
             assert_eq!(empty.text, "Empty set (0.000 sec)\n", "deprecate_eof {deprecate}");
         }
+    }
+
+    #[test]
+    fn a_field_list_answer_is_the_list_of_its_columns() {
+        // Column definitions as COM_FIELD_LIST sends them (a default value after each), then EOF.
+        let mut b = Vec::new();
+        for (seq, p) in [coldef("id", 0x03, 0), coldef("name", 0xfd, 0), vec![0xfe, 0, 0, 2, 0]].iter().enumerate() {
+            let mut p = p.clone();
+            if p.first() != Some(&0xfe) {
+                p.push(0xfb);
+            }
+            b.extend_from_slice(&wire::frame(u8::try_from(seq + 1).unwrap_or(0), &p));
+        }
+        let a = answer(Some(wire::COM_FIELD_LIST), &b, None);
+        assert_eq!(a.text, "-- columns listed (COM_FIELD_LIST): id, name\n");
+        assert!(a.ok);
+        let e = wire::frame(1, &wire::err_payload(1146, "42S02", "Table 'appdb.nope' doesn't exist"));
+        let a = answer(Some(wire::COM_FIELD_LIST), &e, None);
+        assert!(a.error_shown && a.text.starts_with("ERROR 1146 (42S02)"), "{}", a.text);
     }
 
     #[test]
