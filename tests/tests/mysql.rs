@@ -82,12 +82,14 @@ who = {{ groups = ["{support}"] }}
 backend = "shop"
 statements = ["select"]
 mask = "pii"
+record_parameters = true
 
 [[rule]]
 name = "readers only read"
 who = {{ groups = ["{reader}"] }}
 backend = "shop"
 statements = ["select"]
+record_parameters = true
 
 [[approvers]]
 name = "leads"
@@ -699,6 +701,46 @@ fn node_mysql2_prepared_statements_are_decided_masked_and_recorded() {
     assert_eq!(lines[1]["rows"][0][0], Value::Null, "a computed number over a masked table is NULL: {t}");
     // The server returned the real values to Gatehouse.
     assert!(w.db.general_log().contains("Execute\tSELECT id, email, card, note FROM customers WHERE id >= 0"));
+}
+
+#[test]
+fn execute_parameters_are_recorded_only_under_record_parameters_and_through_the_mask() {
+    let w = world("mysqlparams");
+    let queries = |id: u32, name: &str| {
+        serde_json::json!([
+            ["SELECT name FROM items WHERE id = ?", [id]],
+            ["SELECT id FROM items WHERE name = ?", [name]]
+        ])
+    };
+    // rita's rule says record_parameters; ana's does not; sam's does, with a masking profile.
+    for (user, q) in [(&w.rita, queries(7, "item 8")), (&w.ana, queries(9, "item 10"))] {
+        let out = w.node(user, &node_script(&q));
+        assert_eq!(node_lines(&out).len(), 2, "{}\n{}", text(&out), w.env.agent_log());
+    }
+    let q = serde_json::json!([["SELECT id FROM customers WHERE note = ?", ["ssn 123-45-6789"]]]);
+    let out = w.node(&w.sam, &node_script(&q));
+    assert_eq!(node_lines(&out), [serde_json::json!({"sql": q[0][0], "rows": [[1]]})], "{}", text(&out));
+    // The server bound the real values in each case.
+    let log = w.db.general_log();
+    assert!(log.contains("WHERE name = 'item 10'") && log.contains("WHERE note = 'ssn 123-45-6789'"), "{log}");
+
+    let ctl = w.env.control().display().to_string();
+    let replay = |user: &str| {
+        let s = w.env.wait_session("the node session", |s| s["user"] == user);
+        let o = w.env.gatehouse(&["replay", s["id"].as_str().unwrap(), "--no-wait", "--control-socket", &ctl]);
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let r = replay(&w.rita);
+    assert!(r.contains("-- parameters: 7\n") && r.contains("-- parameters: 'item 8'\n"), "{r}");
+    let r = replay(&w.ana);
+    assert!(!r.contains("-- parameters") && !r.contains("item 10"), "not recorded without record_parameters: {r}");
+    assert!(r.contains("WHERE name = ?;"), "{r}");
+    let r = replay(&w.sam);
+    assert!(
+        r.contains("-- parameters: 'ssn ****'\n") && !r.contains("123-45-6789"),
+        "masked by the rule's profile: {r}"
+    );
 }
 
 #[test]

@@ -910,13 +910,13 @@ async fn statement(
         }
     }
     let mut ev = start_record(ctx, s.seq, shown.clone(), Some(&c.statement), &d);
-    let recorded = record::client_packet(ctx, pkt);
     if held {
         // Approved (the approval's records say by whom), as PostgreSQL records it.
         ev.reason = None;
     } else if d.verdict == Verdict::NeedsApproval {
         ev.reason = Some(format!("{}: prepared; each execute is held for approval", ev.reason.unwrap_or_default()));
     }
+    let recorded = record::client_packet(ctx, pkt, None);
     let cut = s.rec.fold_up(&mut ev, &recorded);
     let mut records = vec![Event::Statement(Box::new(ev))];
     records.extend(cut);

@@ -36,6 +36,8 @@ pub(super) struct Screen {
     pending_use: Option<String>,
     /// The command whose answer is being gathered (its first byte).
     command: Option<u8>,
+    /// Its parameter values, when recorded (`record_parameters`).
+    params: Option<String>,
     /// Client bytes of a packet that continues in the next chunk.
     up: Vec<u8>,
     /// The answer gathered so far.
@@ -74,6 +76,13 @@ impl Screen {
         self.up.extend_from_slice(data);
         while let Some((p, n)) = wire::decode(&self.up) {
             self.command = p.payload.first().copied();
+            self.params = p
+                .payload
+                .get(10..)
+                .filter(|_| self.command == Some(wire::COM_STMT_EXECUTE))
+                .and_then(|t| t.strip_prefix(b"[parameters: "))
+                .and_then(|t| t.strip_suffix(b"]"))
+                .map(|t| escape_all(&String::from_utf8_lossy(t)));
             self.up.drain(..n.min(self.up.len()));
         }
         if self.up.len() > MAX_ANSWER {
@@ -117,6 +126,9 @@ impl Screen {
             self.db = db;
         }
         let mut out = a.text.trim_end().to_owned();
+        if let Some(p) = self.params.take() {
+            out = format!("-- parameters: {p}\n{out}");
+        }
         if cut || dropped > 0 {
             if dropped > 0 {
                 let _ = write!(out, "\n-- {dropped} more bytes of this answer not shown");
@@ -243,52 +255,9 @@ fn le<const N: usize>(v: &[u8]) -> Option<[u8; N]> {
 
 /// A binary-protocol value (as [`binary::values`] returns it) as text.
 fn binary_value(c: &Column, v: &[u8]) -> Option<String> {
-    let unsigned = c.flags & UNSIGNED != 0;
-    Some(match c.kind {
-        0x01 if unsigned => v.first()?.to_string(),
-        0x01 => i8::from_le_bytes(le(v)?).to_string(),
-        0x02 | 0x0d if unsigned || c.kind == 0x0d => u16::from_le_bytes(le(v)?).to_string(),
-        0x02 => i16::from_le_bytes(le(v)?).to_string(),
-        0x03 | 0x09 if unsigned => u32::from_le_bytes(le(v)?).to_string(),
-        0x03 | 0x09 => i32::from_le_bytes(le(v)?).to_string(),
-        0x08 if unsigned => u64::from_le_bytes(le(v)?).to_string(),
-        0x08 => i64::from_le_bytes(le(v)?).to_string(),
-        0x04 => f32::from_le_bytes(le(v)?).to_string(),
-        0x05 => f64::from_le_bytes(le(v)?).to_string(),
-        0x06 => "NULL".into(),
-        0x07 | 0x0a | 0x0c | 0x0e => {
-            let (&n, d) = v.split_first()?;
-            let d = d.get(..usize::from(n))?;
-            let year = u16::from_le_bytes(le(d).unwrap_or([0, 0]));
-            let at = |i: usize| d.get(i).copied().unwrap_or(0);
-            let mut s = format!("{year:04}-{:02}-{:02}", at(2), at(3));
-            if c.kind != 0x0a && c.kind != 0x0e {
-                let _ = write!(s, " {:02}:{:02}:{:02}", at(4), at(5), at(6));
-                if n >= 11 {
-                    let _ = write!(s, ".{:06}", u32::from_le_bytes(le(d.get(7..)?)?));
-                }
-            }
-            s
-        }
-        0x0b => {
-            let (&n, d) = v.split_first()?;
-            let d = d.get(..usize::from(n))?;
-            if d.is_empty() {
-                return Some("00:00:00".into());
-            }
-            let neg = if d.first() == Some(&1) { "-" } else { "" };
-            let days = u64::from(u32::from_le_bytes(le(d.get(1..)?)?));
-            let at = |i: usize| u64::from(d.get(i).copied().unwrap_or(0));
-            let mut s = format!("{neg}{:02}:{:02}:{:02}", days * 24 + at(5), at(6), at(7));
-            if n >= 12 {
-                let _ = write!(s, ".{:06}", u32::from_le_bytes(le(d.get(8..)?)?));
-            }
-            s
-        }
-        _ => {
-            let (v, _) = wire::lenenc_str(v)?;
-            show(v?)
-        }
+    Some(match binary::decode(c.kind, c.flags & UNSIGNED != 0, v)? {
+        binary::Decoded::Text(t) => t,
+        binary::Decoded::Bytes(b) => show(b),
     })
 }
 
@@ -638,6 +607,23 @@ mod tests {
             let empty = answer(Some(wire::COM_QUERY), &result(deprecate, &[]), Some(0));
             assert_eq!(empty.text, "Empty set (0.000 sec)\n", "deprecate_eof {deprecate}");
         }
+    }
+
+    #[test]
+    fn recorded_parameters_are_shown_before_the_answer() {
+        let mut screen = Screen::new("shop".into());
+        let mut exec = vec![wire::COM_STMT_EXECUTE, 1, 0, 0, 0, 0, 1, 0, 0, 0];
+        exec.extend_from_slice(b"[parameters: 7, 'zoe']");
+        screen.up(&wire::frame(0, &exec));
+        screen.down(&wire::frame(1, &wire::ok_payload(2)));
+        let shown = screen.flush(None).unwrap_or_default();
+        assert!(shown.starts_with("-- parameters: 7, 'zoe'\nQuery OK, 0 rows affected"), "{shown}");
+        // Not recorded (the marker): nothing shown.
+        let mut exec = vec![wire::COM_STMT_EXECUTE, 1, 0, 0, 0, 0, 1, 0, 0, 0];
+        exec.extend_from_slice(b"[parameters not recorded: 9 bytes]");
+        screen.up(&wire::frame(0, &exec));
+        screen.down(&wire::frame(1, &wire::ok_payload(2)));
+        assert!(!screen.flush(None).unwrap_or_default().contains("parameters"));
     }
 
     #[test]

@@ -50,6 +50,67 @@ pub fn value_len(kind: u8, p: &[u8]) -> Option<usize> {
     (n <= p.len()).then_some(n)
 }
 
+/// A binary-protocol value, decoded: numbers, dates and times as text;
+/// strings (and DECIMAL, BIT, JSON, the BLOBs…) as their bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    Text(String),
+    Bytes(&'a [u8]),
+}
+
+fn le<const N: usize>(v: &[u8]) -> Option<[u8; N]> {
+    v.get(..N)?.try_into().ok()
+}
+
+/// Decodes one value of type `kind` as [`values`] returns it (length prefix
+/// included); `unsigned`: the column's (or parameter's) UNSIGNED flag.
+pub fn decode(kind: u8, unsigned: bool, v: &[u8]) -> Option<Decoded<'_>> {
+    use std::fmt::Write as _;
+    Some(Decoded::Text(match kind {
+        0x01 if unsigned => v.first()?.to_string(),
+        0x01 => i8::from_le_bytes(le(v)?).to_string(),
+        0x02 | 0x0d if unsigned || kind == 0x0d => u16::from_le_bytes(le(v)?).to_string(),
+        0x02 => i16::from_le_bytes(le(v)?).to_string(),
+        0x03 | 0x09 if unsigned => u32::from_le_bytes(le(v)?).to_string(),
+        0x03 | 0x09 => i32::from_le_bytes(le(v)?).to_string(),
+        0x08 if unsigned => u64::from_le_bytes(le(v)?).to_string(),
+        0x08 => i64::from_le_bytes(le(v)?).to_string(),
+        0x04 => f32::from_le_bytes(le(v)?).to_string(),
+        0x05 => f64::from_le_bytes(le(v)?).to_string(),
+        0x06 => "NULL".into(),
+        0x07 | 0x0a | 0x0c | 0x0e => {
+            let (&n, d) = v.split_first()?;
+            let d = d.get(..usize::from(n))?;
+            let year = u16::from_le_bytes(le(d).unwrap_or([0, 0]));
+            let at = |i: usize| d.get(i).copied().unwrap_or(0);
+            let mut s = format!("{year:04}-{:02}-{:02}", at(2), at(3));
+            if kind != 0x0a && kind != 0x0e {
+                let _ = write!(s, " {:02}:{:02}:{:02}", at(4), at(5), at(6));
+                if n >= 11 {
+                    let _ = write!(s, ".{:06}", u32::from_le_bytes(le(d.get(7..)?)?));
+                }
+            }
+            s
+        }
+        0x0b => {
+            let (&n, d) = v.split_first()?;
+            let d = d.get(..usize::from(n))?;
+            if d.is_empty() {
+                return Some(Decoded::Text("00:00:00".into()));
+            }
+            let neg = if d.first() == Some(&1) { "-" } else { "" };
+            let days = u64::from(u32::from_le_bytes(le(d.get(1..)?)?));
+            let at = |i: usize| u64::from(d.get(i).copied().unwrap_or(0));
+            let mut s = format!("{neg}{:02}:{:02}:{:02}", days * 24 + at(5), at(6), at(7));
+            if n >= 12 {
+                let _ = write!(s, ".{:06}", u32::from_le_bytes(le(d.get(8..)?)?));
+            }
+            s
+        }
+        _ => return wire::lenenc_str(v)?.0.map(Decoded::Bytes),
+    }))
+}
+
 /// The values of a binary row of columns typed `kinds`: `None` for a
 /// NULL, else the value's bytes as sent (length prefix included).
 /// `None` when the row does not parse as exactly those columns.

@@ -9,8 +9,9 @@
 //!   the time may have changed since the prepare, as for PostgreSQL's
 //!   Execute; a statement that needs approval is held here, not at the
 //!   prepare: `hold`) and recorded as a statement: the prepared text and its
-//!   parameter count, never the parameter values (PostgreSQL does not
-//!   record Bind parameters either, without `record_parameters`). Its rows
+//!   parameter count; the parameter values only under `record_parameters`
+//!   (as PostgreSQL's Bind parameters; `record`), read with the types the
+//!   execute binds or, when it sends none, the ones bound before. Its rows
 //!   are binary rows, masked by `binary` on a masked session.
 //! - `COM_STMT_SEND_LONG_DATA`, `COM_STMT_RESET`, `COM_STMT_CLOSE` pass for
 //!   those ids only. An id this session did not prepare through Gatehouse
@@ -83,6 +84,9 @@ pub(super) struct Registry {
     by_id: HashMap<u32, Arc<Prepared>>,
     /// The id of the last prepare, if it succeeded.
     last: Option<u32>,
+    /// The parameter types last bound to each statement (the server keeps
+    /// them for executes that send none), to record parameter values.
+    bound: HashMap<u32, Vec<u8>>,
 }
 
 impl Registry {
@@ -95,6 +99,7 @@ impl Registry {
 
     pub(super) fn insert(&mut self, id: u32, p: Prepared) {
         self.by_id.insert(id, Arc::new(p));
+        self.bound.remove(&id);
         self.last = Some(id);
     }
 
@@ -103,8 +108,21 @@ impl Registry {
         self.last = None;
     }
 
+    /// Keeps the types an execute of `id` binds, if it sends them.
+    pub(super) fn note_types(&mut self, id: u32, payload: &[u8], params: u16) {
+        if let Some(t) = super::record::bound_types(payload, params) {
+            self.bound.insert(id, t.to_vec());
+        }
+    }
+
+    /// The parameter types last bound to `id`.
+    pub(super) fn types(&self, id: u32) -> Option<&[u8]> {
+        self.bound.get(&id).map(Vec::as_slice)
+    }
+
     fn remove(&mut self, id: u32) {
         self.by_id.remove(&id);
+        self.bound.remove(&id);
         if self.last == Some(id) {
             self.last = None;
         }
@@ -113,6 +131,7 @@ impl Registry {
     /// The server forgot them all (`COM_RESET_CONNECTION`).
     pub(super) fn clear(&mut self) {
         self.by_id.clear();
+        self.bound.clear();
         self.last = None;
     }
 
@@ -225,11 +244,13 @@ pub(super) async fn execute(
     }
     let pkt = if asked == Some(id) { pkt.to_vec() } else { with_id(pkt, id) };
     let mut ev = start_record(ctx, s.seq, p.text.clone(), Some(&p.statement), &d);
-    let recorded = super::record::client_packet(ctx, &pkt);
     if held {
         // Approved (the approval's records say by whom), as PostgreSQL records it.
         ev.reason = None;
     }
+    s.prepared.note_types(id, payload_of(&pkt), p.params);
+    let params = super::record::ExecuteParams { count: p.params, types: s.prepared.types(id) };
+    let recorded = super::record::client_packet(ctx, &pkt, Some(params));
     let cut = s.rec.fold_up(&mut ev, &recorded);
     let mut records = vec![Event::Statement(Box::new(ev))];
     records.extend(cut);
@@ -283,7 +304,7 @@ pub(super) async fn by_id(
         }
         _ => {
             // No answer comes.
-            let recorded = super::record::client_packet(ctx, &pkt);
+            let recorded = super::record::client_packet(ctx, &pkt, None);
             s.rec.up_chunk(&recorded, None).await;
             s.backend.send(&pkt).await.map_err(|e| Fail::Backend(e.to_string()))?;
             *up += pkt.len() as u64;

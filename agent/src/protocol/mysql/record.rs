@@ -13,17 +13,22 @@
 //!   commands, and Gatehouse's own ERR packets (refusals) are `chunk`s.
 //! - Never recorded: the login exchange (the stream starts after it), a
 //!   statement text's secrets (the same redaction as the statement record:
-//!   [`super::recorded_text`]), the parameter values of
-//!   `COM_STMT_EXECUTE` and the data of `COM_STMT_SEND_LONG_DATA` (replaced
-//!   with a marker, as the PostgreSQL stream replaces Bind parameters).
+//!   [`super::recorded_text`]), the data of `COM_STMT_SEND_LONG_DATA`, and
+//!   the parameter values of `COM_STMT_EXECUTE` unless the rule says
+//!   `record_parameters = true` (as the PostgreSQL stream treats Bind
+//!   parameters): a marker stands in their place. With it, the values are
+//!   recorded as text after the execute's head (`[parameters: 1, 'abc',
+//!   NULL]`), each through the rule's masking profile when it has one;
+//!   values that cannot be read are not recorded (a marker says so).
 //! - Refused commands never reach the server and are not in the
 //!   client → backend stream; the refusal the client receives is in the
 //!   other.
 
 use std::borrow::Cow;
 
-use super::{Ctx, payload_of, seq_of, wire};
+use super::{Ctx, binary, payload_of, seq_of, wire};
 use crate::audit::{Audit, Direction, Event, StatementEnd, StatementStart, StreamRecorder};
+use crate::mask::{Counts, MaskOutput, Profile};
 
 /// Bytes of a `COM_STMT_EXECUTE` kept before its parameters: command,
 /// statement id, flags, iteration count.
@@ -105,16 +110,83 @@ impl Recording {
     }
 }
 
-/// A client command packet (header included) as it is recorded: statement
-/// texts redacted as their statement records are, parameter values and
-/// long data replaced with a marker. Unchanged packets come back borrowed.
-pub(super) fn client_packet<'a>(ctx: &Ctx, pkt: &'a [u8]) -> Cow<'a, [u8]> {
-    let redact = |text: &str| super::recorded_text(ctx, text).0;
-    command_as_recorded(pkt, &redact)
+/// What reading a `COM_STMT_EXECUTE`'s parameters needs: how many the
+/// statement has, and the types bound by an earlier execute (used when
+/// this one sends none).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ExecuteParams<'a> {
+    pub count: u16,
+    pub types: Option<&'a [u8]>,
 }
 
-/// [`client_packet`] with the text redaction passed in (sans-IO, testable).
-pub(super) fn command_as_recorded<'a>(pkt: &'a [u8], redact: &dyn Fn(&str) -> String) -> Cow<'a, [u8]> {
+/// A client command packet (header included) as it is recorded: statement
+/// texts redacted as their statement records are, long data and (unless
+/// the rule records them) parameter values replaced with a marker.
+/// Unchanged packets come back borrowed.
+pub(super) fn client_packet<'a>(ctx: &Ctx, pkt: &'a [u8], params: Option<ExecuteParams<'_>>) -> Cow<'a, [u8]> {
+    let redact = |text: &str| super::recorded_text(ctx, text).0;
+    let params = params.filter(|_| ctx.record.parameters).map(|p| (p, ctx.mask.as_deref()));
+    command_as_recorded(pkt, &redact, params)
+}
+
+/// The types a `COM_STMT_EXECUTE` payload binds (2 bytes per parameter:
+/// type, then flags), when it sends them (`new_params_bound_flag`).
+pub(super) fn bound_types(payload: &[u8], count: u16) -> Option<&[u8]> {
+    let n = usize::from(count);
+    let at = EXECUTE_HEAD + n.div_ceil(8);
+    if n == 0 || *payload.get(at)? != 1 {
+        return None;
+    }
+    payload.get(at + 1..at + 1 + 2 * n)
+}
+
+/// An execute's parameter values as recorded text (`[parameters: …]`),
+/// each through `profile`; `None` when they cannot be read.
+fn parameters_text(payload: &[u8], x: ExecuteParams<'_>, profile: Option<&Profile>) -> Option<String> {
+    let n = usize::from(x.count);
+    let bitmap = payload.get(EXECUTE_HEAD..EXECUTE_HEAD + n.div_ceil(8))?;
+    let mut at = EXECUTE_HEAD + bitmap.len() + 1;
+    let types = match bound_types(payload, x.count) {
+        Some(t) => {
+            at += t.len();
+            t
+        }
+        None => x.types?,
+    };
+    let mut shown = Vec::with_capacity(n);
+    for i in 0..n {
+        if bitmap.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0) {
+            shown.push("NULL".to_owned());
+            continue;
+        }
+        let (kind, flags) = (*types.get(2 * i)?, *types.get(2 * i + 1)?);
+        let rest = payload.get(at..)?;
+        let len = binary::value_len(kind, rest)?;
+        at += len;
+        let (bytes, quoted) = match binary::decode(kind, flags & 0x80 != 0, rest.get(..len)?)? {
+            binary::Decoded::Text(t) => (t.into_bytes(), false),
+            binary::Decoded::Bytes(b) => (b.to_vec(), true),
+        };
+        let mut v = Vec::with_capacity(bytes.len());
+        match profile.map(|p| p.scan(&bytes, &mut v, &mut Counts::default())) {
+            None | Some(MaskOutput::Unchanged) => v = bytes,
+            Some(MaskOutput::Written) => {}
+            Some(MaskOutput::Null) => v = b"****".to_vec(),
+        }
+        let v = String::from_utf8_lossy(&v).into_owned();
+        shown.push(if quoted { format!("'{}'", v.replace('\'', "''")) } else { v });
+    }
+    (at == payload.len()).then(|| format!("[parameters: {}]", shown.join(", ")))
+}
+
+/// [`client_packet`] with the text redaction passed in (sans-IO,
+/// testable); `params`: record an execute's parameters (the rule's
+/// `record_parameters`), through this masking profile.
+pub(super) fn command_as_recorded<'a>(
+    pkt: &'a [u8],
+    redact: &dyn Fn(&str) -> String,
+    params: Option<(ExecuteParams<'_>, Option<&Profile>)>,
+) -> Cow<'a, [u8]> {
     let seq = seq_of(pkt);
     let p = payload_of(pkt);
     let Some(&command) = p.first() else { return Cow::Borrowed(pkt) };
@@ -132,7 +204,12 @@ pub(super) fn command_as_recorded<'a>(pkt: &'a [u8], redact: &dyn Fn(&str) -> St
             if shown.as_bytes() == rest { Cow::Borrowed(pkt) } else { reframe(&[command], shown.as_bytes()) }
         }
         wire::COM_STMT_EXECUTE if p.len() > EXECUTE_HEAD => {
-            let marker = format!("[parameters not recorded: {} bytes]", p.len() - EXECUTE_HEAD);
+            let bytes = p.len() - EXECUTE_HEAD;
+            let marker = match params {
+                Some((x, profile)) => parameters_text(p, x, profile)
+                    .unwrap_or_else(|| format!("[parameters not recorded: {bytes} bytes that cannot be read]")),
+                None => format!("[parameters not recorded: {bytes} bytes]"),
+            };
             reframe(p.get(..EXECUTE_HEAD).unwrap_or_default(), marker.as_bytes())
         }
         wire::COM_STMT_SEND_LONG_DATA => {
@@ -153,11 +230,11 @@ mod tests {
     }
 
     #[test]
-    fn statement_texts_are_redacted_and_parameters_never_recorded() {
+    fn statement_texts_are_redacted_and_parameters_recorded_only_when_the_rule_says() {
         let q = wire::frame(0, b"\x03SELECT 1");
-        assert!(matches!(command_as_recorded(&q, &no_secrets), Cow::Borrowed(_)));
+        assert!(matches!(command_as_recorded(&q, &no_secrets, None), Cow::Borrowed(_)));
         let q = wire::frame(0, b"\x03SET PASSWORD = 's3cret'");
-        let r = command_as_recorded(&q, &no_secrets);
+        let r = command_as_recorded(&q, &no_secrets, None);
         assert_eq!(payload_of(&r), b"\x03SET PASSWORD = '[redacted]'");
         assert_eq!(seq_of(&r), 0);
 
@@ -165,7 +242,7 @@ mod tests {
         let mut exec = vec![wire::COM_STMT_EXECUTE, 7, 0, 0, 0, 0, 1, 0, 0, 0];
         exec.extend_from_slice(&[0, 1, 0xfe, 0, 6, b's', b'3', b'c', b'r', b'e', b't']);
         let framed = wire::frame(0, &exec);
-        let r = command_as_recorded(&framed, &no_secrets);
+        let r = command_as_recorded(&framed, &no_secrets, None);
         let p = payload_of(&r);
         assert_eq!(p.get(..10), exec.get(..10), "the head is kept");
         assert_eq!(p.get(10..), Some(&b"[parameters not recorded: 11 bytes]"[..]));
@@ -174,12 +251,53 @@ mod tests {
         let mut long = vec![wire::COM_STMT_SEND_LONG_DATA, 7, 0, 0, 0, 0, 0];
         long.extend_from_slice(b"s3cret blob");
         let framed = wire::frame(0, &long);
-        let r = command_as_recorded(&framed, &no_secrets);
+        let r = command_as_recorded(&framed, &no_secrets, None);
         assert_eq!(payload_of(&r).get(7..), Some(&b"[data not recorded: 11 bytes]"[..]));
+
+        // With record_parameters: the values as text (types from this packet, or bound before).
+        let with_params = |payload: &[u8], x: ExecuteParams<'_>| -> Vec<u8> {
+            let framed = wire::frame(0, payload);
+            payload_of(&command_as_recorded(&framed, &no_secrets, Some((x, None)))).to_vec()
+        };
+        let one = ExecuteParams { count: 1, types: None };
+        let r = with_params(&exec, one);
+        assert_eq!(r.get(10..), Some(&b"[parameters: 's3cret']"[..]));
+        let x = ExecuteParams { count: 2, types: None };
+        let r = with_params(&exec, x);
+        assert!(r.ends_with(b"that cannot be read]"), "read as two parameters, it does not parse");
+        let mut two = vec![wire::COM_STMT_EXECUTE, 7, 0, 0, 0, 0, 1, 0, 0, 0];
+        // NULL bitmap (the second is NULL), bound, types LONGLONG + VAR_STRING, then 42.
+        two.extend_from_slice(&[0b10, 1, 0x08, 0, 0xfd, 0]);
+        two.extend_from_slice(&42i64.to_le_bytes());
+        let framed = wire::frame(0, &two);
+        let r = with_params(&two, x);
+        assert_eq!(r.get(10..), Some(&b"[parameters: 42, NULL]"[..]));
+        assert_eq!(bound_types(payload_of(&framed), 2), Some(&[0x08, 0, 0xfd, 0][..]));
+        let mut three = vec![wire::COM_STMT_EXECUTE, 7, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0xfd, 0, 0x03, 0x80];
+        three.extend_from_slice(&[4, b'i', b't', b'\'', b's']);
+        three.extend_from_slice(&7u32.to_le_bytes());
+        let x = ExecuteParams { count: 2, types: None };
+        let r = with_params(&three, x);
+        assert_eq!(r.get(10..), Some(&b"[parameters: 'it''s', 7]"[..]));
+        // Not bound here: the types of an earlier execute; none known: not recorded.
+        let mut again = vec![wire::COM_STMT_EXECUTE, 7, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0];
+        again.extend_from_slice(&[2, b'o', b'k']);
+        again.extend_from_slice(&9u32.to_le_bytes());
+        let types = [0xfd, 0, 0x03, 0x80];
+        let x = ExecuteParams { count: 2, types: Some(&types) };
+        let r = with_params(&again, x);
+        assert_eq!(r.get(10..), Some(&b"[parameters: 'ok', 9]"[..]));
+        let x = ExecuteParams { count: 2, types: None };
+        let r = with_params(&again, x);
+        assert_eq!(r.get(10..), Some(&b"[parameters not recorded: 9 bytes that cannot be read]"[..]));
+        // Truncated values: not recorded, never a panic.
+        let x = ExecuteParams { count: 2, types: None };
+        let r = with_params(three.get(..three.len() - 2).unwrap_or_default(), x);
+        assert!(r.ends_with(b"that cannot be read]"));
 
         // Malformed or empty packets are recorded as they are (they were forwarded as they are).
         let odd = wire::frame(0, &[wire::COM_STMT_SEND_LONG_DATA, 1]);
-        assert_eq!(payload_of(&command_as_recorded(&odd, &no_secrets)), b"\x18\x01[data not recorded: 0 bytes]");
-        assert_eq!(command_as_recorded(&[], &no_secrets).as_ref(), &[] as &[u8]);
+        assert_eq!(payload_of(&command_as_recorded(&odd, &no_secrets, None)), b"\x18\x01[data not recorded: 0 bytes]");
+        assert_eq!(command_as_recorded(&[], &no_secrets, None).as_ref(), &[] as &[u8]);
     }
 }
