@@ -280,6 +280,10 @@ pub struct BackendLogin {
     pub server_name: Option<String>,
     /// `SCRAM-SHA-256-PLUS`, `SCRAM-SHA-256`, `md5`, `password` or `none`.
     pub auth: String,
+    /// The database the client chose at login (MySQL's handshake), which
+    /// unqualified table names are read in until a `USE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 impl BackendLogin {

@@ -936,8 +936,9 @@ fn replay_shows_a_mariadb_session_masked_with_its_refusal_and_the_records_verify
     let out = w.env.gatehouse(&["replay", &id, "--no-wait", "--control-socket", &ctl]);
     let r = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{r}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(r.contains("MariaDB ["), "a mariadb prompt: {r}");
-    assert!(r.contains("> SELECT id, email, card FROM customers ORDER BY id;"), "{r}");
+    // The client logged in to database appdb: on record, and in the prompt from the first statement on.
+    assert!(r.contains("-- logged in to the backend as gh_app, database appdb"), "{r}");
+    assert!(r.contains("MariaDB [appdb]> SELECT id, email, card FROM customers ORDER BY id;"), "{r}");
     assert!(r.contains("| id | email"), "the result as a box: {r}");
     assert!(r.contains("+----+"), "{r}");
     assert!(r.contains("2 rows in set"), "{r}");
@@ -971,6 +972,11 @@ fn replay_shows_a_mariadb_session_masked_with_its_refusal_and_the_records_verify
         .collect();
     let kinds: Vec<&str> = ours.iter().filter_map(|v| v["kind"].as_str()).collect();
     assert!(kinds.contains(&"statement") && kinds.contains(&"statement_end"), "{kinds:?}");
+    let login = ours.iter().find(|v| v["kind"] == "backend_login").expect("backend_login exported");
+    assert!(
+        login.to_string().contains(r#"\"database\":\"appdb\""#) || login.to_string().contains(r#""database":"appdb""#),
+        "{login}"
+    );
     assert!(kinds.contains(&"chunk"), "the refusal's ERR is a chunk: {kinds:?}");
     let carries =
         |kind: &str| ours.iter().any(|v| v["kind"] == kind && v["data_hex"].as_str().is_some_and(|d| !d.is_empty()));

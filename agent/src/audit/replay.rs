@@ -680,15 +680,23 @@ impl Renderer {
                 Err(e) => self.push(at, unreadable(e)),
             },
             "backend_login" => match serde_json::from_slice::<super::BackendLogin>(&r.body) {
-                Ok(l) => self.push(
-                    at,
-                    format!(
-                        "-- logged in to the backend as {} (TLS: {}; auth: {})",
-                        escape_all(&l.user),
-                        escape_all(&l.tls_summary()),
-                        escape_all(&l.auth)
-                    ),
-                ),
+                Ok(l) => {
+                    let db = l.database.as_deref().map(escape_all);
+                    // The client's login database names the prompt, as it does for the client.
+                    if let (Some(m), Some(db)) = (self.mysql.as_mut(), &db) {
+                        m.db.clone_from(db);
+                    }
+                    let db = db.map(|d| format!(", database {d}")).unwrap_or_default();
+                    self.push(
+                        at,
+                        format!(
+                            "-- logged in to the backend as {}{db} (TLS: {}; auth: {})",
+                            escape_all(&l.user),
+                            escape_all(&l.tls_summary()),
+                            escape_all(&l.auth)
+                        ),
+                    );
+                }
                 Err(e) => self.push(at, unreadable(e)),
             },
             "session_open" => match serde_json::from_slice::<SessionOpen>(&r.body) {

@@ -422,7 +422,7 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
             return Err(refuse_login(client, ER_LOGIN, msg).await);
         }
     };
-    record_login(ctx, &login, auth, &link);
+    record_login(ctx, &login, auth, &link, hello.database.as_deref().filter(|d| !d.is_empty()));
     let mut s = Session {
         backend,
         deprecate_eof: caps & wire::CLIENT_DEPRECATE_EOF != 0,
@@ -691,7 +691,7 @@ async fn simple_query(s: &mut Session, sql: &str) -> Result<Vec<Vec<Option<Strin
     }
 }
 
-fn record_login(ctx: &Ctx, login: &Credentials, auth: &str, link: &Link) {
+fn record_login(ctx: &Ctx, login: &Credentials, auth: &str, link: &Link, database: Option<&str>) {
     let n = link.negotiated.clone().unwrap_or_default();
     let rec = crate::audit::BackendLogin {
         id: ctx.id,
@@ -702,6 +702,7 @@ fn record_login(ctx: &Ctx, login: &Credentials, auth: &str, link: &Link) {
         certificate_sha256: n.certificate_sha256,
         server_name: link.server_name.clone(),
         auth: auth.into(),
+        database: database.map(str::to_owned),
     };
     if link.tls != "verified" {
         warn!(backend = %ctx.backend.name, tls = link.tls, auth, "MySQL backend reached without a verified TLS certificate");

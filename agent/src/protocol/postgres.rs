@@ -450,6 +450,7 @@ fn record_login(ctx: &Ctx, login: &Credentials, how: &LoginInfo) {
         certificate_sha256: n.certificate_sha256,
         server_name: how.server_name.clone(),
         auth: how.auth.name().into(),
+        database: None,
     };
     if how.tls != "verified" || how.auth.reveals_secret() {
         warn!(backend = %ctx.backend.name, tls = how.tls, auth = how.auth.name(), "backend reached without a verified TLS certificate, or with a method that reveals the password");
