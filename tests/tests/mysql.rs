@@ -463,6 +463,72 @@ fn the_mariadb_cli_without_a_reads_column_definitions_through_com_field_list() {
 }
 
 #[test]
+fn a_prepared_delete_is_held_at_execute_and_a_client_that_leaves_withdraws_its_request() {
+    let w = world("mysqlhold2");
+    // node mysql2's execute(): the prepare goes through at once, the EXECUTE waits.
+    let modules = "/usr/local/lib/gatehouse-e2e/node/node_modules";
+    let script = w.env.path("held.js");
+    let q = serde_json::json!([["DELETE FROM held WHERE id = ?", [2]], ["SELECT count(*) FROM held", []]]);
+    std::fs::write(&script, node_script(&q)).unwrap();
+    let port = w.db.port.to_string();
+    let node_path = format!("NODE_PATH={modules}");
+    let args = [node_path.as_str(), "node", script.to_str().unwrap(), w.db.host.as_str(), port.as_str()];
+    let mut node = w.env.spawn_as(&w.dan, None, Path::new("/usr/bin/env"), &args);
+    let id = w.pending(&w.lea, "DELETE FROM held WHERE id = ?");
+    let log = w.db.general_log();
+    assert!(log.contains("Prepare\tDELETE FROM held WHERE id = ?"), "the prepare is not held: {log}");
+    assert!(!log.contains("Execute\tDELETE"), "the execute is: {log}");
+    let o = w.cli(&w.lea, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = gatehouse_e2e::read_json_line(&mut node);
+    assert_eq!(first["rows"], 1, "{first}\n{}", w.env.agent_log());
+    let second = gatehouse_e2e::read_json_line(&mut node);
+    assert_eq!(second["rows"], serde_json::json!([[1]]), "{second}");
+    assert!(node.wait().unwrap().success());
+    assert!(w.db.general_log().contains("Execute\tDELETE FROM held WHERE id = 2"));
+
+    // A client that goes away while its statement is held withdraws the request; nothing runs.
+    let script = w.env.path("leave.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, pymysql
+c = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="whoever", password="", database="appdb", autocommit=True)
+c.cursor().execute("DELETE FROM held WHERE id = 1")
+"#,
+    )
+    .unwrap();
+    let args = [script.to_str().unwrap(), w.db.host.as_str(), port.as_str()];
+    let mut py = w.env.spawn_as(&w.dan, None, Path::new("/usr/bin/python3"), &args);
+    let id = w.pending(&w.lea, "DELETE FROM held WHERE id = 1");
+    py.kill().unwrap();
+    let _ = py.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let o = w.cli(&w.lea, &["requests", "--json"]);
+        let withdrawn =
+            String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|r| {
+                r.get("id").and_then(Value::as_u64) == Some(id)
+                    && r.pointer("/state/state").is_some_and(|s| s == "withdrawn")
+            });
+        if withdrawn {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request {id} not withdrawn: {}\n{}",
+            text(&o),
+            w.env.agent_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = w.cli(&w.lea, &["approve", &id.to_string()]);
+    assert!(!o.status.success(), "a withdrawn request cannot be approved: {}", text(&o));
+    assert_eq!(w.db.admin("SELECT id FROM appdb.held"), "1", "the row stays");
+    assert!(!w.db.general_log().contains("DELETE FROM held WHERE id = 1"));
+}
+
+#[test]
 fn executable_comments_and_load_data_local_are_refused() {
     let w = world("mysqlexec");
     let out = w.mariadb_script(
