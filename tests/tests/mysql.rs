@@ -25,6 +25,8 @@ struct World {
     /// In a group whose DELETEs wait for an approval by `lea`'s group.
     dan: String,
     lea: String,
+    /// In a group whose UPDATEs wait for an approval, 2 seconds at most.
+    oli: String,
 }
 
 fn world(name: &str) -> World {
@@ -40,6 +42,8 @@ fn world(name: &str) -> World {
     let dan = env.user("dan", &[&dba]);
     let leads = env.group("leads");
     let lea = env.user("lea", &[&leads]);
+    let ops = env.group("ops");
+    let oli = env.user("oli", &[&ops]);
     let db = MariaServer::start(&env.dir, &loopback(41), free_port());
     db.admin(
         "USE appdb;
@@ -100,7 +104,15 @@ name = "dbas delete with a second pair of eyes"
 who = {{ groups = ["{dba}"] }}
 backend = "shop"
 statements = ["select", "delete", "show"]
+deny_tables = ["*.customers"]
 approval = {{ for = ["delete"], by = "leads", timeout = "60s" }}
+
+[[rule]]
+name = "ops update in a hurry"
+who = {{ groups = ["{ops}"] }}
+backend = "shop"
+statements = ["select", "update"]
+approval = {{ for = ["update"], by = "leads", timeout = "2s" }}
 "#,
         addr = db.addr(),
         user = mysql::APP_USER,
@@ -108,7 +120,7 @@ approval = {{ for = ["delete"], by = "leads", timeout = "60s" }}
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    World { db, env, ana, eve, sam, rita, dan, lea }
+    World { db, env, ana, eve, sam, rita, dan, lea, oli }
 }
 
 impl World {
@@ -452,7 +464,9 @@ fn the_mariadb_cli_without_a_reads_column_definitions_through_com_field_list() {
     // The server answered the client's COM_FIELD_LIST for each table.
     let log = w.db.general_log();
     let listed = |t: &str| log.lines().any(|l| l.contains("Field List") && l.contains(t));
-    assert!(listed("items") && listed("customers"), "{log}");
+    assert!(listed("items") && listed("held"), "{log}");
+    // The rule denies table customers: its columns are not read (the client goes on without them).
+    assert!(!listed("customers"), "{log}");
     // Recorded as what it is.
     let st = w.statements_of(&w.dan);
     let fl = st.iter().find(|x| x["text"] == "SHOW COLUMNS FROM `appdb`.`items`").expect("field list recorded");
@@ -460,6 +474,8 @@ fn the_mariadb_cli_without_a_reads_column_definitions_through_com_field_list() {
     assert_eq!(fl["kinds"], "show", "{fl}");
     assert_eq!(fl["tables"], "appdb.items", "{fl}");
     assert_eq!(fl["rows"], 2, "the columns listed: {fl}");
+    let denied = st.iter().find(|x| x["text"] == "SHOW COLUMNS FROM `appdb`.`customers`").expect("refusal recorded");
+    assert_eq!(denied["decision"], "deny", "{denied}");
 }
 
 #[test]
@@ -526,6 +542,38 @@ c.cursor().execute("DELETE FROM held WHERE id = 1")
     assert!(!o.status.success(), "a withdrawn request cannot be approved: {}", text(&o));
     assert_eq!(w.db.admin("SELECT id FROM appdb.held"), "1", "the row stays");
     assert!(!w.db.general_log().contains("DELETE FROM held WHERE id = 1"));
+}
+
+#[test]
+fn a_held_update_nobody_approves_times_out_with_err_1227() {
+    let w = world("mysqlholdtime");
+    let out = w.python(
+        &w.oli,
+        r#"
+import json, sys, time
+import pymysql
+c = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="whoever", password="", database="appdb", autocommit=True)
+cur = c.cursor()
+t = time.time()
+try:
+    cur.execute("UPDATE held SET id = 5 WHERE id = 1")
+    print(json.dumps({"ran": cur.rowcount}))
+except pymysql.MySQLError as e:
+    print(json.dumps({"error": e.args[0], "message": e.args[1], "waited": time.time() - t}))
+cur.execute("SELECT count(*) FROM held")
+print(json.dumps({"rows": cur.fetchall()}))
+"#,
+    );
+    let t = text(&out);
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(lines.len(), 2, "{t}\n{}", w.env.agent_log());
+    assert_eq!(lines[0]["error"], 1227, "{t}");
+    let msg = lines[0]["message"].as_str().unwrap();
+    assert!(msg.contains("ops update in a hurry") && msg.contains("not approved in time"), "{msg}");
+    assert!(lines[0]["waited"].as_f64().unwrap() >= 1.5, "it waited for the timeout: {t}");
+    assert_eq!(lines[1]["rows"], serde_json::json!([[2]]), "the session goes on: {t}");
+    assert!(!w.db.general_log().contains("UPDATE held"), "{}", w.db.general_log());
 }
 
 #[test]
