@@ -1,10 +1,11 @@
 //! Arbitrary bytes through the MySQL decoders (packet framing, greeting,
-//! client login, OK/ERR/EOF, auth switch, binary result rows) and the MySQL statement
+//! client login, OK/ERR/EOF, auth switch, binary result rows and values,
+//! COM_STMT_EXECUTE parameters, COM_FIELD_LIST) and the MySQL statement
 //! classifier: none may panic, and a decoded packet never claims more
 //! bytes than it was given.
 #![no_main]
 
-use gatehouse::protocol::mysql::{binary, wire};
+use gatehouse::protocol::mysql::{binary, field_list, wire};
 use gatehouse::sql::mysql::{Names, classify};
 use libfuzzer_sys::fuzz_target;
 
@@ -23,6 +24,24 @@ fuzz_target!(|data: &[u8]| {
     let kinds = [0x03, 0xfd, 0x0c, 0x05, 0x0b, 0xf6, 0x06];
     if let Some(v) = binary::values(&kinds, data) {
         assert_eq!(v.len(), kinds.len());
+        for (k, v) in kinds.iter().zip(v.iter().flatten()) {
+            let _ = binary::decode(*k, false, v);
+        }
+    }
+    // Execute parameters: as many as the first byte says, types sent or bound before.
+    let count = u16::from(data.first().copied().unwrap_or(0) % 8);
+    let rest = data.get(1..).unwrap_or_default();
+    let earlier = [0x08, 0x00, 0xfd, 0x00, 0x0a, 0x00, 0x05, 0x80, 0x01, 0x00, 0x0b, 0x00, 0xf6, 0x00, 0x03, 0x80];
+    if let Some(p) = binary::params(rest, count, Some(&earlier)) {
+        assert_eq!(p.len(), usize::from(count));
+        for p in p.into_iter().flatten() {
+            let _ = binary::decode(p.kind, p.unsigned, p.value);
+        }
+    }
+    let _ = binary::bound_types(rest, count);
+    if let Ok(f) = field_list::parse(data) {
+        assert!(!f.table.is_empty() && f.table.is_ascii());
+        let _ = field_list::as_statement(f.table, Some("db"));
     }
     let names = Names { database: Some("db".into()), fold_case: data.first().is_some_and(|b| b & 1 == 1) };
     if let Ok(c) = classify(data, &names) {

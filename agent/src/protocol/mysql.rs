@@ -34,7 +34,7 @@
 
 pub mod binary;
 pub mod ed25519;
-mod field_list;
+pub mod field_list;
 mod hold;
 pub mod masking;
 mod prepared;

@@ -111,6 +111,57 @@ pub fn decode(kind: u8, unsigned: bool, v: &[u8]) -> Option<Decoded<'_>> {
     }))
 }
 
+/// One parameter value of a `COM_STMT_EXECUTE`: its type, UNSIGNED flag
+/// and bytes as sent (length prefix included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param<'a> {
+    pub kind: u8,
+    pub unsigned: bool,
+    pub value: &'a [u8],
+}
+
+/// The types the parameters part of a `COM_STMT_EXECUTE` (what follows
+/// its 10-byte head) binds, 2 bytes per parameter (type, flags), when it
+/// sends them (`new_params_bound_flag` = 1).
+pub fn bound_types(params: &[u8], count: u16) -> Option<&[u8]> {
+    let n = usize::from(count);
+    let at = n.div_ceil(8);
+    if n == 0 || *params.get(at)? != 1 {
+        return None;
+    }
+    params.get(at + 1..at + 1 + 2 * n)
+}
+
+/// The `count` parameter values of a `COM_STMT_EXECUTE`'s parameters part:
+/// a NULL bitmap (no offset), `new_params_bound_flag`, the types when
+/// bound (else `earlier`: the types bound by a previous execute), then the
+/// values. `None` (a NULL) per NULL parameter; `None` overall when the
+/// bytes do not parse as exactly that.
+pub fn params<'a>(params: &'a [u8], count: u16, earlier: Option<&'a [u8]>) -> Option<Vec<Option<Param<'a>>>> {
+    let n = usize::from(count);
+    let bitmap = params.get(..n.div_ceil(8))?;
+    let mut rest = params.get(bitmap.len() + 1..)?;
+    let types = match bound_types(params, count) {
+        Some(t) => {
+            rest = rest.get(t.len()..)?;
+            t
+        }
+        None => earlier?,
+    };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if bitmap.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0) {
+            out.push(None);
+            continue;
+        }
+        let (kind, flags) = (*types.get(2 * i)?, *types.get(2 * i + 1)?);
+        let (value, r) = rest.split_at_checked(value_len(kind, rest)?)?;
+        rest = r;
+        out.push(Some(Param { kind, unsigned: flags & 0x80 != 0, value }));
+    }
+    rest.is_empty().then_some(out)
+}
+
 /// The values of a binary row of columns typed `kinds`: `None` for a
 /// NULL, else the value's bytes as sent (length prefix included).
 /// `None` when the row does not parse as exactly those columns.

@@ -21,13 +21,13 @@ const MAX_NAME: usize = 192;
 
 /// A `COM_FIELD_LIST` payload (command byte first).
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct FieldList<'a> {
+pub struct FieldList<'a> {
     pub table: &'a str,
     pub wildcard: &'a [u8],
 }
 
 /// Reads a `COM_FIELD_LIST` payload; `Err` says why it is refused.
-pub(super) fn parse(payload: &[u8]) -> Result<FieldList<'_>, &'static str> {
+pub fn parse(payload: &[u8]) -> Result<FieldList<'_>, &'static str> {
     let rest = match payload.split_first() {
         Some((&0x04, rest)) => rest,
         _ => return Err("not a COM_FIELD_LIST"),
@@ -50,7 +50,7 @@ pub(super) fn parse(payload: &[u8]) -> Result<FieldList<'_>, &'static str> {
 }
 
 /// The statement a `COM_FIELD_LIST` of `table` is decided and recorded as.
-pub(super) fn as_statement(table: &str, database: Option<&str>) -> String {
+pub fn as_statement(table: &str, database: Option<&str>) -> String {
     let quote = |n: &str| format!("`{}`", n.replace('`', "``"));
     match database {
         Some(db) => format!("SHOW COLUMNS FROM {}.{}", quote(db), quote(table)),

@@ -129,41 +129,22 @@ pub(super) fn client_packet<'a>(ctx: &Ctx, pkt: &'a [u8], params: Option<Execute
     command_as_recorded(pkt, &redact, params)
 }
 
-/// The types a `COM_STMT_EXECUTE` payload binds (2 bytes per parameter:
-/// type, then flags), when it sends them (`new_params_bound_flag`).
+/// The types a `COM_STMT_EXECUTE` payload binds, when it sends them.
 pub(super) fn bound_types(payload: &[u8], count: u16) -> Option<&[u8]> {
-    let n = usize::from(count);
-    let at = EXECUTE_HEAD + n.div_ceil(8);
-    if n == 0 || *payload.get(at)? != 1 {
-        return None;
-    }
-    payload.get(at + 1..at + 1 + 2 * n)
+    binary::bound_types(payload.get(EXECUTE_HEAD..)?, count)
 }
 
 /// An execute's parameter values as recorded text (`[parameters: …]`),
 /// each through `profile`; `None` when they cannot be read.
 fn parameters_text(payload: &[u8], x: ExecuteParams<'_>, profile: Option<&Profile>) -> Option<String> {
-    let n = usize::from(x.count);
-    let bitmap = payload.get(EXECUTE_HEAD..EXECUTE_HEAD + n.div_ceil(8))?;
-    let mut at = EXECUTE_HEAD + bitmap.len() + 1;
-    let types = match bound_types(payload, x.count) {
-        Some(t) => {
-            at += t.len();
-            t
-        }
-        None => x.types?,
-    };
-    let mut shown = Vec::with_capacity(n);
-    for i in 0..n {
-        if bitmap.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0) {
+    let values = binary::params(payload.get(EXECUTE_HEAD..)?, x.count, x.types)?;
+    let mut shown = Vec::with_capacity(values.len());
+    for p in values {
+        let Some(p) = p else {
             shown.push("NULL".to_owned());
             continue;
-        }
-        let (kind, flags) = (*types.get(2 * i)?, *types.get(2 * i + 1)?);
-        let rest = payload.get(at..)?;
-        let len = binary::value_len(kind, rest)?;
-        at += len;
-        let (bytes, quoted) = match binary::decode(kind, flags & 0x80 != 0, rest.get(..len)?)? {
+        };
+        let (bytes, quoted) = match binary::decode(p.kind, p.unsigned, p.value)? {
             binary::Decoded::Text(t) => (t.into_bytes(), false),
             binary::Decoded::Bytes(b) => (b.to_vec(), true),
         };
@@ -176,7 +157,7 @@ fn parameters_text(payload: &[u8], x: ExecuteParams<'_>, profile: Option<&Profil
         let v = String::from_utf8_lossy(&v).into_owned();
         shown.push(if quoted { format!("'{}'", v.replace('\'', "''")) } else { v });
     }
-    (at == payload.len()).then(|| format!("[parameters: {}]", shown.join(", ")))
+    Some(format!("[parameters: {}]", shown.join(", ")))
 }
 
 /// [`client_packet`] with the text redaction passed in (sans-IO,
