@@ -891,14 +891,17 @@ async fn statement(
     let snapshot = ctx.agent.snapshot.load_full();
     let d = decide_one(ctx, &snapshot, &c.statement);
     // Held for approval at each execute, not at the prepare (as PostgreSQL holds at Execute).
-    let held = d.verdict == Verdict::NeedsApproval && command != Command::Prepare;
-    if held {
-        if let Err(why) = hold::hold(ctx, client, &d, &shown, &c.statement).await? {
-            return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &why).await;
+    let held = match d.verdict {
+        Verdict::Allow => false,
+        Verdict::NeedsApproval if command == Command::Prepare => false,
+        Verdict::NeedsApproval => {
+            if let Err(why) = hold::hold(ctx, client, &d, &shown, &c.statement).await? {
+                return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &why).await;
+            }
+            true
         }
-    } else if d.verdict == Verdict::Deny {
-        return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &d).await;
-    }
+        Verdict::Deny => return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &d).await,
+    };
     if command == Command::Prepare {
         // A prepared USE would change the database behind Gatehouse's back (servers refuse it anyway).
         let why = if c.uses.is_some() {
