@@ -283,19 +283,23 @@ impl Agent {
     }
 
     /// Opens a request to the approvers a rule's `approval` names, records
-    /// its opening, and returns what the held session waits on.
+    /// its opening, and returns what the held session waits on. `reason`:
+    /// why it is held, when not for the rule itself (an alert); `label`: how
+    /// the decision named the approvers, if it did.
     pub fn request_approval(
         &self,
         subject: crate::approval::Subject,
         requester: crate::identity::Principal,
         approval: &crate::policy::Approval,
+        reason: Option<String>,
+        label: Option<String>,
     ) -> crate::approval::Waiting {
         let open = crate::approval::Open {
             subject,
             requester,
-            reason: None,
+            reason,
             approvers: approval.by.clone(),
-            approvers_label: approval.by_name.clone().unwrap_or_else(|| approval.by.describe()),
+            approvers_label: label.or_else(|| approval.by_name.clone()).unwrap_or_else(|| approval.by.describe()),
             needed: approval.count,
             timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
             duration_us: None,

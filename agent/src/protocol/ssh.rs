@@ -152,6 +152,8 @@ impl Shared {
             },
             self.ctx.principal.clone(),
             approval,
+            None,
+            None,
         ))
     }
 

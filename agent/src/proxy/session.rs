@@ -358,6 +358,8 @@ fn open_connect_request(
         },
         principal.clone(),
         approval,
+        None,
+        None,
     ))
 }
 

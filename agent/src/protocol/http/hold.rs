@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use super::Ctx;
-use crate::approval::{Open, RequestId, State, Subject, Waiting};
+use crate::approval::{RequestId, State, Subject};
 use crate::audit::now_us;
 use crate::policy::{Approval, Decision};
 use crate::proxy::Agent;
@@ -49,20 +49,9 @@ pub(super) async fn hold(
         target: target.to_owned(),
         rule: decision.rule_label().to_owned(),
     };
-    let open = Open {
-        subject,
-        requester: ctx.principal.clone(),
-        reason: None,
-        approvers: approval.by.clone(),
-        approvers_label: decision.approvers.clone().unwrap_or_else(|| approval.by.describe()),
-        needed: approval.count,
-        timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
-        duration_us: None,
-    };
-    let (opened, state) = ctx.agent.approvals.open(open, now_us());
-    let id = opened.request.id;
-    ctx.agent.approval_transition(&opened);
-    let waiting = Waiting { id, state, timeout: approval.timeout, approvers: opened.request.approvers.clone() };
+    let waiting =
+        ctx.agent.request_approval(subject, ctx.principal.clone(), approval, None, decision.approvers.clone());
+    let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, method, target, "HTTP request held for approval");
     let guard = Withdraw { agent: ctx.agent.clone(), id };
     let agent = ctx.agent.clone();

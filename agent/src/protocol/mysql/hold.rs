@@ -17,7 +17,7 @@
 use tracing::info;
 
 use super::{Conn, Ctx, Fail, redacted_text};
-use crate::approval::{Open, RequestId, State, Subject, Waiting};
+use crate::approval::{RequestId, State, Subject};
 use crate::audit::now_us;
 use crate::policy::Decision;
 use crate::sql::Statement;
@@ -63,24 +63,8 @@ pub(super) async fn hold(
         kinds: st.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"),
         rule: d.rule_label().to_owned(),
     };
-    let open = Open {
-        subject,
-        requester: ctx.principal.clone(),
-        reason: None,
-        approvers: approval.by.clone(),
-        approvers_label: d
-            .approvers
-            .clone()
-            .or_else(|| approval.by_name.clone())
-            .unwrap_or_else(|| approval.by.describe()),
-        needed: approval.count,
-        timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
-        duration_us: None,
-    };
-    let (opened, state) = ctx.agent.approvals.open(open, now_us());
-    let id = opened.request.id;
-    ctx.agent.approval_transition(&opened);
-    let waiting = Waiting { id, state, timeout: approval.timeout, approvers: opened.request.approvers.clone() };
+    let waiting = ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, None, d.approvers.clone());
+    let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, "statement held for approval");
     let agent = ctx.agent.clone();
     let outcome = waiting.clone().outcome(&ctx.agent.approvals, move |t| agent.approval_transition(t));

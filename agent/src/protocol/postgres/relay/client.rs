@@ -519,25 +519,9 @@ async fn hold<W: AsyncWrite + Unpin>(
         kinds: kinds_text(s),
         rule: d.rule_label().to_owned(),
     };
-    let open = crate::approval::Open {
-        subject,
-        requester: ctx.principal.clone(),
-        reason: alert.as_ref().map(|a| a.reason.clone()),
-        approvers: approval.by.clone(),
-        approvers_label: d
-            .approvers
-            .clone()
-            .or_else(|| approval.by_name.clone())
-            .unwrap_or_else(|| approval.by.describe()),
-        needed: approval.count,
-        timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
-        duration_us: None,
-    };
-    let (opened, state) = ctx.agent.approvals.open(open, now_us());
-    let id = opened.request.id;
-    ctx.agent.approval_transition(&opened);
-    let waiting =
-        crate::approval::Waiting { id, state, timeout: approval.timeout, approvers: opened.request.approvers.clone() };
+    let reason = alert.as_ref().map(|a| a.reason.clone());
+    let waiting = ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, reason, d.approvers.clone());
+    let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, alert = ?alert.as_ref().map(|a| a.rule.as_str()), "statement held for approval");
     let because = alert.as_ref().map(|a| format!(" ({})", a.reason)).unwrap_or_default();
     let notice = PgError::new(
