@@ -799,7 +799,7 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
         let (path, stop) = (path.to_owned(), stop.clone());
         std::thread::Builder::new()
             .name("audit-checkpoint".into())
-            .spawn(move || checkpointer(path, stop))
+            .spawn(move || checkpointer(path, stop, WAL_RESTART))
             .map_err(|source| AuditError::Open { path: PathBuf::new(), source })?
     };
     let audit = Audit {
@@ -928,13 +928,13 @@ fn check_layout(conn: &Connection) -> Result<(), String> {
 /// audit changes, not measured apart) cost the writer 184-191 µs per pgbench
 /// TPC-B transaction against 140-177 µs with PASSIVE, so the cheap mode
 /// stays the rule and the heavy one only bounds the file.
-fn checkpointer(path: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+fn checkpointer(path: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>, truncate_past: u64) {
     let Ok(conn) = Connection::open(&path) else { return };
     let _ = conn.busy_timeout(Duration::from_millis(100));
     let wal = PathBuf::from(format!("{}-wal", path.display()));
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_secs(1));
-        let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_RESTART);
+        let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > truncate_past);
         let mode = if big { "TRUNCATE" } else { "PASSIVE" };
         if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
             tracing::debug!(error = %e, "audit checkpoint skipped");

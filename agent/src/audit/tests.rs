@@ -388,3 +388,41 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
     let report = verify_db(&db, &trust(&keys::load(&key_path).unwrap()), None).unwrap();
     assert!(report.ok(), "{report:?}");
 }
+
+#[test]
+fn the_wal_is_emptied_once_past_its_bound_while_records_keep_coming() {
+    let dir = temp("wal");
+    let db = dir.join("state/audit.db");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
+    // A second checkpointer with a bound of 1 MiB (the agent's is 256 MiB).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ck = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || checkpointer(db, stop, 1 << 20))
+    };
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let id = sid(4);
+    let (mut peak, mut shrank) = (0u64, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seq = 0u64;
+    while std::time::Instant::now() < deadline && !shrank {
+        for _ in 0..200 {
+            seq += 1;
+            audit.record(statement_event(id, seq, &format!("SELECT '{}'", "x".repeat(400)))).unwrap();
+        }
+        run(audit.flush()).unwrap();
+        let now = size();
+        peak = peak.max(now);
+        shrank = peak > (1 << 20) && now < peak / 2;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    ck.join().unwrap();
+    assert!(peak > 1 << 20, "the test wrote too little to pass the bound (peak {peak} bytes)");
+    assert!(shrank, "the WAL never shrank while records kept coming (peak {peak} bytes, now {})", size());
+    drop(audit);
+    writer.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
