@@ -395,7 +395,7 @@ fn the_wal_is_emptied_once_past_its_bound_while_records_keep_coming() {
     let db = dir.join("state/audit.db");
     let key_path = settings::host_key_path(&db);
     let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
-    // A second checkpointer with a bound of 1 MiB (the agent's is 256 MiB).
+    // A second checkpointer with a bound of 1 MiB (the agent's is 1 GiB).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ck = {
         let (db, stop) = (db.clone(), stop.clone());
