@@ -110,7 +110,9 @@ impl Registry {
 
     /// Keeps the types an execute of `id` binds, if it sends them.
     pub(super) fn note_types(&mut self, id: u32, payload: &[u8], params: u16) {
-        if let Some(t) = super::record::bound_types(payload, params) {
+        if let Some(t) = super::record::bound_types(payload, params)
+            && self.bound.get(&id).is_none_or(|had| had.as_slice() != t)
+        {
             self.bound.insert(id, t.to_vec());
         }
     }
@@ -248,7 +250,10 @@ pub(super) async fn execute(
         // Approved (the approval's records say by whom), as PostgreSQL records it.
         ev.reason = None;
     }
-    s.prepared.note_types(id, payload_of(&pkt), p.params);
+    // Only the recording of parameter values reads them: no copy per execute otherwise.
+    if ctx.record.parameters {
+        s.prepared.note_types(id, payload_of(&pkt), p.params);
+    }
     let params = super::record::ExecuteParams { count: p.params, types: s.prepared.types(id) };
     let recorded = super::record::client_packet(ctx, &pkt, Some(params));
     let cut = s.rec.fold_up(&mut ev, &recorded);
