@@ -251,6 +251,12 @@ pub struct Backend {
     pub http: Option<http::HttpBackend>,
     /// SSH backends: the login user, host key and upstream credentials.
     pub ssh: Option<ssh::SshBackend>,
+    /// MySQL backends: the server's RSA public key (PEM), pinned for
+    /// caching_sha2_password's full path without TLS.
+    pub server_public_key: Option<PathBuf>,
+    /// MySQL backends: take the RSA public key the server sends when none is
+    /// pinned (an impostor can send its own).
+    pub get_server_public_key: bool,
     pub at: Location,
 }
 

@@ -65,6 +65,12 @@ pub fn check(policy: &Policy, now: i64) -> Result<FileReport, Diagnostics> {
 }
 
 fn check_backend(b: &Backend, now: i64, errors: &mut Vec<Diagnostic>, report: &mut FileReport) {
+    // Read and parsed now, so a bad key stops the policy, not the first login that needs it.
+    if let Some(k) = &b.server_public_key
+        && let Err(e) = crate::protocol::mysql::server_public_key(k)
+    {
+        errors.push(Diagnostic::new(b.at.clone(), format!("backend `{}`: {e}", b.name)));
+    }
     let mut file = |path: &std::path::Path, what: &'static str, kind: Kind| {
         if let Err(e) = secrets::open_checked(path, what, kind) {
             errors.push(Diagnostic::new(b.at.clone(), format!("backend `{}`: {e}", b.name)));
@@ -114,6 +120,12 @@ fn check_backend(b: &Backend, now: i64, errors: &mut Vec<Diagnostic>, report: &m
             file(f, "http credential file", Kind::Secret);
         }
         http_warnings(b, h, &mut report.warnings);
+    }
+    if b.get_server_public_key && b.server_public_key.is_none() && b.tls != TlsMode::Verify {
+        report.warnings.push(format!(
+            "backend `{}`: get_server_public_key = true takes the RSA key whoever answers at the backend's address sends: an impostor gets the password (pin the key with server_public_key)",
+            b.name
+        ));
     }
     if b.protocol.is_sql() {
         match b.tls {

@@ -76,6 +76,10 @@ struct BackendRaw {
     server_names: Option<Vec<String>>,
     /// SSH backends: login user, host key, user CA or held key.
     ssh: Option<super::ssh::SshBackendRaw>,
+    /// MySQL backends: the server's RSA public key (PEM file), for caching_sha2_password without TLS.
+    server_public_key: Option<Spanned<PathBuf>>,
+    /// MySQL backends: may take the RSA public key the server sends.
+    get_server_public_key: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -652,6 +656,22 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                 continue;
             }
         };
+        if protocol != Protocol::Mysql
+            && let Some(span) = r
+                .server_public_key
+                .as_ref()
+                .map(Spanned::span)
+                .or_else(|| r.get_server_public_key.as_ref().map(Spanned::span))
+        {
+            e.push(
+                b.at_span(span),
+                format!(
+                    "backend `{name}`: server_public_key and get_server_public_key apply to mysql backends (caching_sha2_password), not {}",
+                    protocol.name()
+                ),
+            );
+            continue;
+        }
         if protocol == Protocol::Ssh || r.ssh.is_some() {
             let built = match (&r.ssh, protocol) {
                 (Some(raw), Protocol::Ssh) => super::ssh::build_backend(raw),
@@ -683,6 +703,8 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                     client_tls: None,
                     http: None,
                     ssh: Some(ssh),
+                    server_public_key: None,
+                    get_server_public_key: false,
                     at,
                 }),
                 Err(m) => e.push(at, format!("backend `{name}`: {m}")),
@@ -704,6 +726,8 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                     client_tls: None,
                     http: Some(http),
                     ssh: None,
+                    server_public_key: None,
+                    get_server_public_key: false,
                     at,
                 }),
                 Err(m) => e.push(at, format!("backend `{name}`: {m}")),
@@ -853,6 +877,8 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
                 .map(|c| super::ClientTls { cert_file: c.cert_file.clone(), key_file: c.key_file.clone() }),
             http: None,
             ssh: None,
+            server_public_key: r.server_public_key.as_ref().map(|p| p.get_ref().clone()),
+            get_server_public_key: r.get_server_public_key.as_ref().is_some_and(|g| *g.get_ref()),
             at,
         };
         policy.backends.push(b);

@@ -731,3 +731,67 @@ action = "hold"
     assert!(!warned(&base));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn mysql_server_public_key_is_read_and_checked_when_the_policy_loads() {
+    use rsa::pkcs8::{EncodePublicKey, LineEnding};
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("gh-sha2-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("pw");
+    std::fs::write(&secret, "pw").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap().to_public_key();
+    let good = dir.join("good.pem");
+    std::fs::write(&good, key.to_public_key_pem(LineEnding::LF).unwrap()).unwrap();
+    let garbled = dir.join("garbled.pem");
+    std::fs::write(&garbled, "-----BEGIN PUBLIC KEY-----\nnot base64 at all\n-----END PUBLIC KEY-----\n").unwrap();
+    let backend = |protocol: &str, extra: &str| {
+        format!(
+            "[[backend]]\nname = \"shop\"\nprotocol = \"{protocol}\"\naddress = \"127.10.0.9:3306\"\ntls = \"off\"\n{extra}credentials = {{ user = \"u\", password_file = \"{}\" }}\n",
+            secret.display()
+        )
+    };
+    let key_line = |p: &std::path::Path| format!("server_public_key = \"{}\"\n", p.display());
+
+    // A pinned key and the opt-in: read, parsed, kept on the backend.
+    let p = policy(&backend("mysql", &format!("{}get_server_public_key = true\n", key_line(&good)))).unwrap();
+    let b = p.backend(&BackendName::new("shop")).unwrap();
+    assert_eq!((b.server_public_key.as_deref(), b.get_server_public_key), (Some(good.as_path()), true));
+    let report = files::check(&p, 0).unwrap();
+    assert!(!report.warnings.iter().any(|w| w.contains("get_server_public_key")), "{:?}", report.warnings);
+    // Neither: nothing set.
+    let p = policy(&backend("mysql", "")).unwrap();
+    let b = p.backend(&BackendName::new("shop")).unwrap();
+    assert_eq!((b.server_public_key.as_deref(), b.get_server_public_key), (None, false));
+    // The opt-in alone without TLS is allowed, and warned about.
+    let p = policy(&backend("mysql", "get_server_public_key = true\n")).unwrap();
+    let w = files::check(&p, 0).unwrap().warnings;
+    assert!(w.iter().any(|w| w.contains("get_server_public_key = true") && w.contains("impostor")), "{w:?}");
+
+    // A missing file and a garbled PEM stop the policy, naming the setting.
+    for (path, why) in [(dir.join("absent.pem"), "server_public_key"), (garbled.clone(), "not an RSA")] {
+        let p = policy(&backend("mysql", &key_line(&path))).unwrap();
+        let e = files::check(&p, 0).expect_err("refused").to_string();
+        assert!(e.contains("server_public_key") && e.contains(why), "{e}");
+    }
+    // A file that is not a public key at all (the password file, not PEM).
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = policy(&backend("mysql", &key_line(&secret))).unwrap();
+    let e = files::check(&p, 0).expect_err("refused").to_string();
+    assert!(e.contains("server_public_key") && e.contains("PEM"), "{e}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Only mysql backends take the settings.
+    for (protocol, extra) in [
+        ("postgres", key_line(&good)),
+        ("postgres", "get_server_public_key = true\n".to_owned()),
+        ("tcp", "get_server_public_key = false\n".to_owned()),
+    ] {
+        let text = backend(protocol, &extra).replace("tls = \"off\"\n", "");
+        let text = if protocol == "tcp" { text.replace("credentials", "#credentials") } else { text };
+        let e = policy(&text).expect_err("refused").to_string();
+        assert!(e.contains("apply to mysql backends"), "{protocol}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -32,6 +32,7 @@
 //!   statements), ERR messages lose what they quote, and what cannot be
 //!   read ends the session with an ERR instead of being relayed.
 
+mod auth;
 pub mod binary;
 pub mod ed25519;
 pub mod field_list;
@@ -39,6 +40,7 @@ mod hold;
 pub mod masking;
 mod prepared;
 mod record;
+pub mod sha2;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -414,7 +416,25 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
         }
     };
     let pw = password.as_ref().map_or(&[][..], crate::secrets::Secret::expose);
-    let auth = match log_in(&mut backend, &greeting, caps, hello.charset, &login, pw, hello.database.as_deref()).await {
+    let keys = match rsa_keys(ctx).await {
+        Ok(k) => k,
+        Err(e) => {
+            warn!(error = %e, backend = %ctx.backend.name, "server_public_key is unusable (session refused)");
+            let msg = format!(
+                "Gatehouse could not log in to backend {}: its server_public_key is unusable (see the agent's log)",
+                ctx.backend.name
+            );
+            return Err(refuse_login(client, ER_LOGIN, msg).await);
+        }
+    };
+    let secured = match link.tls {
+        "verified" => sha2::Link::Verified,
+        "unverified" => sha2::Link::Unverified,
+        _ => sha2::Link::Plain,
+    };
+    let login_args =
+        LoginArgs { caps, charset: hello.charset, database: hello.database.as_deref(), link: secured, keys: &keys };
+    let auth = match log_in(&mut backend, &greeting, &login, pw, &login_args).await {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %e, backend = %ctx.backend.name, login = %login.user, "backend login failed");
@@ -550,57 +570,57 @@ async fn secure(
     })
 }
 
+/// The backend's `server_public_key`, read and parsed off the runtime
+/// threads (checked when the policy loaded; read again here, as `ca_file` is).
+async fn rsa_keys(ctx: &Ctx) -> Result<sha2::KeyPolicy, String> {
+    let fetch = ctx.backend.get_server_public_key;
+    let Some(path) = ctx.backend.server_public_key.clone() else {
+        return Ok(sha2::KeyPolicy { pinned: None, fetch });
+    };
+    let key = tokio::task::spawn_blocking(move || server_public_key(&path))
+        .await
+        .map_err(|e| format!("internal error: {e}"))??;
+    Ok(sha2::KeyPolicy { pinned: Some(key), fetch })
+}
+
+/// Reads and parses a `server_public_key` file (root's to change, as a CA file).
+pub fn server_public_key(path: &std::path::Path) -> Result<rsa::RsaPublicKey, String> {
+    let pem = crate::secrets::read_checked(path, "server_public_key", crate::secrets::Kind::Trusted)
+        .map_err(|e| e.to_string())?;
+    sha2::parse_public_key(pem.expose()).map_err(|e| format!("server_public_key {}: {e}", path.display()))
+}
+
+/// What a backend login needs besides the credentials.
+struct LoginArgs<'a> {
+    caps: u32,
+    charset: u8,
+    database: Option<&'a str>,
+    link: sha2::Link,
+    keys: &'a sha2::KeyPolicy,
+}
+
 /// Logs in to the backend; returns the authentication plugin that succeeded.
 async fn log_in(
     backend: &mut Conn,
     g: &wire::Greeting,
-    caps: u32,
-    charset: u8,
     login: &Credentials,
     password: &[u8],
-    database: Option<&str>,
+    a: &LoginArgs<'_>,
 ) -> Result<&'static str, String> {
-    let known = |p: &str| match p {
-        "mysql_native_password" => Some("mysql_native_password"),
-        "caching_sha2_password" => Some("caching_sha2_password"),
-        ed25519::PLUGIN => Some(ed25519::PLUGIN),
-        _ => None,
-    };
-    let mut plugin = known(&g.plugin).filter(|p| *p != ed25519::PLUGIN).unwrap_or("mysql_native_password");
-    let auth = wire::scramble(plugin, &g.nonce, password).map_err(|e| e.to_string())?;
-    let hello = wire::login_payload(caps, charset, &login.user, &auth, database, plugin);
+    let mut auth = auth::Auth::new(g, password, a.link, a.keys);
+    let scrambled = wire::scramble(auth.plugin(), &g.nonce, password).map_err(|e| e.to_string())?;
+    let hello = wire::login_payload(a.caps, a.charset, &login.user, &scrambled, a.database, auth.plugin());
     // Inside TLS the login carries CLIENT_SSL and follows the SSLRequest (sequence id 1).
     let (hello, seq) =
         if matches!(backend.s, Some(Stream::ClientTls(_))) { (wire::with_ssl(hello), 2) } else { (hello, 1) };
     backend.send(&wire::frame(seq, &hello)).await.map_err(|e| e.to_string())?;
-    for _ in 0..4 {
+    // At most: auth switch, full path, public key, OK.
+    for _ in 0..6 {
         let p = backend.read().await.map_err(|e| e.to_string())?.ok_or("the backend closed the connection")?;
-        let (seq, payload) = (seq_of(&p), payload_of(&p));
-        match payload.first() {
-            Some(0x00) => return Ok(plugin),
-            Some(0xff) => {
-                let e = wire::parse_err(payload).map_or_else(|| "refused".to_owned(), |e| e.message);
-                return Err(format!("the server said: {e}"));
-            }
-            Some(0xfe) => {
-                let (name, nonce) = wire::parse_auth_switch(payload).map_err(|e| e.to_string())?;
-                plugin = known(&name)
-                    .ok_or_else(|| format!("the server asks for plugin {name}, which Gatehouse does not speak"))?;
-                let auth = if plugin == ed25519::PLUGIN {
-                    // MariaDB's auth_ed25519: sign the server's 32-byte nonce.
-                    let nonce = ed25519::nonce(payload).ok_or("a client_ed25519 request without a 32-byte nonce")?;
-                    ed25519::sign(password, &nonce).to_vec()
-                } else {
-                    wire::scramble(plugin, &nonce, password).map_err(|e| e.to_string())?
-                };
-                backend.send(&wire::frame(seq.wrapping_add(1), &auth)).await.map_err(|e| e.to_string())?;
-            }
-            // caching_sha2_password: 3 = fast path accepted (OK follows), 4 = full path.
-            Some(0x01) if payload.get(1) == Some(&3) => {}
-            Some(0x01) if payload.get(1) == Some(&4) => {
-                return Err("caching_sha2_password asks for its full path (the password is not cached on the server), which needs TLS or RSA; Gatehouse does not do that yet: use mysql_native_password for this login, or log in once directly to fill the server's cache".into());
-            }
-            _ => return Err("unexpected answer during authentication".into()),
+        match auth.on_packet(&p)? {
+            auth::Answer::Done(plugin) => return Ok(plugin),
+            auth::Answer::Send(bytes) => backend.send(&bytes).await.map_err(|e| e.to_string())?,
+            auth::Answer::Wait => {}
         }
     }
     Err("authentication did not finish".into())
