@@ -739,6 +739,7 @@ fn com_field_list_on_a_masked_rule_sends_no_column_default_values() {
     let fl = st.iter().find(|x| x["text"] == "SHOW COLUMNS FROM `appdb`.`defaults`").expect("field list recorded");
     assert_eq!(fl["decision"], "allow", "{fl}");
     assert_eq!(fl["rows"], 3, "{fl}");
+    assert!(fl["masked"].as_str().unwrap_or("").contains("columns"), "the defaults dropped are counted: {fl}");
 }
 
 fn hex_of(b: &[u8]) -> String {

@@ -117,13 +117,15 @@ pub fn without_default(p: &[u8]) -> Result<Cow<'_, [u8]>, &'static str> {
 /// Forwards an allowed `COM_FIELD_LIST` and relays its answer; the last
 /// bytes are left in [`Outcome::tail`] (`rows`: the columns listed). On a
 /// masked session (`profile`) each column definition loses its default
-/// ([`without_default`]); one that cannot be read ends the session.
+/// ([`without_default`], counted in `counts` as a masked column value);
+/// one that cannot be read ends the session.
 pub(super) async fn forward(
     s: &mut Session,
     client: &mut Conn,
     pkt: &[u8],
     (up, down): (&mut u64, &mut u64),
     profile: Option<&crate::mask::Profile>,
+    counts: &mut Counts,
 ) -> Result<Outcome, Fail> {
     s.backend.send(pkt).await.map_err(|e| Fail::Backend(e.to_string()))?;
     *up += pkt.len() as u64;
@@ -138,7 +140,7 @@ pub(super) async fn forward(
         match p.first() {
             Some(0xff) => {
                 match profile {
-                    Some(profile) => super::masking::mask_err(profile, &pk, &mut out, &mut Counts::default()),
+                    Some(profile) => super::masking::mask_err(profile, &pk, &mut out, counts),
                     None => out.extend_from_slice(&pk),
                 }
                 let e = wire::parse_err(p)
@@ -160,6 +162,7 @@ pub(super) async fn forward(
                     Some(Ok(Cow::Owned(def))) => {
                         // Shorter than the packet it replaces: one packet still, same sequence id.
                         out.extend_from_slice(&wire::frame(pk.get(3).copied().unwrap_or(0), &def));
+                        counts.add_columns(1);
                     }
                     Some(Err(why)) => {
                         return Err(Fail::Backend(format!("in the answer to COM_FIELD_LIST: {why}")));
