@@ -1,9 +1,13 @@
 //! Arbitrary bytes through the MySQL decoders (packet framing, greeting,
 //! client login, OK/ERR/EOF, auth switch, binary result rows and values,
-//! COM_STMT_EXECUTE parameters, COM_FIELD_LIST) and the MySQL statement
-//! classifier: none may panic, and a decoded packet never claims more
-//! bytes than it was given.
+//! COM_STMT_EXECUTE parameters, COM_FIELD_LIST and its column definitions'
+//! defaults) and the MySQL statement classifier: none may panic, a decoded
+//! packet never claims more bytes than it was given, and a column
+//! definition that loses its default keeps everything before it and grows
+//! no longer.
 #![no_main]
+
+use std::borrow::Cow;
 
 use gatehouse::protocol::mysql::{binary, field_list, wire};
 use gatehouse::sql::mysql::{Names, classify};
@@ -42,6 +46,17 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(f) = field_list::parse(data) {
         assert!(!f.table.is_empty() && f.table.is_ascii());
         let _ = field_list::as_statement(f.table, Some("db"));
+    }
+    match field_list::without_default(data) {
+        Ok(Cow::Borrowed(same)) => assert_eq!(same, data),
+        Ok(Cow::Owned(def)) => {
+            assert!(def.len() <= data.len(), "a definition without its default grew");
+            let Some((last, head)) = def.split_last() else { panic!("a rewritten definition is empty") };
+            assert_eq!(*last, 0xfb, "the default is NULL");
+            assert!(data.starts_with(head), "what precedes the default is kept");
+            assert!(matches!(field_list::without_default(&def), Ok(Cow::Borrowed(_))), "nothing left to drop");
+        }
+        Err(_) => {}
     }
     let names = Names { database: Some("db".into()), fold_case: data.first().is_some_and(|b| b & 1 == 1) };
     if let Ok(c) = classify(data, &names) {

@@ -27,6 +27,8 @@ struct World {
     lea: String,
     /// In a group whose UPDATEs wait for an approval, 2 seconds at most.
     oli: String,
+    /// In a group whose rule reads and lists columns, masked (profile `pii`).
+    gus: String,
 }
 
 fn world(name: &str) -> World {
@@ -44,6 +46,8 @@ fn world(name: &str) -> World {
     let lea = env.user("lea", &[&leads]);
     let ops = env.group("ops");
     let oli = env.user("oli", &[&ops]);
+    let auditor = env.group("auditor");
+    let gus = env.user("gus", &[&auditor]);
     let db = MariaServer::start(&env.dir, &loopback(41), free_port());
     db.admin(
         "USE appdb;
@@ -95,6 +99,13 @@ backend = "shop"
 statements = ["select"]
 record_parameters = true
 
+[[rule]]
+name = "auditors list columns masked"
+who = {{ groups = ["{auditor}"] }}
+backend = "shop"
+statements = ["select", "show"]
+mask = "pii"
+
 [[approvers]]
 name = "leads"
 who = {{ groups = ["{leads}"] }}
@@ -120,7 +131,7 @@ approval = {{ for = ["update"], by = "leads", timeout = "2s" }}
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    World { db, env, ana, eve, sam, rita, dan, lea, oli }
+    World { db, env, ana, eve, sam, rita, dan, lea, oli, gus }
 }
 
 impl World {
@@ -644,6 +655,95 @@ run("SELECT name FROM items WHERE id = 3")
     let st = w.statements_of(&w.ana);
     let multi = st.iter().find(|x| x["text"] == "SELECT 1; DROP TABLE victim").expect("multi recorded");
     assert_eq!(multi["decision"], "deny", "{multi}");
+}
+
+/// PyMySQL sends a raw COM_FIELD_LIST for table `argv[3]` over its own
+/// connection (it has no API for it), reads the answer packet by packet,
+/// then runs a query to show the session is still in step. Prints the raw
+/// answer (hex) and each column's name and default.
+const PYMYSQL_FIELD_LIST: &str = r#"
+import json, sys
+import pymysql
+c = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="whoever", password="", database="appdb", autocommit=True)
+c._execute_command(4, sys.argv[3].encode() + b"\0")
+raw, defs, err = b"", [], None
+while True:
+    head = c._rfile.read(4)
+    p = c._rfile.read(int.from_bytes(head[:3], "little"))
+    raw += head + p
+    if p[:1] == b"\xff":
+        err = p[9:].decode(errors="replace")
+        break
+    if p[:1] == b"\xfe" and len(p) < 9:
+        break
+    at, names = 0, []
+    for _ in range(6):
+        names.append(p[at + 1 : at + 1 + p[at]].decode())
+        at += 1 + p[at]
+    at += 13
+    default = None if p[at : at + 1] == b"\xfb" else p[at + 1 : at + 1 + p[at]].decode()
+    defs.append([names[4], default])
+cur = c.cursor()
+cur.execute("SELECT 'still in step'")
+print(json.dumps({"raw": raw.hex(), "defs": defs, "err": err, "after": cur.fetchone()[0]}))
+"#;
+
+#[test]
+fn com_field_list_on_a_masked_rule_sends_no_column_default_values() {
+    let w = world("mysqldefaults");
+    w.db.admin(
+        "CREATE TABLE appdb.defaults (id int PRIMARY KEY, note varchar(40) DEFAULT 'secret-default-123', n int DEFAULT 42)",
+    );
+    let secret = hex_of(b"secret-default-123");
+    let field_list = |user: &str| {
+        let path = w.env.path(&format!("field-list-{}.py", free_port()));
+        std::fs::write(&path, PYMYSQL_FIELD_LIST).unwrap();
+        let port = w.db.port.to_string();
+        let args = [path.to_str().unwrap(), w.db.host.as_str(), port.as_str(), "defaults"];
+        let o = w.env.run_as(user, None, Path::new("/usr/bin/python3"), &args);
+        assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
+        let line = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default().to_owned();
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+    };
+    let listed = |db: &MariaServer| db.general_log().lines().filter(|l| l.contains("Field List\tdefaults")).count();
+
+    // Unmasked (dan's rule lists columns): the defaults, as the server sent them.
+    let plain = field_list(&w.dan);
+    assert_eq!(plain["err"], Value::Null, "{plain}");
+    assert_eq!(plain["after"], "still in step", "{plain}");
+    let defs = plain["defs"].as_array().unwrap();
+    assert_eq!(defs.len(), 3, "{plain}");
+    assert_eq!(defs[1], serde_json::json!(["note", "secret-default-123"]), "{plain}");
+    assert_eq!(defs[2], serde_json::json!(["n", "42"]), "{plain}");
+    assert!(plain["raw"].as_str().unwrap().contains(&secret), "{plain}");
+    assert_eq!(listed(&w.db), 1, "the server answered the Field List: {}", w.db.general_log());
+
+    // Masked (gus's rule): the same column definitions, every default NULL.
+    let masked = field_list(&w.gus);
+    assert_eq!(masked["err"], Value::Null, "{masked}\n{}", w.env.agent_log());
+    assert_eq!(masked["after"], "still in step", "the session goes on in step: {masked}");
+    assert_eq!(
+        masked["defs"],
+        serde_json::json!([["id", null], ["note", null], ["n", null]]),
+        "{masked}\n{}",
+        w.env.agent_log()
+    );
+    let raw = masked["raw"].as_str().unwrap();
+    assert!(!raw.contains(&secret) && !raw.contains(&hex_of(b"secret")), "the default leaked: {masked}");
+    // The server did answer it, with the default in it.
+    assert_eq!(listed(&w.db), 2, "the server answered the masked Field List too: {}", w.db.general_log());
+    // Apart from the defaults, the masked answer is the server's: the same columns.
+    let names = |v: &Value| -> Vec<Value> { v["defs"].as_array().unwrap().iter().map(|d| d[0].clone()).collect() };
+    assert_eq!(names(&plain), names(&masked));
+    let st = w.statements_of(&w.gus);
+    let fl = st.iter().find(|x| x["text"] == "SHOW COLUMNS FROM `appdb`.`defaults`").expect("field list recorded");
+    assert_eq!(fl["decision"], "allow", "{fl}");
+    assert_eq!(fl["rows"], 3, "{fl}");
+    assert!(fl["masked"].as_str().unwrap_or("").contains("columns"), "the defaults dropped are counted: {fl}");
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]

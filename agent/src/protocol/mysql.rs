@@ -950,7 +950,7 @@ async fn statement(
     let out = if command == Command::Prepare {
         prepared::forward_prepare(s, client, pkt, up, down, ctx.mask.as_deref()).await
     } else if command == Command::FieldList {
-        field_list::forward(s, client, pkt, (up, down), ctx.mask.as_deref()).await
+        field_list::forward(s, client, pkt, (up, down), ctx.mask.as_deref(), &mut counts).await
     } else {
         let masking = ctx.mask.as_deref().map(|p| MaskCtx {
             profile: p,
