@@ -95,5 +95,11 @@ mod tests {
         // Nothing to take out, or a backslash: no template.
         assert_eq!(of("SELECT a FROM t"), None);
         assert_eq!(of("SELECT 1, E'\\\\'"), None);
+        // A digit only in a comment is in a token of its own (scan_tokens is
+        // never given a text without tokens: see `of`); an unterminated
+        // comment or string fails the scan. Neither has a template.
+        for sql in ["-- 1", "/* 1 */", "  -- 12\n", "/* 1", "'1", "SELECT 1 /* 2"] {
+            assert_eq!(of(sql), None, "{sql:?}");
+        }
     }
 }
