@@ -426,3 +426,112 @@ fn the_wal_is_emptied_once_past_its_bound_while_records_keep_coming() {
     writer.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A batch inserts a statement whose end is in it as one whole row; the
+/// tables come out as indexing each record on its own makes them (as a
+/// journal replay does), whatever the batch holds: ends of earlier batches'
+/// statements, a statement started twice, a redaction between a statement
+/// and its end, an end without a statement.
+#[test]
+fn a_batch_writes_statement_rows_whole_and_they_match_indexing_record_by_record() {
+    let start = |s: u8, seq: u64, text: &str| {
+        Event::Statement(Box::new(StatementStart {
+            session: sid(s),
+            seq,
+            started_us: 1_000 + i64::from(s),
+            text: text.into(),
+            kinds: "select".into(),
+            tables: "public.t".into(),
+            decision: "allow".into(),
+            rule: Some("r".into()),
+            reason: None,
+            redacted: 0,
+            up_offset: None,
+            up: Vec::new(),
+        }))
+    };
+    let end = |s: u8, seq: u64, rows: Option<u64>, error: Option<&str>| {
+        Event::StatementEnd(Box::new(StatementEnd {
+            session: sid(s),
+            seq,
+            ended_us: 2_000 + i64::try_from(seq).unwrap(),
+            rows,
+            duration_us: 7 * seq,
+            error: error.map(str::to_owned),
+            masked: Some("{\"email\":1}".into()),
+            tags: None,
+            down_offset: None,
+            down: Vec::new(),
+        }))
+    };
+    let redact = |s: u8| {
+        Event::Redaction(Box::new(Redaction {
+            session: sid(s).to_string(),
+            records: vec![(1, 2)],
+            reason: "test".into(),
+            by_uid: 0,
+            time_us: 3_000,
+            public_key: String::new(),
+        }))
+    };
+    let batches = || {
+        vec![
+            vec![
+                start(1, 1, "SELECT 1"),
+                end(1, 1, Some(1), None),
+                start(1, 2, "SELECT 2"),
+                start(2, 1, "first"),
+                end(2, 1, Some(5), None),
+                start(2, 1, "second"),
+                start(3, 1, "SELECT 'secret'"),
+                redact(3),
+                end(3, 1, Some(1), None),
+                start(3, 2, "after the redaction"),
+                end(3, 2, None, Some("boom")),
+            ],
+            vec![end(1, 2, Some(2), None), end(9, 1, Some(1), None), start(4, 1, "alone")],
+        ]
+    };
+    let dir = temp("rows");
+    let rows_of = |conn: &Connection| -> Vec<String> {
+        let mut q = conn
+            .prepare(
+                "SELECT session_id, seq, started_us, text, kinds, tables, decision, rule, reason, redacted,
+                        ended_us, rows, duration_us, error, masked FROM statements ORDER BY session_id, seq",
+            )
+            .unwrap();
+        q.query_map([], |r| {
+            let cell = |i: usize| match r.get_ref(i).unwrap() {
+                rusqlite::types::ValueRef::Null => "Null".to_owned(),
+                rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                rusqlite::types::ValueRef::Text(t) => format!("{:?}", String::from_utf8_lossy(t)),
+                v => format!("{v:?}"),
+            };
+            Ok((0..15).map(cell).collect::<Vec<_>>().join("|"))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+
+    let mut batched = open_conn(&dir.join("state/batched.db"), false).unwrap();
+    let mut head = (0, chain::GENESIS);
+    for b in batches() {
+        let entries: Vec<_> = b.into_iter().map(journal::Entry::now).collect();
+        head = write(&mut batched, head, &entries, 0).unwrap();
+    }
+    let mut single = open_conn(&dir.join("state/single.db"), false).unwrap();
+    for e in batches().into_iter().flatten() {
+        let tx = single.transaction().unwrap();
+        index(&tx, &e).unwrap();
+        tx.commit().unwrap();
+    }
+    let (got, want) = (rows_of(&batched), rows_of(&single));
+    assert_eq!(got, want);
+    assert_eq!(got.len(), 5, "1/1, 1/2, 2/1 (the second start, without an end), 3/2, 4/1: {got:#?}");
+    assert!(got.iter().any(|r| r.contains("\"second\"") && r.ends_with("Null|Null|Null|Null|Null")), "{got:#?}");
+    assert!(got.iter().any(|r| r.contains("\"after the redaction\"") && r.contains("\"boom\"")), "{got:#?}");
+    assert!(got.iter().any(|r| r.contains("\"SELECT 2\"|") && r.contains("|2|14|Null|")), "{got:#?}");
+    assert!(!got.iter().any(|r| r.contains("secret")), "the redacted statement's row is gone: {got:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
