@@ -1437,22 +1437,9 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
             ])?;
         }
         Event::Statement(s) => {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO statements (session_id, seq, started_us, text, kinds, tables, decision, rule, reason, redacted)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                s.session.to_string(),
-                big(s.seq),
-                s.started_us,
-                s.text,
-                s.kinds,
-                s.tables,
-                s.decision,
-                s.rule,
-                s.reason,
-                s.redacted,
-            ])?;
+            let mut row = StatementRows::default();
+            row.start(s);
+            row.insert(tx)?;
         }
         Event::StatementEnd(x) => {
             tx.prepare_cached(
