@@ -27,6 +27,9 @@
 //! arguments and COPY FROM data recorded only when the rule says
 //! `record_parameters = true`, and then through its masking profile.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use serde_json::Value;
 
 mod stream;
@@ -77,6 +80,8 @@ pub struct Rules {
     functions: Vec<String>,
     /// Lowercase fragments one of which every text with a secret contains.
     prefilter: Vec<String>,
+    /// Redactions by template, for these rules (a reload builds new rules and a new memo).
+    memo: Arc<Memo>,
 }
 
 impl Default for Rules {
@@ -107,7 +112,7 @@ impl Rules {
             prefilter.push(frag.to_owned());
         }
         prefilter.extend(["connection".to_owned(), "set_config".to_owned()]);
-        Self { settings, functions, prefilter }
+        Self { settings, functions, prefilter, memo: Arc::default() }
     }
 
     fn secret_name(&self, name: &str) -> bool {
@@ -157,26 +162,73 @@ enum Why {
 
 /// Redacts `text` for the record. `scs`: `standard_conforming_strings` of
 /// the session (how backslashes in literals read).
+///
+/// A text with a template (`sql::template`: the same text but for the
+/// values of its numeric constants) that was redacted before is redacted
+/// by the recipe that redaction left (see [`Memo`]) instead of parsing it
+/// again: scripts and ORMs send one statement with other numbers thousands
+/// of times, and on masked sessions every one is redacted.
 pub fn redact(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Redacted {
-    let unchanged = || Redacted { text: text.to_owned(), secrets: 0, normalized: 0 };
     if !opts.normalize && !rules.might_hold_secret(text) {
-        return unchanged();
+        return Redacted { text: text.to_owned(), secrets: 0, normalized: 0 };
     }
+    let Some(t) = super::template::of(text) else {
+        return fresh(text, rules, opts, scs).0;
+    };
+    let key = MemoKey { normalize: opts.normalize, scs, template: t.key.into_boxed_str() };
+    match rules.memo.get(&key) {
+        Some(recipe) => match recipe.and_then(|r| r.redact(text, &t.consts)) {
+            Some(r) => r,
+            None => fresh(text, rules, opts, scs).0,
+        },
+        None => {
+            let (out, parsed) = fresh(text, rules, opts, scs);
+            let recipe = parsed.and_then(|(spans, max_param)| Recipe::of(&spans, max_param, &t.consts, scs));
+            rules.memo.put(key, recipe);
+            out
+        }
+    }
+}
+
+/// [`redact`] without the memo: what every redaction must equal.
+#[cfg(test)]
+fn redact_unmemoized(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Redacted {
+    if !opts.normalize && !rules.might_hold_secret(text) {
+        return Redacted { text: text.to_owned(), secrets: 0, normalized: 0 };
+    }
+    fresh(text, rules, opts, scs).0
+}
+
+/// `text` redacted from its own parse tree, and what was replaced (`None`:
+/// not parsed, redacted lexically).
+fn fresh(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> (Redacted, Option<(Vec<Span>, i64)>) {
+    match spans(text, rules, opts, scs) {
+        Ok((spans, max_param)) => {
+            (apply(text, spans.iter().map(Span::tuple).collect(), max_param), Some((spans, max_param)))
+        }
+        Err(unparsed) => (unparsed, None),
+    }
+}
+
+/// What to replace in a text, from its parse tree, and the highest
+/// parameter number it uses; a text that is not parsed is redacted
+/// lexically instead (the `Err`).
+fn spans(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Result<(Vec<Span>, i64), Redacted> {
     // Parsing (and the JSON view of the tree below) costs up to ~5 KB per
     // token, here on the session's task: a text over the inline parse bound
     // (or one refused for its size, which was never parsed) is redacted
     // lexically instead, every literal and comment (sql/budget.rs).
     if super::shape::measure(text, scs).tokens > super::budget::LARGE_TOKENS {
-        return unparsed(text, scs);
+        return Err(unparsed(text, scs));
     }
     let mut parser_options = pg_query::ParserOptions::DEFAULT;
     if !scs {
         parser_options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
     }
     let Ok(parsed) = pg_query::parse(text, parser_options) else {
-        return unparsed(text, scs);
+        return Err(unparsed(text, scs));
     };
-    let mut spans: Vec<(usize, usize, Why)> = Vec::new();
+    let mut spans: Vec<Span> = Vec::new();
     let mut max_param = 0i64;
     for raw in &parsed.protobuf.stmts {
         let start = usize::try_from(raw.stmt_location).unwrap_or(0);
@@ -186,7 +238,7 @@ pub fn redact(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Reda
         };
         let Ok(tree) = serde_json::to_value(raw) else {
             // Cannot look inside: keep nothing of it.
-            spans.push((start, end, Why::Secret));
+            spans.push(Span { start, end, why: Why::Secret, literal: None });
             continue;
         };
         let mut w = Walk {
@@ -200,7 +252,166 @@ pub fn redact(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Reda
         };
         w.node(&tree, false);
     }
-    apply(text, spans, max_param)
+    Ok((spans, max_param))
+}
+
+/// One thing to replace: bytes `start..end`, and for a constant, the end
+/// of its statement (where the replacement runs to if the constant's own
+/// end cannot be read).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    why: Why,
+    literal: Option<usize>,
+}
+
+impl Span {
+    fn tuple(&self) -> (usize, usize, Why) {
+        (self.start, self.end, self.why)
+    }
+}
+
+/// Redactions by template, for the texts that differ from one redacted
+/// before only in the values of their numeric constants.
+///
+/// Why a recipe carries over: two texts of one template lex into the same
+/// tokens but for those values, so their parse trees are the same but for
+/// those values and byte offsets (`sql::template`), and nothing this
+/// module decides reads a numeric value: which constants are replaced, and
+/// why, comes from node kinds, names and strings, all equal. What differs
+/// is where things are, so a recipe keeps each place relative to the
+/// numeric constants (how many lie before it, and how far past the last of
+/// them it is); a place inside a numeric constant cannot be kept, and its
+/// text's template gets no recipe (every text of it is parsed).
+///
+/// Where a replaced constant ends is read from the text (`literal_end`),
+/// which for a number reads its bytes: each use of a recipe reads each
+/// constant's end again in the new text and, if one differs from the
+/// recipe's, parses that text instead. The memo's answers are checked
+/// against fresh redactions in this module's tests.
+#[derive(Debug, Default)]
+pub struct Memo {
+    inner: Mutex<MemoMap>,
+}
+
+#[derive(Debug, Default)]
+struct MemoMap {
+    /// `None`: a template whose redaction cannot be kept.
+    map: HashMap<MemoKey, Option<Arc<Recipe>>>,
+    bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MemoKey {
+    normalize: bool,
+    scs: bool,
+    template: Box<str>,
+}
+
+/// A place in a text, relative to its numeric constants: how many end at
+/// or before it, and its distance from the end of the last of those (from
+/// the start of the text if none).
+type Place = (usize, usize);
+
+#[derive(Debug)]
+struct Recipe {
+    steps: Vec<Step>,
+    max_param: i64,
+    scs: bool,
+}
+
+#[derive(Debug)]
+struct Step {
+    start: Place,
+    end: Place,
+    why: Why,
+    /// A constant: where its statement ends (its end is read again in each text).
+    literal: Option<Place>,
+}
+
+fn place(at: usize, consts: &[(usize, usize)]) -> Option<Place> {
+    let before = consts.partition_point(|c| c.1 <= at);
+    if consts.get(before).is_some_and(|c| c.0 < at) {
+        return None;
+    }
+    let base = before.checked_sub(1).and_then(|i| consts.get(i)).map_or(0, |c| c.1);
+    Some((before, at - base))
+}
+
+fn at(p: Place, consts: &[(usize, usize)]) -> Option<usize> {
+    let base = match p.0 {
+        0 => 0,
+        n => consts.get(n - 1)?.1,
+    };
+    base.checked_add(p.1)
+}
+
+impl Memo {
+    /// Recipes kept, at most (then the memo starts over).
+    const MAX_ENTRIES: usize = 4096;
+    /// Accounted bytes kept, at most.
+    const MAX_BYTES: usize = 4 << 20;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoMap> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &MemoKey) -> Option<Option<Arc<Recipe>>> {
+        self.lock().map.get(key).cloned()
+    }
+
+    fn put(&self, key: MemoKey, recipe: Option<Recipe>) {
+        let bytes = key.template.len()
+            + recipe.as_ref().map_or(0, |r| r.steps.len() * std::mem::size_of::<Step>())
+            + std::mem::size_of::<(MemoKey, Recipe)>();
+        let mut m = self.lock();
+        if m.map.len() >= Self::MAX_ENTRIES || m.bytes + bytes > Self::MAX_BYTES {
+            m.map.clear();
+            m.bytes = 0;
+        }
+        if m.map.insert(key, recipe.map(Arc::new)).is_none() {
+            m.bytes += bytes;
+        }
+    }
+}
+
+impl Recipe {
+    /// The recipe of a text whose constants are at `consts`, if every place it names can be kept.
+    fn of(spans: &[Span], max_param: i64, consts: &[(usize, usize)], scs: bool) -> Option<Recipe> {
+        let steps = spans
+            .iter()
+            .map(|s| {
+                Some(Step {
+                    start: place(s.start, consts)?,
+                    end: place(s.end, consts)?,
+                    why: s.why,
+                    literal: match s.literal {
+                        Some(e) => Some(place(e, consts)?),
+                        None => None,
+                    },
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Recipe { steps, max_param, scs })
+    }
+
+    /// `text` (of the recipe's template, constants at `consts`) redacted;
+    /// `None` if a replaced constant ends elsewhere in it (then parse it).
+    fn redact(&self, text: &str, consts: &[(usize, usize)]) -> Option<Redacted> {
+        let mut spans = Vec::with_capacity(self.steps.len());
+        for s in &self.steps {
+            let (start, end) = (at(s.start, consts)?, at(s.end, consts)?);
+            if let Some(stmt_end) = s.literal {
+                let stmt_end = at(stmt_end, consts)?;
+                if literal_end(text.as_bytes(), start, self.scs).unwrap_or(stmt_end).max(start) != end {
+                    return None;
+                }
+            }
+            spans.push((start, end, s.why));
+        }
+        Some(apply(text, spans, self.max_param))
+    }
 }
 
 /// A statement that does not parse: every string literal (and everything
@@ -259,7 +470,7 @@ struct Walk<'a> {
     rules: &'a Rules,
     scs: bool,
     stmt_end: usize,
-    spans: &'a mut Vec<(usize, usize, Why)>,
+    spans: &'a mut Vec<Span>,
     max_param: &'a mut i64,
     normalize: bool,
 }
@@ -292,7 +503,7 @@ impl Walk<'_> {
     /// everything to the end of the statement (fail closed).
     fn literal(&mut self, at: usize, why: Why) {
         let end = literal_end(self.text.as_bytes(), at, self.scs).unwrap_or(self.stmt_end).max(at);
-        self.spans.push((at, end, why));
+        self.spans.push(Span { start: at, end, why, literal: Some(self.stmt_end) });
     }
 
     fn node(&mut self, v: &Value, secret: bool) {
@@ -359,7 +570,7 @@ impl Walk<'_> {
                 // No location for the value: from the option's name to the end of the statement.
                 None => {
                     if let Some(at) = loc(c, "location") {
-                        self.spans.push((at, self.stmt_end, Why::Secret));
+                        self.spans.push(Span { start: at, end: self.stmt_end, why: Why::Secret, literal: None });
                     }
                 }
             }
@@ -698,6 +909,117 @@ mod tests {
         assert_eq!((got.normalized, got.secrets), (3, 0));
         let got = redact("SELECT pgp_sym_encrypt(x, 'k') FROM t WHERE a = 'b'", &Rules::default(), opts, true);
         assert_eq!(got.text, "SELECT pgp_sym_encrypt(x, '[redacted]') FROM t WHERE a = $1");
+    }
+
+    /// Texts that differ only in their numbers, each redacted after another
+    /// of its template left a recipe: every answer is a fresh parse's.
+    #[test]
+    fn a_template_redacts_every_text_of_it_as_a_fresh_parse_would() {
+        let shapes = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+            "SELECT {}, 'x', -{}, - {}, +{} FROM t WHERE a = {} AND b IN ({}, {}) AND c = 'y'",
+            "UPDATE t SET a = a + {} WHERE id = {} RETURNING {}",
+            "INSERT INTO t VALUES ({}, 'a', NULL, {}::numeric({}, {}), interval '1 day' * {})",
+            "SELECT pgp_sym_encrypt('data', 'key'), crypt('pw', gen_salt('bf', {})), pgp_sym_encrypt({}, 'k')",
+            "CREATE ROLE r PASSWORD 'x' CONNECTION LIMIT {}",
+            "ALTER ROLE r SET app.secret = {}",
+            "SET statement_timeout = {}",
+            "SELECT set_config('app.token', 'v', false), {}",
+            "SELECT $1 + {}, $3 * {}",
+            "SELECT {}::float({})",
+            "SELECT {} LIMIT {} OFFSET {}",
+            "SELECT {}; SELECT {} ; SELECT 'z', {}",
+            "SELECT {}-{}, {}+{}, {}e",
+            "SELECT ARRAY[{},{}][{}], {}.{}",
+            "SELECT * FROM t WHERE a BETWEEN {} AND {} /* c */ ORDER BY {} -- d\n",
+            "SELECT dblink_connect('host=x password=y'), {}",
+            "CREATE SUBSCRIPTION s CONNECTION 'password=p' PUBLICATION p WITH (slot_name = 'a{}'), {}",
+            "SELECT {} FROM t WHERE a = 'it''s' AND b = E'x'",
+            "SELECT 'a' 'b', {}",
+            "SELECT {} WHERE (",
+        ];
+        let values = [
+            "0",
+            "1",
+            "7",
+            "42",
+            "12345",
+            "1.5",
+            ".5",
+            "1.",
+            "1e5",
+            "1.5e-3",
+            "0x1F",
+            "0xE",
+            "0XAE",
+            "0b101",
+            "0o17",
+            "1_000",
+            "3000000000",
+            "99999999999999999999",
+        ];
+        let fill = |shape: &str, pick: &dyn Fn(usize) -> &'static str| {
+            let mut out = String::new();
+            for (i, part) in shape.split("{}").enumerate() {
+                if i > 0 {
+                    out.push_str(pick(i));
+                }
+                out.push_str(part);
+            }
+            out
+        };
+        let mut recipes = 0usize;
+        for shape in shapes {
+            let shape = shape.replace("\\n", "\n");
+            let mut texts: Vec<String> = values.iter().map(|v| fill(&shape, &|_| *v)).collect();
+            for k in 0..values.len() {
+                texts.push(fill(&shape, &|i| values.get((i * 7 + k) % values.len()).copied().unwrap_or("1")));
+            }
+            for normalize in [false, true] {
+                for scs in [true, false] {
+                    let opts = RecordOptions { normalize, parameters: false };
+                    let want: Vec<Redacted> =
+                        texts.iter().map(|t| redact_unmemoized(t, &Rules::default(), opts, scs)).collect();
+                    for seed in &texts {
+                        let rules = Rules::default();
+                        let _ = redact(seed, &rules, opts, scs);
+                        recipes += rules.memo.lock().map.values().filter(|r| r.is_some()).count();
+                        for (text, want) in texts.iter().zip(&want) {
+                            let got = redact(text, &rules, opts, scs);
+                            if &got != want && pg_query::parse(text, pg_query::ParserOptions::DEFAULT).is_err() {
+                                // The one grammar rule that refuses a text for a number's value:
+                                // see below.
+                                assert!(text.contains("::float("), "{text:?} after {seed:?}: {got:?}");
+                                continue;
+                            }
+                            assert_eq!(&got, want, "{text:?} after {seed:?} ({opts:?}, scs {scs})");
+                        }
+                    }
+                }
+            }
+        }
+        // The memo was used (not every template fell back to parsing).
+        assert!(recipes > 1000, "{recipes} recipes");
+        // pgbench's statement: one recipe, and its texts are redacted by it.
+        let rules = Rules::default();
+        let opts = RecordOptions { normalize: true, parameters: false };
+        let a = redact("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;", &rules, opts, true);
+        assert_eq!(a.text, "SELECT abalance FROM pgbench_accounts WHERE aid = $1;");
+        let recipe = rules.memo.lock().map.values().next().cloned().flatten().expect("a recipe");
+        let b = recipe.redact("SELECT abalance FROM pgbench_accounts WHERE aid = 7;", &[(50, 51)]).expect("it applies");
+        assert_eq!(b, a);
+        // `float(p)` with p outside 1..53 is the grammar's only refusal that
+        // reads a number's value: such a text, after a sibling that parsed, is
+        // recorded as the sibling was (its constants replaced), not lexically
+        // (which keeps numbers, drops every string and comment). The server
+        // refuses it the same way; it never runs.
+        let rules = Rules::default();
+        let _ = redact("SELECT 1e5::float(7), 'a'", &rules, opts, true);
+        assert_eq!(redact("SELECT 1e5::float(1_000), 'a'", &rules, opts, true).text, "SELECT $1::float(1_000), $2");
+        assert_eq!(
+            redact_unmemoized("SELECT 1e5::float(1_000), 'a'", &rules, opts, true).text,
+            "SELECT 1e5::float(1_000), '[redacted]'"
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub(crate) struct Template {
     /// in every text of this template.
     pub head: usize,
     pub tail: usize,
+    /// Where each numeric constant starts and ends (exclusive), in order.
+    pub consts: Vec<(usize, usize)>,
 }
 
 /// The template of `sql`, if it has numeric constants and can have one.
@@ -50,6 +52,7 @@ pub(crate) fn of(sql: &str) -> Option<Template> {
     let mut key = String::with_capacity(sql.len() + 2);
     let mut at = 0usize;
     let mut head = None;
+    let mut consts = Vec::new();
     for t in &tokens {
         let mark = match Token::try_from(t.token) {
             Ok(Token::Iconst) => "\0i",
@@ -64,11 +67,12 @@ pub(crate) fn of(sql: &str) -> Option<Template> {
         key.push_str(sql.get(at..start)?);
         key.push_str(mark);
         head.get_or_insert(start);
+        consts.push((start, end));
         at = end;
     }
     let head = head?;
     key.push_str(sql.get(at..)?);
-    Some(Template { key, head, tail: sql.len() - at })
+    Some(Template { key, head, tail: sql.len() - at, consts })
 }
 
 #[cfg(test)]
@@ -82,6 +86,7 @@ mod tests {
         assert_eq!(a.key, b.key);
         assert_eq!(a.key, "SELECT abalance FROM pgbench_accounts WHERE aid = \0i;");
         assert_eq!((a.head, a.tail), (50, 1));
+        assert_eq!((a.consts.as_slice(), b.consts.as_slice()), (&[(50, 55)][..], &[(50, 51)][..]));
         // The kind of constant is kept: 1 is an integer, 1.5 and 3000000000 are numeric.
         assert_ne!(of("SELECT 1").unwrap().key, of("SELECT 1.5").unwrap().key);
         assert_ne!(of("SELECT 1").unwrap().key, of("SELECT 3000000000").unwrap().key);
