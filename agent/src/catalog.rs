@@ -104,6 +104,8 @@ pub struct Catalog {
     pub database: String,
     /// When this was read (µs since the epoch), for `status` and refresh.
     pub loaded_us: i64,
+    /// Statements' lineages bound to this snapshot, recently (`bind_shared`).
+    bindings: origins::Bindings,
 }
 
 impl Catalog {

@@ -9,7 +9,8 @@
 //! whose definition cannot be read counts as every column of every table it
 //! reads.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::Catalog;
 use crate::sql::TableRef;
@@ -113,11 +114,60 @@ struct Binder<'a, 'm> {
     memo: &'m mut Memo,
 }
 
+/// The last bindings made on one catalog snapshot, by lineage object and
+/// relations. Each entry holds its lineage, so no other lineage can come
+/// to live at its address while it is here: equal pointers are the same
+/// lineage. Binding reads nothing but the snapshot, the lineage and the
+/// relations, so a remembered binding is the one a fresh `bind` gives.
+#[derive(Debug, Default)]
+pub(crate) struct Bindings {
+    recent: Mutex<VecDeque<Binding>>,
+}
+
+/// A lineage, the relations it was bound with, and the binding.
+type Binding = (Arc<Lineage>, Box<[TableRef]>, Arc<Bound>);
+
+impl Bindings {
+    /// Bindings kept (the most recently used first).
+    const KEEP: usize = 64;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Binding>> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn find(&self, lineage: &Arc<Lineage>, tables: &[TableRef]) -> Option<Arc<Bound>> {
+        let mut recent = self.lock();
+        let i = recent.iter().position(|(l, t, _)| Arc::ptr_eq(l, lineage) && **t == *tables)?;
+        let hit = recent.remove(i)?;
+        let bound = hit.2.clone();
+        recent.push_front(hit);
+        Some(bound)
+    }
+
+    fn keep(&self, lineage: &Arc<Lineage>, tables: &[TableRef], bound: &Arc<Bound>) {
+        let mut recent = self.lock();
+        recent.push_front((lineage.clone(), tables.into(), bound.clone()));
+        recent.truncate(Self::KEEP);
+    }
+}
+
 impl Catalog {
     /// Binds `lineage` for a statement that read `tables` (schema-qualified
     /// as the session's search path resolved them).
     pub fn bind(&self, lineage: &Lineage, tables: &[TableRef]) -> Bound {
         self.bind_at(lineage, tables, 0, &mut Memo::default())
+    }
+
+    /// [`Catalog::bind`], remembered for the lineage object and relations
+    /// (see [`Bindings`]): a statement run again and again, whose lineage the
+    /// classification cache shares, is bound once per catalog snapshot.
+    pub fn bind_shared(&self, lineage: &Arc<Lineage>, tables: &[TableRef]) -> Arc<Bound> {
+        if let Some(b) = self.bindings.find(lineage, tables) {
+            return b;
+        }
+        let bound = Arc::new(self.bind(lineage, tables));
+        self.bindings.keep(lineage, tables, &bound);
+        bound
     }
 
     fn bind_at(&self, lineage: &Lineage, tables: &[TableRef], depth: usize, memo: &mut Memo) -> Bound {
@@ -407,6 +457,41 @@ mod tests {
         assert!(v.outputs[0].is_empty(), "a literal is no column: {v:?}");
         let p = origins("SELECT id FROM customers WHERE email LIKE 'a%' ORDER BY 1");
         assert_eq!(p.predicates, [ID, EMAIL].into());
+    }
+
+    #[test]
+    fn a_remembered_binding_is_the_fresh_one_for_the_same_lineage_and_relations_only() {
+        let cat = sample();
+        let customers = [TableRef { schema: Some("public".into()), name: "customers".into() }];
+        let pay = of_sql("SELECT lower(emp::text) FROM pay").unwrap();
+        let email = Arc::new(of_sql("SELECT email FROM customers").unwrap());
+        let first = cat.bind_shared(&email, &customers);
+        assert_eq!(first.outputs, cat.bind(&email, &customers).outputs);
+        assert_eq!(first.outputs[0], [EMAIL].into());
+        // The same lineage and relations: the same binding, not bound again.
+        assert!(Arc::ptr_eq(&first, &cat.bind_shared(&email, &customers)));
+        // Other relations, or another lineage (even one read from the same
+        // text): bound afresh.
+        let none = cat.bind_shared(&email, &[]);
+        assert!(!Arc::ptr_eq(&first, &none));
+        assert_eq!(none.outputs, cat.bind(&email, &[]).outputs);
+        let other = Arc::new(pay);
+        let views = cat.bind_shared(&other, &[]);
+        assert_eq!(views.outputs[0], [Origin { relation: 16402, attnum: 1 }].into());
+        let again = Arc::new(of_sql("SELECT email FROM customers").unwrap());
+        assert!(!Arc::ptr_eq(&first, &cat.bind_shared(&again, &customers)));
+        // A lineage dropped cannot be mistaken for one made later at its
+        // address: the memo holds it while it remembers it.
+        let weak = Arc::downgrade(&email);
+        drop(email);
+        assert!(weak.upgrade().is_some());
+        // Bounded: old entries go (and release their lineages).
+        for i in 0..2 * Bindings::KEEP {
+            let l = Arc::new(of_sql(&format!("SELECT id + {i} FROM customers")).unwrap());
+            let _ = cat.bind_shared(&l, &customers);
+        }
+        assert!(weak.upgrade().is_none());
+        assert_eq!(cat.bindings.lock().len(), Bindings::KEEP);
     }
 
     #[test]

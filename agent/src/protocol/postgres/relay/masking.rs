@@ -20,7 +20,7 @@ pub(super) fn refusal(ctx: &Ctx, cat: &Catalog, s: &Statement) -> Option<PgError
     let profile = ctx.mask.as_ref()?;
     let lineage = s.lineage.as_ref()?;
     let tables: Vec<TableRef> = s.reads.iter().chain(&s.writes).cloned().collect();
-    let bound = cat.bind(lineage, &tables);
+    let bound = cat.bind_shared(lineage, &tables);
     let why = profile.refusal(cat, &bound).or_else(|| {
         let copy = lineage.copy.as_ref()?;
         let masked = bound.all.iter().chain(bound.expanded.iter().flatten()).any(|o| profile.origin_style(cat, *o).is_some());
@@ -44,8 +44,8 @@ fn catalog(db: &crate::protocol::postgres::SessionDb) -> Arc<Catalog> {
     db.catalog.snapshot().map_or_else(|| Arc::new(Catalog::default()), |(c, _)| c)
 }
 
-fn bound(cat: &Catalog, trace: &Trace) -> Option<Bound> {
-    trace.lineage.as_ref().map(|l| cat.bind(l, &trace.relations))
+fn bound(cat: &Catalog, trace: &Trace) -> Option<Arc<Bound>> {
+    trace.lineage.as_ref().map(|l| cat.bind_shared(l, &trace.relations))
 }
 
 /// The plan for a result described by `cols`. An empty plan means nothing
@@ -68,7 +68,7 @@ pub(super) fn result_plan(
             binary: c.format == 1,
         })
         .collect();
-    let plan = profile.plan(&cat, bound.as_ref(), &cols);
+    let plan = profile.plan(&cat, bound.as_deref(), &cols);
     if plan.iter().all(|c| matches!(c, ColumnMask::Pass)) { Vec::new() } else { plan }
 }
 
@@ -128,7 +128,7 @@ pub(super) fn trail_capture(
             masked: matches!(plan.get(i), Some(ColumnMask::Rule(..))),
         })
         .collect();
-    crate::trail::Capture::for_result(&cfg, ctx.agent.audit.trail_key(), &cat, bound.as_ref(), &relations, &cols)
+    crate::trail::Capture::for_result(&cfg, ctx.agent.audit.trail_key(), &cat, bound.as_deref(), &relations, &cols)
 }
 
 /// The trail's key capture for a `COPY … TO` of `width` columns.
