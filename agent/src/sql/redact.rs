@@ -172,18 +172,22 @@ pub fn redact(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Reda
     if !opts.normalize && !rules.might_hold_secret(text) {
         return Redacted { text: text.to_owned(), secrets: 0, normalized: 0 };
     }
-    let Some(t) = super::template::of(text) else {
-        return fresh(text, rules, opts, scs).0;
+    // The memo's key: the text's template or, for a text without one, the
+    // text itself (a driver's Parse sends the same text with `$n` again and again).
+    let (template, consts, exact) = match super::template::of(text) {
+        Some(t) => (t.key, t.consts, false),
+        None if text.len() <= Memo::MAX_TEXT => (text.to_owned(), Vec::new(), true),
+        None => return fresh(text, rules, opts, scs).0,
     };
-    let key = MemoKey { normalize: opts.normalize, scs, template: t.key.into_boxed_str() };
+    let key = MemoKey { normalize: opts.normalize, scs, exact, template: template.into_boxed_str() };
     match rules.memo.get(&key) {
-        Some(recipe) => match recipe.and_then(|r| r.redact(text, &t.consts)) {
+        Some(recipe) => match recipe.and_then(|r| r.redact(text, &consts)) {
             Some(r) => r,
             None => fresh(text, rules, opts, scs).0,
         },
         None => {
             let (out, parsed) = fresh(text, rules, opts, scs);
-            let recipe = parsed.and_then(|(spans, max_param)| Recipe::of(&spans, max_param, &t.consts, scs));
+            let recipe = parsed.and_then(|(spans, max_param)| Recipe::of(&spans, max_param, &consts, scs));
             rules.memo.put(key, recipe);
             out
         }
@@ -273,7 +277,8 @@ impl Span {
 }
 
 /// Redactions by template, for the texts that differ from one redacted
-/// before only in the values of their numeric constants.
+/// before only in the values of their numeric constants (and by text, for
+/// texts that have no template: the same text again gets the same answer).
 ///
 /// Why a recipe carries over: two texts of one template lex into the same
 /// tokens but for those values, so their parse trees are the same but for
@@ -306,6 +311,8 @@ struct MemoMap {
 struct MemoKey {
     normalize: bool,
     scs: bool,
+    /// `template` is the text itself (it has no template).
+    exact: bool,
     template: Box<str>,
 }
 
@@ -350,6 +357,8 @@ fn at(p: Place, consts: &[(usize, usize)]) -> Option<usize> {
 impl Memo {
     /// Recipes kept, at most (then the memo starts over).
     const MAX_ENTRIES: usize = 4096;
+    /// Longest text kept by itself (as long as a template can be).
+    const MAX_TEXT: usize = 4096;
     /// Accounted bytes kept, at most.
     const MAX_BYTES: usize = 4 << 20;
 
@@ -1020,6 +1029,44 @@ mod tests {
             redact_unmemoized("SELECT 1e5::float(1_000), 'a'", &rules, opts, true).text,
             "SELECT 1e5::float(1_000), '[redacted]'"
         );
+    }
+
+    /// Texts without a template (no numeric constant, or a backslash) are
+    /// remembered by themselves: the same text again, under the same
+    /// settings, gets a fresh parse's answer without one.
+    #[test]
+    fn a_text_without_a_template_is_remembered_by_itself() {
+        let texts = [
+            "SELECT * FROM customers WHERE email = $1 AND name = 'x'",
+            "SELECT pgp_sym_encrypt($1, 'key'), crypt('pw', gen_salt('bf'))",
+            "SET app.secret = 'abc'",
+            "SELECT E'a\\'' || 'b\\', $2 FROM t WHERE c = 'd'",
+            "SELECT 'it''s', $$x$$ -- note",
+            "SELECT 'unterminated",
+            "CREATE ROLE r PASSWORD 'x'",
+        ];
+        for normalize in [false, true] {
+            for scs in [true, false] {
+                let opts = RecordOptions { normalize, parameters: false };
+                let rules = Rules::default();
+                for text in texts {
+                    let want = redact_unmemoized(text, &rules, opts, scs);
+                    assert_eq!(redact(text, &rules, opts, scs), want, "{text:?} first");
+                    assert_eq!(redact(text, &rules, opts, scs), want, "{text:?} again");
+                }
+                // Every text that parses left a recipe (the unterminated one did not).
+                let m = rules.memo.lock();
+                let kept = m.map.iter().filter(|(k, r)| k.exact && r.is_some()).count();
+                let remembered = m.map.len();
+                drop(m);
+                let candidates: Vec<&str> =
+                    texts.iter().copied().filter(|t| normalize || rules.might_hold_secret(t)).collect();
+                let parsed = candidates.iter().filter(|t| spans(t, &rules, opts, scs).is_ok()).count();
+                assert_eq!(remembered, candidates.len(), "normalize {normalize}, scs {scs}");
+                assert_eq!(kept, parsed, "normalize {normalize}, scs {scs}");
+                assert!(parsed >= 2, "normalize {normalize}, scs {scs}");
+            }
+        }
     }
 
     #[test]
