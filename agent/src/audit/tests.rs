@@ -435,20 +435,13 @@ fn the_wal_is_emptied_once_past_its_bound_while_records_keep_coming() {
 #[test]
 fn a_batch_writes_statement_rows_whole_and_they_match_indexing_record_by_record() {
     let start = |s: u8, seq: u64, text: &str| {
-        Event::Statement(Box::new(StatementStart {
-            session: sid(s),
-            seq,
-            started_us: 1_000 + i64::from(s),
-            text: text.into(),
-            kinds: "select".into(),
-            tables: "public.t".into(),
-            decision: "allow".into(),
-            rule: Some("r".into()),
-            reason: None,
-            redacted: 0,
-            up_offset: None,
-            up: Vec::new(),
-        }))
+        // Fixed times and tables: both stores are built from the records made twice.
+        let mut e = statement_event(sid(s), seq, text);
+        if let Event::Statement(st) = &mut e {
+            st.started_us = 1_000 + i64::from(s);
+            st.tables = "public.t".into();
+        }
+        e
     };
     let end = |s: u8, seq: u64, rows: Option<u64>, error: Option<&str>| {
         Event::StatementEnd(Box::new(StatementEnd {

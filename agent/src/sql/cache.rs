@@ -141,7 +141,7 @@ impl Cache {
             return;
         }
         let tail = sql.len() - start - one.text.len();
-        if start > t.head || tail > t.tail {
+        if start > t.head() || tail > t.tail() {
             return;
         }
         let mut map = self.templates.lock().unwrap_or_else(PoisonError::into_inner);

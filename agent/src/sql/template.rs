@@ -30,12 +30,22 @@ pub(crate) struct Template {
     /// The text with each numeric constant replaced by `\0i` or `\0f`
     /// (a query text holds no NUL byte, so no text reads like a template).
     pub key: String,
-    /// Bytes before the first constant, and after the last one: the same
-    /// in every text of this template.
-    pub head: usize,
-    pub tail: usize,
-    /// Where each numeric constant starts and ends (exclusive), in order.
+    /// Where each numeric constant starts and ends (exclusive), in order (at least one).
     pub consts: Vec<(usize, usize)>,
+    /// The text's length.
+    len: usize,
+}
+
+impl Template {
+    /// Bytes before the first constant: the same in every text of this template.
+    pub fn head(&self) -> usize {
+        self.consts.first().map_or(self.len, |c| c.0)
+    }
+
+    /// Bytes after the last constant: the same in every text of this template.
+    pub fn tail(&self) -> usize {
+        self.len - self.consts.last().map_or(self.len, |c| c.1)
+    }
 }
 
 /// The template of `sql`, if it has numeric constants and can have one.
@@ -51,7 +61,6 @@ pub(crate) fn of(sql: &str) -> Option<Template> {
     let tokens = pg_query::scan_tokens(sql).ok()?;
     let mut key = String::with_capacity(sql.len() + 2);
     let mut at = 0usize;
-    let mut head = None;
     let mut consts = Vec::new();
     for t in &tokens {
         let mark = match Token::try_from(t.token) {
@@ -66,13 +75,14 @@ pub(crate) fn of(sql: &str) -> Option<Template> {
         }
         key.push_str(sql.get(at..start)?);
         key.push_str(mark);
-        head.get_or_insert(start);
         consts.push((start, end));
         at = end;
     }
-    let head = head?;
+    if consts.is_empty() {
+        return None;
+    }
     key.push_str(sql.get(at..)?);
-    Some(Template { key, head, tail: sql.len() - at, consts })
+    Some(Template { key, consts, len: sql.len() })
 }
 
 #[cfg(test)]
@@ -85,7 +95,7 @@ mod tests {
         let b = of("SELECT abalance FROM pgbench_accounts WHERE aid = 7;").unwrap();
         assert_eq!(a.key, b.key);
         assert_eq!(a.key, "SELECT abalance FROM pgbench_accounts WHERE aid = \0i;");
-        assert_eq!((a.head, a.tail), (50, 1));
+        assert_eq!((a.head(), a.tail()), (50, 1));
         assert_eq!((a.consts.as_slice(), b.consts.as_slice()), (&[(50, 55)][..], &[(50, 51)][..]));
         // The kind of constant is kept: 1 is an integer, 1.5 and 3000000000 are numeric.
         assert_ne!(of("SELECT 1").unwrap().key, of("SELECT 1.5").unwrap().key);
