@@ -75,6 +75,27 @@ struct UserObject {
     reachable: bool,
 }
 
+/// Values by schema and name, looked up by borrowed names (no key built
+/// per lookup: statements are resolved against these on the data path).
+#[derive(Debug)]
+struct Qualified<V>(HashMap<String, HashMap<String, V>>);
+
+impl<V> Default for Qualified<V> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<V> Qualified<V> {
+    fn get(&self, schema: &str, name: &str) -> Option<&V> {
+        self.0.get(schema)?.get(name)
+    }
+
+    fn insert(&mut self, schema: String, name: String, v: V) {
+        self.0.entry(schema).or_default().insert(name, v);
+    }
+}
+
 /// The non-built-in part of one backend database's catalog, as one login sees it.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -82,14 +103,14 @@ pub struct Catalog {
     builtin_operators: HashSet<String>,
     builtin_types: HashSet<String>,
     /// `pg_catalog` and `information_schema` relation names, by schema.
-    builtin_relations: HashSet<(String, String)>,
+    builtin_relations: Qualified<()>,
     functions: HashMap<String, Vec<UserObject>>,
     operators: HashMap<String, Vec<UserObject>>,
     /// Non-built-in type names, and whether casting to them runs user code.
     types: HashMap<String, bool>,
     /// Built-in type names that a user-defined cast targets.
     cast_targets: HashSet<String>,
-    relations: HashMap<(String, String), u32>,
+    relations: Qualified<u32>,
     by_oid: HashMap<u32, Relation>,
     /// Relation names by name only, for resolution when the search path is unknown.
     relation_schemas: HashMap<String, Vec<String>>,
@@ -147,7 +168,7 @@ impl Catalog {
 
     /// A relation by schema and name.
     pub fn relation_named(&self, schema: &str, name: &str) -> Option<&Relation> {
-        self.relations.get(&(schema.to_owned(), name.to_owned())).and_then(|oid| self.by_oid.get(oid))
+        self.relations.get(schema, name).and_then(|oid| self.by_oid.get(oid))
     }
 
     pub fn relation_count(&self) -> usize {
@@ -159,7 +180,7 @@ impl Catalog {
     }
 
     fn is_builtin_relation(&self, schema: &str, name: &str) -> bool {
-        self.builtin_relations.contains(&(schema.to_owned(), name.to_owned()))
+        self.builtin_relations.get(schema, name).is_some()
     }
 
     /// Whether a call to `name` can reach a function that is not built in.
@@ -222,7 +243,7 @@ impl Catalog {
     }
 
     fn has_relation(&self, schema: &str, name: &str) -> bool {
-        self.relations.contains_key(&(schema.to_owned(), name.to_owned())) || self.is_builtin_relation(schema, name)
+        self.relations.get(schema, name).is_some() || self.is_builtin_relation(schema, name)
     }
 
     fn resolve_table(&self, t: &TableRef) -> Option<&Relation> {

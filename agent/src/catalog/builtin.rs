@@ -22,8 +22,9 @@ pub(super) fn fill(c: &mut Catalog) {
     c.builtin_functions.extend(GRAMMAR_FUNCTIONS.iter().map(|s| (*s).to_owned()));
     c.builtin_operators.extend(OPERATORS.lines().map(str::to_owned));
     c.builtin_types.extend(TYPES.lines().map(str::to_owned));
-    c.builtin_relations
-        .extend(RELATIONS.lines().filter_map(|l| l.split_once('.')).map(|(s, n)| (s.to_owned(), n.to_owned())));
+    for (s, n) in RELATIONS.lines().filter_map(|l| l.split_once('.')) {
+        c.builtin_relations.insert(s.to_owned(), n.to_owned(), ());
+    }
 }
 
 /// Catalog relations a rule reaches only with `catalog = "all"`: other

@@ -125,10 +125,10 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
         let name = text(row, 2, "relation name")?.to_owned();
         let kind = text(row, 3, "relkind")?.bytes().next().unwrap_or(b'r');
         if oid < 16384 {
-            c.builtin_relations.insert((schema, name));
+            c.builtin_relations.insert(schema, name, ());
             continue;
         }
-        c.relations.insert((schema.clone(), name.clone()), oid);
+        c.relations.insert(schema.clone(), name.clone(), oid);
         c.relation_schemas.entry(name.clone()).or_default().push(schema.clone());
         c.by_oid.insert(
             oid,

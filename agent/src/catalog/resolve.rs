@@ -73,22 +73,22 @@ pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
 /// The schemas an unqualified relation name is looked up in, in order
 /// (`pg_catalog` first unless the path places it), or `None` when the
 /// session's path is not known.
-fn effective_path(cat: &Catalog, session: &SessionNames) -> Option<Vec<String>> {
+fn effective_path<'a>(cat: &'a Catalog, session: &'a SessionNames) -> Option<Vec<&'a str>> {
     if session.path_unknown {
         return None;
     }
     let path = session.search_path.as_ref().unwrap_or(&cat.default_search_path);
-    let mut out: Vec<String> = Vec::with_capacity(path.len() + 1);
+    let mut out: Vec<&str> = Vec::with_capacity(path.len() + 1);
     if !path.iter().any(|s| s == "pg_catalog") {
-        out.push("pg_catalog".into());
+        out.push("pg_catalog");
     }
     for s in path {
         if s == "$user" {
             if !cat.login.is_empty() {
-                out.push(cat.login.clone());
+                out.push(&cat.login);
             }
         } else {
-            out.push(s.clone());
+            out.push(s);
         }
     }
     Some(out)
@@ -99,7 +99,7 @@ fn effective_path(cat: &Catalog, session: &SessionNames) -> Option<Vec<String>> 
 /// that has one is listed (the policy then needs all of them allowed, and
 /// refuses if any is denied). A name the catalog does not know stays
 /// unqualified (see `TablePattern::matches`).
-fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[String]>) -> Vec<TableRef> {
+fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[&str]>) -> Vec<TableRef> {
     let mut out: Vec<TableRef> = Vec::with_capacity(tables.len());
     let mut push = |t: TableRef| {
         if !out.contains(&t) {
@@ -113,7 +113,7 @@ fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[String]>)
         }
         match path {
             Some(path) => match path.iter().find(|s| cat.has_relation(s, &t.name)) {
-                Some(schema) => push(TableRef { schema: Some(schema.clone()), name: t.name }),
+                Some(schema) => push(TableRef { schema: Some((*schema).to_owned()), name: t.name }),
                 None => push(t),
             },
             None => {
@@ -138,7 +138,7 @@ fn restricts(
     columns: &[String],
     reads: &[TableRef],
     cat: &Catalog,
-    path: Option<&[String]>,
+    path: Option<&[&str]>,
 ) -> bool {
     let resolved = resolve_tables(vec![target.clone()], cat, path);
     let [target] = resolved.as_slice() else { return false };

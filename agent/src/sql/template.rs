@@ -25,7 +25,7 @@ use pg_query::protobuf::Token;
 const MAX_TEXT: usize = 4096;
 
 /// A text's template and where its constants start and end.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Template {
     /// The text with each numeric constant replaced by `\0i` or `\0f`
     /// (a query text holds no NUL byte, so no text reads like a template).
@@ -49,15 +49,45 @@ impl Template {
 }
 
 /// The template of `sql`, if it has numeric constants and can have one.
+///
+/// A statement's text is templated up to three times on its way through a
+/// masked session, on one thread: the message's text for its
+/// classification, the statement's own text (without its `;`) for its
+/// record, the message's text again for the recorded message. The last two
+/// texts templated are kept per thread and their templates handed out again
+/// for the same text (compared whole: a template is a function of the text
+/// alone).
 pub(crate) fn of(sql: &str) -> Option<Template> {
     if sql.len() > MAX_TEXT || sql.as_bytes().contains(&b'\\') || !sql.bytes().any(|b| b.is_ascii_digit()) {
         return None;
     }
+    RECENT.with_borrow_mut(|recent| {
+        if recent[1].0 == sql {
+            recent.swap(0, 1);
+        } else if recent[0].0 != sql {
+            recent.swap(0, 1);
+            let [(text, t), _] = recent;
+            *t = scan(sql);
+            text.clear();
+            text.push_str(sql);
+        }
+        let [(_, t), _] = recent;
+        t.clone()
+    })
+}
+
+thread_local! {
+    /// The last two texts templated on this thread, most recent first, and their templates.
+    static RECENT: std::cell::RefCell<[(String, Option<Template>); 2]> =
+        const { std::cell::RefCell::new([(String::new(), None), (String::new(), None)]) };
+}
+
+fn scan(sql: &str) -> Option<Template> {
     // `scan_tokens` reads the C scanner's tokens without the protobuf round
     // trip `scan` makes (half the cost of a template). It must not see a
     // text without tokens (it would build a slice from a null pointer):
-    // this one has a digit, which is in a token (a comment is one too) or
-    // makes the scan fail.
+    // this one has a digit (see `of`), which is in a token (a comment is
+    // one too) or makes the scan fail.
     let tokens = pg_query::scan_tokens(sql).ok()?;
     let mut key = String::with_capacity(sql.len() + 2);
     let mut at = 0usize;
@@ -88,6 +118,36 @@ pub(crate) fn of(sql: &str) -> Option<Template> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kept_templates_are_those_of_their_own_texts() {
+        // Three texts in turn (the classification, record, message pattern),
+        // repeats, texts one another's prefix, and one that fails the scan:
+        // each answer equals a fresh scan of that very text.
+        let texts = [
+            "SELECT a FROM t WHERE id = 1;",
+            "SELECT a FROM t WHERE id = 1",
+            "SELECT a FROM t WHERE id = 1;",
+            "SELECT a FROM t WHERE id = 2;",
+            "SELECT a FROM t WHERE id = 2",
+            "SELECT a FROM t WHERE id = 12",
+            "SELECT a FROM t WHERE id = 2",
+            "SELECT 1 /* 2",
+            "SELECT a FROM t WHERE id = 2;",
+            "SELECT 1 /* 2",
+            "SELECT 1.5",
+            "SELECT 1.5",
+        ];
+        for round in 0..2 {
+            for sql in texts {
+                assert_eq!(of(sql), scan(sql), "round {round}: {sql:?}");
+            }
+            for sql in texts.iter().rev() {
+                assert_eq!(of(sql), scan(sql), "round {round}, reversed: {sql:?}");
+            }
+        }
+        assert_eq!(of("SELECT 1 /* 2"), None);
+    }
 
     #[test]
     fn numbers_are_taken_out_and_everything_else_stays() {
