@@ -133,13 +133,7 @@ fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[&str]>) -
 
 /// Whether one of `columns` is certainly the target's: a column of the
 /// target and of no other table the statement reads.
-fn restricts(
-    target: &TableRef,
-    columns: &[String],
-    reads: &[TableRef],
-    cat: &Catalog,
-    path: Option<&[&str]>,
-) -> bool {
+fn restricts(target: &TableRef, columns: &[String], reads: &[TableRef], cat: &Catalog, path: Option<&[&str]>) -> bool {
     let resolved = resolve_tables(vec![target.clone()], cat, path);
     let [target] = resolved.as_slice() else { return false };
     let Some(rel) = cat.resolve_table(target) else { return false };

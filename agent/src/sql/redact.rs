@@ -78,8 +78,10 @@ pub const DEFAULT_SECRET_FUNCTIONS: &[&str] = &[
 pub struct Rules {
     settings: Vec<String>,
     functions: Vec<String>,
-    /// Lowercase fragments one of which every text with a secret contains.
-    prefilter: Vec<String>,
+    /// Fragments one of which every text with a secret contains (ASCII case
+    /// ignored), searched in one pass; `None`: every text is a candidate
+    /// (an empty fragment, from a pattern like `*`).
+    prefilter: Option<aho_corasick::AhoCorasick>,
     /// Redactions by template, for these rules (a reload builds new rules and a new memo).
     memo: Arc<Memo>,
 }
@@ -112,6 +114,13 @@ impl Rules {
             prefilter.push(frag.to_owned());
         }
         prefilter.extend(["connection".to_owned(), "set_config".to_owned()]);
+        // An automaton that cannot be built (none is too large for these
+        // lists) leaves every text a candidate, like an empty fragment.
+        let prefilter = if prefilter.iter().any(String::is_empty) {
+            None
+        } else {
+            aho_corasick::AhoCorasick::builder().ascii_case_insensitive(true).build(&prefilter).ok()
+        };
         Self { settings, functions, prefilter, memo: Arc::default() }
     }
 
@@ -128,8 +137,7 @@ impl Rules {
     /// Cheap test: can `text` hold anything these rules redact? (An empty
     /// fragment, from a pattern like `*`, makes every text a candidate.)
     pub fn might_hold_secret(&self, text: &str) -> bool {
-        let lower = text.to_ascii_lowercase();
-        self.prefilter.iter().any(|f| lower.contains(f.as_str()))
+        self.prefilter.as_ref().is_none_or(|p| p.is_match(text))
     }
 }
 
@@ -827,6 +835,22 @@ mod tests {
         assert!(!got.text.contains(secret), "{sql:?} kept {secret:?}: {:?}", got.text);
         assert_eq!(got.text, expect, "{sql:?}");
         assert!(got.secrets > 0);
+    }
+
+    #[test]
+    fn the_prefilter_ignores_ascii_case_and_an_empty_fragment_passes_everything() {
+        let rules = Rules::default();
+        for sql in ["SELECT SET_CONFIG('a.b', 'c', false)", "alter role x PassWord 'y'", "SELECT DbLink('x')"] {
+            assert!(rules.might_hold_secret(sql), "{sql:?}");
+        }
+        assert!(!rules.might_hold_secret("SELECT abalance FROM pgbench_accounts WHERE aid = 1"));
+        // An operator's glob: its longest literal run is the fragment.
+        let rules = Rules::new(&["app.*token*".to_owned()], &[]);
+        assert!(rules.might_hold_secret("SET APP.API_TOKEN = 'x'"));
+        assert!(!rules.might_hold_secret("SET app.api_name = 'x'"));
+        // `*` has no literal run: every text is a candidate.
+        let rules = Rules::new(&["*".to_owned()], &[]);
+        assert!(rules.might_hold_secret("SELECT 1"));
     }
 
     #[test]
