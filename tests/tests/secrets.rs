@@ -34,6 +34,10 @@ const SECRETS: &[&str] = &[
     "Secret-Copy-7",
     "Secret-Bind-8",
     "Secret-Mapping-9",
+    // Secret settings named without writing the name out.
+    "Secret-Escape-10",
+    "Secret-Expr-11",
+    "Secret-Settings-12",
     // Values a masked user filtered on and provoked an error with.
     "jane.doe@example.com",
     "123-45-6789",
@@ -173,6 +177,11 @@ fn the_audit_trail_keeps_no_secrets() {
              SELECT pgp_sym_decrypt(pgp_sym_encrypt('plain data', 'Secret-Key-4'), 'Secret-Key-4');\n\
              SELEC pgp_sym_encrypt('x', 'Secret-Unparsed-6');\n\
              SELECT set_config('app.token', 'Secret-Mapping-9', false) IS NOT NULL;\n\
+             SET U&\"app.p\\0061ssword\" = 'Secret-Escape-10';\n\
+             SELECT 'escape=' || length(current_setting('app.password'));\n\
+             SELECT set_config('app.pass' || 'phrase', 'Secret-Expr-11', false) IS NOT NULL;\n\
+             SELECT 'expr=' || length(current_setting('app.passphrase'));\n\
+             UPDATE pg_settings SET setting = 'Secret-Settings-12' WHERE name = 'app.token';\n\
              \\copy items FROM '{copy}' WITH (FORMAT csv)\n\
              SELECT count(*) FROM items;\n",
             ro = pg::RO_ROLE,
@@ -185,6 +194,12 @@ fn the_audit_trail_keeps_no_secrets() {
     assert!(out.contains("plain data"), "the key worked: {out}");
     assert!(out.contains("does not parse"), "{out}");
     assert!(out.contains("\nt\n") && out.contains("1\n"), "{out}");
+    // The server set both (the values' lengths), however the name was spelled.
+    // (`UPDATE pg_settings` is there for its record: custom settings are not
+    // rows of `pg_settings` here, the server reports `UPDATE 0`.)
+    for (tag, len) in [("escape", 16), ("expr", 14)] {
+        assert!(out.contains(&format!("{tag}={len}\n")), "{tag}: {out}\n{}", w.env.agent_log());
+    }
     // PostgreSQL did it all.
     let after = w.pg.admin(&format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{}'", pg::RO_ROLE));
     assert_ne!(before, after, "the password changed");
@@ -238,6 +253,8 @@ fn the_audit_trail_keeps_no_secrets() {
     // What the trail says: redacted, counted, placeholders for the masked user.
     let statements = w.env.statements(None);
     let texts: Vec<&str> = statements.iter().filter_map(|s| s["text"].as_str()).collect();
+    // Checked here too: the erasure below removes dan's session from the store.
+    assert_no_secret("gatehouse statements", serde_json::to_string(&statements).unwrap().as_bytes());
     assert!(texts.iter().any(|t| *t == format!("ALTER ROLE {} PASSWORD '[redacted]'", pg::RO_ROLE)), "{texts:#?}");
     assert!(texts.contains(&"SET app.secret = '[redacted]'"), "{texts:#?}");
     assert!(texts.contains(&"SELECT pgp_sym_encrypt('[redacted]', '[redacted]')"), "refused, redacted: {texts:#?}");

@@ -113,7 +113,10 @@ impl Rules {
             let frag = p.split(['*', '?']).max_by_key(|f| f.len()).unwrap_or_default();
             prefilter.push(frag.to_owned());
         }
-        prefilter.extend(["connection".to_owned(), "set_config".to_owned()]);
+        // `u&`: a Unicode-escaped name or string (`U&"app.p\0061ssword"`)
+        // spells a setting without its letters; `pg_settings`: an UPDATE of
+        // it sets values by a name in its WHERE (see `Walk::node`).
+        prefilter.extend(["connection", "set_config", "u&", "pg_settings"].map(str::to_owned));
         // An automaton that cannot be built (none is too large for these
         // lists) leaves every text a candidate, like an empty fragment.
         let prefilter = if prefilter.iter().any(String::is_empty) {
@@ -557,6 +560,13 @@ impl Walk<'_> {
                                 self.node(args, s);
                             }
                         }
+                        // `UPDATE pg_settings SET setting = …` calls set_config for
+                        // each row: which setting the WHERE picks is not known
+                        // here, so every value in it is kept out.
+                        "UpdateStmt" => {
+                            let rel = c.get("relation").and_then(|r| r.get("relname")).and_then(Value::as_str);
+                            self.node(c, secret || rel == Some("pg_settings"));
+                        }
                         "CreateSubscriptionStmt" | "AlterSubscriptionStmt" => {
                             if let Some(at) = loc(c, "conninfo_location") {
                                 self.literal(at, Why::Secret);
@@ -611,13 +621,13 @@ impl Walk<'_> {
                 }
             }
         } else if name.eq_ignore_ascii_case("set_config") {
-            // set_config('app.token', 'value', false): the value is secret when the name is.
-            let setting = args.and_then(|a| a.first()).map(|first| {
-                let mut s = Vec::new();
-                strings(first, &mut s);
-                s.concat()
-            });
-            let s = secret || setting.is_some_and(|n| self.rules.secret_name(&n));
+            // set_config('app.token', 'value', false): the value is secret
+            // when the name is, or when the name is not a string written out
+            // (`'app.pass' || 'word'`, `$1`, a cast): then it is not known here.
+            let setting = args
+                .and_then(|a| a.first())
+                .map(|first| first.pointer("/node/AConst/val/Sval/sval").and_then(Value::as_str));
+            let s = secret || setting.is_some_and(|n| n.is_none_or(|n| self.rules.secret_name(n)));
             for (i, x) in args.into_iter().flatten().enumerate() {
                 self.node(x, secret || (s && i == 1));
             }
@@ -851,6 +861,36 @@ mod tests {
         // `*` has no literal run: every text is a candidate.
         let rules = Rules::new(&["*".to_owned()], &[]);
         assert!(rules.might_hold_secret("SELECT 1"));
+    }
+
+    /// Ways to set a secret setting without writing its name out: each value
+    /// is kept out of the record, under both string settings, memoized or not.
+    #[test]
+    fn a_secret_setting_named_by_escapes_expressions_or_pg_settings_is_redacted() {
+        let texts = [
+            "SET U&\"app.p\\0061ssword\" = 'hunter2'",
+            "SET U&\"app.p!0061ssword\" UESCAPE '!' = 'hunter2'",
+            "ALTER ROLE bob SET U&\"app.p\\0061ssword\" TO 'hunter2'",
+            "SELECT set_config('app.pass' || 'word', 'hunter2', false)",
+            "SELECT set_config($1, 'hunter2', false)",
+            "SELECT set_config('app.secret'::text, 'hunter2', false)",
+            "SELECT set_config(U&'app.p\\0061ssword', 'hunter2', false)",
+            "UPDATE pg_settings SET setting = 'hunter2' WHERE name = 'app.password'",
+            "UPDATE pg_catalog.pg_settings SET setting = 'hunter2' WHERE name = U&'app.p\\0061ssword'",
+        ];
+        for scs in [true, false] {
+            let rules = Rules::default();
+            for text in texts {
+                for round in ["first", "again"] {
+                    let got = redact(text, &rules, RecordOptions::default(), scs);
+                    assert!(!got.text.contains("hunter2"), "scs {scs}, {round}: {text:?} kept it: {:?}", got.text);
+                    assert!(got.secrets > 0, "{text:?}");
+                }
+            }
+        }
+        // A setting named outright that is not secret keeps its value.
+        assert_eq!(r("SELECT set_config('app.tz', 'UTC', false)").text, "SELECT set_config('app.tz', 'UTC', false)");
+        assert_eq!(r("UPDATE t SET a = 'x' WHERE b = 1").text, "UPDATE t SET a = 'x' WHERE b = 1");
     }
 
     #[test]
