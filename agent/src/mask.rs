@@ -41,7 +41,9 @@ pub use bench::{bench_corpus, measure_throughput};
 use column::ColumnPattern;
 use detect::{DigitSet, RawHit, TokenFinder};
 pub use plan::{ColumnMask, ResultColumn};
-use render::{Norm, REDACTED};
+use render::Norm;
+/// How a redacted value looks (`****`), whatever it hid.
+pub use render::REDACTED;
 
 /// How a masked value is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -96,7 +96,7 @@ const QUERIES: &[(&str, usize, &str)] = &[
 fn expected() -> Vec<String> {
     let mut v = Vec::new();
     v.extend(std::iter::repeat_n("q1|1|Zoë Ünal|****@example.com|****|TOK".to_owned(), 7));
-    v.extend(std::iter::repeat_n("q2|1|****@EXAMPLE.COM|****|TOK".to_owned(), 2));
+    v.extend(std::iter::repeat_n("q2|1|****|****|TOK".to_owned(), 2));
     for l in ["p1|1|****", "p1|2|****", "p2|1|Zoë Ünal|NULL", "p2|2|Bob|NULL", "p3|LIT-1", "p4|****", "done"] {
         v.push(l.to_owned());
     }

@@ -4,10 +4,19 @@
 //! through views), or the table columns its expression reads (lineage) —
 //! and never from its output name.
 //!
-//! - A column showing or computed from a masked column gets that column's
-//!   style on the whole value (the most concealing one when it reads
-//!   several), if its type is text; any other type (numbers, dates, arrays,
-//!   JSON, composites, bytea) cannot hold a masked stand-in and is NULL.
+//! - A column showing a masked column as it is stored (the server names
+//!   the table column in its RowDescription) gets that column's style (the
+//!   most concealing one when the statement's lineage says more), if its
+//!   type is text; any other type (numbers, dates, arrays, JSON, composites,
+//!   bytea) cannot hold a masked stand-in and is NULL.
+//! - A column *computed* from a masked column is hidden whole: `****` for
+//!   text, NULL included, and NULL for other types. The user shapes a
+//!   computed value, so no style that shows part of it (`partial` of
+//!   `'xxxxxxxx' || reverse(ssn)` would show the SSN's first digits, of
+//!   `'a@' || replace(email, '@', '.')` its whole address) or gives a token
+//!   for a value of the user's choosing (`hash` of `substr(ssn, 1, 0) ||
+//!   '5'` is a dictionary for `substr(ssn, 1, 1)`) may apply, and whether it
+//!   is NULL would answer a question (`nullif(substr(ssn, 1, 1), '1')`).
 //! - A whole row of a table with masked columns counts as all of them.
 //! - Every other text column goes through the detectors; other types pass.
 
@@ -24,6 +33,9 @@ pub enum ColumnMask {
     /// Shows or derives from a masked column: the whole value gets this
     /// style; Hash tokens with the key of that table column.
     Rule(Style, TokenKey),
+    /// Text computed from a masked column: `****` whatever the value, NULL
+    /// included (see the module's documentation).
+    Hidden,
     /// Text: the detectors look inside, after `skip` bytes of binary header (jsonb).
     Scan { skip: usize },
 }
@@ -122,7 +134,10 @@ impl Profile {
         cols.iter()
             .enumerate()
             .map(|(i, c)| {
-                let found = if c.table_oid != 0 {
+                // The server names the table column a result column shows
+                // only when the column is that column's stored value.
+                let stored = c.table_oid != 0;
+                let found = if stored {
                     let own = Origin { relation: c.table_oid, attnum: c.attnum };
                     let mut origins = cat.column_origins(c.table_oid, c.attnum);
                     origins.insert(own);
@@ -145,7 +160,8 @@ impl Profile {
                 };
                 let found = found.map(|(s, o)| (s, self.origin_key(cat, o, c.name)));
                 match (found, cat.is_text_type(c.type_oid)) {
-                    (Some((s, key)), true) => ColumnMask::Rule(s, key),
+                    (Some((s, key)), true) if stored || s == Style::Null => ColumnMask::Rule(s, key),
+                    (Some(_), true) => ColumnMask::Hidden,
                     (Some((_, key)), false) => ColumnMask::Rule(Style::Null, key),
                     (None, _) => match scannable(cat, c.type_oid, c.binary) {
                         Some(skip) => ColumnMask::Scan { skip },
@@ -168,8 +184,17 @@ impl Profile {
     }
 
     /// The style per column of a `COPY … TO` of `width` columns (text or
-    /// CSV: every value is text, so a style always fits).
-    pub fn copy_plan(&self, cat: &Catalog, bound: &Bound, width: usize) -> Vec<Option<(Style, TokenKey)>> {
+    /// CSV: every value is text, so a style always fits). `stored`: the
+    /// fields are the table's columns as stored (`COPY table TO`); else they
+    /// are a query's and may be computed, so a masked one is hidden whole
+    /// (`Redact`, which the caller also applies to NULL; see [`ColumnMask::Hidden`]).
+    pub fn copy_plan(
+        &self,
+        cat: &Catalog,
+        bound: &Bound,
+        width: usize,
+        stored: bool,
+    ) -> Vec<Option<(Style, TokenKey)>> {
         (0..width)
             .map(|i| {
                 let origins = if bound.expanded.len() == width {
@@ -179,7 +204,10 @@ impl Profile {
                 } else {
                     Some(&bound.all)
                 };
-                origins.and_then(|o| self.strongest(cat, o)).map(|(s, o)| (s, self.origin_key(cat, o, "")))
+                origins.and_then(|o| self.strongest(cat, o)).map(|(s, o)| {
+                    let s = if stored || s == Style::Null { s } else { Style::Redact };
+                    (s, self.origin_key(cat, o, ""))
+                })
             })
             .collect()
     }
@@ -246,6 +274,7 @@ mod tests {
         plan.iter()
             .map(|c| match c {
                 ColumnMask::Rule(s, _) => format!("{s:?}"),
+                ColumnMask::Hidden => "Hidden".into(),
                 ColumnMask::Scan { skip } => format!("scan {skip}"),
                 ColumnMask::Pass => "pass".into(),
             })
@@ -284,7 +313,12 @@ mod tests {
         let b = bound("SELECT replace(email, '@', ''), length(email), array_agg(email), 'x' AS email FROM customers");
         let cols =
             [col("replace", 0, 0, 25), col("length", 0, 0, 23), col("array_agg", 0, 0, 1009), col("email", 0, 0, 25)];
-        assert_eq!(show(&p.plan(&cat, Some(&b), &cols)), ["Partial", "Null", "Null", "scan 0"]);
+        assert_eq!(show(&p.plan(&cat, Some(&b), &cols)), ["Hidden", "Null", "Null", "scan 0"]);
+        // A computed value never gets a style that shows part of it or a token
+        // (the user shapes it): hash and partial columns alike are hidden whole.
+        let b = bound("SELECT 'xxxxxxxx' || reverse(email), substr(emp, 1, 0) || '5' FROM customers, hr.salaries");
+        let cols = [col("a", 0, 0, 25), col("b", 0, 0, 25)];
+        assert_eq!(show(&p.plan(&cat, Some(&b), &cols)), ["Hidden", "Hidden"]);
         // A domain over citext counts as text.
         assert_eq!(show(&p.plan(&cat, None, &[col("e", 16401, 2, 20004)])), ["Partial"]);
     }

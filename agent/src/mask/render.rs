@@ -7,7 +7,7 @@ use super::Detector;
 
 /// What a redacted value (and the hidden part of a partial one) looks like.
 /// Fixed width, so the length of the secret does not leak.
-pub(crate) const REDACTED: &[u8] = b"****";
+pub const REDACTED: &[u8] = b"****";
 
 /// Characters a partial value keeps.
 const KEEP: usize = 4;

@@ -197,6 +197,42 @@ pub fn of_sql(sql: &str) -> Option<Lineage> {
     }
 }
 
+/// PostgreSQL's built-in set-returning functions (`pg_proc.proretset` in
+/// `pg_catalog`, PostgreSQL 15), sorted: how many rows they yield depends on
+/// their arguments. (User functions are `function_call`, never `*`.)
+const SET_RETURNING: &[&str] = &[
+    "aclexplode",
+    "generate_series",
+    "generate_subscripts",
+    "json_array_elements",
+    "json_array_elements_text",
+    "json_each",
+    "json_each_text",
+    "json_object_keys",
+    "json_populate_recordset",
+    "json_to_recordset",
+    "jsonb_array_elements",
+    "jsonb_array_elements_text",
+    "jsonb_each",
+    "jsonb_each_text",
+    "jsonb_object_keys",
+    "jsonb_path_query",
+    "jsonb_path_query_tz",
+    "jsonb_populate_recordset",
+    "jsonb_to_recordset",
+    "pg_mcv_list_items",
+    "pg_options_to_table",
+    "pg_snapshot_xip",
+    "regexp_matches",
+    "regexp_split_to_table",
+    "string_to_table",
+    "ts_debug",
+    "ts_parse",
+    "ts_stat",
+    "txid_snapshot_xip",
+    "unnest",
+];
+
 #[derive(Debug, Default)]
 struct Walker {
     inner: Vec<Output>,
@@ -326,6 +362,17 @@ impl Walker {
                 None => Vec::new(),
             };
             let outputs = renamed(outputs, &c.aliascolnames);
+            // SEARCH orders by its columns, CYCLE compares them (and ends the recursion).
+            let compared = c
+                .search_clause
+                .iter()
+                .flat_map(|sc| names_of(&sc.search_col_list))
+                .chain(c.cycle_clause.iter().flat_map(|cc| names_of(&cc.cycle_col_list)));
+            for name in compared.collect::<Vec<_>>() {
+                if let Some(o) = outputs.iter().find(|o| o.name == name) {
+                    self.predicates.extend(o.refs.iter().cloned());
+                }
+            }
             self.inner.extend(outputs.iter().cloned());
             self.sources.push(Source { alias: c.ctename.clone(), kind: SourceKind::Query(outputs) });
         }
@@ -346,6 +393,13 @@ impl Walker {
                     o.star = Some(Star { qualifier: None, level });
                 }
             }
+            // UNION, INTERSECT and EXCEPT (ALL or not, but UNION ALL) compare
+            // rows: how many come out answers whether values are equal.
+            let compares = !(s.op == pb::SetOperation::SetopUnion as i32 && s.all);
+            if compares {
+                self.outputs_compared(&out);
+            }
+            self.limits(s, depth);
             self.order(&s.sort_clause, &out, depth);
             return out;
         }
@@ -379,13 +433,11 @@ impl Walker {
         if let Some(h) = s.having_clause.as_deref().and_then(|n| n.node.as_ref()) {
             self.predicate(h.to_ref(), &out, depth + 1);
         }
-        // LIMIT and OFFSET choose rows too (a subquery there can count masked values).
-        // Their constants are row counts, not output positions (`LIMIT 3` is
-        // not `ORDER BY 3`).
-        for n in [&s.limit_count, &s.limit_offset].into_iter().flatten().filter_map(|n| n.node.as_ref()) {
-            let mut refs = Vec::new();
-            self.expr(n.to_ref(), &mut refs, depth + 1);
-            self.predicates.extend(refs);
+        self.limits(s, depth);
+        // A plain DISTINCT (its list holds one empty node) compares whole
+        // result rows: how many come out answers whether values are equal.
+        if s.distinct_clause.iter().any(|n| n.node.is_none()) {
+            self.outputs_compared(&out);
         }
         for list in [&s.group_clause, &s.distinct_clause, &s.window_clause] {
             for n in list.iter().filter_map(|n| n.node.as_ref()) {
@@ -394,6 +446,38 @@ impl Walker {
         }
         self.order(&s.sort_clause, &out, depth);
         out
+    }
+
+    /// LIMIT and OFFSET choose rows too (a subquery there can count masked values).
+    /// Their constants are row counts, not output positions (`LIMIT 3` is
+    /// not `ORDER BY 3`).
+    fn limits(&mut self, s: &pb::SelectStmt, depth: usize) {
+        for n in [&s.limit_count, &s.limit_offset].into_iter().flatten().filter_map(|n| n.node.as_ref()) {
+            let mut refs = Vec::new();
+            self.expr(n.to_ref(), &mut refs, depth + 1);
+            self.predicates.extend(refs);
+        }
+    }
+
+    /// Result columns that the query compares (DISTINCT, UNION, INTERSECT,
+    /// EXCEPT): what they are computed from counts as a predicate.
+    fn outputs_compared(&mut self, out: &[Output]) {
+        for o in out {
+            self.predicates.extend(o.refs.iter().cloned());
+            if let Some(star) = &o.star {
+                self.predicates.push(Ref::Whole(star.qualifier.clone().unwrap_or_default()));
+            }
+        }
+    }
+
+    /// Arguments that decide how many rows a set-returning function (or a
+    /// table function, or TABLESAMPLE) yields: predicates, since the count
+    /// of rows answers a question about them (`SELECT count(*) FROM
+    /// generate_series(1, ascii(ssn))`).
+    fn rows_from(&mut self, node: NodeRef<'_>, depth: usize) {
+        let mut refs = Vec::new();
+        self.expr(node, &mut refs, depth);
+        self.predicates.extend(refs);
     }
 
     fn order(&mut self, sort: &[pg_query::Node], out: &[Output], depth: usize) {
@@ -501,6 +585,8 @@ impl Walker {
                         self.expr(n.to_ref(), &mut refs, depth + 1);
                     }
                 }
+                // How many rows a function in FROM yields depends on its arguments.
+                self.predicates.extend(refs.iter().cloned());
                 let alias = f.alias.as_ref().map(|a| a.aliasname.clone()).unwrap_or_default();
                 let mut outputs = vec![Output { name: alias.clone(), refs: refs.clone(), star: None }];
                 if let Some(a) = &f.alias {
@@ -516,11 +602,17 @@ impl Walker {
                 if let Some(r) = &t.relation {
                     self.range_item(r, depth + 1, level);
                 }
+                // The sampling method's arguments and seed choose rows.
+                for n in t.args.iter().chain(t.repeatable.as_deref()).filter_map(|n| n.node.as_ref()) {
+                    self.rows_from(n.to_ref(), depth + 1);
+                }
             }
             other => {
-                // Table functions (XMLTABLE, JSON_TABLE) and anything else: what they read.
+                // Table functions (XMLTABLE, JSON_TABLE) and anything else: what they read,
+                // which also decides how many rows they yield.
                 let mut refs = Vec::new();
                 self.expr(other.to_ref(), &mut refs, depth + 1);
+                self.predicates.extend(refs.iter().cloned());
                 let outputs = vec![Output { name: String::new(), refs, star: None }];
                 self.inner.extend(outputs.iter().cloned());
                 self.sources.push(Source { alias: String::new(), kind: SourceKind::Query(outputs) });
@@ -629,9 +721,27 @@ impl Walker {
                 }
             }
             NodeRef::FuncCall(f) => {
-                let counts = matches!(super::functions::qual_name(&f.funcname), Some(q) if q.name == "count" && q.schema.as_deref().is_none_or(|s| s == "pg_catalog"));
-                if !counts {
-                    for a in f.args.iter().filter_map(|n| n.node.as_ref()) {
+                let name = super::functions::qual_name(&f.funcname);
+                let builtin = |n: &str| {
+                    name.as_ref().is_some_and(|q| q.name == n && q.schema.as_deref().is_none_or(|s| s == "pg_catalog"))
+                };
+                let counts = builtin("count");
+                let rows = name.as_ref().is_some_and(|q| {
+                    q.schema.as_deref().is_none_or(|s| s == "pg_catalog")
+                        && SET_RETURNING.binary_search(&q.name.as_str()).is_ok()
+                });
+                for a in f.args.iter().filter_map(|n| n.node.as_ref()) {
+                    // `count(x)` shows how many `x` are not NULL: of a column
+                    // itself, no more than its rows show; of anything computed
+                    // (`count(nullif(ssn, '…'))`) or DISTINCT, an answer about
+                    // the values. An aggregate's DISTINCT compares them; a
+                    // set-returning function's arguments decide how many rows
+                    // come out.
+                    let bare = matches!(a, NodeEnum::ColumnRef(_));
+                    if (counts && !bare) || f.agg_distinct || rows {
+                        self.predicate(a.to_ref(), &[], depth + 1);
+                    }
+                    if !counts {
                         self.expr(a.to_ref(), refs, depth + 1);
                     }
                 }

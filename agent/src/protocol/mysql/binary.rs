@@ -12,7 +12,7 @@
 //! Every length is checked against the bytes there are: a row that does
 //! not parse as its columns is refused by the caller, never forwarded.
 
-use crate::mask::{ColumnMask, Counts, MaskOutput, Profile};
+use crate::mask::{ColumnMask, Counts, MaskOutput, Profile, REDACTED};
 
 use super::masking::stringy;
 use super::wire;
@@ -192,6 +192,13 @@ fn is_null(bitmap: &[u8], column: usize) -> bool {
     bitmap.get(bit / 8).is_some_and(|b| b & (1 << (bit % 8)) != 0)
 }
 
+fn clear_null(bitmap: &mut [u8], column: usize) {
+    let bit = column + 2;
+    if let Some(b) = bitmap.get_mut(bit / 8) {
+        *b &= !(1 << (bit % 8));
+    }
+}
+
 fn set_null(bitmap: &mut [u8], column: usize) {
     let bit = column + 2;
     if let Some(b) = bitmap.get_mut(bit / 8) {
@@ -220,6 +227,13 @@ pub fn mask_row(
     let mut value = Vec::new();
     for (i, (c, &k)) in plan.iter().zip(kinds).enumerate() {
         if is_null(bitmap, i) {
+            // A computed value's NULL is hidden too (`NULLIF(ssn, '…')` would answer).
+            if matches!(c, ColumnMask::Hidden) && stringy(k) {
+                clear_null(out.get_mut(bm_at..)?, i);
+                wire::put_lenenc(out, REDACTED.len());
+                out.extend_from_slice(REDACTED);
+                counts.add_columns(1);
+            }
             continue;
         }
         let n = value_len(k, rest)?;
@@ -233,6 +247,16 @@ pub fn mask_row(
                 MaskOutput::Null
             }
             ColumnMask::Scan { .. } if !stringy(k) => MaskOutput::Unchanged,
+            ColumnMask::Hidden if !stringy(k) => {
+                counts.add_columns(1);
+                MaskOutput::Null
+            }
+            ColumnMask::Hidden => {
+                value.clear();
+                value.extend_from_slice(REDACTED);
+                counts.add_columns(1);
+                MaskOutput::Written
+            }
             ColumnMask::Rule(style, key) => {
                 let (Some(v), _) = wire::lenenc_str(raw)? else { return None };
                 value.clear();

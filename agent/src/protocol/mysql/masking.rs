@@ -14,7 +14,7 @@
 //!   like `****` is no number or date); other string columns go through
 //!   the detectors; other types pass.
 
-use crate::mask::{ColumnMask, Counts, MaskOutput, Profile, Style, TokenScope};
+use crate::mask::{ColumnMask, Counts, MaskOutput, Profile, REDACTED, Style, TokenScope};
 use crate::sql::TableRef;
 
 use super::wire;
@@ -80,14 +80,23 @@ pub fn plan(profile: &Profile, reads: &[TableRef], database: Option<&str>, cols:
         .map(|c| {
             let table = format!("{}.{}", c.schema, c.org_table).to_ascii_lowercase();
             let known = !c.org_table.is_empty() && read_names.contains(&table);
-            let found = if known {
-                let column = c.org_name.to_ascii_lowercase();
-                profile
-                    .column_style(Some(&table), &column)
-                    .map(|s| (s, profile.token_key(TokenScope::Column { table: Some(&table), column: &column })))
-            } else {
-                untraced.map(|s| (s, profile.token_key(TokenScope::Column { table: None, column: &c.name })))
-            };
+            if !known {
+                // An expression (or a derived table's column) over a table with
+                // masked columns: hidden whole, NULL included (see `ColumnMask::Hidden`).
+                return match untraced {
+                    Some(_) if stringy(c.kind) => ColumnMask::Hidden,
+                    Some(_) => ColumnMask::Rule(
+                        Style::Null,
+                        profile.token_key(TokenScope::Column { table: None, column: &c.name }),
+                    ),
+                    None if stringy(c.kind) => ColumnMask::Scan { skip: 0 },
+                    None => ColumnMask::Pass,
+                };
+            }
+            let column = c.org_name.to_ascii_lowercase();
+            let found = profile
+                .column_style(Some(&table), &column)
+                .map(|s| (s, profile.token_key(TokenScope::Column { table: Some(&table), column: &column })));
             match found {
                 Some((s, key)) if stringy(c.kind) => ColumnMask::Rule(s, key),
                 Some((_, key)) => ColumnMask::Rule(Style::Null, key),
@@ -116,12 +125,24 @@ pub fn mask_row(
         let raw = row.get(at..at + n)?;
         at += n;
         let Some(v) = v else {
-            out.push(0xfb);
+            // A computed value's NULL is hidden too (`NULLIF(ssn, '…')` would answer).
+            if matches!(c, ColumnMask::Hidden) {
+                wire::put_lenenc(out, REDACTED.len());
+                out.extend_from_slice(REDACTED);
+                counts.add_columns(1);
+            } else {
+                out.push(0xfb);
+            }
             continue;
         };
         value.clear();
         let result = match c {
             ColumnMask::Pass => MaskOutput::Unchanged,
+            ColumnMask::Hidden => {
+                value.extend_from_slice(REDACTED);
+                counts.add_columns(1);
+                MaskOutput::Written
+            }
             ColumnMask::Rule(style, key) => {
                 let r = profile.mask_value(*style, key, v, &mut value);
                 if r != MaskOutput::Unchanged {
@@ -311,11 +332,21 @@ mod tests {
         let computed = parse_column_def(&coldef("", "", "concat(card,'')", "", 0xfd)).unwrap();
         let count = parse_column_def(&coldef("", "", "count(*)", "", 0x08)).unwrap();
         let plan = plan(&p, &reads(), Some("shop"), &[computed.clone(), count.clone()]);
-        assert!(matches!(plan[0], ColumnMask::Rule(Style::Redact, _)), "{plan:?}");
+        assert!(matches!(plan[0], ColumnMask::Hidden), "{plan:?}");
         assert!(matches!(plan[1], ColumnMask::Rule(Style::Null, _)), "{plan:?}");
+        // Hidden whole, NULL included: no part of a value the user shaped, and no answer in its NULLs.
+        let mut out = Vec::new();
+        let mut counts = Counts::default();
+        let row = [lenenc(b"AAAAAAAA4111"), vec![0xfb]].concat();
+        let one = [plan[0].clone()];
+        mask_row(&p, &one, &row[..13], &mut out, &mut counts).unwrap();
+        assert_eq!(out, lenenc(b"****"));
+        out.clear();
+        mask_row(&p, &one, &[0xfb], &mut out, &mut counts).unwrap();
+        assert_eq!(out, lenenc(b"****"));
         // A derived table's column is not traced either.
         let derived = parse_column_def(&coldef("shop", "d", "card", "card", 0xfd)).unwrap();
-        assert!(matches!(super::plan(&p, &reads(), Some("shop"), &[derived])[0], ColumnMask::Rule(..)));
+        assert!(matches!(super::plan(&p, &reads(), Some("shop"), &[derived])[0], ColumnMask::Hidden));
         // No table read: the detectors only.
         let plan = super::plan(&p, &[], Some("shop"), &[computed, count]);
         assert!(matches!(plan[0], ColumnMask::Scan { .. }));

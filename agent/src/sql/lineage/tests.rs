@@ -85,3 +85,52 @@ fn stars_predicates_and_copy() {
     assert_eq!(d.outputs[0].refs, [col(None, "ssn")]);
     assert_eq!(lineage("FETCH 5 FROM cur").fetches.as_deref(), Some("cur"));
 }
+
+/// Ways to learn about a value from how many rows come out, or from a count,
+/// without a WHERE: each must register the column as a predicate.
+#[test]
+fn row_counts_that_depend_on_values_are_predicates() {
+    for sql in [
+        // count(x) counts the x that are not NULL.
+        "SELECT count(nullif(substr(ssn, 1, 1), '1')) FROM customers",
+        "SELECT count(CASE WHEN ssn LIKE '1%' THEN 1 END) FROM customers",
+        "SELECT count(DISTINCT ssn) FROM customers",
+        "SELECT string_agg(DISTINCT ssn, ',') FROM customers",
+        // Rows compared.
+        "SELECT DISTINCT substr(ssn, 1, 1) FROM customers",
+        "SELECT ssn FROM customers UNION SELECT '123-45-6789'",
+        "SELECT ssn FROM customers INTERSECT ALL SELECT '123-45-6789'",
+        "SELECT ssn FROM customers EXCEPT SELECT '123-45-6789'",
+        "SELECT DISTINCT * FROM customers",
+        // Set-returning functions: how many rows depends on the arguments.
+        "SELECT count(*) FROM customers c, generate_series(1, ascii(c.ssn))",
+        "SELECT count(*) FROM (SELECT generate_series(1, ascii(ssn)) FROM customers) s",
+        "SELECT count(*) FROM (SELECT regexp_matches(ssn, '1', 'g') FROM customers) s",
+        "SELECT 1 FROM customers c, LATERAL unnest(string_to_array(c.ssn, '1')) u",
+        "SELECT count(*) FROM customers c, ROWS FROM (generate_series(1, length(c.ssn))) g",
+        "SELECT count(*) FROM XMLTABLE('/a' PASSING (SELECT xmlparse(content ssn) FROM customers) COLUMNS x int PATH '.')",
+        "SELECT count(*) FROM orders TABLESAMPLE BERNOULLI ((SELECT ascii(ssn) FROM customers LIMIT 1))",
+        // LIMIT of a set operation.
+        "SELECT id FROM orders UNION ALL SELECT 1 LIMIT (SELECT ascii(ssn) FROM customers LIMIT 1)",
+        // A recursive CTE's CYCLE compares its columns.
+        "WITH RECURSIVE r(s) AS (SELECT ssn FROM customers UNION ALL SELECT s FROM r) CYCLE s SET c USING p SELECT 1 FROM r",
+    ] {
+        let l = lineage(sql);
+        assert!(
+            l.predicates
+                .iter()
+                .any(|r| matches!(r, Ref::Column { name, .. } if name == "ssn" ) || matches!(r, Ref::Whole(_))),
+            "{sql}: {:?}",
+            l.predicates
+        );
+    }
+    // What stays allowed: counting rows or a column itself, UNION ALL, functions that keep the row count.
+    for sql in [
+        "SELECT count(*), count(ssn), count(c.ssn) FROM customers c",
+        "SELECT ssn FROM customers UNION ALL SELECT '1'",
+        "SELECT upper(ssn), replace(ssn, '-', '') FROM customers",
+    ] {
+        let l = lineage(sql);
+        assert!(!l.predicates.iter().any(|r| matches!(r, Ref::Column { name, .. } if name == "ssn")), "{sql}: {l:?}");
+    }
+}

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::catalog::{Bound, Catalog};
-use crate::mask::{ColumnMask, Counts, MaskOutput, Profile, ResultColumn, Style, TokenKey};
+use crate::mask::{ColumnMask, Counts, MaskOutput, Profile, REDACTED, ResultColumn, Style, TokenKey};
 use crate::protocol::postgres::Ctx;
 use crate::protocol::postgres::wire::{self, Frame, PgError, Severity, WireError};
 use crate::sql::lineage::Lineage;
@@ -80,6 +80,8 @@ pub(super) struct CopyPlan {
     csv: bool,
     /// The next row is the header line.
     header: bool,
+    /// A query's fields may be computed: a masked field's NULL is hidden too.
+    hide_nulls: bool,
 }
 
 /// The plan for a `COPY … TO` of `width` columns.
@@ -93,11 +95,17 @@ pub(super) fn copy_plan(
     let format = lineage.copy.as_ref()?;
     let cat = catalog(db);
     let bound = cat.bind(lineage, &trace.relations);
-    let styles = profile.copy_plan(&cat, &bound, width);
+    let styles = profile.copy_plan(&cat, &bound, width, format.relation);
     if !styles.iter().any(Option::is_some) {
         return None;
     }
-    Some(CopyPlan { styles, delimiter: format.delimiter, csv: format.csv, header: format.header })
+    Some(CopyPlan {
+        styles,
+        delimiter: format.delimiter,
+        csv: format.csv,
+        header: format.header,
+        hide_nulls: !format.relation,
+    })
 }
 
 /// The trail's key capture for a result described by `cols` (`plan`: its
@@ -125,7 +133,7 @@ pub(super) fn trail_capture(
             attnum: c.attnum,
             type_oid: c.type_oid,
             binary: c.format == 1,
-            masked: matches!(plan.get(i), Some(ColumnMask::Rule(..))),
+            masked: matches!(plan.get(i), Some(ColumnMask::Rule(..) | ColumnMask::Hidden)),
         })
         .collect();
     crate::trail::Capture::for_result(&cfg, ctx.agent.audit.trail_key(), &cat, bound.as_deref(), &relations, &cols)
@@ -219,7 +227,7 @@ pub(super) fn mask_copy_row(
         }
         let v = row.get(*s..*e).unwrap_or_default();
         match style {
-            Some((style, key)) if !null => {
+            Some((style, key)) if !null || (plan.hide_nulls && *style != Style::Null) => {
                 counts.add_columns(1);
                 let at = masked.len();
                 if plan.csv {
@@ -372,7 +380,14 @@ pub(super) fn mask_row(
             .ok_or_else(malformed)?;
         at += 4;
         if len < 0 {
-            out.extend_from_slice(&(-1i32).to_be_bytes());
+            // A computed value's NULL is hidden too (`nullif(ssn, '…')` would answer).
+            if matches!(c, ColumnMask::Hidden) {
+                out.extend_from_slice(&i32::try_from(REDACTED.len()).unwrap_or(4).to_be_bytes());
+                out.extend_from_slice(REDACTED);
+                counts.add_columns(1);
+            } else {
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+            }
             continue;
         }
         let end = at.checked_add(usize::try_from(len).map_err(|_| malformed())?).ok_or_else(malformed)?;
@@ -383,6 +398,11 @@ pub(super) fn mask_row(
         let value_at = out.len();
         let result = match c {
             ColumnMask::Pass => MaskOutput::Unchanged,
+            ColumnMask::Hidden => {
+                out.extend_from_slice(REDACTED);
+                counts.add_columns(1);
+                MaskOutput::Written
+            }
             ColumnMask::Rule(style, key) => {
                 let r = profile.mask_value(*style, key, v, out);
                 if r != MaskOutput::Unchanged {
@@ -543,6 +563,7 @@ mod tests {
             delimiter: b'\t',
             csv: false,
             header: false,
+            hide_nulls: false,
         };
         let mut out = Vec::new();
         mask_copy_row(&p, &mut plan, b"1\tzoe@example.com\tx\\ty\n", &mut out, &mut counts);
@@ -553,8 +574,13 @@ mod tests {
         out.clear();
         mask_copy_row(&p, &mut plan, b"3\tonly two\n", &mut out, &mut counts);
         assert_eq!(out, b"****\n", "a row that does not split is redacted whole");
-        let mut csv =
-            CopyPlan { styles: vec![None, Some((Style::Redact, k()))], delimiter: b',', csv: true, header: true };
+        let mut csv = CopyPlan {
+            styles: vec![None, Some((Style::Redact, k()))],
+            delimiter: b',',
+            csv: true,
+            header: true,
+            hide_nulls: false,
+        };
         out.clear();
         mask_copy_row(&p, &mut csv, b"id,email\n", &mut out, &mut counts);
         assert_eq!(out, b"id,email\n");
@@ -564,6 +590,19 @@ mod tests {
         out.clear();
         mask_copy_row(&p, &mut csv, b"2,123-45-6789\n", &mut out, &mut counts);
         assert_eq!(out, b"2,\"****\"\n");
+        // A query's fields may be computed: a masked field's NULL is hidden as well.
+        for (csv, row, want) in [(false, &b"4\t\\N\n"[..], &b"4\t****\n"[..]), (true, b"4,\n", b"4,\"****\"\n")] {
+            let mut q = CopyPlan {
+                styles: vec![None, Some((Style::Redact, k()))],
+                delimiter: if csv { b',' } else { b'\t' },
+                csv,
+                header: false,
+                hide_nulls: true,
+            };
+            out.clear();
+            mask_copy_row(&p, &mut q, row, &mut out, &mut counts);
+            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want));
+        }
     }
 
     #[test]
