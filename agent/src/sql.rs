@@ -275,6 +275,10 @@ pub struct Statement {
     /// Where its result columns come from, for masking (`None`: no rows it can trace).
     #[serde(skip)]
     pub lineage: Option<std::sync::Arc<lineage::Lineage>>,
+    /// MySQL: the names it filters, joins, sorts, groups or counts rows on
+    /// (PostgreSQL statements have their lineage's predicates instead).
+    #[serde(skip)]
+    pub compared: Option<std::sync::Arc<mysql::Compared>>,
 }
 
 /// A name as written: `name` or `schema.name` (as the parser folded it).
@@ -488,6 +492,7 @@ fn classify_one(sql: &str, raw: &pb::RawStmt) -> Result<Statement, SqlError> {
         via_views: Vec::new(),
         sensitive: Vec::new(),
         lineage: traced,
+        compared: None,
     })
 }
 

@@ -758,7 +758,7 @@ fn masked_rule_masks_result_sets_for_the_cli_and_pymysql() {
     let out = w.mariadb_script(
         &w.sam,
         &["appdb"],
-        &format!("{q};\nSELECT CONCAT(card, '-') AS c, COUNT(*) FROM customers GROUP BY card ORDER BY card;\nSELECT 'ssn 123-45-6789' AS x;\nSELECT 1 FROM zoe_secret;\nSELECT 'after';\n"),
+        &format!("{q};\nSELECT CONCAT(card, '-') AS c FROM customers WHERE id = 1;\nSELECT 'ssn 123-45-6789' AS x;\nSELECT 1 FROM zoe_secret;\nSELECT 'after';\n"),
     );
     let t = text(&out);
     assert!(!t.contains("4111111111111111") && !t.contains("411111111111"), "card leaked: {t}\n{}", w.env.agent_log());
@@ -809,7 +809,47 @@ print(json.dumps([list(r) for r in cur.fetchall()]))
     assert!(!pt.contains("ZOE@EXAMPLE.COM"), "{pt}");
     assert_eq!(lines[1][0][1], Value::Null, "a computed number over a masked table is NULL: {pt}");
 
+    // A value shaped from a masked column is hidden whole, NULL included (a
+    // partial form of it would show what the column's hides; its NULL would
+    // answer the NULLIF's question). The server returns the real thing.
+    let shaped = "SELECT CONCAT('xxxxxxxx', REVERSE(card)), NULLIF(SUBSTR(card, 1, 1), '4'), NULLIF(SUBSTR(card, 1, 1), '9') FROM customers WHERE id = 1";
+    let real = text(&w.mariadb(&w.ana, &["appdb", "-N", "-e", shaped]));
+    assert!(real.contains("xxxxxxxx1111111111111114\tNULL\t4"), "{real}");
+    let got = text(&w.mariadb(&w.sam, &["appdb", "-N", "-e", shaped]));
+    assert_eq!(got.trim(), "****\t****\t****", "{got}\n{}", w.env.agent_log());
+    // Filtering, joining, sorting, grouping or counting rows on a masked
+    // column: refused (masked_predicates = "refuse", the default), and the
+    // server never ran them.
+    let refused = [
+        "SELECT id FROM customers WHERE card LIKE '4pred1%'",
+        "SELECT COUNT(*), 'pred2' FROM customers GROUP BY card",
+        "SELECT id, 'pred3' FROM customers ORDER BY card",
+        "SELECT COUNT(NULLIF(SUBSTR(card, 1, 1), 'pred4')) FROM customers",
+        "SELECT DISTINCT SUBSTR(email, 1, 1), 'pred5' FROM customers",
+        "SELECT card FROM customers UNION SELECT 'pred6'",
+        "SELECT * FROM (SELECT card AS x FROM customers) d WHERE x LIKE 'pred7%'",
+        "SELECT c.id FROM customers c JOIN customers d ON d.email = c.email AND 'pred8' = 'pred8'",
+    ];
+    for sql in refused {
+        let out = text(&w.mariadb(&w.sam, &["appdb", "-N", "-e", sql]));
+        assert!(out.contains("ERROR 1227") && out.contains("masked column"), "{sql}: {out}\n{}", w.env.agent_log());
+    }
+    let allowed =
+        text(&w.mariadb(&w.sam, &["appdb", "-N", "-e", "SELECT id, card FROM customers WHERE id = 1 ORDER BY id"]));
+    assert!(allowed.starts_with("1\t") && allowed.contains("1111"), "{allowed}");
+    let log = w.db.general_log();
+    for n in 1..=8 {
+        assert!(!log.contains(&format!("pred{n}")), "the server ran refused statement {n}: {log}");
+    }
+
     let st = w.statements_of(&w.sam);
+    assert!(
+        st.iter()
+            .filter(|x| x["decision"] == "deny" && x["reason"].as_str().is_some_and(|r| r.contains("masked column")))
+            .count()
+            == refused.len(),
+        "the refusal is recorded: {st:#?}"
+    );
     let sel = st.iter().find(|x| x["text"] == q).expect("select recorded");
     assert_eq!(sel["decision"], "allow", "{sel}");
     assert_eq!(sel["rows"], 2, "{sel}");

@@ -1081,6 +1081,12 @@ fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
             d.rule_label()
         ));
     }
+    if runs
+        && let Some(profile) = ctx.mask.as_deref()
+        && let Some(why) = masking::predicate_refusal(profile, s)
+    {
+        return Decision::refuse(format!("rule {:?} refuses this statement: {why}", d.rule_label()));
+    }
     d
 }
 

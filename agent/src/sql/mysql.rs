@@ -29,6 +29,9 @@ use sqlparser::parser::Parser;
 
 use super::{Kind, MAX_SQL_LEN, Statement, TableRef};
 
+mod compared;
+pub use compared::Compared;
+
 /// Why a text is refused before any policy is asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -399,8 +402,17 @@ pub fn classify(text: &[u8], names: &Names) -> Result<Classified, Refusal> {
         })
         .cloned()
         .collect();
-    let statement =
-        Statement { text: text.trim().to_owned(), kinds, reads, writes, functions, sensitive, ..Statement::default() };
+    let compared = Some(std::sync::Arc::new(compared::of(ast)));
+    let statement = Statement {
+        text: text.trim().to_owned(),
+        kinds,
+        reads,
+        writes,
+        functions,
+        sensitive,
+        compared,
+        ..Statement::default()
+    };
     Ok(Classified { statement, uses })
 }
 

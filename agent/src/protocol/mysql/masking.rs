@@ -108,6 +108,57 @@ pub fn plan(profile: &Profile, reads: &[TableRef], database: Option<&str>, cols:
     if plan.iter().all(|c| matches!(c, ColumnMask::Pass)) { Vec::new() } else { plan }
 }
 
+/// Why a masked session refuses `st`, when its profile refuses predicates
+/// (`masked_predicates = "refuse"`, the default) and the statement filters,
+/// joins, sorts, groups or counts rows on a name a column rule masks in a
+/// table it reads or writes (see `sql::mysql::Compared`: by name, with
+/// aliases followed; a compared `*` counts as every column).
+pub fn predicate_refusal(profile: &Profile, st: &crate::sql::Statement) -> Option<String> {
+    if !profile.refuses_predicates() {
+        return None;
+    }
+    let c = st.compared.as_deref()?;
+    let tables: Vec<String> = st
+        .reads
+        .iter()
+        .chain(&st.writes)
+        .map(|t| match &t.schema {
+            Some(s) => format!("{s}.{}", t.name).to_ascii_lowercase(),
+            None => t.name.to_ascii_lowercase(),
+        })
+        .collect();
+    let mut names = c.names.clone();
+    // An alias compares what it reads (aliases of aliases too).
+    for _ in 0..=c.aliases.len() {
+        let before = names.len();
+        for (alias, reads) in &c.aliases {
+            if names.contains(alias) {
+                names.extend(reads.iter().cloned());
+            }
+        }
+        if names.len() == before {
+            break;
+        }
+    }
+    for name in &names {
+        for t in &tables {
+            let masked = if name == "*" {
+                profile.table_style(t).is_some()
+            } else {
+                profile.column_style(Some(t), name).is_some()
+            };
+            if masked {
+                let what = if name == "*" { format!("columns of {t}") } else { format!("column {t}.{name}") };
+                return Some(format!(
+                    "it filters, joins, sorts, groups or counts rows on the masked {what} (masking profile {} refuses this: such a condition reveals the value a little at a time)",
+                    profile.name()
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Rewrites one text-protocol row payload per `plan` into `out` (appended).
 /// `None` when the row does not parse as `plan.len()` values (the caller
 /// fails closed).

@@ -1,0 +1,479 @@
+//! What a MySQL statement compares: the column names it filters, joins,
+//! sorts or groups on, or whose values decide how many rows come out or what
+//! a count says. A masking profile that refuses predicates on masked columns
+//! (`masked_predicates = "refuse"`) checks these names against its column
+//! rules (`protocol::mysql::masking::predicate_refusal`).
+//!
+//! There is no catalog on this path, so this works on names and errs
+//! towards "compared": every name outside a select list counts (WHERE, ON,
+//! USING, NATURAL, GROUP BY, HAVING, ORDER BY, LIMIT, window definitions, a
+//! subquery in any of those, select lists included), and in a select list
+//! the arguments of an aggregate with DISTINCT, of `COUNT` other than a bare
+//! column, `GROUP_CONCAT … ORDER BY`, `OVER (…)`, every column of a DISTINCT
+//! or of a UNION / INTERSECT / EXCEPT that is not UNION ALL, and items named
+//! by position or alias in GROUP BY, HAVING or ORDER BY. Aliases are kept
+//! with the names their expressions read, so a compared alias (a derived
+//! table's column) compares what it reads; a name MySQL gives an unnamed
+//! expression column (`CONCAT(ssn)`) also counts as its words.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    self, Distinct, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArgumentClause, FunctionArguments,
+    GroupByExpr, InTarget, JoinConstraint, JoinOperator, OrderByKind, Query, SelectItem, SetExpr, SetOperator,
+    SetQuantifier, TableFactor, Value, VisitMut, VisitorMut, WindowType,
+};
+
+/// The names a statement compares (see the module's documentation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compared {
+    /// Lowercased names, and `*` for a wildcard in a comparing position.
+    pub names: BTreeSet<String>,
+    /// Result column aliases (select items, derived tables' and CTEs' column
+    /// lists), each with the names its expression reads.
+    pub aliases: Vec<(String, BTreeSet<String>)>,
+}
+
+/// How deep subqueries are followed (sqlparser's own recursion limit is 50).
+const MAX_DEPTH: usize = 64;
+
+/// What `stmt` compares.
+pub fn of(stmt: &ast::Statement) -> Compared {
+    let mut c = Compared::default();
+    let mut tree = stmt.clone();
+    scan(&mut tree, &mut c, 0);
+    c
+}
+
+/// Scans a statement or query: its select lists are taken out (values,
+/// looked at for aggregates and subqueries only), and every name left in
+/// the tree is in a comparing position.
+fn scan<N: VisitMut>(node: &mut N, c: &mut Compared, depth: usize) {
+    if depth > MAX_DEPTH {
+        c.names.insert("*".into());
+        return;
+    }
+    let mut strip = Strip { in_expr: 0, stash: Vec::new(), c };
+    let _ = node.visit(&mut strip);
+    let stash = std::mem::take(&mut strip.stash);
+    names_in_node(node, c);
+    for (item, compared) in stash {
+        let expr = match &item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+            SelectItem::ExprWithAliases { expr: e, .. } => e,
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                if compared {
+                    c.names.insert("*".into());
+                }
+                continue;
+            }
+        };
+        if compared {
+            names_in(expr, &mut c.names);
+        }
+        value(expr, c, depth);
+    }
+}
+
+/// A select list item's expression: what inside it compares.
+fn value(expr: &Expr, c: &mut Compared, depth: usize) {
+    let mut found: Vec<(Query, bool)> = Vec::new();
+    let _ = ast::visit_expressions(expr, |x| {
+        match x {
+            Expr::Function(f) => function(f, &mut c.names),
+            // A scalar subquery's select list is a value; its other clauses compare.
+            Expr::Subquery(q) => found.push(((**q).clone(), false)),
+            // EXISTS / IN (subquery) compare what the subquery returns.
+            Expr::Exists { subquery, .. } | Expr::In { target: InTarget::Subquery(subquery), .. } => {
+                found.push(((**subquery).clone(), true));
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    for (mut q, compared) in found {
+        if compared {
+            projection_names(&q, &mut c.names);
+        }
+        scan(&mut q, c, depth + 1);
+    }
+}
+
+/// An aggregate's DISTINCT, `COUNT(x)` of anything but a bare column (it
+/// counts the x that are not NULL), its ORDER BY and FILTER, and a window.
+fn function(f: &ast::Function, names: &mut BTreeSet<String>) {
+    let counts = f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case("count"));
+    if let FunctionArguments::List(l) = &f.args {
+        let distinct = matches!(l.duplicate_treatment, Some(DuplicateTreatment::Distinct));
+        for a in &l.args {
+            let e = match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
+                | FunctionArg::Named { arg: FunctionArgExpr::Expr(e), .. }
+                | FunctionArg::ExprNamed { arg: FunctionArgExpr::Expr(e), .. } => e,
+                _ => continue,
+            };
+            let bare = matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_));
+            if distinct || (counts && !bare) {
+                names_in(e, names);
+            }
+        }
+        for clause in &l.clauses {
+            if let FunctionArgumentClause::OrderBy(list) = clause {
+                for o in list {
+                    names_in(&o.expr, names);
+                }
+            }
+        }
+    }
+    for o in &f.within_group {
+        names_in(&o.expr, names);
+    }
+    if let Some(filter) = &f.filter {
+        names_in(filter, names);
+    }
+    if let Some(WindowType::WindowSpec(spec)) = &f.over {
+        for e in &spec.partition_by {
+            names_in(e, names);
+        }
+        for o in &spec.order_by {
+            names_in(&o.expr, names);
+        }
+    }
+}
+
+/// An expression with a query of its own.
+fn holds_query(e: &Expr) -> bool {
+    matches!(e, Expr::Subquery(_) | Expr::Exists { .. } | Expr::In { target: InTarget::Subquery(_), .. })
+}
+
+/// Takes the select lists out of the queries that are not inside an
+/// expression (the statement's, derived tables', CTEs'), noting which items
+/// compare; a subquery inside a WHERE, ON, HAVING… keeps its select list,
+/// which that clause compares.
+struct Strip<'a> {
+    in_expr: usize,
+    stash: Vec<(SelectItem, bool)>,
+    c: &'a mut Compared,
+}
+
+impl VisitorMut for Strip<'_> {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if holds_query(expr) {
+            self.in_expr += 1;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if holds_query(expr) {
+            self.in_expr = self.in_expr.saturating_sub(1);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        // `(SELECT …) AS d(a, b)`: each column name reads what the select list reads.
+        if let TableFactor::Derived { subquery, alias: Some(alias), .. } = factor
+            && !alias.columns.is_empty()
+        {
+            let mut reads = BTreeSet::new();
+            projection_names(subquery, &mut reads);
+            for col in &alias.columns {
+                self.c.aliases.push((col.name.value.to_lowercase(), reads.clone()));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                let mut reads = BTreeSet::new();
+                projection_names(&cte.query, &mut reads);
+                for col in &cte.alias.columns {
+                    self.c.aliases.push((col.name.value.to_lowercase(), reads.clone()));
+                }
+            }
+        }
+        if self.in_expr > 0 {
+            return ControlFlow::Continue(());
+        }
+        let order: Vec<Expr> = match q.order_by.as_ref().map(|o| &o.kind) {
+            Some(OrderByKind::Expressions(list)) => list.iter().map(|o| o.expr.clone()).collect(),
+            // ORDER BY ALL: every result column.
+            Some(OrderByKind::All(_)) => vec![Expr::Wildcard(ast::helpers::attached_token::AttachedToken::empty())],
+            None => Vec::new(),
+        };
+        self.set(&mut q.body, false, &order);
+        ControlFlow::Continue(())
+    }
+}
+
+impl Strip<'_> {
+    fn set(&mut self, body: &mut SetExpr, compared: bool, order: &[Expr]) {
+        match body {
+            SetExpr::Select(sel) => self.select(sel, compared, order),
+            SetExpr::SetOperation { op, set_quantifier, left, right } => {
+                let all = matches!(set_quantifier, SetQuantifier::All);
+                let compares = compared || !(matches!(op, SetOperator::Union) && all);
+                self.set(left, compares, order);
+                self.set(right, compares, &[]);
+            }
+            SetExpr::Query(q) => {
+                let own: Vec<Expr> = match q.order_by.as_ref().map(|o| &o.kind) {
+                    Some(OrderByKind::Expressions(list)) => list.iter().map(|o| o.expr.clone()).collect(),
+                    Some(OrderByKind::All(_)) => {
+                        vec![Expr::Wildcard(ast::helpers::attached_token::AttachedToken::empty())]
+                    }
+                    None => Vec::new(),
+                };
+                let order = [order, &own[..]].concat();
+                self.set(&mut q.body, compared, &order);
+            }
+            _ => {}
+        }
+    }
+
+    fn select(&mut self, sel: &mut ast::Select, compared: bool, order: &[Expr]) {
+        let items = std::mem::take(&mut sel.projection);
+        let distinct = matches!(sel.distinct, Some(Distinct::Distinct));
+        let mut flags = vec![compared || distinct; items.len()];
+        let aliases: Vec<Option<String>> = items
+            .iter()
+            .map(|i| match i {
+                SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_lowercase()),
+                SelectItem::UnnamedExpr(Expr::Identifier(id)) => Some(id.value.to_lowercase()),
+                SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                    parts.last().map(|p| p.value.to_lowercase())
+                }
+                _ => None,
+            })
+            .collect();
+        for (item, alias) in items.iter().zip(&aliases) {
+            if let (SelectItem::ExprWithAlias { expr, .. }, Some(a)) = (item, alias) {
+                let mut reads = BTreeSet::new();
+                names_in(expr, &mut reads);
+                self.c.aliases.push((a.clone(), reads));
+            }
+        }
+        // Items named by position or alias where rows are sorted, grouped or filtered.
+        let mut mark = |e: &Expr| match e {
+            Expr::Value(v) => {
+                if let Value::Number(n, _) = &v.value
+                    && let Some(f) =
+                        n.parse::<usize>().ok().and_then(|k| k.checked_sub(1)).and_then(|k| flags.get_mut(k))
+                {
+                    *f = true;
+                }
+            }
+            Expr::Wildcard(_) => flags.iter_mut().for_each(|f| *f = true),
+            other => {
+                let mut used = BTreeSet::new();
+                names_in(other, &mut used);
+                for (f, a) in flags.iter_mut().zip(&aliases) {
+                    if a.as_ref().is_some_and(|a| used.contains(a)) {
+                        *f = true;
+                    }
+                }
+            }
+        };
+        order.iter().for_each(&mut mark);
+        match &sel.group_by {
+            GroupByExpr::Expressions(list, _) => list.iter().for_each(&mut mark),
+            GroupByExpr::All(_) => mark(&Expr::Wildcard(ast::helpers::attached_token::AttachedToken::empty())),
+        }
+        if let Some(h) = &sel.having {
+            mark(h);
+        }
+        if let Some(q) = &sel.qualify {
+            mark(q);
+        }
+        for twj in &sel.from {
+            for j in &twj.joins {
+                let constraint = match &j.join_operator {
+                    JoinOperator::Join(c)
+                    | JoinOperator::Inner(c)
+                    | JoinOperator::Left(c)
+                    | JoinOperator::LeftOuter(c)
+                    | JoinOperator::Right(c)
+                    | JoinOperator::RightOuter(c)
+                    | JoinOperator::FullOuter(c)
+                    | JoinOperator::CrossJoin(c)
+                    | JoinOperator::Semi(c)
+                    | JoinOperator::LeftSemi(c)
+                    | JoinOperator::RightSemi(c)
+                    | JoinOperator::Anti(c)
+                    | JoinOperator::LeftAnti(c)
+                    | JoinOperator::RightAnti(c)
+                    | JoinOperator::StraightJoin(c) => Some(c),
+                    JoinOperator::AsOf { constraint, .. } => Some(constraint),
+                    _ => None,
+                };
+                match constraint {
+                    Some(JoinConstraint::Using(cols) | JoinConstraint::UsingAlias(cols, _)) => {
+                        for name in cols {
+                            if let Some(last) = name.0.last().and_then(|p| p.as_ident()) {
+                                insert_name(&last.value, &mut self.c.names);
+                            }
+                        }
+                    }
+                    // The joined columns are not named: every column of both sides may be one.
+                    Some(JoinConstraint::Natural) => {
+                        self.c.names.insert("*".into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.stash.extend(items.into_iter().zip(flags));
+    }
+}
+
+/// The names the select lists of `q`'s body read (all of them).
+fn projection_names(q: &Query, names: &mut BTreeSet<String>) {
+    fn set(body: &SetExpr, names: &mut BTreeSet<String>) {
+        match body {
+            SetExpr::Select(sel) => {
+                for item in &sel.projection {
+                    match item {
+                        SelectItem::UnnamedExpr(e)
+                        | SelectItem::ExprWithAlias { expr: e, .. }
+                        | SelectItem::ExprWithAliases { expr: e, .. } => names_in(e, names),
+                        SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                            names.insert("*".into());
+                        }
+                    }
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                set(left, names);
+                set(right, names);
+            }
+            SetExpr::Query(q) => set(&q.body, names),
+            _ => {}
+        }
+    }
+    set(&q.body, names);
+}
+
+/// Every name in what is left of a statement (its comparing positions).
+fn names_in_node<N: VisitMut>(node: &mut N, c: &mut Compared) {
+    let mut names = std::mem::take(&mut c.names);
+    let _ = ast::visit_expressions_mut(node, |e| {
+        collect(e, &mut names);
+        ControlFlow::<()>::Continue(())
+    });
+    c.names = names;
+}
+
+/// Every name in an expression (subqueries included).
+fn names_in(expr: &Expr, names: &mut BTreeSet<String>) {
+    let _ = ast::visit_expressions(expr, |e| {
+        collect(e, names);
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+fn collect(e: &Expr, names: &mut BTreeSet<String>) {
+    match e {
+        Expr::Identifier(id) => insert_name(&id.value, names),
+        Expr::CompoundIdentifier(parts) => {
+            if let Some(last) = parts.last() {
+                insert_name(&last.value, names);
+            }
+        }
+        Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => {
+            names.insert("*".into());
+        }
+        _ => {}
+    }
+}
+
+/// A name, lowercased; a name that is not one word (MySQL names an unnamed
+/// expression column by its text, `CONCAT(ssn)`) also counts as its words.
+fn insert_name(name: &str, names: &mut BTreeSet<String>) {
+    let lower = name.to_lowercase();
+    if !lower.chars().all(|ch| ch.is_alphanumeric() || ch == '_' || ch == '$') {
+        for word in lower.split(|ch: char| !(ch.is_alphanumeric() || ch == '_' || ch == '$')) {
+            if !word.is_empty() {
+                names.insert(word.to_owned());
+            }
+        }
+    }
+    names.insert(lower);
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlparser::dialect::MySqlDialect;
+    use sqlparser::parser::Parser;
+
+    use super::*;
+
+    fn compared(sql: &str) -> Compared {
+        let parsed = Parser::parse_sql(&MySqlDialect {}, sql).unwrap();
+        of(parsed.first().unwrap())
+    }
+
+    /// The names that compare, with aliases followed.
+    fn closure(c: &Compared) -> BTreeSet<String> {
+        let mut s = c.names.clone();
+        for _ in 0..=c.aliases.len() {
+            for (a, reads) in &c.aliases {
+                if s.contains(a) {
+                    s.extend(reads.iter().cloned());
+                }
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn names_in_comparing_positions() {
+        for sql in [
+            "SELECT id FROM customers WHERE ssn LIKE '1%'",
+            "SELECT id FROM customers c JOIN orders o ON o.ssn = c.ssn",
+            "SELECT id FROM customers JOIN orders USING (ssn)",
+            "SELECT COUNT(*) FROM customers GROUP BY ssn",
+            "SELECT id FROM customers ORDER BY ssn",
+            "SELECT ssn AS x FROM customers ORDER BY x",
+            "SELECT id, ssn FROM customers ORDER BY 2",
+            "SELECT ssn AS x, COUNT(*) FROM customers GROUP BY x",
+            "SELECT ssn AS x FROM customers HAVING x > '1'",
+            "SELECT COUNT(NULLIF(SUBSTR(ssn, 1, 1), '1')) FROM customers",
+            "SELECT COUNT(DISTINCT ssn) FROM customers",
+            "SELECT GROUP_CONCAT(name ORDER BY ssn) FROM customers",
+            "SELECT ROW_NUMBER() OVER (ORDER BY ssn) FROM customers",
+            "SELECT DISTINCT SUBSTR(ssn, 1, 1) FROM customers",
+            "SELECT ssn FROM customers UNION SELECT '123-45-6789'",
+            "SELECT ssn FROM customers INTERSECT SELECT '123-45-6789'",
+            "SELECT (SELECT name FROM orders WHERE orders.ssn = customers.ssn) FROM customers",
+            "SELECT id FROM customers WHERE id IN (SELECT id FROM customers WHERE ssn = '1')",
+            "SELECT EXISTS (SELECT ssn FROM customers WHERE id = 1 HAVING ssn > '1')",
+            "SELECT id IN (SELECT ssn FROM customers) FROM customers",
+            "SELECT * FROM (SELECT ssn AS x FROM customers) d WHERE x LIKE '1%'",
+            "SELECT * FROM (SELECT CONCAT(ssn) FROM customers) d WHERE `CONCAT(ssn)` LIKE '1%'",
+            "WITH t (x) AS (SELECT ssn FROM customers) SELECT * FROM t WHERE x LIKE '1%'",
+            "SELECT * FROM (SELECT ssn FROM customers) AS d (x) ORDER BY x",
+            "SELECT * FROM customers NATURAL JOIN orders",
+            "SELECT DISTINCT * FROM customers",
+        ] {
+            let c = compared(sql);
+            let s = closure(&c);
+            assert!(s.contains("ssn") || s.contains("*"), "{sql}: {c:?}");
+        }
+        for sql in [
+            "SELECT ssn, UPPER(ssn), COUNT(ssn), COUNT(*) FROM customers WHERE id = 1",
+            "SELECT ssn FROM customers UNION ALL SELECT '1'",
+            "SELECT (SELECT ssn FROM customers WHERE id = 1)",
+            "SELECT * FROM (SELECT ssn FROM customers) d WHERE id = 1",
+            "SELECT ssn AS x FROM customers ORDER BY id",
+        ] {
+            let c = compared(sql);
+            assert!(!closure(&c).contains("ssn"), "{sql}: {c:?}");
+        }
+    }
+}
