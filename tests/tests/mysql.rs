@@ -834,6 +834,17 @@ print(json.dumps([list(r) for r in cur.fetchall()]))
         let out = text(&w.mariadb(&w.sam, &["appdb", "-N", "-e", sql]));
         assert!(out.contains("ERROR 1227") && out.contains("masked column"), "{sql}: {out}\n{}", w.env.agent_log());
     }
+    // A value carried out of its column in a user variable, then read back
+    // by a statement that names no table: refused, whatever the profile
+    // says about predicates; the variable stays unset on the server.
+    let out = w.mariadb_script(
+        &w.sam,
+        &["appdb"],
+        "SELECT @v := card, 'store1' FROM customers WHERE id = 1;\nSELECT CONCAT('v=', COALESCE(@v, 'unset'));\n",
+    );
+    let t = text(&out);
+    assert!(t.contains("ERROR 1227") && t.contains("user variable"), "{t}\n{}", w.env.agent_log());
+    assert!(t.contains("v=unset") && !t.contains("4111111111111111"), "{t}");
     let allowed =
         text(&w.mariadb(&w.sam, &["appdb", "-N", "-e", "SELECT id, card FROM customers WHERE id = 1 ORDER BY id"]));
     assert!(allowed.starts_with("1\t") && allowed.contains("1111"), "{allowed}");
@@ -841,11 +852,14 @@ print(json.dumps([list(r) for r in cur.fetchall()]))
     for n in 1..=8 {
         assert!(!log.contains(&format!("pred{n}")), "the server ran refused statement {n}: {log}");
     }
+    assert!(!log.contains("store1"), "the server ran the refused assignment: {log}");
 
     let st = w.statements_of(&w.sam);
     assert!(
         st.iter()
-            .filter(|x| x["decision"] == "deny" && x["reason"].as_str().is_some_and(|r| r.contains("masked column")))
+            .filter(
+                |x| x["decision"] == "deny" && x["reason"].as_str().is_some_and(|r| r.contains("rows on the masked"))
+            )
             .count()
             == refused.len(),
         "the refusal is recorded: {st:#?}"

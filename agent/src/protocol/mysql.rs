@@ -1083,7 +1083,7 @@ fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
     }
     if runs
         && let Some(profile) = ctx.mask.as_deref()
-        && let Some(why) = masking::predicate_refusal(profile, s)
+        && let Some(why) = masking::stored_refusal(profile, s).or_else(|| masking::predicate_refusal(profile, s))
     {
         return Decision::refuse(format!("rule {:?} refuses this statement: {why}", d.rule_label()));
     }

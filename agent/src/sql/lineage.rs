@@ -756,6 +756,12 @@ impl Walker {
                     for n in over.partition_clause.iter().chain(&over.order_clause).filter_map(|n| n.node.as_ref()) {
                         self.predicate(n.to_ref(), &[], depth + 1);
                     }
+                    // A frame's offsets choose the rows a window aggregate counts.
+                    for n in
+                        [&over.start_offset, &over.end_offset].into_iter().flatten().filter_map(|n| n.node.as_ref())
+                    {
+                        self.rows_from(n.to_ref(), depth + 1);
+                    }
                 }
             }
             NodeRef::SubLink(s) => {

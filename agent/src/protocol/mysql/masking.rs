@@ -159,6 +159,27 @@ pub fn predicate_refusal(profile: &Profile, st: &crate::sql::Statement) -> Optio
     None
 }
 
+/// Why a masked session refuses `st` whatever its profile says about
+/// predicates: it stores values of a table with masked columns where
+/// masking cannot follow them (a user variable a later `SELECT @v` reads
+/// without naming any table, or a file).
+pub fn stored_refusal(profile: &Profile, st: &crate::sql::Statement) -> Option<String> {
+    if !st.compared.as_deref().is_some_and(|c| c.stores) {
+        return None;
+    }
+    let t = st.reads.iter().find_map(|t| {
+        let name = match &t.schema {
+            Some(s) => format!("{s}.{}", t.name).to_ascii_lowercase(),
+            None => t.name.to_ascii_lowercase(),
+        };
+        profile.table_style(&name).is_some().then_some(name)
+    })?;
+    Some(format!(
+        "it stores values read from {t}, which has masked columns (masking profile {}), in a user variable or a file, where masking cannot follow them",
+        profile.name()
+    ))
+}
+
 /// Rewrites one text-protocol row payload per `plan` into `out` (appended).
 /// `None` when the row does not parse as `plan.len()` values (the caller
 /// fails closed).

@@ -112,6 +112,8 @@ fn row_counts_that_depend_on_values_are_predicates() {
         "SELECT count(*) FROM orders TABLESAMPLE BERNOULLI ((SELECT ascii(ssn) FROM customers LIMIT 1))",
         // LIMIT of a set operation.
         "SELECT id FROM orders UNION ALL SELECT 1 LIMIT (SELECT ascii(ssn) FROM customers LIMIT 1)",
+        // A window frame's offset.
+        "SELECT count(*) OVER (ROWS BETWEEN (SELECT ascii(ssn) FROM customers LIMIT 1) PRECEDING AND CURRENT ROW) FROM orders",
         // A recursive CTE's CYCLE compares its columns.
         "WITH RECURSIVE r(s) AS (SELECT ssn FROM customers UNION ALL SELECT s FROM r) CYCLE s SET c USING p SELECT 1 FROM r",
     ] {

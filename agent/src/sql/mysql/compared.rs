@@ -33,6 +33,10 @@ pub struct Compared {
     /// Result column aliases (select items, derived tables' and CTEs' column
     /// lists), each with the names its expression reads.
     pub aliases: Vec<(String, BTreeSet<String>)>,
+    /// The statement stores values where masking does not follow them: a
+    /// user variable (`SET @v = …`, `@v := …`, `SELECT … INTO @v`) or a file
+    /// (`INTO OUTFILE`); a later `SELECT @v` reads no table.
+    pub stores: bool,
 }
 
 /// How deep subqueries are followed (sqlparser's own recursion limit is 50).
@@ -41,6 +45,23 @@ const MAX_DEPTH: usize = 64;
 /// What `stmt` compares.
 pub fn of(stmt: &ast::Statement) -> Compared {
     let mut c = Compared::default();
+    let _ = ast::visit_expressions(stmt, |e| {
+        if matches!(e, Expr::BinaryOp { op: ast::BinaryOperator::Assignment, .. }) {
+            c.stores = true;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    if let ast::Statement::Set(set) = stmt {
+        let user = |v: &ast::ObjectName| {
+            let raw = v.to_string();
+            raw.starts_with('@') && !raw.starts_with("@@")
+        };
+        c.stores |= match set {
+            ast::Set::SingleAssignment { variable, .. } => user(variable),
+            ast::Set::MultipleAssignments { assignments } => assignments.iter().any(|a| user(&a.name)),
+            _ => false,
+        };
+    }
     let mut tree = stmt.clone();
     scan(&mut tree, &mut c, 0);
     c
@@ -238,6 +259,9 @@ impl Strip<'_> {
     }
 
     fn select(&mut self, sel: &mut ast::Select, compared: bool, order: &[Expr]) {
+        if sel.into.is_some() {
+            self.c.stores = true;
+        }
         let items = std::mem::take(&mut sel.projection);
         let distinct = matches!(sel.distinct, Some(Distinct::Distinct));
         let mut flags = vec![compared || distinct; items.len()];
@@ -429,6 +453,21 @@ mod tests {
             }
         }
         s
+    }
+
+    #[test]
+    fn values_stored_out_of_masking_s_sight() {
+        for sql in [
+            "SELECT @x := card FROM customers WHERE id = 1",
+            "SET @x = (SELECT card FROM customers WHERE id = 1)",
+            "SET @a = 1, @x = (SELECT card FROM customers WHERE id = 1)",
+            "SELECT card INTO @x FROM customers WHERE id = 1",
+        ] {
+            assert!(compared(sql).stores, "{sql}");
+        }
+        for sql in ["SELECT @x", "SET @@session.time_zone = '+00:00'", "SELECT card FROM customers"] {
+            assert!(!compared(sql).stores, "{sql}");
+        }
     }
 
     #[test]
