@@ -854,6 +854,17 @@ print(json.dumps([list(r) for r in cur.fetchall()]))
     }
     assert!(!log.contains("store1"), "the server ran the refused assignment: {log}");
 
+    // A warning can quote the value an earlier statement read: what it
+    // quotes is redacted, as an ERR's is (gus's masked rule may SHOW).
+    let out = w.mariadb_script(
+        &w.gus,
+        &["appdb"],
+        "SELECT CAST(email AS DOUBLE) FROM customers WHERE id = 1;\nSHOW WARNINGS;\nSHOW ERRORS;\n",
+    );
+    let t = text(&out);
+    assert!(t.contains("Truncated incorrect DOUBLE value: '****'"), "{t}\n{}", w.env.agent_log());
+    assert!(!t.contains("zoe@example.com"), "{t}");
+
     let st = w.statements_of(&w.sam);
     assert!(
         st.iter()

@@ -38,6 +38,9 @@ pub enum ColumnMask {
     Hidden,
     /// Text: the detectors look inside, after `skip` bytes of binary header (jsonb).
     Scan { skip: usize },
+    /// Text that may quote values of earlier statements (MySQL's `SHOW
+    /// WARNINGS`): what it quotes is redacted, then the detectors look inside.
+    Quoted,
 }
 
 /// A result column as the server described it.
@@ -275,6 +278,7 @@ mod tests {
             .map(|c| match c {
                 ColumnMask::Rule(s, _) => format!("{s:?}"),
                 ColumnMask::Hidden => "Hidden".into(),
+                ColumnMask::Quoted => "Quoted".into(),
                 ColumnMask::Scan { skip } => format!("scan {skip}"),
                 ColumnMask::Pass => "pass".into(),
             })

@@ -957,6 +957,7 @@ async fn statement(
             reads: &c.statement.reads,
             counts: &mut counts,
             binary: false,
+            diagnostics: c.statement.compared.as_deref().is_some_and(|c| c.diagnostics),
         });
         forward_masked(s, client, pkt, up, down, masking).await
     };
@@ -1135,6 +1136,8 @@ struct MaskCtx<'a> {
     counts: &'a mut crate::mask::Counts,
     /// Rows are binary rows (answers to COM_STMT_EXECUTE).
     binary: bool,
+    /// `SHOW WARNINGS` / `SHOW ERRORS`: string columns are messages that may quote values.
+    diagnostics: bool,
 }
 
 /// Forwards one command and relays the server's whole answer to the client.
@@ -1283,6 +1286,18 @@ async fn answer(
                     next_packet(s, client, out, down).await?;
                 }
                 let plan = match masking.as_deref() {
+                    // What a warning quotes can be a value an earlier statement read (`Truncated
+                    // incorrect DOUBLE value: '…'`): redacted as an ERR's is.
+                    Some(m) if m.diagnostics => defs
+                        .iter()
+                        .map(|d| {
+                            if masking::stringy(d.kind) {
+                                crate::mask::ColumnMask::Quoted
+                            } else {
+                                crate::mask::ColumnMask::Pass
+                            }
+                        })
+                        .collect(),
                     Some(m) => masking::plan(m.profile, m.reads, s.database.as_deref(), &defs),
                     None => Vec::new(),
                 };

@@ -246,7 +246,12 @@ pub fn mask_row(
                 counts.add_columns(1);
                 MaskOutput::Null
             }
-            ColumnMask::Scan { .. } if !stringy(k) => MaskOutput::Unchanged,
+            ColumnMask::Scan { .. } | ColumnMask::Quoted if !stringy(k) => MaskOutput::Unchanged,
+            ColumnMask::Quoted => {
+                let (Some(v), _) = wire::lenenc_str(raw)? else { return None };
+                value.clear();
+                super::masking::mask_quoted(profile, v, &mut value, counts)
+            }
             ColumnMask::Hidden if !stringy(k) => {
                 counts.add_columns(1);
                 MaskOutput::Null

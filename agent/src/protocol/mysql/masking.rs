@@ -223,6 +223,7 @@ pub fn mask_row(
                 r
             }
             ColumnMask::Scan { .. } => profile.scan(v, &mut value, counts),
+            ColumnMask::Quoted => mask_quoted(profile, v, &mut value, counts),
         };
         match result {
             MaskOutput::Unchanged => out.extend_from_slice(raw),
@@ -234,6 +235,50 @@ pub fn mask_row(
         }
     }
     (at == row.len()).then_some(())
+}
+
+/// Appends `msg` with what it quotes ('…', "…") replaced by `****`;
+/// whether anything was.
+fn redact_quotes(msg: &[u8], out: &mut Vec<u8>) -> bool {
+    let mut q: Option<u8> = None;
+    let mut changed = false;
+    for &b in msg {
+        match q {
+            Some(c) if b == c => {
+                out.extend_from_slice(b"****");
+                out.push(b);
+                q = None;
+                changed = true;
+            }
+            Some(_) => {}
+            None => {
+                out.push(b);
+                if b == b'\'' || b == b'"' {
+                    q = Some(b);
+                }
+            }
+        }
+    }
+    if q.is_some() {
+        out.extend_from_slice(b"****");
+        changed = true;
+    }
+    changed
+}
+
+/// A diagnostics message (`SHOW WARNINGS`, `SHOW ERRORS`) on a masked
+/// session: what it quotes redacted, as an ERR's would be, then the detectors.
+pub(super) fn mask_quoted(profile: &Profile, value: &[u8], out: &mut Vec<u8>, counts: &mut Counts) -> MaskOutput {
+    let mut quoted = Vec::new();
+    let changed = redact_quotes(value, &mut quoted);
+    match profile.scan(&quoted, out, counts) {
+        MaskOutput::Unchanged if changed => {
+            out.extend_from_slice(&quoted);
+            counts.add_columns(1);
+            MaskOutput::Written
+        }
+        other => other,
+    }
 }
 
 /// An ERR packet (whole, header included) on a masked session: what its
@@ -251,26 +296,7 @@ pub fn mask_err(profile: &Profile, pkt: &[u8], out: &mut Vec<u8>, counts: &mut C
         return;
     };
     let mut quoted = Vec::new();
-    let mut q: Option<u8> = None;
-    for &b in e.message.as_bytes() {
-        match q {
-            Some(c) if b == c => {
-                quoted.extend_from_slice(b"****");
-                quoted.push(b);
-                q = None;
-            }
-            Some(_) => {}
-            None => {
-                quoted.push(b);
-                if b == b'\'' || b == b'"' {
-                    q = Some(b);
-                }
-            }
-        }
-    }
-    if q.is_some() {
-        quoted.extend_from_slice(b"****");
-    }
+    redact_quotes(e.message.as_bytes(), &mut quoted);
     let mut scanned = Vec::new();
     let msg = match profile.scan(&quoted, &mut scanned, counts) {
         MaskOutput::Unchanged => quoted,

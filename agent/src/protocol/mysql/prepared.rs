@@ -267,6 +267,7 @@ pub(super) async fn execute(
         reads: &p.statement.reads,
         counts: &mut counts,
         binary: true,
+        diagnostics: p.statement.compared.as_deref().is_some_and(|c| c.diagnostics),
     });
     let out = forward_masked(s, client, &pkt, up, down, masking).await;
     let tags = format!("EXECUTE statement {id} ({} parameters, {} columns)", p.params, p.columns);

@@ -37,6 +37,9 @@ pub struct Compared {
     /// user variable (`SET @v = …`, `@v := …`, `SELECT … INTO @v`) or a file
     /// (`INTO OUTFILE`); a later `SELECT @v` reads no table.
     pub stores: bool,
+    /// `SHOW WARNINGS` / `SHOW ERRORS` (`COUNT(*)` aside): messages that can
+    /// quote values an earlier statement read.
+    pub diagnostics: bool,
 }
 
 /// How deep subqueries are followed (sqlparser's own recursion limit is 50).
@@ -51,6 +54,11 @@ pub fn of(stmt: &ast::Statement) -> Compared {
         }
         ControlFlow::<()>::Continue(())
     });
+    if let ast::Statement::ShowVariable { variable } = stmt
+        && let [first, ..] = variable.as_slice()
+    {
+        c.diagnostics = ["warnings", "errors"].iter().any(|w| first.value.eq_ignore_ascii_case(w));
+    }
     if let ast::Statement::Set(set) = stmt {
         let user = |v: &ast::ObjectName| {
             let raw = v.to_string();
@@ -467,6 +475,14 @@ mod tests {
         }
         for sql in ["SELECT @x", "SET @@session.time_zone = '+00:00'", "SELECT card FROM customers"] {
             assert!(!compared(sql).stores, "{sql}");
+        }
+        for (sql, diag) in [
+            ("SHOW WARNINGS", true),
+            ("show errors limit 5", true),
+            ("SHOW COUNT(*) WARNINGS", false),
+            ("SHOW VARIABLES", false),
+        ] {
+            assert_eq!(compared(sql).diagnostics, diag, "{sql}");
         }
     }
 

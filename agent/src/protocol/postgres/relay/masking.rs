@@ -410,6 +410,8 @@ pub(super) fn mask_row(
                 }
                 r
             }
+            // (Not planned on PostgreSQL: its notices are masked as messages.)
+            ColumnMask::Quoted => profile.scan(v, out, counts),
             ColumnMask::Scan { skip } => {
                 let (head, tail) = v.split_at((*skip).min(v.len()));
                 out.extend_from_slice(head);
