@@ -55,6 +55,10 @@ pub struct Relation {
     /// The primary key's columns (attnums, in key order); empty without one.
     /// An expression column of an index is attnum 0.
     pub primary_key: Vec<i16>,
+    /// For a partition or an inheritance child: its parents, transitively
+    /// (`pg_inherits`). Reading it reads their rows: their masking rules and
+    /// `deny_tables` apply to it too.
+    pub ancestors: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

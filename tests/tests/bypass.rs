@@ -49,6 +49,11 @@ CREATE DOMAIN checked AS int CHECK (evil_check(VALUE));
 CREATE FUNCTION score(orders) RETURNS int LANGUAGE sql AS
   $$ INSERT INTO pwned VALUES ('attribute notation') RETURNING 1 $$;
 CREATE VIEW public.pay AS SELECT * FROM hr.salaries;
+CREATE TABLE hr.bonuses (emp int, amount int) PARTITION BY RANGE (emp);
+CREATE TABLE public.bonuses_low PARTITION OF hr.bonuses FOR VALUES FROM (0) TO (1000);
+INSERT INTO hr.bonuses VALUES (1, 777777);
+CREATE TABLE public.salaries_extra () INHERITS (hr.salaries);
+INSERT INTO public.salaries_extra VALUES (3, 345678);
 CREATE SCHEMA \"PUBLIC\";
 CREATE TABLE \"PUBLIC\".orders AS SELECT * FROM hr.salaries;
 CREATE TABLE audit_log (at timestamptz);
@@ -93,7 +98,7 @@ who = {{ groups = ["{analysts}"] }}
 backend = "appdb"
 statements = ["select"]
 tables = ["public.*"]
-deny_tables = ["*.salaries"]
+deny_tables = ["*.salaries", "hr.bonuses"]
 
 [[rule]]
 name = "developers"
@@ -252,6 +257,9 @@ fn names_resolve_as_the_server_resolves_them() {
         "WITH x AS (SELECT * FROM pay) SELECT * FROM x",
         "SELECT * FROM orders FOR UPDATE",
         "PREPARE p AS DELETE FROM orders",
+        // A partition or an inheritance child of a denied table holds its rows.
+        "SELECT * FROM bonuses_low",
+        "SELECT * FROM public.salaries_extra",
     ]
     .iter()
     .enumerate()

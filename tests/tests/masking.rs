@@ -37,7 +37,11 @@ fn world(name: &str) -> World {
                (3, '日本語の名前', 'long@example.org', NULL, NULL, NULL, NULL, repeat('x', 200000) || ' tail bob@example.net', 0);
              ALTER TABLE customers OWNER TO {app};
              CREATE VIEW contacts AS SELECT id, upper(email) AS contact, ssn AS tax_id FROM customers;
-             ALTER VIEW contacts OWNER TO {app};",
+             ALTER VIEW contacts OWNER TO {app};
+             CREATE TABLE payments (id int, ssn text) PARTITION BY RANGE (id);
+             CREATE TABLE payments_low PARTITION OF payments FOR VALUES FROM (0) TO (1000);
+             INSERT INTO payments VALUES (1, 'ZETA-SECRET');
+             ALTER TABLE payments OWNER TO {app}; ALTER TABLE payments_low OWNER TO {app};",
             app = pg::APP_ROLE
         ),
     );
@@ -53,7 +57,7 @@ credentials = {{ user = "{app}", password_file = "{s}" }}
 
 [[mask]]
 name = "pii"
-columns = [{{ column = "customers.ssn", style = "redact" }}, {{ column = "email", style = "partial" }}]
+columns = [{{ column = "customers.ssn", style = "redact" }}, {{ column = "email", style = "partial" }}, {{ column = "payments.ssn", style = "redact" }}]
 detectors = {{ card = "partial", email = "partial", us_ssn = "redact", iban = "redact", phone = "partial" }}
 
 [[rule]]
@@ -281,6 +285,12 @@ fn masking_follows_the_data_not_the_names() {
         "BEGIN; DECLARE cur CURSOR FOR SELECT replace(ssn, '-', '') FROM customers WHERE id = 1; FETCH ALL FROM cur; COMMIT",
         "****",
     );
+    // A partition holds its parent's rows: the parent's rules apply to it.
+    assert_eq!(w.sql(&w.ana, "SELECT ssn FROM payments_low"), "ZETA-SECRET", "what the server returns");
+    sees("SELECT ssn FROM payments_low", "****");
+    sees("SELECT id, ssn FROM payments", "1|****");
+    let out = w.sql(&w.sam, "SELECT id FROM payments_low WHERE ssn LIKE 'Z%'");
+    assert!(out.contains("filters, joins, sorts or groups on the masked column"), "{out}");
     // A literal under a masked column's name is not a masked column: no rule, no token.
     sees("SELECT x AS ssn, x AS email FROM (VALUES ('ALPHA')) v(x)", "ALPHA|ALPHA");
     // COPY TO gets the column rules.

@@ -47,10 +47,11 @@ SELECT c.oid, pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c
  WHERE c.relkind IN ('v', 'm') AND c.oid >= 16384;
 SELECT i.indrelid, i.indkey::pg_catalog.text FROM pg_catalog.pg_index i
  WHERE i.indisprimary AND i.indrelid >= 16384;
+SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits WHERE inhrelid >= 16384;
 ";
 
 /// The number of result sets [`QUERY`] answers with.
-pub const RESULT_SETS: usize = 11;
+pub const RESULT_SETS: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -78,8 +79,20 @@ fn flag(row: &Row, i: usize, what: &'static str) -> Result<bool, LoadError> {
 
 /// Builds the catalog from the answer to [`QUERY`].
 pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
-    let [session, names, functions, operators, types, cast_targets, relations, columns, view_deps, view_defs, keys] =
-        results.as_slice()
+    let [
+        session,
+        names,
+        functions,
+        operators,
+        types,
+        cast_targets,
+        relations,
+        columns,
+        view_deps,
+        view_defs,
+        keys,
+        inherits,
+    ] = results.as_slice()
     else {
         return Err(LoadError::Shape { got: results.len() });
     };
@@ -132,7 +145,16 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
         c.relation_schemas.entry(name.clone()).or_default().push(schema.clone());
         c.by_oid.insert(
             oid,
-            Relation { oid, schema, name, kind, columns: Vec::new(), reads: Vec::new(), primary_key: Vec::new() },
+            Relation {
+                oid,
+                schema,
+                name,
+                kind,
+                columns: Vec::new(),
+                reads: Vec::new(),
+                primary_key: Vec::new(),
+                ancestors: Vec::new(),
+            },
         );
     }
     for row in columns {
@@ -172,6 +194,17 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(rel) = c.by_oid.get_mut(&oid) {
             rel.primary_key = cols;
+        }
+    }
+    // Partitions and inheritance children: their parents, transitively.
+    let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
+    for row in inherits {
+        parents.entry(number(row, 0, "inhrelid")?).or_default().push(number(row, 1, "inhparent")?);
+    }
+    for child in parents.keys() {
+        let ancestors = closure(*child, &parents);
+        if let Some(rel) = c.by_oid.get_mut(child) {
+            rel.ancestors = ancestors;
         }
     }
     Ok(c)
@@ -226,7 +259,8 @@ fn build_types(c: &mut Catalog, rows: &[Row]) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Everything a view reads, following views through views.
+/// Everything a view reads, following views through views (or every
+/// ancestor of a partition or inheritance child).
 fn closure(start: u32, direct: &HashMap<u32, Vec<u32>>) -> Vec<u32> {
     let mut seen: HashSet<u32> = HashSet::new();
     let mut stack = vec![start];

@@ -51,8 +51,13 @@ pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
         if is_sensitive_catalog_relation(schema, &t.name) && !s.sensitive.contains(t) {
             s.sensitive.push(t.clone());
         }
+    }
+    // Tables reached through views, and the parents of partitions and
+    // inheritance children (their rows are the parents'): `deny_tables` holds for them too.
+    for t in s.reads.iter().chain(&s.writes) {
+        let Some(schema) = t.schema.as_deref() else { continue };
         if let Some(rel) = cat.relation_named(schema, &t.name) {
-            for oid in &rel.reads {
+            for oid in rel.reads.iter().chain(&rel.ancestors) {
                 if let Some(base) = cat.relation(*oid) {
                     let b = TableRef { schema: Some(base.schema.clone()), name: base.name.clone() };
                     if !s.via_views.contains(&b) {

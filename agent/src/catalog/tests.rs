@@ -9,7 +9,8 @@ fn row(v: &[&str]) -> Row {
 /// A catalog with `public.lower(int)`, a one-argument `public.score`, an
 /// operator `#@#(int, int)`, a domain with a CHECK, an extension-like base
 /// type with its own `=`, tables `public.orders`, `public.customers`,
-/// `hr.salaries` and a view `public.pay` over `hr.salaries`.
+/// `hr.salaries`, a view `public.pay` over `hr.salaries`, and a partition
+/// `public.customers_p1` of `public.customers`.
 pub(crate) fn sample() -> Catalog {
     let results: Results = vec![
         vec![row(&["gh_app", "\"$user\", public", "appdb"])],
@@ -29,6 +30,7 @@ pub(crate) fn sample() -> Catalog {
             row(&["16401", "public", "customers", "r"]),
             row(&["16402", "hr", "salaries", "r"]),
             row(&["16403", "public", "pay", "v"]),
+            row(&["16404", "public", "customers_p1", "r"]),
             row(&["1259", "pg_catalog", "pg_class", "r"]),
         ],
         vec![
@@ -39,10 +41,14 @@ pub(crate) fn sample() -> Catalog {
             row(&["16402", "1", "emp", "23"]),
             row(&["16402", "2", "amount", "23"]),
             row(&["16403", "1", "emp", "23"]),
+            // A partition of customers whose columns were laid out differently.
+            row(&["16404", "1", "email", "25"]),
+            row(&["16404", "2", "id", "23"]),
         ],
         vec![row(&["16403", "16402"])],
         vec![row(&["16403", " SELECT salaries.emp FROM hr.salaries;"])],
         vec![row(&["16401", "1"]), row(&["16402", "1 2"])],
+        vec![row(&["16404", "16401"])],
     ];
     build(&results, 0).unwrap()
 }
@@ -210,4 +216,16 @@ fn primary_keys_are_read() {
     assert_eq!(c.relation_named("public", "customers").unwrap().primary_key, vec![1]);
     assert_eq!(c.relation_named("hr", "salaries").unwrap().primary_key, vec![1, 2], "composite keys keep every column");
     assert!(c.relation_named("public", "orders").unwrap().primary_key.is_empty());
+}
+
+#[test]
+fn a_partition_counts_as_its_parent_for_deny_tables() {
+    let cat = sample();
+    assert_eq!(cat.relation(16404).map(|r| r.ancestors.clone()), Some(vec![16401]));
+    for sql in ["SELECT id FROM customers_p1", "DELETE FROM public.customers_p1 WHERE id = 1"] {
+        let mut all = parse(sql, ParseOptions::default()).unwrap();
+        let s = &mut all[0];
+        resolve(s, &cat, &SessionNames::default());
+        assert!(s.via_views.iter().any(|t| t.to_string() == "public.customers"), "{sql}: {:?}", s.via_views);
+    }
 }

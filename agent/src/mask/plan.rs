@@ -88,8 +88,15 @@ impl Profile {
         }
         let rel = cat.relation(o.relation)?;
         let table = format!("{}.{}", rel.schema, rel.name);
+        // A partition or inheritance child holds its parents' rows: their
+        // rules apply to its columns of the same name.
+        let parents = || rel.ancestors.iter().filter_map(|a| cat.relation(*a));
         if o.attnum == 0 {
             let own = rel.columns.iter().fold(None, |a, c| stricter(a, self.column_style(Some(&table), &c.name)));
+            let own = parents().fold(own, |a, p| {
+                let t = format!("{}.{}", p.schema, p.name);
+                p.columns.iter().fold(a, |a, c| stricter(a, self.column_style(Some(&t), &c.name)))
+            });
             if matches!(rel.kind, b'v' | b'm') {
                 return cat
                     .column_origins(o.relation, 0)
@@ -99,7 +106,9 @@ impl Profile {
             return own;
         }
         let col = rel.columns.iter().find(|c| c.attnum == o.attnum)?;
-        self.column_style(Some(&table), &col.name)
+        parents().fold(self.column_style(Some(&table), &col.name), |a, p| {
+            stricter(a, self.column_style(Some(&format!("{}.{}", p.schema, p.name)), &col.name))
+        })
     }
 
     /// The most concealing style among `origins`, and the origin it comes from.
@@ -325,6 +334,11 @@ mod tests {
         assert_eq!(show(&p.plan(&cat, Some(&b), &cols)), ["Hidden", "Hidden"]);
         // A domain over citext counts as text.
         assert_eq!(show(&p.plan(&cat, None, &[col("e", 16401, 2, 20004)])), ["Partial"]);
+        // A partition's column gets its parent's rule (by name: attnums differ).
+        assert_eq!(
+            show(&p.plan(&cat, None, &[col("email", 16404, 1, 25), col("id", 16404, 2, 23)])),
+            ["Partial", "pass"]
+        );
     }
 
     #[test]
