@@ -420,6 +420,14 @@ fn collect(e: &Expr, names: &mut BTreeSet<String>) {
         Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => {
             names.insert("*".into());
         }
+        // `MATCH (col, …) AGAINST (…)` names its columns outside any expression.
+        Expr::MatchAgainst { columns, .. } => {
+            for c in columns {
+                if let Some(last) = c.0.last().and_then(|p| p.as_ident()) {
+                    insert_name(&last.value, names);
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -515,6 +523,7 @@ mod tests {
             "SELECT * FROM (SELECT ssn FROM customers) AS d (x) ORDER BY x",
             "SELECT * FROM customers NATURAL JOIN orders",
             "SELECT DISTINCT * FROM customers",
+            "SELECT id FROM customers WHERE MATCH (name, ssn) AGAINST ('123')",
         ] {
             let c = compared(sql);
             let s = closure(&c);
