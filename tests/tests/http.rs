@@ -80,6 +80,12 @@ paths = ["/admin/*"]
 name = "ana echoes"
 who = {{ users = ["{ana}"] }}
 backends = ["ws-echo"]
+
+[[rule]]
+name = "eve echoes masked"
+who = {{ users = ["{eve}"] }}
+backends = ["ws-echo"]
+mask = "cards"
 "#,
         api = api.addr,
         ws = ws.addr,
@@ -133,6 +139,15 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     assert_ne!(body["customer"]["name"], "Ann Smith", "{body}");
     assert!(!out.contains(CARD) && !out.contains("4111111111111111"), "{out}");
     assert_eq!(body["total"], 12.5);
+
+    // The same data as CSV (a format the client may ask for): the field rules
+    // name JSON fields, so a non-JSON body on their profile is refused (502),
+    // not passed with the detectors alone. The server did send it.
+    let (out, _) = curl(&w, &w.eve, &["-s", &format!("{base}/api/v1/orders/7?csv=1")]);
+    assert!(out.contains("Ann Smith,123-45-6789"), "what the server returns: {out}");
+    let (out, _) = curl(&w, &w.ana, &["-s", "-w", "\n%{http_code}", &format!("{base}/api/v1/orders/7?csv=1")]);
+    assert!(out.ends_with("502") && !out.contains("123-45-6789") && !out.contains("Ann Smith"), "{out}");
+    assert!(out.contains("field rules"), "{out}");
 
     // DELETE is refused with a 403 naming the rule; the same connection then serves a GET.
     let (out, err) = curl(
@@ -314,9 +329,10 @@ asyncio.run(m())
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    // eve has no rule for the echo server: refused at the connection.
+    // eve's rule masks: a WebSocket's frames cannot be masked, so the upgrade is refused (403).
     let o = w.env.run_as(&w.eve, None, Path::new("/usr/bin/python3"), &["-c", script, &format!("ws://{}/", w.ws.addr)]);
-    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("403"), "{err}\n{}", w.env.agent_log());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let recs = http_records(&w.env.db());
@@ -328,6 +344,15 @@ asyncio.run(m())
             .any(|(_, b, d)| b["dir"] == "down" && b["opcode"] == "text" && d == b"hello through gatehouse");
         if up && down {
             assert!(recs.iter().any(|(k, b, _)| k == "http" && b["status"] == 101));
+            let sessions: std::collections::BTreeSet<String> =
+                frames.iter().map(|(_, b, _)| b["session"].to_string()).collect();
+            assert_eq!(sessions.len(), 1, "only ana's session carried frames: {frames:?}");
+            assert!(
+                recs.iter().any(|(k, b, _)| k == "http"
+                    && b["status"] == 403
+                    && b["reason"].as_str().is_some_and(|r| r.contains("cannot be masked"))),
+                "{recs:?}"
+            );
             break;
         }
         assert!(std::time::Instant::now() < deadline, "frames not recorded: {frames:?}");

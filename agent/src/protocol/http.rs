@@ -330,6 +330,12 @@ impl Shared {
             },
         };
         let upgrade = is_upgrade(req.headers());
+        if upgrade && mask.is_some() {
+            // A WebSocket's (or any upgraded protocol's) frames are not masked:
+            // the connection would carry the backend's data as it is.
+            let why = "a connection upgrade (WebSocket) cannot be masked: refused on a masked rule";
+            return self.refuse(&pending, StatusCode::FORBIDDEN, None, why);
+        }
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -433,6 +439,17 @@ impl Shared {
                     );
                     return self.bad_gateway(&pending, &why);
                 };
+                // Field rules name JSON fields: the same data as CSV, XML or a
+                // form (which the client can often ask for) would reach it with
+                // the detectors alone.
+                if fields.is_some() && kind != Kind::Json {
+                    let why = format!(
+                        "the response's content type {} is not JSON, and the masking profile's field rules (rule {}) apply to JSON only; refused",
+                        ct.unwrap_or("(none)"),
+                        rule.name
+                    );
+                    return self.bad_gateway(&pending, &why);
+                }
                 let ce = resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
                 let coding = match Coding::of(ce) {
                     Ok(c) => c,

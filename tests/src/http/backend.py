@@ -60,6 +60,10 @@ class H(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path.startswith("/api/v1/orders"):
             n = 20000 if "big=1" in self.path else 1
+            if "csv=1" in self.path:
+                c = order(7)["customer"]
+                csv = "id,name,ssn\n7,%s,%s\n" % (c["name"], c["ssn"])
+                return self.reply(200, csv.encode(), "text/csv")
             doc = order(7) if n == 1 else [order(i) for i in range(n)]
             payload = json.dumps(doc).encode()
             if "gz=1" in self.path and "gzip" in self.headers.get("accept-encoding", ""):
