@@ -301,13 +301,37 @@ pub struct ResultCol {
     pub masked: bool,
 }
 
-fn touched(bound: Option<&Bound>, relations: &[u32]) -> BTreeSet<u32> {
+fn touched(cat: &Catalog, bound: Option<&Bound>, relations: &[u32]) -> BTreeSet<u32> {
     let mut out: BTreeSet<u32> = relations.iter().copied().collect();
     if let Some(b) = bound {
         let all = b.all.iter().chain(b.expanded.iter().flatten()).chain(&b.predicates);
         out.extend(all.map(|o: &Origin| o.relation));
     }
-    out
+    with_ancestors(cat, out)
+}
+
+/// The relations and the parents of those that are partitions or
+/// inheritance children (a partition's rows are its parent's).
+fn with_ancestors(cat: &Catalog, mut set: BTreeSet<u32>) -> BTreeSet<u32> {
+    let parents: Vec<u32> =
+        set.iter().filter_map(|oid| cat.relation(*oid)).flat_map(|r| r.ancestors.iter().copied()).collect();
+    set.extend(parents);
+    set
+}
+
+/// The attnum in `table` of result column `c`: its own when it is a column
+/// of `table`, the same-named column's when it is a column of one of
+/// `table`'s partitions or inheritance children.
+fn attnum_in(cat: &Catalog, c: &ResultCol, table: u32) -> Option<i16> {
+    if c.table_oid == table {
+        return Some(c.attnum);
+    }
+    let rel = cat.relation(c.table_oid)?;
+    if !rel.ancestors.contains(&table) {
+        return None;
+    }
+    let name = &rel.columns.iter().find(|x| x.attnum == c.attnum)?.name;
+    cat.relation(table)?.columns.iter().find(|x| &x.name == name).map(|x| x.attnum)
 }
 
 impl Capture {
@@ -326,8 +350,8 @@ impl Capture {
         if trailed.is_empty() {
             return None;
         }
-        let mut touched = touched(bound, relations);
-        touched.extend(cols.iter().map(|c| c.table_oid));
+        let mut touched = touched(cat, bound, relations);
+        touched.extend(with_ancestors(cat, cols.iter().map(|c| c.table_oid).collect()));
         let mut cap = Capture {
             hash_key,
             cols: Vec::new(),
@@ -346,7 +370,7 @@ impl Capture {
                     let mut found = Vec::with_capacity(parts.len());
                     let mut why = None;
                     for (part, (attnum, _, _)) in parts.iter().enumerate() {
-                        let col = cols.iter().enumerate().find(|(_, c)| c.table_oid == t.oid && c.attnum == *attnum);
+                        let col = cols.iter().enumerate().find(|(_, c)| attnum_in(cat, c, t.oid) == Some(*attnum));
                         match col.map(|(index, c)| (index, c, decode_for(c.type_oid, c.binary))) {
                             Some((index, c, Some(decode))) => found.push((index, c.masked, decode, part)),
                             Some((_, c, None)) => {
@@ -377,7 +401,7 @@ impl Capture {
                     let Some((attnum, name, _)) = parts.first() else { continue };
                     let mut undecodable = None;
                     for (index, c) in cols.iter().enumerate() {
-                        if c.table_oid != t.oid || c.attnum != *attnum {
+                        if attnum_in(cat, c, t.oid) != Some(*attnum) {
                             continue;
                         }
                         match decode_for(c.type_oid, c.binary) {
@@ -428,7 +452,7 @@ impl Capture {
         masked: &[bool],
     ) -> Option<Self> {
         let trailed = resolve(cfg, cat);
-        let touched = touched(Some(bound), relations);
+        let touched = touched(cat, Some(bound), relations);
         let mut cap = Capture {
             hash_key,
             cols: Vec::new(),

@@ -282,3 +282,16 @@ fn a_composite_primary_key_is_hashed_as_one_tuple() {
     assert_ne!(tuple_text(&[&b"a,b"[..], &b"c"[..]]), tuple_text(&[&b"a"[..], &b"b,c"[..]]));
     assert_eq!(tuple_text(&[&b"x\\"[..], &b"y"[..]]), b"x\\\\,y".to_vec());
 }
+
+#[test]
+fn a_partition_read_is_its_parents_read_with_the_key_by_name() {
+    let cat = sample();
+    // customers_p1 (16404) is a partition of customers: its id is column 2 there, 1 in customers.
+    let cols = [col(16404, 1, 25), col(16404, 2, 23)];
+    let mut cap = Capture::for_result(&cfg(), K, &cat, None, &[], &cols).unwrap();
+    cap.row(&row(&[Some(b"a@x"), Some(b"42")]));
+    let recs = cap.finish(crate::types::SessionId::new(), 1, 0);
+    let (customers, set) = recs.iter().find(|(r, _)| r.table == "public.customers").unwrap();
+    assert_eq!((customers.rows, customers.keys, customers.key.as_deref()), (1, 1, Some("id")));
+    assert!(set.contains_int(42));
+}
