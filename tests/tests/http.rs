@@ -149,6 +149,36 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     assert!(out.ends_with("502") && !out.contains("123-45-6789") && !out.contains("Ann Smith"), "{out}");
     assert!(out.contains("field rules"), "{out}");
 
+    // A byte range of a masked body: a fragment such as `"123-45-6789"` is
+    // JSON without the field name its rule matches. Masked rules do not ask
+    // the backend for ranges; the client gets the whole body, masked.
+    let (full, _) = curl(&w, &w.eve, &["-s", &format!("{base}/api/v1/orders/7")]);
+    let at = full.find("\"123-45-6789\"").expect("the ssn in the server's body");
+    let range = format!("Range: bytes={at}-{}", at + 12);
+    let (part, _) = curl(&w, &w.eve, &["-s", "-H", &range, &format!("{base}/api/v1/orders/7")]);
+    assert_eq!(part, "\"123-45-6789\"", "the server answers ranges");
+    let (out, _) = curl(&w, &w.ana, &["-s", "-H", &range, "-w", "\n%{http_code}", &format!("{base}/api/v1/orders/7")]);
+    assert!(out.ends_with("\n200") && !out.contains("123-45-6789"), "{out}");
+    assert_eq!(json(out.trim_end_matches("\n200"))["customer"]["ssn"], "****", "{out}");
+    assert!(
+        w.api.requests().last().is_some_and(|r| r["headers"].get("range").is_none()),
+        "the range reached the server"
+    );
+
+    // A method override (the backend would run DELETE where POST was decided): refused, never forwarded.
+    for (extra, target) in [
+        (vec!["-H", "X-HTTP-Method-Override: DELETE"], format!("{base}/api/v1/orders/7")),
+        (vec![], format!("{base}/api/v1/orders/7?_method=DELETE")),
+    ] {
+        let before = w.api.requests().len();
+        let mut args = vec!["-s", "-X", "POST", "-w", "\n%{http_code}"];
+        args.extend(extra);
+        args.push(&target);
+        let (out, _) = curl(&w, &w.eve, &args);
+        assert!(out.ends_with("\n400") && out.contains("method override"), "{out}");
+        assert_eq!(w.api.requests().len(), before, "the override reached the server");
+    }
+
     // DELETE is refused with a 403 naming the rule; the same connection then serves a GET.
     let (out, err) = curl(
         &w,

@@ -37,7 +37,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -276,6 +276,17 @@ impl Shared {
         let Some(query) = parse_query(req.uri().query().unwrap_or("")) else {
             return self.refuse(&pending, StatusCode::BAD_REQUEST, None, "the query string does not decode");
         };
+        // Frameworks run the method a header or `_method` parameter names in
+        // place of the request's: the policy decided the request's.
+        if let Some(other) = method_override(req.headers(), &query)
+            && !other.eq_ignore_ascii_case(req.method().as_str())
+        {
+            let why = format!(
+                "the request asks the backend to run {other} in place of {} (a method override), which Gatehouse does not accept",
+                req.method()
+            );
+            return self.refuse(&pending, StatusCode::BAD_REQUEST, None, &why);
+        }
         let body_len = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -364,6 +375,11 @@ impl Shared {
         pending.credentials = (!cred_note.is_empty()).then(|| cred_note.join("; "));
         if mask.is_some() {
             restrict_accept_encoding(&mut parts.headers);
+            // A byte range of a body is masked without what comes before it
+            // (a JSON fragment has no field names to match, a card split over two
+            // ranges no detector sees whole): masked rules get the whole body.
+            parts.headers.remove(header::RANGE);
+            parts.headers.remove(header::IF_RANGE);
         }
         if !parts.headers.contains_key(header::HOST)
             && let Some(h) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -429,6 +445,9 @@ impl Shared {
         strip_hop_by_hop(resp.headers_mut(), false);
         let transform = match &mask {
             None => None,
+            Some(_) if status == StatusCode::PARTIAL_CONTENT => {
+                return self.bad_gateway(&pending, "a partial body (206) cannot be masked; refused");
+            }
             Some((profile, fields)) => {
                 let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
                 let Some(kind) = Kind::of(ct) else {
@@ -643,4 +662,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+/// The method a request asks the backend to run in place of its own:
+/// `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override` or a
+/// `_method` query parameter (Rails, Laravel, Express's method-override,
+/// Google APIs honour them).
+fn method_override<'a>(headers: &'a HeaderMap, query: &'a [(String, String)]) -> Option<&'a str> {
+    ["x-http-method-override", "x-http-method", "x-method-override"]
+        .iter()
+        .find_map(|h| headers.get(*h).map(|v| v.to_str().unwrap_or("(not text)")))
+        .or_else(|| query.iter().find(|(k, _)| k.eq_ignore_ascii_case("_method")).map(|(_, v)| v.as_str()))
 }

@@ -70,6 +70,10 @@ class H(http.server.BaseHTTPRequestHandler):
                 return self.reply(200, gzip.compress(payload), "application/json", "gzip")
             if "br=1" in self.path:
                 return self.reply(200, payload, "application/json", "br")
+            rng = self.headers.get("range", "")
+            if rng.startswith("bytes=") and "-" in rng:
+                a, b = rng[6:].split("-", 1)
+                return self.reply(206, payload[int(a):int(b) + 1], "application/json")
             return self.reply(200, payload, "application/json")
         if path == "/headers":
             return self.reply(200, json.dumps(rec["headers"]).encode(), "application/json")
