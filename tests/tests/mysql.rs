@@ -322,6 +322,18 @@ fn mariadb_cli_reads_writes_and_a_refused_drop_leaves_the_session_usable() {
     let victim = st.iter().find(|x| x["text"] == "SELECT count(*) FROM victim").expect("select after use");
     assert_eq!(victim["tables"], "appdb.victim", "{victim}");
     assert_eq!(victim["rows"], 1, "{victim}");
+    // Other sessions' statements (every Gatehouse user shares the login, which
+    // sees its own sessions without PROCESS) need catalog = "all": refused, never sent.
+    for (user, sql) in [
+        (&w.ana, "SELECT INFO FROM information_schema.PROCESSLIST"),
+        (&w.ana, "SELECT trx_query FROM information_schema.INNODB_TRX"),
+        (&w.gus, "SHOW FULL PROCESSLIST"),
+    ] {
+        let t = text(&w.mariadb(user, &["appdb", "-e", sql]));
+        assert!(t.contains("ERROR 1227") && t.contains("catalog = \"all\""), "{sql}: {t}");
+    }
+    let log = w.db.general_log().to_ascii_lowercase();
+    assert!(!log.contains("processlist") && !log.contains("innodb_trx"), "{log}");
     let session = w.env.sessions().into_iter().find(|s| s["user"] == w.ana.as_str()).unwrap();
     // Without a rule: an error in MySQL's own terms, not a dropped connection.
     let t = text(&w.mariadb(&w.eve, &["appdb", "-e", "SELECT 1"]));

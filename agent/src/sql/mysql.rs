@@ -392,16 +392,24 @@ pub fn classify(text: &[u8], names: &Names) -> Result<Classified, Refusal> {
     }
     // The server's own schemas (grants, password hashes, other sessions'
     // statements) need `catalog = "all"`, as pg_catalog's secrets do.
-    let sensitive: Vec<TableRef> = reads
+    // So do the views of other sessions' statements (every Gatehouse user of
+    // a backend shares its login, and a login sees its own sessions without
+    // PROCESS): information_schema.PROCESSLIST / INNODB_TRX and SHOW PROCESSLIST.
+    let mut sensitive: Vec<TableRef> = reads
         .iter()
         .chain(&writes)
         .filter(|t| {
-            t.schema
-                .as_deref()
-                .is_some_and(|s| ["mysql", "performance_schema", "sys"].iter().any(|x| s.eq_ignore_ascii_case(x)))
+            t.schema.as_deref().is_some_and(|s| {
+                ["mysql", "performance_schema", "sys"].iter().any(|x| s.eq_ignore_ascii_case(x))
+                    || (s.eq_ignore_ascii_case("information_schema")
+                        && ["processlist", "innodb_trx"].iter().any(|x| t.name.eq_ignore_ascii_case(x)))
+            })
         })
         .cloned()
         .collect();
+    if matches!(ast, Ast::ShowProcessList { .. }) {
+        sensitive.push(TableRef { schema: Some("information_schema".into()), name: "processlist".into() });
+    }
     let compared = Some(std::sync::Arc::new(compared::of(ast)));
     let statement = Statement {
         text: text.trim().to_owned(),
@@ -869,6 +877,15 @@ mod tests {
         assert!(matches!(refused("SELECT 1 --\u{a0}, (SELECT s FROM secret)\nFROM t"), Refusal::Unparseable(_)));
         let c = classify(b"SELECT * FROM mysql.user", &names()).expect("parses");
         assert_eq!(c.statement.sensitive.len(), 1);
+        // Other sessions' statements (the login is shared by every Gatehouse user).
+        for sql in [
+            "SELECT INFO FROM information_schema.PROCESSLIST",
+            "SELECT trx_query FROM INFORMATION_SCHEMA.innodb_trx",
+            "SHOW FULL PROCESSLIST",
+        ] {
+            let c = classify(sql.as_bytes(), &names()).expect("parses");
+            assert_eq!(c.statement.sensitive.len(), 1, "{sql}");
+        }
         // `# …` is a comment to the end of the line for both.
         assert_eq!(kinds("SELECT 1 # DROP TABLE t"), ["select"]);
         // A user variable set from a subquery reads its tables.
