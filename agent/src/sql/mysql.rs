@@ -394,7 +394,8 @@ pub fn classify(text: &[u8], names: &Names) -> Result<Classified, Refusal> {
     // statements) need `catalog = "all"`, as pg_catalog's secrets do.
     // So do the views of other sessions' statements (every Gatehouse user of
     // a backend shares its login, and a login sees its own sessions without
-    // PROCESS): information_schema.PROCESSLIST / INNODB_TRX and SHOW PROCESSLIST.
+    // PROCESS): information_schema.PROCESSLIST / INNODB_TRX and SHOW PROCESSLIST;
+    // and MySQL 8's histograms (COLUMN_STATISTICS: column values, as pg_stats).
     let mut sensitive: Vec<TableRef> = reads
         .iter()
         .chain(&writes)
@@ -402,7 +403,9 @@ pub fn classify(text: &[u8], names: &Names) -> Result<Classified, Refusal> {
             t.schema.as_deref().is_some_and(|s| {
                 ["mysql", "performance_schema", "sys"].iter().any(|x| s.eq_ignore_ascii_case(x))
                     || (s.eq_ignore_ascii_case("information_schema")
-                        && ["processlist", "innodb_trx"].iter().any(|x| t.name.eq_ignore_ascii_case(x)))
+                        && ["processlist", "innodb_trx", "column_statistics"]
+                            .iter()
+                            .any(|x| t.name.eq_ignore_ascii_case(x)))
             })
         })
         .cloned()
@@ -881,6 +884,7 @@ mod tests {
         for sql in [
             "SELECT INFO FROM information_schema.PROCESSLIST",
             "SELECT trx_query FROM INFORMATION_SCHEMA.innodb_trx",
+            "SELECT HISTOGRAM FROM information_schema.COLUMN_STATISTICS",
             "SHOW FULL PROCESSLIST",
         ] {
             let c = classify(sql.as_bytes(), &names()).expect("parses");
