@@ -47,7 +47,11 @@ fn world() -> (World, BTreeMap<&'static str, String>) {
                FROM generate_series(1, {CUSTOMERS}) g;
              CREATE TABLE orders (id int PRIMARY KEY, customer_id int, total numeric);
              INSERT INTO orders VALUES (1, 42, 10), (2, 150, 20), (3, 5000, 30), (4, 42, 40);
-             ALTER TABLE customers OWNER TO {app}; ALTER TABLE orders OWNER TO {app};",
+             CREATE TABLE accounts (id int PRIMARY KEY, note text) PARTITION BY RANGE (id);
+             CREATE TABLE accounts_low PARTITION OF accounts FOR VALUES FROM (0) TO (1000);
+             INSERT INTO accounts VALUES (7, 'seven'), (8, 'eight');
+             ALTER TABLE customers OWNER TO {app}; ALTER TABLE orders OWNER TO {app};
+             ALTER TABLE accounts OWNER TO {app}; ALTER TABLE accounts_low OWNER TO {app};",
             app = pg::APP_ROLE
         ),
     );
@@ -95,6 +99,9 @@ events = ["trail_alert"]
 
 [[trail]]
 table = "public.customers"
+
+[[trail]]
+table = "public.accounts"
 
 [[alert]]
 name = "bulk-readers"
@@ -268,8 +275,20 @@ fn who_saw_lists_exactly_the_statements_that_returned_the_row() {
     let eve = w.env.wait_session("eve's", |s| s["user"] == users["eve"].as_str());
     assert!(eve["end_reason"].as_str().unwrap_or_default().contains("alert `vip`"), "{eve:#}\n{}", log());
 
+    // A partition holds its trailed parent's rows: reading it is on the parent's trail.
+    let (ok, out) = w.psql(&users["ann"], &["SELECT note, id AS q_ann_part FROM accounts_low WHERE id = 7"]);
+    assert!(ok && out.trim() == "seven|7", "{out}\n{}", log());
+
     // Everything recorded: wait for the last sessions to close and the writer to commit.
     std::thread::sleep(std::time::Duration::from_millis(1500));
+    let ctl = w.env.control().display().to_string();
+    for (key, want) in [("7", 1), ("8", 0)] {
+        let (ok, out) =
+            w.gh(None, &["who-saw", "--table", "accounts", "--key", key, "--json", "--control-socket", &ctl]);
+        let rows: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+        assert!(ok && rows.len() == want, "who-saw accounts {key}: {out}\n{}", log());
+        assert!(rows.iter().all(|r| r.contains("q_ann_part")), "{out}");
+    }
 
     for key in [42, 150, 155, 305, 1000, 2050, 5001, VIP, 299_999, 999_999] {
         let mut want: Vec<String> = got.iter().filter(|(_, v)| v.contains(&key)).map(|(l, _)| l.clone()).collect();
