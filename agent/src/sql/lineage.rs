@@ -736,13 +736,20 @@ impl Walker {
                     // (`count(nullif(ssn, '…'))`) or DISTINCT, an answer about
                     // the values. An aggregate's DISTINCT compares them; a
                     // set-returning function's arguments decide how many rows
-                    // come out.
+                    // come out. (The argument is walked once: walking it twice
+                    // per level would cost 2^depth for nested calls.)
                     let bare = matches!(a, NodeEnum::ColumnRef(_));
-                    if (counts && !bare) || f.agg_distinct || rows {
-                        self.predicate(a.to_ref(), &[], depth + 1);
+                    let compares = (counts && !bare) || f.agg_distinct || rows;
+                    if !compares && counts {
+                        continue;
+                    }
+                    let mut arefs = Vec::new();
+                    self.expr(a.to_ref(), &mut arefs, depth + 1);
+                    if compares {
+                        self.predicates.extend(arefs.iter().cloned());
                     }
                     if !counts {
-                        self.expr(a.to_ref(), refs, depth + 1);
+                        refs.extend(arefs);
                     }
                 }
                 // FILTER, ORDER BY inside the aggregate and OVER (…) choose and order rows.

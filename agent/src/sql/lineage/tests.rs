@@ -141,3 +141,17 @@ fn row_counts_that_depend_on_values_are_predicates() {
 fn the_set_returning_list_is_sorted_for_its_binary_search() {
     assert!(SET_RETURNING.windows(2).all(|w| w[0] < w[1]));
 }
+
+/// Nested counts, DISTINCT aggregates and set-returning calls walk each
+/// argument once (twice per level cost 2^depth).
+#[test]
+fn nested_counting_calls_cost_linear_time() {
+    let mut expr = String::from("ssn");
+    for _ in 0..40 {
+        expr = format!("count(DISTINCT {expr})");
+    }
+    let started = std::time::Instant::now();
+    let l = lineage(&format!("SELECT {expr} FROM customers"));
+    assert!(l.predicates.iter().any(|r| matches!(r, Ref::Column { name, .. } if name == "ssn")));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+}
