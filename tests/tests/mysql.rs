@@ -846,6 +846,11 @@ print(json.dumps([list(r) for r in cur.fetchall()]))
         let out = text(&w.mariadb(&w.sam, &["appdb", "-N", "-e", sql]));
         assert!(out.contains("ERROR 1227") && out.contains("masked column"), "{sql}: {out}\n{}", w.env.agent_log());
     }
+    // A shaped value behind a stored column in a UNION: the union's column
+    // must not pass for the stored one.
+    let union = "SELECT card FROM customers WHERE id = 1 UNION ALL SELECT CONCAT('xxxxxxxx', REVERSE(card)) FROM customers WHERE id = 1";
+    let got = text(&w.mariadb(&w.sam, &["appdb", "-N", "-e", union]));
+    assert_eq!(got.trim(), "****\n****", "{got}\n{}", w.env.agent_log());
     // A value carried out of its column in a user variable, then read back
     // by a statement that names no table: refused, whatever the profile
     // says about predicates; the variable stays unset on the server.
