@@ -59,6 +59,9 @@ pub struct Relation {
     /// (`pg_inherits`). Reading it reads their rows: their masking rules and
     /// `deny_tables` apply to it too.
     pub ancestors: Vec<u32>,
+    /// Its partitions and inheritance children, transitively: reading it
+    /// (without ONLY) reads their rows, so their rules apply to it too.
+    pub descendants: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,7 +41,11 @@ fn world(name: &str) -> World {
              CREATE TABLE payments (id int, ssn text) PARTITION BY RANGE (id);
              CREATE TABLE payments_low PARTITION OF payments FOR VALUES FROM (0) TO (1000);
              INSERT INTO payments VALUES (1, 'ZETA-SECRET');
-             ALTER TABLE payments OWNER TO {app}; ALTER TABLE payments_low OWNER TO {app};",
+             ALTER TABLE payments OWNER TO {app}; ALTER TABLE payments_low OWNER TO {app};
+             CREATE TABLE staff (id int, code text);
+             CREATE TABLE staff_vip () INHERITS (staff);
+             INSERT INTO staff VALUES (1, 'PLAIN-1'); INSERT INTO staff_vip VALUES (2, 'VIP-SECRET');
+             ALTER TABLE staff OWNER TO {app}; ALTER TABLE staff_vip OWNER TO {app};",
             app = pg::APP_ROLE
         ),
     );
@@ -57,7 +61,7 @@ credentials = {{ user = "{app}", password_file = "{s}" }}
 
 [[mask]]
 name = "pii"
-columns = [{{ column = "customers.ssn", style = "redact" }}, {{ column = "email", style = "partial" }}, {{ column = "payments.ssn", style = "redact" }}]
+columns = [{{ column = "customers.ssn", style = "redact" }}, {{ column = "email", style = "partial" }}, {{ column = "payments.ssn", style = "redact" }}, {{ column = "staff_vip.code", style = "redact" }}]
 detectors = {{ card = "partial", email = "partial", us_ssn = "redact", iban = "redact", phone = "partial" }}
 
 [[rule]]
@@ -291,6 +295,9 @@ fn masking_follows_the_data_not_the_names() {
     sees("SELECT id, ssn FROM payments", "1|****");
     let out = w.sql(&w.sam, "SELECT id FROM payments_low WHERE ssn LIKE 'Z%'");
     assert!(out.contains("filters, joins, sorts or groups on the masked column"), "{out}");
+    // ...and a parent's rows include its children's: a rule on the child masks the parent's column.
+    assert_eq!(w.sql(&w.ana, "SELECT id, code FROM staff ORDER BY id"), "1|PLAIN-1\n2|VIP-SECRET", "the server");
+    sees("SELECT id, code FROM staff ORDER BY id", "1|****\n2|****");
     // A literal under a masked column's name is not a masked column: no rule, no token.
     sees("SELECT x AS ssn, x AS email FROM (VALUES ('ALPHA')) v(x)", "ALPHA|ALPHA");
     // COPY TO gets the column rules.

@@ -154,6 +154,7 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
                 reads: Vec::new(),
                 primary_key: Vec::new(),
                 ancestors: Vec::new(),
+                descendants: Vec::new(),
             },
         );
     }
@@ -201,10 +202,22 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
     for row in inherits {
         parents.entry(number(row, 0, "inhrelid")?).or_default().push(number(row, 1, "inhparent")?);
     }
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (child, ps) in &parents {
+        for p in ps {
+            children.entry(*p).or_default().push(*child);
+        }
+    }
     for child in parents.keys() {
         let ancestors = closure(*child, &parents);
         if let Some(rel) = c.by_oid.get_mut(child) {
             rel.ancestors = ancestors;
+        }
+    }
+    for parent in children.keys() {
+        let descendants = closure(*parent, &children);
+        if let Some(rel) = c.by_oid.get_mut(parent) {
+            rel.descendants = descendants;
         }
     }
     Ok(c)

@@ -52,12 +52,13 @@ pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
             s.sensitive.push(t.clone());
         }
     }
-    // Tables reached through views, and the parents of partitions and
-    // inheritance children (their rows are the parents'): `deny_tables` holds for them too.
+    // Tables reached through views, the parents of partitions and
+    // inheritance children (their rows are the parents'), and the children of
+    // parents (a parent's rows include theirs): `deny_tables` holds for them too.
     for t in s.reads.iter().chain(&s.writes) {
         let Some(schema) = t.schema.as_deref() else { continue };
         if let Some(rel) = cat.relation_named(schema, &t.name) {
-            for oid in rel.reads.iter().chain(&rel.ancestors) {
+            for oid in rel.reads.iter().chain(&rel.ancestors).chain(&rel.descendants) {
                 if let Some(base) = cat.relation(*oid) {
                     let b = TableRef { schema: Some(base.schema.clone()), name: base.name.clone() };
                     if !s.via_views.contains(&b) {

@@ -219,13 +219,18 @@ fn primary_keys_are_read() {
 }
 
 #[test]
-fn a_partition_counts_as_its_parent_for_deny_tables() {
+fn a_partition_counts_as_its_parent_for_deny_tables_and_a_parent_as_its_partitions() {
     let cat = sample();
     assert_eq!(cat.relation(16404).map(|r| r.ancestors.clone()), Some(vec![16401]));
+    assert_eq!(cat.relation(16401).map(|r| r.descendants.clone()), Some(vec![16404]));
     for sql in ["SELECT id FROM customers_p1", "DELETE FROM public.customers_p1 WHERE id = 1"] {
         let mut all = parse(sql, ParseOptions::default()).unwrap();
         let s = &mut all[0];
         resolve(s, &cat, &SessionNames::default());
         assert!(s.via_views.iter().any(|t| t.to_string() == "public.customers"), "{sql}: {:?}", s.via_views);
     }
+    let mut all = parse("SELECT id FROM customers", ParseOptions::default()).unwrap();
+    let s = &mut all[0];
+    resolve(s, &cat, &SessionNames::default());
+    assert!(s.via_views.iter().any(|t| t.to_string() == "public.customers_p1"), "{:?}", s.via_views);
 }

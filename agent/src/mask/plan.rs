@@ -88,9 +88,10 @@ impl Profile {
         }
         let rel = cat.relation(o.relation)?;
         let table = format!("{}.{}", rel.schema, rel.name);
-        // A partition or inheritance child holds its parents' rows: their
-        // rules apply to its columns of the same name.
-        let parents = || rel.ancestors.iter().filter_map(|a| cat.relation(*a));
+        // A partition or inheritance child holds its parents' rows, and a
+        // parent's rows include its children's: the rules of both apply to
+        // its columns of the same name.
+        let parents = || rel.ancestors.iter().chain(&rel.descendants).filter_map(|a| cat.relation(*a));
         if o.attnum == 0 {
             let own = rel.columns.iter().fold(None, |a, c| stricter(a, self.column_style(Some(&table), &c.name)));
             let own = parents().fold(own, |a, p| {
@@ -334,11 +335,19 @@ mod tests {
         assert_eq!(show(&p.plan(&cat, Some(&b), &cols)), ["Hidden", "Hidden"]);
         // A domain over citext counts as text.
         assert_eq!(show(&p.plan(&cat, None, &[col("e", 16401, 2, 20004)])), ["Partial"]);
-        // A partition's column gets its parent's rule (by name: attnums differ).
+        // A parent's column gets its partitions' rules, and a partition's its parent's (by name: attnums differ).
         assert_eq!(
             show(&p.plan(&cat, None, &[col("email", 16404, 1, 25), col("id", 16404, 2, 23)])),
             ["Partial", "pass"]
         );
+        // ...and a rule on a partition masks the parent's column, whose rows include the partition's.
+        let on_child = Profile::compile(&ProfileSpec {
+            name: "child".into(),
+            columns: vec![("customers_p1.email".into(), Style::Redact)],
+            ..ProfileSpec::default()
+        })
+        .unwrap();
+        assert_eq!(show(&on_child.plan(&cat, None, &[col("email", 16401, 2, 25)])), ["Redact"]);
     }
 
     #[test]

@@ -304,7 +304,11 @@ impl Rule {
         // Tables read through views count for deny_tables: a view over a denied table is denied.
         let touched = || s.reads.iter().chain(&s.writes).chain(&s.via_views);
         if let Some(t) = touched().find(|t| self.deny_tables.iter().any(|p| p.matches(t, true))) {
-            let how = if s.via_views.contains(t) && !s.reads.contains(t) { " (read through a view)" } else { "" };
+            let how = if s.via_views.contains(t) && !s.reads.contains(t) {
+                " (read through a view, a partition or an inheritance parent)"
+            } else {
+                ""
+            };
             return Some(format!("table {t} is in its deny_tables{how}"));
         }
         // Catalog relations read are governed by `catalog`, not `tables`.
