@@ -471,5 +471,12 @@ mod tests {
         let v = values(&[VAR_STRING, LONGLONG], &out).unwrap();
         assert!(!String::from_utf8_lossy(v[0].unwrap()).contains("ZOE"), "{out:?}");
         assert_eq!(v[1], None);
+        // A computed string's NULL is hidden too: its bitmap bit cleared, `****` written.
+        let r = [vec![0x00, 0b0000_0100], 2i64.to_le_bytes().to_vec()].concat();
+        out.clear();
+        mask_row(&p, &plan, &[VAR_STRING, LONGLONG], &r, &mut out, &mut Counts::default()).unwrap();
+        let v = values(&[VAR_STRING, LONGLONG], &out).expect("a well-formed binary row");
+        assert_eq!(v[0], Some(&lenenc(b"****")[..]), "{out:?}");
+        assert_eq!(v[1], None);
     }
 }
