@@ -164,11 +164,25 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
         w.api.requests().last().is_some_and(|r| r["headers"].get("range").is_none()),
         "the range reached the server"
     );
+    // The pre-standard spelling (Apache honours it) does not reach it either.
+    let legacy = format!("Request-Range: bytes={at}-{}", at + 12);
+    let (out, _) = curl(&w, &w.ana, &["-s", "-H", &legacy, "-w", "\n%{http_code}", &format!("{base}/api/v1/orders/7")]);
+    assert!(out.ends_with("\n200") && !out.contains("123-45-6789"), "{out}");
+    assert!(
+        w.api.requests().last().is_some_and(|r| r["headers"].get("request-range").is_none()),
+        "the pre-standard range reached the server"
+    );
 
     // A method override (the backend would run DELETE where POST was decided): refused, never forwarded.
     for (extra, target) in [
         (vec!["-H", "X-HTTP-Method-Override: DELETE"], format!("{base}/api/v1/orders/7")),
         (vec![], format!("{base}/api/v1/orders/7?_method=DELETE")),
+        // The first value agrees; a backend that reads the last gets DELETE.
+        (
+            vec!["-H", "X-HTTP-Method-Override: POST", "-H", "X-HTTP-Method-Override: DELETE"],
+            format!("{base}/api/v1/orders/7"),
+        ),
+        (vec![], format!("{base}/api/v1/orders/7?_method=POST&_method=DELETE")),
     ] {
         let before = w.api.requests().len();
         let mut args = vec!["-s", "-X", "POST", "-w", "\n%{http_code}"];

@@ -278,9 +278,7 @@ impl Shared {
         };
         // Frameworks run the method a header or `_method` parameter names in
         // place of the request's: the policy decided the request's.
-        if let Some(other) = method_override(req.headers(), &query)
-            && !other.eq_ignore_ascii_case(req.method().as_str())
-        {
+        if let Some(other) = method_override(req.method().as_str(), req.headers(), &query) {
             let why = format!(
                 "the request asks the backend to run {other} in place of {} (a method override), which Gatehouse does not accept",
                 req.method()
@@ -380,6 +378,8 @@ impl Shared {
             // ranges no detector sees whole): masked rules get the whole body.
             parts.headers.remove(header::RANGE);
             parts.headers.remove(header::IF_RANGE);
+            // (Apache still honours the pre-standard spelling.)
+            parts.headers.remove("request-range");
         }
         if !parts.headers.contains_key(header::HOST)
             && let Some(h) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -664,13 +664,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     }
 }
 
-/// The method a request asks the backend to run in place of its own:
-/// `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override` or a
-/// `_method` query parameter (Rails, Laravel, Express's method-override,
-/// Google APIs honour them).
-fn method_override<'a>(headers: &'a HeaderMap, query: &'a [(String, String)]) -> Option<&'a str> {
-    ["x-http-method-override", "x-http-method", "x-method-override"]
+/// A method the request asks the backend to run in place of its own
+/// (`method`): any value of `X-HTTP-Method-Override`, `X-HTTP-Method`,
+/// `X-Method-Override` or of a `_method` query parameter (Rails, Laravel,
+/// Express's method-override, Google APIs honour them) that differs from it.
+/// Every value counts: a backend may read the last of two where a check of
+/// the first would pass.
+fn method_override<'a>(method: &str, headers: &'a HeaderMap, query: &'a [(String, String)]) -> Option<&'a str> {
+    let headers = ["x-http-method-override", "x-http-method", "x-method-override"]
         .iter()
-        .find_map(|h| headers.get(*h).map(|v| v.to_str().unwrap_or("(not text)")))
-        .or_else(|| query.iter().find(|(k, _)| k.eq_ignore_ascii_case("_method")).map(|(_, v)| v.as_str()))
+        .flat_map(|h| headers.get_all(*h).iter())
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let params = query.iter().filter(|(k, _)| k.eq_ignore_ascii_case("_method")).map(|(_, v)| v.as_str());
+    headers.chain(params).find(|v| !v.trim().eq_ignore_ascii_case(method))
 }
