@@ -888,7 +888,7 @@ async fn statement(
         // Until the server says otherwise, "the statement prepared last" is none.
         s.prepared.forget_last();
     }
-    let names = Names { database: s.database.clone(), fold_case: s.fold_case };
+    let names = Names { database: s.database.clone(), fold_case: s.fold_case, masked: ctx.mask.is_some() };
     // A large text is parsed off the runtime's threads.
     let classified = if text.len() > 64 << 10 {
         let t = text.to_vec();

@@ -67,13 +67,16 @@ pub struct Classified {
     pub uses: Option<String>,
 }
 
-/// How the session reads names.
+/// How the session reads names, and what it needs to know of a statement.
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     /// The current database: qualifies unqualified table names.
     pub database: Option<String>,
     /// `lower_case_table_names` is not 0: the server folds names, so does Gatehouse.
     pub fold_case: bool,
+    /// The session is masked: collect what each statement compares
+    /// ([`Statement::compared`]); other sessions do not pay for the walk.
+    pub masked: bool,
 }
 
 /// Character sets a client may switch to (see `protocol::mysql::wire::safe_collation`).
@@ -413,7 +416,7 @@ pub fn classify(text: &[u8], names: &Names) -> Result<Classified, Refusal> {
     if matches!(ast, Ast::ShowProcessList { .. }) {
         sensitive.push(TableRef { schema: Some("information_schema".into()), name: "processlist".into() });
     }
-    let compared = Some(std::sync::Arc::new(compared::of(ast)));
+    let compared = names.masked.then(|| std::sync::Arc::new(compared::of(ast)));
     let statement = Statement {
         text: text.trim().to_owned(),
         kinds,
@@ -777,7 +780,7 @@ mod tests {
     use super::*;
 
     fn names() -> Names {
-        Names { database: Some("shop".into()), fold_case: false }
+        Names { database: Some("shop".into()), fold_case: false, masked: false }
     }
 
     fn kinds(sql: &str) -> Vec<&'static str> {
@@ -820,7 +823,7 @@ mod tests {
         let r: Vec<String> = c.statement.reads.iter().map(ToString::to_string).collect();
         assert_eq!(w, ["shop.orders"]);
         assert_eq!(r, ["other.items", "shop.Mixed"]);
-        let folded = Names { database: Some("Shop".into()), fold_case: true };
+        let folded = Names { database: Some("Shop".into()), fold_case: true, masked: false };
         let c = classify(b"SELECT * FROM `Mixed`", &folded).expect("parses");
         assert_eq!(c.statement.reads[0].to_string(), "shop.mixed");
         let c = classify(b"DROP TABLE a, other.b", &names()).expect("parses");

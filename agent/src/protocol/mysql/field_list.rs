@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(as_statement("items", Some("appdb")), "SHOW COLUMNS FROM `appdb`.`items`");
         assert_eq!(as_statement("we`ird", Some("d`b")), "SHOW COLUMNS FROM `d``b`.`we``ird`");
         assert_eq!(as_statement("items", None), "SHOW COLUMNS FROM `items`");
-        let names = crate::sql::mysql::Names { database: Some("appdb".into()), fold_case: true };
+        let names = crate::sql::mysql::Names { database: Some("appdb".into()), fold_case: true, masked: false };
         let c = crate::sql::mysql::classify(as_statement("we`ird", Some("appdb")).as_bytes(), &names).unwrap();
         assert_eq!(c.statement.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(), ["show"]);
         // It reads the table: `tables` / `deny_tables` apply to it.

@@ -58,6 +58,16 @@ pub(super) fn stringy(kind: u8) -> bool {
     matches!(kind, 0x0f | 0xf5 | 0xf7 | 0xf8 | 0xf9 | 0xfa | 0xfb | 0xfc | 0xfd | 0xfe)
 }
 
+/// A table as the column rules name it: `schema.table`, lower case (the
+/// session's database when the name has no schema; none known: the bare
+/// name, which a rule with a schema part matches by its table part).
+fn qualified(t: &TableRef, database: Option<&str>) -> String {
+    match t.schema.as_deref().or(database) {
+        Some(s) => format!("{s}.{}", t.name).to_ascii_lowercase(),
+        None => t.name.to_ascii_lowercase(),
+    }
+}
+
 fn stricter(a: Option<Style>, b: Option<Style>) -> Option<Style> {
     match (a, b) {
         (Some(x), Some(y)) => Some(if y.concealment() > x.concealment() { y } else { x }),
@@ -70,10 +80,7 @@ fn stricter(a: Option<Style>, b: Option<Style>) -> Option<Style> {
 /// reads `reads` with `database` the session's current database. An empty
 /// plan means nothing in it is masked.
 pub fn plan(profile: &Profile, reads: &[TableRef], database: Option<&str>, cols: &[ColDef]) -> Vec<ColumnMask> {
-    let qualified = |t: &TableRef| {
-        format!("{}.{}", t.schema.as_deref().or(database).unwrap_or_default(), t.name).to_ascii_lowercase()
-    };
-    let read_names: Vec<String> = reads.iter().map(qualified).collect();
+    let read_names: Vec<String> = reads.iter().map(|t| qualified(t, database)).collect();
     let untraced = read_names.iter().fold(None, |a, t| stricter(a, profile.table_style(t)));
     let plan: Vec<ColumnMask> = cols
         .iter()
@@ -117,16 +124,8 @@ pub fn predicate_refusal(profile: &Profile, st: &crate::sql::Statement) -> Optio
     if !profile.refuses_predicates() {
         return None;
     }
-    let c = st.compared.as_deref()?;
-    let tables: Vec<String> = st
-        .reads
-        .iter()
-        .chain(&st.writes)
-        .map(|t| match &t.schema {
-            Some(s) => format!("{s}.{}", t.name).to_ascii_lowercase(),
-            None => t.name.to_ascii_lowercase(),
-        })
-        .collect();
+    let Some(c) = st.compared.as_deref() else { return Some(UNREAD.into()) };
+    let tables: Vec<String> = st.reads.iter().chain(&st.writes).map(|t| qualified(t, None)).collect();
     let mut names = c.names.clone();
     // An alias compares what it reads (aliases of aliases too).
     for _ in 0..=c.aliases.len() {
@@ -159,21 +158,21 @@ pub fn predicate_refusal(profile: &Profile, st: &crate::sql::Statement) -> Optio
     None
 }
 
+/// A masked session's statement classified without what it compares
+/// (never expected: the session's classification asks for it): refused.
+const UNREAD: &str = "Gatehouse did not read what this statement compares, which a masked session needs";
+
 /// Why a masked session refuses `st` whatever its profile says about
 /// predicates: it stores values of a table with masked columns where
 /// masking cannot follow them (a user variable a later `SELECT @v` reads
 /// without naming any table, or a file).
 pub fn stored_refusal(profile: &Profile, st: &crate::sql::Statement) -> Option<String> {
-    if !st.compared.as_deref().is_some_and(|c| c.stores) {
-        return None;
+    match st.compared.as_deref() {
+        None => return Some(UNREAD.into()),
+        Some(c) if !c.stores => return None,
+        Some(_) => {}
     }
-    let t = st.reads.iter().find_map(|t| {
-        let name = match &t.schema {
-            Some(s) => format!("{s}.{}", t.name).to_ascii_lowercase(),
-            None => t.name.to_ascii_lowercase(),
-        };
-        profile.table_style(&name).is_some().then_some(name)
-    })?;
+    let t = st.reads.iter().map(|t| qualified(t, None)).find(|t| profile.table_style(t).is_some())?;
     Some(format!(
         "it stores values read from {t}, which has masked columns (masking profile {}), in a user variable or a file, where masking cannot follow them",
         profile.name()

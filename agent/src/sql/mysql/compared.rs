@@ -254,12 +254,7 @@ impl VisitorMut for Strip<'_> {
         if self.in_expr > 0 {
             return ControlFlow::Continue(());
         }
-        let order: Vec<Expr> = match q.order_by.as_ref().map(|o| &o.kind) {
-            Some(OrderByKind::Expressions(list)) => list.iter().map(|o| o.expr.clone()).collect(),
-            // ORDER BY ALL: every result column.
-            Some(OrderByKind::All(_)) => vec![Expr::Wildcard(ast::helpers::attached_token::AttachedToken::empty())],
-            None => Vec::new(),
-        };
+        let order = order_of(q);
         self.set(&mut q.body, false, &order);
         ControlFlow::Continue(())
     }
@@ -276,14 +271,7 @@ impl Strip<'_> {
                 self.set(right, compares, &[]);
             }
             SetExpr::Query(q) => {
-                let own: Vec<Expr> = match q.order_by.as_ref().map(|o| &o.kind) {
-                    Some(OrderByKind::Expressions(list)) => list.iter().map(|o| o.expr.clone()).collect(),
-                    Some(OrderByKind::All(_)) => {
-                        vec![Expr::Wildcard(ast::helpers::attached_token::AttachedToken::empty())]
-                    }
-                    None => Vec::new(),
-                };
-                let order = [order, &own[..]].concat();
+                let order = [order, &order_of(q)[..]].concat();
                 self.set(&mut q.body, compared, &order);
             }
             _ => {}
@@ -339,7 +327,7 @@ impl Strip<'_> {
         order.iter().for_each(&mut mark);
         match &sel.group_by {
             GroupByExpr::Expressions(list, _) => list.iter().for_each(&mut mark),
-            GroupByExpr::All(_) => mark(&Expr::Wildcard(ast::helpers::attached_token::AttachedToken::empty())),
+            GroupByExpr::All(_) => mark(&wildcard()),
         }
         if let Some(h) = &sel.having {
             mark(h);
@@ -386,6 +374,20 @@ impl Strip<'_> {
         }
         self.stash.extend(items.into_iter().zip(flags));
     }
+}
+
+/// What a query's ORDER BY sorts by (`ORDER BY ALL`: every result column, as `*`).
+fn order_of(q: &Query) -> Vec<Expr> {
+    match q.order_by.as_ref().map(|o| &o.kind) {
+        Some(OrderByKind::Expressions(list)) => list.iter().map(|o| o.expr.clone()).collect(),
+        Some(OrderByKind::All(_)) => vec![wildcard()],
+        None => Vec::new(),
+    }
+}
+
+/// A `*`, for "every result column".
+fn wildcard() -> Expr {
+    Expr::Wildcard(ast::helpers::attached_token::AttachedToken::empty())
 }
 
 /// The names the select lists of `q`'s body read (all of them).
