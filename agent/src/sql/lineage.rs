@@ -453,9 +453,7 @@ impl Walker {
     /// not `ORDER BY 3`).
     fn limits(&mut self, s: &pb::SelectStmt, depth: usize) {
         for n in [&s.limit_count, &s.limit_offset].into_iter().flatten().filter_map(|n| n.node.as_ref()) {
-            let mut refs = Vec::new();
-            self.expr(n.to_ref(), &mut refs, depth + 1);
-            self.predicates.extend(refs);
+            self.rows_from(n.to_ref(), depth + 1);
         }
     }
 
@@ -470,10 +468,10 @@ impl Walker {
         }
     }
 
-    /// Arguments that decide how many rows a set-returning function (or a
-    /// table function, or TABLESAMPLE) yields: predicates, since the count
-    /// of rows answers a question about them (`SELECT count(*) FROM
-    /// generate_series(1, ascii(ssn))`).
+    /// An expression that decides how many rows come out (LIMIT, a
+    /// set-returning or table function's arguments, TABLESAMPLE, a frame
+    /// offset): a predicate, since the count of rows answers a question
+    /// about it (`SELECT count(*) FROM generate_series(1, ascii(ssn))`).
     fn rows_from(&mut self, node: NodeRef<'_>, depth: usize) {
         let mut refs = Vec::new();
         self.expr(node, &mut refs, depth);
