@@ -178,6 +178,11 @@ impl Catalog {
         self.relations.get(schema, name).and_then(|oid| self.by_oid.get(oid))
     }
 
+    /// The relations of a schema, in no particular order.
+    pub fn relations_in<'a>(&'a self, schema: &'a str) -> impl Iterator<Item = &'a Relation> + 'a {
+        self.by_oid.values().filter(move |r| r.schema == schema)
+    }
+
     pub fn relation_count(&self) -> usize {
         self.by_oid.len()
     }

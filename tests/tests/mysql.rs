@@ -29,6 +29,8 @@ struct World {
     oli: String,
     /// In a group whose rule reads and lists columns, masked (profile `pii`).
     gus: String,
+    /// In a group whose rule reads and writes, masked (profile `pii`).
+    wes: String,
 }
 
 fn world(name: &str) -> World {
@@ -48,6 +50,8 @@ fn world(name: &str) -> World {
     let oli = env.user("oli", &[&ops]);
     let auditor = env.group("auditor");
     let gus = env.user("gus", &[&auditor]);
+    let writers = env.group("swriters");
+    let wes = env.user("wes", &[&writers]);
     let db = MariaServer::start(&env.dir, &loopback(41), free_port());
     db.admin(
         "USE appdb;
@@ -93,6 +97,13 @@ mask = "pii"
 record_parameters = true
 
 [[rule]]
+name = "support writes masked"
+who = {{ groups = ["{writers}"] }}
+backend = "shop"
+statements = ["select", "insert", "update", "create", "alter"]
+mask = "pii"
+
+[[rule]]
 name = "readers only read"
 who = {{ groups = ["{reader}"] }}
 backend = "shop"
@@ -131,7 +142,7 @@ approval = {{ for = ["update"], by = "leads", timeout = "2s" }}
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    World { db, env, ana, eve, sam, rita, dan, lea, oli, gus }
+    World { db, env, ana, eve, sam, rita, dan, lea, oli, gus, wes }
 }
 
 impl World {
@@ -896,6 +907,45 @@ print(json.dumps([list(r) for r in cur.fetchall()]))
     assert_eq!(sel["decision"], "allow", "{sel}");
     assert_eq!(sel["rows"], 2, "{sel}");
     assert!(sel["masked"].as_str().unwrap_or("").contains("columns"), "{sel}");
+}
+
+/// A masked rule that may write: a masked column's values stored in another
+/// table, column or view, or the table or column the rules name renamed,
+/// would be read back raw a statement later. Refused, and the server never
+/// ran them (its general log, its rows).
+#[test]
+fn a_masked_mysql_rule_that_writes_cannot_store_masked_values_elsewhere() {
+    let w = world("mysqlstore");
+    let out = w.mariadb_script(
+        &w.wes,
+        &["appdb"],
+        "CREATE TEMPORARY TABLE loot AS SELECT id, card, 'st1' AS tag FROM customers;\nSELECT card FROM loot;\n",
+    );
+    let t = text(&out);
+    assert!(t.contains("ERROR 1227") && t.contains("stores values of the masked column"), "{t}\n{}", w.env.agent_log());
+    assert!(t.contains("ERROR 1146") && !t.contains("4111111111111111"), "the server has no such table: {t}");
+    for sql in [
+        "UPDATE customers SET note = CONCAT('st2', card) WHERE id = 2",
+        "INSERT INTO items (id, name) SELECT 1000 + id, CONCAT('st3', card) FROM customers",
+        "CREATE VIEW peek AS SELECT CONCAT('st4', card) AS c FROM customers",
+        "ALTER TABLE customers ADD COLUMN c_st5 VARCHAR(32) AS (card) STORED",
+        "ALTER TABLE customers RENAME COLUMN card TO c_st6",
+        "RENAME TABLE customers TO clients_st7",
+    ] {
+        let out = text(&w.mariadb(&w.wes, &["appdb", "-N", "-e", sql]));
+        assert!(out.contains("ERROR 1227"), "{sql}: {out}\n{}", w.env.agent_log());
+    }
+    let log = w.db.general_log();
+    for n in 1..=7 {
+        assert!(!log.contains(&format!("st{n}")), "the server ran refused statement {n}: {log}");
+    }
+    let note = text(&w.mariadb(&w.ana, &["appdb", "-N", "-e", "SELECT note FROM customers WHERE id = 2"]));
+    assert_eq!(note.trim(), "plain", "the server's row");
+    // A write that stores nothing masked goes through.
+    let ok = text(&w.mariadb(&w.wes, &["appdb", "-N", "-e", "UPDATE customers SET note = 'st-ok' WHERE id = 2"]));
+    assert!(!ok.contains("ERROR"), "{ok}\n{}", w.env.agent_log());
+    let note = text(&w.mariadb(&w.ana, &["appdb", "-N", "-e", "SELECT note FROM customers WHERE id = 2"]));
+    assert_eq!(note.trim(), "st-ok", "the server's row");
 }
 
 /// Node mysql2 prints one JSON line per statement it ran with `execute()`.

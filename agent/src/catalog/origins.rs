@@ -41,6 +41,11 @@ pub struct Bound {
     pub all: BTreeSet<Origin>,
     /// Columns used to filter, join, sort, group or partition.
     pub predicates: BTreeSet<Origin>,
+    /// What the values the statement stores are computed from.
+    pub stored: BTreeSet<Origin>,
+    /// Relations (attnum 0) and columns the statement renames, moves to
+    /// another schema or detaches from their parent.
+    pub moved: BTreeSet<Origin>,
 }
 
 impl Bound {
@@ -194,6 +199,15 @@ impl Catalog {
             let mut set = BTreeSet::new();
             b.reference(r, &mut set);
             bound.predicates.extend(set);
+        }
+        for (outputs, into) in [(&lineage.stored, &mut bound.stored), (&lineage.moved, &mut bound.moved)] {
+            for o in outputs {
+                b.seen.clear();
+                b.output(o, into);
+            }
+        }
+        for schema in &lineage.moved_schemas {
+            bound.moved.extend(self.relations_in(schema).map(|r| Origin { relation: r.oid, attnum: 0 }));
         }
         bound
     }

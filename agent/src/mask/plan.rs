@@ -247,6 +247,20 @@ impl Profile {
                 self.name
             ));
         }
+        if let Some(o) = bound.stored.iter().find(|o| self.origin_style(cat, **o).is_some()) {
+            return Some(format!(
+                "it stores values computed from the masked column {} (masking profile {}) in a table, a view or a file, where they would be read back unmasked",
+                name(o),
+                self.name
+            ));
+        }
+        if let Some(o) = bound.moved.iter().find(|o| self.origin_style(cat, **o).is_some()) {
+            return Some(format!(
+                "it renames, moves or detaches {}, whose masking rules name it (masking profile {})",
+                name(o),
+                self.name
+            ));
+        }
         if self.refuse_predicates
             && let Some(o) = bound.predicates.iter().find(|o| self.origin_style(cat, **o).is_some())
         {
@@ -367,5 +381,70 @@ mod tests {
         assert!(p.refusal(&cat, &bound("SELECT id FROM customers ORDER BY email")).is_some());
         assert!(p.refusal(&cat, &bound("SELECT email FROM customers WHERE id = 1 ORDER BY id")).is_none());
         assert!(profile(false).refusal(&cat, &bound("SELECT id FROM customers WHERE email LIKE 'a%'")).is_none());
+    }
+
+    /// Values of a masked column stored where they are read back unmasked,
+    /// and renames or moves of what the rules name: refused whatever the
+    /// profile says about predicates.
+    #[test]
+    fn stored_values_and_moves() {
+        let cat = sample();
+        let p = profile(false);
+        let stores = [
+            "UPDATE orders SET customer_id = length(c.email) FROM customers c WHERE c.id = orders.id",
+            "UPDATE customers SET id = ascii(email)",
+            "UPDATE customers SET (id) = (SELECT ascii(email) FROM customers c2 LIMIT 1)",
+            "INSERT INTO orders SELECT id, ascii(email) FROM customers",
+            "INSERT INTO orders SELECT * FROM customers",
+            "INSERT INTO orders VALUES (1, (SELECT ascii(email) FROM customers LIMIT 1))",
+            "INSERT INTO customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = ascii(customers.email)",
+            "WITH x AS (INSERT INTO orders SELECT id, ascii(email) FROM customers RETURNING 1) SELECT * FROM x",
+            "MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED THEN UPDATE SET customer_id = ascii(c.email)",
+            "MERGE INTO orders o USING customers c ON o.id = c.id WHEN NOT MATCHED THEN INSERT VALUES (c.id, ascii(c.email))",
+            "CREATE TABLE t AS SELECT lower(email) FROM customers",
+            "CREATE MATERIALIZED VIEW t AS SELECT email FROM customers",
+            "SELECT email INTO TEMP t FROM customers",
+            "CREATE VIEW v AS SELECT 'x' || reverse(email) AS e FROM customers",
+            "COPY (SELECT email FROM customers) TO '/tmp/x'",
+            "COPY customers TO PROGRAM 'cat'",
+            "PREPARE p AS INSERT INTO orders SELECT id, ascii(email) FROM customers",
+            "EXPLAIN ANALYZE INSERT INTO orders SELECT id, ascii(email) FROM customers",
+            "ALTER TABLE customers ADD COLUMN e2 text GENERATED ALWAYS AS (lower(email)) STORED",
+            "ALTER TABLE customers ALTER COLUMN id TYPE int USING ascii(email)",
+        ];
+        for sql in stores {
+            let why = p.refusal(&cat, &bound(sql)).unwrap_or_else(|| panic!("not refused: {sql}"));
+            assert!(
+                why.contains("stores values computed from the masked column public.customers.email"),
+                "{sql}: {why}"
+            );
+        }
+        let moves = [
+            "ALTER TABLE customers RENAME COLUMN email TO e",
+            "ALTER TABLE customers RENAME TO c2",
+            "ALTER TABLE customers SET SCHEMA hr",
+            "ALTER SCHEMA public RENAME TO p2",
+            "ALTER TABLE customers DETACH PARTITION customers_p1",
+            "ALTER TABLE customers_p1 NO INHERIT customers",
+        ];
+        for sql in moves {
+            let why = p.refusal(&cat, &bound(sql)).unwrap_or_else(|| panic!("not refused: {sql}"));
+            assert!(why.contains("renames, moves or detaches public.customers"), "{sql}: {why}");
+        }
+        let fine = [
+            "UPDATE customers SET id = 2 WHERE id = 1",
+            "INSERT INTO orders SELECT id, id FROM customers",
+            "INSERT INTO customers VALUES (1, 'new@example.com')",
+            "UPDATE customers SET email = 'new@example.com' WHERE id = 1",
+            "CREATE TABLE t AS SELECT id FROM customers",
+            "COPY (SELECT email FROM customers) TO STDOUT",
+            "ALTER TABLE customers RENAME COLUMN id TO n",
+            "ALTER TABLE orders RENAME TO o2",
+            "ALTER SCHEMA scratch RENAME TO s2",
+            "ALTER TABLE customers ADD COLUMN z int",
+        ];
+        for sql in fine {
+            assert_eq!(p.refusal(&cat, &bound(sql)), None, "{sql}");
+        }
     }
 }

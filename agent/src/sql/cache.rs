@@ -240,6 +240,9 @@ fn lineage_bytes(l: &Lineage) -> usize {
         + lineage_refs_bytes(&l.predicates)
         + l.declares.as_ref().map_or(0, string_bytes)
         + l.fetches.as_ref().map_or(0, string_bytes)
+        + outputs_bytes(&l.stored)
+        + outputs_bytes(&l.moved)
+        + strings_bytes(&l.moved_schemas)
 }
 
 fn outputs_bytes(o: &Vec<Output>) -> usize {

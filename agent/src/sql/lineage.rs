@@ -21,7 +21,12 @@
 //! - every reference used to filter, join, sort, group or partition
 //!   (`predicates`), for the profile option that refuses inference through
 //!   predicates;
-//! - `COPY … TO` options, and the cursor a statement declares or fetches from.
+//! - `COPY … TO` options, and the cursor a statement declares or fetches from;
+//! - what a statement stores in the database or a server file (`stored`:
+//!   INSERT's rows, UPDATE's and MERGE's new values, `CREATE TABLE AS`,
+//!   `SELECT INTO`, a view's columns, `COPY … TO 'file'`, `ALTER TABLE`
+//!   expressions), and the relations it renames or moves out of a
+//!   hierarchy (`moved`), since masking rules name them.
 
 use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};
@@ -104,6 +109,16 @@ pub struct Lineage {
     pub declares: Option<String>,
     /// `FETCH … FROM name`: the result is the cursor's.
     pub fetches: Option<String>,
+    /// Values the statement stores (in a table, a view's definition or a
+    /// server file), where they could be read back without the masking of
+    /// the columns they come from.
+    pub stored: Vec<Output>,
+    /// Relations (`Ref::Whole`) or columns the statement renames, moves to
+    /// another schema, detaches from a partitioned table or an inheritance
+    /// parent: masking rules name them.
+    pub moved: Vec<Output>,
+    /// Schemas the statement renames (every relation in them is moved).
+    pub moved_schemas: Vec<String>,
 }
 
 /// The lineage of one statement of a parse tree; `None` for statements that
@@ -112,6 +127,12 @@ pub struct Lineage {
 pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
     let mut w = Walker::default();
     let outputs = match node {
+        NodeRef::SelectStmt(s) if s.into_clause.is_some() => {
+            // `SELECT … INTO t`: the rows go into a new table, not to the client.
+            let outputs = w.query(node, 0);
+            w.stored.extend(outputs);
+            Vec::new()
+        }
         NodeRef::SelectStmt(_) | NodeRef::InsertStmt(_) | NodeRef::UpdateStmt(_) | NodeRef::DeleteStmt(_) => {
             w.query(node, 0)
         }
@@ -151,6 +172,10 @@ pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
                 w.predicate(wh.to_ref(), &[], 1);
             }
             w.copy = Some(CopyFormat { relation: c.query.is_none(), ..copy_format(&c.options) });
+            if c.is_program || !c.filename.is_empty() {
+                // To a server file or program: stored where the masking does not follow.
+                w.stored.extend(outputs.iter().cloned());
+            }
             outputs
         }
         NodeRef::PrepareStmt(p) => match p.query.as_deref().and_then(|n| n.node.as_ref()) {
@@ -169,7 +194,43 @@ pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
         }
         NodeRef::CreateTableAsStmt(c) => {
             if let Some(q) = c.query.as_deref().and_then(|n| n.node.as_ref()) {
-                w.query(q.to_ref(), 1);
+                let outputs = w.query(q.to_ref(), 1);
+                w.stored.extend(outputs);
+            }
+            Vec::new()
+        }
+        NodeRef::ViewStmt(v) => {
+            // A view's columns show what it computes under the masking of the
+            // columns it reads (a computed column keeps their style).
+            if let Some(q) = v.query.as_deref().and_then(|n| n.node.as_ref()) {
+                let outputs = w.query(q.to_ref(), 1);
+                w.stored.extend(outputs);
+            }
+            Vec::new()
+        }
+        NodeRef::AlterTableStmt(a) => {
+            let Some(r) = &a.relation else { return None };
+            w.alter_table(r, &a.cmds);
+            Vec::new()
+        }
+        NodeRef::RenameStmt(r) => {
+            w.rename(r);
+            Vec::new()
+        }
+        NodeRef::AlterObjectSchemaStmt(a) => {
+            let moves_relation = matches!(
+                pb::ObjectType::try_from(a.object_type),
+                Ok(pb::ObjectType::ObjectTable
+                    | pb::ObjectType::ObjectView
+                    | pb::ObjectType::ObjectMatview
+                    | pb::ObjectType::ObjectForeignTable)
+            );
+            match &a.relation {
+                Some(r) if moves_relation => {
+                    let alias = w.relation(r);
+                    w.moved.push(Output { name: alias.clone(), refs: vec![Ref::Whole(alias)], star: None });
+                }
+                _ => return None,
             }
             Vec::new()
         }
@@ -185,6 +246,9 @@ pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
         copy: w.copy,
         declares: w.declares,
         fetches: None,
+        stored: w.stored,
+        moved: w.moved,
+        moved_schemas: w.moved_schemas,
     })
 }
 
@@ -240,6 +304,9 @@ struct Walker {
     predicates: Vec<Ref>,
     copy: Option<CopyFormat>,
     declares: Option<String>,
+    stored: Vec<Output>,
+    moved: Vec<Output>,
+    moved_schemas: Vec<String>,
 }
 
 fn names_of(list: &[pg_query::Node]) -> Vec<String> {
@@ -276,12 +343,15 @@ impl Walker {
                     level.push(self.sources.len() - 1);
                 }
                 if let Some(q) = s.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
-                    self.query(q.to_ref(), depth + 1);
+                    let rows = self.query(q.to_ref(), depth + 1);
+                    self.stored.extend(rows);
                 }
-                if let Some(c) = &s.on_conflict_clause
-                    && let Some(wh) = c.where_clause.as_deref().and_then(|n| n.node.as_ref())
-                {
-                    self.predicate(wh.to_ref(), &[], depth + 1);
+                if let Some(c) = &s.on_conflict_clause {
+                    let values = self.targets(&c.target_list, &level, depth);
+                    self.stored.extend(values);
+                    if let Some(wh) = c.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
+                        self.predicate(wh.to_ref(), &[], depth + 1);
+                    }
                 }
                 self.returning(s.returning_clause.as_ref(), &level, depth)
             }
@@ -295,6 +365,8 @@ impl Walker {
                 for f in &s.from_clause {
                     self.range_item(f, depth + 1, &mut level);
                 }
+                let values = self.targets(&s.target_list, &level, depth);
+                self.stored.extend(values);
                 if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
                     self.predicate(wh.to_ref(), &[], depth + 1);
                 }
@@ -329,10 +401,17 @@ impl Walker {
                     self.predicate(on.to_ref(), &[], depth + 1);
                 }
                 for c in &s.merge_when_clauses {
-                    if let Some(NodeEnum::MergeWhenClause(m)) = &c.node
-                        && let Some(cond) = m.condition.as_deref().and_then(|n| n.node.as_ref())
-                    {
+                    let Some(NodeEnum::MergeWhenClause(m)) = &c.node else { continue };
+                    if let Some(cond) = m.condition.as_deref().and_then(|n| n.node.as_ref()) {
                         self.predicate(cond.to_ref(), &[], depth + 1);
+                    }
+                    // UPDATE SET's values, INSERT's VALUES.
+                    let values = self.targets(&m.target_list, &level, depth);
+                    self.stored.extend(values);
+                    for v in m.values.iter().filter_map(|n| n.node.as_ref()) {
+                        let mut refs = Vec::new();
+                        self.expr(v.to_ref(), &mut refs, depth + 1);
+                        self.stored.push(Output { name: String::new(), refs, star: None });
                     }
                 }
                 self.returning(s.returning_clause.as_ref(), &level, depth)
@@ -347,6 +426,56 @@ impl Walker {
         };
         self.inner.extend(outputs.iter().cloned());
         outputs
+    }
+
+    /// `ALTER TABLE r …`: expressions that compute stored values (`USING`,
+    /// `GENERATED … AS`, `SET EXPRESSION`; a CHECK's too, conservatively),
+    /// and detaching from a partitioned table or an inheritance parent.
+    fn alter_table(&mut self, r: &pb::RangeVar, cmds: &[pg_query::Node]) {
+        let alias = self.relation(r);
+        for c in cmds {
+            let Some(NodeEnum::AlterTableCmd(cmd)) = &c.node else { continue };
+            let detaches = matches!(
+                pb::AlterTableType::try_from(cmd.subtype),
+                Ok(pb::AlterTableType::AtDetachPartition
+                    | pb::AlterTableType::AtDetachPartitionFinalize
+                    | pb::AlterTableType::AtDropInherit)
+            );
+            if detaches {
+                self.moved.push(Output { name: alias.clone(), refs: vec![Ref::Whole(alias.clone())], star: None });
+            }
+            if let Some(def) = cmd.def.as_deref().and_then(|n| n.node.as_ref()) {
+                let mut refs = Vec::new();
+                self.expr(def.to_ref(), &mut refs, 1);
+                if !refs.is_empty() {
+                    self.stored.push(Output { name: cmd.name.clone(), refs, star: None });
+                }
+            }
+        }
+    }
+
+    /// `ALTER … RENAME`: a relation, one of its columns, or a schema.
+    fn rename(&mut self, r: &pb::RenameStmt) {
+        let Ok(kind) = pb::ObjectType::try_from(r.rename_type) else { return };
+        match (kind, &r.relation) {
+            (pb::ObjectType::ObjectSchema, _) => self.moved_schemas.push(r.subname.clone()),
+            (pb::ObjectType::ObjectColumn, Some(rel)) => {
+                let alias = self.relation(rel);
+                let column = Ref::Column { qualifier: Some(alias), name: r.subname.clone() };
+                self.moved.push(Output { name: r.subname.clone(), refs: vec![column], star: None });
+            }
+            (
+                pb::ObjectType::ObjectTable
+                | pb::ObjectType::ObjectView
+                | pb::ObjectType::ObjectMatview
+                | pb::ObjectType::ObjectForeignTable,
+                Some(rel),
+            ) => {
+                let alias = self.relation(rel);
+                self.moved.push(Output { name: alias.clone(), refs: vec![Ref::Whole(alias)], star: None });
+            }
+            _ => {}
+        }
     }
 
     fn returning(&mut self, r: Option<&pb::ReturningClause>, level: &[usize], depth: usize) -> Vec<Output> {

@@ -125,9 +125,25 @@ pub fn predicate_refusal(profile: &Profile, st: &crate::sql::Statement) -> Optio
         return None;
     }
     let Some(c) = st.compared.as_deref() else { return Some(UNREAD.into()) };
+    let what = masked_among(profile, st, c, &c.names)?;
+    Some(format!(
+        "it filters, joins, sorts, groups or counts rows on the masked {what} (masking profile {} refuses this: such a condition reveals the value a little at a time)",
+        profile.name()
+    ))
+}
+
+/// The first of `names` (aliases followed to what they read) that a column
+/// rule masks in a table `st` reads or writes, as "column t.c" or, for a
+/// `*`, "columns of t".
+fn masked_among(
+    profile: &Profile,
+    st: &crate::sql::Statement,
+    c: &crate::sql::mysql::Compared,
+    names: &std::collections::BTreeSet<String>,
+) -> Option<String> {
     let tables: Vec<String> = st.reads.iter().chain(&st.writes).map(|t| qualified(t, None)).collect();
-    let mut names = c.names.clone();
-    // An alias compares what it reads (aliases of aliases too).
+    let mut names = names.clone();
+    // An alias reads what its expression reads (aliases of aliases too).
     for _ in 0..=c.aliases.len() {
         let before = names.len();
         for (alias, reads) in &c.aliases {
@@ -147,11 +163,7 @@ pub fn predicate_refusal(profile: &Profile, st: &crate::sql::Statement) -> Optio
                 profile.column_style(Some(t), name).is_some()
             };
             if masked {
-                let what = if name == "*" { format!("columns of {t}") } else { format!("column {t}.{name}") };
-                return Some(format!(
-                    "it filters, joins, sorts, groups or counts rows on the masked {what} (masking profile {} refuses this: such a condition reveals the value a little at a time)",
-                    profile.name()
-                ));
+                return Some(if name == "*" { format!("columns of {t}") } else { format!("column {t}.{name}") });
             }
         }
     }
@@ -163,19 +175,31 @@ pub fn predicate_refusal(profile: &Profile, st: &crate::sql::Statement) -> Optio
 const UNREAD: &str = "Gatehouse did not read what this statement compares, which a masked session needs";
 
 /// Why a masked session refuses `st` whatever its profile says about
-/// predicates: it stores values of a table with masked columns where
-/// masking cannot follow them (a user variable a later `SELECT @v` reads
-/// without naming any table, or a file).
+/// predicates: it stores values of masked columns where masking cannot
+/// follow them — a user variable (a later `SELECT @v` names no table) or a
+/// file (by table: any value the statement reads), another table, column or
+/// view (by name, see `Compared::stored`) — or it renames a table with
+/// masked columns, or a column of one (the rules name them).
 pub fn stored_refusal(profile: &Profile, st: &crate::sql::Statement) -> Option<String> {
-    match st.compared.as_deref() {
-        None => return Some(UNREAD.into()),
-        Some(c) if !c.stores => return None,
-        Some(_) => {}
+    let Some(c) = st.compared.as_deref() else { return Some(UNREAD.into()) };
+    let name = profile.name();
+    if c.stores
+        && let Some(t) = st.reads.iter().map(|t| qualified(t, None)).find(|t| profile.table_style(t).is_some())
+    {
+        return Some(format!(
+            "it stores values read from {t}, which has masked columns (masking profile {name}), in a user variable or a file, where masking cannot follow them"
+        ));
     }
-    let t = st.reads.iter().map(|t| qualified(t, None)).find(|t| profile.table_style(t).is_some())?;
+    if c.moves
+        && let Some(t) = st.writes.iter().map(|t| qualified(t, None)).find(|t| profile.table_style(t).is_some())
+    {
+        return Some(format!(
+            "it renames {t} or one of its columns, whose masking rules name them (masking profile {name})"
+        ));
+    }
+    let what = masked_among(profile, st, c, &c.stored)?;
     Some(format!(
-        "it stores values read from {t}, which has masked columns (masking profile {}), in a user variable or a file, where masking cannot follow them",
-        profile.name()
+        "it stores values of the masked {what} (masking profile {name}) in a table or a view, where they would be read back unmasked"
     ))
 }
 

@@ -40,6 +40,15 @@ pub struct Compared {
     /// `SHOW WARNINGS` / `SHOW ERRORS` (`COUNT(*)` aside): messages that can
     /// quote values an earlier statement read.
     pub diagnostics: bool,
+    /// Names whose values the statement stores in a table or a view's
+    /// definition (INSERT's rows, UPDATE's and ON DUPLICATE KEY UPDATE's
+    /// values, `CREATE TABLE … AS`, `CREATE`/`ALTER VIEW`, `ALTER TABLE`
+    /// expressions), lowercased, `*` for a wildcard: read back later, they
+    /// would not carry the masking of the column they came from.
+    pub stored: BTreeSet<String>,
+    /// The statement renames a table or a column (`RENAME TABLE`, `ALTER
+    /// TABLE … RENAME`, `CHANGE` to another name): masking rules name them.
+    pub moves: bool,
 }
 
 /// How deep subqueries are followed (sqlparser's own recursion limit is 50).
@@ -70,9 +79,70 @@ pub fn of(stmt: &ast::Statement) -> Compared {
             _ => false,
         };
     }
+    stored(stmt, &mut c);
     let mut tree = stmt.clone();
     scan(&mut tree, &mut c, 0);
     c
+}
+
+/// What a statement stores, and whether it renames (see [`Compared::stored`]).
+/// Whole clauses count (a source query's WHERE too): by name, towards refusing.
+fn stored(stmt: &ast::Statement, c: &mut Compared) {
+    use ast::AlterTableOperation as Op;
+    let names = &mut c.stored;
+    match stmt {
+        ast::Statement::Insert(i) => {
+            if let Some(src) = &i.source {
+                names_in_node_ref(src.as_ref(), names);
+            }
+            for a in &i.assignments {
+                names_in(&a.value, names);
+            }
+            if let Some(on) = &i.on {
+                names_in_node_ref(on, names);
+            }
+        }
+        ast::Statement::Update(u) => {
+            for a in &u.assignments {
+                names_in(&a.value, names);
+            }
+        }
+        ast::Statement::CreateTable(t) => names_in_node_ref(t, names),
+        ast::Statement::CreateView(v) => names_in_node_ref(v.query.as_ref(), names),
+        ast::Statement::AlterView(v) => names_in_node_ref(&v.operation, names),
+        ast::Statement::AlterTable(a) => {
+            names_in_node_ref(&a.operations, names);
+            c.moves = a.operations.iter().any(|op| match op {
+                Op::RenameTable { .. } | Op::RenameColumn { .. } => true,
+                Op::ChangeColumn { old_name, new_name, .. } => !old_name.value.eq_ignore_ascii_case(&new_name.value),
+                _ => false,
+            });
+        }
+        ast::Statement::RenameTable(_) => c.moves = true,
+        _ => {}
+    }
+}
+
+/// Every name in any part of a tree (its expressions, subqueries included),
+/// and `*` for a select list's wildcard.
+fn names_in_node_ref<N: ast::Visit>(node: &N, names: &mut BTreeSet<String>) {
+    struct All<'a>(&'a mut BTreeSet<String>);
+    impl ast::Visitor for All<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            collect(e, self.0);
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            let mut items = BTreeSet::new();
+            projection_names(q, &mut items);
+            if items.contains("*") {
+                self.0.insert("*".into());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = node.visit(&mut All(names));
 }
 
 /// Scans a statement or query: its select lists are taken out (values,
@@ -517,6 +587,48 @@ mod tests {
         let c = compared(&sql);
         assert!(!c.names.contains("ssn"), "{c:?}");
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn values_stored_in_tables_and_renames() {
+        for (sql, names) in [
+            ("INSERT INTO notes (body) SELECT card FROM customers", &["card"][..]),
+            ("INSERT INTO notes SELECT * FROM customers", &["*"]),
+            ("INSERT INTO notes (body) VALUES ((SELECT REVERSE(card) FROM customers LIMIT 1))", &["card"]),
+            ("REPLACE INTO notes SET body = (SELECT card FROM customers LIMIT 1)", &["card"]),
+            ("INSERT INTO customers (id) VALUES (2) ON DUPLICATE KEY UPDATE name = card", &["card"]),
+            ("UPDATE customers SET name = CONCAT('x', card) WHERE id = 2", &["card"]),
+            ("UPDATE customers c JOIN orders o ON o.id = c.id SET o.note = c.card", &["card"]),
+            ("CREATE TABLE loot AS SELECT card FROM customers", &["card"]),
+            ("CREATE VIEW peek AS SELECT LEFT(card, 6) AS bin FROM customers", &["card"]),
+            ("ALTER VIEW peek AS SELECT card FROM customers", &["card"]),
+            ("ALTER TABLE customers ADD COLUMN c2 VARCHAR(32) AS (card) STORED", &["card"]),
+        ] {
+            let c = compared(sql);
+            for n in names {
+                assert!(c.stored.contains(*n), "{sql}: {c:?}");
+            }
+            assert!(!c.moves, "{sql}");
+        }
+        for sql in [
+            "UPDATE customers SET name = 'x' WHERE card = '1'",
+            "INSERT INTO customers (id, card) VALUES (5, '4111')",
+            "UPDATE customers SET card = NULL WHERE id = 2",
+            "SELECT card FROM customers",
+        ] {
+            let c = compared(sql);
+            assert!(!c.stored.contains("card"), "{sql}: {c:?}");
+        }
+        for (sql, moves) in [
+            ("RENAME TABLE customers TO clients", true),
+            ("ALTER TABLE customers RENAME TO clients", true),
+            ("ALTER TABLE customers RENAME COLUMN card TO c", true),
+            ("ALTER TABLE customers CHANGE card c VARCHAR(32)", true),
+            ("ALTER TABLE customers CHANGE card CARD VARCHAR(64)", false),
+            ("ALTER TABLE customers ADD COLUMN z INT", false),
+        ] {
+            assert_eq!(compared(sql).moves, moves, "{sql}");
+        }
     }
 
     #[test]
