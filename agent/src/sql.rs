@@ -631,7 +631,7 @@ impl<'t> Walker<'t> {
             NodeRef::FuncCall(call) => {
                 match functions::qual_name(&call.funcname) {
                     Some(name) => {
-                        if functions::is_dangerous(&name) {
+                        if functions::is_dangerous(&name) || functions::runs_query_text(&name, call.args.len()) {
                             self.kinds.insert(Kind::FunctionCall);
                             self.functions.push(functions::call_name(call));
                         }

@@ -200,6 +200,9 @@ fn code_reached_without_calling_it_by_a_new_name_is_refused() {
         "SELECT set_config('search_path', 'hr', false)",
         "SELECT pg_read_file('/etc/passwd')",
         "SELECT pg_sleep(1)",
+        // Runs the SELECT it is given as text: a denied table's rows in a tsquery.
+        "SELECT ts_rewrite('x'::tsquery, 'SELECT ''x''::tsquery, to_tsquery(''simple'', amount::text) FROM hr.salaries')",
+        "SELECT pg_catalog.ts_rewrite(query => 'x'::tsquery, \"select\" => 'SELECT ''x''::tsquery, ''y''::tsquery')",
     ]
     .iter()
     .enumerate()
@@ -238,6 +241,9 @@ fn code_reached_without_calling_it_by_a_new_name_is_refused() {
         "SELECT count(*), stddev(amount), percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders",
     );
     assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
+    // ts_rewrite's three-tsquery form runs no SQL.
+    let o = w.psql(&w.ana, &[], "SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "'b' & 'c'", "{}\n{}", text(&o), w.env.agent_log());
     w.assert_server_untouched();
 }
 

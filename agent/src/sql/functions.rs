@@ -199,6 +199,13 @@ pub(crate) fn is_dangerous(name: &QualName) -> bool {
     }
 }
 
+/// A call of a built-in that runs SQL given as text in one of its forms
+/// only: `ts_rewrite(query, select text)` executes the SELECT it is given
+/// (the three-`tsquery` form does not).
+pub(crate) fn runs_query_text(name: &QualName, args: usize) -> bool {
+    matches!(name.schema.as_deref(), None | Some("pg_catalog")) && name.name == "ts_rewrite" && args != 3
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +237,10 @@ mod tests {
         }
         // Unlocking one's own advisory locks is what connection pools do on release.
         assert!(!is_dangerous(&QualName { schema: None, name: "pg_advisory_unlock_all".into() }));
+        // ts_rewrite runs the SELECT text of its two-argument form.
+        let ts_rewrite = QualName { schema: Some("pg_catalog".into()), name: "ts_rewrite".into() };
+        assert!(runs_query_text(&ts_rewrite, 2));
+        assert!(!runs_query_text(&ts_rewrite, 3));
         // A user's own function of that name is decided by the catalog, not this list.
         assert!(!is_dangerous(&QualName { schema: Some("public".into()), name: "pg_sleep".into() }));
     }
