@@ -178,6 +178,22 @@ impl Catalog {
         self.relations.get(schema, name).and_then(|oid| self.by_oid.get(oid))
     }
 
+    /// The relations a name may be: the one in `schema`, or without one,
+    /// every schema's of that name (for deciding towards masking).
+    pub fn relations_for_name(&self, schema: Option<&str>, name: &str) -> Vec<u32> {
+        match schema {
+            Some(s) => self.relation_named(s, name).map(|r| vec![r.oid]).unwrap_or_default(),
+            None => self
+                .relation_schemas
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| self.relation_named(s, name))
+                .map(|r| r.oid)
+                .collect(),
+        }
+    }
+
     /// The relations of a schema, in no particular order.
     pub fn relations_in<'a>(&'a self, schema: &'a str) -> impl Iterator<Item = &'a Relation> + 'a {
         self.by_oid.values().filter(move |r| r.schema == schema)

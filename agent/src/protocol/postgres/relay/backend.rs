@@ -283,11 +283,10 @@ fn on_backend(
                 // The error ends the exchange's statement that was running, if
                 // one was (an error at Parse or Bind ends none); the server
                 // skips the rest of the exchange, including sink.pending Parses.
-                let front = if sh.inflight.front().is_some_and(|f| f.epoch == current) {
-                    sh.inflight.pop_front()
-                } else {
-                    None
-                };
+                let running = sh.inflight.front().is_some_and(|f| f.epoch == current);
+                // What it read (a FETCH: its cursor's query), for the message's masking.
+                let traced = running.then(|| trace(&sh));
+                let front = if running { sh.inflight.pop_front() } else { None };
                 if let Some(fl) = &front {
                     sh.completed = sh.completed.max(fl.seq);
                     forget(&mut sh, fl);
@@ -300,9 +299,9 @@ fn on_backend(
                     trail_end(ctx, sink, fl);
                 }
                 sink.rows.end();
-                // An error of a statement that reads masked columns may quote
-                // a value computed from them: its quoted parts are redacted.
-                let strict = front.as_ref().is_some_and(|fl| masking::reads_masked(ctx, db, fl));
+                // An error of a statement that touches masked columns may
+                // show their values: what could be a value is cut.
+                let strict = traced.as_ref().is_some_and(|t| masking::touches_masked(ctx, db, t));
                 let at = out.len();
                 mask_message(ctx, f, out, strict);
                 // What is recorded is what the client was sent.
@@ -586,7 +585,11 @@ fn on_backend(
                 t.copy_row(f.body);
             }
         }
-        b'N' => mask_message(ctx, f, out, false),
+        b'N' => {
+            // A notice during a statement that touches masked columns (a trigger's, a function's) is cut the same way.
+            let strict = ctx.mask.is_some() && masking::touches_masked(ctx, db, &trace(&lock(shared)));
+            mask_message(ctx, f, out, strict)
+        }
         b'A' => match &ctx.mask {
             Some(profile) => masking::mask_notification(profile, f, out, sink.pending).map_err(bad)?,
             None => out.extend_from_slice(f.raw),

@@ -450,47 +450,51 @@ pub(super) fn mask_row(
     Ok(())
 }
 
-/// Whether a statement reads (or filters on) a masked column.
-pub(super) fn reads_masked(ctx: &Ctx, db: &crate::protocol::postgres::SessionDb, fl: &super::InFlight) -> bool {
-    let (Some(profile), Some(lineage)) = (&ctx.mask, &fl.lineage) else { return false };
+/// Whether a statement's messages may echo masked values: it reads,
+/// filters on or stores a masked column, or it touches (reads or writes) a
+/// relation with masked columns — a constraint's "Failing row contains
+/// (…)" shows the whole row whatever the statement named. `trace` is the
+/// statement's, or for `FETCH` its cursor's.
+pub(super) fn touches_masked(ctx: &Ctx, db: &crate::protocol::postgres::SessionDb, trace: &Trace) -> bool {
+    let Some(profile) = &ctx.mask else { return false };
     let cat = catalog(db);
-    let b = cat.bind(lineage, &fl.relations);
-    b.all
+    let masked = |o: &crate::catalog::Origin| profile.origin_style(&cat, *o).is_some();
+    if let Some(b) = bound(&cat, trace)
+        && b.all.iter().chain(b.expanded.iter().flatten()).chain(&b.predicates).chain(&b.stored).any(masked)
+    {
+        return true;
+    }
+    trace
+        .relations
         .iter()
-        .chain(b.expanded.iter().flatten())
-        .chain(&b.predicates)
-        .any(|o| profile.origin_style(&cat, *o).is_some())
+        .flat_map(|t| cat.relations_for_name(t.schema.as_deref(), &t.name))
+        .any(|oid| masked(&crate::catalog::Origin { relation: oid, attnum: 0 }))
 }
 
-/// Replaces what a message quotes — `"…"` and `(…)` — by `****`.
-fn redact_quoted(value: &[u8], out: &mut Vec<u8>) -> bool {
-    let mut changed = false;
-    let mut i = 0usize;
-    while let Some(&b) = value.get(i) {
-        let close = match b {
-            b'"' => Some(b'"'),
-            b'(' => Some(b')'),
-            _ => None,
-        };
-        if let Some(close) = close
-            && let Some(end) = value.get(i + 1..).and_then(|rest| memchr::memchr(close, rest))
-        {
-            out.push(b);
-            out.extend_from_slice(b"****");
-            out.push(close);
-            i += end + 2;
-            changed = true;
-            continue;
-        }
-        out.push(b);
-        i += 1;
-    }
-    changed
+/// What a message field of a statement that touches masked columns keeps:
+/// its text up to the first place a value could start — a quote, a
+/// parenthesis, a bracket, a brace, a colon, `=` or a digit — and `****`
+/// for the rest. PostgreSQL puts values after such a mark (`…: "12x"`,
+/// `Failing row contains (…)`, `Key (email)=(…)`, `date field value out of
+/// range: 2020-01-49`, `JSON data, line 1: …`); matching quotes is not
+/// enough, since the value itself may hold a quote or a parenthesis that
+/// would end the redaction early. `false` when nothing was cut.
+fn cut_values(value: &[u8], out: &mut Vec<u8>) -> bool {
+    let mark = |b: &u8| matches!(b, b'"' | b'\'' | b'(' | b'[' | b'{' | b':' | b'=') || b.is_ascii_digit();
+    let Some(at) = value.iter().position(mark) else { return false };
+    // A colon stays (`…: ****`); a quote, bracket or digit may be the value's own.
+    let keep = if value.get(at) == Some(&b':') { at + 1 } else { at };
+    let kept = value.get(..keep).unwrap_or_default();
+    out.extend_from_slice(kept);
+    out.extend_from_slice(if kept.is_empty() || kept.ends_with(b" ") { b"****" } else { b" ****" });
+    true
 }
 
 /// Errors and notices can echo values ("Key (email)=(…) already exists"):
 /// on masked sessions their text fields go through the detectors, and with
-/// `strict` (the statement read masked columns) what they quote is redacted.
+/// `strict` (the statement touches masked columns, [`touches_masked`]) the
+/// message, detail, hint, context and internal query lose everything from
+/// where a value could start ([`cut_values`]).
 pub(super) fn mask_message(ctx: &Ctx, f: Frame<'_>, out: &mut Vec<u8>, strict: bool) {
     let Some(profile) = &ctx.mask else {
         out.extend_from_slice(f.raw);
@@ -507,7 +511,7 @@ pub(super) fn mask_message(ctx: &Ctx, f: Frame<'_>, out: &mut Vec<u8>, strict: b
         body.push(code);
         let start = body.len();
         let mut redacted = Vec::new();
-        let value = if strict && matches!(code, b'M' | b'D' | b'W') && redact_quoted(value, &mut redacted) {
+        let value = if strict && matches!(code, b'M' | b'D' | b'H' | b'W' | b'q') && cut_values(value, &mut redacted) {
             changed = true;
             &redacted[..]
         } else {
@@ -608,15 +612,31 @@ mod tests {
     }
 
     #[test]
-    fn quoted_parts_are_redacted() {
-        let mut out = Vec::new();
-        assert!(redact_quoted(b"invalid input syntax for type integer: \"123456789x\"", &mut out));
-        assert_eq!(out, b"invalid input syntax for type integer: \"****\"");
-        out.clear();
-        assert!(redact_quoted(b"Key (email)=(zoe@example.com) exists, \"unterminated", &mut out));
-        assert_eq!(out, b"Key (****)=(****) exists, \"unterminated");
-        out.clear();
-        assert!(!redact_quoted(b"division by zero", &mut out));
+    fn values_are_cut_from_messages() {
+        let cut = |m: &[u8]| {
+            let mut out = Vec::new();
+            cut_values(m, &mut out).then(|| String::from_utf8(out).unwrap())
+        };
+        assert_eq!(
+            cut(b"invalid input syntax for type integer: \"123456789x\"").unwrap(),
+            "invalid input syntax for type integer: ****"
+        );
+        // A value holding quotes or parentheses cannot end the redaction early.
+        assert_eq!(
+            cut(b"invalid input syntax for type integer: \"\"x123-45-6789\"").unwrap(),
+            "invalid input syntax for type integer: ****"
+        );
+        assert_eq!(cut(b"Failing row contains (1, x), ZETA-SECRET, 3).").unwrap(), "Failing row contains ****");
+        assert_eq!(cut(b"Key (email)=(zoe@example.com) already exists.").unwrap(), "Key ****");
+        assert_eq!(cut(b"\"x\" is not a number").unwrap(), "****");
+        // Values PostgreSQL does not quote.
+        assert_eq!(cut(b"date field value out of range: 2020-01-49").unwrap(), "date field value out of range: ****");
+        assert_eq!(
+            cut(b"requested character too large for encoding: 49000000").unwrap(),
+            "requested character too large for encoding: ****"
+        );
+        assert_eq!(cut(b"value 49000000 is out of range").unwrap(), "value ****");
+        assert_eq!(cut(b"division by zero"), None);
     }
 
     #[test]
