@@ -46,6 +46,9 @@ pub struct Bound {
     /// Relations (attnum 0) and columns the statement renames, moves to
     /// another schema or detaches from their parent.
     pub moved: BTreeSet<Origin>,
+    /// Columns a result column computes with (the statement's own, not a
+    /// view definition's).
+    pub computed: BTreeSet<Origin>,
 }
 
 impl Bound {
@@ -204,6 +207,14 @@ impl Catalog {
             for o in outputs {
                 b.seen.clear();
                 b.output(o, into);
+            }
+        }
+        if depth == 0 {
+            b.seen.clear();
+            for r in &lineage.computed {
+                let mut set = BTreeSet::new();
+                b.reference(r, &mut set);
+                bound.computed.extend(set);
             }
         }
         for schema in &lineage.moved_schemas {

@@ -270,6 +270,15 @@ impl Profile {
                 self.name
             ));
         }
+        if self.refuse_predicates
+            && let Some(o) = bound.computed.iter().find(|o| self.origin_style(cat, **o).is_some())
+        {
+            return Some(format!(
+                "it computes with the masked column {} (masking profile {} refuses this: the result would be hidden, so what it computes could only come back through errors or timing); select the column as it is",
+                name(o),
+                self.name
+            ));
+        }
         None
     }
 }
@@ -381,6 +390,32 @@ mod tests {
         assert!(p.refusal(&cat, &bound("SELECT id FROM customers ORDER BY email")).is_some());
         assert!(p.refusal(&cat, &bound("SELECT email FROM customers WHERE id = 1 ORDER BY id")).is_none());
         assert!(profile(false).refusal(&cat, &bound("SELECT id FROM customers WHERE email LIKE 'a%'")).is_none());
+        // Computing with a masked column: its result is hidden, only errors or timing would carry it.
+        for sql in [
+            "SELECT upper(email) FROM customers",
+            "SELECT 1 / (ascii(email) - 49) FROM customers",
+            "SELECT CASE WHEN email LIKE 'a%' THEN 1 / 0 END FROM customers",
+            "SELECT id, email::int FROM customers",
+            "SELECT max(email) FROM customers",
+            "SELECT (SELECT lower(email) FROM customers LIMIT 1)",
+            "SELECT x FROM (SELECT email || '' AS x FROM customers) s",
+            "VALUES ((SELECT email FROM customers LIMIT 1) || 'x')",
+            "WITH t AS (SELECT length(email) AS n FROM customers) SELECT n FROM t",
+        ] {
+            let why = p.refusal(&cat, &bound(sql)).unwrap_or_else(|| panic!("not refused: {sql}"));
+            assert!(why.contains("computes with the masked column public.customers.email"), "{sql}: {why}");
+            assert!(profile(false).refusal(&cat, &bound(sql)).is_none(), "allowed when predicates are: {sql}");
+        }
+        for sql in [
+            "SELECT email, c.email, id + 1 FROM customers c",
+            "SELECT count(email), count(*) FROM customers",
+            "SELECT (SELECT email FROM customers LIMIT 1), ARRAY(SELECT email FROM customers)",
+            "SELECT x FROM (SELECT email AS x FROM customers) s",
+            "SELECT * FROM customers",
+            "SELECT upper(amount::text) FROM hr.salaries",
+        ] {
+            assert_eq!(p.refusal(&cat, &bound(sql)), None, "{sql}");
+        }
     }
 
     /// Values of a masked column stored where they are read back unmasked,

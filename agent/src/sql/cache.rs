@@ -243,6 +243,7 @@ fn lineage_bytes(l: &Lineage) -> usize {
         + outputs_bytes(&l.stored)
         + outputs_bytes(&l.moved)
         + strings_bytes(&l.moved_schemas)
+        + lineage_refs_bytes(&l.computed)
 }
 
 fn outputs_bytes(o: &Vec<Output>) -> usize {

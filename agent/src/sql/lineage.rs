@@ -21,6 +21,10 @@
 //! - every reference used to filter, join, sort, group or partition
 //!   (`predicates`), for the profile option that refuses inference through
 //!   predicates;
+//! - every reference a result column computes with rather than passes on
+//!   as it is (`computed`: `upper(email)`, `1 / (ascii(ssn) - 49)`): such a
+//!   value is hidden anyway, so what it computes can only come back through
+//!   errors or timing, and the same option refuses it;
 //! - `COPY … TO` options, and the cursor a statement declares or fetches from;
 //! - what a statement stores in the database or a server file (`stored`:
 //!   INSERT's rows, UPDATE's and MERGE's new values, `CREATE TABLE AS`,
@@ -119,6 +123,9 @@ pub struct Lineage {
     pub moved: Vec<Output>,
     /// Schemas the statement renames (every relation in them is moved).
     pub moved_schemas: Vec<String>,
+    /// References a result column computes with (anything but a bare
+    /// column, a subquery's column passed on, or `count(column)`).
+    pub computed: Vec<Ref>,
 }
 
 /// The lineage of one statement of a parse tree; `None` for statements that
@@ -249,6 +256,7 @@ pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
         stored: w.stored,
         moved: w.moved,
         moved_schemas: w.moved_schemas,
+        computed: w.computed,
     })
 }
 
@@ -307,6 +315,7 @@ struct Walker {
     stored: Vec<Output>,
     moved: Vec<Output>,
     moved_schemas: Vec<String>,
+    computed: Vec<Ref>,
 }
 
 fn names_of(list: &[pg_query::Node]) -> Vec<String> {
@@ -543,6 +552,9 @@ impl Walker {
                     let mut refs = Vec::new();
                     if let Some(n) = &item.node {
                         self.expr(n.to_ref(), &mut refs, depth + 1);
+                        if !passes_on(n) {
+                            self.computed.extend(refs.iter().cloned());
+                        }
                     }
                     if let Some(o) = out.get_mut(i) {
                         o.refs.extend(refs);
@@ -638,6 +650,9 @@ impl Walker {
             }
             let mut refs = Vec::new();
             self.expr(val.to_ref(), &mut refs, depth + 1);
+            if !passes_on(val) {
+                self.computed.extend(refs.iter().cloned());
+            }
             let name = if rt.name.is_empty() { figure_name(val.to_ref()) } else { rt.name.clone() };
             // `(row).*` stands for as many columns as the row has (none, or
             // several): the positions after it no longer line up.
@@ -920,6 +935,23 @@ impl Walker {
                 }
             }
         }
+    }
+}
+
+/// Whether a result expression passes a value on as it is: a column, a
+/// subquery's single column (`(SELECT ssn …)`, `ARRAY(SELECT ssn …)`: the
+/// subquery's own select list is looked at where it is walked), or
+/// `count(column)` (its argument does not reach the value).
+fn passes_on(node: &NodeEnum) -> bool {
+    match node {
+        NodeEnum::ColumnRef(_) => true,
+        NodeEnum::SubLink(s) => s.testexpr.is_none(),
+        NodeEnum::FuncCall(f) => {
+            let count = super::functions::qual_name(&f.funcname)
+                .is_some_and(|q| q.name == "count" && q.schema.as_deref().is_none_or(|s| s == "pg_catalog"));
+            count && !f.agg_distinct && f.args.iter().all(|a| matches!(a.node, Some(NodeEnum::ColumnRef(_))))
+        }
+        _ => false,
     }
 }
 

@@ -125,9 +125,15 @@ pub fn predicate_refusal(profile: &Profile, st: &crate::sql::Statement) -> Optio
         return None;
     }
     let Some(c) = st.compared.as_deref() else { return Some(UNREAD.into()) };
-    let what = masked_among(profile, st, c, &c.names)?;
+    if let Some(what) = masked_among(profile, st, c, &c.names) {
+        return Some(format!(
+            "it filters, joins, sorts, groups or counts rows on the masked {what} (masking profile {} refuses this: such a condition reveals the value a little at a time)",
+            profile.name()
+        ));
+    }
+    let what = masked_among(profile, st, c, &c.computed)?;
     Some(format!(
-        "it filters, joins, sorts, groups or counts rows on the masked {what} (masking profile {} refuses this: such a condition reveals the value a little at a time)",
+        "it computes with the masked {what} (masking profile {} refuses this: the result would be hidden, so what it computes could only come back through errors or timing); select the column as it is",
         profile.name()
     ))
 }

@@ -49,6 +49,11 @@ pub struct Compared {
     /// The statement renames a table or a column (`RENAME TABLE`, `ALTER
     /// TABLE … RENAME`, `CHANGE` to another name): masking rules name them.
     pub moves: bool,
+    /// Names a select list item computes with rather than passes on as it
+    /// is (anything but a column, a subquery or `COUNT(column)`): its value
+    /// is hidden anyway, so what it computes could only come back through
+    /// errors (`Subquery returns more than 1 row`) or timing.
+    pub computed: BTreeSet<String>,
 }
 
 /// How deep subqueries are followed (sqlparser's own recursion limit is 50).
@@ -171,7 +176,32 @@ fn scan<N: VisitMut>(node: &mut N, c: &mut Compared, depth: usize) {
         if compared {
             names_in(expr, &mut c.names);
         }
+        if !passes_on(expr) {
+            names_in(expr, &mut c.computed);
+        }
         value(expr, c, depth);
+    }
+}
+
+/// Whether a select list item passes a value on as it is: a column, a
+/// subquery (whose own select list is scanned where it is), `COUNT(column)`.
+fn passes_on(expr: &Expr) -> bool {
+    match expr {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Subquery(_) => true,
+        Expr::Nested(inner) => passes_on(inner),
+        Expr::Function(f) => {
+            let count =
+                f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case("count"));
+            count
+                && f.filter.is_none()
+                && f.over.is_none()
+                && matches!(&f.args, FunctionArguments::List(l)
+                    if l.duplicate_treatment.is_none()
+                        && l.args.iter().all(|a| matches!(a,
+                            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(_) | Expr::CompoundIdentifier(_)))
+                            | FunctionArg::Unnamed(FunctionArgExpr::Wildcard))))
+        }
+        _ => false,
     }
 }
 
@@ -587,6 +617,29 @@ mod tests {
         let c = compared(&sql);
         assert!(!c.names.contains("ssn"), "{c:?}");
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn computed_select_items() {
+        for (sql, name) in [
+            ("SELECT UPPER(card) FROM customers", "card"),
+            ("SELECT IF(card LIKE '4%', (SELECT 1 UNION SELECT 2), 1) FROM customers", "card"),
+            ("SELECT id, card + 0 FROM customers", "card"),
+            ("SELECT COUNT(DISTINCT card) FROM customers", "card"),
+            ("SELECT UPPER(x) FROM (SELECT card AS x FROM customers) d", "x"),
+            ("SELECT (SELECT LOWER(card) FROM customers LIMIT 1)", "card"),
+        ] {
+            assert!(compared(sql).computed.contains(name), "{sql}: {:?}", compared(sql));
+        }
+        for sql in [
+            "SELECT card, c.card, (card) FROM customers c",
+            "SELECT COUNT(card), COUNT(*) FROM customers",
+            "SELECT (SELECT card FROM customers LIMIT 1)",
+            "SELECT x FROM (SELECT card AS x FROM customers) d",
+            "SELECT id + 1 FROM customers",
+        ] {
+            assert!(!compared(sql).computed.contains("card"), "{sql}: {:?}", compared(sql));
+        }
     }
 
     #[test]
