@@ -461,6 +461,8 @@ mod tests {
             "ALTER SCHEMA public RENAME TO p2",
             "ALTER TABLE customers DETACH PARTITION customers_p1",
             "ALTER TABLE customers_p1 NO INHERIT customers",
+            "ALTER TABLE customers INHERIT orders",
+            "ALTER TABLE orders ATTACH PARTITION customers FOR VALUES IN (1)",
         ];
         for sql in moves {
             let why = p.refusal(&cat, &bound(sql)).unwrap_or_else(|| panic!("not refused: {sql}"));

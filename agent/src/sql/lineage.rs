@@ -439,7 +439,8 @@ impl Walker {
 
     /// `ALTER TABLE r …`: expressions that compute stored values (`USING`,
     /// `GENERATED … AS`, `SET EXPRESSION`; a CHECK's too, conservatively),
-    /// and detaching from a partitioned table or an inheritance parent.
+    /// and moving a table in or out of a hierarchy (detaching it from a
+    /// partitioned table or an inheritance parent, or putting it under one).
     fn alter_table(&mut self, r: &pb::RangeVar, cmds: &[pg_query::Node]) {
         let alias = self.relation(r);
         for c in cmds {
@@ -452,6 +453,24 @@ impl Walker {
             );
             if detaches {
                 self.moved.push(Output { name: alias.clone(), refs: vec![Ref::Whole(alias.clone())], star: None });
+            }
+            // Put under another parent, its rows come out of that parent's name
+            // too (before the next catalog read knows the parent).
+            match (pb::AlterTableType::try_from(cmd.subtype), cmd.def.as_deref().and_then(|n| n.node.as_ref())) {
+                (Ok(pb::AlterTableType::AtAddInherit), _) => {
+                    self.moved.push(Output { name: alias.clone(), refs: vec![Ref::Whole(alias.clone())], star: None });
+                }
+                (Ok(pb::AlterTableType::AtAttachPartition), Some(NodeEnum::PartitionCmd(pc))) => {
+                    if let Some(part) = &pc.name {
+                        let attached = self.relation(part);
+                        self.moved.push(Output {
+                            name: attached.clone(),
+                            refs: vec![Ref::Whole(attached)],
+                            star: None,
+                        });
+                    }
+                }
+                _ => {}
             }
             if let Some(def) = cmd.def.as_deref().and_then(|n| n.node.as_ref()) {
                 let mut refs = Vec::new();
