@@ -78,6 +78,22 @@ struct Held {
     name: HeaderName,
     value: HeaderValue,
     label: &'static str,
+    /// What a response must not carry back: the header value and its secret
+    /// parts (a backend that echoes requests — a debug endpoint, an error
+    /// page — would hand the credential to the user).
+    needles: Option<body::Needles>,
+}
+
+/// A secret part short enough to be an ordinary word is not looked for on
+/// its own (the whole header value always is).
+const SHORTEST_NEEDLE: usize = 8;
+
+/// The needles of a held credential: the header value, and each secret part
+/// of at least [`SHORTEST_NEEDLE`] bytes.
+fn needles(value: &[u8], parts: &[&[u8]]) -> Option<body::Needles> {
+    let mut all = vec![value.to_vec()];
+    all.extend(parts.iter().filter(|p| p.len() >= SHORTEST_NEEDLE).map(|p| p.to_vec()));
+    body::Needles::new(&all)
 }
 
 struct Shared {
@@ -210,8 +226,11 @@ impl Pending {
         resp: Summary,
         error: Option<String>,
     ) {
-        let masked = (resp.masked.total() > 0)
+        let mut masked = (resp.masked.total() > 0)
             .then(|| resp.masked.iter().map(|(k, v)| (k.to_owned(), v)).collect::<std::collections::BTreeMap<_, _>>());
+        if resp.scrubbed > 0 {
+            masked.get_or_insert_default().insert("held_credential".to_owned(), resp.scrubbed);
+        }
         let mut data = req.captured;
         let request_body_recorded = data.len() as u64;
         data.extend_from_slice(&resp.captured);
@@ -356,6 +375,7 @@ impl Shared {
                 }
             }
         }
+        let mut injected = None;
         match self.held().await {
             Ok(None) => {}
             Ok(Some(held)) => {
@@ -363,6 +383,7 @@ impl Shared {
                 if !(rule.http.pass_client_auth && client_sent) {
                     parts.headers.insert(held.name.clone(), held.value.clone());
                     cred_note.push(format!("{} injected", held.label));
+                    injected = held.needles.clone();
                 }
             }
             Err(e) => {
@@ -371,7 +392,11 @@ impl Shared {
             }
         }
         pending.credentials = (!cred_note.is_empty()).then(|| cred_note.join("; "));
-        if mask.is_some() {
+        if mask.is_some() || injected.is_some() {
+            // The body is masked, or searched for the held credential (a
+            // backend that echoes requests would hand it over): only codings
+            // the pipeline can undo, and no byte ranges, whose fragments no
+            // search or field rule would recognise.
             restrict_accept_encoding(&mut parts.headers);
             // A byte range of a body is masked without what comes before it
             // (a JSON fragment has no field names to match, a card split over two
@@ -422,6 +447,9 @@ impl Shared {
         };
         let status = resp.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(n) = &injected {
+                scrub_headers(n, resp.headers_mut());
+            }
             let headers = resp.headers().clone();
             let server_upgrade = hyper::upgrade::on(&mut resp);
             pending.record(&agent.audit, Some(101), header_list(&headers), take_req(), Summary::default(), None);
@@ -443,8 +471,34 @@ impl Shared {
             return out;
         }
         strip_hop_by_hop(resp.headers_mut(), false);
+        let mut scrubbed_headers = 0;
+        if let Some(n) = &injected {
+            if status == StatusCode::PARTIAL_CONTENT {
+                return self
+                    .bad_gateway(&pending, "a partial body (206) cannot be searched for the held credential; refused");
+            }
+            scrubbed_headers = scrub_headers(n, resp.headers_mut());
+        }
         let transform = match &mask {
-            None => None,
+            None => match &injected {
+                None => None,
+                Some(n) => {
+                    let ce = resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+                    let coding = match Coding::of(ce) {
+                        Ok(c) => c,
+                        Err(name) => {
+                            let why = format!(
+                                "the response's content encoding {name} cannot be searched for the held credential; refused"
+                            );
+                            return self.bad_gateway(&pending, &why);
+                        }
+                    };
+                    if !is_head {
+                        resp.headers_mut().remove(header::CONTENT_LENGTH);
+                    }
+                    Some(Transform::scrub_only(coding, n.clone()))
+                }
+            },
             Some(_) if status == StatusCode::PARTIAL_CONTENT => {
                 return self.bad_gateway(&pending, "a partial body (206) cannot be masked; refused");
             }
@@ -480,15 +534,23 @@ impl Shared {
                 if !is_head {
                     resp.headers_mut().remove(header::CONTENT_LENGTH);
                 }
-                Some(Transform::new(kind, coding, profile.clone(), fields.clone()))
+                Some(Transform::new(kind, coding, profile.clone(), fields.clone()).with_scrub(injected.clone()))
             }
         };
         let (parts, body) = resp.into_parts();
         let audit = agent.audit.clone();
         let headers = header_list(&parts.headers);
         let code = parts.status.as_u16();
-        let sink = Box::new(move |s: Summary| {
+        let sink = Box::new(move |mut s: Summary| {
             let req = crate::proxy::lock(&req_summary).take().unwrap_or_default();
+            s.scrubbed += scrubbed_headers;
+            if s.scrubbed > 0 {
+                warn!(
+                    seq = pending.seq,
+                    removed = s.scrubbed,
+                    "the backend's response carried the held credential: removed"
+                );
+            }
             pending.record(&audit, Some(code), headers, req, s, None);
         });
         let piped = Piped::new(body, transform, None, cap, false, sink);
@@ -550,7 +612,8 @@ fn read_held(c: &HttpCredentials) -> Result<Held, String> {
             let t = read(token_file, "bearer_file")?;
             let mut v = b"Bearer ".to_vec();
             v.extend_from_slice(t.expose());
-            let out = Held { name: header::AUTHORIZATION, value: value(&v)?, label: "bearer token" };
+            let needles = needles(&v, &[t.expose()]);
+            let out = Held { name: header::AUTHORIZATION, value: value(&v)?, label: "bearer token", needles };
             zeroize::Zeroize::zeroize(&mut v);
             Ok(out)
         }
@@ -561,16 +624,31 @@ fn read_held(c: &HttpCredentials) -> Result<Held, String> {
             plain.extend_from_slice(pw.expose());
             let mut v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(&plain)).into_bytes();
             zeroize::Zeroize::zeroize(&mut plain);
-            let out = Held { name: header::AUTHORIZATION, value: value(&v)?, label: "basic auth" };
+            let needles = needles(&v, &[v.get(6..).unwrap_or_default(), pw.expose()]);
+            let out = Held { name: header::AUTHORIZATION, value: value(&v)?, label: "basic auth", needles };
             zeroize::Zeroize::zeroize(&mut v);
             Ok(out)
         }
         HttpCredentials::Header { name, value_file } => {
             let t = read(value_file, "value_file")?;
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-            Ok(Held { name, value: value(t.expose())?, label: "header credential" })
+            let needles = needles(t.expose(), &[]);
+            Ok(Held { name, value: value(t.expose())?, label: "header credential", needles })
         }
     }
+}
+
+/// Replaces the held credential in response header values; how many times.
+fn scrub_headers(n: &body::Needles, headers: &mut HeaderMap) -> u64 {
+    let mut hits = 0;
+    for v in headers.values_mut() {
+        let (clean, found) = n.replace_all(v.as_bytes());
+        if found > 0 {
+            *v = HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("****"));
+            hits += found;
+        }
+    }
+    hits
 }
 
 /// On a backend that names its `server_names` (told apart by SNI), a

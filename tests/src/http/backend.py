@@ -41,11 +41,13 @@ class H(http.server.BaseHTTPRequestHandler):
         n = int(self.headers.get("content-length") or 0)
         return self.rfile.read(n) if n else b""
 
-    def reply(self, status, payload, ctype, encoding=None):
+    def reply(self, status, payload, ctype, encoding=None, extra=()):
         self.send_response(status)
         self.send_header("content-type", ctype)
         if encoding:
             self.send_header("content-encoding", encoding)
+        for k, v in extra:
+            self.send_header(k, v)
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
         if self.command != "HEAD":
@@ -75,8 +77,17 @@ class H(http.server.BaseHTTPRequestHandler):
                 a, b = rng[6:].split("-", 1)
                 return self.reply(206, payload[int(a):int(b) + 1], "application/json")
             return self.reply(200, payload, "application/json")
-        if path == "/headers":
-            return self.reply(200, json.dumps(rec["headers"]).encode(), "application/json")
+        if path.endswith("/headers"):
+            # Echoes the request's headers, as a debug endpoint or an error page
+            # might: in the body, and the Authorization in a response header too;
+            # gzipped with "gz=1", labelled br with "br=1" (whatever the request accepts).
+            payload = json.dumps(rec["headers"]).encode()
+            extra = [("x-seen-authorization", self.headers.get("authorization", ""))]
+            if "gz=1" in self.path:
+                return self.reply(200, gzip.compress(payload), "application/json", "gzip", extra)
+            if "br=1" in self.path:
+                return self.reply(200, payload, "application/json", "br", extra)
+            return self.reply(200, payload, "application/json", None, extra)
         if path == "/image":
             return self.reply(200, b"\x89PNG....", "image/png")
         return self.reply(200, ("ok " + self.command + " " + self.path).encode(), "text/plain")

@@ -117,16 +117,44 @@ enum Masker {
     Form { profile: Arc<Profile>, buf: Vec<u8>, counts: Counts },
 }
 
-/// Undo coding → mask → redo coding, chunk by chunk.
+/// Undo coding → mask → remove the held credential → redo coding, chunk by chunk.
 pub struct Transform {
     coding: Option<(Coding, Inflate, Deflate)>,
-    masker: Masker,
+    /// `None`: nothing to mask, only the held credential to look for.
+    masker: Option<Masker>,
+    scrub: Option<Scrub>,
 }
 
 impl Transform {
     pub fn new(kind: Kind, coding: Option<Coding>, profile: Arc<Profile>, fields: Option<Arc<FieldRules>>) -> Self {
+        let masker = match kind {
+            Kind::Json => Masker::Json(Box::new(JsonMasker::new(profile, fields))),
+            Kind::Text => Masker::Text { profile, carry: Vec::new(), counts: Counts::default() },
+            Kind::Form => Masker::Form { profile, buf: Vec::new(), counts: Counts::default() },
+        };
+        Self { coding: Self::coding(coding), masker: Some(masker), scrub: None }
+    }
+
+    /// Nothing masked: the body (decoded, whatever its type) is only searched
+    /// for the held credential.
+    pub fn scrub_only(coding: Option<Coding>, needles: Needles) -> Self {
+        Self { coding: Self::coding(coding), masker: None, scrub: Some(Scrub::new(needles)) }
+    }
+
+    /// Also removes `needles` (after masking, before coding again).
+    pub fn with_scrub(mut self, needles: Option<Needles>) -> Self {
+        self.scrub = needles.map(Scrub::new);
+        self
+    }
+
+    /// Held-credential secrets removed so far.
+    pub fn scrubbed(&self) -> u64 {
+        self.scrub.as_ref().map_or(0, |s| s.hits)
+    }
+
+    fn coding(coding: Option<Coding>) -> Option<(Coding, Inflate, Deflate)> {
         let level = flate2::Compression::fast();
-        let coding = coding.map(|c| match c {
+        coding.map(|c| match c {
             Coding::Gzip => (
                 c,
                 Inflate::Gzip(flate2::write::GzDecoder::new(Vec::new())),
@@ -137,20 +165,26 @@ impl Transform {
                 Inflate::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
                 Deflate::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), level)),
             ),
-        });
-        let masker = match kind {
-            Kind::Json => Masker::Json(Box::new(JsonMasker::new(profile, fields))),
-            Kind::Text => Masker::Text { profile, carry: Vec::new(), counts: Counts::default() },
-            Kind::Form => Masker::Form { profile, buf: Vec::new(), counts: Counts::default() },
-        };
-        Self { coding, masker }
+        })
     }
 
     /// Values masked so far.
     pub fn counts(&self) -> Counts {
         match &self.masker {
-            Masker::Json(j) => j.counts.clone(),
-            Masker::Text { counts, .. } | Masker::Form { counts, .. } => counts.clone(),
+            None => Counts::default(),
+            Some(Masker::Json(j)) => j.counts.clone(),
+            Some(Masker::Text { counts, .. } | Masker::Form { counts, .. }) => counts.clone(),
+        }
+    }
+
+    /// Decoded bytes through the masker (if any) into `plain`.
+    fn mask(masker: &mut Option<Masker>, decoded: &[u8], plain: &mut Vec<u8>) -> Result<(), BodyError> {
+        match masker {
+            Some(m) => m.push(decoded, plain),
+            None => {
+                plain.extend_from_slice(decoded);
+                Ok(())
+            }
         }
     }
 
@@ -158,14 +192,17 @@ impl Transform {
     pub fn push(&mut self, input: &[u8]) -> Result<Vec<u8>, BodyError> {
         let mut plain = Vec::new();
         match &mut self.coding {
-            None => self.masker.push(input, &mut plain)?,
+            None => Self::mask(&mut self.masker, input, &mut plain)?,
             Some((c, inflate, _)) => {
                 let name = c.name();
                 for step in input.chunks(INFLATE_STEP) {
                     let decoded = inflate.write(step, name)?;
-                    self.masker.push(&decoded, &mut plain)?;
+                    Self::mask(&mut self.masker, &decoded, &mut plain)?;
                 }
             }
+        }
+        if let Some(s) = &mut self.scrub {
+            plain = s.push(&plain);
         }
         self.encode(&plain, false)
     }
@@ -176,9 +213,15 @@ impl Transform {
         if let Some((c, inflate, _)) = &mut self.coding {
             let name = c.name();
             let rest = inflate.finish(name)?;
-            self.masker.push(&rest, &mut plain)?;
+            Self::mask(&mut self.masker, &rest, &mut plain)?;
         }
-        self.masker.finish(&mut plain)?;
+        if let Some(m) = &mut self.masker {
+            m.finish(&mut plain)?;
+        }
+        if let Some(s) = &mut self.scrub {
+            plain = s.push(&plain);
+            plain.extend_from_slice(&s.finish());
+        }
         self.encode(&plain, true)
     }
 
@@ -329,6 +372,92 @@ fn form_encode(v: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// The secrets a scrubber removes (a held credential: its header value and
+/// its secret parts), matched exactly.
+#[derive(Debug, Clone)]
+pub struct Needles {
+    ac: Arc<aho_corasick::AhoCorasick>,
+    longest: usize,
+}
+
+/// What a removed secret reads as.
+pub const SCRUBBED: &[u8] = b"****";
+
+impl Needles {
+    /// `None` without any needle (or one the automaton cannot take).
+    pub fn new(needles: &[Vec<u8>]) -> Option<Self> {
+        let longest = needles.iter().map(Vec::len).max().filter(|n| *n > 0)?;
+        let ac = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(needles.iter().filter(|n| !n.is_empty()))
+            .ok()?;
+        Some(Self { ac: Arc::new(ac), longest })
+    }
+
+    /// `value` with every needle replaced, and how many were.
+    pub fn replace_all(&self, value: &[u8]) -> (Vec<u8>, u64) {
+        let mut out = Vec::with_capacity(value.len());
+        let mut last = 0;
+        let mut hits = 0;
+        for m in self.ac.find_iter(value) {
+            out.extend_from_slice(value.get(last..m.start()).unwrap_or_default());
+            out.extend_from_slice(SCRUBBED);
+            last = m.end();
+            hits += 1;
+        }
+        out.extend_from_slice(value.get(last..).unwrap_or_default());
+        (out, hits)
+    }
+}
+
+/// Removes needles from a body streamed in chunks: the last `longest - 1`
+/// bytes of a chunk wait for the next, so a secret split across chunks is
+/// still found whole.
+#[derive(Debug)]
+pub struct Scrub {
+    needles: Needles,
+    carry: Vec<u8>,
+    hits: u64,
+}
+
+impl Scrub {
+    pub fn new(needles: Needles) -> Self {
+        Self { needles, carry: Vec::new(), hits: 0 }
+    }
+
+    /// One chunk in; what may be sent.
+    pub fn push(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(input);
+        // A needle starting before `hold` ends inside `buf`; one starting at
+        // or after it may still be arriving.
+        let hold = buf.len().saturating_sub(self.needles.longest.saturating_sub(1));
+        let mut out = Vec::with_capacity(buf.len());
+        let mut last = 0;
+        for m in self.needles.ac.find_iter(&buf) {
+            if m.start() >= hold {
+                break;
+            }
+            out.extend_from_slice(buf.get(last..m.start()).unwrap_or_default());
+            out.extend_from_slice(SCRUBBED);
+            last = m.end();
+            self.hits += 1;
+        }
+        let sent = last.max(hold);
+        out.extend_from_slice(buf.get(last..sent).unwrap_or_default());
+        self.carry = buf.get(sent..).unwrap_or_default().to_vec();
+        out
+    }
+
+    /// The body ended: what is left.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.carry);
+        let (out, hits) = self.needles.replace_all(&rest);
+        self.hits += hits;
+        out
+    }
+}
+
 /// What went through a body, reported once when it ends or is dropped.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
@@ -343,6 +472,8 @@ pub struct Summary {
     pub error: Option<String>,
     /// The body ended (false: dropped half-way).
     pub complete: bool,
+    /// Held-credential secrets removed from it.
+    pub scrubbed: u64,
 }
 
 /// Receives a body's [`Summary`].
@@ -388,6 +519,7 @@ impl<B> Piped<B> {
         if let Some(sink) = self.sink.take() {
             if let Some(t) = &self.transform {
                 self.summary.masked = t.counts();
+                self.summary.scrubbed += t.scrubbed();
             }
             sink(std::mem::take(&mut self.summary));
         }
@@ -482,6 +614,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A secret split across chunks anywhere is still removed whole; what
+    /// is not a secret comes out byte for byte.
+    #[test]
+    fn scrub_finds_secrets_split_across_chunks() {
+        let needles = Needles::new(&[b"Bearer tok-12345678".to_vec(), b"tok-12345678".to_vec()]).unwrap();
+        let body =
+            b"{\"authorization\": \"Bearer tok-12345678\", \"again\": \"tok-12345678\", \"tail\": \"tok-1234567\"}";
+        let want = b"{\"authorization\": \"****\", \"again\": \"****\", \"tail\": \"tok-1234567\"}";
+        for size in 1..body.len() {
+            let mut s = Scrub::new(needles.clone());
+            let mut out = Vec::new();
+            for chunk in body.chunks(size) {
+                out.extend(s.push(chunk));
+            }
+            out.extend(s.finish());
+            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want), "chunks of {size}");
+            assert_eq!(s.hits, 2, "chunks of {size}");
+        }
+        assert_eq!(needles.replace_all(b"x-Bearer tok-12345678-y").0, b"x-****-y");
+        assert!(Needles::new(&[]).is_none());
+    }
     use crate::mask::{Detector, ProfileSpec, Style};
     use std::io::Read as _;
 
