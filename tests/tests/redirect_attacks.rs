@@ -165,6 +165,51 @@ fn every_local_address_of_a_local_backend_goes_through_the_proxy() {
     let _ = plain.wait();
 }
 
+/// TCP Fast Open starts a connection without connect(2): `sendto` with
+/// `MSG_FASTOPEN` sends the SYN (with data). The kernel runs the same
+/// cgroup connect hook for it: ana's goes through the proxy and is recorded,
+/// eve (no rule) does not reach the backend.
+#[test]
+fn a_fast_open_connection_goes_through_the_proxy() {
+    let mut env = Env::new("tfo");
+    let team = env.group("team");
+    let ana = env.user("ana", &[&team]);
+    let eve = env.user("eve", &[]);
+    let ns = env.netns();
+    let port = gatehouse_e2e::free_port();
+    let mut backend = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(&env.probe)
+        .args(["serve", &format!("[::]:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(read_json_line(&mut backend)["listening"].is_string());
+    let own = loopback(1);
+    let config = env.write_policy("policy.toml", &tcp_policy("local", &format!("{own}:{port}"), &team, ""));
+    env.agent_netns = Some(ns.clone());
+    env.start_agent(&config);
+    let target = format!("{own}:{port}");
+    let r = env.probe_in(&ana, Some(&ns), &["echo", &target, "4096", "--fastopen"]);
+    assert!(ok(&r) && r["fastopen"] == true, "ana is allowed and must get through the proxy: {r}\n{}", env.agent_log());
+    let r = env.probe_in(&eve, Some(&ns), &["echo", &target, "4096", "--fastopen"]);
+    assert!(!ok(&r), "eve has no rule and reached the backend: {r}");
+    assert_ne!(r["received"], 4096, "{r}");
+    let (ana_uid, eve_uid) = (env.uid(&ana), env.uid(&eve));
+    wait_for("ana's session to close", &env, || {
+        env.sessions().iter().any(|s| s["uid"] == ana_uid && !s["end_reason"].is_null())
+    });
+    let sessions = env.sessions();
+    let mine = sessions.iter().find(|s| s["uid"] == ana_uid).unwrap_or_else(|| panic!("{sessions:#?}"));
+    assert_eq!(mine["decision"], "allow", "{mine}");
+    assert_eq!(mine["bytes_up"], 4096, "every byte, the SYN's included, went through the proxy: {mine}");
+    let denied =
+        sessions.iter().find(|s| s["uid"] == eve_uid).unwrap_or_else(|| panic!("eve's refusal: {sessions:#?}"));
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    let _ = backend.kill();
+    let _ = backend.wait();
+}
+
 /// bpffs at /sys/fs/bpf may be world-writable: a pin directory that exists
 /// with another owner or an open mode is refused, and nothing is pinned in it.
 #[test]

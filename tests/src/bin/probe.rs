@@ -3,7 +3,10 @@
 //! the modes that report progress).
 //!
 //! probe connect ADDR [--bind SRC]      connect, report peer and local address
-//! probe echo ADDR BYTES [--bind SRC]   send BYTES pseudo-random bytes, expect them echoed back
+//! probe echo ADDR BYTES [--bind SRC] [--fastopen]
+//!                                      send BYTES pseudo-random bytes, expect them echoed back;
+//!                                      --fastopen: no connect(2), the first byte goes with the SYN
+//!                                      (sendto with MSG_FASTOPEN, TCP Fast Open)
 //! probe hold ADDR SECS                 connect, then ping every 100 ms for SECS, report when cut
 //! probe park ADDR                      connect, print local/peer, wait for stdin to close, reset (RST)
 //! probe bindwait SRC ADDR BYTES        bind SRC, print local and socket cookie, wait for a line on
@@ -33,6 +36,9 @@ fn main() {
             v["ok"] = true.into();
             v
         }),
+        Some("echo") if args.iter().any(|a| a == "--fastopen") => {
+            fastopen_echo(arg_addr(&args, 2), usize::try_from(n(3, 1024)).unwrap_or(1024))
+        }
         Some("echo") => echo(arg_addr(&args, 2), usize::try_from(n(3, 1024)).unwrap_or(1024), bind),
         Some("hold") => hold(arg_addr(&args, 2), n(3, 1)),
         Some("park") => park(arg_addr(&args, 2)),
@@ -109,11 +115,35 @@ fn echo(addr: SocketAddr, n: usize, bind: Option<SocketAddr>) -> Result<serde_js
     echo_on(s, v, n)
 }
 
-fn echo_on(s: TcpStream, mut v: serde_json::Value, n: usize) -> Result<serde_json::Value, serde_json::Value> {
+/// Connects without connect(2): `sendto(MSG_FASTOPEN)` carries the first
+/// byte in the SYN (TCP Fast Open, the kernel's other way to start a
+/// connection), then echoes the rest as [`echo`] does.
+fn fastopen_echo(addr: SocketAddr, n: usize) -> Result<serde_json::Value, serde_json::Value> {
+    let s = socket_for(addr, None).map_err(|e| io_err("socket", &e))?;
+    let data = pattern(n.max(1));
+    let first = data.get(..1).unwrap_or_default();
+    s.send_to_with_flags(first, &addr.into(), libc::MSG_FASTOPEN).map_err(|e| io_err("connect", &e))?;
+    let s = TcpStream::from(s);
+    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    echo_from(s, json!({ "peer": peer, "local": local, "fastopen": true }), n, 1)
+}
+
+fn echo_on(s: TcpStream, v: serde_json::Value, n: usize) -> Result<serde_json::Value, serde_json::Value> {
+    echo_from(s, v, n, 0)
+}
+
+/// Echoes `n` pattern bytes, of which the first `sent` are already on their way.
+fn echo_from(
+    s: TcpStream,
+    mut v: serde_json::Value,
+    n: usize,
+    sent: usize,
+) -> Result<serde_json::Value, serde_json::Value> {
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| io_err("setup", &e))?;
     let data = pattern(n);
     let mut w = s.try_clone().map_err(|e| io_err("setup", &e))?;
-    let to_send = data.clone();
+    let to_send = data.get(sent..).unwrap_or_default().to_vec();
     let writer = std::thread::spawn(move || {
         let r = w.write_all(&to_send);
         let _ = w.shutdown(std::net::Shutdown::Write);
