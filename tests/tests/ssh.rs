@@ -122,7 +122,7 @@ name = "hal backs up"
 who = {{ users = ["{hal}"] }}
 backends = ["db-admin"]
 as_role = "{backup}"
-exec = ["id *"]
+exec = ["id *", "tty"]
 
 [[rule]]
 name = "nobody removes"
@@ -285,6 +285,24 @@ fn ssh_is_terminated_decided_and_logged_in_with_a_short_certificate() {
     }
     assert!(!pwned.exists(), "a refused command ran on the host");
     assert!(w.share.join("report.txt").exists(), "the denied rm ran on the host");
+
+    // A terminal turns an allowed command into a shell (a pager's `!sh`): it is
+    // given only to a user whose rules allow a shell (ana's), not with an
+    // exec-only rule (hal's); the command still runs.
+    let o = w.ssh(&w.ana, &["-tt", &host, "cat /proc/self/stat"]);
+    // `pid (comm) state ppid pgrp session tty_nr …`: a controlling terminal's number, 0 without one.
+    let stat = String::from_utf8_lossy(&o.stdout).into_owned();
+    let tty_nr = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(4)).unwrap_or("0");
+    assert_ne!(
+        tty_nr,
+        "0",
+        "ana's rules allow a shell: her command has a terminal: {}\n{}",
+        text(&o),
+        w.env.agent_log()
+    );
+    let o = w.ssh(&w.hal, &["-tt", &host, "tty"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("not a tty") && !out.contains("/dev/pts"), "{}\n{}", text(&o), w.env.agent_log());
 
     // Port forwarding (-W opens a direct-tcpip channel) is refused; so is -L's channel.
     let o = w.ssh(&w.ana, &["-W", &w.sshd.addr(), &host]);

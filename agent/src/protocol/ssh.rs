@@ -390,6 +390,10 @@ impl Front {
             SshRequest::Forward(f) => (f.name(), None),
         };
         let held = if d.verdict == Verdict::NeedsApproval { self.s.hold(&d, &req) } else { None };
+        // A terminal makes an allowed command a shell (a pager's `!sh`, an
+        // editor's `:!`): the pty the client asked for is given only to a user
+        // whose rules would give a shell anyway.
+        let terminal = matches!(req, SshRequest::Shell) || self.s.decide(&SshRequest::Shell).verdict != Verdict::Deny;
         let on_record = self.s.decided(channel.number(), label, detail, &d, held.as_ref().map(|w| w.id)).await;
         match d.verdict {
             _ if !on_record => {
@@ -398,7 +402,7 @@ impl Front {
             Verdict::Allow => {
                 info!(channel = channel.number(), request = %req.describe(), rule = d.rule_label(), "ssh request allowed");
                 let _ = session.channel_success(channel);
-                self.send(channel, Cmd::Start(start, None)).await;
+                self.send(channel, Cmd::Start(start, None, terminal)).await;
             }
             Verdict::NeedsApproval if held.is_some() => {
                 info!(channel = channel.number(), request = %req.describe(), "ssh request held for approval");
@@ -406,7 +410,7 @@ impl Front {
                 if let Some(inbox) = self.chans.get(&channel) {
                     inbox.hold();
                 }
-                self.send(channel, Cmd::Start(start, held)).await;
+                self.send(channel, Cmd::Start(start, held, terminal)).await;
             }
             Verdict::NeedsApproval | Verdict::Deny => {
                 info!(channel = channel.number(), request = %req.describe(), rule = d.rule_label(), "ssh request refused: {}", d.reason());

@@ -101,6 +101,10 @@ struct Input {
     up: ChannelWriteHalf<russh::client::Msg>,
     rx: mpsc::UnboundedReceiver<Cmd>,
     started: bool,
+    /// The client's pty request, kept until the start says whether it is given.
+    pty: Option<Cmd>,
+    /// The started program has a terminal (a later pty request is passed on).
+    terminal: bool,
     /// SFTP: client packets being framed.
     sftp: Option<Framer>,
 }
@@ -147,7 +151,7 @@ impl Chan {
         });
         Self {
             common,
-            input: Input { up, rx, started: false, sftp: None },
+            input: Input { up, rx, started: false, pty: None, terminal: false, sftp: None },
             output: Output {
                 up_read,
                 masks,
@@ -283,15 +287,20 @@ impl Input {
     /// ends the channel when they are through.
     async fn apply(&mut self, c: &Common, cmd: Cmd) -> bool {
         match cmd {
-            Cmd::Pty { term, cols, rows, pw, ph, modes } => {
-                c.pty.store(true, Ordering::Relaxed);
-                c.s.record(c.id, SshWhat::Pty { term: term.clone(), cols, rows }, Vec::new());
-                let _ = self.up.request_pty(false, &term, cols, rows, pw, ph, &modes).await;
+            pty @ Cmd::Pty { .. } => {
+                if !self.started {
+                    self.pty = Some(pty);
+                } else if self.terminal {
+                    self.request_pty(c, pty).await;
+                }
             }
             Cmd::Env(k, v) => {
                 let _ = self.up.set_env(false, k, v).await;
             }
-            Cmd::Start(start, held) => return self.start(c, start, held).await,
+            Cmd::Start(start, held, terminal) => {
+                self.terminal = terminal;
+                return self.start(c, start, held).await;
+            }
             Cmd::Data(d) => return self.client_data(c, d).await,
             Cmd::Eof => {
                 let _ = self.up.eof().await;
@@ -361,6 +370,13 @@ impl Input {
             c.say(&format!("Gatehouse: request {} approved", w.id)).await;
         }
         self.started = true;
+        if let Some(pty) = self.pty.take() {
+            if self.terminal {
+                self.request_pty(c, pty).await;
+            } else {
+                info!(channel = c.id, "no terminal given: the rules allow this command, not a shell");
+            }
+        }
         let r = match start {
             Start::Shell => self.up.request_shell(false).await,
             Start::Exec(cmd) => self.up.exec(false, cmd).await,
@@ -375,6 +391,14 @@ impl Input {
             warn!(channel = c.id, error = %e, "the host's channel refused the start");
         }
         true
+    }
+
+    async fn request_pty(&mut self, c: &Common, pty: Cmd) {
+        if let Cmd::Pty { term, cols, rows, pw, ph, modes } = pty {
+            c.pty.store(true, Ordering::Relaxed);
+            c.s.record(c.id, SshWhat::Pty { term: term.clone(), cols, rows }, Vec::new());
+            let _ = self.up.request_pty(false, &term, cols, rows, pw, ph, &modes).await;
+        }
     }
 
     async fn client_data(&mut self, c: &Common, d: Bytes) -> bool {

@@ -34,8 +34,9 @@ pub enum Cmd {
         modes: Vec<(Pty, u32)>,
     },
     Env(String, String),
-    /// Start it; with a request to wait for when the start is held.
-    Start(Start, Option<crate::approval::Waiting>),
+    /// Start it; with a request to wait for when the start is held, and
+    /// whether the user may have a terminal (a pty) for it.
+    Start(Start, Option<crate::approval::Waiting>, bool),
     Data(Bytes),
     Eof,
     Close,
