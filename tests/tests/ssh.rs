@@ -304,6 +304,20 @@ fn ssh_is_terminated_decided_and_logged_in_with_a_short_certificate() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("not a tty") && !out.contains("/dev/pts"), "{}\n{}", text(&o), w.env.agent_log());
 
+    // Environment variables: the host here accepts LD_PRELOAD (AcceptEnv), so
+    // a client's LD_PRELOAD would run the user's code inside an allowed
+    // command. Only the locale is passed on.
+    let src = w.env.path("preload.c");
+    std::fs::write(&src, "#include <unistd.h>\n__attribute__((constructor)) static void f(void) { write(1, \"pwned-by-preload\\n\", 17); }\n").unwrap();
+    let so = w.env.path("preload.so");
+    let cc = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&so).arg(&src).output().unwrap();
+    assert!(cc.status.success(), "{}", text(&cc));
+    std::fs::set_permissions(&so, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let env = format!("SetEnv=LD_PRELOAD={} LANG=C.UTF-8", so.display());
+    let o = w.ssh(&w.hal, &["-o", &env, &host, "id -un"]);
+    assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), w.backup, "{}", text(&o));
+
     // Port forwarding (-W opens a direct-tcpip channel) is refused; so is -L's channel.
     let o = w.ssh(&w.ana, &["-W", &w.sshd.addr(), &host]);
     assert!(!o.status.success() && text(&o).contains("stdio forwarding failed"), "{}", text(&o));

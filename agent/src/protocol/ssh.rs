@@ -430,6 +430,18 @@ impl Front {
     }
 }
 
+/// The environment variables a client's `SendEnv`/`SetEnv` may pass to the
+/// host: the locale (`LANG`, `LC_*`) and `COLORTERM`/`NO_COLOR` (Debian's
+/// sshd accepts these by default), nothing that chooses code.
+fn passed_env(name: &str) -> bool {
+    name == "LANG"
+        || name == "COLORTERM"
+        || name == "NO_COLOR"
+        || name
+            .strip_prefix("LC_")
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+}
+
 impl russh::server::Handler for Front {
     type Error = russh::Error;
 
@@ -603,7 +615,15 @@ impl russh::server::Handler for Front {
         value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // The host's sshd decides which it takes (AcceptEnv).
+        // Only the locale and colour hints are passed on (the host's sshd then
+        // decides with AcceptEnv): on a host that accepts more, PATH, BASH_ENV,
+        // LD_PRELOAD or a pager variable would make an allowed command run
+        // another program.
+        if !passed_env(name) {
+            info!(channel = channel.number(), name, "ssh environment variable not passed on");
+            let _ = session.channel_failure(channel);
+            return Ok(());
+        }
         let _ = session.channel_success(channel);
         self.send(channel, Cmd::Env(name.to_owned(), value.to_owned())).await;
         Ok(())
@@ -683,5 +703,20 @@ impl russh::server::Handler for Front {
         self.send(channel, Cmd::Close).await;
         self.chans.remove(&channel);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passed_env;
+
+    #[test]
+    fn only_the_locale_reaches_the_host() {
+        for name in ["LANG", "LC_ALL", "LC_CTYPE", "COLORTERM", "NO_COLOR"] {
+            assert!(passed_env(name), "{name}");
+        }
+        for name in ["PATH", "BASH_ENV", "ENV", "LD_PRELOAD", "PAGER", "LESSOPEN", "LC_", "LC_x", "lang", "TERM"] {
+            assert!(!passed_env(name), "{name}");
+        }
     }
 }
