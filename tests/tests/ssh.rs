@@ -32,6 +32,8 @@ struct World {
     hal: String,
     /// An account on the host Gatehouse reaches with a held key, not a certificate.
     backup: String,
+    /// Runs `tty` freely; a shell only once an approver agrees.
+    gil: String,
     known_hosts: PathBuf,
     /// Files on the host the rules talk about.
     share: PathBuf,
@@ -51,6 +53,7 @@ fn world(name: &str) -> World {
     let lea = env.user("lea", &[]);
     let fay = env.user("fay", &[]);
     let hal = env.user("hal", &[]);
+    let gil = env.user("gil", &[]);
     let deploy = env.user("deploy", &[]);
     let home = login_account(&env, &deploy);
     let backup = env.user("backup", &[]);
@@ -125,6 +128,14 @@ as_role = "{backup}"
 exec = ["id *", "tty"]
 
 [[rule]]
+name = "gil looks, a shell with approval"
+who = {{ users = ["{gil}"] }}
+backends = ["db-admin"]
+shell = true
+exec = ["tty"]
+approval = {{ for = ["shell"], by = "leads", timeout = "1m" }}
+
+[[rule]]
 name = "nobody removes"
 who = {{ users = ["*"] }}
 backends = ["db-admin"]
@@ -146,7 +157,7 @@ detectors = ["card"]
     let gatehouse = env.path("gatehouse-cli");
     std::fs::copy(gatehouse_e2e::gatehouse_bin(), &gatehouse).unwrap();
     std::fs::set_permissions(&gatehouse, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    World { sshd, env, deploy, ana, eve, lea, fay, hal, backup, known_hosts, share, out, gatehouse }
+    World { sshd, env, deploy, ana, eve, lea, fay, hal, backup, gil, known_hosts, share, out, gatehouse }
 }
 
 impl World {
@@ -300,9 +311,12 @@ fn ssh_is_terminated_decided_and_logged_in_with_a_short_certificate() {
         text(&o),
         w.env.agent_log()
     );
-    let o = w.ssh(&w.hal, &["-tt", &host, "tty"]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("not a tty") && !out.contains("/dev/pts"), "{}\n{}", text(&o), w.env.agent_log());
+    // Nor when the shell needs an approval the terminal would skip (gil's).
+    for user in [&w.hal, &w.gil] {
+        let o = w.ssh(user, &["-tt", &host, "tty"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("not a tty") && !out.contains("/dev/pts"), "{user}: {}\n{}", text(&o), w.env.agent_log());
+    }
 
     // Environment variables: the host here accepts LD_PRELOAD (AcceptEnv), so
     // a client's LD_PRELOAD would run the user's code inside an allowed

@@ -392,8 +392,9 @@ impl Front {
         let held = if d.verdict == Verdict::NeedsApproval { self.s.hold(&d, &req) } else { None };
         // A terminal makes an allowed command a shell (a pager's `!sh`, an
         // editor's `:!`): the pty the client asked for is given only to a user
-        // whose rules would give a shell anyway.
-        let terminal = matches!(req, SshRequest::Shell) || self.s.decide(&SshRequest::Shell).verdict != Verdict::Deny;
+        // whose rules give a shell anyway — without an approval, which the
+        // terminal would skip.
+        let terminal = matches!(req, SshRequest::Shell) || self.s.decide(&SshRequest::Shell).verdict == Verdict::Allow;
         let on_record = self.s.decided(channel.number(), label, detail, &d, held.as_ref().map(|w| w.id)).await;
         match d.verdict {
             _ if !on_record => {
