@@ -240,46 +240,38 @@ impl Profile {
                 },
             )
         };
-        if let Some(o) = bound.all.iter().find(|o| o.attnum == 0 && self.origin_style(cat, **o).is_some()) {
+        // The first masked origin of `set`, named.
+        let masked = |set: &BTreeSet<Origin>| set.iter().find(|o| self.origin_style(cat, **o).is_some()).map(name);
+        let p = &self.name;
+        let whole: BTreeSet<Origin> = bound.all.iter().filter(|o| o.attnum == 0).copied().collect();
+        if let Some(t) = masked(&whole) {
             return Some(format!(
-                "it returns whole rows of {}, which has masked columns (masking profile {}); select the columns you need",
-                name(o),
-                self.name
+                "it returns whole rows of {t}, which has masked columns (masking profile {p}); select the columns you need"
             ));
         }
-        if let Some(o) = bound.stored.iter().find(|o| self.origin_style(cat, **o).is_some()) {
+        if let Some(c) = masked(&bound.stored) {
             return Some(format!(
-                "it stores values computed from the masked column {} (masking profile {}) in a table, a view or a file, where they would be read back unmasked",
-                name(o),
-                self.name
+                "it stores values computed from the masked column {c} (masking profile {p}) in a table, a view or a file, where they would be read back unmasked"
             ));
         }
-        if let Some(o) = bound.moved.iter().find(|o| self.origin_style(cat, **o).is_some()) {
+        if let Some(t) = masked(&bound.moved) {
             return Some(format!(
-                "it renames, moves or detaches {}, whose masking rules name it (masking profile {})",
-                name(o),
-                self.name
+                "it renames, moves or detaches {t}, whose masking rules name it (masking profile {p})"
             ));
         }
-        if self.refuse_predicates
-            && let Some(o) = bound.predicates.iter().find(|o| self.origin_style(cat, **o).is_some())
-        {
+        if !self.refuse_predicates {
+            return None;
+        }
+        if let Some(c) = masked(&bound.predicates) {
             return Some(format!(
-                "it filters, joins, sorts or groups on the masked column {} (masking profile {} refuses this: such a condition reveals the value a little at a time)",
-                name(o),
-                self.name
+                "it filters, joins, sorts or groups on the masked column {c} (masking profile {p} refuses this: such a condition reveals the value a little at a time)"
             ));
         }
-        if self.refuse_predicates
-            && let Some(o) = bound.computed.iter().find(|o| self.origin_style(cat, **o).is_some())
-        {
-            return Some(format!(
-                "it computes with the masked column {} (masking profile {} refuses this: the result would be hidden, so what it computes could only come back through errors or timing); select the column as it is",
-                name(o),
-                self.name
-            ));
-        }
-        None
+        masked(&bound.computed).map(|c| {
+            format!(
+                "it computes with the masked column {c} (masking profile {p} refuses this: the result would be hidden, so what it computes could only come back through errors or timing); select the column as it is"
+            )
+        })
     }
 }
 

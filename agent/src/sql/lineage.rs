@@ -445,19 +445,19 @@ impl Walker {
         let alias = self.relation(r);
         for c in cmds {
             let Some(NodeEnum::AlterTableCmd(cmd)) = &c.node else { continue };
-            let detaches = matches!(
-                pb::AlterTableType::try_from(cmd.subtype),
-                Ok(pb::AlterTableType::AtDetachPartition
-                    | pb::AlterTableType::AtDetachPartitionFinalize
-                    | pb::AlterTableType::AtDropInherit)
-            );
-            if detaches {
-                self.moved.push(Output { name: alias.clone(), refs: vec![Ref::Whole(alias.clone())], star: None });
-            }
-            // Put under another parent, its rows come out of that parent's name
-            // too (before the next catalog read knows the parent).
+            // Out of a hierarchy, its rows no longer come under the parent's
+            // rules; put under another parent, they come out of that parent's
+            // name too (before the next catalog read knows the parent).
             match (pb::AlterTableType::try_from(cmd.subtype), cmd.def.as_deref().and_then(|n| n.node.as_ref())) {
-                (Ok(pb::AlterTableType::AtAddInherit), _) => {
+                (
+                    Ok(
+                        pb::AlterTableType::AtDetachPartition
+                        | pb::AlterTableType::AtDetachPartitionFinalize
+                        | pb::AlterTableType::AtDropInherit
+                        | pb::AlterTableType::AtAddInherit,
+                    ),
+                    _,
+                ) => {
                     self.moved.push(Output { name: alias.clone(), refs: vec![Ref::Whole(alias.clone())], star: None });
                 }
                 (Ok(pb::AlterTableType::AtAttachPartition), Some(NodeEnum::PartitionCmd(pc))) => {
