@@ -428,6 +428,13 @@ fn a_masked_rule_that_writes_cannot_store_masked_values_elsewhere() {
         assert!(!out.contains("ZETA-SECRET") && !out.contains("moc.elpmaxe"), "{store}: {out}");
         assert!(out.contains("does not exist"), "the server has no such object: {out}");
     }
+    // Through a prepared query: its rows go into the new table.
+    let out = w.sql_session(
+        &w.wes,
+        &["PREPARE pp AS SELECT ssn FROM payments", "CREATE TEMP TABLE loot AS EXECUTE pp", "SELECT ssn FROM loot"],
+    );
+    refused(&out, STORES, "CREATE TABLE AS EXECUTE");
+    assert!(!out.contains("ZETA-SECRET") && out.contains("does not exist"), "{out}");
     // Into another column or row of the masked table itself.
     for sql in [
         "UPDATE customers SET name = (SELECT ssn FROM payments WHERE id = 1) WHERE id = 2",

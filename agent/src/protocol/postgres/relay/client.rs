@@ -781,6 +781,8 @@ fn substitute_execute(
         }
     });
     let Some(p) = found else { return };
+    // `CREATE TABLE … AS EXECUTE name`: the prepared query's rows are stored, not returned.
+    let stores = s.kinds.contains(&Kind::Create);
     s.kinds.remove(&Kind::Execute);
     s.kinds.extend(p.kinds.iter().copied());
     for (into, from) in [
@@ -801,7 +803,16 @@ fn substitute_execute(
         }
     }
     s.effects.changes_reading |= p.effects.changes_reading;
-    s.lineage = p.lineage.clone();
+    s.lineage = match (&p.lineage, stores) {
+        (Some(l), true) => {
+            let mut l = (**l).clone();
+            let rows = std::mem::take(&mut l.outputs);
+            l.stored.extend(rows);
+            l.exact = false;
+            Some(std::sync::Arc::new(l))
+        }
+        (l, _) => l.clone(),
+    };
 }
 
 /// Kinds whose effect on the session cannot be read from the text.
