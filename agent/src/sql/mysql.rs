@@ -370,13 +370,20 @@ pub fn classify(text: &[u8], names: &Names) -> Result<Classified, Refusal> {
         return Err(r);
     }
     let mut reads = Vec::new();
-    let _ = ast::visit_relations(ast, |rel| {
-        let t = table_ref(rel, names);
+    let mut read = |t: TableRef| {
         if !writes.contains(&t) && !reads.contains(&t) {
             reads.push(t);
         }
+    };
+    let _ = ast::visit_relations(ast, |rel| {
+        read(table_ref(rel, names));
         ControlFlow::<()>::Continue(())
     });
+    // MySQL 8's `TABLE t` (a query of its own, in INSERT, CREATE … AS, a
+    // derived table or a set operation) names its table outside any FROM.
+    for name in table_commands(ast) {
+        read(table_ref(&name, names));
+    }
     let mut functions = Vec::new();
     let _ = ast::visit_expressions(ast, |e| {
         if let Expr::Function(f) = e {
@@ -464,6 +471,37 @@ fn short(s: &str) -> String {
 }
 
 /// A relation name as the server resolves it: `db.name`, or `name` in the current database.
+/// The tables of every `TABLE t` query in a statement.
+fn table_commands(ast: &Ast) -> Vec<ObjectName> {
+    struct Tables(Vec<ObjectName>);
+    fn body(b: &SetExpr, out: &mut Vec<ObjectName>) {
+        match b {
+            SetExpr::Table(t) => {
+                if let Some(name) = &t.table_name {
+                    let parts = t.schema_name.iter().chain([name]).map(|i| ObjectNamePart::Identifier(i.clone()));
+                    out.push(ObjectName(parts.collect()));
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                body(left, out);
+                body(right, out);
+            }
+            // A nested query is visited as a query of its own.
+            _ => {}
+        }
+    }
+    impl ast::Visitor for Tables {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &ast::Query) -> ControlFlow<()> {
+            body(&q.body, &mut self.0);
+            ControlFlow::Continue(())
+        }
+    }
+    let mut t = Tables(Vec::new());
+    let _ = ast::Visit::visit(ast, &mut t);
+    t.0
+}
+
 fn table_ref(n: &ObjectName, names: &Names) -> TableRef {
     let fold = |s: &str| if names.fold_case { s.to_lowercase() } else { s.to_owned() };
     let parts: Vec<String> =
@@ -829,6 +867,23 @@ mod tests {
         let c = classify(b"DROP TABLE a, other.b", &names()).expect("parses");
         assert_eq!(c.statement.writes.iter().map(ToString::to_string).collect::<Vec<_>>(), ["shop.a", "other.b"]);
         assert_eq!(classify(b"USE other", &names()).expect("use").uses.as_deref(), Some("other"));
+    }
+
+    /// MySQL 8's `TABLE t` names its table outside any FROM: still a read of it.
+    #[test]
+    fn table_queries_read_their_table() {
+        for sql in [
+            &b"INSERT INTO loot TABLE other.secret"[..],
+            b"CREATE TABLE loot AS TABLE other.secret",
+            b"SELECT * FROM (TABLE other.secret) t",
+            b"SELECT 1 UNION TABLE other.secret",
+        ] {
+            let c = classify(sql, &names()).expect("parses");
+            let r: Vec<String> = c.statement.reads.iter().map(ToString::to_string).collect();
+            assert!(r.contains(&"other.secret".to_owned()), "{}: {r:?}", String::from_utf8_lossy(sql));
+        }
+        let c = classify(b"SELECT * FROM (TABLE secret) t", &names()).expect("parses");
+        assert_eq!(c.statement.reads.iter().map(ToString::to_string).collect::<Vec<_>>(), ["shop.secret"]);
     }
 
     #[test]

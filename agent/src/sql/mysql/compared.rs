@@ -511,6 +511,10 @@ fn projection_names(q: &Query, names: &mut BTreeSet<String>) {
                 set(right, names);
             }
             SetExpr::Query(q) => set(&q.body, names),
+            // `TABLE t`: every column.
+            SetExpr::Table(_) => {
+                names.insert("*".into());
+            }
             _ => {}
         }
     }
@@ -656,6 +660,8 @@ mod tests {
             ("CREATE VIEW peek AS SELECT LEFT(card, 6) AS bin FROM customers", &["card"]),
             ("ALTER VIEW peek AS SELECT card FROM customers", &["card"]),
             ("ALTER TABLE customers ADD COLUMN c2 VARCHAR(32) AS (card) STORED", &["card"]),
+            ("INSERT INTO notes TABLE customers", &["*"]),
+            ("CREATE TABLE loot AS TABLE customers", &["*"]),
         ] {
             let c = compared(sql);
             for n in names {
