@@ -384,12 +384,24 @@ pub struct Needles {
 pub const SCRUBBED: &[u8] = b"****";
 
 impl Needles {
-    /// `None` without any needle (or one the automaton cannot take).
+    /// `None` without any needle (or one the automaton cannot take). Each
+    /// needle is also looked for as JSON encoders write it: `/` as `\/`
+    /// (PHP), `+` as `\u002B` (.NET) — base64 tokens hold both.
     pub fn new(needles: &[Vec<u8>]) -> Option<Self> {
-        let longest = needles.iter().map(Vec::len).max().filter(|n| *n > 0)?;
+        let mut all: Vec<Vec<u8>> = Vec::new();
+        for n in needles.iter().filter(|n| !n.is_empty()) {
+            for slashes in [n.clone(), escape(n, b'/', b"\\/")] {
+                for form in [escape(&slashes, b'+', b"\\u002B"), escape(&slashes, b'+', b"\\u002b"), slashes] {
+                    if !all.contains(&form) {
+                        all.push(form);
+                    }
+                }
+            }
+        }
+        let longest = all.iter().map(Vec::len).max()?;
         let ac = aho_corasick::AhoCorasick::builder()
             .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-            .build(needles.iter().filter(|n| !n.is_empty()))
+            .build(&all)
             .ok()?;
         Some(Self { ac: Arc::new(ac), longest })
     }
@@ -408,6 +420,19 @@ impl Needles {
         out.extend_from_slice(value.get(last..).unwrap_or_default());
         (out, hits)
     }
+}
+
+/// `n` with every `byte` written as `with`.
+fn escape(n: &[u8], byte: u8, with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n.len());
+    for &b in n {
+        if b == byte {
+            out.extend_from_slice(with);
+        } else {
+            out.push(b);
+        }
+    }
+    out
 }
 
 /// Removes needles from a body streamed in chunks: the last `longest - 1`
@@ -634,6 +659,16 @@ mod tests {
             assert_eq!(s.hits, 2, "chunks of {size}");
         }
         assert_eq!(needles.replace_all(b"x-Bearer tok-12345678-y").0, b"x-****-y");
+        // As JSON encoders escape it.
+        let b64 = Needles::new(&[b"Basic dXNl/ci+x".to_vec()]).unwrap();
+        for echoed in [
+            &br#"{"a":"Basic dXNl\/ci+x"}"#[..],
+            br#"{"a":"Basic dXNl/ci\u002Bx"}"#,
+            br#"{"a":"Basic dXNl\/ci\u002bx"}"#,
+        ] {
+            let (out, hits) = b64.replace_all(echoed);
+            assert_eq!((out.as_slice(), hits), (&br#"{"a":"****"}"#[..], 1), "{}", String::from_utf8_lossy(echoed));
+        }
         assert!(Needles::new(&[]).is_none());
     }
     use crate::mask::{Detector, ProfileSpec, Style};
