@@ -42,6 +42,20 @@ backends = ["{name}"]
     )
 }
 
+/// An echo server on every address of network namespace `ns`, once it listens.
+fn serve_in(env: &Env, ns: &str, port: u16) -> std::process::Child {
+    let mut c = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(&env.probe)
+        .args(["serve", &format!("[::]:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let v = read_json_line(&mut c);
+    assert!(v["listening"].is_string(), "{v}");
+    c
+}
+
 fn wait_for(what: &str, env: &Env, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !cond() {
@@ -69,22 +83,10 @@ fn every_local_address_of_a_local_backend_goes_through_the_proxy() {
     // A non-loopback interface address of the namespace's host (on its `lo`:
     // this kernel has no dummy links; getifaddrs lists it like any other).
     sh(Command::new("ip").args(["-n", &ns, "addr", "add", "192.0.2.1/32", "dev", "lo"]));
-    let serve = |port: u16| {
-        let mut c = Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(&env.probe)
-            .args(["serve", &format!("[::]:{port}")])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let v = read_json_line(&mut c);
-        assert!(v["listening"].is_string(), "{v}");
-        c
-    };
     let port = gatehouse_e2e::free_port();
     let plain_port = gatehouse_e2e::free_port();
-    let mut backend = serve(port);
-    let mut plain = serve(plain_port);
+    let mut backend = serve_in(&env, &ns, port);
+    let mut plain = serve_in(&env, &ns, plain_port);
     let own = loopback(1);
     let config = env.write_policy("policy.toml", &tcp_policy("local", &format!("{own}:{port}"), &team, ""));
     env.agent_netns = Some(ns.clone());
@@ -177,14 +179,7 @@ fn a_fast_open_connection_goes_through_the_proxy() {
     let eve = env.user("eve", &[]);
     let ns = env.netns();
     let port = gatehouse_e2e::free_port();
-    let mut backend = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(&env.probe)
-        .args(["serve", &format!("[::]:{port}")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(read_json_line(&mut backend)["listening"].is_string());
+    let mut backend = serve_in(&env, &ns, port);
     let own = loopback(1);
     let config = env.write_policy("policy.toml", &tcp_policy("local", &format!("{own}:{port}"), &team, ""));
     env.agent_netns = Some(ns.clone());
