@@ -13,7 +13,8 @@ use gatehouse_e2e::http::{PyServer, http_records};
 use gatehouse_e2e::{Env, loopback};
 use serde_json::Value;
 
-const HELD_TOKEN: &str = "held-token-8f3a";
+/// With `+`, `/` and `=`, as base64 tokens have: encoders escape them.
+const HELD_TOKEN: &str = "held-token-8f3a+Zk/q=";
 const CARD: &str = "4111 1111 1111 1111";
 
 struct World {
@@ -234,6 +235,13 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
         assert_eq!(seen["headers"]["authorization"], format!("Bearer {HELD_TOKEN}"), "{seen}");
         assert!(seen["headers"].get("range").is_none(), "{seen}");
     }
+    // Written back as a web page would: HTML-escaped (Go's html/template: `+` is `&#43;`) and
+    // percent-encoded in a redirect's Location (`%2B`, `%2F`, `%3D`).
+    let (out, err) = curl(&w, &w.eve, &["-sS", "-D", "-", &format!("{base}/api/v1/headers?enc=1")]);
+    assert!(!out.contains("held-token-8f3a") && !out.contains("held-tok"), "{out}{err}");
+    assert!(out.contains("Signed in with ****") && out.contains("again=****"), "{out}{err}");
+    let lower = out.to_ascii_lowercase();
+    assert!(lower.contains("location: /login?again=****"), "{out}");
     let (out, _) = curl(&w, &w.eve, &["-sS", &format!("{base}/api/v1/headers?br=1")]);
     assert!(!out.contains(HELD_TOKEN) && out.contains("content encoding br"), "{out}");
     // The exchange's record says the credential was removed, and holds no trace of it.

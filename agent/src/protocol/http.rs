@@ -21,6 +21,7 @@
 //!    and its frames recorded (`ws`).
 
 pub mod body;
+mod echo_forms;
 mod headers;
 mod hold;
 pub mod sni;

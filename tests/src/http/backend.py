@@ -6,6 +6,7 @@
 import gzip
 import http.server
 import json
+import urllib.parse
 import sys
 
 host, log_path = sys.argv[1], sys.argv[2]
@@ -77,6 +78,14 @@ class H(http.server.BaseHTTPRequestHandler):
                 a, b = rng[6:].split("-", 1)
                 return self.reply(206, payload[int(a):int(b) + 1], "application/json")
             return self.reply(200, payload, "application/json")
+        if path.endswith("/headers") and "enc=1" in self.path:
+            # The Authorization as a web page writes it back: HTML-escaped the
+            # way Go's html/template does, and percent-encoded in a redirect.
+            a = self.headers.get("authorization", "")
+            go_html = "".join({'"': "&#34;", "&": "&amp;", "'": "&#39;", "+": "&#43;", "<": "&lt;", ">": "&gt;"}.get(c, c) for c in a)
+            link = "/login?again=" + urllib.parse.quote(a, safe="")
+            page = '<p>Signed in with %s</p><a href="%s">again</a>' % (go_html, link)
+            return self.reply(302, page.encode(), "text/html", None, [("location", link)])
         if path.endswith("/headers"):
             # Echoes the request's headers, as a debug endpoint or an error page
             # might: in the body, and the Authorization in a response header too;

@@ -385,16 +385,14 @@ pub const SCRUBBED: &[u8] = b"****";
 
 impl Needles {
     /// `None` without any needle (or one the automaton cannot take). Each
-    /// needle is also looked for as JSON encoders write it: `/` as `\/`
-    /// (PHP), `+` as `\u002B` (.NET) — base64 tokens hold both.
+    /// needle is also looked for as JSON, URL and HTML encoders write it
+    /// (`super::echo_forms`): `\/` (PHP), `\u002B` (.NET), `%2B`, `&#43;`.
     pub fn new(needles: &[Vec<u8>]) -> Option<Self> {
         let mut all: Vec<Vec<u8>> = Vec::new();
         for n in needles.iter().filter(|n| !n.is_empty()) {
-            for slashes in [n.clone(), escape(n, b'/', b"\\/")] {
-                for form in [escape(&slashes, b'+', b"\\u002B"), escape(&slashes, b'+', b"\\u002b"), slashes] {
-                    if !all.contains(&form) {
-                        all.push(form);
-                    }
+            for form in super::echo_forms::forms(n) {
+                if !all.contains(&form) {
+                    all.push(form);
                 }
             }
         }
@@ -420,19 +418,6 @@ impl Needles {
         out.extend_from_slice(value.get(last..).unwrap_or_default());
         (out, hits)
     }
-}
-
-/// `n` with every `byte` written as `with`.
-fn escape(n: &[u8], byte: u8, with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n.len());
-    for &b in n {
-        if b == byte {
-            out.extend_from_slice(with);
-        } else {
-            out.push(b);
-        }
-    }
-    out
 }
 
 /// Removes needles from a body streamed in chunks: the last `longest - 1`
@@ -668,6 +653,12 @@ mod tests {
         ] {
             let (out, hits) = b64.replace_all(echoed);
             assert_eq!((out.as_slice(), hits), (&br#"{"a":"****"}"#[..], 1), "{}", String::from_utf8_lossy(echoed));
+        }
+        // A password as JSON, a URL and HTML write it back.
+        let pw = Needles::new(&[br#"pa"ss+w/rd"#.to_vec()]).unwrap();
+        for echoed in [&br#"{"p":"pa\"ss+w/rd"}"#[..], b"next=pa%22ss%2Bw%2Frd;", b"<b>pa&#34;ss&#43;w/rd</b>"] {
+            let (out, hits) = pw.replace_all(echoed);
+            assert!(hits == 1 && !String::from_utf8_lossy(&out).contains("ss"), "{}", String::from_utf8_lossy(echoed));
         }
         assert!(Needles::new(&[]).is_none());
     }
