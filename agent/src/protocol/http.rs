@@ -376,7 +376,11 @@ impl Shared {
                 }
             }
         }
-        let mut injected = None;
+        // Every response of a backend that holds a credential is searched for
+        // it, whether or not this request carried it: a backend that keeps
+        // requests (a request log, a stored webhook) would hand an earlier
+        // request's credential to one that sent the client's own.
+        let mut scrub = None;
         match self.held().await {
             Ok(None) => {}
             Ok(Some(held)) => {
@@ -384,8 +388,8 @@ impl Shared {
                 if !(rule.http.pass_client_auth && client_sent) {
                     parts.headers.insert(held.name.clone(), held.value.clone());
                     cred_note.push(format!("{} injected", held.label));
-                    injected = held.needles.clone();
                 }
+                scrub = held.needles.clone();
             }
             Err(e) => {
                 pending.credentials = Some("held credential unavailable".into());
@@ -393,7 +397,7 @@ impl Shared {
             }
         }
         pending.credentials = (!cred_note.is_empty()).then(|| cred_note.join("; "));
-        if mask.is_some() || injected.is_some() {
+        if mask.is_some() || scrub.is_some() {
             // The body is masked, or searched for the held credential (a
             // backend that echoes requests would hand it over): only codings
             // the pipeline can undo, and no byte ranges, whose fragments no
@@ -448,7 +452,7 @@ impl Shared {
         };
         let status = resp.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(n) = &injected {
+            if let Some(n) = &scrub {
                 scrub_headers(n, resp.headers_mut());
             }
             let headers = resp.headers().clone();
@@ -473,7 +477,7 @@ impl Shared {
         }
         strip_hop_by_hop(resp.headers_mut(), false);
         let mut scrubbed_headers = 0;
-        if let Some(n) = &injected {
+        if let Some(n) = &scrub {
             if status == StatusCode::PARTIAL_CONTENT {
                 return self
                     .bad_gateway(&pending, "a partial body (206) cannot be searched for the held credential; refused");
@@ -481,7 +485,7 @@ impl Shared {
             scrubbed_headers = scrub_headers(n, resp.headers_mut());
         }
         let transform = match &mask {
-            None => match &injected {
+            None => match &scrub {
                 None => None,
                 Some(n) => {
                     let ce = resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
@@ -535,7 +539,7 @@ impl Shared {
                 if !is_head {
                     resp.headers_mut().remove(header::CONTENT_LENGTH);
                 }
-                Some(Transform::new(kind, coding, profile.clone(), fields.clone()).with_scrub(injected.clone()))
+                Some(Transform::new(kind, coding, profile.clone(), fields.clone()).with_scrub(scrub.clone()))
             }
         };
         let (parts, body) = resp.into_parts();

@@ -11,6 +11,8 @@ import sys
 
 host, log_path = sys.argv[1], sys.argv[2]
 log = open(log_path, "a")
+# The headers of every request so far, for the request-log endpoint.
+seen = []
 
 
 def order(i):
@@ -60,7 +62,12 @@ class H(http.server.BaseHTTPRequestHandler):
                "body": body.decode("latin1")}
         log.write(json.dumps(rec) + "\n")
         log.flush()
+        seen.append(rec["headers"])
         path = self.path.split("?")[0]
+        if path == "/api/v1/request-log":
+            # Keeps requests and shows them later, as a request log or a stored
+            # webhook does: the previous request's headers.
+            return self.reply(200, json.dumps(seen[-2] if len(seen) > 1 else {}).encode(), "application/json")
         if path.startswith("/api/v1/orders"):
             n = 20000 if "big=1" in self.path else 1
             if "csv=1" in self.path:
