@@ -85,6 +85,17 @@ class H(http.server.BaseHTTPRequestHandler):
                 a, b = rng[6:].split("-", 1)
                 return self.reply(206, payload[int(a):int(b) + 1], "application/json")
             return self.reply(200, payload, "application/json")
+        if path.endswith("/trailer"):
+            # A chunked body whose trailer field echoes the Authorization.
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.send_header("transfer-encoding", "chunked")
+            self.send_header("trailer", "x-echo-auth")
+            self.end_headers()
+            body = b"see the trailer\n"
+            auth = self.headers.get("authorization", "").encode()
+            self.wfile.write(b"%x\r\n%s\r\n0\r\nx-echo-auth: %s\r\n\r\n" % (len(body), body, auth))
+            return
         if path.endswith("/headers") and "enc=1" in self.path:
             # The Authorization as a web page writes it back: HTML-escaped the
             # way Go's html/template does, and percent-encoded in a redirect.

@@ -484,6 +484,8 @@ pub struct Summary {
     pub complete: bool,
     /// Held-credential secrets removed from it.
     pub scrubbed: u64,
+    /// Trailer sections dropped (a transformed body's).
+    pub trailers_dropped: u64,
 }
 
 /// Receives a body's [`Summary`].
@@ -574,6 +576,14 @@ where
                 Poll::Ready(Some(Ok(frame))) => {
                     let frame = match frame.into_data() {
                         Ok(data) => data,
+                        // Trailer fields of a body that is masked or searched for a
+                        // held credential are dropped: nothing reads them (a backend
+                        // could echo the credential there), and the transform's held
+                        // tail must still come before the body ends.
+                        Err(_) if this.transform.is_some() => {
+                            this.summary.trailers_dropped += 1;
+                            continue;
+                        }
                         Err(other) => return Poll::Ready(Some(Ok(other))),
                     };
                     if let Some(max) = this.max
