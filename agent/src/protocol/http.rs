@@ -454,6 +454,10 @@ impl Shared {
             }
         };
         let status = resp.status();
+        // The backend's own reason phrase is not passed on (the client gets the
+        // status code's standard one): nothing searches or masks it, and a
+        // backend could echo the held credential there.
+        resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(n) = &scrub {
                 scrub_headers(n, resp.headers_mut());

@@ -85,6 +85,13 @@ class H(http.server.BaseHTTPRequestHandler):
                 a, b = rng[6:].split("-", 1)
                 return self.reply(206, payload[int(a):int(b) + 1], "application/json")
             return self.reply(200, payload, "application/json")
+        if path.endswith("/reason"):
+            # The status line's reason phrase echoes the Authorization.
+            self.send_response(200, self.headers.get("authorization", ""))
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            return
         if path.endswith("/trailer"):
             # A chunked body whose trailer field echoes the Authorization.
             self.send_response(200)
