@@ -245,6 +245,9 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let (out, err) = curl(&w, &w.eve, &[&own[..], &[format!("{base}/api/v1/request-log").as_str()][..]].concat());
     assert!(!out.contains("held-tok") && json(&out)["authorization"] == "****", "{out}{err}");
     assert_eq!(w.api.requests().last().unwrap()["headers"]["authorization"], "Bearer eves-own");
+    // gzip as a transfer coding: the client gets no gzipped bytes that could hide it.
+    let (out, err) = curl(&w, &w.eve, &["-sS", "-D", "-", &format!("{base}/api/v1/te-gzip")]);
+    assert!(!out.contains("held-tok") && out.contains("transfer coding gzip"), "{out}{err}");
     // The status line's reason phrase.
     let (out, err) = curl(&w, &w.eve, &["-sS", "-D", "-", &format!("{base}/api/v1/reason")]);
     assert!(!out.contains("held-tok") && out.starts_with("HTTP/1.1 200") && out.ends_with("ok"), "{out}{err}");

@@ -482,6 +482,13 @@ impl Shared {
             *out.headers_mut() = headers;
             return out;
         }
+        // A transfer coding besides chunked (`gzip, chunked`) would reach the
+        // client as coded bytes with nothing saying so, past every search and
+        // mask: refused.
+        if let Some(coding) = transfer_coding(resp.headers()) {
+            let why = format!("the response's transfer coding {coding} cannot be read; refused");
+            return self.bad_gateway(&pending, &why);
+        }
         strip_hop_by_hop(resp.headers_mut(), false);
         let mut scrubbed_headers = 0;
         if let Some(n) = &scrub {
@@ -651,6 +658,17 @@ fn read_held(c: &HttpCredentials) -> Result<Held, String> {
 }
 
 /// Replaces the held credential in response header values; how many times.
+/// The first transfer coding other than `chunked` a message names, if any.
+fn transfer_coding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes()).split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>()
+        })
+        .find(|c| !c.is_empty() && c != "chunked")
+}
+
 fn scrub_headers(n: &body::Needles, headers: &mut HeaderMap) -> u64 {
     let mut hits = 0;
     for v in headers.values_mut() {

@@ -85,6 +85,15 @@ class H(http.server.BaseHTTPRequestHandler):
                 a, b = rng[6:].split("-", 1)
                 return self.reply(206, payload[int(a):int(b) + 1], "application/json")
             return self.reply(200, payload, "application/json")
+        if path.endswith("/te-gzip"):
+            # gzip as a transfer coding (under chunked), which HTTP/1.1 allows.
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("transfer-encoding", "gzip, chunked")
+            self.end_headers()
+            z = gzip.compress(json.dumps(rec["headers"]).encode())
+            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(z), z))
+            return
         if path.endswith("/reason"):
             # The status line's reason phrase echoes the Authorization.
             self.send_response(200, self.headers.get("authorization", ""))
