@@ -248,6 +248,9 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     // gzip as a transfer coding: the client gets no gzipped bytes that could hide it.
     let (out, err) = curl(&w, &w.eve, &["-sS", "-D", "-", &format!("{base}/api/v1/te-gzip")]);
     assert!(!out.contains("held-tok") && out.contains("transfer coding gzip"), "{out}{err}");
+    // Two Content-Encoding fields (`identity`, then `gzip`): all of them count.
+    let (out, err) = curl(&w, &w.eve, &["-sS", "--compressed", "-D", "-", &format!("{base}/api/v1/headers?ce2=1")]);
+    assert!(!out.contains("held-tok"), "{out}{err}");
     // The status line's reason phrase.
     let (out, err) = curl(&w, &w.eve, &["-sS", "-D", "-", &format!("{base}/api/v1/reason")]);
     assert!(!out.contains("held-tok") && out.starts_with("HTTP/1.1 200") && out.ends_with("ok"), "{out}{err}");

@@ -502,8 +502,7 @@ impl Shared {
             None => match &scrub {
                 None => None,
                 Some(n) => {
-                    let ce = resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
-                    let coding = match Coding::of(ce) {
+                    let coding = match content_coding(resp.headers()) {
                         Ok(c) => c,
                         Err(name) => {
                             let why = format!(
@@ -542,8 +541,7 @@ impl Shared {
                     );
                     return self.bad_gateway(&pending, &why);
                 }
-                let ce = resp.headers().get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
-                let coding = match Coding::of(ce) {
+                let coding = match content_coding(resp.headers()) {
                     Ok(c) => c,
                     Err(name) => {
                         let why = format!("the response's content encoding {name} cannot be masked; refused");
@@ -658,6 +656,25 @@ fn read_held(c: &HttpCredentials) -> Result<Held, String> {
 }
 
 /// Replaces the held credential in response header values; how many times.
+/// The content coding of a body, from every Content-Encoding field (a
+/// backend may send several, and the client applies them all): `identity`
+/// parts drop out; more than one coding left is refused like an unknown one.
+fn content_coding(headers: &HeaderMap) -> Result<Option<Coding>, String> {
+    let codings: Vec<String> = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes()).split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    match codings.as_slice() {
+        [] => Ok(None),
+        [one] => Coding::of(Some(one)),
+        several => Err(several.join(", ")),
+    }
+}
+
 /// The first transfer coding other than `chunked` a message names, if any.
 fn transfer_coding(headers: &HeaderMap) -> Option<String> {
     headers

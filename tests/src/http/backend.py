@@ -125,6 +125,17 @@ class H(http.server.BaseHTTPRequestHandler):
             # might: in the body, and the Authorization in a response header too;
             # gzipped with "gz=1", labelled br with "br=1" (whatever the request accepts).
             payload = json.dumps(rec["headers"]).encode()
+            if "ce2=1" in self.path:
+                # Two Content-Encoding fields, the first saying identity.
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-encoding", "identity")
+                self.send_header("content-encoding", "gzip")
+                z = gzip.compress(payload)
+                self.send_header("content-length", str(len(z)))
+                self.end_headers()
+                self.wfile.write(z)
+                return
             extra = [("x-seen-authorization", self.headers.get("authorization", ""))]
             if "gz=1" in self.path:
                 return self.reply(200, gzip.compress(payload), "application/json", "gzip", extra)
