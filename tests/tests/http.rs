@@ -132,6 +132,11 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     assert_eq!(first["headers"]["authorization"], format!("Bearer {HELD_TOKEN}"));
     assert!(first["headers"].get("cookie").is_none(), "the client's cookie reached the server: {first}");
     assert!(!first.to_string().contains("client-own-token"));
+    // Response headers go through the detectors too (a download's file name, a link).
+    let (out, err) = curl(&w, &w.ana, &["-sS", "-D", "-", &format!("{base}/api/v1/orders/7?hdr=1")]);
+    let (head, _) = out.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(!head.contains("ann@example.com") && !head.contains("4111 1111"), "{out}{err}");
+    assert!(head.contains("x-customer-email: ****@example.com") && head.contains("card ****1111.json"), "{out}");
     // What the client saw: cards and e-mails by the detectors, the field rules' values.
     assert_eq!(body["id"], 7);
     assert_eq!(body["customer"]["card"], "****1111", "{body}");

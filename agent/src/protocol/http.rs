@@ -498,6 +498,13 @@ impl Shared {
             }
             scrubbed_headers = scrub_headers(n, resp.headers_mut());
         }
+        // On a masked rule the response's header values go through the
+        // detectors too: a download's file name, a redirect or a link can
+        // carry what the body masks.
+        let mut masked_headers = crate::mask::Counts::default();
+        if let Some((profile, _)) = &mask {
+            mask_headers(profile, resp.headers_mut(), &mut masked_headers);
+        }
         let transform = match &mask {
             None => match &scrub {
                 None => None,
@@ -561,6 +568,7 @@ impl Shared {
         let sink = Box::new(move |mut s: Summary| {
             let req = crate::proxy::lock(&req_summary).take().unwrap_or_default();
             s.scrubbed += scrubbed_headers;
+            s.masked.merge(&masked_headers);
             if s.scrubbed > 0 {
                 warn!(
                     seq = pending.seq,
@@ -656,6 +664,41 @@ fn read_held(c: &HttpCredentials) -> Result<Held, String> {
 }
 
 /// Replaces the held credential in response header values; how many times.
+/// Response headers that describe the message, not data: left to themselves.
+const STRUCTURAL_HEADERS: &[HeaderName] = &[
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::DATE,
+    header::LAST_MODIFIED,
+    header::EXPIRES,
+    header::ETAG,
+    header::CACHE_CONTROL,
+    header::VARY,
+    header::AGE,
+    header::ACCEPT_RANGES,
+    header::SERVER,
+];
+
+/// Every other header value through the profile's detectors; a value that
+/// masking makes unfit for a header is replaced whole.
+fn mask_headers(profile: &crate::mask::Profile, headers: &mut HeaderMap, counts: &mut crate::mask::Counts) {
+    for (name, value) in headers.iter_mut() {
+        if STRUCTURAL_HEADERS.contains(name) {
+            continue;
+        }
+        let mut out = Vec::new();
+        match profile.scan(value.as_bytes(), &mut out, counts) {
+            crate::mask::MaskOutput::Unchanged => {}
+            crate::mask::MaskOutput::Written => {
+                *value = HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("****"));
+            }
+            crate::mask::MaskOutput::Null => *value = HeaderValue::from_static("****"),
+        }
+    }
+}
+
 /// The content coding of a body, from every Content-Encoding field (a
 /// backend may send several, and the client applies them all): `identity`
 /// parts drop out; more than one coding left is refused like an unknown one.

@@ -76,6 +76,14 @@ class H(http.server.BaseHTTPRequestHandler):
                 return self.reply(200, csv.encode(), "text/csv")
             doc = order(7) if n == 1 else [order(i) for i in range(n)]
             payload = json.dumps(doc).encode()
+            if "hdr=1" in self.path:
+                # The customer's data in response headers too, as a download or a redirect puts it.
+                c = order(7)["customer"]
+                return self.reply(200, payload, "application/json", None, [
+                    ("x-customer-email", c["email"]),
+                    ("content-disposition", 'attachment; filename="card %s.json"' % c["card"]),
+                    ("link", "</customers/by-email/%s>; rel=related" % c["email"]),
+                ])
             if "gz=1" in self.path and "gzip" in self.headers.get("accept-encoding", ""):
                 return self.reply(200, gzip.compress(payload), "application/json", "gzip")
             if "br=1" in self.path:
