@@ -137,6 +137,11 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let (head, _) = out.split_once("\r\n\r\n").unwrap_or_default();
     assert!(!head.contains("ann@example.com") && !head.contains("4111 1111"), "{out}{err}");
     assert!(head.contains("x-customer-email: ****@example.com") && head.contains("card ****1111.json"), "{out}");
+    // Text in UTF-16 (which the client decodes) would pass the detectors: refused.
+    let (out, err) = curl(&w, &w.ana, &["-sS", "-w", "\n%{http_code}", &format!("{base}/api/v1/orders/7?utf16=1")]);
+    assert!(!out.contains("4\u{0}1\u{0}1\u{0}1") && out.ends_with("\n502") && out.contains("charset"), "{out}{err}");
+    let (out, err) = curl(&w, &w.ana, &["-sS", "-w", "\n%{http_code}", &format!("{base}/api/v1/orders/7?bom=1")]);
+    assert!(!out.contains("4\u{0}1\u{0}1\u{0}1"), "{out}{err}");
     // What the client saw: cards and e-mails by the detectors, the field rules' values.
     assert_eq!(body["id"], 7);
     assert_eq!(body["customer"]["card"], "****1111", "{body}");

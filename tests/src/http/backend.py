@@ -70,6 +70,14 @@ class H(http.server.BaseHTTPRequestHandler):
             return self.reply(200, json.dumps(seen[-2] if len(seen) > 1 else {}).encode(), "application/json")
         if path.startswith("/api/v1/orders"):
             n = 20000 if "big=1" in self.path else 1
+            if "bom=1" in self.path:
+                # Declared UTF-8, but a UTF-16 byte order mark: browsers decode it as UTF-16.
+                c = order(7)["customer"]
+                return self.reply(200, ("card %s\n" % c["card"]).encode("utf-16"), "text/plain; charset=utf-8")
+            if "utf16=1" in self.path:
+                # Text in a charset that is not ASCII-compatible: the client decodes it.
+                c = order(7)["customer"]
+                return self.reply(200, ("card %s\n" % c["card"]).encode("utf-16"), "text/plain; charset=utf-16")
             if "csv=1" in self.path:
                 c = order(7)["customer"]
                 csv = "id,name,ssn\n7,%s,%s\n" % (c["name"], c["ssn"])
