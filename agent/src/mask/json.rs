@@ -565,6 +565,24 @@ mod tests {
     }
 
     #[test]
+    fn field_names_are_matched_as_the_client_reads_them() {
+        let p = profile();
+        let f = FieldRules::compile(&p, &[("*.ssn".into(), Style::Redact), ("$.customer.secret".into(), Style::Redact)])
+            .unwrap();
+        for body in [
+            &br#"{"c":{"s\u0073n":"123-45-6789"}}"#[..],
+            br#"{"customer":{"s\u0065cret":"abc"}}"#,
+            br#"{"c":{"ssn":"x","ssn":"123-45-6789"}}"#,
+            br#"{"customer":{"a":1},"customer":{"secret":"abc"}}"#,
+        ] {
+            for chunk in [1, 3, 1000] {
+                let out = run(&p, Some(&f), body, chunk).unwrap();
+                assert!(!out.contains("123-45-6789") && !out.contains("abc"), "{} -> {out}", String::from_utf8_lossy(body));
+            }
+        }
+    }
+
+    #[test]
     fn escapes_are_decoded_before_scanning() {
         let p = profile();
         let body = br#"["\u0034111 1111 1111 1111", "a\"b"]"#;
