@@ -23,12 +23,15 @@ struct World {
     ws: PyServer,
     ana: String,
     eve: String,
+    /// Masked by detectors only (no field rules): text bodies pass, scanned.
+    ida: String,
 }
 
 fn world(name: &str) -> World {
     let mut env = Env::new(name);
     let ana = env.user("ana", &[]);
     let eve = env.user("eve", &[]);
+    let ida = env.user("ida", &[]);
     let api = PyServer::http(&env.dir, &loopback(1));
     let ws = PyServer::ws_echo(&env.dir, &loopback(2));
     let token = gatehouse_e2e::pg::password_file(&env.dir, "api.token", HELD_TOKEN);
@@ -52,6 +55,18 @@ address = "{ws}"
 name = "cards"
 detectors = ["card", "email"]
 fields = ["*.ssn", {{ path = "$.customer.name", style = "partial" }}]
+
+[[mask]]
+name = "detectors"
+detectors = ["card", "email"]
+
+[[rule]]
+name = "ida reads text"
+who = {{ users = ["{ida}"] }}
+backends = ["orders-api"]
+methods = ["GET"]
+paths = ["/api/v1/orders/*"]
+mask = "detectors"
 
 [[rule]]
 name = "support reads orders"
@@ -94,7 +109,7 @@ mask = "cards"
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    World { env, api, ws, ana, eve }
+    World { env, api, ws, ana, eve, ida }
 }
 
 fn curl(w: &World, user: &str, args: &[&str]) -> (String, String) {
@@ -137,11 +152,26 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let (head, _) = out.split_once("\r\n\r\n").unwrap_or_default();
     assert!(!head.contains("ann@example.com") && !head.contains("4111 1111"), "{out}{err}");
     assert!(head.contains("x-customer-email: ****@example.com") && head.contains("card ****1111.json"), "{out}");
-    // Text in UTF-16 (which the client decodes) would pass the detectors: refused.
-    let (out, err) = curl(&w, &w.ana, &["-sS", "-w", "\n%{http_code}", &format!("{base}/api/v1/orders/7?utf16=1")]);
-    assert!(!out.contains("4\u{0}1\u{0}1\u{0}1") && out.ends_with("\n502") && out.contains("charset"), "{out}{err}");
-    let (out, err) = curl(&w, &w.ana, &["-sS", "-w", "\n%{http_code}", &format!("{base}/api/v1/orders/7?bom=1")]);
-    assert!(!out.contains("4\u{0}1\u{0}1\u{0}1"), "{out}{err}");
+    // Text bodies on a detectors-only profile (ida's): what the client would decode
+    // differently from the bytes the detectors see is not passed.
+    let (out, _) = curl(&w, &w.ida, &["-sS", &format!("{base}/api/v1/orders/7")]);
+    assert!(out.contains("****1111") && !out.contains("4111 1111 1111 1111"), "{out}");
+    let url = |q: &str| format!("{base}/api/v1/orders/7?{q}");
+    let (out, err) = curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", &url("utf16=1")]);
+    assert!(out.contains("charset utf-16 cannot be masked") && out.ends_with("\n502"), "{out}{err}");
+    // A UTF-16 byte order mark under a UTF-8 label (browsers decode by the mark), gzip
+    // bytes labelled as plain text (no content coding): the body is cut before any of it.
+    for (query, why) in [("bom=1", "byte order mark"), ("hidden_gz=1", "NUL byte")] {
+        let (out, err) = curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", &url(query)]);
+        assert!(!out.contains("4\u{0}1\u{0}1") && !out.contains('\u{1f}') && !err.is_empty(), "{query}: {out}{err}");
+        let recs = http_records(&w.env.db());
+        let rec = recs.iter().rev().find(|(_, r, _)| r["target"].as_str().is_some_and(|t| t.ends_with(query)));
+        assert!(
+            rec.is_some_and(|(_, r, _)| r["error"].as_str().is_some_and(|e| e.contains(why))),
+            "{query}: {rec:?}\n{}",
+            w.env.agent_log()
+        );
+    }
     // What the client saw: cards and e-mails by the detectors, the field rules' values.
     assert_eq!(body["id"], 7);
     assert_eq!(body["customer"]["card"], "****1111", "{body}");

@@ -567,8 +567,9 @@ mod tests {
     #[test]
     fn field_names_are_matched_as_the_client_reads_them() {
         let p = profile();
-        let f = FieldRules::compile(&p, &[("*.ssn".into(), Style::Redact), ("$.customer.secret".into(), Style::Redact)])
-            .unwrap();
+        let f =
+            FieldRules::compile(&p, &[("*.ssn".into(), Style::Redact), ("$.customer.secret".into(), Style::Redact)])
+                .unwrap();
         for body in [
             &br#"{"c":{"s\u0073n":"123-45-6789"}}"#[..],
             br#"{"customer":{"s\u0065cret":"abc"}}"#,
@@ -577,7 +578,11 @@ mod tests {
         ] {
             for chunk in [1, 3, 1000] {
                 let out = run(&p, Some(&f), body, chunk).unwrap();
-                assert!(!out.contains("123-45-6789") && !out.contains("abc"), "{} -> {out}", String::from_utf8_lossy(body));
+                assert!(
+                    !out.contains("123-45-6789") && !out.contains("abc"),
+                    "{} -> {out}",
+                    String::from_utf8_lossy(body)
+                );
             }
         }
     }

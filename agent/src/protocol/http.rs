@@ -259,7 +259,11 @@ impl Pending {
             request_body_recorded,
             response_body_recorded: resp.captured.len() as u64,
             truncated: req.truncated || resp.truncated,
-            error: error.or(req.error).or(resp.error),
+            error: error.or(match (req.error, resp.error) {
+                // Both bodies cut (a response body refused mid-stream drops the request's): both said.
+                (Some(rq), Some(rs)) if rq != rs => Some(format!("request body: {rq}; response body: {rs}")),
+                (rq, rs) => rq.or(rs),
+            }),
             credentials: self.credentials.clone(),
         };
         info!(seq = rec.seq, method = %rec.method, target = %rec.target, status = ?rec.status, decision = %rec.decision, "http request");
@@ -555,10 +559,20 @@ impl Shared {
                         return self.bad_gateway(&pending, &why);
                     }
                 };
+                // A charset the client decodes into other text than the bytes show
+                // (UTF-16, UTF-7, EBCDIC) would carry values past the detectors.
+                let utf8 = match body::charset(ct) {
+                    Ok(u) => u,
+                    Err(name) => {
+                        let why = format!("the response's charset {name} cannot be masked; refused");
+                        return self.bad_gateway(&pending, &why);
+                    }
+                };
                 if !is_head {
                     resp.headers_mut().remove(header::CONTENT_LENGTH);
                 }
-                Some(Transform::new(kind, coding, profile.clone(), fields.clone()).with_scrub(scrub.clone()))
+                let t = Transform::new(kind, coding, profile.clone(), fields.clone()).with_scrub(scrub.clone());
+                Some(if utf8 { t } else { t.single_byte_text() })
             }
         };
         let (parts, body) = resp.into_parts();

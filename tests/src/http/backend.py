@@ -70,6 +70,9 @@ class H(http.server.BaseHTTPRequestHandler):
             return self.reply(200, json.dumps(seen[-2] if len(seen) > 1 else {}).encode(), "application/json")
         if path.startswith("/api/v1/orders"):
             n = 20000 if "big=1" in self.path else 1
+            if "hidden_gz=1" in self.path:
+                # gzip bytes labelled as plain text (no content coding): the user can gunzip them.
+                return self.reply(200, gzip.compress(json.dumps(order(7)).encode()), "text/plain")
             if "bom=1" in self.path:
                 # Declared UTF-8, but a UTF-16 byte order mark: browsers decode it as UTF-16.
                 c = order(7)["customer"]

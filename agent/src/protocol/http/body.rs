@@ -41,6 +41,8 @@ pub enum BodyError {
     FormTooLarge,
     #[error("masking: a form body that does not decode")]
     BadForm,
+    #[error("masking: the text body holds {0}, which the client could read as text the detectors cannot")]
+    NotText(&'static str),
     #[error("the {encoding} body does not decode: {message}")]
     Encoding { encoding: &'static str, message: String },
     #[error("the request body is over the rule's max_body of {max} bytes")]
@@ -72,6 +74,77 @@ impl Kind {
         } else {
             None
         }
+    }
+}
+
+/// The charset a masked body's `Content-Type` names, if the detectors can
+/// read it: `Ok(true)` UTF-8 (or none, or ASCII), `Ok(false)` a single-byte
+/// charset that keeps ASCII as ASCII; `Err(name)` any other (UTF-16, UTF-7,
+/// EBCDIC…), whose bytes the client decodes into text the detectors never saw.
+pub fn charset(content_type: Option<&str>) -> Result<bool, String> {
+    let Some(ct) = content_type else { return Ok(true) };
+    let Some(name) = ct.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("charset").then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+    }) else {
+        return Ok(true);
+    };
+    let single = |n: &str| {
+        n.strip_prefix("iso-8859-")
+            .or_else(|| n.strip_prefix("iso8859-"))
+            .is_some_and(|d| d.parse::<u8>().is_ok_and(|d| (1..=16).contains(&d)))
+            || n.strip_prefix("windows-125").is_some_and(|d| matches!(d.as_bytes(), [b] if b.is_ascii_digit()))
+            || matches!(n, "latin1" | "latin-1" | "l1" | "cp1252")
+    };
+    match name.as_str() {
+        "utf-8" | "utf8" | "us-ascii" | "ascii" => Ok(true),
+        n if single(n) => Ok(false),
+        _ => Err(name),
+    }
+}
+
+/// What a masked text body is checked for as it streams: a NUL byte (no
+/// text has one; UTF-16 and compressed bytes do), a UTF-16 byte order mark
+/// at the start, and bytes that are not UTF-8 (unless the charset is a
+/// single-byte one). Any of them cuts the body.
+#[derive(Debug, Default)]
+struct TextCheck {
+    single_byte: bool,
+    /// The body's first bytes, up to 2, for the byte order mark.
+    head: Vec<u8>,
+    /// An unfinished UTF-8 sequence at the end of the last chunk.
+    partial: Vec<u8>,
+}
+
+impl TextCheck {
+    fn push(&mut self, input: &[u8]) -> Result<(), BodyError> {
+        if self.head.len() < 2 {
+            let take = (2 - self.head.len()).min(input.len());
+            self.head.extend_from_slice(input.get(..take).unwrap_or_default());
+            if matches!(self.head.as_slice(), [0xff, 0xfe] | [0xfe, 0xff]) {
+                return Err(BodyError::NotText("a UTF-16 byte order mark"));
+            }
+        }
+        if memchr::memchr(0, input).is_some() {
+            return Err(BodyError::NotText("a NUL byte"));
+        }
+        if self.single_byte {
+            return Ok(());
+        }
+        let mut bytes = std::mem::take(&mut self.partial);
+        bytes.extend_from_slice(input);
+        match std::str::from_utf8(&bytes) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                self.partial = bytes.get(e.valid_up_to()..).unwrap_or_default().to_vec();
+                Ok(())
+            }
+            Err(_) => Err(BodyError::NotText("bytes that are not UTF-8")),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), BodyError> {
+        if self.partial.is_empty() { Ok(()) } else { Err(BodyError::NotText("bytes that are not UTF-8")) }
     }
 }
 
@@ -113,7 +186,7 @@ enum Deflate {
 
 enum Masker {
     Json(Box<JsonMasker>),
-    Text { profile: Arc<Profile>, carry: Vec<u8>, counts: Counts },
+    Text { profile: Arc<Profile>, carry: Vec<u8>, counts: Counts, check: TextCheck },
     Form { profile: Arc<Profile>, buf: Vec<u8>, counts: Counts },
 }
 
@@ -129,10 +202,22 @@ impl Transform {
     pub fn new(kind: Kind, coding: Option<Coding>, profile: Arc<Profile>, fields: Option<Arc<FieldRules>>) -> Self {
         let masker = match kind {
             Kind::Json => Masker::Json(Box::new(JsonMasker::new(profile, fields))),
-            Kind::Text => Masker::Text { profile, carry: Vec::new(), counts: Counts::default() },
+            Kind::Text => {
+                Masker::Text { profile, carry: Vec::new(), counts: Counts::default(), check: TextCheck::default() }
+            }
             Kind::Form => Masker::Form { profile, buf: Vec::new(), counts: Counts::default() },
         };
         Self { coding: Self::coding(coding), masker: Some(masker), scrub: None }
+    }
+
+    /// A text body in a single-byte charset (`iso-8859-1`, `windows-1252`):
+    /// its bytes are not checked as UTF-8 (NULs and UTF-16 marks still are).
+    #[must_use]
+    pub fn single_byte_text(mut self) -> Self {
+        if let Some(Masker::Text { check, .. }) = &mut self.masker {
+            check.single_byte = true;
+        }
+        self
     }
 
     /// Nothing masked: the body (decoded, whatever its type) is only searched
@@ -285,7 +370,8 @@ impl Masker {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError> {
         match self {
             Self::Json(j) => j.feed(input, out)?,
-            Self::Text { profile, carry, counts } => {
+            Self::Text { profile, carry, counts, check } => {
+                check.push(input)?;
                 carry.extend_from_slice(input);
                 // Scan up to the last line end (values the detectors find
                 // do not span lines; a card's groups do span spaces); past
@@ -319,7 +405,8 @@ impl Masker {
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
         match self {
             Self::Json(j) => j.finish(out)?,
-            Self::Text { profile, carry, counts } => {
+            Self::Text { profile, carry, counts, check } => {
+                check.finish()?;
                 let rest = std::mem::take(carry);
                 scan_into(profile, &rest, out, counts);
             }
@@ -718,6 +805,64 @@ mod tests {
         assert!(!out.contains("4111 1111 1111 1111"), "{out}");
         assert!(!out.contains("ann@example.com"), "{out}");
         assert!(out.starts_with("pay with ") && out.ends_with("today\n"), "{out}");
+    }
+
+    /// Text the client would decode otherwise than the detectors read it is
+    /// cut wherever it is split; UTF-8 split across chunks is not.
+    #[test]
+    fn text_that_is_not_text_is_cut() {
+        let card = "card 4111 1111 1111 1111\n";
+        let utf16: Vec<u8> = [0xff, 0xfe].into_iter().chain(card.encode_utf16().flat_map(u16::to_le_bytes)).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(card.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let latin1 = b"caf\xe9 4111 1111 1111 1111\n".to_vec();
+        for (body, what, single_byte) in [
+            (utf16.clone(), "byte order mark", false),
+            (utf16[2..].to_vec(), "NUL", false),
+            (gz, "NUL", true),
+            (latin1.clone(), "not UTF-8", false),
+        ] {
+            for size in [1, 2, 3, 1000] {
+                let mut t = Transform::new(Kind::Text, None, profile(), None);
+                if single_byte {
+                    t = t.single_byte_text();
+                }
+                let mut out = Vec::new();
+                let mut err = None;
+                for chunk in body.chunks(size) {
+                    match t.push(chunk) {
+                        Ok(v) => out.extend(v),
+                        Err(e) => {
+                            err = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                let err = err.or_else(|| t.finish().err().map(|e| e.to_string()));
+                // (Which check fires first depends on where the chunks split.)
+                let fired =
+                    err.as_deref().is_some_and(|e| e.contains(what) || (size < 3 && e.contains("text body holds")));
+                assert!(fired, "{what} in chunks of {size}: {err:?}");
+                assert!(!String::from_utf8_lossy(&out).contains("4111"), "{what}");
+            }
+        }
+        // The same Latin-1 text under its own charset, and UTF-8 split anywhere, pass scanned.
+        let mut t = Transform::new(Kind::Text, None, profile(), None).single_byte_text();
+        let out = run(&mut t, &latin1, 3);
+        assert!(out.starts_with(b"caf\xe9 ") && !String::from_utf8_lossy(&out).contains("4111"));
+        for size in 1..6 {
+            let mut t = Transform::new(Kind::Text, None, profile(), None);
+            let out = String::from_utf8(run(&mut t, "café ☕ 4111 1111 1111 1111\n".as_bytes(), size)).unwrap();
+            assert!(out.starts_with("café ☕ ") && !out.contains("4111 1111"), "{out}");
+        }
+        assert_eq!(charset(Some("text/plain")), Ok(true));
+        assert_eq!(charset(Some("text/plain; charset=\"UTF-8\"")), Ok(true));
+        assert_eq!(charset(Some("text/csv; header=present; charset=ISO-8859-1")), Ok(false));
+        assert_eq!(charset(Some("text/plain; charset=windows-1252")), Ok(false));
+        for other in ["utf-16", "UTF-16LE", "utf-7", "ibm037", "utf-32", "shift_jis"] {
+            assert!(charset(Some(&format!("text/plain; charset={other}"))).is_err(), "{other}");
+        }
     }
 
     #[test]
