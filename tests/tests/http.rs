@@ -291,6 +291,9 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     // Two Content-Encoding fields (`identity`, then `gzip`): all of them count.
     let (out, err) = curl(&w, &w.eve, &["-sS", "--compressed", "-D", "-", &format!("{base}/api/v1/headers?ce2=1")]);
     assert!(!out.contains("held-tok"), "{out}{err}");
+    // An echo in UTF-16.
+    let (out, err) = curl(&w, &w.eve, &["-sS", &format!("{base}/api/v1/headers?u16=1")]);
+    assert!(!out.replace('\u{0}', "").contains("held-tok") && out.contains("*\u{0}*\u{0}*\u{0}*"), "{out}{err}");
     // The status line's reason phrase.
     let (out, err) = curl(&w, &w.eve, &["-sS", "-D", "-", &format!("{base}/api/v1/reason")]);
     assert!(!out.contains("held-tok") && out.starts_with("HTTP/1.1 200") && out.ends_with("ok"), "{out}{err}");

@@ -144,6 +144,9 @@ class H(http.server.BaseHTTPRequestHandler):
             # might: in the body, and the Authorization in a response header too;
             # gzipped with "gz=1", labelled br with "br=1" (whatever the request accepts).
             payload = json.dumps(rec["headers"]).encode()
+            if "u16=1" in self.path:
+                # The echo in UTF-16, as a .NET or Windows backend may write it.
+                return self.reply(200, json.dumps(rec["headers"]).encode("utf-16"), "application/json; charset=utf-16")
             if "ce2=1" in self.path:
                 # Two Content-Encoding fields, the first saying identity.
                 self.send_response(200)

@@ -464,11 +464,10 @@ fn form_encode(v: &[u8], out: &mut Vec<u8>) {
 #[derive(Debug, Clone)]
 pub struct Needles {
     ac: Arc<aho_corasick::AhoCorasick>,
+    /// What replaces each pattern (`****`, in UTF-16 for a UTF-16 form).
+    with: Arc<[&'static [u8]]>,
     longest: usize,
 }
-
-/// What a removed secret reads as.
-pub const SCRUBBED: &[u8] = b"****";
 
 impl Needles {
     /// `None` without any needle (or one the automaton cannot take). Each
@@ -476,10 +475,12 @@ impl Needles {
     /// (`super::echo_forms`): `\/` (PHP), `\u002B` (.NET), `%2B`, `&#43;`.
     pub fn new(needles: &[Vec<u8>]) -> Option<Self> {
         let mut all: Vec<Vec<u8>> = Vec::new();
+        let mut with: Vec<&'static [u8]> = Vec::new();
         for n in needles.iter().filter(|n| !n.is_empty()) {
-            for form in super::echo_forms::forms(n) {
+            for (form, stand_in) in super::echo_forms::forms(n) {
                 if !all.contains(&form) {
                     all.push(form);
+                    with.push(stand_in);
                 }
             }
         }
@@ -488,7 +489,11 @@ impl Needles {
             .match_kind(aho_corasick::MatchKind::LeftmostLongest)
             .build(&all)
             .ok()?;
-        Some(Self { ac: Arc::new(ac), longest })
+        Some(Self { ac: Arc::new(ac), with: with.into(), longest })
+    }
+
+    fn stand_in(&self, m: &aho_corasick::Match) -> &'static [u8] {
+        self.with.get(m.pattern().as_usize()).copied().unwrap_or(super::echo_forms::SCRUBBED)
     }
 
     /// `value` with every needle replaced, and how many were.
@@ -498,7 +503,7 @@ impl Needles {
         let mut hits = 0;
         for m in self.ac.find_iter(value) {
             out.extend_from_slice(value.get(last..m.start()).unwrap_or_default());
-            out.extend_from_slice(SCRUBBED);
+            out.extend_from_slice(self.stand_in(&m));
             last = m.end();
             hits += 1;
         }
@@ -536,7 +541,7 @@ impl Scrub {
                 break;
             }
             out.extend_from_slice(buf.get(last..m.start()).unwrap_or_default());
-            out.extend_from_slice(SCRUBBED);
+            out.extend_from_slice(self.needles.stand_in(&m));
             last = m.end();
             self.hits += 1;
         }

@@ -9,17 +9,23 @@
 //! Each encoder writes the whole string one way, so the forms are the secret
 //! through each encoder in turn, not every mix of them (sans-IO).
 
+/// What a removed secret reads as.
+pub(crate) const SCRUBBED: &[u8] = b"****";
+const SCRUBBED_UTF16LE: &[u8] = b"*\0*\0*\0*\0";
+const SCRUBBED_UTF16BE: &[u8] = b"\0*\0*\0*\0*";
+
 /// Every distinct form of `secret` the encoders below write (the secret
-/// itself first).
-pub(crate) fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = vec![secret.to_vec()];
-    let mut add = |f: Option<Vec<u8>>| {
+/// itself first), each with what replaces it (`****` in the same encoding).
+pub(crate) fn forms(secret: &[u8]) -> Vec<(Vec<u8>, &'static [u8])> {
+    let mut out: Vec<(Vec<u8>, &'static [u8])> = vec![(secret.to_vec(), SCRUBBED)];
+    let mut add_as = |f: Option<Vec<u8>>, with: &'static [u8]| {
         if let Some(f) = f
-            && !out.contains(&f)
+            && !out.iter().any(|(g, _)| *g == f)
         {
-            out.push(f);
+            out.push((f, with));
         }
     };
+    let mut add = |f: Option<Vec<u8>>| add_as(f, SCRUBBED);
     for style in JSON_STYLES {
         add(json(secret, style));
     }
@@ -30,6 +36,11 @@ pub(crate) fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
     }
     for style in HTML_STYLES {
         add(Some(html(secret, style)));
+    }
+    // In a UTF-16 body (a .NET or Windows backend's), either byte order.
+    if let Ok(text) = std::str::from_utf8(secret) {
+        add_as(Some(text.encode_utf16().flat_map(u16::to_le_bytes).collect()), SCRUBBED_UTF16LE);
+        add_as(Some(text.encode_utf16().flat_map(u16::to_be_bytes).collect()), SCRUBBED_UTF16BE);
     }
     out
 }
@@ -201,6 +212,10 @@ fn html(secret: &[u8], style: HtmlStyle) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn bytes(secret: &[u8]) -> Vec<Vec<u8>> {
+        forms(secret).into_iter().map(|(f, _)| f).collect()
+    }
+
     const SECRET: &str = "Bearer p@ss/w+rd\"<&>é'=~(x) y\\z";
 
     /// Written by the real encoders (Python 3.11, Node 20) for `SECRET`, or
@@ -208,7 +223,7 @@ mod tests {
     /// be among the forms.
     #[test]
     fn the_forms_include_what_real_encoders_write() {
-        let all = forms(SECRET.as_bytes());
+        let all = bytes(SECRET.as_bytes());
         for written in [
             // json.dumps (ensure_ascii), JSON.stringify / json.dumps(ensure_ascii=False)
             r#"Bearer p@ss/w+rd\"<&>\u00e9'=~(x) y\\z"#,
@@ -246,16 +261,18 @@ mod tests {
     /// not UTF-8 are still escaped where an encoder would pass them through.
     #[test]
     fn forms_of_simple_and_odd_secrets() {
-        assert_eq!(forms(b"tok-12345678"), vec![b"tok-12345678".to_vec()]);
-        let b64 = forms(b"dXNl/ci+x=");
+        let plain = bytes(b"tok-12345678");
+        assert_eq!(plain.len(), 3, "as is, UTF-16LE, UTF-16BE: {plain:?}");
+        assert!(plain.iter().any(|f| f.as_slice() == b"t\0o\0k\0-\x001\x002\x003\x004\x005\x006\x007\x008\0"));
+        let b64 = bytes(b"dXNl/ci+x=");
         for f in [&b"dXNl\\/ci+x="[..], b"dXNl/ci\\u002Bx=", b"dXNl/ci%2Bx%3D", b"dXNl%2Fci%2Bx%3D", b"dXNl/ci&#43;x="]
         {
             assert!(b64.iter().any(|g| g == f), "{}", String::from_utf8_lossy(f));
         }
-        let odd = forms(b"a\xff\"b");
+        let odd = bytes(b"a\xff\"b");
         assert!(odd.iter().any(|g| g == b"a\xff\\\"b"), "{odd:?}");
         assert!(odd.iter().any(|g| g == b"a%FF%22b"), "{odd:?}");
         // A character outside the BMP as a surrogate pair.
-        assert!(forms("k\u{1F511}".as_bytes()).iter().any(|g| g == b"k\\ud83d\\udd11"));
+        assert!(bytes("k\u{1F511}".as_bytes()).iter().any(|g| g == b"k\\ud83d\\udd11"));
     }
 }
