@@ -159,6 +159,29 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let url = |q: &str| format!("{base}/api/v1/orders/7?{q}");
     let (out, err) = curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", &url("utf16=1")]);
     assert!(out.contains("charset utf-16 cannot be masked") && out.ends_with("\n502"), "{out}{err}");
+    let (out, err) = curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", &url("ct2=1")]);
+    assert!(out.contains("more than one Content-Type") && out.ends_with("\n502"), "{out}{err}");
+    // Two Host fields (an upstream routing on the last would reach another service): 400, not forwarded.
+    let before = w.api.requests().len();
+    let raw = "import socket, sys\n\
+               h, p = sys.argv[1].rsplit(':', 1)\n\
+               s = socket.create_connection((h, int(p)))\n\
+               s.sendall(b'GET /api/v1/orders/7 HTTP/1.1\\r\\nHost: orders.internal\\r\\nHost: admin.internal\\r\\nConnection: close\\r\\n\\r\\n')\n\
+               out = b''\n\
+               while True:\n\
+               \x20   b = s.recv(65536)\n\
+               \x20   if not b: break\n\
+               \x20   out += b\n\
+               print(out.decode('latin1'))\n";
+    let addr = w.api.addr.to_string();
+    let o = w.env.run_as(&w.ida, None, std::path::Path::new("/usr/bin/python3"), &["-c", raw, &addr]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("HTTP/1.1 400") && out.contains("more than one Host"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(w.api.requests().len(), before, "the request reached the server");
     // A UTF-16 byte order mark under a UTF-8 label (browsers decode by the mark), gzip
     // bytes labelled as plain text (no content coding): the body is cut before any of it.
     for (query, why) in [("bom=1", "byte order mark"), ("hidden_gz=1", "NUL byte")] {

@@ -293,6 +293,11 @@ impl Shared {
             reason: None,
             credentials: None,
         };
+        // Two Host fields: this check reads the first, an upstream may route on
+        // the last (RFC 9112 §3.2: a server must answer 400).
+        if req.headers().get_all(header::HOST).iter().count() > 1 {
+            return self.refuse(&pending, StatusCode::BAD_REQUEST, None, "the request has more than one Host header");
+        }
         if let Some(why) = misdirected(&self.ctx.backend, pending.host.as_deref()) {
             return self.refuse(&pending, StatusCode::MISDIRECTED_REQUEST, None, &why);
         }
@@ -532,6 +537,11 @@ impl Shared {
                 return self.bad_gateway(&pending, "a partial body (206) cannot be masked; refused");
             }
             Some((profile, fields)) => {
+                // Two Content-Type fields: the body is read as the first says, a
+                // client may decode it as the last says.
+                if resp.headers().get_all(header::CONTENT_TYPE).iter().count() > 1 {
+                    return self.bad_gateway(&pending, "the response has more than one Content-Type; refused");
+                }
                 let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
                 let Some(kind) = Kind::of(ct) else {
                     let why = format!(

@@ -77,6 +77,15 @@ class H(http.server.BaseHTTPRequestHandler):
                 # Declared UTF-8, but a UTF-16 byte order mark: browsers decode it as UTF-16.
                 c = order(7)["customer"]
                 return self.reply(200, ("card %s\n" % c["card"]).encode("utf-16"), "text/plain; charset=utf-8")
+            if "ct2=1" in self.path:
+                # Two Content-Type fields: the second says UTF-16.
+                self.send_response(200)
+                self.send_header("content-type", "text/plain; charset=utf-8")
+                self.send_header("content-type", "text/plain; charset=utf-16")
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+                return
             if "utf16=1" in self.path:
                 # Text in a charset that is not ASCII-compatible: the client decodes it.
                 c = order(7)["customer"]
