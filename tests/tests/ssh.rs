@@ -274,6 +274,14 @@ fn ssh_is_terminated_decided_and_logged_in_with_a_short_certificate() {
     assert!(o.status.success(), "{}", text(&o));
     let seen = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(seen.starts_with("card ") && !seen.contains("4111 1111 1111 1111"), "masked: {seen}");
+    // Output as `grep --color` writes a match: colour codes inside the card's digits.
+    let colored = w.share.join("colored.txt");
+    std::fs::write(&colored, "card \x1b[01;31m\x1b[K4111\x1b[m\x1b[K 1111 1111 1111 end\n").unwrap();
+    let o = w.ssh(&w.ana, &[&host, &format!("cat {}", colored.display())]);
+    assert!(o.status.success(), "{}", text(&o));
+    let seen = String::from_utf8_lossy(&o.stdout).into_owned();
+    let digits: String = seen.chars().filter(char::is_ascii_digit).collect();
+    assert!(seen.starts_with("card ") && !digits.contains("4111111111111111"), "masked: {seen:?}");
 
     // The host's sshd logged the certificate naming the person.
     let log = w.sshd.log_text();

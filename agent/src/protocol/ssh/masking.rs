@@ -60,8 +60,12 @@ impl OutputMasker {
 
 /// How much of `b` can be scanned now: up to its last boundary, or all of
 /// it when its tail could not start a value or is too long to wait for.
+/// Boundaries are found in the text as the terminal shows it (control
+/// sequences skipped), and an escape sequence still arriving is held whole.
 fn cut_point(b: &[u8]) -> usize {
-    let boundary = b
+    let view = Shown::of(b);
+    let s = &view.text;
+    let boundary = s
         .iter()
         .enumerate()
         .rev()
@@ -69,15 +73,108 @@ fn cut_point(b: &[u8]) -> usize {
             c == b'\n'
                 || c == b'\r'
                 || (c.is_ascii_whitespace()
-                    && !i.checked_sub(1).and_then(|j| b.get(j)).is_some_and(u8::is_ascii_digit)
-                    && !b.get(i + 1).is_some_and(u8::is_ascii_digit))
+                    && !i.checked_sub(1).and_then(|j| s.get(j)).is_some_and(u8::is_ascii_digit)
+                    && !s.get(i + 1).is_some_and(u8::is_ascii_digit))
         })
         .map_or(0, |(i, _)| i + 1);
-    let tail = b.get(boundary..).unwrap_or_default();
-    if tail.len() > MAX_CARRY || !tail.iter().any(u8::is_ascii_alphanumeric) { b.len() } else { boundary }
+    let tail = s.get(boundary..).unwrap_or_default();
+    let raw_boundary = boundary.checked_sub(1).and_then(|k| view.at.get(k)).map_or(0, |&r| r + 1);
+    let cut = if b.len() - raw_boundary > MAX_CARRY || !tail.iter().any(u8::is_ascii_alphanumeric) {
+        b.len()
+    } else {
+        raw_boundary
+    };
+    view.open.map_or(cut, |o| cut.min(o))
+}
+
+/// Text as a terminal shows its characters: escape sequences (CSI `ESC [ …
+/// final`, OSC/DCS/APC/PM/SOS strings up to BEL or `ESC \`, other `ESC x`)
+/// and control bytes but line ends and tabs removed.
+struct Shown {
+    text: Vec<u8>,
+    /// For each byte of `text`, where it is in the raw bytes.
+    at: Vec<usize>,
+    /// Where an escape sequence starts that the raw bytes do not finish.
+    open: Option<usize>,
+}
+
+impl Shown {
+    fn of(raw: &[u8]) -> Self {
+        let mut v = Self { text: Vec::with_capacity(raw.len()), at: Vec::with_capacity(raw.len()), open: None };
+        let mut i = 0;
+        while let Some(&b) = raw.get(i) {
+            let start = i;
+            i += 1;
+            match b {
+                0x1b => {
+                    let finished = match raw.get(i) {
+                        Some(b'[') => {
+                            i += 1;
+                            while raw.get(i).is_some_and(|c| !(0x40..=0x7e).contains(c)) {
+                                i += 1;
+                            }
+                            i += 1;
+                            i <= raw.len()
+                        }
+                        Some(b']' | b'P' | b'_' | b'^' | b'X') => {
+                            i += 1;
+                            let mut done = false;
+                            while let Some(&c) = raw.get(i) {
+                                i += 1;
+                                if c == 0x07 {
+                                    done = true;
+                                    break;
+                                }
+                                if c == 0x1b && raw.get(i) == Some(&b'\\') {
+                                    i += 1;
+                                    done = true;
+                                    break;
+                                }
+                            }
+                            done
+                        }
+                        Some(_) => {
+                            i += 1;
+                            true
+                        }
+                        None => false,
+                    };
+                    if !finished {
+                        v.open = Some(start);
+                        break;
+                    }
+                }
+                b'\n' | b'\r' | b'\t' => {
+                    v.text.push(b);
+                    v.at.push(start);
+                }
+                0..0x20 | 0x7f => {}
+                _ => {
+                    v.text.push(b);
+                    v.at.push(start);
+                }
+            }
+        }
+        v
+    }
 }
 
 fn scan_into(profile: &Profile, text: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
+    // Terminal control sequences split what the terminal shows whole
+    // (`grep --color` wraps the matched digits of a card in colour codes):
+    // the detectors read the text without them. A piece in which they find
+    // something goes out masked and without its control sequences; a piece
+    // in which they find nothing goes out as it came, colours and all.
+    if text.iter().any(|&b| b == 0x1b || (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t')) || b == 0x7f) {
+        let shown = Shown::of(text).text;
+        let mut masked = Vec::new();
+        match profile.scan(&shown, &mut masked, counts) {
+            MaskOutput::Unchanged => out.extend_from_slice(text),
+            MaskOutput::Written => out.extend_from_slice(&masked),
+            MaskOutput::Null => out.extend_from_slice(b"****"),
+        }
+        return;
+    }
     match profile.scan(text, out, counts) {
         MaskOutput::Unchanged => out.extend_from_slice(text),
         MaskOutput::Written => {}
@@ -134,6 +231,32 @@ mod tests {
         assert!(!all.contains("1111 1111"), "{all:?}");
         let (all, _) = through(&["mail ana.lopez@exa", "mple.com now\n"]);
         assert!(!all.contains("ana.lopez@example.com"), "{all:?}");
+    }
+
+    /// What the terminal shows whole is found whole: `grep --color` wraps
+    /// the matched part of a card in colour codes, a backspace or a NUL
+    /// between its digits shows nothing. Output without a finding keeps its colours.
+    #[test]
+    fn control_sequences_do_not_split_a_value() {
+        for line in [
+            "\x1b[01;31m\x1b[K4111\x1b[m\x1b[K 1111 1111 1111\n",
+            "4111 11\x1b[1m11 1111 1111\x1b[0m\r\n",
+            "4111 1111\x00 1111 1111\n",
+            "\x1b]0;title\x074111 1111 1111 1111\x1b]8;;http://x\x1b\\ end\n",
+            "ann\x1b[32m@\x1b[0mexample.com\n",
+        ] {
+            for split in [1, 5, 9, line.len()] {
+                let (a, b) = line.split_at(split.min(line.len()));
+                let (all, _) = through(&[a, b]);
+                let digits: String = all.chars().filter(char::is_ascii_digit).collect();
+                assert!(
+                    !digits.contains("4111111111111111") && !all.contains("ann"),
+                    "{line:?} split at {split}: {all:?}"
+                );
+            }
+        }
+        let colours = "\x1b[01;34mreports\x1b[0m  \x1b[01;32mrun.sh\x1b[0m\n";
+        assert_eq!(through(&[colours]).0, colours);
     }
 
     #[test]
