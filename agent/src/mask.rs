@@ -31,6 +31,7 @@ mod detect;
 pub mod json;
 mod plan;
 mod render;
+pub(crate) mod shown;
 
 use std::fmt;
 

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::mask::{Counts, MaskOutput, Profile};
+use crate::mask::{Counts, Profile};
 
 /// How long a held tail waits for the rest of a value.
 pub const HOLD: Duration = Duration::from_millis(20);
@@ -63,7 +63,7 @@ impl OutputMasker {
 /// Boundaries are found in the text as the terminal shows it (control
 /// sequences skipped), and an escape sequence still arriving is held whole.
 fn cut_point(b: &[u8]) -> usize {
-    let view = Shown::of(b);
+    let view = crate::mask::shown::Shown::of(b);
     let s = &view.text;
     let boundary = s
         .iter()
@@ -87,100 +87,8 @@ fn cut_point(b: &[u8]) -> usize {
     view.open.map_or(cut, |o| cut.min(o))
 }
 
-/// Text as a terminal shows its characters: escape sequences (CSI `ESC [ …
-/// final`, OSC/DCS/APC/PM/SOS strings up to BEL or `ESC \`, other `ESC x`)
-/// and control bytes but line ends and tabs removed.
-struct Shown {
-    text: Vec<u8>,
-    /// For each byte of `text`, where it is in the raw bytes.
-    at: Vec<usize>,
-    /// Where an escape sequence starts that the raw bytes do not finish.
-    open: Option<usize>,
-}
-
-impl Shown {
-    fn of(raw: &[u8]) -> Self {
-        let mut v = Self { text: Vec::with_capacity(raw.len()), at: Vec::with_capacity(raw.len()), open: None };
-        let mut i = 0;
-        while let Some(&b) = raw.get(i) {
-            let start = i;
-            i += 1;
-            match b {
-                0x1b => {
-                    let finished = match raw.get(i) {
-                        Some(b'[') => {
-                            i += 1;
-                            while raw.get(i).is_some_and(|c| !(0x40..=0x7e).contains(c)) {
-                                i += 1;
-                            }
-                            i += 1;
-                            i <= raw.len()
-                        }
-                        Some(b']' | b'P' | b'_' | b'^' | b'X') => {
-                            i += 1;
-                            let mut done = false;
-                            while let Some(&c) = raw.get(i) {
-                                i += 1;
-                                if c == 0x07 {
-                                    done = true;
-                                    break;
-                                }
-                                if c == 0x1b && raw.get(i) == Some(&b'\\') {
-                                    i += 1;
-                                    done = true;
-                                    break;
-                                }
-                            }
-                            done
-                        }
-                        Some(_) => {
-                            i += 1;
-                            true
-                        }
-                        None => false,
-                    };
-                    if !finished {
-                        v.open = Some(start);
-                        break;
-                    }
-                }
-                b'\n' | b'\r' | b'\t' => {
-                    v.text.push(b);
-                    v.at.push(start);
-                }
-                0..0x20 | 0x7f => {}
-                _ => {
-                    v.text.push(b);
-                    v.at.push(start);
-                }
-            }
-        }
-        v
-    }
-}
-
 fn scan_into(profile: &Profile, text: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
-    // Terminal control sequences split what the terminal shows whole
-    // (`grep --color` wraps the matched digits of a card in colour codes):
-    // the detectors read the text without them. A piece in which they find
-    // something goes out masked and without its control sequences; a piece
-    // in which they find nothing goes out as it came, colours and all.
-    if text.iter().any(|&b| b == 0x1b || (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t')) || b == 0x7f) {
-        let shown = Shown::of(text).text;
-        let mut masked = Vec::new();
-        match profile.scan(&shown, &mut masked, counts) {
-            MaskOutput::Unchanged => out.extend_from_slice(text),
-            MaskOutput::Written => out.extend_from_slice(&masked),
-            MaskOutput::Null => out.extend_from_slice(b"****"),
-        }
-        return;
-    }
-    match profile.scan(text, out, counts) {
-        MaskOutput::Unchanged => out.extend_from_slice(text),
-        MaskOutput::Written => {}
-        // Output cannot be NULL: the whole piece is redacted.
-        MaskOutput::Null => out.extend_from_slice(b"****"),
-    }
+    crate::mask::shown::scan_as_shown(profile, text, out, counts);
 }
 
 #[cfg(test)]
