@@ -687,7 +687,6 @@ fn read_held(c: &HttpCredentials) -> Result<Held, String> {
     }
 }
 
-/// Replaces the held credential in response header values; how many times.
 /// Response headers that describe the message, not data: left to themselves.
 const STRUCTURAL_HEADERS: &[HeaderName] = &[
     header::CONTENT_TYPE,
@@ -727,14 +726,8 @@ fn mask_headers(profile: &crate::mask::Profile, headers: &mut HeaderMap, counts:
 /// backend may send several, and the client applies them all): `identity`
 /// parts drop out; more than one coding left is refused like an unknown one.
 fn content_coding(headers: &HeaderMap) -> Result<Option<Coding>, String> {
-    let codings: Vec<String> = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| {
-            String::from_utf8_lossy(v.as_bytes()).split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>()
-        })
-        .filter(|c| !c.is_empty() && c != "identity")
-        .collect();
+    let codings: Vec<String> =
+        list_tokens(headers, &header::CONTENT_ENCODING).into_iter().filter(|c| c != "identity").collect();
     match codings.as_slice() {
         [] => Ok(None),
         [one] => Coding::of(Some(one)),
@@ -744,15 +737,22 @@ fn content_coding(headers: &HeaderMap) -> Result<Option<Coding>, String> {
 
 /// The first transfer coding other than `chunked` a message names, if any.
 fn transfer_coding(headers: &HeaderMap) -> Option<String> {
+    list_tokens(headers, &header::TRANSFER_ENCODING).into_iter().find(|c| c != "chunked")
+}
+
+/// The comma-separated tokens of every field `name` has, lowercased, empty ones left out.
+fn list_tokens(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
     headers
-        .get_all(header::TRANSFER_ENCODING)
+        .get_all(name)
         .iter()
         .flat_map(|v| {
             String::from_utf8_lossy(v.as_bytes()).split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>()
         })
-        .find(|c| !c.is_empty() && c != "chunked")
+        .filter(|c| !c.is_empty())
+        .collect()
 }
 
+/// Replaces the held credential in response header values; how many times.
 fn scrub_headers(n: &body::Needles, headers: &mut HeaderMap) -> u64 {
     let mut hits = 0;
     for v in headers.values_mut() {
