@@ -300,6 +300,11 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
         assert_eq!(seen["headers"]["authorization"], format!("Bearer {HELD_TOKEN}"), "{seen}");
         assert!(seen["headers"].get("range").is_none(), "{seen}");
     }
+    // Kubernetes impersonation headers never ride on the held credential.
+    let args = ["-sS", "-H", "Impersonate-User: admin", "-H", "Impersonate-Group: system:masters"];
+    let _ = curl(&w, &w.eve, &[&args[..], &[format!("{base}/api/v1/orders/7").as_str()][..]].concat());
+    let seen = w.api.requests().last().unwrap().clone();
+    assert!(seen["headers"].as_object().is_some_and(|h| !h.keys().any(|k| k.starts_with("impersonate"))), "{seen}");
     // A backend that keeps requests and shows them later (a request log):
     // eve's request with her own token gets back the one before it, which
     // carried the held token — that response is searched too.

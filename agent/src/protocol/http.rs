@@ -400,6 +400,18 @@ impl Shared {
                 if !(rule.http.pass_client_auth && client_sent) {
                     parts.headers.insert(held.name.clone(), held.value.clone());
                     cred_note.push(format!("{} injected", held.label));
+                    // Kubernetes impersonation (`Impersonate-User: …`, `-Group`,
+                    // `-Uid`, `-Extra-*`) under the held credential would act as
+                    // someone else with that credential's right to impersonate:
+                    // the client's are dropped.
+                    let asked: Vec<HeaderName> =
+                        parts.headers.keys().filter(|k| k.as_str().starts_with("impersonate-")).cloned().collect();
+                    if !asked.is_empty() {
+                        for k in &asked {
+                            parts.headers.remove(k);
+                        }
+                        cred_note.push("client impersonation headers stripped".into());
+                    }
                 }
                 scrub = held.needles.clone();
             }
