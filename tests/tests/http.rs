@@ -300,6 +300,12 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
         assert_eq!(seen["headers"]["authorization"], format!("Bearer {HELD_TOKEN}"), "{seen}");
         assert!(seen["headers"].get("range").is_none(), "{seen}");
     }
+    // A path override (IIS, Symfony route by it): refused, never forwarded.
+    let before = w.api.requests().len();
+    let args = ["-sS", "-H", "X-Original-URL: /admin/users", "-w", "\n%{http_code}"];
+    let (out, _) = curl(&w, &w.eve, &[&args[..], &[format!("{base}/api/v1/orders/7").as_str()][..]].concat());
+    assert!(out.ends_with("\n400") && out.contains("path override"), "{out}");
+    assert_eq!(w.api.requests().len(), before, "the override reached the server");
     // Kubernetes impersonation headers never ride on the held credential.
     let args = ["-sS", "-H", "Impersonate-User: admin", "-H", "Impersonate-Group: system:masters"];
     let _ = curl(&w, &w.eve, &[&args[..], &[format!("{base}/api/v1/orders/7").as_str()][..]].concat());

@@ -317,6 +317,14 @@ impl Shared {
             );
             return self.refuse(&pending, StatusCode::BAD_REQUEST, None, &why);
         }
+        // The same for the path: IIS's URL Rewrite and Symfony route by
+        // `X-Original-URL` / `X-Rewrite-URL` in place of the request's path,
+        // which is what the policy decided.
+        if let Some(h) = PATH_OVERRIDES.iter().find(|h| req.headers().contains_key(**h)) {
+            let why =
+                format!("the request names another path in {h} (a path override), which Gatehouse does not accept");
+            return self.refuse(&pending, StatusCode::BAD_REQUEST, None, &why);
+        }
         let body_len = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -698,6 +706,9 @@ fn read_held(c: &HttpCredentials) -> Result<Held, String> {
         }
     }
 }
+
+/// Request headers some servers route by in place of the request's path.
+const PATH_OVERRIDES: &[&str] = &["x-original-url", "x-rewrite-url", "x-original-uri"];
 
 /// Response headers that describe the message, not data: left to themselves.
 const STRUCTURAL_HEADERS: &[HeaderName] = &[
