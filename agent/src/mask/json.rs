@@ -426,7 +426,8 @@ impl JsonMasker {
             return;
         }
         self.scratch.clear();
-        match self.profile.scan(value, &mut self.scratch, &mut self.counts) {
+        // As a terminal shows it (`jq -r` prints a log line's colour codes).
+        match super::shown::scan_shown(&self.profile, value, &mut self.scratch, &mut self.counts) {
             MaskOutput::Unchanged => original(out),
             MaskOutput::Written => push_json_string(&self.scratch, out),
             MaskOutput::Null => out.extend_from_slice(b"null"),
@@ -585,6 +586,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn colour_codes_inside_a_value_do_not_hide_it() {
+        let p = profile();
+        let body = br#"{"msg":"paid \u001b[01;31m\u001b[K4111\u001b[m\u001b[K 1111 1111 1111","ok":"\u001b[32mfine\u001b[0m"}"#;
+        let out = run(&p, None, body, 3).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let digits: String = v["msg"].as_str().unwrap_or_default().chars().filter(char::is_ascii_digit).collect();
+        assert!(!digits.contains("4111111111111111"), "{out}");
+        assert_eq!(v["ok"], "\u{1b}[32mfine\u{1b}[0m", "a value without a finding keeps its codes");
     }
 
     #[test]

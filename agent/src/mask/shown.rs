@@ -10,23 +10,19 @@ use super::{Counts, MaskOutput, Profile};
 /// it goes out masked and without them, otherwise as it came (colours and
 /// all). A piece without control bytes is scanned as it is.
 pub(crate) fn scan_as_shown(profile: &Profile, text: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
-    let controls = text.iter().any(|&b| b == 0x1b || b == 0x7f || (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t')));
-    if controls {
-        let shown = Shown::of(text).text;
-        let mut masked = Vec::new();
-        match profile.scan(&shown, &mut masked, counts) {
-            MaskOutput::Unchanged => out.extend_from_slice(text),
-            MaskOutput::Written => out.extend_from_slice(&masked),
-            MaskOutput::Null => out.extend_from_slice(b"****"),
-        }
-        return;
-    }
-    match profile.scan(text, out, counts) {
+    match scan_shown(profile, text, out, counts) {
         MaskOutput::Unchanged => out.extend_from_slice(text),
         MaskOutput::Written => {}
         // Text cannot be NULL: the whole piece is redacted.
         MaskOutput::Null => out.extend_from_slice(b"****"),
     }
+}
+
+/// [`Profile::scan`] of `text` as it is shown: `Written` leaves in `out` the
+/// shown text, masked; `Unchanged` writes nothing (the caller keeps `text`).
+pub(crate) fn scan_shown(profile: &Profile, text: &[u8], out: &mut Vec<u8>, counts: &mut Counts) -> MaskOutput {
+    let controls = text.iter().any(|&b| b == 0x1b || b == 0x7f || (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t')));
+    if controls { profile.scan(&Shown::of(text).text, out, counts) } else { profile.scan(text, out, counts) }
 }
 
 /// Text as a terminal shows its characters: escape sequences (CSI `ESC [ …

@@ -809,7 +809,8 @@ mod tests {
         assert!(out.starts_with("pay with ") && out.ends_with("today\n"), "{out}");
         // An application's colour codes in a log (`kubectl logs`) do not split a value.
         let mut t = Transform::new(Kind::Text, None, profile(), None);
-        let out = String::from_utf8(run(&mut t, b"paid \x1b[31m4111\x1b[0m 1111 1111 1111\n", 4)).unwrap();
+        let out =
+            String::from_utf8(run(&mut t, b"paid \x1b[01;31m\x1b[K4111\x1b[m\x1b[K 1111 1111 1111\n", 4)).unwrap();
         let digits: String = out.chars().filter(char::is_ascii_digit).collect();
         assert!(!digits.contains("4111111111111111"), "{out:?}");
     }
