@@ -306,6 +306,13 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let (out, _) = curl(&w, &w.eve, &[&args[..], &[format!("{base}/api/v1/orders/7").as_str()][..]].concat());
     assert!(out.ends_with("\n400") && out.contains("path override"), "{out}");
     assert_eq!(w.api.requests().len(), before, "the override reached the server");
+    // A session cookie the backend mints for the held credential stays with Gatehouse.
+    let (out, err) = curl(&w, &w.eve, &["-sS", "-D", "-", &format!("{base}/api/v1/login-cookie")]);
+    assert!(!out.to_ascii_lowercase().contains("set-cookie") && out.ends_with("ok"), "{out}{err}");
+    let rec = http_records(&w.env.db()).into_iter().rev().find(|(_, r, _)| r["target"] == "/api/v1/login-cookie");
+    assert!(
+        rec.is_some_and(|(_, r, _)| r["credentials"].as_str().is_some_and(|c| c.contains("Set-Cookie dropped (2)")))
+    );
     // Kubernetes impersonation headers never ride on the held credential.
     let args = ["-sS", "-H", "Impersonate-User: admin", "-H", "Impersonate-Group: system:masters"];
     let _ = curl(&w, &w.eve, &[&args[..], &[format!("{base}/api/v1/orders/7").as_str()][..]].concat());

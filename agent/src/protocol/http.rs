@@ -401,6 +401,7 @@ impl Shared {
         // requests (a request log, a stored webhook) would hand an earlier
         // request's credential to one that sent the client's own.
         let mut scrub = None;
+        let mut injected = false;
         match self.held().await {
             Ok(None) => {}
             Ok(Some(held)) => {
@@ -408,6 +409,7 @@ impl Shared {
                 if !(rule.http.pass_client_auth && client_sent) {
                     parts.headers.insert(held.name.clone(), held.value.clone());
                     cred_note.push(format!("{} injected", held.label));
+                    injected = true;
                     // Kubernetes impersonation (`Impersonate-User: …`, `-Group`,
                     // `-Uid`, `-Extra-*`) under the held credential would act as
                     // someone else with that credential's right to impersonate:
@@ -519,6 +521,15 @@ impl Shared {
             return self.bad_gateway(&pending, &why);
         }
         strip_hop_by_hop(resp.headers_mut(), false);
+        // A cookie the backend sets in answer to the held credential is a
+        // credential of its own (a session of the service identity), usable
+        // wherever the backend is reachable: it stays here.
+        if injected && resp.headers().contains_key(header::SET_COOKIE) {
+            let n = resp.headers().get_all(header::SET_COOKIE).iter().count();
+            resp.headers_mut().remove(header::SET_COOKIE);
+            let note = format!("backend Set-Cookie dropped ({n})");
+            pending.credentials = Some(pending.credentials.take().map_or(note.clone(), |c| format!("{c}; {note}")));
+        }
         let mut scrubbed_headers = 0;
         if let Some(n) = &scrub {
             if status == StatusCode::PARTIAL_CONTENT {

@@ -122,6 +122,9 @@ class H(http.server.BaseHTTPRequestHandler):
             z = gzip.compress(json.dumps(rec["headers"]).encode())
             self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(z), z))
             return
+        if path.endswith("/login-cookie"):
+            # A session cookie minted for whoever the Authorization says.
+            return self.reply(200, b"ok", "text/plain", None, [("set-cookie", "sid=minted-for-the-token; HttpOnly"), ("set-cookie", "pref=1")])
         if path.endswith("/reason"):
             # The status line's reason phrase echoes the Authorization.
             self.send_response(200, self.headers.get("authorization", ""))
