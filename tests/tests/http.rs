@@ -159,6 +159,11 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let url = |q: &str| format!("{base}/api/v1/orders/7?{q}");
     let (out, err) = curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", &url("utf16=1")]);
     assert!(out.contains("charset utf-16 cannot be masked") && out.ends_with("\n502"), "{out}{err}");
+    // A page that writes each group of the card in its own span: found in the rendered text
+    // (that line goes out as text, its markup lost).
+    let (out, err) = curl(&w, &w.ida, &["-sS", &url("html=1")]);
+    let digits: String = out.chars().filter(char::is_ascii_digit).collect();
+    assert!(out.contains("****1111") && !digits.contains("4111111111111111"), "{out}{err}");
     let (out, err) = curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", &url("ct2=1")]);
     assert!(out.contains("more than one Content-Type") && out.ends_with("\n502"), "{out}{err}");
     // Two Host fields (an upstream routing on the last would reach another service): 400, not forwarded.

@@ -609,11 +609,13 @@ impl Shared {
                         return self.bad_gateway(&pending, &why);
                     }
                 };
+                let markup = body::is_markup(ct);
                 if !is_head {
                     resp.headers_mut().remove(header::CONTENT_LENGTH);
                 }
                 let t = Transform::new(kind, coding, profile.clone(), fields.clone()).with_scrub(scrub.clone());
-                Some(if utf8 { t } else { t.single_byte_text() })
+                let t = if utf8 { t } else { t.single_byte_text() };
+                Some(if markup { t.markup_text() } else { t })
             }
         };
         let (parts, body) = resp.into_parts();

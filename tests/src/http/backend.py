@@ -70,6 +70,11 @@ class H(http.server.BaseHTTPRequestHandler):
             return self.reply(200, json.dumps(seen[-2] if len(seen) > 1 else {}).encode(), "application/json")
         if path.startswith("/api/v1/orders"):
             n = 20000 if "big=1" in self.path else 1
+            if "html=1" in self.path:
+                # A card as a web page formats it: each group in its own span.
+                groups = order(7)["customer"]["card"].split()
+                spans = " ".join("<span>%s</span>" % g for g in groups)
+                return self.reply(200, ("<table><tr><td>%s</td></tr></table>\n" % spans).encode(), "text/html; charset=utf-8")
             if "hidden_gz=1" in self.path:
                 # gzip bytes labelled as plain text (no content coding): the user can gunzip them.
                 return self.reply(200, gzip.compress(json.dumps(order(7)).encode()), "text/plain")

@@ -103,6 +103,12 @@ pub fn charset(content_type: Option<&str>) -> Result<bool, String> {
     }
 }
 
+/// HTML or XML, whose text a reader sees rendered.
+pub fn is_markup(content_type: Option<&str>) -> bool {
+    let mime = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "text/html" || mime.ends_with("/xml") || mime.ends_with("+xml")
+}
+
 /// What a masked text body is checked for as it streams: a NUL byte (no
 /// text has one; UTF-16 and compressed bytes do), a UTF-16 byte order mark
 /// at the start, and bytes that are not UTF-8 (unless the charset is a
@@ -110,6 +116,8 @@ pub fn charset(content_type: Option<&str>) -> Result<bool, String> {
 #[derive(Debug, Default)]
 struct TextCheck {
     single_byte: bool,
+    /// HTML or XML: values are also looked for in the text as rendered.
+    markup: bool,
     /// The body's first bytes, up to 2, for the byte order mark.
     head: Vec<u8>,
     /// An unfinished UTF-8 sequence at the end of the last chunk.
@@ -208,6 +216,17 @@ impl Transform {
             Kind::Form => Masker::Form { profile, buf: Vec::new(), counts: Counts::default() },
         };
         Self { coding: Self::coding(coding), masker: Some(masker), scrub: None }
+    }
+
+    /// An HTML or XML body: a value the page shows whole but writes with
+    /// markup inside (`4111 <span>1111</span>…`, `&#52;111`) is looked for
+    /// in the rendered text too.
+    #[must_use]
+    pub fn markup_text(mut self) -> Self {
+        if let Some(Masker::Text { check, .. }) = &mut self.masker {
+            check.markup = true;
+        }
+        self
     }
 
     /// A text body in a single-byte charset (`iso-8859-1`, `windows-1252`):
@@ -388,7 +407,7 @@ impl Masker {
                 };
                 if cut > 0 {
                     let rest = carry.split_off(cut);
-                    scan_into(profile, carry, out, counts);
+                    scan_text(profile, carry, check.markup, out, counts);
                     *carry = rest;
                 }
             }
@@ -408,7 +427,7 @@ impl Masker {
             Self::Text { profile, carry, counts, check } => {
                 check.finish()?;
                 let rest = std::mem::take(carry);
-                scan_into(profile, &rest, out, counts);
+                scan_text(profile, &rest, check.markup, out, counts);
             }
             Self::Form { profile, buf, counts } => {
                 let text = std::str::from_utf8(buf).map_err(|_| BodyError::BadForm)?;
@@ -436,6 +455,89 @@ impl Masker {
         }
         Ok(())
     }
+}
+
+/// A piece of a text body through the detectors. Markup (HTML, XML) is
+/// also read as rendered — tags and comments out, character references
+/// decoded — and when that finds more, the piece goes out as the rendered
+/// text, masked (its markup lost: the safe side).
+fn scan_text(profile: &Profile, text: &[u8], markup: bool, out: &mut Vec<u8>, counts: &mut Counts) {
+    if !markup || !text.iter().any(|&b| b == b'<' || b == b'&') {
+        return scan_into(profile, text, out, counts);
+    }
+    let (mut as_is, mut as_is_counts) = (Vec::new(), Counts::default());
+    scan_into(profile, text, &mut as_is, &mut as_is_counts);
+    let rendered = render_markup(text);
+    let (mut shown, mut shown_counts) = (Vec::new(), Counts::default());
+    scan_into(profile, &rendered, &mut shown, &mut shown_counts);
+    if shown_counts.total() > as_is_counts.total() {
+        out.extend_from_slice(&shown);
+        counts.merge(&shown_counts);
+    } else {
+        out.extend_from_slice(&as_is);
+        counts.merge(&as_is_counts);
+    }
+}
+
+/// Markup as a reader sees its text: tags, comments and CDATA brackets
+/// removed, character references (`&#52;`, `&#x34;`, `&amp;`, `&nbsp;`…) decoded.
+fn render_markup(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while let Some(&b) = text.get(i) {
+        let rest = text.get(i..).unwrap_or_default();
+        if rest.starts_with(b"<!--") {
+            i += memchr::memmem::find(rest, b"-->").map_or(rest.len(), |e| e + 3);
+        } else if rest.starts_with(b"<![CDATA[") {
+            i += 9;
+        } else if rest.starts_with(b"]]>") {
+            i += 3;
+        } else if b == b'<'
+            && rest.get(1).is_some_and(|c| c.is_ascii_alphabetic() || *c == b'/' || *c == b'!' || *c == b'?')
+        {
+            i += memchr::memchr(b'>', rest).map_or(rest.len(), |e| e + 1);
+        } else if b == b'&' {
+            match char_reference(rest) {
+                Some((c, len)) => {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    i += len;
+                }
+                None => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The character a reference at the start of `rest` stands for, and its length.
+fn char_reference(rest: &[u8]) -> Option<(char, usize)> {
+    let end = rest.iter().take(12).position(|&c| c == b';')?;
+    let name = std::str::from_utf8(rest.get(1..end)?).ok()?;
+    let c = if let Some(num) = name.strip_prefix('#') {
+        let n = match num.strip_prefix(['x', 'X']) {
+            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+            None => num.parse::<u32>().ok()?,
+        };
+        char::from_u32(n)?
+    } else {
+        match name {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            "nbsp" | "ensp" | "emsp" | "thinsp" => ' ',
+            _ => return None,
+        }
+    };
+    Some((c, end + 1))
 }
 
 /// Text bodies are scanned as a terminal shows them (`kubectl logs`, `curl`
@@ -813,6 +915,29 @@ mod tests {
             String::from_utf8(run(&mut t, b"paid \x1b[01;31m\x1b[K4111\x1b[m\x1b[K 1111 1111 1111\n", 4)).unwrap();
         let digits: String = out.chars().filter(char::is_ascii_digit).collect();
         assert!(!digits.contains("4111111111111111"), "{out:?}");
+    }
+
+    /// A value a page shows whole but writes with markup inside is found in
+    /// the rendered text; a page without such a value keeps its markup.
+    #[test]
+    fn markup_inside_a_value_does_not_hide_it() {
+        for page in [
+            &b"<td><span>4111</span> <span>1111</span> <span>1111</span> <span>1111</span></td>\n"[..],
+            b"<p>card &#52;111 1111 1111 1111</p>\n",
+            b"<p>ann<!-- x -->&#64;example.com</p>\n",
+            b"<card><![CDATA[4111]]> 1111 1111 1111</card>\n",
+        ] {
+            let mut t = Transform::new(Kind::Text, None, profile(), None).markup_text();
+            let out = String::from_utf8(run(&mut t, page, 7)).unwrap();
+            let digits: String = out.chars().filter(char::is_ascii_digit).collect();
+            assert!(!digits.contains("4111111111111111") && !out.contains("ann@"), "{out}");
+        }
+        let plain = b"<p class=\"x\">Hello &amp; welcome</p>\n<td>4111 1111 1111 1111</td>\n";
+        let mut t = Transform::new(Kind::Text, None, profile(), None).markup_text();
+        let out = String::from_utf8(run(&mut t, plain, 5)).unwrap();
+        assert!(out.starts_with("<p class=\"x\">Hello &amp; welcome</p>\n<td>") && !out.contains("4111 1111"), "{out}");
+        assert!(is_markup(Some("text/html; charset=utf-8")) && is_markup(Some("application/atom+xml")));
+        assert!(!is_markup(Some("text/plain")));
     }
 
     /// Text the client would decode otherwise than the detectors read it is
