@@ -103,10 +103,11 @@ pub fn charset(content_type: Option<&str>) -> Result<bool, String> {
     }
 }
 
-/// HTML or XML, whose text a reader sees rendered.
+/// HTML or XML, whose text a reader sees rendered — or no type at all,
+/// which browsers sniff (and may render as HTML).
 pub fn is_markup(content_type: Option<&str>) -> bool {
     let mime = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    mime == "text/html" || mime.ends_with("/xml") || mime.ends_with("+xml")
+    mime.is_empty() || mime == "text/html" || mime.ends_with("/xml") || mime.ends_with("+xml")
 }
 
 /// What a masked text body is checked for as it streams: a NUL byte (no
@@ -937,7 +938,7 @@ mod tests {
         let out = String::from_utf8(run(&mut t, plain, 5)).unwrap();
         assert!(out.starts_with("<p class=\"x\">Hello &amp; welcome</p>\n<td>") && !out.contains("4111 1111"), "{out}");
         assert!(is_markup(Some("text/html; charset=utf-8")) && is_markup(Some("application/atom+xml")));
-        assert!(!is_markup(Some("text/plain")));
+        assert!(!is_markup(Some("text/plain")) && is_markup(None) && is_markup(Some("")));
     }
 
     /// Text the client would decode otherwise than the detectors read it is
