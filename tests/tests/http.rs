@@ -112,6 +112,25 @@ mask = "cards"
     World { env, api, ws, ana, eve, ida }
 }
 
+/// The newest `http` record whose target ends with `target` and that
+/// satisfies `done`: the record is written when the response body ends,
+/// which can be just after the client has read it, so it is waited for (5 s).
+fn record_for(w: &World, target: &str, done: impl Fn(&Value) -> bool) -> Option<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let recs = http_records(&w.env.db());
+        let found = recs
+            .into_iter()
+            .rev()
+            .find(|(k, r, _)| k == "http" && r["target"].as_str().is_some_and(|t| t.ends_with(target)))
+            .map(|(_, r, _)| r);
+        if found.as_ref().is_some_and(&done) || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn curl(w: &World, user: &str, args: &[&str]) -> (String, String) {
     let o = w.env.run_as(user, None, Path::new("/usr/bin/curl"), args);
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
@@ -192,13 +211,9 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     for (query, why) in [("bom=1", "byte order mark"), ("hidden_gz=1", "NUL byte")] {
         let (out, err) = curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", &url(query)]);
         assert!(!out.contains("4\u{0}1\u{0}1") && !out.contains('\u{1f}') && !err.is_empty(), "{query}: {out}{err}");
-        let recs = http_records(&w.env.db());
-        let rec = recs.iter().rev().find(|(_, r, _)| r["target"].as_str().is_some_and(|t| t.ends_with(query)));
-        assert!(
-            rec.is_some_and(|(_, r, _)| r["error"].as_str().is_some_and(|e| e.contains(why))),
-            "{query}: {rec:?}\n{}",
-            w.env.agent_log()
-        );
+        let has_why = |r: &Value| r["error"].as_str().is_some_and(|e| e.contains(why));
+        let rec = record_for(&w, query, has_why);
+        assert!(rec.as_ref().is_some_and(has_why), "{query}: {rec:?}\n{}", w.env.agent_log());
     }
     // What the client saw: cards and e-mails by the detectors, the field rules' values.
     assert_eq!(body["id"], 7);
@@ -314,10 +329,9 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     // A session cookie the backend mints for the held credential stays with Gatehouse.
     let (out, err) = curl(&w, &w.eve, &["-sS", "-D", "-", &format!("{base}/api/v1/login-cookie")]);
     assert!(!out.to_ascii_lowercase().contains("set-cookie") && out.ends_with("ok"), "{out}{err}");
-    let rec = http_records(&w.env.db()).into_iter().rev().find(|(_, r, _)| r["target"] == "/api/v1/login-cookie");
-    assert!(
-        rec.is_some_and(|(_, r, _)| r["credentials"].as_str().is_some_and(|c| c.contains("Set-Cookie dropped (2)")))
-    );
+    let dropped = |r: &Value| r["credentials"].as_str().is_some_and(|c| c.contains("Set-Cookie dropped (2)"));
+    let rec = record_for(&w, "/api/v1/login-cookie", dropped);
+    assert!(rec.as_ref().is_some_and(dropped), "{rec:?}");
     // Kubernetes impersonation headers never ride on the held credential.
     let args = ["-sS", "-H", "Impersonate-User: admin", "-H", "Impersonate-Group: system:masters"];
     let _ = curl(&w, &w.eve, &[&args[..], &[format!("{base}/api/v1/orders/7").as_str()][..]].concat());
