@@ -459,24 +459,25 @@ impl Masker {
 }
 
 /// A piece of a text body through the detectors. Markup (HTML, XML) is
-/// also read as rendered — tags and comments out, character references
-/// decoded — and when that finds more, the piece goes out as the rendered
-/// text, masked (its markup lost: the safe side).
+/// masked as written, and that result is kept only if its rendered text —
+/// tags and comments out, character references decoded, what a reader
+/// sees — holds nothing the detectors find; otherwise the piece goes out as
+/// its rendered text, masked (its markup lost: the safe side). Comparing
+/// counts would not do: a value in an attribute (raw only) can hide one
+/// that only the rendered text shows.
 fn scan_text(profile: &Profile, text: &[u8], markup: bool, out: &mut Vec<u8>, counts: &mut Counts) {
     if !markup || !text.iter().any(|&b| b == b'<' || b == b'&') {
         return scan_into(profile, text, out, counts);
     }
     let (mut as_is, mut as_is_counts) = (Vec::new(), Counts::default());
     scan_into(profile, text, &mut as_is, &mut as_is_counts);
-    let rendered = render_markup(text);
-    let (mut shown, mut shown_counts) = (Vec::new(), Counts::default());
-    scan_into(profile, &rendered, &mut shown, &mut shown_counts);
-    if shown_counts.total() > as_is_counts.total() {
-        out.extend_from_slice(&shown);
-        counts.merge(&shown_counts);
-    } else {
+    let (mut probe, mut probe_counts) = (Vec::new(), Counts::default());
+    let seen = crate::mask::shown::scan_shown(profile, &render_markup(&as_is), &mut probe, &mut probe_counts);
+    if matches!(seen, MaskOutput::Unchanged) {
         out.extend_from_slice(&as_is);
         counts.merge(&as_is_counts);
+    } else {
+        scan_into(profile, &render_markup(text), out, counts);
     }
 }
 
@@ -927,16 +928,24 @@ mod tests {
             b"<p>card &#52;111 1111 1111 1111</p>\n",
             b"<p>ann<!-- x -->&#64;example.com</p>\n",
             b"<card><![CDATA[4111]]> 1111 1111 1111</card>\n",
+            // A finding in an attribute (raw) and another only the rendered text shows.
+            b"<a href=\"mailto:ann@example.com\">mail</a> <span>4111</span> 1111 1111 1111\n",
         ] {
             let mut t = Transform::new(Kind::Text, None, profile(), None).markup_text();
             let out = String::from_utf8(run(&mut t, page, 7)).unwrap();
             let digits: String = out.chars().filter(char::is_ascii_digit).collect();
             assert!(!digits.contains("4111111111111111") && !out.contains("ann@"), "{out}");
         }
-        let plain = b"<p class=\"x\">Hello &amp; welcome</p>\n<td>4111 1111 1111 1111</td>\n";
+        let plain = b"<p class=\"x\">Hello &amp; welcome</p>\n<td>4111 1111 1111 1111 ann@example.com</td>\n";
         let mut t = Transform::new(Kind::Text, None, profile(), None).markup_text();
         let out = String::from_utf8(run(&mut t, plain, 5)).unwrap();
-        assert!(out.starts_with("<p class=\"x\">Hello &amp; welcome</p>\n<td>") && !out.contains("4111 1111"), "{out}");
+        assert!(
+            out.starts_with("<p class=\"x\">Hello &amp; welcome</p>\n<td>")
+                && out.ends_with("</td>\n")
+                && !out.contains("4111 1111")
+                && !out.contains("ann@"),
+            "{out}"
+        );
         assert!(is_markup(Some("text/html; charset=utf-8")) && is_markup(Some("application/atom+xml")));
         assert!(!is_markup(Some("text/plain")) && is_markup(None) && is_markup(Some("")));
     }
