@@ -247,6 +247,66 @@ impl fmt::Display for TableRef {
     }
 }
 
+impl TableRef {
+    /// The name as audit records list it: like [`fmt::Display`], but a part
+    /// holding what separates names in a list (`,` `.` `"`, white space,
+    /// control characters) or nothing is double-quoted, PostgreSQL's way, so a
+    /// table named `x,public.salaries` cannot read as two tables, one of them
+    /// another schema's.
+    pub fn recorded(&self) -> String {
+        fn part(out: &mut String, s: &str) {
+            let plain = !s.is_empty()
+                && !s.chars().any(|c| matches!(c, ',' | '.' | '"') || c.is_whitespace() || c.is_control());
+            if plain {
+                out.push_str(s);
+            } else {
+                out.push('"');
+                out.push_str(&s.replace('"', "\"\""));
+                out.push('"');
+            }
+        }
+        let mut out = String::with_capacity(self.name.len() + self.schema.as_ref().map_or(0, |s| s.len() + 1));
+        if let Some(schema) = &self.schema {
+            part(&mut out, schema);
+            out.push('.');
+        }
+        part(&mut out, &self.name);
+        out
+    }
+}
+
+/// The tables of a statement record: each [`TableRef::recorded`], joined by `,`.
+pub fn recorded_tables<'a>(tables: impl IntoIterator<Item = &'a TableRef>) -> String {
+    let mut out = String::new();
+    for t in tables {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&t.recorded());
+    }
+    out
+}
+
+/// The names of a record's `tables` list, split at the commas outside quotes
+/// (names stay as recorded, quotes included).
+pub fn split_recorded_tables(list: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in list.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(list.get(start..i).unwrap_or_default().trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(list.get(start..).unwrap_or_default().trim());
+    out.retain(|t| !t.is_empty());
+    out
+}
+
 /// One classified statement of a query string.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Statement {
@@ -1248,6 +1308,24 @@ mod tests {
 
     fn reads(sql: &str) -> Vec<TableRef> {
         one(sql).reads
+    }
+
+    #[test]
+    fn recorded_table_lists_cannot_be_forged_by_a_table_name() {
+        // A table a user may create, named to read as another schema's table
+        // in a comma-joined list, is quoted there; ordinary names are not.
+        let s = one(r#"SELECT * FROM scratch."x,public.salaries", "Mixed Case", orders, "a""b", "tab	name""#);
+        let list = recorded_tables(&s.reads);
+        assert_eq!(list, r#"scratch."x,public.salaries","Mixed Case",orders,"a""b","tab	name""#);
+        assert_eq!(
+            split_recorded_tables(&list),
+            [r#"scratch."x,public.salaries""#, r#""Mixed Case""#, "orders", r#""a""b""#, "\"tab\tname\""]
+        );
+        // Not one of them reads as public.salaries.
+        assert!(!split_recorded_tables(&list).contains(&"public.salaries"));
+        assert_eq!(recorded_tables(&tables(&["public.t", "t"])), "public.t,t");
+        assert_eq!(split_recorded_tables("public.t, t,"), ["public.t", "t"]);
+        assert_eq!(TableRef { schema: Some("a.b".into()), name: String::new() }.recorded(), r#""a.b"."""#);
     }
 
     fn writes(sql: &str) -> Vec<TableRef> {

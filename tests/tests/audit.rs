@@ -219,6 +219,11 @@ fn replay_export_and_per_user_access() {
     let bob = env.user("bob", &[&team]);
     let pg = PgServer::start(&env.dir, &loopback(73), free_port(), "");
     pg.admin_db("appdb", &format!("CREATE TABLE fruit (id int, name text); INSERT INTO fruit VALUES (1, 'apple'), (2, 'pear'); ALTER TABLE fruit OWNER TO {};", pg::APP_ROLE));
+    // A table named to read as another schema's table in a list of names.
+    pg.admin_db(
+        "appdb",
+        &format!("CREATE TABLE \"x,hr.salaries\" (n int); ALTER TABLE \"x,hr.salaries\" OWNER TO {};", pg::APP_ROLE),
+    );
     let secret = pg::password_file(&env.dir, "s.secret", pg::APP_PASSWORD);
     let policy = format!(
         "[[backend]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"{}\"\ntls = \"off\"\ncredentials = {{ user = \"{}\", password_file = \"{}\" }}\n\n\
@@ -258,6 +263,18 @@ fn replay_export_and_per_user_access() {
         .filter_map(|s| s["id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(ana_sessions.len(), 3, "{:#?}", env.sessions());
+    let forged = r#"SELECT n FROM "x,hr.salaries""#;
+    env.run_as(
+        &bob,
+        None,
+        Path::new("/usr/bin/psql"),
+        &["-h", &pg.host, "-p", &port, "-d", "appdb", "-X", "-c", forged],
+    );
+    let st = env.statements(None);
+    let rec = st.iter().find(|s| s["text"] == forged).unwrap_or_else(|| panic!("recorded: {st:#?}"));
+    assert_eq!(rec["decision"], "allow", "{rec}");
+    // The record names one table, which is not hr.salaries.
+    assert_eq!(rec["tables"], r#"public."x,hr.salaries""#, "{rec}");
 
     // Root replays a session: the statement, the rows as psql showed them.
     let ctl = env.control().display().to_string();
@@ -316,6 +333,12 @@ fn replay_export_and_per_user_access() {
         "{}",
         &ocsf[..ocsf.len().min(400)]
     );
+    let ev: Value = ocsf
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["query_info"]["query_string"] == forged)
+        .unwrap_or_else(|| panic!("no OCSF event for {forged}"));
+    assert_eq!(ev["table"]["name"], r#"public."x,hr.salaries""#, "{ev}");
     let (ok, t) = verify(&env, &bundle, &["--pubkey", &pubkey]);
     assert!(ok, "{t}");
     let records = bundle.join("records.jsonl");

@@ -291,6 +291,7 @@ impl Rule {
         if self.catalog != super::CatalogAccess::All
             && let Some(t) = s.sensitive.first()
         {
+            let t = t.recorded();
             return Some(format!(
                 "catalog relation {t} needs catalog = \"all\" (it holds statistics, activity, secrets or configuration); the rule has catalog = \"{}\"",
                 self.catalog.name()
@@ -299,6 +300,7 @@ impl Rule {
         if self.catalog == super::CatalogAccess::None
             && let Some(t) = s.reads.iter().find(|t| is_catalog(t))
         {
+            let t = t.recorded();
             return Some(format!("catalog relation {t} is not readable under catalog = \"none\""));
         }
         // Tables read through views count for deny_tables: a view over a denied table is denied.
@@ -309,7 +311,7 @@ impl Rule {
             } else {
                 ""
             };
-            return Some(format!("table {t} is in its deny_tables{how}"));
+            return Some(format!("table {} is in its deny_tables{how}", t.recorded()));
         }
         // Catalog relations read are governed by `catalog`, not `tables`.
         let listed = || s.reads.iter().filter(|t| !is_catalog(t)).chain(&s.writes);
@@ -317,7 +319,7 @@ impl Rule {
             && let Some(t) = listed().find(|t| !self.tables.iter().any(|p| p.matches(t, false)))
         {
             let list: Vec<String> = self.tables.iter().map(ToString::to_string).collect();
-            return Some(format!("table {t} is not in its tables [{}]", list.join(", ")));
+            return Some(format!("table {} is not in its tables [{}]", t.recorded(), list.join(", ")));
         }
         None
     }

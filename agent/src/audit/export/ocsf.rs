@@ -502,7 +502,7 @@ impl OcsfMapper {
         }
         let db = o.and_then(|o| o.backend.clone()).unwrap_or_else(|| "unknown".into());
         e.insert("database".into(), json!({ "name": db, "type_id": 1, "type": "Relational" }));
-        if let Some(t) = s.tables.split(',').map(str::trim).find(|t| !t.is_empty()) {
+        if let Some(t) = crate::sql::split_recorded_tables(&s.tables).first() {
             e.insert("table".into(), json!({ "name": t }));
         }
         e.insert(

@@ -960,7 +960,7 @@ fn kinds_text(s: &Statement) -> String {
 }
 
 fn tables_text(s: &Statement) -> String {
-    s.reads.iter().chain(&s.writes).map(ToString::to_string).collect::<Vec<_>>().join(",")
+    sql::recorded_tables(s.reads.iter().chain(&s.writes))
 }
 
 /// A statement's text as recorded: secrets removed, literals replaced on
