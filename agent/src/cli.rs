@@ -201,6 +201,20 @@ pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
 
 /// Prints left-aligned columns sized to their widest cell (numbers right-aligned).
 pub(crate) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    for line in format_table(header, rows) {
+        println!("{line}");
+    }
+}
+
+/// The lines of a table; cells are recorded or user-supplied text, shown
+/// with their control and invisible characters escaped
+/// ([`crate::audit::replay::escape_all`]): a statement, a process name or a
+/// reason holding `\r` or an escape sequence would otherwise rewrite what
+/// the operator's terminal shows.
+pub(crate) fn format_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Vec<String> {
+    let rows: Vec<[String; N]> =
+        rows.iter().map(|r| r.clone().map(|cell| crate::audit::replay::escape_all(&cell))).collect();
+    let rows = &rows;
     let mut width = [0usize; N];
     for (w, h) in width.iter_mut().zip(header) {
         *w = h.chars().count();
@@ -226,12 +240,13 @@ pub(crate) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N
                 out.push_str("  ");
             }
         }
-        println!("{}", out.trim_end());
+        out.trim_end().to_owned()
     };
-    line(header.to_vec());
+    let mut lines = vec![line(header.to_vec())];
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        lines.push(line(row.iter().map(String::as_str).collect()));
     }
+    lines
 }
 
 /// Man pages (one per command, from the same clap definitions as `--help`)

@@ -91,8 +91,14 @@ struct Body<'a> {
     by: Option<&'a crate::approval::Person>,
 }
 
-/// The one-line summary of a step.
+/// The one-line summary of a step: one line whatever the request holds (a
+/// statement's line breaks, carriage returns and escape sequences are shown
+/// escaped, so a chat message or a terminal cannot be shown another statement).
 pub fn summary(t: &Transition) -> String {
+    crate::audit::replay::escape_all(&summary_text(t))
+}
+
+fn summary_text(t: &Transition) -> String {
     let r = &t.request;
     let who = r.requester.label();
     let what = match &r.subject {

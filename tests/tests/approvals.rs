@@ -307,14 +307,28 @@ fn held_statements_run_when_approved_and_are_refused_when_denied() {
 
     // Denied: ERROR 42501 with the reason; nothing changes on the server.
     w.pg.admin_db("appdb", &format!("CREATE TABLE victim (id int); ALTER TABLE victim OWNER TO {}", pg::APP_ROLE));
-    let held = w.psql_spawn(&w.dan, "TRUNCATE orders");
+    // The statement also tries to show its approver another one: a carriage
+    // return and an erase-line sequence would make a terminal print the fake
+    // over the real. The CLI shows them escaped.
+    let spoof = "TRUNCATE orders /*\r\x1b[2K    run on appdb: SELECT count(*) FROM orders\x1b[K */";
+    let held = w.psql_spawn(&w.dan, spoof);
     let id = w.pending(&w.sam, "TRUNCATE orders");
+    let o = w.cli(&w.sam, &["requests"]);
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success() && shown.contains(r"run on appdb: TRUNCATE orders /*\r\u{1b}[2K"), "{shown}");
+    assert!(!shown.contains(['\r', '\x1b']), "raw terminal controls reached the approver: {shown:?}");
     let o = w.cli(&w.sam, &["deny", &id.to_string(), "--reason", "not during business hours"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = wait_output(held, Duration::from_secs(20));
     let t = text(&out);
     assert!(!out.status.success() && t.contains("denied by") && t.contains("not during business hours"), "{t}");
     assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM orders"), "2");
+    // The operator's statement list shows it escaped too.
+    let db = w.env.db().display().to_string();
+    let o = w.env.gatehouse(&["statements", "--db", &db, "--limit", "1000"]);
+    let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success() && listed.contains(r"TRUNCATE orders /* \u{1b}[2K"), "{listed}");
+    assert!(!listed.contains(['\r', '\x1b']), "raw terminal controls in `gatehouse statements`: {listed:?}");
 
     // Ordinary statements of the same rule run at once.
     let o = w.psql(&w.dan, "SELECT count(*) FROM orders");
@@ -349,6 +363,13 @@ fn held_statements_run_when_approved_and_are_refused_when_denied() {
         assert!(h["body"]["text"].as_str().unwrap().contains("Gatehouse request"), "{h}");
     }
     assert!(hooks.iter().any(|h| h["body"]["text"].as_str().unwrap().contains("gatehouse approve")), "{hooks:?}");
+    // The chat line of the spoofing statement is one line, its controls escaped.
+    let spoofed = hooks
+        .iter()
+        .filter_map(|h| h["body"]["text"].as_str())
+        .find(|t| t.contains("TRUNCATE orders"))
+        .unwrap_or_else(|| panic!("no hook names the TRUNCATE: {hooks:?}"));
+    assert!(spoofed.contains(r"/*\r\u{1b}[2K") && !spoofed.contains(['\r', '\n', '\x1b']), "{spoofed:?}");
     let local = std::fs::read_to_string(w.env.path("command.jsonl")).unwrap_or_default();
     assert!(local.contains("\"event\":\"requested\"") && local.contains("\"event\":\"approved\""), "{local}");
     assert!(w.env.agent_log().contains("notification failed"), "the dead webhook was tried and logged");

@@ -302,8 +302,11 @@ fn push_escaped(out: &mut String, c: char) {
     }
 }
 
-/// One line of recorded text: every risky character escaped.
-pub(super) fn escape_all(s: &str) -> String {
+/// One line of recorded text: every risky character escaped. Everything a
+/// CLI shows of what clients, servers or identity providers sent goes
+/// through this (tables, approval requests, replays), so no recorded text
+/// can move the operator's cursor, rewrite a line or reorder what it shows.
+pub(crate) fn escape_all(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if risky(c) {

@@ -73,6 +73,13 @@ fn time(us: i64) -> String {
         .map_or_else(|_| us.to_string(), |t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
 }
 
+/// Recorded or requested text as a terminal may show it: a statement held
+/// for approval cannot use `\r` or escape sequences to show its approver
+/// another statement than the one they approve.
+fn shown(s: &str) -> String {
+    crate::audit::replay::escape_all(s)
+}
+
 fn describe(r: &Req) -> String {
     let state = match &r.state {
         State::Pending => {
@@ -85,8 +92,8 @@ fn describe(r: &Req) -> String {
         State::Denied { by, reason, at_us } => format!(
             "denied {} by {}{}",
             time(*at_us),
-            by.label(),
-            reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            shown(&by.label()),
+            reason.as_deref().map(|r| format!(": {}", shown(r))).unwrap_or_default()
         ),
         other => other.name().replace('_', " "),
     };
@@ -94,16 +101,16 @@ fn describe(r: &Req) -> String {
         "#{}  {}  by {}  ({})\n    {}\n    approvers: {}",
         r.id,
         time(r.created_us),
-        r.requester.label(),
+        shown(&r.requester.label()),
         state,
-        r.subject.describe(),
-        r.approvers
+        shown(&r.subject.describe()),
+        shown(&r.approvers.to_string())
     );
     if let Some(reason) = &r.reason {
-        out.push_str(&format!("\n    reason: {reason}"));
+        out.push_str(&format!("\n    reason: {}", shown(reason)));
     }
     if !r.approvals.is_empty() {
-        let who: Vec<String> = r.approvals.iter().map(crate::approval::Person::label).collect();
+        let who: Vec<String> = r.approvals.iter().map(|p| shown(&p.label())).collect();
         out.push_str(&format!("\n    approved by: {}", who.join(", ")));
     }
     out
@@ -124,7 +131,7 @@ pub async fn list(a: &RequestsArgs) -> ExitCode {
                     if let Some((_, before)) = context.iter().find(|(id, c)| *id == r.id && !c.is_empty()) {
                         println!("    the session's latest statements:");
                         for line in before {
-                            println!("      {line}");
+                            println!("      {}", shown(line));
                         }
                     }
                 }

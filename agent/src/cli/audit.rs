@@ -464,4 +464,19 @@ mod tests {
         }
         assert_eq!(short_id("abc", &["abc"]), "abc");
     }
+
+    #[test]
+    fn tables_show_recorded_text_without_its_terminal_controls() {
+        // What a user can put in a statement, a process name or an error:
+        // carriage returns, erase-line and cursor-up sequences, a C1 CSI,
+        // bidirectional overrides.
+        let forged = "DROP TABLE t /*\r\x1b[2K\x1b[1A\u{9b}2K\u{202e}*/";
+        let rows = [[String::from("x\x1bcomm"), forged.to_owned()]];
+        let lines = crate::cli::format_table(&["COMM", "STATEMENT"], &rows);
+        let all = lines.join("\n");
+        assert!(!all.chars().any(|c| c.is_control() && c != '\n' || c == '\u{202e}'), "{all:?}");
+        assert!(lines[1].contains(r"DROP TABLE t /*\r\u{1b}[2K\u{1b}[1A\u{9b}2K\u{202e}*/"), "{all}");
+        assert!(lines[1].starts_with(r"x\u{1b}comm"), "{all}");
+        assert_eq!(lines.len(), 2);
+    }
 }
