@@ -470,12 +470,12 @@ mod tests {
         // What a user can put in a statement, a process name or an error:
         // carriage returns, erase-line and cursor-up sequences, a C1 CSI,
         // bidirectional overrides.
-        let forged = "DROP TABLE t /*\r\x1b[2K\x1b[1A\u{9b}2K\u{202e}*/";
+        let forged = "DROP TABLE t /*\r\x1b[2K\x1b[1A\u{9b}2K\u{202e}\u{2028}*/";
         let rows = [[String::from("x\x1bcomm"), forged.to_owned()]];
         let lines = crate::cli::format_table(&["COMM", "STATEMENT"], &rows);
         let all = lines.join("\n");
         assert!(!all.chars().any(|c| c.is_control() && c != '\n' || c == '\u{202e}'), "{all:?}");
-        assert!(lines[1].contains(r"DROP TABLE t /*\r\u{1b}[2K\u{1b}[1A\u{9b}2K\u{202e}*/"), "{all}");
+        assert!(lines[1].contains(r"DROP TABLE t /*\r\u{1b}[2K\u{1b}[1A\u{9b}2K\u{202e}\u{2028}*/"), "{all}");
         assert!(lines[1].starts_with(r"x\u{1b}comm"), "{all}");
         assert_eq!(lines.len(), 2);
     }
