@@ -16,7 +16,7 @@ fn statement(session: SessionId, seq: u64) -> Event {
         text: format!("SELECT abalance FROM pgbench_accounts WHERE aid = {seq}"),
         kinds: "select".into(),
         tables: "pgbench_accounts".into(),
-        decision: "allow".into(),
+        decision: gatehouse::audit::Verdict::Allow,
         rule: Some("bench".into()),
         reason: None,
         redacted: 0,

@@ -204,6 +204,61 @@ pub struct Options {
     pub publish: anchors::Publish,
 }
 
+/// A decision as records keep it (`"allow"`, `"deny"`, `"approval"` in their
+/// bodies and the query tables, as before this was a type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    #[default]
+    Deny,
+    /// Held for a human's approval.
+    Approval,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Approval => "approval",
+        }
+    }
+
+    pub fn allowed(self) -> bool {
+        self == Self::Allow
+    }
+}
+
+impl From<crate::policy::Verdict> for Verdict {
+    fn from(v: crate::policy::Verdict) -> Self {
+        match v {
+            crate::policy::Verdict::Allow => Self::Allow,
+            crate::policy::Verdict::Deny => Self::Deny,
+            crate::policy::Verdict::NeedsApproval => Self::Approval,
+        }
+    }
+}
+
+impl std::str::FromStr for Verdict {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" => Ok(Self::Allow),
+            "deny" => Ok(Self::Deny),
+            "approval" => Ok(Self::Approval),
+            other => Err(format!("unknown decision {other:?}: allow, deny or approval")),
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A session's opening record: who, where, and the decision.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SessionOpen {
@@ -219,7 +274,7 @@ pub struct SessionOpen {
     pub backend: Option<String>,
     pub orig_dst: Option<String>,
     pub protocol: Option<String>,
-    pub decision: String,
+    pub decision: Verdict,
     pub rule: Option<String>,
     pub reason: String,
     /// The identity `gatehouse login` bound to the uid, when there was one.
@@ -248,8 +303,7 @@ pub struct StatementStart {
     pub kinds: String,
     /// Tables read or written, comma-separated.
     pub tables: String,
-    /// allow, deny or approval.
-    pub decision: String,
+    pub decision: Verdict,
     pub rule: Option<String>,
     pub reason: Option<String>,
     /// Secrets removed from `text` (and `reason`) before recording, each
@@ -419,7 +473,7 @@ pub enum SshWhat {
         request: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
-        decision: String,
+        decision: Verdict,
         rule: Option<String>,
         reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -450,7 +504,7 @@ pub enum SshWhat {
         size: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<u32>,
-        decision: String,
+        decision: Verdict,
         reason: Option<String>,
         /// On `close`: bytes read from and written to the file through its handle.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -479,8 +533,7 @@ pub struct HttpExchange {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub duration_us: u64,
-    /// allow, deny or approval.
-    pub decision: String,
+    pub decision: Verdict,
     pub rule: Option<String>,
     pub reason: Option<String>,
     /// Values masked in the response body, per detector or field rule.
@@ -1378,7 +1431,7 @@ impl<'a> StatementRows<'a> {
                 s.text,
                 s.kinds,
                 s.tables,
-                s.decision,
+                s.decision.as_str(),
                 s.rule,
                 s.reason,
                 s.redacted,
@@ -1417,7 +1470,7 @@ pub(crate) fn index(tx: &rusqlite::Transaction<'_>, e: &Event) -> rusqlite::Resu
                 o.backend,
                 o.orig_dst,
                 o.protocol,
-                o.decision,
+                o.decision.as_str(),
                 o.rule,
                 o.reason,
                 o.oidc.as_ref().map(|i| i.subject.as_str()),

@@ -189,8 +189,8 @@ fn observe(m: &Metrics, e: &Event) {
     match e {
         Event::SessionOpen(o) => {
             let backend = o.backend.clone().unwrap_or_else(|| "-".into());
-            m.sessions.get_or_create(&SessionLabels { backend, decision: o.decision.clone() }).inc();
-            if o.decision != "allow" {
+            m.sessions.get_or_create(&SessionLabels { backend, decision: o.decision.as_str().to_owned() }).inc();
+            if !o.decision.allowed() {
                 m.refusals.get_or_create(&ReasonLabels { reason: "session_denied".into() }).inc();
             }
         }
@@ -198,8 +198,10 @@ fn observe(m: &Metrics, e: &Event) {
             // The statement's first kind names it (`delete+delete_without_where` is a delete).
             let kind = s.kinds.split('+').next().filter(|k| !k.is_empty()).unwrap_or("unknown");
             let kind = if kind.len() <= 32 { kind } else { "unknown" };
-            m.statements.get_or_create(&StatementLabels { kind: kind.into(), decision: s.decision.clone() }).inc();
-            if s.decision == "deny" {
+            m.statements
+                .get_or_create(&StatementLabels { kind: kind.into(), decision: s.decision.as_str().to_owned() })
+                .inc();
+            if s.decision == crate::audit::Verdict::Deny {
                 m.refusals.get_or_create(&ReasonLabels { reason: "statement_denied".into() }).inc();
             }
         }

@@ -816,8 +816,8 @@ impl Renderer {
         }
         let _ = write!(t, "\n-- started:  {}", utc(o.started_us));
         let rule = o.rule.as_deref().map(|r| format!(", rule \"{}\"", escape_all(r))).unwrap_or_default();
-        let refused = if o.decision == "allow" { "" } else { " (the session was refused)" };
-        let _ = write!(t, "\n-- decision: {}{refused}{rule}: {}", escape_all(&o.decision), escape_all(&o.reason));
+        let refused = if o.decision.allowed() { "" } else { " (the session was refused)" };
+        let _ = write!(t, "\n-- decision: {}{refused}{rule}: {}", o.decision, escape_all(&o.reason));
         self.push(at, t);
     }
 
@@ -884,14 +884,15 @@ impl Renderer {
                 block
             }
         };
-        if s.decision == "approval" && s.reason.is_none() {
+        if s.decision == super::Verdict::Approval && s.reason.is_none() {
             // Held, then approved: it ran (the `approval` records say by whom).
             let rule = s.rule.as_deref().map(|r| format!(" (rule \"{}\")", escape_all(r))).unwrap_or_default();
             let _ = write!(block, "\n-- held for approval{rule}, and approved");
-        } else if s.decision != "allow" {
+        } else if !s.decision.allowed() {
             let rule = s.rule.as_deref().map(|r| format!(" (rule \"{}\")", escape_all(r))).unwrap_or_default();
             let reason = s.reason.as_deref().map_or_else(|| "no reason recorded".to_owned(), escape_all);
-            let what = if s.decision == "approval" { "held for approval" } else { "refused by Gatehouse" };
+            let what =
+                if s.decision == super::Verdict::Approval { "held for approval" } else { "refused by Gatehouse" };
             let _ = write!(block, "\n-- {what}{rule}: {reason}");
         }
         self.push(at, block);
@@ -1224,7 +1225,7 @@ mod tests {
                 backend: Some("appdb".into()),
                 orig_dst: Some("127.10.0.5:5432".into()),
                 protocol: Some(protocol.into()),
-                decision: "allow".into(),
+                decision: crate::audit::Verdict::Allow,
                 rule: Some("dba-read".into()),
                 reason: "allowed by rule dba-read".into(),
                 oidc: None,
@@ -1240,7 +1241,7 @@ mod tests {
                 text: text.into(),
                 kinds: "select".into(),
                 tables: "users".into(),
-                decision: decision.into(),
+                decision: decision.parse().unwrap(),
                 rule: Some("r1".into()),
                 reason: reason.map(Into::into),
                 redacted: 0,
@@ -1587,7 +1588,7 @@ mod tests {
             text: "SELECT id FROM users".into(),
             kinds: "select".into(),
             tables: "users".into(),
-            decision: "allow".into(),
+            decision: crate::audit::Verdict::Allow,
             rule: Some("r1".into()),
             reason: None,
             redacted: 0,

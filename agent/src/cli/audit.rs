@@ -35,9 +35,9 @@ pub struct SessionsArgs {
     pub uid: Option<u32>,
     #[arg(long)]
     pub backend: Option<String>,
-    /// allow or deny.
+    /// allow, deny or approval.
     #[arg(long)]
-    pub decision: Option<String>,
+    pub decision: Option<crate::audit::Verdict>,
     /// Show at most this many (the newest).
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
@@ -195,7 +195,7 @@ pub(super) async fn list_sessions(a: &SessionsArgs) -> ExitCode {
         user: a.user.clone(),
         uid: a.uid,
         backend: a.backend.clone(),
-        decision: a.decision.clone(),
+        decision: a.decision.map(|d| d.as_str().to_owned()),
         since_us,
         until_us,
         text: a.text.clone(),

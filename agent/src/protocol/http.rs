@@ -211,7 +211,7 @@ struct Pending {
     target: String,
     host: Option<String>,
     request_headers: Vec<(String, String)>,
-    decision: String,
+    decision: crate::audit::Verdict,
     rule: Option<String>,
     reason: Option<String>,
     credentials: Option<String>,
@@ -252,7 +252,7 @@ impl Pending {
             request_bytes: req.bytes,
             response_bytes: resp.bytes,
             duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            decision: self.decision.clone(),
+            decision: self.decision,
             rule: self.rule.clone(),
             reason: self.reason.clone(),
             masked,
@@ -288,7 +288,7 @@ impl Shared {
             target: recorded_target(req.uri()),
             host: host_of(&req),
             request_headers: recorded_headers(req.headers(), self.ctx.backend.http.as_ref()),
-            decision: "deny".into(),
+            decision: crate::audit::Verdict::Deny,
             rule: None,
             reason: None,
             credentials: None,
@@ -366,7 +366,7 @@ impl Shared {
                 }
             }
         }
-        pending.decision = "allow".into();
+        pending.decision = crate::audit::Verdict::Allow;
         // Masking: the profile must exist (fail closed), and the backend is
         // asked only for codings the pipeline can undo.
         let mask = match decision.mask.as_deref() {
@@ -475,7 +475,7 @@ impl Shared {
             Err(e) => {
                 let req = take_req();
                 if req.error.as_deref().is_some_and(|e| e.contains("max_body")) {
-                    pending.decision = "deny".into();
+                    pending.decision = crate::audit::Verdict::Deny;
                     pending.reason = req.error.clone();
                     let msg = req.error.clone().unwrap_or_default();
                     pending.record(&agent.audit, Some(413), vec![], req, Summary::default(), None);
@@ -657,7 +657,7 @@ impl Shared {
 
     fn refuse(&self, p: &Pending, status: StatusCode, d: Option<&Decision>, why: &str) -> Response<Out> {
         let mut p = p.clone();
-        p.decision = "deny".into();
+        p.decision = crate::audit::Verdict::Deny;
         p.reason = Some(why.to_owned());
         p.record(&self.ctx.agent.audit, Some(status.as_u16()), vec![], Summary::default(), Summary::default(), None);
         let rule = d.and_then(|d| d.rule.as_ref()).map(|r| r.as_str());

@@ -1119,7 +1119,7 @@ fn start_record(ctx: &Ctx, seq: u64, text: String, s: Option<&Statement>, d: &De
         redacted,
         kinds: s.map(|s| s.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+")).unwrap_or_default(),
         tables: s.map(|s| crate::sql::recorded_tables(s.reads.iter().chain(&s.writes))).unwrap_or_default(),
-        decision: crate::policy::testcases::verdict_name(d.verdict).into(),
+        decision: d.verdict.into(),
         rule: d.rule.as_ref().map(ToString::to_string),
         reason: (d.verdict != Verdict::Allow).then(|| crate::sql::redact::reason(&d.reason())),
         up_offset: None,

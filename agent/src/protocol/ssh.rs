@@ -39,9 +39,9 @@ use tracing::{info, warn};
 
 use crate::audit::{self, BackendLogin, Event, SshEvent, SshWhat};
 use crate::identity::Principal;
+use crate::policy::Backend;
 use crate::policy::decide::{Decision, Request, Verdict};
 use crate::policy::ssh::{Forward, SshAuth, SshRequest};
-use crate::policy::{Backend, testcases::verdict_name};
 use crate::protocol::tcp::{End, RelayOutcome};
 use crate::proxy::{Agent, LiveSession};
 use crate::types::SessionId;
@@ -123,7 +123,7 @@ impl Shared {
         let what = SshWhat::Request {
             request: request.into(),
             detail,
-            decision: verdict_name(d.verdict).into(),
+            decision: d.verdict.into(),
             rule: d.rule.as_ref().map(ToString::to_string),
             reason: Some(d.reason().into_owned()),
             approval,

@@ -248,7 +248,7 @@ fn aggregate(key: &RefusalKey, b: Bucket) -> Option<(SessionOpen, SessionClose)>
         id,
         started_us: b.first_us,
         client: format!("{} connections", b.held),
-        decision: "deny".into(),
+        decision: crate::audit::Verdict::Deny,
         reason,
         ..b.sample
     };
@@ -280,7 +280,7 @@ mod tests {
             backend: None,
             orig_dst: None,
             protocol: None,
-            decision: "deny".into(),
+            decision: crate::audit::Verdict::Deny,
             rule: None,
             reason: "not redirected".into(),
             oidc: None,

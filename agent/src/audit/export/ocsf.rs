@@ -210,7 +210,7 @@ impl OcsfMapper {
             "statement" => match serde_json::from_slice::<StatementStart>(&r.body) {
                 Ok(s) => {
                     let p = Pending { record_seq: r.seq, time_us: r.time_us, hash: r.hash, start: s };
-                    if p.start.decision == "allow" {
+                    if p.start.decision.allowed() {
                         self.pending.insert((session, p.start.seq), p);
                         vec![]
                     } else {
@@ -320,7 +320,7 @@ impl OcsfMapper {
     }
 
     fn logon(&self, r: &Record, o: &SessionOpen) -> Value {
-        let allowed = o.decision == "allow";
+        let allowed = o.decision.allowed();
         let who = o.user.clone().unwrap_or_else(|| o.uid.map_or_else(|| "unknown".into(), |u| format!("uid {u}")));
         let backend = o.backend.as_deref().unwrap_or("an unnamed backend");
         let message = if allowed {
@@ -406,7 +406,7 @@ impl OcsfMapper {
     /// An HTTP exchange as OCSF HTTP Activity (4002), activity by method.
     fn http(&self, r: &Record, session: &str, h: &crate::audit::HttpExchange) -> Value {
         let o = self.sessions.get(session);
-        let refused = h.decision != "allow";
+        let refused = !h.decision.allowed();
         let activity = match h.method.as_str() {
             "CONNECT" => (1, "Connect"),
             "DELETE" => (2, "Delete"),
@@ -471,7 +471,7 @@ impl OcsfMapper {
     fn statement(&self, session: &str, p: &Pending, end: Option<(&StatementEnd, &Record)>) -> Value {
         let s = &p.start;
         let o = self.sessions.get(session);
-        let refused = s.decision != "allow";
+        let refused = !s.decision.allowed();
         let ok = if refused { Some(false) } else { end.map(|(e, _)| e.error.is_none()) };
         let (id, name) = datastore_activity(&s.kinds);
         let activity_name = if id == 99 { s.kinds.as_str() } else { name };

@@ -12,7 +12,7 @@ use crate::audit::{HttpExchange, WsFrame};
 pub(super) fn exchange(h: &HttpExchange, data: &[u8]) -> String {
     let mut t = String::new();
     let rule = h.rule.as_deref().map(|r| format!(" (rule \"{}\")", escape_all(r))).unwrap_or_default();
-    let _ = write!(t, "* #{} {}{rule}, {} ms", h.seq, escape_all(&h.decision), h.duration_us / 1000);
+    let _ = write!(t, "* #{} {}{rule}, {} ms", h.seq, h.decision, h.duration_us / 1000);
     if let Some(r) = &h.reason {
         let _ = write!(t, ": {}", escape_all(r));
     }

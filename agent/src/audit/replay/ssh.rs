@@ -187,14 +187,14 @@ impl Screen {
                 if let Some(d) = detail {
                     let _ = write!(t, " {:?}", escape_all(&d));
                 }
-                let _ = write!(t, ": {}", escape_all(&decision));
+                let _ = write!(t, ": {}", decision);
                 if let Some(r) = rule {
                     let _ = write!(t, " (rule \"{}\")", escape_all(&r));
                 }
                 if let Some(id) = approval {
                     let _ = write!(t, ", request {id}");
                 }
-                if decision != "allow"
+                if !decision.allowed()
                     && let Some(why) = reason
                 {
                     let _ = write!(t, ": {}", escape_all(&why));
@@ -242,7 +242,7 @@ impl Screen {
                 if let Some(n) = written_bytes {
                     let _ = write!(t, " wrote {n} bytes");
                 }
-                let _ = write!(t, ": {}", escape_all(&decision));
+                let _ = write!(t, ": {}", decision);
                 if let Some(why) = reason {
                     let _ = write!(t, ": {}", escape_all(&why));
                 }

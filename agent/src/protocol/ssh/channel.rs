@@ -433,7 +433,11 @@ impl Input {
                 Err(e) => {
                     // The request id cannot be trusted: close the channel.
                     warn!(channel = c.id, error = %e, "malformed sftp packet: channel closed");
-                    c.s.record(c.id, sftp_rec("malformed", "", None, None, "deny", Some(&e.to_string())), Vec::new());
+                    c.s.record(
+                        c.id,
+                        sftp_rec("malformed", "", None, None, crate::audit::Verdict::Deny, Some(&e.to_string())),
+                        Vec::new(),
+                    );
                     return false;
                 }
             };
@@ -473,23 +477,23 @@ fn decide_sftp(c: &Common, op: &Op<'_>) -> Result<(), (u32, String)> {
                     target: None,
                     size: Some(if f.write { f.written } else { f.read }),
                     mode: f.mode,
-                    decision: "allow".into(),
+                    decision: crate::audit::Verdict::Allow,
                     reason: None,
                     read_bytes: Some(f.read),
                     written_bytes: Some(f.written),
                 },
-                None => sftp_rec("close", "", None, None, "allow", None),
+                None => sftp_rec("close", "", None, None, crate::audit::Verdict::Allow, None),
             };
             c.s.record(c.id, what, Vec::new());
             return Ok(());
         }
         Op::Pass { name, .. } => {
-            c.s.record(c.id, sftp_rec(name, "", None, None, "allow", None), Vec::new());
+            c.s.record(c.id, sftp_rec(name, "", None, None, crate::audit::Verdict::Allow, None), Vec::new());
             return Ok(());
         }
         Op::Unknown { id, name } => {
             let why = format!("sftp operation {name} is not supported");
-            c.s.record(c.id, sftp_rec(name, "", None, None, "deny", Some(&why)), Vec::new());
+            c.s.record(c.id, sftp_rec(name, "", None, None, crate::audit::Verdict::Deny, Some(&why)), Vec::new());
             return Err((*id, why));
         }
         Op::HandleWrite { id, name } => (*id, *name, "", None, true, None, false),
@@ -513,7 +517,7 @@ fn decide_sftp(c: &Common, op: &Op<'_>) -> Result<(), (u32, String)> {
             break;
         }
     }
-    let decision = if refusal.is_some() { "deny" } else { "allow" };
+    let decision = if refusal.is_some() { crate::audit::Verdict::Deny } else { crate::audit::Verdict::Allow };
     c.s.record(c.id, sftp_rec(name, path, target, mode, decision, refusal.as_deref()), Vec::new());
     if refusal.is_none() && name.starts_with("open-") {
         crate::proxy::lock(&c.files).opening(id, path, mode, write);
@@ -641,7 +645,7 @@ fn sftp_rec(
     path: &str,
     target: Option<&str>,
     mode: Option<u32>,
-    decision: &str,
+    decision: crate::audit::Verdict,
     reason: Option<&str>,
 ) -> SshWhat {
     SshWhat::Sftp {
@@ -650,7 +654,7 @@ fn sftp_rec(
         target: target.map(Into::into),
         size: None,
         mode,
-        decision: decision.into(),
+        decision,
         reason: reason.map(Into::into),
         read_bytes: None,
         written_bytes: None,

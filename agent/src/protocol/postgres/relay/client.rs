@@ -605,10 +605,10 @@ impl Refused {
         }
     }
 
-    fn verdict(&self) -> &'static str {
+    fn verdict(&self) -> crate::audit::Verdict {
         match self {
-            Self::Policy(d) => verdict_text(d.verdict),
-            Self::Error(_) => "deny",
+            Self::Policy(d) => d.verdict.into(),
+            Self::Error(_) => crate::audit::Verdict::Deny,
         }
     }
 }
@@ -951,10 +951,6 @@ fn refusal_error(ctx: &Ctx, d: &Decision) -> PgError {
     }
 }
 
-fn verdict_text(v: Verdict) -> &'static str {
-    crate::policy::testcases::verdict_name(v)
-}
-
 fn kinds_text(s: &Statement) -> String {
     s.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+")
 }
@@ -980,7 +976,7 @@ fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) 
         redacted: text.secrets,
         kinds: kinds_text(s),
         tables: tables_text(s),
-        decision: verdict_text(d.verdict).into(),
+        decision: d.verdict.into(),
         rule: d.rule.as_ref().map(ToString::to_string),
         reason: None,
         up_offset: None,
@@ -1010,7 +1006,7 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
         tables: s.map(tables_text).unwrap_or_default(),
         text: text.text,
         redacted: text.secrets,
-        decision: why.verdict().into(),
+        decision: why.verdict(),
         rule: why.rule(),
         reason: Some(reason),
         up_offset: None,
