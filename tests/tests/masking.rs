@@ -84,7 +84,7 @@ masked_predicates = "allow"
 name = "lookups masked"
 who = {{ groups = ["{lookup}"] }}
 backend = "appdb"
-statements = ["select", "copy_to"]
+statements = ["select", "copy_to", "function_call", "listen"]
 mask = "pii_open"
 
 [[rule]]
@@ -399,6 +399,43 @@ fn masking_follows_the_data_not_the_names() {
     );
     // The unmasked analyst still reads everything, predicates included.
     assert_eq!(w.sql(&w.ana, "SELECT replace(ssn, '-', '') FROM customers WHERE ssn LIKE '123-45-%'"), "123456789");
+}
+
+/// Built-in functions with side effects keep a value where it is read back
+/// without the masking: a setting (`SHOW`, `current_setting`, and the
+/// server's ParameterStatus for `application_name`), a notification, a
+/// sequence, a large object. On a rule that grants `function_call` and
+/// allows predicates, calling one on a masked column is refused like a
+/// write that stores it; the server shows nothing kept.
+#[test]
+fn side_effect_functions_cannot_carry_masked_values_out() {
+    let w = world("masksidefx");
+    w.pg.admin_db("appdb", &format!("CREATE SEQUENCE seq; ALTER SEQUENCE seq OWNER TO {}", pg::APP_ROLE));
+    let cases: [[&str; 2]; 5] = [
+        ["SELECT set_config('application_name', ssn, false) FROM payments", "SHOW application_name"],
+        ["SELECT set_config('app.kept', ssn, false) FROM payments", "SELECT current_setting('app.kept', true)"],
+        ["LISTEN c", "SELECT pg_notify('c', ssn) FROM payments"],
+        ["SELECT setval('seq', length(ssn) * 1000 + ascii(ssn)) FROM payments", "SELECT last_value FROM seq"],
+        [
+            "SELECT lo_from_bytea(4242, convert_to(ssn, 'UTF8')) FROM payments",
+            "SELECT convert_from(lo_get(4242), 'UTF8')",
+        ],
+    ];
+    for pair in cases {
+        let out = w.sql_session(&w.lou, &pair);
+        // 11090: the sequence's value computed from the secret (its length and first character).
+        assert!(!out.contains("ZETA-SECRET") && !out.contains("11090"), "{pair:?}: {out}");
+        assert!(out.contains("ERROR:") && out.contains("masked column public.payments.ssn"), "{pair:?}: {out}");
+    }
+    // What the server kept: no large object, the sequence untouched.
+    assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4242"), "0");
+    assert_eq!(w.pg.admin_db("appdb", "SELECT is_called FROM seq"), "f");
+    // Those functions still work on other values.
+    let out = w.sql_session(
+        &w.lou,
+        &["SELECT set_config('application_name', 'lookup-' || id, false) FROM payments", "SHOW application_name"],
+    );
+    assert!(out.contains("lookup-1") && !out.contains("ERROR"), "{out}");
 }
 
 /// A masked rule that may write: values of masked columns stored where the

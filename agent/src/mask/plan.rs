@@ -251,7 +251,7 @@ impl Profile {
         }
         if let Some(c) = masked(&bound.stored) {
             return Some(format!(
-                "it stores values computed from the masked column {c} (masking profile {p}) in a table, a view or a file, where they would be read back unmasked"
+                "it stores values computed from the masked column {c} (masking profile {p}) in a table, a view, a file, a setting, a sequence, a notification or a lock, where they would be read back unmasked"
             ));
         }
         if let Some(t) = masked(&bound.moved) {
@@ -438,6 +438,15 @@ mod tests {
             "EXPLAIN ANALYZE INSERT INTO orders SELECT id, ascii(email) FROM customers",
             "ALTER TABLE customers ADD COLUMN e2 text GENERATED ALWAYS AS (lower(email)) STORED",
             "ALTER TABLE customers ALTER COLUMN id TYPE int USING ascii(email)",
+            // Built-ins that keep their arguments where they are read back.
+            "SELECT set_config('application_name', email, false) FROM customers",
+            "SELECT pg_catalog.set_config('app.x', upper(email), true) FROM customers",
+            "SELECT pg_notify('c', email) FROM customers",
+            "SELECT setval('s', ascii(email)) FROM customers",
+            "SELECT pg_advisory_lock(hashtext(email)) FROM customers",
+            "SELECT lo_from_bytea(0, convert_to(email, 'UTF8')) FROM customers",
+            "SELECT id FROM customers WHERE set_config('app.x', email, false) IS NOT NULL",
+            "SELECT (SELECT set_config('app.x', email, false) FROM customers LIMIT 1)",
         ];
         for sql in stores {
             let why = p.refusal(&cat, &bound(sql)).unwrap_or_else(|| panic!("not refused: {sql}"));
@@ -445,6 +454,13 @@ mod tests {
                 why.contains("stores values computed from the masked column public.customers.email"),
                 "{sql}: {why}"
             );
+        }
+        // The same built-ins on other values are not stores of anything masked.
+        for sql in [
+            "SELECT set_config('application_name', 'x' || id, false) FROM customers",
+            "SELECT pg_notify('c', id::text) FROM customers",
+        ] {
+            assert!(p.refusal(&cat, &bound(sql)).is_none(), "{sql}");
         }
         let moves = [
             "ALTER TABLE customers RENAME COLUMN email TO e",

@@ -891,6 +891,14 @@ impl Walker {
                     q.schema.as_deref().is_none_or(|s| s == "pg_catalog")
                         && SET_RETURNING.binary_search(&q.name.as_str()).is_ok()
                 });
+                // A built-in with side effects (`set_config`, `setval`,
+                // `pg_notify`, large objects, advisory locks, server files, SQL
+                // text it runs…) keeps or hands its arguments somewhere the
+                // masking does not follow: a setting `SHOW` reads back, a
+                // sequence, a notification, `pg_locks`. Its arguments count as
+                // stored.
+                let keeps = name.as_ref().is_some_and(super::functions::is_dangerous);
+                let mut kept = Vec::new();
                 for a in f.args.iter().filter_map(|n| n.node.as_ref()) {
                     // `count(x)` shows how many `x` are not NULL: of a column
                     // itself, no more than its rows show; of anything computed
@@ -909,9 +917,15 @@ impl Walker {
                     if compares {
                         self.predicates.extend(arefs.iter().cloned());
                     }
+                    if keeps {
+                        kept.extend(arefs.iter().cloned());
+                    }
                     if !counts {
                         refs.extend(arefs);
                     }
+                }
+                if !kept.is_empty() {
+                    self.stored.push(Output { name: String::new(), refs: kept, star: None });
                 }
                 // FILTER, ORDER BY inside the aggregate and OVER (…) choose and order rows.
                 if let Some(filter) = f.agg_filter.as_deref().and_then(|n| n.node.as_ref()) {
