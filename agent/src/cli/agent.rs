@@ -220,7 +220,8 @@ fn print_status(s: &control::AgentStatus) {
                 "",
                 b.last_login_us.map(fmt_time).unwrap_or_default(),
                 l.user,
-                l.tls_summary(),
+                // The certificate's names are the backend's to choose.
+                crate::audit::replay::escape_all(&l.tls_summary()),
                 l.auth,
                 l.certificate_sha256.as_deref().map(|c| format!(", certificate sha256 {c}")).unwrap_or_default()
             );
