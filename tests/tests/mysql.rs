@@ -979,6 +979,17 @@ fn a_masked_mysql_rule_that_writes_cannot_store_masked_values_elsewhere() {
     assert!(!ok.contains("ERROR"), "{ok}\n{}", w.env.agent_log());
     let note = text(&w.mariadb(&w.ana, &["appdb", "-N", "-e", "SELECT note FROM customers WHERE id = 2"]));
     assert_eq!(note.trim(), "st-ok", "the server's row");
+    // A select-only masked rule that allows computing: LAST_INSERT_ID(expr)
+    // keeps a value for the next LAST_INSERT_ID() (and the OK packet), which
+    // no masking follows.
+    let out = w.mariadb_script(
+        &w.lou,
+        &["appdb", "-N"],
+        "SELECT LAST_INSERT_ID(CAST(LEFT(card, 9) AS UNSIGNED)) FROM customers WHERE id = 1;\nSELECT LAST_INSERT_ID();\n",
+    );
+    let t = text(&out);
+    assert!(!t.contains("411111111"), "the card's digits came back: {t}");
+    assert!(t.contains("ERROR 1227") && t.contains("stores values of the masked column"), "{t}\n{}", w.env.agent_log());
 }
 
 /// Node mysql2 prints one JSON line per statement it ran with `execute()`.

@@ -126,6 +126,28 @@ fn stored(stmt: &ast::Statement, c: &mut Compared) {
         ast::Statement::RenameTable(_) => c.moves = true,
         _ => {}
     }
+    // A call outside the side-effect-free built-ins keeps or hands over its
+    // arguments where masking does not follow them: `LAST_INSERT_ID(expr)`
+    // (read back by `LAST_INSERT_ID()` and the OK packet), `GET_LOCK(name, …)`
+    // (lock names are listed and probed by `IS_USED_LOCK`), a stored function
+    // (which may write them anywhere).
+    let _ = ast::visit_expressions(stmt, |e| {
+        let keeps = |name: &str| name == "last_insert_id" || !super::SAFE_FUNCTIONS.contains(&name);
+        if let Expr::Function(f) = e
+            && keeps(&f.name.to_string().to_ascii_lowercase())
+            && let FunctionArguments::List(l) = &f.args
+        {
+            for a in &l.args {
+                if let FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
+                | FunctionArg::Named { arg: FunctionArgExpr::Expr(e), .. }
+                | FunctionArg::ExprNamed { arg: FunctionArgExpr::Expr(e), .. } = a
+                {
+                    names_in(e, names);
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// Every name in any part of a tree (its expressions, subqueries included),
@@ -702,6 +724,17 @@ mod tests {
         }
         for sql in ["SELECT @x", "SET @@session.time_zone = '+00:00'", "SELECT card FROM customers"] {
             assert!(!compared(sql).stores, "{sql}");
+        }
+        // Calls that keep their arguments: their names count as stored.
+        for sql in [
+            "SELECT LAST_INSERT_ID(CAST(LEFT(card, 9) AS UNSIGNED)) FROM customers WHERE id = 1",
+            "SELECT GET_LOCK(card, 0) FROM customers",
+            "SELECT id FROM customers WHERE shop.audit_fn(lower(card)) = 1",
+        ] {
+            assert!(compared(sql).stored.contains("card"), "{sql}: {:?}", compared(sql));
+        }
+        for sql in ["SELECT lower(card), concat(card, 'x') FROM customers", "SELECT GET_LOCK('job', 0)"] {
+            assert!(!compared(sql).stored.contains("card"), "{sql}");
         }
         for (sql, diag) in [
             ("SHOW WARNINGS", true),
