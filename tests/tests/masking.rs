@@ -427,6 +427,14 @@ fn side_effect_functions_cannot_carry_masked_values_out() {
         assert!(!out.contains("ZETA-SECRET") && !out.contains("11090"), "{pair:?}: {out}");
         assert!(out.contains("ERROR:") && out.contains("masked column public.payments.ssn"), "{pair:?}: {out}");
     }
+    // random() after setseed(x) is a known function of x: the next random()
+    // after setseed(ascii(ssn) / 256) names the secret's first character.
+    let seeded = w.pg.admin_db("appdb", "SELECT setseed(90 / 256.0); SELECT random()");
+    let expected = seeded.lines().last().unwrap_or_default().trim().to_owned();
+    assert!(expected.starts_with("0."), "{seeded}");
+    let out = w.sql_session(&w.lou, &["SELECT setseed(ascii(ssn) / 256.0) FROM payments", "SELECT random()"]);
+    assert!(!out.contains(&expected), "random() gave the seed away: {out}");
+    assert!(out.contains("ERROR:") && out.contains("masked column public.payments.ssn"), "{out}");
     // What the server kept: no large object, the sequence untouched.
     assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4242"), "0");
     assert_eq!(w.pg.admin_db("appdb", "SELECT is_called FROM seq"), "f");

@@ -447,6 +447,7 @@ mod tests {
             "SELECT lo_from_bytea(0, convert_to(email, 'UTF8')) FROM customers",
             "SELECT id FROM customers WHERE set_config('app.x', email, false) IS NOT NULL",
             "SELECT (SELECT set_config('app.x', email, false) FROM customers LIMIT 1)",
+            "SELECT setseed(ascii(email) / 256.0) FROM customers",
         ];
         for sql in stores {
             let why = p.refusal(&cat, &bound(sql)).unwrap_or_else(|| panic!("not refused: {sql}"));

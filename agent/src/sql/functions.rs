@@ -199,6 +199,14 @@ pub(crate) fn is_dangerous(name: &QualName) -> bool {
     }
 }
 
+/// A built-in that keeps its arguments where a later statement reads them
+/// back: every [`is_dangerous`] one (a setting, a sequence, a notification, a
+/// lock, a large object, a file…), and `setseed`, whose argument `random()`
+/// gives back (it is not dangerous otherwise: rules need not grant it).
+pub(crate) fn keeps_arguments(name: &QualName) -> bool {
+    is_dangerous(name) || (matches!(name.schema.as_deref(), None | Some("pg_catalog")) && name.name == "setseed")
+}
+
 /// A call of a built-in that runs SQL given as text in one of its forms
 /// only: `ts_rewrite(query, select text)` executes the SELECT it is given
 /// (the three-`tsquery` form does not).

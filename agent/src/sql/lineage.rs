@@ -893,11 +893,11 @@ impl Walker {
                 });
                 // A built-in with side effects (`set_config`, `setval`,
                 // `pg_notify`, large objects, advisory locks, server files, SQL
-                // text it runs…) keeps or hands its arguments somewhere the
+                // text it runs, `setseed`…) keeps or hands its arguments somewhere the
                 // masking does not follow: a setting `SHOW` reads back, a
                 // sequence, a notification, `pg_locks`. Its arguments count as
                 // stored.
-                let keeps = name.as_ref().is_some_and(super::functions::is_dangerous);
+                let keeps = name.as_ref().is_some_and(super::functions::keeps_arguments);
                 let mut kept = Vec::new();
                 for a in f.args.iter().filter_map(|n| n.node.as_ref()) {
                     // `count(x)` shows how many `x` are not NULL: of a column
