@@ -990,6 +990,15 @@ fn a_masked_mysql_rule_that_writes_cannot_store_masked_values_elsewhere() {
     let t = text(&out);
     assert!(!t.contains("411111111"), "the card's digits came back: {t}");
     assert!(t.contains("ERROR 1227") && t.contains("stores values of the masked column"), "{t}\n{}", w.env.agent_log());
+    // A server variable set from a query keeps what it read: `SELECT @@…` gives it back.
+    let out = w.mariadb_script(
+        &w.lou,
+        &["appdb", "-N"],
+        "SET SESSION sql_select_limit = (SELECT CAST(LEFT(card, 9) AS UNSIGNED) FROM customers WHERE id = 1);\nSELECT @@sql_select_limit;\n",
+    );
+    let t = text(&out);
+    assert!(!t.contains("411111111"), "the card's digits came back: {t}");
+    assert!(t.contains("ERROR 1227"), "{t}\n{}", w.env.agent_log());
 }
 
 /// Node mysql2 prints one JSON line per statement it ran with `execute()`.

@@ -83,6 +83,14 @@ pub fn of(stmt: &ast::Statement) -> Compared {
             ast::Set::MultipleAssignments { assignments } => assignments.iter().any(|a| user(&a.name)),
             _ => false,
         };
+        // A server variable set from a query keeps what the query read:
+        // `SET SESSION sql_select_limit = (SELECT …)`, read back by `SELECT @@sql_select_limit`.
+        let _ = ast::visit_expressions(stmt, |e| {
+            if holds_query(e) {
+                c.stores = true;
+            }
+            ControlFlow::<()>::Continue(())
+        });
     }
     stored(stmt, &mut c);
     let mut tree = stmt.clone();
@@ -719,6 +727,12 @@ mod tests {
             "SET @x = (SELECT card FROM customers WHERE id = 1)",
             "SET @a = 1, @x = (SELECT card FROM customers WHERE id = 1)",
             "SELECT card INTO @x FROM customers WHERE id = 1",
+        ] {
+            assert!(compared(sql).stores, "{sql}");
+        }
+        for sql in [
+            "SET SESSION sql_select_limit = (SELECT CAST(LEFT(card, 9) AS UNSIGNED) FROM customers WHERE id = 1)",
+            "SET @@session.group_concat_max_len = 1024 + (SELECT length(card) FROM customers LIMIT 1)",
         ] {
             assert!(compared(sql).stores, "{sql}");
         }
