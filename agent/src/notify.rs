@@ -93,9 +93,28 @@ struct Body<'a> {
 
 /// The one-line summary of a step: one line whatever the request holds (a
 /// statement's line breaks, carriage returns and escape sequences are shown
-/// escaped, so a chat message or a terminal cannot be shown another statement).
+/// escaped, so a chat message or a terminal cannot be shown another
+/// statement), with `&`, `<` and `>` written as Slack's message text asks
+/// (`&amp;` `&lt;` `&gt;`): a statement holding `<https://…|Approve>` or
+/// `<!channel>` would otherwise become a link or a mention in the approvers'
+/// channel. The request itself goes beside it in the body, as it is.
 pub fn summary(t: &Transition) -> String {
-    crate::audit::replay::escape_all(&summary_text(t))
+    chat_line(&summary_text(t))
+}
+
+/// Text for a chat message's `text`: one line, controls escaped, `&<>` as Slack asks.
+fn chat_line(text: &str) -> String {
+    let line = crate::audit::replay::escape_all(text);
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn summary_text(t: &Transition) -> String {
@@ -140,7 +159,7 @@ pub fn announce(targets: &[Target], t: &Transition) {
 pub fn announce_alert(targets: &[Target], a: &crate::trail::AlertRecord) {
     const EVENT: &str = "trail_alert";
     for target in targets.iter().filter(|t| t.events.is_empty() || t.events.iter().any(|e| e == EVENT)) {
-        let body = serde_json::json!({ "text": format!("Gatehouse {}", a.describe()), "event": EVENT, "alert": a });
+        let body = serde_json::json!({ "text": chat_line(&format!("Gatehouse {}", a.describe())), "event": EVENT, "alert": a });
         let Ok(json) = serde_json::to_vec(&body) else { continue };
         deliver(target, json, EVENT, a.rule.clone());
     }
@@ -272,6 +291,41 @@ async fn run(cmd: &[String], body: &[u8], event: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_cannot_format_the_chat_message_it_is_announced_in() {
+        let text = "DROP TABLE t -- <!channel> <https://evil.example/ok|Approve #7> & more\r\x1b[2K";
+        let t = Transition {
+            request: crate::approval::Request {
+                id: 7,
+                subject: crate::approval::Subject::Statement {
+                    session: "s".into(),
+                    backend: "db".into(),
+                    text: text.into(),
+                    kinds: "drop".into(),
+                    rule: "r".into(),
+                },
+                requester: crate::approval::Person { uid: 1000, user: Some("dan".into()), subject: None },
+                reason: Some("<@U123> please".into()),
+                approvers: "leads".into(),
+                needed: 1,
+                approvals: Vec::new(),
+                state: crate::approval::State::Pending,
+                created_us: 0,
+                deadline_us: 0,
+                until_us: None,
+            },
+            event: "requested",
+            by: None,
+        };
+        let line = summary(&t);
+        assert!(!line.contains(['<', '>', '\r', '\x1b']), "{line}");
+        assert!(
+            line.contains(r"run on db: DROP TABLE t -- &lt;!channel&gt; &lt;https://evil.example/ok|Approve #7&gt; &amp; more\r\u{1b}[2K"),
+            "{line}"
+        );
+        assert!(line.contains("(&lt;@U123&gt; please)"), "{line}");
+    }
 
     #[test]
     fn urls_are_taken_apart_strictly() {

@@ -310,7 +310,7 @@ fn held_statements_run_when_approved_and_are_refused_when_denied() {
     // The statement also tries to show its approver another one: a carriage
     // return and an erase-line sequence would make a terminal print the fake
     // over the real. The CLI shows them escaped.
-    let spoof = "TRUNCATE orders /*\r\x1b[2K    run on appdb: SELECT count(*) FROM orders\x1b[K */";
+    let spoof = "TRUNCATE orders /*\r\x1b[2K    run on appdb: SELECT count(*) FROM orders\x1b[K <!channel> */";
     let held = w.psql_spawn(&w.dan, spoof);
     let id = w.pending(&w.sam, "TRUNCATE orders");
     let o = w.cli(&w.sam, &["requests"]);
@@ -370,6 +370,8 @@ fn held_statements_run_when_approved_and_are_refused_when_denied() {
         .find(|t| t.contains("TRUNCATE orders"))
         .unwrap_or_else(|| panic!("no hook names the TRUNCATE: {hooks:?}"));
     assert!(spoofed.contains(r"/*\r\u{1b}[2K") && !spoofed.contains(['\r', '\n', '\x1b']), "{spoofed:?}");
+    // Nor a mention or a link in a Slack-compatible channel.
+    assert!(spoofed.contains("&lt;!channel&gt;") && !spoofed.contains(['<', '>']), "{spoofed:?}");
     let local = std::fs::read_to_string(w.env.path("command.jsonl")).unwrap_or_default();
     assert!(local.contains("\"event\":\"requested\"") && local.contains("\"event\":\"approved\""), "{local}");
     assert!(w.env.agent_log().contains("notification failed"), "the dead webhook was tried and logged");
