@@ -32,8 +32,17 @@ pub enum Subject {
     /// Access for a while, as a `[[grant]]` describes it.
     Grant { grant: String, backend: String, duration_s: u64 },
     /// An HTTP request held until someone approves it (`target`: path and
-    /// query, secret-looking parameter values redacted).
-    HttpRequest { session: String, backend: String, method: String, target: String, rule: String },
+    /// query, secret-looking parameter values redacted; `body`: its size,
+    /// SHA-256 and beginning, when it has one — exactly that body is forwarded).
+    HttpRequest {
+        session: String,
+        backend: String,
+        method: String,
+        target: String,
+        rule: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+    },
 }
 
 impl Subject {
@@ -42,7 +51,10 @@ impl Subject {
             Self::Statement { backend, text, .. } => format!("run on {backend}: {text}"),
             Self::Connect { backend, .. } => format!("connect to {backend}"),
             Self::Ssh { backend, request, .. } => format!("run on {backend} over SSH: {request}"),
-            Self::HttpRequest { backend, method, target, .. } => format!("send {method} {target} to {backend}"),
+            Self::HttpRequest { backend, method, target, body, .. } => match body {
+                Some(b) => format!("send {method} {target} to {backend} with body {b}"),
+                None => format!("send {method} {target} to {backend}"),
+            },
             Self::Grant { grant, backend, duration_s } => {
                 format!("grant \"{grant}\" on {backend} for {}", crate::settings::format_duration_s(*duration_s))
             }

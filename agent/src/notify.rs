@@ -124,7 +124,7 @@ fn summary_text(t: &Transition) -> String {
         Subject::Statement { backend, text, .. } => format!("run on {backend}: {text}"),
         Subject::Connect { backend, .. } => format!("connect to {backend}"),
         Subject::Ssh { backend, request, .. } => format!("run on {backend} over SSH: {request}"),
-        Subject::HttpRequest { backend, method, target, .. } => format!("send {method} {target} to {backend}"),
+        Subject::HttpRequest { .. } => r.subject.describe(),
         Subject::Grant { grant, backend, duration_s } => {
             format!("the grant \"{grant}\" on {backend} for {}", crate::settings::format_duration_s(*duration_s))
         }

@@ -832,6 +832,50 @@ approval = {{ for = ["*"], by = "leads", timeout = "1s" }}
     assert!(reason.contains("denied by") && reason.contains("not during the freeze"), "{refused}");
     assert_eq!(deletes("/api/v1/orders/10"), 0, "a denied request reached the server");
 
+    // A held request's body is read first and shown to the approvers (size,
+    // SHA-256, beginning); exactly that body reaches the server once approved.
+    let body = r#"{"refund": 9999, "note": "line one\nline two"}"#;
+    let child = env.spawn_as(
+        &dan,
+        None,
+        Path::new("/usr/bin/curl"),
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+            &format!("{base}/api/v1/orders/12"),
+        ],
+    );
+    let id = pending(&env, &bin, &lea, "/api/v1/orders/12");
+    let o = cli(&env, &bin, &lea, &["requests", "--json"]);
+    let req = String::from_utf8_lossy(&o.stdout).lines().map(json).find(|r| r["id"] == id).expect("the request");
+    let shown = req["subject"]["body"].as_str().unwrap_or_default().to_owned();
+    assert!(shown.starts_with(&format!("{} bytes, sha256 ", body.len())) && shown.ends_with(body), "{req}");
+    let o = cli(&env, &bin, &lea, &["requests"]);
+    let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        listed.contains(r#"with body"#)
+            && listed.contains(r#""refund": 9999"#)
+            && listed.contains(r"line one\nline two"),
+        "{listed}"
+    );
+    assert_eq!(deletes("/api/v1/orders/12"), 0, "the held DELETE reached the server before approval");
+    let o = cli(&env, &bin, &lea, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "approve: {}", String::from_utf8_lossy(&o.stderr));
+    let out = child.wait_with_output().expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "the approved DELETE was answered");
+    let seen = api.requests();
+    let d = seen.iter().find(|r| r["method"] == "DELETE" && r["path"] == "/api/v1/orders/12").expect("forwarded");
+    assert_eq!(d["body"], body, "the server got the body the approver saw");
+
     // A client that gives up withdraws its request: nobody can approve it into running later.
     let mut gone = env.spawn_as(
         &dan,

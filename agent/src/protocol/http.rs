@@ -274,7 +274,7 @@ impl Pending {
 }
 
 impl Shared {
-    async fn handle(self: &Arc<Self>, mut req: Request<Incoming>) -> Response<Out> {
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Out> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let agent = &self.ctx.agent;
         let cap = usize::try_from(agent.settings.record_max_bytes).unwrap_or(usize::MAX);
@@ -354,17 +354,27 @@ impl Shared {
         let Some(rule) = rule else {
             return self.refuse(&pending, StatusCode::FORBIDDEN, Some(&decision), "the allowing rule is gone");
         };
+        let mut req = req.map(hold::ClientBody::Streaming);
         if held {
             let Some(approval) = rule.approval.as_ref() else {
                 return self.refuse(&pending, StatusCode::FORBIDDEN, Some(&decision), "the approval rule is gone");
             };
-            match hold::hold(&self.ctx, approval, &decision, &pending.method, &pending.target).await {
+            // The body is read first: the approvers decide on it, and it is
+            // what goes upstream once they approve.
+            let (head, body) = req.into_parts();
+            let body = match hold::read_body(body).await {
+                Ok(b) => b,
+                Err((status, why)) => return self.refuse(&pending, status, Some(&decision), &why),
+            };
+            let note = hold::body_note(&body);
+            match hold::hold(&self.ctx, approval, &decision, &pending.method, &pending.target, note).await {
                 Ok(note) => pending.reason = Some(note),
                 Err(why) => {
                     let why = format!("this request was held for approval and {why}");
                     return self.refuse(&pending, StatusCode::FORBIDDEN, Some(&decision), &why);
                 }
             }
+            req = Request::from_parts(head, hold::ClientBody::Held(Some(body)));
         }
         pending.decision = crate::audit::Verdict::Allow;
         // Masking: the profile must exist (fail closed), and the backend is

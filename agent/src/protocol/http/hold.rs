@@ -1,14 +1,23 @@
 //! HTTP requests held for approval (`approval = { for = ["DELETE"], … }` on
 //! an http rule). The request waits in its own service future: on HTTP/2
 //! the connection's other streams go on; on HTTP/1.1 the requests pipelined
-//! behind it wait, as the protocol orders them. Nothing of the request
-//! (not even its body) is read or forwarded before an approver decides.
+//! behind it wait, as the protocol orders them. Nothing of the request is
+//! forwarded before an approver decides. Its body is read whole first (at
+//! most [`MAX_HELD_BODY`]), shown to the approvers (size, SHA-256, its
+//! beginning), and exactly those bytes are forwarded once approved: a client
+//! cannot have a request approved and then send another body with it.
 //! A request whose client goes away (a reset stream, a closed connection,
 //! a cut session) is withdrawn, so nobody approves a request that will
 //! never run.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tracing::info;
 
 use super::Ctx;
@@ -16,6 +25,80 @@ use crate::approval::{RequestId, State, Subject};
 use crate::audit::now_us;
 use crate::policy::{Approval, Decision};
 use crate::proxy::Agent;
+
+/// The largest body a request held for approval may carry (its approvers
+/// read it; it is kept in memory until they decide).
+pub(super) const MAX_HELD_BODY: usize = 256 * 1024;
+/// How long a held request's body may take to arrive.
+const BODY_WAIT: Duration = Duration::from_secs(30);
+/// How much of a held body approvers are shown.
+const SHOWN: usize = 2048;
+
+/// A request body from the client: streamed, or read whole before an
+/// approval and forwarded as the approvers saw it (trailer fields dropped).
+pub(super) enum ClientBody {
+    Streaming(Incoming),
+    Held(Option<Bytes>),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Streaming(b) => Pin::new(b).poll_frame(cx),
+            Self::Held(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streaming(b) => b.is_end_stream(),
+            Self::Held(b) => b.as_ref().is_none_or(Bytes::is_empty),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Streaming(b) => b.size_hint(),
+            Self::Held(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// Reads a held request's body whole; `Err((status, why))` refuses the request.
+pub(super) async fn read_body(body: ClientBody) -> Result<Bytes, (http::StatusCode, String)> {
+    let limited = http_body_util::Limited::new(body, MAX_HELD_BODY);
+    match tokio::time::timeout(BODY_WAIT, limited.collect()).await {
+        Ok(Ok(all)) => Ok(all.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err((
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a request held for approval carries at most {} KiB of body (its approvers read it first)",
+                MAX_HELD_BODY / 1024
+            ),
+        )),
+        Ok(Err(e)) => Err((http::StatusCode::BAD_REQUEST, format!("reading the request body failed: {e}"))),
+        Err(_) => Err((
+            http::StatusCode::REQUEST_TIMEOUT,
+            format!("the body of a request held for approval did not arrive within {} s", BODY_WAIT.as_secs()),
+        )),
+    }
+}
+
+/// What approvers see of a body: its size, SHA-256 and beginning (as text;
+/// the CLI shows control characters escaped). `None` for no body.
+pub(super) fn body_note(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let shown = String::from_utf8_lossy(body.get(..SHOWN.min(body.len())).unwrap_or_default()).into_owned();
+    let more = if body.len() > SHOWN { " …" } else { "" };
+    Some(format!("{} bytes, sha256 {hex}: {shown}{more}", body.len()))
+}
 
 /// Withdraws the request when the wait ends without a decision (the future
 /// dropped). A decided request is left as it is.
@@ -41,6 +124,7 @@ pub(super) async fn hold(
     decision: &Decision,
     method: &str,
     target: &str,
+    body: Option<String>,
 ) -> Result<String, String> {
     let subject = Subject::HttpRequest {
         session: ctx.id.to_string(),
@@ -48,6 +132,7 @@ pub(super) async fn hold(
         method: method.to_owned(),
         target: target.to_owned(),
         rule: decision.rule_label().to_owned(),
+        body,
     };
     let waiting =
         ctx.agent.request_approval(subject, ctx.principal.clone(), approval, None, decision.approvers.clone());
