@@ -24,7 +24,16 @@ pub type RequestId = u64;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Subject {
     /// A statement held in a session until someone approves it.
-    Statement { session: String, backend: String, text: String, kinds: String, rule: String },
+    Statement {
+        session: String,
+        backend: String,
+        text: String,
+        kinds: String,
+        rule: String,
+        /// An Execute's bound parameter values, as approvers see them (`$1 = '42'`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        parameters: Vec<String>,
+    },
     /// A login held until someone approves it.
     Connect { session: String, backend: String, rule: String },
     /// An SSH exec command, or the start of a shell, held until someone approves it.
@@ -48,6 +57,9 @@ pub enum Subject {
 impl Subject {
     pub fn describe(&self) -> String {
         match self {
+            Self::Statement { backend, text, parameters, .. } if !parameters.is_empty() => {
+                format!("run on {backend}: {text} with {}", parameters.join(", "))
+            }
             Self::Statement { backend, text, .. } => format!("run on {backend}: {text}"),
             Self::Connect { backend, .. } => format!("connect to {backend}"),
             Self::Ssh { backend, request, .. } => format!("run on {backend} over SSH: {request}"),
@@ -539,6 +551,7 @@ mod tests {
             text: "DROP TABLE t".into(),
             kinds: "drop".into(),
             rule: "r".into(),
+            parameters: Vec::new(),
         }
     }
 

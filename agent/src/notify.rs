@@ -121,7 +121,7 @@ fn summary_text(t: &Transition) -> String {
     let r = &t.request;
     let who = r.requester.label();
     let what = match &r.subject {
-        Subject::Statement { backend, text, .. } => format!("run on {backend}: {text}"),
+        Subject::Statement { .. } => r.subject.describe(),
         Subject::Connect { backend, .. } => format!("connect to {backend}"),
         Subject::Ssh { backend, request, .. } => format!("run on {backend} over SSH: {request}"),
         Subject::HttpRequest { .. } => r.subject.describe(),
@@ -304,6 +304,7 @@ mod tests {
                     text: text.into(),
                     kinds: "drop".into(),
                     rule: "r".into(),
+                    parameters: Vec::new(),
                 },
                 requester: crate::approval::Person { uid: 1000, user: Some("dan".into()), subject: None },
                 reason: Some("<@U123> please".into()),

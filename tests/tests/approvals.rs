@@ -144,7 +144,7 @@ name = "dbas, with a second pair of eyes"
 who = {{ groups = ["{dba}"] }}
 backend = "appdb"
 statements = ["*"]
-approval = {{ for = ["drop", "truncate"], by = "sre-leads", timeout = "{statement_timeout}" }}
+approval = {{ for = ["drop", "truncate", "delete"], by = "sre-leads", timeout = "{statement_timeout}" }}
 
 [[rule]]
 name = "contractors, when someone lets them in"
@@ -413,6 +413,42 @@ print("still", conn.execute("SELECT 7").fetchone()[0])
     let events = w.approval_events();
     assert!(events.iter().any(|e| e["event"] == "timed_out"), "{events:?}");
     assert!(events.iter().any(|e| e["event"] == "withdrawn"), "{events:?}");
+}
+
+/// A driver's statement with parameters (Parse, Bind, Execute): the values
+/// are bound before the Execute is held, so the approvers see them with the
+/// text, and the server runs exactly those.
+#[test]
+fn held_executes_show_their_bound_parameters() {
+    let w = world("apparams", "60s");
+    w.pg.admin_db("appdb", "INSERT INTO orders VALUES (3), (4)");
+    let port = w.pg.port.to_string();
+    let script = w.env.path("params.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, psycopg
+conn = psycopg.connect(host=sys.argv[1], port=sys.argv[2], dbname="appdb", user="whoever", autocommit=True)
+cur = conn.execute("DELETE FROM orders WHERE id = %s OR %s = 'every order'", (3, "just one"))
+print("deleted", cur.rowcount, flush=True)
+"#,
+    )
+    .unwrap();
+    let held =
+        w.env.spawn_as(&w.dan, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &w.pg.host, &port]);
+    let id = w.pending(&w.lea, "DELETE FROM orders");
+    let r = w.requests(&w.lea).into_iter().find(|r| r["id"] == id).expect("the request");
+    assert_eq!(r["subject"]["text"], "DELETE FROM orders WHERE id = $1 OR $2 = 'every order'", "{r}");
+    assert_eq!(r["subject"]["parameters"], serde_json::json!(["$1 = 3", "$2 = 'just one'"]), "{r}");
+    let o = w.cli(&w.lea, &["requests"]);
+    assert!(text(&o).contains("OR $2 = 'every order' with $1 = 3, $2 = 'just one'"), "{}", text(&o));
+    assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM orders"), "4", "nothing ran before the approval");
+    let o = w.cli(&w.lea, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = wait_output(held, Duration::from_secs(20));
+    assert!(text(&out).contains("deleted 1"), "{}", text(&out));
+    // The server ran it with the values the approver saw: order 3 is gone, the rest stay.
+    assert_eq!(w.pg.admin_db("appdb", "SELECT string_agg(id::text, ',' ORDER BY id) FROM orders"), "1,2,4");
 }
 
 #[test]

@@ -62,6 +62,8 @@ pub(super) async fn hold(
         text: redacted_text(ctx, text, false).0,
         kinds: st.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"),
         rule: d.rule_label().to_owned(),
+        // A held COM_STMT_EXECUTE's parameter values are not shown (see the README).
+        parameters: Vec::new(),
     };
     let waiting = ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, None, d.approvers.clone());
     let id = waiting.id;

@@ -135,12 +135,53 @@ impl Described {
     }
 }
 
+/// A parameter value as text, quoted as SQL quotes it, cut at 200 characters.
+fn quoted(b: &[u8]) -> String {
+    let t = String::from_utf8_lossy(b);
+    let cut: String = t.chars().take(200).collect();
+    let more = if t.chars().nth(200).is_some() { "…" } else { "" };
+    format!("'{}'{more}", cut.replace('\'', "''"))
+}
+
+/// A binary-format parameter value, read by the type the Parse named where
+/// that is a common one; otherwise its bytes in hex.
+fn binary_value(oid: u32, b: &[u8]) -> String {
+    let int = |n: usize| b.get(..n).filter(|_| b.len() == n);
+    let read = match oid {
+        16 => int(1).map(|x| if x == [0] { "false".to_owned() } else { "true".to_owned() }),
+        21 => int(2).and_then(|x| x.try_into().ok()).map(|x| i16::from_be_bytes(x).to_string()),
+        23 => int(4).and_then(|x| x.try_into().ok()).map(|x| i32::from_be_bytes(x).to_string()),
+        20 => int(8).and_then(|x| x.try_into().ok()).map(|x| i64::from_be_bytes(x).to_string()),
+        700 => int(4).and_then(|x| x.try_into().ok()).map(|x| f32::from_be_bytes(x).to_string()),
+        701 => int(8).and_then(|x| x.try_into().ok()).map(|x| f64::from_be_bytes(x).to_string()),
+        18 | 19 | 25 | 114 | 1042 | 1043 => Some(quoted(b)),
+        3802 => b.split_first().filter(|(v, _)| **v == 1).map(|(_, j)| quoted(j)),
+        2950 if b.len() == 16 => {
+            let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            h.get(..8)
+                .zip(h.get(8..12))
+                .zip(h.get(12..16))
+                .zip(h.get(16..20))
+                .zip(h.get(20..))
+                .map(|((((a, b2), c), d), e)| format!("'{a}-{b2}-{c}-{d}-{e}'"))
+        }
+        _ => None,
+    };
+    read.unwrap_or_else(|| {
+        let hex: String = b.iter().take(100).map(|x| format!("{x:02x}")).collect();
+        format!("\\x{hex}{} (binary)", if b.len() > 100 { "…" } else { "" })
+    })
+}
+
 /// What a portal adds to its statement: the result formats its Bind asked
 /// for, and its own Describe answer.
 #[derive(Debug, Clone)]
 struct PortalRows {
     formats: Arc<[i16]>,
     described: Described,
+    /// The Bind message's body, for approvers to see its parameter values
+    /// when an Execute of the portal is held (`None`: over 64 KiB, not kept).
+    bind: Option<Arc<[u8]>>,
 }
 
 /// A prepared statement (protocol `Parse` or SQL `PREPARE`) as Gatehouse
@@ -158,16 +199,56 @@ struct Prepared {
     described: Described,
     /// Set on portals.
     portal: Option<PortalRows>,
+    /// The parameter types the client's Parse named (to show a held
+    /// Execute's binary parameter values); empty for SQL PREPARE.
+    types: Arc<[u32]>,
 }
 
 impl Prepared {
     fn new(text: Arc<str>, statements: Arc<[Statement]>, generation: u64, pending: Option<u64>) -> Self {
-        Self { text, statements, generation, pending, described: Described::default(), portal: None }
+        Self {
+            text,
+            statements,
+            generation,
+            pending,
+            described: Described::default(),
+            portal: None,
+            types: Arc::from(Vec::new()),
+        }
+    }
+
+    fn with_types(self, types: Vec<u32>) -> Self {
+        Self { types: types.into(), ..self }
     }
 
     /// The portal a Bind with these result formats makes of this statement.
-    fn bind(&self, formats: Vec<i16>) -> Self {
-        Self { portal: Some(PortalRows { formats: formats.into(), described: Described::default() }), ..self.clone() }
+    fn bind(&self, formats: Vec<i16>, body: &[u8]) -> Self {
+        let bind = (body.len() <= 64 * 1024).then(|| Arc::from(body));
+        Self {
+            portal: Some(PortalRows { formats: formats.into(), described: Described::default(), bind }),
+            ..self.clone()
+        }
+    }
+
+    /// The parameter values an Execute of this portal runs with, as approvers
+    /// see them: text values quoted, binary ones in hex, each cut at 200
+    /// characters; empty for a statement without parameters.
+    fn parameters(&self) -> Vec<String> {
+        let Some(portal) = &self.portal else { return Vec::new() };
+        let Some(body) = &portal.bind else { return vec!["(a Bind over 64 KiB: not shown)".into()] };
+        let Ok(values) = wire::bind_parameters(body) else { return vec!["(unreadable)".into()] };
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let shown = match v {
+                    None => "NULL".to_owned(),
+                    Some((1, b)) => binary_value(self.types.get(i).copied().unwrap_or(0), b),
+                    Some((_, b)) => quoted(b),
+                };
+                format!("${} = {shown}", i + 1)
+            })
+            .collect()
     }
 
     /// Where the answer to a Describe of this statement or portal goes. A
@@ -428,5 +509,41 @@ mod fill_tests {
     /// `fill`, unless it would wait.
     async fn fill_ready(r: &mut tokio::io::DuplexStream, buf: &mut BytesMut) -> Option<bool> {
         tokio::time::timeout(std::time::Duration::from_millis(20), fill(r, buf)).await.ok().and_then(Result::ok)
+    }
+}
+
+#[cfg(test)]
+mod parameter_tests {
+    use super::*;
+
+    #[test]
+    fn held_parameters_are_shown_by_their_types() {
+        assert_eq!(binary_value(23, &42i32.to_be_bytes()), "42");
+        assert_eq!(binary_value(20, &(-7i64).to_be_bytes()), "-7");
+        assert_eq!(binary_value(16, &[1]), "true");
+        assert_eq!(binary_value(701, &1.5f64.to_be_bytes()), "1.5");
+        assert_eq!(binary_value(25, b"it's"), "'it''s'");
+        assert_eq!(binary_value(3802, b"\x01{\"a\": 1}"), "'{\"a\": 1}'");
+        assert_eq!(binary_value(2950, &[0x12; 16]), "'12121212-1212-1212-1212-121212121212'");
+        // A wrong length or an unknown type: the bytes.
+        assert_eq!(binary_value(23, &[0, 1]), "\\x0001 (binary)");
+        assert_eq!(binary_value(0, &[0xff]), "\\xff (binary)");
+        assert_eq!(quoted("x".repeat(300).as_bytes()), format!("'{}'…", "x".repeat(200)));
+
+        let mut bind = b"\0s\0".to_vec();
+        // Three parameter formats (text, binary, text), three values.
+        bind.extend_from_slice(&[0, 3, 0, 0, 0, 1, 0, 0, 0, 3]);
+        bind.extend_from_slice(&2i32.to_be_bytes());
+        bind.extend_from_slice(b"10");
+        bind.extend_from_slice(&4i32.to_be_bytes());
+        bind.extend_from_slice(&7i32.to_be_bytes());
+        bind.extend_from_slice(&(-1i32).to_be_bytes());
+        bind.extend_from_slice(&[0, 0]);
+        let p = Prepared::new(Arc::from("SELECT $1, $2, $3"), Arc::from(Vec::new()), 1, None)
+            .with_types(vec![0, 23, 25])
+            .bind(Vec::new(), &bind);
+        assert_eq!(p.parameters(), ["$1 = '10'", "$2 = 7", "$3 = NULL"]);
+        let unbound = Prepared::new(Arc::from("SELECT 1"), Arc::from(Vec::new()), 1, None);
+        assert!(unbound.parameters().is_empty());
     }
 }

@@ -363,6 +363,51 @@ pub fn bind_names(body: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
     Ok((portal, statement))
 }
 
+/// A Parse message's parameter type OIDs, as the client gave them (0:
+/// unspecified); empty when there are none or the message is short.
+pub fn parse_param_types(body: &[u8]) -> Vec<u32> {
+    let Some((_, rest)) = cstr(body) else { return Vec::new() };
+    let Some((_, rest)) = cstr(rest) else { return Vec::new() };
+    let n = be_i16(rest, 0).and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+    (0..n)
+        .map_while(|i| rest.get(2 + 4 * i..6 + 4 * i).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes))
+        .collect()
+}
+
+/// One Bind parameter: `None` for NULL, else its format code (0 text, 1
+/// binary) and value.
+pub type BindValue<'a> = Option<(i16, &'a [u8])>;
+
+/// A Bind message's parameters.
+pub fn bind_parameters(body: &[u8]) -> Result<Vec<BindValue<'_>>, WireError> {
+    let bad = || malformed("Bind");
+    let (_, rest) = cstr(body).ok_or_else(bad)?;
+    let (_, rest) = cstr(rest).ok_or_else(bad)?;
+    let nfmt = usize::try_from(be_i16(rest, 0).ok_or_else(bad)?).map_err(|_| bad())?;
+    let formats: Vec<i16> = (0..nfmt).map(|i| be_i16(rest, 2 + 2 * i).ok_or_else(bad)).collect::<Result<_, _>>()?;
+    let mut at = 2 + 2 * nfmt;
+    let n = usize::try_from(be_i16(rest, at).ok_or_else(bad)?).map_err(|_| bad())?;
+    at += 2;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let format = match formats.len() {
+            0 => 0,
+            1 => formats.first().copied().unwrap_or(0),
+            _ => formats.get(i).copied().ok_or_else(bad)?,
+        };
+        let len = be_i32(rest, at).ok_or_else(bad)?;
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let end = at.checked_add(usize::try_from(len).map_err(|_| bad())?).ok_or_else(bad)?;
+        out.push(Some((format, rest.get(at..end).ok_or_else(bad)?)));
+        at = end;
+    }
+    Ok(out)
+}
+
 /// A Bind message's result-column format codes (none: all text; one: all
 /// columns; else one per column).
 pub fn bind_result_formats(body: &[u8]) -> Result<Vec<i16>, WireError> {
@@ -583,6 +628,8 @@ mod tests {
         b.extend_from_slice(&(-1i32).to_be_bytes());
         b.extend_from_slice(&[0, 3, 0, 0, 0, 1, 0, 0]);
         assert_eq!(bind_result_formats(&b).unwrap(), vec![0, 1, 0]);
+        assert_eq!(bind_parameters(&b).unwrap(), vec![Some((1, &b"abc"[..])), None]);
+        assert!(bind_parameters(&b[..12]).is_err());
         assert!(bind_result_formats(&b[..b.len() - 1]).is_err());
         let mut extra = b.clone();
         extra.push(0);
@@ -591,6 +638,13 @@ mod tests {
         huge.extend_from_slice(&[0, 0, 0, 1]);
         huge.extend_from_slice(&0x7fff_ffffi32.to_be_bytes());
         assert!(bind_result_formats(&huge).is_err());
+
+        // Parse: name "s", text, two parameter types.
+        let mut p = b"s\0SELECT $1, $2\0".to_vec();
+        p.extend_from_slice(&[0, 2, 0, 0, 0, 23, 0, 0, 0, 25]);
+        assert_eq!(parse_param_types(&p), vec![23, 25]);
+        assert_eq!(parse_param_types(&p[..p.len() - 2]), vec![23]);
+        assert!(parse_param_types(b"s\0").is_empty());
 
         let mut n = 7u32.to_be_bytes().to_vec();
         n.extend_from_slice(b"chan\0pay load\0");

@@ -298,7 +298,8 @@ async fn on_client(
                     sh.next_generation += 1;
                     let generation = sh.next_generation;
                     let text = Arc::from(String::from_utf8_lossy(text).as_ref());
-                    let p = Prepared::new(text, batch.statements.into(), generation, Some(epoch));
+                    let p = Prepared::new(text, batch.statements.into(), generation, Some(epoch))
+                        .with_types(wire::parse_param_types(f.body));
                     sh.prepared.insert(name.to_vec(), p);
                     sh.parses.push_back((name.to_vec(), generation, epoch));
                     drop(sh);
@@ -324,7 +325,7 @@ async fn on_client(
             let usable = sh.prepared.get(statement).filter(|p| p.pending.is_none_or(|e| e == epoch)).cloned();
             match usable {
                 Some(p) => {
-                    sh.portals.insert(portal.to_vec(), p.bind(formats));
+                    sh.portals.insert(portal.to_vec(), p.bind(formats, f.body));
                     drop(sh);
                     out.extend_from_slice(f.raw);
                 }
@@ -512,12 +513,20 @@ async fn hold<W: AsyncWrite + Unpin>(
     };
     // Approvers see the statement (its literals, which they decide on) but not its secrets; so does the record.
     let secrets_only = sql::redact::RecordOptions::default();
+    // And the values an Execute's parameters are bound to (the Bind reached
+    // the server already: the Execute runs with exactly these), unless the
+    // text may put one where a secret goes.
+    let mut parameters = h.portal.as_ref().map(Prepared::parameters).unwrap_or_default();
+    if !parameters.is_empty() && ctx.agent.settings.redact.might_hold_secret(&h.text) {
+        parameters = vec!["(not shown: the statement may take a secret)".into()];
+    }
     let subject = crate::approval::Subject::Statement {
         session: ctx.id.to_string(),
         backend: ctx.backend.name.to_string(),
         text: sql::redact::redact(&h.text, &ctx.agent.settings.redact, secrets_only, st.scs).text,
         kinds: kinds_text(s),
         rule: d.rule_label().to_owned(),
+        parameters,
     };
     let reason = alert.as_ref().map(|a| a.reason.clone());
     let waiting = ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, reason, d.approvers.clone());
