@@ -193,7 +193,7 @@ pub fn stored_refusal(profile: &Profile, st: &crate::sql::Statement) -> Option<S
         && let Some(t) = st.reads.iter().map(|t| qualified(t, None)).find(|t| profile.table_style(t).is_some())
     {
         return Some(format!(
-            "it stores values read from {t}, which has masked columns (masking profile {name}), in a variable (user or server) or a file, where masking cannot follow them"
+            "it stores values read from {t}, which has masked columns (masking profile {name}), in a user variable, a server variable or a file, where masking cannot follow them"
         ));
     }
     if c.moves
