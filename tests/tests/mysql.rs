@@ -469,6 +469,30 @@ run("SELECT id FROM held")
         "{replay}"
     );
     assert!(replay.contains("ERROR 1227 (42000)") && replay.contains("not today"), "{replay}");
+
+    // A prepared statement's execute (node mysql2 `execute()`): the approvers
+    // see the values it binds, and the server runs it with exactly those.
+    let modules = "/usr/local/lib/gatehouse-e2e/node/node_modules";
+    let js = w.env.path("held_execute.js");
+    std::fs::write(&js, node_script(&serde_json::json!([["DELETE FROM held WHERE id = ?", [2]]]))).unwrap();
+    let node_path = format!("NODE_PATH={modules}");
+    let args = [node_path.as_str(), "node", js.to_str().unwrap(), w.db.host.as_str(), port.as_str()];
+    let mut node = w.env.spawn_as(&w.dan, None, Path::new("/usr/bin/env"), &args);
+    let id = w.pending(&w.lea, "DELETE FROM held WHERE id = ?");
+    let o = w.cli(&w.lea, &["requests", "--json"]);
+    let req = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["id"] == id)
+        .expect("the request");
+    assert_eq!(req["subject"]["parameters"], serde_json::json!(["?1 = 2"]), "{req}");
+    assert_eq!(w.db.admin("SELECT count(*) FROM appdb.held"), "1", "nothing ran before the approval");
+    let o = w.cli(&w.lea, &["approve", &id.to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let line = gatehouse_e2e::read_json_line(&mut node);
+    assert_eq!(line["rows"], 1, "{line}\n{}", w.env.agent_log());
+    assert_eq!(w.db.admin("SELECT count(*) FROM appdb.held"), "0", "the approved execute ran with ?1 = 2");
+    let _ = node.wait();
 }
 
 /// The `mariadb` client at a terminal (a pty: only then does it read the

@@ -915,7 +915,7 @@ async fn statement(
         Verdict::Allow => false,
         Verdict::NeedsApproval if command == Command::Prepare => false,
         Verdict::NeedsApproval => {
-            if let Err(why) = hold::hold(ctx, client, &d, &shown, &c.statement).await? {
+            if let Err(why) = hold::hold(ctx, client, &d, &shown, &c.statement, Vec::new()).await? {
                 return refuse(ctx, s, client, seq, &shown, Some(&c.statement), &why).await;
             }
             true

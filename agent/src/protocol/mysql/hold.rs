@@ -42,6 +42,7 @@ pub(super) async fn hold(
     d: &Decision,
     text: &str,
     st: &Statement,
+    parameters: Vec<String>,
 ) -> Result<Result<RequestId, Decision>, Fail> {
     let snapshot = ctx.agent.snapshot.load_full();
     let grants = ctx.agent.grant_rules.load();
@@ -62,8 +63,12 @@ pub(super) async fn hold(
         text: redacted_text(ctx, text, false).0,
         kinds: st.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"),
         rule: d.rule_label().to_owned(),
-        // A held COM_STMT_EXECUTE's parameter values are not shown (see the README).
-        parameters: Vec::new(),
+        // A held COM_STMT_EXECUTE's parameter values, unless its text may hold a secret.
+        parameters: if redacted_text(ctx, text, false).1 > 0 && !parameters.is_empty() {
+            vec!["(not shown: the statement may take a secret)".into()]
+        } else {
+            parameters
+        },
     };
     let waiting = ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, None, d.approvers.clone());
     let id = waiting.id;

@@ -237,8 +237,17 @@ pub(super) async fn execute(
     let snapshot = ctx.agent.snapshot.load_full();
     let d = decide_one(ctx, &snapshot, &p.statement);
     let held = d.verdict == Verdict::NeedsApproval;
+    // The types an execute binds are kept (a copy only when they change):
+    // a later execute's values are read with them, for its record or its approvers.
+    s.prepared.note_types(id, payload, p.params);
     if held {
-        if let Err(why) = super::hold::hold(ctx, client, &d, &p.text, &p.statement).await? {
+        let x = super::record::ExecuteParams { count: p.params, types: s.prepared.types(id) };
+        let parameters = if p.params == 0 {
+            Vec::new()
+        } else {
+            super::record::parameters_shown(payload, x).unwrap_or_else(|| vec!["(unreadable: not shown)".into()])
+        };
+        if let Err(why) = super::hold::hold(ctx, client, &d, &p.text, &p.statement, parameters).await? {
             return refuse(ctx, s, client, seq, &p.text, Some(&p.statement), &why).await;
         }
     } else if d.verdict != Verdict::Allow {
@@ -249,10 +258,6 @@ pub(super) async fn execute(
     if held {
         // Approved (the approval's records say by whom), as PostgreSQL records it.
         ev.reason = None;
-    }
-    // Only the recording of parameter values reads them: no copy per execute otherwise.
-    if ctx.record.parameters {
-        s.prepared.note_types(id, payload_of(&pkt), p.params);
     }
     let params = super::record::ExecuteParams { count: p.params, types: s.prepared.types(id) };
     let recorded = super::record::client_packet(ctx, &pkt, Some(params));

@@ -137,6 +137,18 @@ pub(super) fn bound_types(payload: &[u8], count: u16) -> Option<&[u8]> {
 /// An execute's parameter values as recorded text (`[parameters: …]`),
 /// each through `profile`; `None` when they cannot be read.
 fn parameters_text(payload: &[u8], x: ExecuteParams<'_>, profile: Option<&Profile>) -> Option<String> {
+    Some(format!("[parameters: {}]", parameter_values(payload, x, profile)?.join(", ")))
+}
+
+/// A held execute's parameter values as its approvers see them (`?1 = 3`,
+/// `?2 = 'text'`); `None` when they cannot be read.
+pub(super) fn parameters_shown(payload: &[u8], x: ExecuteParams<'_>) -> Option<Vec<String>> {
+    let values = parameter_values(payload, x, None)?;
+    Some(values.into_iter().enumerate().map(|(i, v)| format!("?{} = {v}", i + 1)).collect())
+}
+
+/// An execute's parameter values as text, each through `profile`.
+fn parameter_values(payload: &[u8], x: ExecuteParams<'_>, profile: Option<&Profile>) -> Option<Vec<String>> {
     let values = binary::params(payload.get(EXECUTE_HEAD..)?, x.count, x.types)?;
     let mut shown = Vec::with_capacity(values.len());
     for p in values {
@@ -157,7 +169,7 @@ fn parameters_text(payload: &[u8], x: ExecuteParams<'_>, profile: Option<&Profil
         let v = String::from_utf8_lossy(&v).into_owned();
         shown.push(if quoted { format!("'{}'", v.replace('\'', "''")) } else { v });
     }
-    Some(format!("[parameters: {}]", shown.join(", ")))
+    Some(shown)
 }
 
 /// [`client_packet`] with the text redaction passed in (sans-IO,
