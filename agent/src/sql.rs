@@ -307,6 +307,15 @@ pub fn split_recorded_tables(list: &str) -> Vec<&str> {
     out
 }
 
+impl Statement {
+    /// The first call of a built-in whose reads no lineage follows (SQL text
+    /// it runs, a table or cursor named by a value): masking cannot follow
+    /// what it returns.
+    pub fn reads_unseen(&self) -> Option<&str> {
+        self.functions.iter().map(String::as_str).find(|f| functions::reads_unseen(f))
+    }
+}
+
 /// One classified statement of a query string.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Statement {
@@ -1308,6 +1317,23 @@ mod tests {
 
     fn reads(sql: &str) -> Vec<TableRef> {
         one(sql).reads
+    }
+
+    #[test]
+    fn calls_that_read_unseen_rows_are_named() {
+        for (sql, f) in [
+            ("SELECT table_to_xml('t', true, false, '')", "table_to_xml"),
+            ("SELECT pg_catalog.query_to_xml('SELECT 1', true, false, '')", "pg_catalog.query_to_xml"),
+            ("SELECT * FROM ts_stat('SELECT v FROM t')", "ts_stat"),
+            ("SELECT ts_rewrite('a'::tsquery, 'SELECT x, y FROM t')", "ts_rewrite"),
+        ] {
+            assert_eq!(one(sql).reads_unseen(), Some(f), "{sql}");
+        }
+        for sql in
+            ["SELECT ts_rewrite('a'::tsquery, 'a'::tsquery, 'b'::tsquery)", "SELECT set_config('a.b', 'c', false)"]
+        {
+            assert_eq!(one(sql).reads_unseen(), None, "{sql}");
+        }
     }
 
     #[test]

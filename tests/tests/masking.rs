@@ -435,6 +435,19 @@ fn side_effect_functions_cannot_carry_masked_values_out() {
     let out = w.sql_session(&w.lou, &["SELECT setseed(ascii(ssn) / 256.0) FROM payments", "SELECT random()"]);
     assert!(!out.contains(&expected), "random() gave the seed away: {out}");
     assert!(out.contains("ERROR:") && out.contains("masked column public.payments.ssn"), "{out}");
+    // Built-ins that read what no lineage sees — SQL given as text, a table
+    // or a cursor named by a value — would hand rows back unmasked.
+    for pair in [
+        ["SELECT table_to_xml('payments', true, false, '')", "SELECT 1"],
+        ["SELECT query_to_xml('SELECT ssn FROM payments', true, false, '')", "SELECT 1"],
+        ["DECLARE c CURSOR WITH HOLD FOR SELECT ssn FROM payments", "SELECT cursor_to_xml('c', 10, false, false, '')"],
+        ["PREPARE px AS SELECT pg_catalog.table_to_xml('payments', true, false, '')", "EXECUTE px"],
+        ["SELECT * FROM ts_stat('SELECT to_tsvector(ssn) FROM payments')", "SELECT 1"],
+    ] {
+        let out = w.sql_session(&w.lou, &pair);
+        assert!(!out.to_lowercase().contains("zeta"), "{pair:?}: {out}");
+        assert!(out.contains("ERROR:") && out.contains("masking cannot follow"), "{pair:?}: {out}");
+    }
     // What the server kept: no large object, the sequence untouched.
     assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4242"), "0");
     assert_eq!(w.pg.admin_db("appdb", "SELECT is_called FROM seq"), "f");

@@ -199,6 +199,34 @@ pub(crate) fn is_dangerous(name: &QualName) -> bool {
     }
 }
 
+/// Built-ins that read rows no lineage sees: SQL given as text, or a table,
+/// schema, database or cursor named by a value (`table_to_xml('t', …)`).
+const READS_UNSEEN: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+];
+
+/// Whether a call, named as [`call_name`] wrote it, is one of
+/// [`READS_UNSEEN`] (by its last part: a user function of such a name in
+/// another schema counts too, towards refusing).
+pub(super) fn reads_unseen(call: &str) -> bool {
+    READS_UNSEEN.contains(&call.rsplit('.').next().unwrap_or(call))
+}
+
 /// A built-in that keeps its arguments where a later statement reads them
 /// back: every [`is_dangerous`] one (a setting, a sequence, a notification, a
 /// lock, a large object, a file…), and `setseed`, whose argument `random()`

@@ -18,6 +18,18 @@ use crate::sql::{Statement, TableRef};
 /// cannot rewrite by column.
 pub(super) fn refusal(ctx: &Ctx, cat: &Catalog, s: &Statement) -> Option<PgError> {
     let profile = ctx.mask.as_ref()?;
+    if let Some(f) = s.reads_unseen() {
+        return Some(
+            PgError::new(
+                Severity::Error,
+                "42501",
+                format!(
+                    "Gatehouse refused this statement: it calls {f}, which reads rows by a name or SQL text it is given, where masking cannot follow them"
+                ),
+            )
+            .hint("select the columns from the table itself"),
+        );
+    }
     let lineage = s.lineage.as_ref()?;
     let tables: Vec<TableRef> = s.reads.iter().chain(&s.writes).cloned().collect();
     let bound = cat.bind_shared(lineage, &tables);
