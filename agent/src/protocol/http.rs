@@ -362,11 +362,11 @@ impl Shared {
             // The body is read first: the approvers decide on it, and it is
             // what goes upstream once they approve.
             let (head, body) = req.into_parts();
-            let body = match hold::read_body(body).await {
+            let body = match hold::read_body(body, &hold::HELD_KIB).await {
                 Ok(b) => b,
                 Err((status, why)) => return self.refuse(&pending, status, Some(&decision), &why),
             };
-            let note = hold::body_note(&body);
+            let note = hold::body_note(&body.bytes);
             match hold::hold(&self.ctx, approval, &decision, &pending.method, &pending.target, note).await {
                 Ok(note) => pending.reason = Some(note),
                 Err(why) => {
@@ -374,7 +374,7 @@ impl Shared {
                     return self.refuse(&pending, StatusCode::FORBIDDEN, Some(&decision), &why);
                 }
             }
-            req = Request::from_parts(head, hold::ClientBody::Held(Some(body)));
+            req = Request::from_parts(head, body.into());
         }
         pending.decision = crate::audit::Verdict::Allow;
         // Masking: the profile must exist (fail closed), and the backend is

@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::info;
 
 use super::Ctx;
@@ -33,12 +34,32 @@ pub(super) const MAX_HELD_BODY: usize = 256 * 1024;
 const BODY_WAIT: Duration = Duration::from_secs(30);
 /// How much of a held body approvers are shown.
 const SHOWN: usize = 2048;
+/// Room for held bodies across the agent, in KiB (64 MiB): a flood of held
+/// requests is answered `503` rather than kept in memory.
+pub(super) static HELD_KIB: Semaphore = Semaphore::const_new(64 * 1024);
+
+/// A held request's body and the room it takes in [`HELD_KIB`] (given back
+/// when the body is dropped, once forwarded or refused).
+pub(super) struct HeldBody {
+    pub bytes: Bytes,
+    room: Option<SemaphorePermit<'static>>,
+}
 
 /// A request body from the client: streamed, or read whole before an
 /// approval and forwarded as the approvers saw it (trailer fields dropped).
 pub(super) enum ClientBody {
     Streaming(Incoming),
-    Held(Option<Bytes>),
+    /// The room is held until the body is dropped.
+    Held {
+        body: Option<Bytes>,
+        _room: Option<SemaphorePermit<'static>>,
+    },
+}
+
+impl From<HeldBody> for ClientBody {
+    fn from(h: HeldBody) -> Self {
+        Self::Held { body: Some(h.bytes), _room: h.room }
+    }
 }
 
 impl Body for ClientBody {
@@ -48,30 +69,47 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Streaming(b) => Pin::new(b).poll_frame(cx),
-            Self::Held(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            Self::Held { body: b, .. } => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Streaming(b) => b.is_end_stream(),
-            Self::Held(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            Self::Held { body: b, .. } => b.as_ref().is_none_or(Bytes::is_empty),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Streaming(b) => b.size_hint(),
-            Self::Held(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Held { body: b, .. } => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }
 
-/// Reads a held request's body whole; `Err((status, why))` refuses the request.
-pub(super) async fn read_body(body: ClientBody) -> Result<Bytes, (http::StatusCode, String)> {
+/// Reads a held request's body whole, within the room `pool` has left;
+/// `Err((status, why))` refuses the request.
+pub(super) async fn read_body<B>(body: B, pool: &'static Semaphore) -> Result<HeldBody, (http::StatusCode, String)>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let most = u32::try_from(MAX_HELD_BODY / 1024).unwrap_or(u32::MAX);
+    let Ok(mut room) = pool.try_acquire_many(most) else {
+        return Err((
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bodies are waiting for approval now; try again later".into(),
+        ));
+    };
     let limited = http_body_util::Limited::new(body, MAX_HELD_BODY);
     match tokio::time::timeout(BODY_WAIT, limited.collect()).await {
-        Ok(Ok(all)) => Ok(all.to_bytes()),
+        Ok(Ok(all)) => {
+            let bytes = all.to_bytes();
+            // Keep the room the body takes; the rest goes back at once.
+            let room = room.split(bytes.len().div_ceil(1024)).filter(|_| !bytes.is_empty());
+            Ok(HeldBody { bytes, room })
+        }
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err((
             http::StatusCode::PAYLOAD_TOO_LARGE,
             format!(
@@ -151,5 +189,38 @@ pub(super) async fn hold(
             Ok(format!("held for approval by {}: request {id} approved", waiting.approvers))
         }
         other => Err(waiting.refusal(&other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Full;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn held_bodies_are_bounded_in_size_and_in_total() {
+        // 300 KiB of room: one 200 KiB body held leaves too little for another.
+        static POOL: Semaphore = Semaphore::const_new(300);
+        let big = Full::new(Bytes::from(vec![b'x'; 200 * 1024]));
+        let first = read_body(big, &POOL).await.map_err(|e| e.1).unwrap();
+        assert_eq!((first.bytes.len(), POOL.available_permits()), (200 * 1024, 100), "only what it takes is kept");
+        let refused = read_body(Full::new(Bytes::from_static(b"{}")), &POOL).await.err().unwrap();
+        assert_eq!(refused.0, http::StatusCode::SERVICE_UNAVAILABLE, "{}", refused.1);
+        // Forwarded (dropped): its room comes back.
+        drop(ClientBody::from(first));
+        assert_eq!(POOL.available_permits(), 300);
+        let small = read_body(Full::new(Bytes::from_static(b"{\"refund\": 1}")), &POOL).await.map_err(|e| e.1).unwrap();
+        assert_eq!(POOL.available_permits(), 299);
+        let empty = read_body(Full::new(Bytes::new()), &POOL).await.map_err(|e| e.1).unwrap();
+        assert!(empty.bytes.is_empty() && POOL.available_permits() == 299, "an empty body takes no room");
+        drop(small);
+        // Over the limit: 413, and the room is given back.
+        let over = read_body(Full::new(Bytes::from(vec![0u8; MAX_HELD_BODY + 1])), &POOL).await.err().unwrap();
+        assert_eq!(over.0, http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(POOL.available_permits(), 300);
+        assert!(body_note(b"").is_none());
+        let note = body_note(b"{\"refund\": 1}").unwrap();
+        assert!(note.starts_with("13 bytes, sha256 ") && note.ends_with(": {\"refund\": 1}"), "{note}");
     }
 }
