@@ -518,28 +518,43 @@ fn render_markup(text: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The character a reference at the start of `rest` stands for, and its length.
+/// The character a reference at the start of `rest` stands for, and its
+/// length, read as browsers do: a numeric reference ends at its last digit,
+/// `;` or not (`&#52<b></b>111` shows `4111`), and the legacy names (`&amp`,
+/// `&lt`, `&nbsp`…) need no `;` either.
 fn char_reference(rest: &[u8]) -> Option<(char, usize)> {
-    let end = rest.iter().take(12).position(|&c| c == b';')?;
-    let name = std::str::from_utf8(rest.get(1..end)?).ok()?;
-    let c = if let Some(num) = name.strip_prefix('#') {
-        let n = match num.strip_prefix(['x', 'X']) {
-            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-            None => num.parse::<u32>().ok()?,
-        };
-        char::from_u32(n)?
-    } else {
-        match name {
-            "amp" => '&',
-            "lt" => '<',
-            "gt" => '>',
-            "quot" => '"',
-            "apos" => '\'',
-            "nbsp" | "ensp" | "emsp" | "thinsp" => ' ',
-            _ => return None,
+    let body = rest.get(1..)?;
+    let semi = |at: usize| usize::from(body.get(at) == Some(&b';'));
+    if let Some(num) = body.strip_prefix(b"#") {
+        let hex = matches!(num.first(), Some(b'x' | b'X'));
+        let digits = num.get(usize::from(hex)..)?;
+        let len = digits.iter().take_while(|c| if hex { c.is_ascii_hexdigit() } else { c.is_ascii_digit() }).count();
+        if len == 0 {
+            return None;
         }
-    };
-    Some((c, end + 1))
+        let text = std::str::from_utf8(digits.get(..len)?).ok()?;
+        // Out of range or not a character: what a browser shows instead.
+        let c =
+            u32::from_str_radix(text, if hex { 16 } else { 10 }).ok().and_then(char::from_u32).unwrap_or('\u{fffd}');
+        let at = 1 + usize::from(hex) + len;
+        return Some((c, 1 + at + semi(at)));
+    }
+    // (name, character, recognised without `;`)
+    const NAMED: &[(&[u8], char, bool)] = &[
+        (b"amp", '&', true),
+        (b"lt", '<', true),
+        (b"gt", '>', true),
+        (b"quot", '"', true),
+        (b"nbsp", ' ', true),
+        (b"apos", '\'', false),
+        (b"ensp", ' ', false),
+        (b"emsp", ' ', false),
+        (b"thinsp", ' ', false),
+    ];
+    NAMED.iter().find_map(|&(name, c, legacy)| {
+        let ends = semi(name.len()) == 1;
+        (body.starts_with(name) && (ends || legacy)).then(|| (c, 1 + name.len() + semi(name.len())))
+    })
 }
 
 /// Text bodies are scanned as a terminal shows them (`kubectl logs`, `curl`
@@ -926,6 +941,9 @@ mod tests {
         for page in [
             &b"<td><span>4111</span> <span>1111</span> <span>1111</span> <span>1111</span></td>\n"[..],
             b"<p>card &#52;111 1111 1111 1111</p>\n",
+            // Browsers end a numeric reference at its last digit, `;` or not.
+            b"<p>card &#52<b></b>111 1111 1111 1111</p>\n",
+            b"<p>card &#x34<i></i>111&nbsp1111 1111 1111</p>\n",
             b"<p>ann<!-- x -->&#64;example.com</p>\n",
             b"<card><![CDATA[4111]]> 1111 1111 1111</card>\n",
             // A finding in an attribute (raw) and another only the rendered text shows.
