@@ -115,6 +115,14 @@ const SETTABLE: &[&str] = &[
 const CHARSET_VARS: &[&str] =
     &["names", "character_set_client", "character_set_connection", "character_set_results", "collation_connection"];
 
+/// Whether a call (its lowercased name) keeps or hands over its arguments
+/// where masking does not follow them: anything outside [`SAFE_FUNCTIONS`],
+/// and `LAST_INSERT_ID(expr)`, which sets what `LAST_INSERT_ID()` and the OK
+/// packet give back (without an argument it only reads).
+fn keeps_arguments(name: &str) -> bool {
+    name == "last_insert_id" || !SAFE_FUNCTIONS.contains(&name)
+}
+
 /// Built-in functions without effects beyond the statement's rows.
 const SAFE_FUNCTIONS: &[&str] = &[
     "abs",

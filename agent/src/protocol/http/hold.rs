@@ -132,7 +132,7 @@ pub(super) fn body_note(body: &[u8]) -> Option<String> {
         return None;
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, body);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::audit::hex(digest.as_ref());
     let shown = String::from_utf8_lossy(body.get(..SHOWN.min(body.len())).unwrap_or_default()).into_owned();
     let more = if body.len() > SHOWN { " …" } else { "" };
     Some(format!("{} bytes, sha256 {hex}: {shown}{more}", body.len()))

@@ -57,14 +57,15 @@ pub(super) async fn hold(
         return Ok(Err(refusal(d, "the rule names no approvers now")));
     };
     // Approvers see the statement (its literals, which they decide on) but not its secrets.
+    let (shown, secrets) = redacted_text(ctx, text, false);
     let subject = Subject::Statement {
         session: ctx.id.to_string(),
         backend: ctx.backend.name.to_string(),
-        text: redacted_text(ctx, text, false).0,
+        text: shown,
         kinds: st.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"),
         rule: d.rule_label().to_owned(),
         // A held COM_STMT_EXECUTE's parameter values, unless its text may hold a secret.
-        parameters: if redacted_text(ctx, text, false).1 > 0 && !parameters.is_empty() {
+        parameters: if secrets > 0 && !parameters.is_empty() {
             vec!["(not shown: the statement may take a secret)".into()]
         } else {
             parameters

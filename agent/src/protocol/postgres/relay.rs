@@ -157,7 +157,7 @@ fn binary_value(oid: u32, b: &[u8]) -> String {
         18 | 19 | 25 | 114 | 1042 | 1043 => Some(quoted(b)),
         3802 => b.split_first().filter(|(v, _)| **v == 1).map(|(_, j)| quoted(j)),
         2950 if b.len() == 16 => {
-            let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            let h = crate::audit::hex(b);
             h.get(..8)
                 .zip(h.get(8..12))
                 .zip(h.get(12..16))
@@ -168,7 +168,7 @@ fn binary_value(oid: u32, b: &[u8]) -> String {
         _ => None,
     };
     read.unwrap_or_else(|| {
-        let hex: String = b.iter().take(100).map(|x| format!("{x:02x}")).collect();
+        let hex = crate::audit::hex(b.get(..100).unwrap_or(b));
         format!("\\x{hex}{} (binary)", if b.len() > 100 { "…" } else { "" })
     })
 }

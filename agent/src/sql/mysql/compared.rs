@@ -140,22 +140,29 @@ fn stored(stmt: &ast::Statement, c: &mut Compared) {
     // (lock names are listed and probed by `IS_USED_LOCK`), a stored function
     // (which may write them anywhere).
     let _ = ast::visit_expressions(stmt, |e| {
-        let keeps = |name: &str| name == "last_insert_id" || !super::SAFE_FUNCTIONS.contains(&name);
         if let Expr::Function(f) = e
-            && keeps(&f.name.to_string().to_ascii_lowercase())
-            && let FunctionArguments::List(l) = &f.args
+            && super::keeps_arguments(&f.name.to_string().to_ascii_lowercase())
         {
-            for a in &l.args {
-                if let FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
-                | FunctionArg::Named { arg: FunctionArgExpr::Expr(e), .. }
-                | FunctionArg::ExprNamed { arg: FunctionArgExpr::Expr(e), .. } = a
-                {
-                    names_in(e, names);
-                }
+            for a in arguments(f) {
+                names_in(a, names);
             }
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// The expressions a call passes as its arguments (positional or named).
+fn arguments(f: &ast::Function) -> impl Iterator<Item = &Expr> {
+    let list = match &f.args {
+        FunctionArguments::List(l) => l.args.as_slice(),
+        _ => &[],
+    };
+    list.iter().filter_map(|a| match a {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
+        | FunctionArg::Named { arg: FunctionArgExpr::Expr(e), .. }
+        | FunctionArg::ExprNamed { arg: FunctionArgExpr::Expr(e), .. } => Some(e),
+        _ => None,
+    })
 }
 
 /// Every name in any part of a tree (its expressions, subqueries included),
@@ -289,13 +296,7 @@ fn function(f: &ast::Function, names: &mut BTreeSet<String>) {
     let counts = f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case("count"));
     if let FunctionArguments::List(l) = &f.args {
         let distinct = matches!(l.duplicate_treatment, Some(DuplicateTreatment::Distinct));
-        for a in &l.args {
-            let e = match a {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
-                | FunctionArg::Named { arg: FunctionArgExpr::Expr(e), .. }
-                | FunctionArg::ExprNamed { arg: FunctionArgExpr::Expr(e), .. } => e,
-                _ => continue,
-            };
+        for e in arguments(f) {
             let bare = matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_));
             if distinct || (counts && !bare) {
                 names_in(e, names);
