@@ -121,13 +121,10 @@ fn summary_text(t: &Transition) -> String {
     let r = &t.request;
     let who = r.requester.label();
     let what = match &r.subject {
-        Subject::Statement { .. } => r.subject.describe(),
-        Subject::Connect { backend, .. } => format!("connect to {backend}"),
-        Subject::Ssh { backend, request, .. } => format!("run on {backend} over SSH: {request}"),
-        Subject::HttpRequest { .. } => r.subject.describe(),
         Subject::Grant { grant, backend, duration_s } => {
             format!("the grant \"{grant}\" on {backend} for {}", crate::settings::format_duration_s(*duration_s))
         }
+        other => other.describe(),
     };
     let by = t.by.as_ref().map(|p| format!(" by {}", p.label())).unwrap_or_default();
     match t.event {

@@ -104,9 +104,5 @@ pub fn single_kind(kind: Kind) -> Statement {
 }
 
 pub fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "allow",
-        Verdict::Deny => "deny",
-        Verdict::NeedsApproval => "approval",
-    }
+    crate::audit::Verdict::from(v).as_str()
 }
