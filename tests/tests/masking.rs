@@ -401,6 +401,39 @@ fn masking_follows_the_data_not_the_names() {
     assert_eq!(w.sql(&w.ana, "SELECT replace(ssn, '-', '') FROM customers WHERE ssn LIKE '123-45-%'"), "123456789");
 }
 
+/// A client speaking the protocol's FunctionCall (libpq's fast path): calls
+/// the function with OID argv[3] on arguments argv[4..] (text), prints what came back.
+const FASTPATH: &str = r#"
+import socket, struct, sys
+host, port, oid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+args = [a.encode() for a in sys.argv[4:]]
+s = socket.create_connection((host, port))
+body = struct.pack("!i", 196608) + b"user\0whoever\0database\0appdb\0\0"
+s.sendall(struct.pack("!i", len(body) + 4) + body)
+def read_until_z():
+    out = b""
+    while True:
+        t = s.recv(1)
+        if not t:
+            return out, False
+        n = struct.unpack("!i", s.recv(4, socket.MSG_WAITALL))[0]
+        data = s.recv(n - 4, socket.MSG_WAITALL) if n > 4 else b""
+        out += t + data
+        if t == b"Z":
+            return out, True
+        if t == b"E" and not out.startswith(b"R"):
+            pass
+_, ok = read_until_z()
+f = struct.pack("!i", oid) + struct.pack("!h", 0) + struct.pack("!h", len(args))
+for a in args:
+    f += struct.pack("!i", len(a)) + a
+f += struct.pack("!h", 0)
+s.sendall(b"F" + struct.pack("!i", len(f) + 4) + f)
+resp, _ = read_until_z()
+print(resp.decode("latin1"))
+s.sendall(b"X\0\0\0\4")
+"#;
+
 /// Built-in functions with side effects keep a value where it is read back
 /// without the masking: a setting (`SHOW`, `current_setting`, and the
 /// server's ParameterStatus for `application_name`), a notification, a
@@ -448,6 +481,16 @@ fn side_effect_functions_cannot_carry_masked_values_out() {
         assert!(!out.to_lowercase().contains("zeta"), "{pair:?}: {out}");
         assert!(out.contains("ERROR:") && out.contains("masking cannot follow"), "{pair:?}: {out}");
     }
+    // The same functions by the protocol's FunctionCall message (a function
+    // by its OID, as libpq's fast path calls it): no statement to trace.
+    let oid = w.pg.admin_db("appdb", "SELECT 'pg_catalog.table_to_xml'::regproc::oid");
+    let script = w.env.path("fastpath.py");
+    std::fs::write(&script, FASTPATH).unwrap();
+    let port = w.pg.port.to_string();
+    let args = [script.to_str().unwrap(), w.pg.host.as_str(), port.as_str(), oid.trim(), "payments", "t", "f", ""];
+    let out = text(&w.env.run_as(&w.lou, None, Path::new("/usr/bin/python3"), &args));
+    assert!(!out.to_lowercase().contains("zeta"), "FunctionCall table_to_xml: {out}");
+    assert!(out.contains("42501") && out.contains("masked"), "{out}\n{}", w.env.agent_log());
     // What the server kept: no large object, the sequence untouched.
     assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4242"), "0");
     assert_eq!(w.pg.admin_db("appdb", "SELECT is_called FROM seq"), "f");

@@ -386,6 +386,7 @@ fn on_backend(
         }
         b'I' | b's' | b'V' => {
             // A function call's result is masked before its statement is closed, so it counts.
+            // (Masked sessions refuse FunctionCall messages; one a backend sends unasked is masked all the same.)
             let mut rewritten = Vec::new();
             if let (b'V', Some(profile)) = (f.tag, &ctx.mask) {
                 masking::mask_function_result(profile, f, &mut rewritten, sink.pending).map_err(bad)?;

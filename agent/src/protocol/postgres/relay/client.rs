@@ -424,7 +424,20 @@ async fn on_client(
             let current = ctx.agent.snapshot.load_full();
             let s = Statement { text: "(FunctionCall message)".into(), ..single_kind(Kind::FunctionCall) };
             let d = decide_one(ctx, &current, &s);
-            if let Some(a) = standing_hold(ctx, &current) {
+            if ctx.mask.is_some() {
+                // A function by its OID (libpq's fast path): no statement to trace,
+                // so nothing says what it reads (`table_to_xml` of a masked table).
+                let why = Refused::Error(
+                    PgError::new(
+                        Severity::Error,
+                        "42501",
+                        "Gatehouse refused this function call: a FunctionCall message calls a function by its OID, whose result masking cannot follow; it is refused on masked sessions",
+                    )
+                    .hint("call the function in a SELECT"),
+                );
+                record_refusal(ctx, st, s.text.as_bytes(), Some(&s), &why);
+                refuse(out, io.shared, epoch, why.error(ctx), &wire::query(io.nonce));
+            } else if let Some(a) = standing_hold(ctx, &current) {
                 // A FunctionCall message is not held (it has no text to show an approver): refused.
                 let why = Refused::Error(PgError::new(
                     Severity::Error,
