@@ -205,6 +205,53 @@ fn a_fast_open_connection_goes_through_the_proxy() {
     let _ = backend.wait();
 }
 
+/// Multipath TCP (`socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP)`, enabled by
+/// default on Debian's kernels) connects through its own socket layer, which
+/// opens a TCP subflow underneath: ana's connection goes through the proxy
+/// and is recorded like a TCP one, eve (no rule) does not reach the backend,
+/// over IPv4 and IPv6.
+#[test]
+fn a_multipath_tcp_connection_goes_through_the_proxy() {
+    let mut env = Env::new("mptcp");
+    let team = env.group("team");
+    let ana = env.user("ana", &[&team]);
+    let eve = env.user("eve", &[]);
+    let ns = env.netns();
+    let port = gatehouse_e2e::free_port();
+    let mut backend = serve_in(&env, &ns, port);
+    let own = loopback(1);
+    let config = env.write_policy("policy.toml", &tcp_policy("local", &format!("{own}:{port}"), &team, ""));
+    env.agent_netns = Some(ns.clone());
+    env.start_agent(&config);
+    let targets = [format!("{own}:{port}"), format!("[::ffff:{own}]:{port}")];
+    for target in &targets {
+        let r = env.probe_in(&ana, Some(&ns), &["echo", target, "4096", "--mptcp"]);
+        assert!(ok(&r), "{target}: ana is allowed and must get through the proxy: {r}\n{}", env.agent_log());
+        let r = env.probe_in(&eve, Some(&ns), &["echo", target, "4096", "--mptcp"]);
+        assert!(!ok(&r), "{target}: eve has no rule and reached the backend over MPTCP: {r}");
+        assert_ne!(r["received"], 4096, "{r}");
+    }
+    let (ana_uid, eve_uid) = (env.uid(&ana), env.uid(&eve));
+    wait_for("ana's sessions to close", &env, || {
+        env.sessions().iter().filter(|s| s["uid"] == ana_uid && !s["end_reason"].is_null()).count() >= targets.len()
+    });
+    let sessions = env.sessions();
+    let mine: Vec<&Value> = sessions.iter().filter(|s| s["uid"] == ana_uid).collect();
+    assert_eq!(mine.len(), targets.len(), "{sessions:#?}");
+    for s in mine {
+        assert_eq!(s["decision"], "allow", "{s}");
+        assert_eq!(s["bytes_up"], 4096, "every byte went through the proxy: {s}");
+    }
+    // Refusals of one uid to one backend are recorded once per window, counted each.
+    let denied =
+        sessions.iter().find(|s| s["uid"] == eve_uid).unwrap_or_else(|| panic!("eve's refusal: {sessions:#?}"));
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    let st = env.status();
+    assert_eq!(st["sessions"]["denied"], targets.len(), "{st:#}");
+    let _ = backend.kill();
+    let _ = backend.wait();
+}
+
 /// bpffs at /sys/fs/bpf may be world-writable: a pin directory that exists
 /// with another owner or an open mode is refused, and nothing is pinned in it.
 #[test]

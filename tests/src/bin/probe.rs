@@ -3,10 +3,11 @@
 //! the modes that report progress).
 //!
 //! probe connect ADDR [--bind SRC]      connect, report peer and local address
-//! probe echo ADDR BYTES [--bind SRC] [--fastopen]
+//! probe echo ADDR BYTES [--bind SRC] [--fastopen] [--mptcp]
 //!                                      send BYTES pseudo-random bytes, expect them echoed back;
 //!                                      --fastopen: no connect(2), the first byte goes with the SYN
-//!                                      (sendto with MSG_FASTOPEN, TCP Fast Open)
+//!                                      (sendto with MSG_FASTOPEN, TCP Fast Open);
+//!                                      --mptcp: a Multipath TCP socket (IPPROTO_MPTCP)
 //! probe hold ADDR SECS                 connect, then ping every 100 ms for SECS, report when cut
 //! probe park ADDR                      connect, print local/peer, wait for stdin to close, reset (RST)
 //! probe bindwait SRC ADDR BYTES        bind SRC, print local and socket cookie, wait for a line on
@@ -30,6 +31,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n = |i: usize, d: u64| args.get(i).and_then(|n| n.parse().ok()).unwrap_or(d);
     let bind = args.iter().position(|a| a == "--bind").and_then(|i| args.get(i + 1)).and_then(|a| a.parse().ok());
+    if args.iter().any(|a| a == "--mptcp") {
+        MPTCP.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let out = match args.get(1).map(String::as_str) {
         Some("connect") => connect(arg_addr(&args, 2), bind).map(|(s, mut v)| {
             drop(s);
@@ -78,9 +82,16 @@ fn raise_nofile() {
     }
 }
 
+/// `--mptcp`: stream sockets are Multipath TCP ones.
+static MPTCP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// IPPROTO_MPTCP.
+const IPPROTO_MPTCP: i32 = 262;
+
 /// A socket for `addr`'s family, bound to `bind` first if given.
 fn socket_for(addr: SocketAddr, bind: Option<SocketAddr>) -> std::io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    let proto = MPTCP.load(std::sync::atomic::Ordering::Relaxed).then_some(socket2::Protocol::from(IPPROTO_MPTCP));
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, proto)?;
     if let Some(b) = bind {
         s.set_reuse_address(true)?;
         s.bind(&b.into())?;
