@@ -146,6 +146,10 @@ pub enum Workload {
         /// pgbench scale factor.
         #[arg(long, default_value_t = 10)]
         scale: u32,
+        /// Only one client's latency, direct and through Gatehouse in turn, three rounds (a
+        /// diagnostic for the tail; prints the added_latency lines of each round).
+        #[arg(long)]
+        latency_only: bool,
     },
 }
 
@@ -209,7 +213,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     match a.workload.clone() {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
         Workload::Policy | Workload::Audit | Workload::Verify { .. } => Ok(()),
-        Workload::Pg { secs, scale } => crate::bench_pg::pg(secs, scale),
+        Workload::Pg { secs, scale, latency_only } => crate::bench_pg::pg(secs, scale, latency_only),
         Workload::Mysql { queries, iterations } => crate::bench_mysql::mysql(queries, iterations),
         Workload::Http { secs } => crate::bench_http::http(secs),
         Workload::Trail { rows } => {

@@ -239,7 +239,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.get(i.min(v.len().saturating_sub(1))).copied().unwrap_or(0.0)
 }
 
-pub fn pg(secs: u64, scale: u32) -> Result<()> {
+pub fn pg(secs: u64, scale: u32, latency_only: bool) -> Result<()> {
     let port = free_port()?;
     let servers = start_servers(port, Some(scale))?;
     let mut rig = Rig::new("pg")?;
@@ -285,7 +285,7 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
         _ => None,
     };
     eprintln!("load before the runs: {}", load());
-    for (name, args) in &workloads {
+    for (name, args) in workloads.iter().filter(|_| !latency_only) {
         for (sys, host, cg) in systems {
             eprintln!("{name:<16} {sys:<10} running {t} s …");
             let cpu0 = cpu_secs(proxy_pid(&rig, sys));
@@ -320,6 +320,20 @@ pub fn pg(secs: u64, scale: u32) -> Result<()> {
         r.p99_us = percentile(lat, 0.99);
         Ok(r)
     };
+    if latency_only {
+        // A diagnostic for the tail: direct and Gatehouse in turn, three rounds.
+        for round in 1..=3 {
+            let d = one_client(&rig, "direct", DIRECT, false)?;
+            let g = one_client(&rig, "gatehouse", PROTECTED, true)?;
+            eprintln!(
+                "round {round}: direct p50 {:.0} p99 {:.0} µs, gatehouse p50 {:.0} p99 {:.0} µs",
+                d.p50_us, d.p99_us, g.p50_us, g.p99_us
+            );
+            println!("added_latency_p50 gatehouse = {:.0} µs", g.p50_us - d.p50_us);
+            println!("added_latency_p99 gatehouse = {:.0} µs", g.p99_us - d.p99_us);
+        }
+        return Ok(());
+    }
     for (sys, host, cg) in systems {
         let r = one_client(&rig, sys, host, cg)?;
         eprintln!(
