@@ -142,6 +142,13 @@ backends = ["db-admin"]
 action = "deny"
 exec = ["rm *"]
 
+[[rule]]
+name = "hal lists no groups"
+who = {{ users = ["{hal}"] }}
+backends = ["db-admin"]
+action = "deny"
+exec = ["id -g*", "id -G*"]
+
 [[mask]]
 name = "cards"
 detectors = ["card"]
@@ -618,6 +625,15 @@ fn forced_commands_and_held_keys_per_account() {
     let o = w.ssh(&w.hal, &[&host, "id -un"]);
     assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), w.backup);
+    // hal's `id *` is allowed, `id -g*` denied: the deny pattern reads the
+    // line as the host's shell will (quotes removed, the command's path and
+    // `env` dropped), so a quoted or wrapped `-g` does not get past it.
+    for cmd in ["id -g", "id '-g'", "id -\"\"G", "id \"-g\" -n"] {
+        let o = w.ssh(&w.hal, &[&host, cmd]);
+        assert_eq!(o.status.code(), Some(126), "{cmd}: {}\n{}", text(&o), w.env.agent_log());
+        assert!(text(&o).contains("hal lists no groups"), "{cmd}: {}", text(&o));
+        assert!(o.stdout.is_empty(), "{cmd}: the host ran it: {}", text(&o));
+    }
     let log = w.sshd.log_text();
     assert!(log.contains(&format!("Accepted publickey for {}", w.backup)), "sshd log:\n{log}");
     let auths: Vec<String> = conn

@@ -169,6 +169,102 @@ fn pieces(cmd: &str) -> impl Iterator<Item = &str> {
     cmd.split(|c: char| c.is_ascii() && META.contains(&(c as u8))).map(str::trim).filter(|p| !p.is_empty())
 }
 
+/// Commands that run the command their arguments name (`env reboot`,
+/// `nice -n 5 reboot`, `sudo -u root reboot`).
+const WRAPPERS: &[&str] = &[
+    "env", "command", "exec", "builtin", "nohup", "nice", "ionice", "sudo", "doas", "time", "timeout", "stdbuf",
+    "setsid", "chrt", "taskset", "xargs", "watch", "unbuffer", "busybox", "chroot", "runuser", "flock",
+];
+
+/// Shells whose `-c` argument is a command line of its own.
+const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "su", "fish", "tcsh", "csh"];
+
+/// A word of a command piece as the shell reads it: quotes removed, and
+/// whether an unquoted `*`, `?` or `[` makes it a file-name pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Word {
+    text: String,
+    glob: bool,
+}
+
+/// Splits a piece (no metacharacters in it) into words as `sh` does: white
+/// space outside quotes separates, `'…'` and `"…"` group and are removed. An
+/// unclosed quote runs to the end.
+fn shell_words(piece: &str) -> Vec<Word> {
+    let mut words = Vec::new();
+    let mut cur: Option<Word> = None;
+    let mut quote: Option<char> = None;
+    for c in piece.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.get_or_insert_with(|| Word { text: String::new(), glob: false }).text.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                cur.get_or_insert_with(|| Word { text: String::new(), glob: false });
+            }
+            (None, c) if c.is_whitespace() => words.extend(cur.take()),
+            (None, c) => {
+                let w = cur.get_or_insert_with(|| Word { text: String::new(), glob: false });
+                w.glob |= matches!(c, '*' | '?' | '[');
+                w.text.push(c);
+            }
+        }
+    }
+    words.extend(cur);
+    words
+}
+
+/// `NAME=value`: an assignment before the command.
+fn is_assignment(w: &str) -> bool {
+    w.split_once('=').is_some_and(|(n, _)| {
+        n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+/// What the host may run for one piece of a command line, as deny patterns
+/// read it: the words with quotes removed and the command's directory
+/// dropped (`/usr/sbin/'reboot' -f` is `reboot -f`), after leading
+/// assignments; past a wrapper (`env`, `nice -n 5`, `sudo -u root`), every
+/// later word may be the command; a shell's `-c` argument is read as a
+/// command line of its own. `wild`: the command's name is a file-name
+/// pattern (`/sbin/r?boot`), which the host's shell may expand to any name.
+#[derive(Debug, Default)]
+struct ShellForms {
+    forms: Vec<String>,
+    wild: Vec<String>,
+}
+
+fn shell_forms(piece: &str, depth: usize, out: &mut ShellForms) {
+    let words = shell_words(piece);
+    let mut start = words.iter().take_while(|w| !w.glob && is_assignment(&w.text)).count();
+    let mut wrapped = false;
+    while let Some(first) = words.get(start) {
+        let name = first.text.rsplit('/').next().unwrap_or(&first.text);
+        if first.glob {
+            out.wild.push(name.to_owned());
+        }
+        let mut form = vec![name.to_owned()];
+        form.extend(words.iter().skip(start + 1).map(|w| w.text.clone()));
+        out.forms.push(form.join(" "));
+        if depth < 4
+            && SHELLS.contains(&name)
+            && let Some(i) = words.iter().skip(start + 1).position(|w| w.text == "-c")
+            && let Some(line) = words.get(start + 2 + i)
+        {
+            for p in pieces(&line.text) {
+                shell_forms(p, depth + 1, out);
+            }
+        }
+        if WRAPPERS.contains(&name) {
+            wrapped = true;
+        } else if !wrapped {
+            break;
+        }
+        start += 1;
+    }
+}
+
 impl SshScope {
     /// No SSH key given: a deny rule without them denies the connection.
     pub fn is_unscoped(&self) -> bool {
@@ -269,7 +365,19 @@ impl SshScope {
                     self.exec.iter().any(|p| glob_exact(p.as_bytes(), s.as_bytes()))
                         || self.exec_regex.iter().any(|(_, r)| r.is_match(s))
                 };
-                hit(cmd) || pieces(cmd).any(hit)
+                if hit(cmd) || pieces(cmd).any(hit) {
+                    return true;
+                }
+                if self.exec.is_empty() && self.exec_regex.is_empty() {
+                    return false;
+                }
+                let mut read = ShellForms::default();
+                for p in pieces(cmd) {
+                    shell_forms(p, 0, &mut read);
+                }
+                // A command name the host's shell expands (`r?boot`) may be any
+                // name: it is denied by a rule that names commands at all.
+                !read.wild.is_empty() || read.forms.iter().any(|f| hit(f))
             }
             SshRequest::Sftp { path, write } => {
                 let access = match self.sftp {
@@ -471,6 +579,52 @@ mod tests {
         assert!(d.deny_matches(&SshRequest::Exec("true && reboot")));
         assert!(d.deny_matches(&SshRequest::Exec("echo $(reboot)")));
         assert!(!d.deny_matches(&SshRequest::Exec("ls -l")));
+    }
+
+    /// The host's shell removes quotes, finds a command by its path, runs
+    /// what `env`, `sudo`, `nice`… and `sh -c` are given, and expands
+    /// file-name patterns: a deny pattern reads the line as it will.
+    #[test]
+    fn deny_patterns_read_the_line_as_the_shell_will() {
+        let d = scope(&["reboot*", "id -g*", "rm -rf *"]);
+        for evil in [
+            "'reboot'",
+            "re''boot",
+            "\"reboot\" now",
+            "/usr/sbin/reboot",
+            "/sbin/'re'boot -f",
+            "id '-g'",
+            "id -\"\"g",
+            "id \"-g\" -n",
+            "rm '-rf' /srv",
+            "rm -r\"f\" /srv",
+            "LANG=C reboot",
+            "env reboot",
+            "env -i PATH=/sbin reboot",
+            "nice -n 5 reboot",
+            "sudo -u root /sbin/reboot",
+            "timeout 5 reboot",
+            "sh -c 'reboot'",
+            "bash -lc 'true; reboot'",
+            "env sh -c \"sudo 'reboot'\"",
+            "/sbin/r?boot",
+            "/sbin/reb[o]ot",
+            "*boot",
+        ] {
+            assert!(d.deny_matches(&SshRequest::Exec(evil)), "{evil:?} must be denied");
+        }
+        for fine in ["ls -l", "id -u", "echo reboot", "grep reboot /var/log/syslog", "id 'name with space'", "ls *.log"]
+        {
+            assert!(!d.deny_matches(&SshRequest::Exec(fine)), "{fine:?} is not denied");
+        }
+        assert_eq!(
+            shell_words("a 'b c' \"d\"e f*"),
+            [("a", false), ("b c", false), ("de", false), ("f*", true)]
+                .map(|(t, g)| Word { text: t.into(), glob: g })
+                .to_vec()
+        );
+        // A deny rule without exec patterns matches no command this way.
+        assert!(!SshScope::default().deny_matches(&SshRequest::Exec("'reboot'")));
     }
 
     fn load(text: &str) -> Result<crate::policy::Policy, String> {
