@@ -9,8 +9,9 @@
 //! Exec command lines are run by the host's shell, so `ls *` must not allow
 //! `ls; rm -rf /`: a command holding a shell metacharacter (`; & | $ \` < > ( ) { } \ ` or
 //! a line break) is allowed only by a glob without `*`/`?` that equals it,
-//! or by a regex. Deny patterns are matched against the whole line and
-//! against each of its pieces between those characters.
+//! or by a regex. Deny patterns are matched against the whole line, each of
+//! its pieces between those characters, and each piece as the shell reads
+//! it (see [`shell_forms`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
