@@ -61,6 +61,10 @@ pub struct AgentRaw {
     /// Free bytes the audit store's filesystem keeps for allowed sessions:
     /// below it, refusals are no longer recorded (default 64 MiB).
     pub audit_disk_reserve: Option<u64>,
+    /// Bytes that large PostgreSQL messages (a long value in a row, a big
+    /// Query, Bind or COPY data) may take in relay buffers across every
+    /// session together (default 1 GiB).
+    pub large_message_budget: Option<u64>,
     /// Prometheus metrics and `/healthz`: `"127.0.0.1:9187"` (loopback
     /// only) or `"unix:/run/gatehouse/metrics.sock"`. Off when absent.
     pub metrics: Option<String>,
@@ -95,6 +99,8 @@ pub struct Settings {
     pub allow_unprivileged_port: bool,
     pub refusal_window: Duration,
     pub audit_disk_reserve: u64,
+    /// See [`AgentRaw::large_message_budget`].
+    pub large_message_budget: usize,
     /// Where `/metrics` and `/healthz` are served; `None`: not at all.
     pub metrics: Option<crate::metrics::Listen>,
     /// Where committed audit records are shipped, if anywhere.
@@ -178,6 +184,16 @@ impl Settings {
             allow_unprivileged_port: cli.allow_unprivileged_port,
             refusal_window: duration("refusal_window", &raw.refusal_window, Duration::from_secs(60))?,
             audit_disk_reserve: raw.audit_disk_reserve.unwrap_or(64 << 20),
+            large_message_budget: match raw.large_message_budget {
+                None => 1 << 30,
+                Some(b) if b < 1 << 20 => {
+                    return Err(SettingsError::Invalid {
+                        field: "large_message_budget",
+                        message: format!("{b} bytes: at least 1 MiB (1048576)"),
+                    });
+                }
+                Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
+            },
             metrics: raw
                 .metrics
                 .as_deref()

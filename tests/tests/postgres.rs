@@ -555,3 +555,92 @@ catalog = "all"
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
+
+/// The agent's RSS, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_owned();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Long values through the relay cost memory while they pass, not after:
+/// sessions that read a 40 MB value each and then sit idle hold none of it
+/// (before: every buffer kept its largest size, ~200 MB per idle session for
+/// a 100 MB value, so a user with a few dozen sessions could exhaust the
+/// bastion). And large messages of all sessions share one budget (`[agent]
+/// large_message_budget`, here 128 MiB): a message past what is left ends
+/// that session with a FATAL 53200 and a recorded reason, and the agent and
+/// the other sessions go on.
+#[test]
+fn large_values_share_a_memory_budget_and_idle_sessions_give_their_memory_back() {
+    let w = world_with("pgbigmsg", |pg, secret, analyst, dba| {
+        format!("[agent]\nlarge_message_budget = 134217728\n{}", policy(pg, secret, analyst, dba))
+    });
+    let pid = w.env.agent.as_ref().unwrap().id();
+    let script = w.env.path("idle.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, psycopg
+conns = []
+for i in range(4):
+    c = psycopg.connect(host=sys.argv[1], port=sys.argv[2], dbname="appdb", user="whoever", autocommit=True)
+    n = c.execute("SELECT repeat('x', 40000000)").fetchone()[0]
+    print("read", len(n), flush=True)
+    conns.append(c)
+print("idle", flush=True)
+sys.stdin.readline()
+for c in conns:
+    print("still", c.execute("SELECT 1").fetchone()[0], flush=True)
+"#,
+    )
+    .unwrap();
+    let before = rss_kib(pid);
+    let port = w.pg.port.to_string();
+    let mut child =
+        w.env.spawn_as(&w.ana, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &w.pg.host, &port]);
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut got = Vec::new();
+    loop {
+        let mut l = String::new();
+        if std::io::BufRead::read_line(&mut lines, &mut l).unwrap() == 0 || l.trim() == "idle" {
+            got.push(l.trim().to_owned());
+            break;
+        }
+        got.push(l.trim().to_owned());
+    }
+    assert_eq!(got.iter().filter(|l| *l == "read 40000000").count(), 4, "{got:?}\n{}", w.env.agent_log());
+    // Four idle sessions that each passed a 40 MB value on.
+    let idle = rss_kib(pid);
+    assert!(idle < before + 40 * 1024, "agent RSS {before} KiB before, {idle} KiB with the sessions idle");
+    drop(child.stdin.take());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
+    let _ = child.wait();
+    assert_eq!(rest.matches("still 1").count(), 4, "the idle sessions are still served: {rest}");
+
+    // Past the budget: a 150 MB value ends its session, a 20 MB one passes.
+    let o = w.psql(&w.ana, &["-o", "/dev/null", "-c", "SELECT repeat('x', 150000000)"]);
+    let t = text(&o);
+    assert!(
+        t.contains("FATAL") && t.contains("server's message is larger than the agent can hold"),
+        "{t}\n{}",
+        w.env.agent_log()
+    );
+    assert!(t.contains("large_message_budget"), "{t}");
+    let o = w.psql(
+        &w.ana,
+        &["-c", "SELECT length(repeat('y', 20000000)), length(x) FROM (SELECT repeat('z', 20000000) x) s"],
+    );
+    assert!(text(&o).contains("20000000|20000000"), "{}", text(&o));
+    let o = w.psql(&w.ana, &["-o", "/dev/null", "-c", "SELECT repeat('x', 20000000)"]);
+    assert!(o.status.success(), "a 20 MB value passes: {}", text(&o));
+    // The server's account: the refused session is recorded as cut for the budget.
+    let sessions = w.env.sessions();
+    assert!(
+        sessions.iter().any(|s| s["end_reason"].as_str().is_some_and(|r| r.contains("memory budget"))),
+        "{sessions:#?}"
+    );
+    let o = w.psql(&w.ana, &["-c", "SELECT 'served'"]);
+    assert!(text(&o).contains("served"), "{}", text(&o));
+}

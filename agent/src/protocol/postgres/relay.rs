@@ -355,6 +355,8 @@ enum Fail {
     /// The server did something the decision did not allow, or changed how
     /// it reads SQL to something Gatehouse cannot read: the session ends.
     Breach(String),
+    /// A message would pass the agent's shared budget for large messages.
+    Memory(String),
 }
 
 impl From<WireError> for Fail {
@@ -423,6 +425,13 @@ pub(super) async fn run(
             let _ = cw.write_all(&pe.encode()).await;
             End::BackendError(e)
         }
+        Err(Fail::Memory(e)) => {
+            warn!(error = %e, "message over the shared budget: closing the session");
+            let pe = PgError::new(Severity::Fatal, "53200", format!("Gatehouse ended this session: the {e}"));
+            let _ = cw.write_all(&pe.encode()).await;
+            let _ = bw.write_all(&wire::terminate()).await;
+            End::Cut(format!("memory budget: the {e}"))
+        }
         Err(Fail::Breach(e)) => {
             error!(breach = %e, "POLICY BREACH: the server did what the decision did not allow; session ended");
             let pe = PgError::new(Severity::Fatal, "42501", format!("Gatehouse ended this session: {e}")).hint(
@@ -456,24 +465,123 @@ pub(super) async fn run(
     RelayOutcome { up, down, end }
 }
 
+/// Why [`fill`] read nothing.
+#[derive(Debug)]
+enum FillError {
+    Io(std::io::Error),
+    /// The message being read would take the buffer past what the agent's
+    /// shared budget has left (bytes the buffer would hold).
+    Budget(usize),
+}
+
 /// Reads more bytes into `buf`; `Ok(false)` on a clean EOF. The buffer grows
 /// with the bytes that actually arrive (at most doubling per read), never by
 /// what a message header claims: a 5-byte header announcing a 1 GB message
-/// costs a few kilobytes until the peer really sends that much.
-async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<bool> {
+/// costs a few kilobytes until the peer really sends that much. Growth past
+/// [`FREE_PER_BUFFER`] is taken from the budget all sessions share
+/// (see [`LARGE`]) before the bytes are read.
+async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, room: &mut Room) -> Result<bool, FillError> {
     let spare = buf.capacity() - buf.len();
     let want = match wire::pending_len(buf) {
         Some(need) if need > buf.len() => (need - buf.len()).min(buf.len().max(READ_CHUNK)),
         _ => READ_CHUNK,
     };
     if spare < want.min(READ_CHUNK) {
+        room.grow_to(buf.len() + want).map_err(FillError::Budget)?;
         buf.reserve(want);
+        room.grow_to(buf.capacity()).map_err(FillError::Budget)?;
     }
-    Ok(r.read_buf(buf).await? > 0)
+    Ok(r.read_buf(buf).await.map_err(FillError::Io)? > 0)
 }
 
 /// The least a read asks room for.
 const READ_CHUNK: usize = 8192;
+
+/// What one relay buffer may hold without counting against the shared budget (see [`LARGE`]);
+/// a buffer that grew past it gives the room back once its messages are
+/// through (see [`settle`]).
+const FREE_PER_BUFFER: usize = 64 * 1024;
+
+/// Bytes of the shared budget for large messages taken (`[agent]
+/// large_message_budget`: what large messages — a long value in a row, a big
+/// Query or Bind, COPY data — may take in relay buffers across every session
+/// together). One session's message past what is left ends that session, not
+/// the agent: a user with many sessions each reading a 200 MB value would
+/// otherwise hold gigabytes (a buffer keeps its size), and the agent serves
+/// everyone.
+static LARGE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A buffer's share of the budget (of `budget` bytes): the most it grew to
+/// past [`FREE_PER_BUFFER`] since it was last settled. Given back when dropped.
+#[derive(Debug)]
+struct Room {
+    held: usize,
+    budget: usize,
+    pool: &'static std::sync::atomic::AtomicUsize,
+}
+
+impl Room {
+    fn new(budget: usize) -> Self {
+        Self { held: 0, budget, pool: &LARGE }
+    }
+
+    /// Takes what a buffer of `capacity` bytes needs beyond what is held;
+    /// `Err(capacity)` when the shared budget does not have it.
+    fn grow_to(&mut self, capacity: usize) -> Result<(), usize> {
+        use std::sync::atomic::Ordering;
+        let need = capacity.saturating_sub(FREE_PER_BUFFER);
+        if need <= self.held {
+            return Ok(());
+        }
+        let more = need - self.held;
+        self.pool
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                taken.checked_add(more).filter(|t| *t <= self.budget)
+            })
+            .map_err(|_| capacity)?;
+        self.held = need;
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.pool.fetch_sub(std::mem::take(&mut self.held), std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// After a buffer's complete messages are through: one that grew past
+/// [`FREE_PER_BUFFER`] moves what is left of a message into a small
+/// allocation and gives its room back (a buffer keeps its largest size
+/// otherwise, and an idle session would hold the 200 MB its last row took).
+fn settle(buf: &mut BytesMut, room: &mut Room) {
+    if room.held > 0 && buf.len() <= FREE_PER_BUFFER / 2 {
+        let mut fresh = BytesMut::with_capacity(buf.len().max(READ_CHUNK));
+        fresh.extend_from_slice(buf);
+        *buf = fresh;
+        room.release();
+    }
+}
+
+/// A vector of bytes written out keeps at most this much room.
+fn trim(v: &mut Vec<u8>, keep: usize) {
+    if v.is_empty() && v.capacity() > FREE_PER_BUFFER {
+        *v = Vec::with_capacity(keep);
+    }
+}
+
+/// What a session is told when a message would pass the shared budget.
+fn over_budget(whose: &str, bytes: usize, budget: usize) -> String {
+    format!(
+        "{whose} message is larger than the agent can hold for it now ({} MB so far; large messages of all sessions share {} MB, [agent] large_message_budget): ask for less at once",
+        bytes >> 20,
+        budget >> 20
+    )
+}
 
 #[cfg(test)]
 mod fill_tests {
@@ -485,8 +593,9 @@ mod fill_tests {
         // 'Q' with a length of 1 GiB, then nothing more for now.
         tokio::io::AsyncWriteExt::write_all(&mut tx, &[b'Q', 0x40, 0, 0, 0]).await.unwrap();
         let mut buf = BytesMut::new();
-        assert!(fill(&mut rx, &mut buf).await.unwrap());
-        assert!(fill_ready(&mut rx, &mut buf).await.is_none(), "no more bytes have arrived");
+        let mut room = Room::new(1 << 30);
+        assert!(fill(&mut rx, &mut buf, &mut room).await.unwrap());
+        assert!(fill_ready(&mut rx, &mut buf, &mut room).await.is_none(), "no more bytes have arrived");
         assert!(buf.capacity() < 64 * 1024, "capacity {} for a 5-byte header", buf.capacity());
         // As bytes arrive, the buffer grows with them (at most doubling).
         let chunk = vec![b'x'; 1 << 16];
@@ -495,7 +604,7 @@ mod fill_tests {
             tokio::io::AsyncWriteExt::write_all(&mut tx, &chunk).await.unwrap();
             sent += chunk.len();
             while buf.len() < sent {
-                assert!(fill(&mut rx, &mut buf).await.unwrap());
+                assert!(fill(&mut rx, &mut buf, &mut room).await.unwrap());
             }
             assert!(
                 buf.capacity() <= 4 * buf.len().max(READ_CHUNK),
@@ -506,9 +615,68 @@ mod fill_tests {
         }
     }
 
+    /// Sessions share the budget: growth past the free part takes from it,
+    /// a buffer settled after its message gives it back (and is small again),
+    /// a message past what is left fails before its bytes are read.
+    #[tokio::test]
+    async fn large_messages_share_one_budget_and_give_it_back() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static POOL: AtomicUsize = AtomicUsize::new(0);
+        let budget = 4 << 20;
+        let mut a = Room { held: 0, budget, pool: &POOL };
+        let mut b = Room { held: 0, budget, pool: &POOL };
+        a.grow_to(FREE_PER_BUFFER).unwrap();
+        assert_eq!(POOL.load(Ordering::Acquire), 0, "the free part is free");
+        a.grow_to(3 << 20).unwrap();
+        assert_eq!(POOL.load(Ordering::Acquire), (3 << 20) - FREE_PER_BUFFER);
+        assert_eq!(b.grow_to(2 << 20), Err(2 << 20), "what is left is not enough");
+        b.grow_to(1 << 20).unwrap();
+        // a's message is through: a small buffer again, its room given back.
+        let mut buf = BytesMut::with_capacity(3 << 20);
+        buf.extend_from_slice(b"tail");
+        settle(&mut buf, &mut a);
+        assert_eq!(&buf[..], b"tail");
+        assert!(buf.capacity() < FREE_PER_BUFFER, "{}", buf.capacity());
+        assert_eq!(POOL.load(Ordering::Acquire), (1 << 20) - FREE_PER_BUFFER);
+        b.grow_to(3 << 20).unwrap();
+        drop(b);
+        assert_eq!(POOL.load(Ordering::Acquire), 0);
+        // fill: a message whose next read passes the budget fails before reading it.
+        let mut small = Room { held: 0, budget: 1 << 20, pool: &POOL };
+        let (mut tx, mut rx) = tokio::io::duplex(1 << 16);
+        let mut msg = vec![b'D'];
+        msg.extend_from_slice(&(64u32 << 20).to_be_bytes());
+        let mut buf = BytesMut::new();
+        let reader = tokio::spawn(async move {
+            let mut err = None;
+            for _ in 0..10_000 {
+                match fill(&mut rx, &mut buf, &mut small).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+            (err, buf.len())
+        });
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &msg).await.unwrap();
+        let chunk = vec![b'x'; 1 << 16];
+        while !reader.is_finished() {
+            if tokio::io::AsyncWriteExt::write_all(&mut tx, &chunk).await.is_err() {
+                break;
+            }
+        }
+        let (err, read) = reader.await.unwrap();
+        assert!(matches!(err, Some(FillError::Budget(n)) if n > 1 << 20), "{err:?}");
+        assert!(read <= 2 << 20, "read {read} bytes past a 1 MiB budget");
+        assert_eq!(POOL.load(Ordering::Acquire), 0, "the failed session's room is back");
+    }
+
     /// `fill`, unless it would wait.
-    async fn fill_ready(r: &mut tokio::io::DuplexStream, buf: &mut BytesMut) -> Option<bool> {
-        tokio::time::timeout(std::time::Duration::from_millis(20), fill(r, buf)).await.ok().and_then(Result::ok)
+    async fn fill_ready(r: &mut tokio::io::DuplexStream, buf: &mut BytesMut, room: &mut Room) -> Option<bool> {
+        tokio::time::timeout(std::time::Duration::from_millis(20), fill(r, buf, room)).await.ok().and_then(Result::ok)
     }
 }
 

@@ -10,7 +10,7 @@ use tracing::{debug, error};
 
 use super::client::end_record;
 use super::masking::{self, CopyPlan, Trace, mask_message};
-use super::{Fail, InFlight, Shared, fill, lock, tripwire};
+use super::{Fail, FillError, InFlight, Room, Shared, fill, lock, over_budget, settle, trim, tripwire};
 use crate::audit::{Direction, Event, StatementEnd, StreamRecorder};
 use crate::mask::{ColumnMask, Counts};
 use crate::protocol::postgres::wire::{self, Frame, WireError};
@@ -41,6 +41,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut room = Room::new(ctx.agent.settings.large_message_budget);
     let mut rows = Rows::default();
     let mut scratch = Vec::new();
     let mut pending = Counts::default();
@@ -77,8 +78,11 @@ where
                 record_batch(ctx, io.rec, &mut trail, &mut ends, &out, &mut written).await;
                 cw.write_all(&out).await.map_err(Fail::ClientIo)?;
                 out.clear();
+                trim(&mut out, 16 * 1024);
+                trim(&mut scratch, 0);
             }
         }
+        settle(&mut buf, &mut room);
         io.progress.send_modify(|v| *v = v.wrapping_add(1));
         if !out.is_empty() || !ends.is_empty() || !trail.is_empty() {
             // On record before the client can answer it: a statement's end
@@ -100,14 +104,18 @@ where
                 cw.flush().await.map_err(Fail::ClientIo)?;
                 continue;
             }
-            more = fill(br, &mut buf) => more,
+            more = fill(br, &mut buf, &mut room) => more,
         };
         if !matches!(more, Ok(true)) {
             // A client direction waiting on the backend must not wait forever.
             lock(io.shared).backend_closed = true;
             io.progress.send_modify(|v| *v = v.wrapping_add(1));
         }
-        if !more.map_err(|e| Fail::Backend(e.to_string()))? {
+        let more = more.map_err(|e| match e {
+            FillError::Io(e) => Fail::Backend(e.to_string()),
+            FillError::Budget(n) => Fail::Memory(over_budget("server's", n, room.budget)),
+        })?;
+        if !more {
             return Ok(());
         }
     }

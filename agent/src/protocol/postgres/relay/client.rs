@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{Fail, InFlight, Prepared, Refusal, Shared, fill, lock};
+use super::{Fail, FillError, InFlight, Prepared, Refusal, Room, Shared, fill, lock, over_budget, settle, trim};
 use crate::audit::{Direction, Event, StatementEnd, StatementStart, StreamRecorder, now_us};
 use crate::catalog::{Catalog, SessionNames, resolve};
 use crate::policy::testcases::single_kind;
@@ -81,6 +81,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut out: Vec<u8> = Vec::with_capacity(8192);
+    let mut room = Room::new(ctx.agent.settings.large_message_budget);
     let mut st = ClientState { synced: true, scs: true, ..ClientState::default() };
     // Nothing is read before the login's own answer is: it tells which
     // client encoding and string syntax the server will read SQL with.
@@ -116,7 +117,12 @@ where
         if terminated {
             return Ok(());
         }
-        if !fill(cr, &mut buf).await.map_err(Fail::ClientIo)? {
+        settle(&mut buf, &mut room);
+        let more = fill(cr, &mut buf, &mut room).await.map_err(|e| match e {
+            FillError::Io(e) => Fail::ClientIo(e),
+            FillError::Budget(n) => Fail::Memory(over_budget("client's", n, room.budget)),
+        })?;
+        if !more {
             // The client went away without Terminate: say goodbye for it.
             let _ = bw.write_all(&wire::terminate()).await;
             let _ = bw.flush().await;
@@ -167,6 +173,7 @@ async fn forward<W: AsyncWrite + Unpin>(
             st.written += recorded.len() as u64;
         }
         out.clear();
+        trim(out, 8192);
     }
     Ok(())
 }
