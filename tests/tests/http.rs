@@ -206,6 +206,15 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(w.api.requests().len(), before, "the request reached the server");
+    // Another host behind the backend's address (an ingress routing on Host
+    // would take this rule and the held credential to that service): 421,
+    // not forwarded; the address itself is served (above, as every request).
+    for host in ["billing.internal", "billing.internal:80", "[::1]"] {
+        let (out, err) =
+            curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", "-H", &format!("Host: {host}"), &url("plain=1")]);
+        assert!(out.ends_with("\n421") && out.contains("which this backend does not serve"), "{host}: {out}{err}");
+    }
+    assert_eq!(w.api.requests().len(), before, "a request for another host reached the server");
     // A UTF-16 byte order mark under a UTF-8 label (browsers decode by the mark), gzip
     // bytes labelled as plain text (no content coding): the body is cut before any of it.
     for (query, why) in [("bom=1", "byte order mark"), ("hidden_gz=1", "NUL byte")] {

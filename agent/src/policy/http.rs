@@ -93,8 +93,9 @@ impl HttpCredentials {
 pub struct HttpBackend {
     pub tls: HttpTls,
     pub credentials: Option<HttpCredentials>,
-    /// Names clients may ask for in SNI (`tls = "terminate"`); the first is
-    /// the default certificate's. Empty: the `host` name, or `tls_server_name`.
+    /// Names clients may use in `Host` (and ask for in SNI, `tls =
+    /// "terminate"`, where the first is the default certificate's). Empty:
+    /// the `host` name, or `tls_server_name`.
     pub server_names: Vec<String>,
 }
 

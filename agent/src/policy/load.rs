@@ -735,7 +735,7 @@ fn build_backends(raw: Vec<Entry<'_, BackendRaw>>, policy: &mut Policy, e: &mut 
             continue;
         }
         if r.server_names.is_some() {
-            e.push(at, format!("backend `{name}`: server_names applies to http backends with tls = \"terminate\""));
+            e.push(at, format!("backend `{name}`: server_names applies to http backends"));
             continue;
         }
         // Safe by default: a backend that does not say otherwise is reached
@@ -1841,8 +1841,8 @@ fn http_backend(r: &BackendRaw) -> Result<(TlsMode, super::http::HttpBackend), S
     if r.ca_file.is_some() && !tls.upstream_tls() {
         return Err("ca_file is used only with tls = \"upstream\" or \"terminate\"".into());
     }
-    if r.server_names.is_some() && tls != HttpTls::Terminate {
-        return Err("server_names applies only with tls = \"terminate\"".into());
+    if r.server_names.is_some() && tls == HttpTls::Passthrough {
+        return Err("server_names does not apply to tls = \"passthrough\" (the requests are opaque)".into());
     }
     let credentials = match &r.credentials {
         None => None,

@@ -298,7 +298,7 @@ impl Shared {
         if req.headers().get_all(header::HOST).iter().count() > 1 {
             return self.refuse(&pending, StatusCode::BAD_REQUEST, None, "the request has more than one Host header");
         }
-        if let Some(why) = misdirected(&self.ctx.backend, pending.host.as_deref()) {
+        if let Some(why) = misdirected(&self.ctx.backend, self.ctx.addr, pending.host.as_deref()) {
             return self.refuse(&pending, StatusCode::MISDIRECTED_REQUEST, None, &why);
         }
         let path = match normalize_path(req.uri().path()) {
@@ -811,23 +811,50 @@ fn scrub_headers(n: &body::Needles, headers: &mut HeaderMap) -> u64 {
     hits
 }
 
-/// On a backend that names its `server_names` (told apart by SNI), a
-/// request for another host is refused: the TLS name chose this backend's
-/// rules and credentials, and an upstream routing on `Host` must not send
-/// them to another service (domain fronting). The backend's own address is
-/// accepted too (a client that dialed it sends no name, and on a shared
-/// address was refused at the handshake).
-fn misdirected(b: &Backend, host: Option<&str>) -> Option<String> {
-    let names =
-        b.http.as_ref().filter(|h| h.tls == HttpTls::Terminate && !h.server_names.is_empty())?.server_names.as_slice();
-    let host = host.unwrap_or("");
+/// A request for another host than the backend's is refused: the backend
+/// chose the rules and the held credential, and an upstream routing on `Host`
+/// (an ingress or a virtual-hosting server on the backend's address) must not
+/// take them to another service (domain fronting). The backend's names are
+/// its `server_names`, else its `tls_server_name` and `host` name; its
+/// address (and the address the client dialed) always serve. A request
+/// without a host (HTTP/1.0) names nothing to route on, except on a backend
+/// told apart by SNI, which must be named.
+fn misdirected(b: &Backend, dialed: SocketAddr, host: Option<&str>) -> Option<String> {
+    let h = b.http.as_ref()?;
+    let sni = h.tls == HttpTls::Terminate && !h.server_names.is_empty();
+    let names: Vec<&str> = if h.server_names.is_empty() {
+        let host_name = match &b.target {
+            crate::policy::Target::Host { host, .. } => Some(host.as_str()),
+            crate::policy::Target::Addr(_) => None,
+        };
+        b.tls_server_name.as_deref().into_iter().chain(host_name).collect()
+    } else {
+        h.server_names.iter().map(String::as_str).collect()
+    };
+    let Some(host) = host else {
+        return sni.then(|| format!("the request names no host; this backend serves {}", names.join(", ")));
+    };
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.split(':').next().unwrap_or(""),
+        None => host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(host, |(n, _)| n),
     };
-    let own_ip = matches!(&b.target, crate::policy::Target::Addr(a) if a.ip().to_string() == name);
-    (!own_ip && !names.iter().any(|n| n.eq_ignore_ascii_case(name)))
-        .then(|| format!("the request is for host {host:?}, which this backend does not serve ({})", names.join(", ")))
+    let own_ip = match &b.target {
+        crate::policy::Target::Addr(a) => a.ip().to_string() == name,
+        crate::policy::Target::Host { .. } => false,
+    } || dialed.ip().to_string() == name;
+    if own_ip || names.iter().any(|n| n.trim_end_matches('.').eq_ignore_ascii_case(name.trim_end_matches('.'))) {
+        return None;
+    }
+    let serves = match &b.target {
+        crate::policy::Target::Addr(a) => std::iter::once(a.ip().to_string())
+            .chain(names.iter().map(|n| (*n).to_owned()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        crate::policy::Target::Host { .. } => names.join(", "),
+    };
+    Some(format!(
+        "the request is for host {host:?}, which this backend does not serve ({serves}): an upstream routing on Host would take this rule and the backend's credential to another service (operators: list the names clients use in the backend's server_names)"
+    ))
 }
 
 fn empty() -> Out {
