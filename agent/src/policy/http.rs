@@ -198,6 +198,12 @@ impl HttpScope {
         if !self.paths.is_empty() && !self.paths.iter().any(|p| glob_exact(p.as_bytes(), r.path.as_bytes())) {
             return Some(format!("path {} is not in its paths [{}]", r.path, self.paths.join(", ")));
         }
+        if !self.query.is_empty() && has_form_body(r.headers) {
+            return Some(
+                "its query conditions cannot see parameters sent in a form body, which frameworks read over the query's (send the parameters in the query string)"
+                    .into(),
+            );
+        }
         for c in &self.query {
             let mut values = r.query_values(&c.name).peekable();
             if values.peek().is_none() {
@@ -443,9 +449,30 @@ pub struct HttpRequest<'a> {
     pub body_len: Option<u64>,
 }
 
+/// A query parameter's name as web frameworks read it: up to its first `[`
+/// (PHP and Rails arrays, `status[]=`), `.` and spaces as `_` (PHP turns
+/// `user.id` into `user_id`), case ignored (ASP.NET).
+fn param_key(name: &str) -> String {
+    let base = name.split('[').next().unwrap_or(name);
+    base.chars().map(|c| if matches!(c, '.' | ' ') { '_' } else { c.to_ascii_lowercase() }).collect()
+}
+
+/// Whether the request carries a form body (`application/x-www-form-urlencoded`
+/// or `multipart/form-data`), whose fields some frameworks read as the
+/// request's parameters, over the query's (Rails, PHP's `$_REQUEST`).
+fn has_form_body(headers: &http::HeaderMap) -> bool {
+    headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
+        let t = String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase();
+        let t = t.split(';').next().unwrap_or("").trim().to_owned();
+        t == "application/x-www-form-urlencoded" || t == "multipart/form-data"
+    })
+}
+
 impl<'a> HttpRequest<'a> {
+    /// Every value sent under `name`, as an application may read names (see [`param_key`]).
     fn query_values(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.query.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
+        let key = param_key(name);
+        self.query.iter().filter(move |(k, _)| param_key(k) == key).map(|(_, v)| v.as_str())
     }
 
     fn header_values(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -768,6 +795,31 @@ paths = ["/api/admin/*"]
         assert!(load(&unnamed).unwrap_err().to_string().contains("already backend `orders`'s"));
         let plain = two("", "");
         assert!(load(&plain).unwrap_err().to_string().contains("already backend `orders`'s"));
+    }
+
+    /// Names as frameworks read them count under a condition's name (PHP's
+    /// `user.id` is `user_id`, `status[]` is `status`, ASP.NET ignores case),
+    /// and a form body (whose fields Rails reads over the query's) is refused
+    /// by a rule with query conditions.
+    #[test]
+    fn query_conditions_read_names_as_applications_do() {
+        let s = HttpScope {
+            query: vec![ValueCond { name: "user_id".into(), pattern: "42".into() }],
+            ..HttpScope::default()
+        };
+        let h = http::HeaderMap::new();
+        for q in ["user_id=42&user.id=7", "user_id=42&USER_ID=7", "user_id=42&user_id[]=7", "user_id=42&user%20id=7"] {
+            let q = parse_query(q).unwrap();
+            assert!(s.refuses(&req("GET", "/x", &q, &h)).is_some_and(|w| w.contains("does not match")), "{q:?}");
+        }
+        let ok = parse_query("user_id=42&other=7").unwrap();
+        assert!(s.refuses(&req("GET", "/x", &ok, &h)).is_none());
+        let mut form = http::HeaderMap::new();
+        form.insert(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded; charset=utf-8".parse().unwrap());
+        assert!(s.refuses(&req("GET", "/x", &ok, &form)).is_some_and(|w| w.contains("form body")));
+        // A deny rule's condition sees them too.
+        let deny = parse_query("USER.ID=42").unwrap();
+        assert!(s.deny_matches(&req("GET", "/x", &deny, &h)));
     }
 
     #[test]
