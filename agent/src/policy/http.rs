@@ -475,9 +475,18 @@ impl<'a> HttpRequest<'a> {
         self.query.iter().filter(move |(k, _)| param_key(k) == key).map(|(_, v)| v.as_str())
     }
 
+    /// Every value sent under `name`, `_` and `-` alike (CGI, WSGI and PHP
+    /// read `X_Tenant` as `X-Tenant`: both become `HTTP_X_TENANT`).
     fn header_values(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let same = |a: &str| {
+            a.len() == name.len()
+                && a.bytes().zip(name.bytes()).all(|(x, y)| {
+                    let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+                    fold(x) == fold(y)
+                })
+        };
         // A value that is not visible ASCII matches no glob (and fails an allow's condition).
-        self.headers.get_all(name).iter().map(|v| v.to_str().unwrap_or("\u{0}"))
+        self.headers.iter().filter(move |(k, _)| same(k.as_str())).map(|(_, v)| v.to_str().unwrap_or("\u{0}"))
     }
 
     /// `GET /path` for records and messages.
@@ -817,6 +826,17 @@ paths = ["/api/admin/*"]
         let mut form = http::HeaderMap::new();
         form.insert(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded; charset=utf-8".parse().unwrap());
         assert!(s.refuses(&req("GET", "/x", &ok, &form)).is_some_and(|w| w.contains("form body")));
+        // Header names: `_` and `-` alike, as CGI reads them.
+        let hs = HttpScope {
+            headers: vec![ValueCond { name: "x-tenant".into(), pattern: "acme".into() }],
+            ..HttpScope::default()
+        };
+        let mut two = http::HeaderMap::new();
+        two.insert("x-tenant", "acme".parse().unwrap());
+        two.insert("x_tenant", "other".parse().unwrap());
+        assert!(hs.refuses(&req("GET", "/x", &ok, &two)).is_some_and(|w| w.contains("does not match")));
+        two.remove("x_tenant");
+        assert!(hs.refuses(&req("GET", "/x", &ok, &two)).is_none());
         // A deny rule's condition sees them too.
         let deny = parse_query("USER.ID=42").unwrap();
         assert!(s.deny_matches(&req("GET", "/x", &deny, &h)));
