@@ -331,6 +331,9 @@ impl SshScope {
                 let shell = self.shell.unwrap_or(!self.exec_given());
                 (!shell).then(|| "it does not allow a shell (shell = true)".into())
             }
+            // A host that cuts the line at a NUL (a C string) would run less
+            // than was matched: `tar * --dry-run` matching `tar -xf a\0 --dry-run`.
+            SshRequest::Exec(cmd) if cmd.contains('\0') => Some("the command line holds a NUL byte".into()),
             SshRequest::Exec(cmd) => (!self.exec_allows(cmd)).then(|| {
                 let hint = if has_meta(cmd) {
                     " (the command holds shell metacharacters: only a pattern equal to it, or a regex, allows it)"
@@ -624,6 +627,11 @@ mod tests {
                 .map(|(t, g)| Word { text: t.into(), glob: g })
                 .to_vec()
         );
+        // A NUL would let a host run a prefix of what was matched.
+        let a = scope(&["tar * --dry-run"]);
+        assert!(a.refuses(&SshRequest::Exec("tar -xf a.tar --dry-run")).is_none());
+        assert!(a.refuses(&SshRequest::Exec("tar -xf a.tar\0 --dry-run")).is_some());
+        assert!(SshScope::default().refuses(&SshRequest::Exec("ls\0")).is_some());
         // A deny rule without exec patterns matches no command this way.
         assert!(!SshScope::default().deny_matches(&SshRequest::Exec("'reboot'")));
     }
