@@ -133,3 +133,39 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// [`release_free_memory`] after a large buffer was freed, at most ten times
+/// a second across the agent (a call within 100 ms of the last trims once
+/// those 100 ms are over): glibc keeps freed chunks below its mmap threshold
+/// (which rises to 32 MiB as large blocks are freed) in its arenas, so
+/// without it the RSS of an agent whose sessions passed long values on stays
+/// at their peak although the memory is free.
+pub fn release_free_memory_soon() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    static SCHEDULED: AtomicBool = AtomicBool::new(false);
+    const EVERY_MS: u64 = 100;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    let now = now_ms();
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= EVERY_MS {
+        if LAST_MS.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            release_free_memory();
+        }
+    } else if !SCHEDULED.swap(true, Ordering::AcqRel) {
+        let wait = std::time::Duration::from_millis(EVERY_MS - now.saturating_sub(last));
+        let spawned = std::thread::Builder::new().name("memory-trim".into()).spawn(move || {
+            std::thread::sleep(wait);
+            LAST_MS.store(now_ms(), Ordering::Relaxed);
+            SCHEDULED.store(false, Ordering::Release);
+            release_free_memory();
+        });
+        if spawned.is_err() {
+            SCHEDULED.store(false, Ordering::Release);
+        }
+    }
+}

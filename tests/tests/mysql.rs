@@ -1498,3 +1498,68 @@ fn the_recording_is_capped_per_statement_and_the_replay_says_where() {
     // The next statement has a budget of its own.
     assert!(r.contains("| after |") && r.contains("1 row in set"), "{r}");
 }
+
+/// Long values cost memory while they pass, not after: sessions that read a
+/// 15 MB value each and then sit idle hold none of it (before: each
+/// connection's buffer kept the size of its largest packet).
+#[test]
+fn idle_sessions_give_back_the_memory_a_long_value_took() {
+    let w = world("mybigmsg");
+    let pid = w.env.agent.as_ref().unwrap().id();
+    let rss = || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_owned();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let script = w.env.path("idle.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, pymysql
+conns = []
+for i in range(4):
+    c = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="whoever", password="", database="appdb")
+    cur = c.cursor()
+    cur.execute("SELECT REPEAT('x', 15000000)")
+    print("read", len(cur.fetchone()[0]), flush=True)
+    conns.append(c)
+print("idle", flush=True)
+sys.stdin.readline()
+for c in conns:
+    cur = c.cursor()
+    cur.execute("SELECT 1")
+    print("still", cur.fetchone()[0], flush=True)
+"#,
+    )
+    .unwrap();
+    let before = rss();
+    let port = w.db.port.to_string();
+    let mut child =
+        w.env.spawn_as(&w.ana, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &w.db.host, &port]);
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut got = Vec::new();
+    loop {
+        let mut l = String::new();
+        let n = std::io::BufRead::read_line(&mut lines, &mut l).unwrap();
+        got.push(l.trim().to_owned());
+        if n == 0 || l.trim() == "idle" {
+            break;
+        }
+    }
+    assert_eq!(got.iter().filter(|l| *l == "read 15000000").count(), 4, "{got:?}\n{}", w.env.agent_log());
+    // Free memory goes back to the system within 100 ms of a session's last
+    // large buffer; the audit store's page cache (16 MiB) may have grown with
+    // the recorded results meanwhile.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut idle = rss();
+    while idle >= before + 40 * 1024 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        idle = rss();
+    }
+    assert!(idle < before + 40 * 1024, "agent RSS {before} KiB before, {idle} KiB with the sessions idle");
+    drop(child.stdin.take());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
+    let _ = child.wait();
+    assert_eq!(rest.matches("still 1").count(), 4, "the idle sessions are still served: {rest}");
+}

@@ -113,6 +113,13 @@ struct Conn {
     /// (the connection is then gone).
     s: Option<Stream>,
     buf: BytesMut,
+    /// The largest `buf` grew to past [`Conn::KEEP`] for a large packet
+    /// (0: not past it): once it is empty again it starts over small (the
+    /// packets handed out share its allocation, which an idle session would
+    /// otherwise keep whole).
+    grown: usize,
+    /// A large allocation was let go: give free memory back after the command.
+    trim: bool,
 }
 
 fn lost() -> std::io::Error {
@@ -120,8 +127,19 @@ fn lost() -> std::io::Error {
 }
 
 impl Conn {
+    /// What a connection's buffer keeps between packets.
+    const KEEP: usize = 64 << 10;
+
+    /// Between commands (the packets of the last one are dropped): a large
+    /// buffer let go is given back to the system.
+    fn settled(&mut self) {
+        if std::mem::take(&mut self.trim) {
+            crate::sys::release_free_memory_soon();
+        }
+    }
+
     fn new(s: TcpStream) -> Self {
-        Self { s: Some(Stream::Plain(s)), buf: BytesMut::with_capacity(16 << 10) }
+        Self { s: Some(Stream::Plain(s)), buf: BytesMut::with_capacity(16 << 10), grown: 0, trim: false }
     }
 
     /// The plain TCP stream, to be wrapped in TLS.
@@ -184,11 +202,20 @@ impl Conn {
     async fn read(&mut self) -> std::io::Result<Option<BytesMut>> {
         loop {
             if let Some((_, n)) = wire::decode(&self.buf) {
-                return Ok(Some(self.buf.split_to(n)));
+                let packet = self.buf.split_to(n);
+                if self.grown > 0 && self.buf.is_empty() {
+                    self.buf = BytesMut::with_capacity(16 << 10);
+                    // Once the packets sharing the allocation are dropped (see [`Conn::settled`]).
+                    self.trim |= std::mem::take(&mut self.grown) >= 1 << 20;
+                }
+                return Ok(Some(packet));
             }
             // Grow with what arrives, not with what a header claims.
             let want = wire::pending_len(&self.buf).map_or(8192, |n| (n - self.buf.len()).min(1 << 20));
             self.buf.reserve(want.max(4096));
+            if self.buf.capacity() > Self::KEEP {
+                self.grown = self.grown.max(self.buf.capacity());
+            }
             let (s, buf) = (&mut self.s, &mut self.buf);
             if s.as_mut().ok_or_else(lost)?.read_buf(buf).await? == 0 {
                 return if self.buf.is_empty() {
@@ -737,6 +764,7 @@ fn record_login(ctx: &Ctx, login: &Credentials, auth: &str, link: &Link, databas
 async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down: &mut u64) -> End {
     let r = async {
         loop {
+            s.backend.settled();
             let pkt = tokio::select! {
                 r = client.read() => r.map_err(|e| Fail::Client(e.to_string()))?,
                 () = ctx.live.cut.cancelled() => return Err(Fail::Breach(String::new())),

@@ -560,10 +560,14 @@ impl Drop for Room {
 /// otherwise, and an idle session would hold the 200 MB its last row took).
 fn settle(buf: &mut BytesMut, room: &mut Room) {
     if room.held > 0 && buf.len() <= FREE_PER_BUFFER / 2 {
+        let large = room.held >= 1 << 20;
         let mut fresh = BytesMut::with_capacity(buf.len().max(READ_CHUNK));
         fresh.extend_from_slice(buf);
         *buf = fresh;
         room.release();
+        if large {
+            crate::sys::release_free_memory_soon();
+        }
     }
 }
 
