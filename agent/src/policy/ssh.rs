@@ -177,6 +177,12 @@ const WRAPPERS: &[&str] = &[
     "setsid", "chrt", "taskset", "xargs", "watch", "unbuffer", "busybox", "chroot", "runuser", "flock",
 ];
 
+/// How many words of a piece past a wrapper are tried as its command.
+const MAX_CANDIDATES: usize = 16;
+
+/// How many shell readings of one command line are made at most.
+const MAX_FORMS: usize = 256;
+
 /// Shells whose `-c` argument is a command line of its own.
 const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "su", "fish", "tcsh", "csh"];
 
@@ -240,7 +246,15 @@ fn shell_forms(piece: &str, depth: usize, out: &mut ShellForms) {
     let words = shell_words(piece);
     let mut start = words.iter().take_while(|w| !w.glob && is_assignment(&w.text)).count();
     let mut wrapped = false;
+    let mut tried = 0;
     while let Some(first) = words.get(start) {
+        // Bounded cost: past this many candidate commands (or shells within
+        // shells), the line is not read further and counts as unknown.
+        tried += 1;
+        if tried > MAX_CANDIDATES || out.forms.len() >= MAX_FORMS {
+            out.wild.push(first.text.clone());
+            return;
+        }
         let name = first.text.rsplit('/').next().unwrap_or(&first.text);
         if first.glob {
             out.wild.push(name.to_owned());
@@ -248,11 +262,14 @@ fn shell_forms(piece: &str, depth: usize, out: &mut ShellForms) {
         let mut form = vec![name.to_owned()];
         form.extend(words.iter().skip(start + 1).map(|w| w.text.clone()));
         out.forms.push(form.join(" "));
-        if depth < 4
-            && SHELLS.contains(&name)
+        if SHELLS.contains(&name)
             && let Some(i) = words.iter().skip(start + 1).position(|w| w.text == "-c")
             && let Some(line) = words.get(start + 2 + i)
         {
+            if depth >= 4 {
+                out.wild.push(line.text.clone());
+                return;
+            }
             for p in pieces(&line.text) {
                 shell_forms(p, depth + 1, out);
             }
@@ -632,6 +649,20 @@ mod tests {
         assert!(a.refuses(&SshRequest::Exec("tar -xf a.tar --dry-run")).is_none());
         assert!(a.refuses(&SshRequest::Exec("tar -xf a.tar\0 --dry-run")).is_some());
         assert!(SshScope::default().refuses(&SshRequest::Exec("ls\0")).is_some());
+        // Bounded: a long line of wrapped words, or shells nested past four,
+        // is not read further and is denied by a rule that names commands.
+        let long = format!("env {}", "a ".repeat(100_000));
+        let mut read = ShellForms::default();
+        shell_forms(&long, 0, &mut read);
+        assert_eq!(read.forms.len(), MAX_CANDIDATES, "candidates tried");
+        assert!(!read.wild.is_empty());
+        assert!(d.deny_matches(&SshRequest::Exec(&long)));
+        let mut read = ShellForms::default();
+        shell_forms("bash -c 'bash -c \"bash -c x\"'", 3, &mut read);
+        assert!(!read.wild.is_empty(), "a shell past four levels is not read: {read:?}");
+        let nested = "sh -c \"sh -c 'sh -c sh'\"";
+        assert!(!d.deny_matches(&SshRequest::Exec(nested)), "three levels are read: {nested}");
+        assert!(!d.deny_matches(&SshRequest::Exec("env -i LANG=C ls -l")));
         // A deny rule without exec patterns matches no command this way.
         assert!(!SshScope::default().deny_matches(&SshRequest::Exec("'reboot'")));
     }
