@@ -156,9 +156,20 @@ fn check_backend(b: &Backend, now: i64, errors: &mut Vec<Diagnostic>, report: &m
     }
 }
 
-/// What an HTTP backend's TLS mode leaves out.
+/// What an HTTP backend's TLS mode leaves out, and which hosts it serves.
 fn http_warnings(b: &Backend, h: &crate::policy::http::HttpBackend, warnings: &mut Vec<String>) {
     use crate::policy::http::HttpTls;
+    if h.tls != HttpTls::Passthrough
+        && h.server_names.is_empty()
+        && b.tls_server_name.is_none()
+        && let crate::policy::Target::Addr(a) = &b.target
+    {
+        warnings.push(format!(
+            "backend `{}`: it has no names, so requests must name its address ({}) in Host; a request for a name (a client using http://orders.internal/) gets 421 — list the names clients use in server_names",
+            b.name,
+            a.ip()
+        ));
+    }
     match h.tls {
         HttpTls::Passthrough => warnings.push(format!(
             "backend `{}`: tls = \"passthrough\": HTTPS is relayed as opaque TCP: only the connection is decided and only byte counts are recorded (no request policy, credentials, masking or request records); write tls = \"terminate\" for those",

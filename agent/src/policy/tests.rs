@@ -795,3 +795,26 @@ fn mysql_server_public_key_is_read_and_checked_when_the_policy_loads() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An http backend by IP address alone serves only that address (a request
+/// for another host gets 421): `policy check` says so, until the names
+/// clients use are listed in `server_names` (any http backend but passthrough).
+#[test]
+fn http_backends_without_names_are_warned_about_and_server_names_load_on_any_tls() {
+    let backend = |extra: &str| {
+        format!(
+            "[[backend]]\nname = \"api\"\nprotocol = \"http\"\naddress = \"127.10.0.9:8080\"\ntls = \"off\"\n{extra}\n[[rule]]\nname = \"r\"\nwho = {{ users = [\"ana\"] }}\nbackends = [\"api\"]\n"
+        )
+    };
+    let warned =
+        |w: &[String]| w.iter().any(|w| w.contains("backend `api`: it has no names") && w.contains("server_names"));
+    let p = policy(&backend("")).unwrap();
+    assert!(warned(&files::check(&p, 0).unwrap().warnings));
+    let p = policy(&backend("server_names = [\"api.internal\"]\n")).unwrap();
+    assert!(!warned(&files::check(&p, 0).unwrap().warnings));
+    assert_eq!(p.backend(&BackendName::new("api")).unwrap().http.as_ref().unwrap().server_names, ["api.internal"]);
+    let e = policy(&backend("server_names = [\"api.internal\"]\n").replace("tls = \"off\"", "tls = \"passthrough\""))
+        .expect_err("passthrough has no requests")
+        .to_string();
+    assert!(e.contains("server_names does not apply"), "{e}");
+}
