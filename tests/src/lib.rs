@@ -401,6 +401,30 @@ pub fn sock_key(addr: SocketAddr) -> agent_common::SockKey {
     agent_common::SockKey { addr: words, port: addr.port(), _pad: 0 }
 }
 
+/// Resident memory of process `pid` (`VmRSS`), KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+}
+
+/// Lines read from `r`, trimmed, up to and including the first equal to
+/// `last` (or to the end).
+pub fn lines_until(r: &mut impl std::io::BufRead, last: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let mut l = String::new();
+        let n = r.read_line(&mut l).unwrap_or(0);
+        got.push(l.trim().to_owned());
+        if n == 0 || l.trim() == last {
+            return got;
+        }
+    }
+}
+
 /// Reads one JSON line from a spawned probe's stdout.
 pub fn read_json_line(child: &mut Child) -> Value {
     let out = child.stdout.as_mut().expect("piped stdout");

@@ -1506,11 +1506,7 @@ fn the_recording_is_capped_per_statement_and_the_replay_says_where() {
 fn idle_sessions_give_back_the_memory_a_long_value_took() {
     let w = world("mybigmsg");
     let pid = w.env.agent.as_ref().unwrap().id();
-    let rss = || -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_owned();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
+    let rss = || gatehouse_e2e::rss_kib(pid);
     let script = w.env.path("idle.py");
     std::fs::write(
         &script,
@@ -1537,15 +1533,7 @@ for c in conns:
     let mut child =
         w.env.spawn_as(&w.ana, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &w.db.host, &port]);
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut got = Vec::new();
-    loop {
-        let mut l = String::new();
-        let n = std::io::BufRead::read_line(&mut lines, &mut l).unwrap();
-        got.push(l.trim().to_owned());
-        if n == 0 || l.trim() == "idle" {
-            break;
-        }
-    }
+    let got = gatehouse_e2e::lines_until(&mut lines, "idle");
     assert_eq!(got.iter().filter(|l| *l == "read 15000000").count(), 4, "{got:?}\n{}", w.env.agent_log());
     // Free memory goes back to the system within 100 ms of a session's last
     // large buffer; the audit store's page cache (16 MiB) may have grown with

@@ -556,13 +556,6 @@ catalog = "all"
     }
 }
 
-/// The agent's RSS, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_owned();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Long values through the relay cost memory while they pass, not after:
 /// sessions that read a 40 MB value each and then sit idle hold none of it
 /// (before: every buffer kept its largest size, ~200 MB per idle session for
@@ -595,23 +588,15 @@ for c in conns:
 "#,
     )
     .unwrap();
-    let before = rss_kib(pid);
+    let before = gatehouse_e2e::rss_kib(pid);
     let port = w.pg.port.to_string();
     let mut child =
         w.env.spawn_as(&w.ana, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &w.pg.host, &port]);
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut got = Vec::new();
-    loop {
-        let mut l = String::new();
-        if std::io::BufRead::read_line(&mut lines, &mut l).unwrap() == 0 || l.trim() == "idle" {
-            got.push(l.trim().to_owned());
-            break;
-        }
-        got.push(l.trim().to_owned());
-    }
+    let got = gatehouse_e2e::lines_until(&mut lines, "idle");
     assert_eq!(got.iter().filter(|l| *l == "read 40000000").count(), 4, "{got:?}\n{}", w.env.agent_log());
     // Four idle sessions that each passed a 40 MB value on.
-    let idle = rss_kib(pid);
+    let idle = gatehouse_e2e::rss_kib(pid);
     assert!(idle < before + 40 * 1024, "agent RSS {before} KiB before, {idle} KiB with the sessions idle");
     drop(child.stdin.take());
     let mut rest = String::new();
