@@ -126,6 +126,8 @@ who = {{ users = ["{hal}"] }}
 backends = ["db-admin"]
 as_role = "{backup}"
 exec = ["id *", "tty"]
+forward = ["direct-tcpip"]
+forward_to = ["{addr}"]
 
 [[rule]]
 name = "gil looks, a shell with approval"
@@ -625,6 +627,29 @@ fn forced_commands_and_held_keys_per_account() {
     let o = w.ssh(&w.hal, &[&host, "id -un"]);
     assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), w.backup);
+    // hal may forward to the host's own sshd only (forward_to): a forwarded
+    // connection starts on the host, where the bastion's redirect cannot see
+    // it. -W there gets the sshd's banner; -W anywhere else is refused and
+    // never opened on the host.
+    let o = w.ssh(&w.hal, &["-W", &w.sshd.addr(), &host]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("SSH-2.0-"), "{}\n{}", text(&o), w.env.agent_log());
+    let elsewhere = format!("{}:1", w.sshd.ip);
+    let o = w.ssh(&w.hal, &["-W", &elsewhere, &host]);
+    assert!(!o.status.success() && text(&o).contains("stdio forwarding failed"), "{}", text(&o));
+    let recorded = || -> Vec<String> {
+        conn.prepare("SELECT CAST(body AS TEXT) FROM events WHERE kind = 'ssh'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let is_refusal = |b: &String| b.contains(&elsewhere) && b.contains("\"deny\"") && b.contains("forward_to");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !recorded().iter().any(is_refusal) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(recorded().iter().any(is_refusal), "{:#?}", recorded());
     // hal's `id *` is allowed, `id -g*` denied: the deny pattern reads the
     // line as the host's shell will (quotes removed, the command's path and
     // `env` dropped), so a quoted or wrapped `-g` does not get past it.

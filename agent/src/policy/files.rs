@@ -35,6 +35,14 @@ pub fn check(policy: &Policy, now: i64) -> Result<FileReport, Diagnostics> {
     }
     sni_notes(policy, &mut report.warnings);
     hold_alert_notes(policy, &mut report.warnings);
+    for r in policy.rules.iter().filter(|r| r.action == crate::policy::Action::Allow) {
+        if r.ssh.forward.contains(&crate::policy::ssh::Forward::DirectTcpip) && r.ssh.forward_to.is_empty() {
+            report.warnings.push(format!(
+                "rule `{}`: forward = [\"direct-tcpip\"] without forward_to forwards anywhere the host can reach, protected backends included (the connection starts on the host, where the redirect does not see it); list the destinations in forward_to",
+                r.name
+            ));
+        }
+    }
     // A notification's secret is a secret; its command runs as root, so only root may change it.
     for n in &policy.notify {
         if let Some(p) = &n.secret_file

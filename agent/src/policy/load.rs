@@ -188,6 +188,7 @@ struct RuleRaw {
     sftp: Option<Spanned<String>>,
     sftp_paths: Option<Spanned<Vec<String>>>,
     forward: Option<Spanned<Vec<String>>>,
+    forward_to: Option<Spanned<Vec<String>>>,
     force_command: Option<Spanned<String>>,
 }
 
@@ -1162,6 +1163,7 @@ fn build_grants(raw: Vec<Entry<'_, GrantRaw>>, policy: &mut Policy, e: &mut Errs
             sftp: None,
             sftp_paths: None,
             forward: None,
+            forward_to: None,
             force_command: None,
         };
         let mut scratch = Policy {
@@ -1785,6 +1787,7 @@ fn build_rules(raw: Vec<Entry<'_, RuleRaw>>, policy: &mut Policy, e: &mut Errs<'
             sftp: r.sftp.as_ref(),
             sftp_paths: r.sftp_paths.as_ref(),
             forward: r.forward.as_ref(),
+            forward_to: r.forward_to.as_ref(),
             force_command: r.force_command.as_ref(),
         };
         let ssh = match super::ssh::build_scope(&ssh_raw, ssh_backends) {

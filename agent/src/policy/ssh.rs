@@ -128,6 +128,11 @@ pub enum SshRequest<'a> {
     /// A subsystem other than sftp.
     Subsystem(&'a str),
     Forward(Forward),
+    /// A `direct-tcpip` channel (`ssh -L`, `-W`) to `host:port`, as the client names it.
+    ForwardTo {
+        host: &'a str,
+        port: u32,
+    },
 }
 
 impl SshRequest<'_> {
@@ -140,6 +145,7 @@ impl SshRequest<'_> {
             Self::Sftp { path, write: false } => format!("sftp read of {path:?}"),
             Self::Subsystem(s) => format!("subsystem {s:?}"),
             Self::Forward(f) => format!("{} forwarding", f.name()),
+            Self::ForwardTo { host, port } => format!("direct-tcpip forwarding to {host}:{port}"),
         }
     }
 }
@@ -153,6 +159,9 @@ pub struct SshScope {
     pub sftp: Option<SftpAccess>,
     pub sftp_paths: Vec<String>,
     pub forward: BTreeSet<Forward>,
+    /// `forward_to`: globs over `host:port` as the client names the
+    /// destination of a `direct-tcpip` channel; empty: any destination.
+    pub forward_to: Vec<String>,
     /// `force_command`: the only command the host runs for these sessions.
     pub force_command: Option<String>,
 }
@@ -292,6 +301,7 @@ impl SshScope {
             && self.sftp.is_none()
             && self.sftp_paths.is_empty()
             && self.forward.is_empty()
+            && self.forward_to.is_empty()
             && self.force_command.is_none()
     }
 
@@ -374,7 +384,23 @@ impl SshScope {
             SshRequest::Subsystem(s) => Some(format!("subsystem {s:?} is not supported (only sftp)")),
             SshRequest::Forward(f) => (!self.forward.contains(f))
                 .then(|| format!("{} forwarding is refused unless its forward lists it", f.name())),
+            SshRequest::ForwardTo { host, port } => {
+                if !self.forward.contains(&Forward::DirectTcpip) {
+                    Some("direct-tcpip forwarding is refused unless its forward lists it".into())
+                } else if !self.forward_to.is_empty() && !self.forward_to_matches(host, *port) {
+                    Some(format!("{host}:{port} is not in its forward_to {:?}", self.forward_to))
+                } else {
+                    None
+                }
+            }
         }
+    }
+
+    /// Whether `host:port` is one of the `forward_to` globs (names compared
+    /// without case, as the host resolves them).
+    fn forward_to_matches(&self, host: &str, port: u32) -> bool {
+        let dest = format!("{}:{port}", host.to_ascii_lowercase());
+        self.forward_to.iter().any(|p| glob_exact(p.to_ascii_lowercase().as_bytes(), dest.as_bytes()))
     }
 
     /// Whether this deny rule's SSH scope covers `r`.
@@ -410,6 +436,13 @@ impl SshScope {
             }
             SshRequest::Subsystem(s) => *s == "sftp" && self.sftp.is_some() && self.sftp_paths.is_empty(),
             SshRequest::Forward(f) => self.forward.contains(f),
+            SshRequest::ForwardTo { host, port } => {
+                if self.forward_to.is_empty() {
+                    self.forward.contains(&Forward::DirectTcpip)
+                } else {
+                    self.forward_to_matches(host, *port)
+                }
+            }
         }
     }
 }
@@ -492,6 +525,7 @@ pub(crate) struct SshRuleRaw<'r> {
     pub sftp: Option<&'r Spanned<String>>,
     pub sftp_paths: Option<&'r Spanned<Vec<String>>>,
     pub forward: Option<&'r Spanned<Vec<String>>>,
+    pub forward_to: Option<&'r Spanned<Vec<String>>>,
     pub force_command: Option<&'r Spanned<String>>,
 }
 
@@ -506,6 +540,7 @@ pub(crate) fn build_scope(r: &SshRuleRaw<'_>, ssh_backends: bool) -> Result<SshS
         ("sftp", r.sftp.map(Spanned::span)),
         ("sftp_paths", r.sftp_paths.map(Spanned::span)),
         ("forward", r.forward.map(Spanned::span)),
+        ("forward_to", r.forward_to.map(Spanned::span)),
         ("force_command", r.force_command.map(Spanned::span)),
     ];
     if !ssh_backends && let Some((field, span)) = given.iter().find(|(_, s)| s.is_some()) {
@@ -563,6 +598,14 @@ pub(crate) fn build_scope(r: &SshRuleRaw<'_>, ssh_backends: bool) -> Result<SshS
             }
             s.forward.insert(k);
         }
+    }
+    if let Some(list) = r.forward_to {
+        if let Some(p) =
+            list.get_ref().iter().find(|p| p.rsplit_once(':').is_none_or(|(h, port)| h.is_empty() || port.is_empty()))
+        {
+            return Err((Some(list.span()), format!("forward_to lists host:port globs, not `{p}`")));
+        }
+        s.forward_to = list.get_ref().clone();
     }
     Ok(s)
 }
@@ -665,6 +708,43 @@ mod tests {
         assert!(!d.deny_matches(&SshRequest::Exec("env -i LANG=C ls -l")));
         // A deny rule without exec patterns matches no command this way.
         assert!(!SshScope::default().deny_matches(&SshRequest::Exec("'reboot'")));
+    }
+
+    /// `forward_to` limits where direct-tcpip channels go (a forwarded
+    /// connection starts on the host, where the bastion's redirect does not
+    /// see it); a deny rule's `forward_to` denies those destinations.
+    #[test]
+    fn forward_to_limits_direct_tcpip_destinations() {
+        let allow = SshScope {
+            forward: BTreeSet::from([Forward::DirectTcpip]),
+            forward_to: vec!["metrics.internal:9100".into(), "10.9.0.*:443".into()],
+            ..SshScope::default()
+        };
+        let to = |host, port| SshRequest::ForwardTo { host, port };
+        assert!(allow.refuses(&to("metrics.internal", 9100)).is_none());
+        assert!(allow.refuses(&to("METRICS.internal", 9100)).is_none());
+        assert!(allow.refuses(&to("10.9.0.7", 443)).is_none());
+        for (h, p) in [("db.internal", 5432), ("metrics.internal", 22), ("10.9.0.7", 5432), ("127.0.0.1", 9100)] {
+            assert!(allow.refuses(&to(h, p)).is_some_and(|w| w.contains("forward_to")), "{h}:{p}");
+        }
+        let any = SshScope { forward: BTreeSet::from([Forward::DirectTcpip]), ..SshScope::default() };
+        assert!(any.refuses(&to("db.internal", 5432)).is_none(), "no forward_to: any destination");
+        assert!(SshScope::default().refuses(&to("metrics.internal", 9100)).is_some());
+        let deny = SshScope { forward_to: vec!["db.internal:*".into()], ..SshScope::default() };
+        assert!(deny.deny_matches(&to("db.internal", 5432)));
+        assert!(!deny.deny_matches(&to("metrics.internal", 9100)));
+        assert!(!deny.is_unscoped());
+        let raw = SshRuleRaw {
+            shell: None,
+            exec: None,
+            exec_regex: None,
+            sftp: None,
+            sftp_paths: None,
+            forward: None,
+            forward_to: Some(&Spanned::new(0..1, vec!["db.internal".to_owned()])),
+            force_command: None,
+        };
+        assert!(build_scope(&raw, true).is_err_and(|(_, e)| e.contains("host:port")));
     }
 
     fn load(text: &str) -> Result<crate::policy::Policy, String> {

@@ -388,6 +388,7 @@ impl Front {
             SshRequest::Subsystem(_) => ("subsystem", None),
             SshRequest::Sftp { path, .. } => ("scp", Some(path.to_owned())),
             SshRequest::Forward(f) => (f.name(), None),
+            SshRequest::ForwardTo { host, port } => ("direct-tcpip", Some(format!("{host}:{port}"))),
         };
         let held = if d.verdict == Verdict::NeedsApproval { self.s.hold(&d, &req) } else { None };
         // A terminal makes an allowed command a shell (a pager's `!sh`, an
@@ -422,7 +423,17 @@ impl Front {
 
     /// Decides a forwarding request; records it either way.
     async fn forward(&mut self, channel: ChannelId, kind: Forward, detail: Option<String>) -> bool {
-        let d = self.s.decide(&SshRequest::Forward(kind));
+        self.forward_request(channel, kind, SshRequest::Forward(kind), detail).await
+    }
+
+    async fn forward_request(
+        &mut self,
+        channel: ChannelId,
+        kind: Forward,
+        req: SshRequest<'_>,
+        detail: Option<String>,
+    ) -> bool {
+        let d = self.s.decide(&req);
         let ok = self.s.decided(channel.number(), kind.name(), detail, &d, None).await;
         if !(ok && d.allowed()) {
             info!(kind = kind.name(), "ssh forwarding refused: {}", d.reason());
@@ -512,7 +523,8 @@ impl russh::server::Handler for Front {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let detail = format!("{host}:{port}");
-        if !self.forward(channel.id(), Forward::DirectTcpip, Some(detail)).await {
+        let req = SshRequest::ForwardTo { host, port };
+        if !self.forward_request(channel.id(), Forward::DirectTcpip, req, Some(detail)).await {
             reply
                 .reject(ChannelOpenFailure::Other {
                     code: 1,
