@@ -214,6 +214,15 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
             curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", "-H", &format!("Host: {host}"), &url("plain=1")]);
         assert!(out.ends_with("\n421") && out.contains("which this backend does not serve"), "{host}: {out}{err}");
     }
+    // The same host named where a proxy, or an application behind one, reads it instead.
+    for h in [
+        "X-Forwarded-Host: billing.internal",
+        "X-Forwarded-Host: a, billing.internal",
+        "Forwarded: for=1.2.3.4;host=billing.internal",
+    ] {
+        let (out, err) = curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", "-H", h, &url("plain=1")]);
+        assert!(out.ends_with("\n421") && out.contains("forwarded host"), "{h}: {out}{err}");
+    }
     assert_eq!(w.api.requests().len(), before, "a request for another host reached the server");
     // A UTF-16 byte order mark under a UTF-8 label (browsers decode by the mark), gzip
     // bytes labelled as plain text (no content coding): the body is cut before any of it.

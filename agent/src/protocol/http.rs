@@ -301,6 +301,12 @@ impl Shared {
         if let Some(why) = misdirected(&self.ctx.backend, self.ctx.addr, pending.host.as_deref()) {
             return self.refuse(&pending, StatusCode::MISDIRECTED_REQUEST, None, &why);
         }
+        // Hosts a proxy or an application trusting one reads in place of Host.
+        for claimed in forwarded_hosts(req.headers()) {
+            if let Some(why) = misdirected(&self.ctx.backend, self.ctx.addr, Some(&claimed)) {
+                return self.refuse(&pending, StatusCode::MISDIRECTED_REQUEST, None, &format!("forwarded host: {why}"));
+            }
+        }
         let path = match normalize_path(req.uri().path()) {
             Ok(p) => p,
             Err(e) => return self.refuse(&pending, StatusCode::BAD_REQUEST, None, &e.to_string()),
@@ -855,6 +861,31 @@ fn misdirected(b: &Backend, dialed: SocketAddr, host: Option<&str>) -> Option<St
     Some(format!(
         "the request is for host {host:?}, which this backend does not serve ({serves}): an upstream routing on Host would take this rule and the backend's credential to another service (operators: list the names clients use in the backend's server_names)"
     ))
+}
+
+/// The hosts a request names besides `Host`, which proxies and applications
+/// behind one may read in its place (`X-Forwarded-Host`, `X-Host`,
+/// `X-Original-Host`, `X-Forwarded-Server`, `Forwarded: host=`), every value
+/// of each (comma-separated lists included).
+fn forwarded_hosts(headers: &HeaderMap) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in ["x-forwarded-host", "x-host", "x-original-host", "x-forwarded-server"] {
+        for v in headers.get_all(name) {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            out.extend(v.split(',').map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()));
+        }
+    }
+    for v in headers.get_all(header::FORWARDED) {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        for pair in v.split([',', ';']) {
+            if let Some((k, h)) = pair.split_once('=')
+                && k.trim().eq_ignore_ascii_case("host")
+            {
+                out.push(h.trim().trim_matches('"').to_owned());
+            }
+        }
+    }
+    out
 }
 
 fn empty() -> Out {
