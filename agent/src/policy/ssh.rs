@@ -230,6 +230,31 @@ fn shell_words(piece: &str) -> Vec<Word> {
     words
 }
 
+/// A file-name pattern with each bracket expression (`[o]`, `[!a-z]`) as
+/// `?`, which `glob_exact` reads (an unclosed `[` as `*`).
+fn bracketless(pattern: &str) -> String {
+    let mut out = String::new();
+    let mut rest = pattern;
+    while let Some(i) = rest.find('[') {
+        out.push_str(rest.get(..i).unwrap_or_default());
+        let after = rest.get(i + 1..).unwrap_or_default();
+        // A `]` right after `[` (or `[!`) is part of the set.
+        let skip = usize::from(after.starts_with('!') || after.starts_with('^'));
+        match after.get(skip + 1..).and_then(|t| t.find(']')).map(|j| j + skip + 1) {
+            Some(j) => {
+                out.push('?');
+                rest = after.get(j + 1..).unwrap_or_default();
+            }
+            None => {
+                out.push('*');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `NAME=value`: an assignment before the command.
 fn is_assignment(w: &str) -> bool {
     w.split_once('=').is_some_and(|(n, _)| {
@@ -243,8 +268,10 @@ fn is_assignment(w: &str) -> bool {
 /// dropped (`/usr/sbin/'reboot' -f` is `reboot -f`), after leading
 /// assignments; past a wrapper (`env`, `nice -n 5`, `sudo -u root`), every
 /// later word may be the command; a shell's `-c` argument is read as a
-/// command line of its own. `wild`: the command's name is a file-name
-/// pattern (`/sbin/r?boot`), which the host's shell may expand to any name.
+/// command line of its own. `wild`: command names that are file-name
+/// patterns (`/sbin/r?boot`: the host's shell expands them), as patterns;
+/// `*` for a line not read to its end (too many candidates, shells nested
+/// too deep).
 #[derive(Debug, Default)]
 struct ShellForms {
     forms: Vec<String>,
@@ -255,18 +282,22 @@ fn shell_forms(piece: &str, depth: usize, out: &mut ShellForms) {
     let words = shell_words(piece);
     let mut start = words.iter().take_while(|w| !w.glob && is_assignment(&w.text)).count();
     let mut wrapped = false;
+    // Whether this word is where a command is expected: the first, and the
+    // first word after a wrapper and its options (a file-name pattern
+    // elsewhere is an argument, not a command to expand).
+    let mut expected = true;
     let mut tried = 0;
     while let Some(first) = words.get(start) {
         // Bounded cost: past this many candidate commands (or shells within
         // shells), the line is not read further and counts as unknown.
         tried += 1;
         if tried > MAX_CANDIDATES || out.forms.len() >= MAX_FORMS {
-            out.wild.push(first.text.clone());
+            out.wild.push("*".into());
             return;
         }
         let name = first.text.rsplit('/').next().unwrap_or(&first.text);
-        if first.glob {
-            out.wild.push(name.to_owned());
+        if first.glob && expected {
+            out.wild.push(bracketless(name));
         }
         let mut form = vec![name.to_owned()];
         form.extend(words.iter().skip(start + 1).map(|w| w.text.clone()));
@@ -276,7 +307,7 @@ fn shell_forms(piece: &str, depth: usize, out: &mut ShellForms) {
             && let Some(line) = words.get(start + 2 + i)
         {
             if depth >= 4 {
-                out.wild.push(line.text.clone());
+                out.wild.push("*".into());
                 return;
             }
             for p in pieces(&line.text) {
@@ -285,8 +316,11 @@ fn shell_forms(piece: &str, depth: usize, out: &mut ShellForms) {
         }
         if WRAPPERS.contains(&name) {
             wrapped = true;
+            expected = true;
         } else if !wrapped {
             break;
+        } else if !first.text.starts_with('-') {
+            expected = false;
         }
         start += 1;
     }
@@ -422,9 +456,18 @@ impl SshScope {
                 for p in pieces(cmd) {
                     shell_forms(p, 0, &mut read);
                 }
-                // A command name the host's shell expands (`r?boot`) may be any
-                // name: it is denied by a rule that names commands at all.
-                !read.wild.is_empty() || read.forms.iter().any(|f| hit(f))
+                // A command name the host's shell expands (`r?boot`) is denied
+                // when it could be a command a pattern names (a regex: always).
+                let named = |w: &String| {
+                    !self.exec_regex.is_empty()
+                        || self.exec.iter().any(|p| {
+                            let first = p.split_whitespace().next().unwrap_or(p);
+                            let literal: String = first.chars().filter(|c| !matches!(c, '*' | '?')).collect();
+                            let name = literal.rsplit('/').next().unwrap_or(&literal);
+                            glob_exact(w.as_bytes(), name.as_bytes())
+                        })
+                };
+                read.wild.iter().any(named) || read.forms.iter().any(|f| hit(f))
             }
             SshRequest::Sftp { path, write } => {
                 let access = match self.sftp {
@@ -674,11 +717,20 @@ mod tests {
             "/sbin/r?boot",
             "/sbin/reb[o]ot",
             "*boot",
+            "sudo -E /sbin/r?boot",
         ] {
             assert!(d.deny_matches(&SshRequest::Exec(evil)), "{evil:?} must be denied");
         }
-        for fine in ["ls -l", "id -u", "echo reboot", "grep reboot /var/log/syslog", "id 'name with space'", "ls *.log"]
-        {
+        for fine in [
+            "ls -l",
+            "id -u",
+            "echo reboot",
+            "grep reboot /var/log/syslog",
+            "id 'name with space'",
+            "ls *.log",
+            "nice -n 5 tar czf /tmp/b.tgz /data/*",
+            "sudo ls /var/log/*.gz",
+        ] {
             assert!(!d.deny_matches(&SshRequest::Exec(fine)), "{fine:?} is not denied");
         }
         assert_eq!(
@@ -692,6 +744,8 @@ mod tests {
         assert!(a.refuses(&SshRequest::Exec("tar -xf a.tar --dry-run")).is_none());
         assert!(a.refuses(&SshRequest::Exec("tar -xf a.tar\0 --dry-run")).is_some());
         assert!(SshScope::default().refuses(&SshRequest::Exec("ls\0")).is_some());
+        assert_eq!(bracketless("reb[o]ot"), "reb?ot");
+        assert_eq!(bracketless("[!a-z]x[]]y[z"), "?x?y*");
         // Bounded: a long line of wrapped words, or shells nested past four,
         // is not read further and is denied by a rule that names commands.
         let long = format!("env {}", "a ".repeat(100_000));
