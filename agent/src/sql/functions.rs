@@ -87,22 +87,8 @@ const DANGEROUS: &[&str] = &[
     "setval",
     // Notifications.
     "pg_notify",
-    // Functions that run SQL given as text.
-    "query_to_xml",
-    "query_to_xmlschema",
-    "query_to_xml_and_xmlschema",
-    "cursor_to_xml",
-    "cursor_to_xmlschema",
-    "table_to_xml",
-    "table_to_xmlschema",
-    "table_to_xml_and_xmlschema",
-    "schema_to_xml",
-    "schema_to_xmlschema",
-    "schema_to_xml_and_xmlschema",
-    "database_to_xml",
-    "database_to_xmlschema",
-    "database_to_xml_and_xmlschema",
-    "ts_stat",
+    // Functions that run SQL given as text, or read a table named by a
+    // value: READS_BY_VALUE, checked with this list (`is_dangerous`).
     // Replication, WAL and backups.
     "pg_create_physical_replication_slot",
     "pg_create_logical_replication_slot",
@@ -194,14 +180,18 @@ pub(super) fn qual_name(names: &[pg_query::Node]) -> Option<QualName> {
 /// Whether `name` (bare or `pg_catalog.`-qualified) is a dangerous built-in.
 pub(crate) fn is_dangerous(name: &QualName) -> bool {
     match name.schema.as_deref() {
-        None | Some("pg_catalog") => DANGEROUS.contains(&name.name.as_str()),
+        None | Some("pg_catalog") => {
+            DANGEROUS.contains(&name.name.as_str()) || READS_BY_VALUE.contains(&name.name.as_str())
+        }
         Some(_) => false,
     }
 }
 
 /// Built-ins that read rows no lineage sees: SQL given as text, or a table,
 /// schema, database or cursor named by a value (`table_to_xml('t', …)`).
-const READS_UNSEEN: &[&str] = &[
+/// Dangerous too (see [`is_dangerous`]); so is the two-argument
+/// `ts_rewrite` (see [`runs_query_text`]).
+const READS_BY_VALUE: &[&str] = &[
     "query_to_xml",
     "query_to_xmlschema",
     "query_to_xml_and_xmlschema",
@@ -217,14 +207,15 @@ const READS_UNSEEN: &[&str] = &[
     "database_to_xmlschema",
     "database_to_xml_and_xmlschema",
     "ts_stat",
-    "ts_rewrite",
 ];
 
-/// Whether a call, named as [`call_name`] wrote it, is one of
-/// [`READS_UNSEEN`] (by its last part: a user function of such a name in
-/// another schema counts too, towards refusing).
+/// Whether a call, named as [`call_name`] wrote it, reads rows no lineage
+/// sees: one of [`READS_BY_VALUE`] or `ts_rewrite` in any form (by its last
+/// part: a user function of such a name in another schema counts too,
+/// towards refusing).
 pub(super) fn reads_unseen(call: &str) -> bool {
-    READS_UNSEEN.contains(&call.rsplit('.').next().unwrap_or(call))
+    let name = call.rsplit('.').next().unwrap_or(call);
+    READS_BY_VALUE.contains(&name) || name == "ts_rewrite"
 }
 
 /// A built-in that keeps its arguments where a later statement reads them
