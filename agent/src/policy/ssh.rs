@@ -278,6 +278,44 @@ struct ShellForms {
     wild: Vec<String>,
 }
 
+/// Reads a whole command line as the shell will (see [`shell_forms`]): it
+/// splits into commands at the metacharacters outside quotes; a backslash
+/// outside single quotes escapes the next character (`r\eboot` is `reboot`,
+/// a backslash-newline joins lines); an expansion outside single quotes
+/// (`$X`, `$(…)`, `` `…` ``, `$'\x72…'`) may yield any command, so the line
+/// counts as unknown (`*`).
+fn read_line(line: &str, depth: usize, out: &mut ShellForms) {
+    let mut pieces = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some('\''), '\'') | (Some('"'), '"') => {
+                quote = None;
+                cur.push(c);
+            }
+            (Some('\''), _) => cur.push(c),
+            (_, '\\') => {
+                if let Some(next) = chars.next().filter(|n| *n != '\n') {
+                    cur.push(next);
+                }
+            }
+            (_, '$' | '`') => out.wild.push("*".into()),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                cur.push(c);
+            }
+            (None, c) if c.is_ascii() && META.contains(&(c as u8)) => pieces.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    pieces.push(cur);
+    for p in pieces.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        shell_forms(p, depth, out);
+    }
+}
+
 fn shell_forms(piece: &str, depth: usize, out: &mut ShellForms) {
     let words = shell_words(piece);
     let mut start = words.iter().take_while(|w| !w.glob && is_assignment(&w.text)).count();
@@ -310,9 +348,7 @@ fn shell_forms(piece: &str, depth: usize, out: &mut ShellForms) {
                 out.wild.push("*".into());
                 return;
             }
-            for p in pieces(&line.text) {
-                shell_forms(p, depth + 1, out);
-            }
+            read_line(&line.text, depth + 1, out);
         }
         if WRAPPERS.contains(&name) {
             wrapped = true;
@@ -453,9 +489,7 @@ impl SshScope {
                     return false;
                 }
                 let mut read = ShellForms::default();
-                for p in pieces(cmd) {
-                    shell_forms(p, 0, &mut read);
-                }
+                read_line(cmd, 0, &mut read);
                 // A command name the host's shell expands (`r?boot`) is denied
                 // when it could be a command a pattern names (a regex: always).
                 let named = |w: &String| {
@@ -561,6 +595,7 @@ pub(crate) fn build_backend(r: &SshBackendRaw) -> Result<SshBackend, String> {
 }
 
 /// A rule's SSH keys as written.
+#[derive(Default)]
 pub(crate) struct SshRuleRaw<'r> {
     pub shell: Option<&'r Spanned<bool>>,
     pub exec: Option<&'r Spanned<Vec<String>>>,
@@ -718,6 +753,13 @@ mod tests {
             "/sbin/reb[o]ot",
             "*boot",
             "sudo -E /sbin/r?boot",
+            "r\\eboot",
+            "\\reboot -f",
+            "re\\\nboot",
+            "X=reboot; $X",
+            "`echo reboot`",
+            "$'\\x72eboot'",
+            "sh -c 're\\boot'",
         ] {
             assert!(d.deny_matches(&SshRequest::Exec(evil)), "{evil:?} must be denied");
         }
@@ -730,6 +772,8 @@ mod tests {
             "ls *.log",
             "nice -n 5 tar czf /tmp/b.tgz /data/*",
             "sudo ls /var/log/*.gz",
+            "awk '{print $1}' /var/log/syslog",
+            "echo 'a\\b'",
         ] {
             assert!(!d.deny_matches(&SshRequest::Exec(fine)), "{fine:?} is not denied");
         }
@@ -788,16 +832,8 @@ mod tests {
         assert!(deny.deny_matches(&to("db.internal", 5432)));
         assert!(!deny.deny_matches(&to("metrics.internal", 9100)));
         assert!(!deny.is_unscoped());
-        let raw = SshRuleRaw {
-            shell: None,
-            exec: None,
-            exec_regex: None,
-            sftp: None,
-            sftp_paths: None,
-            forward: None,
-            forward_to: Some(&Spanned::new(0..1, vec!["db.internal".to_owned()])),
-            force_command: None,
-        };
+        let list = Spanned::new(0..1, vec!["db.internal".to_owned()]);
+        let raw = SshRuleRaw { forward_to: Some(&list), ..SshRuleRaw::default() };
         assert!(build_scope(&raw, true).is_err_and(|(_, e)| e.contains("host:port")));
     }
 
