@@ -218,6 +218,7 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     for h in [
         "X-Forwarded-Host: billing.internal",
         "X-Forwarded-Host: a, billing.internal",
+        "X_Forwarded_Host: billing.internal",
         "Forwarded: for=1.2.3.4;host=billing.internal",
     ] {
         let (out, err) = curl(&w, &w.ida, &["-sS", "-w", "\n%{http_code}", "-H", h, &url("plain=1")]);

@@ -866,22 +866,23 @@ fn misdirected(b: &Backend, dialed: SocketAddr, host: Option<&str>) -> Option<St
 /// The hosts a request names besides `Host`, which proxies and applications
 /// behind one may read in its place (`X-Forwarded-Host`, `X-Host`,
 /// `X-Original-Host`, `X-Forwarded-Server`, `Forwarded: host=`), every value
-/// of each (comma-separated lists included).
+/// of each (comma-separated lists included); `_` in a name as `-` (CGI reads
+/// `X_Forwarded_Host` as `HTTP_X_FORWARDED_HOST`).
 fn forwarded_hosts(headers: &HeaderMap) -> Vec<String> {
+    const LISTS: [&str; 4] = ["x-forwarded-host", "x-host", "x-original-host", "x-forwarded-server"];
     let mut out = Vec::new();
-    for name in ["x-forwarded-host", "x-host", "x-original-host", "x-forwarded-server"] {
-        for v in headers.get_all(name) {
-            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+    for (name, v) in headers {
+        let name = name.as_str().replace('_', "-");
+        let v = String::from_utf8_lossy(v.as_bytes());
+        if LISTS.contains(&name.as_str()) {
             out.extend(v.split(',').map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()));
-        }
-    }
-    for v in headers.get_all(header::FORWARDED) {
-        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-        for pair in v.split([',', ';']) {
-            if let Some((k, h)) = pair.split_once('=')
-                && k.trim().eq_ignore_ascii_case("host")
-            {
-                out.push(h.trim().trim_matches('"').to_owned());
+        } else if name == "forwarded" {
+            for pair in v.split([',', ';']) {
+                if let Some((k, h)) = pair.split_once('=')
+                    && k.trim().eq_ignore_ascii_case("host")
+                {
+                    out.push(h.trim().trim_matches('"').to_owned());
+                }
             }
         }
     }
