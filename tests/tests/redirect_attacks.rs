@@ -167,13 +167,14 @@ fn every_local_address_of_a_local_backend_goes_through_the_proxy() {
     let _ = plain.wait();
 }
 
-/// TCP Fast Open starts a connection without connect(2): `sendto` with
-/// `MSG_FASTOPEN` sends the SYN (with data). The kernel runs the same
-/// cgroup connect hook for it: ana's goes through the proxy and is recorded,
-/// eve (no rule) does not reach the backend.
-#[test]
-fn a_fast_open_connection_goes_through_the_proxy() {
-    let mut env = Env::new("tfo");
+/// A backend on every address of a test namespace; ana (whose group's rule
+/// reaches it) and eve (no rule) each echo 4096 bytes to every target
+/// (`targets(own address, port)`) with the probe's `flag`. Ana's go through
+/// the proxy and are recorded, every byte; eve's reach nothing and are
+/// counted as refusals. Returns ana's probe results.
+#[expect(clippy::indexing_slicing, reason = "indexing a serde_json value by key yields Null, it cannot panic")]
+fn echo_through_the_proxy(name: &str, flag: &str, targets: impl Fn(&str, u16) -> Vec<String>) -> Vec<Value> {
+    let mut env = Env::new(name);
     let team = env.group("team");
     let ana = env.user("ana", &[&team]);
     let eve = env.user("eve", &[]);
@@ -184,51 +185,14 @@ fn a_fast_open_connection_goes_through_the_proxy() {
     let config = env.write_policy("policy.toml", &tcp_policy("local", &format!("{own}:{port}"), &team, ""));
     env.agent_netns = Some(ns.clone());
     env.start_agent(&config);
-    let target = format!("{own}:{port}");
-    let r = env.probe_in(&ana, Some(&ns), &["echo", &target, "4096", "--fastopen"]);
-    assert!(ok(&r) && r["fastopen"] == true, "ana is allowed and must get through the proxy: {r}\n{}", env.agent_log());
-    let r = env.probe_in(&eve, Some(&ns), &["echo", &target, "4096", "--fastopen"]);
-    assert!(!ok(&r), "eve has no rule and reached the backend: {r}");
-    assert_ne!(r["received"], 4096, "{r}");
-    let (ana_uid, eve_uid) = (env.uid(&ana), env.uid(&eve));
-    wait_for("ana's session to close", &env, || {
-        env.sessions().iter().any(|s| s["uid"] == ana_uid && !s["end_reason"].is_null())
-    });
-    let sessions = env.sessions();
-    let mine = sessions.iter().find(|s| s["uid"] == ana_uid).unwrap_or_else(|| panic!("{sessions:#?}"));
-    assert_eq!(mine["decision"], "allow", "{mine}");
-    assert_eq!(mine["bytes_up"], 4096, "every byte, the SYN's included, went through the proxy: {mine}");
-    let denied =
-        sessions.iter().find(|s| s["uid"] == eve_uid).unwrap_or_else(|| panic!("eve's refusal: {sessions:#?}"));
-    assert_eq!(denied["decision"], "deny", "{denied}");
-    let _ = backend.kill();
-    let _ = backend.wait();
-}
-
-/// Multipath TCP (`socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP)`, enabled by
-/// default on Debian's kernels) connects through its own socket layer, which
-/// opens a TCP subflow underneath: ana's connection goes through the proxy
-/// and is recorded like a TCP one, eve (no rule) does not reach the backend,
-/// over IPv4 and IPv6.
-#[test]
-fn a_multipath_tcp_connection_goes_through_the_proxy() {
-    let mut env = Env::new("mptcp");
-    let team = env.group("team");
-    let ana = env.user("ana", &[&team]);
-    let eve = env.user("eve", &[]);
-    let ns = env.netns();
-    let port = gatehouse_e2e::free_port();
-    let mut backend = serve_in(&env, &ns, port);
-    let own = loopback(1);
-    let config = env.write_policy("policy.toml", &tcp_policy("local", &format!("{own}:{port}"), &team, ""));
-    env.agent_netns = Some(ns.clone());
-    env.start_agent(&config);
-    let targets = [format!("{own}:{port}"), format!("[::ffff:{own}]:{port}")];
+    let targets = targets(&own, port);
+    let mut results = Vec::new();
     for target in &targets {
-        let r = env.probe_in(&ana, Some(&ns), &["echo", target, "4096", "--mptcp"]);
+        let r = env.probe_in(&ana, Some(&ns), &["echo", target, "4096", flag]);
         assert!(ok(&r), "{target}: ana is allowed and must get through the proxy: {r}\n{}", env.agent_log());
-        let r = env.probe_in(&eve, Some(&ns), &["echo", target, "4096", "--mptcp"]);
-        assert!(!ok(&r), "{target}: eve has no rule and reached the backend over MPTCP: {r}");
+        results.push(r);
+        let r = env.probe_in(&eve, Some(&ns), &["echo", target, "4096", flag]);
+        assert!(!ok(&r), "{target}: eve has no rule and reached the backend ({flag}): {r}");
         assert_ne!(r["received"], 4096, "{r}");
     }
     let (ana_uid, eve_uid) = (env.uid(&ana), env.uid(&eve));
@@ -250,6 +214,28 @@ fn a_multipath_tcp_connection_goes_through_the_proxy() {
     assert_eq!(st["sessions"]["denied"], targets.len(), "{st:#}");
     let _ = backend.kill();
     let _ = backend.wait();
+    results
+}
+
+/// TCP Fast Open starts a connection without connect(2): `sendto` with
+/// `MSG_FASTOPEN` sends the SYN (with data). The kernel runs the same
+/// cgroup connect hook for it: every byte, the SYN's included, goes through
+/// the proxy.
+#[test]
+fn a_fast_open_connection_goes_through_the_proxy() {
+    let results = echo_through_the_proxy("tfo", "--fastopen", |own, port| vec![format!("{own}:{port}")]);
+    assert!(results.iter().all(|r| r["fastopen"] == true), "{results:?}");
+}
+
+/// Multipath TCP (`socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP)`, enabled by
+/// default on Debian's kernels) connects through its own socket layer, which
+/// opens a TCP subflow underneath: it goes through the proxy like TCP, over
+/// IPv4 and v4-mapped IPv6.
+#[test]
+fn a_multipath_tcp_connection_goes_through_the_proxy() {
+    echo_through_the_proxy("mptcp", "--mptcp", |own, port| {
+        vec![format!("{own}:{port}"), format!("[::ffff:{own}]:{port}")]
+    });
 }
 
 /// bpffs at /sys/fs/bpf may be world-writable: a pin directory that exists
