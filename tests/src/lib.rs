@@ -401,6 +401,47 @@ pub fn sock_key(addr: SocketAddr) -> agent_common::SockKey {
     agent_common::SockKey { addr: words, port: addr.port(), _pad: 0 }
 }
 
+/// What [`Env::idle_sessions_rss`] saw.
+#[derive(Debug)]
+pub struct IdleRss {
+    /// The agent's RSS before the script ran, KiB.
+    pub before: u64,
+    /// With the script's sessions idle, KiB: the first reading under
+    /// `before + slack`, or the last within 5 s.
+    pub idle: u64,
+    /// What the script printed up to `idle`, and after its stdin closed.
+    pub until_idle: Vec<String>,
+    pub after: String,
+}
+
+impl Env {
+    /// Runs a Python 3 script as `user` (`args` after its path) that opens
+    /// sessions through the agent, prints `idle` while they sit idle, and
+    /// goes on once its standard input closes; measures the agent's RSS
+    /// before and while the sessions are idle (freed memory may take a moment
+    /// to go back to the system: it waits up to 5 s for `before + slack_kib`).
+    pub fn idle_sessions_rss(&self, user: &str, script: &Path, args: &[&str], slack_kib: u64) -> IdleRss {
+        let pid = self.agent.as_ref().map(Child::id).expect("the agent runs");
+        let before = rss_kib(pid);
+        let mut all = vec![script.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        let mut child = self.spawn_as(user, None, Path::new("/usr/bin/python3"), &all);
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let until_idle = lines_until(&mut lines, "idle");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut idle = rss_kib(pid);
+        while idle >= before + slack_kib && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            idle = rss_kib(pid);
+        }
+        drop(child.stdin.take());
+        let mut after = String::new();
+        let _ = std::io::Read::read_to_string(&mut lines, &mut after);
+        let _ = child.wait();
+        IdleRss { before, idle, until_idle, after }
+    }
+}
+
 /// Resident memory of process `pid` (`VmRSS`), KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -1505,8 +1505,6 @@ fn the_recording_is_capped_per_statement_and_the_replay_says_where() {
 #[test]
 fn idle_sessions_give_back_the_memory_a_long_value_took() {
     let w = world("mybigmsg");
-    let pid = w.env.agent.as_ref().unwrap().id();
-    let rss = || gatehouse_e2e::rss_kib(pid);
     let script = w.env.path("idle.py");
     std::fs::write(
         &script,
@@ -1528,26 +1526,13 @@ for c in conns:
 "#,
     )
     .unwrap();
-    let before = rss();
     let port = w.db.port.to_string();
-    let mut child =
-        w.env.spawn_as(&w.ana, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &w.db.host, &port]);
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
-    let got = gatehouse_e2e::lines_until(&mut lines, "idle");
-    assert_eq!(got.iter().filter(|l| *l == "read 15000000").count(), 4, "{got:?}\n{}", w.env.agent_log());
     // Free memory goes back to the system within 100 ms of a session's last
     // large buffer; the audit store's page cache (16 MiB) may have grown with
     // the recorded results meanwhile.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let mut idle = rss();
-    while idle >= before + 40 * 1024 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        idle = rss();
-    }
-    assert!(idle < before + 40 * 1024, "agent RSS {before} KiB before, {idle} KiB with the sessions idle");
-    drop(child.stdin.take());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
-    let _ = child.wait();
-    assert_eq!(rest.matches("still 1").count(), 4, "the idle sessions are still served: {rest}");
+    let run = w.env.idle_sessions_rss(&w.ana, &script, &[&w.db.host, &port], 40 * 1024);
+    let reads = run.until_idle.iter().filter(|l| *l == "read 15000000").count();
+    assert_eq!(reads, 4, "{run:?}\n{}", w.env.agent_log());
+    assert!(run.idle < run.before + 40 * 1024, "agent RSS {} KiB before, {} KiB idle", run.before, run.idle);
+    assert_eq!(run.after.matches("still 1").count(), 4, "the idle sessions are still served: {run:?}");
 }

@@ -569,7 +569,6 @@ fn large_values_share_a_memory_budget_and_idle_sessions_give_their_memory_back()
     let w = world_with("pgbigmsg", |pg, secret, analyst, dba| {
         format!("[agent]\nlarge_message_budget = 134217728\n{}", policy(pg, secret, analyst, dba))
     });
-    let pid = w.env.agent.as_ref().unwrap().id();
     let script = w.env.path("idle.py");
     std::fs::write(
         &script,
@@ -588,21 +587,13 @@ for c in conns:
 "#,
     )
     .unwrap();
-    let before = gatehouse_e2e::rss_kib(pid);
     let port = w.pg.port.to_string();
-    let mut child =
-        w.env.spawn_as(&w.ana, None, Path::new("/usr/bin/python3"), &[script.to_str().unwrap(), &w.pg.host, &port]);
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
-    let got = gatehouse_e2e::lines_until(&mut lines, "idle");
-    assert_eq!(got.iter().filter(|l| *l == "read 40000000").count(), 4, "{got:?}\n{}", w.env.agent_log());
     // Four idle sessions that each passed a 40 MB value on.
-    let idle = gatehouse_e2e::rss_kib(pid);
-    assert!(idle < before + 40 * 1024, "agent RSS {before} KiB before, {idle} KiB with the sessions idle");
-    drop(child.stdin.take());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
-    let _ = child.wait();
-    assert_eq!(rest.matches("still 1").count(), 4, "the idle sessions are still served: {rest}");
+    let run = w.env.idle_sessions_rss(&w.ana, &script, &[&w.pg.host, &port], 40 * 1024);
+    let reads = run.until_idle.iter().filter(|l| *l == "read 40000000").count();
+    assert_eq!(reads, 4, "{run:?}\n{}", w.env.agent_log());
+    assert!(run.idle < run.before + 40 * 1024, "agent RSS {} KiB before, {} KiB idle", run.before, run.idle);
+    assert_eq!(run.after.matches("still 1").count(), 4, "the idle sessions are still served: {run:?}");
 
     // Past the budget: a 150 MB value ends its session, a 20 MB one passes.
     let o = w.psql(&w.ana, &["-o", "/dev/null", "-c", "SELECT repeat('x', 150000000)"]);
