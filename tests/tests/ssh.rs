@@ -40,6 +40,10 @@ struct World {
     /// Where the clients may write locally.
     out: PathBuf,
     gatehouse: PathBuf,
+    /// A listener on the host's address that every rule denies forwarding to
+    /// (the "vault"): it must never see a connection. It answers `vault` and
+    /// closes, so a client let through ends; its port and connections so far.
+    vault: (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>),
 }
 
 fn text(o: &Output) -> String {
@@ -61,6 +65,17 @@ fn world(name: &str) -> World {
     let backup_key = env.path("backup_key");
     authorize_key(&backup, &backup_home, &backup_key);
     let sshd = Sshd::start(&env, &loopback(3));
+    let listener = std::net::TcpListener::bind((sshd.ip.as_str(), 0)).unwrap();
+    let vault_port = listener.local_addr().unwrap().port();
+    let dialed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = dialed.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = std::io::Write::write_all(&mut &c, b"vault\n");
+        }
+    });
+    let vault = (vault_port, dialed);
     let share = env.path("share");
     std::fs::create_dir_all(&share).unwrap();
     std::fs::write(share.join("report.txt"), "quarterly numbers\n").unwrap();
@@ -127,7 +142,14 @@ backends = ["db-admin"]
 as_role = "{backup}"
 exec = ["id *", "tty"]
 forward = ["direct-tcpip"]
-forward_to = ["{addr}"]
+forward_to = ["{addr}", "*:{vault_port}"]
+
+[[rule]]
+name = "nobody reaches the vault"
+who = {{ users = ["*"] }}
+backends = ["db-admin"]
+action = "deny"
+forward_to = ["{ip}:{vault_port}"]
 
 [[rule]]
 name = "gil looks, a shell with approval"
@@ -156,6 +178,7 @@ name = "cards"
 detectors = ["card"]
 "#,
         addr = sshd.addr(),
+        ip = sshd.ip,
         host_pub = sshd.host_pub.display(),
         ca = sshd.user_ca.display(),
         share = share.display(),
@@ -166,7 +189,7 @@ detectors = ["card"]
     let gatehouse = env.path("gatehouse-cli");
     std::fs::copy(gatehouse_e2e::gatehouse_bin(), &gatehouse).unwrap();
     std::fs::set_permissions(&gatehouse, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    World { sshd, env, deploy, ana, eve, lea, fay, hal, backup, gil, known_hosts, share, out, gatehouse }
+    World { sshd, env, deploy, ana, eve, lea, fay, hal, backup, gil, known_hosts, share, out, gatehouse, vault }
 }
 
 impl World {
@@ -650,6 +673,28 @@ fn forced_commands_and_held_keys_per_account() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(recorded().iter().any(is_refusal), "{:#?}", recorded());
+    // The vault is denied in every spelling the host's resolver reads as its
+    // address (hal's own rule allows any host on the vault's port): decided
+    // on the address, not the text, so the host never dials it.
+    let ip: std::net::Ipv4Addr = w.sshd.ip.parse().unwrap();
+    let n = u32::from(ip);
+    let (vault_port, dialed) = &w.vault;
+    let [first, ..] = ip.octets();
+    for spelling in [
+        ip.to_string(),
+        n.to_string(),
+        format!("{n:#x}"),
+        format!("{first}.{}", n & 0x00ff_ffff),
+        format!("0{first:o}.{}", n & 0x00ff_ffff),
+        format!("[::ffff:{ip}]"),
+    ] {
+        let o = w.ssh(&w.hal, &["-W", &format!("{spelling}:{vault_port}"), &host]);
+        assert!(!o.status.success() && text(&o).contains("stdio forwarding failed"), "{spelling}: {}", text(&o));
+    }
+    assert_eq!(dialed.load(std::sync::atomic::Ordering::SeqCst), 0, "the host dialed the vault");
+    // An allowed destination in another spelling is dialed as the address it is.
+    let o = w.ssh(&w.hal, &["-W", &format!("{n}:{}", w.sshd.port), &host]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("SSH-2.0-"), "{}\n{}", text(&o), w.env.agent_log());
     // hal's `id *` is allowed, `id -g*` denied: the deny pattern reads the
     // line as the host's shell will (quotes removed, the command's path and
     // `env` dropped), so a quoted or wrapped `-g` does not get past it.

@@ -23,6 +23,9 @@ use toml::Spanned;
 
 use super::glob_exact;
 
+pub mod dest;
+pub use dest::Dest;
+
 /// Shell metacharacters that join or substitute commands.
 const META: &[u8] = b";&|$`<>(){}\\\n\r";
 
@@ -128,9 +131,10 @@ pub enum SshRequest<'a> {
     /// A subsystem other than sftp.
     Subsystem(&'a str),
     Forward(Forward),
-    /// A `direct-tcpip` channel (`ssh -L`, `-W`) to `host:port`, as the client names it.
+    /// A `direct-tcpip` channel (`ssh -L`, `-W`) to `host:port`, read as the
+    /// host's resolver reads the client's host (see [`dest`]).
     ForwardTo {
-        host: &'a str,
+        host: &'a Dest,
         port: u32,
     },
 }
@@ -145,7 +149,7 @@ impl SshRequest<'_> {
             Self::Sftp { path, write: false } => format!("sftp read of {path:?}"),
             Self::Subsystem(s) => format!("subsystem {s:?}"),
             Self::Forward(f) => format!("{} forwarding", f.name()),
-            Self::ForwardTo { host, port } => format!("direct-tcpip forwarding to {host}:{port}"),
+            Self::ForwardTo { host, port } => format!("direct-tcpip forwarding to {}", host.with_port(*port)),
         }
     }
 }
@@ -159,8 +163,8 @@ pub struct SshScope {
     pub sftp: Option<SftpAccess>,
     pub sftp_paths: Vec<String>,
     pub forward: BTreeSet<Forward>,
-    /// `forward_to`: globs over `host:port` as the client names the
-    /// destination of a `direct-tcpip` channel; empty: any destination.
+    /// `forward_to`: globs over `host:port`, the destination of a
+    /// `direct-tcpip` channel spelled one way (see [`dest`]); empty: any destination.
     pub forward_to: Vec<String>,
     /// `force_command`: the only command the host runs for these sessions.
     pub force_command: Option<String>,
@@ -457,8 +461,10 @@ impl SshScope {
             SshRequest::ForwardTo { host, port } => {
                 if !self.forward.contains(&Forward::DirectTcpip) {
                     Some("direct-tcpip forwarding is refused unless its forward lists it".into())
+                } else if let Dest::Unreadable(why) = host {
+                    Some(format!("the destination is not one host the policy can name: {why}"))
                 } else if !self.forward_to.is_empty() && !self.forward_to_matches(host, *port) {
-                    Some(format!("{host}:{port} is not in its forward_to {:?}", self.forward_to))
+                    Some(format!("{} is not in its forward_to {:?}", host.with_port(*port), self.forward_to))
                 } else {
                     None
                 }
@@ -466,11 +472,9 @@ impl SshScope {
         }
     }
 
-    /// Whether `host:port` is one of the `forward_to` globs (names compared
-    /// without case, as the host resolves them).
-    fn forward_to_matches(&self, host: &str, port: u32) -> bool {
-        let dest = format!("{}:{port}", host.to_ascii_lowercase());
-        self.forward_to.iter().any(|p| glob_exact(p.to_ascii_lowercase().as_bytes(), dest.as_bytes()))
+    /// Whether `host:port` is one of the `forward_to` globs.
+    fn forward_to_matches(&self, host: &Dest, port: u32) -> bool {
+        self.forward_to.iter().any(|p| dest::matches(p, host, port))
     }
 
     /// Whether this deny rule's SSH scope covers `r`.
@@ -517,7 +521,8 @@ impl SshScope {
                 if self.forward_to.is_empty() {
                     self.forward.contains(&Forward::DirectTcpip)
                 } else {
-                    self.forward_to_matches(host, *port)
+                    // A destination no pattern can name is denied by every rule that names some.
+                    matches!(host, Dest::Unreadable(_)) || self.forward_to_matches(host, *port)
                 }
             }
         }
@@ -678,12 +683,12 @@ pub(crate) fn build_scope(r: &SshRuleRaw<'_>, ssh_backends: bool) -> Result<SshS
         }
     }
     if let Some(list) = r.forward_to {
-        if let Some(p) =
-            list.get_ref().iter().find(|p| p.rsplit_once(':').is_none_or(|(h, port)| h.is_empty() || port.is_empty()))
-        {
-            return Err((Some(list.span()), format!("forward_to lists host:port globs, not `{p}`")));
-        }
-        s.forward_to = list.get_ref().clone();
+        s.forward_to = list
+            .get_ref()
+            .iter()
+            .map(|p| dest::normalize(p))
+            .collect::<Result<_, _>>()
+            .map_err(|e| (Some(list.span()), e))?;
     }
     Ok(s)
 }
@@ -818,19 +823,37 @@ mod tests {
             forward_to: vec!["metrics.internal:9100".into(), "10.9.0.*:443".into()],
             ..SshScope::default()
         };
-        let to = |host, port| SshRequest::ForwardTo { host, port };
-        assert!(allow.refuses(&to("metrics.internal", 9100)).is_none());
-        assert!(allow.refuses(&to("METRICS.internal", 9100)).is_none());
-        assert!(allow.refuses(&to("10.9.0.7", 443)).is_none());
-        for (h, p) in [("db.internal", 5432), ("metrics.internal", 22), ("10.9.0.7", 5432), ("127.0.0.1", 9100)] {
-            assert!(allow.refuses(&to(h, p)).is_some_and(|w| w.contains("forward_to")), "{h}:{p}");
+        let refuses =
+            |scope: &SshScope, h: &str, port| scope.refuses(&SshRequest::ForwardTo { host: &Dest::read(h), port });
+        let denies =
+            |scope: &SshScope, h: &str, port| scope.deny_matches(&SshRequest::ForwardTo { host: &Dest::read(h), port });
+        assert!(refuses(&allow, "metrics.internal", 9100).is_none());
+        assert!(refuses(&allow, "METRICS.internal.", 9100).is_none());
+        assert!(refuses(&allow, "10.9.0.7", 443).is_none());
+        assert!(refuses(&allow, "10.9.7", 443).is_none(), "10.9.7 is 10.9.0.7 to the host's resolver");
+        for (h, p) in [
+            ("db.internal", 5432),
+            ("metrics.internal", 22),
+            ("10.9.0.7", 5432),
+            ("127.0.0.1", 9100),
+            // A name under an address glob resolves wherever its DNS says.
+            ("10.9.0.7.attacker.example", 443),
+        ] {
+            assert!(refuses(&allow, h, p).is_some_and(|w| w.contains("forward_to")), "{h}:{p}");
         }
+        assert!(refuses(&allow, "10.9.0.7.", 443).is_some_and(|w| w.contains("not one host")));
         let any = SshScope { forward: BTreeSet::from([Forward::DirectTcpip]), ..SshScope::default() };
-        assert!(any.refuses(&to("db.internal", 5432)).is_none(), "no forward_to: any destination");
-        assert!(SshScope::default().refuses(&to("metrics.internal", 9100)).is_some());
-        let deny = SshScope { forward_to: vec!["db.internal:*".into()], ..SshScope::default() };
-        assert!(deny.deny_matches(&to("db.internal", 5432)));
-        assert!(!deny.deny_matches(&to("metrics.internal", 9100)));
+        assert!(refuses(&any, "db.internal", 5432).is_none(), "no forward_to: any destination");
+        assert!(refuses(&SshScope::default(), "metrics.internal", 9100).is_some());
+        let deny = SshScope { forward_to: vec!["db.internal:*".into(), "10.1.2.3:*".into()], ..SshScope::default() };
+        assert!(denies(&deny, "db.internal", 5432));
+        assert!(denies(&deny, "DB.Internal.", 5432));
+        // Every spelling of the denied address is the denied address.
+        for h in ["10.1.2.3", "167838211", "0xa010203", "012.1.2.3", "10.1.515", "::ffff:10.1.2.3"] {
+            assert!(denies(&deny, h, 22), "{h}");
+        }
+        assert!(denies(&deny, "db internal", 22), "what no pattern can name is denied");
+        assert!(!denies(&deny, "metrics.internal", 9100));
         assert!(!deny.is_unscoped());
         let list = Spanned::new(0..1, vec!["db.internal".to_owned()]);
         let raw = SshRuleRaw { forward_to: Some(&list), ..SshRuleRaw::default() };

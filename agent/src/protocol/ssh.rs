@@ -41,7 +41,7 @@ use crate::audit::{self, BackendLogin, Event, SshEvent, SshWhat};
 use crate::identity::Principal;
 use crate::policy::Backend;
 use crate::policy::decide::{Decision, Request, Verdict};
-use crate::policy::ssh::{Forward, SshAuth, SshRequest};
+use crate::policy::ssh::{Dest, Forward, SshAuth, SshRequest};
 use crate::protocol::tcp::{End, RelayOutcome};
 use crate::proxy::{Agent, LiveSession};
 use crate::types::SessionId;
@@ -388,7 +388,7 @@ impl Front {
             SshRequest::Subsystem(_) => ("subsystem", None),
             SshRequest::Sftp { path, .. } => ("scp", Some(path.to_owned())),
             SshRequest::Forward(f) => (f.name(), None),
-            SshRequest::ForwardTo { host, port } => ("direct-tcpip", Some(format!("{host}:{port}"))),
+            SshRequest::ForwardTo { host, port } => ("direct-tcpip", Some(host.with_port(port))),
         };
         let held = if d.verdict == Verdict::NeedsApproval { self.s.hold(&d, &req) } else { None };
         // A terminal makes an allowed command a shell (a pager's `!sh`, an
@@ -522,8 +522,15 @@ impl russh::server::Handler for Front {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let detail = format!("{host}:{port}");
-        let req = SshRequest::ForwardTo { host, port };
+        // Decided, recorded and dialed as the host's resolver reads it: one
+        // spelling (`2130706433`, `0x7f.1` and `::ffff:127.0.0.1` are 127.0.0.1).
+        let dest = Dest::read(host);
+        let mut detail = dest.with_port(port);
+        if dest.dial().as_deref() != Some(host) {
+            detail.push_str(&format!(" (the client wrote {host:?})"));
+        }
+        let req = SshRequest::ForwardTo { host: &dest, port };
+        let dial = dest.dial();
         if !self.forward_request(channel.id(), Forward::DirectTcpip, req, Some(detail)).await {
             reply
                 .reject(ChannelOpenFailure::Other {
@@ -534,7 +541,11 @@ impl russh::server::Handler for Front {
             return Ok(());
         }
         let Some(up) = self.up.clone() else { return Ok(()) };
-        match up.channel_open_direct_tcpip(host, port, orig_addr, orig_port).await {
+        let Some(dial) = dial else {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        match up.channel_open_direct_tcpip(dial, port, orig_addr, orig_port).await {
             Ok(upstream) => {
                 reply.accept().await;
                 tokio::spawn(channel::tunnel(self.s.clone(), channel, upstream));
