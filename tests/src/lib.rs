@@ -75,7 +75,30 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 /// A free TCP port on 127.0.0.1 (and, almost surely, ::1).
+///
+/// Chosen below the kernel's ephemeral range (`ip_local_port_range`, from
+/// 32768 by default): a port from that range, free when asked, can be taken
+/// by an outgoing connection's source port (an ssh or psql client of a test
+/// running in parallel) before the server binds it — seen as an agent that
+/// exits with `Address already in use`.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12000, 65535);
+    let span = low - 10000;
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..200 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10000 + (seed.wrapping_add(n.wrapping_mul(104_729))) % span;
+        if let Ok(port) = u16::try_from(port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
 }
