@@ -2,6 +2,7 @@
 //! session is allowed. `tcp` relays opaque bytes; `postgres` and `mysql`
 //! decide statements; `http` requests; `ssh` channels.
 
+pub mod budget;
 pub mod http;
 pub mod mysql;
 pub mod postgres;

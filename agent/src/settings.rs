@@ -62,8 +62,8 @@ pub struct AgentRaw {
     /// below it, refusals are no longer recorded (default 64 MiB).
     pub audit_disk_reserve: Option<u64>,
     /// Bytes that large PostgreSQL messages (a long value in a row, a big
-    /// Query, Bind or COPY data) may take in relay buffers across every
-    /// session together (default 1 GiB).
+    /// Query, Bind or COPY data) and MySQL packets may take in relay buffers
+    /// across every session together (default 1 GiB).
     pub large_message_budget: Option<u64>,
     /// Prometheus metrics and `/healthz`: `"127.0.0.1:9187"` (loopback
     /// only) or `"unix:/run/gatehouse/metrics.sock"`. Off when absent.

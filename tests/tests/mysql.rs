@@ -38,6 +38,11 @@ struct World {
 }
 
 fn world(name: &str) -> World {
+    world_with(name, "")
+}
+
+/// [`world`] with `agent` (an `[agent]` table) at the head of its policy.
+fn world_with(name: &str, agent: &str) -> World {
     let mut env = Env::new(name);
     let analyst = env.group("analyst");
     let ana = env.user("ana", &[&analyst]);
@@ -72,7 +77,7 @@ fn world(name: &str) -> World {
     );
     let secret = gatehouse_e2e::pg::password_file(&env.dir, "appdb.secret", mysql::APP_PASSWORD);
     let policy = format!(
-        r#"
+        r#"{agent}
 [[backend]]
 name = "shop"
 protocol = "mysql"
@@ -1535,4 +1540,31 @@ for c in conns:
     assert_eq!(reads, 4, "{run:?}\n{}", w.env.agent_log());
     assert!(run.idle < run.before + 40 * 1024, "agent RSS {} KiB before, {} KiB idle", run.before, run.idle);
     assert_eq!(run.after.matches("still 1").count(), 4, "the idle sessions are still served: {run:?}");
+}
+
+/// MySQL packets take from the budget large messages of all sessions share
+/// (`[agent] large_message_budget`, here 4 MiB), as PostgreSQL messages do:
+/// a 15 MB value past what is left ends its own session with ERR 1041 and a
+/// recorded reason (before: no budget, so a user's many sessions each
+/// reading a 16 MiB packet could hold gigabytes); a 1 MB value passes, and
+/// the agent serves the next session.
+#[test]
+fn a_packet_past_the_shared_memory_budget_ends_its_session_with_err_1041() {
+    let w = world_with("mybudget", "[agent]\nlarge_message_budget = 4194304\n");
+    let short = |o: &Output| text(o).chars().take(600).collect::<String>();
+    let o = w.mariadb(&w.ana, &["-e", "SELECT REPEAT('x', 15000000)"]);
+    assert!(!o.status.success() && o.stdout.len() < 1_000_000, "the value passed: {}", short(&o));
+    let t = short(&o);
+    assert!(t.contains("ERROR 1041") && t.contains("server's message is larger than the agent can hold"), "{t}");
+    assert!(t.contains("large_message_budget"), "{t}");
+    let o = w.mariadb(&w.ana, &["-e", "SELECT REPEAT('z', 1000000)"]);
+    assert!(o.status.success() && o.stdout.len() > 1_000_000, "a 1 MB value passes: {}", short(&o));
+    // The agent's account of it: the session cut for the budget.
+    let sessions = w.env.sessions();
+    assert!(
+        sessions.iter().any(|s| s["end_reason"].as_str().is_some_and(|r| r.contains("memory budget"))),
+        "{sessions:#?}"
+    );
+    let o = w.mariadb(&w.ana, &["-e", "SELECT 'served'"]);
+    assert!(text(&o).contains("served"), "{}", text(&o));
 }

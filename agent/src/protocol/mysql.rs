@@ -48,6 +48,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+
+use crate::protocol::budget::{Room, over_budget};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -77,6 +79,8 @@ const ER_LOGIN: u16 = 1045;
 /// client-side codes 2003/2013: clients read an ERR packet with a code of
 /// 2000 and up as a malformed packet and show no message.)
 const ER_UNKNOWN: u16 = 1105;
+/// ER_OUT_OF_RESOURCES: a packet would pass the agent's budget for large messages.
+const ER_OUT_OF_RESOURCES: u16 = 1041;
 
 /// What a MySQL session needs to know about itself.
 #[derive(Debug, Clone)]
@@ -99,6 +103,9 @@ pub struct Ctx {
 enum Fail {
     #[error("client: {0}")]
     Client(String),
+    /// A packet would pass the shared budget for large messages (see [`crate::protocol::budget`]).
+    #[error("memory budget: the {0}")]
+    Memory(String),
     #[error("backend: {0}")]
     Backend(String),
     #[error("audit store: {0}")]
@@ -120,6 +127,10 @@ struct Conn {
     grown: usize,
     /// A large allocation was let go: give free memory back after the command.
     trim: bool,
+    /// The buffer's share of the budget large messages of all sessions
+    /// share (`[agent] large_message_budget`), and whose packets it reads.
+    room: Room,
+    whose: &'static str,
 }
 
 fn lost() -> std::io::Error {
@@ -138,8 +149,16 @@ impl Conn {
         }
     }
 
-    fn new(s: TcpStream) -> Self {
-        Self { s: Some(Stream::Plain(s)), buf: BytesMut::with_capacity(16 << 10), grown: 0, trim: false }
+    /// `budget`: `[agent] large_message_budget`; `whose`: "client's" or "server's".
+    fn new(s: TcpStream, budget: usize, whose: &'static str) -> Self {
+        Self {
+            s: Some(Stream::Plain(s)),
+            buf: BytesMut::with_capacity(16 << 10),
+            grown: 0,
+            trim: false,
+            room: Room::new(budget),
+            whose,
+        }
     }
 
     /// The plain TCP stream, to be wrapped in TLS.
@@ -205,14 +224,22 @@ impl Conn {
                 let packet = self.buf.split_to(n);
                 if self.grown > 0 && self.buf.is_empty() {
                     self.buf = BytesMut::with_capacity(16 << 10);
+                    self.room.release();
                     // Once the packets sharing the allocation are dropped (see [`Conn::settled`]).
                     self.trim |= std::mem::take(&mut self.grown) >= 1 << 20;
                 }
                 return Ok(Some(packet));
             }
             // Grow with what arrives, not with what a header claims.
-            let want = wire::pending_len(&self.buf).map_or(8192, |n| (n - self.buf.len()).min(1 << 20));
-            self.buf.reserve(want.max(4096));
+            let want = wire::pending_len(&self.buf).map_or(8192, |n| (n - self.buf.len()).min(1 << 20)).max(4096);
+            if self.buf.capacity() - self.buf.len() < want {
+                // Growth past the free part comes from the shared budget, before the bytes are read.
+                let (whose, budget) = (self.whose, self.room.budget);
+                let over = |n| std::io::Error::new(std::io::ErrorKind::OutOfMemory, over_budget(whose, n, budget));
+                self.room.grow_to(self.buf.len() + want).map_err(over)?;
+                self.buf.reserve(want);
+                self.room.grow_to(self.buf.capacity()).map_err(over)?;
+            }
             if self.buf.capacity() > Self::KEEP {
                 self.grown = self.grown.max(self.buf.capacity());
             }
@@ -274,7 +301,7 @@ fn err_packet(seq: u8, code: u16, state: &str, msg: &str) -> Vec<u8> {
 /// Refuses a connection in the client's protocol: an ERR packet in place
 /// of the server's greeting (what a server does for a host it refuses).
 pub async fn reject(client: TcpStream, reason: &str) {
-    let mut c = Conn::new(client);
+    let mut c = Conn::new(client, 0, "client's");
     let msg = format!("Gatehouse refused this connection: {reason}");
     let _ = tokio::time::timeout(LOGIN_TIMEOUT, c.send(&err_packet(0, ER_LOGIN, "28000", &msg))).await;
     c.shutdown().await;
@@ -282,7 +309,7 @@ pub async fn reject(client: TcpStream, reason: &str) {
 
 /// Serves an allowed MySQL session to its end.
 pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
-    let mut client = Conn::new(client);
+    let mut client = Conn::new(client, ctx.agent.settings.large_message_budget, "client's");
     let mut up = 0u64;
     let mut down = 0u64;
     let end = match start(&ctx, &mut client).await {
@@ -347,7 +374,7 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
             return Err(End::BackendError(format!("backend unreachable: {e}")));
         }
     };
-    let mut backend = Conn::new(tcp);
+    let mut backend = Conn::new(tcp, ctx.agent.settings.large_message_budget, "server's");
     let greeting = match backend.read().await {
         Ok(Some(p)) => wire::parse_greeting(payload_of(&p)).map_err(|e| e.to_string()),
         Ok(None) => Err("closed before its greeting".into()),
@@ -766,7 +793,7 @@ async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down
         loop {
             s.backend.settled();
             let pkt = tokio::select! {
-                r = client.read() => r.map_err(|e| Fail::Client(e.to_string()))?,
+                r = client.read() => r.map_err(|e| io_fail(e, Fail::Client))?,
                 () = ctx.live.cut.cancelled() => return Err(Fail::Breach(String::new())),
             };
             let Some(pkt) = pkt else { return Ok(()) };
@@ -852,6 +879,12 @@ async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down
         Err(_) if ctx.live.cut.is_cancelled() => End::Cut(ctx.live.reason()),
         Err(Fail::Client(e)) => End::ClientError(e),
         Err(Fail::Backend(e)) => End::BackendError(e),
+        Err(Fail::Memory(e)) => {
+            warn!(error = %e, "packet over the shared budget: closing the session");
+            let msg = format!("Gatehouse ended this session: the {e}");
+            let _ = client.send(&err_packet(0, ER_OUT_OF_RESOURCES, "HY000", &msg)).await;
+            End::Cut(format!("memory budget: the {e}"))
+        }
         Err(Fail::Audit(e)) => {
             let msg = format!("Gatehouse ended this session: the audit store cannot be written ({e})");
             let _ = client.send(&err_packet(0, 1180, "HY000", &msg)).await;
@@ -1225,11 +1258,16 @@ async fn forward_masked(
 /// Reads one logical packet from the backend into `out` (continuations
 /// included); returns its first physical packet.
 /// The backend's next packet; its end of the connection is an error here.
+/// An I/O error reading one side, or the shared budget refusing its packet.
+fn io_fail(e: std::io::Error, side: fn(String) -> Fail) -> Fail {
+    if e.kind() == std::io::ErrorKind::OutOfMemory { Fail::Memory(e.to_string()) } else { side(e.to_string()) }
+}
+
 async fn read_backend(s: &mut Session) -> Result<BytesMut, Fail> {
     s.backend
         .read()
         .await
-        .map_err(|e| Fail::Backend(e.to_string()))?
+        .map_err(|e| io_fail(e, Fail::Backend))?
         .ok_or_else(|| Fail::Backend("the backend closed the connection".into()))
 }
 

@@ -33,6 +33,7 @@ use super::wire::{self, PgError, Severity, WireError};
 use super::{Ctx, SessionDb};
 use crate::audit::StreamRecorder;
 use crate::mask::Counts;
+use crate::protocol::budget::{FREE_PER_BUFFER, Room, over_budget};
 use crate::protocol::tcp::{End, RelayOutcome};
 use crate::sql::lineage::Lineage;
 use crate::sql::{Kind, Statement, TableRef};
@@ -497,63 +498,6 @@ async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, room: &mut Ro
 /// The least a read asks room for.
 const READ_CHUNK: usize = 8192;
 
-/// What one relay buffer may hold without counting against the shared budget (see [`LARGE`]);
-/// a buffer that grew past it gives the room back once its messages are
-/// through (see [`settle`]).
-const FREE_PER_BUFFER: usize = 64 * 1024;
-
-/// Bytes of the shared budget for large messages taken (`[agent]
-/// large_message_budget`: what large messages — a long value in a row, a big
-/// Query or Bind, COPY data — may take in relay buffers across every session
-/// together). One session's message past what is left ends that session, not
-/// the agent: a user with many sessions each reading a 200 MB value would
-/// otherwise hold gigabytes (a buffer keeps its size), and the agent serves
-/// everyone.
-static LARGE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// A buffer's share of the budget (of `budget` bytes): the most it grew to
-/// past [`FREE_PER_BUFFER`] since it was last settled. Given back when dropped.
-#[derive(Debug)]
-struct Room {
-    held: usize,
-    budget: usize,
-    pool: &'static std::sync::atomic::AtomicUsize,
-}
-
-impl Room {
-    fn new(budget: usize) -> Self {
-        Self { held: 0, budget, pool: &LARGE }
-    }
-
-    /// Takes what a buffer of `capacity` bytes needs beyond what is held;
-    /// `Err(capacity)` when the shared budget does not have it.
-    fn grow_to(&mut self, capacity: usize) -> Result<(), usize> {
-        use std::sync::atomic::Ordering;
-        let need = capacity.saturating_sub(FREE_PER_BUFFER);
-        if need <= self.held {
-            return Ok(());
-        }
-        let more = need - self.held;
-        self.pool
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
-                taken.checked_add(more).filter(|t| *t <= self.budget)
-            })
-            .map_err(|_| capacity)?;
-        self.held = need;
-        Ok(())
-    }
-
-    fn release(&mut self) {
-        self.pool.fetch_sub(std::mem::take(&mut self.held), std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
-impl Drop for Room {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
 /// After a buffer's complete messages are through: one that grew past
 /// [`FREE_PER_BUFFER`] moves what is left of a message into a small
 /// allocation and gives its room back (a buffer keeps its largest size
@@ -576,15 +520,6 @@ fn trim(v: &mut Vec<u8>, keep: usize) {
     if v.is_empty() && v.capacity() > FREE_PER_BUFFER {
         *v = Vec::with_capacity(keep);
     }
-}
-
-/// What a session is told when a message would pass the shared budget.
-fn over_budget(whose: &str, bytes: usize, budget: usize) -> String {
-    format!(
-        "{whose} message is larger than the agent can hold for it now ({} MB so far; large messages of all sessions share {} MB, [agent] large_message_budget): ask for less at once",
-        bytes >> 20,
-        budget >> 20
-    )
 }
 
 #[cfg(test)]
