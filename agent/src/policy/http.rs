@@ -173,11 +173,14 @@ impl HttpScope {
 
     /// Deny rules: whether this request is in what the rule denies (every
     /// condition given matches; paths and values compared case-insensitively).
+    /// Query conditions count as met when a body may carry parameters (see
+    /// [`has_parameter_body`]): Gatehouse does not read it, and the
+    /// application may read the denied value from it.
     pub fn deny_matches(&self, r: &HttpRequest<'_>) -> bool {
         let method = self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(r.method));
         let path = self.paths.is_empty() || self.paths.iter().any(|p| glob(p.as_bytes(), r.path.as_bytes()));
-        let query =
-            self.query.iter().all(|c| r.query_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
+        let query = (!self.query.is_empty() && has_parameter_body(r.headers))
+            || self.query.iter().all(|c| r.query_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
         let headers =
             self.headers.iter().all(|c| r.header_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
         let k8s = self.k8s.as_ref().is_none_or(|k| k.deny_matches(r.method, r.path, r.query));
@@ -198,9 +201,9 @@ impl HttpScope {
         if !self.paths.is_empty() && !self.paths.iter().any(|p| glob_exact(p.as_bytes(), r.path.as_bytes())) {
             return Some(format!("path {} is not in its paths [{}]", r.path, self.paths.join(", ")));
         }
-        if !self.query.is_empty() && has_form_body(r.headers) {
+        if !self.query.is_empty() && has_parameter_body(r.headers) {
             return Some(
-                "its query conditions cannot see parameters sent in a form body, which frameworks read over the query's (send the parameters in the query string)"
+                "its query conditions cannot see parameters sent in a form or JSON body, which frameworks (Rails, Laravel, PHP's $_REQUEST) read over the query's (send the parameters in the query string)"
                     .into(),
             );
         }
@@ -457,14 +460,19 @@ fn param_key(name: &str) -> String {
     base.chars().map(|c| if matches!(c, '.' | ' ') { '_' } else { c.to_ascii_lowercase() }).collect()
 }
 
-/// Whether the request carries a form body (`application/x-www-form-urlencoded`
-/// or `multipart/form-data`), whose fields some frameworks read as the
-/// request's parameters, over the query's (Rails, PHP's `$_REQUEST`).
-fn has_form_body(headers: &http::HeaderMap) -> bool {
+/// Whether the request may carry a body some frameworks read as the
+/// request's parameters, over the query's: a form (`application/x-www-form-urlencoded`,
+/// `multipart/form-data`; Rails, PHP's `$_REQUEST`) or JSON
+/// (`application/json`, `text/json`, `…+json`; Rails and Laravel merge its
+/// top-level keys into the parameters). Every `Content-Type` sent counts.
+fn has_parameter_body(headers: &http::HeaderMap) -> bool {
     headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
         let t = String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase();
         let t = t.split(';').next().unwrap_or("").trim().to_owned();
-        t == "application/x-www-form-urlencoded" || t == "multipart/form-data"
+        matches!(
+            t.as_str(),
+            "application/x-www-form-urlencoded" | "multipart/form-data" | "application/json" | "text/json"
+        ) || t.ends_with("+json")
     })
 }
 
@@ -808,8 +816,8 @@ paths = ["/api/admin/*"]
 
     /// Names as frameworks read them count under a condition's name (PHP's
     /// `user.id` is `user_id`, `status[]` is `status`, ASP.NET ignores case),
-    /// and a form body (whose fields Rails reads over the query's) is refused
-    /// by a rule with query conditions.
+    /// and a form or JSON body (whose fields Rails reads over the query's) is
+    /// refused by a rule with query conditions and meets a deny rule's.
     #[test]
     fn query_conditions_read_names_as_applications_do() {
         let s = HttpScope {
@@ -825,7 +833,23 @@ paths = ["/api/admin/*"]
         assert!(s.refuses(&req("GET", "/x", &ok, &h)).is_none());
         let mut form = http::HeaderMap::new();
         form.insert(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded; charset=utf-8".parse().unwrap());
-        assert!(s.refuses(&req("GET", "/x", &ok, &form)).is_some_and(|w| w.contains("form body")));
+        assert!(s.refuses(&req("GET", "/x", &ok, &form)).is_some_and(|w| w.contains("form or JSON body")));
+        // JSON too (Rails and Laravel merge its keys into the parameters), however it is spelled.
+        for ct in ["application/json", "Application/JSON; charset=utf-8", "application/vnd.api+json", "text/json"] {
+            let mut json = http::HeaderMap::new();
+            json.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+            assert!(s.refuses(&req("POST", "/x", &ok, &json)).is_some_and(|w| w.contains("JSON body")), "{ct}");
+            // A deny rule's query conditions count as met: the body may hold the denied value.
+            let deny = HttpScope {
+                query: vec![ValueCond { name: "action".into(), pattern: "delete".into() }],
+                ..HttpScope::default()
+            };
+            assert!(deny.deny_matches(&req("POST", "/x", &ok, &json)), "{ct}");
+            assert!(!deny.deny_matches(&req("POST", "/x", &ok, &h)), "no body: the query alone decides");
+        }
+        let mut text = http::HeaderMap::new();
+        text.insert(http::header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert!(s.refuses(&req("POST", "/x", &ok, &text)).is_none(), "a body no framework reads as parameters");
         // Header names: `_` and `-` alike, as CGI reads them.
         let hs = HttpScope {
             headers: vec![ValueCond { name: "x-tenant".into(), pattern: "acme".into() }],
