@@ -463,6 +463,9 @@ impl SshScope {
                     Some("direct-tcpip forwarding is refused unless its forward lists it".into())
                 } else if let Dest::Unreadable(why) = host {
                     Some(format!("the destination is not one host the policy can name: {why}"))
+                } else if !(1..=65535).contains(port) {
+                    // glibc reads port 65558 as 22: never pass one a pattern did not see.
+                    Some(format!("{port} is not a TCP port"))
                 } else if !self.forward_to.is_empty() && !self.forward_to_matches(host, *port) {
                     Some(format!("{} is not in its forward_to {:?}", host.with_port(*port), self.forward_to))
                 } else {
@@ -522,7 +525,9 @@ impl SshScope {
                     self.forward.contains(&Forward::DirectTcpip)
                 } else {
                     // A destination no pattern can name is denied by every rule that names some.
-                    matches!(host, Dest::Unreadable(_)) || self.forward_to_matches(host, *port)
+                    matches!(host, Dest::Unreadable(_))
+                        || !(1..=65535).contains(port)
+                        || self.forward_to_matches(host, *port)
                 }
             }
         }
@@ -853,6 +858,9 @@ mod tests {
             assert!(denies(&deny, h, 22), "{h}");
         }
         assert!(denies(&deny, "db internal", 22), "what no pattern can name is denied");
+        // The host's resolver reads port 65558 as 22 (glibc keeps the low 16 bits).
+        assert!(denies(&deny, "metrics.internal", 65558) && denies(&deny, "metrics.internal", 0));
+        assert!(refuses(&any, "db.internal", 65558).is_some_and(|w| w.contains("not a TCP port")));
         assert!(!denies(&deny, "metrics.internal", 9100));
         assert!(!deny.is_unscoped());
         let list = Spanned::new(0..1, vec!["db.internal".to_owned()]);
