@@ -612,11 +612,9 @@ for c in conns:
     let o = w.psql(&w.ana, &["-o", "/dev/null", "-c", "SELECT repeat('x', 20000000)"]);
     assert!(o.status.success(), "a 20 MB value passes: {}", text(&o));
     // The server's account: the refused session is recorded as cut for the budget.
-    let sessions = w.env.sessions();
-    assert!(
-        sessions.iter().any(|s| s["end_reason"].as_str().is_some_and(|r| r.contains("memory budget"))),
-        "{sessions:#?}"
-    );
+    w.env.wait_session("cut for the memory budget", |s| {
+        s["end_reason"].as_str().is_some_and(|r| r.contains("memory budget"))
+    });
     let o = w.psql(&w.ana, &["-c", "SELECT 'served'"]);
     assert!(text(&o).contains("served"), "{}", text(&o));
 }

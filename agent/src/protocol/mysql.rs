@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::protocol::budget::{Room, over_budget};
+use crate::protocol::budget::{FREE_PER_BUFFER, Room, over_budget};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -120,15 +120,13 @@ struct Conn {
     /// (the connection is then gone).
     s: Option<Stream>,
     buf: BytesMut,
-    /// The largest `buf` grew to past [`Conn::KEEP`] for a large packet
-    /// (0: not past it): once it is empty again it starts over small (the
-    /// packets handed out share its allocation, which an idle session would
-    /// otherwise keep whole).
-    grown: usize,
     /// A large allocation was let go: give free memory back after the command.
     trim: bool,
     /// The buffer's share of the budget large messages of all sessions
     /// share (`[agent] large_message_budget`), and whose packets it reads.
+    /// Held while `buf` is past the free part: once it is empty again it
+    /// starts over small (the packets handed out share its allocation,
+    /// which an idle session would otherwise keep whole).
     room: Room,
     whose: &'static str,
 }
@@ -138,9 +136,6 @@ fn lost() -> std::io::Error {
 }
 
 impl Conn {
-    /// What a connection's buffer keeps between packets.
-    const KEEP: usize = 64 << 10;
-
     /// Between commands (the packets of the last one are dropped): a large
     /// buffer let go is given back to the system.
     fn settled(&mut self) {
@@ -154,7 +149,6 @@ impl Conn {
         Self {
             s: Some(Stream::Plain(s)),
             buf: BytesMut::with_capacity(16 << 10),
-            grown: 0,
             trim: false,
             room: Room::new(budget),
             whose,
@@ -222,27 +216,17 @@ impl Conn {
         loop {
             if let Some((_, n)) = wire::decode(&self.buf) {
                 let packet = self.buf.split_to(n);
-                if self.grown > 0 && self.buf.is_empty() {
+                if self.room.held > 0 && self.buf.is_empty() {
                     self.buf = BytesMut::with_capacity(16 << 10);
-                    self.room.release();
                     // Once the packets sharing the allocation are dropped (see [`Conn::settled`]).
-                    self.trim |= std::mem::take(&mut self.grown) >= 1 << 20;
+                    self.trim |= self.room.held + FREE_PER_BUFFER >= 1 << 20;
+                    self.room.release();
                 }
                 return Ok(Some(packet));
             }
             // Grow with what arrives, not with what a header claims.
-            let want = wire::pending_len(&self.buf).map_or(8192, |n| (n - self.buf.len()).min(1 << 20)).max(4096);
-            if self.buf.capacity() - self.buf.len() < want {
-                // Growth past the free part comes from the shared budget, before the bytes are read.
-                let (whose, budget) = (self.whose, self.room.budget);
-                let over = |n| std::io::Error::new(std::io::ErrorKind::OutOfMemory, over_budget(whose, n, budget));
-                self.room.grow_to(self.buf.len() + want).map_err(over)?;
-                self.buf.reserve(want);
-                self.room.grow_to(self.buf.capacity()).map_err(over)?;
-            }
-            if self.buf.capacity() > Self::KEEP {
-                self.grown = self.grown.max(self.buf.capacity());
-            }
+            let want = wire::pending_len(&self.buf).map_or(8192, |n| (n - self.buf.len()).min(1 << 20));
+            self.reserve(want.max(4096))?;
             let (s, buf) = (&mut self.s, &mut self.buf);
             if s.as_mut().ok_or_else(lost)?.read_buf(buf).await? == 0 {
                 return if self.buf.is_empty() {
@@ -261,9 +245,23 @@ impl Conn {
         if self.buf.len() >= limit {
             return std::future::pending().await;
         }
-        self.buf.reserve(4096);
+        self.reserve(4096)?;
         let (s, buf) = (&mut self.s, &mut self.buf);
         Ok(s.as_mut().ok_or_else(lost)?.read_buf(buf).await? != 0)
+    }
+
+    /// Room in the buffer for `want` more bytes. Growth past the free part
+    /// comes from the shared budget before the bytes are read (an
+    /// `OutOfMemory` error when it does not have it).
+    fn reserve(&mut self, want: usize) -> std::io::Result<()> {
+        if self.buf.capacity() - self.buf.len() >= want {
+            return Ok(());
+        }
+        let (whose, budget) = (self.whose, self.room.budget);
+        let over = |n| std::io::Error::new(std::io::ErrorKind::OutOfMemory, over_budget(whose, n, budget));
+        self.room.grow_to(self.buf.len() + want).map_err(over)?;
+        self.buf.reserve(want);
+        self.room.grow_to(self.buf.capacity()).map_err(over)
     }
 
     async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {

@@ -3,7 +3,8 @@
 //! The host's sshd hands the client's host string to `getaddrinfo`, which
 //! reads IPv4 addresses the way `inet_aton` does: `127.1`, `0x7f.0.0.1`,
 //! `0177.0.0.1` and `2130706433` are all 127.0.0.1. An IPv6 address mapped
-//! from IPv4 (`::ffff:127.0.0.1`) reaches the IPv4 one. Names are resolved by
+//! from IPv4 (`::ffff:127.0.0.1`), or under NAT64's well-known prefix
+//! (`64:ff9b::127.0.0.1`), reaches the IPv4 one. Names are resolved by
 //! the host, without case and with or without a final dot. So a `forward_to`
 //! glob is matched against the destination's one canonical spelling, not the
 //! client's text, and what Gatehouse forwards to the host is that spelling:
@@ -46,7 +47,7 @@ impl Dest {
                 return Self::Unreadable(format!("{host:?} names an interface (a scoped address)"));
             }
             return match bare.parse::<Ipv6Addr>() {
-                Ok(a) => a.to_ipv4_mapped().map_or(Self::V6(a), Self::V4),
+                Ok(a) => v4_inside(a).map_or(Self::V6(a), Self::V4),
                 Err(_) => Self::Unreadable(format!("{host:?} is not an IPv6 address")),
             };
         }
@@ -148,7 +149,7 @@ pub fn normalize(pattern: &str) -> Result<String, String> {
             let inner = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
             match inner {
                 Some(a) if literal => match a.parse::<Ipv6Addr>() {
-                    Ok(a) => a.to_ipv4_mapped().map_or(format!("[{a}]"), |v4| v4.to_string()),
+                    Ok(a) => v4_inside(a).map_or(format!("[{a}]"), |v4| v4.to_string()),
                     Err(_) => return Err(format!("forward_to `{pattern}`: not an IPv6 address")),
                 },
                 Some(a) if a.bytes().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'*' | b'?')) => host,
@@ -171,6 +172,17 @@ pub fn normalize(pattern: &str) -> Result<String, String> {
         }
     };
     Ok(format!("{host}:{port}"))
+}
+
+/// The IPv4 address an IPv6 one reaches: mapped (`::ffff:a.b.c.d`, the
+/// kernel's own) or through NAT64's well-known prefix (`64:ff9b::a.b.c.d`,
+/// where the network has a NAT64 gateway). Gatehouse then dials the IPv4
+/// address itself. Other NAT64 prefixes a network may choose are not known.
+fn v4_inside(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    a.to_ipv4_mapped().or_else(|| match a.segments() {
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))),
+        _ => None,
+    })
 }
 
 /// IPv4 as glibc's `inet_aton` reads it (exactly, nothing after): one to
@@ -232,6 +244,8 @@ mod tests {
             "::ffff:127.10.0.9",
             "[::ffff:127.10.0.9]",
             "[::ffff:7f0a:9]",
+            "64:ff9b::127.10.0.9",
+            "[64:ff9b::7f0a:9]",
         ] {
             assert_eq!(Dest::read(s), v4("127.10.0.9"), "{s}");
         }
@@ -290,6 +304,7 @@ mod tests {
         assert!(matches(&six, &Dest::read("0::0:1"), 22));
         assert!(!matches(&six, &Dest::read("127.0.0.1"), 22));
         assert_eq!(p("[::ffff:10.1.2.3]:1"), "10.1.2.3:1");
+        assert_eq!(p("[64:ff9b::a01:203]:1"), "10.1.2.3:1");
         for bad in ["10.1.2.03:1", "10.1.2:1", "db internal:1", "[zz::1]:1", "db:x", "db", ":1", "::1:22"] {
             assert!(normalize(bad).is_err(), "{bad}");
         }

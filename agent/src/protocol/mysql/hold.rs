@@ -91,7 +91,7 @@ pub(super) async fn hold(
             r = client.fill(MAX_EARLY) => match r {
                 Ok(true) => {}
                 Ok(false) => break Fail::Client("the client closed its connection while its statement was held".into()),
-                Err(e) => break Fail::Client(e.to_string()),
+                Err(e) => break super::io_fail(e, Fail::Client),
             },
             () = ctx.live.cut.cancelled() => break Fail::Breach(String::new()),
         }
