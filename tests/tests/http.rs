@@ -346,6 +346,24 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     assert!(!out.ends_with("\n403"), "{out}");
     assert_eq!(w.api.requests().len(), before + 1, "a text body passes: {out}");
 
+    // Parameter cloaking: Rack 2, Python before 3.9.2 and CGI.pm read `;` as
+    // a separator, so behind them `?x=1;action=cancel` carries `action=cancel`
+    // where a reader of `&` alone sees one `x`. Refused as ambiguous, never
+    // reaching the server, and a secret after a `;` is not recorded.
+    for q in ["x=1;action=cancel", "action=list;action=cancel", "page=2;access%5Ftoken=cloaked-secret-7"] {
+        let before = w.api.requests().len();
+        let (out, _) = curl(&w, &w.eve, &["-s", "-X", "POST", "-w", "\n%{http_code}", &format!("{order}?{q}")]);
+        assert!(out.ends_with("\n400") && out.contains("`;`"), "{q}: {out}");
+        assert_eq!(w.api.requests().len(), before, "{q}: the request reached the server");
+    }
+    let recs = http_records(&w.env.db());
+    let cloaked = recs
+        .iter()
+        .find(|(k, b, _)| k == "http" && b["target"].as_str().is_some_and(|t| t.contains("page=2;access%5Ftoken=")))
+        .unwrap_or_else(|| panic!("the refusal is recorded: {recs:?}"));
+    assert_eq!(cloaked.1["status"], 400, "{cloaked:?}");
+    assert!(!format!("{recs:?}").contains("cloaked-secret-7"), "the secret after `;` was recorded: {cloaked:?}");
+
     // DELETE is refused with a 403 naming the rule; the same connection then serves a GET.
     let (out, err) = curl(
         &w,

@@ -455,7 +455,7 @@ pub struct HttpRequest<'a> {
 /// A query parameter's name as web frameworks read it: up to its first `[`
 /// (PHP and Rails arrays, `status[]=`), `.` and spaces as `_` (PHP turns
 /// `user.id` into `user_id`), case ignored (ASP.NET).
-fn param_key(name: &str) -> String {
+pub(crate) fn param_key(name: &str) -> String {
     let base = name.split('[').next().unwrap_or(name);
     base.chars().map(|c| if matches!(c, '.' | ' ') { '_' } else { c.to_ascii_lowercase() }).collect()
 }

@@ -84,22 +84,38 @@ pub(super) fn host_of(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// Path and query for the record, secret-looking parameter values removed.
+/// Parameters are split at `;` as well as `&` (some frameworks read either
+/// as a separator) and their names read as frameworks read them (decoded,
+/// `api.key` and `api key` as `api_key`), so `x=1;token=…` and
+/// `access%5Ftoken=…` lose their values too.
 pub(super) fn recorded_target(uri: &http::Uri) -> String {
     let path = uri.path();
     let Some(q) = uri.query() else { return path.to_owned() };
-    let parts: Vec<String> = q
-        .split('&')
-        .map(|pair| {
-            let (k, _) = pair.split_once('=').unwrap_or((pair, ""));
-            let lower = k.to_ascii_lowercase();
-            if SECRET_PARAMS.iter().any(|s| lower == *s || lower.ends_with(&format!("_{s}"))) {
-                format!("{k}=[redacted]")
-            } else {
-                pair.to_owned()
+    let mut out = String::with_capacity(path.len() + 1 + q.len());
+    out.push_str(path);
+    out.push('?');
+    let mut rest = q;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let (pair, tail) = rest.split_at(end);
+        let (k, _) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = crate::policy::http::percent_decode(k.as_bytes(), true)
+            .map_or_else(|| k.to_ascii_lowercase(), |d| crate::policy::http::param_key(&String::from_utf8_lossy(&d)));
+        if SECRET_PARAMS.iter().any(|s| name == *s || name.ends_with(&format!("_{s}"))) {
+            out.push_str(k);
+            out.push_str("=[redacted]");
+        } else {
+            out.push_str(pair);
+        }
+        let mut sep = tail.chars();
+        match sep.next() {
+            Some(c) => {
+                out.push(c);
+                rest = sep.as_str();
             }
-        })
-        .collect();
-    format!("{path}?{}", parts.join("&"))
+            None => return out,
+        }
+    }
 }
 
 /// Request headers for the record: credentials' values hidden.
@@ -166,6 +182,14 @@ mod tests {
     fn secret_query_values_are_not_recorded() {
         let u: http::Uri = "/x?access_token=abc&page=2&my_password=p".parse().unwrap();
         assert_eq!(recorded_target(&u), "/x?access_token=[redacted]&page=2&my_password=[redacted]");
+        let u: http::Uri = "/x?page=2;token=abc&access%5Ftoken=def&&api+key=g;".parse().unwrap();
+        assert_eq!(
+            recorded_target(&u),
+            "/x?page=2;token=[redacted]&access%5Ftoken=[redacted]&&api+key=[redacted];",
+            "`;` separates, names are read decoded"
+        );
+        let u: http::Uri = "/x?".parse().unwrap();
+        assert_eq!(recorded_target(&u), "/x?");
     }
 
     #[test]
