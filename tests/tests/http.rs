@@ -315,6 +315,9 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let order = format!("{base}/api/v1/orders/7");
     for (ct, body, target) in [
         ("text/plain", "x", format!("{order}?action=cancel")),
+        // PHP skips a name's leading spaces and reads it up to a NUL.
+        ("text/plain", "x", format!("{order}?+action=cancel")),
+        ("text/plain", "x", format!("{order}?action%00x=cancel")),
         ("application/json", r#"{"action":"cancel"}"#, order.clone()),
         ("application/vnd.api+json; charset=utf-8", r#"{"action":"cancel"}"#, order.clone()),
         ("application/x-www-form-urlencoded", "action=cancel", order.clone()),

@@ -453,10 +453,12 @@ pub struct HttpRequest<'a> {
 }
 
 /// A query parameter's name as web frameworks read it: up to its first `[`
-/// (PHP and Rails arrays, `status[]=`), `.` and spaces as `_` (PHP turns
-/// `user.id` into `user_id`), case ignored (ASP.NET).
+/// (PHP and Rails arrays, `status[]=`) or NUL (PHP reads names as C
+/// strings: `action%00x` is `action`), leading spaces skipped and the other
+/// `.` and spaces as `_` (PHP reads `+action` as `action` and `user.id` as
+/// `user_id`), case ignored (ASP.NET).
 pub(crate) fn param_key(name: &str) -> String {
-    let base = name.split('[').next().unwrap_or(name);
+    let base = name.split(['[', '\0']).next().unwrap_or(name).trim_start_matches(' ');
     base.chars().map(|c| if matches!(c, '.' | ' ') { '_' } else { c.to_ascii_lowercase() }).collect()
 }
 
@@ -825,7 +827,14 @@ paths = ["/api/admin/*"]
             ..HttpScope::default()
         };
         let h = http::HeaderMap::new();
-        for q in ["user_id=42&user.id=7", "user_id=42&USER_ID=7", "user_id=42&user_id[]=7", "user_id=42&user%20id=7"] {
+        for q in [
+            "user_id=42&user.id=7",
+            "user_id=42&USER_ID=7",
+            "user_id=42&user_id[]=7",
+            "user_id=42&user%20id=7",
+            "user_id=42&+user_id=7",
+            "user_id=42&user_id%00=7",
+        ] {
             let q = parse_query(q).unwrap();
             assert!(s.refuses(&req("GET", "/x", &q, &h)).is_some_and(|w| w.contains("does not match")), "{q:?}");
         }
@@ -864,6 +873,11 @@ paths = ["/api/admin/*"]
         // A deny rule's condition sees them too.
         let deny = parse_query("USER.ID=42").unwrap();
         assert!(s.deny_matches(&req("GET", "/x", &deny, &h)));
+        // PHP skips leading spaces and stops at a NUL.
+        for q in ["+user_id=42", "%20%20user.id=42", "user_id%00junk=42", "user_id%00[x]=42"] {
+            assert!(s.deny_matches(&req("GET", "/x", &parse_query(q).unwrap(), &h)), "{q}");
+        }
+        assert!(!s.deny_matches(&req("GET", "/x", &parse_query("x+user_id=42").unwrap(), &h)));
     }
 
     #[test]
