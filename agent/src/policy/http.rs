@@ -178,7 +178,10 @@ impl HttpScope {
     /// application may read the denied value from it.
     pub fn deny_matches(&self, r: &HttpRequest<'_>) -> bool {
         let method = self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(r.method));
-        let path = self.paths.is_empty() || self.paths.iter().any(|p| glob(p.as_bytes(), r.path.as_bytes()));
+        let path = self.paths.is_empty() || {
+            let forms = deny_path_forms(r.path);
+            self.paths.iter().any(|p| forms.iter().any(|f| glob(p.as_bytes(), f.as_bytes())))
+        };
         let query = (!self.query.is_empty() && has_parameter_body(r.headers))
             || self.query.iter().all(|c| r.query_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
         let headers =
@@ -450,6 +453,23 @@ pub struct HttpRequest<'a> {
     /// The declared body size (`Content-Length`), if any; a chunked body is
     /// counted as it streams and cut at the rule's `max_body`.
     pub body_len: Option<u64>,
+}
+
+/// The paths a backend may route `path` as, for deny rules: with and
+/// without a trailing `/` (Express, Rails and Spring 5 route `/admin/` as
+/// `/admin`, and `/admin` is what a `/admin/*` rule means to keep out), and
+/// without a format suffix on the last segment (Rails routes
+/// `/orders/7.json` as `/orders/7`, as Spring's suffix matching did).
+fn deny_path_forms(path: &str) -> Vec<String> {
+    let base = path.trim_end_matches('/');
+    let mut forms = vec![path.to_owned(), base.to_owned(), format!("{base}/")];
+    let last = base.rsplit('/').next().unwrap_or("");
+    if let Some(dot) = last.rfind('.').filter(|&d| d > 0) {
+        let stem = base.get(..base.len() - last.len() + dot).unwrap_or(base);
+        forms.push(stem.to_owned());
+        forms.push(format!("{stem}/"));
+    }
+    forms
 }
 
 /// A query parameter's name as web frameworks read it: up to its first `[`
@@ -878,6 +898,27 @@ paths = ["/api/admin/*"]
             assert!(s.deny_matches(&req("GET", "/x", &parse_query(q).unwrap(), &h)), "{q}");
         }
         assert!(!s.deny_matches(&req("GET", "/x", &parse_query("x+user_id=42").unwrap(), &h)));
+    }
+
+    #[test]
+    fn deny_paths_cover_the_forms_backends_route_alike() {
+        let deny = HttpScope { paths: vec!["/admin/*".into(), "/api/v1/export".into()], ..HttpScope::default() };
+        let h = http::HeaderMap::new();
+        for p in [
+            "/admin",
+            "/admin/",
+            "/ADMIN/users",
+            "/admin.json",
+            "/api/v1/export/",
+            "/api/v1/export.csv",
+            "/api/v1/Export.CSV/",
+        ] {
+            assert!(deny.deny_matches(&req("GET", p, &[], &h)), "{p}");
+        }
+        for p in ["/", "/administrators", "/api/v1/exports", "/api/v1/export2.csv", "/api/v1/.export", "/x/admin"] {
+            assert!(!deny.deny_matches(&req("GET", p, &[], &h)), "{p}");
+        }
+        assert_eq!(deny_path_forms("/"), ["/", "", "/"]);
     }
 
     #[test]
