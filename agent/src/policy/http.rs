@@ -565,7 +565,25 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         // Matrix parameters (`/admin;x=1`) are stripped by some servers before routing.
         return Err(PathError::Ambiguous("a `;` parameter"));
     }
+    if decodes_again_to_another_path(&s) {
+        return Err(PathError::Ambiguous("a double-encoded separator, dot segment or control character"));
+    }
     Ok(s)
+}
+
+/// Whether a path, decoded once, would read as another path if a backend
+/// (or a proxy in front of it) decoded it a second time: `%252e%252e` is
+/// `%2e%2e` to the policy and `..` to a server that decodes twice.
+fn decodes_again_to_another_path(once: &str) -> bool {
+    let Some(twice) = percent_decode(once.as_bytes(), false) else { return false };
+    if twice == once.as_bytes() {
+        return false;
+    }
+    let t = String::from_utf8_lossy(&twice);
+    t.matches('/').count() != once.matches('/').count()
+        || t.contains(['\\', ';'])
+        || t.chars().any(char::is_control)
+        || t.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// Decodes a query string into (name, value) pairs, form-style (`+` is a space).
@@ -620,6 +638,11 @@ mod tests {
         for bad in ["/api/../admin", "/api/%2e%2e/admin", "/api//admin", "/api%2fadmin", "/a\\b", "/a%00", "/admin;x"] {
             assert!(normalize_path(bad).is_err(), "{bad}");
         }
+        for twice in ["/api/%252e%252e/admin", "/api/%252E./admin", "/a%252fb", "/a%255cb", "/a%253bx", "/a%2500"] {
+            assert!(matches!(normalize_path(twice), Err(PathError::Ambiguous(_))), "{twice}");
+        }
+        assert_eq!(normalize_path("/files/100%2525").as_deref(), Ok("/files/100%25"), "a literal percent sign passes");
+        assert_eq!(normalize_path("/a%2541b").as_deref(), Ok("/a%41b"));
         assert_eq!(normalize_path("*"), Err(PathError::NotOrigin));
         assert_eq!(normalize_path("/%zz"), Err(PathError::BadEscape));
     }
