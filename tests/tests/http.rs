@@ -73,7 +73,7 @@ name = "support reads orders"
 who = {{ users = ["{ana}"] }}
 backends = ["orders-api"]
 methods = ["GET", "HEAD"]
-paths = ["/api/v1/orders/*", "/headers", "/image"]
+paths = ["/api/v1/orders/*", "/headers", "/image", "/api/v1/export"]
 mask = "cards"
 
 [[rule]]
@@ -91,6 +91,14 @@ who = {{ users = ["*"] }}
 backends = ["orders-api"]
 action = "deny"
 paths = ["/admin/*"]
+
+[[rule]]
+name = "nobody exports"
+who = {{ users = ["*"] }}
+backends = ["orders-api"]
+action = "deny"
+methods = ["GET"]
+paths = ["/api/v1/export"]
 
 [[rule]]
 name = "nobody cancels orders"
@@ -351,6 +359,19 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     );
     assert!(!out.ends_with("\n403"), "{out}");
     assert_eq!(w.api.requests().len(), before + 1, "a text body passes: {out}");
+
+    // A deny rule on GET keeps out HEAD: frameworks run the GET handler for it.
+    // (`-I`: curl sends HEAD without waiting for a body.)
+    for method in ["-G", "-I"] {
+        let before = w.api.requests().len();
+        let (out, _) = curl(
+            &w,
+            &w.ana,
+            &["-s", "-m", "20", method, "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/api/v1/export")],
+        );
+        assert_eq!(out, "403", "{method}");
+        assert_eq!(w.api.requests().len(), before, "{method} /api/v1/export reached the server");
+    }
 
     // Parameter cloaking: Rack 2, Python before 3.9.2 and CGI.pm read `;` as
     // a separator, so behind them `?x=1;action=cancel` carries `action=cancel`

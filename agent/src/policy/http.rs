@@ -177,7 +177,13 @@ impl HttpScope {
     /// [`has_parameter_body`]): Gatehouse does not read it, and the
     /// application may read the denied value from it.
     pub fn deny_matches(&self, r: &HttpRequest<'_>) -> bool {
-        let method = self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(r.method));
+        // Frameworks answer HEAD with their GET handler (Express, Flask,
+        // Rails, Go's mux): it runs, only its body is not sent.
+        let method = self.methods.is_empty()
+            || self.methods.iter().any(|m| {
+                m.eq_ignore_ascii_case(r.method)
+                    || (m.eq_ignore_ascii_case("GET") && r.method.eq_ignore_ascii_case("HEAD"))
+            });
         let path = self.paths.is_empty() || {
             let forms = deny_path_forms(r.path);
             self.paths.iter().any(|p| forms.iter().any(|f| glob(p.as_bytes(), f.as_bytes())))
@@ -942,6 +948,12 @@ paths = ["/api/admin/*"]
             assert!(!deny.deny_matches(&req("GET", p, &[], &h)), "{p}");
         }
         assert_eq!(deny_path_forms("/"), ["/", "", "/"]);
+        // A GET handler runs for HEAD too.
+        let gets = HttpScope { methods: vec!["GET".into()], ..HttpScope::default() };
+        assert!(gets.deny_matches(&req("HEAD", "/x", &[], &h)));
+        assert!(!gets.deny_matches(&req("POST", "/x", &[], &h)));
+        let heads = HttpScope { methods: vec!["HEAD".into()], ..HttpScope::default() };
+        assert!(!heads.deny_matches(&req("GET", "/x", &[], &h)));
     }
 
     #[test]
