@@ -360,6 +360,21 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     assert!(!out.ends_with("\n403"), "{out}");
     assert_eq!(w.api.requests().len(), before + 1, "a text body passes: {out}");
 
+    // What a client claims about its address never reaches the backend (which
+    // would read it as where the request came from, trusting the bastion as its proxy).
+    let spoof =
+        ["X-Forwarded-For: 10.66.0.1", "X_Real_IP: 10.66.0.2", "Forwarded: for=10.66.0.3", "True-Client-IP: 10.66.0.4"];
+    let mut args = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+    for h in &spoof {
+        args.extend(["-H", h]);
+    }
+    let target = format!("{base}/api/v1/orders/7?spoof=1");
+    args.push(&target);
+    let (out, _) = curl(&w, &w.eve, &args);
+    assert_eq!(out, "200", "{out}");
+    let seen = w.api.requests().into_iter().rev().find(|r| r["path"] == "/api/v1/orders/7?spoof=1").expect("forwarded");
+    assert!(!seen["headers"].to_string().contains("10.66.0."), "a client's address claim reached the server: {seen}");
+
     // A deny rule on GET keeps out HEAD: frameworks run the GET handler for it.
     // (`-I`: curl sends HEAD without waiting for a body.)
     for method in ["-G", "-I"] {

@@ -49,7 +49,8 @@ use tracing::{info, warn};
 
 use self::body::{BoxError, Coding, Kind, Piped, Summary, Transform};
 use self::headers::{
-    header_list, host_of, is_upgrade, recorded_headers, recorded_target, restrict_accept_encoding, strip_hop_by_hop,
+    header_list, host_of, is_upgrade, recorded_headers, recorded_target, restrict_accept_encoding, strip_client_claims,
+    strip_hop_by_hop,
 };
 use self::upstream::{Pool, UpBody};
 use crate::audit::{self, Event, HttpExchange};
@@ -412,6 +413,10 @@ impl Shared {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let mut cred_note = Vec::new();
+        let claims = strip_client_claims(&mut parts.headers);
+        if !claims.is_empty() {
+            cred_note.push(format!("client {} dropped", claims.join(", ")));
+        }
         if !rule.http.pass_client_auth {
             for h in [header::AUTHORIZATION, header::COOKIE] {
                 if parts.headers.remove(&h).is_some() {

@@ -56,6 +56,47 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Headers by which a client claims an address, a scheme or a port on the
+/// way to the backend; every `X-Forwarded-*` counts too.
+const CLIENT_CLAIMS: [&str; 15] = [
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-forwarded",
+    "forwarded-for",
+    "front-end-https",
+    "x-url-scheme",
+];
+
+/// Drops what the client says about where it connects from (or over what):
+/// the backend sees Gatehouse's connection, and an application that trusts
+/// the bastion as its proxy would otherwise take `X-Forwarded-For:
+/// 10.0.0.1` as the address the request came from (an IP allow list, its
+/// own logs). `_` in a name counts as `-` (CGI reads `X_Forwarded_For` as
+/// the same). Returns the names dropped.
+pub(super) fn strip_client_claims(h: &mut HeaderMap) -> Vec<String> {
+    let claims: Vec<header::HeaderName> = h
+        .keys()
+        .filter(|k| {
+            let n = k.as_str().replace('_', "-");
+            n.starts_with("x-forwarded-") || CLIENT_CLAIMS.contains(&n.as_str())
+        })
+        .cloned()
+        .collect();
+    for k in &claims {
+        h.remove(k);
+    }
+    claims.iter().map(ToString::to_string).collect()
+}
+
 /// On masked rules the backend may answer only in codings the pipeline can undo.
 pub(super) fn restrict_accept_encoding(h: &mut HeaderMap) {
     let wanted: Vec<String> = h
@@ -176,6 +217,26 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn client_address_claims_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x_real_ip", "10.0.0.2"),
+            ("forwarded", "for=10.0.0.3"),
+            ("x-forwarded-proto", "https"),
+            ("true-client-ip", "10.0.0.4"),
+            ("x-tenant", "acme"),
+        ] {
+            h.insert(header::HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let mut dropped = strip_client_claims(&mut h);
+        dropped.sort();
+        assert_eq!(dropped, ["forwarded", "true-client-ip", "x-forwarded-for", "x-forwarded-proto", "x_real_ip"]);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-tenant"));
     }
 
     #[test]
