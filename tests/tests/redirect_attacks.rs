@@ -372,11 +372,22 @@ fn a_record_left_by_an_unaccepted_connection_cannot_be_borrowed() {
     env.start_agent(&config);
     assert!(env.handoff_map().get(&key, 0).is_err(), "a starting agent removes records older than itself");
     let proxy = format!("127.0.0.1:{}", env.port);
-    let r = env.probe(&eve, &["echo", &proxy, "64", "--bind", &local.to_string()]);
+    // The victim's address can take a moment to be free again after its
+    // connection was reset: a bind or connect that failed reached no agent,
+    // and is tried again (the attack needs the connection made).
+    let mut r = Value::Null;
+    for _ in 0..10 {
+        r = env.probe(&eve, &["echo", &proxy, "64", "--bind", &local.to_string()]);
+        if !matches!(r["stage"].as_str(), Some("bind" | "connect")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(r["stage"].is_null(), "eve's connection was never made: {r}");
     assert!(!ok(&r), "eve must not be served as ana: {r}");
     assert_ne!(r["received"], 64, "{r}");
     let eve_uid = env.uid(&eve);
-    let s = env.wait_session("eve's attempt", |s| s["uid"] == eve_uid);
+    let s = env.wait_session(&format!("eve's attempt ({r})"), |s| s["uid"] == eve_uid);
     assert_eq!(s["decision"], "deny", "{s}");
     assert_eq!(s["client"], local.to_string(), "{s}");
     assert!(s["reason"].as_str().unwrap().contains("not redirected"), "{s}");
