@@ -317,7 +317,7 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     }
 
     // A deny rule's query condition: `?action=cancel` is denied, and so is a
-    // form or JSON body (Rails and Laravel read its `action` over the
+    // form, multipart or JSON body, or one without a Content-Type (Rails and Laravel read its `action` over the
     // query's; Gatehouse does not read bodies), never reaching the server. A
     // body no framework reads as parameters passes.
     let order = format!("{base}/api/v1/orders/7");
@@ -332,9 +332,17 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
         ("application/json", r#"{"action":"cancel"}"#, order.clone()),
         ("application/vnd.api+json; charset=utf-8", r#"{"action":"cancel"}"#, order.clone()),
         ("application/x-www-form-urlencoded", "action=cancel", order.clone()),
+        // Rack parses multipart/mixed and multipart/related, and reads a POST body without a
+        // Content-Type (sent here with none: curl's `Content-Type:` removes it) as a form.
+        (
+            "multipart/mixed; boundary=b",
+            "--b\r\nContent-Disposition: form-data; name=\"action\"\r\n\r\ncancel\r\n--b--\r\n",
+            order.clone(),
+        ),
+        ("", "action=cancel", order.clone()),
     ] {
         let before = w.api.requests().len();
-        let ct = format!("Content-Type: {ct}");
+        let ct = if ct.is_empty() { "Content-Type:".to_owned() } else { format!("Content-Type: {ct}") };
         let (out, _) =
             curl(&w, &w.eve, &["-s", "-X", "POST", "-H", &ct, "--data-binary", body, "-w", "\n%{http_code}", &target]);
         assert!(out.ends_with("\n403") && out.contains("nobody cancels orders"), "{ct} {target}: {out}");

@@ -188,7 +188,7 @@ impl HttpScope {
             let forms = deny_path_forms(r.path);
             self.paths.iter().any(|p| forms.iter().any(|f| glob(p.as_bytes(), f.as_bytes())))
         };
-        let query = (!self.query.is_empty() && has_parameter_body(r.headers))
+        let query = (!self.query.is_empty() && has_parameter_body(r))
             || self.query.iter().all(|c| r.query_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
         let headers =
             self.headers.iter().all(|c| r.header_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
@@ -210,9 +210,9 @@ impl HttpScope {
         if !self.paths.is_empty() && !self.paths.iter().any(|p| glob_exact(p.as_bytes(), r.path.as_bytes())) {
             return Some(format!("path {} is not in its paths [{}]", r.path, self.paths.join(", ")));
         }
-        if !self.query.is_empty() && has_parameter_body(r.headers) {
+        if !self.query.is_empty() && has_parameter_body(r) {
             return Some(
-                "its query conditions cannot see parameters sent in a form or JSON body, which frameworks (Rails, Laravel, PHP's $_REQUEST) read over the query's (send the parameters in the query string)"
+                "its query conditions cannot see parameters sent in a form, multipart or JSON body, or a body without a Content-Type, which frameworks (Rails, Laravel, PHP's $_REQUEST) read over the query's (send the parameters in the query string)"
                     .into(),
             );
         }
@@ -459,6 +459,8 @@ pub struct HttpRequest<'a> {
     /// The declared body size (`Content-Length`), if any; a chunked body is
     /// counted as it streams and cut at the rule's `max_body`.
     pub body_len: Option<u64>,
+    /// The request has (or may have) a body: not ended with its headers.
+    pub has_body: bool,
 }
 
 /// The paths a backend may route `path` as, for deny rules: with and
@@ -490,17 +492,26 @@ pub(crate) fn param_key(name: &str) -> String {
 
 /// Whether the request may carry a body some frameworks read as the
 /// request's parameters, over the query's: a form (`application/x-www-form-urlencoded`,
-/// `multipart/form-data`; Rails, PHP's `$_REQUEST`) or JSON
+/// `multipart/form-data`; Rails, PHP's `$_REQUEST`), any other multipart
+/// (Rack parses `multipart/mixed` and `multipart/related` too), JSON
 /// (`application/json`, `text/json`, `…+json`; Rails and Laravel merge its
-/// top-level keys into the parameters). Every `Content-Type` sent counts.
-fn has_parameter_body(headers: &http::HeaderMap) -> bool {
-    headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
-        let t = String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase();
-        let t = t.split(';').next().unwrap_or("").trim().to_owned();
-        matches!(
-            t.as_str(),
-            "application/x-www-form-urlencoded" | "multipart/form-data" | "application/json" | "text/json"
-        ) || t.ends_with("+json")
+/// top-level keys into the parameters), or a body with no `Content-Type`
+/// at all (Rack reads a POST without one as a form). Every `Content-Type`
+/// sent counts.
+fn has_parameter_body(r: &HttpRequest<'_>) -> bool {
+    let mut types = r.headers.get_all(http::header::CONTENT_TYPE).iter().peekable();
+    if types.peek().is_none() {
+        return r.has_body;
+    }
+    // A list (`text/plain, application/json`) counts by each of its types.
+    types.any(|v| {
+        String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase().split(',').any(|part| {
+            let t = part.split(';').next().unwrap_or("").trim();
+            t.is_empty()
+                || t.starts_with("multipart/")
+                || matches!(t, "application/x-www-form-urlencoded" | "application/json" | "text/json")
+                || t.ends_with("+json")
+        })
     })
 }
 
@@ -634,7 +645,7 @@ mod tests {
     use super::*;
 
     fn req<'a>(method: &'a str, path: &'a str, q: &'a [(String, String)], h: &'a http::HeaderMap) -> HttpRequest<'a> {
-        HttpRequest { method, path, query: q, headers: h, body_len: None }
+        HttpRequest { method, path, query: q, headers: h, body_len: None, has_body: false }
     }
 
     #[test]
@@ -891,7 +902,7 @@ paths = ["/api/admin/*"]
         assert!(s.refuses(&req("GET", "/x", &ok, &h)).is_none());
         let mut form = http::HeaderMap::new();
         form.insert(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded; charset=utf-8".parse().unwrap());
-        assert!(s.refuses(&req("GET", "/x", &ok, &form)).is_some_and(|w| w.contains("form or JSON body")));
+        assert!(s.refuses(&req("GET", "/x", &ok, &form)).is_some_and(|w| w.contains("form, multipart or JSON body")));
         // JSON too (Rails and Laravel merge its keys into the parameters), however it is spelled.
         for ct in ["application/json", "Application/JSON; charset=utf-8", "application/vnd.api+json", "text/json"] {
             let mut json = http::HeaderMap::new();
@@ -904,6 +915,17 @@ paths = ["/api/admin/*"]
             };
             assert!(deny.deny_matches(&req("POST", "/x", &ok, &json)), "{ct}");
             assert!(!deny.deny_matches(&req("POST", "/x", &ok, &h)), "no body: the query alone decides");
+            // A body without a Content-Type (Rack reads a POST's as a form), any multipart, a list of types.
+            let bodied = HttpRequest { has_body: true, ..req("POST", "/x", &ok, &h) };
+            assert!(deny.deny_matches(&bodied) && s.refuses(&bodied).is_some());
+            for ct in ["multipart/mixed; boundary=x", "text/plain, application/x-www-form-urlencoded", ""] {
+                let mut other = http::HeaderMap::new();
+                other.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+                assert!(deny.deny_matches(&req("POST", "/x", &ok, &other)), "{ct:?}");
+            }
+            let mut text = http::HeaderMap::new();
+            text.insert(http::header::CONTENT_TYPE, "text/plain".parse().unwrap());
+            assert!(!deny.deny_matches(&HttpRequest { has_body: true, ..req("POST", "/x", &ok, &text) }));
         }
         let mut text = http::HeaderMap::new();
         text.insert(http::header::CONTENT_TYPE, "text/plain".parse().unwrap());

@@ -344,10 +344,17 @@ impl Shared {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
+        let has_body = !hyper::body::Body::is_end_stream(req.body());
         let snapshot = agent.snapshot.load_full();
         let grants = agent.grant_rules.load();
-        let ask =
-            HttpRequest { method: req.method().as_str(), path: &path, query: &query, headers: req.headers(), body_len };
+        let ask = HttpRequest {
+            method: req.method().as_str(),
+            path: &path,
+            query: &query,
+            headers: req.headers(),
+            body_len,
+            has_body,
+        };
         let decision = snapshot.policy.decide_http_with(
             &self.ctx.principal,
             &crate::policy::Request { backend: &self.ctx.backend.name, statement: None, now: jiff::Timestamp::now() },
