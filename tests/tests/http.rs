@@ -326,6 +326,8 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
         // PHP skips a name's leading spaces and reads it up to a NUL.
         ("text/plain", "x", format!("{order}?+action=cancel")),
         ("text/plain", "x", format!("{order}?action%00x=cancel")),
+        // A value encoded twice, for an application that decodes its parameters again.
+        ("text/plain", "x", format!("{order}?action=%2563ancel")),
         // The rule's `/api/v1/orders/*` keeps out the collection itself (bulk cancel), and a format suffix.
         ("text/plain", "x", format!("{base}/api/v1/orders?action=cancel")),
         ("text/plain", "x", format!("{base}/api/v1/orders/?action=cancel")),

@@ -189,7 +189,7 @@ impl HttpScope {
             self.paths.iter().any(|p| forms.iter().any(|f| glob(p.as_bytes(), f.as_bytes())))
         };
         let query = (!self.query.is_empty() && has_parameter_body(r))
-            || self.query.iter().all(|c| r.query_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
+            || self.query.iter().all(|c| r.query_values(&c.name).any(|v| deny_value_matches(&c.pattern, v)));
         let headers =
             self.headers.iter().all(|c| r.header_values(&c.name).any(|v| glob(c.pattern.as_bytes(), v.as_bytes())));
         let k8s = self.k8s.as_ref().is_none_or(|k| k.deny_matches(r.method, r.path, r.query));
@@ -461,6 +461,15 @@ pub struct HttpRequest<'a> {
     pub body_len: Option<u64>,
     /// The request has (or may have) a body: not ended with its headers.
     pub has_body: bool,
+}
+
+/// A deny rule's query pattern against a value as sent and, if it is
+/// encoded again (`%2563ancel`), as an application that decodes its
+/// parameters a second time reads it.
+fn deny_value_matches(pattern: &str, v: &str) -> bool {
+    glob(pattern.as_bytes(), v.as_bytes())
+        || (v.contains('%')
+            && percent_decode(v.as_bytes(), false).is_some_and(|twice| glob(pattern.as_bytes(), &twice)))
 }
 
 /// The paths a backend may route `path` as, for deny rules: with and
@@ -949,6 +958,9 @@ paths = ["/api/admin/*"]
             assert!(s.deny_matches(&req("GET", "/x", &parse_query(q).unwrap(), &h)), "{q}");
         }
         assert!(!s.deny_matches(&req("GET", "/x", &parse_query("x+user_id=42").unwrap(), &h)));
+        // A value encoded twice, as an application that decodes again reads it.
+        assert!(s.deny_matches(&req("GET", "/x", &parse_query("user_id=%2534%2532").unwrap(), &h)));
+        assert!(!s.deny_matches(&req("GET", "/x", &parse_query("user_id=%2534%2533").unwrap(), &h)));
     }
 
     #[test]
