@@ -468,8 +468,7 @@ pub struct HttpRequest<'a> {
 /// parameters a second time reads it.
 fn deny_value_matches(pattern: &str, v: &str) -> bool {
     glob(pattern.as_bytes(), v.as_bytes())
-        || (v.contains('%')
-            && percent_decode(v.as_bytes(), false).is_some_and(|twice| glob(pattern.as_bytes(), &twice)))
+        || (v.contains('%') && glob(pattern.as_bytes(), &percent_decode_lenient(v.as_bytes())))
 }
 
 /// The paths a backend may route `path` as, for deny rules: with and
@@ -601,7 +600,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
 /// (or a proxy in front of it) decoded it a second time: `%252e%252e` is
 /// `%2e%2e` to the policy and `..` to a server that decodes twice.
 fn decodes_again_to_another_path(once: &str) -> bool {
-    let Some(twice) = percent_decode(once.as_bytes(), false) else { return false };
+    let twice = percent_decode_lenient(once.as_bytes());
     if twice == once.as_bytes() {
         return false;
     }
@@ -612,30 +611,64 @@ fn decodes_again_to_another_path(once: &str) -> bool {
         || t.split('/').any(|seg| seg == "." || seg == "..")
 }
 
-/// Decodes a query string into (name, value) pairs, form-style (`+` is a space).
-pub fn parse_query(q: &str) -> Option<Vec<(String, String)>> {
+/// Why a query string cannot be decided on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("the query string does not decode (a malformed percent escape or not UTF-8)")]
+    BadEscape,
+    /// Rack 2, Python before 3.9.2 and Perl's CGI.pm also split at `;`:
+    /// `?x=1;action=cancel` carries an `action` there, one `x` here.
+    #[error(
+        "the query string has a `;`, which some frameworks read as a separator between parameters and others as part of a value (send it as %3B)"
+    )]
+    Semicolon,
+}
+
+/// Decodes a query string into (name, value) pairs, form-style (`+` is a
+/// space); one a backend could split otherwise (a raw `;`) is refused.
+pub fn parse_query(q: &str) -> Result<Vec<(String, String)>, QueryError> {
+    if q.contains(';') {
+        return Err(QueryError::Semicolon);
+    }
+    let text = |b: &str| {
+        percent_decode(b.as_bytes(), true).and_then(|d| String::from_utf8(d).ok()).ok_or(QueryError::BadEscape)
+    };
     let mut out = Vec::new();
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = String::from_utf8(percent_decode(k.as_bytes(), true)?).ok()?;
-        let v = String::from_utf8(percent_decode(v.as_bytes(), true)?).ok()?;
-        out.push((k, v));
+        out.push((text(k)?, text(v)?));
     }
-    Some(out)
+    Ok(out)
 }
 
 /// `%XX` decoding; `None` for a malformed escape.
 pub fn percent_decode(s: &[u8], plus_is_space: bool) -> Option<Vec<u8>> {
+    decode(s, plus_is_space, true)
+}
+
+/// `%XX` decoding as a lenient server does it a second time: a malformed
+/// escape is kept as it is (Python's `unquote`), the rest still decoded.
+fn percent_decode_lenient(s: &[u8]) -> Vec<u8> {
+    decode(s, false, false).unwrap_or_else(|| s.to_vec())
+}
+
+fn decode(s: &[u8], plus_is_space: bool, strict: bool) -> Option<Vec<u8>> {
+    let hex = |at: usize| s.get(at).and_then(|c| char::from(*c).to_digit(16));
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while let Some(&b) = s.get(i) {
         match b {
-            b'%' => {
-                let hi = s.get(i + 1).and_then(|c| (*c as char).to_digit(16))?;
-                let lo = s.get(i + 2).and_then(|c| (*c as char).to_digit(16))?;
-                out.push(u8::try_from(hi * 16 + lo).ok()?);
-                i += 3;
-            }
+            b'%' => match (hex(i + 1), hex(i + 2)) {
+                (Some(hi), Some(lo)) => {
+                    out.push(u8::try_from(hi * 16 + lo).ok()?);
+                    i += 3;
+                }
+                _ if strict => return None,
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            },
             b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
@@ -664,7 +697,15 @@ mod tests {
         for bad in ["/api/../admin", "/api/%2e%2e/admin", "/api//admin", "/api%2fadmin", "/a\\b", "/a%00", "/admin;x"] {
             assert!(normalize_path(bad).is_err(), "{bad}");
         }
-        for twice in ["/api/%252e%252e/admin", "/api/%252E./admin", "/a%252fb", "/a%255cb", "/a%253bx", "/a%2500"] {
+        for twice in [
+            "/api/%252e%252e/admin",
+            "/api/%252E./admin",
+            "/a%252fb",
+            "/a%255cb",
+            "/a%253bx",
+            "/a%2500",
+            "/api/%25zz/%252e%252e/admin",
+        ] {
             assert!(matches!(normalize_path(twice), Err(PathError::Ambiguous(_))), "{twice}");
         }
         assert_eq!(normalize_path("/files/100%2525").as_deref(), Ok("/files/100%25"), "a literal percent sign passes");
@@ -961,6 +1002,12 @@ paths = ["/api/admin/*"]
         // A value encoded twice, as an application that decodes again reads it.
         assert!(s.deny_matches(&req("GET", "/x", &parse_query("user_id=%2534%2532").unwrap(), &h)));
         assert!(!s.deny_matches(&req("GET", "/x", &parse_query("user_id=%2534%2533").unwrap(), &h)));
+        assert!(s.deny_matches(&req("GET", "/x", &parse_query("user_id=%2534%2532&other=%25zz").unwrap(), &h)));
+        let stray = HttpScope {
+            query: vec![ValueCond { name: "action".into(), pattern: "cancel*".into() }],
+            ..HttpScope::default()
+        };
+        assert!(stray.deny_matches(&req("GET", "/x", &parse_query("action=%2563ancel%25zz").unwrap(), &h)));
     }
 
     #[test]
@@ -993,6 +1040,9 @@ paths = ["/api/admin/*"]
     #[test]
     fn query_decoding() {
         assert_eq!(parse_query("a=b+c&d=%41").unwrap(), vec![("a".into(), "b c".into()), ("d".into(), "A".into())]);
-        assert!(parse_query("a=%4").is_none());
+        assert_eq!(parse_query("a=%4"), Err(QueryError::BadEscape));
+        assert_eq!(parse_query("a=%ff"), Err(QueryError::BadEscape));
+        assert_eq!(parse_query("x=1;action=cancel"), Err(QueryError::Semicolon));
+        assert_eq!(parse_query("x=%3B").unwrap(), vec![("x".into(), ";".into())]);
     }
 }

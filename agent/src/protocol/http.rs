@@ -312,15 +312,9 @@ impl Shared {
             Ok(p) => p,
             Err(e) => return self.refuse(&pending, StatusCode::BAD_REQUEST, None, &e.to_string()),
         };
-        // Rack 2, Python before 3.9.2 and Perl's CGI.pm also split the query
-        // at `;`: `?status=open;status=cancelled` reads there as a second
-        // `status`, where Gatehouse would read one value with a `;` in it.
-        if req.uri().query().is_some_and(|q| q.contains(';')) {
-            let why = "the query string has a `;`, which some frameworks read as a separator between parameters and others as part of a value (send it as %3B)";
-            return self.refuse(&pending, StatusCode::BAD_REQUEST, None, why);
-        }
-        let Some(query) = parse_query(req.uri().query().unwrap_or("")) else {
-            return self.refuse(&pending, StatusCode::BAD_REQUEST, None, "the query string does not decode");
+        let query = match parse_query(req.uri().query().unwrap_or("")) {
+            Ok(q) => q,
+            Err(e) => return self.refuse(&pending, StatusCode::BAD_REQUEST, None, &e.to_string()),
         };
         // Frameworks run the method a header or `_method` parameter names in
         // place of the request's: the policy decided the request's.
