@@ -359,6 +359,18 @@ fn masking_follows_the_data_not_the_names() {
         let out = w.sql(&w.sam, sql);
         assert!(out.contains("ERROR:") && out.contains("whole rows of public.customers"), "{sql}: {out}");
     }
+    // A position past a `*` that lands on an unmasked column sorts (and the
+    // same text with another position is decided anew: below, refused).
+    assert_eq!(
+        w.sql(&w.sam, "SELECT id, ssn FROM (SELECT * FROM customers ORDER BY 1 DESC) s"),
+        "3|NULL\n2|NULL\n1|****"
+    );
+    let by_id = w.sql(&w.sam, "SELECT * FROM customers ORDER BY 1");
+    assert!(
+        by_id.starts_with("1|Zoë Ünal|****@example.com|") && !by_id.contains("ERROR"),
+        "{}",
+        &by_id[..by_id.len().min(300)]
+    );
     for sql in [
         "SELECT id FROM customers WHERE ssn LIKE '123-45-%'",
         "SELECT id FROM customers ORDER BY email",
@@ -375,6 +387,16 @@ fn masking_follows_the_data_not_the_names() {
         "SELECT count(*) FROM customers c, generate_series(1, ascii(c.ssn)) WHERE c.id = 1",
         "SELECT count(*) FROM (SELECT generate_series(1, ascii(ssn)) FROM customers WHERE id = 1) s",
         "SELECT id FROM customers UNION ALL SELECT 1 LIMIT (SELECT ascii(ssn) FROM customers WHERE id = 1)",
+        // A position past a `*` names the column the catalog counts out: the 3rd is email, the 6th ssn.
+        "SELECT * FROM customers ORDER BY 3",
+        "TABLE customers ORDER BY 6 DESC",
+        "SELECT id, c.* FROM customers c ORDER BY 4",
+        "SELECT DISTINCT ON (6) * FROM customers",
+        "SELECT id FROM (SELECT * FROM customers ORDER BY 6 LIMIT 1) s",
+        // Numbers inside grouping sets are positions as well.
+        "SELECT email, count(*) FROM customers GROUP BY ROLLUP (1)",
+        "SELECT email, count(*) FROM customers GROUP BY GROUPING SETS ((1), ())",
+        "SELECT * FROM customers GROUP BY CUBE (1, 6)",
     ] {
         let out = w.sql(&w.sam, sql);
         assert!(

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::Catalog;
 use crate::sql::TableRef;
-use crate::sql::lineage::{Lineage, Output, Ref, SourceKind, Star};
+use crate::sql::lineage::{Lineage, Output, Position, Ref, SourceKind, Star};
 
 /// A table column a value comes from. `attnum` 0 is the whole row.
 /// `relation` 0 stands for "could not be followed": treat it as masked.
@@ -203,6 +203,9 @@ impl Catalog {
             b.reference(r, &mut set);
             bound.predicates.extend(set);
         }
+        for p in &lineage.positions {
+            b.position(p, &mut bound.predicates);
+        }
         for (outputs, into) in [(&lineage.stored, &mut bound.stored), (&lineage.moved, &mut bound.moved)] {
             for o in outputs {
                 b.seen.clear();
@@ -357,6 +360,54 @@ impl Binder<'_, '_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The origins of the result column a position names (`ORDER BY 6`
+    /// after a `*`), the `*`s counted out from the catalog. A `*` is counted
+    /// only when it stands for one table (a join's `*` merges `USING`
+    /// columns, a subquery's may hold `*`s and functions of its own, a set
+    /// operation's stands for either side): otherwise every column from the
+    /// first `*` on counts.
+    fn position(&mut self, p: &Position, out: &mut BTreeSet<Origin>) {
+        let lineage = self.lineage;
+        let one_table = |o: &Output| match &o.star {
+            None => true,
+            Some(star) => {
+                o.refs.is_empty()
+                    && matches!(star.level.as_slice(), [i] if matches!(
+                        lineage.sources.get(*i).map(|s| &s.kind),
+                        Some(SourceKind::Relation(t)) if self.cat.relations_for(t, self.tables).first().is_some_and(|oid| self.cat.relation(*oid).is_some())
+                    ))
+            }
+        };
+        let upto = p.outputs.iter().take(p.index.saturating_add(1));
+        if p.lined_up && upto.clone().all(one_table) {
+            let mut columns: Vec<BTreeSet<Origin>> = Vec::new();
+            for o in upto {
+                match &o.star {
+                    Some(star) => self.expand(star, &mut columns, true),
+                    None => {
+                        let mut set = BTreeSet::new();
+                        self.seen.clear();
+                        self.output(o, &mut set);
+                        columns.push(set);
+                    }
+                }
+                if columns.len() > p.index {
+                    break;
+                }
+            }
+            // Past the last column: the server refuses the statement.
+            if let Some(c) = columns.get(p.index) {
+                out.extend(c.iter().copied());
+            }
+            return;
+        }
+        let first = p.outputs.iter().position(|o| o.star.is_some()).unwrap_or(0);
+        for o in p.outputs.iter().skip(first) {
+            self.seen.clear();
+            self.output(o, out);
         }
     }
 

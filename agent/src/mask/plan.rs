@@ -380,6 +380,19 @@ mod tests {
                 .contains("public.customers.email")
         );
         assert!(p.refusal(&cat, &bound("SELECT id FROM customers ORDER BY email")).is_some());
+        // Positions inside grouping sets and a parenthesised GROUP BY list are positions too.
+        for sql in [
+            "SELECT email, count(*) FROM customers GROUP BY ROLLUP (1)",
+            "SELECT email, count(*) FROM customers GROUP BY CUBE (1)",
+            "SELECT email, count(*) FROM customers GROUP BY GROUPING SETS ((1), ())",
+            "SELECT id, email FROM customers GROUP BY GROUPING SETS ((1, 2))",
+            "SELECT id, email FROM customers GROUP BY GROUPING SETS (ROLLUP (2))",
+            "SELECT id, email FROM customers GROUP BY (1, 2)",
+        ] {
+            assert!(p.refusal(&cat, &bound(sql)).is_some_and(|w| w.contains("customers.email")), "{sql}");
+        }
+        assert!(p.refusal(&cat, &bound("SELECT id, email FROM customers GROUP BY ROLLUP (1), 2")).is_some());
+        assert_eq!(p.refusal(&cat, &bound("SELECT id, count(*) FROM customers GROUP BY ROLLUP (1)")), None);
         assert!(p.refusal(&cat, &bound("SELECT email FROM customers WHERE id = 1 ORDER BY id")).is_none());
         assert!(profile(false).refusal(&cat, &bound("SELECT id FROM customers WHERE email LIKE 'a%'")).is_none());
         // Computing with a masked column: its result is hidden, only errors or timing would carry it.
@@ -405,6 +418,33 @@ mod tests {
             "SELECT x FROM (SELECT email AS x FROM customers) s",
             "SELECT * FROM customers",
             "SELECT upper(amount::text) FROM hr.salaries",
+        ] {
+            assert_eq!(p.refusal(&cat, &bound(sql)), None, "{sql}");
+        }
+        // A position past a `*` names the column the catalog counts out (customers: id, email).
+        for sql in [
+            "SELECT * FROM customers ORDER BY 2",
+            "TABLE customers ORDER BY 2 DESC",
+            "SELECT id, * FROM customers ORDER BY 3",
+            "SELECT c.* FROM customers c ORDER BY 2",
+            "SELECT * FROM customers GROUP BY 1, 2",
+            "SELECT DISTINCT ON (2) * FROM customers",
+            "SELECT * FROM customers GROUP BY ROLLUP (1, 2)",
+            "SELECT * FROM customers GROUP BY GROUPING SETS ((1, 2), ())",
+            "SELECT id FROM (SELECT * FROM customers ORDER BY 2 LIMIT 1) s",
+            // Not counted (a join's `*`, a subquery's, a set operation's): every column from the first `*` on.
+            "SELECT * FROM customers c, hr.salaries s ORDER BY 1",
+            "SELECT * FROM (SELECT id, email FROM customers) s ORDER BY 1",
+            "SELECT * FROM customers UNION ALL SELECT * FROM customers ORDER BY 1",
+        ] {
+            let why = p.refusal(&cat, &bound(sql)).unwrap_or_else(|| panic!("not refused: {sql}"));
+            assert!(why.contains("sorts or groups on the masked column public.customers.email"), "{sql}: {why}");
+        }
+        for sql in [
+            "SELECT * FROM customers ORDER BY 1",
+            "SELECT id, * FROM customers ORDER BY 2",
+            "SELECT c.*, 1 FROM customers c ORDER BY 3",
+            "SELECT * FROM customers ORDER BY 9",
         ] {
             assert_eq!(p.refusal(&cat, &bound(sql)), None, "{sql}");
         }

@@ -70,6 +70,21 @@ pub struct Star {
     pub level: Vec<usize>,
 }
 
+/// `ORDER BY k`, `GROUP BY k` or `DISTINCT ON (k)` naming a result column
+/// at or past a `*`: which column that is depends on how many columns the
+/// `*` stands for, which only the catalog knows (see the binder).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The result columns of the query level the position counts in.
+    pub outputs: Vec<Output>,
+    /// Zero-based.
+    pub index: usize,
+    /// `false` after a set operation: a `*` there stands for either side's
+    /// columns, not both sides' in a row, so every column from the first
+    /// `*` on counts.
+    pub lined_up: bool,
+}
+
 /// What a FROM item is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
@@ -108,6 +123,8 @@ pub struct Lineage {
     pub inner: Vec<Output>,
     pub sources: Vec<Source>,
     pub predicates: Vec<Ref>,
+    /// Positions used to filter, sort or group that the binder resolves.
+    pub positions: Vec<Position>,
     pub copy: Option<CopyFormat>,
     /// `DECLARE name CURSOR FOR …` (the outputs are the cursor's).
     pub declares: Option<String>,
@@ -250,6 +267,7 @@ pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
         inner: w.inner,
         sources: w.sources,
         predicates: w.predicates,
+        positions: w.positions,
         copy: w.copy,
         declares: w.declares,
         fetches: None,
@@ -310,6 +328,7 @@ struct Walker {
     inner: Vec<Output>,
     sources: Vec<Source>,
     predicates: Vec<Ref>,
+    positions: Vec<Position>,
     copy: Option<CopyFormat>,
     declares: Option<String>,
     stored: Vec<Output>,
@@ -557,7 +576,12 @@ impl Walker {
                 self.outputs_compared(&out);
             }
             self.limits(s, depth);
-            self.order(&s.sort_clause, &out, depth);
+            for n in s.sort_clause.iter().filter_map(|n| n.node.as_ref()) {
+                match position(n.to_ref()) {
+                    Some(k) => self.position(k, &out, false),
+                    None => self.predicate(n.to_ref(), &out, depth + 1),
+                }
+            }
             return out;
         }
         if !s.values_lists.is_empty() {
@@ -599,7 +623,10 @@ impl Walker {
         if s.distinct_clause.iter().any(|n| n.node.is_none()) {
             self.outputs_compared(&out);
         }
-        for list in [&s.group_clause, &s.distinct_clause, &s.window_clause] {
+        for n in s.group_clause.iter().filter_map(|n| n.node.as_ref()) {
+            self.group_item(n.to_ref(), &out, depth + 1);
+        }
+        for list in [&s.distinct_clause, &s.window_clause] {
             for n in list.iter().filter_map(|n| n.node.as_ref()) {
                 self.predicate(n.to_ref(), &out, depth + 1);
             }
@@ -817,13 +844,9 @@ impl Walker {
         };
         let Some(inner) = inner else { return };
         match inner {
-            NodeRef::AConst(c) => {
-                super::constant_read();
-                if let Some(pb::a_const::Val::Ival(i)) = &c.val
-                    && let Some(o) =
-                        usize::try_from(i.ival).ok().and_then(|k| k.checked_sub(1)).and_then(|k| outputs.get(k))
-                {
-                    self.predicates.extend(o.refs.iter().cloned());
+            NodeRef::AConst(_) => {
+                if let Some(k) = position(inner) {
+                    self.position(k, outputs, true);
                 }
             }
             NodeRef::ColumnRef(c) if c.fields.len() == 1 => {
@@ -840,6 +863,34 @@ impl Walker {
                 self.expr(other, &mut refs, depth);
                 self.predicates.extend(refs);
             }
+        }
+    }
+
+    /// A `GROUP BY` item. Inside `ROLLUP`, `CUBE`, `GROUPING SETS` and a
+    /// parenthesised list, each element is an item of its own, so a number
+    /// there is a position too (`GROUP BY ROLLUP (1)` groups by the first
+    /// result column).
+    fn group_item(&mut self, node: NodeRef<'_>, outputs: &[Output], depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let items = match node {
+            NodeRef::GroupingSet(g) => &g.content,
+            NodeRef::RowExpr(r) => &r.args,
+            other => return self.predicate(other, outputs, depth),
+        };
+        for n in items.iter().filter_map(|n| n.node.as_ref()) {
+            self.group_item(n.to_ref(), outputs, depth + 1);
+        }
+    }
+
+    /// Result column `k` (zero-based) used to sort, group or pick rows. At
+    /// or past a `*`, the binder counts the `*`'s columns from the catalog.
+    fn position(&mut self, k: usize, outputs: &[Output], lined_up: bool) {
+        if outputs.iter().take(k.saturating_add(1)).any(|o| o.star.is_some()) {
+            self.positions.push(Position { outputs: outputs.to_vec(), index: k, lined_up });
+        } else if let Some(o) = outputs.get(k) {
+            self.predicates.extend(o.refs.iter().cloned());
         }
     }
 
@@ -1045,6 +1096,21 @@ fn figure_name(node: NodeRef<'_>) -> String {
             _ => "?column?".into(),
         },
         _ => "?column?".into(),
+    }
+}
+
+/// The result column (zero-based) an integer constant names where it counts
+/// as a position (`ORDER BY 2`, `GROUP BY 2`, `DISTINCT ON (2)`).
+fn position(node: NodeRef<'_>) -> Option<usize> {
+    let node = match node {
+        NodeRef::SortBy(s) => s.node.as_deref().and_then(|n| n.node.as_ref()).map(NodeEnum::to_ref)?,
+        other => other,
+    };
+    let NodeRef::AConst(c) = node else { return None };
+    super::constant_read();
+    match &c.val {
+        Some(pb::a_const::Val::Ival(i)) => usize::try_from(i.ival).ok().and_then(|k| k.checked_sub(1)),
+        _ => None,
     }
 }
 

@@ -435,13 +435,24 @@ impl Strip<'_> {
             }
         }
         // Items named by position or alias where rows are sorted, grouped or filtered.
+        // A position at or past a `*` may be any column from the first `*` on
+        // (how many columns a `*` stands for is not known here).
+        let first_star =
+            items.iter().position(|i| matches!(i, SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)));
         let mut mark = |e: &Expr| match e {
             Expr::Value(v) => {
-                if let Value::Number(n, _) = &v.value
-                    && let Some(f) =
-                        n.parse::<usize>().ok().and_then(|k| k.checked_sub(1)).and_then(|k| flags.get_mut(k))
-                {
-                    *f = true;
+                let k = match &v.value {
+                    Value::Number(n, _) => n.parse::<usize>().ok().and_then(|k| k.checked_sub(1)),
+                    _ => None,
+                };
+                match (k, first_star) {
+                    (Some(k), Some(s)) if s <= k => flags.iter_mut().skip(s).for_each(|f| *f = true),
+                    (Some(k), _) => {
+                        if let Some(f) = flags.get_mut(k) {
+                            *f = true;
+                        }
+                    }
+                    (None, _) => {}
                 }
             }
             Expr::Wildcard(_) => flags.iter_mut().for_each(|f| *f = true),
@@ -790,6 +801,10 @@ mod tests {
             "SELECT * FROM (SELECT ssn FROM customers) AS d (x) ORDER BY x",
             "SELECT * FROM customers NATURAL JOIN orders",
             "SELECT DISTINCT * FROM customers",
+            // A position at or past a `*`: any column the `*` stands for.
+            "SELECT * FROM customers ORDER BY 6",
+            "SELECT id, customers.* FROM customers ORDER BY 7 DESC",
+            "SELECT * FROM customers GROUP BY 6",
             "SELECT id FROM customers WHERE MATCH (name, ssn) AGAINST ('123')",
         ] {
             let c = compared(sql);
@@ -802,6 +817,7 @@ mod tests {
             "SELECT (SELECT ssn FROM customers WHERE id = 1)",
             "SELECT * FROM (SELECT ssn FROM customers) d WHERE id = 1",
             "SELECT ssn AS x FROM customers ORDER BY id",
+            "SELECT id, * FROM customers ORDER BY 1",
         ] {
             let c = compared(sql);
             assert!(!closure(&c).contains("ssn"), "{sql}: {c:?}");
