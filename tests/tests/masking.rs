@@ -393,6 +393,11 @@ fn masking_follows_the_data_not_the_names() {
         "SELECT id, c.* FROM customers c ORDER BY 4",
         "SELECT DISTINCT ON (6) * FROM customers",
         "SELECT id FROM (SELECT * FROM customers ORDER BY 6 LIMIT 1) s",
+        // A VALUES list sorts and counts rows like a SELECT (its rows came
+        // back in the e-mail's order, or as many as a character's code).
+        "VALUES ((SELECT email FROM customers WHERE id = 1), 1), ('m', 2) ORDER BY 1",
+        "VALUES (1), (2), (3) LIMIT (SELECT ascii(ssn) - 48 FROM customers WHERE id = 1)",
+        "VALUES (1), (2), (3) OFFSET (SELECT length(email) - 14 FROM customers WHERE id = 1)",
         // Numbers inside grouping sets are positions as well.
         "SELECT email, count(*) FROM customers GROUP BY ROLLUP (1)",
         "SELECT email, count(*) FROM customers GROUP BY GROUPING SETS ((1), ())",

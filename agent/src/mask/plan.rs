@@ -380,6 +380,16 @@ mod tests {
                 .contains("public.customers.email")
         );
         assert!(p.refusal(&cat, &bound("SELECT id FROM customers ORDER BY email")).is_some());
+        // A VALUES list sorts and counts rows like a SELECT.
+        for sql in [
+            "VALUES ((SELECT email FROM customers WHERE id = 1), 1), ('m', 2) ORDER BY 1",
+            "VALUES ((SELECT email FROM customers WHERE id = 1), 1), ('m', 2) ORDER BY column1 DESC",
+            "VALUES (1), (2), (3) LIMIT (SELECT ascii(email) - 96 FROM customers WHERE id = 1)",
+            "VALUES (1), (2), (3) OFFSET (SELECT length(email) FROM customers WHERE id = 1)",
+        ] {
+            assert!(p.refusal(&cat, &bound(sql)).is_some_and(|w| w.contains("customers.email")), "{sql}");
+        }
+        assert_eq!(p.refusal(&cat, &bound("VALUES ((SELECT email FROM customers WHERE id = 1), 1) ORDER BY 2")), None);
         // Positions inside grouping sets and a parenthesised GROUP BY list are positions too.
         for sql in [
             "SELECT email, count(*) FROM customers GROUP BY ROLLUP (1)",

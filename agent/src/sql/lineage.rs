@@ -604,6 +604,9 @@ impl Walker {
                     }
                 }
             }
+            // `VALUES … ORDER BY 1 LIMIT (…)` sorts and counts rows like a SELECT.
+            self.limits(s, depth);
+            self.order(&s.sort_clause, &out, depth);
             return out;
         }
         let mut level = Vec::new();
