@@ -298,6 +298,21 @@ fn masking_follows_the_data_not_the_names() {
     sees(nulls, "****|****");
     sees("SELECT CASE WHEN ssn LIKE '1%' THEN NULL ELSE email END FROM customers WHERE id = 1", "****");
     sees("SELECT string_agg(ssn, ',') FROM customers", "****");
+    // A function's columns in FROM, named by the function (`value`, `unnest`,
+    // an XMLTABLE's COLUMNS), and an ordered-set aggregate's value: the
+    // server returns the stored value (ZETA-SECRET matches no detector).
+    for sql in [
+        "SELECT value FROM payments p, jsonb_each_text(jsonb_build_object('k', p.ssn))",
+        "SELECT unnest FROM payments p, unnest(ARRAY[p.ssn])",
+        "SELECT a FROM payments p, json_to_record(json_build_object('a', p.ssn)) AS r(a text)",
+        "SELECT t.x FROM payments p, XMLTABLE('/a' PASSING xmlelement(name a, p.ssn) COLUMNS x text PATH '.') t",
+        "SELECT mode() WITHIN GROUP (ORDER BY ssn) FROM payments",
+    ] {
+        assert_eq!(w.sql(&w.ana, sql), "ZETA-SECRET", "what the server returns: {sql}");
+        sees(sql, "****");
+    }
+    let whole = w.sql(&w.lou, "SELECT key, value FROM payments p, json_each_text(row_to_json(p))");
+    assert!(whole.contains("whole rows of public.payments") && !whole.contains("ZETA"), "{whole}");
     sees("SELECT json_build_object('s', ssn)->>'s' FROM customers WHERE id = 1", "****");
     // Types that cannot hold a masked stand-in: NULL.
     sees(

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::Catalog;
 use crate::sql::TableRef;
-use crate::sql::lineage::{Lineage, Output, Position, Ref, SourceKind, Star};
+use crate::sql::lineage::{ANY_COLUMN, Lineage, Output, Position, Ref, SourceKind, Star};
 
 /// A table column a value comes from. `attnum` 0 is the whole row.
 /// `relation` 0 stands for "could not be followed": treat it as masked.
@@ -469,9 +469,15 @@ impl Binder<'_, '_> {
                             }
                         }
                         SourceKind::Query(outputs) => {
-                            for o in outputs.iter().filter(|o| &o.name == name) {
-                                self.output(o, out);
-                                found = true;
+                            for o in outputs {
+                                if &o.name == name {
+                                    self.output(o, out);
+                                    found = true;
+                                } else if o.name == ANY_COLUMN {
+                                    // A function's column may have any name: it may be this one
+                                    // (which may still name a FROM item's whole row, below).
+                                    self.output(o, out);
+                                }
                             }
                         }
                     }

@@ -348,6 +348,27 @@ mod tests {
         let b = bound("SELECT 'xxxxxxxx' || reverse(email), substr(emp, 1, 0) || '5' FROM customers, hr.salaries");
         let cols = [col("a", 0, 0, 25), col("b", 0, 0, 25)];
         assert_eq!(show(&p.plan(&cat, Some(&b), &cols)), ["Hidden", "Hidden"]);
+        // A function's columns in FROM may have any name (`value`, `unnest`, an
+        // XMLTABLE's COLUMNS): each is computed from the function's arguments.
+        // And an ordered-set aggregate's value is one of those it orders.
+        for sql in [
+            "SELECT value FROM customers c, jsonb_each_text(jsonb_build_object('k', c.email))",
+            "SELECT j.value FROM customers c, jsonb_each_text(jsonb_build_object('k', c.email)) j",
+            "SELECT unnest FROM customers c, unnest(ARRAY[c.email])",
+            "SELECT a FROM customers c, json_to_record(json_build_object('a', c.email)) AS r(a text)",
+            "SELECT t.x FROM customers c, XMLTABLE('/a' PASSING xmlelement(name a, c.email) COLUMNS x text PATH '.') t",
+            "SELECT mode() WITHIN GROUP (ORDER BY email) FROM customers",
+            "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY email DESC) FROM customers",
+        ] {
+            assert_eq!(show(&p.plan(&cat, Some(&bound(sql)), &[col("v", 0, 0, 25)])), ["Hidden"], "{sql}");
+        }
+        let b = bound("SELECT id, value FROM customers c, jsonb_each_text('{\"a\": \"b\"}')");
+        assert_eq!(
+            show(&p.plan(&cat, Some(&b), &[col("id", 16401, 1, 23), col("value", 0, 0, 25)])),
+            ["pass", "scan 0"]
+        );
+        let whole = bound("SELECT key, value FROM customers c, json_each_text(row_to_json(c))");
+        assert!(p.refusal(&cat, &whole).is_some_and(|w| w.contains("whole rows")), "{whole:?}");
         // A domain over citext counts as text.
         assert_eq!(show(&p.plan(&cat, None, &[col("e", 16401, 2, 20004)])), ["Partial"]);
         // A parent's column gets its partitions' rules, and a partition's its parent's (by name: attnums differ).

@@ -42,6 +42,12 @@ use super::children::children;
 /// trees to about 45 levels; this bounds the walk whatever the input).
 const MAX_DEPTH: usize = 200;
 
+/// The name of a FROM function's output that stands for every column the
+/// function returns: their names are the function's (`value` of
+/// `jsonb_each_text`, `unnest`, an XMLTABLE's `COLUMNS`), not known here, so
+/// any name may be one of them. (No identifier holds a NUL.)
+pub const ANY_COLUMN: &str = "\0";
+
 /// A reference an expression reads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Ref {
@@ -779,7 +785,7 @@ impl Walker {
                 // How many rows a function in FROM yields depends on its arguments.
                 self.predicates.extend(refs.iter().cloned());
                 let alias = f.alias.as_ref().map(|a| a.aliasname.clone()).unwrap_or_default();
-                let mut outputs = vec![Output { name: alias.clone(), refs: refs.clone(), star: None }];
+                let mut outputs = vec![Output { name: ANY_COLUMN.into(), refs: refs.clone(), star: None }];
                 if let Some(a) = &f.alias {
                     for c in names_of(&a.colnames) {
                         outputs.push(Output { name: c, refs: refs.clone(), star: None });
@@ -804,9 +810,15 @@ impl Walker {
                 let mut refs = Vec::new();
                 self.expr(other.to_ref(), &mut refs, depth + 1);
                 self.predicates.extend(refs.iter().cloned());
-                let outputs = vec![Output { name: String::new(), refs, star: None }];
+                let alias = match other {
+                    NodeEnum::RangeTableFunc(t) => t.alias.as_ref(),
+                    NodeEnum::JsonTable(t) => t.alias.as_ref(),
+                    _ => None,
+                };
+                let alias = alias.map(|a| a.aliasname.clone()).unwrap_or_default();
+                let outputs = vec![Output { name: ANY_COLUMN.into(), refs, star: None }];
                 self.inner.extend(outputs.iter().cloned());
-                self.sources.push(Source { alias: String::new(), kind: SourceKind::Query(outputs) });
+                self.sources.push(Source { alias, kind: SourceKind::Query(outputs) });
                 level.push(self.sources.len() - 1);
             }
         }
@@ -987,6 +999,19 @@ impl Walker {
                 }
                 for o in f.agg_order.iter().filter_map(|n| n.node.as_ref()) {
                     self.predicate(o.to_ref(), &[], depth + 1);
+                }
+                // `mode() WITHIN GROUP (ORDER BY ssn)`, `percentile_disc(…)`:
+                // the value is one of those the group is ordered by.
+                if f.agg_within_group {
+                    for o in f.agg_order.iter().filter_map(|n| n.node.as_ref()) {
+                        let sorted = match o {
+                            NodeEnum::SortBy(s) => s.node.as_deref().and_then(|n| n.node.as_ref()),
+                            other => Some(other),
+                        };
+                        if let Some(v) = sorted {
+                            self.expr(v.to_ref(), refs, depth + 1);
+                        }
+                    }
                 }
                 if let Some(over) = &f.over {
                     for n in over.partition_clause.iter().chain(&over.order_clause).filter_map(|n| n.node.as_ref()) {
