@@ -411,6 +411,10 @@ pub struct Effects {
     pub deallocate: Option<Option<String>>,
     /// `DISCARD ALL`: forgets prepared statements and resets settings to their login values.
     pub discard_all: bool,
+    /// `FETCH`/`MOVE … FROM name`: runs the portal (cursor) of that name.
+    pub fetches: Option<String>,
+    /// `DECLARE name CURSOR …` (also inside `EXPLAIN`).
+    pub declares: Option<String>,
     /// Settings set or reset in this session (lower case); `*` for `RESET ALL`.
     pub settings: Vec<String>,
     /// `search_path` as this statement sets it: `Some(None)` back to the login value.
@@ -902,6 +906,14 @@ impl<'t> Walker<'t> {
             NodeRef::DeallocateStmt(d) => {
                 self.effects.deallocate = Some((!d.isall && !d.name.is_empty()).then(|| d.name.clone()));
                 Ok(())
+            }
+            NodeRef::FetchStmt(f) => {
+                self.effects.fetches = Some(f.portalname.clone());
+                Ok(())
+            }
+            NodeRef::DeclareCursorStmt(d) => {
+                self.effects.declares = Some(d.portalname.clone());
+                self.children(node, depth, |_| Some(role))
             }
             NodeRef::DiscardStmt(d) => {
                 if d.target == pb::DiscardMode::DiscardAll as i32 {

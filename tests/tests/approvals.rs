@@ -451,6 +451,87 @@ print("deleted", cur.rowcount, flush=True)
     assert_eq!(w.pg.admin_db("appdb", "SELECT string_agg(id::text, ',' ORDER BY id) FROM orders"), "1,2,4");
 }
 
+/// Portals bound with the extended protocol and cursors share one namespace
+/// on the server: SQL `FETCH`/`MOVE` of a bound portal runs its statement
+/// (a `DELETE … RETURNING` too) as a FETCH. Without a check, dan's DELETE
+/// ran that way with no approval (orders: 2 → 0).
+#[test]
+fn a_bound_portal_cannot_be_run_by_sql_fetch_past_its_approval() {
+    let w = world("apfetch", "60s");
+    let port = w.pg.port.to_string();
+    let script = w.env.path("fetch.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, socket, struct
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.settimeout(20)
+def msg(t, body): return t + struct.pack("!i", 4 + len(body)) + body
+def cstr(x): return x.encode() + b"\x00"
+body = b"user\x00x\x00database\x00appdb\x00\x00"
+s.sendall(struct.pack("!ii", 8 + len(body), 196608) + body)
+buf = b""
+def answer():
+    global buf
+    out = []
+    while True:
+        while len(buf) >= 5:
+            t = buf[0:1]; n = struct.unpack("!i", buf[1:5])[0]
+            if len(buf) < 1 + n: break
+            out.append((t, buf[5:1+n])); buf = buf[1+n:]
+            if t == b"Z": return out
+        c = s.recv(65536)
+        if not c: return out + [(b"EOF", b"")]
+        buf += c
+def codes(frames): return [f[1].split(b"\x00C")[1].split(b"\x00")[0].decode() if f[0] == b"E" else f[0].decode() for f in frames]
+def query(label, sql):
+    s.sendall(msg(b"Q", cstr(sql)))
+    print(label, codes(answer()), flush=True)
+answer()
+for verb in ["FETCH ALL FROM", "MOVE ALL FROM"]:
+    query("begin", "BEGIN")
+    # Parse and Bind only: the DELETE waits for an approval at Execute.
+    s.sendall(msg(b"P", cstr("del") + cstr("DELETE FROM orders RETURNING id") + struct.pack("!h", 0))
+              + msg(b"B", cstr("p1") + cstr("del") + struct.pack("!hhh", 0, 0, 0)) + msg(b"S", b""))
+    print("bind", codes(answer()), flush=True)
+    query(verb, verb + " p1")
+    query("commit", "COMMIT")
+    s.sendall(msg(b"C", b"S" + cstr("del")) + msg(b"S", b""))
+    answer()
+# A cursor declared with SQL is fetched as ever (also under a name a portal had).
+query("begin", "BEGIN")
+query("declare", "DECLARE p1 CURSOR FOR SELECT id FROM orders ORDER BY id")
+query("fetch cursor", "FETCH ALL FROM p1")
+query("commit", "COMMIT")
+s.sendall(msg(b"X", b""))
+"#,
+    )
+    .unwrap();
+    let out = text(&w.env.run_as(
+        &w.dan,
+        None,
+        Path::new("/usr/bin/python3"),
+        &[script.to_str().unwrap(), &w.pg.host, &port],
+    ));
+    assert!(out.contains("bind ['1', '2', 'Z']"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains("FETCH ALL FROM ['0A000', 'Z']"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains("MOVE ALL FROM ['0A000', 'Z']"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains("fetch cursor ['T', 'D', 'D', 'C', 'Z']"), "{out}\n{}", w.env.agent_log());
+    // What the server did: no order deleted, no FETCH or MOVE of the portal run.
+    assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM orders"), "2", "{out}");
+    let log = w.pg.log();
+    assert_eq!(log.matches("statement: FETCH ALL FROM p1").count(), 1, "only the SQL cursor's FETCH ran: {log}");
+    assert!(!log.contains("MOVE ALL FROM p1"), "the MOVE reached the server: {log}");
+    // Refused, so no approval was asked for, and the refusals are recorded.
+    assert!(w.requests(&w.lea).is_empty(), "{:?}", w.requests(&w.lea));
+    let st = w.env.statements(None);
+    assert_eq!(
+        st.iter().filter(|s| s["decision"] == "deny" && s["reason"].as_str().is_some_and(|r| r.contains("extended protocol"))).count(),
+        2,
+        "{st:#?}"
+    );
+}
+
 #[test]
 fn held_logins_and_just_in_time_grants() {
     let w = world("apgrant", "60s");

@@ -724,6 +724,7 @@ fn decide_statements(
     let (cat, mut names) = session_view(db, shared, ctx);
     let snapshot = ctx.agent.snapshot.load_full();
     let mut local: HashMap<String, Statement> = HashMap::new();
+    let mut declared: Vec<&str> = Vec::new();
     let mut decisions = Vec::with_capacity(statements.len());
     let mut refused = None;
     for (i, s) in statements.iter_mut().enumerate() {
@@ -749,6 +750,13 @@ fn decide_statements(
         if refused.is_some() {
             continue;
         }
+        if let Some(e) = fetch_of_portal(shared, s, &declared) {
+            refused = Some((i, Refused::Error(e)));
+            continue;
+        }
+        if let Some(name) = &s.effects.declares {
+            declared.push(name);
+        }
         if let Some(e) = gatehouse_refusal(ctx, s).or_else(|| super::masking::refusal(ctx, &cat, s)) {
             refused = Some((i, Refused::Error(e)));
             continue;
@@ -768,6 +776,28 @@ fn decide_statements(
         held = held.or(Some(0));
     }
     Batch { statements, decisions, refused, held, alert }
+}
+
+/// SQL `FETCH`/`MOVE` from a portal the client bound with the extended
+/// protocol (one namespace on the server): it would run the portal's
+/// statement — a `DELETE … RETURNING` included — as a FETCH, past the
+/// decision, approval and masking its Execute gets. Refused; a cursor the
+/// session declared with SQL is fetched as usual.
+fn fetch_of_portal(shared: &Mutex<Shared>, s: &Statement, declared: &[&str]) -> Option<PgError> {
+    let name = s.effects.fetches.as_deref()?;
+    if declared.contains(&name) || !lock(shared).portals.contains_key(name.as_bytes()) {
+        return None;
+    }
+    Some(
+        PgError::new(
+            Severity::Error,
+            "0A000",
+            format!(
+                "Gatehouse refused this statement: \"{name}\" is a portal bound with the extended protocol, and FETCH or MOVE would run its statement without the decision an Execute gets"
+            ),
+        )
+        .hint("send an Execute message for it, or DECLARE a cursor"),
+    )
 }
 
 /// The trail alert hold standing for this session's user on its backend, if any.
@@ -909,6 +939,10 @@ fn effects_at_forward(
     }
     if s.effects.discard_all {
         sh.portals.clear();
+    }
+    // A cursor of that name now exists (or the DECLARE fails): no portal is left under it.
+    if let Some(name) = &s.effects.declares {
+        sh.portals.remove(name.as_bytes());
     }
     if s.effects.search_path.is_some() {
         sh.path.in_flight += 1;
