@@ -498,6 +498,26 @@ for verb in ["FETCH ALL FROM", "MOVE ALL FROM"]:
     query("commit", "COMMIT")
     s.sendall(msg(b"C", b"S" + cstr("del")) + msg(b"S", b""))
     answer()
+# The portal outlives a failed DECLARE of its name, a failed DISCARD ALL or a
+# Close skipped after an error, once the transaction is back at a savepoint
+# made after the Bind: FETCH is refused all the same.
+tricks = {
+    "declare": lambda: query("declare fails", "DECLARE p1 CURSOR FOR SELECT 1"),
+    "discard": lambda: query("discard fails", "DISCARD ALL"),
+    "close": lambda: (s.sendall(msg(b"P", cstr("") + cstr("SELECT 1/0") + struct.pack("!h", 0))
+        + msg(b"B", cstr("") + cstr("") + struct.pack("!hhh", 0, 0, 0)) + msg(b"E", cstr("") + struct.pack("!i", 0))
+        + msg(b"C", b"P" + cstr("p1")) + msg(b"S", b"")), print("close skipped", codes(answer()), flush=True)),
+}
+for name, trick in tricks.items():
+    query("begin", "BEGIN")
+    s.sendall(msg(b"P", cstr("") + cstr("DELETE FROM orders RETURNING id") + struct.pack("!h", 0))
+              + msg(b"B", cstr("p1") + cstr("") + struct.pack("!hhh", 0, 0, 0)) + msg(b"S", b""))
+    print("bind", codes(answer()), flush=True)
+    query("savepoint", "SAVEPOINT a")
+    trick()
+    query("back", "ROLLBACK TO a")
+    query("after " + name, "FETCH ALL FROM p1")
+    query("commit", "COMMIT")
 # A cursor declared with SQL is fetched as ever (also under a name a portal had).
 query("begin", "BEGIN")
 query("declare", "DECLARE p1 CURSOR FOR SELECT id FROM orders ORDER BY id")
@@ -517,6 +537,13 @@ s.sendall(msg(b"X", b""))
     assert!(out.contains("FETCH ALL FROM ['0A000', 'Z']"), "{out}\n{}", w.env.agent_log());
     assert!(out.contains("MOVE ALL FROM ['0A000', 'Z']"), "{out}\n{}", w.env.agent_log());
     assert!(out.contains("fetch cursor ['T', 'D', 'D', 'C', 'Z']"), "{out}\n{}", w.env.agent_log());
+    for (setup, after) in [
+        ("declare fails ['42P03', 'Z']", "after declare ['0A000', 'Z']"),
+        ("discard fails ['25001', 'Z']", "after discard ['0A000', 'Z']"),
+        ("close skipped ['1', '22012', 'Z']", "after close ['0A000', 'Z']"),
+    ] {
+        assert!(out.contains(setup) && out.contains(after), "{setup} / {after}:\n{out}\n{}", w.env.agent_log());
+    }
     // What the server did: no order deleted, no FETCH or MOVE of the portal run.
     assert_eq!(w.pg.admin_db("appdb", "SELECT count(*) FROM orders"), "2", "{out}");
     let log = w.pg.log();
@@ -527,7 +554,7 @@ s.sendall(msg(b"X", b""))
     let st = w.env.statements(None);
     assert_eq!(
         st.iter().filter(|s| s["decision"] == "deny" && s["reason"].as_str().is_some_and(|r| r.contains("extended protocol"))).count(),
-        2,
+        5,
         "{st:#?}"
     );
 }

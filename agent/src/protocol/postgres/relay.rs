@@ -323,6 +323,13 @@ struct Shared {
     /// Prepared statements and portals by name.
     prepared: HashMap<Vec<u8>, Prepared>,
     portals: HashMap<Vec<u8>, Prepared>,
+    /// Names under which a portal the client bound may exist on the server,
+    /// with the exchange of its Bind: SQL `FETCH`/`MOVE` of them is refused.
+    /// Forgotten only once the server says no transaction is open (a named
+    /// portal never outlives its transaction): a Close or a DECLARE that
+    /// failed, then `ROLLBACK TO` a savepoint made after the Bind, leaves the
+    /// portal in place.
+    bound: HashMap<Vec<u8>, u64>,
     /// Parses forwarded, awaiting ParseComplete: (name, generation, epoch).
     parses: VecDeque<(Vec<u8>, u64, u64)>,
     /// Describes forwarded, awaiting RowDescription or NoData: (epoch, where the answer goes).

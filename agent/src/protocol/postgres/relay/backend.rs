@@ -445,6 +445,8 @@ fn on_backend(
             }
             let mut refresh = false;
             if status == b'I' {
+                // No portal bound in a finished exchange is left.
+                sh.bound.retain(|_, e| *e >= done);
                 // Outside a transaction: what the last one did is settled.
                 if let Some(path) = sh.path.tentative.take() {
                     if sh.path.error_since {

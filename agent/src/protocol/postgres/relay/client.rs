@@ -332,6 +332,9 @@ async fn on_client(
             let usable = sh.prepared.get(statement).filter(|p| p.pending.is_none_or(|e| e == epoch)).cloned();
             match usable {
                 Some(p) => {
+                    if !portal.is_empty() {
+                        sh.bound.insert(portal.to_vec(), epoch);
+                    }
                     sh.portals.insert(portal.to_vec(), p.bind(formats, f.body));
                     drop(sh);
                     out.extend_from_slice(f.raw);
@@ -781,11 +784,12 @@ fn decide_statements(
 /// SQL `FETCH`/`MOVE` from a portal the client bound with the extended
 /// protocol (one namespace on the server): it would run the portal's
 /// statement — a `DELETE … RETURNING` included — as a FETCH, past the
-/// decision, approval and masking its Execute gets. Refused; a cursor the
-/// session declared with SQL is fetched as usual.
+/// decision, approval and masking its Execute gets. Refused until the
+/// transaction of the Bind has ended (see `Shared::bound`); a cursor the
+/// session declared with SQL under another name is fetched as usual.
 fn fetch_of_portal(shared: &Mutex<Shared>, s: &Statement, declared: &[&str]) -> Option<PgError> {
     let name = s.effects.fetches.as_deref()?;
-    if declared.contains(&name) || !lock(shared).portals.contains_key(name.as_bytes()) {
+    if declared.contains(&name) || !lock(shared).bound.contains_key(name.as_bytes()) {
         return None;
     }
     Some(
@@ -939,10 +943,6 @@ fn effects_at_forward(
     }
     if s.effects.discard_all {
         sh.portals.clear();
-    }
-    // A cursor of that name now exists (or the DECLARE fails): no portal is left under it.
-    if let Some(name) = &s.effects.declares {
-        sh.portals.remove(name.as_bytes());
     }
     if s.effects.search_path.is_some() {
         sh.path.in_flight += 1;
