@@ -415,6 +415,10 @@ pub struct Effects {
     pub fetches: Option<String>,
     /// `DECLARE name CURSOR …` (also inside `EXPLAIN`).
     pub declares: Option<String>,
+    /// `ROLLBACK` / `ABORT` (`Some(false)`) or `ROLLBACK TO SAVEPOINT`
+    /// (`Some(true)`): settings made since revert, to values Gatehouse may
+    /// not know (it keeps no savepoint stack).
+    pub rollback: Option<bool>,
     /// Settings set or reset in this session (lower case); `*` for `RESET ALL`.
     pub settings: Vec<String>,
     /// `search_path` as this statement sets it: `Some(None)` back to the login value.
@@ -1033,8 +1037,9 @@ impl<'t> Walker<'t> {
                 self.effects.read_write = true;
             }
             // Settings made in the rolled-back part revert, perhaps to ones that read SQL differently.
-            Ok(pb::TransactionStmtKind::TransStmtRollback | pb::TransactionStmtKind::TransStmtRollbackTo) => {
+            Ok(kind @ (pb::TransactionStmtKind::TransStmtRollback | pb::TransactionStmtKind::TransStmtRollbackTo)) => {
                 self.effects.changes_reading = true;
+                self.effects.rollback = Some(kind == pb::TransactionStmtKind::TransStmtRollbackTo);
             }
             _ => {}
         }

@@ -266,12 +266,50 @@ fn names_resolve_as_the_server_resolves_them() {
         // A partition or an inheritance child of a denied table holds its rows.
         "SELECT * FROM bonuses_low",
         "SELECT * FROM public.salaries_extra",
+        // ROLLBACK TO a savepoint puts back the path set before it (`"PUBLIC"`, whose
+        // `orders` holds salaries), not the one set after.
+        "BEGIN; SET search_path = \"PUBLIC\"; SAVEPOINT a; SET search_path = public; ROLLBACK TO a; SELECT * FROM orders; COMMIT",
     ]
     .iter()
     .enumerate()
     {
         let marker = format!("attack_name_{i}");
         w.refused(&w.ana, &format!("{sql} /* {marker} */"), &marker);
+    }
+    // The same, one statement at a time (the session's path once the transaction ends), and
+    // a ROLLBACK of a transaction that set the path: the server keeps the path from before.
+    let salaries = |o: &Output| text(o).contains("123456");
+    for (setup, attack) in [
+        (
+            vec![
+                "BEGIN",
+                "SET search_path = \"PUBLIC\"",
+                "SAVEPOINT a",
+                "SET search_path = public",
+                "ROLLBACK TO a",
+                "COMMIT",
+            ],
+            "SELECT * FROM orders /* attack_rollback_to */",
+        ),
+        (
+            vec!["SET search_path = \"PUBLIC\"", "BEGIN", "SET search_path = public", "ROLLBACK"],
+            "SELECT * FROM orders /* attack_rollback */",
+        ),
+    ] {
+        let mut args: Vec<&str> = Vec::new();
+        for s in &setup {
+            args.extend(["-c", s]);
+        }
+        args.extend(["-c", "SHOW search_path", "-c", attack]);
+        let o = w.psql(&w.ana, &args, "SELECT 1");
+        let t = text(&o);
+        assert!(
+            t.contains("\"PUBLIC\"") && t.contains("Gatehouse refused") && !salaries(&o),
+            "{attack}: {t}\n{}",
+            w.env.agent_log()
+        );
+        let marker = attack.split("/* ").nth(1).and_then(|m| m.split(' ').next()).unwrap_or_default();
+        assert!(!w.pg.log().contains(marker), "{attack} reached the server");
     }
     // Allowed: public tables, metadata, and search_path changes that stay within the rule.
     for sql in [

@@ -375,6 +375,16 @@ fn on_backend(
                 sh.path.error_since = false;
                 sh.path.in_flight = sh.path.in_flight.saturating_sub(1);
             }
+            match fl.rollback {
+                // The whole transaction's settings revert: the path is what it was before it.
+                Some(false) => {
+                    sh.path.tentative = None;
+                    sh.path.error_since = false;
+                }
+                // Back to a savepoint: to whatever the path was then, which is not kept.
+                Some(true) if sh.path.tentative.is_some() => sh.path.error_since = true,
+                _ => {}
+            }
             if fl.ddl {
                 sh.ddl_done = true;
             }
