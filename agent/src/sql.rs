@@ -413,12 +413,12 @@ pub struct Effects {
     pub discard_all: bool,
     /// `FETCH`/`MOVE … FROM name`: runs the portal (cursor) of that name.
     pub fetches: Option<String>,
-    /// `DECLARE name CURSOR …` (also inside `EXPLAIN`).
+    /// `DECLARE name CURSOR …`.
     pub declares: Option<String>,
-    /// `ROLLBACK` / `ABORT` (`Some(false)`) or `ROLLBACK TO SAVEPOINT`
-    /// (`Some(true)`): settings made since revert, to values Gatehouse may
-    /// not know (it keeps no savepoint stack).
-    pub rollback: Option<bool>,
+    /// `ROLLBACK`, `ABORT` or `ROLLBACK TO SAVEPOINT`: settings made in the
+    /// transaction revert, to values Gatehouse may not know (it keeps no
+    /// savepoint stack, and a `COMMIT AND CHAIN` may have kept some).
+    pub rollback: bool,
     /// Settings set or reset in this session (lower case); `*` for `RESET ALL`.
     pub settings: Vec<String>,
     /// `search_path` as this statement sets it: `Some(None)` back to the login value.
@@ -1037,9 +1037,9 @@ impl<'t> Walker<'t> {
                 self.effects.read_write = true;
             }
             // Settings made in the rolled-back part revert, perhaps to ones that read SQL differently.
-            Ok(kind @ (pb::TransactionStmtKind::TransStmtRollback | pb::TransactionStmtKind::TransStmtRollbackTo)) => {
+            Ok(pb::TransactionStmtKind::TransStmtRollback | pb::TransactionStmtKind::TransStmtRollbackTo) => {
                 self.effects.changes_reading = true;
-                self.effects.rollback = Some(kind == pb::TransactionStmtKind::TransStmtRollbackTo);
+                self.effects.rollback = true;
             }
             _ => {}
         }

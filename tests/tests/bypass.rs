@@ -295,6 +295,11 @@ fn names_resolve_as_the_server_resolves_them() {
             vec!["SET search_path = \"PUBLIC\"", "BEGIN", "SET search_path = public", "ROLLBACK"],
             "SELECT * FROM orders /* attack_rollback */",
         ),
+        // COMMIT AND CHAIN keeps the path; the ROLLBACK after it ends only the chained transaction.
+        (
+            vec!["BEGIN", "SET search_path = \"PUBLIC\"", "COMMIT AND CHAIN", "ROLLBACK"],
+            "SELECT * FROM orders /* attack_chain */",
+        ),
     ] {
         let mut args: Vec<&str> = Vec::new();
         for s in &setup {

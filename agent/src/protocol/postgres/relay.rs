@@ -60,9 +60,9 @@ struct InFlight {
     prepares: Option<(Vec<u8>, u64)>,
     /// `SET search_path`: the session's path once this succeeds.
     search_path: Option<Option<Vec<String>>>,
-    /// `ROLLBACK` (`false`) or `ROLLBACK TO SAVEPOINT` (`true`): the path set
-    /// in the transaction reverts once this succeeds.
-    rollback: Option<bool>,
+    /// `ROLLBACK` or `ROLLBACK TO SAVEPOINT`: a path set in the transaction
+    /// reverts once this succeeds.
+    rollback: bool,
     /// DDL: the catalog is read again once it succeeds.
     ddl: bool,
     /// CommandComplete tags seen (one per statement; more is a breach).
@@ -109,7 +109,7 @@ impl InFlight {
             empty: true,
             prepares: None,
             search_path: None,
-            rollback: None,
+            rollback: false,
             ddl: false,
             tags: Vec::new(),
         }

@@ -375,15 +375,11 @@ fn on_backend(
                 sh.path.error_since = false;
                 sh.path.in_flight = sh.path.in_flight.saturating_sub(1);
             }
-            match fl.rollback {
-                // The whole transaction's settings revert: the path is what it was before it.
-                Some(false) => {
-                    sh.path.tentative = None;
-                    sh.path.error_since = false;
-                }
-                // Back to a savepoint: to whatever the path was then, which is not kept.
-                Some(true) if sh.path.tentative.is_some() => sh.path.error_since = true,
-                _ => {}
+            // Back to a savepoint, or to before the transaction: the path set in it
+            // reverts to one not kept here (a savepoint's, or one a `COMMIT AND
+            // CHAIN` made permanent), so it is unknown until the next SET.
+            if fl.rollback && sh.path.tentative.is_some() {
+                sh.path.error_since = true;
             }
             if fl.ddl {
                 sh.ddl_done = true;

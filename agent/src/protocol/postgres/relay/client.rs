@@ -749,7 +749,7 @@ fn decide_statements(
             None if opaque(s) => names.path_unknown = true,
             // Back to a savepoint or to before the transaction: a path set
             // since reverts to one this text cannot know.
-            None if s.effects.rollback.is_some() => names.path_unknown = true,
+            None if s.effects.rollback => names.path_unknown = true,
             None => {}
         }
         names.pending.extend(s.effects.defines.iter().cloned());
