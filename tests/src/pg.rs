@@ -13,6 +13,40 @@ pub const MD5_ROLE: &str = "gh_md5";
 pub const CLEAR_ROLE: &str = "gh_clear";
 pub const RO_ROLE: &str = "gh_readonly";
 
+/// The start of a Python script that speaks the wire protocol itself (run
+/// with the server's host and port as arguments): it logs in as `x` to
+/// `appdb` and reads the answer; `msg(tag, body)` frames a message, `cstr`
+/// makes a C string, `answer()` reads up to ReadyForQuery, `codes(frames)`
+/// shows each message's tag (an error's SQLSTATE), and `query(label, sql)`
+/// sends a simple Query and prints its codes after `label`.
+pub const RAW_CLIENT_PY: &str = r#"
+import sys, socket, struct
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.settimeout(20)
+def msg(t, body): return t + struct.pack("!i", 4 + len(body)) + body
+def cstr(x): return x.encode() + b"\x00"
+body = b"user\x00x\x00database\x00appdb\x00\x00"
+s.sendall(struct.pack("!ii", 8 + len(body), 196608) + body)
+buf = b""
+def answer():
+    global buf
+    out = []
+    while True:
+        while len(buf) >= 5:
+            t = buf[0:1]; n = struct.unpack("!i", buf[1:5])[0]
+            if len(buf) < 1 + n: break
+            out.append((t, buf[5:1+n])); buf = buf[1+n:]
+            if t == b"Z": return out
+        c = s.recv(65536)
+        if not c: return out + [(b"EOF", b"")]
+        buf += c
+def codes(frames): return [f[1].split(b"\x00C")[1].split(b"\x00")[0].decode() if f[0] == b"E" else f[0].decode() for f in frames]
+def query(label, sql):
+    s.sendall(msg(b"Q", cstr(sql)))
+    print(label, codes(answer()), flush=True)
+answer()
+"#;
+
 pub struct PgServer {
     pub dir: PathBuf,
     pub host: String,

@@ -462,32 +462,10 @@ fn a_bound_portal_cannot_be_run_by_sql_fetch_past_its_approval() {
     let script = w.env.path("fetch.py");
     std::fs::write(
         &script,
-        r#"
-import sys, socket, struct
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-s.settimeout(20)
-def msg(t, body): return t + struct.pack("!i", 4 + len(body)) + body
-def cstr(x): return x.encode() + b"\x00"
-body = b"user\x00x\x00database\x00appdb\x00\x00"
-s.sendall(struct.pack("!ii", 8 + len(body), 196608) + body)
-buf = b""
-def answer():
-    global buf
-    out = []
-    while True:
-        while len(buf) >= 5:
-            t = buf[0:1]; n = struct.unpack("!i", buf[1:5])[0]
-            if len(buf) < 1 + n: break
-            out.append((t, buf[5:1+n])); buf = buf[1+n:]
-            if t == b"Z": return out
-        c = s.recv(65536)
-        if not c: return out + [(b"EOF", b"")]
-        buf += c
-def codes(frames): return [f[1].split(b"\x00C")[1].split(b"\x00")[0].decode() if f[0] == b"E" else f[0].decode() for f in frames]
-def query(label, sql):
-    s.sendall(msg(b"Q", cstr(sql)))
-    print(label, codes(answer()), flush=True)
-answer()
+        format!(
+            "{}{}",
+            pg::RAW_CLIENT_PY,
+            r#"
 for verb in ["FETCH ALL FROM", "MOVE ALL FROM"]:
     query("begin", "BEGIN")
     # Parse and Bind only: the DELETE waits for an approval at Execute.
@@ -524,7 +502,8 @@ query("declare", "DECLARE p1 CURSOR FOR SELECT id FROM orders ORDER BY id")
 query("fetch cursor", "FETCH ALL FROM p1")
 query("commit", "COMMIT")
 s.sendall(msg(b"X", b""))
-"#,
+"#
+        ),
     )
     .unwrap();
     let out = text(&w.env.run_as(

@@ -575,50 +575,32 @@ fn prepared_statements_and_pipelines_are_decided_every_time() {
     // never prepared through Gatehouse; pipelined refusals keep their 42501.
     let out = w.python(
         &w.dev,
-        r#"
-import sys, socket, struct
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-def msg(t, body): return t + struct.pack("!i", 4 + len(body)) + body
-def cstr(x): return x.encode() + b"\x00"
-body = b"user\x00x\x00database\x00appdb\x00\x00"
-s.sendall(struct.pack("!ii", 8 + len(body), 196608) + body)
-s.settimeout(10)
-buf = b""
-def read_until_ready():
-    global buf
-    out = []
-    while True:
-        while len(buf) >= 5:
-            t = buf[0:1]; n = struct.unpack("!i", buf[1:5])[0]
-            if len(buf) < 1 + n: break
-            out.append((t, buf[5:1+n])); buf = buf[1+n:]
-            if t == b"Z": return out
-        c = s.recv(65536)
-        if not c: return out + [(b"EOF", b"")]
-        buf += c
-def codes(frames): return [f[1].split(b"\x00C")[1].split(b"\x00")[0].decode() if f[0] == b"E" else f[0].decode() for f in frames]
-read_until_ready()
+        &format!(
+            "{}{}",
+            pg::RAW_CLIENT_PY,
+            r#"
 # SQL PREPARE, then a protocol Bind/Execute of it: decided on its text.
 s.sendall(msg(b"Q", cstr("PREPARE mine AS SELECT count(*) FROM orders")))
-print("prepare", codes(read_until_ready()))
+print("prepare", codes(answer()))
 s.sendall(msg(b"B", cstr("") + cstr("mine") + struct.pack("!hhh", 0, 0, 0)) + msg(b"E", cstr("") + struct.pack("!i", 0)) + msg(b"S", b""))
-print("bind sql-prepared", codes(read_until_ready()))
+print("bind sql-prepared", codes(answer()))
 # A statement name never prepared through Gatehouse.
 s.sendall(msg(b"B", cstr("") + cstr("ghost") + struct.pack("!hhh", 0, 0, 0)) + msg(b"E", cstr("") + struct.pack("!i", 0)) + msg(b"S", b""))
-print("bind unknown", codes(read_until_ready()))
+print("bind unknown", codes(answer()))
 # A pipeline of three exchanges, the second refused: each gets its own answer.
 p = b""
 for q in ["SELECT 1", "DELETE FROM orders /* attack_pipe */", "SELECT 3"]:
     p += msg(b"P", cstr("") + cstr(q) + struct.pack("!h", 0)) + msg(b"B", cstr("") + cstr("") + struct.pack("!hhh", 0, 0, 0)) + msg(b"E", cstr("") + struct.pack("!i", 0)) + msg(b"S", b"")
 s.sendall(p)
-print("pipe1", codes(read_until_ready()))
-print("pipe2", codes(read_until_ready()))
-print("pipe3", codes(read_until_ready()))
+print("pipe1", codes(answer()))
+print("pipe2", codes(answer()))
+print("pipe3", codes(answer()))
 # SQL EXECUTE of a name prepared with a refused text never ran: unknown, opaque, refused.
 s.sendall(msg(b"Q", cstr("EXECUTE q")))
-print("execute unknown", codes(read_until_ready()))
+print("execute unknown", codes(answer()))
 s.sendall(msg(b"X", b""))
-"#,
+"#
+        ),
     );
     assert!(out.contains("prepare ['C', 'Z']"), "{out}\n{}", w.env.agent_log());
     assert!(out.contains("bind sql-prepared ['2', 'D', 'C', 'Z']"), "{out}\n{}", w.env.agent_log());
