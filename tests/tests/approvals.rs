@@ -496,6 +496,20 @@ for name, trick in tricks.items():
     query("back", "ROLLBACK TO a")
     query("after " + name, "FETCH ALL FROM p1")
     query("commit", "COMMIT")
+# A second Bind of the name, which the server refuses (the portal is open),
+# must not make Gatehouse decide the next Execute on its statement.
+query("begin", "BEGIN")
+s.sendall(msg(b"P", cstr("") + cstr("DELETE FROM orders RETURNING id") + struct.pack("!h", 0))
+          + msg(b"B", cstr("p1") + cstr("") + struct.pack("!hhh", 0, 0, 0)) + msg(b"S", b""))
+print("bind", codes(answer()), flush=True)
+query("savepoint", "SAVEPOINT a")
+s.sendall(msg(b"P", cstr("harmless") + cstr("SELECT 1") + struct.pack("!h", 0))
+          + msg(b"B", cstr("p1") + cstr("harmless") + struct.pack("!hhh", 0, 0, 0)) + msg(b"S", b""))
+print("rebind", codes(answer()), flush=True)
+query("back", "ROLLBACK TO a")
+s.sendall(msg(b"E", cstr("p1") + struct.pack("!i", 0)) + msg(b"S", b""))
+print("execute after rebind", codes(answer()), flush=True)
+query("commit", "COMMIT")
 # A cursor declared with SQL is fetched as ever (also under a name a portal had).
 query("begin", "BEGIN")
 query("declare", "DECLARE p1 CURSOR FOR SELECT id FROM orders ORDER BY id")
@@ -520,6 +534,7 @@ s.sendall(msg(b"X", b""))
         ("declare fails ['42P03', 'Z']", "after declare ['0A000', 'Z']"),
         ("discard fails ['25001', 'Z']", "after discard ['0A000', 'Z']"),
         ("close skipped ['1', '22012', 'Z']", "after close ['0A000', 'Z']"),
+        ("rebind ['1', '42P03', 'Z']", "execute after rebind ['34000', 'Z']"),
     ] {
         assert!(out.contains(setup) && out.contains(after), "{setup} / {after}:\n{out}\n{}", w.env.agent_log());
     }

@@ -228,10 +228,14 @@ impl Prepared {
     }
 
     /// The portal a Bind with these result formats makes of this statement.
-    fn bind(&self, formats: Vec<i16>, body: &[u8]) -> Self {
+    /// It is usable by the messages of its exchange (`epoch`) until the
+    /// server's BindComplete confirms it (see `Shared::binds`).
+    fn bind(&self, formats: Vec<i16>, body: &[u8], generation: u64, epoch: u64) -> Self {
         let bind = (body.len() <= 64 * 1024).then(|| Arc::from(body));
         Self {
             portal: Some(PortalRows { formats: formats.into(), described: Described::default(), bind }),
+            generation,
+            pending: Some(epoch),
             ..self.clone()
         }
     }
@@ -337,6 +341,12 @@ struct Shared {
     bound: HashMap<Vec<u8>, u64>,
     /// Parses forwarded, awaiting ParseComplete: (name, generation, epoch).
     parses: VecDeque<(Vec<u8>, u64, u64)>,
+    /// Binds forwarded, awaiting BindComplete: (portal, generation, epoch).
+    /// A Bind the server refuses (a portal of that name is still open, after
+    /// a failed Close and `ROLLBACK TO` a savepoint) leaves no portal here:
+    /// an Execute of the name is then refused, not decided on what the
+    /// refused Bind would have run.
+    binds: VecDeque<(Vec<u8>, u64, u64)>,
     /// Describes forwarded, awaiting RowDescription or NoData: (epoch, where the answer goes).
     describes: VecDeque<(u64, Vec<Described>)>,
     /// Cursors declared in this session (SQL `DECLARE`), for the rows `FETCH` returns.
@@ -660,7 +670,7 @@ mod parameter_tests {
         bind.extend_from_slice(&[0, 0]);
         let p = Prepared::new(Arc::from("SELECT $1, $2, $3"), Arc::from(Vec::new()), 1, None)
             .with_types(vec![0, 23, 25])
-            .bind(Vec::new(), &bind);
+            .bind(Vec::new(), &bind, 2, 0);
         assert_eq!(p.parameters(), ["$1 = '10'", "$2 = 7", "$3 = NULL"]);
         let unbound = Prepared::new(Arc::from("SELECT 1"), Arc::from(Vec::new()), 1, None);
         assert!(unbound.parameters().is_empty());

@@ -340,6 +340,17 @@ fn on_backend(
             drop(sh);
             out.extend_from_slice(f.raw);
         }
+        b'2' => {
+            let mut sh = lock(shared);
+            if let Some((name, generation, _)) = sh.binds.pop_front()
+                && let Some(p) = sh.portals.get_mut(&name)
+                && p.generation == generation
+            {
+                p.pending = None;
+            }
+            drop(sh);
+            out.extend_from_slice(f.raw);
+        }
         b'C' => {
             let tag = wire::command_tag(f.body).map_err(bad)?;
             let count = wire::command_rows(f.body);
@@ -672,6 +683,15 @@ fn drop_parses(sh: &mut Shared, which: impl Fn(u64) -> bool) {
     for (name, generation) in gone {
         if sh.prepared.get(&name).is_some_and(|p| p.generation == generation && p.pending.is_some()) {
             sh.prepared.remove(&name);
+        }
+    }
+    // Binds the server skipped or refused, likewise.
+    let gone: Vec<(Vec<u8>, u64)> =
+        sh.binds.iter().filter(|(_, _, e)| which(*e)).map(|(n, g, _)| (n.clone(), *g)).collect();
+    sh.binds.retain(|(_, _, e)| !which(*e));
+    for (name, generation) in gone {
+        if sh.portals.get(&name).is_some_and(|p| p.generation == generation && p.pending.is_some()) {
+            sh.portals.remove(&name);
         }
     }
 }

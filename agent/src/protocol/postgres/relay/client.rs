@@ -335,7 +335,10 @@ async fn on_client(
                     if !portal.is_empty() {
                         sh.bound.insert(portal.to_vec(), epoch);
                     }
-                    sh.portals.insert(portal.to_vec(), p.bind(formats, f.body));
+                    sh.next_generation += 1;
+                    let generation = sh.next_generation;
+                    sh.portals.insert(portal.to_vec(), p.bind(formats, f.body, generation, epoch));
+                    sh.binds.push_back((portal.to_vec(), generation, epoch));
                     drop(sh);
                     out.extend_from_slice(f.raw);
                 }
@@ -360,7 +363,8 @@ async fn on_client(
             let portal = wire::execute_portal(f.body)?;
             let epoch = st.epoch;
             st.synced = false;
-            let p = lock(io.shared).portals.get(portal).cloned();
+            // A portal the server has not confirmed yet: only within its Bind's exchange.
+            let p = lock(io.shared).portals.get(portal).filter(|p| p.pending.is_none_or(|e| e == epoch)).cloned();
             let Some(p) = p else {
                 let name = String::from_utf8_lossy(portal);
                 let why = Refused::Error(PgError::new(
