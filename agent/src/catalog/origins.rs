@@ -122,6 +122,14 @@ struct Binder<'a, 'm> {
     memo: &'m mut Memo,
 }
 
+/// What the positions of one result level resolve to: the columns counted
+/// out, and (`rest`) what a position past them may name when a `*` could
+/// not be counted.
+struct Counted {
+    columns: Vec<BTreeSet<Origin>>,
+    rest: Option<BTreeSet<Origin>>,
+}
+
 /// The last bindings made on one catalog snapshot, by lineage object and
 /// relations. Each entry holds its lineage, so no other lineage can come
 /// to live at its address while it is here: equal pointers are the same
@@ -203,8 +211,9 @@ impl Catalog {
             b.reference(r, &mut set);
             bound.predicates.extend(set);
         }
+        let mut levels = HashMap::new();
         for p in &lineage.positions {
-            b.position(p, &mut bound.predicates);
+            b.position(p, &mut levels, &mut bound.predicates);
         }
         for (outputs, into) in [(&lineage.stored, &mut bound.stored), (&lineage.moved, &mut bound.moved)] {
             for o in outputs {
@@ -364,51 +373,67 @@ impl Binder<'_, '_> {
     }
 
     /// The origins of the result column a position names (`ORDER BY 6`
-    /// after a `*`), the `*`s counted out from the catalog. A `*` is counted
-    /// only when it stands for one table (a join's `*` merges `USING`
-    /// columns, a subquery's may hold `*`s and functions of its own, a set
-    /// operation's stands for either side): otherwise every column from the
-    /// first `*` on counts.
-    fn position(&mut self, p: &Position, out: &mut BTreeSet<Origin>) {
+    /// after a `*`), the `*`s counted out from the catalog; each level's
+    /// columns are counted once for all its positions (see [`Counted`]).
+    fn position(
+        &mut self,
+        p: &Position,
+        levels: &mut HashMap<(*const Output, bool), Counted>,
+        out: &mut BTreeSet<Origin>,
+    ) {
+        let c = match levels.entry((p.outputs.as_ptr(), p.lined_up)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.count(p)),
+        };
+        match (c.columns.get(p.index), &c.rest) {
+            (Some(column), _) => out.extend(column.iter().copied()),
+            (None, Some(rest)) => out.extend(rest.iter().copied()),
+            // Past the last column: the server refuses the statement.
+            (None, None) => {}
+        }
+    }
+
+    /// A level's result columns, counted while each `*` stands for one
+    /// table (a join's `*` merges `USING` columns, a subquery's may hold
+    /// `*`s and functions of its own, a set operation's stands for either
+    /// side); from the first that does not, every column from the first `*`
+    /// on is what a position there may name.
+    fn count(&mut self, p: &Position) -> Counted {
         let lineage = self.lineage;
+        let cat = self.cat;
+        let tables = self.tables;
         let one_table = |o: &Output| match &o.star {
             None => true,
             Some(star) => {
                 o.refs.is_empty()
                     && matches!(star.level.as_slice(), [i] if matches!(
                         lineage.sources.get(*i).map(|s| &s.kind),
-                        Some(SourceKind::Relation(t)) if self.cat.relations_for(t, self.tables).first().is_some_and(|oid| self.cat.relation(*oid).is_some())
+                        Some(SourceKind::Relation(t)) if cat.relations_for(t, tables).first().is_some_and(|oid| cat.relation(*oid).is_some())
                     ))
             }
         };
-        let upto = p.outputs.iter().take(p.index.saturating_add(1));
-        if p.lined_up && upto.clone().all(one_table) {
-            let mut columns: Vec<BTreeSet<Origin>> = Vec::new();
-            for o in upto {
-                match &o.star {
-                    Some(star) => self.expand(star, &mut columns, true),
-                    None => {
-                        let mut set = BTreeSet::new();
-                        self.seen.clear();
-                        self.output(o, &mut set);
-                        columns.push(set);
-                    }
+        let mut columns = Vec::new();
+        for o in p.outputs.iter() {
+            if !(p.lined_up && one_table(o)) {
+                let first = p.outputs.iter().position(|o| o.star.is_some()).unwrap_or(0);
+                let mut rest = BTreeSet::new();
+                for o in p.outputs.iter().skip(first) {
+                    self.seen.clear();
+                    self.output(o, &mut rest);
                 }
-                if columns.len() > p.index {
-                    break;
+                return Counted { columns, rest: Some(rest) };
+            }
+            match &o.star {
+                Some(star) => self.expand(star, &mut columns, true),
+                None => {
+                    let mut set = BTreeSet::new();
+                    self.seen.clear();
+                    self.output(o, &mut set);
+                    columns.push(set);
                 }
             }
-            // Past the last column: the server refuses the statement.
-            if let Some(c) = columns.get(p.index) {
-                out.extend(c.iter().copied());
-            }
-            return;
         }
-        let first = p.outputs.iter().position(|o| o.star.is_some()).unwrap_or(0);
-        for o in p.outputs.iter().skip(first) {
-            self.seen.clear();
-            self.output(o, out);
-        }
+        Counted { columns, rest: None }
     }
 
     fn whole(&mut self, alias: &str, out: &mut BTreeSet<Origin>) -> bool {

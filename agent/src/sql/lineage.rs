@@ -81,8 +81,9 @@ pub struct Star {
 /// `*` stands for, which only the catalog knows (see the binder).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Position {
-    /// The result columns of the query level the position counts in.
-    pub outputs: Vec<Output>,
+    /// The result columns of the query level the position counts in (one
+    /// copy shared by every position of the level).
+    pub outputs: std::sync::Arc<[Output]>,
     /// Zero-based.
     pub index: usize,
     /// `false` after a set operation: a `*` there stands for either side's
@@ -199,7 +200,7 @@ pub(super) fn of(node: NodeRef<'_>) -> Option<Lineage> {
                 (None, None) => Vec::new(),
             };
             if let Some(wh) = c.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
-                w.predicate(wh.to_ref(), &[], 1);
+                w.predicate(wh.to_ref(), &Level::none(), 1);
             }
             w.copy = Some(CopyFormat { relation: c.query.is_none(), ..copy_format(&c.options) });
             if c.is_program || !c.filename.is_empty() {
@@ -360,6 +361,31 @@ fn renamed(mut outputs: Vec<Output>, names: &[pg_query::Node]) -> Vec<Output> {
     outputs
 }
 
+/// The result columns a clause's names and positions refer to (`ORDER BY
+/// x`, `ORDER BY 2`); empty where there are none (WHERE of a DML, ON).
+/// Positions past a `*` share one copy of them, made at the first: a text
+/// of many positions over many columns costs their sum, not their product.
+struct Level<'a> {
+    outputs: &'a [Output],
+    first_star: Option<usize>,
+    shared: std::cell::OnceCell<std::sync::Arc<[Output]>>,
+}
+
+impl<'a> Level<'a> {
+    fn new(outputs: &'a [Output]) -> Self {
+        let first_star = outputs.iter().position(|o| o.star.is_some());
+        Self { outputs, first_star, shared: std::cell::OnceCell::new() }
+    }
+
+    fn none() -> Level<'static> {
+        Level::new(&[])
+    }
+
+    fn shared(&self) -> std::sync::Arc<[Output]> {
+        self.shared.get_or_init(|| self.outputs.into()).clone()
+    }
+}
+
 impl Walker {
     /// A query (SELECT, VALUES, set operation, DML with RETURNING): its
     /// result columns. Registers its FROM items and predicates.
@@ -384,7 +410,7 @@ impl Walker {
                     let values = self.targets(&c.target_list, &level, depth);
                     self.stored.extend(values);
                     if let Some(wh) = c.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
-                        self.predicate(wh.to_ref(), &[], depth + 1);
+                        self.predicate(wh.to_ref(), &Level::none(), depth + 1);
                     }
                 }
                 self.returning(s.returning_clause.as_ref(), &level, depth)
@@ -402,7 +428,7 @@ impl Walker {
                 let values = self.targets(&s.target_list, &level, depth);
                 self.stored.extend(values);
                 if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
-                    self.predicate(wh.to_ref(), &[], depth + 1);
+                    self.predicate(wh.to_ref(), &Level::none(), depth + 1);
                 }
                 self.returning(s.returning_clause.as_ref(), &level, depth)
             }
@@ -417,7 +443,7 @@ impl Walker {
                     self.range_item(f, depth + 1, &mut level);
                 }
                 if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
-                    self.predicate(wh.to_ref(), &[], depth + 1);
+                    self.predicate(wh.to_ref(), &Level::none(), depth + 1);
                 }
                 self.returning(s.returning_clause.as_ref(), &level, depth)
             }
@@ -432,12 +458,12 @@ impl Walker {
                     self.range_item(src, depth + 1, &mut level);
                 }
                 if let Some(on) = s.join_condition.as_deref().and_then(|n| n.node.as_ref()) {
-                    self.predicate(on.to_ref(), &[], depth + 1);
+                    self.predicate(on.to_ref(), &Level::none(), depth + 1);
                 }
                 for c in &s.merge_when_clauses {
                     let Some(NodeEnum::MergeWhenClause(m)) = &c.node else { continue };
                     if let Some(cond) = m.condition.as_deref().and_then(|n| n.node.as_ref()) {
-                        self.predicate(cond.to_ref(), &[], depth + 1);
+                        self.predicate(cond.to_ref(), &Level::none(), depth + 1);
                     }
                     // UPDATE SET's values, INSERT's VALUES.
                     let values = self.targets(&m.target_list, &level, depth);
@@ -582,10 +608,11 @@ impl Walker {
                 self.outputs_compared(&out);
             }
             self.limits(s, depth);
+            let level = Level::new(&out);
             for n in s.sort_clause.iter().filter_map(|n| n.node.as_ref()) {
                 match position(n.to_ref()) {
-                    Some(k) => self.position(k, &out, false),
-                    None => self.predicate(n.to_ref(), &out, depth + 1),
+                    Some(k) => self.position(k, &level, false),
+                    None => self.predicate(n.to_ref(), &level, depth + 1),
                 }
             }
             return out;
@@ -612,7 +639,7 @@ impl Walker {
             }
             // `VALUES … ORDER BY 1 LIMIT (…)` sorts and counts rows like a SELECT.
             self.limits(s, depth);
-            self.order(&s.sort_clause, &out, depth);
+            self.order(&s.sort_clause, &Level::new(&out), depth);
             return out;
         }
         let mut level = Vec::new();
@@ -620,11 +647,12 @@ impl Walker {
             self.range_item(f, depth + 1, &mut level);
         }
         let out = self.targets(&s.target_list, &level, depth);
+        let level = Level::new(&out);
         if let Some(wh) = s.where_clause.as_deref().and_then(|n| n.node.as_ref()) {
-            self.predicate(wh.to_ref(), &out, depth + 1);
+            self.predicate(wh.to_ref(), &level, depth + 1);
         }
         if let Some(h) = s.having_clause.as_deref().and_then(|n| n.node.as_ref()) {
-            self.predicate(h.to_ref(), &out, depth + 1);
+            self.predicate(h.to_ref(), &level, depth + 1);
         }
         self.limits(s, depth);
         // A plain DISTINCT (its list holds one empty node) compares whole
@@ -633,14 +661,15 @@ impl Walker {
             self.outputs_compared(&out);
         }
         for n in s.group_clause.iter().filter_map(|n| n.node.as_ref()) {
-            self.group_item(n.to_ref(), &out, depth + 1);
+            self.group_item(n.to_ref(), &level, depth + 1);
         }
         for list in [&s.distinct_clause, &s.window_clause] {
             for n in list.iter().filter_map(|n| n.node.as_ref()) {
-                self.predicate(n.to_ref(), &out, depth + 1);
+                self.predicate(n.to_ref(), &level, depth + 1);
             }
         }
-        self.order(&s.sort_clause, &out, depth);
+        self.order(&s.sort_clause, &level, depth);
+        drop(level);
         out
     }
 
@@ -674,7 +703,7 @@ impl Walker {
         self.predicates.extend(refs);
     }
 
-    fn order(&mut self, sort: &[pg_query::Node], out: &[Output], depth: usize) {
+    fn order(&mut self, sort: &[pg_query::Node], out: &Level<'_>, depth: usize) {
         for n in sort.iter().filter_map(|n| n.node.as_ref()) {
             self.predicate(n.to_ref(), out, depth + 1);
         }
@@ -755,7 +784,7 @@ impl Walker {
                     self.range_item(r, depth + 1, level);
                 }
                 if let Some(q) = j.quals.as_deref().and_then(|n| n.node.as_ref()) {
-                    self.predicate(q.to_ref(), &[], depth + 1);
+                    self.predicate(q.to_ref(), &Level::none(), depth + 1);
                 }
                 for name in names_of(&j.using_clause) {
                     self.predicates.push(Ref::Column { qualifier: None, name });
@@ -852,7 +881,7 @@ impl Walker {
 
     /// References in a filtering, joining, sorting or grouping expression.
     /// A bare name or position in ORDER BY / GROUP BY may name a result column.
-    fn predicate(&mut self, node: NodeRef<'_>, outputs: &[Output], depth: usize) {
+    fn predicate(&mut self, node: NodeRef<'_>, outputs: &Level<'_>, depth: usize) {
         let inner = match node {
             NodeRef::SortBy(s) => s.node.as_deref().and_then(|n| n.node.as_ref()).map(NodeEnum::to_ref),
             other => Some(other),
@@ -866,7 +895,7 @@ impl Walker {
             }
             NodeRef::ColumnRef(c) if c.fields.len() == 1 => {
                 let names = names_of(&c.fields);
-                if let Some(o) = names.first().and_then(|n| outputs.iter().find(|o| &o.name == n)) {
+                if let Some(o) = names.first().and_then(|n| outputs.outputs.iter().find(|o| &o.name == n)) {
                     self.predicates.extend(o.refs.iter().cloned());
                 }
                 let mut refs = Vec::new();
@@ -885,7 +914,7 @@ impl Walker {
     /// parenthesised list, each element is an item of its own, so a number
     /// there is a position too (`GROUP BY ROLLUP (1)` groups by the first
     /// result column).
-    fn group_item(&mut self, node: NodeRef<'_>, outputs: &[Output], depth: usize) {
+    fn group_item(&mut self, node: NodeRef<'_>, outputs: &Level<'_>, depth: usize) {
         if depth > MAX_DEPTH {
             return;
         }
@@ -901,10 +930,10 @@ impl Walker {
 
     /// Result column `k` (zero-based) used to sort, group or pick rows. At
     /// or past a `*`, the binder counts the `*`'s columns from the catalog.
-    fn position(&mut self, k: usize, outputs: &[Output], lined_up: bool) {
-        if outputs.iter().take(k.saturating_add(1)).any(|o| o.star.is_some()) {
-            self.positions.push(Position { outputs: outputs.to_vec(), index: k, lined_up });
-        } else if let Some(o) = outputs.get(k) {
+    fn position(&mut self, k: usize, level: &Level<'_>, lined_up: bool) {
+        if level.first_star.is_some_and(|s| s <= k) {
+            self.positions.push(Position { outputs: level.shared(), index: k, lined_up });
+        } else if let Some(o) = level.outputs.get(k) {
             self.predicates.extend(o.refs.iter().cloned());
         }
     }
@@ -995,10 +1024,10 @@ impl Walker {
                 }
                 // FILTER, ORDER BY inside the aggregate and OVER (…) choose and order rows.
                 if let Some(filter) = f.agg_filter.as_deref().and_then(|n| n.node.as_ref()) {
-                    self.predicate(filter.to_ref(), &[], depth + 1);
+                    self.predicate(filter.to_ref(), &Level::none(), depth + 1);
                 }
                 for o in f.agg_order.iter().filter_map(|n| n.node.as_ref()) {
-                    self.predicate(o.to_ref(), &[], depth + 1);
+                    self.predicate(o.to_ref(), &Level::none(), depth + 1);
                 }
                 // `mode() WITHIN GROUP (ORDER BY ssn)`, `percentile_disc(…)`:
                 // the value is one of those the group is ordered by.
@@ -1015,7 +1044,7 @@ impl Walker {
                 }
                 if let Some(over) = &f.over {
                     for n in over.partition_clause.iter().chain(&over.order_clause).filter_map(|n| n.node.as_ref()) {
-                        self.predicate(n.to_ref(), &[], depth + 1);
+                        self.predicate(n.to_ref(), &Level::none(), depth + 1);
                     }
                     // A frame's offsets choose the rows a window aggregate counts.
                     for n in

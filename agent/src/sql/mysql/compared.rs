@@ -439,6 +439,8 @@ impl Strip<'_> {
         // (how many columns a `*` stands for is not known here).
         let first_star =
             items.iter().position(|i| matches!(i, SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)));
+        // Marked once (a text may hold thousands of positions over thousands of items).
+        let mut past_star_marked = false;
         let mut mark = |e: &Expr| match e {
             Expr::Value(v) => {
                 let k = match &v.value {
@@ -446,7 +448,11 @@ impl Strip<'_> {
                     _ => None,
                 };
                 match (k, first_star) {
-                    (Some(k), Some(s)) if s <= k => flags.iter_mut().skip(s).for_each(|f| *f = true),
+                    (Some(k), Some(s)) if s <= k => {
+                        if !std::mem::replace(&mut past_star_marked, true) {
+                            flags.iter_mut().skip(s).for_each(|f| *f = true);
+                        }
+                    }
                     (Some(k), _) => {
                         if let Some(f) = flags.get_mut(k) {
                             *f = true;
