@@ -926,6 +926,18 @@ print(json.dumps([list(r) for r in cur.fetchall()]))
     let union = "SELECT card FROM customers WHERE id = 1 UNION ALL SELECT CONCAT('xxxxxxxx', REVERSE(card)) FROM customers WHERE id = 1";
     let got = text(&w.mariadb(&w.lou, &["appdb", "-N", "-e", union]));
     assert_eq!(got.trim(), "****\n****", "{got}\n{}", w.env.agent_log());
+    // A common table expression: the server names it as the column's table
+    // (it came back as the stored card); it is the user's query, hidden whole.
+    let cte = "WITH t AS (SELECT card FROM customers WHERE id = 1) SELECT * FROM t";
+    assert_eq!(
+        text(&w.mariadb(&w.ana, &["appdb", "-N", "-e", cte])).trim(),
+        "4111111111111111",
+        "what the server returns"
+    );
+    for u in [&w.lou, &w.sam] {
+        let got = text(&w.mariadb(u, &["appdb", "-N", "-e", cte]));
+        assert_eq!(got.trim(), "****", "{got}\n{}", w.env.agent_log());
+    }
     // A value carried out of its column in a user variable, then read back
     // by a statement that names no table: refused, whatever the profile
     // says about predicates; the variable stays unset on the server.

@@ -1014,6 +1014,7 @@ async fn statement(
         let masking = ctx.mask.as_deref().map(|p| MaskCtx {
             profile: p,
             reads: &c.statement.reads,
+            ctes: c.statement.compared.as_deref().map_or(&NO_CTES, |c| &c.ctes),
             counts: &mut counts,
             binary: false,
             diagnostics: c.statement.compared.as_deref().is_some_and(|c| c.diagnostics),
@@ -1186,10 +1187,15 @@ fn start_record(ctx: &Ctx, seq: u64, text: String, s: Option<&Statement>, d: &De
     }
 }
 
+/// A statement that defines no common table expression.
+pub(crate) static NO_CTES: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+
 /// What masks a statement's result sets.
 struct MaskCtx<'a> {
     profile: &'a crate::mask::Profile,
     reads: &'a [crate::sql::TableRef],
+    /// The common table expressions the statement defines (see `masking::plan`).
+    ctes: &'a std::collections::BTreeSet<String>,
     counts: &'a mut crate::mask::Counts,
     /// Rows are binary rows (answers to COM_STMT_EXECUTE).
     binary: bool,
@@ -1360,7 +1366,7 @@ async fn answer(
                             }
                         })
                         .collect(),
-                    Some(m) => masking::plan(m.profile, m.reads, s.database.as_deref(), &defs),
+                    Some(m) => masking::plan(m.profile, m.reads, m.ctes, s.database.as_deref(), &defs),
                     None => Vec::new(),
                 };
                 let kinds: Vec<u8> = defs.iter().map(|d| d.kind).collect();

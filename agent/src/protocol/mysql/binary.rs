@@ -421,7 +421,7 @@ mod tests {
     fn masked_rows_rewrite_strings_and_null_other_types() {
         let p = profile();
         let reads = vec![TableRef { schema: Some("shop".into()), name: "customers".into() }];
-        let plan = plan(&p, &reads, Some("shop"), &columns());
+        let plan = plan(&p, &reads, &Default::default(), Some("shop"), &columns());
         let mut out = Vec::new();
         let mut counts = Counts::default();
         mask_row(&p, &plan, &kinds(), &row(&[]), &mut out, &mut counts).unwrap();
@@ -464,7 +464,7 @@ mod tests {
             kind: VAR_STRING,
         };
         let count = ColDef { kind: LONGLONG, name: "n".into(), ..computed.clone() };
-        let plan = plan(&p, &reads, Some("shop"), &[computed, count]);
+        let plan = plan(&p, &reads, &Default::default(), Some("shop"), &[computed, count]);
         let r = [vec![0x00, 0x00], lenenc(b"ZOE@EXAMPLE.COM"), 2i64.to_le_bytes().to_vec()].concat();
         let mut out = Vec::new();
         mask_row(&p, &plan, &[VAR_STRING, LONGLONG], &r, &mut out, &mut Counts::default()).unwrap();

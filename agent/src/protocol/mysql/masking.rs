@@ -79,14 +79,28 @@ fn stricter(a: Option<Style>, b: Option<Style>) -> Option<Style> {
 /// The plan for a result whose columns are `cols`, for a statement that
 /// reads `reads` with `database` the session's current database. An empty
 /// plan means nothing in it is masked.
-pub fn plan(profile: &Profile, reads: &[TableRef], database: Option<&str>, cols: &[ColDef]) -> Vec<ColumnMask> {
-    let read_names: Vec<String> = reads.iter().map(|t| qualified(t, database)).collect();
-    let untraced = read_names.iter().fold(None, |a, t| stricter(a, profile.table_style(t)));
+///
+/// `ctes` (lowercased) are the common table expressions the statement
+/// defines: the server gives their name as a column's table, which says no
+/// more about the value than a derived table's alias would, so a column
+/// from one is untraced (hidden whole) — and so is one from a table that
+/// shares a CTE's name, which a reference may mean either way.
+pub fn plan(
+    profile: &Profile,
+    reads: &[TableRef],
+    ctes: &std::collections::BTreeSet<String>,
+    database: Option<&str>,
+    cols: &[ColDef],
+) -> Vec<ColumnMask> {
+    let all_reads: Vec<String> = reads.iter().map(|t| qualified(t, database)).collect();
+    let untraced = all_reads.iter().fold(None, |a, t| stricter(a, profile.table_style(t)));
+    let read_names: Vec<&String> =
+        all_reads.iter().filter(|t| !ctes.contains(t.rsplit('.').next().unwrap_or(t.as_str()))).collect();
     let plan: Vec<ColumnMask> = cols
         .iter()
         .map(|c| {
             let table = format!("{}.{}", c.schema, c.org_table).to_ascii_lowercase();
-            let known = !c.org_table.is_empty() && read_names.contains(&table);
+            let known = !c.org_table.is_empty() && read_names.contains(&&table);
             if !known {
                 // An expression (or a derived table's column) over a table with
                 // masked columns: hidden whole, NULL included (see `ColumnMask::Hidden`).
@@ -419,11 +433,25 @@ mod tests {
         .iter()
         .map(|c| parse_column_def(c).unwrap())
         .collect();
-        let plan = plan(&p, &reads(), Some("shop"), &cols);
+        let plan = plan(&p, &reads(), &Default::default(), Some("shop"), &cols);
         assert!(matches!(plan[0], ColumnMask::Pass));
         assert!(matches!(plan[1], ColumnMask::Rule(Style::Partial, _)));
         assert!(matches!(plan[2], ColumnMask::Rule(Style::Redact, _)));
         assert!(matches!(plan[3], ColumnMask::Scan { .. }));
+        // `WITH t AS (SELECT card FROM customers) SELECT * FROM t`: the server names the
+        // CTE as the column's table; its value is the user's query's, hidden whole.
+        let via_cte = parse_column_def(&coldef("shop", "t", "card", "card", 0xfd)).unwrap();
+        let mut with_t = reads();
+        with_t.push(TableRef { schema: None, name: "t".into() });
+        let ctes = std::collections::BTreeSet::from(["t".to_owned()]);
+        assert!(matches!(
+            super::plan(&p, &with_t, &ctes, Some("shop"), std::slice::from_ref(&via_cte))[0],
+            ColumnMask::Hidden
+        ));
+        assert!(matches!(
+            super::plan(&p, &with_t, &Default::default(), Some("shop"), std::slice::from_ref(&via_cte))[0],
+            ColumnMask::Scan { .. }
+        ));
         let row = [lenenc(b"7"), lenenc(b"4111111111111111"), lenenc(b"zoe@example.com"), lenenc(b"ssn 123-45-6789")]
             .concat();
         let mut out = Vec::new();
@@ -458,7 +486,7 @@ mod tests {
         let p = profile();
         let computed = parse_column_def(&coldef("", "", "concat(card,'')", "", 0xfd)).unwrap();
         let count = parse_column_def(&coldef("", "", "count(*)", "", 0x08)).unwrap();
-        let plan = plan(&p, &reads(), Some("shop"), &[computed.clone(), count.clone()]);
+        let plan = plan(&p, &reads(), &Default::default(), Some("shop"), &[computed.clone(), count.clone()]);
         assert!(matches!(plan[0], ColumnMask::Hidden), "{plan:?}");
         assert!(matches!(plan[1], ColumnMask::Rule(Style::Null, _)), "{plan:?}");
         // Hidden whole, NULL included: no part of a value the user shaped, and no answer in its NULLs.
@@ -473,9 +501,12 @@ mod tests {
         assert_eq!(out, lenenc(b"****"));
         // A derived table's column is not traced either.
         let derived = parse_column_def(&coldef("shop", "d", "card", "card", 0xfd)).unwrap();
-        assert!(matches!(super::plan(&p, &reads(), Some("shop"), &[derived])[0], ColumnMask::Hidden));
+        assert!(matches!(
+            super::plan(&p, &reads(), &Default::default(), Some("shop"), &[derived])[0],
+            ColumnMask::Hidden
+        ));
         // No table read: the detectors only.
-        let plan = super::plan(&p, &[], Some("shop"), &[computed, count]);
+        let plan = super::plan(&p, &[], &Default::default(), Some("shop"), &[computed, count]);
         assert!(matches!(plan[0], ColumnMask::Scan { .. }));
         assert!(matches!(plan[1], ColumnMask::Pass));
     }

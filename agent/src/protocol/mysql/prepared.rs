@@ -270,6 +270,7 @@ pub(super) async fn execute(
     let masking = ctx.mask.as_deref().map(|profile| MaskCtx {
         profile,
         reads: &p.statement.reads,
+        ctes: p.statement.compared.as_deref().map_or(&super::NO_CTES, |c| &c.ctes),
         counts: &mut counts,
         binary: true,
         diagnostics: p.statement.compared.as_deref().is_some_and(|c| c.diagnostics),

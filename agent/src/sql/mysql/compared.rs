@@ -49,6 +49,10 @@ pub struct Compared {
     /// The statement renames a table or a column (`RENAME TABLE`, `ALTER
     /// TABLE … RENAME`, `CHANGE` to another name): masking rules name them.
     pub moves: bool,
+    /// Names of the common table expressions the statement defines
+    /// (lowercased): the server names them as a result column's table, but
+    /// what they hold is the user's query, as a derived table's is.
+    pub ctes: BTreeSet<String>,
     /// Names a select list item computes with rather than passes on as it
     /// is (anything but a column, a subquery or `COUNT(column)`): its value
     /// is hidden anyway, so what it computes could only come back through
@@ -375,6 +379,7 @@ impl VisitorMut for Strip<'_> {
     fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
+                self.c.ctes.insert(cte.alias.name.value.to_lowercase());
                 let mut reads = BTreeSet::new();
                 projection_names(&cte.query, &mut reads);
                 for col in &cte.alias.columns {
