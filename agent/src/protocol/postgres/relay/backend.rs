@@ -329,26 +329,18 @@ fn on_backend(
                 }
             }
         }
-        b'1' => {
+        // ParseComplete, BindComplete: the oldest Parse (Bind) forwarded is confirmed.
+        b'1' | b'2' => {
             let mut sh = lock(shared);
-            if let Some((name, generation, _)) = sh.parses.pop_front()
-                && let Some(p) = sh.prepared.get_mut(&name)
+            let sh = &mut *sh;
+            let (queue, names) =
+                if f.tag == b'1' { (&mut sh.parses, &mut sh.prepared) } else { (&mut sh.binds, &mut sh.portals) };
+            if let Some((name, generation, _)) = queue.pop_front()
+                && let Some(p) = names.get_mut(&name)
                 && p.generation == generation
             {
                 p.pending = None;
             }
-            drop(sh);
-            out.extend_from_slice(f.raw);
-        }
-        b'2' => {
-            let mut sh = lock(shared);
-            if let Some((name, generation, _)) = sh.binds.pop_front()
-                && let Some(p) = sh.portals.get_mut(&name)
-                && p.generation == generation
-            {
-                p.pending = None;
-            }
-            drop(sh);
             out.extend_from_slice(f.raw);
         }
         b'C' => {
@@ -677,22 +669,17 @@ fn forget(sh: &mut Shared, fl: &InFlight) {
 
 /// Drops the Parses of exchanges `which` selects: the server skipped them.
 fn drop_parses(sh: &mut Shared, which: impl Fn(u64) -> bool) {
-    let gone: Vec<(Vec<u8>, u64)> =
-        sh.parses.iter().filter(|(_, _, e)| which(*e)).map(|(n, g, _)| (n.clone(), *g)).collect();
-    sh.parses.retain(|(_, _, e)| !which(*e));
-    for (name, generation) in gone {
-        if sh.prepared.get(&name).is_some_and(|p| p.generation == generation && p.pending.is_some()) {
-            sh.prepared.remove(&name);
-        }
-    }
-    // Binds the server skipped or refused, likewise.
-    let gone: Vec<(Vec<u8>, u64)> =
-        sh.binds.iter().filter(|(_, _, e)| which(*e)).map(|(n, g, _)| (n.clone(), *g)).collect();
-    sh.binds.retain(|(_, _, e)| !which(*e));
-    for (name, generation) in gone {
-        if sh.portals.get(&name).is_some_and(|p| p.generation == generation && p.pending.is_some()) {
-            sh.portals.remove(&name);
-        }
+    // And the Binds the server skipped or refused, likewise.
+    for (queue, names) in [(&mut sh.parses, &mut sh.prepared), (&mut sh.binds, &mut sh.portals)] {
+        queue.retain(|(name, generation, e)| {
+            if !which(*e) {
+                return true;
+            }
+            if names.get(name).is_some_and(|p| p.generation == *generation && p.pending.is_some()) {
+                names.remove(name);
+            }
+            false
+        });
     }
 }
 
