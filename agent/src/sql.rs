@@ -421,6 +421,9 @@ pub struct Effects {
     pub rollback: bool,
     /// Settings set or reset in this session (lower case); `*` for `RESET ALL`.
     pub settings: Vec<String>,
+    /// `SET LOCAL search_path`: the path is this statement's until the
+    /// transaction ends, then the one from before it; tracked as unknown.
+    pub local_search_path: bool,
     /// `search_path` as this statement sets it: `Some(None)` back to the login value.
     pub search_path: Option<Option<Vec<String>>>,
     /// Turns the session's read-only guard off (`SET TRANSACTION READ WRITE`,
@@ -974,6 +977,12 @@ impl<'t> Walker<'t> {
     fn session_setting(&mut self, s: &pb::VariableSetStmt) {
         let Ok(kind) = pb::VariableSetKind::try_from(s.kind) else { return };
         let name = s.name.to_ascii_lowercase();
+        if s.is_local && name == "search_path" {
+            // Until the transaction ends, then back to a path not tracked here.
+            self.effects.local_search_path = true;
+            self.effects.settings.push(name);
+            return;
+        }
         match kind {
             pb::VariableSetKind::VarResetAll => {
                 self.effects.settings.push("*".into());

@@ -269,6 +269,7 @@ fn names_resolve_as_the_server_resolves_them() {
         // ROLLBACK TO a savepoint puts back the path set before it (`"PUBLIC"`, whose
         // `orders` holds salaries), not the one set after.
         "BEGIN; SET search_path = \"PUBLIC\"; SAVEPOINT a; SET search_path = public; ROLLBACK TO a; SELECT * FROM orders; COMMIT",
+        "SET search_path = \"PUBLIC\"; BEGIN; SET LOCAL search_path = public; COMMIT; SELECT * FROM orders",
     ]
     .iter()
     .enumerate()
@@ -294,6 +295,15 @@ fn names_resolve_as_the_server_resolves_them() {
         (
             vec!["SET search_path = \"PUBLIC\"", "BEGIN", "SET search_path = public", "ROLLBACK"],
             "SELECT * FROM orders /* attack_rollback */",
+        ),
+        // SET LOCAL lasts until the transaction ends: the path from before it is back.
+        (
+            vec!["SET search_path = \"PUBLIC\"", "BEGIN", "SET LOCAL search_path = public", "COMMIT"],
+            "SELECT * FROM orders /* attack_set_local */",
+        ),
+        (
+            vec!["SET search_path = \"PUBLIC\"", "BEGIN; SET LOCAL search_path TO DEFAULT; COMMIT"],
+            "SELECT * FROM orders /* attack_set_local_default */",
         ),
         // COMMIT AND CHAIN keeps the path; the ROLLBACK after it ends only the chained transaction.
         (

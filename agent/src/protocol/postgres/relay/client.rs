@@ -750,7 +750,7 @@ fn decide_statements(
                 names.search_path = path.clone();
                 names.path_unknown = false;
             }
-            None if opaque(s) => names.path_unknown = true,
+            None if opaque(s) || s.effects.local_search_path => names.path_unknown = true,
             // Back to a savepoint or to before the transaction: a path set
             // since reverts to one this text cannot know.
             None if s.effects.rollback => names.path_unknown = true,
@@ -953,7 +953,7 @@ fn effects_at_forward(
     }
     if s.effects.search_path.is_some() {
         sh.path.in_flight += 1;
-    } else if opaque(s) {
+    } else if opaque(s) || s.effects.local_search_path {
         sh.path.unknown = true;
     }
     if !s.effects.defines.is_empty() || s.kinds.contains(&Kind::DefineCode) {
