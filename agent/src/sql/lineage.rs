@@ -669,6 +669,7 @@ impl Walker {
             }
         }
         self.order(&s.sort_clause, &level, depth);
+        // It borrows `out` (and has drop glue): gone before `out` is returned.
         drop(level);
         out
     }
