@@ -376,14 +376,19 @@ fn a_record_left_by_an_unaccepted_connection_cannot_be_borrowed() {
     // connection was reset: a bind or connect that failed reached no agent,
     // and is tried again (the attack needs the connection made).
     let mut r = Value::Null;
-    for _ in 0..10 {
+    for _ in 0..40 {
         r = env.probe(&eve, &["echo", &proxy, "64", "--bind", &local.to_string()]);
         if !matches!(r["stage"].as_str(), Some("bind" | "connect")) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(r["stage"].is_null(), "eve's connection was never made: {r}");
+    if !r["stage"].is_null() {
+        // What holds the address (for the next one to read): the kernel's sockets on its port.
+        let ss = Command::new("ss").args(["-tanpe", &format!("sport = :{}", local.port())]).output();
+        let ss = ss.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        panic!("eve's connection was never made: {r}\nsockets on {local}:\n{ss}");
+    }
     assert!(!ok(&r), "eve must not be served as ana: {r}");
     assert_ne!(r["received"], 64, "{r}");
     let eve_uid = env.uid(&eve);
