@@ -150,6 +150,10 @@ pub enum Workload {
         /// diagnostic for the tail; prints the added_latency lines of each round).
         #[arg(long)]
         latency_only: bool,
+        /// Only select-only throughput, direct, Gatehouse and pgbouncer in turn, this many rounds
+        /// (a diagnostic for work on the data path: per-round ratios and Gatehouse's CPU by thread).
+        #[arg(long, value_name = "ROUNDS")]
+        select_only: Option<u32>,
     },
 }
 
@@ -213,7 +217,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     match a.workload.clone() {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
         Workload::Policy | Workload::Audit | Workload::Verify { .. } => Ok(()),
-        Workload::Pg { secs, scale, latency_only } => crate::bench_pg::pg(secs, scale, latency_only),
+        Workload::Pg { secs, scale, latency_only, select_only } => {
+            crate::bench_pg::pg(secs, scale, latency_only, select_only)
+        }
         Workload::Mysql { queries, iterations } => crate::bench_mysql::mysql(queries, iterations),
         Workload::Http { secs } => crate::bench_http::http(secs),
         Workload::Trail { rows } => {

@@ -239,7 +239,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.get(i.min(v.len().saturating_sub(1))).copied().unwrap_or(0.0)
 }
 
-pub fn pg(secs: u64, scale: u32, latency_only: bool) -> Result<()> {
+pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>) -> Result<()> {
     let port = free_port()?;
     let servers = start_servers(port, Some(scale))?;
     let mut rig = Rig::new("pg")?;
@@ -285,6 +285,25 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool) -> Result<()> {
         _ => None,
     };
     eprintln!("load before the runs: {}", load());
+    if let Some(rounds) = select_only {
+        // A diagnostic for the data path: select-only, three ways in turn.
+        let args = &workloads[0].1;
+        for round in 1..=rounds {
+            let mut tps = Vec::new();
+            for (sys, host, cg) in systems.iter().take(3) {
+                let pid = proxy_pid(&rig, sys);
+                let (cpu0, threads0) = (cpu_secs(pid), thread_cpu(pid));
+                let r = parse_pgbench(&pgbench(&rig, host, *cg, args, None)?);
+                let cpu = (cpu_secs(pid) - cpu0) * 1e6 / r.transactions.max(1.0);
+                let split = thread_split(&threads0, &thread_cpu(pid), r.transactions);
+                eprintln!("round {round}: {sys:<10} {:>8.0} tps {cpu:>6.1} µs cpu/txn  {split}", r.tps);
+                tps.push(r.tps);
+            }
+            println!("ratio select_only gatehouse/direct = {:.2}", tps[1] / tps[0]);
+            println!("ratio select_only gatehouse/pgbouncer = {:.2}", tps[1] / tps[2]);
+        }
+        return Ok(());
+    }
     for (name, args) in workloads.iter().filter(|_| !latency_only) {
         for (sys, host, cg) in systems {
             eprintln!("{name:<16} {sys:<10} running {t} s …");
