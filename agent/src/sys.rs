@@ -123,6 +123,28 @@ pub fn bpf_link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
     bpf(BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
+/// Allocations of [`LARGE_ALLOCATION`] and more get pages of their own
+/// from the kernel, given back when they are freed.
+///
+/// By default glibc raises this threshold (up to 32 MiB) each time such a
+/// block is freed, so a session's next 15 MB message buffer comes from a
+/// thread's arena; freed, it joins that arena's top chunk, which
+/// `malloc_trim` does not give back outside the main arena — the agent's
+/// RSS then kept one long value per arena, or not, by where its last small
+/// long-lived allocation happened to lie (found when a cache allocated at a
+/// session's start moved the idle RSS of four sessions that had each read a
+/// 15 MB value from +27 to +41 MiB). A fixed threshold also fixes the trim
+/// threshold (glibc's default, 128 KiB), so arenas' tops shrink on free.
+pub fn tune_allocator() {
+    // SAFETY: mallopt takes plain integers and only sets glibc's own parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_ALLOCATION);
+    }
+}
+
+/// See [`tune_allocator`]: message buffers past this are large.
+pub const LARGE_ALLOCATION: i32 = 1 << 20;
+
 /// Returns the allocator's free memory to the kernel. A large parse frees
 /// a tree of up to ~100 MB in many small chunks, which glibc would keep in
 /// its thread's arena (the process's RSS staying at its peak).
