@@ -1588,3 +1588,78 @@ fn a_packet_past_the_shared_memory_budget_ends_its_session_with_err_1041() {
     let o = w.mariadb(&w.ana, &["-e", "SELECT 'served'"]);
     assert!(text(&o).contains("served"), "{}", text(&o));
 }
+
+/// Views count as the tables they read (the server reads them with the
+/// view's rights, and names the view, not the table, as its columns'
+/// origin): `deny_tables` holds through a view, a masked session gets the
+/// columns of a view over a table with masked columns hidden whole and may
+/// not filter on them, even where the view renames them; a view made while
+/// the agent runs counts from the first statement that names it.
+#[test]
+fn views_count_as_the_tables_they_read() {
+    let w = world("mysqlviews");
+    w.db.admin(
+        "USE appdb;
+         CREATE VIEW appdb.cards AS SELECT id, card, email FROM customers;
+         CREATE VIEW appdb.cards2 AS SELECT id, card AS k FROM cards;",
+    );
+    let run = |user: &str, sql: &str| text(&w.mariadb(user, &["appdb", "-N", "-e", sql]));
+    let secret = |out: &str| out.contains("4111111111111111") || out.contains("zoe@example.com");
+    // Masked, directly and through a view of a view that renames the column.
+    for (user, sql) in [
+        (&w.sam, "SELECT card, email FROM cards"),
+        (&w.sam, "SELECT k FROM cards2"),
+        (&w.sam, "SELECT * FROM cards2"),
+        (&w.lou, "SELECT card, email FROM cards"),
+        (&w.lou, "SELECT CONCAT(k, '') FROM cards2"),
+    ] {
+        let out = run(user, sql);
+        assert!(!secret(&out) && out.contains("****") && !out.contains("ERROR"), "{sql}: {out}\n{}", w.env.agent_log());
+    }
+    // The default profile refuses predicates on them; the server never sees the statement.
+    for sql in [
+        "SELECT id FROM cards2 WHERE k LIKE '4%' AND 'vw1' = 'vw1'",
+        "SELECT id, 'vw2' FROM cards ORDER BY card",
+        "SELECT COUNT(*), 'vw3' FROM cards WHERE email IS NOT NULL",
+    ] {
+        let out = run(&w.sam, sql);
+        assert!(out.contains("ERROR 1227") && out.contains("masked columns of appdb.customers, read through a view"), "{sql}: {out}");
+    }
+    // deny_tables holds through views.
+    for sql in ["SELECT id, 'vw4' FROM cards", "SELECT k, 'vw5' FROM cards2"] {
+        let out = run(&w.dan, sql);
+        assert!(
+            out.contains("ERROR 1227") && out.contains("appdb.customers is in its deny_tables (read through a view"),
+            "{sql}: {out}"
+        );
+    }
+    let log = w.db.general_log();
+    for n in 1..=5 {
+        assert!(!log.contains(&format!("vw{n}")), "the server ran refused statement vw{n}: {log}");
+    }
+    // Prepared statements (node mysql2's execute): masked at each execute, denied at the prepare.
+    let queries = serde_json::json!([["SELECT id, k FROM cards2 WHERE id = ?", [1]], ["SELECT k FROM cards2", []]]);
+    let out = w.node(&w.lou, &node_script(&queries));
+    let lines = node_lines(&out);
+    assert_eq!(lines.len(), 2, "{}\n{}", text(&out), w.env.agent_log());
+    for l in &lines {
+        let shown = l.to_string();
+        assert!(l.get("rows").is_some() && shown.contains("****") && !secret(&shown), "{shown}");
+    }
+    let queries = serde_json::json!([["SELECT k, 'vw7' FROM cards2 WHERE id = ?", [1]]]);
+    let lines = node_lines(&w.node(&w.dan, &node_script(&queries)));
+    assert!(lines.first().is_some_and(|l| l["error"] == 1227), "{lines:?}");
+    // A rule without masking or deny_tables reads the view as before.
+    let out = run(&w.ana, "SELECT card FROM cards WHERE id = 1");
+    assert_eq!(out.trim(), "4111111111111111", "{out}");
+    // A view made outside Gatehouse while the agent runs (its list of views
+    // was read by the sessions above) counts from the first statement naming it.
+    w.db.admin("CREATE VIEW appdb.late AS SELECT card AS c FROM appdb.customers;");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let out = run(&w.sam, "SELECT c FROM late");
+    assert!(!secret(&out) && out.contains("****"), "{out}\n{}", w.env.agent_log());
+    let out = run(&w.dan, "SELECT c, 'vw6' FROM late");
+    assert!(out.contains("ERROR 1227") && out.contains("deny_tables"), "{out}");
+    let log = w.db.general_log();
+    assert!(!log.contains("vw6") && !log.contains("vw7"), "the server ran a refused statement: {log}");
+}

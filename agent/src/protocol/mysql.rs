@@ -41,6 +41,7 @@ pub mod masking;
 mod prepared;
 mod record;
 pub mod sha2;
+pub mod views;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -61,8 +62,8 @@ use crate::audit::{Event, StatementEnd, StatementStart, now_us};
 use crate::identity::Principal;
 use crate::policy::{Backend, Credentials, Decision, Request, TlsMode, Verdict};
 use crate::proxy::{Agent, LiveSession, Snapshot};
-use crate::sql::Statement;
 use crate::sql::mysql::{self as classify, Names, Refusal};
+use crate::sql::{Kind, Statement, TableRef};
 use crate::types::{DbRole, SessionId, Uid};
 
 /// How long the client may take to answer the greeting.
@@ -338,6 +339,8 @@ struct Session {
     prepared: prepared::Registry,
     /// The recording of both packet streams (`record`).
     rec: record::Recording,
+    /// The backend login, whose views the session sees (see [`views`]).
+    login: String,
 }
 
 /// The handshake with the client and the login to the backend.
@@ -504,6 +507,7 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
         seq: 0,
         prepared: prepared::Registry::default(),
         rec: record::Recording::new(ctx),
+        login: login.user.clone(),
     };
     if let Err(e) = prepare(ctx, &mut s).await {
         warn!(error = %e, "session refused (fail closed)");
@@ -691,7 +695,29 @@ async fn prepare(ctx: &Ctx, s: &mut Session) -> Result<(), String> {
         }
     }
     s.fold_case = row.get(1).cloned().flatten().as_deref() != Some("0");
+    current_views(ctx, s, &[]).await?;
     apply_guard(ctx, s).await
+}
+
+/// The views the session's login sees, read again when the list is older
+/// than `catalog_refresh` or DDL went through on the backend (see [`views`]).
+/// `names`: a list that does not hold one of them is read again (unless it
+/// was read within [`views::UNKNOWN_NAME_REREAD`]): a view made outside
+/// Gatehouse counts from the first statement that names it.
+async fn current_views(ctx: &Ctx, s: &mut Session, names: &[&TableRef]) -> Result<Arc<views::Views>, String> {
+    let fresh = ctx.agent.settings.catalog_refresh;
+    if let Some((v, age)) = views::cached(ctx.backend.name.as_str(), &s.login, fresh)
+        && (age < views::UNKNOWN_NAME_REREAD || names.iter().all(|t| v.knows(t)))
+    {
+        return Ok(v);
+    }
+    let rows = simple_query(s, &views::query()).await.map_err(|e| format!("reading the views: {e}"))?;
+    let v = Arc::new(views::Views::from_rows(&rows, s.fold_case));
+    if v.truncated {
+        warn!(backend = %ctx.backend.name, max = views::MAX_VIEWS, "more views than Gatehouse reads: the rest are taken for tables");
+    }
+    views::store(ctx.backend.name.as_str(), &s.login, v.clone());
+    Ok(v)
 }
 
 async fn apply_guard(ctx: &Ctx, s: &mut Session) -> Result<(), String> {
@@ -960,15 +986,14 @@ async fn statement(
     let shown = String::from_utf8_lossy(text).into_owned();
     s.seq += 1;
     s.rec.reset();
-    let c = match classified {
+    let mut c = match classified {
         Ok(c) => c,
         Err(r) => {
             let why = Decision::refuse(refusal_reason(&r));
             return refuse(ctx, s, client, seq, &shown, None, &why).await;
         }
     };
-    let snapshot = ctx.agent.snapshot.load_full();
-    let d = decide_one(ctx, &snapshot, &c.statement);
+    let d = decide_now(ctx, s, &mut c.statement).await?;
     // Held for approval at each execute, not at the prepare (as PostgreSQL holds at Execute).
     let held = match d.verdict {
         Verdict::Allow => false,
@@ -1011,9 +1036,10 @@ async fn statement(
     } else if command == Command::FieldList {
         field_list::forward(s, client, pkt, (up, down), ctx.mask.as_deref(), &mut counts).await
     } else {
+        let reads = masking::traced_reads(&c.statement);
         let masking = ctx.mask.as_deref().map(|p| MaskCtx {
             profile: p,
-            reads: &c.statement.reads,
+            reads: &reads,
             ctes: c.statement.compared.as_deref().map_or(&NO_CTES, |c| &c.ctes),
             counts: &mut counts,
             binary: false,
@@ -1025,6 +1051,10 @@ async fn statement(
     if let Ok(o) = &out
         && o.error.is_none()
     {
+        if c.statement.kinds.iter().any(|k| matches!(k, Kind::Create | Kind::Alter | Kind::Drop)) {
+            // A view may have been made, changed or dropped: read them again.
+            views::forget(ctx.backend.name.as_str());
+        }
         if let Some(ok) = o.prepared {
             tags = Some(format!("PREPARE statement {} ({} parameters, {} columns)", ok.id, ok.params, ok.columns));
             let p = prepared::Prepared { text: shown, statement: c.statement, params: ok.params, columns: ok.columns };
@@ -1116,6 +1146,57 @@ async fn record_refusal(ctx: &Ctx, s: &Session, text: &str, st: Option<&Statemen
 /// Decides one statement for this session under `snapshot` (as the
 /// PostgreSQL relay does: a policy that now changes the session's login,
 /// masking or guard rails refuses until the user reconnects).
+/// Adds to `st` what it reaches through the views it names (`via_views`,
+/// for `deny_tables`; the views' names join the names whose result columns
+/// are not traced, for masking). Returns the views whose definitions are
+/// not known.
+fn through_views(views: &views::Views, st: &mut Statement) -> Vec<String> {
+    if views.is_empty() {
+        return Vec::new();
+    }
+    let reached = views.reach(st.reads.iter().chain(&st.writes));
+    if reached.views.is_empty() {
+        return Vec::new();
+    }
+    for t in reached.via {
+        if !st.via_views.contains(&t) {
+            st.via_views.push(t);
+        }
+    }
+    if let Some(c) = st.compared.as_mut() {
+        let c = Arc::make_mut(c);
+        c.ctes.extend(reached.views.iter().map(|v| v.rsplit('.').next().unwrap_or(v).to_lowercase()));
+    }
+    reached.unreadable
+}
+
+/// Decides `st` under the policy of this moment, with what it reaches
+/// through views as the server's views are now.
+async fn decide_now(ctx: &Ctx, s: &mut Session, st: &mut Statement) -> Result<Decision, Fail> {
+    let named: Vec<&TableRef> = st.reads.iter().chain(&st.writes).collect();
+    let views = current_views(ctx, s, &named).await.map_err(Fail::Backend)?;
+    st.via_views.clear();
+    let unreadable = through_views(&views, st);
+    let snapshot = ctx.agent.snapshot.load_full();
+    let d = decide_one(ctx, &snapshot, st);
+    if let Some(view) = unreadable.first()
+        && d.verdict != Verdict::Deny
+        && (ctx.mask.is_some() || rule_denies_tables(&snapshot, &d))
+    {
+        return Ok(Decision::refuse(format!(
+            "rule {:?} refuses this statement: it reads view {view}, whose definition the backend login cannot read (grant it SHOW VIEW), so which tables it reads is not known",
+            d.rule_label()
+        )));
+    }
+    Ok(d)
+}
+
+/// Whether the rule that decided `d` has `deny_tables` (a rule not found,
+/// from a grant: assumed to).
+fn rule_denies_tables(snapshot: &Snapshot, d: &Decision) -> bool {
+    snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref()).is_none_or(|r| !r.deny_tables.is_empty())
+}
+
 fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
     let d = snapshot.policy.decide_with(
         &ctx.principal,

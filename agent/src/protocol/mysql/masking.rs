@@ -129,6 +129,16 @@ pub fn plan(
     if plan.iter().all(|c| matches!(c, ColumnMask::Pass)) { Vec::new() } else { plan }
 }
 
+/// The tables whose rules apply to a statement's result columns: those it
+/// names and those it reaches through views (a column the server traces to
+/// one of them gets its rule; one it traces to a view is not traced, see
+/// `protocol::mysql::views`).
+pub fn traced_reads(st: &crate::sql::Statement) -> Vec<TableRef> {
+    let mut reads = st.reads.clone();
+    reads.extend(st.via_views.iter().filter(|t| !st.reads.contains(t)).cloned());
+    reads
+}
+
 /// Why a masked session refuses `st`, when its profile refuses predicates
 /// (`masked_predicates = "refuse"`, the default) and the statement filters,
 /// joins, sorts, groups or counts rows on a name a column rule masks in a
@@ -162,6 +172,14 @@ fn masked_among(
     names: &std::collections::BTreeSet<String>,
 ) -> Option<String> {
     let tables: Vec<String> = st.reads.iter().chain(&st.writes).map(|t| qualified(t, None)).collect();
+    // A view's columns are not traced to the columns they show (a view may
+    // rename them): through a view over a table with masked columns, any
+    // name may be one of them.
+    if !names.is_empty()
+        && let Some(t) = st.via_views.iter().map(|t| qualified(t, None)).find(|t| profile.table_style(t).is_some())
+    {
+        return Some(format!("columns of {t}, read through a view (which may rename them)"));
+    }
     let mut names = names.clone();
     // An alias reads what its expression reads (aliases of aliases too).
     for _ in 0..=c.aliases.len() {
@@ -204,7 +222,8 @@ pub fn stored_refusal(profile: &Profile, st: &crate::sql::Statement) -> Option<S
     let Some(c) = st.compared.as_deref() else { return Some(UNREAD.into()) };
     let name = profile.name();
     if c.stores
-        && let Some(t) = st.reads.iter().map(|t| qualified(t, None)).find(|t| profile.table_style(t).is_some())
+        && let Some(t) =
+            st.reads.iter().chain(&st.via_views).map(|t| qualified(t, None)).find(|t| profile.table_style(t).is_some())
     {
         return Some(format!(
             "it stores values read from {t}, which has masked columns (masking profile {name}), in a user variable, a server variable or a file, where masking cannot follow them"

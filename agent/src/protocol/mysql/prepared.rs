@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::{Conn, Ctx, Fail, MaskCtx, Outcome, Session, decide_one, finish, forward, forward_masked, next_packet};
+use super::{Conn, Ctx, Fail, MaskCtx, Outcome, Session, finish, forward, forward_masked, next_packet};
 use super::{payload_of, record_refusal, refuse, seq_of, start_record, wire};
 use crate::audit::Event;
 use crate::policy::{Decision, Verdict};
@@ -234,8 +234,9 @@ pub(super) async fn execute(
         return refuse(ctx, s, client, seq, &p.text, Some(&p.statement), &why).await;
     }
     // Decided again now: the policy and the time may have changed since the prepare.
-    let snapshot = ctx.agent.snapshot.load_full();
-    let d = decide_one(ctx, &snapshot, &p.statement);
+    // What it reaches through views is as the views are now.
+    let mut st = p.statement.clone();
+    let d = super::decide_now(ctx, s, &mut st).await?;
     let held = d.verdict == Verdict::NeedsApproval;
     // The types an execute binds are kept (a copy only when they change):
     // a later execute's values are read with them, for its record or its approvers.
@@ -247,14 +248,14 @@ pub(super) async fn execute(
         } else {
             super::record::parameters_shown(payload, x).unwrap_or_else(|| vec!["(unreadable: not shown)".into()])
         };
-        if let Err(why) = super::hold::hold(ctx, client, &d, &p.text, &p.statement, parameters).await? {
-            return refuse(ctx, s, client, seq, &p.text, Some(&p.statement), &why).await;
+        if let Err(why) = super::hold::hold(ctx, client, &d, &p.text, &st, parameters).await? {
+            return refuse(ctx, s, client, seq, &p.text, Some(&st), &why).await;
         }
     } else if d.verdict != Verdict::Allow {
-        return refuse(ctx, s, client, seq, &p.text, Some(&p.statement), &d).await;
+        return refuse(ctx, s, client, seq, &p.text, Some(&st), &d).await;
     }
     let pkt = if asked == Some(id) { pkt.to_vec() } else { with_id(pkt, id) };
-    let mut ev = start_record(ctx, s.seq, p.text.clone(), Some(&p.statement), &d);
+    let mut ev = start_record(ctx, s.seq, p.text.clone(), Some(&st), &d);
     if held {
         // Approved (the approval's records say by whom), as PostgreSQL records it.
         ev.reason = None;
@@ -267,13 +268,14 @@ pub(super) async fn execute(
     ctx.agent.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
     let started = Instant::now();
     let mut counts = crate::mask::Counts::default();
+    let reads = super::masking::traced_reads(&st);
     let masking = ctx.mask.as_deref().map(|profile| MaskCtx {
         profile,
-        reads: &p.statement.reads,
-        ctes: p.statement.compared.as_deref().map_or(&super::NO_CTES, |c| &c.ctes),
+        reads: &reads,
+        ctes: st.compared.as_deref().map_or(&super::NO_CTES, |c| &c.ctes),
         counts: &mut counts,
         binary: true,
-        diagnostics: p.statement.compared.as_deref().is_some_and(|c| c.diagnostics),
+        diagnostics: st.compared.as_deref().is_some_and(|c| c.diagnostics),
     });
     let out = forward_masked(s, client, &pkt, up, down, masking).await;
     let tags = format!("EXECUTE statement {id} ({} parameters, {} columns)", p.params, p.columns);
