@@ -130,6 +130,8 @@ pub struct Catalog {
     /// The backend login (what `$user` means in the search path).
     pub login: String,
     pub database: String,
+    /// The server's Unix socket files (`unix_socket_directories`, `port`).
+    pub unix_sockets: Vec<std::path::PathBuf>,
     /// When this was read (µs since the epoch), for `status` and refresh.
     pub loaded_us: i64,
     /// Statements' lineages bound to this snapshot, recently (`bind_shared`).

@@ -4,6 +4,7 @@
 
 pub mod budget;
 pub mod http;
+pub mod local_socket;
 pub mod mysql;
 pub mod postgres;
 pub mod ssh;

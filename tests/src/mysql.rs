@@ -69,6 +69,8 @@ impl MariaServer {
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp).expect("mariadb tmp dir");
         check(Command::new("chown").arg("-R").arg("mysql:mysql").arg(&dir).output().expect("chown"), "chown");
+        // Its Unix socket is the server's user's (and root's) alone: the test users reach it only through Gatehouse.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod mariadb dir");
         let data = dir.join("data");
         check(
             Command::new("/usr/bin/mariadb-install-db")

@@ -79,6 +79,9 @@ impl PgServer {
         let dir = parent.join(format!("pg-{port}"));
         std::fs::create_dir_all(&dir).expect("pg dir");
         check(Command::new("chown").arg("postgres:postgres").arg(&dir).output().expect("chown"), "chown");
+        // Its Unix socket (local logins are trusted) is the server's user's alone:
+        // the test users reach the server only through Gatehouse.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod pg dir");
         let data = dir.join("data");
         check(
             as_postgres(&format!("{BIN}/initdb"))

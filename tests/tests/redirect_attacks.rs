@@ -454,3 +454,52 @@ fn a_kernel_record_is_trusted_only_for_its_own_socket_and_only_while_fresh() {
     }
     assert_eq!(env.status()["sessions"]["unverified"], 2);
 }
+
+/// A server on this host that also listens on a Unix socket every local
+/// user can reach is reachable around the redirect, which sees TCP connects
+/// only: eve, whom no rule names, logs in through the socket (the fixture's
+/// `local … trust`; Debian's `peer` does the same for a role of her name).
+/// The agent names the socket in its log when it reads the catalog; a
+/// directory closed to others shuts the way.
+#[test]
+fn a_local_servers_unix_socket_open_to_all_is_named_in_the_log() {
+    use gatehouse_e2e::pg::{self, PgServer};
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::new("unixsock");
+    let team = env.group("team");
+    let ana = env.user("ana", &[&team]);
+    let eve = env.user("eve", &[]);
+    let pg = PgServer::start(&env.dir, &loopback(75), gatehouse_e2e::free_port(), "");
+    let set = |mode: u32| std::fs::set_permissions(&pg.dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    set(0o755);
+    // The login may read the server's settings (without, the agent looks at the default directories).
+    pg.admin(&format!("GRANT pg_read_all_settings TO {}", pg::APP_ROLE));
+    let secret = pg::password_file(&env.dir, "s.secret", pg::APP_PASSWORD);
+    let policy = format!(
+        "[[backend]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"{}\"\ntls = \"off\"\ncredentials = {{ user = \"{}\", password_file = \"{}\" }}\n\n\
+         [[rule]]\nname = \"team reads\"\nwho = {{ groups = [\"{team}\"] }}\nbackend = \"db\"\nstatements = [\"select\"]\n",
+        pg.addr(),
+        pg::APP_ROLE,
+        secret.display()
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let psql = std::path::Path::new("/usr/bin/psql");
+    let port = pg.port.to_string();
+    let dir = pg.dir.display().to_string();
+    let around = ["-h", dir.as_str(), "-p", &port, "-U", "postgres", "-d", "appdb", "-XAtc", "SELECT current_user"];
+    let out = env.run_as(&eve, None, psql, &around);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(said.trim(), "postgres", "the way around Gatehouse this test is about: {said}");
+    // ana's session makes the agent read the catalog, which says where the server's sockets are.
+    let through = ["-h", pg.host.as_str(), "-p", &port, "-d", "appdb", "-XAtc", "SELECT 1"];
+    let out = env.run_as(&ana, None, psql, &through);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{}", env.agent_log());
+    let socket = format!("{dir}/.s.PGSQL.{port}");
+    wait_for("the warning", &env, || {
+        env.agent_log().lines().any(|l| l.contains("every local user can connect to") && l.contains(&socket))
+    });
+    set(0o700);
+    let out = env.run_as(&eve, None, psql, &around);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+}

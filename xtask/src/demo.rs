@@ -272,6 +272,9 @@ impl World {
         let pg = dir.join("pg");
         std::fs::create_dir_all(&pg)?;
         run(Command::new("chown").arg("postgres:postgres").arg(&pg))?;
+        // Local logins are trusted on its Unix socket: the server's user's alone, so the
+        // demo's users reach the server only through Gatehouse.
+        set_mode(&pg, 0o700)?;
         let data = pg.join("data");
         let out = as_postgres(&format!("{PG_BIN}/initdb"))
             .arg("-D")

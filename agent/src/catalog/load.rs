@@ -16,7 +16,8 @@ pub type Results = Vec<Vec<Row>>;
 /// readable by any login (PUBLIC), so the session's own least-privileged
 /// login suffices.
 pub const QUERY: &str = "\
-SELECT current_user, current_setting('search_path'), current_database();
+SELECT current_user, current_setting('search_path'), current_database(),
+ (SELECT setting FROM pg_catalog.pg_settings WHERE name = 'unix_socket_directories'), current_setting('port');
 SELECT DISTINCT 'f', proname FROM pg_catalog.pg_proc WHERE oid < 16384
  UNION ALL SELECT DISTINCT 'o', oprname FROM pg_catalog.pg_operator WHERE oid < 16384
  UNION ALL SELECT DISTINCT 't', typname FROM pg_catalog.pg_type WHERE oid < 16384;
@@ -102,6 +103,13 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
         c.login = text(row, 0, "current_user")?.to_owned();
         c.default_search_path = parse_search_path(text(row, 1, "search_path")?);
         c.database = text(row, 2, "current_database")?.to_owned();
+        // Where else the server listens (see `protocol::local_socket`); a
+        // login without pg_read_all_settings is not told: the defaults
+        // (Debian's, then PostgreSQL's own) are looked at.
+        if let Some(Some(port)) = row.get(4) {
+            let dirs = row.get(3).cloned().flatten().unwrap_or_else(|| "/var/run/postgresql, /tmp".into());
+            c.unix_sockets = crate::protocol::local_socket::postgres_paths(&dirs, port);
+        }
     }
     for row in names {
         let name = text(row, 1, "built-in name")?.to_owned();

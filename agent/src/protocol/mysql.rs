@@ -684,7 +684,7 @@ async fn log_in(
 
 /// Reads how the server reads SQL, and applies the rule's guard rails.
 async fn prepare(ctx: &Ctx, s: &mut Session) -> Result<(), String> {
-    let rows = simple_query(s, "SELECT @@SESSION.sql_mode, @@lower_case_table_names").await?;
+    let rows = simple_query(s, "SELECT @@SESSION.sql_mode, @@lower_case_table_names, @@socket").await?;
     let row = rows.first().ok_or("no answer to the sql_mode query")?;
     let mode = row.first().cloned().flatten().unwrap_or_default().to_ascii_uppercase();
     for bad in ["ANSI_QUOTES", "NO_BACKSLASH_ESCAPES"] {
@@ -695,6 +695,10 @@ async fn prepare(ctx: &Ctx, s: &mut Session) -> Result<(), String> {
         }
     }
     s.fold_case = row.get(1).cloned().flatten().as_deref() != Some("0");
+    if let Some(Some(socket)) = row.get(2) {
+        let path = std::path::PathBuf::from(socket);
+        crate::protocol::local_socket::warn_open(ctx.backend.name.as_str(), ctx.addr, &[path]);
+    }
     current_views(ctx, s, &[]).await?;
     apply_guard(ctx, s).await
 }

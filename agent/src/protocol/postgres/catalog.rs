@@ -209,7 +209,9 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
         let results = simple_query(&mut stream, rest, QUERY).await;
         let _ = stream.write_all(&wire::terminate()).await;
         let _ = stream.flush().await;
-        build(&results?, crate::audit::now_us()).map_err(|e| e.to_string())
+        let c = build(&results?, crate::audit::now_us()).map_err(|e| e.to_string())?;
+        crate::protocol::local_socket::warn_open(ctx.backend.name.as_str(), ctx.addr, &c.unix_sockets);
+        Ok(c)
     };
     tokio::time::timeout(LOAD_TIMEOUT, work)
         .await
