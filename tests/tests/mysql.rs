@@ -1623,7 +1623,10 @@ fn views_count_as_the_tables_they_read() {
         "SELECT COUNT(*), 'vw3' FROM cards WHERE email IS NOT NULL",
     ] {
         let out = run(&w.sam, sql);
-        assert!(out.contains("ERROR 1227") && out.contains("masked columns of appdb.customers, read through a view"), "{sql}: {out}");
+        assert!(
+            out.contains("ERROR 1227") && out.contains("masked columns of appdb.customers, read through a view"),
+            "{sql}: {out}"
+        );
     }
     // deny_tables holds through views.
     for sql in ["SELECT id, 'vw4' FROM cards", "SELECT k, 'vw5' FROM cards2"] {
