@@ -413,11 +413,19 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
         assert!(out.ends_with("\n400") && out.contains("`;`"), "{q}: {out}");
         assert_eq!(w.api.requests().len(), before, "{q}: the request reached the server");
     }
-    let recs = http_records(&w.env.db());
-    let cloaked = recs
-        .iter()
-        .find(|(k, b, _)| k == "http" && b["target"].as_str().is_some_and(|t| t.contains("page=2;access%5Ftoken=")))
-        .unwrap_or_else(|| panic!("the refusal is recorded: {recs:?}"));
+    // The refusal's record is written as its answer goes out: waited for (5 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let cloaked_of = |recs: &[(String, Value, Vec<u8>)]| {
+        recs.iter()
+            .find(|(k, b, _)| k == "http" && b["target"].as_str().is_some_and(|t| t.contains("page=2;access%5Ftoken=")))
+            .cloned()
+    };
+    let mut recs = http_records(&w.env.db());
+    while cloaked_of(&recs).is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        recs = http_records(&w.env.db());
+    }
+    let cloaked = cloaked_of(&recs).unwrap_or_else(|| panic!("the refusal is recorded: {recs:?}"));
     assert_eq!(cloaked.1["status"], 400, "{cloaked:?}");
     assert!(!format!("{recs:?}").contains("cloaked-secret-7"), "the secret after `;` was recorded: {cloaked:?}");
 
