@@ -1472,3 +1472,38 @@ k8s = {{ resources = ["secrets"] }}
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok POST /api/v1/namespaces/prod/pods/web/exec?command=ls");
     assert!(paths().contains(&"POST /api/v1/namespaces/prod/pods/web/exec?command=ls".to_owned()));
 }
+
+/// A request's trailer section does not reach the backend: Gatehouse takes
+/// client claims (`X-Forwarded-For`, `Impersonate-*`, a client's
+/// `Authorization`) out of the header section, and a server that merges
+/// trailer fields into its headers (Apache's `MergeTrailers`, CVE-2013-5704)
+/// would read them from there instead. The body arrives whole; the record
+/// counts the trailer section dropped.
+#[test]
+fn request_trailers_do_not_reach_the_backend() {
+    let w = world("httptrailers");
+    let raw = "import socket, sys\n\
+               h, p = sys.argv[1].rsplit(':', 1)\n\
+               s = socket.create_connection((h, int(p)))\n\
+               s.sendall(b'POST /api/v1/notes HTTP/1.1\\r\\nHost: ' + sys.argv[1].encode() + b'\\r\\nTransfer-Encoding: chunked\\r\\n'\n\
+               \x20   b'Trailer: X-Forwarded-For, Impersonate-User\\r\\nConnection: close\\r\\n\\r\\n'\n\
+               \x20   b'5\\r\\nhello\\r\\n0\\r\\nX-Forwarded-For: 203.0.113.9\\r\\nImpersonate-User: system:admin\\r\\n\\r\\n')\n\
+               out = b''\n\
+               while True:\n\
+               \x20   b = s.recv(65536)\n\
+               \x20   if not b: break\n\
+               \x20   out += b\n\
+               print(out.decode('latin1'))\n";
+    let addr = w.api.addr.to_string();
+    let o = w.env.run_as(&w.eve, None, std::path::Path::new("/usr/bin/python3"), &["-c", raw, &addr]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}{}\n{}", String::from_utf8_lossy(&o.stderr), w.env.agent_log());
+    let got =
+        w.api.requests().into_iter().rfind(|r| r["path"] == "/api/v1/notes").expect("the request reached the backend");
+    assert_eq!(got["body"], "hello", "{got}");
+    assert_eq!(got["trailers"], serde_json::json!({}), "the backend got the client's trailer fields: {got}");
+    let shown = got.to_string();
+    assert!(!shown.contains("203.0.113.9") && !shown.contains("system:admin"), "{shown}");
+    let rec = record_for(&w, "/api/v1/notes", |b| b["masked"]["request_trailers_dropped"] == 1);
+    assert!(rec.is_some(), "{:?}", http_records(&w.env.db()));
+}

@@ -236,6 +236,9 @@ impl Pending {
         if resp.trailers_dropped > 0 {
             masked.get_or_insert_default().insert("trailers_dropped".to_owned(), resp.trailers_dropped);
         }
+        if req.trailers_dropped > 0 {
+            masked.get_or_insert_default().insert("request_trailers_dropped".to_owned(), req.trailers_dropped);
+        }
         let mut data = req.captured;
         let request_body_recorded = data.len() as u64;
         data.extend_from_slice(&resp.captured);

@@ -32,13 +32,19 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 
     def body(self):
+        self.trailers = {}
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             out = b""
             while True:
                 size = int(self.rfile.readline().strip().split(b";")[0], 16)
                 if size == 0:
-                    self.rfile.readline()
-                    return out
+                    # The trailer section, up to its empty line.
+                    while True:
+                        line = self.rfile.readline()
+                        if line in (b"\r\n", b"\n", b""):
+                            return out
+                        k, _, v = line.decode("latin1").partition(":")
+                        self.trailers[k.strip().lower()] = v.strip()
                 out += self.rfile.read(size)
                 self.rfile.readline()
         n = int(self.headers.get("content-length") or 0)
@@ -59,7 +65,7 @@ class H(http.server.BaseHTTPRequestHandler):
     def any(self):
         body = self.body()
         rec = {"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-               "body": body.decode("latin1")}
+               "body": body.decode("latin1"), "trailers": self.trailers}
         log.write(json.dumps(rec) + "\n")
         log.flush()
         seen.append(rec["headers"])

@@ -692,7 +692,7 @@ pub struct Summary {
     pub complete: bool,
     /// Held-credential secrets removed from it.
     pub scrubbed: u64,
-    /// Trailer sections dropped (a transformed body's).
+    /// Trailer sections dropped (a request's, or a transformed body's).
     pub trailers_dropped: u64,
 }
 
@@ -787,8 +787,13 @@ where
                         // Trailer fields of a body that is masked or searched for a
                         // held credential are dropped: nothing reads them (a backend
                         // could echo the credential there), and the transform's held
-                        // tail must still come before the body ends.
-                        Err(_) if this.transform.is_some() => {
+                        // tail must still come before the body ends. So are a
+                        // request's: Gatehouse takes client claims (`X-Forwarded-For`,
+                        // `Impersonate-*`, the client's `Authorization`) out of the
+                        // header section, and a server that merges trailer fields into
+                        // the headers (Apache's `MergeTrailers`; CVE-2013-5704) would
+                        // take them from the trailer section instead.
+                        Err(_) if this.transform.is_some() || this.client_side => {
                             this.summary.trailers_dropped += 1;
                             continue;
                         }
