@@ -128,6 +128,24 @@ mask = "cards"
     World { env, api, ws, ana, eve, ida }
 }
 
+/// `request` sent as it is to the API backend's address by `user` (a client
+/// that writes what no HTTP library would); the whole answer, and stderr.
+fn raw_request(w: &World, user: &str, request: &str) -> (String, String) {
+    let script = "import socket, sys\n\
+                  h, p = sys.argv[1].rsplit(':', 1)\n\
+                  s = socket.create_connection((h, int(p)))\n\
+                  s.sendall(sys.argv[2].encode('latin1'))\n\
+                  out = b''\n\
+                  while True:\n\
+                  \x20   b = s.recv(65536)\n\
+                  \x20   if not b: break\n\
+                  \x20   out += b\n\
+                  print(out.decode('latin1'))\n";
+    let addr = w.api.addr.to_string();
+    let o = w.env.run_as(user, None, std::path::Path::new("/usr/bin/python3"), &["-c", script, &addr, request]);
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
 /// The newest `http` record whose target ends with `target` and that
 /// satisfies `done`: the record is written when the response body ends,
 /// which can be just after the client has read it, so it is waited for (5 s).
@@ -203,24 +221,12 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     assert!(out.contains("more than one Content-Type") && out.ends_with("\n502"), "{out}{err}");
     // Two Host fields (an upstream routing on the last would reach another service): 400, not forwarded.
     let before = w.api.requests().len();
-    let raw = "import socket, sys\n\
-               h, p = sys.argv[1].rsplit(':', 1)\n\
-               s = socket.create_connection((h, int(p)))\n\
-               s.sendall(b'GET /api/v1/orders/7 HTTP/1.1\\r\\nHost: orders.internal\\r\\nHost: admin.internal\\r\\nConnection: close\\r\\n\\r\\n')\n\
-               out = b''\n\
-               while True:\n\
-               \x20   b = s.recv(65536)\n\
-               \x20   if not b: break\n\
-               \x20   out += b\n\
-               print(out.decode('latin1'))\n";
-    let addr = w.api.addr.to_string();
-    let o = w.env.run_as(&w.ida, None, std::path::Path::new("/usr/bin/python3"), &["-c", raw, &addr]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.starts_with("HTTP/1.1 400") && out.contains("more than one Host"),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
+    let (out, err) = raw_request(
+        &w,
+        &w.ida,
+        "GET /api/v1/orders/7 HTTP/1.1\r\nHost: orders.internal\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
     );
+    assert!(out.starts_with("HTTP/1.1 400") && out.contains("more than one Host"), "{out}{err}");
     assert_eq!(w.api.requests().len(), before, "the request reached the server");
     // Another host behind the backend's address (an ingress routing on Host
     // would take this rule and the held credential to that service): 421,
@@ -1482,22 +1488,14 @@ k8s = {{ resources = ["secrets"] }}
 #[test]
 fn request_trailers_do_not_reach_the_backend() {
     let w = world("httptrailers");
-    let raw = "import socket, sys\n\
-               h, p = sys.argv[1].rsplit(':', 1)\n\
-               s = socket.create_connection((h, int(p)))\n\
-               s.sendall(b'POST /api/v1/notes HTTP/1.1\\r\\nHost: ' + sys.argv[1].encode() + b'\\r\\nTransfer-Encoding: chunked\\r\\n'\n\
-               \x20   b'Trailer: X-Forwarded-For, Impersonate-User\\r\\nConnection: close\\r\\n\\r\\n'\n\
-               \x20   b'5\\r\\nhello\\r\\n0\\r\\nX-Forwarded-For: 203.0.113.9\\r\\nImpersonate-User: system:admin\\r\\n\\r\\n')\n\
-               out = b''\n\
-               while True:\n\
-               \x20   b = s.recv(65536)\n\
-               \x20   if not b: break\n\
-               \x20   out += b\n\
-               print(out.decode('latin1'))\n";
-    let addr = w.api.addr.to_string();
-    let o = w.env.run_as(&w.eve, None, std::path::Path::new("/usr/bin/python3"), &["-c", raw, &addr]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}{}\n{}", String::from_utf8_lossy(&o.stderr), w.env.agent_log());
+    let request = format!(
+        "POST /api/v1/notes HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\
+         Trailer: X-Forwarded-For, Impersonate-User\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n0\r\nX-Forwarded-For: 203.0.113.9\r\nImpersonate-User: system:admin\r\n\r\n",
+        w.api.addr
+    );
+    let (out, err) = raw_request(&w, &w.eve, &request);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}{err}\n{}", w.env.agent_log());
     let got =
         w.api.requests().into_iter().rfind(|r| r["path"] == "/api/v1/notes").expect("the request reached the backend");
     assert_eq!(got["body"], "hello", "{got}");

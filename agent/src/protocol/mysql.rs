@@ -1147,9 +1147,6 @@ async fn record_refusal(ctx: &Ctx, s: &Session, text: &str, st: Option<&Statemen
     ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))
 }
 
-/// Decides one statement for this session under `snapshot` (as the
-/// PostgreSQL relay does: a policy that now changes the session's login,
-/// masking or guard rails refuses until the user reconnects).
 /// Adds to `st` what it reaches through the views it names (`via_views`,
 /// for `deny_tables`; the views' names join the names whose result columns
 /// are not traced, for masking). Returns the views whose definitions are
@@ -1201,6 +1198,9 @@ fn rule_denies_tables(snapshot: &Snapshot, d: &Decision) -> bool {
     snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref()).is_none_or(|r| !r.deny_tables.is_empty())
 }
 
+/// Decides one statement for this session under `snapshot` (as the
+/// PostgreSQL relay does: a policy that now changes the session's login,
+/// masking or guard rails refuses until the user reconnects).
 fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
     let d = snapshot.policy.decide_with(
         &ctx.principal,
