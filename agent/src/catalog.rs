@@ -272,6 +272,15 @@ impl Catalog {
         out
     }
 
+    /// Whether a relation a statement names (unresolved: without a schema,
+    /// in any schema) is one this catalog holds.
+    pub fn knows_relation(&self, t: &TableRef) -> bool {
+        match t.schema.as_deref() {
+            Some(schema) => self.has_relation(schema, &t.name),
+            None => !self.schemas_with(&t.name).is_empty(),
+        }
+    }
+
     fn has_relation(&self, schema: &str, name: &str) -> bool {
         self.relations.get(schema, name).is_some() || self.is_builtin_relation(schema, name)
     }

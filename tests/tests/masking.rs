@@ -664,3 +664,29 @@ fn errors_do_not_echo_masked_values() {
 fn memmem(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// A view made outside Gatehouse (a DBA's, after the sessions' catalog was
+/// read) is followed to its tables from the first statement that names it:
+/// a statement naming a relation the catalog does not hold has the catalog
+/// read again before it is decided. Before, until the next read (up to
+/// `catalog_refresh`), the view's renamed column came back unmasked and
+/// could be filtered on.
+#[test]
+fn a_view_made_outside_gatehouse_is_masked_from_its_first_statement() {
+    let w = world("maskview");
+    // The sessions' catalog is read.
+    assert_eq!(w.psql(&w.sam, "SELECT ssn FROM payments").trim(), "****");
+    w.pg.admin_db(
+        "appdb",
+        "CREATE VIEW public.renamed AS SELECT id, ssn AS x FROM payments; GRANT SELECT ON public.renamed TO PUBLIC;",
+    );
+    for user in [&w.sam, &w.lou] {
+        let out = w.psql(user, "SELECT x FROM renamed");
+        assert_eq!(out.trim(), "****", "{user}: {out}\n{}", w.env.agent_log());
+    }
+    let out = w.psql(&w.sam, "SELECT id FROM renamed WHERE x LIKE 'Z%'");
+    assert!(out.contains("Gatehouse refused") && out.contains("payments.ssn"), "{out}");
+    // An unmasked rule reads it as stored.
+    assert_eq!(w.psql(&w.ana, "SELECT x FROM renamed").trim(), "ZETA-SECRET");
+    assert!(w.env.agent_log().contains("read the backend catalog again: a statement named a relation it did not hold"));
+}

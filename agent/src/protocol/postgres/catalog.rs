@@ -49,6 +49,8 @@ struct Pending {
 struct State {
     catalog: Option<Arc<Catalog>>,
     loaded: Option<Instant>,
+    /// When the last read for a name the catalog did not hold began.
+    reread: Option<Instant>,
     pending: Vec<Pending>,
     last_error: Option<String>,
 }
@@ -173,6 +175,46 @@ pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) 
     };
     outcome.map(|()| entry)
 }
+
+/// A statement names a relation the catalog does not hold — one made
+/// outside Gatehouse since the last read (a view over a table with masked
+/// columns would otherwise be read by column name, a view over a denied
+/// table pass `deny_tables`, until the next read), or a temporary table, or
+/// one that does not exist: the catalog is read again before the statement
+/// is decided, unless it was read for an unknown name within
+/// [`UNKNOWN_NAME_REREAD`] (a read for another reason may have begun just
+/// before the relation was made).
+pub(super) async fn reread_for_unknown(ctx: &Ctx, entry: &Arc<Entry>, login: &Credentials, database: &str) {
+    let recent = |st: &State| st.reread.is_some_and(|t| t.elapsed() < UNKNOWN_NAME_REREAD);
+    if recent(&lock(&entry.state)) {
+        return;
+    }
+    let _one = entry.loading.lock().await;
+    let started = Instant::now();
+    {
+        let mut st = lock(&entry.state);
+        if recent(&st) {
+            return;
+        }
+        st.reread = Some(started);
+    }
+    match read(ctx, login, database).await {
+        Ok(c) => {
+            info!(
+                ms = started.elapsed().as_millis(),
+                "read the backend catalog again: a statement named a relation it did not hold"
+            );
+            entry.install(c, started);
+        }
+        Err(e) => {
+            warn!(error = %e, backend = %ctx.backend.name, "reading the backend catalog again failed; keeping the previous one");
+            lock(&entry.state).last_error = Some(e);
+        }
+    }
+}
+
+/// See [`reread_for_unknown`].
+pub const UNKNOWN_NAME_REREAD: Duration = Duration::from_secs(1);
 
 /// Reads the catalog again in the background (at most one read at a time
 /// per entry; a request during a read is folded into it).
