@@ -372,6 +372,13 @@ fn mismatches(rule: &Rule, p: &Principal, req: &Request<'_>) -> Vec<String> {
 }
 
 impl Policy {
+    /// Whether the rule that decided `d` has `deny_tables` (a rule not in
+    /// the policy files, from a grant: assumed to), so what a statement
+    /// reaches through views matters to it.
+    pub fn may_deny_tables(&self, d: &Decision) -> bool {
+        self.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref()).is_none_or(|r| !r.deny_tables.is_empty())
+    }
+
     /// Decides `req` for `p`.
     pub fn decide(&self, p: &Principal, req: &Request<'_>) -> Decision {
         self.decide_inner(p, req, None, None, &[], None)

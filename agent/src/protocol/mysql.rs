@@ -1182,7 +1182,7 @@ async fn decide_now(ctx: &Ctx, s: &mut Session, st: &mut Statement) -> Result<De
     let d = decide_one(ctx, &snapshot, st);
     if let Some(view) = unreadable.first()
         && d.verdict != Verdict::Deny
-        && (ctx.mask.is_some() || rule_denies_tables(&snapshot, &d))
+        && (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&d))
     {
         return Ok(Decision::refuse(format!(
             "rule {:?} refuses this statement: it reads view {view}, whose definition the backend login cannot read (grant it SHOW VIEW), so which tables it reads is not known",
@@ -1190,12 +1190,6 @@ async fn decide_now(ctx: &Ctx, s: &mut Session, st: &mut Statement) -> Result<De
         )));
     }
     Ok(d)
-}
-
-/// Whether the rule that decided `d` has `deny_tables` (a rule not found,
-/// from a grant: assumed to).
-fn rule_denies_tables(snapshot: &Snapshot, d: &Decision) -> bool {
-    snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref()).is_none_or(|r| !r.deny_tables.is_empty())
 }
 
 /// Decides one statement for this session under `snapshot` (as the

@@ -712,19 +712,13 @@ async fn decide_text(
     // A relation the catalog does not hold (made outside Gatehouse since it
     // was read) is looked up before deciding where what it reads matters:
     // masking, and rules with deny_tables.
-    if (ctx.mask.is_some() || rule_denies_tables(&snapshot, &admitted))
+    if (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&admitted))
         && let Some((cat, _)) = db.catalog.snapshot()
         && statements.iter().any(|s| s.reads.iter().chain(&s.writes).any(|t| !cat.knows_relation(t)))
     {
         crate::protocol::postgres::catalog::reread_for_unknown(ctx, &db.catalog, &db.login, &db.database).await;
     }
     Ok(decide_statements(ctx, db, shared, statements, epoch, true))
-}
-
-/// Whether the rule that admits the session may deny tables (a rule not
-/// found, from a grant: assumed to).
-fn rule_denies_tables(snapshot: &crate::proxy::Snapshot, d: &Decision) -> bool {
-    snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref()).is_none_or(|r| !r.deny_tables.is_empty())
 }
 
 /// Decides statements prepared earlier, again, for an Execute.
