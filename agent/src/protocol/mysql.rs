@@ -705,13 +705,13 @@ async fn prepare(ctx: &Ctx, s: &mut Session) -> Result<(), String> {
 
 /// The views the session's login sees, read again when the list is older
 /// than `catalog_refresh` or DDL went through on the backend (see [`views`]).
-/// `names`: a list that does not hold one of them is read again (unless it
-/// was read within [`views::UNKNOWN_NAME_REREAD`]): a view made outside
-/// Gatehouse counts from the first statement that names it.
+/// `names`: a list that does not hold one of them is read again (at most
+/// once per [`views::UNKNOWN_NAME_REREAD`]): a view made outside Gatehouse
+/// counts from the first statement that names it.
 async fn current_views(ctx: &Ctx, s: &mut Session, names: &[&TableRef]) -> Result<Arc<views::Views>, String> {
     let fresh = ctx.agent.settings.catalog_refresh;
-    if let Some((v, age)) = views::cached(ctx.backend.name.as_str(), &s.login, fresh)
-        && (age < views::UNKNOWN_NAME_REREAD || names.iter().all(|t| v.knows(t)))
+    if let Some(v) = views::cached(ctx.backend.name.as_str(), &s.login, fresh)
+        && (names.iter().all(|t| v.knows(t)) || !views::may_reread(ctx.backend.name.as_str(), &s.login))
     {
         return Ok(v);
     }

@@ -15,7 +15,7 @@
 //! one) is kept per backend and login for `catalog_refresh`, read again
 //! after DDL through Gatehouse on that backend, and read again before a
 //! statement that names a table or view it does not hold (at most once a
-//! second: a temporary table, or one that does not exist, stays unknown
+//! second per backend login: a temporary table, or one that does not exist, stays unknown
 //! and counts as a table), so a view made outside Gatehouse counts from the
 //! first statement that names it. A view redefined outside Gatehouse is
 //! seen at the next read. A view whose definition the login
@@ -40,14 +40,23 @@ const MAX_DEPTH: usize = 32;
 const SYSTEM: [&str; 4] = ["information_schema", "performance_schema", "mysql", "sys"];
 
 /// The query that reads them: every table and view outside the server's own
-/// schemas, with a view's definition (empty without `SHOW VIEW`).
+/// schemas, with a view's definition (empty without `SHOW VIEW`). Names and
+/// definitions come hex-encoded: the session's `character_set_results`
+/// (which its user may set, to `latin1` say) would otherwise convert them
+/// on the way, and a name outside it would arrive as another.
 pub fn query() -> String {
     format!(
-        "SELECT t.TABLE_SCHEMA, t.TABLE_NAME, v.VIEW_DEFINITION, t.TABLE_TYPE FROM information_schema.TABLES t \
+        "SELECT HEX(t.TABLE_SCHEMA), HEX(t.TABLE_NAME), HEX(v.VIEW_DEFINITION), t.TABLE_TYPE FROM information_schema.TABLES t \
          LEFT JOIN information_schema.VIEWS v ON v.TABLE_SCHEMA = t.TABLE_SCHEMA AND v.TABLE_NAME = t.TABLE_NAME \
          WHERE t.TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys') LIMIT {}",
         MAX_VIEWS + 1
     )
+}
+
+/// A hex-encoded UTF-8 value of [`query`]'s answer.
+fn unhex(v: Option<&Option<String>>) -> Option<String> {
+    let bytes = crate::audit::export::unhex(v?.as_deref()?)?;
+    String::from_utf8(bytes).ok()
 }
 
 /// What one view reads.
@@ -85,13 +94,15 @@ impl Views {
     pub fn from_rows(rows: &[Vec<Option<String>>], fold_case: bool) -> Self {
         let mut v = Views { fold_case, truncated: rows.len() > MAX_VIEWS, ..Views::default() };
         for row in rows.iter().take(MAX_VIEWS) {
-            let (Some(Some(schema)), Some(Some(name))) = (row.first(), row.get(1)) else { continue };
+            // A name that does not decode is not held: it counts as unknown (and a statement naming it reads the list again).
+            let (Some(schema), Some(name)) = (unhex(row.first()), unhex(row.get(1))) else { continue };
+            let (schema, name) = (&schema, &name);
             if row.get(3).cloned().flatten().is_some_and(|t| t != "VIEW") {
                 let key = v.key(Some(schema), name);
                 v.tables.insert(key);
                 continue;
             }
-            let definition = row.get(2).cloned().flatten().unwrap_or_default();
+            let definition = unhex(row.get(2)).unwrap_or_default();
             let reads = if definition.trim().is_empty() {
                 Reads::Unknown
             } else {
@@ -167,26 +178,42 @@ impl Views {
 /// A list, and when it was read.
 type Entry = (Instant, Arc<Views>);
 
-/// Views lists per backend and login, shared by the agent's sessions.
+/// Views lists per backend and login, shared by the agent's sessions, and
+/// when each was last read for a name it did not hold.
 #[derive(Debug, Default)]
 struct Cache {
     entries: Mutex<HashMap<(String, String), Entry>>,
+    rereads: Mutex<HashMap<(String, String), Instant>>,
 }
 
-/// A list read this recently is not read again for a name it does not hold.
+/// A list is read again for a name it does not hold at most this often
+/// (per backend and login).
 pub const UNKNOWN_NAME_REREAD: Duration = Duration::from_secs(1);
+
+/// Whether the list of `backend` and `login` may be read again now for a
+/// name it does not hold (then the time is taken: the caller reads it).
+/// Counted from the last such read, not from the list's age: a read for
+/// another reason may have begun just before the view was made.
+pub fn may_reread(backend: &str, login: &str) -> bool {
+    let mut rereads = cache().rereads.lock().unwrap_or_else(PoisonError::into_inner);
+    let key = (backend.to_owned(), login.to_owned());
+    if rereads.get(&key).is_some_and(|t| t.elapsed() < UNKNOWN_NAME_REREAD) {
+        return false;
+    }
+    rereads.insert(key, Instant::now());
+    true
+}
 
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(Cache::default)
 }
 
-/// The list for `backend` and `login`, if read within `fresh`, and how long ago.
-pub fn cached(backend: &str, login: &str, fresh: Duration) -> Option<(Arc<Views>, Duration)> {
+/// The list for `backend` and `login`, if read within `fresh`.
+pub fn cached(backend: &str, login: &str, fresh: Duration) -> Option<Arc<Views>> {
     let entries = cache().entries.lock().unwrap_or_else(PoisonError::into_inner);
     let (at, v) = entries.get(&(backend.to_owned(), login.to_owned()))?;
-    let age = at.elapsed();
-    (age < fresh).then(|| (v.clone(), age))
+    (at.elapsed() < fresh).then(|| v.clone())
 }
 
 pub fn store(backend: &str, login: &str, views: Arc<Views>) {
@@ -205,7 +232,8 @@ mod tests {
     use super::*;
 
     fn row(schema: &str, name: &str, def: &str) -> Vec<Option<String>> {
-        vec![Some(schema.into()), Some(name.into()), Some(def.into()), Some("VIEW".into())]
+        let h = |s: &str| Some(crate::audit::hex(s.as_bytes()).to_ascii_uppercase());
+        vec![h(schema), h(name), h(def), Some("VIEW".into())]
     }
 
     fn t(schema: &str, name: &str) -> TableRef {
@@ -225,11 +253,14 @@ mod tests {
             row("appdb", "loop_b", "select 1 AS `x` from `appdb`.`loop_a`"),
             row("appdb", "hidden", ""),
             row("appdb", "odd", "this is not sql"),
-            vec![Some("appdb".into()), Some("customers".into()), None, Some("BASE TABLE".into())],
+            vec![Some("6170706462".into()), Some("637573746F6D657273".into()), None, Some("BASE TABLE".into())],
+            // Names in any script arrive whole.
+            row("appdb", "kündigung_v", "select `appdb`.`kündigung`.`id` AS `id` from `appdb`.`kündigung`"),
         ];
         let v = Views::from_rows(&rows, true);
         assert!(v.knows(&t("appdb", "customers")) && v.knows(&t("AppDB", "CARDS")));
         assert!(v.knows(&t("mysql", "user")) && !v.knows(&t("appdb", "new_one")));
+        assert_eq!(v.reach(&[t("appdb", "kündigung_v")]).via, [t("appdb", "kündigung")]);
         let r = v.reach(&[t("appdb", "cards2")]);
         assert_eq!(r.via, [t("appdb", "cards"), t("appdb", "customers")]);
         assert_eq!(r.views.iter().collect::<Vec<_>>(), ["appdb.cards", "appdb.cards2"]);
