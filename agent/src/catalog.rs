@@ -28,6 +28,7 @@
 
 mod builtin;
 pub mod load;
+pub mod misses;
 mod origins;
 mod resolve;
 

@@ -1667,7 +1667,6 @@ fn views_count_as_the_tables_they_read() {
     // A view made outside Gatehouse while the agent runs (its list of views
     // was read by the sessions above) counts from the first statement naming it.
     w.db.admin("CREATE VIEW appdb.late AS SELECT card AS c FROM appdb.customers;");
-    std::thread::sleep(std::time::Duration::from_millis(1200));
     let out = run(&w.sam, "SELECT c FROM late");
     assert!(!secret(&out) && out.contains("****"), "{out}\n{}", w.env.agent_log());
     let out = run(&w.dan, "SELECT c, 'vw6' FROM late");

@@ -705,15 +705,16 @@ async fn prepare(ctx: &Ctx, s: &mut Session) -> Result<(), String> {
 
 /// The views the session's login sees, read again when the list is older
 /// than `catalog_refresh` or DDL went through on the backend (see [`views`]).
-/// `names`: a list that does not hold one of them is read again (at most
-/// once per [`views::UNKNOWN_NAME_REREAD`]): a view made outside Gatehouse
-/// counts from the first statement that names it.
+/// `names`: a list that does not hold one of them is read again (the same
+/// name at most once a second, see [`views::may_reread`]): a view made
+/// outside Gatehouse counts from the first statement that names it.
 async fn current_views(ctx: &Ctx, s: &mut Session, names: &[&TableRef]) -> Result<Arc<views::Views>, String> {
     let fresh = ctx.agent.settings.catalog_refresh;
-    if let Some(v) = views::cached(ctx.backend.name.as_str(), &s.login, fresh)
-        && (names.iter().all(|t| v.knows(t)) || !views::may_reread(ctx.backend.name.as_str(), &s.login))
-    {
-        return Ok(v);
+    if let Some(v) = views::cached(ctx.backend.name.as_str(), &s.login, fresh) {
+        let unknown: Vec<&TableRef> = names.iter().copied().filter(|t| !v.knows(t)).collect();
+        if unknown.is_empty() || !views::may_reread(ctx.backend.name.as_str(), &s.login, unknown) {
+            return Ok(v);
+        }
     }
     let rows = simple_query(s, &views::query()).await.map_err(|e| format!("reading the views: {e}"))?;
     let v = Arc::new(views::Views::from_rows(&rows, s.fold_case));

@@ -14,8 +14,8 @@
 //! The list (with the names of the tables, to tell a new name from an old
 //! one) is kept per backend and login for `catalog_refresh`, read again
 //! after DDL through Gatehouse on that backend, and read again before a
-//! statement that names a table or view it does not hold (at most once a
-//! second per backend login: a temporary table, or one that does not exist, stays unknown
+//! statement that names a table or view it does not hold (the same name at
+//! most once a second: a temporary table, or one that does not exist, stays unknown
 //! and counts as a table), so a view made outside Gatehouse counts from the
 //! first statement that names it. A view redefined outside Gatehouse is
 //! seen at the next read. A view whose definition the login
@@ -183,30 +183,27 @@ type Entry = (Instant, Arc<Views>);
 #[derive(Debug, Default)]
 struct Cache {
     entries: Mutex<HashMap<(String, String), Entry>>,
-    rereads: Mutex<HashMap<(String, String), Instant>>,
-}
-
-/// A list is read again for a name it does not hold at most this often
-/// (per backend and login).
-pub const UNKNOWN_NAME_REREAD: Duration = Duration::from_secs(1);
-
-/// Whether the list of `backend` and `login` may be read again now for a
-/// name it does not hold (then the time is taken: the caller reads it).
-/// Counted from the last such read, not from the list's age: a read for
-/// another reason may have begun just before the view was made.
-pub fn may_reread(backend: &str, login: &str) -> bool {
-    let mut rereads = cache().rereads.lock().unwrap_or_else(PoisonError::into_inner);
-    let key = (backend.to_owned(), login.to_owned());
-    if rereads.get(&key).is_some_and(|t| t.elapsed() < UNKNOWN_NAME_REREAD) {
-        return false;
-    }
-    rereads.insert(key, Instant::now());
-    true
+    misses: Mutex<HashMap<(String, String), crate::catalog::misses::Misses>>,
 }
 
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(Cache::default)
+}
+
+/// Reads of a list for names it does not hold, per backend and login, at
+/// most per second (see `crate::catalog::misses`).
+const REREADS_PER_SECOND: u32 = 5;
+
+/// Whether the list of `backend` and `login` is read again now for the
+/// names in `unknown`, which it does not hold (a name not looked up within
+/// the last second: yes, unless a flood of them took this second's reads).
+pub fn may_reread<'a>(backend: &str, login: &str, unknown: impl IntoIterator<Item = &'a TableRef>) -> bool {
+    let mut misses = cache().misses.lock().unwrap_or_else(PoisonError::into_inner);
+    let m = misses
+        .entry((backend.to_owned(), login.to_owned()))
+        .or_insert_with(|| crate::catalog::misses::Misses::new(REREADS_PER_SECOND));
+    m.allow(unknown.into_iter().map(|t| format!("{}.{}", t.schema.as_deref().unwrap_or_default(), t.name)))
 }
 
 /// The list for `backend` and `login`, if read within `fresh`.

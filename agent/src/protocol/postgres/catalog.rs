@@ -49,8 +49,8 @@ struct Pending {
 struct State {
     catalog: Option<Arc<Catalog>>,
     loaded: Option<Instant>,
-    /// When the last read for a name the catalog did not hold began.
-    reread: Option<Instant>,
+    /// Names the catalog did not hold that it was read again for (see `crate::catalog::misses`).
+    misses: Option<crate::catalog::misses::Misses>,
     pending: Vec<Pending>,
     last_error: Option<String>,
 }
@@ -176,28 +176,29 @@ pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) 
     outcome.map(|()| entry)
 }
 
-/// A statement names a relation the catalog does not hold — one made
-/// outside Gatehouse since the last read (a view over a table with masked
-/// columns would otherwise be read by column name, a view over a denied
-/// table pass `deny_tables`, until the next read), or a temporary table, or
-/// one that does not exist: the catalog is read again before the statement
-/// is decided, unless it was read for an unknown name within
-/// [`UNKNOWN_NAME_REREAD`] (a read for another reason may have begun just
-/// before the relation was made).
-pub(super) async fn reread_for_unknown(ctx: &Ctx, entry: &Arc<Entry>, login: &Credentials, database: &str) {
-    let recent = |st: &State| st.reread.is_some_and(|t| t.elapsed() < UNKNOWN_NAME_REREAD);
-    if recent(&lock(&entry.state)) {
-        return;
+/// A statement names relations the catalog does not hold (`unknown`) — one
+/// made outside Gatehouse since the last read (a view over a table with
+/// masked columns would otherwise be read by column name, a view over a
+/// denied table pass `deny_tables`, until the next read), or a temporary
+/// table, or one that does not exist: the catalog is read again before the
+/// statement is decided, unless each name was looked up within the last
+/// second, or this second's reads ([`REREADS_PER_SECOND`]) are taken.
+pub(super) async fn reread_for_unknown(
+    ctx: &Ctx,
+    entry: &Arc<Entry>,
+    login: &Credentials,
+    database: &str,
+    unknown: Vec<String>,
+) {
+    {
+        let mut st = lock(&entry.state);
+        let misses = st.misses.get_or_insert_with(|| crate::catalog::misses::Misses::new(REREADS_PER_SECOND));
+        if !misses.allow(unknown) {
+            return;
+        }
     }
     let _one = entry.loading.lock().await;
     let started = Instant::now();
-    {
-        let mut st = lock(&entry.state);
-        if recent(&st) {
-            return;
-        }
-        st.reread = Some(started);
-    }
     match read(ctx, login, database).await {
         Ok(c) => {
             info!(
@@ -213,8 +214,8 @@ pub(super) async fn reread_for_unknown(ctx: &Ctx, entry: &Arc<Entry>, login: &Cr
     }
 }
 
-/// See [`reread_for_unknown`].
-pub const UNKNOWN_NAME_REREAD: Duration = Duration::from_secs(1);
+/// Catalog reads for names it did not hold, per entry, at most per second.
+pub const REREADS_PER_SECOND: u32 = 2;
 
 /// Reads the catalog again in the background (at most one read at a time
 /// per entry; a request during a read is folded into it).

@@ -714,9 +714,17 @@ async fn decide_text(
     // masking, and rules with deny_tables.
     if (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&admitted))
         && let Some((cat, _)) = db.catalog.snapshot()
-        && statements.iter().any(|s| s.reads.iter().chain(&s.writes).any(|t| !cat.knows_relation(t)))
     {
-        crate::protocol::postgres::catalog::reread_for_unknown(ctx, &db.catalog, &db.login, &db.database).await;
+        let unknown: Vec<String> = statements
+            .iter()
+            .flat_map(|s| s.reads.iter().chain(&s.writes))
+            .filter(|t| !cat.knows_relation(t))
+            .map(|t| format!("{}.{}", t.schema.as_deref().unwrap_or_default(), t.name))
+            .collect();
+        if !unknown.is_empty() {
+            crate::protocol::postgres::catalog::reread_for_unknown(ctx, &db.catalog, &db.login, &db.database, unknown)
+                .await;
+        }
     }
     Ok(decide_statements(ctx, db, shared, statements, epoch, true))
 }
