@@ -278,7 +278,10 @@ impl Catalog {
     pub fn knows_relation(&self, t: &TableRef) -> bool {
         match t.schema.as_deref() {
             Some(schema) => self.has_relation(schema, &t.name),
-            None => !self.schemas_with(&t.name).is_empty(),
+            None => {
+                self.relation_schemas.contains_key(&t.name)
+                    || ["pg_catalog", "information_schema"].iter().any(|s| self.is_builtin_relation(s, &t.name))
+            }
         }
     }
 

@@ -686,6 +686,35 @@ fn a_view_made_outside_gatehouse_is_masked_from_its_first_statement() {
     }
     let out = w.psql(&w.sam, "SELECT id FROM renamed WHERE x LIKE 'Z%'");
     assert!(out.contains("Gatehouse refused") && out.contains("payments.ssn"), "{out}");
+    // A flood of made-up names takes the second's catalog reads (two); a new
+    // name past them is refused by Gatehouse, not let through unread (it
+    // could be a view made meanwhile).
+    let port = w.pg.port.to_string();
+    // (A new second of reads, then three statements well within it.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let flood = [
+        "-h",
+        w.pg.host.as_str(),
+        "-p",
+        &port,
+        "-d",
+        "appdb",
+        "-X",
+        "-A",
+        "-t",
+        "-c",
+        "SELECT * FROM made_up_1",
+        "-c",
+        "SELECT * FROM made_up_2",
+        "-c",
+        "SELECT * FROM made_up_3",
+    ];
+    let out = text(&w.env.run_as(&w.sam, None, std::path::Path::new("/usr/bin/psql"), &flood));
+    assert!(out.contains("made_up_1\" does not exist") && out.contains("made_up_2\" does not exist"), "{out}");
+    assert!(
+        out.contains("read too often") && !out.contains("made_up_3\" does not exist"),
+        "the third name was read for, or passed to the server unread: {out}"
+    );
     // An unmasked rule reads it as stored.
     assert_eq!(w.psql(&w.ana, "SELECT x FROM renamed").trim(), "ZETA-SECRET");
     assert!(w.env.agent_log().contains("read the backend catalog again: a statement named a relation it did not hold"));

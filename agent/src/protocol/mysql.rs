@@ -59,6 +59,7 @@ use super::postgres::io::Stream;
 use super::postgres::tls;
 use super::tcp::{End, RelayOutcome};
 use crate::audit::{Event, StatementEnd, StatementStart, now_us};
+use crate::catalog::misses::Lookup;
 use crate::identity::Principal;
 use crate::policy::{Backend, Credentials, Decision, Request, TlsMode, Verdict};
 use crate::proxy::{Agent, LiveSession, Snapshot};
@@ -699,23 +700,21 @@ async fn prepare(ctx: &Ctx, s: &mut Session) -> Result<(), String> {
         let path = std::path::PathBuf::from(socket);
         crate::protocol::local_socket::warn_open(ctx.backend.name.as_str(), ctx.addr, &[path]);
     }
-    current_views(ctx, s, &[]).await?;
+    current_views(ctx, s).await?;
     apply_guard(ctx, s).await
 }
 
 /// The views the session's login sees, read again when the list is older
 /// than `catalog_refresh` or DDL went through on the backend (see [`views`]).
-/// `names`: a list that does not hold one of them is read again (the same
-/// name at most once a second, see [`views::may_reread`]): a view made
-/// outside Gatehouse counts from the first statement that names it.
-async fn current_views(ctx: &Ctx, s: &mut Session, names: &[&TableRef]) -> Result<Arc<views::Views>, String> {
-    let fresh = ctx.agent.settings.catalog_refresh;
-    if let Some(v) = views::cached(ctx.backend.name.as_str(), &s.login, fresh) {
-        let unknown: Vec<&TableRef> = names.iter().copied().filter(|t| !v.knows(t)).collect();
-        if unknown.is_empty() || !views::may_reread(ctx.backend.name.as_str(), &s.login, unknown) {
-            return Ok(v);
-        }
+async fn current_views(ctx: &Ctx, s: &mut Session) -> Result<Arc<views::Views>, String> {
+    match views::cached(ctx.backend.name.as_str(), &s.login, ctx.agent.settings.catalog_refresh) {
+        Some(v) => Ok(v),
+        None => read_views(ctx, s).await,
     }
+}
+
+/// Reads the views (and tables) the session's login sees, for every session of that login.
+async fn read_views(ctx: &Ctx, s: &mut Session) -> Result<Arc<views::Views>, String> {
     let rows = simple_query(s, &views::query()).await.map_err(|e| format!("reading the views: {e}"))?;
     let v = Arc::new(views::Views::from_rows(&rows, s.fold_case));
     if v.truncated {
@@ -1175,11 +1174,25 @@ fn through_views(views: &views::Views, st: &mut Statement) -> Vec<String> {
 /// Decides `st` under the policy of this moment, with what it reaches
 /// through views as the server's views are now.
 async fn decide_now(ctx: &Ctx, s: &mut Session, st: &mut Statement) -> Result<Decision, Fail> {
-    let named: Vec<&TableRef> = st.reads.iter().chain(&st.writes).collect();
-    let views = current_views(ctx, s, &named).await.map_err(Fail::Backend)?;
-    st.via_views.clear();
-    let unreadable = through_views(&views, st);
+    let mut views = current_views(ctx, s).await.map_err(Fail::Backend)?;
     let snapshot = ctx.agent.snapshot.load_full();
+    st.via_views.clear();
+    // A name the list does not hold (a view made outside Gatehouse since it
+    // was read?) is looked up where what a view reads matters: masking, and
+    // rules with deny_tables.
+    let unknown: Vec<&TableRef> = st.reads.iter().chain(&st.writes).filter(|t| !views.knows(t)).collect();
+    if !unknown.is_empty() && (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&decide_one(ctx, &snapshot, st))) {
+        match views::lookup(ctx.backend.name.as_str(), &s.login, unknown) {
+            Lookup::Read => views = read_views(ctx, s).await.map_err(Fail::Backend)?,
+            Lookup::Recent => {}
+            Lookup::Spent => {
+                return Ok(Decision::refuse(
+                    "it names a table or view the backend's list does not hold, and the list has been read too often for such names in the last second; try again in a second",
+                ));
+            }
+        }
+    }
+    let unreadable = through_views(&views, st);
     let d = decide_one(ctx, &snapshot, st);
     if let Some(view) = unreadable.first()
         && d.verdict != Verdict::Deny

@@ -81,10 +81,11 @@ fn stricter(a: Option<Style>, b: Option<Style>) -> Option<Style> {
 /// plan means nothing in it is masked.
 ///
 /// `ctes` (lowercased) are the common table expressions the statement
-/// defines: the server gives their name as a column's table, which says no
-/// more about the value than a derived table's alias would, so a column
-/// from one is untraced (hidden whole) — and so is one from a table that
-/// shares a CTE's name, which a reference may mean either way.
+/// defines, and the views it reads (added by `protocol::mysql::views`): the
+/// server gives their name as a column's table, which says no more about
+/// the value than a derived table's alias would, so a column from one is
+/// untraced (hidden whole) — and so is one from a table that shares such a
+/// name, which a reference may mean either way.
 pub fn plan(
     profile: &Profile,
     reads: &[TableRef],

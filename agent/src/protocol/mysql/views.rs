@@ -13,11 +13,13 @@
 //!
 //! The list (with the names of the tables, to tell a new name from an old
 //! one) is kept per backend and login for `catalog_refresh`, read again
-//! after DDL through Gatehouse on that backend, and read again before a
-//! statement that names a table or view it does not hold (the same name at
-//! most once a second: a temporary table, or one that does not exist, stays unknown
-//! and counts as a table), so a view made outside Gatehouse counts from the
-//! first statement that names it. A view redefined outside Gatehouse is
+//! after DDL through Gatehouse on that backend, and — on masked sessions and
+//! rules with `deny_tables`, where what a view reads matters — read again
+//! before a statement that names a table or view it does not hold (see
+//! `crate::catalog::misses`: the same name at most once a second; a
+//! temporary table, or one that does not exist, stays unknown and counts as
+//! a table), so a view made outside Gatehouse counts from the first
+//! statement that names it. A view redefined outside Gatehouse is
 //! seen at the next read. A view whose definition the login
 //! cannot read (no `SHOW VIEW` privilege: the server shows it empty) or
 //! that does not parse is *unreadable*: what it reads is not known, so a
@@ -27,6 +29,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::catalog::misses::Lookup;
 use crate::sql::TableRef;
 use crate::sql::mysql::{self as classify, Names};
 
@@ -195,15 +198,14 @@ fn cache() -> &'static Cache {
 /// most per second (see `crate::catalog::misses`).
 const REREADS_PER_SECOND: u32 = 5;
 
-/// Whether the list of `backend` and `login` is read again now for the
-/// names in `unknown`, which it does not hold (a name not looked up within
-/// the last second: yes, unless a flood of them took this second's reads).
-pub fn may_reread<'a>(backend: &str, login: &str, unknown: impl IntoIterator<Item = &'a TableRef>) -> bool {
+/// What to do about `unknown`, names the list of `backend` and `login` does
+/// not hold (see [`Lookup`]).
+pub fn lookup<'a>(backend: &str, login: &str, unknown: impl IntoIterator<Item = &'a TableRef>) -> Lookup {
     let mut misses = cache().misses.lock().unwrap_or_else(PoisonError::into_inner);
     let m = misses
         .entry((backend.to_owned(), login.to_owned()))
         .or_insert_with(|| crate::catalog::misses::Misses::new(REREADS_PER_SECOND));
-    m.allow(unknown.into_iter().map(|t| format!("{}.{}", t.schema.as_deref().unwrap_or_default(), t.name)))
+    m.check(unknown.into_iter().map(|t| format!("{}.{}", t.schema.as_deref().unwrap_or_default(), t.name)))
 }
 
 /// The list for `backend` and `login`, if read within `fresh`.

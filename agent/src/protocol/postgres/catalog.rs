@@ -19,6 +19,7 @@ use super::wire::{self, Frame};
 use super::{Ctx, connect_backend};
 use crate::catalog::Catalog;
 use crate::catalog::load::{QUERY, Results, Row, build};
+use crate::catalog::misses::Lookup;
 use crate::policy::Credentials;
 use crate::sql::{Defined, QualName};
 use crate::types::{BackendName, SessionId};
@@ -182,19 +183,22 @@ pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) 
 /// denied table pass `deny_tables`, until the next read), or a temporary
 /// table, or one that does not exist: the catalog is read again before the
 /// statement is decided, unless each name was looked up within the last
-/// second, or this second's reads ([`REREADS_PER_SECOND`]) are taken.
+/// second. `Err` when this second's reads ([`REREADS_PER_SECOND`]) are
+/// taken and a name was not looked up: the statement is refused.
 pub(super) async fn reread_for_unknown(
     ctx: &Ctx,
     entry: &Arc<Entry>,
     login: &Credentials,
     database: &str,
     unknown: Vec<String>,
-) {
+) -> Result<(), ()> {
     {
         let mut st = lock(&entry.state);
         let misses = st.misses.get_or_insert_with(|| crate::catalog::misses::Misses::new(REREADS_PER_SECOND));
-        if !misses.allow(unknown) {
-            return;
+        match misses.check(unknown) {
+            Lookup::Read => {}
+            Lookup::Recent => return Ok(()),
+            Lookup::Spent => return Err(()),
         }
     }
     let _one = entry.loading.lock().await;
@@ -212,6 +216,7 @@ pub(super) async fn reread_for_unknown(
             lock(&entry.state).last_error = Some(e);
         }
     }
+    Ok(())
 }
 
 /// Catalog reads for names it did not hold, per entry, at most per second.

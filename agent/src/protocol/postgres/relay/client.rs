@@ -721,9 +721,23 @@ async fn decide_text(
             .filter(|t| !cat.knows_relation(t))
             .map(|t| format!("{}.{}", t.schema.as_deref().unwrap_or_default(), t.name))
             .collect();
-        if !unknown.is_empty() {
-            crate::protocol::postgres::catalog::reread_for_unknown(ctx, &db.catalog, &db.login, &db.database, unknown)
-                .await;
+        if !unknown.is_empty()
+            && crate::protocol::postgres::catalog::reread_for_unknown(
+                ctx,
+                &db.catalog,
+                &db.login,
+                &db.database,
+                unknown,
+            )
+            .await
+            .is_err()
+        {
+            return Err(PgError::new(
+                Severity::Error,
+                "53400",
+                "Gatehouse refused this statement: it names a relation the backend catalog does not hold, and the catalog has been read too often for such names in the last second",
+            )
+            .hint("try again in a second"));
         }
     }
     Ok(decide_statements(ctx, db, shared, statements, epoch, true))
