@@ -713,7 +713,8 @@ pub struct Piped<B> {
 }
 
 impl<B> Piped<B> {
-    /// `client_side`: the body comes from the client (errors are the client's).
+    /// `client_side`: the body comes from the client (errors are the client's,
+    /// and its trailer section is dropped).
     pub fn new(
         inner: B,
         transform: Option<Transform>,
