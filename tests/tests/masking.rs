@@ -686,35 +686,80 @@ fn a_view_made_outside_gatehouse_is_masked_from_its_first_statement() {
     }
     let out = w.psql(&w.sam, "SELECT id FROM renamed WHERE x LIKE 'Z%'");
     assert!(out.contains("Gatehouse refused") && out.contains("payments.ssn"), "{out}");
-    // A flood of made-up names takes the second's catalog reads (two); a new
-    // name past them is refused by Gatehouse, not let through unread (it
-    // could be a view made meanwhile).
+    // A name looked up a moment ago is looked up again: a user polling a
+    // name a DBA is about to create does not read the new view unmasked in
+    // the second after (sam's shell waits, mid-session, for the view).
+    let sync = w.env.path("sync");
+    std::fs::create_dir(&sync).unwrap();
+    std::fs::set_permissions(&sync, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let script = w.env.path("poll.sql");
+    let (go, made) = (sync.join("go"), sync.join("made"));
+    std::fs::write(
+        &script,
+        format!(
+            "SELECT x FROM soon;\n\\! touch {go}; while [ ! -e {made} ]; do sleep 0.01; done\nSELECT x FROM soon;\n",
+            go = go.display(),
+            made = made.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let port = w.pg.port.to_string();
-    // (A new second of reads, then three statements well within it.)
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    let flood = [
-        "-h",
-        w.pg.host.as_str(),
-        "-p",
-        &port,
-        "-d",
+    let poll = {
+        let (env_dir, host, port, script, sam) =
+            (w.env.dir.clone(), w.pg.host.clone(), port.clone(), script.clone(), w.sam.clone());
+        let cgroup = w.env.cgroup.clone();
+        std::thread::spawn(move || {
+            let o = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+                .arg(&cgroup)
+                .args(["setpriv", "--reuid", &sam, "--regid", &sam, "--init-groups", "--", "/usr/bin/psql"])
+                .args(["-h", &host, "-p", &port, "-d", "appdb", "-X", "-A", "-t", "-f"])
+                .arg(&script)
+                .current_dir(&env_dir)
+                .output()
+                .unwrap();
+            text(&o)
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !go.exists() {
+        assert!(std::time::Instant::now() < deadline, "sam's first statement did not come");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    w.pg.admin_db(
         "appdb",
-        "-X",
-        "-A",
-        "-t",
-        "-c",
-        "SELECT * FROM made_up_1",
-        "-c",
-        "SELECT * FROM made_up_2",
-        "-c",
-        "SELECT * FROM made_up_3",
-    ];
-    let out = text(&w.env.run_as(&w.sam, None, std::path::Path::new("/usr/bin/psql"), &flood));
-    assert!(out.contains("made_up_1\" does not exist") && out.contains("made_up_2\" does not exist"), "{out}");
-    assert!(
-        out.contains("read too often") && !out.contains("made_up_3\" does not exist"),
-        "the third name was read for, or passed to the server unread: {out}"
+        "CREATE VIEW public.soon AS SELECT id, ssn AS x FROM payments; GRANT SELECT ON public.soon TO PUBLIC;",
     );
+    std::fs::write(&made, "").unwrap();
+    let out = poll.join().unwrap();
+    assert!(out.contains("\"soon\" does not exist"), "the first look: {out}");
+    assert!(out.contains("****") && !out.contains("ZETA"), "the view made a moment after a look: {out}");
+    // A flood of made-up names takes its user's catalog reads of the second
+    // (four); a new name past them is refused by Gatehouse, not let through
+    // unread (it could be a view made meanwhile) — for that user only.
+    w.pg.admin_db(
+        "appdb",
+        "CREATE VIEW public.later AS SELECT id, ssn AS x FROM payments; GRANT SELECT ON public.later TO PUBLIC;",
+    );
+    // (A new second of reads, then the statements well within it.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut flood = vec!["-h", w.pg.host.as_str(), "-p", &port, "-d", "appdb", "-X", "-A", "-t"];
+    let names: Vec<String> = (1..=6).map(|i| format!("SELECT * FROM made_up_{i}")).collect();
+    for n in &names {
+        flood.extend(["-c", n.as_str()]);
+    }
+    let out = text(&w.env.run_as(&w.lou, None, std::path::Path::new("/usr/bin/psql"), &flood));
+    let sam_later = w.psql(&w.sam, "SELECT x FROM later");
+    for i in 1..=4 {
+        assert!(out.contains(&format!("made_up_{i}\" does not exist")), "{out}");
+    }
+    assert!(
+        out.contains("too often for you") && !out.contains("made_up_5\" does not exist"),
+        "the fifth name was read for, or passed to the server unread: {out}"
+    );
+    assert_eq!(sam_later.trim(), "****", "another user's flood refused sam's statement, or it was not masked");
     // An unmasked rule reads it as stored.
     assert_eq!(w.psql(&w.ana, "SELECT x FROM renamed").trim(), "ZETA-SECRET");
     assert!(w.env.agent_log().contains("read the backend catalog again: a statement named a relation it did not hold"));

@@ -1671,6 +1671,41 @@ fn views_count_as_the_tables_they_read() {
     assert!(!secret(&out) && out.contains("****"), "{out}\n{}", w.env.agent_log());
     let out = run(&w.dan, "SELECT c, 'vw6' FROM late");
     assert!(out.contains("ERROR 1227") && out.contains("deny_tables"), "{out}");
+    // A name looked up a moment ago is looked up again: a user polling a
+    // name a DBA is about to create does not get past deny_tables through the
+    // new view in the second after (dan's shell waits, mid-session, for it).
+    let sync = w.env.path("sync");
+    std::fs::create_dir(&sync).unwrap();
+    std::fs::set_permissions(&sync, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (go, made) = (sync.join("go"), sync.join("made"));
+    // (The client reads `;` as the end of a statement even after `\!`: the shell's part is a file.)
+    let wait = sync.join("wait.sh");
+    std::fs::write(
+        &wait,
+        format!("touch {go}; while [ ! -e {made} ]; do sleep 0.01; done\n", go = go.display(), made = made.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wait, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = format!("SELECT c, 'vw8' FROM soon;\n\\! sh {}\nSELECT c, 'vw9' FROM soon;\n", wait.display());
+    let out = std::thread::scope(|scope| {
+        let poll = scope.spawn(|| text(&w.mariadb_script(&w.dan, &["appdb"], &script)));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !go.exists() {
+            assert!(std::time::Instant::now() < deadline, "dan's first statement did not come");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        w.db.admin("CREATE VIEW appdb.soon AS SELECT card AS c FROM appdb.customers;");
+        std::fs::write(&made, "").unwrap();
+        poll.join().unwrap()
+    });
+    assert!(out.contains("soon' doesn't exist"), "the first look: {out}");
+    assert!(
+        out.contains("ERROR 1227") && out.contains("deny_tables") && !secret(&out),
+        "the view made a moment after a look: {out}"
+    );
     let log = w.db.general_log();
-    assert!(!log.contains("vw6") && !log.contains("vw7"), "the server ran a refused statement: {log}");
+    for n in 6..=7 {
+        assert!(!log.contains(&format!("vw{n}")), "the server ran refused statement vw{n}: {log}");
+    }
+    assert!(!log.contains("vw9"), "the server ran refused statement vw9: {log}");
 }

@@ -1,73 +1,67 @@
 //! When to read a catalog again for a name it does not hold (see
 //! `protocol::postgres::catalog::reread_for_unknown` and
 //! `protocol::mysql::views`): a name made outside Gatehouse since the last
-//! read counts from the first statement that names it, so a name not looked
-//! up recently always earns a read; the same missing name (a temporary
-//! table, a typo) at most once per [`WINDOW`]; and all of them together at
-//! most `max` times per window, so a flood of made-up names costs the
-//! backend a bounded number of catalog reads. A new name past that budget
-//! is not let through unread ([`Lookup::Spent`]: the statement is refused),
-//! or a flood of made-up names would open a window for a view made
-//! meanwhile.
+//! read (a view over a table with masked columns, or over a denied one)
+//! counts from the first statement that names it, so *every* statement
+//! naming a relation the catalog does not hold has it read again before it
+//! is decided — a read that starts after the statement arrived. A name
+//! looked up a moment ago is not taken as absent still: the view may have
+//! been made in between (a user polling a name a DBA is about to create
+//! would otherwise read it, for up to a second, undecided).
+//!
+//! What bounds the cost to the backend is a budget per Unix user: at most
+//! `max` such reads per [`WINDOW`] each. Past it the statement is refused
+//! ([`Lookup::Spent`], "try again in a second"), never let through unread.
+//! Per user, so one user's flood of made-up names refuses only that user's
+//! statements, not everyone's sharing the backend login.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// How long a name looked up and not found is not looked up again.
+/// The budget's window.
 pub const WINDOW: Duration = Duration::from_secs(1);
-/// Names remembered at most (older ones are forgotten first).
-const MAX_NAMES: usize = 10_000;
+/// Users remembered before windows that ended are forgotten.
+const MAX_USERS: usize = 4096;
 
 /// What to do about names a catalog does not hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
-    /// Read the catalog again (the names are noted).
+    /// Read the catalog again, then decide (the read is counted).
     Read,
-    /// Each was looked up within the [`WINDOW`]: go on with the catalog as it is.
-    Recent,
-    /// A name not looked up recently, but this window's reads are taken:
-    /// refuse the statement (it may name what was made meanwhile).
+    /// This user's reads of this window are taken: refuse the statement
+    /// (it may name what was made since the last read).
     Spent,
 }
 
 #[derive(Debug)]
 pub struct Misses {
-    names: HashMap<String, Instant>,
-    window: Option<Instant>,
-    reads: u32,
+    /// Per Unix user: when their window began, and the reads in it.
+    users: HashMap<u32, (Instant, u32)>,
     max: u32,
 }
 
 impl Misses {
-    /// At most `max` reads per [`WINDOW`].
+    /// At most `max` reads per [`WINDOW`] per user.
     pub fn new(max: u32) -> Self {
-        Self { names: HashMap::new(), window: None, reads: 0, max }
+        Self { users: HashMap::new(), max }
     }
 
-    /// What to do about these names the catalog does not hold; a read is noted.
-    pub fn check(&mut self, unknown: impl IntoIterator<Item = String>) -> Lookup {
+    /// Whether `uid`'s statement naming relations the catalog does not hold
+    /// may have it read again now; a read is counted.
+    pub fn check(&mut self, uid: u32) -> Lookup {
         let now = Instant::now();
-        let fresh: Vec<String> = unknown
-            .into_iter()
-            .filter(|n| self.names.get(n).is_none_or(|t| now.duration_since(*t) >= WINDOW))
-            .collect();
-        if fresh.is_empty() {
-            return Lookup::Recent;
+        if self.users.len() >= MAX_USERS && !self.users.contains_key(&uid) {
+            self.users.retain(|_, (w, _)| now.duration_since(*w) < WINDOW);
         }
-        if self.window.is_none_or(|w| now.duration_since(w) >= WINDOW) {
-            self.window = Some(now);
-            self.reads = 0;
+        let (window, reads) = self.users.entry(uid).or_insert((now, 0));
+        if now.duration_since(*window) >= WINDOW {
+            *window = now;
+            *reads = 0;
         }
-        if self.reads >= self.max {
+        if *reads >= self.max {
             return Lookup::Spent;
         }
-        self.reads += 1;
-        if self.names.len() + fresh.len() > MAX_NAMES {
-            self.names.retain(|_, t| now.duration_since(*t) < WINDOW);
-        }
-        for n in fresh.into_iter().take(MAX_NAMES) {
-            self.names.insert(n, now);
-        }
+        *reads += 1;
         Lookup::Read
     }
 }
@@ -77,17 +71,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_new_name_is_read_for_at_once_a_missing_one_once_a_second_a_flood_a_few_times() {
+    fn every_statement_is_read_for_within_a_budget_per_user() {
         let mut m = Misses::new(3);
-        let n = |s: &str| [s.to_owned()];
-        assert_eq!(m.check(n("public.v")), Lookup::Read, "a name never looked up");
-        assert_eq!(m.check(n("public.v")), Lookup::Recent, "the same name, again at once");
-        assert_eq!(m.check(["public.w".to_owned(), "public.v".to_owned()]), Lookup::Read, "another name");
-        assert_eq!(m.check(n("public.x")), Lookup::Read);
-        assert_eq!(m.check(n("public.y")), Lookup::Spent, "a fourth read within the window: not let through unread");
-        assert_eq!(m.check(n("public.x")), Lookup::Recent, "a name read for in this window still goes on");
-        assert_eq!(m.check(Vec::<String>::new()), Lookup::Recent);
-        m.window = Some(Instant::now() - WINDOW);
-        assert_eq!(m.check(n("public.y")), Lookup::Read, "the next window");
+        for _ in 0..3 {
+            assert_eq!(m.check(1001), Lookup::Read, "the same user, the same name again: read again");
+        }
+        assert_eq!(m.check(1001), Lookup::Spent, "a fourth read within the window: not let through unread");
+        assert_eq!(m.check(1002), Lookup::Read, "another user's budget is their own");
+        m.users.get_mut(&1001).unwrap().0 = Instant::now() - WINDOW;
+        assert_eq!(m.check(1001), Lookup::Read, "the next window");
+    }
+
+    #[test]
+    fn the_users_remembered_stay_bounded() {
+        let mut m = Misses::new(1);
+        let n = u32::try_from(MAX_USERS).expect("a small number") + 10;
+        for uid in 0..n {
+            m.check(uid);
+        }
+        assert!(m.users.len() <= MAX_USERS + 10);
+        for (w, _) in m.users.values_mut() {
+            *w = Instant::now() - WINDOW;
+        }
+        m.check(999_999);
+        assert!(m.users.len() <= 1, "ended windows are forgotten when the map is full");
     }
 }

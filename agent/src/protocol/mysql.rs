@@ -64,7 +64,7 @@ use crate::identity::Principal;
 use crate::policy::{Backend, Credentials, Decision, Request, TlsMode, Verdict};
 use crate::proxy::{Agent, LiveSession, Snapshot};
 use crate::sql::mysql::{self as classify, Names, Refusal};
-use crate::sql::{Kind, Statement, TableRef};
+use crate::sql::{Kind, Statement};
 use crate::types::{DbRole, SessionId, Uid};
 
 /// How long the client may take to answer the greeting.
@@ -1180,14 +1180,15 @@ async fn decide_now(ctx: &Ctx, s: &mut Session, st: &mut Statement) -> Result<De
     // A name the list does not hold (a view made outside Gatehouse since it
     // was read?) is looked up where what a view reads matters: masking, and
     // rules with deny_tables.
-    let unknown: Vec<&TableRef> = st.reads.iter().chain(&st.writes).filter(|t| !views.knows(t)).collect();
-    if !unknown.is_empty() && (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&decide_one(ctx, &snapshot, st))) {
-        match views::lookup(ctx.backend.name.as_str(), &s.login, unknown) {
+    // What a CREATE makes does not exist yet (what it reads is in its reads).
+    let created = st.kinds.contains(&Kind::Create);
+    let unknown = st.reads.iter().chain(st.writes.iter().filter(|_| !created)).any(|t| !views.knows(t));
+    if unknown && (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&decide_one(ctx, &snapshot, st))) {
+        match views::lookup(ctx.backend.name.as_str(), &s.login, ctx.principal.uid.0) {
             Lookup::Read => views = read_views(ctx, s).await.map_err(Fail::Backend)?,
-            Lookup::Recent => {}
             Lookup::Spent => {
                 return Ok(Decision::refuse(
-                    "it names a table or view the backend's list does not hold, and the list has been read too often for such names in the last second; try again in a second",
+                    "it names a table or view the backend's list does not hold, and the list has been read for such names too often for you in the last second; try again in a second",
                 ));
             }
         }

@@ -194,18 +194,18 @@ fn cache() -> &'static Cache {
     CACHE.get_or_init(Cache::default)
 }
 
-/// Reads of a list for names it does not hold, per backend and login, at
-/// most per second (see `crate::catalog::misses`).
+/// Reads of a list for names it does not hold, per backend, login and Unix
+/// user, at most per second (see `crate::catalog::misses`).
 const REREADS_PER_SECOND: u32 = 5;
 
-/// What to do about `unknown`, names the list of `backend` and `login` does
-/// not hold (see [`Lookup`]).
-pub fn lookup<'a>(backend: &str, login: &str, unknown: impl IntoIterator<Item = &'a TableRef>) -> Lookup {
+/// Whether `uid`'s statement naming tables or views the list of `backend`
+/// and `login` does not hold may have it read again now (see [`Lookup`]).
+pub fn lookup(backend: &str, login: &str, uid: u32) -> Lookup {
     let mut misses = cache().misses.lock().unwrap_or_else(PoisonError::into_inner);
     let m = misses
         .entry((backend.to_owned(), login.to_owned()))
         .or_insert_with(|| crate::catalog::misses::Misses::new(REREADS_PER_SECOND));
-    m.check(unknown.into_iter().map(|t| format!("{}.{}", t.schema.as_deref().unwrap_or_default(), t.name)))
+    m.check(uid)
 }
 
 /// The list for `backend` and `login`, if read within `fresh`.

@@ -177,28 +177,25 @@ pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) 
     outcome.map(|()| entry)
 }
 
-/// A statement names relations the catalog does not hold (`unknown`) — one
-/// made outside Gatehouse since the last read (a view over a table with
-/// masked columns would otherwise be read by column name, a view over a
-/// denied table pass `deny_tables`, until the next read), or a temporary
-/// table, or one that does not exist: the catalog is read again before the
-/// statement is decided, unless each name was looked up within the last
-/// second. `Err` when this second's reads ([`REREADS_PER_SECOND`]) are
-/// taken and a name was not looked up: the statement is refused.
+/// A statement names relations the catalog does not hold — one made
+/// outside Gatehouse since the last read (a view over a table with masked
+/// columns would otherwise be read by column name, a view over a denied
+/// table pass `deny_tables`, until the next read), or a temporary table, or
+/// one that does not exist: the catalog is read again before the statement
+/// is decided (see `crate::catalog::misses`). `Err` when `uid`'s reads of
+/// this second ([`REREADS_PER_SECOND`]) are taken: the statement is refused.
 pub(super) async fn reread_for_unknown(
     ctx: &Ctx,
     entry: &Arc<Entry>,
     login: &Credentials,
     database: &str,
-    unknown: Vec<String>,
+    uid: u32,
 ) -> Result<(), ()> {
     {
         let mut st = lock(&entry.state);
         let misses = st.misses.get_or_insert_with(|| crate::catalog::misses::Misses::new(REREADS_PER_SECOND));
-        match misses.check(unknown) {
-            Lookup::Read => {}
-            Lookup::Recent => return Ok(()),
-            Lookup::Spent => return Err(()),
+        if misses.check(uid) == Lookup::Spent {
+            return Err(());
         }
     }
     let _one = entry.loading.lock().await;
@@ -219,8 +216,8 @@ pub(super) async fn reread_for_unknown(
     Ok(())
 }
 
-/// Catalog reads for names it did not hold, per entry, at most per second.
-pub const REREADS_PER_SECOND: u32 = 2;
+/// Catalog reads for names it did not hold, per entry and Unix user, at most per second.
+pub const REREADS_PER_SECOND: u32 = 4;
 
 /// Reads the catalog again in the background (at most one read at a time
 /// per entry; a request during a read is folded into it).

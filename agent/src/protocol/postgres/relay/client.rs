@@ -715,19 +715,18 @@ async fn decide_text(
     if (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&admitted))
         && let Some((cat, _)) = db.catalog.snapshot()
     {
-        let unknown: Vec<String> = statements
-            .iter()
-            .flat_map(|s| s.reads.iter().chain(&s.writes))
-            .filter(|t| !cat.knows_relation(t))
-            .map(|t| format!("{}.{}", t.schema.as_deref().unwrap_or_default(), t.name))
-            .collect();
-        if !unknown.is_empty()
+        // What a CREATE makes does not exist yet (what it reads is in its reads).
+        let unknown = statements.iter().any(|s| {
+            let created = s.kinds.contains(&crate::sql::Kind::Create);
+            s.reads.iter().chain(s.writes.iter().filter(|_| !created)).any(|t| !cat.knows_relation(t))
+        });
+        if unknown
             && crate::protocol::postgres::catalog::reread_for_unknown(
                 ctx,
                 &db.catalog,
                 &db.login,
                 &db.database,
-                unknown,
+                ctx.principal.uid.0,
             )
             .await
             .is_err()
@@ -735,7 +734,7 @@ async fn decide_text(
             return Err(PgError::new(
                 Severity::Error,
                 "53400",
-                "Gatehouse refused this statement: it names a relation the backend catalog does not hold, and the catalog has been read too often for such names in the last second",
+                "Gatehouse refused this statement: it names a relation the backend catalog does not hold, and the catalog has been read for such names too often for you in the last second",
             )
             .hint("try again in a second"));
         }
