@@ -128,6 +128,8 @@ pub struct Catalog {
     view_lineage: HashMap<u32, std::sync::Arc<crate::sql::lineage::Lineage>>,
     /// The login's default search path (as `SHOW search_path` says).
     pub default_search_path: Vec<String>,
+    /// The schemas there are (`None`: not read, as in offline tools).
+    pub schemas: Option<HashSet<String>>,
     /// The backend login (what `$user` means in the search path).
     pub login: String,
     pub database: String,
@@ -283,6 +285,43 @@ impl Catalog {
                     || ["pg_catalog", "information_schema"].iter().any(|s| self.is_builtin_relation(s, &t.name))
             }
         }
+    }
+
+    /// [`Catalog::knows_relation`], for a session whose search path is one
+    /// of `paths` (each `None` for the login's default; no paths: not
+    /// known): an unqualified name is known only where no relation made
+    /// since the read could take its place — it is in the first schema of
+    /// every path that exists (`pg_catalog` aside: nobody makes relations
+    /// there), not merely somewhere. `SET search_path = public, other` and
+    /// `other.t`: a view `public.t` made later is what the server reads.
+    pub fn knows_relation_on(&self, t: &TableRef, paths: &[Option<&[String]>]) -> bool {
+        if t.schema.is_some() || !self.knows_relation(t) {
+            return self.knows_relation(t);
+        }
+        if paths.is_empty() {
+            return false;
+        }
+        paths.iter().all(|p| {
+            let path = p.unwrap_or(&self.default_search_path);
+            if !path.iter().any(|s| s == "pg_catalog") && self.has_relation("pg_catalog", &t.name) {
+                return true;
+            }
+            for s in path {
+                let schema = if s == "$user" { self.login.as_str() } else { s.as_str() };
+                if self.has_relation(schema, &t.name) {
+                    return true;
+                }
+                let exists = schema != "pg_catalog"
+                    && self
+                        .schemas
+                        .as_ref()
+                        .map_or_else(|| self.relations_in(schema).next().is_some(), |all| all.contains(schema));
+                if exists {
+                    return false;
+                }
+            }
+            false
+        })
     }
 
     fn has_relation(&self, schema: &str, name: &str) -> bool {

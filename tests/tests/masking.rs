@@ -760,6 +760,25 @@ fn a_view_made_outside_gatehouse_is_masked_from_its_first_statement() {
         "the fifth name was read for, or passed to the server unread: {out}"
     );
     assert_eq!(sam_later.trim(), "****", "another user's flood refused sam's statement, or it was not masked");
+    // A name the catalog holds in a later schema of the session's path is
+    // not known: a view made in an earlier one is what the server reads.
+    w.pg.admin_db(
+        "appdb",
+        &format!(
+            "CREATE SCHEMA other AUTHORIZATION {a}; CREATE TABLE other.shadowed (id int, x text);
+             INSERT INTO other.shadowed VALUES (1, 'HARMLESS'); ALTER TABLE other.shadowed OWNER TO {a};",
+            a = pg::APP_ROLE
+        ),
+    );
+    let via_other = "SET search_path = public, other; SELECT x FROM shadowed";
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(w.psql(&w.sam, via_other).contains("HARMLESS"));
+    w.pg.admin_db(
+        "appdb",
+        "CREATE VIEW public.shadowed AS SELECT id, ssn AS x FROM payments; GRANT SELECT ON public.shadowed TO PUBLIC;",
+    );
+    let out = w.psql(&w.sam, via_other);
+    assert!(out.contains("****") && !out.contains("ZETA"), "a view in front of a known name on the path: {out}");
     // An unmasked rule reads it as stored.
     assert_eq!(w.psql(&w.ana, "SELECT x FROM renamed").trim(), "ZETA-SECRET");
     assert!(w.env.agent_log().contains("read the backend catalog again: a statement named a relation it did not hold"));

@@ -17,7 +17,9 @@ pub type Results = Vec<Vec<Row>>;
 /// login suffices.
 pub const QUERY: &str = "\
 SELECT current_user, current_setting('search_path'), current_database(),
- (SELECT setting FROM pg_catalog.pg_settings WHERE name = 'unix_socket_directories'), current_setting('port');
+ (SELECT setting FROM pg_catalog.pg_settings WHERE name = 'unix_socket_directories'), current_setting('port'),
+ (SELECT pg_catalog.string_agg(pg_catalog.encode(pg_catalog.convert_to(nspname, 'UTF8'), 'hex'), ',')
+  FROM pg_catalog.pg_namespace WHERE nspname !~ '^pg_(toast|temp_)');
 SELECT DISTINCT 'f', proname FROM pg_catalog.pg_proc WHERE oid < 16384
  UNION ALL SELECT DISTINCT 'o', oprname FROM pg_catalog.pg_operator WHERE oid < 16384
  UNION ALL SELECT DISTINCT 't', typname FROM pg_catalog.pg_type WHERE oid < 16384;
@@ -106,6 +108,16 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
         // Where else the server listens (see `protocol::local_socket`); a
         // login without pg_read_all_settings is not told: the defaults
         // (Debian's, then PostgreSQL's own) are looked at.
+        // The schemas there are (hex, so any name survives the list), for
+        // telling which names a new relation could shadow (`Catalog::knows_relation_on`).
+        if let Some(Some(list)) = row.get(5) {
+            let names = list.split(',').filter(|h| !h.is_empty()).map(|h| {
+                crate::audit::export::unhex(h)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or(LoadError::Value { what: "schema name" })
+            });
+            c.schemas = Some(names.collect::<Result<_, _>>()?);
+        }
         if let Some(Some(port)) = row.get(4) {
             let dirs = row.get(3).cloned().flatten().unwrap_or_else(|| "/var/run/postgresql, /tmp".into());
             c.unix_sockets = crate::protocol::local_socket::postgres_paths(&dirs, port);

@@ -234,3 +234,30 @@ fn a_partition_counts_as_its_parent_for_deny_tables_and_a_parent_as_its_partitio
     resolve(s, &cat, &SessionNames::default());
     assert!(s.via_views.iter().any(|t| t.to_string() == "public.customers_p1"), "{:?}", s.via_views);
 }
+
+/// An unqualified name is known only where a relation made since the read
+/// could not take its place on the session's path.
+#[test]
+fn a_name_a_new_relation_could_shadow_is_not_known() {
+    let mut cat = sample();
+    let t = |name: &str| TableRef { schema: None, name: name.into() };
+    let path = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (public_hr, hr_public) = (path(&["public", "hr"]), path(&["hr", "public"]));
+    // The default path: `$user` (gh_app) has no relations, so it is not there.
+    assert!(cat.knows_relation_on(&t("orders"), &[None]));
+    assert!(!cat.knows_relation_on(&t("salaries"), &[Some(&public_hr)]), "public.salaries made later would be read");
+    assert!(cat.knows_relation_on(&t("salaries"), &[Some(&hr_public)]));
+    assert!(
+        !cat.knows_relation_on(&t("salaries"), &[Some(&hr_public), Some(&public_hr)]),
+        "every path the text may use"
+    );
+    assert!(cat.knows_relation_on(&t("pg_class"), &[Some(&public_hr)]), "pg_catalog comes first unless placed");
+    assert!(!cat.knows_relation_on(&t("orders"), &[]), "a path not known: looked up");
+    let q = TableRef { schema: Some("hr".into()), name: "salaries".into() };
+    assert!(cat.knows_relation_on(&q, &[]), "qualified names need no path");
+    assert!(!cat.knows_relation_on(&t("nothing"), &[None]));
+    // With the schemas read, an empty schema early on the path counts too.
+    cat.schemas = Some(["public", "hr", "empty"].iter().map(|s| (*s).to_owned()).collect());
+    assert!(!cat.knows_relation_on(&t("orders"), &[Some(&path(&["empty", "public"]))]));
+    assert!(cat.knows_relation_on(&t("orders"), &[Some(&path(&["gone", "public"]))]), "a schema that is not there");
+}

@@ -715,10 +715,24 @@ async fn decide_text(
     if (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&admitted))
         && let Some((cat, _)) = db.catalog.snapshot()
     {
+        // The search paths the text's names may be read with: the session's
+        // and those its own SETs make (none when the path is not known, so
+        // every unqualified name is looked up).
+        let session_path = {
+            let sh = lock(shared);
+            let known = !(sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some());
+            known.then(|| sh.path.current.clone())
+        };
+        let paths: Vec<Option<&[String]>> = match &session_path {
+            None => Vec::new(),
+            Some(current) => std::iter::once(current.as_deref())
+                .chain(statements.iter().filter_map(|s| s.effects.search_path.as_ref()).map(Option::as_deref))
+                .collect(),
+        };
         // What a CREATE makes does not exist yet (what it reads is in its reads).
         let unknown = statements.iter().any(|s| {
             let created = s.kinds.contains(&crate::sql::Kind::Create);
-            s.reads.iter().chain(s.writes.iter().filter(|_| !created)).any(|t| !cat.knows_relation(t))
+            s.reads.iter().chain(s.writes.iter().filter(|_| !created)).any(|t| !cat.knows_relation_on(t, &paths))
         });
         if unknown
             && crate::protocol::postgres::catalog::reread_for_unknown(
