@@ -372,11 +372,15 @@ fn a_record_left_by_an_unaccepted_connection_cannot_be_borrowed() {
     env.start_agent(&config);
     assert!(env.handoff_map().get(&key, 0).is_err(), "a starting agent removes records older than itself");
     let proxy = format!("127.0.0.1:{}", env.port);
-    // The victim's address can take a moment to be free again after its
-    // connection was reset: a bind or connect that failed reached no agent,
-    // and is tried again (the attack needs the connection made).
+    // The victim's address can take a while to be free again: after its
+    // connection was reset, or while an earlier connection from the same
+    // port (ports are reused) sits in TIME-WAIT, which a bind cannot share
+    // when that socket did not set SO_REUSEADDR (60 s at most). A bind or
+    // connect that failed reached no agent, and is tried again (the attack
+    // needs the connection made).
     let mut r = Value::Null;
-    for _ in 0..40 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(70);
+    while std::time::Instant::now() < deadline {
         r = env.probe(&eve, &["echo", &proxy, "64", "--bind", &local.to_string()]);
         if !matches!(r["stage"].as_str(), Some("bind" | "connect")) {
             break;
