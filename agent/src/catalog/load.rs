@@ -105,9 +105,6 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
         c.login = text(row, 0, "current_user")?.to_owned();
         c.default_search_path = parse_search_path(text(row, 1, "search_path")?);
         c.database = text(row, 2, "current_database")?.to_owned();
-        // Where else the server listens (see `protocol::local_socket`); a
-        // login without pg_read_all_settings is not told: the defaults
-        // (Debian's, then PostgreSQL's own) are looked at.
         // The schemas there are (hex, so any name survives the list), for
         // telling which names a new relation could shadow (`Catalog::knows_relation_on`).
         if let Some(Some(list)) = row.get(5) {
@@ -118,6 +115,9 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
             });
             c.schemas = Some(names.collect::<Result<_, _>>()?);
         }
+        // Where else the server listens (see `protocol::local_socket`); a
+        // login without pg_read_all_settings is not told: the defaults
+        // (Debian's, then PostgreSQL's own) are looked at.
         if let Some(Some(port)) = row.get(4) {
             let dirs = row.get(3).cloned().flatten().unwrap_or_else(|| "/var/run/postgresql, /tmp".into());
             c.unix_sockets = crate::protocol::local_socket::postgres_paths(&dirs, port);
