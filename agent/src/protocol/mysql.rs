@@ -64,7 +64,7 @@ use crate::identity::Principal;
 use crate::policy::{Backend, Credentials, Decision, Request, TlsMode, Verdict};
 use crate::proxy::{Agent, LiveSession, Snapshot};
 use crate::sql::mysql::{self as classify, Names, Refusal};
-use crate::sql::{Kind, Statement};
+use crate::sql::{Kind, Statement, TableRef};
 use crate::types::{DbRole, SessionId, Uid};
 
 /// How long the client may take to answer the greeting.
@@ -1182,8 +1182,17 @@ async fn decide_now(ctx: &Ctx, s: &mut Session, st: &mut Statement) -> Result<De
     // rules with deny_tables.
     // What a CREATE makes does not exist yet (what it reads is in its reads).
     let created = st.kinds.contains(&Kind::Create);
-    let unknown = st.reads.iter().chain(st.writes.iter().filter(|_| !created)).any(|t| !views.knows(t));
-    if unknown && (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&decide_one(ctx, &snapshot, st))) {
+    let unknown: Vec<&TableRef> =
+        st.reads.iter().chain(st.writes.iter().filter(|_| !created)).filter(|t| !views.knows(t)).collect();
+    if !unknown.is_empty()
+        && (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&decide_one(ctx, &snapshot, st)))
+        // Only a name the server has is worth reading the list again for
+        // (not a CTE's, say); asked on the session's own connection, now.
+        && match views::exists_query(&unknown) {
+            Some(q) => !simple_query(s, &q).await.map_err(Fail::Backend)?.is_empty(),
+            None => true,
+        }
+    {
         match views::lookup(ctx.backend.name.as_str(), &s.login, ctx.principal.uid.0) {
             Lookup::Read => views = read_views(ctx, s).await.map_err(Fail::Backend)?,
             Lookup::Spent => {

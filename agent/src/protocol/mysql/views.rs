@@ -56,6 +56,37 @@ pub fn query() -> String {
     )
 }
 
+/// Names looked up at most by one [`exists_query`] (more: the list is read).
+const MAX_LOOKUPS: usize = 16;
+
+/// A query answering whether any of `names` (tables or views the list does
+/// not hold) is one the server has: a row if so. The cheap look that comes
+/// before reading the whole list again, so a name that is not there — a
+/// common table expression's, a typo, a temporary table's — costs no such
+/// read. One lookup per name (the server answers those without reading
+/// every table's definition); names go as hex literals converted to the
+/// column's character set, compared in its collation (case-insensitively:
+/// a false match only costs a read). `None` when it cannot tell (a name
+/// without a database, too many names): read the list.
+pub fn exists_query(names: &[&TableRef]) -> Option<String> {
+    if names.len() > MAX_LOOKUPS {
+        return None;
+    }
+    let lit = |v: &str| format!("CONVERT(X'{}' USING utf8mb4)", crate::audit::hex(v.as_bytes()));
+    let lookups = names
+        .iter()
+        .map(|t| {
+            let schema = t.schema.as_deref()?;
+            Some(format!(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+                lit(schema),
+                lit(&t.name)
+            ))
+        })
+        .collect::<Option<Vec<String>>>()?;
+    Some(format!("SELECT 1 FROM ({}) x LIMIT 1", lookups.join(" UNION ALL ")))
+}
+
 /// A hex-encoded UTF-8 value of [`query`]'s answer.
 fn unhex(v: Option<&Option<String>>) -> Option<String> {
     let bytes = crate::audit::export::unhex(v?.as_deref()?)?;
@@ -229,6 +260,20 @@ pub fn forget(backend: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_looked_up_one_by_one_as_hex() {
+        let a = t("appdb", "soon");
+        let b = t("app'db", "x) OR 1=1 --");
+        let q = exists_query(&[&a, &b]).unwrap();
+        assert!(q.contains("TABLE_SCHEMA = CONVERT(X'6170706462' USING utf8mb4)"), "{q}");
+        assert_eq!(q.matches("SELECT 1 FROM information_schema.TABLES").count(), 2, "{q}");
+        assert!(!q.contains("OR 1=1") && !q.contains("app'db"), "names go as hex only: {q}");
+        let bare = TableRef { schema: None, name: "t".into() };
+        assert_eq!(exists_query(&[&bare]), None, "a name without a database: read the list");
+        let many: Vec<TableRef> = (0..=MAX_LOOKUPS).map(|i| t("appdb", &format!("t{i}"))).collect();
+        assert_eq!(exists_query(&many.iter().collect::<Vec<_>>()), None);
+    }
 
     fn row(schema: &str, name: &str, def: &str) -> Vec<Option<String>> {
         let h = |s: &str| Some(crate::audit::hex(s.as_bytes()).to_ascii_uppercase());
