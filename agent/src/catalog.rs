@@ -295,8 +295,11 @@ impl Catalog {
     /// there), not merely somewhere. `SET search_path = public, other` and
     /// `other.t`: a view `public.t` made later is what the server reads.
     pub fn knows_relation_on(&self, t: &TableRef, paths: &[Option<&[String]>]) -> bool {
-        if t.schema.is_some() || !self.knows_relation(t) {
-            return self.knows_relation(t);
+        if !self.knows_relation(t) {
+            return false;
+        }
+        if t.schema.is_some() {
+            return true;
         }
         if paths.is_empty() {
             return false;

@@ -705,35 +705,22 @@ fn a_view_made_outside_gatehouse_is_masked_from_its_first_statement() {
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let port = w.pg.port.to_string();
-    let poll = {
-        let (env_dir, host, port, script, sam) =
-            (w.env.dir.clone(), w.pg.host.clone(), port.clone(), script.clone(), w.sam.clone());
-        let cgroup = w.env.cgroup.clone();
-        std::thread::spawn(move || {
-            let o = std::process::Command::new("sh")
-                .arg("-c")
-                .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
-                .arg(&cgroup)
-                .args(["setpriv", "--reuid", &sam, "--regid", &sam, "--init-groups", "--", "/usr/bin/psql"])
-                .args(["-h", &host, "-p", &port, "-d", "appdb", "-X", "-A", "-t", "-f"])
-                .arg(&script)
-                .current_dir(&env_dir)
-                .output()
-                .unwrap();
-            text(&o)
-        })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !go.exists() {
-        assert!(std::time::Instant::now() < deadline, "sam's first statement did not come");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    w.pg.admin_db(
-        "appdb",
-        "CREATE VIEW public.soon AS SELECT id, ssn AS x FROM payments; GRANT SELECT ON public.soon TO PUBLIC;",
-    );
-    std::fs::write(&made, "").unwrap();
-    let out = poll.join().unwrap();
+    let poll_args =
+        ["-h", w.pg.host.as_str(), "-p", &port, "-d", "appdb", "-X", "-A", "-t", "-f", script.to_str().unwrap()];
+    let out = std::thread::scope(|scope| {
+        let poll = scope.spawn(|| text(&w.env.run_as(&w.sam, None, std::path::Path::new("/usr/bin/psql"), &poll_args)));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !go.exists() {
+            assert!(std::time::Instant::now() < deadline, "sam's first statement did not come");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        w.pg.admin_db(
+            "appdb",
+            "CREATE VIEW public.soon AS SELECT id, ssn AS x FROM payments; GRANT SELECT ON public.soon TO PUBLIC;",
+        );
+        std::fs::write(&made, "").unwrap();
+        poll.join().unwrap()
+    });
     assert!(out.contains("\"soon\" does not exist"), "the first look: {out}");
     assert!(out.contains("****") && !out.contains("ZETA"), "the view made a moment after a look: {out}");
     // A flood of made-up names takes its user's catalog reads of the second

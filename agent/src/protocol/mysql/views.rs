@@ -15,11 +15,11 @@
 //! one) is kept per backend and login for `catalog_refresh`, read again
 //! after DDL through Gatehouse on that backend, and — on masked sessions and
 //! rules with `deny_tables`, where what a view reads matters — read again
-//! before a statement that names a table or view it does not hold (see
-//! `crate::catalog::misses`: the same name at most once a second; a
-//! temporary table, or one that does not exist, stays unknown and counts as
-//! a table), so a view made outside Gatehouse counts from the first
-//! statement that names it. A view redefined outside Gatehouse is
+//! before every statement that names a table or view it does not hold and
+//! the server has ([`exists_query`] asks first; a CTE's name, a typo, a
+//! temporary table stay unknown and count as tables; the reads are budgeted
+//! per Unix user, see `crate::catalog::misses`), so a view made outside
+//! Gatehouse counts from the first statement that names it. A view redefined outside Gatehouse is
 //! seen at the next read. A view whose definition the login
 //! cannot read (no `SHOW VIEW` privilege: the server shows it empty) or
 //! that does not parse is *unreadable*: what it reads is not known, so a
@@ -213,7 +213,7 @@ impl Views {
 type Entry = (Instant, Arc<Views>);
 
 /// Views lists per backend and login, shared by the agent's sessions, and
-/// when each was last read for a name it did not hold.
+/// the budgets of reads for names a list did not hold.
 #[derive(Debug, Default)]
 struct Cache {
     entries: Mutex<HashMap<(String, String), Entry>>,
