@@ -314,6 +314,16 @@ impl Statement {
     pub fn reads_unseen(&self) -> Option<&str> {
         self.functions.iter().map(String::as_str).find(|f| functions::reads_unseen(f))
     }
+
+    /// Puts back the names as written (if the catalog pass qualified them),
+    /// to be resolved again.
+    pub fn unresolve(&mut self) {
+        if let Some(w) = self.written.take() {
+            self.reads = w.reads.clone();
+            self.writes = w.writes.clone();
+            self.pending_where = w.pending_where.clone();
+        }
+    }
 }
 
 /// One classified statement of a query string.
@@ -348,6 +358,20 @@ pub struct Statement {
     /// (PostgreSQL statements have their lineage's predicates instead).
     #[serde(skip)]
     pub compared: Option<std::sync::Arc<mysql::Compared>>,
+    /// The relation names as written, before the catalog pass qualified
+    /// them (`crate::catalog::resolve` keeps them): a prepared statement is
+    /// resolved again from these at each execution, under the search path
+    /// and catalog of that moment, as the server analyses it again.
+    #[serde(skip)]
+    pub written: Option<std::sync::Arc<Written>>,
+}
+
+/// What [`Statement::written`] keeps.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    pub reads: Vec<TableRef>,
+    pub writes: Vec<TableRef>,
+    pub pending_where: Vec<PendingWhere>,
 }
 
 /// A name as written: `name` or `schema.name` (as the parser folded it).
@@ -573,6 +597,7 @@ fn classify_one(sql: &str, raw: &pb::RawStmt) -> Result<Statement, SqlError> {
         sensitive: Vec::new(),
         lineage: traced,
         compared: None,
+        written: None,
     })
 }
 

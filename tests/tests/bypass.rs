@@ -620,6 +620,44 @@ s.sendall(msg(b"X", b""))
     assert!(out.contains("pipe3 ['1', '2', 'D', 'C', 'Z']"), "{out}");
     assert!(out.contains("execute unknown ['42501', 'Z']"), "{out}");
     assert!(!w.pg.log().contains("attack_pipe"), "the refused statement reached the server");
+    // A prepared statement's names are those of the search path it runs
+    // under: after `SET search_path` the server analyses it again (same text,
+    // same result shape, another table), and so does Gatehouse.
+    w.pg.admin_db(
+        "appdb",
+        &format!(
+            "CREATE TABLE hr.ledger (emp int, amount int); INSERT INTO hr.ledger VALUES (1, 918273);
+             CREATE TABLE public.ledger (emp int, amount int); INSERT INTO public.ledger VALUES (1, 5);
+             GRANT ALL ON hr.ledger, public.ledger TO {app};",
+            app = pg::APP_ROLE
+        ),
+    );
+    let path = w.python(
+        &w.ana,
+        &format!(
+            "{}{}",
+            pg::RAW_CLIENT_PY,
+            r#"
+def values(frames): return [f[1][6:].decode() for f in frames if f[0] == b"D"]
+s.sendall(msg(b"P", cstr("led") + cstr("SELECT amount FROM ledger /* attack_path */") + struct.pack("!h", 0)) + msg(b"D", b"S" + cstr("led")) + msg(b"S", b""))
+print("parse", codes(answer()))
+run = msg(b"B", cstr("") + cstr("led") + struct.pack("!hhh", 0, 0, 0)) + msg(b"E", cstr("") + struct.pack("!i", 0)) + msg(b"S", b"")
+s.sendall(run); a = answer(); print("on public", codes(a), values(a))
+query("set", "SET search_path = hr")
+s.sendall(run); a = answer(); print("on hr", codes(a), values(a))
+s.sendall(msg(b"Q", cstr("SET search_path = public; PREPARE q AS SELECT amount FROM ledger; SET search_path = hr; EXECUTE q /* attack_sql_path */")))
+a = answer(); print("sql", codes(a), values(a))
+s.sendall(msg(b"X", b""))
+"#
+        ),
+    );
+    assert!(path.contains("on public ['2', 'D', 'C', 'Z'] ['5']"), "{path}\n{}", w.env.agent_log());
+    assert!(path.contains("set ['C', 'Z']"), "{path}");
+    assert!(path.contains("on hr ['2', '42501', 'Z'] []"), "{path}\n{}", w.env.agent_log());
+    assert!(path.contains("sql ['42501', 'Z'] []"), "{path}");
+    assert!(!path.contains("918273"), "{path}");
+    assert_eq!(w.pg.log().matches("execute led:").count(), 1, "the refused Execute ran:\n{}", w.pg.log());
+    assert!(!w.pg.log().contains("attack_sql_path"), "the refused text reached the server");
     // Every execution is a record; none of those that ran is marked "not executed".
     let stmts = w.env.statements(None);
     let ran: Vec<&serde_json::Value> = stmts.iter().filter(|s| s["decision"] == "allow").collect();

@@ -770,3 +770,77 @@ fn a_view_made_outside_gatehouse_is_masked_from_its_first_statement() {
     assert_eq!(w.psql(&w.ana, "SELECT x FROM renamed").trim(), "ZETA-SECRET");
     assert!(w.env.agent_log().contains("read the backend catalog again: a statement named a relation it did not hold"));
 }
+
+/// The server analyses a prepared statement again when the search path
+/// changed since it was prepared (or a relation it reads did): the same
+/// text then reads another relation of the same name and shape. Its rows
+/// are masked as what they are read from at that moment, and what it stores
+/// is judged the same way.
+#[test]
+fn a_prepared_statement_is_masked_as_what_the_search_path_makes_it_read() {
+    let w = world("prepath");
+    w.pg.admin_db(
+        "appdb",
+        &format!(
+            "CREATE SCHEMA other; GRANT USAGE ON SCHEMA other TO {app};
+             CREATE TABLE other.shadowed (id int, x text); INSERT INTO other.shadowed VALUES (1, 'HARMLESS');
+             ALTER TABLE other.shadowed OWNER TO {app};
+             CREATE VIEW public.shadowed AS SELECT id, ssn AS x FROM payments; ALTER VIEW public.shadowed OWNER TO {app};",
+            app = pg::APP_ROLE
+        ),
+    );
+    // sam's client prepares and describes the statement while the path
+    // reads the harmless table, then executes it after SET search_path
+    // without describing it again (as tokio-postgres and pgJDBC do).
+    let script = w.env.path("prepath.py");
+    std::fs::write(
+        &script,
+        format!(
+            "{}{}",
+            pg::RAW_CLIENT_PY,
+            r#"
+def values(frames): return [f[1][6:].decode() for f in frames if f[0] == b"D"]
+query("path other", "SET search_path = other")
+s.sendall(msg(b"P", cstr("s1") + cstr("SELECT x FROM shadowed") + struct.pack("!h", 0)) + msg(b"D", b"S" + cstr("s1")) + msg(b"S", b""))
+print("parse", codes(answer()))
+run = msg(b"B", cstr("") + cstr("s1") + struct.pack("!hhh", 0, 0, 0)) + msg(b"E", cstr("") + struct.pack("!i", 0)) + msg(b"S", b"")
+s.sendall(run); a = answer(); print("on other", codes(a), values(a))
+query("path public", "SET search_path = public")
+s.sendall(run); a = answer(); print("on public", codes(a), values(a))
+s.sendall(msg(b"B", cstr("") + cstr("s1") + struct.pack("!hhh", 0, 0, 0)) + msg(b"D", b"P" + cstr("")) + msg(b"E", cstr("") + struct.pack("!i", 0)) + msg(b"S", b""))
+a = answer(); print("described", codes(a), values(a))
+s.sendall(msg(b"X", b""))
+"#
+        ),
+    )
+    .unwrap();
+    let port = w.pg.port.to_string();
+    let out = text(&w.env.run_as(
+        &w.sam,
+        None,
+        Path::new("/usr/bin/python3"),
+        &[script.to_str().unwrap(), &w.pg.host, &port],
+    ));
+    assert!(out.contains("on other ['2', 'D', 'C', 'Z'] ['HARMLESS']"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains("on public ['2', 'D', 'C', 'Z'] ['****']"), "{out}\n{}", w.env.agent_log());
+    // The client's own Describe of the portal is answered to it, once.
+    assert!(out.contains("described ['2', 'T', 'D', 'C', 'Z'] ['****']"), "{out}");
+    assert!(!out.contains("ZETA-SECRET"), "{out}");
+    // SQL PREPARE under one path, EXECUTE stored under another: the rows are
+    // the view's, so storing them is refused (wes may create tables).
+    for sql in [
+        "SET search_path = other; PREPARE q AS SELECT x FROM shadowed; SET search_path = public; CREATE TEMP TABLE t AS EXECUTE q; SELECT 'T=' || x FROM t",
+        "SET search_path = other, public; PREPARE q AS SELECT x FROM shadowed; SET search_path = public, other; CREATE TEMP TABLE t AS EXECUTE q; SELECT 'T=' || x FROM t",
+    ] {
+        let out = w.sql(&w.wes, sql);
+        assert!(
+            out.contains("Gatehouse refused") && out.contains("payments.ssn"),
+            "{sql}: {out}\n{}",
+            w.env.agent_log()
+        );
+        assert!(!out.contains("ZETA-SECRET"), "{sql}: {out}");
+    }
+    // The same statements on the harmless path still run.
+    let out = w.sql(&w.wes, "SET search_path = other; PREPARE q AS SELECT x FROM shadowed; CREATE TEMP TABLE t AS EXECUTE q; SELECT 'T=' || x FROM t");
+    assert!(out.contains("T=HARMLESS"), "{out}\n{}", w.env.agent_log());
+}

@@ -2,12 +2,19 @@
 //! tell (see the module documentation of `crate::catalog`).
 
 use super::{Catalog, SessionNames, is_sensitive_catalog_relation};
-use crate::sql::{Defined, Kind, QualName, Statement, TableRef};
+use crate::sql::{Defined, Kind, QualName, Statement, TableRef, Written};
 
 /// Resolves `s`'s names against `cat` for a session with `session`'s
-/// search path and pending definitions. Idempotent per fresh parse; call it
-/// once per parsed statement.
+/// search path and pending definitions. The relation names as written are
+/// kept (`Statement::written`): resolving again starts from them, so a
+/// prepared statement's names are those of the path it runs under.
 pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
+    s.unresolve();
+    s.written = Some(std::sync::Arc::new(Written {
+        reads: s.reads.clone(),
+        writes: s.writes.clone(),
+        pending_where: s.pending_where.clone(),
+    }));
     let pending =
         |what: Defined, name: &QualName| session.pending.iter().any(|(w, n)| *w == what && n.name == name.name);
     let mut flagged: Vec<(String, bool)> = Vec::new();

@@ -123,6 +123,17 @@ struct Refusal {
     error: PgError,
 }
 
+/// A Describe forwarded, awaiting its RowDescription or NoData.
+#[derive(Debug)]
+struct DescribeSlot {
+    epoch: u64,
+    /// Where the answer is kept.
+    targets: Vec<Described>,
+    /// Gatehouse's own Describe (see `client::describe_for_execute`): its
+    /// answer is kept, not forwarded to the client.
+    own: bool,
+}
+
 /// A result's columns as the server described them (`None`: NoData).
 type Shape = Option<Arc<[wire::Column]>>;
 
@@ -138,6 +149,10 @@ impl Described {
 
     fn set(&self, shape: Shape) {
         let _ = self.0.set(shape);
+    }
+
+    fn is(&self, other: &Described) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -347,8 +362,8 @@ struct Shared {
     /// an Execute of the name is then refused, not decided on what the
     /// refused Bind would have run.
     binds: VecDeque<(Vec<u8>, u64, u64)>,
-    /// Describes forwarded, awaiting RowDescription or NoData: (epoch, where the answer goes).
-    describes: VecDeque<(u64, Vec<Described>)>,
+    /// Describes forwarded, awaiting RowDescription or NoData.
+    describes: VecDeque<DescribeSlot>,
     /// Cursors declared in this session (SQL `DECLARE`), for the rows `FETCH` returns.
     cursors: HashMap<String, (Arc<Lineage>, Arc<[TableRef]>)>,
     next_generation: u64,

@@ -256,6 +256,15 @@ pub fn query(text: &str) -> Vec<u8> {
     message(b'Q', &b)
 }
 
+/// A Describe of the portal `name`.
+pub fn describe_portal(name: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(name.len() + 2);
+    b.push(b'P');
+    b.extend_from_slice(name);
+    b.push(0);
+    message(b'D', &b)
+}
+
 /// A Parse of `text` into the unnamed statement, with no parameter types.
 pub fn parse(text: &str) -> Vec<u8> {
     let mut b = Vec::with_capacity(text.len() + 4);

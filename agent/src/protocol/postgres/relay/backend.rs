@@ -207,7 +207,7 @@ impl Rows {
 }
 
 /// Whether the policy trails any table (results are then described on unmasked sessions too).
-fn trailing(ctx: &Ctx) -> bool {
+pub(super) fn trailing(ctx: &Ctx) -> bool {
     !ctx.agent.snapshot.load().policy.trail.is_empty()
 }
 
@@ -300,7 +300,7 @@ fn on_backend(
                     forget(&mut sh, fl);
                 }
                 drop_parses(&mut sh, |e| e == current);
-                sh.describes.retain(|(e, _)| *e != current);
+                sh.describes.retain(|d| d.epoch != current);
                 sh.path.error_since = true;
                 drop(sh);
                 if let Some(fl) = &front {
@@ -443,7 +443,7 @@ fn on_backend(
             // exchange) and statements that never ran end with the exchange.
             sh.refusals.retain(|r| r.epoch >= done);
             drop_parses(&mut sh, |e| e < done);
-            sh.describes.retain(|(e, _)| *e >= done);
+            sh.describes.retain(|d| d.epoch >= done);
             let mut skipped = Vec::new();
             while sh.inflight.front().is_some_and(|f| f.epoch < done) {
                 if let Some(f) = sh.inflight.pop_front() {
@@ -522,11 +522,14 @@ fn on_backend(
             };
             let mut sh = lock(shared);
             let current = sh.epochs_done;
-            if sh.describes.front().is_some_and(|(e, _)| *e == current) {
+            if sh.describes.front().is_some_and(|d| d.epoch == current) {
                 // The answer to a Describe: kept with its statement or portal.
-                if let Some((_, targets)) = sh.describes.pop_front() {
-                    for t in targets {
+                if let Some(d) = sh.describes.pop_front() {
+                    for t in d.targets {
                         t.set(shape.clone());
+                    }
+                    if d.own {
+                        return Ok(());
                     }
                 }
             } else if let Some(cols) = &shape {

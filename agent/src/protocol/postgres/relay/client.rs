@@ -26,7 +26,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{Fail, FillError, InFlight, Prepared, Refusal, Room, Shared, fill, lock, over_budget, settle, trim};
+use super::{
+    DescribeSlot, Fail, FillError, InFlight, Prepared, Refusal, Room, Shared, fill, lock, over_budget, settle, trim,
+};
 use crate::audit::{Direction, Event, StatementEnd, StatementStart, StreamRecorder, now_us};
 use crate::catalog::{Catalog, SessionNames, resolve};
 use crate::policy::testcases::single_kind;
@@ -237,8 +239,8 @@ struct Hold {
     stand_in: Vec<u8>,
     text: String,
     epoch: u64,
-    /// For an Execute: its portal.
-    portal: Option<Prepared>,
+    /// For an Execute: its portal and the portal's name.
+    portal: Option<(Prepared, Vec<u8>)>,
 }
 
 async fn on_client(
@@ -377,7 +379,14 @@ async fn on_client(
                 return Ok(None);
             };
             // Decided again now: the policy, the time and the catalog may have changed since Parse.
-            let mut batch = redecide(ctx, db, io.shared, &p.statements, epoch);
+            let mut batch = match redecide(ctx, db, io.shared, &p.statements, epoch).await {
+                Ok(batch) => batch,
+                Err(err) => {
+                    record_refusal(ctx, st, p.text.as_bytes(), None, &Refused::Error(err.clone()));
+                    refuse(out, io.shared, epoch, err, &wire::parse(io.nonce));
+                    return Ok(None);
+                }
+            };
             if let Some((i, refusal)) = batch.refused {
                 record_refusal(ctx, st, p.text.as_bytes(), batch.statements.get(i), &refusal);
                 refuse(out, io.shared, epoch, refusal.error(ctx), &wire::parse(io.nonce));
@@ -393,7 +402,7 @@ async fn on_client(
                     stand_in: wire::parse(io.nonce),
                     text: p.text.to_string(),
                     epoch,
-                    portal: Some(p.clone()),
+                    portal: Some((p.clone(), portal.to_vec())),
                 }));
             }
             if batch.statements.is_empty() {
@@ -401,6 +410,7 @@ async fn on_client(
             }
             // Its rows come without a RowDescription: the portal's describes them.
             forward_batch(ctx, db, io.shared, st, &batch, epoch, Some(&p));
+            describe_for_execute(ctx, io.shared, &p, portal, epoch, out);
             out.extend_from_slice(f.raw);
         }
         b'C' => {
@@ -421,7 +431,7 @@ async fn on_client(
             let found = if kind == b'S' { sh.prepared.get(name) } else { sh.portals.get(name) };
             // Unknown names get an answer slot too, so answers stay in order.
             let target = found.map(Prepared::describe_target).unwrap_or_default();
-            sh.describes.push_back((st.epoch, target));
+            sh.describes.push_back(DescribeSlot { epoch: st.epoch, targets: target, own: false });
             drop(sh);
             st.synced = false;
             out.extend_from_slice(f.raw);
@@ -497,6 +507,27 @@ fn forward_batch(
     }
 }
 
+/// On masked and trailed sessions, an Execute's rows are described by its
+/// portal as the server bound it. The server analyses a prepared statement
+/// again at Bind when the search path or a relation it reads changed since
+/// it was prepared, so the statement's own earlier description may be
+/// another relation's (`SET search_path` between Parse and Bind: the same
+/// name, a masked view). Unless the client described the portal itself,
+/// Gatehouse sends a Describe of it before the Execute and keeps the answer.
+fn describe_for_execute(ctx: &Ctx, shared: &Mutex<Shared>, p: &Prepared, name: &[u8], epoch: u64, out: &mut Vec<u8>) {
+    let Some(rows) = &p.portal else { return };
+    if (ctx.mask.is_none() && !super::backend::trailing(ctx)) || rows.described.get().is_some() {
+        return;
+    }
+    let mut sh = lock(shared);
+    if sh.describes.iter().any(|d| d.targets.iter().any(|t| t.is(&rows.described))) {
+        return;
+    }
+    sh.describes.push_back(DescribeSlot { epoch, targets: vec![rows.described.clone()], own: true });
+    drop(sh);
+    out.extend_from_slice(&wire::describe_portal(name));
+}
+
 /// Holds a statement for approval: what was decided before it goes to the
 /// server first; the client is told who must approve (a NoticeResponse);
 /// then it waits — the rest of a pipeline waits behind it — until an
@@ -543,7 +574,7 @@ async fn hold<W: AsyncWrite + Unpin>(
     // And the values an Execute's parameters are bound to (the Bind reached
     // the server already: the Execute runs with exactly these), unless the
     // text may put one where a secret goes.
-    let mut parameters = h.portal.as_ref().map(Prepared::parameters).unwrap_or_default();
+    let mut parameters = h.portal.as_ref().map(|(p, _)| p.parameters()).unwrap_or_default();
     if !parameters.is_empty() && ctx.agent.settings.redact.might_hold_secret(&h.text) {
         parameters = vec!["(not shown: the statement may take a secret)".into()];
     }
@@ -582,7 +613,10 @@ async fn hold<W: AsyncWrite + Unpin>(
             let who = super::backend::reader(ctx);
             ctx.agent.trail_holds.lift(&who.user, ctx.backend.name.as_str(), a.since_us);
         }
-        forward_batch(ctx, db, io.shared, st, &h.batch, h.epoch, h.portal.as_ref());
+        forward_batch(ctx, db, io.shared, st, &h.batch, h.epoch, h.portal.as_ref().map(|(p, _)| p));
+        if let Some((p, name)) = &h.portal {
+            describe_for_execute(ctx, io.shared, p, name, h.epoch, out);
+        }
         out.extend_from_slice(&h.raw);
     } else {
         let code = if matches!(state, crate::approval::State::Withdrawn { .. }) { "57014" } else { "42501" };
@@ -709,60 +743,103 @@ async fn decide_text(
         PgError::new(Severity::Error, e.sqlstate(), format!("Gatehouse refused this statement: {e}{rule}"))
             .hint(e.hint())
     })?;
-    // A relation the catalog does not hold (made outside Gatehouse since it
-    // was read) is looked up before deciding where what it reads matters:
-    // masking, and rules with deny_tables.
-    if (ctx.mask.is_some() || snapshot.policy.may_deny_tables(&admitted))
-        && let Some((cat, _)) = db.catalog.snapshot()
-    {
-        // The search paths the text's names may be read with: the session's
-        // and those its own SETs make (none when the path is not known, so
-        // every unqualified name is looked up).
-        let session_path = {
-            let sh = lock(shared);
-            let known = !(sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some());
-            known.then(|| sh.path.current.clone())
-        };
-        let paths: Vec<Option<&[String]>> = match &session_path {
-            None => Vec::new(),
-            Some(current) => std::iter::once(current.as_deref())
-                .chain(statements.iter().filter_map(|s| s.effects.search_path.as_ref()).map(Option::as_deref))
-                .collect(),
-        };
-        // What a CREATE makes does not exist yet (what it reads is in its reads).
-        let unknown = statements.iter().any(|s| {
-            let created = s.kinds.contains(&crate::sql::Kind::Create);
-            s.reads.iter().chain(s.writes.iter().filter(|_| !created)).any(|t| !cat.knows_relation_on(t, &paths))
-        });
-        if unknown
-            && crate::protocol::postgres::catalog::reread_for_unknown(
-                ctx,
-                &db.catalog,
-                &db.login,
-                &db.database,
-                ctx.principal.uid.0,
-            )
-            .await
-            .is_err()
-        {
-            return Err(PgError::new(
-                Severity::Error,
-                "53400",
-                "Gatehouse refused this statement: it names a relation the backend catalog does not hold, and the catalog has been read for such names too often for you in the last second",
-            )
-            .hint("try again in a second"));
-        }
+    look_up_unknown(ctx, db, shared, &statements, &snapshot, &admitted).await?;
+    Ok(decide_statements(ctx, db, shared, statements, epoch))
+}
+
+/// A relation the catalog does not hold (made outside Gatehouse since it
+/// was read) is looked up before deciding where what it reads matters:
+/// masking, and rules with deny_tables. `statements` carry their names as
+/// written (not yet resolved).
+async fn look_up_unknown(
+    ctx: &Ctx,
+    db: &SessionDb,
+    shared: &Mutex<Shared>,
+    statements: &[Statement],
+    snapshot: &Snapshot,
+    admitted: &Decision,
+) -> Result<(), PgError> {
+    if !(ctx.mask.is_some() || snapshot.policy.may_deny_tables(admitted)) {
+        return Ok(());
     }
-    Ok(decide_statements(ctx, db, shared, statements, epoch, true))
+    let Some((cat, _)) = db.catalog.snapshot() else { return Ok(()) };
+    // The search paths the text's names may be read with: the session's
+    // and those its own SETs make (none when the path is not known, so
+    // every unqualified name is looked up).
+    let session_path = {
+        let sh = lock(shared);
+        let known = !(sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some());
+        known.then(|| sh.path.current.clone())
+    };
+    let paths: Vec<Option<&[String]>> = match &session_path {
+        None => Vec::new(),
+        Some(current) => std::iter::once(current.as_deref())
+            .chain(statements.iter().filter_map(|s| s.effects.search_path.as_ref()).map(Option::as_deref))
+            .collect(),
+    };
+    // What a CREATE makes does not exist yet (what it reads is in its reads).
+    let unknown = statements.iter().any(|s| {
+        let created = s.kinds.contains(&crate::sql::Kind::Create);
+        s.reads.iter().chain(s.writes.iter().filter(|_| !created)).any(|t| !cat.knows_relation_on(t, &paths))
+    });
+    // SQL `EXECUTE name`: the names of the statement it runs, as written.
+    let unknown = unknown
+        || statements.iter().filter_map(|s| s.effects.execute.as_deref()).any(|name| {
+            let sh = lock(shared);
+            let Some(p) = sh.prepared.get(name.as_bytes()) else { return false };
+            p.statements
+                .iter()
+                .filter_map(|s| s.written.as_deref())
+                .any(|w| w.reads.iter().chain(&w.writes).any(|t| !cat.knows_relation_on(t, &paths)))
+        });
+    if unknown
+        && crate::protocol::postgres::catalog::reread_for_unknown(
+            ctx,
+            &db.catalog,
+            &db.login,
+            &db.database,
+            ctx.principal.uid.0,
+        )
+        .await
+        .is_err()
+    {
+        return Err(PgError::new(
+            Severity::Error,
+            "53400",
+            "Gatehouse refused this statement: it names a relation the backend catalog does not hold, and the catalog has been read for such names too often for you in the last second",
+        )
+        .hint("try again in a second"));
+    }
+    Ok(())
 }
 
-/// Decides statements prepared earlier, again, for an Execute.
-fn redecide(ctx: &Ctx, db: &SessionDb, shared: &Mutex<Shared>, statements: &[Statement], epoch: u64) -> Batch {
-    decide_statements(ctx, db, shared, statements.to_vec(), epoch, false)
+/// Decides statements prepared earlier, again, for an Execute: under the
+/// policy, time, catalog and search path of this moment (a name the
+/// catalog does not hold is looked up first, as for a text).
+async fn redecide(
+    ctx: &Ctx,
+    db: &SessionDb,
+    shared: &Mutex<Shared>,
+    statements: &[Statement],
+    epoch: u64,
+) -> Result<Batch, PgError> {
+    let mut statements = statements.to_vec();
+    for s in &mut statements {
+        s.unresolve();
+    }
+    let snapshot = ctx.agent.snapshot.load_full();
+    let admitted = snapshot.policy.decide_connect_with(
+        &ctx.principal,
+        &ctx.backend.name,
+        jiff::Timestamp::now(),
+        &ctx.agent.grant_rules.load(),
+    );
+    look_up_unknown(ctx, db, shared, &statements, &snapshot, &admitted).await?;
+    Ok(decide_statements(ctx, db, shared, statements, epoch))
 }
 
-/// Resolves (`fresh`: parsed now) or re-resolves each statement against
-/// the catalog with the names the earlier statements of the same text set,
+/// Resolves each statement against the catalog (from its names as
+/// written) with the names the earlier statements of the same text set,
 /// then decides it.
 fn decide_statements(
     ctx: &Ctx,
@@ -770,7 +847,6 @@ fn decide_statements(
     shared: &Mutex<Shared>,
     mut statements: Vec<Statement>,
     epoch: u64,
-    fresh: bool,
 ) -> Batch {
     let (cat, mut names) = session_view(db, shared, ctx);
     let snapshot = ctx.agent.snapshot.load_full();
@@ -779,12 +855,15 @@ fn decide_statements(
     let mut decisions = Vec::with_capacity(statements.len());
     let mut refused = None;
     for (i, s) in statements.iter_mut().enumerate() {
-        if fresh || !s.refs.calls.is_empty() || !s.refs.operators.is_empty() || !s.refs.casts.is_empty() {
-            resolve(s, &cat, &names);
-        }
+        // Resolved from the names as written every time, a prepared
+        // statement's included: the server analyses it again when the
+        // search path changed or a relation it reads did, and reads what the
+        // names mean then.
+        s.unresolve();
         if let Some(name) = s.effects.execute.clone() {
             substitute_execute(s, &name, &local, shared, epoch);
         }
+        resolve(s, &cat, &names);
         if let Some(name) = &s.effects.prepare {
             local.insert(name.clone(), prepared_part(s));
         }
@@ -899,9 +978,18 @@ fn substitute_execute(
     let stores = s.kinds.contains(&Kind::Create);
     s.kinds.remove(&Kind::Execute);
     s.kinds.extend(p.kinds.iter().copied());
+    // Its names as written: resolved with the path the EXECUTE runs under
+    // (the server analyses the prepared statement again if it changed).
+    let written = p.written.clone().unwrap_or_else(|| {
+        Arc::new(sql::Written {
+            reads: p.reads.clone(),
+            writes: p.writes.clone(),
+            pending_where: p.pending_where.clone(),
+        })
+    });
     for (into, from) in [
-        (&mut s.reads, &p.reads),
-        (&mut s.writes, &p.writes),
+        (&mut s.reads, &written.reads),
+        (&mut s.writes, &written.writes),
         (&mut s.via_views, &p.via_views),
         (&mut s.sensitive, &p.sensitive),
     ] {
@@ -911,6 +999,7 @@ fn substitute_execute(
             }
         }
     }
+    s.pending_where.extend(written.pending_where.iter().cloned());
     for f in &p.functions {
         if !s.functions.contains(f) {
             s.functions.push(f.clone());
