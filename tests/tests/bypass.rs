@@ -645,6 +645,14 @@ run = msg(b"B", cstr("") + cstr("led") + struct.pack("!hhh", 0, 0, 0)) + msg(b"E
 s.sendall(run); a = answer(); print("on public", codes(a), values(a))
 query("set", "SET search_path = hr")
 s.sendall(run); a = answer(); print("on hr", codes(a), values(a))
+# A portal is planned at Bind: bound under hr, executed after the path is back to public.
+query("begin", "BEGIN")
+s.sendall(msg(b"B", cstr("p1") + cstr("led") + struct.pack("!hhh", 0, 0, 0)) + msg(b"S", b""))
+print("bind on hr", codes(answer()))
+query("back", "SET search_path = public")
+s.sendall(msg(b"E", cstr("p1") + struct.pack("!i", 0)) + msg(b"S", b""))
+a = answer(); print("portal", codes(a), values(a))
+query("end", "ROLLBACK")
 s.sendall(msg(b"Q", cstr("SET search_path = public; PREPARE q AS SELECT amount FROM ledger; SET search_path = hr; EXECUTE q /* attack_sql_path */")))
 a = answer(); print("sql", codes(a), values(a))
 s.sendall(msg(b"X", b""))
@@ -654,6 +662,8 @@ s.sendall(msg(b"X", b""))
     assert!(path.contains("on public ['2', 'D', 'C', 'Z'] ['5']"), "{path}\n{}", w.env.agent_log());
     assert!(path.contains("set ['C', 'Z']"), "{path}");
     assert!(path.contains("on hr ['2', '42501', 'Z'] []"), "{path}\n{}", w.env.agent_log());
+    assert!(path.contains("bind on hr ['2', 'Z']"), "{path}");
+    assert!(path.contains("portal ['42501', 'Z'] []"), "{path}\n{}", w.env.agent_log());
     assert!(path.contains("sql ['42501', 'Z'] []"), "{path}");
     assert!(!path.contains("918273"), "{path}");
     assert_eq!(w.pg.log().matches("execute led:").count(), 1, "the refused Execute ran:\n{}", w.pg.log());
