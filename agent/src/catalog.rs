@@ -130,6 +130,9 @@ pub struct Catalog {
     pub default_search_path: Vec<String>,
     /// The schemas there are (`None`: not read, as in offline tools).
     pub schemas: Option<HashSet<String>>,
+    /// Schemas the login may not use (no USAGE): the server skips them on
+    /// the search path, so a name there does not hide one further on.
+    pub unusable_schemas: HashSet<String>,
     /// The backend login (what `$user` means in the search path).
     pub login: String,
     pub database: String,
@@ -311,6 +314,9 @@ impl Catalog {
             }
             for s in path {
                 let schema = if s == "$user" { self.login.as_str() } else { s.as_str() };
+                if self.unusable_schemas.contains(schema) {
+                    continue;
+                }
                 if self.has_relation(schema, &t.name) {
                     return true;
                 }

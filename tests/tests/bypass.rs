@@ -24,6 +24,8 @@ struct World {
     dev: String,
     /// `reporters`: select only, with timeouts.
     rep: String,
+    /// `pathers`: select and SET ROLE, never a table in `hr` or `hr_reader`.
+    pat: String,
 }
 
 /// Objects a user could reach: each piece of code writes to `pwned` before
@@ -70,6 +72,8 @@ fn world(name: &str) -> World {
     let ana = env.user("ana", &[&analysts]);
     let dev = env.user("dev", &[&developers]);
     let rep = env.user("rep", &[&reporters]);
+    let pathers = env.group("pathers");
+    let pat = env.user("pat", &[&pathers]);
     let pg = PgServer::start(&env.dir, &loopback(60), free_port(), "log_statement = 'all'\nlog_min_messages = info\n");
     pg.admin_db("appdb", FIXTURE);
     // One shared login for everyone: the policy is the only difference.
@@ -114,6 +118,13 @@ backend = "appdb"
 statements = ["select"]
 statement_timeout = "1s"
 idle_in_transaction_timeout = "5s"
+
+[[rule]]
+name = "pathers"
+who = {{ groups = ["{pathers}"] }}
+backend = "appdb"
+statements = ["select", "set_role"]
+deny_tables = ["hr.*", "hr_reader.*"]
 "#,
         addr = pg.addr(),
         app = pg::APP_ROLE,
@@ -121,7 +132,7 @@ idle_in_transaction_timeout = "5s"
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    World { pg, env, ana, dev, rep }
+    World { pg, env, ana, dev, rep, pat }
 }
 
 impl World {
@@ -576,6 +587,41 @@ print("sqlalchemy ok")
 "#,
     );
     assert!(out.contains("sqlalchemy ok") && out.contains("count 100"), "{out}\n{}", w.env.agent_log());
+}
+
+/// The server reads an unqualified name from the first schema on the path
+/// that the current role may use (USAGE) and that holds it, and `$user` is
+/// the current role: a schema the login cannot use, or a SET ROLE, makes it
+/// read another relation than the first one holding the name.
+#[test]
+fn names_resolve_as_the_current_role_resolves_them() {
+    let w = world("byrole");
+    w.pg.admin_db(
+        "appdb",
+        &format!(
+            "CREATE SCHEMA locked; CREATE TABLE locked.bonuses (emp int, amount int); REVOKE ALL ON SCHEMA locked FROM PUBLIC;
+             CREATE ROLE hr_reader; GRANT hr_reader TO {app};
+             CREATE SCHEMA hr_reader AUTHORIZATION hr_reader;
+             CREATE TABLE hr_reader.orders AS SELECT * FROM hr.salaries; ALTER TABLE hr_reader.orders OWNER TO hr_reader;",
+            app = pg::APP_ROLE
+        ),
+    );
+    let leaked = |o: &Output| text(o).contains("777777") || text(o).contains("123456");
+    for (setup, attack) in [
+        // `locked` holds a `bonuses` the login may not use: the server skips it for hr.bonuses.
+        ("SET search_path = locked, hr", "SELECT amount FROM bonuses /* attack_usage */"),
+        // `$user` is the role set, not the login: the server reads hr_reader.orders.
+        ("SET ROLE hr_reader", "SELECT amount FROM orders /* attack_user */"),
+    ] {
+        let o = w.psql(&w.pat, &["-c", setup, "-c", attack], "SELECT 1");
+        let t = text(&o);
+        assert!(t.contains("Gatehouse refused") && !leaked(&o), "{setup}; {attack}: {t}\n{}", w.env.agent_log());
+        let marker = attack.split("/* ").nth(1).and_then(|m| m.split(' ').next()).unwrap_or_default();
+        assert!(!w.pg.log().contains(marker), "{attack} reached the server");
+    }
+    // Without them, the same names are public's and allowed.
+    let o = w.psql(&w.pat, &["-c", "SELECT count(*) FROM orders"], "SELECT 1");
+    assert!(o.status.success() && text(&o).contains("100"), "{}\n{}", text(&o), w.env.agent_log());
 }
 
 #[test]

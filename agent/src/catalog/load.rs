@@ -19,7 +19,9 @@ pub const QUERY: &str = "\
 SELECT current_user, current_setting('search_path'), current_database(),
  (SELECT setting FROM pg_catalog.pg_settings WHERE name = 'unix_socket_directories'), current_setting('port'),
  (SELECT pg_catalog.string_agg(pg_catalog.encode(pg_catalog.convert_to(nspname, 'UTF8'), 'hex'), ',')
-  FROM pg_catalog.pg_namespace WHERE nspname !~ '^pg_(toast|temp_)');
+  FROM pg_catalog.pg_namespace WHERE nspname !~ '^pg_(toast|temp_)'),
+ (SELECT pg_catalog.string_agg(pg_catalog.encode(pg_catalog.convert_to(nspname, 'UTF8'), 'hex'), ',')
+  FROM pg_catalog.pg_namespace WHERE nspname !~ '^pg_(toast|temp_)' AND NOT pg_catalog.has_schema_privilege(oid, 'USAGE'));
 SELECT DISTINCT 'f', proname FROM pg_catalog.pg_proc WHERE oid < 16384
  UNION ALL SELECT DISTINCT 'o', oprname FROM pg_catalog.pg_operator WHERE oid < 16384
  UNION ALL SELECT DISTINCT 't', typname FROM pg_catalog.pg_type WHERE oid < 16384;
@@ -80,6 +82,18 @@ fn flag(row: &Row, i: usize, what: &'static str) -> Result<bool, LoadError> {
     }
 }
 
+/// A comma-separated list of hex-encoded names.
+fn hex_names(list: &str) -> Result<HashSet<String>, LoadError> {
+    list.split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            crate::audit::export::unhex(h)
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or(LoadError::Value { what: "schema name" })
+        })
+        .collect()
+}
+
 /// Builds the catalog from the answer to [`QUERY`].
 pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
     let [
@@ -108,12 +122,11 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
         // The schemas there are (hex, so any name survives the list), for
         // telling which names a new relation could shadow (`Catalog::knows_relation_on`).
         if let Some(Some(list)) = row.get(5) {
-            let names = list.split(',').filter(|h| !h.is_empty()).map(|h| {
-                crate::audit::export::unhex(h)
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or(LoadError::Value { what: "schema name" })
-            });
-            c.schemas = Some(names.collect::<Result<_, _>>()?);
+            c.schemas = Some(hex_names(list)?);
+        }
+        // And those the login may not use, which the server skips on the path.
+        if let Some(Some(list)) = row.get(6) {
+            c.unusable_schemas = hex_names(list)?;
         }
         // Where else the server listens (see `protocol::local_socket`); a
         // login without pg_read_all_settings is not told: the defaults

@@ -125,10 +125,21 @@ fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[&str]>) -
             continue;
         }
         match path {
-            Some(path) => match path.iter().find(|s| cat.has_relation(s, &t.name)) {
-                Some(schema) => push(TableRef { schema: Some((*schema).to_owned()), name: t.name }),
-                None => push(t),
-            },
+            Some(path) => {
+                // The first schema that holds it and that the login may use;
+                // one it may not use (the server skips it) counts too.
+                let mut found = false;
+                for schema in path.iter().filter(|s| cat.has_relation(s, &t.name)) {
+                    push(TableRef { schema: Some((*schema).to_owned()), name: t.name.clone() });
+                    found = true;
+                    if !cat.unusable_schemas.contains(*schema) {
+                        break;
+                    }
+                }
+                if !found {
+                    push(t);
+                }
+            }
             None => {
                 let schemas = cat.schemas_with(&t.name);
                 if schemas.is_empty() {

@@ -261,3 +261,23 @@ fn a_name_a_new_relation_could_shadow_is_not_known() {
     assert!(!cat.knows_relation_on(&t("orders"), &[Some(&path(&["empty", "public"]))]));
     assert!(cat.knows_relation_on(&t("orders"), &[Some(&path(&["gone", "public"]))]), "a schema that is not there");
 }
+
+#[test]
+fn a_schema_the_login_may_not_use_does_not_hide_a_name() {
+    let mut cat = sample();
+    cat.unusable_schemas = ["hr".to_owned()].into_iter().collect();
+    let t = |name: &str| TableRef { schema: None, name: name.into() };
+    let hr_public = vec!["hr".to_owned(), "public".to_owned()];
+    // The server skips `hr`: a `public.salaries` made later is what it reads.
+    assert!(!cat.knows_relation_on(&t("salaries"), &[Some(&hr_public)]));
+    // Resolved: `hr.salaries` still counts (USAGE may be granted since the
+    // read), and so would the next schema that holds the name (the
+    // end-to-end test in bypass.rs has one).
+    let mut cat2 = sample();
+    cat2.unusable_schemas = cat.unusable_schemas.clone();
+    let mut all = parse("SELECT * FROM salaries, orders", ParseOptions::default()).unwrap();
+    let ses = SessionNames { search_path: Some(hr_public.clone()), ..SessionNames::default() };
+    resolve(&mut all[0], &cat2, &ses);
+    let reads: Vec<String> = all[0].reads.iter().map(ToString::to_string).collect();
+    assert_eq!(reads, ["hr.salaries", "public.orders"]);
+}

@@ -873,7 +873,7 @@ fn decide_statements(
                 names.search_path = path.clone();
                 names.path_unknown = false;
             }
-            None if opaque(s) || s.effects.local_search_path => names.path_unknown = true,
+            None if unsettles_path(s) => names.path_unknown = true,
             // Back to a savepoint or to before the transaction: a path set
             // since reverts to one this text cannot know.
             None if s.effects.rollback => names.path_unknown = true,
@@ -1023,6 +1023,15 @@ fn opaque(s: &Statement) -> bool {
     s.kinds.iter().any(|k| matches!(k, Kind::FunctionCall | Kind::Do | Kind::Call | Kind::Execute))
 }
 
+/// Whether the search path the server reads names with may change in ways
+/// the text does not say: code Gatehouse cannot read, `SET LOCAL
+/// search_path` (it ends with the transaction), and `SET ROLE` / `SET
+/// SESSION AUTHORIZATION` (`$user` is the current role, and the schemas
+/// the server skips are those the current role may not use).
+fn unsettles_path(s: &Statement) -> bool {
+    opaque(s) || s.effects.local_search_path || s.kinds.contains(&Kind::SetRole)
+}
+
 /// Refusals that no policy can lift.
 fn gatehouse_refusal(ctx: &Ctx, s: &Statement) -> Option<PgError> {
     if let Some(enc) = &s.effects.unsafe_encoding {
@@ -1086,7 +1095,7 @@ fn effects_at_forward(
     }
     if s.effects.search_path.is_some() {
         sh.path.in_flight += 1;
-    } else if opaque(s) || s.effects.local_search_path {
+    } else if unsettles_path(s) {
         sh.path.unknown = true;
     }
     if !s.effects.defines.is_empty() || s.kinds.contains(&Kind::DefineCode) {
