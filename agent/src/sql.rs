@@ -448,6 +448,11 @@ pub struct Effects {
     /// `SET LOCAL search_path`: the path is this statement's until the
     /// transaction ends, then the one from before it; tracked as unknown.
     pub local_search_path: bool,
+    /// May change what the current role may use — which schemas on the
+    /// search path the server skips — before the catalog is read again:
+    /// `GRANT`/`REVOKE` (privileges or roles), `ALTER … OWNER TO`,
+    /// `REASSIGN OWNED`, `DROP OWNED`.
+    pub privileges: bool,
     /// `search_path` as this statement sets it: `Some(None)` back to the login value.
     pub search_path: Option<Option<Vec<String>>>,
     /// Turns the session's read-only guard off (`SET TRANSACTION READ WRITE`,
@@ -725,6 +730,14 @@ impl<'t> Walker<'t> {
             NodeRef::VariableSetStmt(s) => {
                 self.kinds.extend(own);
                 self.session_setting(s);
+            }
+            NodeRef::GrantStmt(_)
+            | NodeRef::GrantRoleStmt(_)
+            | NodeRef::AlterOwnerStmt(_)
+            | NodeRef::ReassignOwnedStmt(_)
+            | NodeRef::DropOwnedStmt(_) => {
+                self.kinds.extend(own);
+                self.effects.privileges = true;
             }
             _ => self.kinds.extend(own),
         }

@@ -24,7 +24,7 @@ struct World {
     dev: String,
     /// `reporters`: select only, with timeouts.
     rep: String,
-    /// `pathers`: select and SET ROLE, never a table in `hr` or `hr_reader`.
+    /// `pathers`: select, SET ROLE, create and revoke, never a table in `hr` or `hr_reader`.
     pat: String,
 }
 
@@ -123,7 +123,7 @@ idle_in_transaction_timeout = "5s"
 name = "pathers"
 who = {{ groups = ["{pathers}"] }}
 backend = "appdb"
-statements = ["select", "set_role"]
+statements = ["select", "set_role", "create", "revoke"]
 deny_tables = ["hr.*", "hr_reader.*"]
 "#,
         addr = pg.addr(),
@@ -607,11 +607,27 @@ fn names_resolve_as_the_current_role_resolves_them() {
         ),
     );
     let leaked = |o: &Output| text(o).contains("777777") || text(o).contains("123456");
+    let o = w.psql(
+        &w.pat,
+        &["-c", "CREATE SCHEMA mine", "-c", "CREATE TABLE mine.bonuses (emp int, amount int)"],
+        "SELECT 1",
+    );
+    assert!(o.status.success(), "{}", text(&o));
     for (setup, attack) in [
         // `locked` holds a `bonuses` the login may not use: the server skips it for hr.bonuses.
         ("SET search_path = locked, hr", "SELECT amount FROM bonuses /* attack_usage */"),
         // `$user` is the role set, not the login: the server reads hr_reader.orders.
         ("SET ROLE hr_reader", "SELECT amount FROM orders /* attack_user */"),
+        // Its own schema, whose USAGE it revokes from itself in the transaction that reads.
+        (
+            "SET search_path = mine, hr",
+            "BEGIN; REVOKE USAGE ON SCHEMA mine FROM CURRENT_USER; SELECT amount FROM bonuses /* attack_revoke */; COMMIT",
+        ),
+        // The same, committed, and read at once (before or after Gatehouse reads the catalog again).
+        (
+            "SET search_path = mine, hr; REVOKE USAGE ON SCHEMA mine FROM CURRENT_USER",
+            "SELECT amount FROM bonuses /* attack_revoked */",
+        ),
     ] {
         let o = w.psql(&w.pat, &["-c", setup, "-c", attack], "SELECT 1");
         let t = text(&o);

@@ -50,8 +50,9 @@ pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
     }
 
     let path = effective_path(cat, session);
-    s.reads = resolve_tables(std::mem::take(&mut s.reads), cat, path.as_deref());
-    s.writes = resolve_tables(std::mem::take(&mut s.writes), cat, path.as_deref());
+    let skips = Skips { cat, all: session.privileges_changed };
+    s.reads = resolve_tables(std::mem::take(&mut s.reads), cat, path.as_deref(), &skips);
+    s.writes = resolve_tables(std::mem::take(&mut s.writes), cat, path.as_deref(), &skips);
 
     for t in &s.reads {
         let Some(schema) = t.schema.as_deref() else { continue };
@@ -77,7 +78,7 @@ pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
     }
 
     for p in std::mem::take(&mut s.pending_where) {
-        if !restricts(&p.target, &p.columns, &s.reads, cat, path.as_deref()) {
+        if !restricts(&p.target, &p.columns, &s.reads, cat, path.as_deref(), &skips) {
             s.kinds.insert(p.flag);
         }
     }
@@ -112,7 +113,20 @@ fn effective_path<'a>(cat: &'a Catalog, session: &'a SessionNames) -> Option<Vec
 /// that has one is listed (the policy then needs all of them allowed, and
 /// refuses if any is denied). A name the catalog does not know stays
 /// unqualified (see `TablePattern::matches`).
-fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[&str]>) -> Vec<TableRef> {
+/// Which schemas on the path the server may skip (the current role may not use them).
+struct Skips<'a> {
+    cat: &'a Catalog,
+    /// Privileges may have changed since the catalog was read: any of them.
+    all: bool,
+}
+
+impl Skips<'_> {
+    fn may_skip(&self, schema: &str) -> bool {
+        self.all || self.cat.unusable_schemas.contains(schema)
+    }
+}
+
+fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[&str]>, skips: &Skips<'_>) -> Vec<TableRef> {
     let mut out: Vec<TableRef> = Vec::with_capacity(tables.len());
     let mut push = |t: TableRef| {
         if !out.contains(&t) {
@@ -132,7 +146,7 @@ fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[&str]>) -
                 for schema in path.iter().filter(|s| cat.has_relation(s, &t.name)) {
                     push(TableRef { schema: Some((*schema).to_owned()), name: t.name.clone() });
                     found = true;
-                    if !cat.unusable_schemas.contains(*schema) {
+                    if !skips.may_skip(schema) {
                         break;
                     }
                 }
@@ -157,8 +171,15 @@ fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[&str]>) -
 
 /// Whether one of `columns` is certainly the target's: a column of the
 /// target and of no other table the statement reads.
-fn restricts(target: &TableRef, columns: &[String], reads: &[TableRef], cat: &Catalog, path: Option<&[&str]>) -> bool {
-    let resolved = resolve_tables(vec![target.clone()], cat, path);
+fn restricts(
+    target: &TableRef,
+    columns: &[String],
+    reads: &[TableRef],
+    cat: &Catalog,
+    path: Option<&[&str]>,
+    skips: &Skips<'_>,
+) -> bool {
+    let resolved = resolve_tables(vec![target.clone()], cat, path, skips);
     let [target] = resolved.as_slice() else { return false };
     let Some(rel) = cat.resolve_table(target) else { return false };
     let others: Vec<&super::Relation> =

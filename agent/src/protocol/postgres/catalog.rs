@@ -245,6 +245,8 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
         ("database".to_owned(), database.to_owned()),
         ("application_name".to_owned(), "gatehouse-catalog".to_owned()),
     ];
+    // When the read began: it sees what was committed before this.
+    let begun = crate::audit::now_us();
     let work = async {
         // The detail (which may name a file) goes to the log; the error, which a client sees, does not carry it.
         let (mut stream, rest, _) = connect_backend(ctx, login, params).await.map_err(|e| {
@@ -254,7 +256,7 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
         let results = simple_query(&mut stream, rest, QUERY).await;
         let _ = stream.write_all(&wire::terminate()).await;
         let _ = stream.flush().await;
-        let c = build(&results?, crate::audit::now_us()).map_err(|e| e.to_string())?;
+        let c = build(&results?, begun).map_err(|e| e.to_string())?;
         crate::protocol::local_socket::warn_open(ctx.backend.name.as_str(), ctx.addr, &c.unix_sockets);
         Ok(c)
     };
