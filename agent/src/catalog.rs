@@ -139,7 +139,7 @@ pub struct Catalog {
     /// The server's Unix socket files (`unix_socket_directories`, `port`).
     pub unix_sockets: Vec<std::path::PathBuf>,
     /// When this read began (µs since the epoch): it holds what was
-    /// committed before then. For `status`, refresh and `Privileges`.
+    /// committed before then. For `status`, refresh and `NamesMoved`.
     pub loaded_us: i64,
     /// Statements' lineages bound to this snapshot, recently (`bind_shared`).
     bindings: origins::Bindings,
@@ -356,10 +356,11 @@ pub struct SessionNames {
     /// Names being defined as code in transactions not yet committed or
     /// not yet read back (this session's or others' on the same backend).
     pub pending: Vec<(crate::sql::Defined, QualName)>,
-    /// What the current role may use may have changed since the catalog
-    /// was read (a `GRANT`, `REVOKE` or ownership change): any schema on
-    /// the path may be one the server skips.
-    pub privileges_changed: bool,
+    /// Relations may have been dropped, renamed or moved, or what the
+    /// current role may use changed, since the catalog was read
+    /// (`sql::Effects::moves_names`): an unqualified name may reach past
+    /// any schema on the path that holds it.
+    pub names_moved: bool,
 }
 
 /// Splits a `search_path` value (`"$user", public`) into schema names.

@@ -448,11 +448,13 @@ pub struct Effects {
     /// `SET LOCAL search_path`: the path is this statement's until the
     /// transaction ends, then the one from before it; tracked as unknown.
     pub local_search_path: bool,
-    /// May change what the current role may use — which schemas on the
-    /// search path the server skips — before the catalog is read again:
-    /// `GRANT`/`REVOKE` (privileges or roles), `ALTER … OWNER TO`,
-    /// `REASSIGN OWNED`, `DROP OWNED`.
-    pub privileges: bool,
+    /// May take a relation an unqualified name reached out of the server's
+    /// way before the catalog is read again, so that the name reaches one
+    /// further on the search path: a drop, rename or schema move, and what
+    /// changes which schemas the current role may use (the server skips
+    /// the others): `GRANT`/`REVOKE` of privileges or roles, `ALTER … OWNER
+    /// TO`, `REASSIGN OWNED`, `DROP OWNED`.
+    pub moves_names: bool,
     /// `search_path` as this statement sets it: `Some(None)` back to the login value.
     pub search_path: Option<Option<Vec<String>>>,
     /// Turns the session's read-only guard off (`SET TRANSACTION READ WRITE`,
@@ -735,9 +737,12 @@ impl<'t> Walker<'t> {
             | NodeRef::GrantRoleStmt(_)
             | NodeRef::AlterOwnerStmt(_)
             | NodeRef::ReassignOwnedStmt(_)
-            | NodeRef::DropOwnedStmt(_) => {
+            | NodeRef::DropOwnedStmt(_)
+            | NodeRef::DropStmt(_)
+            | NodeRef::RenameStmt(_)
+            | NodeRef::AlterObjectSchemaStmt(_) => {
                 self.kinds.extend(own);
-                self.effects.privileges = true;
+                self.effects.moves_names = true;
             }
             _ => self.kinds.extend(own),
         }
@@ -1354,6 +1359,29 @@ mod tests {
         let mut all = classify(sql).unwrap_or_else(|e| panic!("{sql:?}: {e}"));
         assert_eq!(all.len(), 1, "{sql:?} should be one statement: {all:?}");
         all.remove(0)
+    }
+
+    #[test]
+    fn statements_that_may_move_what_a_name_reaches() {
+        for sql in [
+            "DROP TABLE mine.bonuses",
+            "DROP SCHEMA mine CASCADE",
+            "ALTER TABLE mine.bonuses RENAME TO gone",
+            "ALTER SCHEMA mine RENAME TO mine2",
+            "ALTER TABLE mine.bonuses SET SCHEMA public",
+            "ALTER VIEW v SET SCHEMA other",
+            "REVOKE USAGE ON SCHEMA mine FROM CURRENT_USER",
+            "GRANT USAGE ON SCHEMA mine TO r",
+            "REVOKE hr_reader FROM gh_app",
+            "ALTER SCHEMA mine OWNER TO r",
+            "REASSIGN OWNED BY a TO b",
+            "DROP OWNED BY a",
+        ] {
+            assert!(one(sql).effects.moves_names, "{sql}");
+        }
+        for sql in ["SELECT 1", "ALTER TABLE t ADD COLUMN c int", "CREATE TABLE t (a int)", "SET search_path = a, b"] {
+            assert!(!one(sql).effects.moves_names, "{sql}");
+        }
     }
 
     fn kinds_of(sql: &str) -> Vec<Kind> {

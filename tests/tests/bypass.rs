@@ -24,7 +24,7 @@ struct World {
     dev: String,
     /// `reporters`: select only, with timeouts.
     rep: String,
-    /// `pathers`: select, SET ROLE, create and revoke, never a table in `hr` or `hr_reader`.
+    /// `pathers`: select, SET ROLE, create, alter, drop and revoke, never a table in `hr` or `hr_reader`.
     pat: String,
 }
 
@@ -123,7 +123,7 @@ idle_in_transaction_timeout = "5s"
 name = "pathers"
 who = {{ groups = ["{pathers}"] }}
 backend = "appdb"
-statements = ["select", "set_role", "create", "revoke"]
+statements = ["select", "set_role", "create", "revoke", "alter", "drop"]
 deny_tables = ["hr.*", "hr_reader.*"]
 "#,
         addr = pg.addr(),
@@ -622,6 +622,23 @@ fn names_resolve_as_the_current_role_resolves_them() {
         (
             "SET search_path = mine, hr",
             "BEGIN; REVOKE USAGE ON SCHEMA mine FROM CURRENT_USER; SELECT amount FROM bonuses /* attack_revoke */; COMMIT",
+        ),
+        // Its own table, renamed, moved or dropped in the transaction that reads.
+        (
+            "SET search_path = mine, hr",
+            "BEGIN; ALTER TABLE mine.bonuses RENAME TO gone; SELECT amount FROM bonuses /* attack_rename */; ROLLBACK",
+        ),
+        (
+            "SET search_path = mine, hr",
+            "BEGIN; ALTER TABLE mine.bonuses SET SCHEMA public; SELECT amount FROM bonuses /* attack_move */; ROLLBACK",
+        ),
+        (
+            "SET search_path = mine, hr",
+            "BEGIN; DROP TABLE mine.bonuses; SELECT amount FROM bonuses /* attack_drop */; ROLLBACK",
+        ),
+        (
+            "SET search_path = mine, hr",
+            "BEGIN; ALTER SCHEMA mine RENAME TO mine2; SELECT amount FROM bonuses /* attack_schema */; ROLLBACK",
         ),
         // The same, committed, and read at once (before or after Gatehouse reads the catalog again).
         (

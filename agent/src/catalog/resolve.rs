@@ -50,7 +50,7 @@ pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
     }
 
     let path = effective_path(cat, session);
-    let skips = Skips { cat, all: session.privileges_changed };
+    let skips = Skips { cat, all: session.names_moved };
     s.reads = resolve_tables(std::mem::take(&mut s.reads), cat, path.as_deref(), &skips);
     s.writes = resolve_tables(std::mem::take(&mut s.writes), cat, path.as_deref(), &skips);
 
@@ -113,10 +113,11 @@ fn effective_path<'a>(cat: &'a Catalog, session: &'a SessionNames) -> Option<Vec
 /// that has one is listed (the policy then needs all of them allowed, and
 /// refuses if any is denied). A name the catalog does not know stays
 /// unqualified (see `TablePattern::matches`).
-/// Which schemas on the path the server may skip (the current role may not use them).
+/// Which schemas on the path holding a name the server may pass by: those
+/// the current role may not use, or any, after a statement that may have
+/// moved names or privileges since the catalog was read.
 struct Skips<'a> {
     cat: &'a Catalog,
-    /// Privileges may have changed since the catalog was read: any of them.
     all: bool,
 }
 

@@ -329,20 +329,19 @@ struct PathState {
     in_flight: u32,
 }
 
-/// Statements that may have changed what the current role may use (see
-/// `sql::Effects::privileges`): until a catalog read that began after
-/// their transaction ended, any schema on the path may be one the server
-/// skips.
+/// Statements that may have moved what unqualified names reach (see
+/// `sql::Effects::moves_names`): until a catalog read that began after
+/// their transaction ended, a name may reach past any schema holding it.
 #[derive(Debug, Default)]
-struct Privileges {
+struct NamesMoved {
     /// One was forwarded in the transaction still open.
     open: bool,
     /// When the last such transaction ended.
     settled_us: Option<i64>,
 }
 
-impl Privileges {
-    fn changed_since(&self, cat: &crate::catalog::Catalog) -> bool {
+impl NamesMoved {
+    fn since(&self, cat: &crate::catalog::Catalog) -> bool {
         self.open || self.settled_us.is_some_and(|t| cat.loaded_us <= t)
     }
 }
@@ -386,7 +385,7 @@ struct Shared {
     cursors: HashMap<String, (Arc<Lineage>, Arc<[TableRef]>)>,
     next_generation: u64,
     path: PathState,
-    privileges: Privileges,
+    names_moved: NamesMoved,
     /// This session has defined code in the transaction still open.
     defined_in_txn: bool,
     /// DDL completed in the transaction still open: read the catalog again when it ends.

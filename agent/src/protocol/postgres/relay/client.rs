@@ -709,7 +709,7 @@ fn session_view(db: &SessionDb, shared: &Mutex<Shared>, ctx: &Ctx) -> (Arc<Catal
         search_path: sh.path.current.clone(),
         path_unknown: sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some(),
         pending,
-        privileges_changed: sh.privileges.changed_since(&cat),
+        names_moved: sh.names_moved.since(&cat),
     };
     (cat, names)
 }
@@ -881,7 +881,7 @@ fn decide_statements(
             None => {}
         }
         names.pending.extend(s.effects.defines.iter().cloned());
-        names.privileges_changed |= s.effects.privileges;
+        names.names_moved |= s.effects.moves_names;
         if refused.is_some() {
             continue;
         }
@@ -1030,8 +1030,9 @@ fn opaque(s: &Statement) -> bool {
 /// search_path` (it ends with the transaction), and `SET ROLE` / `SET
 /// SESSION AUTHORIZATION` (`$user` is the current role, and the schemas
 /// the server skips are those the current role may not use). Statements
-/// that change what the role may use make every schema one the server may
-/// skip instead (`Privileges`), until the catalog is read again.
+/// that drop, rename or move relations or change what the role may use
+/// leave the path known but let a name reach past any schema holding it
+/// (`NamesMoved`), until the catalog is read again.
 fn unsettles_path(s: &Statement) -> bool {
     opaque(s) || s.effects.local_search_path || s.kinds.contains(&Kind::SetRole)
 }
@@ -1097,7 +1098,7 @@ fn effects_at_forward(
     if s.effects.discard_all {
         sh.portals.clear();
     }
-    sh.privileges.open |= s.effects.privileges;
+    sh.names_moved.open |= s.effects.moves_names;
     if s.effects.search_path.is_some() {
         sh.path.in_flight += 1;
     } else if unsettles_path(s) {
