@@ -455,6 +455,11 @@ pub struct Effects {
     /// the others): `GRANT`/`REVOKE` of privileges or roles, `ALTER … OWNER
     /// TO`, `REASSIGN OWNED`, `DROP OWNED`.
     pub moves_names: bool,
+    /// Schemas it renames or drops: it acts on every relation in them
+    /// (the catalog pass lists those among its writes, so the rules that
+    /// name them hold: `ALTER SCHEMA hr RENAME TO x` would take `hr.*`
+    /// out from under `deny_tables = ["hr.*"]`).
+    pub whole_schemas: Vec<String>,
     /// `search_path` as this statement sets it: `Some(None)` back to the login value.
     pub search_path: Option<Option<Vec<String>>>,
     /// Turns the session's read-only guard off (`SET TRANSACTION READ WRITE`,
@@ -910,6 +915,11 @@ impl<'t> Walker<'t> {
             NodeRef::DropStmt(s) => {
                 for object in &s.objects {
                     self.object(s.remove_type, object.node.as_ref());
+                    if s.remove_type == pb::ObjectType::ObjectSchema as i32
+                        && let Some(NodeEnum::String(name)) = &object.node
+                    {
+                        self.effects.whole_schemas.push(name.sval.clone());
+                    }
                 }
                 self.children(node, depth, |_| Some(role))
             }
@@ -939,6 +949,11 @@ impl<'t> Walker<'t> {
             | NodeRef::RenameStmt(_)
             | NodeRef::AlterObjectSchemaStmt(_) => {
                 self.defines_from(node);
+                if let NodeRef::RenameStmt(r) = node
+                    && r.rename_type == pb::ObjectType::ObjectSchema as i32
+                {
+                    self.effects.whole_schemas.push(r.subname.clone());
+                }
                 self.children(node, depth, |_| Some(role))
             }
             NodeRef::TransactionStmt(t) => {
@@ -1382,6 +1397,9 @@ mod tests {
         for sql in ["SELECT 1", "ALTER TABLE t ADD COLUMN c int", "CREATE TABLE t (a int)", "SET search_path = a, b"] {
             assert!(!one(sql).effects.moves_names, "{sql}");
         }
+        assert_eq!(one("ALTER SCHEMA hr RENAME TO x").effects.whole_schemas, ["hr"]);
+        assert_eq!(one("DROP SCHEMA hr, \"Other\" CASCADE").effects.whole_schemas, ["hr", "Other"]);
+        assert!(one("ALTER TABLE hr.t RENAME TO x").effects.whole_schemas.is_empty());
     }
 
     fn kinds_of(sql: &str) -> Vec<Kind> {

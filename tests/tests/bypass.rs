@@ -602,7 +602,8 @@ fn names_resolve_as_the_current_role_resolves_them() {
             "CREATE SCHEMA locked; CREATE TABLE locked.bonuses (emp int, amount int); REVOKE ALL ON SCHEMA locked FROM PUBLIC;
              CREATE ROLE hr_reader; GRANT hr_reader TO {app};
              CREATE SCHEMA hr_reader AUTHORIZATION hr_reader;
-             CREATE TABLE hr_reader.orders AS SELECT * FROM hr.salaries; ALTER TABLE hr_reader.orders OWNER TO hr_reader;",
+             CREATE TABLE hr_reader.orders AS SELECT * FROM hr.salaries; ALTER TABLE hr_reader.orders OWNER TO hr_reader;
+             ALTER SCHEMA hr OWNER TO {app}; ALTER TABLE hr.bonuses OWNER TO {app};",
             app = pg::APP_ROLE
         ),
     );
@@ -640,6 +641,10 @@ fn names_resolve_as_the_current_role_resolves_them() {
             "SET search_path = mine, hr",
             "BEGIN; ALTER SCHEMA mine RENAME TO mine2; SELECT amount FROM bonuses /* attack_schema */; ROLLBACK",
         ),
+        // What the rule denies, renamed out from under it (the login owns `hr` and `hr.bonuses`).
+        ("ALTER SCHEMA hr RENAME TO hrx /* attack_schema_rename */", "SELECT amount FROM hrx.bonuses"),
+        ("ALTER TABLE hr.bonuses RENAME TO bx /* attack_table_rename */", "SELECT amount FROM hr.bx"),
+        ("ALTER TABLE hr.bonuses SET SCHEMA public /* attack_table_move */", "SELECT amount FROM public.bonuses"),
         // The same, committed, and read at once (before or after Gatehouse reads the catalog again).
         (
             "SET search_path = mine, hr; REVOKE USAGE ON SCHEMA mine FROM CURRENT_USER",
@@ -649,8 +654,11 @@ fn names_resolve_as_the_current_role_resolves_them() {
         let o = w.psql(&w.pat, &["-c", setup, "-c", attack], "SELECT 1");
         let t = text(&o);
         assert!(t.contains("Gatehouse refused") && !leaked(&o), "{setup}; {attack}: {t}\n{}", w.env.agent_log());
-        let marker = attack.split("/* ").nth(1).and_then(|m| m.split(' ').next()).unwrap_or_default();
-        assert!(!w.pg.log().contains(marker), "{attack} reached the server");
+        let marker = [setup, attack]
+            .iter()
+            .find_map(|x| x.split("/* ").nth(1).and_then(|m| m.split(' ').next()))
+            .unwrap_or_else(|| panic!("{setup}; {attack}: no marker"));
+        assert!(!w.pg.log().contains(marker), "{setup}; {attack} reached the server");
     }
     // Without them, the same names are public's and allowed.
     let o = w.psql(&w.pat, &["-c", "SELECT count(*) FROM orders"], "SELECT 1");

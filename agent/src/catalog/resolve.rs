@@ -53,6 +53,15 @@ pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
     let skips = Skips { cat, all: session.names_moved };
     s.reads = resolve_tables(std::mem::take(&mut s.reads), cat, path.as_deref(), &skips);
     s.writes = resolve_tables(std::mem::take(&mut s.writes), cat, path.as_deref(), &skips);
+    // A schema renamed or dropped: every relation in it.
+    for schema in &s.effects.whole_schemas {
+        for rel in cat.relations_in(schema) {
+            let t = TableRef { schema: Some(rel.schema.clone()), name: rel.name.clone() };
+            if !s.writes.contains(&t) {
+                s.writes.push(t);
+            }
+        }
+    }
 
     for t in &s.reads {
         let Some(schema) = t.schema.as_deref() else { continue };
