@@ -117,11 +117,6 @@ fn effective_path<'a>(cat: &'a Catalog, session: &'a SessionNames) -> Option<Vec
     Some(out)
 }
 
-/// Qualifies unqualified relation names as the server will: the first
-/// schema on the path that has one. With the path unknown, every schema
-/// that has one is listed (the policy then needs all of them allowed, and
-/// refuses if any is denied). A name the catalog does not know stays
-/// unqualified (see `TablePattern::matches`).
 /// Which schemas on the path holding a name the server may pass by: those
 /// the current role may not use, or any, after a statement that may have
 /// moved names or privileges since the catalog was read.
@@ -136,6 +131,12 @@ impl Skips<'_> {
     }
 }
 
+/// Qualifies unqualified relation names as the server will: the first
+/// schema on the path that has one, and any before it that the server may
+/// pass by (`Skips`). With the path unknown, every schema
+/// that has one is listed (the policy then needs all of them allowed, and
+/// refuses if any is denied). A name the catalog does not know stays
+/// unqualified (see `TablePattern::matches`).
 fn resolve_tables(tables: Vec<TableRef>, cat: &Catalog, path: Option<&[&str]>, skips: &Skips<'_>) -> Vec<TableRef> {
     let mut out: Vec<TableRef> = Vec::with_capacity(tables.len());
     let mut push = |t: TableRef| {

@@ -273,11 +273,9 @@ fn a_schema_the_login_may_not_use_does_not_hide_a_name() {
     // Resolved: `hr.salaries` still counts (USAGE may be granted since the
     // read), and so would the next schema that holds the name (the
     // end-to-end test in bypass.rs has one).
-    let mut cat2 = sample();
-    cat2.unusable_schemas = cat.unusable_schemas.clone();
     let mut all = parse("SELECT * FROM salaries, orders", ParseOptions::default()).unwrap();
-    let ses = SessionNames { search_path: Some(hr_public.clone()), ..SessionNames::default() };
-    resolve(&mut all[0], &cat2, &ses);
+    let ses = SessionNames { search_path: Some(hr_public), ..SessionNames::default() };
+    resolve(&mut all[0], &cat, &ses);
     let reads: Vec<String> = all[0].reads.iter().map(ToString::to_string).collect();
     assert_eq!(reads, ["hr.salaries", "public.orders"]);
 }

@@ -733,12 +733,7 @@ async fn decide_text(
     let opts = ParseOptions { standard_conforming_strings: lock(shared).scs };
     // What the text may cost is the rule's to say, before it is parsed (sql/budget.rs).
     let snapshot = ctx.agent.snapshot.load_full();
-    let admitted = snapshot.policy.decide_connect_with(
-        &ctx.principal,
-        &ctx.backend.name,
-        jiff::Timestamp::now(),
-        &ctx.agent.grant_rules.load(),
-    );
+    let admitted = admitted(ctx, &snapshot);
     let statements = ctx.agent.classifier.classify(text, opts, &admitted.query_limits).await.map_err(|e| {
         let rule = admitted.rule.as_ref().map(|r| format!(" (rule {:?})", r.as_str())).unwrap_or_default();
         PgError::new(Severity::Error, e.sqlstate(), format!("Gatehouse refused this statement: {e}{rule}"))
@@ -829,14 +824,18 @@ async fn redecide(
         s.unresolve();
     }
     let snapshot = ctx.agent.snapshot.load_full();
-    let admitted = snapshot.policy.decide_connect_with(
+    look_up_unknown(ctx, db, shared, &statements, &snapshot, &admitted(ctx, &snapshot)).await?;
+    Ok(decide_statements(ctx, db, shared, statements, epoch))
+}
+
+/// The rule this session's user is admitted by on its backend now.
+fn admitted(ctx: &Ctx, snapshot: &Snapshot) -> Decision {
+    snapshot.policy.decide_connect_with(
         &ctx.principal,
         &ctx.backend.name,
         jiff::Timestamp::now(),
         &ctx.agent.grant_rules.load(),
-    );
-    look_up_unknown(ctx, db, shared, &statements, &snapshot, &admitted).await?;
-    Ok(decide_statements(ctx, db, shared, statements, epoch))
+    )
 }
 
 /// Resolves each statement against the catalog (from its names as
