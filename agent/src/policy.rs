@@ -494,7 +494,9 @@ impl TablePattern {
     /// names are folded to lower case, so `"PUBLIC".orders` (a quoted,
     /// different schema) is not `public.orders`.
     pub fn matches(&self, t: &crate::sql::TableRef, deny: bool) -> bool {
-        if !glob_exact(self.name.as_str().as_bytes(), t.name.as_bytes()) {
+        // Every relation of a schema (`TableRef::WHOLE`): any name a deny pattern has is among them.
+        let whole = deny && t.name == crate::sql::TableRef::WHOLE;
+        if !whole && !glob_exact(self.name.as_str().as_bytes(), t.name.as_bytes()) {
             return false;
         }
         match (&self.schema, &t.schema) {

@@ -238,6 +238,14 @@ pub struct TableRef {
     pub name: String,
 }
 
+impl TableRef {
+    /// The name that stands for every relation of its schema (a database
+    /// dropped): it meets every deny pattern of that schema, and only
+    /// `schema.*` of the allow patterns. A relation really called `*` is
+    /// judged the same way, which only ever refuses more.
+    pub const WHOLE: &'static str = "*";
+}
+
 impl fmt::Display for TableRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.schema {

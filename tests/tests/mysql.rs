@@ -22,7 +22,8 @@ struct World {
     sam: String,
     /// In a group whose rule only reads (`select`).
     rita: String,
-    /// In a group whose DELETEs wait for an approval by `lea`'s group.
+    /// In a group whose DELETEs wait for an approval by `lea`'s group, and
+    /// that may drop, never touching a table called `customers`.
     dan: String,
     lea: String,
     /// In a group whose UPDATEs wait for an approval, 2 seconds at most.
@@ -152,7 +153,7 @@ who = {{ groups = ["{leads}"] }}
 name = "dbas delete with a second pair of eyes"
 who = {{ groups = ["{dba}"] }}
 backend = "shop"
-statements = ["select", "delete", "show"]
+statements = ["select", "delete", "show", "drop"]
 deny_tables = ["*.customers"]
 approval = {{ for = ["delete"], by = "leads", timeout = "60s" }}
 
@@ -1715,4 +1716,28 @@ fn views_count_as_the_tables_they_read() {
         let out = text(&w.mariadb_script(user, &["appdb"], &script));
         assert_eq!(out.lines().filter(|l| l.trim() == "100").count(), 12, "{user}: {out}");
     }
+}
+
+/// A database dropped is every table in it dropped: a rule that denies
+/// `*.customers` refuses dropping a database (Gatehouse does not list a
+/// database's tables, so any database), and the server keeps the table.
+#[test]
+fn dropping_a_database_counts_as_every_table_in_it() {
+    let w = world("mydropdb");
+    w.db.admin(&format!(
+        "CREATE DATABASE scratch; CREATE TABLE scratch.customers (id int, card varchar(20));
+         INSERT INTO scratch.customers VALUES (1, '4111111111111111');
+         GRANT ALL ON scratch.* TO '{}'@'%';",
+        mysql::APP_USER
+    ));
+    for sql in ["DROP DATABASE scratch", "DROP SCHEMA IF EXISTS scratch"] {
+        let out = text(&w.mariadb(&w.dan, &["appdb", "-N", "-e", sql]));
+        assert!(out.contains("Gatehouse refused"), "{sql}: {out}\n{}", w.env.agent_log());
+    }
+    assert_eq!(w.db.admin("SELECT count(*) FROM scratch.customers").trim(), "1", "the database was dropped");
+    assert!(!w.db.general_log().contains("DROP DATABASE"), "{}", w.db.general_log());
+    // Dropping a table the rule does not name still works.
+    w.db.admin("CREATE TABLE appdb.scratchpad (id int)");
+    let out = text(&w.mariadb(&w.dan, &["appdb", "-N", "-e", "DROP TABLE scratchpad"]));
+    assert!(!out.contains("ERROR"), "{out}\n{}", w.env.agent_log());
 }

@@ -818,3 +818,18 @@ fn http_backends_without_names_are_warned_about_and_server_names_load_on_any_tls
         .to_string();
     assert!(e.contains("server_names does not apply"), "{e}");
 }
+
+#[test]
+fn a_whole_schema_meets_every_deny_pattern_of_it() {
+    let whole = |db: &str| TableRef { schema: Some(db.into()), name: TableRef::WHOLE.into() };
+    let p = |s: &str| TablePattern::parse(s).unwrap();
+    // Deny: any pattern whose schema part covers it.
+    assert!(p("*.customers").matches(&whole("scratch"), true));
+    assert!(p("shop.cards").matches(&whole("shop"), true));
+    assert!(p("customers").matches(&whole("scratch"), true));
+    assert!(!p("shop.cards").matches(&whole("scratch"), true));
+    // Allow: only `schema.*` (or `*`) covers every table of it.
+    assert!(p("shop.*").matches(&whole("shop"), false));
+    assert!(!p("shop.items").matches(&whole("shop"), false));
+    assert!(!p("other.*").matches(&whole("shop"), false));
+}

@@ -645,6 +645,17 @@ fn statement_kinds(
             if matches!(object_type, ast::ObjectType::Table | ast::ObjectType::View | ast::ObjectType::Index) {
                 targets(dropped.iter().map(one), writes);
             }
+            // A database dropped: every table in it (Gatehouse does not list
+            // them), which `TableRef::WHOLE` stands for.
+            if matches!(object_type, ast::ObjectType::Database | ast::ObjectType::Schema) {
+                targets(
+                    dropped.iter().map(|n| {
+                        let db = table_ref(n, names).name;
+                        TableRef { schema: Some(db), name: TableRef::WHOLE.to_owned() }
+                    }),
+                    writes,
+                );
+            }
         }
         Ast::DropFunction(_) | Ast::DropProcedure { .. } | Ast::DropTrigger(_) => {
             kinds.insert(Kind::Drop);
