@@ -495,8 +495,12 @@ impl TablePattern {
     /// different schema) is not `public.orders`.
     pub fn matches(&self, t: &crate::sql::TableRef, deny: bool) -> bool {
         // Every relation of a schema (`TableRef::WHOLE`): any name a deny pattern has is among them.
-        let whole = deny && t.name == crate::sql::TableRef::WHOLE;
-        if !whole && !glob_exact(self.name.as_str().as_bytes(), t.name.as_bytes()) {
+        let whole = t.name == crate::sql::TableRef::WHOLE;
+        if whole && t.schema.is_none() {
+            // Of every schema: every deny pattern; only `*.*` or `*` allows it.
+            return deny || (self.name.as_str() == "*" && self.schema.as_ref().is_none_or(|s| s.as_str() == "*"));
+        }
+        if !(whole && deny) && !glob_exact(self.name.as_str().as_bytes(), t.name.as_bytes()) {
             return false;
         }
         match (&self.schema, &t.schema) {

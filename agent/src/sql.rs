@@ -240,9 +240,10 @@ pub struct TableRef {
 
 impl TableRef {
     /// The name that stands for every relation of its schema (a database
-    /// dropped): it meets every deny pattern of that schema, and only
-    /// `schema.*` of the allow patterns. A relation really called `*` is
-    /// judged the same way, which only ever refuses more.
+    /// dropped), or of every schema when it has none (`DROP OWNED`): it
+    /// meets every deny pattern of that schema, and only `schema.*` (`*.*`)
+    /// of the allow patterns. A relation really called `*` is judged the
+    /// same way, which only ever refuses more.
     pub const WHOLE: &'static str = "*";
 }
 
@@ -756,6 +757,10 @@ impl<'t> Walker<'t> {
             | NodeRef::AlterObjectSchemaStmt(_) => {
                 self.kinds.extend(own);
                 self.effects.moves_names = true;
+                if matches!(node, NodeRef::DropOwnedStmt(_)) {
+                    // Whatever the roles own, in every schema.
+                    self.writes.push(TableRef { schema: None, name: TableRef::WHOLE.to_owned() });
+                }
             }
             _ => self.kinds.extend(own),
         }

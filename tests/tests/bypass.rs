@@ -660,6 +660,11 @@ fn names_resolve_as_the_current_role_resolves_them() {
             .unwrap_or_else(|| panic!("{setup}; {attack}: no marker"));
         assert!(!w.pg.log().contains(marker), "{setup}; {attack} reached the server");
     }
+    // Dropping whatever the login owns would drop hr.bonuses too.
+    let o = w.psql(&w.pat, &["-c", "DROP OWNED BY CURRENT_USER /* attack_drop_owned */"], "SELECT 1");
+    assert!(text(&o).contains("Gatehouse refused"), "{}\n{}", text(&o), w.env.agent_log());
+    assert!(!w.pg.log().contains("attack_drop_owned"), "DROP OWNED reached the server");
+    assert_eq!(w.count("SELECT count(*) FROM hr.bonuses"), 1);
     // Without them, the same names are public's and allowed.
     let o = w.psql(&w.pat, &["-c", "SELECT count(*) FROM orders"], "SELECT 1");
     assert!(o.status.success() && text(&o).contains("100"), "{}\n{}", text(&o), w.env.agent_log());

@@ -832,4 +832,9 @@ fn a_whole_schema_meets_every_deny_pattern_of_it() {
     assert!(p("shop.*").matches(&whole("shop"), false));
     assert!(!p("shop.items").matches(&whole("shop"), false));
     assert!(!p("other.*").matches(&whole("shop"), false));
+    // Every schema (DROP OWNED): every deny pattern; only `*.*` or `*` allows it.
+    let all = TableRef { schema: None, name: TableRef::WHOLE.into() };
+    assert!(p("hr.bonuses").matches(&all, true));
+    assert!(!p("public.*").matches(&all, false));
+    assert!(p("*.*").matches(&all, false) && p("*").matches(&all, false));
 }
