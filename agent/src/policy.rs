@@ -500,7 +500,8 @@ impl TablePattern {
             // Of every schema: every deny pattern; only `*.*` or `*` allows it.
             return deny || (self.name.as_str() == "*" && self.schema.as_ref().is_none_or(|s| s.as_str() == "*"));
         }
-        if !(whole && deny) && !glob_exact(self.name.as_str().as_bytes(), t.name.as_bytes()) {
+        let named = (whole && deny) || glob_exact(self.name.as_str().as_bytes(), t.name.as_bytes());
+        if !named {
             return false;
         }
         match (&self.schema, &t.schema) {
