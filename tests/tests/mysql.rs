@@ -1720,7 +1720,8 @@ fn views_count_as_the_tables_they_read() {
 
 /// A database dropped is every table in it dropped: a rule that denies
 /// `*.customers` refuses dropping a database (Gatehouse does not list a
-/// database's tables, so any database), and the server keeps the table.
+/// database's tables, so any database), and the server keeps the table;
+/// `SHOW CREATE TABLE` of a denied table is a read of it.
 #[test]
 fn dropping_a_database_counts_as_every_table_in_it() {
     let w = world("mydropdb");
@@ -1730,7 +1731,8 @@ fn dropping_a_database_counts_as_every_table_in_it() {
          GRANT ALL ON scratch.* TO '{}'@'%';",
         mysql::APP_USER
     ));
-    for sql in ["DROP DATABASE scratch", "DROP SCHEMA IF EXISTS scratch"] {
+    // And SHOW CREATE TABLE of a denied table reads it as SHOW COLUMNS does.
+    for sql in ["DROP DATABASE scratch", "DROP SCHEMA IF EXISTS scratch", "SHOW CREATE TABLE customers"] {
         let out = text(&w.mariadb(&w.dan, &["appdb", "-N", "-e", sql]));
         assert!(out.contains("Gatehouse refused"), "{sql}: {out}\n{}", w.env.agent_log());
     }

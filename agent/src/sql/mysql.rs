@@ -392,6 +392,11 @@ pub fn classify(text: &[u8], names: &Names) -> Result<Classified, Refusal> {
     for name in table_commands(ast) {
         read(table_ref(&name, names));
     }
+    // `SHOW CREATE TABLE t` shows what `SHOW COLUMNS FROM t` does and more
+    // (defaults, partitioning, a view's query): a read of `t`, like it.
+    if let Ast::ShowCreate { obj_type: ast::ShowCreateObject::Table | ast::ShowCreateObject::View, obj_name } = ast {
+        read(table_ref(obj_name, names));
+    }
     let mut functions = Vec::new();
     let _ = ast::visit_expressions(ast, |e| {
         if let Expr::Function(f) = e {
@@ -864,6 +869,10 @@ mod tests {
         assert_eq!(kinds("REPLACE INTO orders VALUES (1)"), ["insert", "delete"]);
         assert_eq!(kinds("TRUNCATE TABLE orders"), ["truncate"]);
         assert_eq!(kinds("SHOW TABLES"), ["show"]);
+        for sql in ["SHOW CREATE TABLE secret", "SHOW CREATE VIEW secret", "SHOW COLUMNS FROM secret"] {
+            let c = classify(sql.as_bytes(), &names()).unwrap();
+            assert_eq!(c.statement.reads.iter().map(ToString::to_string).collect::<Vec<_>>(), ["shop.secret"], "{sql}");
+        }
         assert_eq!(kinds("BEGIN"), ["transaction"]);
         assert_eq!(kinds("SET autocommit = 0"), ["set"]);
         assert_eq!(kinds("SET NAMES utf8mb4"), ["set"]);
