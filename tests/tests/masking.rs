@@ -200,9 +200,9 @@ fn masked_users_see_masked_values_and_others_see_real_ones() {
 #[test]
 fn binary_results_through_psycopg_are_masked_and_parse() {
     let w = world("maskbin");
-    let script = w.env.path("bin.py");
-    std::fs::write(
-        &script,
+    let out = w.python(
+        &w.sam,
+        "bin.py",
         r#"
 import sys, psycopg
 conn = psycopg.connect(host=sys.argv[1], port=sys.argv[2], dbname="appdb", user="x")
@@ -212,15 +212,7 @@ for binary in (False, True):
     rows = cur.fetchall()
     print("binary" if binary else "text", len(rows), [type(r[3]).__name__ for r in rows], rows[0][1], rows[0][2][:60])
 "#,
-    )
-    .unwrap();
-    let port = w.pg.port.to_string();
-    let out = text(&w.env.run_as(
-        &w.sam,
-        None,
-        Path::new("/usr/bin/python3"),
-        &[script.to_str().unwrap(), &w.pg.host, &port],
-    ));
+    );
     assert!(out.contains("text 3") && out.contains("binary 3"), "{out}\n{}", w.env.agent_log());
     assert!(out.contains("Decimal"), "numeric types untouched: {out}");
     assert!(!out.contains("zoe@example.com") && !out.contains(VALID_CARD), "{out}");
@@ -228,6 +220,15 @@ for binary in (False, True):
 }
 
 impl World {
+    /// A Python script run as `user` with the server's host and port as its arguments; what it printed.
+    fn python(&self, user: &str, name: &str, script: &str) -> String {
+        let path = self.env.path(name);
+        std::fs::write(&path, script).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let port = self.pg.port.to_string();
+        let path = path.to_string_lossy();
+        text(&self.env.run_as(user, None, Path::new("/usr/bin/python3"), &[&path, &self.pg.host, &port]))
+    }
+
     /// psql as `user`, NULL shown as `NULL`, errors included.
     fn sql(&self, user: &str, sql: &str) -> String {
         self.sql_session(user, &[sql])
@@ -792,10 +793,10 @@ fn a_prepared_statement_is_masked_as_what_the_search_path_makes_it_read() {
     // sam's client prepares and describes the statement while the path
     // reads the harmless table, then executes it after SET search_path
     // without describing it again (as tokio-postgres and pgJDBC do).
-    let script = w.env.path("prepath.py");
-    std::fs::write(
-        &script,
-        format!(
+    let out = w.python(
+        &w.sam,
+        "prepath.py",
+        &format!(
             "{}{}",
             pg::RAW_CLIENT_PY,
             r#"
@@ -812,15 +813,7 @@ a = answer(); print("described", codes(a), values(a))
 s.sendall(msg(b"X", b""))
 "#
         ),
-    )
-    .unwrap();
-    let port = w.pg.port.to_string();
-    let out = text(&w.env.run_as(
-        &w.sam,
-        None,
-        Path::new("/usr/bin/python3"),
-        &[script.to_str().unwrap(), &w.pg.host, &port],
-    ));
+    );
     assert!(out.contains("on other ['2', 'D', 'C', 'Z'] ['HARMLESS']"), "{out}\n{}", w.env.agent_log());
     assert!(out.contains("on public ['2', 'D', 'C', 'Z'] ['****']"), "{out}\n{}", w.env.agent_log());
     // The client's own Describe of the portal is answered to it, once.

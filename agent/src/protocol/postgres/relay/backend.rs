@@ -466,9 +466,7 @@ fn on_backend(
                     }
                 }
                 sh.path.error_since = false;
-                if std::mem::take(&mut sh.names_moved.open) {
-                    sh.names_moved.settled_us = Some(crate::audit::now_us());
-                }
+                sh.names_moved.settle(done);
                 refresh = std::mem::take(&mut sh.defined_in_txn) | std::mem::take(&mut sh.ddl_done);
             }
             drop(sh);

@@ -1097,7 +1097,9 @@ fn effects_at_forward(
     if s.effects.discard_all {
         sh.portals.clear();
     }
-    sh.names_moved.open |= s.effects.moves_names;
+    if s.effects.moves_names {
+        sh.names_moved.forwarded(epoch);
+    }
     if s.effects.search_path.is_some() {
         sh.path.in_flight += 1;
     } else if unsettles_path(s) {
