@@ -361,6 +361,11 @@ pub struct SessionNames {
     /// (`sql::Effects::moves_names`): an unqualified name may reach past
     /// any schema on the path that holds it.
     pub names_moved: bool,
+    /// The current role may not be the login any more (`SET ROLE`, or code
+    /// Gatehouse cannot read, which may call `set_config('role', …)`):
+    /// `$user` on the path names a schema Gatehouse does not know, and the
+    /// schemas the server passes by are those the current role may not use.
+    pub role_changed: bool,
 }
 
 /// Splits a `search_path` value (`"$user", public`) into schema names.

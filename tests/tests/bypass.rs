@@ -603,6 +603,7 @@ fn names_resolve_as_the_current_role_resolves_them() {
              CREATE ROLE hr_reader; GRANT hr_reader TO {app};
              CREATE SCHEMA hr_reader AUTHORIZATION hr_reader;
              CREATE TABLE hr_reader.orders AS SELECT * FROM hr.salaries; ALTER TABLE hr_reader.orders OWNER TO hr_reader;
+             GRANT USAGE ON SCHEMA hr TO hr_reader; GRANT SELECT ON hr.bonuses TO hr_reader;
              ALTER SCHEMA hr OWNER TO {app}; ALTER TABLE hr.bonuses OWNER TO {app};",
             app = pg::APP_ROLE
         ),
@@ -619,6 +620,10 @@ fn names_resolve_as_the_current_role_resolves_them() {
         ("SET search_path = locked, hr", "SELECT amount FROM bonuses /* attack_usage */"),
         // `$user` is the role set, not the login: the server reads hr_reader.orders.
         ("SET ROLE hr_reader", "SELECT amount FROM orders /* attack_user */"),
+        // Still the role after the path is set again: `$user` is hr_reader.
+        ("SET ROLE hr_reader; SET search_path = \"$user\", public", "SELECT amount FROM orders /* attack_user_path */"),
+        // The schemas the server passes by are the role's: hr_reader may not use `mine`.
+        ("SET ROLE hr_reader; SET search_path = mine, hr", "SELECT amount FROM bonuses /* attack_role_usage */"),
         // Its own schema, whose USAGE it revokes from itself in the transaction that reads.
         (
             "SET search_path = mine, hr",

@@ -50,7 +50,7 @@ pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
     }
 
     let path = effective_path(cat, session);
-    let skips = Skips { cat, all: session.names_moved };
+    let skips = Skips { cat, all: session.names_moved || session.role_changed };
     s.reads = resolve_tables(std::mem::take(&mut s.reads), cat, path.as_deref(), &skips);
     s.writes = resolve_tables(std::mem::take(&mut s.writes), cat, path.as_deref(), &skips);
     // A schema renamed or dropped: every relation in it.
@@ -95,12 +95,16 @@ pub fn resolve(s: &mut Statement, cat: &Catalog, session: &SessionNames) {
 
 /// The schemas an unqualified relation name is looked up in, in order
 /// (`pg_catalog` first unless the path places it), or `None` when the
-/// session's path is not known.
+/// session's path is not known — or names `$user` after the role may have
+/// changed (it is the current role, not the login).
 fn effective_path<'a>(cat: &'a Catalog, session: &'a SessionNames) -> Option<Vec<&'a str>> {
     if session.path_unknown {
         return None;
     }
     let path = session.search_path.as_ref().unwrap_or(&cat.default_search_path);
+    if session.role_changed && path.iter().any(|s| s == "$user") {
+        return None;
+    }
     let mut out: Vec<&str> = Vec::with_capacity(path.len() + 1);
     if !path.iter().any(|s| s == "pg_catalog") {
         out.push("pg_catalog");

@@ -279,3 +279,30 @@ fn a_schema_the_login_may_not_use_does_not_hide_a_name() {
     let reads: Vec<String> = all[0].reads.iter().map(ToString::to_string).collect();
     assert_eq!(reads, ["hr.salaries", "public.orders"]);
 }
+
+/// After a role change `$user` is the current role, which the catalog does
+/// not know: a path naming it is unknown, so a name counts in every schema
+/// holding it (`hr` could be the role's own schema).
+#[test]
+fn after_a_role_change_user_on_the_path_could_be_any_schema() {
+    let cat = sample();
+    let reads = |ses: &SessionNames| {
+        let mut all = parse("SELECT * FROM salaries", ParseOptions::default()).unwrap();
+        resolve(&mut all[0], &cat, ses);
+        all[0].reads.iter().map(ToString::to_string).collect::<Vec<String>>()
+    };
+    // The login's `$user` is gh_app, which has no schema: public has none.
+    assert_eq!(reads(&SessionNames::default()), ["salaries"]);
+    let changed = SessionNames { role_changed: true, ..SessionNames::default() };
+    assert_eq!(reads(&changed), ["hr.salaries"]);
+    let set_again = SessionNames {
+        role_changed: true,
+        search_path: Some(vec!["$user".into(), "public".into()]),
+        ..SessionNames::default()
+    };
+    assert_eq!(reads(&set_again), ["hr.salaries"]);
+    // A path without `$user` stays known.
+    let public =
+        SessionNames { role_changed: true, search_path: Some(vec!["public".into()]), ..SessionNames::default() };
+    assert_eq!(reads(&public), ["salaries"]);
+}

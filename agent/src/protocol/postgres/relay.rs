@@ -401,6 +401,9 @@ struct Shared {
     next_generation: u64,
     path: PathState,
     names_moved: NamesMoved,
+    /// A statement that may change the current role was forwarded
+    /// (`catalog::SessionNames::role_changed`); for the rest of the session.
+    role_changed: bool,
     /// This session has defined code in the transaction still open.
     defined_in_txn: bool,
     /// DDL completed in the transaction still open: read the catalog again when it ends.

@@ -710,6 +710,7 @@ fn session_view(db: &SessionDb, shared: &Mutex<Shared>, ctx: &Ctx) -> (Arc<Catal
         path_unknown: sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some(),
         pending,
         names_moved: sh.names_moved.since(&cat),
+        role_changed: sh.role_changed,
     };
     (cat, names)
 }
@@ -764,7 +765,7 @@ async fn look_up_unknown(
     // every unqualified name is looked up).
     let session_path = {
         let sh = lock(shared);
-        let known = !(sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some());
+        let known = !(sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some() || sh.role_changed);
         known.then(|| sh.path.current.clone())
     };
     let paths: Vec<Option<&[String]>> = match &session_path {
@@ -881,6 +882,7 @@ fn decide_statements(
         }
         names.pending.extend(s.effects.defines.iter().cloned());
         names.names_moved |= s.effects.moves_names;
+        names.role_changed |= changes_role(s);
         if refused.is_some() {
             continue;
         }
@@ -1036,6 +1038,13 @@ fn unsettles_path(s: &Statement) -> bool {
     opaque(s) || s.effects.local_search_path || s.kinds.contains(&Kind::SetRole)
 }
 
+/// Whether the current role may change: `SET ROLE`, `SET SESSION
+/// AUTHORIZATION`, or code Gatehouse cannot read (`set_config('role', …)`).
+/// A `SET search_path` after it settles the path but not who `$user` is.
+fn changes_role(s: &Statement) -> bool {
+    opaque(s) || s.kinds.contains(&Kind::SetRole)
+}
+
 /// Refusals that no policy can lift.
 fn gatehouse_refusal(ctx: &Ctx, s: &Statement) -> Option<PgError> {
     if let Some(enc) = &s.effects.unsafe_encoding {
@@ -1100,6 +1109,7 @@ fn effects_at_forward(
     if s.effects.moves_names {
         sh.names_moved.forwarded(epoch);
     }
+    sh.role_changed |= changes_role(s);
     if s.effects.search_path.is_some() {
         sh.path.in_flight += 1;
     } else if unsettles_path(s) {
