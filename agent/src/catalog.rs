@@ -368,6 +368,12 @@ pub struct SessionNames {
     pub role_changed: bool,
 }
 
+/// A `search_path` value naming exactly `path`'s schemas: each quoted
+/// (`"$user"` keeps its meaning quoted).
+pub fn format_search_path(path: &[String]) -> String {
+    path.iter().map(|s| format!("\"{}\"", s.replace('"', "\"\""))).collect::<Vec<_>>().join(", ")
+}
+
 /// Splits a `search_path` value (`"$user", public`) into schema names.
 pub fn parse_search_path(value: &str) -> Vec<String> {
     value

@@ -675,6 +675,60 @@ fn names_resolve_as_the_current_role_resolves_them() {
     assert!(o.status.success() && text(&o).contains("100"), "{}\n{}", text(&o), w.env.agent_log());
 }
 
+/// A session's search path is the one it began with: a default stored for
+/// the role (`ALTER ROLE … SET search_path`) or the database later does not
+/// change it, though the catalog Gatehouse reads afterwards has the new one.
+#[test]
+fn a_session_keeps_the_search_path_it_began_with() {
+    let w = world("bydefault");
+    let o = w.psql(
+        &w.pat,
+        &[
+            "-c",
+            "CREATE SCHEMA mine",
+            "-c",
+            "CREATE TABLE mine.bonuses (emp int, amount int)",
+            "-c",
+            "ALTER ROLE CURRENT_USER SET search_path = hr, mine",
+        ],
+        "SELECT 1",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = w.python(
+        &w.pat,
+        &format!(
+            "{}{}",
+            pg::RAW_CLIENT_PY,
+            r#"
+import subprocess, time
+def values(frames): return [f[1][6:].decode() for f in frames if f[0] == b"D"]
+# This session began with hr, mine. Another one stores mine, hr for the
+# sessions to come, and Gatehouse reads the catalog again.
+other = subprocess.run(["psql", "-X", "-h", sys.argv[1], "-p", sys.argv[2], "-d", "appdb", "-U", "x", "-c",
+                        "ALTER ROLE CURRENT_USER SET search_path = mine, hr"], capture_output=True, text=True)
+print("other", other.returncode, other.stdout.strip(), other.stderr.strip(), flush=True)
+time.sleep(1)
+query("look", "SELECT 1 FROM no_such_relation_anywhere")
+s.sendall(msg(b"Q", cstr("SELECT amount FROM bonuses /* attack_default */")))
+a = answer(); print("default", codes(a), values(a), flush=True)
+s.sendall(msg(b"Q", cstr("RESET search_path; SELECT amount FROM bonuses /* attack_reset */")))
+a = answer(); print("reset", codes(a), values(a), flush=True)
+s.sendall(msg(b"X", b""))
+"#
+        ),
+    );
+    assert!(out.contains("other 0"), "{out}\n{}", w.env.agent_log());
+    assert!(!out.contains("777777"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains("default ['42501', 'Z']"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains("reset ['42501', 'Z']"), "{out}\n{}", w.env.agent_log());
+    let log = w.pg.log();
+    assert!(!log.contains("attack_default") && !log.contains("attack_reset"), "an attack reached the server");
+    // A new session begins with the stored default, and reads what it names.
+    let o = w.psql(&w.pat, &["-c", "SHOW search_path"], "SELECT count(*) FROM bonuses");
+    assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
+    assert_eq!(text(&o).lines().collect::<Vec<_>>(), ["\"mine\", \"hr\"", "0"], "{}", text(&o));
+}
+
 #[test]
 fn prepared_statements_and_pipelines_are_decided_every_time() {
     let w = world("byprep");

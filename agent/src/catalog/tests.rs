@@ -306,3 +306,17 @@ fn after_a_role_change_user_on_the_path_could_be_any_schema() {
         SessionNames { role_changed: true, search_path: Some(vec!["public".into()]), ..SessionNames::default() };
     assert_eq!(reads(&public), ["salaries"]);
 }
+
+/// The path a session is pinned to reads back as the same schemas, whatever
+/// their names hold.
+#[test]
+fn a_search_path_formatted_reads_back_as_the_same_schemas() {
+    for path in [
+        vec!["$user".to_owned(), "public".to_owned()],
+        vec!["Mixed".to_owned(), "with space".to_owned(), "quo\"te".to_owned()],
+        vec![],
+    ] {
+        assert_eq!(crate::catalog::parse_search_path(&crate::catalog::format_search_path(&path)), path);
+    }
+    assert_eq!(crate::catalog::format_search_path(&["$user".into(), "public".into()]), "\"$user\", \"public\"");
+}

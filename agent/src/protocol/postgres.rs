@@ -130,6 +130,11 @@ pub(crate) struct SessionDb {
     pub login: Credentials,
     pub database: String,
     pub catalog: Arc<catalog::Entry>,
+    /// The search path the session began with, which Gatehouse sent as a
+    /// startup parameter (the catalog's default when the session logged
+    /// in): `RESET search_path` returns to it. `None` when the catalog could
+    /// not be read before the login (then the catalog's default).
+    pub search_path: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -400,6 +405,20 @@ async fn serve_relay(
     held_login: bool,
 ) -> RelayOutcome {
     let done = |end: End| RelayOutcome { up: 0, down: 0, end };
+    // The catalog first when it can be read: the session's search path is
+    // then pinned to the default Gatehouse resolves names with. A default
+    // stored for the role or database (`ALTER ROLE … SET search_path`)
+    // otherwise gives a session whatever path was stored when it logged in,
+    // while Gatehouse resolves with the one its catalog read last. A startup
+    // parameter outranks those stored defaults, and is what RESET returns to.
+    // A read that fails here is tried again after the login, whose own
+    // error then speaks for a bad login.
+    let early = catalog::for_session(&ctx, &login, &database).await.ok();
+    let search_path = early.as_ref().and_then(|e| e.snapshot()).map(|(cat, _)| cat.default_search_path.clone());
+    let mut backend_params = backend_params;
+    if let Some(path) = &search_path {
+        backend_params.push(("search_path".to_owned(), crate::catalog::format_search_path(path)));
+    }
     let (backend, backend_rest, how) = match connect_backend(&ctx, &login, backend_params).await {
         Ok(b) => b,
         Err(e) => {
@@ -416,7 +435,11 @@ async fn serve_relay(
     };
     record_login(&ctx, &login, &how);
     info!(login = %login.user, database = %database, tls = how.tls, auth = how.auth.name(), "logged in to the backend");
-    let entry = match catalog::for_session(&ctx, &login, &database).await {
+    let found = match early {
+        Some(e) => Ok(e),
+        None => catalog::for_session(&ctx, &login, &database).await,
+    };
+    let entry = match found {
         Ok(e) => e,
         Err(e) => {
             warn!(error = %e, "cannot read the backend catalog: session refused (fail closed)");
@@ -431,7 +454,7 @@ async fn serve_relay(
     if !held_login {
         send(&mut client, &wire::auth_ok()).await;
     }
-    let db = SessionDb { login, database, catalog: entry };
+    let db = SessionDb { login, database, catalog: entry, search_path };
     let out = relay::run(&ctx, &db, client, client_rest, backend, backend_rest).await;
     ctx.agent.cancel_keys.remove_session(ctx.id);
     out

@@ -706,7 +706,8 @@ fn session_view(db: &SessionDb, shared: &Mutex<Shared>, ctx: &Ctx) -> (Arc<Catal
     let (cat, pending) = db.catalog.snapshot().unwrap_or_else(|| (Arc::new(Catalog::default()), Vec::new()));
     let sh = lock(shared);
     let names = SessionNames {
-        search_path: sh.path.current.clone(),
+        // The login's default is the path the session began with.
+        search_path: sh.path.current.clone().or_else(|| db.search_path.clone()),
         path_unknown: sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some(),
         pending,
         names_moved: sh.names_moved.since(&cat),
@@ -768,10 +769,13 @@ async fn look_up_unknown(
         let known = !(sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some() || sh.role_changed);
         known.then(|| sh.path.current.clone())
     };
+    // `None` (the login's default) is the path the session began with.
+    let began = db.search_path.as_deref();
     let paths: Vec<Option<&[String]>> = match &session_path {
         None => Vec::new(),
         Some(current) => std::iter::once(current.as_deref())
             .chain(statements.iter().filter_map(|s| s.effects.search_path.as_ref()).map(Option::as_deref))
+            .map(|p| p.or(began))
             .collect(),
     };
     // What a CREATE makes does not exist yet (what it reads is in its reads).
@@ -871,7 +875,7 @@ fn decide_statements(
         // What this statement changes, for the ones after it in the same text.
         match &s.effects.search_path {
             Some(path) => {
-                names.search_path = path.clone();
+                names.search_path = path.clone().or_else(|| db.search_path.clone());
                 names.path_unknown = false;
             }
             None if unsettles_path(s) => names.path_unknown = true,
