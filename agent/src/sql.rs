@@ -464,6 +464,10 @@ pub struct Effects {
     /// the others): `GRANT`/`REVOKE` of privileges or roles, `ALTER … OWNER
     /// TO`, `REASSIGN OWNED`, `DROP OWNED`.
     pub moves_names: bool,
+    /// Stores a default setting for sessions to come (`ALTER ROLE|DATABASE
+    /// … SET`, `ALTER SYSTEM`): the catalog, whose default search path new
+    /// sessions are pinned to, is read again once it commits.
+    pub stores_settings: bool,
     /// Schemas it renames or drops: it acts on every relation in them
     /// (the catalog pass lists those among its writes, so the rules that
     /// name them hold: `ALTER SCHEMA hr RENAME TO x` would take `hr.*`
@@ -945,6 +949,7 @@ impl<'t> Walker<'t> {
                 self.children(node, depth, |_| Some(role))
             }
             NodeRef::AlterSystemStmt(_) | NodeRef::AlterRoleSetStmt(_) | NodeRef::AlterDatabaseSetStmt(_) => {
+                self.effects.stores_settings = true;
                 let outer = std::mem::replace(&mut self.stored_settings, true);
                 let result = self.children(node, depth, |_| Some(role));
                 self.stored_settings = outer;
@@ -1387,6 +1392,22 @@ mod tests {
         let mut all = classify(sql).unwrap_or_else(|e| panic!("{sql:?}: {e}"));
         assert_eq!(all.len(), 1, "{sql:?} should be one statement: {all:?}");
         all.remove(0)
+    }
+
+    #[test]
+    fn defaults_stored_for_sessions_to_come() {
+        for sql in [
+            "ALTER ROLE CURRENT_USER SET search_path = hr, mine",
+            "ALTER ROLE CURRENT_USER SET role = 'hr_reader'",
+            "ALTER ROLE r IN DATABASE d RESET ALL",
+            "ALTER DATABASE d SET search_path TO DEFAULT",
+            "ALTER SYSTEM SET work_mem = '8MB'",
+        ] {
+            assert!(one(sql).effects.stores_settings, "{sql}");
+        }
+        for sql in ["SET search_path = a", "SET ROLE r", "RESET ALL", "ALTER ROLE r RENAME TO s"] {
+            assert!(!one(sql).effects.stores_settings, "{sql}");
+        }
     }
 
     #[test]

@@ -678,8 +678,10 @@ fn names_resolve_as_the_current_role_resolves_them() {
 /// A session's search path is the one it began with: a default stored for
 /// the role (`ALTER ROLE … SET search_path`) or the database later does not
 /// change it, though the catalog Gatehouse reads afterwards has the new one.
+/// Likewise the role a session runs as (`ALTER ROLE … SET role`), which is
+/// `$user` on the path: every session runs as its login.
 #[test]
-fn a_session_keeps_the_search_path_it_began_with() {
+fn a_session_keeps_the_search_path_and_role_it_began_with() {
     let w = world("bydefault");
     let o = w.psql(
         &w.pat,
@@ -727,6 +729,50 @@ s.sendall(msg(b"X", b""))
     let o = w.psql(&w.pat, &["-c", "SHOW search_path"], "SELECT count(*) FROM bonuses");
     assert!(o.status.success(), "{}\n{}", text(&o), w.env.agent_log());
     assert_eq!(text(&o).lines().collect::<Vec<_>>(), ["\"mine\", \"hr\"", "0"], "{}", text(&o));
+
+    // A default role stored for the login: sessions that began with it run
+    // as hr_reader, whose `$user` schema holds a copy of salaries as `orders`.
+    w.pg.admin_db(
+        "appdb",
+        &format!(
+            "CREATE ROLE hr_reader; GRANT hr_reader TO {app};
+             CREATE SCHEMA hr_reader AUTHORIZATION hr_reader;
+             CREATE TABLE hr_reader.orders AS SELECT * FROM hr.salaries; ALTER TABLE hr_reader.orders OWNER TO hr_reader;",
+            app = pg::APP_ROLE
+        ),
+    );
+    let o = w.psql(
+        &w.pat,
+        &["-c", "ALTER ROLE CURRENT_USER RESET search_path"],
+        "ALTER ROLE CURRENT_USER SET role = 'hr_reader'",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // A name the catalog does not hold: Gatehouse reads it again (refused).
+    let _ = w.psql(&w.pat, &[], "SELECT 1 FROM no_such_relation_anywhere");
+    let out = w.python(
+        &w.pat,
+        &format!(
+            "{}{}",
+            pg::RAW_CLIENT_PY,
+            r#"
+import subprocess, time
+def values(frames): return [f[1][6:].decode() for f in frames if f[0] == b"D"]
+s.sendall(msg(b"Q", cstr("SELECT current_user")))
+a = answer(); print("role", codes(a), values(a), flush=True)
+other = subprocess.run(["psql", "-X", "-h", sys.argv[1], "-p", sys.argv[2], "-d", "appdb", "-U", "x", "-c",
+                        "SET ROLE NONE; ALTER ROLE CURRENT_USER RESET role"], capture_output=True, text=True)
+print("other", other.returncode, other.stdout.strip(), other.stderr.strip(), flush=True)
+time.sleep(1)
+query("look", "SELECT 1 FROM no_such_relation_anywhere")
+s.sendall(msg(b"Q", cstr("SELECT amount FROM orders /* attack_default_role */")))
+a = answer(); print("orders", codes(a), values(a), flush=True)
+s.sendall(msg(b"X", b""))
+"#
+        ),
+    );
+    assert!(out.contains("other 0"), "{out}\n{}", w.env.agent_log());
+    assert!(out.contains(&format!("role ['T', 'D', 'C', 'Z'] ['{}']", pg::APP_ROLE)), "{out}\n{}", w.env.agent_log());
+    assert!(!out.contains("123456"), "{out}\n{}", w.env.agent_log());
 }
 
 #[test]

@@ -124,6 +124,15 @@ pub struct Ctx {
     pub connect_approval: Option<crate::approval::Waiting>,
 }
 
+/// A startup parameter that makes a connection run as its login: `SET ROLE
+/// NONE`. A default role stored for the login (`ALTER ROLE x SET role = y`)
+/// would otherwise make a session's current role — `$user` on its search
+/// path, and whose USAGE decides which schemas the server passes by — one
+/// the login chose when it logged in, while Gatehouse resolves names as the
+/// catalog's connection saw them at its last read; a login can store it for
+/// itself. (The client may not send `role` itself.)
+pub(crate) const AS_LOGIN: [&str; 2] = ["role", "none"];
+
 /// The backend login and database a session uses, and their catalog.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionDb {
@@ -297,6 +306,10 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     let guard = ctx.guard.startup_settings();
     backend_params.retain(|(k, _)| !guard.iter().any(|(g, _)| k.eq_ignore_ascii_case(g)));
     backend_params.extend(guard.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    // The session runs as its login, whatever role a stored default names
+    // (`ALTER ROLE … SET role`), as the catalog's connection does: `$user`
+    // on the path and the schemas the server passes by are the login's.
+    backend_params.push(AS_LOGIN.map(str::to_owned).into());
     let database = backend_params.iter().find(|(k, _)| k == "database").map(|(_, v)| v.clone()).unwrap_or_default();
     // A login that waits for an approval: the client is told who decides, then waits.
     let held_login = ctx.connect_approval.is_some();
@@ -411,9 +424,21 @@ async fn serve_relay(
     // otherwise gives a session whatever path was stored when it logged in,
     // while Gatehouse resolves with the one its catalog read last. A startup
     // parameter outranks those stored defaults, and is what RESET returns to.
-    // A read that fails here is tried again after the login, whose own
-    // error then speaks for a bad login.
-    let early = catalog::for_session(&ctx, &login, &database).await.ok();
+    // A refused login is the session's (one attempt, as the server sees
+    // it); a read that fails otherwise is tried again after the login.
+    let login_failed = |public: &str| {
+        format!("Gatehouse could not log in to backend {} as role {}: {public}", ctx.backend.name, login.user)
+    };
+    let early = match catalog::for_session(&ctx, &login, &database).await {
+        Ok(e) => Some(e),
+        Err(e) if e.login => {
+            warn!(error = %e, backend = %ctx.backend.name, login = %login.user, "backend login failed");
+            let msg = login_failed(&e.message);
+            send(&mut client, &PgError::new(Severity::Fatal, "08006", msg.clone()).encode()).await;
+            return done(End::BackendError(msg));
+        }
+        Err(_) => None,
+    };
     let search_path = early.as_ref().and_then(|e| e.snapshot()).map(|(cat, _)| cat.default_search_path.clone());
     let mut backend_params = backend_params;
     if let Some(path) = &search_path {
@@ -423,12 +448,7 @@ async fn serve_relay(
         Ok(b) => b,
         Err(e) => {
             warn!(error = %e, backend = %ctx.backend.name, login = %login.user, "backend login failed");
-            let msg = format!(
-                "Gatehouse could not log in to backend {} as role {}: {}",
-                ctx.backend.name,
-                login.user,
-                e.public()
-            );
+            let msg = login_failed(&e.public());
             send(&mut client, &PgError::new(Severity::Fatal, "08006", msg.clone()).encode()).await;
             return done(End::BackendError(msg));
         }

@@ -144,7 +144,7 @@ impl CatalogCache {
 /// The catalog entry for a session, read now if it was never read (or the
 /// last read failed). An error means the session must not start: without
 /// the catalog, statements cannot be classified safely.
-pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Arc<Entry>, String> {
+pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Arc<Entry>, ReadError> {
     let key = Key { backend: ctx.backend.name.clone(), login: login.cache_key(), database: database.to_owned() };
     let entry = ctx.agent.catalogs.entry(key);
     if entry.snapshot().is_some() {
@@ -168,7 +168,7 @@ pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) 
                     Ok(())
                 }
                 Err(e) => {
-                    lock(&entry.state).last_error = Some(e.clone());
+                    lock(&entry.state).last_error = Some(e.message.clone());
                     Err(e)
                 }
             }
@@ -210,7 +210,7 @@ pub(super) async fn reread_for_unknown(
         }
         Err(e) => {
             warn!(error = %e, backend = %ctx.backend.name, "reading the backend catalog again failed; keeping the previous one");
-            lock(&entry.state).last_error = Some(e);
+            lock(&entry.state).last_error = Some(e.message);
         }
     }
     Ok(())
@@ -234,16 +234,38 @@ pub(super) fn refresh(ctx: &Ctx, entry: &Arc<Entry>, login: &Credentials, databa
             Ok(c) => entry.install(c, started),
             Err(e) => {
                 warn!(error = %e, backend = %ctx.backend.name, "reading the backend catalog again failed; keeping the previous one");
-                lock(&entry.state).last_error = Some(e);
+                lock(&entry.state).last_error = Some(e.message);
             }
         }
     });
 }
 
-async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog, String> {
+/// Why the catalog could not be read: what a client may be told, and
+/// whether the backend refused the login itself (the session's own login
+/// would fail the same way).
+#[derive(Debug, Clone)]
+pub(super) struct ReadError {
+    pub message: String,
+    pub login: bool,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for ReadError {
+    fn from(message: String) -> Self {
+        Self { message, login: false }
+    }
+}
+
+async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog, ReadError> {
     let params = vec![
         ("database".to_owned(), database.to_owned()),
         ("application_name".to_owned(), "gatehouse-catalog".to_owned()),
+        super::AS_LOGIN.map(str::to_owned).into(),
     ];
     // When the read began: it sees what was committed before this.
     let begun = crate::audit::now_us();
@@ -251,7 +273,7 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
         // The detail (which may name a file) goes to the log; the error, which a client sees, does not carry it.
         let (mut stream, rest, _) = connect_backend(ctx, login, params).await.map_err(|e| {
             tracing::warn!(error = %e, "backend login for the catalog failed");
-            e.public()
+            ReadError { message: e.public(), login: true }
         })?;
         let results = simple_query(&mut stream, rest, QUERY).await;
         let _ = stream.write_all(&wire::terminate()).await;
@@ -262,7 +284,7 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
     };
     tokio::time::timeout(LOAD_TIMEOUT, work)
         .await
-        .map_err(|_| format!("reading the catalog took longer than {LOAD_TIMEOUT:?}"))?
+        .map_err(|_| ReadError::from(format!("reading the catalog took longer than {LOAD_TIMEOUT:?}")))?
 }
 
 /// Waits for the login's ReadyForQuery, runs one simple Query and collects

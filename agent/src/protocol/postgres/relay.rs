@@ -72,12 +72,19 @@ struct InFlight {
 impl InFlight {
     fn new(seq: u64, epoch: u64, s: &Statement) -> Self {
         let relations: Vec<TableRef> = s.reads.iter().chain(&s.writes).cloned().collect();
-        let ddl = s.kinds.iter().any(|k| {
-            matches!(
-                k,
-                Kind::Create | Kind::Alter | Kind::Drop | Kind::DefineCode | Kind::Grant | Kind::Revoke | Kind::Comment
-            )
-        });
+        let ddl = s.effects.stores_settings
+            || s.kinds.iter().any(|k| {
+                matches!(
+                    k,
+                    Kind::Create
+                        | Kind::Alter
+                        | Kind::Drop
+                        | Kind::DefineCode
+                        | Kind::Grant
+                        | Kind::Revoke
+                        | Kind::Comment
+                )
+            });
         Self {
             seq,
             relations: relations.into(),
