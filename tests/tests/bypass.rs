@@ -675,6 +675,21 @@ fn names_resolve_as_the_current_role_resolves_them() {
     assert!(o.status.success() && text(&o).contains("100"), "{}\n{}", text(&o), w.env.agent_log());
 }
 
+/// For a raw-client script: `other(sql)` runs `sql` in another session of
+/// the same user (psql), then has Gatehouse read the catalog again (a
+/// statement naming a relation it does not hold, refused); `values(frames)`
+/// are the first column's values of an answer.
+const OTHER_SESSION_PY: &str = r#"
+import subprocess, time
+def values(frames): return [f[1][6:].decode() for f in frames if f[0] == b"D"]
+def other(sql):
+    o = subprocess.run(["psql", "-X", "-h", sys.argv[1], "-p", sys.argv[2], "-d", "appdb", "-U", "x", "-c", sql],
+                       capture_output=True, text=True)
+    print("other", o.returncode, o.stdout.strip(), o.stderr.strip(), flush=True)
+    time.sleep(1)
+    query("look", "SELECT 1 FROM no_such_relation_anywhere")
+"#;
+
 /// A session's search path is the one it began with: a default stored for
 /// the role (`ALTER ROLE … SET search_path`) or the database later does not
 /// change it, though the catalog Gatehouse reads afterwards has the new one.
@@ -699,18 +714,11 @@ fn a_session_keeps_the_search_path_and_role_it_began_with() {
     let out = w.python(
         &w.pat,
         &format!(
-            "{}{}",
+            "{}{OTHER_SESSION_PY}{}",
             pg::RAW_CLIENT_PY,
             r#"
-import subprocess, time
-def values(frames): return [f[1][6:].decode() for f in frames if f[0] == b"D"]
-# This session began with hr, mine. Another one stores mine, hr for the
-# sessions to come, and Gatehouse reads the catalog again.
-other = subprocess.run(["psql", "-X", "-h", sys.argv[1], "-p", sys.argv[2], "-d", "appdb", "-U", "x", "-c",
-                        "ALTER ROLE CURRENT_USER SET search_path = mine, hr"], capture_output=True, text=True)
-print("other", other.returncode, other.stdout.strip(), other.stderr.strip(), flush=True)
-time.sleep(1)
-query("look", "SELECT 1 FROM no_such_relation_anywhere")
+# This session began with hr, mine. Another one stores mine, hr for the sessions to come.
+other("ALTER ROLE CURRENT_USER SET search_path = mine, hr")
 s.sendall(msg(b"Q", cstr("SELECT amount FROM bonuses /* attack_default */")))
 a = answer(); print("default", codes(a), values(a), flush=True)
 s.sendall(msg(b"Q", cstr("RESET search_path; SELECT amount FROM bonuses /* attack_reset */")))
@@ -752,18 +760,12 @@ s.sendall(msg(b"X", b""))
     let out = w.python(
         &w.pat,
         &format!(
-            "{}{}",
+            "{}{OTHER_SESSION_PY}{}",
             pg::RAW_CLIENT_PY,
             r#"
-import subprocess, time
-def values(frames): return [f[1][6:].decode() for f in frames if f[0] == b"D"]
 s.sendall(msg(b"Q", cstr("SELECT current_user")))
 a = answer(); print("role", codes(a), values(a), flush=True)
-other = subprocess.run(["psql", "-X", "-h", sys.argv[1], "-p", sys.argv[2], "-d", "appdb", "-U", "x", "-c",
-                        "SET ROLE NONE; ALTER ROLE CURRENT_USER RESET role"], capture_output=True, text=True)
-print("other", other.returncode, other.stdout.strip(), other.stderr.strip(), flush=True)
-time.sleep(1)
-query("look", "SELECT 1 FROM no_such_relation_anywhere")
+other("SET ROLE NONE; ALTER ROLE CURRENT_USER RESET role")
 s.sendall(msg(b"Q", cstr("SELECT amount FROM orders /* attack_default_role */")))
 a = answer(); print("orders", codes(a), values(a), flush=True)
 s.sendall(msg(b"X", b""))
@@ -773,6 +775,8 @@ s.sendall(msg(b"X", b""))
     assert!(out.contains("other 0"), "{out}\n{}", w.env.agent_log());
     assert!(out.contains(&format!("role ['T', 'D', 'C', 'Z'] ['{}']", pg::APP_ROLE)), "{out}\n{}", w.env.agent_log());
     assert!(!out.contains("123456"), "{out}\n{}", w.env.agent_log());
+    // The server read public.orders: the login has no schema of its name.
+    assert!(out.contains("orders ['T', 'D'") && out.contains("'1000'"), "{out}\n{}", w.env.agent_log());
 }
 
 #[test]
