@@ -777,6 +777,18 @@ s.sendall(msg(b"X", b""))
     assert!(!out.contains("123456"), "{out}\n{}", w.env.agent_log());
     // The server read public.orders: the login has no schema of its name.
     assert!(out.contains("orders ['T', 'D'") && out.contains("'1000'"), "{out}\n{}", w.env.agent_log());
+
+    // The catalog is read before a session's own login: a database that
+    // does not exist is the login's error, once, and the agent goes on.
+    let port = w.pg.port.to_string();
+    for db in ["no_such_db_1", "no_such_db_2"] {
+        let args = ["-h", w.pg.host.as_str(), "-p", &port, "-U", "x", "-d", db, "-X", "-c", "SELECT 1"];
+        let t = text(&w.env.run_as(&w.pat, None, Path::new("/usr/bin/psql"), &args));
+        assert!(t.contains("could not log in to backend") && t.contains("does not exist"), "{t}");
+    }
+    assert_eq!(w.pg.log().matches("database \"no_such_db_1\" does not exist").count(), 1, "one login attempt");
+    let o = w.psql(&w.pat, &[], "SELECT 1");
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 #[test]

@@ -131,6 +131,18 @@ impl CatalogCache {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().clone()
     }
 
+    /// Forgets `entry` if it is still `key`'s and was never read: a login
+    /// refused, or a database that does not exist, leaves nothing behind
+    /// (the catalog is read before a session's own login, so a client
+    /// naming a new database at every connection would otherwise grow the
+    /// cache without bound).
+    fn forget_unread(&self, key: &Key, entry: &Arc<Entry>) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.get(key).is_some_and(|e| Arc::ptr_eq(e, entry)) && entry.snapshot().is_none() {
+            entries.remove(key);
+        }
+    }
+
     /// How many catalogs are cached (for `status`).
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
@@ -146,7 +158,7 @@ impl CatalogCache {
 /// the catalog, statements cannot be classified safely.
 pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Arc<Entry>, ReadError> {
     let key = Key { backend: ctx.backend.name.clone(), login: login.cache_key(), database: database.to_owned() };
-    let entry = ctx.agent.catalogs.entry(key);
+    let entry = ctx.agent.catalogs.entry(key.clone());
     if entry.snapshot().is_some() {
         return Ok(entry);
     }
@@ -169,6 +181,7 @@ pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) 
                 }
                 Err(e) => {
                     lock(&entry.state).last_error = Some(e.message.clone());
+                    ctx.agent.catalogs.forget_unread(&key, &entry);
                     Err(e)
                 }
             }
@@ -271,11 +284,14 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
     let begun = crate::audit::now_us();
     let work = async {
         // The detail (which may name a file) goes to the log; the error, which a client sees, does not carry it.
-        let (mut stream, rest, _) = connect_backend(ctx, login, params).await.map_err(|e| {
+        let (mut stream, mut rest, _) = connect_backend(ctx, login, params).await.map_err(|e| {
             tracing::warn!(error = %e, "backend login for the catalog failed");
             ReadError { message: e.public(), login: true }
         })?;
-        let results = simple_query(&mut stream, rest, QUERY).await;
+        // The server may still end the session it authenticated (a database
+        // that does not exist): the session's own login would end the same way.
+        login_answer(&mut stream, &mut rest).await.map_err(|message| ReadError { message, login: true })?;
+        let results = query_after_login(&mut stream, rest, QUERY).await;
         let _ = stream.write_all(&wire::terminate()).await;
         let _ = stream.flush().await;
         let c = build(&results?, begun).map_err(|e| e.to_string())?;
@@ -290,13 +306,44 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
 /// Waits for the login's ReadyForQuery, runs one simple Query and collects
 /// every result set (text format).
 pub(super) async fn simple_query(stream: &mut Stream, mut buf: BytesMut, sql: &str) -> Result<Results, String> {
-    // The login's own answer first: ParameterStatus, BackendKeyData, ReadyForQuery.
+    login_answer(stream, &mut buf).await?;
+    query_after_login(stream, buf, sql).await
+}
+
+/// The login's own answer after AuthenticationOk: ParameterStatus,
+/// BackendKeyData, ReadyForQuery. `Err` with the server's message when it
+/// ends the session instead (a database that does not exist, too many
+/// connections).
+async fn login_answer(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), String> {
     loop {
-        let ready = next_frame(stream, &mut buf, |f| f.tag == b'Z').await?;
-        if ready {
-            break;
+        let mut refused: Option<String> = None;
+        let ready = next_frame(stream, buf, |f| {
+            if f.tag == b'E' {
+                refused = Some(error_message(f.body));
+            }
+            f.tag == b'Z'
+        })
+        .await;
+        if let Some(m) = refused {
+            return Err(m);
+        }
+        if ready? {
+            return Ok(());
         }
     }
+}
+
+fn error_message(body: &[u8]) -> String {
+    wire::error_fields(body)
+        .ok()
+        .and_then(|fields| {
+            fields.iter().find(|(c, _)| *c == b'M').map(|(_, m)| String::from_utf8_lossy(m).into_owned())
+        })
+        .unwrap_or_else(|| "error".into())
+}
+
+/// Runs one simple Query on a connection whose login answer was read.
+async fn query_after_login(stream: &mut Stream, mut buf: BytesMut, sql: &str) -> Result<Results, String> {
     stream.write_all(&wire::query(sql)).await.map_err(|e| e.to_string())?;
     stream.flush().await.map_err(|e| e.to_string())?;
     let mut results: Results = Vec::new();
@@ -314,12 +361,7 @@ pub(super) async fn simple_query(stream: &mut Stream, mut buf: BytesMut, sql: &s
                     Err(e) => failed = Some(e.to_string()),
                 },
                 b'C' => results.push(std::mem::take(&mut rows)),
-                b'E' => {
-                    let msg = wire::error_fields(f.body).ok().and_then(|fields| {
-                        fields.iter().find(|(c, _)| *c == b'M').map(|(_, m)| String::from_utf8_lossy(m).into_owned())
-                    });
-                    error = Some(msg.unwrap_or_else(|| "error".into()));
-                }
+                b'E' => error = Some(error_message(f.body)),
                 _ => {}
             }
             false
@@ -352,5 +394,35 @@ async fn next_frame(
         if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
             return Err("the backend closed the catalog connection".into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CatalogCache, Key};
+    use crate::catalog::Catalog;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    fn key(database: &str) -> Key {
+        Key { backend: crate::types::BackendName::new("b"), login: "app".into(), database: database.into() }
+    }
+
+    /// A failed first read leaves no entry behind (one per database name a
+    /// client tries would add up); a catalog once read stays.
+    #[test]
+    fn an_entry_never_read_is_forgotten_and_one_read_is_kept() {
+        let cache = CatalogCache::default();
+        let tried = cache.entry(key("no_such_db"));
+        cache.forget_unread(&key("no_such_db"), &tried);
+        assert!(cache.is_empty());
+        let read = cache.entry(key("appdb"));
+        read.install(Catalog::default(), Instant::now());
+        cache.forget_unread(&key("appdb"), &read);
+        assert_eq!(cache.len(), 1);
+        // Another session's newer entry under the same key is not someone else's to forget.
+        let newer = cache.entry(key("other"));
+        cache.forget_unread(&key("other"), &Arc::new(super::Entry::default()));
+        assert!(Arc::ptr_eq(&cache.entry(key("other")), &newer));
     }
 }
