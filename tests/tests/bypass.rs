@@ -153,6 +153,12 @@ impl World {
         text(&o)
     }
 
+    /// A raw-client script (`pg::RAW_CLIENT_PY`) with `OTHER_SESSION_PY`'s
+    /// helpers, then `body`.
+    fn python_with_another_session(&self, user: &str, body: &str) -> String {
+        self.python(user, &format!("{}{OTHER_SESSION_PY}{body}", pg::RAW_CLIENT_PY))
+    }
+
     fn count(&self, sql: &str) -> i64 {
         self.pg.admin_db("appdb", sql).parse().unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
@@ -711,12 +717,9 @@ fn a_session_keeps_the_search_path_and_role_it_began_with() {
         "SELECT 1",
     );
     assert!(o.status.success(), "{}", text(&o));
-    let out = w.python(
+    let out = w.python_with_another_session(
         &w.pat,
-        &format!(
-            "{}{OTHER_SESSION_PY}{}",
-            pg::RAW_CLIENT_PY,
-            r#"
+        r#"
 # This session began with hr, mine. Another one stores mine, hr for the sessions to come.
 other("ALTER ROLE CURRENT_USER SET search_path = mine, hr")
 s.sendall(msg(b"Q", cstr("SELECT amount FROM bonuses /* attack_default */")))
@@ -724,8 +727,7 @@ a = answer(); print("default", codes(a), values(a), flush=True)
 s.sendall(msg(b"Q", cstr("RESET search_path; SELECT amount FROM bonuses /* attack_reset */")))
 a = answer(); print("reset", codes(a), values(a), flush=True)
 s.sendall(msg(b"X", b""))
-"#
-        ),
+"#,
     );
     assert!(out.contains("other 0"), "{out}\n{}", w.env.agent_log());
     assert!(!out.contains("777777"), "{out}\n{}", w.env.agent_log());
@@ -757,20 +759,16 @@ s.sendall(msg(b"X", b""))
     assert!(o.status.success(), "{}", text(&o));
     // A name the catalog does not hold: Gatehouse reads it again (refused).
     let _ = w.psql(&w.pat, &[], "SELECT 1 FROM no_such_relation_anywhere");
-    let out = w.python(
+    let out = w.python_with_another_session(
         &w.pat,
-        &format!(
-            "{}{OTHER_SESSION_PY}{}",
-            pg::RAW_CLIENT_PY,
-            r#"
+        r#"
 s.sendall(msg(b"Q", cstr("SELECT current_user")))
 a = answer(); print("role", codes(a), values(a), flush=True)
 other("SET ROLE NONE; ALTER ROLE CURRENT_USER RESET role")
 s.sendall(msg(b"Q", cstr("SELECT amount FROM orders /* attack_default_role */")))
 a = answer(); print("orders", codes(a), values(a), flush=True)
 s.sendall(msg(b"X", b""))
-"#
-        ),
+"#,
     );
     assert!(out.contains("other 0"), "{out}\n{}", w.env.agent_log());
     assert!(out.contains(&format!("role ['T', 'D', 'C', 'Z'] ['{}']", pg::APP_ROLE)), "{out}\n{}", w.env.agent_log());
