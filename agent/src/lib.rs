@@ -26,7 +26,6 @@ pub mod service;
 pub mod settings;
 pub mod sql;
 mod sys;
-pub use sys::Allocator;
 pub mod trail;
 pub mod types;
 

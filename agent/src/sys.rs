@@ -9,15 +9,13 @@
 //!   running agent), re-pins from it, and `gatehouse detach --force` detaches
 //!   links in the kernel even while another process holds them.
 //! * glibc's `malloc_trim`: a large parse's freed tree goes back to the kernel.
-//! * The global allocator ([`Allocator`]): small blocks from mimalloc, large
-//!   ones from glibc.
 //! * `splice(2)` without blocking (nix has it only behind a feature this
 //!   crate does not build): the opaque TCP relay moves bytes it no longer
 //!   records from socket to socket through a pipe, without copying them
 //!   through user space.
 #![expect(
     unsafe_code,
-    reason = "getsockopt(SO_NETNS_COOKIE), splice(2), three bpf(2) commands, malloc_trim and a global allocator have no safe wrapper"
+    reason = "getsockopt(SO_NETNS_COOKIE), splice(2), three bpf(2) commands and malloc_trim have no safe wrapper"
 )]
 
 use std::ffi::CStr;
@@ -147,79 +145,6 @@ pub fn tune_allocator() {
 /// See [`tune_allocator`]: message buffers past this are large.
 pub const LARGE_ALLOCATION: i32 = 1 << 20;
 
-/// The agent's global allocator. Blocks under [`LARGE_ALLOCATION`] — every
-/// per-statement allocation of the data path (messages, statements, audit
-/// records) — come from mimalloc: its thread-local free lists cost about a
-/// sixth of glibc's malloc/free on the relay (select-only through the agent
-/// went from 48 to 41 µs of the agent's CPU per transaction). Large blocks
-/// (long values' message buffers) come from glibc as before, which maps
-/// them on their own pages and unmaps them when freed (see
-/// [`tune_allocator`]): mimalloc would keep a freed large block's segment
-/// for reuse, and four idle sessions that had each passed a 40 MB value on
-/// kept 140 MiB.
-pub struct Allocator;
-
-const LARGE: usize = LARGE_ALLOCATION.unsigned_abs() as usize;
-
-// SAFETY: every block is freed, resized and zeroed by the allocator that
-// returned it: which one is decided by the block's size, which the caller
-// passes back unchanged (GlobalAlloc's contract), and a resize that crosses
-// LARGE moves the block from one allocator to the other.
-unsafe impl std::alloc::GlobalAlloc for Allocator {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: the caller's layout is passed on unchanged.
-        unsafe {
-            if layout.size() < LARGE { mimalloc::MiMalloc.alloc(layout) } else { std::alloc::System.alloc(layout) }
-        }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: as in alloc.
-        unsafe {
-            if layout.size() < LARGE {
-                mimalloc::MiMalloc.alloc_zeroed(layout)
-            } else {
-                std::alloc::System.alloc_zeroed(layout)
-            }
-        }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: the block came from the allocator its size selects.
-        unsafe {
-            if layout.size() < LARGE {
-                mimalloc::MiMalloc.dealloc(ptr, layout);
-            } else {
-                std::alloc::System.dealloc(ptr, layout);
-            }
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        let (was_small, is_small) = (layout.size() < LARGE, new_size < LARGE);
-        // SAFETY: the block came from the allocator its old size selects; a
-        // resize within one allocator stays there; one across allocates the
-        // new block first, copies the bytes both sizes hold, and frees the
-        // old block only when the new one exists (a null return leaves the
-        // old block to the caller, as realloc must).
-        unsafe {
-            match (was_small, is_small) {
-                (true, true) => mimalloc::MiMalloc.realloc(ptr, layout, new_size),
-                (false, false) => std::alloc::System.realloc(ptr, layout, new_size),
-                _ => {
-                    let new_layout = std::alloc::Layout::from_size_align_unchecked(new_size, layout.align());
-                    let new = self.alloc(new_layout);
-                    if !new.is_null() {
-                        std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                        self.dealloc(ptr, layout);
-                    }
-                    new
-                }
-            }
-        }
-    }
-}
-
 /// Returns the allocator's free memory to the kernel. A large parse frees
 /// a tree of up to ~100 MB in many small chunks, which glibc would keep in
 /// its thread's arena (the process's RSS staying at its peak).
@@ -263,48 +188,6 @@ pub fn release_free_memory_soon() {
         });
         if spawned.is_err() {
             SCHEDULED.store(false, Ordering::Release);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Allocator, LARGE};
-    use std::alloc::{GlobalAlloc, Layout};
-
-    /// A block resized across the boundary moves between the two
-    /// allocators with its bytes, and each free goes to the allocator that
-    /// made the block (a wrong one aborts the test process).
-    #[test]
-    fn a_block_keeps_its_bytes_as_it_grows_past_the_boundary_and_back() {
-        let a = Allocator;
-        let sizes = [64, LARGE - 1, LARGE, 3 * LARGE, LARGE + 1, 100, LARGE * 2];
-        // SAFETY (test): each layout is the block's current one; every
-        // pointer is checked for null before use.
-        unsafe {
-            let mut layout = Layout::from_size_align(16, 8).unwrap();
-            let mut p = a.alloc_zeroed(layout);
-            assert!(!p.is_null());
-            assert!(std::slice::from_raw_parts(p, 16).iter().all(|b| *b == 0));
-            for (b, v) in std::slice::from_raw_parts_mut(p, 16).iter_mut().zip(1u8..) {
-                *b = v;
-            }
-            for size in sizes {
-                p = a.realloc(p, layout, size);
-                assert!(!p.is_null(), "realloc to {size}");
-                assert_eq!(p as usize % 8, 0, "alignment kept at {size}");
-                layout = Layout::from_size_align(size, 8).unwrap();
-                let head: Vec<u8> = std::slice::from_raw_parts(p, 16).to_vec();
-                assert_eq!(head, (1..=16).collect::<Vec<u8>>(), "bytes kept at {size}");
-                *p.add(size - 1) = 0xAA;
-            }
-            a.dealloc(p, layout);
-            let big = Layout::from_size_align(LARGE * 2, 4096).unwrap();
-            let q = a.alloc_zeroed(big);
-            assert!(!q.is_null());
-            assert_eq!(q as usize % 4096, 0);
-            assert!(std::slice::from_raw_parts(q, LARGE * 2).iter().all(|b| *b == 0));
-            a.dealloc(q, big);
         }
     }
 }
