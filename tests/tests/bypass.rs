@@ -681,6 +681,59 @@ fn names_resolve_as_the_current_role_resolves_them() {
     assert!(o.status.success() && text(&o).contains("100"), "{}\n{}", text(&o), w.env.agent_log());
 }
 
+/// A relation taken out of a name's way by another session of the same
+/// login: its transaction commits before Gatehouse has read the catalog
+/// again, and a statement of this session that arrives in between must not
+/// be resolved with the catalog from before.
+#[test]
+fn a_name_moved_by_another_session_counts_as_moved() {
+    let w = world("bymoved");
+    let o = w.psql(
+        &w.pat,
+        &["-c", "CREATE SCHEMA mine", "-c", "CREATE TABLE mine.bonuses (emp int, amount int)"],
+        "SELECT 1",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = w.python(
+        &w.pat,
+        &format!(
+            "{}{}",
+            pg::RAW_CLIENT_PY,
+            r#"
+import time
+def values(frames): return [f[1][6:].decode() for f in frames if f[0] == b"D"]
+# A second session of the same user, which renames.
+b = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+b.settimeout(20)
+start = b"user\x00x\x00database\x00appdb\x00\x00"
+b.sendall(struct.pack("!ii", 8 + len(start), 196608) + start)
+def b_ready():
+    data = b""
+    while not (len(data) >= 6 and data[-6:-1] == b"Z\x00\x00\x00\x05"):
+        c = b.recv(65536)
+        if not c: raise SystemExit("second session closed")
+        data += c
+    return data
+b_ready()
+query("path", "SET search_path = mine, hr")
+for i in range(3):
+    b.sendall(msg(b"Q", cstr("ALTER TABLE mine.bonuses RENAME TO gone")))
+    print("rename", b"ALTER TABLE\x00" in b_ready(), flush=True)
+    s.sendall(msg(b"Q", cstr("SELECT amount FROM bonuses /* attack_moved */")))
+    a = answer(); print("read", codes(a), values(a), flush=True)
+    b.sendall(msg(b"Q", cstr("ALTER TABLE mine.gone RENAME TO bonuses")))
+    print("back", b"ALTER TABLE\x00" in b_ready(), flush=True)
+    time.sleep(0.5)
+s.sendall(msg(b"X", b"")); b.sendall(msg(b"X", b""))
+"#
+        ),
+    );
+    assert_eq!(out.matches("rename True").count(), 3, "{out}\n{}", w.env.agent_log());
+    assert!(!out.contains("777777"), "{out}\n{}", w.env.agent_log());
+    assert_eq!(out.matches("read ['42501', 'Z']").count(), 3, "{out}\n{}", w.env.agent_log());
+    assert!(!w.pg.log().contains("attack_moved"), "a read past the moved name reached the server");
+}
+
 /// For a raw-client script: `other(sql)` runs `sql` in another session of
 /// the same user (psql), then has Gatehouse read the catalog again (a
 /// statement naming a relation it does not hold, refused); `values(frames)`

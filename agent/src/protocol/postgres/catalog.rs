@@ -53,6 +53,12 @@ struct State {
     /// Names the catalog did not hold that it was read again for (see `crate::catalog::misses`).
     misses: Option<crate::catalog::misses::Misses>,
     pending: Vec<Pending>,
+    /// Sessions that forwarded a statement that may move what a name
+    /// reaches (`sql::Effects::moves_names`), with when their transaction
+    /// ended: until a read that began after that, every session of this
+    /// login resolves names as moved (another session's committed rename
+    /// reaches the server before Gatehouse has read the catalog again).
+    moving: Vec<(SessionId, Option<Instant>)>,
     last_error: Option<String>,
 }
 
@@ -93,12 +99,27 @@ impl Entry {
         }
     }
 
+    /// Notes that `session` forwarded a statement that may move names.
+    pub fn add_moving(&self, session: SessionId) {
+        lock(&self.state).moving.push((session, None));
+    }
+
+    /// Whether some session's statement may have moved what a name reaches
+    /// since the catalog was read (see `State::moving`).
+    pub fn names_moved(&self) -> bool {
+        !lock(&self.state).moving.is_empty()
+    }
+
     /// `session`'s transaction ended: its definitions are final (or gone)
     /// and the next read settles them.
     pub fn settle(&self, session: SessionId) -> bool {
         let mut st = lock(&self.state);
         let now = Instant::now();
         let mut any = false;
+        for m in st.moving.iter_mut().filter(|m| m.0 == session && m.1.is_none()) {
+            m.1 = Some(now);
+            any = true;
+        }
         for p in st.pending.iter_mut().filter(|p| p.session == session && p.settled.is_none()) {
             p.settled = Some(now);
             any = true;
@@ -113,6 +134,7 @@ impl Entry {
         st.last_error = None;
         // What was settled before this read began is in it (or was rolled back).
         st.pending.retain(|p| p.settled.is_none_or(|t| t >= started));
+        st.moving.retain(|m| m.1.is_none_or(|t| t >= started));
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -424,5 +446,26 @@ mod tests {
         let newer = cache.entry(key("other"));
         cache.forget_unread(&key("other"), &Arc::new(super::Entry::default()));
         assert!(Arc::ptr_eq(&cache.entry(key("other")), &newer));
+    }
+
+    /// A session's rename counts for every session of the login until a
+    /// read that began after its transaction ended.
+    #[test]
+    fn names_moved_by_one_session_count_until_a_later_read() {
+        let entry = super::Entry::default();
+        let (a, b) = (crate::types::SessionId::new(), crate::types::SessionId::new());
+        assert!(!entry.names_moved());
+        let before = Instant::now();
+        entry.add_moving(a);
+        assert!(entry.names_moved());
+        entry.install(Catalog::default(), before);
+        assert!(entry.names_moved(), "still open");
+        assert!(entry.settle(a));
+        assert!(!entry.settle(b));
+        entry.install(Catalog::default(), before);
+        assert!(entry.names_moved(), "a read that began before it ended");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        entry.install(Catalog::default(), Instant::now());
+        assert!(!entry.names_moved());
     }
 }

@@ -411,7 +411,8 @@ struct Shared {
     /// A statement that may change the current role was forwarded
     /// (`catalog::SessionNames::role_changed`); for the rest of the session.
     role_changed: bool,
-    /// This session has defined code in the transaction still open.
+    /// This session has defined code, or may have moved names, in the
+    /// transaction still open: settled and the catalog read again when it ends.
     defined_in_txn: bool,
     /// DDL completed in the transaction still open: read the catalog again when it ends.
     ddl_done: bool,
@@ -539,8 +540,10 @@ pub(super) async fn run(
     for t in ctx.agent.approvals.withdraw_session(&ctx.id.to_string(), crate::audit::now_us()) {
         ctx.agent.approval_transition(&t);
     }
-    // An open transaction that defined code ended with the session.
-    if defined || db.catalog.settle(ctx.id) {
+    // An open transaction that defined code or moved names ended with the
+    // session (settled whatever it was, so it holds no other session up).
+    let settled = db.catalog.settle(ctx.id);
+    if defined || settled {
         super::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
     }
     RelayOutcome { up, down, end }

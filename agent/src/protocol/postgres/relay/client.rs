@@ -710,7 +710,7 @@ fn session_view(db: &SessionDb, shared: &Mutex<Shared>, ctx: &Ctx) -> (Arc<Catal
         search_path: sh.path.current.clone().or_else(|| db.search_path.clone()),
         path_unknown: sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some(),
         pending,
-        names_moved: sh.names_moved.since(&cat),
+        names_moved: sh.names_moved.since(&cat) || db.catalog.names_moved(),
         role_changed: sh.role_changed,
     };
     (cat, names)
@@ -1112,6 +1112,8 @@ fn effects_at_forward(
     }
     if s.effects.moves_names {
         sh.names_moved.forwarded(epoch);
+        // Settled, and the catalog read again, when the transaction ends.
+        sh.defined_in_txn = true;
     }
     sh.role_changed |= changes_role(s);
     if s.effects.search_path.is_some() {
@@ -1125,6 +1127,9 @@ fn effects_at_forward(
     drop(sh);
     if !s.effects.defines.is_empty() {
         db.catalog.add_pending(ctx.id, &s.effects.defines);
+    }
+    if s.effects.moves_names {
+        db.catalog.add_moving(ctx.id);
     }
     if s.effects.changes_reading || opaque(s) {
         st.hold = Some(seq);
