@@ -46,6 +46,14 @@ struct Pending {
     settled: Option<Instant>,
 }
 
+/// See `State::moving`.
+#[derive(Debug, Clone, Copy)]
+struct Moving {
+    session: SessionId,
+    epoch: u64,
+    settled: Option<Instant>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     catalog: Option<Arc<Catalog>>,
@@ -53,12 +61,13 @@ struct State {
     /// Names the catalog did not hold that it was read again for (see `crate::catalog::misses`).
     misses: Option<crate::catalog::misses::Misses>,
     pending: Vec<Pending>,
-    /// Sessions that forwarded a statement that may move what a name
-    /// reaches (`sql::Effects::moves_names`), with when their transaction
-    /// ended: until a read that began after that, every session of this
-    /// login resolves names as moved (another session's committed rename
-    /// reaches the server before Gatehouse has read the catalog again).
-    moving: Vec<(SessionId, Option<Instant>)>,
+    /// Statements that may move what a name reaches
+    /// (`sql::Effects::moves_names`), by session and exchange (epoch), with
+    /// when their transaction ended: until a read that began after that,
+    /// every session of this login resolves names as moved (another
+    /// session's committed rename reaches the server before Gatehouse has
+    /// read the catalog again).
+    moving: Vec<Moving>,
     last_error: Option<String>,
 }
 
@@ -99,9 +108,25 @@ impl Entry {
         }
     }
 
-    /// Notes that `session` forwarded a statement that may move names.
-    pub fn add_moving(&self, session: SessionId) {
-        lock(&self.state).moving.push((session, None));
+    /// Notes that `session` forwarded, in exchange `epoch`, a statement
+    /// that may move names.
+    pub fn add_moving(&self, session: SessionId, epoch: u64) {
+        lock(&self.state).moving.push(Moving { session, epoch, settled: None });
+    }
+
+    /// `session` is outside a transaction with the exchanges before `done`
+    /// answered (`u64::MAX`: the session ended): its moving statements of
+    /// those exchanges are settled (a pipelined one of a later exchange
+    /// has not run yet). Whether any was.
+    pub fn settle_moving(&self, session: SessionId, done: u64) -> bool {
+        let mut st = lock(&self.state);
+        let now = Instant::now();
+        let mut any = false;
+        for m in st.moving.iter_mut().filter(|m| m.session == session && m.settled.is_none() && m.epoch < done) {
+            m.settled = Some(now);
+            any = true;
+        }
+        any
     }
 
     /// Whether some session's statement may have moved what a name reaches
@@ -116,10 +141,6 @@ impl Entry {
         let mut st = lock(&self.state);
         let now = Instant::now();
         let mut any = false;
-        for m in st.moving.iter_mut().filter(|m| m.0 == session && m.1.is_none()) {
-            m.1 = Some(now);
-            any = true;
-        }
         for p in st.pending.iter_mut().filter(|p| p.session == session && p.settled.is_none()) {
             p.settled = Some(now);
             any = true;
@@ -134,7 +155,7 @@ impl Entry {
         st.last_error = None;
         // What was settled before this read began is in it (or was rolled back).
         st.pending.retain(|p| p.settled.is_none_or(|t| t >= started));
-        st.moving.retain(|m| m.1.is_none_or(|t| t >= started));
+        st.moving.retain(|m| m.settled.is_none_or(|t| t >= started));
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -456,12 +477,13 @@ mod tests {
         let (a, b) = (crate::types::SessionId::new(), crate::types::SessionId::new());
         assert!(!entry.names_moved());
         let before = Instant::now();
-        entry.add_moving(a);
+        entry.add_moving(a, 4);
         assert!(entry.names_moved());
         entry.install(Catalog::default(), before);
         assert!(entry.names_moved(), "still open");
-        assert!(entry.settle(a));
-        assert!(!entry.settle(b));
+        assert!(!entry.settle_moving(a, 4), "an earlier exchange's end says nothing of exchange 4");
+        assert!(!entry.settle_moving(b, 9));
+        assert!(entry.settle_moving(a, 5));
         entry.install(Catalog::default(), before);
         assert!(entry.names_moved(), "a read that began before it ended");
         std::thread::sleep(std::time::Duration::from_millis(2));

@@ -411,8 +411,7 @@ struct Shared {
     /// A statement that may change the current role was forwarded
     /// (`catalog::SessionNames::role_changed`); for the rest of the session.
     role_changed: bool,
-    /// This session has defined code, or may have moved names, in the
-    /// transaction still open: settled and the catalog read again when it ends.
+    /// This session has defined code in the transaction still open.
     defined_in_txn: bool,
     /// DDL completed in the transaction still open: read the catalog again when it ends.
     ddl_done: bool,
@@ -542,7 +541,7 @@ pub(super) async fn run(
     }
     // An open transaction that defined code or moved names ended with the
     // session (settled whatever it was, so it holds no other session up).
-    let settled = db.catalog.settle(ctx.id);
+    let settled = db.catalog.settle(ctx.id) | db.catalog.settle_moving(ctx.id, u64::MAX);
     if defined || settled {
         super::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
     }

@@ -1112,8 +1112,6 @@ fn effects_at_forward(
     }
     if s.effects.moves_names {
         sh.names_moved.forwarded(epoch);
-        // Settled, and the catalog read again, when the transaction ends.
-        sh.defined_in_txn = true;
     }
     sh.role_changed |= changes_role(s);
     if s.effects.search_path.is_some() {
@@ -1129,7 +1127,7 @@ fn effects_at_forward(
         db.catalog.add_pending(ctx.id, &s.effects.defines);
     }
     if s.effects.moves_names {
-        db.catalog.add_moving(ctx.id);
+        db.catalog.add_moving(ctx.id, epoch);
     }
     if s.effects.changes_reading || opaque(s) {
         st.hold = Some(seq);
