@@ -135,6 +135,15 @@ impl Entry {
         !lock(&self.state).moving.is_empty()
     }
 
+    /// [`Entry::snapshot`] with [`Entry::names_moved`], read together: a
+    /// read installed between the two would otherwise pair the older
+    /// catalog with a list it pruned.
+    pub fn snapshot_for_names(&self) -> Option<(Snapshot, bool)> {
+        let st = lock(&self.state);
+        let cat = st.catalog.clone()?;
+        Some(((cat, st.pending.iter().map(|p| (p.what, p.name.clone())).collect()), !st.moving.is_empty()))
+    }
+
     /// `session`'s transaction ended: its definitions are final (or gone)
     /// and the next read settles them.
     pub fn settle(&self, session: SessionId) -> bool {

@@ -336,38 +336,6 @@ struct PathState {
     in_flight: u32,
 }
 
-/// Statements that may have moved what unqualified names reach (see
-/// `sql::Effects::moves_names`): until a catalog read that began after
-/// their transaction ended, a name may reach past any schema holding it.
-#[derive(Debug, Default)]
-struct NamesMoved {
-    /// The exchange (epoch) of the last one forwarded whose transaction
-    /// has not been seen to end: settled only by a ReadyForQuery outside a
-    /// transaction that comes after that exchange's own (an earlier
-    /// exchange's, in a pipeline, says nothing of it).
-    open: Option<u64>,
-    /// When the last such transaction ended.
-    settled_us: Option<i64>,
-}
-
-impl NamesMoved {
-    fn since(&self, cat: &crate::catalog::Catalog) -> bool {
-        self.open.is_some() || self.settled_us.is_some_and(|t| cat.loaded_us <= t)
-    }
-
-    fn forwarded(&mut self, epoch: u64) {
-        self.open = Some(self.open.map_or(epoch, |e| e.max(epoch)));
-    }
-
-    /// Outside a transaction, with the exchanges before `done` answered.
-    fn settle(&mut self, done: u64) {
-        if self.open.is_some_and(|e| e < done) {
-            self.open = None;
-            self.settled_us = Some(crate::audit::now_us());
-        }
-    }
-}
-
 /// State both directions share (short critical sections, never across I/O).
 #[derive(Debug, Default)]
 struct Shared {
@@ -407,7 +375,6 @@ struct Shared {
     cursors: HashMap<String, (Arc<Lineage>, Arc<[TableRef]>)>,
     next_generation: u64,
     path: PathState,
-    names_moved: NamesMoved,
     /// A statement that may change the current role was forwarded
     /// (`catalog::SessionNames::role_changed`); for the rest of the session.
     role_changed: bool,
@@ -734,28 +701,5 @@ mod parameter_tests {
         assert_eq!(p.parameters(), ["$1 = '10'", "$2 = 7", "$3 = NULL"]);
         let unbound = Prepared::new(Arc::from("SELECT 1"), Arc::from(Vec::new()), 1, None);
         assert!(unbound.parameters().is_empty());
-    }
-}
-
-#[cfg(test)]
-mod names_moved_tests {
-    use super::NamesMoved;
-
-    #[test]
-    fn only_the_statements_own_exchange_ending_outside_a_transaction_settles_it() {
-        let mut cat = crate::catalog::Catalog::default();
-        cat.loaded_us = 0;
-        let mut m = NamesMoved::default();
-        assert!(!m.since(&cat));
-        m.forwarded(5);
-        // A pipeline: exchange 4's ReadyForQuery (idle) comes before the statement ran.
-        m.settle(5);
-        assert!(m.open.is_some() && m.since(&cat));
-        m.settle(6);
-        assert!(m.open.is_none() && m.settled_us.is_some());
-        // Until a catalog read that began after that, it still holds.
-        assert!(m.since(&cat));
-        cat.loaded_us = crate::audit::now_us() + 1;
-        assert!(!m.since(&cat));
     }
 }

@@ -466,7 +466,6 @@ fn on_backend(
                     }
                 }
                 sh.path.error_since = false;
-                sh.names_moved.settle(done);
                 refresh = std::mem::take(&mut sh.defined_in_txn) | std::mem::take(&mut sh.ddl_done);
                 // Read again once what moved names is settled, so that no
                 // session resolves them as moved for longer than that.

@@ -703,14 +703,17 @@ fn session_view(db: &SessionDb, shared: &Mutex<Shared>, ctx: &Ctx) -> (Arc<Catal
     if db.catalog.is_stale(interval) {
         crate::protocol::postgres::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
     }
-    let (cat, pending) = db.catalog.snapshot().unwrap_or_else(|| (Arc::new(Catalog::default()), Vec::new()));
+    // With whether a statement of this session or another of the login may
+    // have moved names since this catalog was read (one look at the entry).
+    let ((cat, pending), names_moved) =
+        db.catalog.snapshot_for_names().unwrap_or_else(|| ((Arc::new(Catalog::default()), Vec::new()), false));
     let sh = lock(shared);
     let names = SessionNames {
         // The login's default is the path the session began with.
         search_path: sh.path.current.clone().or_else(|| db.search_path.clone()),
         path_unknown: sh.path.unknown || sh.path.in_flight > 0 || sh.path.tentative.is_some(),
         pending,
-        names_moved: sh.names_moved.since(&cat) || db.catalog.names_moved(),
+        names_moved,
         role_changed: sh.role_changed,
     };
     (cat, names)
@@ -1037,7 +1040,7 @@ fn opaque(s: &Statement) -> bool {
 /// the server skips are those the current role may not use). Statements
 /// that drop, rename or move relations or change what the role may use
 /// leave the path known but let a name reach past any schema holding it
-/// (`NamesMoved`), until the catalog is read again.
+/// (the catalog entry's `moving` list), until the catalog is read again.
 fn unsettles_path(s: &Statement) -> bool {
     opaque(s) || s.effects.local_search_path || s.kinds.contains(&Kind::SetRole)
 }
@@ -1109,9 +1112,6 @@ fn effects_at_forward(
     }
     if s.effects.discard_all {
         sh.portals.clear();
-    }
-    if s.effects.moves_names {
-        sh.names_moved.forwarded(epoch);
     }
     sh.role_changed |= changes_role(s);
     if s.effects.search_path.is_some() {
