@@ -138,9 +138,6 @@ pub struct Catalog {
     pub database: String,
     /// The server's Unix socket files (`unix_socket_directories`, `port`).
     pub unix_sockets: Vec<std::path::PathBuf>,
-    /// When this read began (µs since the epoch): it holds what was
-    /// committed before then. For `status`, refresh and the moving list (`protocol::postgres::catalog::Entry`).
-    pub loaded_us: i64,
     /// Statements' lineages bound to this snapshot, recently (`bind_shared`).
     bindings: origins::Bindings,
 }

@@ -95,7 +95,7 @@ fn hex_names(list: &str) -> Result<HashSet<String>, LoadError> {
 }
 
 /// Builds the catalog from the answer to [`QUERY`].
-pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
+pub fn build(results: &Results) -> Result<Catalog, LoadError> {
     let [
         session,
         names,
@@ -113,7 +113,7 @@ pub fn build(results: &Results, loaded_us: i64) -> Result<Catalog, LoadError> {
     else {
         return Err(LoadError::Shape { got: results.len() });
     };
-    let mut c = Catalog { loaded_us, ..Catalog::default() };
+    let mut c = Catalog::default();
     builtin::fill(&mut c);
     if let Some(row) = session.first() {
         c.login = text(row, 0, "current_user")?.to_owned();

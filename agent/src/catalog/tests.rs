@@ -50,7 +50,7 @@ pub(crate) fn sample() -> Catalog {
         vec![row(&["16401", "1"]), row(&["16402", "1 2"])],
         vec![row(&["16404", "16401"])],
     ];
-    build(&results, 0).unwrap()
+    build(&results).unwrap()
 }
 
 fn kinds(cat: &Catalog, session: &SessionNames, sql: &str) -> Vec<Kind> {

@@ -332,8 +332,6 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
         ("application_name".to_owned(), "gatehouse-catalog".to_owned()),
         super::AS_LOGIN.map(str::to_owned).into(),
     ];
-    // When the read began: it sees what was committed before this.
-    let begun = crate::audit::now_us();
     let work = async {
         // The detail (which may name a file) goes to the log; the error, which a client sees, does not carry it.
         let (mut stream, mut rest, _) = connect_backend(ctx, login, params).await.map_err(|e| {
@@ -346,7 +344,7 @@ async fn read(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Catalog,
         let results = query_after_login(&mut stream, rest, QUERY).await;
         let _ = stream.write_all(&wire::terminate()).await;
         let _ = stream.flush().await;
-        let c = build(&results?, begun).map_err(|e| e.to_string())?;
+        let c = build(&results?).map_err(|e| e.to_string())?;
         crate::protocol::local_socket::warn_open(ctx.backend.name.as_str(), ctx.addr, &c.unix_sockets);
         Ok(c)
     };
