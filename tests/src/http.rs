@@ -1,6 +1,7 @@
 //! HTTP backends for the end-to-end tests: a Python http.server that logs
-//! what it receives, and a WebSocket echo server, both real processes on a
-//! loopback address, killed (by pid) on drop.
+//! what it receives, a WebSocket echo server, and hypercorn (which takes
+//! `Upgrade: h2c`), each a real process on a loopback address, killed (by
+//! pid) on drop.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use serde_json::Value;
 
 const BACKEND_PY: &str = include_str!("http/backend.py");
 const WS_ECHO_PY: &str = include_str!("http/ws_echo.py");
+const H2C_BACKEND_PY: &str = include_str!("http/h2c_backend.py");
 
 /// A Python server started by the test; stops on drop.
 pub struct PyServer {
@@ -32,6 +34,12 @@ impl PyServer {
     /// The WebSocket echo server on `host`.
     pub fn ws_echo(dir: &Path, host: &str) -> Self {
         Self::start(dir, host, "ws_echo.py", WS_ECHO_PY, &[])
+    }
+
+    /// A backend that switches a connection to HTTP/2 when asked with
+    /// `Upgrade: h2c` (hypercorn), logging method, path and HTTP version.
+    pub fn h2c(dir: &Path, host: &str) -> Self {
+        Self::start(dir, host, "h2c_backend.py", H2C_BACKEND_PY, &[])
     }
 
     fn start(dir: &Path, host: &str, name: &str, code: &str, tls: &[&Path]) -> Self {

@@ -1505,3 +1505,149 @@ fn request_trailers_do_not_reach_the_backend() {
     let rec = record_for(&w, "/api/v1/notes", |b| b["masked"]["request_trailers_dropped"] == 1);
     assert!(rec.is_some(), "{:?}", http_records(&w.env.db()));
 }
+
+/// A client that asks the backend to switch to HTTP/2 (`Upgrade: h2c`) and
+/// then speaks HTTP/2 on the connection: every request after the first would
+/// travel inside the upgraded stream, which Gatehouse relayed without reading
+/// (h2c smuggling). The backend is hypercorn, which honours the upgrade as
+/// Apache's mod_http2, Envoy and Go's h2c handler do; the clients are curl
+/// with `--http2` (it names `HTTP2-Settings` in `Connection`) and a raw one
+/// built on the h2 library (it does not).
+const H2C_CLIENT_PY: &str = r#"
+import socket, sys
+import h2.connection, h2.config, h2.events
+host, port, first, second = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = socket.create_connection((host, port), timeout=10)
+conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+settings = conn.initiate_upgrade_connection().decode()
+s.sendall((f"GET {first} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\n"
+           f"Upgrade: h2c\r\nHTTP2-Settings: {settings}\r\n\r\n").encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+head, _, rest = buf.partition(b"\r\n\r\n")
+status = head.split(b"\r\n")[0].decode()
+print("STATUS", status)
+if " 101" not in status:
+    sys.exit(0)
+s.sendall(conn.data_to_send())
+sid = conn.get_next_available_stream_id()
+conn.send_headers(sid, [(":method", "GET"), (":path", second), (":scheme", "http"), (":authority", f"{host}:{port}")], end_stream=True)
+s.sendall(conn.data_to_send())
+bodies, ended, data = {}, set(), rest
+while sid not in ended:
+    for e in conn.receive_data(data):
+        if isinstance(e, h2.events.DataReceived):
+            bodies[e.stream_id] = bodies.get(e.stream_id, b"") + e.data
+            conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        elif isinstance(e, h2.events.StreamEnded):
+            ended.add(e.stream_id)
+        elif isinstance(e, h2.events.ConnectionTerminated):
+            ended.add(sid)
+    s.sendall(conn.data_to_send())
+    if sid in ended:
+        break
+    data = s.recv(65536)
+    if not data:
+        break
+for k in sorted(bodies):
+    print("STREAM", k, bodies[k].decode(errors="replace"))
+"#;
+
+#[test]
+fn an_upgrade_to_http2_cannot_carry_requests_past_the_policy() {
+    let mut env = Env::new("http-h2c");
+    let ana = env.user("ana", &[]);
+    let api = PyServer::h2c(&env.dir, &loopback(7));
+    let policy = format!(
+        r#"
+[[backend]]
+name = "h2c-api"
+protocol = "http"
+address = "{api}"
+
+[[rule]]
+name = "ana reads the api"
+who = {{ users = ["{ana}"] }}
+backends = ["h2c-api"]
+methods = ["GET"]
+paths = ["/api/*"]
+
+[[rule]]
+name = "no admin"
+who = {{ users = ["*"] }}
+backends = ["h2c-api"]
+action = "deny"
+paths = ["/admin/*"]
+"#,
+        api = api.addr,
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let base = format!("http://{}", api.addr);
+    let served = || {
+        api.requests()
+            .iter()
+            .map(|r| {
+                let field = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+                format!("{} {} {}", field("version"), field("method"), field("path"))
+            })
+            .collect::<Vec<_>>()
+    };
+    // The backend does switch when asked directly (the test's own check of its backend).
+    let o = std::process::Command::new("/usr/bin/curl")
+        .args(["-sS", "--http2", &format!("{base}/api/direct")])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "2 GET /api/direct", "{}", String::from_utf8_lossy(&o.stderr));
+
+    // curl asks for h2c on its first request and would reuse the connection for the second.
+    let o = env.run_as(
+        &ana,
+        None,
+        Path::new("/usr/bin/curl"),
+        &["-sS", "--http2", &format!("{base}/api/one"), &format!("{base}/admin/users")],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.starts_with("1.1 GET /api/one"), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("\"no admin\""), "{out}");
+    // The raw client: the upgrade is not passed on, so there is no HTTP/2 stream to smuggle in.
+    let (host, port) = api.addr.split_once(':').expect("host:port");
+    let o = env.run_as(
+        &ana,
+        None,
+        Path::new("/usr/bin/python3"),
+        &["-c", H2C_CLIENT_PY, host, port, "/api/two", "/admin/users"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.starts_with("STATUS HTTP/1.1 200") && !out.contains("STREAM"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // What the server got: no request for /admin, and through Gatehouse no
+    // upgrade it could have taken (the first request is the test's own, direct).
+    let seen = served();
+    assert!(seen.iter().all(|r| !r.contains("/admin")), "the backend served {seen:?}");
+    for r in api.requests().iter().skip(1) {
+        assert!(r["headers"]["upgrade"].is_null() && r["headers"]["http2-settings"].is_null(), "{r}");
+    }
+    assert_eq!(seen[1..], ["1.1 GET /api/one", "1.1 GET /api/two"], "{seen:?}");
+    // The record says the upgrade was not passed on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let recs = http_records(&env.db());
+        if recs.iter().any(|(k, b, _)| {
+            k == "http"
+                && b["status"] == 200
+                && b["reason"].as_str().is_some_and(|r| r.contains("upgrade to h2c was not passed on"))
+        }) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{recs:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

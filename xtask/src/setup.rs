@@ -36,6 +36,8 @@ pub const PACKAGES: &[&str] = &[
     "python3-requests",
     "python3-httpx",
     "python3-websockets",
+    // An HTTP backend that switches to HTTP/2 on `Upgrade: h2c` (and the h2 library a raw client uses).
+    "python3-hypercorn",
     "openssl",
     // The metrics test parses scrapes with the Prometheus text parser.
     "python3-prometheus-client",

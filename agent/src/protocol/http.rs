@@ -49,8 +49,8 @@ use tracing::{info, warn};
 
 use self::body::{BoxError, Coding, Kind, Piped, Summary, Transform};
 use self::headers::{
-    header_list, host_of, is_upgrade, recorded_headers, recorded_target, restrict_accept_encoding, strip_client_claims,
-    strip_hop_by_hop,
+    header_list, host_of, is_upgrade, recorded_headers, recorded_target, relayable_upgrade, restrict_accept_encoding,
+    strip_client_claims, strip_hop_by_hop, upgrade_protocols,
 };
 use self::upstream::{Pool, UpBody};
 use crate::audit::{self, Event, HttpExchange};
@@ -406,7 +406,24 @@ impl Shared {
                 }
             },
         };
-        let upgrade = is_upgrade(req.headers());
+        // An upgrade to a protocol Gatehouse does not relay (`h2c` above all:
+        // see `relayable_upgrade`) is not passed on; the request is served as
+        // HTTP/1.1, as a server that ignores `Upgrade` would serve it, and the
+        // record says so.
+        let (asked, ignored): (Vec<String>, Vec<String>) = if is_upgrade(req.headers()) {
+            upgrade_protocols(req.headers()).into_iter().partition(|p| relayable_upgrade(p))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        if !ignored.is_empty() {
+            let note = format!(
+                "the client's upgrade to {} was not passed on (only websocket, SPDY/3.1 and tcp upgrades are relayed)",
+                ignored.join(", ")
+            );
+            // After an approval's note, if there is one.
+            pending.reason = Some(pending.reason.take().map_or(note.clone(), |r| format!("{r}; {note}")));
+        }
+        let upgrade = !asked.is_empty();
         if upgrade && mask.is_some() {
             // A WebSocket's (or any upgraded protocol's) frames are not masked:
             // the connection would carry the backend's data as it is.
@@ -416,6 +433,12 @@ impl Shared {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
+        if upgrade
+            && !ignored.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&asked.join(", "))
+        {
+            parts.headers.insert(header::UPGRADE, v);
+        }
         let mut cred_note = Vec::new();
         let claims = strip_client_claims(&mut parts.headers);
         if !claims.is_empty() {
@@ -522,6 +545,19 @@ impl Shared {
         // backend could echo the held credential there.
         resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
         if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The backend may switch only to a protocol the client asked for
+            // and Gatehouse relays (above): one that switched unasked, or to
+            // something else, is not relayed.
+            let switched = upgrade_protocols(resp.headers());
+            let agreed =
+                matches!(&switched[..], [p] if relayable_upgrade(p) && asked.iter().any(|a| a.eq_ignore_ascii_case(p)));
+            if !agreed {
+                let why = format!(
+                    "the backend switched protocols to {:?}, which the client did not ask for or Gatehouse does not relay",
+                    switched.join(", ")
+                );
+                return self.bad_gateway(&pending, &why);
+            }
             if let Some(n) = &scrub {
                 scrub_headers(n, resp.headers_mut());
             }

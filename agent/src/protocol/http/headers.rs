@@ -9,8 +9,9 @@ use hyper::body::Incoming;
 use crate::policy::http::HttpCredentials;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
-/// the proxy credentials and `Expect` (hyper answered it on our side).
-const HOP_BY_HOP: [&str; 10] = [
+/// the proxy credentials, `Expect` (hyper answered it on our side) and
+/// `HTTP2-Settings` (it goes with an `h2c` upgrade, never passed on).
+const HOP_BY_HOP: [&str; 11] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -21,6 +22,7 @@ const HOP_BY_HOP: [&str; 10] = [
     "proxy-authorization",
     "proxy-authenticate",
     "expect",
+    "http2-settings",
 ];
 
 /// Query parameters whose values are not recorded.
@@ -33,6 +35,26 @@ pub(super) fn is_upgrade(h: &HeaderMap) -> bool {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// The protocols an `Upgrade` field names (`websocket`, `h2c`, `SPDY/3.1`),
+/// in order, as written; every `Upgrade` field counts.
+pub(super) fn upgrade_protocols(h: &HeaderMap) -> Vec<String> {
+    h.get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| String::from_utf8_lossy(v.as_bytes()).split(',').map(|t| t.trim().to_owned()).collect::<Vec<_>>())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Protocols a connection may be switched to and then relayed: WebSocket
+/// (its frames are recorded), SPDY/3.1 (`kubectl exec` before 1.31) and raw
+/// `tcp` (Docker's attach), whose streams carry a command's input and output,
+/// not requests. Anything else is refused — above all `h2c`: after it the
+/// connection carries HTTP/2 requests the backend serves and Gatehouse would
+/// relay unread, past every path, method and approval rule (h2c smuggling).
+pub(super) fn relayable_upgrade(protocol: &str) -> bool {
+    ["websocket", "spdy/3.1", "tcp"].iter().any(|p| protocol.eq_ignore_ascii_case(p))
 }
 
 /// Removes hop-by-hop headers and those `Connection` names. An upgrade
@@ -188,6 +210,20 @@ pub(super) fn header_list(h: &HeaderMap) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_upgrades_that_carry_no_requests_are_relayable() {
+        let mut h = HeaderMap::new();
+        h.append(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.append(header::UPGRADE, HeaderValue::from_static(" h2c , SPDY/3.1"));
+        assert_eq!(upgrade_protocols(&h), ["websocket", "h2c", "SPDY/3.1"]);
+        let relayable: Vec<bool> = upgrade_protocols(&h).iter().map(|p| relayable_upgrade(p)).collect();
+        assert_eq!(relayable, [true, false, true]);
+        for p in ["h2c", "H2C", "h2", "HTTP/2.0", "TLS/1.2", "websocket2", ""] {
+            assert!(!relayable_upgrade(p), "{p}");
+        }
+        assert!(relayable_upgrade("WebSocket") && relayable_upgrade("tcp"));
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_stripped() {
