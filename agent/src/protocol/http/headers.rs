@@ -50,9 +50,10 @@ pub(super) fn upgrade_protocols(h: &HeaderMap) -> Vec<String> {
 /// Protocols a connection may be switched to and then relayed: WebSocket
 /// (its frames are recorded), SPDY/3.1 (`kubectl exec` before 1.31) and raw
 /// `tcp` (Docker's attach), whose streams carry a command's input and output,
-/// not requests. Anything else is refused — above all `h2c`: after it the
-/// connection carries HTTP/2 requests the backend serves and Gatehouse would
-/// relay unread, past every path, method and approval rule (h2c smuggling).
+/// not requests. An upgrade to anything else is not passed on — above all
+/// `h2c`: after it the connection carries HTTP/2 requests the backend serves
+/// and Gatehouse would relay unread, past every path, method and approval
+/// rule (h2c smuggling).
 pub(super) fn relayable_upgrade(protocol: &str) -> bool {
     ["websocket", "spdy/3.1", "tcp"].iter().any(|p| protocol.eq_ignore_ascii_case(p))
 }
