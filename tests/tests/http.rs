@@ -1695,3 +1695,64 @@ fn an_http2_client_has_a_bounded_number_of_requests_at_the_backend() {
     let most = slow.iter().filter_map(|r| r["active"].as_u64()).max().unwrap_or(0);
     assert!((2..=16).contains(&most), "the backend served {most} of one session's requests at once");
 }
+
+/// A backend that holds a credential could send it back over a WebSocket
+/// (the upgrade request carried it), as it could in a response body: every
+/// copy is overwritten as the bytes pass, and permessage-deflate, which would
+/// hide one in compressed frames, is not offered to it.
+#[test]
+fn a_held_credential_does_not_come_back_over_a_websocket() {
+    let mut env = Env::new("http-wsheld");
+    let ana = env.user("ana", &[]);
+    let ws = PyServer::ws_echo(&env.dir, &loopback(8));
+    let token = gatehouse_e2e::pg::password_file(&env.dir, "ws.token", HELD_TOKEN);
+    let policy = format!(
+        r#"
+[[backend]]
+name = "ws-held"
+protocol = "http"
+address = "{ws}"
+credentials = {{ bearer_file = "{token}" }}
+
+[[rule]]
+name = "ana talks"
+who = {{ users = ["{ana}"] }}
+backends = ["ws-held"]
+"#,
+        ws = ws.addr,
+        token = token.display(),
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    // The client offers permessage-deflate (websockets' default).
+    let script = r#"
+import asyncio, sys, websockets
+async def m():
+    async with websockets.connect(sys.argv[1]) as ws:
+        print(await ws.recv())
+        await ws.send('and an echo')
+        print(await ws.recv())
+asyncio.run(m())
+"#;
+    let o = env.run_as(&ana, None, Path::new("/usr/bin/python3"), &["-c", script, &format!("ws://{}/whoami", ws.addr)]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let blank = format!("you are {}", "*".repeat(format!("Bearer {HELD_TOKEN}").len()));
+    assert_eq!(out, format!("{blank}\nand an echo\n"), "{}\n{}", String::from_utf8_lossy(&o.stderr), env.agent_log());
+    // The recorded frames hold no copy either.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let recs = http_records(&env.db());
+        let frames: Vec<&(String, Value, Vec<u8>)> = recs.iter().filter(|(k, _, _)| k == "ws_frame").collect();
+        if frames.iter().any(|(_, b, d)| b["dir"] == "down" && d == blank.as_bytes()) {
+            assert!(
+                recs.iter().all(|(_, b, d)| !b.to_string().contains(HELD_TOKEN)
+                    && !String::from_utf8_lossy(d).contains("held-token")),
+                "{recs:?}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "frames not recorded: {frames:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(env.agent_log().contains("the backend sent the held credential over an upgraded connection"));
+}

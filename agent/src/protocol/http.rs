@@ -499,6 +499,12 @@ impl Shared {
             parts.headers.remove(header::IF_RANGE);
             // (Apache still honours the pre-standard spelling.)
             parts.headers.remove("request-range");
+            // An upgraded connection is searched for the held credential as
+            // its bytes pass (ws.rs `Blanker`): no permessage-deflate, which
+            // would hide a copy inside compressed frames.
+            if upgrade {
+                parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+            }
         }
         if !parts.headers.contains_key(header::HOST)
             && let Some(h) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -573,6 +579,7 @@ impl Shared {
                     (client_upgrade, server_upgrade),
                     self.ctx.live.cut.clone(),
                     headers.get(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")),
+                    scrub.clone(),
                 );
                 crate::proxy::lock(&self.upgraded).push(task);
             }

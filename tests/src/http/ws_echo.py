@@ -1,4 +1,5 @@
 # A WebSocket echo server (python3-websockets) on argv[1]; prints its port.
+# Offers permessage-deflate, as websockets does by default.
 import asyncio
 import sys
 
@@ -6,6 +7,10 @@ import websockets
 
 
 async def echo(ws, path=None):
+    # /whoami: first says who the request said it was (its Authorization),
+    # as a debugging endpoint of a real service might.
+    if (path or getattr(ws, "path", "")) == "/whoami":
+        await ws.send("you are " + ws.request_headers.get("Authorization", "nobody"))
     async for msg in ws:
         await ws.send(msg)
 

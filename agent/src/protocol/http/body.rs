@@ -582,6 +582,8 @@ pub struct Needles {
     ac: Arc<aho_corasick::AhoCorasick>,
     /// What replaces each pattern (`****`, in UTF-16 for a UTF-16 form).
     with: Arc<[&'static [u8]]>,
+    /// The patterns themselves (each needle in each of its forms).
+    patterns: Arc<[Vec<u8>]>,
     longest: usize,
 }
 
@@ -605,7 +607,7 @@ impl Needles {
             .match_kind(aho_corasick::MatchKind::LeftmostLongest)
             .build(&all)
             .ok()?;
-        Some(Self { ac: Arc::new(ac), with: with.into(), longest })
+        Some(Self { ac: Arc::new(ac), with: with.into(), patterns: all.into(), longest })
     }
 
     fn stand_in(&self, m: &aho_corasick::Match) -> &'static [u8] {
@@ -625,6 +627,36 @@ impl Needles {
         }
         out.extend_from_slice(value.get(last..).unwrap_or_default());
         (out, hits)
+    }
+
+    /// Every needle in `buf` overwritten where it lies, with its stand-in's
+    /// characters repeated to the needle's length: the bytes around it (a
+    /// WebSocket frame's length, the framing after it) stay as they were.
+    /// How many were.
+    pub fn blank_in_place(&self, buf: &mut [u8]) -> u64 {
+        let found: Vec<(usize, usize, &'static [u8])> =
+            self.ac.find_iter(&*buf).map(|m| (m.start(), m.end(), self.stand_in(&m))).collect();
+        for &(start, end, with) in &found {
+            if let Some(span) = buf.get_mut(start..end) {
+                for (b, w) in span.iter_mut().zip(with.iter().cycle()) {
+                    *b = *w;
+                }
+            }
+        }
+        found.len() as u64
+    }
+
+    /// How many bytes at the end of `buf` are the beginning of a needle
+    /// (which the bytes still to come may complete).
+    pub fn partial_tail(&self, buf: &[u8]) -> usize {
+        let most = self.longest.saturating_sub(1).min(buf.len());
+        (1..=most)
+            .rev()
+            .find(|&k| {
+                let tail = buf.get(buf.len() - k..).unwrap_or_default();
+                self.patterns.iter().any(|p| p.starts_with(tail))
+            })
+            .unwrap_or(0)
     }
 }
 

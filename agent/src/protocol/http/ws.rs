@@ -9,7 +9,9 @@
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::debug;
+use tracing::{debug, warn};
+
+use super::body::Needles;
 
 use crate::audit::{Audit, Direction, Event, WsFrame};
 use crate::types::SessionId;
@@ -115,10 +117,54 @@ fn opcode_name(op: u8) -> &'static str {
     }
 }
 
+/// The backend's side of an upgraded connection on a backend that holds a
+/// credential: every copy of it (in each form `Needles` knows) is
+/// overwritten with `*` where it lies, so frame lengths stay as they were.
+/// Bytes at the end of a read that begin a copy wait for the next read (or
+/// for [`HOLD`] to pass without one), so a copy split across two reads is
+/// still found whole. Sans-IO.
+#[derive(Debug)]
+pub struct Blanker {
+    needles: Needles,
+    carry: Vec<u8>,
+    pub hits: u64,
+}
+
+/// How long bytes that may begin a held credential wait for the rest.
+pub const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl Blanker {
+    pub fn new(needles: Needles) -> Self {
+        Self { needles, carry: Vec::new(), hits: 0 }
+    }
+
+    /// Bytes read from the backend in; what may go to the client now.
+    pub fn push(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.carry);
+        out.extend_from_slice(input);
+        self.hits += self.needles.blank_in_place(&mut out);
+        let keep = self.needles.partial_tail(&out);
+        self.carry = out.split_off(out.len() - keep);
+        out
+    }
+
+    /// The bytes held back, once nothing more is coming soon (or at all).
+    pub fn flush(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.carry)
+    }
+
+    pub fn holding(&self) -> bool {
+        !self.carry.is_empty()
+    }
+}
+
 /// Relays the upgraded connection in its own task until either side
 /// closes or the session is cut (`cut`: max_session, a revoked grant, shutdown).
 /// `frames`: the upgrade is to WebSocket, whose frames are recorded; any
 /// other protocol (SPDY, as older kubectl speaks for exec) is relayed unread.
+/// `scrub`: the backend holds a credential, which it could echo (the
+/// upgrade request carried it): see [`Blanker`].
+#[expect(clippy::too_many_arguments, reason = "one call site; the pieces of one upgraded exchange")]
 pub(super) fn relay(
     audit: Audit,
     session: SessionId,
@@ -127,6 +173,7 @@ pub(super) fn relay(
     (client, server): (OnUpgrade, OnUpgrade),
     cut: tokio_util::sync::CancellationToken,
     frames: bool,
+    scrub: Option<Needles>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let (client, server) = match tokio::try_join!(client, server) {
@@ -169,18 +216,49 @@ pub(super) fn relay(
         let down = async {
             let mut reader = FrameReader::default();
             let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = sr.read(&mut buf).await?;
-                if n == 0 {
-                    let _ = cw.shutdown().await;
-                    return Ok::<_, std::io::Error>(());
-                }
-                let chunk = buf.get(..n).unwrap_or_default();
-                cw.write_all(chunk).await?;
-                for f in reader.feed(if frames { chunk } else { &[] }, cap) {
+            let mut blanker = scrub.map(Blanker::new);
+            let mut pass = async |bytes: &[u8], reader: &mut FrameReader| {
+                cw.write_all(bytes).await?;
+                for f in reader.feed(if frames { bytes } else { &[] }, cap) {
                     record(Direction::Down, f);
                 }
+                Ok::<_, std::io::Error>(())
+            };
+            let result = loop {
+                let read = match blanker.as_ref().is_some_and(Blanker::holding) {
+                    false => sr.read(&mut buf).await,
+                    // Bytes that may begin the credential wait HOLD for the rest.
+                    true => match tokio::time::timeout(HOLD, sr.read(&mut buf)).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            let held = blanker.as_mut().map(Blanker::flush).unwrap_or_default();
+                            pass(&held, &mut reader).await?;
+                            continue;
+                        }
+                    },
+                };
+                let n = read?;
+                if n == 0 {
+                    let held = blanker.as_mut().map(Blanker::flush).unwrap_or_default();
+                    pass(&held, &mut reader).await?;
+                    break Ok::<_, std::io::Error>(());
+                }
+                let chunk = buf.get(..n).unwrap_or_default();
+                match blanker.as_mut() {
+                    Some(b) => pass(&b.push(chunk), &mut reader).await?,
+                    None => pass(chunk, &mut reader).await?,
+                }
+            };
+            if let Some(b) = blanker.as_ref().filter(|b| b.hits > 0) {
+                warn!(
+                    session = %session,
+                    exchange,
+                    copies = b.hits,
+                    "the backend sent the held credential over an upgraded connection; each copy was overwritten"
+                );
             }
+            let _ = cw.shutdown().await;
+            result
         };
         tokio::select! {
             r = async { tokio::try_join!(up, down) } => if let Err(e) = r {
@@ -212,6 +290,40 @@ mod tests {
         assert_eq!(frames[0].payload, b"hello");
         assert_eq!(frames[0].opcode, 1);
         assert_eq!(frames[1].opcode, 8);
+    }
+
+    /// A held credential sent back over an upgraded connection is
+    /// overwritten wherever the reads split it, the stream keeps its length
+    /// (frame headers stay true), and other bytes pass as they are, those
+    /// that only begin a copy of it included.
+    #[test]
+    fn a_held_credential_is_blanked_wherever_the_reads_split_it() {
+        let needles = Needles::new(&[b"Bearer tok-12345678".to_vec(), b"tok-12345678".to_vec()]).unwrap();
+        let mut stream = vec![0x81, 0];
+        stream.extend_from_slice(b"you are Bearer tok-12345678, tok-1234 is not it; again tok-12345678");
+        stream[1] = u8::try_from(stream.len() - 2).unwrap();
+        let mut want = stream.clone();
+        let text = String::from_utf8_lossy(&want[2..]).replace("Bearer tok-12345678", "*******************");
+        let text = text.replace("tok-12345678", "************");
+        want.truncate(2);
+        want.extend_from_slice(text.as_bytes());
+        for size in 1..stream.len() {
+            let mut b = Blanker::new(needles.clone());
+            let mut out = Vec::new();
+            for chunk in stream.chunks(size) {
+                out.extend(b.push(chunk));
+            }
+            out.extend(b.flush());
+            assert_eq!(out, want, "reads of {size}");
+            assert_eq!(b.hits, 2, "reads of {size}");
+        }
+        // A read that ends in the start of a copy holds only those bytes back.
+        let mut b = Blanker::new(needles);
+        assert_eq!(b.push(b"hello Bear"), b"hello ");
+        assert!(b.holding());
+        assert_eq!(b.flush(), b"Bear");
+        assert_eq!(b.push(b"plain"), b"plain");
+        assert!(!b.holding());
     }
 
     #[test]
