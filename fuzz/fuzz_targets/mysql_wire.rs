@@ -58,7 +58,8 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(_) => {}
     }
-    let names = Names { database: Some("db".into()), fold_case: data.first().is_some_and(|b| b & 1 == 1) };
+    let first = data.first().copied().unwrap_or(0);
+    let names = Names { database: Some("db".into()), fold_case: first & 1 == 1, masked: first & 2 == 2 };
     if let Ok(c) = classify(data, &names) {
         assert!(!c.statement.kinds.is_empty(), "a classified statement has a kind");
     }
