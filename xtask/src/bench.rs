@@ -465,18 +465,34 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
         secret.display()
     );
     rig.start_agent(&policy, port)?;
+    // The baseline a user-space relay reaches on this machine: haproxy in tcp
+    // mode (splicing, as Gatehouse does once it records no more), on an
+    // address no rule protects, in front of the unprotected servers.
+    let (hp_rr, hp_sink) =
+        (SocketAddr::from(([127, 10, 200, 4], free_port()?)), SocketAddr::from(([127, 10, 200, 4], free_port()?)));
+    let haproxy = Reaped(haproxy(
+        rig.dir(),
+        &format!(
+            "global\n  maxconn 4000\ndefaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+             frontend rr\n  bind {hp_rr}\n  default_backend rr\nbackend rr\n  server s {}\n\
+             frontend sink\n  bind {hp_sink}\n  default_backend sink\nbackend sink\n  server s {}\n",
+            servers.rr[1], servers.sink[1]
+        ),
+    )?);
+    crate::util::wait_port(&hp_sink.to_string())?;
+    let names = ["direct", "gatehouse", "haproxy"];
     let conc = "8".to_owned();
-    let mut rate = [Vec::new(), Vec::new()];
-    let mut lat = [Vec::new(), Vec::new()];
+    let mut rate = [Vec::new(), Vec::new(), Vec::new()];
+    let mut lat = [Vec::new(), Vec::new(), Vec::new()];
     eprintln!("connection rate: {secs}s rounds, 8 concurrent clients, connect + 1-byte round trip + close");
     for round in 0..3 {
-        for (i, target) in [servers.rr[1], servers.rr[0]].iter().enumerate() {
+        for (i, target) in [servers.rr[1], servers.rr[0], hp_rr].iter().enumerate() {
             let out = rig.client(&["rate".into(), target.to_string(), secs.to_string(), conc.clone()])?;
             let v: serde_json::Value = serde_json::from_str(out.trim())?;
             let r = v["rate"].as_f64().unwrap_or(0.0);
             eprintln!(
                 "  round {round} {:<9} {r:>9.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
-                ["direct", "gatehouse"][i],
+                names[i],
                 v["p50_us"].as_f64().unwrap_or(0.0),
                 v["p99_us"].as_f64().unwrap_or(0.0)
             );
@@ -485,16 +501,17 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
         }
     }
     eprintln!("bulk: {bytes} bytes one way, one connection");
-    let mut bulk = [Vec::new(), Vec::new()];
+    let mut bulk = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..2 {
-        for (i, target) in [servers.sink[1], servers.sink[0]].iter().enumerate() {
+        for (i, target) in [servers.sink[1], servers.sink[0], hp_sink].iter().enumerate() {
             let out = rig.client(&["bulk".into(), target.to_string(), bytes.to_string()])?;
             let v: serde_json::Value = serde_json::from_str(out.trim())?;
             let mbs = v["mb_per_s"].as_f64().unwrap_or(0.0);
-            eprintln!("  round {round} {:<9} {mbs:>9.0} MB/s", ["direct", "gatehouse"][i]);
+            eprintln!("  round {round} {:<9} {mbs:>9.0} MB/s", names[i]);
             bulk[i].push(mbs);
         }
     }
+    drop(haproxy);
     // Slowloris: connections that sent one byte of a PostgreSQL startup and
     // then nothing, held open by the agent until its startup timeout.
     let slow_n = 10_000usize;
@@ -516,14 +533,16 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
     let per_slow = if slow_open > 0.0 { slow_kib / slow_open } else { f64::NAN };
     let per_tcp = if tcp_open > 0.0 { tcp_kib / tcp_open } else { f64::NAN };
 
-    let (rd, rg) = (median(rate[0].clone()), median(rate[1].clone()));
-    let (ld, lg) = (median(lat[0].clone()), median(lat[1].clone()));
-    let (bd, bg) = (median(bulk[0].clone()), median(bulk[1].clone()));
+    let [rd, rg, rh] = rate.map(median);
+    let [ld, lg, lh] = lat.map(median);
+    let [bd, bg, bh] = bulk.map(median);
     println!();
     println!("connect_rate      direct    {rd:>10.0} conn/s   p50 {ld:>6.0} µs");
     println!("connect_rate      gatehouse {rg:>10.0} conn/s   p50 {lg:>6.0} µs");
+    println!("connect_rate      haproxy   {rh:>10.0} conn/s   p50 {lh:>6.0} µs");
     println!("bulk              direct    {bd:>10.0} MB/s");
     println!("bulk              gatehouse {bg:>10.0} MB/s");
+    println!("bulk              haproxy   {bh:>10.0} MB/s");
     println!(
         "idle_rss          gatehouse {per_slow:>10.1} KiB per idle connection, {:.1} MiB with {slow_open} half-sent startups (goal ≤ 64 KiB each)",
         slow_kib / 1024.0
@@ -533,7 +552,11 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
         tcp_kib / 1024.0
     );
     println!("ratio connect_rate gatehouse/direct = {:.2}", rg / rd);
+    println!("ratio connect_rate haproxy/direct = {:.2}", rh / rd);
+    println!("ratio connect_rate gatehouse/haproxy = {:.2}", rg / rh);
     println!("ratio bulk gatehouse/direct = {:.2}", bg / bd);
+    println!("ratio bulk haproxy/direct = {:.2}", bh / bd);
+    println!("ratio bulk gatehouse/haproxy = {:.2}", bg / bh);
     println!("ratio idle_rss gatehouse/goal64k = {:.2}", per_slow / 64.0);
     println!("ratio idle_rss_tcp gatehouse/goal64k = {:.2}", per_tcp / 64.0);
     drop(servers);
@@ -575,6 +598,16 @@ pub(crate) fn haproxy(dir: &Path, config: &str) -> Result<Child> {
         .stderr(Stdio::null())
         .spawn()
         .context("haproxy")
+}
+
+/// A child process ended (by its pid) when this goes out of scope, an error included.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A tcp-mode haproxy configuration: `bind` (host:port) relayed to `server` (host:port).
