@@ -2,9 +2,8 @@
 # (Debian's python3-hypercorn), which switches a connection to HTTP/2 when a
 # request asks with `Upgrade: h2c` — as Apache's mod_http2, Envoy and Go's
 # h2c handler do. Logs every request it serves as one JSON line (method,
-# path, HTTP version, headers, how many requests it was serving) to the file
-# named in argv[2]; prints its port on the first line once it accepts
-# connections.
+# path, HTTP version, headers) to the file named in argv[2]; prints its port on the
+# first line once it accepts connections.
 import asyncio
 import json
 import socket
@@ -19,24 +18,13 @@ host, log_path = sys.argv[1], sys.argv[2]
 log = open(log_path, "a")
 
 
-# Requests being served right now (each log entry says how many, itself included).
-active = 0
-
-
 async def app(scope, receive, send):
-    global active
     if scope["type"] != "http":
         return
     headers = {k.decode("latin1"): v.decode("latin1") for k, v in scope["headers"]}
-    active += 1
-    entry = {"method": scope["method"], "path": scope["path"], "version": scope["http_version"], "headers": headers,
-             "active": active}
+    entry = {"method": scope["method"], "path": scope["path"], "version": scope["http_version"], "headers": headers}
     log.write(json.dumps(entry) + "\n")
     log.flush()
-    # /api/slow/…: answered after 300 ms, so concurrent requests overlap.
-    if scope["path"].startswith("/api/slow/"):
-        await asyncio.sleep(0.3)
-    active -= 1
     body = f"{scope['http_version']} {scope['method']} {scope['path']}".encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})

@@ -29,23 +29,12 @@ pub enum UpstreamError {
     Http(#[source] hyper::Error),
 }
 
-/// How many requests of one session are with the backend at once (sent and
-/// their response not yet read through), and so how many connections a
-/// session opens to it at most. An HTTP/2 client may have 200 streams open on
-/// one connection to the agent; past this, its requests wait their turn
-/// rather than each opening a backend connection of its own (a local user
-/// would otherwise turn one socket into hundreds at the backend).
-pub const MAX_IN_FLIGHT: usize = 16;
-
 /// Per session: where the backend is, how to reach it, idle connections.
 pub struct Pool {
     addr: SocketAddr,
     mark: u32,
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     idle: std::sync::Mutex<Vec<SendRequest<UpBody>>>,
-    /// [`MAX_IN_FLIGHT`] permits; a request holds one until its connection
-    /// can take another (its response read through, or the connection gone).
-    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Pool {
@@ -54,13 +43,7 @@ impl Pool {
         mark: u32,
         tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            addr,
-            mark,
-            tls,
-            idle: std::sync::Mutex::new(Vec::new()),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
-        })
+        Arc::new(Self { addr, mark, tls, idle: std::sync::Mutex::new(Vec::new()) })
     }
 
     /// Sends one request; the connection goes back to the pool once it can
@@ -69,8 +52,6 @@ impl Pool {
         self: &Arc<Self>,
         req: http::Request<UpBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
-        // The semaphore is never closed: `ok()` is always a permit.
-        let permit = self.in_flight.clone().acquire_owned().await.ok();
         let mut sender = loop {
             let next = crate::proxy::lock(&self.idle).pop();
             match next {
@@ -88,7 +69,6 @@ impl Pool {
             {
                 crate::proxy::lock(&pool.idle).push(sender);
             }
-            drop(permit);
         });
         Ok(resp)
     }
