@@ -1,4 +1,5 @@
-//! A WebSocket upgrade: bytes relayed both ways as they are, and every
+//! A WebSocket upgrade: bytes relayed both ways as they are (save copies of
+//! a held credential from the backend, overwritten: [`Blanker`]), and every
 //! frame recorded (`ws_frame` records: direction, opcode, length, and the
 //! payload, unmasked from the client's XOR key, up to `record_max_bytes`).
 //!
@@ -245,18 +246,22 @@ pub(super) fn relay(
                 }
                 let chunk = buf.get(..n).unwrap_or_default();
                 match blanker.as_mut() {
-                    Some(b) => pass(&b.push(chunk), &mut reader).await?,
+                    Some(b) => {
+                        let before = b.hits;
+                        let out = b.push(chunk);
+                        if b.hits > before {
+                            warn!(
+                                session = %session,
+                                exchange,
+                                copies = b.hits - before,
+                                "the backend sent the held credential over an upgraded connection; each copy was overwritten"
+                            );
+                        }
+                        pass(&out, &mut reader).await?;
+                    }
                     None => pass(chunk, &mut reader).await?,
                 }
             };
-            if let Some(b) = blanker.as_ref().filter(|b| b.hits > 0) {
-                warn!(
-                    session = %session,
-                    exchange,
-                    copies = b.hits,
-                    "the backend sent the held credential over an upgraded connection; each copy was overwritten"
-                );
-            }
             let _ = cw.shutdown().await;
             result
         };
