@@ -238,9 +238,11 @@ fn impostor(mut c: Box<dyn Conn>, auth: Auth, seen: &Mutex<Seen>) {
             if auth == Auth::PrematureOk {
                 send(c, &ok_and_ready());
             } else {
-                // The client's nonce, from "n,,n=,r=<nonce>".
+                // The client's nonce, from "n,,n=,r=<nonce>": after the one
+                // ",r=" (a nonce has no comma, but may hold "r=": its
+                // characters are any printable ASCII but ',').
                 let text = String::from_utf8_lossy(&first);
-                let nonce = text.split("r=").nth(1).unwrap_or_default().trim_end_matches('\0').to_owned();
+                let nonce = text.split_once(",r=").map_or("", |(_, n)| n).trim_end_matches('\0').to_owned();
                 let server_first = format!("r={nonce}impostor,s=c2FsdHNhbHRzYWx0c2FsdA==,i=4096");
                 send(c, &auth_msg(11, server_first.as_bytes()));
                 if read_msg(c, seen).is_none() {
