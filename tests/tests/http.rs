@@ -1655,7 +1655,9 @@ paths = ["/admin/*"]
 /// A backend that holds a credential could send it back over a WebSocket
 /// (the upgrade request carried it), as it could in a response body: every
 /// copy is overwritten as the bytes pass, and permessage-deflate, which would
-/// hide one in compressed frames, is not offered to it.
+/// hide one in compressed frames, is not offered to it. A session cookie it
+/// sets in the 101 answer is a credential of its own, dropped as from any
+/// response.
 #[test]
 fn a_held_credential_does_not_come_back_over_a_websocket() {
     let mut env = Env::new("http-wsheld");
@@ -1688,12 +1690,19 @@ async def m():
         print(await ws.recv())
         await ws.send('and an echo')
         print(await ws.recv())
+        print('cookie', ws.response_headers.get('Set-Cookie'))
 asyncio.run(m())
 "#;
     let o = env.run_as(&ana, None, Path::new("/usr/bin/python3"), &["-c", script, &format!("ws://{}/whoami", ws.addr)]);
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     let blank = format!("you are {}", "*".repeat(format!("Bearer {HELD_TOKEN}").len()));
-    assert_eq!(out, format!("{blank}\nand an echo\n"), "{}\n{}", String::from_utf8_lossy(&o.stderr), env.agent_log());
+    assert_eq!(
+        out,
+        format!("{blank}\nand an echo\ncookie None\n"),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        env.agent_log()
+    );
     // The recorded frames hold no copy either.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
@@ -1711,4 +1720,12 @@ asyncio.run(m())
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(env.agent_log().contains("the backend sent the held credential over an upgraded connection"));
+    // The session cookie the service set in answer to the held credential stayed here.
+    let recs = http_records(&env.db());
+    assert!(
+        recs.iter().any(|(k, b, _)| k == "http"
+            && b["status"] == 101
+            && b["credentials"].as_str().is_some_and(|c| c.contains("backend Set-Cookie dropped (1)"))),
+        "{recs:?}"
+    );
 }

@@ -567,6 +567,14 @@ impl Shared {
             if let Some(n) = &scrub {
                 scrub_headers(n, resp.headers_mut());
             }
+            // As for any response (below): a cookie set in answer to the
+            // held credential stays here.
+            if injected && resp.headers().contains_key(header::SET_COOKIE) {
+                let n = resp.headers().get_all(header::SET_COOKIE).iter().count();
+                resp.headers_mut().remove(header::SET_COOKIE);
+                let note = format!("backend Set-Cookie dropped ({n})");
+                pending.credentials = Some(pending.credentials.take().map_or(note.clone(), |c| format!("{c}; {note}")));
+            }
             let headers = resp.headers().clone();
             let server_upgrade = hyper::upgrade::on(&mut resp);
             pending.record(&agent.audit, Some(101), header_list(&headers), take_req(), Summary::default(), None);

@@ -15,8 +15,16 @@ async def echo(ws, path=None):
         await ws.send(msg)
 
 
+def cookie(path, request_headers):
+    # A service that starts a session for whoever the request says it is
+    # (the Authorization it carried) and hands back its cookie.
+    if request_headers.get("Authorization"):
+        return [("Set-Cookie", "session=svc-7f3a91; HttpOnly")]
+    return []
+
+
 async def main():
-    async with websockets.serve(echo, sys.argv[1], 0) as server:
+    async with websockets.serve(echo, sys.argv[1], 0, extra_headers=cookie) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         print(port, flush=True)
         await asyncio.Future()
