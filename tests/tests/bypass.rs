@@ -26,6 +26,8 @@ struct World {
     rep: String,
     /// `pathers`: select, SET ROLE, create, alter, drop and revoke, never a table in `hr` or `hr_reader`.
     pat: String,
+    /// `coders`: select, create and define code (but not call it), never a table in `hr`.
+    cody: String,
 }
 
 /// Objects a user could reach: each piece of code writes to `pwned` before
@@ -74,6 +76,8 @@ fn world(name: &str) -> World {
     let rep = env.user("rep", &[&reporters]);
     let pathers = env.group("pathers");
     let pat = env.user("pat", &[&pathers]);
+    let coders = env.group("coders");
+    let cody = env.user("cody", &[&coders]);
     let pg = PgServer::start(&env.dir, &loopback(60), free_port(), "log_statement = 'all'\nlog_min_messages = info\n");
     pg.admin_db("appdb", FIXTURE);
     // One shared login for everyone: the policy is the only difference.
@@ -125,6 +129,13 @@ who = {{ groups = ["{pathers}"] }}
 backend = "appdb"
 statements = ["select", "set_role", "create", "revoke", "alter", "drop"]
 deny_tables = ["hr.*", "hr_reader.*"]
+
+[[rule]]
+name = "coders"
+who = {{ groups = ["{coders}"] }}
+backend = "appdb"
+statements = ["select", "create", "define_code"]
+deny_tables = ["hr.*"]
 "#,
         addr = pg.addr(),
         app = pg::APP_ROLE,
@@ -132,7 +143,7 @@ deny_tables = ["hr.*", "hr_reader.*"]
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    World { pg, env, ana, dev, rep, pat }
+    World { pg, env, ana, dev, rep, pat, cody }
 }
 
 impl World {
@@ -941,4 +952,50 @@ s.sendall(msg(b"X", b""))
         "statements that ran are recorded as such: {stmts:#?}"
     );
     w.assert_server_untouched();
+}
+
+/// A name defined in a pipelined exchange counts as user code until a catalog
+/// read that began after its own exchange ended. It was settled by the end of
+/// an *earlier* exchange of the pipeline: the catalog read that started then
+/// ran before the definition committed, and, once installed, took the name
+/// off the pending list, so a call made while the definition was still
+/// running was decided as the built-in of that name. Here cody (select and
+/// define_code, never `hr`) defines `public.upper(int)` — it writes to
+/// `pwned` and reads `hr.salaries` — behind a `SELECT 1`, then calls
+/// `upper(42)` while the definition's transaction is still busy.
+#[test]
+fn a_pipelined_definition_counts_as_user_code_until_read_back() {
+    let w = world("bypipedef");
+    let out = w.python(
+        &w.cody,
+        &format!(
+            "{}{}",
+            pg::RAW_CLIENT_PY,
+            r#"
+import time
+def values(frames): return [f[1][6:].decode() for f in frames if f[0] == b"D"]
+define = ("BEGIN; CREATE FUNCTION public.upper(i int) RETURNS text LANGUAGE plpgsql AS $f$ "
+          "DECLARE r text; BEGIN INSERT INTO pwned VALUES ('upper(int)'); "
+          "EXECUTE 'SELECT string_agg(amount::text, '','') FROM hr.' || 'salaries' INTO r; RETURN r; END $f$; "
+          "SELECT count(*) FROM generate_series(1, 30000000); COMMIT")
+s.sendall(msg(b"Q", cstr("SELECT 1")) + msg(b"Q", cstr(define)))
+a = answer(); print("first", codes(a), values(a), flush=True)
+time.sleep(0.5)
+s.sendall(msg(b"Q", cstr("SELECT upper(42) /* attack_pipelined_def */")))
+d = answer(); print("define", codes(d), flush=True)
+c = answer(); print("call", codes(c), values(c), flush=True)
+s.sendall(msg(b"X", b""))
+"#
+        ),
+    );
+    assert!(
+        out.contains("define ['C', 'C', 'T', 'D', 'C', 'C', 'Z']"),
+        "the definition ran: {out}\n{}",
+        w.env.agent_log()
+    );
+    assert!(out.contains("call ['42501', 'Z']"), "{out}\n{}", w.env.agent_log());
+    assert!(!out.contains("123456"), "{out}");
+    assert!(!w.pg.log().contains("attack_pipelined_def"), "the call reached the server");
+    // The definition itself was allowed; its code never ran.
+    assert_eq!(w.count("SELECT count(*) FROM pwned"), 0, "upper(int) ran");
 }

@@ -40,6 +40,8 @@ struct Key {
 #[derive(Debug, Clone)]
 struct Pending {
     session: SessionId,
+    /// The session's exchange that carried it (see [`Entry::settle`]).
+    epoch: u64,
     what: Defined,
     name: QualName,
     /// When the defining session's transaction ended (committed or not).
@@ -100,11 +102,12 @@ impl Entry {
         lock(&self.state).loaded.is_none_or(|t| t.elapsed() >= interval)
     }
 
-    /// Notes names `session` is defining (before the statement runs).
-    pub fn add_pending(&self, session: SessionId, defs: &[(Defined, QualName)]) {
+    /// Notes names `session` is defining in exchange `epoch` (before the
+    /// statement runs).
+    pub fn add_pending(&self, session: SessionId, epoch: u64, defs: &[(Defined, QualName)]) {
         let mut st = lock(&self.state);
         for (what, name) in defs {
-            st.pending.push(Pending { session, what: *what, name: name.clone(), settled: None });
+            st.pending.push(Pending { session, epoch, what: *what, name: name.clone(), settled: None });
         }
     }
 
@@ -115,14 +118,22 @@ impl Entry {
     }
 
     /// `session` is outside a transaction with the exchanges before `done`
-    /// answered (`u64::MAX`: the session ended): its moving statements of
-    /// those exchanges are settled (a pipelined one of a later exchange
-    /// has not run yet). Whether any was.
-    pub fn settle_moving(&self, session: SessionId, done: u64) -> bool {
-        let mut st = lock(&self.state);
+    /// answered (`u64::MAX`: the session ended): its definitions and moving
+    /// statements of those exchanges are final (or gone), and a read that
+    /// begins from now on has them. A pipelined one of a later exchange has
+    /// not run yet and stays unsettled. Whether any was settled.
+    pub fn settle(&self, session: SessionId, done: u64) -> bool {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         let now = Instant::now();
         let mut any = false;
-        for m in st.moving.iter_mut().filter(|m| m.session == session && m.settled.is_none() && m.epoch < done) {
+        let mine =
+            |s: SessionId, epoch: u64, settled: Option<Instant>| s == session && settled.is_none() && epoch < done;
+        for p in st.pending.iter_mut().filter(|p| mine(p.session, p.epoch, p.settled)) {
+            p.settled = Some(now);
+            any = true;
+        }
+        for m in st.moving.iter_mut().filter(|m| mine(m.session, m.epoch, m.settled)) {
             m.settled = Some(now);
             any = true;
         }
@@ -142,19 +153,6 @@ impl Entry {
         let st = lock(&self.state);
         let cat = st.catalog.clone()?;
         Some(((cat, st.pending.iter().map(|p| (p.what, p.name.clone())).collect()), !st.moving.is_empty()))
-    }
-
-    /// `session`'s transaction ended: its definitions are final (or gone)
-    /// and the next read settles them.
-    pub fn settle(&self, session: SessionId) -> bool {
-        let mut st = lock(&self.state);
-        let now = Instant::now();
-        let mut any = false;
-        for p in st.pending.iter_mut().filter(|p| p.session == session && p.settled.is_none()) {
-            p.settled = Some(now);
-            any = true;
-        }
-        any
     }
 
     fn install(&self, catalog: Catalog, started: Instant) {
@@ -476,6 +474,28 @@ mod tests {
         assert!(Arc::ptr_eq(&cache.entry(key("other")), &newer));
     }
 
+    /// A name defined in a pipelined exchange is not settled by an earlier
+    /// exchange's end: a read that begins then may not have it yet (the
+    /// definition has not run), so it stays pending for every session until
+    /// a read that began after its own exchange ended.
+    #[test]
+    fn a_pipelined_definition_stays_pending_until_its_own_exchange_ends() {
+        let entry = super::Entry::default();
+        let a = crate::types::SessionId::new();
+        let lower = crate::sql::QualName { schema: Some("public".into()), name: "lower".into() };
+        entry.install(Catalog::default(), Instant::now());
+        entry.add_pending(a, 7, &[(crate::sql::Defined::Function, lower.clone())]);
+        let pending = |e: &super::Entry| e.snapshot().map(|(_, p)| p).unwrap_or_default();
+        assert!(!entry.settle(a, 7), "exchange 6's end says nothing of exchange 7");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        entry.install(Catalog::default(), Instant::now());
+        assert_eq!(pending(&entry), [(crate::sql::Defined::Function, lower)]);
+        assert!(entry.settle(a, 8));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        entry.install(Catalog::default(), Instant::now());
+        assert!(pending(&entry).is_empty());
+    }
+
     /// A session's rename counts for every session of the login until a
     /// read that began after its transaction ended.
     #[test]
@@ -488,9 +508,9 @@ mod tests {
         assert!(entry.names_moved());
         entry.install(Catalog::default(), before);
         assert!(entry.names_moved(), "still open");
-        assert!(!entry.settle_moving(a, 4), "an earlier exchange's end says nothing of exchange 4");
-        assert!(!entry.settle_moving(b, 9));
-        assert!(entry.settle_moving(a, 5));
+        assert!(!entry.settle(a, 4), "an earlier exchange's end says nothing of exchange 4");
+        assert!(!entry.settle(b, 9));
+        assert!(entry.settle(a, 5));
         entry.install(Catalog::default(), before);
         assert!(entry.names_moved(), "a read that began before it ended");
         std::thread::sleep(std::time::Duration::from_millis(2));

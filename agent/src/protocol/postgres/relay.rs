@@ -508,7 +508,7 @@ pub(super) async fn run(
     }
     // An open transaction that defined code or moved names ended with the
     // session (settled whatever it was, so it holds no other session up).
-    let settled = db.catalog.settle(ctx.id) | db.catalog.settle_moving(ctx.id, u64::MAX);
+    let settled = db.catalog.settle(ctx.id, u64::MAX);
     if defined || settled {
         super::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
     }

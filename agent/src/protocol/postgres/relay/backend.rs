@@ -467,16 +467,17 @@ fn on_backend(
                 }
                 sh.path.error_since = false;
                 refresh = std::mem::take(&mut sh.defined_in_txn) | std::mem::take(&mut sh.ddl_done);
-                // Read again once what moved names is settled, so that no
-                // session resolves them as moved for longer than that.
-                refresh |= db.catalog.settle_moving(ctx.id, done);
+                // Read again once what defined or moved names is settled
+                // (only this exchange's and earlier ones': a pipelined
+                // definition has not run yet), so that no session counts them
+                // as pending for longer than that.
+                refresh |= db.catalog.settle(ctx.id, done);
             }
             drop(sh);
             for f in skipped {
                 sink.end(ctx, f, None, Some("not executed: an earlier statement of the exchange failed".into()));
             }
             if refresh {
-                db.catalog.settle(ctx.id);
                 crate::protocol::postgres::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
             }
             sink.rows.end();

@@ -1124,7 +1124,7 @@ fn effects_at_forward(
     }
     drop(sh);
     if !s.effects.defines.is_empty() {
-        db.catalog.add_pending(ctx.id, &s.effects.defines);
+        db.catalog.add_pending(ctx.id, epoch, &s.effects.defines);
     }
     if s.effects.moves_names {
         db.catalog.add_moving(ctx.id, epoch);
