@@ -1042,7 +1042,7 @@ fn opaque(s: &Statement) -> bool {
 /// leave the path known but let a name reach past any schema holding it
 /// (the catalog entry's `moving` list), until the catalog is read again.
 fn unsettles_path(s: &Statement) -> bool {
-    opaque(s) || s.effects.local_search_path || s.kinds.contains(&Kind::SetRole)
+    changes_role(s) || s.effects.local_search_path
 }
 
 /// Whether the current role may change: `SET ROLE`, `SET SESSION
