@@ -25,6 +25,8 @@ struct World {
     eve: String,
     /// Masked by detectors only (no field rules): text bodies pass, scanned.
     ida: String,
+    /// May GET any path that no deny rule names.
+    ben: String,
 }
 
 fn world(name: &str) -> World {
@@ -32,6 +34,7 @@ fn world(name: &str) -> World {
     let ana = env.user("ana", &[]);
     let eve = env.user("eve", &[]);
     let ida = env.user("ida", &[]);
+    let ben = env.user("ben", &[]);
     let api = PyServer::http(&env.dir, &loopback(1));
     let ws = PyServer::ws_echo(&env.dir, &loopback(2));
     let token = gatehouse_e2e::pg::password_file(&env.dir, "api.token", HELD_TOKEN);
@@ -86,6 +89,12 @@ max_body = "1KiB"
 pass_client_auth = true
 
 [[rule]]
+name = "ben reads anything but what is denied"
+who = {{ users = ["{ben}"] }}
+backends = ["orders-api"]
+methods = ["GET"]
+
+[[rule]]
 name = "no admin"
 who = {{ users = ["*"] }}
 backends = ["orders-api"]
@@ -125,7 +134,7 @@ mask = "cards"
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
-    World { env, api, ws, ana, eve, ida }
+    World { env, api, ws, ana, eve, ida, ben }
 }
 
 /// `request` sent as it is to the API backend's address by `user` (a client
@@ -1728,4 +1737,38 @@ asyncio.run(m())
             && b["credentials"].as_str().is_some_and(|c| c.contains("backend Set-Cookie dropped (1)"))),
         "{recs:?}"
     );
+}
+
+/// A deny rule's path written with letters outside ASCII that a backend
+/// routing case-insensitively by Unicode rules reads as the denied ASCII
+/// path: the dotless `ı` (U+0131) and `İ` (U+0130) are `i`, the long `ſ`
+/// (U+017F) is `s` to Python's `re` with `IGNORECASE` (as Django's `(?i)`
+/// patterns route) and to Java's `equalsIgnoreCase`. The backend here
+/// routes `(?i)^/admin/` that way; ben may GET any path no deny rule names,
+/// and `/admin/*` is denied to everyone.
+#[test]
+fn a_denied_path_spelled_with_unicode_case_variants_is_refused() {
+    let w = world("httpunicase");
+    let url = |p: &str| format!("http://{}{p}", w.api.addr);
+    // The backend does route these as its admin area (asked directly).
+    let direct =
+        std::process::Command::new("/usr/bin/curl").args(["-s", &url("/adm%C4%B1n/users")]).output().expect("curl");
+    assert_eq!(String::from_utf8_lossy(&direct.stdout), "admin area: user list");
+    let before = w.api.requests().len();
+    let (ok, err) = curl(&w, &w.ben, &["-s", "-w", " %{http_code}", &url("/api/v1/notes")]);
+    assert!(ok.ends_with(" 200"), "ben's allowed GET: {ok}{err}\n{}", w.env.agent_log());
+    for path in ["/adm%C4%B1n/users", "/ADM%C4%B0N/users", "/adm%C4%B1n/u%C5%BFers"] {
+        let (out, err) = curl(&w, &w.ben, &["-s", &url(path)]);
+        assert!(!out.contains("admin area"), "{path}: the backend's admin area answered ben: {out}");
+        let refusal = json(&out);
+        assert_eq!(
+            (refusal["status"].as_u64(), refusal["rule"].as_str()),
+            (Some(403), Some("no admin")),
+            "{path}: {out}{err}"
+        );
+    }
+    // What the server received: ben's allowed request, and none of the others.
+    let got: Vec<String> =
+        w.api.requests().iter().skip(before).filter_map(|r| r["path"].as_str().map(str::to_owned)).collect();
+    assert_eq!(got, ["/api/v1/notes"], "the backend received: {got:?}");
 }

@@ -469,6 +469,7 @@ pub struct HttpRequest<'a> {
 fn deny_value_matches(pattern: &str, v: &str) -> bool {
     glob(pattern.as_bytes(), v.as_bytes())
         || (v.contains('%') && glob(pattern.as_bytes(), &percent_decode_lenient(v.as_bytes())))
+        || ascii_case_fold(v).is_some_and(|f| glob(pattern.as_bytes(), f.as_bytes()))
 }
 
 /// The paths a backend may route `path` as, for deny rules: with and
@@ -476,16 +477,61 @@ fn deny_value_matches(pattern: &str, v: &str) -> bool {
 /// `/admin`, and `/admin` is what a `/admin/*` rule means to keep out), and
 /// without a format suffix on the last segment (Rails routes
 /// `/orders/7.json` as `/orders/7`, as Spring's suffix matching did).
+///
+/// And each of those with the letters outside ASCII that change case *into*
+/// ASCII written as those ASCII letters ([`ascii_case_fold`]): a backend
+/// that routes case-insensitively with Unicode case rules reads
+/// `/adm%C4%B1n/users` (a dotless `ı`) as `/admin/users` — Python's `re`
+/// with `IGNORECASE` (Django's `(?i)` patterns), Java's `equalsIgnoreCase`,
+/// `upper()`/`casefold()` before a comparison.
 fn deny_path_forms(path: &str) -> Vec<String> {
-    let base = path.trim_end_matches('/');
-    let mut forms = vec![path.to_owned(), base.to_owned(), format!("{base}/")];
-    let last = base.rsplit('/').next().unwrap_or("");
-    if let Some(dot) = last.rfind('.').filter(|&d| d > 0) {
-        let stem = base.get(..base.len() - last.len() + dot).unwrap_or(base);
-        forms.push(stem.to_owned());
-        forms.push(format!("{stem}/"));
+    let mut forms = Vec::new();
+    let folded = ascii_case_fold(path);
+    for path in std::iter::once(path).chain(folded.as_deref()) {
+        let base = path.trim_end_matches('/');
+        forms.extend([path.to_owned(), base.to_owned(), format!("{base}/")]);
+        let last = base.rsplit('/').next().unwrap_or("");
+        if let Some(dot) = last.rfind('.').filter(|&d| d > 0) {
+            let stem = base.get(..base.len() - last.len() + dot).unwrap_or(base);
+            forms.push(stem.to_owned());
+            forms.push(format!("{stem}/"));
+        }
     }
     forms
+}
+
+/// `s` with every non-ASCII character whose upper or lower case is ASCII
+/// replaced by that ASCII (`ı` U+0131 → `I`, `İ` U+0130 → `i`, `ſ` U+017F →
+/// `S`, the Kelvin sign U+212A → `k`, `ß` → `SS`, the ligatures `ﬁ` → `FI`
+/// and kin), for deny rules, which compare ASCII case-insensitively; `None`
+/// when nothing changes.
+fn ascii_case_fold(s: &str) -> Option<String> {
+    if s.is_ascii() {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut changed = false;
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c);
+            continue;
+        }
+        let upper: String = c.to_uppercase().collect();
+        let lower: String = c.to_lowercase().collect();
+        // `ẞ` (U+1E9E) lowers to `ß`, which uppers to `SS`.
+        let upper_of_lower: String = lower.chars().flat_map(char::to_uppercase).collect();
+        // `İ` lowers to `i` and a combining dot above (U+0307), which Java's
+        // per-character `toLowerCase` and Python's `re` leave out.
+        let dotless = lower.strip_suffix('\u{307}').unwrap_or(&lower);
+        match [upper.as_str(), dotless, upper_of_lower.as_str()].into_iter().find(|f| f.is_ascii()) {
+            Some(f) => {
+                out.push_str(f);
+                changed = true;
+            }
+            None => out.push(c),
+        }
+    }
+    changed.then_some(out)
 }
 
 /// A query parameter's name as web frameworks read it: up to its first `[`
@@ -1008,6 +1054,13 @@ paths = ["/api/admin/*"]
             ..HttpScope::default()
         };
         assert!(stray.deny_matches(&req("GET", "/x", &parse_query("action=%2563ancel%25zz").unwrap(), &h)));
+        // A value with a letter outside ASCII that Unicode case rules read as ASCII (`ſ`, U+017F).
+        let dis = HttpScope {
+            query: vec![ValueCond { name: "mode".into(), pattern: "disable".into() }],
+            ..HttpScope::default()
+        };
+        assert!(dis.deny_matches(&req("GET", "/x", &parse_query("mode=di%C5%BFable").unwrap(), &h)));
+        assert!(!dis.deny_matches(&req("GET", "/x", &parse_query("mode=di%C3%A9able").unwrap(), &h)));
     }
 
     #[test]
@@ -1029,6 +1082,26 @@ paths = ["/api/admin/*"]
             assert!(!deny.deny_matches(&req("GET", p, &[], &h)), "{p}");
         }
         assert_eq!(deny_path_forms("/"), ["/", "", "/"]);
+        // Letters outside ASCII that a Unicode-aware case-insensitive router reads as ASCII.
+        for p in [
+            "/adm\u{131}n/users",
+            "/adm\u{130}n",
+            "/ADM\u{130}N/x",
+            "/api/v1/export.c\u{17f}v",
+            "/api/v1/\u{212a}xport",
+        ] {
+            let denied = deny.deny_matches(&req("GET", p, &[], &h));
+            assert_eq!(denied, !p.contains('\u{212a}'), "{p}");
+        }
+        let keys =
+            HttpScope { paths: vec!["/keys/*".into(), "/password".into(), "/files/*".into()], ..HttpScope::default() };
+        for p in ["/\u{212a}eys/1", "/pa\u{df}word", "/\u{fb01}les/a", "/pa\u{1e9e}word"] {
+            assert!(keys.deny_matches(&req("GET", p, &[], &h)), "{p}");
+        }
+        for p in ["/k\u{e9}ys/1", "/\u{212b}/x", "/caf\u{e9}"] {
+            assert!(!keys.deny_matches(&req("GET", p, &[], &h)), "{p}");
+            assert_eq!(ascii_case_fold(p), None, "{p}");
+        }
         // A GET handler runs for HEAD too.
         let gets = HttpScope { methods: vec!["GET".into()], ..HttpScope::default() };
         assert!(gets.deny_matches(&req("HEAD", "/x", &[], &h)));

@@ -6,6 +6,7 @@
 import gzip
 import http.server
 import json
+import re
 import urllib.parse
 import sys
 
@@ -187,6 +188,10 @@ class H(http.server.BaseHTTPRequestHandler):
             if "br=1" in self.path:
                 return self.reply(200, payload, "application/json", "br", extra)
             return self.reply(200, payload, "application/json", None, extra)
+        if re.match(r"^/admin/", urllib.parse.unquote(path), re.IGNORECASE):
+            # Routed as Django routes a `re_path(r"(?i)^admin/")` pattern: Python's
+            # re matches `ı`, `İ`, `ſ` and the Kelvin sign to ASCII letters.
+            return self.reply(200, b"admin area: user list", "text/plain")
         if path == "/image":
             return self.reply(200, b"\x89PNG....", "image/png")
         return self.reply(200, ("ok " + self.command + " " + self.path).encode(), "text/plain")
