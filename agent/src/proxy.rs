@@ -241,6 +241,8 @@ pub struct Agent {
     pub refusals: Refusals,
     /// A spare descriptor for accepting (and closing) under EMFILE.
     pub spare_fd: limits::Spare,
+    /// Connections to backends held per local user (`max_connections_per_user`).
+    pub per_user: Arc<limits::PerUser>,
     pub accept_log: limits::RateLimited,
     /// The descriptor limit in force.
     pub nofile: u64,
@@ -442,6 +444,7 @@ pub async fn run(
             DiskReserve::new(&settings.audit_db, settings.audit_disk_reserve),
         ),
         spare_fd: limits::Spare::new(),
+        per_user: limits::PerUser::new(settings.max_connections_per_user),
         accept_log: limits::RateLimited::new(Duration::from_secs(10)),
         nofile,
         tls_configs: std::sync::Mutex::new(HashMap::new()),

@@ -65,6 +65,9 @@ pub struct AgentRaw {
     /// Query, Bind or COPY data) and MySQL packets may take in relay buffers
     /// across every session together (default 1 GiB).
     pub large_message_budget: Option<u64>,
+    /// Connections to backends the agent holds for one local user at once
+    /// (default 1024; root is not counted): see `proxy::limits::PerUser`.
+    pub max_connections_per_user: Option<u32>,
     /// Prometheus metrics and `/healthz`: `"127.0.0.1:9187"` (loopback
     /// only) or `"unix:/run/gatehouse/metrics.sock"`. Off when absent.
     pub metrics: Option<String>,
@@ -101,6 +104,8 @@ pub struct Settings {
     pub audit_disk_reserve: u64,
     /// See [`AgentRaw::large_message_budget`].
     pub large_message_budget: usize,
+    /// See [`AgentRaw::max_connections_per_user`].
+    pub max_connections_per_user: usize,
     /// Where `/metrics` and `/healthz` are served; `None`: not at all.
     pub metrics: Option<crate::metrics::Listen>,
     /// Where committed audit records are shipped, if anywhere.
@@ -193,6 +198,16 @@ impl Settings {
                     });
                 }
                 Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
+            },
+            max_connections_per_user: match raw.max_connections_per_user {
+                None => 1024,
+                Some(0) => {
+                    return Err(SettingsError::Invalid {
+                        field: "max_connections_per_user",
+                        message: "must be at least 1".into(),
+                    });
+                }
+                Some(n) => n as usize,
             },
             metrics: raw
                 .metrics

@@ -224,3 +224,165 @@ statements = ["select"]
     assert_eq!(cut.len(), 300, "{:#?}", sessions.first());
     assert_eq!(env.status()["sessions"]["active"], 0);
 }
+
+/// Holds PostgreSQL connections open: tries `n` (keeping those that open),
+/// prints `{"opened": k, "errors": [...]}`, waits for a line on stdin, closes
+/// the first one, tries once more and prints `{"again": true|error}`.
+const HOLD_PG_PY: &str = r#"
+import json, socket, struct, sys, psycopg2
+url, n = sys.argv[1], int(sys.argv[2])
+def sqlstate():
+    # libpq keeps a failed login's SQLSTATE to itself: ask once more on the wire.
+    kv = dict(p.split("=", 1) for p in url.split())
+    s = socket.create_connection((kv["host"], int(kv["port"])), timeout=10)
+    body = b"user\x00x\x00database\x00appdb\x00\x00"
+    s.sendall(struct.pack("!ii", 8 + len(body), 196608) + body)
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    fields = data[5:].split(b"\x00") if data[:1] == b"E" else []
+    return next((f[1:].decode() for f in fields if f[:1] == b"C"), None)
+held, errors = [], []
+for _ in range(n):
+    try:
+        c = psycopg2.connect(url)
+        c.cursor().execute("SELECT 1")
+        held.append(c)
+    except psycopg2.Error as e:
+        errors.append({"sqlstate": sqlstate(), "message": str(e).strip()})
+print(json.dumps({"opened": len(held), "errors": errors}), flush=True)
+sys.stdin.readline()
+held.pop(0).close()
+try:
+    c = psycopg2.connect(url)
+    c.cursor().execute("SELECT 1")
+    again = True
+except psycopg2.Error as e:
+    again = str(e).strip()
+print(json.dumps({"again": again}), flush=True)
+sys.stdin.readline()
+"#;
+
+/// Node's http2 client: `n` requests at once on one connection (prior
+/// knowledge), each to `/api/slow/<i>` (answered after 300 ms); prints the
+/// statuses it got, sorted.
+const H2_STREAMS_JS: &str = r#"
+const http2 = require('http2');
+const [url, n] = [process.argv[1], Number(process.argv[2])];
+const c = http2.connect(url);
+const statuses = [];
+let done = 0;
+for (let i = 0; i < n; i++) {
+  const r = c.request({ ':path': `/api/slow/${i}` });
+  r.on('response', (h) => statuses.push(h[':status']));
+  r.resume();
+  r.on('close', () => { if (++done === n) { console.log(JSON.stringify(statuses.sort())); c.close(); } });
+}
+c.on('error', (e) => { console.log(`error ${e.message}`); process.exit(1); });
+"#;
+
+/// `max_connections_per_user`: one local user cannot take every connection
+/// the agent can open to a backend (its source ports towards one address
+/// are shared by all users). ana's fourth PostgreSQL connection is refused
+/// with `53300` while three are open — the server has three sessions of the
+/// login, not four — and ben still connects; once one closes, ana may open
+/// another. An HTTP/2 client's concurrent streams count one connection each:
+/// of six requests at once, three reach the backend and three get `503`.
+#[test]
+fn one_user_holds_at_most_max_connections_per_user() {
+    let mut env = Env::new("peruser");
+    let ana = env.user("ana", &[]);
+    let ben = env.user("ben", &[]);
+    let pg = PgServer::start(&env.dir, &loopback(41), free_port(), "");
+    let api = gatehouse_e2e::http::PyServer::h2c(&env.dir, &loopback(42));
+    let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
+    let policy = format!(
+        r#"
+[agent]
+shutdown_grace = "1s"
+max_connections_per_user = 3
+
+[[backend]]
+name = "appdb"
+protocol = "postgres"
+address = "{addr}"
+tls = "off"
+credentials = {{ user = "{app}", password_file = "{s}" }}
+
+[[backend]]
+name = "api"
+protocol = "http"
+address = "{api}"
+
+[[rule]]
+name = "both read"
+who = {{ users = ["{ana}", "{ben}"] }}
+backends = ["appdb"]
+statements = ["select"]
+
+[[rule]]
+name = "ana reads the api"
+who = {{ users = ["{ana}"] }}
+backends = ["api"]
+methods = ["GET"]
+"#,
+        addr = pg.addr(),
+        app = pg::APP_ROLE,
+        s = secret.display(),
+        api = api.addr,
+    );
+    let config = env.write_policy("policy.toml", &policy);
+    env.start_agent(&config);
+    let sessions = || pg.admin(&format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'", pg::APP_ROLE));
+    let url = |u: &str| format!("host={} port={} dbname=appdb user={u}", pg.host, pg.port);
+
+    let mut hold = env.spawn_as(&ana, None, Path::new("/usr/bin/python3"), &["-c", HOLD_PG_PY, &url(&ana), "4"]);
+    let first = read_json_line(&mut hold);
+    assert_eq!(first["opened"], 3, "{first}\n{}", env.agent_log());
+    let refused = &first["errors"][0];
+    assert_eq!(refused["sqlstate"], "53300", "{first}");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("max_connections_per_user = 3")), "{first}");
+    assert_eq!(sessions().trim(), "3", "the server's sessions of the login while ana holds her three");
+    // Another user is not held back by ana's connections.
+    let out = env.run_as(&ben, None, Path::new("/usr/bin/psql"), &[&url(&ben), "-AtXc", "SELECT 40 + 2"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{}", String::from_utf8_lossy(&out.stderr));
+    // One of ana's closes: she may open another.
+    use std::io::Write;
+    hold.stdin.as_mut().expect("stdin").write_all(b"\n").expect("write");
+    let again = read_json_line(&mut hold);
+    assert_eq!(again["again"], true, "{again}");
+    assert_eq!(sessions().trim(), "3");
+    hold.stdin.as_mut().expect("stdin").write_all(b"\n").expect("write");
+    let _ = hold.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sessions().trim() != "0" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // HTTP: six concurrent streams on one HTTP/2 connection; three backend connections at most.
+    let o = env.run_as(
+        &ana,
+        None,
+        Path::new("/usr/bin/node"),
+        &["-e", H2_STREAMS_JS, &format!("http://{}", api.addr), "6"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(
+        out.trim(),
+        r#"[200,200,200,503,503,503]"#,
+        "{out}{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        env.agent_log()
+    );
+    let slow =
+        api.requests().iter().filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/api/slow/"))).count();
+    assert_eq!(slow, 3, "requests the backend served");
+    // The refusals are on record, saying why.
+    let log = env.agent_log();
+    let recs = gatehouse_e2e::http::http_records(&env.db());
+    let limited = recs.iter().filter(|(k, r, _)| k == "http" && r["status"] == 503).count();
+    assert_eq!(limited, 3, "{recs:?}\n{log}");
+}

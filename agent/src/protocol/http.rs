@@ -52,7 +52,7 @@ use self::headers::{
     header_list, host_of, is_upgrade, recorded_headers, recorded_target, relayable_upgrade, restrict_accept_encoding,
     strip_client_claims, strip_hop_by_hop, upgrade_protocols,
 };
-use self::upstream::{Pool, UpBody};
+use self::upstream::{Pool, UpBody, UpstreamError};
 use crate::audit::{self, Event, HttpExchange};
 use crate::identity::Principal;
 use crate::policy::http::{HttpCredentials, HttpRequest, HttpTls, normalize_path, parse_query};
@@ -127,7 +127,7 @@ pub async fn serve(ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome {
     } else {
         None
     };
-    let pool = Pool::new(ctx.addr, ctx.agent.settings.mark, tls);
+    let pool = Pool::new(ctx.addr, ctx.agent.settings.mark, tls, (ctx.agent.per_user.clone(), ctx.principal.uid.0));
     let cut = ctx.live.cut.clone();
     let live = ctx.live.clone();
     let up = Arc::new(AtomicU64::new(0));
@@ -541,6 +541,10 @@ impl Shared {
                     let msg = req.error.clone().unwrap_or_default();
                     pending.record(&agent.audit, Some(413), vec![], req, Summary::default(), None);
                     return json_error(StatusCode::PAYLOAD_TOO_LARGE, pending.rule.as_deref(), &msg, self.ctx.id);
+                }
+                if let UpstreamError::UserLimit(why) = &e {
+                    // The user's own connections are the limit, not the backend: 503, and the client may retry.
+                    return self.refuse(&pending, StatusCode::SERVICE_UNAVAILABLE, None, why);
                 }
                 return self.bad_gateway(&pending, &e.to_string());
             }

@@ -77,6 +77,8 @@ const ER_REFUSED: u16 = 1227;
 const MAX_COLUMNS: u64 = 4096;
 /// ER_ACCESS_DENIED_ERROR: the login could not be made.
 const ER_LOGIN: u16 = 1045;
+/// `ER_CON_COUNT_ERROR`: too many connections (`max_connections_per_user`).
+const ER_CON_COUNT: u16 = 1040;
 /// ER_UNKNOWN_ERROR: the backend cannot be reached or read. (Not the
 /// client-side codes 2003/2013: clients read an ERR packet with a code of
 /// 2000 and up as a malformed packet and show no message.)
@@ -303,7 +305,12 @@ fn err_packet(seq: u8, code: u16, state: &str, msg: &str) -> Vec<u8> {
 pub async fn reject(client: TcpStream, reason: &str) {
     let mut c = Conn::new(client, 0, "client's");
     let msg = format!("Gatehouse refused this connection: {reason}");
-    let _ = tokio::time::timeout(LOGIN_TIMEOUT, c.send(&err_packet(0, ER_LOGIN, "28000", &msg))).await;
+    let (code, state) = if reason.contains(crate::proxy::limits::PER_USER_SETTING) {
+        (ER_CON_COUNT, "08004")
+    } else {
+        (ER_LOGIN, "28000")
+    };
+    let _ = tokio::time::timeout(LOGIN_TIMEOUT, c.send(&err_packet(0, code, state, &msg))).await;
     c.shutdown().await;
 }
 

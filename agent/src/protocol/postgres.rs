@@ -241,8 +241,18 @@ async fn send(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) {
 pub async fn reject(agent: &Agent, client: TcpStream, uid: Uid, reason: &str) -> String {
     match read_opening(client, None).await {
         Ok(Opening::Session { mut stream, .. }) => {
-            let e = PgError::new(Severity::Fatal, "28000", format!("Gatehouse refused this connection: {reason}"))
-                .hint("ask the operators for access; `gatehouse policy explain` shows why");
+            // Over the user's connection limit: too_many_connections, which
+            // pools and drivers treat as "try again later".
+            let (code, hint) = if reason.contains(crate::proxy::limits::PER_USER_SETTING) {
+                (
+                    "53300",
+                    "close some of your other connections through Gatehouse, or ask the operators for a higher limit",
+                )
+            } else {
+                ("28000", "ask the operators for access; `gatehouse policy explain` shows why")
+            };
+            let e =
+                PgError::new(Severity::Fatal, code, format!("Gatehouse refused this connection: {reason}")).hint(hint);
             send(&mut stream, &e.encode()).await;
             "refused".into()
         }

@@ -161,3 +161,68 @@ mod tests {
         assert_eq!(b.delay(), Duration::from_millis(10));
     }
 }
+
+/// How many connections to backends the agent holds for each local user at
+/// once (`[agent] max_connections_per_user`): a session of PostgreSQL,
+/// MySQL, SSH or opaque TCP is one, and an HTTP session counts each
+/// connection it opens to its backend (one per request in flight; an HTTP/2
+/// client's streams on one socket would otherwise become as many backend
+/// connections). The agent's source ports towards one backend address are
+/// shared by every user (about 28,000 with Linux's default
+/// `ip_local_port_range`): without a bound, one user could take them all.
+/// Root is not counted (it can detach the programs anyway).
+#[derive(Debug)]
+pub struct PerUser {
+    max: usize,
+    open: Mutex<std::collections::HashMap<u32, usize>>,
+}
+
+/// The setting's name, which every refusal for it names.
+pub const PER_USER_SETTING: &str = "max_connections_per_user";
+
+/// One connection counted against a user; given back when dropped.
+#[derive(Debug)]
+pub struct UserSlot {
+    of: std::sync::Arc<PerUser>,
+    uid: u32,
+}
+
+impl PerUser {
+    pub fn new(max: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { max, open: Mutex::new(std::collections::HashMap::new()) })
+    }
+
+    /// A slot for one more connection of `uid`, or why there is none.
+    pub fn take(self: &std::sync::Arc<Self>, uid: u32) -> Result<Option<UserSlot>, String> {
+        if uid == 0 {
+            return Ok(None);
+        }
+        let mut open = crate::proxy::lock(&self.open);
+        let n = open.entry(uid).or_insert(0);
+        if *n >= self.max {
+            return Err(format!(
+                "uid {uid} already holds {} connections to backends through the agent ([agent] {PER_USER_SETTING} = {})",
+                *n, self.max
+            ));
+        }
+        *n += 1;
+        Ok(Some(UserSlot { of: self.clone(), uid }))
+    }
+
+    /// Connections `uid` holds now.
+    pub fn open(&self, uid: u32) -> usize {
+        crate::proxy::lock(&self.open).get(&uid).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut open = crate::proxy::lock(&self.of.open);
+        if let Some(n) = open.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}

@@ -130,6 +130,26 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         }
         _ => decision,
     };
+    // One more connection to a backend for this user, within
+    // `max_connections_per_user` (an HTTP session counts each connection it
+    // opens to its backend instead, in `protocol::http::upstream`).
+    let http_proxied = backend.is_some_and(|b| {
+        b.protocol == Protocol::Http
+            && b.http.as_ref().is_none_or(|h| h.tls != crate::policy::http::HttpTls::Passthrough)
+    });
+    let mut _user_slot = None;
+    let decision = if (decision.allowed() || decision.verdict == crate::policy::Verdict::NeedsApproval) && !http_proxied
+    {
+        match agent.per_user.take(who.uid.0) {
+            Ok(slot) => {
+                _user_slot = slot;
+                decision
+            }
+            Err(why) => crate::policy::Decision::refuse(why),
+        }
+    } else {
+        decision
+    };
     let rec = SessionOpen {
         id,
         started_us,

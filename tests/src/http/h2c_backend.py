@@ -25,6 +25,9 @@ async def app(scope, receive, send):
     entry = {"method": scope["method"], "path": scope["path"], "version": scope["http_version"], "headers": headers}
     log.write(json.dumps(entry) + "\n")
     log.flush()
+    # /api/slow/…: answered after 300 ms, so concurrent requests overlap.
+    if scope["path"].startswith("/api/slow/"):
+        await asyncio.sleep(0.3)
     body = f"{scope['http_version']} {scope['method']} {scope['path']}".encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})

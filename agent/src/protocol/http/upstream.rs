@@ -27,6 +27,9 @@ pub enum UpstreamError {
     Tls(#[source] std::io::Error),
     #[error("backend HTTP: {0}")]
     Http(#[source] hyper::Error),
+    /// The user holds `max_connections_per_user` connections already.
+    #[error("{0}")]
+    UserLimit(String),
 }
 
 /// Per session: where the backend is, how to reach it, idle connections.
@@ -35,6 +38,8 @@ pub struct Pool {
     mark: u32,
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     idle: std::sync::Mutex<Vec<SendRequest<UpBody>>>,
+    /// Each connection opened counts against the session's user.
+    per_user: (Arc<crate::proxy::limits::PerUser>, u32),
 }
 
 impl Pool {
@@ -42,8 +47,9 @@ impl Pool {
         addr: SocketAddr,
         mark: u32,
         tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+        per_user: (Arc<crate::proxy::limits::PerUser>, u32),
     ) -> Arc<Self> {
-        Arc::new(Self { addr, mark, tls, idle: std::sync::Mutex::new(Vec::new()) })
+        Arc::new(Self { addr, mark, tls, idle: std::sync::Mutex::new(Vec::new()), per_user })
     }
 
     /// Sends one request; the connection goes back to the pool once it can
@@ -74,21 +80,23 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<SendRequest<UpBody>, UpstreamError> {
+        // Counted while the connection lives (an upgraded one included).
+        let slot = self.per_user.0.take(self.per_user.1).map_err(UpstreamError::UserLimit)?;
         let tcp = crate::proxy::connect_upstream(self.addr, self.mark).await.map_err(UpstreamError::Connect)?;
         match &self.tls {
-            None => handshake(tcp).await,
+            None => handshake(tcp, slot).await,
             Some((config, name)) => {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(UpstreamError::Tls)?;
-                handshake(tls).await
+                handshake(tls, slot).await
             }
         }
     }
 }
 
-async fn handshake<I>(io: I) -> Result<SendRequest<UpBody>, UpstreamError>
+async fn handshake<I>(io: I, slot: Option<crate::proxy::limits::UserSlot>) -> Result<SendRequest<UpBody>, UpstreamError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -98,6 +106,7 @@ where
         if let Err(e) = conn.with_upgrades().await {
             debug!(error = %e, "backend connection ended");
         }
+        drop(slot);
     });
     Ok(sender)
 }
