@@ -227,9 +227,9 @@ statements = ["select"]
 
 /// Holds PostgreSQL connections open: tries `n` (keeping those that open),
 /// prints `{"opened": k, "errors": [...]}`, waits for a line on stdin, closes
-/// the first one, tries once more and prints `{"again": true|error}`.
+/// the first one, tries again (for up to 5 s) and prints `{"again": true|error}`.
 const HOLD_PG_PY: &str = r#"
-import json, socket, struct, sys, psycopg2
+import json, socket, struct, sys, time, psycopg2
 url, n = sys.argv[1], int(sys.argv[2])
 def sqlstate():
     # libpq keeps a failed login's SQLSTATE to itself: ask once more on the wire.
@@ -256,12 +256,20 @@ for _ in range(n):
 print(json.dumps({"opened": len(held), "errors": errors}), flush=True)
 sys.stdin.readline()
 held.pop(0).close()
-try:
-    c = psycopg2.connect(url)
-    c.cursor().execute("SELECT 1")
-    again = True
-except psycopg2.Error as e:
-    again = str(e).strip()
+# The agent gives the slot back once it has seen the close: a reconnect at
+# once may still be counted against the three.
+deadline = time.time() + 5
+while True:
+    try:
+        c = psycopg2.connect(url)
+        c.cursor().execute("SELECT 1")
+        again = True
+        break
+    except psycopg2.Error as e:
+        again = str(e).strip()
+        if time.time() > deadline:
+            break
+        time.sleep(0.05)
 print(json.dumps({"again": again}), flush=True)
 sys.stdin.readline()
 "#;
