@@ -271,6 +271,9 @@ pub struct AgentStatus {
     /// The descriptor limit in force.
     #[serde(default)]
     pub nofile: u64,
+    /// `max_connections_per_user` and the backend connections each uid holds now.
+    #[serde(default)]
+    pub per_user: serde_json::Value,
     /// Control connections refused because a uid or all uids had too many open.
     #[serde(default)]
     pub control_refused: u64,
@@ -337,6 +340,7 @@ fn status(agent: &Agent) -> AgentStatus {
         pin_health: serde_json::to_value(agent.redirect.pin_health()).unwrap_or_default(),
         refusals: serde_json::to_value(agent.refusals.stats()).unwrap_or_default(),
         nofile: agent.nofile,
+        per_user: agent.per_user.stats(),
         control_refused: CONTROL_REFUSED.load(std::sync::atomic::Ordering::Relaxed),
         health: crate::metrics::healthy(agent).err().unwrap_or_else(|| "ok".into()),
         metrics: agent.settings.metrics.as_ref().map(ToString::to_string),

@@ -292,6 +292,26 @@ for (let i = 0; i < n; i++) {
 c.on('error', (e) => { console.log(`error ${e.message}`); process.exit(1); });
 "#;
 
+/// Opens three WebSockets to `argv[1]` and keeps them; tries a fourth;
+/// checks the first still echoes; prints `{"fourth": "opened"|error, "echo": …}`.
+const HOLD_WS_PY: &str = r#"
+import asyncio, json, sys, websockets
+async def main():
+    held = [await websockets.connect(sys.argv[1]) for _ in range(3)]
+    try:
+        extra = await websockets.connect(sys.argv[1])
+        fourth = "opened"
+        await extra.close()
+    except Exception as e:
+        fourth = str(e)
+    await held[0].send("still here")
+    echo = await held[0].recv()
+    print(json.dumps({"fourth": fourth, "echo": echo}), flush=True)
+    for ws in held:
+        await ws.close()
+asyncio.run(main())
+"#;
+
 /// `max_connections_per_user`: one local user cannot take every connection
 /// the agent can open to a backend (its source ports towards one address
 /// are shared by all users). ana's fourth PostgreSQL connection is refused
@@ -306,6 +326,7 @@ fn one_user_holds_at_most_max_connections_per_user() {
     let ben = env.user("ben", &[]);
     let pg = PgServer::start(&env.dir, &loopback(41), free_port(), "");
     let api = gatehouse_e2e::http::PyServer::h2c(&env.dir, &loopback(42));
+    let ws = gatehouse_e2e::http::PyServer::ws_echo(&env.dir, &loopback(43));
     let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
     let policy = format!(
         r#"
@@ -331,19 +352,38 @@ who = {{ users = ["{ana}", "{ben}"] }}
 backends = ["appdb"]
 statements = ["select"]
 
+[[backend]]
+name = "ws"
+protocol = "http"
+address = "{ws}"
+
 [[rule]]
 name = "ana reads the api"
 who = {{ users = ["{ana}"] }}
-backends = ["api"]
+backends = ["api", "ws"]
 methods = ["GET"]
 "#,
         addr = pg.addr(),
         app = pg::APP_ROLE,
         s = secret.display(),
         api = api.addr,
+        ws = ws.addr,
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
+    let ana_uid = env.uid(&ana).to_string();
+    // What the agent counts for ana now (`gatehouse status`), once it settles at `want`.
+    let held_by_ana = |want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let st = env.status();
+            let n = st["per_user"]["open_by_uid"][&ana_uid].as_u64().unwrap_or(0);
+            if n == want || Instant::now() > deadline {
+                return (n, st["per_user"].clone());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     let sessions = || pg.admin(&format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'", pg::APP_ROLE));
     let url = |u: &str| format!("host={} port={} dbname=appdb user={u}", pg.host, pg.port);
 
@@ -363,12 +403,21 @@ methods = ["GET"]
     let again = read_json_line(&mut hold);
     assert_eq!(again["again"], true, "{again}");
     assert_eq!(sessions().trim(), "3");
+    let (n, shown) = held_by_ana(3);
+    assert_eq!(n, 3, "gatehouse status: {shown}");
+    assert_eq!(shown["max_connections_per_user"], 3);
     hold.stdin.as_mut().expect("stdin").write_all(b"\n").expect("write");
     let _ = hold.wait();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sessions().trim() != "0" && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_eq!(held_by_ana(0).0, 0, "ana's connections are given back when her sessions end");
+
+    // WebSockets: an upgraded connection still counts while it is relayed.
+    let o = env.run_as(&ana, None, Path::new("/usr/bin/python3"), &["-c", HOLD_WS_PY, &format!("ws://{}/", ws.addr)]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let v: Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(v["echo"], "still here", "{v}");
+    assert!(v["fourth"].as_str().is_some_and(|f| f.contains("503")), "a fourth WebSocket while three are open: {v}");
+    assert_eq!(held_by_ana(0).0, 0);
 
     // HTTP: six concurrent streams on one HTTP/2 connection; three backend connections at most.
     let o = env.run_as(
@@ -391,6 +440,11 @@ methods = ["GET"]
     // The refusals are on record, saying why.
     let log = env.agent_log();
     let recs = gatehouse_e2e::http::http_records(&env.db());
-    let limited = recs.iter().filter(|(k, r, _)| k == "http" && r["status"] == 503).count();
+    let limited = recs
+        .iter()
+        .filter(|(k, r, _)| {
+            k == "http" && r["status"] == 503 && r["target"].as_str().is_some_and(|t| t.starts_with("/api/slow/"))
+        })
+        .count();
     assert_eq!(limited, 3, "{recs:?}\n{log}");
 }

@@ -186,6 +186,17 @@ fn print_status(s: &control::AgentStatus) {
     }
     println!("refusals:  {}", s.refusals);
     println!("limits:    {} descriptors; {} control connections refused (too many open)", s.nofile, s.control_refused);
+    if let Some(max) = s.per_user["max_connections_per_user"].as_u64() {
+        let busiest = s.per_user["open_by_uid"]
+            .as_object()
+            .and_then(|m| m.iter().filter_map(|(u, n)| Some((n.as_u64()?, u.clone()))).max());
+        match busiest {
+            Some((n, uid)) => {
+                println!("           backend connections: at most {max} per user; uid {uid} holds the most ({n})")
+            }
+            None => println!("           backend connections: at most {max} per user; none open"),
+        }
+    }
     println!("audit:     {} ({:?} mode)", s.audit_db.display(), s.audit_mode);
     if let Some(f) = &s.audit_failure {
         println!("audit:     FAILED, failing closed: {f}");

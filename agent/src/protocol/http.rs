@@ -581,6 +581,8 @@ impl Shared {
             }
             let headers = resp.headers().clone();
             let server_upgrade = hyper::upgrade::on(&mut resp);
+            // The upgraded stream stays a connection of this user's for as long as it is relayed.
+            let hold = resp.extensions_mut().remove::<upstream::SlotHold>();
             pending.record(&agent.audit, Some(101), header_list(&headers), take_req(), Summary::default(), None);
             if let Some(client_upgrade) = client_upgrade {
                 let task = ws::relay(
@@ -592,6 +594,7 @@ impl Shared {
                     self.ctx.live.cut.clone(),
                     headers.get(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")),
                     scrub.clone(),
+                    hold,
                 );
                 crate::proxy::lock(&self.upgraded).push(task);
             }

@@ -209,9 +209,11 @@ impl PerUser {
         Ok(Some(UserSlot { of: self.clone(), uid }))
     }
 
-    /// Connections `uid` holds now.
-    pub fn open(&self, uid: u32) -> usize {
-        crate::proxy::lock(&self.open).get(&uid).copied().unwrap_or(0)
+    /// For `gatehouse status`: the limit and what each uid holds now.
+    pub fn stats(&self) -> serde_json::Value {
+        let open = crate::proxy::lock(&self.open);
+        let by_uid: std::collections::BTreeMap<String, usize> = open.iter().map(|(u, n)| (u.to_string(), *n)).collect();
+        serde_json::json!({ "max_connections_per_user": self.max, "open_by_uid": by_uid })
     }
 }
 

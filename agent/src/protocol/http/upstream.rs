@@ -37,7 +37,7 @@ pub struct Pool {
     addr: SocketAddr,
     mark: u32,
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
-    idle: std::sync::Mutex<Vec<SendRequest<UpBody>>>,
+    idle: std::sync::Mutex<Vec<(SendRequest<UpBody>, Option<SlotHold>)>>,
     /// Each connection opened counts against the session's user.
     per_user: (Arc<crate::proxy::limits::PerUser>, u32),
 }
@@ -58,45 +58,57 @@ impl Pool {
         self: &Arc<Self>,
         req: http::Request<UpBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
-        let mut sender = loop {
+        let (mut sender, hold) = loop {
             let next = crate::proxy::lock(&self.idle).pop();
             match next {
-                Some(s) if s.is_ready() => break s,
+                Some(s) if s.0.is_ready() => break s,
                 Some(_) => continue,
                 None => break self.connect().await?,
             }
         };
-        let resp = sender.send_request(req).await.map_err(UpstreamError::Http)?;
+        let mut resp = sender.send_request(req).await.map_err(UpstreamError::Http)?;
+        if let Some(h) = &hold {
+            // An upgraded connection outlives its hyper connection task: whoever relays it keeps this.
+            resp.extensions_mut().insert(h.clone());
+        }
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             // Ready again once this response's body has been read.
             if sender.ready().await.is_ok()
                 && let Some(pool) = pool.upgrade()
             {
-                crate::proxy::lock(&pool.idle).push(sender);
+                crate::proxy::lock(&pool.idle).push((sender, hold));
             }
         });
         Ok(resp)
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpBody>, UpstreamError> {
-        // Counted while the connection lives (an upgraded one included).
-        let slot = self.per_user.0.take(self.per_user.1).map_err(UpstreamError::UserLimit)?;
+    async fn connect(&self) -> Result<(SendRequest<UpBody>, Option<SlotHold>), UpstreamError> {
+        // Counted while the connection lives: its task, the pool and (once
+        // upgraded) the relay of the upgraded stream each hold a share.
+        let slot =
+            self.per_user.0.take(self.per_user.1).map_err(UpstreamError::UserLimit)?.map(|s| SlotHold(Arc::new(s)));
         let tcp = crate::proxy::connect_upstream(self.addr, self.mark).await.map_err(UpstreamError::Connect)?;
-        match &self.tls {
-            None => handshake(tcp, slot).await,
+        let sender = match &self.tls {
+            None => handshake(tcp, slot.clone()).await?,
             Some((config, name)) => {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(UpstreamError::Tls)?;
-                handshake(tls, slot).await
+                handshake(tls, slot.clone()).await?
             }
-        }
+        };
+        Ok((sender, slot))
     }
 }
 
-async fn handshake<I>(io: I, slot: Option<crate::proxy::limits::UserSlot>) -> Result<SendRequest<UpBody>, UpstreamError>
+/// A share of one backend connection's count against its user
+/// (`max_connections_per_user`), given back when the last share drops.
+#[derive(Debug, Clone)]
+pub struct SlotHold(#[expect(dead_code, reason = "held for its Drop")] Arc<crate::proxy::limits::UserSlot>);
+
+async fn handshake<I>(io: I, slot: Option<SlotHold>) -> Result<SendRequest<UpBody>, UpstreamError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

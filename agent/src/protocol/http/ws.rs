@@ -175,8 +175,11 @@ pub(super) fn relay(
     cut: tokio_util::sync::CancellationToken,
     frames: bool,
     scrub: Option<Needles>,
+    hold: Option<super::upstream::SlotHold>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // The backend connection counts against its user until this relay ends.
+        let _hold = hold;
         let (client, server) = match tokio::try_join!(client, server) {
             Ok(pair) => pair,
             Err(e) => {
