@@ -186,9 +186,11 @@ fn print_status(s: &control::AgentStatus) {
     }
     println!("refusals:  {}", s.refusals);
     println!("limits:    {} descriptors; {} control connections refused (too many open)", s.nofile, s.control_refused);
-    if let Some(max) = s.per_user["max_connections_per_user"].as_u64() {
-        let busiest = s.per_user["open_by_uid"]
-            .as_object()
+    if let Some(max) = s.per_user.get("max_connections_per_user").and_then(serde_json::Value::as_u64) {
+        let busiest = s
+            .per_user
+            .get("open_by_uid")
+            .and_then(serde_json::Value::as_object)
             .and_then(|m| m.iter().filter_map(|(u, n)| Some((n.as_u64()?, u.clone()))).max());
         match busiest {
             Some((n, uid)) => {
