@@ -136,6 +136,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_user_holds_at_most_max_connections() {
+        let per = PerUser::new(2);
+        let a = per.take(1001).expect("first").expect("counted");
+        let b = per.take(1001).expect("second").expect("counted");
+        let why = per.take(1001).expect_err("third");
+        assert!(why.contains("uid 1001 already holds 2") && why.contains(PER_USER_SETTING), "{why}");
+        // Another user has slots of its own; root is not counted.
+        assert!(per.take(1002).expect("another user").is_some());
+        for _ in 0..10 {
+            assert!(per.take(0).expect("root").is_none());
+        }
+        drop(a);
+        let c = per.take(1001).expect("a slot given back").expect("counted");
+        drop((b, c));
+        assert_eq!(per.stats()["open_by_uid"], serde_json::json!({}), "emptied counts are removed");
+    }
+
+    #[test]
     fn rate_limited_lines_count_what_they_held_back() {
         let r = RateLimited::new(Duration::from_secs(3600));
         assert_eq!(r.admit(), Some(0));
