@@ -1712,6 +1712,15 @@ asyncio.run(m())
         String::from_utf8_lossy(&o.stderr),
         env.agent_log()
     );
+    // Sent as one message in two fragments, the frame header between the halves of the copy.
+    let o = env.run_as(
+        &ana,
+        None,
+        Path::new("/usr/bin/python3"),
+        &["-c", script, &format!("ws://{}/whoami-frag", ws.addr)],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(out, format!("{blank}\nand an echo\ncookie None\n"), "{}", String::from_utf8_lossy(&o.stderr));
     // The recorded frames hold no copy either.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {

@@ -11,6 +11,11 @@ async def echo(ws, path=None):
     # as a debugging endpoint of a real service might.
     if (path or getattr(ws, "path", "")) == "/whoami":
         await ws.send("you are " + ws.request_headers.get("Authorization", "nobody"))
+    # /whoami-frag: the same, as one message in two fragments that split the
+    # Authorization in its middle (as a service streaming its output does).
+    if (path or getattr(ws, "path", "")) == "/whoami-frag":
+        said = "you are " + ws.request_headers.get("Authorization", "nobody")
+        await ws.send([said[:20], said[20:]])
     async for msg in ws:
         await ws.send(msg)
 

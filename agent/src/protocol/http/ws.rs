@@ -123,20 +123,57 @@ fn opcode_name(op: u8) -> &'static str {
 /// overwritten with `*` where it lies, so frame lengths stay as they were.
 /// Bytes at the end of a read that begin a copy wait for the next read (or
 /// for [`HOLD`] to pass without one), so a copy split across two reads is
-/// still found whole. Sans-IO.
+/// still found whole. On a WebSocket the data frames' payloads are also
+/// searched as one text, so a copy split across two frames (a fragmented
+/// message, or two messages) is found across the frame header between its
+/// halves. Sans-IO.
 #[derive(Debug)]
 pub struct Blanker {
     needles: Needles,
     carry: Vec<u8>,
+    /// WebSocket only: which bytes of `carry` are data-frame payload, and
+    /// where the frames of the stream are.
+    frames: Option<(Payloads, Vec<bool>)>,
     pub hits: u64,
+}
+
+/// Where the payload bytes of data frames (text, binary, continuation) lie
+/// in a server's WebSocket stream. A masked frame (servers must not mask)
+/// or a compressed one (the agent drops the extension) is left out.
+#[derive(Debug, Default)]
+struct Payloads {
+    header: Vec<u8>,
+    left: u64,
+    data: bool,
+}
+
+impl Payloads {
+    /// Appends, for each byte of `input`, whether it is data-frame payload.
+    fn classify(&mut self, input: &[u8], flags: &mut Vec<bool>) {
+        for &b in input {
+            if self.left > 0 {
+                self.left -= 1;
+                flags.push(self.data);
+                continue;
+            }
+            self.header.push(b);
+            flags.push(false);
+            if let Some((frame, len, key)) = parse_header(&self.header) {
+                self.header.clear();
+                self.left = len;
+                self.data = key.is_none() && frame.opcode <= 2 && !frame.compressed;
+            }
+        }
+    }
 }
 
 /// How long bytes that may begin a held credential wait for the rest.
 pub const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Blanker {
-    pub fn new(needles: Needles) -> Self {
-        Self { needles, carry: Vec::new(), hits: 0 }
+    /// `websocket`: the stream is WebSocket frames (else opaque bytes: SPDY, tcp).
+    pub fn new(needles: Needles, websocket: bool) -> Self {
+        Self { needles, carry: Vec::new(), frames: websocket.then(|| (Payloads::default(), Vec::new())), hits: 0 }
     }
 
     /// Bytes read from the backend in; what may go to the client now.
@@ -144,13 +181,38 @@ impl Blanker {
         let mut out = std::mem::take(&mut self.carry);
         out.extend_from_slice(input);
         self.hits += self.needles.blank_in_place(&mut out);
-        let keep = self.needles.partial_tail(&out);
+        let mut keep = self.needles.partial_tail(&out);
+        if let Some((payloads, carried)) = &mut self.frames {
+            let mut flags = std::mem::take(carried);
+            payloads.classify(input, &mut flags);
+            // The payload bytes alone, as one text: a copy across a frame header.
+            let at: Vec<usize> = flags.iter().enumerate().filter(|(_, f)| **f).map(|(i, _)| i).collect();
+            let mut view: Vec<u8> = at.iter().filter_map(|&i| out.get(i).copied()).collect();
+            let hits = self.needles.blank_in_place(&mut view);
+            if hits > 0 {
+                self.hits += hits;
+                for (&i, &b) in at.iter().zip(&view) {
+                    if let Some(o) = out.get_mut(i) {
+                        *o = b;
+                    }
+                }
+            }
+            // Payload that may begin a copy waits, with whatever follows it (the next frame's header).
+            let k = self.needles.partial_tail(&view);
+            if let Some(&first) = at.len().checked_sub(k).filter(|_| k > 0).and_then(|j| at.get(j)) {
+                keep = keep.max(out.len() - first);
+            }
+            *carried = flags.split_off(flags.len() - keep);
+        }
         self.carry = out.split_off(out.len() - keep);
         out
     }
 
     /// The bytes held back, once nothing more is coming soon (or at all).
     pub fn flush(&mut self) -> Vec<u8> {
+        if let Some((_, carried)) = &mut self.frames {
+            carried.clear();
+        }
         std::mem::take(&mut self.carry)
     }
 
@@ -220,7 +282,7 @@ pub(super) fn relay(
         let down = async {
             let mut reader = FrameReader::default();
             let mut buf = vec![0u8; 16 * 1024];
-            let mut blanker = scrub.map(Blanker::new);
+            let mut blanker = scrub.map(|n| Blanker::new(n, frames));
             let mut pass = async |bytes: &[u8], reader: &mut FrameReader| {
                 cw.write_all(bytes).await?;
                 for f in reader.feed(if frames { bytes } else { &[] }, cap) {
@@ -316,7 +378,7 @@ mod tests {
         want.truncate(2);
         want.extend_from_slice(text.as_bytes());
         for size in 1..stream.len() {
-            let mut b = Blanker::new(needles.clone());
+            let mut b = Blanker::new(needles.clone(), true);
             let mut out = Vec::new();
             for chunk in stream.chunks(size) {
                 out.extend(b.push(chunk));
@@ -326,12 +388,51 @@ mod tests {
             assert_eq!(b.hits, 2, "reads of {size}");
         }
         // A read that ends in the start of a copy holds only those bytes back.
-        let mut b = Blanker::new(needles);
+        let mut b = Blanker::new(needles.clone(), false);
         assert_eq!(b.push(b"hello Bear"), b"hello ");
         assert!(b.holding());
         assert_eq!(b.flush(), b"Bear");
         assert_eq!(b.push(b"plain"), b"plain");
         assert!(!b.holding());
+    }
+
+    /// A copy split across two frames — a message sent in fragments, or two
+    /// messages — has a frame header between its halves: the payloads are
+    /// searched as one text, wherever the reads split the stream, and only
+    /// payload bytes are overwritten (the headers stay true).
+    #[test]
+    fn a_held_credential_split_across_frames_is_blanked() {
+        let needles = Needles::new(&[b"Bearer tok-12345678".to_vec(), b"tok-12345678".to_vec()]).unwrap();
+        let frame = |first: u8, payload: &[u8]| {
+            let mut f = vec![first, u8::try_from(payload.len()).unwrap()];
+            f.extend_from_slice(payload);
+            f
+        };
+        // A text message in two fragments (text, then continuation + FIN), a ping, a second message.
+        let mut stream = frame(0x01, b"you are Bearer tok-123");
+        stream.extend(frame(0x80, b"45678 ok"));
+        stream.extend(frame(0x89, b"tok-1234"));
+        stream.extend(frame(0x81, b"again tok-1234"));
+        stream.extend(frame(0x81, b"5678!"));
+        let mut want = frame(0x01, b"you are **************");
+        want.extend(frame(0x80, b"***** ok"));
+        want.extend(frame(0x89, b"tok-1234"));
+        want.extend(frame(0x81, b"again ********"));
+        want.extend(frame(0x81, b"****!"));
+        for size in 1..stream.len() {
+            let mut b = Blanker::new(needles.clone(), true);
+            let mut out = Vec::new();
+            for chunk in stream.chunks(size) {
+                out.extend(b.push(chunk));
+            }
+            out.extend(b.flush());
+            assert_eq!(out, want, "reads of {size}: {}", String::from_utf8_lossy(&out));
+            assert_eq!(b.hits, 2, "reads of {size}");
+            assert_eq!(FrameReader::default().feed(&out, 64).len(), 5, "frames intact, reads of {size}");
+        }
+        // Not a WebSocket: the bytes are opaque, nothing is read as frames.
+        let mut b = Blanker::new(needles, false);
+        assert_eq!(b.push(&stream), stream);
     }
 
     #[test]
