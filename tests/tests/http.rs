@@ -179,6 +179,27 @@ fn curl(w: &World, user: &str, args: &[&str]) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
+/// Decodes base64 as a client would, skipping characters that are not base64
+/// (the `****` written over a copy) and decoding each run of valid ones.
+fn base64_decode_lossy(s: &str) -> Vec<u8> {
+    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let Some(v) = table.iter().position(|&t| t == c) else {
+            (acc, bits) = (0, 0);
+            continue;
+        };
+        acc = (acc << 6) | u32::try_from(v).unwrap_or(0);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xff).unwrap_or(0));
+        }
+    }
+    out
+}
+
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
@@ -517,6 +538,10 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     // An echo in UTF-16.
     let (out, err) = curl(&w, &w.eve, &["-sS", &format!("{base}/api/v1/headers?u16=1")]);
     assert!(!out.replace('\u{0}', "").contains("held-tok") && out.contains("*\u{0}*\u{0}*\u{0}*"), "{out}{err}");
+    // The headers base64-encoded: the client decodes them and finds no copy.
+    let (out, err) = curl(&w, &w.eve, &["-sS", &format!("{base}/api/v1/headers?b64=1")]);
+    let decoded = String::from_utf8_lossy(&base64_decode_lossy(out.trim())).into_owned();
+    assert!(!decoded.contains("held-token-8f3a") && decoded.contains("host"), "{decoded:?} from {out}{err}");
     // The status line's reason phrase.
     let (out, err) = curl(&w, &w.eve, &["-sS", "-D", "-", &format!("{base}/api/v1/reason")]);
     assert!(!out.contains("held-tok") && out.starts_with("HTTP/1.1 200") && out.ends_with("ok"), "{out}{err}");

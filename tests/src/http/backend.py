@@ -168,6 +168,11 @@ class H(http.server.BaseHTTPRequestHandler):
             # might: in the body, and the Authorization in a response header too;
             # gzipped with "gz=1", labelled br with "br=1" (whatever the request accepts).
             payload = json.dumps(rec["headers"]).encode()
+            if "b64=1" in self.path:
+                # The request's headers base64-encoded, as a `state` value or an
+                # API gateway's binary body carries them.
+                import base64
+                return self.reply(200, base64.b64encode(payload), "text/plain")
             if "u16=1" in self.path:
                 # The echo in UTF-16, as a .NET or Windows backend may write it.
                 return self.reply(200, json.dumps(rec["headers"]).encode("utf-16"), "application/json; charset=utf-16")

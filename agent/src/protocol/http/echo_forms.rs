@@ -37,12 +37,39 @@ pub(crate) fn forms(secret: &[u8]) -> Vec<(Vec<u8>, &'static [u8])> {
     for style in HTML_STYLES {
         add(Some(html(secret, style)));
     }
+    // Inside base64 (a `state` parameter or a cookie that encodes the
+    // request, a body an API gateway base64-encodes): at each of the three
+    // byte alignments, the characters the secret's bytes alone decide.
+    for alphabet in
+        [&base64::engine::general_purpose::STANDARD_NO_PAD, &base64::engine::general_purpose::URL_SAFE_NO_PAD]
+    {
+        for align in 0..3 {
+            add(base64_core(secret, align, alphabet));
+        }
+    }
     // In a UTF-16 body (a .NET or Windows backend's), either byte order.
     if let Ok(text) = std::str::from_utf8(secret) {
         add_as(Some(text.encode_utf16().flat_map(u16::to_le_bytes).collect()), SCRUBBED_UTF16LE);
         add_as(Some(text.encode_utf16().flat_map(u16::to_be_bytes).collect()), SCRUBBED_UTF16BE);
     }
     out
+}
+
+/// Base64 characters shorter than this are not looked for (too likely by chance).
+const SHORTEST_BASE64: usize = 8;
+
+/// The base64 characters that encode `secret` wherever it starts `align`
+/// bytes (0–2) into a group of three: the characters whose six bits all
+/// come from the secret (the ones at each end also hold a neighbour's bits).
+fn base64_core(secret: &[u8], align: usize, alphabet: &base64::engine::GeneralPurpose) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let mut padded = vec![0u8; align];
+    padded.extend_from_slice(secret);
+    let text = alphabet.encode(&padded);
+    let first = (align * 8).div_ceil(6);
+    let end = padded.len() * 8 / 6;
+    let core = text.as_bytes().get(first..end)?;
+    (core.len() >= SHORTEST_BASE64).then(|| core.to_vec())
 }
 
 /// How `\u` escapes are spelled.
@@ -262,7 +289,11 @@ mod tests {
     #[test]
     fn forms_of_simple_and_odd_secrets() {
         let plain = bytes(b"tok-12345678");
-        assert_eq!(plain.len(), 3, "as is, UTF-16LE, UTF-16BE: {plain:?}");
+        assert_eq!(
+            plain.len(),
+            6,
+            "as is, base64 at three alignments (both alphabets agree here), UTF-16LE, UTF-16BE: {plain:?}"
+        );
         assert!(plain.iter().any(|f| f.as_slice() == b"t\0o\0k\0-\x001\x002\x003\x004\x005\x006\x007\x008\0"));
         let b64 = bytes(b"dXNl/ci+x=");
         for f in [&b"dXNl\\/ci+x="[..], b"dXNl/ci\\u002Bx=", b"dXNl/ci%2Bx%3D", b"dXNl%2Fci%2Bx%3D", b"dXNl/ci&#43;x="]
@@ -274,5 +305,25 @@ mod tests {
         assert!(odd.iter().any(|g| g == b"a%FF%22b"), "{odd:?}");
         // A character outside the BMP as a surrogate pair.
         assert!(bytes("k\u{1F511}".as_bytes()).iter().any(|g| g == b"k\\ud83d\\udd11"));
+    }
+
+    /// A secret inside base64, wherever it starts in a three-byte group and
+    /// in either alphabet, contains one of its base64 forms.
+    #[test]
+    fn base64_forms_are_found_at_every_alignment() {
+        use base64::Engine;
+        let secret = b"Bearer held-token-8f3a+Zk/q=";
+        let forms = bytes(secret);
+        for engine in [&base64::engine::general_purpose::STANDARD, &base64::engine::general_purpose::URL_SAFE] {
+            for before in ["", "{", "{\"", "{\"authorization\": \""] {
+                let blob = engine.encode([before.as_bytes(), secret, b"\", \"x\": 1}"].concat());
+                assert!(
+                    forms.iter().any(|f| blob.as_bytes().windows(f.len()).any(|w| w == f.as_slice())),
+                    "{before:?}: {blob}"
+                );
+            }
+        }
+        // Short secrets have no base64 form of their own (too likely by chance).
+        assert_eq!(base64_core(b"abcd", 1, &base64::engine::general_purpose::STANDARD_NO_PAD), None);
     }
 }
