@@ -538,9 +538,13 @@ fn ascii_case_fold(s: &str) -> Option<String> {
 /// (PHP and Rails arrays, `status[]=`) or NUL (PHP reads names as C
 /// strings: `action%00x` is `action`), leading spaces skipped and the other
 /// `.` and spaces as `_` (PHP reads `+action` as `action` and `user.id` as
-/// `user_id`), case ignored (ASP.NET).
+/// `user_id`), case ignored (ASP.NET), letters outside ASCII whose case
+/// mapping is ASCII read as that letter (`ſtatus` is `status` to a
+/// comparison by Unicode case rules; see [`ascii_case_fold`]).
 pub(crate) fn param_key(name: &str) -> String {
     let base = name.split(['[', '\0']).next().unwrap_or(name).trim_start_matches(' ');
+    let folded = ascii_case_fold(base);
+    let base = folded.as_deref().unwrap_or(base);
     base.chars().map(|c| if matches!(c, '.' | ' ') { '_' } else { c.to_ascii_lowercase() }).collect()
 }
 
@@ -1054,6 +1058,9 @@ paths = ["/api/admin/*"]
             ..HttpScope::default()
         };
         assert!(stray.deny_matches(&req("GET", "/x", &parse_query("action=%2563ancel%25zz").unwrap(), &h)));
+        // A name with such a letter is the ASCII name (`ſtatus`).
+        assert_eq!(param_key("\u{17f}tatus"), "status");
+        assert_eq!(param_key("to\u{212a}en"), "token");
         // A value with a letter outside ASCII that Unicode case rules read as ASCII (`ſ`, U+017F).
         let dis = HttpScope {
             query: vec![ValueCond { name: "mode".into(), pattern: "disable".into() }],
