@@ -435,6 +435,74 @@ mod tests {
         assert_eq!(b.push(&stream), stream);
     }
 
+    /// Random streams of frames (data, control, long lengths) with copies of
+    /// the credential cut at random places, read in random pieces: the output
+    /// keeps every frame's header, length and opcode, and no copy is left in
+    /// the data frames' payloads read as one text.
+    #[test]
+    fn random_streams_keep_their_frames_and_lose_every_copy() {
+        let secret = b"Bearer tok-12345678";
+        let needles = Needles::new(&[secret.to_vec(), b"tok-12345678".to_vec()]).unwrap();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            usize::try_from(seed % n.max(1) as u64).unwrap_or(0)
+        };
+        for _ in 0..300 {
+            // The text the data frames carry, with copies in it, cut into frames.
+            let mut text = Vec::new();
+            for _ in 0..1 + next(4) {
+                text.extend(std::iter::repeat_n(b'x', next(40)));
+                text.extend_from_slice(secret);
+            }
+            text.extend(std::iter::repeat_n(b'y', next(300)));
+            let mut stream = Vec::new();
+            let mut at = 0;
+            while at < text.len() {
+                let n = (1 + next(30)).min(text.len() - at);
+                let opcode = if next(2) == 0 { 0x81 } else { 0x01 };
+                stream.push(opcode);
+                if n > 125 || next(5) == 0 {
+                    stream.push(126);
+                    stream.extend_from_slice(&u16::try_from(n).unwrap().to_be_bytes());
+                } else {
+                    stream.push(u8::try_from(n).unwrap());
+                }
+                stream.extend_from_slice(&text[at..at + n]);
+                at += n;
+                if next(4) == 0 {
+                    // A ping between data frames, carrying a piece of the secret.
+                    stream.extend_from_slice(&[0x89, 4]);
+                    stream.extend_from_slice(&secret[7..11]);
+                }
+            }
+            let mut b = Blanker::new(needles.clone(), true);
+            let mut out = Vec::new();
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                let (piece, more) = rest.split_at((1 + next(40)).min(rest.len()));
+                out.extend(b.push(piece));
+                rest = more;
+            }
+            out.extend(b.flush());
+            assert_eq!(out.len(), stream.len());
+            let frames_in = FrameReader::default().feed(&stream, usize::MAX);
+            let frames_out = FrameReader::default().feed(&out, usize::MAX);
+            assert_eq!(frames_in.len(), frames_out.len());
+            let data: Vec<u8> = frames_out.iter().filter(|f| f.opcode <= 2).flat_map(|f| f.payload.clone()).collect();
+            assert!(
+                !data.windows(12).any(|w| w == b"tok-12345678"),
+                "a copy is left: {}",
+                String::from_utf8_lossy(&data)
+            );
+            for (a, z) in frames_in.iter().zip(&frames_out) {
+                assert_eq!((a.opcode, a.len, a.fin), (z.opcode, z.len, z.fin));
+            }
+        }
+    }
+
     #[test]
     fn long_payloads_are_capped() {
         let mut bytes = vec![0x82, 126, 0x01, 0x00];
