@@ -1806,3 +1806,45 @@ fn a_denied_path_spelled_with_unicode_case_variants_is_refused() {
         w.api.requests().iter().skip(before).filter_map(|r| r["path"].as_str().map(str::to_owned)).collect();
     assert_eq!(got, ["/api/v1/notes"], "the backend received: {got:?}");
 }
+
+/// A streamed response (server-sent events, a watch) on a backend that holds
+/// a credential: each event reaches the client when the backend sends it.
+/// The scrubber held the last bytes of every chunk (as long as the longest
+/// form of the credential) until the next chunk, so an event stayed cut
+/// short until the next change; now only bytes that begin a copy wait.
+/// The backend sends its second event only once the client has read the
+/// first whole (and asked for the next): held, the first never completes.
+#[test]
+fn a_streamed_event_is_not_held_back_for_the_next() {
+    let w = world("httpsse");
+    let script = r#"
+import socket, sys
+h, p = sys.argv[1].rsplit(':', 1)
+s = socket.create_connection((h, int(p)), timeout=5)
+s.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: {sys.argv[1]}\r\n\r\n".encode())
+got = b""
+try:
+    while b"shipped\n\n" not in got:
+        d = s.recv(65536)
+        if not d:
+            break
+        got += d
+    print("first whole", flush=True)
+except socket.timeout:
+    print("first held back:", got[-80:], flush=True)
+    sys.exit(0)
+n = socket.create_connection((h, int(p)), timeout=5)
+n.sendall(f"GET /api/v1/events-next HTTP/1.1\r\nHost: {sys.argv[1]}\r\nConnection: close\r\n\r\n".encode())
+n.recv(65536)
+while b"second" not in got:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += d
+print("second", b"second" in got, flush=True)
+"#;
+    let addr = w.api.addr.to_string();
+    let o = w.env.run_as(&w.eve, None, Path::new("/usr/bin/python3"), &["-c", script, &addr]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(out, "first whole\nsecond True\n", "{}\n{}", String::from_utf8_lossy(&o.stderr), w.env.agent_log());
+}

@@ -14,6 +14,9 @@ host, log_path = sys.argv[1], sys.argv[2]
 log = open(log_path, "a")
 # The headers of every request so far, for the request-log endpoint.
 seen = []
+# Set by /api/v1/events-next: the event stream's second event may go.
+import threading
+next_event = threading.Event()
 
 
 def order(i):
@@ -125,6 +128,22 @@ class H(http.server.BaseHTTPRequestHandler):
                 a, b = rng[6:].split("-", 1)
                 return self.reply(206, payload[int(a):int(b) + 1], "application/json")
             return self.reply(200, payload, "application/json")
+        if path == "/api/v1/events":
+            # Server-sent events: the first at once, the second only once
+            # /api/v1/events-next is asked for (a watch waiting for a change).
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for event in (b"data: first event, the order was shipped\n\n", b"data: second\n\n"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+                next_event.wait(10)
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if path == "/api/v1/events-next":
+            next_event.set()
+            return self.reply(200, b"ok", "text/plain")
         if path.endswith("/te-gzip"):
             # gzip as a transfer coding (under chunked), which HTTP/1.1 allows.
             self.send_response(200)

@@ -660,9 +660,11 @@ impl Needles {
     }
 }
 
-/// Removes needles from a body streamed in chunks: the last `longest - 1`
-/// bytes of a chunk wait for the next, so a secret split across chunks is
-/// still found whole.
+/// Removes needles from a body streamed in chunks: bytes at the end of a
+/// chunk that begin a needle wait for the next chunk, so a secret split
+/// across chunks is still found whole. Only those: a streamed response (a
+/// watch, server-sent events, a log followed) whose chunk ends otherwise is
+/// sent whole at once, not `longest - 1` bytes short until the next event.
 #[derive(Debug)]
 pub struct Scrub {
     needles: Needles,
@@ -680,8 +682,8 @@ impl Scrub {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(input);
         // A needle starting before `hold` ends inside `buf`; one starting at
-        // or after it may still be arriving.
-        let hold = buf.len().saturating_sub(self.needles.longest.saturating_sub(1));
+        // or after it (its first bytes end `buf`) may still be arriving.
+        let hold = buf.len() - self.needles.partial_tail(&buf);
         let mut out = Vec::with_capacity(buf.len());
         let mut last = 0;
         for m in self.needles.ac.find_iter(&buf) {
@@ -900,6 +902,11 @@ mod tests {
             assert_eq!(s.hits, 2, "chunks of {size}");
         }
         assert_eq!(needles.replace_all(b"x-Bearer tok-12345678-y").0, b"x-****-y");
+        // A streamed event that ends in nothing like the start of a secret goes out whole, at once.
+        let mut s = Scrub::new(needles.clone());
+        assert_eq!(s.push(b"{\"type\":\"ADDED\",\"object\":{}}\n"), b"{\"type\":\"ADDED\",\"object\":{}}\n");
+        assert_eq!(s.push(b"data: next Bear"), b"data: next ");
+        assert_eq!(s.push(b"ing\n"), b"Bearing\n");
         // As JSON encoders escape it.
         let b64 = Needles::new(&[b"Basic dXNl/ci+x".to_vec()]).unwrap();
         for echoed in [
