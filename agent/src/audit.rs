@@ -61,7 +61,10 @@ const GROUP_COMMIT_MAX: usize = 2048;
 /// (see `StatementRows`): 10 ms cut the writer's CPU per TPC-B transaction
 /// from ~120 to 78 µs, but one client's added p99 went from ~300 to ~620 µs
 /// (a commit of 10 ms of records is a longer burst on a 2-core host); 5 ms
-/// was lost in the noise. Kept at 2 ms.
+/// was lost in the noise. Kept at 2 ms. Again once the writer yields
+/// between records (`WRITER_YIELD_EVERY`): 10 ms matched 2 ms on one
+/// client's p99 (352–394 against 307–376 µs) and lost select-only
+/// throughput (16,329 and 16,821 against 19,162 and 18,460 tps).
 const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(2);
 const QUEUE_DEPTH: usize = 65_536;
 /// A WAL larger than this is emptied by the next checkpoint (see `checkpointer`).
