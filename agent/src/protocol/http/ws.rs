@@ -362,6 +362,17 @@ mod tests {
         assert_eq!(frames[1].opcode, 8);
     }
 
+    /// `stream` through a WebSocket blanker in reads of `size`: what came out, and the copies found.
+    fn blank_in_reads(needles: &Needles, stream: &[u8], size: usize) -> (Vec<u8>, u64) {
+        let mut b = Blanker::new(needles.clone(), true);
+        let mut out = Vec::new();
+        for chunk in stream.chunks(size) {
+            out.extend(b.push(chunk));
+        }
+        out.extend(b.flush());
+        (out, b.hits)
+    }
+
     /// A held credential sent back over an upgraded connection is
     /// overwritten wherever the reads split it, the stream keeps its length
     /// (frame headers stay true), and other bytes pass as they are, those
@@ -378,14 +389,9 @@ mod tests {
         want.truncate(2);
         want.extend_from_slice(text.as_bytes());
         for size in 1..stream.len() {
-            let mut b = Blanker::new(needles.clone(), true);
-            let mut out = Vec::new();
-            for chunk in stream.chunks(size) {
-                out.extend(b.push(chunk));
-            }
-            out.extend(b.flush());
+            let (out, hits) = blank_in_reads(&needles, &stream, size);
             assert_eq!(out, want, "reads of {size}");
-            assert_eq!(b.hits, 2, "reads of {size}");
+            assert_eq!(hits, 2, "reads of {size}");
         }
         // A read that ends in the start of a copy holds only those bytes back.
         let mut b = Blanker::new(needles.clone(), false);
@@ -420,14 +426,9 @@ mod tests {
         want.extend(frame(0x81, b"again ********"));
         want.extend(frame(0x81, b"****!"));
         for size in 1..stream.len() {
-            let mut b = Blanker::new(needles.clone(), true);
-            let mut out = Vec::new();
-            for chunk in stream.chunks(size) {
-                out.extend(b.push(chunk));
-            }
-            out.extend(b.flush());
+            let (out, hits) = blank_in_reads(&needles, &stream, size);
             assert_eq!(out, want, "reads of {size}: {}", String::from_utf8_lossy(&out));
-            assert_eq!(b.hits, 2, "reads of {size}");
+            assert_eq!(hits, 2, "reads of {size}");
             assert_eq!(FrameReader::default().feed(&out, 64).len(), 5, "frames intact, reads of {size}");
         }
         // Not a WebSocket: the bytes are opaque, nothing is read as frames.
