@@ -478,16 +478,23 @@ fn deny_value_matches(pattern: &str, v: &str) -> bool {
 /// without a format suffix on the last segment (Rails routes
 /// `/orders/7.json` as `/orders/7`, as Spring's suffix matching did).
 ///
-/// And each of those with the letters outside ASCII that change case *into*
+/// And each of those decoded once more, and with the letters outside ASCII that change case *into*
 /// ASCII written as those ASCII letters ([`ascii_case_fold`]): a backend
 /// that routes case-insensitively with Unicode case rules reads
 /// `/adm%C4%B1n/users` (a dotless `ı`) as `/admin/users` — Python's `re`
 /// with `IGNORECASE` (Django's `(?i)` patterns), Java's `equalsIgnoreCase`,
 /// `upper()`/`casefold()` before a comparison.
 fn deny_path_forms(path: &str) -> Vec<String> {
+    // As sent, and decoded once more (`/%61dmin` is `/admin` to a server or
+    // proxy that decodes again, as `normalize_path` already assumes for `..`).
+    let mut spellings = vec![path.to_owned()];
+    if path.contains('%') {
+        spellings.extend(String::from_utf8(percent_decode_lenient(path.as_bytes())).ok().filter(|p| p != path));
+    }
+    let folded: Vec<String> = spellings.iter().filter_map(|p| ascii_case_fold(p)).collect();
+    spellings.extend(folded);
     let mut forms = Vec::new();
-    let folded = ascii_case_fold(path);
-    for path in std::iter::once(path).chain(folded.as_deref()) {
+    for path in &spellings {
         let base = path.trim_end_matches('/');
         forms.extend([path.to_owned(), base.to_owned(), format!("{base}/")]);
         let last = base.rsplit('/').next().unwrap_or("");
@@ -1089,6 +1096,12 @@ paths = ["/api/admin/*"]
             assert!(!deny.deny_matches(&req("GET", p, &[], &h)), "{p}");
         }
         assert_eq!(deny_path_forms("/"), ["/", "", "/"]);
+        // A path encoded twice (`/%2561dmin`, once decoded `/%61dmin`) is the
+        // denied path to a server or proxy that decodes again.
+        for p in ["/%61dmin/users", "/%41DMIN", "/adm%C4%B1n/x", "/api/v1/%65xport.csv"] {
+            assert!(deny.deny_matches(&req("GET", p, &[], &h)), "{p}");
+        }
+        assert!(!deny.deny_matches(&req("GET", "/%61pi/x", &[], &h)));
         // Letters outside ASCII that a Unicode-aware case-insensitive router reads as ASCII.
         for p in [
             "/adm\u{131}n/users",

@@ -212,9 +212,10 @@ class H(http.server.BaseHTTPRequestHandler):
             if "br=1" in self.path:
                 return self.reply(200, payload, "application/json", "br", extra)
             return self.reply(200, payload, "application/json", None, extra)
-        if re.match(r"^/admin/", urllib.parse.unquote(path), re.IGNORECASE):
+        if re.match(r"^/admin/", urllib.parse.unquote(urllib.parse.unquote(path)), re.IGNORECASE):
             # Routed as Django routes a `re_path(r"(?i)^admin/")` pattern: Python's
-            # re matches `ı`, `İ`, `ſ` and the Kelvin sign to ASCII letters.
+            # re matches `ı`, `İ`, `ſ` and the Kelvin sign to ASCII letters. The
+            # path decoded twice, as behind a proxy that decodes it first.
             return self.reply(200, b"admin area: user list", "text/plain")
         if path == "/image":
             return self.reply(200, b"\x89PNG....", "image/png")
