@@ -219,6 +219,19 @@ struct Pending {
 }
 
 impl Pending {
+    /// A cookie the backend sets in answer to the held credential is a
+    /// credential of its own (a session of the service identity), usable
+    /// wherever the backend is reachable: it stays here, and the record says so.
+    fn drop_backend_cookies(&mut self, headers: &mut http::HeaderMap) {
+        let n = headers.get_all(header::SET_COOKIE).iter().count();
+        if n == 0 {
+            return;
+        }
+        headers.remove(header::SET_COOKIE);
+        let note = format!("backend Set-Cookie dropped ({n})");
+        self.credentials = Some(self.credentials.take().map_or(note.clone(), |c| format!("{c}; {note}")));
+    }
+
     fn record(
         &self,
         audit: &audit::Audit,
@@ -573,11 +586,8 @@ impl Shared {
             }
             // As for any response (below): a cookie set in answer to the
             // held credential stays here.
-            if injected && resp.headers().contains_key(header::SET_COOKIE) {
-                let n = resp.headers().get_all(header::SET_COOKIE).iter().count();
-                resp.headers_mut().remove(header::SET_COOKIE);
-                let note = format!("backend Set-Cookie dropped ({n})");
-                pending.credentials = Some(pending.credentials.take().map_or(note.clone(), |c| format!("{c}; {note}")));
+            if injected {
+                pending.drop_backend_cookies(resp.headers_mut());
             }
             let headers = resp.headers().clone();
             let server_upgrade = hyper::upgrade::on(&mut resp);
@@ -611,14 +621,8 @@ impl Shared {
             return self.bad_gateway(&pending, &why);
         }
         strip_hop_by_hop(resp.headers_mut(), false);
-        // A cookie the backend sets in answer to the held credential is a
-        // credential of its own (a session of the service identity), usable
-        // wherever the backend is reachable: it stays here.
-        if injected && resp.headers().contains_key(header::SET_COOKIE) {
-            let n = resp.headers().get_all(header::SET_COOKIE).iter().count();
-            resp.headers_mut().remove(header::SET_COOKIE);
-            let note = format!("backend Set-Cookie dropped ({n})");
-            pending.credentials = Some(pending.credentials.take().map_or(note.clone(), |c| format!("{c}; {note}")));
+        if injected {
+            pending.drop_backend_cookies(resp.headers_mut());
         }
         let mut scrubbed_headers = 0;
         if let Some(n) = &scrub {
