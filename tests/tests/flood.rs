@@ -316,7 +316,8 @@ asyncio.run(main())
 /// the agent can open to a backend (its source ports towards one address
 /// are shared by all users). ana's fourth PostgreSQL connection is refused
 /// with `53300` while three are open — the server has three sessions of the
-/// login, not four — and ben still connects; once one closes, ana may open
+/// login, not four — and so is a MySQL connection (error 1040; the server
+/// saw no login), while ben still connects; once one closes, ana may open
 /// another. An HTTP/2 client's concurrent streams count one connection each:
 /// of six requests at once, three reach the backend and three get `503`.
 #[test]
@@ -327,7 +328,9 @@ fn one_user_holds_at_most_max_connections_per_user() {
     let pg = PgServer::start(&env.dir, &loopback(41), free_port(), "");
     let api = gatehouse_e2e::http::PyServer::h2c(&env.dir, &loopback(42));
     let ws = gatehouse_e2e::http::PyServer::ws_echo(&env.dir, &loopback(43));
+    let maria = gatehouse_e2e::mysql::MariaServer::start(&env.dir, &loopback(44), free_port());
     let secret = pg::password_file(&env.dir, "appdb.secret", pg::APP_PASSWORD);
+    let my_secret = pg::password_file(&env.dir, "shop.secret", gatehouse_e2e::mysql::APP_PASSWORD);
     let policy = format!(
         r#"
 [agent]
@@ -357,6 +360,19 @@ name = "ws"
 protocol = "http"
 address = "{ws}"
 
+[[backend]]
+name = "shop"
+protocol = "mysql"
+address = "{maria}"
+tls = "off"
+credentials = {{ user = "{my_user}", password_file = "{my_s}" }}
+
+[[rule]]
+name = "ana reads the shop"
+who = {{ users = ["{ana}"] }}
+backend = "shop"
+statements = ["select"]
+
 [[rule]]
 name = "ana reads the api"
 who = {{ users = ["{ana}"] }}
@@ -368,6 +384,9 @@ methods = ["GET"]
         s = secret.display(),
         api = api.addr,
         ws = ws.addr,
+        maria = maria.addr(),
+        my_user = gatehouse_e2e::mysql::APP_USER,
+        my_s = my_secret.display(),
     );
     let config = env.write_policy("policy.toml", &policy);
     env.start_agent(&config);
@@ -397,6 +416,14 @@ methods = ["GET"]
     // Another user is not held back by ana's connections.
     let out = env.run_as(&ben, None, Path::new("/usr/bin/psql"), &[&url(&ben), "-AtXc", "SELECT 40 + 2"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{}", String::from_utf8_lossy(&out.stderr));
+    // Her three PostgreSQL connections count for MySQL too: error 1040, and the server saw no login.
+    let port = maria.port.to_string();
+    let args =
+        ["--no-defaults", "--protocol=TCP", "-h", &maria.host, "-P", &port, "-u", "x", "--skip-ssl", "-e", "SELECT 1"];
+    let out = env.run_as(&ana, None, Path::new("/usr/bin/mariadb"), &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ERROR 1040") && err.contains("max_connections_per_user = 3"), "{err}");
+    assert!(!maria.general_log().contains(&format!("{}@", gatehouse_e2e::mysql::APP_USER)), "{}", maria.general_log());
     // One of ana's closes: she may open another.
     use std::io::Write;
     hold.stdin.as_mut().expect("stdin").write_all(b"\n").expect("write");

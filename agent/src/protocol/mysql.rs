@@ -62,6 +62,7 @@ use crate::audit::{Event, StatementEnd, StatementStart, now_us};
 use crate::catalog::misses::Lookup;
 use crate::identity::Principal;
 use crate::policy::{Backend, Credentials, Decision, Request, TlsMode, Verdict};
+use crate::proxy::limits::ConnectRefusal;
 use crate::proxy::{Agent, LiveSession, Snapshot};
 use crate::sql::mysql::{self as classify, Names, Refusal};
 use crate::sql::{Kind, Statement, TableRef};
@@ -302,13 +303,12 @@ fn err_packet(seq: u8, code: u16, state: &str, msg: &str) -> Vec<u8> {
 
 /// Refuses a connection in the client's protocol: an ERR packet in place
 /// of the server's greeting (what a server does for a host it refuses).
-pub async fn reject(client: TcpStream, reason: &str) {
+pub async fn reject(client: TcpStream, reason: &str, refusal: ConnectRefusal) {
     let mut c = Conn::new(client, 0, "client's");
     let msg = format!("Gatehouse refused this connection: {reason}");
-    let (code, state) = if reason.contains(crate::proxy::limits::PER_USER_SETTING) {
-        (ER_CON_COUNT, "08004")
-    } else {
-        (ER_LOGIN, "28000")
+    let (code, state) = match refusal {
+        ConnectRefusal::Denied => (ER_LOGIN, "28000"),
+        ConnectRefusal::TooManyConnections => (ER_CON_COUNT, "08004"),
     };
     let _ = tokio::time::timeout(LOGIN_TIMEOUT, c.send(&err_packet(0, code, state, &msg))).await;
     c.shutdown().await;

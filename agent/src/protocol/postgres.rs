@@ -27,6 +27,7 @@ use super::tcp::{End, RelayOutcome};
 use crate::identity::Principal;
 use crate::mask::Profile;
 use crate::policy::{AuthMethod, Backend, Credentials, TlsMode};
+use crate::proxy::limits::ConnectRefusal;
 use crate::proxy::{Agent, LiveSession};
 use crate::types::{DbRole, SessionId, Uid};
 
@@ -238,18 +239,18 @@ async fn send(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) {
 /// Refuses a connection the policy does not allow: a FATAL 28000 with the
 /// reason, in the protocol the client speaks. A cancel request is still
 /// honoured (for the caller's own sessions only).
-pub async fn reject(agent: &Agent, client: TcpStream, uid: Uid, reason: &str) -> String {
+pub async fn reject(agent: &Agent, client: TcpStream, uid: Uid, reason: &str, refusal: ConnectRefusal) -> String {
     match read_opening(client, None).await {
         Ok(Opening::Session { mut stream, .. }) => {
-            // Over the user's connection limit: too_many_connections, which
-            // pools and drivers treat as "try again later".
-            let (code, hint) = if reason.contains(crate::proxy::limits::PER_USER_SETTING) {
-                (
+            let (code, hint) = match refusal {
+                ConnectRefusal::Denied => {
+                    ("28000", "ask the operators for access; `gatehouse policy explain` shows why")
+                }
+                // too_many_connections, which pools and drivers treat as "try again later".
+                ConnectRefusal::TooManyConnections => (
                     "53300",
                     "close some of your other connections through Gatehouse, or ask the operators for a higher limit",
-                )
-            } else {
-                ("28000", "ask the operators for access; `gatehouse policy explain` shows why")
+                ),
             };
             let e =
                 PgError::new(Severity::Fatal, code, format!("Gatehouse refused this connection: {reason}")).hint(hint);

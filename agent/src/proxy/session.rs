@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::{Instrument, error, info, info_span, warn};
 
+use super::limits::ConnectRefusal;
 use super::refusals::{Admit, RefusalKey, RefusalKind};
 use super::{Agent, LiveSession, Route, lock, write_aggregates};
 use crate::audit::{self, SessionClose, SessionOpen};
@@ -133,11 +134,14 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     // One more connection to a backend for this user, within
     // `max_connections_per_user` (an HTTP session counts each connection it
     // opens to its backend instead, in `protocol::http::upstream`).
-    let http_proxied = backend.is_some_and(|b| {
+    // HTTPS that Gatehouse does not terminate is opaque bytes.
+    let passthrough = backend.is_some_and(|b| {
         b.protocol == Protocol::Http
-            && b.http.as_ref().is_none_or(|h| h.tls != crate::policy::http::HttpTls::Passthrough)
+            && b.http.as_ref().is_some_and(|h| h.tls == crate::policy::http::HttpTls::Passthrough)
     });
+    let http_proxied = protocol == Some(Protocol::Http) && !passthrough;
     let mut _user_slot = None;
+    let mut refusal = ConnectRefusal::Denied;
     let decision = if (decision.allowed() || decision.verdict == crate::policy::Verdict::NeedsApproval) && !http_proxied
     {
         match agent.per_user.take(who.uid.0) {
@@ -145,7 +149,10 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 _user_slot = slot;
                 decision
             }
-            Err(why) => crate::policy::Decision::refuse(why),
+            Err(why) => {
+                refusal = ConnectRefusal::TooManyConnections;
+                crate::policy::Decision::refuse(why)
+            }
         }
     } else {
         decision
@@ -183,7 +190,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             if recorded {
                 record_open(agent, rec).await;
             }
-            let end = crate::protocol::postgres::reject(agent, client, who.uid, &decision.reason()).await;
+            let end = crate::protocol::postgres::reject(agent, client, who.uid, &decision.reason(), refusal).await;
             if recorded {
                 close_record(agent, id, 0, 0, end);
             }
@@ -192,7 +199,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 record_refusal(agent, rec).await;
             }
             if protocol == Some(Protocol::Mysql) {
-                crate::protocol::mysql::reject(client, &decision.reason()).await;
+                crate::protocol::mysql::reject(client, &decision.reason(), refusal).await;
             } else {
                 drop(client);
             }
@@ -248,13 +255,6 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             return;
         }
     }
-    // HTTPS that Gatehouse does not terminate is opaque bytes.
-    let passthrough = protocol == Protocol::Http
-        && snapshot
-            .policy
-            .backend(&backend_name)
-            .and_then(|b| b.http.as_ref())
-            .is_some_and(|h| h.tls == crate::policy::http::HttpTls::Passthrough);
     let out = match protocol {
         Protocol::Http if !passthrough => {
             let Some(backend) = snapshot.policy.backend(&backend_name).cloned() else { return };
@@ -306,7 +306,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 // A rule names a profile the policy lacks: never return unmasked results.
                 lock(&agent.live).remove(&id);
                 close_record(agent, id, 0, 0, "refused: masking profile unavailable (fail closed)".into());
-                crate::protocol::mysql::reject(client, "masking profile unavailable").await;
+                crate::protocol::mysql::reject(client, "masking profile unavailable", ConnectRefusal::Denied).await;
                 return;
             }
             let ctx = crate::protocol::mysql::Ctx {
