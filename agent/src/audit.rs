@@ -64,7 +64,12 @@ const GROUP_COMMIT_MAX: usize = 2048;
 /// was lost in the noise. Kept at 2 ms. Again once the writer yields
 /// between records (`WRITER_YIELD_EVERY`): 10 ms matched 2 ms on one
 /// client's p99 (352–394 against 307–376 µs) and lost select-only
-/// throughput (16,329 and 16,821 against 19,162 and 18,460 tps).
+/// throughput (16,329 and 16,821 against 19,162 and 18,460 tps). And with
+/// the writer's CPU per statement measured (`bench pg --select-only`, two
+/// runs each): 2 ms 14.8 and 14.9 µs at 19,028 and 18,528 tps; 8 ms 13.7 and
+/// 13.7 µs at 18,299 and 18,460 tps; 20 ms 12.3 and 13.6 µs at 17,032 and
+/// 16,300 tps — a longer window saves the writer a little (fewer WAL frames
+/// for the same pages) and costs the sessions more than that.
 const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(2);
 const QUEUE_DEPTH: usize = 65_536;
 /// A WAL larger than this is emptied by the next checkpoint (see `checkpointer`).
@@ -1351,6 +1356,23 @@ fn write_raw(
 
 pub(crate) fn insert_event(
     tx: &rusqlite::Transaction<'_>,
+    head: (u64, [u8; 32]),
+    time_us: i64,
+    session: Option<&str>,
+    kind: &str,
+    body: &[u8],
+    data: Option<&[u8]>,
+) -> rusqlite::Result<(u64, [u8; 32])> {
+    let mut stmt = tx.prepare_cached(INSERT_EVENT)?;
+    insert_event_with(&mut stmt, head, time_us, session, kind, body, data)
+}
+
+const INSERT_EVENT: &str = "INSERT INTO events (seq, time_us, session, kind, content_hash, body, data, prev_hash, hash)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// [`insert_event`] with the statement prepared by the caller (a batch prepares it once).
+fn insert_event_with(
+    stmt: &mut rusqlite::Statement<'_>,
     (seq, prev): (u64, [u8; 32]),
     time_us: i64,
     session: Option<&str>,
@@ -1361,11 +1383,7 @@ pub(crate) fn insert_event(
     let seq = seq + 1;
     let content = chain::content_hash(body, data);
     let hash = chain::hash(&prev, seq, time_us, session, kind, &content);
-    tx.prepare_cached(
-        "INSERT INTO events (seq, time_us, session, kind, content_hash, body, data, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
+    stmt.execute(params![
         i64::try_from(seq).unwrap_or(i64::MAX),
         time_us,
         session,
@@ -1403,11 +1421,12 @@ fn write(
 ) -> rusqlite::Result<(u64, [u8; 32])> {
     let tx = conn.transaction()?;
     let mut rows = StatementRows::default();
+    let mut insert = tx.prepare_cached(INSERT_EVENT)?;
     for (i, e) in entries.iter().enumerate() {
         if i % WRITER_YIELD_EVERY == WRITER_YIELD_EVERY - 1 {
             std::thread::yield_now();
         }
-        head = insert_event(&tx, head, e.time_us, e.session.as_deref(), e.kind, &e.body, e.data())?;
+        head = insert_event_with(&mut insert, head, e.time_us, e.session.as_deref(), e.kind, &e.body, e.data())?;
         match &e.event {
             Some(Event::Statement(s)) => rows.start(s),
             Some(Event::StatementEnd(x)) if rows.end(x) => {}
@@ -1420,6 +1439,7 @@ fn write(
             None => {}
         }
     }
+    drop(insert);
     std::thread::yield_now();
     rows.insert(&tx)?;
     if jseq > 0 {
@@ -1467,15 +1487,19 @@ impl<'a> StatementRows<'a> {
     }
 
     fn insert(&mut self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
         let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO statements (session_id, seq, started_us, text, kinds, tables, decision,
+                 rule, reason, redacted, ended_us, rows, duration_us, error, masked)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )?;
+        let mut id = uuid::Uuid::encode_buffer();
         for (s, x) in self.rows.drain(..) {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO statements (session_id, seq, started_us, text, kinds, tables, decision,
-                     rule, reason, redacted, ended_us, rows, duration_us, error, masked)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )?
-            .execute(params![
-                s.session.to_string(),
+            stmt.execute(params![
+                &*s.session.0.hyphenated().encode_lower(&mut id),
                 big(s.seq),
                 s.started_us,
                 s.text,

@@ -39,6 +39,15 @@ pub struct Record {
     pub hash: [u8; 32],
 }
 
+/// The two keyed hashers, derived from their context strings once: a
+/// derivation is a hash of the context (two records per statement, two
+/// hashes each, on the writer's hot path), and a clone of the derived
+/// hasher is the hasher `new_derive_key` would return.
+static CONTENT: std::sync::LazyLock<blake3::Hasher> =
+    std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key("gatehouse audit content v2"));
+static RECORD: std::sync::LazyLock<blake3::Hasher> =
+    std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key("gatehouse audit record v2"));
+
 fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
     h.update(&u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_be_bytes());
     h.update(bytes);
@@ -46,7 +55,7 @@ fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
 
 /// The hash of a record's content: its body and its data, length-prefixed.
 pub fn content_hash(body: &[u8], data: Option<&[u8]>) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("gatehouse audit content v2");
+    let mut h = CONTENT.clone();
     field(&mut h, body);
     match data {
         Some(d) => {
@@ -70,7 +79,7 @@ pub fn hash(
     kind: &str,
     content: &[u8; 32],
 ) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("gatehouse audit record v2");
+    let mut h = RECORD.clone();
     h.update(prev);
     h.update(&seq.to_be_bytes());
     h.update(&time_us.to_be_bytes());
@@ -253,6 +262,35 @@ mod tests {
                 r
             })
             .collect()
+    }
+
+    /// The cached hashers hash as hashers derived afresh do (the layout is evidence: it must not move).
+    #[test]
+    fn cached_hashers_match_fresh_derivation() {
+        for (body, data) in [(&b""[..], None), (&b"{\"a\":1}"[..], Some(&b"bytes"[..])), (&[7u8; 3000][..], None)] {
+            let mut h = blake3::Hasher::new_derive_key("gatehouse audit content v2");
+            field(&mut h, body);
+            match data {
+                Some(d) => {
+                    h.update(&[1]);
+                    field(&mut h, d);
+                }
+                None => {
+                    h.update(&[0]);
+                }
+            }
+            assert_eq!(content_hash(body, data), *h.finalize().as_bytes());
+        }
+        let content = content_hash(b"x", None);
+        let mut h = blake3::Hasher::new_derive_key("gatehouse audit record v2");
+        h.update(&[9; 32]);
+        h.update(&5u64.to_be_bytes());
+        h.update(&77i64.to_be_bytes());
+        h.update(&[1]);
+        field(&mut h, b"sess");
+        field(&mut h, b"statement");
+        h.update(&content);
+        assert_eq!(hash(&[9; 32], 5, 77, Some("sess"), "statement", &content), *h.finalize().as_bytes());
     }
 
     #[test]
