@@ -65,8 +65,9 @@ pub struct AgentRaw {
     /// Query, Bind or COPY data) and MySQL packets may take in relay buffers
     /// across every session together (default 1 GiB).
     pub large_message_budget: Option<u64>,
-    /// Connections to backends the agent holds for one local user at once
-    /// (default 1024; root is not counted): see `proxy::limits::PerUser`.
+    /// Connections the agent holds for one local user at once (default
+    /// 1024; root is not counted): a session is one, an HTTP session one
+    /// more per backend connection past its first; see `proxy::limits::PerUser`.
     pub max_connections_per_user: Option<u32>,
     /// Prometheus metrics and `/healthz`: `"127.0.0.1:9187"` (loopback
     /// only) or `"unix:/run/gatehouse/metrics.sock"`. Off when absent.

@@ -312,6 +312,32 @@ async def main():
 asyncio.run(main())
 "#;
 
+/// Three idle connections to an HTTP backend, then a fourth, which the
+/// agent closes; then one request on the first of them.
+const IDLE_HTTP_PY: &str = r#"
+import json, socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+idle = [socket.create_connection((host, port)) for _ in range(3)]
+time.sleep(0.3)
+extra = socket.create_connection((host, port))
+extra.settimeout(3)
+try:
+    fourth = "closed" if extra.recv(1) == b"" else "answered"
+except socket.timeout:
+    fourth = "held open"
+except OSError as e:
+    fourth = "closed (%s)" % e
+idle[0].sendall(b"GET /api/v1/notes HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n" % (host.encode(), port))
+idle[0].settimeout(5)
+answer = b""
+while True:
+    b = idle[0].recv(65536)
+    if not b:
+        break
+    answer += b
+print(json.dumps({"fourth": fourth, "status": answer.split(b"\r\n", 1)[0].decode()}), flush=True)
+"#;
+
 /// `max_connections_per_user`: one local user cannot take every connection
 /// the agent can open to a backend (its source ports towards one address
 /// are shared by all users). ana's fourth PostgreSQL connection is refused
@@ -319,7 +345,10 @@ asyncio.run(main())
 /// login, not four — and so is a MySQL connection (error 1040; the server
 /// saw no login), while ben still connects; once one closes, ana may open
 /// another. An HTTP/2 client's concurrent streams count one connection each:
-/// of six requests at once, three reach the backend and three get `503`.
+/// of six requests at once, three reach the backend and three get `503`. An
+/// HTTP session counts one connection even while it has none open to its
+/// backend: a fourth idle HTTP connection beside three is closed (without
+/// it, idle client connections were not bounded at all).
 #[test]
 fn one_user_holds_at_most_max_connections_per_user() {
     let mut env = Env::new("peruser");
@@ -443,8 +472,17 @@ methods = ["GET"]
     let v: Value =
         serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{}", String::from_utf8_lossy(&o.stderr)));
     assert_eq!(v["echo"], "still here", "{v}");
-    assert!(v["fourth"].as_str().is_some_and(|f| f.contains("503")), "a fourth WebSocket while three are open: {v}");
+    // Each WebSocket is a session of its own, counted once: the fourth session is refused (closed).
+    assert!(v["fourth"].as_str().is_some_and(|f| f != "opened"), "a fourth WebSocket while three are open: {v}");
     assert_eq!(held_by_ana(0).0, 0);
+    let refused_at = |backend: &str| {
+        env.sessions().iter().any(|s| {
+            s["backend"] == backend
+                && s["decision"] == "deny"
+                && s["reason"].as_str().is_some_and(|r| r.contains("max_connections_per_user = 3"))
+        })
+    };
+    assert!(refused_at("ws"), "the fourth WebSocket's session is on record, refused: {:#?}", env.sessions());
 
     // HTTP: six concurrent streams on one HTTP/2 connection; three backend connections at most.
     let o = env.run_as(
@@ -474,4 +512,16 @@ methods = ["GET"]
         })
         .count();
     assert_eq!(limited, 3, "{recs:?}\n{log}");
+    assert_eq!(held_by_ana(0).0, 0);
+
+    // Idle HTTP connections count too: a fourth is closed; a request on one of the three is answered.
+    let (host, port) = api.addr.rsplit_once(':').map(|(h, p)| (h.to_owned(), p.to_owned())).unwrap_or_default();
+    let o = env.run_as(&ana, None, Path::new("/usr/bin/python3"), &["-c", IDLE_HTTP_PY, &host, &port]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let v: Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{}", String::from_utf8_lossy(&o.stderr)));
+    assert!(v["fourth"].as_str().is_some_and(|f| f.starts_with("closed")), "a fourth idle HTTP connection: {v}");
+    assert!(v["status"].as_str().is_some_and(|s| s.contains(" 200")), "a request on an idle one: {v}");
+    assert!(refused_at("api"), "the fourth idle connection's session is on record, refused");
+    assert_eq!(held_by_ana(0).0, 0);
 }

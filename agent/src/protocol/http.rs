@@ -72,6 +72,8 @@ pub struct Ctx {
     pub backend: Backend,
     pub addr: SocketAddr,
     pub live: Arc<LiveSession>,
+    /// The session's count against `max_connections_per_user` (lent to its pool).
+    pub user_slot: Option<crate::proxy::limits::UserSlot>,
 }
 
 /// A credential read from its file, as the header it is sent in.
@@ -108,7 +110,7 @@ struct Shared {
 }
 
 /// Serves one client connection until it closes or the session is cut.
-pub async fn serve(ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome {
+pub async fn serve(mut ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome {
     let http = ctx.backend.http.clone().unwrap_or(crate::policy::http::HttpBackend {
         tls: HttpTls::Off,
         credentials: None,
@@ -127,7 +129,13 @@ pub async fn serve(ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome {
     } else {
         None
     };
-    let pool = Pool::new(ctx.addr, ctx.agent.settings.mark, tls, (ctx.agent.per_user.clone(), ctx.principal.uid.0));
+    let pool = Pool::new(
+        ctx.addr,
+        ctx.agent.settings.mark,
+        tls,
+        (ctx.agent.per_user.clone(), ctx.principal.uid.0),
+        ctx.user_slot.take(),
+    );
     let cut = ctx.live.cut.clone();
     let live = ctx.live.clone();
     let up = Arc::new(AtomicU64::new(0));

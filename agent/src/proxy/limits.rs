@@ -180,12 +180,15 @@ mod tests {
     }
 }
 
-/// How many connections to backends the agent holds for each local user at
-/// once (`[agent] max_connections_per_user`): a session of PostgreSQL,
-/// MySQL, SSH or opaque TCP is one, and an HTTP session counts each
-/// connection it opens to its backend (one per request in flight; an HTTP/2
+/// How many connections the agent holds for each local user at once
+/// (`[agent] max_connections_per_user`): a session of PostgreSQL, MySQL,
+/// SSH or opaque TCP is one (its client's connection and its backend's),
+/// and an HTTP session is one while it holds at most one connection to its
+/// backend and counts each one more (one per request in flight; an HTTP/2
 /// client's streams on one socket would otherwise become as many backend
-/// connections). The agent's source ports towards one backend address are
+/// connections): it lends its own count to its first backend connection
+/// (`protocol::http::upstream`), so an idle client connection counts too.
+/// The agent's source ports towards one backend address are
 /// shared by every user (about 28,000 with Linux's default
 /// `ip_local_port_range`): without a bound, one user could take them all.
 /// Root is not counted (it can detach the programs anyway).
@@ -228,7 +231,7 @@ impl PerUser {
         let n = open.entry(uid).or_insert(0);
         if *n >= self.max {
             return Err(format!(
-                "uid {uid} already holds {} connections to backends through the agent ([agent] {PER_USER_SETTING} = {})",
+                "uid {uid} already holds {} connections through the agent ([agent] {PER_USER_SETTING} = {})",
                 *n, self.max
             ));
         }

@@ -131,22 +131,21 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         }
         _ => decision,
     };
-    // One more connection to a backend for this user, within
-    // `max_connections_per_user` (an HTTP session counts each connection it
-    // opens to its backend instead, in `protocol::http::upstream`).
+    // One more connection for this user, within `max_connections_per_user`.
+    // An HTTP session lends its count to the connections its pool opens to
+    // the backend and counts each one past the first (`protocol::http::upstream`):
+    // one while idle, so idle client connections are bounded too.
     // HTTPS that Gatehouse does not terminate is opaque bytes.
     let passthrough = backend.is_some_and(|b| {
         b.protocol == Protocol::Http
             && b.http.as_ref().is_some_and(|h| h.tls == crate::policy::http::HttpTls::Passthrough)
     });
-    let http_proxied = protocol == Some(Protocol::Http) && !passthrough;
-    let mut _user_slot = None;
+    let mut user_slot = None;
     let mut refusal = ConnectRefusal::Denied;
-    let decision = if (decision.allowed() || decision.verdict == crate::policy::Verdict::NeedsApproval) && !http_proxied
-    {
+    let decision = if decision.allowed() || decision.verdict == crate::policy::Verdict::NeedsApproval {
         match agent.per_user.take(who.uid.0) {
             Ok(slot) => {
-                _user_slot = slot;
+                user_slot = slot;
                 decision
             }
             Err(why) => {
@@ -265,6 +264,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 backend,
                 addr: upstream,
                 live: live.clone(),
+                user_slot: user_slot.take(),
             };
             crate::protocol::http::serve(ctx, client).await
         }

@@ -40,7 +40,14 @@ pub struct Pool {
     idle: std::sync::Mutex<Vec<(SendRequest<UpBody>, Option<SlotHold>)>>,
     /// Each connection opened counts against the session's user.
     per_user: (Arc<crate::proxy::limits::PerUser>, u32),
+    /// The session's own count (every session is one connection of its
+    /// user, `proxy::session`), lent to a backend connection while one is
+    /// open: the session counts as one, or as the connections it holds
+    /// open to its backend when they are more.
+    spare: Arc<std::sync::Mutex<Option<UserSlot>>>,
 }
+
+use crate::proxy::limits::UserSlot;
 
 impl Pool {
     pub fn new(
@@ -48,8 +55,10 @@ impl Pool {
         mark: u32,
         tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
         per_user: (Arc<crate::proxy::limits::PerUser>, u32),
+        session_slot: Option<UserSlot>,
     ) -> Arc<Self> {
-        Arc::new(Self { addr, mark, tls, idle: std::sync::Mutex::new(Vec::new()), per_user })
+        let spare = Arc::new(std::sync::Mutex::new(session_slot));
+        Arc::new(Self { addr, mark, tls, idle: std::sync::Mutex::new(Vec::new()), per_user, spare })
     }
 
     /// Sends one request; the connection goes back to the pool once it can
@@ -86,8 +95,7 @@ impl Pool {
     async fn connect(&self) -> Result<(SendRequest<UpBody>, Option<SlotHold>), UpstreamError> {
         // Counted while the connection lives: its task, the pool and (once
         // upgraded) the relay of the upgraded stream each hold a share.
-        let slot =
-            self.per_user.0.take(self.per_user.1).map_err(UpstreamError::UserLimit)?.map(|s| SlotHold(Arc::new(s)));
+        let slot = self.count()?;
         let tcp = crate::proxy::connect_upstream(self.addr, self.mark).await.map_err(UpstreamError::Connect)?;
         let sender = match &self.tls {
             None => handshake(tcp, slot.clone()).await?,
@@ -103,10 +111,43 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// The count of one more backend connection: the session's own while
+    /// no other connection has it, else one more for the user.
+    fn count(&self) -> Result<Option<SlotHold>, UpstreamError> {
+        let lent = crate::proxy::lock(&self.spare).take();
+        let slot = match lent {
+            Some(s) => Some(s),
+            None => self.per_user.0.take(self.per_user.1).map_err(UpstreamError::UserLimit)?,
+        };
+        Ok(slot.map(|s| SlotHold(Arc::new(Lent { slot: Some(s), back: Arc::downgrade(&self.spare) }))))
+    }
+}
+
 /// A share of one backend connection's count against its user
 /// (`max_connections_per_user`), given back when the last share drops.
 #[derive(Debug, Clone)]
-pub struct SlotHold(#[expect(dead_code, reason = "held for its Drop")] Arc<crate::proxy::limits::UserSlot>);
+pub struct SlotHold(#[expect(dead_code, reason = "held for its Drop")] Arc<Lent>);
+
+/// One backend connection's count; when the connection ends it becomes the
+/// session's own count again if the session has none (it is still open),
+/// else it is given back.
+#[derive(Debug)]
+pub struct Lent {
+    slot: Option<UserSlot>,
+    back: std::sync::Weak<std::sync::Mutex<Option<UserSlot>>>,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(spare) = self.back.upgrade() {
+            let mut s = crate::proxy::lock(&spare);
+            if s.is_none() {
+                *s = self.slot.take();
+            }
+        }
+    }
+}
 
 async fn handshake<I>(io: I, slot: Option<SlotHold>) -> Result<SendRequest<UpBody>, UpstreamError>
 where
@@ -121,4 +162,46 @@ where
         drop(slot);
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::limits::PerUser;
+
+    fn held(per: &PerUser) -> serde_json::Value {
+        per.stats()["open_by_uid"]["1001"].clone()
+    }
+
+    /// A session counts once while it holds at most one backend connection,
+    /// and once per connection past that; its count outlives the connections
+    /// while the session lasts, and nothing outlives both.
+    #[test]
+    fn a_session_counts_once_or_once_per_backend_connection() {
+        let per = PerUser::new(3);
+        let session = per.take(1001).expect("session");
+        let addr = "127.0.0.1:9".parse().expect("addr");
+        let pool = Pool::new(addr, 0, None, (per.clone(), 1001), session);
+        assert_eq!(held(&per), 1, "an idle session");
+        let first = pool.count().expect("lent").expect("counted");
+        assert_eq!(held(&per), 1, "its first backend connection has the session's count");
+        let second = pool.count().expect("one more").expect("counted");
+        let third = pool.count().expect("one more").expect("counted");
+        assert_eq!(held(&per), 3);
+        assert!(matches!(pool.count(), Err(UpstreamError::UserLimit(_))), "past the limit");
+        // The first ends: its count goes back to the session, which still counts once.
+        drop(first);
+        assert_eq!(held(&per), 3);
+        drop(second);
+        assert_eq!(held(&per), 2, "the session holds one count, the third connection one");
+        let again = pool.count().expect("the session's count, lent again").expect("counted");
+        assert_eq!(held(&per), 2);
+        // A connection that outlives its session (an upgraded stream) keeps its count until it ends.
+        drop(pool);
+        assert_eq!(held(&per), 2);
+        drop(again);
+        assert_eq!(held(&per), 1);
+        drop(third);
+        assert_eq!(per.stats()["open_by_uid"], serde_json::json!({}));
+    }
 }
