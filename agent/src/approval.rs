@@ -247,9 +247,31 @@ impl Registry {
         inner.next = inner.next.max(last);
     }
 
-    /// Opens a request; the receiver follows its state.
-    pub fn open(&self, o: Open, now_us: i64) -> (Transition, watch::Receiver<State>) {
+    /// Opens a request; the receiver follows its state. A requester (by
+    /// uid; root is not counted) with `max_pending` requests pending gets
+    /// none: every request is a record and a notification to the approvers,
+    /// and a local user must not be able to flood them (or the agent's
+    /// memory) with requests. The error says so and names the setting.
+    pub fn open(
+        &self,
+        o: Open,
+        now_us: i64,
+        max_pending: usize,
+    ) -> Result<(Transition, watch::Receiver<State>), String> {
         let mut inner = self.lock();
+        let uid = o.requester.uid.0;
+        if uid != 0 {
+            let pending = inner
+                .requests
+                .values()
+                .filter(|e| e.request.requester.uid == uid && e.request.state == State::Pending)
+                .count();
+            if pending >= max_pending {
+                return Err(format!(
+                    "uid {uid} already has {pending} approval requests pending ([agent] max_pending_requests_per_user = {max_pending}); wait for them to be decided, or withdraw one"
+                ));
+            }
+        }
         inner.next += 1;
         let id = inner.next;
         let request = Request {
@@ -267,7 +289,7 @@ impl Registry {
         };
         let (tx, rx) = watch::channel(State::Pending);
         inner.requests.insert(id, Entry { request: request.clone(), by: o.approvers, watch: tx });
-        (Transition { request, event: "requested", by: None }, rx)
+        Ok((Transition { request, event: "requested", by: None }, rx))
     }
 
     /// Whether `caller` may decide request `id` (an approver, not the requester).
@@ -527,21 +549,57 @@ mod tests {
         needed: u32,
         subject: Subject,
     ) -> (RequestId, watch::Receiver<State>) {
-        let (t, rx) = reg.open(
-            Open {
-                subject,
-                requester: requester.clone(),
-                reason: Some("INC-1".into()),
-                approvers: leads(),
-                approvers_label: "sre-leads".into(),
-                needed,
-                timeout_us: 1_000,
-                duration_us: Some(10_000),
-            },
-            100,
-        );
+        let (t, rx) = reg
+            .open(
+                Open {
+                    subject,
+                    requester: requester.clone(),
+                    reason: Some("INC-1".into()),
+                    approvers: leads(),
+                    approvers_label: "sre-leads".into(),
+                    needed,
+                    timeout_us: 1_000,
+                    duration_us: Some(10_000),
+                },
+                100,
+                16,
+            )
+            .expect("opened");
         assert_eq!(t.event, "requested");
         (t.request.id, rx)
+    }
+
+    /// A requester has at most `max_pending` requests pending; decided ones
+    /// do not count, other users and root are not held back.
+    #[test]
+    fn a_requester_has_at_most_max_pending_requests() {
+        let reg = Registry::default();
+        let dan = person(1001, "dan", &["dba"]);
+        let lea = person(1002, "lea", &["sre-leads"]);
+        let ask = |who: &Principal| {
+            let o = Open {
+                subject: stmt(),
+                requester: who.clone(),
+                reason: None,
+                approvers: leads(),
+                approvers_label: "sre-leads".into(),
+                needed: 1,
+                timeout_us: 1_000,
+                duration_us: None,
+            };
+            reg.open(o, 100, 2).map(|(t, _)| t.request.id)
+        };
+        let first = ask(&dan).expect("first");
+        ask(&dan).expect("second");
+        let why = ask(&dan).expect_err("third while two are pending");
+        assert!(why.contains("uid 1001 already has 2") && why.contains("max_pending_requests_per_user = 2"), "{why}");
+        assert_eq!(reg.lock().requests.len(), 2, "the refused one was not opened");
+        ask(&person(1003, "eve", &[])).expect("another user");
+        for _ in 0..5 {
+            ask(&person(0, "root", &[])).expect("root is not counted");
+        }
+        reg.decide(first, &lea, false, None, 200).expect("denied");
+        ask(&dan).expect("a decided request no longer counts");
     }
 
     fn stmt() -> Subject {

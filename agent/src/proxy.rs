@@ -285,7 +285,9 @@ impl Agent {
     }
 
     /// Opens a request to the approvers a rule's `approval` names, records
-    /// its opening, and returns what the held session waits on. `reason`:
+    /// its opening, and returns what the held session waits on (or, when the
+    /// requester has `max_pending_requests_per_user` pending, why none was
+    /// opened: the held statement, request or login is refused). `reason`:
     /// why it is held, when not for the rule itself (an alert); `label`: how
     /// the decision named the approvers, if it did.
     pub fn request_approval(
@@ -295,7 +297,7 @@ impl Agent {
         approval: &crate::policy::Approval,
         reason: Option<String>,
         label: Option<String>,
-    ) -> crate::approval::Waiting {
+    ) -> Result<crate::approval::Waiting, String> {
         let open = crate::approval::Open {
             subject,
             requester,
@@ -306,9 +308,15 @@ impl Agent {
             timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
             duration_us: None,
         };
-        let (t, state) = self.approvals.open(open, crate::audit::now_us());
+        let (t, state) =
+            self.approvals.open(open, crate::audit::now_us(), self.settings.max_pending_requests_per_user)?;
         self.approval_transition(&t);
-        crate::approval::Waiting { id: t.request.id, state, timeout: approval.timeout, approvers: t.request.approvers }
+        Ok(crate::approval::Waiting {
+            id: t.request.id,
+            state,
+            timeout: approval.timeout,
+            approvers: t.request.approvers,
+        })
     }
 
     /// Records (and logs) a step of an approval request.

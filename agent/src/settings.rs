@@ -69,6 +69,9 @@ pub struct AgentRaw {
     /// 1024; root is not counted): a session is one, an HTTP session one
     /// more per backend connection past its first; see `proxy::limits::PerUser`.
     pub max_connections_per_user: Option<u32>,
+    /// Approval requests one local user may have pending at once (default
+    /// 16; root is not counted): see `approval::Registry::open`.
+    pub max_pending_requests_per_user: Option<u32>,
     /// Prometheus metrics and `/healthz`: `"127.0.0.1:9187"` (loopback
     /// only) or `"unix:/run/gatehouse/metrics.sock"`. Off when absent.
     pub metrics: Option<String>,
@@ -107,6 +110,8 @@ pub struct Settings {
     pub large_message_budget: usize,
     /// See [`AgentRaw::max_connections_per_user`].
     pub max_connections_per_user: usize,
+    /// See [`AgentRaw::max_pending_requests_per_user`].
+    pub max_pending_requests_per_user: usize,
     /// Where `/metrics` and `/healthz` are served; `None`: not at all.
     pub metrics: Option<crate::metrics::Listen>,
     /// Where committed audit records are shipped, if anywhere.
@@ -205,6 +210,16 @@ impl Settings {
                 Some(0) => {
                     return Err(SettingsError::Invalid {
                         field: "max_connections_per_user",
+                        message: "must be at least 1".into(),
+                    });
+                }
+                Some(n) => n as usize,
+            },
+            max_pending_requests_per_user: match raw.max_pending_requests_per_user {
+                None => 16,
+                Some(0) => {
+                    return Err(SettingsError::Invalid {
+                        field: "max_pending_requests_per_user",
                         message: "must be at least 1".into(),
                     });
                 }

@@ -678,3 +678,102 @@ except psycopg.Error as e:
     assert!(w.pending(&w.lea, "orders admin") > id2, "numbering continues after the restart");
     let _ = (&w.eve, &w.dan);
 }
+
+/// A local user cannot flood the approvers (and the agent) with requests:
+/// each is an audit record and a notification to every `[[notify]]`
+/// target. With `max_pending_requests_per_user = 2`, dev's third grant
+/// request is refused and the approvers' webhook got two; dan's third held
+/// DELETE is refused at once with 53400 and never reaches the server, while
+/// his first two wait for a decision; another user is not held back.
+#[test]
+fn a_user_cannot_flood_the_approvers_with_requests() {
+    let mut w = world("apflood", "60s");
+    let config = w.env.path("policy.toml");
+    let policy = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("[agent]\nmax_pending_requests_per_user = 2\n{policy}")).unwrap();
+    assert!(w.env.signal_agent("TERM").success());
+    w.env.start_agent(&config);
+    let grant = |reason: &str| {
+        w.cli(&w.dev, &["request", "--backend", "appdb", "--grant", "orders admin", "--for", "30m", "--reason", reason])
+    };
+    for reason in ["INC-1", "INC-2"] {
+        let o = grant(reason);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let o = grant("INC-3");
+    assert!(
+        !o.status.success()
+            && text(&o).contains("already has 2 approval requests pending")
+            && text(&o).contains("max_pending_requests_per_user = 2"),
+        "{}",
+        text(&o)
+    );
+    // The approvers were told of two requests, not three.
+    let requested = || {
+        std::fs::read_to_string(&w.hook.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["event"] == "requested" && e["body"]["request"]["subject"]["type"] == "grant")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while requested() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(requested(), 2, "webhook deliveries of grant requests");
+    assert_eq!(
+        w.requests(&w.lea).iter().filter(|r| r["state"]["state"] == "pending").count(),
+        2,
+        "pending requests: {:?}",
+        w.requests(&w.lea)
+    );
+
+    // Held statements: two wait, the third is refused at once and never runs.
+    w.pg.admin_db("appdb", "INSERT INTO victim VALUES (7)");
+    let first = w.psql_spawn(&w.dan, "DELETE FROM victim WHERE id = 1");
+    let a = w.pending(&w.lea, "DELETE FROM victim WHERE id = 1");
+    let second = w.psql_spawn(&w.dan, "DELETE FROM victim WHERE id = 2");
+    let b = w.pending(&w.lea, "DELETE FROM victim WHERE id = 2");
+    let o = w.psql(&w.dan, "DELETE FROM victim WHERE id = 7");
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("max_pending_requests_per_user = 2"), "{t}");
+    let port = w.pg.port.to_string();
+    let code = w.env.run_as(
+        &w.dan,
+        None,
+        Path::new("/usr/bin/python3"),
+        &[
+            "-c",
+            "import sys, psycopg2\nc = psycopg2.connect(host=sys.argv[1], port=sys.argv[2], dbname='appdb', user='x')\ntry:\n    c.cursor().execute('DELETE FROM victim WHERE id = 7')\nexcept psycopg2.Error as e:\n    print(e.pgcode)\n",
+            &w.pg.host,
+            &port,
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&code.stdout).trim(), "53400", "{}", text(&code));
+    assert_eq!(
+        w.pg.admin_db("appdb", "SELECT count(*) FROM victim WHERE id = 7"),
+        "1",
+        "the refused DELETE did not run"
+    );
+    assert!(!w.pg.log().contains("DELETE FROM victim WHERE id = 7"), "the server never saw it");
+    // Another user's request opens meanwhile (con's login waits for one).
+    let con = w.psql_spawn(&w.con, "SELECT 1");
+    let c = w.pending(&w.lea, "connect");
+    for id in [a, b, c] {
+        let o = w.cli(&w.lea, &["deny", &id.to_string(), "--reason", "not now"]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    for child in [first, second] {
+        let out = wait_output(child, Duration::from_secs(20));
+        assert!(!out.status.success() && text(&out).contains("denied"), "{}", text(&out));
+    }
+    assert!(!wait_output(con, Duration::from_secs(20)).status.success());
+    // Decided requests no longer count: dan may be held again.
+    let again = w.psql_spawn(&w.dan, "DELETE FROM victim WHERE id = 3");
+    let d = w.pending(&w.lea, "DELETE FROM victim WHERE id = 3");
+    assert!(w.cli(&w.lea, &["deny", &d.to_string()]).status.success());
+    let _ = wait_output(again, Duration::from_secs(20));
+    let _ = (&w.eve, &w.sam);
+}

@@ -98,7 +98,10 @@ pub(super) async fn request_grant(
         timeout_us: i64::try_from(g.timeout.as_micros()).unwrap_or(i64::MAX),
         duration_us: Some(i64::try_from(duration_s).unwrap_or(i64::MAX).saturating_mul(1_000_000)),
     };
-    let (t, _) = agent.approvals.open(open, now_us());
+    let (t, _) = match agent.approvals.open(open, now_us(), agent.settings.max_pending_requests_per_user) {
+        Ok(opened) => opened,
+        Err(why) => return error(why),
+    };
     agent.approval_transition(&t);
     Response::Request { event: t.event.to_owned(), request: Box::new(t.request) }
 }

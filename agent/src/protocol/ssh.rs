@@ -137,24 +137,29 @@ impl Shared {
         }
     }
 
-    /// Opens the approval request a held exec or shell waits for.
-    pub fn hold(&self, d: &Decision, what: &SshRequest<'_>) -> Option<crate::approval::Waiting> {
+    /// Opens the approval request a held exec or shell waits for (`None`:
+    /// the rule names no approvers now; an error: no request could be opened).
+    pub fn hold(&self, d: &Decision, what: &SshRequest<'_>) -> Result<Option<crate::approval::Waiting>, String> {
         let agent = &self.ctx.agent;
         let snapshot = agent.snapshot.load();
-        let rule = snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref())?;
-        let approval = rule.approval.as_ref()?;
-        Some(agent.request_approval(
-            crate::approval::Subject::Ssh {
-                session: self.ctx.id.to_string(),
-                backend: self.ctx.backend.name.to_string(),
-                request: what.describe(),
-                rule: rule.name.to_string(),
-            },
-            self.ctx.principal.clone(),
-            approval,
-            None,
-            None,
-        ))
+        let Some(rule) = snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref()) else {
+            return Ok(None);
+        };
+        let Some(approval) = rule.approval.as_ref() else { return Ok(None) };
+        agent
+            .request_approval(
+                crate::approval::Subject::Ssh {
+                    session: self.ctx.id.to_string(),
+                    backend: self.ctx.backend.name.to_string(),
+                    request: what.describe(),
+                    rule: rule.name.to_string(),
+                },
+                self.ctx.principal.clone(),
+                approval,
+                None,
+                None,
+            )
+            .map(Some)
     }
 
     pub fn record_max(&self) -> u64 {
@@ -390,7 +395,13 @@ impl Front {
             SshRequest::Forward(f) => (f.name(), None),
             SshRequest::ForwardTo { host, port } => ("direct-tcpip", Some(host.with_port(port))),
         };
-        let held = if d.verdict == Verdict::NeedsApproval { self.s.hold(&d, &req) } else { None };
+        let (held, unopened) = match d.verdict {
+            Verdict::NeedsApproval => match self.s.hold(&d, &req) {
+                Ok(w) => (w, None),
+                Err(over) => (None, Some(format!("it needs an approval, and {over}"))),
+            },
+            _ => (None, None),
+        };
         // A terminal makes an allowed command a shell (a pager's `!sh`, an
         // editor's `:!`): the pty the client asked for is given only to a user
         // whose rules give a shell anyway — without an approval, which the
@@ -415,8 +426,9 @@ impl Front {
                 self.send(channel, Cmd::Start(start, held, terminal)).await;
             }
             Verdict::NeedsApproval | Verdict::Deny => {
-                info!(channel = channel.number(), request = %req.describe(), rule = d.rule_label(), "ssh request refused: {}", d.reason());
-                self.refuse(channel, format!("Gatehouse: refused: {}", d.reason()), session).await;
+                let why = unopened.unwrap_or_else(|| d.reason().into_owned());
+                info!(channel = channel.number(), request = %req.describe(), rule = d.rule_label(), "ssh request refused: {why}");
+                self.refuse(channel, format!("Gatehouse: refused: {why}"), session).await;
             }
         }
     }

@@ -228,7 +228,12 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     let connect_approval =
         held.then(|| open_connect_request(agent, &snapshot, &decision, &principal, id, &backend_name));
     let connect_approval = match connect_approval {
-        Some(Some(w)) => Some(w),
+        Some(Some(Ok(w))) => Some(w),
+        Some(Some(Err(over))) => {
+            lock(&agent.live).remove(&id);
+            close_record(agent, id, 0, 0, format!("refused: the login needs an approval, and {over}"));
+            return;
+        }
         Some(None) => {
             lock(&agent.live).remove(&id);
             close_record(agent, id, 0, 0, "refused: the approval rule is gone from the policy".into());
@@ -367,7 +372,7 @@ fn open_connect_request(
     principal: &crate::identity::Principal,
     id: SessionId,
     backend: &crate::types::BackendName,
-) -> Option<crate::approval::Waiting> {
+) -> Option<Result<crate::approval::Waiting, String>> {
     let rule = snapshot.policy.rules.iter().find(|r| Some(&r.name) == decision.rule.as_ref())?;
     let approval = rule.approval.as_ref()?;
     Some(agent.request_approval(

@@ -173,7 +173,7 @@ pub(super) async fn hold(
         body,
     };
     let waiting =
-        ctx.agent.request_approval(subject, ctx.principal.clone(), approval, None, decision.approvers.clone());
+        ctx.agent.request_approval(subject, ctx.principal.clone(), approval, None, decision.approvers.clone())?;
     let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, method, target, "HTTP request held for approval");
     let guard = Withdraw { agent: ctx.agent.clone(), id };

@@ -71,7 +71,11 @@ pub(super) async fn hold(
             parameters
         },
     };
-    let waiting = ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, None, d.approvers.clone());
+    let waiting = match ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, None, d.approvers.clone())
+    {
+        Ok(w) => w,
+        Err(over) => return Ok(Err(refusal(d, &format!("it needs an approval, and {over}")))),
+    };
     let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, "statement held for approval");
     let agent = ctx.agent.clone();

@@ -587,7 +587,21 @@ async fn hold<W: AsyncWrite + Unpin>(
         parameters,
     };
     let reason = alert.as_ref().map(|a| a.reason.clone());
-    let waiting = ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, reason, d.approvers.clone());
+    let waiting =
+        match ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, reason, d.approvers.clone()) {
+            Ok(w) => w,
+            Err(over) => {
+                // configuration_limit_exceeded: the request was not opened; the session goes on.
+                let why = Refused::Error(PgError::new(
+                    Severity::Error,
+                    "53400",
+                    format!("Gatehouse refused this statement: it needs an approval, and {over}"),
+                ));
+                record_refusal(ctx, st, h.text.as_bytes(), Some(s), &why);
+                refuse(out, io.shared, h.epoch, why.error(ctx), &h.stand_in);
+                return Ok(());
+            }
+        };
     let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, alert = ?alert.as_ref().map(|a| a.rule.as_str()), "statement held for approval");
     let because = alert.as_ref().map(|a| format!(" ({})", a.reason)).unwrap_or_default();
