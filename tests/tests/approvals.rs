@@ -758,10 +758,32 @@ fn a_user_cannot_flood_the_approvers_with_requests() {
         "the refused DELETE did not run"
     );
     assert!(!w.pg.log().contains("DELETE FROM victim WHERE id = 7"), "the server never saw it");
-    // Another user's request opens meanwhile (con's login waits for one).
+    // Another user's requests open meanwhile (con's logins wait for one each), up to her own limit:
+    // a third held login is refused in the protocol, saying why.
     let con = w.psql_spawn(&w.con, "SELECT 1");
     let c = w.pending(&w.lea, "connect");
-    for id in [a, b, c] {
+    let con2 = w.psql_spawn(&w.con, "SELECT 2");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while w.requests(&w.lea).iter().filter(|r| r["state"]["state"] == "pending").count() < 6 {
+        assert!(Instant::now() < deadline, "con's second login is not pending: {:?}", w.requests(&w.lea));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = w.psql(&w.con, "SELECT 3");
+    let t = text(&o);
+    assert!(
+        !o.status.success()
+            && t.contains("Gatehouse refused this connection")
+            && t.contains("max_pending_requests_per_user"),
+        "{t}"
+    );
+    let pending: Vec<u64> = w
+        .requests(&w.lea)
+        .iter()
+        .filter(|r| r["state"]["state"] == "pending")
+        .filter_map(|r| r["id"].as_u64())
+        .filter(|id| ![a, b, c].contains(id))
+        .collect();
+    for id in [a, b, c].into_iter().chain(pending) {
         let o = w.cli(&w.lea, &["deny", &id.to_string(), "--reason", "not now"]);
         assert!(o.status.success(), "{}", text(&o));
     }
@@ -769,7 +791,9 @@ fn a_user_cannot_flood_the_approvers_with_requests() {
         let out = wait_output(child, Duration::from_secs(20));
         assert!(!out.status.success() && text(&out).contains("denied"), "{}", text(&out));
     }
-    assert!(!wait_output(con, Duration::from_secs(20)).status.success());
+    for child in [con, con2] {
+        assert!(!wait_output(child, Duration::from_secs(20)).status.success());
+    }
     // Decided requests no longer count: dan may be held again.
     let again = w.psql_spawn(&w.dan, "DELETE FROM victim WHERE id = 3");
     let d = w.pending(&w.lea, "DELETE FROM victim WHERE id = 3");

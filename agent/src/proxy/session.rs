@@ -227,19 +227,30 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     // A login that needs an approval waits for it (PostgreSQL tells the client first).
     let connect_approval =
         held.then(|| open_connect_request(agent, &snapshot, &decision, &principal, id, &backend_name));
-    let connect_approval = match connect_approval {
-        Some(Some(Ok(w))) => Some(w),
-        Some(Some(Err(over))) => {
+    let unopened = match connect_approval {
+        Some(Some(Ok(w))) => Ok(Some(w)),
+        Some(Some(Err(over))) => Err(format!("the login needs an approval, and {over}")),
+        Some(None) => Err("the approval rule is gone from the policy".to_owned()),
+        None => Ok(None),
+    };
+    let connect_approval = match unopened {
+        Ok(w) => w,
+        Err(why) => {
             lock(&agent.live).remove(&id);
-            close_record(agent, id, 0, 0, format!("refused: the login needs an approval, and {over}"));
+            // Said in the client's protocol where it has one to say it in.
+            let end = match protocol {
+                Protocol::Postgres => {
+                    crate::protocol::postgres::reject(agent, client, who.uid, &why, ConnectRefusal::Denied).await
+                }
+                Protocol::Mysql => {
+                    crate::protocol::mysql::reject(client, &why, ConnectRefusal::Denied).await;
+                    "refused".into()
+                }
+                _ => "refused".into(),
+            };
+            close_record(agent, id, 0, 0, format!("{end}: {why}"));
             return;
         }
-        Some(None) => {
-            lock(&agent.live).remove(&id);
-            close_record(agent, id, 0, 0, "refused: the approval rule is gone from the policy".into());
-            return;
-        }
-        None => None,
     };
     let limit = decision.max_session.map(|max| {
         let live = live.clone();
