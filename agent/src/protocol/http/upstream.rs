@@ -15,6 +15,7 @@ use rustls::pki_types::ServerName;
 use tracing::debug;
 
 use super::body::BoxError;
+use crate::proxy::limits::UserSlot;
 
 pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -46,8 +47,6 @@ pub struct Pool {
     /// open to its backend when they are more.
     spare: Arc<std::sync::Mutex<Option<UserSlot>>>,
 }
-
-use crate::proxy::limits::UserSlot;
 
 impl Pool {
     pub fn new(
@@ -109,9 +108,7 @@ impl Pool {
         };
         Ok((sender, slot))
     }
-}
 
-impl Pool {
     /// The count of one more backend connection: the session's own while
     /// no other connection has it, else one more for the user.
     fn count(&self) -> Result<Option<SlotHold>, UpstreamError> {
