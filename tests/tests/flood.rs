@@ -312,30 +312,35 @@ async def main():
 asyncio.run(main())
 "#;
 
-/// Three idle connections to an HTTP backend, then a fourth, which the
-/// agent closes; then one request on the first of them.
+/// Three idle connections to an HTTP backend; then a fourth, whose request
+/// the agent answers 503 before closing it, and a fifth that sends nothing,
+/// which the agent closes; then one request on the first of the three.
 const IDLE_HTTP_PY: &str = r#"
 import json, socket, sys, time
 host, port = sys.argv[1], int(sys.argv[2])
+get = b"GET /api/v1/notes HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n" % (host.encode(), port)
+def answer(s):
+    s.settimeout(10)
+    out = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return out.decode("latin1")
+            out += b
+    except socket.timeout:
+        return out.decode("latin1") + " (held open)"
 idle = [socket.create_connection((host, port)) for _ in range(3)]
 time.sleep(0.3)
 extra = socket.create_connection((host, port))
-extra.settimeout(3)
-try:
-    fourth = "closed" if extra.recv(1) == b"" else "answered"
-except socket.timeout:
-    fourth = "held open"
-except OSError as e:
-    fourth = "closed (%s)" % e
-idle[0].sendall(b"GET /api/v1/notes HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n" % (host.encode(), port))
-idle[0].settimeout(5)
-answer = b""
-while True:
-    b = idle[0].recv(65536)
-    if not b:
-        break
-    answer += b
-print(json.dumps({"fourth": fourth, "status": answer.split(b"\r\n", 1)[0].decode()}), flush=True)
+extra.sendall(get)
+fourth = answer(extra)
+silent = socket.create_connection((host, port))
+started = time.time()
+fifth = answer(silent)
+idle[0].sendall(get)
+status = answer(idle[0]).split("\r\n", 1)[0]
+print(json.dumps({"fourth": fourth, "fifth": fifth, "fifth_s": round(time.time() - started, 1), "status": status}), flush=True)
 "#;
 
 /// `max_connections_per_user`: one local user cannot take every connection
@@ -472,8 +477,8 @@ methods = ["GET"]
     let v: Value =
         serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{}", String::from_utf8_lossy(&o.stderr)));
     assert_eq!(v["echo"], "still here", "{v}");
-    // Each WebSocket is a session of its own, counted once: the fourth session is refused (closed).
-    assert!(v["fourth"].as_str().is_some_and(|f| f != "opened"), "a fourth WebSocket while three are open: {v}");
+    // Each WebSocket is a session of its own, counted once: the fourth session is refused (503).
+    assert!(v["fourth"].as_str().is_some_and(|f| f.contains("503")), "a fourth WebSocket while three are open: {v}");
     assert_eq!(held_by_ana(0).0, 0);
     let refused_at = |backend: &str| {
         env.sessions().iter().any(|s| {
@@ -520,8 +525,25 @@ methods = ["GET"]
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     let v: Value =
         serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{}", String::from_utf8_lossy(&o.stderr)));
-    assert!(v["fourth"].as_str().is_some_and(|f| f.starts_with("closed")), "a fourth idle HTTP connection: {v}");
+    let fourth = v["fourth"].as_str().unwrap_or_default();
+    assert!(
+        fourth.starts_with("HTTP/1.1 503")
+            && fourth.contains("max_connections_per_user = 3")
+            && !fourth.contains("held open"),
+        "a fourth HTTP connection beside three idle ones: {v}"
+    );
+    assert_eq!(v["fifth"], "", "a fifth that sends nothing is closed without an answer: {v}");
+    assert!(v["fifth_s"].as_f64().is_some_and(|s| s < 9.0), "and not held open: {v}");
     assert!(v["status"].as_str().is_some_and(|s| s.contains(" 200")), "a request on an idle one: {v}");
     assert!(refused_at("api"), "the fourth idle connection's session is on record, refused");
+    // A user no rule lets reach the HTTP backend is refused in HTTP too: 403, the reason as JSON.
+    let o = env.run_as(
+        &ben,
+        None,
+        Path::new("/usr/bin/curl"),
+        &["-s", "-w", "\n%{http_code}", &format!("http://{}/api/v1/notes", api.addr)],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.trim_end().ends_with("403") && out.contains("Gatehouse refused this connection"), "{out}");
     assert_eq!(held_by_ana(0).0, 0);
 }

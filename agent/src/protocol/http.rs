@@ -58,6 +58,7 @@ use crate::identity::Principal;
 use crate::policy::http::{HttpCredentials, HttpRequest, HttpTls, normalize_path, parse_query};
 use crate::policy::{Backend, Decision, Verdict};
 use crate::protocol::tcp::{End, RelayOutcome};
+use crate::proxy::limits::ConnectRefusal;
 use crate::proxy::{Agent, LiveSession};
 use crate::secrets::Secret;
 use crate::types::SessionId;
@@ -977,6 +978,28 @@ fn forwarded_hosts(headers: &HeaderMap) -> Vec<String> {
 
 fn empty() -> Out {
     Out::new(http_body_util::Empty::new().map_err(|never| match never {}))
+}
+
+/// Refuses a connection in HTTP, for clients that speak plain HTTP to the
+/// agent (`tls = "off"` or `"upstream"`): each request on it is answered
+/// with the refusal as JSON — `403`, or `503` past `max_connections_per_user`
+/// (clients read it as "retry later") — and the connection closes; within
+/// 5 s, so a client that sends nothing does not keep it.
+pub async fn reject(client: tokio::net::TcpStream, id: SessionId, reason: &str, refusal: ConnectRefusal) {
+    let status = match refusal {
+        ConnectRefusal::Denied => StatusCode::FORBIDDEN,
+        ConnectRefusal::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let why = format!("Gatehouse refused this connection: {reason}");
+    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let mut r = json_error(status, None, &why, id);
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        async move { Ok::<_, Infallible>(r) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(false);
+    let conn = builder.serve_connection(TokioIo::new(client), svc);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
 }
 
 /// A refusal or failure in the client's protocol: a JSON body naming the rule.

@@ -197,8 +197,17 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             if admit == Admit::Record {
                 record_refusal(agent, rec).await;
             }
+            // HTTPS the agent terminates or passes through cannot be answered before a handshake: closed.
+            let plain_http = backend.is_some_and(|b| {
+                b.protocol == Protocol::Http
+                    && b.http.as_ref().is_none_or(|h| {
+                        matches!(h.tls, crate::policy::http::HttpTls::Off | crate::policy::http::HttpTls::Upstream)
+                    })
+            });
             if protocol == Some(Protocol::Mysql) {
                 crate::protocol::mysql::reject(client, &decision.reason(), refusal).await;
+            } else if plain_http {
+                crate::protocol::http::reject(client, id, &decision.reason(), refusal).await;
             } else {
                 drop(client);
             }
