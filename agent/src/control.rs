@@ -271,7 +271,7 @@ pub struct AgentStatus {
     /// The descriptor limit in force.
     #[serde(default)]
     pub nofile: u64,
-    /// `max_connections_per_user` and the backend connections each uid holds now.
+    /// `max_connections_per_user` and the connections each uid holds now (see `proxy::limits::PerUser`).
     #[serde(default)]
     pub per_user: serde_json::Value,
     /// Control connections refused because a uid or all uids had too many open.

@@ -308,8 +308,10 @@ impl Agent {
             timeout_us: i64::try_from(approval.timeout.as_micros()).unwrap_or(i64::MAX),
             duration_us: None,
         };
-        let (t, state) =
-            self.approvals.open(open, crate::audit::now_us(), self.settings.max_pending_requests_per_user)?;
+        let (t, state) = self
+            .approvals
+            .open(open, crate::audit::now_us(), self.settings.max_pending_requests_per_user)
+            .map_err(|over| format!("it needs an approval, and {over}"))?;
         self.approval_transition(&t);
         Ok(crate::approval::Waiting {
             id: t.request.id,

@@ -81,6 +81,15 @@ pub struct AgentRaw {
     pub sink: Option<Vec<crate::audit::sink::SinkRaw>>,
 }
 
+/// A count setting that must be at least 1: `default` when absent.
+fn at_least_one(v: Option<u32>, default: usize, field: &'static str) -> Result<usize, SettingsError> {
+    match v {
+        None => Ok(default),
+        Some(0) => Err(SettingsError::Invalid { field, message: "must be at least 1".into() }),
+        Some(n) => Ok(n as usize),
+    }
+}
+
 /// Validated settings of a running agent.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -205,26 +214,12 @@ impl Settings {
                 }
                 Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
             },
-            max_connections_per_user: match raw.max_connections_per_user {
-                None => 1024,
-                Some(0) => {
-                    return Err(SettingsError::Invalid {
-                        field: "max_connections_per_user",
-                        message: "must be at least 1".into(),
-                    });
-                }
-                Some(n) => n as usize,
-            },
-            max_pending_requests_per_user: match raw.max_pending_requests_per_user {
-                None => 16,
-                Some(0) => {
-                    return Err(SettingsError::Invalid {
-                        field: "max_pending_requests_per_user",
-                        message: "must be at least 1".into(),
-                    });
-                }
-                Some(n) => n as usize,
-            },
+            max_connections_per_user: at_least_one(raw.max_connections_per_user, 1024, "max_connections_per_user")?,
+            max_pending_requests_per_user: at_least_one(
+                raw.max_pending_requests_per_user,
+                16,
+                "max_pending_requests_per_user",
+            )?,
             metrics: raw
                 .metrics
                 .as_deref()

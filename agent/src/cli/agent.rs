@@ -194,9 +194,9 @@ fn print_status(s: &control::AgentStatus) {
             .and_then(|m| m.iter().filter_map(|(u, n)| Some((n.as_u64()?, u.clone()))).max());
         match busiest {
             Some((n, uid)) => {
-                println!("           backend connections: at most {max} per user; uid {uid} holds the most ({n})")
+                println!("           connections: at most {max} per user; uid {uid} holds the most ({n})")
             }
-            None => println!("           backend connections: at most {max} per user; none open"),
+            None => println!("           connections: at most {max} per user; none open"),
         }
     }
     println!("audit:     {} ({:?} mode)", s.audit_db.display(), s.audit_mode);

@@ -398,7 +398,7 @@ impl Front {
         let (held, unopened) = match d.verdict {
             Verdict::NeedsApproval => match self.s.hold(&d, &req) {
                 Ok(w) => (w, None),
-                Err(over) => (None, Some(format!("it needs an approval, and {over}"))),
+                Err(why) => (None, Some(why)),
             },
             _ => (None, None),
         };

@@ -131,55 +131,6 @@ pub fn log_nofile(limit: u64) {
     info!(nofile = limit, "descriptor limit");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_user_holds_at_most_max_connections() {
-        let per = PerUser::new(2);
-        let a = per.take(1001).expect("first").expect("counted");
-        let b = per.take(1001).expect("second").expect("counted");
-        let why = per.take(1001).expect_err("third");
-        assert!(why.contains("uid 1001 already holds 2") && why.contains(PER_USER_SETTING), "{why}");
-        // Another user has slots of its own; root is not counted.
-        assert!(per.take(1002).expect("another user").is_some());
-        for _ in 0..10 {
-            assert!(per.take(0).expect("root").is_none());
-        }
-        drop(a);
-        let c = per.take(1001).expect("a slot given back").expect("counted");
-        drop((b, c));
-        assert_eq!(per.stats()["open_by_uid"], serde_json::json!({}), "emptied counts are removed");
-    }
-
-    #[test]
-    fn rate_limited_lines_count_what_they_held_back() {
-        let r = RateLimited::new(Duration::from_secs(3600));
-        assert_eq!(r.admit(), Some(0));
-        for _ in 0..1000 {
-            assert_eq!(r.admit(), None);
-        }
-        let r2 = RateLimited::new(Duration::ZERO);
-        assert_eq!(r2.admit(), Some(0));
-        assert_eq!(r2.admit(), Some(0));
-    }
-
-    #[test]
-    fn backoff_grows_to_a_second_and_resets() {
-        let mut b = Backoff::default();
-        let first = b.delay();
-        assert_eq!(first, Duration::from_millis(10));
-        let mut last = first;
-        for _ in 0..20 {
-            last = b.delay();
-        }
-        assert_eq!(last, Duration::from_millis(640));
-        b.reset();
-        assert_eq!(b.delay(), Duration::from_millis(10));
-    }
-}
-
 /// How many connections the agent holds for each local user at once
 /// (`[agent] max_connections_per_user`): a session of PostgreSQL, MySQL,
 /// SSH or opaque TCP is one (its client's connection and its backend's),
@@ -256,5 +207,54 @@ impl Drop for UserSlot {
                 open.remove(&self.uid);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_user_holds_at_most_max_connections() {
+        let per = PerUser::new(2);
+        let a = per.take(1001).expect("first").expect("counted");
+        let b = per.take(1001).expect("second").expect("counted");
+        let why = per.take(1001).expect_err("third");
+        assert!(why.contains("uid 1001 already holds 2") && why.contains(PER_USER_SETTING), "{why}");
+        // Another user has slots of its own; root is not counted.
+        assert!(per.take(1002).expect("another user").is_some());
+        for _ in 0..10 {
+            assert!(per.take(0).expect("root").is_none());
+        }
+        drop(a);
+        let c = per.take(1001).expect("a slot given back").expect("counted");
+        drop((b, c));
+        assert_eq!(per.stats()["open_by_uid"], serde_json::json!({}), "emptied counts are removed");
+    }
+
+    #[test]
+    fn rate_limited_lines_count_what_they_held_back() {
+        let r = RateLimited::new(Duration::from_secs(3600));
+        assert_eq!(r.admit(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(r.admit(), None);
+        }
+        let r2 = RateLimited::new(Duration::ZERO);
+        assert_eq!(r2.admit(), Some(0));
+        assert_eq!(r2.admit(), Some(0));
+    }
+
+    #[test]
+    fn backoff_grows_to_a_second_and_resets() {
+        let mut b = Backoff::default();
+        let first = b.delay();
+        assert_eq!(first, Duration::from_millis(10));
+        let mut last = first;
+        for _ in 0..20 {
+            last = b.delay();
+        }
+        assert_eq!(last, Duration::from_millis(640));
+        b.reset();
+        assert_eq!(b.delay(), Duration::from_millis(10));
     }
 }

@@ -182,35 +182,21 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         let key = RefusalKey { uid: Some(who.uid.0), kind: RefusalKind::Denied, backend: rec.backend.clone() };
         let (admit, closed) = agent.refusals.admit(key, &rec);
         write_aggregates(agent, closed);
+        let recorded = admit == Admit::Record;
         if protocol == Some(Protocol::Postgres) {
-            // Refuse in the client's protocol (FATAL 28000); a cancel request
-            // for the caller's own session is still honoured.
-            let recorded = admit == Admit::Record;
+            // Its record ends with how the refusal went (a cancel request is honoured, see `refuse_in_protocol`).
             if recorded {
                 record_open(agent, rec).await;
             }
-            let end = crate::protocol::postgres::reject(agent, client, who.uid, &decision.reason(), refusal).await;
+            let end = refuse_in_protocol(agent, client, backend, who.uid, id, &decision.reason(), refusal).await;
             if recorded {
                 close_record(agent, id, 0, 0, end);
             }
         } else {
-            if admit == Admit::Record {
+            if recorded {
                 record_refusal(agent, rec).await;
             }
-            // HTTPS the agent terminates or passes through cannot be answered before a handshake: closed.
-            let plain_http = backend.is_some_and(|b| {
-                b.protocol == Protocol::Http
-                    && b.http.as_ref().is_none_or(|h| {
-                        matches!(h.tls, crate::policy::http::HttpTls::Off | crate::policy::http::HttpTls::Upstream)
-                    })
-            });
-            if protocol == Some(Protocol::Mysql) {
-                crate::protocol::mysql::reject(client, &decision.reason(), refusal).await;
-            } else if plain_http {
-                crate::protocol::http::reject(client, id, &decision.reason(), refusal).await;
-            } else {
-                drop(client);
-            }
+            refuse_in_protocol(agent, client, backend, who.uid, id, &decision.reason(), refusal).await;
         }
         return;
     };
@@ -238,7 +224,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         held.then(|| open_connect_request(agent, &snapshot, &decision, &principal, id, &backend_name));
     let unopened = match connect_approval {
         Some(Some(Ok(w))) => Ok(Some(w)),
-        Some(Some(Err(over))) => Err(format!("the login needs an approval, and {over}")),
+        Some(Some(Err(why))) => Err(why),
         Some(None) => Err("the approval rule is gone from the policy".to_owned()),
         None => Ok(None),
     };
@@ -246,17 +232,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         Ok(w) => w,
         Err(why) => {
             lock(&agent.live).remove(&id);
-            // Said in the client's protocol where it has one to say it in.
-            let end = match protocol {
-                Protocol::Postgres => {
-                    crate::protocol::postgres::reject(agent, client, who.uid, &why, ConnectRefusal::Denied).await
-                }
-                Protocol::Mysql => {
-                    crate::protocol::mysql::reject(client, &why, ConnectRefusal::Denied).await;
-                    "refused".into()
-                }
-                _ => "refused".into(),
-            };
+            let end = refuse_in_protocol(agent, client, backend, who.uid, id, &why, ConnectRefusal::Denied).await;
             close_record(agent, id, 0, 0, format!("{end}: {why}"));
             return;
         }
@@ -382,6 +358,42 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     let end = out.end.describe();
     info!(bytes_up = out.up, bytes_down = out.down, end = %end, "session closed");
     close_record(agent, id, out.up, out.down, end);
+}
+
+/// Says why a connection is refused in the client's own protocol where it
+/// has one to say it in, else closes it; returns how it ended, for the
+/// record. PostgreSQL: a FATAL after its startup (a cancel request for the
+/// caller's own session is honoured instead); MySQL: an error packet in
+/// place of the greeting; HTTP from a plain-HTTP client: each request
+/// answered 403/503 (HTTPS the agent terminates or passes through cannot be
+/// answered before a handshake: closed, as TCP and SSH are).
+async fn refuse_in_protocol(
+    agent: &Agent,
+    client: TcpStream,
+    backend: Option<&crate::policy::Backend>,
+    uid: crate::types::Uid,
+    id: SessionId,
+    why: &str,
+    refusal: ConnectRefusal,
+) -> String {
+    use crate::policy::http::HttpTls;
+    match backend {
+        Some(b) if b.protocol == Protocol::Postgres => {
+            crate::protocol::postgres::reject(agent, client, uid, why, refusal).await
+        }
+        Some(b) if b.protocol == Protocol::Mysql => {
+            crate::protocol::mysql::reject(client, why, refusal).await;
+            "refused".into()
+        }
+        Some(b)
+            if b.protocol == Protocol::Http
+                && b.http.as_ref().is_none_or(|h| matches!(h.tls, HttpTls::Off | HttpTls::Upstream)) =>
+        {
+            crate::protocol::http::reject(client, id, why, refusal).await;
+            "refused".into()
+        }
+        _ => "refused".into(),
+    }
 }
 
 /// Opens the request a held login waits for.

@@ -74,7 +74,7 @@ pub(super) async fn hold(
     let waiting = match ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, None, d.approvers.clone())
     {
         Ok(w) => w,
-        Err(over) => return Ok(Err(refusal(d, &format!("it needs an approval, and {over}")))),
+        Err(why) => return Ok(Err(refusal(d, &why))),
     };
     let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, "statement held for approval");

@@ -590,12 +590,12 @@ async fn hold<W: AsyncWrite + Unpin>(
     let waiting =
         match ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, reason, d.approvers.clone()) {
             Ok(w) => w,
-            Err(over) => {
+            Err(unopened) => {
                 // configuration_limit_exceeded: the request was not opened; the session goes on.
                 let why = Refused::Error(PgError::new(
                     Severity::Error,
                     "53400",
-                    format!("Gatehouse refused this statement: it needs an approval, and {over}"),
+                    format!("Gatehouse refused this statement: {unopened}"),
                 ));
                 record_refusal(ctx, st, h.text.as_bytes(), Some(s), &why);
                 refuse(out, io.shared, h.epoch, why.error(ctx), &h.stand_in);
