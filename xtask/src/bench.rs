@@ -484,20 +484,40 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
     let conc = "8".to_owned();
     let mut rate = [Vec::new(), Vec::new(), Vec::new()];
     let mut lat = [Vec::new(), Vec::new(), Vec::new()];
+    // CPU (user + system) the process in between used per connection: the
+    // steadier number on a shared machine, where the rates move with the load.
+    let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
+    let pids = [None, rig.agent_pid(), Some(haproxy.0.id())];
     eprintln!("connection rate: {secs}s rounds, 8 concurrent clients, connect + 1-byte round trip + close");
     for round in 0..3 {
         for (i, target) in [servers.rr[1], servers.rr[0], hp_rr].iter().enumerate() {
+            let pid = pids.get(i).copied().flatten();
+            let threads_before = crate::bench_pg::thread_cpu(pid);
+            let before = crate::bench_pg::cpu_secs(pid);
             let out = rig.client(&["rate".into(), target.to_string(), secs.to_string(), conc.clone()])?;
+            let used = crate::bench_pg::cpu_secs(pid) - before;
             let v: serde_json::Value = serde_json::from_str(out.trim())?;
             let r = v["rate"].as_f64().unwrap_or(0.0);
+            let conns = v["conns"].as_f64().unwrap_or(0.0);
+            let per = if conns > 0.0 { used * 1e6 / conns } else { f64::NAN };
+            let split = if i == 1 {
+                format!(
+                    " ({})",
+                    crate::bench_pg::thread_split(&threads_before, &crate::bench_pg::thread_cpu(pid), conns)
+                )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "  round {round} {:<9} {r:>9.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
+                "  round {round} {:<9} {r:>9.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs{}",
                 names[i],
                 v["p50_us"].as_f64().unwrap_or(0.0),
-                v["p99_us"].as_f64().unwrap_or(0.0)
+                v["p99_us"].as_f64().unwrap_or(0.0),
+                if pid.is_some() { format!("  cpu {per:.1} µs/conn{split}") } else { String::new() }
             );
             rate[i].push(r);
             lat[i].push(v["p50_us"].as_f64().unwrap_or(0.0));
+            cpu[i].push(per);
         }
     }
     eprintln!("bulk: {bytes} bytes one way, one connection");
@@ -536,10 +556,12 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
     let [rd, rg, rh] = rate.map(median);
     let [ld, lg, lh] = lat.map(median);
     let [bd, bg, bh] = bulk.map(median);
+    let [_, cg, ch] = cpu.map(median);
     println!();
     println!("connect_rate      direct    {rd:>10.0} conn/s   p50 {ld:>6.0} µs");
     println!("connect_rate      gatehouse {rg:>10.0} conn/s   p50 {lg:>6.0} µs");
     println!("connect_rate      haproxy   {rh:>10.0} conn/s   p50 {lh:>6.0} µs");
+    println!("cpu_per_conn      gatehouse {cg:>10.1} µs       haproxy {ch:.1} µs");
     println!("bulk              direct    {bd:>10.0} MB/s");
     println!("bulk              gatehouse {bg:>10.0} MB/s");
     println!("bulk              haproxy   {bh:>10.0} MB/s");
@@ -554,6 +576,7 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
     println!("ratio connect_rate gatehouse/direct = {:.2}", rg / rd);
     println!("ratio connect_rate haproxy/direct = {:.2}", rh / rd);
     println!("ratio connect_rate gatehouse/haproxy = {:.2}", rg / rh);
+    println!("ratio cpu_per_conn gatehouse/haproxy = {:.2}", cg / ch);
     println!("ratio bulk gatehouse/direct = {:.2}", bg / bd);
     println!("ratio bulk haproxy/direct = {:.2}", bh / bd);
     println!("ratio bulk gatehouse/haproxy = {:.2}", bg / bh);

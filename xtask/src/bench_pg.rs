@@ -50,7 +50,7 @@ impl Servers {
 }
 
 /// CPU seconds per thread name (user + system) a process has used so far.
-fn thread_cpu(pid: Option<u32>) -> std::collections::BTreeMap<String, f64> {
+pub(crate) fn thread_cpu(pid: Option<u32>) -> std::collections::BTreeMap<String, f64> {
     let mut by = std::collections::BTreeMap::new();
     let Some(pid) = pid else { return by };
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by };
@@ -66,7 +66,7 @@ fn thread_cpu(pid: Option<u32>) -> std::collections::BTreeMap<String, f64> {
 }
 
 /// Where a run's CPU went, per thread name, in µs per transaction.
-fn thread_split(
+pub(crate) fn thread_split(
     before: &std::collections::BTreeMap<String, f64>,
     after: &std::collections::BTreeMap<String, f64>,
     txns: f64,
@@ -81,7 +81,7 @@ fn thread_split(
 }
 
 /// CPU seconds (user + system, all threads) a process has used so far.
-fn cpu_secs(pid: Option<u32>) -> f64 {
+pub(crate) fn cpu_secs(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     // Fields after the command name (which may hold spaces) end with ')'.

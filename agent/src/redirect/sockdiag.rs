@@ -6,7 +6,7 @@
 //! cookie). It also names who dialed the proxy port directly.
 //!
 //! The wire format is encoded and parsed by pure functions over bytes; only
-//! [`lookup`] does I/O (one request, one answer, on a fresh netlink socket).
+//! [`lookup`] does I/O (one request, one answer, on a netlink socket kept per thread).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -147,17 +147,49 @@ pub fn parse_response(buf: &[u8], seq: u32) -> Result<Option<SockInfo>, DiagErro
 }
 
 /// Looks up the TCP socket whose local end is `local` and whose peer is
-/// `remote`, in the caller's network namespace.
+/// `remote`, in the caller's network namespace (the agent never changes it).
+///
+/// Each thread keeps one netlink socket for its lookups instead of opening
+/// one per connection (a `socket`, `setsockopt` and `close` saved on every
+/// accepted connection). The kernel answers a sock_diag request while the
+/// request is being sent, so each answer is read before the next request
+/// goes out; a socket on which anything went wrong is closed, not reused,
+/// so no late answer can be read as another connection's.
 pub fn lookup(local: SocketAddr, remote: SocketAddr) -> Result<Option<SockInfo>, DiagError> {
+    thread_local! {
+        static SOCKET: std::cell::RefCell<Option<(socket2::Socket, u32)>> = const { std::cell::RefCell::new(None) };
+    }
+    SOCKET.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let (sock, seq) = match slot.take() {
+            Some(s) => s,
+            None => (open_socket()?, 0),
+        };
+        let seq = seq.wrapping_add(1);
+        let answer = ask(&sock, local, remote, seq);
+        if answer.is_ok() {
+            *slot = Some((sock, seq));
+        }
+        answer
+    })
+}
+
+fn open_socket() -> Result<socket2::Socket, DiagError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let seq = 1;
-    let req = encode_request(local, remote, seq)?;
     let sock = Socket::new(Domain::from(libc::AF_NETLINK), Type::DGRAM, Some(Protocol::from(libc::NETLINK_SOCK_DIAG)))?;
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    Ok(sock)
+}
+
+/// One request and its answer on `sock`.
+fn ask(sock: &socket2::Socket, local: SocketAddr, remote: SocketAddr, seq: u32) -> Result<Option<SockInfo>, DiagError> {
+    let req = encode_request(local, remote, seq)?;
     // An unconnected netlink socket sends to the kernel (port id 0).
-    (&sock).write_all(&req)?;
+    let mut w = sock;
+    w.write_all(&req)?;
     let mut buf = [0u8; 1024];
-    let n = (&sock).read(&mut buf)?;
+    let mut r = sock;
+    let n = r.read(&mut buf)?;
     parse_response(buf.get(..n).unwrap_or_default(), seq)
 }
 
@@ -221,9 +253,19 @@ mod tests {
         let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         c.connect(&l.local_addr().unwrap().into()).unwrap();
         let (_s, peer) = l.accept().unwrap();
-        let info = lookup(peer, l.local_addr().unwrap()).unwrap().expect("the client socket exists");
-        assert_eq!(info.cookie, c.cookie().unwrap());
-        assert_eq!(info.uid, nix::unistd::geteuid().as_raw());
-        assert_eq!(lookup("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()).unwrap(), None);
+        // The thread's socket is reused: every answer is the one asked for,
+        // also after an absent socket's.
+        for _ in 0..3 {
+            let info = lookup(peer, l.local_addr().unwrap()).unwrap().expect("the client socket exists");
+            assert_eq!(info.cookie, c.cookie().unwrap());
+            assert_eq!(info.uid, nix::unistd::geteuid().as_raw());
+            assert_eq!(lookup("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()).unwrap(), None);
+        }
+        let c2 = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        c2.connect(&l.local_addr().unwrap().into()).unwrap();
+        let (_s2, peer2) = l.accept().unwrap();
+        let info2 = lookup(peer2, l.local_addr().unwrap()).unwrap().expect("the second client socket exists");
+        assert_eq!(info2.cookie, c2.cookie().unwrap());
+        assert_ne!(info2.cookie, c.cookie().unwrap());
     }
 }
