@@ -1145,7 +1145,10 @@ impl Writer {
                     std::thread::park_timeout(deadline - now);
                 }
             }
+            // Whatever raised the flag until now is in the queue, taken below;
+            // a command raised after this keeps it up for the next batch.
             self.wake.waiting.store(0, Ordering::Relaxed);
+            self.wake.urgent.store(false, Ordering::Release);
             let mut cmds = vec![first];
             while cmds.len() < GROUP_COMMIT_MAX {
                 match rx.try_recv() {
