@@ -1066,6 +1066,21 @@ fn head(conn: &Connection) -> rusqlite::Result<(u64, [u8; 32])> {
         .map_or((0, chain::GENESIS), |(s, h)| (u64::try_from(s).unwrap_or(0), h.try_into().unwrap_or(chain::GENESIS))))
 }
 
+/// Parks the writer until `done()` holds (checked after each wake-up) or
+/// `deadline` passes; says whether `done()` held.
+fn park_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}
+
 struct Writer {
     conn: Connection,
     /// The queue's length, shared with the senders.
@@ -1118,32 +1133,14 @@ impl Writer {
             // a flush): then it commits at once, with whatever else is queued.
             // A command sent while the writer sleeps wakes it early the same
             // way (see [`Wake`]).
-            let mut waited = first.waited();
-            if !waited {
-                let deadline = last_commit + GROUP_COMMIT_WINDOW;
-                loop {
-                    if self.wake.urgent.swap(false, Ordering::AcqRel) {
-                        waited = true;
-                        break;
-                    }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    std::thread::park_timeout(deadline - now);
-                }
-            }
+            let waited = first.waited()
+                || park_until(last_commit + GROUP_COMMIT_WINDOW, || self.wake.urgent.swap(false, Ordering::AcqRel));
             if waited && last_waited.is_some_and(|t| t.elapsed() < URGENT_STREAM) {
                 // Sessions opening one after another: let a few more
                 // openings join this commit (see `URGENT_GATHER`).
-                let deadline = Instant::now() + URGENT_GATHER;
-                while self.wake.waiting.load(Ordering::Relaxed) < URGENT_GATHER_MAX {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    std::thread::park_timeout(deadline - now);
-                }
+                park_until(Instant::now() + URGENT_GATHER, || {
+                    self.wake.waiting.load(Ordering::Relaxed) >= URGENT_GATHER_MAX
+                });
             }
             // Whatever raised the flag until now is in the queue, taken below;
             // a command raised after this keeps it up for the next batch.

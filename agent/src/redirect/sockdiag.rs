@@ -8,7 +8,7 @@
 //! The wire format is encoded and parsed by pure functions over bytes; only
 //! [`lookup`] does I/O (one request, one answer, on a netlink socket kept per thread).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -181,15 +181,21 @@ fn open_socket() -> Result<socket2::Socket, DiagError> {
     Ok(sock)
 }
 
-/// One request and its answer on `sock`.
+/// One request and its answer on `sock`. Only the kernel's answer counts:
+/// the socket lives as long as its thread, so a datagram another process
+/// queued on it (sending to a sock_diag socket's port needs CAP_NET_ADMIN
+/// in the agent's network namespace) must not be read as the kernel's.
 fn ask(sock: &socket2::Socket, local: SocketAddr, remote: SocketAddr, seq: u32) -> Result<Option<SockInfo>, DiagError> {
+    use std::os::fd::AsRawFd;
     let req = encode_request(local, remote, seq)?;
     // An unconnected netlink socket sends to the kernel (port id 0).
-    let mut w = sock;
-    w.write_all(&req)?;
+    Write::write_all(&mut { sock }, &req)?;
     let mut buf = [0u8; 1024];
-    let mut r = sock;
-    let n = r.read(&mut buf)?;
+    let (n, from) = nix::sys::socket::recvfrom::<nix::sys::socket::NetlinkAddr>(sock.as_raw_fd(), &mut buf)
+        .map_err(std::io::Error::from)?;
+    if from.map(|a| a.pid()) != Some(0) {
+        return Err(DiagError::Malformed("an answer not sent by the kernel"));
+    }
     parse_response(buf.get(..n).unwrap_or_default(), seq)
 }
 
@@ -267,5 +273,33 @@ mod tests {
         let info2 = lookup(peer2, l.local_addr().unwrap()).unwrap().expect("the second client socket exists");
         assert_eq!(info2.cookie, c2.cookie().unwrap());
         assert_ne!(info2.cookie, c.cookie().unwrap());
+    }
+
+    /// A forged answer queued on the socket (with the very sequence number
+    /// the next request will carry) is refused, not taken for the kernel's.
+    /// Sending to another netlink socket's port needs CAP_NET_ADMIN: root only.
+    #[test]
+    fn an_answer_from_another_process_is_refused() {
+        use nix::sys::socket::{MsgFlags, NetlinkAddr, sendto};
+        use std::os::fd::AsRawFd;
+        assert!(nix::unistd::geteuid().is_root(), "this test forges a netlink answer: run it as root");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_s, peer) = l.accept().unwrap();
+        let victim = open_socket().unwrap();
+        // The first request binds the socket to a port id; learn it.
+        assert!(ask(&victim, peer, l.local_addr().unwrap(), 1).unwrap().is_some());
+        let port = nix::sys::socket::getsockname::<NetlinkAddr>(victim.as_raw_fd()).unwrap().pid();
+        let mut msg = vec![0u8; MSG_LEN];
+        msg[0] = AF_INET;
+        msg[1] = 1;
+        msg[44..48].copy_from_slice(&0x0bad_c0de_u32.to_ne_bytes());
+        let forged = answer(SOCK_DIAG_BY_FAMILY, 2, &msg);
+        let forger = open_socket().unwrap();
+        sendto(forger.as_raw_fd(), &forged, &NetlinkAddr::new(port, 0), MsgFlags::empty())
+            .expect("root may send to the port");
+        let got = ask(&victim, peer, l.local_addr().unwrap(), 2);
+        assert!(matches!(got, Err(DiagError::Malformed(_))), "the forged answer was taken: {got:?}");
+        drop(c);
     }
 }
