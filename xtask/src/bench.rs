@@ -154,6 +154,12 @@ pub enum Workload {
         /// (a diagnostic for work on the data path: per-round ratios and Gatehouse's CPU by thread).
         #[arg(long, value_name = "ROUNDS")]
         select_only: Option<u32>,
+        /// With --select-only: a second agent binary (e.g. the build before a change, kept aside)
+        /// run beside the first, each in its own cgroup, and measured in every round next to it
+        /// (the order alternating round by round). On a shared machine two separate runs differ
+        /// by more than most changes do; paired rounds see both under the same load.
+        #[arg(long, value_name = "BINARY", requires = "select_only")]
+        compare: Option<PathBuf>,
     },
 }
 
@@ -217,8 +223,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     match a.workload.clone() {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
         Workload::Policy | Workload::Audit | Workload::Verify { .. } => Ok(()),
-        Workload::Pg { secs, scale, latency_only, select_only } => {
-            crate::bench_pg::pg(secs, scale, latency_only, select_only)
+        Workload::Pg { secs, scale, latency_only, select_only, compare } => {
+            crate::bench_pg::pg(secs, scale, latency_only, select_only, compare.as_deref())
         }
         Workload::Mysql { queries, iterations } => crate::bench_mysql::mysql(queries, iterations),
         Workload::Http { secs } => crate::bench_http::http(secs),
@@ -265,10 +271,15 @@ impl Rig {
     }
 
     pub(crate) fn start_agent(&mut self, policy: &str, port: u16) -> Result<()> {
+        self.start_agent_bin(policy, port, &agent_bin())
+    }
+
+    /// [`Self::start_agent`] with a given agent binary.
+    pub(crate) fn start_agent_bin(&mut self, policy: &str, port: u16, bin: &Path) -> Result<()> {
         let config = self.dir.join("policy.toml");
         std::fs::write(&config, policy)?;
         let log = std::fs::File::create(self.dir.join("agent.log"))?;
-        let child = Command::new(agent_bin())
+        let child = Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(&config)

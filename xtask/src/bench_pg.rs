@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{Rig, free_port};
+use crate::bench::{Rig, free_port, median};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 pub(crate) const PASSWORD: &str = "bench-Secret-1";
@@ -239,7 +239,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.get(i.min(v.len().saturating_sub(1))).copied().unwrap_or(0.0)
 }
 
-pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>) -> Result<()> {
+pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, compare: Option<&Path>) -> Result<()> {
     let port = free_port()?;
     let servers = start_servers(port, Some(scale))?;
     let mut rig = Rig::new("pg")?;
@@ -286,21 +286,63 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>) -
     };
     eprintln!("load before the runs: {}", load());
     if let Some(rounds) = select_only {
-        // A diagnostic for the data path: select-only, three ways in turn.
+        // A diagnostic for the data path: select-only, three ways in turn
+        // (four with a second agent to compare, alternating which goes first).
         let args = &workloads[0].1;
+        let rig_b = match compare {
+            Some(bin) => {
+                let mut r = Rig::new("pg-b")?;
+                r.start_agent_bin(&policy, free_port()?, bin)?;
+                eprintln!("comparing with {} (gatehouse_b)", bin.display());
+                Some(r)
+            }
+            None => None,
+        };
+        let mut cpu_pairs: Vec<(f64, f64)> = Vec::new();
         for round in 1..=rounds {
-            let mut tps = Vec::new();
-            for (sys, host, cg) in systems.iter().take(3) {
-                let pid = proxy_pid(&rig, sys);
+            let mut order: Vec<(&str, &str, Option<&Rig>)> =
+                vec![("direct", DIRECT, None), ("gatehouse", PROTECTED, Some(&rig))];
+            if let Some(b) = &rig_b {
+                order.push(("gatehouse_b", PROTECTED, Some(b)));
+                if round % 2 == 0 {
+                    order.swap(1, 2);
+                }
+            }
+            order.push(("pgbouncer", BOUNCER, None));
+            let mut tps = std::collections::BTreeMap::new();
+            let mut cpus = std::collections::BTreeMap::new();
+            for (sys, host, agent) in order {
+                let pid = match agent {
+                    Some(r) => r.agent_pid(),
+                    None => proxy_pid(&rig, sys),
+                };
                 let (cpu0, threads0) = (cpu_secs(pid), thread_cpu(pid));
-                let r = parse_pgbench(&pgbench(&rig, host, *cg, args, None)?);
+                let r = parse_pgbench(&pgbench(agent.unwrap_or(&rig), host, agent.is_some(), args, None)?);
                 let cpu = (cpu_secs(pid) - cpu0) * 1e6 / r.transactions.max(1.0);
                 let split = thread_split(&threads0, &thread_cpu(pid), r.transactions);
-                eprintln!("round {round}: {sys:<10} {:>8.0} tps {cpu:>6.1} µs cpu/txn  {split}", r.tps);
-                tps.push(r.tps);
+                eprintln!("round {round}: {sys:<11} {:>8.0} tps {cpu:>6.1} µs cpu/txn  {split}", r.tps);
+                tps.insert(sys, r.tps);
+                cpus.insert(sys, cpu);
             }
-            println!("ratio select_only gatehouse/direct = {:.2}", tps[1] / tps[0]);
-            println!("ratio select_only gatehouse/pgbouncer = {:.2}", tps[1] / tps[2]);
+            let t = |k: &str| tps.get(k).copied().unwrap_or(0.0);
+            println!("ratio select_only gatehouse/direct = {:.2}", t("gatehouse") / t("direct"));
+            println!("ratio select_only gatehouse/pgbouncer = {:.2}", t("gatehouse") / t("pgbouncer"));
+            if rig_b.is_some() {
+                println!("ratio select_only gatehouse_b/direct = {:.2}", t("gatehouse_b") / t("direct"));
+                let c = |k: &str| cpus.get(k).copied().unwrap_or(0.0);
+                cpu_pairs.push((c("gatehouse"), c("gatehouse_b")));
+            }
+        }
+        if !cpu_pairs.is_empty() {
+            let a = median(cpu_pairs.iter().map(|p| p.0).collect());
+            let b = median(cpu_pairs.iter().map(|p| p.1).collect());
+            let per_round: Vec<String> = cpu_pairs.iter().map(|(a, b)| format!("{:.2}", b / a.max(1e-9))).collect();
+            println!(
+                "cpu_per_txn       gatehouse {a:.1} µs   gatehouse_b {b:.1} µs (medians of {} rounds)",
+                cpu_pairs.len()
+            );
+            println!("cpu_per_txn gatehouse_b/gatehouse by round: {}", per_round.join(" "));
+            println!("ratio select_only_cpu gatehouse_b/gatehouse = {:.2}", b / a.max(1e-9));
         }
         return Ok(());
     }
