@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{Rig, free_port, median};
+use crate::bench::{Rig, free_port};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 pub(crate) const PASSWORD: &str = "bench-Secret-1";
@@ -240,6 +240,9 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 }
 
 pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, compare: Option<&Path>) -> Result<()> {
+    if let Some(bin) = compare.filter(|b| !b.is_file()) {
+        bail!("--compare {}: no such agent binary", bin.display());
+    }
     let port = free_port()?;
     let servers = start_servers(port, Some(scale))?;
     let mut rig = Rig::new("pg")?;
@@ -334,15 +337,23 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
             }
         }
         if !cpu_pairs.is_empty() {
-            let a = median(cpu_pairs.iter().map(|p| p.0).collect());
-            let b = median(cpu_pairs.iter().map(|p| p.1).collect());
-            let per_round: Vec<String> = cpu_pairs.iter().map(|(a, b)| format!("{:.2}", b / a.max(1e-9))).collect();
+            // The middle value (the mean of the middle two for an even count).
+            let mid = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                let n = v.len();
+                (v[(n - 1) / 2] + v[n / 2]) / 2.0
+            };
+            let a = mid(cpu_pairs.iter().map(|p| p.0).collect());
+            let b = mid(cpu_pairs.iter().map(|p| p.1).collect());
+            let ratios: Vec<f64> = cpu_pairs.iter().map(|(a, b)| b / a.max(1e-9)).collect();
+            let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
             println!(
                 "cpu_per_txn       gatehouse {a:.1} µs   gatehouse_b {b:.1} µs (medians of {} rounds)",
                 cpu_pairs.len()
             );
-            println!("cpu_per_txn gatehouse_b/gatehouse by round: {}", per_round.join(" "));
-            println!("ratio select_only_cpu gatehouse_b/gatehouse = {:.2}", b / a.max(1e-9));
+            println!("cpu_per_txn gatehouse_b/gatehouse by round: {}", shown.join(" "));
+            // Each round's ratio sees both builds under that round's load: their median, not the medians' ratio.
+            println!("ratio select_only_cpu gatehouse_b/gatehouse = {:.2}", mid(ratios));
         }
         return Ok(());
     }
