@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{Rig, free_port};
+use crate::bench::{Rig, free_port, median};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 pub(crate) const PASSWORD: &str = "bench-Secret-1";
@@ -315,10 +315,7 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
             let mut tps = std::collections::BTreeMap::new();
             let mut cpus = std::collections::BTreeMap::new();
             for (sys, host, agent) in order {
-                let pid = match agent {
-                    Some(r) => r.agent_pid(),
-                    None => proxy_pid(&rig, sys),
-                };
+                let pid = agent.map_or_else(|| proxy_pid(&rig, sys), Rig::agent_pid);
                 let (cpu0, threads0) = (cpu_secs(pid), thread_cpu(pid));
                 let r = parse_pgbench(&pgbench(agent.unwrap_or(&rig), host, agent.is_some(), args, None)?);
                 let cpu = (cpu_secs(pid) - cpu0) * 1e6 / r.transactions.max(1.0);
@@ -337,14 +334,8 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
             }
         }
         if !cpu_pairs.is_empty() {
-            // The middle value (the mean of the middle two for an even count).
-            let mid = |mut v: Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                let n = v.len();
-                (v[(n - 1) / 2] + v[n / 2]) / 2.0
-            };
-            let a = mid(cpu_pairs.iter().map(|p| p.0).collect());
-            let b = mid(cpu_pairs.iter().map(|p| p.1).collect());
+            let a = median(cpu_pairs.iter().map(|p| p.0).collect());
+            let b = median(cpu_pairs.iter().map(|p| p.1).collect());
             let ratios: Vec<f64> = cpu_pairs.iter().map(|(a, b)| b / a.max(1e-9)).collect();
             let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
             println!(
@@ -353,7 +344,7 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
             );
             println!("cpu_per_txn gatehouse_b/gatehouse by round: {}", shown.join(" "));
             // Each round's ratio sees both builds under that round's load: their median, not the medians' ratio.
-            println!("ratio select_only_cpu gatehouse_b/gatehouse = {:.2}", mid(ratios));
+            println!("ratio select_only_cpu gatehouse_b/gatehouse = {:.2}", median(ratios));
         }
         return Ok(());
     }

@@ -8,7 +8,6 @@
 //! The wire format is encoded and parsed by pure functions over bytes; only
 //! [`lookup`] does I/O (one request, one answer, on a netlink socket kept per thread).
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -189,7 +188,10 @@ fn ask(sock: &socket2::Socket, local: SocketAddr, remote: SocketAddr, seq: u32) 
     use std::os::fd::AsRawFd;
     let req = encode_request(local, remote, seq)?;
     // An unconnected netlink socket sends to the kernel (port id 0).
-    Write::write_all(&mut { sock }, &req)?;
+    // One datagram: the kernel takes it whole or fails the call.
+    if sock.send(&req)? != req.len() {
+        return Err(DiagError::Malformed("the request was cut short"));
+    }
     let mut buf = [0u8; 1024];
     let (n, from) = nix::sys::socket::recvfrom::<nix::sys::socket::NetlinkAddr>(sock.as_raw_fd(), &mut buf)
         .map_err(std::io::Error::from)?;
