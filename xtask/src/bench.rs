@@ -99,6 +99,10 @@ pub enum Workload {
     Policy,
     /// Audit store records per second with the hash chain and group commit (no root needed).
     Audit,
+    /// The audit writer's CPU per statement recorded the way the PostgreSQL relay records one
+    /// (start through the journal, end queued, bytes folded), against plain SQLite inserts of
+    /// the same bytes (no root needed; rounds: GATEHOUSE_BENCH_ROUNDS, default 5).
+    Ingest,
     /// `gatehouse verify` peak memory on a small and a large store (no root needed).
     Verify {
         /// Size of the large store, MiB.
@@ -168,6 +172,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let in_process = match a.workload {
         Workload::Policy => Some("policy"),
         Workload::Audit => Some("audit"),
+        Workload::Ingest => Some("ingest"),
         _ => None,
     };
     if let Workload::Verify { mb } = a.workload {
@@ -222,7 +227,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     match a.workload.clone() {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
-        Workload::Policy | Workload::Audit | Workload::Verify { .. } => Ok(()),
+        Workload::Policy | Workload::Audit | Workload::Ingest | Workload::Verify { .. } => Ok(()),
         Workload::Pg { secs, scale, latency_only, select_only, compare } => {
             crate::bench_pg::pg(secs, scale, latency_only, select_only, compare.as_deref())
         }
