@@ -189,7 +189,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("GATEHOUSE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::var("GATEHOUSE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5).max(1);
     let (mut w, mut r, mut t, mut p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 1..=rounds {
         let (writer_us, rest_us, per_s) = round();

@@ -528,3 +528,32 @@ fn a_batch_writes_statement_rows_whole_and_they_match_indexing_record_by_record(
     assert!(!got.iter().any(|r| r.contains("secret")), "the redacted statement's row is gone: {got:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_body_encoded_through_the_scratch_buffer_is_the_plain_json() {
+    // Large then small then large again: the kept buffer never leaks bytes
+    // of an earlier record into a later one, and is cut back after a large one.
+    let statement = |text: String| {
+        Event::Statement(Box::new(StatementStart {
+            session: SessionId::new(),
+            seq: 1,
+            started_us: 2,
+            text,
+            kinds: "select".into(),
+            tables: "t".into(),
+            decision: Verdict::Allow,
+            rule: Some("r".into()),
+            reason: None,
+            redacted: 0,
+            up_offset: None,
+            up: Vec::new(),
+        }))
+    };
+    for text in ["x".repeat(10_000), "SELECT 1".into(), String::new(), "\"quoted\" \u{1}".repeat(900)] {
+        let e = statement(text);
+        let Event::Statement(s) = &e else { panic!("a statement") };
+        let (body, _) = e.encode();
+        assert_eq!(body, serde_json::to_vec(s).unwrap());
+        assert!(JSON_SCRATCH.with_borrow(Vec::capacity) <= JSON_SCRATCH_KEEP);
+    }
+}
