@@ -5,8 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse::audit::{self, ChunkHeader, Direction, Event, Mode, Options, StatementStart};
+use gatehouse::audit::{self, ChunkHeader, Direction, Event, Mode, StatementStart};
 use gatehouse::types::SessionId;
+
+#[path = "common/store.rs"]
+mod store;
 
 fn statement(session: SessionId, seq: u64) -> Event {
     Event::Statement(Box::new(StatementStart {
@@ -50,17 +53,7 @@ fn run_journal(sessions: usize, per_session: u64) -> f64 {
 }
 
 fn run_with(mode: Mode, sessions: usize, per_session: u64, ship: Option<&str>, journal: bool) -> (f64, f64) {
-    let dir = std::env::temp_dir().join(format!("gh-bench-audit-{}-{mode:?}-{journal}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let opts = Options {
-        mode,
-        fsync: false,
-        checkpoint_every: Duration::from_secs(10),
-        retention_days: None,
-        publish: Default::default(),
-    };
-    let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
+    let (dir, audit, writer) = store::open(&format!("audit-{mode:?}-{journal}"), mode, Duration::from_secs(10));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let stop = tokio_util::sync::CancellationToken::new();
     let shipper = ship.map(|url| {
@@ -145,17 +138,7 @@ fn run_with(mode: Mode, sessions: usize, per_session: u64, ship: Option<&str>, j
 
 /// One session, strict: how long a statement waits for its commit.
 fn latency(journal: bool) -> (f64, f64) {
-    let dir = std::env::temp_dir().join(format!("gh-bench-audit-lat-{}-{journal}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let opts = Options {
-        mode: Mode::Strict,
-        fsync: false,
-        checkpoint_every: Duration::from_secs(10),
-        retention_days: None,
-        publish: Default::default(),
-    };
-    let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
+    let (dir, audit, writer) = store::open(&format!("audit-lat-{journal}"), Mode::Strict, Duration::from_secs(10));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut lat: Vec<f64> = rt.block_on(async {
         let s = SessionId::new();
@@ -188,19 +171,8 @@ fn latency(journal: bool) -> (f64, f64) {
 /// Writes a store of about `mb` MiB (1 MiB chunks and a statement each),
 /// then runs `gatehouse verify` on it and returns its peak RSS in KiB.
 fn verify_rss(mb: u64) -> (u64, f64) {
-    let dir = std::env::temp_dir().join(format!("gh-bench-verify-{}-{mb}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let (dir, audit, writer) = store::open(&format!("verify-{mb}"), Mode::Strict, Duration::from_secs(1));
     let db = dir.join("audit.db");
-    let key = dir.join("host.key");
-    let opts = Options {
-        mode: Mode::Strict,
-        fsync: false,
-        checkpoint_every: Duration::from_secs(1),
-        retention_days: None,
-        publish: Default::default(),
-    };
-    let (audit, writer) = audit::open(&db, &key, &opts).expect("open");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let s = SessionId::new();

@@ -12,8 +12,11 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse::audit::{self, Event, Mode, Options, StatementEnd, StatementStart};
+use gatehouse::audit::{self, Event, Mode, StatementEnd, StatementStart};
 use gatehouse::types::SessionId;
+
+#[path = "common/store.rs"]
+mod store;
 
 const SESSIONS: u64 = 8;
 const PER_SESSION: u64 = 25_000;
@@ -84,17 +87,7 @@ fn process_cpu_ns() -> u64 {
 
 /// One round: (writer µs per statement, the rest of the process µs per statement, statements/s).
 fn round() -> (f64, f64, f64) {
-    let dir = std::env::temp_dir().join(format!("gh-bench-ingest-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let opts = Options {
-        mode: Mode::Strict,
-        fsync: false,
-        checkpoint_every: Duration::from_secs(10),
-        retention_days: None,
-        publish: Default::default(),
-    };
-    let (audit, writer) = audit::open(&dir.join("audit.db"), &dir.join("host.key"), &opts).expect("open");
+    let (dir, audit, writer) = store::open("ingest", Mode::Strict, Duration::from_secs(10));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("bench-session")
