@@ -62,27 +62,24 @@ fn end(session: SessionId, seq: u64) -> StatementEnd {
     }
 }
 
-/// Nanoseconds on CPU of this process's threads named `name` (schedstat).
-fn thread_cpu_ns(name: &str) -> u64 {
-    let mut total = 0;
-    for t in std::fs::read_dir("/proc/self/task").expect("tasks").flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() == name {
-            let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-            total += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        }
-    }
-    total
+/// Nanoseconds on CPU so far, from a `schedstat` file (0 if unreadable).
+fn on_cpu_ns(schedstat: &std::path::Path) -> u64 {
+    std::fs::read_to_string(schedstat)
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
 
-/// CPU of the whole process so far (ns), from `/proc/self/schedstat` of each thread.
-fn process_cpu_ns() -> u64 {
-    let mut total = 0;
-    for t in std::fs::read_dir("/proc/self/task").expect("tasks").flatten() {
-        let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-        total += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    }
-    total
+/// Nanoseconds on CPU of this process's threads, or of those named `name`.
+fn threads_cpu_ns(name: Option<&str>) -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+        .filter(|t| {
+            name.is_none_or(|n| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == n))
+        })
+        .map(|t| on_cpu_ns(&t.path().join("schedstat")))
+        .sum()
 }
 
 /// One round: (writer µs per statement, the rest of the process µs per statement, statements/s).
@@ -94,7 +91,7 @@ fn round() -> (f64, f64, f64) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (w0, p0) = (thread_cpu_ns("audit-writer"), process_cpu_ns());
+    let (w0, p0) = (threads_cpu_ns(Some("audit-writer")), threads_cpu_ns(None));
     let t0 = Instant::now();
     rt.block_on(async {
         let mut tasks = Vec::new();
@@ -116,7 +113,7 @@ fn round() -> (f64, f64, f64) {
         audit.flush().await.expect("flush");
     });
     let secs = t0.elapsed().as_secs_f64();
-    let (w1, p1) = (thread_cpu_ns("audit-writer"), process_cpu_ns());
+    let (w1, p1) = (threads_cpu_ns(Some("audit-writer")), threads_cpu_ns(None));
     drop(audit);
     writer.stop();
     let _ = std::fs::remove_dir_all(&dir);
@@ -145,7 +142,7 @@ fn plain_sqlite(batch: u64) -> f64 {
             (serde_json::to_string(&s).expect("json"), s.up, serde_json::to_string(&e).expect("json"), e.down)
         })
         .collect();
-    let t0 = thread_cpu_self_ns();
+    let t0 = on_cpu_ns(std::path::Path::new("/proc/thread-self/schedstat"));
     let mut seq = 0i64;
     for chunk in records.chunks(batch as usize) {
         let tx = conn.transaction().expect("tx");
@@ -160,18 +157,10 @@ fn plain_sqlite(batch: u64) -> f64 {
         }
         tx.commit().expect("commit");
     }
-    let spent = thread_cpu_self_ns() - t0;
+    let spent = on_cpu_ns(std::path::Path::new("/proc/thread-self/schedstat")) - t0;
     drop(conn);
     let _ = std::fs::remove_dir_all(&dir);
     spent as f64 / 1e3 / (SESSIONS * PER_SESSION) as f64
-}
-
-/// CPU of the calling thread so far (ns).
-fn thread_cpu_self_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -690,19 +690,19 @@ impl Event {
             // A thread whose buffer is gone (a record made while the thread
             // exits) or in use (never: no body encodes a record) allocates
             // as before.
-            let scratch = JSON_SCRATCH.try_with(|cell| {
-                let mut b = cell.try_borrow_mut().ok()?;
-                b.clear();
-                let body = serde_json::to_writer(&mut *b, v).ok().map(|()| b.as_slice().to_vec());
-                if b.capacity() > JSON_SCRATCH_KEEP {
-                    *b = Vec::with_capacity(JSON_SCRATCH_KEEP);
-                }
-                Some(body)
-            });
-            match scratch {
-                Ok(Some(body)) => body.unwrap_or_default(),
-                Ok(None) | Err(_) => serde_json::to_vec(v).unwrap_or_default(),
-            }
+            JSON_SCRATCH
+                .try_with(|cell| {
+                    let mut b = cell.try_borrow_mut().ok()?;
+                    b.clear();
+                    let body = serde_json::to_writer(&mut *b, v).ok().map(|()| b.as_slice().to_vec());
+                    if b.capacity() > JSON_SCRATCH_KEEP {
+                        *b = Vec::with_capacity(JSON_SCRATCH_KEEP);
+                    }
+                    body
+                })
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| serde_json::to_vec(v).unwrap_or_default())
         }
         let body = match self {
             Self::SessionOpen(o) => json(o),
