@@ -87,6 +87,34 @@ const QUEUE_DEPTH: usize = 65_536;
 /// A WAL larger than this is emptied by the next checkpoint (see `checkpointer`).
 const WAL_RESTART: u64 = 1 << 30;
 
+/// A record's session as the chain and the journal keep it (text). A
+/// session id is spelled into a buffer of its own: recording a statement
+/// allocates no string for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SessionKey {
+    Id([u8; uuid::fmt::Hyphenated::LENGTH]),
+    Text(String),
+}
+
+impl SessionKey {
+    fn id(id: SessionId) -> Self {
+        let mut b = [0; uuid::fmt::Hyphenated::LENGTH];
+        id.0.hyphenated().encode_lower(&mut b);
+        Self::Id(b)
+    }
+}
+
+impl std::ops::Deref for SessionKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Self::Id(b) => std::str::from_utf8(b).unwrap_or_default(),
+            Self::Text(s) => s,
+        }
+    }
+}
+
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key        TEXT PRIMARY KEY,
@@ -647,26 +675,26 @@ impl Event {
         }
     }
 
-    pub(crate) fn session(&self) -> Option<String> {
+    pub(crate) fn session(&self) -> Option<SessionKey> {
         match self {
-            Self::SessionOpen(o) => Some(o.id.to_string()),
-            Self::SessionClose(c) => Some(c.id.to_string()),
-            Self::Statement(s) => Some(s.session.to_string()),
-            Self::StatementEnd(e) => Some(e.session.to_string()),
-            Self::Chunk { session, .. } | Self::Truncated { session, .. } => Some(session.to_string()),
-            Self::BackendLogin(l) => Some(l.id.to_string()),
-            Self::Redaction(r) => Some(r.session.clone()),
+            Self::SessionOpen(o) => Some(SessionKey::id(o.id)),
+            Self::SessionClose(c) => Some(SessionKey::id(c.id)),
+            Self::Statement(s) => Some(SessionKey::id(s.session)),
+            Self::StatementEnd(e) => Some(SessionKey::id(e.session)),
+            Self::Chunk { session, .. } | Self::Truncated { session, .. } => Some(SessionKey::id(*session)),
+            Self::BackendLogin(l) => Some(SessionKey::id(l.id)),
+            Self::Redaction(r) => Some(SessionKey::Text(r.session.clone())),
             Self::Agent { .. } => None,
-            Self::Http(h, _) => Some(h.session.to_string()),
-            Self::WsFrame(f, _) => Some(f.session.to_string()),
-            Self::Trail(t, _) => Some(t.session.to_string()),
-            Self::TrailAlert(a) => Some(a.session.to_string()),
-            Self::Ssh(s, _) => Some(s.session.to_string()),
+            Self::Http(h, _) => Some(SessionKey::id(h.session)),
+            Self::WsFrame(f, _) => Some(SessionKey::id(f.session)),
+            Self::Trail(t, _) => Some(SessionKey::id(t.session)),
+            Self::TrailAlert(a) => Some(SessionKey::id(a.session)),
+            Self::Ssh(s, _) => Some(SessionKey::id(s.session)),
             Self::Approval(t) => match &t.request.subject {
                 crate::approval::Subject::Statement { session, .. }
                 | crate::approval::Subject::Connect { session, .. }
                 | crate::approval::Subject::Ssh { session, .. }
-                | crate::approval::Subject::HttpRequest { session, .. } => Some(session.clone()),
+                | crate::approval::Subject::HttpRequest { session, .. } => Some(SessionKey::Text(session.clone())),
                 crate::approval::Subject::Grant { .. } => None,
             },
         }

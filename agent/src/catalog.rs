@@ -346,7 +346,7 @@ impl Catalog {
 pub struct SessionNames {
     /// The session's search path as set by a `SET search_path` Gatehouse
     /// saw; `None` for the login's default.
-    pub search_path: Option<Vec<String>>,
+    pub search_path: Option<std::sync::Arc<[String]>>,
     /// The path is not known (set by code Gatehouse cannot read, or inside a
     /// transaction whose outcome is not known yet).
     pub path_unknown: bool,

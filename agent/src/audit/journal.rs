@@ -79,7 +79,7 @@ pub(super) struct Entry {
     pub jseq: u64,
     pub time_us: i64,
     pub kind: &'static str,
-    pub session: Option<String>,
+    pub session: Option<super::SessionKey>,
     pub body: Vec<u8>,
     /// The event itself, for the query tables (`None` when replayed: the body is read back).
     pub event: Option<Event>,
@@ -525,7 +525,7 @@ mod tests {
             jseq: 7,
             time_us: 42,
             kind: "statement",
-            session: Some("abc".into()),
+            session: Some(crate::audit::SessionKey::Text("abc".into())),
             body: b"{\"x\":1}".to_vec(),
             event: None,
         };

@@ -350,7 +350,7 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
             jseq: i,
             time_us: now_us(),
             kind: "statement",
-            session: Some(id.to_string()),
+            session: Some(super::SessionKey::id(id)),
             body: serde_json::to_vec(&s).unwrap(),
             event: None,
         };
@@ -364,7 +364,7 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
             jseq: done + 3,
             time_us: now_us(),
             kind: "statement",
-            session: Some(id.to_string()),
+            session: Some(super::SessionKey::id(id)),
             body: serde_json::to_vec(&s).unwrap(),
             event: None,
         },
@@ -556,4 +556,15 @@ fn a_body_encoded_through_the_scratch_buffer_is_the_plain_json() {
         assert_eq!(body, serde_json::to_vec(s).unwrap());
         assert!(JSON_SCRATCH.with_borrow(Vec::capacity) <= JSON_SCRATCH_KEEP);
     }
+}
+
+#[test]
+fn a_session_key_spells_a_session_id_as_its_display_does() {
+    // The chain hashes and the query tables join on this text: it must be the id's usual spelling.
+    for id in [SessionId::new(), sid(0), sid(255), SessionId(uuid::Uuid::max())] {
+        let k = super::SessionKey::id(id);
+        assert_eq!(&*k, id.to_string(), "{id:?}");
+        assert_eq!(k.len(), 36);
+    }
+    assert_eq!(&*super::SessionKey::Text("abc".into()), "abc");
 }

@@ -101,7 +101,7 @@ fn effective_path<'a>(cat: &'a Catalog, session: &'a SessionNames) -> Option<Vec
     if session.path_unknown {
         return None;
     }
-    let path = session.search_path.as_ref().unwrap_or(&cat.default_search_path);
+    let path = session.search_path.as_deref().unwrap_or(cat.default_search_path.as_slice());
     if session.role_changed && path.iter().any(|s| s == "$user") {
         return None;
     }

@@ -147,7 +147,7 @@ fn names_resolve_as_the_search_path_does() {
     assert_eq!(s.reads.iter().map(ToString::to_string).collect::<Vec<_>>(), ["public.orders", "pg_catalog.pg_class"]);
     assert!(s.sensitive.is_empty());
     // Set through SET search_path (tracked by the session).
-    let hr = SessionNames { search_path: Some(vec!["hr".into()]), ..SessionNames::default() };
+    let hr = SessionNames { search_path: Some(vec!["hr".to_owned()].into()), ..SessionNames::default() };
     assert_eq!(resolved(&hr, "SELECT * FROM salaries").reads[0].to_string(), "hr.salaries");
     // Unknown path: every schema that has the name.
     let unknown = SessionNames { path_unknown: true, ..SessionNames::default() };
@@ -274,7 +274,7 @@ fn a_schema_the_login_may_not_use_does_not_hide_a_name() {
     // read), and so would the next schema that holds the name (the
     // end-to-end test in bypass.rs has one).
     let mut all = parse("SELECT * FROM salaries, orders", ParseOptions::default()).unwrap();
-    let ses = SessionNames { search_path: Some(hr_public), ..SessionNames::default() };
+    let ses = SessionNames { search_path: Some(hr_public.into()), ..SessionNames::default() };
     resolve(&mut all[0], &cat, &ses);
     let reads: Vec<String> = all[0].reads.iter().map(ToString::to_string).collect();
     assert_eq!(reads, ["hr.salaries", "public.orders"]);
@@ -297,13 +297,16 @@ fn after_a_role_change_user_on_the_path_could_be_any_schema() {
     assert_eq!(reads(&changed), ["hr.salaries"]);
     let set_again = SessionNames {
         role_changed: true,
-        search_path: Some(vec!["$user".into(), "public".into()]),
+        search_path: Some(vec!["$user".to_owned(), "public".to_owned()].into()),
         ..SessionNames::default()
     };
     assert_eq!(reads(&set_again), ["hr.salaries"]);
     // A path without `$user` stays known.
-    let public =
-        SessionNames { role_changed: true, search_path: Some(vec!["public".into()]), ..SessionNames::default() };
+    let public = SessionNames {
+        role_changed: true,
+        search_path: Some(vec!["public".to_owned()].into()),
+        ..SessionNames::default()
+    };
     assert_eq!(reads(&public), ["salaries"]);
 }
 

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use super::{Action, Policy, Rule, WhoMatch};
 use crate::identity::Principal;
@@ -222,9 +223,12 @@ impl Index {
 
     /// The rules naming `backend` whose `who` matches `p`, with how
     /// specifically, in file order.
-    fn candidates(&self, backend: &BackendName, p: &Principal) -> Vec<Candidate> {
-        let Some(wi) = self.backends.get(backend) else { return vec![] };
-        let mut out: Vec<Candidate> = Vec::with_capacity(8);
+    ///
+    /// On the stack for up to 16 candidates: every statement is decided, and
+    /// a heap list here was one allocation (and a free) of each.
+    fn candidates(&self, backend: &BackendName, p: &Principal) -> SmallVec<[Candidate; 16]> {
+        let mut out = SmallVec::new();
+        let Some(wi) = self.backends.get(backend) else { return out };
         let mut add = |v: Option<&Vec<Entry>>, m: WhoMatch| {
             if let Some(v) = v {
                 out.extend(v.iter().map(|(i, exact)| (*i, m, *exact)));

@@ -143,8 +143,9 @@ pub(crate) struct SessionDb {
     /// The search path the session began with, which Gatehouse sent as a
     /// startup parameter (the catalog's default when the session logged
     /// in): `RESET search_path` returns to it. `None` when the catalog could
-    /// not be read before the login (then the catalog's default).
-    pub search_path: Option<Vec<String>>,
+    /// not be read before the login (then the catalog's default). Shared:
+    /// each statement's view of the session's names holds it.
+    pub search_path: Option<Arc<[String]>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -450,7 +451,10 @@ async fn serve_relay(
         }
         Err(_) => None,
     };
-    let search_path = early.as_ref().and_then(|e| e.snapshot()).map(|(cat, _)| cat.default_search_path.clone());
+    let search_path = early
+        .as_ref()
+        .and_then(|e| e.snapshot())
+        .map(|(cat, _)| Arc::<[String]>::from(cat.default_search_path.as_slice()));
     let mut backend_params = backend_params;
     if let Some(path) = &search_path {
         backend_params.push(("search_path".to_owned(), crate::catalog::format_search_path(path)));

@@ -26,7 +26,9 @@ pub struct Cache {
     inner: Mutex<Generations>,
     /// By template: a text of a cached template whose classification read
     /// no constant gets the same answer a fresh parse would (see `template`).
-    templates: Mutex<HashMap<(bool, Box<str>), Templated>>,
+    /// One map per `standard_conforming_strings` setting, looked up by the
+    /// template's own text (no key is built for a lookup).
+    templates: Mutex<[HashMap<Box<str>, Templated>; 2]>,
 }
 
 /// A one-statement classification shared by the texts of a template, and
@@ -113,8 +115,8 @@ impl Cache {
     /// template: the same tokens).
     pub fn get_template(&self, sql: &str, options: ParseOptions) -> Option<(Statement, Shape)> {
         let t = super::template::of(sql)?;
-        let map = self.templates.lock().unwrap_or_else(PoisonError::into_inner);
-        let hit = map.get(&(options.standard_conforming_strings, Box::from(t.key.as_str())))?;
+        let maps = self.templates.lock().unwrap_or_else(PoisonError::into_inner);
+        let hit = maps.get(usize::from(options.standard_conforming_strings))?.get(t.key.as_str())?;
         let text = sql.get(hit.start..sql.len().checked_sub(hit.tail)?)?;
         let mut s = hit.statement.clone();
         text.trim().clone_into(&mut s.text);
@@ -144,14 +146,13 @@ impl Cache {
         if start > t.head() || tail > t.tail() {
             return;
         }
-        let mut map = self.templates.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= Self::MAX_ENTRIES {
-            map.clear();
+        let mut maps = self.templates.lock().unwrap_or_else(PoisonError::into_inner);
+        if maps.iter().map(HashMap::len).sum::<usize>() >= Self::MAX_ENTRIES {
+            maps.iter_mut().for_each(HashMap::clear);
         }
-        map.insert(
-            (options.standard_conforming_strings, t.key.into()),
-            Templated { statement: one.clone(), shape, start, tail },
-        );
+        if let Some(map) = maps.get_mut(usize::from(options.standard_conforming_strings)) {
+            map.insert(t.key.as_str().into(), Templated { statement: one.clone(), shape, start, tail });
+        }
     }
 
     /// Accounted bytes and entries held, both generations.
@@ -357,7 +358,7 @@ mod tests {
             let fresh = parse(second, opts).unwrap();
             assert_eq!(format!("{cached:?}"), format!("{fresh:?}"), "{second}");
         }
-        let templates = cache.templates.lock().unwrap().len();
+        let templates: usize = cache.templates.lock().unwrap().iter().map(HashMap::len).sum();
         assert_eq!(templates, 3, "only the texts whose constants do not matter");
     }
 

@@ -186,7 +186,7 @@ pub fn redact(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Reda
     // The memo's key: the text's template or, for a text without one, the
     // text itself (a driver's Parse sends the same text with `$n` again and again).
     let (template, consts, exact) = match super::template::of(text) {
-        Some(t) => (t.key, t.consts, false),
+        Some(t) => (t.key.clone(), t.consts.clone(), false),
         None if text.len() <= Memo::MAX_TEXT => (text.to_owned(), Vec::new(), true),
         None => return fresh(text, rules, opts, scs).0,
     };

@@ -19,6 +19,8 @@
 //! `standard_conforming_strings`, and the scanner reads with its own
 //! setting, not the session's. Without a backslash both settings lex alike.
 
+use std::rc::Rc;
+
 use pg_query::protobuf::Token;
 
 /// Longest text templated, in bytes.
@@ -56,8 +58,8 @@ impl Template {
 /// record, the message's text again for the recorded message. The last two
 /// texts templated are kept per thread and their templates handed out again
 /// for the same text (compared whole: a template is a function of the text
-/// alone).
-pub(crate) fn of(sql: &str) -> Option<Template> {
+/// alone), shared rather than copied: a repeat allocates nothing.
+pub(crate) fn of(sql: &str) -> Option<Rc<Template>> {
     if sql.len() > MAX_TEXT || sql.as_bytes().contains(&b'\\') || !sql.bytes().any(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -67,7 +69,7 @@ pub(crate) fn of(sql: &str) -> Option<Template> {
         } else if recent[0].0 != sql {
             recent.swap(0, 1);
             let [(text, t), _] = recent;
-            *t = scan(sql);
+            *t = scan(sql).map(Rc::new);
             text.clear();
             text.push_str(sql);
         }
@@ -78,7 +80,7 @@ pub(crate) fn of(sql: &str) -> Option<Template> {
 
 thread_local! {
     /// The last two texts templated on this thread, most recent first, and their templates.
-    static RECENT: std::cell::RefCell<[(String, Option<Template>); 2]> =
+    static RECENT: std::cell::RefCell<[(String, Option<Rc<Template>>); 2]> =
         const { std::cell::RefCell::new([(String::new(), None), (String::new(), None)]) };
 }
 
@@ -140,10 +142,10 @@ mod tests {
         ];
         for round in 0..2 {
             for sql in texts {
-                assert_eq!(of(sql), scan(sql), "round {round}: {sql:?}");
+                assert_eq!(of(sql).as_deref(), scan(sql).as_ref(), "round {round}: {sql:?}");
             }
             for sql in texts.iter().rev() {
-                assert_eq!(of(sql), scan(sql), "round {round}, reversed: {sql:?}");
+                assert_eq!(of(sql).as_deref(), scan(sql).as_ref(), "round {round}, reversed: {sql:?}");
             }
         }
         assert_eq!(of("SELECT 1 /* 2"), None);

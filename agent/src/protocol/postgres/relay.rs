@@ -59,7 +59,7 @@ struct InFlight {
     /// `PREPARE name`: the prepared statement exists once this succeeds.
     prepares: Option<(Vec<u8>, u64)>,
     /// `SET search_path`: the session's path once this succeeds.
-    search_path: Option<Option<Vec<String>>>,
+    search_path: Option<Option<Arc<[String]>>>,
     /// `ROLLBACK` or `ROLLBACK TO SAVEPOINT`: a path set in the transaction
     /// reverts once this succeeds.
     rollback: bool,
@@ -71,7 +71,8 @@ struct InFlight {
 
 impl InFlight {
     fn new(seq: u64, epoch: u64, s: &Statement) -> Self {
-        let relations: Vec<TableRef> = s.reads.iter().chain(&s.writes).cloned().collect();
+        // Collected straight into the shared slice: one allocation, not a Vec's and then the slice's.
+        let relations: Arc<[TableRef]> = s.reads.iter().chain(&s.writes).cloned().collect();
         let ddl = s.effects.stores_settings
             || s.kinds.iter().any(|k| {
                 matches!(
@@ -87,7 +88,7 @@ impl InFlight {
             });
         Self {
             seq,
-            relations: relations.into(),
+            relations,
             lineage: s.lineage.clone(),
             portal: None,
             kinds: s.kinds.clone(),
@@ -96,7 +97,7 @@ impl InFlight {
             masked: Counts::default(),
             empty: false,
             prepares: None,
-            search_path: s.effects.search_path.clone(),
+            search_path: s.effects.search_path.as_ref().map(|p| p.as_deref().map(Arc::from)),
             rollback: s.effects.rollback,
             ddl,
             tags: Vec::new(),
@@ -325,12 +326,12 @@ impl Prepared {
 #[derive(Debug, Default)]
 struct PathState {
     /// Set by a `SET search_path` that completed (`Some(None)`: the login's default).
-    current: Option<Vec<String>>,
+    current: Option<Arc<[String]>>,
     /// Not known: set by code Gatehouse cannot read, or a SET whose
     /// transaction's outcome is not known yet.
     unknown: bool,
     /// A SET that completed in the exchange still open, and whether an error followed.
-    tentative: Option<Option<Vec<String>>>,
+    tentative: Option<Option<Arc<[String]>>>,
     error_since: bool,
     /// SETs forwarded but not yet settled.
     in_flight: u32,

@@ -362,8 +362,10 @@ fn on_backend(
                 ));
             };
             sh.completed = sh.completed.max(fl.seq);
-            fl.tags.push(tag.clone());
-            if let Err(why) = tripwire::check(&fl.kinds, &tag) {
+            let checked = tripwire::check(&fl.kinds, &tag);
+            let declares_cursor = tag == "DECLARE CURSOR";
+            fl.tags.push(tag);
+            if let Err(why) = checked {
                 drop(sh);
                 return Err(breach(ctx, sink.ends, Some(fl), why));
             }
@@ -387,7 +389,7 @@ fn on_backend(
             if fl.ddl {
                 sh.ddl_done = true;
             }
-            if tag == "DECLARE CURSOR"
+            if declares_cursor
                 && let Some(l) = &fl.lineage
                 && let Some(name) = &l.declares
             {

@@ -892,7 +892,7 @@ fn decide_statements(
         // What this statement changes, for the ones after it in the same text.
         match &s.effects.search_path {
             Some(path) => {
-                names.search_path = path.clone().or_else(|| db.search_path.clone());
+                names.search_path = path.as_deref().map(Arc::from).or_else(|| db.search_path.clone());
                 names.path_unknown = false;
             }
             None if unsettles_path(s) => names.path_unknown = true,
@@ -1202,7 +1202,14 @@ fn refusal_error(ctx: &Ctx, d: &Decision) -> PgError {
 }
 
 fn kinds_text(s: &Statement) -> String {
-    s.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+")
+    let mut out = String::with_capacity(s.kinds.iter().map(|k| k.name().len() + 1).sum());
+    for k in &s.kinds {
+        if !out.is_empty() {
+            out.push('+');
+        }
+        out.push_str(k.name());
+    }
+    out
 }
 
 fn tables_text(s: &Statement) -> String {
@@ -1227,7 +1234,7 @@ fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) 
         kinds: kinds_text(s),
         tables: tables_text(s),
         decision: d.verdict.into(),
-        rule: d.rule.as_ref().map(ToString::to_string),
+        rule: d.rule.as_ref().map(|r| r.as_str().to_owned()),
         reason: None,
         up_offset: None,
         up: Vec::new(),

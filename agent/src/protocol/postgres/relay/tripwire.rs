@@ -11,7 +11,7 @@ use crate::sql::Kind;
 /// The statement kinds a CommandComplete tag is consistent with; `None`
 /// for a tag Gatehouse does not know (judged consistent only with opaque kinds).
 fn tag_kinds(tag: &str) -> Option<&'static [Kind]> {
-    let word = |w: &str| tag == w || tag.starts_with(&format!("{w} "));
+    let word = |w: &str| tag.strip_prefix(w).is_some_and(|rest| rest.is_empty() || rest.starts_with(' '));
     Some(if word("SELECT") {
         // CREATE TABLE AS and SELECT INTO report SELECT n.
         &[Kind::Select, Kind::Create, Kind::Explain]
