@@ -1306,3 +1306,18 @@ pub(super) fn end_record(ctx: &Ctx, f: InFlight, rows: Option<u64>, error: Optio
         down: Vec::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_recorded_joined_with_plus_in_their_order() {
+        let mut s = sql::parse("DELETE FROM t", sql::ParseOptions::default()).unwrap().remove(0);
+        assert_eq!(kinds_text(&s), "delete+delete_without_where");
+        s.kinds = [Kind::Select].into_iter().collect();
+        assert_eq!(kinds_text(&s), "select");
+        s.kinds.clear();
+        assert_eq!(kinds_text(&s), "");
+    }
+}

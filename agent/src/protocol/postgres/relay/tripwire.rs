@@ -135,6 +135,9 @@ mod tests {
             (k(&[Kind::Select, Kind::FunctionCall]), "UPDATE 1"),
             (k(&[Kind::Set]), "DROP TABLE"),
             (k(&[Kind::Select]), "SOMETHING NEW"),
+            // A known word must be the tag's whole first word.
+            (k(&[Kind::Insert]), "INSERTED 0 1"),
+            (k(&[Kind::Select]), "SELECT1"),
         ] {
             assert!(check(&kinds, tag).is_err(), "{kinds:?} {tag}");
         }
