@@ -1594,10 +1594,9 @@ impl<'a> StatementRows<'a> {
                  rule, reason, redacted, ended_us, rows, duration_us, error, masked)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
-        let mut id = uuid::Uuid::encode_buffer();
         for (s, x) in self.rows.drain(..) {
             stmt.execute(params![
-                &*s.session.0.hyphenated().encode_lower(&mut id),
+                &*SessionKey::id(s.session),
                 big(s.seq),
                 s.started_us,
                 s.text,

@@ -284,6 +284,20 @@ impl TableRef {
     }
 }
 
+/// The kinds of a statement record: their names joined by `+`, in their
+/// order (`delete+delete_without_where`). One string, built once: every
+/// statement's record takes one.
+pub fn kinds_text(kinds: &std::collections::BTreeSet<Kind>) -> String {
+    let mut out = String::with_capacity(kinds.iter().map(|k| k.name().len() + 1).sum());
+    for k in kinds {
+        if !out.is_empty() {
+            out.push('+');
+        }
+        out.push_str(k.name());
+    }
+    out
+}
+
 /// The tables of a statement record: each [`TableRef::recorded`], joined by `,`.
 pub fn recorded_tables<'a>(tables: impl IntoIterator<Item = &'a TableRef>) -> String {
     let mut out = String::new();
@@ -2302,5 +2316,15 @@ mod tests {
             assert!(!all.is_empty());
             assert!(all.iter().all(|s| !s.kinds.contains(&Other)), "{sql}: {all:?}");
         }
+    }
+
+    #[test]
+    fn kinds_are_recorded_joined_with_plus_in_their_order() {
+        let mut s = parse("DELETE FROM t", ParseOptions::default()).unwrap().remove(0);
+        assert_eq!(kinds_text(&s.kinds), "delete+delete_without_where");
+        s.kinds = [Kind::Select].into_iter().collect();
+        assert_eq!(kinds_text(&s.kinds), "select");
+        s.kinds.clear();
+        assert_eq!(kinds_text(&s.kinds), "");
     }
 }

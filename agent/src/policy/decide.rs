@@ -488,7 +488,7 @@ impl Policy {
                     if applies {
                         let what = match (req.statement, http, ssh) {
                             (_, _, Some(x)) => x.describe(),
-                            (Some(s), _, None) => format!("this statement ({})", kinds(s)),
+                            (Some(s), _, None) => format!("this statement ({})", crate::sql::kinds_text(&s.kinds)),
                             (None, Some(h), None) => format!("this request ({})", h.line()),
                             (None, None, None) => format!("access to {}", req.backend),
                         };
@@ -649,9 +649,4 @@ impl Policy {
             .0;
         Some(Miss { rule: rule.name.clone(), why: mismatches(rule, p, req) })
     }
-}
-
-fn kinds(s: &Statement) -> String {
-    let v: Vec<&str> = s.kinds.iter().map(|k| k.name()).collect();
-    v.join("+")
 }

@@ -1287,7 +1287,7 @@ fn start_record(ctx: &Ctx, seq: u64, text: String, s: Option<&Statement>, d: &De
         started_us: now_us(),
         text,
         redacted,
-        kinds: s.map(|s| s.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+")).unwrap_or_default(),
+        kinds: s.map(|s| crate::sql::kinds_text(&s.kinds)).unwrap_or_default(),
         tables: s.map(|s| crate::sql::recorded_tables(s.reads.iter().chain(&s.writes))).unwrap_or_default(),
         decision: d.verdict.into(),
         rule: d.rule.as_ref().map(ToString::to_string),

@@ -185,20 +185,21 @@ pub fn redact(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Reda
     }
     // The memo's key: the text's template or, for a text without one, the
     // text itself (a driver's Parse sends the same text with `$n` again and again).
-    let (template, consts, exact) = match super::template::of(text) {
-        Some(t) => (t.key.clone(), t.consts.clone(), false),
-        None if text.len() <= Memo::MAX_TEXT => (text.to_owned(), Vec::new(), true),
+    let t = super::template::of(text);
+    let (template, consts, exact) = match &t {
+        Some(t) => (t.key.as_str(), t.consts.as_slice(), false),
+        None if text.len() <= Memo::MAX_TEXT => (text, &[][..], true),
         None => return fresh(text, rules, opts, scs).0,
     };
-    let key = MemoKey { normalize: opts.normalize, scs, exact, template: template.into_boxed_str() };
+    let key = MemoKey { normalize: opts.normalize, scs, exact, template: template.into() };
     match rules.memo.get(&key) {
-        Some(recipe) => match recipe.and_then(|r| r.redact(text, &consts)) {
+        Some(recipe) => match recipe.and_then(|r| r.redact(text, consts)) {
             Some(r) => r,
             None => fresh(text, rules, opts, scs).0,
         },
         None => {
             let (out, parsed) = fresh(text, rules, opts, scs);
-            let recipe = parsed.and_then(|(spans, max_param)| Recipe::of(&spans, max_param, &consts, scs));
+            let recipe = parsed.and_then(|(spans, max_param)| Recipe::of(&spans, max_param, consts, scs));
             rules.memo.put(key, recipe);
             out
         }

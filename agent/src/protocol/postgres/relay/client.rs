@@ -1202,14 +1202,7 @@ fn refusal_error(ctx: &Ctx, d: &Decision) -> PgError {
 }
 
 fn kinds_text(s: &Statement) -> String {
-    let mut out = String::with_capacity(s.kinds.iter().map(|k| k.name().len() + 1).sum());
-    for k in &s.kinds {
-        if !out.is_empty() {
-            out.push('+');
-        }
-        out.push_str(k.name());
-    }
-    out
+    sql::kinds_text(&s.kinds)
 }
 
 fn tables_text(s: &Statement) -> String {
@@ -1305,19 +1298,4 @@ pub(super) fn end_record(ctx: &Ctx, f: InFlight, rows: Option<u64>, error: Optio
         down_offset: None,
         down: Vec::new(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_are_recorded_joined_with_plus_in_their_order() {
-        let mut s = sql::parse("DELETE FROM t", sql::ParseOptions::default()).unwrap().remove(0);
-        assert_eq!(kinds_text(&s), "delete+delete_without_where");
-        s.kinds = [Kind::Select].into_iter().collect();
-        assert_eq!(kinds_text(&s), "select");
-        s.kinds.clear();
-        assert_eq!(kinds_text(&s), "");
-    }
 }

@@ -90,10 +90,9 @@ pub(super) fn check(kinds: &BTreeSet<Kind>, tag: &str) -> Result<(), String> {
     }
     match tag_kinds(tag) {
         Some(allowed) if allowed.iter().any(|k| kinds.contains(k)) => Ok(()),
-        Some(_) | None => Err(format!(
-            "the server reported `{tag}` for a statement classified as {}",
-            kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("+")
-        )),
+        Some(_) | None => {
+            Err(format!("the server reported `{tag}` for a statement classified as {}", crate::sql::kinds_text(kinds)))
+        }
     }
 }
 
