@@ -79,6 +79,25 @@ impl Drop for PyServer {
     }
 }
 
+/// The `http` and `ws_frame` records at `db` once `done` holds of them, or
+/// after 5 s, whichever is first: an exchange is recorded when its response
+/// ends, which can be just after the client has read the response and left,
+/// so a test that asserts on the exchange it just made waits for it here and
+/// then asserts on what it got (a record that never comes still fails).
+pub fn http_records_until(
+    db: &Path,
+    done: impl Fn(&[(String, Value, Vec<u8>)]) -> bool,
+) -> Vec<(String, Value, Vec<u8>)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let recs = http_records(db);
+        if done(&recs) || std::time::Instant::now() > deadline {
+            return recs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The `http` and `ws_frame` records of the audit store at `db`, as (kind, body JSON, data).
 pub fn http_records(db: &Path) -> Vec<(String, Value, Vec<u8>)> {
     crate::settle(db);

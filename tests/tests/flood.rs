@@ -509,13 +509,15 @@ methods = ["GET"]
     assert_eq!(slow, 3, "requests the backend served");
     // The refusals are on record, saying why.
     let log = env.agent_log();
-    let recs = gatehouse_e2e::http::http_records(&env.db());
-    let limited = recs
-        .iter()
-        .filter(|(k, r, _)| {
-            k == "http" && r["status"] == 503 && r["target"].as_str().is_some_and(|t| t.starts_with("/api/slow/"))
-        })
-        .count();
+    let limited_of = |recs: &[(String, Value, Vec<u8>)]| {
+        recs.iter()
+            .filter(|(k, r, _)| {
+                k == "http" && r["status"] == 503 && r["target"].as_str().is_some_and(|t| t.starts_with("/api/slow/"))
+            })
+            .count()
+    };
+    let recs = gatehouse_e2e::http::http_records_until(&env.db(), |recs| limited_of(recs) >= 3);
+    let limited = limited_of(&recs);
     assert_eq!(limited, 3, "{recs:?}\n{log}");
     assert_eq!(held_by_ana(0).0, 0);
 

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use gatehouse_e2e::http::{PyServer, http_records};
+use gatehouse_e2e::http::{PyServer, http_records, http_records_until};
 use gatehouse_e2e::{Env, loopback};
 use serde_json::Value;
 
@@ -561,7 +561,10 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     let (out, _) = curl(&w, &w.eve, &["-sS", &format!("{base}/api/v1/headers?br=1")]);
     assert!(!out.contains(HELD_TOKEN) && out.contains("content encoding br"), "{out}");
     // The exchange's record says the credential was removed, and holds no trace of it.
-    let recs = http_records(&w.env.db());
+    let recs = http_records_until(&w.env.db(), |recs| {
+        recs.iter().any(|(_, r, _)| r["masked"]["held_credential"].as_u64() >= Some(2))
+            && recs.iter().any(|(_, r, _)| r["masked"]["trailers_dropped"].as_u64() == Some(1))
+    });
     assert!(recs.iter().any(|(_, r, _)| r["masked"]["held_credential"].as_u64() >= Some(2)), "{recs:#?}");
     assert!(recs.iter().any(|(_, r, _)| r["masked"]["trailers_dropped"].as_u64() == Some(1)), "{recs:#?}");
     assert!(
@@ -616,7 +619,10 @@ fn requests_are_decided_credentials_held_and_bodies_masked() {
     assert!(w.api.requests().iter().all(|r| r["body"].as_str().unwrap().len() <= 1024));
 
     // The audit store has every exchange; replay reads like curl -v.
-    let recs = http_records(&w.env.db());
+    let recs = http_records_until(&w.env.db(), |recs| {
+        recs.iter().any(|(_, b, _)| b["decision"] == "deny" && b["method"] == "DELETE" && b["status"] == 403)
+            && recs.iter().any(|(_, b, _)| b["target"] == "/api/v1/orders/7" && b["method"] == "GET")
+    });
     let refused: Vec<&Value> = recs.iter().map(|(_, b, _)| b).filter(|b| b["decision"] == "deny").collect();
     assert!(refused.iter().any(|b| b["method"] == "DELETE" && b["status"] == 403));
     let get = recs
@@ -712,9 +718,10 @@ print(json.dumps({'status':r.status_code,'enc':r.headers.get('content-encoding')
     let (body, version) = out.rsplit_once('\n').unwrap_or_else(|| panic!("{out} {err}"));
     assert_eq!(version, "2", "{err}");
     assert_eq!(json(body)["customer"]["card"], "****1111");
-    let h2 = http_records(&w.env.db())
+    let is_h2 = |(_, b, _): &(String, Value, Vec<u8>)| b["version"] == "HTTP/2.0";
+    let h2 = http_records_until(&w.env.db(), |recs| recs.iter().any(is_h2))
         .into_iter()
-        .find(|(_, b, _)| b["version"] == "HTTP/2.0")
+        .find(is_h2)
         .expect("an HTTP/2 exchange on record");
     assert_eq!(h2.1["status"], 200);
 
@@ -1138,7 +1145,12 @@ approval = {{ for = ["*"], by = "leads", timeout = "1s" }}
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert!(steps.iter().all(|s| s["request"]["subject"]["type"] == "http_request"), "{steps:?}");
-    let records = http_records(&env.db());
+    let on_record = |recs: &[(String, Value, Vec<u8>)], method: &str, target: &str| {
+        recs.iter().any(|(k, b, _)| k == "http" && b["method"] == method && b["target"] == target)
+    };
+    let records = http_records_until(&env.db(), |recs| {
+        on_record(recs, "DELETE", "/api/v1/orders/9") && on_record(recs, "DELETE", "/api/v1/orders/10")
+    });
     let exchange = |method: &str, target: &str| {
         records
             .iter()
