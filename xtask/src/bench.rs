@@ -56,7 +56,7 @@ fn release_build(force: bool) -> Result<()> {
 /// The agent binary a benchmark runs: `target/release/gatehouse`, or the
 /// one `GATEHOUSE_BENCH_BIN` names (with `--no-build`: to measure a build
 /// kept aside, e.g. the one before a change, while the tree builds another).
-fn agent_bin() -> PathBuf {
+pub(crate) fn agent_bin() -> PathBuf {
     std::env::var_os("GATEHOUSE_BENCH_BIN").map_or_else(|| built("release", "gatehouse"), PathBuf::from)
 }
 
@@ -162,8 +162,15 @@ pub enum Workload {
         /// run beside the first, each in its own cgroup, and measured in every round next to it
         /// (the order alternating round by round). On a shared machine two separate runs differ
         /// by more than most changes do; paired rounds see both under the same load.
-        #[arg(long, value_name = "BINARY", requires = "select_only")]
+        #[arg(long, value_name = "BINARY")]
         compare: Option<PathBuf>,
+        /// Instructions per select-only statement, counted by valgrind (callgrind), for one
+        /// client: Gatehouse's sessions, its audit writer and the rest, against pgbouncer's, also
+        /// under valgrind. Counts do not move with the machine's load as times do, so a change
+        /// of a few per cent shows (with --compare: both agents, paired). User space only: the
+        /// kernel's work is not counted. Installs valgrind if it is missing.
+        #[arg(long, conflicts_with_all = ["latency_only", "select_only"])]
+        instructions: bool,
     },
 }
 
@@ -228,7 +235,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     match a.workload.clone() {
         Workload::Connect { secs, bytes } => connect(secs, bytes),
         Workload::Policy | Workload::Audit | Workload::Ingest | Workload::Verify { .. } => Ok(()),
-        Workload::Pg { secs, scale, latency_only, select_only, compare } => {
+        Workload::Pg { instructions: true, scale, compare, .. } => {
+            crate::bench_pg::instructions(scale, compare.as_deref())
+        }
+        Workload::Pg { secs, scale, latency_only, select_only, compare, .. } => {
             crate::bench_pg::pg(secs, scale, latency_only, select_only, compare.as_deref())
         }
         Workload::Mysql { queries, iterations } => crate::bench_mysql::mysql(queries, iterations),
@@ -281,10 +291,31 @@ impl Rig {
 
     /// [`Self::start_agent`] with a given agent binary.
     pub(crate) fn start_agent_bin(&mut self, policy: &str, port: u16, bin: &Path) -> Result<()> {
+        self.start_agent_under(policy, port, bin, &[], Duration::from_secs(30))
+    }
+
+    /// [`Self::start_agent_bin`] run by `prefix` (a program and its arguments,
+    /// e.g. valgrind's), ready within `ready`.
+    pub(crate) fn start_agent_under(
+        &mut self,
+        policy: &str,
+        port: u16,
+        bin: &Path,
+        prefix: &[String],
+        ready: Duration,
+    ) -> Result<()> {
         let config = self.dir.join("policy.toml");
         std::fs::write(&config, policy)?;
         let log = std::fs::File::create(self.dir.join("agent.log"))?;
-        let child = Command::new(bin)
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&config)
@@ -302,7 +333,7 @@ impl Rig {
             .stderr(log)
             .spawn()?;
         self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + ready;
         while !self.dir.join("control.sock").exists() {
             if Instant::now() > deadline {
                 bail!("agent not ready: {}", std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default());

@@ -243,6 +243,9 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
     if let Some(bin) = compare.filter(|b| !b.is_file()) {
         bail!("--compare {}: no such agent binary", bin.display());
     }
+    if compare.is_some() && select_only.is_none() {
+        bail!("--compare needs --select-only or --instructions");
+    }
     let port = free_port()?;
     let servers = start_servers(port, Some(scale))?;
     let mut rig = Rig::new("pg")?;
@@ -572,5 +575,193 @@ pub fn mask(rows: u32) -> Result<()> {
     println!("ratio select_1m_rows gatehouse_masked/direct = {:.2}", direct / masked);
     drop(rig);
     drop(servers);
+    Ok(())
+}
+
+/// pgbouncer under valgrind, for `--instructions` (the other pgbouncer runs natively).
+const BOUNCER_VALGRIND: &str = "127.10.201.5";
+/// Statements in the two measured runs of `--instructions`: the counts per
+/// statement are their difference over this many statements, so what a run
+/// spends once (the login, the first statement's catalog read) cancels.
+const COUNTED: (u32, u32) = (300, 1500);
+
+/// callgrind's options: every thread in a file of its own, counted from the
+/// start (the counters are zeroed before each measured run).
+fn callgrind_args(out: &Path) -> Vec<String> {
+    vec![
+        "valgrind".into(),
+        "--tool=callgrind".into(),
+        "--separate-threads=yes".into(),
+        format!("--callgrind-out-file={}", out.join("cg").display()),
+    ]
+}
+
+/// The instructions a callgrind profile counted (its `totals:` line).
+fn callgrind_total(profile: &str) -> u64 {
+    profile
+        .lines()
+        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `callgrind_control <what> <pid>`.
+fn callgrind_control(what: &str, pid: u32) -> Result<()> {
+    ok(Command::new("callgrind_control").arg(what).arg(pid.to_string()), &format!("callgrind_control {what} {pid}"))
+        .map(|_| ())
+}
+
+/// Instructions counted since the last zeroing, dumped now: (the audit
+/// writer's thread, every other thread). The writer's dump is the one whose
+/// profile holds `audit::Writer::run`.
+fn dump_counts(pid: u32, out: &Path) -> Result<(u64, u64)> {
+    let before: std::collections::BTreeSet<PathBuf> = std::fs::read_dir(out)?.flatten().map(|e| e.path()).collect();
+    callgrind_control("--dump", pid)?;
+    let (mut writer, mut rest) = (0u64, 0u64);
+    for e in std::fs::read_dir(out)?.flatten() {
+        let path = e.path();
+        if before.contains(&path) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let total = callgrind_total(&text);
+        if text.contains("audit::Writer::run") {
+            writer += total;
+        } else {
+            rest += total;
+        }
+    }
+    Ok((writer, rest))
+}
+
+/// Instructions per statement of the process `pid` (writer, rest) while
+/// `run(n)` runs `n` statements: the difference between two runs.
+fn counts_per_statement(pid: u32, out: &Path, run: &dyn Fn(u32) -> Result<()>) -> Result<(f64, f64)> {
+    let mut counts = Vec::new();
+    for n in [COUNTED.0, COUNTED.1] {
+        callgrind_control("--zero", pid)?;
+        run(n)?;
+        counts.push(dump_counts(pid, out)?);
+    }
+    let n = f64::from(COUNTED.1 - COUNTED.0);
+    let (a, b) = (counts.first().copied().unwrap_or_default(), counts.get(1).copied().unwrap_or_default());
+    Ok((b.0.saturating_sub(a.0) as f64 / n, b.1.saturating_sub(a.1) as f64 / n))
+}
+
+/// Instructions pgbouncer spends from its start to its exit, run under
+/// callgrind on [`BOUNCER_VALGRIND`] while `run(n)` sends `n` statements through it.
+fn bouncer_count(dir: &Path, port: u16, n: u32, run: &dyn Fn(u32) -> Result<()>) -> Result<u64> {
+    let out = dir.join(format!("callgrind-pgbouncer-{n}"));
+    std::fs::create_dir_all(&out)?;
+    ok(Command::new("chown").arg("-R").arg("postgres:postgres").arg(dir), "chown")?;
+    let mut c = as_postgres("/usr/bin/valgrind");
+    c.args(callgrind_args(&out).iter().skip(1)).arg("/usr/sbin/pgbouncer").arg(dir.join("pgbouncer-valgrind.ini"));
+    let mut child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("pgbouncer under valgrind")?;
+    let run = crate::util::wait_port(&format!("{BOUNCER_VALGRIND}:{port}")).and_then(|()| run(n));
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = child.wait();
+    run?;
+    let mut total = 0u64;
+    for e in std::fs::read_dir(&out)?.flatten() {
+        total += callgrind_total(&std::fs::read_to_string(e.path())?);
+    }
+    if total == 0 {
+        bail!("pgbouncer under valgrind left no counts in {}", out.display());
+    }
+    Ok(total)
+}
+
+/// `bench pg --instructions`: instructions per select-only statement, one
+/// client, counted by callgrind: Gatehouse (and a second build to compare),
+/// and pgbouncer as the baseline.
+pub fn instructions(scale: u32, compare: Option<&Path>) -> Result<()> {
+    if let Some(bin) = compare.filter(|b| !b.is_file()) {
+        bail!("--compare {}: no such agent binary", bin.display());
+    }
+    if !Path::new("/usr/bin/callgrind_control").exists() {
+        eprintln!("installing valgrind");
+        ok(Command::new("apt-get").args(["update", "-q"]), "apt-get update")?;
+        ok(
+            Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-q", "valgrind"]),
+            "apt-get install valgrind",
+        )?;
+    }
+    let port = free_port()?;
+    let servers = start_servers(port, Some(scale))?;
+    let pgbench = |host: &str, n: u32, rig: Option<&Rig>| -> Result<()> {
+        let program = format!("{BIN}/pgbench");
+        let mut c = rig.map_or_else(|| Command::new(&program), |r| r.in_cgroup(&program));
+        c.env("PGPASSWORD", PASSWORD)
+            .args(["-h", host, "-p", &port.to_string(), "-U", "bench", "-n", "-S", "-c", "1", "-t", &n.to_string()])
+            .arg("bench");
+        ok(&mut c, &format!("pgbench -S -t {n} via {host}")).map(|_| ())
+    };
+
+    // pgbouncer under valgrind: the same configuration on an address of its own.
+    let dir = servers.dir.clone();
+    let ini = std::fs::read_to_string(dir.join("pgbouncer.ini"))?
+        .replace(&format!("listen_addr = {BOUNCER}"), &format!("listen_addr = {BOUNCER_VALGRIND}"))
+        .replace("pgbouncer.log", "pgbouncer-valgrind.log");
+    std::fs::write(dir.join("pgbouncer-valgrind.ini"), ini)?;
+
+    let secret_dir = Rig::new("pg-insn-secret")?;
+    let secret = secret_dir.dir().join("bench.secret");
+    std::fs::write(&secret, format!("{PASSWORD}\n"))?;
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let policy = format!(
+        "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\ntls = \"off\"\n\
+         credentials = {{ user = \"bench\", password_file = \"{}\" }}\n\n\
+         [[rule]]\nname = \"bench\"\nwho = {{ users = [\"root\"] }}\nbackend = \"bench\"\nstatements = [\"*\", \"function_call\"]\n",
+        secret.display()
+    );
+    let mut agents: Vec<(&str, PathBuf)> = vec![("gatehouse", crate::bench::agent_bin())];
+    if let Some(b) = compare {
+        agents.push(("gatehouse_b", b.to_owned()));
+    }
+    eprintln!("load before the runs: {}", load());
+    let mut results: Vec<(&str, f64, f64)> = Vec::new();
+    for (name, bin) in &agents {
+        let mut rig = Rig::new(&format!("pg-insn-{name}"))?;
+        let out = rig.dir().join("callgrind");
+        std::fs::create_dir_all(&out)?;
+        eprintln!("{name}: starting {} under valgrind …", bin.display());
+        rig.start_agent_under(&policy, free_port()?, bin, &callgrind_args(&out), std::time::Duration::from_secs(300))?;
+        let pid = rig.agent_pid().context("agent pid")?;
+        // Warm: the backend's catalog read, the statement's template.
+        pgbench(PROTECTED, 100, Some(&rig))?;
+        let (writer, sessions) = counts_per_statement(pid, &out, &|n| pgbench(PROTECTED, n, Some(&rig)))?;
+        eprintln!(
+            "{name}: {:.1}k instructions per statement: sessions and the rest {:.1}k, audit writer {:.1}k",
+            (writer + sessions) / 1e3,
+            sessions / 1e3,
+            writer / 1e3
+        );
+        results.push((name, sessions, writer));
+    }
+    // pgbouncer is started for each run and counted to its exit: callgrind_control
+    // cannot reach a valgrind run as another user (pgbouncer will not run as root).
+    let through_bouncer = |n| pgbench(BOUNCER_VALGRIND, n, None);
+    let (a, b) = (
+        bouncer_count(&dir, port, COUNTED.0, &through_bouncer)?,
+        bouncer_count(&dir, port, COUNTED.1, &through_bouncer)?,
+    );
+    let bouncer = b.saturating_sub(a) as f64 / f64::from(COUNTED.1 - COUNTED.0);
+    eprintln!("pgbouncer: {:.1}k instructions per statement", bouncer / 1e3);
+    let n = COUNTED.1 - COUNTED.0;
+    for (name, sessions, writer) in &results {
+        println!(
+            "instructions select_only {name} = {:.0} per statement (sessions {sessions:.0}, audit writer {writer:.0}; one client, {n} statements)",
+            sessions + writer
+        );
+    }
+    println!("instructions select_only pgbouncer = {bouncer:.0} per statement");
+    for (name, sessions, writer) in &results {
+        println!("ratio select_only_instructions {name}/pgbouncer = {:.2}", (sessions + writer) / bouncer.max(1.0));
+    }
+    if let [(_, s_a, w_a), (_, s_b, w_b)] = results.as_slice() {
+        println!("ratio select_only_instructions gatehouse_b/gatehouse = {:.2}", (s_b + w_b) / (s_a + w_a).max(1.0));
+        println!("ratio select_only_instructions_sessions gatehouse_b/gatehouse = {:.2}", s_b / s_a.max(1.0));
+        println!("ratio select_only_instructions_writer gatehouse_b/gatehouse = {:.2}", w_b / w_a.max(1.0));
+    }
     Ok(())
 }
