@@ -239,6 +239,22 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.get(i.min(v.len().saturating_sub(1))).copied().unwrap_or(0.0)
 }
 
+/// The agent's policy for the benchmarks: one PostgreSQL backend on
+/// [`PROTECTED`], its password in a file written to `dir`, and a rule that
+/// lets root run every statement.
+fn bench_policy(dir: &Path, port: u16) -> Result<String> {
+    let secret = dir.join("bench.secret");
+    std::fs::write(&secret, format!("{PASSWORD}\n"))?;
+    // Password files must be root's alone: the agent refuses others.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(format!(
+        "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\ntls = \"off\"\n\
+         credentials = {{ user = \"bench\", password_file = \"{}\" }}\n\n\
+         [[rule]]\nname = \"bench\"\nwho = {{ users = [\"root\"] }}\nbackend = \"bench\"\nstatements = [\"*\", \"function_call\"]\n",
+        secret.display()
+    ))
+}
+
 pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, compare: Option<&Path>) -> Result<()> {
     if let Some(bin) = compare.filter(|b| !b.is_file()) {
         bail!("--compare {}: no such agent binary", bin.display());
@@ -249,16 +265,7 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
     let port = free_port()?;
     let servers = start_servers(port, Some(scale))?;
     let mut rig = Rig::new("pg")?;
-    let secret = rig.dir().join("bench.secret");
-    std::fs::write(&secret, format!("{PASSWORD}\n"))?;
-    // Password files must be root's alone: the agent refuses others.
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let policy = format!(
-        "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\ntls = \"off\"\n\
-         credentials = {{ user = \"bench\", password_file = \"{}\" }}\n\n\
-         [[rule]]\nname = \"bench\"\nwho = {{ users = [\"root\"] }}\nbackend = \"bench\"\nstatements = [\"*\", \"function_call\"]\n",
-        secret.display()
-    );
+    let policy = bench_policy(rig.dir(), port)?;
     rig.start_agent(&policy, free_port()?)?;
     let systems: [(&str, &str, bool); 4] = [
         ("direct", DIRECT, false),
@@ -705,15 +712,7 @@ pub fn instructions(scale: u32, compare: Option<&Path>) -> Result<()> {
     std::fs::write(dir.join("pgbouncer-valgrind.ini"), ini)?;
 
     let secret_dir = Rig::new("pg-insn-secret")?;
-    let secret = secret_dir.dir().join("bench.secret");
-    std::fs::write(&secret, format!("{PASSWORD}\n"))?;
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let policy = format!(
-        "[[backend]]\nname = \"bench\"\nprotocol = \"postgres\"\naddress = \"{PROTECTED}:{port}\"\ntls = \"off\"\n\
-         credentials = {{ user = \"bench\", password_file = \"{}\" }}\n\n\
-         [[rule]]\nname = \"bench\"\nwho = {{ users = [\"root\"] }}\nbackend = \"bench\"\nstatements = [\"*\", \"function_call\"]\n",
-        secret.display()
-    );
+    let policy = bench_policy(secret_dir.dir(), port)?;
     let mut agents: Vec<(&str, PathBuf)> = vec![("gatehouse", crate::bench::agent_bin())];
     if let Some(b) = compare {
         agents.push(("gatehouse_b", b.to_owned()));
