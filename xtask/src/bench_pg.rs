@@ -638,6 +638,9 @@ fn dump_counts(pid: u32, out: &Path) -> Result<(u64, u64)> {
             rest += total;
         }
     }
+    if writer == 0 {
+        bail!("no profile in {} holds audit::Writer::run: the writer's thread was not counted", out.display());
+    }
     Ok((writer, rest))
 }
 
@@ -711,8 +714,6 @@ pub fn instructions(scale: u32, compare: Option<&Path>) -> Result<()> {
         .replace("pgbouncer.log", "pgbouncer-valgrind.log");
     std::fs::write(dir.join("pgbouncer-valgrind.ini"), ini)?;
 
-    let secret_dir = Rig::new("pg-insn-secret")?;
-    let policy = bench_policy(secret_dir.dir(), port)?;
     let mut agents: Vec<(&str, PathBuf)> = vec![("gatehouse", crate::bench::agent_bin())];
     if let Some(b) = compare {
         agents.push(("gatehouse_b", b.to_owned()));
@@ -721,6 +722,7 @@ pub fn instructions(scale: u32, compare: Option<&Path>) -> Result<()> {
     let mut results: Vec<(&str, f64, f64)> = Vec::new();
     for (name, bin) in &agents {
         let mut rig = Rig::new(&format!("pg-insn-{name}"))?;
+        let policy = bench_policy(rig.dir(), port)?;
         let out = rig.dir().join("callgrind");
         std::fs::create_dir_all(&out)?;
         eprintln!("{name}: starting {} under valgrind …", bin.display());
