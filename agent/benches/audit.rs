@@ -25,6 +25,8 @@ fn statement(session: SessionId, seq: u64) -> Event {
         redacted: 0,
         up_offset: None,
         up: Vec::new(),
+        up_len: None,
+        end: None,
     }))
 }
 

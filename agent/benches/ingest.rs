@@ -59,6 +59,8 @@ fn start_record(session: SessionId, seq: u64) -> StatementStart {
         redacted: 0,
         up_offset: Some(seq * 70),
         up,
+        up_len: None,
+        end: None,
     }
 }
 

@@ -17,6 +17,7 @@ mod admin;
 pub mod anchors;
 pub mod chain;
 pub mod export;
+pub mod fold;
 pub mod journal;
 pub mod keys;
 pub mod query;
@@ -366,6 +367,14 @@ pub struct StatementStart {
     /// The folded bytes (the record's data, not its body).
     #[serde(skip)]
     pub up: Vec<u8>,
+    /// Set on a record the audit writer folded the statement's end into
+    /// (see [`fold`]): how many bytes of the record's data are the client's
+    /// (`up`); the rest are the end's (`down`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_len: Option<u64>,
+    /// The statement's end, when the writer folded it into this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Box<StatementEnd>>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -1284,14 +1293,10 @@ impl Writer {
         let jseq = events.iter().map(|e| e.jseq).max().unwrap_or(0);
         let started = Instant::now();
         match write(&mut self.conn, head, &events, jseq) {
-            Ok(new_head) => {
+            Ok((new_head, written)) => {
                 self.head = new_head;
                 self.dirty = true;
-                crate::metrics::committed(
-                    events.len(),
-                    events.iter().filter_map(|e| e.event.as_ref()),
-                    started.elapsed(),
-                );
+                crate::metrics::committed(written, events.iter().filter_map(|e| e.event.as_ref()), started.elapsed());
                 if jseq > 0
                     && let Some(i) = &self.ingested
                 {
@@ -1516,15 +1521,39 @@ fn write(
     mut head: (u64, [u8; 32]),
     entries: &[journal::Entry],
     jseq: u64,
-) -> rusqlite::Result<(u64, [u8; 32])> {
+) -> rusqlite::Result<((u64, [u8; 32]), usize)> {
     let tx = conn.transaction()?;
     let mut rows = StatementRows::default();
     let mut insert = tx.prepare_cached(INSERT_EVENT)?;
+    let partner = fold::pairs(entries);
+    let mut written = 0usize;
     for (i, e) in entries.iter().enumerate() {
         if i % WRITER_YIELD_EVERY == WRITER_YIELD_EVERY - 1 {
             std::thread::yield_now();
         }
-        head = insert_event_with(&mut insert, head, e.time_us, e.session.as_deref(), e.kind, &e.body, e.data())?;
+        match partner.get(i).copied().unwrap_or(fold::ALONE) {
+            fold::ALONE => {
+                head =
+                    insert_event_with(&mut insert, head, e.time_us, e.session.as_deref(), e.kind, &e.body, e.data())?;
+                written += 1;
+            }
+            // A statement whose end comes later in the batch: written with it.
+            p if p > i => {}
+            p => {
+                let Some(start) = entries.get(p) else { continue };
+                let (body, data) = (fold::body(start, e), fold::data(start, e));
+                head = insert_event_with(
+                    &mut insert,
+                    head,
+                    start.time_us,
+                    e.session.as_deref(),
+                    start.kind,
+                    &body,
+                    data.as_deref(),
+                )?;
+                written += 1;
+            }
+        }
         match &e.event {
             Some(Event::Statement(s)) => rows.start(s),
             Some(Event::StatementEnd(x)) if rows.end(x) => {}
@@ -1545,7 +1574,7 @@ fn write(
     }
     std::thread::yield_now();
     tx.commit()?;
-    Ok(head)
+    Ok((head, written))
 }
 
 /// The `statements` rows of one batch: a statement whose end is in the same
@@ -1563,12 +1592,13 @@ impl<'a> StatementRows<'a> {
         match self.at.get(&(s.session, s.seq)) {
             Some(&i) => {
                 if let Some(r) = self.rows.get_mut(i) {
-                    *r = (s, None);
+                    *r = (s, s.end.as_deref());
                 }
             }
             None => {
                 self.at.insert((s.session, s.seq), self.rows.len());
-                self.rows.push((s, None));
+                // A folded record (read back by verify's rebuild) carries its end.
+                self.rows.push((s, s.end.as_deref()));
             }
         }
     }

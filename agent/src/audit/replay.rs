@@ -678,6 +678,12 @@ impl Renderer {
             }
             return;
         }
+        // A statement with its end folded in: shown as the two records it stands for.
+        if let Some((start, end)) = super::fold::split(r) {
+            self.record(&start);
+            self.record(&end);
+            return;
+        }
         match r.kind.as_str() {
             "redaction" => match serde_json::from_slice::<super::Redaction>(&r.body) {
                 Ok(x) => self.push(
@@ -1247,6 +1253,8 @@ mod tests {
                 redacted: 0,
                 up_offset: None,
                 up: Vec::new(),
+                up_len: None,
+                end: None,
             };
             self.json(time_us, "statement", &s);
         }
@@ -1594,6 +1602,8 @@ mod tests {
             redacted: 0,
             up_offset: Some(0),
             up: Vec::new(),
+            up_len: None,
+            end: None,
         };
         folded.push(T0 + 100, "statement", serde_json::to_vec(&s).unwrap(), Some(up.clone()));
         folded.up += up.len() as u64;
@@ -1613,6 +1623,24 @@ mod tests {
         folded.down += down.len() as u64;
         folded.close(T0 + 300);
 
+        // The statement and its end chained as one record, as the audit writer folds them.
+        let mut one = Builder::default();
+        one.open(T0, "postgres");
+        let start_entry = super::super::journal::Entry::now(crate::audit::Event::Statement(Box::new(StatementStart {
+            up: up.clone(),
+            ..s.clone()
+        })));
+        let end_entry = super::super::journal::Entry::now(crate::audit::Event::StatementEnd(Box::new(StatementEnd {
+            down: down.clone(),
+            ..e.clone()
+        })));
+        let body = super::super::fold::body(&start_entry, &end_entry);
+        one.push(T0 + 100, "statement", body, super::super::fold::data(&start_entry, &end_entry));
+        one.up += up.len() as u64;
+        one.down += down.len() as u64;
+        one.close(T0 + 300);
+        assert_eq!(one.records.len(), 3);
+
         let want = text(&transcript(&chunked.records).unwrap());
         let got = text(&transcript(&folded.records).unwrap());
         assert!(want.contains("(1 row)") && want.contains("SELECT id FROM users"), "{want}");
@@ -1620,6 +1648,7 @@ mod tests {
         // The only difference a reader may see is none: the same lines.
         let strip = |t: &str| t.lines().map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(strip(&got), strip(&want));
+        assert_eq!(strip(&text(&transcript(&one.records).unwrap())), strip(&want));
     }
 
     /// A MySQL session: the query and its masked rows in a box, a refusal's ERR, a USE in the prompt.

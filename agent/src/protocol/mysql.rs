@@ -1294,6 +1294,8 @@ fn start_record(ctx: &Ctx, seq: u64, text: String, s: Option<&Statement>, d: &De
         reason: (d.verdict != Verdict::Allow).then(|| crate::sql::redact::reason(&d.reason())),
         up_offset: None,
         up: Vec::new(),
+        up_len: None,
+        end: None,
     }
 }
 

@@ -182,6 +182,12 @@ fn datastore_activity(kinds: &str) -> (u32, &'static str) {
 
 impl OcsfMapper {
     pub(crate) fn record(&mut self, r: &Record) -> Vec<Value> {
+        // A statement with its end folded in: mapped as the two records it stands for.
+        if let Some((start, end)) = crate::audit::fold::split(r) {
+            let mut events = self.record(&start);
+            events.extend(self.record(&end));
+            return events;
+        }
         let session = r.session.clone().unwrap_or_default();
         match r.kind.as_str() {
             "session_open" => match serde_json::from_slice::<SessionOpen>(&r.body) {

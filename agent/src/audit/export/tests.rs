@@ -75,6 +75,8 @@ fn statement(seq: u64, text: &str, kinds: &str, decision: &str, at: i64) -> Even
         redacted: 0,
         up_offset: None,
         up: Vec::new(),
+        up_len: None,
+        end: None,
     }))
 }
 
@@ -436,6 +438,70 @@ fn ocsf_maps_sessions_and_statements() {
     assert_eq!(of(600_203).len(), 1, "agent start");
     assert_eq!(of(600_204).len(), 1, "agent stop");
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// A statement and its end chained as one record (the writer's fold) map to
+/// the same OCSF events as the two records, but for what names the records.
+#[test]
+fn ocsf_maps_a_folded_statement_as_the_two_records_it_stands_for() {
+    use crate::audit::journal::Entry;
+    let end = Event::StatementEnd(Box::new(StatementEnd {
+        session: sid(S_A),
+        seq: 1,
+        ended_us: T0 + 2600,
+        rows: Some(3),
+        duration_us: 2500,
+        error: None,
+        masked: Some(r#"{"email":2}"#.into()),
+        tags: Some("SELECT 3".into()),
+        down_offset: Some(0),
+        down: b"C\0\0\0\x0dSELECT 3\0".to_vec(),
+    }));
+    let (s, x) = (Entry::now(statement(1, "SELECT id FROM users", "select", "allow", T0 + 100)), Entry::now(end));
+    let rec = |seq: u64, time_us: i64, kind: &str, body: Vec<u8>, data: Option<Vec<u8>>| Record {
+        seq,
+        time_us,
+        session: Some(S_A.into()),
+        kind: kind.into(),
+        body,
+        data,
+        content_hash: [0; 32],
+        redacted: false,
+        prev_hash: [0; 32],
+        hash: [u8::try_from(seq).unwrap(); 32],
+    };
+    let json = |e: Event| e.encode().0;
+    let two = vec![
+        rec(1, T0, "session_open", json(open(S_A, "alice", "postgres", T0)), None),
+        rec(2, T0 + 100, "statement", s.body.clone(), s.data().map(<[u8]>::to_vec)),
+        rec(3, T0 + 2600, "statement_end", x.body.clone(), x.data().map(<[u8]>::to_vec)),
+        rec(4, T0 + 9000, "session_close", json(close(S_A, T0 + 9000)), None),
+    ];
+    let one = vec![
+        rec(1, T0, "session_open", json(open(S_A, "alice", "postgres", T0)), None),
+        rec(2, T0 + 100, "statement", crate::audit::fold::body(&s, &x), crate::audit::fold::data(&s, &x)),
+        rec(3, T0 + 9000, "session_close", json(close(S_A, T0 + 9000)), None),
+    ];
+    let map = |records: &[Record]| {
+        let mut m = ocsf::OcsfMapper::default();
+        let mut out: Vec<Value> = records.iter().flat_map(|r| m.record(r)).collect();
+        out.extend(m.finish());
+        out
+    };
+    let (mut a, mut b) = (map(&two), map(&one));
+    let q = b.iter().find(|e| e["type_uid"] == 600_504).expect("a query event");
+    assert_eq!((q["unmapped"]["rows"].as_u64(), q["unmapped"]["masked"]["email"].as_u64()), (Some(3), Some(2)), "{q}");
+    assert_eq!((q["unmapped"]["record_seq"].as_u64(), q["unmapped"]["end_record_seq"].as_u64()), (Some(2), Some(2)));
+    // What names the records differs (their seq and hash); nothing else.
+    for e in a.iter_mut().chain(b.iter_mut()) {
+        e["metadata"]["uid"] = Value::Null;
+        for k in ["record_seq", "end_record_seq", "end_record_hash"] {
+            if let Some(u) = e["unmapped"].as_object_mut() {
+                u.remove(k);
+            }
+        }
+    }
+    assert_eq!(a, b);
 }
 
 #[test]

@@ -1231,6 +1231,8 @@ fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) 
         reason: None,
         up_offset: None,
         up: Vec::new(),
+        up_len: None,
+        end: None,
     };
     st.records.push(Event::Statement(Box::new(ev)));
     st.seq
@@ -1261,6 +1263,8 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
         reason: Some(reason),
         up_offset: None,
         up: Vec::new(),
+        up_len: None,
+        end: None,
     };
     // Waited for like an allowed statement's record (a client whose texts are
     // refused as fast as it sends them must not outrun the audit store), and
