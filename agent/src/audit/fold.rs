@@ -30,18 +30,16 @@ pub(super) const ALONE: usize = usize::MAX;
 /// next entry of that session in the batch.
 pub(super) fn pairs(entries: &[Entry]) -> Vec<usize> {
     let mut partner = vec![ALONE; entries.len()];
-    // The last entry of each session seen so far. Few sessions per batch: a
-    // short list searched from its newest end beats hashing a 36-byte id.
-    let mut last: Vec<(&str, usize)> = Vec::new();
+    // The last entry of each session seen so far (a batch may hold records
+    // of a thousand sessions: a map, not a list searched per record).
+    let mut last: std::collections::HashMap<&str, usize, super::WordHash> =
+        std::collections::HashMap::with_capacity_and_hasher(64, super::WordHash::default());
     for (j, e) in entries.iter().enumerate() {
         let Some(session) = e.session.as_deref() else { continue };
-        let slot = last.iter().rposition(|(s, _)| *s == session);
-        if let Some(i) = slot.and_then(|k| last.get(k)).map(|&(_, i)| i)
+        if let Some(i) = last.insert(session, j)
             && let Some(start) = entries.get(i)
             && foldable(start, e)
-            && let (Some(pi), Some(pj)) = (partner.get(i), partner.get(j))
-            && *pi == ALONE
-            && *pj == ALONE
+            && partner.get(i) == Some(&ALONE)
         {
             if let Some(p) = partner.get_mut(i) {
                 *p = j;
@@ -49,10 +47,6 @@ pub(super) fn pairs(entries: &[Entry]) -> Vec<usize> {
             if let Some(p) = partner.get_mut(j) {
                 *p = i;
             }
-        }
-        match slot.and_then(|k| last.get_mut(k)) {
-            Some(l) => l.1 = j,
-            None => last.push((session, j)),
         }
     }
     partner
