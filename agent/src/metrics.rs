@@ -180,9 +180,39 @@ pub fn committed<'a>(count: usize, events: impl Iterator<Item = &'a Event>, took
     let m = &*METRICS;
     m.commit.observe(took.as_secs_f64());
     m.committed.inc_by(count as u64);
+    // Statements, the most of a busy batch, are counted per label and added
+    // once per label: no label strings made and hashed per statement.
+    let mut statements: Vec<(&str, crate::audit::Verdict, u64)> = Vec::new();
     for e in events {
-        observe(m, e);
+        let Event::Statement(s) = e else {
+            observe(m, e);
+            continue;
+        };
+        let kind = statement_kind(s);
+        match statements.iter_mut().find(|(k, d, _)| *k == kind && *d == s.decision) {
+            Some(c) => c.2 += 1,
+            None => statements.push((kind, s.decision, 1)),
+        }
     }
+    let mut denied = 0;
+    for (kind, decision, n) in statements {
+        m.statements
+            .get_or_create(&StatementLabels { kind: kind.into(), decision: decision.as_str().to_owned() })
+            .inc_by(n);
+        if decision == crate::audit::Verdict::Deny {
+            denied += n;
+        }
+    }
+    if denied > 0 {
+        m.refusals.get_or_create(&ReasonLabels { reason: "statement_denied".into() }).inc_by(denied);
+    }
+}
+
+/// The label a statement is counted under: its first kind
+/// (`delete+delete_without_where` is a delete).
+fn statement_kind(s: &crate::audit::StatementStart) -> &str {
+    let kind = s.kinds.split('+').next().filter(|k| !k.is_empty()).unwrap_or("unknown");
+    if kind.len() <= 32 { kind } else { "unknown" }
 }
 
 fn observe(m: &Metrics, e: &Event) {
@@ -194,17 +224,8 @@ fn observe(m: &Metrics, e: &Event) {
                 m.refusals.get_or_create(&ReasonLabels { reason: "session_denied".into() }).inc();
             }
         }
-        Event::Statement(s) => {
-            // The statement's first kind names it (`delete+delete_without_where` is a delete).
-            let kind = s.kinds.split('+').next().filter(|k| !k.is_empty()).unwrap_or("unknown");
-            let kind = if kind.len() <= 32 { kind } else { "unknown" };
-            m.statements
-                .get_or_create(&StatementLabels { kind: kind.into(), decision: s.decision.as_str().to_owned() })
-                .inc();
-            if s.decision == crate::audit::Verdict::Deny {
-                m.refusals.get_or_create(&ReasonLabels { reason: "statement_denied".into() }).inc();
-            }
-        }
+        // Counted per batch by `committed`.
+        Event::Statement(_) => {}
         Event::StatementEnd(e) => {
             let Some(masked) = e.masked.as_deref() else { return };
             let Ok(counts) = serde_json::from_str::<BTreeMap<String, u64>>(masked) else { return };
@@ -425,6 +446,49 @@ fn route(agent: &Agent, head: &[u8]) -> (&'static str, &'static str, String) {
 #[cfg(test)]
 mod tests {
     use super::Listen;
+
+    /// A batch's statements are counted per (first kind, decision), each
+    /// label once with the batch's count; other records as before.
+    #[test]
+    fn a_batch_counts_its_statements_per_kind_and_decision() {
+        use crate::audit::{Event, StatementStart, Verdict};
+        let statement = |kinds: &str, decision: Verdict| {
+            Event::Statement(Box::new(StatementStart {
+                session: crate::types::SessionId::new(),
+                seq: 1,
+                started_us: 0,
+                text: String::new(),
+                kinds: kinds.into(),
+                tables: String::new(),
+                decision,
+                rule: None,
+                reason: None,
+                redacted: 0,
+                up_offset: None,
+                up: Vec::new(),
+                up_len: None,
+                end: None,
+            }))
+        };
+        let m = &*super::METRICS;
+        let count = |kind: &str, decision: &str| {
+            m.statements.get_or_create(&super::StatementLabels { kind: kind.into(), decision: decision.into() }).get()
+        };
+        let denied = || m.refusals.get_or_create(&super::ReasonLabels { reason: "statement_denied".into() }).get();
+        let before = (count("mtest_read", "allow"), count("mtest_write", "deny"), count("mtest_write", "allow"));
+        let denied_before = denied();
+        let batch = [
+            statement("mtest_read", Verdict::Allow),
+            statement("mtest_write+delete_without_where", Verdict::Deny),
+            statement("mtest_read", Verdict::Allow),
+            statement("mtest_write", Verdict::Allow),
+            statement("mtest_read", Verdict::Allow),
+        ];
+        super::committed(batch.len(), batch.iter(), std::time::Duration::ZERO);
+        let after = (count("mtest_read", "allow"), count("mtest_write", "deny"), count("mtest_write", "allow"));
+        assert_eq!((after.0 - before.0, after.1 - before.1, after.2 - before.2), (3, 1, 1));
+        assert!(denied() > denied_before, "a denied statement is a refusal");
+    }
 
     #[test]
     fn listen_addresses_are_local() {
