@@ -1205,8 +1205,12 @@ impl Writer {
             // a flush): then it commits at once, with whatever else is queued.
             // A command sent while the writer sleeps wakes it early the same
             // way (see [`Wake`]).
-            let waited = first.waited()
-                || park_until(last_commit + GROUP_COMMIT_WINDOW, || self.wake.urgent.swap(false, Ordering::AcqRel));
+            // A first record at an idle writer waits the window too (from its
+            // arrival): a statement's end, which usually follows within it,
+            // is then chained with it as one record (`fold`), and one commit
+            // serves both. Under load the two deadlines are the same.
+            let gather = last_commit.max(Instant::now()) + GROUP_COMMIT_WINDOW;
+            let waited = first.waited() || park_until(gather, || self.wake.urgent.swap(false, Ordering::AcqRel));
             if waited && last_waited.is_some_and(|t| t.elapsed() < URGENT_STREAM) {
                 // Sessions opening one after another: let a few more
                 // openings join this commit (see `URGENT_GATHER`).
@@ -1545,7 +1549,7 @@ fn write(
                 head = insert_event_with(
                     &mut insert,
                     head,
-                    start.time_us,
+                    e.time_us,
                     e.session.as_deref(),
                     start.kind,
                     &body,

@@ -5,8 +5,9 @@
 //! The journal still holds the two entries (a statement is durable before
 //! it is forwarded, its end before its answer reaches the client); only the
 //! chain keeps one record. The folded record:
-//! - is of kind `statement`, at the end's place in the chain, timed as the
-//!   statement (the end's own time is its body's `ended_us`);
+//! - is of kind `statement`, at the end's place and time in the chain (so
+//!   the chain's times still only go forward; the statement's own time is
+//!   its body's `started_us`);
 //! - has the statement's body with two fields added, `up_len` (how many
 //!   bytes of the data are the client's, when the statement carried some)
 //!   and `end` (the end's body, whole);
@@ -133,8 +134,8 @@ pub(super) fn data(start: &Entry, end: &Entry) -> Option<Vec<u8>> {
     }
 }
 
-/// The two records a folded `statement` record stands for — the statement,
-/// then its end (timed at its `ended_us`) — each with its own body and
+/// The two records a folded `statement` record stands for — the statement
+/// (timed at its `started_us`), then its end — each with its own body and
 /// data, and the folded record's seq and hashes. `None` for any other
 /// record (an unfolded statement, a redacted one, another kind).
 pub fn split(r: &Record) -> Option<(Record, Record)> {
@@ -146,9 +147,13 @@ pub fn split(r: &Record) -> Option<(Record, Record)> {
     let data = r.data.as_deref().unwrap_or_default();
     let up_len = s.up_len.take().and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
     let (up, down) = data.split_at_checked(up_len).unwrap_or((data, &[]));
-    let start = Record { body: serde_json::to_vec(&s).ok()?, data: s.up_offset.map(|_| up.to_vec()), ..r.clone() };
+    let start = Record {
+        time_us: if s.started_us > 0 { s.started_us } else { r.time_us },
+        body: serde_json::to_vec(&s).ok()?,
+        data: s.up_offset.map(|_| up.to_vec()),
+        ..r.clone()
+    };
     let end_rec = Record {
-        time_us: end.ended_us,
         kind: "statement_end".into(),
         body: serde_json::to_vec(&end).ok()?,
         data: end.down_offset.map(|_| down.to_vec()),
@@ -275,7 +280,7 @@ mod tests {
             assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok(), "{}", String::from_utf8_lossy(&body));
             let folded = Record {
                 seq: 12,
-                time_us: s.time_us,
+                time_us: 3_000,
                 session: Some(sid(1).to_string()),
                 kind: "statement".into(),
                 body,
@@ -292,10 +297,8 @@ mod tests {
                 ("statement_end", &x.body, x.data()),
                 "{u:?} {d:?}"
             );
-            assert_eq!(
-                (a.seq, a.hash, b.seq, b.hash, a.time_us, b.time_us),
-                (12, [3; 32], 12, [3; 32], s.time_us, 2_000)
-            );
+            // The statement at its own time (`started_us`), the end at the record's.
+            assert_eq!((a.seq, a.hash, b.seq, b.hash, a.time_us, b.time_us), (12, [3; 32], 12, [3; 32], 1_000, 3_000));
             assert_eq!(unfold(vec![folded.clone()]), vec![a, b]);
             // Not folded: an unfolded statement, a redacted record, another kind.
             let plain = Record { body: s.body.clone(), data: s.data().map(<[u8]>::to_vec), ..folded.clone() };

@@ -1635,7 +1635,7 @@ mod tests {
             ..e.clone()
         })));
         let body = super::super::fold::body(&start_entry, &end_entry);
-        one.push(T0 + 100, "statement", body, super::super::fold::data(&start_entry, &end_entry));
+        one.push(T0 + 200, "statement", body, super::super::fold::data(&start_entry, &end_entry));
         one.up += up.len() as u64;
         one.down += down.len() as u64;
         one.close(T0 + 300);

@@ -479,7 +479,7 @@ fn ocsf_maps_a_folded_statement_as_the_two_records_it_stands_for() {
     ];
     let one = vec![
         rec(1, T0, "session_open", json(open(S_A, "alice", "postgres", T0)), None),
-        rec(2, T0 + 100, "statement", crate::audit::fold::body(&s, &x), crate::audit::fold::data(&s, &x)),
+        rec(2, T0 + 2600, "statement", crate::audit::fold::body(&s, &x), crate::audit::fold::data(&s, &x)),
         rec(3, T0 + 9000, "session_close", json(close(S_A, T0 + 9000)), None),
     ];
     let map = |records: &[Record]| {
