@@ -162,21 +162,6 @@ pub fn split(r: &Record) -> Option<(Record, Record)> {
     Some((start, end_rec))
 }
 
-/// `records`, each folded statement given as its two records.
-pub fn unfold(records: Vec<Record>) -> Vec<Record> {
-    let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        match split(&r) {
-            Some((s, e)) => {
-                out.push(s);
-                out.push(e);
-            }
-            None => out.push(r),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +284,6 @@ mod tests {
             );
             // The statement at its own time (`started_us`), the end at the record's.
             assert_eq!((a.seq, a.hash, b.seq, b.hash, a.time_us, b.time_us), (12, [3; 32], 12, [3; 32], 1_000, 3_000));
-            assert_eq!(unfold(vec![folded.clone()]), vec![a, b]);
             // Not folded: an unfolded statement, a redacted record, another kind.
             let plain = Record { body: s.body.clone(), data: s.data().map(<[u8]>::to_vec), ..folded.clone() };
             assert!(split(&plain).is_none());
