@@ -342,7 +342,9 @@ pub struct SessionClose {
 }
 
 /// A statement as decided: written when it is forwarded or refused.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+/// (`Default`: for tests and benches that set only what they look at; the
+/// relays spell every field.)
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct StatementStart {
     pub session: SessionId,
     pub seq: u64,

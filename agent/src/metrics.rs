@@ -175,7 +175,8 @@ pub fn sunk(name: &str, n: usize) {
 
 /// A batch of `count` records was committed to the audit store in `took`;
 /// `events` are those of them whose event is at hand (not the ones replayed
-/// from the journal at start).
+/// from the journal at start). Statements are counted here, per label for
+/// the whole batch; every other record by [`observe`].
 pub fn committed<'a>(count: usize, events: impl Iterator<Item = &'a Event>, took: Duration) {
     let m = &*METRICS;
     m.commit.observe(took.as_secs_f64());
@@ -224,8 +225,6 @@ fn observe(m: &Metrics, e: &Event) {
                 m.refusals.get_or_create(&ReasonLabels { reason: "session_denied".into() }).inc();
             }
         }
-        // Counted per batch by `committed`.
-        Event::Statement(_) => {}
         Event::StatementEnd(e) => {
             let Some(masked) = e.masked.as_deref() else { return };
             let Ok(counts) = serde_json::from_str::<BTreeMap<String, u64>>(masked) else { return };
@@ -453,22 +452,7 @@ mod tests {
     fn a_batch_counts_its_statements_per_kind_and_decision() {
         use crate::audit::{Event, StatementStart, Verdict};
         let statement = |kinds: &str, decision: Verdict| {
-            Event::Statement(Box::new(StatementStart {
-                session: crate::types::SessionId::new(),
-                seq: 1,
-                started_us: 0,
-                text: String::new(),
-                kinds: kinds.into(),
-                tables: String::new(),
-                decision,
-                rule: None,
-                reason: None,
-                redacted: 0,
-                up_offset: None,
-                up: Vec::new(),
-                up_len: None,
-                end: None,
-            }))
+            Event::Statement(Box::new(StatementStart { kinds: kinds.into(), decision, ..StatementStart::default() }))
         };
         let m = &*super::METRICS;
         let count = |kind: &str, decision: &str| {

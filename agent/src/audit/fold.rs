@@ -37,10 +37,11 @@ pub(super) fn pairs(entries: &[Entry]) -> Vec<usize> {
         std::collections::HashMap::with_capacity_and_hasher(64, super::WordHash::default());
     for (j, e) in entries.iter().enumerate() {
         let Some(session) = e.session.as_deref() else { continue };
+        // `i` cannot be paired yet: a pair is made only at its end, after
+        // which the end is the session's last entry.
         if let Some(i) = last.insert(Tail(session), j)
             && let Some(start) = entries.get(i)
             && foldable(start, e)
-            && partner.get(i) == Some(&ALONE)
         {
             if let Some(p) = partner.get_mut(i) {
                 *p = j;
@@ -182,12 +183,9 @@ mod tests {
             tables: "public.t".into(),
             decision: Verdict::Allow,
             rule: Some("r".into()),
-            reason: None,
-            redacted: 0,
             up_offset: up.map(|_| 40),
             up: up.unwrap_or_default().to_vec(),
-            up_len: None,
-            end: None,
+            ..StatementStart::default()
         }))
     }
 
