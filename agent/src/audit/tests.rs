@@ -255,6 +255,20 @@ fn a_cut_off_tail_is_found_with_the_published_checkpoints() {
 }
 
 #[test]
+fn a_new_store_has_large_pages_and_an_existing_one_keeps_its_own() {
+    let dir = temp("pagesize");
+    let page_size = |c: &Connection| c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0)).unwrap();
+    let new = dir.join("state/new.db");
+    assert_eq!(page_size(&open_conn(&new, false).unwrap()), PAGE_SIZE);
+    let old = dir.join("state/old.db");
+    Connection::open(&old).unwrap().execute_batch("CREATE TABLE before_us (x)").unwrap();
+    let reopened = open_conn(&old, false).unwrap();
+    assert_eq!(page_size(&reopened), 4096);
+    assert_eq!(reopened.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0)).unwrap(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_state_directory_is_narrowed_and_keys_are_not_read_through_links() {
     let dir = temp("state");
     let state = dir.join("state");
