@@ -21,8 +21,16 @@ impl Budget {
         Self { cap, used: Mutex::new((0, false)) }
     }
 
+    /// A fresh budget; except a budget of nothing (`record_max_bytes = 0`),
+    /// which stays spent: its one truncation record per session and
+    /// direction says nothing is recorded. (Refilled, it made two records per
+    /// statement, which also kept each statement from being chained with
+    /// its end: "recording off" in `bench pg` cost 43 µs of CPU per
+    /// select-only transaction against 29 µs for recording on.)
     fn reset(&self) {
-        *self.used.lock().unwrap_or_else(PoisonError::into_inner) = (0, false);
+        if self.cap > 0 {
+            *self.used.lock().unwrap_or_else(PoisonError::into_inner) = (0, false);
+        }
     }
 
     /// The cap was reached and that is on record: nothing more is recorded.
@@ -77,7 +85,7 @@ impl StreamRecorder {
         }
     }
 
-    /// A new statement starts: both directions get a fresh budget.
+    /// A new statement starts: both directions get a fresh budget (see `Budget::reset`).
     pub fn reset(&self) {
         self.up.reset();
         self.down.reset();
@@ -145,7 +153,11 @@ impl StreamRecorder {
                 dir,
                 statement,
                 cap: budget.cap,
-                reason: format!("recording capped at {} bytes per {} (record_max_bytes)", budget.cap, self.per),
+                reason: if budget.cap == 0 {
+                    "bytes not recorded: record_max_bytes is 0".to_owned()
+                } else {
+                    format!("recording capped at {} bytes per {} (record_max_bytes)", budget.cap, self.per)
+                },
             },
         });
         (data, cut)
@@ -244,6 +256,33 @@ mod tests {
         let Event::Truncated { truncation: t, .. } = event(take(&rx, &queued)) else { panic!("a loss record") };
         assert_eq!(t.dir, Direction::Down);
         assert_eq!(rec.pending_loss(), [(0, 0), (0, 0)]);
+    }
+
+    #[test]
+    fn a_budget_of_nothing_is_put_on_record_once_and_never_refilled() {
+        let rec = StreamRecorder::new(SessionId::new(), 0, "statement and direction");
+        let (data, cut) = rec.fold(Direction::Down, b"rows", Some(1));
+        assert!(data.is_empty());
+        let Some(Event::Truncated { truncation: t, .. }) = cut else { panic!("a truncation record") };
+        assert_eq!(
+            (t.dir, t.cap, t.reason.as_str()),
+            (Direction::Down, 0, "bytes not recorded: record_max_bytes is 0")
+        );
+        rec.reset();
+        assert!(rec.spent(Direction::Down), "a new statement does not refill a budget of nothing");
+        let (data, cut) = rec.fold(Direction::Down, b"more rows", Some(2));
+        assert!(data.is_empty() && cut.is_none());
+        // The other direction is put on record once too.
+        assert!(matches!(rec.fold(Direction::Up, b"SELECT 1", Some(2)).1, Some(Event::Truncated { .. })));
+        // A budget of some bytes is refilled per statement, and its cut recorded each time.
+        let rec = StreamRecorder::new(SessionId::new(), 2, "statement and direction");
+        for statement in 1..=2 {
+            let (data, cut) = rec.fold(Direction::Down, b"rows", Some(statement));
+            assert_eq!(data, b"ro");
+            assert!(matches!(cut, Some(Event::Truncated { .. })), "statement {statement}");
+            rec.reset();
+            assert!(!rec.spent(Direction::Down));
+        }
     }
 
     fn trail_record() -> Event {
