@@ -23,10 +23,8 @@ impl Budget {
 
     /// A fresh budget; except a budget of nothing (`record_max_bytes = 0`),
     /// which stays spent: its one truncation record per session and
-    /// direction says nothing is recorded. (Refilled, it made two records per
-    /// statement, which also kept each statement from being chained with
-    /// its end: "recording off" in `bench pg` cost 43 µs of CPU per
-    /// select-only transaction against 29 µs for recording on.)
+    /// direction says nothing is recorded. (Refilled, it made two truncation
+    /// records per statement, saying the same thing each time.)
     fn reset(&self) {
         if self.cap > 0 {
             *self.used.lock().unwrap_or_else(PoisonError::into_inner) = (0, false);
