@@ -129,9 +129,10 @@ pub fn bpf_link_detach(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// from the kernel, given back when they are freed.
 ///
 /// By default glibc raises this threshold (up to 32 MiB) each time such a
-/// block is freed, so a session's next 15 MB message buffer (when they came
-/// from glibc) came from a thread's arena; freed, it joins that arena's top chunk, which
-/// `malloc_trim` does not give back outside the main arena — the agent's
+/// block is freed, so (when message buffers came from glibc) a session's
+/// next 15 MB buffer came from a thread's arena; freed, it joined that
+/// arena's top chunk, which `malloc_trim` does not give back outside the
+/// main arena — the agent's
 /// RSS then kept one long value per arena, or not, by where its last small
 /// long-lived allocation happened to lie (found when a cache allocated at a
 /// session's start moved the idle RSS of four sessions that had each read a
@@ -144,7 +145,7 @@ pub fn tune_allocator() {
     }
 }
 
-/// See [`tune_allocator`]: message buffers past this are large.
+/// glibc's mmap threshold (see [`tune_allocator`]).
 pub const LARGE_ALLOCATION: i32 = 1 << 20;
 
 /// Returns the allocators' free memory to the kernel.
