@@ -201,6 +201,41 @@ struct Entry {
     watch: watch::Sender<State>,
 }
 
+/// Where a session takes requests for a human: what the protocol adapters
+/// are given instead of the agent that implements it (`proxy::Agent`,
+/// which also rebuilds grants and notifies).
+pub trait Desk: Send + Sync + std::fmt::Debug {
+    /// The requests and their states.
+    fn registry(&self) -> &Registry;
+
+    /// Opens a request to the approvers a rule's `approval` names, records
+    /// its opening, and returns what the held session waits on (or, when
+    /// the requester has `max_pending_requests_per_user` pending, why none
+    /// was opened). `reason`: why it is held, when not for the rule itself
+    /// (an alert); `label`: how the decision named the approvers, if it did.
+    fn request(
+        &self,
+        subject: Subject,
+        requester: Principal,
+        approval: &crate::policy::Approval,
+        reason: Option<String>,
+        label: Option<String>,
+    ) -> Result<Waiting, String>;
+
+    /// Records, logs and announces a step of a request.
+    fn transition(&self, t: &Transition);
+
+    /// Withdraws the requests a session still waits on (it ended, or its
+    /// client cancelled), each step recorded.
+    fn withdraw_session(&self, session: &str) -> usize {
+        let steps = self.registry().withdraw_session(session, crate::audit::now_us());
+        for t in &steps {
+            self.transition(t);
+        }
+        steps.len()
+    }
+}
+
 /// Every request the agent holds (pending ones, and decided ones for a while).
 #[derive(Default)]
 pub struct Registry {

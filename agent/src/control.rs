@@ -287,7 +287,7 @@ pub struct AgentStatus {
 
 fn status(agent: &Agent) -> AgentStatus {
     let snap = agent.snapshot.load();
-    let logins = agent.backend_logins.lock().map(|m| m.clone()).unwrap_or_default();
+    let logins = agent.backends.logins();
     let files = agent.files.lock().map(|f| f.clone()).unwrap_or_default();
     let backends = snap
         .policy

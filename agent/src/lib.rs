@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod cli;
 pub mod control;
 pub mod identity;
+pub mod live;
 pub mod mask;
 pub mod metrics;
 pub mod notify;

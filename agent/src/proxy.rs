@@ -7,11 +7,12 @@ pub mod refusals;
 mod reload;
 pub(crate) mod session;
 
-pub(crate) use session::connect_upstream;
+pub(crate) use crate::live::connect_upstream;
+pub use crate::live::{LiveSession, Route, Snapshot};
 
 pub use reload::reload;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,12 +28,12 @@ use tracing::{error, info, warn};
 
 use self::refusals::{DiskReserve, Refusals};
 use crate::audit::{self, Audit, SessionClose, SessionOpen};
-use crate::identity::{Principal, Resolver};
+use crate::identity::Resolver;
 use crate::policy::load::LoadOptions;
-use crate::policy::{Backend, Policy, Protocol, Target};
+use crate::policy::{Policy, Target};
 use crate::redirect::{AttachOptions, Redirect, RedirectError};
 use crate::settings::Settings;
-use crate::types::{BackendName, ClientAddr, SessionId};
+use crate::types::{ClientAddr, SessionId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -52,87 +53,6 @@ pub enum AgentError {
     Metrics(#[source] std::io::Error),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
-}
-
-/// The policy in force and the addresses its backends resolved to.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub policy: Policy,
-    pub routes: HashMap<SocketAddr, BackendName>,
-}
-
-impl Snapshot {
-    /// Resolves every backend's addresses (names through DNS/NSS).
-    pub async fn resolve(policy: Policy) -> Self {
-        let mut routes = HashMap::new();
-        for b in &policy.backends {
-            for addr in resolve_backend(b).await {
-                routes.insert(addr, b.name.clone());
-            }
-        }
-        Self { policy, routes }
-    }
-
-    /// Which backend a redirected connection to `orig` is for, and where the
-    /// proxy connects upstream. A connection to another local address
-    /// (unspecified, loopback, this host's interfaces) on the port of a local
-    /// backend is an alias of it, when exactly one backend is local on that
-    /// port; see `redirect::local`.
-    pub fn route(&self, orig: SocketAddr, interfaces: &BTreeSet<IpAddr>) -> Route<'_> {
-        use crate::redirect::local::is_local;
-        if let Some((addr, name)) = self.routes.get_key_value(&orig) {
-            return Route::Backend { name, upstream: *addr };
-        }
-        if !is_local(orig.ip(), interfaces) {
-            return Route::Unknown;
-        }
-        let mut local: Vec<(&SocketAddr, &BackendName)> =
-            self.routes.iter().filter(|(a, _)| a.port() == orig.port() && is_local(a.ip(), interfaces)).collect();
-        local.sort();
-        let mut names: Vec<&BackendName> = local.iter().map(|(_, n)| *n).collect();
-        names.dedup();
-        match (names.as_slice(), local.first()) {
-            ([one], Some((addr, _))) => Route::Backend { name: one, upstream: **addr },
-            ([], _) | (_, None) => Route::Unknown,
-            (many, _) => Route::Ambiguous(many.to_vec()),
-        }
-    }
-
-    fn protected(&self) -> HashMap<SocketAddr, u32> {
-        let index: HashMap<&BackendName, u32> = self
-            .policy
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (&b.name, u32::try_from(i).unwrap_or(u32::MAX)))
-            .collect();
-        self.routes.iter().map(|(a, n)| (*a, index.get(n).copied().unwrap_or(u32::MAX))).collect()
-    }
-}
-
-/// Where a redirected connection goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route<'a> {
-    Backend {
-        name: &'a BackendName,
-        upstream: SocketAddr,
-    },
-    /// A local alias of several local backends on one port: refused.
-    Ambiguous(Vec<&'a BackendName>),
-    Unknown,
-}
-
-async fn resolve_backend(b: &Backend) -> Vec<SocketAddr> {
-    match &b.target {
-        Target::Addr(a) => vec![*a],
-        Target::Host { host, port } => match tokio::net::lookup_host((host.as_str(), *port)).await {
-            Ok(addrs) => addrs.collect(),
-            Err(e) => {
-                warn!(backend = %b.name, host = %host, error = %e, "cannot resolve backend host; keeping it unprotected until it resolves");
-                vec![]
-            }
-        },
-    }
 }
 
 /// Session counters, for `gatehouse status`.
@@ -171,31 +91,6 @@ impl Counters {
     }
 }
 
-/// An open session, as the agent tracks it: enough to re-check it after a
-/// policy reload and to cut it with a reason.
-#[derive(Debug)]
-pub struct LiveSession {
-    pub principal: Principal,
-    pub backend: BackendName,
-    pub protocol: Protocol,
-    /// The rule that allowed it (a grant's rule when a grant did).
-    pub rule: Option<String>,
-    pub cut: CancellationToken,
-    pub cut_reason: std::sync::OnceLock<String>,
-}
-
-impl LiveSession {
-    /// Cuts the session; the first reason given is the one recorded.
-    pub fn cut(&self, reason: impl Into<String>) {
-        let _ = self.cut_reason.set(reason.into());
-        self.cut.cancel();
-    }
-
-    pub fn reason(&self) -> String {
-        self.cut_reason.get().cloned().unwrap_or_else(|| "agent shutdown grace period over".into())
-    }
-}
-
 /// The state of the policy, for `gatehouse status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PolicyState {
@@ -212,11 +107,11 @@ pub struct PolicyState {
 /// Everything a session task needs, shared.
 #[derive(Debug)]
 pub struct Agent {
-    pub settings: Settings,
+    pub settings: Arc<Settings>,
     pub config_path: PathBuf,
-    pub snapshot: ArcSwap<Snapshot>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub redirect: Redirect,
-    pub audit: Audit,
+    pub audit: Arc<Audit>,
     pub resolver: Resolver,
     pub counters: Counters,
     pub listening: Vec<SocketAddr>,
@@ -226,17 +121,17 @@ pub struct Agent {
     pub live: std::sync::Mutex<HashMap<SessionId, Arc<LiveSession>>>,
     pub policy_state: std::sync::Mutex<PolicyState>,
     pub load_options: LoadOptions,
-    pub cancel_keys: crate::protocol::postgres::CancelKeys,
+    pub cancel_keys: Arc<crate::protocol::postgres::CancelKeys>,
     /// Statement classification within each rule's budget, with its cache.
-    pub classifier: crate::sql::Classifier,
+    pub classifier: Arc<crate::sql::Classifier>,
     /// The backends' catalogs, per backend, login and database.
-    pub catalogs: crate::protocol::postgres::catalog::CatalogCache,
+    pub catalogs: Arc<crate::protocol::postgres::catalog::CatalogCache>,
     /// Requests waiting for a human: held statements and logins, grants.
     pub approvals: crate::approval::Registry,
     /// The rules approved grants act as, rebuilt when grants or the policy change.
-    pub grant_rules: ArcSwap<Vec<crate::policy::Rule>>,
+    pub grant_rules: Arc<ArcSwap<Vec<crate::policy::Rule>>>,
     /// Per-session backend roles this agent made and sessions still use.
-    pub made_roles: crate::protocol::postgres::dynamic::MadeRoles,
+    pub made_roles: Arc<crate::protocol::postgres::dynamic::MadeRoles>,
     /// Refusals: aggregated per uid, kind and window; dropped past the disk reserve.
     pub refusals: Refusals,
     /// A spare descriptor for accepting (and closing) under EMFILE.
@@ -246,15 +141,14 @@ pub struct Agent {
     pub accept_log: limits::RateLimited,
     /// The descriptor limit in force.
     pub nofile: u64,
-    tls_configs: std::sync::Mutex<TlsConfigs>,
-    /// The newest login to each backend: how TLS and authentication went (for `gatehouse status`).
-    pub backend_logins: std::sync::Mutex<HashMap<BackendName, (i64, audit::BackendLogin)>>,
+    /// Backends' TLS client configurations, and how each was last logged in to.
+    pub backends: Arc<crate::live::Backends>,
     /// What the check of the policy's files found (warnings, client_tls expiry).
     pub files: std::sync::Mutex<crate::policy::files::FileReport>,
     /// `[[alert]]` windows over the row-level trail, per rule and user.
-    pub trail_alerts: crate::trail::alerts::Alerts,
+    pub trail_alerts: Arc<crate::trail::alerts::Alerts>,
     /// `[[alert]]`s with `action = "hold"` standing, per user and backend.
-    pub trail_holds: crate::trail::alerts::Holds,
+    pub trail_holds: Arc<crate::trail::alerts::Holds>,
     /// SSH host certificates presented for SSH backends' names.
     pub ssh_host_certs: crate::protocol::ssh::keys::HostCerts,
 }
@@ -339,33 +233,48 @@ impl Agent {
         }
         crate::notify::announce(&self.snapshot.load().policy.notify, t);
     }
+}
 
-    /// The TLS client configuration for a backend, built once per policy.
-    /// Keyed by what it is built from, not only the backend's name: a session
-    /// admitted under the previous policy may build its configuration after a
-    /// reload cleared the cache, and must not leave the old CA in force for
-    /// the sessions that follow.
-    pub fn tls_client_config(
-        &self,
-        b: &Backend,
-    ) -> Result<Arc<rustls::ClientConfig>, crate::protocol::postgres::tls::TlsError> {
-        let key = (b.name.clone(), b.tls, b.ca_file.clone());
-        if let Some(c) = lock(&self.tls_configs).get(&key) {
-            return Ok(c.clone());
-        }
-        let c = crate::protocol::postgres::tls::client_config(b)?;
-        lock(&self.tls_configs).insert(key, c.clone());
-        Ok(c)
+impl crate::approval::Desk for Agent {
+    fn registry(&self) -> &crate::approval::Registry {
+        &self.approvals
     }
 
-    /// Remembers how a backend was last logged in to.
-    pub fn note_backend_login(&self, backend: &BackendName, login: &audit::BackendLogin) {
-        lock(&self.backend_logins).insert(backend.clone(), (audit::now_us(), login.clone()));
+    fn request(
+        &self,
+        subject: crate::approval::Subject,
+        requester: crate::identity::Principal,
+        approval: &crate::policy::Approval,
+        reason: Option<String>,
+        label: Option<String>,
+    ) -> Result<crate::approval::Waiting, String> {
+        self.request_approval(subject, requester, approval, reason, label)
+    }
+
+    fn transition(&self, t: &crate::approval::Transition) {
+        self.approval_transition(t);
     }
 }
 
-/// TLS client configurations by backend, mode and CA file.
-type TlsConfigs = HashMap<(BackendName, crate::policy::TlsMode, Option<PathBuf>), Arc<rustls::ClientConfig>>;
+impl Agent {
+    /// What a PostgreSQL session is given of the agent (its handles, not the agent).
+    pub fn postgres_services(self: &Arc<Self>) -> crate::protocol::postgres::Services {
+        crate::protocol::postgres::Services {
+            settings: self.settings.clone(),
+            snapshot: self.snapshot.clone(),
+            grant_rules: self.grant_rules.clone(),
+            audit: self.audit.clone(),
+            classifier: self.classifier.clone(),
+            catalogs: self.catalogs.clone(),
+            cancel_keys: self.cancel_keys.clone(),
+            made_roles: self.made_roles.clone(),
+            trail_alerts: self.trail_alerts.clone(),
+            trail_holds: self.trail_holds.clone(),
+            backends: self.backends.clone(),
+            desk: self.clone(),
+        }
+    }
+}
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(
@@ -428,10 +337,10 @@ pub async fn run(
 
     let agent = Arc::new(Agent {
         resolver: Resolver::new(Duration::from_secs(30)),
-        snapshot: ArcSwap::from_pointee(snapshot),
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         config_path: config_path.clone(),
         redirect,
-        audit,
+        audit: Arc::new(audit),
         counters: Counters::default(),
         listening,
         started_us: audit::now_us(),
@@ -443,12 +352,12 @@ pub async fn run(
             ..PolicyState::default()
         }),
         load_options,
-        cancel_keys: crate::protocol::postgres::CancelKeys::default(),
-        classifier: crate::sql::Classifier::default(),
-        catalogs: crate::protocol::postgres::catalog::CatalogCache::default(),
+        cancel_keys: Arc::default(),
+        classifier: Arc::default(),
+        catalogs: Arc::default(),
         approvals: crate::approval::Registry::default(),
-        grant_rules: ArcSwap::from_pointee(Vec::new()),
-        made_roles: crate::protocol::postgres::dynamic::MadeRoles::default(),
+        grant_rules: Arc::new(ArcSwap::from_pointee(Vec::new())),
+        made_roles: Arc::default(),
         refusals: Refusals::new(
             settings.refusal_window,
             DiskReserve::new(&settings.audit_db, settings.audit_disk_reserve),
@@ -457,13 +366,12 @@ pub async fn run(
         per_user: limits::PerUser::new(settings.max_connections_per_user),
         accept_log: limits::RateLimited::new(Duration::from_secs(10)),
         nofile,
-        tls_configs: std::sync::Mutex::new(HashMap::new()),
-        backend_logins: std::sync::Mutex::new(HashMap::new()),
-        trail_alerts: crate::trail::alerts::Alerts::default(),
-        trail_holds: crate::trail::alerts::Holds::default(),
+        backends: Arc::default(),
+        trail_alerts: Arc::default(),
+        trail_holds: Arc::default(),
         files: std::sync::Mutex::new(files),
         ssh_host_certs: crate::protocol::ssh::keys::HostCerts::default(),
-        settings,
+        settings: Arc::new(settings),
     });
 
     restore_requests(&agent).await;
@@ -740,7 +648,7 @@ async fn rebuild_alert_windows(agent: &Arc<Agent>) {
 /// at start, then every minute.
 async fn role_reaper(agent: Arc<Agent>, stop: CancellationToken) {
     loop {
-        crate::protocol::postgres::dynamic::reap(&agent).await;
+        crate::protocol::postgres::dynamic::reap(&agent.postgres_services()).await;
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(60)) => {}
             () = stop.cancelled() => return,
@@ -810,55 +718,4 @@ async fn audit_watchdog(agent: Arc<Agent>, stop: CancellationToken) {
 
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::diag::Source;
-
-    fn snapshot(backends: &[(&str, &str)]) -> Snapshot {
-        let text: String = backends
-            .iter()
-            .map(|(n, a)| format!("[[backend]]\nname = \"{n}\"\nprotocol = \"tcp\"\naddress = \"{a}\"\n\n"))
-            .collect();
-        let policy = crate::policy::load::load(&[Source { path: "t.toml".into(), text }]).unwrap();
-        let routes = backends.iter().map(|(n, a)| (a.parse().unwrap(), BackendName::new(*n))).collect();
-        Snapshot { policy, routes }
-    }
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn local_aliases_route_to_the_one_local_backend_on_their_port() {
-        let snap = snapshot(&[("pg", "127.10.0.1:5432"), ("web", "198.51.100.7:80")]);
-        let ifs: BTreeSet<IpAddr> = ["192.0.2.1".parse().unwrap()].into();
-        let pg = BackendName::new("pg");
-        for alias in ["127.10.0.1:5432", "0.0.0.0:5432", "[::]:5432", "127.0.0.9:5432", "[::1]:5432", "192.0.2.1:5432"]
-        {
-            assert_eq!(
-                snap.route(addr(alias), &ifs),
-                Route::Backend { name: &pg, upstream: addr("127.10.0.1:5432") },
-                "{alias}"
-            );
-        }
-        // A remote backend's port is not reserved on local addresses, nor the reverse.
-        assert_eq!(snap.route(addr("127.0.0.1:80"), &ifs), Route::Unknown);
-        assert_eq!(snap.route(addr("198.51.100.8:5432"), &ifs), Route::Unknown);
-    }
-
-    #[test]
-    fn an_alias_of_several_local_backends_is_ambiguous() {
-        let snap = snapshot(&[("a", "127.10.0.1:5432"), ("b", "127.10.0.2:5432")]);
-        let ifs = BTreeSet::new();
-        assert!(matches!(snap.route(addr("0.0.0.0:5432"), &ifs), Route::Ambiguous(n) if n.len() == 2));
-        // Each backend's own address still routes to it.
-        let b = BackendName::new("b");
-        assert_eq!(
-            snap.route(addr("127.10.0.2:5432"), &ifs),
-            Route::Backend { name: &b, upstream: addr("127.10.0.2:5432") }
-        );
-    }
 }

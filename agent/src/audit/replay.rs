@@ -29,7 +29,7 @@ use rusqlite::Connection;
 use super::chain::Record;
 use super::verify::{RECORD_COLUMNS, record_from_row};
 use super::{ChunkHeader, Direction, SessionClose, SessionOpen, StatementEnd, StatementStart, Truncation};
-use crate::protocol::postgres::{MAX_BACKEND_MESSAGE, MAX_CLIENT_MESSAGE, wire};
+use crate::protocol::postgres::wire::{self, MAX_BACKEND_MESSAGE, MAX_CLIENT_MESSAGE};
 
 /// Rows shown per result; the rest are counted, as `… N more rows`.
 pub const MAX_ROWS: usize = 1000;

@@ -55,10 +55,10 @@ use self::headers::{
 use self::upstream::{Pool, UpBody, UpstreamError};
 use crate::audit::{self, Event, HttpExchange};
 use crate::identity::Principal;
+use crate::live::ConnectRefusal;
 use crate::policy::http::{HttpCredentials, HttpRequest, HttpTls, normalize_path, parse_query};
 use crate::policy::{Backend, Decision, Verdict};
 use crate::protocol::tcp::{End, RelayOutcome};
-use crate::proxy::limits::ConnectRefusal;
 use crate::proxy::{Agent, LiveSession};
 use crate::secrets::Secret;
 use crate::types::SessionId;
@@ -118,7 +118,7 @@ pub async fn serve(mut ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome 
         server_names: vec![],
     });
     let tls = if http.tls.upstream_tls() {
-        let config = match ctx.agent.tls_client_config(&ctx.backend) {
+        let config = match ctx.agent.backends.tls_client_config(&ctx.backend) {
             Ok(c) => c,
             Err(e) => return failed(format!("backend TLS configuration: {e}")),
         };
@@ -605,7 +605,7 @@ impl Shared {
             pending.record(&agent.audit, Some(101), header_list(&headers), take_req(), Summary::default(), None);
             if let Some(client_upgrade) = client_upgrade {
                 let task = ws::relay(
-                    agent.audit.clone(),
+                    crate::audit::Audit::clone(&agent.audit),
                     self.ctx.id,
                     seq,
                     cap,

@@ -61,8 +61,8 @@ use super::tcp::{End, RelayOutcome};
 use crate::audit::{Event, StatementEnd, StatementStart, now_us};
 use crate::catalog::misses::Lookup;
 use crate::identity::Principal;
+use crate::live::ConnectRefusal;
 use crate::policy::{Backend, Credentials, Decision, Request, TlsMode, Verdict};
-use crate::proxy::limits::ConnectRefusal;
 use crate::proxy::{Agent, LiveSession, Snapshot};
 use crate::sql::mysql::{self as classify, Names, Refusal};
 use crate::sql::{Kind, Statement, TableRef};
@@ -607,7 +607,7 @@ async fn secure(
         return Ok(off);
     }
     let (agent, b) = (ctx.agent.clone(), ctx.backend.clone());
-    let cfg = match tokio::task::spawn_blocking(move || agent.tls_client_config(&b)).await {
+    let cfg = match tokio::task::spawn_blocking(move || agent.backends.tls_client_config(&b)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e @ tls::TlsError::File { .. })) => {
             return Err(TlsFailure {
@@ -816,7 +816,7 @@ fn record_login(ctx: &Ctx, login: &Credentials, auth: &str, link: &Link, databas
     if link.tls != "verified" {
         warn!(backend = %ctx.backend.name, tls = link.tls, auth, "MySQL backend reached without a verified TLS certificate");
     }
-    ctx.agent.note_backend_login(&ctx.backend.name, &rec);
+    ctx.agent.backends.note_login(&ctx.backend.name, &rec);
     if let Err(e) = ctx.agent.audit.record(Event::BackendLogin(Box::new(rec))) {
         warn!(error = %e, "cannot record the backend login");
     }

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,19 +25,18 @@ use tracing::{debug, info, warn};
 use self::io::Stream;
 use self::wire::{PgError, Severity, Startup, WireError};
 use super::tcp::{End, RelayOutcome};
+use crate::audit::Audit;
 use crate::identity::Principal;
+use crate::live::ConnectRefusal;
+use crate::live::{LiveSession, Snapshot};
 use crate::mask::Profile;
 use crate::policy::{AuthMethod, Backend, Credentials, TlsMode};
-use crate::proxy::limits::ConnectRefusal;
-use crate::proxy::{Agent, LiveSession};
+use crate::settings::Settings;
 use crate::types::{DbRole, SessionId, Uid};
 
 /// How long a client may take to send its startup packet.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest message accepted from a client (Bind parameters, COPY data…).
-pub const MAX_CLIENT_MESSAGE: usize = 64 << 20;
-/// Largest message accepted from a backend (one DataRow…).
-pub const MAX_BACKEND_MESSAGE: usize = 256 << 20;
+pub use wire::{MAX_BACKEND_MESSAGE, MAX_CLIENT_MESSAGE};
 
 /// Startup parameters passed on to the backend. Anything else is refused:
 /// a startup parameter sets a server setting, and some settings (`role`,
@@ -105,10 +105,38 @@ impl CancelKeys {
     }
 }
 
+/// What a PostgreSQL session is given of the agent: handles onto the state
+/// it shares with other sessions, and nothing else of the agent (its
+/// listeners, the kernel redirect, the other sessions, the counters). Built
+/// by the proxy (`Agent::postgres_services`) for each session.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub settings: Arc<Settings>,
+    /// The policy in force.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The rules approved grants act as.
+    pub grant_rules: Arc<ArcSwap<Vec<crate::policy::Rule>>>,
+    pub audit: Arc<Audit>,
+    /// Statement classification within each rule's budget, with its cache.
+    pub classifier: Arc<crate::sql::Classifier>,
+    /// The backends' catalogs, per backend, login and database.
+    pub catalogs: Arc<catalog::CatalogCache>,
+    pub cancel_keys: Arc<CancelKeys>,
+    /// Per-session backend roles the agent made and sessions still use.
+    pub made_roles: Arc<dynamic::MadeRoles>,
+    /// `[[alert]]` windows over the row-level trail, and the holds they set.
+    pub trail_alerts: Arc<crate::trail::alerts::Alerts>,
+    pub trail_holds: Arc<crate::trail::alerts::Holds>,
+    /// Backends' TLS client configurations; how each was last logged in to.
+    pub backends: Arc<crate::live::Backends>,
+    /// Where held statements and logins wait for a human.
+    pub desk: Arc<dyn crate::approval::Desk>,
+}
+
 /// What a PostgreSQL session needs to know about itself.
 #[derive(Debug, Clone)]
 pub struct Ctx {
-    pub agent: Arc<Agent>,
+    pub svc: Arc<Services>,
     pub id: SessionId,
     pub principal: Principal,
     pub uid: Uid,
@@ -240,7 +268,7 @@ async fn send(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) {
 /// Refuses a connection the policy does not allow: a FATAL 28000 with the
 /// reason, in the protocol the client speaks. A cancel request is still
 /// honoured (for the caller's own sessions only).
-pub async fn reject(agent: &Agent, client: TcpStream, uid: Uid, reason: &str, refusal: ConnectRefusal) -> String {
+pub async fn reject(svc: &Services, client: TcpStream, uid: Uid, reason: &str, refusal: ConnectRefusal) -> String {
     match read_opening(client, None).await {
         Ok(Opening::Session { mut stream, .. }) => {
             let (code, hint) = match refusal {
@@ -258,15 +286,15 @@ pub async fn reject(agent: &Agent, client: TcpStream, uid: Uid, reason: &str, re
             send(&mut stream, &e.encode()).await;
             "refused".into()
         }
-        Ok(Opening::Cancel { pid, secret }) => cancel(agent, uid, pid, secret).await,
+        Ok(Opening::Cancel { pid, secret }) => cancel(svc, uid, pid, secret).await,
         Err(e) => format!("refused ({e})"),
     }
 }
 
 /// Forwards a cancel request to the backend session it names, if the
 /// requester owns it. As in PostgreSQL, the requester gets no answer.
-async fn cancel(agent: &Agent, uid: Uid, pid: u32, secret: u32) -> String {
-    let Some(t) = agent.cancel_keys.get(pid, secret) else {
+async fn cancel(svc: &Services, uid: Uid, pid: u32, secret: u32) -> String {
+    let Some(t) = svc.cancel_keys.get(pid, secret) else {
         warn!(pid, "cancel request with an unknown key: ignored");
         return "cancel request: unknown key, ignored".into();
     };
@@ -275,14 +303,14 @@ async fn cancel(agent: &Agent, uid: Uid, pid: u32, secret: u32) -> String {
         return format!("cancel request for session {} of another user: ignored", t.session);
     }
     // A statement held for approval is withdrawn: nothing runs on the server yet.
-    let withdrawn = agent.approvals.withdraw_session(&t.session.to_string(), crate::audit::now_us());
+    let withdrawn = svc.desk.registry().withdraw_session(&t.session.to_string(), crate::audit::now_us());
     for w in &withdrawn {
-        agent.approval_transition(w);
+        svc.desk.transition(w);
     }
     if !withdrawn.is_empty() {
         return format!("cancel request withdrew the held statement of session {}", t.session);
     }
-    match crate::proxy::connect_upstream(t.addr, agent.settings.mark).await {
+    match crate::live::connect_upstream(t.addr, svc.settings.mark).await {
         Ok(mut s) => {
             send(&mut s, &wire::cancel_request(t.backend_pid, t.backend_secret)).await;
             info!(session = %t.session, "cancel request forwarded to the backend");
@@ -302,7 +330,7 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     let (mut client, minor, params, client_rest) = match opening {
         Opening::Session { stream, minor, params, rest } => (stream, minor, params, rest),
         Opening::Cancel { pid, secret } => {
-            let what = cancel(&ctx.agent, ctx.uid, pid, secret).await;
+            let what = cancel(&ctx.svc, ctx.uid, pid, secret).await;
             return done(End::Cut(what));
         }
     };
@@ -338,8 +366,8 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
             ),
         );
         send(&mut client, &notice.encode()).await;
-        let agent = ctx.agent.clone();
-        let state = w.clone().outcome(&ctx.agent.approvals, |t| agent.approval_transition(t)).await;
+        let desk = &ctx.svc.desk;
+        let state = w.clone().outcome(desk.registry(), |t| desk.transition(t)).await;
         if !matches!(state, crate::approval::State::Approved { .. }) {
             let why = w.refusal(&state);
             let e = PgError::new(Severity::Fatal, "28000", format!("Gatehouse refused this connection: {why}"));
@@ -364,7 +392,7 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     let made = match &login.dynamic {
         Some(d) => {
             let user = ctx.principal.user.as_ref().map_or_else(|| ctx.uid.to_string(), ToString::to_string);
-            match dynamic::make(&ctx.agent, &ctx.backend, ctx.addr, d, &user, &ctx.id.to_string()).await {
+            match dynamic::make(&ctx.svc, &ctx.backend, ctx.addr, d, &user, &ctx.id.to_string()).await {
                 Ok(m) => Some(m),
                 Err(e) => {
                     warn!(error = %e, backend = %ctx.backend.name, "cannot make a login role for this session");
@@ -386,7 +414,7 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     let login = made.as_ref().map_or(login, |m| m.login.clone());
     let out = serve_as(ctx.clone(), client, client_rest, backend_params, login, database, held_login).await;
     if let Some(m) = &made {
-        dynamic::retire(&ctx.agent, &ctx.backend, ctx.addr, m).await;
+        dynamic::retire(&ctx.svc, &ctx.backend, ctx.addr, m).await;
     }
     out
 }
@@ -491,7 +519,7 @@ async fn serve_relay(
     }
     let db = SessionDb { login, database, catalog: entry, search_path };
     let out = relay::run(&ctx, &db, client, client_rest, backend, backend_rest).await;
-    ctx.agent.cancel_keys.remove_session(ctx.id);
+    ctx.svc.cancel_keys.remove_session(ctx.id);
     out
 }
 
@@ -513,8 +541,8 @@ fn record_login(ctx: &Ctx, login: &Credentials, how: &LoginInfo) {
     if how.tls != "verified" || how.auth.reveals_secret() {
         warn!(backend = %ctx.backend.name, tls = how.tls, auth = how.auth.name(), "backend reached without a verified TLS certificate, or with a method that reveals the password");
     }
-    ctx.agent.note_backend_login(&ctx.backend.name, &rec);
-    if let Err(e) = ctx.agent.audit.record(crate::audit::Event::BackendLogin(Box::new(rec))) {
+    ctx.svc.backends.note_login(&ctx.backend.name, &rec);
+    if let Err(e) = ctx.svc.audit.record(crate::audit::Event::BackendLogin(Box::new(rec))) {
         warn!(error = %e, "cannot record the backend login");
     }
 }
@@ -667,19 +695,19 @@ async fn connect_backend(
     login: &Credentials,
     params: Vec<(String, String)>,
 ) -> Result<(Stream, BytesMut, LoginInfo), BackendError> {
-    login_to(&ctx.agent, &ctx.backend, ctx.addr, login, params).await
+    login_to(&ctx.svc, &ctx.backend, ctx.addr, login, params).await
 }
 
 /// Connects to `backend` at `addr` (SO_MARK), negotiates TLS as configured,
 /// sends the startup and authenticates as `login`.
 async fn login_to(
-    agent: &Agent,
+    svc: &Services,
     backend: &Backend,
     addr: SocketAddr,
     login: &Credentials,
     mut params: Vec<(String, String)>,
 ) -> Result<(Stream, BytesMut, LoginInfo), BackendError> {
-    let tcp = crate::proxy::connect_upstream(addr, agent.settings.mark).await?;
+    let tcp = crate::live::connect_upstream(addr, svc.settings.mark).await?;
     let mut info = LoginInfo { tls: "off", negotiated: None, server_name: None, auth: AuthMethod::None };
     let mut stream = match backend.tls {
         TlsMode::Off => Stream::Plain(tcp),
@@ -691,7 +719,7 @@ async fn login_to(
             tcp.read_exact(&mut answer).await?;
             match (answer[0], mode) {
                 (b'S', _) => {
-                    let cfg = agent.tls_client_config(backend)?;
+                    let cfg = svc.backends.tls_client_config(backend)?;
                     let name = tls::server_name(backend, addr)?;
                     let tls = tokio_rustls::TlsConnector::from(cfg).connect(name.clone(), tcp).await?;
                     info.tls = if mode == TlsMode::Verify { "verified" } else { "unverified" };

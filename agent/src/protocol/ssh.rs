@@ -272,7 +272,7 @@ async fn connect_upstream(
     login: &str,
 ) -> Result<(UpHandle, BackendLogin), SshError> {
     let expected = keys::read_public(&ssh.host_key_file, "ssh host_key_file")?;
-    let tcp = crate::proxy::session::connect_upstream(ctx.addr, ctx.agent.settings.mark)
+    let tcp = crate::live::connect_upstream(ctx.addr, ctx.agent.settings.mark)
         .await
         .map_err(|e| SshError::Backend(format!("{}: {e}", ctx.addr)))?;
     let source = tcp.local_addr().ok().map(|a| a.ip());

@@ -149,15 +149,6 @@ pub struct PerUser {
     open: Mutex<std::collections::HashMap<u32, usize>>,
 }
 
-/// Why a connection is refused, for the error in the client's protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectRefusal {
-    /// By the policy (or its state: the audit store, an unknown backend).
-    Denied,
-    /// Past `max_connections_per_user`: the client may try again later.
-    TooManyConnections,
-}
-
 /// The setting's name, which every refusal for it names.
 const PER_USER_SETTING: &str = "max_connections_per_user";
 

@@ -106,7 +106,7 @@ pub async fn reload(agent: &Agent, why: &str) {
     info!(trigger = why, backends = fresh.policy.backends.len(), rules = fresh.policy.rules.len(), "policy reloaded");
     agent.snapshot.store(Arc::new(fresh));
     agent.refresh_grants();
-    lock(&agent.tls_configs).clear();
+    agent.backends.clear_tls();
     *lock(&agent.files) = files;
     {
         let mut st = lock(&agent.policy_state);

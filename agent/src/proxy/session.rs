@@ -1,26 +1,21 @@
 //! One accepted connection, from the kernel's record to the protocol
 //! adapter: confirm the record, route, decide, record, relay.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use super::limits::ConnectRefusal;
 use super::refusals::{Admit, RefusalKey, RefusalKind};
 use super::{Agent, LiveSession, Route, lock, write_aggregates};
 use crate::audit::{self, SessionClose, SessionOpen};
 use crate::identity::Peer;
+use crate::live::ConnectRefusal;
 use crate::policy::Protocol;
 use crate::protocol::tcp;
 use crate::redirect::Claim;
 use crate::types::{ClientAddr, OrigDst, SessionId, key_addr};
-
-/// How long an upstream connect may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) async fn session(agent: Arc<Agent>, client: TcpStream, peer: ClientAddr) {
     let id = SessionId::new();
@@ -290,7 +285,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             };
             crate::protocol::ssh::serve(ctx, client).await
         }
-        Protocol::Tcp | Protocol::Http => match connect_upstream(upstream, agent.settings.mark).await {
+        Protocol::Tcp | Protocol::Http => match crate::live::connect_upstream(upstream, agent.settings.mark).await {
             Ok(upstream) => {
                 let streams = audit::StreamRecorder::new(id, agent.settings.record_max_bytes, "session and direction");
                 tcp::relay(client, upstream, live.cut.clone(), || live.reason(), Some((&streams, &agent.audit))).await
@@ -335,7 +330,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 return;
             }
             let ctx = crate::protocol::postgres::Ctx {
-                agent: agent.clone(),
+                svc: Arc::new(agent.postgres_services()),
                 id,
                 principal: principal.clone(),
                 uid: who.uid,
@@ -368,7 +363,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
 /// answered 403/503 (HTTPS the agent terminates or passes through cannot be
 /// answered before a handshake: closed, as TCP and SSH are).
 async fn refuse_in_protocol(
-    agent: &Agent,
+    agent: &Arc<Agent>,
     client: TcpStream,
     backend: Option<&crate::policy::Backend>,
     uid: crate::types::Uid,
@@ -379,7 +374,7 @@ async fn refuse_in_protocol(
     use crate::policy::http::HttpTls;
     match backend {
         Some(b) if b.protocol == Protocol::Postgres => {
-            crate::protocol::postgres::reject(agent, client, uid, why, refusal).await
+            crate::protocol::postgres::reject(&agent.postgres_services(), client, uid, why, refusal).await
         }
         Some(b) if b.protocol == Protocol::Mysql => {
             crate::protocol::mysql::reject(client, why, refusal).await;
@@ -456,18 +451,4 @@ async fn record_refusal(agent: &Agent, rec: SessionOpen) {
         bytes_down: 0,
         end_reason: "refused".into(),
     });
-}
-
-/// Connects to the real backend from a socket marked with SO_MARK, which
-/// the connect programs leave alone.
-pub(crate) async fn connect_upstream(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
-    let sock =
-        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    sock.set_mark(mark)?;
-    sock.set_nonblocking(true)?;
-    sock.set_tcp_nodelay(true)?;
-    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
-    tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))?
 }

@@ -51,7 +51,7 @@ impl Recording {
     pub(super) fn new(ctx: &Ctx) -> Self {
         Self {
             rec: StreamRecorder::new(ctx.id, ctx.agent.settings.record_max_bytes, "statement"),
-            audit: ctx.agent.audit.clone(),
+            audit: crate::audit::Audit::clone(&ctx.agent.audit),
             up: 0,
             down: 0,
         }

@@ -208,7 +208,7 @@ impl CatalogCache {
 /// the catalog, statements cannot be classified safely.
 pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) -> Result<Arc<Entry>, ReadError> {
     let key = Key { backend: ctx.backend.name.clone(), login: login.cache_key(), database: database.to_owned() };
-    let entry = ctx.agent.catalogs.entry(key.clone());
+    let entry = ctx.svc.catalogs.entry(key.clone());
     if entry.snapshot().is_some() {
         return Ok(entry);
     }
@@ -231,7 +231,7 @@ pub(super) async fn for_session(ctx: &Ctx, login: &Credentials, database: &str) 
                 }
                 Err(e) => {
                     lock(&entry.state).last_error = Some(e.message.clone());
-                    ctx.agent.catalogs.forget_unread(&key, &entry);
+                    ctx.svc.catalogs.forget_unread(&key, &entry);
                     Err(e)
                 }
             }

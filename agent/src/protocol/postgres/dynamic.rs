@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::catalog::simple_query;
 use super::{login_to, wire};
 use crate::policy::{Backend, Credentials, Dynamic, Issued};
-use crate::proxy::Agent;
+use crate::protocol::postgres::Services;
 
 /// The roles this agent made and that sessions still use.
 #[derive(Debug, Default)]
@@ -43,8 +43,8 @@ impl MadeRoles {
 
 /// This host's prefix for the roles it makes (from its signing key), so
 /// that bastions sharing a backend never drop each other's roles.
-pub fn prefix(agent: &Agent) -> String {
-    let key = agent.audit.public_key_hex();
+pub fn prefix(svc: &Services) -> String {
+    let key = svc.audit.public_key_hex();
     format!("gh_dyn_{}_", key.get(..6).unwrap_or("000000"))
 }
 
@@ -62,14 +62,14 @@ fn quote_ident(s: &str) -> String {
 }
 
 /// Runs `sql` as the backend's admin login.
-async fn as_admin(agent: &Agent, backend: &Backend, addr: SocketAddr, d: &Dynamic, sql: &str) -> Result<(), String> {
+async fn as_admin(svc: &Services, backend: &Backend, addr: SocketAddr, d: &Dynamic, sql: &str) -> Result<(), String> {
     let admin = Credentials::from_file(d.admin_user.clone(), Some(d.admin_password_file.clone()));
     let params = vec![
         ("database".to_owned(), d.admin_database.clone()),
         ("application_name".to_owned(), "gatehouse-roles".to_owned()),
         ("client_encoding".to_owned(), "UTF8".to_owned()),
     ];
-    let (mut stream, rest, _) = login_to(agent, backend, addr, &admin, params).await.map_err(|e| e.to_string())?;
+    let (mut stream, rest, _) = login_to(svc, backend, addr, &admin, params).await.map_err(|e| e.to_string())?;
     let out = simple_query(&mut stream, rest, sql).await;
     let _ = stream.write_all(&wire::terminate()).await;
     out.map(|_| ())
@@ -77,7 +77,7 @@ async fn as_admin(agent: &Agent, backend: &Backend, addr: SocketAddr, d: &Dynami
 
 /// Makes the role a session logs in as.
 pub async fn make(
-    agent: &Agent,
+    svc: &Services,
     backend: &Backend,
     addr: SocketAddr,
     d: &Dynamic,
@@ -87,7 +87,7 @@ pub async fn make(
     let who: String =
         user.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).take(16).collect();
     let sid: String = session.chars().filter(char::is_ascii_hexdigit).rev().take(8).collect();
-    let role = format!("{}{}_{sid}", prefix(agent), if who.is_empty() { "uid" } else { &who });
+    let role = format!("{}{}_{sid}", prefix(svc), if who.is_empty() { "uid" } else { &who });
     let secret = crate::secrets::random32().map_err(|e| format!("random password: {e}"))?;
     let password: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     // The server stores this verifier; the password itself is never sent to it.
@@ -102,10 +102,10 @@ pub async fn make(
         t = quote_ident(&d.template_role),
         a = quote_ident(&d.admin_user),
     );
-    as_admin(agent, backend, addr, d, &sql)
+    as_admin(svc, backend, addr, d, &sql)
         .await
         .map_err(|e| format!("creating a login role as {}: {e}", d.admin_user))?;
-    agent.made_roles.add(&role);
+    svc.made_roles.add(&role);
     info!(role = %role, template = %d.template_role, ttl = ?d.ttl, "made a login role for this session");
     let login = Credentials {
         user: role.clone(),
@@ -117,7 +117,7 @@ pub async fn make(
 }
 
 /// Drops a role (its objects go to the template role first).
-async fn drop_role(agent: &Agent, backend: &Backend, addr: SocketAddr, d: &Dynamic, role: &str) -> Result<(), String> {
+async fn drop_role(svc: &Services, backend: &Backend, addr: SocketAddr, d: &Dynamic, role: &str) -> Result<(), String> {
     let r = quote_ident(role);
     let sql = format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{}';
@@ -125,15 +125,15 @@ async fn drop_role(agent: &Agent, backend: &Backend, addr: SocketAddr, d: &Dynam
         role.replace('\'', "''"),
         t = quote_ident(&d.template_role)
     );
-    as_admin(agent, backend, addr, d, &sql).await
+    as_admin(svc, backend, addr, d, &sql).await
 }
 
 /// The session that used `made` is over: drop its role.
-pub async fn retire(agent: &Agent, backend: &Backend, addr: SocketAddr, made: &Made) {
+pub async fn retire(svc: &Services, backend: &Backend, addr: SocketAddr, made: &Made) {
     let Some(d) = &made.login.dynamic else { return };
-    match drop_role(agent, backend, addr, d, &made.role).await {
+    match drop_role(svc, backend, addr, d, &made.role).await {
         Ok(()) => {
-            agent.made_roles.remove(&made.role);
+            svc.made_roles.remove(&made.role);
             info!(role = %made.role, "dropped the session's login role");
         }
         Err(e) => {
@@ -144,9 +144,9 @@ pub async fn retire(agent: &Agent, backend: &Backend, addr: SocketAddr, made: &M
 
 /// Drops this host's roles that no session uses (left by a crash or a
 /// restart) or whose time is up, on every backend with dynamic logins.
-pub async fn reap(agent: &Arc<Agent>) {
-    let snapshot = agent.snapshot.load_full();
-    let prefix = prefix(agent);
+pub async fn reap(svc: &Services) {
+    let snapshot = svc.snapshot.load_full();
+    let prefix = prefix(svc);
     for b in &snapshot.policy.backends {
         let dynamics: Vec<&Dynamic> =
             b.credentials.iter().chain(b.roles.values()).filter_map(|c| c.dynamic.as_ref()).collect();
@@ -155,7 +155,7 @@ pub async fn reap(agent: &Arc<Agent>) {
         let list = async {
             let admin = Credentials::from_file(d.admin_user.clone(), Some(d.admin_password_file.clone()));
             let params = vec![("database".to_owned(), d.admin_database.clone())];
-            let (mut stream, rest, _) = login_to(agent, b, addr, &admin, params).await.map_err(|e| e.to_string())?;
+            let (mut stream, rest, _) = login_to(svc, b, addr, &admin, params).await.map_err(|e| e.to_string())?;
             let sql = format!(
                 "SELECT rolname, coalesce(rolvaliduntil < now(), false) FROM pg_roles WHERE starts_with(rolname, '{prefix}')"
             );
@@ -174,12 +174,12 @@ pub async fn reap(agent: &Arc<Agent>) {
             let (Some(Some(role)), expired) = (row.first(), row.get(1).and_then(|v| v.as_deref()) == Some("t")) else {
                 continue;
             };
-            if agent.made_roles.contains(role) && !expired {
+            if svc.made_roles.contains(role) && !expired {
                 continue;
             }
-            match drop_role(agent, b, addr, d, role).await {
+            match drop_role(svc, b, addr, d, role).await {
                 Ok(()) => {
-                    agent.made_roles.remove(role);
+                    svc.made_roles.remove(role);
                     info!(backend = %b.name, role = %role, expired, "reaped a dynamic login role");
                 }
                 Err(e) => warn!(backend = %b.name, role = %role, error = %e, "cannot drop a dynamic login role"),

@@ -431,7 +431,7 @@ pub(super) async fn run(
     let wake = tokio::sync::Notify::new();
     let nonce = format!("gatehouse_refused_{}", uuid::Uuid::new_v4().simple());
     let (mut up, mut down) = (0u64, 0u64);
-    let cap = ctx.agent.settings.record_max_bytes;
+    let cap = ctx.svc.settings.record_max_bytes;
     let rec = StreamRecorder::new(ctx.id, cap, "statement");
     let result = {
         let io = client::Io { shared: &shared, nonce: &nonce, rec: &rec, progress: watch, wake: &wake };
@@ -494,7 +494,7 @@ pub(super) async fn run(
     let _ = cw.flush().await;
     let _ = cw.shutdown().await;
     let _ = bw.shutdown().await;
-    rec.finish(&ctx.agent.audit);
+    rec.finish(&ctx.svc.audit);
     // Statements still waiting for an outcome ended with the session.
     let (pending, defined) = {
         let mut sh = lock(&shared);
@@ -504,8 +504,8 @@ pub(super) async fn run(
         statement_end(ctx, f, None, Some(format!("session ended: {}", end.describe())));
     }
     // A statement still held for approval is withdrawn with the session.
-    for t in ctx.agent.approvals.withdraw_session(&ctx.id.to_string(), crate::audit::now_us()) {
-        ctx.agent.approval_transition(&t);
+    for t in ctx.svc.desk.registry().withdraw_session(&ctx.id.to_string(), crate::audit::now_us()) {
+        ctx.svc.desk.transition(&t);
     }
     // An open transaction that defined code or moved names ended with the
     // session (settled whatever it was, so it holds no other session up).

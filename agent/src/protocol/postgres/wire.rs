@@ -6,6 +6,11 @@
 
 use std::fmt;
 
+/// Largest message accepted from a client (Bind parameters, COPY data…).
+pub const MAX_CLIENT_MESSAGE: usize = 64 << 20;
+/// Largest message accepted from a backend (one DataRow…).
+pub const MAX_BACKEND_MESSAGE: usize = 256 << 20;
+
 /// Protocol 3.0.
 pub const PROTOCOL_3_0: u32 = 196_608;
 pub const SSL_REQUEST: u32 = 80_877_103;

@@ -41,7 +41,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut room = Room::new(ctx.agent.settings.large_message_budget);
+    let mut room = Room::new(ctx.svc.settings.large_message_budget);
     let mut rows = Rows::default();
     let mut scratch = Vec::new();
     let mut pending = Counts::default();
@@ -137,7 +137,7 @@ async fn record_batch(
     out: &[u8],
     written: &mut u64,
 ) {
-    let audit = &ctx.agent.audit;
+    let audit = &ctx.svc.audit;
     if let Err(e) = audit.commit_all(std::mem::take(trail)).await {
         tracing::warn!(error = %e, "cannot record the rows a statement returned (trail)");
     }
@@ -208,7 +208,7 @@ impl Rows {
 
 /// Whether the policy trails any table (results are then described on unmasked sessions too).
 pub(super) fn trailing(ctx: &Ctx) -> bool {
-    !ctx.agent.snapshot.load().policy.trail.is_empty()
+    !ctx.svc.snapshot.load().policy.trail.is_empty()
 }
 
 /// Who reads through this session, as the alert windows and holds know them.
@@ -224,12 +224,12 @@ pub(super) fn reader(ctx: &Ctx) -> crate::trail::alerts::Reader {
 fn trail_end(ctx: &Ctx, sink: &mut Sink<'_>, fl: &InFlight) {
     let rows = &mut *sink.rows;
     let Some(cap) = rows.trail.take() else { return };
-    let rules = ctx.agent.snapshot.load().policy.trail.alerts.clone();
+    let rules = ctx.svc.snapshot.load().policy.trail.alerts.clone();
     let who = reader(ctx);
-    let (records, fired) = crate::trail::finish_statement(&ctx.agent.trail_alerts, &rules, &who, cap, ctx.id, fl.seq);
+    let (records, fired) = crate::trail::finish_statement(&ctx.svc.trail_alerts, &rules, &who, cap, ctx.id, fl.seq);
     sink.trail.extend(records);
     if !fired.is_empty() {
-        let snapshot = ctx.agent.snapshot.load();
+        let snapshot = ctx.svc.snapshot.load();
         for a in &fired {
             crate::notify::announce_alert(&snapshot.policy.notify, a);
         }
@@ -237,7 +237,7 @@ fn trail_end(ctx: &Ctx, sink: &mut Sink<'_>, fl: &InFlight) {
     for a in fired.iter().filter(|a| a.action == crate::trail::AlertAction::Hold) {
         // The user's next statement on this backend (this session or another) waits for an approval.
         let window = rules.iter().find(|r| r.name == a.rule).map_or(std::time::Duration::from_secs(3600), |r| r.window);
-        ctx.agent.trail_holds.set(&who.user, ctx.backend.name.as_str(), a, window);
+        ctx.svc.trail_holds.set(&who.user, ctx.backend.name.as_str(), a, window);
     }
     if let Some(a) = fired.iter().find(|a| a.action == crate::trail::AlertAction::Cut) {
         rows.cut.get_or_insert_with(|| a.describe());
@@ -490,7 +490,7 @@ fn on_backend(
         }
         b'K' => {
             let (pid, secret) = wire::backend_key(f.body).map_err(bad)?;
-            let mine = ctx.agent.cancel_keys.issue(CancelTarget {
+            let mine = ctx.svc.cancel_keys.issue(CancelTarget {
                 addr: ctx.addr,
                 backend_pid: pid,
                 backend_secret: secret,

@@ -31,11 +31,11 @@ use super::{
 };
 use crate::audit::{Direction, Event, StatementEnd, StatementStart, StreamRecorder, now_us};
 use crate::catalog::{Catalog, SessionNames, resolve};
+use crate::live::Snapshot;
 use crate::policy::testcases::single_kind;
 use crate::policy::{Decision, Request, Verdict};
 use crate::protocol::postgres::wire::{self, Frame, PgError, Severity};
 use crate::protocol::postgres::{Ctx, MAX_CLIENT_MESSAGE, SessionDb};
-use crate::proxy::Snapshot;
 use crate::sql::{self, Kind, ParseOptions, Statement};
 
 /// Handles shared with the backend direction.
@@ -83,7 +83,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut out: Vec<u8> = Vec::with_capacity(8192);
-    let mut room = Room::new(ctx.agent.settings.large_message_budget);
+    let mut room = Room::new(ctx.svc.settings.large_message_budget);
     let mut st = ClientState { synced: true, scs: true, ..ClientState::default() };
     // Nothing is read before the login's own answer is: it tells which
     // client encoding and string syntax the server will read SQL with.
@@ -144,7 +144,7 @@ async fn forward<W: AsyncWrite + Unpin>(
     // Recorded without secrets, parameters or COPY data (see `sql::redact`).
     let mut recorded = (!out.is_empty()).then(|| {
         let view = sql::redact::StreamView {
-            rules: &ctx.agent.settings.redact,
+            rules: &ctx.svc.settings.redact,
             opts: ctx.record,
             profile: ctx.mask.as_deref(),
             scs: lock(io.shared).scs,
@@ -165,13 +165,13 @@ async fn forward<W: AsyncWrite + Unpin>(
             st.written += bytes.len() as u64;
             records.extend(cut);
         }
-        ctx.agent.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
+        ctx.svc.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
     }
     if !out.is_empty() {
         bw.write_all(out).await.map_err(|e| Fail::Backend(e.to_string()))?;
         bw.flush().await.map_err(|e| Fail::Backend(e.to_string()))?;
         if let Some(recorded) = recorded {
-            io.rec.chunk(&ctx.agent.audit, Direction::Up, st.written, &recorded, Some(st.seq)).await;
+            io.rec.chunk(&ctx.svc.audit, Direction::Up, st.written, &recorded, Some(st.seq)).await;
             st.written += recorded.len() as u64;
         }
         out.clear();
@@ -445,7 +445,7 @@ async fn on_client(
             let epoch = st.epoch;
             st.epoch += 1;
             st.synced = true;
-            let current = ctx.agent.snapshot.load_full();
+            let current = ctx.svc.snapshot.load_full();
             let s = Statement { text: "(FunctionCall message)".into(), ..single_kind(Kind::FunctionCall) };
             let d = decide_one(ctx, &current, &s);
             if ctx.mask.is_some() {
@@ -544,7 +544,7 @@ async fn hold<W: AsyncWrite + Unpin>(
     forward(ctx, io, bw, out, st).await?;
     let Some(i) = h.batch.held else { return Ok(()) };
     let (Some(s), Some(d)) = (h.batch.statements.get(i), h.batch.decisions.get(i)) else { return Ok(()) };
-    let snapshot = ctx.agent.snapshot.load_full();
+    let snapshot = ctx.svc.snapshot.load_full();
     let approval =
         snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref()).and_then(|r| r.approval.clone());
     let alert = h.batch.alert.clone();
@@ -575,33 +575,32 @@ async fn hold<W: AsyncWrite + Unpin>(
     // the server already: the Execute runs with exactly these), unless the
     // text may put one where a secret goes.
     let mut parameters = h.portal.as_ref().map(|(p, _)| p.parameters()).unwrap_or_default();
-    if !parameters.is_empty() && ctx.agent.settings.redact.might_hold_secret(&h.text) {
+    if !parameters.is_empty() && ctx.svc.settings.redact.might_hold_secret(&h.text) {
         parameters = vec!["(not shown: the statement may take a secret)".into()];
     }
     let subject = crate::approval::Subject::Statement {
         session: ctx.id.to_string(),
         backend: ctx.backend.name.to_string(),
-        text: sql::redact::redact(&h.text, &ctx.agent.settings.redact, secrets_only, st.scs).text,
+        text: sql::redact::redact(&h.text, &ctx.svc.settings.redact, secrets_only, st.scs).text,
         kinds: kinds_text(s),
         rule: d.rule_label().to_owned(),
         parameters,
     };
     let reason = alert.as_ref().map(|a| a.reason.clone());
-    let waiting =
-        match ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, reason, d.approvers.clone()) {
-            Ok(w) => w,
-            Err(unopened) => {
-                // configuration_limit_exceeded: the request was not opened; the session goes on.
-                let why = Refused::Error(PgError::new(
-                    Severity::Error,
-                    "53400",
-                    format!("Gatehouse refused this statement: {unopened}"),
-                ));
-                record_refusal(ctx, st, h.text.as_bytes(), Some(s), &why);
-                refuse(out, io.shared, h.epoch, why.error(ctx), &h.stand_in);
-                return Ok(());
-            }
-        };
+    let waiting = match ctx.svc.desk.request(subject, ctx.principal.clone(), &approval, reason, d.approvers.clone()) {
+        Ok(w) => w,
+        Err(unopened) => {
+            // configuration_limit_exceeded: the request was not opened; the session goes on.
+            let why = Refused::Error(PgError::new(
+                Severity::Error,
+                "53400",
+                format!("Gatehouse refused this statement: {unopened}"),
+            ));
+            record_refusal(ctx, st, h.text.as_bytes(), Some(s), &why);
+            refuse(out, io.shared, h.epoch, why.error(ctx), &h.stand_in);
+            return Ok(());
+        }
+    };
     let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, alert = ?alert.as_ref().map(|a| a.rule.as_str()), "statement held for approval");
     let because = alert.as_ref().map(|a| format!(" ({})", a.reason)).unwrap_or_default();
@@ -619,13 +618,13 @@ async fn hold<W: AsyncWrite + Unpin>(
     ));
     lock(io.shared).notices.push(notice.encode());
     io.wake.notify_one();
-    let agent = ctx.agent.clone();
-    let state = waiting.clone().outcome(&ctx.agent.approvals, |t| agent.approval_transition(t)).await;
+    let desk = &ctx.svc.desk;
+    let state = waiting.clone().outcome(desk.registry(), |t| desk.transition(t)).await;
     if matches!(state, crate::approval::State::Approved { .. }) {
         info!(request = id, "approved: the held statement runs");
         if let Some(a) = &alert {
             let who = super::backend::reader(ctx);
-            ctx.agent.trail_holds.lift(&who.user, ctx.backend.name.as_str(), a.since_us);
+            ctx.svc.trail_holds.lift(&who.user, ctx.backend.name.as_str(), a.since_us);
         }
         forward_batch(ctx, db, io.shared, st, &h.batch, h.epoch, h.portal.as_ref().map(|(p, _)| p));
         if let Some((p, name)) = &h.portal {
@@ -713,7 +712,7 @@ struct Batch {
 
 /// What a session classifies with: the catalog and its names.
 fn session_view(db: &SessionDb, shared: &Mutex<Shared>, ctx: &Ctx) -> (Arc<Catalog>, SessionNames) {
-    let interval = ctx.agent.settings.catalog_refresh;
+    let interval = ctx.svc.settings.catalog_refresh;
     if db.catalog.is_stale(interval) {
         crate::protocol::postgres::catalog::refresh(ctx, &db.catalog, &db.login, &db.database);
     }
@@ -751,9 +750,9 @@ async fn decide_text(
     })?;
     let opts = ParseOptions { standard_conforming_strings: lock(shared).scs };
     // What the text may cost is the rule's to say, before it is parsed (sql/budget.rs).
-    let snapshot = ctx.agent.snapshot.load_full();
+    let snapshot = ctx.svc.snapshot.load_full();
     let admitted = admitted(ctx, &snapshot);
-    let statements = ctx.agent.classifier.classify(text, opts, &admitted.query_limits).await.map_err(|e| {
+    let statements = ctx.svc.classifier.classify(text, opts, &admitted.query_limits).await.map_err(|e| {
         let rule = admitted.rule.as_ref().map(|r| format!(" (rule {:?})", r.as_str())).unwrap_or_default();
         PgError::new(Severity::Error, e.sqlstate(), format!("Gatehouse refused this statement: {e}{rule}"))
             .hint(e.hint())
@@ -845,7 +844,7 @@ async fn redecide(
     for s in &mut statements {
         s.unresolve();
     }
-    let snapshot = ctx.agent.snapshot.load_full();
+    let snapshot = ctx.svc.snapshot.load_full();
     look_up_unknown(ctx, db, shared, &statements, &snapshot, &admitted(ctx, &snapshot)).await?;
     Ok(decide_statements(ctx, db, shared, statements, epoch))
 }
@@ -856,7 +855,7 @@ fn admitted(ctx: &Ctx, snapshot: &Snapshot) -> Decision {
         &ctx.principal,
         &ctx.backend.name,
         jiff::Timestamp::now(),
-        &ctx.agent.grant_rules.load(),
+        &ctx.svc.grant_rules.load(),
     )
 }
 
@@ -871,7 +870,7 @@ fn decide_statements(
     epoch: u64,
 ) -> Batch {
     let (cat, mut names) = session_view(db, shared, ctx);
-    let snapshot = ctx.agent.snapshot.load_full();
+    let snapshot = ctx.svc.snapshot.load_full();
     let mut local: HashMap<String, Statement> = HashMap::new();
     let mut declared: Vec<&str> = Vec::new();
     let mut decisions = Vec::with_capacity(statements.len());
@@ -965,7 +964,7 @@ fn standing_hold(ctx: &Ctx, snapshot: &Snapshot) -> Option<crate::trail::alerts:
         return None;
     }
     let who = super::backend::reader(ctx);
-    ctx.agent.trail_holds.standing(&who.user, ctx.backend.name.as_str(), rules, now_us())
+    ctx.svc.trail_holds.standing(&who.user, ctx.backend.name.as_str(), rules, now_us())
 }
 
 /// The statement `PREPARE name AS …` prepares: its kinds without `prepare`.
@@ -1154,7 +1153,7 @@ fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
     let d = snapshot.policy.decide_with(
         &ctx.principal,
         &Request { backend: &ctx.backend.name, statement: Some(s), now: jiff::Timestamp::now() },
-        &ctx.agent.grant_rules.load(),
+        &ctx.svc.grant_rules.load(),
     );
     // The login cannot change mid-session: a policy that now maps this user
     // to another backend role refuses until they reconnect.
@@ -1212,7 +1211,7 @@ fn tables_text(s: &Statement) -> String {
 /// A statement's text as recorded: secrets removed, literals replaced on
 /// masked sessions, read with the session's `standard_conforming_strings`.
 fn recorded_text(ctx: &Ctx, st: &ClientState, text: &str) -> sql::redact::Redacted {
-    sql::redact::redact(text, &ctx.agent.settings.redact, ctx.record, st.scs)
+    sql::redact::redact(text, &ctx.svc.settings.redact, ctx.record, st.scs)
 }
 
 fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) -> u64 {
@@ -1274,7 +1273,7 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
 
 pub(super) fn statement_end(ctx: &Ctx, f: InFlight, rows: Option<u64>, error: Option<String>) {
     if let Some(ev) = end_record(ctx, f, rows, error)
-        && let Err(e) = ctx.agent.audit.statement_end(ev)
+        && let Err(e) = ctx.svc.audit.statement_end(ev)
     {
         warn!(error = %e, "cannot record the end of a statement");
     }

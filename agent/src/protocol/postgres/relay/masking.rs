@@ -130,7 +130,7 @@ pub(super) fn trail_capture(
     cols: &[wire::Column],
     plan: &[ColumnMask],
 ) -> Option<crate::trail::Capture> {
-    let cfg = ctx.agent.snapshot.load().policy.trail.clone();
+    let cfg = ctx.svc.snapshot.load().policy.trail.clone();
     if cfg.is_empty() {
         return None;
     }
@@ -148,7 +148,7 @@ pub(super) fn trail_capture(
             masked: matches!(plan.get(i), Some(ColumnMask::Rule(..) | ColumnMask::Hidden)),
         })
         .collect();
-    crate::trail::Capture::for_result(&cfg, ctx.agent.audit.trail_key(), &cat, bound.as_deref(), &relations, &cols)
+    crate::trail::Capture::for_result(&cfg, ctx.svc.audit.trail_key(), &cat, bound.as_deref(), &relations, &cols)
 }
 
 /// The trail's key capture for a `COPY … TO` of `width` columns.
@@ -159,7 +159,7 @@ pub(super) fn trail_copy_capture(
     width: usize,
     plan: Option<&CopyPlan>,
 ) -> Option<crate::trail::Capture> {
-    let cfg = ctx.agent.snapshot.load().policy.trail.clone();
+    let cfg = ctx.svc.snapshot.load().policy.trail.clone();
     if cfg.is_empty() {
         return None;
     }
@@ -172,7 +172,7 @@ pub(super) fn trail_copy_capture(
         Some(p) => p.styles.iter().map(Option::is_some).collect(),
         None => vec![false; width],
     };
-    crate::trail::Capture::for_copy(&cfg, ctx.agent.audit.trail_key(), &cat, &bound, &relations, width, format, &masked)
+    crate::trail::Capture::for_copy(&cfg, ctx.svc.audit.trail_key(), &cat, &bound, &relations, width, format, &masked)
 }
 
 /// Splits one COPY text/CSV row (without its line end) into fields: byte
