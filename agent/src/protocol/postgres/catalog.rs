@@ -90,6 +90,13 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Entry {
+    /// An entry holding `catalog`, read just now (for tests of the relay).
+    #[cfg(test)]
+    pub(crate) fn loaded(catalog: Catalog) -> Self {
+        let state = State { catalog: Some(Arc::new(catalog)), loaded: Some(Instant::now()), ..State::default() };
+        Self { state: Mutex::new(state), ..Self::default() }
+    }
+
     /// The catalog and the pending definitions to classify with.
     pub fn snapshot(&self) -> Option<Snapshot> {
         let st = lock(&self.state);

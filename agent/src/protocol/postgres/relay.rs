@@ -26,6 +26,8 @@ use self::client::{client_to_backend, statement_end};
 mod backend;
 mod client;
 mod masking;
+#[cfg(test)]
+mod tests;
 mod tripwire;
 
 use super::io::Stream;
