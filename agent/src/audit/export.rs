@@ -45,7 +45,7 @@ pub(crate) use ocsf::OcsfMapper;
 use super::chain::{self, Record};
 use super::replay;
 use super::verify::{self, RECORD_COLUMNS, Trust, TrustSource, record_from_row};
-use super::{AuditError, SessionOpen, hex, now_us, query};
+use super::{AuditError, RecordKind, SessionOpen, hex, now_us, query};
 
 /// What the bundle holds and its files' hashes; the signed bytes.
 pub const MANIFEST: &str = "manifest.json";
@@ -244,9 +244,9 @@ impl Selection {
             Self::All => true,
             Self::Sessions { sessions, since, until } => {
                 session.is_some_and(|s| sessions.contains(s))
-                    || (kind == "checkpoint" && (*since..*until).contains(&time_us))
+                    || (kind == RecordKind::Checkpoint.as_str() && (*since..*until).contains(&time_us))
                     // Key rotations always: later checkpoints are signed by the new key.
-                    || kind == "key_rotation"
+                    || kind == RecordKind::KeyRotation.as_str()
             }
         }
     }
@@ -629,7 +629,7 @@ fn write_cast(file: &mut BundleFile, session: &str, records: &[Record]) -> Resul
         replay::transcript(records).map_err(|source| ExportError::Replay { session: session.to_owned(), source })?;
     let open = records
         .iter()
-        .find(|r| r.kind == "session_open")
+        .find(|r| r.is(RecordKind::SessionOpen))
         .and_then(|r| serde_json::from_slice::<SessionOpen>(&r.body).ok());
     let start = records.first().map_or(0, |r| r.time_us);
     // An SSH session with a pty: its terminal as it was (output, input, resizes).

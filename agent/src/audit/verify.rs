@@ -24,7 +24,9 @@ use serde::Serialize;
 
 use super::anchors::Anchor;
 use super::chain::{self, Break, Record, Walker};
-use super::{Event, KeyRotation, Redaction, SessionClose, SessionOpen, StatementEnd, StatementStart, hex, keys};
+use super::{
+    Event, KeyRotation, RecordKind, Redaction, SessionClose, SessionOpen, StatementEnd, StatementStart, hex, keys,
+};
 
 /// Where the trusted keys came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -456,21 +458,29 @@ pub(crate) fn indexed_event(r: &Record) -> Option<Event> {
     if r.redacted {
         return None;
     }
-    event_for_index(&r.kind, &r.body)
+    event_for_index(r.record_kind()?, &r.body)
 }
 
 /// The event a record of `kind` with `body` stands for, for the query
 /// tables (the kinds that have rows there).
-pub(crate) fn event_for_index(kind: &str, body: &[u8]) -> Option<Event> {
+pub(crate) fn event_for_index(kind: RecordKind, body: &[u8]) -> Option<Event> {
     match kind {
-        "session_open" => serde_json::from_slice::<SessionOpen>(body).ok().map(|x| Event::SessionOpen(Box::new(x))),
-        "session_close" => serde_json::from_slice::<SessionClose>(body).ok().map(|x| Event::SessionClose(Box::new(x))),
-        "statement" => serde_json::from_slice::<StatementStart>(body).ok().map(|x| Event::Statement(Box::new(x))),
-        "statement_end" => serde_json::from_slice::<StatementEnd>(body).ok().map(|x| Event::StatementEnd(Box::new(x))),
-        "backend_login" => {
+        RecordKind::SessionOpen => {
+            serde_json::from_slice::<SessionOpen>(body).ok().map(|x| Event::SessionOpen(Box::new(x)))
+        }
+        RecordKind::SessionClose => {
+            serde_json::from_slice::<SessionClose>(body).ok().map(|x| Event::SessionClose(Box::new(x)))
+        }
+        RecordKind::Statement => {
+            serde_json::from_slice::<StatementStart>(body).ok().map(|x| Event::Statement(Box::new(x)))
+        }
+        RecordKind::StatementEnd => {
+            serde_json::from_slice::<StatementEnd>(body).ok().map(|x| Event::StatementEnd(Box::new(x)))
+        }
+        RecordKind::BackendLogin => {
             serde_json::from_slice::<super::BackendLogin>(body).ok().map(|x| Event::BackendLogin(Box::new(x)))
         }
-        "redaction" => serde_json::from_slice::<Redaction>(body).ok().map(|x| Event::Redaction(Box::new(x))),
+        RecordKind::Redaction => serde_json::from_slice::<Redaction>(body).ok().map(|x| Event::Redaction(Box::new(x))),
         _ => None,
     }
 }
@@ -561,7 +571,7 @@ pub fn verify_db(path: &Path, trust: &Trust, published: Option<&[Anchor]>) -> Re
                     ),
                 });
             }
-            if r.kind == "checkpoint" && !r.redacted {
+            if r.is(RecordKind::Checkpoint) && !r.redacted {
                 report.checkpoints += 1;
                 match check_checkpoint(&conn, &r, prev, &keys) {
                     Ok(()) => {
@@ -574,7 +584,7 @@ pub fn verify_db(path: &Path, trust: &Trust, published: Option<&[Anchor]>) -> Re
             if let Some(e) = indexed_event(&r) {
                 super::index(&tx, &e).map_err(sql_err)?;
             }
-            if r.kind == "trail"
+            if r.is(RecordKind::Trail)
                 && !r.redacted
                 && let Ok(t) = serde_json::from_slice::<crate::trail::TrailRecord>(&r.body)
             {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::OCSF_VERSION;
 use crate::audit::chain::Record;
-use crate::audit::{SessionClose, SessionOpen, StatementEnd, StatementStart, hex};
+use crate::audit::{RecordKind, SessionClose, SessionOpen, StatementEnd, StatementStart, hex};
 
 /// Maps records to OCSF 1.1.0 events: session open/close → Authentication
 /// (3002), statements → Datastore Activity (6005, one event per statement,
@@ -189,8 +189,8 @@ impl OcsfMapper {
             return events;
         }
         let session = r.session.clone().unwrap_or_default();
-        match r.kind.as_str() {
-            "session_open" => match serde_json::from_slice::<SessionOpen>(&r.body) {
+        match r.record_kind() {
+            Some(RecordKind::SessionOpen) => match serde_json::from_slice::<SessionOpen>(&r.body) {
                 Ok(o) => {
                     let e = self.logon(r, &o);
                     self.sessions.insert(session, o);
@@ -198,7 +198,7 @@ impl OcsfMapper {
                 }
                 Err(_) => vec![],
             },
-            "session_close" => match serde_json::from_slice::<SessionClose>(&r.body) {
+            Some(RecordKind::SessionClose) => match serde_json::from_slice::<SessionClose>(&r.body) {
                 Ok(c) => {
                     // Its allowed statements without an end record: outcome unknown.
                     let mut keys: Vec<(String, u64)> =
@@ -213,7 +213,7 @@ impl OcsfMapper {
                 }
                 Err(_) => vec![],
             },
-            "statement" => match serde_json::from_slice::<StatementStart>(&r.body) {
+            Some(RecordKind::Statement) => match serde_json::from_slice::<StatementStart>(&r.body) {
                 Ok(s) => {
                     let p = Pending { record_seq: r.seq, time_us: r.time_us, hash: r.hash, start: s };
                     if p.start.decision.allowed() {
@@ -225,32 +225,32 @@ impl OcsfMapper {
                 }
                 Err(_) => vec![],
             },
-            "backend_login" => {
+            Some(RecordKind::BackendLogin) => {
                 if let Ok(l) = serde_json::from_slice::<crate::audit::BackendLogin>(&r.body) {
                     self.logins.insert(session, l);
                 }
                 vec![]
             }
-            "statement_end" => match serde_json::from_slice::<StatementEnd>(&r.body) {
+            Some(RecordKind::StatementEnd) => match serde_json::from_slice::<StatementEnd>(&r.body) {
                 Ok(end) => match self.pending.remove(&(session.clone(), end.seq)) {
                     Some(p) => vec![self.statement(&session, &p, Some((&end, r)))],
                     None => vec![],
                 },
                 Err(_) => vec![],
             },
-            "http" => match serde_json::from_slice::<crate::audit::HttpExchange>(&r.body) {
+            Some(RecordKind::Http) => match serde_json::from_slice::<crate::audit::HttpExchange>(&r.body) {
                 Ok(h) => vec![self.http(r, &session, &h)],
                 Err(_) => vec![],
             },
-            "trail" => match serde_json::from_slice::<crate::trail::TrailRecord>(&r.body) {
+            Some(RecordKind::Trail) => match serde_json::from_slice::<crate::trail::TrailRecord>(&r.body) {
                 Ok(t) => vec![self.trail(r, &session, &t)],
                 Err(_) => vec![],
             },
-            "trail_alert" => match serde_json::from_slice::<crate::trail::AlertRecord>(&r.body) {
+            Some(RecordKind::TrailAlert) => match serde_json::from_slice::<crate::trail::AlertRecord>(&r.body) {
                 Ok(a) => vec![self.trail_alert(r, &session, &a)],
                 Err(_) => vec![],
             },
-            "agent" => {
+            Some(RecordKind::Agent) => {
                 let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
                 let activity = match v.get("what").and_then(Value::as_str) {
                     Some("start") => (3, "Start"),
