@@ -355,10 +355,11 @@ pub struct StatementStart {
     pub seq: u64,
     pub started_us: i64,
     pub text: String,
-    /// Kinds joined with "+", e.g. "select" or "delete+delete_without_where".
-    pub kinds: String,
-    /// Tables read or written, comma-separated.
-    pub tables: String,
+    /// Its kinds, on record as one string joined with "+", e.g. "select"
+    /// or "delete+delete_without_where".
+    pub kinds: crate::sql::KindList,
+    /// Tables read or written, on record as one comma-separated string.
+    pub tables: crate::sql::TableList,
     pub decision: Verdict,
     pub rule: Option<String>,
     pub reason: Option<String>,
@@ -1703,8 +1704,8 @@ impl<'a> StatementRows<'a> {
                 big(s.seq),
                 s.started_us,
                 s.text,
-                s.kinds,
-                s.tables,
+                s.kinds.text(),
+                s.tables.text(),
                 s.decision.as_str(),
                 s.rule,
                 s.reason,

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use super::OCSF_VERSION;
 use crate::audit::chain::Record;
 use crate::audit::{RecordKind, SessionClose, SessionOpen, StatementEnd, StatementStart, hex};
+use crate::sql::{Kind, KindList, KindName};
 
 /// Maps records to OCSF 1.1.0 events: session open/close → Authentication
 /// (3002), statements → Datastore Activity (6005, one event per statement,
@@ -160,20 +161,19 @@ fn ocsf_base(
 
 /// The Datastore Activity (6005) activity of a statement, by its kinds:
 /// the most consequential one wins.
-fn datastore_activity(kinds: &str) -> (u32, &'static str) {
-    let ks: Vec<&str> = kinds.split('+').collect();
-    let any = |names: &[&str]| ks.iter().any(|k| names.contains(k));
-    if any(&["delete", "delete_without_where", "truncate", "drop"]) {
+fn datastore_activity(kinds: &KindList) -> (u32, &'static str) {
+    let any = |these: &[Kind]| kinds.iter().filter_map(KindName::known).any(|k| these.contains(&k));
+    if any(&[Kind::Delete, Kind::DeleteWithoutWhere, Kind::Truncate, Kind::Drop]) {
         (7, "Delete")
-    } else if any(&["update", "update_without_where", "merge", "alter"]) {
+    } else if any(&[Kind::Update, Kind::UpdateWithoutWhere, Kind::Merge, Kind::Alter]) {
         (2, "Update")
-    } else if any(&["insert", "create"]) {
+    } else if any(&[Kind::Insert, Kind::Create]) {
         (6, "Create")
-    } else if any(&["copy_from"]) {
+    } else if any(&[Kind::CopyFrom]) {
         (5, "Write")
-    } else if any(&["copy_to", "show"]) {
+    } else if any(&[Kind::CopyTo, Kind::Show]) {
         (1, "Read")
-    } else if any(&["select"]) {
+    } else if any(&[Kind::Select]) {
         (4, "Query")
     } else {
         (99, "Other")
@@ -480,7 +480,8 @@ impl OcsfMapper {
         let refused = !s.decision.allowed();
         let ok = if refused { Some(false) } else { end.map(|(e, _)| e.error.is_none()) };
         let (id, name) = datastore_activity(&s.kinds);
-        let activity_name = if id == 99 { s.kinds.as_str() } else { name };
+        let kinds = s.kinds.text();
+        let activity_name = if id == 99 { &*kinds } else { name };
         let message = if refused {
             format!("statement refused by Gatehouse: {}", s.reason.as_deref().unwrap_or("no reason recorded"))
         } else {
@@ -508,7 +509,7 @@ impl OcsfMapper {
         }
         let db = o.and_then(|o| o.backend.clone()).unwrap_or_else(|| "unknown".into());
         e.insert("database".into(), json!({ "name": db, "type_id": 1, "type": "Relational" }));
-        if let Some(t) = crate::sql::split_recorded_tables(&s.tables).first() {
+        if let Some(t) = s.tables.names().next() {
             e.insert("table".into(), json!({ "name": t }));
         }
         e.insert(
