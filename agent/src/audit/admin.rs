@@ -47,9 +47,11 @@ pub(super) fn redact(
     let result = (|| {
         let tx = conn.transaction().map_err(sql)?;
         let exists: i64 = tx
-            .query_row("SELECT count(*) FROM events WHERE session = ?1 AND kind = 'session_open'", [session], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM events WHERE session = ?1 AND kind = ?2",
+                params![session, RecordKind::SessionOpen],
+                |r| r.get(0),
+            )
             .map_err(sql)?;
         if exists == 0 {
             return Err(format!("no session {session} in the store"));
@@ -126,7 +128,11 @@ pub(super) fn rotate(
 pub(super) fn last_rotation(conn: &Connection) -> rusqlite::Result<Option<KeyRotation>> {
     use rusqlite::OptionalExtension;
     let body: Option<Option<Vec<u8>>> = conn
-        .query_row("SELECT body FROM events WHERE kind = 'key_rotation' ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .query_row(
+            "SELECT body FROM events WHERE kind = ?1 ORDER BY seq DESC LIMIT 1",
+            [RecordKind::KeyRotation],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(body.flatten().and_then(|b| serde_json::from_slice(&b).ok()))
 }

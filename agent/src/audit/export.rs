@@ -435,10 +435,10 @@ fn select(conn: &Connection, opts: &ExportOptions) -> rusqlite::Result<Selection
         opts.user.as_deref().filter(|u| u.bytes().all(|b| b.is_ascii_digit())).and_then(|u| u.parse().ok());
     let mut st = conn.prepare(
         "SELECT session, body FROM events
-         WHERE kind = 'session_open' AND session IS NOT NULL AND time_us >= ?1 AND time_us < ?2
+         WHERE kind = ?3 AND session IS NOT NULL AND time_us >= ?1 AND time_us < ?2
          ORDER BY seq",
     )?;
-    let mut rows = st.query([since, until])?;
+    let mut rows = st.query(rusqlite::params![since, until, RecordKind::SessionOpen])?;
     let mut sessions = HashSet::new();
     while let Some(row) = rows.next()? {
         let session: String = row.get(0)?;

@@ -103,6 +103,13 @@ impl FromStr for RecordKind {
     }
 }
 
+/// Bound as its name, for queries over the `kind` column.
+impl rusqlite::ToSql for RecordKind {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(self.as_str().as_bytes())))
+    }
+}
+
 impl serde::Serialize for RecordKind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())

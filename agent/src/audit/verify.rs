@@ -348,10 +348,10 @@ pub(crate) fn checkpoint_signer(body: &[u8], sig: &[u8]) -> Option<VerifyingKey>
 fn store_keys(conn: &Connection, trust: &Trust, report: &mut Report) -> Result<Keys, String> {
     let rows: Vec<RotationRow> = {
         let mut st = conn
-            .prepare("SELECT seq, body, data FROM events WHERE kind = 'key_rotation' AND body IS NOT NULL ORDER BY seq")
+            .prepare("SELECT seq, body, data FROM events WHERE kind = ?1 AND body IS NOT NULL ORDER BY seq")
             .map_err(sql_err)?;
         let rows = st
-            .query_map([], |r| {
+            .query_map([RecordKind::KeyRotation], |r| {
                 Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), bytes(r.get_ref(1)?), bytes(r.get_ref(2)?)))
             })
             .map_err(sql_err)?;
@@ -360,8 +360,8 @@ fn store_keys(conn: &Connection, trust: &Trust, report: &mut Report) -> Result<K
     let next_signer = |seq: u64| -> Result<Option<VerifyingKey>, String> {
         let row: Option<(Vec<u8>, Vec<u8>)> = conn
             .query_row(
-                "SELECT body, data FROM events WHERE kind = 'checkpoint' AND seq > ?1 AND body IS NOT NULL ORDER BY seq LIMIT 1",
-                [i64::try_from(seq).unwrap_or(i64::MAX)],
+                "SELECT body, data FROM events WHERE kind = ?2 AND seq > ?1 AND body IS NOT NULL ORDER BY seq LIMIT 1",
+                rusqlite::params![i64::try_from(seq).unwrap_or(i64::MAX), RecordKind::Checkpoint],
                 |r| Ok((bytes(r.get_ref(0)?), bytes(r.get_ref(1)?))),
             )
             .optional()
@@ -396,9 +396,9 @@ pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
 fn read_redactions(conn: &Connection, keys: &Keys, report: &mut Report) -> Result<Vec<(u64, Redaction)>, String> {
     let mut out = Vec::new();
     let mut st = conn
-        .prepare("SELECT seq, body, data FROM events WHERE kind = 'redaction' AND body IS NOT NULL ORDER BY seq")
+        .prepare("SELECT seq, body, data FROM events WHERE kind = ?1 AND body IS NOT NULL ORDER BY seq")
         .map_err(sql_err)?;
-    let mut rows = st.query([]).map_err(sql_err)?;
+    let mut rows = st.query([RecordKind::Redaction]).map_err(sql_err)?;
     while let Some(row) = rows.next().map_err(sql_err)? {
         let seq = u64::try_from(row.get::<_, i64>(0).map_err(sql_err)?).unwrap_or(0);
         let body = bytes(row.get_ref(1).map_err(sql_err)?);
