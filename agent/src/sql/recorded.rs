@@ -65,10 +65,15 @@ impl KindList {
 
     /// The list as recorded; borrowed unless it has two kinds or more.
     pub fn text(&self) -> Cow<'_, str> {
+        self.whole().map_or_else(|| Cow::Owned(self.to_string()), Cow::Borrowed)
+    }
+
+    /// The recorded text when it is one name or none (no joining needed).
+    fn whole(&self) -> Option<&str> {
         match self.0.as_slice() {
-            [] => Cow::Borrowed(""),
-            [one] => Cow::Borrowed(one.name()),
-            _ => Cow::Owned(self.to_string()),
+            [] => Some(""),
+            [one] => Some(one.name()),
+            _ => None,
         }
     }
 }
@@ -110,10 +115,15 @@ impl TableList {
 
     /// The list as recorded; borrowed unless it has two tables or more.
     pub fn text(&self) -> Cow<'_, str> {
+        self.whole().map_or_else(|| Cow::Owned(self.to_string()), Cow::Borrowed)
+    }
+
+    /// The recorded text when it is one name or none (no joining needed).
+    fn whole(&self) -> Option<&str> {
         match self.0.as_slice() {
-            [] => Cow::Borrowed(""),
-            [one] => Cow::Borrowed(one),
-            _ => Cow::Owned(self.to_string()),
+            [] => Some(""),
+            [one] => Some(one),
+            _ => None,
         }
     }
 }
@@ -167,14 +177,18 @@ fn joined<'a>(f: &mut fmt::Formatter<'_>, parts: impl Iterator<Item = &'a str>, 
     Ok(())
 }
 
-/// Serde as the recorded string: written without building it first
-/// (`collect_str` escapes as it goes, byte for byte what the string would
-/// give), read from a borrowed `&str` when the input allows.
+/// Serde as the recorded string: one name (the common case) as a plain
+/// string, a longer list without building the string first (`collect_str`
+/// escapes as it goes: byte for byte what the string would give); read
+/// from a borrowed `&str` when the input allows.
 macro_rules! serde_as_text {
     ($ty:ty, $what:literal) => {
         impl serde::Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
+                match self.whole() {
+                    Some(text) => s.serialize_str(text),
+                    None => s.collect_str(self),
+                }
             }
         }
 
