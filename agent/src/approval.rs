@@ -28,7 +28,7 @@ pub enum Subject {
         session: String,
         backend: String,
         text: String,
-        kinds: String,
+        kinds: crate::sql::KindList,
         rule: String,
         /// An Execute's bound parameter values, as approvers see them (`$1 = '42'`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]

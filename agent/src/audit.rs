@@ -21,12 +21,14 @@ pub mod fold;
 pub mod journal;
 pub mod keys;
 pub mod query;
+mod record_kind;
 pub mod replay;
 pub mod ship;
 pub mod sink;
 mod stream;
 pub mod verify;
 
+pub use record_kind::{RecordKind, UnknownRecordKind};
 pub use stream::StreamRecorder;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -353,10 +355,11 @@ pub struct StatementStart {
     pub seq: u64,
     pub started_us: i64,
     pub text: String,
-    /// Kinds joined with "+", e.g. "select" or "delete+delete_without_where".
-    pub kinds: String,
-    /// Tables read or written, comma-separated.
-    pub tables: String,
+    /// Its kinds, on record as one string joined with "+", e.g. "select"
+    /// or "delete+delete_without_where".
+    pub kinds: crate::sql::KindList,
+    /// Tables read or written, on record as one comma-separated string.
+    pub tables: crate::sql::TableList,
     pub decision: Verdict,
     pub rule: Option<String>,
     pub reason: Option<String>,
@@ -669,23 +672,23 @@ pub enum Event {
 }
 
 impl Event {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> RecordKind {
         match self {
-            Self::SessionOpen(_) => "session_open",
-            Self::SessionClose(_) => "session_close",
-            Self::Statement(_) => "statement",
-            Self::StatementEnd(_) => "statement_end",
-            Self::Chunk { .. } => "chunk",
-            Self::Truncated { .. } => "truncated",
-            Self::BackendLogin(_) => "backend_login",
-            Self::Redaction(_) => "redaction",
-            Self::Agent { .. } => "agent",
-            Self::Approval(_) => "approval",
-            Self::Http(..) => "http",
-            Self::WsFrame(..) => "ws_frame",
-            Self::Trail(..) => "trail",
-            Self::TrailAlert(_) => "trail_alert",
-            Self::Ssh(..) => "ssh",
+            Self::SessionOpen(_) => RecordKind::SessionOpen,
+            Self::SessionClose(_) => RecordKind::SessionClose,
+            Self::Statement(_) => RecordKind::Statement,
+            Self::StatementEnd(_) => RecordKind::StatementEnd,
+            Self::Chunk { .. } => RecordKind::Chunk,
+            Self::Truncated { .. } => RecordKind::Truncated,
+            Self::BackendLogin(_) => RecordKind::BackendLogin,
+            Self::Redaction(_) => RecordKind::Redaction,
+            Self::Agent { .. } => RecordKind::Agent,
+            Self::Approval(_) => RecordKind::Approval,
+            Self::Http(..) => RecordKind::Http,
+            Self::WsFrame(..) => RecordKind::WsFrame,
+            Self::Trail(..) => RecordKind::Trail,
+            Self::TrailAlert(_) => RecordKind::TrailAlert,
+            Self::Ssh(..) => RecordKind::Ssh,
         }
     }
 
@@ -1338,8 +1341,14 @@ impl Writer {
             "time_us": time,
             "public_key": hex(&self.key.verifying_key().to_bytes()),
         });
-        let r =
-            write_raw(&mut self.conn, self.head, "checkpoint", None, body.to_string().into_bytes(), Some(sig.to_vec()));
+        let r = write_raw(
+            &mut self.conn,
+            self.head,
+            RecordKind::Checkpoint,
+            None,
+            body.to_string().into_bytes(),
+            Some(sig.to_vec()),
+        );
         match r {
             Ok(h) => {
                 self.head = h;
@@ -1462,7 +1471,7 @@ pub fn hex(b: &[u8]) -> String {
 fn write_raw(
     conn: &mut Connection,
     head: (u64, [u8; 32]),
-    kind: &str,
+    kind: impl AsRef<str>,
     session: Option<&str>,
     body: Vec<u8>,
     data: Option<Vec<u8>>,
@@ -1473,17 +1482,20 @@ fn write_raw(
     Ok(new)
 }
 
+/// Chains one record. `kind` is the text the chain hashes and stores: a
+/// [`RecordKind`] for a record made here, or a kind's text exactly as it
+/// was read (a replayed journal may hold kinds this build does not know).
 pub(crate) fn insert_event(
     tx: &rusqlite::Transaction<'_>,
     head: (u64, [u8; 32]),
     time_us: i64,
     session: Option<&str>,
-    kind: &str,
+    kind: impl AsRef<str>,
     body: &[u8],
     data: Option<&[u8]>,
 ) -> rusqlite::Result<(u64, [u8; 32])> {
     let mut stmt = tx.prepare_cached(INSERT_EVENT)?;
-    insert_event_with(&mut stmt, head, time_us, session, kind, body, data)
+    insert_event_with(&mut stmt, head, time_us, session, kind.as_ref(), body, data)
 }
 
 const INSERT_EVENT: &str = "INSERT INTO events (seq, time_us, session, kind, content_hash, body, data, prev_hash, hash)
@@ -1549,8 +1561,15 @@ fn write(
         }
         match partner.get(i).copied().unwrap_or(fold::ALONE) {
             fold::ALONE => {
-                head =
-                    insert_event_with(&mut insert, head, e.time_us, e.session.as_deref(), e.kind, &e.body, e.data())?;
+                head = insert_event_with(
+                    &mut insert,
+                    head,
+                    e.time_us,
+                    e.session.as_deref(),
+                    e.kind.as_str(),
+                    &e.body,
+                    e.data(),
+                )?;
                 written += 1;
             }
             // A statement whose end comes later in the batch: written with it.
@@ -1563,7 +1582,7 @@ fn write(
                     head,
                     e.time_us,
                     e.session.as_deref(),
-                    start.kind,
+                    start.kind.as_str(),
                     &body,
                     data.as_deref(),
                 )?;
@@ -1685,8 +1704,8 @@ impl<'a> StatementRows<'a> {
                 big(s.seq),
                 s.started_us,
                 s.text,
-                s.kinds,
-                s.tables,
+                s.kinds.text(),
+                s.tables.text(),
                 s.decision.as_str(),
                 s.rule,
                 s.reason,

@@ -212,7 +212,7 @@ pub fn committed<'a>(count: usize, events: impl Iterator<Item = &'a Event>, took
 /// The label a statement is counted under: its first kind
 /// (`delete+delete_without_where` is a delete).
 fn statement_kind(s: &crate::audit::StatementStart) -> &str {
-    let kind = s.kinds.split('+').next().filter(|k| !k.is_empty()).unwrap_or("unknown");
+    let kind = s.kinds.first().map(crate::sql::KindName::name).filter(|k| !k.is_empty()).unwrap_or("unknown");
     if kind.len() <= 32 { kind } else { "unknown" }
 }
 

@@ -35,6 +35,7 @@ mod functions;
 mod kinds;
 pub mod lineage;
 pub mod mysql;
+mod recorded;
 pub mod redact;
 mod restrict;
 pub mod shape;
@@ -42,6 +43,7 @@ mod template;
 
 pub use budget::{Classifier, QueryLimits};
 pub use cache::Cache;
+pub use recorded::{KindList, KindName, TableList};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -73,6 +75,15 @@ macro_rules! kinds {
             pub fn name(self) -> &'static str {
                 match self {
                     $(Kind::$variant => $name,)*
+                }
+            }
+
+            /// The kind whose [`name`](Kind::name) is exactly `s` (as
+            /// records spell it; [`Kind::parse`] reads a policy's).
+            pub fn from_name(s: &str) -> Option<Kind> {
+                match s {
+                    $($name => Some(Kind::$variant),)*
+                    _ => None,
                 }
             }
         }
@@ -284,50 +295,22 @@ impl TableRef {
     }
 }
 
-/// The kinds of a statement record: their names joined by `+`, in their
-/// order (`delete+delete_without_where`). One string, built once: every
-/// statement's record takes one.
+/// The kinds of a statement as its record spells them: their names joined
+/// by `+`, in their order (`delete+delete_without_where`); see [`KindList`].
 pub fn kinds_text(kinds: &std::collections::BTreeSet<Kind>) -> String {
-    let mut out = String::with_capacity(kinds.iter().map(|k| k.name().len() + 1).sum());
-    for k in kinds {
-        if !out.is_empty() {
-            out.push('+');
-        }
-        out.push_str(k.name());
-    }
-    out
+    KindList::of(kinds).to_string()
 }
 
-/// The tables of a statement record: each [`TableRef::recorded`], joined by `,`.
+/// The tables of a statement record: each [`TableRef::recorded`], joined by
+/// `,`; see [`TableList`].
 pub fn recorded_tables<'a>(tables: impl IntoIterator<Item = &'a TableRef>) -> String {
-    let mut out = String::new();
-    for t in tables {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(&t.recorded());
-    }
-    out
+    TableList::of(tables).to_string()
 }
 
 /// The names of a record's `tables` list, split at the commas outside quotes
-/// (names stay as recorded, quotes included).
+/// (names stay as recorded, quotes included; blanks dropped).
 pub fn split_recorded_tables(list: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut start, mut quoted) = (0, false);
-    for (i, c) in list.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                out.push(list.get(start..i).unwrap_or_default().trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(list.get(start..).unwrap_or_default().trim());
-    out.retain(|t| !t.is_empty());
-    out
+    recorded::split_table_list(list).map(str::trim).filter(|t| !t.is_empty()).collect()
 }
 
 impl Statement {

@@ -7,12 +7,13 @@ use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, params};
 
 use super::chain;
-use super::{Event, KeyRotation, Redaction, hex, index, insert_event, now_us};
+use super::{Event, KeyRotation, RecordKind, Redaction, hex, index, insert_event, now_us};
 
 /// The kinds of record a redaction removes the content of: what the session
 /// said and saw. Who, when, where and the decision (`session_open`,
 /// `session_close`, `backend_login`) stay.
-pub const REDACTABLE: &[&str] = &["statement", "statement_end", "chunk", "truncated"];
+pub const REDACTABLE: &[RecordKind] =
+    &[RecordKind::Statement, RecordKind::StatementEnd, RecordKind::Chunk, RecordKind::Truncated];
 
 /// Consecutive numbers as inclusive ranges.
 fn ranges(seqs: &[u64]) -> Vec<(u64, u64)> {
@@ -46,9 +47,11 @@ pub(super) fn redact(
     let result = (|| {
         let tx = conn.transaction().map_err(sql)?;
         let exists: i64 = tx
-            .query_row("SELECT count(*) FROM events WHERE session = ?1 AND kind = 'session_open'", [session], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM events WHERE session = ?1 AND kind = ?2",
+                params![session, RecordKind::SessionOpen],
+                |r| r.get(0),
+            )
             .map_err(sql)?;
         if exists == 0 {
             return Err(format!("no session {session} in the store"));
@@ -83,7 +86,8 @@ pub(super) fn redact(
         };
         let body = serde_json::to_vec(&red).map_err(|e| e.to_string())?;
         let sig = chain::sign(key, &chain::redaction_message(&body));
-        let new = insert_event(&tx, head, now_us(), Some(session), "redaction", &body, Some(&sig)).map_err(sql)?;
+        let new =
+            insert_event(&tx, head, now_us(), Some(session), RecordKind::Redaction, &body, Some(&sig)).map_err(sql)?;
         index(&tx, &Event::Redaction(Box::new(red.clone()))).map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok((new, red))
@@ -110,7 +114,7 @@ pub(super) fn rotate(
     let body = serde_json::to_vec(&rot).map_err(|e| e.to_string())?;
     let sig = chain::sign(old, &chain::rotation_message(&o, &n, time_us));
     let tx = conn.transaction().map_err(sql)?;
-    let new_head = insert_event(&tx, head, time_us, None, "key_rotation", &body, Some(&sig)).map_err(sql)?;
+    let new_head = insert_event(&tx, head, time_us, None, RecordKind::KeyRotation, &body, Some(&sig)).map_err(sql)?;
     tx.execute(
         "INSERT OR IGNORE INTO host_keys (public_key, first_seen_us) VALUES (?1, ?2)",
         params![n.to_vec(), time_us],
@@ -124,7 +128,11 @@ pub(super) fn rotate(
 pub(super) fn last_rotation(conn: &Connection) -> rusqlite::Result<Option<KeyRotation>> {
     use rusqlite::OptionalExtension;
     let body: Option<Option<Vec<u8>>> = conn
-        .query_row("SELECT body FROM events WHERE kind = 'key_rotation' ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .query_row(
+            "SELECT body FROM events WHERE kind = ?1 ORDER BY seq DESC LIMIT 1",
+            [RecordKind::KeyRotation],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(body.flatten().and_then(|b| serde_json::from_slice(&b).ok()))
 }

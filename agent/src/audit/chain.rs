@@ -26,6 +26,8 @@ pub struct Record {
     pub seq: u64,
     pub time_us: i64,
     pub session: Option<String>,
+    /// The kind as stored and hashed: text, since a store may hold kinds
+    /// this build does not know (see [`Record::record_kind`]).
     pub kind: String,
     /// JSON, exactly as stored (and hashed); empty when redacted.
     pub body: Vec<u8>,
@@ -37,6 +39,19 @@ pub struct Record {
     pub redacted: bool,
     pub prev_hash: [u8; 32],
     pub hash: [u8; 32],
+}
+
+impl Record {
+    /// The record's kind, `None` when this build does not know it (a store
+    /// written by a newer agent).
+    pub fn record_kind(&self) -> Option<super::RecordKind> {
+        super::RecordKind::parse(&self.kind)
+    }
+
+    /// Whether the record is of kind `kind`.
+    pub fn is(&self, kind: super::RecordKind) -> bool {
+        self.kind == kind.as_str()
+    }
 }
 
 /// The two keyed hashers, derived from their context strings once: a

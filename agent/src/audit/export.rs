@@ -45,7 +45,7 @@ pub(crate) use ocsf::OcsfMapper;
 use super::chain::{self, Record};
 use super::replay;
 use super::verify::{self, RECORD_COLUMNS, Trust, TrustSource, record_from_row};
-use super::{AuditError, SessionOpen, hex, now_us, query};
+use super::{AuditError, RecordKind, SessionOpen, hex, now_us, query};
 
 /// What the bundle holds and its files' hashes; the signed bytes.
 pub const MANIFEST: &str = "manifest.json";
@@ -244,9 +244,9 @@ impl Selection {
             Self::All => true,
             Self::Sessions { sessions, since, until } => {
                 session.is_some_and(|s| sessions.contains(s))
-                    || (kind == "checkpoint" && (*since..*until).contains(&time_us))
+                    || (kind == RecordKind::Checkpoint.as_str() && (*since..*until).contains(&time_us))
                     // Key rotations always: later checkpoints are signed by the new key.
-                    || kind == "key_rotation"
+                    || kind == RecordKind::KeyRotation.as_str()
             }
         }
     }
@@ -435,10 +435,10 @@ fn select(conn: &Connection, opts: &ExportOptions) -> rusqlite::Result<Selection
         opts.user.as_deref().filter(|u| u.bytes().all(|b| b.is_ascii_digit())).and_then(|u| u.parse().ok());
     let mut st = conn.prepare(
         "SELECT session, body FROM events
-         WHERE kind = 'session_open' AND session IS NOT NULL AND time_us >= ?1 AND time_us < ?2
+         WHERE kind = ?3 AND session IS NOT NULL AND time_us >= ?1 AND time_us < ?2
          ORDER BY seq",
     )?;
-    let mut rows = st.query([since, until])?;
+    let mut rows = st.query(rusqlite::params![since, until, RecordKind::SessionOpen])?;
     let mut sessions = HashSet::new();
     while let Some(row) = rows.next()? {
         let session: String = row.get(0)?;
@@ -629,7 +629,7 @@ fn write_cast(file: &mut BundleFile, session: &str, records: &[Record]) -> Resul
         replay::transcript(records).map_err(|source| ExportError::Replay { session: session.to_owned(), source })?;
     let open = records
         .iter()
-        .find(|r| r.kind == "session_open")
+        .find(|r| r.is(RecordKind::SessionOpen))
         .and_then(|r| serde_json::from_slice::<SessionOpen>(&r.body).ok());
     let start = records.first().map_or(0, |r| r.time_us);
     // An SSH session with a pty: its terminal as it was (output, input, resizes).

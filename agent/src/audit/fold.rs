@@ -21,7 +21,7 @@
 
 use super::chain::Record;
 use super::journal::Entry;
-use super::{Event, StatementEnd, StatementStart};
+use super::{Event, RecordKind, StatementEnd, StatementStart};
 
 /// No partner: the entry is written as it is.
 pub(super) const ALONE: usize = usize::MAX;
@@ -140,7 +140,7 @@ pub(super) fn data(start: &Entry, end: &Entry) -> Option<Vec<u8>> {
 /// data, and the folded record's seq and hashes. `None` for any other
 /// record (an unfolded statement, a redacted one, another kind).
 pub fn split(r: &Record) -> Option<(Record, Record)> {
-    if r.kind != "statement" || r.redacted {
+    if !r.is(RecordKind::Statement) || r.redacted {
         return None;
     }
     let mut s: StatementStart = serde_json::from_slice(&r.body).ok()?;
@@ -155,7 +155,7 @@ pub fn split(r: &Record) -> Option<(Record, Record)> {
         ..r.clone()
     };
     let end_rec = Record {
-        kind: "statement_end".into(),
+        kind: RecordKind::StatementEnd.as_str().to_owned(),
         body: serde_json::to_vec(&end).ok()?,
         data: end.down_offset.map(|_| down.to_vec()),
         ..r.clone()

@@ -78,7 +78,7 @@ fn checksum_matches(payload: &[u8], sum: &[u8]) -> bool {
 pub(super) struct Entry {
     pub jseq: u64,
     pub time_us: i64,
-    pub kind: &'static str,
+    pub kind: super::RecordKind,
     pub session: Option<super::SessionKey>,
     pub body: Vec<u8>,
     /// The event itself, for the query tables (`None` when replayed: the body is read back).
@@ -187,8 +187,9 @@ fn encode(buf: &mut Vec<u8>, e: &Entry) {
     buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&e.jseq.to_le_bytes());
     buf.extend_from_slice(&e.time_us.to_le_bytes());
-    buf.push(u8::try_from(e.kind.len()).unwrap_or(u8::MAX));
-    buf.extend_from_slice(e.kind.as_bytes());
+    let kind = e.kind.as_str();
+    buf.push(u8::try_from(kind.len()).unwrap_or(u8::MAX));
+    buf.extend_from_slice(kind.as_bytes());
     match &e.session {
         Some(s) => {
             buf.push(u8::try_from(s.len()).unwrap_or(u8::MAX));
@@ -300,9 +301,11 @@ pub(super) fn replay(conn: &mut Connection, db: &Path, mut head: Head) -> Result
             }
             head = super::insert_event(&tx, head, r.time_us, r.session.as_deref(), &r.kind, &r.body, r.data.as_deref())
                 .map_err(err)?;
-            if let Some(e) = super::verify::event_for_index(&r.kind, &r.body) {
+            // A kind this build does not know (a journal a newer agent wrote) is chained as it is.
+            let kind = super::RecordKind::parse(&r.kind);
+            if let Some(e) = kind.and_then(|k| super::verify::event_for_index(k, &r.body)) {
                 super::index(&tx, &e).map_err(err)?;
-            } else if r.kind == "trail"
+            } else if kind == Some(super::RecordKind::Trail)
                 && let Ok(t) = serde_json::from_slice::<crate::trail::TrailRecord>(&r.body)
             {
                 // Its index needs the key set (the data), which the other kinds' do not.
@@ -524,7 +527,7 @@ mod tests {
         let e = Entry {
             jseq: 7,
             time_us: 42,
-            kind: "statement",
+            kind: crate::audit::RecordKind::Statement,
             session: Some(crate::audit::SessionKey::Text("abc".into())),
             body: b"{\"x\":1}".to_vec(),
             event: None,
@@ -561,7 +564,14 @@ mod tests {
     fn an_entry_written_with_the_blake3_checksum_is_still_read() {
         // Entries a Gatehouse from before the CRC left in a journal (a crash,
         // then an upgrade) are replayed, and damage to them is still seen.
-        let e = Entry { jseq: 3, time_us: 9, kind: "statement", session: None, body: b"{}".to_vec(), event: None };
+        let e = Entry {
+            jseq: 3,
+            time_us: 9,
+            kind: crate::audit::RecordKind::Statement,
+            session: None,
+            body: b"{}".to_vec(),
+            event: None,
+        };
         let mut buf = Vec::new();
         encode(&mut buf, &e);
         let payload_end = buf.len() - CHECKSUM;

@@ -183,7 +183,7 @@ pub fn statements_of(
                     j -> '$.masked', 0,
                     (SELECT oidc_subject FROM sessions WHERE sessions.id = h.session)
              FROM (SELECT session, CAST(body AS TEXT) AS j FROM events
-                   WHERE kind = 'http' AND length(body) > 0 AND (?1 IS NULL OR session = ?1)
+                   WHERE kind = ?4 AND length(body) > 0 AND (?1 IS NULL OR session = ?1)
                      AND (?3 IS NULL OR session IN (SELECT id FROM sessions WHERE uid = ?3))) AS h
              UNION ALL
              -- SSH channel requests (\"exec uptime\", kind ssh) and sftp operations
@@ -199,32 +199,35 @@ pub fn statements_of(
                     j ->> '$.decision', j ->> '$.rule', j ->> '$.reason', NULL, NULL, NULL, NULL, 0,
                     (SELECT oidc_subject FROM sessions WHERE sessions.id = x.session)
              FROM (SELECT session, seq, time_us, CAST(body AS TEXT) AS j FROM events
-                   WHERE kind = 'ssh' AND length(body) > 0 AND (?1 IS NULL OR session = ?1)
+                   WHERE kind = ?5 AND length(body) > 0 AND (?1 IS NULL OR session = ?1)
                      AND (?3 IS NULL OR session IN (SELECT id FROM sessions WHERE uid = ?3))) AS x
              WHERE j ->> '$.event' IN ('request', 'sftp')
              ORDER BY 3 DESC, 2 DESC LIMIT ?2",
         )
         .map_err(sql_err)?;
     let rows = stmt
-        .query_map(rusqlite::params![session, i64::from(limit), owner], |r| {
-            Ok(StatementRow {
-                session_id: r.get(0)?,
-                seq: r.get(1)?,
-                started_us: r.get(2)?,
-                text: r.get(3)?,
-                kinds: r.get(4)?,
-                tables: r.get(5)?,
-                decision: r.get(6)?,
-                rule: r.get(7)?,
-                reason: r.get(8)?,
-                rows: r.get(9)?,
-                duration_us: r.get(10)?,
-                error: r.get(11)?,
-                masked: r.get(12)?,
-                redacted: r.get(13)?,
-                oidc_subject: r.get(14)?,
-            })
-        })
+        .query_map(
+            rusqlite::params![session, i64::from(limit), owner, super::RecordKind::Http, super::RecordKind::Ssh],
+            |r| {
+                Ok(StatementRow {
+                    session_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    started_us: r.get(2)?,
+                    text: r.get(3)?,
+                    kinds: r.get(4)?,
+                    tables: r.get(5)?,
+                    decision: r.get(6)?,
+                    rule: r.get(7)?,
+                    reason: r.get(8)?,
+                    rows: r.get(9)?,
+                    duration_us: r.get(10)?,
+                    error: r.get(11)?,
+                    masked: r.get(12)?,
+                    redacted: r.get(13)?,
+                    oidc_subject: r.get(14)?,
+                })
+            },
+        )
         .map_err(sql_err)?;
     let mut out: Vec<StatementRow> = rows.collect::<Result<_, _>>().map_err(sql_err)?;
     out.reverse();
@@ -246,8 +249,8 @@ pub fn session_owner(path: &Path, session: &str) -> Result<Option<Option<u32>>, 
 pub fn approval_requests(path: &Path) -> Result<Vec<crate::approval::Request>, AuditError> {
     let conn = open_read_only(path)?;
     let err = |source| AuditError::Sql { path: path.to_owned(), source };
-    let mut st = conn.prepare("SELECT body FROM events WHERE kind = 'approval' ORDER BY seq").map_err(err)?;
-    let rows = st.query_map([], |r| r.get::<_, Option<Vec<u8>>>(0)).map_err(err)?;
+    let mut st = conn.prepare("SELECT body FROM events WHERE kind = ?1 ORDER BY seq").map_err(err)?;
+    let rows = st.query_map([super::RecordKind::Approval], |r| r.get::<_, Option<Vec<u8>>>(0)).map_err(err)?;
     let mut latest: std::collections::BTreeMap<u64, crate::approval::Request> = std::collections::BTreeMap::new();
     for body in rows {
         let Some(body) = body.map_err(err)? else { continue };

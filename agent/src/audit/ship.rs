@@ -417,10 +417,10 @@ pub async fn sessions(
     let rows = client
         .query(
             "SELECT host, session, time_us, body FROM gatehouse_events
-             WHERE kind = 'session_open' AND body IS NOT NULL
+             WHERE kind = $3 AND body IS NOT NULL
                AND ($1::text IS NULL OR convert_from(body, 'UTF8')::jsonb ->> 'user' = $1)
              ORDER BY time_us DESC LIMIT $2",
-            &[&user, &i64::from(limit)],
+            &[&user, &i64::from(limit), &super::RecordKind::SessionOpen.as_str()],
         )
         .await?;
     let mut out = Vec::with_capacity(rows.len());

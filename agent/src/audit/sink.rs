@@ -23,6 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use super::RecordKind;
 use super::chain::Record;
 use super::export::OcsfMapper;
 use super::verify::{RECORD_COLUMNS, record_from_row};
@@ -201,13 +202,25 @@ fn open_sessions_before(db: &Path, upto: u64) -> Result<Vec<Record>, SinkError> 
     let mut st = conn
         .prepare(&format!(
             "SELECT {RECORD_COLUMNS} FROM events WHERE seq <= ?1 AND session IN (
-                 SELECT session FROM events WHERE kind = 'session_open' AND seq <= ?1
-                 EXCEPT SELECT session FROM events WHERE kind = 'session_close' AND seq <= ?1)
-             AND kind IN ('session_open', 'backend_login', 'statement', 'statement_end')
+                 SELECT session FROM events WHERE kind = ?2 AND seq <= ?1
+                 EXCEPT SELECT session FROM events WHERE kind = ?3 AND seq <= ?1)
+             AND kind IN (?2, ?4, ?5, ?6)
              ORDER BY seq"
         ))
         .map_err(local)?;
-    let rows = st.query_map(rusqlite::params![upto], record_from_row).map_err(local)?;
+    let rows = st
+        .query_map(
+            rusqlite::params![
+                upto,
+                RecordKind::SessionOpen,
+                RecordKind::SessionClose,
+                RecordKind::BackendLogin,
+                RecordKind::Statement,
+                RecordKind::StatementEnd
+            ],
+            record_from_row,
+        )
+        .map_err(local)?;
     rows.collect::<Result<_, _>>().map_err(local)
 }
 
@@ -447,5 +460,39 @@ mod tests {
         assert!(Sink::try_from(&SinkRaw { format: Some("cef".into()), ..file.clone() }).is_err());
         assert!(Sink::try_from(&SinkRaw { name: Some("../x".into()), ..file.clone() }).is_err());
         assert!(validate(&[file.clone(), file]).is_err(), "names must be unique");
+    }
+
+    #[test]
+    fn a_restarted_sink_reads_the_records_of_sessions_still_open() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-sink-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("audit.db");
+        let mut conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(crate::audit::SCHEMA).unwrap();
+        let tx = conn.transaction().unwrap();
+        let mut head = (0, crate::audit::chain::GENESIS);
+        for (session, kind) in [
+            ("a", "session_open"),
+            ("b", "session_open"),
+            ("a", "backend_login"),
+            ("a", "statement"),
+            ("a", "chunk"),
+            ("b", "statement"),
+            ("b", "session_close"),
+            ("a", "statement_end"),
+            ("a", "a_kind_from_a_newer_agent"),
+            ("c", "session_open"),
+        ] {
+            head = crate::audit::insert_event(&tx, head, 1, Some(session), kind, b"{}", None).unwrap();
+        }
+        tx.commit().unwrap();
+        drop(conn);
+        // Up to seq 9: `a` is open (its opening, login, statement and end), `b` closed, `c` not yet opened.
+        let got: Vec<(u64, String)> =
+            open_sessions_before(&db, 9).unwrap().into_iter().map(|r| (r.seq, r.kind)).collect();
+        let want = [(1, "session_open"), (3, "backend_login"), (4, "statement"), (8, "statement_end")];
+        assert_eq!(got, want.map(|(seq, kind)| (seq, kind.to_owned())));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -24,7 +24,9 @@ use serde::Serialize;
 
 use super::anchors::Anchor;
 use super::chain::{self, Break, Record, Walker};
-use super::{Event, KeyRotation, Redaction, SessionClose, SessionOpen, StatementEnd, StatementStart, hex, keys};
+use super::{
+    Event, KeyRotation, RecordKind, Redaction, SessionClose, SessionOpen, StatementEnd, StatementStart, hex, keys,
+};
 
 /// Where the trusted keys came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -346,10 +348,10 @@ pub(crate) fn checkpoint_signer(body: &[u8], sig: &[u8]) -> Option<VerifyingKey>
 fn store_keys(conn: &Connection, trust: &Trust, report: &mut Report) -> Result<Keys, String> {
     let rows: Vec<RotationRow> = {
         let mut st = conn
-            .prepare("SELECT seq, body, data FROM events WHERE kind = 'key_rotation' AND body IS NOT NULL ORDER BY seq")
+            .prepare("SELECT seq, body, data FROM events WHERE kind = ?1 AND body IS NOT NULL ORDER BY seq")
             .map_err(sql_err)?;
         let rows = st
-            .query_map([], |r| {
+            .query_map([RecordKind::KeyRotation], |r| {
                 Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), bytes(r.get_ref(1)?), bytes(r.get_ref(2)?)))
             })
             .map_err(sql_err)?;
@@ -358,8 +360,8 @@ fn store_keys(conn: &Connection, trust: &Trust, report: &mut Report) -> Result<K
     let next_signer = |seq: u64| -> Result<Option<VerifyingKey>, String> {
         let row: Option<(Vec<u8>, Vec<u8>)> = conn
             .query_row(
-                "SELECT body, data FROM events WHERE kind = 'checkpoint' AND seq > ?1 AND body IS NOT NULL ORDER BY seq LIMIT 1",
-                [i64::try_from(seq).unwrap_or(i64::MAX)],
+                "SELECT body, data FROM events WHERE kind = ?2 AND seq > ?1 AND body IS NOT NULL ORDER BY seq LIMIT 1",
+                rusqlite::params![i64::try_from(seq).unwrap_or(i64::MAX), RecordKind::Checkpoint],
                 |r| Ok((bytes(r.get_ref(0)?), bytes(r.get_ref(1)?))),
             )
             .optional()
@@ -394,9 +396,9 @@ pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
 fn read_redactions(conn: &Connection, keys: &Keys, report: &mut Report) -> Result<Vec<(u64, Redaction)>, String> {
     let mut out = Vec::new();
     let mut st = conn
-        .prepare("SELECT seq, body, data FROM events WHERE kind = 'redaction' AND body IS NOT NULL ORDER BY seq")
+        .prepare("SELECT seq, body, data FROM events WHERE kind = ?1 AND body IS NOT NULL ORDER BY seq")
         .map_err(sql_err)?;
-    let mut rows = st.query([]).map_err(sql_err)?;
+    let mut rows = st.query([RecordKind::Redaction]).map_err(sql_err)?;
     while let Some(row) = rows.next().map_err(sql_err)? {
         let seq = u64::try_from(row.get::<_, i64>(0).map_err(sql_err)?).unwrap_or(0);
         let body = bytes(row.get_ref(1).map_err(sql_err)?);
@@ -456,21 +458,29 @@ pub(crate) fn indexed_event(r: &Record) -> Option<Event> {
     if r.redacted {
         return None;
     }
-    event_for_index(&r.kind, &r.body)
+    event_for_index(r.record_kind()?, &r.body)
 }
 
 /// The event a record of `kind` with `body` stands for, for the query
 /// tables (the kinds that have rows there).
-pub(crate) fn event_for_index(kind: &str, body: &[u8]) -> Option<Event> {
+pub(crate) fn event_for_index(kind: RecordKind, body: &[u8]) -> Option<Event> {
     match kind {
-        "session_open" => serde_json::from_slice::<SessionOpen>(body).ok().map(|x| Event::SessionOpen(Box::new(x))),
-        "session_close" => serde_json::from_slice::<SessionClose>(body).ok().map(|x| Event::SessionClose(Box::new(x))),
-        "statement" => serde_json::from_slice::<StatementStart>(body).ok().map(|x| Event::Statement(Box::new(x))),
-        "statement_end" => serde_json::from_slice::<StatementEnd>(body).ok().map(|x| Event::StatementEnd(Box::new(x))),
-        "backend_login" => {
+        RecordKind::SessionOpen => {
+            serde_json::from_slice::<SessionOpen>(body).ok().map(|x| Event::SessionOpen(Box::new(x)))
+        }
+        RecordKind::SessionClose => {
+            serde_json::from_slice::<SessionClose>(body).ok().map(|x| Event::SessionClose(Box::new(x)))
+        }
+        RecordKind::Statement => {
+            serde_json::from_slice::<StatementStart>(body).ok().map(|x| Event::Statement(Box::new(x)))
+        }
+        RecordKind::StatementEnd => {
+            serde_json::from_slice::<StatementEnd>(body).ok().map(|x| Event::StatementEnd(Box::new(x)))
+        }
+        RecordKind::BackendLogin => {
             serde_json::from_slice::<super::BackendLogin>(body).ok().map(|x| Event::BackendLogin(Box::new(x)))
         }
-        "redaction" => serde_json::from_slice::<Redaction>(body).ok().map(|x| Event::Redaction(Box::new(x))),
+        RecordKind::Redaction => serde_json::from_slice::<Redaction>(body).ok().map(|x| Event::Redaction(Box::new(x))),
         _ => None,
     }
 }
@@ -561,7 +571,7 @@ pub fn verify_db(path: &Path, trust: &Trust, published: Option<&[Anchor]>) -> Re
                     ),
                 });
             }
-            if r.kind == "checkpoint" && !r.redacted {
+            if r.is(RecordKind::Checkpoint) && !r.redacted {
                 report.checkpoints += 1;
                 match check_checkpoint(&conn, &r, prev, &keys) {
                     Ok(()) => {
@@ -574,7 +584,7 @@ pub fn verify_db(path: &Path, trust: &Trust, published: Option<&[Anchor]>) -> Re
             if let Some(e) = indexed_event(&r) {
                 super::index(&tx, &e).map_err(sql_err)?;
             }
-            if r.kind == "trail"
+            if r.is(RecordKind::Trail)
                 && !r.redacted
                 && let Ok(t) = serde_json::from_slice::<crate::trail::TrailRecord>(&r.body)
             {

@@ -1150,7 +1150,7 @@ async fn refuse(
 /// Records a refused statement (before the client hears of it).
 async fn record_refusal(ctx: &Ctx, s: &Session, text: &str, st: Option<&Statement>, d: &Decision) -> Result<(), Fail> {
     let ev = start_record(ctx, s.seq, text.to_owned(), st, d);
-    info!(rule = d.rule_label(), kinds = ev.kinds, "statement refused: {}", d.reason());
+    info!(rule = d.rule_label(), kinds = ev.kinds.to_string(), "statement refused: {}", d.reason());
     ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))
 }
 
@@ -1287,8 +1287,8 @@ fn start_record(ctx: &Ctx, seq: u64, text: String, s: Option<&Statement>, d: &De
         started_us: now_us(),
         text,
         redacted,
-        kinds: s.map(|s| crate::sql::kinds_text(&s.kinds)).unwrap_or_default(),
-        tables: s.map(|s| crate::sql::recorded_tables(s.reads.iter().chain(&s.writes))).unwrap_or_default(),
+        kinds: s.map(|s| crate::sql::KindList::of(&s.kinds)).unwrap_or_default(),
+        tables: s.map(|s| crate::sql::TableList::of(s.reads.iter().chain(&s.writes))).unwrap_or_default(),
         decision: d.verdict.into(),
         rule: d.rule.as_ref().map(ToString::to_string),
         reason: (d.verdict != Verdict::Allow).then(|| crate::sql::redact::reason(&d.reason())),

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::audit::chain::{self, Break, Record};
 use crate::audit::verify::{self, Report, Trust, TrustSource};
-use crate::audit::{hex, keys};
+use crate::audit::{RecordKind, hex, keys};
 
 /// Reads a whole file of at most `max` bytes.
 pub(super) fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, String> {
@@ -171,10 +171,10 @@ fn prepass(path: &Path) -> Prepass {
             continue;
         }
         let sig = rec.data.clone().unwrap_or_default();
-        match rec.kind.as_str() {
-            "key_rotation" => p.rotations.push((rec.seq, rec.body, sig)),
-            "redaction" => p.redactions.push((rec.seq, rec.body, sig)),
-            "checkpoint" => p.checkpoints.push((rec.seq, verify::checkpoint_signer(&rec.body, &sig))),
+        match rec.record_kind() {
+            Some(RecordKind::KeyRotation) => p.rotations.push((rec.seq, rec.body, sig)),
+            Some(RecordKind::Redaction) => p.redactions.push((rec.seq, rec.body, sig)),
+            Some(RecordKind::Checkpoint) => p.checkpoints.push((rec.seq, verify::checkpoint_signer(&rec.body, &sig))),
             _ => {}
         }
     }
@@ -350,7 +350,7 @@ fn check_bundle(dir: &Path, trust: Option<&Trust>, report: &mut Report) {
                 if link.is_none() {
                     link = link_problem(actual.last(), &rec, anchor, manifest.complete);
                 }
-                if rec.kind == "checkpoint" && !rec.redacted {
+                if rec.is(RecordKind::Checkpoint) && !rec.redacted {
                     checkpoints.push(Checkpoint {
                         seq: rec.seq,
                         body: rec.body.clone(),

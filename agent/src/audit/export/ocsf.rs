@@ -7,7 +7,8 @@ use serde_json::{Map, Value, json};
 
 use super::OCSF_VERSION;
 use crate::audit::chain::Record;
-use crate::audit::{SessionClose, SessionOpen, StatementEnd, StatementStart, hex};
+use crate::audit::{RecordKind, SessionClose, SessionOpen, StatementEnd, StatementStart, hex};
+use crate::sql::{Kind, KindList, KindName};
 
 /// Maps records to OCSF 1.1.0 events: session open/close → Authentication
 /// (3002), statements → Datastore Activity (6005, one event per statement,
@@ -160,20 +161,19 @@ fn ocsf_base(
 
 /// The Datastore Activity (6005) activity of a statement, by its kinds:
 /// the most consequential one wins.
-fn datastore_activity(kinds: &str) -> (u32, &'static str) {
-    let ks: Vec<&str> = kinds.split('+').collect();
-    let any = |names: &[&str]| ks.iter().any(|k| names.contains(k));
-    if any(&["delete", "delete_without_where", "truncate", "drop"]) {
+fn datastore_activity(kinds: &KindList) -> (u32, &'static str) {
+    let any = |these: &[Kind]| kinds.iter().filter_map(KindName::known).any(|k| these.contains(&k));
+    if any(&[Kind::Delete, Kind::DeleteWithoutWhere, Kind::Truncate, Kind::Drop]) {
         (7, "Delete")
-    } else if any(&["update", "update_without_where", "merge", "alter"]) {
+    } else if any(&[Kind::Update, Kind::UpdateWithoutWhere, Kind::Merge, Kind::Alter]) {
         (2, "Update")
-    } else if any(&["insert", "create"]) {
+    } else if any(&[Kind::Insert, Kind::Create]) {
         (6, "Create")
-    } else if any(&["copy_from"]) {
+    } else if any(&[Kind::CopyFrom]) {
         (5, "Write")
-    } else if any(&["copy_to", "show"]) {
+    } else if any(&[Kind::CopyTo, Kind::Show]) {
         (1, "Read")
-    } else if any(&["select"]) {
+    } else if any(&[Kind::Select]) {
         (4, "Query")
     } else {
         (99, "Other")
@@ -189,8 +189,8 @@ impl OcsfMapper {
             return events;
         }
         let session = r.session.clone().unwrap_or_default();
-        match r.kind.as_str() {
-            "session_open" => match serde_json::from_slice::<SessionOpen>(&r.body) {
+        match r.record_kind() {
+            Some(RecordKind::SessionOpen) => match serde_json::from_slice::<SessionOpen>(&r.body) {
                 Ok(o) => {
                     let e = self.logon(r, &o);
                     self.sessions.insert(session, o);
@@ -198,7 +198,7 @@ impl OcsfMapper {
                 }
                 Err(_) => vec![],
             },
-            "session_close" => match serde_json::from_slice::<SessionClose>(&r.body) {
+            Some(RecordKind::SessionClose) => match serde_json::from_slice::<SessionClose>(&r.body) {
                 Ok(c) => {
                     // Its allowed statements without an end record: outcome unknown.
                     let mut keys: Vec<(String, u64)> =
@@ -213,7 +213,7 @@ impl OcsfMapper {
                 }
                 Err(_) => vec![],
             },
-            "statement" => match serde_json::from_slice::<StatementStart>(&r.body) {
+            Some(RecordKind::Statement) => match serde_json::from_slice::<StatementStart>(&r.body) {
                 Ok(s) => {
                     let p = Pending { record_seq: r.seq, time_us: r.time_us, hash: r.hash, start: s };
                     if p.start.decision.allowed() {
@@ -225,32 +225,32 @@ impl OcsfMapper {
                 }
                 Err(_) => vec![],
             },
-            "backend_login" => {
+            Some(RecordKind::BackendLogin) => {
                 if let Ok(l) = serde_json::from_slice::<crate::audit::BackendLogin>(&r.body) {
                     self.logins.insert(session, l);
                 }
                 vec![]
             }
-            "statement_end" => match serde_json::from_slice::<StatementEnd>(&r.body) {
+            Some(RecordKind::StatementEnd) => match serde_json::from_slice::<StatementEnd>(&r.body) {
                 Ok(end) => match self.pending.remove(&(session.clone(), end.seq)) {
                     Some(p) => vec![self.statement(&session, &p, Some((&end, r)))],
                     None => vec![],
                 },
                 Err(_) => vec![],
             },
-            "http" => match serde_json::from_slice::<crate::audit::HttpExchange>(&r.body) {
+            Some(RecordKind::Http) => match serde_json::from_slice::<crate::audit::HttpExchange>(&r.body) {
                 Ok(h) => vec![self.http(r, &session, &h)],
                 Err(_) => vec![],
             },
-            "trail" => match serde_json::from_slice::<crate::trail::TrailRecord>(&r.body) {
+            Some(RecordKind::Trail) => match serde_json::from_slice::<crate::trail::TrailRecord>(&r.body) {
                 Ok(t) => vec![self.trail(r, &session, &t)],
                 Err(_) => vec![],
             },
-            "trail_alert" => match serde_json::from_slice::<crate::trail::AlertRecord>(&r.body) {
+            Some(RecordKind::TrailAlert) => match serde_json::from_slice::<crate::trail::AlertRecord>(&r.body) {
                 Ok(a) => vec![self.trail_alert(r, &session, &a)],
                 Err(_) => vec![],
             },
-            "agent" => {
+            Some(RecordKind::Agent) => {
                 let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
                 let activity = match v.get("what").and_then(Value::as_str) {
                     Some("start") => (3, "Start"),
@@ -480,7 +480,8 @@ impl OcsfMapper {
         let refused = !s.decision.allowed();
         let ok = if refused { Some(false) } else { end.map(|(e, _)| e.error.is_none()) };
         let (id, name) = datastore_activity(&s.kinds);
-        let activity_name = if id == 99 { s.kinds.as_str() } else { name };
+        let kinds = s.kinds.text();
+        let activity_name = if id == 99 { &*kinds } else { name };
         let message = if refused {
             format!("statement refused by Gatehouse: {}", s.reason.as_deref().unwrap_or("no reason recorded"))
         } else {
@@ -508,7 +509,7 @@ impl OcsfMapper {
         }
         let db = o.and_then(|o| o.backend.clone()).unwrap_or_else(|| "unknown".into());
         e.insert("database".into(), json!({ "name": db, "type_id": 1, "type": "Relational" }));
-        if let Some(t) = crate::sql::split_recorded_tables(&s.tables).first() {
+        if let Some(t) = s.tables.names().next() {
             e.insert("table".into(), json!({ "name": t }));
         }
         e.insert(

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 
 use super::super::chain::Record;
 use super::escape_all;
-use crate::audit::{SshEvent, SshWhat};
+use crate::audit::{RecordKind, SshEvent, SshWhat};
 
 /// Characters one screen line keeps.
 const MAX_LINE: usize = 4096;
@@ -281,7 +281,7 @@ pub struct Cast {
 pub fn cast(records: &[Record]) -> Option<Cast> {
     let mut chosen: Option<(u32, Cast)> = None;
     let mut pending: HashMap<&'static str, Vec<u8>> = HashMap::new();
-    for r in records.iter().filter(|r| r.kind == "ssh" && !r.redacted) {
+    for r in records.iter().filter(|r| r.is(RecordKind::Ssh) && !r.redacted) {
         let Ok(e) = serde_json::from_slice::<SshEvent>(&r.body) else { continue };
         match (&mut chosen, e.what) {
             (None, SshWhat::Pty { term, cols, rows }) => {

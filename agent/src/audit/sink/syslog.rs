@@ -23,6 +23,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 
 use super::SinkError;
+use crate::audit::RecordKind;
 use crate::audit::chain::Record;
 
 /// TLS to the collector (RFC 5425).
@@ -133,12 +134,15 @@ fn ascii_json(json: &[u8], out: &mut Vec<u8>) {
 /// authpriv (10): warning for refusals, notice for other decisions, info for the rest.
 fn priority(r: &Record) -> u8 {
     let body = std::str::from_utf8(&r.body).unwrap_or_default();
-    let severity = if r.kind.contains("refus") || body.contains("\"decision\":\"deny\"") {
-        4
-    } else if r.kind.contains("approval") || r.kind.contains("alert") || r.kind.contains("tamper") {
-        5
-    } else {
-        6
+    let denied = body.contains("\"decision\":\"deny\"");
+    let severity = match r.record_kind() {
+        _ if denied => 4,
+        Some(RecordKind::Approval | RecordKind::TrailAlert) => 5,
+        Some(_) => 6,
+        // A kind this build does not know (a newer agent's): judged by its name.
+        None if r.kind.contains("refus") => 4,
+        None if r.kind.contains("approval") || r.kind.contains("alert") || r.kind.contains("tamper") => 5,
+        None => 6,
     };
     10 * 8 + severity
 }

@@ -62,7 +62,7 @@ pub(super) async fn hold(
         session: ctx.id.to_string(),
         backend: ctx.backend.name.to_string(),
         text: shown,
-        kinds: crate::sql::kinds_text(&st.kinds),
+        kinds: crate::sql::KindList::of(&st.kinds),
         rule: d.rule_label().to_owned(),
         // A held COM_STMT_EXECUTE's parameter values, unless its text may hold a secret.
         parameters: if secrets > 0 && !parameters.is_empty() {

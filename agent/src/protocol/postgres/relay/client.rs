@@ -1200,12 +1200,12 @@ fn refusal_error(ctx: &Ctx, d: &Decision) -> PgError {
     }
 }
 
-fn kinds_text(s: &Statement) -> String {
-    sql::kinds_text(&s.kinds)
+fn kinds_text(s: &Statement) -> sql::KindList {
+    sql::KindList::of(&s.kinds)
 }
 
-fn tables_text(s: &Statement) -> String {
-    sql::recorded_tables(s.reads.iter().chain(&s.writes))
+fn tables_text(s: &Statement) -> sql::TableList {
+    sql::TableList::of(s.reads.iter().chain(&s.writes))
 }
 
 /// A statement's text as recorded: secrets removed, literals replaced on
@@ -1246,7 +1246,7 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
     let reason = sql::redact::reason(&why.reason());
     info!(
         rule = why.rule().as_deref().unwrap_or("(gatehouse)"),
-        kinds = s.map(kinds_text).unwrap_or_default(),
+        kinds = s.map(kinds_text).unwrap_or_default().to_string(),
         "statement refused: {reason}"
     );
     let ev = StatementStart {
