@@ -205,3 +205,14 @@ pub fn release_free_memory_soon() {
         }
     }
 }
+
+/// Sets the calling thread's nice value (Linux: per thread).
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid and setpriority take plain integers; PRIO_PROCESS with a
+    // thread id changes only that thread's nice value.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, u32::try_from(tid).unwrap_or(0), nice)
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}

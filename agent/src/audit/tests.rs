@@ -665,3 +665,41 @@ fn a_statements_kinds_and_tables_are_recorded_as_the_text_they_always_were() {
     assert_eq!(row.0, "select+delete+function_call+delete_without_where");
     assert_eq!(row.1, r#"public.t,scratch."x,public.salaries","Mixed Case","a""b""#);
 }
+
+#[test]
+fn the_writer_runs_at_a_lower_priority_than_the_sessions() {
+    let dir = temp("nice");
+    let db = dir.join("state/audit.db");
+    let (audit, writer) = open(&db, &settings::host_key_path(&db), &opts(None)).unwrap();
+    run(audit.flush()).unwrap();
+    // Every audit writer of this process, by its thread name: other tests'
+    // too, which run in parallel (one just spawned may not have set its own
+    // yet: looked at again, a few times).
+    let writers = || {
+        let mut nices = Vec::new();
+        for t in std::fs::read_dir("/proc/self/task").unwrap() {
+            let t = t.unwrap().path();
+            if std::fs::read_to_string(t.join("comm")).unwrap_or_default().trim() != "audit-writer" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
+            // Fields after the parenthesised name: state is field 3, nice field 19.
+            let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+            nices.push(rest.split(' ').nth(16).and_then(|n| n.parse::<i32>().ok()));
+        }
+        nices
+    };
+    let mut nices = writers();
+    for _ in 0..50 {
+        if !nices.is_empty() && nices.iter().all(|n| *n == Some(WRITER_NICE)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        nices = writers();
+    }
+    assert!(!nices.is_empty(), "no audit-writer thread found");
+    assert!(nices.iter().all(|n| *n == Some(WRITER_NICE)), "nice values of the writers: {nices:?}");
+    drop(audit);
+    writer.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
