@@ -188,6 +188,9 @@ impl Sink<'_> {
 struct Rows {
     /// The plan for its DataRows (empty: nothing to mask), once known.
     columns: Option<Vec<ColumnMask>>,
+    /// How many columns its result was described with, once known: a
+    /// DataRow with another count is malformed, masked or not.
+    width: Option<usize>,
     /// The plan for its COPY rows, if any column is masked.
     copy: Option<CopyPlan>,
     /// The keys of trailed tables its rows return (`crate::trail`), once planned.
@@ -200,6 +203,7 @@ struct Rows {
 impl Rows {
     fn end(&mut self) {
         self.columns = None;
+        self.width = None;
         self.copy = None;
         self.trail = None;
         self.trail_planned = false;
@@ -544,6 +548,7 @@ fn on_backend(
                 drop(sh);
                 if let Some(profile) = &ctx.mask {
                     sink.rows.columns = Some(masking::result_plan(profile, db, &trace, cols));
+                    sink.rows.width = Some(cols.len());
                 }
                 sink.rows.trail =
                     masking::trail_capture(ctx, db, &trace, cols, sink.rows.columns.as_deref().unwrap_or_default());
@@ -654,10 +659,22 @@ fn on_data_row(
                         ));
                 };
                 rows.columns = Some(masking::result_plan(profile, db, &trace, &cols));
+                rows.width = Some(cols.len());
             }
             match rows.columns.as_deref() {
                 Some(cols) if !cols.is_empty() => masking::mask_row(profile, cols, f, out, pending).map_err(bad)?,
-                _ => out.extend_from_slice(f.raw),
+                // Nothing to mask in the columns described: a row with more
+                // (or fewer) than that is not what was planned for.
+                _ => {
+                    let n = f.body.get(..2).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(u16::from_be_bytes);
+                    let n = n.map(usize::from);
+                    if n.is_none() || n != rows.width {
+                        return Err(bad(WireError::Malformed {
+                            what: "DataRow (column count differs from RowDescription)",
+                        }));
+                    }
+                    out.extend_from_slice(f.raw);
+                }
             }
         }
     }

@@ -563,3 +563,68 @@ async fn a_message_sent_a_byte_at_a_time_is_decided_whole() {
     let (_, rows) = r.finish().await;
     assert_eq!((rows[0].0.as_str(), rows[0].1.as_str()), ("DELETE FROM orders", "deny"));
 }
+
+/// Everything the client was sent, as one byte string.
+fn all_bytes(msgs: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    msgs.iter().flat_map(|(t, b)| msg(*t, b)).collect()
+}
+
+#[tokio::test]
+async fn a_server_sending_more_columns_than_it_described_is_not_passed_on_to_a_masked_session() {
+    // Described as one unmasked column, or as none, then rows with more.
+    for described in [&[("id", 16401, 1)][..], &[]] {
+        more_columns_than_described(described).await;
+    }
+}
+
+async fn more_columns_than_described(described: &[(&str, u32, i16)]) {
+    let mut r = Relay::start("mallory").await;
+    r.client_sends(&msg(b'Q', &cstr("SELECT id FROM customers"))).await;
+    r.server_reads().await;
+    let mut answer = row_description(described);
+    answer.extend(data_row(&["1", "zoe@example.com"]));
+    answer.extend(command_complete("SELECT 1"));
+    answer.extend(wire::ready_for_query(b'I'));
+    r.server_sends(&answer).await;
+    let got = r.client_reads().await;
+    assert!(
+        memchr::memmem::find(&all_bytes(&got), b"zoe@example.com").is_none(),
+        "the undescribed value reached the client: {got:?}"
+    );
+    let e = got.iter().find(|m| m.0 == b'E').map(|m| fields(&m.1)).expect("an error");
+    assert_eq!(e[&'S'], "FATAL", "{e:?}");
+}
+
+#[tokio::test]
+async fn a_masked_column_the_server_describes_as_computed_is_masked_all_the_same() {
+    let mut r = Relay::start("mallory").await;
+    r.client_sends(&msg(b'Q', &cstr("SELECT email FROM customers"))).await;
+    r.server_reads().await;
+    // No table OID: what the statement reads decides, not what the server says.
+    let mut answer = row_description(&[("email", 0, 0)]);
+    answer.extend(data_row(&["zoe@example.com"]));
+    answer.extend(command_complete("SELECT 1"));
+    answer.extend(wire::ready_for_query(b'I'));
+    r.server_sends(&answer).await;
+    let got = r.client_reads().await;
+    assert!(memchr::memmem::find(&all_bytes(&got), b"zoe@example.com").is_none(), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_malformed_message_from_the_server_ends_the_session_with_an_error_and_a_record() {
+    let mut r = Relay::start("alice").await;
+    r.client_sends(&msg(b'Q', &cstr("SELECT id FROM orders"))).await;
+    r.server_reads().await;
+    // A CommandComplete whose tag is not NUL-terminated.
+    let mut answer = msg(b'C', b"SELECT 1");
+    answer.extend(wire::ready_for_query(b'I'));
+    r.server_sends(&answer).await;
+    let got = r.client_reads().await;
+    let e = got.iter().find(|m| m.0 == b'E').map(|m| fields(&m.1)).expect("an error");
+    assert_eq!((e[&'S'].as_str(), e[&'C'].as_str()), ("FATAL", "08006"), "{e:?}");
+    let out = tokio::time::timeout(Duration::from_secs(10), &mut r.relay).await.expect("the relay ends").unwrap();
+    assert!(matches!(&out.end, End::BackendError(why) if why.contains("malformed")), "{:?}", out.end);
+    let rows = r.records();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].3.as_deref().is_some_and(|e| e.starts_with("session ended")), "{:?}", rows[0]);
+}
