@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use self::refusals::{DiskReserve, Refusals};
+use crate::approval::Desk as _;
 use crate::audit::{self, Audit, SessionClose, SessionOpen};
 use crate::identity::Resolver;
 use crate::policy::load::LoadOptions;
@@ -177,14 +178,14 @@ impl Agent {
             }
         }
     }
+}
 
-    /// Opens a request to the approvers a rule's `approval` names, records
-    /// its opening, and returns what the held session waits on (or, when the
-    /// requester has `max_pending_requests_per_user` pending, why none was
-    /// opened: the held statement, request or login is refused). `reason`:
-    /// why it is held, when not for the rule itself (an alert); `label`: how
-    /// the decision named the approvers, if it did.
-    pub fn request_approval(
+impl crate::approval::Desk for Agent {
+    fn registry(&self) -> &crate::approval::Registry {
+        &self.approvals
+    }
+
+    fn request(
         &self,
         subject: crate::approval::Subject,
         requester: crate::identity::Principal,
@@ -206,7 +207,7 @@ impl Agent {
             .approvals
             .open(open, crate::audit::now_us(), self.settings.max_pending_requests_per_user)
             .map_err(|over| format!("it needs an approval, and {over}"))?;
-        self.approval_transition(&t);
+        self.transition(&t);
         Ok(crate::approval::Waiting {
             id: t.request.id,
             state,
@@ -215,8 +216,7 @@ impl Agent {
         })
     }
 
-    /// Records (and logs) a step of an approval request.
-    pub fn approval_transition(&self, t: &crate::approval::Transition) {
+    fn transition(&self, t: &crate::approval::Transition) {
         info!(
             request = t.request.id,
             event = t.event,
@@ -232,27 +232,6 @@ impl Agent {
             self.refresh_grants();
         }
         crate::notify::announce(&self.snapshot.load().policy.notify, t);
-    }
-}
-
-impl crate::approval::Desk for Agent {
-    fn registry(&self) -> &crate::approval::Registry {
-        &self.approvals
-    }
-
-    fn request(
-        &self,
-        subject: crate::approval::Subject,
-        requester: crate::identity::Principal,
-        approval: &crate::policy::Approval,
-        reason: Option<String>,
-        label: Option<String>,
-    ) -> Result<crate::approval::Waiting, String> {
-        self.request_approval(subject, requester, approval, reason, label)
-    }
-
-    fn transition(&self, t: &crate::approval::Transition) {
-        self.approval_transition(t);
     }
 }
 
@@ -664,7 +643,7 @@ async fn approval_clock(agent: Arc<Agent>, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
         for t in agent.approvals.tick(audit::now_us()) {
-            agent.approval_transition(&t);
+            agent.transition(&t);
         }
     }
 }

@@ -5,6 +5,7 @@
 //! not exist.
 
 use super::Response;
+use crate::approval::Desk as _;
 use crate::approval::{Open, RequestId, Subject};
 use crate::audit::now_us;
 use crate::proxy::Agent;
@@ -43,7 +44,7 @@ pub(super) async fn decide(agent: &Agent, uid: u32, id: RequestId, approve: bool
     let caller = agent.resolver.principal(Uid(uid)).await;
     match agent.approvals.decide(id, &caller, approve, reason, now_us()) {
         Ok(t) => {
-            agent.approval_transition(&t);
+            agent.transition(&t);
             Response::Request { event: t.event.to_owned(), request: Box::new(t.request) }
         }
         Err(e) => error(e.to_string()),
@@ -54,7 +55,7 @@ pub(super) async fn revoke(agent: &Agent, uid: u32, id: RequestId) -> Response {
     let caller = agent.resolver.principal(Uid(uid)).await;
     match agent.approvals.revoke(id, &caller, now_us()) {
         Ok(t) => {
-            agent.approval_transition(&t);
+            agent.transition(&t);
             Response::Request { event: t.event.to_owned(), request: Box::new(t.request) }
         }
         Err(e) => error(e.to_string()),
@@ -102,6 +103,6 @@ pub(super) async fn request_grant(
         Ok(opened) => opened,
         Err(why) => return error(why),
     };
-    agent.approval_transition(&t);
+    agent.transition(&t);
     Response::Request { event: t.event.to_owned(), request: Box::new(t.request) }
 }

@@ -53,6 +53,7 @@ use self::headers::{
     strip_client_claims, strip_hop_by_hop, upgrade_protocols,
 };
 use self::upstream::{Pool, UpBody, UpstreamError};
+use crate::approval::Desk as _;
 use crate::audit::{self, Event, HttpExchange};
 use crate::identity::Principal;
 use crate::live::ConnectRefusal;
@@ -175,7 +176,7 @@ pub async fn serve(mut ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome 
     }
     // Requests still held (streams whose tasks outlive the connection) are withdrawn.
     for t in tasks.ctx.agent.approvals.withdraw_session(&tasks.ctx.id.to_string(), audit::now_us()) {
-        tasks.ctx.agent.approval_transition(&t);
+        tasks.ctx.agent.transition(&t);
     }
     let end = match end {
         End::Cut(why) if why.is_empty() => End::Cut(live.reason()),

@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use crate::approval::Desk as _;
 use crate::protocol::budget::{FREE_PER_BUFFER, Room, over_budget};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -329,7 +330,7 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     };
     // A statement still held for approval is withdrawn with the session.
     for t in ctx.agent.approvals.withdraw_session(&ctx.id.to_string(), now_us()) {
-        ctx.agent.approval_transition(&t);
+        ctx.agent.transition(&t);
     }
     client.shutdown().await;
     RelayOutcome { up, down, end }

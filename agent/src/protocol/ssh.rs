@@ -37,6 +37,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, 
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
+use crate::approval::Desk as _;
 use crate::audit::{self, BackendLogin, Event, SshEvent, SshWhat};
 use crate::identity::Principal;
 use crate::policy::Backend;
@@ -147,7 +148,7 @@ impl Shared {
         };
         let Some(approval) = rule.approval.as_ref() else { return Ok(None) };
         agent
-            .request_approval(
+            .request(
                 crate::approval::Subject::Ssh {
                     session: self.ctx.id.to_string(),
                     backend: self.ctx.backend.name.to_string(),
@@ -237,7 +238,7 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
         let _ = h.disconnect(russh::Disconnect::ByApplication, "", "en").await;
     }
     for t in shared.ctx.agent.approvals.withdraw_session(&shared.ctx.id.to_string(), audit::now_us()) {
-        shared.ctx.agent.approval_transition(&t);
+        shared.ctx.agent.transition(&t);
     }
     RelayOutcome {
         up: shared.up_bytes.load(Ordering::Relaxed),

@@ -9,6 +9,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::refusals::{Admit, RefusalKey, RefusalKind};
 use super::{Agent, LiveSession, Route, lock, write_aggregates};
+use crate::approval::Desk as _;
 use crate::audit::{self, SessionClose, SessionOpen};
 use crate::identity::Peer;
 use crate::live::ConnectRefusal;
@@ -243,7 +244,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
     if protocol != Protocol::Postgres
         && let Some(w) = connect_approval.clone()
     {
-        let state = w.clone().outcome(&agent.approvals, |t| agent.approval_transition(t)).await;
+        let state = w.clone().outcome(&agent.approvals, |t| agent.transition(t)).await;
         if !matches!(state, crate::approval::State::Approved { .. }) {
             lock(&agent.live).remove(&id);
             close_record(agent, id, 0, 0, format!("login not approved: {}", w.refusal(&state)));
@@ -402,7 +403,7 @@ fn open_connect_request(
 ) -> Option<Result<crate::approval::Waiting, String>> {
     let rule = snapshot.policy.rules.iter().find(|r| Some(&r.name) == decision.rule.as_ref())?;
     let approval = rule.approval.as_ref()?;
-    Some(agent.request_approval(
+    Some(agent.request(
         crate::approval::Subject::Connect {
             session: id.to_string(),
             backend: backend.to_string(),

@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::info;
 
 use super::Ctx;
+use crate::approval::Desk as _;
 use crate::approval::{RequestId, State, Subject};
 use crate::audit::now_us;
 use crate::policy::{Approval, Decision};
@@ -148,7 +149,7 @@ struct Withdraw {
 impl Drop for Withdraw {
     fn drop(&mut self) {
         if let Some(t) = self.agent.approvals.withdraw(self.id, now_us()) {
-            self.agent.approval_transition(&t);
+            self.agent.transition(&t);
         }
     }
 }
@@ -172,14 +173,13 @@ pub(super) async fn hold(
         rule: decision.rule_label().to_owned(),
         body,
     };
-    let waiting =
-        ctx.agent.request_approval(subject, ctx.principal.clone(), approval, None, decision.approvers.clone())?;
+    let waiting = ctx.agent.request(subject, ctx.principal.clone(), approval, None, decision.approvers.clone())?;
     let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, method, target, "HTTP request held for approval");
     let guard = Withdraw { agent: ctx.agent.clone(), id };
     let agent = ctx.agent.clone();
     let state = tokio::select! {
-        s = waiting.clone().outcome(&ctx.agent.approvals, |t| agent.approval_transition(t)) => s,
+        s = waiting.clone().outcome(&ctx.agent.approvals, |t| agent.transition(t)) => s,
         () = ctx.live.cut.cancelled() => State::Withdrawn { at_us: now_us() },
     };
     drop(guard);

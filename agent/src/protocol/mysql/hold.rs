@@ -17,6 +17,7 @@
 use tracing::info;
 
 use super::{Conn, Ctx, Fail, redacted_text};
+use crate::approval::Desk as _;
 use crate::approval::{RequestId, State, Subject};
 use crate::audit::now_us;
 use crate::policy::Decision;
@@ -71,15 +72,14 @@ pub(super) async fn hold(
             parameters
         },
     };
-    let waiting = match ctx.agent.request_approval(subject, ctx.principal.clone(), &approval, None, d.approvers.clone())
-    {
+    let waiting = match ctx.agent.request(subject, ctx.principal.clone(), &approval, None, d.approvers.clone()) {
         Ok(w) => w,
         Err(why) => return Ok(Err(refusal(d, &why))),
     };
     let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, "statement held for approval");
     let agent = ctx.agent.clone();
-    let outcome = waiting.clone().outcome(&ctx.agent.approvals, move |t| agent.approval_transition(t));
+    let outcome = waiting.clone().outcome(&ctx.agent.approvals, move |t| agent.transition(t));
     tokio::pin!(outcome);
     let gone = loop {
         tokio::select! {
@@ -101,7 +101,7 @@ pub(super) async fn hold(
         }
     };
     if let Some(t) = ctx.agent.approvals.withdraw(id, now_us()) {
-        ctx.agent.approval_transition(&t);
+        ctx.agent.transition(&t);
     }
     Err(gone)
 }

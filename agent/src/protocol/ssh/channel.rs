@@ -22,6 +22,7 @@ pub use super::inbox::Cmd;
 use super::inbox::{CONNECTION_BUFFER, HELD_BUFFER, Queue};
 use super::masking::{HOLD, OutputMasker};
 use super::sftp::{self, Framer, Op};
+use crate::approval::Desk as _;
 use crate::audit::SshWhat;
 use crate::policy::decide::Verdict;
 use crate::policy::ssh::SshRequest;
@@ -339,10 +340,10 @@ impl Input {
             .await;
             // Meanwhile what the client sends queues up (see `Inbox::send`).
             let state = tokio::select! {
-                s = w.clone().outcome(&agent.approvals, |t| agent.approval_transition(t)) => s,
+                s = w.clone().outcome(&agent.approvals, |t| agent.transition(t)) => s,
                 () = c.q.abandon.cancelled() => {
                     if let Some(t) = agent.approvals.withdraw(w.id, crate::audit::now_us()) {
-                        agent.approval_transition(&t);
+                        agent.transition(&t);
                     }
                     if c.q.overflowed.load(Ordering::SeqCst) {
                         let why = format!(
