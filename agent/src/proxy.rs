@@ -236,6 +236,18 @@ impl crate::approval::Desk for Agent {
 }
 
 impl Agent {
+    /// What a MySQL session is given of the agent (its handles, not the agent).
+    pub fn mysql_services(self: &Arc<Self>) -> crate::protocol::mysql::Services {
+        crate::protocol::mysql::Services {
+            settings: self.settings.clone(),
+            snapshot: self.snapshot.clone(),
+            grant_rules: self.grant_rules.clone(),
+            audit: self.audit.clone(),
+            backends: self.backends.clone(),
+            desk: self.clone(),
+        }
+    }
+
     /// What a PostgreSQL session is given of the agent (its handles, not the agent).
     pub fn postgres_services(self: &Arc<Self>) -> crate::protocol::postgres::Services {
         crate::protocol::postgres::Services {

@@ -50,7 +50,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::approval::Desk as _;
 use crate::protocol::budget::{FREE_PER_BUFFER, Room, over_budget};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -63,8 +62,8 @@ use crate::audit::{Event, StatementEnd, StatementStart, now_us};
 use crate::catalog::misses::Lookup;
 use crate::identity::Principal;
 use crate::live::ConnectRefusal;
+use crate::live::{LiveSession, Snapshot};
 use crate::policy::{Backend, Credentials, Decision, Request, TlsMode, Verdict};
-use crate::proxy::{Agent, LiveSession, Snapshot};
 use crate::sql::mysql::{self as classify, Names, Refusal};
 use crate::sql::{Kind, Statement, TableRef};
 use crate::types::{DbRole, SessionId, Uid};
@@ -91,7 +90,7 @@ const ER_OUT_OF_RESOURCES: u16 = 1041;
 /// What a MySQL session needs to know about itself.
 #[derive(Debug, Clone)]
 pub struct Ctx {
-    pub agent: Arc<Agent>,
+    pub svc: Arc<Services>,
     pub id: SessionId,
     pub principal: Principal,
     pub uid: Uid,
@@ -103,6 +102,23 @@ pub struct Ctx {
     pub guard: crate::policy::Guard,
     pub record: crate::sql::redact::RecordOptions,
     pub live: Arc<LiveSession>,
+}
+
+/// What a MySQL session is given of the agent: handles onto the state it
+/// shares with other sessions, nothing else (see `postgres::Services`).
+/// Built by the proxy (`Agent::mysql_services`) for each session.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub settings: Arc<crate::settings::Settings>,
+    /// The policy in force.
+    pub snapshot: Arc<arc_swap::ArcSwap<Snapshot>>,
+    /// The rules approved grants act as.
+    pub grant_rules: Arc<arc_swap::ArcSwap<Vec<crate::policy::Rule>>>,
+    pub audit: Arc<crate::audit::Audit>,
+    /// Backends' TLS client configurations; how each was last logged in to.
+    pub backends: Arc<crate::live::Backends>,
+    /// Where held statements wait for a human.
+    pub desk: Arc<dyn crate::approval::Desk>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,7 +333,7 @@ pub async fn reject(client: TcpStream, reason: &str, refusal: ConnectRefusal) {
 
 /// Serves an allowed MySQL session to its end.
 pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
-    let mut client = Conn::new(client, ctx.agent.settings.large_message_budget, "client's");
+    let mut client = Conn::new(client, ctx.svc.settings.large_message_budget, "client's");
     let mut up = 0u64;
     let mut down = 0u64;
     let end = match start(&ctx, &mut client).await {
@@ -329,8 +345,8 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
         Err(end) => end,
     };
     // A statement still held for approval is withdrawn with the session.
-    for t in ctx.agent.approvals.withdraw_session(&ctx.id.to_string(), now_us()) {
-        ctx.agent.transition(&t);
+    for t in ctx.svc.desk.registry().withdraw_session(&ctx.id.to_string(), now_us()) {
+        ctx.svc.desk.transition(&t);
     }
     client.shutdown().await;
     RelayOutcome { up, down, end }
@@ -369,7 +385,7 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
         }
         None => return Err(refuse_greeting(client, "Gatehouse holds no login for this backend role".into()).await),
     };
-    let tcp = match crate::proxy::connect_upstream(ctx.addr, ctx.agent.settings.mark).await {
+    let tcp = match crate::live::connect_upstream(ctx.addr, ctx.svc.settings.mark).await {
         Ok(t) => t,
         Err(e) => {
             warn!(error = %e, "backend unreachable");
@@ -384,7 +400,7 @@ async fn start(ctx: &Ctx, client: &mut Conn) -> Result<Session, End> {
             return Err(End::BackendError(format!("backend unreachable: {e}")));
         }
     };
-    let mut backend = Conn::new(tcp, ctx.agent.settings.large_message_budget, "server's");
+    let mut backend = Conn::new(tcp, ctx.svc.settings.large_message_budget, "server's");
     let greeting = match backend.read().await {
         Ok(Some(p)) => wire::parse_greeting(payload_of(&p)).map_err(|e| e.to_string()),
         Ok(None) => Err("closed before its greeting".into()),
@@ -607,8 +623,8 @@ async fn secure(
         warn!(backend = %ctx.backend.name, "the backend does not offer TLS; logging in over plaintext (tls = \"prefer\")");
         return Ok(off);
     }
-    let (agent, b) = (ctx.agent.clone(), ctx.backend.clone());
-    let cfg = match tokio::task::spawn_blocking(move || agent.backends.tls_client_config(&b)).await {
+    let (backends, b) = (ctx.svc.backends.clone(), ctx.backend.clone());
+    let cfg = match tokio::task::spawn_blocking(move || backends.tls_client_config(&b)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e @ tls::TlsError::File { .. })) => {
             return Err(TlsFailure {
@@ -715,7 +731,7 @@ async fn prepare(ctx: &Ctx, s: &mut Session) -> Result<(), String> {
 /// The views the session's login sees, read again when the list is older
 /// than `catalog_refresh` or DDL went through on the backend (see [`views`]).
 async fn current_views(ctx: &Ctx, s: &mut Session) -> Result<Arc<views::Views>, String> {
-    match views::cached(ctx.backend.name.as_str(), &s.login, ctx.agent.settings.catalog_refresh) {
+    match views::cached(ctx.backend.name.as_str(), &s.login, ctx.svc.settings.catalog_refresh) {
         Some(v) => Ok(v),
         None => read_views(ctx, s).await,
     }
@@ -817,8 +833,8 @@ fn record_login(ctx: &Ctx, login: &Credentials, auth: &str, link: &Link, databas
     if link.tls != "verified" {
         warn!(backend = %ctx.backend.name, tls = link.tls, auth, "MySQL backend reached without a verified TLS certificate");
     }
-    ctx.agent.backends.note_login(&ctx.backend.name, &rec);
-    if let Err(e) = ctx.agent.audit.record(Event::BackendLogin(Box::new(rec))) {
+    ctx.svc.backends.note_login(&ctx.backend.name, &rec);
+    if let Err(e) = ctx.svc.audit.record(Event::BackendLogin(Box::new(rec))) {
         warn!(error = %e, "cannot record the backend login");
     }
 }
@@ -896,7 +912,7 @@ async fn relay(ctx: &Ctx, s: &mut Session, client: &mut Conn, up: &mut u64, down
                     s.seq += 1;
                     s.rec.reset();
                     let ev = start_record(ctx, s.seq, format!("({name})"), None, &why);
-                    ctx.agent
+                    ctx.svc
                         .audit
                         .commit(vec![Event::Statement(Box::new(ev))])
                         .await
@@ -1040,7 +1056,7 @@ async fn statement(
     let cut = s.rec.fold_up(&mut ev, &recorded);
     let mut records = vec![Event::Statement(Box::new(ev))];
     records.extend(cut);
-    ctx.agent.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
+    ctx.svc.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
     let started = Instant::now();
     let mut counts = crate::mask::Counts::default();
     let out = if command == Command::Prepare {
@@ -1152,7 +1168,7 @@ async fn refuse(
 async fn record_refusal(ctx: &Ctx, s: &Session, text: &str, st: Option<&Statement>, d: &Decision) -> Result<(), Fail> {
     let ev = start_record(ctx, s.seq, text.to_owned(), st, d);
     info!(rule = d.rule_label(), kinds = ev.kinds.to_string(), "statement refused: {}", d.reason());
-    ctx.agent.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))
+    ctx.svc.audit.commit(vec![Event::Statement(Box::new(ev))]).await.map_err(|e| Fail::Audit(e.to_string()))
 }
 
 /// Adds to `st` what it reaches through the views it names (`via_views`,
@@ -1183,7 +1199,7 @@ fn through_views(views: &views::Views, st: &mut Statement) -> Vec<String> {
 /// through views as the server's views are now.
 async fn decide_now(ctx: &Ctx, s: &mut Session, st: &mut Statement) -> Result<Decision, Fail> {
     let mut views = current_views(ctx, s).await.map_err(Fail::Backend)?;
-    let snapshot = ctx.agent.snapshot.load_full();
+    let snapshot = ctx.svc.snapshot.load_full();
     st.via_views.clear();
     // A name the list does not hold (a view made outside Gatehouse since it
     // was read?) is looked up where what a view reads matters: masking, and
@@ -1231,7 +1247,7 @@ fn decide_one(ctx: &Ctx, snapshot: &Snapshot, s: &Statement) -> Decision {
     let d = snapshot.policy.decide_with(
         &ctx.principal,
         &Request { backend: &ctx.backend.name, statement: Some(s), now: jiff::Timestamp::now() },
-        &ctx.agent.grant_rules.load(),
+        &ctx.svc.grant_rules.load(),
     );
     // What an approval would let run must fit the session too.
     let runs = d.verdict != Verdict::Deny;
@@ -1272,7 +1288,7 @@ fn recorded_text(ctx: &Ctx, text: &str) -> (String, u32) {
 /// replaced when `normalize`): what records and approvers see.
 fn redacted_text(ctx: &Ctx, text: &str, normalize: bool) -> (String, u32) {
     let lower = text.to_ascii_lowercase();
-    let secret = ctx.agent.settings.redact.might_hold_secret(text)
+    let secret = ctx.svc.settings.redact.might_hold_secret(text)
         || ["identified", "password", "aes_", "des_", "encode(", "decode("].iter().any(|k| lower.contains(k));
     if !secret && !normalize {
         return (crate::sql::budget::recorded_refusal(text.to_owned()), 0);

@@ -307,7 +307,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 return;
             }
             let ctx = crate::protocol::mysql::Ctx {
-                agent: agent.clone(),
+                svc: Arc::new(agent.mysql_services()),
                 id,
                 principal: principal.clone(),
                 uid: who.uid,

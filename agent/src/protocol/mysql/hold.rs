@@ -17,7 +17,6 @@
 use tracing::info;
 
 use super::{Conn, Ctx, Fail, redacted_text};
-use crate::approval::Desk as _;
 use crate::approval::{RequestId, State, Subject};
 use crate::audit::now_us;
 use crate::policy::Decision;
@@ -45,8 +44,8 @@ pub(super) async fn hold(
     st: &Statement,
     parameters: Vec<String>,
 ) -> Result<Result<RequestId, Decision>, Fail> {
-    let snapshot = ctx.agent.snapshot.load_full();
-    let grants = ctx.agent.grant_rules.load();
+    let snapshot = ctx.svc.snapshot.load_full();
+    let grants = ctx.svc.grant_rules.load();
     let approval = snapshot
         .policy
         .rules
@@ -72,14 +71,14 @@ pub(super) async fn hold(
             parameters
         },
     };
-    let waiting = match ctx.agent.request(subject, ctx.principal.clone(), &approval, None, d.approvers.clone()) {
+    let waiting = match ctx.svc.desk.request(subject, ctx.principal.clone(), &approval, None, d.approvers.clone()) {
         Ok(w) => w,
         Err(why) => return Ok(Err(refusal(d, &why))),
     };
     let id = waiting.id;
     info!(request = id, approvers = %waiting.approvers, "statement held for approval");
-    let agent = ctx.agent.clone();
-    let outcome = waiting.clone().outcome(&ctx.agent.approvals, move |t| agent.transition(t));
+    let desk = ctx.svc.desk.clone();
+    let outcome = waiting.clone().outcome(ctx.svc.desk.registry(), move |t| desk.transition(t));
     tokio::pin!(outcome);
     let gone = loop {
         tokio::select! {
@@ -100,8 +99,8 @@ pub(super) async fn hold(
             () = ctx.live.cut.cancelled() => break Fail::Breach(String::new()),
         }
     };
-    if let Some(t) = ctx.agent.approvals.withdraw(id, now_us()) {
-        ctx.agent.transition(&t);
+    if let Some(t) = ctx.svc.desk.registry().withdraw(id, now_us()) {
+        ctx.svc.desk.transition(&t);
     }
     Err(gone)
 }

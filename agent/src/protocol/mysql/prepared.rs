@@ -265,7 +265,7 @@ pub(super) async fn execute(
     let cut = s.rec.fold_up(&mut ev, &recorded);
     let mut records = vec![Event::Statement(Box::new(ev))];
     records.extend(cut);
-    ctx.agent.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
+    ctx.svc.audit.commit(records).await.map_err(|e| Fail::Audit(e.to_string()))?;
     let started = Instant::now();
     let mut counts = crate::mask::Counts::default();
     let reads = super::masking::traced_reads(&st);

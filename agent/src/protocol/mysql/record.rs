@@ -50,8 +50,8 @@ pub(super) struct Recording {
 impl Recording {
     pub(super) fn new(ctx: &Ctx) -> Self {
         Self {
-            rec: StreamRecorder::new(ctx.id, ctx.agent.settings.record_max_bytes, "statement"),
-            audit: crate::audit::Audit::clone(&ctx.agent.audit),
+            rec: StreamRecorder::new(ctx.id, ctx.svc.settings.record_max_bytes, "statement"),
+            audit: crate::audit::Audit::clone(&ctx.svc.audit),
             up: 0,
             down: 0,
         }
