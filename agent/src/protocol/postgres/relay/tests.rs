@@ -628,3 +628,43 @@ async fn a_malformed_message_from_the_server_ends_the_session_with_an_error_and_
     assert_eq!(rows.len(), 1);
     assert!(rows[0].3.as_deref().is_some_and(|e| e.starts_with("session ended")), "{:?}", rows[0]);
 }
+
+#[tokio::test]
+async fn what_follows_a_refused_parse_before_its_sync_is_left_for_the_server_to_skip() {
+    let mut r = Relay::start("alice").await;
+    let mut burst = Vec::new();
+    burst.extend(parse("DELETE FROM orders"));
+    burst.extend(bind());
+    burst.extend(execute());
+    burst.extend(parse("SELECT id FROM orders"));
+    burst.extend(bind());
+    burst.extend(execute());
+    burst.extend(sync());
+    r.client_sends(&burst).await;
+    let got = r.server_reads().await;
+    let parsed: Vec<String> =
+        got.iter().filter(|m| m.0 == b'P').map(|m| text(wire::parse_body(&m.1).unwrap().1)).collect();
+    assert!(parsed.iter().all(|p| !p.contains("DELETE")), "the DELETE never reaches the server: {parsed:?}");
+    assert!(parsed.first().is_some_and(|p| p.starts_with("gatehouse_refused_")), "{parsed:?}");
+    // PostgreSQL fails the stand-in's Parse and skips the rest of the exchange.
+    let mut answer = error("42601", &format!("syntax error at or near \"{}\"", parsed[0]));
+    answer.extend(wire::ready_for_query(b'I'));
+    r.server_sends(&answer).await;
+    let got = r.client_reads().await;
+    assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), b"EZ");
+    assert_eq!(fields(&got[0].1)[&'C'], "42501");
+    // The session goes on: the next exchange runs.
+    r.client_sends(&msg(b'Q', &cstr("SELECT 1"))).await;
+    assert_eq!(text(&r.server_reads().await[0].1), "SELECT 1");
+    let mut answer = row_description(&[("?column?", 0, 0)]);
+    answer.extend(data_row(&["1"]));
+    answer.extend(command_complete("SELECT 1"));
+    answer.extend(wire::ready_for_query(b'I'));
+    r.server_sends(&answer).await;
+    assert_eq!(r.client_reads().await.iter().map(|m| m.0).collect::<Vec<_>>(), b"TDCZ");
+    let (_, rows) = r.finish().await;
+    // The SELECT after the refusal was never executed (the server skipped its
+    // Execute), so it has no statement record; the refusal has.
+    let recorded: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+    assert_eq!(recorded, [("DELETE FROM orders", "deny"), ("SELECT 1", "allow")]);
+}
