@@ -596,11 +596,12 @@ async fn more_columns_than_described(described: &[(&str, u32, i16)]) {
 }
 
 #[tokio::test]
-async fn a_masked_column_the_server_describes_as_computed_is_masked_all_the_same() {
+async fn a_masked_column_the_server_describes_as_computed_is_hidden_whole() {
     let mut r = Relay::start("mallory").await;
     r.client_sends(&msg(b'Q', &cstr("SELECT email FROM customers"))).await;
     r.server_reads().await;
-    // No table OID: what the statement reads decides, not what the server says.
+    // No table OID: the column cannot be traced to one the rule leaves alone,
+    // and the statement reads a masked one: hidden whole.
     let mut answer = row_description(&[("email", 0, 0)]);
     answer.extend(data_row(&["zoe@example.com"]));
     answer.extend(command_complete("SELECT 1"));
@@ -608,6 +609,13 @@ async fn a_masked_column_the_server_describes_as_computed_is_masked_all_the_same
     r.server_sends(&answer).await;
     let got = r.client_reads().await;
     assert!(memchr::memmem::find(&all_bytes(&got), b"zoe@example.com").is_none(), "{got:?}");
+    let values: Vec<Vec<Option<&[u8]>>> =
+        got.iter().filter(|m| m.0 == b'D').map(|m| wire::data_row_values(&m.1).unwrap()).collect();
+    assert_eq!(
+        values,
+        vec![vec![Some(&b"****"[..])]],
+        "an untraced column that could be the masked one is hidden whole"
+    );
 }
 
 #[tokio::test]
