@@ -7,8 +7,8 @@ pub mod refusals;
 mod reload;
 pub(crate) mod session;
 
-pub(crate) use crate::live::connect_upstream;
 pub use crate::live::{LiveSession, Route, Snapshot};
+pub(crate) use crate::live::{connect_upstream, lock};
 
 pub use reload::reload;
 
@@ -151,7 +151,7 @@ pub struct Agent {
     /// `[[alert]]`s with `action = "hold"` standing, per user and backend.
     pub trail_holds: Arc<crate::trail::alerts::Holds>,
     /// SSH host certificates presented for SSH backends' names.
-    pub ssh_host_certs: crate::protocol::ssh::keys::HostCerts,
+    pub ssh_host_certs: Arc<crate::protocol::ssh::keys::HostCerts>,
 }
 
 impl Agent {
@@ -236,6 +236,18 @@ impl crate::approval::Desk for Agent {
 }
 
 impl Agent {
+    /// What an SSH session is given of the agent (its handles, not the agent).
+    pub fn ssh_services(self: &Arc<Self>) -> crate::protocol::ssh::Services {
+        crate::protocol::ssh::Services {
+            settings: self.settings.clone(),
+            snapshot: self.snapshot.clone(),
+            grant_rules: self.grant_rules.clone(),
+            audit: self.audit.clone(),
+            ssh_host_certs: self.ssh_host_certs.clone(),
+            desk: self.clone(),
+        }
+    }
+
     /// What a MySQL session is given of the agent (its handles, not the agent).
     pub fn mysql_services(self: &Arc<Self>) -> crate::protocol::mysql::Services {
         crate::protocol::mysql::Services {
@@ -361,7 +373,7 @@ pub async fn run(
         trail_alerts: Arc::default(),
         trail_holds: Arc::default(),
         files: std::sync::Mutex::new(files),
-        ssh_host_certs: crate::protocol::ssh::keys::HostCerts::default(),
+        ssh_host_certs: Arc::default(),
         settings: Arc::new(settings),
     });
 
@@ -705,8 +717,4 @@ async fn audit_watchdog(agent: Arc<Agent>, stop: CancellationToken) {
             s.cut(format!("the audit store cannot be written ({why})"));
         }
     }
-}
-
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

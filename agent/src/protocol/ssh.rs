@@ -37,14 +37,13 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, 
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use crate::approval::Desk as _;
 use crate::audit::{self, BackendLogin, Event, SshEvent, SshWhat};
 use crate::identity::Principal;
+use crate::live::LiveSession;
 use crate::policy::Backend;
 use crate::policy::decide::{Decision, Request, Verdict};
 use crate::policy::ssh::{Dest, Forward, SshAuth, SshRequest};
 use crate::protocol::tcp::{End, RelayOutcome};
-use crate::proxy::{Agent, LiveSession};
 use crate::types::SessionId;
 
 use channel::{Cmd, Start};
@@ -67,7 +66,7 @@ pub enum SshError {
 
 /// What an allowed session needs.
 pub struct Ctx {
-    pub agent: Arc<Agent>,
+    pub svc: Arc<Services>,
     pub id: SessionId,
     pub principal: Principal,
     pub backend: Backend,
@@ -82,6 +81,23 @@ pub struct Ctx {
     pub rule: Option<crate::types::RuleName>,
 }
 
+/// What an SSH session is given of the agent: handles onto the state it
+/// shares with other sessions, nothing else (see `postgres::Services`).
+/// Built by the proxy (`Agent::ssh_services`) for each session.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub settings: Arc<crate::settings::Settings>,
+    /// The policy in force.
+    pub snapshot: Arc<arc_swap::ArcSwap<crate::live::Snapshot>>,
+    /// The rules approved grants act as.
+    pub grant_rules: Arc<arc_swap::ArcSwap<Vec<crate::policy::Rule>>>,
+    pub audit: Arc<crate::audit::Audit>,
+    /// Host certificates presented for the backends' names.
+    pub ssh_host_certs: Arc<keys::HostCerts>,
+    /// Where held execs and shells wait for a human.
+    pub desk: Arc<dyn crate::approval::Desk>,
+}
+
 /// What the channels of one session share.
 pub struct Shared {
     pub ctx: Ctx,
@@ -92,16 +108,16 @@ pub struct Shared {
 impl Shared {
     /// Decides one channel request with the policy in force now.
     pub fn decide(&self, req: &SshRequest<'_>) -> Decision {
-        let snapshot = self.ctx.agent.snapshot.load();
+        let snapshot = self.ctx.svc.snapshot.load();
         let r = Request { backend: &self.ctx.backend.name, statement: None, now: jiff::Timestamp::now() };
-        snapshot.policy.decide_ssh_with(&self.ctx.principal, &r, req, &self.ctx.agent.grant_rules.load())
+        snapshot.policy.decide_ssh_with(&self.ctx.principal, &r, req, &self.ctx.svc.grant_rules.load())
     }
 
     /// Records an SSH event (best effort: a full queue drops output records,
     /// never a decision — decisions go through [`Self::record_strict`]).
     pub fn record(&self, channel: u32, what: SshWhat, data: Vec<u8>) {
         let e = SshEvent { session: self.ctx.id, channel, what };
-        if let Err(err) = self.ctx.agent.audit.record(Event::Ssh(Box::new(e), data)) {
+        if let Err(err) = self.ctx.svc.audit.record(Event::Ssh(Box::new(e), data)) {
             warn!(error = %err, "cannot record an ssh event");
         }
     }
@@ -109,7 +125,7 @@ impl Shared {
     /// Records a decision and, in strict mode, waits until it is on record.
     pub async fn record_strict(&self, channel: u32, what: SshWhat) -> Result<(), audit::AuditError> {
         let e = SshEvent { session: self.ctx.id, channel, what };
-        self.ctx.agent.audit.record_strict(Event::Ssh(Box::new(e), Vec::new())).wait().await
+        self.ctx.svc.audit.record_strict(Event::Ssh(Box::new(e), Vec::new())).wait().await
     }
 
     /// Records a request's decision (strict) and says whether to go on.
@@ -141,13 +157,13 @@ impl Shared {
     /// Opens the approval request a held exec or shell waits for (`None`:
     /// the rule names no approvers now; an error: no request could be opened).
     pub fn hold(&self, d: &Decision, what: &SshRequest<'_>) -> Result<Option<crate::approval::Waiting>, String> {
-        let agent = &self.ctx.agent;
-        let snapshot = agent.snapshot.load();
+        let svc = &self.ctx.svc;
+        let snapshot = svc.snapshot.load();
         let Some(rule) = snapshot.policy.rules.iter().find(|r| Some(&r.name) == d.rule.as_ref()) else {
             return Ok(None);
         };
         let Some(approval) = rule.approval.as_ref() else { return Ok(None) };
-        agent
+        svc.desk
             .request(
                 crate::approval::Subject::Ssh {
                     session: self.ctx.id.to_string(),
@@ -164,7 +180,7 @@ impl Shared {
     }
 
     pub fn record_max(&self) -> u64 {
-        self.ctx.agent.settings.record_max_bytes
+        self.ctx.svc.settings.record_max_bytes
     }
 }
 
@@ -177,7 +193,7 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     // The names the client may have dialled: the backend's names and its address.
     let mut names = ssh.host_names.clone();
     names.push(ctx.addr.ip().to_string());
-    let (host_key, host_cert) = match ctx.agent.ssh_host_certs.for_names(&ctx.agent.settings.audit_db, &names) {
+    let (host_key, host_cert) = match ctx.svc.ssh_host_certs.for_names(&ctx.svc.settings.audit_db, &names) {
         Ok(pair) => pair,
         Err(e) => {
             warn!(error = %e, "no SSH host certificate: the session is refused");
@@ -209,7 +225,7 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     let shared = Arc::new(Shared { ctx, up_bytes: AtomicU64::new(0), down_bytes: AtomicU64::new(0) });
     let (up, end_up) = match upstream {
         Ok((h, login_rec)) => {
-            let _ = shared.ctx.agent.audit.record(Event::BackendLogin(Box::new(login_rec)));
+            let _ = shared.ctx.svc.audit.record(Event::BackendLogin(Box::new(login_rec)));
             (Some(Arc::new(h)), None)
         }
         Err(e) => (None, Some(End::BackendError(e.to_string()))),
@@ -237,8 +253,8 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     if let Some(h) = up {
         let _ = h.disconnect(russh::Disconnect::ByApplication, "", "en").await;
     }
-    for t in shared.ctx.agent.approvals.withdraw_session(&shared.ctx.id.to_string(), audit::now_us()) {
-        shared.ctx.agent.transition(&t);
+    for t in shared.ctx.svc.desk.registry().withdraw_session(&shared.ctx.id.to_string(), audit::now_us()) {
+        shared.ctx.svc.desk.transition(&t);
     }
     RelayOutcome {
         up: shared.up_bytes.load(Ordering::Relaxed),
@@ -273,7 +289,7 @@ async fn connect_upstream(
     login: &str,
 ) -> Result<(UpHandle, BackendLogin), SshError> {
     let expected = keys::read_public(&ssh.host_key_file, "ssh host_key_file")?;
-    let tcp = crate::live::connect_upstream(ctx.addr, ctx.agent.settings.mark)
+    let tcp = crate::live::connect_upstream(ctx.addr, ctx.svc.settings.mark)
         .await
         .map_err(|e| SshError::Backend(format!("{}: {e}", ctx.addr)))?;
     let source = tcp.local_addr().ok().map(|a| a.ip());
@@ -342,7 +358,7 @@ async fn connect_upstream(
 /// The `force-command` of this session's certificate: the allowing rule's
 /// (its own `force_command`, or its one exact command), else the backend's.
 fn forced_command(ctx: &Ctx, ssh: &crate::policy::ssh::SshBackend) -> Option<String> {
-    let snapshot = ctx.agent.snapshot.load();
+    let snapshot = ctx.svc.snapshot.load();
     let rule = ctx.rule.as_ref().and_then(|n| snapshot.policy.rules.iter().find(|r| &r.name == n));
     rule.and_then(|r| r.ssh.forced_command()).or(ssh.force_command.as_deref()).map(str::to_owned)
 }

@@ -274,7 +274,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 return;
             }
             let ctx = crate::protocol::ssh::Ctx {
-                agent: agent.clone(),
+                svc: Arc::new(agent.ssh_services()),
                 id,
                 principal: principal.clone(),
                 backend,

@@ -22,7 +22,6 @@ pub use super::inbox::Cmd;
 use super::inbox::{CONNECTION_BUFFER, HELD_BUFFER, Queue};
 use super::masking::{HOLD, OutputMasker};
 use super::sftp::{self, Framer, Op};
-use crate::approval::Desk as _;
 use crate::audit::SshWhat;
 use crate::policy::decide::Verdict;
 use crate::policy::ssh::SshRequest;
@@ -174,7 +173,7 @@ impl Chan {
         c.q.drained.notify_one();
         if input.started {
             let what = {
-                let r = crate::proxy::lock(&c.rec);
+                let r = crate::live::lock(&c.rec);
                 SshWhat::Exit {
                     status: output.exit,
                     signal: output.signal.take(),
@@ -195,7 +194,7 @@ impl Common {
     fn record_io(&self, stream: &str, data: &[u8]) {
         let pty = self.pty.load(Ordering::Relaxed);
         let (at, kept) = {
-            let mut r = crate::proxy::lock(&self.rec);
+            let mut r = crate::live::lock(&self.rec);
             let offset = if stream == "o" { &mut r.out_offset } else { &mut r.in_offset };
             let at = *offset;
             *offset += data.len() as u64;
@@ -332,7 +331,7 @@ impl Input {
 
     async fn start(&mut self, c: &Common, start: Start, held: Option<crate::approval::Waiting>) -> bool {
         if let Some(w) = held {
-            let agent = &c.s.ctx.agent;
+            let desk = &c.s.ctx.svc.desk;
             c.say(&format!(
                 "Gatehouse: waiting for approval by {} (request {}; `gatehouse approve {}`)",
                 w.approvers, w.id, w.id
@@ -340,10 +339,10 @@ impl Input {
             .await;
             // Meanwhile what the client sends queues up (see `Inbox::send`).
             let state = tokio::select! {
-                s = w.clone().outcome(&agent.approvals, |t| agent.transition(t)) => s,
+                s = w.clone().outcome(desk.registry(), |t| desk.transition(t)) => s,
                 () = c.q.abandon.cancelled() => {
-                    if let Some(t) = agent.approvals.withdraw(w.id, crate::audit::now_us()) {
-                        agent.transition(&t);
+                    if let Some(t) = desk.registry().withdraw(w.id, crate::audit::now_us()) {
+                        desk.transition(&t);
                     }
                     if c.q.overflowed.load(Ordering::SeqCst) {
                         let why = format!(
@@ -462,15 +461,15 @@ impl Input {
 fn decide_sftp(c: &Common, op: &Op<'_>) -> Result<(), (u32, String)> {
     let (id, name, path, target, write, mode, resolve_only) = match op {
         Op::OnHandle { id, name: "read", handle, .. } => {
-            crate::proxy::lock(&c.files).reading(*id, handle);
+            crate::live::lock(&c.files).reading(*id, handle);
             return Ok(());
         }
         Op::OnHandle { name: "write", handle, len, .. } => {
-            crate::proxy::lock(&c.files).wrote(handle, *len);
+            crate::live::lock(&c.files).wrote(handle, *len);
             return Ok(());
         }
         Op::OnHandle { handle, .. } => {
-            let closed = crate::proxy::lock(&c.files).closed(handle);
+            let closed = crate::live::lock(&c.files).closed(handle);
             let what = match closed {
                 Some(f) => SshWhat::Sftp {
                     op: "close".into(),
@@ -521,7 +520,7 @@ fn decide_sftp(c: &Common, op: &Op<'_>) -> Result<(), (u32, String)> {
     let decision = if refusal.is_some() { crate::audit::Verdict::Deny } else { crate::audit::Verdict::Allow };
     c.s.record(c.id, sftp_rec(name, path, target, mode, decision, refusal.as_deref()), Vec::new());
     if refusal.is_none() && name.starts_with("open-") {
-        crate::proxy::lock(&c.files).opening(id, path, mode, write);
+        crate::live::lock(&c.files).opening(id, path, mode, write);
     }
     match refusal {
         None => Ok(()),
@@ -589,7 +588,7 @@ impl Output {
         if ext.is_none() && c.sftp.load(Ordering::SeqCst) {
             let mut seen = Vec::new();
             self.replies.push(&data, &mut seen);
-            let mut files = crate::proxy::lock(&c.files);
+            let mut files = crate::live::lock(&c.files);
             for r in seen {
                 files.reply(r);
             }

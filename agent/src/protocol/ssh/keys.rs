@@ -155,20 +155,20 @@ impl HostCerts {
     /// The key and certificate to present for `names`.
     pub fn for_names(&self, audit_db: &Path, names: &[String]) -> Result<(PrivateKey, Certificate), KeyError> {
         let now = SystemTime::now();
-        if let Some((made, k, c)) = crate::proxy::lock(&self.by_names).get(names)
+        if let Some((made, k, c)) = crate::live::lock(&self.by_names).get(names)
             && now.duration_since(*made).unwrap_or_default() < HOST_CERT_VALIDITY / 4 * 3
         {
             return Ok((k.clone(), c.clone()));
         }
         let ca = self.ca(audit_db)?;
         let (k, c) = host_cert(&ca, names, now)?;
-        crate::proxy::lock(&self.by_names).insert(names.to_vec(), (now, k.clone(), c.clone()));
+        crate::live::lock(&self.by_names).insert(names.to_vec(), (now, k.clone(), c.clone()));
         Ok((k, c))
     }
 
     fn ca(&self, audit_db: &Path) -> Result<std::sync::Arc<PrivateKey>, KeyError> {
         let (path, _) = host_ca_paths(audit_db);
-        let mut g = crate::proxy::lock(&self.ca);
+        let mut g = crate::live::lock(&self.ca);
         if let Some((p, k)) = g.as_ref()
             && *p == path
         {
