@@ -582,7 +582,7 @@ async fn hold<W: AsyncWrite + Unpin>(
         session: ctx.id.to_string(),
         backend: ctx.backend.name.to_string(),
         text: sql::redact::redact(&h.text, &ctx.svc.settings.redact, secrets_only, st.scs).text,
-        kinds: kinds_text(s),
+        kinds: kind_list(s),
         rule: d.rule_label().to_owned(),
         parameters,
     };
@@ -1200,11 +1200,11 @@ fn refusal_error(ctx: &Ctx, d: &Decision) -> PgError {
     }
 }
 
-fn kinds_text(s: &Statement) -> sql::KindList {
+fn kind_list(s: &Statement) -> sql::KindList {
     sql::KindList::of(&s.kinds)
 }
 
-fn tables_text(s: &Statement) -> sql::TableList {
+fn table_list(s: &Statement) -> sql::TableList {
     sql::TableList::of(s.reads.iter().chain(&s.writes))
 }
 
@@ -1223,8 +1223,8 @@ fn record_allowed(ctx: &Ctx, st: &mut ClientState, s: &Statement, d: &Decision) 
         started_us: now_us(),
         text: text.text,
         redacted: text.secrets,
-        kinds: kinds_text(s),
-        tables: tables_text(s),
+        kinds: kind_list(s),
+        tables: table_list(s),
         decision: d.verdict.into(),
         rule: d.rule.as_ref().map(|r| r.as_str().to_owned()),
         reason: None,
@@ -1246,15 +1246,15 @@ fn record_refusal(ctx: &Ctx, st: &mut ClientState, text: &[u8], s: Option<&State
     let reason = sql::redact::reason(&why.reason());
     info!(
         rule = why.rule().as_deref().unwrap_or("(gatehouse)"),
-        kinds = s.map(kinds_text).unwrap_or_default().to_string(),
+        kinds = s.map(kind_list).unwrap_or_default().to_string(),
         "statement refused: {reason}"
     );
     let ev = StatementStart {
         session: ctx.id,
         seq: st.seq,
         started_us: now_us(),
-        kinds: s.map(kinds_text).unwrap_or_default(),
-        tables: s.map(tables_text).unwrap_or_default(),
+        kinds: s.map(kind_list).unwrap_or_default(),
+        tables: s.map(table_list).unwrap_or_default(),
         text: text.text,
         redacted: text.secrets,
         decision: why.verdict(),
