@@ -1,9 +1,11 @@
 //! What the agent holds live and hands to the sessions it serves: the
 //! policy in force and where its backends are (`Snapshot`), an open
 //! session's handle (`LiveSession`), why a connection is refused
-//! (`ConnectRefusal`), and the dialer to backends (`connect_upstream`).
-//! The protocol adapters take these from here, not from `proxy`, which
-//! owns the agent and calls the adapters.
+//! (`ConnectRefusal`), the dialer to backends (`connect_upstream`), the
+//! backends' TLS configurations and last logins (`Backends`) and `lock`.
+//! The protocol adapters take these from here, not from `proxy`, which owns
+//! the agent and calls the adapters (the PostgreSQL, MySQL and SSH adapters
+//! import nothing of `proxy`; HTTP still takes the `Agent` itself).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};

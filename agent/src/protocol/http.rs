@@ -57,10 +57,11 @@ use crate::approval::Desk as _;
 use crate::audit::{self, Event, HttpExchange};
 use crate::identity::Principal;
 use crate::live::ConnectRefusal;
+use crate::live::LiveSession;
 use crate::policy::http::{HttpCredentials, HttpRequest, HttpTls, normalize_path, parse_query};
 use crate::policy::{Backend, Decision, Verdict};
 use crate::protocol::tcp::{End, RelayOutcome};
-use crate::proxy::{Agent, LiveSession};
+use crate::proxy::Agent;
 use crate::secrets::Secret;
 use crate::types::SessionId;
 
@@ -170,14 +171,12 @@ pub async fn serve(mut ctx: Ctx, client: tokio::net::TcpStream) -> RelayOutcome 
         serve_io(shared, io, cut).await
     };
     // An upgraded connection outlives hyper's: wait for it (it ends with the session's cut too).
-    let upgraded: Vec<_> = std::mem::take(&mut *crate::proxy::lock(&tasks.upgraded));
+    let upgraded: Vec<_> = std::mem::take(&mut *crate::live::lock(&tasks.upgraded));
     for t in upgraded {
         let _ = t.await;
     }
     // Requests still held (streams whose tasks outlive the connection) are withdrawn.
-    for t in tasks.ctx.agent.approvals.withdraw_session(&tasks.ctx.id.to_string(), audit::now_us()) {
-        tasks.ctx.agent.transition(&t);
-    }
+    tasks.ctx.agent.withdraw_session(&tasks.ctx.id.to_string());
     let end = match end {
         End::Cut(why) if why.is_empty() => End::Cut(live.reason()),
         other => other,
@@ -549,11 +548,11 @@ impl Shared {
             rule.http.max_body,
             cap,
             true,
-            Box::new(move |s| *crate::proxy::lock(&slot) = Some(s)),
+            Box::new(move |s| *crate::live::lock(&slot) = Some(s)),
         );
         let up_req = Request::from_parts(parts, UpBody::new(req_body));
         let resp = self.pool.send(up_req).await;
-        let take_req = || crate::proxy::lock(&req_summary).take().unwrap_or_default();
+        let take_req = || crate::live::lock(&req_summary).take().unwrap_or_default();
         let mut resp = match resp {
             Ok(r) => r,
             Err(e) => {
@@ -616,7 +615,7 @@ impl Shared {
                     scrub.clone(),
                     hold,
                 );
-                crate::proxy::lock(&self.upgraded).push(task);
+                crate::live::lock(&self.upgraded).push(task);
             }
             let mut out = Response::new(empty());
             *out.status_mut() = status;
@@ -727,7 +726,7 @@ impl Shared {
         let headers = header_list(&parts.headers);
         let code = parts.status.as_u16();
         let sink = Box::new(move |mut s: Summary| {
-            let req = crate::proxy::lock(&req_summary).take().unwrap_or_default();
+            let req = crate::live::lock(&req_summary).take().unwrap_or_default();
             s.scrubbed += scrubbed_headers;
             s.masked.merge(&masked_headers);
             if s.scrubbed > 0 {

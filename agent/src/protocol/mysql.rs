@@ -345,9 +345,7 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
         Err(end) => end,
     };
     // A statement still held for approval is withdrawn with the session.
-    for t in ctx.svc.desk.registry().withdraw_session(&ctx.id.to_string(), now_us()) {
-        ctx.svc.desk.transition(&t);
-    }
+    ctx.svc.desk.withdraw_session(&ctx.id.to_string());
     client.shutdown().await;
     RelayOutcome { up, down, end }
 }

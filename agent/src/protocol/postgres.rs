@@ -303,11 +303,7 @@ async fn cancel(svc: &Services, uid: Uid, pid: u32, secret: u32) -> String {
         return format!("cancel request for session {} of another user: ignored", t.session);
     }
     // A statement held for approval is withdrawn: nothing runs on the server yet.
-    let withdrawn = svc.desk.registry().withdraw_session(&t.session.to_string(), crate::audit::now_us());
-    for w in &withdrawn {
-        svc.desk.transition(w);
-    }
-    if !withdrawn.is_empty() {
+    if svc.desk.withdraw_session(&t.session.to_string()) > 0 {
         return format!("cancel request withdrew the held statement of session {}", t.session);
     }
     match crate::live::connect_upstream(t.addr, svc.settings.mark).await {

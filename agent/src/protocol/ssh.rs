@@ -253,9 +253,7 @@ pub async fn serve(ctx: Ctx, client: TcpStream) -> RelayOutcome {
     if let Some(h) = up {
         let _ = h.disconnect(russh::Disconnect::ByApplication, "", "en").await;
     }
-    for t in shared.ctx.svc.desk.registry().withdraw_session(&shared.ctx.id.to_string(), audit::now_us()) {
-        shared.ctx.svc.desk.transition(&t);
-    }
+    shared.ctx.svc.desk.withdraw_session(&shared.ctx.id.to_string());
     RelayOutcome {
         up: shared.up_bytes.load(Ordering::Relaxed),
         down: shared.down_bytes.load(Ordering::Relaxed),

@@ -59,10 +59,6 @@ impl KindList {
         self.0.first()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The list as recorded; borrowed unless it has two kinds or more.
     pub fn text(&self) -> Cow<'_, str> {
         self.whole().map_or_else(|| Cow::Owned(self.to_string()), Cow::Borrowed)

@@ -99,7 +99,7 @@ impl Ca {
 
     /// A certificate for `name` (a DNS name or an IP address).
     pub fn leaf(&self, name: &str) -> Result<Arc<CertifiedKey>, CaError> {
-        if let Some((at, k)) = crate::proxy::lock(&self.leaves).get(name)
+        if let Some((at, k)) = crate::live::lock(&self.leaves).get(name)
             && at.elapsed().unwrap_or(Duration::MAX) < LEAF_REUSE
         {
             return Ok(k.clone());
@@ -121,7 +121,7 @@ impl Ca {
             .map_err(|e| CaError::Missing { path: "(minted key)".into(), message: e.to_string() })?;
         let signer = rustls::crypto::ring::sign::any_supported_type(&der_key)?;
         let ck = Arc::new(CertifiedKey::new(vec![cert.der().clone(), self.chain_tail.clone()], signer));
-        crate::proxy::lock(&self.leaves).insert(name.to_owned(), (SystemTime::now(), ck.clone()));
+        crate::live::lock(&self.leaves).insert(name.to_owned(), (SystemTime::now(), ck.clone()));
         Ok(ck)
     }
 }
@@ -130,11 +130,11 @@ impl Ca {
 static CA: Mutex<Option<Arc<Ca>>> = Mutex::new(None);
 
 fn ca(audit_db: &Path) -> Result<Arc<Ca>, CaError> {
-    if let Some(c) = crate::proxy::lock(&CA).as_ref() {
+    if let Some(c) = crate::live::lock(&CA).as_ref() {
         return Ok(c.clone());
     }
     let c = Arc::new(Ca::load(audit_db)?);
-    *crate::proxy::lock(&CA) = Some(c.clone());
+    *crate::live::lock(&CA) = Some(c.clone());
     Ok(c)
 }
 

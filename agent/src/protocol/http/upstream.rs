@@ -67,7 +67,7 @@ impl Pool {
         req: http::Request<UpBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         let (mut sender, hold) = loop {
-            let next = crate::proxy::lock(&self.idle).pop();
+            let next = crate::live::lock(&self.idle).pop();
             match next {
                 Some(s) if s.0.is_ready() => break s,
                 Some(_) => continue,
@@ -85,7 +85,7 @@ impl Pool {
             if sender.ready().await.is_ok()
                 && let Some(pool) = pool.upgrade()
             {
-                crate::proxy::lock(&pool.idle).push((sender, hold));
+                crate::live::lock(&pool.idle).push((sender, hold));
             }
         });
         Ok(resp)
@@ -112,7 +112,7 @@ impl Pool {
     /// The count of one more backend connection: the session's own while
     /// no other connection has it, else one more for the user.
     fn count(&self) -> Result<Option<SlotHold>, UpstreamError> {
-        let lent = crate::proxy::lock(&self.spare).take();
+        let lent = crate::live::lock(&self.spare).take();
         let slot = match lent {
             Some(s) => Some(s),
             None => self.per_user.0.take(self.per_user.1).map_err(UpstreamError::UserLimit)?,
@@ -138,7 +138,7 @@ pub struct Lent {
 impl Drop for Lent {
     fn drop(&mut self) {
         if let Some(spare) = self.back.upgrade() {
-            let mut s = crate::proxy::lock(&spare);
+            let mut s = crate::live::lock(&spare);
             if s.is_none() {
                 *s = self.slot.take();
             }

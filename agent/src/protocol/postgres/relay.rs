@@ -506,9 +506,7 @@ pub(super) async fn run(
         statement_end(ctx, f, None, Some(format!("session ended: {}", end.describe())));
     }
     // A statement still held for approval is withdrawn with the session.
-    for t in ctx.svc.desk.registry().withdraw_session(&ctx.id.to_string(), crate::audit::now_us()) {
-        ctx.svc.desk.transition(&t);
-    }
+    ctx.svc.desk.withdraw_session(&ctx.id.to_string());
     // An open transaction that defined code or moved names ended with the
     // session (settled whatever it was, so it holds no other session up).
     let settled = db.catalog.settle(ctx.id, u64::MAX);

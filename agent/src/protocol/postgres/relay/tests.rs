@@ -345,6 +345,16 @@ fn execute() -> Vec<u8> {
     msg(b'E', &b)
 }
 
+/// Parse, Bind and Execute of `text` (unnamed statement and portal), no Sync.
+fn extended(text: &str) -> Vec<u8> {
+    [parse(text), bind(), execute()].concat()
+}
+
+/// PostgreSQL's answer to a stand-in (it fails, quoting it) and the exchange's ReadyForQuery.
+fn stand_in_fails(stand_in: &str) -> Vec<u8> {
+    [error("42601", &format!("syntax error at or near \"{stand_in}\"")), wire::ready_for_query(b'I')].concat()
+}
+
 fn sync() -> Vec<u8> {
     msg(b'S', b"")
 }
@@ -371,8 +381,7 @@ async fn a_refused_query_never_reaches_the_server_and_the_client_gets_gatehouses
     let stand_in = text(&got[0].1);
     assert!(stand_in.starts_with("gatehouse_refused_"), "the server is sent a stand-in, not the DELETE: {stand_in}");
     // PostgreSQL's answer to the stand-in, which quotes it.
-    r.server_sends(&error("42601", &format!("syntax error at or near \"{stand_in}\""))).await;
-    r.server_sends(&wire::ready_for_query(b'I')).await;
+    r.server_sends(&stand_in_fails(&stand_in)).await;
     let answer = r.client_reads().await;
     assert_eq!(answer.iter().map(|m| m.0).collect::<Vec<_>>(), vec![b'E', b'Z']);
     let e = fields(&answer[0].1);
@@ -427,20 +436,11 @@ async fn pipelined_queries_end_in_order_with_their_own_row_counts() {
 #[tokio::test]
 async fn a_refusal_inside_an_extended_pipeline_skips_to_its_sync_and_the_rest_runs() {
     let mut r = Relay::start("alice").await;
-    let mut burst = Vec::new();
-    burst.extend(parse("SELECT id FROM orders"));
-    burst.extend(bind());
-    burst.extend(execute());
-    burst.extend(sync());
-    burst.extend(parse("UPDATE orders SET customer_id = 0"));
-    burst.extend(bind());
-    burst.extend(execute());
-    burst.extend(sync());
-    burst.extend(parse("SELECT 2"));
-    burst.extend(bind());
-    burst.extend(execute());
-    burst.extend(sync());
-    r.client_sends(&burst).await;
+    let burst: Vec<Vec<u8>> = ["SELECT id FROM orders", "UPDATE orders SET customer_id = 0", "SELECT 2"]
+        .iter()
+        .flat_map(|q| [extended(q), sync()])
+        .collect();
+    r.client_sends(&burst.concat()).await;
     let mut exchanges = Vec::new();
     while exchanges.len() < 3 {
         exchanges.push(r.server_reads().await);
@@ -458,8 +458,7 @@ async fn a_refusal_inside_an_extended_pipeline_skips_to_its_sync_and_the_rest_ru
     answers.extend(data_row(&["7"]));
     answers.extend(command_complete("SELECT 1"));
     answers.extend(wire::ready_for_query(b'I'));
-    answers.extend(error("42601", &format!("syntax error at or near \"{}\"", parsed[1])));
-    answers.extend(wire::ready_for_query(b'I'));
+    answers.extend(stand_in_fails(&parsed[1]));
     answers.extend(msg(b'1', b""));
     answers.extend(msg(b'2', b""));
     answers.extend(data_row(&["2"]));
@@ -538,8 +537,7 @@ async fn a_query_string_with_one_refused_statement_is_refused_whole() {
     assert_eq!(got.len(), 1);
     let sent = text(&got[0].1);
     assert!(sent.starts_with("gatehouse_refused_") && !sent.contains("SELECT"), "nothing of it runs: {sent}");
-    r.server_sends(&error("42601", &format!("syntax error at or near \"{sent}\""))).await;
-    r.server_sends(&wire::ready_for_query(b'I')).await;
+    r.server_sends(&stand_in_fails(&sent)).await;
     let answer = r.client_reads().await;
     assert_eq!(fields(&answer[0].1)[&'C'], "42501");
     let (_, rows) = r.finish().await;
@@ -557,8 +555,7 @@ async fn a_message_sent_a_byte_at_a_time_is_decided_whole() {
     let got = r.server_reads().await;
     assert!(text(&got[0].1).starts_with("gatehouse_refused_"), "{got:?}");
     let stand_in = text(&got[0].1);
-    r.server_sends(&error("42601", &format!("syntax error at or near \"{stand_in}\""))).await;
-    r.server_sends(&wire::ready_for_query(b'I')).await;
+    r.server_sends(&stand_in_fails(&stand_in)).await;
     assert_eq!(fields(&r.client_reads().await[0].1)[&'C'], "42501");
     let (_, rows) = r.finish().await;
     assert_eq!((rows[0].0.as_str(), rows[0].1.as_str()), ("DELETE FROM orders", "deny"));
@@ -640,24 +637,14 @@ async fn a_malformed_message_from_the_server_ends_the_session_with_an_error_and_
 #[tokio::test]
 async fn what_follows_a_refused_parse_before_its_sync_is_left_for_the_server_to_skip() {
     let mut r = Relay::start("alice").await;
-    let mut burst = Vec::new();
-    burst.extend(parse("DELETE FROM orders"));
-    burst.extend(bind());
-    burst.extend(execute());
-    burst.extend(parse("SELECT id FROM orders"));
-    burst.extend(bind());
-    burst.extend(execute());
-    burst.extend(sync());
-    r.client_sends(&burst).await;
+    r.client_sends(&[extended("DELETE FROM orders"), extended("SELECT id FROM orders"), sync()].concat()).await;
     let got = r.server_reads().await;
     let parsed: Vec<String> =
         got.iter().filter(|m| m.0 == b'P').map(|m| text(wire::parse_body(&m.1).unwrap().1)).collect();
     assert!(parsed.iter().all(|p| !p.contains("DELETE")), "the DELETE never reaches the server: {parsed:?}");
     assert!(parsed.first().is_some_and(|p| p.starts_with("gatehouse_refused_")), "{parsed:?}");
     // PostgreSQL fails the stand-in's Parse and skips the rest of the exchange.
-    let mut answer = error("42601", &format!("syntax error at or near \"{}\"", parsed[0]));
-    answer.extend(wire::ready_for_query(b'I'));
-    r.server_sends(&answer).await;
+    r.server_sends(&stand_in_fails(&parsed[0])).await;
     let got = r.client_reads().await;
     assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), b"EZ");
     assert_eq!(fields(&got[0].1)[&'C'], "42501");
