@@ -1196,9 +1196,6 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, rx: &Receiver<Command>) {
-        if let Err(e) = crate::sys::set_thread_nice(WRITER_NICE) {
-            tracing::debug!(error = %e, "cannot lower the audit writer's priority");
-        }
         let _ = self.append_batch(vec![journal::Entry::now(Event::Agent { what: "start".into() })]);
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
         let mut last_commit = Instant::now();
@@ -1544,25 +1541,13 @@ fn insert_event_with(
 /// yield is a no-op when nothing waits, and select-only throughput did not
 /// drop (17,492 and 17,472 tps against 15,988 and 16,768 without). Every
 /// record instead of every fourth measured the same. (`SCHED_IDLE` for the
-/// writer, tried instead, made the tail worse: ≈ 530–580 µs.)
+/// writer, tried instead, made the tail worse: ≈ 530–580 µs.) The writer
+/// keeps the sessions' priority: at nice 10 one client's added p99 went from
+/// ≈ 100 to ≈ 70 µs, but with two CPU-bound processes of any local user
+/// running, new connections (whose opening waits for the writer's commit)
+/// fell from 475 to 143 per second (p50 16 → 56 ms, `bench connect`): a
+/// user could slow everyone's logins that way.
 const WRITER_YIELD_EVERY: usize = 4;
-
-/// The writer thread's nice value. Nothing waits on the writer in the
-/// common case (strict mode acknowledges from the journal), while a session
-/// waking on the core where a batch runs waits for it: with a higher nice
-/// value the scheduler lets the woken session's thread, PostgreSQL's backend
-/// or the client in sooner (CFS preempts a thread whose weight is low on
-/// wake-up). One client's select-only added latency (`bench pg
-/// --latency-only`, four A/B sets of three rounds alternating with nice 0):
-/// p99 median 70 µs (59–96) against 100 µs (81–107), p50 unchanged at
-/// 20–23 µs; the agent's throughput with 8 clients (`bench pg`) and the
-/// connection rate (`bench connect`: session openings do wait for the
-/// writer's commit) did not measurably change: select-only 0.40 against
-/// 0.38 of direct, connect_rate 0.39 against 0.38. Under sustained CPU
-/// contention the writer still gets its share (a nice value, not
-/// `SCHED_IDLE`), and a queue it falls behind on makes sessions wait
-/// (`QUEUE_DEPTH`), as before.
-const WRITER_NICE: i32 = 10;
 
 fn write(
     conn: &mut Connection,
