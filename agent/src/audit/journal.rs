@@ -267,7 +267,7 @@ pub(super) fn ingested(conn: &Connection) -> rusqlite::Result<u64> {
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
-pub(super) fn set_ingested(tx: &rusqlite::Transaction<'_>, jseq: u64) -> rusqlite::Result<()> {
+pub(super) fn set_ingested(tx: &Connection, jseq: u64) -> rusqlite::Result<()> {
     tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('journal_ingested', ?1)")?
         .execute([jseq.to_string()])?;
     Ok(())

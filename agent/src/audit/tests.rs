@@ -445,6 +445,43 @@ fn the_wal_is_emptied_once_past_its_bound_while_records_keep_coming() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The writer's transaction spans batches, but what it appends reaches
+/// SQLite without anyone asking: while records keep coming (every
+/// transaction then commits by age, `COMMIT_EVERY`), and once they stop
+/// (`COMMIT_IDLE`). A reader sees them in another connection, as `gatehouse
+/// statements` does.
+#[test]
+fn records_nobody_waits_for_are_committed_while_they_keep_coming_and_once_they_stop() {
+    let dir = temp("commit-by-age");
+    let db = dir.join("state/audit.db");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
+    let id = sid(6);
+    let seen = || statement_texts(&db).len();
+    // One record every 200 µs for up to 2 s: no pause long enough for an
+    // idle commit, so what shows meanwhile was committed by age.
+    let (mut seq, mut seen_while_coming) = (0u64, 0usize);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(2) && seen_while_coming == 0 {
+        for _ in 0..50 {
+            seq += 1;
+            audit.record(statement_event(id, seq, "SELECT 1")).unwrap();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        seen_while_coming = seen();
+    }
+    assert!(seen_while_coming > 0, "none of {seq} records sent over 2 s was committed while they kept coming");
+    // The last ones: committed once no more come.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while seen() < usize::try_from(seq).unwrap() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(seen(), usize::try_from(seq).unwrap(), "the last records were not committed once they stopped");
+    drop(audit);
+    writer.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A batch inserts a statement whose end is in it as one whole row; the
 /// tables come out as indexing each record on its own makes them (as a
 /// journal replay does), whatever the batch holds: ends of earlier batches'
@@ -525,11 +562,11 @@ fn a_batch_writes_statement_rows_whole_and_they_match_indexing_record_by_record(
         .collect()
     };
 
-    let mut batched = open_conn(&dir.join("state/batched.db"), false).unwrap();
+    let batched = open_conn(&dir.join("state/batched.db"), false).unwrap();
     let mut head = (0, chain::GENESIS);
     for b in batches() {
         let entries: Vec<_> = b.into_iter().map(journal::Entry::now).collect();
-        head = write(&mut batched, head, &entries, 0).unwrap().0;
+        head = write(&batched, head, &entries).unwrap().0;
     }
     let mut single = open_conn(&dir.join("state/single.db"), false).unwrap();
     for e in batches().into_iter().flatten() {

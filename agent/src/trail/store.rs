@@ -46,7 +46,7 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
 }
 
 /// Indexes a trail record committed as event `seq`.
-pub fn index(tx: &Transaction<'_>, seq: u64, rec: &TrailRecord, data: &[u8]) -> rusqlite::Result<()> {
+pub fn index(tx: &Connection, seq: u64, rec: &TrailRecord, data: &[u8]) -> rusqlite::Result<()> {
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
     let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     tx.prepare_cached(
@@ -85,7 +85,7 @@ pub fn prune(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
 }
 
 /// Drops a session's index rows (its records' content was redacted).
-pub fn redact(tx: &Transaction<'_>, session: &str) -> rusqlite::Result<()> {
+pub fn redact(tx: &Connection, session: &str) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM trail_buckets WHERE seq IN (SELECT seq FROM trail WHERE session_id = ?1)", [session])?;
     tx.execute("DELETE FROM trail WHERE session_id = ?1", [session])?;
     Ok(())
