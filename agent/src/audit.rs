@@ -1216,6 +1216,14 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, rx: &Receiver<Command>) {
+        if let Err(e) = crate::sys::set_thread_nice(WRITER_NICE) {
+            tracing::warn!(
+                error = %e,
+                nice = WRITER_NICE,
+                "the audit writer cannot raise its priority (needs CAP_SYS_NICE): under CPU contention, \
+                 new connections wait longer for their opening's commit"
+            );
+        }
         let _ = self.append_batch(vec![journal::Entry::now(Event::Agent { what: "start".into() })]);
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
         let mut last_commit = Instant::now();
@@ -1499,6 +1507,14 @@ impl Writer {
         if self.commit().is_err() {
             return;
         }
+        // A prune deletes a day's records at once: at the sessions' priority,
+        // not the writer's (see `WRITER_NICE`).
+        let _ = crate::sys::set_thread_nice(0);
+        self.prune_expired(keep);
+        let _ = crate::sys::set_thread_nice(WRITER_NICE);
+    }
+
+    fn prune_expired(&mut self, keep: Duration) {
         let cutoff = now_us() - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
         let r: rusqlite::Result<()> = (|| {
             let last: Option<(i64, Vec<u8>)> = self
@@ -1621,13 +1637,29 @@ fn insert_event_with(
 /// yield is a no-op when nothing waits, and select-only throughput did not
 /// drop (17,492 and 17,472 tps against 15,988 and 16,768 without). Every
 /// record instead of every fourth measured the same. (`SCHED_IDLE` for the
-/// writer, tried instead, made the tail worse: ≈ 530–580 µs.) The writer
-/// keeps the sessions' priority: at nice 10 one client's added p99 went from
-/// ≈ 100 to ≈ 70 µs, but with two CPU-bound processes of any local user
-/// running, new connections (whose opening waits for the writer's commit)
-/// fell from 475 to 143 per second (p50 16 → 56 ms, `bench connect`): a
-/// user could slow everyone's logins that way.
+/// writer, tried instead, made the tail worse: ≈ 530–580 µs.) For the
+/// writer's priority see [`WRITER_NICE`].
 const WRITER_YIELD_EVERY: usize = 4;
+
+/// The writer thread's nice value: it runs ahead of the sessions (and of
+/// every local user's processes) when it wakes. A session's opening waits
+/// for the writer's commit (see [`Audit::open_session`]), so with two
+/// CPU-bound processes of any local user running, the writer at the
+/// sessions' priority waited ≈ 1.6 ms on average for a CPU at each wake-up
+/// (`perf sched latency`) and new connections fell to 458–462 per second
+/// (p50 ≈ 17 ms; haproxy 4,363–5,415, `bench connect`); at −10, 1,954–2,070
+/// (p50 3.2–3.7 ms). Without that contention nothing measurable changed:
+/// one client's added latency p50 21–25 against 20–27 µs and p99 52–89
+/// against 56–86 µs (`bench pg --latency-only`, four sets of three rounds
+/// alternating), select-only 23,363–24,816 against 22,700–26,133 tps, new
+/// connections 4,038–4,651 against 4,148–4,606 per second. The writer's work
+/// is what the sessions (at nice 0) send it, so a user cannot use it to
+/// outrun others by more than the records of their own statements cost; a
+/// retention prune, which deletes in bulk, runs at nice 0. Lowering a nice
+/// value needs `CAP_SYS_NICE`; without it the writer runs at the sessions'
+/// priority, said once in the log. (At +10 instead, tried for one client's
+/// p99, new connections under the same contention fell 3×.)
+pub(crate) const WRITER_NICE: i32 = -10;
 
 /// Appends `entries` to the chain and the query tables inside the writer's
 /// open transaction (see [`Writer::commit`]).

@@ -14,9 +14,11 @@
 //!   crate does not build): the opaque TCP relay moves bytes it no longer
 //!   records from socket to socket through a pipe, without copying them
 //!   through user space.
+//! * `setpriority(2)` on one thread: the audit writer runs at a lower nice
+//!   value than the sessions (libc only; nix has no per-thread call).
 #![expect(
     unsafe_code,
-    reason = "getsockopt(SO_NETNS_COOKIE), splice(2), three bpf(2) commands, malloc_trim and mi_collect have no safe wrapper"
+    reason = "getsockopt(SO_NETNS_COOKIE), splice(2), three bpf(2) commands, malloc_trim, mi_collect and setpriority have no safe wrapper"
 )]
 
 use std::ffi::CStr;
@@ -204,4 +206,15 @@ pub fn release_free_memory_soon() {
             SCHEDULED.store(false, Ordering::Release);
         }
     }
+}
+
+/// Sets the calling thread's nice value (Linux: per thread).
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    let tid = libc::id_t::try_from(tid).map_err(|_| io::Error::other("no thread id"))?;
+    // SAFETY: setpriority takes plain integers; PRIO_PROCESS with a thread id
+    // changes only that thread's nice value.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

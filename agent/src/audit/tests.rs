@@ -482,6 +482,47 @@ fn records_nobody_waits_for_are_committed_while_they_keep_coming_and_once_they_s
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The writer runs at `WRITER_NICE` when it may (root has `CAP_SYS_NICE`),
+/// and at the sessions' priority when it may not: either way it runs.
+#[test]
+fn the_writer_runs_ahead_of_the_sessions_when_it_may() {
+    let dir = temp("nice");
+    let db = dir.join("state/audit.db");
+    let (audit, writer) = open(&db, &settings::host_key_path(&db), &opts(None)).unwrap();
+    run(audit.flush()).unwrap();
+    let want = if nix::unistd::geteuid().is_root() { WRITER_NICE } else { 0 };
+    // Every audit writer of this process, by its thread name: other tests'
+    // too, which run in parallel (one just spawned may not have set its own
+    // yet: looked at again, a few times).
+    let writers = || {
+        let mut nices = Vec::new();
+        for t in std::fs::read_dir("/proc/self/task").unwrap() {
+            let t = t.unwrap().path();
+            if std::fs::read_to_string(t.join("comm")).unwrap_or_default().trim() != "audit-writer" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
+            // After the parenthesised name: state is field 3, nice field 19.
+            let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+            nices.push(rest.split(' ').nth(16).and_then(|n| n.parse::<i32>().ok()));
+        }
+        nices
+    };
+    let mut nices = writers();
+    for _ in 0..50 {
+        if !nices.is_empty() && nices.iter().all(|n| *n == Some(want)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        nices = writers();
+    }
+    assert!(!nices.is_empty(), "no audit-writer thread found");
+    assert!(nices.iter().all(|n| *n == Some(want)), "nice values of the writers: {nices:?}, want {want}");
+    drop(audit);
+    writer.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A batch inserts a statement whose end is in it as one whole row; the
 /// tables come out as indexing each record on its own makes them (as a
 /// journal replay does), whatever the batch holds: ends of earlier batches'
