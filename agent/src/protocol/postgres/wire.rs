@@ -604,6 +604,26 @@ pub fn row_description(body: &[u8]) -> Result<Vec<Column>, WireError> {
     Ok(cols)
 }
 
+/// Checks that a DataRow body holds exactly `width` columns and nothing
+/// beyond them (what a relay passing the row unread vouches for).
+pub fn check_data_row(body: &[u8], width: usize) -> Result<(), WireError> {
+    let bad = || malformed("DataRow (its columns differ from the RowDescription)");
+    let n = be_i16(body, 0).and_then(|n| usize::try_from(n).ok()).ok_or_else(bad)?;
+    if n != width {
+        return Err(bad());
+    }
+    let mut at = 2usize;
+    for _ in 0..n {
+        let len = be_i32(body, at).ok_or_else(bad)?;
+        at += 4;
+        // -1 is NULL; no other length is below zero.
+        if len != -1 {
+            at = at.checked_add(usize::try_from(len).map_err(|_| bad())?).ok_or_else(bad)?;
+        }
+    }
+    if at == body.len() { Ok(()) } else { Err(bad()) }
+}
+
 /// The column values of a DataRow (`None` = NULL).
 pub fn data_row_values(body: &[u8]) -> Result<Vec<Option<&[u8]>>, WireError> {
     let n = be_i16(body, 0).ok_or_else(|| malformed("DataRow"))?;
@@ -631,6 +651,23 @@ pub fn data_row_values(body: &[u8]) -> Result<Vec<Option<&[u8]>>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_row_is_checked_against_its_width_whole() {
+        let row = data_row([Some(&b"1"[..]), None].into_iter());
+        let body = &row[5..];
+        assert!(check_data_row(body, 2).is_ok());
+        assert!(check_data_row(body, 1).is_err(), "one column more than described");
+        assert!(check_data_row(body, 3).is_err(), "one column fewer than described");
+        let trailing = [body, b"zoe@example.com"].concat();
+        assert!(check_data_row(&trailing, 2).is_err(), "bytes beyond the last column");
+        assert!(check_data_row(&body[..body.len() - 1], 2).is_err(), "cut short");
+        // A length below -1 is no NULL.
+        let mut odd = 1i16.to_be_bytes().to_vec();
+        odd.extend((-2i32).to_be_bytes());
+        assert!(check_data_row(&odd, 1).is_err());
+        assert!(check_data_row(&[], 0).is_err(), "no column count");
+    }
 
     #[test]
     fn bind_result_formats_and_notifications() {

@@ -664,15 +664,11 @@ fn on_data_row(
             match rows.columns.as_deref() {
                 Some(cols) if !cols.is_empty() => masking::mask_row(profile, cols, f, out, pending).map_err(bad)?,
                 // Nothing to mask in the columns described: a row with more
-                // (or fewer) than that is not what was planned for.
+                // (or fewer) than that, or bytes beyond them, is not what was
+                // planned for.
                 _ => {
-                    let n = f.body.get(..2).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(u16::from_be_bytes);
-                    let n = n.map(usize::from);
-                    if n.is_none() || n != rows.width {
-                        return Err(bad(WireError::Malformed {
-                            what: "DataRow (column count differs from RowDescription)",
-                        }));
-                    }
+                    let width = rows.width.ok_or(WireError::Malformed { what: "DataRow (no RowDescription)" });
+                    width.and_then(|w| wire::check_data_row(f.body, w)).map_err(bad)?;
                     out.extend_from_slice(f.raw);
                 }
             }
