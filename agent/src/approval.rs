@@ -225,6 +225,14 @@ pub trait Desk: Send + Sync + std::fmt::Debug {
     /// Records, logs and announces a step of a request.
     fn transition(&self, t: &Transition);
 
+    /// Withdraws one request if it is still pending (its waiter gave up),
+    /// the step recorded; a decided request is left as it is.
+    fn withdraw(&self, id: RequestId) {
+        if let Some(t) = self.registry().withdraw(id, crate::audit::now_us()) {
+            self.transition(&t);
+        }
+    }
+
     /// Withdraws the requests a session still waits on (it ended, or its
     /// client cancelled), each step recorded.
     fn withdraw_session(&self, session: &str) -> usize {

@@ -1226,7 +1226,8 @@ impl Writer {
         }
         let _ = self.append_batch(vec![journal::Entry::now(Event::Agent { what: "start".into() })]);
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
-        let mut last_commit = Instant::now();
+        // When the last batch was appended (a commit may come later).
+        let mut last_batch = Instant::now();
         // When the last commit someone waited for (a session's opening) ended.
         let mut last_waited: Option<Instant> = None;
         loop {
@@ -1260,7 +1261,7 @@ impl Writer {
             // arrival): a statement's end, which usually follows within it,
             // is then chained with it as one record (`fold`), and one commit
             // serves both. Under load the two deadlines are the same.
-            let gather = last_commit.max(Instant::now()) + GROUP_COMMIT_WINDOW;
+            let gather = last_batch.max(Instant::now()) + GROUP_COMMIT_WINDOW;
             let waited = first.waited() || park_until(gather, || self.wake.urgent.swap(false, Ordering::AcqRel));
             if waited && last_waited.is_some_and(|t| t.elapsed() < URGENT_STREAM) {
                 // Sessions opening one after another: let a few more
@@ -1321,9 +1322,9 @@ impl Writer {
             {
                 result = self.commit();
             }
-            last_commit = Instant::now();
+            last_batch = Instant::now();
             if waited {
-                last_waited = Some(last_commit);
+                last_waited = Some(last_batch);
             }
             for a in acks {
                 let _ = a.send(result.clone());
@@ -1357,12 +1358,14 @@ impl Writer {
         if let Some(f) = &self.failed {
             return Err(f.clone());
         }
-        let started = Instant::now();
+        if events.is_empty() {
+            return Ok(());
+        }
         if self.open_since.is_none() {
             if let Err(e) = self.conn.execute_batch("BEGIN") {
                 return Err(self.fail(e.to_string()));
             }
-            self.open_since = Some(started);
+            self.open_since = Some(Instant::now());
         }
         match write(&self.conn, self.head, &events) {
             Ok((new_head, written)) => {
@@ -1370,7 +1373,7 @@ impl Writer {
                 self.dirty = true;
                 let jseq = events.iter().map(|e| e.jseq).max().unwrap_or(0);
                 self.pending_jseq = self.pending_jseq.max(jseq);
-                crate::metrics::committed(written, events.iter().filter_map(|e| e.event.as_ref()), started.elapsed());
+                crate::metrics::appended(written, events.iter().filter_map(|e| e.event.as_ref()));
                 Ok(())
             }
             Err(e) => Err(self.fail(e.to_string())),
@@ -1389,11 +1392,13 @@ impl Writer {
         }
         let jseq = std::mem::take(&mut self.pending_jseq);
         std::thread::yield_now();
+        let started = Instant::now();
         let r = if jseq > 0 { journal::set_ingested(&self.conn, jseq) } else { Ok(()) }
             .and_then(|()| self.conn.execute_batch("COMMIT"));
         self.open_since = None;
         match r {
             Ok(()) => {
+                crate::metrics::commit_took(started.elapsed());
                 if jseq > 0
                     && let Some(i) = &self.ingested
                 {

@@ -148,9 +148,7 @@ struct Withdraw {
 
 impl Drop for Withdraw {
     fn drop(&mut self) {
-        if let Some(t) = self.agent.approvals.withdraw(self.id, now_us()) {
-            self.agent.transition(&t);
-        }
+        self.agent.withdraw(self.id);
     }
 }
 

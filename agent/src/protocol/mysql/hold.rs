@@ -18,7 +18,6 @@ use tracing::info;
 
 use super::{Conn, Ctx, Fail, redacted_text};
 use crate::approval::{RequestId, State, Subject};
-use crate::audit::now_us;
 use crate::policy::Decision;
 use crate::sql::Statement;
 
@@ -99,9 +98,7 @@ pub(super) async fn hold(
             () = ctx.live.cut.cancelled() => break Fail::Breach(String::new()),
         }
     };
-    if let Some(t) = ctx.svc.desk.registry().withdraw(id, now_us()) {
-        ctx.svc.desk.transition(&t);
-    }
+    ctx.svc.desk.withdraw(id);
     Err(gone)
 }
 

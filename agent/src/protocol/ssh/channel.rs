@@ -341,9 +341,7 @@ impl Input {
             let state = tokio::select! {
                 s = w.clone().outcome(desk.registry(), |t| desk.transition(t)) => s,
                 () = c.q.abandon.cancelled() => {
-                    if let Some(t) = desk.registry().withdraw(w.id, crate::audit::now_us()) {
-                        desk.transition(&t);
-                    }
+                    desk.withdraw(w.id);
                     if c.q.overflowed.load(Ordering::SeqCst) {
                         let why = format!(
                             "more than {} MiB sent to a command waiting for approval (or {} MiB over all \
