@@ -1098,27 +1098,35 @@ fn check_layout(conn: &Connection) -> Result<(), String> {
     Ok(())
 }
 
-/// Pages of WAL after which the writer copies it into the database itself,
-/// between two of its transactions (see [`rewind_wal`]).
-const WAL_REWIND_PAGES: i64 = 8192;
+/// Bytes of WAL after which the writer copies it into the database itself,
+/// between two of its transactions (see [`rewind_wal`]); in pages of the
+/// store's own size (8192 of 4 KiB, 2048 of 16 KiB).
+const WAL_REWIND_BYTES: i64 = 32 << 20;
 /// What a rewound WAL file keeps of its size (blocks the writer reuses).
+/// Larger than [`WAL_REWIND_BYTES`] plus a transaction, so a rewound WAL is
+/// never cut: once a store's pages became 16 KiB and the rewind point stayed
+/// at 8192 pages (128 MiB), every rewind cut the WAL from 128 to 64 MiB (an
+/// `ftruncate` of ≈ 5 ms) and the next 64 MiB went to new blocks again; the
+/// writer spent 55–65 µs per new connection under `bench connect`, 47–55
+/// with the rewind at 32 MiB.
 const WAL_KEEP_BYTES: i64 = 64 << 20;
 
 /// Makes the writer's connection rewind the WAL: after a commit that leaves
-/// [`WAL_REWIND_PAGES`] or more in it, SQLite checkpoints (PASSIVE) in the
+/// [`WAL_REWIND_BYTES`] or more in it, SQLite checkpoints (PASSIVE) in the
 /// writer's own thread. Nothing else writes, so the checkpoint completes
 /// and the next transaction starts the WAL again from its beginning,
-/// overwriting blocks the file already has, cut back to [`WAL_KEEP_BYTES`].
+/// overwriting blocks the file already has (kept up to [`WAL_KEEP_BYTES`]).
 /// A WAL only ever appended to (until the checkpoint thread emptied it past
 /// 1 GiB) put every frame (a page and a 24-byte header, never block-aligned)
 /// into new file blocks, which the kernel zeroes first: 13% of the agent's
 /// samples in a `perf` profile of a 20-s `bench pg` select-only run. In the
 /// 10-s runs of `bench pg` the difference is within the noise (writer 10.2
 /// against 10.4 µs per select-only statement, agent 258 against 267 µs per
-/// TPC-B transaction); what is sure is that the WAL now stays near 64 MiB
+/// TPC-B transaction); what is sure is that the WAL now stays near 32 MiB
 /// instead of reaching 1 GiB between truncations.
 fn rewind_wal(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_REWIND_PAGES)?;
+    let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_REWIND_BYTES / page.max(512))?;
     conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)
 }
 

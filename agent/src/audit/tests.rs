@@ -445,6 +445,42 @@ fn the_wal_is_emptied_once_past_its_bound_while_records_keep_coming() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The writer rewinds the WAL at 32 MiB, whatever its page size, and a
+/// rewound WAL keeps its blocks: while far more than that is written, the
+/// file never grows past the rewind point (plus a transaction) and never
+/// shrinks (a cut WAL is written into new blocks again).
+#[test]
+fn the_writer_rewinds_the_wal_at_its_bound_and_never_cuts_it() {
+    let dir = temp("rewind");
+    let db = dir.join("state/audit.db");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let id = sid(8);
+    let text = format!("SELECT '{}'", "x".repeat(8 << 10));
+    let (mut seq, mut peak, mut last) = (0u64, 0u64, 0u64);
+    // Each record holds its text at least once: 96 MiB of texts are three
+    // rewinds' worth of WAL.
+    while seq * (text.len() as u64) < 96 << 20 {
+        for _ in 0..64 {
+            seq += 1;
+            audit.record(statement_event(id, seq, &text)).unwrap();
+        }
+        run(audit.flush()).unwrap();
+        let now = size();
+        assert!(now >= last, "the WAL was cut from {last} to {now} bytes after {seq} records");
+        (peak, last) = (peak.max(now), now);
+    }
+    let bound = u64::try_from(WAL_REWIND_BYTES).unwrap() + (2 << 20);
+    assert!(peak > 16 << 20, "the test wrote too little WAL to reach the rewind point (peak {peak} bytes)");
+    assert!(peak <= bound, "the WAL grew to {peak} bytes, past the rewind point ({bound} with a transaction)");
+    assert_eq!(statement_texts(&db).len() as u64, seq, "every record is in the store");
+    drop(audit);
+    writer.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The writer's transaction spans batches, but what it appends reaches
 /// SQLite without anyone asking: while records keep coming (every
 /// transaction then commits by age, `COMMIT_EVERY`), and once they stop
