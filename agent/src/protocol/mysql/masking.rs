@@ -127,7 +127,11 @@ pub fn plan(
             }
         })
         .collect();
-    if plan.iter().all(|c| matches!(c, ColumnMask::Pass)) { Vec::new() } else { plan }
+    // Never empty, even when every column passes: on a masked session every
+    // row is read against the columns it was described with, so a server
+    // cannot put an undescribed value after the last one (`1`, then
+    // `zoe@example.com`, in a one-INT result) and have it passed on unread.
+    plan
 }
 
 /// The tables whose rules apply to a statement's result columns: those it
@@ -499,6 +503,29 @@ mod tests {
         out.clear();
         assert!(mask_row(&p, &plan, &row[..row.len() - 1], &mut out, &mut counts).is_none());
         assert!(mask_row(&p, &plan, &[row.clone(), lenenc(b"extra")].concat(), &mut out, &mut counts).is_none());
+    }
+
+    /// A result no rule or detector reaches (one INT column) still has a
+    /// plan on a masked session: its rows are read, and one with a value
+    /// after the described column is refused, not passed on.
+    #[test]
+    fn a_result_with_nothing_to_mask_is_still_read_against_its_columns() {
+        let p = profile();
+        let id = parse_column_def(&coldef("shop", "customers", "id", "id", 0x03)).unwrap();
+        let plan = plan(&p, &reads(), &Default::default(), Some("shop"), std::slice::from_ref(&id));
+        assert!(matches!(plan[..], [ColumnMask::Pass]), "{plan:?}");
+        let (mut out, mut counts) = (Vec::new(), Counts::default());
+        mask_row(&p, &plan, &lenenc(b"1"), &mut out, &mut counts).unwrap();
+        assert_eq!(out, lenenc(b"1"));
+        let smuggled = [lenenc(b"1"), lenenc(b"zoe@example.com")].concat();
+        assert!(mask_row(&p, &plan, &smuggled, &mut out, &mut counts).is_none());
+        // The binary protocol's row (a prepared statement's) likewise.
+        let (mut out, mut counts) = (Vec::new(), Counts::default());
+        let row = [vec![0x00, 0x00], 1i32.to_le_bytes().to_vec()].concat();
+        super::super::binary::mask_row(&p, &plan, &[0x03], &row, &mut out, &mut counts).unwrap();
+        assert_eq!(out, row);
+        let smuggled = [row, lenenc(b"zoe@example.com")].concat();
+        assert!(super::super::binary::mask_row(&p, &plan, &[0x03], &smuggled, &mut out, &mut counts).is_none());
     }
 
     #[test]
