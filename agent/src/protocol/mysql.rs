@@ -1477,7 +1477,18 @@ async fn answer(
                         defs.push(d);
                     }
                 }
-                if !s.deprecate_eof {
+                if !s.deprecate_eof && masking.is_some() {
+                    // On a masked session nothing unread reaches the client: the
+                    // definitions end with an EOF, not a packet that could carry a value.
+                    let pk = read_backend(s).await?;
+                    let p = payload_of(&pk);
+                    if !(p.first() == Some(&0xfe) && p.len() < 9) {
+                        return Err(Fail::Breach(
+                            "a result's column definitions did not end with an EOF on a masked session".into(),
+                        ));
+                    }
+                    out.extend_from_slice(&pk);
+                } else if !s.deprecate_eof {
                     next_packet(s, client, out, down).await?;
                 }
                 let plan = match masking.as_deref() {
