@@ -280,13 +280,22 @@ impl Agent {
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(
+///
+/// `control` starts the control socket's server (`control::serve`, passed
+/// in by the caller so that `proxy` does not import `control`, which is
+/// built on [`Agent`]).
+pub async fn run<C, F>(
     settings: Settings,
     policy: Policy,
     files: crate::policy::files::FileReport,
     config_path: PathBuf,
     load_options: LoadOptions,
-) -> Result<(), AgentError> {
+    control: C,
+) -> Result<(), AgentError>
+where
+    C: FnOnce(Arc<Agent>, CancellationToken) -> F,
+    F: std::future::Future<Output = Result<tokio::task::JoinHandle<()>, AgentError>>,
+{
     check_port(&settings)?;
     // Files the agent creates (audit store, sockets) are private by default.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -382,7 +391,7 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let sessions = TaskTracker::new();
-    let control = crate::control::serve(agent.clone(), stop.clone()).await?;
+    let control = control(agent.clone(), stop.clone()).await?;
     let mut accepts = Vec::new();
     for l in listeners {
         accepts.push(tokio::spawn(accept_loop(agent.clone(), l, stop.clone(), sessions.clone())));

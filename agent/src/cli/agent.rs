@@ -106,7 +106,7 @@ pub(super) async fn run(a: RunArgs) -> ExitCode {
             failed.len()
         ));
     }
-    match crate::proxy::run(settings, policy, files, a.config, load_options).await {
+    match crate::proxy::run(settings, policy, files, a.config, load_options, control::serve).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
