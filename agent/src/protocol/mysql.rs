@@ -41,6 +41,8 @@ pub mod masking;
 mod prepared;
 mod record;
 pub mod sha2;
+#[cfg(test)]
+mod tests;
 pub mod views;
 pub mod wire;
 

@@ -57,6 +57,12 @@ impl Recording {
         }
     }
 
+    /// A recording into `audit` for session `id`, with no session context.
+    #[cfg(test)]
+    pub(super) fn for_test(audit: Audit, id: crate::types::SessionId) -> Self {
+        Self { rec: StreamRecorder::new(id, 1 << 20, "statement"), audit, up: 0, down: 0 }
+    }
+
     /// A new statement: both directions get a fresh budget.
     pub(super) fn reset(&self) {
         self.rec.reset();
