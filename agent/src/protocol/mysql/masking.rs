@@ -374,8 +374,37 @@ pub fn mask_err(profile: &Profile, pkt: &[u8], out: &mut Vec<u8>, counts: &mut C
     out.extend_from_slice(&wire::frame(seq, &wire::err_payload(e.code, state, &String::from_utf8_lossy(&msg))));
 }
 
+/// Packets the tests of the MySQL relay and its masking build.
+#[cfg(test)]
+pub(super) mod fixtures {
+    use super::wire;
+
+    /// `s` as a length-encoded string.
+    pub fn lenenc(s: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        wire::put_lenenc(&mut v, s.len());
+        v.extend_from_slice(s);
+        v
+    }
+
+    /// A ColumnDefinition41 payload of MySQL type `kind`.
+    pub fn coldef(schema: &str, org_table: &str, name: &str, org_name: &str, kind: u8) -> Vec<u8> {
+        let mut p = Vec::new();
+        for f in ["def", schema, "c", org_table, name, org_name] {
+            p.extend(lenenc(f.as_bytes()));
+        }
+        p.push(0x0c);
+        p.extend_from_slice(&45u16.to_le_bytes());
+        p.extend_from_slice(&100u32.to_le_bytes());
+        p.push(kind);
+        p.extend_from_slice(&[0, 0, 0, 0, 0]);
+        p
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{coldef, lenenc};
     use super::*;
     use crate::mask::{Detector, ProfileSpec};
 
@@ -387,26 +416,6 @@ mod tests {
             ..ProfileSpec::default()
         })
         .unwrap()
-    }
-
-    fn lenenc(s: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        wire::put_lenenc(&mut v, s.len());
-        v.extend_from_slice(s);
-        v
-    }
-
-    fn coldef(schema: &str, org_table: &str, name: &str, org_name: &str, kind: u8) -> Vec<u8> {
-        let mut p = Vec::new();
-        for f in ["def", schema, "c", org_table, name, org_name] {
-            p.extend(lenenc(f.as_bytes()));
-        }
-        p.push(0x0c);
-        p.extend_from_slice(&45u16.to_le_bytes());
-        p.extend_from_slice(&100u32.to_le_bytes());
-        p.push(kind);
-        p.extend_from_slice(&[0, 0, 0, 0, 0]);
-        p
     }
 
     fn reads() -> Vec<TableRef> {

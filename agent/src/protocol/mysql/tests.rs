@@ -3,6 +3,7 @@
 //! loopback sockets: what a server puts outside the columns it described
 //! never reaches the client.
 
+use super::masking::fixtures::lenenc;
 use super::*;
 use crate::mask::{Counts, Profile, ProfileSpec, Style};
 
@@ -15,25 +16,9 @@ fn profile() -> Profile {
     .unwrap()
 }
 
-fn lenenc(s: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    wire::put_lenenc(&mut v, s.len());
-    v.extend_from_slice(s);
-    v
-}
-
-/// A ColumnDefinition41 for `shop.customers.<name>` of MySQL type `kind`.
+/// A column definition for `shop.customers.<name>` of MySQL type `kind`.
 fn coldef(name: &str, kind: u8) -> Vec<u8> {
-    let mut p = Vec::new();
-    for f in ["def", "shop", "customers", "customers", name, name] {
-        p.extend(lenenc(f.as_bytes()));
-    }
-    p.push(0x0c);
-    p.extend_from_slice(&45u16.to_le_bytes());
-    p.extend_from_slice(&11u32.to_le_bytes());
-    p.push(kind);
-    p.extend_from_slice(&[0, 0, 0, 0, 0]);
-    p
+    super::masking::fixtures::coldef("shop", "customers", name, name, kind)
 }
 
 async fn pair() -> (TcpStream, TcpStream) {
