@@ -559,7 +559,9 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, stop: Cancellatio
             Ok((stream, peer)) => {
                 backoff.reset();
                 let agent = agent.clone();
-                sessions.spawn(async move { session::session(agent, stream, ClientAddr(peer)).await });
+                // Counted from the accept, before its task first runs.
+                let ahead = agent.audit.opening_ahead();
+                sessions.spawn(async move { session::session(agent, stream, ClientAddr(peer), ahead).await });
             }
             Err(e) => {
                 limits::log_accept_error(&agent.accept_log, "proxy", &e);

@@ -18,17 +18,27 @@ use crate::protocol::tcp;
 use crate::redirect::Claim;
 use crate::types::{ClientAddr, OrigDst, SessionId, key_addr};
 
-pub(super) async fn session(agent: Arc<Agent>, client: TcpStream, peer: ClientAddr) {
+/// `ahead`: this session's opening will follow (see
+/// [`audit::OpeningAhead`]); let go before the opening is sent, and before
+/// anything that waits on the client.
+pub(super) async fn session(agent: Arc<Agent>, client: TcpStream, peer: ClientAddr, ahead: audit::OpeningAhead) {
     let id = SessionId::new();
     agent.counters.total.fetch_add(1, Ordering::Relaxed);
     agent.counters.active.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("session", id = %id, client = %peer);
-    session_inner(&agent, client, peer, id).instrument(span).await;
+    session_inner(&agent, client, peer, id, ahead).instrument(span).await;
     agent.counters.active.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, id: SessionId) {
+async fn session_inner(
+    agent: &Arc<Agent>,
+    client: TcpStream,
+    peer: ClientAddr,
+    id: SessionId,
+    ahead: audit::OpeningAhead,
+) {
     let started_us = audit::now_us();
+    let mut ahead = Some(ahead);
     let local = match client.local_addr() {
         Ok(l) => l,
         Err(e) => {
@@ -65,6 +75,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
             let rec =
                 bare(uid, "not redirected by the kernel: direct connections to the proxy port are refused".into());
             let key = RefusalKey { uid, kind: RefusalKind::NotRedirected, backend: None };
+            drop(ahead.take());
             refuse(agent, key, rec, client).await;
             return;
         }
@@ -79,6 +90,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 ),
             );
             let key = RefusalKey { uid, kind: RefusalKind::Unverified, backend: None };
+            drop(ahead.take());
             refuse(agent, key, rec, client).await;
             return;
         }
@@ -93,11 +105,16 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         Route::Ambiguous(_) | Route::Unknown => (None, None),
     };
     // Several HTTPS backends on one address: the TLS server name picks one.
+    // That waits on the client: its opening is no longer counted on.
     let (backend, sni_refused) = match backend {
-        Some(b) => match crate::protocol::http::sni::pick(&snapshot.policy, b, &client).await {
-            Ok(b) => (Some(b), None),
-            Err(why) => (None, Some(why)),
-        },
+        Some(b) if crate::policy::http::sharing(&snapshot.policy, b).len() < 2 => (Some(b), None),
+        Some(b) => {
+            drop(ahead.take());
+            match crate::protocol::http::sni::pick(&snapshot.policy, b, &client).await {
+                Ok(b) => (Some(b), None),
+                Err(why) => (None, Some(why)),
+            }
+        }
         None => (None, None),
     };
     let (decision, backend_name, protocol) = match backend {
@@ -181,6 +198,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         let recorded = admit == Admit::Record;
         if protocol == Some(Protocol::Postgres) {
             // Its record ends with how the refusal went (a cancel request is honoured, see `refuse_in_protocol`).
+            drop(ahead.take());
             if recorded {
                 record_open(agent, rec).await;
             }
@@ -189,6 +207,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
                 close_record(agent, id, 0, 0, end);
             }
         } else {
+            drop(ahead.take());
             if recorded {
                 record_refusal(agent, rec).await;
             }
@@ -197,6 +216,7 @@ async fn session_inner(agent: &Arc<Agent>, client: TcpStream, peer: ClientAddr, 
         return;
     };
     // Strict: the session is on record before a byte reaches the backend.
+    drop(ahead.take());
     if let Err(e) = agent.audit.open_session(rec).await {
         error!(error = %e, "cannot record the session: refused (fail closed)");
         return;
