@@ -36,27 +36,30 @@ fn sid(n: u8) -> SessionId {
     SessionId(uuid::Uuid::from_bytes([n; 16]))
 }
 
+/// An allowed PostgreSQL session's opening.
+fn opening(id: SessionId) -> SessionOpen {
+    SessionOpen {
+        id,
+        started_us: now_us(),
+        uid: Some(1000),
+        user: Some("ana".into()),
+        gid: None,
+        pid: None,
+        comm: None,
+        cgroup_id: None,
+        client: "127.0.0.1:1".into(),
+        backend: Some("db".into()),
+        orig_dst: None,
+        protocol: Some("postgres".into()),
+        decision: crate::audit::Verdict::Allow,
+        rule: Some("r".into()),
+        reason: "allowed".into(),
+        oidc: None,
+    }
+}
+
 fn session(audit: &Audit, id: SessionId, secret: &str) {
-    audit
-        .record(Event::SessionOpen(Box::new(SessionOpen {
-            id,
-            started_us: now_us(),
-            uid: Some(1000),
-            user: Some("ana".into()),
-            gid: None,
-            pid: None,
-            comm: None,
-            cgroup_id: None,
-            client: "127.0.0.1:1".into(),
-            backend: Some("db".into()),
-            orig_dst: None,
-            protocol: Some("postgres".into()),
-            decision: crate::audit::Verdict::Allow,
-            rule: Some("r".into()),
-            reason: "allowed".into(),
-            oidc: None,
-        })))
-        .unwrap();
+    audit.record(Event::SessionOpen(Box::new(opening(id)))).unwrap();
     audit
         .record(Event::Statement(Box::new(StatementStart {
             session: id,
@@ -331,25 +334,7 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
     let key_path = settings::host_key_path(&db);
     let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
     let id = sid(9);
-    run(audit.open_session(SessionOpen {
-        id,
-        started_us: now_us(),
-        uid: Some(1000),
-        user: Some("ana".into()),
-        gid: None,
-        pid: None,
-        comm: None,
-        cgroup_id: None,
-        client: "127.0.0.1:1".into(),
-        backend: Some("db".into()),
-        orig_dst: None,
-        protocol: Some("postgres".into()),
-        decision: crate::audit::Verdict::Allow,
-        rule: Some("r".into()),
-        reason: "ok".into(),
-        oidc: None,
-    }))
-    .unwrap();
+    run(audit.open_session(opening(id))).unwrap();
     run(audit.commit(vec![statement_event(id, 1, "SELECT 1"), statement_event(id, 2, "SELECT 2")])).unwrap();
     run(audit.flush()).unwrap();
     writer.stop();
@@ -495,28 +480,10 @@ fn a_session_on_its_way_delays_a_stream_of_openings_but_never_holds_them() {
     let db = dir.join("state/audit.db");
     let key_path = settings::host_key_path(&db);
     let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
-    let open = |n: u8| SessionOpen {
-        id: sid(n),
-        started_us: now_us(),
-        uid: Some(1000),
-        user: Some("ana".into()),
-        gid: None,
-        pid: None,
-        comm: None,
-        cgroup_id: None,
-        client: "127.0.0.1:1".into(),
-        backend: Some("db".into()),
-        orig_dst: None,
-        protocol: Some("tcp".into()),
-        decision: crate::audit::Verdict::Allow,
-        rule: Some("r".into()),
-        reason: "allowed".into(),
-        oidc: None,
-    };
     let held = audit.opening_ahead();
     run(async {
         for n in 0..50u8 {
-            tokio::time::timeout(Duration::from_secs(5), audit.open_session(open(n)))
+            tokio::time::timeout(Duration::from_secs(5), audit.open_session(opening(sid(n))))
                 .await
                 .unwrap_or_else(|_| panic!("opening {n} was held while a session was on its way"))
                 .unwrap();
