@@ -2134,10 +2134,6 @@ impl Audit {
         }
     }
 
-    /// Records a session's opening and waits until it is committed (in
-    /// best-effort mode, until it is queued). Not acknowledged from the
-    /// journal: a copy of the store's SQLite files alone (the disk-full
-    /// test's) must hold every session that went through.
     /// Says that a session was accepted and its opening will follow (see
     /// [`OpeningAhead`]).
     pub fn opening_ahead(&self) -> OpeningAhead {
@@ -2145,6 +2141,10 @@ impl Audit {
         OpeningAhead(self.wake.clone())
     }
 
+    /// Records a session's opening and waits until it is committed (in
+    /// best-effort mode, until it is queued). Not acknowledged from the
+    /// journal: a copy of the store's SQLite files alone (the disk-full
+    /// test's) must hold every session that went through.
     pub async fn open_session(&self, rec: SessionOpen) -> Result<(), AuditError> {
         self.record_strict(Event::SessionOpen(Box::new(rec))).wait().await
     }
