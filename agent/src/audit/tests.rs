@@ -475,7 +475,7 @@ fn the_writer_rewinds_the_wal_at_its_bound_and_never_cuts_it() {
 /// never let go, a stream of openings is still committed, each in time, and
 /// counted in the store.
 #[test]
-fn a_session_on_its_way_delays_a_stream_of_openings_but_never_holds_them() {
+fn a_stream_of_openings_is_committed_while_a_session_on_its_way_never_comes() {
     let dir = temp("ahead");
     let db = dir.join("state/audit.db");
     let key_path = settings::host_key_path(&db);
