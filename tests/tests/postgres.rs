@@ -219,6 +219,31 @@ fn backend_logins_with_scram_md5_and_cleartext() {
     }
 }
 
+/// The agent remembers the SCRAM keys it derives from a backend password
+/// (per password, salt and count). A password changed at the server (a new
+/// salt) with the old one still in the secret file must fail, and the new
+/// one, once in the file, must log in: nothing stale is used.
+#[test]
+fn a_backend_password_changed_at_the_server_is_followed_not_remembered() {
+    let w = world("pgrotate");
+    let who = |w: &World| text(&w.psql(&w.ana, &["-c", "SELECT current_user"]));
+    for _ in 0..2 {
+        let t = who(&w);
+        assert_eq!(t.trim(), pg::APP_ROLE, "{}", w.env.agent_log());
+    }
+    w.pg.admin(&format!("ALTER ROLE {} PASSWORD 'rotated-Secret-2'", pg::APP_ROLE));
+    let t = who(&w);
+    assert!(t.contains("password authentication failed"), "the old password still logs in: {t}");
+    pg::password_file(&w.env.dir, "appdb.secret", "rotated-Secret-2");
+    let t = who(&w);
+    assert_eq!(t.trim(), pg::APP_ROLE, "the new password does not log in\n{}", w.env.agent_log());
+    // Set again to the first password: a new salt, the same password.
+    w.pg.admin(&format!("ALTER ROLE {} PASSWORD '{}'", pg::APP_ROLE, pg::APP_PASSWORD));
+    pg::password_file(&w.env.dir, "appdb.secret", pg::APP_PASSWORD);
+    let t = who(&w);
+    assert_eq!(t.trim(), pg::APP_ROLE, "{}", w.env.agent_log());
+}
+
 #[test]
 fn copy_in_and_out() {
     let w = world("pgcopy");

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod dynamic;
 pub mod io;
 mod relay;
+mod scram;
 pub mod tls;
 pub mod wire;
 
@@ -790,7 +791,7 @@ fn allowed(a: &AuthCtx<'_>, method: AuthMethod) -> Result<(), BackendError> {
 /// final message (its proof that it knows the password) was verified.
 enum Scram {
     NotStarted,
-    Started(Box<postgres_protocol::authentication::sasl::ScramSha256>, AuthMethod),
+    Started(Box<scram::Client>, AuthMethod),
     Verified(AuthMethod),
 }
 
@@ -798,7 +799,8 @@ enum Scram {
 /// returns the bytes already read past it (ParameterStatus, BackendKeyData…)
 /// and the method used.
 async fn authenticate(stream: &mut Stream, a: &AuthCtx<'_>) -> Result<(BytesMut, AuthMethod), BackendError> {
-    use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256};
+    const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+    const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
     let mut buf = BytesMut::with_capacity(1024);
     let mut scram = Scram::NotStarted;
     let mut sent_password: Option<AuthMethod> = None;
@@ -846,15 +848,15 @@ async fn authenticate(stream: &mut Stream, a: &AuthCtx<'_>) -> Result<(BytesMut,
                     let plus = a.tls_on && offers(SCRAM_SHA_256_PLUS) && a.end_point.is_some();
                     let (mechanism, binding, method) = if plus && allowed(a, AuthMethod::ScramPlus).is_ok() {
                         let ep = a.end_point.map(<[u8]>::to_vec).unwrap_or_default();
-                        (SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(ep), AuthMethod::ScramPlus)
+                        (SCRAM_SHA_256_PLUS, scram::Binding::EndPoint(ep), AuthMethod::ScramPlus)
                     } else if offers(SCRAM_SHA_256) {
                         allowed(a, AuthMethod::Scram)?;
                         // "y": we could bind but the server did not offer it (a
                         // real server then refuses, if a middleman stripped it).
                         let binding = if a.tls_on && !offers(SCRAM_SHA_256_PLUS) {
-                            ChannelBinding::unrequested()
+                            scram::Binding::Unrequested
                         } else {
-                            ChannelBinding::unsupported()
+                            scram::Binding::Unsupported
                         };
                         (SCRAM_SHA_256, binding, AuthMethod::Scram)
                     } else {
@@ -862,16 +864,16 @@ async fn authenticate(stream: &mut Stream, a: &AuthCtx<'_>) -> Result<(BytesMut,
                             "SASL without a SCRAM-SHA-256 mechanism Gatehouse may use".into(),
                         ));
                     };
-                    let s = ScramSha256::new(need()?, binding);
-                    stream.write_all(&wire::sasl_initial_response(mechanism, s.message())).await?;
+                    let s = scram::Client::new(need()?, binding).map_err(|e| BackendError::Sasl(e.to_string()))?;
+                    stream.write_all(&wire::sasl_initial_response(mechanism, s.first().as_bytes())).await?;
                     scram = Scram::Started(Box::new(s), method);
                 }
                 wire::Auth::SaslContinue(data) => {
                     let Scram::Started(s, _) = &mut scram else {
                         return Err(BackendError::Sasl("SASL continue before start".into()));
                     };
-                    s.update(data).map_err(|e| BackendError::Sasl(e.to_string()))?;
-                    stream.write_all(&wire::sasl_response(s.message())).await?;
+                    let last = s.update(data).map_err(|e| BackendError::Sasl(e.to_string()))?;
+                    stream.write_all(&wire::sasl_response(last.as_bytes())).await?;
                 }
                 wire::Auth::SaslFinal(data) => {
                     let Scram::Started(s, method) = &mut scram else {
