@@ -869,10 +869,26 @@ async fn authenticate(stream: &mut Stream, a: &AuthCtx<'_>) -> Result<(BytesMut,
                     scram = Scram::Started(Box::new(s), method);
                 }
                 wire::Auth::SaslContinue(data) => {
-                    let Scram::Started(s, _) = &mut scram else {
+                    let Scram::Started(mut s, method) = std::mem::replace(&mut scram, Scram::NotStarted) else {
                         return Err(BackendError::Sasl("SASL continue before start".into()));
                     };
-                    let last = s.update(data).map_err(|e| BackendError::Sasl(e.to_string()))?;
+                    let last = if s.will_derive(data) {
+                        // Thousands of HMAC rounds (up to scram::MAX_ITERATIONS):
+                        // not on a worker that other sessions share.
+                        let data = data.to_vec();
+                        let (back, last) = tokio::task::spawn_blocking(move || {
+                            let last = s.update(&data);
+                            (s, last)
+                        })
+                        .await
+                        .map_err(|e| BackendError::Sasl(format!("the SCRAM key derivation failed: {e}")))?;
+                        s = back;
+                        last
+                    } else {
+                        s.update(data)
+                    };
+                    let last = last.map_err(|e| BackendError::Sasl(e.to_string()))?;
+                    scram = Scram::Started(s, method);
                     stream.write_all(&wire::sasl_response(last.as_bytes())).await?;
                 }
                 wire::Auth::SaslFinal(data) => {

@@ -199,12 +199,20 @@ impl Client {
         format!("n=,r={}", self.nonce)
     }
 
-    /// Reads the server-first message; returns the client-final message.
-    pub fn update(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
-        let State::First { password } = std::mem::replace(&mut self.state, State::Done) else {
-            return Err(ScramError::State);
-        };
-        let text = std::str::from_utf8(server_first).map_err(|_| ScramError::ServerFirst("not UTF-8"))?;
+    /// Whether reading `server_first` will derive keys (none remembered for
+    /// this password, salt and count): thousands of HMAC rounds, which the
+    /// caller runs off its async workers. A message that does not parse
+    /// derives nothing ([`Self::update`] reports it).
+    pub fn will_derive(&self, server_first: &[u8]) -> bool {
+        let State::First { password } = &self.state else { return false };
+        let Ok(text) = std::str::from_utf8(server_first) else { return false };
+        let Ok((_, salt, iterations)) = self.parse_first(text) else { return false };
+        let id = cache_key(password, &salt, iterations.get());
+        !cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&id)
+    }
+
+    /// The server-first message's nonce, salt and iteration count, checked.
+    fn parse_first<'a>(&self, text: &'a str) -> Result<(&'a str, Vec<u8>, NonZeroU32), ScramError> {
         let mut attrs = text.split(',');
         let mut next = |name: &'static str| {
             attrs.next().and_then(|a| a.strip_prefix(name)).ok_or(ScramError::ServerFirst(match name {
@@ -227,6 +235,16 @@ impl Client {
         if count > MAX_ITERATIONS {
             return Err(ScramError::Iterations(count));
         }
+        Ok((nonce, salt, iterations))
+    }
+
+    /// Reads the server-first message; returns the client-final message.
+    pub fn update(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+        let State::First { password } = std::mem::replace(&mut self.state, State::Done) else {
+            return Err(ScramError::State);
+        };
+        let text = std::str::from_utf8(server_first).map_err(|_| ScramError::ServerFirst("not UTF-8"))?;
+        let (nonce, salt, iterations) = self.parse_first(text)?;
         let (keys, _) = keys(&password, &salt, iterations);
         let without_proof = format!("c={},r={nonce}", self.binding.c());
         let auth_message = format!("{},{text},{without_proof}", self.bare());
@@ -333,6 +351,23 @@ mod tests {
         assert!(!derived(b"s3cret"));
         // Another password with the same salt is another key set.
         assert!(derived(b"other"));
+    }
+
+    #[test]
+    fn only_a_first_login_with_a_salt_derives_keys() {
+        let salt = STANDARD.encode(b"salt of the derivation test");
+        let first_message = |c: &Client| {
+            let nonce = c.first().rsplit_once("r=").unwrap().1.to_owned();
+            format!("r={nonce}srv,s={salt},i=4096")
+        };
+        let mut c = Client::new(b"pw-derive", Binding::Unsupported).unwrap();
+        let m = first_message(&c);
+        assert!(c.will_derive(m.as_bytes()));
+        c.update(m.as_bytes()).unwrap();
+        let c = Client::new(b"pw-derive", Binding::Unsupported).unwrap();
+        assert!(!c.will_derive(first_message(&c).as_bytes()), "the keys were remembered");
+        // What does not parse derives nothing (update reports it).
+        assert!(!c.will_derive(b"r=nope,s=c2FsdA==,i=4096"));
     }
 
     #[test]
