@@ -90,8 +90,13 @@ pub async fn make(
     let role = format!("{}{}_{sid}", prefix(svc), if who.is_empty() { "uid" } else { &who });
     let secret = crate::secrets::random32().map_err(|e| format!("random password: {e}"))?;
     let password: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    // The server stores this verifier; the password itself is never sent to it.
-    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    // The server stores this verifier; the password itself is never sent to
+    // it. Its keys are remembered, so the session's login derives none.
+    let pw = zeroize::Zeroizing::new(password.clone().into_bytes());
+    let verifier = tokio::task::spawn_blocking(move || super::scram::verifier(&pw))
+        .await
+        .map_err(|e| format!("the SCRAM verifier: {e}"))?
+        .map_err(|e| format!("the SCRAM verifier: {e}"))?;
     let until =
         jiff::Timestamp::now() + jiff::SignedDuration::try_from(d.ttl).unwrap_or(jiff::SignedDuration::from_hours(1));
     // The admin login is made a member so that it may end the role's

@@ -148,6 +148,28 @@ fn keys(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> (Keys, bool) {
     (keys, true)
 }
 
+/// Iterations of the verifiers made here ([`verifier`]): PostgreSQL's default.
+const VERIFIER_ITERATIONS: u32 = 4096;
+
+/// A SCRAM-SHA-256 verifier for `password`, as PostgreSQL stores it
+/// (`SCRAM-SHA-256$<count>:<salt>$<StoredKey>:<ServerKey>`), with a random
+/// 16-byte salt. The keys derived for it are remembered, so the first login
+/// with this password derives nothing more. Thousands of HMAC rounds: call
+/// it off the async workers.
+pub fn verifier(password: &[u8]) -> Result<String, ScramError> {
+    let mut salt = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut salt).map_err(|_| ScramError::Random)?;
+    let iterations = NonZeroU32::new(VERIFIER_ITERATIONS).ok_or(ScramError::Iterations(0))?;
+    let (keys, _) = keys(&normalize(password), &salt, iterations);
+    let stored = digest::digest(&digest::SHA256, keys.client.as_ref());
+    Ok(format!(
+        "SCRAM-SHA-256${VERIFIER_ITERATIONS}:{}${}:{}",
+        STANDARD.encode(salt),
+        STANDARD.encode(stored.as_ref()),
+        STANDARD.encode(keys.server.as_ref())
+    ))
+}
+
 /// SASLprep of the password where it is valid UTF-8 and SASLprep accepts it,
 /// else its bytes as they are: what PostgreSQL's server and libpq do.
 fn normalize(password: &[u8]) -> Zeroizing<Vec<u8>> {
@@ -368,6 +390,42 @@ mod tests {
         assert!(!c.will_derive(first_message(&c).as_bytes()), "the keys were remembered");
         // What does not parse derives nothing (update reports it).
         assert!(!c.will_derive(b"r=nope,s=c2FsdA==,i=4096"));
+    }
+
+    /// A verifier made here holds what a server computes from the password
+    /// (in PostgreSQL's format; the keys computed here the long way), and
+    /// the first login against it needs no derivation.
+    #[test]
+    fn a_verifier_made_here_is_the_servers_and_its_first_login_derives_nothing() {
+        let v = verifier(b"dyn-password").unwrap();
+        let (head, keys) = v
+            .split_once('$')
+            .and_then(|(m, rest)| (m == "SCRAM-SHA-256").then_some(rest))
+            .and_then(|r| r.split_once('$'))
+            .unwrap();
+        let (count, salt) = head.split_once(':').unwrap();
+        let (stored, server_key) = keys.split_once(':').unwrap();
+        assert_eq!(count, "4096");
+        let salt_bytes = STANDARD.decode(salt).unwrap();
+        assert_eq!(salt_bytes.len(), 16);
+        // The server's side, from the password, the long way.
+        let mut salted = [0u8; 32];
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            NonZeroU32::new(4096).unwrap(),
+            &salt_bytes,
+            b"dyn-password",
+            &mut salted,
+        );
+        let client_key = hmac_sha256(&salted, &[b"Client Key"]);
+        assert_eq!(STANDARD.decode(stored).unwrap(), digest::digest(&digest::SHA256, &client_key).as_ref());
+        assert_eq!(STANDARD.decode(server_key).unwrap(), hmac_sha256(&salted, &[b"Server Key"]));
+        // The session's login with that password: the keys are remembered.
+        let c = Client::new(b"dyn-password", Binding::Unsupported).unwrap();
+        let nonce = c.first().rsplit_once("r=").unwrap().1.to_owned();
+        assert!(!c.will_derive(format!("r={nonce}srv,s={salt},i=4096").as_bytes()));
+        // Two verifiers of one password have different salts.
+        assert_ne!(verifier(b"dyn-password").unwrap(), v);
     }
 
     #[test]
