@@ -107,14 +107,10 @@ async fn session_inner(
     // Several HTTPS backends on one address: the TLS server name picks one.
     // That waits on the client: its opening is no longer counted on.
     let (backend, sni_refused) = match backend {
-        Some(b) if crate::policy::http::sharing(&snapshot.policy, b).len() < 2 => (Some(b), None),
-        Some(b) => {
-            drop(ahead.take());
-            match crate::protocol::http::sni::pick(&snapshot.policy, b, &client).await {
-                Ok(b) => (Some(b), None),
-                Err(why) => (None, Some(why)),
-            }
-        }
+        Some(b) => match crate::protocol::http::sni::pick(&snapshot.policy, b, &client, || drop(ahead.take())).await {
+            Ok(b) => (Some(b), None),
+            Err(why) => (None, Some(why)),
+        },
         None => (None, None),
     };
     let (decision, backend_name, protocol) = match backend {

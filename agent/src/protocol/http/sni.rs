@@ -111,15 +111,19 @@ impl<'a> Reader<'a> {
 
 /// The backend a TLS client at a shared address asked for. `Err`: why it
 /// is refused (a fatal `unrecognized_name` alert has been sent).
+/// `before_wait` runs once, just before the client is waited on (only when
+/// the address is shared: otherwise `b` is the answer at once).
 pub async fn pick<'p>(
     policy: &'p Policy,
     b: &'p Backend,
     client: &tokio::net::TcpStream,
+    before_wait: impl FnOnce(),
 ) -> Result<&'p Backend, String> {
     let group = crate::policy::http::sharing(policy, b);
     if group.len() < 2 {
         return Ok(b);
     }
+    before_wait();
     let names = || {
         group
             .iter()

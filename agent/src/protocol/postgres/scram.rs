@@ -127,12 +127,18 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     out
 }
 
+/// Whether keys for (password, salt, count) are remembered.
+fn remembered(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> bool {
+    let id = cache_key(password, salt, iterations.get());
+    cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&id)
+}
+
 /// The keys for (password, salt, count): from the cache, or derived (and
-/// remembered). Returns whether they were derived, for the tests.
-fn keys(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> (Keys, bool) {
+/// remembered).
+fn keys(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> Keys {
     let id = cache_key(password, salt, iterations.get());
     if let Some(k) = cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id) {
-        return (k.clone(), false);
+        return k.clone();
     }
     let mut salted = Zeroizing::new([0u8; 32]);
     pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, password, salted.as_mut());
@@ -145,7 +151,7 @@ fn keys(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> (Keys, bool) {
         map.clear();
     }
     map.insert(id, keys.clone());
-    (keys, true)
+    keys
 }
 
 /// Iterations of the verifiers made here ([`verifier`]): PostgreSQL's default.
@@ -160,7 +166,7 @@ pub fn verifier(password: &[u8]) -> Result<String, ScramError> {
     let mut salt = [0u8; 16];
     ring::rand::SystemRandom::new().fill(&mut salt).map_err(|_| ScramError::Random)?;
     let iterations = NonZeroU32::new(VERIFIER_ITERATIONS).ok_or(ScramError::Iterations(0))?;
-    let (keys, _) = keys(&normalize(password), &salt, iterations);
+    let keys = keys(&normalize(password), &salt, iterations);
     let stored = digest::digest(&digest::SHA256, keys.client.as_ref());
     Ok(format!(
         "SCRAM-SHA-256${VERIFIER_ITERATIONS}:{}${}:{}",
@@ -229,8 +235,7 @@ impl Client {
         let State::First { password } = &self.state else { return false };
         let Ok(text) = std::str::from_utf8(server_first) else { return false };
         let Ok((_, salt, iterations)) = self.parse_first(text) else { return false };
-        let id = cache_key(password, &salt, iterations.get());
-        !cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&id)
+        !remembered(password, &salt, iterations)
     }
 
     /// The server-first message's nonce, salt and iteration count, checked.
@@ -267,7 +272,7 @@ impl Client {
         };
         let text = std::str::from_utf8(server_first).map_err(|_| ScramError::ServerFirst("not UTF-8"))?;
         let (nonce, salt, iterations) = self.parse_first(text)?;
-        let (keys, _) = keys(&password, &salt, iterations);
+        let keys = keys(&password, &salt, iterations);
         let without_proof = format!("c={},r={nonce}", self.binding.c());
         let auth_message = format!("{},{text},{without_proof}", self.bare());
         let stored_key = digest::digest(&digest::SHA256, keys.client.as_ref());
@@ -316,7 +321,7 @@ mod tests {
     fn the_rfc_7677_exchange_gives_the_rfc_proof_and_accepts_its_signature() {
         let password = normalize(b"pencil");
         let salt = STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
-        let (keys, _) = keys(&password, &salt, NonZeroU32::new(4096).unwrap());
+        let keys = keys(&password, &salt, NonZeroU32::new(4096).unwrap());
         let without_proof = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let auth = format!("n=user,r={NONCE},{SERVER_FIRST},{without_proof}");
         let stored = digest::digest(&digest::SHA256, keys.client.as_ref());
@@ -359,7 +364,7 @@ mod tests {
     fn a_login_is_accepted_with_the_servers_signature_and_the_next_one_reuses_the_keys() {
         let salt = STANDARD.encode(b"a salt only this test uses");
         let salt_bytes = STANDARD.decode(&salt).unwrap();
-        let derived = |password: &[u8]| keys(&normalize(password), &salt_bytes, NonZeroU32::new(4096).unwrap()).1;
+        let count = NonZeroU32::new(4096).unwrap();
         for (round, binding) in
             [Binding::Unsupported, Binding::EndPoint(vec![7; 32]), Binding::Unrequested].into_iter().enumerate()
         {
@@ -369,10 +374,17 @@ mod tests {
             assert!(last.starts_with(&format!("c={},", binding.c())), "{last}");
             c.finish(v.as_bytes()).unwrap();
         }
-        // The rounds after the first used the remembered keys, and still gave right proofs.
-        assert!(!derived(b"s3cret"));
+        assert!(remembered(&normalize(b"s3cret"), &salt_bytes, count));
         // Another password with the same salt is another key set.
-        assert!(derived(b"other"));
+        assert!(!remembered(&normalize(b"other"), &salt_bytes, count));
+        // The keys a login uses are the remembered ones: with another set put
+        // in their place, the proof is one the server refuses.
+        let id = cache_key(&normalize(b"s3cret"), &salt_bytes, count.get());
+        let wrong = Keys { client: Zeroizing::new([1; 32]), server: Zeroizing::new([2; 32]) };
+        cache().lock().unwrap().insert(id, wrong);
+        let (_, first, server_first, last) = exchange(b"s3cret", &salt, Binding::Unsupported);
+        assert!(!server(b"s3cret", &first, &server_first, &last).0, "the login did not take the remembered keys");
+        cache().lock().unwrap().remove(&id);
     }
 
     #[test]
@@ -436,8 +448,11 @@ mod tests {
         let (proof_ok, wrong) = server(b"wrong", &first, &server_first, &last);
         assert!(!proof_ok);
         assert_eq!(c.finish(wrong.as_bytes()), Err(ScramError::Signature));
-        // Nor is a second finish, or an error message, taken as success.
+        // Nor is a second finish, a finish before the server's first
+        // message, or an error message, taken as success.
         assert_eq!(c.finish(b"v=AAAA"), Err(ScramError::State));
+        let mut early = Client::new(b"right", Binding::Unsupported).unwrap();
+        assert_eq!(early.finish(b"v=AAAA"), Err(ScramError::State));
         let (mut c, ..) = exchange(b"right", &salt, Binding::Unsupported);
         assert_eq!(c.finish(b"e=invalid-proof"), Err(ScramError::ServerError("invalid-proof".into())));
     }
