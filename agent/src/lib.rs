@@ -27,6 +27,7 @@ pub mod service;
 pub mod settings;
 pub mod sql;
 mod sys;
+pub use sys::Allocator;
 pub mod trail;
 pub mod types;
 
