@@ -244,9 +244,9 @@ fn stamp(buf: &mut [u8], f: &Framed, jseq: u64, time_us: i64) {
     }
     let len = buf.get(f.at..f.at + STAMP).and_then(|l| l.try_into().ok()).map_or(0, u32::from_le_bytes);
     let sum_at = f.at + STAMP + len as usize;
-    if let Some(h) = buf.get_mut(sum_at..sum_at + CHECKSUM) {
-        h[..4].copy_from_slice(&crc.finalize().to_le_bytes());
-        h[4..].copy_from_slice(&CRC_TAG);
+    if let Some((sum, tag)) = buf.get_mut(sum_at..sum_at + CHECKSUM).map(|h| h.split_at_mut(4)) {
+        sum.copy_from_slice(&crc.finalize().to_le_bytes());
+        tag.copy_from_slice(&CRC_TAG);
     }
 }
 
@@ -431,14 +431,7 @@ impl Journal {
         Ok(Self {
             prefix,
             fsync,
-            inner: Mutex::new(Inner {
-                file: Arc::new(file),
-                path,
-                len: 0,
-                next,
-                older: VecDeque::new(),
-                failed: None,
-            }),
+            inner: Mutex::new(Inner { file: Arc::new(file), path, len: 0, next, older: VecDeque::new(), failed: None }),
             written: AtomicU64::new(next.saturating_sub(1)),
             synced: AtomicU64::new(next.saturating_sub(1)),
             sync_lock: tokio::sync::Mutex::new(()),
