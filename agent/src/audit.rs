@@ -68,7 +68,7 @@ const GROUP_COMMIT_MAX: usize = 2048;
 /// from ~120 to 78 µs, but one client's added p99 went from ~300 to ~620 µs
 /// (a commit of 10 ms of records is a longer burst on a 2-core host); 5 ms
 /// was lost in the noise. Kept at 2 ms. Again once the writer yields
-/// between records (`WRITER_YIELD_EVERY`): 10 ms matched 2 ms on one
+/// between records (`WRITER_YIELD_AFTER`): 10 ms matched 2 ms on one
 /// client's p99 (352–394 against 307–376 µs) and lost select-only
 /// throughput (16,329 and 16,821 against 19,162 and 18,460 tps). And with
 /// the writer's CPU per statement measured (`bench pg --select-only`, two
@@ -1397,6 +1397,7 @@ impl Writer {
         if events.is_empty() {
             return Ok(());
         }
+        RAN_SINCE.with(|since| since.set(Some(Instant::now())));
         if self.open_since.is_none() {
             if let Err(e) = self.conn.execute_batch("BEGIN") {
                 return Err(self.fail(e.to_string()));
@@ -1427,7 +1428,7 @@ impl Writer {
             return Ok(());
         }
         let jseq = std::mem::take(&mut self.pending_jseq);
-        std::thread::yield_now();
+        offer_cpu();
         let started = Instant::now();
         let r = if jseq > 0 { journal::set_ingested(&self.conn, jseq) } else { Ok(()) }
             .and_then(|()| self.conn.execute_batch("COMMIT"));
@@ -1665,8 +1666,9 @@ fn insert_event_with(
     Ok((seq, hash))
 }
 
-/// The writer offers its CPU (`sched_yield`) after this many records of a
-/// batch, and before the batch's statement rows and its commit. On two
+/// The writer offers its CPU (`sched_yield`) once it has run this long
+/// since it last did or since its batch began, between records, before a
+/// batch's statement rows and before its commit. On two
 /// cores the writer's batch (one SQLite transaction, ≈ 200 µs every 2 ms
 /// for one busy session) ran whole while the session's next step — the
 /// agent's worker, PostgreSQL's backend, the client — waited on the same
@@ -1680,7 +1682,33 @@ fn insert_event_with(
 /// record instead of every fourth measured the same. (`SCHED_IDLE` for the
 /// writer, tried instead, made the tail worse: ≈ 530–580 µs.) For the
 /// writer's priority see [`WRITER_NICE`].
-const WRITER_YIELD_EVERY: usize = 4;
+///
+/// Yielding every fourth record (until stop 55) made the writer switch out
+/// ≈ 4,100 times a second under `bench pg` select-only (8 clients, ≈ 24,000
+/// statements a second), each a switch out and back; after 40 µs of running
+/// instead, ≈ 2,600. Paired with the build before (`bench pg --select-only
+/// 6 --compare`), the writer's CPU per statement was 0.86–1.00 of it
+/// (median 0.94) and throughput the same within the noise; one client's
+/// added latency (`--latency-only`, two sets of three rounds alternating)
+/// p50 20–24 against 20–25 µs, p99 63–101 against 52–92 µs.
+const WRITER_YIELD_AFTER: Duration = Duration::from_micros(40);
+
+/// Yields the writer's CPU once it has run [`WRITER_YIELD_AFTER`] since it
+/// last did (or since its batch began: see [`Writer::append_batch`]).
+fn offer_cpu() {
+    let now = Instant::now();
+    RAN_SINCE.with(|since| {
+        if since.get().is_none_or(|t| now.saturating_duration_since(t) >= WRITER_YIELD_AFTER) {
+            std::thread::yield_now();
+            since.set(Some(Instant::now()));
+        }
+    });
+}
+
+thread_local! {
+    /// When the writer last yielded or began a batch (see [`offer_cpu`]).
+    static RAN_SINCE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
 
 /// The writer thread's nice value: it runs ahead of the sessions (and of
 /// every local user's processes) when it wakes. A session's opening waits
@@ -1714,9 +1742,7 @@ fn write(
     let partner = fold::pairs(entries);
     let mut written = 0usize;
     for (i, e) in entries.iter().enumerate() {
-        if i % WRITER_YIELD_EVERY == WRITER_YIELD_EVERY - 1 {
-            std::thread::yield_now();
-        }
+        offer_cpu();
         match partner.get(i).copied().unwrap_or(fold::ALONE) {
             fold::ALONE => {
                 head = insert_event_with(
@@ -1760,7 +1786,7 @@ fn write(
         }
     }
     drop(insert);
-    std::thread::yield_now();
+    offer_cpu();
     rows.insert(tx)?;
     Ok((head, written))
 }
