@@ -1716,14 +1716,14 @@ fn insert_event_with(
 /// writer, tried instead, made the tail worse: ≈ 530–580 µs.) For the
 /// writer's priority see [`WRITER_NICE`].
 ///
-/// Yielding every fourth record (until stop 55) made the writer switch out
-/// ≈ 4,100 times a second under `bench pg` select-only (8 clients, ≈ 24,000
-/// statements a second), each a switch out and back; after 40 µs of running
-/// instead, ≈ 2,600. Paired with the build before (`bench pg --select-only
-/// 6 --compare`), the writer's CPU per statement was 0.86–1.00 of it
-/// (median 0.94) and throughput the same within the noise; one client's
-/// added latency (`--latency-only`, two sets of three rounds alternating)
-/// p50 20–24 against 20–25 µs, p99 63–101 against 52–92 µs.
+/// Yielding every fourth record (as the writer did before) made it switch
+/// out ≈ 4,100 times a second under `bench pg` select-only (8 clients,
+/// ≈ 24,000 statements a second), each a switch out and back; after 40 µs
+/// of running instead, ≈ 2,600. Paired with the build before (`bench pg
+/// --select-only 6 --compare`), the writer's CPU per statement was
+/// 0.86–1.00 of it (median 0.94) and throughput the same within the noise;
+/// one client's added latency (`--latency-only`, two sets of three rounds
+/// alternating) p50 20–24 against 20–25 µs, p99 63–101 against 52–92 µs.
 const WRITER_YIELD_AFTER: Duration = Duration::from_micros(40);
 
 /// Yields the writer's CPU once it has run [`WRITER_YIELD_AFTER`] since it

@@ -193,9 +193,11 @@ const STAMP: usize = 4;
 const STAMP_LEN: usize = 16;
 
 /// An entry framed by [`frame`] and not yet stamped: where it starts in the
-/// buffer, and the CRC of what follows its jseq and time.
+/// buffer, where its checksum goes, and the CRC of what lies between its
+/// jseq and time and its checksum.
 struct Framed {
     at: usize,
+    sum_at: usize,
     tail: crc32fast::Hasher,
 }
 
@@ -226,8 +228,9 @@ fn frame(buf: &mut Vec<u8>, e: &Entry) -> Framed {
     if let Some(h) = buf.get_mut(at..at + STAMP) {
         h.copy_from_slice(&len.to_le_bytes());
     }
+    let sum_at = buf.len();
     buf.extend_from_slice(&[0; CHECKSUM]);
-    Framed { at, tail }
+    Framed { at, sum_at, tail }
 }
 
 /// Fills in a framed entry's jseq and time, and its checksum (the CRC of
@@ -242,9 +245,7 @@ fn stamp(buf: &mut [u8], f: &Framed, jseq: u64, time_us: i64) {
     if let Some(h) = buf.get_mut(f.at + STAMP..f.at + STAMP + STAMP_LEN) {
         h.copy_from_slice(&head);
     }
-    let len = buf.get(f.at..f.at + STAMP).and_then(|l| l.try_into().ok()).map_or(0, u32::from_le_bytes);
-    let sum_at = f.at + STAMP + len as usize;
-    if let Some((sum, tag)) = buf.get_mut(sum_at..sum_at + CHECKSUM).map(|h| h.split_at_mut(4)) {
+    if let Some((sum, tag)) = buf.get_mut(f.sum_at..f.sum_at + CHECKSUM).map(|h| h.split_at_mut(4)) {
         sum.copy_from_slice(&crc.finalize().to_le_bytes());
         tag.copy_from_slice(&CRC_TAG);
     }
