@@ -200,6 +200,20 @@ impl Allocator {
     fn plain(align: usize, size: usize) -> bool {
         align <= MALLOC_ALIGN && align <= size
     }
+
+    /// A new block for `layout` from `plain` (`mi_malloc`, `mi_zalloc`) when
+    /// its alignment suffices, else from `aligned` (their `_aligned` forms).
+    #[inline]
+    fn new_block(
+        layout: std::alloc::Layout,
+        plain: unsafe extern "C" fn(usize) -> *mut libc::c_void,
+        aligned: unsafe extern "C" fn(usize, usize) -> *mut libc::c_void,
+    ) -> *mut u8 {
+        let (size, align) = (layout.size(), layout.align());
+        // SAFETY: mimalloc's allocation calls take plain integers; see the
+        // `GlobalAlloc` impl's comment for the alignment.
+        unsafe { if Self::plain(align, size) { plain(size).cast() } else { aligned(size, align).cast() } }
+    }
 }
 
 // SAFETY: every block comes from mimalloc and goes back to it (`mi_free`
@@ -209,28 +223,12 @@ impl Allocator {
 unsafe impl std::alloc::GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        // SAFETY: plain C allocation calls; see the impl's comment.
-        unsafe {
-            if Self::plain(align, size) {
-                libmimalloc_sys::mi_malloc(size).cast()
-            } else {
-                libmimalloc_sys::mi_malloc_aligned(size, align).cast()
-            }
-        }
+        Self::new_block(layout, libmimalloc_sys::mi_malloc, libmimalloc_sys::mi_malloc_aligned)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        // SAFETY: as `alloc`.
-        unsafe {
-            if Self::plain(align, size) {
-                libmimalloc_sys::mi_zalloc(size).cast()
-            } else {
-                libmimalloc_sys::mi_zalloc_aligned(size, align).cast()
-            }
-        }
+        Self::new_block(layout, libmimalloc_sys::mi_zalloc, libmimalloc_sys::mi_zalloc_aligned)
     }
 
     #[inline]
