@@ -633,7 +633,9 @@ fn dump_counts(pid: u32, out: &Path) -> Result<(u64, u64)> {
         let text = std::fs::read_to_string(&path)?;
         let total = callgrind_total(&text);
         // Kept for `callgrind_annotate` when asked (the rig's directory goes with it).
-        if let (Some(keep), Some(name)) = (std::env::var_os("GATEHOUSE_BENCH_PROFILES"), path.file_name()) {
+        // An empty value is unset (it would put them in the working tree).
+        let keep = std::env::var_os("GATEHOUSE_BENCH_PROFILES").filter(|k| !k.is_empty());
+        if let (Some(keep), Some(name)) = (keep, path.file_name()) {
             let keep = Path::new(&keep).join(format!("{pid}"));
             std::fs::create_dir_all(&keep)?;
             std::fs::copy(&path, keep.join(name))?;
