@@ -1432,7 +1432,7 @@ impl Writer {
         }
         RAN_SINCE.with(|since| since.set(Some(Instant::now())));
         if self.open_since.is_none() {
-            if let Err(e) = self.conn.execute_batch("BEGIN") {
+            if let Err(e) = self.conn.prepare_cached("BEGIN").and_then(|mut b| b.execute([])) {
                 return Err(self.fail(e.to_string()));
             }
             self.open_since = Some(Instant::now());
@@ -1464,7 +1464,8 @@ impl Writer {
         offer_cpu();
         let started = Instant::now();
         let r = if jseq > 0 { journal::set_ingested(&self.conn, jseq) } else { Ok(()) }
-            .and_then(|()| self.conn.execute_batch("COMMIT"));
+            .and_then(|()| self.conn.prepare_cached("COMMIT").and_then(|mut c| c.execute([])))
+            .map(drop);
         self.open_since = None;
         match r {
             Ok(()) => {

@@ -142,10 +142,14 @@ pub enum ConnectRefusal {
 /// Connects to the real backend from a socket marked with SO_MARK, which
 /// the connect programs leave alone.
 pub async fn connect_upstream(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
-    let sock =
-        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    // Made non-blocking (and close-on-exec) by socket(2) itself: two
+    // fcntl(2) calls fewer per connection than setting it afterwards.
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking(),
+        Some(socket2::Protocol::TCP),
+    )?;
     sock.set_mark(mark)?;
-    sock.set_nonblocking(true)?;
     sock.set_tcp_nodelay(true)?;
     let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
     tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
