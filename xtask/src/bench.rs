@@ -437,7 +437,7 @@ impl Drop for Servers {
     }
 }
 
-fn serve(host: &str, stop: Arc<AtomicBool>, handler: fn(TcpStream)) -> Result<SocketAddr> {
+fn serve(host: &str, stop: Arc<AtomicBool>, handler: impl Fn(TcpStream) + Copy + Send + 'static) -> Result<SocketAddr> {
     let l = TcpListener::bind((host, 0))?;
     l.set_nonblocking(true)?;
     let addr = l.local_addr()?;
@@ -475,6 +475,42 @@ fn sink_conn(mut s: TcpStream) {
         n += k as u64;
     }
     let _ = s.write_all(&n.to_le_bytes());
+}
+
+/// The bulk baseline for a relay: a bare `splice(2)` relay, the mechanism
+/// Gatehouse moves opaque TCP with once it records no more, without anything
+/// else. Per connection one blocking thread moves client → server through a
+/// pipe of Gatehouse's size (1 MiB), another copies the answer back. What it
+/// reaches in the same run is the ceiling of that mechanism on the machine.
+fn splice_conn(client: TcpStream, to: SocketAddr) {
+    let Ok(server) = TcpStream::connect(to) else { return };
+    let (Ok(mut client_w), Ok(mut server_r)) = (client.try_clone(), server.try_clone()) else { return };
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut server_r, &mut client_w);
+        let _ = client_w.shutdown(std::net::Shutdown::Write);
+    });
+    if let Err(e) = splice_copy(&client, &server) {
+        eprintln!("splice relay: {e}");
+    }
+    let _ = server.shutdown(std::net::Shutdown::Write);
+    let _ = back.join();
+}
+
+fn splice_copy(from: &TcpStream, to: &TcpStream) -> Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+    const PIPE: usize = 1 << 20;
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    fcntl(&w, FcntlArg::F_SETPIPE_SZ(i32::try_from(PIPE)?))?;
+    loop {
+        let n = splice(from, None, &w, None, PIPE, SpliceFFlags::SPLICE_F_MOVE)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut left = n;
+        while left > 0 {
+            left = left.saturating_sub(splice(&r, None, to, None, left, SpliceFFlags::SPLICE_F_MOVE)?);
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -532,7 +568,9 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
         ),
     )?);
     crate::util::wait_port(&hp_sink.to_string())?;
-    let names = ["direct", "gatehouse", "haproxy"];
+    let sink_direct = servers.sink[1];
+    let splice_sink = serve("127.10.200.5", servers.stop.clone(), move |s| splice_conn(s, sink_direct))?;
+    let names = ["direct", "gatehouse", "haproxy", "splice"];
     let conc = "8".to_owned();
     let mut rate = [Vec::new(), Vec::new(), Vec::new()];
     let mut lat = [Vec::new(), Vec::new(), Vec::new()];
@@ -573,9 +611,9 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
         }
     }
     eprintln!("bulk: {bytes} bytes one way, one connection");
-    let mut bulk = [Vec::new(), Vec::new(), Vec::new()];
+    let mut bulk = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for round in 0..2 {
-        for (i, target) in [servers.sink[1], servers.sink[0], hp_sink].iter().enumerate() {
+        for (i, target) in [servers.sink[1], servers.sink[0], hp_sink, splice_sink].iter().enumerate() {
             let out = rig.client(&["bulk".into(), target.to_string(), bytes.to_string()])?;
             let v: serde_json::Value = serde_json::from_str(out.trim())?;
             let mbs = v["mb_per_s"].as_f64().unwrap_or(0.0);
@@ -607,7 +645,7 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
 
     let [rd, rg, rh] = rate.map(median);
     let [ld, lg, lh] = lat.map(median);
-    let [bd, bg, bh] = bulk.map(median);
+    let [bd, bg, bh, bs] = bulk.map(median);
     let [_, cg, ch] = cpu.map(median);
     println!();
     println!("connect_rate      direct    {rd:>10.0} conn/s   p50 {ld:>6.0} µs");
@@ -617,6 +655,7 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
     println!("bulk              direct    {bd:>10.0} MB/s");
     println!("bulk              gatehouse {bg:>10.0} MB/s");
     println!("bulk              haproxy   {bh:>10.0} MB/s");
+    println!("bulk              splice    {bs:>10.0} MB/s   (a bare splice(2) relay: the mechanism's ceiling)");
     println!(
         "idle_rss          gatehouse {per_slow:>10.1} KiB per idle connection, {:.1} MiB with {slow_open} half-sent startups (goal ≤ 64 KiB each)",
         slow_kib / 1024.0
@@ -632,6 +671,8 @@ fn connect(secs: u64, bytes: u64) -> Result<()> {
     println!("ratio bulk gatehouse/direct = {:.2}", bg / bd);
     println!("ratio bulk haproxy/direct = {:.2}", bh / bd);
     println!("ratio bulk gatehouse/haproxy = {:.2}", bg / bh);
+    println!("ratio bulk splice_relay/direct = {:.2}", bs / bd);
+    println!("ratio bulk gatehouse/splice_relay = {:.2}", bg / bs);
     println!("ratio idle_rss gatehouse/goal64k = {:.2}", per_slow / 64.0);
     println!("ratio idle_rss_tcp gatehouse/goal64k = {:.2}", per_tcp / 64.0);
     drop(servers);
