@@ -15,6 +15,7 @@
 
 mod admin;
 pub mod anchors;
+mod body;
 pub mod chain;
 pub mod export;
 pub mod fold;
@@ -742,6 +743,11 @@ impl Event {
     /// are hashed and stored as they are, not copied again).
     fn encode(&self) -> (Vec<u8>, Option<&[u8]>) {
         fn json<T: Serialize>(v: &T) -> Vec<u8> {
+            scratch(|b| {
+                let _ = serde_json::to_writer(b, v);
+            })
+        }
+        fn scratch(write: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
             // Serialised into a buffer this thread keeps, then copied out at
             // its exact size: one allocation per body. `serde_json::to_vec`
             // starts at 128 bytes and doubles, so a statement's body (≈ 250
@@ -760,21 +766,26 @@ impl Event {
                 .try_with(|cell| {
                     let mut b = cell.try_borrow_mut().ok()?;
                     b.clear();
-                    let body = serde_json::to_writer(&mut *b, v).ok().map(|()| b.as_slice().to_vec());
+                    write(&mut b);
+                    let body = b.as_slice().to_vec();
                     if b.capacity() > JSON_SCRATCH_KEEP {
                         *b = Vec::with_capacity(JSON_SCRATCH_KEEP);
                     }
-                    body
+                    Some(body)
                 })
                 .ok()
                 .flatten()
-                .unwrap_or_else(|| serde_json::to_vec(v).unwrap_or_default())
+                .unwrap_or_else(|| {
+                    let mut b = Vec::new();
+                    write(&mut b);
+                    b
+                })
         }
         let body = match self {
             Self::SessionOpen(o) => json(o),
             Self::SessionClose(c) => json(c),
-            Self::Statement(s) => json(s),
-            Self::StatementEnd(e) => json(e),
+            Self::Statement(s) => scratch(|b| s.write_json(b)),
+            Self::StatementEnd(e) => scratch(|b| e.write_json(b)),
             Self::Chunk { header, .. } => json(header),
             Self::Truncated { truncation, .. } => json(truncation),
             Self::BackendLogin(l) => json(l),
