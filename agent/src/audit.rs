@@ -744,7 +744,10 @@ impl Event {
     fn encode(&self) -> (Vec<u8>, Option<&[u8]>) {
         fn json<T: Serialize>(v: &T) -> Vec<u8> {
             scratch(|b| {
-                let _ = serde_json::to_writer(b, v);
+                // A value that cannot be serialised leaves no half body.
+                if serde_json::to_writer(&mut *b, v).is_err() {
+                    b.clear();
+                }
             })
         }
         fn scratch(write: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
