@@ -27,25 +27,43 @@ impl StatementStart {
     /// The body as `serde_json::to_vec(self)` writes it (field order and
     /// the `skip_serializing_if` rules of the struct's derive).
     pub(super) fn write_json(&self, b: &mut Vec<u8>) {
-        field(b, b"{\"session\":", &self.session);
-        field(b, b",\"seq\":", &self.seq);
-        field(b, b",\"started_us\":", &self.started_us);
-        field(b, b",\"text\":", self.text.as_str());
-        field(b, b",\"kinds\":", &self.kinds);
-        field(b, b",\"tables\":", &self.tables);
-        field(b, b",\"decision\":", self.decision.as_str());
-        field(b, b",\"rule\":", &self.rule);
-        field(b, b",\"reason\":", &self.reason);
-        if self.redacted != 0 {
-            field(b, b",\"redacted\":", &self.redacted);
+        // Every field named: one added to the struct does not compile here
+        // until it is written (or, like the folded bytes, left out) on purpose.
+        let Self {
+            session,
+            seq,
+            started_us,
+            text,
+            kinds,
+            tables,
+            decision,
+            rule,
+            reason,
+            redacted,
+            up_offset,
+            up: _,
+            up_len,
+            end,
+        } = self;
+        field(b, b"{\"session\":", session);
+        field(b, b",\"seq\":", seq);
+        field(b, b",\"started_us\":", started_us);
+        field(b, b",\"text\":", text.as_str());
+        field(b, b",\"kinds\":", kinds);
+        field(b, b",\"tables\":", tables);
+        field(b, b",\"decision\":", decision.as_str());
+        field(b, b",\"rule\":", rule);
+        field(b, b",\"reason\":", reason);
+        if *redacted != 0 {
+            field(b, b",\"redacted\":", redacted);
         }
-        if let Some(o) = self.up_offset {
-            field(b, b",\"up_offset\":", &o);
+        if let Some(o) = up_offset {
+            field(b, b",\"up_offset\":", o);
         }
-        if let Some(l) = self.up_len {
-            field(b, b",\"up_len\":", &l);
+        if let Some(l) = up_len {
+            field(b, b",\"up_len\":", l);
         }
-        if let Some(end) = &self.end {
+        if let Some(end) = end {
             b.extend_from_slice(b",\"end\":");
             end.write_json(b);
         }
@@ -56,18 +74,20 @@ impl StatementStart {
 impl StatementEnd {
     /// The body as `serde_json::to_vec(self)` writes it.
     pub(super) fn write_json(&self, b: &mut Vec<u8>) {
-        field(b, b"{\"session\":", &self.session);
-        field(b, b",\"seq\":", &self.seq);
-        field(b, b",\"ended_us\":", &self.ended_us);
-        field(b, b",\"rows\":", &self.rows);
-        field(b, b",\"duration_us\":", &self.duration_us);
-        field(b, b",\"error\":", &self.error);
-        field(b, b",\"masked\":", &self.masked);
-        if let Some(t) = &self.tags {
+        // Every field named, as in `StatementStart::write_json`.
+        let Self { session, seq, ended_us, rows, duration_us, error, masked, tags, down_offset, down: _ } = self;
+        field(b, b"{\"session\":", session);
+        field(b, b",\"seq\":", seq);
+        field(b, b",\"ended_us\":", ended_us);
+        field(b, b",\"rows\":", rows);
+        field(b, b",\"duration_us\":", duration_us);
+        field(b, b",\"error\":", error);
+        field(b, b",\"masked\":", masked);
+        if let Some(t) = tags {
             field(b, b",\"tags\":", t.as_str());
         }
-        if let Some(o) = self.down_offset {
-            field(b, b",\"down_offset\":", &o);
+        if let Some(o) = down_offset {
+            field(b, b",\"down_offset\":", o);
         }
         b.push(b'}');
     }

@@ -307,16 +307,16 @@ pub(super) fn ingested(conn: &Connection) -> rusqlite::Result<u64> {
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
-/// Every commit of the writer sets it: an UPDATE in place touches only the
-/// meta table's page, where INSERT OR REPLACE would delete the row and insert
-/// another (a new rowid) and so rewrite the key's index page too: one WAL
-/// frame more per commit.
+/// Every commit of the writer sets it. An upsert updates the row in place
+/// and touches only the meta table's page, where INSERT OR REPLACE deleted
+/// the row and inserted another (a new rowid), rewriting the key's index
+/// page too: one WAL frame more per commit.
 pub(super) fn set_ingested(tx: &Connection, jseq: u64) -> rusqlite::Result<()> {
-    let v = jseq.to_string();
-    let changed = tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'journal_ingested'")?.execute([&v])?;
-    if changed == 0 {
-        tx.prepare_cached("INSERT INTO meta (key, value) VALUES ('journal_ingested', ?1)")?.execute([&v])?;
-    }
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('journal_ingested', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([jseq.to_string()])?;
     Ok(())
 }
 

@@ -272,6 +272,33 @@ fn a_new_store_has_large_pages_and_an_existing_one_keeps_its_own() {
 }
 
 #[test]
+fn the_journal_position_is_one_row_rewritten_in_place_one_wal_page_per_commit() {
+    let dir = temp("ingested");
+    let db = dir.join("state/audit.db");
+    let conn = open_conn(&db, false).unwrap();
+    // (busy, frames in the WAL, frames checkpointed)
+    let checkpoint =
+        |mode: &str| conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(1)).unwrap();
+    assert_eq!(journal::ingested(&conn).unwrap(), 0);
+    for jseq in [1u64, 7, 8, 1 << 40] {
+        checkpoint("TRUNCATE");
+        conn.execute_batch("BEGIN").unwrap();
+        journal::set_ingested(&conn, jseq).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        // The first commit adds the row; every later one rewrites its one
+        // page (INSERT OR REPLACE wrote its key's index page as well).
+        if jseq != 1 {
+            assert_eq!(checkpoint("PASSIVE"), 1, "WAL frames for jseq {jseq}");
+        }
+        assert_eq!(journal::ingested(&conn).unwrap(), jseq);
+    }
+    let rows: i64 =
+        conn.query_row("SELECT count(*) FROM meta WHERE key = 'journal_ingested'", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_state_directory_is_narrowed_and_keys_are_not_read_through_links() {
     let dir = temp("state");
     let state = dir.join("state");
