@@ -314,6 +314,43 @@ pub fn split_recorded_tables(list: &str) -> Vec<&str> {
 }
 
 impl Statement {
+    /// This classification for another text of the same template: every
+    /// field cloned but the text, which is `text` (a cache hit; cloning
+    /// the cached text only to overwrite it cost an allocation). Every field
+    /// is named, so one added later does not compile until it is handled.
+    pub fn with_text(&self, text: &str) -> Self {
+        let Self {
+            text: _,
+            kinds,
+            reads,
+            writes,
+            functions,
+            refs,
+            effects,
+            pending_where,
+            via_views,
+            sensitive,
+            lineage,
+            compared,
+            written,
+        } = self;
+        Self {
+            text: text.to_owned(),
+            kinds: kinds.clone(),
+            reads: reads.clone(),
+            writes: writes.clone(),
+            functions: functions.clone(),
+            refs: refs.clone(),
+            effects: effects.clone(),
+            pending_where: pending_where.clone(),
+            via_views: via_views.clone(),
+            sensitive: sensitive.clone(),
+            lineage: lineage.clone(),
+            compared: compared.clone(),
+            written: written.clone(),
+        }
+    }
+
     /// The first call of a built-in whose reads no lineage follows (SQL text
     /// it runs, a table or cursor named by a value): masking cannot follow
     /// what it returns.

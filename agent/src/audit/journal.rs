@@ -454,7 +454,8 @@ impl Journal {
         FRAMES.with_borrow_mut(|buf| {
             buf.clear();
             let mut entries = Vec::with_capacity(events.len());
-            let mut framed = Vec::with_capacity(events.len());
+            // Where each frame is (kept on this thread: no allocation for a statement's one or two).
+            let mut framed: smallvec::SmallVec<[Framed; 4]> = smallvec::SmallVec::with_capacity(events.len());
             for e in events {
                 let (body, _) = e.encode();
                 let entry = Entry { jseq: 0, time_us: 0, kind: e.kind(), session: e.session(), body, event: Some(e) };

@@ -118,9 +118,7 @@ impl Cache {
         let maps = self.templates.lock().unwrap_or_else(PoisonError::into_inner);
         let hit = maps.get(usize::from(options.standard_conforming_strings))?.get(t.key.as_str())?;
         let text = sql.get(hit.start..sql.len().checked_sub(hit.tail)?)?;
-        let mut s = hit.statement.clone();
-        text.trim().clone_into(&mut s.text);
-        Some((s, hit.shape))
+        Some((hit.statement.with_text(text.trim()), hit.shape))
     }
 
     /// Remembers a fresh classification of `sql` for its template, when it

@@ -183,6 +183,22 @@ pub fn redact(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Reda
     if !opts.normalize && !rules.might_hold_secret(text) {
         return Redacted { text: text.to_owned(), secrets: 0, normalized: 0 };
     }
+    redact_candidate(text, rules, opts, scs)
+}
+
+/// [`redact`], or `None` when the text is recorded as it is: a text the
+/// prefilter passes is not copied only to be compared with itself (the
+/// recorded client stream, [`client_bytes`], keeps its bytes then).
+pub fn redact_if_changed(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Option<Redacted> {
+    if !opts.normalize && !rules.might_hold_secret(text) {
+        return None;
+    }
+    let r = redact_candidate(text, rules, opts, scs);
+    (r.text != text).then_some(r)
+}
+
+/// [`redact`] for a text the prefilter did not clear.
+fn redact_candidate(text: &str, rules: &Rules, opts: RecordOptions, scs: bool) -> Redacted {
     // The memo's key: the text's template or, for a text without one, the
     // text itself (a driver's Parse sends the same text with `$n` again and again).
     let t = super::template::of(text);
@@ -864,6 +880,38 @@ mod tests {
         assert!(rules.might_hold_secret("SELECT 1"));
     }
 
+    /// The recorded stream's shortcut says "unchanged" exactly when
+    /// redaction leaves the text as it is, and otherwise gives what
+    /// redaction gives: with and without secrets, normalized or not.
+    #[test]
+    fn redact_if_changed_is_none_exactly_when_redact_changes_nothing() {
+        let rules = Rules::default();
+        let texts = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "select 1",
+            "ALTER ROLE app PASSWORD 'hunter2'",
+            "SELECT set_config('app.token', 'tok-1', false)",
+            "SELECT password FROM users",
+            "SELECT pgp_sym_encrypt('x', 'k')",
+            "SET app.secret = 'x'; SELECT 1",
+        ];
+        for normalize in [false, true] {
+            let opts = RecordOptions { normalize, ..RecordOptions::default() };
+            for text in texts {
+                let full = redact(text, &rules, opts, true);
+                match redact_if_changed(text, &rules, opts, true) {
+                    None => assert_eq!(full.text, text, "{text:?} normalize {normalize}"),
+                    Some(r) => {
+                        assert_ne!(r.text, text, "{text:?} normalize {normalize}");
+                        assert_eq!(r, full, "{text:?} normalize {normalize}");
+                    }
+                }
+            }
+        }
+        // Both kinds of answer are met above.
+        assert!(redact_if_changed(texts[0], &rules, RecordOptions::default(), true).is_none());
+        assert!(redact_if_changed(texts[2], &rules, RecordOptions::default(), true).is_some());
+    }
     /// Ways to set a secret setting without writing its name out: each value
     /// is kept out of the record, under both string settings, memoized or not.
     #[test]

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use super::{RecordOptions, Rules, redact};
+use super::{RecordOptions, Rules, redact_if_changed};
 use crate::mask::{Counts, MaskOutput, Profile};
 
 /// What recording the client's byte stream needs to know.
@@ -17,7 +17,7 @@ pub struct StreamView<'a> {
 }
 
 /// The client→backend bytes as they are recorded: whole messages, each
-/// Query and Parse text redacted ([`redact`]), Bind parameters, FunctionCall
+/// Query and Parse text redacted ([`super::redact`]), Bind parameters, FunctionCall
 /// arguments and CopyData replaced unless the rule records parameters (and
 /// then masked). Bytes that need no change come back borrowed.
 pub fn client_bytes<'b>(bytes: &'b [u8], v: &StreamView<'_>) -> Cow<'b, [u8]> {
@@ -79,22 +79,17 @@ fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
 fn query(body: &[u8], v: &StreamView<'_>) -> Option<Vec<u8>> {
     let (text, _) = cstr(body)?;
     let text = std::str::from_utf8(text).ok()?;
-    let r = redact(text, v.rules, v.opts, v.scs);
-    (r.text != text).then(|| {
-        let mut b = r.text.into_bytes();
-        b.push(0);
-        b
-    })
+    let r = redact_if_changed(text, v.rules, v.opts, v.scs)?;
+    let mut b = r.text.into_bytes();
+    b.push(0);
+    Some(b)
 }
 
 fn parse(body: &[u8], v: &StreamView<'_>) -> Option<Vec<u8>> {
     let (name, rest) = cstr(body)?;
     let (text, types) = cstr(rest)?;
     let text = std::str::from_utf8(text).ok()?;
-    let r = redact(text, v.rules, v.opts, v.scs);
-    if r.text == text {
-        return None;
-    }
+    let r = redact_if_changed(text, v.rules, v.opts, v.scs)?;
     let mut b = Vec::with_capacity(body.len());
     b.extend_from_slice(name);
     b.push(0);
