@@ -508,7 +508,10 @@ fn splice_copy(from: &TcpStream, to: &TcpStream) -> Result<()> {
         }
         let mut left = n;
         while left > 0 {
-            left = left.saturating_sub(splice(&r, None, to, None, left, SpliceFFlags::SPLICE_F_MOVE)?);
+            let moved = splice(&r, None, to, None, left, SpliceFFlags::SPLICE_F_MOVE)?;
+            // A blocking socket takes at least a byte or fails; zero would spin here forever.
+            anyhow::ensure!(moved > 0, "splice into the server's socket moved nothing");
+            left = left.saturating_sub(moved);
         }
     }
 }
