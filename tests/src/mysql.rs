@@ -101,7 +101,14 @@ impl MariaServer {
             .expect("start mariadbd");
         let s = Self { dir, host: host.to_owned(), port, child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect((s.host.as_str(), port)).is_err() || !s.dir.join("sock").exists() {
+        // Ready when both listen: mariadbd binds its Unix socket (the file
+        // exists) a moment before it listens on it, and a client connecting
+        // in between is refused (CI saw `ERROR 2002 … (111)` from the first
+        // admin statement), so connect to it rather than look for the file.
+        let sock = s.dir.join("sock");
+        while std::net::TcpStream::connect((s.host.as_str(), port)).is_err()
+            || std::os::unix::net::UnixStream::connect(&sock).is_err()
+        {
             assert!(Instant::now() < deadline, "mariadbd did not start:\n{}", s.error_log());
             std::thread::sleep(Duration::from_millis(100));
         }
