@@ -65,9 +65,10 @@ const GROUP_COMMIT_MAX: usize = 2048;
 /// bytes per statement unchanged in an A/B run (~2 KB per select-only
 /// statement either way: mostly the records' own bytes, not pages rewritten
 /// per transaction). Measured again with every statement row written whole
-/// (see `StatementRows`): 10 ms cut the writer's CPU per TPC-B transaction
-/// from ~120 to 78 µs, but one client's added p99 went from ~300 to ~620 µs
-/// (a commit of 10 ms of records is a longer burst on a 2-core host); 5 ms
+/// (when the writer still kept a `statements` row per statement): 10 ms cut
+/// the writer's CPU per TPC-B transaction from ~120 to 78 µs, but one
+/// client's added p99 went from ~300 to ~620 µs (a commit of 10 ms of
+/// records is a longer burst on a 2-core host); 5 ms
 /// was lost in the noise. Kept at 2 ms. Again once the writer yields
 /// between records (`WRITER_YIELD_AFTER`): 10 ms matched 2 ms on one
 /// client's p99 (352–394 against 307–376 µs) and lost select-only
@@ -151,7 +152,42 @@ impl std::ops::Deref for SessionKey {
     }
 }
 
-pub const SCHEMA: &str = "
+/// The `statements` query table, read from the chain itself: one row per
+/// `statement` record (a folded one carries its end as `end`; an unfolded
+/// one's end is its session's `statement_end` record of the same statement
+/// number, found through `events_statement_end`). The writer keeps no
+/// separate row per statement: that row (15 columns and a second B-tree) was
+/// ≈ 11k of the writer's instructions per select-only statement, about 7% of
+/// the agent's CPU per statement (see the README's benchmark section). A
+/// record whose body is not JSON has no row; a redacted one (body removed)
+/// neither. The store holds it as a view for SQL of the operator's own; the
+/// CLI reads its own copy of this text (`WITH statements AS (…)`), so a view
+/// rewritten in the file changes nothing Gatehouse shows, and `verify`
+/// reports it.
+macro_rules! statements_select {
+    () => {
+        "SELECT session AS session_id, j ->> '$.seq' AS seq, j ->> '$.started_us' AS started_us,
+       j ->> '$.text' AS text, j ->> '$.kinds' AS kinds, j ->> '$.tables' AS tables,
+       j ->> '$.decision' AS decision, j ->> '$.rule' AS rule, j ->> '$.reason' AS reason,
+       e ->> '$.ended_us' AS ended_us, e ->> '$.rows' AS rows, e ->> '$.duration_us' AS duration_us,
+       e ->> '$.error' AS error, e ->> '$.masked' AS masked, coalesce(j ->> '$.redacted', 0) AS redacted
+FROM (SELECT session, j, coalesce(j -> '$.end',
+        (SELECT CAST(x.body AS TEXT) FROM events x
+         WHERE x.kind = 'statement_end' AND json_valid(CAST(x.body AS TEXT)) AND x.session = s.session
+           AND (CAST(x.body AS TEXT) ->> '$.seq') = (s.j ->> '$.seq')
+         ORDER BY x.seq DESC LIMIT 1)) AS e
+      FROM (SELECT session, CAST(body AS TEXT) AS j FROM events
+            WHERE kind = 'statement' AND json_valid(CAST(body AS TEXT))) AS s)"
+    };
+}
+
+/// SQL reading the `statements` rows as this build defines them (see
+/// [`statements_select`]), whatever the store's own view says: put before a
+/// query that reads `statements`.
+pub(crate) const WITH_STATEMENTS: &str = concat!("WITH statements AS (", statements_select!(), ")\n");
+
+pub const SCHEMA: &str = concat!(
+    "
 CREATE TABLE IF NOT EXISTS meta (
     key        TEXT PRIMARY KEY,
     value      TEXT NOT NULL
@@ -205,24 +241,12 @@ CREATE TABLE IF NOT EXISTS sessions (
     oidc_email  TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_us);
-CREATE TABLE IF NOT EXISTS statements (
-    session_id  TEXT NOT NULL,
-    seq         INTEGER NOT NULL,
-    started_us  INTEGER NOT NULL,
-    text        TEXT NOT NULL,
-    kinds       TEXT NOT NULL,
-    tables      TEXT NOT NULL,
-    decision    TEXT NOT NULL,
-    rule        TEXT,
-    reason      TEXT,
-    ended_us    INTEGER,
-    rows        INTEGER,
-    duration_us INTEGER,
-    error       TEXT,
-    masked      TEXT,
-    redacted    INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (session_id, seq)
-);
+-- Unfolded statement ends, by session and statement number (see `statements_select`).
+CREATE INDEX IF NOT EXISTS events_statement_end ON events(session, (CAST(body AS TEXT) ->> '$.seq'))
+    WHERE kind = 'statement_end' AND json_valid(CAST(body AS TEXT));
+CREATE VIEW IF NOT EXISTS statements AS ",
+    statements_select!(),
+    ";
 CREATE TABLE IF NOT EXISTS trail (
     seq         INTEGER PRIMARY KEY,
     session_id  TEXT NOT NULL,
@@ -243,7 +267,8 @@ CREATE TABLE IF NOT EXISTS trail_buckets (
     seq    INTEGER NOT NULL,
     PRIMARY KEY (tbl, bucket, seq)
 ) WITHOUT ROWID;
-";
+"
+);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -1115,11 +1140,29 @@ fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
     // The index pages the writer touches stay in memory (default: 2 MiB).
     conn.pragma_update(None, "cache_size", -16_384).map_err(sql_err)?;
     check_layout(&conn).map_err(|e| AuditError::Failed(format!("{}: {e}", path.display())))?;
+    drop_statements_table(&conn).map_err(sql_err)?;
     conn.execute_batch(SCHEMA).map_err(sql_err)?;
     add_columns(&conn).map_err(sql_err)?;
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('layout', ?1)", [chain::LAYOUT.to_string()])
         .map_err(sql_err)?;
     Ok(conn)
+}
+
+/// A store made before statements were read from the chain (see
+/// [`statements_select`]) holds them as a table, which the writer no longer
+/// fills: dropped, so that [`SCHEMA`] makes the view. Nothing is lost: each
+/// row was made from a `statement` record still in the chain (or pruned
+/// with it).
+fn drop_statements_table(conn: &Connection) -> rusqlite::Result<()> {
+    let table: i64 =
+        conn.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'statements'", [], |r| {
+            r.get(0)
+        })?;
+    if table > 0 {
+        conn.execute_batch("DROP TABLE statements")?;
+        tracing::info!("the audit store's statements table is now a view over the chain's records");
+    }
+    Ok(())
 }
 
 /// Query-table columns added since a store was made (at the end, in the
@@ -1641,7 +1684,6 @@ impl Writer {
                 let still: i64 = tx.query_row("SELECT count(*) FROM events WHERE session = ?1", [&s], |r| r.get(0))?;
                 if still == 0 {
                     tx.execute("DELETE FROM sessions WHERE id = ?1", [&s])?;
-                    tx.execute("DELETE FROM statements WHERE session_id = ?1", [&s])?;
                 }
             }
             tx.commit()?;
@@ -1793,7 +1835,6 @@ fn write(
     mut head: (u64, [u8; 32]),
     entries: &[journal::Entry],
 ) -> rusqlite::Result<((u64, [u8; 32]), usize)> {
-    let mut rows = StatementRows::default();
     let mut insert = tx.prepare_cached(INSERT_EVENT)?;
     let partner = fold::pairs(entries);
     let mut written = 0usize;
@@ -1829,31 +1870,11 @@ fn write(
                 written += 1;
             }
         }
-        match &e.event {
-            Some(Event::Statement(s)) => rows.start(s),
-            Some(Event::StatementEnd(x)) if rows.end(x) => {}
-            // The only other record that touches `statements`: the rows go in first.
-            Some(ev @ Event::Redaction(_)) => {
-                rows.insert(tx)?;
-                index(tx, ev)?;
-            }
-            Some(ev) => index(tx, ev)?,
-            None => {}
+        if let Some(ev) = &e.event {
+            index(tx, ev)?;
         }
     }
-    drop(insert);
-    offer_cpu();
-    rows.insert(tx)?;
     Ok((head, written))
-}
-
-/// The `statements` rows of one batch: a statement whose end is in the same
-/// batch (the common case) is inserted once, whole, instead of inserted and
-/// then updated (two B-tree searches and two row writes).
-#[derive(Default)]
-struct StatementRows<'a> {
-    rows: Vec<(&'a StatementStart, Option<&'a StatementEnd>)>,
-    at: std::collections::HashMap<(SessionId, u64), usize, WordHash>,
 }
 
 /// Maps keyed by what the agent itself made (see [`WordHasher`]).
@@ -1892,68 +1913,6 @@ impl std::hash::Hasher for WordHasher {
 
     fn write_usize(&mut self, n: usize) {
         self.write_u64(n as u64);
-    }
-}
-
-impl<'a> StatementRows<'a> {
-    fn start(&mut self, s: &'a StatementStart) {
-        // A second start of the same statement replaces the first, end and all (as INSERT OR REPLACE does).
-        match self.at.get(&(s.session, s.seq)) {
-            Some(&i) => {
-                if let Some(r) = self.rows.get_mut(i) {
-                    *r = (s, s.end.as_deref());
-                }
-            }
-            None => {
-                self.at.insert((s.session, s.seq), self.rows.len());
-                // A folded record (read back by verify's rebuild) carries its end.
-                self.rows.push((s, s.end.as_deref()));
-            }
-        }
-    }
-
-    /// Takes the end of a statement started in this batch; `false`: its row is already in the table.
-    fn end(&mut self, x: &'a StatementEnd) -> bool {
-        match self.at.get(&(x.session, x.seq)).and_then(|&i| self.rows.get_mut(i)) {
-            Some(r) => {
-                r.1 = Some(x);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn insert(&mut self, tx: &Connection) -> rusqlite::Result<()> {
-        if self.rows.is_empty() {
-            return Ok(());
-        }
-        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let mut stmt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO statements (session_id, seq, started_us, text, kinds, tables, decision,
-                 rule, reason, redacted, ended_us, rows, duration_us, error, masked)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )?;
-        for (s, x) in self.rows.drain(..) {
-            stmt.execute(params![
-                &*SessionKey::id(s.session),
-                big(s.seq),
-                s.started_us,
-                s.text,
-                s.kinds.text(),
-                s.tables.text(),
-                s.decision.as_str(),
-                s.rule,
-                s.reason,
-                s.redacted,
-                x.map(|x| x.ended_us),
-                x.and_then(|x| x.rows).map(big),
-                x.map(|x| big(x.duration_us)),
-                x.and_then(|x| x.error.as_deref()),
-                x.and_then(|x| x.masked.as_deref()),
-            ])?;
-        }
-        self.at.clear();
-        Ok(())
     }
 }
 
@@ -1999,33 +1958,13 @@ pub(crate) fn index(tx: &Connection, e: &Event) -> rusqlite::Result<()> {
                 c.end_reason
             ])?;
         }
-        Event::Statement(s) => {
-            let mut row = StatementRows::default();
-            row.start(s);
-            row.insert(tx)?;
-        }
-        Event::StatementEnd(x) => {
-            tx.prepare_cached(
-                "UPDATE statements SET ended_us = ?3, rows = ?4, duration_us = ?5, error = ?6, masked = ?7
-                 WHERE session_id = ?1 AND seq = ?2",
-            )?
-            .execute(params![
-                x.session.to_string(),
-                big(x.seq),
-                x.ended_us,
-                x.rows.map(big),
-                big(x.duration_us),
-                x.error,
-                x.masked,
-            ])?;
-        }
         Event::BackendLogin(l) => {
             tx.prepare_cached("UPDATE sessions SET backend_tls = ?2, backend_auth = ?3 WHERE id = ?1")?
                 .execute(params![l.id.to_string(), l.tls_summary(), l.auth])?;
         }
         Event::Redaction(r) => {
-            // The statements' records lost their content: so do their rows.
-            tx.prepare_cached("DELETE FROM statements WHERE session_id = ?1")?.execute([&r.session])?;
+            // The statements' records lost their content, and with it their
+            // `statements` rows (read from the records).
             tx.prepare_cached("UPDATE sessions SET redacted = ?2 WHERE id = ?1")?
                 .execute(params![r.session, r.reason])?;
             crate::trail::store::redact(tx, &r.session)?;
@@ -2034,7 +1973,10 @@ pub(crate) fn index(tx: &Connection, e: &Event) -> rusqlite::Result<()> {
         Event::Trail(t, data) => {
             crate::trail::store::index(tx, tx.last_insert_rowid().unsigned_abs(), t, data)?;
         }
-        Event::Chunk { .. }
+        // `statements` is read from these records themselves.
+        Event::Statement(_)
+        | Event::StatementEnd(_)
+        | Event::Chunk { .. }
         | Event::Truncated { .. }
         | Event::Agent { .. }
         | Event::Approval(_)

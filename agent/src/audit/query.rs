@@ -78,8 +78,8 @@ pub fn sessions(path: &Path, f: &SessionFilter) -> Result<Vec<SessionRow>, Audit
     let conn = open_read_only(path)?;
     let sql_err = |source| AuditError::Sql { path: path.to_owned(), source };
     let mut stmt = conn
-        .prepare(
-            "SELECT id, started_us, ended_us, uid, user, pid, comm, client, backend, orig_dst,
+        .prepare(&format!(
+            "{}SELECT id, started_us, ended_us, uid, user, pid, comm, client, backend, orig_dst,
                     decision, rule, reason, bytes_up, bytes_down, end_reason, backend_tls, backend_auth, redacted,
                     oidc_subject, oidc_email
              FROM sessions
@@ -88,7 +88,8 @@ pub fn sessions(path: &Path, f: &SessionFilter) -> Result<Vec<SessionRow>, Audit
                AND (?6 IS NULL OR started_us >= ?6) AND (?7 IS NULL OR started_us < ?7)
                AND (?8 IS NULL OR id IN (SELECT session_id FROM statements WHERE instr(lower(text), lower(?8)) > 0))
              ORDER BY started_us DESC, id DESC LIMIT ?5",
-        )
+            super::WITH_STATEMENTS
+        ))
         .map_err(sql_err)?;
     let limit = f.limit.map_or(-1, i64::from);
     let rows = stmt
@@ -168,11 +169,17 @@ pub fn statements_of(
     let session = session
         .map(|s| super::replay::resolve_session(&conn, s, owner).map_err(|e| AuditError::Failed(e.to_string())))
         .transpose()?;
+    // One session's: through the session index (`x IS NULL OR session = x`
+    // would read every record of the store, of every session).
+    let (of_session, of_session_events) = match session {
+        Some(_) => ("session_id = ?1", "session = ?1"),
+        None => ("?1 IS NULL", "?1 IS NULL"),
+    };
     let mut stmt = conn
-        .prepare(
-            "SELECT session_id, seq, started_us, text, kinds, tables, decision, rule, reason, rows, duration_us, error, masked, redacted,
+        .prepare(&format!(
+            "{}SELECT session_id, seq, started_us, text, kinds, tables, decision, rule, reason, rows, duration_us, error, masked, redacted,
                     (SELECT oidc_subject FROM sessions WHERE sessions.id = statements.session_id)
-             FROM statements WHERE (?1 IS NULL OR session_id = ?1)
+             FROM statements WHERE {of_session}
                AND (?3 IS NULL OR session_id IN (SELECT id FROM sessions WHERE uid = ?3))
              UNION ALL
              -- HTTP exchanges are requests, shown beside statements: \"GET /path\", kind http.
@@ -183,7 +190,7 @@ pub fn statements_of(
                     j -> '$.masked', 0,
                     (SELECT oidc_subject FROM sessions WHERE sessions.id = h.session)
              FROM (SELECT session, CAST(body AS TEXT) AS j FROM events
-                   WHERE kind = ?4 AND length(body) > 0 AND (?1 IS NULL OR session = ?1)
+                   WHERE kind = ?4 AND length(body) > 0 AND {of_session_events}
                      AND (?3 IS NULL OR session IN (SELECT id FROM sessions WHERE uid = ?3))) AS h
              UNION ALL
              -- SSH channel requests (\"exec uptime\", kind ssh) and sftp operations
@@ -199,11 +206,12 @@ pub fn statements_of(
                     j ->> '$.decision', j ->> '$.rule', j ->> '$.reason', NULL, NULL, NULL, NULL, 0,
                     (SELECT oidc_subject FROM sessions WHERE sessions.id = x.session)
              FROM (SELECT session, seq, time_us, CAST(body AS TEXT) AS j FROM events
-                   WHERE kind = ?5 AND length(body) > 0 AND (?1 IS NULL OR session = ?1)
+                   WHERE kind = ?5 AND length(body) > 0 AND {of_session_events}
                      AND (?3 IS NULL OR session IN (SELECT id FROM sessions WHERE uid = ?3))) AS x
              WHERE j ->> '$.event' IN ('request', 'sftp')
              ORDER BY 3 DESC, 2 DESC LIMIT ?2",
-        )
+            super::WITH_STATEMENTS
+        ))
         .map_err(sql_err)?;
     let rows = stmt
         .query_map(

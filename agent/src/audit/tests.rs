@@ -215,6 +215,87 @@ fn verify_follows_key_rotations_and_refuses_retired_or_foreign_keys() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The old layout's `statements` table, as stores made before the rows were
+/// read from the chain hold it.
+const OLD_STATEMENTS_TABLE: &str = "CREATE TABLE statements (
+    session_id TEXT NOT NULL, seq INTEGER NOT NULL, started_us INTEGER NOT NULL, text TEXT NOT NULL,
+    kinds TEXT NOT NULL, tables TEXT NOT NULL, decision TEXT NOT NULL, rule TEXT, reason TEXT,
+    ended_us INTEGER, rows INTEGER, duration_us INTEGER, error TEXT, masked TEXT,
+    redacted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (session_id, seq));";
+
+/// A store (in a new directory `name`) the writer made with one session
+/// whose statement selects `secret`: the directory, the store, its key.
+fn one_session_store(name: &str, secret: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = temp(name);
+    let db = dir.join("state/audit.db");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
+    session(&audit, sid(1), secret);
+    run(audit.flush()).unwrap();
+    drop(audit);
+    writer.stop();
+    (dir, db, key_path)
+}
+
+#[test]
+fn a_statements_view_rewritten_in_the_store_is_reported_and_changes_nothing_gatehouse_shows() {
+    let (dir, db, key_path) = one_session_store("view", "the-real-text");
+    let key = keys::load(&key_path).unwrap();
+    let r = verify_db(&db, &trust(&key), None).unwrap();
+    assert!(r.ok(), "{:#?}", r.problems);
+    let texts = |db: &Path| -> Vec<String> {
+        query::statements(db, None, 10).unwrap().into_iter().map(|r| r.text).collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&db), ["SELECT 'the-real-text'"]);
+    for (name, sql) in [
+        ("hidden", "DROP VIEW statements; CREATE VIEW statements AS SELECT * FROM events WHERE 0;"),
+        ("table", &*format!("DROP VIEW statements; {OLD_STATEMENTS_TABLE}")),
+    ] {
+        let copy = dir.join(format!("state/{name}.db"));
+        std::fs::copy(&db, &copy).unwrap();
+        rusqlite::Connection::open(&copy).unwrap().execute_batch(sql).unwrap();
+        let r = verify_db(&copy, &trust(&key), None).unwrap();
+        assert!(
+            r.problems.iter().any(|p| p.what.contains("statements view is not the one")),
+            "{name}: {:#?}",
+            r.problems
+        );
+        // The CLI reads the statements from the chain with its own copy of the view.
+        assert_eq!(texts(&copy), ["SELECT 'the-real-text'"], "{name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_store_with_the_older_statements_table_has_it_replaced_by_the_view_when_opened() {
+    let (dir, db, key_path) = one_session_store("oldtable", "from-the-chain");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(&format!(
+        "DROP VIEW statements; {OLD_STATEMENTS_TABLE}
+         INSERT INTO statements (session_id, seq, started_us, text, kinds, tables, decision)
+         VALUES ('{}', 1, 1, 'a stale row', 'select', '', 'allow');",
+        sid(1)
+    ))
+    .unwrap();
+    drop(c);
+    let conn = open_conn(&db, false).unwrap();
+    let kind: String =
+        conn.query_row("SELECT type FROM sqlite_schema WHERE name = 'statements'", [], |r| r.get(0)).unwrap();
+    assert_eq!(kind, "view");
+    let texts: Vec<String> = conn
+        .prepare("SELECT text FROM statements")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(texts, ["SELECT 'from-the-chain'"]);
+    drop(conn);
+    let r = verify_db(&db, &trust(&keys::load(&key_path).unwrap()), None).unwrap();
+    assert!(r.ok(), "{:#?}", r.problems);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_cut_off_tail_is_found_with_the_published_checkpoints() {
     let dir = temp("anchors");
@@ -240,7 +321,6 @@ fn a_cut_off_tail_is_found_with_the_published_checkpoints() {
         c.query_row("SELECT min(seq) FROM events WHERE session = ?1", [sid(2).to_string()], |r| r.get(0)).unwrap();
     c.execute("DELETE FROM events WHERE seq >= ?1", [cut]).unwrap();
     c.execute("DELETE FROM sessions WHERE id = ?1", [sid(2).to_string()]).unwrap();
-    c.execute("DELETE FROM statements WHERE session_id = ?1", [sid(2).to_string()]).unwrap();
     drop(c);
     let r = verify_db(&db, &trust(&key), None).unwrap();
     assert!(r.ok(), "without anchors a clean cut is invisible: {:#?}", r.problems);
@@ -617,7 +697,7 @@ fn the_writer_runs_ahead_of_the_sessions_when_it_may() {
 /// statements, a statement started twice, a redaction between a statement
 /// and its end, an end without a statement.
 #[test]
-fn a_batch_writes_statement_rows_whole_and_they_match_indexing_record_by_record() {
+fn a_statements_row_reads_the_same_whether_its_end_was_folded_into_its_record_or_not() {
     let start = |s: u8, seq: u64, text: &str| {
         // Fixed times and tables: both stores are built from the records made twice.
         let mut e = statement_event(sid(s), seq, text);
@@ -641,16 +721,6 @@ fn a_batch_writes_statement_rows_whole_and_they_match_indexing_record_by_record(
             down: Vec::new(),
         }))
     };
-    let redact = |s: u8| {
-        Event::Redaction(Box::new(Redaction {
-            session: sid(s).to_string(),
-            records: vec![(1, 2)],
-            reason: "test".into(),
-            by_uid: 0,
-            time_us: 3_000,
-            public_key: String::new(),
-        }))
-    };
     let batches = || {
         vec![
             vec![
@@ -659,11 +729,9 @@ fn a_batch_writes_statement_rows_whole_and_they_match_indexing_record_by_record(
                 start(1, 2, "SELECT 2"),
                 start(2, 1, "first"),
                 end(2, 1, Some(5), None),
-                start(2, 1, "second"),
                 start(3, 1, "SELECT 'secret'"),
-                redact(3),
                 end(3, 1, Some(1), None),
-                start(3, 2, "after the redaction"),
+                start(3, 2, "SELECT 'more'"),
                 end(3, 2, None, Some("boom")),
             ],
             vec![end(1, 2, Some(2), None), end(9, 1, Some(1), None), start(4, 1, "alone")],
@@ -690,51 +758,57 @@ fn a_batch_writes_statement_rows_whole_and_they_match_indexing_record_by_record(
         .map(Result::unwrap)
         .collect()
     };
+    let kinds_of = |conn: &Connection| -> Vec<String> {
+        conn.prepare("SELECT kind FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
 
+    // Batched as the writer does (ends folded into their statements' records)…
     let batched = open_conn(&dir.join("state/batched.db"), false).unwrap();
     let mut head = (0, chain::GENESIS);
     for b in batches() {
         let entries: Vec<_> = b.into_iter().map(journal::Entry::now).collect();
         head = write(&batched, head, &entries).unwrap().0;
     }
-    let mut single = open_conn(&dir.join("state/single.db"), false).unwrap();
+    // …and one record per batch (nothing folded: every end a record of its own).
+    let single = open_conn(&dir.join("state/single.db"), false).unwrap();
+    let mut head = (0, chain::GENESIS);
     for e in batches().into_iter().flatten() {
-        let tx = single.transaction().unwrap();
-        index(&tx, &e).unwrap();
-        tx.commit().unwrap();
+        head = write(&single, head, &[journal::Entry::now(e)]).unwrap().0;
+    }
+    let (statement, end_) = ("statement", "statement_end");
+    assert_eq!(
+        kinds_of(&batched),
+        [statement, statement, statement, statement, statement, end_, end_, statement],
+        "1/1, 2/1, 3/1 and 3/2 folded (each end the next record of its session in the batch); 1/2's end came later"
+    );
+    assert_eq!(kinds_of(&single).iter().filter(|k| *k == end_).count(), 6);
+    let (got, want) = (rows_of(&batched), rows_of(&single));
+    assert_eq!(got, want);
+    assert_eq!(got.len(), 6, "1/1, 1/2, 2/1, 3/1, 3/2, 4/1 (an end without its statement has no row): {got:#?}");
+    assert!(got.iter().any(|r| r.contains("\"alone\"") && r.ends_with("Null|Null|Null|Null|Null")), "{got:#?}");
+    assert!(got.iter().any(|r| r.contains("\"SELECT 'more'\"") && r.contains("\"boom\"")), "{got:#?}");
+    assert!(got.iter().any(|r| r.contains("\"SELECT 2\"|") && r.contains("|2|14|Null|")), "{got:#?}");
+    assert!(got.iter().any(|r| r.contains("\"first\"") && r.contains("|5|7|Null|\"{\\\"email\\\":1}\"")), "{got:#?}");
+    // A redaction removes the records' content (`admin::redact`), and so their rows;
+    // a body that is not JSON has none, and does not stop the rest being read.
+    for c in [&batched, &single] {
+        c.execute(
+            "UPDATE events SET body = NULL, data = NULL WHERE session = ?1 AND kind IN ('statement', 'statement_end')",
+            [sid(3).to_string()],
+        )
+        .unwrap();
+        c.execute("UPDATE events SET body = CAST('{\"seq\": 1' AS BLOB) WHERE session = ?1", [sid(4).to_string()])
+            .unwrap();
     }
     let (got, want) = (rows_of(&batched), rows_of(&single));
     assert_eq!(got, want);
-    // One record where a statement's end was folded into it (1/1, 2/1 "first", 3/2: each end the next
-    // record of its session in the batch); the redaction kept 3/1 and its end apart.
-    let kinds: Vec<String> = batched
-        .prepare("SELECT kind FROM events ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let statement = "statement";
-    let end_ = "statement_end";
-    assert_eq!(
-        kinds,
-        [statement, statement, statement, statement, statement, "redaction", end_, statement, end_, end_, statement]
-    );
-    // The query tables rebuilt from the chain record by record, as verify does, are the same rows.
-    let mut rebuilt = open_conn(&dir.join("state/rebuilt.db"), false).unwrap();
-    for r in crate::audit::verify::read_records(&batched).unwrap() {
-        if let Some(e) = crate::audit::verify::indexed_event(&r) {
-            let tx = rebuilt.transaction().unwrap();
-            index(&tx, &e).unwrap();
-            tx.commit().unwrap();
-        }
-    }
-    assert_eq!(rows_of(&rebuilt), want);
-    assert_eq!(got.len(), 5, "1/1, 1/2, 2/1 (the second start, without an end), 3/2, 4/1: {got:#?}");
-    assert!(got.iter().any(|r| r.contains("\"second\"") && r.ends_with("Null|Null|Null|Null|Null")), "{got:#?}");
-    assert!(got.iter().any(|r| r.contains("\"after the redaction\"") && r.contains("\"boom\"")), "{got:#?}");
-    assert!(got.iter().any(|r| r.contains("\"SELECT 2\"|") && r.contains("|2|14|Null|")), "{got:#?}");
-    assert!(!got.iter().any(|r| r.contains("secret")), "the redacted statement's row is gone: {got:#?}");
+    assert_eq!(got.len(), 3, "1/1, 1/2, 2/1: {got:#?}");
+    assert!(!got.iter().any(|r| r.contains("secret") || r.contains("alone")), "{got:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -821,13 +895,12 @@ fn a_statements_kinds_and_tables_are_recorded_as_the_text_they_always_were() {
     // Read back (verify's rebuild, replay, a folded record's split) and written again: the same bytes.
     let back: StatementStart = serde_json::from_str(BODY).unwrap();
     assert_eq!(serde_json::to_string(&back).unwrap(), BODY);
-    // The `statements` row holds the same texts.
-    let mut conn = Connection::open_in_memory().unwrap();
+    // The `statements` row, read from the record, holds the same texts.
+    let conn = Connection::open_in_memory().unwrap();
     conn.execute_batch(SCHEMA).unwrap();
-    let tx = conn.transaction().unwrap();
-    index(&tx, &Event::Statement(Box::new(s))).unwrap();
+    write(&conn, (0, chain::GENESIS), &[journal::Entry::now(Event::Statement(Box::new(s)))]).unwrap();
     let row: (String, String) =
-        tx.query_row("SELECT kinds, tables FROM statements", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        conn.query_row("SELECT kinds, tables FROM statements", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     assert_eq!(row.0, "select+delete+function_call+delete_without_where");
     assert_eq!(row.1, r#"public.t,scratch."x,public.salaries","Mixed Case","a""b""#);
 }

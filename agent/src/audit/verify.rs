@@ -608,6 +608,7 @@ pub fn verify_db(path: &Path, trust: &Trust, published: Option<&[Anchor]>) -> Re
         });
     }
     compare_tables(&rebuilt, &conn, &mut report)?;
+    compare_statements_view(&rebuilt, &conn, &mut report)?;
     report.problems.sort_by_key(|b| b.seq);
     Ok(report)
 }
@@ -677,12 +678,36 @@ fn check_checkpoint(conn: &Connection, r: &Record, prev: Option<(u64, [u8; 32])>
     }
 }
 
+/// `statements` is read from the chain's records (`audit::statements_select`):
+/// the store's view must be the one this build makes, or SQL of an
+/// operator's own reading it could be shown other rows than the chain
+/// holds. (Gatehouse's own commands read their copy of the view's text, not
+/// the store's.)
+fn compare_statements_view(rebuilt: &Connection, store: &Connection, report: &mut Report) -> Result<(), String> {
+    let def = |c: &Connection| {
+        c.query_row("SELECT type, sql FROM sqlite_schema WHERE name = 'statements'", [], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })
+        .optional()
+        .map_err(sql_err)
+    };
+    let (want, have) = (def(rebuilt)?, def(store)?);
+    if have.is_some() && have != want {
+        report.problems.push(Break {
+            seq: u64::MAX,
+            what: "the statements view is not the one Gatehouse makes over the chain's records; it was edited \
+                   (a store last opened by an older Gatehouse holds a table there, which this build's agent \
+                   replaces when it opens the store)"
+                .to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// The query tables must say what the chain says: compared row by row,
 /// both in key order, without holding either in memory.
 fn compare_tables(rebuilt: &Connection, store: &Connection, report: &mut Report) -> Result<(), String> {
-    for (table, key) in
-        [("sessions", "id"), ("statements", "session_id, seq"), ("trail", "seq"), ("trail_buckets", "tbl, bucket, seq")]
-    {
+    for (table, key) in [("sessions", "id"), ("trail", "seq"), ("trail_buckets", "tbl, bucket, seq")] {
         let q = format!("SELECT * FROM {table} ORDER BY {key}");
         let (mut want_st, mut have_st) = (rebuilt.prepare(&q).map_err(sql_err)?, store.prepare(&q).map_err(sql_err)?);
         let n = want_st.column_count();

@@ -189,11 +189,22 @@ pub fn who_saw_in(conn: &Connection, table: &str, key: &str, since_us: Option<i6
     let mut data_st = conn.prepare_cached("SELECT data FROM events WHERE seq = ?1")?;
     let mut cand = conn.prepare_cached(
         "SELECT t.seq, t.time_us, t.session_id, t.stmt, t.masked, s.user, s.uid, s.oidc_subject, s.oidc_email,
-                s.pid, s.comm, s.backend, st.text
+                s.pid, s.comm, s.backend
          FROM trail_buckets b JOIN trail t ON t.seq = b.seq
          LEFT JOIN sessions s ON s.id = t.session_id
-         LEFT JOIN statements st ON st.session_id = t.session_id AND st.seq = t.stmt
          WHERE b.tbl = ?1 AND b.bucket = ?2 AND t.time_us >= ?3 ORDER BY t.seq",
+    )?;
+    // The statement's text, from its own record: the session's `statement`
+    // record of that number, which the chain holds before the trail record
+    // (a statement is recorded before it is forwarded, what it returned
+    // after), usually a few records back — found going back through the
+    // session's records from the trail record, not by reading every
+    // statement of the session.
+    let mut text_st = conn.prepare_cached(
+        "SELECT CAST(body AS TEXT) ->> '$.text' FROM events
+         WHERE session = ?1 AND seq < ?2 AND kind = 'statement' AND json_valid(CAST(body AS TEXT))
+           AND (CAST(body AS TEXT) ->> '$.seq') = ?3
+         ORDER BY seq DESC LIMIT 1",
     )?;
     for tbl in tables(conn, table)? {
         for b in &buckets {
@@ -220,7 +231,10 @@ pub fn who_saw_in(conn: &Connection, table: &str, key: &str, since_us: Option<i6
                     pid: r.get(9)?,
                     comm: r.get(10)?,
                     backend: r.get(11)?,
-                    text: r.get(12)?,
+                    text: text_st
+                        .query_row(params![r.get::<_, String>(2)?, seq, r.get::<_, i64>(3)?], |t| t.get(0))
+                        .optional()?
+                        .flatten(),
                 });
             }
         }
