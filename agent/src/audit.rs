@@ -1140,7 +1140,7 @@ fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
     // The index pages the writer touches stay in memory (default: 2 MiB).
     conn.pragma_update(None, "cache_size", -16_384).map_err(sql_err)?;
     check_layout(&conn).map_err(|e| AuditError::Failed(format!("{}: {e}", path.display())))?;
-    drop_statements_table(&conn).map_err(sql_err)?;
+    replace_stale_statements(&conn).map_err(sql_err)?;
     conn.execute_batch(SCHEMA).map_err(sql_err)?;
     add_columns(&conn).map_err(sql_err)?;
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('layout', ?1)", [chain::LAYOUT.to_string()])
@@ -1148,19 +1148,34 @@ fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
     Ok(conn)
 }
 
-/// A store made before statements were read from the chain (see
-/// [`statements_select`]) holds them as a table, which the writer no longer
-/// fills: dropped, so that [`SCHEMA`] makes the view. Nothing is lost: each
-/// row was made from a `statement` record still in the chain (or pruned
-/// with it).
-fn drop_statements_table(conn: &Connection) -> rusqlite::Result<()> {
-    let table: i64 =
-        conn.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'statements'", [], |r| {
-            r.get(0)
-        })?;
-    if table > 0 {
-        conn.execute_batch("DROP TABLE statements")?;
-        tracing::info!("the audit store's statements table is now a view over the chain's records");
+/// The `statements` view as SQLite keeps it in `sqlite_schema`.
+pub(crate) const STATEMENTS_VIEW_SQL: &str = concat!("CREATE VIEW statements AS ", statements_select!());
+
+/// What [`SCHEMA`] makes as `statements` (`CREATE … IF NOT EXISTS`) unless
+/// the store has something of that name: a store made before statements
+/// were read from the chain (see [`statements_select`]) holds them as a
+/// table, which the writer no longer fills, and one last opened by another
+/// build (or edited) may hold another view. Either is dropped, so that the
+/// schema makes this build's view. Nothing is lost: each row was made from a
+/// `statement` record still in the chain (or pruned with it); an edited
+/// view is what `verify` reports until then, and the log says so here.
+fn replace_stale_statements(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::OptionalExtension as _;
+    let have: Option<(String, Option<String>)> = conn
+        .query_row("SELECT type, sql FROM sqlite_schema WHERE name = 'statements'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match have {
+        Some((kind, _)) if kind == "table" => {
+            conn.execute_batch("DROP TABLE statements")?;
+            tracing::info!("the audit store's statements table is now a view over the chain's records");
+        }
+        Some((kind, sql)) if kind == "view" && sql.as_deref() != Some(STATEMENTS_VIEW_SQL) => {
+            conn.execute_batch("DROP VIEW statements")?;
+            tracing::warn!(
+                "the audit store's statements view was not this build's (another Gatehouse's, or edited); made again"
+            );
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -262,7 +262,20 @@ fn a_statements_view_rewritten_in_the_store_is_reported_and_changes_nothing_gate
         );
         // The CLI reads the statements from the chain with its own copy of the view.
         assert_eq!(texts(&copy), ["SELECT 'the-real-text'"], "{name}");
+        // The agent's next open makes the view again.
+        let conn = open_conn(&copy, false).unwrap();
+        let sql: String =
+            conn.query_row("SELECT sql FROM sqlite_schema WHERE name = 'statements'", [], |r| r.get(0)).unwrap();
+        assert_eq!(sql, STATEMENTS_VIEW_SQL, "{name}");
+        drop(conn);
+        let r = verify_db(&copy, &trust(&key), None).unwrap();
+        assert!(r.ok(), "{name}: {:#?}", r.problems);
     }
+    // A store this build made keeps its view as it is (nothing made again at each open).
+    let conn = open_conn(&db, false).unwrap();
+    let sql: String =
+        conn.query_row("SELECT sql FROM sqlite_schema WHERE name = 'statements'", [], |r| r.get(0)).unwrap();
+    assert_eq!(sql, STATEMENTS_VIEW_SQL);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
