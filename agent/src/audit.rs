@@ -155,7 +155,9 @@ impl std::ops::Deref for SessionKey {
 /// The `statements` query table, read from the chain itself: one row per
 /// `statement` record (a folded one carries its end as `end`; an unfolded
 /// one's end is its session's `statement_end` record of the same statement
-/// number, found through `events_statement_end`). The writer keeps no
+/// number, found through `events_statement_end`). Each column is cast to
+/// the type the old table held, so a body of the wrong shape (a store edited
+/// by hand: `verify` reports it) cannot stop the rest being listed. The writer keeps no
 /// separate row per statement: that row (15 columns and a second B-tree) was
 /// ≈ 11k of the writer's instructions per select-only statement, about 7% of
 /// the agent's CPU per statement (see the README's benchmark section). A
@@ -166,18 +168,21 @@ impl std::ops::Deref for SessionKey {
 /// reports it.
 macro_rules! statements_select {
     () => {
-        "SELECT session AS session_id, j ->> '$.seq' AS seq, j ->> '$.started_us' AS started_us,
-       j ->> '$.text' AS text, j ->> '$.kinds' AS kinds, j ->> '$.tables' AS tables,
-       j ->> '$.decision' AS decision, j ->> '$.rule' AS rule, j ->> '$.reason' AS reason,
-       e ->> '$.ended_us' AS ended_us, e ->> '$.rows' AS rows, e ->> '$.duration_us' AS duration_us,
-       e ->> '$.error' AS error, e ->> '$.masked' AS masked, coalesce(j ->> '$.redacted', 0) AS redacted
+        "SELECT session AS session_id, coalesce(CAST(j ->> '$.seq' AS INTEGER), 0) AS seq,
+       coalesce(CAST(j ->> '$.started_us' AS INTEGER), 0) AS started_us, coalesce(CAST(j ->> '$.text' AS TEXT), '') AS text,
+       coalesce(CAST(j ->> '$.kinds' AS TEXT), '') AS kinds, coalesce(CAST(j ->> '$.tables' AS TEXT), '') AS tables,
+       coalesce(CAST(j ->> '$.decision' AS TEXT), '') AS decision, CAST(j ->> '$.rule' AS TEXT) AS rule,
+       CAST(j ->> '$.reason' AS TEXT) AS reason, CAST(e ->> '$.ended_us' AS INTEGER) AS ended_us,
+       CAST(e ->> '$.rows' AS INTEGER) AS rows, CAST(e ->> '$.duration_us' AS INTEGER) AS duration_us,
+       CAST(e ->> '$.error' AS TEXT) AS error, CAST(e ->> '$.masked' AS TEXT) AS masked,
+       coalesce(CAST(j ->> '$.redacted' AS INTEGER), 0) AS redacted
 FROM (SELECT session, j, coalesce(j -> '$.end',
         (SELECT CAST(x.body AS TEXT) FROM events x
          WHERE x.kind = 'statement_end' AND json_valid(CAST(x.body AS TEXT)) AND x.session = s.session
            AND (CAST(x.body AS TEXT) ->> '$.seq') = (s.j ->> '$.seq')
          ORDER BY x.seq DESC LIMIT 1)) AS e
       FROM (SELECT session, CAST(body AS TEXT) AS j FROM events
-            WHERE kind = 'statement' AND json_valid(CAST(body AS TEXT))) AS s)"
+            WHERE kind = 'statement' AND session IS NOT NULL AND json_valid(CAST(body AS TEXT))) AS s)"
     };
 }
 

@@ -817,10 +817,20 @@ fn a_statements_row_reads_the_same_whether_its_end_was_folded_into_its_record_or
         .unwrap();
         c.execute("UPDATE events SET body = CAST('{\"seq\": 1' AS BLOB) WHERE session = ?1", [sid(4).to_string()])
             .unwrap();
+        // JSON of the wrong shape (by hand: the chain no longer verifies) is listed as what it can be read as.
+        c.execute(
+            "UPDATE events SET body = CAST('{\"seq\":\"x\",\"text\":7,\"end\":{\"rows\":\"many\"}}' AS BLOB)
+             WHERE session = ?1 AND kind = 'statement'",
+            [sid(2).to_string()],
+        )
+        .unwrap();
     }
     let (got, want) = (rows_of(&batched), rows_of(&single));
     assert_eq!(got, want);
     assert_eq!(got.len(), 3, "1/1, 1/2, 2/1: {got:#?}");
+    assert!(got.iter().any(|r| r.contains("|0|0|\"7\"|\"\"|")), "2/1 by hand: {got:#?}");
+    let listed = query::statements(&dir.join("state/batched.db"), None, 10).unwrap();
+    assert_eq!(listed.len(), 3, "{listed:#?}");
     assert!(!got.iter().any(|r| r.contains("secret") || r.contains("alone")), "{got:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
