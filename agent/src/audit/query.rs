@@ -183,30 +183,33 @@ pub fn statements_of(
                AND (?3 IS NULL OR session_id IN (SELECT id FROM sessions WHERE uid = ?3))
              UNION ALL
              -- HTTP exchanges are requests, shown beside statements: \"GET /path\", kind http.
-             SELECT session, j ->> '$.seq', j ->> '$.started_us', (j ->> '$.method') || ' ' || (j ->> '$.target'),
-                    'http', coalesce(j ->> '$.host', ''), j ->> '$.decision', j ->> '$.rule', j ->> '$.reason',
-                    NULL, j ->> '$.duration_us',
-                    coalesce(j ->> '$.error', CASE WHEN (j ->> '$.status') >= 400 THEN 'HTTP ' || (j ->> '$.status') END),
+             SELECT session, coalesce(CAST(j ->> '$.seq' AS INTEGER), 0), coalesce(CAST(j ->> '$.started_us' AS INTEGER), 0),
+                    coalesce((j ->> '$.method') || ' ' || (j ->> '$.target'), ''),
+                    'http', coalesce(CAST(j ->> '$.host' AS TEXT), ''), coalesce(CAST(j ->> '$.decision' AS TEXT), ''),
+                    CAST(j ->> '$.rule' AS TEXT), CAST(j ->> '$.reason' AS TEXT),
+                    NULL, CAST(j ->> '$.duration_us' AS INTEGER),
+                    CAST(coalesce(j ->> '$.error', CASE WHEN (j ->> '$.status') >= 400 THEN 'HTTP ' || (j ->> '$.status') END) AS TEXT),
                     j -> '$.masked', 0,
                     (SELECT oidc_subject FROM sessions WHERE sessions.id = h.session)
              FROM (SELECT session, CAST(body AS TEXT) AS j FROM events
-                   WHERE kind = ?4 AND length(body) > 0 AND {of_session_events}
+                   WHERE kind = ?4 AND session IS NOT NULL AND json_valid(CAST(body AS TEXT)) AND {of_session_events}
                      AND (?3 IS NULL OR session IN (SELECT id FROM sessions WHERE uid = ?3))) AS h
              UNION ALL
              -- SSH channel requests (\"exec uptime\", kind ssh) and sftp operations
              -- (\"close /srv/a.bin: read 0, wrote 1048576 bytes, mode 640\", kind sftp).
              SELECT session, seq, time_us,
-                    CASE j ->> '$.event'
+                    coalesce(CASE j ->> '$.event'
                       WHEN 'sftp' THEN (j ->> '$.op') || ' ' || (j ->> '$.path')
                            || coalesce(' -> ' || (j ->> '$.target'), '')
                            || coalesce(': read ' || (j ->> '$.read_bytes') || ', wrote ' || (j ->> '$.written_bytes') || ' bytes', '')
                            || coalesce(', mode ' || printf('%o', j ->> '$.mode'), '')
-                      ELSE (j ->> '$.request') || coalesce(' ' || (j ->> '$.detail'), '') END,
+                      ELSE (j ->> '$.request') || coalesce(' ' || (j ->> '$.detail'), '') END, ''),
                     CASE j ->> '$.event' WHEN 'sftp' THEN 'sftp' ELSE 'ssh' END, '',
-                    j ->> '$.decision', j ->> '$.rule', j ->> '$.reason', NULL, NULL, NULL, NULL, 0,
+                    coalesce(CAST(j ->> '$.decision' AS TEXT), ''), CAST(j ->> '$.rule' AS TEXT),
+                    CAST(j ->> '$.reason' AS TEXT), NULL, NULL, NULL, NULL, 0,
                     (SELECT oidc_subject FROM sessions WHERE sessions.id = x.session)
              FROM (SELECT session, seq, time_us, CAST(body AS TEXT) AS j FROM events
-                   WHERE kind = ?5 AND length(body) > 0 AND {of_session_events}
+                   WHERE kind = ?5 AND session IS NOT NULL AND json_valid(CAST(body AS TEXT)) AND {of_session_events}
                      AND (?3 IS NULL OR session IN (SELECT id FROM sessions WHERE uid = ?3))) AS x
              WHERE j ->> '$.event' IN ('request', 'sftp')
              ORDER BY 3 DESC, 2 DESC LIMIT ?2",

@@ -280,6 +280,38 @@ fn a_statements_view_rewritten_in_the_store_is_reported_and_changes_nothing_gate
 }
 
 #[test]
+fn records_of_the_wrong_shape_do_not_stop_the_statements_listing() {
+    // Edited by hand (the chain no longer verifies): an HTTP exchange, an SSH
+    // request and a statement whose bodies are not JSON, or JSON of another
+    // shape. The listing shows what can be read and skips the rest.
+    let (dir, db, _) = one_session_store("shapes", "listed");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let session = sid(1).to_string();
+    for (kind, body) in [
+        ("http", "{\"method\": 7, \"seq\": \"x\"}"),
+        ("http", "not json"),
+        ("ssh", "{\"event\": \"request\", \"decision\": [1]}"),
+        ("ssh", "{\"event\": \"request\""),
+        ("statement", "{\"text\": {\"a\": 1}}"),
+    ] {
+        c.execute(
+            "INSERT INTO events (seq, time_us, session, kind, content_hash, body, data, prev_hash, hash)
+             SELECT max(seq) + 1, 1, ?1, ?2, x'', CAST(?3 AS BLOB), NULL, x'', x'' FROM events",
+            rusqlite::params![session, kind, body],
+        )
+        .unwrap();
+    }
+    drop(c);
+    for of in [None, Some(session.as_str())] {
+        let rows = query::statements(&db, of, 10).unwrap();
+        let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(texts.len(), 4, "the statement, one of each edited kind read as it could be: {texts:?}");
+        assert!(texts.contains(&"SELECT 'listed'") && texts.contains(&"{\"a\":1}"), "{texts:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_store_with_the_older_statements_table_has_it_replaced_by_the_view_when_opened() {
     let (dir, db, key_path) = one_session_store("oldtable", "from-the-chain");
     let c = rusqlite::Connection::open(&db).unwrap();
