@@ -201,7 +201,7 @@ pub fn who_saw_in(conn: &Connection, table: &str, key: &str, since_us: Option<i6
     // session's records from the trail record, not by reading every
     // statement of the session.
     let mut text_st = conn.prepare_cached(
-        "SELECT CAST(body AS TEXT) ->> '$.text' FROM events
+        "SELECT CAST(CAST(body AS TEXT) ->> '$.text' AS TEXT) FROM events
          WHERE session = ?1 AND seq < ?2 AND kind = 'statement' AND json_valid(CAST(body AS TEXT))
            AND (CAST(body AS TEXT) ->> '$.seq') = ?3
          ORDER BY seq DESC LIMIT 1",
