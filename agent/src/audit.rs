@@ -167,29 +167,34 @@ impl std::ops::Deref for SessionKey {
 /// rewritten in the file changes nothing Gatehouse shows, and `verify`
 /// reports it.
 macro_rules! statements_select {
-    () => {
-        "SELECT session AS session_id, coalesce(CAST(j ->> '$.seq' AS INTEGER), 0) AS seq,
+    ($extra:literal) => {
+        concat!(
+            "SELECT session AS session_id, coalesce(CAST(j ->> '$.seq' AS INTEGER), 0) AS seq,
        coalesce(CAST(j ->> '$.started_us' AS INTEGER), 0) AS started_us, coalesce(CAST(j ->> '$.text' AS TEXT), '') AS text,
        coalesce(CAST(j ->> '$.kinds' AS TEXT), '') AS kinds, coalesce(CAST(j ->> '$.tables' AS TEXT), '') AS tables,
        coalesce(CAST(j ->> '$.decision' AS TEXT), '') AS decision, CAST(j ->> '$.rule' AS TEXT) AS rule,
        CAST(j ->> '$.reason' AS TEXT) AS reason, CAST(e ->> '$.ended_us' AS INTEGER) AS ended_us,
        CAST(e ->> '$.rows' AS INTEGER) AS rows, CAST(e ->> '$.duration_us' AS INTEGER) AS duration_us,
        CAST(e ->> '$.error' AS TEXT) AS error, CAST(e ->> '$.masked' AS TEXT) AS masked,
-       coalesce(CAST(j ->> '$.redacted' AS INTEGER), 0) AS redacted
-FROM (SELECT session, j, coalesce(j -> '$.end',
+       coalesce(CAST(j ->> '$.redacted' AS INTEGER), 0) AS redacted",
+            $extra,
+            "
+FROM (SELECT session, record, j, coalesce(j -> '$.end',
         (SELECT CAST(x.body AS TEXT) FROM events x
          WHERE x.kind = 'statement_end' AND json_valid(CAST(x.body AS TEXT)) AND x.session = s.session
            AND (CAST(x.body AS TEXT) ->> '$.seq') = (s.j ->> '$.seq')
          ORDER BY x.seq DESC LIMIT 1)) AS e
-      FROM (SELECT session, CAST(body AS TEXT) AS j FROM events
+      FROM (SELECT session, seq AS record, CAST(body AS TEXT) AS j FROM events
             WHERE kind = 'statement' AND session IS NOT NULL AND json_valid(CAST(body AS TEXT))) AS s)"
+        )
     };
 }
 
 /// SQL reading the `statements` rows as this build defines them (see
-/// [`statements_select`]), whatever the store's own view says: put before a
-/// query that reads `statements`.
-pub(crate) const WITH_STATEMENTS: &str = concat!("WITH statements AS (", statements_select!(), ")\n");
+/// [`statements_select`]), whatever the store's own view says, with each
+/// row's record (`record`, its seq in the chain): put before a query that
+/// reads `statements`.
+pub(crate) const WITH_STATEMENTS: &str = concat!("WITH statements AS (", statements_select!(", record"), ")\n");
 
 pub const SCHEMA: &str = concat!(
     "
@@ -250,7 +255,7 @@ CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_us);
 CREATE INDEX IF NOT EXISTS events_statement_end ON events(session, (CAST(body AS TEXT) ->> '$.seq'))
     WHERE kind = 'statement_end' AND json_valid(CAST(body AS TEXT));
 CREATE VIEW IF NOT EXISTS statements AS ",
-    statements_select!(),
+    statements_select!(""),
     ";
 CREATE TABLE IF NOT EXISTS trail (
     seq         INTEGER PRIMARY KEY,
@@ -1154,7 +1159,7 @@ fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
 }
 
 /// The `statements` view as SQLite keeps it in `sqlite_schema`.
-pub(crate) const STATEMENTS_VIEW_SQL: &str = concat!("CREATE VIEW statements AS ", statements_select!());
+pub(crate) const STATEMENTS_VIEW_SQL: &str = concat!("CREATE VIEW statements AS ", statements_select!(""));
 
 /// What [`SCHEMA`] makes as `statements` (`CREATE … IF NOT EXISTS`) unless
 /// the store has something of that name: a store made before statements

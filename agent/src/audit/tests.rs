@@ -280,6 +280,82 @@ fn a_statements_view_rewritten_in_the_store_is_reported_and_changes_nothing_gate
 }
 
 #[test]
+fn the_newest_statements_of_every_session_are_the_newest_of_a_whole_listing() {
+    // 9,000 statements of 9 sessions, one record a second (so the listing of
+    // every session stops after the newest records), each started up to
+    // thirty seconds before its record was written, some ending later
+    // (unfolded), in record order but not in start order.
+    let dir = temp("newest");
+    let db = dir.join("state/audit.db");
+    let conn = open_conn(&db, false).unwrap();
+    let t0 = 1_700_000_000_000_000i64;
+    let mut head = (0, chain::GENESIS);
+    let mut entries = Vec::new();
+    for i in 0..9_000u64 {
+        let at = t0 + i64::try_from(i).unwrap() * 1_000_000;
+        let s = u8::try_from(i % 9).unwrap() + 1;
+        let mut e = statement_event(sid(s), i / 9 + 1, &format!("SELECT {i}"));
+        if let Event::Statement(st) = &mut e {
+            st.started_us = at - i64::try_from((i * 2_654_435_761) % 30_000_000).unwrap();
+        }
+        let mut start = journal::Entry::now(e);
+        start.time_us = at;
+        entries.push(start);
+        if i % 5 == 0 {
+            // Its end in the next batch: a record of its own.
+            head = write(&conn, head, &entries).unwrap().0;
+            entries.clear();
+        }
+        {
+            let mut end = journal::Entry::now(Event::StatementEnd(Box::new(StatementEnd {
+                session: sid(s),
+                seq: i / 9 + 1,
+                ended_us: at,
+                rows: Some(i),
+                duration_us: 1,
+                error: None,
+                masked: None,
+                tags: None,
+                down_offset: None,
+                down: Vec::new(),
+            })));
+            end.time_us = at;
+            entries.push(end);
+        }
+        if entries.len() >= 64 {
+            head = write(&conn, head, &entries).unwrap().0;
+            entries.clear();
+        }
+    }
+    head = write(&conn, head, &entries).unwrap().0;
+    assert_eq!(head.0, 9_000 + 9_000 / 5, "ends folded into their statements but every fifth");
+    let unfolded: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM events WHERE kind = 'statement_end'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(unfolded, 1_800);
+    drop(conn);
+    let read = rusqlite::Connection::open(&db).unwrap();
+    let all = query::listing(&read, None, None, u32::MAX, (i64::MIN, i64::MAX)).unwrap();
+    assert_eq!(all.len(), 9_000);
+    for limit in [1u32, 7, 200, 4_500, 9_000, 20_000].into_iter().chain(3_405..3_420) {
+        let mut got = query::statements(&db, None, limit).unwrap();
+        got.reverse();
+        let want: Vec<_> = all.iter().take(usize::try_from(limit).unwrap()).collect();
+        let key = |r: &query::StatementRow| (r.session_id.clone(), r.seq, r.started_us, r.text.clone(), r.rows);
+        let (got, want): (Vec<_>, Vec<_>) = (got.iter().map(key).collect(), want.into_iter().map(key).collect());
+        let first_apart = got.iter().zip(&want).position(|(g, w)| g != w);
+        assert!(
+            got.len() == want.len() && first_apart.is_none(),
+            "limit {limit}: {} rows against {}, first apart at {first_apart:?}",
+            got.len(),
+            want.len()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn records_of_the_wrong_shape_do_not_stop_the_statements_listing() {
     // Edited by hand (the chain no longer verifies): an HTTP exchange, an SSH
     // request and a statement whose bodies are not JSON, or JSON of another
