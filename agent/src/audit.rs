@@ -5,8 +5,10 @@
 //! either byte stream, a truncation, a checkpoint) is appended to the
 //! `events` table, hash-chained to the previous one ([`chain`]); checkpoints
 //! sign the chain head with the host's Ed25519 key. The `sessions` and
-//! `statements` tables are indexes over the same records, written in the same
-//! transaction, for queries; `gatehouse verify` checks them against the chain.
+//! `trail` tables are indexes over the same records, written in the same
+//! transaction, for queries, and `statements` is a view over the records
+//! themselves ([`statements_select`]); `gatehouse verify` checks them against
+//! the chain.
 //!
 //! Strict mode (the default): the data path waits for a record's commit
 //! before it forwards what the record describes (a session's first byte, a
@@ -84,8 +86,8 @@ const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(2);
 /// committed only once the transaction is `COMMIT_EVERY` old, once no
 /// record came for `COMMIT_IDLE`, or at once when someone waits for the
 /// commit (a session's opening, a flush, an operator's command). A commit
-/// writes every page the transaction touched to the WAL (the events and
-/// statements tables' last leaves and their indexes, 16 KiB each), however
+/// writes every page the transaction touched to the WAL (the events table's
+/// last leaves and its index's, 16 KiB each), however
 /// few records it holds: committed every 2 ms, one busy session's
 /// select-only statements cost ≈ 20 KiB of WAL each. Nothing on the data
 /// path waits for it (strict records are durable in the journal first); a
@@ -120,7 +122,7 @@ const WAL_RESTART: u64 = 1 << 30;
 /// session id is spelled into a buffer of its own: recording a statement
 /// allocates no string for it. The buffer is a string already, so reading
 /// it (several times per record: the journal frame, the chain hash, the
-/// writer's rows and its fold) validates nothing again; checking the 36
+/// writer's `events` row and its fold) validates nothing again; checking the 36
 /// bytes as UTF-8 at each read cost ≈ 1.1k instructions per select-only
 /// statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,9 +158,9 @@ impl std::ops::Deref for SessionKey {
 /// `statement` record (a folded one carries its end as `end`; an unfolded
 /// one's end is its session's `statement_end` record of the same statement
 /// number, found through `events_statement_end`). Each column is cast to
-/// the type the old table held, so a body of the wrong shape (a store edited
-/// by hand: `verify` reports it) cannot stop the rest being listed. The writer keeps no
-/// separate row per statement: that row (15 columns and a second B-tree) was
+/// the type the old table held, so a body of the wrong shape (a store
+/// edited by hand: `verify` reports it) cannot stop the rest being listed.
+/// The writer keeps no separate row per statement: that row (15 columns and a second B-tree) was
 /// ≈ 11k of the writer's instructions per select-only statement, about 7% of
 /// the agent's CPU per statement (see the README's benchmark section). A
 /// record whose body is not JSON has no row; a redacted one (body removed)
@@ -1170,24 +1172,47 @@ pub(crate) const STATEMENTS_VIEW_SQL: &str = concat!("CREATE VIEW statements AS 
 /// `statement` record still in the chain (or pruned with it); an edited
 /// view is what `verify` reports until then, and the log says so here.
 fn replace_stale_statements(conn: &Connection) -> rusqlite::Result<()> {
-    use rusqlite::OptionalExtension as _;
-    let have: Option<(String, Option<String>)> = conn
-        .query_row("SELECT type, sql FROM sqlite_schema WHERE name = 'statements'", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    match have {
-        Some((kind, _)) if kind == "table" => {
+    match statements_object(conn)? {
+        StatementsObject::Table => {
             conn.execute_batch("DROP TABLE statements")?;
             tracing::info!("the audit store's statements table is now a view over the chain's records");
         }
-        Some((kind, sql)) if kind == "view" && sql.as_deref() != Some(STATEMENTS_VIEW_SQL) => {
+        StatementsObject::OtherView => {
             conn.execute_batch("DROP VIEW statements")?;
             tracing::warn!(
                 "the audit store's statements view was not this build's (another Gatehouse's, or edited); made again"
             );
         }
-        _ => {}
+        StatementsObject::Missing | StatementsObject::ThisBuilds => {}
     }
     Ok(())
+}
+
+/// What a store holds under the name `statements`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatementsObject {
+    Missing,
+    /// This build's view ([`STATEMENTS_VIEW_SQL`]).
+    ThisBuilds,
+    /// Another view: another build's, or edited.
+    OtherView,
+    /// A table (an older Gatehouse's layout), or anything else of that name.
+    Table,
+}
+
+pub(crate) fn statements_object(conn: &Connection) -> rusqlite::Result<StatementsObject> {
+    use rusqlite::OptionalExtension as _;
+    let have: Option<(String, Option<String>)> = conn
+        .query_row("SELECT type, sql FROM sqlite_schema WHERE name = 'statements'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match have {
+        None => StatementsObject::Missing,
+        Some((kind, sql)) if kind == "view" && sql.as_deref() == Some(STATEMENTS_VIEW_SQL) => {
+            StatementsObject::ThisBuilds
+        }
+        Some((kind, _)) if kind == "view" => StatementsObject::OtherView,
+        Some(_) => StatementsObject::Table,
+    })
 }
 
 /// Query-table columns added since a store was made (at the end, in the
@@ -1790,8 +1815,8 @@ fn insert_event_with(
 }
 
 /// The writer offers its CPU (`sched_yield`) once it has run this long
-/// since it last did or since its batch began, between records, before a
-/// batch's statement rows and before its commit. On two
+/// since it last did or since its batch began, between records and before
+/// its commit. On two
 /// cores the writer's batch (one SQLite transaction, ≈ 200 µs every 2 ms
 /// for one busy session) ran whole while the session's next step — the
 /// agent's worker, PostgreSQL's backend, the client — waited on the same

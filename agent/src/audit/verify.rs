@@ -684,11 +684,8 @@ fn check_checkpoint(conn: &Connection, r: &Record, prev: Option<(u64, [u8; 32])>
 /// holds. (Gatehouse's own commands read their copy of the view's text, not
 /// the store's.)
 fn compare_statements_view(store: &Connection, report: &mut Report) -> Result<(), String> {
-    let have: Option<(String, Option<String>)> = store
-        .query_row("SELECT type, sql FROM sqlite_schema WHERE name = 'statements'", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .map_err(sql_err)?;
-    if have.is_some_and(|(kind, sql)| kind != "view" || sql.as_deref() != Some(super::STATEMENTS_VIEW_SQL)) {
+    use super::StatementsObject::{Missing, ThisBuilds};
+    if !matches!(super::statements_object(store).map_err(sql_err)?, Missing | ThisBuilds) {
         report.problems.push(Break {
             seq: u64::MAX,
             what: "the statements view is not the one Gatehouse makes over the chain's records; it was edited \

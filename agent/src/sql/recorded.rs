@@ -1,11 +1,11 @@
 //! A statement's kinds and tables as its audit record keeps them: typed
 //! lists that are written as the one string each that records have always
 //! held (`delete+delete_without_where`, `public.t,"a,b"`), in JSON bodies
-//! and in the `statements` table alike.
+//! and so in the `statements` view alike.
 //!
 //! Reading a list back gives exactly the text it was read from when written
-//! again (the chain hashes bodies as stored, and `verify` rebuilds the
-//! `statements` table from them): a name this build does not know (a store
+//! again (the chain hashes bodies as stored, and the `statements` view reads
+//! them as stored): a name this build does not know (a store
 //! written by a newer agent) is kept as it is, not dropped or refused.
 
 use std::borrow::Cow;

@@ -912,6 +912,7 @@ mod tests {
         assert!(redact_if_changed(texts[0], &rules, RecordOptions::default(), true).is_none());
         assert!(redact_if_changed(texts[2], &rules, RecordOptions::default(), true).is_some());
     }
+
     /// Ways to set a secret setting without writing its name out: each value
     /// is kept out of the record, under both string settings, memoized or not.
     #[test]
