@@ -11,11 +11,33 @@ use super::verify::{Trust, TrustSource, verify_db};
 use super::*;
 use crate::settings;
 
-fn temp(name: &str) -> PathBuf {
+/// A test's own directory, removed when the test ends (passing or not).
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("gatehouse-audit-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("state")).unwrap();
-    d
+    TempDir(d)
 }
 
 fn opts(anchors: Option<PathBuf>) -> Options {
@@ -225,7 +247,7 @@ const OLD_STATEMENTS_TABLE: &str = "CREATE TABLE statements (
 
 /// A store (in a new directory `name`) the writer made with one session
 /// whose statement selects `secret`: the directory, the store, its key.
-fn one_session_store(name: &str, secret: &str) -> (PathBuf, PathBuf, PathBuf) {
+fn one_session_store(name: &str, secret: &str) -> (TempDir, PathBuf, PathBuf) {
     let dir = temp(name);
     let db = dir.join("state/audit.db");
     let key_path = settings::host_key_path(&db);
