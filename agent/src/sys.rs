@@ -19,9 +19,11 @@
 //! * The agent's global allocator ([`Allocator`]), mimalloc's C functions.
 //! * `sync_file_range(2)` (nix has none): the audit store's WAL is written
 //!   out in the background, so a checkpoint's `fsync` finds little to do.
+//! * `mmap(2)` of a file, shared ([`SharedMap`]): the audit journal copies
+//!   its entries into the page cache without a `write(2)` each.
 #![expect(
     unsafe_code,
-    reason = "getsockopt(SO_NETNS_COOKIE), splice(2), three bpf(2) commands, malloc_trim, mi_collect, setpriority, sync_file_range and the global allocator have no safe wrapper"
+    reason = "getsockopt(SO_NETNS_COOKIE), splice(2), three bpf(2) commands, malloc_trim, mi_collect, setpriority, sync_file_range, mmap and the global allocator have no safe wrapper"
 )]
 
 use std::ffi::CStr;
@@ -310,11 +312,101 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// The first `len` bytes of a file, mapped shared and writable
+/// (`mmap(2)`, `MAP_SHARED`). Bytes copied in are in the file's page cache
+/// at once, as after a `write(2)` (a killed process loses none of them;
+/// `fdatasync` of the file writes them out), without a system call each.
+///
+/// The file must hold `len` bytes on its device before it is mapped (see
+/// [`SharedMap::new`]): a store to a page of the mapping the file does not
+/// hold, or whose block cannot be allocated, would be a `SIGBUS`.
+#[derive(Debug)]
+pub struct SharedMap {
+    at: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value alone (no other
+// reference to it is handed out); writing it needs `&mut self`.
+unsafe impl Send for SharedMap {}
+
+impl SharedMap {
+    /// Maps `file`'s first `len` bytes. The caller has allocated them on the
+    /// device (`fallocate(2)`, or zeros written): refused when the file is
+    /// shorter than `len`.
+    pub fn new(file: &std::fs::File, len: usize) -> io::Result<Self> {
+        let size = file.metadata()?.len();
+        if len == 0 || u64::try_from(len).map_err(io::Error::other)? > size {
+            return Err(io::Error::other(format!("cannot map {len} bytes of a file of {size}")));
+        }
+        // SAFETY: a new mapping chosen by the kernel (address hint null), of
+        // a descriptor open for reading and writing for the call; it aliases
+        // no memory of ours, and the file holds every byte of it (checked above).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let at = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { at, len })
+    }
+
+    /// Copies `bytes` in at offset `at`: false (nothing copied) when they do
+    /// not fit.
+    pub fn write_at(&mut self, at: usize, bytes: &[u8]) -> bool {
+        if at.checked_add(bytes.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        // SAFETY: `at + bytes.len()` is within the mapping (checked above),
+        // which lives as long as `self`; `bytes` cannot overlap it (the
+        // mapping is never lent out), and `&mut self` excludes other writers.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at.as_ptr().add(at), bytes.len()) };
+        true
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of `len` bytes, unmapped once.
+        unsafe { libc::munmap(self.at.as_ptr().cast(), self.len) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::alloc::{GlobalAlloc, Layout};
 
-    use super::Allocator;
+    use super::{Allocator, SharedMap};
+
+    #[test]
+    fn bytes_copied_into_a_shared_map_are_the_files_and_nothing_lands_outside_it() {
+        let path = std::env::temp_dir().join(format!("gh-shared-map-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        file.set_len(8192).unwrap();
+        assert!(SharedMap::new(&file, 8193).is_err(), "more than the file holds is refused");
+        assert!(SharedMap::new(&file, 0).is_err());
+        let mut map = SharedMap::new(&file, 8192).unwrap();
+        assert!(map.write_at(4090, b"across a page"));
+        assert!(!map.write_at(8190, b"too long"), "past the end: nothing copied");
+        assert!(!map.write_at(usize::MAX, b"x"));
+        assert!(map.write_at(8191, b"z"));
+        // Read through the file, not the mapping: the same page cache.
+        let bytes = std::fs::read(&path).unwrap();
+        drop(map);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(bytes.len(), 8192);
+        assert_eq!(&bytes[4090..4103], b"across a page");
+        assert_eq!(&bytes[8184..8192], b"\0\0\0\0\0\0\0z");
+        assert!(bytes[..4090].iter().all(|b| *b == 0));
+    }
 
     #[test]
     fn every_block_meets_its_layouts_alignment_and_keeps_its_bytes() {

@@ -2,7 +2,10 @@
 //!
 //! A strict record (a statement about to be forwarded) is acknowledged once
 //! it is in an append-only file beside the store, not once SQLite committed
-//! it: one `write(2)` per batch (a batch is what a session forwards at once),
+//! it: one copy per batch (a batch is what a session forwards at once) into
+//! the current segment, a file allocated whole when it is started and mapped
+//! shared ([`crate::sys::SharedMap`]), so the bytes are in the page cache,
+//! where a killed process cannot take them back, without a `write(2)` each;
 //! `fdatasync` when `audit_fsync` is on, shared by every session waiting at
 //! that moment (group commit). The records go on, in the same order, to the
 //! writer thread, which appends them to the hash chain and the query tables
@@ -11,7 +14,8 @@
 //!
 //! After a crash, [`replay`] appends what the journal holds beyond that
 //! position to the chain before the agent serves (and `gatehouse verify`,
-//! `sessions`, `statements` do the same on a store no agent holds). A write
+//! `sessions`, `statements` do the same on a store no agent holds). A
+//! segment's entries are followed by the zeros it was allocated with. A copy
 //! cut short by the crash leaves a torn last entry, which was never
 //! acknowledged; its checksum tells it apart and it is dropped, said so in
 //! the log. The chain itself is unchanged: the journal only moves the point
@@ -46,8 +50,14 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::{Command, Event};
 
-/// A segment is closed (and a new one started) past this size.
-const SEGMENT_MAX: u64 = 8 << 20;
+/// A segment's size, allocated (and mapped) when it is started; a batch
+/// that does not fit in what is left starts the next one (a larger batch
+/// gets a segment of its own size). One MiB: a segment is started every
+/// ≈ 2,000 select-only statements, and the journal holds little of a disk
+/// that is filling up (a store on a few MiB still starts).
+const SEGMENT_BYTES: usize = 1 << 20;
+/// The granule a larger segment is rounded up to.
+const PAGE: usize = 4096;
 /// The largest entry replay accepts (a chunk is bounded far below it).
 const ENTRY_MAX: usize = 64 << 20;
 const CHECKSUM: usize = 16;
@@ -125,8 +135,12 @@ pub struct Journal {
 #[derive(Debug)]
 struct Inner {
     file: Arc<File>,
+    /// The segment's bytes, mapped: entries are copied in at `len`.
+    map: crate::sys::SharedMap,
+    /// The segment's size, allocated on its device and mapped.
+    cap: usize,
     path: PathBuf,
-    len: u64,
+    len: usize,
     next: u64,
     /// Closed segments and the last jseq each holds.
     older: VecDeque<(PathBuf, u64)>,
@@ -163,15 +177,49 @@ fn prefix_of(db: &Path) -> PathBuf {
     PathBuf::from(format!("{}.journal.", db.display()))
 }
 
-fn create_segment(prefix: &Path, first: u64) -> std::io::Result<(PathBuf, File)> {
+/// A new segment of `cap` bytes whose first entry will be `first`: the file
+/// (allocated on its device, so no copy into it can find the disk full), and
+/// its bytes mapped. A segment that cannot be made whole is removed.
+fn create_segment(prefix: &Path, first: u64, cap: usize) -> std::io::Result<(PathBuf, File, crate::sys::SharedMap)> {
     let path = PathBuf::from(format!("{}{first:020}", prefix.display()));
     let f = std::fs::OpenOptions::new()
-        .append(true)
+        .read(true)
+        .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)?;
-    Ok((path, f))
+    let made = allocate(&f, cap).and_then(|()| crate::sys::SharedMap::new(&f, cap));
+    match made {
+        Ok(map) => Ok((path, f, map)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Gives the (new, empty) `file` `len` bytes of zeros with their blocks
+/// allocated: `fallocate(2)`, or where the file system has none, the zeros
+/// written. Never a sparse file: a copy into a hole of a shared mapping on
+/// a full disk would be a `SIGBUS`, not an error.
+fn allocate(file: &File, len: usize) -> std::io::Result<()> {
+    let off = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
+    match nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, off) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EOPNOTSUPP) => {
+            let zeros = vec![0u8; len.min(64 << 10)];
+            let mut left = len;
+            let mut w = file;
+            while left > 0 {
+                let n = left.min(zeros.len());
+                w.write_all(zeros.get(..n).unwrap_or_default())?;
+                left -= n;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A failed write, said so that an operator sees a full disk for what it is.
@@ -256,6 +304,19 @@ pub(super) fn encode_for_test(buf: &mut Vec<u8>, e: &Entry) {
     encode(buf, e);
 }
 
+/// Where the whole entries at the start of `bytes` end.
+#[cfg(test)]
+pub(super) fn entries_end(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some((_, n)) = bytes.get(at..).and_then(decode) {
+        at += n;
+    }
+    at
+}
+
+#[cfg(test)]
+pub(super) const SEGMENT_BYTES_FOR_TEST: usize = SEGMENT_BYTES;
+
 /// A replayed entry.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Replayed {
@@ -335,11 +396,15 @@ pub(super) fn replay(conn: &mut Connection, db: &Path, mut head: Head) -> Result
         let tx = conn.transaction().map_err(err)?;
         while at < bytes.len() {
             let Some((r, n)) = bytes.get(at..).and_then(decode) else {
-                tracing::warn!(
-                    journal = %path.display(),
-                    bytes = bytes.len() - at,
-                    "the audit journal ends with a torn or damaged entry (a write cut short: never acknowledged); ignored"
-                );
+                // The zeros the segment was allocated with: its end.
+                let torn = bytes.iter().rposition(|b| *b != 0).map_or(0, |last| (last + 1).saturating_sub(at));
+                if torn > 0 {
+                    tracing::warn!(
+                        journal = %path.display(),
+                        bytes = torn,
+                        "the audit journal ends with a torn or damaged entry (a copy cut short: never acknowledged); ignored"
+                    );
+                }
                 break;
             };
             at += n;
@@ -426,14 +491,23 @@ impl Journal {
         queued: Arc<AtomicUsize>,
     ) -> Result<Self, String> {
         let prefix = prefix_of(db);
-        let (path, file) = create_segment(&prefix, next).map_err(|e| describe(&e, &prefix))?;
+        let (path, file, map) = create_segment(&prefix, next, SEGMENT_BYTES).map_err(|e| describe(&e, &prefix))?;
         if fsync && let Ok(d) = File::open(crate::secrets::dir_of(db)) {
             let _ = d.sync_all();
         }
         Ok(Self {
             prefix,
             fsync,
-            inner: Mutex::new(Inner { file: Arc::new(file), path, len: 0, next, older: VecDeque::new(), failed: None }),
+            inner: Mutex::new(Inner {
+                file: Arc::new(file),
+                map,
+                cap: SEGMENT_BYTES,
+                path,
+                len: 0,
+                next,
+                older: VecDeque::new(),
+                failed: None,
+            }),
             written: AtomicU64::new(next.saturating_sub(1)),
             synced: AtomicU64::new(next.saturating_sub(1)),
             sync_lock: tokio::sync::Mutex::new(()),
@@ -443,7 +517,7 @@ impl Journal {
         })
     }
 
-    /// Writes `events` with one `write(2)` and hands them to the writer
+    /// Copies `events` into the journal at once and hands them to the writer
     /// thread in the same order. Returns the last jseq (for [`Self::sync`]).
     pub(super) fn append(&self, events: Vec<Event>, depth: usize) -> Result<u64, AppendError> {
         // Everything but the entries' jseq, time and checksum is made
@@ -470,8 +544,9 @@ impl Journal {
         })
     }
 
-    /// Stamps framed entries with their jseq, time and checksum, writes them with one
-    /// `write(2)` and hands them to the writer thread in the same order.
+    /// Stamps framed entries with their jseq, time and checksum, copies them
+    /// into the segment (a new one first when they do not fit in what is
+    /// left) and hands them to the writer thread in the same order.
     fn append_framed(
         &self,
         buf: &mut [u8],
@@ -486,8 +561,15 @@ impl Journal {
         if self.queued.load(Ordering::Relaxed) >= depth {
             return Err(AppendError::QueueFull);
         }
-        let time_us = super::now_us();
         let inner = &mut *g;
+        // A batch never spans two segments: the next one starts with it.
+        if inner.len.saturating_add(buf.len()) > inner.cap
+            && let Err(why) = self.rotate(inner, buf.len())
+        {
+            inner.failed = Some(why.clone());
+            return Err(AppendError::Failed(why));
+        }
+        let time_us = super::now_us();
         for (f, entry) in framed.iter().zip(entries.iter_mut()) {
             entry.jseq = inner.next;
             entry.time_us = time_us;
@@ -495,37 +577,37 @@ impl Journal {
             inner.next += 1;
         }
         let last = inner.next - 1;
-        if let Err(e) = (&*inner.file).write_all(buf) {
-            let why = describe(&e, &inner.path);
+        if !inner.map.write_at(inner.len, buf) {
+            // Cannot happen: the segment was started for what did not fit.
+            let why = format!("the audit journal {}: a batch past the segment's end", inner.path.display());
             inner.failed = Some(why.clone());
             return Err(AppendError::Failed(why));
         }
-        inner.len += buf.len() as u64;
+        inner.len += buf.len();
         self.written.store(last, Ordering::Release);
         self.queued.fetch_add(1, Ordering::Relaxed);
         crate::metrics::queued();
         if self.tx.send(Command::Journaled(entries)).is_err() {
             return Err(AppendError::Failed("the audit writer has stopped".into()));
         }
-        if inner.len >= SEGMENT_MAX
-            && let Err(why) = self.rotate(inner)
-        {
-            inner.failed = Some(why.clone());
-            return Err(AppendError::Failed(why));
-        }
         Ok(last)
     }
 
-    /// Starts a new segment; removes the closed ones the writer has ingested.
-    fn rotate(&self, inner: &mut Inner) -> Result<(), String> {
+    /// Starts a new segment with room for at least `need` bytes; removes the
+    /// closed ones the writer has ingested.
+    fn rotate(&self, inner: &mut Inner, need: usize) -> Result<(), String> {
         if self.fsync {
             inner.file.sync_data().map_err(|e| describe(&e, &inner.path))?;
             self.synced.fetch_max(inner.next - 1, Ordering::AcqRel);
         }
-        let (path, file) = create_segment(&self.prefix, inner.next).map_err(|e| describe(&e, &self.prefix))?;
+        let cap = need.div_ceil(PAGE).saturating_mul(PAGE).max(SEGMENT_BYTES);
+        let (path, file, map) =
+            create_segment(&self.prefix, inner.next, cap).map_err(|e| describe(&e, &self.prefix))?;
         let old = std::mem::replace(&mut inner.path, path);
         inner.older.push_back((old, inner.next - 1));
         inner.file = Arc::new(file);
+        inner.map = map;
+        inner.cap = cap;
         inner.len = 0;
         self.prune(inner);
         Ok(())

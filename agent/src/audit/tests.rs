@@ -642,6 +642,95 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
     assert!(report.ok(), "{report:?}");
 }
 
+/// The journal as the data path writes it (segments allocated whole and
+/// mapped), left as a killed agent leaves it: nothing ingested, no segment
+/// closed, a copy cut short after the last entry.
+#[test]
+fn a_killed_agents_journal_of_many_segments_replays_every_acknowledged_entry_and_no_more() {
+    let dir = temp("segments");
+    let db = dir.join("state/audit.db");
+    let mut conn = open_conn(&db, false).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let j = journal::Journal::create(&db, 1, false, tx, queued).unwrap();
+    let id = sid(5);
+    // Three segments' worth of batches of two, then a batch larger than a
+    // segment (a segment of its own), then a few more.
+    let filler = "x".repeat(3000);
+    let seg = journal::SEGMENT_BYTES_FOR_TEST;
+    let mut texts = Vec::new();
+    let mut seq = 0u64;
+    let batch = |texts: &mut Vec<String>, seq: &mut u64, n: usize, len: usize| {
+        let events: Vec<Event> = (0..n)
+            .map(|_| {
+                *seq += 1;
+                let t = format!("SELECT {seq} /* {} */", filler.get(..len.min(filler.len())).unwrap_or_default());
+                texts.push(t.clone());
+                statement_event(id, *seq, &t)
+            })
+            .collect();
+        j.append(events, usize::MAX).unwrap()
+    };
+    while texts.iter().map(String::len).sum::<usize>() < 3 * seg {
+        batch(&mut texts, &mut seq, 2, 3000);
+    }
+    let big = {
+        seq += 1;
+        let t = format!("SELECT {seq} /* {} */", "y".repeat(seg + seg / 2));
+        texts.push(t.clone());
+        j.append(vec![statement_event(id, seq, &t)], usize::MAX).unwrap()
+    };
+    assert_eq!(big, seq);
+    let last = batch(&mut texts, &mut seq, 3, 100);
+    assert_eq!(last, seq);
+    // Killed: the journal is neither closed nor ingested.
+    drop(j);
+    drop(rx);
+    let segs: Vec<PathBuf> = {
+        let name = format!("{}.journal.", db.file_name().unwrap().to_str().unwrap());
+        let mut v: Vec<PathBuf> = std::fs::read_dir(db.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&name))
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(segs.len() >= 5, "three segments, one for the large batch and the last: {segs:?}");
+    // Every segment is allocated whole: its entries, then zeros.
+    for p in &segs {
+        let bytes = std::fs::read(p).unwrap();
+        assert!(bytes.len() >= seg, "{} holds {} bytes", p.display(), bytes.len());
+        let end = journal::entries_end(&bytes);
+        assert!(end > 0 && bytes[end..].iter().all(|b| *b == 0), "{}: entries, then zeros", p.display());
+    }
+    // A copy the kill cut short: the start of one more entry after the last.
+    let tail = segs.last().unwrap();
+    let mut bytes = std::fs::read(tail).unwrap();
+    let end = journal::entries_end(&bytes);
+    let mut torn = Vec::new();
+    let Event::Statement(s) = statement_event(id, seq + 1, "SELECT torn") else { unreachable!() };
+    journal::encode_for_test(
+        &mut torn,
+        &journal::Entry {
+            jseq: seq + 1,
+            time_us: now_us(),
+            kind: RecordKind::Statement,
+            session: Some(super::SessionKey::id(id)),
+            body: serde_json::to_vec(&s).unwrap(),
+            event: None,
+        },
+    );
+    bytes[end..end + torn.len() - 30].copy_from_slice(&torn[..torn.len() - 30]);
+    std::fs::write(tail, &bytes).unwrap();
+
+    let head = super::head(&conn).unwrap();
+    let (_, next, count) = journal::replay(&mut conn, &db, head).unwrap();
+    assert_eq!((count, next), (texts.len(), seq + 1), "every acknowledged entry, and not the torn one");
+    assert_eq!(statement_texts(&db), texts);
+    assert_eq!(journal_files(&db), 0, "a replayed journal is removed");
+}
+
 #[test]
 fn the_wal_is_emptied_once_past_its_bound_while_records_keep_coming() {
     let dir = temp("wal");
