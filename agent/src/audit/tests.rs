@@ -642,6 +642,87 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
     assert!(report.ok(), "{report:?}");
 }
 
+/// `sessions --text` passes by statement bodies whose bytes cannot hold the
+/// text before it reads them as JSON: it finds exactly the sessions the
+/// `statements` view's texts name, whatever the text holds (characters JSON
+/// escapes, `LIKE`'s own, case, other scripts).
+#[test]
+fn sessions_found_by_statement_text_are_those_whose_statements_hold_it() {
+    let dir = temp("bytext");
+    let db = dir.join("state/audit.db");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &opts(None)).unwrap();
+    let secrets = [
+        "plain words",
+        "Mixed CASE Words",
+        "say \"hi\" there",
+        "back\\slash and \\n",
+        "tab\there\nand newline",
+        "50% of a_b!c",
+        "naïve Ünïcode 😀",
+        "</script>",
+    ];
+    for (i, secret) in secrets.iter().enumerate() {
+        session(&audit, sid(u8::try_from(i).unwrap() + 1), secret);
+    }
+    run(audit.flush()).unwrap();
+    drop(audit);
+    writer.stop();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let patterns = [
+        "words",
+        "WORDS",
+        "mixed case",
+        "\"hi\"",
+        "say \"",
+        "\\",
+        "\\n",
+        "slash and \\",
+        "\t",
+        "\n",
+        "tab",
+        "50%",
+        "%",
+        "_",
+        "a_b",
+        "b!c",
+        "!",
+        "%_!",
+        "naïve",
+        "ÜNÏCODE",
+        "ünïcode",
+        "😀",
+        "</",
+        "'",
+        "SELECT '",
+        "x",
+        "",
+    ];
+    for p in patterns {
+        let mut want: Vec<String> = conn
+            .prepare("SELECT DISTINCT session_id FROM statements WHERE instr(lower(text), lower(?1)) > 0")
+            .unwrap()
+            .query_map([p], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        want.sort();
+        let filter = query::SessionFilter { text: Some(p.to_owned()), ..Default::default() };
+        let mut got: Vec<String> = query::sessions(&db, &filter).unwrap().into_iter().map(|s| s.id).collect();
+        got.sort();
+        assert_eq!(got, want, "sessions with a statement holding {p:?}");
+    }
+    // The patterns above do reach both paths and find something on each.
+    let found = |p: &str| {
+        let filter = query::SessionFilter { text: Some(p.to_owned()), ..Default::default() };
+        query::sessions(&db, &filter).unwrap().len()
+    };
+    assert_eq!(found("\"hi\""), 1, "a text JSON escapes is found (no raw prefilter)");
+    assert_eq!(found("b!C"), 1, "a text with LIKE's characters is found through the prefilter");
+    assert_eq!(found("ÜNÏCODE"), 0, "only ASCII letters fold, as lower() does");
+    assert_eq!(found("nomatch"), 0);
+}
+
 /// The journal as the data path writes it (segments allocated whole and
 /// mapped), left as a killed agent leaves it: nothing ingested, no segment
 /// closed, a copy cut short after the last entry.
