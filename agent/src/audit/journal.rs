@@ -207,19 +207,23 @@ fn allocate(file: &File, len: usize) -> std::io::Result<()> {
     let off = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
     match nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, off) {
         Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EOPNOTSUPP) => {
-            let zeros = vec![0u8; len.min(64 << 10)];
-            let mut left = len;
-            let mut w = file;
-            while left > 0 {
-                let n = left.min(zeros.len());
-                w.write_all(zeros.get(..n).unwrap_or_default())?;
-                left -= n;
-            }
-            Ok(())
-        }
+        Err(nix::errno::Errno::EOPNOTSUPP) => write_zeros(file, len),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Writes `len` zeros to `file` (from where it is): the blocks are
+/// allocated by the writes themselves, and a full disk fails them here.
+fn write_zeros(file: &File, len: usize) -> std::io::Result<()> {
+    let zeros = vec![0u8; len.min(64 << 10)];
+    let mut left = len;
+    let mut w = file;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        w.write_all(zeros.get(..n).unwrap_or_default())?;
+        left -= n;
+    }
+    Ok(())
 }
 
 /// A failed write, said so that an operator sees a full disk for what it is.
@@ -706,6 +710,25 @@ mod tests {
         let mut zeroed = buf.clone();
         zeroed.iter_mut().skip(4).for_each(|b| *b = 0);
         assert!(decode(&zeroed).is_none(), "a zeroed entry is refused");
+    }
+
+    #[test]
+    fn a_segment_on_a_file_system_without_fallocate_is_zeros_written_whole_and_mapped() {
+        // The fallback `allocate` takes where fallocate(2) is not supported.
+        let path = std::env::temp_dir().join(format!("gh-journal-zeros-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        let len = (64 << 10) * 2 + 4099;
+        write_zeros(&f, len).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let mapped = crate::sys::SharedMap::new(&f, len);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(bytes.len(), len);
+        assert!(bytes.iter().all(|b| *b == 0));
+        assert!(mapped.is_ok(), "{mapped:?}");
+        // Its blocks are on the device: not a sparse file.
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&f.metadata().unwrap());
+        assert!(blocks * 512 >= len as u64, "{blocks} blocks of 512 bytes for {len} bytes");
     }
 
     #[test]

@@ -782,6 +782,9 @@ fn a_killed_agents_journal_of_many_segments_replays_every_acknowledged_entry_and
     for p in &segs {
         let bytes = std::fs::read(p).unwrap();
         assert!(bytes.len() >= seg, "{} holds {} bytes", p.display(), bytes.len());
+        // Allocated on the device, not sparse (a copy into a hole on a full disk would be a SIGBUS).
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap());
+        assert!(blocks * 512 >= bytes.len() as u64, "{}: {blocks} blocks", p.display());
         let end = journal::entries_end(&bytes);
         assert!(end > 0 && bytes[end..].iter().all(|b| *b == 0), "{}: entries, then zeros", p.display());
     }
