@@ -600,11 +600,24 @@ impl Journal {
     /// Starts a new segment with room for at least `need` bytes; removes the
     /// closed ones the writer has ingested.
     fn rotate(&self, inner: &mut Inner, need: usize) -> Result<(), String> {
+        let cap = need.div_ceil(PAGE).saturating_mul(PAGE).max(SEGMENT_BYTES);
+        if inner.len == 0 {
+            // Nothing in it yet (a first batch larger than a segment): the
+            // segment is made again in its place, large enough, under the
+            // same name (its first entry's jseq).
+            let _ = std::fs::remove_file(&inner.path);
+            let (path, file, map) =
+                create_segment(&self.prefix, inner.next, cap).map_err(|e| describe(&e, &self.prefix))?;
+            inner.path = path;
+            inner.file = Arc::new(file);
+            inner.map = map;
+            inner.cap = cap;
+            return Ok(());
+        }
         if self.fsync {
             inner.file.sync_data().map_err(|e| describe(&e, &inner.path))?;
             self.synced.fetch_max(inner.next - 1, Ordering::AcqRel);
         }
-        let cap = need.div_ceil(PAGE).saturating_mul(PAGE).max(SEGMENT_BYTES);
         let (path, file, map) =
             create_segment(&self.prefix, inner.next, cap).map_err(|e| describe(&e, &self.prefix))?;
         let old = std::mem::replace(&mut inner.path, path);

@@ -735,12 +735,19 @@ fn a_killed_agents_journal_of_many_segments_replays_every_acknowledged_entry_and
     let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let j = journal::Journal::create(&db, 1, false, tx, queued).unwrap();
     let id = sid(5);
-    // Three segments' worth of batches of two, then a batch larger than a
-    // segment (a segment of its own), then a few more.
+    // A first batch larger than a segment (the empty first segment is made
+    // again, larger), three segments' worth of batches of two, then a batch
+    // larger than a segment (a segment of its own), then a few more.
     let filler = "x".repeat(3000);
     let seg = journal::SEGMENT_BYTES_FOR_TEST;
     let mut texts = Vec::new();
     let mut seq = 0u64;
+    {
+        seq += 1;
+        let t = format!("SELECT {seq} /* {} */", "z".repeat(seg * 2));
+        texts.push(t.clone());
+        assert_eq!(j.append(vec![statement_event(id, seq, &t)], usize::MAX).unwrap(), 1);
+    }
     let batch = |texts: &mut Vec<String>, seq: &mut u64, n: usize, len: usize| {
         let events: Vec<Event> = (0..n)
             .map(|_| {
@@ -752,7 +759,7 @@ fn a_killed_agents_journal_of_many_segments_replays_every_acknowledged_entry_and
             .collect();
         j.append(events, usize::MAX).unwrap()
     };
-    while texts.iter().map(String::len).sum::<usize>() < 3 * seg {
+    while texts.iter().skip(1).map(String::len).sum::<usize>() < 3 * seg {
         batch(&mut texts, &mut seq, 2, 3000);
     }
     let big = {
@@ -777,7 +784,7 @@ fn a_killed_agents_journal_of_many_segments_replays_every_acknowledged_entry_and
         v.sort();
         v
     };
-    assert!(segs.len() >= 5, "three segments, one for the large batch and the last: {segs:?}");
+    assert!(segs.len() >= 6, "the first, three segments, one for the large batch and the last: {segs:?}");
     // Every segment is allocated whole: its entries, then zeros.
     for p in &segs {
         let bytes = std::fs::read(p).unwrap();
