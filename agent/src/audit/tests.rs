@@ -642,6 +642,41 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
     assert!(report.ok(), "{report:?}");
 }
 
+/// With `audit_fsync`, a strict batch is acknowledged once its segment is
+/// synced (`fdatasync` of a file whose bytes were copied in through its
+/// mapping), across segments; every batch lands, in order.
+#[test]
+fn strict_batches_with_audit_fsync_are_synced_across_mapped_segments_and_all_land() {
+    let dir = temp("fsync");
+    let db = dir.join("state/audit.db");
+    let key_path = settings::host_key_path(&db);
+    let (audit, writer) = open(&db, &key_path, &Options { fsync: true, ..opts(None) }).unwrap();
+    let id = sid(6);
+    run(audit.open_session(opening(id))).unwrap();
+    let seg = journal::SEGMENT_BYTES_FOR_TEST;
+    let mut texts = Vec::new();
+    let mut seq = 0u64;
+    // Two and a half segments' worth, in batches of two.
+    while texts.iter().map(String::len).sum::<usize>() < seg * 5 / 2 {
+        let batch: Vec<Event> = (0..2)
+            .map(|_| {
+                seq += 1;
+                let t = format!("SELECT {seq} /* {} */", "f".repeat(20_000));
+                texts.push(t.clone());
+                statement_event(id, seq, &t)
+            })
+            .collect();
+        run(audit.commit(batch)).unwrap();
+    }
+    run(audit.flush()).unwrap();
+    drop(audit);
+    writer.stop();
+    assert_eq!(statement_texts(&db), texts);
+    assert_eq!(journal_files(&db), 0, "a clean stop leaves no journal");
+    let report = verify_db(&db, &trust(&keys::load(&key_path).unwrap()), None).unwrap();
+    assert!(report.ok(), "{report:?}");
+}
+
 /// `sessions --text` passes by statement bodies whose bytes cannot hold the
 /// text before it reads them as JSON: it finds exactly the sessions the
 /// `statements` view's texts name, whatever the text holds (characters JSON
