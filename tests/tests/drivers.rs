@@ -355,7 +355,9 @@ fn masked_sessions_work_with_every_driver() {
     assert!(Path::new(JDBC_JAR).exists(), "pgJDBC is missing ({JDBC_JAR}): run `cargo xtask setup`");
     let java = w.script("Drivers.java", JAVA);
     // JDBC has no pipeline for queries: every query runs as a repeated PreparedStatement.
-    let out = w.run("/usr/bin/java", &w.with_queries(vec!["-cp".into(), JDBC_JAR.into(), java]));
+    // No perf data: the JVM would leave /tmp/hsperfdata_<user> behind the test's user.
+    let out =
+        w.run("/usr/bin/java", &w.with_queries(vec!["-XX:-UsePerfData".into(), "-cp".into(), JDBC_JAR.into(), java]));
     tokens.insert("pgJDBC", check("pgJDBC", &out, &log()));
 
     let client = w.env.path("gatehouse-pgclient");
