@@ -168,8 +168,10 @@ impl std::ops::Deref for SessionKey {
 /// CLI reads its own copy of this text (`WITH statements AS (…)`), so a view
 /// rewritten in the file changes nothing Gatehouse shows, and `verify`
 /// reports it.
+/// `$extra`: more columns; `$filter`: a further condition on the `events`
+/// rows read (`AND …`, before their bodies are parsed as JSON).
 macro_rules! statements_select {
-    ($extra:literal) => {
+    ($extra:literal, $filter:literal) => {
         concat!(
             "SELECT session AS session_id, coalesce(CAST(j ->> '$.seq' AS INTEGER), 0) AS seq,
        coalesce(CAST(j ->> '$.started_us' AS INTEGER), 0) AS started_us, coalesce(CAST(j ->> '$.text' AS TEXT), '') AS text,
@@ -187,7 +189,9 @@ FROM (SELECT session, record, j, coalesce(j -> '$.end',
            AND (CAST(x.body AS TEXT) ->> '$.seq') = (s.j ->> '$.seq')
          ORDER BY x.seq DESC LIMIT 1)) AS e
       FROM (SELECT session, seq AS record, CAST(body AS TEXT) AS j FROM events
-            WHERE kind = 'statement' AND session IS NOT NULL AND json_valid(CAST(body AS TEXT))) AS s)"
+            WHERE kind = 'statement' AND session IS NOT NULL",
+            $filter,
+            " AND json_valid(CAST(body AS TEXT))) AS s)"
         )
     };
 }
@@ -196,7 +200,17 @@ FROM (SELECT session, record, j, coalesce(j -> '$.end',
 /// [`statements_select`]), whatever the store's own view says, with each
 /// row's record (`record`, its seq in the chain): put before a query that
 /// reads `statements`.
-pub(crate) const WITH_STATEMENTS: &str = concat!("WITH statements AS (", statements_select!(", record"), ")\n");
+pub(crate) const WITH_STATEMENTS: &str = concat!("WITH statements AS (", statements_select!(", record", ""), ")\n");
+
+/// [`WITH_STATEMENTS`] read only from the records whose raw body matches
+/// `?9` (a `LIKE` pattern, `ESCAPE '!'`) when it is set: a body that cannot
+/// hold what is looked for is passed by before it is parsed as JSON, most of
+/// the cost of reading every statement (see `query::raw_like`).
+pub(crate) const WITH_STATEMENTS_BODY_LIKE: &str = concat!(
+    "WITH statements AS (",
+    statements_select!(", record", " AND (?9 IS NULL OR CAST(body AS TEXT) LIKE ?9 ESCAPE '!')"),
+    ")\n"
+);
 
 pub const SCHEMA: &str = concat!(
     "
@@ -257,7 +271,7 @@ CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_us);
 CREATE INDEX IF NOT EXISTS events_statement_end ON events(session, (CAST(body AS TEXT) ->> '$.seq'))
     WHERE kind = 'statement_end' AND json_valid(CAST(body AS TEXT));
 CREATE VIEW IF NOT EXISTS statements AS ",
-    statements_select!(""),
+    statements_select!("", ""),
     ";
 CREATE TABLE IF NOT EXISTS trail (
     seq         INTEGER PRIMARY KEY,
@@ -1161,7 +1175,7 @@ fn open_conn(path: &Path, fsync: bool) -> Result<Connection, AuditError> {
 }
 
 /// The `statements` view as SQLite keeps it in `sqlite_schema`.
-pub(crate) const STATEMENTS_VIEW_SQL: &str = concat!("CREATE VIEW statements AS ", statements_select!(""));
+pub(crate) const STATEMENTS_VIEW_SQL: &str = concat!("CREATE VIEW statements AS ", statements_select!("", ""));
 
 /// What [`SCHEMA`] makes as `statements` (`CREATE … IF NOT EXISTS`) unless
 /// the store has something of that name: a store made before statements

@@ -55,7 +55,7 @@ use super::{Command, Event};
 /// gets a segment of its own size). One MiB: a segment is started every
 /// ≈ 2,000 select-only statements, and the journal holds little of a disk
 /// that is filling up (a store on a few MiB still starts).
-const SEGMENT_BYTES: usize = 1 << 20;
+pub(super) const SEGMENT_BYTES: usize = 1 << 20;
 /// The granule a larger segment is rounded up to.
 const PAGE: usize = 4096;
 /// The largest entry replay accepts (a chunk is bounded far below it).
@@ -155,7 +155,7 @@ pub(super) enum AppendError {
 }
 
 /// The journal segments of the store at `db`: `<db>.journal.<first jseq>`, oldest first.
-fn segments(db: &Path) -> Vec<(u64, PathBuf)> {
+pub(super) fn segments(db: &Path) -> Vec<(u64, PathBuf)> {
     let dir = crate::secrets::dir_of(db);
     let Some(name) = db.file_name().and_then(|n| n.to_str()) else { return Vec::new() };
     let prefix = format!("{name}.journal.");
@@ -317,9 +317,6 @@ pub(super) fn entries_end(bytes: &[u8]) -> usize {
     }
     at
 }
-
-#[cfg(test)]
-pub(super) const SEGMENT_BYTES_FOR_TEST: usize = SEGMENT_BYTES;
 
 /// A replayed entry.
 #[derive(Debug, PartialEq, Eq)]

@@ -569,12 +569,27 @@ fn statement_texts(db: &Path) -> Vec<String> {
     st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
 }
 
+/// A journal entry as the data path writes one for statement `seq` of
+/// session `id` (read back from its body only, as replay does).
+fn journal_statement(id: SessionId, jseq: u64, seq: u64, text: &str) -> journal::Entry {
+    let Event::Statement(s) = statement_event(id, seq, text) else { unreachable!() };
+    journal::Entry {
+        jseq,
+        time_us: now_us(),
+        kind: RecordKind::Statement,
+        session: Some(super::SessionKey::id(id)),
+        body: serde_json::to_vec(&s).unwrap(),
+        event: None,
+    }
+}
+
+/// The journal segments beside the store at `db`, oldest first.
+fn journal_segments(db: &Path) -> Vec<PathBuf> {
+    journal::segments(db).into_iter().map(|(_, p)| p).collect()
+}
+
 fn journal_files(db: &Path) -> usize {
-    let name = format!("{}.journal.", db.file_name().unwrap().to_str().unwrap());
-    std::fs::read_dir(db.parent().unwrap())
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().starts_with(&name))
-        .count()
+    journal_segments(db).len()
 }
 
 #[test]
@@ -598,30 +613,10 @@ fn what_the_journal_acknowledged_survives_a_crash_and_a_torn_tail_does_not_count
     drop(conn);
     let mut bytes = Vec::new();
     for (i, text) in [(done, "SELECT stale"), (done + 1, "SELECT 3"), (done + 2, "SELECT 4")] {
-        let Event::Statement(s) = statement_event(id, i + 2, text) else { unreachable!() };
-        let e = journal::Entry {
-            jseq: i,
-            time_us: now_us(),
-            kind: RecordKind::Statement,
-            session: Some(super::SessionKey::id(id)),
-            body: serde_json::to_vec(&s).unwrap(),
-            event: None,
-        };
-        journal::encode_for_test(&mut bytes, &e);
+        journal::encode_for_test(&mut bytes, &journal_statement(id, i, i + 2, text));
     }
     let whole = bytes.len();
-    let Event::Statement(s) = statement_event(id, 9, "SELECT torn") else { unreachable!() };
-    journal::encode_for_test(
-        &mut bytes,
-        &journal::Entry {
-            jseq: done + 3,
-            time_us: now_us(),
-            kind: RecordKind::Statement,
-            session: Some(super::SessionKey::id(id)),
-            body: serde_json::to_vec(&s).unwrap(),
-            event: None,
-        },
-    );
+    journal::encode_for_test(&mut bytes, &journal_statement(id, done + 3, 9, "SELECT torn"));
     bytes.truncate(whole + 20);
     std::fs::write(format!("{}.journal.{:020}", db.display(), done), &bytes).unwrap();
 
@@ -653,7 +648,7 @@ fn strict_batches_with_audit_fsync_are_synced_across_mapped_segments_and_all_lan
     let (audit, writer) = open(&db, &key_path, &Options { fsync: true, ..opts(None) }).unwrap();
     let id = sid(6);
     run(audit.open_session(opening(id))).unwrap();
-    let seg = journal::SEGMENT_BYTES_FOR_TEST;
+    let seg = journal::SEGMENT_BYTES;
     let mut texts = Vec::new();
     let mut seq = 0u64;
     // Two and a half segments' worth, in batches of two.
@@ -774,7 +769,7 @@ fn a_killed_agents_journal_of_many_segments_replays_every_acknowledged_entry_and
     // again, larger), three segments' worth of batches of two, then a batch
     // larger than a segment (a segment of its own), then a few more.
     let filler = "x".repeat(3000);
-    let seg = journal::SEGMENT_BYTES_FOR_TEST;
+    let seg = journal::SEGMENT_BYTES;
     let mut texts = Vec::new();
     let mut seq = 0u64;
     {
@@ -809,16 +804,7 @@ fn a_killed_agents_journal_of_many_segments_replays_every_acknowledged_entry_and
     // Killed: the journal is neither closed nor ingested.
     drop(j);
     drop(rx);
-    let segs: Vec<PathBuf> = {
-        let name = format!("{}.journal.", db.file_name().unwrap().to_str().unwrap());
-        let mut v: Vec<PathBuf> = std::fs::read_dir(db.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&name))
-            .collect();
-        v.sort();
-        v
-    };
+    let segs = journal_segments(&db);
     assert!(segs.len() >= 6, "the first, three segments, one for the large batch and the last: {segs:?}");
     // Every segment is allocated whole: its entries, then zeros.
     for p in &segs {
@@ -835,18 +821,7 @@ fn a_killed_agents_journal_of_many_segments_replays_every_acknowledged_entry_and
     let mut bytes = std::fs::read(tail).unwrap();
     let end = journal::entries_end(&bytes);
     let mut torn = Vec::new();
-    let Event::Statement(s) = statement_event(id, seq + 1, "SELECT torn") else { unreachable!() };
-    journal::encode_for_test(
-        &mut torn,
-        &journal::Entry {
-            jseq: seq + 1,
-            time_us: now_us(),
-            kind: RecordKind::Statement,
-            session: Some(super::SessionKey::id(id)),
-            body: serde_json::to_vec(&s).unwrap(),
-            event: None,
-        },
-    );
+    journal::encode_for_test(&mut torn, &journal_statement(id, seq + 1, seq + 1, "SELECT torn"));
     bytes[end..end + torn.len() - 30].copy_from_slice(&torn[..torn.len() - 30]);
     std::fs::write(tail, &bytes).unwrap();
 
