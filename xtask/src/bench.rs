@@ -158,10 +158,11 @@ pub enum Workload {
         /// (a diagnostic for work on the data path: per-round ratios and Gatehouse's CPU by thread).
         #[arg(long, value_name = "ROUNDS")]
         select_only: Option<u32>,
-        /// With --select-only: a second agent binary (e.g. the build before a change, kept aside)
-        /// run beside the first, each in its own cgroup, and measured in every round next to it
-        /// (the order alternating round by round). On a shared machine two separate runs differ
-        /// by more than most changes do; paired rounds see both under the same load.
+        /// With --select-only or --latency-only (six rounds then): a second agent binary (e.g. the
+        /// build before a change, kept aside) run beside the first, each in its own cgroup, and
+        /// measured in every round next to it (the order alternating round by round). On a shared
+        /// machine two separate runs differ by more than most changes do; paired rounds see both
+        /// under the same load.
         #[arg(long, value_name = "BINARY")]
         compare: Option<PathBuf>,
         /// Instructions per select-only statement, counted by valgrind (callgrind), for one

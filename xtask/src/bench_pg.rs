@@ -259,8 +259,8 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
     if let Some(bin) = compare.filter(|b| !b.is_file()) {
         bail!("--compare {}: no such agent binary", bin.display());
     }
-    if compare.is_some() && select_only.is_none() {
-        bail!("--compare needs --select-only or --instructions");
+    if compare.is_some() && select_only.is_none() && !latency_only {
+        bail!("--compare needs --select-only, --latency-only or --instructions");
     }
     let port = free_port()?;
     let servers = start_servers(port, Some(scale))?;
@@ -298,19 +298,20 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
         _ => None,
     };
     eprintln!("load before the runs: {}", load());
+    // A second agent to compare (--select-only, --latency-only), beside the first.
+    let rig_b = match compare {
+        Some(bin) => {
+            let mut r = Rig::new("pg-b")?;
+            r.start_agent_bin(&policy, free_port()?, bin)?;
+            eprintln!("comparing with {} (gatehouse_b)", bin.display());
+            Some(r)
+        }
+        None => None,
+    };
     if let Some(rounds) = select_only {
         // A diagnostic for the data path: select-only, three ways in turn
         // (four with a second agent to compare, alternating which goes first).
         let args = &workloads[0].1;
-        let rig_b = match compare {
-            Some(bin) => {
-                let mut r = Rig::new("pg-b")?;
-                r.start_agent_bin(&policy, free_port()?, bin)?;
-                eprintln!("comparing with {} (gatehouse_b)", bin.display());
-                Some(r)
-            }
-            None => None,
-        };
         let mut cpu_pairs: Vec<(f64, f64)> = Vec::new();
         for round in 1..=rounds {
             let mut order: Vec<(&str, &str, Option<&Rig>)> =
@@ -379,7 +380,9 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
     }
     // One client, per-transaction latencies from pgbench's log.
     let one_client = |rig: &Rig, sys: &str, host: &str, cg: bool| -> Result<Run> {
+        // pgbench's log files of this run only (a round before left its own).
         let d = rig.dir().join(format!("lat-{sys}"));
+        let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d)?;
         let short = (secs / 2).max(3).to_string();
         let out = pgbench(rig, host, cg, &["-S", "-c", "1", "-T", &short], Some(&d))?;
@@ -394,6 +397,9 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
         Ok(r)
     };
     if latency_only {
+        if let Some(b) = &rig_b {
+            return latency_pairs(&rig, b, &one_client);
+        }
         // A diagnostic for the tail: direct and Gatehouse in turn, three rounds.
         for round in 1..=3 {
             let d = one_client(&rig, "direct", DIRECT, false)?;
@@ -483,6 +489,40 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
     println!("added_latency_p99 gatehouse_recording_off = {:.0} µs", off_one.p99_us - d.p99_us);
     drop(rig);
     drop(servers);
+    Ok(())
+}
+
+/// Rounds of one client's latency with two agents (`--latency-only
+/// --compare`): direct, then both agents in an order that alternates round
+/// by round, so that each round sees both under the same load. Separate
+/// runs of `--latency-only` on a shared machine moved one build's added p50
+/// by more than 10 µs from run to run, as much as a change is expected to.
+fn latency_pairs(rig: &Rig, rig_b: &Rig, one_client: &dyn Fn(&Rig, &str, &str, bool) -> Result<Run>) -> Result<()> {
+    const ROUNDS: u32 = 6;
+    // (p50, p99) per round, of each agent, and direct's.
+    let mut rows: Vec<[(f64, f64); 3]> = Vec::new();
+    for round in 1..=ROUNDS {
+        let d = one_client(rig, "direct", DIRECT, false)?;
+        let (first, second) = if round % 2 == 1 { (rig, rig_b) } else { (rig_b, rig) };
+        let x = one_client(first, &format!("agent-{round}-1"), PROTECTED, true)?;
+        let y = one_client(second, &format!("agent-{round}-2"), PROTECTED, true)?;
+        let (a, b) = if round % 2 == 1 { (x, y) } else { (y, x) };
+        eprintln!(
+            "round {round}: direct p50 {:.0} p99 {:.0} µs, gatehouse p50 {:.0} p99 {:.0} µs, gatehouse_b p50 {:.0} p99 {:.0} µs",
+            d.p50_us, d.p99_us, a.p50_us, a.p99_us, b.p50_us, b.p99_us
+        );
+        rows.push([(d.p50_us, d.p99_us), (a.p50_us, a.p99_us), (b.p50_us, b.p99_us)]);
+    }
+    for (q, pick) in [("p50", (|r: (f64, f64)| r.0) as fn((f64, f64)) -> f64), ("p99", |r: (f64, f64)| r.1)] {
+        let added = |i: usize| median(rows.iter().map(|r| pick(r[i]) - pick(r[0])).collect());
+        let ratios: Vec<f64> = rows.iter().map(|r| pick(r[2]) / pick(r[1]).max(1e-9)).collect();
+        let shown: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+        println!("added_latency_{q} gatehouse = {:.0} µs (median of {ROUNDS} rounds)", added(1));
+        println!("added_latency_{q} gatehouse_b = {:.0} µs (median of {ROUNDS} rounds)", added(2));
+        println!("latency_{q} gatehouse_b/gatehouse by round: {}", shown.join(" "));
+        // Each round's ratio sees both builds under that round's load: their median.
+        println!("ratio one_client_latency_{q} gatehouse_b/gatehouse = {:.2}", median(ratios));
+    }
     Ok(())
 }
 
