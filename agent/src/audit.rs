@@ -1048,6 +1048,7 @@ pub fn open(path: &Path, key_path: &Path, opts: &Options) -> Result<(Audit, Audi
         wake: wake.clone(),
         queued: queued.clone(),
         ingested: journal.as_ref().map(|j| j.ingested.clone()),
+        spares: journal.as_ref().map(|j| j.spares()),
         conn,
         path: path.to_owned(),
         key_path: key_path.to_owned(),
@@ -1409,6 +1410,8 @@ struct Writer {
     open_since: Option<Instant>,
     /// The journal position the open transaction reaches.
     pending_jseq: u64,
+    /// The journal's next segment, made here ahead of need (strict mode).
+    spares: Option<Arc<journal::Spares>>,
 }
 
 impl Writer {
@@ -1422,6 +1425,9 @@ impl Writer {
             );
         }
         let _ = self.append_batch(vec![journal::Entry::now(Event::Agent { what: "start".into() })]);
+        if let Some(s) = &self.spares {
+            s.prepare();
+        }
         let mut last_prune = Instant::now() - Duration::from_secs(3600);
         // When the last batch was appended (a commit may come later).
         let mut last_batch = Instant::now();
@@ -1526,6 +1532,9 @@ impl Writer {
             }
             for a in acks {
                 let _ = a.send(result.clone());
+            }
+            if let Some(s) = &self.spares {
+                s.prepare();
             }
             // A batch that appended nothing (a flush) calls for no checkpoint
             // of its own: the idle timeout, or the next records, sign the head.

@@ -130,6 +130,8 @@ pub struct Journal {
     /// Commands queued to the writer and not yet taken (bounds the queue).
     pub(super) queued: Arc<AtomicUsize>,
     tx: Sender<Command>,
+    /// The next segment, made ahead by the writer thread.
+    spares: Arc<Spares>,
 }
 
 #[derive(Debug)]
@@ -181,20 +183,127 @@ fn prefix_of(db: &Path) -> PathBuf {
 /// (allocated on its device, so no copy into it can find the disk full), and
 /// its bytes mapped. A segment that cannot be made whole is removed.
 fn create_segment(prefix: &Path, first: u64, cap: usize) -> std::io::Result<(PathBuf, File, crate::sys::SharedMap)> {
-    let path = PathBuf::from(format!("{}{first:020}", prefix.display()));
+    let path = segment_path(prefix, first);
+    let (f, map) = make_segment_file(&path, cap)?;
+    Ok((path, f, map))
+}
+
+/// The name of the segment whose first entry is `first`.
+fn segment_path(prefix: &Path, first: u64) -> PathBuf {
+    PathBuf::from(format!("{}{first:020}", prefix.display()))
+}
+
+/// A new file of `cap` bytes at `path`, allocated and mapped (see
+/// [`create_segment`]); removed again if it cannot be made whole.
+fn make_segment_file(path: &Path, cap: usize) -> std::io::Result<(File, crate::sys::SharedMap)> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)?;
+        .open(path)?;
     let made = allocate(&f, cap).and_then(|()| crate::sys::SharedMap::new(&f, cap));
     match made {
-        Ok(map) => Ok((path, f, map)),
+        Ok(map) => Ok((f, map)),
         Err(e) => {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(path);
             Err(e)
+        }
+    }
+}
+
+/// Where the spare segment of the journal at `prefix` is made: a name
+/// [`segments`] does not read as a segment (no jseq), so replay never takes
+/// it for one; it holds no entry until it is renamed into place.
+fn spare_path(prefix: &Path) -> PathBuf {
+    PathBuf::from(format!("{}spare", prefix.display()))
+}
+
+/// The journal's next segment, made ahead of need by the writer thread
+/// ([`Spares::prepare`], between its batches) instead of by the session
+/// whose batch does not fit in the current one: that session held the
+/// journal's lock, which every other session waits for, while the file was
+/// created, allocated and mapped, and each session then took a page fault
+/// (with the file system's `page_mkwrite`) at its first copy into each
+/// 4 KiB page of it — 2.2% of the sessions' samples under `bench pg`
+/// select-only. The spare is faulted in whole when it is made
+/// ([`crate::sys::SharedMap::populate_write`]); taking it is a rename
+/// under the lock. While the writer is making one, or none could be made
+/// (a full disk: tried again after [`SPARE_RETRY`]), the session makes the
+/// segment itself, as before.
+#[derive(Debug)]
+pub(super) struct Spares {
+    path: PathBuf,
+    slot: Mutex<Option<(File, crate::sys::SharedMap)>>,
+    /// When making one last failed.
+    failed_at: Mutex<Option<std::time::Instant>>,
+}
+
+/// How long after a spare could not be made (a full disk) the writer tries again.
+const SPARE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Spares {
+    fn new(prefix: &Path) -> Self {
+        let path = spare_path(prefix);
+        // One a killed agent left (never renamed into place: it holds nothing).
+        let _ = std::fs::remove_file(&path);
+        Self { path, slot: Mutex::new(None), failed_at: Mutex::new(None) }
+    }
+
+    /// Makes the spare segment if there is none (the writer thread, between
+    /// its batches).
+    pub(super) fn prepare(&self) {
+        let Ok(mut slot) = self.slot.try_lock() else { return };
+        if slot.is_some() {
+            return;
+        }
+        let mut failed_at = self.failed_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if failed_at.is_some_and(|t| t.elapsed() < SPARE_RETRY) {
+            return;
+        }
+        match make_segment_file(&self.path, SEGMENT_BYTES) {
+            Ok((file, map)) => {
+                // An older kernel has no MADV_POPULATE_WRITE: the copies fault the pages in.
+                let _ = map.populate_write();
+                *slot = Some((file, map));
+                *failed_at = None;
+            }
+            Err(_) => *failed_at = Some(std::time::Instant::now()),
+        }
+    }
+
+    /// The spare, renamed to `path` (never over a file there), if one is
+    /// ready and holds `cap` bytes; else `None`, and the caller makes the
+    /// segment itself.
+    fn take(&self, path: &Path, cap: usize) -> Option<(File, crate::sys::SharedMap)> {
+        if cap != SEGMENT_BYTES {
+            return None;
+        }
+        let mut slot = self.slot.try_lock().ok()?;
+        let spare = slot.take()?;
+        let renamed = nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &self.path,
+            nix::fcntl::AT_FDCWD,
+            path,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        );
+        match renamed {
+            Ok(()) => Some(spare),
+            Err(_) => {
+                drop(spare);
+                let _ = std::fs::remove_file(&self.path);
+                None
+            }
+        }
+    }
+
+    /// Removes the spare (a clean stop).
+    fn remove(&self) {
+        if let Some(spare) = self.slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            drop(spare);
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -434,6 +543,7 @@ pub(super) fn replay(conn: &mut Connection, db: &Path, mut head: Head) -> Result
     for (_, path) in &segs {
         let _ = std::fs::remove_file(path);
     }
+    let _ = std::fs::remove_file(spare_path(&prefix_of(db)));
     if count > 0 {
         tracing::warn!(records = count, "replayed the audit journal of an agent that did not stop cleanly");
     }
@@ -492,6 +602,7 @@ impl Journal {
         queued: Arc<AtomicUsize>,
     ) -> Result<Self, String> {
         let prefix = prefix_of(db);
+        let spares = Arc::new(Spares::new(&prefix));
         let (path, file, map) = create_segment(&prefix, next, SEGMENT_BYTES).map_err(|e| describe(&e, &prefix))?;
         if fsync && let Ok(d) = File::open(crate::secrets::dir_of(db)) {
             let _ = d.sync_all();
@@ -515,7 +626,13 @@ impl Journal {
             ingested: Arc::new(AtomicU64::new(next.saturating_sub(1))),
             queued,
             tx,
+            spares,
         })
+    }
+
+    /// The spare segment's maker, for the writer thread.
+    pub(super) fn spares(&self) -> Arc<Spares> {
+        self.spares.clone()
     }
 
     /// Copies `events` into the journal at once and hands them to the writer
@@ -615,8 +732,11 @@ impl Journal {
             inner.file.sync_data().map_err(|e| describe(&e, &inner.path))?;
             self.synced.fetch_max(inner.next - 1, Ordering::AcqRel);
         }
-        let (path, file, map) =
-            create_segment(&self.prefix, inner.next, cap).map_err(|e| describe(&e, &self.prefix))?;
+        let path = segment_path(&self.prefix, inner.next);
+        let (file, map) = match self.spares.take(&path, cap) {
+            Some(spare) => spare,
+            None => make_segment_file(&path, cap).map_err(|e| describe(&e, &self.prefix))?,
+        };
         let old = std::mem::replace(&mut inner.path, path);
         inner.older.push_back((old, inner.next - 1));
         inner.file = Arc::new(file);
@@ -677,6 +797,7 @@ impl Journal {
             }
             let _ = std::fs::remove_file(&inner.path);
         }
+        self.spares.remove();
     }
 }
 

@@ -833,6 +833,83 @@ fn a_killed_agents_journal_of_many_segments_replays_every_acknowledged_entry_and
 }
 
 #[test]
+fn segments_made_ahead_by_the_writer_are_taken_whole_and_replay_reads_every_entry_and_no_spare() {
+    let dir = temp("spares");
+    let db = dir.join("state/audit.db");
+    let mut conn = open_conn(&db, false).unwrap();
+    let spare = PathBuf::from(format!("{}.journal.spare", db.display()));
+    // One a killed agent left behind: removed when a journal starts (it holds nothing).
+    std::fs::write(&spare, b"left behind").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let j = journal::Journal::create(&db, 1, false, tx, queued).unwrap();
+    assert!(!spare.exists(), "a stale spare is removed");
+    let spares = j.spares();
+    let seg = journal::SEGMENT_BYTES;
+    let id = sid(6);
+    let filler = "s".repeat(2000);
+    let mut texts = Vec::new();
+    let mut taken = 0;
+    let mut seq = 0u64;
+    // Four segments' worth of batches, the writer making a spare between them.
+    while texts.iter().map(String::len).sum::<usize>() < 4 * seg {
+        let had = spare.exists();
+        spares.prepare();
+        assert!(spare.exists(), "the writer made a spare");
+        if !had {
+            let meta = std::fs::metadata(&spare).unwrap();
+            assert_eq!(meta.len(), seg as u64);
+            let blocks = std::os::unix::fs::MetadataExt::blocks(&meta);
+            assert!(blocks * 512 >= seg as u64, "allocated whole, not sparse: {blocks} blocks");
+        }
+        let before = journal_segments(&db).len();
+        seq += 1;
+        let t = format!("SELECT {seq} /* {filler} */");
+        texts.push(t.clone());
+        assert_eq!(j.append(vec![statement_event(id, seq, &t)], usize::MAX).unwrap(), seq);
+        if journal_segments(&db).len() > before {
+            taken += 1;
+            assert!(!spare.exists(), "the new segment is the spare, renamed into place");
+        }
+    }
+    assert!(taken >= 3, "{taken} segments taken from spares");
+    // A batch larger than a segment gets one of its own size, made there and then.
+    spares.prepare();
+    seq += 1;
+    let big = format!("SELECT {seq} /* {} */", "b".repeat(seg + 10));
+    texts.push(big.clone());
+    j.append(vec![statement_event(id, seq, &big)], usize::MAX).unwrap();
+    assert!(spare.exists(), "a spare too small for the batch is kept for the next segment");
+    seq += 1;
+    texts.push(format!("SELECT {seq}"));
+    j.append(vec![statement_event(id, seq, &format!("SELECT {seq}"))], usize::MAX).unwrap();
+    // Killed: neither closed nor ingested; the spare is still there.
+    drop(j);
+    drop(rx);
+    let segs = journal_segments(&db);
+    assert!(segs.len() >= 6, "{segs:?}");
+    for p in &segs {
+        let bytes = std::fs::read(p).unwrap();
+        let end = journal::entries_end(&bytes);
+        assert!(end > 0 && bytes[end..].iter().all(|b| *b == 0), "{}: entries, then zeros", p.display());
+    }
+    let head = super::head(&conn).unwrap();
+    let (_, next, count) = journal::replay(&mut conn, &db, head).unwrap();
+    assert_eq!((count, next), (texts.len(), seq + 1));
+    assert_eq!(statement_texts(&db), texts);
+    assert_eq!(journal_files(&db), 0, "a replayed journal is removed");
+    assert!(!spare.exists(), "and its spare");
+    // A clean stop removes the spare too.
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let j = journal::Journal::create(&db, next, false, tx, std::sync::Arc::default()).unwrap();
+    j.spares().prepare();
+    assert!(spare.exists());
+    j.close();
+    assert!(!spare.exists(), "a clean stop leaves no spare");
+    assert_eq!(journal_files(&db), 0);
+}
+
+#[test]
 fn the_wal_is_emptied_once_past_its_bound_while_records_keep_coming() {
     let dir = temp("wal");
     let db = dir.join("state/audit.db");
