@@ -235,9 +235,14 @@ fn spare_path(prefix: &Path) -> PathBuf {
 #[derive(Debug)]
 pub(super) struct Spares {
     path: PathBuf,
-    slot: Mutex<Option<(File, crate::sys::SharedMap)>>,
+    slot: Mutex<Slot>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    spare: Option<(File, crate::sys::SharedMap)>,
     /// When making one last failed.
-    failed_at: Mutex<Option<std::time::Instant>>,
+    failed_at: Option<std::time::Instant>,
 }
 
 /// How long after a spare could not be made (a full disk) the writer tries again.
@@ -248,28 +253,23 @@ impl Spares {
         let path = spare_path(prefix);
         // One a killed agent left (never renamed into place: it holds nothing).
         let _ = std::fs::remove_file(&path);
-        Self { path, slot: Mutex::new(None), failed_at: Mutex::new(None) }
+        Self { path, slot: Mutex::default() }
     }
 
     /// Makes the spare segment if there is none (the writer thread, between
     /// its batches).
     pub(super) fn prepare(&self) {
         let Ok(mut slot) = self.slot.try_lock() else { return };
-        if slot.is_some() {
-            return;
-        }
-        let mut failed_at = self.failed_at.lock().unwrap_or_else(PoisonError::into_inner);
-        if failed_at.is_some_and(|t| t.elapsed() < SPARE_RETRY) {
+        if slot.spare.is_some() || slot.failed_at.is_some_and(|t| t.elapsed() < SPARE_RETRY) {
             return;
         }
         match make_segment_file(&self.path, SEGMENT_BYTES) {
             Ok((file, map)) => {
                 // An older kernel has no MADV_POPULATE_WRITE: the copies fault the pages in.
                 let _ = map.populate_write();
-                *slot = Some((file, map));
-                *failed_at = None;
+                *slot = Slot { spare: Some((file, map)), failed_at: None };
             }
-            Err(_) => *failed_at = Some(std::time::Instant::now()),
+            Err(_) => slot.failed_at = Some(std::time::Instant::now()),
         }
     }
 
@@ -280,8 +280,7 @@ impl Spares {
         if cap != SEGMENT_BYTES {
             return None;
         }
-        let mut slot = self.slot.try_lock().ok()?;
-        let spare = slot.take()?;
+        let spare = self.slot.try_lock().ok()?.spare.take()?;
         let renamed = nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
             &self.path,
@@ -301,7 +300,7 @@ impl Spares {
 
     /// Removes the spare (a clean stop).
     fn remove(&self) {
-        if let Some(spare) = self.slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(spare) = self.slot.lock().unwrap_or_else(PoisonError::into_inner).spare.take() {
             drop(spare);
             let _ = std::fs::remove_file(&self.path);
         }

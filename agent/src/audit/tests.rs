@@ -588,6 +588,22 @@ fn journal_segments(db: &Path) -> Vec<PathBuf> {
     journal::segments(db).into_iter().map(|(_, p)| p).collect()
 }
 
+/// The journal's segments, each checked to be allocated whole (at least a
+/// segment's size, on the device, not sparse: a copy into a hole on a full
+/// disk would be a SIGBUS) and to hold entries, then zeros.
+fn whole_segments(db: &Path) -> Vec<PathBuf> {
+    let segs = journal_segments(db);
+    for p in &segs {
+        let bytes = std::fs::read(p).unwrap();
+        assert!(bytes.len() >= journal::SEGMENT_BYTES, "{} holds {} bytes", p.display(), bytes.len());
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap());
+        assert!(blocks * 512 >= bytes.len() as u64, "{}: {blocks} blocks", p.display());
+        let end = journal::entries_end(&bytes);
+        assert!(end > 0 && bytes[end..].iter().all(|b| *b == 0), "{}: entries, then zeros", p.display());
+    }
+    segs
+}
+
 fn journal_files(db: &Path) -> usize {
     journal_segments(db).len()
 }
@@ -804,18 +820,8 @@ fn a_killed_agents_journal_of_many_segments_replays_every_acknowledged_entry_and
     // Killed: the journal is neither closed nor ingested.
     drop(j);
     drop(rx);
-    let segs = journal_segments(&db);
+    let segs = whole_segments(&db);
     assert!(segs.len() >= 6, "the first, three segments, one for the large batch and the last: {segs:?}");
-    // Every segment is allocated whole: its entries, then zeros.
-    for p in &segs {
-        let bytes = std::fs::read(p).unwrap();
-        assert!(bytes.len() >= seg, "{} holds {} bytes", p.display(), bytes.len());
-        // Allocated on the device, not sparse (a copy into a hole on a full disk would be a SIGBUS).
-        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap());
-        assert!(blocks * 512 >= bytes.len() as u64, "{}: {blocks} blocks", p.display());
-        let end = journal::entries_end(&bytes);
-        assert!(end > 0 && bytes[end..].iter().all(|b| *b == 0), "{}: entries, then zeros", p.display());
-    }
     // A copy the kill cut short: the start of one more entry after the last.
     let tail = segs.last().unwrap();
     let mut bytes = std::fs::read(tail).unwrap();
@@ -886,13 +892,8 @@ fn segments_made_ahead_by_the_writer_are_taken_whole_and_replay_reads_every_entr
     // Killed: neither closed nor ingested; the spare is still there.
     drop(j);
     drop(rx);
-    let segs = journal_segments(&db);
+    let segs = whole_segments(&db);
     assert!(segs.len() >= 6, "{segs:?}");
-    for p in &segs {
-        let bytes = std::fs::read(p).unwrap();
-        let end = journal::entries_end(&bytes);
-        assert!(end > 0 && bytes[end..].iter().all(|b| *b == 0), "{}: entries, then zeros", p.display());
-    }
     let head = super::head(&conn).unwrap();
     let (_, next, count) = journal::replay(&mut conn, &db, head).unwrap();
     assert_eq!((count, next), (texts.len(), seq + 1));
