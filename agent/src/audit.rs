@@ -1581,7 +1581,7 @@ impl Writer {
                 self.dirty = true;
                 let jseq = events.iter().map(|e| e.jseq).max().unwrap_or(0);
                 self.pending_jseq = self.pending_jseq.max(jseq);
-                crate::metrics::appended(written, events.iter().filter_map(|e| e.event.as_ref()));
+                crate::metrics::appended(written, events.iter().filter_map(|e| e.kept.counted()));
                 Ok(())
             }
             Err(e) => Err(self.fail(e.to_string())),
@@ -1943,7 +1943,7 @@ fn write(
                 written += 1;
             }
         }
-        if let Some(ev) = &e.event {
+        if let journal::Kept::Event(ev) = &e.kept {
             index(tx, ev)?;
         }
     }

@@ -179,25 +179,41 @@ pub fn commit_took(took: Duration) {
     METRICS.commit.observe(took.as_secs_f64());
 }
 
-/// A batch of `count` records was appended to the audit store; `events` are
-/// those of them whose event is at hand (not the ones replayed from the
-/// journal at start). Statements are counted here, per label for the whole
-/// batch; every other record by [`observe`].
-pub fn appended<'a>(count: usize, events: impl Iterator<Item = &'a Event>) {
+/// What the metrics count of one record appended to the audit store.
+pub enum Counted<'a> {
+    /// A statement: its first kind (`None`: it has none) and its decision.
+    Statement(Option<&'a crate::sql::KindName>, crate::audit::Verdict),
+    /// A statement's end: the values masked, as JSON.
+    Masked(&'a str),
+    /// Any other record.
+    Event(&'a Event),
+}
+
+/// A batch of `count` records was appended to the audit store; `records`
+/// are those of them at hand (not the ones replayed from the journal at
+/// start). Statements are counted here, per label for the whole batch;
+/// every other record by [`observe`].
+pub fn appended<'a>(count: usize, records: impl Iterator<Item = Counted<'a>>) {
     let m = &*METRICS;
     m.committed.inc_by(count as u64);
     // Statements, the most of a busy batch, are counted per label and added
     // once per label: no label strings made and hashed per statement.
     let mut statements: Vec<(&str, crate::audit::Verdict, u64)> = Vec::new();
-    for e in events {
-        let Event::Statement(s) = e else {
-            observe(m, e);
-            continue;
+    for r in records {
+        let (kind, decision) = match r {
+            Counted::Statement(kind, decision) => (statement_kind(kind), decision),
+            Counted::Masked(masked) => {
+                count_masked(m, masked);
+                continue;
+            }
+            Counted::Event(e) => {
+                observe(m, e);
+                continue;
+            }
         };
-        let kind = statement_kind(s);
-        match statements.iter_mut().find(|(k, d, _)| *k == kind && *d == s.decision) {
+        match statements.iter_mut().find(|(k, d, _)| *k == kind && *d == decision) {
             Some(c) => c.2 += 1,
-            None => statements.push((kind, s.decision, 1)),
+            None => statements.push((kind, decision, 1)),
         }
     }
     let mut denied = 0;
@@ -216,9 +232,17 @@ pub fn appended<'a>(count: usize, events: impl Iterator<Item = &'a Event>) {
 
 /// The label a statement is counted under: its first kind
 /// (`delete+delete_without_where` is a delete).
-fn statement_kind(s: &crate::audit::StatementStart) -> &str {
-    let kind = s.kinds.first().map(crate::sql::KindName::name).filter(|k| !k.is_empty()).unwrap_or("unknown");
+fn statement_kind(first: Option<&crate::sql::KindName>) -> &str {
+    let kind = first.map(crate::sql::KindName::name).filter(|k| !k.is_empty()).unwrap_or("unknown");
     if kind.len() <= 32 { kind } else { "unknown" }
+}
+
+/// Values masked by a statement (its end's `masked`), per detector.
+fn count_masked(m: &Metrics, masked: &str) {
+    let Ok(counts) = serde_json::from_str::<BTreeMap<String, u64>>(masked) else { return };
+    for (detector, n) in counts {
+        m.masked.get_or_create(&DetectorLabels { detector }).inc_by(n);
+    }
 }
 
 fn observe(m: &Metrics, e: &Event) {
@@ -231,10 +255,8 @@ fn observe(m: &Metrics, e: &Event) {
             }
         }
         Event::StatementEnd(e) => {
-            let Some(masked) = e.masked.as_deref() else { return };
-            let Ok(counts) = serde_json::from_str::<BTreeMap<String, u64>>(masked) else { return };
-            for (detector, n) in counts {
-                m.masked.get_or_create(&DetectorLabels { detector }).inc_by(n);
+            if let Some(masked) = e.masked.as_deref() {
+                count_masked(m, masked);
             }
         }
         Event::SessionClose(c) => {
@@ -459,10 +481,8 @@ mod tests {
     /// label once with the batch's count; other records as before.
     #[test]
     fn a_batch_counts_its_statements_per_kind_and_decision() {
-        use crate::audit::{Event, StatementStart, Verdict};
-        let statement = |kinds: &str, decision: Verdict| {
-            Event::Statement(Box::new(StatementStart { kinds: kinds.into(), decision, ..StatementStart::default() }))
-        };
+        use crate::audit::Verdict;
+        use crate::sql::KindList;
         let m = &*super::METRICS;
         let count = |kind: &str, decision: &str| {
             m.statements.get_or_create(&super::StatementLabels { kind: kind.into(), decision: decision.into() }).get()
@@ -471,16 +491,22 @@ mod tests {
         let before = (count("mtest_read", "allow"), count("mtest_write", "deny"), count("mtest_write", "allow"));
         let denied_before = denied();
         let batch = [
-            statement("mtest_read", Verdict::Allow),
-            statement("mtest_write+delete_without_where", Verdict::Deny),
-            statement("mtest_read", Verdict::Allow),
-            statement("mtest_write", Verdict::Allow),
-            statement("mtest_read", Verdict::Allow),
+            (KindList::from("mtest_read"), Verdict::Allow),
+            (KindList::from("mtest_write+delete_without_where"), Verdict::Deny),
+            (KindList::from("mtest_read"), Verdict::Allow),
+            (KindList::from("mtest_write"), Verdict::Allow),
+            (KindList::from("mtest_read"), Verdict::Allow),
         ];
-        super::appended(batch.len(), batch.iter());
+        super::appended(batch.len(), batch.iter().map(|(k, d)| super::Counted::Statement(k.first(), *d)));
         let after = (count("mtest_read", "allow"), count("mtest_write", "deny"), count("mtest_write", "allow"));
         assert_eq!((after.0 - before.0, after.1 - before.1, after.2 - before.2), (3, 1, 1));
         assert!(denied() > denied_before, "a denied statement is a refusal");
+        // A statement's end counts the values it masked, per detector.
+        let masked = |d: &str| m.masked.get_or_create(&super::DetectorLabels { detector: d.into() }).get();
+        let before = (masked("mtest_email"), masked("mtest_card"));
+        let ends = [r#"{"mtest_email":2,"mtest_card":1}"#, r#"{"mtest_email":3}"#, "not json"];
+        super::appended(ends.len(), ends.iter().map(|j| super::Counted::Masked(j)));
+        assert_eq!((masked("mtest_email") - before.0, masked("mtest_card") - before.1), (5, 1));
     }
 
     #[test]

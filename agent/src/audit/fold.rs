@@ -20,8 +20,8 @@
 //! batch or after a trail record or a chunk of its own session).
 
 use super::chain::Record;
-use super::journal::Entry;
-use super::{Event, RecordKind, StatementEnd, StatementStart};
+use super::journal::{Entry, Kept};
+use super::{RecordKind, StatementEnd, StatementStart};
 
 /// No partner: the entry is written as it is.
 pub(super) const ALONE: usize = usize::MAX;
@@ -74,12 +74,11 @@ impl std::hash::Hash for Tail<'_> {
 /// A statement and the end of that same statement, both as the session
 /// made them, with bodies the fold can join.
 fn foldable(start: &Entry, end: &Entry) -> bool {
-    match (&start.event, &end.event) {
-        (Some(Event::Statement(s)), Some(Event::StatementEnd(x))) => {
-            s.session == x.session
-                && s.seq == x.seq
-                && s.end.is_none()
-                && s.up_len.is_none()
+    match (&start.kept, &end.kept) {
+        (Kept::Statement { seq, fresh: true, .. }, Kept::End { seq: ended, .. }) => {
+            start.session.is_some()
+                && start.session == end.session
+                && seq == ended
                 && start.body.last() == Some(&b'}')
                 && end.body.first() == Some(&b'{')
         }
@@ -166,7 +165,7 @@ pub fn split(r: &Record) -> Option<(Record, Record)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{ChunkHeader, Direction, Verdict};
+    use crate::audit::{ChunkHeader, Direction, Event, Verdict};
     use crate::types::SessionId;
 
     fn sid(n: u8) -> SessionId {

@@ -579,7 +579,7 @@ fn journal_statement(id: SessionId, jseq: u64, seq: u64, text: &str) -> journal:
         kind: RecordKind::Statement,
         session: Some(super::SessionKey::id(id)),
         body: serde_json::to_vec(&s).unwrap(),
-        event: None,
+        kept: journal::Kept::Nothing,
     }
 }
 
