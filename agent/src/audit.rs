@@ -800,16 +800,39 @@ impl Event {
 
     /// The canonical body (JSON) and the raw data, borrowed (a chunk's bytes
     /// are hashed and stored as they are, not copied again).
+    #[cfg(test)]
     fn encode(&self) -> (Vec<u8>, Option<&[u8]>) {
-        fn json<T: Serialize>(v: &T) -> Vec<u8> {
-            scratch(|b| {
-                // A value that cannot be serialised leaves no half body.
-                if serde_json::to_writer(&mut *b, v).is_err() {
-                    b.clear();
-                }
-            })
+        (self.body_then(&[]), self.data())
+    }
+
+    /// The body and, for a statement or its end, the data folded into it
+    /// after the body, in one allocation (see `journal::Kept`); and where
+    /// the body ends. Any other record's data (a chunk's bytes, which may be
+    /// large) stays where it is ([`Self::data`]).
+    fn encode_joined(&self) -> (Vec<u8>, usize) {
+        let tail = match self {
+            Self::Statement(_) | Self::StatementEnd(_) => self.data().unwrap_or_default(),
+            _ => &[],
+        };
+        let bytes = self.body_then(tail);
+        let end = bytes.len().saturating_sub(tail.len());
+        (bytes, end)
+    }
+
+    /// The body (JSON), then `tail`, in one allocation of their size.
+    fn body_then(&self, tail: &[u8]) -> Vec<u8> {
+        fn json<T: Serialize>(v: &T, tail: &[u8]) -> Vec<u8> {
+            scratch(
+                |b| {
+                    // A value that cannot be serialised leaves no half body.
+                    if serde_json::to_writer(&mut *b, v).is_err() {
+                        b.clear();
+                    }
+                },
+                tail,
+            )
         }
-        fn scratch(write: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+        fn scratch(write: impl Fn(&mut Vec<u8>), tail: &[u8]) -> Vec<u8> {
             // Serialised into a buffer this thread keeps, then copied out at
             // its exact size: one allocation per body. `serde_json::to_vec`
             // starts at 128 bytes and doubles, so a statement's body (≈ 250
@@ -829,7 +852,9 @@ impl Event {
                     let mut b = cell.try_borrow_mut().ok()?;
                     b.clear();
                     write(&mut b);
-                    let body = b.as_slice().to_vec();
+                    let mut body = Vec::with_capacity(b.len() + tail.len());
+                    body.extend_from_slice(&b);
+                    body.extend_from_slice(tail);
                     if b.capacity() > JSON_SCRATCH_KEEP {
                         *b = Vec::with_capacity(JSON_SCRATCH_KEEP);
                     }
@@ -840,27 +865,27 @@ impl Event {
                 .unwrap_or_else(|| {
                     let mut b = Vec::new();
                     write(&mut b);
+                    b.extend_from_slice(tail);
                     b
                 })
         }
-        let body = match self {
-            Self::SessionOpen(o) => json(o),
-            Self::SessionClose(c) => json(c),
-            Self::Statement(s) => scratch(|b| s.write_json(b)),
-            Self::StatementEnd(e) => scratch(|b| e.write_json(b)),
-            Self::Chunk { header, .. } => json(header),
-            Self::Truncated { truncation, .. } => json(truncation),
-            Self::BackendLogin(l) => json(l),
-            Self::Redaction(r) => json(r),
-            Self::Agent { what } => json(&serde_json::json!({ "what": what })),
-            Self::Approval(t) => json(t),
-            Self::Http(h, _) => json(h),
-            Self::WsFrame(f, _) => json(f),
-            Self::Trail(t, _) => json(t),
-            Self::TrailAlert(a) => json(a),
-            Self::Ssh(s, _) => json(s),
-        };
-        (body, self.data())
+        match self {
+            Self::SessionOpen(o) => json(o, tail),
+            Self::SessionClose(c) => json(c, tail),
+            Self::Statement(s) => scratch(|b| s.write_json(b), tail),
+            Self::StatementEnd(e) => scratch(|b| e.write_json(b), tail),
+            Self::Chunk { header, .. } => json(header, tail),
+            Self::Truncated { truncation, .. } => json(truncation, tail),
+            Self::BackendLogin(l) => json(l, tail),
+            Self::Redaction(r) => json(r, tail),
+            Self::Agent { what } => json(&serde_json::json!({ "what": what }), tail),
+            Self::Approval(t) => json(t, tail),
+            Self::Http(h, _) => json(h, tail),
+            Self::WsFrame(f, _) => json(f, tail),
+            Self::Trail(t, _) => json(t, tail),
+            Self::TrailAlert(a) => json(a, tail),
+            Self::Ssh(s, _) => json(s, tail),
+        }
     }
 
     /// The record's data: a chunk's bytes, an exchange's bodies, a frame's
@@ -891,7 +916,7 @@ thread_local! {
 enum Command {
     Append(Event, Option<oneshot::Sender<Result<(), String>>>),
     /// Records already in the journal (acknowledged), in journal order.
-    Journaled(Vec<journal::Entry>),
+    Journaled(journal::Entries),
     Flush(oneshot::Sender<Result<(), String>>),
     Redact {
         session: String,
@@ -1921,7 +1946,7 @@ fn write(
                     e.time_us,
                     e.session.as_deref(),
                     e.kind.as_str(),
-                    &e.body,
+                    e.body(),
                     e.data(),
                 )?;
                 written += 1;

@@ -79,8 +79,8 @@ fn foldable(start: &Entry, end: &Entry) -> bool {
             start.session.is_some()
                 && start.session == end.session
                 && seq == ended
-                && start.body.last() == Some(&b'}')
-                && end.body.first() == Some(&b'{')
+                && start.body().last() == Some(&b'}')
+                && end.body().first() == Some(&b'{')
         }
         _ => false,
     }
@@ -89,15 +89,15 @@ fn foldable(start: &Entry, end: &Entry) -> bool {
 /// The folded record's body: the statement's, with `up_len` (when it has
 /// data) and the end's body as `end`, before its closing brace.
 pub(super) fn body(start: &Entry, end: &Entry) -> Vec<u8> {
-    let open = start.body.get(..start.body.len().saturating_sub(1)).unwrap_or_default();
-    let mut b = Vec::with_capacity(start.body.len() + end.body.len() + 32);
+    let open = start.body().get(..start.body().len().saturating_sub(1)).unwrap_or_default();
+    let mut b = Vec::with_capacity(start.body().len() + end.body().len() + 32);
     b.extend_from_slice(open);
     if let Some(up) = start.data() {
         b.extend_from_slice(b",\"up_len\":");
         decimal(&mut b, up.len());
     }
     b.extend_from_slice(b",\"end\":");
-    b.extend_from_slice(&end.body);
+    b.extend_from_slice(end.body());
     b.push(b'}');
     b
 }
@@ -212,6 +212,35 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_keeps_the_body_and_the_folded_bytes_and_what_the_writer_reads() {
+        // A statement's and its end's bytes ride in the entry's own buffer
+        // after the body; a chunk's stay in its event.
+        let chunk = || Event::Chunk {
+            session: sid(1),
+            header: ChunkHeader { dir: Direction::Down, offset: 0 },
+            data: vec![7; 3],
+        };
+        let events =
+            [start(1, 4, Some(b"Q-bytes")), end(1, 4, Some(b"D-bytes")), start(1, 5, None), end(1, 5, None), chunk()];
+        let bodies: Vec<Vec<u8>> = events.iter().map(|e| e.encode().0).collect();
+        let datas: Vec<Option<Vec<u8>>> = events.iter().map(|e| e.data().map(<[u8]>::to_vec)).collect();
+        let kept = entries(events.into());
+        for (i, e) in kept.iter().enumerate() {
+            assert_eq!((e.body(), e.data().map(<[u8]>::to_vec)), (bodies[i].as_slice(), datas[i].clone()), "entry {i}");
+        }
+        assert_eq!(datas[0].as_deref(), Some(&b"Q-bytes"[..]));
+        assert_eq!((datas[2].as_deref(), datas[4].as_deref()), (None, Some(&[7u8; 3][..])));
+        assert!(matches!(kept[0].kept, Kept::Statement { seq: 4, fresh: true, data: true, .. }));
+        assert!(matches!(&kept[1].kept, Kept::End { seq: 4, masked: Some(m), data: true } if m == "{\"email\":1}"));
+        assert!(matches!(kept[3].kept, Kept::End { seq: 5, data: false, .. }));
+        assert!(matches!(kept[4].kept, Kept::Event(Event::Chunk { .. })));
+        let Some(crate::metrics::Counted::Statement(Some(kind), Verdict::Allow)) = kept[0].kept.counted() else {
+            panic!("a statement is counted by its first kind and decision")
+        };
+        assert_eq!(kind.name(), "select");
+    }
+
+    #[test]
     fn a_statement_folds_with_its_own_end_only_when_nothing_of_its_session_comes_between() {
         let n = ALONE;
         let cases: Vec<(Vec<Event>, Vec<usize>)> = vec![
@@ -273,16 +302,20 @@ mod tests {
                 hash: [3; 32],
             };
             let (a, b) = split(&folded).expect("folded");
-            assert_eq!((a.kind.as_str(), &a.body, a.data.as_deref()), ("statement", &s.body, s.data()), "{u:?} {d:?}");
+            assert_eq!(
+                (a.kind.as_str(), &a.body, a.data.as_deref()),
+                ("statement", &s.body().to_vec(), s.data()),
+                "{u:?} {d:?}"
+            );
             assert_eq!(
                 (b.kind.as_str(), &b.body, b.data.as_deref()),
-                ("statement_end", &x.body, x.data()),
+                ("statement_end", &x.body().to_vec(), x.data()),
                 "{u:?} {d:?}"
             );
             // The statement at its own time (`started_us`), the end at the record's.
             assert_eq!((a.seq, a.hash, b.seq, b.hash, a.time_us, b.time_us), (12, [3; 32], 12, [3; 32], 1_000, 3_000));
             // Not folded: an unfolded statement, a redacted record, another kind.
-            let plain = Record { body: s.body.clone(), data: s.data().map(<[u8]>::to_vec), ..folded.clone() };
+            let plain = Record { body: s.body().to_vec(), data: s.data().map(<[u8]>::to_vec), ..folded.clone() };
             assert!(split(&plain).is_none());
             assert!(split(&Record { redacted: true, body: Vec::new(), data: None, ..folded.clone() }).is_none());
             assert!(split(&Record { kind: "statement_end".into(), ..folded }).is_none());

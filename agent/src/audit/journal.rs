@@ -92,7 +92,10 @@ pub(super) struct Entry {
     pub time_us: i64,
     pub kind: super::RecordKind,
     pub session: Option<super::SessionKey>,
-    pub body: Vec<u8>,
+    /// The body, then (a statement or its end) the bytes folded into it.
+    bytes: Vec<u8>,
+    /// Where the body ends in `bytes`.
+    body_end: usize,
     /// What the writer reads of the event besides its body (see [`Kept`]).
     pub kept: Kept,
 }
@@ -101,8 +104,9 @@ impl Entry {
     /// The entry of `e`, encoded, made on the thread that made `e` (the
     /// session's: see [`Kept`]); its jseq and time are stamped later.
     pub(super) fn of(e: Event) -> Self {
-        let (body, _) = e.encode();
-        Self { jseq: 0, time_us: 0, kind: e.kind(), session: e.session(), body, kept: Kept::of(e) }
+        let (kind, session) = (e.kind(), e.session());
+        let (bytes, body_end) = e.encode_joined();
+        Self { jseq: 0, time_us: 0, kind, session, bytes, body_end, kept: Kept::of(e) }
     }
 
     /// A record that does not go through the journal (best-effort, or
@@ -111,30 +115,40 @@ impl Entry {
         Self { time_us: super::now_us(), ..Self::of(e) }
     }
 
+    /// An entry of only a body (a test's).
+    #[cfg(test)]
+    pub(super) fn bare(jseq: u64, time_us: i64, kind: super::RecordKind, session: Option<&str>, body: &[u8]) -> Self {
+        let session = session.map(|s| super::SessionKey::Text(s.into()));
+        Self { jseq, time_us, kind, session, bytes: body.to_vec(), body_end: body.len(), kept: Kept::Nothing }
+    }
+
+    pub(super) fn body(&self) -> &[u8] {
+        self.bytes.get(..self.body_end).unwrap_or_default()
+    }
+
     pub(super) fn data(&self) -> Option<&[u8]> {
         match &self.kept {
-            Kept::Statement { up, .. } => up.as_deref(),
-            Kept::End { down, .. } => down.as_deref(),
+            Kept::Statement { data: true, .. } | Kept::End { data: true, .. } => self.bytes.get(self.body_end..),
             Kept::Event(e) => e.data(),
-            #[cfg(test)]
-            Kept::Nothing => None,
+            _ => None,
         }
     }
 }
 
 /// What the audit writer reads of a record besides its body: for a
 /// statement and its end (most records) only what the fold
-/// ([`super::fold`]) and the metrics read, and their bytes (the record's
-/// data); any other record whole, for the query tables.
+/// ([`super::fold`]) and the metrics read (their bytes, the record's data,
+/// are in the entry's own allocation, after the body); any other record
+/// whole, for the query tables.
 ///
-/// The rest of a statement's event (its text, kinds, tables, rule, tags:
-/// a dozen allocations per statement with its end) is dropped here, on the
-/// session's thread that allocated it, not on the writer's: a block freed
-/// on another thread goes back to its own thread's heap through an atomic
-/// list, and the session's next allocation of it reads a cache line last
-/// written on the writer's core (under `bench pg` select-only, mimalloc's
-/// allocation fast path was 7% of the sessions' time against 2% of their
-/// instructions).
+/// The rest of a statement's event (its text, kinds, tables, rule, tags,
+/// its bytes' own buffer: a dozen allocations per statement with its end)
+/// is dropped here, on the session's thread that allocated it, not on the
+/// writer's: a block freed on another thread goes back to its own thread's
+/// heap through an atomic list, and the session's next allocation of it
+/// reads a cache line last written on the writer's core (under `bench pg`
+/// select-only, mimalloc's allocation fast path was 7% of the sessions'
+/// time against 2% of their instructions).
 #[derive(Debug)]
 pub(super) enum Kept {
     /// Nothing (a test's entry: the body is all there is).
@@ -147,15 +161,15 @@ pub(super) enum Kept {
         kind: Option<crate::sql::KindName>,
         /// Neither an end nor `up_len` in it already: a fresh statement.
         fresh: bool,
-        /// The client's bytes folded into it.
-        up: Option<Vec<u8>>,
+        /// The client's bytes are folded into it (after the body).
+        data: bool,
     },
     End {
         seq: u64,
         /// Values masked, as JSON (the metrics' counts).
         masked: Option<String>,
-        /// The server's bytes folded into it.
-        down: Option<Vec<u8>>,
+        /// The server's bytes are folded into it (after the body).
+        data: bool,
     },
     Event(Event),
 }
@@ -175,24 +189,26 @@ impl Kept {
 
     fn of(e: Event) -> Self {
         match e {
-            Event::Statement(s) => {
-                let s = *s;
-                Self::Statement {
-                    seq: s.seq,
-                    decision: s.decision,
-                    kind: s.kinds.first().cloned(),
-                    fresh: s.end.is_none() && s.up_len.is_none(),
-                    up: s.up_offset.map(|_| s.up),
-                }
-            }
+            Event::Statement(s) => Self::Statement {
+                seq: s.seq,
+                decision: s.decision,
+                kind: s.kinds.first().cloned(),
+                fresh: s.end.is_none() && s.up_len.is_none(),
+                data: s.up_offset.is_some(),
+            },
             Event::StatementEnd(x) => {
                 let x = *x;
-                Self::End { seq: x.seq, masked: x.masked, down: x.down_offset.map(|_| x.down) }
+                Self::End { seq: x.seq, masked: x.masked, data: x.down_offset.is_some() }
             }
             e => Self::Event(e),
         }
     }
 }
+
+/// The entries of one [`Journal::append`], handed to the writer thread as
+/// they are: a statement's batch (one entry, or its end's) needs no
+/// allocation of its own, which the writer would free (see [`Kept`]).
+pub(super) type Entries = smallvec::SmallVec<[Entry; 1]>;
 
 thread_local! {
     /// Each thread's buffer for the frames of one [`Journal::append`].
@@ -459,7 +475,7 @@ fn frame(buf: &mut Vec<u8>, e: &Entry) -> Framed {
         }
         None => buf.push(0xff),
     }
-    put_bytes(buf, &e.body);
+    put_bytes(buf, e.body());
     match e.data() {
         Some(d) => put_bytes(buf, d),
         None => buf.extend_from_slice(&u32::MAX.to_le_bytes()),
@@ -728,7 +744,7 @@ impl Journal {
         // made.
         FRAMES.with_borrow_mut(|buf| {
             buf.clear();
-            let mut entries = Vec::with_capacity(events.len());
+            let mut entries = Entries::with_capacity(events.len());
             // Where each frame is (kept on this thread: no allocation for a statement's one or two).
             let mut framed: smallvec::SmallVec<[Framed; 4]> = smallvec::SmallVec::with_capacity(events.len());
             for e in events {
@@ -751,7 +767,7 @@ impl Journal {
         &self,
         buf: &mut [u8],
         framed: &[Framed],
-        mut entries: Vec<Entry>,
+        mut entries: Entries,
         depth: usize,
     ) -> Result<u64, AppendError> {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -889,14 +905,7 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_a_torn_or_changed_one_is_refused() {
-        let e = Entry {
-            jseq: 7,
-            time_us: 42,
-            kind: crate::audit::RecordKind::Statement,
-            session: Some(crate::audit::SessionKey::Text("abc".into())),
-            body: b"{\"x\":1}".to_vec(),
-            kept: Kept::Nothing,
-        };
+        let e = Entry::bare(7, 42, crate::audit::RecordKind::Statement, Some("abc"), b"{\"x\":1}");
         let mut buf = Vec::new();
         encode(&mut buf, &e);
         let (r, n) = decode(&buf).unwrap();
@@ -947,14 +956,8 @@ mod tests {
     #[test]
     fn entries_framed_first_and_stamped_later_are_whole() {
         // As `append` does: frames made before the lock, stamped under it.
-        let entry = |session: Option<&str>, body: &[u8]| Entry {
-            jseq: 0,
-            time_us: 0,
-            kind: crate::audit::RecordKind::Statement,
-            session: session.map(|s| crate::audit::SessionKey::Text(s.into())),
-            body: body.to_vec(),
-            kept: Kept::Nothing,
-        };
+        let entry =
+            |session: Option<&str>, body: &[u8]| Entry::bare(0, 0, crate::audit::RecordKind::Statement, session, body);
         let big = vec![b'x'; 70_000];
         let entries = [entry(Some("s-1"), b"{\"a\":1}"), entry(None, b""), entry(Some("s-2"), &big)];
         let mut buf = Vec::new();
@@ -967,7 +970,7 @@ mod tests {
             let rest = buf.get(at..).unwrap();
             let (r, n) = decode(rest).unwrap();
             assert_eq!((r.jseq, r.time_us), (100 + i as u64, -5 + i as i64));
-            assert_eq!((r.session.as_deref(), r.body.as_slice()), (e.session.as_deref(), e.body.as_slice()));
+            assert_eq!((r.session.as_deref(), r.body.as_slice()), (e.session.as_deref(), e.body()));
             // The checksum is the CRC of the whole payload.
             let payload = rest.get(4..n - CHECKSUM).unwrap();
             assert_eq!(rest.get(n - CHECKSUM..n).unwrap(), checksum(payload));
@@ -980,14 +983,7 @@ mod tests {
     fn an_entry_written_with_the_blake3_checksum_is_still_read() {
         // Entries a Gatehouse from before the CRC left in a journal (a crash,
         // then an upgrade) are replayed, and damage to them is still seen.
-        let e = Entry {
-            jseq: 3,
-            time_us: 9,
-            kind: crate::audit::RecordKind::Statement,
-            session: None,
-            body: b"{}".to_vec(),
-            kept: Kept::Nothing,
-        };
+        let e = Entry::bare(3, 9, crate::audit::RecordKind::Statement, None, b"{}");
         let mut buf = Vec::new();
         encode(&mut buf, &e);
         let payload_end = buf.len() - CHECKSUM;

@@ -573,14 +573,9 @@ fn statement_texts(db: &Path) -> Vec<String> {
 /// session `id` (read back from its body only, as replay does).
 fn journal_statement(id: SessionId, jseq: u64, seq: u64, text: &str) -> journal::Entry {
     let Event::Statement(s) = statement_event(id, seq, text) else { unreachable!() };
-    journal::Entry {
-        jseq,
-        time_us: now_us(),
-        kind: RecordKind::Statement,
-        session: Some(super::SessionKey::id(id)),
-        body: serde_json::to_vec(&s).unwrap(),
-        kept: journal::Kept::Nothing,
-    }
+    let mut e = journal::Entry::bare(jseq, now_us(), RecordKind::Statement, None, &serde_json::to_vec(&s).unwrap());
+    e.session = Some(super::SessionKey::id(id));
+    e
 }
 
 /// The journal segments beside the store at `db`, oldest first.

@@ -473,8 +473,8 @@ fn ocsf_maps_a_folded_statement_as_the_two_records_it_stands_for() {
     let json = |e: Event| e.encode().0;
     let two = vec![
         rec(1, T0, "session_open", json(open(S_A, "alice", "postgres", T0)), None),
-        rec(2, T0 + 100, "statement", s.body.clone(), s.data().map(<[u8]>::to_vec)),
-        rec(3, T0 + 2600, "statement_end", x.body.clone(), x.data().map(<[u8]>::to_vec)),
+        rec(2, T0 + 100, "statement", s.body().to_vec(), s.data().map(<[u8]>::to_vec)),
+        rec(3, T0 + 2600, "statement_end", x.body().to_vec(), x.data().map(<[u8]>::to_vec)),
         rec(4, T0 + 9000, "session_close", json(close(S_A, T0 + 9000)), None),
     ];
     let one = vec![
