@@ -211,7 +211,7 @@ impl Kept {
 }
 
 /// The entries of one [`Journal::append`], handed to the writer thread as
-/// they are: a statement's batch (one entry, or its end's) needs no
+/// they are: a batch of one entry (a statement's, most often) needs no
 /// allocation of its own, which the writer would free (see [`Kept`]).
 pub(super) type Entries = smallvec::SmallVec<[Entry; 1]>;
 
