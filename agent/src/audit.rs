@@ -807,16 +807,16 @@ impl Event {
 
     /// The body and, for a statement or its end, the data folded into it
     /// after the body, in one allocation (see `journal::Kept`); and where
-    /// the body ends. Any other record's data (a chunk's bytes, which may be
-    /// large) stays where it is ([`Self::data`]).
-    fn encode_joined(&self) -> (Vec<u8>, usize) {
+    /// that data starts, if it has any. Any other record's data (a chunk's
+    /// bytes, which may be large) stays where it is ([`Self::data`]).
+    fn encode_joined(&self) -> (Vec<u8>, Option<usize>) {
         let tail = match self {
-            Self::Statement(_) | Self::StatementEnd(_) => self.data().unwrap_or_default(),
-            _ => &[],
+            Self::Statement(_) | Self::StatementEnd(_) => self.data(),
+            _ => None,
         };
-        let bytes = self.body_then(tail);
-        let end = bytes.len().saturating_sub(tail.len());
-        (bytes, end)
+        let bytes = self.body_then(tail.unwrap_or_default());
+        let at = tail.map(|t| bytes.len().saturating_sub(t.len()));
+        (bytes, at)
     }
 
     /// The body (JSON), then `tail`, in one allocation of their size.

@@ -230,9 +230,9 @@ mod tests {
         }
         assert_eq!(datas[0].as_deref(), Some(&b"Q-bytes"[..]));
         assert_eq!((datas[2].as_deref(), datas[4].as_deref()), (None, Some(&[7u8; 3][..])));
-        assert!(matches!(kept[0].kept, Kept::Statement { seq: 4, fresh: true, data: true, .. }));
-        assert!(matches!(&kept[1].kept, Kept::End { seq: 4, masked: Some(m), data: true } if m == "{\"email\":1}"));
-        assert!(matches!(kept[3].kept, Kept::End { seq: 5, data: false, .. }));
+        assert!(matches!(kept[0].kept, Kept::Statement { seq: 4, fresh: true, .. }));
+        assert!(matches!(&kept[1].kept, Kept::End { seq: 4, masked: Some(m) } if m == "{\"email\":1}"));
+        assert!(matches!(kept[3].kept, Kept::End { seq: 5, .. }));
         assert!(matches!(kept[4].kept, Kept::Event(Event::Chunk { .. })));
         let Some(crate::metrics::Counted::Statement(Some(kind), Verdict::Allow)) = kept[0].kept.counted() else {
             panic!("a statement is counted by its first kind and decision")

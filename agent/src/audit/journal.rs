@@ -94,8 +94,8 @@ pub(super) struct Entry {
     pub session: Option<super::SessionKey>,
     /// The body, then (a statement or its end) the bytes folded into it.
     bytes: Vec<u8>,
-    /// Where the body ends in `bytes`.
-    body_end: usize,
+    /// Where those bytes start in `bytes`, when there are (the body ends there).
+    data_at: Option<usize>,
     /// What the writer reads of the event besides its body (see [`Kept`]).
     pub kept: Kept,
 }
@@ -105,8 +105,8 @@ impl Entry {
     /// session's: see [`Kept`]); its jseq and time are stamped later.
     pub(super) fn of(e: Event) -> Self {
         let (kind, session) = (e.kind(), e.session());
-        let (bytes, body_end) = e.encode_joined();
-        Self { jseq: 0, time_us: 0, kind, session, bytes, body_end, kept: Kept::of(e) }
+        let (bytes, data_at) = e.encode_joined();
+        Self { jseq: 0, time_us: 0, kind, session, bytes, data_at, kept: Kept::of(e) }
     }
 
     /// A record that does not go through the journal (best-effort, or
@@ -119,18 +119,17 @@ impl Entry {
     #[cfg(test)]
     pub(super) fn bare(jseq: u64, time_us: i64, kind: super::RecordKind, session: Option<&str>, body: &[u8]) -> Self {
         let session = session.map(|s| super::SessionKey::Text(s.into()));
-        Self { jseq, time_us, kind, session, bytes: body.to_vec(), body_end: body.len(), kept: Kept::Nothing }
+        Self { jseq, time_us, kind, session, bytes: body.to_vec(), data_at: None, kept: Kept::Nothing }
     }
 
     pub(super) fn body(&self) -> &[u8] {
-        self.bytes.get(..self.body_end).unwrap_or_default()
+        self.bytes.get(..self.data_at.unwrap_or(self.bytes.len())).unwrap_or_default()
     }
 
     pub(super) fn data(&self) -> Option<&[u8]> {
-        match &self.kept {
-            Kept::Statement { data: true, .. } | Kept::End { data: true, .. } => self.bytes.get(self.body_end..),
-            Kept::Event(e) => e.data(),
-            _ => None,
+        match (&self.kept, self.data_at) {
+            (Kept::Event(e), _) => e.data(),
+            (_, at) => at.and_then(|at| self.bytes.get(at..)),
         }
     }
 }
@@ -166,15 +165,11 @@ pub(super) enum Kept {
         kind: Option<crate::sql::KindName>,
         /// Neither an end nor `up_len` in it already: a fresh statement.
         fresh: bool,
-        /// The client's bytes are folded into it (after the body).
-        data: bool,
     },
     End {
         seq: u64,
         /// Values masked, as JSON (the metrics' counts).
         masked: Option<String>,
-        /// The server's bytes are folded into it (after the body).
-        data: bool,
     },
     Event(Event),
 }
@@ -199,12 +194,8 @@ impl Kept {
                 decision: s.decision,
                 kind: s.kinds.first().cloned(),
                 fresh: s.end.is_none() && s.up_len.is_none(),
-                data: s.up_offset.is_some(),
             },
-            Event::StatementEnd(x) => {
-                let x = *x;
-                Self::End { seq: x.seq, masked: x.masked, data: x.down_offset.is_some() }
-            }
+            Event::StatementEnd(x) => Self::End { seq: x.seq, masked: x.masked },
             e => Self::Event(e),
         }
     }
