@@ -172,6 +172,12 @@ pub enum Workload {
         /// kernel's work is not counted. Installs valgrind if it is missing.
         #[arg(long, conflicts_with_all = ["latency_only", "select_only"])]
         instructions: bool,
+        /// Only select-only and the TPC-B-like mix, this many rounds, with the database on a CPU
+        /// of its own (CPU 0) and pgbench and the system under test (Gatehouse, pgbouncer,
+        /// haproxy) on another (CPU 1): Gatehouse on a bastion in front of a database server, as
+        /// it is deployed, instead of all of them sharing the same cores. Needs two CPUs.
+        #[arg(long, value_name = "ROUNDS", conflicts_with_all = ["latency_only", "select_only", "instructions", "compare"])]
+        bastion: Option<u32>,
     },
 }
 
@@ -239,6 +245,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         Workload::Pg { instructions: true, scale, compare, .. } => {
             crate::bench_pg::instructions(scale, compare.as_deref())
         }
+        Workload::Pg { secs, scale, bastion: Some(rounds), .. } => crate::bench_pg::bastion(secs, scale, rounds),
         Workload::Pg { secs, scale, latency_only, select_only, compare, .. } => {
             crate::bench_pg::pg(secs, scale, latency_only, select_only, compare.as_deref())
         }

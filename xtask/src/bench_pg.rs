@@ -492,6 +492,111 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
     Ok(())
 }
 
+/// The CPU the database gets in `--bastion` runs, and the one pgbench and
+/// the system under test share.
+const DB_CPU: &str = "0";
+const BASTION_CPU: &str = "1";
+
+/// Pins every thread of `pid` and of its descendants to `cpu` (threads and
+/// processes they start later inherit it).
+fn pin_tree(pid: u32, cpu: &str) -> Result<()> {
+    ok(Command::new("taskset").args(["-a", "-p", "-c", cpu, &pid.to_string()]), &format!("taskset {pid}"))?;
+    let children = Command::new("pgrep").args(["-P", &pid.to_string()]).output()?;
+    for child in String::from_utf8_lossy(&children.stdout).split_whitespace().filter_map(|p| p.parse().ok()) {
+        // A child may have exited since (a backend of an ended session).
+        let _ = pin_tree(child, cpu);
+    }
+    Ok(())
+}
+
+/// `bench pg --bastion N`: select-only and the TPC-B-like mix with the
+/// database on a CPU of its own and pgbench and the system under test on
+/// another, N rounds, the four systems in turn in each. Gatehouse runs on a
+/// bastion, in front of database servers elsewhere: there its CPU is the
+/// bastion's, not the database's, and what a client sees is the latency it
+/// adds and the throughput the bastion's core allows. With everything on
+/// the same two cores (`bench pg`), each µs the proxy spends is taken from
+/// the database and pgbench as well.
+pub fn bastion(secs: u64, scale: u32, rounds: u32) -> Result<()> {
+    if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) < 2 {
+        bail!("--bastion needs two CPUs: one for the database, one for the clients and the proxy");
+    }
+    let port = free_port()?;
+    let servers = start_servers(port, Some(scale))?;
+    let mut rig = Rig::new("pg-bastion")?;
+    let policy = bench_policy(rig.dir(), port)?;
+    rig.start_agent(&policy, free_port()?)?;
+    let postmaster: u32 = std::fs::read_to_string(servers.dir.join("data").join("postmaster.pid"))?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .context("postmaster.pid")?;
+    pin_tree(postmaster, DB_CPU)?;
+    let systems: [(&str, &str, Option<u32>); 4] = [
+        ("direct", DIRECT, None),
+        ("gatehouse", PROTECTED, rig.agent_pid()),
+        ("pgbouncer", BOUNCER, servers.pgbouncer_pid()),
+        ("haproxy", HAPROXY, servers.haproxy_pid()),
+    ];
+    for (sys, _, pid) in systems {
+        if let Some(pid) = pid {
+            pin_tree(pid, BASTION_CPU).with_context(|| format!("pinning {sys}"))?;
+        }
+    }
+    let t = secs.to_string();
+    let workloads: [(&str, Vec<&str>); 2] = [
+        ("select_only", vec!["-S", "-c", "8", "-j", "2", "-T", &t]),
+        ("tpcb_write_mix", vec!["-c", "8", "-j", "2", "-T", &t]),
+    ];
+    eprintln!(
+        "bastion: the database on CPU {DB_CPU}; pgbench and the system under test on CPU {BASTION_CPU}; \
+         {rounds} round(s) of {secs} s runs; load before: {}",
+        load()
+    );
+    let mut tps: std::collections::BTreeMap<(&str, &str), Vec<f64>> = std::collections::BTreeMap::new();
+    for round in 1..=rounds {
+        for (name, args) in &workloads {
+            for (sys, host, pid) in systems {
+                // pgbench on the bastion's CPU; Gatehouse's inside the cgroup its redirect holds.
+                let mut c = if sys == "gatehouse" { rig.in_cgroup("taskset") } else { Command::new("taskset") };
+                c.args(["-c", BASTION_CPU, &format!("{BIN}/pgbench")])
+                    .env("PGPASSWORD", PASSWORD)
+                    .args(["-h", host, "-p", &port.to_string(), "-U", "bench", "-n"])
+                    .args(args)
+                    .arg("bench");
+                let cpu0 = cpu_secs(pid);
+                let r = parse_pgbench(&ok(&mut c, &format!("pgbench {args:?} via {host}"))?);
+                let cpu = (cpu_secs(pid) - cpu0) * 1e6 / r.transactions.max(1.0);
+                eprintln!(
+                    "round {round}: {name:<15} {sys:<10} {:>8.0} tps  {:>7.3} ms avg{}",
+                    r.tps,
+                    r.latency_ms,
+                    if pid.is_some() { format!("  {cpu:>6.1} µs cpu/txn") } else { String::new() }
+                );
+                tps.entry((name, sys)).or_default().push(r.tps);
+            }
+        }
+    }
+    eprintln!("load after: {}", load());
+    let m = |w: &str, s: &str| median(tps.get(&(w, s)).cloned().unwrap_or_default());
+    for (name, _) in &workloads {
+        for s in ["direct", "gatehouse", "pgbouncer", "haproxy"] {
+            println!("{name}_bastion {s:<10} {:>10.0} tps (median of {rounds})", m(name, s));
+        }
+    }
+    for (name, _) in &workloads {
+        for s in ["gatehouse", "pgbouncer", "haproxy"] {
+            println!("ratio {name}_bastion {s}/direct = {:.2}", m(name, s) / m(name, "direct"));
+        }
+        for s in ["pgbouncer", "haproxy"] {
+            println!("ratio {name}_bastion gatehouse/{s} = {:.2}", m(name, "gatehouse") / m(name, s));
+        }
+    }
+    drop(rig);
+    drop(servers);
+    Ok(())
+}
+
 /// Rounds of one client's latency with two agents (`--latency-only
 /// --compare`): direct, then both agents in an order that alternates round
 /// by round, so that each round sees both under the same load. Separate
