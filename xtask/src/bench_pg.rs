@@ -255,6 +255,18 @@ fn bench_policy(dir: &Path, port: u16) -> Result<String> {
     ))
 }
 
+/// PostgreSQL with pgbench's tables at `scale`, pgbouncer and haproxy in
+/// front of it, and an agent (rig `name`) under the bench policy: the port
+/// they all listen on, and the policy.
+fn start_with_agent(scale: u32, name: &str) -> Result<(u16, Servers, Rig, String)> {
+    let port = free_port()?;
+    let servers = start_servers(port, Some(scale))?;
+    let mut rig = Rig::new(name)?;
+    let policy = bench_policy(rig.dir(), port)?;
+    rig.start_agent(&policy, free_port()?)?;
+    Ok((port, servers, rig, policy))
+}
+
 pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, compare: Option<&Path>) -> Result<()> {
     if let Some(bin) = compare.filter(|b| !b.is_file()) {
         bail!("--compare {}: no such agent binary", bin.display());
@@ -262,11 +274,7 @@ pub fn pg(secs: u64, scale: u32, latency_only: bool, select_only: Option<u32>, c
     if compare.is_some() && select_only.is_none() && !latency_only {
         bail!("--compare needs --select-only, --latency-only or --instructions");
     }
-    let port = free_port()?;
-    let servers = start_servers(port, Some(scale))?;
-    let mut rig = Rig::new("pg")?;
-    let policy = bench_policy(rig.dir(), port)?;
-    rig.start_agent(&policy, free_port()?)?;
+    let (port, servers, mut rig, policy) = start_with_agent(scale, "pg")?;
     let systems: [(&str, &str, bool); 4] = [
         ("direct", DIRECT, false),
         ("gatehouse", PROTECTED, true),
@@ -521,11 +529,7 @@ pub fn bastion(secs: u64, scale: u32, rounds: u32) -> Result<()> {
     if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) < 2 {
         bail!("--bastion needs two CPUs: one for the database, one for the clients and the proxy");
     }
-    let port = free_port()?;
-    let servers = start_servers(port, Some(scale))?;
-    let mut rig = Rig::new("pg-bastion")?;
-    let policy = bench_policy(rig.dir(), port)?;
-    rig.start_agent(&policy, free_port()?)?;
+    let (port, servers, rig, _) = start_with_agent(scale, "pg-bastion")?;
     let postmaster: u32 = std::fs::read_to_string(servers.dir.join("data").join("postmaster.pid"))?
         .lines()
         .next()
