@@ -176,7 +176,12 @@ pub enum Workload {
         /// of its own (CPU 0) and pgbench and the system under test (Gatehouse, pgbouncer,
         /// haproxy) on another (CPU 1): Gatehouse on a bastion in front of a database server, as
         /// it is deployed, instead of all of them sharing the same cores. Needs two CPUs.
-        #[arg(long, value_name = "ROUNDS", conflicts_with_all = ["latency_only", "select_only", "instructions", "compare"])]
+        #[arg(
+            long,
+            value_name = "ROUNDS",
+            value_parser = clap::value_parser!(u32).range(1..),
+            conflicts_with_all = ["latency_only", "select_only", "instructions", "compare"]
+        )]
         bastion: Option<u32>,
     },
 }
