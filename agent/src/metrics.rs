@@ -185,7 +185,8 @@ pub enum Counted<'a> {
     Statement(Option<&'a crate::sql::KindName>, crate::audit::Verdict),
     /// A statement's end: the values masked, as JSON.
     Masked(&'a str),
-    /// Any other record.
+    /// Any other record (never a statement or its end: the writer keeps
+    /// those cut down to the two above, see `audit::journal::Kept`).
     Event(&'a Event),
 }
 
@@ -252,11 +253,6 @@ fn observe(m: &Metrics, e: &Event) {
             m.sessions.get_or_create(&SessionLabels { backend, decision: o.decision.as_str().to_owned() }).inc();
             if !o.decision.allowed() {
                 m.refusals.get_or_create(&ReasonLabels { reason: "session_denied".into() }).inc();
-            }
-        }
-        Event::StatementEnd(e) => {
-            if let Some(masked) = e.masked.as_deref() {
-                count_masked(m, masked);
             }
         }
         Event::SessionClose(c) => {
